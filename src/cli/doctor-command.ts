@@ -1,0 +1,33 @@
+import type { Command } from 'commander';
+import { IntegrityError } from '../errors.js';
+import { keywardHome } from '../lib/paths.js';
+import { runDoctor } from '../doctor/index.js';
+import type { Io } from './report.js';
+
+export function registerDoctorCommand(program: Command, io: Io): void {
+  program
+    .command('doctor')
+    .description('check the host: permissions, core dumps, ptrace scope, debugger')
+    .option('--json', 'machine-readable output')
+    .action(function (this: Command) {
+      const checks = runDoctor(keywardHome());
+      if (this.opts<{ json?: boolean }>().json) {
+        io.stdout(`${JSON.stringify(checks, null, 2)}\n`);
+      } else {
+        for (const c of checks) {
+          io.stdout(`${c.status.toUpperCase().padEnd(4)}  ${c.id.padEnd(18)} ${c.message}\n`);
+          if (c.hint !== undefined) io.stdout(`      ${''.padEnd(18)} hint: ${c.hint}\n`);
+        }
+      }
+      const failed = checks.filter((c) => c.status === 'fail');
+      if (failed.length > 0) {
+        throw new IntegrityError(
+          'DOCTOR_FAILED',
+          `${failed.length} check(s) failed: ${failed.map((c) => c.id).join(', ')}`,
+          {
+            hint: 'keyward refuses to use an unsafe setup; fix the items marked FAIL',
+          },
+        );
+      }
+    });
+}

@@ -1,0 +1,70 @@
+/**
+ * The keyward command line: a thin layer over the library. It parses arguments, calls one
+ * library operation, prints names and metadata, and maps errors through reportError.
+ */
+import { Command, CommanderError } from 'commander';
+import { EXIT, UsageError, type ExitCode } from '../errors.js';
+import { hardenProcess } from '../lib/libc.js';
+import { processIo, reportError, type Io } from './report.js';
+import { registerVaultCommands } from './vault-commands.js';
+import { registerDoctorCommand } from './doctor-command.js';
+import { registerDemoCommand } from './demo.js';
+
+export const VERSION = '0.1.0';
+
+export function buildProgram(io: Io): Command {
+  const program = new Command('keyward')
+    .description(
+      'A local secret vault and credential broker: one unlock never means silent blanket access.',
+    )
+    .version(VERSION, '-V, --version')
+    .option(
+      '--passphrase-file <file>',
+      'read the passphrase from the first line of FILE (mode 0600)',
+    )
+    .showHelpAfterError(false)
+    .exitOverride()
+    .configureOutput({
+      writeOut: (s) => io.stdout(s),
+      writeErr: (s) => io.stderr(s),
+      // Usage errors are printed by reportError, in keyward's own shape.
+      outputError: () => undefined,
+    });
+  registerVaultCommands(program, io);
+  registerDoctorCommand(program, io);
+  registerDemoCommand(program, io);
+  for (const c of program.commands) inheritBehaviour(c, io);
+  return program;
+}
+
+function inheritBehaviour(cmd: Command, io: Io): void {
+  cmd.exitOverride().configureOutput({
+    writeOut: (s) => io.stdout(s),
+    writeErr: (s) => io.stderr(s),
+    outputError: () => undefined,
+  });
+  for (const c of cmd.commands) inheritBehaviour(c, io);
+}
+
+function usageFrom(e: CommanderError): UsageError {
+  const message = e.message.replace(/^error: /, '');
+  return new UsageError('USAGE', message, { hint: 'see: keyward --help' });
+}
+
+export async function main(argv: string[], io: Io = processIo): Promise<ExitCode> {
+  // No core file, no same-user ptrace or /proc/PID/mem read of a process that may hold secrets.
+  hardenProcess();
+  const program = buildProgram(io);
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+    return EXIT.OK;
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return EXIT.OK;
+      // Help shown because no command was given: a usage error, after the help text.
+      if (e.code === 'commander.help') return EXIT.USAGE;
+      return reportError(usageFrom(e), io);
+    }
+    return reportError(e, io);
+  }
+}

@@ -1,0 +1,36 @@
+/**
+ * The one place a CLI failure becomes text and an exit code (STYLE.md, habit 3).
+ * Messages never hold secret bytes: errors are built from names, paths and sizes only.
+ */
+import { EXIT, isKeywardError, type ExitCode } from '../errors.js';
+
+export interface Io {
+  stdout: (s: string) => void;
+  stderr: (s: string) => void;
+}
+
+export const processIo: Io = {
+  stdout: (s) => process.stdout.write(s),
+  stderr: (s) => process.stderr.write(s),
+};
+
+export function reportError(e: unknown, io: Io): ExitCode {
+  if (isKeywardError(e)) {
+    io.stderr(`keyward: error: ${e.message}\n`);
+    if (e.hint !== undefined) io.stderr(`keyward: hint: ${e.hint}\n`);
+    return e.exitCode;
+  }
+  const message = e instanceof Error ? e.message : 'unknown failure';
+  io.stderr(`keyward: error: internal error: ${message}\n`);
+  io.stderr(
+    'keyward: hint: this is a bug in keyward; run again with KEYWARD_DEBUG=1 and report the output\n',
+  );
+  if (process.env['KEYWARD_DEBUG'] === '1' && e instanceof Error && e.stack !== undefined) {
+    io.stderr(`${e.stack}\n`);
+  }
+  return EXIT.INTERNAL;
+}
+
+export function note(io: Io, message: string): void {
+  io.stderr(`keyward: ${message}\n`);
+}

@@ -1,0 +1,138 @@
+/**
+ * `keyward doctor`: checks of the host that decide how safe keyward can be here. Each check says
+ * what it found and what to do; a `fail` means keyward itself would refuse to run.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { coreLimit } from '../lib/libc.js';
+import { permissionProblem } from '../lib/files.js';
+import { vaultPaths } from '../vault/index.js';
+
+export type CheckStatus = 'ok' | 'warn' | 'fail';
+
+export interface Check {
+  id: string;
+  status: CheckStatus;
+  message: string;
+  hint?: string;
+}
+
+function readProc(p: string): string | undefined {
+  try {
+    return fs.readFileSync(p, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+function privateCheck(id: string, p: string, kind: 'dir' | 'file'): Check {
+  if (!fs.existsSync(p)) return { id, status: 'ok', message: `${p} does not exist yet` };
+  const problem = permissionProblem(p, kind);
+  if (problem === undefined) return { id, status: 'ok', message: `${p} is private to you` };
+  return {
+    id,
+    status: 'fail',
+    message: problem,
+    hint: `chmod ${kind === 'dir' ? '700' : '600'} '${p}' if the change was yours`,
+  };
+}
+
+function leftoverTemps(home: string): Check {
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(home).filter((n) => n.includes('.tmp-'));
+  } catch {
+    // no home yet
+  }
+  return names.length === 0
+    ? { id: 'temp-files', status: 'ok', message: 'no interrupted writes left behind' }
+    : {
+        id: 'temp-files',
+        status: 'warn',
+        message: `${names.length} temp file(s) from an interrupted write in ${home}`,
+        hint: 'the next write removes them (they hold only ciphertext)',
+      };
+}
+
+function coreDumps(): Check[] {
+  const { hard } = coreLimit();
+  const pattern = readProc('/proc/sys/kernel/core_pattern')?.trim() ?? '';
+  const checks: Check[] = [
+    {
+      id: 'core-limit',
+      status: hard === 0n ? 'ok' : 'warn',
+      message:
+        hard === 0n
+          ? 'core dumps are off (hard limit 0)'
+          : 'core dumps are allowed by the shell limit; keyward turns them off for its own processes',
+      ...(hard === 0n ? {} : { hint: 'to be thorough: ulimit -c 0 in your shell profile' }),
+    },
+  ];
+  if (pattern.startsWith('|')) {
+    checks.push({
+      id: 'core-pattern',
+      status: 'warn',
+      message: `crash dumps go to a handler (${pattern.split(' ')[0]}); keyward's processes are non-dumpable`,
+    });
+  }
+  return checks;
+}
+
+function ptrace(): Check {
+  const scope = readProc('/proc/sys/kernel/yama/ptrace_scope')?.trim();
+  if (scope === undefined) {
+    return {
+      id: 'ptrace-scope',
+      status: 'warn',
+      message:
+        'the kernel has no Yama ptrace restriction: same-user processes may debug each other',
+      hint: 'keyward makes its processes non-dumpable, which closes ptrace and /proc/PID/mem to them',
+    };
+  }
+  return scope === '0'
+    ? {
+        id: 'ptrace-scope',
+        status: 'warn',
+        message: 'kernel.yama.ptrace_scope is 0: any process of yours may debug any other',
+        hint: 'sysctl kernel.yama.ptrace_scope=1',
+      }
+    : { id: 'ptrace-scope', status: 'ok', message: `kernel.yama.ptrace_scope is ${scope}` };
+}
+
+function tracer(): Check {
+  const status = readProc('/proc/self/status') ?? '';
+  const m = /^TracerPid:\s*(\d+)/m.exec(status);
+  const pid = m?.[1] ?? '0';
+  return pid === '0'
+    ? { id: 'debugger', status: 'ok', message: 'no debugger attached' }
+    : { id: 'debugger', status: 'fail', message: `a debugger (pid ${pid}) is attached to keyward` };
+}
+
+function passphraseFile(env: NodeJS.ProcessEnv): Check[] {
+  const f = env['KEYWARD_PASSPHRASE_FILE'];
+  if (f === undefined || f === '') return [];
+  const c = privateCheck('passphrase-file', path.resolve(f), 'file');
+  return [
+    c.status === 'ok'
+      ? {
+          ...c,
+          status: 'warn',
+          message: `${c.message}; the vault is only as safe as this file`,
+          hint: 'prefer typing the passphrase, or the OS keyring',
+        }
+      : c,
+  ];
+}
+
+export function runDoctor(home: string, env: NodeJS.ProcessEnv = process.env): Check[] {
+  const p = vaultPaths(home);
+  return [
+    privateCheck('home-permissions', p.home, 'dir'),
+    privateCheck('vault-permissions', p.file, 'file'),
+    leftoverTemps(p.home),
+    ...passphraseFile(env),
+    ...coreDumps(),
+    ptrace(),
+    tracer(),
+  ];
+}

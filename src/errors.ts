@@ -1,0 +1,115 @@
+/**
+ * keyward's one error hierarchy.
+ *
+ * Every failure a user or script can meet is a KeywardError with a stable string code from the
+ * closed list below. The code decides the exit code (../shared/INTERFACE.md). The list is pinned
+ * by test/errors.test.ts: adding a code is a visible change, renaming one breaks scripts.
+ *
+ * Rule: an error message or hint never holds secret bytes. Names, paths and sizes only.
+ */
+
+/** Exit codes of the outside contract (INTERFACE.md, "Exit codes"). */
+export const EXIT = {
+  OK: 0,
+  INTERNAL: 1,
+  USAGE: 2,
+  NOT_FOUND: 3,
+  AUTH: 4,
+  UNAVAILABLE: 5,
+  DENIED: 6,
+  TIMEOUT: 7,
+  INTEGRITY: 8,
+} as const;
+
+export type ExitCode = (typeof EXIT)[keyof typeof EXIT];
+
+/** The closed list of error codes, each with the exit code it maps to. */
+export const ERROR_CODES = {
+  INTERNAL: EXIT.INTERNAL,
+  USAGE: EXIT.USAGE,
+  INVALID_NAME: EXIT.USAGE,
+  INVALID_VALUE: EXIT.USAGE,
+  PASSPHRASE_REJECTED: EXIT.USAGE,
+  PASSPHRASE_UNAVAILABLE: EXIT.USAGE,
+  CONFIRMATION_REQUIRED: EXIT.USAGE,
+  VAULT_NOT_FOUND: EXIT.NOT_FOUND,
+  SECRET_NOT_FOUND: EXIT.NOT_FOUND,
+  VAULT_BAD_PASSPHRASE: EXIT.AUTH,
+  KEYRING_KEY_MISMATCH: EXIT.AUTH,
+  KEYRING_UNAVAILABLE: EXIT.UNAVAILABLE,
+  VAULT_BUSY: EXIT.UNAVAILABLE,
+  CANCELLED: EXIT.DENIED,
+  VAULT_CORRUPT: EXIT.INTEGRITY,
+  VAULT_UNSUPPORTED_VERSION: EXIT.INTEGRITY,
+  INSECURE_PERMISSIONS: EXIT.INTEGRITY,
+  DOCTOR_FAILED: EXIT.INTEGRITY,
+} as const satisfies Record<string, ExitCode>;
+
+export type ErrorCode = keyof typeof ERROR_CODES;
+
+export interface KeywardErrorOptions {
+  /** What the user can type or do next. Shown as `keyward: hint: ...`. */
+  hint?: string;
+  /** The underlying error, for debugging; never printed to users and never sent over a socket. */
+  cause?: unknown;
+}
+
+export class KeywardError extends Error {
+  readonly code: ErrorCode;
+  readonly hint: string | undefined;
+
+  constructor(code: ErrorCode, message: string, options: KeywardErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.name = 'KeywardError';
+    this.code = code;
+    this.hint = options.hint;
+  }
+
+  get exitCode(): ExitCode {
+    return ERROR_CODES[this.code];
+  }
+}
+
+/** A user asked for something malformed: bad arguments, bad names, bad values. */
+export class UsageError extends KeywardError {
+  constructor(
+    code: 'USAGE' | 'INVALID_NAME' | 'INVALID_VALUE' | 'CONFIRMATION_REQUIRED',
+    message: string,
+    options?: KeywardErrorOptions,
+  ) {
+    super(code, message, options);
+    this.name = 'UsageError';
+  }
+}
+
+/** Authentication failed: wrong passphrase, a keyring key that does not open the vault. */
+export class AuthError extends KeywardError {
+  constructor(
+    code: 'VAULT_BAD_PASSPHRASE' | 'KEYRING_KEY_MISMATCH',
+    message: string,
+    options?: KeywardErrorOptions,
+  ) {
+    super(code, message, options);
+    this.name = 'AuthError';
+  }
+}
+
+/**
+ * The data can't be trusted: tampering, corruption, truncation, an unknown format, or files
+ * whose permissions let others change them. Distinct from AuthError so that a damaged vault is
+ * never reported as a typo in the passphrase.
+ */
+export class IntegrityError extends KeywardError {
+  constructor(
+    code: 'VAULT_CORRUPT' | 'VAULT_UNSUPPORTED_VERSION' | 'INSECURE_PERMISSIONS' | 'DOCTOR_FAILED',
+    message: string,
+    options?: KeywardErrorOptions,
+  ) {
+    super(code, message, options);
+    this.name = 'IntegrityError';
+  }
+}
+
+export function isKeywardError(e: unknown): e is KeywardError {
+  return e instanceof KeywardError;
+}

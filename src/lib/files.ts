@@ -1,0 +1,150 @@
+/**
+ * State files: atomic durable writes, private modes, and fail-closed permission checks.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { IntegrityError, KeywardError } from '../errors.js';
+import { flock, LOCK_EX, LOCK_NB, LOCK_UN } from './libc.js';
+import { randomBytes } from './secure.js';
+
+const TMP_MARK = '.tmp-';
+
+/** The temp-file name pattern for `target`; stale ones are swept by sweepTempFiles. */
+function tempName(target: string): string {
+  const dir = path.dirname(target);
+  const base = path.basename(target);
+  return path.join(dir, `.${base}${TMP_MARK}${process.pid}-${randomBytes(6).toString('hex')}`);
+}
+
+function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Replaces `target` with `chunks` so that a crash at any instant leaves either the old file or
+ * the new one, never a mix and never neither: write a temp file in the same directory (same
+ * filesystem, so rename is atomic), fsync it, rename over the target, fsync the directory so the
+ * rename itself is durable. Mode 0600 from creation (no window where the file is more open).
+ */
+export function writeFileAtomic(target: string, chunks: readonly Uint8Array[]): void {
+  const tmp = tempName(target);
+  const flags =
+    fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
+  const fd = fs.openSync(tmp, flags, 0o600);
+  try {
+    for (const c of chunks) {
+      let off = 0;
+      while (off < c.length) off += fs.writeSync(fd, c, off, c.length - off);
+    }
+    fs.fsyncSync(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  fs.closeSync(fd);
+  try {
+    fs.renameSync(tmp, target);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw e;
+  }
+  fsyncDir(path.dirname(target));
+}
+
+/**
+ * Removes temp files a killed writer left next to `target`. Call only while holding the
+ * directory's lock, so a live writer's temp file is never taken away.
+ */
+export function sweepTempFiles(target: string): string[] {
+  const dir = path.dirname(target);
+  const prefix = `.${path.basename(target)}${TMP_MARK}`;
+  const removed: string[] = [];
+  for (const name of fs.readdirSync(dir)) {
+    if (name.startsWith(prefix)) {
+      fs.rmSync(path.join(dir, name), { force: true });
+      removed.push(name);
+    }
+  }
+  return removed;
+}
+
+/** Why a path is not private to this user, or undefined when it is. */
+export function permissionProblem(p: string, kind: 'dir' | 'file'): string | undefined {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(p);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw e;
+  }
+  if (st.isSymbolicLink()) return `${p} is a symbolic link`;
+  if (kind === 'dir' && !st.isDirectory()) return `${p} is not a directory`;
+  if (kind === 'file' && !st.isFile()) return `${p} is not a regular file`;
+  const uid = process.geteuid?.() ?? -1;
+  if (st.uid !== uid) return `${p} is owned by uid ${st.uid}, not by you (uid ${uid})`;
+  const loose = st.mode & 0o077;
+  if (loose !== 0) {
+    const mode = (st.mode & 0o777).toString(8).padStart(3, '0');
+    return `${p} has mode ${mode}; others can ${loose & 0o022 ? 'change' : 'read'} it`;
+  }
+  return undefined;
+}
+
+/** Fails closed when `p` exists and others could read or change it. */
+export function assertPrivate(p: string, kind: 'dir' | 'file'): void {
+  const problem = permissionProblem(p, kind);
+  if (problem !== undefined) {
+    const wanted = kind === 'dir' ? '700' : '600';
+    throw new IntegrityError('INSECURE_PERMISSIONS', `refusing to use ${problem}`, {
+      hint: `if that is your own doing, run: chmod ${wanted} '${p}' (and check nobody else changed it)`,
+    });
+  }
+}
+
+/** Creates a private directory (0700) or checks that an existing one is private. */
+export function ensurePrivateDir(dir: string): void {
+  try {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  }
+  assertPrivate(dir, 'dir');
+}
+
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * Holds an exclusive flock on `lockPath` while fn runs. The kernel drops the lock when the
+ * process dies (SIGKILL included), so a crashed writer never wedges the vault.
+ */
+export function withFileLock<T>(lockPath: string, timeoutMs: number, fn: () => T): T {
+  const fd = fs.openSync(
+    lockPath,
+    fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW,
+    0o600,
+  );
+  try {
+    const deadline = Date.now() + timeoutMs;
+    while (!flock(fd, LOCK_EX | LOCK_NB)) {
+      if (Date.now() > deadline) {
+        throw new KeywardError('VAULT_BUSY', `another keyward process holds ${lockPath}`, {
+          hint: 'wait for it to finish and try again',
+        });
+      }
+      Atomics.wait(sleepCell, 0, 0, 20);
+    }
+    try {
+      return fn();
+    } finally {
+      flock(fd, LOCK_UN);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}

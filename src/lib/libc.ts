@@ -1,0 +1,107 @@
+/**
+ * The few libc calls Node does not expose, through koffi. Loaded lazily so that commands that
+ * need none of them (help, version) start without the FFI.
+ */
+import koffi from 'koffi';
+
+interface Libc {
+  flock: (fd: number, op: number) => number;
+  prctl: (option: number, a2: number, a3: number, a4: number, a5: number) => number;
+  setrlimit: (resource: number, rlim: { cur: bigint; max: bigint }) => number;
+  getrlimit: (resource: number, rlim: unknown) => number;
+  tcgetattr: (fd: number, termios: Buffer) => number;
+  tcsetattr: (fd: number, when: number, termios: Buffer) => number;
+  errno: () => number;
+}
+
+let cached: Libc | undefined;
+
+function libc(): Libc {
+  if (cached) return cached;
+  const lib = koffi.load('libc.so.6');
+  const Rlimit = koffi.struct('keyward_rlimit', { cur: 'uint64', max: 'uint64' });
+  cached = {
+    flock: lib.func('int flock(int, int)'),
+    prctl: lib.func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)'),
+    setrlimit: lib.func('setrlimit', 'int', ['int', koffi.pointer(Rlimit)]),
+    getrlimit: lib.func('getrlimit', 'int', ['int', koffi.out(koffi.pointer(Rlimit))]),
+    tcgetattr: lib.func('int tcgetattr(int, _Out_ uint8_t *)'),
+    tcsetattr: lib.func('int tcsetattr(int, int, const uint8_t *)'),
+    errno: () => koffi.errno(),
+  };
+  return cached;
+}
+
+export const LOCK_EX = 2;
+export const LOCK_NB = 4;
+export const LOCK_UN = 8;
+const EWOULDBLOCK = 11;
+const EINTR = 4;
+
+/** flock(2). Returns true when taken, false when LOCK_NB was asked and someone else holds it. */
+export function flock(fd: number, op: number): boolean {
+  const l = libc();
+  for (;;) {
+    if (l.flock(fd, op) === 0) return true;
+    const err = l.errno();
+    if (err === EINTR) continue;
+    if (err === EWOULDBLOCK) return false;
+    throw new Error(`flock failed (errno ${err})`);
+  }
+}
+
+const PR_SET_DUMPABLE = 4;
+const PR_GET_DUMPABLE = 3;
+const RLIMIT_CORE = 4;
+
+/**
+ * Makes this process non-dumpable (no core file; /proc/PID/mem and ptrace closed to other
+ * processes of the same user) and sets the core size limit to 0. Idempotent.
+ */
+export function hardenProcess(): void {
+  const l = libc();
+  l.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+  l.setrlimit(RLIMIT_CORE, { cur: 0n, max: 0n });
+}
+
+export function isDumpable(): boolean {
+  return libc().prctl(PR_GET_DUMPABLE, 0, 0, 0, 0) === 1;
+}
+
+export function coreLimit(): { soft: bigint; hard: bigint } {
+  const out: { cur: bigint; max: bigint } = { cur: 0n, max: 0n };
+  libc().getrlimit(RLIMIT_CORE, out);
+  return { soft: BigInt(out.cur), hard: BigInt(out.max) };
+}
+
+// struct termios on Linux/glibc (x86_64 and aarch64): four 32-bit flag words, c_line, c_cc[32],
+// then the two speeds: 60 bytes. We only touch c_lflag and two c_cc slots.
+const TERMIOS_SIZE = 60;
+const LFLAG_OFFSET = 12;
+const CC_OFFSET = 17;
+const VTIME = 5;
+const VMIN = 6;
+const ISIG = 0o1;
+const ICANON = 0o2;
+const ECHO = 0o10;
+const TCSAFLUSH = 2;
+
+/**
+ * Puts a terminal in no-echo, byte-at-a-time mode with signals off (Ctrl-C arrives as a byte, so
+ * the caller can restore the terminal before leaving). Returns the function that restores it.
+ */
+export function rawNoEcho(fd: number): () => void {
+  const l = libc();
+  const saved = Buffer.alloc(TERMIOS_SIZE);
+  if (l.tcgetattr(fd, saved) !== 0) throw new Error(`tcgetattr failed (errno ${l.errno()})`);
+  const raw = Buffer.from(saved);
+  const lflag = raw.readUInt32LE(LFLAG_OFFSET) & ~(ECHO | ICANON | ISIG);
+  raw.writeUInt32LE(lflag >>> 0, LFLAG_OFFSET);
+  raw[CC_OFFSET + VMIN] = 1;
+  raw[CC_OFFSET + VTIME] = 0;
+  if (l.tcsetattr(fd, TCSAFLUSH, raw) !== 0)
+    throw new Error(`tcsetattr failed (errno ${l.errno()})`);
+  return () => {
+    l.tcsetattr(fd, TCSAFLUSH, saved);
+  };
+}

@@ -1,0 +1,16 @@
+import os from 'node:os';
+import path from 'node:path';
+
+/** INTERFACE.md, "Places". */
+export function keywardHome(env: NodeJS.ProcessEnv = process.env): string {
+  const h = env['KEYWARD_HOME'];
+  return path.resolve(h !== undefined && h !== '' ? h : path.join(os.homedir(), '.keyward'));
+}
+
+export function socketDir(env: NodeJS.ProcessEnv = process.env): string {
+  const d = env['KEYWARD_SOCKET_DIR'];
+  if (d !== undefined && d !== '') return path.resolve(d);
+  const xdg = env['XDG_RUNTIME_DIR'];
+  if (xdg !== undefined && xdg !== '') return path.join(path.resolve(xdg), 'keyward');
+  return path.join(keywardHome(env), 'run');
+}

@@ -1,0 +1,136 @@
+/**
+ * Secret bytes in a garbage-collected process.
+ *
+ * Measured on the target machine: JS strings, node:crypto KeyObjects, small (<= 64 byte) Buffers
+ * that live through a GC, and unzeroed I/O chunks all leave copies in the heap that a memory scan
+ * finds later. sodium_malloc'd memory does not move, is guarded, locked where the memlock limit
+ * allows, and is zeroed when freed. So: every secret byte lives in a SecureBuffer from here, is
+ * never turned into a string, and is freed (which zeroes it) as soon as it has been used.
+ */
+import fs from 'node:fs';
+import sodium from 'sodium-native';
+
+/** A Buffer whose memory came from sodium_malloc. The brand stops a plain Buffer passing as one. */
+export type SecureBuffer = Buffer & { readonly __secure: true };
+
+export function secureAlloc(size: number): SecureBuffer {
+  // sodium_malloc(0) is legal but pointless; a zero-length secure buffer keeps callers uniform.
+  const buf = sodium.sodium_malloc(Math.max(size, 0)) as SecureBuffer;
+  return buf;
+}
+
+/** Zeroes and releases. The buffer must not be used afterwards (its length reads 0). */
+export function secureFree(buf: SecureBuffer | undefined): void {
+  if (buf !== undefined && buf.length > 0) sodium.sodium_free(buf);
+}
+
+/** Runs fn with buf and frees buf afterwards, whatever happens. */
+export function withSecure<T>(buf: SecureBuffer, fn: (b: SecureBuffer) => T): T {
+  try {
+    return fn(buf);
+  } finally {
+    secureFree(buf);
+  }
+}
+
+/**
+ * Copies bytes into a new secure buffer and zeroes the source. Use on every buffer that held
+ * secret bytes but did not come from sodium_malloc (a socket chunk, a keyring answer).
+ */
+export function secureTake(source: Uint8Array | number[]): SecureBuffer {
+  const out = secureAlloc(source.length);
+  if (Array.isArray(source)) {
+    for (let i = 0; i < source.length; i++) out[i] = source[i] ?? 0;
+    source.fill(0);
+  } else {
+    out.set(source);
+    sodium.sodium_memzero(source);
+  }
+  return out;
+}
+
+/** A secure copy of part of a secure buffer; the source is untouched. */
+export function secureSlice(source: SecureBuffer, start: number, end: number): SecureBuffer {
+  const out = secureAlloc(end - start);
+  source.copy(out, 0, start, end);
+  return out;
+}
+
+/** Constant-time comparison of secret bytes. Never compare secrets with `===` or Buffer#equals. */
+export function secureEqual(a: Uint8Array, b: Uint8Array): boolean {
+  return a.length === b.length && sodium.sodium_memcmp(a, b);
+}
+
+export function zero(buf: Uint8Array): void {
+  sodium.sodium_memzero(buf);
+}
+
+export function randomBytes(n: number): Buffer {
+  const b = Buffer.alloc(n);
+  sodium.randombytes_buf(b);
+  return b;
+}
+
+/**
+ * Reads a file descriptor to its end straight into secure memory: no intermediate JS chunk ever
+ * holds the bytes. Grows by doubling; each outgrown buffer is freed (zeroed).
+ * Throws RangeError('too large') past maxBytes so callers can word the error.
+ */
+export function readFdToSecure(fd: number, maxBytes: number): SecureBuffer {
+  let buf = secureAlloc(4096);
+  let used = 0;
+  try {
+    for (;;) {
+      if (used === buf.length) {
+        if (buf.length >= maxBytes + 1) throw new RangeError('too large');
+        const bigger = secureAlloc(Math.min(buf.length * 2, maxBytes + 1));
+        buf.copy(bigger, 0, 0, used);
+        secureFree(buf);
+        buf = bigger;
+      }
+      const n = readSyncRetrying(fd, buf, used, buf.length - used);
+      if (n === 0) break;
+      used += n;
+    }
+    if (used > maxBytes) throw new RangeError('too large');
+    const out = secureSlice(buf, 0, used);
+    return out;
+  } finally {
+    secureFree(buf);
+  }
+}
+
+const sleepCell = new Int32Array(new SharedArrayBuffer(4));
+
+/** fs.readSync that waits out EAGAIN (a non-blocking stdin) instead of failing. */
+export function readSyncRetrying(fd: number, buf: Buffer, offset: number, length: number): number {
+  for (;;) {
+    try {
+      return fs.readSync(fd, buf, offset, length, null);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EAGAIN') {
+        Atomics.wait(sleepCell, 0, 0, 5);
+        continue;
+      }
+      if (code === 'EOF') return 0;
+      throw e;
+    }
+  }
+}
+
+/** Writes all of buf to fd, retrying short writes and EAGAIN. */
+export function writeAllSync(fd: number, buf: Uint8Array): void {
+  let off = 0;
+  while (off < buf.length) {
+    try {
+      off += fs.writeSync(fd, buf, off, buf.length - off);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'EAGAIN') {
+        Atomics.wait(sleepCell, 0, 0, 5);
+        continue;
+      }
+      throw e;
+    }
+  }
+}

@@ -1,0 +1,57 @@
+// The subset of sodium-native keyward uses, typed narrowly. Keeping our own declaration makes
+// every libsodium entry point the code depends on visible in one place.
+declare module 'sodium-native' {
+  const sodium: {
+    sodium_malloc(size: number): Buffer;
+    sodium_free(buf: Buffer): void;
+    sodium_memzero(buf: Uint8Array): void;
+    sodium_memcmp(a: Uint8Array, b: Uint8Array): boolean;
+    randombytes_buf(buf: Uint8Array): void;
+
+    crypto_pwhash(
+      out: Uint8Array,
+      passwd: Uint8Array,
+      salt: Uint8Array,
+      opslimit: number,
+      memlimit: number,
+      alg: number,
+    ): void;
+    crypto_pwhash_ALG_ARGON2ID13: number;
+    crypto_pwhash_SALTBYTES: number;
+    crypto_pwhash_OPSLIMIT_MODERATE: number;
+    crypto_pwhash_MEMLIMIT_MODERATE: number;
+    crypto_pwhash_OPSLIMIT_INTERACTIVE: number;
+    crypto_pwhash_MEMLIMIT_INTERACTIVE: number;
+
+    crypto_aead_xchacha20poly1305_ietf_encrypt(
+      ciphertext: Uint8Array,
+      message: Uint8Array,
+      additionalData: Uint8Array | null,
+      nsec: null,
+      npub: Uint8Array,
+      key: Uint8Array,
+    ): number;
+    crypto_aead_xchacha20poly1305_ietf_decrypt(
+      message: Uint8Array,
+      nsec: null,
+      ciphertext: Uint8Array,
+      additionalData: Uint8Array | null,
+      npub: Uint8Array,
+      key: Uint8Array,
+    ): number;
+    crypto_aead_xchacha20poly1305_ietf_ABYTES: number;
+    crypto_aead_xchacha20poly1305_ietf_KEYBYTES: number;
+    crypto_aead_xchacha20poly1305_ietf_NPUBBYTES: number;
+
+    crypto_kdf_derive_from_key(
+      subkey: Uint8Array,
+      subkeyId: number,
+      context: Uint8Array,
+      key: Uint8Array,
+    ): void;
+    crypto_kdf_CONTEXTBYTES: number;
+
+    crypto_generichash(out: Uint8Array, input: Uint8Array, key?: Uint8Array): void;
+  };
+  export default sodium;
+}

@@ -1,0 +1,220 @@
+/**
+ * vault.kw version 1, byte by byte (docs/FORMAT.md). Structure only: no keys here.
+ *
+ * The file is attacker-controlled input (anyone who can write the directory, a bad backup, a
+ * damaged disk). Every length is checked before it is used, so malformed bytes end in a
+ * VAULT_CORRUPT IntegrityError and never in a RangeError or a huge allocation.
+ */
+import { IntegrityError } from '../errors.js';
+import {
+  blake2b256,
+  KEY_ID_BYTES,
+  NONCE_BYTES,
+  SALT_BYTES,
+  TAG_BYTES,
+  type KdfParams,
+} from './crypto.js';
+
+export const MAGIC = Buffer.from('KEYWARD', 'ascii');
+export const VERSION = 1;
+export const VAULT_ID_BYTES = 16;
+export const CHECKSUM_BYTES = 32;
+const MAX_SLOTS = 8;
+const FIXED_HEADER = MAGIC.length + 1 + VAULT_ID_BYTES + KEY_ID_BYTES + 8 + 1; // 49
+
+export const SLOT_PASSPHRASE = 1;
+export const SLOT_KEYRING = 2;
+export const ALG_ARGON2ID13 = 1;
+export const WRAPPED_BYTES = 32 + TAG_BYTES;
+const PASSPHRASE_PARAMS_BYTES = 1 + 4 + 4 + SALT_BYTES; // 25
+export const PASSPHRASE_SLOT_BYTES = PASSPHRASE_PARAMS_BYTES + NONCE_BYTES + WRAPPED_BYTES; // 97
+export const KEYRING_SLOT_BYTES = NONCE_BYTES + WRAPPED_BYTES; // 72
+
+export interface Slot {
+  type: number;
+  body: Buffer;
+}
+
+export interface ParsedVault {
+  version: number;
+  vaultId: Buffer;
+  keyId: Buffer;
+  generation: bigint;
+  slots: Slot[];
+  /** Every header byte: the associated data of the index record. */
+  header: Buffer;
+  indexRecord: Buffer;
+  records: Buffer[];
+}
+
+export interface PassphraseSlot extends KdfParams {
+  alg: number;
+  salt: Buffer;
+  /** The AD of the wrap: binds the slot's parameters to the vault. */
+  params: Buffer;
+  wrapped: Buffer; // nonce || ciphertext
+}
+
+function corrupt(message: string): IntegrityError {
+  return new IntegrityError('VAULT_CORRUPT', message, {
+    hint: 'restore vault.kw from a backup; keyward did not change the file',
+  });
+}
+
+/** A bounds-checked reader over attacker-controlled bytes. */
+class Reader {
+  private pos: number;
+  constructor(
+    private readonly buf: Buffer,
+    start = 0,
+    private readonly end = buf.length,
+  ) {
+    this.pos = start;
+  }
+  get offset(): number {
+    return this.pos;
+  }
+  take(n: number, what: string): Buffer {
+    if (n < 0 || this.pos + n > this.end) throw corrupt(`vault file is truncated (in ${what})`);
+    const out = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return out;
+  }
+  u8(what: string): number {
+    return this.take(1, what).readUInt8(0);
+  }
+  u16(what: string): number {
+    return this.take(2, what).readUInt16BE(0);
+  }
+  u32(what: string): number {
+    return this.take(4, what).readUInt32BE(0);
+  }
+  u64(what: string): bigint {
+    return this.take(8, what).readBigUInt64BE(0);
+  }
+  atEnd(): boolean {
+    return this.pos === this.end;
+  }
+}
+
+/** Steps 1 to 3 of "Reading order" in docs/FORMAT.md. */
+export function parseVault(bytes: Buffer): ParsedVault {
+  // eslint-disable-next-line no-restricted-syntax -- the magic is public
+  if (bytes.length < MAGIC.length + 1 || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) {
+    throw corrupt('not a keyward vault (bad magic bytes)');
+  }
+  const version = bytes.readUInt8(MAGIC.length);
+  if (version !== VERSION) {
+    throw new IntegrityError(
+      'VAULT_UNSUPPORTED_VERSION',
+      `vault format version ${version} is not supported (this keyward reads version ${VERSION})`,
+      { hint: 'a newer keyward wrote this vault; upgrade keyward to open it' },
+    );
+  }
+  if (bytes.length < FIXED_HEADER + CHECKSUM_BYTES) throw corrupt('vault file is truncated');
+  const bodyEnd = bytes.length - CHECKSUM_BYTES;
+  const expected = blake2b256(bytes.subarray(0, bodyEnd));
+  // eslint-disable-next-line no-restricted-syntax -- the checksum is public, over public bytes
+  if (!expected.equals(bytes.subarray(bodyEnd))) {
+    throw corrupt('vault file is damaged or truncated (checksum mismatch)');
+  }
+  const r = new Reader(bytes, MAGIC.length + 1, bodyEnd);
+  const vaultId = Buffer.from(r.take(VAULT_ID_BYTES, 'vault id'));
+  const keyId = Buffer.from(r.take(KEY_ID_BYTES, 'key id'));
+  const generation = r.u64('generation');
+  const slotCount = r.u8('slot count');
+  if (slotCount < 1 || slotCount > MAX_SLOTS) throw corrupt(`vault has ${slotCount} key slots`);
+  const slots: Slot[] = [];
+  for (let i = 0; i < slotCount; i++) {
+    const type = r.u8('slot type');
+    const len = r.u16('slot length');
+    slots.push({ type, body: Buffer.from(r.take(len, 'key slot')) });
+  }
+  const header = Buffer.from(bytes.subarray(0, r.offset));
+  const indexRecord = Buffer.from(r.take(r.u32('index length'), 'index'));
+  const count = r.u32('record count');
+  const records: Buffer[] = [];
+  for (let i = 0; i < count; i++) {
+    records.push(Buffer.from(r.take(r.u32('record length'), 'value record')));
+  }
+  if (!r.atEnd()) throw corrupt('vault file has trailing bytes');
+  return { version, vaultId, keyId, generation, slots, header, indexRecord, records };
+}
+
+export function encodeHeader(p: {
+  vaultId: Buffer;
+  keyId: Buffer;
+  generation: bigint;
+  slots: readonly Slot[];
+}): Buffer {
+  const fixed = Buffer.alloc(FIXED_HEADER);
+  MAGIC.copy(fixed, 0);
+  fixed.writeUInt8(VERSION, MAGIC.length);
+  p.vaultId.copy(fixed, 8);
+  p.keyId.copy(fixed, 24);
+  fixed.writeBigUInt64BE(p.generation, 40);
+  fixed.writeUInt8(p.slots.length, 48);
+  const parts: Buffer[] = [fixed];
+  for (const s of p.slots) {
+    const h = Buffer.alloc(3);
+    h.writeUInt8(s.type, 0);
+    h.writeUInt16BE(s.body.length, 1);
+    parts.push(h, s.body);
+  }
+  return Buffer.concat(parts);
+}
+
+function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32BE(n, 0);
+  return b;
+}
+
+/** The whole file as chunks (header, index, records, checksum), ready for writeFileAtomic. */
+export function encodeVault(
+  header: Buffer,
+  indexRecord: Buffer,
+  records: readonly Buffer[],
+): Buffer[] {
+  const chunks: Buffer[] = [header, u32(indexRecord.length), indexRecord, u32(records.length)];
+  for (const rec of records) chunks.push(u32(rec.length), rec);
+  const checksum = blake2b256(Buffer.concat(chunks));
+  chunks.push(checksum);
+  return chunks;
+}
+
+/** The wrap's associated data for a slot: ties it to this vault and to its own parameters. */
+export function slotAd(vaultId: Buffer, type: number, params: Buffer): Buffer {
+  return Buffer.concat([MAGIC, Buffer.from([VERSION]), vaultId, Buffer.from([type]), params]);
+}
+
+export function parsePassphraseSlot(body: Buffer): PassphraseSlot {
+  if (body.length !== PASSPHRASE_SLOT_BYTES) throw corrupt('passphrase slot has the wrong size');
+  const r = new Reader(body);
+  const alg = r.u8('slot');
+  const opsLimit = r.u32('slot');
+  const memLimitKiB = r.u32('slot');
+  const salt = r.take(SALT_BYTES, 'slot');
+  const params = body.subarray(0, PASSPHRASE_PARAMS_BYTES);
+  const wrapped = body.subarray(PASSPHRASE_PARAMS_BYTES);
+  return { alg, opsLimit, memLimitKiB, salt, params, wrapped };
+}
+
+export function passphraseSlotParams(p: KdfParams, salt: Uint8Array): Buffer {
+  const b = Buffer.alloc(PASSPHRASE_PARAMS_BYTES);
+  b.writeUInt8(ALG_ARGON2ID13, 0);
+  b.writeUInt32BE(p.opsLimit, 1);
+  b.writeUInt32BE(p.memLimitKiB, 5);
+  Buffer.from(salt).copy(b, 9);
+  return b;
+}
+
+/** AD of a value record: binds the ciphertext to its vault, its entry id and its name. */
+export function recordAd(vaultId: Buffer, entryId: Buffer, name: string): Buffer {
+  const n = Buffer.from(name, 'utf8');
+  const len = Buffer.alloc(2);
+  len.writeUInt16BE(n.length, 0);
+  return Buffer.concat([Buffer.from('keyward secret v1', 'ascii'), vaultId, entryId, len, n]);
+}
+
+export { corrupt as corruptError };

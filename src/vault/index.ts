@@ -1,0 +1,39 @@
+/**
+ * The vault domain's public surface. Other domains import from here only (test/architecture.test.ts).
+ */
+export {
+  Vault,
+  initVault,
+  readHeaderInfo,
+  vaultExists,
+  vaultPaths,
+  withVaultRead,
+  withVaultWrite,
+  VALUE_MAX_BYTES,
+  type EntryMeta,
+  type InitOptions,
+  type InitResult,
+  type Unlock,
+  type VaultHeaderInfo,
+  type VaultPaths,
+} from './vault.js';
+export {
+  KDF_DEFAULT,
+  KDF_BOUNDS,
+  KDF_INTERACTIVE,
+  kdfInBounds,
+  type KdfParams,
+  type Rng,
+} from './crypto.js';
+export { assertValidName, NAME_MAX_BYTES } from './names.js';
+export { hasTerminal, PASSPHRASE_MIN_BYTES, type PassphraseSource } from './input.js';
+export {
+  changePassphrase,
+  createVault,
+  listSecrets,
+  printSecret,
+  rekeyVault,
+  removeSecret,
+  storeSecret,
+  type Auth,
+} from './session.js';

@@ -1,0 +1,169 @@
+/**
+ * The vault operations the CLI runs, whole: each one gets its own secret input (passphrase,
+ * value), opens the vault, acts, and wipes everything before returning. The CLI passes paths,
+ * names and options in and gets names and metadata out; it never holds a secret byte.
+ */
+import fs from 'node:fs';
+import { KeywardError } from '../errors.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import type { KdfParams } from './crypto.js';
+import {
+  hasTerminal,
+  readNewPassphrase,
+  readPassphrase,
+  readSecretValue,
+  type PassphraseSource,
+} from './input.js';
+import { assertValidName } from './names.js';
+import { writeSecretTo } from './output.js';
+import {
+  initVault,
+  readHeaderInfo,
+  withVaultRead,
+  withVaultWrite,
+  type EntryMeta,
+  type InitOptions,
+  type InitResult,
+  type Unlock,
+  type Vault,
+  type VaultPaths,
+} from './vault.js';
+
+export interface Auth extends PassphraseSource {
+  /** Refuse the keyring and insist on the passphrase (passwd, rekey). */
+  passphraseOnly?: boolean;
+  /** Told when keyward falls back from the keyring to the passphrase, for a note on stderr. */
+  onNote?: (message: string) => void;
+}
+
+function withPassphrase<T>(src: PassphraseSource, fn: (u: Unlock) => T): T {
+  const passphrase = readPassphrase(src);
+  try {
+    return fn({ passphrase });
+  } finally {
+    secureFree(passphrase);
+  }
+}
+
+/**
+ * Opens with the keyring when the vault has a keyring slot and no passphrase file was named;
+ * falls back to asking the passphrase on the terminal when the keyring can't open it.
+ */
+function unlockAnd<T>(paths: VaultPaths, auth: Auth, fn: (u: Unlock) => T): T {
+  if (auth.file === undefined && !auth.passphraseOnly) {
+    const info = readHeaderInfo(paths);
+    if (info.slots.some((s) => s.type === 'keyring')) {
+      try {
+        return fn({ keyring: true });
+      } catch (e) {
+        const keyringFailed =
+          e instanceof KeywardError &&
+          (e.code === 'KEYRING_UNAVAILABLE' || e.code === 'KEYRING_KEY_MISMATCH');
+        if (!keyringFailed || !hasTerminal()) throw e;
+        auth.onNote?.(`${e.message}; asking for the passphrase instead`);
+      }
+    }
+  }
+  return withPassphrase(auth, fn);
+}
+
+function readVault<T>(paths: VaultPaths, auth: Auth, fn: (v: Vault) => T): T {
+  return unlockAnd(paths, auth, (u) => withVaultRead(paths, u, fn));
+}
+
+function writeVault<T>(paths: VaultPaths, auth: Auth, fn: (v: Vault) => T): T {
+  return unlockAnd(paths, auth, (u) => withVaultWrite(paths, u, fn));
+}
+
+export function createVault(
+  paths: VaultPaths,
+  src: PassphraseSource,
+  opts: Omit<InitOptions, 'rng'>,
+): InitResult {
+  const passphrase = readNewPassphrase(src, 'new vault passphrase');
+  try {
+    return initVault(paths, passphrase, opts);
+  } finally {
+    secureFree(passphrase);
+  }
+}
+
+export function listSecrets(paths: VaultPaths, auth: Auth): EntryMeta[] {
+  return readVault(paths, auth, (v) => v.list());
+}
+
+/** Reads the value (stdin or a hidden prompt) first, then opens the vault and stores it. */
+export function storeSecret(
+  paths: VaultPaths,
+  auth: Auth,
+  name: string,
+  opts: { raw: boolean },
+): { result: 'created' | 'updated'; size: number } {
+  assertValidName(name);
+  const value: SecureBuffer = readSecretValue({
+    raw: opts.raw,
+    prompt: `value of ${name} (hidden): `,
+  });
+  try {
+    const size = value.length;
+    const result = writeVault(paths, auth, (v) => {
+      const r = v.set(name, value);
+      v.save();
+      return r;
+    });
+    return { result, size };
+  } finally {
+    secureFree(value);
+  }
+}
+
+export function removeSecret(paths: VaultPaths, auth: Auth, name: string): void {
+  assertValidName(name);
+  writeVault(paths, auth, (v) => {
+    v.remove(name);
+    v.save();
+  });
+}
+
+/** Writes one secret's bytes to fd, then a newline when asked (a terminal), then wipes it. */
+export function printSecret(
+  paths: VaultPaths,
+  auth: Auth,
+  name: string,
+  fd: number,
+  newline: boolean,
+): void {
+  assertValidName(name);
+  readVault(paths, auth, (v) => {
+    writeSecretTo(fd, v.reveal(name));
+    if (newline) fs.writeSync(fd, '\n');
+  });
+}
+
+export function changePassphrase(
+  paths: VaultPaths,
+  auth: Auth,
+  newSrc: PassphraseSource,
+  kdf?: KdfParams,
+): void {
+  writeVault(paths, { ...auth, passphraseOnly: true }, (v) => {
+    const next = readNewPassphrase(newSrc);
+    try {
+      v.changePassphrase(next, kdf);
+    } finally {
+      secureFree(next);
+    }
+    v.save();
+  });
+}
+
+export function rekeyVault(
+  paths: VaultPaths,
+  auth: Auth,
+): { keyringSlot: 'kept' | 'dropped' | 'none' } {
+  return writeVault(paths, { ...auth, passphraseOnly: true }, (v) => {
+    const r = v.rekey();
+    v.save();
+    return r;
+  });
+}

@@ -1,0 +1,633 @@
+/**
+ * The vault: open with a passphrase or the keyring, list, reveal, set, remove, change the
+ * passphrase, rekey. Every write replaces vault.kw atomically under an exclusive lock.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { AuthError, KeywardError, UsageError } from '../errors.js';
+import {
+  assertPrivate,
+  ensurePrivateDir,
+  sweepTempFiles,
+  withFileLock,
+  writeFileAtomic,
+} from '../lib/files.js';
+import { secureEqual, secureFree, type SecureBuffer } from '../lib/secure.js';
+import {
+  deriveSubkey,
+  KDF_DEFAULT,
+  kdfInBounds,
+  keyIdOf,
+  open,
+  passphraseKek,
+  randomSecureKey,
+  SALT_BYTES,
+  seal,
+  systemRng,
+  type KdfParams,
+  type Rng,
+} from './crypto.js';
+import {
+  ALG_ARGON2ID13,
+  corruptError,
+  encodeHeader,
+  encodeVault,
+  parsePassphraseSlot,
+  parseVault,
+  passphraseSlotParams,
+  recordAd,
+  SLOT_KEYRING,
+  SLOT_PASSPHRASE,
+  slotAd,
+  VAULT_ID_BYTES,
+  type ParsedVault,
+  type Slot,
+} from './format.js';
+import { keyringFetch, keyringStore } from './keyring.js';
+import { assertValidName } from './names.js';
+
+export const VALUE_MAX_BYTES = 16 * 1024 * 1024;
+const LOCK_TIMEOUT_MS = 10_000;
+
+export interface VaultPaths {
+  home: string;
+  file: string;
+  lock: string;
+}
+
+export function vaultPaths(home: string): VaultPaths {
+  return { home, file: path.join(home, 'vault.kw'), lock: path.join(home, 'vault.lock') };
+}
+
+export interface EntryMeta {
+  name: string;
+  created: string;
+  updated: string;
+  size: number;
+}
+
+interface IndexEntry extends EntryMeta {
+  id: string;
+}
+
+/** How to open the vault. The passphrase stays the caller's to free. */
+export type Unlock = { passphrase: SecureBuffer } | { keyring: true };
+
+export interface InitOptions {
+  kdf?: KdfParams;
+  keyring?: boolean;
+  /** Move an existing vault aside (vault.kw.bak-TIME) and create a new one. */
+  force?: boolean;
+  rng?: Rng;
+  now?: () => Date;
+}
+
+export interface InitResult {
+  created: boolean;
+  backup?: string;
+  vaultId: string;
+}
+
+function notFound(paths: VaultPaths): KeywardError {
+  return new KeywardError('VAULT_NOT_FOUND', `no vault at ${paths.file}`, {
+    hint: 'create one with: keyward init',
+  });
+}
+
+/** Fails closed unless the vault directory and file are private to this user. */
+function checkPlaces(paths: VaultPaths): void {
+  assertPrivate(paths.home, 'dir');
+  assertPrivate(paths.file, 'file');
+}
+
+export function vaultExists(paths: VaultPaths): boolean {
+  return fs.existsSync(paths.file);
+}
+
+function wrapPassphraseSlot(
+  vaultId: Buffer,
+  dk: SecureBuffer,
+  passphrase: SecureBuffer,
+  kdf: KdfParams,
+  rng: Rng,
+): { slot: Slot; kek: SecureBuffer } {
+  const salt = Buffer.alloc(SALT_BYTES);
+  rng(salt);
+  const params = passphraseSlotParams(kdf, salt);
+  const kek = passphraseKek(passphrase, salt, kdf);
+  const wrapped = seal(kek, dk, slotAd(vaultId, SLOT_PASSPHRASE, params), rng);
+  return { slot: { type: SLOT_PASSPHRASE, body: Buffer.concat([params, wrapped]) }, kek };
+}
+
+function wrapKeyringSlot(vaultId: Buffer, dk: SecureBuffer, kek: SecureBuffer, rng: Rng): Slot {
+  const wrapped = seal(kek, dk, slotAd(vaultId, SLOT_KEYRING, Buffer.alloc(0)), rng);
+  return { type: SLOT_KEYRING, body: wrapped };
+}
+
+function readVaultFile(paths: VaultPaths): Buffer {
+  checkPlaces(paths);
+  let fd: number;
+  try {
+    fd = fs.openSync(paths.file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(paths);
+    throw e;
+  }
+  try {
+    return fs.readFileSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Header facts anyone with read access can see; no passphrase needed. */
+export interface VaultHeaderInfo {
+  path: string;
+  version: number;
+  vaultId: string;
+  keyId: string;
+  generation: number;
+  slots: Array<{ type: 'passphrase'; kdf: KdfParams } | { type: 'keyring' } | { type: 'unknown' }>;
+  bytes: number;
+}
+
+export function readHeaderInfo(paths: VaultPaths): VaultHeaderInfo {
+  const bytes = readVaultFile(paths);
+  const p = parseVault(bytes);
+  return {
+    path: paths.file,
+    version: p.version,
+    vaultId: p.vaultId.toString('hex'),
+    keyId: p.keyId.toString('hex'),
+    generation: Number(p.generation),
+    slots: p.slots.map((s) => {
+      if (s.type === SLOT_PASSPHRASE) {
+        const ps = parsePassphraseSlot(s.body);
+        return {
+          type: 'passphrase' as const,
+          kdf: { opsLimit: ps.opsLimit, memLimitKiB: ps.memLimitKiB },
+        };
+      }
+      return s.type === SLOT_KEYRING ? { type: 'keyring' as const } : { type: 'unknown' as const };
+    }),
+    bytes: bytes.length,
+  };
+}
+
+/** Which slot opened the vault, and its key-encryption key (kept to rewrap at rekey). */
+interface Opened {
+  slotIndex: number;
+  kek: SecureBuffer;
+}
+
+function unwrapSlots(p: ParsedVault, unlock: Unlock): { dk: SecureBuffer; opened: Opened } {
+  if ('passphrase' in unlock) {
+    for (const [i, s] of p.slots.entries()) {
+      if (s.type !== SLOT_PASSPHRASE) continue;
+      const ps = parsePassphraseSlot(s.body);
+      if (ps.alg !== ALG_ARGON2ID13 || !kdfInBounds(ps)) {
+        throw corruptError(
+          `passphrase slot has unsupported parameters (alg ${ps.alg}, ops ${ps.opsLimit}, mem ${ps.memLimitKiB} KiB)`,
+        );
+      }
+      const kek = passphraseKek(unlock.passphrase, ps.salt, ps);
+      const dk = open(kek, ps.wrapped, slotAd(p.vaultId, SLOT_PASSPHRASE, ps.params));
+      if (dk) return { dk, opened: { slotIndex: i, kek } };
+      secureFree(kek);
+    }
+    throw new AuthError('VAULT_BAD_PASSPHRASE', 'wrong passphrase', {
+      hint: 'nothing was changed; try again (Caps Lock?)',
+    });
+  }
+  const i = p.slots.findIndex((s) => s.type === SLOT_KEYRING);
+  const slot = p.slots[i];
+  if (!slot) {
+    throw new UsageError('USAGE', 'this vault has no keyring slot', {
+      hint: 'use the passphrase (--passphrase-file or the terminal)',
+    });
+  }
+  const kek = keyringFetch(p.vaultId);
+  if (!kek) {
+    throw new AuthError('KEYRING_KEY_MISMATCH', 'the OS keyring has no key for this vault', {
+      hint: 'use the passphrase; it always opens the vault',
+    });
+  }
+  const dk = open(kek, slot.body, slotAd(p.vaultId, SLOT_KEYRING, Buffer.alloc(0)));
+  if (!dk) {
+    secureFree(kek);
+    throw new AuthError('KEYRING_KEY_MISMATCH', "the OS keyring's key does not open this vault", {
+      hint: 'use the passphrase; it always opens the vault',
+    });
+  }
+  return { dk, opened: { slotIndex: i, kek } };
+}
+
+function parseIndex(plain: SecureBuffer): IndexEntry[] {
+  // The index holds names and metadata, never secret values: turning it into a string is allowed.
+  let doc: unknown;
+  try {
+    doc = JSON.parse(plain.toString('utf8'));
+  } catch {
+    throw corruptError('vault index is not valid JSON');
+  }
+  const entries = (doc as { entries?: unknown } | null)?.entries;
+  if (!Array.isArray(entries)) throw corruptError('vault index has no entry list');
+  return entries.map((e: unknown) => {
+    const x = e as Partial<IndexEntry> | null;
+    if (
+      typeof x?.name !== 'string' ||
+      typeof x.id !== 'string' ||
+      !/^[0-9a-f]{32}$/.test(x.id) ||
+      typeof x.created !== 'string' ||
+      typeof x.updated !== 'string' ||
+      typeof x.size !== 'number'
+    ) {
+      throw corruptError('vault index has a malformed entry');
+    }
+    return { name: x.name, id: x.id, created: x.created, updated: x.updated, size: x.size };
+  });
+}
+
+function encodeIndex(entries: readonly IndexEntry[]): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      entries: entries.map((e) => ({
+        name: e.name,
+        id: e.id,
+        created: e.created,
+        updated: e.updated,
+        size: e.size,
+      })),
+    }),
+    'utf8',
+  );
+}
+
+export class Vault {
+  private closed = false;
+
+  private constructor(
+    readonly paths: VaultPaths,
+    private readonly vaultId: Buffer,
+    private generation: bigint,
+    private slots: Slot[],
+    private entries: IndexEntry[],
+    private records: Buffer[],
+    private dk: SecureBuffer,
+    private opened: Opened,
+    private readonly rng: Rng,
+  ) {}
+
+  /** Opens and verifies every record (docs/FORMAT.md, "Reading order"). */
+  static open(paths: VaultPaths, unlock: Unlock, rng: Rng = systemRng): Vault {
+    const p = parseVault(readVaultFile(paths));
+    const { dk, opened } = unwrapSlots(p, unlock);
+    try {
+      // eslint-disable-next-line no-restricted-syntax -- the key id is published in the header
+      if (!keyIdOf(dk).equals(p.keyId)) throw corruptError('vault key id does not match its key');
+      const indexKey = deriveSubkey(dk, 'index');
+      const plain = open(indexKey, p.indexRecord, p.header);
+      secureFree(indexKey);
+      if (!plain) throw corruptError('vault index failed authentication (tampered or damaged)');
+      let entries: IndexEntry[];
+      try {
+        entries = parseIndex(plain);
+      } finally {
+        secureFree(plain);
+      }
+      if (entries.length !== p.records.length) {
+        throw corruptError(
+          `vault index lists ${entries.length} entries but the file has ${p.records.length}`,
+        );
+      }
+      const v = new Vault(
+        paths,
+        p.vaultId,
+        p.generation,
+        p.slots,
+        entries,
+        p.records,
+        dk,
+        opened,
+        rng,
+      );
+      v.verifyRecords();
+      return v;
+    } catch (e) {
+      secureFree(dk);
+      secureFree(opened.kek);
+      throw e;
+    }
+  }
+
+  private verifyRecords(): void {
+    const key = deriveSubkey(this.dk, 'secrets');
+    try {
+      for (const [i, e] of this.entries.entries()) {
+        const plain = open(key, this.records[i] ?? Buffer.alloc(0), this.adOf(e));
+        if (!plain)
+          throw corruptError(`vault record ${i + 1} failed authentication (tampered or damaged)`);
+        secureFree(plain);
+      }
+    } finally {
+      secureFree(key);
+    }
+  }
+
+  private adOf(e: IndexEntry): Buffer {
+    return recordAd(this.vaultId, Buffer.from(e.id, 'hex'), e.name);
+  }
+
+  private live(): void {
+    if (this.closed) throw new Error('vault used after close');
+  }
+
+  get id(): string {
+    return this.vaultId.toString('hex');
+  }
+
+  list(): EntryMeta[] {
+    this.live();
+    return this.entries.map(({ name, created, updated, size }) => ({
+      name,
+      created,
+      updated,
+      size,
+    }));
+  }
+
+  has(name: string): boolean {
+    return this.entries.some((e) => e.name === name);
+  }
+
+  /** The value in secure memory. The caller must secureFree it as soon as it is written out. */
+  reveal(name: string): SecureBuffer {
+    this.live();
+    const i = this.indexOf(name);
+    const e = this.entries[i];
+    if (!e) throw secretNotFound(name);
+    const key = deriveSubkey(this.dk, 'secrets');
+    try {
+      const plain = open(key, this.records[i] ?? Buffer.alloc(0), this.adOf(e));
+      if (!plain) throw corruptError(`vault record of ${name} failed authentication`);
+      return plain;
+    } finally {
+      secureFree(key);
+    }
+  }
+
+  private indexOf(name: string): number {
+    return this.entries.findIndex((e) => e.name === name);
+  }
+
+  /** Stores value under name (value stays the caller's to free). Call save() to persist. */
+  set(name: string, value: SecureBuffer, now = new Date()): 'created' | 'updated' {
+    this.live();
+    assertValidName(name);
+    assertValueSize(value.length);
+    const id = Buffer.alloc(16);
+    this.rng(id);
+    const at = now.toISOString();
+    const old = this.entries[this.indexOf(name)];
+    const entry: IndexEntry = {
+      name,
+      id: id.toString('hex'),
+      created: old?.created ?? at,
+      updated: at,
+      size: value.length,
+    };
+    const key = deriveSubkey(this.dk, 'secrets');
+    let record: Buffer;
+    try {
+      record = seal(key, value, this.adOf(entry), this.rng);
+    } finally {
+      secureFree(key);
+    }
+    this.removeEntry(name);
+    const at2 = this.entries.findIndex((e) => e.name > name);
+    const pos = at2 === -1 ? this.entries.length : at2;
+    this.entries.splice(pos, 0, entry);
+    this.records.splice(pos, 0, record);
+    return old ? 'updated' : 'created';
+  }
+
+  private removeEntry(name: string): boolean {
+    const i = this.indexOf(name);
+    if (i === -1) return false;
+    this.entries.splice(i, 1);
+    this.records.splice(i, 1);
+    return true;
+  }
+
+  remove(name: string): void {
+    this.live();
+    if (!this.removeEntry(name)) throw secretNotFound(name);
+  }
+
+  /** Rewraps the data key under a new passphrase (new salt). Call save() to persist. */
+  changePassphrase(newPassphrase: SecureBuffer, kdf: KdfParams = KDF_DEFAULT): void {
+    this.live();
+    const { slot, kek } = wrapPassphraseSlot(this.vaultId, this.dk, newPassphrase, kdf, this.rng);
+    const keep = this.slots.filter((s) => s.type !== SLOT_PASSPHRASE);
+    this.slots = [slot, ...keep];
+    secureFree(this.opened.kek);
+    this.opened = { slotIndex: 0, kek };
+  }
+
+  /**
+   * Draws a new data key and re-encrypts every record under it. Only a vault opened with the
+   * passphrase can be rekeyed (its slot is rewrapped with the key derived at open). A keyring slot
+   * is rewrapped when the keyring answers, and dropped (reported) when it does not.
+   * Call save() to persist; until then the file on disk is the old one, whole.
+   */
+  rekey(): { keyringSlot: 'kept' | 'dropped' | 'none' } {
+    this.live();
+    const openedSlot = this.slots[this.opened.slotIndex];
+    if (openedSlot?.type !== SLOT_PASSPHRASE) {
+      throw new UsageError('USAGE', 'rekey needs the passphrase', {
+        hint: 'run keyward rekey with --passphrase-file or on a terminal',
+      });
+    }
+    const newDk = randomSecureKey(this.rng);
+    const oldKey = deriveSubkey(this.dk, 'secrets');
+    const newKey = deriveSubkey(newDk, 'secrets');
+    const records: Buffer[] = [];
+    try {
+      for (const [i, e] of this.entries.entries()) {
+        const ad = this.adOf(e);
+        const plain = open(oldKey, this.records[i] ?? Buffer.alloc(0), ad);
+        if (!plain) throw corruptError(`vault record ${i + 1} failed authentication`);
+        try {
+          records.push(seal(newKey, plain, ad, this.rng));
+        } finally {
+          secureFree(plain);
+        }
+      }
+    } catch (e) {
+      secureFree(newDk);
+      throw e;
+    } finally {
+      secureFree(oldKey);
+      secureFree(newKey);
+    }
+    const ps = parsePassphraseSlot(openedSlot.body);
+    const passSlot: Slot = {
+      type: SLOT_PASSPHRASE,
+      body: Buffer.concat([
+        ps.params,
+        seal(this.opened.kek, newDk, slotAd(this.vaultId, SLOT_PASSPHRASE, ps.params), this.rng),
+      ]),
+    };
+    let keyringSlot: 'kept' | 'dropped' | 'none' = 'none';
+    const slots: Slot[] = [passSlot];
+    if (this.slots.some((s) => s.type === SLOT_KEYRING)) {
+      keyringSlot = 'dropped';
+      let kek: SecureBuffer | undefined;
+      try {
+        kek = keyringFetch(this.vaultId);
+      } catch {
+        kek = undefined;
+      }
+      if (kek) {
+        slots.push(wrapKeyringSlot(this.vaultId, newDk, kek, this.rng));
+        secureFree(kek);
+        keyringSlot = 'kept';
+      }
+    }
+    secureFree(this.dk);
+    this.dk = newDk;
+    this.records = records;
+    this.slots = slots;
+    this.opened = { slotIndex: 0, kek: this.opened.kek };
+    return { keyringSlot };
+  }
+
+  /** Writes the vault atomically. The caller must hold the vault lock (withVaultWrite does). */
+  save(): void {
+    this.live();
+    this.generation += 1n;
+    const header = encodeHeader({
+      vaultId: this.vaultId,
+      keyId: keyIdOf(this.dk),
+      generation: this.generation,
+      slots: this.slots,
+    });
+    const indexKey = deriveSubkey(this.dk, 'index');
+    let indexRecord: Buffer;
+    try {
+      indexRecord = seal(indexKey, encodeIndex(this.entries), header, this.rng);
+    } finally {
+      secureFree(indexKey);
+    }
+    writeFileAtomic(this.paths.file, encodeVault(header, indexRecord, this.records));
+  }
+
+  /** Wipes the keys. Idempotent. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    secureFree(this.dk);
+    secureFree(this.opened.kek);
+  }
+}
+
+function secretNotFound(name: string): KeywardError {
+  return new KeywardError('SECRET_NOT_FOUND', `no secret named ${name}`, {
+    hint: 'see the names with: keyward secret list',
+  });
+}
+
+export function assertValueSize(n: number): void {
+  if (n === 0) {
+    throw new UsageError('INVALID_VALUE', 'the secret value is empty', {
+      hint: 'pipe the value on standard input, e.g.: printf %s "$TOKEN" | keyward secret set NAME',
+    });
+  }
+  if (n > VALUE_MAX_BYTES) {
+    throw new UsageError(
+      'INVALID_VALUE',
+      `the secret value is larger than ${VALUE_MAX_BYTES} bytes`,
+      {
+        hint: 'keyward keeps credentials, not files; store a key to the file instead',
+      },
+    );
+  }
+}
+
+/** Opens the vault for reading, runs fn, and wipes the keys. */
+export function withVaultRead<T>(paths: VaultPaths, unlock: Unlock, fn: (v: Vault) => T): T {
+  const v = Vault.open(paths, unlock);
+  try {
+    return fn(v);
+  } finally {
+    v.close();
+  }
+}
+
+/**
+ * Opens the vault under its exclusive lock, runs fn (which calls save() to persist), and wipes
+ * the keys. Temp files of writers that were killed are swept first.
+ */
+export function withVaultWrite<T>(paths: VaultPaths, unlock: Unlock, fn: (v: Vault) => T): T {
+  checkPlaces(paths);
+  if (!vaultExists(paths)) throw notFound(paths);
+  return withFileLock(paths.lock, LOCK_TIMEOUT_MS, () => {
+    sweepTempFiles(paths.file);
+    return withVaultRead(paths, unlock, fn);
+  });
+}
+
+/** Creates a vault. With one present, does nothing (created: false) unless force is set. */
+export function initVault(
+  paths: VaultPaths,
+  passphrase: SecureBuffer,
+  opts: InitOptions = {},
+): InitResult {
+  const rng = opts.rng ?? systemRng;
+  const kdf = opts.kdf ?? KDF_DEFAULT;
+  const now = opts.now ?? (() => new Date());
+  if (!kdfInBounds(kdf)) throw new UsageError('USAGE', 'KDF parameters out of range');
+  ensurePrivateDir(paths.home);
+  assertPrivate(paths.file, 'file');
+  return withFileLock(paths.lock, LOCK_TIMEOUT_MS, () => {
+    sweepTempFiles(paths.file);
+    let backup: string | undefined;
+    if (vaultExists(paths)) {
+      if (!opts.force) return { created: false, vaultId: readHeaderInfo(paths).vaultId };
+      backup = `${paths.file}.bak-${now().toISOString().replace(/[:.]/g, '-')}`;
+      fs.renameSync(paths.file, backup);
+    }
+    const vaultId = Buffer.alloc(VAULT_ID_BYTES);
+    rng(vaultId);
+    const dk = randomSecureKey(rng);
+    const { slot, kek } = wrapPassphraseSlot(vaultId, dk, passphrase, kdf, rng);
+    const slots = [slot];
+    try {
+      if (opts.keyring) {
+        const kk = randomSecureKey(rng);
+        try {
+          slots.push(wrapKeyringSlot(vaultId, dk, kk, rng));
+          keyringStore(vaultId, kk);
+        } finally {
+          secureFree(kk);
+        }
+      }
+      const header = encodeHeader({ vaultId, keyId: keyIdOf(dk), generation: 1n, slots });
+      const indexKey = deriveSubkey(dk, 'index');
+      const indexRecord = seal(indexKey, encodeIndex([]), header, rng);
+      secureFree(indexKey);
+      writeFileAtomic(paths.file, encodeVault(header, indexRecord, []));
+    } finally {
+      secureFree(dk);
+      secureFree(kek);
+    }
+    return backup === undefined
+      ? { created: true, vaultId: vaultId.toString('hex') }
+      : { created: true, backup, vaultId: vaultId.toString('hex') };
+  });
+}
+
+/** Two secure buffers hold the same passphrase (constant time). */
+export function samePassphrase(a: SecureBuffer, b: SecureBuffer): boolean {
+  return secureEqual(a, b);
+}
