@@ -32,7 +32,7 @@ function privateCheck(id: string, p: string, kind: 'dir' | 'file'): Check {
   return {
     id,
     status: 'fail',
-    message: problem,
+    message: `${p}: ${problem}`,
     hint: `chmod ${kind === 'dir' ? '700' : '600'} '${p}' if the change was yours`,
   };
 }

@@ -74,7 +74,7 @@ export function sweepTempFiles(target: string): string[] {
   return removed;
 }
 
-/** Why a path is not private to this user, or undefined when it is. */
+/** Why a path is not private to this user ("it is ..."), or undefined when it is. */
 export function permissionProblem(p: string, kind: 'dir' | 'file'): string | undefined {
   let st: fs.Stats;
   try {
@@ -83,15 +83,15 @@ export function permissionProblem(p: string, kind: 'dir' | 'file'): string | und
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw e;
   }
-  if (st.isSymbolicLink()) return `${p} is a symbolic link`;
-  if (kind === 'dir' && !st.isDirectory()) return `${p} is not a directory`;
-  if (kind === 'file' && !st.isFile()) return `${p} is not a regular file`;
+  if (st.isSymbolicLink()) return 'it is a symbolic link';
+  if (kind === 'dir' && !st.isDirectory()) return 'it is not a directory';
+  if (kind === 'file' && !st.isFile()) return 'it is not a regular file';
   const uid = process.geteuid?.() ?? -1;
-  if (st.uid !== uid) return `${p} is owned by uid ${st.uid}, not by you (uid ${uid})`;
+  if (st.uid !== uid) return `it is owned by uid ${st.uid}, not by you (uid ${uid})`;
   const loose = st.mode & 0o077;
   if (loose !== 0) {
     const mode = (st.mode & 0o777).toString(8).padStart(3, '0');
-    return `${p} has mode ${mode}; others can ${loose & 0o022 ? 'change' : 'read'} it`;
+    return `it has mode ${mode}, so others can ${loose & 0o022 ? 'change' : 'read'} it`;
   }
   return undefined;
 }
@@ -101,7 +101,7 @@ export function assertPrivate(p: string, kind: 'dir' | 'file'): void {
   const problem = permissionProblem(p, kind);
   if (problem !== undefined) {
     const wanted = kind === 'dir' ? '700' : '600';
-    throw new IntegrityError('INSECURE_PERMISSIONS', `refusing to use ${problem}`, {
+    throw new IntegrityError('INSECURE_PERMISSIONS', `refusing to use ${p}: ${problem}`, {
       hint: `if that is your own doing, run: chmod ${wanted} '${p}' (and check nobody else changed it)`,
     });
   }

@@ -1,0 +1,104 @@
+/**
+ * The import rules of docs/ARCHITECTURE.md, checked on the source so they can't be weakened
+ * silently (STYLE.md, habit 7).
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { ROOT } from './helpers.js';
+
+const SRC = path.join(ROOT, 'src');
+
+function files(dir: string): string[] {
+  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => {
+    const p = path.join(dir, d.name);
+    return d.isDirectory() ? files(p) : p.endsWith('.ts') && !p.endsWith('.d.ts') ? [p] : [];
+  });
+}
+
+interface Import {
+  from: string;
+  spec: string;
+  /** The resolved source path for relative imports. */
+  target?: string;
+}
+
+const sources = files(SRC);
+const imports: Import[] = sources.flatMap((file) => {
+  const text = fs.readFileSync(file, 'utf8');
+  const specs = [...text.matchAll(/(?:from|import)\s*\(?\s*'([^']+)'/g)].map((m) => m[1] ?? '');
+  return specs.map((spec) =>
+    spec.startsWith('.')
+      ? { from: file, spec, target: path.resolve(path.dirname(file), spec).replace(/\.js$/, '.ts') }
+      : { from: file, spec },
+  );
+});
+
+const rel = (p: string) => path.relative(SRC, p);
+const domainOf = (p: string) => rel(p).split(path.sep)[0] ?? '';
+const DOMAINS = ['vault', 'agent', 'approval', 'policy', 'audit', 'run', 'mcp', 'cli', 'doctor'];
+
+test('other domains reach a domain only through its entry file (index.ts)', () => {
+  const bad = imports.filter((i) => {
+    if (!i.target) return false;
+    const to = domainOf(i.target);
+    return (
+      DOMAINS.includes(to) && domainOf(i.from) !== to && path.basename(i.target) !== 'index.ts'
+    );
+  });
+  assert.deepEqual(
+    bad.map((i) => `${rel(i.from)} -> ${i.spec}`),
+    [],
+  );
+});
+
+test('only the vault and lib/secure touch sodium-native (secret cryptography lives there)', () => {
+  const users = imports.filter((i) => i.spec === 'sodium-native').map((i) => rel(i.from));
+  const allowed = (f: string) =>
+    f.startsWith(`vault${path.sep}`) || f === path.join('lib', 'secure.ts');
+  assert.deepEqual(
+    users.filter((f) => !allowed(f)),
+    [],
+  );
+});
+
+test('cli/ holds no secret bytes: it imports neither sodium-native nor the secure-memory helpers', () => {
+  const bad = imports.filter(
+    (i) =>
+      domainOf(i.from) === 'cli' &&
+      (i.spec === 'sodium-native' ||
+        i.target === path.join(SRC, 'lib/secure.ts') ||
+        i.spec === 'node:crypto'),
+  );
+  // The demo draws a throwaway passphrase for a throwaway vault; that is not a user secret.
+  const allowed = bad.filter(
+    (i) => !(rel(i.from) === path.join('cli', 'demo.ts') && i.spec.endsWith('secure.js')),
+  );
+  assert.deepEqual(
+    allowed.map((i) => `${rel(i.from)} -> ${i.spec}`),
+    [],
+  );
+});
+
+test('no module uses node:crypto key objects: secret cryptography goes through sodium-native', () => {
+  const bad = sources.filter((f) =>
+    /createSecretKey\(|createPrivateKey\(|KeyObject\.from\(/.test(fs.readFileSync(f, 'utf8')),
+  );
+  assert.deepEqual(bad.map(rel), []);
+});
+
+test('entry files name what they export (no export *)', () => {
+  const bad = sources.filter((f) => /export \*/.test(fs.readFileSync(f, 'utf8')));
+  assert.deepEqual(bad.map(rel), []);
+});
+
+test('lib/ is shared helpers: it imports no domain', () => {
+  const bad = imports.filter(
+    (i) => domainOf(i.from) === 'lib' && i.target && DOMAINS.includes(domainOf(i.target)),
+  );
+  assert.deepEqual(
+    bad.map((i) => `${rel(i.from)} -> ${i.spec}`),
+    [],
+  );
+});

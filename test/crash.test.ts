@@ -1,0 +1,138 @@
+/**
+ * Nothing lost: a writer killed with SIGKILL at any instant leaves a vault that opens with the
+ * old content or the new, never neither.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import { test } from 'node:test';
+import { initHome, kw, kwSpawn, type Home } from './helpers.js';
+
+const VALUE_BYTES = 4 * 1024 * 1024; // large enough that encrypting and writing takes a while
+const ITERATIONS = Number(process.env['KEYWARD_CRASH_ITERATIONS'] ?? 40);
+
+function value(i: number): Buffer {
+  const b = Buffer.alloc(VALUE_BYTES, i % 251);
+  b.write(`version-${i}-`, 0);
+  return b;
+}
+
+const digest = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+function keyId(h: Home): string {
+  return (JSON.parse(kw(['whoami', '--json'], { env: h.env }).stdout) as { keyId: string }).keyId;
+}
+
+/** Runs args with input, kills it with SIGKILL after delayMs; true when it was still running. */
+async function killAfter(
+  h: Home,
+  args: string[],
+  input: Buffer | undefined,
+  delayMs: number,
+): Promise<boolean> {
+  const child = kwSpawn(args, h.env);
+  child.stdout.resume();
+  child.stderr.resume();
+  child.stdin.on('error', () => undefined);
+  child.stdin.end(input ?? Buffer.alloc(0));
+  const exited = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([new Promise((r) => (timer = setTimeout(r, delayMs))), exited]);
+  clearTimeout(timer);
+  const killed = child.exitCode === null && child.signalCode === null && child.kill('SIGKILL');
+  await exited;
+  return killed;
+}
+
+async function timeOf(h: Home, args: string[], input?: Buffer): Promise<number> {
+  const start = Date.now();
+  await killAfter(h, args, input, 60_000);
+  return Date.now() - start;
+}
+
+test(`SIGKILL at random points during secret set and rekey (${ITERATIONS} times): the vault always opens with the old or the new content`, async () => {
+  const h = initHome();
+  assert.equal(kw(['secret', 'set', 'big', '--raw'], { env: h.env, input: value(0) }).code, 0);
+  const first = kw(['read', 'big'], { env: h.env });
+  assert.equal(digest(first.stdoutBytes), digest(value(0)));
+  let currentKey = keyId(h);
+  // How long a whole write takes here, so kill points spread over start-up, KDF, encrypt, write.
+  const setMs = await timeOf(h, ['secret', 'set', 'big', '--raw'], value(1));
+  let current = digest(value(1));
+  let killedMidway = 0;
+  let sawOld = 0;
+  let sawNew = 0;
+  for (let i = 2; i < ITERATIONS + 2; i++) {
+    const rekey = i % 4 === 0;
+    const v = value(i);
+    const delay = Math.floor(Math.random() * setMs * 1.1);
+    const killed = await killAfter(
+      h,
+      rekey ? ['rekey'] : ['secret', 'set', 'big', '--raw'],
+      rekey ? undefined : v,
+      delay,
+    );
+    if (killed) killedMidway++;
+
+    const r = kw(['read', 'big'], { env: h.env });
+    assert.equal(
+      r.code,
+      0,
+      `iteration ${i} (${rekey ? 'rekey' : 'set'}, killed after ${delay} ms): ${r.stderr}`,
+    );
+    const got = digest(r.stdoutBytes);
+    if (rekey) {
+      assert.equal(got, current, `iteration ${i}: rekey must never change a value`);
+      const k = keyId(h);
+      if (k === currentKey) sawOld++;
+      else sawNew++;
+      currentKey = k;
+    } else {
+      assert.ok(
+        got === current || got === digest(v),
+        `iteration ${i}: neither the old nor the new value`,
+      );
+      if (got === current) sawOld++;
+      else sawNew++;
+      current = got;
+      currentKey = keyId(h);
+    }
+    assert.equal(fs.statSync(h.vaultFile).mode & 0o777, 0o600);
+  }
+  // The test means something only if kills landed while writers ran, and both outcomes occurred.
+  assert.ok(killedMidway >= ITERATIONS / 4, `only ${killedMidway} kills landed mid-run`);
+  assert.ok(sawOld > 0 && sawNew > 0, `old ${sawOld}, new ${sawNew}`);
+
+  // A killed writer's temp file is swept by the next writer, under the lock.
+  assert.equal(kw(['secret', 'set', 'small'], { env: h.env, input: 'after-the-storm' }).code, 0);
+  assert.deepEqual(
+    fs.readdirSync(h.home).filter((n) => n.includes('.tmp-')),
+    [],
+  );
+});
+
+test('concurrent writers are serialised by the lock: no update is lost', async () => {
+  const h = initHome();
+  const names = Array.from({ length: 8 }, (_, i) => `parallel/n${i}`);
+  await Promise.all(
+    names.map(
+      (n) =>
+        new Promise<void>((resolve, reject) => {
+          const c = kwSpawn(['secret', 'set', n], h.env);
+          c.stdout.resume();
+          c.stderr.resume();
+          c.stdin.end(`value-of-${n}`);
+          c.on('exit', (code) =>
+            code === 0 ? resolve() : reject(new Error(`${n} exited ${code}`)),
+          );
+        }),
+    ),
+  );
+  const list = JSON.parse(kw(['secret', 'list', '--json'], { env: h.env }).stdout) as Array<{
+    name: string;
+  }>;
+  assert.deepEqual(
+    list.map((e) => e.name),
+    names,
+  );
+});

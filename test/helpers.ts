@@ -1,0 +1,79 @@
+/**
+ * Test helpers: throwaway homes and the real CLI in a child process, as a user runs it.
+ */
+import { spawn, spawnSync, type SpawnSyncReturns } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const BIN = path.join(ROOT, 'bin/keyward.js');
+export const VECTORS = path.join(ROOT, 'test/vectors');
+
+/** The minimum argon2id cost, so tests that init many vaults stay fast. */
+export const FAST_KDF = ['--kdf-ops', '1', '--kdf-mem-mib', '8'];
+export const PASSPHRASE = 'test passphrase, long enough';
+
+export interface Home {
+  dir: string;
+  home: string;
+  passFile: string;
+  env: NodeJS.ProcessEnv;
+  vaultFile: string;
+}
+
+/** A private temp dir with KEYWARD_HOME inside it and a passphrase file (mode 0600). */
+export function makeHome(passphrase = PASSPHRASE): Home {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-test-'));
+  const home = path.join(dir, 'home');
+  const passFile = path.join(dir, 'pass');
+  fs.writeFileSync(passFile, `${passphrase}\n`, { mode: 0o600 });
+  const env: NodeJS.ProcessEnv = {
+    PATH: process.env['PATH'],
+    HOME: dir,
+    KEYWARD_HOME: home,
+    KEYWARD_PASSPHRASE_FILE: passFile,
+  };
+  return { dir, home, passFile, env, vaultFile: path.join(home, 'vault.kw') };
+}
+
+export interface Run {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  stdout: string;
+  stderr: string;
+  stdoutBytes: Buffer;
+}
+
+export function kw(args: string[], opts: { env: NodeJS.ProcessEnv; input?: string | Buffer }): Run {
+  const r: SpawnSyncReturns<Buffer> = spawnSync(process.execPath, [BIN, ...args], {
+    env: opts.env,
+    input: opts.input ?? '',
+    maxBuffer: 64 * 1024 * 1024,
+  });
+  return {
+    code: r.status,
+    signal: r.signal,
+    stdout: r.stdout.toString('utf8'),
+    stderr: r.stderr.toString('utf8'),
+    stdoutBytes: r.stdout,
+  };
+}
+
+/** A home with a fast-KDF vault already in it. */
+export function initHome(passphrase = PASSPHRASE): Home {
+  const h = makeHome(passphrase);
+  const r = kw(['init', ...FAST_KDF], { env: h.env });
+  if (r.code !== 0) throw new Error(`init failed: ${r.stderr}`);
+  return h;
+}
+
+/** Starts the CLI without waiting, for crash tests. */
+export function kwSpawn(args: string[], env: NodeJS.ProcessEnv) {
+  return spawn(process.execPath, [BIN, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

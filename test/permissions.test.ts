@@ -1,0 +1,99 @@
+/**
+ * Fail closed: a vault others could read, change or swap is refused, with a hint, before use.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { FAST_KDF, initHome, kw, makeHome } from './helpers.js';
+
+const isRoot = process.geteuid?.() === 0;
+
+function refused(env: NodeJS.ProcessEnv, why: RegExp): void {
+  for (const args of [
+    ['secret', 'list'],
+    ['read', 'a'],
+    ['secret', 'set', 'b'],
+  ]) {
+    const r = kw(args, { env, input: 'value-123' });
+    assert.equal(r.code, 8, `${args.join(' ')}: ${r.stderr}`);
+    assert.match(r.stderr, /^keyward: error: refusing to use /);
+    assert.match(r.stderr, why);
+    assert.match(r.stderr, /keyward: hint: /);
+  }
+}
+
+test('when the vault directory is readable by others (0755), every command refuses it', () => {
+  const h = initHome();
+  fs.chmodSync(h.home, 0o755);
+  refused(h.env, /it has mode 755, so others can read it/);
+});
+
+test('when the vault directory is group-writable (0770), it is refused as changeable', () => {
+  const h = initHome();
+  fs.chmodSync(h.home, 0o770);
+  refused(h.env, /so others can change it/);
+});
+
+test('when the vault file is readable by others (0644), it is refused', () => {
+  const h = initHome();
+  fs.chmodSync(h.vaultFile, 0o644);
+  refused(h.env, /vault\.kw: it has mode 644/);
+});
+
+test('when the vault file is a symbolic link, it is refused', () => {
+  const h = initHome();
+  const moved = path.join(h.dir, 'elsewhere.kw');
+  fs.renameSync(h.vaultFile, moved);
+  fs.symlinkSync(moved, h.vaultFile);
+  refused(h.env, /it is a symbolic link/);
+});
+
+test('when KEYWARD_HOME is a symbolic link, it is refused', () => {
+  const h = initHome();
+  const real = path.join(h.dir, 'real-home');
+  fs.renameSync(h.home, real);
+  fs.symlinkSync(real, h.home);
+  refused(h.env, /it is a symbolic link/);
+});
+
+test(
+  'when the vault file belongs to another user, it is refused',
+  { skip: !isRoot && 'needs root to chown' },
+  () => {
+    const h = initHome();
+    fs.chownSync(h.vaultFile, 65534, 65534);
+    refused(h.env, /owned by uid 65534, not by you/);
+  },
+);
+
+test('init refuses a pre-existing home directory with loose permissions and writes nothing into it', () => {
+  const h = makeHome();
+  fs.mkdirSync(h.home, { mode: 0o755 });
+  fs.chmodSync(h.home, 0o755);
+  const r = kw(['init', ...FAST_KDF], { env: h.env });
+  assert.equal(r.code, 8);
+  assert.match(r.stderr, /refusing to use .*home: it has mode 755/);
+  assert.deepEqual(fs.readdirSync(h.home), []);
+});
+
+test('doctor reports a loose vault directory as FAIL and exits 8; a private one passes', () => {
+  const h = initHome();
+  let r = kw(['doctor'], { env: h.env });
+  assert.equal(r.code, 0, r.stdout + r.stderr);
+  assert.match(r.stdout, /^OK +home-permissions/m);
+  assert.match(r.stdout, /^OK +vault-permissions/m);
+  assert.match(r.stdout, /core-limit/);
+  fs.chmodSync(h.home, 0o755);
+  r = kw(['doctor', '--json'], { env: h.env });
+  assert.equal(r.code, 8);
+  const checks = JSON.parse(r.stdout) as Array<{ id: string; status: string }>;
+  assert.equal(checks.find((c) => c.id === 'home-permissions')?.status, 'fail');
+  assert.match(r.stderr, /1 check\(s\) failed: home-permissions/);
+});
+
+test('doctor warns that a passphrase file makes the vault only as safe as that file', () => {
+  const h = initHome();
+  const r = kw(['doctor'], { env: h.env });
+  assert.match(r.stdout, /^WARN +passphrase-file .*only as safe as this file/m);
+});

@@ -1,0 +1,113 @@
+/**
+ * Passphrases typed on a real terminal (a pseudo-terminal driven like a person): hidden, editable,
+ * confirmed, cancellable, and the terminal is left as it was found.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { BIN, FAST_KDF, kw, makeHome, ROOT, type Home } from './helpers.js';
+
+const DRIVER = path.join(ROOT, 'test/pty-driver.py');
+
+function onTerminal(
+  h: Home,
+  shell: string,
+  steps: Array<[string, string]>,
+): { out: string; exit: number } {
+  const env: Record<string, string> = {
+    PATH: process.env['PATH'] ?? '',
+    HOME: h.dir,
+    KEYWARD_HOME: h.home,
+    TERM: 'dumb',
+  };
+  const argv = ['bash', '-c', `kw() { '${process.execPath}' '${BIN}' "$@"; }\n${shell}`];
+  const r = spawnSync('python3', [DRIVER, JSON.stringify({ argv, env, steps })], {
+    encoding: 'utf8',
+    timeout: 60_000,
+  });
+  const m = /\nEXIT=(\d+)\n$/.exec(r.stdout);
+  assert.ok(m, `driver failed: ${r.stdout}${r.stderr}`);
+  return { out: r.stdout, exit: Number(m[1]) };
+}
+
+test('init on a terminal asks the passphrase twice without echo; read asks it once; backspace edits', () => {
+  const h = makeHome();
+  const t = onTerminal(
+    h,
+    `kw init ${FAST_KDF.join(' ')} && printf 'typed-value-42' | kw secret set t/v && kw read t/v`,
+    [
+      ['new vault passphrase: ', 'tty passphrase 1x\x7f2\r'], // typo, backspace, fixed
+      ['new vault passphrase again: ', 'tty passphrase 12\r'],
+      ['keyward passphrase: ', 'tty passphrase 12\r'],
+      ['keyward passphrase: ', 'tty passphrase 12\r'],
+    ],
+  );
+  assert.equal(t.exit, 0, t.out);
+  assert.match(t.out, /Initialized keyward vault/);
+  assert.match(t.out, /typed-value-42/);
+  assert.doesNotMatch(t.out, /tty passphrase/, 'the passphrase is never echoed');
+  // The same passphrase works from a file afterwards: the terminal path read the same bytes.
+  const r = kw(['read', 't/v'], {
+    env: { ...h.env, KEYWARD_PASSPHRASE_FILE: writePass(h, 'tty passphrase 12') },
+  });
+  assert.equal(r.stdout, 'typed-value-42');
+});
+
+test('two different passphrases at init are refused and nothing is created', () => {
+  const h = makeHome();
+  const t = onTerminal(
+    h,
+    `kw init ${FAST_KDF.join(' ')}; echo "RC=$?"; ls '${h.home}' 2>/dev/null | grep -c vault.kw`,
+    [
+      ['new vault passphrase: ', 'first passphrase\r'],
+      ['again: ', 'second passphrase\r'],
+    ],
+  );
+  assert.match(t.out, /the two passphrases differ/);
+  assert.match(t.out, /RC=2/);
+  assert.match(t.out, /\n0\r?\n/);
+});
+
+test('Ctrl-C at the passphrase prompt cancels (exit 6) and the terminal echoes again afterwards', () => {
+  const h = makeHome();
+  kw(['init', ...FAST_KDF], { env: h.env });
+  const t = onTerminal(
+    h,
+    `kw secret list; echo "RC=$?"; stty -a | tr ' ' '\\n' | grep -x -e echo -e -echo`,
+    [['keyward passphrase: ', 'half typed\x03']],
+  );
+  assert.match(t.out, /cancelled at the prompt/);
+  assert.match(t.out, /RC=6/);
+  assert.match(t.out, /\necho\r?\n/, 'echo is back on');
+});
+
+test('a secret value typed on a terminal is hidden', () => {
+  const h = makeHome();
+  kw(['init', ...FAST_KDF], { env: h.env });
+  const t = onTerminal(h, `kw secret set typed/v --passphrase-file '${h.passFile}'`, [
+    ['value of typed/v (hidden): ', 'invisible-value\r'],
+  ]);
+  assert.equal(t.exit, 0, t.out);
+  assert.doesNotMatch(t.out, /invisible-value/);
+  assert.equal(kw(['read', 'typed/v'], { env: h.env }).stdout, 'invisible-value');
+});
+
+test('init --force on a terminal asks for "yes"; anything else changes nothing', () => {
+  const h = makeHome();
+  kw(['init', ...FAST_KDF], { env: h.env });
+  const t = onTerminal(
+    h,
+    `kw init --force --passphrase-file '${h.passFile}' ${FAST_KDF.join(' ')}; echo "RC=$?"`,
+    [['Type "yes": ', 'no\r']],
+  );
+  assert.match(t.out, /not confirmed; nothing was changed/);
+  assert.match(t.out, /RC=2/);
+});
+
+function writePass(h: Home, p: string): string {
+  const f = path.join(h.dir, 'typed-pass');
+  fs.writeFileSync(f, `${p}\n`, { mode: 0o600 });
+  return f;
+}

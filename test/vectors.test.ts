@@ -1,0 +1,89 @@
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { KeywardError } from '../src/errors.js';
+import { secureTake } from '../src/lib/secure.js';
+import { Vault, vaultPaths } from '../src/vault/index.js';
+import { makeVectors, type VectorSpec } from '../scripts/make-vectors.js';
+import { FAST_KDF, kw, makeHome, VECTORS } from './helpers.js';
+
+const DIR = path.join(VECTORS, 'vault');
+const specs = JSON.parse(fs.readFileSync(path.join(DIR, 'vectors.json'), 'utf8')) as VectorSpec[];
+
+function placed(file: string): ReturnType<typeof vaultPaths> {
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-vec-'));
+  fs.chmodSync(home, 0o700);
+  const p = vaultPaths(home);
+  fs.copyFileSync(path.join(DIR, file), p.file);
+  fs.chmodSync(p.file, 0o600);
+  return p;
+}
+
+for (const v of specs) {
+  const expectation = v.expect.ok
+    ? 'opens with the expected entries'
+    : `fails with ${v.expect.code}`;
+  test(`vector ${v.file} with ${JSON.stringify(v.passphrase)} ${expectation} (${v.note})`, () => {
+    const p = placed(v.file);
+    const before = fs.readFileSync(p.file);
+    const pass = secureTake(Buffer.from(v.passphrase));
+    try {
+      if (v.expect.ok) {
+        const vault = Vault.open(p, { passphrase: pass });
+        try {
+          const got: Record<string, string> = {};
+          for (const e of vault.list()) got[e.name] = vault.reveal(e.name).toString('utf8');
+          assert.deepEqual(got, v.expect.entries);
+        } finally {
+          vault.close();
+        }
+      } else {
+        const code = v.expect.code;
+        assert.throws(
+          () => Vault.open(p, { passphrase: pass }),
+          (e: unknown) => e instanceof KeywardError && e.code === code,
+        );
+      }
+      assert.deepEqual(fs.readFileSync(p.file), before, 'opening never changes the file');
+    } finally {
+      fs.rmSync(p.home, { recursive: true, force: true });
+    }
+  });
+}
+
+test('the vector generator reproduces every committed vector byte for byte (the format is pinned)', () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-vec-gen-'));
+  makeVectors(out);
+  for (const name of fs.readdirSync(DIR)) {
+    assert.deepEqual(
+      fs.readFileSync(path.join(out, name)),
+      fs.readFileSync(path.join(DIR, name)),
+      name,
+    );
+  }
+  fs.rmSync(out, { recursive: true, force: true });
+});
+
+const cliCases: Array<[string, number, RegExp]> = [
+  ['flipped-value.kwv', 8, /failed authentication/],
+  ['truncated.kwv', 8, /damaged or truncated/],
+  ['version-2.kwv', 8, /version 2 is not supported/],
+  ['not-a-vault.kwv', 8, /not a keyward vault/],
+];
+for (const [file, exit, message] of cliCases) {
+  test(`when the vault file is ${file}, keyward read exits ${exit}, says what is wrong and leaves the file as it was`, () => {
+    const h = makeHome('correct horse battery staple');
+    assert.equal(kw(['init', ...FAST_KDF], { env: h.env }).code, 0);
+    fs.copyFileSync(path.join(DIR, file), h.vaultFile);
+    fs.chmodSync(h.vaultFile, 0o600);
+    const before = fs.readFileSync(h.vaultFile);
+    const r = kw(['read', 'api/token'], { env: h.env });
+    assert.equal(r.code, exit);
+    assert.match(r.stderr, message);
+    assert.match(r.stderr, /^keyward: error: /);
+    assert.equal(r.stdout, '');
+    assert.deepEqual(fs.readFileSync(h.vaultFile), before);
+  });
+}
