@@ -38,11 +38,13 @@ export const ERROR_CODES = {
   KEYRING_KEY_MISMATCH: EXIT.AUTH,
   KEYRING_UNAVAILABLE: EXIT.UNAVAILABLE,
   VAULT_BUSY: EXIT.UNAVAILABLE,
+  AUDIT_UNAVAILABLE: EXIT.UNAVAILABLE,
   CANCELLED: EXIT.DENIED,
   VAULT_CORRUPT: EXIT.INTEGRITY,
   VAULT_UNSUPPORTED_VERSION: EXIT.INTEGRITY,
   INSECURE_PERMISSIONS: EXIT.INTEGRITY,
   DOCTOR_FAILED: EXIT.INTEGRITY,
+  AUDIT_CHAIN_BROKEN: EXIT.INTEGRITY,
 } as const satisfies Record<string, ExitCode>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -101,7 +103,12 @@ export class AuthError extends KeywardError {
  */
 export class IntegrityError extends KeywardError {
   constructor(
-    code: 'VAULT_CORRUPT' | 'VAULT_UNSUPPORTED_VERSION' | 'INSECURE_PERMISSIONS' | 'DOCTOR_FAILED',
+    code:
+      | 'VAULT_CORRUPT'
+      | 'VAULT_UNSUPPORTED_VERSION'
+      | 'INSECURE_PERMISSIONS'
+      | 'DOCTOR_FAILED'
+      | 'AUDIT_CHAIN_BROKEN',
     message: string,
     options?: KeywardErrorOptions,
   ) {

@@ -18,11 +18,13 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     KEYRING_KEY_MISMATCH: 4,
     KEYRING_UNAVAILABLE: 5,
     VAULT_BUSY: 5,
+    AUDIT_UNAVAILABLE: 5,
     CANCELLED: 6,
     VAULT_CORRUPT: 8,
     VAULT_UNSUPPORTED_VERSION: 8,
     INSECURE_PERMISSIONS: 8,
     DOCTOR_FAILED: 8,
+    AUDIT_CHAIN_BROKEN: 8,
   });
 });
 

@@ -9,6 +9,7 @@ import { processIo, reportError, type Io } from './report.js';
 import { registerVaultCommands } from './vault-commands.js';
 import { registerDoctorCommand } from './doctor-command.js';
 import { registerDemoCommand } from './demo.js';
+import { registerAuditCommands } from './audit-commands.js';
 
 export const VERSION = '0.1.0';
 
@@ -31,6 +32,7 @@ export function buildProgram(io: Io): Command {
       outputError: () => undefined,
     });
   registerVaultCommands(program, io);
+  registerAuditCommands(program, io);
   registerDoctorCommand(program, io);
   registerDemoCommand(program, io);
   for (const c of program.commands) inheritBehaviour(c, io);

@@ -24,20 +24,21 @@ import {
   type KdfParams,
   type VaultPaths,
 } from '../vault/index.js';
+import { auditInitHooks, auditSink } from '../audit/index.js';
 import { note, type Io } from './report.js';
 
-function paths(): VaultPaths {
+export function paths(): VaultPaths {
   return vaultPaths(keywardHome());
 }
 
-function passphraseFile(cmd: Command): string | undefined {
+export function passphraseFile(cmd: Command): string | undefined {
   const fromFlag = cmd.optsWithGlobals()['passphraseFile'] as string | undefined;
   const fromEnv = process.env['KEYWARD_PASSPHRASE_FILE'];
   return fromFlag ?? (fromEnv !== undefined && fromEnv !== '' ? fromEnv : undefined);
 }
 
-function auth(cmd: Command, io: Io): Auth {
-  return { file: passphraseFile(cmd), onNote: (m) => note(io, m) };
+export function auth(cmd: Command, io: Io): Auth {
+  return { file: passphraseFile(cmd), onNote: (m) => note(io, m), audit: auditSink(keywardHome()) };
 }
 
 function intOption(min: number, max: number) {
@@ -112,6 +113,7 @@ export function registerVaultCommands(program: Command, io: Io): void {
           kdf: kdfFrom(o, io),
           keyring: o.keyring === true,
           force: o.force === true,
+          ...auditInitHooks(p.home),
         },
       );
       if (!r.created) {

@@ -16,7 +16,8 @@ function tempName(target: string): string {
   return path.join(dir, `.${base}${TMP_MARK}${process.pid}-${randomBytes(6).toString('hex')}`);
 }
 
-function fsyncDir(dir: string): void {
+/** Makes a directory entry change (create, rename) durable. */
+export function fsyncDir(dir: string): void {
   const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
   try {
     fs.fsyncSync(fd);

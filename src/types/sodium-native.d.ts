@@ -52,6 +52,24 @@ declare module 'sodium-native' {
     crypto_kdf_CONTEXTBYTES: number;
 
     crypto_generichash(out: Uint8Array, input: Uint8Array, key?: Uint8Array): void;
+
+    crypto_auth(out: Uint8Array, input: Uint8Array, key: Uint8Array): void;
+    crypto_auth_verify(mac: Uint8Array, input: Uint8Array, key: Uint8Array): boolean;
+    crypto_auth_BYTES: number;
+    crypto_hash_sha256(out: Uint8Array, input: Uint8Array): void;
+
+    crypto_box_keypair(pk: Uint8Array, sk: Uint8Array): void;
+    crypto_box_seal(out: Uint8Array, message: Uint8Array, pk: Uint8Array): void;
+    crypto_box_seal_open(
+      out: Uint8Array,
+      ciphertext: Uint8Array,
+      pk: Uint8Array,
+      sk: Uint8Array,
+    ): boolean;
+    crypto_box_SEALBYTES: number;
+    crypto_scalarmult_base(q: Uint8Array, n: Uint8Array): void;
+    crypto_box_PUBLICKEYBYTES: number;
+    crypto_box_SECRETKEYBYTES: number;
   };
   export default sodium;
 }

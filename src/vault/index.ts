@@ -35,5 +35,7 @@ export {
   rekeyVault,
   removeSecret,
   storeSecret,
+  useVault,
   type Auth,
+  type AuditSink,
 } from './session.js';

@@ -29,11 +29,29 @@ import {
   type VaultPaths,
 } from './vault.js';
 
+/**
+ * Where vault sessions record what they do. The audit domain implements it; record() returns
+ * only once the entry is durable, and throws when it can't be written, which stops the operation
+ * (fail closed: nothing is changed or released without its record).
+ */
+export interface AuditSink {
+  record(r: {
+    type: string;
+    target?: string;
+    decision?: 'allow' | 'deny' | 'error' | 'info';
+    reason?: string;
+    details?: Record<string, string | number | boolean | null>;
+  }): void;
+  /** Seals the log's head into the vault's state, so a deleted tail is detectable. */
+  checkpoint(v: Vault): void;
+}
+
 export interface Auth extends PassphraseSource {
   /** Refuse the keyring and insist on the passphrase (passwd, rekey). */
   passphraseOnly?: boolean;
   /** Told when keyward falls back from the keyring to the passphrase, for a note on stderr. */
   onNote?: (message: string) => void;
+  audit: AuditSink;
 }
 
 function withPassphrase<T>(src: PassphraseSource, fn: (u: Unlock) => T): T {
@@ -67,12 +85,58 @@ function unlockAnd<T>(paths: VaultPaths, auth: Auth, fn: (u: Unlock) => T): T {
   return withPassphrase(auth, fn);
 }
 
+/**
+ * Opens the vault and runs fn, recording the unlock (or its failure) and sealing a checkpoint of
+ * the audit log afterwards.
+ */
+function openAnd<T>(paths: VaultPaths, auth: Auth, write: boolean, fn: (v: Vault) => T): T {
+  return unlockAnd(paths, auth, (u) => {
+    const method = 'passphrase' in u ? 'passphrase' : 'keyring';
+    const run = (v: Vault): T => {
+      auth.audit.record({
+        type: 'vault.unlock',
+        decision: 'allow',
+        details: { method, mode: 'direct' },
+      });
+      const r = fn(v);
+      auth.audit.checkpoint(v);
+      return r;
+    };
+    try {
+      return write ? withVaultWrite(paths, u, run) : withVaultRead(paths, u, run);
+    } catch (e) {
+      if (
+        e instanceof KeywardError &&
+        (e.code === 'VAULT_BAD_PASSPHRASE' || e.code === 'KEYRING_KEY_MISMATCH')
+      ) {
+        auth.audit.record({
+          type: 'vault.unlock_failed',
+          decision: 'deny',
+          reason: e.message,
+          details: { method },
+        });
+      }
+      throw e;
+    }
+  });
+}
+
 function readVault<T>(paths: VaultPaths, auth: Auth, fn: (v: Vault) => T): T {
-  return unlockAnd(paths, auth, (u) => withVaultRead(paths, u, fn));
+  return openAnd(paths, auth, false, fn);
 }
 
 function writeVault<T>(paths: VaultPaths, auth: Auth, fn: (v: Vault) => T): T {
-  return unlockAnd(paths, auth, (u) => withVaultWrite(paths, u, fn));
+  return openAnd(paths, auth, true, fn);
+}
+
+/** For other domains (audit commands): an open vault for the length of fn, unlock recorded. */
+export function useVault<T>(
+  paths: VaultPaths,
+  auth: Auth,
+  mode: 'read' | 'write',
+  fn: (v: Vault) => T,
+): T {
+  return openAnd(paths, auth, mode === 'write', fn);
 }
 
 export function createVault(
@@ -107,6 +171,12 @@ export function storeSecret(
   try {
     const size = value.length;
     const result = writeVault(paths, auth, (v) => {
+      auth.audit.record({
+        type: 'secret.set',
+        target: name,
+        decision: 'allow',
+        details: { bytes: size, existed: v.has(name) },
+      });
       const r = v.set(name, value);
       v.save();
       return r;
@@ -120,6 +190,8 @@ export function storeSecret(
 export function removeSecret(paths: VaultPaths, auth: Auth, name: string): void {
   assertValidName(name);
   writeVault(paths, auth, (v) => {
+    v.assertHas(name);
+    auth.audit.record({ type: 'secret.rm', target: name, decision: 'allow' });
     v.remove(name);
     v.save();
   });
@@ -135,7 +207,21 @@ export function printSecret(
 ): void {
   assertValidName(name);
   readVault(paths, auth, (v) => {
-    writeSecretTo(fd, v.reveal(name));
+    const value = v.reveal(name);
+    try {
+      // Rule 4: the release is durable in the audit log before the value leaves.
+      auth.audit.record({
+        type: 'secret.read',
+        target: name,
+        decision: 'allow',
+        reason: 'direct mode: passphrase',
+        details: { bytes: value.length },
+      });
+    } catch (e) {
+      secureFree(value);
+      throw e;
+    }
+    writeSecretTo(fd, value);
     if (newline) fs.writeSync(fd, '\n');
   });
 }
@@ -148,6 +234,7 @@ export function changePassphrase(
 ): void {
   writeVault(paths, { ...auth, passphraseOnly: true }, (v) => {
     const next = readNewPassphrase(newSrc);
+    auth.audit.record({ type: 'vault.passwd', decision: 'allow' });
     try {
       v.changePassphrase(next, kdf);
     } finally {
@@ -162,6 +249,7 @@ export function rekeyVault(
   auth: Auth,
 ): { keyringSlot: 'kept' | 'dropped' | 'none' } {
   return writeVault(paths, { ...auth, passphraseOnly: true }, (v) => {
+    auth.audit.record({ type: 'vault.rekey', decision: 'allow' });
     const r = v.rekey();
     v.save();
     return r;

@@ -80,6 +80,10 @@ export interface InitOptions {
   force?: boolean;
   rng?: Rng;
   now?: () => Date;
+  /** Runs on the new vault before its first save (keyward's own records go in here). */
+  setup?: (v: Vault) => void;
+  /** Runs after the first save, with the vault still open (the audit log starts here). */
+  afterSave?: (v: Vault) => void;
 }
 
 export interface InitResult {
@@ -278,6 +282,18 @@ export class Vault {
     private readonly rng: Rng,
   ) {}
 
+  /** A new, empty vault in memory (generation 0); initVault saves it. Takes ownership of the keys. */
+  static create(
+    paths: VaultPaths,
+    vaultId: Buffer,
+    slots: Slot[],
+    dk: SecureBuffer,
+    opened: Opened,
+    rng: Rng,
+  ): Vault {
+    return new Vault(paths, vaultId, 0n, slots, [], [], dk, opened, rng);
+  }
+
   /** Opens and verifies every record (docs/FORMAT.md, "Reading order"). */
   static open(paths: VaultPaths, unlock: Unlock, rng: Rng = systemRng): Vault {
     const p = parseVault(readVaultFile(paths));
@@ -348,16 +364,23 @@ export class Vault {
 
   list(): EntryMeta[] {
     this.live();
-    return this.entries.map(({ name, created, updated, size }) => ({
-      name,
-      created,
-      updated,
-      size,
-    }));
+    return this.entries
+      .filter((e) => !isInternal(e.name))
+      .map(({ name, created, updated, size }) => ({ name, created, updated, size }));
   }
 
   has(name: string): boolean {
     return this.entries.some((e) => e.name === name);
+  }
+
+  /** Throws SECRET_NOT_FOUND unless name exists: check before recording an action on it. */
+  assertHas(name: string): void {
+    if (!this.has(name)) throw secretNotFound(name);
+  }
+
+  /** Names of keyward's own records under a prefix (e.g. '@audit/'). */
+  internalNames(prefix: `@${string}`): string[] {
+    return this.entries.filter((e) => e.name.startsWith(prefix)).map((e) => e.name);
   }
 
   /** The value in secure memory. The caller must secureFree it as soon as it is written out. */
@@ -382,8 +405,44 @@ export class Vault {
 
   /** Stores value under name (value stays the caller's to free). Call save() to persist. */
   set(name: string, value: SecureBuffer, now = new Date()): 'created' | 'updated' {
-    this.live();
     assertValidName(name);
+    return this.store(name, value, now);
+  }
+
+  /** keyward's own records (names starting with @): never listed, never readable by `read`. */
+  setInternal(name: `@${string}`, value: SecureBuffer, now = new Date()): void {
+    assertValidName(name.slice(1));
+    this.store(name, value, now);
+  }
+
+  revealInternal(name: `@${string}`): SecureBuffer | undefined {
+    return this.has(name) ? this.reveal(name) : undefined;
+  }
+
+  /** Seals keyward state (audit checkpoints, agent state) under the state subkey. */
+  sealState(label: string, plaintext: Uint8Array): Buffer {
+    this.live();
+    const key = deriveSubkey(this.dk, 'state');
+    try {
+      return seal(key, plaintext, stateAd(this.vaultId, label), this.rng);
+    } finally {
+      secureFree(key);
+    }
+  }
+
+  /** Opens what sealState sealed under the same label, or undefined when it does not verify. */
+  openState(label: string, record: Uint8Array): SecureBuffer | undefined {
+    this.live();
+    const key = deriveSubkey(this.dk, 'state');
+    try {
+      return open(key, record, stateAd(this.vaultId, label));
+    } finally {
+      secureFree(key);
+    }
+  }
+
+  private store(name: string, value: SecureBuffer, now: Date): 'created' | 'updated' {
+    this.live();
     assertValueSize(value.length);
     const id = Buffer.alloc(16);
     this.rng(id);
@@ -531,6 +590,16 @@ export class Vault {
   }
 }
 
+const isInternal = (name: string) => name.startsWith('@');
+
+function stateAd(vaultId: Buffer, label: string): Buffer {
+  return Buffer.concat([
+    Buffer.from('keyward state v1', 'ascii'),
+    vaultId,
+    Buffer.from(label, 'utf8'),
+  ]);
+}
+
 function secretNotFound(name: string): KeywardError {
   return new KeywardError('SECRET_NOT_FOUND', `no secret named ${name}`, {
     hint: 'see the names with: keyward secret list',
@@ -602,6 +671,7 @@ export function initVault(
     const dk = randomSecureKey(rng);
     const { slot, kek } = wrapPassphraseSlot(vaultId, dk, passphrase, kdf, rng);
     const slots = [slot];
+    let v: Vault | undefined;
     try {
       if (opts.keyring) {
         const kk = randomSecureKey(rng);
@@ -612,18 +682,24 @@ export function initVault(
           secureFree(kk);
         }
       }
-      const header = encodeHeader({ vaultId, keyId: keyIdOf(dk), generation: 1n, slots });
-      const indexKey = deriveSubkey(dk, 'index');
-      const indexRecord = seal(indexKey, encodeIndex([]), header, rng);
-      secureFree(indexKey);
-      writeFileAtomic(paths.file, encodeVault(header, indexRecord, []));
-    } finally {
-      secureFree(dk);
-      secureFree(kek);
+      v = Vault.create(paths, vaultId, slots, dk, { slotIndex: 0, kek }, rng);
+      opts.setup?.(v);
+      v.save();
+    } catch (e) {
+      if (v) v.close();
+      else {
+        secureFree(dk);
+        secureFree(kek);
+      }
+      throw e;
     }
-    return backup === undefined
-      ? { created: true, vaultId: vaultId.toString('hex') }
-      : { created: true, backup, vaultId: vaultId.toString('hex') };
+    const result: InitResult =
+      backup === undefined
+        ? { created: true, vaultId: vaultId.toString('hex') }
+        : { created: true, backup, vaultId: vaultId.toString('hex') };
+    opts.afterSave?.(v);
+    v.close();
+    return result;
   });
 }
 

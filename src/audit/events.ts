@@ -1,0 +1,57 @@
+/** The closed list of audit event types (docs/AUDIT.md, "Events"), pinned by test/audit.test.ts. */
+export const EVENT_TYPES = [
+  'agent.start',
+  'agent.stop',
+  'vault.init',
+  'vault.unlock',
+  'vault.unlock_failed',
+  'vault.lock',
+  'vault.passwd',
+  'vault.rekey',
+  'secret.set',
+  'secret.rm',
+  'secret.read',
+  'key.add',
+  'key.remove',
+  'key.sign',
+  'approval.requested',
+  'approval.granted',
+  'approval.denied',
+  'approval.expired',
+  'credential.fetch',
+  'credential.deliver',
+  'credential.drop',
+  'credential.evict',
+  'peer.rejected',
+  'policy.loaded',
+  'policy.changed',
+  'audit.rotated',
+  'audit.recovered',
+  'audit.rekeyed',
+  'audit.key_exported',
+] as const;
+
+export type EventType = (typeof EVENT_TYPES)[number];
+
+export function isEventType(s: string): s is EventType {
+  return (EVENT_TYPES as readonly string[]).includes(s);
+}
+
+/** Who caused an event. For the CLI in direct mode, the CLI process itself. */
+export interface Actor {
+  uid?: number;
+  pid?: number;
+  exe?: string;
+  cmdline?: string[];
+  cwd?: string;
+}
+
+/** What a caller records. Never a secret value: names, decisions, and hashes only. */
+export interface AuditRecord {
+  type: EventType;
+  actor?: Actor;
+  target?: string;
+  decision?: 'allow' | 'deny' | 'error' | 'info';
+  reason?: string;
+  details?: Record<string, string | number | boolean | null>;
+}

@@ -1,0 +1,34 @@
+/**
+ * The audit domain's public surface (docs/AUDIT.md).
+ */
+export {
+  EVENT_TYPES,
+  isEventType,
+  type Actor,
+  type AuditRecord,
+  type EventType,
+} from './events.js';
+export { AuditLog, currentProcessActor, type AuditOptions, type Head } from './log.js';
+export {
+  listSegments,
+  verifySegments,
+  type Checkpoint,
+  type Finding,
+  type VerifyResult,
+} from './verify.js';
+export { auditPaths } from './state.js';
+export {
+  auditInitHooks,
+  auditSink,
+  headOf,
+  initOrRepair,
+  lenientAuditSink,
+  rekeyBox,
+  readEntries,
+  readSeedFile,
+  verifyLog,
+  writeCheckpoint,
+  writeSeedHex,
+  type ReadEntry,
+  type VerifyRequest,
+} from './service.js';

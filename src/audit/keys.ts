@@ -1,0 +1,86 @@
+/**
+ * The audit log's keys (docs/AUDIT.md, "Keys"): a seed that derives every epoch key, a one-way
+ * evolution from one epoch key to the next, HMAC-SHA-512-256 line MACs, and sealed boxes for
+ * bodies. All through libsodium; keys stay in secure memory.
+ */
+import sodium from 'sodium-native';
+import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+
+const CONTEXT = Buffer.from('kwaudit1', 'ascii');
+export const KEY_BYTES = 32;
+export const MAC_BYTES = sodium.crypto_auth_BYTES; // 32
+export const BOX_PK_BYTES = sodium.crypto_box_PUBLICKEYBYTES;
+export const BOX_SK_BYTES = sodium.crypto_box_SECRETKEYBYTES;
+
+export function epochZeroKey(seed: SecureBuffer): SecureBuffer {
+  const k = secureAlloc(KEY_BYTES);
+  sodium.crypto_kdf_derive_from_key(k, 1, CONTEXT, seed);
+  return k;
+}
+
+/** K(n+1) from K(n). One-way: K(n+1) tells nothing about K(n). The caller frees K(n). */
+export function nextEpochKey(key: SecureBuffer): SecureBuffer {
+  const k = secureAlloc(KEY_BYTES);
+  sodium.crypto_kdf_derive_from_key(k, 2, CONTEXT, key);
+  return k;
+}
+
+/** K(epoch) derived from the seed: what a verifier does. */
+export function epochKeyFromSeed(seed: SecureBuffer, epoch: number): SecureBuffer {
+  let k = epochZeroKey(seed);
+  for (let i = 0; i < epoch; i++) {
+    const next = nextEpochKey(k);
+    secureFree(k);
+    k = next;
+  }
+  return k;
+}
+
+export function mac(key: SecureBuffer, data: Uint8Array): Buffer {
+  const out = Buffer.alloc(MAC_BYTES);
+  sodium.crypto_auth(out, data, key);
+  return out;
+}
+
+export function macOk(key: SecureBuffer, data: Uint8Array, tag: Uint8Array): boolean {
+  return tag.length === MAC_BYTES && sodium.crypto_auth_verify(tag, data, key);
+}
+
+export function sha256(data: Uint8Array): Buffer {
+  const out = Buffer.alloc(32);
+  sodium.crypto_hash_sha256(out, data);
+  return out;
+}
+
+export function boxKeypair(): { publicKey: Buffer; secretKey: SecureBuffer } {
+  const publicKey = Buffer.alloc(BOX_PK_BYTES);
+  const secretKey = secureAlloc(BOX_SK_BYTES);
+  sodium.crypto_box_keypair(publicKey, secretKey);
+  return { publicKey, secretKey };
+}
+
+export function boxPublicOf(secretKey: SecureBuffer): Buffer {
+  // A crypto_box secret key is the X25519 scalar, so its public key is scalarmult_base of it.
+  const pk = Buffer.alloc(BOX_PK_BYTES);
+  sodium.crypto_scalarmult_base(pk, secretKey);
+  return pk;
+}
+
+export function sealBody(plain: Uint8Array, publicKey: Uint8Array): Buffer {
+  const out = Buffer.alloc(plain.length + sodium.crypto_box_SEALBYTES);
+  sodium.crypto_box_seal(out, plain, publicKey);
+  return out;
+}
+
+/** The body's plaintext, or undefined when none of the keys opens it. */
+export function openBody(
+  sealed: Uint8Array,
+  keys: ReadonlyArray<{ publicKey: Buffer; secretKey: SecureBuffer }>,
+): Buffer | undefined {
+  if (sealed.length < sodium.crypto_box_SEALBYTES) return undefined;
+  const out = Buffer.alloc(sealed.length - sodium.crypto_box_SEALBYTES);
+  for (const k of keys) {
+    if (sodium.crypto_box_seal_open(out, sealed, k.publicKey, k.secretKey)) return out;
+  }
+  return undefined;
+}

@@ -1,0 +1,318 @@
+/**
+ * Appending to the audit log (docs/AUDIT.md). An append returns only after its lines are
+ * fsynced: callers release a secret after append returns, never before (rule 4).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { assertPrivate, ensurePrivateDir, fsyncDir, withFileLock } from '../lib/files.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import { encodeLine, parseLine, ZERO_HASH } from './entry.js';
+import type { Actor, AuditRecord } from './events.js';
+import { epochZeroKey, nextEpochKey, sealBody, sha256 } from './keys.js';
+import {
+  auditPaths,
+  readState,
+  segmentName,
+  unavailable,
+  writeState,
+  type AuditPaths,
+  type AuditState,
+} from './state.js';
+
+export interface AuditOptions {
+  /** Rotate a segment past this size (default 16 MiB). */
+  segmentMaxBytes?: number;
+  /** Rotate a segment whose first entry is older than this (default 30 days). */
+  segmentMaxAgeMs?: number;
+  /** Advance the epoch key at least this often (default 1 hour). */
+  epochMs?: number;
+  now?: () => Date;
+}
+
+const DEFAULTS = {
+  segmentMaxBytes: 16 * 1024 * 1024,
+  segmentMaxAgeMs: 30 * 24 * 3600 * 1000,
+  epochMs: 3600 * 1000,
+};
+const LOCK_TIMEOUT_MS = 10_000;
+const TAIL_WINDOW = 256 * 1024;
+
+export interface Head {
+  seq: number;
+  hash: string;
+  segment: number;
+}
+
+let selfActor: Actor | undefined;
+
+/** This process, as an actor: what the CLI in direct mode records. */
+export function currentProcessActor(): Actor {
+  if (!selfActor) {
+    let exe: string | undefined;
+    try {
+      exe = fs.readlinkSync('/proc/self/exe');
+    } catch {
+      exe = undefined;
+    }
+    selfActor = {
+      uid: process.getuid?.() ?? -1,
+      pid: process.pid,
+      ...(exe === undefined ? {} : { exe }),
+      // keyward never takes a secret on its command line, so argv is safe to record.
+      cmdline: process.argv.slice(1),
+      cwd: process.cwd(),
+    };
+  }
+  return selfActor;
+}
+
+interface Tail {
+  size: number;
+  lastLine: string | undefined;
+  tornBytes: number;
+}
+
+function readTail(file: string): Tail {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT')
+      return { size: 0, lastLine: undefined, tornBytes: 0 };
+    throw e;
+  }
+  try {
+    const size = fs.fstatSync(fd).size;
+    const len = Math.min(size, TAIL_WINDOW);
+    const buf = Buffer.alloc(len);
+    fs.readSync(fd, buf, 0, len, size - len);
+    const lastNl = buf.lastIndexOf(0x0a);
+    const tornBytes = lastNl === -1 ? (len === size ? size : 0) : len - lastNl - 1;
+    if (lastNl === -1) return { size, lastLine: undefined, tornBytes };
+    const prevNl = buf.lastIndexOf(0x0a, lastNl - 1);
+    return { size, lastLine: buf.subarray(prevNl + 1, lastNl).toString('utf8'), tornBytes };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function firstLineTime(file: string): number | undefined {
+  try {
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      const buf = Buffer.alloc(4096);
+      const n = fs.readSync(fd, buf, 0, buf.length, 0);
+      const m = /"time":"([^"]+)"/.exec(buf.subarray(0, n).toString('utf8'));
+      return m?.[1] === undefined ? undefined : Date.parse(m[1]);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return undefined;
+  }
+}
+
+export class AuditLog {
+  readonly paths: AuditPaths;
+  private readonly o: Required<Omit<AuditOptions, 'now'>> & { now: () => Date };
+
+  constructor(home: string, options: AuditOptions = {}) {
+    this.paths = auditPaths(home);
+    this.o = { ...DEFAULTS, now: () => new Date(), ...options };
+  }
+
+  segmentPath(n: number): string {
+    return path.join(this.paths.dir, segmentName(n));
+  }
+
+  /** Whether this home has an audit log (its state file). */
+  exists(): boolean {
+    return fs.existsSync(this.paths.state);
+  }
+
+  /**
+   * Starts the log for a new vault: epoch 0 from the seed, no entries yet. Any log already in the
+   * directory is moved aside first (audit.bak-TIME), never deleted.
+   */
+  create(seed: SecureBuffer, boxPublicKey: Buffer): string | undefined {
+    let moved: string | undefined;
+    if (fs.existsSync(this.paths.dir)) {
+      moved = `${this.paths.dir}.bak-${this.o.now().toISOString().replace(/[:.]/g, '-')}`;
+      fs.renameSync(this.paths.dir, moved);
+    }
+    ensurePrivateDir(this.paths.dir);
+    const key = epochZeroKey(seed);
+    try {
+      writeState(this.paths, {
+        epoch: 0,
+        epochStartMs: this.o.now().getTime(),
+        segment: 1,
+        key,
+        boxPublicKey,
+      });
+    } finally {
+      secureFree(key);
+    }
+    return moved;
+  }
+
+  /** Appends records durably (written and fsynced) and returns the new head. */
+  append(records: readonly AuditRecord[]): Head {
+    assertPrivate(this.paths.dir, 'dir');
+    if (!fs.existsSync(this.paths.dir))
+      throw unavailable(`no audit log at ${this.paths.dir}`, 'run: keyward audit init');
+    return withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
+      const st = readState(this.paths);
+      try {
+        return this.appendLocked(st, records);
+      } finally {
+        secureFree(st.key);
+      }
+    });
+  }
+
+  /** Points new bodies at a new box public key (audit rekey), under the log's lock. */
+  replaceBoxKey(publicKey: Buffer): void {
+    withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
+      const st = readState(this.paths);
+      try {
+        writeState(this.paths, { ...st, boxPublicKey: publicKey });
+      } finally {
+        secureFree(st.key);
+      }
+    });
+  }
+
+  /** The last entry's sequence and hash, without writing. */
+  head(): Head {
+    const st = readState(this.paths);
+    secureFree(st.key);
+    return this.headOf(st.segment).head;
+  }
+
+  private headOf(segment: number): { head: Head; tail: Tail } {
+    const tail = readTail(this.segmentPath(segment));
+    if (tail.lastLine !== undefined) {
+      const p = parseLine(tail.lastLine);
+      if (!p) {
+        throw unavailable(
+          `the last entry of ${segmentName(segment)} is malformed, so nothing can be chained to it`,
+          'run: keyward audit verify',
+        );
+      }
+      return { head: { seq: p.seq, hash: p.hash, segment }, tail };
+    }
+    if (segment > 1) return { head: { ...this.headOf(segment - 1).head, segment }, tail };
+    return { head: { seq: 0, hash: ZERO_HASH, segment }, tail };
+  }
+
+  private evolve(st: AuditState, nextSegment: boolean): void {
+    const next = nextEpochKey(st.key);
+    secureFree(st.key);
+    st.key = next;
+    st.epoch += 1;
+    st.epochStartMs = this.o.now().getTime();
+    if (nextSegment) st.segment += 1;
+    writeState(this.paths, st);
+  }
+
+  private appendLocked(st: AuditState, records: readonly AuditRecord[]): Head {
+    const now = this.o.now();
+    let { head, tail } = this.headOf(st.segment);
+    const pending: AuditRecord[] = [];
+    if (tail.tornBytes > 0) {
+      // A writer died mid-line. Cut the torn bytes and say so in the log itself: never silently.
+      const file = this.segmentPath(st.segment);
+      const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
+      try {
+        const cut = Buffer.alloc(tail.tornBytes);
+        fs.readSync(fd, cut, 0, cut.length, tail.size - tail.tornBytes);
+        fs.ftruncateSync(fd, tail.size - tail.tornBytes);
+        fs.fsyncSync(fd);
+        pending.push({
+          type: 'audit.recovered',
+          decision: 'info',
+          reason: 'a torn last entry was cut at start-up',
+          details: {
+            segment: segmentName(st.segment),
+            cutBytes: cut.length,
+            cutSha256: sha256(cut).toString('hex'),
+          },
+        });
+      } finally {
+        fs.closeSync(fd);
+      }
+      tail = { ...tail, size: tail.size - tail.tornBytes, tornBytes: 0 };
+    }
+    const lastWasRotation =
+      tail.lastLine !== undefined && parseLine(tail.lastLine)?.type === 'audit.rotated';
+    if (lastWasRotation) {
+      // The closing entry is written but the state did not advance (a crash in between).
+      this.evolve(st, true);
+      head = { ...head, segment: st.segment };
+    } else {
+      if (now.getTime() - st.epochStartMs >= this.o.epochMs) this.evolve(st, false);
+      const started = firstLineTime(this.segmentPath(st.segment));
+      const tooOld = started !== undefined && now.getTime() - started >= this.o.segmentMaxAgeMs;
+      if (tail.size >= this.o.segmentMaxBytes || tooOld) {
+        const next = segmentName(st.segment + 1);
+        head = this.writeLines(st, head, [
+          {
+            type: 'audit.rotated',
+            decision: 'info',
+            reason: tooOld ? 'segment age limit' : 'segment size limit',
+            details: { next },
+          },
+        ]);
+        this.evolve(st, true);
+        head = { ...head, segment: st.segment };
+      }
+    }
+    return this.writeLines(st, head, [...pending, ...records]);
+  }
+
+  private writeLines(st: AuditState, head: Head, records: readonly AuditRecord[]): Head {
+    let { seq, hash } = head;
+    const time = this.o.now().toISOString();
+    const lines: string[] = [];
+    for (const r of records) {
+      const body = {
+        actor: r.actor ?? currentProcessActor(),
+        target: r.target ?? null,
+        decision: r.decision ?? 'info',
+        reason: r.reason ?? null,
+        details: r.details ?? {},
+      };
+      seq += 1;
+      const sealed = sealBody(Buffer.from(JSON.stringify(body), 'utf8'), st.boxPublicKey).toString(
+        'base64',
+      );
+      const e = encodeLine(
+        { seq, time, type: r.type, epoch: st.epoch, prev: hash, body: sealed },
+        st.key,
+      );
+      lines.push(`${e.line}\n`);
+      hash = e.hash;
+    }
+    const file = this.segmentPath(st.segment);
+    const created = !fs.existsSync(file);
+    const fd = fs.openSync(
+      file,
+      fs.constants.O_WRONLY |
+        fs.constants.O_APPEND |
+        fs.constants.O_CREAT |
+        fs.constants.O_NOFOLLOW,
+      0o600,
+    );
+    try {
+      const data = Buffer.from(lines.join(''), 'utf8');
+      let off = 0;
+      while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    if (created) fsyncDir(this.paths.dir);
+    return { seq, hash, segment: st.segment };
+  }
+}

@@ -1,0 +1,398 @@
+/**
+ * The audit log as the rest of keyward uses it: start it with a vault, record events durably,
+ * seal checkpoints, verify, and read entries back with the vault's key.
+ */
+import fs from 'node:fs';
+import { IntegrityError, KeywardError } from '../errors.js';
+import { writeFileAtomic } from '../lib/files.js';
+import {
+  randomBytes,
+  readFdToSecure,
+  secureAlloc,
+  secureFree,
+  writeAllSync,
+  type SecureBuffer,
+} from '../lib/secure.js';
+import type { AuditSink, Vault } from '../vault/index.js';
+import { parseLine } from './entry.js';
+import { isEventType } from './events.js';
+import { boxKeypair, boxPublicOf, epochKeyFromSeed, openBody } from './keys.js';
+import { AuditLog, type AuditOptions, type Head } from './log.js';
+import { writeState } from './state.js';
+import { listSegments, verifySegments, type Checkpoint, type VerifyResult } from './verify.js';
+
+const SEED = '@audit/seed';
+const BOX_SECRET = '@audit/box-secret';
+const CHECKPOINT_LABEL = 'audit-checkpoint';
+
+function storeNewKeys(v: Vault): void {
+  const seed = secureAlloc(32);
+  seed.set(randomBytes(32));
+  const { secretKey } = boxKeypair();
+  try {
+    v.setInternal(SEED, seed);
+    v.setInternal(BOX_SECRET, secretKey);
+  } finally {
+    secureFree(seed);
+    secureFree(secretKey);
+  }
+}
+
+function seedOf(v: Vault): SecureBuffer {
+  const seed = v.revealInternal(SEED);
+  if (!seed) {
+    throw new KeywardError('AUDIT_UNAVAILABLE', 'this vault has no audit key yet', {
+      hint: 'run: keyward audit init',
+    });
+  }
+  return seed;
+}
+
+/** The hooks `init` passes to the vault: keys go in before the first save, the log starts after. */
+export function auditInitHooks(
+  home: string,
+  options?: AuditOptions,
+): { setup: (v: Vault) => void; afterSave: (v: Vault) => void } {
+  return {
+    setup: storeNewKeys,
+    afterSave: (v) => {
+      const log = new AuditLog(home, options);
+      startLog(log, v);
+      log.append([{ type: 'vault.init', decision: 'info', details: { vaultId: v.id } }]);
+      writeCheckpoint(log, v);
+    },
+  };
+}
+
+function startLog(log: AuditLog, v: Vault): void {
+  const seed = seedOf(v);
+  const sk = v.revealInternal(BOX_SECRET);
+  try {
+    if (!sk) throw new KeywardError('AUDIT_UNAVAILABLE', 'this vault has no audit box key');
+    log.create(seed, boxPublicOf(sk));
+  } finally {
+    secureFree(seed);
+    secureFree(sk);
+  }
+}
+
+/**
+ * `keyward audit init`: gives a vault made before the audit log its keys and log, or rebuilds a
+ * lost state file from the vault's seed (the next epoch after the log's last entry, so no key
+ * that signed an existing entry is ever written again).
+ */
+export function initOrRepair(
+  home: string,
+  v: Vault,
+  options?: AuditOptions,
+): 'created' | 'repaired' | 'present' {
+  const log = new AuditLog(home, options);
+  if (log.exists()) return 'present';
+  if (!v.has(SEED)) {
+    storeNewKeys(v);
+    v.save();
+    startLog(log, v);
+    log.append([
+      { type: 'vault.init', decision: 'info', reason: 'audit log added to an existing vault' },
+    ]);
+    writeCheckpoint(log, v);
+    return 'created';
+  }
+  const segments = listSegments(log.paths.dir);
+  const last = segments.at(-1);
+  if (!last) {
+    startLog(log, v);
+    return 'created';
+  }
+  const lines = fs.readFileSync(last, 'utf8').trimEnd().split('\n');
+  const head = parseLine(lines.at(-1) ?? '');
+  if (!head)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      'the last audit entry is malformed; run keyward audit verify',
+    );
+  const seed = seedOf(v);
+  const sk = v.revealInternal(BOX_SECRET);
+  const key = epochKeyFromSeed(seed, head.epoch + 1);
+  try {
+    if (!sk) throw new KeywardError('AUDIT_UNAVAILABLE', 'this vault has no audit box key');
+    writeState(log.paths, {
+      epoch: head.epoch + 1,
+      epochStartMs: Date.now(),
+      segment: segments.length,
+      key,
+      boxPublicKey: boxPublicOf(sk),
+    });
+  } finally {
+    secureFree(seed);
+    secureFree(sk);
+    secureFree(key);
+  }
+  log.append([
+    {
+      type: 'audit.recovered',
+      decision: 'info',
+      reason: 'audit state rebuilt from the vault seed',
+    },
+  ]);
+  writeCheckpoint(log, v);
+  return 'repaired';
+}
+
+export function writeCheckpoint(log: AuditLog, v: Vault): void {
+  const head = log.head();
+  const plain = Buffer.alloc(8 + 32);
+  plain.writeBigUInt64BE(BigInt(head.seq), 0);
+  Buffer.from(head.hash, 'hex').copy(plain, 8);
+  writeFileAtomic(log.paths.checkpoint, [v.sealState(CHECKPOINT_LABEL, plain)]);
+}
+
+export function readCheckpoint(log: AuditLog, v: Vault): Checkpoint | undefined {
+  let sealed: Buffer;
+  try {
+    sealed = fs.readFileSync(log.paths.checkpoint);
+  } catch {
+    return undefined;
+  }
+  const plain = v.openState(CHECKPOINT_LABEL, sealed);
+  if (!plain || plain.length !== 40) {
+    secureFree(plain);
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      'the audit checkpoint does not verify (tampered or from another vault)',
+    );
+  }
+  const cp = { seq: Number(plain.readBigUInt64BE(0)), hash: plain.subarray(8).toString('hex') };
+  secureFree(plain);
+  return cp;
+}
+
+/** The sink the CLI hands to vault sessions: every record durable, or the operation fails. */
+export function auditSink(home: string, options?: AuditOptions): AuditSink {
+  const log = new AuditLog(home, options);
+  return {
+    record(r) {
+      if (!isEventType(r.type)) throw new Error(`unknown audit event type ${r.type}`);
+      log.append([{ ...r, type: r.type }]);
+    },
+    checkpoint(v) {
+      writeCheckpoint(log, v);
+    },
+  };
+}
+
+/**
+ * For commands that read the log itself (verify, tail, export) and release nothing: they must
+ * still work on a broken log, so a record that can't be written is reported, not fatal.
+ * Records made before the log exists (audit init) are kept and written by flush().
+ */
+export function lenientAuditSink(
+  home: string,
+  onProblem: (message: string) => void,
+): AuditSink & { flush(): void } {
+  const strict = auditSink(home);
+  const log = new AuditLog(home);
+  const held: Parameters<AuditSink['record']>[0][] = [];
+  return {
+    record(r) {
+      if (!log.exists()) {
+        held.push(r);
+        return;
+      }
+      try {
+        strict.record(r);
+      } catch (e) {
+        onProblem(
+          `could not record ${r.type} in the audit log: ${e instanceof Error ? e.message : 'unknown error'}`,
+        );
+      }
+    },
+    checkpoint(v) {
+      if (!log.exists()) return;
+      try {
+        strict.checkpoint(v);
+      } catch (e) {
+        onProblem(
+          `could not seal an audit checkpoint: ${e instanceof Error ? e.message : 'unknown error'}`,
+        );
+      }
+    },
+    flush() {
+      for (const r of held.splice(0)) strict.record(r);
+    },
+  };
+}
+
+/**
+ * `keyward audit rekey`: a new box key pair for the bodies of new entries. The old secret keys
+ * stay in the vault (@audit/box-secret.N) so older bodies still open.
+ */
+export function rekeyBox(home: string, v: Vault): number {
+  const log = new AuditLog(home);
+  const current = v.revealInternal(BOX_SECRET);
+  if (!current)
+    throw new KeywardError('AUDIT_UNAVAILABLE', 'this vault has no audit box key', {
+      hint: 'run: keyward audit init',
+    });
+  const retired = v.internalNames(`${BOX_SECRET}.`).length + 1;
+  const { publicKey, secretKey } = boxKeypair();
+  try {
+    v.setInternal(`${BOX_SECRET}.${retired}`, current);
+    v.setInternal(BOX_SECRET, secretKey);
+  } finally {
+    secureFree(current);
+    secureFree(secretKey);
+  }
+  v.save();
+  log.replaceBoxKey(publicKey);
+  log.append([{ type: 'audit.rekeyed', decision: 'info', details: { retiredKeys: retired } }]);
+  writeCheckpoint(log, v);
+  return retired;
+}
+
+export interface VerifyRequest {
+  home: string;
+  /** An open vault: its seed checks the MACs and its sealed checkpoint the tail. */
+  vault?: Vault | undefined;
+  /** An exported audit key (hex) instead of the vault: MACs checked, checkpoint not. */
+  keyFile?: string | undefined;
+  /** One segment file on its own (--path) instead of the whole log. */
+  file?: string | undefined;
+  onProgress?: ((done: number, total: number) => void) | undefined;
+}
+
+/** Every mode of `audit verify`: with the vault, with an exported key, or the chain only. */
+export function verifyLog(req: VerifyRequest): VerifyResult & { checkpointChecked: boolean } {
+  const files =
+    req.file !== undefined ? [req.file] : listSegments(new AuditLog(req.home).paths.dir);
+  const standalone = req.file !== undefined;
+  let seed: SecureBuffer | undefined;
+  try {
+    seed =
+      req.keyFile !== undefined
+        ? readSeedFile(req.keyFile)
+        : req.vault
+          ? seedOf(req.vault)
+          : undefined;
+    const checkpoint =
+      req.vault && !standalone ? readCheckpoint(new AuditLog(req.home), req.vault) : undefined;
+    const r = verifySegments(files, { seed, checkpoint, onProgress: req.onProgress }, standalone);
+    return { ...r, checkpointChecked: checkpoint !== undefined };
+  } finally {
+    secureFree(seed);
+  }
+}
+
+export interface ReadEntry {
+  seq: number;
+  time: string;
+  type: string;
+  epoch: number;
+  hash: string;
+  /** The decrypted body, when the vault was open. */
+  body?: unknown;
+  line: string;
+}
+
+/** Every entry of the log in order; bodies opened when a vault is given. Malformed lines are skipped. */
+export function readEntries(home: string, v?: Vault): ReadEntry[] {
+  const log = new AuditLog(home);
+  const keys: Array<{ publicKey: Buffer; secretKey: SecureBuffer }> = [];
+  const names = v ? [BOX_SECRET, ...v.internalNames(`${BOX_SECRET}.`)] : [];
+  for (const n of names) {
+    const sk = v?.revealInternal(n as `@${string}`);
+    if (sk) keys.push({ publicKey: boxPublicOf(sk), secretKey: sk });
+  }
+  try {
+    const out: ReadEntry[] = [];
+    for (const f of listSegments(log.paths.dir)) {
+      for (const line of fs.readFileSync(f, 'utf8').split('\n')) {
+        const e = parseLine(line);
+        if (!e) continue;
+        const entry: ReadEntry = {
+          seq: e.seq,
+          time: e.time,
+          type: e.type,
+          epoch: e.epoch,
+          hash: e.hash,
+          line,
+        };
+        if (keys.length > 0) {
+          const plain = openBody(Buffer.from(e.body, 'base64'), keys);
+          entry.body = plain
+            ? (JSON.parse(plain.toString('utf8')) as unknown)
+            : '(body does not open with this vault)';
+        }
+        out.push(entry);
+      }
+    }
+    return out;
+  } finally {
+    for (const k of keys) secureFree(k.secretKey);
+  }
+}
+
+/** `audit key export`: writes the seed as hex to fd from secure memory, then wipes it. */
+export function writeSeedHex(v: Vault, fd: number): void {
+  const seed = seedOf(v);
+  const hex = secureAlloc(seed.length * 2 + 1);
+  try {
+    const digits = '0123456789abcdef';
+    for (let i = 0; i < seed.length; i++) {
+      const b = seed[i] ?? 0;
+      hex[2 * i] = digits.charCodeAt(b >> 4);
+      hex[2 * i + 1] = digits.charCodeAt(b & 15);
+    }
+    hex[seed.length * 2] = 0x0a;
+    writeAllSync(fd, hex);
+  } finally {
+    secureFree(seed);
+    secureFree(hex);
+  }
+}
+
+/** Reads an exported seed (64 hex digits) from a private file into secure memory. */
+export function readSeedFile(file: string): SecureBuffer {
+  const fd = fs.openSync(file, 'r');
+  let raw: SecureBuffer | undefined;
+  try {
+    const st = fs.fstatSync(fd);
+    if ((st.mode & 0o077) !== 0) {
+      throw new IntegrityError(
+        'INSECURE_PERMISSIONS',
+        `refusing the key file ${file}: others can read it`,
+        { hint: `chmod 600 '${file}'` },
+      );
+    }
+    raw = readFdToSecure(fd, 256);
+    const seed = secureAlloc(32);
+    let n = 0;
+    const val = (c: number): number =>
+      c >= 48 && c <= 57 ? c - 48 : c >= 97 && c <= 102 ? c - 87 : c >= 65 && c <= 70 ? c - 55 : -1;
+    for (let i = 0; i + 1 < raw.length && n < 32; i += 2) {
+      const hi = val(raw[i] ?? 0);
+      const lo = val(raw[i + 1] ?? 0);
+      if (hi < 0 || lo < 0) break;
+      seed[n++] = (hi << 4) | lo;
+    }
+    if (n !== 32) {
+      secureFree(seed);
+      throw new KeywardError(
+        'USAGE',
+        `the key file ${file} does not hold a 64-digit hex audit key`,
+      );
+    }
+    return seed;
+  } catch (e) {
+    if (e instanceof RangeError)
+      throw new KeywardError('USAGE', `the key file ${file} is too large`);
+    throw e;
+  } finally {
+    secureFree(raw);
+    fs.closeSync(fd);
+  }
+}
+
+export function headOf(home: string): Head {
+  return new AuditLog(home).head();
+}

@@ -1,0 +1,98 @@
+/**
+ * The writer's state file (docs/AUDIT.md, "state"): binary, 88 bytes, replaced atomically.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { IntegrityError, KeywardError } from '../errors.js';
+import { writeFileAtomic } from '../lib/files.js';
+import { readFdToSecure, secureFree, secureSlice, type SecureBuffer } from '../lib/secure.js';
+import { BOX_PK_BYTES, KEY_BYTES } from './keys.js';
+
+const MAGIC = Buffer.from('KWAUDST1', 'ascii');
+export const STATE_BYTES = 8 + 4 + 8 + 4 + KEY_BYTES + BOX_PK_BYTES; // 88
+
+export interface AuditState {
+  epoch: number;
+  epochStartMs: number;
+  segment: number;
+  /** K(epoch), in secure memory: the owner frees it. */
+  key: SecureBuffer;
+  boxPublicKey: Buffer;
+}
+
+export interface AuditPaths {
+  dir: string;
+  state: string;
+  lock: string;
+  checkpoint: string;
+}
+
+export function auditPaths(home: string): AuditPaths {
+  const dir = path.join(home, 'audit');
+  return {
+    dir,
+    state: path.join(dir, 'state'),
+    lock: path.join(dir, 'lock'),
+    checkpoint: path.join(dir, 'checkpoint'),
+  };
+}
+
+export function segmentName(n: number): string {
+  return `log-${String(n).padStart(6, '0')}.jsonl`;
+}
+
+export function unavailable(message: string, hint?: string): KeywardError {
+  return new KeywardError('AUDIT_UNAVAILABLE', message, {
+    hint: hint ?? 'nothing was released; run keyward doctor, or keyward audit verify',
+  });
+}
+
+export function readState(p: AuditPaths): AuditState {
+  let fd: number;
+  try {
+    fd = fs.openSync(p.state, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+      throw unavailable(`the audit log has no state file (${p.state})`, 'run: keyward audit init');
+    }
+    throw e;
+  }
+  let raw: SecureBuffer;
+  try {
+    raw = readFdToSecure(fd, STATE_BYTES);
+  } catch (e) {
+    if (e instanceof RangeError) throw badState(p);
+    throw e;
+  } finally {
+    fs.closeSync(fd);
+  }
+  try {
+    // eslint-disable-next-line no-restricted-syntax -- the magic is public
+    if (raw.length !== STATE_BYTES || !raw.subarray(0, 8).equals(MAGIC)) throw badState(p);
+    return {
+      epoch: raw.readUInt32BE(8),
+      epochStartMs: Number(raw.readBigUInt64BE(12)),
+      segment: raw.readUInt32BE(20),
+      key: secureSlice(raw, 24, 24 + KEY_BYTES),
+      boxPublicKey: Buffer.from(raw.subarray(24 + KEY_BYTES)),
+    };
+  } finally {
+    secureFree(raw);
+  }
+}
+
+function badState(p: AuditPaths): IntegrityError {
+  return new IntegrityError('AUDIT_CHAIN_BROKEN', `the audit state file ${p.state} is damaged`, {
+    hint: 'nothing was released; restore it from a backup or run keyward audit verify',
+  });
+}
+
+/** Writes the state atomically; the previous key is gone from the file once this returns. */
+export function writeState(p: AuditPaths, s: AuditState): void {
+  const head = Buffer.alloc(24);
+  MAGIC.copy(head, 0);
+  head.writeUInt32BE(s.epoch, 8);
+  head.writeBigUInt64BE(BigInt(s.epochStartMs), 12);
+  head.writeUInt32BE(s.segment, 20);
+  writeFileAtomic(p.state, [head, s.key, s.boxPublicKey]);
+}

@@ -1,0 +1,246 @@
+/**
+ * keyward audit init | verify | tail | export | key export | rekey  (docs/AUDIT.md)
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { type Command, InvalidArgumentError } from 'commander';
+import {
+  initOrRepair,
+  lenientAuditSink,
+  readEntries,
+  rekeyBox,
+  verifyLog,
+  writeSeedHex,
+  type ReadEntry,
+  type VerifyResult,
+} from '../audit/index.js';
+import { IntegrityError, UsageError } from '../errors.js';
+import { keywardHome } from '../lib/paths.js';
+import { hasTerminal, useVault, vaultExists, type Auth, type Vault } from '../vault/index.js';
+import { note, type Io } from './report.js';
+import { auth, passphraseFile, paths } from './vault-commands.js';
+
+/** A vault can be opened without hanging: a passphrase file, a keyring slot, or a terminal. */
+function canUnlock(cmd: Command): boolean {
+  return passphraseFile(cmd) !== undefined || hasTerminal();
+}
+
+function lenientAuth(cmd: Command, io: Io): Auth & { audit: ReturnType<typeof lenientAuditSink> } {
+  return {
+    ...auth(cmd, io),
+    audit: lenientAuditSink(keywardHome(), (m) => note(io, `warning: ${m}`)),
+  };
+}
+
+function progress(io: Io, label: string): ((done: number, total: number) => void) | undefined {
+  if (!process.stderr.isTTY) return undefined;
+  let last = -1;
+  return (done, total) => {
+    const pct = total === 0 ? 100 : Math.floor((done / total) * 100);
+    if (pct === last) return;
+    last = pct;
+    const bar = '#'.repeat(Math.floor(pct / 4)).padEnd(25, ' ');
+    io.stderr(`\r${label} [${bar}] ${String(pct).padStart(3)}%${pct === 100 ? '\n' : ''}`);
+  };
+}
+
+function report(io: Io, r: VerifyResult, extra: string[]): void {
+  if (!r.ok) {
+    const f = r.finding;
+    const where = `${f.file}${f.line > 0 ? ` line ${f.line}` : ''}${f.seq === undefined ? '' : ` (seq ${f.seq})`}`;
+    throw new IntegrityError('AUDIT_CHAIN_BROKEN', `audit log broken at ${where}: ${f.reason}`, {
+      hint: `${r.entries} entries before it verified; keep a copy of the log as evidence before changing anything`,
+    });
+  }
+  io.stdout(
+    `ok: ${r.entries} entries in ${r.segments} segment(s); head seq ${r.headSeq}, sha256 ${r.headHash}\n`,
+  );
+  io.stdout(
+    `${r.macsChecked ? 'MACs verified with the audit key' : 'MACs NOT checked (no audit key): the chain only'}\n`,
+  );
+  for (const line of extra) io.stdout(`${line}\n`);
+}
+
+function sinceOption(v: string): number {
+  const t = Date.parse(v);
+  if (Number.isNaN(t))
+    throw new InvalidArgumentError(
+      'expected a date or time, e.g. 2026-11-22 or 2026-11-22T15:00:00Z',
+    );
+  return t;
+}
+
+function countOption(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 1)
+    throw new InvalidArgumentError('expected a whole number of at least 1');
+  return n;
+}
+
+function describe(e: ReadEntry): string {
+  const b = e.body as
+    | {
+        actor?: { pid?: number; exe?: string };
+        target?: string | null;
+        decision?: string;
+        reason?: string | null;
+      }
+    | string
+    | undefined;
+  const head = `${String(e.seq).padStart(6)}  ${e.time}  ${e.type.padEnd(20)}`;
+  if (b === undefined) return `${head}  (sealed)`;
+  if (typeof b === 'string') return `${head}  ${b}`;
+  const actor = b.actor ? `pid ${b.actor.pid ?? '?'} ${path.basename(b.actor.exe ?? '?')}` : '';
+  return `${head}  ${(b.decision ?? '').padEnd(5)}  ${b.target ?? '-'}  ${actor}${b.reason ? `  (${b.reason})` : ''}`;
+}
+
+function withOptionalVault<T>(
+  cmd: Command,
+  io: Io,
+  sealed: boolean,
+  fn: (v: Vault | undefined) => T,
+): T {
+  if (sealed || !vaultExists(paths()) || !canUnlock(cmd)) {
+    if (!sealed)
+      note(io, 'no passphrase source (terminal or --passphrase-file): bodies stay sealed');
+    return fn(undefined);
+  }
+  return useVault(paths(), lenientAuth(cmd, io), 'read', fn);
+}
+
+export function registerAuditCommands(program: Command, io: Io): void {
+  const audit = program.command('audit').description('the tamper-evident audit log');
+
+  audit
+    .command('init')
+    .description(
+      'add an audit log to a vault made without one, or rebuild a lost state file from the vault',
+    )
+    .action(function (this: Command) {
+      const a = lenientAuth(this, io);
+      const r = useVault(paths(), a, 'write', (v) => initOrRepair(keywardHome(), v));
+      a.audit.flush();
+      io.stdout(r === 'present' ? 'The audit log is already set up.\n' : `Audit log ${r}.\n`);
+    });
+
+  audit
+    .command('verify')
+    .description(
+      'check the chain, every MAC and the sealed checkpoint; exit 8 at the first bad entry',
+    )
+    .option('--path <file>', 'verify one segment file on its own')
+    .option(
+      '--key-file <file>',
+      'use an exported audit key instead of the vault (checks MACs, not the checkpoint)',
+    )
+    .option('--chain-only', 'check only the hash chain (no passphrase needed)')
+    .action(function (this: Command) {
+      const o = this.opts<{ path?: string; keyFile?: string; chainOnly?: boolean }>();
+      const file = o.path === undefined ? undefined : path.resolve(o.path);
+      if (file !== undefined && !fs.existsSync(file))
+        throw new UsageError('USAGE', `no such file: ${o.path}`);
+      const req = {
+        home: keywardHome(),
+        file,
+        keyFile: o.keyFile,
+        onProgress: progress(io, 'verifying'),
+      };
+      const withVault =
+        o.keyFile === undefined && o.chainOnly !== true && vaultExists(paths()) && canUnlock(this);
+      if (o.keyFile === undefined && o.chainOnly !== true && !withVault) {
+        note(io, 'no passphrase source (terminal or --passphrase-file): checking the chain only');
+      }
+      const r = withVault
+        ? useVault(paths(), lenientAuth(this, io), 'read', (vault) => verifyLog({ ...req, vault }))
+        : verifyLog(req);
+      report(io, r, [
+        r.checkpointChecked
+          ? 'checkpoint sealed in the vault matches'
+          : 'checkpoint not checked (needs the vault)',
+      ]);
+    });
+
+  audit
+    .command('tail')
+    .description('the last entries; bodies (who, what, why) are opened with the vault')
+    .option('-n <count>', 'how many entries', countOption, 20)
+    .option('--json', 'one JSON object per line')
+    .option('--follow', 'keep printing new entries')
+    .option('--sealed', 'do not unlock: time and type only')
+    .action(async function (this: Command) {
+      const o = this.opts<{ n: number; json?: boolean; follow?: boolean; sealed?: boolean }>();
+      const home = keywardHome();
+      const print = (e: ReadEntry) =>
+        io.stdout(
+          o.json
+            ? `${JSON.stringify({ seq: e.seq, time: e.time, type: e.type, epoch: e.epoch, hash: e.hash, body: e.body })}\n`
+            : `${describe(e)}\n`,
+        );
+      let last = 0;
+      withOptionalVault(this, io, o.sealed === true, (v) => {
+        const all = readEntries(home, v);
+        for (const e of all.slice(-o.n)) print(e);
+        last = all.at(-1)?.seq ?? 0;
+      });
+      if (!o.follow) return;
+      // Follow: sealed view of new entries (bodies would need the vault open indefinitely).
+      for (;;) {
+        await new Promise((r) => setTimeout(r, 500));
+        for (const e of readEntries(home).filter((x) => x.seq > last)) {
+          print(e);
+          last = e.seq;
+        }
+      }
+    });
+
+  audit
+    .command('export')
+    .description('the log as JSON lines: sealed as stored (verifiable elsewhere), or --decrypt')
+    .option('--since <time>', 'entries at or after this time', sinceOption)
+    .option('--format <format>', 'jsonl (the only format)', 'jsonl')
+    .option('--decrypt', 'open the bodies with the vault')
+    .action(function (this: Command) {
+      const o = this.opts<{ since?: number; format: string; decrypt?: boolean }>();
+      if (o.format !== 'jsonl')
+        throw new UsageError('USAGE', `unknown format ${o.format}`, { hint: 'use --format jsonl' });
+      const keep = (e: ReadEntry) => o.since === undefined || Date.parse(e.time) >= o.since;
+      if (!o.decrypt) {
+        for (const e of readEntries(keywardHome()).filter(keep)) io.stdout(`${e.line}\n`);
+        return;
+      }
+      useVault(paths(), lenientAuth(this, io), 'read', (v) => {
+        for (const e of readEntries(keywardHome(), v).filter(keep)) {
+          io.stdout(
+            `${JSON.stringify({ seq: e.seq, time: e.time, type: e.type, epoch: e.epoch, hash: e.hash, body: e.body })}\n`,
+          );
+        }
+      });
+    });
+
+  const key = audit
+    .command('key')
+    .description("the audit verification key (the seed of every epoch's MAC key)");
+  key
+    .command('export')
+    .description(
+      'print the audit key as hex, to keep off this machine (verify later with --key-file)',
+    )
+    .action(function (this: Command) {
+      const a = auth(this, io);
+      useVault(paths(), a, 'read', (v) => {
+        a.audit.record({ type: 'audit.key_exported', decision: 'allow' });
+        writeSeedHex(v, 1);
+      });
+      note(io, 'keep this key off this machine: with it anyone can verify, and so forge, this log');
+    });
+
+  audit
+    .command('rekey')
+    .description('new encryption key for the bodies of new entries (old bodies still open)')
+    .action(function (this: Command) {
+      const n = useVault(paths(), auth(this, io), 'write', (v) => rekeyBox(keywardHome(), v));
+      io.stdout(
+        `Audit bodies now sealed to a new key (${n} older key(s) kept to open older entries).\n`,
+      );
+    });
+}

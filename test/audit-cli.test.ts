@@ -1,0 +1,231 @@
+/**
+ * The audit log as users meet it: every command records its events, a release waits for its
+ * durable record, no value ever reaches the log, and `keyward audit ...` works end to end.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import { FAST_KDF, initHome, kw, type Home } from './helpers.js';
+
+interface Row {
+  seq: number;
+  type: string;
+  body: {
+    target: string | null;
+    decision: string;
+    actor: { pid: number; cmdline: string[] };
+    details: Record<string, unknown>;
+  };
+}
+
+function rows(h: Home, n = 1000): Row[] {
+  const r = kw(['audit', 'tail', '--json', '-n', String(n)], { env: h.env });
+  assert.equal(r.code, 0, r.stderr);
+  return r.stdout
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as Row);
+}
+
+const auditDir = (h: Home) => path.join(h.home, 'audit');
+const segment = (h: Home) => path.join(auditDir(h), 'log-000001.jsonl');
+
+describe('events recorded by the CLI', () => {
+  test('init, set, read, rm, passwd, rekey and a wrong passphrase each leave their entries, in order', () => {
+    const h = initHome();
+    kw(['secret', 'set', 'svc/token'], { env: h.env, input: 'tok-value-1' });
+    kw(['read', 'svc/token'], { env: h.env });
+    const wrong = path.join(h.dir, 'wrong');
+    fs.writeFileSync(wrong, 'definitely wrong\n', { mode: 0o600 });
+    assert.equal(kw(['read', 'svc/token', '--passphrase-file', wrong], { env: h.env }).code, 4);
+    const next = path.join(h.dir, 'next');
+    fs.writeFileSync(next, 'another long passphrase\n', { mode: 0o600 });
+    kw(['passwd', '--new-passphrase-file', next, ...FAST_KDF], { env: h.env });
+    const env = { ...h.env, KEYWARD_PASSPHRASE_FILE: next };
+    kw(['rekey'], { env });
+    kw(['secret', 'rm', 'svc/token'], { env });
+    const got = rows({ ...h, env }).map(
+      (r) => `${r.type}${r.body.target ? ` ${r.body.target}` : ''}`,
+    );
+    const expected = [
+      'vault.init',
+      'vault.unlock',
+      'secret.set svc/token',
+      'vault.unlock',
+      'secret.read svc/token',
+      'vault.unlock_failed',
+      'vault.unlock',
+      'vault.passwd',
+      'vault.unlock',
+      'vault.rekey',
+      'vault.unlock',
+      'secret.rm svc/token',
+    ];
+    assert.deepEqual(got.slice(0, expected.length), expected);
+  });
+
+  test('entries name the calling process: pid and command line', () => {
+    const h = initHome();
+    kw(['secret', 'set', 'who/asks'], { env: h.env, input: 'value-xyz' });
+    const set = rows(h).find((r) => r.type === 'secret.set');
+    assert.ok(set);
+    assert.ok(set.body.actor.pid > 1);
+    assert.deepEqual(set.body.actor.cmdline.slice(-3), ['secret', 'set', 'who/asks']);
+  });
+
+  test('no secret value, nor its hex or base64, ever reaches the audit files', () => {
+    const h = initHome();
+    const value = 'sk_live_auditleak_0123456789';
+    kw(['secret', 'set', 'leak/check'], { env: h.env, input: value });
+    kw(['read', 'leak/check'], { env: h.env });
+    kw(['audit', 'export', '--decrypt'], { env: h.env });
+    const disk = Buffer.concat(
+      fs.readdirSync(auditDir(h)).map((f) => fs.readFileSync(path.join(auditDir(h), f))),
+    );
+    for (const form of [
+      value,
+      Buffer.from(value).toString('hex'),
+      Buffer.from(value).toString('base64').slice(0, 16),
+      'leak/check',
+    ]) {
+      assert.equal(disk.indexOf(form), -1, `found ${form}`);
+    }
+    // ...and the decrypted export names the secret but never holds its value.
+    const dec = kw(['audit', 'export', '--decrypt'], { env: h.env }).stdout;
+    assert.match(dec, /leak\/check/);
+    assert.doesNotMatch(dec, /auditleak/);
+  });
+
+  test('when the audit log cannot be written, read releases nothing (exit 5) and says why', () => {
+    const h = initHome();
+    kw(['secret', 'set', 'gated'], { env: h.env, input: 'must-not-leak-1' });
+    fs.rmSync(path.join(auditDir(h), 'state'));
+    const r = kw(['read', 'gated'], { env: h.env });
+    assert.equal(r.code, 5, r.stderr);
+    assert.equal(r.stdout, '');
+    assert.match(
+      r.stderr,
+      /keyward: error: the audit log has no state file.*\nkeyward: hint: run: keyward audit init/,
+    );
+  });
+});
+
+describe('keyward audit', () => {
+  test('verify passes on an untouched log: chain, MACs and the sealed checkpoint', () => {
+    const h = initHome();
+    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    const r = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(
+      r.stdout,
+      /^ok: \d+ entries in 1 segment\(s\); head seq \d+, sha256 [0-9a-f]{64}\nMACs verified/,
+    );
+    assert.match(r.stdout, /checkpoint sealed in the vault matches/);
+  });
+
+  test('verify names the first bad entry and exits 8 when a line was edited', () => {
+    const h = initHome();
+    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    const ls = fs.readFileSync(segment(h), 'utf8').split('\n');
+    ls[2] = (ls[2] ?? '').replace('"type":"secret.set"', '"type":"secret.rm"');
+    fs.writeFileSync(segment(h), ls.join('\n'));
+    const r = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(r.code, 8);
+    assert.match(
+      r.stderr,
+      /keyward: error: audit log broken at log-000001\.jsonl line 3 \(seq 3\): the MAC does not verify/,
+    );
+    assert.match(r.stderr, /keyward: hint: 2 entries before it verified/);
+  });
+
+  test('verify detects a deleted tail through the checkpoint sealed in the vault', () => {
+    const h = initHome();
+    for (const n of ['a', 'b', 'c']) kw(['secret', 'set', n], { env: h.env, input: 'value-aaaa' });
+    const ls = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
+    fs.writeFileSync(segment(h), `${ls.slice(0, ls.length - 2).join('\n')}\n`);
+    const r = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(r.code, 8, r.stdout + r.stderr);
+    assert.match(r.stderr, /entries were deleted from the end/);
+  });
+
+  test('verify --chain-only needs no passphrase and says MACs were not checked', () => {
+    const h = initHome();
+    const env = { ...h.env };
+    delete env['KEYWARD_PASSPHRASE_FILE'];
+    const r = kw(['audit', 'verify', '--chain-only'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /MACs NOT checked/);
+  });
+
+  test('an exported key verifies the log elsewhere; a key file others can read is refused', () => {
+    const h = initHome();
+    const exp = kw(['audit', 'key', 'export'], { env: h.env });
+    assert.equal(exp.code, 0, exp.stderr);
+    assert.match(exp.stdout, /^[0-9a-f]{64}\n$/);
+    assert.match(exp.stderr, /keep this key off this machine/);
+    const keyFile = path.join(h.dir, 'audit.key');
+    fs.writeFileSync(keyFile, exp.stdout, { mode: 0o600 });
+    const env = { ...h.env };
+    delete env['KEYWARD_PASSPHRASE_FILE'];
+    let r = kw(['audit', 'verify', '--key-file', keyFile], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /MACs verified/);
+    assert.ok(rows(h).some((x) => x.type === 'audit.key_exported'));
+    fs.chmodSync(keyFile, 0o644);
+    r = kw(['audit', 'verify', '--key-file', keyFile], { env });
+    assert.equal(r.code, 8);
+    assert.match(r.stderr, /refusing the key file/);
+  });
+
+  test('audit init rebuilds a lost state file from the vault; the chain still verifies', () => {
+    const h = initHome();
+    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    fs.rmSync(path.join(auditDir(h), 'state'));
+    const r = kw(['audit', 'init'], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /Audit log repaired/);
+    assert.equal(kw(['read', 'a'], { env: h.env }).stdout, 'value-aaaa');
+    assert.equal(kw(['audit', 'verify'], { env: h.env }).code, 0);
+    assert.ok(rows(h).some((x) => x.type === 'audit.recovered'));
+  });
+
+  test('audit rekey: new bodies use the new key and older bodies still open', () => {
+    const h = initHome();
+    kw(['secret', 'set', 'before'], { env: h.env, input: 'value-aaaa' });
+    assert.equal(kw(['audit', 'rekey'], { env: h.env }).code, 0);
+    kw(['secret', 'set', 'after'], { env: h.env, input: 'value-bbbb' });
+    const targets = rows(h).map((r) => r.body.target);
+    assert.ok(targets.includes('before') && targets.includes('after'));
+    assert.ok(rows(h).some((r) => r.type === 'audit.rekeyed'));
+    assert.equal(kw(['audit', 'verify'], { env: h.env }).code, 0);
+  });
+
+  test('export gives the stored lines (sealed) or, with --decrypt, opened bodies; --since filters', () => {
+    const h = initHome();
+    kw(['secret', 'set', 'x'], { env: h.env, input: 'value-aaaa' });
+    const sealed = kw(['audit', 'export'], { env: h.env }).stdout.trim().split('\n');
+    assert.ok(sealed.length >= 3);
+    assert.ok(sealed.every((l) => l.startsWith('{"v":1,"seq":')));
+    assert.equal(kw(['audit', 'export', '--since', '2999-01-01'], { env: h.env }).stdout, '');
+    const r = kw(['audit', 'export', '--since', 'yesterday-ish'], { env: h.env });
+    assert.equal(r.code, 2);
+  });
+
+  test('tail --sealed shows time and type without the passphrase', () => {
+    const h = initHome();
+    const env = { ...h.env };
+    delete env['KEYWARD_PASSPHRASE_FILE'];
+    const r = kw(['audit', 'tail', '--sealed', '-n', '1'], { env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /^ +\d+ +\S+Z +vault\.init +\(sealed\)\n$/);
+  });
+
+  test('init --force moves the old audit log aside with the old vault', () => {
+    const h = initHome();
+    const r = kw(['init', '--force', '--yes', ...FAST_KDF], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(fs.readdirSync(h.home).some((n) => n.startsWith('audit.bak-')));
+    assert.equal(kw(['audit', 'verify'], { env: h.env }).code, 0);
+  });
+});

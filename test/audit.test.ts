@@ -1,0 +1,315 @@
+/**
+ * The audit log: tamper matrix, forward security, crash recovery, rotation (docs/AUDIT.md).
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { describe, test } from 'node:test';
+import {
+  EVENT_TYPES,
+  listSegments,
+  verifySegments,
+  type VerifyResult,
+} from '../src/audit/index.js';
+import { encodeLine, parseLine } from '../src/audit/entry.js';
+import { epochKeyFromSeed } from '../src/audit/keys.js';
+import { readState } from '../src/audit/state.js';
+import { secureTake } from '../src/lib/secure.js';
+import { copySegments, fill, lines, makeLog, writeLines } from './audit-helpers.js';
+import { ROOT } from './helpers.js';
+
+function failsAt(r: VerifyResult, line: number, why?: RegExp): void {
+  assert.equal(r.ok, false, 'tampering went undetected');
+  if (r.ok) return;
+  assert.equal(r.finding.line, line, `reported at line ${r.finding.line}: ${r.finding.reason}`);
+  if (why) assert.match(r.finding.reason, why);
+}
+
+test('the event type list is pinned', () => {
+  assert.equal(EVENT_TYPES.length, 29);
+  for (const t of [
+    'secret.read',
+    'vault.unlock_failed',
+    'peer.rejected',
+    'policy.changed',
+    'audit.recovered',
+    'credential.evict',
+  ]) {
+    assert.ok((EVENT_TYPES as readonly string[]).includes(t), t);
+  }
+});
+
+describe('tamper matrix over a log of 1,000 entries', () => {
+  const { log, seed } = makeLog();
+  fill(log, 1000);
+  const original = listSegments(log.paths.dir);
+  const head = log.head();
+  const checkpoint = { seq: head.seq, hash: head.hash };
+
+  test('the untouched log verifies: 1,000 entries, MACs and checkpoint', () => {
+    const r = verifySegments(original, { seed, checkpoint });
+    assert.equal(r.ok, true);
+    if (r.ok) {
+      assert.equal(r.entries, 1000);
+      assert.equal(r.headHash, head.hash);
+    }
+  });
+
+  // Where each field's value starts in a line, found by its key.
+  const fields = ['v', 'seq', 'time', 'type', 'epoch', 'prev', 'body', 'mac'] as const;
+  const positions = [1, 2, 137, 500, 999, 1000];
+  for (const field of fields) {
+    for (const at of positions) {
+      test(`flipping a byte of ${field} in entry ${at} is detected at entry ${at}`, () => {
+        const [file] = copySegments(log.paths.dir);
+        assert.ok(file);
+        const ls = lines(file);
+        const line = ls[at - 1] ?? '';
+        const key = `"${field}":`;
+        let i = line.indexOf(key) + key.length;
+        if (line[i] === '"') i += 1;
+        i += Math.min(
+          3,
+          (line.indexOf(',', i) === -1 ? line.length : line.indexOf(',', i)) - i - 1,
+        );
+        const ch = line[i] ?? '0';
+        const flipped = /[0-9]/.test(ch) ? String((Number(ch) + 1) % 10) : ch === 'a' ? 'b' : 'a';
+        ls[at - 1] = line.slice(0, i) + flipped + line.slice(i + 1);
+        writeLines(file, ls);
+        failsAt(verifySegments([file], { seed, checkpoint }), at);
+      });
+    }
+  }
+
+  for (const at of [1, 500, 1000]) {
+    test(`deleting entry ${at} is detected at that position`, () => {
+      const [file] = copySegments(log.paths.dir);
+      assert.ok(file);
+      const ls = lines(file);
+      ls.splice(at - 1, 1);
+      writeLines(file, ls);
+      const r = verifySegments([file], { seed, checkpoint });
+      // The last entry's deletion leaves a valid shorter chain: only the checkpoint shows it.
+      if (at === 1000)
+        assert.equal(r.ok === false && r.finding.reason.includes('deleted from the end'), true);
+      else failsAt(r, at);
+    });
+  }
+
+  test('swapping two entries is detected at the first of them', () => {
+    const [file] = copySegments(log.paths.dir);
+    assert.ok(file);
+    const ls = lines(file);
+    [ls[300], ls[301]] = [ls[301] ?? '', ls[300] ?? ''];
+    writeLines(file, ls);
+    failsAt(verifySegments([file], { seed, checkpoint }), 301, /seq 302 follows seq 300/);
+  });
+
+  test('truncating the tail is detected by the sealed checkpoint, and only by it', () => {
+    const [file] = copySegments(log.paths.dir);
+    assert.ok(file);
+    writeLines(file, lines(file).slice(0, 990));
+    assert.equal(verifySegments([file], { seed }).ok, true, 'a shorter chain is self-consistent');
+    const r = verifySegments([file], { seed, checkpoint });
+    assert.equal(r.ok, false);
+    if (!r.ok)
+      assert.match(r.finding.reason, /ends at seq 990 but the checkpoint .* says seq 1000/);
+  });
+
+  test('an inserted entry forged under another key is detected where it stands', () => {
+    const [file] = copySegments(log.paths.dir);
+    assert.ok(file);
+    const ls = lines(file);
+    const prev = parseLine(ls[998] ?? '');
+    assert.ok(prev);
+    const wrongKey = secureTake(Buffer.alloc(32, 9));
+    const forged = encodeLine(
+      {
+        seq: 1000,
+        time: prev.time,
+        type: 'secret.read',
+        epoch: prev.epoch,
+        prev: prev.hash,
+        body: 'AAAA',
+      },
+      wrongKey,
+    );
+    ls.splice(999, 1, forged.line);
+    writeLines(file, ls);
+    failsAt(verifySegments([file], { seed, checkpoint }), 1000, /MAC does not verify/);
+  });
+
+  test('a whole log replaced by a shorter valid chain under another key fails at entry 1', () => {
+    const other = makeLog();
+    fill(other.log, 10);
+    const files = listSegments(other.log.paths.dir);
+    failsAt(verifySegments(files, { seed, checkpoint }), 1, /MAC does not verify/);
+    // Even without the key, the checkpoint sealed in the vault shows the swap.
+    const r = verifySegments(files, { checkpoint });
+    assert.equal(r.ok, false);
+  });
+
+  test('a malformed line gives a finding, never an exception', () => {
+    const [file] = copySegments(log.paths.dir);
+    assert.ok(file);
+    const ls = lines(file);
+    ls[41] = '{"v":1,"seq":42,"time":"not json at all';
+    writeLines(file, ls);
+    failsAt(verifySegments([file], { seed }), 42, /not a well-formed audit entry/);
+  });
+});
+
+describe('forward security', () => {
+  test('holding only the current epoch key, an attacker cannot forge an entry of an earlier epoch', () => {
+    const { log, seed } = makeLog({ epochMs: 0 }); // a new epoch at every append
+    fill(log, 6, 1);
+    const st = readState(log.paths); // what an attacker who takes the machine reads
+    assert.equal(st.epoch, 6);
+    const [file] = copySegments(log.paths.dir);
+    assert.ok(file);
+    const ls = lines(file);
+    const victim = parseLine(ls[2] ?? '');
+    assert.ok(victim && victim.epoch < st.epoch);
+    // Rewrite entry 3 (an earlier epoch) and re-MAC it with the stolen key. Claiming its own
+    // epoch, the MAC fails on it; claiming the current epoch, the MAC holds but the chain breaks
+    // at the very next entry (its prev no longer matches and the epoch would run backwards).
+    for (const [epoch, caughtAt] of [
+      [victim.epoch, 3],
+      [st.epoch, 4],
+    ] as const) {
+      const forged = encodeLine({ ...victim, type: 'vault.lock', epoch }, st.key);
+      const copy = [...ls];
+      copy[2] = forged.line;
+      writeLines(file, copy);
+      failsAt(verifySegments([file], { seed }), caughtAt);
+    }
+  });
+
+  test('the boundary, stated honestly: the current key can MAC entries of the current epoch (the checkpoint and an off-machine key are the answer)', () => {
+    const { log, seed } = makeLog({ epochMs: 0 });
+    fill(log, 3, 1);
+    const st = readState(log.paths);
+    const k = epochKeyFromSeed(seed, st.epoch);
+    assert.equal(
+      Buffer.compare(k, st.key),
+      0,
+      'the state file holds exactly K(epoch) derived from the seed',
+    );
+  });
+});
+
+describe('crash safety', () => {
+  test('SIGKILL during heavy concurrent appends from 4 processes: recovery, verify passes, no acknowledged entry missing', async () => {
+    const { log, seed, home } = makeLog();
+    const fixture = path.join(ROOT, 'dist/test/fixtures/audit-appender.js');
+    const acks = new Map<number, string>();
+    const procs = Array.from({ length: 4 }, () =>
+      spawn(process.execPath, [fixture, home, '2'], { stdio: ['ignore', 'pipe', 'inherit'] }),
+    );
+    for (const p of procs) {
+      let buf = '';
+      p.stdout.on('data', (d: Buffer) => {
+        buf += d.toString();
+        const parts = buf.split('\n');
+        buf = parts.pop() ?? '';
+        for (const l of parts) {
+          const m = /^ack (\d+) ([0-9a-f]{64})$/.exec(l);
+          if (m) acks.set(Number(m[1]), m[2] ?? '');
+        }
+      });
+    }
+    await new Promise((r) => setTimeout(r, 1500));
+    await Promise.all(
+      procs.map(
+        (p) =>
+          new Promise<void>((r) => {
+            p.on('exit', () => r());
+            p.kill('SIGKILL');
+          }),
+      ),
+    );
+    assert.ok(acks.size > 50, `only ${acks.size} appends acknowledged`);
+    // The next writer recovers (cuts a torn line if there is one) and the log verifies.
+    log.append([{ type: 'agent.start', decision: 'info' }]);
+    const files = listSegments(log.paths.dir);
+    const r = verifySegments(files, { seed });
+    assert.equal(r.ok, true, r.ok ? '' : r.finding.reason);
+    const byseq = new Map<number, string>();
+    for (const f of files)
+      for (const l of lines(f)) {
+        const e = parseLine(l);
+        if (e) byseq.set(e.seq, e.hash);
+      }
+    for (const [seq, hash] of acks)
+      assert.equal(byseq.get(seq), hash, `acknowledged seq ${seq} is missing or changed`);
+  });
+
+  test('a torn last line is cut at the next append and the cut is recorded as audit.recovered', () => {
+    const { log, seed } = makeLog();
+    fill(log, 5, 1);
+    const [file] = listSegments(log.paths.dir);
+    assert.ok(file);
+    fs.appendFileSync(file, '{"v":1,"seq":6,"time":"2026-11-22T1');
+    log.append([{ type: 'vault.lock', decision: 'info' }]);
+    const ls = lines(file);
+    const rec = parseLine(ls[5] ?? '');
+    assert.equal(rec?.type, 'audit.recovered');
+    assert.equal(parseLine(ls[6] ?? '')?.type, 'vault.lock');
+    assert.equal(verifySegments([file], { seed }).ok, true);
+  });
+});
+
+describe('rotation', () => {
+  test('segments rotate by size; the chain verifies end to end across files', () => {
+    const { log, seed } = makeLog({ segmentMaxBytes: 4000 });
+    fill(log, 60, 3);
+    const files = listSegments(log.paths.dir);
+    assert.ok(files.length >= 3, `${files.length} segments`);
+    const r = verifySegments(files, { seed, checkpoint: log.head() });
+    assert.equal(r.ok, true, r.ok ? '' : r.finding.reason);
+    // Each closed segment ends with audit.rotated naming the next one.
+    const closing = parseLine(lines(files[0] ?? '').at(-1) ?? '');
+    assert.equal(closing?.type, 'audit.rotated');
+  });
+
+  test('rotation advances the epoch key', () => {
+    const { log } = makeLog({ segmentMaxBytes: 2000 });
+    fill(log, 30, 3);
+    assert.ok(readState(log.paths).epoch >= 2);
+  });
+
+  test('segments rotate by age', () => {
+    let now = Date.parse('2026-01-01T00:00:00Z');
+    const { log, seed } = makeLog({ now: () => new Date(now) });
+    fill(log, 3, 1);
+    now += 31 * 24 * 3600 * 1000;
+    fill(log, 2, 1);
+    const files = listSegments(log.paths.dir);
+    assert.equal(files.length, 2);
+    assert.equal(verifySegments(files, { seed }).ok, true);
+  });
+
+  test('a deleted middle segment, or a deleted first segment, is detected', () => {
+    const { log, seed } = makeLog({ segmentMaxBytes: 3000 });
+    fill(log, 60, 3);
+    const files = copySegments(log.paths.dir);
+    assert.ok(files.length >= 3);
+    const middle = files[1] ?? '';
+    fs.rmSync(middle);
+    assert.equal(
+      verifySegments(
+        files.filter((f) => f !== middle),
+        { seed },
+      ).ok,
+      false,
+    );
+    assert.equal(
+      verifySegments(
+        files.slice(1).filter((f) => f !== middle),
+        { seed },
+      ).ok,
+      false,
+    );
+  });
+});
