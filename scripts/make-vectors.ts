@@ -12,6 +12,8 @@ import sodium from 'sodium-native';
 import { secureTake } from '../src/lib/secure.js';
 import { initVault, Vault, vaultPaths, type Rng } from '../src/vault/index.js';
 import { blake2b256 } from '../src/vault/crypto.js';
+import { encodeLine, ZERO_HASH } from '../src/audit/entry.js';
+import { epochKeyFromSeed } from '../src/audit/keys.js';
 
 export const PASSPHRASE = 'correct horse battery staple';
 const FIXED_TIME = new Date('2026-11-22T12:00:00.000Z');
@@ -202,9 +204,102 @@ export function makeVectors(dir: string): VectorSpec[] {
   return specs;
 }
 
+export interface AuditVectorSpec {
+  file: string;
+  seedFile: string;
+  expect: { ok: true; entries: number } | { ok: false; line: number; reason: string };
+  note: string;
+}
+
+/**
+ * docs/AUDIT.md vectors: a three-entry log over two epochs, MACed under keys derived from a fixed
+ * seed, with fixed bodies (the bodies' encryption is random by design and is tested elsewhere).
+ */
+export function makeAuditVectors(dir: string): AuditVectorSpec[] {
+  fs.mkdirSync(dir, { recursive: true });
+  const seedBytes = Buffer.from(Array.from({ length: 32 }, (_, i) => i + 1));
+  const otherBytes = Buffer.from(Array.from({ length: 32 }, (_, i) => 255 - i));
+  const rows = [
+    { type: 'vault.init', epoch: 0, body: 'Ym9keSBvbmU=' },
+    { type: 'secret.read', epoch: 0, body: 'Ym9keSB0d28=' },
+    { type: 'vault.lock', epoch: 1, body: 'Ym9keSB0aHJlZQ==' },
+  ];
+  const chain = (seedSrc: Buffer): string[] => {
+    const seed = secureTake(Buffer.from(seedSrc));
+    let prev = ZERO_HASH;
+    return rows.map((r, i) => {
+      const key = epochKeyFromSeed(seed, r.epoch);
+      const e = encodeLine(
+        {
+          seq: i + 1,
+          time: `2026-11-22T12:00:0${i}.000Z`,
+          type: r.type,
+          epoch: r.epoch,
+          prev,
+          body: r.body,
+        },
+        key,
+      );
+      prev = e.hash;
+      return e.line;
+    });
+  };
+  const good = chain(seedBytes);
+  const write = (name: string, ls: string[]) =>
+    fs.writeFileSync(path.join(dir, name), `${ls.join('\n')}\n`);
+  fs.writeFileSync(path.join(dir, 'seed.hex'), `${seedBytes.toString('hex')}\n`);
+  write('good.jsonl', good);
+  write('flipped-type.jsonl', [
+    good[0] ?? '',
+    (good[1] ?? '').replace('secret.read', 'secret.rm'),
+    good[2] ?? '',
+  ]);
+  write('swapped.jsonl', [good[0] ?? '', good[2] ?? '', good[1] ?? '']);
+  write('first-removed.jsonl', good.slice(1));
+  write('other-key.jsonl', chain(otherBytes));
+  const specs: AuditVectorSpec[] = [
+    {
+      file: 'good.jsonl',
+      seedFile: 'seed.hex',
+      expect: { ok: true, entries: 3 },
+      note: 'three entries over epochs 0, 0, 1',
+    },
+    {
+      file: 'flipped-type.jsonl',
+      seedFile: 'seed.hex',
+      expect: { ok: false, line: 2, reason: 'MAC' },
+      note: 'the type of entry 2 changed',
+    },
+    {
+      file: 'swapped.jsonl',
+      seedFile: 'seed.hex',
+      expect: { ok: false, line: 2, reason: 'seq 3 follows seq 1' },
+      note: 'entries 2 and 3 swapped',
+    },
+    {
+      file: 'first-removed.jsonl',
+      seedFile: 'seed.hex',
+      expect: { ok: false, line: 1, reason: 'starts at seq 2' },
+      note: 'entry 1 removed',
+    },
+    {
+      file: 'other-key.jsonl',
+      seedFile: 'seed.hex',
+      expect: { ok: false, line: 1, reason: 'MAC' },
+      note: 'a valid chain under another seed',
+    },
+  ];
+  fs.writeFileSync(path.join(dir, 'vectors.json'), `${JSON.stringify(specs, null, 2)}\n`);
+  return specs;
+}
+
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   const here = path.dirname(fileURLToPath(import.meta.url));
   const out = path.resolve(here, '../../test/vectors/vault');
   const specs = makeVectors(out);
-  process.stdout.write(`wrote ${specs.length} vectors to ${out}\n`);
+  const auditOut = path.resolve(here, '../../test/vectors/audit');
+  const audit = makeAuditVectors(auditOut);
+  process.stdout.write(
+    `wrote ${specs.length} vault vectors to ${out} and ${audit.length} audit vectors to ${auditOut}\n`,
+  );
 }

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import {
   EVENT_TYPES,
+  GroupCommitter,
   listSegments,
   verifySegments,
   type VerifyResult,
@@ -310,6 +311,36 @@ describe('rotation', () => {
         { seed },
       ).ok,
       false,
+    );
+  });
+});
+
+describe('group commit', () => {
+  test('200 concurrent records resolve once durable, in far fewer batches (fsyncs) than records, and verify', async () => {
+    const { log, seed } = makeLog();
+    const gc = new GroupCommitter(log);
+    const heads = await Promise.all(
+      Array.from({ length: 200 }, (_, i) =>
+        gc.record({ type: 'key.sign', target: `k${i}`, decision: 'allow' }),
+      ),
+    );
+    assert.equal(heads.length, 200);
+    assert.ok(gc.batches < 50, `${gc.batches} batches for 200 records`);
+    assert.equal(log.head().seq, 200);
+    const r = verifySegments(listSegments(log.paths.dir), { seed });
+    assert.equal(r.ok && r.entries, 200);
+  });
+
+  test('a failed batch rejects every waiter in it: nobody is told a record is durable when it is not', async () => {
+    const { log, dir } = makeLog();
+    fs.rmSync(path.join(dir, 'state'));
+    const gc = new GroupCommitter(log);
+    const results = await Promise.allSettled(
+      [1, 2, 3].map(() => gc.record({ type: 'key.sign', decision: 'allow' })),
+    );
+    assert.deepEqual(
+      results.map((r) => r.status),
+      ['rejected', 'rejected', 'rejected'],
     );
   });
 });

@@ -6,7 +6,13 @@ import { test } from 'node:test';
 import { KeywardError } from '../src/errors.js';
 import { secureTake } from '../src/lib/secure.js';
 import { Vault, vaultPaths } from '../src/vault/index.js';
-import { makeVectors, type VectorSpec } from '../scripts/make-vectors.js';
+import {
+  makeAuditVectors,
+  makeVectors,
+  type AuditVectorSpec,
+  type VectorSpec,
+} from '../scripts/make-vectors.js';
+import { verifySegments } from '../src/audit/index.js';
 import { FAST_KDF, kw, makeHome, VECTORS } from './helpers.js';
 
 const DIR = path.join(VECTORS, 'vault');
@@ -87,3 +93,45 @@ for (const [file, exit, message] of cliCases) {
     assert.deepEqual(fs.readFileSync(h.vaultFile), before);
   });
 }
+
+const AUDIT_DIR = path.join(VECTORS, 'audit');
+const auditSpecs = JSON.parse(
+  fs.readFileSync(path.join(AUDIT_DIR, 'vectors.json'), 'utf8'),
+) as AuditVectorSpec[];
+
+for (const v of auditSpecs) {
+  test(`audit vector ${v.file}: ${v.expect.ok ? `verifies (${v.expect.entries} entries)` : `fails at line ${v.expect.line}`} (${v.note})`, () => {
+    const seed = secureTake(
+      Buffer.from(fs.readFileSync(path.join(AUDIT_DIR, v.seedFile), 'utf8').trim(), 'hex'),
+    );
+    // Verified as a whole log (its first and only segment), as `keyward audit verify` does.
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-avec-'));
+    const seg = path.join(tmp, 'log-000001.jsonl');
+    fs.copyFileSync(path.join(AUDIT_DIR, v.file), seg);
+    const r = verifySegments([seg], { seed });
+    fs.rmSync(tmp, { recursive: true, force: true });
+    if (v.expect.ok) {
+      assert.equal(r.ok, true, r.ok ? '' : r.finding.reason);
+      if (r.ok) assert.equal(r.entries, v.expect.entries);
+    } else {
+      assert.equal(r.ok, false);
+      if (!r.ok) {
+        assert.equal(r.finding.line, v.expect.line);
+        assert.ok(r.finding.reason.includes(v.expect.reason), r.finding.reason);
+      }
+    }
+  });
+}
+
+test('the audit vector generator reproduces every committed audit vector byte for byte', () => {
+  const out = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-avec-gen-'));
+  makeAuditVectors(out);
+  for (const name of fs.readdirSync(AUDIT_DIR)) {
+    assert.deepEqual(
+      fs.readFileSync(path.join(out, name)),
+      fs.readFileSync(path.join(AUDIT_DIR, name)),
+      name,
+    );
+  }
+  fs.rmSync(out, { recursive: true, force: true });
+});

@@ -8,7 +8,13 @@ export {
   type AuditRecord,
   type EventType,
 } from './events.js';
-export { AuditLog, currentProcessActor, type AuditOptions, type Head } from './log.js';
+export {
+  AuditLog,
+  GroupCommitter,
+  currentProcessActor,
+  type AuditOptions,
+  type Head,
+} from './log.js';
 export {
   listSegments,
   verifySegments,

@@ -120,24 +120,53 @@ export function ensurePrivateDir(dir: string): void {
 
 const sleepCell = new Int32Array(new SharedArrayBuffer(4));
 
+function openLockFile(lockPath: string): number {
+  return fs.openSync(
+    lockPath,
+    fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW,
+    0o600,
+  );
+}
+
+function busy(lockPath: string): KeywardError {
+  return new KeywardError('VAULT_BUSY', `another keyward process holds ${lockPath}`, {
+    hint: 'wait for it to finish and try again',
+  });
+}
+
+/** withFileLock for async work: polls without blocking the event loop. */
+export async function withFileLockAsync<T>(
+  lockPath: string,
+  timeoutMs: number,
+  fn: () => Promise<T>,
+): Promise<T> {
+  const fd = openLockFile(lockPath);
+  try {
+    const deadline = Date.now() + timeoutMs;
+    while (!flock(fd, LOCK_EX | LOCK_NB)) {
+      if (Date.now() > deadline) throw busy(lockPath);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+    try {
+      return await fn();
+    } finally {
+      flock(fd, LOCK_UN);
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /**
  * Holds an exclusive flock on `lockPath` while fn runs. The kernel drops the lock when the
  * process dies (SIGKILL included), so a crashed writer never wedges the vault.
  */
 export function withFileLock<T>(lockPath: string, timeoutMs: number, fn: () => T): T {
-  const fd = fs.openSync(
-    lockPath,
-    fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW,
-    0o600,
-  );
+  const fd = openLockFile(lockPath);
   try {
     const deadline = Date.now() + timeoutMs;
     while (!flock(fd, LOCK_EX | LOCK_NB)) {
-      if (Date.now() > deadline) {
-        throw new KeywardError('VAULT_BUSY', `another keyward process holds ${lockPath}`, {
-          hint: 'wait for it to finish and try again',
-        });
-      }
+      if (Date.now() > deadline) throw busy(lockPath);
       Atomics.wait(sleepCell, 0, 0, 20);
     }
     try {
