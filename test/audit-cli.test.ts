@@ -5,6 +5,7 @@
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
+import { createRequire } from 'node:module';
 import { describe, test } from 'node:test';
 import { FAST_KDF, initHome, kw, type Home } from './helpers.js';
 
@@ -227,5 +228,42 @@ describe('keyward audit', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.ok(fs.readdirSync(h.home).some((n) => n.startsWith('audit.bak-')));
     assert.equal(kw(['audit', 'verify'], { env: h.env }).code, 0);
+  });
+
+  test('key export --qr draws a QR code that decodes to the same key as the hex export', () => {
+    const h = initHome();
+    const hex = kw(['audit', 'key', 'export'], { env: h.env }).stdout.trim();
+    const r = kw(['audit', 'key', 'export', '--qr'], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+    // Back to pixels: each character is two module rows; a drawn half is a light module.
+    const rowsOut = r.stdout
+      .replace(/\n$/, '')
+      .split('\n')
+      .map((l) => [...l]);
+    const width = rowsOut[0]?.length ?? 0;
+    const scale = 4;
+    const w = width * scale;
+    const hgt = rowsOut.length * 2 * scale;
+    const px = new Uint8ClampedArray(w * hgt * 4);
+    rowsOut.forEach((row, y) =>
+      row.forEach((ch, x) => {
+        const light = [ch === '█' || ch === '▀', ch === '█' || ch === '▄'];
+        light.forEach((on, half) => {
+          for (let dy = 0; dy < scale; dy++) {
+            for (let dx = 0; dx < scale; dx++) {
+              const i = (((2 * y + half) * scale + dy) * w + x * scale + dx) * 4;
+              px.fill(on ? 255 : 0, i, i + 3);
+              px[i + 3] = 255;
+            }
+          }
+        });
+      }),
+    );
+    const jsQR = createRequire(import.meta.url)('jsqr') as (
+      d: Uint8ClampedArray,
+      w: number,
+      h: number,
+    ) => { data: string } | null;
+    assert.equal(jsQR(px, w, hgt)?.data, hex);
   });
 });

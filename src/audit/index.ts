@@ -35,6 +35,7 @@ export {
   verifyLog,
   writeCheckpoint,
   writeSeedHex,
+  writeSeedQr,
   type ReadEntry,
   type VerifyRequest,
 } from './service.js';

@@ -11,6 +11,7 @@ import {
   rekeyBox,
   verifyLog,
   writeSeedHex,
+  writeSeedQr,
   type ReadEntry,
   type VerifyResult,
 } from '../audit/index.js';
@@ -225,11 +226,15 @@ export function registerAuditCommands(program: Command, io: Io): void {
     .description(
       'print the audit key as hex, to keep off this machine (verify later with --key-file)',
     )
+    .option('--qr', 'draw it as a QR code on the terminal instead')
     .action(function (this: Command) {
       const a = auth(this, io);
+      const qr = this.opts<{ qr?: boolean }>().qr === true;
       useVault(paths(), a, 'read', (v) => {
-        a.audit.record({ type: 'audit.key_exported', decision: 'allow' });
-        writeSeedHex(v, 1);
+        const form = qr ? 'qr' : 'hex';
+        a.audit.record({ type: 'audit.key_exported', decision: 'allow', details: { form } });
+        if (qr) writeSeedQr(v, 1);
+        else writeSeedHex(v, 1);
       });
       note(io, 'keep this key off this machine: with it anyone can verify, and so forge, this log');
     });
