@@ -46,9 +46,9 @@ describe('events recorded by the CLI', () => {
     const env = { ...h.env, KEYWARD_PASSPHRASE_FILE: next };
     kw(['rekey'], { env });
     kw(['secret', 'rm', 'svc/token'], { env });
-    const got = rows({ ...h, env }).map(
-      (r) => `${r.type}${r.body.target ? ` ${r.body.target}` : ''}`,
-    );
+    const got = rows({ ...h, env })
+      .filter((r) => !r.type.startsWith('policy.'))
+      .map((r) => `${r.type}${r.body.target ? ` ${r.body.target}` : ''}`);
     const expected = [
       'vault.init',
       'vault.unlock',
@@ -129,15 +129,18 @@ describe('keyward audit', () => {
     const h = initHome();
     kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
     const ls = fs.readFileSync(segment(h), 'utf8').split('\n');
-    ls[2] = (ls[2] ?? '').replace('"type":"secret.set"', '"type":"secret.rm"');
+    const at = ls.findIndex((l) => l.includes('"type":"secret.set"'));
+    ls[at] = (ls[at] ?? '').replace('"type":"secret.set"', '"type":"secret.rm"');
     fs.writeFileSync(segment(h), ls.join('\n'));
     const r = kw(['audit', 'verify'], { env: h.env });
     assert.equal(r.code, 8);
+    const line = at + 1;
+    const where = `log-000001\\.jsonl line ${line} \\(seq ${line}\\)`;
     assert.match(
       r.stderr,
-      /keyward: error: audit log broken at log-000001\.jsonl line 3 \(seq 3\): the MAC does not verify/,
+      new RegExp(`keyward: error: audit log broken at ${where}: the MAC does not verify`),
     );
-    assert.match(r.stderr, /keyward: hint: 2 entries before it verified/);
+    assert.match(r.stderr, new RegExp(`keyward: hint: ${at} entries before it verified`));
   });
 
   test('verify detects a deleted tail through the checkpoint sealed in the vault', () => {
@@ -219,7 +222,7 @@ describe('keyward audit', () => {
     delete env['KEYWARD_PASSPHRASE_FILE'];
     const r = kw(['audit', 'tail', '--sealed', '-n', '1'], { env });
     assert.equal(r.code, 0, r.stderr);
-    assert.match(r.stdout, /^ +\d+ +\S+Z +vault\.init +\(sealed\)\n$/);
+    assert.match(r.stdout, /^ +\d+ +\S+Z +[a-z_]+\.[a-z_]+ +\(sealed\)\n$/);
   });
 
   test('init --force moves the old audit log aside with the old vault', () => {

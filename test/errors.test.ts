@@ -12,6 +12,7 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     PASSPHRASE_REJECTED: 2,
     PASSPHRASE_UNAVAILABLE: 2,
     CONFIRMATION_REQUIRED: 2,
+    POLICY_INVALID: 2,
     VAULT_NOT_FOUND: 3,
     SECRET_NOT_FOUND: 3,
     VAULT_BAD_PASSPHRASE: 4,
@@ -25,6 +26,7 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     INSECURE_PERMISSIONS: 8,
     DOCTOR_FAILED: 8,
     AUDIT_CHAIN_BROKEN: 8,
+    POLICY_TAMPERED: 8,
   });
 });
 

@@ -10,6 +10,7 @@ import { registerVaultCommands } from './vault-commands.js';
 import { registerDoctorCommand } from './doctor-command.js';
 import { registerDemoCommand } from './demo.js';
 import { registerAuditCommands } from './audit-commands.js';
+import { registerPolicyCommands } from './policy-commands.js';
 
 export const VERSION = '0.1.0';
 
@@ -33,6 +34,7 @@ export function buildProgram(io: Io): Command {
     });
   registerVaultCommands(program, io);
   registerAuditCommands(program, io);
+  registerPolicyCommands(program, io);
   registerDoctorCommand(program, io);
   registerDemoCommand(program, io);
   for (const c of program.commands) inheritBehaviour(c, io);

@@ -22,9 +22,11 @@ import {
   vaultPaths,
   type Auth,
   type KdfParams,
+  type Vault,
   type VaultPaths,
 } from '../vault/index.js';
 import { auditInitHooks, auditSink } from '../audit/index.js';
+import { installDefaultPolicy } from '../policy/index.js';
 import { note, type Io } from './report.js';
 
 export function paths(): VaultPaths {
@@ -63,6 +65,20 @@ function kdfFrom(opts: { kdfOps?: number; kdfMemMib?: number }, io: Io): KdfPara
     );
   }
   return kdf;
+}
+
+/** What a new vault gets before and after its first save: audit keys and log, default policy. */
+function initHooks(home: string): { setup: (v: Vault) => void; afterSave: (v: Vault) => void } {
+  const audit = auditInitHooks(home);
+  return {
+    setup: audit.setup,
+    afterSave: (v) => {
+      audit.afterSave(v);
+      const sink = auditSink(home);
+      installDefaultPolicy(home, v, sink, new Date().toISOString().replace(/[:.]/g, '-'));
+      sink.checkpoint(v);
+    },
+  };
 }
 
 function confirmForce(yes: boolean): void {
@@ -113,7 +129,7 @@ export function registerVaultCommands(program: Command, io: Io): void {
           kdf: kdfFrom(o, io),
           keyring: o.keyring === true,
           force: o.force === true,
-          ...auditInitHooks(p.home),
+          ...initHooks(p.home),
         },
       );
       if (!r.created) {

@@ -1,0 +1,214 @@
+/**
+ * keyward policy check | apply | show | history | diff | explain  (docs/POLICY.md)
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { type Command, InvalidArgumentError } from 'commander';
+import { auditSink } from '../audit/index.js';
+import { UsageError } from '../errors.js';
+import { keywardHome } from '../lib/paths.js';
+import {
+  applyPolicy,
+  checkPolicyText,
+  diffPolicies,
+  evaluate,
+  loadPolicy,
+  PolicyInvalidError,
+  readHistory,
+  type Policy,
+} from '../policy/index.js';
+import { useVault, type Vault } from '../vault/index.js';
+import { note, type Io } from './report.js';
+import { auth, paths } from './vault-commands.js';
+
+function readPolicyFile(file: string): string {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new UsageError(
+      'USAGE',
+      `cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+    );
+  }
+}
+
+/** Validates, printing every problem with its position before the error itself. */
+function checked(io: Io, text: string, source: string): Policy {
+  try {
+    return checkPolicyText(text, source);
+  } catch (e) {
+    if (e instanceof PolicyInvalidError) {
+      for (const p of e.problems)
+        io.stderr(
+          `${source}:${p.line}:${p.column}: ${p.path === '' ? '' : `${p.path}: `}${p.message}\n`,
+        );
+    }
+    throw e;
+  }
+}
+
+/** A version number from history, or a file. */
+function resolve(io: Io, ref: string): Policy {
+  if (/^\d+$/.test(ref)) {
+    const h = readHistory(keywardHome()).find((x) => x.version === Number(ref));
+    if (!h)
+      throw new UsageError('USAGE', `no applied policy version ${ref}`, {
+        hint: 'see: keyward policy history',
+      });
+    return checked(io, fs.readFileSync(h.file, 'utf8'), h.file);
+  }
+  return checked(io, readPolicyFile(ref), ref);
+}
+
+function inForce(io: Io, v: Vault | undefined): ReturnType<typeof loadPolicy> {
+  const home = keywardHome();
+  const loaded = loadPolicy(home, v, auditSink(home));
+  if (loaded.drift) {
+    note(
+      io,
+      "WARNING: policy.yaml was changed behind keyward's back and is NOT in force; the last applied version is.",
+    );
+    note(io, 'to adopt the edit: keyward policy apply policy.yaml');
+  }
+  return loaded;
+}
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+function uidOption(v: string): number {
+  const n = Number(v);
+  if (!Number.isInteger(n) || n < 0) throw new InvalidArgumentError('expected a user id');
+  return n;
+}
+
+export function registerPolicyCommands(program: Command, io: Io): void {
+  const policy = program
+    .command('policy')
+    .description('who may use which secret or key, and how a person must approve it');
+
+  policy
+    .command('check')
+    .argument('<file>', 'a policy file')
+    .description('validate; every problem with FILE:LINE:COLUMN (exit 2)')
+    .action((file: string) => {
+      const p = checked(io, readPolicyFile(file), file);
+      io.stdout(`ok: ${file} is a valid policy with ${p.rules.length} rule(s)\n`);
+    });
+
+  policy
+    .command('apply')
+    .argument('<file>', 'a policy file')
+    .description('validate and install (asks the passphrase; recorded as policy.changed)')
+    .action(function (this: Command, file: string) {
+      const text = readPolicyFile(file);
+      checked(io, text, file);
+      const a = auth(this, io);
+      const r = useVault(paths(), a, 'read', (v) =>
+        applyPolicy(keywardHome(), text, file, v, a.audit),
+      );
+      io.stdout(`Applied policy version ${r.version} (sha256 ${r.sha256}): ${r.summary}\n`);
+    });
+
+  policy
+    .command('show')
+    .description('print the policy in force')
+    .option(
+      '--verify',
+      'also check it against the record sealed in the vault (asks the passphrase)',
+    )
+    .action(function (this: Command) {
+      const verify = this.opts<{ verify?: boolean }>().verify === true;
+      const loaded = verify
+        ? useVault(paths(), auth(this, io), 'read', (v) => inForce(io, v))
+        : inForce(io, undefined);
+      const h = readHistory(keywardHome()).find((x) => x.version === loaded.version);
+      io.stdout(
+        h
+          ? fs.readFileSync(h.file, 'utf8')
+          : '# no policy applied yet: the built-in default is in force\n',
+      );
+    });
+
+  policy
+    .command('history')
+    .description('every applied version')
+    .option('--json', 'machine-readable output')
+    .action(function (this: Command) {
+      const h = readHistory(keywardHome()).map(({ file, ...rest }) => ({
+        ...rest,
+        file: path.basename(file),
+      }));
+      if (this.opts<{ json?: boolean }>().json) {
+        io.stdout(`${JSON.stringify(h, null, 2)}\n`);
+        return;
+      }
+      for (const e of h)
+        io.stdout(
+          `${String(e.version).padStart(4)}  ${e.appliedAt}  ${e.sha256.slice(0, 16)}  ${e.rules} rule(s)\n`,
+        );
+    });
+
+  policy
+    .command('diff')
+    .argument('<a>', 'version number or file')
+    .argument('<b>', 'version number or file')
+    .description('rules added, removed, modified between two policies')
+    .action((a: string, b: string) => {
+      const d = diffPolicies(resolve(io, a), resolve(io, b));
+      for (const n of d.added) io.stdout(`+ ${n}\n`);
+      for (const n of d.removed) io.stdout(`- ${n}\n`);
+      for (const n of d.modified) io.stdout(`~ ${n}\n`);
+      io.stdout(`${d.summary}\n`);
+    });
+
+  policy
+    .command('explain')
+    .description('the decision for a caller and target, the rule that made it, and why')
+    .requiredOption('--target <name>', 'secret or key name')
+    .option('--kind <kind>', 'secret or key', 'secret')
+    .option('--exe <path>', "the caller's executable")
+    .option('--exe-sha256 <hex>', "the caller's executable hash")
+    .option(
+      '--ancestor <path>',
+      'an ancestor process executable (repeatable, parent first)',
+      collect,
+      [],
+    )
+    .option('--uid <n>', "the caller's uid", uidOption)
+    .option('--cwd <dir>', "the caller's working directory")
+    .option('--file <file>', 'explain against this policy file instead of the one in force')
+    .action(function (this: Command) {
+      const o = this.opts<{
+        target: string;
+        kind: string;
+        exe?: string;
+        exeSha256?: string;
+        ancestor: string[];
+        uid?: number;
+        cwd?: string;
+        file?: string;
+      }>();
+      if (o.kind !== 'secret' && o.kind !== 'key')
+        throw new UsageError('USAGE', '--kind is secret or key');
+      const p =
+        o.file !== undefined
+          ? checked(io, readPolicyFile(o.file), o.file)
+          : inForce(io, undefined).policy;
+      const d = evaluate(
+        p,
+        { target: o.target, kind: o.kind, action: 'read' },
+        {
+          exe: o.exe,
+          exeSha256: o.exeSha256,
+          uid: o.uid,
+          cwd: o.cwd,
+          ancestors: o.ancestor.map((exe) => ({ exe })),
+        },
+      );
+      const how =
+        d.decision === 'approve'
+          ? ` (${d.approval.mode}${d.highValue ? ', high value' : ''}, remember ${d.approval.remember.scope})`
+          : '';
+      io.stdout(`${d.decision}${how}${d.rule ? ` by rule ${d.rule}` : ''}\n`);
+      for (const line of d.explanation) io.stdout(`  ${line}\n`);
+    });
+}

@@ -1,0 +1,133 @@
+/**
+ * The policy decision: a pure function of the policy, the request and the caller
+ * (docs/POLICY.md, "Precedence"). First matching rule in file order decides; no match is deny.
+ */
+import path from 'node:path';
+import picomatch from 'picomatch';
+import { durationMs, type ApprovalMode, type Policy, type PolicyRule } from './schema.js';
+
+/** What keyward knows about the calling process. A fact it could not establish is undefined. */
+export interface Caller {
+  uid?: number | undefined;
+  pid?: number | undefined;
+  exe?: string | undefined;
+  exeSha256?: string | undefined;
+  cwd?: string | undefined;
+  /** Parent first, then grandparent, and so on. */
+  ancestors?: ReadonlyArray<{ pid?: number | undefined; exe?: string | undefined }> | undefined;
+}
+
+export interface PolicyRequest {
+  target: string;
+  kind: 'secret' | 'key';
+  /** What is asked: read, sign, run... (recorded and shown; rules match on target and kind). */
+  action: string;
+}
+
+export type Remember =
+  { scope: 'once' } | { scope: 'process' | 'executable'; forMs: number; uses: number | undefined };
+
+export interface ApprovalNeeded {
+  mode: ApprovalMode;
+  remember: Remember;
+  timeoutMs: number;
+  message: string | undefined;
+}
+
+export type Decision =
+  | { decision: 'allow'; rule: string; explanation: string[] }
+  | {
+      decision: 'approve';
+      rule: string;
+      approval: ApprovalNeeded;
+      highValue: boolean;
+      explanation: string[];
+    }
+  | { decision: 'deny'; rule: string | undefined; explanation: string[] };
+
+const matchers = new Map<string, (s: string) => boolean>();
+function glob(pattern: string): (s: string) => boolean {
+  let m = matchers.get(pattern);
+  if (!m) {
+    m = picomatch(pattern, { dot: true, nonegate: true, noextglob: true });
+    matchers.set(pattern, m);
+  }
+  return m;
+}
+
+/** Why rule r does not match, or undefined when it does. */
+function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefined {
+  if (r.kind !== 'any' && r.kind !== req.kind) return `it is for ${r.kind}s, this is a ${req.kind}`;
+  if (!r.targets.some((t) => glob(t)(req.target))) return `no target of it matches ${req.target}`;
+  const w = r.callers;
+  if (w.uid !== undefined && c.uid !== w.uid)
+    return `the caller's uid is ${c.uid ?? 'unknown'}, not ${w.uid}`;
+  if (w.exe !== undefined && (c.exe === undefined || !glob(w.exe)(c.exe))) {
+    return `the caller's executable ${c.exe ?? '(unknown)'} does not match ${w.exe}`;
+  }
+  if (w.exe_sha256 !== undefined && c.exeSha256 !== w.exe_sha256) {
+    return `the caller's executable hash ${c.exeSha256 ?? '(unknown)'} is not ${w.exe_sha256}`;
+  }
+  if (w.ancestor !== undefined) {
+    const m = glob(w.ancestor);
+    if (!(c.ancestors ?? []).some((a) => a.exe !== undefined && m(a.exe)))
+      return `no ancestor's executable matches ${w.ancestor}`;
+  }
+  if (w.cwd !== undefined) {
+    const rel = c.cwd === undefined ? '..' : path.relative(w.cwd, c.cwd);
+    if (rel.startsWith('..') || path.isAbsolute(rel))
+      return `the caller's directory ${c.cwd ?? '(unknown)'} is not under ${w.cwd}`;
+  }
+  return undefined;
+}
+
+export function evaluate(policy: Policy, req: PolicyRequest, caller: Caller): Decision {
+  const explanation: string[] = [];
+  for (const r of policy.rules) {
+    const why = mismatch(r, req, caller);
+    if (why !== undefined) {
+      explanation.push(`rule ${r.name} does not match: ${why}`);
+      continue;
+    }
+    explanation.push(`rule ${r.name} matches and decides: ${r.decision}`);
+    if (r.decision === 'allow') return { decision: 'allow', rule: r.name, explanation };
+    if (r.decision === 'deny') return { decision: 'deny', rule: r.name, explanation };
+    const a = r.approve;
+    if (!a)
+      return {
+        decision: 'deny',
+        rule: r.name,
+        explanation: [...explanation, 'approve without a mode: denied'],
+      };
+    const remember: Remember =
+      a.remember === 'once' || r.high_value
+        ? { scope: 'once' }
+        : { scope: a.remember.scope, forMs: durationMs(a.remember.for), uses: a.remember.uses };
+    return {
+      decision: 'approve',
+      rule: r.name,
+      approval: { mode: a.mode, remember, timeoutMs: durationMs(a.timeout), message: a.message },
+      highValue: r.high_value,
+      explanation,
+    };
+  }
+  explanation.push('no rule matches: denied (nothing matching means deny)');
+  return { decision: 'deny', rule: undefined, explanation };
+}
+
+/**
+ * The decision once the approval channels at hand are known. `approve` stays `approve` only when
+ * some channel can give the approval the rule asks for; otherwise it is an immediate deny with
+ * that reason. It never becomes allow.
+ */
+export function withChannels(d: Decision, channels: ReadonlySet<ApprovalMode>): Decision {
+  if (d.decision !== 'approve' || channels.has(d.approval.mode)) return d;
+  return {
+    decision: 'deny',
+    rule: d.rule,
+    explanation: [
+      ...d.explanation,
+      `no approval channel can give ${d.approval.mode} approval here, so the request is denied`,
+    ],
+  };
+}

@@ -1,0 +1,40 @@
+/**
+ * The policy domain's public surface (docs/POLICY.md).
+ */
+export {
+  APPROVAL_MODES,
+  durationMs,
+  parsePolicy,
+  POLICY_MAX_BYTES,
+  type ApprovalMode,
+  type ParseResult,
+  type Policy,
+  type PolicyProblem,
+  type PolicyRule,
+} from './schema.js';
+export {
+  evaluate,
+  withChannels,
+  type ApprovalNeeded,
+  type Caller,
+  type Decision,
+  type PolicyRequest,
+  type Remember,
+} from './evaluate.js';
+export { TokenBucket, UseCounter } from './limits.js';
+export {
+  applyPolicy,
+  checkPolicyText,
+  DEFAULT_POLICY,
+  diffPolicies,
+  installDefaultPolicy,
+  loadPolicy,
+  PolicyInvalidError,
+  policyPaths,
+  readHistory,
+  sha256Hex,
+  type Applied,
+  type HistoryEntry,
+  type Loaded,
+  type PolicyDiff,
+} from './store.js';

@@ -1,0 +1,44 @@
+/**
+ * Per-rule limits the agent keeps while unlocked (docs/POLICY.md): a token bucket for rate and a
+ * counter for uses per unlock. Time is passed in, so both are deterministic under test.
+ */
+export class TokenBucket {
+  private tokens: number;
+  private last: number;
+
+  constructor(
+    private readonly perMinute: number,
+    private readonly burst: number,
+    now: number,
+  ) {
+    this.tokens = burst;
+    this.last = now;
+  }
+
+  /** Takes one token if there is one. */
+  take(now: number): boolean {
+    const elapsed = Math.max(0, now - this.last);
+    this.last = now;
+    this.tokens = Math.min(this.burst, this.tokens + (elapsed * this.perMinute) / 60_000);
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+}
+
+/** Counts uses per key (a rule name, or the whole window) until reset at lock. */
+export class UseCounter {
+  private counts = new Map<string, number>();
+
+  /** Counts one use if that stays within max; false (and nothing counted) when it would not. */
+  use(key: string, max: number | undefined): boolean {
+    const n = this.counts.get(key) ?? 0;
+    if (max !== undefined && n >= max) return false;
+    this.counts.set(key, n + 1);
+    return true;
+  }
+
+  reset(): void {
+    this.counts.clear();
+  }
+}

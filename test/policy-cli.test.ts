@@ -1,0 +1,189 @@
+/**
+ * keyward policy ... as users run it: check with positions, apply (passphrase, history, audit),
+ * show, diff, explain, and an edit behind keyward's back.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { test } from 'node:test';
+import { DEFAULT_POLICY } from '../src/policy/index.js';
+import { initHome, kw, type Home } from './helpers.js';
+
+const GOOD = `version: 1
+rules:
+  - name: git-signs
+    targets: ["git-signing"]
+    kind: key
+    callers: { exe: /usr/bin/git }
+    decision: allow
+  - name: agent-denied
+    targets: ["**"]
+    callers: { ancestor: "**/claude" }
+    decision: deny
+  - name: default-secrets
+    targets: ["**"]
+    kind: secret
+    decision: approve
+    approve: { mode: confirm }
+`;
+
+function write(h: Home, name: string, text: string): string {
+  const f = path.join(h.dir, name);
+  fs.writeFileSync(f, text);
+  return f;
+}
+
+interface AuditRow {
+  type: string;
+  body: { decision: string; reason: string | null; details: Record<string, unknown> };
+}
+function auditRows(h: Home): AuditRow[] {
+  return kw(['audit', 'tail', '--json', '-n', '500'], { env: h.env })
+    .stdout.trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as AuditRow);
+}
+
+test('init installs the default policy as version 1 and records it', () => {
+  const h = initHome();
+  assert.equal(fs.readFileSync(path.join(h.home, 'policy.yaml'), 'utf8'), DEFAULT_POLICY);
+  const hist = JSON.parse(kw(['policy', 'history', '--json'], { env: h.env }).stdout) as Array<{
+    version: number;
+    rules: number;
+  }>;
+  assert.deepEqual(
+    hist.map((x) => [x.version, x.rules]),
+    [[1, 2]],
+  );
+  assert.ok(
+    auditRows(h).some((r) => r.type === 'policy.changed' && r.body.details['version'] === 1),
+  );
+  const e = kw(['policy', 'explain', '--target', 'anything'], { env: h.env });
+  assert.match(e.stdout, /^approve \(confirm, remember process\) by rule default-secrets\n/);
+});
+
+test('check prints every problem as FILE:LINE:COLUMN: field: message and exits 2', () => {
+  const h = initHome();
+  const f = write(
+    h,
+    'bad.yaml',
+    'version: 1\nrules:\n  - name: a\n    targets: ["x"]\n    decision: alow\n  - name: b\n    targets: ["y"]\n    decision: deny\n    extra: 1\n',
+  );
+  const r = kw(['policy', 'check', f], { env: h.env });
+  assert.equal(r.code, 2);
+  assert.match(r.stderr, new RegExp(`${f}:5:15: rules\\[0\\]\\.decision: Invalid option`));
+  assert.match(r.stderr, new RegExp(`${f}:9:12: rules\\[1\\]\\.extra: Unrecognized key`));
+  assert.match(
+    r.stderr,
+    /keyward: error: .* is not a valid policy \(2 problems\)\nkeyward: hint: fix the lines above/,
+  );
+  assert.equal(kw(['policy', 'check', write(h, 'good.yaml', GOOD)], { env: h.env }).code, 0);
+});
+
+test('apply needs the passphrase: with a wrong one nothing changes (exit 4)', () => {
+  const h = initHome();
+  const f = write(h, 'good.yaml', GOOD);
+  const wrong = write(h, 'wrong', 'not the passphrase at all\n');
+  fs.chmodSync(wrong, 0o600);
+  const r = kw(['policy', 'apply', f, '--passphrase-file', wrong], { env: h.env });
+  assert.equal(r.code, 4);
+  assert.equal(fs.readFileSync(path.join(h.home, 'policy.yaml'), 'utf8'), DEFAULT_POLICY);
+  assert.equal(
+    (JSON.parse(kw(['policy', 'history', '--json'], { env: h.env }).stdout) as unknown[]).length,
+    1,
+  );
+});
+
+test('apply installs a new version, keeps history, and records policy.changed with a diff summary and both hashes', () => {
+  const h = initHome();
+  const r = kw(['policy', 'apply', write(h, 'good.yaml', GOOD)], { env: h.env });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(
+    r.stdout,
+    /^Applied policy version 2 \(sha256 [0-9a-f]{64}\): \+2 rules, -1 rule, ~1 modified\n$/,
+  );
+  assert.equal(fs.readFileSync(path.join(h.home, 'policy.yaml'), 'utf8'), GOOD);
+  const changed = auditRows(h)
+    .filter((x) => x.type === 'policy.changed')
+    .at(-1);
+  assert.ok(changed);
+  assert.equal(changed.body.reason, '+2 rules, -1 rule, ~1 modified');
+  assert.match(String(changed.body.details['sha256']), /^[0-9a-f]{64}$/);
+  assert.match(String(changed.body.details['previousSha256']), /^[0-9a-f]{64}$/);
+  const d = kw(['policy', 'diff', '1', '2'], { env: h.env });
+  assert.match(d.stdout, /^\+ git-signs\n\+ agent-denied\n- default-keys\n~ default-secrets\n/);
+  assert.equal(kw(['policy', 'show'], { env: h.env }).stdout, GOOD);
+});
+
+test('an invalid policy is never applied (exit 2)', () => {
+  const h = initHome();
+  const r = kw(['policy', 'apply', write(h, 'bad.yaml', 'version: 1\nrules: nope\n')], {
+    env: h.env,
+  });
+  assert.equal(r.code, 2);
+  assert.equal(fs.readFileSync(path.join(h.home, 'policy.yaml'), 'utf8'), DEFAULT_POLICY);
+});
+
+test("policy.yaml edited behind keyward's back: the applied version stays in force, loudly, and the load is recorded", () => {
+  const h = initHome();
+  kw(['policy', 'apply', write(h, 'good.yaml', GOOD)], { env: h.env });
+  const allowAll = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n';
+  fs.writeFileSync(path.join(h.home, 'policy.yaml'), allowAll);
+  const e = kw(['policy', 'explain', '--target', 'x'], { env: h.env });
+  assert.match(
+    e.stderr,
+    /WARNING: policy.yaml was changed behind keyward's back and is NOT in force/,
+  );
+  assert.match(e.stdout, /^approve .* by rule default-secrets/);
+  const loaded = auditRows(h)
+    .filter((x) => x.type === 'policy.loaded')
+    .at(-1);
+  assert.equal(loaded?.body.details['drift'], true);
+  assert.equal(loaded?.body.decision, 'error');
+});
+
+test("a history file changed behind keyward's back is caught against the sealed record (exit 8)", () => {
+  const h = initHome();
+  const hist = path.join(h.home, 'policy/history/000001.yaml');
+  fs.writeFileSync(
+    hist,
+    'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+  );
+  fs.writeFileSync(path.join(h.home, 'policy.yaml'), fs.readFileSync(hist));
+  const r = kw(['policy', 'show', '--verify'], { env: h.env });
+  assert.equal(r.code, 8, r.stdout + r.stderr);
+  assert.match(
+    r.stderr,
+    /keyward: error: policy history version 1 .* is not the applied version 1/,
+  );
+});
+
+test('explain says which rule decided and why earlier ones did not match', () => {
+  const h = initHome();
+  kw(['policy', 'apply', write(h, 'good.yaml', GOOD)], { env: h.env });
+  const r = kw(
+    [
+      'policy',
+      'explain',
+      '--target',
+      'github/token',
+      '--exe',
+      '/usr/bin/curl',
+      '--ancestor',
+      '/bin/bash',
+      '--ancestor',
+      '/opt/ai/claude',
+    ],
+    { env: h.env },
+  );
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(
+    r.stdout,
+    [
+      'deny by rule agent-denied',
+      '  rule git-signs does not match: it is for keys, this is a secret',
+      '  rule agent-denied matches and decides: deny',
+      '',
+    ].join('\n'),
+  );
+});

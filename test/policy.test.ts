@@ -1,0 +1,407 @@
+/**
+ * Policy: schema errors with positions, table-driven evaluation, limits, and properties.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import fc from 'fast-check';
+import {
+  DEFAULT_POLICY,
+  diffPolicies,
+  evaluate,
+  parsePolicy,
+  TokenBucket,
+  UseCounter,
+  withChannels,
+  type Caller,
+  type Policy,
+  type PolicyRequest,
+} from '../src/policy/index.js';
+
+function policy(text: string): Policy {
+  const r = parsePolicy(text);
+  if (!r.ok) throw new Error(JSON.stringify(r.problems));
+  return r.policy;
+}
+
+describe('schema errors name the line, column and field', () => {
+  const cases: Array<[string, string, number, number, string, RegExp]> = [
+    [
+      'an unknown decision',
+      'version: 1\nrules:\n  - name: a\n    targets: ["x"]\n    decision: alow\n',
+      5,
+      15,
+      'rules[0].decision',
+      /expected one of/,
+    ],
+    [
+      'an unknown key',
+      'version: 1\nrules:\n  - name: a\n    targets: ["x"]\n    decision: deny\n    colour: red\n',
+      6,
+      13,
+      'rules[0].colour',
+      /Unrecognized key/,
+    ],
+    [
+      'approve without a mode',
+      'version: 1\nrules:\n  - name: a\n    targets: ["x"]\n    decision: approve\n',
+      3,
+      5,
+      'rules[0].approve',
+      /needs an approve: section/,
+    ],
+    [
+      'empty targets',
+      'version: 1\nrules:\n  - name: a\n    targets: []\n    decision: deny\n',
+      4,
+      14,
+      'rules[0].targets',
+      /at least|>=1/,
+    ],
+    [
+      'a bad duration',
+      'version: 1\nunlock:\n  idle_timeout: soon\n',
+      3,
+      17,
+      'unlock.idle_timeout',
+      /duration/,
+    ],
+    [
+      'a lifetime over 24h',
+      'version: 1\nunlock:\n  max_lifetime: 2d\n',
+      3,
+      17,
+      'unlock.max_lifetime',
+      /at most 24h/,
+    ],
+    [
+      'high_value with allow',
+      'version: 1\nrules:\n  - name: a\n    targets: ["x"]\n    decision: allow\n    high_value: true\n',
+      6,
+      17,
+      'rules[0].high_value',
+      /needs decision approve/,
+    ],
+    [
+      'high_value with confirm',
+      'version: 1\nrules:\n  - name: a\n    targets: ["x"]\n    decision: approve\n    high_value: true\n    approve: { mode: confirm }\n',
+      7,
+      22,
+      'rules[0].approve.mode',
+      /second factor/,
+    ],
+    [
+      'high_value remembered',
+      'version: 1\nrules:\n  - name: a\n    targets: ["x"]\n    decision: approve\n    high_value: true\n    approve: { mode: totp, remember: { scope: process, for: 1m } }\n',
+      7,
+      38,
+      'rules[0].approve.remember',
+      /never remembered/,
+    ],
+    [
+      'a bad exe hash',
+      'version: 1\nrules:\n  - name: a\n    targets: ["x"]\n    callers: { exe_sha256: abc }\n    decision: deny\n',
+      5,
+      28,
+      'rules[0].callers.exe_sha256',
+      /64 lowercase hex/,
+    ],
+    ['a wrong version', 'version: 2\n', 1, 10, 'version', /expected 1/],
+    ['a YAML syntax error', 'version: 1\nrules: [\n', 3, 1, '', /./],
+    ['duplicate keys', 'version: 1\nversion: 1\n', 2, 1, '', /unique|duplicate/i],
+  ];
+  for (const [label, text, line, column, field, message] of cases) {
+    test(`${label} is reported at ${line}:${column} on ${field || '(syntax)'}`, () => {
+      const r = parsePolicy(text);
+      assert.equal(r.ok, false);
+      if (r.ok) return;
+      const p = r.problems.find((x) => x.path === field) ?? r.problems[0];
+      assert.ok(p, JSON.stringify(r.problems));
+      assert.deepEqual(
+        [p.line, p.column, p.path],
+        [line, column, field],
+        JSON.stringify(r.problems),
+      );
+      assert.match(p.message, message);
+    });
+  }
+
+  test('regression (caught by the fast-check property): a malformed duration is a problem, not a crash', () => {
+    for (const bad of ['for: :10m', 'for: 10', 'for: -1m', 'for: 1.5h', 'for: ""']) {
+      const r = parsePolicy(
+        `version: 1\nrules:\n  - name: a\n    targets: [x]\n    decision: approve\n    approve: { mode: confirm, remember: { scope: process, ${bad} } }\n`,
+      );
+      assert.equal(r.ok, false, bad);
+    }
+    assert.equal(
+      parsePolicy('version: 1\nunlock: { idle_timeout: x, max_lifetime: y }\n').ok,
+      false,
+    );
+  });
+
+  test('duplicate rule names are refused', () => {
+    const r = parsePolicy(
+      'version: 1\nrules:\n  - { name: a, targets: [x], decision: deny }\n  - { name: a, targets: [y], decision: deny }\n',
+    );
+    assert.equal(r.ok, false);
+    if (!r.ok) assert.match(r.problems[0]?.message ?? '', /duplicate rule name/);
+  });
+
+  test('the default policy is valid and allows nothing silently', () => {
+    const p = policy(DEFAULT_POLICY);
+    assert.ok(p.rules.every((r) => r.decision !== 'allow'));
+    assert.equal(p.unlock.idle_timeout, '15m');
+    assert.equal(p.unlock.max_lifetime, '4h');
+  });
+});
+
+describe('evaluation', () => {
+  const P = policy(`version: 1
+rules:
+  - name: deny-prod-for-agent
+    targets: ["prod/**"]
+    callers: { ancestor: "**/claude" }
+    decision: deny
+  - name: git-signs
+    targets: ["git-signing"]
+    kind: key
+    callers: { exe: /usr/bin/git }
+    decision: allow
+  - name: pinned-tool
+    targets: ["tool/*"]
+    callers: { exe_sha256: "${'a'.repeat(64)}" }
+    decision: allow
+  - name: prod-needs-totp
+    targets: ["prod/**"]
+    decision: approve
+    high_value: true
+    approve: { mode: totp }
+  - name: work-dir
+    targets: ["work/*"]
+    callers: { cwd: /home/me/work, uid: 1000 }
+    decision: allow
+  - name: everything-else
+    targets: ["**"]
+    decision: approve
+    approve: { mode: confirm, remember: { scope: process, for: 10m, uses: 5 } }
+`);
+  const secret = (target: string): PolicyRequest => ({ target, kind: 'secret', action: 'read' });
+  const key = (target: string): PolicyRequest => ({ target, kind: 'key', action: 'sign' });
+  const rows: Array<[string, PolicyRequest, Caller, string, string | undefined]> = [
+    [
+      'an ancestor match denies before a later approve',
+      secret('prod/db'),
+      { exe: '/usr/bin/psql', ancestors: [{ exe: '/bin/sh' }, { exe: '/opt/x/claude' }] },
+      'deny',
+      'deny-prod-for-agent',
+    ],
+    [
+      'without that ancestor, prod needs high-value approval',
+      secret('prod/db'),
+      { exe: '/usr/bin/psql', ancestors: [{ exe: '/bin/sh' }] },
+      'approve',
+      'prod-needs-totp',
+    ],
+    ['git signs with its key', key('git-signing'), { exe: '/usr/bin/git' }, 'allow', 'git-signs'],
+    [
+      "another program asking for git's key falls through to approve",
+      key('git-signing'),
+      { exe: '/usr/bin/python3' },
+      'approve',
+      'everything-else',
+    ],
+    [
+      'kind matters: a secret of the same name is not the key',
+      secret('git-signing'),
+      { exe: '/usr/bin/git' },
+      'approve',
+      'everything-else',
+    ],
+    [
+      '* does not cross a /',
+      secret('tool/a/b'),
+      { exeSha256: 'a'.repeat(64) },
+      'approve',
+      'everything-else',
+    ],
+    [
+      'the pinned hash allows',
+      secret('tool/a'),
+      { exeSha256: 'a'.repeat(64) },
+      'allow',
+      'pinned-tool',
+    ],
+    [
+      'an unknown hash never matches a hash condition',
+      secret('tool/a'),
+      {},
+      'approve',
+      'everything-else',
+    ],
+    [
+      'cwd under the path and uid both hold',
+      secret('work/x'),
+      { cwd: '/home/me/work/sub', uid: 1000 },
+      'allow',
+      'work-dir',
+    ],
+    [
+      'a sibling directory is not under the path',
+      secret('work/x'),
+      { cwd: '/home/me/workshop', uid: 1000 },
+      'approve',
+      'everything-else',
+    ],
+    [
+      'the wrong uid fails the rule',
+      secret('work/x'),
+      { cwd: '/home/me/work', uid: 1001 },
+      'approve',
+      'everything-else',
+    ],
+    [
+      'an unknown executable never matches an exe condition',
+      key('git-signing'),
+      {},
+      'approve',
+      'everything-else',
+    ],
+  ];
+  for (const [label, req, caller, decision, rule] of rows) {
+    test(`${label}: ${decision} by ${rule ?? 'no rule'}`, () => {
+      const d = evaluate(P, req, caller);
+      assert.equal(d.decision, decision, d.explanation.join('\n'));
+      assert.equal(d.rule, rule);
+    });
+  }
+
+  test('nothing matching is deny, and the explanation says why each rule did not match', () => {
+    const p = policy('version: 1\nrules:\n  - { name: only-x, targets: [x], decision: allow }\n');
+    const d = evaluate(p, secret('y'), {});
+    assert.equal(d.decision, 'deny');
+    assert.equal(d.rule, undefined);
+    assert.deepEqual(d.explanation, [
+      'rule only-x does not match: no target of it matches y',
+      'no rule matches: denied (nothing matching means deny)',
+    ]);
+  });
+
+  test('first match wins: an earlier broad rule shadows a later narrow one', () => {
+    const p = policy(
+      'version: 1\nrules:\n  - { name: broad, targets: ["**"], decision: deny }\n  - { name: narrow, targets: [x], decision: allow }\n',
+    );
+    assert.equal(evaluate(p, secret('x'), {}).rule, 'broad');
+  });
+
+  test('high_value approvals are never remembered', () => {
+    const d = evaluate(P, secret('prod/db'), {});
+    assert.equal(d.decision, 'approve');
+    if (d.decision === 'approve') {
+      assert.equal(d.highValue, true);
+      assert.deepEqual(d.approval.remember, { scope: 'once' });
+      assert.equal(d.approval.mode, 'totp');
+    }
+  });
+
+  test('remember settings come through with durations in ms', () => {
+    const d = evaluate(P, secret('misc'), {});
+    assert.ok(d.decision === 'approve');
+    if (d.decision === 'approve')
+      assert.deepEqual(d.approval.remember, { scope: 'process', forMs: 600_000, uses: 5 });
+  });
+
+  test('approve with no channel for its mode becomes deny, never allow', () => {
+    for (const channels of [new Set<never>(), new Set(['passphrase'] as const)]) {
+      const d = withChannels(evaluate(P, secret('misc'), {}), channels);
+      assert.equal(d.decision, 'deny');
+      assert.match(d.explanation.at(-1) ?? '', /no approval channel can give confirm approval/);
+    }
+    assert.equal(
+      withChannels(evaluate(P, secret('misc'), {}), new Set(['confirm'] as const)).decision,
+      'approve',
+    );
+  });
+});
+
+describe('limits', () => {
+  test('a token bucket allows the burst, then the refill rate', () => {
+    const b = new TokenBucket(60, 3, 0); // one a second, burst 3
+    assert.deepEqual([b.take(0), b.take(0), b.take(0), b.take(0)], [true, true, true, false]);
+    assert.equal(b.take(500), false);
+    assert.equal(b.take(1000), true);
+    assert.equal(b.take(1000), false);
+    assert.equal(b.take(60_000), true);
+  });
+
+  test('a use counter stops at its maximum and starts again after reset (lock)', () => {
+    const c = new UseCounter();
+    assert.deepEqual([c.use('r', 2), c.use('r', 2), c.use('r', 2)], [true, true, false]);
+    c.reset();
+    assert.equal(c.use('r', 2), true);
+    assert.equal(c.use('other', undefined), true);
+  });
+});
+
+test('diff summarises added, removed, modified and reordered rules', () => {
+  const a = policy(
+    'version: 1\nrules:\n  - { name: a, targets: [x], decision: deny }\n  - { name: b, targets: [x], decision: deny }\n  - { name: c, targets: [x], decision: deny }\n',
+  );
+  const b = policy(
+    'version: 1\nrules:\n  - { name: c, targets: [x], decision: deny }\n  - { name: a, targets: [y], decision: deny }\n  - { name: d, targets: [x], decision: deny }\n  - { name: e, targets: [x], decision: deny }\n',
+  );
+  const d = diffPolicies(a, b);
+  assert.deepEqual([d.added, d.removed, d.modified], [['d', 'e'], ['b'], ['a']]);
+  assert.equal(d.summary, '+2 rules, -1 rule, ~1 modified, order changed (first match decides)');
+});
+
+describe('properties (fast-check)', () => {
+  const NO_ALLOW = `version: 1
+unlock: { idle_timeout: 15m, max_lifetime: 4h }
+rules:
+  - name: agent
+    targets: ["**"]
+    callers: { ancestor: "**/claude" }
+    decision: deny
+  - name: rest
+    targets: ["**"]
+    decision: approve
+    approve: { mode: confirm, remember: { scope: process, for: 10m } }
+`;
+  const callers = fc.record({
+    exe: fc.option(fc.string(), { nil: undefined }),
+    uid: fc.option(fc.nat(), { nil: undefined }),
+    cwd: fc.option(fc.string(), { nil: undefined }),
+    ancestors: fc.array(fc.record({ exe: fc.option(fc.string(), { nil: undefined }) }), {
+      maxLength: 3,
+    }),
+  });
+
+  test('random text never crashes the parser', () => {
+    fc.assert(
+      fc.property(fc.string({ maxLength: 400 }), (text) => {
+        const r = parsePolicy(text);
+        return r.ok || r.problems.length > 0;
+      }),
+      { numRuns: 1500 },
+    );
+  });
+
+  test('mutated policies never crash the parser, and without an allow rule never yield allow', () => {
+    const mutate = fc
+      .tuple(fc.nat(NO_ALLOW.length), fc.nat(20), fc.string({ maxLength: 12 }))
+      .map(([at, del, ins]) => NO_ALLOW.slice(0, at) + ins + NO_ALLOW.slice(at + del));
+    fc.assert(
+      fc.property(mutate, fc.string({ maxLength: 20 }), callers, (text, target, caller) => {
+        const r = parsePolicy(text);
+        if (!r.ok) return r.problems.length > 0;
+        if (r.policy.rules.some((x) => x.decision === 'allow')) return true;
+        for (const kind of ['secret', 'key'] as const) {
+          const d = evaluate(r.policy, { target, kind, action: 'read' }, caller);
+          if (d.decision === 'allow') return false;
+          if (withChannels(d, new Set()).decision !== 'deny') return false;
+        }
+        return true;
+      }),
+      { numRuns: 1500 },
+    );
+  });
+});
