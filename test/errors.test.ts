@@ -27,6 +27,16 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     DOCTOR_FAILED: 8,
     AUDIT_CHAIN_BROKEN: 8,
     POLICY_TAMPERED: 8,
+    REQUEST_NOT_FOUND: 3,
+    AGENT_UNAVAILABLE: 5,
+    AGENT_LOCKED: 5,
+    AGENT_RUNNING: 5,
+    POLICY_DENIED: 6,
+    APPROVAL_REJECTED: 6,
+    SELF_APPROVAL: 6,
+    APPROVAL_TIMEOUT: 7,
+    DEBUGGER_ATTACHED: 8,
+    PROTOCOL_ERROR: 8,
   });
 });
 

@@ -19,7 +19,7 @@ import { IntegrityError, UsageError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
 import { hasTerminal, useVault, vaultExists, type Auth, type Vault } from '../vault/index.js';
 import { note, type Io } from './report.js';
-import { auth, passphraseFile, paths } from './vault-commands.js';
+import { auth, passphraseFile, paths } from './context.js';
 
 /** A vault can be opened without hanging: a passphrase file, a keyring slot, or a terminal. */
 function canUnlock(cmd: Command): boolean {

@@ -11,6 +11,7 @@ import { registerDoctorCommand } from './doctor-command.js';
 import { registerDemoCommand } from './demo.js';
 import { registerAuditCommands } from './audit-commands.js';
 import { registerPolicyCommands } from './policy-commands.js';
+import { registerAgentCommands } from './agent-commands.js';
 
 export const VERSION = '0.1.0';
 
@@ -33,6 +34,7 @@ export function buildProgram(io: Io): Command {
       outputError: () => undefined,
     });
   registerVaultCommands(program, io);
+  registerAgentCommands(program, io);
   registerAuditCommands(program, io);
   registerPolicyCommands(program, io);
   registerDoctorCommand(program, io);

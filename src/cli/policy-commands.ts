@@ -19,7 +19,7 @@ import {
 } from '../policy/index.js';
 import { useVault, type Vault } from '../vault/index.js';
 import { note, type Io } from './report.js';
-import { auth, paths } from './vault-commands.js';
+import { auth, paths } from './context.js';
 
 function readPolicyFile(file: string): string {
   try {

@@ -4,9 +4,10 @@
 import tty from 'node:tty';
 import { type Command, InvalidArgumentError } from 'commander';
 import { UsageError } from '../errors.js';
-import { keywardHome, socketDir } from '../lib/paths.js';
+import { socketDir } from '../lib/paths.js';
 import { askOnTerminal } from '../lib/tty.js';
 import {
+  assertValidName,
   changePassphrase,
   createVault,
   KDF_BOUNDS,
@@ -19,8 +20,6 @@ import {
   removeSecret,
   storeSecret,
   vaultExists,
-  vaultPaths,
-  type Auth,
   type KdfParams,
   type Vault,
   type VaultPaths,
@@ -28,20 +27,8 @@ import {
 import { auditInitHooks, auditSink } from '../audit/index.js';
 import { installDefaultPolicy } from '../policy/index.js';
 import { note, type Io } from './report.js';
-
-export function paths(): VaultPaths {
-  return vaultPaths(keywardHome());
-}
-
-export function passphraseFile(cmd: Command): string | undefined {
-  const fromFlag = cmd.optsWithGlobals()['passphraseFile'] as string | undefined;
-  const fromEnv = process.env['KEYWARD_PASSPHRASE_FILE'];
-  return fromFlag ?? (fromEnv !== undefined && fromEnv !== '' ? fromEnv : undefined);
-}
-
-export function auth(cmd: Command, io: Io): Auth {
-  return { file: passphraseFile(cmd), onNote: (m) => note(io, m), audit: auditSink(keywardHome()) };
-}
+import { agentRead, agentStatus, call } from '../agent/index.js';
+import { agentSocket, auth, passphraseFile, paths } from './context.js';
 
 function intOption(min: number, max: number) {
   return (v: string): number => {
@@ -146,9 +133,13 @@ export function registerVaultCommands(program: Command, io: Io): void {
     .command('whoami')
     .description('non-sensitive facts: vault path, key ids, agent state (never a secret)')
     .option('--json', 'machine-readable output')
-    .action(function (this: Command) {
+    .action(async function (this: Command) {
       const p = paths();
       const sock = socketDir();
+      const st = await agentStatus(agentSocket());
+      const agentState = st
+        ? `running (pid ${String(st['pid'])}), ${st['locked'] ? 'locked' : 'unlocked'}`
+        : 'not running';
       const h = vaultExists(p) ? headerFacts(p) : undefined;
       if (this.opts<{ json?: boolean }>().json) {
         const facts = {
@@ -157,7 +148,7 @@ export function registerVaultCommands(program: Command, io: Io): void {
           initialized: h !== undefined,
           ...h,
           socketDir: sock,
-          agent: 'not running',
+          agent: agentState,
         };
         io.stdout(`${JSON.stringify(facts, null, 2)}\n`);
         return;
@@ -173,7 +164,7 @@ export function registerVaultCommands(program: Command, io: Io): void {
         io.stdout(`unlock by:  ${h.unlock.join(', ')}\n`);
       }
       io.stdout(`sockets:    ${sock}\n`);
-      io.stdout(`agent:      not running\n`);
+      io.stdout(`agent:      ${agentState}\n`);
     });
 
   const secret = program
@@ -198,8 +189,17 @@ export function registerVaultCommands(program: Command, io: Io): void {
     .command('list')
     .description('names and metadata, never values')
     .option('--json', 'machine-readable output')
-    .action(function (this: Command) {
-      const entries = listSecrets(paths(), auth(this, io));
+    .action(async function (this: Command) {
+      const viaAgent = await agentStatus(agentSocket());
+      const entries =
+        viaAgent && !viaAgent['locked']
+          ? ((await call(agentSocket(), 'list')).meta['names'] as string[]).map((name) => ({
+              name,
+              size: 0,
+              created: '',
+              updated: '',
+            }))
+          : listSecrets(paths(), auth(this, io));
       if (this.opts<{ json?: boolean }>().json) {
         io.stdout(`${JSON.stringify(entries, null, 2)}\n`);
         return;
@@ -228,8 +228,11 @@ export function registerVaultCommands(program: Command, io: Io): void {
     .command('read')
     .argument('<name>', 'secret name')
     .description('print one secret to standard output (a newline is added only on a terminal)')
-    .action(function (this: Command, name: string) {
-      printSecret(paths(), auth(this, io), name, 1, tty.isatty(1));
+    .action(async function (this: Command, name: string) {
+      assertValidName(name);
+      // Through the agent when one runs (policy, approval, audit); else direct, with the passphrase.
+      if (await agentStatus(agentSocket())) await agentRead(agentSocket(), name, 1, tty.isatty(1));
+      else printSecret(paths(), auth(this, io), name, 1, tty.isatty(1));
     });
 
   program

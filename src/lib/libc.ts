@@ -11,6 +11,9 @@ interface Libc {
   getrlimit: (resource: number, rlim: unknown) => number;
   tcgetattr: (fd: number, termios: Buffer) => number;
   tcsetattr: (fd: number, when: number, termios: Buffer) => number;
+  getsockopt: (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
+  syscall4: (nr: number, a: number, b: number, c: null, d: number) => number;
+  close: (fd: number) => number;
   errno: () => number;
 }
 
@@ -27,6 +30,9 @@ function libc(): Libc {
     getrlimit: lib.func('getrlimit', 'int', ['int', koffi.out(koffi.pointer(Rlimit))]),
     tcgetattr: lib.func('int tcgetattr(int, _Out_ uint8_t *)'),
     tcsetattr: lib.func('int tcsetattr(int, int, const uint8_t *)'),
+    getsockopt: lib.func('int getsockopt(int, int, int, _Out_ uint8_t *, _Inout_ uint32_t *)'),
+    syscall4: lib.func('long syscall(long, int, int, void *, unsigned int)'),
+    close: lib.func('int close(int)'),
     errno: () => koffi.errno(),
   };
   return cached;
@@ -104,4 +110,39 @@ export function rawNoEcho(fd: number): () => void {
   return () => {
     l.tcsetattr(fd, TCSAFLUSH, saved);
   };
+}
+
+const SOL_SOCKET = 1;
+const SO_PEERCRED = 17;
+const SO_PEERPIDFD = 77;
+const SYS_PIDFD_SEND_SIGNAL = 424;
+
+/** The peer of a connected Unix socket, as the kernel saw it at connect time. */
+export function peerCredentials(fd: number): { pid: number; uid: number; gid: number } {
+  const l = libc();
+  const out = Buffer.alloc(12);
+  if (l.getsockopt(fd, SOL_SOCKET, SO_PEERCRED, out, [12]) !== 0) {
+    throw new Error(`SO_PEERCRED failed (errno ${l.errno()})`);
+  }
+  return { pid: out.readInt32LE(0), uid: out.readUInt32LE(4), gid: out.readUInt32LE(8) };
+}
+
+/**
+ * A pidfd for the peer (Linux 6.5+), so that a later check can tell whether the process that
+ * connected is still the one behind the pid. Undefined where the kernel has none.
+ */
+export function peerPidfd(fd: number): number | undefined {
+  const l = libc();
+  const out = Buffer.alloc(4);
+  if (l.getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, out, [4]) !== 0) return undefined;
+  return out.readInt32LE(0);
+}
+
+/** Whether the process a pidfd refers to is still alive (signal 0 through the pidfd). */
+export function pidfdAlive(pidfd: number): boolean {
+  return libc().syscall4(SYS_PIDFD_SEND_SIGNAL, pidfd, 0, null, 0) === 0;
+}
+
+export function closeFd(fd: number): void {
+  libc().close(fd);
 }

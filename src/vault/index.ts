@@ -26,7 +26,12 @@ export {
   type Rng,
 } from './crypto.js';
 export { assertValidName, NAME_MAX_BYTES } from './names.js';
-export { hasTerminal, PASSPHRASE_MIN_BYTES, type PassphraseSource } from './input.js';
+export {
+  hasTerminal,
+  PASSPHRASE_MIN_BYTES,
+  readPassphrase,
+  type PassphraseSource,
+} from './input.js';
 export {
   changePassphrase,
   createVault,

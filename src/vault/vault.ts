@@ -581,6 +581,65 @@ export class Vault {
     writeFileAtomic(this.paths.file, encodeVault(header, indexRecord, this.records));
   }
 
+  /**
+   * Re-reads vault.kw with the data key already held (another process wrote it: `secret set`
+   * while the agent is unlocked). The file must still be under this key: after a rekey the
+   * holder has to unlock again. Every record is verified, as at open.
+   */
+  refresh(): void {
+    this.live();
+    const p = parseVault(readVaultFile(this.paths));
+    // eslint-disable-next-line no-restricted-syntax -- ids are public
+    if (!p.vaultId.equals(this.vaultId) || !p.keyId.equals(keyIdOf(this.dk))) {
+      throw new AuthError(
+        'KEYRING_KEY_MISMATCH',
+        'the vault was rekeyed or replaced; unlock again',
+        { hint: 'keyward unlock' },
+      );
+    }
+    const indexKey = deriveSubkey(this.dk, 'index');
+    const plain = open(indexKey, p.indexRecord, p.header);
+    secureFree(indexKey);
+    if (!plain) throw corruptError('vault index failed authentication (tampered or damaged)');
+    let entries: IndexEntry[];
+    try {
+      entries = parseIndex(plain);
+    } finally {
+      secureFree(plain);
+    }
+    if (entries.length !== p.records.length) throw corruptError('vault index and records disagree');
+    const before = { entries: this.entries, records: this.records };
+    this.entries = entries;
+    this.records = p.records;
+    try {
+      this.verifyRecords();
+    } catch (e) {
+      this.entries = before.entries;
+      this.records = before.records;
+      throw e;
+    }
+    this.slots = p.slots;
+    this.generation = p.generation;
+  }
+
+  /** Whether a passphrase opens this vault (an approval factor). Runs argon2id; changes nothing. */
+  checkPassphrase(passphrase: SecureBuffer): boolean {
+    this.live();
+    for (const slot of this.slots) {
+      if (slot.type !== SLOT_PASSPHRASE) continue;
+      const ps = parsePassphraseSlot(slot.body);
+      if (ps.alg !== ALG_ARGON2ID13 || !kdfInBounds(ps)) continue;
+      const kek = passphraseKek(passphrase, ps.salt, ps);
+      const dk = open(kek, ps.wrapped, slotAd(this.vaultId, SLOT_PASSPHRASE, ps.params));
+      secureFree(kek);
+      if (dk) {
+        secureFree(dk);
+        return true;
+      }
+    }
+    return false;
+  }
+
   /** Wipes the keys. Idempotent. */
   close(): void {
     if (this.closed) return;

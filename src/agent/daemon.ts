@@ -1,0 +1,111 @@
+/**
+ * agent run | start | stop.
+ */
+import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { KeywardError } from '../errors.js';
+import { agentStatus, call } from './client.js';
+import { Agent } from './server.js';
+import { prepareSocketDir, socketPaths } from './socketdir.js';
+
+export function tracerPid(): number {
+  const m = /^TracerPid:\s*(\d+)/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
+  return Number(m?.[1] ?? 0);
+}
+
+export interface RunOptions {
+  home: string;
+  socketDir: string;
+  allowDebugger: boolean;
+  env: NodeJS.ProcessEnv;
+  log: (line: string) => void;
+}
+
+/** Runs the agent in this process until SIGTERM, SIGINT or a stop request. */
+export async function runAgent(o: RunOptions): Promise<void> {
+  const tracer = tracerPid();
+  if (tracer !== 0 && !o.allowDebugger) {
+    throw new KeywardError(
+      'DEBUGGER_ATTACHED',
+      `a debugger (pid ${tracer}) is attached; the agent would hold keys it can read`,
+      {
+        hint: 'detach it, or pass --allow-debugger if this is your own debugging session',
+      },
+    );
+  }
+  const askpassProgram = o.env['KEYWARD_ASKPASS'] || o.env['SSH_ASKPASS'] || undefined;
+  const agent = new Agent({
+    home: o.home,
+    socketDir: o.socketDir,
+    askpass: askpassProgram,
+    env: o.env,
+    log: o.log,
+  });
+  await agent.start();
+  o.log(`keyward agent ${process.pid} listening on ${agent.socketPath} (locked)`);
+  if (!fs.existsSync('/proc/sys/kernel/yama/ptrace_scope')) {
+    o.log(
+      'warning: no Yama ptrace restriction on this kernel; the agent is non-dumpable, which closes ptrace to same-user processes',
+    );
+  }
+  await new Promise<void>((resolve) => {
+    const stop = () => void agent.stop().then(resolve);
+    process.once('SIGTERM', stop);
+    process.once('SIGINT', stop);
+    const poll = setInterval(() => {
+      if (!fs.existsSync(agent.socketPath)) {
+        clearInterval(poll);
+        resolve();
+      }
+    }, 200);
+  });
+}
+
+/** Starts `keyward agent run` in the background and waits until it answers. */
+export async function startAgent(
+  bin: string,
+  socketDir: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+): Promise<number> {
+  const sp = socketPaths(socketDir);
+  if (await agentStatus(sp.agent))
+    throw new KeywardError('AGENT_RUNNING', `an agent already answers on ${sp.agent}`, {
+      hint: 'keyward status',
+    });
+  prepareSocketDir(socketDir);
+  const logFile = path.join(socketDir, 'agent.log');
+  const log = fs.openSync(
+    logFile,
+    fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_APPEND | fs.constants.O_NOFOLLOW,
+    0o600,
+  );
+  const child = spawn(process.execPath, [bin, 'agent', 'run', ...args], {
+    detached: true,
+    stdio: ['ignore', log, log],
+    env,
+  });
+  fs.closeSync(log);
+  child.unref();
+  let exited: number | null = null;
+  child.on('exit', (code) => (exited = code ?? 1));
+  for (let i = 0; i < 100; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    if (exited !== null) break;
+    if (await agentStatus(sp.agent)) return child.pid ?? 0;
+  }
+  const tail = fs.readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' / ');
+  throw new KeywardError('AGENT_UNAVAILABLE', `the agent did not start${tail ? `: ${tail}` : ''}`, {
+    hint: `see ${logFile}`,
+  });
+}
+
+export async function stopAgent(socketDir: string): Promise<boolean> {
+  const sp = socketPaths(socketDir);
+  if (!(await agentStatus(sp.agent))) return false;
+  await call(sp.agent, 'stop');
+  for (let i = 0; i < 50 && fs.existsSync(sp.agent); i++)
+    await new Promise((r) => setTimeout(r, 100));
+  return true;
+}

@@ -1,0 +1,103 @@
+/**
+ * Who is asking: the peer's process, read from /proc after SO_PEERCRED named it, and checked
+ * against its pidfd afterwards so a pid reused by another process can't pass as the original.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import { pidfdAlive } from '../lib/libc.js';
+import type { Caller } from '../policy/index.js';
+
+export interface ProcessIdentity extends Caller {
+  pid: number;
+  uid: number;
+  /** Clock ticks since boot when the process started (/proc/PID/stat field 22): with the pid, unique. */
+  startTime: string | undefined;
+  cmdline: string[];
+  ppid: number | undefined;
+  ancestors: Array<{ pid: number; exe: string | undefined }>;
+}
+
+const MAX_ANCESTORS = 32;
+const hashCache = new Map<string, string>();
+
+function readlink(p: string): string | undefined {
+  try {
+    return fs.readlinkSync(p);
+  } catch {
+    return undefined;
+  }
+}
+
+/** ppid and start time from /proc/PID/stat (the command name may hold spaces and parentheses). */
+function stat(pid: number): { ppid: number; startTime: string } | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  // fields[0] is field 3 (state): ppid is field 4, starttime field 22.
+  const ppid = Number(fields[1]);
+  const startTime = fields[19];
+  return Number.isInteger(ppid) && startTime !== undefined ? { ppid, startTime } : undefined;
+}
+
+/** SHA-256 of an executable, cached by device, inode, size and mtime. */
+export function executableHash(pid: number): string | undefined {
+  const path = `/proc/${pid}/exe`;
+  try {
+    const st = fs.statSync(path, { bigint: true });
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
+    const cached = hashCache.get(key);
+    if (cached) return cached;
+    const h = createHash('sha256').update(fs.readFileSync(path)).digest('hex');
+    hashCache.set(key, h);
+    return h;
+  } catch {
+    return undefined;
+  }
+}
+
+export function identify(pid: number, uid: number): ProcessIdentity {
+  const s = stat(pid);
+  let cmdline: string[];
+  try {
+    // NUL-separated, with a trailing NUL.
+    cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, -1);
+  } catch {
+    cmdline = [];
+  }
+  const ancestors: Array<{ pid: number; exe: string | undefined }> = [];
+  let next = s?.ppid;
+  while (next !== undefined && next > 0 && ancestors.length < MAX_ANCESTORS) {
+    ancestors.push({ pid: next, exe: readlink(`/proc/${next}/exe`) });
+    next = next === 1 ? undefined : stat(next)?.ppid;
+  }
+  return {
+    pid,
+    uid,
+    exe: readlink(`/proc/${pid}/exe`),
+    exeSha256: executableHash(pid),
+    cwd: readlink(`/proc/${pid}/cwd`),
+    cmdline,
+    startTime: s?.startTime,
+    ppid: s?.ppid,
+    ancestors,
+  };
+}
+
+/** The process behind this identity is still the one that connected (pidfd, else start time). */
+export function stillSameProcess(id: ProcessIdentity, pidfd: number | undefined): boolean {
+  if (pidfd !== undefined) return pidfdAlive(pidfd);
+  return id.startTime !== undefined && stat(id.pid)?.startTime === id.startTime;
+}
+
+/** A short description for prompts and the audit log. */
+export function describeCaller(id: ProcessIdentity): string {
+  const chain = id.ancestors
+    .slice(0, 4)
+    .map((a) => `${a.exe ?? '?'}[${a.pid}]`)
+    .join(' <- ');
+  return `${id.exe ?? '(unknown executable)'} (pid ${id.pid}) running "${id.cmdline.join(' ').slice(0, 200)}"${chain ? `, started by ${chain}` : ''}`;
+}

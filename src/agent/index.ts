@@ -1,0 +1,18 @@
+/**
+ * The agent domain's public surface (docs/PROTOCOL.md).
+ */
+export { Agent, type AgentOptions } from './server.js';
+export { agentApprove, agentRead, agentStatus, agentUnlock, call } from './client.js';
+export { runAgent, startAgent, stopAgent, tracerPid, type RunOptions } from './daemon.js';
+export { prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
+export {
+  FrameReader,
+  frameHead,
+  MAX_FRAME,
+  PROTOCOL_VERSION,
+  REQ,
+  RES_ERROR,
+  RES_OK,
+  type Frame,
+} from './protocol.js';
+export { identify, describeCaller, type ProcessIdentity } from './identity.js';

@@ -1,0 +1,152 @@
+/**
+ * keyward's socket protocol, version 1 (docs/PROTOCOL.md).
+ *
+ *   u32 length of what follows (big-endian, at most MAX_FRAME)
+ *   u8  version (1)
+ *   u8  type
+ *   u16 meta length (at most MAX_META)
+ *   meta: UTF-8 JSON object: names, options, results; never secret bytes
+ *   raw:  the rest: secret bytes (a passphrase in, a value out), travelling as they are
+ *
+ * Frames arriving from a peer are untrusted: every length is checked before use and a malformed
+ * frame is a ProtocolError (an error reply, then the connection is closed), never an exception
+ * that reaches the daemon.
+ */
+import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.js';
+
+export const PROTOCOL_VERSION = 1;
+export const MAX_FRAME = 17 * 1024 * 1024; // a 16 MiB value plus headers
+export const MAX_META = 16 * 1024;
+const HEADER = 4 + 1 + 1 + 2;
+
+export const REQ = {
+  status: 0x01,
+  list: 0x02,
+  read: 0x03,
+  lock: 0x04,
+  unlock: 0x05,
+  stop: 0x06,
+  approvals: 0x07,
+  approve: 0x08,
+  deny: 0x09,
+} as const;
+export type RequestType = keyof typeof REQ;
+export const RES_OK = 0x80;
+export const RES_ERROR = 0x81;
+
+const REQ_BY_CODE = new Map<number, RequestType>(
+  Object.entries(REQ).map(([k, v]) => [v, k as RequestType]),
+);
+
+export class ProtocolError extends Error {}
+
+export interface Frame {
+  type: number;
+  meta: Record<string, unknown>;
+  /** Secret bytes, in secure memory: the receiver frees them. Empty when none. */
+  raw: SecureBuffer | undefined;
+}
+
+export function requestName(type: number): RequestType | undefined {
+  return REQ_BY_CODE.get(type);
+}
+
+/** The header and meta of a frame; the raw part is written after it, from secure memory. */
+export function frameHead(type: number, meta: Record<string, unknown>, rawLength: number): Buffer {
+  const m = Buffer.from(JSON.stringify(meta), 'utf8');
+  if (m.length > MAX_META) throw new ProtocolError('meta too large');
+  const total = 1 + 1 + 2 + m.length + rawLength;
+  if (total > MAX_FRAME) throw new ProtocolError('frame too large');
+  const h = Buffer.alloc(HEADER);
+  h.writeUInt32BE(total, 0);
+  h.writeUInt8(PROTOCOL_VERSION, 4);
+  h.writeUInt8(type, 5);
+  h.writeUInt16BE(m.length, 6);
+  return Buffer.concat([h, m]);
+}
+
+/**
+ * Accumulates socket chunks into frames. Each chunk is copied into secure memory and zeroed at
+ * once (an unzeroed socket chunk is one of the copies a memory scan finds).
+ */
+export class FrameReader {
+  private buf: SecureBuffer = secureAlloc(4096);
+  private used = 0;
+
+  /** Bytes of an incomplete frame are waiting. */
+  get pending(): boolean {
+    return this.used > 0;
+  }
+
+  push(chunk: Buffer): Frame[] {
+    this.ensure(this.used + chunk.length);
+    chunk.copy(this.buf, this.used);
+    this.used += chunk.length;
+    zero(chunk);
+    const frames: Frame[] = [];
+    for (;;) {
+      if (this.used < 4) break;
+      const total = this.buf.readUInt32BE(0);
+      if (total < 4 || total > MAX_FRAME) throw new ProtocolError(`bad frame length ${total}`);
+      if (this.used < 4 + total) {
+        this.ensure(4 + total);
+        break;
+      }
+      frames.push(this.parse(total));
+      this.buf.copy(this.buf, 0, 4 + total, this.used);
+      this.buf.fill(0, this.used - (4 + total), this.used);
+      this.used -= 4 + total;
+    }
+    return frames;
+  }
+
+  private parse(total: number): Frame {
+    const version = this.buf.readUInt8(4);
+    if (version !== PROTOCOL_VERSION)
+      throw new ProtocolError(`unsupported protocol version ${version}`);
+    const type = this.buf.readUInt8(5);
+    const metaLen = this.buf.readUInt16BE(6);
+    if (metaLen > MAX_META || 4 + metaLen > total) throw new ProtocolError('bad meta length');
+    let meta: unknown;
+    try {
+      meta = JSON.parse(this.buf.subarray(HEADER, HEADER + metaLen).toString('utf8'));
+    } catch {
+      throw new ProtocolError('meta is not JSON');
+    }
+    if (meta === null || typeof meta !== 'object' || Array.isArray(meta))
+      throw new ProtocolError('meta is not an object');
+    const rawLen = total - 4 - metaLen;
+    let raw: SecureBuffer | undefined;
+    if (rawLen > 0) {
+      raw = secureAlloc(rawLen);
+      this.buf.copy(raw, 0, HEADER + metaLen, 4 + total);
+    }
+    return { type, meta: meta as Record<string, unknown>, raw };
+  }
+
+  private ensure(n: number): void {
+    if (n <= this.buf.length) return;
+    const bigger = secureAlloc(Math.min(Math.max(n, this.buf.length * 2), MAX_FRAME + 4));
+    this.buf.copy(bigger, 0, 0, this.used);
+    secureFree(this.buf);
+    this.buf = bigger;
+  }
+
+  /** Wipes what is buffered. The reader must not be used afterwards. */
+  destroy(): void {
+    secureFree(this.buf);
+    this.used = 0;
+  }
+}
+
+/** What goes on the wire for an error: a code, a message and a hint. No stack, no cause. */
+export interface WireError {
+  code: string;
+  message: string;
+  hint?: string;
+}
+
+export function str(meta: Record<string, unknown>, key: string): string | undefined {
+  const v = meta[key];
+  return typeof v === 'string' ? v : undefined;
+}

@@ -1,0 +1,673 @@
+/**
+ * The agent: a daemon on a hardened Unix socket that knows which process asks, and releases a
+ * secret only as policy says, after a person approves where it asks, and only once the release
+ * is durable in the audit log (docs/PROTOCOL.md).
+ */
+import fs from 'node:fs';
+import net from 'node:net';
+import { Broker, Grants, askpass, mayApprove, type RequesterRef } from '../approval/index.js';
+import {
+  AuditLog,
+  GroupCommitter,
+  auditSink,
+  writeCheckpoint,
+  type Actor,
+  type AuditRecord,
+} from '../audit/index.js';
+import { KeywardError } from '../errors.js';
+import { closeFd, flock, LOCK_EX, LOCK_NB, peerCredentials, peerPidfd } from '../lib/libc.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import {
+  durationMs,
+  evaluate,
+  loadPolicy,
+  TokenBucket,
+  UseCounter,
+  withChannels,
+  type ApprovalMode,
+  type Loaded,
+} from '../policy/index.js';
+import { Vault, vaultPaths, type VaultPaths } from '../vault/index.js';
+import { describeCaller, identify, stillSameProcess, type ProcessIdentity } from './identity.js';
+import {
+  FrameReader,
+  frameHead,
+  ProtocolError,
+  requestName,
+  RES_ERROR,
+  RES_OK,
+  str,
+  type Frame,
+  type WireError,
+} from './protocol.js';
+import { clearStaleSocket, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
+
+const FRAME_TIMEOUT_MS = 5_000;
+const IDLE_CONNECTION_MS = 120_000;
+const BREAKER_DENIALS = 5;
+const BREAKER_WINDOW_MS = 60_000;
+
+export interface AgentOptions {
+  home: string;
+  socketDir: string;
+  /** The approval program (KEYWARD_ASKPASS, else SSH_ASKPASS), from the agent's own environment. */
+  askpass: string | undefined;
+  env: NodeJS.ProcessEnv;
+  log?: (line: string) => void;
+}
+
+interface Conn {
+  socket: net.Socket;
+  id: ProcessIdentity;
+  pidfd: number | undefined;
+  reader: FrameReader;
+  busy: boolean;
+}
+
+function wireError(e: unknown): WireError {
+  if (e instanceof KeywardError)
+    return e.hint === undefined
+      ? { code: e.code, message: e.message }
+      : { code: e.code, message: e.message, hint: e.hint };
+  if (e instanceof ProtocolError) return { code: 'PROTOCOL_ERROR', message: e.message };
+  return { code: 'INTERNAL', message: 'internal error in the agent' };
+}
+
+export class Agent {
+  private server: net.Server | undefined;
+  private lockFd: number | undefined;
+  private readonly vp: VaultPaths;
+  private readonly sp: SocketPaths;
+  private readonly audit: GroupCommitter;
+  private readonly broker = new Broker();
+  private readonly grants = new Grants();
+  private readonly uses = new UseCounter();
+  private readonly buckets = new Map<string, TokenBucket>();
+  private readonly conns = new Set<Conn>();
+  private vault: Vault | undefined;
+  private policy: Loaded | undefined;
+  private unlockedAt = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private capTimer: NodeJS.Timeout | undefined;
+  private denials: number[] = [];
+  private readonly uid = process.geteuid?.() ?? -1;
+  private stopping: Promise<void> | undefined;
+
+  constructor(private readonly o: AgentOptions) {
+    this.vp = vaultPaths(o.home);
+    this.sp = socketPaths(o.socketDir);
+    this.audit = new GroupCommitter(new AuditLog(o.home));
+  }
+
+  get socketPath(): string {
+    return this.sp.agent;
+  }
+
+  /** Binds the socket (0600 in a 0700 directory), one agent per socket directory. */
+  async start(): Promise<void> {
+    prepareSocketDir(this.sp.dir);
+    const fd = fs.openSync(
+      this.sp.lock,
+      fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW,
+      0o600,
+    );
+    if (!flock(fd, LOCK_EX | LOCK_NB)) {
+      fs.closeSync(fd);
+      throw new KeywardError('AGENT_RUNNING', `an agent already runs for ${this.sp.dir}`, {
+        hint: 'keyward agent stop',
+      });
+    }
+    this.lockFd = fd;
+    await clearStaleSocket(this.sp.agent);
+    const server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));
+    const old = process.umask(0o177); // the socket is created 0600, with no window where it is wider
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(this.sp.agent, () => resolve());
+      });
+    } finally {
+      process.umask(old);
+    }
+    fs.chmodSync(this.sp.agent, 0o600);
+    this.server = server;
+    await this.record({
+      type: 'agent.start',
+      decision: 'info',
+      details: { socket: this.sp.agent },
+    });
+  }
+
+  /** Locks, refuses everything pending, closes the socket. Idempotent. */
+  stop(): Promise<void> {
+    this.stopping ??= (async () => {
+      await this.lock('agent stopped');
+      await this.record({ type: 'agent.stop', decision: 'info' }).catch(() => undefined);
+      for (const c of this.conns) c.socket.destroy();
+      await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+      fs.rmSync(this.sp.agent, { force: true });
+      if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
+    })();
+    return this.stopping;
+  }
+
+  private record(r: AuditRecord): Promise<unknown> {
+    return this.audit.record(r);
+  }
+
+  private actor(id: ProcessIdentity): Actor {
+    return {
+      uid: id.uid,
+      pid: id.pid,
+      ...(id.exe === undefined ? {} : { exe: id.exe }),
+      cmdline: id.cmdline,
+      ...(id.cwd === undefined ? {} : { cwd: id.cwd }),
+    };
+  }
+
+  /** Identity first: another uid is refused before a byte of its request is read. */
+  private accept(socket: net.Socket): void {
+    const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    let cred: { pid: number; uid: number };
+    try {
+      if (fd === undefined || fd < 0) throw new Error('no descriptor');
+      cred = peerCredentials(fd);
+    } catch {
+      socket.destroy();
+      return;
+    }
+    if (cred.uid !== this.uid) {
+      socket.destroy();
+      void this.record({
+        type: 'peer.rejected',
+        decision: 'deny',
+        reason: `peer uid ${cred.uid} is not the agent's uid ${this.uid}`,
+        actor: { uid: cred.uid, pid: cred.pid },
+      }).catch(() => undefined);
+      return;
+    }
+    const conn: Conn = {
+      socket,
+      id: identify(cred.pid, cred.uid),
+      pidfd: fd === undefined ? undefined : peerPidfd(fd),
+      reader: new FrameReader(),
+      busy: false,
+    };
+    this.conns.add(conn);
+    let frameTimer: NodeJS.Timeout | undefined;
+    socket.setTimeout(IDLE_CONNECTION_MS, () => socket.destroy());
+    socket.on('data', (chunk: Buffer) => {
+      let frames: Frame[];
+      try {
+        frames = conn.reader.push(chunk);
+      } catch (e) {
+        this.fail(conn, e);
+        return;
+      }
+      clearTimeout(frameTimer);
+      if (conn.reader.pending)
+        frameTimer = setTimeout(
+          () => this.fail(conn, new ProtocolError('incomplete frame (slow client)')),
+          FRAME_TIMEOUT_MS,
+        );
+      for (const f of frames) void this.serve(conn, f);
+    });
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => {
+      clearTimeout(frameTimer);
+      conn.reader.destroy();
+      if (conn.pidfd !== undefined) closeFd(conn.pidfd);
+      this.conns.delete(conn);
+    });
+    socket.resume();
+  }
+
+  private fail(conn: Conn, e: unknown): void {
+    this.reply(conn, RES_ERROR, wireError(e) as unknown as Record<string, unknown>, undefined, () =>
+      conn.socket.destroy(),
+    );
+  }
+
+  /** Writes a response; raw (secret bytes) is freed once the kernel has it. */
+  private reply(
+    conn: Conn,
+    type: number,
+    meta: Record<string, unknown>,
+    raw: SecureBuffer | undefined,
+    done?: () => void,
+  ): void {
+    const s = conn.socket;
+    if (s.destroyed) {
+      secureFree(raw);
+      return;
+    }
+    s.write(frameHead(type, meta, raw?.length ?? 0));
+    if (raw && raw.length > 0) {
+      s.write(raw, () => {
+        secureFree(raw);
+        done?.();
+      });
+    } else {
+      secureFree(raw);
+      if (done) s.write(Buffer.alloc(0), () => done());
+    }
+  }
+
+  private async serve(conn: Conn, f: Frame): Promise<void> {
+    const name = requestName(f.type);
+    if (conn.busy) {
+      secureFree(f.raw);
+      this.fail(conn, new ProtocolError('one request at a time on a connection'));
+      return;
+    }
+    conn.busy = true;
+    try {
+      if (!name) throw new ProtocolError(`unknown request type ${f.type}`);
+      if (!stillSameProcess(conn.id, conn.pidfd)) {
+        throw new KeywardError('POLICY_DENIED', 'the process that connected is gone', {
+          hint: 'a reused pid never inherits a connection',
+        });
+      }
+      const { meta, raw } = await this.dispatch(name, conn, f);
+      this.reply(conn, RES_OK, meta, raw);
+    } catch (e) {
+      secureFree(f.raw);
+      this.reply(conn, RES_ERROR, wireError(e) as unknown as Record<string, unknown>, undefined);
+      if (e instanceof ProtocolError) conn.socket.destroy();
+    } finally {
+      conn.busy = false;
+    }
+  }
+
+  private async dispatch(
+    name: NonNullable<ReturnType<typeof requestName>>,
+    conn: Conn,
+    f: Frame,
+  ): Promise<{ meta: Record<string, unknown>; raw?: SecureBuffer }> {
+    switch (name) {
+      case 'status':
+        secureFree(f.raw);
+        return { meta: this.status() };
+      case 'unlock':
+        return { meta: await this.unlock(conn, f) };
+      case 'lock':
+        secureFree(f.raw);
+        await this.lock('lock requested', conn.id);
+        return { meta: { locked: true } };
+      case 'stop':
+        secureFree(f.raw);
+        setImmediate(() => void this.stop().then(() => this.o.log?.('agent stopped')));
+        return { meta: { stopping: true } };
+      case 'list':
+        secureFree(f.raw);
+        return {
+          meta: {
+            names: this.unlocked()
+              .list()
+              .map((e) => e.name),
+          },
+        };
+      case 'read':
+        secureFree(f.raw);
+        return this.read(conn, str(f.meta, 'name') ?? '');
+      case 'approvals':
+        secureFree(f.raw);
+        return { meta: { pending: this.broker.list() } };
+      case 'approve':
+        return { meta: await this.approve(conn, str(f.meta, 'id') ?? '', f.raw) };
+      case 'deny': {
+        secureFree(f.raw);
+        const id = str(f.meta, 'id') ?? '';
+        const p = this.broker.get(id);
+        if (!p || !this.broker.settle(id, 'denied'))
+          throw new KeywardError('REQUEST_NOT_FOUND', `no pending request ${id}`);
+        return { meta: { denied: id } };
+      }
+    }
+  }
+
+  status(): Record<string, unknown> {
+    const now = Date.now();
+    const u = this.policy?.policy.unlock;
+    return {
+      running: true,
+      pid: process.pid,
+      locked: this.vault === undefined,
+      pending: this.broker.list().length,
+      ...(this.vault && u
+        ? {
+            unlockedAt: new Date(this.unlockedAt).toISOString(),
+            absoluteLeftMs: Math.max(0, this.unlockedAt + durationMs(u.max_lifetime) - now),
+            usesLeft: u.max_uses === undefined ? null : Math.max(0, u.max_uses - this.usedInWindow),
+          }
+        : {}),
+    };
+  }
+
+  private usedInWindow = 0;
+
+  private vaultStamp = '';
+
+  /** The open vault, re-read first when another process changed vault.kw. */
+  private unlocked(): Vault {
+    const v = this.vault;
+    if (!v)
+      throw new KeywardError('AGENT_LOCKED', 'the agent is locked', { hint: 'keyward unlock' });
+    const st = fs.statSync(this.vp.file, { throwIfNoEntry: false });
+    const stamp = st ? `${st.ino}:${st.size}:${st.mtimeMs}` : '';
+    if (stamp !== this.vaultStamp) {
+      try {
+        v.refresh();
+      } catch (e) {
+        void this.lock(
+          `the vault file changed and could not be re-read (${e instanceof Error ? e.message : 'error'})`,
+        );
+        throw e;
+      }
+      this.vaultStamp = stamp;
+    }
+    return v;
+  }
+
+  private async unlock(conn: Conn, f: Frame): Promise<Record<string, unknown>> {
+    const keyring = f.meta['keyring'] === true;
+    if (!keyring && (!f.raw || f.raw.length === 0))
+      throw new KeywardError('USAGE', 'unlock needs a passphrase');
+    if (this.vault) {
+      secureFree(f.raw);
+      return { alreadyUnlocked: true };
+    }
+    let v: Vault;
+    try {
+      v = Vault.open(this.vp, keyring ? { keyring: true } : { passphrase: f.raw as SecureBuffer });
+    } catch (e) {
+      if (
+        e instanceof KeywardError &&
+        (e.code === 'VAULT_BAD_PASSPHRASE' || e.code === 'KEYRING_KEY_MISMATCH')
+      ) {
+        await this.record({
+          type: 'vault.unlock_failed',
+          decision: 'deny',
+          reason: e.message,
+          actor: this.actor(conn.id),
+        });
+        this.noteDenial();
+      }
+      throw e;
+    } finally {
+      secureFree(f.raw);
+    }
+    try {
+      this.policy = loadPolicy(this.o.home, v, auditSink(this.o.home));
+    } catch (e) {
+      v.close();
+      throw e;
+    }
+    this.vault = v;
+    this.vaultStamp = '';
+    this.unlockedAt = Date.now();
+    this.usedInWindow = 0;
+    await this.record({
+      type: 'vault.unlock',
+      decision: 'allow',
+      actor: this.actor(conn.id),
+      details: { method: keyring ? 'keyring' : 'passphrase', mode: 'agent' },
+    });
+    this.armTimers();
+    return { unlocked: true, drift: this.policy.drift };
+  }
+
+  private armTimers(): void {
+    const u = this.policy?.policy.unlock;
+    if (!u) return;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(() => void this.lock('idle timeout'), durationMs(u.idle_timeout));
+    this.idleTimer.unref();
+    if (!this.capTimer) {
+      this.capTimer = setTimeout(
+        () => void this.lock('absolute unlock limit'),
+        durationMs(u.max_lifetime),
+      );
+      this.capTimer.unref();
+    }
+  }
+
+  /** Wipes every key and grant, refuses everything pending. */
+  async lock(reason: string, by?: ProcessIdentity): Promise<void> {
+    clearTimeout(this.idleTimer);
+    clearTimeout(this.capTimer);
+    this.idleTimer = this.capTimer = undefined;
+    this.broker.denyAll();
+    this.grants.clear();
+    this.uses.reset();
+    this.buckets.clear();
+    const v = this.vault;
+    this.vault = undefined;
+    if (!v) return;
+    try {
+      writeCheckpoint(new AuditLog(this.o.home), v);
+    } catch {
+      // the checkpoint is a defence in depth; lock must happen regardless
+    }
+    v.close();
+    await this.record({
+      type: 'vault.lock',
+      decision: 'info',
+      reason,
+      ...(by ? { actor: this.actor(by) } : {}),
+    }).catch(() => undefined);
+    this.o.log?.(`locked: ${reason}`);
+  }
+
+  private noteDenial(): void {
+    const now = Date.now();
+    this.denials = this.denials.filter((t) => now - t < BREAKER_WINDOW_MS);
+    this.denials.push(now);
+    if (this.denials.length >= BREAKER_DENIALS && this.vault) {
+      this.denials = [];
+      void this.lock(
+        `circuit breaker: ${BREAKER_DENIALS} denials within ${BREAKER_WINDOW_MS / 1000} s`,
+      );
+    }
+  }
+
+  private channels(): Set<ApprovalMode> {
+    const c = new Set<ApprovalMode>();
+    if (this.o.askpass) c.add('confirm');
+    // `keyward approve ID` with the passphrase, from another terminal.
+    c.add('passphrase');
+    return c;
+  }
+
+  /** identity -> policy -> approval -> audit (durable) -> release. */
+  private async read(
+    conn: Conn,
+    name: string,
+  ): Promise<{ meta: Record<string, unknown>; raw: SecureBuffer }> {
+    const v = this.unlocked();
+    const policy = this.policy?.policy;
+    if (!policy)
+      throw new KeywardError('AGENT_LOCKED', 'the agent has no policy loaded', {
+        hint: 'keyward lock, then keyward unlock',
+      });
+    const id = conn.id;
+    const request = { target: name, kind: 'secret' as const, action: 'read' };
+    const base = { target: name, actor: this.actor(id) };
+    const decision = withChannels(evaluate(policy, request, id), this.channels());
+    const refuse = async (
+      message: string,
+      code: 'POLICY_DENIED' | 'APPROVAL_REJECTED' | 'APPROVAL_TIMEOUT',
+      hint?: string,
+    ): Promise<never> => {
+      await this.record({
+        ...base,
+        type: 'secret.read',
+        decision: 'deny',
+        reason: message,
+        details: { rule: decision.rule ?? null },
+      });
+      this.noteDenial();
+      throw new KeywardError(code, message, hint === undefined ? {} : { hint });
+    };
+    if (decision.decision === 'deny') {
+      return refuse(
+        `denied by policy: ${decision.explanation.at(-1) ?? 'no rule matches'}`,
+        'POLICY_DENIED',
+        'see: keyward policy explain --target NAME --exe PATH',
+      );
+    }
+    if (!v.has(name)) throw new KeywardError('SECRET_NOT_FOUND', `no secret named ${name}`);
+    const rule = policy.rules.find((r) => r.name === decision.rule);
+    if (rule?.rate_limit) {
+      let b = this.buckets.get(rule.name);
+      if (!b)
+        this.buckets.set(
+          rule.name,
+          (b = new TokenBucket(rule.rate_limit.per_minute, rule.rate_limit.burst, Date.now())),
+        );
+      if (!b.take(Date.now()))
+        return refuse(`rate limit of rule ${rule.name} reached`, 'POLICY_DENIED', 'wait a little');
+    }
+    if (decision.decision === 'approve') {
+      const a = decision.approval;
+      const who =
+        a.remember.scope === 'executable' ? id.exeSha256 : `${id.pid}:${id.startTime ?? ''}`;
+      const grantKey =
+        a.remember.scope === 'once' || who === undefined
+          ? undefined
+          : Grants.keyFor(decision.rule, name, a.remember.scope, who);
+      if (!(grantKey && !decision.highValue && this.grants.use(grantKey, Date.now()))) {
+        const requester: RequesterRef = {
+          pid: id.pid,
+          startTime: id.startTime,
+          description: describeCaller(id),
+        };
+        await this.record({
+          ...base,
+          type: 'approval.requested',
+          decision: 'info',
+          details: { rule: decision.rule, mode: a.mode },
+        });
+        const prompt = `keyward: ${describeCaller(id)} wants to read the secret "${name}" (rule ${decision.rule}).${a.message ? ` ${a.message}` : ''} Allow?`;
+        const pending = this.broker.wait(
+          {
+            requester,
+            action: 'read',
+            target: name,
+            rule: decision.rule,
+            mode: a.mode,
+            message: a.message,
+          },
+          a.timeoutMs,
+        );
+        if (a.mode === 'confirm' && this.o.askpass) {
+          void askpass(this.o.askpass, prompt, a.timeoutMs, this.o.env).then((ok) =>
+            this.broker.settle(pending.id, ok ? 'granted' : 'denied'),
+          );
+        }
+        const outcome = await pending.outcome;
+        if (outcome !== 'granted') {
+          await this.record({
+            ...base,
+            type: outcome === 'expired' ? 'approval.expired' : 'approval.denied',
+            decision: 'deny',
+            details: { rule: decision.rule },
+          });
+          return outcome === 'expired'
+            ? refuse('the approval request expired', 'APPROVAL_TIMEOUT')
+            : refuse('the request was not approved', 'APPROVAL_REJECTED');
+        }
+        await this.record({
+          ...base,
+          type: 'approval.granted',
+          decision: 'allow',
+          details: { rule: decision.rule, mode: a.mode },
+        });
+        if (grantKey && !decision.highValue && a.remember.scope !== 'once')
+          this.grants.remember(grantKey, a.remember.forMs, a.remember.uses, Date.now());
+      }
+    }
+    const u = policy.unlock;
+    if (
+      rule?.max_uses_per_unlock !== undefined &&
+      !this.uses.use(`rule:${rule.name}`, rule.max_uses_per_unlock)
+    ) {
+      return refuse(
+        `rule ${rule.name} reached its uses for this unlock`,
+        'POLICY_DENIED',
+        'keyward lock, then keyward unlock',
+      );
+    }
+    if (!stillSameProcess(id, conn.pidfd))
+      return refuse('the requesting process is gone', 'POLICY_DENIED');
+    if (!this.vault)
+      throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
+        hint: 'keyward unlock',
+      });
+    const value = this.vault.reveal(name);
+    try {
+      // Rule 4: durable in the audit log before the value leaves.
+      await this.record({
+        ...base,
+        type: 'secret.read',
+        decision: 'allow',
+        details: { rule: decision.rule ?? null, bytes: value.length },
+      });
+    } catch (e) {
+      secureFree(value);
+      throw e;
+    }
+    this.usedInWindow += 1;
+    if (u.max_uses !== undefined && this.usedInWindow >= u.max_uses)
+      setImmediate(() => void this.lock('maximum uses per unlock reached'));
+    else this.armTimers();
+    return { meta: { name }, raw: value };
+  }
+
+  private async approve(
+    conn: Conn,
+    reqId: string,
+    factor: SecureBuffer | undefined,
+  ): Promise<Record<string, unknown>> {
+    try {
+      const p = this.broker.get(reqId);
+      if (!p)
+        throw new KeywardError('REQUEST_NOT_FOUND', `no pending request ${reqId}`, {
+          hint: 'see: keyward approvals',
+        });
+      if (!mayApprove(p.requester, conn.id)) {
+        await this.record({
+          type: 'approval.denied',
+          decision: 'deny',
+          target: p.target,
+          reason: 'self-approval refused',
+          actor: this.actor(conn.id),
+        });
+        throw new KeywardError(
+          'SELF_APPROVAL',
+          "a process cannot approve its own request, nor one of its ancestors' requests",
+          {
+            hint: 'approve from another terminal',
+          },
+        );
+      }
+      if (!factor || factor.length === 0) {
+        throw new KeywardError('USAGE', 'approving needs the passphrase', {
+          hint: 'keyward approve ID asks for it (or --passphrase-file)',
+        });
+      }
+      if (!this.unlocked().checkPassphrase(factor)) {
+        this.noteDenial();
+        throw new KeywardError(
+          'VAULT_BAD_PASSPHRASE',
+          'wrong passphrase; the request is still pending',
+        );
+      }
+      if (!this.broker.settle(reqId, 'granted'))
+        throw new KeywardError('REQUEST_NOT_FOUND', `request ${reqId} is no longer pending`);
+      return { approved: reqId };
+    } finally {
+      secureFree(factor);
+    }
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * The agent's socket directory (INTERFACE.md, "Places"): 0700, owned by this user, not a
+ * symlink; anything else is refused with a hint (fail closed).
+ */
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { KeywardError } from '../errors.js';
+import { assertPrivate } from '../lib/files.js';
+
+export interface SocketPaths {
+  dir: string;
+  agent: string;
+  ssh: string;
+  lock: string;
+}
+
+export function socketPaths(dir: string): SocketPaths {
+  return {
+    dir,
+    agent: path.join(dir, 'agent.sock'),
+    ssh: path.join(dir, 'ssh-agent.sock'),
+    lock: path.join(dir, 'agent.lock'),
+  };
+}
+
+/** Creates the directory private, or checks that an existing one is. */
+export function prepareSocketDir(dir: string): void {
+  if (!fs.existsSync(dir)) {
+    fs.mkdirSync(path.dirname(dir), { recursive: true, mode: 0o700 });
+    try {
+      fs.mkdirSync(dir, { mode: 0o700 });
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+  }
+  assertPrivate(dir, 'dir');
+}
+
+/** Whether something answers on the socket path. */
+export function socketAnswers(p: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const c = net.createConnection(p);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+}
+
+/**
+ * Removes a socket left by an agent that died, after checking that nothing answers on it. Refuses
+ * a path that is not a socket (someone put something else there).
+ */
+export async function clearStaleSocket(p: string): Promise<void> {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(p);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) {
+    throw new KeywardError('INSECURE_PERMISSIONS', `${p} exists and is not a socket`, {
+      hint: 'something other than keyward put a file there; remove it after checking what it is',
+    });
+  }
+  if (await socketAnswers(p)) {
+    throw new KeywardError('AGENT_RUNNING', `an agent is already listening on ${p}`, {
+      hint: 'keyward agent stop',
+    });
+  }
+  fs.rmSync(p);
+}

@@ -1,0 +1,170 @@
+/**
+ * agent run | start | stop, unlock, lock, status, approvals, approve, deny.
+ */
+import { fileURLToPath } from 'node:url';
+import type { Command } from 'commander';
+import {
+  agentApprove,
+  agentStatus,
+  agentUnlock,
+  call,
+  runAgent,
+  startAgent,
+  stopAgent,
+} from '../agent/index.js';
+import { KeywardError } from '../errors.js';
+import { keywardHome, socketDir } from '../lib/paths.js';
+import { note, type Io } from './report.js';
+import { agentSocket, passphraseFile } from './context.js';
+
+const BIN = fileURLToPath(new URL('../../../bin/keyward.js', import.meta.url));
+
+function ms(n: unknown): string {
+  const s = Math.round(Number(n) / 1000);
+  return s >= 3600
+    ? `${Math.floor(s / 3600)}h${Math.floor((s % 3600) / 60)}m`
+    : s >= 60
+      ? `${Math.floor(s / 60)}m${s % 60}s`
+      : `${s}s`;
+}
+
+export function registerAgentCommands(program: Command, io: Io): void {
+  const agent = program
+    .command('agent')
+    .description('the daemon that holds the unlocked vault and answers on a Unix socket');
+
+  agent
+    .command('run')
+    .description('run in the foreground (logs on stderr; Ctrl-C stops and wipes keys)')
+    .option('--allow-debugger', 'start even with a debugger attached')
+    .action(async function (this: Command) {
+      await runAgent({
+        home: keywardHome(),
+        socketDir: socketDir(),
+        allowDebugger: this.opts<{ allowDebugger?: boolean }>().allowDebugger === true,
+        env: process.env,
+        log: (l) => io.stderr(`keyward agent: ${l}\n`),
+      });
+    });
+
+  agent
+    .command('start')
+    .description('start in the background')
+    .option('--allow-debugger', 'start even with a debugger attached')
+    .action(async function (this: Command) {
+      const args = this.opts<{ allowDebugger?: boolean }>().allowDebugger
+        ? ['--allow-debugger']
+        : [];
+      const pid = await startAgent(BIN, socketDir(), args, process.env);
+      io.stdout(
+        `keyward agent started (pid ${pid}), socket ${agentSocket()}; it is locked: keyward unlock\n`,
+      );
+    });
+
+  agent
+    .command('stop')
+    .description('stop the agent (wipes keys)')
+    .action(async () => {
+      io.stdout(
+        (await stopAgent(socketDir()))
+          ? 'keyward agent stopped\n'
+          : 'no keyward agent was running\n',
+      );
+    });
+
+  program
+    .command('unlock')
+    .description('open the unlock window (passphrase, or --keyring)')
+    .option('--keyring', 'use the key in the OS keyring')
+    .action(async function (this: Command) {
+      const m = await agentUnlock(
+        agentSocket(),
+        { file: passphraseFile(this) },
+        this.opts<{ keyring?: boolean }>().keyring === true,
+      );
+      io.stdout(m['alreadyUnlocked'] ? 'already unlocked\n' : 'unlocked\n');
+      if (m['drift'])
+        note(
+          io,
+          "WARNING: policy.yaml was changed behind keyward's back; the last applied version is in force",
+        );
+    });
+
+  program
+    .command('lock')
+    .description('close the unlock window: wipes keys and remembered approvals')
+    .action(async () => {
+      await call(agentSocket(), 'lock');
+      io.stdout('locked\n');
+    });
+
+  program
+    .command('status')
+    .description(
+      'agent running? locked? what is left of the unlock window (exit 0 only when unlocked)',
+    )
+    .option('--json', 'machine-readable output')
+    .action(async function (this: Command) {
+      const s = (await agentStatus(agentSocket())) ?? { running: false };
+      if (this.opts<{ json?: boolean }>().json) io.stdout(`${JSON.stringify(s, null, 2)}\n`);
+      else if (!s['running']) io.stdout('agent: not running\n');
+      else {
+        io.stdout(
+          `agent: running (pid ${String(s['pid'])}), ${s['locked'] ? 'locked' : 'unlocked'}\n`,
+        );
+        if (!s['locked']) {
+          io.stdout(
+            `window: ${ms(s['absoluteLeftMs'])} left at most${s['usesLeft'] === null ? '' : `, ${String(s['usesLeft'])} uses left`}\n`,
+          );
+        }
+        io.stdout(`pending approvals: ${String(s['pending'])}\n`);
+      }
+      if (!s['running'])
+        throw new KeywardError('AGENT_UNAVAILABLE', 'no agent is running', {
+          hint: 'keyward agent start',
+        });
+      if (s['locked'])
+        throw new KeywardError('AGENT_LOCKED', 'the agent is locked', { hint: 'keyward unlock' });
+    });
+
+  program
+    .command('approvals')
+    .description('pending approval requests: id, caller, action, target')
+    .option('--json', 'machine-readable output')
+    .action(async function (this: Command) {
+      const pending = ((await call(agentSocket(), 'approvals')).meta['pending'] ?? []) as Array<
+        Record<string, unknown>
+      >;
+      if (this.opts<{ json?: boolean }>().json) {
+        io.stdout(`${JSON.stringify(pending, null, 2)}\n`);
+        return;
+      }
+      if (pending.length === 0) io.stdout('no pending requests\n');
+      for (const p of pending) {
+        const who = (p['requester'] as { description?: string } | undefined)?.description ?? '?';
+        io.stdout(
+          `${String(p['id'])}  ${String(p['action'])} ${String(p['target'])}  (rule ${String(p['rule'])}, ${String(p['mode'])})\n    by ${who}\n`,
+        );
+      }
+    });
+
+  program
+    .command('approve')
+    .argument('<id>', 'request id (see keyward approvals)')
+    .description(
+      'approve a pending request; needs the passphrase, and never from the requesting process',
+    )
+    .action(async function (this: Command, id: string) {
+      await agentApprove(agentSocket(), id, { file: passphraseFile(this) });
+      io.stdout(`approved ${id}\n`);
+    });
+
+  program
+    .command('deny')
+    .argument('<id>', 'request id')
+    .description('deny a pending request')
+    .action(async (id: string) => {
+      await call(agentSocket(), 'deny', { id });
+      io.stdout(`denied ${id}\n`);
+    });
+}

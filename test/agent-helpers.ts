@@ -1,0 +1,123 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { BIN, initHome, kw, sleep, type Home } from './helpers.js';
+
+export interface AgentHome extends Home {
+  sockDir: string;
+  sock: string;
+  /** An askpass program whose answer is whatever the file `answer` holds: yes or no. */
+  askpass: string;
+  answer: (a: 'yes' | 'no') => void;
+  prompts: () => string[];
+  agent?: ChildProcess;
+  agentPid?: number | undefined;
+}
+
+export function agentHome(policy?: string): AgentHome {
+  const h = initHome();
+  const sockDir = path.join(h.dir, 'run');
+  const askpass = path.join(h.dir, 'askpass.sh');
+  const answerFile = path.join(h.dir, 'answer');
+  const promptFile = path.join(h.dir, 'prompts');
+  fs.writeFileSync(
+    askpass,
+    `#!/bin/sh\nprintf '%s\\n' "$1" >> '${promptFile}'\n[ "$(cat '${answerFile}' 2>/dev/null)" = yes ]\n`,
+    { mode: 0o700 },
+  );
+  fs.writeFileSync(answerFile, 'no');
+  const env = { ...h.env, KEYWARD_SOCKET_DIR: sockDir };
+  const a: AgentHome = {
+    ...h,
+    env,
+    sockDir,
+    sock: path.join(sockDir, 'agent.sock'),
+    askpass,
+    answer: (x) => fs.writeFileSync(answerFile, x),
+    prompts: () =>
+      fs.existsSync(promptFile) ? fs.readFileSync(promptFile, 'utf8').trim().split('\n') : [],
+  };
+  if (policy !== undefined) {
+    const f = path.join(h.dir, 'policy.yaml');
+    fs.writeFileSync(f, policy);
+    const r = kw(['policy', 'apply', f], { env });
+    if (r.code !== 0) throw new Error(r.stderr);
+  }
+  return a;
+}
+
+/** Runs `keyward agent run` as a child (foreground mode) and waits until it answers. */
+export async function startAgent(h: AgentHome, extraEnv: NodeJS.ProcessEnv = {}): Promise<void> {
+  const child = spawn(process.execPath, [BIN, 'agent', 'run'], {
+    env: { ...h.env, KEYWARD_ASKPASS: h.askpass, ...extraEnv },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let err = '';
+  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
+  h.agent = child;
+  for (let i = 0; i < 100; i++) {
+    if (/listening on/.test(err)) {
+      h.agentPid = child.pid;
+      return;
+    }
+    if (child.exitCode !== null) break;
+    await sleep(50);
+  }
+  throw new Error(`agent did not start: ${err}`);
+}
+
+export async function stopAgent(h: AgentHome): Promise<void> {
+  const c = h.agent;
+  if (!c || c.exitCode !== null) return;
+  const done = new Promise((r) => c.once('exit', r));
+  c.kill('SIGTERM');
+  await done;
+}
+
+/** The CLI, asynchronously (so the test can act while it waits for an approval). */
+export function kwAsync(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  input = '',
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, [BIN, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    c.stdin.end(input);
+    c.on('exit', (code) => resolve({ code, stdout, stderr }));
+  });
+}
+
+/** Every readable mapping of a process, read through /proc/PID/mem (root only). */
+export function scanMemory(pid: number, needles: Buffer[]): Buffer[] {
+  const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').trim().split('\n');
+  const fd = fs.openSync(`/proc/${pid}/mem`, 'r');
+  const found: Buffer[] = [];
+  try {
+    for (const line of maps) {
+      const m = /^([0-9a-f]+)-([0-9a-f]+) (r)/.exec(line);
+      if (!m) continue;
+      const start = parseInt(m[1] ?? '0', 16);
+      const end = parseInt(m[2] ?? '0', 16);
+      for (let off = start; off < end; off += 16 * 1024 * 1024) {
+        const len = Math.min(16 * 1024 * 1024, end - off);
+        const buf = Buffer.alloc(len);
+        let n = 0;
+        try {
+          n = fs.readSync(fd, buf, 0, len, off);
+        } catch {
+          continue;
+        }
+        const view = buf.subarray(0, n);
+        for (const needle of needles)
+          if (!found.includes(needle) && view.indexOf(needle) !== -1) found.push(needle);
+      }
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  return found;
+}

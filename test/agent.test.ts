@@ -1,0 +1,467 @@
+/**
+ * The agent on its real socket, with real processes: the acceptance test that matters most, the
+ * approval rules, peer identity, fail-closed socket permissions, lock wiping memory, the unlock
+ * window, concurrency and malformed frames.
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { call } from '../src/agent/index.js';
+import {
+  agentHome,
+  kwAsync,
+  scanMemory,
+  startAgent,
+  stopAgent,
+  type AgentHome,
+} from './agent-helpers.js';
+import { BIN, kw, ROOT, sleep } from './helpers.js';
+
+const isRoot = process.geteuid?.() === 0;
+const homes: AgentHome[] = [];
+after(async () => {
+  for (const h of homes) await stopAgent(h);
+});
+
+async function running(policy?: string, env: NodeJS.ProcessEnv = {}): Promise<AgentHome> {
+  const h = agentHome(policy);
+  homes.push(h);
+  await startAgent(h, env);
+  const u = kw(['unlock'], { env: h.env });
+  assert.equal(u.code, 0, u.stderr);
+  return h;
+}
+
+function auditTypes(h: AgentHome): string[] {
+  return kw(['audit', 'export'], { env: h.env })
+    .stdout.trim()
+    .split('\n')
+    .map((l) => (JSON.parse(l) as { type: string }).type);
+}
+
+describe('the acceptance test: after unlock, a second process cannot read without the approval step', () => {
+  test('denied without approval; approved once, it reads once; a third process is asked again', async () => {
+    const h = await running();
+    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' });
+    h.answer('no');
+    let r = kw(['read', 'app/token'], { env: h.env });
+    assert.equal(r.code, 6, r.stderr);
+    assert.equal(r.stdout, '');
+    assert.match(r.stderr, /keyward: error: the request was not approved/);
+    assert.equal(h.prompts().length, 1);
+    assert.match(
+      h.prompts()[0] ?? '',
+      /\(pid \d+\) running ".*keyward\.js read app\/token".* wants to read the secret "app\/token" \(rule default-secrets\)/,
+    );
+    h.answer('yes');
+    r = kw(['read', 'app/token'], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'the-value-1234');
+    r = kw(['read', 'app/token'], { env: h.env });
+    assert.equal(r.code, 0);
+    assert.equal(h.prompts().length, 3, 'the third process was asked again');
+    const types = auditTypes(h);
+    for (const t of ['approval.requested', 'approval.denied', 'approval.granted', 'secret.read'])
+      assert.ok(types.includes(t), t);
+  });
+
+  test('with no channel for confirm (no askpass, no terminal), the answer is an immediate deny, never allow', async () => {
+    const h = await running(undefined, { KEYWARD_ASKPASS: '', SSH_ASKPASS: '' });
+    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' });
+    const t0 = Date.now();
+    const r = kw(['read', 'app/token'], { env: h.env });
+    assert.equal(r.code, 6);
+    assert.match(r.stderr, /no approval channel can give confirm approval here/);
+    assert.ok(Date.now() - t0 < 5000, 'did not wait');
+  });
+});
+
+const PASSPHRASE_RULE = `version: 1
+rules:
+  - name: needs-passphrase
+    targets: ["**"]
+    decision: approve
+    approve: { mode: passphrase, timeout: 20s }
+`;
+
+async function pendingId(h: AgentHome): Promise<string> {
+  for (let i = 0; i < 100; i++) {
+    const r = kw(['approvals', '--json'], { env: h.env });
+    const id = (JSON.parse(r.stdout || '[]') as Array<{ id: string }>)[0]?.id;
+    if (id) return id;
+    await sleep(50);
+  }
+  throw new Error('no pending request appeared');
+}
+
+describe('approving from another terminal', () => {
+  test('approve ID with the passphrase releases the waiting read; the approval is recorded', async () => {
+    const h = await running(PASSPHRASE_RULE);
+    kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' });
+    const reader = kwAsync(['read', 's'], h.env);
+    const id = await pendingId(h);
+    const list = kw(['approvals'], { env: h.env }).stdout;
+    assert.match(
+      list,
+      new RegExp(`^${id}  read s  \\(rule needs-passphrase, passphrase\\)\\n    by .*node.*read s`),
+    );
+    const a = kw(['approve', id], { env: h.env });
+    assert.equal(a.code, 0, a.stderr);
+    const r = await reader;
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'approved-value');
+  });
+
+  test('a bare approve (no passphrase) or a wrong one never approves; the request stays pending; deny ends it', async () => {
+    const h = await running(PASSPHRASE_RULE);
+    kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' });
+    const reader = kwAsync(['read', 's'], h.env);
+    const id = await pendingId(h);
+    const bare = { ...h.env };
+    delete bare['KEYWARD_PASSPHRASE_FILE'];
+    let a = kw(['approve', id], { env: bare });
+    assert.equal(a.code, 2, a.stderr);
+    const wrong = path.join(h.dir, 'wrong');
+    fs.writeFileSync(wrong, 'not the passphrase!\n', { mode: 0o600 });
+    a = kw(['approve', id, '--passphrase-file', wrong], { env: h.env });
+    assert.equal(a.code, 4, a.stderr);
+    assert.equal(await pendingId(h), id, 'still pending');
+    assert.equal(kw(['deny', id], { env: h.env }).code, 0);
+    const r = await reader;
+    assert.equal(r.code, 6);
+    assert.equal(r.stdout, '');
+  });
+
+  test('an approval cannot be replayed: the same id again is not found (exit 3)', async () => {
+    const h = await running(PASSPHRASE_RULE);
+    kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' });
+    const reader = kwAsync(['read', 's'], h.env);
+    const id = await pendingId(h);
+    assert.equal(kw(['approve', id], { env: h.env }).code, 0);
+    await reader;
+    const again = kw(['approve', id], { env: h.env });
+    assert.equal(again.code, 3);
+    assert.match(again.stderr, /no pending request/);
+  });
+
+  test('a request expires (exit 7) when nobody decides', async () => {
+    const h = await running(PASSPHRASE_RULE.replace('timeout: 20s', 'timeout: 1s'));
+    kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' });
+    const r = kw(['read', 's'], { env: h.env });
+    assert.equal(r.code, 7, r.stderr);
+    assert.ok(auditTypes(h).includes('approval.expired'));
+  });
+
+  test('the requesting process and its descendants can never approve its request, whatever the factor', async () => {
+    const h = await running(PASSPHRASE_RULE);
+    kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' });
+    const r = spawnSync(
+      process.execPath,
+      [path.join(ROOT, 'dist/test/fixtures/self-approver.js'), h.sock, 's', BIN],
+      {
+        env: h.env,
+        encoding: 'utf8',
+        timeout: 30_000,
+      },
+    );
+    const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as {
+      code: number;
+      stderr: string;
+    };
+    assert.equal(out.code, 6, JSON.stringify(out));
+    assert.match(out.stderr, /cannot approve its own request/);
+  });
+});
+
+describe('peer identity and the socket', () => {
+  test(
+    'another uid is rejected before its request is read, and audited as peer.rejected',
+    { skip: !isRoot && 'needs root for setpriv' },
+    async () => {
+      const h = await running();
+      // Make the socket reachable to another uid, only for this test.
+      fs.chmodSync(h.dir, 0o711);
+      fs.chmodSync(h.sockDir, 0o711);
+      fs.chmodSync(h.sock, 0o666);
+      const py = [
+        'import socket,sys',
+        's=socket.socket(socket.AF_UNIX)',
+        's.connect(sys.argv[1])',
+        'try:',
+        "  s.sendall(b'\\x00\\x00\\x00\\x06\\x01\\x01\\x00\\x02{}')",
+        "  print('answer' if s.recv(100) else 'closed')",
+        'except (ConnectionResetError, BrokenPipeError):',
+        "  print('closed')",
+      ].join('\n');
+      const r = spawnSync(
+        'setpriv',
+        ['--reuid=43210', '--regid=43210', '--clear-groups', '/usr/bin/python3', '-c', py, h.sock],
+        { encoding: 'utf8' },
+      );
+      fs.chmodSync(h.sockDir, 0o700);
+      fs.chmodSync(h.sock, 0o600);
+      fs.chmodSync(h.dir, 0o700);
+      assert.equal(
+        r.stdout.trim(),
+        'closed',
+        `the other uid got an answer: ${r.stdout} ${r.stderr}`,
+      );
+      await sleep(200);
+      const rejected = kw(['audit', 'tail', '--json', '-n', '50'], { env: h.env })
+        .stdout.trim()
+        .split('\n')
+        .map(
+          (l) =>
+            JSON.parse(l) as { type: string; body: { actor: { uid: number }; reason: string } },
+        )
+        .find((e) => e.type === 'peer.rejected');
+      assert.ok(rejected);
+      assert.equal(rejected.body.actor.uid, 43210);
+    },
+  );
+
+  const refusals: Array<[string, (h: AgentHome) => void, RegExp]> = [
+    [
+      'a socket directory others can read (0755)',
+      (h) => fs.mkdirSync(h.sockDir, { mode: 0o755 }),
+      /mode 755/,
+    ],
+    [
+      'a socket directory owned by another user',
+      (h) => {
+        fs.mkdirSync(h.sockDir, { mode: 0o700 });
+        fs.chownSync(h.sockDir, 65534, 65534);
+      },
+      /owned by uid 65534/,
+    ],
+    [
+      'a symlinked socket directory',
+      (h) => {
+        const real = `${h.sockDir}-real`;
+        fs.mkdirSync(real, { mode: 0o700 });
+        fs.symlinkSync(real, h.sockDir);
+      },
+      /symbolic link/,
+    ],
+    [
+      'a non-socket file where the socket goes',
+      (h) => {
+        fs.mkdirSync(h.sockDir, { mode: 0o700 });
+        fs.writeFileSync(h.sock, 'x');
+      },
+      /not a socket/,
+    ],
+  ];
+  for (const [label, arrange, why] of refusals) {
+    test(
+      `the agent refuses to start with ${label} (fail closed, with a hint)`,
+      { skip: !isRoot && label.includes('another user') && 'needs root' },
+      () => {
+        const h = agentHome();
+        arrange(h);
+        const r = kw(['agent', 'run'], { env: h.env });
+        assert.equal(r.code, 8, r.stderr);
+        assert.match(r.stderr, why);
+        assert.match(r.stderr, /keyward: hint: /);
+      },
+    );
+  }
+
+  test('a second agent for the same socket directory is refused; a stale socket is cleared', async () => {
+    const h = await running();
+    const r = kw(['agent', 'run'], { env: h.env });
+    assert.equal(r.code, 5);
+    assert.match(r.stderr, /already runs/);
+    h.agent?.kill('SIGKILL');
+    await sleep(200);
+    assert.ok(fs.existsSync(h.sock), 'a killed agent leaves its socket');
+    await startAgent(h);
+    assert.equal(kw(['status'], { env: h.env }).code, 5, 'a new agent starts locked');
+  });
+
+  test('the socket is 0600 in a 0700 directory', async () => {
+    const h = await running();
+    assert.equal(fs.statSync(h.sockDir).mode & 0o777, 0o700);
+    assert.equal(fs.statSync(h.sock).mode & 0o777, 0o600);
+  });
+});
+
+describe('lock wipes keys', () => {
+  test(
+    'after lock, read exits 5 and the agent memory holds neither the value nor any 12-byte fragment of it, nor the passphrase',
+    { skip: !isRoot && 'needs root to read /proc/PID/mem' },
+    async () => {
+      const h = await running(
+        'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+      );
+      // Random, so no 12-byte fragment of it occurs anywhere by chance.
+      const value = randomBytes(36).toString('base64url');
+      kw(['secret', 'set', 'scan/me'], { env: h.env, input: value });
+      for (let i = 0; i < 3; i++)
+        assert.equal(kw(['read', 'scan/me'], { env: h.env }).stdout, value);
+      // Positive control: the scanner finds what the agent does hold (the name, in its index).
+      assert.deepEqual(
+        scanMemory(h.agentPid ?? 0, [Buffer.from('scan/me')]).length,
+        1,
+        'the scanner works',
+      );
+      assert.equal(kw(['lock'], { env: h.env }).code, 0);
+      assert.equal(kw(['read', 'scan/me'], { env: h.env }).code, 5);
+      await sleep(100);
+      const needles = [Buffer.from(value), Buffer.from('test passphrase, long enough')];
+      for (let i = 0; i + 12 <= value.length; i += 6)
+        needles.push(Buffer.from(value.slice(i, i + 12)));
+      const found = scanMemory(h.agentPid ?? 0, needles);
+      assert.deepEqual(found.map(String), []);
+    },
+  );
+});
+
+describe('the unlock window', () => {
+  const allow = (unlock: string) =>
+    `version: 1\nunlock: ${unlock}\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n`;
+
+  test('the idle timeout locks the agent', async () => {
+    const h = await running(allow('{ idle_timeout: 1s, max_lifetime: 1h }'));
+    assert.equal(kw(['status'], { env: h.env }).code, 0);
+    await sleep(1600);
+    assert.equal(kw(['status'], { env: h.env }).code, 5);
+  });
+
+  test('use slides the idle timeout, but the absolute cap locks anyway', async () => {
+    const h = await running(allow('{ idle_timeout: 2s, max_lifetime: 4s }'));
+    const unlockedAt = Date.now();
+    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    // Reads at most ~1 s apart keep the 2 s idle timeout from firing...
+    while (Date.now() - unlockedAt < 3000) {
+      assert.equal(
+        kw(['read', 'a'], { env: h.env }).code,
+        0,
+        `read at ${Date.now() - unlockedAt} ms`,
+      );
+      await sleep(300);
+    }
+    // ...but not the 4 s cap.
+    await sleep(Math.max(0, 4500 - (Date.now() - unlockedAt)));
+    assert.equal(kw(['read', 'a'], { env: h.env }).code, 5);
+  });
+
+  test('maximum uses per unlock locks the agent', async () => {
+    const h = await running(allow('{ idle_timeout: 1h, max_lifetime: 4h, max_uses: 2 }'));
+    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    assert.equal(kw(['read', 'a'], { env: h.env }).code, 0);
+    assert.equal(kw(['read', 'a'], { env: h.env }).code, 0);
+    await sleep(100);
+    assert.equal(kw(['read', 'a'], { env: h.env }).code, 5);
+  });
+
+  test('the circuit breaker locks after five denials in a minute', async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: none, targets: ["**"], decision: deny }\n',
+    );
+    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    for (let i = 0; i < 5; i++) assert.equal(kw(['read', 'a'], { env: h.env }).code, 6);
+    await sleep(100);
+    assert.equal(kw(['status'], { env: h.env }).code, 5);
+    assert.ok(auditTypes(h).filter((t) => t === 'vault.lock').length >= 1);
+  });
+});
+
+describe('load', () => {
+  test('200 concurrent clients x 50 reads: zero errors, no cross-talk', async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: all, targets: ["c/**"], decision: allow }\n',
+    );
+    for (let i = 0; i < 4; i++)
+      kw(['secret', 'set', `c/s${i}`], { env: h.env, input: `value-of-secret-${i}-xyz` });
+    let errors = 0;
+    let crossTalk = 0;
+    await Promise.all(
+      Array.from({ length: 200 }, async (_, c) => {
+        for (let j = 0; j < 50; j++) {
+          const n = (c + j) % 4;
+          try {
+            const f = await call(h.sock, 'read', { name: `c/s${n}` });
+            if (f.raw?.toString() !== `value-of-secret-${n}-xyz`) crossTalk++;
+          } catch {
+            errors++;
+          }
+        }
+      }),
+    );
+    assert.deepEqual({ errors, crossTalk }, { errors: 0, crossTalk: 0 });
+  });
+
+  test('malformed frames get an error and a closed connection; the daemon still answers correctly', async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    kw(['secret', 'set', 'f/ok'], { env: h.env, input: 'still-served-value' });
+    const valid = Buffer.concat([
+      Buffer.from([0, 0, 0, 20, 1, 3, 0, 16]),
+      Buffer.from('{"name":"f/ok"} '),
+    ]);
+    const total = Number(process.env['KEYWARD_FUZZ_FRAMES'] ?? 100_000);
+    // One frame per connection: a malformed frame closes its connection, so frames sent after it
+    // on the same connection would never be parsed, and would not count.
+    const perConn = 1;
+    let sent = 0;
+    const send = (frames: Buffer[]) =>
+      new Promise<void>((resolve) => {
+        const s = net.createConnection(h.sock);
+        s.on('error', () => resolve());
+        s.on('close', () => resolve());
+        s.on('data', () => undefined);
+        s.on('connect', () => {
+          s.end(Buffer.concat(frames));
+        });
+      });
+    let seed = 12345;
+    const rand = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff);
+    const frame = (): Buffer => {
+      const kind = rand() % 3;
+      if (kind === 0)
+        return Buffer.from(Array.from({ length: 1 + (rand() % 40) }, () => rand() & 255));
+      const b = Buffer.from(valid);
+      for (let k = 0; k <= rand() % 4; k++) b[rand() % b.length] = rand() & 255;
+      return kind === 1 ? b : b.subarray(0, rand() % b.length);
+    };
+    while (sent < total) {
+      await Promise.all(
+        Array.from({ length: 64 }, () => {
+          const frames = Array.from({ length: perConn }, frame);
+          sent += frames.length;
+          return send(frames);
+        }),
+      );
+    }
+    const r = kw(['read', 'f/ok'], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'still-served-value');
+    assert.equal(h.agent?.exitCode, null, 'the agent is still running');
+  });
+
+  test('a client that sends half a frame is cut off, the daemon unaffected', async () => {
+    const h = await running();
+    const closed = await new Promise<boolean>((resolve) => {
+      const s = net.createConnection(h.sock, () => s.write(Buffer.from([0, 0, 0, 50, 1])));
+      s.resume(); // consume the error reply, or 'close' never comes
+      s.on('close', () => resolve(true));
+      s.on('error', () => resolve(true));
+      setTimeout(() => resolve(false), 8000);
+    });
+    assert.equal(closed, true);
+    assert.equal(kw(['status'], { env: h.env }).code, 0);
+  });
+});
+
+test('SIGTERM wipes keys and removes the socket', async () => {
+  const h = await running();
+  await stopAgent(h);
+  assert.equal(fs.existsSync(h.sock), false);
+  assert.ok(auditTypes(h).includes('agent.stop'));
+});
