@@ -7,11 +7,14 @@
  * commit); verify throughput; beside the raw HMAC-SHA256 rate (node:crypto) over lines of the
  * same size.
  */
+import { spawn, spawnSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
+import net from 'node:net';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { call } from '../src/agent/index.js';
 import { AuditLog, GroupCommitter, listSegments, verifySegments } from '../src/audit/index.js';
 import { boxKeypair } from '../src/audit/keys.js';
 import { secureTake } from '../src/lib/secure.js';
@@ -114,4 +117,109 @@ async function main(): Promise<void> {
   for (const h of [sample, one, eight, big]) fs.rmSync(h.home, { recursive: true, force: true });
 }
 
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
+}
+
+async function timed(
+  concurrency: number,
+  total: number,
+  op: () => Promise<unknown>,
+): Promise<{ p50: number; p99: number; perSecond: number }> {
+  const lat: number[] = [];
+  const t0 = performance.now();
+  await Promise.all(
+    Array.from({ length: concurrency }, async () => {
+      for (let i = 0; i < total / concurrency; i++) {
+        const t = performance.now();
+        await op();
+        lat.push(performance.now() - t);
+      }
+    }),
+  );
+  const ms = performance.now() - t0;
+  lat.sort((a, b) => a - b);
+  const r3 = (x: number) => Math.round(x * 1000) / 1000;
+  return {
+    p50: r3(percentile(lat, 0.5)),
+    p99: r3(percentile(lat, 0.99)),
+    perSecond: rate(total, ms),
+  };
+}
+
+/**
+ * Agent (issue 5): read latency and throughput through the real socket with policy and a durable
+ * audit record per read, beside a bare Unix-socket round trip of the same size (the reference).
+ */
+async function agentBench(): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-bench-agent-'));
+  const bin = path.join(ROOT, 'bin/keyward.js');
+  const pass = path.join(dir, 'pass');
+  fs.writeFileSync(pass, 'bench passphrase, long enough\n', { mode: 0o600 });
+  const env = {
+    ...process.env,
+    KEYWARD_HOME: path.join(dir, 'home'),
+    KEYWARD_SOCKET_DIR: path.join(dir, 'run'),
+    KEYWARD_PASSPHRASE_FILE: pass,
+  };
+  const run = (args: string[], input = '') => {
+    const r = spawnSync(process.execPath, [bin, ...args], { env, input, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`${args.join(' ')}: ${r.stderr}`);
+  };
+  run(['init', '--kdf-ops', '1', '--kdf-mem-mib', '8']);
+  run(['secret', 'set', 'bench/token'], 'x'.repeat(40));
+  const pol = path.join(dir, 'policy.yaml');
+  fs.writeFileSync(
+    pol,
+    'version: 1\nrules:\n  - { name: bench, targets: ["bench/*"], decision: allow }\n',
+  );
+  run(['policy', 'apply', pol]);
+  const agent = spawn(process.execPath, [bin, 'agent', 'run'], { env, stdio: 'ignore' });
+  const sock = path.join(dir, 'run', 'agent.sock');
+  for (let i = 0; i < 100 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+  run(['unlock']);
+  // Reference: a bare echo server on a Unix socket, one connection per round trip, like the client.
+  const echoPath = path.join(dir, 'echo.sock');
+  const echo = net.createServer((s) => s.on('data', (d) => s.end(d)));
+  await new Promise<void>((r) => echo.listen(echoPath, r));
+  const frame = Buffer.alloc(64, 1);
+  const roundTrip = () =>
+    new Promise<void>((resolve, reject) => {
+      const c = net.createConnection(echoPath, () => c.write(frame));
+      c.on('data', () => c.destroy());
+      c.on('close', () => resolve());
+      c.on('error', reject);
+    });
+  const n = Number(process.env['BENCH_READS'] ?? 2000);
+  const results: Record<string, unknown> = {};
+  const lines: string[] = [];
+  for (const conc of [1, 8]) {
+    const ref = await timed(conc, n, roundTrip);
+    const read = await timed(conc, n, async () => {
+      const f = await call(sock, 'read', { name: 'bench/token' });
+      f.raw?.fill(0);
+    });
+    results[`concurrency${conc}`] = {
+      reference: ref,
+      read,
+      throughputRatio: read.perSecond / ref.perSecond,
+      p50Ratio: read.p50 / ref.p50,
+    };
+    lines.push(
+      `reference  unix socket round trip, concurrency ${conc}: p50 ${ref.p50} ms, p99 ${ref.p99} ms, ${ref.perSecond.toLocaleString()} /s`,
+      `agent      read (policy + fsynced audit), conc. ${conc}: p50 ${read.p50} ms, p99 ${read.p99} ms, ${read.perSecond.toLocaleString()} /s  (${((read.perSecond / ref.perSecond) * 100).toFixed(1)}% of the reference)`,
+    );
+  }
+  echo.close();
+  agent.kill('SIGTERM');
+  await new Promise((r) => agent.once('exit', r));
+  fs.writeFileSync(
+    path.join(ROOT, 'bench/results/agent.json'),
+    `${JSON.stringify({ when: new Date().toISOString(), reads: n, ...results }, null, 2)}\n`,
+  );
+  process.stdout.write(`${lines.join('\n')}\nwritten to bench/results/agent.json\n`);
+  fs.rmSync(dir, { recursive: true, force: true });
+}
+
 await main();
+await agentBench();

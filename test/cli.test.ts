@@ -334,6 +334,12 @@ describe('whoami, usage', () => {
     assert.equal(r.code, 0, r.stdout + r.stderr);
     assert.match(r.stdout, /ghp_demo_token_123456/);
     assert.match(r.stdout, /\(exit 4\)/);
+    assert.match(r.stdout, /no approval channel can give confirm approval here[^]*\(exit 6\)/);
+    assert.match(
+      r.stdout,
+      /\[askpass was shown\] keyward: .*wants to read the secret "github\/token"/,
+    );
+    assert.match(r.stdout, /the agent is locked[^]*\(exit 5\)/);
     assert.match(r.stdout, /^Done\./m);
   });
 });
