@@ -123,6 +123,13 @@ export async function agentRead(
   }
 }
 
-export async function agentApprove(path: string, id: string, src: PassphraseSource): Promise<void> {
-  await call(path, 'approve', { id }, readPassphrase(src, 'passphrase to approve: '));
+/** Approves with a TOTP code when one is given, else with the passphrase. */
+export async function agentApprove(
+  path: string,
+  id: string,
+  src: PassphraseSource,
+  code?: string,
+): Promise<void> {
+  if (code !== undefined) await call(path, 'approve', { id, code });
+  else await call(path, 'approve', { id }, readPassphrase(src, 'passphrase to approve: '));
 }

@@ -5,7 +5,15 @@
  */
 import fs from 'node:fs';
 import net from 'node:net';
-import { Broker, Grants, askpass, mayApprove, type RequesterRef } from '../approval/index.js';
+import {
+  Broker,
+  Grants,
+  askpass,
+  mayApprove,
+  TOTP_SECRET,
+  verifyTotp,
+  type RequesterRef,
+} from '../approval/index.js';
 import {
   AuditLog,
   GroupCommitter,
@@ -314,7 +322,9 @@ export class Agent {
         secureFree(f.raw);
         return { meta: { pending: this.broker.list() } };
       case 'approve':
-        return { meta: await this.approve(conn, str(f.meta, 'id') ?? '', f.raw) };
+        return {
+          meta: await this.approve(conn, str(f.meta, 'id') ?? '', f.raw, str(f.meta, 'code')),
+        };
       case 'deny': {
         secureFree(f.raw);
         const id = str(f.meta, 'id') ?? '';
@@ -474,8 +484,9 @@ export class Agent {
   private channels(): Set<ApprovalMode> {
     const c = new Set<ApprovalMode>();
     if (this.o.askpass) c.add('confirm');
-    // `keyward approve ID` with the passphrase, from another terminal.
+    // `keyward approve ID` from another terminal: with the passphrase, or a TOTP code once enrolled.
     c.add('passphrase');
+    if (this.vault?.has(TOTP_SECRET)) c.add('totp');
     return c;
   }
 
@@ -624,10 +635,17 @@ export class Agent {
     return { meta: { name }, raw: value };
   }
 
+  private lastTotpStep = -1;
+
+  /**
+   * `keyward approve ID`: with the passphrase (raw) or a TOTP code (meta.code). The factor must be
+   * the one the rule asked for; either also answers a `confirm` request (a stronger factor).
+   */
   private async approve(
     conn: Conn,
     reqId: string,
     factor: SecureBuffer | undefined,
+    code: string | undefined,
   ): Promise<Record<string, unknown>> {
     try {
       const p = this.broker.get(reqId);
@@ -651,17 +669,45 @@ export class Agent {
           },
         );
       }
-      if (!factor || factor.length === 0) {
-        throw new KeywardError('USAGE', 'approving needs the passphrase', {
-          hint: 'keyward approve ID asks for it (or --passphrase-file)',
-        });
-      }
-      if (!this.unlocked().checkPassphrase(factor)) {
-        this.noteDenial();
-        throw new KeywardError(
-          'VAULT_BAD_PASSPHRASE',
-          'wrong passphrase; the request is still pending',
-        );
+      const v = this.unlocked();
+      if (code !== undefined) {
+        if (p.mode !== 'totp' && p.mode !== 'confirm')
+          throw new KeywardError('USAGE', `this request needs ${p.mode} approval, not a TOTP code`);
+        const secret = v.revealInternal(TOTP_SECRET);
+        if (!secret)
+          throw new KeywardError('USAGE', 'no TOTP is enrolled', { hint: 'keyward totp enroll' });
+        let step: number | undefined;
+        try {
+          step = verifyTotp(secret, code, Date.now(), this.lastTotpStep);
+        } finally {
+          secureFree(secret);
+        }
+        if (step === undefined) {
+          this.noteDenial();
+          throw new KeywardError(
+            'VAULT_BAD_PASSPHRASE',
+            'wrong or already used TOTP code; the request is still pending',
+          );
+        }
+        this.lastTotpStep = step;
+      } else {
+        if (p.mode !== 'passphrase' && p.mode !== 'confirm') {
+          throw new KeywardError('USAGE', `this request needs ${p.mode} approval`, {
+            hint: 'keyward approve ID --code CODE',
+          });
+        }
+        if (!factor || factor.length === 0) {
+          throw new KeywardError('USAGE', 'approving needs the passphrase', {
+            hint: 'keyward approve ID asks for it (or --passphrase-file)',
+          });
+        }
+        if (!v.checkPassphrase(factor)) {
+          this.noteDenial();
+          throw new KeywardError(
+            'VAULT_BAD_PASSPHRASE',
+            'wrong passphrase; the request is still pending',
+          );
+        }
       }
       if (!this.broker.settle(reqId, 'granted'))
         throw new KeywardError('REQUEST_NOT_FOUND', `request ${reqId} is no longer pending`);

@@ -12,3 +12,4 @@ export {
   type Pending,
   type RequesterRef,
 } from './broker.js';
+export { enrollTotp, hotp, STEP_SECONDS, TOTP_SECRET, verifyTotp } from './totp.js';

@@ -29,6 +29,7 @@ export const EVENT_TYPES = [
   'audit.recovered',
   'audit.rekeyed',
   'audit.key_exported',
+  'totp.enrolled',
 ] as const;
 
 export type EventType = (typeof EVENT_TYPES)[number];

@@ -3,11 +3,11 @@
  * seal checkpoints, verify, and read entries back with the vault's key.
  */
 import fs from 'node:fs';
-import QRCode from 'qrcode';
 import { IntegrityError, KeywardError } from '../errors.js';
 import { writeFileAtomic } from '../lib/files.js';
+import { writeQr } from '../lib/qr.js';
 import {
-  randomBytes,
+  secureRandom,
   readFdToSecure,
   secureAlloc,
   secureFree,
@@ -27,8 +27,7 @@ const BOX_SECRET = '@audit/box-secret';
 const CHECKPOINT_LABEL = 'audit-checkpoint';
 
 function storeNewKeys(v: Vault): void {
-  const seed = secureAlloc(32);
-  seed.set(randomBytes(32));
+  const seed = secureRandom(32);
   const { secretKey } = boxKeypair();
   try {
     v.setInternal(SEED, seed);
@@ -358,43 +357,12 @@ export function writeSeedHex(v: Vault, fd: number): void {
   }
 }
 
-const UPPER = Buffer.from('\u2580', 'utf8'); // ▀
-const LOWER = Buffer.from('\u2584', 'utf8'); // ▄
-const FULL = Buffer.from('\u2588', 'utf8'); // █
-const QUIET = 2;
-
-/**
- * `audit key export --qr`: the same hex as a QR code drawn with block characters, two module
- * rows per text line, light modules drawn (for dark terminals). The picture is built byte by byte
- * in secure memory and the module matrix is zeroed; the QR library's own intermediate arrays are
- * outside keyward's reach (docs/THREAT-MODEL.md).
- */
+/** `audit key export --qr`: the same hex as a QR code (src/lib/qr.ts). */
 export function writeSeedQr(v: Vault, fd: number): void {
   const hex = seedHex(v);
-  const qr = QRCode.create([{ data: hex, mode: 'byte' }], { errorCorrectionLevel: 'M' });
-  const size = qr.modules.size;
-  const data = qr.modules.data;
-  const dark = (r: number, c: number): boolean =>
-    r >= 0 && c >= 0 && r < size && c < size && data[r * size + c] === 1;
-  const width = size + 2 * QUIET;
-  const rows = Math.ceil(width / 2);
-  const out = secureAlloc(rows * (width * 3 + 1));
-  let o = 0;
   try {
-    for (let y = 0; y < rows; y++) {
-      for (let x = 0; x < width; x++) {
-        const top = !dark(2 * y - QUIET, x - QUIET);
-        const bottom = 2 * y + 1 < width && !dark(2 * y + 1 - QUIET, x - QUIET);
-        const glyph = top && bottom ? FULL : top ? UPPER : bottom ? LOWER : undefined;
-        if (glyph) o += glyph.copy(out, o);
-        else out[o++] = 0x20;
-      }
-      out[o++] = 0x0a;
-    }
-    writeAllSync(fd, out.subarray(0, o));
+    writeQr(hex, fd);
   } finally {
-    data.fill(0);
-    secureFree(out);
     secureFree(hex);
   }
 }

@@ -15,7 +15,9 @@ import {
 import { KeywardError } from '../errors.js';
 import { keywardHome, socketDir } from '../lib/paths.js';
 import { note, type Io } from './report.js';
-import { agentSocket, passphraseFile } from './context.js';
+import { agentSocket, auth, passphraseFile, paths } from './context.js';
+import { enrollTotp } from '../approval/index.js';
+import { useVault } from '../vault/index.js';
 
 const BIN = fileURLToPath(new URL('../../../bin/keyward.js', import.meta.url));
 
@@ -152,11 +154,38 @@ export function registerAgentCommands(program: Command, io: Io): void {
     .command('approve')
     .argument('<id>', 'request id (see keyward approvals)')
     .description(
-      'approve a pending request; needs the passphrase, and never from the requesting process',
+      'approve a pending request; needs the passphrase or a TOTP code, and never from the requesting process',
     )
+    .option('--code <code>', 'a TOTP code (after keyward totp enroll) instead of the passphrase')
     .action(async function (this: Command, id: string) {
-      await agentApprove(agentSocket(), id, { file: passphraseFile(this) });
+      await agentApprove(
+        agentSocket(),
+        id,
+        { file: passphraseFile(this) },
+        this.opts<{ code?: string }>().code,
+      );
       io.stdout(`approved ${id}\n`);
+    });
+
+  const totp = program.command('totp').description('a TOTP authenticator as an approval factor');
+  totp
+    .command('enroll')
+    .description(
+      'make a new TOTP secret; shows an otpauth URI and a QR code for your authenticator app',
+    )
+    .option('--no-qr', 'the URI only')
+    .action(function (this: Command) {
+      const a = auth(this, io);
+      const qr = this.opts<{ qr: boolean }>().qr;
+      useVault(paths(), a, 'write', (v) => {
+        a.audit.record({ type: 'totp.enrolled', decision: 'info' });
+        enrollTotp(v, `vault-${v.id.slice(0, 8)}`, 1, qr);
+        v.save();
+      });
+      note(
+        io,
+        'scan it (or type the secret) into your authenticator; approve with: keyward approve ID --code CODE',
+      );
     });
 
   program

@@ -65,6 +65,14 @@ export function zero(buf: Uint8Array): void {
   sodium.sodium_memzero(buf);
 }
 
+/** n random bytes straight into secure memory: for keys, never randomBytes. */
+export function secureRandom(n: number): SecureBuffer {
+  const b = secureAlloc(n);
+  sodium.randombytes_buf(b);
+  return b;
+}
+
+/** Random bytes for public values (ids, nonces, file names). Keys use secureRandom. */
 export function randomBytes(n: number): Buffer {
   const b = Buffer.alloc(n);
   sodium.randombytes_buf(b);
