@@ -4,7 +4,7 @@
  * window, concurrency and malformed frames.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -67,6 +67,41 @@ describe('the acceptance test: after unlock, a second process cannot read withou
     const types = auditTypes(h);
     for (const t of ['approval.requested', 'approval.denied', 'approval.granted', 'secret.read'])
       assert.ok(types.includes(t), t);
+  });
+
+  test("on the agent's own terminal a person types the challenge; a blind yes does not pass", async () => {
+    const h = agentHome();
+    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'typed-approval-1' });
+    const env: Record<string, string> = {};
+    for (const [k, v] of Object.entries(h.env)) if (v !== undefined) env[k] = v;
+    env['TERM'] = 'dumb';
+    const spec = {
+      argv: [process.execPath, BIN, 'agent', 'run'],
+      env,
+      steps: [
+        ['listening on', ''],
+        ['re:type ([a-z2-9]{4}) and Enter', '{1}\r'],
+        ['re:type ([a-z2-9]{4}) and Enter', 'yes\r'],
+      ],
+    };
+    const driver = spawn('python3', [path.join(ROOT, 'test/pty-driver.py'), JSON.stringify(spec)], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let transcript = '';
+    driver.stdout.on('data', (d: Buffer) => (transcript += d.toString()));
+    const driverDone = new Promise((r) => driver.once('exit', r));
+    for (let i = 0; i < 100 && !fs.existsSync(h.sock); i++) await sleep(50);
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    const first = await kwAsync(['read', 'app/token'], h.env);
+    assert.equal(first.code, 0, first.stderr + transcript);
+    assert.equal(first.stdout, 'typed-approval-1');
+    const second = await kwAsync(['read', 'app/token'], h.env);
+    assert.equal(second.code, 6, second.stderr);
+    kw(['agent', 'stop'], { env: h.env });
+    await driverDone;
+    assert.match(transcript, /wants to read the secret "app\/token"/);
+    assert.match(transcript, /keyward: allowed\./);
+    assert.match(transcript, /denied \(that was not the challenge\)/);
   });
 
   test('with no channel for confirm (no askpass, no terminal), the answer is an immediate deny, never allow', async () => {

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { KeywardError } from '../errors.js';
 import { agentStatus, call } from './client.js';
+import { TerminalChannel } from '../approval/index.js';
 import { Agent } from './server.js';
 import { prepareSocketDir, socketPaths } from './socketdir.js';
 
@@ -35,10 +36,16 @@ export async function runAgent(o: RunOptions): Promise<void> {
     );
   }
   const askpassProgram = o.env['KEYWARD_ASKPASS'] || o.env['SSH_ASKPASS'] || undefined;
+  // In the foreground on a terminal, that terminal is an approval channel (with a challenge).
+  const terminal =
+    process.stdin.isTTY && process.stderr.isTTY
+      ? new TerminalChannel({ input: process.stdin, write: (s) => process.stderr.write(s) })
+      : undefined;
   const agent = new Agent({
     home: o.home,
     socketDir: o.socketDir,
     askpass: askpassProgram,
+    terminal,
     env: o.env,
     log: o.log,
   });
@@ -49,6 +56,8 @@ export async function runAgent(o: RunOptions): Promise<void> {
       'warning: no Yama ptrace restriction on this kernel; the agent is non-dumpable, which closes ptrace to same-user processes',
     );
   }
+  if (terminal)
+    o.log('approval requests will be asked here (and through the askpass program, if any)');
   await new Promise<void>((resolve) => {
     const stop = () => void agent.stop().then(resolve);
     process.once('SIGTERM', stop);
@@ -60,6 +69,7 @@ export async function runAgent(o: RunOptions): Promise<void> {
       }
     }, 200);
   });
+  if (terminal) process.stdin.pause();
 }
 
 /** Starts `keyward agent run` in the background and waits until it answers. */

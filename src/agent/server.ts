@@ -13,6 +13,7 @@ import {
   TOTP_SECRET,
   verifyTotp,
   type RequesterRef,
+  type TerminalChannel,
 } from '../approval/index.js';
 import {
   AuditLog,
@@ -60,6 +61,8 @@ export interface AgentOptions {
   socketDir: string;
   /** The approval program (KEYWARD_ASKPASS, else SSH_ASKPASS), from the agent's own environment. */
   askpass: string | undefined;
+  /** The agent's own terminal, when it runs in the foreground on one. */
+  terminal?: TerminalChannel | undefined;
   env: NodeJS.ProcessEnv;
   log?: (line: string) => void;
 }
@@ -483,7 +486,7 @@ export class Agent {
 
   private channels(): Set<ApprovalMode> {
     const c = new Set<ApprovalMode>();
-    if (this.o.askpass) c.add('confirm');
+    if (this.o.askpass || this.o.terminal) c.add('confirm');
     // `keyward approve ID` from another terminal: with the passphrase, or a TOTP code once enrolled.
     c.add('passphrase');
     if (this.vault?.has(TOTP_SECRET)) c.add('totp');
@@ -571,10 +574,11 @@ export class Agent {
           },
           a.timeoutMs,
         );
-        if (a.mode === 'confirm' && this.o.askpass) {
-          void askpass(this.o.askpass, prompt, a.timeoutMs, this.o.env).then((ok) =>
-            this.broker.settle(pending.id, ok ? 'granted' : 'denied'),
-          );
+        if (a.mode === 'confirm') {
+          const asked = this.o.askpass
+            ? askpass(this.o.askpass, prompt, a.timeoutMs, this.o.env)
+            : this.o.terminal?.ask(prompt, a.timeoutMs);
+          void asked?.then((ok) => this.broker.settle(pending.id, ok ? 'granted' : 'denied'));
         }
         const outcome = await pending.outcome;
         if (outcome !== 'granted') {

@@ -13,3 +13,4 @@ export {
   type RequesterRef,
 } from './broker.js';
 export { enrollTotp, hotp, STEP_SECONDS, TOTP_SECRET, verifyTotp } from './totp.js';
+export { TerminalChannel, type TerminalIo } from './terminal.js';
