@@ -200,37 +200,21 @@ function positionOf(
   return { line: 1, column: 1 };
 }
 
+function atStart(message: string): ParseResult {
+  return { ok: false, problems: [{ line: 1, column: 1, path: '', message }] };
+}
+
 /** Parses and validates policy text. Never throws on bad input. */
 export function parsePolicy(text: string): ParseResult {
   if (Buffer.byteLength(text, 'utf8') > POLICY_MAX_BYTES) {
-    return {
-      ok: false,
-      problems: [
-        {
-          line: 1,
-          column: 1,
-          path: '',
-          message: `the policy is larger than ${POLICY_MAX_BYTES} bytes`,
-        },
-      ],
-    };
+    return atStart(`the policy is larger than ${POLICY_MAX_BYTES} bytes`);
   }
   const lc = new LineCounter();
   let doc: Document;
   try {
     doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
   } catch (e) {
-    return {
-      ok: false,
-      problems: [
-        {
-          line: 1,
-          column: 1,
-          path: '',
-          message: e instanceof Error ? e.message : 'unreadable YAML',
-        },
-      ],
-    };
+    return atStart(e instanceof Error ? e.message : 'unreadable YAML');
   }
   if (doc.errors.length > 0) {
     return {
@@ -250,17 +234,7 @@ export function parsePolicy(text: string): ParseResult {
   try {
     data = doc.toJS({ maxAliasCount: 50 });
   } catch (e) {
-    return {
-      ok: false,
-      problems: [
-        {
-          line: 1,
-          column: 1,
-          path: '',
-          message: e instanceof Error ? e.message : 'unreadable YAML',
-        },
-      ],
-    };
+    return atStart(e instanceof Error ? e.message : 'unreadable YAML');
   }
   const r = PolicySchema.safeParse(data);
   if (r.success) return { ok: true, policy: r.data };

@@ -252,6 +252,26 @@ function parseIndex(plain: SecureBuffer): IndexEntry[] {
   });
 }
 
+/** Decrypts and parses the index under dk, and checks it names as many entries as there are records. */
+function readIndex(dk: SecureBuffer, p: ParsedVault): IndexEntry[] {
+  const indexKey = deriveSubkey(dk, 'index');
+  const plain = open(indexKey, p.indexRecord, p.header);
+  secureFree(indexKey);
+  if (!plain) throw corruptError('vault index failed authentication (tampered or damaged)');
+  let entries: IndexEntry[];
+  try {
+    entries = parseIndex(plain);
+  } finally {
+    secureFree(plain);
+  }
+  if (entries.length !== p.records.length) {
+    throw corruptError(
+      `vault index lists ${entries.length} entries but the file has ${p.records.length}`,
+    );
+  }
+  return entries;
+}
+
 function encodeIndex(entries: readonly IndexEntry[]): Buffer {
   return Buffer.from(
     JSON.stringify({
@@ -301,21 +321,7 @@ export class Vault {
     try {
       // eslint-disable-next-line no-restricted-syntax -- the key id is published in the header
       if (!keyIdOf(dk).equals(p.keyId)) throw corruptError('vault key id does not match its key');
-      const indexKey = deriveSubkey(dk, 'index');
-      const plain = open(indexKey, p.indexRecord, p.header);
-      secureFree(indexKey);
-      if (!plain) throw corruptError('vault index failed authentication (tampered or damaged)');
-      let entries: IndexEntry[];
-      try {
-        entries = parseIndex(plain);
-      } finally {
-        secureFree(plain);
-      }
-      if (entries.length !== p.records.length) {
-        throw corruptError(
-          `vault index lists ${entries.length} entries but the file has ${p.records.length}`,
-        );
-      }
+      const entries = readIndex(dk, p);
       const v = new Vault(
         paths,
         p.vaultId,
@@ -597,17 +603,7 @@ export class Vault {
         { hint: 'keyward unlock' },
       );
     }
-    const indexKey = deriveSubkey(this.dk, 'index');
-    const plain = open(indexKey, p.indexRecord, p.header);
-    secureFree(indexKey);
-    if (!plain) throw corruptError('vault index failed authentication (tampered or damaged)');
-    let entries: IndexEntry[];
-    try {
-      entries = parseIndex(plain);
-    } finally {
-      secureFree(plain);
-    }
-    if (entries.length !== p.records.length) throw corruptError('vault index and records disagree');
+    const entries = readIndex(this.dk, p);
     const before = { entries: this.entries, records: this.records };
     this.entries = entries;
     this.records = p.records;
