@@ -295,7 +295,11 @@ export interface ReadEntry {
 }
 
 /** Every entry of the log in order; bodies opened when a vault is given. Malformed lines are skipped. */
-export function readEntries(home: string, v?: Vault): ReadEntry[] {
+export function readEntries(
+  home: string,
+  v?: Vault,
+  onProgress?: (done: number, total: number) => void,
+): ReadEntry[] {
   const log = new AuditLog(home);
   const keys: Array<{ publicKey: Buffer; secretKey: SecureBuffer }> = [];
   const names = v ? [BOX_SECRET, ...v.internalNames(`${BOX_SECRET}.`)] : [];
@@ -305,8 +309,12 @@ export function readEntries(home: string, v?: Vault): ReadEntry[] {
   }
   try {
     const out: ReadEntry[] = [];
-    for (const f of listSegments(log.paths.dir)) {
-      for (const line of fs.readFileSync(f, 'utf8').split('\n')) {
+    const files = listSegments(log.paths.dir);
+    const total = files.reduce((n, f) => n + fs.statSync(f).size, 0);
+    let done = 0;
+    for (const f of files) {
+      const text = fs.readFileSync(f, 'utf8');
+      for (const line of text.split('\n')) {
         const e = parseLine(line);
         if (!e) continue;
         const entry: ReadEntry = {
@@ -325,6 +333,8 @@ export function readEntries(home: string, v?: Vault): ReadEntry[] {
         }
         out.push(entry);
       }
+      done += Buffer.byteLength(text);
+      onProgress?.(done, total);
     }
     return out;
   } finally {

@@ -206,11 +206,14 @@ export function registerAuditCommands(program: Command, io: Io): void {
         throw new UsageError('USAGE', `unknown format ${o.format}`, { hint: 'use --format jsonl' });
       const keep = (e: ReadEntry) => o.since === undefined || Date.parse(e.time) >= o.since;
       if (!o.decrypt) {
-        for (const e of readEntries(keywardHome()).filter(keep)) io.stdout(`${e.line}\n`);
+        for (const e of readEntries(keywardHome(), undefined, progress(io, 'exporting')).filter(
+          keep,
+        ))
+          io.stdout(`${e.line}\n`);
         return;
       }
       useVault(paths(), lenientAuth(this, io), 'read', (v) => {
-        for (const e of readEntries(keywardHome(), v).filter(keep)) {
+        for (const e of readEntries(keywardHome(), v, progress(io, 'exporting')).filter(keep)) {
           io.stdout(
             `${JSON.stringify({ seq: e.seq, time: e.time, type: e.type, epoch: e.epoch, hash: e.hash, body: e.body })}\n`,
           );
