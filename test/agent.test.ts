@@ -306,6 +306,23 @@ describe('peer identity and the socket', () => {
     );
   }
 
+  test('a policy applied while the agent is unlocked takes effect at the next request', async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    kw(['secret', 'set', 'p/x'], { env: h.env, input: 'value-pppp' });
+    assert.equal(kw(['read', 'p/x'], { env: h.env }).code, 0);
+    const f = path.join(h.dir, 'deny.yaml');
+    fs.writeFileSync(
+      f,
+      'version: 1\nrules:\n  - { name: none, targets: ["**"], decision: deny }\n',
+    );
+    assert.equal(kw(['policy', 'apply', f], { env: h.env }).code, 0);
+    const r = kw(['read', 'p/x'], { env: h.env });
+    assert.equal(r.code, 6);
+    assert.match(r.stderr, /rule none matches and decides: deny/);
+  });
+
   test('a second agent for the same socket directory is refused; a stale socket is cleared', async () => {
     const h = await running();
     const r = kw(['agent', 'run'], { env: h.env });

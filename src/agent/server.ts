@@ -30,6 +30,7 @@ import {
   durationMs,
   evaluate,
   loadPolicy,
+  policyPaths,
   TokenBucket,
   UseCounter,
   withChannels,
@@ -54,6 +55,7 @@ import { clearStaleSocket, prepareSocketDir, socketPaths, type SocketPaths } fro
 const FRAME_TIMEOUT_MS = 5_000;
 const IDLE_CONNECTION_MS = 120_000;
 const BREAKER_DENIALS = 5;
+const MAX_CONNECTIONS = 1024;
 const BREAKER_WINDOW_MS = 60_000;
 
 export interface AgentOptions {
@@ -131,6 +133,8 @@ export class Agent {
     this.lockFd = fd;
     await clearStaleSocket(this.sp.agent);
     const server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));
+    // Each connection holds a guarded secure buffer; a same-user process must not exhaust them.
+    server.maxConnections = MAX_CONNECTIONS;
     const old = process.umask(0o177); // the socket is created 0600, with no window where it is wider
     try {
       await new Promise<void>((resolve, reject) => {
@@ -382,6 +386,19 @@ export class Agent {
     return v;
   }
 
+  private policyStamp = '';
+
+  /** The policy in force, re-loaded (and re-verified against the vault) after `policy apply`. */
+  private currentPolicy(v: Vault): Loaded['policy'] {
+    const st = fs.statSync(policyPaths(this.o.home).applied, { throwIfNoEntry: false });
+    const stamp = st ? `${st.ino}:${st.mtimeMs}` : '';
+    if (!this.policy || stamp !== this.policyStamp) {
+      this.policy = loadPolicy(this.o.home, v, auditSink(this.o.home));
+      this.policyStamp = stamp;
+    }
+    return this.policy.policy;
+  }
+
   private async unlock(conn: Conn, f: Frame): Promise<Record<string, unknown>> {
     const keyring = f.meta['keyring'] === true;
     if (!keyring && (!f.raw || f.raw.length === 0))
@@ -411,7 +428,8 @@ export class Agent {
       secureFree(f.raw);
     }
     try {
-      this.policy = loadPolicy(this.o.home, v, auditSink(this.o.home));
+      this.policy = undefined;
+      this.currentPolicy(v);
     } catch (e) {
       v.close();
       throw e;
@@ -427,7 +445,7 @@ export class Agent {
       details: { method: keyring ? 'keyring' : 'passphrase', mode: 'agent' },
     });
     this.armTimers();
-    return { unlocked: true, drift: this.policy.drift };
+    return { unlocked: true, drift: (this.policy as Loaded | undefined)?.drift === true };
   }
 
   private armTimers(): void {
@@ -499,11 +517,7 @@ export class Agent {
     name: string,
   ): Promise<{ meta: Record<string, unknown>; raw: SecureBuffer }> {
     const v = this.unlocked();
-    const policy = this.policy?.policy;
-    if (!policy)
-      throw new KeywardError('AGENT_LOCKED', 'the agent has no policy loaded', {
-        hint: 'keyward lock, then keyward unlock',
-      });
+    const policy = this.currentPolicy(v);
     const id = conn.id;
     const request = { target: name, kind: 'secret' as const, action: 'read' };
     const base = { target: name, actor: this.actor(id) };
