@@ -511,15 +511,26 @@ export class Agent {
     return c;
   }
 
-  /** identity -> policy -> approval -> audit (durable) -> release. */
-  private async read(
-    conn: Conn,
-    name: string,
-  ): Promise<{ meta: Record<string, unknown>; raw: SecureBuffer }> {
+  /**
+   * Policy, limits and approval for one request; records every denial. Returns the deciding rule
+   * when the request may go ahead; the caller then records the release (durably) and releases.
+   */
+  private async authorize(
+    id: ProcessIdentity,
+    pidfd: number | undefined,
+    req: {
+      target: string;
+      kind: 'secret' | 'key';
+      action: string;
+      auditType: 'secret.read' | 'key.sign';
+      what: string;
+      exists: boolean;
+    },
+  ): Promise<{ rule: string | undefined }> {
     const v = this.unlocked();
     const policy = this.currentPolicy(v);
-    const id = conn.id;
-    const request = { target: name, kind: 'secret' as const, action: 'read' };
+    const name = req.target;
+    const request = { target: name, kind: req.kind, action: req.action };
     const base = { target: name, actor: this.actor(id) };
     const decision = withChannels(evaluate(policy, request, id), this.channels());
     const refuse = async (
@@ -529,7 +540,7 @@ export class Agent {
     ): Promise<never> => {
       await this.record({
         ...base,
-        type: 'secret.read',
+        type: req.auditType,
         decision: 'deny',
         reason: message,
         details: { rule: decision.rule ?? null },
@@ -544,7 +555,7 @@ export class Agent {
         'see: keyward policy explain --target NAME --exe PATH',
       );
     }
-    if (!v.has(name)) throw new KeywardError('SECRET_NOT_FOUND', `no secret named ${name}`);
+    if (!req.exists) throw new KeywardError('SECRET_NOT_FOUND', `no ${req.kind} named ${name}`);
     const rule = policy.rules.find((r) => r.name === decision.rule);
     if (rule?.rate_limit) {
       let b = this.buckets.get(rule.name);
@@ -576,11 +587,11 @@ export class Agent {
           decision: 'info',
           details: { rule: decision.rule, mode: a.mode },
         });
-        const prompt = `keyward: ${describeCaller(id)} wants to read the secret "${name}" (rule ${decision.rule}).${a.message ? ` ${a.message}` : ''} Allow?`;
+        const prompt = `keyward: ${describeCaller(id)} wants to ${req.what} (rule ${decision.rule}).${a.message ? ` ${a.message}` : ''} Allow?`;
         const pending = this.broker.wait(
           {
             requester,
-            action: 'read',
+            action: req.action,
             target: name,
             rule: decision.rule,
             mode: a.mode,
@@ -616,7 +627,6 @@ export class Agent {
           this.grants.remember(grantKey, a.remember.forMs, a.remember.uses, Date.now());
       }
     }
-    const u = policy.unlock;
     if (
       rule?.max_uses_per_unlock !== undefined &&
       !this.uses.use(`rule:${rule.name}`, rule.max_uses_per_unlock)
@@ -627,8 +637,38 @@ export class Agent {
         'keyward lock, then keyward unlock',
       );
     }
-    if (!stillSameProcess(id, conn.pidfd))
+    if (!stillSameProcess(id, pidfd))
       return refuse('the requesting process is gone', 'POLICY_DENIED');
+    if (!this.vault)
+      throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
+        hint: 'keyward unlock',
+      });
+    return { rule: decision.rule };
+  }
+
+  /** Counts a release against the window and slides the idle timeout. */
+  private counted(): void {
+    const u = this.policy?.policy.unlock;
+    this.usedInWindow += 1;
+    if (u?.max_uses !== undefined && this.usedInWindow >= u.max_uses)
+      setImmediate(() => void this.lock('maximum uses per unlock reached'));
+    else this.armTimers();
+  }
+
+  /** identity -> policy -> approval -> audit (durable) -> release. */
+  private async read(
+    conn: Conn,
+    name: string,
+  ): Promise<{ meta: Record<string, unknown>; raw: SecureBuffer }> {
+    const v = this.unlocked();
+    const { rule } = await this.authorize(conn.id, conn.pidfd, {
+      target: name,
+      kind: 'secret',
+      action: 'read',
+      auditType: 'secret.read',
+      what: `read the secret "${name}"`,
+      exists: v.has(name),
+    });
     if (!this.vault)
       throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
         hint: 'keyward unlock',
@@ -637,19 +677,17 @@ export class Agent {
     try {
       // Rule 4: durable in the audit log before the value leaves.
       await this.record({
-        ...base,
+        target: name,
+        actor: this.actor(conn.id),
         type: 'secret.read',
         decision: 'allow',
-        details: { rule: decision.rule ?? null, bytes: value.length },
+        details: { rule: rule ?? null, bytes: value.length },
       });
     } catch (e) {
       secureFree(value);
       throw e;
     }
-    this.usedInWindow += 1;
-    if (u.max_uses !== undefined && this.usedInWindow >= u.max_uses)
-      setImmediate(() => void this.lock('maximum uses per unlock reached'));
-    else this.armTimers();
+    this.counted();
     return { meta: { name }, raw: value };
   }
 
