@@ -37,7 +37,7 @@ import {
   type ApprovalMode,
   type Loaded,
 } from '../policy/index.js';
-import { Vault, vaultPaths, type VaultPaths } from '../vault/index.js';
+import { listKeys, signEd25519, Vault, vaultPaths, type VaultPaths } from '../vault/index.js';
 import { describeCaller, identify, stillSameProcess, type ProcessIdentity } from './identity.js';
 import {
   FrameReader,
@@ -51,6 +51,16 @@ import {
   type WireError,
 } from './protocol.js';
 import { clearStaleSocket, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
+import {
+  describeSignData,
+  ed25519Blob,
+  MAX_SSH_MESSAGE,
+  message,
+  SSH,
+  SshReader,
+  sshString,
+  u32,
+} from './ssh.js';
 
 const FRAME_TIMEOUT_MS = 5_000;
 const IDLE_CONNECTION_MS = 120_000;
@@ -88,6 +98,7 @@ function wireError(e: unknown): WireError {
 
 export class Agent {
   private server: net.Server | undefined;
+  private sshServer: net.Server | undefined;
   private lockFd: number | undefined;
   private readonly vp: VaultPaths;
   private readonly sp: SocketPaths;
@@ -146,6 +157,7 @@ export class Agent {
     }
     fs.chmodSync(this.sp.agent, 0o600);
     this.server = server;
+    await this.startSsh();
     await this.record({
       type: 'agent.start',
       decision: 'info',
@@ -160,7 +172,9 @@ export class Agent {
       await this.record({ type: 'agent.stop', decision: 'info' }).catch(() => undefined);
       for (const c of this.conns) c.socket.destroy();
       await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
+      await new Promise<void>((r) => (this.sshServer ? this.sshServer.close(() => r()) : r()));
       fs.rmSync(this.sp.agent, { force: true });
+      fs.rmSync(this.sp.ssh, { force: true });
       if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
     })();
     return this.stopping;
@@ -181,7 +195,11 @@ export class Agent {
   }
 
   /** Identity first: another uid is refused before a byte of its request is read. */
-  private accept(socket: net.Socket): void {
+  /**
+   * Who is on the other end. Another uid is disconnected before a byte is read, and recorded.
+   * Undefined when the connection was refused.
+   */
+  private peer(socket: net.Socket): { id: ProcessIdentity; pidfd: number | undefined } | undefined {
     const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     let cred: { pid: number; uid: number };
     try {
@@ -189,7 +207,7 @@ export class Agent {
       cred = peerCredentials(fd);
     } catch {
       socket.destroy();
-      return;
+      return undefined;
     }
     if (cred.uid !== this.uid) {
       socket.destroy();
@@ -199,15 +217,15 @@ export class Agent {
         reason: `peer uid ${cred.uid} is not the agent's uid ${this.uid}`,
         actor: { uid: cred.uid, pid: cred.pid },
       }).catch(() => undefined);
-      return;
+      return undefined;
     }
-    const conn: Conn = {
-      socket,
-      id: identify(cred.pid, cred.uid),
-      pidfd: fd === undefined ? undefined : peerPidfd(fd),
-      reader: new FrameReader(),
-      busy: false,
-    };
+    return { id: identify(cred.pid, cred.uid), pidfd: peerPidfd(fd) };
+  }
+
+  private accept(socket: net.Socket): void {
+    const who = this.peer(socket);
+    if (!who) return;
+    const conn: Conn = { socket, ...who, reader: new FrameReader(), busy: false };
     this.conns.add(conn);
     let frameTimer: NodeJS.Timeout | undefined;
     socket.setTimeout(IDLE_CONNECTION_MS, () => socket.destroy());
@@ -689,6 +707,101 @@ export class Agent {
     }
     this.counted();
     return { meta: { name }, raw: value };
+  }
+
+  /** ssh-agent.sock: the OpenSSH agent protocol (src/agent/ssh.ts), same peer checks. */
+  private async startSsh(): Promise<void> {
+    await clearStaleSocket(this.sp.ssh);
+    const server = net.createServer({ pauseOnConnect: true }, (s) => this.acceptSsh(s));
+    server.maxConnections = MAX_CONNECTIONS;
+    const old = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        server.once('error', reject);
+        server.listen(this.sp.ssh, () => resolve());
+      });
+    } finally {
+      process.umask(old);
+    }
+    fs.chmodSync(this.sp.ssh, 0o600);
+    this.sshServer = server;
+  }
+
+  private acceptSsh(socket: net.Socket): void {
+    const who = this.peer(socket);
+    if (!who) return;
+    let buf = Buffer.alloc(0);
+    let busy = Promise.resolve();
+    socket.setTimeout(IDLE_CONNECTION_MS, () => socket.destroy());
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => {
+      if (who.pidfd !== undefined) closeFd(who.pidfd);
+    });
+    socket.on('data', (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      while (buf.length >= 4) {
+        const len = buf.readUInt32BE(0);
+        if (len < 1 || len > MAX_SSH_MESSAGE) {
+          socket.destroy();
+          return;
+        }
+        if (buf.length < 4 + len) return;
+        const msg = buf.subarray(4, 4 + len);
+        buf = buf.subarray(4 + len);
+        // Requests on one connection are answered in order.
+        busy = busy.then(async () => {
+          const reply = await this.sshRequest(who, msg).catch(() => message(SSH.FAILURE));
+          if (!socket.destroyed) socket.write(reply);
+        });
+      }
+    });
+    socket.resume();
+  }
+
+  private async sshRequest(
+    who: { id: ProcessIdentity; pidfd: number | undefined },
+    msg: Buffer,
+  ): Promise<Buffer> {
+    const r = new SshReader(msg);
+    const type = r.byte();
+    if (type === SSH.REQUEST_IDENTITIES) {
+      // A locked agent, like a locked ssh-agent, has no identities to show.
+      const keys = this.vault ? listKeys(this.unlocked()) : [];
+      const parts = keys.map((k) =>
+        Buffer.concat([sshString(ed25519Blob(k.publicKey)), sshString(k.name)]),
+      );
+      return message(SSH.IDENTITIES_ANSWER, u32(keys.length), ...parts);
+    }
+    if (type !== SSH.SIGN_REQUEST) return message(SSH.FAILURE);
+    const blob = r.string();
+    const data = Buffer.from(r.string());
+    const v = this.unlocked();
+    const key = listKeys(v).find((k) => ed25519Blob(k.publicKey).equals(blob)); // eslint-disable-line no-restricted-syntax -- public key blobs
+    if (!key) return message(SSH.FAILURE);
+    const what = describeSignData(data);
+    const { rule } = await this.authorize(who.id, who.pidfd, {
+      target: key.name,
+      kind: 'key',
+      action: 'sign',
+      auditType: 'key.sign',
+      what: `sign with the key "${key.name}": ${what.text}`,
+      exists: true,
+    });
+    if (!this.vault) return message(SSH.FAILURE);
+    const sig = signEd25519(this.vault, key.name, data);
+    // The signature is recorded (durably) before it leaves, like a release.
+    await this.record({
+      target: key.name,
+      actor: this.actor(who.id),
+      type: 'key.sign',
+      decision: 'allow',
+      details: { rule: rule ?? null, ...what.details },
+    });
+    this.counted();
+    return message(
+      SSH.SIGN_RESPONSE,
+      sshString(Buffer.concat([sshString('ssh-ed25519'), sshString(sig)])),
+    );
   }
 
   private lastTotpStep = -1;

@@ -12,6 +12,7 @@ import { registerDemoCommand } from './demo.js';
 import { registerAuditCommands } from './audit-commands.js';
 import { registerPolicyCommands } from './policy-commands.js';
 import { registerAgentCommands } from './agent-commands.js';
+import { registerKeyCommands } from './key-commands.js';
 
 export const VERSION = '0.1.0';
 
@@ -35,6 +36,7 @@ export function buildProgram(io: Io): Command {
     });
   registerVaultCommands(program, io);
   registerAgentCommands(program, io);
+  registerKeyCommands(program, io);
   registerAuditCommands(program, io);
   registerPolicyCommands(program, io);
   registerDoctorCommand(program, io);

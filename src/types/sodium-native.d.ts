@@ -68,6 +68,12 @@ declare module 'sodium-native' {
     ): boolean;
     crypto_box_SEALBYTES: number;
     crypto_scalarmult_base(q: Uint8Array, n: Uint8Array): void;
+
+    crypto_sign_keypair(pk: Uint8Array, sk: Uint8Array): void;
+    crypto_sign_detached(sig: Uint8Array, message: Uint8Array, sk: Uint8Array): void;
+    crypto_sign_PUBLICKEYBYTES: number;
+    crypto_sign_SECRETKEYBYTES: number;
+    crypto_sign_BYTES: number;
     crypto_box_PUBLICKEYBYTES: number;
     crypto_box_SECRETKEYBYTES: number;
   };

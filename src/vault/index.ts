@@ -44,3 +44,4 @@ export {
   type Auth,
   type AuditSink,
 } from './session.js';
+export { generateEd25519, listKeys, signEd25519, type PublicKeyInfo } from './keys.js';
