@@ -96,6 +96,31 @@ function wireError(e: unknown): WireError {
   return { code: 'INTERNAL', message: 'internal error in the agent' };
 }
 
+/**
+ * Listens on a Unix socket created 0600 (umask while binding: no window where it is wider), after
+ * clearing a stale socket. Connections are capped: each holds a guarded secure buffer, and a
+ * same-user process must not exhaust them.
+ */
+async function listenPrivate(
+  path: string,
+  onConnection: (s: net.Socket) => void,
+): Promise<net.Server> {
+  await clearStaleSocket(path);
+  const server = net.createServer({ pauseOnConnect: true }, onConnection);
+  server.maxConnections = MAX_CONNECTIONS;
+  const old = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => resolve());
+    });
+  } finally {
+    process.umask(old);
+  }
+  fs.chmodSync(path, 0o600);
+  return server;
+}
+
 export class Agent {
   private server: net.Server | undefined;
   private sshServer: net.Server | undefined;
@@ -142,22 +167,9 @@ export class Agent {
       });
     }
     this.lockFd = fd;
-    await clearStaleSocket(this.sp.agent);
-    const server = net.createServer({ pauseOnConnect: true }, (s) => this.accept(s));
-    // Each connection holds a guarded secure buffer; a same-user process must not exhaust them.
-    server.maxConnections = MAX_CONNECTIONS;
-    const old = process.umask(0o177); // the socket is created 0600, with no window where it is wider
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(this.sp.agent, () => resolve());
-      });
-    } finally {
-      process.umask(old);
-    }
-    fs.chmodSync(this.sp.agent, 0o600);
-    this.server = server;
-    await this.startSsh();
+    this.server = await listenPrivate(this.sp.agent, (s) => this.accept(s));
+    // ssh-agent.sock: the OpenSSH agent protocol (src/agent/ssh.ts), same peer checks.
+    this.sshServer = await listenPrivate(this.sp.ssh, (s) => this.acceptSsh(s));
     await this.record({
       type: 'agent.start',
       decision: 'info',
@@ -707,24 +719,6 @@ export class Agent {
     }
     this.counted();
     return { meta: { name }, raw: value };
-  }
-
-  /** ssh-agent.sock: the OpenSSH agent protocol (src/agent/ssh.ts), same peer checks. */
-  private async startSsh(): Promise<void> {
-    await clearStaleSocket(this.sp.ssh);
-    const server = net.createServer({ pauseOnConnect: true }, (s) => this.acceptSsh(s));
-    server.maxConnections = MAX_CONNECTIONS;
-    const old = process.umask(0o177);
-    try {
-      await new Promise<void>((resolve, reject) => {
-        server.once('error', reject);
-        server.listen(this.sp.ssh, () => resolve());
-      });
-    } finally {
-      process.umask(old);
-    }
-    fs.chmodSync(this.sp.ssh, 0o600);
-    this.sshServer = server;
   }
 
   private acceptSsh(socket: net.Socket): void {
