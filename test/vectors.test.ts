@@ -3,9 +3,11 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
+import fc from 'fast-check';
 import { KeywardError } from '../src/errors.js';
 import { secureTake } from '../src/lib/secure.js';
 import { Vault, vaultPaths } from '../src/vault/index.js';
+import { blake2b256 } from '../src/vault/crypto.js';
 import {
   makeAuditVectors,
   makeVectors,
@@ -134,4 +136,53 @@ test('the audit vector generator reproduces every committed audit vector byte fo
     );
   }
   fs.rmSync(out, { recursive: true, force: true });
+});
+
+test('a mutated vault file opens or fails with a KeywardError, never another exception (it is attacker-controlled)', () => {
+  const base = fs.readFileSync(path.join(DIR, 'basic.kwv'));
+  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-vfuzz-'));
+  fs.chmodSync(home, 0o700);
+  const p = vaultPaths(home);
+  const pass = secureTake(Buffer.from('correct horse battery staple'));
+  const mutation = fc.oneof(
+    fc
+      .record({ at: fc.nat(base.length - 1), byte: fc.integer({ min: 0, max: 255 }) })
+      .map(({ at, byte }) => {
+        const b = Buffer.from(base);
+        b[at] = byte;
+        return b;
+      }),
+    fc.nat(base.length).map((n) => base.subarray(0, n)),
+    fc.uint8Array({ maxLength: 400 }).map((a) => Buffer.from(a)),
+    // Past the checksum: the same byte changes with the checksum recomputed, as an attacker would.
+    fc
+      .array(fc.record({ at: fc.nat(base.length - 33), byte: fc.integer({ min: 0, max: 255 }) }), {
+        minLength: 1,
+        maxLength: 3,
+      })
+      .map((edits) => {
+        const b = Buffer.from(base);
+        for (const { at, byte } of edits) b[at] = byte;
+        blake2b256(b.subarray(0, b.length - 32)).copy(b, b.length - 32);
+        return b;
+      }),
+    fc
+      .tuple(fc.nat(base.length), fc.uint8Array({ minLength: 1, maxLength: 8 }))
+      .map(([at, ins]) =>
+        Buffer.concat([base.subarray(0, at), Buffer.from(ins), base.subarray(at)]),
+      ),
+  );
+  fc.assert(
+    fc.property(mutation, (bytes) => {
+      fs.writeFileSync(p.file, bytes, { mode: 0o600 });
+      try {
+        Vault.open(p, { passphrase: pass }).close();
+        return true;
+      } catch (e) {
+        return e instanceof KeywardError;
+      }
+    }),
+    { numRuns: 1500 },
+  );
+  fs.rmSync(home, { recursive: true, force: true });
 });
