@@ -14,6 +14,7 @@ interface Libc {
   getsockopt: (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
   syscall4: (nr: number, a: number, b: number, c: null, d: number) => number;
   close: (fd: number) => number;
+  mallopt: (param: number, value: number) => number;
   errno: () => number;
 }
 
@@ -33,6 +34,7 @@ function libc(): Libc {
     getsockopt: lib.func('int getsockopt(int, int, int, _Out_ uint8_t *, _Inout_ uint32_t *)'),
     syscall4: lib.func('long syscall(long, int, int, void *, unsigned int)'),
     close: lib.func('int close(int)'),
+    mallopt: lib.func('int mallopt(int, int)'),
     errno: () => koffi.errno(),
   };
   return cached;
@@ -47,18 +49,21 @@ const EINTR = 4;
 /** flock(2). Returns true when taken, false when LOCK_NB was asked and someone else holds it. */
 export function flock(fd: number, op: number): boolean {
   const l = libc();
-  for (;;) {
+  // errno is read after the call returns to JS; a full CI run once saw ENOMEM there, from work
+  // the runtime did in between. A real error (EBADF, ENOLCK) repeats; a clobbered errno doesn't.
+  for (let unexpected = 0; ;) {
     if (l.flock(fd, op) === 0) return true;
     const err = l.errno();
     if (err === EINTR) continue;
     if (err === EWOULDBLOCK) return false;
-    throw new Error(`flock failed (errno ${err})`);
+    if (++unexpected >= 3) throw new Error(`flock failed (errno ${err})`);
   }
 }
 
 const PR_SET_DUMPABLE = 4;
 const PR_GET_DUMPABLE = 3;
 const RLIMIT_CORE = 4;
+const M_PERTURB = -6;
 
 /**
  * Makes this process non-dumpable (no core file; /proc/PID/mem and ptrace closed to other
@@ -68,6 +73,10 @@ export function hardenProcess(): void {
   const l = libc();
   l.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   l.setrlimit(RLIMIT_CORE, { cur: 0n, max: 0n });
+  // glibc's M_PERTURB: free() overwrites what it frees. OpenSSL (through node:crypto, for ECDSA
+  // and RSA signatures) frees some copies of key material without clearing them; this clears
+  // them (docs/THREAT-MODEL.md, "ECDSA and RSA keys", and the test named there).
+  l.mallopt(M_PERTURB, 0xa5);
 }
 
 export function isDumpable(): boolean {
