@@ -122,6 +122,10 @@ export const PolicySchema = z
         idle_timeout: maxDuration(24 * 3_600_000, '24h').default('15m'),
         max_lifetime: maxDuration(24 * 3_600_000, '24h').default('4h'),
         max_uses: z.number().int().positive().optional(),
+        // Signatures (any key) per unlock; the agent locks when they are spent.
+        max_signatures: z.number().int().positive().optional(),
+        // The longest a key added with ssh-add stays; ssh-add -t can ask for less, not more.
+        key_lifetime: maxDuration(24 * 3_600_000, '24h').optional(),
       })
       .strict()
       .default({ idle_timeout: '15m', max_lifetime: '4h' }),
