@@ -37,7 +37,18 @@ const imports: Import[] = sources.flatMap((file) => {
 
 const rel = (p: string) => path.relative(SRC, p);
 const domainOf = (p: string) => rel(p).split(path.sep)[0] ?? '';
-const DOMAINS = ['vault', 'agent', 'approval', 'policy', 'audit', 'run', 'mcp', 'cli', 'doctor'];
+const DOMAINS = [
+  'vault',
+  'keys',
+  'agent',
+  'approval',
+  'policy',
+  'audit',
+  'run',
+  'mcp',
+  'cli',
+  'doctor',
+];
 
 test('other domains reach a domain only through its entry file (index.ts)', () => {
   const bad = imports.filter((i) => {
@@ -53,10 +64,11 @@ test('other domains reach a domain only through its entry file (index.ts)', () =
   );
 });
 
-test('only the vault, the audit key module and lib/secure touch sodium-native (secret cryptography lives there)', () => {
+test('only the vault, the keys, the audit key module and lib/secure touch sodium-native (secret cryptography lives there)', () => {
   const users = imports.filter((i) => i.spec === 'sodium-native').map((i) => rel(i.from));
   const allowed = (f: string) =>
     f.startsWith(`vault${path.sep}`) ||
+    f.startsWith(`keys${path.sep}`) ||
     f === path.join('lib', 'secure.ts') ||
     f === path.join('audit', 'keys.ts');
   assert.deepEqual(

@@ -16,4 +16,4 @@ export {
   type Frame,
 } from './protocol.js';
 export { identify, describeCaller, type ProcessIdentity } from './identity.js';
-export { describeSignData, ed25519Blob, fingerprint, publicKeyLine, SSH } from './ssh.js';
+export { describeSignData, SSH } from './ssh.js';

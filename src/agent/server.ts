@@ -37,7 +37,7 @@ import {
   type ApprovalMode,
   type Loaded,
 } from '../policy/index.js';
-import { listKeys, signEd25519, Vault, vaultPaths, type VaultPaths } from '../vault/index.js';
+import { Vault, vaultPaths, type Unlock, type VaultPaths } from '../vault/index.js';
 import { describeCaller, identify, stillSameProcess, type ProcessIdentity } from './identity.js';
 import {
   FrameReader,
@@ -51,16 +51,7 @@ import {
   type WireError,
 } from './protocol.js';
 import { clearStaleSocket, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
-import {
-  describeSignData,
-  ed25519Blob,
-  MAX_SSH_MESSAGE,
-  message,
-  SSH,
-  SshReader,
-  sshString,
-  u32,
-} from './ssh.js';
+import { SshAgentService } from './ssh-agent.js';
 
 const FRAME_TIMEOUT_MS = 5_000;
 const IDLE_CONNECTION_MS = 120_000;
@@ -142,10 +133,44 @@ export class Agent {
   private readonly uid = process.geteuid?.() ?? -1;
   private stopping: Promise<void> | undefined;
 
+  private readonly ssh: SshAgentService;
+  /** Bumped at every unlock, lock and vault re-read: caches of vault contents key on it. */
+  private gen = 0;
+
   constructor(private readonly o: AgentOptions) {
     this.vp = vaultPaths(o.home);
     this.sp = socketPaths(o.socketDir);
     this.audit = new GroupCommitter(new AuditLog(o.home));
+    this.ssh = new SshAgentService({
+      peer: (s) => this.peer(s),
+      vault: () => this.unlocked(),
+      isUnlocked: () => this.vault !== undefined,
+      generation: () => this.gen,
+      limits: () => {
+        const u = this.policy?.policy.unlock;
+        return {
+          maxSignatures: u?.max_signatures,
+          keyLifetimeMs: u?.key_lifetime === undefined ? undefined : durationMs(u.key_lifetime),
+        };
+      },
+      authorize: (who, req) =>
+        this.authorize(who.id, who.pidfd, {
+          target: req.target,
+          kind: 'key',
+          action: 'sign',
+          auditType: 'key.sign',
+          what: req.what,
+          exists: true,
+          confirmEachUse: req.confirmEachUse,
+        }),
+      record: (r) => this.record(r),
+      actor: (id) => this.actor(id),
+      counted: () => this.counted(),
+      lock: (reason, by) => this.lock(reason, by),
+      unlock: async (passphrase, by) => {
+        await this.openVault({ passphrase }, by, 'passphrase', 'ssh-agent');
+      },
+    });
   }
 
   get socketPath(): string {
@@ -168,8 +193,8 @@ export class Agent {
     }
     this.lockFd = fd;
     this.server = await listenPrivate(this.sp.agent, (s) => this.accept(s));
-    // ssh-agent.sock: the OpenSSH agent protocol (src/agent/ssh.ts), same peer checks.
-    this.sshServer = await listenPrivate(this.sp.ssh, (s) => this.acceptSsh(s));
+    // ssh-agent.sock: the OpenSSH agent protocol (src/agent/ssh-agent.ts), same peer checks.
+    this.sshServer = await listenPrivate(this.sp.ssh, (s) => this.ssh.accept(s));
     await this.record({
       type: 'agent.start',
       decision: 'info',
@@ -183,6 +208,7 @@ export class Agent {
       await this.lock('agent stopped');
       await this.record({ type: 'agent.stop', decision: 'info' }).catch(() => undefined);
       for (const c of this.conns) c.socket.destroy();
+      this.ssh.closeAll();
       await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
       await new Promise<void>((r) => (this.sshServer ? this.sshServer.close(() => r()) : r()));
       fs.rmSync(this.sp.agent, { force: true });
@@ -412,6 +438,7 @@ export class Agent {
         throw e;
       }
       this.vaultStamp = stamp;
+      this.gen += 1;
     }
     return v;
   }
@@ -431,15 +458,33 @@ export class Agent {
 
   private async unlock(conn: Conn, f: Frame): Promise<Record<string, unknown>> {
     const keyring = f.meta['keyring'] === true;
-    if (!keyring && (!f.raw || f.raw.length === 0))
-      throw new KeywardError('USAGE', 'unlock needs a passphrase');
-    if (this.vault) {
+    try {
+      if (!keyring && (!f.raw || f.raw.length === 0))
+        throw new KeywardError('USAGE', 'unlock needs a passphrase');
+      if (this.vault) return { alreadyUnlocked: true };
+      await this.openVault(
+        keyring ? { keyring: true } : { passphrase: f.raw as SecureBuffer },
+        conn.id,
+        keyring ? 'keyring' : 'passphrase',
+        'agent',
+      );
+    } finally {
       secureFree(f.raw);
-      return { alreadyUnlocked: true };
     }
+    return { unlocked: true, drift: (this.policy as Loaded | undefined)?.drift === true };
+  }
+
+  /** Opens the vault and starts an unlock window; a wrong passphrase is recorded and counted. */
+  private async openVault(
+    unlock: Unlock,
+    by: ProcessIdentity,
+    method: 'keyring' | 'passphrase',
+    mode: 'agent' | 'ssh-agent',
+  ): Promise<void> {
+    if (this.vault) return;
     let v: Vault;
     try {
-      v = Vault.open(this.vp, keyring ? { keyring: true } : { passphrase: f.raw as SecureBuffer });
+      v = Vault.open(this.vp, unlock);
     } catch (e) {
       if (
         e instanceof KeywardError &&
@@ -449,13 +494,12 @@ export class Agent {
           type: 'vault.unlock_failed',
           decision: 'deny',
           reason: e.message,
-          actor: this.actor(conn.id),
+          actor: this.actor(by),
+          details: { mode },
         });
         this.noteDenial();
       }
       throw e;
-    } finally {
-      secureFree(f.raw);
     }
     try {
       this.policy = undefined;
@@ -466,16 +510,16 @@ export class Agent {
     }
     this.vault = v;
     this.vaultStamp = '';
+    this.gen += 1;
     this.unlockedAt = Date.now();
     this.usedInWindow = 0;
     await this.record({
       type: 'vault.unlock',
       decision: 'allow',
-      actor: this.actor(conn.id),
-      details: { method: keyring ? 'keyring' : 'passphrase', mode: 'agent' },
+      actor: this.actor(by),
+      details: { method, mode },
     });
     this.armTimers();
-    return { unlocked: true, drift: (this.policy as Loaded | undefined)?.drift === true };
   }
 
   private armTimers(): void {
@@ -502,6 +546,8 @@ export class Agent {
     this.grants.clear();
     this.uses.reset();
     this.buckets.clear();
+    this.ssh.wipeAll();
+    this.gen += 1;
     const v = this.vault;
     this.vault = undefined;
     if (!v) return;
@@ -555,6 +601,8 @@ export class Agent {
       auditType: 'secret.read' | 'key.sign';
       what: string;
       exists: boolean;
+      /** ssh-add -c: every use is confirmed by a person, whatever the policy would remember. */
+      confirmEachUse?: boolean;
     },
   ): Promise<{ rule: string | undefined }> {
     const v = this.unlocked();
@@ -562,7 +610,25 @@ export class Agent {
     const name = req.target;
     const request = { target: name, kind: req.kind, action: req.action };
     const base = { target: name, actor: this.actor(id) };
-    const decision = withChannels(evaluate(policy, request, id), this.channels());
+    let evaluated = evaluate(policy, request, id);
+    if (req.confirmEachUse && evaluated.decision !== 'deny') {
+      evaluated = {
+        decision: 'approve',
+        rule: evaluated.rule,
+        explanation: [...evaluated.explanation, 'the key was added with confirm (ssh-add -c)'],
+        highValue: evaluated.decision === 'approve' && evaluated.highValue,
+        approval:
+          evaluated.decision === 'approve'
+            ? { ...evaluated.approval, remember: { scope: 'once' } }
+            : {
+                mode: 'confirm',
+                remember: { scope: 'once' },
+                timeoutMs: 60_000,
+                message: undefined,
+              },
+      };
+    }
+    const decision = withChannels(evaluated, this.channels());
     const refuse = async (
       message: string,
       code: 'POLICY_DENIED' | 'APPROVAL_REJECTED' | 'APPROVAL_TIMEOUT',
@@ -719,83 +785,6 @@ export class Agent {
     }
     this.counted();
     return { meta: { name }, raw: value };
-  }
-
-  private acceptSsh(socket: net.Socket): void {
-    const who = this.peer(socket);
-    if (!who) return;
-    let buf = Buffer.alloc(0);
-    let busy = Promise.resolve();
-    socket.setTimeout(IDLE_CONNECTION_MS, () => socket.destroy());
-    socket.on('error', () => socket.destroy());
-    socket.on('close', () => {
-      if (who.pidfd !== undefined) closeFd(who.pidfd);
-    });
-    socket.on('data', (chunk: Buffer) => {
-      buf = Buffer.concat([buf, chunk]);
-      while (buf.length >= 4) {
-        const len = buf.readUInt32BE(0);
-        if (len < 1 || len > MAX_SSH_MESSAGE) {
-          socket.destroy();
-          return;
-        }
-        if (buf.length < 4 + len) return;
-        const msg = buf.subarray(4, 4 + len);
-        buf = buf.subarray(4 + len);
-        // Requests on one connection are answered in order.
-        busy = busy.then(async () => {
-          const reply = await this.sshRequest(who, msg).catch(() => message(SSH.FAILURE));
-          if (!socket.destroyed) socket.write(reply);
-        });
-      }
-    });
-    socket.resume();
-  }
-
-  private async sshRequest(
-    who: { id: ProcessIdentity; pidfd: number | undefined },
-    msg: Buffer,
-  ): Promise<Buffer> {
-    const r = new SshReader(msg);
-    const type = r.byte();
-    if (type === SSH.REQUEST_IDENTITIES) {
-      // A locked agent, like a locked ssh-agent, has no identities to show.
-      const keys = this.vault ? listKeys(this.unlocked()) : [];
-      const parts = keys.map((k) =>
-        Buffer.concat([sshString(ed25519Blob(k.publicKey)), sshString(k.name)]),
-      );
-      return message(SSH.IDENTITIES_ANSWER, u32(keys.length), ...parts);
-    }
-    if (type !== SSH.SIGN_REQUEST) return message(SSH.FAILURE);
-    const blob = r.string();
-    const data = Buffer.from(r.string());
-    const v = this.unlocked();
-    const key = listKeys(v).find((k) => ed25519Blob(k.publicKey).equals(blob)); // eslint-disable-line no-restricted-syntax -- public key blobs
-    if (!key) return message(SSH.FAILURE);
-    const what = describeSignData(data);
-    const { rule } = await this.authorize(who.id, who.pidfd, {
-      target: key.name,
-      kind: 'key',
-      action: 'sign',
-      auditType: 'key.sign',
-      what: `sign with the key "${key.name}": ${what.text}`,
-      exists: true,
-    });
-    if (!this.vault) return message(SSH.FAILURE);
-    const sig = signEd25519(this.vault, key.name, data);
-    // The signature is recorded (durably) before it leaves, like a release.
-    await this.record({
-      target: key.name,
-      actor: this.actor(who.id),
-      type: 'key.sign',
-      decision: 'allow',
-      details: { rule: rule ?? null, ...what.details },
-    });
-    this.counted();
-    return message(
-      SSH.SIGN_RESPONSE,
-      sshString(Buffer.concat([sshString('ssh-ed25519'), sshString(sig)])),
-    );
   }
 
   private lastTotpStep = -1;

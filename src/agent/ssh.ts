@@ -1,10 +1,10 @@
 /**
- * The OpenSSH agent protocol (draft-miller-ssh-agent), the part keyward serves so far: list
- * identities and sign with ed25519, every signature through the same identity, policy, approval
- * and audit path as a secret. Everything else gets SSH_AGENT_FAILURE, as the draft asks of
- * requests and extensions an agent does not support.
+ * The OpenSSH agent protocol (draft-miller-ssh-agent): message numbers, framing, and what a
+ * signature request is about, for the prompt and the audit log. The service is ssh-agent.ts.
  */
 import { createHash } from 'node:crypto';
+import { fingerprint, SshReader, u32 } from '../keys/index.js';
+import { secureAlloc, secureFree, secureSlice, zero, type SecureBuffer } from '../lib/secure.js';
 
 export const SSH = {
   FAILURE: 5,
@@ -13,66 +13,74 @@ export const SSH = {
   IDENTITIES_ANSWER: 12,
   SIGN_REQUEST: 13,
   SIGN_RESPONSE: 14,
+  ADD_IDENTITY: 17,
+  REMOVE_IDENTITY: 18,
+  REMOVE_ALL_IDENTITIES: 19,
+  ADD_SMARTCARD_KEY: 20,
+  REMOVE_SMARTCARD_KEY: 21,
+  LOCK: 22,
+  UNLOCK: 23,
+  ADD_ID_CONSTRAINED: 25,
+  ADD_SMARTCARD_KEY_CONSTRAINED: 26,
+  EXTENSION: 27,
+  EXTENSION_FAILURE: 28,
 } as const;
+
+export const CONSTRAIN_LIFETIME = 1;
+export const CONSTRAIN_CONFIRM = 2;
+export const CONSTRAIN_EXTENSION = 255;
 
 export const MAX_SSH_MESSAGE = 256 * 1024;
 
-export class SshParseError extends Error {}
-
-/** Reads SSH wire types from a message; every length is checked (the peer is untrusted). */
-export class SshReader {
-  private pos = 0;
-  constructor(private readonly b: Buffer) {}
-  byte(): number {
-    if (this.pos + 1 > this.b.length) throw new SshParseError('truncated');
-    return this.b.readUInt8(this.pos++);
-  }
-  u32(): number {
-    if (this.pos + 4 > this.b.length) throw new SshParseError('truncated');
-    const v = this.b.readUInt32BE(this.pos);
-    this.pos += 4;
-    return v;
-  }
-  string(): Buffer {
-    const n = this.u32();
-    if (this.pos + n > this.b.length) throw new SshParseError('truncated string');
-    const s = this.b.subarray(this.pos, this.pos + n);
-    this.pos += n;
-    return s;
-  }
-}
-
-export function sshString(b: Buffer | string): Buffer {
-  const data = typeof b === 'string' ? Buffer.from(b, 'utf8') : b;
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(data.length);
-  return Buffer.concat([len, data]);
-}
-
+/** A framed reply (public data only: identities, signatures, status). */
 export function message(type: number, ...parts: Buffer[]): Buffer {
   const body = Buffer.concat([Buffer.from([type]), ...parts]);
-  const len = Buffer.alloc(4);
-  len.writeUInt32BE(body.length);
-  return Buffer.concat([len, body]);
+  return Buffer.concat([u32(body.length), body]);
 }
 
-export function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n);
-  return b;
-}
+/**
+ * Splits the byte stream of one connection into messages, in secure memory: each chunk is copied
+ * in and zeroed (an ssh-add request carries a private key), each message handed out as its own
+ * secure buffer for the caller to free.
+ */
+export class SshFrameReader {
+  private buf: SecureBuffer = secureAlloc(4096);
+  private used = 0;
 
-export function ed25519Blob(publicKey: Buffer): Buffer {
-  return Buffer.concat([sshString('ssh-ed25519'), sshString(publicKey)]);
-}
+  push(chunk: Buffer): SecureBuffer[] {
+    if (this.used + chunk.length > this.buf.length) {
+      const bigger = secureAlloc(Math.max(this.buf.length * 2, this.used + chunk.length));
+      this.buf.copy(bigger, 0, 0, this.used);
+      secureFree(this.buf);
+      this.buf = bigger;
+    }
+    chunk.copy(this.buf, this.used);
+    this.used += chunk.length;
+    zero(chunk);
+    const out: SecureBuffer[] = [];
+    while (this.used >= 4) {
+      const len = this.buf.readUInt32BE(0);
+      if (len < 1 || len > MAX_SSH_MESSAGE) {
+        for (const m of out) secureFree(m);
+        throw new RangeError(`bad SSH message length ${len}`);
+      }
+      if (this.used < 4 + len) break;
+      out.push(secureSlice(this.buf, 4, 4 + len));
+      this.buf.copy(this.buf, 0, 4 + len, this.used);
+      this.buf.fill(0, this.used - (4 + len), this.used);
+      this.used -= 4 + len;
+    }
+    return out;
+  }
 
-/** As `ssh-keygen -l` prints it. */
-export function fingerprint(blob: Buffer): string {
-  return `SHA256:${createHash('sha256').update(blob).digest('base64').replace(/=+$/, '')}`;
-}
+  get pending(): boolean {
+    return this.used > 0;
+  }
 
-export function publicKeyLine(blob: Buffer, comment: string): string {
-  return `ssh-ed25519 ${blob.toString('base64')} ${comment}`;
+  destroy(): void {
+    secureFree(this.buf);
+    this.used = 0;
+  }
 }
 
 /**
@@ -85,9 +93,9 @@ export function describeSignData(data: Buffer): { text: string; details: Record<
   try {
     if (data.subarray(0, 6).toString('latin1') === 'SSHSIG') {
       const r = new SshReader(data.subarray(6));
-      const namespace = r.string().toString('utf8');
+      const namespace = r.text();
       r.string();
-      const hashAlg = r.string().toString('utf8');
+      const hashAlg = r.text();
       const hash = r.string().toString('hex');
       const what = namespace === 'git' ? 'a git commit or tag' : `namespace "${namespace}"`;
       return {
@@ -98,19 +106,17 @@ export function describeSignData(data: Buffer): { text: string; details: Record<
     const r = new SshReader(data);
     r.string(); // session id
     if (r.byte() === 50) {
-      const user = r.string().toString('utf8');
-      const service = r.string().toString('utf8');
-      const method = r.string().toString('utf8');
+      const user = r.text();
+      const service = r.text();
+      const method = r.text();
       if (method === 'publickey-hostbound-v00@openssh.com' || method === 'publickey') {
         r.byte();
         r.string();
         r.string();
-        let host = '';
-        if (method.startsWith('publickey-hostbound'))
-          host = `, server host key ${fingerprint(r.string())}`;
+        const hostKey = method.startsWith('publickey-hostbound') ? fingerprint(r.string()) : '';
         return {
-          text: `an SSH login as "${user}" (${service})${host}`,
-          details: { kind: 'ssh-login', user, ...(host ? { hostKey: host.slice(18) } : {}) },
+          text: `an SSH login as "${user}" (${service})${hostKey ? `, server host key ${hostKey}` : ''}`,
+          details: { kind: 'ssh-login', user, ...(hostKey ? { hostKey } : {}) },
         };
       }
     }

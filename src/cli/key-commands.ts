@@ -1,13 +1,31 @@
 /**
- * key generate | list, ssh-env  (signing; docs/PROTOCOL.md, "SSH agent")
+ * key generate | import | list | rm, ssh-env  (signing; docs/PROTOCOL.md, "SSH agent")
  */
 import type { Command } from 'commander';
-import { ed25519Blob, fingerprint, publicKeyLine, socketPaths } from '../agent/index.js';
+import { socketPaths } from '../agent/index.js';
 import { UsageError } from '../errors.js';
+import {
+  deleteKey,
+  fingerprint,
+  generateKey,
+  importKey,
+  listKeys,
+  publicKeyLine,
+  typeLabel,
+  type KeyType,
+} from '../keys/index.js';
 import { socketDir } from '../lib/paths.js';
-import { generateEd25519, listKeys, useVault } from '../vault/index.js';
+import { useVault } from '../vault/index.js';
 import { auth, paths } from './context.js';
 import type { Io } from './report.js';
+
+const TYPES: Record<string, KeyType> = {
+  ed25519: 'ssh-ed25519',
+  ecdsa: 'ecdsa-sha2-nistp256',
+  'ecdsa-p256': 'ecdsa-sha2-nistp256',
+  'ecdsa-p384': 'ecdsa-sha2-nistp384',
+  rsa: 'ssh-rsa',
+};
 
 export function registerKeyCommands(program: Command, io: Io): void {
   const key = program
@@ -18,27 +36,42 @@ export function registerKeyCommands(program: Command, io: Io): void {
     .command('generate')
     .argument('<name>', 'key name, e.g. git-signing')
     .description('make a new key in the vault and print its public key')
-    .option('--type <type>', 'ed25519 (ecdsa and rsa come later)', 'ed25519')
+    .option('--type <type>', 'ed25519, ecdsa-p256 (ecdsa), ecdsa-p384 or rsa', 'ed25519')
+    .option('--bits <n>', 'RSA modulus size: 2048 to 8192', '3072')
     .action(function (this: Command, name: string) {
-      const type = this.opts<{ type: string }>().type;
-      if (type !== 'ed25519') {
-        throw new UsageError('USAGE', `key type ${type} is not supported yet`, {
-          hint: 'use --type ed25519',
+      const o = this.opts<{ type: string; bits: string }>();
+      const type = TYPES[o.type];
+      if (!type) {
+        throw new UsageError('USAGE', `unknown key type ${o.type}`, {
+          hint: `use --type ${Object.keys(TYPES).join(', ')}`,
         });
       }
-      const a = auth(this, io);
-      const k = useVault(paths(), a, 'write', (v) => {
-        a.audit.record({
-          type: 'key.add',
-          target: name,
-          decision: 'allow',
-          details: { keyType: 'ssh-ed25519' },
-        });
-        const made = generateEd25519(v, name);
-        v.save();
-        return made;
+      const bits = Number(o.bits);
+      if (!/^\d+$/.test(o.bits) || bits < 2048 || bits > 8192)
+        throw new UsageError('USAGE', `--bits ${o.bits} is not between 2048 and 8192`);
+      const k = generateKey(paths(), auth(this, io), name, type, bits);
+      io.stdout(`${publicKeyLine(k.publicBlob, name)}\n`);
+    });
+
+  key
+    .command('import')
+    .argument('<file>', 'an OpenSSH private key file (what ssh-keygen writes)')
+    .description('copy a private key file into the vault (the file is left as it is)')
+    .option('--name <name>', 'key name (default: the key comment, else the file name)')
+    .option(
+      '--key-passphrase-file <file>',
+      "a file (mode 0600) holding the key file's passphrase; else it is asked on the terminal",
+    )
+    .action(function (this: Command, file: string) {
+      const o = this.opts<{ name?: string; keyPassphraseFile?: string }>();
+      const k = importKey(paths(), auth(this, io), o.name, file, {
+        keyPassphraseFile: o.keyPassphraseFile,
       });
-      io.stdout(`${publicKeyLine(ed25519Blob(k.publicKey), name)}\n`);
+      io.stderr(
+        `keyward: imported ${k.name} (${k.bits} ${fingerprint(k.publicBlob)} ${typeLabel(k.type)}); ` +
+          `you may now delete ${file}\n`,
+      );
+      io.stdout(`${publicKeyLine(k.publicBlob, k.name)}\n`);
     });
 
   key
@@ -46,22 +79,30 @@ export function registerKeyCommands(program: Command, io: Io): void {
     .description('keys with their fingerprints, as ssh-keygen -l prints them')
     .option('--json', 'machine-readable output')
     .action(function (this: Command) {
-      const keys = useVault(paths(), auth(this, io), 'read', (v) => listKeys(v)).map((k) => {
-        const blob = ed25519Blob(k.publicKey);
-        return {
-          name: k.name,
-          type: k.type,
-          fingerprint: fingerprint(blob),
-          publicKey: publicKeyLine(blob, k.name),
-        };
-      });
+      const keys = useVault(paths(), auth(this, io), 'read', (v) => listKeys(v)).map((k) => ({
+        name: k.name,
+        type: k.type,
+        bits: k.bits,
+        fingerprint: fingerprint(k.publicBlob),
+        publicKey: publicKeyLine(k.publicBlob, k.name),
+      }));
       if (this.opts<{ json?: boolean }>().json) {
         io.stdout(`${JSON.stringify(keys, null, 2)}\n`);
         return;
       }
       if (keys.length === 0)
         io.stderr('keyward: no keys yet (make one with: keyward key generate NAME)\n');
-      for (const k of keys) io.stdout(`256 ${k.fingerprint} ${k.name} (ED25519)\n`);
+      for (const k of keys)
+        io.stdout(`${k.bits} ${k.fingerprint} ${k.name} (${typeLabel(k.type)})\n`);
+    });
+
+  key
+    .command('rm')
+    .argument('<name>', 'key name')
+    .description('delete a key from the vault (asks the passphrase)')
+    .action(function (this: Command, name: string) {
+      deleteKey(paths(), auth(this, io), name);
+      io.stderr(`keyward: removed the key ${name}\n`);
     });
 
   program

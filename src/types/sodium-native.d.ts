@@ -71,6 +71,8 @@ declare module 'sodium-native' {
 
     crypto_sign_keypair(pk: Uint8Array, sk: Uint8Array): void;
     crypto_sign_detached(sig: Uint8Array, message: Uint8Array, sk: Uint8Array): void;
+    crypto_sign_verify_detached(sig: Uint8Array, message: Uint8Array, pk: Uint8Array): boolean;
+    crypto_hash_sha512(out: Uint8Array, message: Uint8Array): void;
     crypto_sign_PUBLICKEYBYTES: number;
     crypto_sign_SECRETKEYBYTES: number;
     crypto_sign_BYTES: number;
@@ -78,4 +80,21 @@ declare module 'sodium-native' {
     crypto_box_SECRETKEYBYTES: number;
   };
   export default sodium;
+}
+
+// bcrypt-pbkdf 1.0.2: only the Blowfish core (keys/bcrypt.ts runs the PBKDF loop itself).
+declare module 'bcrypt-pbkdf' {
+  const bcrypt: {
+    hash(sha2pass: Uint8Array, sha2salt: Uint8Array, out: Uint8Array): void;
+    pbkdf(
+      pass: Uint8Array,
+      passlen: number,
+      salt: Uint8Array,
+      saltlen: number,
+      key: Uint8Array,
+      keylen: number,
+      rounds: number,
+    ): number;
+  };
+  export default bcrypt;
 }

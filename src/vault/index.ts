@@ -29,7 +29,9 @@ export { assertValidName, NAME_MAX_BYTES } from './names.js';
 export {
   hasTerminal,
   PASSPHRASE_MIN_BYTES,
+  readHiddenLine,
   readPassphrase,
+  readPassphraseFile,
   type PassphraseSource,
 } from './input.js';
 export {
@@ -44,4 +46,3 @@ export {
   type Auth,
   type AuditSink,
 } from './session.js';
-export { generateEd25519, listKeys, signEd25519, type PublicKeyInfo } from './keys.js';

@@ -1,0 +1,408 @@
+/**
+ * The SSH agent socket: OpenSSH's agent protocol in front of keyward's keys (docs/PROTOCOL.md,
+ * "SSH agent"). Vault keys are loaded into secure memory while the agent is unlocked; keys added
+ * with ssh-add live in secure memory only, as with ssh-agent, until removed, expired or locked.
+ * Every signature, whichever key, goes through the agent's one path: identity, policy, approval,
+ * a durable audit record, then the signature.
+ */
+import type net from 'node:net';
+import type { Actor, AuditRecord } from '../audit/index.js';
+import { KeywardError } from '../errors.js';
+import {
+  loadKey,
+  SigningKey,
+  SshReader,
+  sshString,
+  typeLabel,
+  u32,
+  vaultKeyNames,
+} from '../keys/index.js';
+import { closeFd } from '../lib/libc.js';
+import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import type { Vault } from '../vault/index.js';
+import type { ProcessIdentity } from './identity.js';
+import {
+  CONSTRAIN_CONFIRM,
+  CONSTRAIN_EXTENSION,
+  CONSTRAIN_LIFETIME,
+  describeSignData,
+  message,
+  SSH,
+  SshFrameReader,
+} from './ssh.js';
+
+const IDLE_CONNECTION_MS = 120_000;
+/** Keys ssh-add may hold at once: each is guarded secure memory. */
+const MAX_ADDED_KEYS = 256;
+
+interface Who {
+  id: ProcessIdentity;
+  pidfd: number | undefined;
+}
+
+/** What the agent lends the SSH service: its one authorization path and its state. */
+export interface SshHost {
+  peer(socket: net.Socket): Who | undefined;
+  /** The open vault (re-read when it changed); throws AGENT_LOCKED when locked. */
+  vault(): Vault;
+  isUnlocked(): boolean;
+  /** Changes whenever the agent locks, unlocks or re-reads the vault. */
+  generation(): number;
+  limits(): { maxSignatures: number | undefined; keyLifetimeMs: number | undefined };
+  authorize(
+    who: Who,
+    req: { target: string; what: string; confirmEachUse: boolean },
+  ): Promise<{ rule: string | undefined }>;
+  record(r: AuditRecord): Promise<unknown>;
+  actor(id: ProcessIdentity): Actor;
+  counted(): void;
+  lock(reason: string, by: ProcessIdentity): Promise<void>;
+  /** Unlocks with the vault passphrase; throws when it is wrong. */
+  unlock(passphrase: SecureBuffer, by: ProcessIdentity): Promise<void>;
+}
+
+interface Held {
+  key: SigningKey;
+  /** The comment ssh-add -l shows: the vault key's name, or what ssh-add sent. */
+  comment: string;
+  /** The name policy rules match: the vault key's name, or `ssh-add:COMMENT`. */
+  target: string;
+  source: 'vault' | 'ssh-add';
+  confirm: boolean;
+  expiresAt?: number;
+  timer?: NodeJS.Timeout;
+}
+
+const keyOf = (blob: Uint8Array) => Buffer.from(blob).toString('base64');
+
+export class SshAgentService {
+  private readonly added = new Map<string, Held>();
+  private vaultKeys = new Map<string, Held>();
+  private vaultGeneration = -1;
+  private signatures = 0;
+  private readonly sockets = new Set<net.Socket>();
+
+  constructor(private readonly host: SshHost) {}
+
+  accept(socket: net.Socket): void {
+    const who = this.host.peer(socket);
+    if (!who) return;
+    const reader = new SshFrameReader();
+    this.sockets.add(socket);
+    let busy = Promise.resolve();
+    socket.setTimeout(IDLE_CONNECTION_MS, () => socket.destroy());
+    socket.on('error', () => socket.destroy());
+    socket.on('close', () => {
+      this.sockets.delete(socket);
+      reader.destroy();
+      if (who.pidfd !== undefined) closeFd(who.pidfd);
+    });
+    socket.on('data', (chunk: Buffer) => {
+      let msgs: SecureBuffer[];
+      try {
+        msgs = reader.push(chunk);
+      } catch {
+        socket.destroy();
+        return;
+      }
+      for (const msg of msgs) {
+        // Requests on one connection are answered in order.
+        busy = busy.then(async () => {
+          let reply: Buffer;
+          try {
+            reply = await this.handle(who, msg);
+          } catch {
+            reply = message(SSH.FAILURE);
+          } finally {
+            secureFree(msg);
+          }
+          if (!socket.destroyed) socket.write(reply);
+        });
+      }
+    });
+    socket.resume();
+  }
+
+  /** Closes every connection (stop). */
+  closeAll(): void {
+    for (const s of this.sockets) s.destroy();
+  }
+
+  /** Wipes every key held in memory (lock, stop). */
+  wipeAll(): void {
+    for (const h of this.added.values()) this.drop(h);
+    this.added.clear();
+    for (const h of this.vaultKeys.values()) h.key.wipe();
+    this.vaultKeys.clear();
+    this.vaultGeneration = -1;
+    this.signatures = 0;
+  }
+
+  private drop(h: Held): void {
+    clearTimeout(h.timer);
+    h.key.wipe();
+  }
+
+  /** The vault's keys in secure memory, loaded once per unlock (and again when the vault changes). */
+  private loadedVaultKeys(): Map<string, Held> {
+    const v = this.host.vault();
+    if (this.vaultGeneration !== this.host.generation()) {
+      for (const h of this.vaultKeys.values()) h.key.wipe();
+      this.vaultKeys = new Map();
+      for (const name of vaultKeyNames(v)) {
+        const key = loadKey(v, name);
+        if (!key) continue;
+        this.vaultKeys.set(keyOf(key.publicBlob), {
+          key,
+          comment: name,
+          target: name,
+          source: 'vault',
+          confirm: false,
+        });
+      }
+      this.vaultGeneration = this.host.generation();
+    }
+    return this.vaultKeys;
+  }
+
+  private identities(): Held[] {
+    if (!this.host.isUnlocked()) return [];
+    return [...this.loadedVaultKeys().values(), ...this.added.values()];
+  }
+
+  private async handle(who: Who, msg: SecureBuffer): Promise<Buffer> {
+    const r = new SshReader(msg);
+    const type = r.byte();
+    switch (type) {
+      case SSH.REQUEST_IDENTITIES: {
+        // A locked agent, like a locked ssh-agent, has no identities to show.
+        const ids = this.identities();
+        return message(
+          SSH.IDENTITIES_ANSWER,
+          u32(ids.length),
+          ...ids.map((h) => Buffer.concat([sshString(h.key.publicBlob), sshString(h.comment)])),
+        );
+      }
+      case SSH.SIGN_REQUEST:
+        return this.sign(who, r);
+      case SSH.ADD_IDENTITY:
+      case SSH.ADD_ID_CONSTRAINED:
+        return this.add(who, r, type === SSH.ADD_ID_CONSTRAINED);
+      case SSH.REMOVE_IDENTITY:
+        return this.remove(who, r.string());
+      case SSH.REMOVE_ALL_IDENTITIES: {
+        const n = this.added.size;
+        for (const h of this.added.values()) this.drop(h);
+        this.added.clear();
+        await this.host.record({
+          type: 'key.remove',
+          decision: 'info',
+          target: 'ssh-add:*',
+          actor: this.host.actor(who.id),
+          details: { source: 'ssh-add', removed: n, reason: 'ssh-add -D' },
+        });
+        return message(SSH.SUCCESS);
+      }
+      case SSH.LOCK: {
+        if (!this.host.isUnlocked()) return message(SSH.FAILURE);
+        // The lock password is not kept: keyward's lock wipes keys, and unlocking takes the
+        // vault passphrase.
+        await this.host.lock('ssh-add -x', who.id);
+        return message(SSH.SUCCESS);
+      }
+      case SSH.UNLOCK: {
+        if (this.host.isUnlocked()) return message(SSH.FAILURE);
+        const given = r.string();
+        const pass = secureAlloc(given.length);
+        pass.set(given);
+        try {
+          await this.host.unlock(pass, who.id);
+          return message(SSH.SUCCESS);
+        } catch {
+          return message(SSH.FAILURE);
+        } finally {
+          secureFree(pass);
+        }
+      }
+      case SSH.EXTENSION: {
+        const name = r.text();
+        // "query" lists the extensions an agent supports (draft-miller-ssh-agent, 4.8.1).
+        if (name === 'query') return message(SSH.SUCCESS, u32(1), sshString('query'));
+        return message(SSH.FAILURE);
+      }
+      default:
+        // Smartcard requests and anything unknown.
+        return message(SSH.FAILURE);
+    }
+  }
+
+  private async add(who: Who, r: SshReader, constrained: boolean): Promise<Buffer> {
+    if (!this.host.isUnlocked()) return message(SSH.FAILURE);
+    const key = SigningKey.read(r);
+    let held: Held | undefined;
+    try {
+      const comment = r.text();
+      let lifetimeS: number | undefined;
+      let confirm = false;
+      while (constrained && r.remaining > 0) {
+        const c = r.byte();
+        if (c === CONSTRAIN_LIFETIME) lifetimeS = r.u32();
+        else if (c === CONSTRAIN_CONFIRM) confirm = true;
+        else if (c === CONSTRAIN_EXTENSION) {
+          // e.g. restrict-destination-v00@openssh.com: a constraint keyward can't enforce is
+          // refused rather than ignored (as ssh-agent does).
+          throw new KeywardError('USAGE', `unsupported key constraint ${r.text()}`);
+        } else throw new KeywardError('USAGE', `unknown key constraint ${c}`);
+      }
+      if (r.remaining > 0) throw new KeywardError('PROTOCOL_ERROR', 'trailing bytes');
+      const id = keyOf(key.publicBlob);
+      if (this.loadedVaultKeys().has(id))
+        throw new KeywardError('USAGE', 'the key is in the vault');
+      if (!this.added.has(id) && this.added.size >= MAX_ADDED_KEYS)
+        throw new KeywardError('USAGE', 'too many keys added');
+      key.selfTest();
+      const cap = this.host.limits().keyLifetimeMs;
+      const lifetimeMs = Math.min(
+        lifetimeS === undefined || lifetimeS === 0 ? Infinity : lifetimeS * 1000,
+        cap ?? Infinity,
+      );
+      held = {
+        key,
+        comment,
+        target: `ssh-add:${comment}`,
+        source: 'ssh-add',
+        confirm,
+        ...(Number.isFinite(lifetimeMs) ? { expiresAt: Date.now() + lifetimeMs } : {}),
+      };
+      await this.host.record({
+        type: 'key.add',
+        decision: 'allow',
+        target: held.target,
+        actor: this.host.actor(who.id),
+        details: {
+          source: 'ssh-add',
+          keyType: key.type,
+          fingerprint: key.fingerprint,
+          confirm,
+          lifetimeS: Number.isFinite(lifetimeMs) ? Math.round(lifetimeMs / 1000) : null,
+        },
+      });
+      if (!this.host.isUnlocked()) throw new KeywardError('AGENT_LOCKED', 'locked meanwhile');
+      const old = this.added.get(id);
+      if (old) this.drop(old);
+      if (held.expiresAt !== undefined) {
+        const h = held;
+        h.timer = setTimeout(() => void this.expire(id, h), lifetimeMs);
+        h.timer.unref();
+      }
+      this.added.set(id, held);
+      return message(SSH.SUCCESS);
+    } catch (e) {
+      if (!held || this.added.get(keyOf(key.publicBlob)) !== held) key.wipe();
+      throw e;
+    }
+  }
+
+  private async expire(id: string, h: Held): Promise<void> {
+    if (this.added.get(id) !== h) return;
+    this.added.delete(id);
+    this.drop(h);
+    await this.host
+      .record({
+        type: 'key.remove',
+        decision: 'info',
+        target: h.target,
+        details: { source: 'ssh-add', fingerprint: h.key.fingerprint, reason: 'lifetime expired' },
+      })
+      .catch(() => undefined);
+  }
+
+  private async remove(who: Who, blob: Buffer): Promise<Buffer> {
+    const id = keyOf(blob);
+    const h = this.added.get(id);
+    // Vault keys are not deleted from a socket any same-user process can reach: that takes
+    // `keyward key rm` and the passphrase.
+    if (!h) return message(SSH.FAILURE);
+    const fingerprint = h.key.fingerprint;
+    this.added.delete(id);
+    this.drop(h);
+    await this.host.record({
+      type: 'key.remove',
+      decision: 'info',
+      target: h.target,
+      actor: this.host.actor(who.id),
+      details: { source: 'ssh-add', fingerprint, reason: 'ssh-add -d' },
+    });
+    return message(SSH.SUCCESS);
+  }
+
+  private async sign(who: Who, r: SshReader): Promise<Buffer> {
+    const blob = r.string();
+    const data = Buffer.from(r.string());
+    const flags = r.remaining >= 4 ? r.u32() : 0;
+    if (!this.host.isUnlocked()) return message(SSH.FAILURE);
+    const id = keyOf(blob);
+    const held = this.added.get(id) ?? this.loadedVaultKeys().get(id);
+    if (!held) return message(SSH.FAILURE);
+    const alg = held.key.algorithm(flags);
+    const what = describeSignData(data);
+    const fp = held.key.fingerprint;
+    const label = `${held.source === 'vault' ? `the key "${held.comment}"` : `the ssh-add key "${held.comment}"`} (${typeLabel(held.key.type)} ${fp})`;
+    if (alg === undefined) {
+      await this.host.record({
+        type: 'key.sign',
+        decision: 'deny',
+        target: held.target,
+        actor: this.host.actor(who.id),
+        reason: 'SHA-1 RSA signatures (ssh-rsa) are refused',
+      });
+      return message(SSH.FAILURE);
+    }
+    const max = this.host.limits().maxSignatures;
+    if (max !== undefined && this.signatures >= max) return message(SSH.FAILURE);
+    const { rule } = await this.host.authorize(who, {
+      target: held.target,
+      what: `sign with ${label}: ${what.text}`,
+      confirmEachUse: held.confirm,
+    });
+    // The key may have been removed, expired or wiped (lock) while a person decided.
+    if (held.key.wiped || !this.host.isUnlocked()) return message(SSH.FAILURE);
+    this.signatures += 1;
+    // The record is written and fsynced on the thread pool while the signature is computed
+    // here; the signature leaves only once the record is durable (as a release does).
+    const durable = this.host.record({
+      target: held.target,
+      actor: this.host.actor(who.id),
+      type: 'key.sign',
+      decision: 'allow',
+      details: {
+        rule: rule ?? null,
+        algorithm: alg,
+        fingerprint: fp,
+        source: held.source,
+        ...what.details,
+      },
+    });
+    await new Promise((r) => setImmediate(r));
+    let signature: Buffer;
+    try {
+      signature = held.key.sign(data, flags);
+    } catch (e) {
+      await durable.catch(() => undefined);
+      await this.host
+        .record({
+          type: 'key.sign',
+          decision: 'error',
+          target: held.target,
+          reason: e instanceof Error ? e.message : 'signing failed',
+        })
+        .catch(() => undefined);
+      throw e;
+    }
+    await durable;
+    this.host.counted();
+    if (max !== undefined && this.signatures >= max)
+      setImmediate(() => void this.host.lock('maximum signatures per unlock reached', who.id));
+    return message(SSH.SIGN_RESPONSE, sshString(signature));
+  }
+}
