@@ -1,0 +1,521 @@
+/**
+ * Every key type, key files, ssh-add and its constraints, lock and unlock over the SSH socket, and
+ * a login to a real sshd: all with the real OpenSSH tools against keyward's agent.
+ */
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import { agentHome, scanMemory, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import { kw, PASSPHRASE, sleep } from './helpers.js';
+
+const homes: AgentHome[] = [];
+const cleanups: (() => void)[] = [];
+after(async () => {
+  for (const c of cleanups) c();
+  for (const h of homes) await stopAgent(h);
+});
+
+const have = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+const hasOpenSsh = have('ssh-keygen') && have('ssh-add') && have('ssh');
+// CI installs them (.ci/run); a developer without them is told which, rather than a silent pass.
+const skip = !hasOpenSsh && process.env['CI'] !== 'true' ? 'needs openssh-client' : false;
+const isRoot = process.geteuid?.() === 0;
+
+const ALLOW_KEYS =
+  'version: 1\nrules:\n  - { name: keys, targets: ["**"], kind: key, decision: allow }\n';
+
+const run = (cmd: string, args: string[], env: NodeJS.ProcessEnv, input?: string) =>
+  spawnSync(cmd, args, { env, encoding: 'utf8', input: input ?? '', timeout: 60_000 });
+
+async function agentWith(
+  policy: string | undefined,
+): Promise<{ h: AgentHome; env: NodeJS.ProcessEnv }> {
+  const h = agentHome(policy);
+  homes.push(h);
+  await startAgent(h);
+  assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  const sock = /SSH_AUTH_SOCK=(\S+)/.exec(kw(['ssh-env'], { env: h.env }).stdout)?.[1];
+  assert.ok(sock);
+  return { h, env: { ...h.env, SSH_AUTH_SOCK: sock } };
+}
+
+/** ssh-keygen -Y sign with the agent's key for pub, then -Y verify against pub. */
+function signAndVerify(dir: string, pub: string, env: NodeJS.ProcessEnv): void {
+  const msg = path.join(dir, `msg-${crypto.randomUUID()}`);
+  fs.writeFileSync(msg, 'data to sign\n');
+  const s = run('ssh-keygen', ['-Y', 'sign', '-n', 'file', '-f', pub, msg], env);
+  assert.equal(s.status, 0, `${pub}: ${s.stderr}`);
+  const allowed = path.join(dir, 'allowed_signers');
+  fs.writeFileSync(allowed, `me@example ${fs.readFileSync(pub, 'utf8')}`);
+  const v = run(
+    'ssh-keygen',
+    ['-Y', 'verify', '-f', allowed, '-I', 'me@example', '-n', 'file', '-s', `${msg}.sig`],
+    env,
+    'data to sign\n',
+  );
+  assert.equal(v.status, 0, `${pub}: ${v.stderr}`);
+  assert.match(v.stdout, /Good "file" signature for me@example/);
+}
+
+/** `ssh-keygen -lf` without the comment: bits, fingerprint and type. */
+const fp = (line: string) => line.trim().replace(/^(\d+ SHA256:\S+) .*(\(\w+\))$/, '$1 $2');
+
+function sshKeygen(dir: string, name: string, args: string[]): string {
+  const file = path.join(dir, name);
+  const r = spawnSync('ssh-keygen', ['-q', '-C', name, '-f', file, ...args], { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  return file;
+}
+
+test(
+  'key generate makes ed25519, ECDSA P-256/P-384 and RSA keys; key list matches ssh-keygen -l; each signs and verifies',
+  { skip },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    for (const [name, type] of [
+      ['k-ed25519', 'ed25519'],
+      ['k-p256', 'ecdsa-p256'],
+      ['k-p384', 'ecdsa-p384'],
+      ['k-rsa', 'rsa'],
+    ] as const) {
+      const g = kw(['key', 'generate', name, '--type', type], { env: h.env });
+      assert.equal(g.code, 0, g.stderr);
+      fs.writeFileSync(path.join(h.dir, `${name}.pub`), g.stdout);
+    }
+    const listed = kw(['key', 'list'], { env: h.env }).stdout.trim().split('\n');
+    for (const name of ['k-ed25519', 'k-p256', 'k-p384', 'k-rsa']) {
+      const expected = run('ssh-keygen', ['-lf', path.join(h.dir, `${name}.pub`)], env).stdout;
+      assert.ok(listed.includes(expected.trim()), `${expected} in ${listed.join('\n')}`);
+      signAndVerify(h.dir, path.join(h.dir, `${name}.pub`), env);
+    }
+    assert.match(listed.join('\n'), /^3072 SHA256:\S+ k-rsa \(RSA\)$/m);
+    assert.match(listed.join('\n'), /^384 SHA256:\S+ k-p384 \(ECDSA\)$/m);
+    // ssh-add -L shows exactly the public keys key generate printed.
+    const L = run('ssh-add', ['-L'], env).stdout;
+    for (const name of ['k-ed25519', 'k-p256', 'k-p384', 'k-rsa'])
+      assert.ok(L.includes(fs.readFileSync(path.join(h.dir, `${name}.pub`), 'utf8').trim()));
+    const bad = kw(['key', 'generate', 'x', '--type', 'dsa'], { env: h.env });
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /unknown key type dsa/);
+  },
+);
+
+test(
+  'key import reads OpenSSH key files, plain and encrypted (aes256-ctr, aes256-gcm); the imported keys sign for the original public keys',
+  { skip },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const keyPass = path.join(h.dir, 'keypass');
+    fs.writeFileSync(keyPass, 'file passphrase\n', { mode: 0o600 });
+    const files = [
+      sshKeygen(h.dir, 'plain-ed25519', ['-t', 'ed25519', '-N', '']),
+      sshKeygen(h.dir, 'enc-p384', ['-t', 'ecdsa', '-b', '384', '-N', 'file passphrase']),
+      sshKeygen(h.dir, 'enc-rsa', [
+        '-t',
+        'rsa',
+        '-b',
+        '3072',
+        '-N',
+        'file passphrase',
+        '-Z',
+        'aes256-gcm@openssh.com',
+      ]),
+      sshKeygen(h.dir, 'enc-ed25519', ['-t', 'ed25519', '-N', 'file passphrase', '-a', '4']),
+    ];
+    const before = fs.readFileSync(h.vaultFile);
+    const wrong = path.join(h.dir, 'wrongpass');
+    fs.writeFileSync(wrong, 'not it\n', { mode: 0o600 });
+    const w = kw(['key', 'import', files[1] ?? '', '--key-passphrase-file', wrong], {
+      env: h.env,
+    });
+    assert.equal(w.code, 4, w.stderr);
+    assert.match(w.stderr, /wrong passphrase for the key file/);
+    assert.deepEqual(fs.readFileSync(h.vaultFile), before, 'a failed import changes nothing');
+
+    for (const f of files) {
+      const r = kw(['key', 'import', f, '--key-passphrase-file', keyPass], { env: h.env });
+      assert.equal(r.code, 0, r.stderr);
+      const original = fs.readFileSync(`${f}.pub`, 'utf8').trim().split(' ');
+      assert.equal(r.stdout.trim(), `${original[0]} ${original[1]} ${path.basename(f)}`);
+      assert.doesNotMatch(r.stdout + r.stderr, /PRIVATE/);
+    }
+    const again = kw(['key', 'import', files[0] ?? '', '--name', 'other'], { env: h.env });
+    assert.equal(again.code, 2);
+    assert.match(again.stderr, /already in the vault/);
+    for (const f of files) signAndVerify(h.dir, `${f}.pub`, env);
+
+    const pem = sshKeygen(h.dir, 'pem-rsa', ['-t', 'rsa', '-b', '2048', '-N', '', '-m', 'PEM']);
+    const p = kw(['key', 'import', pem], { env: h.env });
+    assert.equal(p.code, 2);
+    assert.match(p.stderr, /this is a PEM key.*\n.*ssh-keygen -p/);
+    const missing = kw(['key', 'import', path.join(h.dir, 'nope')], { env: h.env });
+    assert.equal(missing.code, 2);
+    assert.match(missing.stderr, /cannot read the key file .*ENOENT/);
+    const garbage = path.join(h.dir, 'garbage');
+    fs.writeFileSync(
+      garbage,
+      `-----BEGIN OPENSSH PRIVATE KEY-----\n${crypto.randomBytes(300).toString('base64')}\n-----END OPENSSH PRIVATE KEY-----\n`,
+    );
+    const g = kw(['key', 'import', garbage], { env: h.env });
+    assert.equal(g.code, 2, g.stderr);
+    assert.match(g.stderr, /not an OpenSSH private key file/);
+  },
+);
+
+test(
+  'ssh-add adds keys held in memory only; -l, -L, -d and -D work; the vault file is untouched',
+  { skip },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const files = [
+      sshKeygen(h.dir, 'a-ed25519', ['-t', 'ed25519', '-N', '']),
+      sshKeygen(h.dir, 'a-p256', ['-t', 'ecdsa', '-N', '']),
+      sshKeygen(h.dir, 'a-rsa', ['-t', 'rsa', '-b', '3072', '-N', '']),
+    ];
+    const before = fs.readFileSync(h.vaultFile);
+    const add = run('ssh-add', files, env);
+    assert.equal(add.status, 0, add.stderr);
+    assert.deepEqual(fs.readFileSync(h.vaultFile), before);
+    const l = run('ssh-add', ['-l'], env).stdout.trim().split('\n').map(fp);
+    for (const f of files)
+      assert.ok(l.includes(fp(run('ssh-keygen', ['-lf', `${f}.pub`], env).stdout)), f);
+    const L = run('ssh-add', ['-L'], env).stdout;
+    for (const f of files) assert.ok(L.includes(fs.readFileSync(`${f}.pub`, 'utf8').trim()));
+    for (const f of files) signAndVerify(h.dir, `${f}.pub`, env);
+
+    assert.equal(run('ssh-add', ['-d', `${files[1]}.pub`], env).status, 0);
+    assert.doesNotMatch(run('ssh-add', ['-l'], env).stdout, /a-p256/);
+    // (a copy of the public key alone, so ssh-keygen can't fall back to the private key file)
+    const lone = path.join(h.dir, 'lone');
+    fs.mkdirSync(lone);
+    fs.copyFileSync(`${files[1]}.pub`, path.join(lone, 'a-p256.pub'));
+    const gone = run(
+      'ssh-keygen',
+      ['-Y', 'sign', '-n', 'file', '-f', path.join(lone, 'a-p256.pub'), '/dev/null'],
+      env,
+    );
+    assert.notEqual(gone.status, 0);
+    assert.equal(run('ssh-add', ['-D'], env).status, 0);
+    const empty = run('ssh-add', ['-l'], env);
+    assert.equal(empty.status, 1);
+    assert.match(empty.stdout, /The agent has no identities/);
+
+    const tail = kw(['audit', 'tail', '--json', '-n', '40'], { env: h.env }).stdout;
+    const rows = tail
+      .trim()
+      .split('\n')
+      .map((x) => JSON.parse(x) as { type: string; body: { details?: Record<string, unknown> } });
+    assert.equal(rows.filter((r) => r.type === 'key.add').length, 3);
+    assert.ok(
+      rows.some((r) => r.type === 'key.remove' && r.body.details?.['reason'] === 'ssh-add -D'),
+    );
+    assert.ok(
+      rows.some((r) => r.type === 'key.sign' && r.body.details?.['algorithm'] === 'rsa-sha2-512'),
+    );
+    // A locked agent takes no keys.
+    kw(['lock'], { env: h.env });
+    assert.notEqual(run('ssh-add', [files[0] ?? ''], env).status, 0);
+  },
+);
+
+test(
+  'ssh-add -c: every signature with the key is confirmed through askpass, even when policy allows',
+  { skip },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const f = sshKeygen(h.dir, 'c-ed25519', ['-t', 'ed25519', '-N', '']);
+    assert.equal(run('ssh-add', ['-c', f], env).status, 0);
+    h.answer('no');
+    const denied = run(
+      'ssh-keygen',
+      ['-Y', 'sign', '-n', 'git', '-f', `${f}.pub`, '/dev/null'],
+      env,
+    );
+    assert.notEqual(denied.status, 0);
+    assert.match(
+      h.prompts().at(-1) ?? '',
+      /wants to sign with the ssh-add key "c-ed25519" \(ED25519 SHA256:/,
+    );
+    h.answer('yes');
+    const n = h.prompts().length;
+    signAndVerify(h.dir, `${f}.pub`, env);
+    signAndVerify(h.dir, `${f}.pub`, env);
+    assert.equal(h.prompts().length, n + 2, 'asked for each signature, never remembered');
+  },
+);
+
+test(
+  'ssh-add -t and the policy key_lifetime: keys go when their lifetime ends',
+  { skip },
+  async () => {
+    const { h, env } = await agentWith(
+      `${ALLOW_KEYS}unlock:\n  idle_timeout: 15m\n  max_lifetime: 4h\n  key_lifetime: 2s\n`,
+    );
+    const a = sshKeygen(h.dir, 't-a', ['-t', 'ed25519', '-N', '']);
+    const b = sshKeygen(h.dir, 't-b', ['-t', 'ed25519', '-N', '']);
+    assert.equal(run('ssh-add', ['-t', '1', a], env).status, 0);
+    assert.equal(run('ssh-add', ['-t', '3600', b], env).status, 0); // capped at 2 s by the policy
+    assert.match(run('ssh-add', ['-l'], env).stdout, /t-a[\s\S]*t-b/);
+    await sleep(1500);
+    const mid = run('ssh-add', ['-l'], env).stdout;
+    assert.doesNotMatch(mid, /t-a/);
+    assert.match(mid, /t-b/);
+    await sleep(1000);
+    assert.doesNotMatch(run('ssh-add', ['-l'], env).stdout, /t-b/);
+  },
+);
+
+test(
+  'ssh-add -x locks keyward and wipes added keys; ssh-add -X unlocks only with the vault passphrase',
+  { skip },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const f = sshKeygen(h.dir, 'x-ed25519', ['-t', 'ed25519', '-N', '']);
+    assert.equal(run('ssh-add', [f], env).status, 0);
+    const say = (what: string) => {
+      const p = path.join(h.dir, `say-${crypto.randomUUID()}.sh`);
+      fs.writeFileSync(p, `#!/bin/sh\nprintf '%s\\n' '${what}'\n`, { mode: 0o700 });
+      return { ...env, SSH_ASKPASS: p, SSH_ASKPASS_REQUIRE: 'force', DISPLAY: ':0' };
+    };
+    const x = run('ssh-add', ['-x'], say('any lock password'));
+    assert.equal(x.status, 0, x.stderr);
+    assert.notEqual(kw(['status'], { env: h.env }).code, 0, 'keyward is locked');
+    assert.equal(run('ssh-add', ['-l'], env).status, 1);
+    const wrongX = run('ssh-add', ['-X'], say('any lock password'));
+    assert.notEqual(wrongX.status, 0);
+    const X = run('ssh-add', ['-X'], say(PASSPHRASE));
+    assert.equal(X.status, 0, X.stderr);
+    assert.equal(kw(['status'], { env: h.env }).code, 0, 'unlocked again');
+    assert.doesNotMatch(
+      run('ssh-add', ['-l'], env).stdout,
+      /x-ed25519/,
+      'lock wiped the added key',
+    );
+    const tail = kw(['audit', 'tail', '-n', '10'], { env: h.env }).stdout;
+    assert.match(tail, /vault\.unlock_failed/);
+    assert.match(tail, /vault\.lock/);
+  },
+);
+
+test('unlock.max_signatures: the agent locks when the signatures are spent', { skip }, async () => {
+  const { h, env } = await agentWith(
+    `${ALLOW_KEYS}unlock:\n  idle_timeout: 15m\n  max_lifetime: 4h\n  max_signatures: 2\n`,
+  );
+  const g = kw(['key', 'generate', 'm'], { env: h.env });
+  fs.writeFileSync(path.join(h.dir, 'm.pub'), g.stdout);
+  signAndVerify(h.dir, path.join(h.dir, 'm.pub'), env);
+  signAndVerify(h.dir, path.join(h.dir, 'm.pub'), env);
+  await sleep(200);
+  assert.notEqual(kw(['status'], { env: h.env }).code, 0, 'locked after 2 signatures');
+  const third = run(
+    'ssh-keygen',
+    ['-Y', 'sign', '-n', 'file', '-f', path.join(h.dir, 'm.pub'), '/dev/null'],
+    env,
+  );
+  assert.notEqual(third.status, 0);
+  assert.match(
+    kw(['audit', 'tail', '-n', '5'], { env: h.env }).stdout,
+    /maximum signatures per unlock/,
+  );
+});
+
+test(
+  'the SSH socket answers extensions and smartcard requests it does not support with SSH_AGENT_FAILURE, and drops oversized messages',
+  { skip },
+  async () => {
+    const { env } = await agentWith(ALLOW_KEYS);
+    const sock = env['SSH_AUTH_SOCK'] ?? '';
+    const ask = (body: Buffer) =>
+      new Promise<Buffer>((resolve, reject) => {
+        const c = net.connect(sock);
+        const len = Buffer.alloc(4);
+        len.writeUInt32BE(body.length);
+        let got = Buffer.alloc(0);
+        c.on('data', (d: Buffer) => {
+          got = Buffer.concat([got, d]);
+          if (got.length >= 4 && got.length >= 4 + got.readUInt32BE(0)) {
+            c.end();
+            resolve(got.subarray(4));
+          }
+        });
+        c.on('error', reject);
+        c.on('close', () => resolve(got));
+        c.write(Buffer.concat([len, body]));
+      });
+    const str = (s: string) => {
+      const b = Buffer.from(s);
+      const l = Buffer.alloc(4);
+      l.writeUInt32BE(b.length);
+      return Buffer.concat([l, b]);
+    };
+    assert.deepEqual(
+      await ask(Buffer.concat([Buffer.of(27), str('session-bind@openssh.com')])),
+      Buffer.of(5),
+    );
+    const q = await ask(Buffer.concat([Buffer.of(27), str('query')]));
+    assert.equal(q[0], 6);
+    assert.ok(q.includes(Buffer.from('query')));
+    assert.deepEqual(
+      await ask(Buffer.concat([Buffer.of(20), str('id'), str('pin')])),
+      Buffer.of(5),
+    );
+    assert.deepEqual(await ask(Buffer.of(99)), Buffer.of(5));
+    assert.deepEqual(await ask(Buffer.of(13)), Buffer.of(5), 'a truncated sign request');
+    // A length over the limit closes the connection without an answer.
+    const big = await new Promise<Buffer>((resolve) => {
+      const c = net.connect(sock);
+      let got = Buffer.alloc(0);
+      c.on('data', (d: Buffer) => (got = Buffer.concat([got, d])));
+      c.on('close', () => resolve(got));
+      c.write(Buffer.from([0x7f, 0, 0, 0, 11]));
+    });
+    assert.equal(big.length, 0);
+  },
+);
+
+test(
+  'removing a key wipes it: no fragment of the ed25519, ECDSA or RSA private keys stays in the agent after ssh-add -D (root: /proc/PID/mem)',
+  { skip: skip || (!isRoot && 'needs root to read /proc/PID/mem') },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const ed = sshKeygen(h.dir, 'w-ed25519', ['-t', 'ed25519', '-N', '']);
+    const ec = sshKeygen(h.dir, 'w-p256', ['-t', 'ecdsa', '-N', '', '-m', 'PEM']);
+    const rsa = sshKeygen(h.dir, 'w-rsa', ['-t', 'rsa', '-b', '3072', '-N', '', '-m', 'PEM']);
+    // The private values, read here with node:crypto (the test may hold them; the agent may not).
+    const jwk = (f: string) =>
+      crypto.createPrivateKey(fs.readFileSync(f)).export({ format: 'jwk' }) as Record<
+        string,
+        string
+      >;
+    const b64 = (s: string | undefined) => Buffer.from(s ?? '', 'base64url');
+    const edBody = Buffer.from(
+      fs
+        .readFileSync(ed, 'utf8')
+        .split('\n')
+        .filter((l) => !l.startsWith('-----'))
+        .join(''),
+      'base64',
+    );
+    const edPub = Buffer.from(
+      fs.readFileSync(`${ed}.pub`, 'utf8').split(' ')[1] ?? '',
+      'base64',
+    ).subarray(19);
+    const at = edBody.lastIndexOf(edPub);
+    const secrets: [string, Buffer][] = [
+      ['ed25519 seed', edBody.subarray(at - 32, at)],
+      ['ECDSA d', b64(jwk(ec)['d'])],
+      ['RSA p', b64(jwk(rsa)['p'])],
+      ['RSA q', b64(jwk(rsa)['q'])],
+      ['RSA d', b64(jwk(rsa)['d'])],
+    ];
+    // 16-byte fragments from the start, middle and end of each value.
+    const fragments = secrets.flatMap(([, v]) =>
+      [0, Math.floor(v.length / 2) - 8, v.length - 16].map((o) =>
+        Buffer.from(v.subarray(o, o + 16)),
+      ),
+    );
+    assert.equal(run('ssh-add', [ed, ec, rsa], env).status, 0);
+    for (let i = 0; i < 3; i++)
+      for (const f of [ed, ec, rsa]) signAndVerify(h.dir, `${f}.pub`, env);
+    const pid = h.agentPid ?? 0;
+    // Positive control: while the keys are held the scan finds them.
+    assert.ok(scanMemory(pid, fragments).length > 0, 'the scanner finds keys that are held');
+    assert.equal(run('ssh-add', ['-D'], env).status, 0);
+    await sleep(100);
+    const found = scanMemory(pid, fragments);
+    const named = secrets.filter(([, v]) => found.some((f) => v.includes(f))).map(([n]) => n);
+    assert.deepEqual(named, [], `left in the agent's memory: ${named.join(', ')}`);
+  },
+);
+
+test(
+  'an SSH login to a test sshd on 127.0.0.1 goes through keyward; the prompt names the user and the server host key',
+  {
+    skip:
+      skip ||
+      (!fs.existsSync('/usr/sbin/sshd') && process.env['CI'] !== 'true' && 'needs openssh-server'),
+  },
+  async () => {
+    const { h, env } = await agentWith(undefined); // the default policy: every signature confirmed
+    const g = kw(['key', 'generate', 'login'], { env: h.env });
+    assert.equal(g.code, 0, g.stderr);
+    const dir = h.dir;
+    const hostKey = sshKeygen(dir, 'host_ed25519', ['-t', 'ed25519', '-N', '']);
+    fs.writeFileSync(path.join(dir, 'authorized_keys'), g.stdout, { mode: 0o600 });
+    const port = await new Promise<number>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => {
+        const p = (s.address() as net.AddressInfo).port;
+        s.close(() => resolve(p));
+      });
+    });
+    const config = path.join(dir, 'sshd_config');
+    fs.writeFileSync(
+      config,
+      [
+        `Port ${port}`,
+        'ListenAddress 127.0.0.1',
+        `HostKey ${hostKey}`,
+        `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
+        `PidFile ${path.join(dir, 'sshd.pid')}`,
+        'StrictModes no',
+        'UsePAM no',
+        'PasswordAuthentication no',
+        'KbdInteractiveAuthentication no',
+        'PubkeyAuthentication yes',
+        'PermitRootLogin prohibit-password',
+        '',
+      ].join('\n'),
+    );
+    if (isRoot) fs.mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
+    const sshd = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', config], {
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let sshdLog = '';
+    sshd.stderr.on('data', (d: Buffer) => (sshdLog += d.toString()));
+    cleanups.push(() => sshd.kill());
+    for (let i = 0; i < 100 && !/Server listening/.test(sshdLog); i++) await sleep(50);
+    assert.match(sshdLog, /Server listening/);
+    const user = os.userInfo().username;
+    const ssh = (extra: string[] = []) =>
+      run(
+        'ssh',
+        [
+          '-F',
+          '/dev/null',
+          '-p',
+          String(port),
+          '-o',
+          'BatchMode=yes',
+          '-o',
+          'StrictHostKeyChecking=no',
+          '-o',
+          `UserKnownHostsFile=${path.join(dir, 'known_hosts')}`,
+          ...extra,
+          `${user}@127.0.0.1`,
+          'echo logged-in-through-keyward',
+        ],
+        env,
+      );
+    h.answer('no');
+    const refused = ssh();
+    assert.notEqual(refused.status, 0, 'a refused signature means no login');
+    h.answer('yes');
+    const ok = ssh();
+    assert.equal(ok.status, 0, `${ok.stderr}\n${sshdLog}`);
+    assert.match(ok.stdout, /logged-in-through-keyward/);
+    const hostFp = run('ssh-keygen', ['-lf', `${hostKey}.pub`], env).stdout.split(' ')[1] ?? '';
+    const prompt = h.prompts().at(-1) ?? '';
+    assert.match(
+      prompt,
+      new RegExp(
+        `ssh \\(pid \\d+\\).* wants to sign with the key "login".*an SSH login as "${user}" \\(ssh-connection\\)`,
+      ),
+    );
+    assert.ok(prompt.includes(`server host key ${hostFp}`), `${prompt} names ${hostFp}`);
+  },
+);
