@@ -18,6 +18,7 @@ import { call } from '../src/agent/index.js';
 import { AuditLog, GroupCommitter, listSegments, verifySegments } from '../src/audit/index.js';
 import { boxKeypair } from '../src/audit/keys.js';
 import { secureTake } from '../src/lib/secure.js';
+import { signBench } from './bench-sign.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -221,5 +222,8 @@ async function agentBench(): Promise<void> {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
-await main();
-await agentBench();
+// BENCH_ONLY=audit|agent|sign runs one part.
+const only = process.env['BENCH_ONLY'];
+if (!only || only === 'audit') await main();
+if (!only || only === 'agent') await agentBench();
+if (!only || only === 'sign') await signBench(ROOT);

@@ -1,0 +1,187 @@
+/**
+ * Signing (issue 6): the same client drives OpenSSH's ssh-agent (started here) and keyward's SSH
+ * agent socket with the same keys (imported into keyward from the files ssh-add loads): sign
+ * throughput and p50 / p99 latency at concurrency 1 and 8 for ed25519, ECDSA P-256 and RSA-3072.
+ * keyward runs with its audit on (one durable record per signature) and a policy that allows
+ * the benchmark keys. Ratios are keyward / ssh-agent from this run.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import sodium from 'sodium-native';
+
+type Timing = { p50: number; p99: number; perSecond: number };
+
+function percentile(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
+}
+
+const str = (b: Buffer) => {
+  const l = Buffer.alloc(4);
+  l.writeUInt32BE(b.length);
+  return Buffer.concat([l, b]);
+};
+
+/** One agent connection that sends sign requests one after another. */
+async function connection(sock: string): Promise<(req: Buffer) => Promise<void>> {
+  const c = net.connect(sock);
+  await new Promise<void>((r, j) => c.once('connect', r).once('error', j));
+  let buf = Buffer.alloc(0);
+  let waiting: ((ok: boolean) => void) | undefined;
+  c.on('data', (d: Buffer) => {
+    buf = Buffer.concat([buf, d]);
+    while (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) {
+      const type = buf[4];
+      buf = buf.subarray(4 + buf.readUInt32BE(0));
+      waiting?.(type === 14);
+    }
+  });
+  return (req) =>
+    new Promise<void>((resolve, reject) => {
+      waiting = (ok) => (ok ? resolve() : reject(new Error('the agent refused to sign')));
+      c.write(req);
+    });
+}
+
+async function timed(
+  sock: string,
+  req: Buffer,
+  concurrency: number,
+  total: number,
+): Promise<Timing> {
+  const conns = await Promise.all(Array.from({ length: concurrency }, () => connection(sock)));
+  for (const send of conns) await send(req); // warm up (and load keys)
+  const lat: number[] = [];
+  const t0 = performance.now();
+  await Promise.all(
+    conns.map(async (send) => {
+      for (let i = 0; i < total / concurrency; i++) {
+        const t = performance.now();
+        await send(req);
+        lat.push(performance.now() - t);
+      }
+    }),
+  );
+  const ms = performance.now() - t0;
+  lat.sort((a, b) => a - b);
+  const r3 = (x: number) => Math.round(x * 1000) / 1000;
+  return {
+    p50: r3(percentile(lat, 0.5)),
+    p99: r3(percentile(lat, 0.99)),
+    perSecond: Math.round((total / ms) * 1000),
+  };
+}
+
+export async function signBench(root: string): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-bench-sign-'));
+  const bin = path.join(root, 'bin/keyward.js');
+  const pass = path.join(dir, 'pass');
+  fs.writeFileSync(pass, 'bench passphrase, long enough\n', { mode: 0o600 });
+  const env = {
+    ...process.env,
+    KEYWARD_HOME: path.join(dir, 'home'),
+    KEYWARD_SOCKET_DIR: path.join(dir, 'run'),
+    KEYWARD_PASSPHRASE_FILE: pass,
+  };
+  const must = (cmd: string, args: string[], e: NodeJS.ProcessEnv = env) => {
+    const r = spawnSync(cmd, args, { env: e, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
+    return r.stdout;
+  };
+  const kw = (args: string[]) => must(process.execPath, [bin, ...args]);
+  const keys = [
+    { name: 'ed25519', args: ['-t', 'ed25519'], flags: 0, n: 2000 },
+    { name: 'ecdsa-p256', args: ['-t', 'ecdsa', '-b', '256'], flags: 0, n: 2000 },
+    { name: 'rsa-3072', args: ['-t', 'rsa', '-b', '3072'], flags: 4, n: 600 },
+  ];
+  kw(['init', '--kdf-ops', '1', '--kdf-mem-mib', '8']);
+  for (const k of keys) {
+    must('ssh-keygen', ['-q', '-N', '', '-C', k.name, '-f', path.join(dir, k.name), ...k.args]);
+    kw(['key', 'import', path.join(dir, k.name)]);
+  }
+  const pol = path.join(dir, 'policy.yaml');
+  fs.writeFileSync(
+    pol,
+    'version: 1\nrules:\n  - { name: bench, targets: ["**"], kind: key, decision: allow }\n',
+  );
+  kw(['policy', 'apply', pol]);
+  const agent = spawn(process.execPath, [bin, 'agent', 'run'], { env, stdio: 'ignore' });
+  const kwSock = path.join(dir, 'run', 'ssh-agent.sock');
+  for (let i = 0; i < 200 && !fs.existsSync(kwSock); i++)
+    await new Promise((r) => setTimeout(r, 50));
+  kw(['unlock']);
+  const sshSock = path.join(dir, 'ssh-agent.sock');
+  const sshAgent = spawn('ssh-agent', ['-D', '-a', sshSock], { stdio: 'ignore' });
+  for (let i = 0; i < 100 && !fs.existsSync(sshSock); i++)
+    await new Promise((r) => setTimeout(r, 50));
+  must(
+    'ssh-add',
+    keys.map((k) => path.join(dir, k.name)),
+    { ...process.env, SSH_AUTH_SOCK: sshSock },
+  );
+
+  // A third reference: libsodium's ed25519 signing rate in one process, no agent at all.
+  const sk = Buffer.alloc(64);
+  const pk = Buffer.alloc(32);
+  sodium.crypto_sign_keypair(pk, sk);
+  const data = randomBytes(64);
+  const sig = Buffer.alloc(64);
+  const nRaw = 20_000;
+  const t = performance.now();
+  for (let i = 0; i < nRaw; i++) sodium.crypto_sign_detached(sig, data, sk);
+  const libsodiumRate = Math.round((nRaw / (performance.now() - t)) * 1000);
+
+  // And the floor under any agent written in Node: a bare Unix-socket server answering each
+  // request with a reply of a signature's size, on one connection, at concurrency 1.
+  const echoPath = path.join(dir, 'echo.sock');
+  const reply = str(Buffer.concat([Buffer.of(14), str(Buffer.alloc(83, 1))]));
+  const echo = net.createServer((c) =>
+    c.on('data', (d: Buffer) => {
+      if (d.length > 0) c.write(reply);
+    }),
+  );
+  await new Promise<void>((r) => echo.listen(echoPath, r));
+  const probe = str(Buffer.concat([Buffer.of(13), Buffer.alloc(150, 2)]));
+  const floor = await timed(echoPath, probe, 1, 5000);
+  echo.close();
+
+  const results: Record<string, unknown> = {
+    when: new Date().toISOString(),
+    libsodiumEd25519PerSecond: libsodiumRate,
+    nodeSocketFloor: floor,
+  };
+  const lines: string[] = [
+    `reference  libsodium ed25519 sign in-process: ${libsodiumRate.toLocaleString()} /s`,
+    `reference  bare Node Unix-socket request/reply, conc 1: ${floor.perSecond.toLocaleString()} /s (p50 ${floor.p50} ms)`,
+  ];
+  for (const k of keys) {
+    const blob = Buffer.from(
+      fs.readFileSync(path.join(dir, `${k.name}.pub`), 'utf8').split(' ')[1] ?? '',
+      'base64',
+    );
+    const flags = Buffer.alloc(4);
+    flags.writeUInt32BE(k.flags);
+    const body = Buffer.concat([Buffer.of(13), str(blob), str(data), flags]);
+    const req = str(body);
+    for (const conc of [1, 8]) {
+      const ssh = await timed(sshSock, req, conc, k.n);
+      const keyward = await timed(kwSock, req, conc, k.n);
+      const ratio = keyward.perSecond / ssh.perSecond;
+      results[`${k.name}-concurrency${conc}`] = { sshAgent: ssh, keyward, throughputRatio: ratio };
+      lines.push(
+        `sign ${k.name.padEnd(10)} conc ${conc}: ssh-agent ${ssh.perSecond.toLocaleString()} /s (p50 ${ssh.p50} ms, p99 ${ssh.p99} ms) | keyward ${keyward.perSecond.toLocaleString()} /s (p50 ${keyward.p50} ms, p99 ${keyward.p99} ms) | ratio ${ratio.toFixed(2)}x`,
+      );
+    }
+  }
+  sshAgent.kill('SIGTERM');
+  agent.kill('SIGTERM');
+  await new Promise((r) => agent.once('exit', r));
+  const out = path.join(root, 'bench/results');
+  fs.mkdirSync(out, { recursive: true });
+  fs.writeFileSync(path.join(out, 'sign.json'), `${JSON.stringify(results, null, 2)}\n`);
+  process.stdout.write(`${lines.join('\n')}\nwritten to bench/results/sign.json\n`);
+  fs.rmSync(dir, { recursive: true, force: true });
+}
