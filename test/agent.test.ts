@@ -511,6 +511,95 @@ describe('load', () => {
   });
 });
 
+describe('hardening found in review', () => {
+  test("a rule matching ** never reaches keyward's own records (@key/, @audit/, @totp/)", async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    assert.equal(kw(['key', 'generate', 'k1'], { env: h.env }).code, 0);
+    for (const name of ['@key/k1', '@audit/seed', '@audit/box-secret', '@totp/secret']) {
+      await assert.rejects(call(h.sock, 'read', { name }), (e: { code?: string }) => {
+        assert.equal(e.code, 'INVALID_NAME', name);
+        return true;
+      });
+    }
+    const r = kw(['read', '@audit/seed'], { env: h.env });
+    assert.equal(r.code, 2, r.stderr);
+    assert.equal(r.stdout, '');
+    assert.ok(!auditTypes(h).includes('secret.read'), 'nothing was released');
+  });
+
+  test('two frames in one write are refused (one request at a time); the daemon still answers', async () => {
+    const h = await running();
+    const status = Buffer.concat([Buffer.from([0, 0, 0, 6, 1, 1, 0, 2]), Buffer.from('{}')]);
+    const got = await new Promise<Buffer>((resolve) => {
+      const s = net.createConnection(h.sock, () => s.write(Buffer.concat([status, status])));
+      const parts: Buffer[] = [];
+      s.on('data', (d: Buffer) => parts.push(d));
+      s.on('close', () => resolve(Buffer.concat(parts)));
+      s.on('error', () => resolve(Buffer.concat(parts)));
+    });
+    assert.equal(got[5], 0x81, 'an error reply, then the connection closes');
+    assert.match(got.toString('latin1'), /one request at a time/);
+    assert.equal(kw(['status'], { env: h.env }).code, 0);
+  });
+
+  test("a frame's deadline runs from its first byte: trickling a byte a second doesn't keep it open", async () => {
+    const h = await running();
+    const started = Date.now();
+    const closedAfter = await new Promise<number>((resolve) => {
+      const s = net.createConnection(h.sock);
+      const bytes = [0, 0, 0, 200, 1, 1, 0, 2, 0x7b, 0x7d, 0x20, 0x20, 0x20, 0x20];
+      let i = 0;
+      const t = setInterval(() => {
+        if (i < bytes.length && !s.destroyed) s.write(Buffer.from([bytes[i++] ?? 0]));
+      }, 1000);
+      s.resume();
+      const done = () => {
+        clearInterval(t);
+        resolve(Date.now() - started);
+      };
+      s.on('close', done);
+      s.on('error', done);
+    });
+    // FRAME_TIMEOUT_MS is 5 s; before the fix each byte restarted it, so this ran 14 s and on.
+    assert.ok(closedAfter < 9000, `closed after ${closedAfter} ms`);
+    assert.equal(kw(['status'], { env: h.env }).code, 0);
+  });
+
+  test('an older vault file put back under an unlocked agent is refused, and the agent locks', async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    const file = h.vaultFile;
+    kw(['secret', 'set', 'r/old'], { env: h.env, input: 'value-before-rotation' });
+    assert.equal(kw(['read', 'r/old'], { env: h.env }).code, 0);
+    const before = fs.readFileSync(file);
+    kw(['secret', 'rm', 'r/old'], { env: h.env });
+    assert.equal(kw(['read', 'r/old'], { env: h.env }).code, 3, 'removed');
+    fs.writeFileSync(file, before);
+    const r = kw(['read', 'r/old'], { env: h.env });
+    assert.equal(r.stdout, '', 'the removed secret did not come back');
+    assert.match(r.stderr, /older generation/);
+    assert.notEqual(kw(['status'], { env: h.env }).code, 0, 'the agent locked');
+  });
+
+  test("control characters in a caller's command line are escaped in the prompt", async () => {
+    const h = await running();
+    kw(['secret', 'set', 'p/x'], { env: h.env, input: 'prompt-escape-value' });
+    h.answer('no');
+    const c = spawn(process.execPath, [BIN, 'read', 'p/x'], {
+      env: h.env,
+      argv0: '\x1b[2J\x1b[Hgit\u202e',
+      stdio: 'ignore',
+    });
+    await new Promise((r) => c.on('exit', r));
+    const prompt = h.prompts().join('\n');
+    assert.match(prompt, /running "\\u\{1b\}\[2J\\u\{1b\}\[Hgit\\u\{202e\}/);
+    assert.ok(!prompt.includes('\x1b') && !prompt.includes('\u202e'), 'no raw control characters');
+  });
+});
+
 test('SIGTERM wipes keys and removes the socket', async () => {
   const h = await running();
   await stopAgent(h);

@@ -4,7 +4,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { AuthError, KeywardError, UsageError } from '../errors.js';
+import { AuthError, IntegrityError, KeywardError, UsageError } from '../errors.js';
 import {
   assertPrivate,
   ensurePrivateDir,
@@ -389,8 +389,17 @@ export class Vault {
     return this.entries.filter((e) => e.name.startsWith(prefix)).map((e) => e.name);
   }
 
-  /** The value in secure memory. The caller must secureFree it as soon as it is written out. */
+  /**
+   * A user secret's value in secure memory; the caller must secureFree it as soon as it is written
+   * out. keyward's own records (@key/, @audit/, @totp/) are not secrets a name can reach: they
+   * fail INVALID_NAME here, whatever a policy glob says (revealInternal reads them).
+   */
   reveal(name: string): SecureBuffer {
+    assertValidName(name);
+    return this.decrypt(name);
+  }
+
+  private decrypt(name: string): SecureBuffer {
     this.live();
     const i = this.indexOf(name);
     const e = this.entries[i];
@@ -422,7 +431,7 @@ export class Vault {
   }
 
   revealInternal(name: `@${string}`): SecureBuffer | undefined {
-    return this.has(name) ? this.reveal(name) : undefined;
+    return this.has(name) ? this.decrypt(name) : undefined;
   }
 
   /** Seals keyward state (audit checkpoints, agent state) under the state subkey. */
@@ -602,6 +611,13 @@ export class Vault {
         'the vault was rekeyed or replaced; unlock again',
         { hint: 'keyward unlock' },
       );
+    }
+    if (p.generation < this.generation) {
+      // An older vault file put back under the open one: secrets removed or rotated since would
+      // come back. The caller locks; a fresh unlock reads the file as it is, on purpose.
+      throw new IntegrityError('VAULT_CORRUPT', 'the vault file went back to an older generation', {
+        hint: 'check who replaced vault.kw, then keyward unlock',
+      });
     }
     const entries = readIndex(this.dk, p);
     const before = { entries: this.entries, records: this.records };
