@@ -375,6 +375,29 @@ test(
       c.write(Buffer.from([0x7f, 0, 0, 0, 11]));
     });
     assert.equal(big.length, 0);
+    // A flood of small requests at once (each would hold locked secure memory while it waits)
+    // closes the connection; a few pipelined requests are all answered.
+    const flood = (n: number) =>
+      new Promise<number[]>((resolve) => {
+        const c = net.connect(sock);
+        let got = Buffer.alloc(0);
+        const types = () => {
+          const t: number[] = [];
+          for (let o = 0; o + 4 < got.length; o += 4 + got.readUInt32BE(o)) t.push(got[o + 4] ?? 0);
+          return t;
+        };
+        c.on('data', (d: Buffer) => {
+          got = Buffer.concat([got, d]);
+          if (types().length >= n) c.end();
+        });
+        c.on('close', () => resolve(types()));
+        c.write(Buffer.concat(Array.from({ length: n }, () => Buffer.from([0, 0, 0, 1, 11]))));
+      });
+    const few = await flood(4);
+    assert.deepEqual(few, [12, 12, 12, 12], 'four identities answers');
+    assert.equal((await flood(5000)).length, 0, 'a flood is dropped unanswered');
+    const after = spawnSync('ssh-add', ['-l'], { env, encoding: 'utf8' });
+    assert.match(after.stdout, /no identities/, 'the agent still answers');
   },
 );
 

@@ -64,8 +64,10 @@ export async function runAgent(o: RunOptions): Promise<void> {
     process.once('SIGINT', stop);
     const poll = setInterval(() => {
       if (!fs.existsSync(agent.socketPath)) {
+        // Stopped (the stop request removes the socket) or someone deleted the socket: either
+        // way no client can reach this agent, so it locks (wiping keys) and exits.
         clearInterval(poll);
-        resolve();
+        stop();
       }
     }, 200);
   });

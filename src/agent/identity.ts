@@ -1,6 +1,7 @@
 /**
- * Who is asking: the peer's process, read from /proc after SO_PEERCRED named it, and checked
- * against its pidfd afterwards so a pid reused by another process can't pass as the original.
+ * Who is asking: the peer's process, named by SO_PEERCRED and pinned by a pidfd taken *before*
+ * /proc is read. If the pidfd's process is still alive after the reads, the pid was not reused
+ * in between, so what /proc said is about the process that connected.
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
@@ -43,12 +44,12 @@ function stat(pid: number): { ppid: number; startTime: string } | undefined {
   return Number.isInteger(ppid) && startTime !== undefined ? { ppid, startTime } : undefined;
 }
 
-/** SHA-256 of an executable, cached by device, inode, size and mtime. */
+/** SHA-256 of an executable, cached by device, inode, size, mtime and ctime (touch -m can fake mtime, not ctime). */
 export function executableHash(pid: number): string | undefined {
   const path = `/proc/${pid}/exe`;
   try {
     const st = fs.statSync(path, { bigint: true });
-    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}`;
+    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
     const cached = hashCache.get(key);
     if (cached) return cached;
     const h = createHash('sha256').update(fs.readFileSync(path)).digest('hex');
@@ -87,10 +88,9 @@ export function identify(pid: number, uid: number): ProcessIdentity {
   };
 }
 
-/** The process behind this identity is still the one that connected (pidfd, else start time). */
-export function stillSameProcess(id: ProcessIdentity, pidfd: number | undefined): boolean {
-  if (pidfd !== undefined) return pidfdAlive(pidfd);
-  return id.startTime !== undefined && stat(id.pid)?.startTime === id.startTime;
+/** The process behind this identity is still the one that connected (its pidfd is alive). */
+export function stillSameProcess(pidfd: number): boolean {
+  return pidfdAlive(pidfd);
 }
 
 /** A short description for prompts and the audit log. */

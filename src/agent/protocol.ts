@@ -72,32 +72,51 @@ export function frameHead(type: number, meta: Record<string, unknown>, rawLength
 export class FrameReader {
   private buf: SecureBuffer = secureAlloc(4096);
   private used = 0;
+  /** The length field of the frame being read (valid once 4 bytes are in). */
+  private total = 0;
 
   /** Bytes of an incomplete frame are waiting. */
   get pending(): boolean {
     return this.used > 0;
   }
 
+  /**
+   * Takes a chunk (and zeroes it). Returns the frame it completed, if any: requests on a
+   * connection come one at a time, so a chunk that completes two frames is a ProtocolError. The
+   * buffer grows as bytes arrive, never to a length a peer merely declared, and never past one
+   * frame: bytes after a frame's end wait for the next call only if they start the next frame.
+   */
   push(chunk: Buffer): Frame[] {
-    this.ensure(this.used + chunk.length);
-    chunk.copy(this.buf, this.used);
-    this.used += chunk.length;
-    zero(chunk);
     const frames: Frame[] = [];
-    for (;;) {
-      if (this.used < 4) break;
-      const total = this.buf.readUInt32BE(0);
-      if (total < 4 || total > MAX_FRAME) throw new ProtocolError(`bad frame length ${total}`);
-      if (this.used < 4 + total) {
-        this.ensure(4 + total);
-        break;
+    try {
+      let off = 0;
+      while (off < chunk.length) {
+        const want = this.used < 4 ? 4 - this.used : 4 + this.total - this.used;
+        const take = Math.min(want, chunk.length - off);
+        this.ensure(this.used + take);
+        chunk.copy(this.buf, this.used, off, off + take);
+        this.used += take;
+        off += take;
+        if (this.used === 4) {
+          this.total = this.buf.readUInt32BE(0);
+          if (this.total < 4 || this.total > MAX_FRAME)
+            throw new ProtocolError(`bad frame length ${this.total}`);
+        }
+        if (this.used >= 4 && this.used === 4 + this.total) {
+          if (frames.length > 0) throw new ProtocolError('one request at a time on a connection');
+          frames.push(this.parse(this.total));
+          this.buf.fill(0, 0, this.used);
+          this.used = 0;
+          this.total = 0;
+        }
       }
-      frames.push(this.parse(total));
-      this.buf.copy(this.buf, 0, 4 + total, this.used);
-      this.buf.fill(0, this.used - (4 + total), this.used);
-      this.used -= 4 + total;
+      return frames;
+    } catch (e) {
+      for (const f of frames) secureFree(f.raw);
+      throw e;
+    } finally {
+      zero(chunk);
     }
-    return frames;
   }
 
   private parse(total: number): Frame {
@@ -126,7 +145,7 @@ export class FrameReader {
 
   private ensure(n: number): void {
     if (n <= this.buf.length) return;
-    const bigger = secureAlloc(Math.min(Math.max(n, this.buf.length * 2), MAX_FRAME + 4));
+    const bigger = secureAlloc(Math.min(Math.max(n, this.buf.length * 2), 4 + this.total));
     this.buf.copy(bigger, 0, 0, this.used);
     secureFree(this.buf);
     this.buf = bigger;
@@ -136,6 +155,7 @@ export class FrameReader {
   destroy(): void {
     secureFree(this.buf);
     this.used = 0;
+    this.total = 0;
   }
 }
 

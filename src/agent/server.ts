@@ -24,8 +24,17 @@ import {
   type AuditRecord,
 } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { closeFd, flock, LOCK_EX, LOCK_NB, peerCredentials, peerPidfd } from '../lib/libc.js';
+import {
+  closeFd,
+  flock,
+  LOCK_EX,
+  LOCK_NB,
+  peerCredentials,
+  peerPidfd,
+  pidfdOpen,
+} from '../lib/libc.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import { printable } from '../lib/text.js';
 import {
   durationMs,
   evaluate,
@@ -37,7 +46,13 @@ import {
   type ApprovalMode,
   type Loaded,
 } from '../policy/index.js';
-import { Vault, vaultPaths, type Unlock, type VaultPaths } from '../vault/index.js';
+import {
+  assertValidName,
+  Vault,
+  vaultPaths,
+  type Unlock,
+  type VaultPaths,
+} from '../vault/index.js';
 import { describeCaller, identify, stillSameProcess, type ProcessIdentity } from './identity.js';
 import {
   FrameReader,
@@ -73,7 +88,7 @@ export interface AgentOptions {
 interface Conn {
   socket: net.Socket;
   id: ProcessIdentity;
-  pidfd: number | undefined;
+  pidfd: number;
   reader: FrameReader;
   busy: boolean;
 }
@@ -237,7 +252,7 @@ export class Agent {
    * Who is on the other end. Another uid is disconnected before a byte is read, and recorded.
    * Undefined when the connection was refused.
    */
-  private peer(socket: net.Socket): { id: ProcessIdentity; pidfd: number | undefined } | undefined {
+  private peer(socket: net.Socket): { id: ProcessIdentity; pidfd: number } | undefined {
     const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     let cred: { pid: number; uid: number };
     try {
@@ -257,7 +272,25 @@ export class Agent {
       }).catch(() => undefined);
       return undefined;
     }
-    return { id: identify(cred.pid, cred.uid), pidfd: peerPidfd(fd) };
+    // The pidfd first, /proc second, then the pidfd again: a peer that exited (its pid free for
+    // reuse) before or while /proc was read is refused, never described as someone else.
+    const pidfd = peerPidfd(fd) ?? pidfdOpen(cred.pid);
+    const refused = (reason: string) => {
+      if (pidfd !== undefined) closeFd(pidfd);
+      socket.destroy();
+      void this.record({
+        type: 'peer.rejected',
+        decision: 'deny',
+        reason,
+        actor: { uid: cred.uid, pid: cred.pid },
+      }).catch(() => undefined);
+      return undefined;
+    };
+    if (pidfd === undefined)
+      return refused('no pidfd for the peer: keyward needs Linux 5.3 or later (6.5 for SO_PEERPIDFD)');
+    const id = identify(cred.pid, cred.uid);
+    if (!stillSameProcess(pidfd)) return refused('the peer exited before it could be identified');
+    return { id, pidfd };
   }
 
   private accept(socket: net.Socket): void {
@@ -275,19 +308,23 @@ export class Agent {
         this.fail(conn, e);
         return;
       }
-      clearTimeout(frameTimer);
-      if (conn.reader.pending)
+      // The deadline runs from a frame's first byte: trickling bytes doesn't extend it.
+      if (!conn.reader.pending) {
+        clearTimeout(frameTimer);
+        frameTimer = undefined;
+      } else if (frameTimer === undefined) {
         frameTimer = setTimeout(
           () => this.fail(conn, new ProtocolError('incomplete frame (slow client)')),
           FRAME_TIMEOUT_MS,
         );
+      }
       for (const f of frames) void this.serve(conn, f);
     });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
       clearTimeout(frameTimer);
       conn.reader.destroy();
-      if (conn.pidfd !== undefined) closeFd(conn.pidfd);
+      closeFd(conn.pidfd);
       this.conns.delete(conn);
     });
     socket.resume();
@@ -334,7 +371,7 @@ export class Agent {
     conn.busy = true;
     try {
       if (!name) throw new ProtocolError(`unknown request type ${f.type}`);
-      if (!stillSameProcess(conn.id, conn.pidfd)) {
+      if (!stillSameProcess(conn.pidfd)) {
         throw new KeywardError('POLICY_DENIED', 'the process that connected is gone', {
           hint: 'a reused pid never inherits a connection',
         });
@@ -593,7 +630,7 @@ export class Agent {
    */
   private async authorize(
     id: ProcessIdentity,
-    pidfd: number | undefined,
+    pidfd: number,
     req: {
       target: string;
       kind: 'secret' | 'key';
@@ -675,7 +712,7 @@ export class Agent {
         const requester: RequesterRef = {
           pid: id.pid,
           startTime: id.startTime,
-          description: describeCaller(id),
+          description: printable(describeCaller(id), 600),
         };
         await this.record({
           ...base,
@@ -683,7 +720,9 @@ export class Agent {
           decision: 'info',
           details: { rule: decision.rule, mode: a.mode },
         });
-        const prompt = `keyward: ${describeCaller(id)} wants to ${req.what} (rule ${decision.rule}).${a.message ? ` ${a.message}` : ''} Allow?`;
+        // Command lines, paths, SSH user names and SSHSIG namespaces come from the requester:
+        // escaped, so control characters and look-alikes can't rewrite what a person reads.
+        const prompt = `keyward: ${printable(describeCaller(id), 600)} wants to ${printable(req.what, 600)} (rule ${decision.rule}).${a.message ? ` ${a.message}` : ''} Allow?`;
         const pending = this.broker.wait(
           {
             requester,
@@ -733,7 +772,7 @@ export class Agent {
         'keyward lock, then keyward unlock',
       );
     }
-    if (!stillSameProcess(id, pidfd))
+    if (!stillSameProcess(pidfd))
       return refuse('the requesting process is gone', 'POLICY_DENIED');
     if (!this.vault)
       throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
@@ -756,6 +795,8 @@ export class Agent {
     conn: Conn,
     name: string,
   ): Promise<{ meta: Record<string, unknown>; raw: SecureBuffer }> {
+    // Before policy: a rule matching ** must never reach keyward's own @ records.
+    assertValidName(name);
     const v = this.unlocked();
     const { rule } = await this.authorize(conn.id, conn.pidfd, {
       target: name,
@@ -765,11 +806,11 @@ export class Agent {
       what: `read the secret "${name}"`,
       exists: v.has(name),
     });
-    if (!this.vault)
+    if (this.vault !== v)
       throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
         hint: 'keyward unlock',
       });
-    const value = this.vault.reveal(name);
+    const value = v.reveal(name);
     try {
       // Rule 4: durable in the audit log before the value leaves.
       await this.record({
@@ -782,6 +823,15 @@ export class Agent {
     } catch (e) {
       secureFree(value);
       throw e;
+    }
+    if (this.vault !== v) {
+      // Locked (or unlocked anew) while the record was made durable: the unlock that allowed
+      // this release is over, so the value stays here. The audit log shows the read; the
+      // lock after it says it never left.
+      secureFree(value);
+      throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
+        hint: 'keyward unlock',
+      });
     }
     this.counted();
     return { meta: { name }, raw: value };

@@ -26,6 +26,7 @@ import {
   CONSTRAIN_EXTENSION,
   CONSTRAIN_LIFETIME,
   describeSignData,
+  MAX_QUEUED,
   message,
   SSH,
   SshFrameReader,
@@ -37,7 +38,7 @@ const MAX_ADDED_KEYS = 256;
 
 interface Who {
   id: ProcessIdentity;
-  pidfd: number | undefined;
+  pidfd: number;
 }
 
 /** What the agent lends the SSH service: its one authorization path and its state. */
@@ -90,18 +91,26 @@ export class SshAgentService {
     const reader = new SshFrameReader();
     this.sockets.add(socket);
     let busy = Promise.resolve();
+    let queued = 0;
     socket.setTimeout(IDLE_CONNECTION_MS, () => socket.destroy());
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
       this.sockets.delete(socket);
       reader.destroy();
-      if (who.pidfd !== undefined) closeFd(who.pidfd);
+      closeFd(who.pidfd);
     });
     socket.on('data', (chunk: Buffer) => {
       let msgs: SecureBuffer[];
       try {
         msgs = reader.push(chunk);
       } catch {
+        socket.destroy();
+        return;
+      }
+      queued += msgs.length;
+      if (queued > MAX_QUEUED) {
+        // Each waiting request holds secure memory (locked pages): a flood is dropped.
+        for (const m of msgs) secureFree(m);
         socket.destroy();
         return;
       }
@@ -115,6 +124,7 @@ export class SshAgentService {
             reply = message(SSH.FAILURE);
           } finally {
             secureFree(msg);
+            queued -= 1;
           }
           if (!socket.destroyed) socket.write(reply);
         });
@@ -383,6 +393,9 @@ export class SshAgentService {
         ...what.details,
       },
     });
+    // Handled from the start: a failed write must reach the await below, not crash the agent as
+    // an unhandled rejection while the signature is computed.
+    durable.catch(() => undefined);
     await new Promise((r) => setImmediate(r));
     let signature: Buffer;
     try {
@@ -400,6 +413,8 @@ export class SshAgentService {
       throw e;
     }
     await durable;
+    // Locked while the record was made durable: the unlock that allowed it is over.
+    if (held.key.wiped || !this.host.isUnlocked()) return message(SSH.FAILURE);
     this.host.counted();
     if (max !== undefined && this.signatures >= max)
       setImmediate(() => void this.host.lock('maximum signatures per unlock reached', who.id));

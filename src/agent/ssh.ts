@@ -31,6 +31,8 @@ export const CONSTRAIN_CONFIRM = 2;
 export const CONSTRAIN_EXTENSION = 255;
 
 export const MAX_SSH_MESSAGE = 256 * 1024;
+/** Requests one connection may have waiting; OpenSSH clients send one and wait for the reply. */
+export const MAX_QUEUED = 16;
 
 /** A framed reply (public data only: identities, signatures, status). */
 export function message(type: number, ...parts: Buffer[]): Buffer {
@@ -47,30 +49,38 @@ export class SshFrameReader {
   private buf: SecureBuffer = secureAlloc(4096);
   private used = 0;
 
+  /**
+   * Takes a chunk (and zeroes it); returns the messages it completed. The buffer never holds more
+   * than one message plus one chunk; more than MAX_QUEUED messages in one chunk is a flood.
+   */
   push(chunk: Buffer): SecureBuffer[] {
-    if (this.used + chunk.length > this.buf.length) {
-      const bigger = secureAlloc(Math.max(this.buf.length * 2, this.used + chunk.length));
-      this.buf.copy(bigger, 0, 0, this.used);
-      secureFree(this.buf);
-      this.buf = bigger;
-    }
-    chunk.copy(this.buf, this.used);
-    this.used += chunk.length;
-    zero(chunk);
     const out: SecureBuffer[] = [];
-    while (this.used >= 4) {
-      const len = this.buf.readUInt32BE(0);
-      if (len < 1 || len > MAX_SSH_MESSAGE) {
-        for (const m of out) secureFree(m);
-        throw new RangeError(`bad SSH message length ${len}`);
+    try {
+      if (this.used + chunk.length > this.buf.length) {
+        const bigger = secureAlloc(Math.max(this.buf.length * 2, this.used + chunk.length));
+        this.buf.copy(bigger, 0, 0, this.used);
+        secureFree(this.buf);
+        this.buf = bigger;
       }
-      if (this.used < 4 + len) break;
-      out.push(secureSlice(this.buf, 4, 4 + len));
-      this.buf.copy(this.buf, 0, 4 + len, this.used);
-      this.buf.fill(0, this.used - (4 + len), this.used);
-      this.used -= 4 + len;
+      chunk.copy(this.buf, this.used);
+      this.used += chunk.length;
+      while (this.used >= 4) {
+        const len = this.buf.readUInt32BE(0);
+        if (len < 1 || len > MAX_SSH_MESSAGE) throw new RangeError(`bad SSH message length ${len}`);
+        if (this.used < 4 + len) break;
+        if (out.length >= MAX_QUEUED) throw new RangeError('too many messages at once');
+        out.push(secureSlice(this.buf, 4, 4 + len));
+        this.buf.copy(this.buf, 0, 4 + len, this.used);
+        this.buf.fill(0, this.used - (4 + len), this.used);
+        this.used -= 4 + len;
+      }
+      return out;
+    } catch (e) {
+      for (const m of out) secureFree(m);
+      throw e;
+    } finally {
+      zero(chunk);
     }
-    return out;
   }
 
   get pending(): boolean {

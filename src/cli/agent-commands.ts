@@ -14,6 +14,7 @@ import {
 } from '../agent/index.js';
 import { KeywardError } from '../errors.js';
 import { keywardHome, socketDir } from '../lib/paths.js';
+import { printable } from '../lib/text.js';
 import { note, type Io } from './report.js';
 import { agentSocket, auth, passphraseFile, paths } from './context.js';
 import { enrollTotp } from '../approval/index.js';
@@ -144,8 +145,11 @@ export function registerAgentCommands(program: Command, io: Io): void {
       if (pending.length === 0) io.stdout('no pending requests\n');
       for (const p of pending) {
         const who = (p['requester'] as { description?: string } | undefined)?.description ?? '?';
+        // Targets can hold requester text (an ssh-add comment): escaped. The agent escapes the
+        // caller description itself.
+        const f = (v: unknown) => printable(String(v), 300);
         io.stdout(
-          `${String(p['id'])}  ${String(p['action'])} ${String(p['target'])}  (rule ${String(p['rule'])}, ${String(p['mode'])})\n    by ${who}\n`,
+          `${f(p['id'])}  ${f(p['action'])} ${f(p['target'])}  (rule ${f(p['rule'])}, ${f(p['mode'])})\n    by ${who}\n`,
         );
       }
     });

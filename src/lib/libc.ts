@@ -125,6 +125,7 @@ const SOL_SOCKET = 1;
 const SO_PEERCRED = 17;
 const SO_PEERPIDFD = 77;
 const SYS_PIDFD_SEND_SIGNAL = 424;
+const SYS_PIDFD_OPEN = 434;
 
 /** The peer of a connected Unix socket, as the kernel saw it at connect time. */
 export function peerCredentials(fd: number): { pid: number; uid: number; gid: number } {
@@ -145,6 +146,15 @@ export function peerPidfd(fd: number): number | undefined {
   const out = Buffer.alloc(4);
   if (l.getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, out, [4]) !== 0) return undefined;
   return out.readInt32LE(0);
+}
+
+/**
+ * pidfd_open(2) (Linux 5.3+): a pidfd for whatever process has this pid now. Weaker than
+ * SO_PEERPIDFD, which names the process that connected; used only where the kernel lacks it.
+ */
+export function pidfdOpen(pid: number): number | undefined {
+  const fd = libc().syscall4(SYS_PIDFD_OPEN, pid, 0, null, 0);
+  return fd >= 0 ? fd : undefined;
 }
 
 /** Whether the process a pidfd refers to is still alive (signal 0 through the pidfd). */
