@@ -97,6 +97,8 @@ export function generateKey(
         hint: 'choose another name',
       });
     const key = SigningKey.generate(type, rsaBits);
+    // A key is stored only once it has made a signature its public half verifies.
+    key.selfTest();
     try {
       auth.audit.record({
         type: 'key.add',

@@ -16,12 +16,22 @@ export type SecureBuffer = Buffer & { readonly __secure: true };
 export function secureAlloc(size: number): SecureBuffer {
   // sodium_malloc(0) is legal but pointless; a zero-length secure buffer keeps callers uniform.
   const buf = sodium.sodium_malloc(Math.max(size, 0)) as SecureBuffer;
+  // libsodium fills new allocations with 0xdb (to catch use of uninitialised memory); code that
+  // writes a short value right-aligned (a scalar without its leading zero bytes) must see zeros.
+  buf.fill(0);
   return buf;
 }
 
-/** Zeroes and releases. The buffer must not be used afterwards (its length reads 0). */
+/**
+ * Zeroes and releases. The buffer must not be used afterwards (its length reads 0).
+ * sodium-native's sodium_free detaches the buffer; libsodium zeroes and unmaps it only when the
+ * garbage collector finalizes it. So the zeroing happens here, at once.
+ */
 export function secureFree(buf: SecureBuffer | undefined): void {
-  if (buf !== undefined && buf.length > 0) sodium.sodium_free(buf);
+  if (buf !== undefined && buf.length > 0) {
+    sodium.sodium_memzero(buf);
+    sodium.sodium_free(buf);
+  }
 }
 
 /** Runs fn with buf and frees buf afterwards, whatever happens. */
