@@ -26,7 +26,9 @@ const str = (b: Buffer) => {
 };
 
 /** One agent connection that sends sign requests one after another. */
-async function connection(sock: string): Promise<(req: Buffer) => Promise<void>> {
+async function connection(
+  sock: string,
+): Promise<{ send: (req: Buffer) => Promise<void>; close: () => void }> {
   const c = net.connect(sock);
   await new Promise<void>((r, j) => c.once('connect', r).once('error', j));
   let buf = Buffer.alloc(0);
@@ -39,11 +41,15 @@ async function connection(sock: string): Promise<(req: Buffer) => Promise<void>>
       waiting?.(type === 14);
     }
   });
-  return (req) =>
-    new Promise<void>((resolve, reject) => {
-      waiting = (ok) => (ok ? resolve() : reject(new Error('the agent refused to sign')));
-      c.write(req);
-    });
+  return {
+    send: (req) =>
+      new Promise<void>((resolve, reject) => {
+        waiting = (ok) => (ok ? resolve() : reject(new Error('the agent refused to sign')));
+        c.write(req);
+      }),
+    // Open connections would keep the benchmark process alive after it is done.
+    close: () => c.end(),
+  };
 }
 
 async function timed(
@@ -53,11 +59,11 @@ async function timed(
   total: number,
 ): Promise<Timing> {
   const conns = await Promise.all(Array.from({ length: concurrency }, () => connection(sock)));
-  for (const send of conns) await send(req); // warm up (and load keys)
+  for (const { send } of conns) await send(req); // warm up (and load keys)
   const lat: number[] = [];
   const t0 = performance.now();
   await Promise.all(
-    conns.map(async (send) => {
+    conns.map(async ({ send }) => {
       for (let i = 0; i < total / concurrency; i++) {
         const t = performance.now();
         await send(req);
@@ -66,6 +72,7 @@ async function timed(
     }),
   );
   const ms = performance.now() - t0;
+  for (const c of conns) c.close();
   lat.sort((a, b) => a - b);
   const r3 = (x: number) => Math.round(x * 1000) / 1000;
   return {
