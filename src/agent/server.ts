@@ -287,7 +287,9 @@ export class Agent {
       return undefined;
     };
     if (pidfd === undefined)
-      return refused('no pidfd for the peer: keyward needs Linux 5.3 or later (6.5 for SO_PEERPIDFD)');
+      return refused(
+        'no pidfd for the peer: keyward needs Linux 5.3 or later (6.5 for SO_PEERPIDFD)',
+      );
     const id = identify(cred.pid, cred.uid);
     if (!stillSameProcess(pidfd)) return refused('the peer exited before it could be identified');
     return { id, pidfd };
@@ -772,8 +774,7 @@ export class Agent {
         'keyward lock, then keyward unlock',
       );
     }
-    if (!stillSameProcess(pidfd))
-      return refuse('the requesting process is gone', 'POLICY_DENIED');
+    if (!stillSameProcess(pidfd)) return refuse('the requesting process is gone', 'POLICY_DENIED');
     if (!this.vault)
       throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
         hint: 'keyward unlock',
