@@ -5,7 +5,7 @@
  * JS string; here it stays in secure memory (the HMAC key is passed to node:crypto as a Buffer
  * view of that memory, never a KeyObject). Checked against Debian's oathtool in the tests.
  */
-import { createHmac } from 'node:crypto';
+import { createHmac, timingSafeEqual } from 'node:crypto';
 import {
   secureAlloc,
   secureFree,
@@ -44,10 +44,14 @@ export function verifyTotp(
 ): number | undefined {
   if (!/^\d{6}$/.test(code)) return undefined;
   const step = Math.floor(nowMs / 1000 / STEP_SECONDS);
+  // Every step is computed and compared in constant time, so timing says nothing about which
+  // digits (or which step) matched.
+  let found: number | undefined;
   for (const s of [step - 1, step, step + 1]) {
-    if (s > lastStep && hotp(secret, s) === code) return s;
+    const same = timingSafeEqual(Buffer.from(hotp(secret, s)), Buffer.from(code));
+    if (same && s > lastStep && found === undefined) found = s;
   }
-  return undefined;
+  return found;
 }
 
 const B32 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZ234567';

@@ -180,12 +180,24 @@ export function readPassphrase(
 export function readNewPassphrase(src: PassphraseSource, what = 'new passphrase'): SecureBuffer {
   if (src.file !== undefined) {
     const p = readPassphraseFile(src.file);
-    checkNewPassphrase(p);
+    try {
+      checkNewPassphrase(p);
+    } catch (e) {
+      secureFree(p);
+      throw e;
+    }
     return p;
   }
   const first = readHiddenLine(`${what}: `, PASSPHRASE_MAX_BYTES + 2);
-  checkNewPassphrase(first);
-  const second = readHiddenLine(`${what} again: `, PASSPHRASE_MAX_BYTES + 2);
+  let second: SecureBuffer;
+  try {
+    checkNewPassphrase(first);
+    second = readHiddenLine(`${what} again: `, PASSPHRASE_MAX_BYTES + 2);
+  } catch (e) {
+    // Too short, too long, or Ctrl-C at the second prompt: the first is wiped either way.
+    secureFree(first);
+    throw e;
+  }
   const same = secureEqual(first, second);
   secureFree(second);
   if (!same) {
