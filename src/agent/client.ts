@@ -3,17 +3,32 @@
  * and out (a value) stay in secure memory here and never reach the CLI.
  */
 import net from 'node:net';
+import os from 'node:os';
 import { ERROR_CODES, KeywardError, type ErrorCode } from '../errors.js';
-import { secureFree, writeAllSync, type SecureBuffer } from '../lib/secure.js';
+import { secureFree, secureTake, writeAllSync, type SecureBuffer } from '../lib/secure.js';
 import { readPassphrase, type PassphraseSource } from '../vault/index.js';
 import {
   FrameReader,
   frameHead,
   REQ,
   RES_ERROR,
+  STREAM,
   type Frame,
   type RequestType,
 } from './protocol.js';
+
+function errorFrom(f: Frame): KeywardError {
+  const code =
+    typeof f.meta['code'] === 'string' && f.meta['code'] in ERROR_CODES
+      ? (f.meta['code'] as ErrorCode)
+      : 'INTERNAL';
+  const hint = typeof f.meta['hint'] === 'string' ? f.meta['hint'] : undefined;
+  return new KeywardError(
+    code,
+    String(f.meta['message'] ?? 'the agent refused'),
+    hint === undefined ? {} : { hint },
+  );
+}
 
 function unavailable(path: string): KeywardError {
   return new KeywardError('AGENT_UNAVAILABLE', `no agent answers on ${path}`, {
@@ -65,18 +80,7 @@ export function call(
       if (!f) return;
       if (f.type === RES_ERROR) {
         secureFree(f.raw);
-        const code =
-          typeof f.meta['code'] === 'string' && f.meta['code'] in ERROR_CODES
-            ? (f.meta['code'] as ErrorCode)
-            : 'INTERNAL';
-        const hint = typeof f.meta['hint'] === 'string' ? f.meta['hint'] : undefined;
-        finish(
-          new KeywardError(
-            code,
-            String(f.meta['message'] ?? 'the agent refused'),
-            hint === undefined ? {} : { hint },
-          ),
-        );
+        finish(errorFrom(f));
       } else finish(undefined, f);
     });
     s.on('error', (e: NodeJS.ErrnoException) => {
@@ -132,4 +136,113 @@ export async function agentApprove(
 ): Promise<void> {
   if (code !== undefined) await call(path, 'approve', { id, code });
   else await call(path, 'approve', { id }, readPassphrase(src, 'passphrase to approve: '));
+}
+
+export interface RunRequest {
+  argv: string[];
+  cwd: string;
+  env: Array<{ var: string; name: string }>;
+  fds: Array<{ fd: number; name: string }>;
+  masking: boolean;
+}
+
+const FORWARDED_SIGNALS: NodeJS.Signals[] = [
+  'SIGINT',
+  'SIGTERM',
+  'SIGHUP',
+  'SIGQUIT',
+  'SIGUSR1',
+  'SIGUSR2',
+];
+
+/**
+ * `keyward run` (docs/RUN.md): the agent starts the child; this process relays its own stdin and
+ * signals to it and writes the child's (masked) output to its own stdout and stderr. Resolves to
+ * the exit status a shell would report (128 + N for a child killed by signal N). `environ` is
+ * this process's environment as NAME=VALUE\0 entries (wiped once sent).
+ */
+export function agentRun(path: string, req: RunRequest, environ: Buffer): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const reader = new FrameReader();
+    reader.many = true;
+    const raw = secureTake(environ);
+    const s = net.createConnection(path);
+    let started = false;
+    let settled = false;
+    const send = (type: number, meta: Record<string, unknown>, data?: Buffer) => {
+      if (s.destroyed) return;
+      s.write(frameHead(type, meta, data?.length ?? 0));
+      if (data && data.length > 0) s.write(data);
+    };
+    const onSignal = (sig: NodeJS.Signals) => send(STREAM.signal, { signal: sig });
+    const onStdin = (chunk: Buffer) => send(STREAM.stdin, {}, chunk);
+    const onStdinEnd = () => send(STREAM.stdinEnd, {});
+    const finish = (err: unknown, code?: number) => {
+      if (settled) return;
+      settled = true;
+      secureFree(raw);
+      for (const sig of FORWARDED_SIGNALS) process.off(sig, onSignal);
+      process.stdin.off('data', onStdin);
+      process.stdin.off('end', onStdinEnd);
+      process.stdin.pause();
+      process.stdin.destroy();
+      reader.destroy();
+      s.destroy();
+      if (err) reject(err);
+      else resolve(code ?? 1);
+    };
+    s.once('connect', () => {
+      s.write(frameHead(REQ.run, { ...req }, raw.length));
+      if (raw.length > 0) s.write(raw, () => secureFree(raw));
+    });
+    s.on('data', (chunk: Buffer) => {
+      let frames: Frame[];
+      try {
+        frames = reader.push(chunk);
+      } catch (e) {
+        finish(
+          new KeywardError(
+            'PROTOCOL_ERROR',
+            `the agent sent a malformed frame (${e instanceof Error ? e.message : 'unknown'})`,
+          ),
+        );
+        return;
+      }
+      for (const f of frames) {
+        try {
+          if (!started) {
+            if (f.type === RES_ERROR) {
+              finish(errorFrom(f));
+              return;
+            }
+            started = true;
+            // From here Ctrl-C and friends go to the child, as if it were this process.
+            for (const sig of FORWARDED_SIGNALS) process.on(sig, onSignal);
+            process.stdin.on('data', onStdin);
+            process.stdin.on('end', onStdinEnd);
+            process.stdin.on('error', onStdinEnd);
+          } else if (f.type === STREAM.stdout && f.raw) writeAllSync(1, f.raw);
+          else if (f.type === STREAM.stderr && f.raw) writeAllSync(2, f.raw);
+          else if (f.type === STREAM.exit) {
+            const code = f.meta['code'];
+            const signal = f.meta['signal'];
+            const signo =
+              typeof signal === 'string'
+                ? (os.constants.signals as Record<string, number>)[signal]
+                : undefined;
+            finish(undefined, typeof code === 'number' ? code : 128 + (signo ?? 0));
+            return;
+          }
+        } finally {
+          secureFree(f.raw);
+        }
+      }
+    });
+    s.on('error', (e: NodeJS.ErrnoException) => {
+      finish(e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? unavailable(path) : e);
+    });
+    s.on('close', () =>
+      finish(new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection')),
+    );
+  });
 }

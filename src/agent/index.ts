@@ -2,7 +2,15 @@
  * The agent domain's public surface (docs/PROTOCOL.md).
  */
 export { Agent, type AgentOptions } from './server.js';
-export { agentApprove, agentRead, agentStatus, agentUnlock, call } from './client.js';
+export {
+  agentApprove,
+  agentRead,
+  agentRun,
+  agentStatus,
+  agentUnlock,
+  call,
+  type RunRequest,
+} from './client.js';
 export { runAgent, startAgent, stopAgent, tracerPid, type RunOptions } from './daemon.js';
 export { prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
 export {

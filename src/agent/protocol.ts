@@ -29,10 +29,26 @@ export const REQ = {
   approvals: 0x07,
   approve: 0x08,
   deny: 0x09,
+  run: 0x0a,
 } as const;
 export type RequestType = keyof typeof REQ;
 export const RES_OK = 0x80;
 export const RES_ERROR = 0x81;
+
+/**
+ * After a run request's ok, the connection carries the run's streams (docs/PROTOCOL.md, "Runs"):
+ * client to agent: stdin bytes, end of stdin, a signal, a terminal size; agent to client: the
+ * child's (masked) stdout and stderr, and finally its exit.
+ */
+export const STREAM = {
+  stdin: 0x20,
+  stdinEnd: 0x21,
+  signal: 0x22,
+  resize: 0x23,
+  stdout: 0xa0,
+  stderr: 0xa1,
+  exit: 0xa2,
+} as const;
 
 const REQ_BY_CODE = new Map<number, RequestType>(
   Object.entries(REQ).map(([k, v]) => [v, k as RequestType]),
@@ -74,6 +90,8 @@ export class FrameReader {
   private used = 0;
   /** The length field of the frame being read (valid once 4 bytes are in). */
   private total = 0;
+  /** A run's stream: many frames may arrive in one chunk. Otherwise one request at a time. */
+  many = false;
 
   /** Bytes of an incomplete frame are waiting. */
   get pending(): boolean {
@@ -103,7 +121,8 @@ export class FrameReader {
             throw new ProtocolError(`bad frame length ${this.total}`);
         }
         if (this.used >= 4 && this.used === 4 + this.total) {
-          if (frames.length > 0) throw new ProtocolError('one request at a time on a connection');
+          if (frames.length > 0 && !this.many)
+            throw new ProtocolError('one request at a time on a connection');
           frames.push(this.parse(this.total));
           this.buf.fill(0, 0, this.used);
           this.used = 0;

@@ -66,6 +66,7 @@ import {
   type WireError,
 } from './protocol.js';
 import { clearStaleSocket, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
+import { RunService } from './run-service.js';
 import { SshAgentService } from './ssh-agent.js';
 
 const FRAME_TIMEOUT_MS = 5_000;
@@ -91,6 +92,8 @@ interface Conn {
   pidfd: number;
   reader: FrameReader;
   busy: boolean;
+  /** Set while a run streams on this connection (run-service.ts). */
+  stream?: (f: Frame) => void;
 }
 
 function wireError(e: unknown): WireError {
@@ -149,6 +152,7 @@ export class Agent {
   private stopping: Promise<void> | undefined;
 
   private readonly ssh: SshAgentService;
+  private readonly runs: RunService;
   /** Bumped at every unlock, lock and vault re-read: caches of vault contents key on it. */
   private gen = 0;
 
@@ -156,6 +160,22 @@ export class Agent {
     this.vp = vaultPaths(o.home);
     this.sp = socketPaths(o.socketDir);
     this.audit = new GroupCommitter(new AuditLog(o.home));
+    this.runs = new RunService({
+      vault: () => this.unlocked(),
+      stillOpen: (v) => this.vault === v,
+      authorize: (conn, req) =>
+        this.authorize(conn.id, conn.pidfd, {
+          target: req.target,
+          kind: 'secret',
+          action: 'run',
+          auditType: 'credential.deliver',
+          what: req.what,
+          exists: this.unlocked().has(req.target),
+        }),
+      record: (r) => this.record(r),
+      actor: (id) => this.actor(id),
+      counted: () => this.counted(),
+    });
     this.ssh = new SshAgentService({
       peer: (s) => this.peer(s),
       vault: () => this.unlocked(),
@@ -224,6 +244,7 @@ export class Agent {
       await this.record({ type: 'agent.stop', decision: 'info' }).catch(() => undefined);
       for (const c of this.conns) c.socket.destroy();
       this.ssh.closeAll();
+      this.runs.killAll();
       await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
       await new Promise<void>((r) => (this.sshServer ? this.sshServer.close(() => r()) : r()));
       fs.rmSync(this.sp.agent, { force: true });
@@ -320,7 +341,10 @@ export class Agent {
           FRAME_TIMEOUT_MS,
         );
       }
-      for (const f of frames) void this.serve(conn, f);
+      for (const f of frames) {
+        if (conn.stream) conn.stream(f);
+        else void this.serve(conn, f);
+      }
     });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
@@ -420,6 +444,8 @@ export class Agent {
       case 'read':
         secureFree(f.raw);
         return this.read(conn, str(f.meta, 'name') ?? '');
+      case 'run':
+        return { meta: await this.runs.start(conn, f) };
       case 'approvals':
         secureFree(f.raw);
         return { meta: { pending: this.broker.list() } };
@@ -637,7 +663,7 @@ export class Agent {
       target: string;
       kind: 'secret' | 'key';
       action: string;
-      auditType: 'secret.read' | 'key.sign';
+      auditType: 'secret.read' | 'key.sign' | 'credential.deliver';
       what: string;
       exists: boolean;
       /** ssh-add -c: every use is confirmed by a person, whatever the policy would remember. */

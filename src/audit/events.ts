@@ -22,6 +22,7 @@ export const EVENT_TYPES = [
   'credential.deliver',
   'credential.drop',
   'credential.evict',
+  'run.exit',
   'peer.rejected',
   'policy.loaded',
   'policy.changed',

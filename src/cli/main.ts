@@ -13,6 +13,7 @@ import { registerAuditCommands } from './audit-commands.js';
 import { registerPolicyCommands } from './policy-commands.js';
 import { registerAgentCommands } from './agent-commands.js';
 import { registerKeyCommands } from './key-commands.js';
+import { ChildExit, registerRunCommand } from './run-command.js';
 
 export const VERSION = '0.1.0';
 
@@ -37,6 +38,7 @@ export function buildProgram(io: Io): Command {
   registerVaultCommands(program, io);
   registerAgentCommands(program, io);
   registerKeyCommands(program, io);
+  registerRunCommand(program, io);
   registerAuditCommands(program, io);
   registerPolicyCommands(program, io);
   registerDoctorCommand(program, io);
@@ -59,7 +61,8 @@ function usageFrom(e: CommanderError): UsageError {
   return new UsageError('USAGE', message, { hint: 'see: keyward --help' });
 }
 
-export async function main(argv: string[], io: Io = processIo): Promise<ExitCode> {
+/** keyward's exit code, or for `keyward run` the child's (0 to 255). */
+export async function main(argv: string[], io: Io = processIo): Promise<ExitCode | number> {
   // No core file, no same-user ptrace or /proc/PID/mem read of a process that may hold secrets.
   hardenProcess();
   const program = buildProgram(io);
@@ -67,6 +70,7 @@ export async function main(argv: string[], io: Io = processIo): Promise<ExitCode
     await program.parseAsync(argv, { from: 'user' });
     return EXIT.OK;
   } catch (e) {
+    if (e instanceof ChildExit) return e.code;
     if (e instanceof CommanderError) {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return EXIT.OK;
       // Help shown because no command was given: a usage error, after the help text.

@@ -2,6 +2,7 @@
  * The few libc calls Node does not expose, through koffi. Loaded lazily so that commands that
  * need none of them (help, version) start without the FFI.
  */
+import fs from 'node:fs';
 import koffi from 'koffi';
 
 interface Libc {
@@ -15,6 +16,12 @@ interface Libc {
   syscall4: (nr: number, a: number, b: number, c: null, d: number) => number;
   close: (fd: number) => number;
   mallopt: (param: number, value: number) => number;
+  memfdCreate: (name: string, flags: number) => number;
+  fcntl: (fd: number, cmd: number, arg: number) => number;
+  lseek: (fd: number, offset: number, whence: number) => number;
+  execvpe: (file: string, argv: (string | null)[], envp: (Buffer | null)[]) => number;
+  setsid: () => number;
+  ioctl: (fd: number, req: number, arg: number) => number;
   errno: () => number;
 }
 
@@ -35,6 +42,12 @@ function libc(): Libc {
     syscall4: lib.func('long syscall(long, int, int, void *, unsigned int)'),
     close: lib.func('int close(int)'),
     mallopt: lib.func('int mallopt(int, int)'),
+    memfdCreate: lib.func('int memfd_create(const char *, unsigned int)'),
+    fcntl: lib.func('int fcntl(int, int, int)'),
+    lseek: lib.func('int64_t lseek(int, int64_t, int)'),
+    execvpe: lib.func('int execvpe(const char *, const char **, uint8_t **)'),
+    setsid: lib.func('int setsid(void)'),
+    ioctl: lib.func('int ioctl(int, unsigned long, int)'),
     errno: () => koffi.errno(),
   };
   return cached;
@@ -164,4 +177,64 @@ export function pidfdAlive(pidfd: number): boolean {
 
 export function closeFd(fd: number): void {
   libc().close(fd);
+}
+
+const MFD_CLOEXEC = 1;
+const MFD_ALLOW_SEALING = 2;
+const F_SETFD = 2;
+const F_ADD_SEALS = 1033;
+const F_SEAL_SEAL = 1;
+const F_SEAL_SHRINK = 2;
+const F_SEAL_GROW = 4;
+const F_SEAL_WRITE = 8;
+
+/**
+ * An anonymous file holding exactly these bytes, sealed: nobody (the receiver included) can
+ * change, grow or shrink it afterwards. Close-on-exec in this process; a child gets it only where
+ * it is handed over explicitly (spawn's stdio). Written with write(2) from the caller's buffers,
+ * so secret bytes go from secure memory to the kernel without a copy in this process.
+ */
+export function sealedMemfd(name: string, pieces: readonly Uint8Array[]): number {
+  const l = libc();
+  const fd = l.memfdCreate(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0) throw new Error(`memfd_create failed (errno ${l.errno()})`);
+  try {
+    for (const p of pieces) {
+      let off = 0;
+      while (off < p.length) off += fs.writeSync(fd, p, off, p.length - off);
+    }
+    const seals = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+    if (l.fcntl(fd, F_ADD_SEALS, seals) !== 0)
+      throw new Error(`sealing the memfd failed (errno ${l.errno()})`);
+    // The receiver shares this file offset: it reads from the start.
+    if (l.lseek(fd, 0, 0) !== 0) throw new Error(`lseek failed (errno ${l.errno()})`);
+    return fd;
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+}
+
+/** Clears FD_CLOEXEC, so the descriptor survives an exec (Node marks even 0, 1 and 2). */
+export function keepAcrossExec(fd: number): void {
+  const l = libc();
+  if (l.fcntl(fd, F_SETFD, 0) !== 0) throw new Error(`fcntl(${fd}) failed (errno ${l.errno()})`);
+}
+
+/** A new session with the terminal on fd 0 as its controlling terminal (for a pty child). */
+export function takeTerminal(): void {
+  const l = libc();
+  const TIOCSCTTY = 0x540e;
+  if (l.setsid() < 0) throw new Error(`setsid failed (errno ${l.errno()})`);
+  if (l.ioctl(0, TIOCSCTTY, 0) !== 0) throw new Error(`TIOCSCTTY failed (errno ${l.errno()})`);
+}
+
+/**
+ * execvpe(3): replaces this process. envp entries are NUL-terminated byte strings (Buffers, so
+ * values never become JS strings). Returns only on failure, with errno.
+ */
+export function execvpe(file: string, argv: string[], envp: Buffer[]): number {
+  const l = libc();
+  l.execvpe(file, [...argv, null], [...envp, null]);
+  return l.errno();
 }

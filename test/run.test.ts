@@ -1,0 +1,298 @@
+/**
+ * `keyward run` (issue 7) with a real agent, real children and real signals: injection, masking
+ * of every encoded form, env files, exit codes and signals, stdin, fd delivery, policy, audit,
+ * and memory scans of the agent and the CLI (root).
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { agentHome, scanMemory, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import { BIN, kw, sleep } from './helpers.js';
+
+const isRoot = process.geteuid?.() === 0;
+const ALLOW_ALL = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n';
+const MARK = '<concealed by keyward>';
+
+const homes: AgentHome[] = [];
+after(async () => {
+  for (const h of homes) await stopAgent(h);
+});
+
+async function running(policy = ALLOW_ALL): Promise<AgentHome> {
+  const h = agentHome(policy);
+  homes.push(h);
+  await startAgent(h);
+  const u = kw(['unlock'], { env: h.env });
+  assert.equal(u.code, 0, u.stderr);
+  return h;
+}
+
+function setSecret(h: AgentHome, name: string, value: string | Buffer): void {
+  const r = kw(['secret', 'set', '--raw', name], { env: h.env, input: value });
+  assert.equal(r.code, 0, r.stderr);
+}
+
+/** `keyward run ARGS` as a child; resolves with its exit code and output. */
+function run(
+  h: AgentHome,
+  args: string[],
+  o: { input?: string; onStdout?: (all: string, pid: number) => void; cwd?: string } = {},
+): Promise<{ code: number | null; stdout: string; stderr: string; pid: number }> {
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, [BIN, 'run', ...args], {
+      env: h.env,
+      stdio: ['pipe', 'pipe', 'pipe'],
+      cwd: o.cwd ?? h.dir,
+    });
+    let stdout = '';
+    let stderr = '';
+    c.stdout.on('data', (d: Buffer) => {
+      stdout += d.toString();
+      o.onStdout?.(stdout, c.pid ?? 0);
+    });
+    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    c.stdin.end(o.input ?? '');
+    c.on('exit', (code) => resolve({ code, stdout, stderr, pid: c.pid ?? 0 }));
+  });
+}
+
+function auditLines(h: AgentHome): Array<{ type: string; target?: string; decision?: string }> {
+  return kw(['audit', 'export', '--decrypt'], { env: h.env })
+    .stdout.trim()
+    .split('\n')
+    .map((l) => {
+      const e = JSON.parse(l) as { type: string; body: { target?: string; decision?: string } };
+      return { type: e.type, ...e.body };
+    });
+}
+
+describe('keyward run: the agent starts the child with the secret', () => {
+  test('--env puts the value in the child environment; stdout and stderr are masked; the exit code passes through', async () => {
+    const h = await running();
+    setSecret(h, 'app/token', 'sup3r-s3cret-value-123');
+    const r = await run(h, [
+      '--env',
+      'TOKEN=app/token',
+      '--',
+      'sh',
+      '-c',
+      'test "$TOKEN" = sup3r-s3cret-value-123 && echo same; echo "out $TOKEN"; echo "err $TOKEN" >&2; exit 7',
+    ]);
+    assert.equal(r.code, 7);
+    assert.equal(r.stdout, `same\nout ${MARK}\n`);
+    assert.equal(r.stderr, `err ${MARK}\n`);
+  });
+
+  test('every encoded form is masked: base64 (any alignment), base64url, hex, URL and JSON escaping, and values split across writes', async () => {
+    const h = await running();
+    const value = 'p@ss/w0rd+"quoted"\\and more';
+    setSecret(h, 'enc/value', value);
+    const v = Buffer.from(value);
+    const forms = {
+      raw: value,
+      b64: v.toString('base64'),
+      b64shifted: Buffer.concat([Buffer.from('xy'), v, Buffer.from('z')]).toString('base64'),
+      b64url: v.toString('base64url'),
+      hexLower: v.toString('hex'),
+      hexUpper: v.toString('hex').toUpperCase(),
+      url: encodeURIComponent(value),
+      json: JSON.stringify(value).slice(1, -1),
+    };
+    // A node child writes each form, and the raw value once more in three separate writes with
+    // pauses, so the pieces arrive in different chunks.
+    const script = `
+      const forms = ${JSON.stringify(forms)};
+      for (const [k, f] of Object.entries(forms)) process.stdout.write(k + '=' + f + '\\n');
+      const v = ${JSON.stringify(value)};
+      const parts = [v.slice(0, 5), v.slice(5, 11), v.slice(11) + '\\n'];
+      (async () => { for (const p of parts) { process.stdout.write('split=' .slice(0, parts.indexOf(p) === 0 ? 6 : 0) + p); await new Promise(r => setTimeout(r, 120)); } })();
+    `;
+    const r = await run(h, ['--env', 'V=enc/value', '--', process.execPath, '-e', script]);
+    assert.equal(r.code, 0, r.stderr);
+    const lines = r.stdout.trim().split('\n');
+    for (const line of lines) {
+      const [k] = line.split('=');
+      if (k === 'b64shifted') {
+        // The characters that depend on the value alone are masked; at most a group of
+        // neighbours' characters shows on each side.
+        assert.match(line, new RegExp(`^b64shifted=[A-Za-z0-9+/]{0,4}${MARK}[A-Za-z0-9+/=]{0,8}$`));
+      } else assert.match(line, new RegExp(`^${k}=${MARK}$`), line);
+    }
+    assert.equal(lines.length, Object.keys(forms).length + 1);
+    assert.ok(!r.stdout.includes('w0rd'), 'no piece of the value');
+  });
+
+  test('--no-masking passes the output as it is; values shorter than 6 bytes are never masked', async () => {
+    const h = await running();
+    setSecret(h, 'm/long', 'long-enough-value');
+    setSecret(h, 'm/short', 'abc12');
+    let r = await run(h, ['--no-masking', '--env', 'A=m/long', '--', 'sh', '-c', 'echo $A']);
+    assert.equal(r.stdout, 'long-enough-value\n');
+    r = await run(h, ['--env', 'A=m/short', '--', 'sh', '-c', 'echo $A']);
+    assert.equal(r.stdout, 'abc12\n');
+  });
+
+  test('--env-file: keyward: references are resolved, other values pass through; bad lines are usage errors', async () => {
+    const h = await running();
+    setSecret(h, 'db/password', 'correct-horse-battery');
+    const file = path.join(h.dir, 'app.env');
+    fs.writeFileSync(
+      file,
+      '# settings\nexport DB_PASSWORD=keyward:db/password\nREGION="eu-west-1"\n\nMODE=plain\n',
+    );
+    const r = await run(h, [
+      '--env-file',
+      file,
+      '--',
+      'sh',
+      '-c',
+      'echo "$REGION $MODE"; test "$DB_PASSWORD" = correct-horse-battery && echo injected',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'eu-west-1 plain\ninjected\n');
+    fs.writeFileSync(file, 'NOT A LINE\n');
+    const bad = await run(h, ['--env-file', file, '--', 'true']);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /app\.env:1: expected NAME=VALUE/);
+  });
+
+  test('stdin reaches the child; a missing command exits 127; a child killed by a signal gives 128+N', async () => {
+    const h = await running();
+    let r = await run(h, ['--', 'sh', '-c', 'cat; echo done'], { input: 'line1\nline2\n' });
+    assert.equal(r.stdout, 'line1\nline2\ndone\n');
+    r = await run(h, ['--', 'no-such-command-keyward']);
+    assert.equal(r.code, 127);
+    assert.match(r.stderr, /no-such-command-keyward.*command not found/);
+    r = await run(h, ['--', 'sh', '-c', 'kill -TERM $$']);
+    assert.equal(r.code, 143);
+  });
+
+  test('Ctrl-C (SIGINT to keyward run) reaches the child, whose exit code is the result', async () => {
+    const h = await running();
+    let sent = false;
+    const r = await run(
+      h,
+      [
+        '--',
+        'sh',
+        '-c',
+        'trap "echo got-int; exit 42" INT; echo ready; while :; do sleep 0.1; done',
+      ],
+      {
+        onStdout: (all, pid) => {
+          if (!sent && all.includes('ready')) {
+            sent = true;
+            process.kill(pid, 'SIGINT');
+          }
+        },
+      },
+    );
+    assert.equal(r.code, 42);
+    assert.equal(r.stdout, 'ready\ngot-int\n');
+  });
+
+  test('--fd 3=NAME: the child reads the value from descriptor 3; it is not in its environment', async () => {
+    const h = await running();
+    setSecret(h, 'fd/secret', 'value-on-a-descriptor-42');
+    const script = `
+      const fs = require('fs');
+      const v = fs.readFileSync(3, 'utf8');
+      const environ = fs.readFileSync('/proc/self/environ', 'latin1');
+      const link = fs.readlinkSync('/proc/self/fd/3');
+      let sealed = false;
+      try { fs.writeSync(3, 'x'); } catch { sealed = true; }
+      console.log(JSON.stringify({ right: v === 'value-on-a-descriptor-42', inEnviron: environ.includes(v), memfd: link.startsWith('/memfd:'), sealed }));
+    `;
+    const r = await run(h, ['--fd', '3=fd/secret', '--', process.execPath, '-e', script]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout), {
+      right: true,
+      inEnviron: false,
+      memfd: true,
+      sealed: true,
+    });
+  });
+
+  test('policy decides: a denied secret starts no child (exit 6); the deliveries, drop and exit are audited and the chain verifies', async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: no, targets: ["denied/**"], decision: deny }\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    setSecret(h, 'denied/x', 'never-delivered-value');
+    setSecret(h, 'ok/y', 'delivered-value-here');
+    const marker = path.join(h.dir, 'ran');
+    const denied = await run(h, ['--env', 'X=denied/x', '--', 'touch', marker]);
+    assert.equal(denied.code, 6, denied.stderr);
+    assert.match(denied.stderr, /denied by policy/);
+    assert.equal(fs.existsSync(marker), false, 'no child started');
+    const ok = await run(h, ['--env', 'Y=ok/y', '--', 'true']);
+    assert.equal(ok.code, 0);
+    const lines = auditLines(h);
+    const of = (type: string, target: string) =>
+      lines.filter((l) => l.type === type && l.target === target).map((l) => l.decision);
+    assert.deepEqual(of('credential.deliver', 'denied/x'), ['deny']);
+    assert.deepEqual(of('credential.deliver', 'ok/y'), ['allow']);
+    assert.deepEqual(of('credential.drop', 'ok/y'), ['info']);
+    assert.deepEqual(of('run.exit', 'ok/y'), ['info']);
+    const v = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(v.code, 0, v.stderr);
+  });
+
+  test('a locked agent runs nothing (exit 5); an unknown secret exits 3', async () => {
+    const h = await running();
+    let r = await run(h, ['--env', 'X=nope/none', '--', 'true']);
+    assert.equal(r.code, 3, r.stderr);
+    kw(['lock'], { env: h.env });
+    r = await run(h, ['--', 'true']);
+    assert.equal(r.code, 5, r.stderr);
+  });
+});
+
+describe('memory: no plaintext stays behind', () => {
+  test(
+    'the CLI never holds the value; after the run the agent holds neither it, nor any 12-byte fragment, nor its base64 or hex (root: /proc/PID/mem)',
+    { skip: !isRoot && 'needs root to read /proc/PID/mem' },
+    async () => {
+      const h = await running();
+      const value = randomBytes(36).toString('base64url');
+      setSecret(h, 'scan/run', value);
+      const needles = [
+        Buffer.from(value),
+        Buffer.from(Buffer.from(value).toString('base64')),
+        Buffer.from(Buffer.from(value).toString('hex')),
+      ];
+      for (let i = 0; i + 12 <= value.length; i++)
+        needles.push(Buffer.from(value.slice(i, i + 12)));
+      let cliFound: string[] | undefined;
+      let agentDuring: number | undefined;
+      const r = await run(
+        h,
+        [
+          '--env',
+          'S=scan/run',
+          '--',
+          'sh',
+          '-c',
+          'echo "$S"; echo "$S" | base64; sleep 3; echo end',
+        ],
+        {
+          onStdout: (all, pid) => {
+            if (cliFound === undefined && all.includes(MARK) && all.split(MARK).length >= 3) {
+              // Positive control: while the run lasts the agent holds the value's masking forms.
+              agentDuring = scanMemory(h.agentPid ?? 0, [Buffer.from(value)]).length;
+              cliFound = scanMemory(pid, needles).map(String);
+            }
+          },
+        },
+      );
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok(!r.stdout.includes(value));
+      assert.deepEqual(cliFound, [], 'the CLI never held the value');
+      assert.equal(agentDuring, 1, 'the scanner finds what the agent does hold');
+      await sleep(200);
+      assert.deepEqual(scanMemory(h.agentPid ?? 0, needles).map(String), []);
+    },
+  );
+});
