@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { agentHome, scanMemory, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
-import { BIN, kw, sleep } from './helpers.js';
+import { BIN, kw, ROOT, sleep } from './helpers.js';
 
 const isRoot = process.geteuid?.() === 0;
 const ALLOW_ALL = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n';
@@ -192,6 +192,48 @@ describe('keyward run: the agent starts the child with the secret', () => {
     );
     assert.equal(r.code, 42);
     assert.equal(r.stdout, 'ready\ngot-int\n');
+  });
+
+  test('on a terminal the child gets a pty: colours and the size pass, keys reach it, Ctrl-C interrupts it; output still masked', async () => {
+    const h = await running();
+    setSecret(h, 'pty/token', 'pty-secret-value-77');
+    const drive = (argv: string[], steps: string[][]) =>
+      new Promise<string>((resolve) => {
+        const d = spawn('python3', [
+          path.join(ROOT, 'test/pty-driver.py'),
+          JSON.stringify({ argv: [process.execPath, BIN, 'run', ...argv], env: h.env, steps }),
+        ]);
+        let out = '';
+        d.stdout.on('data', (b: Buffer) => (out += b.toString()));
+        d.on('exit', () => resolve(out));
+      });
+    let out = await drive(
+      [
+        '--env',
+        'T=pty/token',
+        '--',
+        'sh',
+        '-c',
+        'test -t 1 && echo tty-yes; printf "\\033[31mred\\033[0m $T\\n"; read x; echo got-$x',
+      ],
+      [['tty-yes', 'hello\r']],
+    );
+    assert.match(out, /tty-yes/);
+    assert.ok(out.includes(`\x1b[31mred\x1b[0m ${MARK}`), out);
+    assert.match(out, /got-hello/);
+    assert.ok(!out.includes('pty-secret-value-77'));
+    assert.match(out, /EXIT=0/);
+    out = await drive(
+      [
+        '--',
+        'sh',
+        '-c',
+        'trap "echo got-int; exit 42" INT; echo ready; while :; do sleep 0.1; done',
+      ],
+      [['ready', '\x03']],
+    );
+    assert.match(out, /got-int/);
+    assert.match(out, /EXIT=42/);
   });
 
   test('--fd 3=NAME: the child reads the value from descriptor 3; it is not in its environment', async () => {

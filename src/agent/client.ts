@@ -144,6 +144,8 @@ export interface RunRequest {
   env: Array<{ var: string; name: string }>;
   fds: Array<{ fd: number; name: string }>;
   masking: boolean;
+  /** This process's stdout is a terminal of this size: the child runs under a pty. */
+  pty?: { rows: number; cols: number };
 }
 
 const FORWARDED_SIGNALS: NodeJS.Signals[] = [
@@ -175,6 +177,17 @@ export function agentRun(path: string, req: RunRequest, environ: Buffer): Promis
       if (data && data.length > 0) s.write(data);
     };
     const onSignal = (sig: NodeJS.Signals) => send(STREAM.signal, { signal: sig });
+    const onResize = () =>
+      send(STREAM.resize, { rows: process.stdout.rows, cols: process.stdout.columns });
+    // Under a pty, keys go to the child as typed (Ctrl-C included: its terminal makes the signal).
+    const rawTerminal = req.pty !== undefined && process.stdin.isTTY;
+    let restored = false;
+    const restore = () => {
+      if (rawTerminal && !restored) {
+        restored = true;
+        process.stdin.setRawMode(false);
+      }
+    };
     const onStdin = (chunk: Buffer) => send(STREAM.stdin, {}, chunk);
     const onStdinEnd = () => send(STREAM.stdinEnd, {});
     const finish = (err: unknown, code?: number) => {
@@ -182,6 +195,8 @@ export function agentRun(path: string, req: RunRequest, environ: Buffer): Promis
       settled = true;
       secureFree(raw);
       for (const sig of FORWARDED_SIGNALS) process.off(sig, onSignal);
+      process.off('SIGWINCH', onResize);
+      restore();
       process.stdin.off('data', onStdin);
       process.stdin.off('end', onStdinEnd);
       process.stdin.pause();
@@ -218,6 +233,8 @@ export function agentRun(path: string, req: RunRequest, environ: Buffer): Promis
             started = true;
             // From here Ctrl-C and friends go to the child, as if it were this process.
             for (const sig of FORWARDED_SIGNALS) process.on(sig, onSignal);
+            if (req.pty) process.on('SIGWINCH', onResize);
+            if (rawTerminal) process.stdin.setRawMode(true);
             process.stdin.on('data', onStdin);
             process.stdin.on('end', onStdinEnd);
             process.stdin.on('error', onStdinEnd);

@@ -6,11 +6,13 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import path from 'node:path';
 import type net from 'node:net';
+import path from 'node:path';
+import tty from 'node:tty';
 import type { Actor, AuditRecord } from '../audit/index.js';
 import { KeywardError, UsageError } from '../errors.js';
-import { secureFree, zero, type SecureBuffer } from '../lib/secure.js';
+import { closeFd, openPty, setWindowSize } from '../lib/libc.js';
+import { secureFree, writeAllSync, zero, type SecureBuffer } from '../lib/secure.js';
 import {
   assertVarName,
   Masker,
@@ -72,6 +74,7 @@ function parseRequest(meta: Record<string, unknown>): {
   cwd: string;
   wanted: Wanted[];
   masking: boolean;
+  pty: { rows: number; cols: number } | undefined;
 } {
   const bad = (m: string) => new UsageError('USAGE', m);
   const argv = meta['argv'];
@@ -113,11 +116,17 @@ function parseRequest(meta: Record<string, unknown>): {
     want(o['name'], { fd });
   }
   if (byName.size > MAX_SECRETS) throw bad(`at most ${MAX_SECRETS} secrets per run`);
+  const p = meta['pty'] as Record<string, unknown> | undefined;
+  const dim = (n: unknown, fallback: number) =>
+    typeof n === 'number' && Number.isInteger(n) && n > 0 && n < 10_000 ? n : fallback;
+  const pty =
+    p && typeof p === 'object' ? { rows: dim(p['rows'], 24), cols: dim(p['cols'], 80) } : undefined;
   return {
     argv: argv as string[],
     cwd,
     wanted: [...byName.values()],
     masking: meta['masking'] !== false,
+    pty,
   };
 }
 
@@ -159,6 +168,7 @@ export class RunService {
   async start(conn: RunConn, f: Frame): Promise<Record<string, unknown>> {
     const values = new Map<string, SecureBuffer>();
     let forms: SecureBuffer[] = [];
+    let terminal: { master: number; slave: number } | undefined;
     try {
       const req = parseRequest(f.meta);
       const v = this.host.vault();
@@ -213,13 +223,15 @@ export class RunService {
         }
       }
       const pathVar = env.filter((e) => e.name === 'PATH').at(-1);
+      // The caller's stdout is a terminal: the child gets one too (colours, full-screen programs).
+      if (req.pty) terminal = openPty(req.pty.rows, req.pty.cols);
       const child = startChild({
         argv: req.argv,
         cwd: req.cwd,
         env,
         fds,
-        stdio: 'pipe',
-        pty: false,
+        stdio: terminal ? terminal.slave : 'pipe',
+        pty: terminal !== undefined,
         // PATH is no secret: it is how the program is found, as the caller's shell would.
         path: pathVar ? Buffer.from(pathVar.value).toString('utf8') : DEFAULT_PATH,
       });
@@ -240,13 +252,19 @@ export class RunService {
           .catch(() => undefined);
       }
       this.host.counted();
-      this.relay(conn, child, forms, req, details);
+      if (terminal) closeFd(terminal.slave);
+      this.relay(conn, child, forms, req, details, terminal?.master);
       forms = [];
-      return { pid: child.pid ?? null, masking: req.masking };
+      terminal = undefined;
+      return { pid: child.pid ?? null, masking: req.masking, pty: req.pty !== undefined };
     } finally {
       for (const value of values.values()) secureFree(value);
       for (const form of forms) secureFree(form);
       secureFree(f.raw);
+      if (terminal) {
+        closeFd(terminal.slave);
+        closeFd(terminal.master);
+      }
     }
   }
 
@@ -257,8 +275,12 @@ export class RunService {
     forms: SecureBuffer[],
     req: { argv: string[]; wanted: Wanted[] },
     details: (w: Wanted) => Record<string, string | number | boolean | null>,
+    master?: number,
   ): void {
     this.children.add(child);
+    // Under a pty the child's output (stdout and stderr together) comes from the master.
+    const term = master === undefined ? undefined : new tty.ReadStream(master);
+    term?.on('error', () => undefined);
     const started = Date.now();
     const s = conn.socket;
     s.setTimeout(0);
@@ -285,19 +307,37 @@ export class RunService {
         }
       });
     };
-    pump(child.stdout, STREAM.stdout, maskers?.[0]);
+    pump(term ?? child.stdout, STREAM.stdout, maskers?.[0]);
     pump(child.stderr, STREAM.stderr, maskers?.[1]);
+    const toChild = (data: Uint8Array, done: () => void) => {
+      if (master !== undefined) {
+        try {
+          writeAllSync(master, data);
+        } catch {
+          // the child is gone
+        }
+        done();
+      } else if (child.stdin && !child.stdin.destroyed) child.stdin.write(data, done);
+      else done();
+    };
     conn.stream = (fr: Frame) => {
       try {
         if (fr.type === STREAM.stdin && fr.raw) {
           const raw = fr.raw;
-          if (child.stdin && !child.stdin.destroyed) child.stdin.write(raw, () => secureFree(raw));
-          else secureFree(raw);
+          toChild(raw, () => secureFree(raw));
           return;
         }
         secureFree(fr.raw);
-        if (fr.type === STREAM.stdinEnd) child.stdin?.end();
-        else if (fr.type === STREAM.signal) {
+        if (fr.type === STREAM.stdinEnd) {
+          // On a terminal, end of input is ^D.
+          if (master !== undefined) toChild(Buffer.from([4]), () => undefined);
+          else child.stdin?.end();
+        } else if (fr.type === STREAM.resize && master !== undefined) {
+          const rows = fr.meta['rows'];
+          const cols = fr.meta['cols'];
+          if (typeof rows === 'number' && typeof cols === 'number' && rows > 0 && cols > 0)
+            setWindowSize(master, Math.min(rows, 9999), Math.min(cols, 9999));
+        } else if (fr.type === STREAM.signal) {
           const sig = str(fr.meta, 'signal');
           if (sig !== undefined && SIGNALS.has(sig)) child.kill(sig as NodeJS.Signals);
         }
@@ -344,7 +384,26 @@ export class RunService {
     child.on('error', (e: NodeJS.ErrnoException) =>
       end(e.code === 'ENOENT' ? 127 : 126, null, `cannot start: ${e.code ?? 'error'}`),
     );
-    child.on('close', (code, signal) => end(code, signal));
+    if (term) {
+      // The master reads what the child wrote until every holder of the slave is gone (EIO).
+      let exited: [number | null, NodeJS.Signals | null] | undefined;
+      let drained = false;
+      const done = () => {
+        if (exited && drained) {
+          term.destroy();
+          end(...exited);
+        }
+      };
+      term.once('end', () => ((drained = true), done()));
+      term.once('error', () => ((drained = true), done()));
+      term.once('close', () => ((drained = true), done()));
+      child.on('exit', (code, signal) => {
+        exited = [code, signal];
+        // A grandchild that keeps the terminal open doesn't keep the run alive.
+        setTimeout(() => ((drained = true), done()), 2000).unref();
+        done();
+      });
+    } else child.on('close', (code, signal) => end(code, signal));
     // The client went away (terminal closed, killed): as a terminal hangup would.
     s.on('close', () => {
       if (!ended) child.kill('SIGHUP');

@@ -4,6 +4,7 @@
  * signals, and never holds a value.
  */
 import fs from 'node:fs';
+import tty from 'node:tty';
 import type { Command } from 'commander';
 import { agentRun, type RunRequest } from '../agent/index.js';
 import { UsageError } from '../errors.js';
@@ -84,11 +85,16 @@ export function registerRunCommand(program: Command, _io: Io): void {
       for (const [k, v] of Object.entries(process.env)) if (v !== undefined) entries.set(k, v);
       for (const [k, v] of plain) entries.set(k, v);
       const environ = Buffer.from([...entries].map(([k, v]) => `${k}=${v}\0`).join(''), 'utf8');
-      const code = await agentRun(
-        agentSocket(),
-        { argv: command, cwd: process.cwd(), env, fds, masking: o.masking },
-        environ,
-      );
+      const request: RunRequest = {
+        argv: command,
+        cwd: process.cwd(),
+        env,
+        fds,
+        masking: o.masking,
+      };
+      if (tty.isatty(1))
+        request.pty = { rows: process.stdout.rows || 24, cols: process.stdout.columns || 80 };
+      const code = await agentRun(agentSocket(), request, environ);
       throw new ChildExit(code);
     });
 }

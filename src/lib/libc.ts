@@ -22,6 +22,11 @@ interface Libc {
   execvpe: (file: string, argv: (string | null)[], envp: (Buffer | null)[]) => number;
   setsid: () => number;
   ioctl: (fd: number, req: number, arg: number) => number;
+  ioctlBuf: (fd: number, req: number, arg: Buffer) => number;
+  posixOpenpt: (flags: number) => number;
+  grantpt: (fd: number) => number;
+  unlockpt: (fd: number) => number;
+  ptsnameR: (fd: number, buf: Buffer, len: number) => number;
   errno: () => number;
 }
 
@@ -48,6 +53,11 @@ function libc(): Libc {
     execvpe: lib.func('int execvpe(const char *, const char **, uint8_t **)'),
     setsid: lib.func('int setsid(void)'),
     ioctl: lib.func('int ioctl(int, unsigned long, int)'),
+    ioctlBuf: lib.func('ioctl', 'int', ['int', 'unsigned long', 'uint8_t *']),
+    posixOpenpt: lib.func('int posix_openpt(int)'),
+    grantpt: lib.func('int grantpt(int)'),
+    unlockpt: lib.func('int unlockpt(int)'),
+    ptsnameR: lib.func('int ptsname_r(int, _Out_ uint8_t *, size_t)'),
     errno: () => koffi.errno(),
   };
   return cached;
@@ -237,4 +247,41 @@ export function execvpe(file: string, argv: string[], envp: Buffer[]): number {
   const l = libc();
   l.execvpe(file, [...argv, null], [...envp, null]);
   return l.errno();
+}
+
+const TIOCSWINSZ = 0x5414;
+
+/** Sets a terminal's size (rows and columns), as a resize of the window would. */
+export function setWindowSize(fd: number, rows: number, cols: number): void {
+  const ws = Buffer.alloc(8);
+  ws.writeUInt16LE(rows, 0);
+  ws.writeUInt16LE(cols, 2);
+  libc().ioctlBuf(fd, TIOCSWINSZ, ws);
+}
+
+/**
+ * A new pseudo-terminal: the master (kept by the caller) and the slave, opened, for a child's
+ * stdio. Both close-on-exec here; spawn hands the slave to the child explicitly.
+ */
+export function openPty(rows: number, cols: number): { master: number; slave: number } {
+  const l = libc();
+  const O_RDWR = 2;
+  const O_NOCTTY = 0o400;
+  const O_CLOEXEC = 0o2000000;
+  const master = l.posixOpenpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  if (master < 0) throw new Error(`posix_openpt failed (errno ${l.errno()})`);
+  try {
+    if (l.grantpt(master) !== 0 || l.unlockpt(master) !== 0)
+      throw new Error(`grantpt/unlockpt failed (errno ${l.errno()})`);
+    const name = Buffer.alloc(128);
+    if (l.ptsnameR(master, name, name.length) !== 0)
+      throw new Error(`ptsname failed (errno ${l.errno()})`);
+    const slavePath = name.subarray(0, name.indexOf(0)).toString('utf8');
+    const slave = fs.openSync(slavePath, fs.constants.O_RDWR | fs.constants.O_NOCTTY);
+    setWindowSize(master, rows, cols);
+    return { master, slave };
+  } catch (e) {
+    fs.closeSync(master);
+    throw e;
+  }
 }
