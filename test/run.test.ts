@@ -292,6 +292,121 @@ describe('keyward run: the agent starts the child with the secret', () => {
   });
 });
 
+async function pendingId(h: AgentHome): Promise<string> {
+  for (let i = 0; i < 200; i++) {
+    const r = kw(['approvals', '--json'], { env: h.env });
+    const id = (JSON.parse(r.stdout || '[]') as Array<{ id: string }>)[0]?.id;
+    if (id) return id;
+    await sleep(50);
+  }
+  throw new Error('no pending request appeared');
+}
+
+function events(h: AgentHome, target: string): string[] {
+  return auditLines(h)
+    .filter((l) => l.target === target)
+    .map((l) => l.type);
+}
+
+describe('caching and eviction', () => {
+  test('without cache: every release fetches from the vault and drops the copy at once', async () => {
+    const h = await running();
+    setSecret(h, 'c/none', 'not-cached-value-1');
+    assert.equal(kw(['read', 'c/none'], { env: h.env }).stdout, 'not-cached-value-1');
+    assert.equal((await run(h, ['--env', 'X=c/none', '--', 'true'])).code, 0);
+    await sleep(200);
+    assert.deepEqual(events(h, 'c/none'), [
+      'secret.set',
+      'credential.fetch',
+      'secret.read',
+      'credential.drop',
+      'credential.fetch',
+      'credential.deliver',
+      'credential.drop',
+      'run.exit',
+    ]);
+  });
+
+  test('a caching rule keeps the value until it is idle for its TTL, even while a consumer runs; lock evicts the rest', async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: cached, targets: ["c/**"], decision: allow, cache: { idle: 1s } }\n',
+    );
+    setSecret(h, 'c/kept', 'cached-value-for-a-second');
+    setSecret(h, 'c/other', 'another-cached-value');
+    assert.equal(kw(['read', 'c/kept'], { env: h.env }).code, 0);
+    assert.equal(kw(['read', 'c/kept'], { env: h.env }).code, 0);
+    // A consumer that outlives the idle time: the cache evicts anyway.
+    const r = await run(h, ['--env', 'K=c/kept', '--', 'sleep', '2']);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(kw(['read', 'c/other'], { env: h.env }).code, 0);
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    await sleep(200);
+    assert.deepEqual(events(h, 'c/kept'), [
+      'secret.set',
+      'credential.fetch',
+      'secret.read',
+      'secret.read',
+      'credential.deliver',
+      'credential.evict',
+      'run.exit',
+    ]);
+    assert.deepEqual(events(h, 'c/other'), [
+      'secret.set',
+      'credential.fetch',
+      'secret.read',
+      'credential.evict',
+    ]);
+    const v = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(v.code, 0, v.stderr);
+  });
+
+  test(
+    'after eviction the agent holds no fragment of the value (root: /proc/PID/mem)',
+    { skip: !isRoot && 'needs root to read /proc/PID/mem' },
+    async () => {
+      const h = await running(
+        'version: 1\nrules:\n  - { name: cached, targets: ["**"], decision: allow, cache: { idle: 1s } }\n',
+      );
+      const value = randomBytes(36).toString('base64url');
+      setSecret(h, 'c/scan', value);
+      assert.equal(kw(['read', 'c/scan'], { env: h.env }).stdout, value);
+      // Positive control: cached, the agent holds it.
+      assert.equal(scanMemory(h.agentPid ?? 0, [Buffer.from(value)]).length, 1);
+      await sleep(1500);
+      const needles = [Buffer.from(value)];
+      for (let i = 0; i + 12 <= value.length; i++)
+        needles.push(Buffer.from(value.slice(i, i + 12)));
+      assert.deepEqual(scanMemory(h.agentPid ?? 0, needles).map(String), []);
+      assert.ok(events(h, 'c/scan').includes('credential.evict'));
+    },
+  );
+
+  test('a high_value secret needs a fresh passphrase approval for every run', async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - name: hv\n    targets: ["hv/**"]\n    decision: approve\n    high_value: true\n    approve: { mode: passphrase }\n',
+    );
+    setSecret(h, 'hv/key', 'high-value-secret-1');
+    for (let i = 0; i < 2; i++) {
+      const running_ = run(h, [
+        '--env',
+        'K=hv/key',
+        '--',
+        'sh',
+        '-c',
+        'test "$K" = high-value-secret-1',
+      ]);
+      const id = await pendingId(h);
+      const a = kw(['approve', id], { env: h.env });
+      assert.equal(a.code, 0, a.stderr);
+      assert.equal((await running_).code, 0);
+    }
+    assert.equal(
+      auditLines(h).filter((l) => l.type === 'approval.granted' && l.target === 'hv/key').length,
+      2,
+    );
+  });
+});
+
 describe('memory: no plaintext stays behind', () => {
   test(
     'the CLI never holds the value; after the run the agent holds neither it, nor any 12-byte fragment, nor its base64 or hex (root: /proc/PID/mem)',

@@ -58,6 +58,13 @@ export interface RunHost {
     conn: RunConn,
     req: { target: string; what: string },
   ): Promise<{ rule: string | undefined }>;
+  /** A copy of the value (cache or vault; credential.fetch), the caller frees it. */
+  fetch(
+    conn: RunConn,
+    v: Vault,
+    name: string,
+    rule: string | undefined,
+  ): { value: SecureBuffer; cached: boolean };
   record(r: AuditRecord): Promise<unknown>;
   actor(id: ProcessIdentity): Actor;
   counted(): void;
@@ -186,7 +193,12 @@ export class RunService {
         throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
           hint: 'keyward unlock',
         });
-      for (const w of req.wanted) values.set(w.name, v.reveal(w.name));
+      const cached = new Set<string>();
+      for (const w of req.wanted) {
+        const got = this.host.fetch(conn, v, w.name, rules.get(w.name) ?? undefined);
+        values.set(w.name, got.value);
+        if (got.cached) cached.add(w.name);
+      }
       const details = (w: Wanted) => ({
         rule: rules.get(w.name) ?? null,
         as: w.as.map((a) => ('var' in a ? `env:${a.var}` : `fd:${a.fd}`)).join(','),
@@ -240,6 +252,7 @@ export class RunService {
       values.clear();
       secureFree(f.raw);
       for (const w of req.wanted) {
+        if (cached.has(w.name)) continue; // kept by the rule's cache: evicted when idle
         void this.host
           .record({
             type: 'credential.drop',

@@ -37,6 +37,7 @@ import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { printable } from '../lib/text.js';
 import {
   durationMs,
+  cacheIdleMs,
   evaluate,
   loadPolicy,
   policyPaths,
@@ -66,6 +67,7 @@ import {
   type WireError,
 } from './protocol.js';
 import { clearStaleSocket, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
+import { CredentialCache } from './cache.js';
 import { RunService } from './run-service.js';
 import { SshAgentService } from './ssh-agent.js';
 
@@ -153,6 +155,11 @@ export class Agent {
 
   private readonly ssh: SshAgentService;
   private readonly runs: RunService;
+  private readonly cache = new CredentialCache((name, reason) => {
+    void this.record({ type: 'credential.evict', decision: 'info', target: name, reason }).catch(
+      () => undefined,
+    );
+  });
   /** Bumped at every unlock, lock and vault re-read: caches of vault contents key on it. */
   private gen = 0;
 
@@ -172,6 +179,7 @@ export class Agent {
           what: req.what,
           exists: this.unlocked().has(req.target),
         }),
+      fetch: (conn, v, name, rule) => this.fetch(conn.id, v, name, rule),
       record: (r) => this.record(r),
       actor: (id) => this.actor(id),
       counted: () => this.counted(),
@@ -402,8 +410,8 @@ export class Agent {
           hint: 'a reused pid never inherits a connection',
         });
       }
-      const { meta, raw } = await this.dispatch(name, conn, f);
-      this.reply(conn, RES_OK, meta, raw);
+      const { meta, raw, sent } = await this.dispatch(name, conn, f);
+      this.reply(conn, RES_OK, meta, raw, sent);
     } catch (e) {
       secureFree(f.raw);
       this.reply(conn, RES_ERROR, wireError(e) as unknown as Record<string, unknown>, undefined);
@@ -417,7 +425,11 @@ export class Agent {
     name: NonNullable<ReturnType<typeof requestName>>,
     conn: Conn,
     f: Frame,
-  ): Promise<{ meta: Record<string, unknown>; raw?: SecureBuffer }> {
+  ): Promise<{
+    meta: Record<string, unknown>;
+    raw?: SecureBuffer;
+    sent?: (() => void) | undefined;
+  }> {
     switch (name) {
       case 'status':
         secureFree(f.raw);
@@ -496,6 +508,7 @@ export class Agent {
     if (stamp !== this.vaultStamp) {
       try {
         v.refresh();
+        this.cache.clear('the vault changed');
       } catch (e) {
         void this.lock(
           `the vault file changed and could not be re-read (${e instanceof Error ? e.message : 'error'})`,
@@ -612,6 +625,7 @@ export class Agent {
     this.uses.reset();
     this.buckets.clear();
     this.ssh.wipeAll();
+    this.cache.clear('the agent locked');
     this.gen += 1;
     const v = this.vault;
     this.vault = undefined;
@@ -821,7 +835,7 @@ export class Agent {
   private async read(
     conn: Conn,
     name: string,
-  ): Promise<{ meta: Record<string, unknown>; raw: SecureBuffer }> {
+  ): Promise<{ meta: Record<string, unknown>; raw: SecureBuffer; sent: (() => void) | undefined }> {
     // Before policy: a rule matching ** must never reach keyward's own @ records.
     assertValidName(name);
     const v = this.unlocked();
@@ -837,7 +851,7 @@ export class Agent {
       throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
         hint: 'keyward unlock',
       });
-    const value = v.reveal(name);
+    const { value, cached } = this.fetch(conn.id, v, name, rule);
     try {
       // Rule 4: durable in the audit log before the value leaves.
       await this.record({
@@ -845,7 +859,7 @@ export class Agent {
         actor: this.actor(conn.id),
         type: 'secret.read',
         decision: 'allow',
-        details: { rule: rule ?? null, bytes: value.length },
+        details: { rule: rule ?? null, bytes: value.length, cached },
       });
     } catch (e) {
       secureFree(value);
@@ -861,7 +875,49 @@ export class Agent {
       });
     }
     this.counted();
-    return { meta: { name }, raw: value };
+    return {
+      meta: { name },
+      raw: value,
+      // Not cached: once the kernel has the value, the agent holds no copy.
+      sent: cached ? undefined : () => this.dropped(conn.id, name, 'released to the reader'),
+    };
+  }
+
+  /**
+   * A value for a release: from the cache when the deciding rule caches and it is there, else
+   * decrypted from the vault (credential.fetch) and, when the rule caches, kept. The caller frees
+   * the returned copy.
+   */
+  private fetch(
+    id: ProcessIdentity,
+    v: Vault,
+    name: string,
+    ruleName: string | undefined,
+  ): { value: SecureBuffer; cached: boolean } {
+    const rule = this.currentPolicy(v).rules.find((r) => r.name === ruleName);
+    const idle = cacheIdleMs(rule);
+    const hit = idle === undefined ? undefined : this.cache.take(name);
+    if (hit) return { value: hit, cached: true };
+    const value = v.reveal(name);
+    void this.record({
+      type: 'credential.fetch',
+      decision: 'info',
+      target: name,
+      actor: this.actor(id),
+      details: { rule: ruleName ?? null, cacheIdleMs: idle ?? null },
+    }).catch(() => undefined);
+    if (idle !== undefined) this.cache.put(name, value, idle);
+    return { value, cached: idle !== undefined };
+  }
+
+  private dropped(id: ProcessIdentity, name: string, reason: string): void {
+    void this.record({
+      type: 'credential.drop',
+      decision: 'info',
+      target: name,
+      actor: this.actor(id),
+      reason,
+    }).catch(() => undefined);
   }
 
   private lastTotpStep = -1;

@@ -3,6 +3,8 @@
  */
 export {
   APPROVAL_MODES,
+  cacheIdleMs,
+  CACHE_IDLE_DEFAULT_MS,
   durationMs,
   parsePolicy,
   POLICY_MAX_BYTES,

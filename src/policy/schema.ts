@@ -74,6 +74,10 @@ const Rule = z
       .optional(),
     max_uses_per_unlock: z.number().int().positive().optional(),
     high_value: z.boolean().default(false),
+    // Keep released values decrypted in the agent for reuse, until idle this long (docs/RUN.md).
+    cache: z
+      .union([z.boolean(), z.object({ idle: maxDuration(24 * 3_600_000, '24h') }).strict()])
+      .default(false),
   })
   .strict()
   .superRefine((r, ctx) => {
@@ -159,6 +163,15 @@ export const PolicySchema = z
 
 export type Policy = z.infer<typeof PolicySchema>;
 export type PolicyRule = Policy['rules'][number];
+
+/** The default idle time of a cached credential (`cache: true`). */
+export const CACHE_IDLE_DEFAULT_MS = 60_000;
+
+/** How long a rule keeps a released value cached while unused, or undefined: not cached. */
+export function cacheIdleMs(rule: PolicyRule | undefined): number | undefined {
+  if (!rule || rule.cache === false) return undefined;
+  return rule.cache === true ? CACHE_IDLE_DEFAULT_MS : durationMs(rule.cache.idle);
+}
 
 export interface PolicyProblem {
   line: number;
