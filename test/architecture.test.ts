@@ -45,6 +45,7 @@ const DOMAINS = [
   'policy',
   'audit',
   'run',
+  'client',
   'mcp',
   'cli',
   'doctor',

@@ -5,9 +5,10 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { after, describe, test } from 'node:test';
 import { agentHome, scanMemory, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
 import { BIN, kw, ROOT, sleep } from './helpers.js';
@@ -256,6 +257,64 @@ describe('keyward run: the agent starts the child with the secret', () => {
       memfd: true,
       sealed: true,
     });
+  });
+
+  test('keyward/client: a running program gets the value on a descriptor (SCM_RIGHTS) into secure memory, or inline; refusals are KeywardErrors', async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: no, targets: ["denied/**"], decision: deny }\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    setSecret(h, 'client/token', 'client-module-value-9');
+    const client = pathToFileURL(path.join(ROOT, 'dist/src/client/index.js')).href;
+    const script = `
+      const { getCredential, freeCredential } = await import(${JSON.stringify(client)});
+      const { createHash } = await import('node:crypto');
+      const hash = (b) => createHash('sha256').update(b).digest('hex');
+      const out = {};
+      const a = await getCredential('client/token');
+      out.fd = hash(a); out.secure = a.secure === true; freeCredential(a); out.freed = a.length === 0;
+      const b = await getCredential('client/token', { inline: true });
+      out.inline = hash(b); freeCredential(b);
+      try { await getCredential('denied/x'); } catch (e) { out.denied = e.code; }
+      try { await getCredential('client/none'); } catch (e) { out.missing = e.code; }
+      console.log(JSON.stringify(out));
+    `;
+    const c = spawn(process.execPath, ['--input-type=module', '-e', script], { env: h.env });
+    let stdout = '';
+    let stderr = '';
+    c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    await new Promise((r) => c.on('exit', r));
+    const want = createHash('sha256').update('client-module-value-9').digest('hex');
+    assert.deepEqual(
+      JSON.parse(stdout || '{}'),
+      {
+        fd: want,
+        secure: true,
+        freed: true,
+        inline: want,
+        denied: 'POLICY_DENIED',
+        missing: 'SECRET_NOT_FOUND',
+      },
+      stderr,
+    );
+    const reads = kw(['audit', 'export', '--decrypt'], { env: h.env })
+      .stdout.trim()
+      .split('\n')
+      .map(
+        (l) =>
+          JSON.parse(l) as {
+            type: string;
+            body: { target: string; decision: string; details: { via?: string } };
+          },
+      )
+      .filter(
+        (l) =>
+          l.type === 'secret.read' &&
+          l.body.target === 'client/token' &&
+          l.body.decision === 'allow',
+      )
+      .map((l) => l.body.details.via);
+    assert.deepEqual(reads, ['fd', 'inline']);
   });
 
   test('policy decides: a denied secret starts no child (exit 6); the deliveries, drop and exit are audited and the chain verifies', async () => {

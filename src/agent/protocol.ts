@@ -30,6 +30,7 @@ export const REQ = {
   approve: 0x08,
   deny: 0x09,
   run: 0x0a,
+  fetch: 0x0b,
 } as const;
 export type RequestType = keyof typeof REQ;
 export const RES_OK = 0x80;

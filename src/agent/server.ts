@@ -32,6 +32,8 @@ import {
   peerCredentials,
   peerPidfd,
   pidfdOpen,
+  sealedMemfd,
+  sendWithFd,
 } from '../lib/libc.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { printable } from '../lib/text.js';
@@ -395,6 +397,30 @@ export class Agent {
     }
   }
 
+  /**
+   * An ok reply carrying a descriptor (SCM_RIGHTS). Sent with sendmsg on the socket itself, so
+   * only when nothing else is queued on it (one request at a time makes that the normal case).
+   * The descriptor is closed here either way.
+   */
+  private replyWithFd(
+    conn: Conn,
+    meta: Record<string, unknown>,
+    fd: number,
+    sent: (() => void) | undefined,
+  ): void {
+    const sock = (conn.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
+    const frame = frameHead(RES_OK, meta, 0);
+    let n = -1;
+    try {
+      if (sock !== undefined && sock >= 0 && conn.socket.writableLength === 0)
+        n = sendWithFd(sock, frame, fd);
+    } finally {
+      closeFd(fd);
+    }
+    if (n === frame.length) sent?.();
+    else this.fail(conn, new KeywardError('INTERNAL', 'the descriptor could not be sent'));
+  }
+
   private async serve(conn: Conn, f: Frame): Promise<void> {
     const name = requestName(f.type);
     if (conn.busy) {
@@ -410,8 +436,9 @@ export class Agent {
           hint: 'a reused pid never inherits a connection',
         });
       }
-      const { meta, raw, sent } = await this.dispatch(name, conn, f);
-      this.reply(conn, RES_OK, meta, raw, sent);
+      const { meta, raw, fd, sent } = await this.dispatch(name, conn, f);
+      if (fd !== undefined) this.replyWithFd(conn, meta, fd, sent);
+      else this.reply(conn, RES_OK, meta, raw, sent);
     } catch (e) {
       secureFree(f.raw);
       this.reply(conn, RES_ERROR, wireError(e) as unknown as Record<string, unknown>, undefined);
@@ -428,6 +455,7 @@ export class Agent {
   ): Promise<{
     meta: Record<string, unknown>;
     raw?: SecureBuffer;
+    fd?: number;
     sent?: (() => void) | undefined;
   }> {
     switch (name) {
@@ -456,6 +484,9 @@ export class Agent {
       case 'read':
         secureFree(f.raw);
         return this.read(conn, str(f.meta, 'name') ?? '');
+      case 'fetch':
+        secureFree(f.raw);
+        return this.read(conn, str(f.meta, 'name') ?? '', 'fd');
       case 'run':
         return { meta: await this.runs.start(conn, f) };
       case 'approvals':
@@ -835,7 +866,13 @@ export class Agent {
   private async read(
     conn: Conn,
     name: string,
-  ): Promise<{ meta: Record<string, unknown>; raw: SecureBuffer; sent: (() => void) | undefined }> {
+    via: 'inline' | 'fd' = 'inline',
+  ): Promise<{
+    meta: Record<string, unknown>;
+    raw?: SecureBuffer;
+    fd?: number;
+    sent: (() => void) | undefined;
+  }> {
     // Before policy: a rule matching ** must never reach keyward's own @ records.
     assertValidName(name);
     const v = this.unlocked();
@@ -859,7 +896,7 @@ export class Agent {
         actor: this.actor(conn.id),
         type: 'secret.read',
         decision: 'allow',
-        details: { rule: rule ?? null, bytes: value.length, cached },
+        details: { rule: rule ?? null, bytes: value.length, cached, via },
       });
     } catch (e) {
       secureFree(value);
@@ -875,6 +912,21 @@ export class Agent {
       });
     }
     this.counted();
+    if (via === 'fd') {
+      // keyward/client: the value in a sealed memfd, passed with SCM_RIGHTS; the agent's copy
+      // goes now, the descriptor once it is sent.
+      let fd: number;
+      try {
+        fd = sealedMemfd('keyward-credential', [value]);
+      } finally {
+        secureFree(value);
+      }
+      return {
+        meta: { name, fd: true },
+        fd,
+        sent: cached ? undefined : () => this.dropped(conn.id, name, 'released on a descriptor'),
+      };
+    }
     return {
       meta: { name },
       raw: value,

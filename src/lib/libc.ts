@@ -27,7 +27,21 @@ interface Libc {
   grantpt: (fd: number) => number;
   unlockpt: (fd: number) => number;
   ptsnameR: (fd: number, buf: Buffer, len: number) => number;
+  sendmsg: (fd: number, msg: unknown, flags: number) => number | bigint;
+  recvmsg: (fd: number, msg: Msghdr, flags: number) => number | bigint;
+  socket: (domain: number, type: number, proto: number) => number;
+  connect: (fd: number, addr: Buffer, len: number) => number;
   errno: () => number;
+}
+
+interface Msghdr {
+  name: null;
+  namelen: number;
+  iov: Array<{ base: Buffer; len: number }>;
+  iovlen: number;
+  control: Buffer | null;
+  controllen: number;
+  flags: number;
 }
 
 let cached: Libc | undefined;
@@ -36,6 +50,16 @@ function libc(): Libc {
   if (cached) return cached;
   const lib = koffi.load('libc.so.6');
   const Rlimit = koffi.struct('keyward_rlimit', { cur: 'uint64', max: 'uint64' });
+  koffi.struct('keyward_iovec', { base: 'void *', len: 'size_t' });
+  koffi.struct('keyward_msghdr', {
+    name: 'void *',
+    namelen: 'uint32_t',
+    iov: 'keyward_iovec *',
+    iovlen: 'size_t',
+    control: 'void *',
+    controllen: 'size_t',
+    flags: 'int',
+  });
   cached = {
     flock: lib.func('int flock(int, int)'),
     prctl: lib.func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)'),
@@ -58,6 +82,10 @@ function libc(): Libc {
     grantpt: lib.func('int grantpt(int)'),
     unlockpt: lib.func('int unlockpt(int)'),
     ptsnameR: lib.func('int ptsname_r(int, _Out_ uint8_t *, size_t)'),
+    sendmsg: lib.func('long sendmsg(int, const keyward_msghdr *, int)'),
+    recvmsg: lib.func('long recvmsg(int, _Inout_ keyward_msghdr *, int)'),
+    socket: lib.func('int socket(int, int, int)'),
+    connect: lib.func('int connect(int, const uint8_t *, uint32_t)'),
     errno: () => koffi.errno(),
   };
   return cached;
@@ -284,4 +312,97 @@ export function openPty(rows: number, cols: number): { master: number; slave: nu
     fs.closeSync(master);
     throw e;
   }
+}
+
+const SCM_RIGHTS = 1;
+const CMSG_SPACE_ONE_FD = 24; // CMSG_SPACE(sizeof(int)) on 64-bit Linux
+const MSG_DONTWAIT = 0x40;
+const MSG_NOSIGNAL = 0x4000;
+const MSG_CMSG_CLOEXEC = 0x40000000;
+export const EAGAIN = 11;
+
+/**
+ * Sends data with one descriptor attached (SCM_RIGHTS) on a Unix socket. Returns the bytes sent,
+ * or -errno. Non-blocking: the caller sends only when nothing else is queued on the socket.
+ */
+export function sendWithFd(sock: number, data: Buffer, fd: number): number {
+  const l = libc();
+  const control = Buffer.alloc(CMSG_SPACE_ONE_FD);
+  control.writeBigUInt64LE(20n, 0); // CMSG_LEN(sizeof(int))
+  control.writeInt32LE(SOL_SOCKET, 8);
+  control.writeInt32LE(SCM_RIGHTS, 12);
+  control.writeInt32LE(fd, 16);
+  const msg: Msghdr = {
+    name: null,
+    namelen: 0,
+    iov: [{ base: data, len: data.length }],
+    iovlen: 1,
+    control,
+    controllen: control.length,
+    flags: 0,
+  };
+  const n = Number(l.sendmsg(sock, msg, MSG_DONTWAIT | MSG_NOSIGNAL));
+  return n < 0 ? -l.errno() : n;
+}
+
+/**
+ * One non-blocking recvmsg into buf: the bytes read (0 at end of stream, -errno on error, so
+ * -EAGAIN when nothing is there yet) and the descriptor that came with them, if any (close-on-
+ * exec). Descriptors beyond the first are closed.
+ */
+export function recvWithFd(sock: number, buf: Buffer): { n: number; fd: number | undefined } {
+  const l = libc();
+  const control = Buffer.alloc(64);
+  const msg: Msghdr = {
+    name: null,
+    namelen: 0,
+    iov: [{ base: buf, len: buf.length }],
+    iovlen: 1,
+    control,
+    controllen: control.length,
+    flags: 0,
+  };
+  const n = Number(l.recvmsg(sock, msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC));
+  if (n < 0) return { n: -l.errno(), fd: undefined };
+  let fd: number | undefined;
+  let off = 0;
+  while (off + 16 <= msg.controllen) {
+    const len = Number(control.readBigUInt64LE(off));
+    if (len < 16) break;
+    if (control.readInt32LE(off + 8) === SOL_SOCKET && control.readInt32LE(off + 12) === SCM_RIGHTS) {
+      for (let p = off + 16; p + 4 <= off + len; p += 4) {
+        const got = control.readInt32LE(p);
+        if (fd === undefined) fd = got;
+        else l.close(got);
+      }
+    }
+    off += (len + 7) & ~7;
+  }
+  return { n, fd };
+}
+
+/** A connected Unix stream socket (close-on-exec), or throws with errno. */
+export function unixConnect(path: string): number {
+  const l = libc();
+  const AF_UNIX = 1;
+  const SOCK_STREAM = 1;
+  const SOCK_CLOEXEC = 0o2000000;
+  const fd = l.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new Error(`socket failed (errno ${l.errno()})`);
+  const p = Buffer.from(path, 'utf8');
+  if (p.length >= 108) {
+    l.close(fd);
+    throw new Error('socket path too long');
+  }
+  const addr = Buffer.alloc(110);
+  addr.writeUInt16LE(AF_UNIX, 0);
+  p.copy(addr, 2);
+  if (l.connect(fd, addr, 2 + p.length + 1) !== 0) {
+    const err = l.errno();
+    l.close(fd);
+    const e = new Error(`connect failed (errno ${err})`) as NodeJS.ErrnoException;
+    e.code = err === 2 ? 'ENOENT' : err === 111 ? 'ECONNREFUSED' : 'EIO';
+    throw e;
+  }
+  return fd;
 }

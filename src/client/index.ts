@@ -1,0 +1,109 @@
+/**
+ * keyward/client: a credential for a program that is already running (docs/RUN.md, "The client
+ * module"). The agent authorizes the caller (this process) as for `keyward read`, puts the value
+ * in a sealed memfd and passes the descriptor over the socket (SCM_RIGHTS); this module reads it
+ * straight into secure memory and closes it. No socket buffer, JS string or intermediate Buffer
+ * holds the value. With `inline: true` (for callers that can't take descriptors) the value comes
+ * in the reply's bytes instead, copied into secure memory as it arrives.
+ *
+ *   import { getCredential, freeCredential } from 'keyward/client';
+ *   const token = await getCredential('github/token');   // a Buffer in secure memory
+ *   try { use(token) } finally { freeCredential(token) }  // zeroes it
+ */
+import fs from 'node:fs';
+import { call, frameHead, REQ, RES_ERROR, socketPaths } from '../agent/index.js';
+import { ERROR_CODES, KeywardError, type ErrorCode } from '../errors.js';
+import { closeFd, EAGAIN, recvWithFd, unixConnect } from '../lib/libc.js';
+import { socketDir } from '../lib/paths.js';
+import { readFdToSecure, secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+
+export type { SecureBuffer as Credential } from '../lib/secure.js';
+
+const MAX_VALUE = 16 * 1024 * 1024;
+const POLL_MS = 10;
+
+export interface CredentialOptions {
+  /** The agent socket; default from KEYWARD_SOCKET_DIR, as the CLI finds it. */
+  socket?: string;
+  /** The value in the reply's bytes rather than on a descriptor. */
+  inline?: boolean;
+}
+
+/** Zeroes and releases a credential. */
+export function freeCredential(c: SecureBuffer): void {
+  secureFree(c);
+}
+
+/**
+ * The secret NAME, in secure memory; free it with freeCredential as soon as it has been used.
+ * Rejects with a KeywardError (code and exit code as the CLI's) when the agent refuses.
+ */
+export async function getCredential(
+  name: string,
+  o: CredentialOptions = {},
+): Promise<SecureBuffer> {
+  const path = o.socket ?? socketPaths(socketDir()).agent;
+  if (o.inline) {
+    const f = await call(path, 'read', { name });
+    return f.raw ?? secureAlloc(0);
+  }
+  let sock: number;
+  try {
+    sock = unixConnect(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new KeywardError(
+      'AGENT_UNAVAILABLE',
+      `no agent answers on ${path} (${code ?? 'error'})`,
+      {
+        hint: 'start one with: keyward agent start',
+      },
+    );
+  }
+  let received: number | undefined;
+  try {
+    const req = frameHead(REQ.fetch, { name }, 0);
+    for (let off = 0; off < req.length;) off += fs.writeSync(sock, req, off);
+    // The reply: a frame of metadata only (the value is on the descriptor that comes with it).
+    let got = Buffer.alloc(0);
+    const chunk = Buffer.alloc(64 * 1024);
+    for (;;) {
+      const { n, fd } = recvWithFd(sock, chunk);
+      if (fd !== undefined) {
+        if (received !== undefined) closeFd(received);
+        received = fd;
+      }
+      if (n === -EAGAIN) {
+        await new Promise((r) => setTimeout(r, POLL_MS));
+        continue;
+      }
+      if (n <= 0) throw new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection');
+      got = Buffer.concat([got, chunk.subarray(0, n)]);
+      if (got.length >= 4 && got.length >= 4 + got.readUInt32BE(0)) break;
+    }
+    const type = got[5];
+    const metaLen = got.readUInt16BE(6);
+    const meta = JSON.parse(got.subarray(8, 8 + metaLen).toString('utf8')) as Record<
+      string,
+      unknown
+    >;
+    if (type === RES_ERROR) {
+      const code =
+        typeof meta['code'] === 'string' && meta['code'] in ERROR_CODES
+          ? (meta['code'] as ErrorCode)
+          : 'INTERNAL';
+      const hint = typeof meta['hint'] === 'string' ? meta['hint'] : undefined;
+      throw new KeywardError(
+        code,
+        String(meta['message'] ?? 'the agent refused'),
+        hint === undefined ? {} : { hint },
+      );
+    }
+    if (received === undefined)
+      throw new KeywardError('PROTOCOL_ERROR', 'the agent sent no descriptor');
+    return readFdToSecure(received, MAX_VALUE);
+  } finally {
+    if (received !== undefined) closeFd(received);
+    closeFd(sock);
+  }
+}
