@@ -369,7 +369,10 @@ export function recvWithFd(sock: number, buf: Buffer): { n: number; fd: number |
   while (off + 16 <= msg.controllen) {
     const len = Number(control.readBigUInt64LE(off));
     if (len < 16) break;
-    if (control.readInt32LE(off + 8) === SOL_SOCKET && control.readInt32LE(off + 12) === SCM_RIGHTS) {
+    if (
+      control.readInt32LE(off + 8) === SOL_SOCKET &&
+      control.readInt32LE(off + 12) === SCM_RIGHTS
+    ) {
       for (let p = off + 16; p + 4 <= off + len; p += 4) {
         const got = control.readInt32LE(p);
         if (fd === undefined) fd = got;
