@@ -18,6 +18,7 @@ import { call } from '../src/agent/index.js';
 import { AuditLog, GroupCommitter, listSegments, verifySegments } from '../src/audit/index.js';
 import { boxKeypair } from '../src/audit/keys.js';
 import { secureTake } from '../src/lib/secure.js';
+import { runBench } from './bench-run.js';
 import { signBench } from './bench-sign.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -222,8 +223,9 @@ async function agentBench(): Promise<void> {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
-// BENCH_ONLY=audit|agent|sign runs one part.
+// BENCH_ONLY=audit|agent|sign|run runs one part.
 const only = process.env['BENCH_ONLY'];
 if (!only || only === 'audit') await main();
 if (!only || only === 'agent') await agentBench();
 if (!only || only === 'sign') await signBench(ROOT);
+if (!only || only === 'run') await runBench(ROOT);

@@ -1,0 +1,87 @@
+/**
+ * Delivery (issue 7): the wall time of `keyward run -- true` (through a running, unlocked agent,
+ * with one secret injected and masking on), beside a bare `node -e ""` and `true`, each the
+ * median of many runs, and as ratios. keyward run is two Node processes (the CLI and the exec
+ * step) plus the agent's work, so `node -e ""` is its natural unit.
+ */
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] ?? 0;
+}
+
+function timeOne(cmd: string, args: string[], env: NodeJS.ProcessEnv): number {
+  const t = performance.now();
+  const r = spawnSync(cmd, args, { env, stdio: 'ignore' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}`);
+  return performance.now() - t;
+}
+
+export async function runBench(root: string): Promise<void> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-bench-run-'));
+  const bin = path.join(root, 'bin/keyward.js');
+  const pass = path.join(dir, 'pass');
+  fs.writeFileSync(pass, 'bench passphrase, long enough\n', { mode: 0o600 });
+  const env = {
+    ...process.env,
+    KEYWARD_HOME: path.join(dir, 'home'),
+    KEYWARD_SOCKET_DIR: path.join(dir, 'run'),
+    KEYWARD_PASSPHRASE_FILE: pass,
+  };
+  const kw = (args: string[], input?: string) => {
+    const r = spawnSync(process.execPath, [bin, ...args], { env, input, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`keyward ${args.join(' ')}: ${r.stderr}`);
+  };
+  kw(['init', '--kdf-ops', '1', '--kdf-mem-mib', '8']);
+  kw(['secret', 'set', 'bench/token'], 'a-benchmark-token-value');
+  const pol = path.join(dir, 'policy.yaml');
+  fs.writeFileSync(
+    pol,
+    'version: 1\nrules:\n  - { name: bench, targets: ["**"], decision: allow }\n',
+  );
+  kw(['policy', 'apply', pol]);
+  const agent = spawn(process.execPath, [bin, 'agent', 'run'], { env, stdio: 'ignore' });
+  const sock = path.join(dir, 'run', 'agent.sock');
+  for (let i = 0; i < 200 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
+  kw(['unlock']);
+
+  const n = Number(process.env['BENCH_RUNS'] ?? 40);
+  const cases: Array<[string, string, string[]]> = [
+    ['true', 'true', []],
+    ['node -e ""', process.execPath, ['-e', '']],
+    ['keyward run -- true', process.execPath, [bin, 'run', '--', 'true']],
+    [
+      'keyward run --env T=bench/token -- true',
+      process.execPath,
+      [bin, 'run', '--env', 'T=bench/token', '--', 'true'],
+    ],
+  ];
+  const results: Record<string, number> = {};
+  for (const [name, cmd, args] of cases) {
+    timeOne(cmd, args, env); // warm the page cache
+    const times: number[] = [];
+    for (let i = 0; i < n; i++) times.push(timeOne(cmd, args, env));
+    results[name] = Math.round(median(times) * 100) / 100;
+  }
+  agent.kill('SIGTERM');
+  await new Promise((r) => agent.once('exit', r));
+  fs.rmSync(dir, { recursive: true, force: true });
+
+  const node = results['node -e ""'] ?? 1;
+  const tru = results['true'] ?? 1;
+  const lines = Object.entries(results).map(
+    ([k, ms]) =>
+      `run  ${k.padEnd(40)} median ${ms.toFixed(2)} ms  (${(ms / node).toFixed(2)}x node -e "", ${(ms / tru).toFixed(1)}x true)`,
+  );
+  const out = path.join(root, 'bench/results');
+  fs.mkdirSync(out, { recursive: true });
+  fs.writeFileSync(
+    path.join(out, 'run.json'),
+    `${JSON.stringify({ runs: n, medianMs: results, referenceNodeMs: node, referenceTrueMs: tru }, null, 2)}\n`,
+  );
+  process.stdout.write(`${lines.join('\n')}\nwritten to bench/results/run.json\n`);
+}
