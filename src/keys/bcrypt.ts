@@ -4,7 +4,8 @@
  * loop is here so the passphrase's SHA-512, every intermediate output and the result live in
  * secure memory. What the library keeps (its Blowfish state) is listed in docs/THREAT-MODEL.md.
  */
-import bcrypt from 'bcrypt-pbkdf';
+import { createRequire } from 'node:module';
+import type bcryptT from 'bcrypt-pbkdf';
 import sodium from 'sodium-native';
 import { secureAlloc, secureFree } from '../lib/secure.js';
 
@@ -16,6 +17,8 @@ export function bcryptPbkdf(
   rounds: number,
   out: Uint8Array,
 ): void {
+  // Loaded on first use: only `key import` of an encrypted file needs it.
+  const bcrypt = createRequire(import.meta.url)('bcrypt-pbkdf') as typeof bcryptT;
   const keylen = out.length;
   const stride = Math.ceil(keylen / HASH);
   const amt = Math.ceil(keylen / stride);

@@ -4,7 +4,8 @@
  * memory and the module matrix is zeroed; the qrcode library's own intermediate arrays are
  * outside keyward's reach (docs/THREAT-MODEL.md).
  */
-import QRCode from 'qrcode';
+import { createRequire } from 'node:module';
+import type QRCodeT from 'qrcode';
 import { secureAlloc, secureFree, writeAllSync, type SecureBuffer } from './secure.js';
 
 const UPPER = Buffer.from('\u2580', 'utf8'); // ▀
@@ -13,6 +14,8 @@ const FULL = Buffer.from('\u2588', 'utf8'); // █
 const QUIET = 2;
 
 export function writeQr(data: SecureBuffer, fd: number): void {
+  // Loaded here, not at start: only two commands draw QR codes.
+  const QRCode = createRequire(import.meta.url)('qrcode') as typeof QRCodeT;
   const qr = QRCode.create([{ data, mode: 'byte' }], { errorCorrectionLevel: 'M' });
   const size = qr.modules.size;
   const modules = qr.modules.data;

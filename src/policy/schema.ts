@@ -2,8 +2,16 @@
  * policy.yaml, validated (docs/POLICY.md). The file is untrusted input: any error becomes a
  * PolicyProblem with a line, a column and the field path, never an exception.
  */
-import { isMap, isSeq, LineCounter, parseDocument, type Document } from 'yaml';
-import { z } from 'zod';
+import { createRequire } from 'node:module';
+import type * as YamlModule from 'yaml';
+import type { Document, LineCounter as LineCounterT } from 'yaml';
+import type * as ZodModule from 'zod';
+import type { z as Zod } from 'zod';
+
+// zod and yaml cost about 60 ms to load; most commands never read a policy, so they load on
+// first use (both ship CommonJS builds).
+const require = createRequire(import.meta.url);
+const yaml = (): typeof YamlModule => require('yaml') as typeof YamlModule;
 
 const DURATION_RE = /^([1-9][0-9]{0,8})(ms|s|m|h|d)$/;
 const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
@@ -14,154 +22,164 @@ export function durationMs(s: string): number {
   return Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS];
 }
 
-const Duration = z.string().regex(DURATION_RE, 'a duration such as 30s, 10m, 4h');
-// zod runs refinements even after the regex failed: every one must accept malformed text
-// without throwing (a malformed duration is reported once, by the regex).
-const validDuration = (d: string): boolean => DURATION_RE.test(d);
-const maxDuration = (limitMs: number, label: string) =>
-  Duration.refine((d) => !validDuration(d) || durationMs(d) <= limitMs, `at most ${label}`);
-
 export const APPROVAL_MODES = ['confirm', 'passphrase', 'totp', 'webauthn'] as const;
 export type ApprovalMode = (typeof APPROVAL_MODES)[number];
 const SECOND_FACTORS: readonly ApprovalMode[] = ['passphrase', 'totp', 'webauthn'];
 
-const Remember = z.union([
-  z.literal('once'),
-  z
-    .object({
-      scope: z.enum(['process', 'executable']),
-      for: maxDuration(24 * 3_600_000, '24h'),
-      uses: z.number().int().positive().optional(),
-    })
-    .strict(),
-]);
+/** The schema, built on first use with the zod module. */
+function build(z: typeof Zod) {
+  const Duration = z.string().regex(DURATION_RE, 'a duration such as 30s, 10m, 4h');
+  // zod runs refinements even after the regex failed: every one must accept malformed text
+  // without throwing (a malformed duration is reported once, by the regex).
+  const validDuration = (d: string): boolean => DURATION_RE.test(d);
+  const maxDuration = (limitMs: number, label: string) =>
+    Duration.refine((d) => !validDuration(d) || durationMs(d) <= limitMs, `at most ${label}`);
 
-const Approve = z
-  .object({
-    mode: z.enum(APPROVAL_MODES),
-    remember: Remember.default('once'),
-    timeout: maxDuration(600_000, '10m').default('60s'),
-    message: z.string().max(500).optional(),
-  })
-  .strict();
-
-const Callers = z
-  .object({
-    exe: z.string().min(1).optional(),
-    exe_sha256: z
-      .string()
-      .regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits')
-      .optional(),
-    ancestor: z.string().min(1).optional(),
-    uid: z.number().int().nonnegative().optional(),
-    cwd: z.string().startsWith('/', 'an absolute path').optional(),
-  })
-  .strict();
-
-const Rule = z
-  .object({
-    name: z
-      .string()
-      .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'letters, digits, . _ - (at most 64)'),
-    targets: z.array(z.string().min(1).max(256)).min(1),
-    kind: z.enum(['secret', 'key', 'any']).default('any'),
-    callers: Callers.default({}),
-    decision: z.enum(['allow', 'approve', 'deny']),
-    approve: Approve.optional(),
-    rate_limit: z
-      .object({ per_minute: z.number().int().positive(), burst: z.number().int().positive() })
-      .strict()
-      .optional(),
-    max_uses_per_unlock: z.number().int().positive().optional(),
-    high_value: z.boolean().default(false),
-    // Keep released values decrypted in the agent for reuse, until idle this long (docs/RUN.md).
-    cache: z
-      .union([z.boolean(), z.object({ idle: maxDuration(24 * 3_600_000, '24h') }).strict()])
-      .default(false),
-  })
-  .strict()
-  .superRefine((r, ctx) => {
-    if (r.decision === 'approve' && !r.approve) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['approve'],
-        message: 'decision approve needs an approve: section (mode at least)',
-      });
-    }
-    if (r.decision !== 'approve' && r.approve) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['approve'],
-        message: `an approve: section only goes with decision approve, not ${r.decision}`,
-      });
-    }
-    if (r.high_value) {
-      if (r.decision !== 'approve') {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['high_value'],
-          message: 'high_value needs decision approve (a fresh approval every time)',
-        });
-      } else if (r.approve && !SECOND_FACTORS.includes(r.approve.mode)) {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['approve', 'mode'],
-          message: 'high_value needs a second factor: passphrase, totp or webauthn',
-        });
-      } else if (r.approve && r.approve.remember !== 'once') {
-        ctx.addIssue({
-          code: 'custom',
-          path: ['approve', 'remember'],
-          message: 'high_value approvals are never remembered: use remember: once',
-        });
-      }
-    }
-  });
-
-export const PolicySchema = z
-  .object({
-    version: z.literal(1),
-    unlock: z
+  const Remember = z.union([
+    z.literal('once'),
+    z
       .object({
-        idle_timeout: maxDuration(24 * 3_600_000, '24h').default('15m'),
-        max_lifetime: maxDuration(24 * 3_600_000, '24h').default('4h'),
-        max_uses: z.number().int().positive().optional(),
-        // Signatures (any key) per unlock; the agent locks when they are spent.
-        max_signatures: z.number().int().positive().optional(),
-        // The longest a key added with ssh-add stays; ssh-add -t can ask for less, not more.
-        key_lifetime: maxDuration(24 * 3_600_000, '24h').optional(),
+        scope: z.enum(['process', 'executable']),
+        for: maxDuration(24 * 3_600_000, '24h'),
+        uses: z.number().int().positive().optional(),
       })
-      .strict()
-      .default({ idle_timeout: '15m', max_lifetime: '4h' }),
-    rules: z.array(Rule).default([]),
-    // Read by the MCP gateway (a later issue); validated there.
-    mcp: z.record(z.string(), z.unknown()).optional(),
-  })
-  .strict()
-  .superRefine((p, ctx) => {
-    const seen = new Map<string, number>();
-    p.rules.forEach((r, i) => {
-      const first = seen.get(r.name);
-      if (first !== undefined) {
+      .strict(),
+  ]);
+
+  const Approve = z
+    .object({
+      mode: z.enum(APPROVAL_MODES),
+      remember: Remember.default('once'),
+      timeout: maxDuration(600_000, '10m').default('60s'),
+      message: z.string().max(500).optional(),
+    })
+    .strict();
+
+  const Callers = z
+    .object({
+      exe: z.string().min(1).optional(),
+      exe_sha256: z
+        .string()
+        .regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits')
+        .optional(),
+      ancestor: z.string().min(1).optional(),
+      uid: z.number().int().nonnegative().optional(),
+      cwd: z.string().startsWith('/', 'an absolute path').optional(),
+    })
+    .strict();
+
+  const Rule = z
+    .object({
+      name: z
+        .string()
+        .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'letters, digits, . _ - (at most 64)'),
+      targets: z.array(z.string().min(1).max(256)).min(1),
+      kind: z.enum(['secret', 'key', 'any']).default('any'),
+      callers: Callers.default({}),
+      decision: z.enum(['allow', 'approve', 'deny']),
+      approve: Approve.optional(),
+      rate_limit: z
+        .object({ per_minute: z.number().int().positive(), burst: z.number().int().positive() })
+        .strict()
+        .optional(),
+      max_uses_per_unlock: z.number().int().positive().optional(),
+      high_value: z.boolean().default(false),
+      // Keep released values decrypted in the agent for reuse, until idle this long (docs/RUN.md).
+      cache: z
+        .union([z.boolean(), z.object({ idle: maxDuration(24 * 3_600_000, '24h') }).strict()])
+        .default(false),
+    })
+    .strict()
+    .superRefine((r, ctx) => {
+      if (r.decision === 'approve' && !r.approve) {
         ctx.addIssue({
           code: 'custom',
-          path: ['rules', i, 'name'],
-          message: `duplicate rule name (also rule ${first + 1})`,
+          path: ['approve'],
+          message: 'decision approve needs an approve: section (mode at least)',
         });
       }
-      seen.set(r.name, i);
+      if (r.decision !== 'approve' && r.approve) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['approve'],
+          message: `an approve: section only goes with decision approve, not ${r.decision}`,
+        });
+      }
+      if (r.high_value) {
+        if (r.decision !== 'approve') {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['high_value'],
+            message: 'high_value needs decision approve (a fresh approval every time)',
+          });
+        } else if (r.approve && !SECOND_FACTORS.includes(r.approve.mode)) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['approve', 'mode'],
+            message: 'high_value needs a second factor: passphrase, totp or webauthn',
+          });
+        } else if (r.approve && r.approve.remember !== 'once') {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['approve', 'remember'],
+            message: 'high_value approvals are never remembered: use remember: once',
+          });
+        }
+      }
     });
-    const { idle_timeout: idle, max_lifetime: life } = p.unlock;
-    if (validDuration(idle) && validDuration(life) && durationMs(idle) > durationMs(life)) {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['unlock', 'idle_timeout'],
-        message: 'longer than max_lifetime',
-      });
-    }
-  });
 
-export type Policy = z.infer<typeof PolicySchema>;
+  const PolicySchema = z
+    .object({
+      version: z.literal(1),
+      unlock: z
+        .object({
+          idle_timeout: maxDuration(24 * 3_600_000, '24h').default('15m'),
+          max_lifetime: maxDuration(24 * 3_600_000, '24h').default('4h'),
+          max_uses: z.number().int().positive().optional(),
+          // Signatures (any key) per unlock; the agent locks when they are spent.
+          max_signatures: z.number().int().positive().optional(),
+          // The longest a key added with ssh-add stays; ssh-add -t can ask for less, not more.
+          key_lifetime: maxDuration(24 * 3_600_000, '24h').optional(),
+        })
+        .strict()
+        .default({ idle_timeout: '15m', max_lifetime: '4h' }),
+      rules: z.array(Rule).default([]),
+      // Read by the MCP gateway (a later issue); validated there.
+      mcp: z.record(z.string(), z.unknown()).optional(),
+    })
+    .strict()
+    .superRefine((p, ctx) => {
+      const seen = new Map<string, number>();
+      p.rules.forEach((r, i) => {
+        const first = seen.get(r.name);
+        if (first !== undefined) {
+          ctx.addIssue({
+            code: 'custom',
+            path: ['rules', i, 'name'],
+            message: `duplicate rule name (also rule ${first + 1})`,
+          });
+        }
+        seen.set(r.name, i);
+      });
+      const { idle_timeout: idle, max_lifetime: life } = p.unlock;
+      if (validDuration(idle) && validDuration(life) && durationMs(idle) > durationMs(life)) {
+        ctx.addIssue({
+          code: 'custom',
+          path: ['unlock', 'idle_timeout'],
+          message: 'longer than max_lifetime',
+        });
+      }
+    });
+  return PolicySchema;
+}
+
+let built: ReturnType<typeof build> | undefined;
+function policySchema(): ReturnType<typeof build> {
+  built ??= build((require('zod') as typeof ZodModule).z);
+  return built;
+}
+
+export type Policy = Zod.infer<ReturnType<typeof build>>;
 export type PolicyRule = Policy['rules'][number];
 
 /** The default idle time of a cached credential (`cache: true`). */
@@ -194,7 +212,7 @@ function pathText(path: ReadonlyArray<PropertyKey>): string {
 /** The position of the deepest node that exists along path (a missing field points at its parent). */
 function positionOf(
   doc: Document,
-  lc: LineCounter,
+  lc: LineCounterT,
   path: ReadonlyArray<PropertyKey>,
 ): { line: number; column: number } {
   for (let n = path.length; n >= 0; n--) {
@@ -207,7 +225,7 @@ function positionOf(
     if (
       n === 0 &&
       doc.contents &&
-      (isMap(doc.contents) || isSeq(doc.contents)) &&
+      (yaml().isMap(doc.contents) || yaml().isSeq(doc.contents)) &&
       doc.contents.range
     ) {
       const p = lc.linePos(doc.contents.range[0]);
@@ -226,6 +244,7 @@ export function parsePolicy(text: string): ParseResult {
   if (Buffer.byteLength(text, 'utf8') > POLICY_MAX_BYTES) {
     return atStart(`the policy is larger than ${POLICY_MAX_BYTES} bytes`);
   }
+  const { LineCounter, parseDocument } = yaml();
   const lc = new LineCounter();
   let doc: Document;
   try {
@@ -253,7 +272,7 @@ export function parsePolicy(text: string): ParseResult {
   } catch (e) {
     return atStart(e instanceof Error ? e.message : 'unreadable YAML');
   }
-  const r = PolicySchema.safeParse(data);
+  const r = policySchema().safeParse(data);
   if (r.success) return { ok: true, policy: r.data };
   return {
     ok: false,
