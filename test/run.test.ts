@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, describe, test } from 'node:test';
@@ -511,4 +512,112 @@ describe('memory: no plaintext stays behind', () => {
       assert.deepEqual(scanMemory(h.agentPid ?? 0, needles).map(String), []);
     },
   );
+});
+
+describe('hardening found in review', () => {
+  test('SIGUSR1 opens no debugger in the agent; a `kill 0` in the child does not reach the agent', async () => {
+    const h = await running();
+    process.kill(h.agentPid ?? 0, 'SIGUSR1');
+    await sleep(300);
+    const inspector = await new Promise<boolean>((resolve) => {
+      const c = net.connect(9229, '127.0.0.1');
+      c.on('connect', () => (c.destroy(), resolve(true)));
+      c.on('error', () => resolve(false));
+    });
+    assert.equal(inspector, false, 'no inspector listening');
+    const r = await run(h, ['--', 'sh', '-c', 'kill 0; sleep 5']);
+    assert.equal(r.code, 143);
+    assert.equal(kw(['status'], { env: h.env }).code, 0, 'the agent still runs, unlocked');
+  });
+
+  test('the child starts clean: its own session, SIGPIPE not ignored, no descriptors but 0, 1, 2 and --fd ones', async () => {
+    const h = await running();
+    setSecret(h, 'clean/fd', 'descriptor-value-123');
+    const r = await run(h, [
+      '--fd',
+      '5=clean/fd',
+      '--',
+      'sh',
+      '-c',
+      'grep SigIgn /proc/$$/status; ls /proc/$$/fd | sort -n | tr "\\n" " "; echo; cut -d" " -f6 /proc/$$/stat; echo $$',
+    ]);
+    assert.equal(r.code, 0, r.stderr);
+    const [sigIgn, fds, sid, pid] = r.stdout.trim().split('\n');
+    assert.equal(sigIgn, 'SigIgn:\t0000000000000000');
+    assert.equal(fds?.trim(), '0 1 2 5');
+    assert.equal(sid?.trim(), pid?.trim(), 'the child leads its own session');
+  });
+
+  test('a long command line and a large piped input go through (backpressure, no frame limit)', async () => {
+    const h = await running();
+    const args = Array.from({ length: 5000 }, (_, i) => `argument-${i}`);
+    let r = await run(h, ['--', 'sh', '-c', 'echo $#', 'x', ...args]);
+    assert.equal(r.stdout, '5000\n', r.stderr);
+    const big = 'x'.repeat(5 * 1024 * 1024);
+    r = await run(h, ['--', 'wc', '-c'], { input: big });
+    assert.equal(r.stdout.trim(), String(big.length), r.stderr);
+  });
+
+  test('the approval prompt names the program that will run (resolved path), the cwd, and variables like LD_PRELOAD', async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+    );
+    setSecret(h, 'p/token', 'prompted-token-value');
+    h.answer('no');
+    const env = { ...h.env, NODE_OPTIONS: '--no-warnings' };
+    const r = await new Promise<number | null>((resolve) => {
+      const c = spawn(process.execPath, [BIN, 'run', '--env', 'T=p/token', '--', 'true', 'a b'], {
+        env,
+        cwd: h.dir,
+        stdio: 'ignore',
+      });
+      c.on('exit', resolve);
+    });
+    assert.equal(r, 6);
+    const prompt = h.prompts().join('\n');
+    assert.match(prompt, /run \/(usr\/)?bin\/true \(sha256 [0-9a-f]{16}\) as: true 'a b', in \//);
+    assert.match(prompt, /its environment sets NODE_OPTIONS/);
+  });
+
+  test('overlapping secrets and multi-line values under a pty are masked whole', async () => {
+    const h = await running();
+    setSecret(h, 'o/a', 'token-123456');
+    setSecret(h, 'o/b', '123456789abcdef');
+    const r = await run(h, [
+      '--env',
+      'A=o/a',
+      '--env',
+      'B=o/b',
+      '--',
+      'echo',
+      'token-123456789abcdef',
+    ]);
+    assert.equal(r.stdout, `${MARK}\n`);
+    setSecret(h, 'o/pem', 'line-one-of-the-key\nline-two-of-the-key');
+    const out = await new Promise<string>((resolve) => {
+      const d = spawn('python3', [
+        path.join(ROOT, 'test/pty-driver.py'),
+        JSON.stringify({
+          argv: [
+            process.execPath,
+            BIN,
+            'run',
+            '--env',
+            'P=o/pem',
+            '--',
+            'sh',
+            '-c',
+            'printf "%s\\n" "$P"',
+          ],
+          env: h.env,
+          steps: [],
+        }),
+      ]);
+      let o = '';
+      d.stdout.on('data', (b: Buffer) => (o += b.toString()));
+      d.on('exit', () => resolve(o));
+    });
+    assert.ok(out.includes(MARK), out);
+    assert.ok(!out.includes('line-two-of-the-key'), out);
+  });
 });

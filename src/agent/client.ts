@@ -167,7 +167,14 @@ export function agentRun(path: string, req: RunRequest, environ: Buffer): Promis
   return new Promise((resolve, reject) => {
     const reader = new FrameReader();
     reader.many = true;
-    const raw = secureTake(environ);
+    // The raw part: u32 argc, the arguments NUL-terminated, then the environment.
+    const argc = Buffer.alloc(4);
+    argc.writeUInt32BE(req.argv.length);
+    const args = Buffer.from(req.argv.map((a) => `${a}\0`).join(''), 'utf8');
+    const raw = secureTake(Buffer.concat([argc, args, environ]));
+    environ.fill(0);
+    const meta: Record<string, unknown> = { ...req };
+    delete meta['argv'];
     const s = net.createConnection(path);
     let started = false;
     let settled = false;
@@ -188,7 +195,11 @@ export function agentRun(path: string, req: RunRequest, environ: Buffer): Promis
         process.stdin.setRawMode(false);
       }
     };
-    const onStdin = (chunk: Buffer) => send(STREAM.stdin, {}, chunk);
+    const onStdin = (chunk: Buffer) => {
+      send(STREAM.stdin, {}, chunk);
+      // What was typed (a password, say) is not kept in this process once it is on its way.
+      s.write(Buffer.alloc(0), () => chunk.fill(0));
+    };
     const onStdinEnd = () => send(STREAM.stdinEnd, {});
     const finish = (err: unknown, code?: number) => {
       if (settled) return;
@@ -207,7 +218,7 @@ export function agentRun(path: string, req: RunRequest, environ: Buffer): Promis
       else resolve(code ?? 1);
     };
     s.once('connect', () => {
-      s.write(frameHead(REQ.run, { ...req }, raw.length));
+      s.write(frameHead(REQ.run, meta, raw.length));
       if (raw.length > 0) s.write(raw, () => secureFree(raw));
     });
     s.on('data', (chunk: Buffer) => {

@@ -17,6 +17,7 @@ import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.
 export const PROTOCOL_VERSION = 1;
 export const MAX_FRAME = 17 * 1024 * 1024; // a 16 MiB value plus headers
 export const MAX_META = 16 * 1024;
+const MAX_FRAMES_PER_CHUNK = 64;
 const HEADER = 4 + 1 + 1 + 2;
 
 export const REQ = {
@@ -124,6 +125,9 @@ export class FrameReader {
         if (this.used >= 4 && this.used === 4 + this.total) {
           if (frames.length > 0 && !this.many)
             throw new ProtocolError('one request at a time on a connection');
+          // A run's stream: each frame is a secure allocation, so a chunk holds a bounded number.
+          if (frames.length >= MAX_FRAMES_PER_CHUNK)
+            throw new ProtocolError('too many frames at once');
           frames.push(this.parse(this.total));
           this.buf.fill(0, 0, this.used);
           this.used = 0;

@@ -6,13 +6,14 @@
  */
 import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
+import fs from 'node:fs';
 import type net from 'node:net';
 import path from 'node:path';
 import tty from 'node:tty';
 import type { Actor, AuditRecord } from '../audit/index.js';
 import { KeywardError, UsageError } from '../errors.js';
 import { closeFd, openPty, setWindowSize } from '../lib/libc.js';
-import { secureFree, writeAllSync, zero, type SecureBuffer } from '../lib/secure.js';
+import { secureFree, zero, type SecureBuffer } from '../lib/secure.js';
 import {
   assertVarName,
   Masker,
@@ -25,7 +26,7 @@ import { assertValidName, type Vault } from '../vault/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { frameHead, str, STREAM, type Frame, type FrameReader } from './protocol.js';
 
-const MAX_ARGS = 4096;
+const MAX_ARGS = 65_536;
 const MAX_SECRETS = 64;
 /** Output the client hasn't taken yet before the child's output is paused. */
 const HIGH_WATER = 1 << 20;
@@ -39,6 +40,14 @@ const SIGNALS = new Set([
   'SIGWINCH',
 ]);
 const DEFAULT_PATH = '/usr/local/bin:/usr/bin:/bin';
+/** After SIGTERM at agent stop, how long a child gets before SIGKILL. */
+const STOP_GRACE_MS = 5_000;
+/**
+ * Variables that change what a program runs or loads: shown in the approval prompt and recorded,
+ * so a person approving "gh repo list" sees that LD_PRELOAD came along.
+ */
+const NOTABLE_ENV =
+  /^(LD_\w+|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PERL5OPT|PERL5LIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|GIT_EXEC_PATH|GIT_SSH_COMMAND|DYLD_\w+)$/;
 
 export interface RunConn {
   socket: net.Socket;
@@ -75,23 +84,52 @@ interface Wanted {
   as: Array<{ var: string } | { fd: number }>;
 }
 
-/** Reads and checks the request: what to run, where, and which secret goes where. */
-function parseRequest(meta: Record<string, unknown>): {
+interface Request {
   argv: string[];
   cwd: string;
   wanted: Wanted[];
   masking: boolean;
   pty: { rows: number; cols: number } | undefined;
-} {
-  const bad = (m: string) => new UsageError('USAGE', m);
-  const argv = meta['argv'];
-  if (
-    !Array.isArray(argv) ||
-    argv.length === 0 ||
-    argv.length > MAX_ARGS ||
-    !argv.every((a) => typeof a === 'string' && !a.includes('\0'))
-  )
-    throw bad('run needs a command: keyward run [options] -- COMMAND [ARGS...]');
+}
+
+const bad = (m: string) => new UsageError('USAGE', m);
+
+/**
+ * The raw part of a run request: u32 argc, argc NUL-terminated arguments, then the caller's
+ * environment as NAME=VALUE entries, NUL-separated. Arguments become strings (they are shown
+ * to a person and recorded); environment values stay views into raw (secure memory: a caller's
+ * environment often holds tokens of its own); names become strings.
+ */
+function parseRaw(raw: SecureBuffer | undefined): { argv: string[]; env: EnvPiece[] } {
+  if (!raw || raw.length < 4) throw bad('run needs a command: keyward run [options] -- COMMAND');
+  const argc = raw.readUInt32BE(0);
+  if (argc === 0 || argc > MAX_ARGS)
+    throw bad('run needs a command: keyward run [options] -- COMMAND');
+  const argv: string[] = [];
+  let at = 4;
+  for (let i = 0; i < argc; i++) {
+    const end = raw.indexOf(0, at);
+    if (end < 0) throw bad('a malformed command line');
+    argv.push(raw.subarray(at, end).toString('utf8'));
+    at = end + 1;
+  }
+  const env: EnvPiece[] = [];
+  while (at < raw.length) {
+    let end = raw.indexOf(0, at);
+    if (end < 0) end = raw.length;
+    const eq = raw.indexOf(0x3d, at);
+    if (eq > at && eq < end) {
+      const name = raw.subarray(at, eq).toString('latin1');
+      if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(name))
+        env.push({ name, value: raw.subarray(eq + 1, end) });
+    }
+    at = end + 1;
+  }
+  return { argv, env };
+}
+
+/** Reads and checks the request's metadata: where, and which secret goes where. */
+function parseMeta(meta: Record<string, unknown>, argv: string[]): Request {
   const cwd = str(meta, 'cwd');
   if (cwd === undefined || !path.isAbsolute(cwd) || cwd.includes('\0'))
     throw bad('run needs an absolute working directory');
@@ -128,36 +166,47 @@ function parseRequest(meta: Record<string, unknown>): {
     typeof n === 'number' && Number.isInteger(n) && n > 0 && n < 10_000 ? n : fallback;
   const pty =
     p && typeof p === 'object' ? { rows: dim(p['rows'], 24), cols: dim(p['cols'], 80) } : undefined;
-  return {
-    argv: argv as string[],
-    cwd,
-    wanted: [...byName.values()],
-    masking: meta['masking'] !== false,
-    pty,
-  };
+  return { argv, cwd, wanted: [...byName.values()], masking: meta['masking'] !== false, pty };
 }
 
 /**
- * The caller's environment, NAME=VALUE entries separated by NULs, as views into raw (secure
- * memory: a caller's environment often holds tokens of its own). Names become strings; values
- * never do.
+ * The program that will run, as an absolute path: looked up in the caller's PATH here, so what a
+ * person approves (and the audit log records) is exactly what is executed.
  */
-function parseEnvBlock(raw: SecureBuffer | undefined): EnvPiece[] {
-  const out: EnvPiece[] = [];
-  if (!raw) return out;
-  let start = 0;
-  while (start < raw.length) {
-    let end = raw.indexOf(0, start);
-    if (end < 0) end = raw.length;
-    const eq = raw.indexOf(0x3d, start);
-    if (eq > start && eq < end) {
-      const name = raw.subarray(start, eq).toString('latin1');
-      if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(name))
-        out.push({ name, value: raw.subarray(eq + 1, end) });
+function resolveProgram(file: string, cwd: string, pathVar: string): string | undefined {
+  const executable = (p: string) => {
+    try {
+      fs.accessSync(p, fs.constants.X_OK);
+      return fs.statSync(p).isFile();
+    } catch {
+      return false;
     }
-    start = end + 1;
+  };
+  if (file.includes('/')) {
+    const p = path.resolve(cwd, file);
+    if (executable(p)) return p;
+  } else {
+    for (const dir of pathVar.split(':')) {
+      const p = path.resolve(cwd, dir === '' ? '.' : dir, file);
+      if (executable(p)) return p;
+    }
   }
-  return out;
+  return undefined;
+}
+
+function sha256File(p: string): string | undefined {
+  try {
+    return createHash('sha256').update(fs.readFileSync(p)).digest('hex');
+  } catch {
+    return undefined;
+  }
+}
+
+/** The command line as a shell would show it, so argument boundaries can't be hidden. */
+function quoted(argv: readonly string[]): string {
+  return argv
+    .map((a) => (/^[A-Za-z0-9_@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`))
+    .join(' ');
 }
 
 const argvHash = (argv: readonly string[]) =>
@@ -170,43 +219,90 @@ export class RunService {
 
   /**
    * Authorizes, records, starts. Returns the ok reply's meta; the streams follow on the same
-   * connection. f.raw (the caller's environment) is freed here.
+   * connection. f.raw (command line and the caller's environment) is freed here.
    */
   async start(conn: RunConn, f: Frame): Promise<Record<string, unknown>> {
     const values = new Map<string, SecureBuffer>();
     let forms: SecureBuffer[] = [];
     let terminal: { master: number; slave: number } | undefined;
+    let delivered: Wanted[] = [];
+    let recordDetails:
+      ((w: Wanted) => Record<string, string | number | boolean | null>) | undefined;
     try {
-      const req = parseRequest(f.meta);
+      const { argv, env } = parseRaw(f.raw);
+      const req = parseMeta(f.meta, argv);
+      const pathEntry = env.filter((e) => e.name === 'PATH').at(-1);
+      // PATH is no secret: it is how the program is found, as the caller's shell would.
+      const pathVar = pathEntry ? Buffer.from(pathEntry.value).toString('utf8') : DEFAULT_PATH;
+      const program = resolveProgram(argv[0] ?? '', req.cwd, pathVar);
+      if (program === undefined) {
+        // As a shell says it, with its status (127); no secret was asked for.
+        secureFree(f.raw);
+        conn.reader.many = true;
+        conn.stream = (fr: Frame) => secureFree(fr.raw);
+        setImmediate(() => {
+          const s = conn.socket;
+          if (s.destroyed) return;
+          const msg = Buffer.from(
+            `keyward run: ${JSON.stringify(argv[0] ?? '')}: command not found\n`,
+          );
+          s.write(frameHead(STREAM.stderr, {}, msg.length));
+          s.write(msg);
+          s.write(frameHead(STREAM.exit, { code: 127, signal: null }, 0));
+          s.end();
+        });
+        return { pid: null, masking: req.masking, pty: false };
+      }
+      const programSha = sha256File(program);
+      const notable = [...new Set(env.map((e) => e.name).filter((n) => NOTABLE_ENV.test(n)))];
       const v = this.host.vault();
-      const command = req.argv.join(' ');
+      const commandText = quoted(req.argv);
+      const shown =
+        commandText.length > 300
+          ? `${commandText.slice(0, 300)}... (${commandText.length - 300} more characters)`
+          : commandText;
       const rules = new Map<string, string | null>();
       for (const w of req.wanted) {
         const where = w.as.map((a) => ('var' in a ? `$${a.var}` : `descriptor ${a.fd}`)).join(', ');
         const { rule } = await this.host.authorize(conn, {
           target: w.name,
-          what: `run "${command.slice(0, 200)}" with the secret "${w.name}" as ${where}`,
+          what:
+            `run ${program}${programSha ? ` (sha256 ${programSha.slice(0, 16)})` : ''} as: ${shown}, ` +
+            `in ${req.cwd}, with the secret "${w.name}" as ${where}` +
+            (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : ''),
         });
         rules.set(w.name, rule ?? null);
       }
-      if (!this.host.stillOpen(v))
-        throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
-          hint: 'keyward unlock',
-        });
+      const stillHere = () => {
+        if (!this.host.stillOpen(v))
+          throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
+            hint: 'keyward unlock',
+          });
+        if (conn.socket.destroyed)
+          throw new KeywardError('CANCELLED', 'keyward run went away before its command started');
+      };
+      stillHere();
       const cached = new Set<string>();
+      const sizes = new Map<string, number>();
       for (const w of req.wanted) {
         const got = this.host.fetch(conn, v, w.name, rules.get(w.name) ?? undefined);
         values.set(w.name, got.value);
+        sizes.set(w.name, got.value.length);
         if (got.cached) cached.add(w.name);
       }
       const details = (w: Wanted) => ({
         rule: rules.get(w.name) ?? null,
         as: w.as.map((a) => ('var' in a ? `env:${a.var}` : `fd:${a.fd}`)).join(','),
-        program: req.argv[0] ?? null,
+        program,
+        programSha256: programSha ?? null,
         argvSha256: argvHash(req.argv),
-        bytes: values.get(w.name)?.length ?? 0,
+        cwd: req.cwd,
+        notableEnv: notable.join(',') || null,
+        bytes: sizes.get(w.name) ?? 0,
+        cached: cached.has(w.name),
         masking: req.masking,
       });
+      recordDetails = details;
       // Rule 4: every delivery durable in the audit log before the child gets the value.
       await Promise.all(
         req.wanted.map((w) =>
@@ -219,12 +315,9 @@ export class RunService {
           }),
         ),
       );
-      if (!this.host.stillOpen(v))
-        throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
-          hint: 'keyward unlock',
-        });
+      delivered = req.wanted;
+      stillHere();
       if (req.masking) for (const value of values.values()) forms.push(...maskingForms(value));
-      const env = parseEnvBlock(f.raw);
       const fds: Array<{ fd: number; value: SecureBuffer }> = [];
       for (const w of req.wanted) {
         const value = values.get(w.name);
@@ -234,18 +327,17 @@ export class RunService {
           else fds.push({ fd: a.fd, value });
         }
       }
-      const pathVar = env.filter((e) => e.name === 'PATH').at(-1);
       // The caller's stdout is a terminal: the child gets one too (colours, full-screen programs).
       if (req.pty) terminal = openPty(req.pty.rows, req.pty.cols);
       const child = startChild({
-        argv: req.argv,
+        argv: [program, ...req.argv.slice(1)],
+        argv0: req.argv[0] ?? program,
         cwd: req.cwd,
         env,
         fds,
         stdio: terminal ? terminal.slave : 'pipe',
         pty: terminal !== undefined,
-        // PATH is no secret: it is how the program is found, as the caller's shell would.
-        path: pathVar ? Buffer.from(pathVar.value).toString('utf8') : DEFAULT_PATH,
+        path: pathVar,
       });
       // The child has everything (the memfds are written and closed): the agent's copies go now.
       for (const value of values.values()) secureFree(value);
@@ -259,17 +351,36 @@ export class RunService {
             decision: 'info',
             target: w.name,
             actor: this.host.actor(conn.id),
-            reason: 'delivered to the child; the agent kept no copy',
+            reason: req.masking
+              ? 'delivered to the child; the agent keeps only its masking forms until the run ends'
+              : 'delivered to the child; the agent kept no copy',
             details: { pid: child.pid ?? null, masking: req.masking },
           })
           .catch(() => undefined);
       }
-      this.host.counted();
+      for (let i = 0; i < req.wanted.length; i++) this.host.counted();
+      const master = terminal?.master;
       if (terminal) closeFd(terminal.slave);
-      this.relay(conn, child, forms, req, details, terminal?.master);
-      forms = [];
       terminal = undefined;
-      return { pid: child.pid ?? null, masking: req.masking, pty: req.pty !== undefined };
+      delivered = [];
+      this.relay(conn, child, forms, req, details, master);
+      forms = [];
+      return { pid: child.pid ?? null, masking: req.masking, pty: master !== undefined };
+    } catch (e) {
+      // A delivery recorded as allowed whose child never started: say so.
+      for (const w of delivered) {
+        void this.host
+          .record({
+            type: 'run.exit',
+            decision: 'error',
+            target: w.name,
+            actor: this.host.actor(conn.id),
+            reason: `the command did not start (${e instanceof Error ? e.message : 'error'})`,
+            details: recordDetails ? recordDetails(w) : {},
+          })
+          .catch(() => undefined);
+      }
+      throw e;
     } finally {
       for (const value of values.values()) secureFree(value);
       for (const form of forms) secureFree(form);
@@ -286,24 +397,29 @@ export class RunService {
     conn: RunConn,
     child: ChildProcess,
     forms: SecureBuffer[],
-    req: { argv: string[]; wanted: Wanted[] },
+    req: Request,
     details: (w: Wanted) => Record<string, string | number | boolean | null>,
     master?: number,
   ): void {
     this.children.add(child);
-    // Under a pty the child's output (stdout and stderr together) comes from the master.
+    // Under a pty the child's output (stdout and stderr together) comes from the master. The
+    // stream owns the descriptor from here: nothing else uses the number once it is closed.
     const term = master === undefined ? undefined : new tty.ReadStream(master);
     term?.on('error', () => undefined);
+    const toChild: NodeJS.WritableStream | undefined = term ?? child.stdin ?? undefined;
+    child.stdin?.on('error', () => undefined);
     const started = Date.now();
     const s = conn.socket;
     s.setTimeout(0);
     conn.reader.many = true;
+    let ended = false;
     const maskers = forms.length > 0 ? [new Masker(forms), new Masker(forms)] : undefined;
     const send = (type: number, meta: Record<string, unknown>, data?: Buffer) => {
       if (s.destroyed) return;
       s.write(frameHead(type, meta, data?.length ?? 0));
       if (data && data.length > 0) s.write(data);
     };
+    const paused = new Set<NodeJS.ReadableStream>();
     const pump = (stream: NodeJS.ReadableStream | null, type: number, masker?: Masker) => {
       stream?.on('data', (chunk: Buffer) => {
         if (masker) {
@@ -314,55 +430,64 @@ export class RunService {
           send(type, {}, chunk);
           s.write(Buffer.alloc(0), () => zero(chunk));
         }
-        if (s.writableLength > HIGH_WATER) {
+        if (s.writableLength > HIGH_WATER && !s.destroyed) {
           stream.pause();
-          s.once('drain', () => stream.resume());
+          paused.add(stream);
         }
       });
     };
+    s.on('drain', () => {
+      for (const p of paused) p.resume();
+      paused.clear();
+    });
     pump(term ?? child.stdout, STREAM.stdout, maskers?.[0]);
     pump(child.stderr, STREAM.stderr, maskers?.[1]);
-    const toChild = (data: Uint8Array, done: () => void) => {
-      if (master !== undefined) {
-        try {
-          writeAllSync(master, data);
-        } catch {
-          // the child is gone
-        }
-        done();
-      } else if (child.stdin && !child.stdin.destroyed) child.stdin.write(data, done);
-      else done();
-    };
-    conn.stream = (fr: Frame) => {
+    // stdin: the client's socket is paused while the child doesn't take what it was given, so
+    // the agent never queues more than one socket read of it.
+    toChild?.on('drain', () => s.resume());
+    const write = (data: Uint8Array, done: () => void) => {
+      if (ended || !toChild) return done();
       try {
-        if (fr.type === STREAM.stdin && fr.raw) {
-          const raw = fr.raw;
-          toChild(raw, () => secureFree(raw));
-          return;
-        }
-        secureFree(fr.raw);
-        if (fr.type === STREAM.stdinEnd) {
-          // On a terminal, end of input is ^D.
-          if (master !== undefined) toChild(Buffer.from([4]), () => undefined);
-          else child.stdin?.end();
-        } else if (fr.type === STREAM.resize && master !== undefined) {
-          const rows = fr.meta['rows'];
-          const cols = fr.meta['cols'];
-          if (typeof rows === 'number' && typeof cols === 'number' && rows > 0 && cols > 0)
-            setWindowSize(master, Math.min(rows, 9999), Math.min(cols, 9999));
-        } else if (fr.type === STREAM.signal) {
-          const sig = str(fr.meta, 'signal');
-          if (sig !== undefined && SIGNALS.has(sig)) child.kill(sig as NodeJS.Signals);
-        }
+        if (!toChild.write(data, () => done())) s.pause();
       } catch {
-        // a child that is gone: its close event ends the run
+        done();
       }
     };
-    child.stdin?.on('error', () => undefined);
-    let ended = false;
+    const signalChild = (sig: NodeJS.Signals) => {
+      // The child leads its own session and process group (the exec step): the whole group.
+      try {
+        if (child.pid !== undefined) process.kill(-child.pid, sig);
+      } catch {
+        try {
+          child.kill(sig);
+        } catch {
+          // gone
+        }
+      }
+    };
+    conn.stream = (fr: Frame) => {
+      const raw = fr.raw;
+      if (ended) return secureFree(raw);
+      if (fr.type === STREAM.stdin && raw) return write(raw, () => secureFree(raw));
+      secureFree(raw);
+      if (fr.type === STREAM.stdinEnd) {
+        // On a terminal, end of input is ^D.
+        if (term) write(Buffer.from([4]), () => undefined);
+        else child.stdin?.end();
+      } else if (fr.type === STREAM.resize && master !== undefined) {
+        const rows = fr.meta['rows'];
+        const cols = fr.meta['cols'];
+        if (typeof rows === 'number' && typeof cols === 'number' && rows > 0 && cols > 0)
+          setWindowSize(master, Math.min(rows, 9999), Math.min(cols, 9999));
+      } else if (fr.type === STREAM.signal) {
+        const sig = str(fr.meta, 'signal');
+        if (sig !== undefined && SIGNALS.has(sig)) signalChild(sig as NodeJS.Signals);
+      }
+    };
     const end = (code: number | null, signal: NodeJS.Signals | null, error?: string) => {
       if (ended) return;
       ended = true;
+      conn.stream = (fr: Frame) => secureFree(fr.raw);
       this.children.delete(child);
       if (maskers) {
         const [o, e] = maskers;
@@ -374,6 +499,8 @@ export class RunService {
         e?.destroy();
       }
       for (const form of forms) secureFree(form);
+      forms.length = 0;
+      term?.destroy();
       if (error) send(STREAM.stderr, {}, Buffer.from(`keyward run: ${error}\n`));
       send(STREAM.exit, { code, signal });
       s.end();
@@ -384,12 +511,7 @@ export class RunService {
             decision: 'info',
             target: w.name,
             actor: this.host.actor(conn.id),
-            details: {
-              ...details(w),
-              code,
-              signal,
-              durationMs: Date.now() - started,
-            },
+            details: { ...details(w), code, signal, durationMs: Date.now() - started },
           })
           .catch(() => undefined);
       }
@@ -397,34 +519,58 @@ export class RunService {
     child.on('error', (e: NodeJS.ErrnoException) =>
       end(e.code === 'ENOENT' ? 127 : 126, null, `cannot start: ${e.code ?? 'error'}`),
     );
+    let exited: [number | null, NodeJS.Signals | null] | undefined;
     if (term) {
       // The master reads what the child wrote until every holder of the slave is gone (EIO).
-      let exited: [number | null, NodeJS.Signals | null] | undefined;
       let drained = false;
       const done = () => {
-        if (exited && drained) {
-          term.destroy();
-          end(...exited);
-        }
+        if (exited && drained) end(...exited);
       };
-      term.once('end', () => ((drained = true), done()));
-      term.once('error', () => ((drained = true), done()));
-      term.once('close', () => ((drained = true), done()));
+      const onDrained = () => {
+        drained = true;
+        done();
+      };
+      term.once('end', onDrained);
+      term.once('error', onDrained);
+      term.once('close', onDrained);
       child.on('exit', (code, signal) => {
         exited = [code, signal];
-        // A grandchild that keeps the terminal open doesn't keep the run alive.
-        setTimeout(() => ((drained = true), done()), 2000).unref();
+        // A grandchild that keeps the terminal open doesn't keep the run alive forever.
+        setTimeout(() => {
+          if (paused.size === 0) onDrained();
+        }, 2000).unref();
         done();
       });
-    } else child.on('close', (code, signal) => end(code, signal));
-    // The client went away (terminal closed, killed): as a terminal hangup would.
+    } else {
+      child.on('exit', (code, signal) => (exited = [code, signal]));
+      child.on('close', (code, signal) => end(code, signal));
+    }
+    // The client went away (terminal closed, killed): hang the child up, as a terminal would,
+    // let its output flow (to nowhere) so it can finish, and end the run when it exits.
     s.on('close', () => {
-      if (!ended) child.kill('SIGHUP');
+      if (ended) return;
+      signalChild('SIGHUP');
+      for (const p of paused) p.resume();
+      paused.clear();
+      if (exited) end(...exited);
+      else child.once('exit', (code, signal) => end(code, signal));
     });
   }
 
-  /** Ends every running child (agent stop). */
+  /** Ends every running child (agent stop): SIGTERM to its group, SIGKILL after a grace time. */
   killAll(): void {
-    for (const c of this.children) c.kill('SIGTERM');
+    for (const c of this.children) {
+      const pid = c.pid;
+      if (pid === undefined) continue;
+      const kill = (sig: NodeJS.Signals) => {
+        try {
+          process.kill(-pid, sig);
+        } catch {
+          // gone
+        }
+      };
+      kill('SIGTERM');
+      setTimeout(() => kill('SIGKILL'), STOP_GRACE_MS).unref();
+    }
   }
 }

@@ -32,6 +32,7 @@ import {
   peerCredentials,
   peerPidfd,
   pidfdOpen,
+  EAGAIN,
   sealedMemfd,
   sendWithFd,
 } from '../lib/libc.js';
@@ -410,15 +411,27 @@ export class Agent {
   ): void {
     const sock = (conn.socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
     const frame = frameHead(RES_OK, meta, 0);
-    let n = -1;
-    try {
-      if (sock !== undefined && sock >= 0 && conn.socket.writableLength === 0)
+    const attempt = (tries: number) => {
+      let n = -1;
+      if (
+        !conn.socket.destroyed &&
+        sock !== undefined &&
+        sock >= 0 &&
+        conn.socket.writableLength === 0
+      )
         n = sendWithFd(sock, frame, fd);
-    } finally {
+      if (n === -EAGAIN && tries < 100) {
+        setTimeout(() => attempt(tries + 1), 10);
+        return;
+      }
       closeFd(fd);
-    }
-    if (n === frame.length) sent?.();
-    else this.fail(conn, new KeywardError('INTERNAL', 'the descriptor could not be sent'));
+      if (n > 0) {
+        // The descriptor went with the first byte; the rest of the frame follows as usual.
+        if (n < frame.length) conn.socket.write(frame.subarray(n));
+        sent?.();
+      } else this.fail(conn, new KeywardError('INTERNAL', 'the descriptor could not be sent'));
+    };
+    attempt(0);
   }
 
   private async serve(conn: Conn, f: Frame): Promise<void> {
@@ -559,6 +572,8 @@ export class Agent {
     const st = fs.statSync(policyPaths(this.o.home).applied, { throwIfNoEntry: false });
     const stamp = st ? `${st.ino}:${st.mtimeMs}` : '';
     if (!this.policy || stamp !== this.policyStamp) {
+      // A new policy may cache less, or differently: what the old one cached goes.
+      if (this.policy) this.cache.clear('the policy changed');
       this.policy = loadPolicy(this.o.home, v, auditSink(this.o.home));
       this.policyStamp = stamp;
     }
@@ -780,7 +795,8 @@ export class Agent {
       const grantKey =
         a.remember.scope === 'once' || who === undefined
           ? undefined
-          : Grants.keyFor(decision.rule, name, a.remember.scope, who);
+          : // The action is part of what was approved: a remembered run is not a remembered read.
+            Grants.keyFor(decision.rule, `${req.action}\u0000${name}`, a.remember.scope, who);
       if (!(grantKey && !decision.highValue && this.grants.use(grantKey, Date.now()))) {
         const requester: RequesterRef = {
           pid: id.pid,
@@ -946,9 +962,14 @@ export class Agent {
     name: string,
     ruleName: string | undefined,
   ): { value: SecureBuffer; cached: boolean } {
+    // Re-read the vault if it changed while a person decided (a rotated value, a removed one).
+    if (this.unlocked() !== v)
+      throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
+        hint: 'keyward unlock',
+      });
     const rule = this.currentPolicy(v).rules.find((r) => r.name === ruleName);
     const idle = cacheIdleMs(rule);
-    const hit = idle === undefined ? undefined : this.cache.take(name);
+    const hit = idle === undefined || !rule ? undefined : this.cache.take(rule.name, name);
     if (hit) return { value: hit, cached: true };
     const value = v.reveal(name);
     void this.record({
@@ -958,7 +979,7 @@ export class Agent {
       actor: this.actor(id),
       details: { rule: ruleName ?? null, cacheIdleMs: idle ?? null },
     }).catch(() => undefined);
-    if (idle !== undefined) this.cache.put(name, value, idle);
+    if (idle !== undefined && rule) this.cache.put(rule.name, name, value, idle);
     return { value, cached: idle !== undefined };
   }
 

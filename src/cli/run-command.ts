@@ -92,7 +92,9 @@ export function registerRunCommand(program: Command, _io: Io): void {
         fds,
         masking: o.masking,
       };
-      if (tty.isatty(1))
+      // A pty only for an interactive terminal: with piped input, a terminal would mangle it
+      // (line editing, ^C and ^D as signals, echo) and merge stderr into stdout.
+      if (tty.isatty(0) && tty.isatty(1))
         request.pty = { rows: process.stdout.rows || 24, cols: process.stdout.columns || 80 };
       const code = await agentRun(agentSocket(), request, environ);
       throw new ChildExit(code);

@@ -21,12 +21,18 @@ export type { SecureBuffer as Credential } from '../lib/secure.js';
 
 const MAX_VALUE = 16 * 1024 * 1024;
 const POLL_MS = 10;
+/** A fetch reply is metadata only. */
+const MAX_REPLY = 64 * 1024;
+/** Longer than the longest approval a policy can ask for (10 minutes). */
+const DEFAULT_TIMEOUT_MS = 11 * 60_000;
 
 export interface CredentialOptions {
   /** The agent socket; default from KEYWARD_SOCKET_DIR, as the CLI finds it. */
   socket?: string;
   /** The value in the reply's bytes rather than on a descriptor. */
   inline?: boolean;
+  /** How long to wait for the agent (approvals included); default 11 minutes. */
+  timeoutMs?: number;
 }
 
 /** Zeroes and releases a credential. */
@@ -67,7 +73,10 @@ export async function getCredential(
     // The reply: a frame of metadata only (the value is on the descriptor that comes with it).
     let got = Buffer.alloc(0);
     const chunk = Buffer.alloc(64 * 1024);
+    const deadline = Date.now() + (o.timeoutMs ?? DEFAULT_TIMEOUT_MS);
     for (;;) {
+      if (Date.now() > deadline)
+        throw new KeywardError('APPROVAL_TIMEOUT', 'no answer from the agent in time');
       const { n, fd } = recvWithFd(sock, chunk);
       if (fd !== undefined) {
         if (received !== undefined) closeFd(received);
@@ -79,7 +88,9 @@ export async function getCredential(
       }
       if (n <= 0) throw new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection');
       got = Buffer.concat([got, chunk.subarray(0, n)]);
-      if (got.length >= 4 && got.length >= 4 + got.readUInt32BE(0)) break;
+      if (got.length >= 4 && got.readUInt32BE(0) > MAX_REPLY)
+        throw new KeywardError('PROTOCOL_ERROR', 'the agent sent an oversized reply');
+      if (got.length >= 8 && got.length >= 4 + got.readUInt32BE(0)) break;
     }
     const type = got[5];
     const metaLen = got.readUInt16BE(6);

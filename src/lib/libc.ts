@@ -24,6 +24,8 @@ interface Libc {
   ioctl: (fd: number, req: number, arg: number) => number;
   ioctlBuf: (fd: number, req: number, arg: Buffer) => number;
   posixOpenpt: (flags: number) => number;
+  signal: (sig: number, handler: null) => unknown;
+  closeRange: (first: number, last: number, flags: number) => number;
   grantpt: (fd: number) => number;
   unlockpt: (fd: number) => number;
   ptsnameR: (fd: number, buf: Buffer, len: number) => number;
@@ -79,6 +81,8 @@ function libc(): Libc {
     ioctl: lib.func('int ioctl(int, unsigned long, int)'),
     ioctlBuf: lib.func('ioctl', 'int', ['int', 'unsigned long', 'uint8_t *']),
     posixOpenpt: lib.func('int posix_openpt(int)'),
+    signal: lib.func('void *signal(int, void *)'),
+    closeRange: lib.func('int close_range(unsigned int, unsigned int, int)'),
     grantpt: lib.func('int grantpt(int)'),
     unlockpt: lib.func('int unlockpt(int)'),
     ptsnameR: lib.func('int ptsname_r(int, _Out_ uint8_t *, size_t)'),
@@ -259,12 +263,31 @@ export function keepAcrossExec(fd: number): void {
   if (l.fcntl(fd, F_SETFD, 0) !== 0) throw new Error(`fcntl(${fd}) failed (errno ${l.errno()})`);
 }
 
-/** A new session with the terminal on fd 0 as its controlling terminal (for a pty child). */
-export function takeTerminal(): void {
+/**
+ * A new session (so the child is not in the agent's process group: a `kill 0` in it can't reach
+ * the agent), with the terminal on fd 0 as its controlling terminal when it is a pty.
+ */
+export function newSession(withTerminal: boolean): void {
   const l = libc();
   const TIOCSCTTY = 0x540e;
   if (l.setsid() < 0) throw new Error(`setsid failed (errno ${l.errno()})`);
-  if (l.ioctl(0, TIOCSCTTY, 0) !== 0) throw new Error(`TIOCSCTTY failed (errno ${l.errno()})`);
+  if (withTerminal && l.ioctl(0, TIOCSCTTY, 0) !== 0)
+    throw new Error(`TIOCSCTTY failed (errno ${l.errno()})`);
+}
+
+/**
+ * Undoes what Node set up that a program would inherit across exec: SIGPIPE and SIGXFSZ ignored
+ * (so `yes | head` would misbehave), and descriptors 3 and up left open without close-on-exec.
+ */
+export function cleanForExec(): void {
+  const l = libc();
+  const SIGPIPE = 13;
+  const SIGXFSZ = 25;
+  l.signal(SIGPIPE, null); // SIG_DFL
+  l.signal(SIGXFSZ, null);
+  const CLOSE_RANGE_CLOEXEC = 4;
+  if (l.closeRange(3, 0xffffffff, CLOSE_RANGE_CLOEXEC) !== 0)
+    throw new Error(`close_range failed (errno ${l.errno()})`);
 }
 
 /**
@@ -366,9 +389,10 @@ export function recvWithFd(sock: number, buf: Buffer): { n: number; fd: number |
   if (n < 0) return { n: -l.errno(), fd: undefined };
   let fd: number | undefined;
   let off = 0;
-  while (off + 16 <= msg.controllen) {
+  const end = Math.min(msg.controllen, control.length);
+  while (off + 16 <= end) {
     const len = Number(control.readBigUInt64LE(off));
-    if (len < 16) break;
+    if (len < 16 || off + len > end) break;
     if (
       control.readInt32LE(off + 8) === SOL_SOCKET &&
       control.readInt32LE(off + 12) === SCM_RIGHTS

@@ -10,6 +10,8 @@ import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 
 /** Values (and forms) shorter than this are not masked: too many false matches (docs/RUN.md). */
 export const MASK_MIN_BYTES = 6;
+/** Above this size only the value's own bytes are masked, not its encodings. */
+export const MASK_FORMS_MAX_BYTES = 64 * 1024;
 
 const HEX_LOWER = Buffer.from('0123456789abcdef');
 const HEX_UPPER = Buffer.from('0123456789ABCDEF');
@@ -122,6 +124,36 @@ function jsonEscaped(v: Uint8Array): SecureBuffer {
   return out;
 }
 
+function crlf(v: Uint8Array): SecureBuffer {
+  let n = 0;
+  for (let i = 0; i < v.length; i++) if (v[i] === 0x0a && v[i - 1] !== 0x0d) n++;
+  const out = secureAlloc(v.length + n);
+  let o = 0;
+  for (let i = 0; i < v.length; i++) {
+    const b = v[i] ?? 0;
+    if (b === 0x0a && v[i - 1] !== 0x0d) out[o++] = 0x0d;
+    out[o++] = b;
+  }
+  return out;
+}
+
+function formEncoded(v: Uint8Array): SecureBuffer {
+  let len = 0;
+  for (const b of v) len += isUnreserved(b) || b === 0x20 ? 1 : 3;
+  const out = secureAlloc(len);
+  let o = 0;
+  for (const b of v) {
+    if (b === 0x20) out[o++] = 0x2b;
+    else if (isUnreserved(b)) out[o++] = b;
+    else {
+      out[o++] = 0x25;
+      out[o++] = HEX_UPPER[b >> 4] ?? 0;
+      out[o++] = HEX_UPPER[b & 15] ?? 0;
+    }
+  }
+  return out;
+}
+
 function same(a: Uint8Array, b: Uint8Array): boolean {
   if (a.length !== b.length) return false;
   for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
@@ -136,12 +168,19 @@ export function maskingForms(value: Uint8Array): SecureBuffer[] {
   if (value.length < MASK_MIN_BYTES) return [];
   const candidates: SecureBuffer[] = [secureAlloc(value.length)];
   candidates[0]?.set(value);
+  // Large values (certificates, bundles): the bytes as they are only; thirteen encoded copies
+  // of a megabyte would be a lot of locked memory (docs/RUN.md).
+  if (value.length > MASK_FORMS_MAX_BYTES) return candidates;
+  // A terminal turns \n into \r\n: a multi-line value printed under a pty looks like this.
+  if (value.includes(0x0a)) candidates.push(crlf(value));
   candidates.push(hex(value, HEX_LOWER), hex(value, HEX_UPPER));
   for (const alphabet of [B64, B64URL]) {
     candidates.push(base64Whole(value, alphabet, true));
     for (const shift of [0, 1, 2]) candidates.push(base64Core(value, shift, alphabet));
   }
   candidates.push(percent(value, false), percent(value, true), jsonEscaped(value));
+  // Form encoding (application/x-www-form-urlencoded) writes a space as +.
+  if (value.includes(0x20)) candidates.push(formEncoded(value));
   const forms: SecureBuffer[] = [];
   for (const c of candidates) {
     if (c.length < MASK_MIN_BYTES || forms.some((f) => same(f, c))) secureFree(c);

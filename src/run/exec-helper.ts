@@ -6,7 +6,7 @@
  * exec; if the exec fails, it zeroes what it read and exits 127 (not found) or 126.
  */
 import fs from 'node:fs';
-import { execvpe, hardenProcess, keepAcrossExec, takeTerminal } from '../lib/libc.js';
+import { cleanForExec, execvpe, hardenProcess, keepAcrossExec, newSession } from '../lib/libc.js';
 import { FLAG_PTY, parseControl } from './control.js';
 
 const ENOENT = 2;
@@ -17,6 +17,8 @@ function fail(message: string, code: number): never {
 }
 
 function main(): void {
+  // No inspector on SIGUSR1 while this process holds the child's environment.
+  process.on('SIGUSR1', () => undefined);
   hardenProcess();
   const controlFd = Number(process.argv[2]);
   if (!Number.isInteger(controlFd) || controlFd < 3) fail('no control descriptor', 126);
@@ -35,8 +37,9 @@ function main(): void {
     const c = parseControl(data, block);
     file = c.file;
     data.fill(0);
+    cleanForExec();
     for (const fd of [0, 1, 2, ...c.fds]) keepAcrossExec(fd);
-    if (c.flags & FLAG_PTY) takeTerminal();
+    newSession((c.flags & FLAG_PTY) !== 0);
     const errno = execvpe(c.file, c.argv, c.env);
     block.fill(0);
     fail(

@@ -13,7 +13,9 @@ import { controlPieces, FLAG_PTY, type EnvPiece } from './control.js';
 const HELPER = fileURLToPath(new URL('./exec-helper.js', import.meta.url));
 
 export interface ChildSpec {
+  /** argv[0] is the program's absolute path (what runs); argv0 is what the child sees as its name. */
   argv: readonly string[];
+  argv0?: string;
   cwd: string;
   /** The whole environment, in order; later entries with the same name win. */
   env: readonly EnvPiece[];
@@ -52,7 +54,7 @@ export function startChild(spec: ChildSpec): ChildProcess {
       ...controlPieces({
         flags: spec.pty ? FLAG_PTY : 0,
         file,
-        argv: spec.argv,
+        argv: [spec.argv0 ?? file, ...spec.argv.slice(1)],
         env: [...byName.values()],
         fds: spec.fds.map((f) => f.fd),
       }),

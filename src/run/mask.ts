@@ -12,10 +12,15 @@ import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.
 export const MASK_MARKER = Buffer.from('<concealed by keyward>');
 
 export class Masker {
-  private held: SecureBuffer = secureAlloc(0);
-  private readonly maxLen: number;
-
+  /**
+   * One secure work buffer, reused: held-back bytes at its start, the new chunk after them. It
+   * only grows (a secure allocation costs guard pages and a mapping, released at GC), so a
+   * chatty child costs no allocation per chunk.
+   */
+  private work: SecureBuffer = secureAlloc(64 * 1024);
+  private heldLen = 0;
   private readonly forms: SecureBuffer[];
+  private readonly maxLen: number;
 
   /** The forms stay the caller's (one set can serve stdout and stderr); free them after destroy(). */
   constructor(forms: readonly SecureBuffer[]) {
@@ -30,61 +35,83 @@ export class Masker {
 
   /** Masks a chunk (zeroing it); returns what can be written now. */
   push(chunk: Buffer): Buffer {
-    const data = secureAlloc(this.held.length + chunk.length);
-    data.set(this.held);
-    data.set(chunk, this.held.length);
-    zero(chunk);
-    secureFree(this.held);
-    try {
-      const { out, consumed } = this.scan(data, false);
-      this.held = secureAlloc(data.length - consumed);
-      data.copy(this.held, 0, consumed);
-      return out;
-    } finally {
-      secureFree(data);
+    const total = this.heldLen + chunk.length;
+    if (total > this.work.length) {
+      const bigger = secureAlloc(Math.max(total, this.work.length * 2));
+      this.work.copy(bigger, 0, 0, this.heldLen);
+      secureFree(this.work);
+      this.work = bigger;
     }
+    chunk.copy(this.work, this.heldLen);
+    zero(chunk);
+    const data = this.work.subarray(0, total) as SecureBuffer;
+    const { out, consumed } = this.scan(data, false);
+    this.work.copy(this.work, 0, consumed, total);
+    this.heldLen = total - consumed;
+    this.work.fill(0, this.heldLen, total);
+    return out;
   }
 
   /** The held-back bytes at the end of the stream (they are no form: the stream ended). */
   flush(): Buffer {
-    const data = this.held;
-    this.held = secureAlloc(0);
-    try {
-      return this.scan(data, true).out;
-    } finally {
-      secureFree(data);
-    }
+    const data = this.work.subarray(0, this.heldLen) as SecureBuffer;
+    const { out } = this.scan(data, true);
+    this.work.fill(0, 0, this.heldLen);
+    this.heldLen = 0;
+    return out;
   }
 
-  /** Wipes what is held back; the forms are the caller's to free. */
+  /** Wipes the work buffer; the forms are the caller's to free. */
   destroy(): void {
     this.forms.length = 0;
-    secureFree(this.held);
-    this.held = secureAlloc(0);
+    secureFree(this.work);
+    this.heldLen = 0;
   }
 
   /**
-   * Replaces whole forms in data. Unless final, stops before the earliest position from which a
-   * form could still begin (a suffix of data that is a proper prefix of a form).
+   * Replaces whole forms in data; overlapping or touching matches become one marker. Unless
+   * final, stops before the earliest position from which a form could still begin (a suffix of
+   * data that is a proper prefix of a form). Each form is searched once per position it falls
+   * behind, so the work is about (forms x data), not (matches x forms x data).
    */
   private scan(data: SecureBuffer, final: boolean): { out: Buffer; consumed: number } {
     const keep = final ? data.length : data.length - this.partialTail(data);
+    const next = this.forms.map((f) => data.indexOf(f));
     const parts: Buffer[] = [];
     let pos = 0;
     for (;;) {
       let best = -1;
-      let bestLen = 0;
-      for (const f of this.forms) {
-        const at = data.indexOf(f, pos);
-        if (at >= 0 && at + f.length <= data.length && (best < 0 || at < best)) {
-          best = at;
-          bestLen = f.length;
-        }
+      for (let i = 0; i < this.forms.length; i++) {
+        const at = next[i] ?? -1;
+        if (at >= 0 && (best < 0 || at < best)) best = at;
       }
       // A whole form that starts before `keep` is replaced even if it runs past it.
       if (best < 0 || best >= keep) break;
+      // Grow the masked range over every form occurrence that overlaps it.
+      let end = best;
+      for (let grown = true; grown;) {
+        grown = false;
+        for (let i = 0; i < this.forms.length; i++) {
+          const f = this.forms[i];
+          let at = next[i] ?? -1;
+          if (!f || at < 0) continue;
+          while (at >= 0 && (at < end || at === best) && at >= best) {
+            if (at + f.length > end) {
+              end = at + f.length;
+              grown = true;
+            }
+            at = data.indexOf(f, at + 1);
+          }
+          next[i] = at;
+        }
+      }
       parts.push(Buffer.from(data.subarray(pos, best)), MASK_MARKER);
-      pos = best + bestLen;
+      pos = end;
+      for (let i = 0; i < this.forms.length; i++) {
+        const f = this.forms[i];
+        const at = next[i] ?? -1;
+        if (f && at >= 0 && at < pos) next[i] = data.indexOf(f, pos);
+      }
     }
     const end = Math.max(pos, keep);
     if (end > pos) parts.push(Buffer.from(data.subarray(pos, end)));
