@@ -163,7 +163,23 @@ const FORWARDED_SIGNALS: NodeJS.Signals[] = [
  * the exit status a shell would report (128 + N for a child killed by signal N). `environ` is
  * this process's environment as NAME=VALUE\0 entries (wiped once sent).
  */
-export function agentRun(path: string, req: RunRequest, environ: Buffer): Promise<number> {
+/**
+ * Where a run's output goes when it is not this process's own terminal (keyward mcp serve):
+ * sinks for the masked output, no stdin, no signal forwarding, an optional time limit.
+ */
+export interface RunSinks {
+  stdout(data: Buffer): void;
+  stderr(data: Buffer): void;
+  /** After this long the child's group gets SIGTERM. */
+  timeoutMs?: number;
+}
+
+export function agentRun(
+  path: string,
+  req: RunRequest & { mcp?: string },
+  environ: Buffer,
+  sinks?: RunSinks,
+): Promise<number> {
   return new Promise((resolve, reject) => {
     const reader = new FrameReader();
     reader.many = true;
@@ -187,7 +203,8 @@ export function agentRun(path: string, req: RunRequest, environ: Buffer): Promis
     const onResize = () =>
       send(STREAM.resize, { rows: process.stdout.rows, cols: process.stdout.columns });
     // Under a pty, keys go to the child as typed (Ctrl-C included: its terminal makes the signal).
-    const rawTerminal = req.pty !== undefined && process.stdin.isTTY;
+    const rawTerminal = !sinks && req.pty !== undefined && process.stdin.isTTY;
+    let timer: NodeJS.Timeout | undefined;
     let restored = false;
     const restore = () => {
       if (rawTerminal && !restored) {
@@ -205,13 +222,16 @@ export function agentRun(path: string, req: RunRequest, environ: Buffer): Promis
       if (settled) return;
       settled = true;
       secureFree(raw);
-      for (const sig of FORWARDED_SIGNALS) process.off(sig, onSignal);
-      process.off('SIGWINCH', onResize);
-      restore();
-      process.stdin.off('data', onStdin);
-      process.stdin.off('end', onStdinEnd);
-      process.stdin.pause();
-      process.stdin.destroy();
+      clearTimeout(timer);
+      if (!sinks) {
+        for (const sig of FORWARDED_SIGNALS) process.off(sig, onSignal);
+        process.off('SIGWINCH', onResize);
+        restore();
+        process.stdin.off('data', onStdin);
+        process.stdin.off('end', onStdinEnd);
+        process.stdin.pause();
+        process.stdin.destroy();
+      }
       reader.destroy();
       s.destroy();
       if (err) reject(err);
@@ -242,6 +262,13 @@ export function agentRun(path: string, req: RunRequest, environ: Buffer): Promis
               return;
             }
             started = true;
+            if (sinks) {
+              // No input; a time limit if asked.
+              send(STREAM.stdinEnd, {});
+              if (sinks.timeoutMs !== undefined)
+                timer = setTimeout(() => onSignal('SIGTERM'), sinks.timeoutMs);
+              continue;
+            }
             // From here Ctrl-C and friends go to the child, as if it were this process.
             for (const sig of FORWARDED_SIGNALS) process.on(sig, onSignal);
             if (req.pty) process.on('SIGWINCH', onResize);
@@ -249,9 +276,13 @@ export function agentRun(path: string, req: RunRequest, environ: Buffer): Promis
             process.stdin.on('data', onStdin);
             process.stdin.on('end', onStdinEnd);
             process.stdin.on('error', onStdinEnd);
-          } else if (f.type === STREAM.stdout && f.raw) writeAllSync(1, f.raw);
-          else if (f.type === STREAM.stderr && f.raw) writeAllSync(2, f.raw);
-          else if (f.type === STREAM.exit) {
+          } else if (f.type === STREAM.stdout && f.raw) {
+            if (sinks) sinks.stdout(Buffer.from(f.raw));
+            else writeAllSync(1, f.raw);
+          } else if (f.type === STREAM.stderr && f.raw) {
+            if (sinks) sinks.stderr(Buffer.from(f.raw));
+            else writeAllSync(2, f.raw);
+          } else if (f.type === STREAM.exit) {
             const code = f.meta['code'];
             const signal = f.meta['signal'];
             const signo =

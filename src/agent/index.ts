@@ -10,6 +10,7 @@ export {
   agentUnlock,
   call,
   type RunRequest,
+  type RunSinks,
 } from './client.js';
 export { runAgent, startAgent, stopAgent, tracerPid, type RunOptions } from './daemon.js';
 export { prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';

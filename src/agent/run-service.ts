@@ -90,6 +90,8 @@ interface Request {
   wanted: Wanted[];
   masking: boolean;
   pty: { rows: number; cols: number } | undefined;
+  /** The MCP client this run is for (keyward mcp serve's run_with_credentials). */
+  mcp: string | undefined;
 }
 
 const bad = (m: string) => new UsageError('USAGE', m);
@@ -166,7 +168,15 @@ function parseMeta(meta: Record<string, unknown>, argv: string[]): Request {
     typeof n === 'number' && Number.isInteger(n) && n > 0 && n < 10_000 ? n : fallback;
   const pty =
     p && typeof p === 'object' ? { rows: dim(p['rows'], 24), cols: dim(p['cols'], 80) } : undefined;
-  return { argv, cwd, wanted: [...byName.values()], masking: meta['masking'] !== false, pty };
+  const mcp = typeof meta['mcp'] === 'string' ? meta['mcp'].slice(0, 200) : undefined;
+  return {
+    argv,
+    cwd,
+    wanted: [...byName.values()],
+    masking: meta['masking'] !== false,
+    pty,
+    mcp,
+  };
 }
 
 /**
@@ -269,7 +279,8 @@ export class RunService {
           what:
             `run ${program}${programSha ? ` (sha256 ${programSha.slice(0, 16)})` : ''} as: ${shown}, ` +
             `in ${req.cwd}, with the secret "${w.name}" as ${where}` +
-            (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : ''),
+            (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : '') +
+            (req.mcp ? `; asked by the MCP client ${req.mcp}` : ''),
         });
         rules.set(w.name, rule ?? null);
       }
@@ -301,6 +312,7 @@ export class RunService {
         bytes: sizes.get(w.name) ?? 0,
         cached: cached.has(w.name),
         masking: req.masking,
+        mcpClient: req.mcp ?? null,
       });
       recordDetails = details;
       // Rule 4: every delivery durable in the audit log before the child gets the value.

@@ -101,6 +101,13 @@ interface Conn {
   stream?: (f: Frame) => void;
 }
 
+/** The MCP client a request is made for ("name version"), as keyward mcp serve declares it. */
+function mcpClient(meta: Record<string, unknown>): string | undefined {
+  const m = meta['mcp'];
+  if (typeof m !== 'string') return undefined;
+  return m.slice(0, 200);
+}
+
 function wireError(e: unknown): WireError {
   if (e instanceof KeywardError)
     return e.hint === undefined
@@ -496,7 +503,7 @@ export class Agent {
         };
       case 'read':
         secureFree(f.raw);
-        return this.read(conn, str(f.meta, 'name') ?? '');
+        return this.read(conn, str(f.meta, 'name') ?? '', 'inline', mcpClient(f.meta));
       case 'fetch':
         secureFree(f.raw);
         return this.read(conn, str(f.meta, 'name') ?? '', 'fd');
@@ -883,6 +890,7 @@ export class Agent {
     conn: Conn,
     name: string,
     via: 'inline' | 'fd' = 'inline',
+    mcp?: string,
   ): Promise<{
     meta: Record<string, unknown>;
     raw?: SecureBuffer;
@@ -904,6 +912,24 @@ export class Agent {
       throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
         hint: 'keyward unlock',
       });
+    if (mcp !== undefined) {
+      // Inline to an MCP client means into a model's context: only where the rule says so.
+      const r = this.currentPolicy(v).rules.find((x) => x.name === rule);
+      if (!r?.mcp_inline) {
+        const message = `the policy does not release ${name} inline to MCP clients (rule ${rule ?? 'none'} lacks mcp_inline: true)`;
+        await this.record({
+          target: name,
+          actor: this.actor(conn.id),
+          type: 'secret.read',
+          decision: 'deny',
+          reason: message,
+          details: { rule: rule ?? null, mcpClient: mcp },
+        });
+        throw new KeywardError('POLICY_DENIED', message, {
+          hint: 'use run_with_credentials, which never shows the value',
+        });
+      }
+    }
     const { value, cached } = this.fetch(conn.id, v, name, rule);
     try {
       // Rule 4: durable in the audit log before the value leaves.
@@ -912,7 +938,7 @@ export class Agent {
         actor: this.actor(conn.id),
         type: 'secret.read',
         decision: 'allow',
-        details: { rule: rule ?? null, bytes: value.length, cached, via },
+        details: { rule: rule ?? null, bytes: value.length, cached, via, mcpClient: mcp ?? null },
       });
     } catch (e) {
       secureFree(value);

@@ -23,6 +23,7 @@ export const EVENT_TYPES = [
   'credential.drop',
   'credential.evict',
   'run.exit',
+  'mcp.call',
   'peer.rejected',
   'policy.loaded',
   'policy.changed',

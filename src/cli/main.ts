@@ -14,6 +14,7 @@ import { registerPolicyCommands } from './policy-commands.js';
 import { registerAgentCommands } from './agent-commands.js';
 import { registerKeyCommands } from './key-commands.js';
 import { ChildExit, registerRunCommand } from './run-command.js';
+import { registerMcpCommands } from './mcp-commands.js';
 
 export const VERSION = '0.1.0';
 
@@ -39,6 +40,7 @@ export function buildProgram(io: Io): Command {
   registerAgentCommands(program, io);
   registerKeyCommands(program, io);
   registerRunCommand(program, io);
+  registerMcpCommands(program, io, VERSION);
   registerAuditCommands(program, io);
   registerPolicyCommands(program, io);
   registerDoctorCommand(program, io);

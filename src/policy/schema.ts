@@ -84,6 +84,9 @@ function build(z: typeof Zod) {
         .optional(),
       max_uses_per_unlock: z.number().int().positive().optional(),
       high_value: z.boolean().default(false),
+      // May an MCP client (keyward mcp serve's get_credential) receive the value inline, into a
+      // model's context? Off by default: run_with_credentials never shows the value (docs/MCP.md).
+      mcp_inline: z.boolean().default(false),
       // Keep released values decrypted in the agent for reuse, until idle this long (docs/RUN.md).
       cache: z
         .union([z.boolean(), z.object({ idle: maxDuration(24 * 3_600_000, '24h') }).strict()])

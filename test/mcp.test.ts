@@ -1,0 +1,135 @@
+/**
+ * `keyward mcp serve` (issue 8) driven by the official MCP SDK client over stdio, with a real
+ * agent: the tools, policy (mcp_inline), masking of run output, and the audit of every call.
+ */
+import assert from 'node:assert/strict';
+import { after, describe, test } from 'node:test';
+import { Client } from '@modelcontextprotocol/sdk/client/index.js';
+import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { agentHome, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import { BIN, kw } from './helpers.js';
+
+const MARK = '<concealed by keyward>';
+const POLICY = `version: 1
+rules:
+  - { name: inline-ok, targets: ["mcp/shareable"], decision: allow, mcp_inline: true }
+  - { name: denied, targets: ["mcp/denied"], decision: deny }
+  - { name: rest, targets: ["**"], decision: allow }
+`;
+
+const homes: AgentHome[] = [];
+const clients: Client[] = [];
+after(async () => {
+  for (const c of clients) await c.close().catch(() => undefined);
+  for (const h of homes) await stopAgent(h);
+});
+
+async function setup(): Promise<{ h: AgentHome; client: Client }> {
+  const h = agentHome(POLICY);
+  homes.push(h);
+  await startAgent(h);
+  assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  for (const [name, value] of [
+    ['mcp/shareable', 'shareable-value-1'],
+    ['mcp/secret', 'never-shown-value-2'],
+    ['mcp/denied', 'denied-value-3'],
+  ] as const)
+    assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
+  const client = new Client({ name: 'keyward-test', version: '1.2.3' });
+  clients.push(client);
+  await client.connect(
+    new StdioClientTransport({
+      command: process.execPath,
+      args: [BIN, 'mcp', 'serve'],
+      env: h.env as Record<string, string>,
+      stderr: 'pipe',
+    }),
+  );
+  return { h, client };
+}
+
+const textOf = (r: unknown) =>
+  ((r as { content: Array<{ text?: string }> }).content[0]?.text ?? '') as string;
+
+function mcpCalls(h: AgentHome): Array<{ decision: string; details: Record<string, unknown> }> {
+  return kw(['audit', 'export', '--decrypt'], { env: h.env })
+    .stdout.trim()
+    .split('\n')
+    .map(
+      (l) =>
+        JSON.parse(l) as {
+          type: string;
+          body: { decision: string; details: Record<string, unknown> };
+        },
+    )
+    .filter((l) => l.type === 'mcp.call')
+    .map((l) => l.body);
+}
+
+describe('keyward mcp serve', () => {
+  test('lists its three tools; list_credentials gives names, never values', async () => {
+    const { client } = await setup();
+    const tools = (await client.listTools()).tools.map((t) => t.name).sort();
+    assert.deepEqual(tools, ['get_credential', 'list_credentials', 'run_with_credentials']);
+    const r = await client.callTool({ name: 'list_credentials', arguments: {} });
+    const names = (
+      JSON.parse(textOf(r)) as { credentials: Array<{ name: string }> }
+    ).credentials.map((c) => c.name);
+    assert.deepEqual(names.sort(), ['mcp/denied', 'mcp/secret', 'mcp/shareable']);
+    assert.ok(!textOf(r).includes('value'), 'no value in the listing');
+  });
+
+  test('get_credential returns a value only where the rule says mcp_inline; policy denials are tool errors', async () => {
+    const { h, client } = await setup();
+    let r = await client.callTool({ name: 'get_credential', arguments: { name: 'mcp/shareable' } });
+    assert.equal(r.isError, undefined);
+    assert.equal(textOf(r), 'shareable-value-1');
+    r = await client.callTool({ name: 'get_credential', arguments: { name: 'mcp/secret' } });
+    assert.equal(r.isError, true);
+    assert.match(textOf(r), /does not release mcp\/secret inline to MCP clients/);
+    assert.ok(!textOf(r).includes('never-shown-value-2'));
+    r = await client.callTool({ name: 'get_credential', arguments: { name: 'mcp/denied' } });
+    assert.equal(r.isError, true);
+    assert.match(textOf(r), /denied by policy/);
+    const calls = mcpCalls(h).filter((c) => c.details['tool'] === 'get_credential');
+    assert.deepEqual(
+      calls.map((c) => c.decision),
+      ['allow', 'deny', 'deny'],
+    );
+    assert.ok(calls.every((c) => c.details['client'] === 'keyward-test 1.2.3'));
+  });
+
+  test('run_with_credentials runs through the agent: output masked, exit code returned, the value never shown', async () => {
+    const { h, client } = await setup();
+    const r = await client.callTool({
+      name: 'run_with_credentials',
+      arguments: {
+        command: ['sh', '-c', 'echo "token: $T"; echo "$T" | base64; exit 3'],
+        env: { T: 'mcp/secret' },
+      },
+    });
+    const out = JSON.parse(textOf(r)) as { exitCode: number; stdout: string; stderr: string };
+    assert.equal(out.exitCode, 3);
+    assert.equal(r.isError, true, 'a failing command is a tool error');
+    assert.match(out.stdout, new RegExp(`^token: ${MARK}\\n${MARK}`));
+    assert.ok(!textOf(r).includes('never-shown-value-2'));
+    const deliveries = kw(['audit', 'export', '--decrypt'], { env: h.env })
+      .stdout.trim()
+      .split('\n')
+      .map(
+        (l) =>
+          JSON.parse(l) as {
+            type: string;
+            body: { target: string; details: Record<string, unknown> };
+          },
+      )
+      .filter((l) => l.type === 'credential.deliver' && l.body.target === 'mcp/secret');
+    assert.equal(deliveries[0]?.body.details['mcpClient'], 'keyward-test 1.2.3');
+    const denied = await client.callTool({
+      name: 'run_with_credentials',
+      arguments: { command: ['true'], env: { D: 'mcp/denied' } },
+    });
+    assert.equal(denied.isError, true);
+    assert.match(textOf(denied), /denied by policy/);
+  });
+});
