@@ -32,6 +32,7 @@ export const REQ = {
   deny: 0x09,
   run: 0x0a,
   fetch: 0x0b,
+  mcp: 0x0c,
 } as const;
 export type RequestType = keyof typeof REQ;
 export const RES_OK = 0x80;

@@ -36,7 +36,8 @@ import {
   sealedMemfd,
   sendWithFd,
 } from '../lib/libc.js';
-import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import { secureAlloc, secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
+import { Masker, maskingForms } from '../run/index.js';
 import { printable } from '../lib/text.js';
 import {
   durationMs,
@@ -507,6 +508,8 @@ export class Agent {
       case 'fetch':
         secureFree(f.raw);
         return this.read(conn, str(f.meta, 'name') ?? '', 'fd');
+      case 'mcp':
+        return this.mcpGateway(f);
       case 'run':
         return { meta: await this.runs.start(conn, f) };
       case 'approvals':
@@ -679,6 +682,7 @@ export class Agent {
     this.buckets.clear();
     this.ssh.wipeAll();
     this.cache.clear('the agent locked');
+    this.released.clear();
     this.gen += 1;
     const v = this.vault;
     this.vault = undefined;
@@ -995,6 +999,7 @@ export class Agent {
       });
     const rule = this.currentPolicy(v).rules.find((r) => r.name === ruleName);
     const idle = cacheIdleMs(rule);
+    this.released.add(name);
     const hit = idle === undefined || !rule ? undefined : this.cache.take(rule.name, name);
     if (hit) return { value: hit, cached: true };
     const value = v.reveal(name);
@@ -1007,6 +1012,62 @@ export class Agent {
     }).catch(() => undefined);
     if (idle !== undefined && rule) this.cache.put(rule.name, name, value, idle);
     return { value, cached: idle !== undefined };
+  }
+
+  /** Names released since the unlock: the values the MCP gateway looks for (cleared at lock). */
+  private readonly released = new Set<string>();
+  private readonly scanBucket = new TokenBucket(600, 100, Date.now());
+
+  /**
+   * What keyward mcp wrap asks of the agent (docs/MCP.md, "The gateway"): the verified policy's
+   * mcp section; a keyed hash for tool-definition pins; and a scan of bytes for the values
+   * released since the unlock (which names, and a redacted copy). Values never leave.
+   */
+  private mcpGateway(f: Frame): { meta: Record<string, unknown>; raw?: SecureBuffer } {
+    const v = this.unlocked();
+    const op = str(f.meta, 'op');
+    try {
+      if (op === 'policy') return { meta: { mcp: this.currentPolicy(v).mcp ?? null } };
+      if (op === 'mac') {
+        const label = str(f.meta, 'label') ?? '';
+        return { meta: { mac: v.mac(`mcp ${label}`, f.raw ?? Buffer.alloc(0)).toString('hex') } };
+      }
+      if (op === 'scan') {
+        // An oracle ("is this one of the released values?") must not be a fast one: a 6-digit
+        // value could be guessed through it (docs/THREAT-MODEL.md).
+        if (!this.scanBucket.take(Date.now()))
+          throw new KeywardError('POLICY_DENIED', 'too many leak scans; try again in a moment');
+        const data = f.raw ?? secureAlloc(0);
+        const found: string[] = [];
+        const all: SecureBuffer[] = [];
+        try {
+          for (const name of this.released) {
+            if (!v.has(name)) continue;
+            const value = v.reveal(name);
+            try {
+              const forms = maskingForms(value);
+              if (forms.some((form) => data.indexOf(form) >= 0)) found.push(name);
+              all.push(...forms);
+            } finally {
+              secureFree(value);
+            }
+          }
+          if (f.meta['redact'] !== true || found.length === 0) return { meta: { found } };
+          const masker = new Masker(all);
+          try {
+            const out = Buffer.concat([masker.push(Buffer.from(data)), masker.flush()]);
+            return { meta: { found }, raw: secureTake(out) };
+          } finally {
+            masker.destroy();
+          }
+        } finally {
+          for (const form of all) secureFree(form);
+        }
+      }
+      throw new ProtocolError(`unknown mcp operation ${op ?? ''}`);
+    } finally {
+      secureFree(f.raw);
+    }
   }
 
   private dropped(id: ProcessIdentity, name: string, reason: string): void {

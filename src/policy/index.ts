@@ -13,6 +13,7 @@ export {
   type Policy,
   type PolicyProblem,
   type PolicyRule,
+  type McpPolicy,
 } from './schema.js';
 export {
   evaluate,

@@ -131,6 +131,55 @@ function build(z: typeof Zod) {
       }
     });
 
+  // The MCP gateway (docs/MCP.md, "The gateway").
+  const ToolRef = z
+    .object({
+      server: z.string().min(1).max(64),
+      tool: z.string().min(1).max(256),
+      content_hash: z
+        .string()
+        .regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits')
+        .optional(),
+    })
+    .strict();
+  const Bucket = z
+    .object({ per_minute: z.number().int().positive(), burst: z.number().int().positive() })
+    .strict();
+  const Mcp = z
+    .object({
+      tool_policy: z.enum(['allowlist', 'denylist', 'none']).default('none'),
+      allowed_tools: z.array(ToolRef).default([]),
+      denied_tools: z.array(ToolRef).default([]),
+      version_pinning: z
+        .object({
+          enabled: z.boolean().default(true),
+          on_change: z.enum(['block', 'alert', 'allow']).default('block'),
+          auto_trust_first: z.boolean().default(true),
+        })
+        .strict()
+        .default({ enabled: true, on_change: 'block', auto_trust_first: true }),
+      rate_limits: z
+        .object({
+          global: Bucket.optional(),
+          per_tool: z
+            .array(
+              z
+                .object({
+                  server: z.string().min(1),
+                  tool: z.string().min(1),
+                  per_minute: z.number().int().positive(),
+                  burst: z.number().int().positive(),
+                })
+                .strict(),
+            )
+            .default([]),
+        })
+        .strict()
+        .default({ per_tool: [] }),
+      leak_blocking: z.boolean().default(true),
+    })
+    .strict();
+
   const PolicySchema = z
     .object({
       version: z.literal(1),
@@ -148,7 +197,7 @@ function build(z: typeof Zod) {
         .default({ idle_timeout: '15m', max_lifetime: '4h' }),
       rules: z.array(Rule).default([]),
       // Read by the MCP gateway (a later issue); validated there.
-      mcp: z.record(z.string(), z.unknown()).optional(),
+      mcp: Mcp.optional(),
     })
     .strict()
     .superRefine((p, ctx) => {
@@ -184,6 +233,7 @@ function policySchema(): ReturnType<typeof build> {
 
 export type Policy = Zod.infer<ReturnType<typeof build>>;
 export type PolicyRule = Policy['rules'][number];
+export type McpPolicy = NonNullable<Policy['mcp']>;
 
 /** The default idle time of a cached credential (`cache: true`). */
 export const CACHE_IDLE_DEFAULT_MS = 60_000;

@@ -4,6 +4,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import sodium from 'sodium-native';
 import { AuthError, IntegrityError, KeywardError, UsageError } from '../errors.js';
 import {
   assertPrivate,
@@ -12,7 +13,7 @@ import {
   withFileLock,
   writeFileAtomic,
 } from '../lib/files.js';
-import { secureEqual, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { secureAlloc, secureEqual, secureFree, type SecureBuffer } from '../lib/secure.js';
 import {
   deriveSubkey,
   KDF_DEFAULT,
@@ -442,6 +443,26 @@ export class Vault {
       return seal(key, plaintext, stateAd(this.vaultId, label), this.rng);
     } finally {
       secureFree(key);
+    }
+  }
+
+  /**
+   * A keyed hash of public data (MCP tool-definition pins): BLAKE2b-256 keyed with a key derived
+   * from the state subkey and the label. Someone who can edit files but not open the vault can't
+   * make a pin match a changed definition.
+   */
+  mac(label: string, data: Uint8Array): Buffer {
+    this.live();
+    const state = deriveSubkey(this.dk, 'state');
+    const key = secureAlloc(32);
+    try {
+      sodium.crypto_generichash(key, Buffer.from(`keyward mac ${label}`, 'utf8'), state);
+      const out = Buffer.alloc(32);
+      sodium.crypto_generichash(out, data, key);
+      return out;
+    } finally {
+      secureFree(key);
+      secureFree(state);
     }
   }
 
