@@ -18,6 +18,7 @@ import { call } from '../src/agent/index.js';
 import { AuditLog, GroupCommitter, listSegments, verifySegments } from '../src/audit/index.js';
 import { boxKeypair } from '../src/audit/keys.js';
 import { secureTake } from '../src/lib/secure.js';
+import { mcpBench } from './bench-mcp.js';
 import { runBench } from './bench-run.js';
 import { signBench } from './bench-sign.js';
 
@@ -223,9 +224,10 @@ async function agentBench(): Promise<void> {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
-// BENCH_ONLY=audit|agent|sign|run runs one part.
+// BENCH_ONLY=audit|agent|sign|run|mcp runs one part.
 const only = process.env['BENCH_ONLY'];
 if (!only || only === 'audit') await main();
 if (!only || only === 'agent') await agentBench();
 if (!only || only === 'sign') await signBench(ROOT);
 if (!only || only === 'run') await runBench(ROOT);
+if (!only || only === 'mcp') await mcpBench(ROOT);

@@ -1016,7 +1016,7 @@ export class Agent {
 
   /** Names released since the unlock: the values the MCP gateway looks for (cleared at lock). */
   private readonly released = new Set<string>();
-  private readonly scanBucket = new TokenBucket(600, 100, Date.now());
+  private readonly scanBucket = new TokenBucket(6000, 1000, Date.now());
 
   /**
    * What keyward mcp wrap asks of the agent (docs/MCP.md, "The gateway"): the verified policy's

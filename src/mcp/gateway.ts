@@ -40,6 +40,7 @@ type Id = string | number;
 
 const ERR_REFUSED = -32001;
 const ERR_SERVER_GONE = -32002;
+const POLICY_TTL_MS = 1000;
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
@@ -73,8 +74,19 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     const raw = data === undefined ? undefined : secureTake(Buffer.from(data, 'utf8'));
     return call(o.agentSocket, 'mcp', { op, ...meta }, raw);
   };
-  /** The policy's mcp section, read from the agent each time (it is the verified policy). */
+  /**
+   * The policy's mcp section, from the agent (it is the verified policy), at most a second old:
+   * a policy change or a lock takes effect within a second, and a call costs one agent request
+   * less. Errors are never cached.
+   */
+  let cachedPolicy: { at: number; p: McpPolicy } | undefined;
   const policy = async (): Promise<McpPolicy | { error: string }> => {
+    if (cachedPolicy && Date.now() - cachedPolicy.at < POLICY_TTL_MS) return cachedPolicy.p;
+    const p = await readPolicy();
+    cachedPolicy = 'error' in p ? undefined : { at: Date.now(), p };
+    return p;
+  };
+  const readPolicy = async (): Promise<McpPolicy | { error: string }> => {
     try {
       const f = await agent('policy', {});
       const m = f.meta['mcp'] as McpPolicy | null;
