@@ -183,7 +183,12 @@ export function agentRun(
   return new Promise((resolve, reject) => {
     const reader = new FrameReader();
     reader.many = true;
-    // The raw part: u32 argc, the arguments NUL-terminated, then the environment.
+    // The raw part: u32 argc, the arguments NUL-terminated, then the environment. An argument
+    // holding a NUL would end early and pass its tail off as environment: refused.
+    if (req.argv.some((x) => x.includes('\0'))) {
+      reject(new KeywardError('USAGE', 'a command-line argument holds a NUL character'));
+      return;
+    }
     const argc = Buffer.alloc(4);
     argc.writeUInt32BE(req.argv.length);
     const args = Buffer.from(req.argv.map((a) => `${a}\0`).join(''), 'utf8');

@@ -904,36 +904,42 @@ export class Agent {
     // Before policy: a rule matching ** must never reach keyward's own @ records.
     assertValidName(name);
     const v = this.unlocked();
-    const { rule } = await this.authorize(conn.id, conn.pidfd, {
-      target: name,
-      kind: 'secret',
-      action: 'read',
-      auditType: 'secret.read',
-      what: `read the secret "${name}"`,
-      exists: v.has(name),
-    });
-    if (this.vault !== v)
-      throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
-        hint: 'keyward unlock',
-      });
     if (mcp !== undefined) {
-      // Inline to an MCP client means into a model's context: only where the rule says so.
-      const r = this.currentPolicy(v).rules.find((x) => x.name === rule);
-      if (!r?.mcp_inline) {
-        const message = `the policy does not release ${name} inline to MCP clients (rule ${rule ?? 'none'} lacks mcp_inline: true)`;
+      // Inline to an MCP client means into a model's context: only where the deciding rule says
+      // so. Checked before any approval, so nobody is asked to approve what will be refused.
+      const decided = evaluate(
+        this.currentPolicy(v),
+        { target: name, kind: 'secret', action: 'read' },
+        conn.id,
+      );
+      const r = this.currentPolicy(v).rules.find((x) => x.name === decided.rule);
+      if (decided.decision !== 'deny' && !r?.mcp_inline) {
+        const message = `the policy does not release ${name} inline to MCP clients (rule ${decided.rule ?? 'none'} lacks mcp_inline: true)`;
         await this.record({
           target: name,
           actor: this.actor(conn.id),
           type: 'secret.read',
           decision: 'deny',
           reason: message,
-          details: { rule: rule ?? null, mcpClient: mcp },
+          details: { rule: decided.rule ?? null, mcpClient: mcp },
         });
         throw new KeywardError('POLICY_DENIED', message, {
-          hint: 'use run_with_credentials, which never shows the value',
+          hint: 'use run_with_credentials, which never returns the value',
         });
       }
     }
+    const { rule } = await this.authorize(conn.id, conn.pidfd, {
+      target: name,
+      kind: 'secret',
+      action: 'read',
+      auditType: 'secret.read',
+      what: `read the secret "${name}"${mcp ? ` for the MCP client ${mcp}` : ''}`,
+      exists: v.has(name),
+    });
+    if (this.vault !== v)
+      throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
+        hint: 'keyward unlock',
+      });
     const { value, cached } = this.fetch(conn.id, v, name, rule);
     try {
       // Rule 4: durable in the audit log before the value leaves.

@@ -3,10 +3,14 @@
  */
 import type { Command } from 'commander';
 import { auditSink } from '../audit/index.js';
+import { printable } from '../lib/text.js';
 import { KeywardError, UsageError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
 import { agentSocket } from './context.js';
 import type { Io } from './report.js';
+
+/** Names and definitions come from MCP servers: shown escaped. */
+const safe = (s: string, max = 300) => printable(s, max);
 
 export function registerMcpCommands(program: Command, io: Io, version: string): void {
   const mcp = program.command('mcp').description('MCP: gated credential tools for AI agents');
@@ -64,16 +68,16 @@ export function registerMcpCommands(program: Command, io: Io, version: string): 
       for (const server of names) {
         const sp = p.servers[server];
         if (!sp) continue;
-        io.stdout(`${server}\n`);
+        io.stdout(`${safe(server)}\n`);
         if (sp.instructions)
           io.stdout(
             `  (instructions)  ${sp.instructions.hash.slice(0, 16)}  pinned ${sp.instructions.at}\n`,
           );
         for (const [tool, pin] of Object.entries(sp.tools).sort())
-          io.stdout(`  ${tool}  ${pin.hash}  pinned ${pin.at}\n`);
+          io.stdout(`  ${safe(tool)}  ${pin.hash}  pinned ${pin.at}\n`);
         for (const [tool, pin] of Object.entries(sp.pending).sort())
           io.stdout(
-            `  ${tool}  ${pin.hash}  CHANGED, waiting: keyward mcp pins diff ${server} ${tool}\n`,
+            `  ${safe(tool)}  ${pin.hash}  CHANGED, waiting: keyward mcp pins diff ${safe(server)} ${safe(tool)}\n`,
           );
       }
     });
@@ -89,7 +93,8 @@ export function registerMcpCommands(program: Command, io: Io, version: string): 
       if (!sp || !seen)
         throw new KeywardError('REQUEST_NOT_FOUND', `no change waiting for ${server} ${tool}`);
       const before = tool === '(instructions)' ? sp.instructions : sp.tools[tool];
-      io.stdout(`${wordDiff(before?.definition ?? '', seen.definition)}\n`);
+      // Definitions come from the server: escaped, so they can't rewrite the terminal.
+      io.stdout(`${safe(wordDiff(before?.definition ?? '', seen.definition), 1_000_000)}\n`);
     });
   pins
     .command('trust')

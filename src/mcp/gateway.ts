@@ -16,9 +16,8 @@
  * policy (agent locked or not running) it fails closed: no tool is listed or callable.
  */
 import { spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import readline from 'node:readline';
-import picomatch from 'picomatch';
 import { call } from '../agent/index.js';
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
@@ -41,8 +40,25 @@ type Id = string | number;
 const ERR_REFUSED = -32001;
 const ERR_SERVER_GONE = -32002;
 const POLICY_TTL_MS = 1000;
+const ASK_TIMEOUT_MS = 10_000;
+const MAX_LINE = 16 * 1024 * 1024;
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
+
+/**
+ * Tool and server names are not paths: `*` matches any characters (slashes and dots included),
+ * `?` one. Everything else is literal.
+ */
+function glob(pattern: string): (s: string) => boolean {
+  const re = new RegExp(
+    `^${pattern
+      .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+      .replace(/\*/g, '.*')
+      .replace(/\?/g, '.')}$`,
+    's',
+  );
+  return (s) => re.test(s);
+}
 
 export async function wrapMcp(o: WrapOptions): Promise<number> {
   const [cmd, ...args] = o.command;
@@ -58,15 +74,29 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   const errorReply = (id: Id, code: number, message: string): void =>
     toClient({ jsonrpc: '2.0', id, error: { code, message } });
 
-  // What the client asked the server, by id, so the answers can be looked at.
-  const pending = new Map<Id, { method: string; tool?: string; argsHash?: string }>();
-  // The gateway's own requests to the server.
-  let ownId = 0;
+  // Every request the server sees carries an id made here, random per gateway: the client's
+  // ids are mapped back on the answer, the gateway's own requests look the same as the
+  // client's, and an answer with any other id (a number spelled as a string, say) is dropped.
+  const idPrefix = `${randomBytes(9).toString('base64url')}-`;
+  let idSeq = 0;
+  const newId = () => `${idPrefix}${++idSeq}`;
+  const pending = new Map<
+    string,
+    { clientId: Id; method: string; tool?: string; argsHash?: string }
+  >();
   const own = new Map<string, (m: Json) => void>();
   const ask = (method: string, params: Json = {}) =>
     new Promise<Json>((resolve) => {
-      const id = `keyward-gateway-${++ownId}`;
-      own.set(id, resolve);
+      const id = newId();
+      // A server that never answers must not hold the gateway: no answer is an empty answer.
+      const timer = setTimeout(() => {
+        own.delete(id);
+        resolve({ error: { message: 'no answer in time' } });
+      }, ASK_TIMEOUT_MS);
+      own.set(id, (m) => {
+        clearTimeout(timer);
+        resolve(m);
+      });
       toServer({ jsonrpc: '2.0', id, method, params });
     });
 
@@ -110,8 +140,8 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   const matches = (refs: McpPolicy['allowed_tools'], tool: string, hash: string) =>
     refs.some(
       (r) =>
-        picomatch(r.server, { dot: true })(o.name) &&
-        picomatch(r.tool, { dot: true })(tool) &&
+        glob(r.server)(o.name) &&
+        glob(r.tool)(tool) &&
         (r.content_hash === undefined || r.content_hash === hash),
     );
   const allowedByPolicy = (p: McpPolicy, tool: string, hash: string) =>
@@ -123,7 +153,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
 
   /** Tools the client may see and call, by name, with why others may not. */
   let visible = new Map<string, string>();
-  const refused = new Map<string, string>();
+  let refused = new Map<string, string>();
   let listed: Promise<void> | undefined;
 
   const audit = (r: Omit<AuditRecord, 'type'>) => {
@@ -139,18 +169,24 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   /** Checks a tools/list result against the policy and the pins; returns the tools to show. */
   const review = async (tools: Json[]): Promise<Json[]> => {
     const p = await policy();
-    visible = new Map();
-    refused.clear();
+    // Built aside and swapped in at the end: a call during a review sees the last whole one.
+    const nextVisible = new Map<string, string>();
+    const nextRefused = new Map<string, string>();
     if ('error' in p) {
       for (const t of tools)
-        refused.set(
+        nextRefused.set(
           String(t['name']),
           `the gateway policy could not be read (${p.error}): fail closed`,
         );
+      visible = nextVisible;
+      refused = nextRefused;
       return [];
     }
     const pins = loadPins(o.home);
     const sp = serverPins(pins, o.name);
+    // Trust on first sight means the server's first listing: a tool that appears later (a new
+    // name for a changed tool, say) is a change like any other.
+    const firstSight = Object.keys(sp.tools).length === 0;
     const pinning = p.version_pinning;
     const now = new Date().toISOString();
     const current = new Set(tools.map((t) => String(t['name'])));
@@ -167,7 +203,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       };
       let why: string | undefined;
       if (pinning.enabled) {
-        const pinned = sp.tools[name];
+        const pinned = Object.hasOwn(sp.tools, name) ? sp.tools[name] : undefined;
         if (pinned && pinned.hash === pin.hash) {
           // As trusted.
         } else {
@@ -176,7 +212,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
             : Object.entries(sp.tools).find(
                 ([n, x]) => x.bodyHash === pin.bodyHash && !current.has(n),
               )?.[0];
-          if (!pinned && !renamedFrom && pinning.auto_trust_first) {
+          if (!pinned && !renamedFrom && pinning.auto_trust_first && firstSight) {
             sp.tools[name] = pin;
             changed = true;
             audit({
@@ -190,14 +226,19 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
               ? `renamed from ${renamedFrom} (same definition otherwise)`
               : pinned
                 ? 'its definition changed since it was trusted'
-                : 'it is new and not yet trusted';
-            const before = sp.pending[name];
+                : pinning.auto_trust_first
+                  ? 'it appeared after the server was first trusted'
+                  : 'it is new and not yet trusted';
+            // Never trusted and auto_trust_first off: it waits for pins trust, whatever on_change.
+            const untrusted = !pinned && !renamedFrom && !pinning.auto_trust_first;
+            const blocked = untrusted || pinning.on_change === 'block';
+            const before = Object.hasOwn(sp.pending, name) ? sp.pending[name] : undefined;
             if (!before || before.hash !== pin.hash) {
               sp.pending[name] = pin;
               changed = true;
               audit({
                 target: o.name,
-                decision: pinning.on_change === 'block' || !pinned ? 'deny' : 'info',
+                decision: blocked ? 'deny' : 'info',
                 reason: `tool ${name}: ${what}`,
                 details: {
                   server: o.name,
@@ -208,7 +249,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
                 },
               });
             }
-            if (!pinned && !renamedFrom)
+            if (untrusted)
               why = `tool ${name} is not trusted yet: keyward mcp pins trust ${o.name} ${name}`;
             else if (pinning.on_change === 'block')
               why = `tool ${name} was blocked: ${what} (keyward mcp pins diff ${o.name} ${name})`;
@@ -219,13 +260,15 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       }
       if (!why && !allowedByPolicy(p, name, pin.hash))
         why = `tool ${name} is not allowed by the policy (mcp.${p.tool_policy})`;
-      if (why) refused.set(name, why);
+      if (why) nextRefused.set(name, why);
       else {
-        visible.set(name, pin.hash);
+        nextVisible.set(name, pin.hash);
         shown.push(t);
       }
     }
     if (changed) savePins(o.home, pins);
+    visible = nextVisible;
+    refused = nextRefused;
     return shown;
   };
 
@@ -252,7 +295,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     if (g && !bucket('*', g.per_minute, g.burst).take(now))
       return `rate limit: at most ${g.per_minute} tool calls a minute (burst ${g.burst})`;
     for (const r of p.rate_limits.per_tool) {
-      if (picomatch(r.server)(o.name) && picomatch(r.tool)(tool)) {
+      if (glob(r.server)(o.name) && glob(r.tool)(tool)) {
         if (!bucket(`${r.server}\u0000${r.tool}`, r.per_minute, r.burst).take(now))
           return `rate limit: at most ${r.per_minute} calls a minute of ${tool} (burst ${r.burst})`;
       }
@@ -287,6 +330,9 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     if ('error' in p)
       return refuse(`the gateway policy could not be read (${p.error}): fail closed`);
     if (!visible.has(tool)) return refuse(refused.get(tool) ?? `no tool ${tool} on ${o.name}`);
+    // The policy may have changed since the tool was listed.
+    if (!allowedByPolicy(p, tool, visible.get(tool) ?? ''))
+      return refuse(`tool ${tool} is not allowed by the policy (mcp.${p.tool_policy})`);
     const limited = overLimit(p, tool);
     if (limited) return refuse(limited);
     if (p.leak_blocking) {
@@ -300,31 +346,63 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         );
       }
     }
-    pending.set(id, { method: 'tools/call', tool, argsHash });
-    toServer(m);
+    const ourId = newId();
+    pending.set(ourId, { clientId: id, method: 'tools/call', tool, argsHash });
+    toServer({ ...m, id: ourId });
   };
 
-  /** A result from the server for one of the client's requests. */
-  const answer = async (m: Json) => {
-    const id = m['id'] as Id;
-    const req = pending.get(id);
-    pending.delete(id);
-    if (req?.method === 'initialize') await pinInstructions(m);
-    else if (req?.method === 'tools/list' && m['result']) {
+  /** A result from the server for one of the client's requests (req), under the client's id. */
+  const answer = async (
+    m: Json,
+    req: { clientId: Id; method: string; tool?: string; argsHash?: string },
+  ) => {
+    const id = req.clientId;
+    m = { ...m, id };
+    try {
+      m = await guardAnswer(m, req);
+    } catch (e) {
+      m = {
+        jsonrpc: '2.0',
+        id,
+        error: {
+          code: ERR_REFUSED,
+          message: `keyward: the answer could not be checked (${e instanceof Error ? e.message : 'error'}): withheld`,
+        },
+      };
+    }
+    toClient(m);
+  };
+
+  const guardAnswer = async (
+    m: Json,
+    req: { clientId: Id; method: string; tool?: string; argsHash?: string },
+  ): Promise<Json> => {
+    const id = req.clientId;
+    if (req.method === 'initialize') await pinInstructions(m);
+    else if (req.method === 'tools/list' && m['result']) {
       const result = m['result'] as Json;
       const tools = Array.isArray(result['tools']) ? (result['tools'] as Json[]) : [];
       listed = Promise.resolve();
       m = { ...m, result: { ...result, tools: await review(tools) } };
-    } else if (req?.method === 'tools/call') {
+    } else if (req.method === 'tools/call') {
       let redacted: string[] = [];
       const p = await policy();
-      if (!('error' in p) && p.leak_blocking && m['result'] !== undefined) {
-        const text = JSON.stringify(m['result']);
+      if ('error' in p) {
+        m = {
+          jsonrpc: '2.0',
+          id,
+          error: {
+            code: ERR_REFUSED,
+            message: `keyward: the gateway policy could not be read (${p.error}): withheld`,
+          },
+        };
+      } else if (p.leak_blocking) {
+        // The whole answer: a result, or an error whose message quotes a secret.
+        const text = JSON.stringify(m);
         try {
           const f = await agent('scan', { redact: true }, text);
           redacted = f.meta['found'] as string[];
-          if (f.raw && redacted.length > 0)
-            m = { ...m, result: JSON.parse(f.raw.toString('utf8')) as unknown };
+          if (f.raw && redacted.length > 0) m = JSON.parse(f.raw.toString('utf8')) as Json;
           secureFree(f.raw);
         } catch {
           m = {
@@ -348,7 +426,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         },
       });
     }
-    toClient(m);
+    return m;
   };
 
   const pinInstructions = async (m: Json) => {
@@ -356,7 +434,13 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     const text =
       typeof result?.['instructions'] === 'string' ? (result['instructions'] as string) : undefined;
     const p = await policy();
-    if (text === undefined || 'error' in p || !p.version_pinning.enabled) return;
+    if (text === undefined) return;
+    if ('error' in p) {
+      // Unchecked instructions don't reach the model.
+      delete result?.['instructions'];
+      return;
+    }
+    if (!p.version_pinning.enabled) return;
     const pins = loadPins(o.home);
     const sp = serverPins(pins, o.name);
     const pin: Pin = {
@@ -406,18 +490,41 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         error: { code: -32700, message: 'keyward: parse error' },
       });
     }
+    // One JSON-RPC object per line: batches and anything else are refused, not forwarded.
+    if (m === null || typeof m !== 'object' || Array.isArray(m))
+      return toClient({
+        jsonrpc: '2.0',
+        id: null,
+        error: { code: -32600, message: 'keyward: one JSON-RPC request object per message' },
+      });
     const method = typeof m['method'] === 'string' ? m['method'] : undefined;
     const id = m['id'] as Id | undefined;
-    if (method === 'tools/call' && id !== undefined) return toolCall(m);
-    if (method !== undefined && id !== undefined) {
+    const validId = typeof id === 'string' || typeof id === 'number';
+    if (method !== undefined && id === undefined) {
+      // A request without an id (tools/call as a notification, say) would skip every check.
+      if (!method.startsWith('notifications/'))
+        return o.log(`keyward mcp wrap: dropped a ${method} sent without an id`);
+      return toServer(m);
+    }
+    if (method !== undefined) {
+      if (!validId)
+        return toClient({
+          jsonrpc: '2.0',
+          id: null,
+          error: { code: -32600, message: 'keyward: a request id is a string or a number' },
+        });
+      if (method === 'tools/call') return toolCall(m);
       if (serverGone)
         return errorReply(
           id,
           ERR_SERVER_GONE,
           `keyward: the MCP server ${o.name} is gone (${serverGone})`,
         );
-      pending.set(id, { method });
+      const ourId = newId();
+      pending.set(ourId, { clientId: id, method });
+      return toServer({ ...m, id: ourId });
     }
+    // An answer to a request the server made (sampling, roots, ping): passed back as is.
     toServer(m);
   });
 
@@ -433,8 +540,13 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       o.log(`keyward mcp wrap: ${o.name} sent a line that is not JSON-RPC (ignored)`);
       return;
     }
+    if (m === null || typeof m !== 'object' || Array.isArray(m)) {
+      o.log(`keyward mcp wrap: ${o.name} sent a message that is not one JSON-RPC object (ignored)`);
+      return;
+    }
     const id = m['id'] as Id | undefined;
-    if (typeof id === 'string' && own.has(id)) {
+    const isAnswer = m['method'] === undefined && id !== undefined;
+    if (isAnswer && typeof id === 'string' && own.has(id)) {
       own.get(id)?.(m);
       own.delete(id);
       return;
@@ -445,31 +557,53 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         await relist();
         return toClient(m);
       }
-      if (id !== undefined && (m['result'] !== undefined || m['error'] !== undefined))
-        return answer(m);
+      if (isAnswer) {
+        const req = typeof id === 'string' ? pending.get(id) : undefined;
+        if (!req) return o.log(`keyward mcp wrap: ${o.name} answered an id nobody asked (dropped)`);
+        pending.delete(id as string);
+        return answer(m, req);
+      }
       toClient(m);
     });
   };
 
-  readline.createInterface({ input: child.stdout, crlfDelay: Infinity }).on('line', fromServer);
+  readline
+    .createInterface({ input: child.stdout, crlfDelay: Infinity })
+    .on('line', (line: string) =>
+      line.length > MAX_LINE
+        ? o.log(`keyward mcp wrap: ${o.name} sent an oversized line (ignored)`)
+        : fromServer(line),
+    );
   const exited = new Promise<number>((resolve) => {
     const gone = (why: string) => {
       if (serverGone) return;
       serverGone = why;
       o.log(`keyward mcp wrap: the MCP server ${o.name} ${why}`);
-      for (const [id] of pending)
-        errorReply(id, ERR_SERVER_GONE, `keyward: the MCP server ${o.name} ${why}`);
+      for (const [, req] of pending)
+        errorReply(req.clientId, ERR_SERVER_GONE, `keyward: the MCP server ${o.name} ${why}`);
       pending.clear();
       for (const [, resolve2] of own) resolve2({ error: { message: why } });
       own.clear();
     };
-    // After the lines it wrote before it went are handled (close: its stdout has ended too).
-    child.on('error', (e) => serverQueue(async () => gone(`could not start (${e.message})`)));
-    child.on('close', (code, signal) =>
-      serverQueue(async () => gone(`exited (${signal ?? `code ${code}`})`)),
-    );
+    // The gateway's own waits end at once (a queued job may be one of them); the client's
+    // requests are answered after the lines the server wrote before it went.
+    const ended = (why: string) => {
+      for (const [, resolve2] of own) resolve2({ error: { message: why } });
+      own.clear();
+      serverQueue(async () => gone(why));
+    };
+    child.on('error', (e) => ended(`could not start (${e.message})`));
+    child.on('close', (code, signal) => ended(`exited (${signal ?? `code ${code}`})`));
     const input = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
-    input.on('line', fromClient);
+    input.on('line', (line: string) => {
+      if (line.length <= MAX_LINE) fromClient(line);
+      else
+        toClient({
+          jsonrpc: '2.0',
+          id: null,
+          error: { code: -32600, message: 'keyward: message too large' },
+        });
+    });
     input.on('close', () => {
       child.stdin.end();
       setTimeout(() => child.kill('SIGTERM'), 2000).unref();
@@ -477,5 +611,6 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     });
   });
   child.stdin.on('error', () => undefined);
+  process.stdout.on('error', () => undefined);
   return exited;
 }

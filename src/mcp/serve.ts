@@ -139,14 +139,23 @@ export async function serveMcp(o: ServeOptions): Promise<void> {
         'Runs a command with credentials in its environment (the keyward agent starts it). ' +
         'Returns the exit code and the output, in which every credential value is masked.',
       inputSchema: {
-        command: z.array(z.string()).min(1).describe('the program and its arguments, no shell'),
+        command: z
+          .array(z.string().refine((a) => !a.includes('\0'), 'no NUL characters'))
+          .min(1)
+          .describe('the program and its arguments, no shell'),
         env: z
           .record(z.string().regex(/^[A-Za-z_][A-Za-z0-9_]*$/), z.string().min(1))
-          .default({})
+          // At least one: every run goes through the agent's policy and audit for a credential.
+          .refine((e) => Object.keys(e).length > 0, 'name at least one credential')
           .describe(
             'environment variable -> credential name, e.g. {"GITHUB_TOKEN": "github/token"}',
           ),
-        cwd: z.string().startsWith('/').optional().describe('working directory (absolute)'),
+        cwd: z
+          .string()
+          .startsWith('/')
+          .refine((c) => !c.includes('\0'), 'no NUL characters')
+          .optional()
+          .describe('working directory (absolute)'),
         timeout_seconds: z.number().int().positive().max(3600).optional(),
       },
       annotations: { destructiveHint: true, openWorldHint: true },
