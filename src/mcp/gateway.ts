@@ -286,9 +286,11 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   const buckets = new Map<string, TokenBucket>();
   const overLimit = (p: McpPolicy, tool: string): string | undefined => {
     const now = Date.now();
+    // Keyed with the limits too: a policy that changes them starts a fresh bucket.
     const bucket = (key: string, per: number, burst: number) => {
-      let b = buckets.get(key);
-      if (!b) buckets.set(key, (b = new TokenBucket(per, burst, now)));
+      const k = `${key}\u0000${per}\u0000${burst}`;
+      let b = buckets.get(k);
+      if (!b) buckets.set(k, (b = new TokenBucket(per, burst, now)));
       return b;
     };
     const g = p.rate_limits.global;
