@@ -191,7 +191,8 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     const now = new Date().toISOString();
     const current = new Set(tools.map((t) => String(t['name'])));
     const shown: Json[] = [];
-    let changed = false;
+    const newPins: Record<string, Pin> = {};
+    const newPending: Record<string, Pin> = {};
     for (const t of tools) {
       const name = String(t['name']);
       const definition = toolDefinition(t);
@@ -213,8 +214,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
                 ([n, x]) => x.bodyHash === pin.bodyHash && !current.has(n),
               )?.[0];
           if (!pinned && !renamedFrom && pinning.auto_trust_first && firstSight) {
-            sp.tools[name] = pin;
-            changed = true;
+            newPins[name] = pin;
             audit({
               target: o.name,
               decision: 'info',
@@ -234,8 +234,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
             const blocked = untrusted || pinning.on_change === 'block';
             const before = Object.hasOwn(sp.pending, name) ? sp.pending[name] : undefined;
             if (!before || before.hash !== pin.hash) {
-              sp.pending[name] = pin;
-              changed = true;
+              newPending[name] = pin;
               audit({
                 target: o.name,
                 decision: blocked ? 'deny' : 'info',
@@ -266,7 +265,15 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         shown.push(t);
       }
     }
-    if (changed) savePins(o.home, pins);
+    if (Object.keys(newPins).length + Object.keys(newPending).length > 0) {
+      // Re-read before writing: a pins trust or reset (or another gateway) since the start of
+      // this review is kept; only what this review learned is added.
+      const fresh = loadPins(o.home);
+      const fsp = serverPins(fresh, o.name);
+      Object.assign(fsp.tools, newPins);
+      Object.assign(fsp.pending, newPending);
+      savePins(o.home, fresh);
+    }
     visible = nextVisible;
     refused = nextRefused;
     return shown;
