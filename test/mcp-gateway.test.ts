@@ -349,6 +349,29 @@ describe('keyward mcp wrap: hardening found in review', () => {
     await new Promise((r) => g.on('exit', r));
   });
 
+  test('tools on a later page of tools/list are checked like the first page', async () => {
+    const h = await agentWith(
+      '  tool_policy: denylist\n  denied_tools:\n    - { server: paged, tool: "danger*" }\n',
+    );
+    const file = toolsFile(h, [
+      tool('a', 'A.'),
+      tool('b', 'B.'),
+      tool('c', 'C.'),
+      tool('danger_zone', 'D.'),
+    ]);
+    const c = await through(h, 'paged', [process.execPath, CHANGING], {
+      MCP_TOOLS: file,
+      MCP_PAGE_SIZE: '2',
+    });
+    // Called without listing: the gateway lists every page itself first.
+    const r = await c.callTool({ name: 'c', arguments: { text: 'page two' } });
+    assert.match(textOf(r), /page two/);
+    await assert.rejects(
+      c.callTool({ name: 'danger_zone', arguments: {} }),
+      /not allowed by the policy/,
+    );
+  });
+
   test('run_with_credentials needs a credential and refuses NUL characters in the command', async () => {
     const h = await agentWith('  tool_policy: none\n');
     const client = new Client({ name: 'gateway-test', version: '0.0.1' });

@@ -82,7 +82,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   const newId = () => `${idPrefix}${++idSeq}`;
   const pending = new Map<
     string,
-    { clientId: Id; method: string; tool?: string; argsHash?: string }
+    { clientId: Id; method: string; tool?: string; argsHash?: string; paged?: boolean }
   >();
   const own = new Map<string, (m: Json) => void>();
   const ask = (method: string, params: Json = {}) =>
@@ -167,11 +167,12 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   };
 
   /** Checks a tools/list result against the policy and the pins; returns the tools to show. */
-  const review = async (tools: Json[]): Promise<Json[]> => {
+  /** merge: a later page of a listing (the maps grow instead of starting over). */
+  const review = async (tools: Json[], merge = false): Promise<Json[]> => {
     const p = await policy();
     // Built aside and swapped in at the end: a call during a review sees the last whole one.
-    const nextVisible = new Map<string, string>();
-    const nextRefused = new Map<string, string>();
+    const nextVisible = new Map<string, string>(merge ? visible : []);
+    const nextRefused = new Map<string, string>(merge ? refused : []);
     if ('error' in p) {
       for (const t of tools)
         nextRefused.set(
@@ -281,9 +282,17 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
 
   const relist = () => {
     listed = (async () => {
-      const r = await ask('tools/list');
-      const result = r['result'] as Json | undefined;
-      await review(Array.isArray(result?.['tools']) ? (result['tools'] as Json[]) : []);
+      // Every page: a tool on page two is as checked as one on page one.
+      const all: Json[] = [];
+      let cursor: unknown;
+      for (let page = 0; page < 100; page++) {
+        const r = await ask('tools/list', cursor === undefined ? {} : { cursor });
+        const result = r['result'] as Json | undefined;
+        if (Array.isArray(result?.['tools'])) all.push(...(result['tools'] as Json[]));
+        cursor = result?.['nextCursor'];
+        if (typeof cursor !== 'string' || cursor === '') break;
+      }
+      await review(all);
     })().catch((e: unknown) =>
       o.log(`keyward mcp wrap: listing tools failed (${e instanceof Error ? e.message : 'error'})`),
     );
@@ -363,7 +372,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   /** A result from the server for one of the client's requests (req), under the client's id. */
   const answer = async (
     m: Json,
-    req: { clientId: Id; method: string; tool?: string; argsHash?: string },
+    req: { clientId: Id; method: string; tool?: string; argsHash?: string; paged?: boolean },
   ) => {
     const id = req.clientId;
     m = { ...m, id };
@@ -384,7 +393,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
 
   const guardAnswer = async (
     m: Json,
-    req: { clientId: Id; method: string; tool?: string; argsHash?: string },
+    req: { clientId: Id; method: string; tool?: string; argsHash?: string; paged?: boolean },
   ): Promise<Json> => {
     const id = req.clientId;
     if (req.method === 'initialize') await pinInstructions(m);
@@ -392,7 +401,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       const result = m['result'] as Json;
       const tools = Array.isArray(result['tools']) ? (result['tools'] as Json[]) : [];
       listed = Promise.resolve();
-      m = { ...m, result: { ...result, tools: await review(tools) } };
+      m = { ...m, result: { ...result, tools: await review(tools, req.paged === true) } };
     } else if (req.method === 'tools/call') {
       let redacted: string[] = [];
       const p = await policy();
@@ -530,7 +539,12 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
           `keyward: the MCP server ${o.name} is gone (${serverGone})`,
         );
       const ourId = newId();
-      pending.set(ourId, { clientId: id, method });
+      const params = m['params'] as Json | undefined;
+      pending.set(ourId, {
+        clientId: id,
+        method,
+        paged: method === 'tools/list' && params?.['cursor'] !== undefined,
+      });
       return toServer({ ...m, id: ourId });
     }
     // An answer to a request the server made (sampling, roots, ping): passed back as is.
