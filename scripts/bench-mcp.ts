@@ -4,12 +4,11 @@
  * pinning and leak blocking on, one released secret to look for), in the same run: p50 and p99
  * of each, and the difference.
  */
-import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import { benchHome } from './bench-home.js';
 
 const pct = (xs: number[], p: number) => {
   const s = [...xs].sort((a, b) => a - b);
@@ -17,37 +16,18 @@ const pct = (xs: number[], p: number) => {
 };
 
 export async function mcpBench(root: string): Promise<void> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-bench-mcp-'));
-  const bin = path.join(root, 'bin/keyward.js');
+  const home = benchHome(
+    root,
+    'mcp',
+    'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\nmcp:\n  leak_blocking: true\n',
+  );
+  const { bin, env, kw } = home;
   const everything = path.join(
     root,
     'node_modules/@modelcontextprotocol/server-everything/dist/index.js',
   );
-  const pass = path.join(dir, 'pass');
-  fs.writeFileSync(pass, 'bench passphrase, long enough\n', { mode: 0o600 });
-  const env = {
-    ...process.env,
-    KEYWARD_HOME: path.join(dir, 'home'),
-    KEYWARD_SOCKET_DIR: path.join(dir, 'run'),
-    KEYWARD_PASSPHRASE_FILE: pass,
-  } as Record<string, string>;
-  const kw = (args: string[], input?: string) => {
-    const r = spawnSync(process.execPath, [bin, ...args], { env, input, encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`keyward ${args.join(' ')}: ${r.stderr}`);
-    return r.stdout;
-  };
-  kw(['init', '--kdf-ops', '1', '--kdf-mem-mib', '8']);
-  const pol = path.join(dir, 'policy.yaml');
-  fs.writeFileSync(
-    pol,
-    'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\nmcp:\n  leak_blocking: true\n',
-  );
-  kw(['policy', 'apply', pol]);
   kw(['secret', 'set', 'bench/token'], 'a-released-benchmark-token');
-  const agent = spawn(process.execPath, [bin, 'agent', 'run'], { env, stdio: 'ignore' });
-  const sock = path.join(dir, 'run', 'agent.sock');
-  for (let i = 0; i < 200 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
-  kw(['unlock']);
+  await home.startAgent();
   kw(['read', 'bench/token']);
 
   const n = Number(process.env['BENCH_MCP_CALLS'] ?? 300);
@@ -78,9 +58,7 @@ export async function mcpBench(root: string): Promise<void> {
     everything,
     'stdio',
   ]);
-  agent.kill('SIGTERM');
-  await new Promise((r) => agent.once('exit', r));
-  fs.rmSync(dir, { recursive: true, force: true });
+  await home.stop();
   const added = {
     p50: Math.round((gateway.p50 - direct.p50) * 1000) / 1000,
     p99: Math.round((gateway.p99 - direct.p99) * 1000) / 1000,

@@ -4,10 +4,10 @@
  * median of many runs, and as ratios. keyward run is two Node processes (the CLI and the exec
  * step) plus the agent's work, so `node -e ""` is its natural unit.
  */
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
+import { benchHome } from './bench-home.js';
 
 function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -22,32 +22,14 @@ function timeOne(cmd: string, args: string[], env: NodeJS.ProcessEnv): number {
 }
 
 export async function runBench(root: string): Promise<void> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-bench-run-'));
-  const bin = path.join(root, 'bin/keyward.js');
-  const pass = path.join(dir, 'pass');
-  fs.writeFileSync(pass, 'bench passphrase, long enough\n', { mode: 0o600 });
-  const env = {
-    ...process.env,
-    KEYWARD_HOME: path.join(dir, 'home'),
-    KEYWARD_SOCKET_DIR: path.join(dir, 'run'),
-    KEYWARD_PASSPHRASE_FILE: pass,
-  };
-  const kw = (args: string[], input?: string) => {
-    const r = spawnSync(process.execPath, [bin, ...args], { env, input, encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`keyward ${args.join(' ')}: ${r.stderr}`);
-  };
-  kw(['init', '--kdf-ops', '1', '--kdf-mem-mib', '8']);
-  kw(['secret', 'set', 'bench/token'], 'a-benchmark-token-value');
-  const pol = path.join(dir, 'policy.yaml');
-  fs.writeFileSync(
-    pol,
+  const home = benchHome(
+    root,
+    'run',
     'version: 1\nrules:\n  - { name: bench, targets: ["**"], decision: allow }\n',
   );
-  kw(['policy', 'apply', pol]);
-  const agent = spawn(process.execPath, [bin, 'agent', 'run'], { env, stdio: 'ignore' });
-  const sock = path.join(dir, 'run', 'agent.sock');
-  for (let i = 0; i < 200 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
-  kw(['unlock']);
+  const { bin, env, kw } = home;
+  kw(['secret', 'set', 'bench/token'], 'a-benchmark-token-value');
+  await home.startAgent();
 
   const n = Number(process.env['BENCH_RUNS'] ?? 40);
   const cases: Array<[string, string, string[]]> = [
@@ -67,9 +49,7 @@ export async function runBench(root: string): Promise<void> {
     for (let i = 0; i < n; i++) times.push(timeOne(cmd, args, env));
     results[name] = Math.round(median(times) * 100) / 100;
   }
-  agent.kill('SIGTERM');
-  await new Promise((r) => agent.once('exit', r));
-  fs.rmSync(dir, { recursive: true, force: true });
+  await home.stop();
 
   const node = results['node -e ""'] ?? 1;
   const tru = results['true'] ?? 1;

@@ -9,9 +9,9 @@ import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
-import os from 'node:os';
 import path from 'node:path';
 import sodium from 'sodium-native';
+import { benchHome } from './bench-home.js';
 
 type Timing = { p50: number; p99: number; perSecond: number };
 
@@ -83,43 +83,28 @@ async function timed(
 }
 
 export async function signBench(root: string): Promise<void> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-bench-sign-'));
-  const bin = path.join(root, 'bin/keyward.js');
-  const pass = path.join(dir, 'pass');
-  fs.writeFileSync(pass, 'bench passphrase, long enough\n', { mode: 0o600 });
-  const env = {
-    ...process.env,
-    KEYWARD_HOME: path.join(dir, 'home'),
-    KEYWARD_SOCKET_DIR: path.join(dir, 'run'),
-    KEYWARD_PASSPHRASE_FILE: pass,
-  };
-  const must = (cmd: string, args: string[], e: NodeJS.ProcessEnv = env) => {
+  const home = benchHome(
+    root,
+    'sign',
+    'version: 1\nrules:\n  - { name: bench, targets: ["**"], kind: key, decision: allow }\n',
+  );
+  const { dir, kw } = home;
+  const must = (cmd: string, args: string[], e: NodeJS.ProcessEnv = home.env) => {
     const r = spawnSync(cmd, args, { env: e, encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')}: ${r.stderr}`);
     return r.stdout;
   };
-  const kw = (args: string[]) => must(process.execPath, [bin, ...args]);
   const keys = [
     { name: 'ed25519', args: ['-t', 'ed25519'], flags: 0, n: 2000 },
     { name: 'ecdsa-p256', args: ['-t', 'ecdsa', '-b', '256'], flags: 0, n: 2000 },
     { name: 'rsa-3072', args: ['-t', 'rsa', '-b', '3072'], flags: 4, n: 600 },
   ];
-  kw(['init', '--kdf-ops', '1', '--kdf-mem-mib', '8']);
   for (const k of keys) {
     must('ssh-keygen', ['-q', '-N', '', '-C', k.name, '-f', path.join(dir, k.name), ...k.args]);
     kw(['key', 'import', path.join(dir, k.name)]);
   }
-  const pol = path.join(dir, 'policy.yaml');
-  fs.writeFileSync(
-    pol,
-    'version: 1\nrules:\n  - { name: bench, targets: ["**"], kind: key, decision: allow }\n',
-  );
-  kw(['policy', 'apply', pol]);
-  const agent = spawn(process.execPath, [bin, 'agent', 'run'], { env, stdio: 'ignore' });
+  await home.startAgent();
   const kwSock = path.join(dir, 'run', 'ssh-agent.sock');
-  for (let i = 0; i < 200 && !fs.existsSync(kwSock); i++)
-    await new Promise((r) => setTimeout(r, 50));
-  kw(['unlock']);
   const sshSock = path.join(dir, 'ssh-agent.sock');
   const sshAgent = spawn('ssh-agent', ['-D', '-a', sshSock], { stdio: 'ignore' });
   for (let i = 0; i < 100 && !fs.existsSync(sshSock); i++)
@@ -184,11 +169,9 @@ export async function signBench(root: string): Promise<void> {
     }
   }
   sshAgent.kill('SIGTERM');
-  agent.kill('SIGTERM');
-  await new Promise((r) => agent.once('exit', r));
+  await home.stop();
   const out = path.join(root, 'bench/results');
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(path.join(out, 'sign.json'), `${JSON.stringify(results, null, 2)}\n`);
   process.stdout.write(`${lines.join('\n')}\nwritten to bench/results/sign.json\n`);
-  fs.rmSync(dir, { recursive: true, force: true });
 }

@@ -7,7 +7,6 @@
  * commit); verify throughput; beside the raw HMAC-SHA256 rate (node:crypto) over lines of the
  * same size.
  */
-import { spawn, spawnSync } from 'node:child_process';
 import { createHmac, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import fs from 'node:fs';
@@ -20,6 +19,7 @@ import { boxKeypair } from '../src/audit/keys.js';
 import { secureTake } from '../src/lib/secure.js';
 import { mcpBench } from './bench-mcp.js';
 import { runBench } from './bench-run.js';
+import { benchHome } from './bench-home.js';
 import { signBench } from './bench-sign.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -155,32 +155,15 @@ async function timed(
  * audit record per read, beside a bare Unix-socket round trip of the same size (the reference).
  */
 async function agentBench(): Promise<void> {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-bench-agent-'));
-  const bin = path.join(ROOT, 'bin/keyward.js');
-  const pass = path.join(dir, 'pass');
-  fs.writeFileSync(pass, 'bench passphrase, long enough\n', { mode: 0o600 });
-  const env = {
-    ...process.env,
-    KEYWARD_HOME: path.join(dir, 'home'),
-    KEYWARD_SOCKET_DIR: path.join(dir, 'run'),
-    KEYWARD_PASSPHRASE_FILE: pass,
-  };
-  const run = (args: string[], input = '') => {
-    const r = spawnSync(process.execPath, [bin, ...args], { env, input, encoding: 'utf8' });
-    if (r.status !== 0) throw new Error(`${args.join(' ')}: ${r.stderr}`);
-  };
-  run(['init', '--kdf-ops', '1', '--kdf-mem-mib', '8']);
-  run(['secret', 'set', 'bench/token'], 'x'.repeat(40));
-  const pol = path.join(dir, 'policy.yaml');
-  fs.writeFileSync(
-    pol,
+  const home = benchHome(
+    ROOT,
+    'agent',
     'version: 1\nrules:\n  - { name: bench, targets: ["bench/*"], decision: allow }\n',
   );
-  run(['policy', 'apply', pol]);
-  const agent = spawn(process.execPath, [bin, 'agent', 'run'], { env, stdio: 'ignore' });
+  const { dir } = home;
+  home.kw(['secret', 'set', 'bench/token'], 'x'.repeat(40));
+  await home.startAgent();
   const sock = path.join(dir, 'run', 'agent.sock');
-  for (let i = 0; i < 100 && !fs.existsSync(sock); i++) await new Promise((r) => setTimeout(r, 50));
-  run(['unlock']);
   // Reference: a bare echo server on a Unix socket, one connection per round trip, like the client.
   const echoPath = path.join(dir, 'echo.sock');
   const echo = net.createServer((s) => s.on('data', (d) => s.end(d)));
@@ -214,14 +197,12 @@ async function agentBench(): Promise<void> {
     );
   }
   echo.close();
-  agent.kill('SIGTERM');
-  await new Promise((r) => agent.once('exit', r));
+  await home.stop();
   fs.writeFileSync(
     path.join(ROOT, 'bench/results/agent.json'),
     `${JSON.stringify({ when: new Date().toISOString(), reads: n, ...results }, null, 2)}\n`,
   );
   process.stdout.write(`${lines.join('\n')}\nwritten to bench/results/agent.json\n`);
-  fs.rmSync(dir, { recursive: true, force: true });
 }
 
 // BENCH_ONLY=audit|agent|sign|run|mcp runs one part.

@@ -1,0 +1,67 @@
+/**
+ * A throwaway keyward home for a benchmark: a fast-KDF vault, a policy applied, and an agent
+ * started and unlocked on demand. Every part of `npm run bench` that drives the agent uses it.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+export interface BenchHome {
+  dir: string;
+  bin: string;
+  env: Record<string, string>;
+  /** Runs the keyward CLI; throws with its stderr when it fails. Returns stdout. */
+  kw(args: string[], input?: string): string;
+  /** Starts `keyward agent run` and unlocks it. */
+  startAgent(): Promise<void>;
+  /** Stops the agent (if started) and removes the home. */
+  stop(): Promise<void>;
+}
+
+const waitFor = async (file: string) => {
+  for (let i = 0; i < 200 && !fs.existsSync(file); i++) await new Promise((r) => setTimeout(r, 50));
+};
+
+export function benchHome(root: string, label: string, policy: string): BenchHome {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `keyward-bench-${label}-`));
+  const bin = path.join(root, 'bin/keyward.js');
+  const pass = path.join(dir, 'pass');
+  fs.writeFileSync(pass, 'bench passphrase, long enough\n', { mode: 0o600 });
+  const env = {
+    ...process.env,
+    KEYWARD_HOME: path.join(dir, 'home'),
+    KEYWARD_SOCKET_DIR: path.join(dir, 'run'),
+    KEYWARD_PASSPHRASE_FILE: pass,
+  } as Record<string, string>;
+  const kw = (args: string[], input?: string) => {
+    const r = spawnSync(process.execPath, [bin, ...args], { env, input, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`keyward ${args.join(' ')}: ${r.stderr}`);
+    return r.stdout;
+  };
+  kw(['init', '--kdf-ops', '1', '--kdf-mem-mib', '8']);
+  const pol = path.join(dir, 'policy.yaml');
+  fs.writeFileSync(pol, policy);
+  kw(['policy', 'apply', pol]);
+  let agent: ChildProcess | undefined;
+  return {
+    dir,
+    bin,
+    env,
+    kw,
+    async startAgent() {
+      agent = spawn(process.execPath, [bin, 'agent', 'run'], { env, stdio: 'ignore' });
+      await waitFor(path.join(dir, 'run', 'agent.sock'));
+      await waitFor(path.join(dir, 'run', 'ssh-agent.sock'));
+      kw(['unlock']);
+    },
+    async stop() {
+      if (agent && agent.exitCode === null) {
+        const a = agent;
+        a.kill('SIGTERM');
+        await new Promise((r) => a.once('exit', r));
+      }
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
