@@ -12,12 +12,14 @@ import {
   frameHead,
   REQ,
   RES_ERROR,
+  RUN_SIGNALS,
   STREAM,
   type Frame,
   type RequestType,
 } from './protocol.js';
 
-function errorFrom(f: Frame): KeywardError {
+/** The KeywardError an error reply carries (its code, message and hint). */
+export function errorFrom(f: Frame): KeywardError {
   const code =
     typeof f.meta['code'] === 'string' && f.meta['code'] in ERROR_CODES
       ? (f.meta['code'] as ErrorCode)
@@ -29,6 +31,12 @@ function errorFrom(f: Frame): KeywardError {
     hint === undefined ? {} : { hint },
   );
 }
+
+const malformed = (e: unknown) =>
+  new KeywardError(
+    'PROTOCOL_ERROR',
+    `the agent sent a malformed frame (${e instanceof Error ? e.message : 'unknown'})`,
+  );
 
 function unavailable(path: string): KeywardError {
   return new KeywardError('AGENT_UNAVAILABLE', `no agent answers on ${path}`, {
@@ -68,12 +76,7 @@ export function call(
       try {
         frames = reader.push(chunk);
       } catch (e) {
-        finish(
-          new KeywardError(
-            'PROTOCOL_ERROR',
-            `the agent sent a malformed frame (${e instanceof Error ? e.message : 'unknown'})`,
-          ),
-        );
+        finish(malformed(e));
         return;
       }
       const f = frames[0];
@@ -148,15 +151,6 @@ export interface RunRequest {
   pty?: { rows: number; cols: number };
 }
 
-const FORWARDED_SIGNALS: NodeJS.Signals[] = [
-  'SIGINT',
-  'SIGTERM',
-  'SIGHUP',
-  'SIGQUIT',
-  'SIGUSR1',
-  'SIGUSR2',
-];
-
 /**
  * `keyward run` (docs/RUN.md): the agent starts the child; this process relays its own stdin and
  * signals to it and writes the child's (masked) output to its own stdout and stderr. Resolves to
@@ -229,7 +223,7 @@ export function agentRun(
       secureFree(raw);
       clearTimeout(timer);
       if (!sinks) {
-        for (const sig of FORWARDED_SIGNALS) process.off(sig, onSignal);
+        for (const sig of RUN_SIGNALS) process.off(sig, onSignal);
         process.off('SIGWINCH', onResize);
         restore();
         process.stdin.off('data', onStdin);
@@ -251,12 +245,7 @@ export function agentRun(
       try {
         frames = reader.push(chunk);
       } catch (e) {
-        finish(
-          new KeywardError(
-            'PROTOCOL_ERROR',
-            `the agent sent a malformed frame (${e instanceof Error ? e.message : 'unknown'})`,
-          ),
-        );
+        finish(malformed(e));
         return;
       }
       for (const f of frames) {
@@ -275,7 +264,7 @@ export function agentRun(
               continue;
             }
             // From here Ctrl-C and friends go to the child, as if it were this process.
-            for (const sig of FORWARDED_SIGNALS) process.on(sig, onSignal);
+            for (const sig of RUN_SIGNALS) process.on(sig, onSignal);
             if (req.pty) process.on('SIGWINCH', onResize);
             if (rawTerminal) process.stdin.setRawMode(true);
             process.stdin.on('data', onStdin);

@@ -9,6 +9,7 @@ export {
   agentStatus,
   agentUnlock,
   call,
+  errorFrom,
   type RunRequest,
   type RunSinks,
 } from './client.js';

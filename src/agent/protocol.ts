@@ -43,6 +43,16 @@ export const RES_ERROR = 0x81;
  * client to agent: stdin bytes, end of stdin, a signal, a terminal size; agent to client: the
  * child's (masked) stdout and stderr, and finally its exit.
  */
+/** The signals `keyward run` passes from its own process to the child (docs/RUN.md). */
+export const RUN_SIGNALS: readonly NodeJS.Signals[] = [
+  'SIGINT',
+  'SIGTERM',
+  'SIGHUP',
+  'SIGQUIT',
+  'SIGUSR1',
+  'SIGUSR2',
+];
+
 export const STREAM = {
   stdin: 0x20,
   stdinEnd: 0x21,

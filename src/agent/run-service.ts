@@ -24,21 +24,14 @@ import {
 } from '../run/index.js';
 import { assertValidName, type Vault } from '../vault/index.js';
 import type { ProcessIdentity } from './identity.js';
-import { frameHead, str, STREAM, type Frame, type FrameReader } from './protocol.js';
+import { frameHead, RUN_SIGNALS, str, STREAM, type Frame, type FrameReader } from './protocol.js';
 
 const MAX_ARGS = 65_536;
 const MAX_SECRETS = 64;
 /** Output the client hasn't taken yet before the child's output is paused. */
 const HIGH_WATER = 1 << 20;
-const SIGNALS = new Set([
-  'SIGINT',
-  'SIGTERM',
-  'SIGHUP',
-  'SIGQUIT',
-  'SIGUSR1',
-  'SIGUSR2',
-  'SIGWINCH',
-]);
+/** What a signal frame may ask for: what the client forwards, and a window resize. */
+const SIGNALS = new Set<string>([...RUN_SIGNALS, 'SIGWINCH']);
 const DEFAULT_PATH = '/usr/local/bin:/usr/bin:/bin';
 /** After SIGTERM at agent stop, how long a child gets before SIGKILL. */
 const STOP_GRACE_MS = 5_000;

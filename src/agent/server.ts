@@ -36,7 +36,7 @@ import {
   sealedMemfd,
   sendWithFd,
 } from '../lib/libc.js';
-import { secureAlloc, secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
+import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { Masker, maskingForms } from '../run/index.js';
 import { printable } from '../lib/text.js';
 import {
@@ -907,12 +907,9 @@ export class Agent {
     if (mcp !== undefined) {
       // Inline to an MCP client means into a model's context: only where the deciding rule says
       // so. Checked before any approval, so nobody is asked to approve what will be refused.
-      const decided = evaluate(
-        this.currentPolicy(v),
-        { target: name, kind: 'secret', action: 'read' },
-        conn.id,
-      );
-      const r = this.currentPolicy(v).rules.find((x) => x.name === decided.rule);
+      const policy = this.currentPolicy(v);
+      const decided = evaluate(policy, { target: name, kind: 'secret', action: 'read' }, conn.id);
+      const r = policy.rules.find((x) => x.name === decided.rule);
       if (decided.decision !== 'deny' && !r?.mcp_inline) {
         const message = `the policy does not release ${name} inline to MCP clients (rule ${decided.rule ?? 'none'} lacks mcp_inline: true)`;
         await this.record({
@@ -1043,7 +1040,7 @@ export class Agent {
         // value could be guessed through it (docs/THREAT-MODEL.md).
         if (!this.scanBucket.take(Date.now()))
           throw new KeywardError('POLICY_DENIED', 'too many leak scans; try again in a moment');
-        const data = f.raw ?? secureAlloc(0);
+        const data = f.raw ?? Buffer.alloc(0);
         const found: string[] = [];
         const all: SecureBuffer[] = [];
         try {

@@ -11,8 +11,17 @@
  *   try { use(token) } finally { freeCredential(token) }  // zeroes it
  */
 import fs from 'node:fs';
-import { call, frameHead, REQ, RES_ERROR, socketPaths } from '../agent/index.js';
-import { ERROR_CODES, KeywardError, type ErrorCode } from '../errors.js';
+import {
+  call,
+  errorFrom,
+  FrameReader,
+  frameHead,
+  REQ,
+  RES_ERROR,
+  socketPaths,
+  type Frame,
+} from '../agent/index.js';
+import { KeywardError } from '../errors.js';
 import { closeFd, EAGAIN, recvWithFd, unixConnect } from '../lib/libc.js';
 import { socketDir } from '../lib/paths.js';
 import { readFdToSecure, secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
@@ -21,8 +30,6 @@ export type { SecureBuffer as Credential } from '../lib/secure.js';
 
 const MAX_VALUE = 16 * 1024 * 1024;
 const POLL_MS = 10;
-/** A fetch reply is metadata only. */
-const MAX_REPLY = 64 * 1024;
 /** Longer than the longest approval a policy can ask for (10 minutes). */
 const DEFAULT_TIMEOUT_MS = 11 * 60_000;
 
@@ -67,14 +74,15 @@ export async function getCredential(
     );
   }
   let received: number | undefined;
+  const reader = new FrameReader();
   try {
     const req = frameHead(REQ.fetch, { name }, 0);
     for (let off = 0; off < req.length;) off += fs.writeSync(sock, req, off);
     // The reply: a frame of metadata only (the value is on the descriptor that comes with it).
-    let got = Buffer.alloc(0);
     const chunk = Buffer.alloc(64 * 1024);
     const deadline = Date.now() + (o.timeoutMs ?? DEFAULT_TIMEOUT_MS);
-    for (;;) {
+    let reply: Frame | undefined;
+    while (!reply) {
       if (Date.now() > deadline)
         throw new KeywardError('APPROVAL_TIMEOUT', 'no answer from the agent in time');
       const { n, fd } = recvWithFd(sock, chunk);
@@ -87,34 +95,16 @@ export async function getCredential(
         continue;
       }
       if (n <= 0) throw new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection');
-      got = Buffer.concat([got, chunk.subarray(0, n)]);
-      if (got.length >= 4 && got.readUInt32BE(0) > MAX_REPLY)
-        throw new KeywardError('PROTOCOL_ERROR', 'the agent sent an oversized reply');
-      if (got.length >= 8 && got.length >= 4 + got.readUInt32BE(0)) break;
+      reply = reader.push(chunk.subarray(0, n))[0];
     }
-    const type = got[5];
-    const metaLen = got.readUInt16BE(6);
-    const meta = JSON.parse(got.subarray(8, 8 + metaLen).toString('utf8')) as Record<
-      string,
-      unknown
-    >;
-    if (type === RES_ERROR) {
-      const code =
-        typeof meta['code'] === 'string' && meta['code'] in ERROR_CODES
-          ? (meta['code'] as ErrorCode)
-          : 'INTERNAL';
-      const hint = typeof meta['hint'] === 'string' ? meta['hint'] : undefined;
-      throw new KeywardError(
-        code,
-        String(meta['message'] ?? 'the agent refused'),
-        hint === undefined ? {} : { hint },
-      );
-    }
+    secureFree(reply.raw);
+    if (reply.type === RES_ERROR) throw errorFrom(reply);
     if (received === undefined)
       throw new KeywardError('PROTOCOL_ERROR', 'the agent sent no descriptor');
     return readFdToSecure(received, MAX_VALUE);
   } finally {
     if (received !== undefined) closeFd(received);
     closeFd(sock);
+    reader.destroy();
   }
 }
