@@ -121,3 +121,23 @@ export function scanMemory(pid: number, needles: Buffer[]): Buffer[] {
   }
   return found;
 }
+
+/** One audit entry as `audit export --decrypt` shows it: its type and its opened body. */
+export interface AuditEntry {
+  type: string;
+  target: string | null;
+  decision: string;
+  reason: string | null;
+  details: Record<string, unknown>;
+}
+
+/** Every audit entry of a home, oldest first, bodies opened with the vault. */
+export function auditEntries(h: Home): AuditEntry[] {
+  return kw(['audit', 'export', '--decrypt'], { env: h.env })
+    .stdout.trim()
+    .split('\n')
+    .map((l) => {
+      const e = JSON.parse(l) as { type: string; body: Omit<AuditEntry, 'type'> };
+      return { type: e.type, ...e.body };
+    });
+}

@@ -12,7 +12,7 @@ import { after, describe, test } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
-import { agentHome, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
 import { BIN, kw, ROOT, sleep } from './helpers.js';
 
 const EVERYTHING = path.join(
@@ -76,22 +76,7 @@ const names = async (c: Client) => (await c.listTools()).tools.map((t) => t.name
 const textOf = (r: unknown) =>
   ((r as { content: Array<{ text?: string }> }).content[0]?.text ?? '') as string;
 
-function mcpEvents(
-  h: AgentHome,
-): Array<{ decision: string; reason: string | null; details: Record<string, unknown> }> {
-  return kw(['audit', 'export', '--decrypt'], { env: h.env })
-    .stdout.trim()
-    .split('\n')
-    .map(
-      (l) =>
-        JSON.parse(l) as {
-          type: string;
-          body: { decision: string; reason: string | null; details: Record<string, unknown> };
-        },
-    )
-    .filter((l) => l.type === 'mcp.call')
-    .map((l) => l.body);
-}
+const mcpEvents = (h: AgentHome) => auditEntries(h).filter((l) => l.type === 'mcp.call');
 
 describe('keyward mcp wrap', () => {
   test('server-everything through the gateway; a denylist hides tools and refuses calls to them; every call is audited', async () => {

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
-import { agentHome, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
 import { BIN, kw } from './helpers.js';
 
 const MARK = '<concealed by keyward>';
@@ -51,20 +51,7 @@ async function setup(): Promise<{ h: AgentHome; client: Client }> {
 const textOf = (r: unknown) =>
   ((r as { content: Array<{ text?: string }> }).content[0]?.text ?? '') as string;
 
-function mcpCalls(h: AgentHome): Array<{ decision: string; details: Record<string, unknown> }> {
-  return kw(['audit', 'export', '--decrypt'], { env: h.env })
-    .stdout.trim()
-    .split('\n')
-    .map(
-      (l) =>
-        JSON.parse(l) as {
-          type: string;
-          body: { decision: string; details: Record<string, unknown> };
-        },
-    )
-    .filter((l) => l.type === 'mcp.call')
-    .map((l) => l.body);
-}
+const mcpCalls = (h: AgentHome) => auditEntries(h).filter((l) => l.type === 'mcp.call');
 
 describe('keyward mcp serve', () => {
   test('lists its three tools; list_credentials gives names, never values', async () => {
@@ -113,18 +100,10 @@ describe('keyward mcp serve', () => {
     assert.equal(r.isError, true, 'a failing command is a tool error');
     assert.match(out.stdout, new RegExp(`^token: ${MARK}\\n${MARK}`));
     assert.ok(!textOf(r).includes('never-shown-value-2'));
-    const deliveries = kw(['audit', 'export', '--decrypt'], { env: h.env })
-      .stdout.trim()
-      .split('\n')
-      .map(
-        (l) =>
-          JSON.parse(l) as {
-            type: string;
-            body: { target: string; details: Record<string, unknown> };
-          },
-      )
-      .filter((l) => l.type === 'credential.deliver' && l.body.target === 'mcp/secret');
-    assert.equal(deliveries[0]?.body.details['mcpClient'], 'keyward-test 1.2.3');
+    const deliveries = auditEntries(h).filter(
+      (l) => l.type === 'credential.deliver' && l.target === 'mcp/secret',
+    );
+    assert.equal(deliveries[0]?.details['mcpClient'], 'keyward-test 1.2.3');
     const denied = await client.callTool({
       name: 'run_with_credentials',
       arguments: { command: ['true'], env: { D: 'mcp/denied' } },

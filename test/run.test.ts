@@ -11,7 +11,14 @@ import net from 'node:net';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, describe, test } from 'node:test';
-import { agentHome, scanMemory, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import {
+  agentHome,
+  auditEntries,
+  scanMemory,
+  startAgent,
+  stopAgent,
+  type AgentHome,
+} from './agent-helpers.js';
 import { BIN, kw, ROOT, sleep } from './helpers.js';
 
 const isRoot = process.geteuid?.() === 0;
@@ -59,16 +66,6 @@ function run(
     c.stdin.end(o.input ?? '');
     c.on('exit', (code) => resolve({ code, stdout, stderr, pid: c.pid ?? 0 }));
   });
-}
-
-function auditLines(h: AgentHome): Array<{ type: string; target?: string; decision?: string }> {
-  return kw(['audit', 'export', '--decrypt'], { env: h.env })
-    .stdout.trim()
-    .split('\n')
-    .map((l) => {
-      const e = JSON.parse(l) as { type: string; body: { target?: string; decision?: string } };
-      return { type: e.type, ...e.body };
-    });
 }
 
 describe('keyward run: the agent starts the child with the secret', () => {
@@ -298,23 +295,11 @@ describe('keyward run: the agent starts the child with the secret', () => {
       },
       stderr,
     );
-    const reads = kw(['audit', 'export', '--decrypt'], { env: h.env })
-      .stdout.trim()
-      .split('\n')
-      .map(
-        (l) =>
-          JSON.parse(l) as {
-            type: string;
-            body: { target: string; decision: string; details: { via?: string } };
-          },
-      )
+    const reads = auditEntries(h)
       .filter(
-        (l) =>
-          l.type === 'secret.read' &&
-          l.body.target === 'client/token' &&
-          l.body.decision === 'allow',
+        (l) => l.type === 'secret.read' && l.target === 'client/token' && l.decision === 'allow',
       )
-      .map((l) => l.body.details.via);
+      .map((l) => l.details['via']);
     assert.deepEqual(reads, ['fd', 'inline']);
   });
 
@@ -331,7 +316,7 @@ describe('keyward run: the agent starts the child with the secret', () => {
     assert.equal(fs.existsSync(marker), false, 'no child started');
     const ok = await run(h, ['--env', 'Y=ok/y', '--', 'true']);
     assert.equal(ok.code, 0);
-    const lines = auditLines(h);
+    const lines = auditEntries(h);
     const of = (type: string, target: string) =>
       lines.filter((l) => l.type === type && l.target === target).map((l) => l.decision);
     assert.deepEqual(of('credential.deliver', 'denied/x'), ['deny']);
@@ -363,7 +348,7 @@ async function pendingId(h: AgentHome): Promise<string> {
 }
 
 function events(h: AgentHome, target: string): string[] {
-  return auditLines(h)
+  return auditEntries(h)
     .filter((l) => l.target === target)
     .map((l) => l.type);
 }
@@ -461,7 +446,7 @@ describe('caching and eviction', () => {
       assert.equal((await running_).code, 0);
     }
     assert.equal(
-      auditLines(h).filter((l) => l.type === 'approval.granted' && l.target === 'hv/key').length,
+      auditEntries(h).filter((l) => l.type === 'approval.granted' && l.target === 'hv/key').length,
       2,
     );
   });
