@@ -5,6 +5,7 @@
  */
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import type { Actor } from '../audit/index.js';
 import { pidfdAlive } from '../lib/libc.js';
 import type { Caller } from '../policy/index.js';
 
@@ -100,4 +101,15 @@ export function describeCaller(id: ProcessIdentity): string {
     .map((a) => `${a.exe ?? '?'}[${a.pid}]`)
     .join(' <- ');
   return `${id.exe ?? '(unknown executable)'} (pid ${id.pid}) running "${id.cmdline.join(' ').slice(0, 200)}"${chain ? `, started by ${chain}` : ''}`;
+}
+
+/** Who did it, as the audit log records a caller. */
+export function actorOf(id: ProcessIdentity): Actor {
+  return {
+    uid: id.uid,
+    pid: id.pid,
+    ...(id.exe === undefined ? {} : { exe: id.exe }),
+    cmdline: id.cmdline,
+    ...(id.cwd === undefined ? {} : { cwd: id.cwd }),
+  };
 }

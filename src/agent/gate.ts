@@ -1,0 +1,339 @@
+/**
+ * The gate: the one path every release and signature takes (docs/PROTOCOL.md, "The request
+ * path"): identity -> policy -> limits -> approval -> the go-ahead. The caller then makes its
+ * release durable in the audit log and releases. Reads, fetches, runs, signatures and the MCP
+ * tools all come through authorize(); approvals from another terminal come through approve().
+ *
+ * Like Teleport's Authorizer, the gate returns what it decided, so a handler can't forget a check:
+ * it has nothing to release until authorize() resolved.
+ */
+import {
+  askpass,
+  Broker,
+  Grants,
+  mayApprove,
+  TOTP_SECRET,
+  verifyTotp,
+  type Pending,
+  type RequesterRef,
+  type TerminalChannel,
+} from '../approval/index.js';
+import type { AuditRecord } from '../audit/index.js';
+import { KeywardError } from '../errors.js';
+import { printable } from '../lib/text.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import {
+  evaluate,
+  TokenBucket,
+  UseCounter,
+  withChannels,
+  type ApprovalMode,
+} from '../policy/index.js';
+import { actorOf, describeCaller, stillSameProcess, type ProcessIdentity } from './identity.js';
+import { locked, type UnlockWindow } from './unlock.js';
+
+const BREAKER_DENIALS = 5;
+const BREAKER_WINDOW_MS = 60_000;
+
+export interface GateHost {
+  window: UnlockWindow;
+  record(r: AuditRecord): Promise<unknown>;
+  lock(reason: string): Promise<void>;
+  /** The approval program (KEYWARD_ASKPASS, else SSH_ASKPASS), from the agent's own environment. */
+  askpass: string | undefined;
+  /** The agent's own terminal, when it runs in the foreground on one. */
+  terminal: TerminalChannel | undefined;
+  env: NodeJS.ProcessEnv;
+}
+
+/** One request for the gate: what is asked, of what, and how a person is told about it. */
+export interface GateRequest {
+  target: string;
+  kind: 'secret' | 'key';
+  action: string;
+  auditType: 'secret.read' | 'key.sign' | 'credential.deliver';
+  /** What the caller wants, as a person reads it ("read the secret ..."). */
+  what: string;
+  exists: boolean;
+  /** ssh-add -c: every use is confirmed by a person, whatever the policy would remember. */
+  confirmEachUse?: boolean;
+}
+
+export class Gate {
+  private readonly broker = new Broker();
+  private readonly grants = new Grants();
+  private readonly uses = new UseCounter();
+  private readonly buckets = new Map<string, TokenBucket>();
+  private denials: number[] = [];
+  private lastTotpStep = -1;
+
+  constructor(private readonly host: GateHost) {}
+
+  /** Everything a lock ends: pending requests (denied), remembered grants, counters. */
+  reset(): void {
+    this.broker.denyAll();
+    this.grants.clear();
+    this.uses.reset();
+    this.buckets.clear();
+  }
+
+  pending(): Pending[] {
+    return this.broker.list();
+  }
+
+  /** Five denials within a minute lock the agent: someone is probing. */
+  noteDenial(): void {
+    const now = Date.now();
+    this.denials = this.denials.filter((t) => now - t < BREAKER_WINDOW_MS);
+    this.denials.push(now);
+    if (this.denials.length >= BREAKER_DENIALS && this.host.window.isOpen) {
+      this.denials = [];
+      void this.host.lock(
+        `circuit breaker: ${BREAKER_DENIALS} denials within ${BREAKER_WINDOW_MS / 1000} s`,
+      );
+    }
+  }
+
+  private channels(): Set<ApprovalMode> {
+    const c = new Set<ApprovalMode>();
+    if (this.host.askpass || this.host.terminal) c.add('confirm');
+    // `keyward approve ID` from another terminal: with the passphrase, or a TOTP code once enrolled.
+    c.add('passphrase');
+    if (this.host.window.isOpen && this.host.window.unlocked().has(TOTP_SECRET)) c.add('totp');
+    return c;
+  }
+
+  /**
+   * Policy, limits and approval for one request; records every denial. Returns the deciding rule
+   * when the request may go ahead; the caller then records the release (durably) and releases.
+   */
+  async authorize(
+    id: ProcessIdentity,
+    pidfd: number,
+    req: GateRequest,
+  ): Promise<{ rule: string | undefined }> {
+    const w = this.host.window;
+    const v = w.unlocked();
+    const policy = w.currentPolicy(v);
+    const name = req.target;
+    const request = { target: name, kind: req.kind, action: req.action };
+    const base = { target: name, actor: actorOf(id) };
+    let evaluated = evaluate(policy, request, id);
+    if (req.confirmEachUse && evaluated.decision !== 'deny') {
+      evaluated = {
+        decision: 'approve',
+        rule: evaluated.rule,
+        explanation: [...evaluated.explanation, 'the key was added with confirm (ssh-add -c)'],
+        highValue: evaluated.decision === 'approve' && evaluated.highValue,
+        approval:
+          evaluated.decision === 'approve'
+            ? { ...evaluated.approval, remember: { scope: 'once' } }
+            : {
+                mode: 'confirm',
+                remember: { scope: 'once' },
+                timeoutMs: 60_000,
+                message: undefined,
+              },
+      };
+    }
+    const decision = withChannels(evaluated, this.channels());
+    const refuse = async (
+      message: string,
+      code: 'POLICY_DENIED' | 'APPROVAL_REJECTED' | 'APPROVAL_TIMEOUT',
+      hint?: string,
+    ): Promise<never> => {
+      await this.host.record({
+        ...base,
+        type: req.auditType,
+        decision: 'deny',
+        reason: message,
+        details: { rule: decision.rule ?? null },
+      });
+      this.noteDenial();
+      throw new KeywardError(code, message, hint === undefined ? {} : { hint });
+    };
+    if (decision.decision === 'deny') {
+      return refuse(
+        `denied by policy: ${decision.explanation.at(-1) ?? 'no rule matches'}`,
+        'POLICY_DENIED',
+        'see: keyward policy explain --target NAME --exe PATH',
+      );
+    }
+    if (!req.exists) throw new KeywardError('SECRET_NOT_FOUND', `no ${req.kind} named ${name}`);
+    const rule = policy.rules.find((r) => r.name === decision.rule);
+    if (rule?.rate_limit) {
+      let b = this.buckets.get(rule.name);
+      if (!b)
+        this.buckets.set(
+          rule.name,
+          (b = new TokenBucket(rule.rate_limit.per_minute, rule.rate_limit.burst, Date.now())),
+        );
+      if (!b.take(Date.now()))
+        return refuse(`rate limit of rule ${rule.name} reached`, 'POLICY_DENIED', 'wait a little');
+    }
+    if (decision.decision === 'approve') {
+      const a = decision.approval;
+      const who =
+        a.remember.scope === 'executable' ? id.exeSha256 : `${id.pid}:${id.startTime ?? ''}`;
+      const grantKey =
+        a.remember.scope === 'once' || who === undefined
+          ? undefined
+          : // The action is part of what was approved: a remembered run is not a remembered read.
+            Grants.keyFor(decision.rule, `${req.action}\u0000${name}`, a.remember.scope, who);
+      if (!(grantKey && !decision.highValue && this.grants.use(grantKey, Date.now()))) {
+        const requester: RequesterRef = {
+          pid: id.pid,
+          startTime: id.startTime,
+          description: printable(describeCaller(id), 600),
+        };
+        await this.host.record({
+          ...base,
+          type: 'approval.requested',
+          decision: 'info',
+          details: { rule: decision.rule, mode: a.mode },
+        });
+        // Command lines, paths, SSH user names and SSHSIG namespaces come from the requester:
+        // escaped, so control characters and look-alikes can't rewrite what a person reads.
+        const prompt = `keyward: ${printable(describeCaller(id), 600)} wants to ${printable(req.what, 600)} (rule ${decision.rule}).${a.message ? ` ${a.message}` : ''} Allow?`;
+        const pending = this.broker.wait(
+          {
+            requester,
+            action: req.action,
+            target: name,
+            rule: decision.rule,
+            mode: a.mode,
+            message: a.message,
+          },
+          a.timeoutMs,
+        );
+        if (a.mode === 'confirm') {
+          const asked = this.host.askpass
+            ? askpass(this.host.askpass, prompt, a.timeoutMs, this.host.env)
+            : this.host.terminal?.ask(prompt, a.timeoutMs);
+          void asked?.then((ok) => this.broker.settle(pending.id, ok ? 'granted' : 'denied'));
+        }
+        const outcome = await pending.outcome;
+        if (outcome !== 'granted') {
+          await this.host.record({
+            ...base,
+            type: outcome === 'expired' ? 'approval.expired' : 'approval.denied',
+            decision: 'deny',
+            details: { rule: decision.rule },
+          });
+          return outcome === 'expired'
+            ? refuse('the approval request expired', 'APPROVAL_TIMEOUT')
+            : refuse('the request was not approved', 'APPROVAL_REJECTED');
+        }
+        await this.host.record({
+          ...base,
+          type: 'approval.granted',
+          decision: 'allow',
+          details: { rule: decision.rule, mode: a.mode },
+        });
+        if (grantKey && !decision.highValue && a.remember.scope !== 'once')
+          this.grants.remember(grantKey, a.remember.forMs, a.remember.uses, Date.now());
+      }
+    }
+    if (
+      rule?.max_uses_per_unlock !== undefined &&
+      !this.uses.use(`rule:${rule.name}`, rule.max_uses_per_unlock)
+    ) {
+      return refuse(
+        `rule ${rule.name} reached its uses for this unlock`,
+        'POLICY_DENIED',
+        'keyward lock, then keyward unlock',
+      );
+    }
+    if (!stillSameProcess(pidfd)) return refuse('the requesting process is gone', 'POLICY_DENIED');
+    if (!w.isOpen) throw locked();
+    return { rule: decision.rule };
+  }
+
+  /**
+   * `keyward approve ID`: with the passphrase (factor) or a TOTP code. The factor must be the one
+   * the rule asked for; either also answers a `confirm` request (a stronger factor).
+   */
+  async approve(
+    approver: ProcessIdentity,
+    reqId: string,
+    factor: SecureBuffer | undefined,
+    code: string | undefined,
+  ): Promise<Record<string, unknown>> {
+    try {
+      const p = this.broker.get(reqId);
+      if (!p)
+        throw new KeywardError('REQUEST_NOT_FOUND', `no pending request ${reqId}`, {
+          hint: 'see: keyward approvals',
+        });
+      if (!mayApprove(p.requester, approver)) {
+        await this.host.record({
+          type: 'approval.denied',
+          decision: 'deny',
+          target: p.target,
+          reason: 'self-approval refused',
+          actor: actorOf(approver),
+        });
+        throw new KeywardError(
+          'SELF_APPROVAL',
+          "a process cannot approve its own request, nor one of its ancestors' requests",
+          {
+            hint: 'approve from another terminal',
+          },
+        );
+      }
+      const v = this.host.window.unlocked();
+      if (code !== undefined) {
+        if (p.mode !== 'totp' && p.mode !== 'confirm')
+          throw new KeywardError('USAGE', `this request needs ${p.mode} approval, not a TOTP code`);
+        const secret = v.revealInternal(TOTP_SECRET);
+        if (!secret)
+          throw new KeywardError('USAGE', 'no TOTP is enrolled', { hint: 'keyward totp enroll' });
+        let step: number | undefined;
+        try {
+          step = verifyTotp(secret, code, Date.now(), this.lastTotpStep);
+        } finally {
+          secureFree(secret);
+        }
+        if (step === undefined) {
+          this.noteDenial();
+          throw new KeywardError(
+            'VAULT_BAD_PASSPHRASE',
+            'wrong or already used TOTP code; the request is still pending',
+          );
+        }
+        this.lastTotpStep = step;
+      } else {
+        if (p.mode !== 'passphrase' && p.mode !== 'confirm') {
+          throw new KeywardError('USAGE', `this request needs ${p.mode} approval`, {
+            hint: 'keyward approve ID --code CODE',
+          });
+        }
+        if (!factor || factor.length === 0) {
+          throw new KeywardError('USAGE', 'approving needs the passphrase', {
+            hint: 'keyward approve ID asks for it (or --passphrase-file)',
+          });
+        }
+        if (!v.checkPassphrase(factor)) {
+          this.noteDenial();
+          throw new KeywardError(
+            'VAULT_BAD_PASSPHRASE',
+            'wrong passphrase; the request is still pending',
+          );
+        }
+      }
+      if (!this.broker.settle(reqId, 'granted'))
+        throw new KeywardError('REQUEST_NOT_FOUND', `request ${reqId} is no longer pending`);
+      return { approved: reqId };
+    } finally {
+      secureFree(factor);
+    }
+  }
+
+  /** `keyward deny ID`. */
+  deny(reqId: string): Record<string, unknown> {
+    const p = this.broker.get(reqId);
+    if (!p || !this.broker.settle(reqId, 'denied'))
+      throw new KeywardError('REQUEST_NOT_FOUND', `no pending request ${reqId}`);
+    return { denied: reqId };
+  }
+}

@@ -1,0 +1,235 @@
+/**
+ * Releases: a value leaving the agent to the process that asked (read, or fetch on a descriptor),
+ * and what the MCP gateway asks of the agent about released values. Every release is authorized
+ * by the gate and durable in the audit log before it leaves (rule 4).
+ */
+import type { AuditRecord } from '../audit/index.js';
+import { KeywardError } from '../errors.js';
+import { sealedMemfd } from '../lib/libc.js';
+import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
+import { cacheIdleMs, evaluate, TokenBucket } from '../policy/index.js';
+import { Masker, maskingForms } from '../run/index.js';
+import { assertValidName, type Vault } from '../vault/index.js';
+import type { CredentialCache } from './cache.js';
+import type { Gate } from './gate.js';
+import { actorOf, type ProcessIdentity } from './identity.js';
+import { ProtocolError, str, type Frame } from './protocol.js';
+import { locked, type UnlockWindow } from './unlock.js';
+
+export interface ReleaseHost {
+  window: UnlockWindow;
+  gate: Gate;
+  cache: CredentialCache;
+  record(r: AuditRecord): Promise<unknown>;
+}
+
+/** A caller that asks: who it is and the pidfd that pins it. */
+export interface Asker {
+  id: ProcessIdentity;
+  pidfd: number;
+}
+
+export interface Reply {
+  meta: Record<string, unknown>;
+  raw?: SecureBuffer;
+  fd?: number;
+  sent?: (() => void) | undefined;
+}
+
+export class Releases {
+  /** Names released since the unlock: the values the MCP gateway looks for (cleared at lock). */
+  private readonly released = new Set<string>();
+  private readonly scanBucket = new TokenBucket(6000, 1000, Date.now());
+
+  constructor(private readonly host: ReleaseHost) {}
+
+  reset(): void {
+    this.released.clear();
+  }
+
+  /** identity -> policy -> approval -> audit (durable) -> release. */
+  async read(
+    asker: Asker,
+    name: string,
+    via: 'inline' | 'fd' = 'inline',
+    mcp?: string,
+  ): Promise<Reply> {
+    // Before policy: a rule matching ** must never reach keyward's own @ records.
+    assertValidName(name);
+    const w = this.host.window;
+    const v = w.unlocked();
+    if (mcp !== undefined) {
+      // Inline to an MCP client means into a model's context: only where the deciding rule says
+      // so. Checked before any approval, so nobody is asked to approve what will be refused.
+      const policy = w.currentPolicy(v);
+      const decided = evaluate(policy, { target: name, kind: 'secret', action: 'read' }, asker.id);
+      const r = policy.rules.find((x) => x.name === decided.rule);
+      if (decided.decision !== 'deny' && !r?.mcp_inline) {
+        const message = `the policy does not release ${name} inline to MCP clients (rule ${decided.rule ?? 'none'} lacks mcp_inline: true)`;
+        await this.host.record({
+          target: name,
+          actor: actorOf(asker.id),
+          type: 'secret.read',
+          decision: 'deny',
+          reason: message,
+          details: { rule: decided.rule ?? null, mcpClient: mcp },
+        });
+        throw new KeywardError('POLICY_DENIED', message, {
+          hint: 'use run_with_credentials, which never returns the value',
+        });
+      }
+    }
+    const { rule } = await this.host.gate.authorize(asker.id, asker.pidfd, {
+      target: name,
+      kind: 'secret',
+      action: 'read',
+      auditType: 'secret.read',
+      what: `read the secret "${name}"${mcp ? ` for the MCP client ${mcp}` : ''}`,
+      exists: v.has(name),
+    });
+    if (!w.stillOpen(v)) throw locked();
+    const { value, cached } = this.fetch(asker.id, v, name, rule);
+    try {
+      // Rule 4: durable in the audit log before the value leaves.
+      await this.host.record({
+        target: name,
+        actor: actorOf(asker.id),
+        type: 'secret.read',
+        decision: 'allow',
+        details: { rule: rule ?? null, bytes: value.length, cached, via, mcpClient: mcp ?? null },
+      });
+    } catch (e) {
+      secureFree(value);
+      throw e;
+    }
+    if (!w.stillOpen(v)) {
+      // Locked (or unlocked anew) while the record was made durable: the unlock that allowed
+      // this release is over, so the value stays here. The audit log shows the read; the
+      // lock after it says it never left.
+      secureFree(value);
+      throw locked();
+    }
+    w.counted();
+    if (via === 'fd') {
+      // keyward/client: the value in a sealed memfd, passed with SCM_RIGHTS; the agent's copy
+      // goes now, the descriptor once it is sent.
+      let fd: number;
+      try {
+        fd = sealedMemfd('keyward-credential', [value]);
+      } finally {
+        secureFree(value);
+      }
+      return {
+        meta: { name, fd: true },
+        fd,
+        sent: cached ? undefined : () => this.dropped(asker.id, name, 'released on a descriptor'),
+      };
+    }
+    return {
+      meta: { name },
+      raw: value,
+      // Not cached: once the kernel has the value, the agent holds no copy.
+      sent: cached ? undefined : () => this.dropped(asker.id, name, 'released to the reader'),
+    };
+  }
+
+  /**
+   * A value for a release: from the cache when the deciding rule caches and it is there, else
+   * decrypted from the vault (credential.fetch) and, when the rule caches, kept. The caller frees
+   * the returned copy.
+   */
+  fetch(
+    id: ProcessIdentity,
+    v: Vault,
+    name: string,
+    ruleName: string | undefined,
+  ): { value: SecureBuffer; cached: boolean } {
+    const w = this.host.window;
+    // Re-read the vault if it changed while a person decided (a rotated value, a removed one).
+    if (w.unlocked() !== v) throw locked();
+    const rule = w.currentPolicy(v).rules.find((r) => r.name === ruleName);
+    const idle = cacheIdleMs(rule);
+    this.released.add(name);
+    const hit = idle === undefined || !rule ? undefined : this.host.cache.take(rule.name, name);
+    if (hit) return { value: hit, cached: true };
+    const value = v.reveal(name);
+    void this.host
+      .record({
+        type: 'credential.fetch',
+        decision: 'info',
+        target: name,
+        actor: actorOf(id),
+        details: { rule: ruleName ?? null, cacheIdleMs: idle ?? null },
+      })
+      .catch(() => undefined);
+    if (idle !== undefined && rule) this.host.cache.put(rule.name, name, value, idle);
+    return { value, cached: idle !== undefined };
+  }
+
+  dropped(id: ProcessIdentity, name: string, reason: string): void {
+    void this.host
+      .record({
+        type: 'credential.drop',
+        decision: 'info',
+        target: name,
+        actor: actorOf(id),
+        reason,
+      })
+      .catch(() => undefined);
+  }
+
+  /**
+   * What keyward mcp wrap asks of the agent (docs/MCP.md, "The gateway"): the verified policy's
+   * mcp section; a keyed hash for tool-definition pins; and a scan of bytes for the values
+   * released since the unlock (which names, and a redacted copy). Values never leave.
+   */
+  mcpGateway(f: Frame): Reply {
+    const w = this.host.window;
+    const v = w.unlocked();
+    const op = str(f.meta, 'op');
+    try {
+      if (op === 'policy') return { meta: { mcp: w.currentPolicy(v).mcp ?? null } };
+      if (op === 'mac') {
+        const label = str(f.meta, 'label') ?? '';
+        return { meta: { mac: v.mac(`mcp ${label}`, f.raw ?? Buffer.alloc(0)).toString('hex') } };
+      }
+      if (op === 'scan') return this.scan(v, f);
+      throw new ProtocolError(`unknown mcp operation ${op ?? ''}`);
+    } finally {
+      secureFree(f.raw);
+    }
+  }
+
+  private scan(v: Vault, f: Frame): Reply {
+    // An oracle ("is this one of the released values?") must not be a fast one: a 6-digit
+    // value could be guessed through it (docs/THREAT-MODEL.md).
+    if (!this.scanBucket.take(Date.now()))
+      throw new KeywardError('POLICY_DENIED', 'too many leak scans; try again in a moment');
+    const data = f.raw ?? Buffer.alloc(0);
+    const found: string[] = [];
+    const all: SecureBuffer[] = [];
+    try {
+      for (const name of this.released) {
+        if (!v.has(name)) continue;
+        const value = v.reveal(name);
+        try {
+          const forms = maskingForms(value);
+          if (forms.some((form) => data.indexOf(form) >= 0)) found.push(name);
+          all.push(...forms);
+        } finally {
+          secureFree(value);
+        }
+      }
+      if (f.meta['redact'] !== true || found.length === 0) return { meta: { found } };
+      const masker = new Masker(all);
+      try {
+        const out = Buffer.concat([masker.push(Buffer.from(data)), masker.flush()]);
+        return { meta: { found }, raw: secureTake(out) };
+      } finally {
+        masker.destroy();
+      }
+    } finally {
+      for (const form of all) secureFree(form);
+    }
+  }
+}

@@ -1,0 +1,203 @@
+/**
+ * The unlock window (docs/PROTOCOL.md, "The unlock window"): the open vault, the policy in force
+ * for it, and the limits that close it (idle timeout, absolute cap, maximum uses). Closing wipes
+ * the vault's keys; the agent clears everything derived from them at the same time.
+ */
+import fs from 'node:fs';
+import { AuditLog, auditSink, writeCheckpoint, type AuditRecord } from '../audit/index.js';
+import { KeywardError } from '../errors.js';
+import { durationMs, loadPolicy, policyPaths, type Loaded } from '../policy/index.js';
+import { Vault, vaultPaths, type Unlock, type VaultPaths } from '../vault/index.js';
+import { actorOf, type ProcessIdentity } from './identity.js';
+
+export interface WindowHost {
+  home: string;
+  record(r: AuditRecord): Promise<unknown>;
+  /** Locks the whole agent (timers and limits call it). */
+  lock(reason: string): Promise<void>;
+  /** A failed unlock counts toward the circuit breaker. */
+  noteDenial(): void;
+  /** vault.kw or the applied policy changed under an open window: derived caches go. */
+  changed(what: 'the vault changed' | 'the policy changed'): void;
+}
+
+export const locked = (): KeywardError =>
+  new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
+    hint: 'keyward unlock',
+  });
+
+export class UnlockWindow {
+  private vault: Vault | undefined;
+  private policy: Loaded | undefined;
+  private readonly vp: VaultPaths;
+  private unlockedAt = 0;
+  private usedInWindow = 0;
+  private idleTimer: NodeJS.Timeout | undefined;
+  private capTimer: NodeJS.Timeout | undefined;
+  private vaultStamp = '';
+  private policyStamp = '';
+  /** Bumped at every unlock, lock and vault re-read: caches of vault contents key on it. */
+  gen = 0;
+
+  constructor(private readonly host: WindowHost) {
+    this.vp = vaultPaths(host.home);
+  }
+
+  get isOpen(): boolean {
+    return this.vault !== undefined;
+  }
+
+  /** Whether v is still the open vault (no lock or new unlock since). */
+  stillOpen(v: Vault): boolean {
+    return this.vault === v;
+  }
+
+  /** The policy as last loaded (undefined while locked), for limits that need no re-read. */
+  get loaded(): Loaded | undefined {
+    return this.policy;
+  }
+
+  /** The open vault, re-read first when another process changed vault.kw. */
+  unlocked(): Vault {
+    const v = this.vault;
+    if (!v)
+      throw new KeywardError('AGENT_LOCKED', 'the agent is locked', { hint: 'keyward unlock' });
+    const st = fs.statSync(this.vp.file, { throwIfNoEntry: false });
+    const stamp = st ? `${st.ino}:${st.size}:${st.mtimeMs}` : '';
+    if (stamp !== this.vaultStamp) {
+      try {
+        v.refresh();
+        this.host.changed('the vault changed');
+      } catch (e) {
+        void this.host.lock(
+          `the vault file changed and could not be re-read (${e instanceof Error ? e.message : 'error'})`,
+        );
+        throw e;
+      }
+      this.vaultStamp = stamp;
+      this.gen += 1;
+    }
+    return v;
+  }
+
+  /** The policy in force, re-loaded (and re-verified against the vault) after `policy apply`. */
+  currentPolicy(v: Vault): Loaded['policy'] {
+    const st = fs.statSync(policyPaths(this.host.home).applied, { throwIfNoEntry: false });
+    const stamp = st ? `${st.ino}:${st.mtimeMs}` : '';
+    if (!this.policy || stamp !== this.policyStamp) {
+      // A new policy may cache less, or differently: what the old one cached goes.
+      if (this.policy) this.host.changed('the policy changed');
+      this.policy = loadPolicy(this.host.home, v, auditSink(this.host.home));
+      this.policyStamp = stamp;
+    }
+    return this.policy.policy;
+  }
+
+  /** Opens the vault and starts a window; a wrong passphrase is recorded and counted. */
+  async open(
+    unlock: Unlock,
+    by: ProcessIdentity,
+    method: 'keyring' | 'passphrase',
+    mode: 'agent' | 'ssh-agent',
+  ): Promise<void> {
+    if (this.vault) return;
+    let v: Vault;
+    try {
+      v = Vault.open(this.vp, unlock);
+    } catch (e) {
+      if (
+        e instanceof KeywardError &&
+        (e.code === 'VAULT_BAD_PASSPHRASE' || e.code === 'KEYRING_KEY_MISMATCH')
+      ) {
+        await this.host.record({
+          type: 'vault.unlock_failed',
+          decision: 'deny',
+          reason: e.message,
+          actor: actorOf(by),
+          details: { mode },
+        });
+        this.host.noteDenial();
+      }
+      throw e;
+    }
+    try {
+      this.policy = undefined;
+      this.currentPolicy(v);
+    } catch (e) {
+      v.close();
+      throw e;
+    }
+    this.vault = v;
+    this.vaultStamp = '';
+    this.gen += 1;
+    this.unlockedAt = Date.now();
+    this.usedInWindow = 0;
+    await this.host.record({
+      type: 'vault.unlock',
+      decision: 'allow',
+      actor: actorOf(by),
+      details: { method, mode },
+    });
+    this.arm();
+  }
+
+  /** Slides the idle timeout; starts the absolute cap once. */
+  private arm(): void {
+    const u = this.policy?.policy.unlock;
+    if (!u) return;
+    clearTimeout(this.idleTimer);
+    this.idleTimer = setTimeout(
+      () => void this.host.lock('idle timeout'),
+      durationMs(u.idle_timeout),
+    );
+    this.idleTimer.unref();
+    if (!this.capTimer) {
+      this.capTimer = setTimeout(
+        () => void this.host.lock('absolute unlock limit'),
+        durationMs(u.max_lifetime),
+      );
+      this.capTimer.unref();
+    }
+  }
+
+  /** Counts a release against the window and slides the idle timeout. */
+  counted(): void {
+    const u = this.policy?.policy.unlock;
+    this.usedInWindow += 1;
+    if (u?.max_uses !== undefined && this.usedInWindow >= u.max_uses)
+      setImmediate(() => void this.host.lock('maximum uses per unlock reached'));
+    else this.arm();
+  }
+
+  /**
+   * Ends the window: timers stop, the checkpoint is sealed and the vault's keys are wiped.
+   * Returns whether a vault was open.
+   */
+  close(): boolean {
+    clearTimeout(this.idleTimer);
+    clearTimeout(this.capTimer);
+    this.idleTimer = this.capTimer = undefined;
+    this.gen += 1;
+    const v = this.vault;
+    this.vault = undefined;
+    if (!v) return false;
+    try {
+      writeCheckpoint(new AuditLog(this.host.home), v);
+    } catch {
+      // the checkpoint is a defence in depth; lock must happen regardless
+    }
+    v.close();
+    return true;
+  }
+
+  /** What `status` shows of the window. */
+  status(now: number): Record<string, unknown> {
+    const u = this.policy?.policy.unlock;
+    if (!this.vault || !u) return {};
+    return {
+      unlockedAt: new Date(this.unlockedAt).toISOString(),
+      absoluteLeftMs: Math.max(0, this.unlockedAt + durationMs(u.max_lifetime) - now),
+      usesLeft: u.max_uses === undefined ? null : Math.max(0, u.max_uses - this.usedInWindow),
+    };
+  }
+}
