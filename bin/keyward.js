@@ -2,6 +2,21 @@
 // Node opens its inspector on SIGUSR1 unless the process listens for it: any local user could
 // then attach a debugger to a process holding secrets. Listening first closes that door.
 process.on('SIGUSR1', () => {});
-const { main } = await import('../dist/src/cli/main.js');
 
-process.exitCode = await main(process.argv.slice(2));
+// Before anything else of keyward's loads: a process with an inspector open, or started with an
+// option that loads code into it (NODE_OPTIONS=--inspect, --require, --import, --loader), is one
+// another process can read or steer. keyward refuses to run so, unless the user passed
+// --allow-debugger (docs/THREAT-MODEL.md, "A debuggable keyward process"; docs/ARCHITECTURE.md
+// says why this is a check in place and not a re-exec).
+const guard = await import('../dist/src/lib/runtime-guard.js');
+const argv = process.argv.slice(2);
+guard.runtimeState.exposure = guard.debugExposure(guard.currentRuntime());
+guard.runtimeState.allowed = guard.allowsDebugger(argv);
+if (guard.runtimeState.exposure.length > 0 && !guard.runtimeState.allowed) {
+  guard.closeInspector();
+  const { refuseExposure } = await import('../dist/src/cli/report.js');
+  process.exit(refuseExposure(guard.runtimeState.exposure));
+}
+
+const { main } = await import('../dist/src/cli/main.js');
+process.exitCode = await main(argv);

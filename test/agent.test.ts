@@ -55,7 +55,7 @@ describe('the acceptance test: after unlock, a second process cannot read withou
     assert.equal(h.prompts().length, 1);
     assert.match(
       h.prompts()[0] ?? '',
-      /\(pid \d+\) running ".*keyward\.js read app\/token".* wants to read the secret "app\/token" \(rule default-secrets\)/,
+      /\(pid \d+\) running ".*" ".*keyward\.js" "read" "app\/token" in ".*", started by .* wants to read the secret "app\/token" \(rule default-secrets\)/,
     );
     h.answer('yes');
     r = kw(['read', 'app/token'], { env: h.env });
@@ -142,7 +142,9 @@ describe('approving from another terminal', () => {
     const list = kw(['approvals'], { env: h.env }).stdout;
     assert.match(
       list,
-      new RegExp(`^${id}  read s  \\(rule needs-passphrase, passphrase\\)\\n    by .*node.*read s`),
+      new RegExp(
+        `^${id}  read s  \\(rule needs-passphrase, passphrase\\)\\n    by .*node.*"read" "s"`,
+      ),
     );
     const a = kw(['approve', id], { env: h.env });
     assert.equal(a.code, 0, a.stderr);
@@ -539,7 +541,10 @@ describe('hardening found in review', () => {
       s.on('close', () => resolve(Buffer.concat(parts)));
       s.on('error', () => resolve(Buffer.concat(parts)));
     });
-    assert.equal(got[5], 0x81, 'an error reply, then the connection closes');
+    // The agent's greeting comes first (it is sent before any request is read).
+    assert.equal(got[5], 0x82, 'the hello');
+    const afterHello = got.subarray(4 + got.readUInt32BE(0));
+    assert.equal(afterHello[5], 0x81, 'an error reply, then the connection closes');
     assert.match(got.toString('latin1'), /one request at a time/);
     assert.equal(kw(['status'], { env: h.env }).code, 0);
   });

@@ -36,6 +36,8 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     SELF_APPROVAL: 6,
     APPROVAL_TIMEOUT: 7,
     DEBUGGER_ATTACHED: 8,
+    DEBUGGER_EXPOSED: 8,
+    AGENT_UNTRUSTED: 8,
     PROTOCOL_ERROR: 8,
   });
 });

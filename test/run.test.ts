@@ -561,7 +561,10 @@ describe('hardening found in review', () => {
     });
     assert.equal(r, 6);
     const prompt = h.prompts().join('\n');
-    assert.match(prompt, /run \/(usr\/)?bin\/true \(sha256 [0-9a-f]{16}\) as: true 'a b', in \//);
+    assert.match(
+      prompt,
+      /run "\/(usr\/)?bin\/true" \(sha256 [0-9a-f]{16}\) as: "true" "a b", in "\//,
+    );
     assert.match(prompt, /its environment sets NODE_OPTIONS/);
   });
 

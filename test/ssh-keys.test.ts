@@ -536,7 +536,7 @@ test(
     assert.match(
       prompt,
       new RegExp(
-        `ssh \\(pid \\d+\\).* wants to sign with the key "login".*an SSH login as "${user}" \\(ssh-connection\\)`,
+        `ssh" \\(pid \\d+\\).* wants to sign with the key "login".*an SSH login as "${user}" \\("ssh-connection"\\)`,
       ),
     );
     assert.ok(prompt.includes(`server host key ${hostFp}`), `${prompt} names ${hostFp}`);

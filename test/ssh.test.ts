@@ -153,7 +153,7 @@ test(
     const prompt = h.prompts().at(-1) ?? '';
     assert.match(
       prompt,
-      /ssh-keygen \(pid \d+\).* wants to sign with the key "git-signing" \(ED25519 SHA256:\S+\): an SSHSIG signature \(a git commit or tag\)/,
+      /ssh-keygen" \(pid \d+\).* wants to sign with the key "git-signing" \(ED25519 SHA256:\S+\): an SSHSIG signature \(a git commit or tag\)/,
     );
     h.answer('yes');
     assert.equal(run('ssh-keygen', ['-Y', 'sign', '-n', 'git', '-f', pub, msg], env).status, 0);

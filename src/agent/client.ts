@@ -7,16 +7,31 @@ import os from 'node:os';
 import { ERROR_CODES, KeywardError, type ErrorCode } from '../errors.js';
 import { secureFree, secureTake, writeAllSync, type SecureBuffer } from '../lib/secure.js';
 import { readPassphrase, type PassphraseSource } from '../vault/index.js';
+import { peerCredentials } from '../lib/libc.js';
+import { runtimeState } from '../lib/runtime-guard.js';
+import { printable } from '../lib/text.js';
+import { socketFd } from './peer.js';
 import {
   FrameReader,
   frameHead,
   REQ,
   RES_ERROR,
+  RES_HELLO,
   RUN_SIGNALS,
   STREAM,
   type Frame,
   type RequestType,
 } from './protocol.js';
+import { checkAgentSocket } from './socketdir.js';
+
+/** Longer than the first identification of a new executable (hashing it) on a busy machine. */
+const HELLO_TIMEOUT_MS = 30_000;
+
+/** Called once this process has been greeted by an agent (the CLI hardens itself there). */
+let afterHello: () => void = () => undefined;
+export function onAgentHello(f: () => void): void {
+  afterHello = f;
+}
 
 /** The KeywardError an error reply carries (its code, message and hint). */
 export function errorFrom(f: Frame): KeywardError {
@@ -44,55 +59,199 @@ function unavailable(path: string): KeywardError {
   });
 }
 
-/** One request, one response. The request's raw bytes are freed once sent. */
-export function call(
+/** A frame the client got, or the end of the connection. */
+type Next = { frame: Frame } | { error: unknown };
+
+/**
+ * A connection to an agent the client has checked (docs/PROTOCOL.md, "Trusting the agent"):
+ * the socket's directory and the socket are this user's and nobody else can write there; the
+ * listening process runs as this user (SO_PEERCRED); and it greeted as a keyward agent. A
+ * connection that will carry a secret from here (a passphrase, a run's environment, bytes to
+ * scan) also needs an agent that can't be debugged, unless this process has --allow-debugger.
+ * Failing any check: AGENT_UNTRUSTED (exit 8), nothing sent.
+ */
+export class AgentConnection {
+  private readonly queue: Next[] = [];
+  private waiter: ((n: Next) => void) | undefined;
+  private handler: ((n: Next) => void) | undefined;
+  private ended = false;
+
+  private constructor(
+    readonly socket: net.Socket,
+    private readonly reader: FrameReader,
+    readonly hello: Record<string, unknown>,
+  ) {}
+
+  static open(path: string, o: { sendsSecret: boolean }): Promise<AgentConnection> {
+    checkAgentSocket(path);
+    return new Promise((resolve, reject) => {
+      const reader = new FrameReader();
+      // The agent never sends two frames at once outside a run, but a client has no reason to
+      // refuse it: the one-request-at-a-time rule protects the agent.
+      reader.many = true;
+      const s = net.createConnection(path);
+      let conn: AgentConnection | undefined;
+      let settled = false;
+      const fail = (e: unknown) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        reader.destroy();
+        s.destroy();
+        reject(e);
+      };
+      const timer = setTimeout(
+        () => fail(new KeywardError('AGENT_UNAVAILABLE', `the agent on ${path} did not answer`)),
+        HELLO_TIMEOUT_MS,
+      );
+      timer.unref();
+      s.once('connect', () => {
+        const fd = socketFd(s);
+        const me = process.geteuid?.() ?? -1;
+        let peer: number | undefined;
+        try {
+          if (fd !== undefined) peer = peerCredentials(fd).uid;
+        } catch {
+          peer = undefined;
+        }
+        if (peer !== me)
+          fail(
+            new KeywardError(
+              'AGENT_UNTRUSTED',
+              `the process listening on ${path} runs as uid ${peer ?? 'unknown'}, not as you (${me})`,
+              { hint: 'keyward sends nothing to it; find out who started it' },
+            ),
+          );
+      });
+      s.on('data', (chunk: Buffer) => {
+        let frames: Frame[];
+        try {
+          frames = reader.push(chunk);
+        } catch (e) {
+          if (conn) conn.deliver({ error: malformed(e) });
+          else fail(malformed(e));
+          return;
+        }
+        for (const f of frames) {
+          if (conn) {
+            conn.deliver({ frame: f });
+            continue;
+          }
+          if (f.type !== RES_HELLO || f.meta['agent'] !== 'keyward') {
+            secureFree(f.raw);
+            fail(
+              new KeywardError('PROTOCOL_ERROR', `what answers on ${path} is not a keyward agent`),
+            );
+            return;
+          }
+          const debuggable = Array.isArray(f.meta['debuggable']) ? f.meta['debuggable'] : [];
+          if (o.sendsSecret && debuggable.length > 0 && !runtimeState.allowed) {
+            fail(
+              new KeywardError(
+                'AGENT_UNTRUSTED',
+                `the agent can be debugged (${debuggable.map((d) => printable(String(d), 200)).join('; ')}); keyward sends it no secret`,
+                {
+                  hint: 'restart it with keyward agent stop && keyward agent start, or pass --allow-debugger if you debug it yourself',
+                },
+              ),
+            );
+            return;
+          }
+          settled = true;
+          clearTimeout(timer);
+          conn = new AgentConnection(s, reader, f.meta);
+          afterHello();
+          resolve(conn);
+        }
+      });
+      s.on('error', (e: NodeJS.ErrnoException) => {
+        const err = e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? unavailable(path) : e;
+        if (conn) conn.deliver({ error: err });
+        else fail(err);
+      });
+      s.on('close', () => {
+        const err = new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection');
+        if (conn) conn.deliver({ error: err });
+        else fail(err);
+      });
+    });
+  }
+
+  private deliver(n: Next): void {
+    if (this.ended) {
+      if ('frame' in n) secureFree(n.frame.raw);
+      return;
+    }
+    if ('error' in n) this.ended = true;
+    if (this.handler) this.handler(n);
+    else if (this.waiter) {
+      const w = this.waiter;
+      this.waiter = undefined;
+      w(n);
+    } else this.queue.push(n);
+  }
+
+  /** Writes a frame; the raw bytes are freed once the kernel has them. */
+  send(type: number, meta: Record<string, unknown>, raw?: SecureBuffer): void {
+    if (this.socket.destroyed) {
+      secureFree(raw);
+      return;
+    }
+    this.socket.write(frameHead(type, meta, raw?.length ?? 0));
+    if (raw && raw.length > 0) this.socket.write(raw, () => secureFree(raw));
+    else secureFree(raw);
+  }
+
+  /** The next frame from the agent; an error reply rejects with its KeywardError. */
+  async next(): Promise<Frame> {
+    const n = this.queue.shift() ?? (await new Promise<Next>((resolve) => (this.waiter = resolve)));
+    if ('error' in n) throw n.error;
+    if (n.frame.type === RES_ERROR) {
+      secureFree(n.frame.raw);
+      throw errorFrom(n.frame);
+    }
+    return n.frame;
+  }
+
+  /** From now on every frame (and the end) goes to h, as it arrives: a run's streams. */
+  onEach(h: (n: Next) => void): void {
+    this.handler = h;
+    for (const n of this.queue.splice(0)) h(n);
+  }
+
+  close(): void {
+    this.ended = true;
+    for (const n of this.queue.splice(0)) if ('frame' in n) secureFree(n.frame.raw);
+    this.reader.destroy();
+    this.socket.destroy();
+  }
+}
+
+/** Requests that carry a secret from the client, even with no raw bytes at hand. */
+const SENDS_SECRET = new Set<RequestType>(['unlock', 'approve', 'run', 'mcp']);
+
+/** One request, one response. The request's raw bytes are freed once sent (or on failure). */
+export async function call(
   path: string,
   type: RequestType,
   meta: Record<string, unknown> = {},
   raw?: SecureBuffer,
 ): Promise<Frame> {
-  return new Promise((resolve, reject) => {
-    const reader = new FrameReader();
-    const s = net.createConnection(path);
-    let settled = false;
-    const finish = (err: unknown, f?: Frame) => {
-      if (settled) {
-        secureFree(f?.raw);
-        return;
-      }
-      settled = true;
-      secureFree(raw);
-      reader.destroy();
-      s.destroy();
-      if (err) reject(err);
-      else if (f) resolve(f);
-    };
-    s.once('connect', () => {
-      s.write(frameHead(REQ[type], meta, raw?.length ?? 0));
-      if (raw && raw.length > 0) s.write(raw);
+  let conn: AgentConnection;
+  try {
+    conn = await AgentConnection.open(path, {
+      sendsSecret: raw !== undefined || SENDS_SECRET.has(type),
     });
-    s.on('data', (chunk: Buffer) => {
-      let frames: Frame[];
-      try {
-        frames = reader.push(chunk);
-      } catch (e) {
-        finish(malformed(e));
-        return;
-      }
-      const f = frames[0];
-      if (!f) return;
-      if (f.type === RES_ERROR) {
-        secureFree(f.raw);
-        finish(errorFrom(f));
-      } else finish(undefined, f);
-    });
-    s.on('error', (e: NodeJS.ErrnoException) => {
-      finish(e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? unavailable(path) : e);
-    });
-    s.on('close', () =>
-      finish(new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection')),
-    );
-  });
+  } catch (e) {
+    secureFree(raw);
+    throw e;
+  }
+  try {
+    conn.send(REQ[type], meta, raw);
+    return await conn.next();
+  } finally {
+    conn.close();
+  }
 }
 
 /** The agent's status, or undefined when none answers. */
@@ -105,13 +264,46 @@ export async function agentStatus(path: string): Promise<Record<string, unknown>
   }
 }
 
+/**
+ * One request that carries the passphrase. The connection comes first: the agent identifies this
+ * process while it can still be read, and only then is the passphrase read (which hardens it).
+ */
+async function withPassphrase(
+  path: string,
+  type: RequestType,
+  meta: Record<string, unknown>,
+  read: () => SecureBuffer,
+): Promise<Frame> {
+  const conn = await AgentConnection.open(path, { sendsSecret: true });
+  try {
+    conn.send(REQ[type], meta, read());
+    return await conn.next();
+  } finally {
+    conn.close();
+  }
+}
+
 export async function agentUnlock(
   path: string,
   src: PassphraseSource,
   keyring: boolean,
 ): Promise<Record<string, unknown>> {
   if (keyring) return (await call(path, 'unlock', { keyring: true })).meta;
-  return (await call(path, 'unlock', {}, readPassphrase(src))).meta;
+  return (await withPassphrase(path, 'unlock', {}, () => readPassphrase(src))).meta;
+}
+
+/** The pending approval requests, whole (`keyward approvals`). */
+export async function agentApprovals(path: string): Promise<Array<Record<string, unknown>>> {
+  const f = await call(path, 'approvals');
+  try {
+    const list: unknown = f.raw ? JSON.parse(Buffer.from(f.raw).toString('utf8')) : [];
+    if (!Array.isArray(list)) throw new Error('not a list');
+    return list as Array<Record<string, unknown>>;
+  } catch (e) {
+    throw malformed(e);
+  } finally {
+    secureFree(f.raw);
+  }
 }
 
 /** Reads a secret through the agent and writes it to fd from secure memory, then wipes it. */
@@ -138,7 +330,10 @@ export async function agentApprove(
   code?: string,
 ): Promise<void> {
   if (code !== undefined) await call(path, 'approve', { id, code });
-  else await call(path, 'approve', { id }, readPassphrase(src, 'passphrase to approve: '));
+  else
+    await withPassphrase(path, 'approve', { id }, () =>
+      readPassphrase(src, 'passphrase to approve: '),
+    );
 }
 
 export interface RunRequest {
@@ -168,29 +363,34 @@ export interface RunSinks {
   timeoutMs?: number;
 }
 
-export function agentRun(
+export async function agentRun(
   path: string,
   req: RunRequest & { mcp?: string },
   environ: Buffer,
   sinks?: RunSinks,
 ): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const reader = new FrameReader();
-    reader.many = true;
-    // The raw part: u32 argc, the arguments NUL-terminated, then the environment. An argument
-    // holding a NUL would end early and pass its tail off as environment: refused.
-    if (req.argv.some((x) => x.includes('\0'))) {
-      reject(new KeywardError('USAGE', 'a command-line argument holds a NUL character'));
-      return;
-    }
-    const argc = Buffer.alloc(4);
-    argc.writeUInt32BE(req.argv.length);
-    const args = Buffer.from(req.argv.map((a) => `${a}\0`).join(''), 'utf8');
-    const raw = secureTake(Buffer.concat([argc, args, environ]));
+  // The raw part: u32 argc, the arguments NUL-terminated, then the environment. An argument
+  // holding a NUL would end early and pass its tail off as environment: refused.
+  if (req.argv.some((x) => x.includes('\0'))) {
     environ.fill(0);
-    const meta: Record<string, unknown> = { ...req };
-    delete meta['argv'];
-    const s = net.createConnection(path);
+    throw new KeywardError('USAGE', 'a command-line argument holds a NUL character');
+  }
+  const argc = Buffer.alloc(4);
+  argc.writeUInt32BE(req.argv.length);
+  const args = Buffer.from(req.argv.map((a) => `${a}\0`).join(''), 'utf8');
+  const raw = secureTake(Buffer.concat([argc, args, environ]));
+  environ.fill(0);
+  const meta: Record<string, unknown> = { ...req };
+  delete meta['argv'];
+  let conn: AgentConnection;
+  try {
+    conn = await AgentConnection.open(path, { sendsSecret: true });
+  } catch (e) {
+    secureFree(raw);
+    throw e;
+  }
+  const s = conn.socket;
+  return new Promise((resolve, reject) => {
     let started = false;
     let settled = false;
     const send = (type: number, meta: Record<string, unknown>, data?: Buffer) => {
@@ -231,71 +431,59 @@ export function agentRun(
         process.stdin.pause();
         process.stdin.destroy();
       }
-      reader.destroy();
-      s.destroy();
+      conn.close();
       if (err) reject(err);
       else resolve(code ?? 1);
     };
-    s.once('connect', () => {
-      s.write(frameHead(REQ.run, meta, raw.length));
-      if (raw.length > 0) s.write(raw, () => secureFree(raw));
-    });
-    s.on('data', (chunk: Buffer) => {
-      let frames: Frame[];
-      try {
-        frames = reader.push(chunk);
-      } catch (e) {
-        finish(malformed(e));
+    const onFrame = (f: Frame) => {
+      if (!started) {
+        if (f.type === RES_ERROR) {
+          finish(errorFrom(f));
+          return;
+        }
+        started = true;
+        if (sinks) {
+          // No input; a time limit if asked.
+          send(STREAM.stdinEnd, {});
+          if (sinks.timeoutMs !== undefined)
+            timer = setTimeout(() => onSignal('SIGTERM'), sinks.timeoutMs);
+          return;
+        }
+        // From here Ctrl-C and friends go to the child, as if it were this process.
+        for (const sig of RUN_SIGNALS) process.on(sig, onSignal);
+        if (req.pty) process.on('SIGWINCH', onResize);
+        if (rawTerminal) process.stdin.setRawMode(true);
+        process.stdin.on('data', onStdin);
+        process.stdin.on('end', onStdinEnd);
+        process.stdin.on('error', onStdinEnd);
+      } else if (f.type === STREAM.stdout && f.raw) {
+        if (sinks) sinks.stdout(Buffer.from(f.raw));
+        else writeAllSync(1, f.raw);
+      } else if (f.type === STREAM.stderr && f.raw) {
+        if (sinks) sinks.stderr(Buffer.from(f.raw));
+        else writeAllSync(2, f.raw);
+      } else if (f.type === STREAM.exit) {
+        const code = f.meta['code'];
+        const signal = f.meta['signal'];
+        const signo =
+          typeof signal === 'string'
+            ? (os.constants.signals as Record<string, number>)[signal]
+            : undefined;
+        finish(undefined, typeof code === 'number' ? code : 128 + (signo ?? 0));
+      }
+    };
+    conn.onEach((n) => {
+      if ('error' in n) {
+        finish(n.error);
         return;
       }
-      for (const f of frames) {
-        try {
-          if (!started) {
-            if (f.type === RES_ERROR) {
-              finish(errorFrom(f));
-              return;
-            }
-            started = true;
-            if (sinks) {
-              // No input; a time limit if asked.
-              send(STREAM.stdinEnd, {});
-              if (sinks.timeoutMs !== undefined)
-                timer = setTimeout(() => onSignal('SIGTERM'), sinks.timeoutMs);
-              continue;
-            }
-            // From here Ctrl-C and friends go to the child, as if it were this process.
-            for (const sig of RUN_SIGNALS) process.on(sig, onSignal);
-            if (req.pty) process.on('SIGWINCH', onResize);
-            if (rawTerminal) process.stdin.setRawMode(true);
-            process.stdin.on('data', onStdin);
-            process.stdin.on('end', onStdinEnd);
-            process.stdin.on('error', onStdinEnd);
-          } else if (f.type === STREAM.stdout && f.raw) {
-            if (sinks) sinks.stdout(Buffer.from(f.raw));
-            else writeAllSync(1, f.raw);
-          } else if (f.type === STREAM.stderr && f.raw) {
-            if (sinks) sinks.stderr(Buffer.from(f.raw));
-            else writeAllSync(2, f.raw);
-          } else if (f.type === STREAM.exit) {
-            const code = f.meta['code'];
-            const signal = f.meta['signal'];
-            const signo =
-              typeof signal === 'string'
-                ? (os.constants.signals as Record<string, number>)[signal]
-                : undefined;
-            finish(undefined, typeof code === 'number' ? code : 128 + (signo ?? 0));
-            return;
-          }
-        } finally {
-          secureFree(f.raw);
-        }
+      try {
+        if (!settled) onFrame(n.frame);
+      } finally {
+        secureFree(n.frame.raw);
       }
     });
-    s.on('error', (e: NodeJS.ErrnoException) => {
-      finish(e.code === 'ENOENT' || e.code === 'ECONNREFUSED' ? unavailable(path) : e);
-    });
-    s.on('close', () =>
-      finish(new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection')),
-    );
+    s.write(frameHead(REQ.run, meta, raw.length));
+    if (raw.length > 0) s.write(raw, () => secureFree(raw));
   });
 }

@@ -5,6 +5,12 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { KeywardError } from '../errors.js';
+import {
+  cleanEnvironment,
+  closeInspector,
+  currentRuntime,
+  debugExposure,
+} from '../lib/runtime-guard.js';
 import { agentStatus, call } from './client.js';
 import { TerminalChannel } from '../approval/index.js';
 import { Agent } from './server.js';
@@ -35,6 +41,24 @@ export async function runAgent(o: RunOptions): Promise<void> {
       },
     );
   }
+  // The agent holds every unlocked key: on top of what every keyward process refuses
+  // (bin/keyward.js), it refuses the dynamic linker's and Node's code-loading variables.
+  const exposure = [
+    ...debugExposure(currentRuntime(), { agent: true }),
+    ...(tracer !== 0 ? [`a debugger (pid ${tracer}) is attached`] : []),
+  ];
+  if (exposure.length > 0 && !o.allowDebugger) {
+    closeInspector();
+    throw new KeywardError(
+      'DEBUGGER_EXPOSED',
+      `the agent refuses to run where another process could debug it or load code into it: ${exposure.join('; ')}`,
+      {
+        hint: 'start it with keyward agent start (a clean environment), or unset these; --allow-debugger runs anyway and says so everywhere',
+      },
+    );
+  }
+  if (exposure.length > 0)
+    o.log(`WARNING: this agent can be debugged (--allow-debugger): ${exposure.join('; ')}`);
   const askpassProgram = o.env['KEYWARD_ASKPASS'] || o.env['SSH_ASKPASS'] || undefined;
   // In the foreground on a terminal, that terminal is an approval channel (with a challenge).
   const terminal =
@@ -48,6 +72,7 @@ export async function runAgent(o: RunOptions): Promise<void> {
     terminal,
     env: o.env,
     log: o.log,
+    debuggable: exposure,
   });
   await agent.start();
   o.log(`keyward agent ${process.pid} listening on ${agent.socketPath} (locked)`);
@@ -78,7 +103,7 @@ export async function runAgent(o: RunOptions): Promise<void> {
 export async function startAgent(
   bin: string,
   socketDir: string,
-  args: string[],
+  allowDebugger: boolean,
   env: NodeJS.ProcessEnv,
 ): Promise<number> {
   const sp = socketPaths(socketDir);
@@ -93,11 +118,18 @@ export async function startAgent(
     fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_APPEND | fs.constants.O_NOFOLLOW,
     0o600,
   );
-  const child = spawn(process.execPath, [bin, 'agent', 'run', ...args], {
-    detached: true,
-    stdio: ['ignore', log, log],
-    env,
-  });
+  // A fixed command line (no node flags) and, unless the user allowed debugging, an
+  // environment without NODE_OPTIONS or the loader variables: the agent starts clean even from
+  // a shell that sets them.
+  const child = spawn(
+    process.execPath,
+    [bin, ...(allowDebugger ? ['--allow-debugger'] : []), 'agent', 'run'],
+    {
+      detached: true,
+      stdio: ['ignore', log, log],
+      env: allowDebugger ? env : cleanEnvironment(env),
+    },
+  );
   fs.closeSync(log);
   child.unref();
   let exited: number | null = null;

@@ -29,7 +29,8 @@ import {
   withChannels,
   type ApprovalMode,
 } from '../policy/index.js';
-import { actorOf, describeCaller, stillSameProcess, type ProcessIdentity } from './identity.js';
+import { actorOf, describeCaller, type ProcessIdentity } from './identity.js';
+import { changedSince, type Peer } from './peer.js';
 import { locked, type UnlockWindow } from './unlock.js';
 
 const BREAKER_DENIALS = 5;
@@ -44,6 +45,8 @@ export interface GateHost {
   /** The agent's own terminal, when it runs in the foreground on one. */
   terminal: TerminalChannel | undefined;
   env: NodeJS.ProcessEnv;
+  /** Said first in every prompt (an agent started with --allow-debugger). */
+  warning: string | undefined;
 }
 
 /** One request for the gate: what is asked, of what, and how a person is told about it. */
@@ -52,7 +55,10 @@ export interface GateRequest {
   kind: 'secret' | 'key';
   action: string;
   auditType: 'secret.read' | 'key.sign' | 'credential.deliver';
-  /** What the caller wants, as a person reads it ("read the secret ..."). */
+  /**
+   * What the caller wants, as a person reads it ("read the secret ..."). Built by the handler
+   * with quote() around every part the caller controls: it goes into the prompt as it is.
+   */
   what: string;
   exists: boolean;
   /** ssh-add -c: every use is confirmed by a person, whatever the policy would remember. */
@@ -107,11 +113,8 @@ export class Gate {
    * Policy, limits and approval for one request; records every denial. Returns the deciding rule
    * when the request may go ahead; the caller then records the release (durably) and releases.
    */
-  async authorize(
-    id: ProcessIdentity,
-    pidfd: number,
-    req: GateRequest,
-  ): Promise<{ rule: string | undefined }> {
+  async authorize(who: Peer, req: GateRequest): Promise<{ rule: string | undefined }> {
+    const { id } = who;
     const w = this.host.window;
     const v = w.unlocked();
     const policy = w.currentPolicy(v);
@@ -181,10 +184,16 @@ export class Gate {
           : // The action is part of what was approved: a remembered run is not a remembered read.
             Grants.keyFor(decision.rule, `${req.action}\u0000${name}`, a.remember.scope, who);
       if (!(grantKey && !decision.highValue && this.grants.use(grantKey, Date.now()))) {
+        const description = describeCaller(id);
         const requester: RequesterRef = {
           pid: id.pid,
           startTime: id.startTime,
-          description: printable(describeCaller(id), 600),
+          description,
+          // Whole, for `keyward approvals --json`: what the description had to cut is here.
+          exe: id.exe ?? null,
+          cmdline: id.cmdline,
+          cwd: id.cwd ?? null,
+          hidden: id.hidden === true,
         };
         await this.host.record({
           ...base,
@@ -192,9 +201,11 @@ export class Gate {
           decision: 'info',
           details: { rule: decision.rule, mode: a.mode },
         });
-        // Command lines, paths, SSH user names and SSHSIG namespaces come from the requester:
-        // escaped, so control characters and look-alikes can't rewrite what a person reads.
-        const prompt = `keyward: ${printable(describeCaller(id), 600)} wants to ${printable(req.what, 600)} (rule ${decision.rule}).${a.message ? ` ${a.message}` : ''} Allow?`;
+        // Command lines, paths, names, SSH user names and SSHSIG namespaces come from the
+        // requester: each is quoted where it is put into the sentence (quote()), so quotes,
+        // control characters and look-alikes can't end it or write one of their own. The rule
+        // name and message come from the applied policy.
+        const prompt = `keyward: ${this.host.warning ? `${this.host.warning} ` : ''}${description} wants to ${req.what} (rule ${decision.rule}).${a.message ? ` ${printable(a.message, 500)}` : ''} Allow?`;
         const pending = this.broker.wait(
           {
             requester,
@@ -244,7 +255,9 @@ export class Gate {
         'keyward lock, then keyward unlock',
       );
     }
-    if (!stillSameProcess(pidfd)) return refuse('the requesting process is gone', 'POLICY_DENIED');
+    // A person may have taken a minute: the process must still be there, running what it ran.
+    const gone = changedSince(who);
+    if (gone) return refuse(gone, 'POLICY_DENIED');
     if (!w.isOpen) throw locked();
     return { rule: decision.rule };
   }

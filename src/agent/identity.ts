@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import type { Actor } from '../audit/index.js';
 import { pidfdAlive } from '../lib/libc.js';
+import { quote, quoteAll } from '../lib/text.js';
 import type { Caller } from '../policy/index.js';
 
 export interface ProcessIdentity extends Caller {
@@ -17,6 +18,12 @@ export interface ProcessIdentity extends Caller {
   cmdline: string[];
   ppid: number | undefined;
   ancestors: Array<{ pid: number; exe: string | undefined }>;
+  /**
+   * The process made itself unreadable (non-dumpable) before the agent ever saw it: its
+   * executable, cwd and environment are unknown, so no rule on them matches, and its prompt
+   * says it hid.
+   */
+  hidden?: boolean;
 }
 
 const MAX_ANCESTORS = 32;
@@ -94,13 +101,22 @@ export function stillSameProcess(pidfd: number): boolean {
   return pidfdAlive(pidfd);
 }
 
-/** A short description for prompts and the audit log. */
+/**
+ * Who asks, as a person reads it in a prompt and in `keyward approvals`. Everything in it that
+ * the caller controls (executable path, arguments, directory) is quoted by quote(): it can't end
+ * the sentence, and a cut says so. A process that hid (non-dumpable before the agent ever saw
+ * it) is described as such, never as an unknown but innocent program.
+ */
 export function describeCaller(id: ProcessIdentity): string {
   const chain = id.ancestors
     .slice(0, 4)
-    .map((a) => `${a.exe ?? '?'}[${a.pid}]`)
+    .map((a) => `${a.exe === undefined ? '(hidden)' : quote(a.exe)}[${a.pid}]`)
     .join(' <- ');
-  return `${id.exe ?? '(unknown executable)'} (pid ${id.pid}) running "${id.cmdline.join(' ').slice(0, 200)}"${chain ? `, started by ${chain}` : ''}`;
+  const who = id.hidden
+    ? `a process that hid its identity (pid ${id.pid}: its executable, directory and environment can't be read)`
+    : `${id.exe === undefined ? '(unknown executable)' : quote(id.exe)} (pid ${id.pid})`;
+  const where = id.cwd === undefined ? '' : ` in ${quote(id.cwd)}`;
+  return `${who} running ${quoteAll(id.cmdline)}${where}${chain ? `, started by ${chain}` : ''}`;
 }
 
 /** Who did it, as the audit log records a caller. */

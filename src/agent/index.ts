@@ -3,18 +3,21 @@
  */
 export { Agent, type AgentOptions } from './server.js';
 export {
+  agentApprovals,
   agentApprove,
   agentRead,
   agentRun,
   agentStatus,
   agentUnlock,
+  AgentConnection,
   call,
+  onAgentHello,
   errorFrom,
   type RunRequest,
   type RunSinks,
 } from './client.js';
 export { runAgent, startAgent, stopAgent, tracerPid, type RunOptions } from './daemon.js';
-export { prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
+export { checkAgentSocket, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
 export {
   FrameReader,
   frameHead,
@@ -22,6 +25,7 @@ export {
   PROTOCOL_VERSION,
   REQ,
   RES_ERROR,
+  RES_HELLO,
   RES_OK,
   type Frame,
 } from './protocol.js';

@@ -37,6 +37,12 @@ export const REQ = {
 export type RequestType = keyof typeof REQ;
 export const RES_OK = 0x80;
 export const RES_ERROR = 0x81;
+/**
+ * The agent's greeting, sent as soon as it has identified the peer and before it reads a byte:
+ * { agent: "keyward", pid, debuggable: [reasons] }. A client sends nothing before it arrives
+ * (docs/PROTOCOL.md, "Trusting the agent").
+ */
+export const RES_HELLO = 0x82;
 
 /**
  * After a run request's ok, the connection carries the run's streams (docs/PROTOCOL.md, "Runs"):

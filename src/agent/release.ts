@@ -7,12 +7,14 @@ import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { sealedMemfd } from '../lib/libc.js';
 import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
+import { quote } from '../lib/text.js';
 import { cacheIdleMs, evaluate, TokenBucket } from '../policy/index.js';
 import { Masker, maskingForms } from '../run/index.js';
 import { assertValidName, type Vault } from '../vault/index.js';
 import type { CredentialCache } from './cache.js';
 import type { Gate } from './gate.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
+import type { Peer } from './peer.js';
 import { ProtocolError, str, type Frame } from './protocol.js';
 import { locked, type UnlockWindow } from './unlock.js';
 
@@ -21,12 +23,6 @@ export interface ReleaseHost {
   gate: Gate;
   cache: CredentialCache;
   record(r: AuditRecord): Promise<unknown>;
-}
-
-/** A caller that asks: who it is and the pidfd that pins it. */
-export interface Asker {
-  id: ProcessIdentity;
-  pidfd: number;
 }
 
 export interface Reply {
@@ -49,7 +45,7 @@ export class Releases {
 
   /** identity -> policy -> approval -> audit (durable) -> release. */
   async read(
-    asker: Asker,
+    asker: Peer,
     name: string,
     via: 'inline' | 'fd' = 'inline',
     mcp?: string,
@@ -79,12 +75,12 @@ export class Releases {
         });
       }
     }
-    const { rule } = await this.host.gate.authorize(asker.id, asker.pidfd, {
+    const { rule } = await this.host.gate.authorize(asker, {
       target: name,
       kind: 'secret',
       action: 'read',
       auditType: 'secret.read',
-      what: `read the secret "${name}"${mcp ? ` for the MCP client ${mcp}` : ''}`,
+      what: `read the secret ${quote(name)}${mcp ? ` for the MCP client ${quote(mcp)}` : ''}`,
       exists: v.has(name),
     });
     if (!w.stillOpen(v)) throw locked();

@@ -14,6 +14,7 @@ import type { Actor, AuditRecord } from '../audit/index.js';
 import { KeywardError, UsageError } from '../errors.js';
 import { closeFd, openPty, setWindowSize } from '../lib/libc.js';
 import { secureFree, zero, type SecureBuffer } from '../lib/secure.js';
+import { quote, quoteAll } from '../lib/text.js';
 import {
   assertVarName,
   Masker,
@@ -24,6 +25,7 @@ import {
 } from '../run/index.js';
 import { assertValidName, type Vault } from '../vault/index.js';
 import type { ProcessIdentity } from './identity.js';
+import type { Peer } from './peer.js';
 import { frameHead, RUN_SIGNALS, str, STREAM, type Frame, type FrameReader } from './protocol.js';
 
 const MAX_ARGS = 65_536;
@@ -42,10 +44,8 @@ const STOP_GRACE_MS = 5_000;
 const NOTABLE_ENV =
   /^(LD_\w+|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PERL5OPT|PERL5LIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|GIT_EXEC_PATH|GIT_SSH_COMMAND|GIT_CONFIG_\w+|GIT_CONFIG|DYLD_\w+)$/;
 
-export interface RunConn {
+export interface RunConn extends Peer {
   socket: net.Socket;
-  id: ProcessIdentity;
-  pidfd: number;
   reader: FrameReader;
   /** Set once the run started: frames on this connection go to the run, not to requests. */
   stream?: (f: Frame) => void;
@@ -205,13 +205,6 @@ function sha256File(p: string): string | undefined {
   }
 }
 
-/** The command line as a shell would show it, so argument boundaries can't be hidden. */
-function quoted(argv: readonly string[]): string {
-  return argv
-    .map((a) => (/^[A-Za-z0-9_@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`))
-    .join(' ');
-}
-
 const argvHash = (argv: readonly string[]) =>
   createHash('sha256').update(JSON.stringify(argv)).digest('hex');
 
@@ -259,21 +252,18 @@ export class RunService {
       const programSha = sha256File(program);
       const notable = [...new Set(env.map((e) => e.name).filter((n) => NOTABLE_ENV.test(n)))];
       const v = this.host.vault();
-      const commandText = quoted(req.argv);
-      const shown =
-        commandText.length > 300
-          ? `${commandText.slice(0, 300)}... (${commandText.length - 300} more characters)`
-          : commandText;
       const rules = new Map<string, string | null>();
       for (const w of req.wanted) {
         const where = w.as.map((a) => ('var' in a ? `$${a.var}` : `descriptor ${a.fd}`)).join(', ');
+        // Program, arguments, directory and MCP client come from the caller: quoted, each
+        // argument on its own, so argument boundaries and the sentence can't be forged.
         const { rule } = await this.host.authorize(conn, {
           target: w.name,
           what:
-            `run ${program}${programSha ? ` (sha256 ${programSha.slice(0, 16)})` : ''} as: ${shown}, ` +
-            `in ${req.cwd}, with the secret "${w.name}" as ${where}` +
+            `run ${quote(program)}${programSha ? ` (sha256 ${programSha.slice(0, 16)})` : ''} as: ${quoteAll(req.argv)}, ` +
+            `in ${quote(req.cwd)}, with the secret ${quote(w.name)} as ${where}` +
             (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : '') +
-            (req.mcp ? `; asked by the MCP client ${req.mcp}` : ''),
+            (req.mcp ? `; asked by the MCP client ${quote(req.mcp)}` : ''),
         });
         rules.set(w.name, rule ?? null);
       }

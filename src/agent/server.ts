@@ -12,17 +12,25 @@ import type { TerminalChannel } from '../approval/index.js';
 import { AuditLog, GroupCommitter, type AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { closeFd, EAGAIN, flock, LOCK_EX, LOCK_NB, sendWithFd } from '../lib/libc.js';
-import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { durationMs } from '../policy/index.js';
 import type { ProcessIdentity } from './identity.js';
-import { actorOf, stillSameProcess } from './identity.js';
-import { identifyPeer, socketFd } from './peer.js';
+import { actorOf } from './identity.js';
+import {
+  changedSince,
+  closePeer,
+  identifyPeer,
+  ProcessRegistry,
+  socketFd,
+  type Peer,
+} from './peer.js';
 import {
   FrameReader,
   frameHead,
   ProtocolError,
   requestName,
   RES_ERROR,
+  RES_HELLO,
   RES_OK,
   str,
   type Frame,
@@ -49,12 +57,16 @@ export interface AgentOptions {
   terminal?: TerminalChannel | undefined;
   env: NodeJS.ProcessEnv;
   log?: (line: string) => void;
+  /**
+   * Why this agent could be debugged, when the user started it with --allow-debugger anyway
+   * (runtime-guard.ts). Announced in status, the audit log and every prompt; clients refuse to
+   * send it a secret unless they too are given --allow-debugger.
+   */
+  debuggable?: string[];
 }
 
-interface Conn {
+interface Conn extends Peer {
   socket: net.Socket;
-  id: ProcessIdentity;
-  pidfd: number;
   reader: FrameReader;
   busy: boolean;
   /** Set while a run streams on this connection (run-service.ts). */
@@ -109,6 +121,7 @@ export class Agent {
   private readonly sp: SocketPaths;
   private readonly audit: GroupCommitter;
   private readonly conns = new Set<Conn>();
+  private readonly registry = new ProcessRegistry();
   private readonly uid = process.geteuid?.() ?? -1;
   private stopping: Promise<void> | undefined;
 
@@ -140,6 +153,10 @@ export class Agent {
       askpass: o.askpass,
       terminal: o.terminal,
       env: o.env,
+      warning:
+        o.debuggable && o.debuggable.length > 0
+          ? `WARNING: this agent can be debugged (${o.debuggable.join('; ')}).`
+          : undefined,
     });
     this.releases = new Releases({
       window: this.window,
@@ -151,7 +168,7 @@ export class Agent {
       vault: () => this.window.unlocked(),
       stillOpen: (v) => this.window.stillOpen(v),
       authorize: (conn, req) =>
-        this.gate.authorize(conn.id, conn.pidfd, {
+        this.gate.authorize(conn, {
           target: req.target,
           kind: 'secret',
           action: 'run',
@@ -165,7 +182,7 @@ export class Agent {
       counted: () => this.window.counted(),
     });
     this.ssh = new SshAgentService({
-      peer: (s) => identifyPeer(s, this.uid, (r) => this.record(r)),
+      peer: (s) => identifyPeer(s, this.uid, this.registry, (r) => this.record(r)),
       vault: () => this.window.unlocked(),
       isUnlocked: () => this.window.isOpen,
       generation: () => this.window.gen,
@@ -177,7 +194,7 @@ export class Agent {
         };
       },
       authorize: (who, req) =>
-        this.gate.authorize(who.id, who.pidfd, {
+        this.gate.authorize(who, {
           target: req.target,
           kind: 'key',
           action: 'sign',
@@ -221,7 +238,7 @@ export class Agent {
     await this.record({
       type: 'agent.start',
       decision: 'info',
-      details: { socket: this.sp.agent },
+      details: { socket: this.sp.agent, debuggable: this.debuggable.join('; ') || null },
     });
   }
 
@@ -238,6 +255,7 @@ export class Agent {
       fs.rmSync(this.sp.agent, { force: true });
       fs.rmSync(this.sp.ssh, { force: true });
       if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
+      this.registry.clear();
     })();
     return this.stopping;
   }
@@ -247,10 +265,14 @@ export class Agent {
   }
 
   private accept(socket: net.Socket): void {
-    const who = identifyPeer(socket, this.uid, (r) => this.record(r));
+    const who = identifyPeer(socket, this.uid, this.registry, (r) => this.record(r));
     if (!who) return;
     const conn: Conn = { socket, ...who, reader: new FrameReader(), busy: false };
     this.conns.add(conn);
+    // Identified: the greeting tells the client whom it talks to before it sends anything.
+    socket.write(
+      frameHead(RES_HELLO, { agent: 'keyward', pid: process.pid, debuggable: this.debuggable }, 0),
+    );
     let frameTimer: NodeJS.Timeout | undefined;
     socket.setTimeout(IDLE_CONNECTION_MS, () => socket.destroy());
     socket.on('data', (chunk: Buffer) => {
@@ -280,7 +302,7 @@ export class Agent {
     socket.on('close', () => {
       clearTimeout(frameTimer);
       conn.reader.destroy();
-      closeFd(conn.pidfd);
+      closePeer(conn);
       this.conns.delete(conn);
     });
     socket.resume();
@@ -358,9 +380,12 @@ export class Agent {
     conn.busy = true;
     try {
       if (!name) throw new ProtocolError(`unknown request type ${f.type}`);
-      if (!stillSameProcess(conn.pidfd)) {
-        throw new KeywardError('POLICY_DENIED', 'the process that connected is gone', {
-          hint: 'a reused pid never inherits a connection',
+      // The process that connected, still running the program it ran then: a reused pid never
+      // inherits a connection, and neither does a program exec'd with the descriptor.
+      const changed = changedSince(conn);
+      if (changed) {
+        throw new KeywardError('POLICY_DENIED', changed, {
+          hint: 'connect again: the new program is identified and asked for on its own',
         });
       }
       const { meta, raw, fd, sent } = await this.dispatch(name, conn, f);
@@ -416,7 +441,11 @@ export class Agent {
         return { meta: await this.runs.start(conn, f) };
       case 'approvals':
         secureFree(f.raw);
-        return { meta: { pending: this.gate.pending() } };
+        // In the bytes, not the meta: whole command lines can be longer than a frame's meta.
+        return {
+          meta: { format: 'json' },
+          raw: secureTake(Buffer.from(JSON.stringify(this.gate.pending()), 'utf8')),
+        };
       case 'approve':
         return {
           meta: await this.gate.approve(
@@ -432,10 +461,15 @@ export class Agent {
     }
   }
 
+  private get debuggable(): string[] {
+    return this.o.debuggable ?? [];
+  }
+
   status(): Record<string, unknown> {
     return {
       running: true,
       pid: process.pid,
+      debuggable: this.debuggable,
       locked: !this.window.isOpen,
       pending: this.gate.pending().length,
       ...this.window.status(Date.now()),

@@ -72,3 +72,46 @@ export async function clearStaleSocket(p: string): Promise<void> {
   }
   fs.rmSync(p);
 }
+
+const untrusted = (message: string) =>
+  new KeywardError('AGENT_UNTRUSTED', message, {
+    hint: 'keyward sends nothing to an agent it cannot trust; check who made this directory, or use your own KEYWARD_SOCKET_DIR',
+  });
+
+/**
+ * A client's check before it connects (docs/PROTOCOL.md, "Trusting the agent"): the socket's
+ * directory belongs to this user and nobody else can write to it, and the socket is this user's.
+ * Someone else's directory means someone else could have put an agent there to collect
+ * passphrases. (The peer's uid, checked once connected, is what holds against a swap after this.)
+ */
+export function checkAgentSocket(p: string): void {
+  const uid = process.geteuid?.() ?? -1;
+  const dir = path.dirname(p);
+  let d: fs.Stats;
+  try {
+    d = fs.lstatSync(dir);
+  } catch {
+    throw new KeywardError('AGENT_UNAVAILABLE', `no agent answers on ${p}`, {
+      hint: 'start one with: keyward agent start',
+    });
+  }
+  if (d.isSymbolicLink()) throw untrusted(`the agent's directory ${dir} is a symbolic link`);
+  if (!d.isDirectory()) throw untrusted(`the agent's directory ${dir} is not a directory`);
+  if (d.uid !== uid)
+    throw untrusted(`the agent's directory ${dir} belongs to uid ${d.uid}, not to you (${uid})`);
+  if ((d.mode & 0o022) !== 0)
+    throw untrusted(
+      `others can write to the agent's directory ${dir} (mode ${(d.mode & 0o777).toString(8)})`,
+    );
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(p);
+  } catch {
+    throw new KeywardError('AGENT_UNAVAILABLE', `no agent answers on ${p}`, {
+      hint: 'start one with: keyward agent start',
+    });
+  }
+  if (!st.isSocket()) throw untrusted(`${p} is not a socket`);
+  if (st.uid !== uid)
+    throw untrusted(`the socket ${p} belongs to uid ${st.uid}, not to you (${uid})`);
+}

@@ -17,10 +17,11 @@ import {
   u32,
   vaultKeyNames,
 } from '../keys/index.js';
-import { closeFd } from '../lib/libc.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { quote } from '../lib/text.js';
 import type { Vault } from '../vault/index.js';
 import type { ProcessIdentity } from './identity.js';
+import { closePeer, type Peer } from './peer.js';
 import {
   CONSTRAIN_CONFIRM,
   CONSTRAIN_EXTENSION,
@@ -36,10 +37,7 @@ const IDLE_CONNECTION_MS = 120_000;
 /** Keys ssh-add may hold at once: each is guarded secure memory. */
 const MAX_ADDED_KEYS = 256;
 
-interface Who {
-  id: ProcessIdentity;
-  pidfd: number;
-}
+type Who = Peer;
 
 /** What the agent lends the SSH service: its one authorization path and its state. */
 export interface SshHost {
@@ -97,7 +95,7 @@ export class SshAgentService {
     socket.on('close', () => {
       this.sockets.delete(socket);
       reader.destroy();
-      closeFd(who.pidfd);
+      closePeer(who);
     });
     socket.on('data', (chunk: Buffer) => {
       let msgs: SecureBuffer[];
@@ -357,7 +355,8 @@ export class SshAgentService {
     const alg = held.key.algorithm(flags);
     const what = describeSignData(data);
     const fp = held.key.fingerprint;
-    const label = `${held.source === 'vault' ? `the key "${held.comment}"` : `the ssh-add key "${held.comment}"`} (${typeLabel(held.key.type)} ${fp})`;
+    // An ssh-add comment is whatever the caller sent: quoted, like every caller-controlled part.
+    const label = `${held.source === 'vault' ? 'the key' : 'the ssh-add key'} ${quote(held.comment)} (${typeLabel(held.key.type)} ${fp})`;
     if (alg === undefined) {
       await this.host.record({
         type: 'key.sign',

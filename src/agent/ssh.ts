@@ -5,6 +5,7 @@
 import { createHash } from 'node:crypto';
 import { fingerprint, SshReader, u32 } from '../keys/index.js';
 import { secureAlloc, secureFree, secureSlice, zero, type SecureBuffer } from '../lib/secure.js';
+import { quote } from '../lib/text.js';
 
 export const SSH = {
   FAILURE: 5,
@@ -107,7 +108,7 @@ export function describeSignData(data: Buffer): { text: string; details: Record<
       r.string();
       const hashAlg = r.text();
       const hash = r.string().toString('hex');
-      const what = namespace === 'git' ? 'a git commit or tag' : `namespace "${namespace}"`;
+      const what = namespace === 'git' ? 'a git commit or tag' : `namespace ${quote(namespace)}`;
       return {
         text: `an SSHSIG signature (${what}) over data with ${hashAlg} ${hash.slice(0, 32)}...`,
         details: { kind: 'sshsig', namespace, hashAlg, hash },
@@ -125,7 +126,7 @@ export function describeSignData(data: Buffer): { text: string; details: Record<
         r.string();
         const hostKey = method.startsWith('publickey-hostbound') ? fingerprint(r.string()) : '';
         return {
-          text: `an SSH login as "${user}" (${service})${hostKey ? `, server host key ${hostKey}` : ''}`,
+          text: `an SSH login as ${quote(user)} (${quote(service)})${hostKey ? `, server host key ${hostKey}` : ''}`,
           details: { kind: 'ssh-login', user, ...(hostKey ? { hostKey } : {}) },
         };
       }

@@ -13,7 +13,13 @@ export type Outcome = 'granted' | 'denied' | 'expired';
 export interface RequesterRef {
   pid: number;
   startTime: string | undefined;
+  /** As a person reads it: caller-controlled parts quoted and cut with a marker. */
   description: string;
+  /** The whole facts, uncut, for `keyward approvals --json`. */
+  exe?: string | null;
+  cmdline?: string[];
+  cwd?: string | null;
+  hidden?: boolean;
 }
 
 export interface Pending {

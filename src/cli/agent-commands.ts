@@ -4,6 +4,7 @@
 import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import {
+  agentApprovals,
   agentApprove,
   agentStatus,
   agentUnlock,
@@ -14,6 +15,7 @@ import {
 } from '../agent/index.js';
 import { KeywardError } from '../errors.js';
 import { keywardHome, socketDir } from '../lib/paths.js';
+import { runtimeState } from '../lib/runtime-guard.js';
 import { printable } from '../lib/text.js';
 import { note, type Io } from './report.js';
 import { agentSocket, auth, passphraseFile, paths } from './context.js';
@@ -39,12 +41,11 @@ export function registerAgentCommands(program: Command, io: Io): void {
   agent
     .command('run')
     .description('run in the foreground (logs on stderr; Ctrl-C stops and wipes keys)')
-    .option('--allow-debugger', 'start even with a debugger attached')
-    .action(async function (this: Command) {
+    .action(async () => {
       await runAgent({
         home: keywardHome(),
         socketDir: socketDir(),
-        allowDebugger: this.opts<{ allowDebugger?: boolean }>().allowDebugger === true,
+        allowDebugger: runtimeState.allowed,
         env: process.env,
         log: (l) => io.stderr(`keyward agent: ${l}\n`),
       });
@@ -53,12 +54,8 @@ export function registerAgentCommands(program: Command, io: Io): void {
   agent
     .command('start')
     .description('start in the background')
-    .option('--allow-debugger', 'start even with a debugger attached')
-    .action(async function (this: Command) {
-      const args = this.opts<{ allowDebugger?: boolean }>().allowDebugger
-        ? ['--allow-debugger']
-        : [];
-      const pid = await startAgent(BIN, socketDir(), args, process.env);
+    .action(async () => {
+      const pid = await startAgent(BIN, socketDir(), runtimeState.allowed, process.env);
       io.stdout(
         `keyward agent started (pid ${pid}), socket ${agentSocket()}; it is locked: keyward unlock\n`,
       );
@@ -115,6 +112,11 @@ export function registerAgentCommands(program: Command, io: Io): void {
         io.stdout(
           `agent: running (pid ${String(s['pid'])}), ${s['locked'] ? 'locked' : 'unlocked'}\n`,
         );
+        const debuggable = Array.isArray(s['debuggable']) ? (s['debuggable'] as unknown[]) : [];
+        if (debuggable.length > 0)
+          io.stdout(
+            `WARNING: the agent can be debugged (started with --allow-debugger): ${debuggable.map((d) => printable(String(d), 300)).join('; ')}\n`,
+          );
         if (!s['locked']) {
           io.stdout(
             `window: ${ms(s['absoluteLeftMs'])} left at most${s['usesLeft'] === null ? '' : `, ${String(s['usesLeft'])} uses left`}\n`,
@@ -135,9 +137,7 @@ export function registerAgentCommands(program: Command, io: Io): void {
     .description('pending approval requests: id, caller, action, target')
     .option('--json', 'machine-readable output')
     .action(async function (this: Command) {
-      const pending = ((await call(agentSocket(), 'approvals')).meta['pending'] ?? []) as Array<
-        Record<string, unknown>
-      >;
+      const pending = await agentApprovals(agentSocket());
       if (this.opts<{ json?: boolean }>().json) {
         io.stdout(`${JSON.stringify(pending, null, 2)}\n`);
         return;

@@ -1,7 +1,10 @@
 import type { Command } from 'commander';
 import { IntegrityError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
-import { runDoctor } from '../doctor/index.js';
+import { agentStatus } from '../agent/index.js';
+import { runDoctor, runtimeChecks } from '../doctor/index.js';
+import { runtimeState } from '../lib/runtime-guard.js';
+import { agentSocket } from './context.js';
 import type { Io } from './report.js';
 
 export function registerDoctorCommand(program: Command, io: Io): void {
@@ -9,8 +12,12 @@ export function registerDoctorCommand(program: Command, io: Io): void {
     .command('doctor')
     .description('check the host: permissions, core dumps, ptrace scope, debugger')
     .option('--json', 'machine-readable output')
-    .action(function (this: Command) {
-      const checks = runDoctor(keywardHome());
+    .action(async function (this: Command) {
+      const agent = await agentStatus(agentSocket()).catch(() => undefined);
+      const checks = [
+        ...runDoctor(keywardHome()),
+        ...runtimeChecks(runtimeState.exposure, agent?.['debuggable']),
+      ];
       if (this.opts<{ json?: boolean }>().json) {
         io.stdout(`${JSON.stringify(checks, null, 2)}\n`);
       } else {

@@ -4,6 +4,7 @@
  */
 import { Command, CommanderError } from 'commander';
 import { EXIT, UsageError, type ExitCode } from '../errors.js';
+import { onAgentHello } from '../agent/index.js';
 import { hardenProcess } from '../lib/libc.js';
 import { processIo, reportError, type Io } from './report.js';
 import { registerVaultCommands } from './vault-commands.js';
@@ -28,6 +29,10 @@ export function buildProgram(io: Io): Command {
       '--passphrase-file <file>',
       'read the passphrase from the first line of FILE (mode 0600)',
     )
+    .option(
+      '--allow-debugger',
+      'run even where a debugger could attach or code be loaded (NODE_OPTIONS=--inspect...); announced everywhere',
+    )
     .showHelpAfterError(false)
     .exitOverride()
     .configureOutput({
@@ -46,7 +51,38 @@ export function buildProgram(io: Io): Command {
   registerDoctorCommand(program, io);
   registerDemoCommand(program, io);
   for (const c of program.commands) inheritBehaviour(c, io);
+  // Every command runs non-dumpable (no core file, no same-user ptrace or /proc/PID/mem). Those
+  // that talk to the agent first turn so once the agent has greeted them, so that it could
+  // identify them (their executable, cwd and environment hide with it); anything that reads a
+  // secret before that hardens first anyway (vault/input.ts, Vault.open).
+  program.hook('preAction', (_program, action) => {
+    if (!AGENT_FIRST.has(commandPath(action))) hardenProcess();
+  });
   return program;
+}
+
+/** Commands whose first contact is the agent (docs/PROTOCOL.md, "Peer identity"). */
+const AGENT_FIRST = new Set([
+  'status',
+  'whoami',
+  'unlock',
+  'lock',
+  'approvals',
+  'approve',
+  'deny',
+  'read',
+  'secret list',
+  'run',
+  'mcp serve',
+  'mcp wrap',
+  'agent stop',
+  'doctor',
+]);
+
+function commandPath(c: Command): string {
+  const names: string[] = [];
+  for (let x: Command | null = c; x && x.parent; x = x.parent) names.unshift(x.name());
+  return names.join(' ');
 }
 
 function inheritBehaviour(cmd: Command, io: Io): void {
@@ -65,8 +101,7 @@ function usageFrom(e: CommanderError): UsageError {
 
 /** keyward's exit code, or for `keyward run` the child's (0 to 255). */
 export async function main(argv: string[], io: Io = processIo): Promise<ExitCode | number> {
-  // No core file, no same-user ptrace or /proc/PID/mem read of a process that may hold secrets.
-  hardenProcess();
+  onAgentHello(hardenProcess);
   const program = buildProgram(io);
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -2,7 +2,7 @@
  * The one place a CLI failure becomes text and an exit code (STYLE.md, habit 3).
  * Messages never hold secret bytes: errors are built from names, paths and sizes only.
  */
-import { EXIT, isKeywardError, type ExitCode } from '../errors.js';
+import { EXIT, isKeywardError, KeywardError, type ExitCode } from '../errors.js';
 
 export interface Io {
   stdout: (s: string) => void;
@@ -33,4 +33,21 @@ export function reportError(e: unknown, io: Io): ExitCode {
 
 export function note(io: Io, message: string): void {
   io.stderr(`keyward: ${message}\n`);
+}
+
+/**
+ * bin/keyward.js found this process debuggable (runtime-guard.ts) and --allow-debugger was not
+ * given: nothing else of keyward's has run.
+ */
+export function refuseExposure(reasons: readonly string[], io: Io = processIo): ExitCode {
+  return reportError(
+    new KeywardError(
+      'DEBUGGER_EXPOSED',
+      `keyward refuses to run where another process could debug it or load code into it: ${reasons.join('; ')}`,
+      {
+        hint: 'start keyward without these Node options (unset NODE_OPTIONS); --allow-debugger runs anyway and says so in status, doctor, the audit log and every prompt',
+      },
+    ),
+    io,
+  );
 }

@@ -13,16 +13,18 @@
 import fs from 'node:fs';
 import {
   call,
+  checkAgentSocket,
   errorFrom,
   FrameReader,
   frameHead,
   REQ,
   RES_ERROR,
+  RES_HELLO,
   socketPaths,
   type Frame,
 } from '../agent/index.js';
 import { KeywardError } from '../errors.js';
-import { closeFd, EAGAIN, recvWithFd, unixConnect } from '../lib/libc.js';
+import { closeFd, EAGAIN, peerCredentials, recvWithFd, unixConnect } from '../lib/libc.js';
 import { socketDir } from '../lib/paths.js';
 import { readFdToSecure, secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 
@@ -60,6 +62,7 @@ export async function getCredential(
     const f = await call(path, 'read', { name });
     return f.raw ?? secureAlloc(0);
   }
+  checkAgentSocket(path);
   let sock: number;
   try {
     sock = unixConnect(path);
@@ -75,28 +78,47 @@ export async function getCredential(
   }
   let received: number | undefined;
   const reader = new FrameReader();
+  reader.many = true;
   try {
+    const me = process.geteuid?.() ?? -1;
+    const peer = peerCredentials(sock).uid;
+    if (peer !== me)
+      throw new KeywardError(
+        'AGENT_UNTRUSTED',
+        `the process listening on ${path} runs as uid ${peer}, not as you (${me})`,
+      );
+    const chunk = Buffer.alloc(64 * 1024);
+    const deadline = Date.now() + (o.timeoutMs ?? DEFAULT_TIMEOUT_MS);
+    const frames: Frame[] = [];
+    /** The next frame; a descriptor that came with the bytes is kept in `received`. */
+    const next = async (): Promise<Frame> => {
+      for (;;) {
+        const f = frames.shift();
+        if (f) return f;
+        if (Date.now() > deadline)
+          throw new KeywardError('APPROVAL_TIMEOUT', 'no answer from the agent in time');
+        const { n, fd } = recvWithFd(sock, chunk);
+        if (fd !== undefined) {
+          if (received !== undefined) closeFd(received);
+          received = fd;
+        }
+        if (n === -EAGAIN) {
+          await new Promise((r) => setTimeout(r, POLL_MS));
+          continue;
+        }
+        if (n <= 0) throw new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection');
+        frames.push(...reader.push(chunk.subarray(0, n)));
+      }
+    };
+    // Nothing is sent before the agent has greeted (docs/PROTOCOL.md, "Trusting the agent").
+    const hello = await next();
+    secureFree(hello.raw);
+    if (hello.type !== RES_HELLO || hello.meta['agent'] !== 'keyward')
+      throw new KeywardError('PROTOCOL_ERROR', `what answers on ${path} is not a keyward agent`);
     const req = frameHead(REQ.fetch, { name }, 0);
     for (let off = 0; off < req.length;) off += fs.writeSync(sock, req, off);
     // The reply: a frame of metadata only (the value is on the descriptor that comes with it).
-    const chunk = Buffer.alloc(64 * 1024);
-    const deadline = Date.now() + (o.timeoutMs ?? DEFAULT_TIMEOUT_MS);
-    let reply: Frame | undefined;
-    while (!reply) {
-      if (Date.now() > deadline)
-        throw new KeywardError('APPROVAL_TIMEOUT', 'no answer from the agent in time');
-      const { n, fd } = recvWithFd(sock, chunk);
-      if (fd !== undefined) {
-        if (received !== undefined) closeFd(received);
-        received = fd;
-      }
-      if (n === -EAGAIN) {
-        await new Promise((r) => setTimeout(r, POLL_MS));
-        continue;
-      }
-      if (n <= 0) throw new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection');
-      reply = reader.push(chunk.subarray(0, n))[0];
-    }
+    const reply = await next();
     secureFree(reply.raw);
     if (reply.type === RES_ERROR) throw errorFrom(reply);
     if (received === undefined)

@@ -136,3 +136,33 @@ export function runDoctor(home: string, env: NodeJS.ProcessEnv = process.env): C
     tracer(),
   ];
 }
+
+/**
+ * Whether this process, and the running agent, could be debugged: only possible when they were
+ * started with --allow-debugger (bin/keyward.js refuses otherwise), and then a failed check.
+ */
+export function runtimeChecks(own: readonly string[], agent: unknown): Check[] {
+  const checks: Check[] = [
+    own.length === 0
+      ? { id: 'runtime', status: 'ok', message: 'no inspector or code-loading Node option here' }
+      : {
+          id: 'runtime',
+          status: 'fail',
+          message: `this keyward process can be debugged (--allow-debugger): ${own.join('; ')}`,
+          hint: 'unset NODE_OPTIONS and run without --allow-debugger',
+        },
+  ];
+  if (Array.isArray(agent)) {
+    checks.push(
+      agent.length === 0
+        ? { id: 'agent-runtime', status: 'ok', message: 'the agent runs without a debugger' }
+        : {
+            id: 'agent-runtime',
+            status: 'fail',
+            message: `the agent can be debugged (started with --allow-debugger): ${agent.map((a) => String(a).slice(0, 300)).join('; ')}`,
+            hint: 'keyward agent stop, then keyward agent start from a clean shell',
+          },
+    );
+  }
+  return checks;
+}

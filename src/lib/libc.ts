@@ -122,9 +122,15 @@ const M_PERTURB = -6;
 
 /**
  * Makes this process non-dumpable (no core file; /proc/PID/mem and ptrace closed to other
- * processes of the same user) and sets the core size limit to 0. Idempotent.
+ * processes of the same user) and sets the core size limit to 0. Idempotent. It also hides the
+ * process's executable, cwd and environment from the agent: a CLI that talks to the agent
+ * calls this once the agent has greeted it (docs/PROTOCOL.md, "Peer identity").
  */
+let hardened = false;
+
 export function hardenProcess(): void {
+  if (hardened) return;
+  hardened = true;
   const l = libc();
   l.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
   l.setrlimit(RLIMIT_CORE, { cur: 0n, max: 0n });
@@ -215,6 +221,14 @@ export function pidfdOpen(pid: number): number | undefined {
 /** Whether the process a pidfd refers to is still alive (signal 0 through the pidfd). */
 export function pidfdAlive(pidfd: number): boolean {
   return libc().syscall4(SYS_PIDFD_SEND_SIGNAL, pidfd, 0, null, 0) === 0;
+}
+
+const F_DUPFD_CLOEXEC = 1030;
+
+/** A close-on-exec duplicate of fd, or undefined. */
+export function dupFd(fd: number): number | undefined {
+  const d = libc().fcntl(fd, F_DUPFD_CLOEXEC, 3);
+  return d >= 0 ? d : undefined;
 }
 
 export function closeFd(fd: number): void {

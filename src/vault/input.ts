@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import tty from 'node:tty';
 import { IntegrityError, KeywardError, UsageError } from '../errors.js';
-import { rawNoEcho } from '../lib/libc.js';
+import { hardenProcess, rawNoEcho } from '../lib/libc.js';
 import {
   readFdToSecure,
   readSyncRetrying,
@@ -59,6 +59,8 @@ const CTRL_U = 0x15;
  * raw mode, so editing keys work and Ctrl-C cancels with the terminal restored.
  */
 export function readHiddenLine(prompt: string, maxBytes: number): SecureBuffer {
+  // Whatever this process is, it is about to hold a secret: no core file, no same-user reads.
+  hardenProcess();
   const fd = openTty();
   if (fd === undefined) throw noTerminal();
   const buf = secureAlloc(maxBytes);
@@ -104,6 +106,7 @@ export function readHiddenLine(prompt: string, maxBytes: number): SecureBuffer {
  * passphrase others can read protects nothing.
  */
 export function readPassphraseFile(file: string): SecureBuffer {
+  hardenProcess();
   let fd: number;
   try {
     fd = fs.openSync(file, 'r');
@@ -214,6 +217,7 @@ export function readNewPassphrase(src: PassphraseSource, what = 'new passphrase'
  * standard input. One trailing newline is stripped unless raw (docs/FORMAT.md, "Values").
  */
 export function readSecretValue(opts: { raw: boolean; prompt: string }): SecureBuffer {
+  hardenProcess();
   if (tty.isatty(0)) {
     const v = readHiddenLine(opts.prompt, VALUE_MAX_BYTES + 1);
     assertValueSize(v.length);

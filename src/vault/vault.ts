@@ -13,6 +13,7 @@ import {
   withFileLock,
   writeFileAtomic,
 } from '../lib/files.js';
+import { hardenProcess } from '../lib/libc.js';
 import { secureAlloc, secureEqual, secureFree, type SecureBuffer } from '../lib/secure.js';
 import {
   deriveSubkey,
@@ -317,6 +318,8 @@ export class Vault {
 
   /** Opens and verifies every record (docs/FORMAT.md, "Reading order"). */
   static open(paths: VaultPaths, unlock: Unlock, rng: Rng = systemRng): Vault {
+    // The process is about to hold the vault's keys (a keyring unlock reads no passphrase).
+    hardenProcess();
     const p = parseVault(readVaultFile(paths));
     const { dk, opened } = unwrapSlots(p, unlock);
     try {

@@ -1,0 +1,153 @@
+/**
+ * Is this Node process one another process could read or steer? (docs/THREAT-MODEL.md,
+ * "A debuggable keyward process".) An inspector on loopback hands the process's memory to any
+ * local user, another uid included; --require, --import and --loader run code inside it before
+ * keyward's first line. Every keyward process refuses to run with any of them unless the user
+ * passed --allow-debugger, and then says so everywhere (status, doctor, the audit log, prompts).
+ *
+ * Node options are judged by an allowlist: an option not known to be harmless is refused, so a
+ * new code-loading or heap-dumping option in a later Node release is refused too.
+ *
+ * This module is loaded by bin/keyward.js before anything else of keyward's: keep it free of
+ * imports beyond node:inspector.
+ */
+import inspector from 'node:inspector';
+
+/**
+ * Options that change limits, warnings or TLS defaults and never load code, open a port, or
+ * write memory to disk. Anything else (--inspect*, --require, --import, --loader,
+ * --heapsnapshot-signal, --cpu-prof, --openssl-config, --experimental-*...) is refused.
+ */
+const HARMLESS_OPTIONS = new Set([
+  '--max-old-space-size',
+  '--max-semi-space-size',
+  '--no-warnings',
+  '--disable-warning',
+  '--trace-warnings',
+  '--no-deprecation',
+  '--throw-deprecation',
+  '--trace-deprecation',
+  '--pending-deprecation',
+  '--enable-source-maps',
+  '--use-openssl-ca',
+  '--use-bundled-ca',
+  '--dns-result-order',
+  '--unhandled-rejections',
+  '--trace-uncaught',
+  '--zero-fill-buffers',
+  '--tls-min-v1.2',
+  '--tls-min-v1.3',
+  '--tls-max-v1.2',
+  '--tls-max-v1.3',
+  '--max-http-header-size',
+  '--v8-pool-size',
+  '--title',
+]);
+
+/** NODE_OPTIONS as Node splits it: on spaces, with double quotes and backslash escapes. */
+export function splitNodeOptions(s: string): string[] {
+  const out: string[] = [];
+  let cur = '';
+  let inToken = false;
+  let quoted = false;
+  for (let i = 0; i < s.length; i++) {
+    const ch = s[i] as string;
+    if (quoted) {
+      if (ch === '\\' && i + 1 < s.length) cur += s[++i];
+      else if (ch === '"') quoted = false;
+      else cur += ch;
+    } else if (ch === '"') {
+      quoted = true;
+      inToken = true;
+    } else if (ch === ' ' || ch === '\t' || ch === '\n') {
+      if (inToken) out.push(cur);
+      cur = '';
+      inToken = false;
+    } else {
+      cur += ch;
+      inToken = true;
+    }
+  }
+  if (inToken || quoted) out.push(cur);
+  return out;
+}
+
+/** The options among these that are not known to be harmless, as given. */
+function unsafeOptions(args: readonly string[]): string[] {
+  const bad: string[] = [];
+  for (const a of args) {
+    if (!a.startsWith('-')) continue; // the value of the option before it
+    const name = a.split('=')[0] as string;
+    if (!HARMLESS_OPTIONS.has(name.replace(/_/g, '-'))) bad.push(a);
+  }
+  return bad;
+}
+
+/** Variables that make the dynamic linker or Node load code the program did not ask for. */
+const AGENT_LOADER_VARIABLES = ['LD_PRELOAD', 'LD_AUDIT', 'NODE_PATH'];
+
+export interface RuntimeFacts {
+  execArgv: readonly string[];
+  env: NodeJS.ProcessEnv;
+  inspectorUrl: string | undefined;
+}
+
+export function currentRuntime(): RuntimeFacts {
+  return { execArgv: process.execArgv, env: process.env, inspectorUrl: inspector.url() };
+}
+
+/**
+ * Why this process could be debugged or have code loaded into it: one sentence per reason, none
+ * when it is clean. `agent` adds the loader variables, which the long-lived agent refuses (its
+ * memory holds every unlocked key) and `keyward agent start` never passes on.
+ */
+export function debugExposure(f: RuntimeFacts, o: { agent?: boolean } = {}): string[] {
+  const reasons: string[] = [];
+  if (f.inspectorUrl !== undefined) reasons.push(`a Node inspector is open (${f.inspectorUrl})`);
+  for (const a of unsafeOptions(f.execArgv))
+    reasons.push(`node runs with ${a}, which could open a debugger or load code`);
+  const nodeOptions = f.env['NODE_OPTIONS'];
+  if (nodeOptions !== undefined && nodeOptions.trim() !== '') {
+    for (const a of unsafeOptions(splitNodeOptions(nodeOptions)))
+      reasons.push(`NODE_OPTIONS holds ${a}, which could open a debugger or load code`);
+  }
+  if (o.agent) {
+    for (const v of AGENT_LOADER_VARIABLES) {
+      const value = f.env[v];
+      if (value !== undefined && value !== '')
+        reasons.push(`${v} is set (${value.slice(0, 200)}), which loads code into the agent`);
+    }
+  }
+  return reasons;
+}
+
+/** The environment keyward gives a process it starts itself: without what debugExposure flags. */
+export function cleanEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = { ...env };
+  delete out['NODE_OPTIONS'];
+  for (const v of AGENT_LOADER_VARIABLES) delete out[v];
+  return out;
+}
+
+/**
+ * What bin/keyward.js found at start, for the rest of the process: the reasons this process is
+ * exposed (empty when clean) and whether the user allowed it with --allow-debugger.
+ */
+export const runtimeState: { exposure: string[]; allowed: boolean } = {
+  exposure: [],
+  allowed: false,
+};
+
+/** Whether argv (before a `--`) holds --allow-debugger. */
+export function allowsDebugger(argv: readonly string[]): boolean {
+  for (const a of argv) {
+    if (a === '--') return false;
+    if (a === '--allow-debugger') return true;
+  }
+  return false;
+}
+
+/** Closes an inspector Node opened before keyward ran a line (NODE_OPTIONS=--inspect). */
+export function closeInspector(): void {
+  if (inspector.url() !== undefined) inspector.close();
+}
