@@ -294,3 +294,337 @@ describe('a client checks whom it talks to before it sends anything secret', () 
     );
   }
 });
+
+const asUser = ['setpriv', `--reuid=${OTHER_UID}`, `--regid=${OTHER_UID}`, '--clear-groups'];
+const RAW_CLIENT = path.join(ROOT, 'test/fixtures/raw-client.py');
+const PYTHON = '/usr/bin/python3';
+
+/** The CLI as OTHER_UID (not root: root reads every process, hidden or not). */
+function kwAs(args: string[], env: NodeJS.ProcessEnv, input = ''): ReturnType<typeof kw> {
+  const [cmd, ...pre] = asUser as [string, ...string[]];
+  const r = spawnSync(cmd, [...pre, process.execPath, BIN, ...args], { env, input });
+  return {
+    code: r.status,
+    signal: r.signal,
+    stdout: r.stdout.toString(),
+    stderr: r.stderr.toString(),
+    stdoutBytes: r.stdout,
+  };
+}
+
+/** A program as OTHER_UID, or as this user, with its output lines. */
+function runLines(argv: string[], o: { env: NodeJS.ProcessEnv; user: boolean }): string[] {
+  const full = o.user ? [...asUser, ...argv] : argv;
+  const r = spawnSync(full[0] as string, full.slice(1), { env: o.env, encoding: 'utf8' });
+  if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}: ${r.stderr}`);
+  return r.stdout.trim().split('\n');
+}
+
+function chownTree(p: string, uid: number): void {
+  fs.lchownSync(p, uid, uid);
+  if (fs.lstatSync(p).isDirectory())
+    for (const e of fs.readdirSync(p)) chownTree(path.join(p, e), uid);
+}
+
+/**
+ * An unlocked agent of `policy`, run by OTHER_UID (user: true) or by this user, with the
+ * askpass of agent-helpers answering.
+ */
+async function agentOf(policy: string, o: { user: boolean }): Promise<AgentHome> {
+  const h = agentHome(policy);
+  homes.push(h);
+  if (o.user) chownTree(h.dir, OTHER_UID);
+  const argv = [process.execPath, BIN, 'agent', 'run'];
+  const full = o.user ? [...asUser, ...argv] : argv;
+  const child = spawn(full[0] as string, full.slice(1), {
+    env: { ...h.env, KEYWARD_ASKPASS: h.askpass },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  h.agent = child;
+  let err = '';
+  await new Promise<void>((resolve, reject) => {
+    child.stderr.on('data', (d: Buffer) => {
+      err += d.toString();
+      if (/keyward agent \d+ listening on/.test(err)) resolve();
+    });
+    child.once('exit', () => reject(new Error(`the agent exited: ${err}`)));
+  });
+  const u = o.user ? kwAs(['unlock'], h.env) : kw(['unlock'], { env: h.env });
+  assert.equal(u.code, 0, u.stderr);
+  return h;
+}
+
+function setSecret(h: AgentHome, name: string, value: string, user: boolean): void {
+  const r = user
+    ? kwAs(['secret', 'set', name], h.env, value)
+    : kw(['secret', 'set', name], { env: h.env, input: value });
+  assert.equal(r.code, 0, r.stderr);
+}
+
+/**
+ * Waits (for the event, not for a time) until the agent lists a pending request; fails if the
+ * requester exits first.
+ */
+async function pendingRequest(
+  h: AgentHome,
+  user: boolean,
+  requester: { exitCode: number | null },
+): Promise<Record<string, unknown>> {
+  for (;;) {
+    if (requester.exitCode !== null)
+      throw new Error(`the requester exited (${requester.exitCode}) before it asked`);
+    const r = user
+      ? kwAs(['approvals', '--json'], h.env)
+      : kw(['approvals', '--json'], { env: h.env });
+    const list = JSON.parse(r.stdout || '[]') as Array<Record<string, unknown>>;
+    if (list[0]) return list[0];
+    await new Promise((res) => setImmediate(res));
+  }
+}
+
+const ask = (mode: string) =>
+  `version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: ${mode} } }\n`;
+
+describe('caller identity that cannot be hidden, forged in a prompt, or carried across exec', () => {
+  test(
+    "the agent sees keyward's own CLI for what it is, and the CLI hides itself before it holds the value",
+    { skip: !isRoot && 'needs root for setpriv' },
+    async () => {
+      const h = await agentOf(ask('passphrase'), { user: true });
+      setSecret(h, 'app/token', 'cli-identity-value', true);
+      const [cmd, ...pre] = asUser as [string, ...string[]];
+      const reader = spawn(cmd, [...pre, process.execPath, BIN, 'read', 'app/token'], {
+        env: h.env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      reader.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      const exited = new Promise<number | null>((r) => reader.on('exit', r));
+      const p = await pendingRequest(h, true, reader);
+      const requester = p['requester'] as { description: string; exe: string; pid: number };
+      // Before the fix the CLI made itself non-dumpable first: "(unknown executable)".
+      assert.equal(requester.exe, fs.realpathSync(process.execPath));
+      assert.match(
+        requester.description,
+        /^"\/usr\/bin\/node" \(pid \d+\) running "[^"]*node" "[^"]*keyward\.js" "read" "app\/token" in "/,
+      );
+      // While it waits for the value it is already hidden from other processes of its user.
+      const probe = spawnSync(
+        asUser[0] as string,
+        [...asUser.slice(1), PYTHON, '-c', `import os; os.readlink("/proc/${requester.pid}/exe")`],
+        { encoding: 'utf8' },
+      );
+      assert.notEqual(probe.status, 0, 'a same-user process could read the waiting CLI');
+      assert.match(probe.stderr, /PermissionError/);
+      assert.equal(kwAs(['approve', String(p['id'])], h.env).code, 0);
+      assert.equal(await exited, 0);
+      assert.equal(out, 'cli-identity-value');
+    },
+  );
+
+  test(
+    'a process that hides before it connects matches no executable rule, and its prompt says it hid',
+    { skip: !isRoot && 'needs root for setpriv' },
+    async () => {
+      const h = await agentOf(
+        'version: 1\nrules:\n' +
+          '  - { name: python-ok, targets: ["app/**"], callers: { exe: "/usr/bin/python3*" }, decision: allow }\n' +
+          '  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+        { user: true },
+      );
+      setSecret(h, 'app/token', 'hidden-caller-value', true);
+      h.answer('no');
+      const env = { ...h.env };
+      assert.deepEqual(runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token'], { env, user: true }), [
+        'value:hidden-caller-value',
+      ]);
+      assert.equal(h.prompts().length, 0, 'python3, seen, matched its rule');
+      const hidden = runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token', '--hide'], {
+        env,
+        user: true,
+      });
+      assert.match(hidden[0] ?? '', /^error:APPROVAL_REJECTED:/);
+      assert.match(
+        h.prompts()[0] ?? '',
+        /^keyward: a process that hid its identity \(pid \d+: its executable, directory and environment can't be read\) running "\/usr\/bin\/python3" ".*raw-client\.py" .* wants to read the secret "app\/token" \(rule ask\)/,
+      );
+    },
+  );
+
+  test('a grant remembered for a process is not the grant of the program it execs next, even the same interpreter', async () => {
+    const h = await agentOf(
+      'version: 1\nrules:\n  - { name: remember, targets: ["g/**"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }\n',
+      { user: false },
+    );
+    setSecret(h, 'g/token', 'remembered-value', false);
+    h.answer('yes');
+    const lines = runLines(
+      [
+        PYTHON,
+        RAW_CLIENT,
+        h.sock,
+        'g/token',
+        '--repeat',
+        '2',
+        '--then-exec',
+        PYTHON,
+        RAW_CLIENT,
+        h.sock,
+        'g/token',
+      ],
+      { env: h.env, user: false },
+    );
+    assert.deepEqual(lines, [
+      'value:remembered-value',
+      'value:remembered-value',
+      'value:remembered-value',
+    ]);
+    // One prompt for the first program's two reads; the program it exec'd was asked again.
+    assert.equal(h.prompts().length, 2, h.prompts().join('\n'));
+    const node = runLines(
+      [
+        PYTHON,
+        RAW_CLIENT,
+        h.sock,
+        'g/token',
+        '--then-exec',
+        process.execPath,
+        '-e',
+        `import(${JSON.stringify(path.join(ROOT, 'dist/src/client/index.js'))}).then(async (m) => { const v = await m.getCredential('g/token', { socket: ${JSON.stringify(h.sock)}, inline: true }); console.log('value:' + Buffer.from(v).toString()); })`,
+      ],
+      { env: h.env, user: false },
+    );
+    assert.deepEqual(node, ['value:remembered-value', 'value:remembered-value']);
+    assert.equal(h.prompts().length, 4, 'python3 was asked, then node after the exec');
+    assert.match(h.prompts()[3] ?? '', /^keyward: "\/usr\/bin\/node" \(pid \d+\)/);
+  });
+
+  test('a connection carried across exec is refused: the program that asks is not the one that connected', async () => {
+    const h = await agentOf(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+      { user: false },
+    );
+    setSecret(h, 'app/token', 'carried-connection-value', false);
+    const lines = runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token', '--exec-with-connection'], {
+      env: h.env,
+      user: false,
+    });
+    assert.equal(lines[0], 'value:carried-connection-value');
+    assert.match(
+      lines[1] ?? '',
+      /^error:POLICY_DENIED:the requesting process ran another program \(exec\) since it connected/,
+    );
+  });
+
+  test(
+    'a process granted once that execs and hides gets no grant: it is asked, and the prompt says it hid',
+    { skip: !isRoot && 'needs root for setpriv' },
+    async () => {
+      const h = await agentOf(
+        'version: 1\nrules:\n  - { name: remember, targets: ["g/**"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }\n',
+        { user: true },
+      );
+      setSecret(h, 'g/token', 'hide-after-exec-value', true);
+      h.answer('yes');
+      const lines = runLines(
+        [
+          PYTHON,
+          RAW_CLIENT,
+          h.sock,
+          'g/token',
+          '--then-exec',
+          PYTHON,
+          RAW_CLIENT,
+          h.sock,
+          'g/token',
+          '--hide',
+        ],
+        { env: h.env, user: true },
+      );
+      assert.deepEqual(lines, ['value:hide-after-exec-value', 'value:hide-after-exec-value']);
+      assert.equal(h.prompts().length, 2);
+      assert.match(h.prompts()[1] ?? '', /a process that hid its identity/);
+    },
+  );
+});
+
+/** The prompt with every quoted (caller-controlled) string replaced by Q: what keyward wrote. */
+const skeleton = (prompt: string) => prompt.replace(/"(?:[^"\\]|\\.)*"/g, 'Q');
+
+describe('prompts a caller cannot write', () => {
+  test('quotes, backslashes and a sentence of its own in argv[0] and the cwd stay inside quotes; cuts say so; approvals --json has it all', async () => {
+    const h = await agentOf(ask('passphrase'), { user: false });
+    setSecret(h, 'app/token', 'forged-prompt-value', false);
+    const forged = 'x" wants to read the secret "public/config" (rule public). Allow? \\" ';
+    const dir = path.join(h.dir, 'a" (rule public). Allow? "');
+    fs.mkdirSync(dir);
+    const long = 'L'.repeat(5000);
+    const many = Array.from({ length: 300 }, (_, i) => `arg${i}`);
+    const reader = spawn(
+      process.execPath,
+      [BIN, 'run', '--env', 'T=app/token', '--', 'true', long, ...many],
+      {
+        env: h.env,
+        cwd: dir,
+        argv0: forged,
+        stdio: 'ignore',
+      },
+    );
+    const exited = new Promise((r) => reader.on('exit', r));
+    const p = await pendingRequest(h, false, reader);
+    const requester = p['requester'] as { description: string; cmdline: string[]; cwd: string };
+    const d = requester.description;
+    // What keyward wrote, with every caller-controlled value as Q: no sentence of the caller's.
+    assert.match(
+      skeleton(d),
+      /^Q \(pid \d+\) running Q Q Q Q Q Q Q Q ... \+4\d{3} more characters( Q)* ... \+\d+ more arguments in Q, started by .*$/,
+    );
+    assert.ok(d.includes(JSON.stringify(forged).slice(1, -1)), 'argv[0] shown, escaped');
+    assert.ok(d.includes('(rule public). Allow? \\"'), 'the cwd shown, escaped');
+    // The whole values, uncut.
+    assert.equal(requester.cmdline[0], forged);
+    assert.equal(requester.cmdline.length, 8 + many.length);
+    assert.equal(requester.cmdline[7], long);
+    assert.equal(requester.cwd, dir);
+    assert.equal(kw(['deny', String(p['id'])], { env: h.env }).code, 0);
+    await exited;
+  });
+
+  test('the approval prompt shows the loader variables of every caller, and a rule can deny callers that carry them', async () => {
+    const lib = ['/lib/x86_64-linux-gnu/libm.so.6', '/lib/aarch64-linux-gnu/libm.so.6'].find((p) =>
+      fs.existsSync(p),
+    ) as string;
+    const h = await agentOf(
+      'version: 1\nrules:\n' +
+        '  - { name: no-loaders, targets: ["strict/**"], callers: { loader_vars: present }, decision: deny }\n' +
+        '  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+      { user: false },
+    );
+    setSecret(h, 'app/token', 'loader-var-value', false);
+    setSecret(h, 'strict/token', 'strict-value', false);
+    h.answer('no');
+    const r = kw(['read', 'app/token'], {
+      env: { ...h.env, LD_PRELOAD: lib, NODE_OPTIONS: '--no-warnings' },
+    });
+    assert.equal(r.code, 6, r.stderr);
+    assert.match(
+      h.prompts()[0] ?? '',
+      new RegExp(
+        `, with LD_PRELOAD="${lib.replace(/[/.]/g, '\\$&')}" NODE_OPTIONS="--no-warnings" wants to read`,
+      ),
+    );
+    const denied = kw(['read', 'strict/token'], { env: { ...h.env, LD_PRELOAD: lib } });
+    assert.equal(denied.code, 6, denied.stderr);
+    assert.match(denied.stderr, /denied by policy/);
+    assert.equal(h.prompts().length, 1, 'denied by the rule, nobody asked');
+    h.answer('yes');
+    const clean = kw(['read', 'strict/token'], { env: h.env });
+    assert.equal(clean.code, 0, clean.stderr);
+    assert.equal(clean.stdout, 'strict-value');
+    const explain = kw(
+      ['policy', 'explain', '--target', 'strict/token', '--loader-var', 'LD_PRELOAD'],
+      { env: h.env },
+    );
+    assert.match(explain.stdout, /^deny by rule no-loaders/);
+  });
+});

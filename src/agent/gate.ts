@@ -65,6 +65,24 @@ export interface GateRequest {
   confirmEachUse?: boolean;
 }
 
+/**
+ * Whom a remembered approval belongs to, or undefined when it can't be remembered for this
+ * caller. An executable grant: that executable's hash. A process grant: the process (pid and
+ * start time) running that very executable (file and hash) in that very program run (its
+ * program handle, peer.ts). After an exec, into anything (the same interpreter with another
+ * script included), the grant is not the new program's; a process that hid before the agent
+ * saw it gets no grant at all.
+ */
+function grantHolder(scope: 'once' | 'process' | 'executable', caller: Peer): string | undefined {
+  const { id } = caller;
+  if (scope === 'once' || id.hidden || id.exeSha256 === undefined) return undefined;
+  if (scope === 'executable') return id.exeSha256;
+  if (!caller.program || id.startTime === undefined || id.exeFile === undefined) return undefined;
+  // The handle's serial: a program exec'd in the same process gets a new handle, even when it
+  // is the same interpreter running another script.
+  return `${id.pid}:${id.startTime}:${id.exeFile}:${id.exeSha256}:${caller.program.serial}`;
+}
+
 export class Gate {
   private readonly broker = new Broker();
   private readonly grants = new Grants();
@@ -113,8 +131,8 @@ export class Gate {
    * Policy, limits and approval for one request; records every denial. Returns the deciding rule
    * when the request may go ahead; the caller then records the release (durably) and releases.
    */
-  async authorize(who: Peer, req: GateRequest): Promise<{ rule: string | undefined }> {
-    const { id } = who;
+  async authorize(caller: Peer, req: GateRequest): Promise<{ rule: string | undefined }> {
+    const { id } = caller;
     const w = this.host.window;
     const v = w.unlocked();
     const policy = w.currentPolicy(v);
@@ -176,8 +194,7 @@ export class Gate {
     }
     if (decision.decision === 'approve') {
       const a = decision.approval;
-      const who =
-        a.remember.scope === 'executable' ? id.exeSha256 : `${id.pid}:${id.startTime ?? ''}`;
+      const who = grantHolder(a.remember.scope, caller);
       const grantKey =
         a.remember.scope === 'once' || who === undefined
           ? undefined
@@ -256,7 +273,7 @@ export class Gate {
       );
     }
     // A person may have taken a minute: the process must still be there, running what it ran.
-    const gone = changedSince(who);
+    const gone = changedSince(caller);
     if (gone) return refuse(gone, 'POLICY_DENIED');
     if (!w.isOpen) throw locked();
     return { rule: decision.rule };

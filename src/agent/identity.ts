@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import type { Actor } from '../audit/index.js';
 import { pidfdAlive } from '../lib/libc.js';
+import { readFdToSecure, secureFree, type SecureBuffer } from '../lib/secure.js';
 import { quote, quoteAll } from '../lib/text.js';
 import type { Caller } from '../policy/index.js';
 
@@ -18,6 +19,10 @@ export interface ProcessIdentity extends Caller {
   cmdline: string[];
   ppid: number | undefined;
   ancestors: Array<{ pid: number; exe: string | undefined }>;
+  /** Loader variables in its environment (LD_PRELOAD...); undefined when it can't be read. */
+  loaderVars?: Array<{ name: string; value: string }> | undefined;
+  /** The executable's device and inode ("dev:ino"): a process grant binds to it. */
+  exeFile?: string | undefined;
   /**
    * The process made itself unreadable (non-dumpable) before the agent ever saw it: its
    * executable, cwd and environment are unknown, so no rule on them matches, and its prompt
@@ -27,6 +32,58 @@ export interface ProcessIdentity extends Caller {
 }
 
 const MAX_ANCESTORS = 32;
+
+/**
+ * Variables that make a program run or load code it did not ask for, or change what it runs:
+ * a trusted executable started with LD_PRELOAD runs someone else's code. Shown in every prompt
+ * and recorded; a rule can match on them (callers.loader_vars, docs/POLICY.md).
+ */
+export const LOADER_VARIABLES =
+  /^(LD_\w+|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PERL5OPT|PERL5LIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|GIT_EXEC_PATH|GIT_SSH_COMMAND|GIT_CONFIG_\w+|GIT_CONFIG|DYLD_\w+)$/;
+const MAX_ENVIRON = 4 << 20;
+
+/**
+ * The loader variables of a process's initial environment, or undefined when it can't be read
+ * (another process hid it). The environment often holds the caller's own tokens: it is read into
+ * secure memory, and only the names and values of loader variables ever become strings.
+ */
+function loaderVariables(pid: number): Array<{ name: string; value: string }> | undefined {
+  let fd: number;
+  try {
+    fd = fs.openSync(`/proc/${pid}/environ`, 'r');
+  } catch {
+    return undefined;
+  }
+  let env: SecureBuffer;
+  try {
+    env = readFdToSecure(fd, MAX_ENVIRON);
+  } catch {
+    return undefined;
+  } finally {
+    fs.closeSync(fd);
+  }
+  try {
+    const found: Array<{ name: string; value: string }> = [];
+    let at = 0;
+    while (at < env.length) {
+      let end = env.indexOf(0, at);
+      if (end < 0) end = env.length;
+      const eq = env.indexOf(0x3d, at);
+      if (eq > at && eq < end && eq - at <= 64) {
+        const name = env.subarray(at, eq).toString('latin1');
+        if (LOADER_VARIABLES.test(name))
+          found.push({
+            name,
+            value: env.subarray(eq + 1, Math.min(end, eq + 1 + 4096)).toString('utf8'),
+          });
+      }
+      at = end + 1;
+    }
+    return found;
+  } finally {
+    secureFree(env);
+  }
+}
 const hashCache = new Map<string, string>();
 
 function readlink(p: string): string | undefined {
@@ -52,17 +109,21 @@ function stat(pid: number): { ppid: number; startTime: string } | undefined {
   return Number.isInteger(ppid) && startTime !== undefined ? { ppid, startTime } : undefined;
 }
 
-/** SHA-256 of an executable, cached by device, inode, size, mtime and ctime (touch -m can fake mtime, not ctime). */
-export function executableHash(pid: number): string | undefined {
+/**
+ * The executable behind /proc/PID/exe: its file (device and inode) and its SHA-256, the hash
+ * cached by device, inode, size, mtime and ctime (touch -m can fake mtime, not ctime).
+ */
+export function executable(pid: number): { file: string; sha256: string } | undefined {
   const path = `/proc/${pid}/exe`;
   try {
     const st = fs.statSync(path, { bigint: true });
-    const key = `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    const file = `${st.dev}:${st.ino}`;
+    const key = `${file}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
     const cached = hashCache.get(key);
-    if (cached) return cached;
+    if (cached) return { file, sha256: cached };
     const h = createHash('sha256').update(fs.readFileSync(path)).digest('hex');
     hashCache.set(key, h);
-    return h;
+    return { file, sha256: h };
   } catch {
     return undefined;
   }
@@ -70,6 +131,7 @@ export function executableHash(pid: number): string | undefined {
 
 export function identify(pid: number, uid: number): ProcessIdentity {
   const s = stat(pid);
+  const exe = executable(pid);
   let cmdline: string[];
   try {
     // NUL-separated, with a trailing NUL.
@@ -87,7 +149,9 @@ export function identify(pid: number, uid: number): ProcessIdentity {
     pid,
     uid,
     exe: readlink(`/proc/${pid}/exe`),
-    exeSha256: executableHash(pid),
+    exeSha256: exe?.sha256,
+    exeFile: exe?.file,
+    loaderVars: loaderVariables(pid),
     cwd: readlink(`/proc/${pid}/cwd`),
     cmdline,
     startTime: s?.startTime,
@@ -116,7 +180,8 @@ export function describeCaller(id: ProcessIdentity): string {
     ? `a process that hid its identity (pid ${id.pid}: its executable, directory and environment can't be read)`
     : `${id.exe === undefined ? '(unknown executable)' : quote(id.exe)} (pid ${id.pid})`;
   const where = id.cwd === undefined ? '' : ` in ${quote(id.cwd)}`;
-  return `${who} running ${quoteAll(id.cmdline)}${where}${chain ? `, started by ${chain}` : ''}`;
+  const loaders = (id.loaderVars ?? []).map((v) => `${v.name}=${quote(v.value)}`).join(' ');
+  return `${who} running ${quoteAll(id.cmdline)}${where}${chain ? `, started by ${chain}` : ''}${loaders ? `, with ${loaders}` : ''}`;
 }
 
 /** Who did it, as the audit log records a caller. */
@@ -127,5 +192,9 @@ export function actorOf(id: ProcessIdentity): Actor {
     ...(id.exe === undefined ? {} : { exe: id.exe }),
     cmdline: id.cmdline,
     ...(id.cwd === undefined ? {} : { cwd: id.cwd }),
+    ...(id.loaderVars && id.loaderVars.length > 0
+      ? { loaderVars: id.loaderVars.map((v) => v.name) }
+      : {}),
+    ...(id.hidden ? { hidden: true } : {}),
   };
 }

@@ -33,6 +33,8 @@ export interface ProgramHandle {
   /** The process as last seen readable. */
   id: ProcessIdentity;
   lastUsed: number;
+  /** Unique per handle: one program run, from its identification to its exec or exit. */
+  serial: number;
   /**
    * Holders: the registry and each connection. The descriptors close when the last lets go:
    * a connection must never probe a descriptor number that was closed and reused.
@@ -93,6 +95,7 @@ export function changedSince(p: Peer): string | undefined {
 }
 
 const SWEEP_AT = 64;
+let serials = 0;
 const MAX_REMEMBERED = 128;
 
 /**
@@ -132,7 +135,14 @@ export class ProcessRegistry {
       return undefined;
     }
     if (this.known.size >= SWEEP_AT) this.sweep();
-    const h: ProgramHandle = { maps, pidfd: dup, id, lastUsed: Date.now(), refs: 2 };
+    const h: ProgramHandle = {
+      maps,
+      pidfd: dup,
+      id,
+      lastUsed: Date.now(),
+      serial: ++serials,
+      refs: 2,
+    };
     this.known.set(key, h);
     return h;
   }

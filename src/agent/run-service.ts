@@ -24,7 +24,7 @@ import {
   type EnvPiece,
 } from '../run/index.js';
 import { assertValidName, type Vault } from '../vault/index.js';
-import type { ProcessIdentity } from './identity.js';
+import { LOADER_VARIABLES, type ProcessIdentity } from './identity.js';
 import type { Peer } from './peer.js';
 import { frameHead, RUN_SIGNALS, str, STREAM, type Frame, type FrameReader } from './protocol.js';
 
@@ -37,13 +37,6 @@ const SIGNALS = new Set<string>([...RUN_SIGNALS, 'SIGWINCH']);
 const DEFAULT_PATH = '/usr/local/bin:/usr/bin:/bin';
 /** After SIGTERM at agent stop, how long a child gets before SIGKILL. */
 const STOP_GRACE_MS = 5_000;
-/**
- * Variables that change what a program runs or loads: shown in the approval prompt and recorded,
- * so a person approving "gh repo list" sees that LD_PRELOAD came along.
- */
-const NOTABLE_ENV =
-  /^(LD_\w+|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PERL5OPT|PERL5LIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|GIT_EXEC_PATH|GIT_SSH_COMMAND|GIT_CONFIG_\w+|GIT_CONFIG|DYLD_\w+)$/;
-
 export interface RunConn extends Peer {
   socket: net.Socket;
   reader: FrameReader;
@@ -250,7 +243,7 @@ export class RunService {
         return { pid: null, masking: req.masking, pty: false };
       }
       const programSha = sha256File(program);
-      const notable = [...new Set(env.map((e) => e.name).filter((n) => NOTABLE_ENV.test(n)))];
+      const notable = [...new Set(env.map((e) => e.name).filter((n) => LOADER_VARIABLES.test(n)))];
       const v = this.host.vault();
       const rules = new Map<string, string | null>();
       for (const w of req.wanted) {

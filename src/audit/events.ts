@@ -47,6 +47,10 @@ export interface Actor {
   exe?: string;
   cmdline?: string[];
   cwd?: string;
+  /** Names of loader variables in its environment (LD_PRELOAD, NODE_OPTIONS...), never values. */
+  loaderVars?: string[];
+  /** It hid its executable, directory and environment from the agent. */
+  hidden?: boolean;
 }
 
 /** What a caller records. Never a secret value: names, decisions, and hashes only. */

@@ -175,6 +175,12 @@ export function registerPolicyCommands(program: Command, io: Io): void {
     )
     .option('--uid <n>', "the caller's uid", uidOption)
     .option('--cwd <dir>', "the caller's working directory")
+    .option(
+      '--loader-var <name>',
+      'a loader variable the caller carries, such as LD_PRELOAD (repeatable)',
+      collect,
+      [],
+    )
     .option('--file <file>', 'explain against this policy file instead of the one in force')
     .action(function (this: Command) {
       const o = this.opts<{
@@ -185,6 +191,7 @@ export function registerPolicyCommands(program: Command, io: Io): void {
         ancestor: string[];
         uid?: number;
         cwd?: string;
+        loaderVar: string[];
         file?: string;
       }>();
       if (o.kind !== 'secret' && o.kind !== 'key')
@@ -202,6 +209,7 @@ export function registerPolicyCommands(program: Command, io: Io): void {
           uid: o.uid,
           cwd: o.cwd,
           ancestors: o.ancestor.map((exe) => ({ exe })),
+          loaderVars: o.loaderVar.map((name) => ({ name })),
         },
       );
       const how =

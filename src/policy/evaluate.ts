@@ -15,6 +15,8 @@ export interface Caller {
   cwd?: string | undefined;
   /** Parent first, then grandparent, and so on. */
   ancestors?: ReadonlyArray<{ pid?: number | undefined; exe?: string | undefined }> | undefined;
+  /** Loader variables its environment sets (LD_PRELOAD...); undefined when it can't be read. */
+  loaderVars?: ReadonlyArray<{ name: string }> | undefined;
 }
 
 export interface PolicyRequest {
@@ -72,6 +74,18 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
     const m = glob(w.ancestor);
     if (!(c.ancestors ?? []).some((a) => a.exe !== undefined && m(a.exe)))
       return `no ancestor's executable matches ${w.ancestor}`;
+  }
+  if (w.loader_vars !== undefined) {
+    // Unknown (the caller hid its environment) counts as present: a deny rule on them catches
+    // a caller that hides, and an allow rule for clean callers doesn't take it for clean.
+    const names = c.loaderVars?.map((v) => v.name);
+    const present = names === undefined || names.length > 0;
+    if (w.loader_vars === 'absent' && present)
+      return names === undefined
+        ? "the caller's environment can't be read"
+        : `the caller's environment sets ${names.join(', ')}`;
+    if (w.loader_vars === 'present' && !present)
+      return "the caller's environment sets no loader variable";
   }
   if (w.cwd !== undefined) {
     const rel = c.cwd === undefined ? '..' : path.relative(w.cwd, c.cwd);

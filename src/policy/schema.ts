@@ -65,6 +65,8 @@ function build(z: typeof Zod) {
       ancestor: z.string().min(1).optional(),
       uid: z.number().int().nonnegative().optional(),
       cwd: z.string().startsWith('/', 'an absolute path').optional(),
+      // LD_PRELOAD, NODE_OPTIONS and the like in the caller's environment (docs/POLICY.md).
+      loader_vars: z.enum(['present', 'absent']).optional(),
     })
     .strict();
 
