@@ -469,10 +469,8 @@ describe('load', () => {
         const s = net.createConnection(h.sock);
         s.on('error', () => resolve());
         s.on('close', () => resolve());
-        s.on('data', () => undefined);
-        s.on('connect', () => {
-          s.end(Buffer.concat(frames));
-        });
+        // After the greeting, or the agent refuses the connection before parsing anything.
+        s.once('data', () => s.end(Buffer.concat(frames)));
       });
     let seed = 12345;
     const rand = () => (seed = (seed * 1103515245 + 12345) & 0x7fffffff);
@@ -502,7 +500,8 @@ describe('load', () => {
   test('a client that sends half a frame is cut off, the daemon unaffected', async () => {
     const h = await running();
     const closed = await new Promise<boolean>((resolve) => {
-      const s = net.createConnection(h.sock, () => s.write(Buffer.from([0, 0, 0, 50, 1])));
+      const s = net.createConnection(h.sock);
+      s.once('data', () => s.write(Buffer.from([0, 0, 0, 50, 1]))); // after the greeting
       s.resume(); // consume the error reply, or 'close' never comes
       s.on('close', () => resolve(true));
       s.on('error', () => resolve(true));
@@ -535,9 +534,13 @@ describe('hardening found in review', () => {
     const h = await running();
     const status = Buffer.concat([Buffer.from([0, 0, 0, 6, 1, 1, 0, 2]), Buffer.from('{}')]);
     const got = await new Promise<Buffer>((resolve) => {
-      const s = net.createConnection(h.sock, () => s.write(Buffer.concat([status, status])));
+      const s = net.createConnection(h.sock);
       const parts: Buffer[] = [];
-      s.on('data', (d: Buffer) => parts.push(d));
+      s.on('data', (d: Buffer) => {
+        // After the greeting (a client writes nothing before it): two frames in one write.
+        if (parts.length === 0) s.write(Buffer.concat([status, status]));
+        parts.push(d);
+      });
       s.on('close', () => resolve(Buffer.concat(parts)));
       s.on('error', () => resolve(Buffer.concat(parts)));
     });
@@ -556,9 +559,13 @@ describe('hardening found in review', () => {
       const s = net.createConnection(h.sock);
       const bytes = [0, 0, 0, 200, 1, 1, 0, 2, 0x7b, 0x7d, 0x20, 0x20, 0x20, 0x20];
       let i = 0;
-      const t = setInterval(() => {
-        if (i < bytes.length && !s.destroyed) s.write(Buffer.from([bytes[i++] ?? 0]));
-      }, 1000);
+      let t: NodeJS.Timeout | undefined;
+      // From the greeting on, a byte a second.
+      s.once('data', () => {
+        t = setInterval(() => {
+          if (i < bytes.length && !s.destroyed) s.write(Buffer.from([bytes[i++] ?? 0]));
+        }, 1000);
+      });
       s.resume();
       const done = () => {
         clearInterval(t);

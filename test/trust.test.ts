@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { agentHome, stopAgent, type AgentHome } from './agent-helpers.js';
+import { describeSignData } from '../src/agent/index.js';
 import { BIN, kw, ROOT } from './helpers.js';
 
 const homes: AgentHome[] = [];
@@ -627,4 +628,159 @@ describe('prompts a caller cannot write', () => {
     );
     assert.match(explain.stdout, /^deny by rule no-loaders/);
   });
+});
+
+describe('found in review: borrowed identities, code-loading variables, prompt fields, loader grants', () => {
+  test('a request written before the greeting is refused: a program cannot connect, queue a request and exec a trusted one', async () => {
+    const h = await agentOf(
+      'version: 1\nrules:\n' +
+        '  - { name: tail-ok, targets: ["app/**"], callers: { exe: "/usr/bin/tail" }, decision: allow }\n' +
+        '  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+      { user: false },
+    );
+    setSecret(h, 'app/token', 'borrowed-identity-value', false);
+    const swap = spawn(
+      PYTHON,
+      [
+        path.join(ROOT, 'test/fixtures/exec-swap.py'),
+        h.sock,
+        'app/token',
+        String(h.agent?.pid),
+        '/usr/bin/tail',
+        '-f',
+        '/dev/null',
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    const line = await new Promise<string>((resolve) => {
+      let out = '';
+      swap.stdout.on('data', (d: Buffer) => {
+        out += d.toString();
+        if (out.includes('\n')) resolve(out.trim());
+      });
+    });
+    swap.kill('SIGKILL');
+    assert.equal(line, 'closed', 'the queued request was not served as /usr/bin/tail');
+    const rejected = kw(['audit', 'export', '--decrypt'], { env: h.env })
+      .stdout.trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { type: string; body: { reason: string | null } })
+      .filter((e) => e.type === 'peer.rejected');
+    assert.ok(rejected.some((e) => /wrote before the agent greeted it/.test(e.body.reason ?? '')));
+  });
+
+  test('OPENSSL_CONF is refused by every keyward process; the agent refuses every LD_ variable, and agent start drops them', () => {
+    const h = agentHome();
+    const cnf = path.join(h.dir, 'openssl.cnf');
+    fs.writeFileSync(cnf, 'openssl_conf = x\n[x]\n');
+    const cli = kw(['secret', 'list'], { env: { ...h.env, OPENSSL_CONF: cnf } });
+    assert.equal(cli.code, 8, cli.stderr);
+    assert.match(cli.stderr, /OPENSSL_CONF is set/);
+    const run = spawnSync(process.execPath, [BIN, 'agent', 'run'], {
+      env: { ...h.env, LD_LIBRARY_PATH: h.dir },
+      encoding: 'utf8',
+    });
+    assert.equal(run.status, 8, run.stderr);
+    assert.match(run.stderr, /LD_LIBRARY_PATH is set/);
+    const started = kw(['agent', 'start'], {
+      env: { ...h.env, LD_LIBRARY_PATH: h.dir, GCONV_PATH: h.dir },
+    });
+    assert.equal(started.code, 0, started.stderr);
+    try {
+      const pid = Number(/pid (\d+)/.exec(started.stdout)?.[1]);
+      const environ = fs.readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0');
+      assert.deepEqual(
+        environ.filter((e) => /^(LD_|GCONV_PATH=|OPENSSL_)/.test(e)),
+        [],
+        'the agent started clean',
+      );
+    } finally {
+      kw(['agent', 'stop'], { env: h.env });
+    }
+  });
+
+  test('every field of an SSH signature request is quoted in the prompt (SSHSIG namespace and hash algorithm, login user and service)', () => {
+    const str = (s: string | Buffer) => {
+      const b = Buffer.from(s);
+      const n = Buffer.alloc(4);
+      n.writeUInt32BE(b.length);
+      return Buffer.concat([n, b]);
+    };
+    const forged = '") (rule ok). Allow?\n\nkeyward: "/usr/bin/git" wants to sign';
+    const sshsig = Buffer.concat([
+      Buffer.from('SSHSIG'),
+      str(forged),
+      str(''),
+      str(forged),
+      str(Buffer.alloc(64, 1)),
+    ]);
+    const login = Buffer.concat([
+      str(Buffer.alloc(32, 2)),
+      Buffer.from([50]),
+      str(forged),
+      str(forged),
+      str('publickey'),
+      Buffer.from([1]),
+      str('ssh-ed25519'),
+      str(Buffer.alloc(51, 3)),
+    ]);
+    assert.match(
+      skeleton(describeSignData(sshsig).text),
+      /^an SSHSIG signature \(namespace Q\) over data with Q \.\.\. \+\d+ more characters (01){16}\.\.\.$/,
+    );
+    assert.equal(skeleton(describeSignData(login).text), 'an SSH login as Q (Q)');
+  });
+
+  test('a remembered executable grant is not a grant for the same executable started with LD_PRELOAD, and values that may hold tokens are not shown', async () => {
+    const lib = ['/lib/x86_64-linux-gnu/libm.so.6', '/lib/aarch64-linux-gnu/libm.so.6'].find((p) =>
+      fs.existsSync(p),
+    ) as string;
+    const h = await agentOf(
+      'version: 1\nrules:\n  - { name: remember-exe, targets: ["**"], decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }\n',
+      { user: false },
+    );
+    setSecret(h, 'app/token', 'exe-grant-value', false);
+    h.answer('yes');
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).code, 0);
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).code, 0);
+    assert.equal(h.prompts().length, 1, 'the executable grant serves the second read');
+    const token = 'AUTHORIZATION: bearer ghp_notForOtherUsers123';
+    const r = kw(['read', 'app/token'], {
+      env: { ...h.env, LD_PRELOAD: lib, GIT_CONFIG_PARAMETERS: `'http.extraheader'='${token}'` },
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(h.prompts().length, 2, 'LD_PRELOAD: asked again');
+    const prompt = h.prompts()[1] ?? '';
+    assert.match(prompt, /GIT_CONFIG_PARAMETERS \(value not shown\)/);
+    assert.ok(!prompt.includes('ghp_notForOtherUsers123'), 'the token is not in the prompt');
+  });
+
+  test(
+    'keyward mcp serve is non-dumpable before it relays anything, even with no agent',
+    { skip: !isRoot && 'needs root for setpriv' },
+    async () => {
+      const h = agentHome();
+      chownTree(h.dir, OTHER_UID);
+      const [cmd, ...pre] = asUser as [string, ...string[]];
+      const serve = spawn(cmd, [...pre, process.execPath, BIN, 'mcp', 'serve'], {
+        env: h.env,
+        stdio: ['pipe', 'pipe', 'pipe'],
+      });
+      // Once it answers an MCP request it is past its start.
+      serve.stdin.write(
+        `${JSON.stringify({ jsonrpc: '2.0', id: 1, method: 'initialize', params: { protocolVersion: '2025-06-18', capabilities: {}, clientInfo: { name: 't', version: '1' } } })}\n`,
+      );
+      await new Promise<void>((resolve) => serve.stdout.once('data', () => resolve()));
+      try {
+        const probe = spawnSync(
+          cmd,
+          [...pre, PYTHON, '-c', `import os; os.readlink("/proc/${serve.pid}/exe")`],
+          { encoding: 'utf8' },
+        );
+        assert.notEqual(probe.status, 0, 'a same-user process could read keyward mcp serve');
+      } finally {
+        serve.kill('SIGKILL');
+      }
+    },
+  );
 });

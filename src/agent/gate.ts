@@ -76,11 +76,14 @@ export interface GateRequest {
 function grantHolder(scope: 'once' | 'process' | 'executable', caller: Peer): string | undefined {
   const { id } = caller;
   if (scope === 'once' || id.hidden || id.exeSha256 === undefined) return undefined;
-  if (scope === 'executable') return id.exeSha256;
+  // The loader variables are part of what was approved: a grant to a clean git is not a grant
+  // to git started with LD_PRELOAD.
+  const loaders = (id.loaderVars ?? []).map((v) => `${v.name}=${v.value ?? ''}`).join('\u0000');
+  if (scope === 'executable') return `${id.exeSha256}:${loaders}`;
   if (!caller.program || id.startTime === undefined || id.exeFile === undefined) return undefined;
   // The handle's serial: a program exec'd in the same process gets a new handle, even when it
   // is the same interpreter running another script.
-  return `${id.pid}:${id.startTime}:${id.exeFile}:${id.exeSha256}:${caller.program.serial}`;
+  return `${id.pid}:${id.startTime}:${id.exeFile}:${id.exeSha256}:${caller.program.serial}:${loaders}`;
 }
 
 export class Gate {

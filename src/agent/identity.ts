@@ -19,8 +19,11 @@ export interface ProcessIdentity extends Caller {
   cmdline: string[];
   ppid: number | undefined;
   ancestors: Array<{ pid: number; exe: string | undefined }>;
-  /** Loader variables in its environment (LD_PRELOAD...); undefined when it can't be read. */
-  loaderVars?: Array<{ name: string; value: string }> | undefined;
+  /**
+   * Loader variables in its environment (LD_PRELOAD...), with the value where it is a path or
+   * Node's options; undefined when the environment can't be read.
+   */
+  loaderVars?: Array<{ name: string; value: string | undefined }> | undefined;
   /** The executable's device and inode ("dev:ino"): a process grant binds to it. */
   exeFile?: string | undefined;
   /**
@@ -41,13 +44,25 @@ const MAX_ANCESTORS = 32;
 export const LOADER_VARIABLES =
   /^(LD_\w+|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PERL5OPT|PERL5LIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|GIT_EXEC_PATH|GIT_SSH_COMMAND|GIT_CONFIG_\w+|GIT_CONFIG|DYLD_\w+)$/;
 const MAX_ENVIRON = 4 << 20;
+/**
+ * Loader variables whose value is a path or Node's options: shown in prompts. The others
+ * (GIT_CONFIG_PARAMETERS, JAVA_TOOL_OPTIONS...) can carry a token of the caller's, and a prompt
+ * given to an askpass program is on its command line, which every local user can read: for
+ * those only the name is kept, and the value never becomes a string here.
+ */
+const SHOWN_VALUES =
+  /^(LD_PRELOAD|LD_AUDIT|LD_LIBRARY_PATH|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PERL5LIB|RUBYLIB|GIT_EXEC_PATH|DYLD_\w+)$/;
+/** Loader variables kept per caller: a caller can't bury its request under thousands. */
+const MAX_LOADER_VARIABLES = 16;
 
 /**
  * The loader variables of a process's initial environment, or undefined when it can't be read
  * (another process hid it). The environment often holds the caller's own tokens: it is read into
  * secure memory, and only the names and values of loader variables ever become strings.
  */
-function loaderVariables(pid: number): Array<{ name: string; value: string }> | undefined {
+function loaderVariables(
+  pid: number,
+): Array<{ name: string; value: string | undefined }> | undefined {
   let fd: number;
   try {
     fd = fs.openSync(`/proc/${pid}/environ`, 'r');
@@ -63,19 +78,22 @@ function loaderVariables(pid: number): Array<{ name: string; value: string }> | 
     fs.closeSync(fd);
   }
   try {
-    const found: Array<{ name: string; value: string }> = [];
+    const found: Array<{ name: string; value: string | undefined }> = [];
     let at = 0;
-    while (at < env.length) {
+    while (at < env.length && found.length < MAX_LOADER_VARIABLES) {
       let end = env.indexOf(0, at);
       if (end < 0) end = env.length;
-      const eq = env.indexOf(0x3d, at);
-      if (eq > at && eq < end && eq - at <= 64) {
-        const name = env.subarray(at, eq).toString('latin1');
-        if (LOADER_VARIABLES.test(name))
-          found.push({
-            name,
-            value: env.subarray(eq + 1, Math.min(end, eq + 1 + 4096)).toString('utf8'),
-          });
+      // '=' within this entry only: a search to the end of the buffer for every entry would
+      // make a crafted environment cost quadratic time in the agent.
+      const eq = env.subarray(at, Math.min(end, at + 65)).indexOf(0x3d);
+      if (eq > 0) {
+        const name = env.subarray(at, at + eq).toString('latin1');
+        if (LOADER_VARIABLES.test(name)) {
+          const value = SHOWN_VALUES.test(name)
+            ? env.subarray(at + eq + 1, Math.min(end, at + eq + 1 + 4096)).toString('utf8')
+            : undefined;
+          found.push({ name, value });
+        }
       }
       at = end + 1;
     }
@@ -85,6 +103,8 @@ function loaderVariables(pid: number): Array<{ name: string; value: string }> | 
   }
 }
 const hashCache = new Map<string, string>();
+/** Executables hashed and remembered at once; past it the cache starts over. */
+const HASH_CACHE_MAX = 512;
 
 function readlink(p: string): string | undefined {
   try {
@@ -122,6 +142,7 @@ export function executable(pid: number): { file: string; sha256: string } | unde
     const cached = hashCache.get(key);
     if (cached) return { file, sha256: cached };
     const h = createHash('sha256').update(fs.readFileSync(path)).digest('hex');
+    if (hashCache.size >= HASH_CACHE_MAX) hashCache.clear();
     hashCache.set(key, h);
     return { file, sha256: h };
   } catch {
@@ -180,7 +201,11 @@ export function describeCaller(id: ProcessIdentity): string {
     ? `a process that hid its identity (pid ${id.pid}: its executable, directory and environment can't be read)`
     : `${id.exe === undefined ? '(unknown executable)' : quote(id.exe)} (pid ${id.pid})`;
   const where = id.cwd === undefined ? '' : ` in ${quote(id.cwd)}`;
-  const loaders = (id.loaderVars ?? []).map((v) => `${v.name}=${quote(v.value)}`).join(' ');
+  const loaders = (id.loaderVars ?? [])
+    .map((v) =>
+      v.value === undefined ? `${v.name} (value not shown)` : `${v.name}=${quote(v.value)}`,
+    )
+    .join(' ');
   return `${who} running ${quoteAll(id.cmdline)}${where}${chain ? `, started by ${chain}` : ''}${loaders ? `, with ${loaders}` : ''}`;
 }
 

@@ -242,7 +242,8 @@ export function identifyPeer(
   }
   if (maps !== undefined && seen.exe !== undefined) {
     const program = registry.remember(seen, pidfd, maps);
-    if (program && !sameProgram(program)) {
+    if (!program) return refused('the agent could not keep a handle on the peer', pidfd);
+    if (!sameProgram(program)) {
       releaseProgram(program);
       return refused('the peer ran another program while it was identified', pidfd);
     }
@@ -252,7 +253,18 @@ export function identifyPeer(
   // Hidden now: who it was when it could be read, if it still runs that program.
   const known = registry.recall(cred.pid, seen.startTime);
   if (known) return { id: known.id, pidfd, program: known };
-  return { id: { ...seen, hidden: true }, pidfd, program: undefined };
+  // Whatever /proc showed between the handle and now (it may have exec'd or hidden midway)
+  // is not trusted: only what anyone can read of any process stays.
+  const hidden: ProcessIdentity = {
+    pid: seen.pid,
+    uid: seen.uid,
+    startTime: seen.startTime,
+    cmdline: seen.cmdline,
+    ppid: seen.ppid,
+    ancestors: seen.ancestors,
+    hidden: true,
+  };
+  return { id: hidden, pidfd, program: undefined };
 }
 
 /** Gives back what identifyPeer handed out, when the connection closes. */

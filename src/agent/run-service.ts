@@ -105,7 +105,9 @@ function parseRaw(raw: SecureBuffer | undefined): { argv: string[]; env: EnvPiec
   while (at < raw.length) {
     let end = raw.indexOf(0, at);
     if (end < 0) end = raw.length;
-    const eq = raw.indexOf(0x3d, at);
+    // '=' within this entry only (a search to the buffer's end per entry is quadratic).
+    const rel = raw.subarray(at, end).indexOf(0x3d);
+    const eq = rel < 0 ? -1 : at + rel;
     if (eq > at && eq < end) {
       const name = raw.subarray(at, eq).toString('latin1');
       if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(name))

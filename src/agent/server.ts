@@ -11,7 +11,7 @@ import net from 'node:net';
 import type { TerminalChannel } from '../approval/index.js';
 import { AuditLog, GroupCommitter, type AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { closeFd, EAGAIN, flock, LOCK_EX, LOCK_NB, sendWithFd } from '../lib/libc.js';
+import { closeFd, EAGAIN, flock, LOCK_EX, LOCK_NB, queuedBytes, sendWithFd } from '../lib/libc.js';
 import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { durationMs } from '../policy/index.js';
 import type { ProcessIdentity } from './identity.js';
@@ -267,6 +267,21 @@ export class Agent {
   private accept(socket: net.Socket): void {
     const who = identifyPeer(socket, this.uid, this.registry, (r) => this.record(r));
     if (!who) return;
+    // A client sends nothing before the greeting. Bytes already waiting were written before the
+    // agent looked at the process, perhaps by another program that then exec'd the one it saw
+    // (docs/THREAT-MODEL.md, "Caller identity ..."): refused, never taken as that program's.
+    const fd = socketFd(socket);
+    if (fd === undefined || queuedBytes(fd) !== 0) {
+      closePeer(who);
+      socket.destroy();
+      void this.record({
+        type: 'peer.rejected',
+        decision: 'deny',
+        reason: 'the client wrote before the agent greeted it',
+        actor: actorOf(who.id),
+      }).catch(() => undefined);
+      return;
+    }
     const conn: Conn = { socket, ...who, reader: new FrameReader(), busy: false };
     this.conns.add(conn);
     // Identified: the greeting tells the client whom it talks to before it sends anything.

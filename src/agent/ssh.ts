@@ -109,8 +109,11 @@ export function describeSignData(data: Buffer): { text: string; details: Record<
       const hashAlg = r.text();
       const hash = r.string().toString('hex');
       const what = namespace === 'git' ? 'a git commit or tag' : `namespace ${quote(namespace)}`;
+      // Every field here is the caller's: the hash algorithm too is quoted unless it is one of
+      // the two SSHSIG defines.
+      const alg = hashAlg === 'sha256' || hashAlg === 'sha512' ? hashAlg : quote(hashAlg, 40);
       return {
-        text: `an SSHSIG signature (${what}) over data with ${hashAlg} ${hash.slice(0, 32)}...`,
+        text: `an SSHSIG signature (${what}) over data with ${alg} ${hash.slice(0, 32)}...`,
         details: { kind: 'sshsig', namespace, hashAlg, hash },
       };
     }

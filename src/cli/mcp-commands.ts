@@ -2,7 +2,9 @@
  * `keyward mcp ...` (docs/MCP.md). The MCP SDK is loaded only here, when an MCP command runs.
  */
 import type { Command } from 'commander';
+import { agentStatus } from '../agent/index.js';
 import { auditSink } from '../audit/index.js';
+import { hardenProcess } from '../lib/libc.js';
 import { printable } from '../lib/text.js';
 import { KeywardError, UsageError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
@@ -12,6 +14,16 @@ import type { Io } from './report.js';
 /** Names and definitions come from MCP servers: shown escaped. */
 const safe = (s: string, max = 300) => printable(s, max);
 
+/**
+ * serve and wrap relay an MCP client's traffic (tool results may hold values) for as long as
+ * they run: the agent sees them first (its greeting hardens this process), and whatever the
+ * agent's answer, they are non-dumpable before they relay a byte.
+ */
+async function meetAgentThenHarden(): Promise<void> {
+  await agentStatus(agentSocket()).catch(() => undefined);
+  hardenProcess();
+}
+
 export function registerMcpCommands(program: Command, io: Io, version: string): void {
   const mcp = program.command('mcp').description('MCP: gated credential tools for AI agents');
   mcp
@@ -20,6 +32,7 @@ export function registerMcpCommands(program: Command, io: Io, version: string): 
       'an MCP server on stdio: list_credentials, get_credential, run_with_credentials (through the agent)',
     )
     .action(async () => {
+      await meetAgentThenHarden();
       const { serveMcp } = await import('../mcp/index.js');
       await serveMcp({ agentSocket: agentSocket(), audit: auditSink(keywardHome()), version });
     });
@@ -38,6 +51,7 @@ export function registerMcpCommands(program: Command, io: Io, version: string): 
           'USAGE',
           `--name ${JSON.stringify(name)}: letters, digits, . _ - (at most 64)`,
         );
+      await meetAgentThenHarden();
       const { wrapMcp } = await import('../mcp/index.js');
       const home = keywardHome();
       const sink = auditSink(home);

@@ -223,6 +223,15 @@ export function pidfdAlive(pidfd: number): boolean {
   return libc().syscall4(SYS_PIDFD_SEND_SIGNAL, pidfd, 0, null, 0) === 0;
 }
 
+const FIONREAD = 0x541b;
+
+/** How many bytes wait unread on a socket (FIONREAD), or -1 when the kernel won't say. */
+export function queuedBytes(fd: number): number {
+  const out = Buffer.alloc(4);
+  if (libc().ioctlBuf(fd, FIONREAD, out) !== 0) return -1;
+  return out.readInt32LE(0);
+}
+
 const F_DUPFD_CLOEXEC = 1030;
 
 /** A close-on-exec duplicate of fd, or undefined. */

@@ -83,8 +83,19 @@ function unsafeOptions(args: readonly string[]): string[] {
   return bad;
 }
 
-/** Variables that make the dynamic linker or Node load code the program did not ask for. */
-const AGENT_LOADER_VARIABLES = ['LD_PRELOAD', 'LD_AUDIT', 'NODE_PATH'];
+/**
+ * Variables that make a library keyward links load code it did not ask for: OpenSSL reads its
+ * configuration (which can load providers and engines) in every Node process.
+ */
+const CODE_LOADING_VARIABLES = ['OPENSSL_CONF', 'OPENSSL_MODULES', 'OPENSSL_ENGINES'];
+
+/**
+ * What the agent, which holds every unlocked key, refuses on top: every variable of the dynamic
+ * linker (LD_PRELOAD, LD_AUDIT, LD_LIBRARY_PATH...), Node's module path, glibc's gconv path.
+ */
+const AGENT_LOADER_VARIABLES = ['NODE_PATH', 'GCONV_PATH'];
+const isAgentLoaderVariable = (name: string) =>
+  name.startsWith('LD_') || AGENT_LOADER_VARIABLES.includes(name);
 
 export interface RuntimeFacts {
   execArgv: readonly string[];
@@ -111,21 +122,26 @@ export function debugExposure(f: RuntimeFacts, o: { agent?: boolean } = {}): str
     for (const a of unsafeOptions(splitNodeOptions(nodeOptions)))
       reasons.push(`NODE_OPTIONS holds ${a}, which could open a debugger or load code`);
   }
+  const set = (v: string) => f.env[v] !== undefined && f.env[v] !== '';
+  for (const v of CODE_LOADING_VARIABLES.filter(set))
+    reasons.push(`${v} is set, which can load code into keyward through OpenSSL`);
   if (o.agent) {
-    for (const v of AGENT_LOADER_VARIABLES) {
-      const value = f.env[v];
-      if (value !== undefined && value !== '')
-        reasons.push(`${v} is set (${value.slice(0, 200)}), which loads code into the agent`);
-    }
+    for (const v of Object.keys(f.env)
+      .filter((n) => isAgentLoaderVariable(n) && set(n))
+      .sort())
+      reasons.push(`${v} is set, which loads code into the agent`);
   }
   return reasons;
 }
 
 /** The environment keyward gives a process it starts itself: without what debugExposure flags. */
 export function cleanEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
-  const out: NodeJS.ProcessEnv = { ...env };
-  delete out['NODE_OPTIONS'];
-  for (const v of AGENT_LOADER_VARIABLES) delete out[v];
+  const out: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(env)) {
+    if (k === 'NODE_OPTIONS' || CODE_LOADING_VARIABLES.includes(k) || isAgentLoaderVariable(k))
+      continue;
+    out[k] = v;
+  }
   return out;
 }
 
