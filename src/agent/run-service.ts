@@ -5,31 +5,28 @@
  * streams over the connection, masked. The CLI never holds a value.
  */
 import type { ChildProcess } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import fs from 'node:fs';
 import type net from 'node:net';
-import path from 'node:path';
 import tty from 'node:tty';
 import type { Actor, AuditRecord } from '../audit/index.js';
-import { KeywardError, UsageError } from '../errors.js';
+import { KeywardError } from '../errors.js';
 import { closeFd, openPty, setWindowSize } from '../lib/libc.js';
 import { secureFree, zero, type SecureBuffer } from '../lib/secure.js';
 import { quote, quoteAll } from '../lib/text.js';
-import {
-  assertVarName,
-  Masker,
-  maskingForms,
-  MAX_CHILD_FD,
-  startChild,
-  type EnvPiece,
-} from '../run/index.js';
-import { assertValidName, type Vault } from '../vault/index.js';
+import { Masker, maskingForms, startChild } from '../run/index.js';
+import type { Vault } from '../vault/index.js';
 import { LOADER_VARIABLES, type ProcessIdentity } from './identity.js';
 import type { Peer } from './peer.js';
+import {
+  argvHash,
+  parseMeta,
+  parseRaw,
+  resolveProgram,
+  sha256File,
+  type RunRequestSpec,
+  type Wanted,
+} from './run-request.js';
 import { frameHead, RUN_SIGNALS, str, STREAM, type Frame, type FrameReader } from './protocol.js';
 
-const MAX_ARGS = 65_536;
-const MAX_SECRETS = 64;
 /** Output the client hasn't taken yet before the child's output is paused. */
 const HIGH_WATER = 1 << 20;
 /** What a signal frame may ask for: what the client forwards, and a window resize. */
@@ -64,144 +61,6 @@ export interface RunHost {
   actor(id: ProcessIdentity): Actor;
   counted(): void;
 }
-
-interface Wanted {
-  name: string;
-  as: Array<{ var: string } | { fd: number }>;
-}
-
-interface Request {
-  argv: string[];
-  cwd: string;
-  wanted: Wanted[];
-  masking: boolean;
-  pty: { rows: number; cols: number } | undefined;
-  /** The MCP client this run is for (keyward mcp serve's run_with_credentials). */
-  mcp: string | undefined;
-}
-
-const bad = (m: string) => new UsageError('USAGE', m);
-
-/**
- * The raw part of a run request: u32 argc, argc NUL-terminated arguments, then the caller's
- * environment as NAME=VALUE entries, NUL-separated. Arguments become strings (they are shown
- * to a person and recorded); environment values stay views into raw (secure memory: a caller's
- * environment often holds tokens of its own); names become strings.
- */
-function parseRaw(raw: SecureBuffer | undefined): { argv: string[]; env: EnvPiece[] } {
-  if (!raw || raw.length < 4) throw bad('run needs a command: keyward run [options] -- COMMAND');
-  const argc = raw.readUInt32BE(0);
-  if (argc === 0 || argc > MAX_ARGS)
-    throw bad('run needs a command: keyward run [options] -- COMMAND');
-  const argv: string[] = [];
-  let at = 4;
-  for (let i = 0; i < argc; i++) {
-    const end = raw.indexOf(0, at);
-    if (end < 0) throw bad('a malformed command line');
-    argv.push(raw.subarray(at, end).toString('utf8'));
-    at = end + 1;
-  }
-  const env: EnvPiece[] = [];
-  while (at < raw.length) {
-    let end = raw.indexOf(0, at);
-    if (end < 0) end = raw.length;
-    // '=' within this entry only (a search to the buffer's end per entry is quadratic).
-    const rel = raw.subarray(at, end).indexOf(0x3d);
-    const eq = rel < 0 ? -1 : at + rel;
-    if (eq > at && eq < end) {
-      const name = raw.subarray(at, eq).toString('latin1');
-      if (/^[A-Za-z_][A-Za-z0-9_]*$/.test(name))
-        env.push({ name, value: raw.subarray(eq + 1, end) });
-    }
-    at = end + 1;
-  }
-  return { argv, env };
-}
-
-/** Reads and checks the request's metadata: where, and which secret goes where. */
-function parseMeta(meta: Record<string, unknown>, argv: string[]): Request {
-  const cwd = str(meta, 'cwd');
-  if (cwd === undefined || !path.isAbsolute(cwd) || cwd.includes('\0'))
-    throw bad('run needs an absolute working directory');
-  const byName = new Map<string, Wanted>();
-  const want = (name: unknown, as: { var: string } | { fd: number }) => {
-    if (typeof name !== 'string') throw bad('a secret name is missing');
-    assertValidName(name);
-    let w = byName.get(name);
-    if (!w) byName.set(name, (w = { name, as: [] }));
-    w.as.push(as);
-  };
-  const vars = new Set<string>();
-  for (const e of Array.isArray(meta['env']) ? (meta['env'] as unknown[]) : []) {
-    const o = (e ?? {}) as Record<string, unknown>;
-    const v = typeof o['var'] === 'string' ? o['var'] : '';
-    assertVarName(v, '--env');
-    if (vars.has(v)) throw bad(`--env ${v} is given twice`);
-    vars.add(v);
-    want(o['name'], { var: v });
-  }
-  const fds = new Set<number>();
-  for (const e of Array.isArray(meta['fds']) ? (meta['fds'] as unknown[]) : []) {
-    const o = (e ?? {}) as Record<string, unknown>;
-    const fd = o['fd'];
-    if (typeof fd !== 'number' || !Number.isInteger(fd) || fd < 3 || fd > MAX_CHILD_FD)
-      throw bad(`--fd needs a descriptor number from 3 to ${MAX_CHILD_FD}`);
-    if (fds.has(fd)) throw bad(`--fd ${fd} is given twice`);
-    fds.add(fd);
-    want(o['name'], { fd });
-  }
-  if (byName.size > MAX_SECRETS) throw bad(`at most ${MAX_SECRETS} secrets per run`);
-  const p = meta['pty'] as Record<string, unknown> | undefined;
-  const dim = (n: unknown, fallback: number) =>
-    typeof n === 'number' && Number.isInteger(n) && n > 0 && n < 10_000 ? n : fallback;
-  const pty =
-    p && typeof p === 'object' ? { rows: dim(p['rows'], 24), cols: dim(p['cols'], 80) } : undefined;
-  const mcp = typeof meta['mcp'] === 'string' ? meta['mcp'].slice(0, 200) : undefined;
-  return {
-    argv,
-    cwd,
-    wanted: [...byName.values()],
-    masking: meta['masking'] !== false,
-    pty,
-    mcp,
-  };
-}
-
-/**
- * The program that will run, as an absolute path: looked up in the caller's PATH here, so what a
- * person approves (and the audit log records) is exactly what is executed.
- */
-function resolveProgram(file: string, cwd: string, pathVar: string): string | undefined {
-  const executable = (p: string) => {
-    try {
-      fs.accessSync(p, fs.constants.X_OK);
-      return fs.statSync(p).isFile();
-    } catch {
-      return false;
-    }
-  };
-  if (file.includes('/')) {
-    const p = path.resolve(cwd, file);
-    if (executable(p)) return p;
-  } else {
-    for (const dir of pathVar.split(':')) {
-      const p = path.resolve(cwd, dir === '' ? '.' : dir, file);
-      if (executable(p)) return p;
-    }
-  }
-  return undefined;
-}
-
-function sha256File(p: string): string | undefined {
-  try {
-    return createHash('sha256').update(fs.readFileSync(p)).digest('hex');
-  } catch {
-    return undefined;
-  }
-}
-
-const argvHash = (argv: readonly string[]) =>
-  createHash('sha256').update(JSON.stringify(argv)).digest('hex');
 
 export class RunService {
   private readonly children = new Set<ChildProcess>();
@@ -387,7 +246,7 @@ export class RunService {
     conn: RunConn,
     child: ChildProcess,
     forms: SecureBuffer[],
-    req: Request,
+    req: RunRequestSpec,
     details: (w: Wanted) => Record<string, string | number | boolean | null>,
     master?: number,
   ): void {

@@ -7,7 +7,7 @@
  * open vault and its limits: unlock.ts. What leaves: release.ts, run-service.ts, ssh-agent.ts.
  */
 import fs from 'node:fs';
-import net from 'node:net';
+import type net from 'node:net';
 import type { TerminalChannel } from '../approval/index.js';
 import { AuditLog, GroupCommitter, type AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
@@ -36,7 +36,7 @@ import {
   type Frame,
   type WireError,
 } from './protocol.js';
-import { clearStaleSocket, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
+import { listenPrivate, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
 import { CredentialCache } from './cache.js';
 import { Gate } from './gate.js';
 import { Releases, type Reply } from './release.js';
@@ -46,7 +46,6 @@ import { UnlockWindow } from './unlock.js';
 
 const FRAME_TIMEOUT_MS = 5_000;
 const IDLE_CONNECTION_MS = 120_000;
-const MAX_CONNECTIONS = 1024;
 
 export interface AgentOptions {
   home: string;
@@ -87,31 +86,6 @@ function wireError(e: unknown): WireError {
       : { code: e.code, message: e.message, hint: e.hint };
   if (e instanceof ProtocolError) return { code: 'PROTOCOL_ERROR', message: e.message };
   return { code: 'INTERNAL', message: 'internal error in the agent' };
-}
-
-/**
- * Listens on a Unix socket created 0600 (umask while binding: no window where it is wider), after
- * clearing a stale socket. Connections are capped: each holds a guarded secure buffer, and a
- * same-user process must not exhaust them.
- */
-async function listenPrivate(
-  path: string,
-  onConnection: (s: net.Socket) => void,
-): Promise<net.Server> {
-  await clearStaleSocket(path);
-  const server = net.createServer({ pauseOnConnect: true }, onConnection);
-  server.maxConnections = MAX_CONNECTIONS;
-  const old = process.umask(0o177);
-  try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen(path, () => resolve());
-    });
-  } finally {
-    process.umask(old);
-  }
-  fs.chmodSync(path, 0o600);
-  return server;
 }
 
 export class Agent {

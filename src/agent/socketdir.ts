@@ -115,3 +115,30 @@ export function checkAgentSocket(p: string): void {
   if (st.uid !== uid)
     throw untrusted(`the socket ${p} belongs to uid ${st.uid}, not to you (${uid})`);
 }
+
+const MAX_CONNECTIONS = 1024;
+
+/**
+ * Listens on a Unix socket created 0600 (umask while binding: no window where it is wider), after
+ * clearing a stale socket. Connections are capped: each holds a guarded secure buffer, and a
+ * same-user process must not exhaust them.
+ */
+export async function listenPrivate(
+  path: string,
+  onConnection: (s: net.Socket) => void,
+): Promise<net.Server> {
+  await clearStaleSocket(path);
+  const server = net.createServer({ pauseOnConnect: true }, onConnection);
+  server.maxConnections = MAX_CONNECTIONS;
+  const old = process.umask(0o177);
+  try {
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(path, () => resolve());
+    });
+  } finally {
+    process.umask(old);
+  }
+  fs.chmodSync(path, 0o600);
+  return server;
+}
