@@ -28,12 +28,13 @@ function failsAt(r: VerifyResult, line: number, why?: RegExp): void {
 }
 
 test('the event type list is pinned', () => {
-  assert.equal(EVENT_TYPES.length, 32);
+  assert.equal(EVENT_TYPES.length, 33);
   for (const t of [
     'secret.read',
     'vault.unlock_failed',
     'peer.rejected',
     'policy.changed',
+    'policy.drift',
     'audit.recovered',
     'credential.evict',
   ]) {

@@ -132,7 +132,7 @@ test("policy.yaml edited behind keyward's back: the applied version stays in for
   const e = kw(['policy', 'explain', '--target', 'x'], { env: h.env });
   assert.match(
     e.stderr,
-    /WARNING: policy.yaml was changed behind keyward's back and is NOT in force/,
+    /WARNING: the policy files were changed behind keyward's back and are NOT in force; the applied version 2 is: policy.yaml differs from the applied version/,
   );
   assert.match(e.stdout, /^approve .* by rule default-secrets/);
   const loaded = auditRows(h)
@@ -142,7 +142,7 @@ test("policy.yaml edited behind keyward's back: the applied version stays in for
   assert.equal(loaded?.body.decision, 'error');
 });
 
-test("a history file changed behind keyward's back is caught against the sealed record (exit 8)", () => {
+test("a history file changed behind keyward's back is caught against the policy kept in the vault (exit 8), which stays in force", () => {
   const h = initHome();
   const hist = path.join(h.home, 'policy/history/000001.yaml');
   fs.writeFileSync(
@@ -154,8 +154,9 @@ test("a history file changed behind keyward's back is caught against the sealed 
   assert.equal(r.code, 8, r.stdout + r.stderr);
   assert.match(
     r.stderr,
-    /keyward: error: policy history version 1 .* is not the applied version 1/,
+    /keyward: error: the policy files differ from the applied policy kept in the vault: the policy history ends at version 1 \(\w+\), not at the applied version 1 \(\w+\); policy.yaml differs from the applied version/,
   );
+  assert.equal(r.stdout, DEFAULT_POLICY, 'what is in force: the applied version');
 });
 
 test('explain says which rule decided and why earlier ones did not match', () => {

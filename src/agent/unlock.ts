@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import { AuditLog, auditSink, writeCheckpoint, type AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { durationMs, loadPolicy, policyPaths, type Loaded } from '../policy/index.js';
+import { durationMs, loadPolicy, policyStamp, type Loaded } from '../policy/index.js';
 import { Vault, vaultPaths, type Unlock, type VaultPaths } from '../vault/index.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
 
@@ -82,8 +82,9 @@ export class UnlockWindow {
 
   /** The policy in force, re-loaded (and re-verified against the vault) after `policy apply`. */
   currentPolicy(v: Vault): Loaded['policy'] {
-    const st = fs.statSync(policyPaths(this.host.home).applied, { throwIfNoEntry: false });
-    const stamp = st ? `${st.ino}:${st.mtimeMs}` : '';
+    // The vault (re-read when it changed: a policy apply) holds the applied policy; the files
+    // are watched only to report drift, never to decide.
+    const stamp = `${v.fileGeneration}|${policyStamp(this.host.home)}`;
     if (!this.policy || stamp !== this.policyStamp) {
       // A new policy may cache less, or differently: what the old one cached goes.
       if (this.policy) this.host.changed('the policy changed');
@@ -194,7 +195,10 @@ export class UnlockWindow {
   status(now: number): Record<string, unknown> {
     const u = this.policy?.policy.unlock;
     if (!this.vault || !u) return {};
+    const p = this.policy;
     return {
+      // The applied policy in force, and what the files beside it say differently.
+      policy: p ? { version: p.version ?? null, drift: p.driftReasons } : null,
       unlockedAt: new Date(this.unlockedAt).toISOString(),
       absoluteLeftMs: Math.max(0, this.unlockedAt + durationMs(u.max_lifetime) - now),
       usesLeft: u.max_uses === undefined ? null : Math.max(0, u.max_uses - this.usedInWindow),

@@ -27,6 +27,7 @@ export const EVENT_TYPES = [
   'peer.rejected',
   'policy.loaded',
   'policy.changed',
+  'policy.drift',
   'audit.rotated',
   'audit.recovered',
   'audit.rekeyed',

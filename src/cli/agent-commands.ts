@@ -113,6 +113,12 @@ export function registerAgentCommands(program: Command, io: Io): void {
           `agent: running (pid ${String(s['pid'])}), ${s['locked'] ? 'locked' : 'unlocked'}\n`,
         );
         const debuggable = Array.isArray(s['debuggable']) ? (s['debuggable'] as unknown[]) : [];
+        const policy = s['policy'] as { drift?: unknown } | null | undefined;
+        const drift = Array.isArray(policy?.drift) ? (policy.drift as unknown[]) : [];
+        if (drift.length > 0)
+          io.stdout(
+            `WARNING: the policy files were changed behind keyward's back (the applied policy is in force): ${drift.map((d) => printable(String(d), 300)).join('; ')}\n`,
+          );
         if (debuggable.length > 0)
           io.stdout(
             `WARNING: the agent can be debugged (started with --allow-debugger): ${debuggable.map((d) => printable(String(d), 300)).join('; ')}\n`,

@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
 import { auditSink } from '../audit/index.js';
-import { UsageError } from '../errors.js';
+import { IntegrityError, UsageError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
 import {
   applyPolicy,
@@ -66,10 +66,15 @@ function inForce(io: Io, v: Vault | undefined): ReturnType<typeof loadPolicy> {
   if (loaded.drift) {
     note(
       io,
-      "WARNING: policy.yaml was changed behind keyward's back and is NOT in force; the last applied version is.",
+      `WARNING: the policy files were changed behind keyward's back and are NOT in force; the applied version${loaded.version === undefined ? ' (the default)' : ` ${loaded.version}`} is: ${loaded.driftReasons.join('; ')}`,
     );
-    note(io, 'to adopt the edit: keyward policy apply policy.yaml');
+    note(io, 'to adopt an edit of policy.yaml: keyward policy apply policy.yaml');
   }
+  if (loaded.legacy)
+    note(
+      io,
+      'this vault keeps only the hash of its applied policy; keyward policy apply ~/.keyward/policy.yaml keeps the policy itself in the vault, so deleting the files changes nothing',
+    );
   return loaded;
 }
 
@@ -102,7 +107,8 @@ export function registerPolicyCommands(program: Command, io: Io): void {
       const text = readPolicyFile(file);
       checked(io, text, file);
       const a = auth(this, io);
-      const r = useVault(paths(), a, 'read', (v) =>
+      // A write: the applied policy is kept in the vault itself.
+      const r = useVault(paths(), a, 'write', (v) =>
         applyPolicy(keywardHome(), text, file, v, a.audit),
       );
       io.stdout(`Applied policy version ${r.version} (sha256 ${r.sha256}): ${r.summary}\n`);
@@ -120,12 +126,21 @@ export function registerPolicyCommands(program: Command, io: Io): void {
       const loaded = verify
         ? useVault(paths(), auth(this, io), 'read', (v) => inForce(io, v))
         : inForce(io, undefined);
-      const h = readHistory(keywardHome()).find((x) => x.version === loaded.version);
       io.stdout(
-        h
-          ? fs.readFileSync(h.file, 'utf8')
-          : '# no policy applied yet: the built-in default is in force\n',
+        loaded.version === undefined
+          ? `# no policy applied yet: the built-in default is in force\n${loaded.text}`
+          : loaded.text,
       );
+      if (!verify)
+        note(io, 'read from the files, unverified: keyward policy show --verify checks the vault');
+      if (verify && loaded.drift)
+        throw new IntegrityError(
+          'POLICY_TAMPERED',
+          `the policy files differ from the applied policy kept in the vault: ${loaded.driftReasons.join('; ')}`,
+          {
+            hint: 'the applied version (printed above) is in force; find out who changed the files, then keyward policy apply a policy you trust',
+          },
+        );
     });
 
   policy

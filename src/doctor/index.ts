@@ -166,3 +166,24 @@ export function runtimeChecks(own: readonly string[], agent: unknown): Check[] {
   }
   return checks;
 }
+
+/**
+ * Whether the policy files match the applied policy, as the unlocked agent (which reads the
+ * vault) sees them. Drift is a warning: the applied policy is in force either way, but someone
+ * changed the files (or an edit was never applied).
+ */
+export function policyChecks(agentPolicy: unknown): Check[] {
+  if (agentPolicy === null || typeof agentPolicy !== 'object') return [];
+  const drift = (agentPolicy as { drift?: unknown }).drift;
+  if (!Array.isArray(drift)) return [];
+  return [
+    drift.length === 0
+      ? { id: 'policy', status: 'ok', message: 'the policy files match the applied policy' }
+      : {
+          id: 'policy',
+          status: 'warn',
+          message: `the policy files differ from the applied policy, which stays in force: ${drift.map((d) => String(d).slice(0, 200)).join('; ')}`,
+          hint: 'find out who changed them; keyward policy show --verify prints what is in force',
+        },
+  ];
+}

@@ -34,10 +34,13 @@ export {
   loadPolicy,
   PolicyInvalidError,
   policyPaths,
+  policyStamp,
+  readApplied,
   readHistory,
   sha256Hex,
   type Applied,
   type HistoryEntry,
   type Loaded,
   type PolicyDiff,
+  type SealedPolicy,
 } from './store.js';

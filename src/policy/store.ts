@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError, KeywardError } from '../errors.js';
 import { ensurePrivateDir, writeFileAtomic } from '../lib/files.js';
+import { secureFree, secureTake } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
 import { parsePolicy, type Policy, type PolicyProblem } from './schema.js';
 
@@ -34,7 +35,15 @@ rules:
       remember: { scope: process, for: 10m }
 `;
 
+/** Vaults before 0.2 sealed only the applied version's number and hash, in policy/applied. */
 const SEAL_LABEL = 'policy-applied';
+/**
+ * The applied policy itself, kept in the vault (an internal record, docs/FORMAT.md): what is in
+ * force can't be changed, downgraded or deleted without the passphrase, whatever happens to the
+ * files beside it.
+ */
+const APPLIED_RECORD = '@policy/applied';
+const RECORD_MAGIC = 'keyward-policy 1';
 
 export interface PolicyPaths {
   file: string;
@@ -84,6 +93,19 @@ export interface HistoryEntry {
   sha256: string;
   appliedAt: string;
   rules: number;
+}
+
+/** The newest history file, its version and hash, without parsing any policy. */
+function lastHistory(home: string): { version: number; file: string } | undefined {
+  const p = policyPaths(home);
+  let names: string[];
+  try {
+    names = fs.readdirSync(p.history).filter((n) => /^\d{6}\.yaml$/.test(n));
+  } catch {
+    return undefined;
+  }
+  const last = names.sort().at(-1);
+  return last ? { version: Number(last.slice(0, 6)), file: path.join(p.history, last) } : undefined;
 }
 
 export function readHistory(home: string): HistoryEntry[] {
@@ -141,8 +163,39 @@ export function diffPolicies(a: Policy, b: Policy): PolicyDiff {
   return { added, removed, modified, reordered, unlockChanged, summary: parts.join(', ') };
 }
 
-function sealApplied(p: PolicyPaths, v: Vault, version: number, sha: string): void {
-  writeFileAtomic(p.applied, [v.sealState(SEAL_LABEL, Buffer.from(`${version}\n${sha}`, 'utf8'))]);
+/** The applied policy as kept in the vault: its version, hash and text. */
+export interface SealedPolicy {
+  version: number;
+  sha256: string;
+  text: string;
+}
+
+function storeApplied(v: Vault, sealed: SealedPolicy): void {
+  const record = secureTake(
+    Buffer.from(`${RECORD_MAGIC}\n${sealed.version}\n${sealed.sha256}\n${sealed.text}`, 'utf8'),
+  );
+  try {
+    v.setInternal(APPLIED_RECORD, record);
+  } finally {
+    secureFree(record);
+  }
+}
+
+/** The applied policy in the vault, or undefined when this vault never had one stored. */
+export function readApplied(v: Vault): SealedPolicy | undefined {
+  const record = v.revealInternal(APPLIED_RECORD);
+  if (!record) return undefined;
+  try {
+    // The record is authenticated by the vault; its shape is checked all the same.
+    const text = Buffer.from(record).toString('utf8');
+    const m = /^keyward-policy 1\n(\d{1,9})\n([0-9a-f]{64})\n/.exec(text);
+    const body = m ? text.slice(m[0].length) : '';
+    if (!m || sha256Hex(body) !== m[2])
+      throw tampered('the applied policy kept in the vault is malformed');
+    return { version: Number(m[1]), sha256: m[2] ?? '', text: body };
+  } finally {
+    secureFree(record);
+  }
 }
 
 function openApplied(p: PolicyPaths, v: Vault): { version: number; sha256: string } | undefined {
@@ -172,9 +225,9 @@ export interface Applied {
 }
 
 /**
- * Installs a policy: validated, kept verbatim as the next history version, written to
- * policy.yaml atomically, its number and hash sealed in the vault, and recorded as
- * policy.changed before policy.yaml changes.
+ * Installs a policy: validated, recorded as policy.changed, kept verbatim as the next history
+ * version and in policy.yaml, and stored in the vault, which is saved: the caller holds the
+ * vault's write lock (useVault 'write', or init). The vault's copy is what is in force.
  */
 export function applyPolicy(
   home: string,
@@ -189,11 +242,18 @@ export function applyPolicy(
   ensurePrivateDir(p.history);
   const history = readHistory(home);
   const last = history.at(-1);
-  const previous = last ? parsePolicy(fs.readFileSync(last.file, 'utf8')) : undefined;
+  const inVault = readApplied(v);
+  // The diff is against what was in force: the vault's copy, whatever the files say.
+  const previous = inVault
+    ? parsePolicy(inVault.text)
+    : last
+      ? parsePolicy(fs.readFileSync(last.file, 'utf8'))
+      : undefined;
   const diff = previous?.ok
     ? diffPolicies(previous.policy, next)
     : diffPolicies({ ...next, rules: [] }, next);
-  const version = (last?.version ?? 0) + 1;
+  // Numbered past both the files and the vault: a deleted history never reuses a number.
+  const version = Math.max(last?.version ?? 0, inVault?.version ?? 0) + 1;
   const sha = sha256Hex(text);
   audit.record({
     type: 'policy.changed',
@@ -202,7 +262,7 @@ export function applyPolicy(
     details: {
       version,
       sha256: sha,
-      previousSha256: last?.sha256 ?? null,
+      previousSha256: inVault?.sha256 ?? last?.sha256 ?? null,
       source: path.basename(source),
     },
   });
@@ -210,24 +270,67 @@ export function applyPolicy(
     Buffer.from(text, 'utf8'),
   ]);
   writeFileAtomic(p.file, [Buffer.from(text, 'utf8')]);
-  sealApplied(p, v, version, sha);
-  return { version, sha256: sha, previousSha256: last?.sha256, summary: diff.summary };
+  storeApplied(v, { version, sha256: sha, text });
+  v.save();
+  // The hash-only seal of older versions would only go stale.
+  fs.rmSync(p.applied, { force: true });
+  return {
+    version,
+    sha256: sha,
+    previousSha256: inVault?.sha256 ?? last?.sha256,
+    summary: diff.summary,
+  };
 }
 
 export interface Loaded {
   policy: Policy;
+  /** The policy's text as applied (what `policy show` prints). */
+  text: string;
   version: number | undefined;
   sha256: string;
-  /** policy.yaml differs from the applied version, which is what is in force. */
+  /** The files beside the vault differ from the policy in force (which is the applied one). */
   drift: boolean;
-  /** The sealed record was checked (the vault was open). */
+  /** What differs, one sentence each (empty without drift). */
+  driftReasons: string[];
+  /** The policy in force was read from the vault (or checked against it). */
   verified: boolean;
+  /** The vault predates keeping the policy in it: only its hash is sealed (re-apply to fix). */
+  legacy: boolean;
+}
+
+function readOptional(file: string): string | undefined {
+  try {
+    return fs.readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+}
+
+/** How the files compare with the applied policy: one sentence per difference. */
+function differences(home: string, applied: { version: number; sha256: string }): string[] {
+  const p = policyPaths(home);
+  const reasons: string[] = [];
+  const last = lastHistory(home);
+  const lastText = last ? readOptional(last.file) : undefined;
+  const lastSha = lastText === undefined ? '' : sha256Hex(lastText);
+  if (!last || lastText === undefined) reasons.push('the policy history is missing');
+  else if (last.version !== applied.version || lastSha !== applied.sha256)
+    reasons.push(
+      `the policy history ends at version ${last.version} (${lastSha.slice(0, 12)}), not at the applied version ${applied.version} (${applied.sha256.slice(0, 12)})`,
+    );
+  const live = readOptional(p.file);
+  if (live === undefined) reasons.push('policy.yaml is missing');
+  else if (sha256Hex(live) !== applied.sha256)
+    reasons.push('policy.yaml differs from the applied version');
+  return reasons;
 }
 
 /**
- * The policy in force: the last applied version. When policy.yaml was edited behind keyward's
- * back, that edit is ignored and reported (drift). With the vault open, the applied version is
- * checked against its sealed hash (fail closed on a mismatch). Every load is recorded.
+ * The policy in force. With the vault open: the applied policy kept in it, whatever the files
+ * say; files that differ (edited, replaced by an older version, deleted) change no decision and
+ * are reported as drift (`policy.drift`). Only a vault that never had a policy gets the default.
+ * Without the vault (commands that need no passphrase): the files, unverified. Every load is
+ * recorded.
  */
 export function loadPolicy(
   home: string,
@@ -235,46 +338,73 @@ export function loadPolicy(
   audit: AuditSink | undefined,
 ): Loaded {
   const p = policyPaths(home);
-  const last = readHistory(home).at(-1);
+  const sealed = v ? readApplied(v) : undefined;
   let loaded: Loaded;
-  if (!last) {
-    // No policy applied yet (a vault made before policies): the safe default, in memory.
+  if (sealed) {
+    const reasons = differences(home, sealed);
     loaded = {
-      policy: checkPolicyText(DEFAULT_POLICY, 'the default policy'),
-      version: undefined,
-      sha256: sha256Hex(DEFAULT_POLICY),
-      drift: fs.existsSync(p.file),
-      verified: false,
+      policy: checkPolicyText(sealed.text, 'the applied policy kept in the vault'),
+      text: sealed.text,
+      version: sealed.version,
+      sha256: sealed.sha256,
+      drift: reasons.length > 0,
+      driftReasons: reasons,
+      verified: true,
+      legacy: false,
     };
   } else {
-    const sealed = v ? openApplied(p, v) : undefined;
-    if (v && (!sealed || sealed.version !== last.version || sealed.sha256 !== last.sha256)) {
-      throw tampered(
-        sealed
-          ? `policy history version ${last.version} (${last.sha256.slice(0, 12)}) is not the applied version ${sealed.version} (${sealed.sha256.slice(0, 12)})`
-          : 'the policy history has no sealed record of the applied version',
-      );
+    const last = readHistory(home).at(-1);
+    const legacy = v ? openApplied(p, v) : undefined;
+    if (v && legacy) {
+      // A vault from before the policy was kept in it: the history, checked against the hash
+      // sealed then. Nothing else can be trusted, so a mismatch is refused (fail closed).
+      if (!last || legacy.version !== last.version || legacy.sha256 !== last.sha256) {
+        throw tampered(
+          last
+            ? `policy history version ${last.version} (${last.sha256.slice(0, 12)}) is not the applied version ${legacy.version} (${legacy.sha256.slice(0, 12)})`
+            : `the policy history is missing; the applied version was ${legacy.version}`,
+        );
+      }
     }
-    const text = fs.readFileSync(last.file, 'utf8');
-    let live: string | undefined;
-    try {
-      live = fs.readFileSync(p.file, 'utf8');
-    } catch {
-      live = undefined;
+    if (v && !legacy) {
+      // This vault never had a policy applied: the default. Policy files beside it were not
+      // applied with its passphrase, so they count for nothing.
+      const reasons =
+        last || fs.existsSync(p.file)
+          ? ['policy files exist that were never applied with this vault']
+          : [];
+      loaded = defaultLoaded(reasons, true);
+    } else if (last) {
+      const text = fs.readFileSync(last.file, 'utf8');
+      const live = readOptional(p.file);
+      const reasons =
+        live === undefined
+          ? ['policy.yaml is missing']
+          : sha256Hex(live) !== last.sha256
+            ? ['policy.yaml differs from the applied version']
+            : [];
+      loaded = {
+        policy: checkPolicyText(text, last.file),
+        text,
+        version: last.version,
+        sha256: last.sha256,
+        drift: reasons.length > 0,
+        driftReasons: reasons,
+        verified: v !== undefined,
+        legacy: v !== undefined,
+      };
+    } else {
+      loaded = defaultLoaded(fs.existsSync(p.file) ? ['policy.yaml was never applied'] : [], false);
     }
-    loaded = {
-      policy: checkPolicyText(text, last.file),
-      version: last.version,
-      sha256: last.sha256,
-      drift: live === undefined || sha256Hex(live) !== last.sha256,
-      verified: v !== undefined,
-    };
   }
   audit?.record({
     type: 'policy.loaded',
     decision: loaded.drift ? 'error' : 'info',
     ...(loaded.drift
-      ? { reason: 'policy.yaml differs from the applied version; the applied version is in force' }
+      ? {
+          reason:
+            'the policy files differ from the applied version; the applied version is in force',
+        }
       : {}),
     details: {
       version: loaded.version ?? null,
@@ -283,7 +413,41 @@ export function loadPolicy(
       verified: loaded.verified,
     },
   });
+  if (loaded.drift && loaded.verified)
+    audit?.record({
+      type: 'policy.drift',
+      decision: 'error',
+      reason: loaded.driftReasons.join('; '),
+      details: { version: loaded.version ?? null, sha256: loaded.sha256 },
+    });
   return loaded;
+}
+
+function defaultLoaded(reasons: string[], verified: boolean): Loaded {
+  return {
+    policy: checkPolicyText(DEFAULT_POLICY, 'the default policy'),
+    text: DEFAULT_POLICY,
+    version: undefined,
+    sha256: sha256Hex(DEFAULT_POLICY),
+    drift: reasons.length > 0,
+    driftReasons: reasons,
+    verified,
+    legacy: false,
+  };
+}
+
+/**
+ * What the agent watches to know when to load the policy again: the files (for drift) and the
+ * vault's generation (for the applied policy itself).
+ */
+export function policyStamp(home: string): string {
+  const p = policyPaths(home);
+  const stamp = (f: string) => {
+    const st = fs.statSync(f, { throwIfNoEntry: false, bigint: true });
+    return st ? `${st.ino}:${st.size}:${st.mtimeNs}` : '-';
+  };
+  const last = lastHistory(home);
+  return [stamp(p.file), stamp(p.history), last ? stamp(last.file) : '-'].join('|');
 }
 
 /** For `init`: the default policy as version 1, sealed. Any previous policy files are moved aside. */

@@ -368,6 +368,11 @@ export class Vault {
     if (this.closed) throw new Error('vault used after close');
   }
 
+  /** The vault file's generation this object reflects (it grows with every save). */
+  get fileGeneration(): bigint {
+    return this.generation;
+  }
+
   get id(): string {
     return this.vaultId.toString('hex');
   }
