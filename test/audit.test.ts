@@ -28,7 +28,7 @@ function failsAt(r: VerifyResult, line: number, why?: RegExp): void {
 }
 
 test('the event type list is pinned', () => {
-  assert.equal(EVENT_TYPES.length, 33);
+  assert.equal(EVENT_TYPES.length, 35);
   for (const t of [
     'secret.read',
     'vault.unlock_failed',
@@ -50,7 +50,7 @@ describe('tamper matrix over a log of 1,000 entries', () => {
   const checkpoint = { seq: head.seq, hash: head.hash };
 
   test('the untouched log verifies: 1,000 entries, MACs and checkpoint', () => {
-    const r = verifySegments(original, { seed, checkpoint });
+    const r = verifySegments(original, { seed, checkpoints: [checkpoint] });
     assert.equal(r.ok, true);
     if (r.ok) {
       assert.equal(r.entries, 1000);
@@ -79,7 +79,7 @@ describe('tamper matrix over a log of 1,000 entries', () => {
         const flipped = /[0-9]/.test(ch) ? String((Number(ch) + 1) % 10) : ch === 'a' ? 'b' : 'a';
         ls[at - 1] = line.slice(0, i) + flipped + line.slice(i + 1);
         writeLines(file, ls);
-        failsAt(verifySegments([file], { seed, checkpoint }), at);
+        failsAt(verifySegments([file], { seed, checkpoints: [checkpoint] }), at);
       });
     }
   }
@@ -91,7 +91,7 @@ describe('tamper matrix over a log of 1,000 entries', () => {
       const ls = lines(file);
       ls.splice(at - 1, 1);
       writeLines(file, ls);
-      const r = verifySegments([file], { seed, checkpoint });
+      const r = verifySegments([file], { seed, checkpoints: [checkpoint] });
       // The last entry's deletion leaves a valid shorter chain: only the checkpoint shows it.
       if (at === 1000)
         assert.equal(r.ok === false && r.finding.reason.includes('deleted from the end'), true);
@@ -105,7 +105,11 @@ describe('tamper matrix over a log of 1,000 entries', () => {
     const ls = lines(file);
     [ls[300], ls[301]] = [ls[301] ?? '', ls[300] ?? ''];
     writeLines(file, ls);
-    failsAt(verifySegments([file], { seed, checkpoint }), 301, /seq 302 follows seq 300/);
+    failsAt(
+      verifySegments([file], { seed, checkpoints: [checkpoint] }),
+      301,
+      /seq 302 follows seq 300/,
+    );
   });
 
   test('truncating the tail is detected by the sealed checkpoint, and only by it', () => {
@@ -113,7 +117,7 @@ describe('tamper matrix over a log of 1,000 entries', () => {
     assert.ok(file);
     writeLines(file, lines(file).slice(0, 990));
     assert.equal(verifySegments([file], { seed }).ok, true, 'a shorter chain is self-consistent');
-    const r = verifySegments([file], { seed, checkpoint });
+    const r = verifySegments([file], { seed, checkpoints: [checkpoint] });
     assert.equal(r.ok, false);
     if (!r.ok)
       assert.match(r.finding.reason, /ends at seq 990 but the checkpoint .* says seq 1000/);
@@ -139,16 +143,20 @@ describe('tamper matrix over a log of 1,000 entries', () => {
     );
     ls.splice(999, 1, forged.line);
     writeLines(file, ls);
-    failsAt(verifySegments([file], { seed, checkpoint }), 1000, /MAC does not verify/);
+    failsAt(
+      verifySegments([file], { seed, checkpoints: [checkpoint] }),
+      1000,
+      /MAC does not verify/,
+    );
   });
 
   test('a whole log replaced by a shorter valid chain under another key fails at entry 1', () => {
     const other = makeLog();
     fill(other.log, 10);
     const files = listSegments(other.log.paths.dir);
-    failsAt(verifySegments(files, { seed, checkpoint }), 1, /MAC does not verify/);
+    failsAt(verifySegments(files, { seed, checkpoints: [checkpoint] }), 1, /MAC does not verify/);
     // Even without the key, the checkpoint sealed in the vault shows the swap.
-    const r = verifySegments(files, { checkpoint });
+    const r = verifySegments(files, { checkpoints: [checkpoint] });
     assert.equal(r.ok, false);
   });
 
@@ -268,7 +276,7 @@ describe('rotation', () => {
     fill(log, 60, 3);
     const files = listSegments(log.paths.dir);
     assert.ok(files.length >= 3, `${files.length} segments`);
-    const r = verifySegments(files, { seed, checkpoint: log.head() });
+    const r = verifySegments(files, { seed, checkpoints: [log.head()] });
     assert.equal(r.ok, true, r.ok ? '' : r.finding.reason);
     // Each closed segment ends with audit.rotated naming the next one.
     const closing = parseLine(lines(files[0] ?? '').at(-1) ?? '');

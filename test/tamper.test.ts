@@ -89,3 +89,113 @@ describe('a policy that cannot be downgraded', () => {
     );
   });
 });
+
+const segmentOf = (h: { home: string }) => {
+  const dir = path.join(h.home, 'audit');
+  const last = fs
+    .readdirSync(dir)
+    .filter((n) => /^log-\d{6}\.jsonl$/.test(n))
+    .sort()
+    .at(-1) as string;
+  return path.join(dir, last);
+};
+
+/** The log's lines; and cutting its last n lines, as an attacker with the user's rights would. */
+const logLines = (h: { home: string }) =>
+  fs.readFileSync(segmentOf(h), 'utf8').trimEnd().split('\n');
+function cutTail(h: { home: string }, n: number): Array<{ seq: number; type: string }> {
+  const ls = logLines(h);
+  fs.writeFileSync(segmentOf(h), `${ls.slice(0, ls.length - n).join('\n')}\n`);
+  return ls.slice(ls.length - n).map((l) => JSON.parse(l) as { seq: number; type: string });
+}
+
+describe('an audit log that cannot be deleted, truncated or healed', () => {
+  test('rm -rf audit: verify says the log is missing (exit 8), and audit init starts the new log with that fact', () => {
+    const h = agentHome();
+    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'value-before-deletion' });
+    fs.rmSync(path.join(h.home, 'audit'), { recursive: true, force: true });
+    let r = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(r.code, 8, r.stdout + r.stderr);
+    assert.match(r.stderr, /the log is missing: the vault's checkpoint says it reached seq \d+/);
+    assert.doesNotMatch(r.stdout, /ok: 0 entries/);
+    assert.equal(kw(['audit', 'init'], { env: h.env }).code, 0);
+    r = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(r.code, 8, r.stdout + r.stderr);
+    assert.match(r.stderr, /audit\.gap at seq 1/);
+  });
+
+  test('a deleted last entry is recorded by the next ordinary command, never healed by later ones, and stays reported until acknowledged', () => {
+    const h = agentHome();
+    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'exfiltrated-value' });
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).code, 0);
+    const [cut] = cutTail(h, 1);
+    assert.equal(cut?.type, 'secret.read', 'the attacker removed the read');
+    // The next ordinary command finds the cut, records it before anything else, and says so.
+    const list = kw(['secret', 'list'], { env: h.env });
+    assert.equal(list.code, 0, list.stderr);
+    assert.match(
+      list.stderr,
+      /WARNING: the audit log was cut: the log ends at seq \d+, but the checkpoint file sealed seq \d+: 1 entries are missing/,
+    );
+    const gap = JSON.parse(logLines(h).find((l) => l.includes('"audit.gap"')) ?? '{}') as {
+      seq: number;
+    };
+    assert.equal(
+      gap.seq,
+      cut?.seq,
+      'audit.gap takes the place of the deleted entry, chained from the one before',
+    );
+    // Ordinary use afterwards records nothing new and heals nothing.
+    for (let i = 0; i < 3; i++) assert.equal(kw(['secret', 'list'], { env: h.env }).code, 0);
+    assert.equal(logLines(h).filter((l) => l.includes('"audit.gap"')).length, 1);
+    for (let i = 0; i < 2; i++) {
+      const v = kw(['audit', 'verify'], { env: h.env });
+      assert.equal(v.code, 8, v.stdout + v.stderr);
+      assert.match(v.stderr, new RegExp(`audit\\.gap at seq ${gap.seq}`));
+    }
+    const gone = auditEntries(h).find((e) => e.type === 'audit.gap');
+    assert.equal(gone?.details['expectedSeq'], cut?.seq);
+    // The person looks, then acknowledges (with the passphrase, recorded).
+    const ack = kw(['audit', 'acknowledge'], { env: h.env });
+    assert.equal(ack.code, 0, ack.stderr);
+    assert.match(
+      ack.stdout,
+      new RegExp(`acknowledged 1 recorded break\\(s\\) \\(audit\\.gap at seq ${gap.seq}\\)`),
+    );
+    const ok = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.match(
+      ok.stderr,
+      new RegExp(`1 recorded break\\(s\\), acknowledged: audit\\.gap at seq ${gap.seq}`),
+    );
+    assert.ok(auditEntries(h).some((e) => e.type === 'audit.acknowledged'));
+  });
+
+  test('a cut behind the running agent is recorded in its next batch, and the agent locks before releasing anything', async () => {
+    const h = await unlocked(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'agent-cut-value' });
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'agent-cut-value');
+    const cut = cutTail(h, 2);
+    assert.ok(cut.some((e) => e.type === 'secret.read'));
+    const r = kw(['read', 'app/token'], { env: h.env });
+    assert.notEqual(r.code, 0, 'nothing released after the cut');
+    assert.equal(r.stdout, '');
+    assert.equal(kw(['status'], { env: h.env }).code, 5, 'the agent locked');
+    const lines = logLines(h);
+    const gapLine = lines.find((l) => l.includes('"audit.gap"'));
+    assert.ok(gapLine, 'audit.gap recorded');
+    const v = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(v.code, 8, v.stdout + v.stderr);
+    const gap = auditEntries(h).find((e) => e.type === 'audit.gap');
+    assert.equal(gap?.details['detectedBy'], 'the agent');
+    // Unlocked again, the agent tells the person at once.
+    const u = kw(['unlock'], { env: h.env });
+    assert.equal(u.code, 0, u.stderr);
+    assert.match(
+      u.stderr,
+      /WARNING: the audit log records 1 break\(s\) not acknowledged \(audit\.gap at seq \d+\)/,
+    );
+  });
+});

@@ -9,7 +9,15 @@
 import fs from 'node:fs';
 import type net from 'node:net';
 import type { TerminalChannel } from '../approval/index.js';
-import { AuditLog, GroupCommitter, type AuditRecord } from '../audit/index.js';
+import {
+  AuditLog,
+  breakWarning,
+  findBreak,
+  gapRecord,
+  GroupCommitter,
+  readCheckpoints,
+  type AuditRecord,
+} from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { closeFd, EAGAIN, flock, LOCK_EX, LOCK_NB, queuedBytes, sendWithFd } from '../lib/libc.js';
 import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
@@ -113,6 +121,12 @@ export class Agent {
   constructor(private readonly o: AgentOptions) {
     this.sp = socketPaths(o.socketDir);
     this.audit = new GroupCommitter(new AuditLog(o.home));
+    // The log was cut behind the agent (its last entry is gone or changed): the batch that found
+    // it begins with audit.gap, and the agent locks before anything of that batch is released.
+    this.audit.onGap = (reason) => {
+      this.o.log?.(`the audit log was cut: ${reason}`);
+      void this.lock(`the audit log was cut: ${reason}`);
+    };
     this.window = new UnlockWindow({
       home: o.home,
       record: (r) => this.record(r),
@@ -480,7 +494,30 @@ export class Agent {
     } finally {
       secureFree(f.raw);
     }
-    return { unlocked: true, drift: this.window.loaded?.drift === true };
+    return {
+      unlocked: true,
+      drift: this.window.loaded?.drift === true,
+      auditWarning: (await this.checkAuditLog()) ?? null,
+    };
+  }
+
+  /**
+   * At unlock, with the vault's checkpoints at hand: a log cut since them is recorded (once,
+   * chained from the last entry there) and said to the person who unlocked.
+   */
+  private async checkAuditLog(): Promise<string | undefined> {
+    const log = new AuditLog(this.o.home);
+    const b = findBreak(log, readCheckpoints(log, this.window.unlocked()));
+    const recorded = log.unacknowledgedGaps();
+    if (b) {
+      if (recorded.length === 0) await this.record(gapRecord(b, 'the agent at unlock'));
+      return breakWarning(b);
+    }
+    // Breaks found earlier (by this agent while it ran, say) are said at every unlock until a
+    // person acknowledges them.
+    return recorded.length > 0
+      ? `WARNING: the audit log records ${recorded.length} break(s) not acknowledged (audit.gap at seq ${recorded.join(', ')}); see keyward audit verify, then keyward audit acknowledge`
+      : undefined;
   }
 
   /** Wipes every key and grant, refuses everything pending. */

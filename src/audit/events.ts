@@ -30,6 +30,8 @@ export const EVENT_TYPES = [
   'policy.drift',
   'audit.rotated',
   'audit.recovered',
+  'audit.gap',
+  'audit.acknowledged',
   'audit.rekeyed',
   'audit.key_exported',
   'totp.enrolled',

@@ -20,12 +20,22 @@ export {
   verifySegments,
   type Checkpoint,
   type Finding,
+  type RecordedGap,
   type VerifyResult,
 } from './verify.js';
+export {
+  findBreak,
+  gapRecord,
+  readCheckpoints,
+  type Break,
+  type SealedCheckpoint,
+} from './checkpoint.js';
 export { auditPaths } from './state.js';
 export {
+  acknowledge,
   auditInitHooks,
   auditSink,
+  breakWarning,
   headOf,
   initOrRepair,
   lenientAuditSink,

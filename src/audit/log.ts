@@ -13,6 +13,8 @@ import {
 } from '../lib/files.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { encodeLine, parseLine, ZERO_HASH } from './entry.js';
+import { gapRecord } from './checkpoint.js';
+import { listSegments } from './verify.js';
 import type { Actor, AuditRecord } from './events.js';
 import { epochZeroKey, nextEpochKey, sealBody, sha256 } from './keys.js';
 import {
@@ -47,6 +49,11 @@ export interface Head {
   seq: number;
   hash: string;
   segment: number;
+  /** Where the last line ends in its segment, and its length with the newline (when written). */
+  end?: number;
+  length?: number;
+  /** Set when this append found the log cut behind the writer and recorded it (audit.gap). */
+  gap?: string;
 }
 
 let selfActor: Actor | undefined;
@@ -97,6 +104,52 @@ function readTail(file: string): Tail {
     if (lastNl === -1) return { size, lastLine: undefined, tornBytes };
     const prevNl = buf.lastIndexOf(0x0a, lastNl - 1);
     return { size, lastLine: buf.subarray(prevNl + 1, lastNl).toString('utf8'), tornBytes };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Calls visit with each complete line of file, last first, until it returns true. Reads from the
+ * end in chunks, so finding a recent entry costs what is after it, not the whole segment.
+ */
+function scanBack(file: string, visit: (line: string) => boolean): boolean {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  // The newline that ends the line before the last one of b (never a negative offset, which
+  // would count from the end).
+  const before = (b: Buffer) => (b.length >= 2 ? b.lastIndexOf(0x0a, b.length - 2) : -1);
+  const text = (b: Buffer) => {
+    const t = b.toString('utf8');
+    return t.endsWith('\n') ? t.slice(0, -1) : t;
+  };
+  try {
+    let end = fs.fstatSync(fd).size;
+    let carry = Buffer.alloc(0);
+    const CHUNK = 64 * 1024;
+    while (end > 0) {
+      const start = Math.max(0, end - CHUNK);
+      const chunk = Buffer.alloc(end - start);
+      fs.readSync(fd, chunk, 0, chunk.length, start);
+      let buf = Buffer.concat([chunk, carry]);
+      // A line is whole once the newline before it is in: or at the very start of the file.
+      for (let nl = before(buf); nl >= 0; nl = before(buf)) {
+        const line = text(buf.subarray(nl + 1));
+        if (line && visit(line)) return true;
+        buf = buf.subarray(0, nl + 1);
+      }
+      if (start === 0) {
+        const line = text(buf);
+        return line !== '' && visit(line);
+      }
+      carry = buf;
+      end = start;
+    }
+    return false;
   } finally {
     fs.closeSync(fd);
   }
@@ -176,10 +229,14 @@ export class AuditLog {
    * The same, without blocking the event loop on the fsync. Used by GroupCommitter: while one
    * batch waits for its fsync, the next batch gathers, so concurrent writers share fsyncs.
    */
-  async appendAsync(records: readonly AuditRecord[]): Promise<Head> {
+  async appendAsync(records: readonly AuditRecord[], expect?: Head): Promise<Head> {
     this.checkDir();
     return withFileLockAsync(this.paths.lock, LOCK_TIMEOUT_MS, async () => {
-      const head = this.writeLocked(records);
+      // A long-running writer knows the last line it wrote: it must still be there, as it was.
+      // If not, the log was cut behind it; the first line of this batch says so.
+      const cut = expect && !this.stillThere(expect) ? this.cutBehind(expect) : undefined;
+      const head = this.writeLocked(cut ? [cut.record, ...records] : records);
+      if (cut) head.gap = cut.reason;
       // fsync flushes the file, whichever descriptor asks.
       const fh = await fs.promises.open(this.segmentPath(head.segment), 'r');
       try {
@@ -218,6 +275,79 @@ export class AuditLog {
         secureFree(st.key);
       }
     });
+  }
+
+  /** Whether the line a writer wrote (seq, hash, where it ended) is still in its segment. */
+  private stillThere(h: Head): boolean {
+    if (h.end === undefined || h.length === undefined) return true;
+    let fd: number;
+    try {
+      fd = fs.openSync(
+        this.segmentPath(h.segment),
+        fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW,
+      );
+    } catch {
+      return false;
+    }
+    try {
+      const buf = Buffer.alloc(h.length);
+      const n = fs.readSync(fd, buf, 0, h.length, h.end - h.length);
+      if (n !== h.length || buf[h.length - 1] !== 0x0a) return false;
+      return sha256(buf.subarray(0, h.length - 1)).toString('hex') === h.hash;
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  private cutBehind(expected: Head): { record: AuditRecord; reason: string } {
+    const st = readState(this.paths);
+    secureFree(st.key);
+    const now = this.headOf(st.segment).head;
+    const b = {
+      checkpoint: { seq: expected.seq, hash: expected.hash, where: 'agent' as const },
+      found: { seq: now.seq, hash: now.hash },
+      reason:
+        now.seq < expected.seq
+          ? `the log ends at seq ${now.seq}, but the agent wrote seq ${expected.seq}: ${expected.seq - now.seq} entries are missing`
+          : `the entry at seq ${expected.seq} is not the one the agent wrote: the log was cut there and written again`,
+    };
+    return { record: gapRecord(b, 'the agent'), reason: b.reason };
+  }
+
+  /** The hash of the entry at seq, looked for from the end; undefined when there is none. */
+  hashAt(seq: number): string | undefined {
+    let found: string | undefined;
+    for (const file of listSegments(this.paths.dir).reverse()) {
+      let passed = false;
+      scanBack(file, (line) => {
+        const e = parseLine(line);
+        if (!e) return false;
+        if (e.seq === seq) found = e.hash;
+        passed = e.seq <= seq;
+        return passed;
+      });
+      if (passed) break;
+    }
+    return found;
+  }
+
+  /**
+   * The seqs of recorded breaks (`audit.gap`) since the last acknowledgement, oldest first.
+   * The types are in the clear, so this needs no key.
+   */
+  unacknowledgedGaps(): number[] {
+    const gaps: number[] = [];
+    for (const file of listSegments(this.paths.dir).reverse()) {
+      const stop = scanBack(file, (line) => {
+        if (!line.includes('"type":"audit.')) return false;
+        const e = parseLine(line);
+        if (e?.type === 'audit.acknowledged') return true;
+        if (e?.type === 'audit.gap') gaps.push(e.seq);
+        return false;
+      });
+      if (stop) break;
+    }
+    return gaps.reverse();
   }
 
   /** The last entry's sequence and hash, without writing. */
@@ -334,6 +464,7 @@ export class AuditLog {
     }
     const file = this.segmentPath(st.segment);
     const created = !fs.existsSync(file);
+    let end: number;
     const fd = fs.openSync(
       file,
       fs.constants.O_WRONLY |
@@ -346,11 +477,18 @@ export class AuditLog {
       const data = Buffer.from(lines.join(''), 'utf8');
       let off = 0;
       while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off);
+      end = fs.fstatSync(fd).size;
     } finally {
       fs.closeSync(fd);
     }
     if (created) fsyncDir(this.paths.dir);
-    return { seq, hash, segment: st.segment };
+    const last = lines.at(-1);
+    return {
+      seq,
+      hash,
+      segment: st.segment,
+      ...(last === undefined ? {} : { end, length: Buffer.byteLength(last, 'utf8') }),
+    };
   }
 }
 
@@ -377,6 +515,10 @@ interface Waiter {
 export class GroupCommitter {
   private queue: Waiter[] = [];
   private running = false;
+  /** The last entry this writer made: the log must still hold it at the next batch. */
+  private last: Head | undefined;
+  /** Told when a batch found the log cut behind this writer (and recorded it). */
+  onGap: ((reason: string) => void) | undefined;
   /** How many batches (so fsyncs) were written: for tests and the benchmark. */
   batches = 0;
 
@@ -397,7 +539,13 @@ export class GroupCommitter {
       const batch = this.queue.splice(0);
       this.batches += 1;
       try {
-        const head = await this.log.appendAsync(batch.map((w) => w.record));
+        const head = await this.log.appendAsync(
+          batch.map((w) => w.record),
+          this.last,
+        );
+        this.last = head;
+        // Before any waiter goes on: the agent locks, so nothing is released after a cut.
+        if (head.gap !== undefined) this.onGap?.(head.gap);
         for (const w of batch) w.resolve(head);
       } catch (e) {
         for (const w of batch) w.reject(e);

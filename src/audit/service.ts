@@ -4,7 +4,6 @@
  */
 import fs from 'node:fs';
 import { IntegrityError, KeywardError } from '../errors.js';
-import { writeFileAtomic } from '../lib/files.js';
 import { writeQr } from '../lib/qr.js';
 import {
   secureRandom,
@@ -20,11 +19,20 @@ import { isEventType } from './events.js';
 import { boxKeypair, boxPublicOf, epochKeyFromSeed, openBody } from './keys.js';
 import { AuditLog, type AuditOptions, type Head } from './log.js';
 import { writeState } from './state.js';
-import { listSegments, verifySegments, type Checkpoint, type VerifyResult } from './verify.js';
+import {
+  acknowledgeBreaks,
+  findBreak,
+  readCheckpoints,
+  recordBreakOnce,
+  sealCheckpoint,
+  sealFile,
+  setAnchor,
+  type Break,
+} from './checkpoint.js';
+import { listSegments, verifySegments, type VerifyResult } from './verify.js';
 
 const SEED = '@audit/seed';
 const BOX_SECRET = '@audit/box-secret';
-const CHECKPOINT_LABEL = 'audit-checkpoint';
 
 function storeNewKeys(v: Vault): void {
   const seed = secureRandom(32);
@@ -58,6 +66,8 @@ export function auditInitHooks(
     afterSave: (v) => {
       const log = new AuditLog(home, options);
       startLog(log, v);
+      // From now on every save of this vault carries the log's head.
+      v.beforeSave = () => setAnchor(log, v);
       log.append([{ type: 'vault.init', decision: 'info', details: { vaultId: v.id } }]);
       writeCheckpoint(log, v);
     },
@@ -102,6 +112,10 @@ export function initOrRepair(
   const last = segments.at(-1);
   if (!last) {
     startLog(log, v);
+    // A vault whose checkpoint says its log had entries: the log was deleted, not never made.
+    // The new log starts with that fact.
+    const b = findBreak(log, readCheckpoints(log, v));
+    if (b) recordBreakOnce(log, b, 'audit init');
     return 'created';
   }
   const lines = fs.readFileSync(last, 'utf8').trimEnd().split('\n');
@@ -139,32 +153,9 @@ export function initOrRepair(
   return 'repaired';
 }
 
+/** Seals the head at the end of an unlocked operation, unless the log is broken (recorded). */
 export function writeCheckpoint(log: AuditLog, v: Vault): void {
-  const head = log.head();
-  const plain = Buffer.alloc(8 + 32);
-  plain.writeBigUInt64BE(BigInt(head.seq), 0);
-  Buffer.from(head.hash, 'hex').copy(plain, 8);
-  writeFileAtomic(log.paths.checkpoint, [v.sealState(CHECKPOINT_LABEL, plain)]);
-}
-
-export function readCheckpoint(log: AuditLog, v: Vault): Checkpoint | undefined {
-  let sealed: Buffer;
-  try {
-    sealed = fs.readFileSync(log.paths.checkpoint);
-  } catch {
-    return undefined;
-  }
-  const plain = v.openState(CHECKPOINT_LABEL, sealed);
-  if (!plain || plain.length !== 40) {
-    secureFree(plain);
-    throw new IntegrityError(
-      'AUDIT_CHAIN_BROKEN',
-      'the audit checkpoint does not verify (tampered or from another vault)',
-    );
-  }
-  const cp = { seq: Number(plain.readBigUInt64BE(0)), hash: plain.subarray(8).toString('hex') };
-  secureFree(plain);
-  return cp;
+  sealCheckpoint(log, v, 'a checkpoint');
 }
 
 /** The sink the CLI hands to vault sessions: every record durable, or the operation fails. */
@@ -178,7 +169,37 @@ export function auditSink(home: string, options?: AuditOptions): AuditSink {
     checkpoint(v) {
       writeCheckpoint(log, v);
     },
+    attach(v) {
+      // Before this session writes anything: a log cut short since the last checkpoint is
+      // recorded now, chained from the last entry that is there, and said.
+      if (!log.exists()) return undefined;
+      const b = findBreak(log, readCheckpoints(log, v));
+      if (!b) return undefined;
+      recordBreakOnce(log, b, 'the command line');
+      return breakWarning(b);
+    },
+    beforeSave(v) {
+      setAnchor(log, v);
+    },
+    rekey(v, replaceKey) {
+      const kept = log.exists()
+        ? readCheckpoints(log, v).find((c) => c.where === 'file')
+        : undefined;
+      replaceKey();
+      // The same checkpoint, not the head: a rekey is no way to seal over a cut log. Sealed once
+      // the vault with the new key is saved; a crash in between leaves a file that opens under
+      // neither key, which counts as no file (the vault's own checkpoint holds).
+      const save = v.afterSave;
+      v.afterSave = () => {
+        save?.();
+        if (kept) sealFile(log, v, kept);
+      };
+    },
   };
+}
+
+export function breakWarning(b: Break): string {
+  return `WARNING: the audit log was cut: ${b.reason}. It is recorded as audit.gap; see keyward audit verify, then keyward audit acknowledge`;
 }
 
 /**
@@ -216,6 +237,23 @@ export function lenientAuditSink(
           `could not seal an audit checkpoint: ${e instanceof Error ? e.message : 'unknown error'}`,
         );
       }
+    },
+    attach(v) {
+      try {
+        return strict.attach?.(v);
+      } catch (e) {
+        onProblem(
+          `could not check the audit log against its checkpoints: ${e instanceof Error ? e.message : 'unknown error'}`,
+        );
+        return undefined;
+      }
+    },
+    beforeSave(v) {
+      strict.beforeSave?.(v);
+    },
+    rekey(v, replaceKey) {
+      if (strict.rekey) strict.rekey(v, replaceKey);
+      else replaceKey();
     },
     flush() {
       for (const r of held.splice(0)) strict.record(r);
@@ -263,8 +301,8 @@ export interface VerifyRequest {
 
 /** Every mode of `audit verify`: with the vault, with an exported key, or the chain only. */
 export function verifyLog(req: VerifyRequest): VerifyResult & { checkpointChecked: boolean } {
-  const files =
-    req.file !== undefined ? [req.file] : listSegments(new AuditLog(req.home).paths.dir);
+  const log = new AuditLog(req.home);
+  const files = req.file !== undefined ? [req.file] : listSegments(log.paths.dir);
   const standalone = req.file !== undefined;
   let seed: SecureBuffer | undefined;
   try {
@@ -274,13 +312,36 @@ export function verifyLog(req: VerifyRequest): VerifyResult & { checkpointChecke
         : req.vault
           ? seedOf(req.vault)
           : undefined;
-    const checkpoint =
-      req.vault && !standalone ? readCheckpoint(new AuditLog(req.home), req.vault) : undefined;
-    const r = verifySegments(files, { seed, checkpoint, onProgress: req.onProgress }, standalone);
-    return { ...r, checkpointChecked: checkpoint !== undefined };
+    const checkpoints = req.vault && !standalone ? readCheckpoints(log, req.vault) : [];
+    const reached = Math.max(0, ...checkpoints.map((c) => c.seq));
+    if (files.length === 0 && reached > 0) {
+      // The checkpoints live in the vault too: a deleted log is not an empty one.
+      return {
+        ok: false,
+        entries: 0,
+        macsChecked: seed !== undefined,
+        gaps: [],
+        checkpointChecked: true,
+        finding: {
+          file: log.paths.dir,
+          line: 0,
+          reason: `the log is missing: the vault's checkpoint says it reached seq ${reached}, so ${reached} entries are gone`,
+        },
+      };
+    }
+    const r = verifySegments(files, { seed, checkpoints, onProgress: req.onProgress }, standalone);
+    return { ...r, checkpointChecked: checkpoints.length > 0 };
   } finally {
     secureFree(seed);
   }
+}
+
+/**
+ * `keyward audit acknowledge`: records that the person saw the recorded breaks and seals the
+ * log as it is now (file and vault; the caller saves the vault). Returns the breaks covered.
+ */
+export function acknowledge(home: string, v: Vault): number[] {
+  return acknowledgeBreaks(new AuditLog(home), v);
 }
 
 export interface ReadEntry {

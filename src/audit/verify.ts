@@ -20,7 +20,8 @@ export interface Checkpoint {
 export interface VerifyOptions {
   /** The seed S: with it every MAC is checked; without it only the chain. */
   seed?: SecureBuffer | undefined;
-  checkpoint?: Checkpoint | undefined;
+  /** Sealed heads (the checkpoint file's, the vault's): the log must reach and hold each. */
+  checkpoints?: readonly Checkpoint[] | undefined;
   onProgress?: ((bytesDone: number, bytesTotal: number) => void) | undefined;
 }
 
@@ -31,6 +32,12 @@ export interface Finding {
   reason: string;
 }
 
+/** A break a writer found and recorded (audit.gap), and whether a person acknowledged it since. */
+export interface RecordedGap {
+  seq: number;
+  acknowledged: boolean;
+}
+
 export type VerifyResult =
   | {
       ok: true;
@@ -39,8 +46,9 @@ export type VerifyResult =
       headHash: string;
       macsChecked: boolean;
       segments: number;
+      gaps: RecordedGap[];
     }
-  | { ok: false; entries: number; finding: Finding; macsChecked: boolean };
+  | { ok: false; entries: number; finding: Finding; macsChecked: boolean; gaps: RecordedGap[] };
 
 /** The segment files of a log directory, in order. Gaps are reported by verifySegments. */
 export function listSegments(dir: string): string[] {
@@ -89,6 +97,7 @@ export function verifySegments(
   const macsChecked = keys !== undefined;
   let entries = 0;
   let prev: ParsedLine | undefined;
+  const gaps: RecordedGap[] = [];
   const total = files.reduce(
     (n, f) => n + (fs.statSync(f, { throwIfNoEntry: false })?.size ?? 0),
     0,
@@ -98,7 +107,7 @@ export function verifySegments(
     keys?.free();
     const finding: Finding =
       seq === undefined ? { file, line, reason } : { file, line, seq, reason };
-    return { ok: false, entries, finding, macsChecked };
+    return { ok: false, entries, finding, macsChecked, gaps };
   };
   try {
     for (const [i, file] of files.entries()) {
@@ -170,14 +179,17 @@ export function verifySegments(
         ) {
           return fail(base, lineNo, 'a closed segment does not end with its rotation entry', e.seq);
         }
+        // Breaks recorded by writers are reported every time, until a person acknowledges them.
+        if (e.type === 'audit.gap') gaps.push({ seq: e.seq, acknowledged: false });
+        if (e.type === 'audit.acknowledged') for (const g of gaps) g.acknowledged = true;
         prev = e;
         entries += 1;
       }
       done += Buffer.byteLength(text);
       opts.onProgress?.(done, total);
     }
-    const cp = opts.checkpoint;
-    if (cp && !standalone) {
+    for (const cp of [...(opts.checkpoints ?? [])].sort((x, y) => y.seq - x.seq)) {
+      if (standalone) break;
       if (!prev || prev.seq < cp.seq) {
         const last = files.at(-1);
         return fail(
@@ -192,7 +204,7 @@ export function verifySegments(
         return fail(
           '(checkpoint)',
           0,
-          `the entry at seq ${cp.seq} differs from the one the vault's checkpoint sealed`,
+          `the entry at seq ${cp.seq} differs from the one the vault's checkpoint sealed (the log was cut there and written again)`,
           cp.seq,
         );
       }
@@ -205,6 +217,7 @@ export function verifySegments(
       headHash: prev?.hash ?? ZERO_HASH,
       macsChecked,
       segments: files.length,
+      gaps,
     };
   } catch (e) {
     keys?.free();

@@ -86,8 +86,9 @@ export function registerAgentCommands(program: Command, io: Io): void {
       if (m['drift'])
         note(
           io,
-          "WARNING: policy.yaml was changed behind keyward's back; the last applied version is in force",
+          "WARNING: the policy files were changed behind keyward's back; the applied version is in force",
         );
+      if (typeof m['auditWarning'] === 'string') note(io, printable(m['auditWarning'], 600));
     });
 
   program

@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
 import {
+  acknowledge,
   initOrRepair,
   lenientAuditSink,
   readEntries,
@@ -46,13 +47,33 @@ function progress(io: Io, label: string): ((done: number, total: number) => void
 }
 
 function report(io: Io, r: VerifyResult, extra: string[]): void {
+  const open = r.gaps.filter((g) => !g.acknowledged).map((g) => g.seq);
+  const recorded =
+    open.length > 0
+      ? ` The log also records ${open.length} break(s) a writer found, not acknowledged: audit.gap at seq ${open.join(', ')}.`
+      : '';
   if (!r.ok) {
     const f = r.finding;
     const where = `${f.file}${f.line > 0 ? ` line ${f.line}` : ''}${f.seq === undefined ? '' : ` (seq ${f.seq})`}`;
-    throw new IntegrityError('AUDIT_CHAIN_BROKEN', `audit log broken at ${where}: ${f.reason}`, {
-      hint: `${r.entries} entries before it verified; keep a copy of the log as evidence before changing anything`,
-    });
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `audit log broken at ${where}: ${f.reason}.${recorded}`,
+      {
+        hint: `${r.entries} entries before it verified; keep a copy of the log as evidence before changing anything; keyward audit acknowledge once you have looked`,
+      },
+    );
   }
+  if (open.length > 0)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `the log records ${open.length} break(s) a writer found (entries deleted or cut), not acknowledged: audit.gap at seq ${open.join(', ')}`,
+      {
+        hint: 'read them with keyward audit tail; keep a copy of the log as evidence; then keyward audit acknowledge',
+      },
+    );
+  const done = r.gaps.map((g) => g.seq);
+  if (done.length > 0)
+    note(io, `${done.length} recorded break(s), acknowledged: audit.gap at seq ${done.join(', ')}`);
   io.stdout(
     `ok: ${r.entries} entries in ${r.segments} segment(s); head seq ${r.headSeq}, sha256 ${r.headHash}\n`,
   );
@@ -159,6 +180,25 @@ export function registerAuditCommands(program: Command, io: Io): void {
           ? 'checkpoint sealed in the vault matches'
           : 'checkpoint not checked (needs the vault)',
       ]);
+    });
+
+  audit
+    .command('acknowledge')
+    .description(
+      'after you have looked at recorded breaks (audit.gap): record that, and seal the log as it is now (asks the passphrase)',
+    )
+    .action(function (this: Command) {
+      const a = auth(this, io);
+      const gaps = useVault(paths(), a, 'write', (v) => {
+        const covered = acknowledge(keywardHome(), v);
+        v.save();
+        return covered;
+      });
+      io.stdout(
+        gaps.length > 0
+          ? `acknowledged ${gaps.length} recorded break(s) (audit.gap at seq ${gaps.join(', ')}); the log is sealed as it is now\n`
+          : 'no recorded break to acknowledge; the log is sealed as it is now\n',
+      );
     });
 
   audit

@@ -44,6 +44,18 @@ export interface AuditSink {
   }): void;
   /** Seals the log's head into the vault's state, so a deleted tail is detectable. */
   checkpoint(v: Vault): void;
+  /**
+   * The vault is open, before the session records anything: a log cut since its checkpoints is
+   * recorded (audit.gap) and a warning returned for the user.
+   */
+  attach?(v: Vault): string | undefined;
+  /** Right before the vault is saved: the log's head goes into the vault (its checkpoint). */
+  beforeSave?(v: Vault): void;
+  /**
+   * Runs the data key's replacement: what the audit log sealed under the old key (its checkpoint
+   * file) is sealed again, unchanged, under the new one.
+   */
+  rekey?(v: Vault, replaceKey: () => void): void;
 }
 
 export interface Auth extends PassphraseSource {
@@ -93,6 +105,9 @@ function openAnd<T>(paths: VaultPaths, auth: Auth, write: boolean, fn: (v: Vault
   return unlockAnd(paths, auth, (u) => {
     const method = 'passphrase' in u ? 'passphrase' : 'keyring';
     const run = (v: Vault): T => {
+      const warning = auth.audit.attach?.(v);
+      if (warning) auth.onNote?.(warning);
+      if (write) v.beforeSave = () => auth.audit.beforeSave?.(v);
       auth.audit.record({
         type: 'vault.unlock',
         decision: 'allow',
@@ -250,8 +265,14 @@ export function rekeyVault(
 ): { keyringSlot: 'kept' | 'dropped' | 'none' } {
   return writeVault(paths, { ...auth, passphraseOnly: true }, (v) => {
     auth.audit.record({ type: 'vault.rekey', decision: 'allow' });
-    const r = v.rekey();
+    let r: { keyringSlot: 'kept' | 'dropped' | 'none' } | undefined;
+    const replace = () => {
+      r = v.rekey();
+    };
+    if (auth.audit.rekey) auth.audit.rekey(v, replace);
+    else replace();
     v.save();
+    if (!r) throw new Error('rekey did not run');
     return r;
   });
 }

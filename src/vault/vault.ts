@@ -605,9 +605,18 @@ export class Vault {
     return { keyringSlot };
   }
 
+  /**
+   * Called first thing in save(): the audit log puts its head into the vault there (a checkpoint
+   * no deletion of the audit directory takes away).
+   */
+  beforeSave: (() => void) | undefined;
+  /** Called once save() has written the file. */
+  afterSave: (() => void) | undefined;
+
   /** Writes the vault atomically. The caller must hold the vault lock (withVaultWrite does). */
   save(): void {
     this.live();
+    this.beforeSave?.();
     this.generation += 1n;
     const header = encodeHeader({
       vaultId: this.vaultId,
@@ -623,6 +632,7 @@ export class Vault {
       secureFree(indexKey);
     }
     writeFileAtomic(this.paths.file, encodeVault(header, indexRecord, this.records));
+    this.afterSave?.();
   }
 
   /**

@@ -1,0 +1,202 @@
+/**
+ * Checkpoints and breaks (docs/AUDIT.md, "Checkpoints, breaks and acknowledgement").
+ *
+ * A checkpoint is the log's head (seq and hash) sealed with the vault's keys, so only a holder of
+ * the vault can make one. It is kept in two places: the `checkpoint` file, sealed at every
+ * unlocked operation, and the vault itself (the internal record @audit/checkpoint), set at every
+ * save of the vault. Deleting the audit directory takes the first, not the second.
+ *
+ * A log that does not extend a checkpoint (shorter, or another entry at its seq) is broken. A
+ * writer that finds it so records the break in the log itself (`audit.gap`, chained from the last
+ * entry that is there) and never seals a new checkpoint over it: ordinary use can't heal the log.
+ * Only `keyward audit acknowledge`, with the passphrase and recorded, seals the log as it now is.
+ */
+import fs from 'node:fs';
+import { IntegrityError } from '../errors.js';
+import { writeFileAtomic } from '../lib/files.js';
+import { secureFree, secureTake } from '../lib/secure.js';
+import type { Vault } from '../vault/index.js';
+import type { AuditRecord } from './events.js';
+import type { AuditLog } from './log.js';
+import type { Checkpoint } from './verify.js';
+
+const CHECKPOINT_LABEL = 'audit-checkpoint';
+const ANCHOR = '@audit/checkpoint';
+
+export interface SealedCheckpoint extends Checkpoint {
+  /** Where it was kept: the checkpoint file, the vault, or the memory of the agent that wrote it. */
+  where: 'file' | 'vault' | 'agent';
+}
+
+function encode(cp: Checkpoint): Buffer {
+  const plain = Buffer.alloc(8 + 32);
+  plain.writeBigUInt64BE(BigInt(cp.seq), 0);
+  Buffer.from(cp.hash, 'hex').copy(plain, 8);
+  return plain;
+}
+
+function decode(plain: Uint8Array, where: string): Checkpoint {
+  if (plain.length !== 40)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `the audit checkpoint in the ${where} does not verify (tampered or from another vault)`,
+    );
+  const b = Buffer.from(plain);
+  return { seq: Number(b.readBigUInt64BE(0)), hash: b.subarray(8).toString('hex') };
+}
+
+/** Every checkpoint this vault and log have: the file's and the vault's, when present. */
+export function readCheckpoints(log: AuditLog, v: Vault): SealedCheckpoint[] {
+  const out: SealedCheckpoint[] = [];
+  let sealed: Buffer | undefined;
+  try {
+    sealed = fs.readFileSync(log.paths.checkpoint);
+  } catch {
+    sealed = undefined;
+  }
+  if (sealed) {
+    // A file that does not open under this vault's key is no checkpoint: replaced, or sealed by a
+    // rekey that a crash cut short. It counts as absent (which deleting it achieves as well);
+    // the vault's own checkpoint still holds.
+    const plain = v.openState(CHECKPOINT_LABEL, sealed);
+    try {
+      if (plain && plain.length === 40)
+        out.push({ ...decode(plain, 'checkpoint file'), where: 'file' });
+    } finally {
+      secureFree(plain);
+    }
+  }
+  const anchor = v.revealInternal(ANCHOR);
+  if (anchor) {
+    try {
+      out.push({ ...decode(anchor, 'vault'), where: 'vault' });
+    } finally {
+      secureFree(anchor);
+    }
+  }
+  return out;
+}
+
+/** Why the log does not extend a checkpoint: what was expected and what is there. */
+export interface Break {
+  checkpoint: SealedCheckpoint;
+  /** The log's last entry now (seq 0 when empty or gone). */
+  found: Checkpoint;
+  reason: string;
+}
+
+/** The first checkpoint the log fails to extend, or undefined when it extends them all. */
+export function findBreak(
+  log: AuditLog,
+  checkpoints: readonly SealedCheckpoint[],
+): Break | undefined {
+  if (checkpoints.length === 0) return undefined;
+  const head = log.exists() ? log.head() : { seq: 0, hash: '', segment: 0 };
+  const found = { seq: head.seq, hash: head.hash };
+  for (const cp of [...checkpoints].sort((a, b) => b.seq - a.seq)) {
+    const where =
+      cp.where === 'vault'
+        ? 'the vault'
+        : cp.where === 'agent'
+          ? 'the agent (its last entry)'
+          : 'the checkpoint file';
+    if (head.seq < cp.seq)
+      return {
+        checkpoint: cp,
+        found,
+        reason: `the log ends at seq ${head.seq}, but ${where} sealed seq ${cp.seq}: ${cp.seq - head.seq} entries are missing`,
+      };
+    const at = log.hashAt(cp.seq);
+    if (at !== cp.hash)
+      return {
+        checkpoint: cp,
+        found,
+        reason: `the entry at seq ${cp.seq} is not the one ${where} sealed: the log was cut there and written again`,
+      };
+  }
+  return undefined;
+}
+
+/** The record of a break, as the log keeps it. */
+export function gapRecord(b: Break, by: string): AuditRecord {
+  return {
+    type: 'audit.gap',
+    decision: 'error',
+    reason: b.reason,
+    details: {
+      expectedSeq: b.checkpoint.seq,
+      expectedHash: b.checkpoint.hash,
+      checkpoint: b.checkpoint.where,
+      foundSeq: b.found.seq,
+      foundHash: b.found.hash,
+      detectedBy: by,
+    },
+  };
+}
+
+/**
+ * Records a break once: a break already recorded (an `audit.gap` after the last
+ * acknowledgement) is not recorded again at every command. Returns whether it wrote one.
+ */
+export function recordBreakOnce(log: AuditLog, b: Break, by: string): boolean {
+  if (log.exists() && log.unacknowledgedGaps().length > 0) return false;
+  log.append([gapRecord(b, by)]);
+  return true;
+}
+
+export function sealFile(log: AuditLog, v: Vault, cp: Checkpoint): void {
+  writeFileAtomic(log.paths.checkpoint, [v.sealState(CHECKPOINT_LABEL, encode(cp))]);
+}
+
+/** Puts the head into the vault (before a save): only when it extends what the vault had. */
+export function setAnchor(log: AuditLog, v: Vault, force = false): void {
+  if (!log.exists()) return;
+  if (!force && findBreak(log, readCheckpoints(log, v)) !== undefined) return;
+  const head = log.head();
+  const value = secureTake(encode(head));
+  try {
+    v.setInternal(ANCHOR, value);
+  } finally {
+    secureFree(value);
+  }
+}
+
+/**
+ * Seals the log's head in the checkpoint file, unless the log does not extend the checkpoints it
+ * has: then the break is recorded (once) and nothing is sealed. Returns the break, if any.
+ */
+export function sealCheckpoint(log: AuditLog, v: Vault, by: string): Break | undefined {
+  const b = findBreak(log, readCheckpoints(log, v));
+  if (b) {
+    recordBreakOnce(log, b, by);
+    return b;
+  }
+  sealFile(log, v, log.head());
+  return undefined;
+}
+
+/**
+ * `keyward audit acknowledge`: the person has seen the breaks. Recorded (with the breaks it
+ * covers), then the log as it now is sealed in the file and, at the caller's save, the vault.
+ */
+export function acknowledgeBreaks(log: AuditLog, v: Vault): number[] {
+  const gaps = log.unacknowledgedGaps();
+  const b = findBreak(log, readCheckpoints(log, v));
+  log.append([
+    {
+      type: 'audit.acknowledged',
+      decision: 'info',
+      reason:
+        gaps.length > 0
+          ? `the person acknowledged ${gaps.length} recorded break(s) of the audit log`
+          : 'the person acknowledged the log as it is',
+      details: {
+        gaps: gaps.join(',') || null,
+        unrecordedBreak: b ? b.reason : null,
+      },
+    },
+  ]);
+  sealFile(log, v, log.head());
+  setAnchor(log, v, true);
+  return gaps;
+}
