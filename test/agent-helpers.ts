@@ -66,6 +66,19 @@ export async function startAgent(h: AgentHome, extraEnv: NodeJS.ProcessEnv = {})
   throw new Error(`agent did not start: ${err}`);
 }
 
+/** A home with this policy and a running agent, unlocked; kept in `homes` to be stopped after. */
+export async function unlockedAgent(
+  policy: string | undefined,
+  homes: AgentHome[],
+): Promise<AgentHome> {
+  const h = agentHome(policy);
+  homes.push(h);
+  await startAgent(h);
+  const u = kw(['unlock'], { env: h.env });
+  if (u.code !== 0) throw new Error(`unlock failed: ${u.stderr}`);
+  return h;
+}
+
 export async function stopAgent(h: AgentHome): Promise<void> {
   const c = h.agent;
   if (!c || c.exitCode !== null) return;

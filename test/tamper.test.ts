@@ -6,7 +6,14 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import {
+  agentHome,
+  auditEntries,
+  startAgent,
+  stopAgent,
+  unlockedAgent,
+  type AgentHome,
+} from './agent-helpers.js';
 import { kw } from './helpers.js';
 
 const homes: AgentHome[] = [];
@@ -21,14 +28,7 @@ const DENY_GITHUB =
 const ALLOW_GITHUB =
   'version: 1\nrules:\n  - { name: github-ok, targets: ["github/**"], decision: allow }\n';
 
-async function unlocked(policy: string): Promise<AgentHome> {
-  const h = agentHome(policy);
-  homes.push(h);
-  await startAgent(h);
-  const u = kw(['unlock'], { env: h.env });
-  assert.equal(u.code, 0, u.stderr);
-  return h;
-}
+const unlocked = (policy: string) => unlockedAgent(policy, homes);
 
 function relock(h: AgentHome): void {
   assert.equal(kw(['lock'], { env: h.env }).code, 0);

@@ -383,6 +383,10 @@ async function pendingRequest(
   }
 }
 
+/** g/** asks a person, and the answer is remembered for the asking process. */
+const REMEMBER_PROCESS =
+  'version: 1\nrules:\n  - { name: remember, targets: ["g/**"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }\n';
+
 const ask = (mode: string) =>
   `version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: ${mode} } }\n`;
 
@@ -453,10 +457,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
   );
 
   test('a grant remembered for a process is not the grant of the program it execs next, even the same interpreter', async () => {
-    const h = await agentOf(
-      'version: 1\nrules:\n  - { name: remember, targets: ["g/**"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }\n',
-      { user: false },
-    );
+    const h = await agentOf(REMEMBER_PROCESS, { user: false });
     setSecret(h, 'g/token', 'remembered-value', false);
     h.answer('yes');
     const lines = runLines(
@@ -521,10 +522,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
     'a process granted once that execs and hides gets no grant: it is asked, and the prompt says it hid',
     { skip: !isRoot && 'needs root for setpriv' },
     async () => {
-      const h = await agentOf(
-        'version: 1\nrules:\n  - { name: remember, targets: ["g/**"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }\n',
-        { user: true },
-      );
+      const h = await agentOf(REMEMBER_PROCESS, { user: true });
       setSecret(h, 'g/token', 'hide-after-exec-value', true);
       h.answer('yes');
       const lines = runLines(

@@ -16,12 +16,16 @@ import {
   gapRecord,
   GroupCommitter,
   readCheckpoints,
+  readShipFile,
+  sameShipping,
+  shipConfigOf,
+  writeShipFile,
   type AuditRecord,
 } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { closeFd, EAGAIN, flock, LOCK_EX, LOCK_NB, queuedBytes, sendWithFd } from '../lib/libc.js';
 import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
-import { durationMs } from '../policy/index.js';
+import { durationMs, type Loaded } from '../policy/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { actorOf } from './identity.js';
 import {
@@ -102,6 +106,7 @@ export class Agent {
   private lockFd: number | undefined;
   private readonly sp: SocketPaths;
   private readonly audit: GroupCommitter;
+  private readonly auditLog: AuditLog;
   private readonly conns = new Set<Conn>();
   private readonly registry = new ProcessRegistry();
   private readonly uid = process.geteuid?.() ?? -1;
@@ -120,7 +125,8 @@ export class Agent {
 
   constructor(private readonly o: AgentOptions) {
     this.sp = socketPaths(o.socketDir);
-    this.audit = new GroupCommitter(new AuditLog(o.home));
+    this.auditLog = new AuditLog(o.home);
+    this.audit = new GroupCommitter(this.auditLog);
     // The log was cut behind the agent (its last entry is gone or changed): the batch that found
     // it begins with audit.gap, and the agent locks before anything of that batch is released.
     this.audit.onGap = (reason) => {
@@ -133,6 +139,7 @@ export class Agent {
       lock: (reason) => this.lock(reason),
       noteDenial: () => this.gate.noteDenial(),
       changed: (what) => this.cache.clear(what),
+      policyLoaded: (loaded) => this.followShipping(loaded),
     });
     this.gate = new Gate({
       window: this.window,
@@ -499,6 +506,23 @@ export class Agent {
       drift: this.window.loaded?.drift === true,
       auditWarning: (await this.checkAuditLog()) ?? null,
     };
+  }
+
+  /**
+   * The agent ships by the applied policy it holds (and keeps doing so while locked). audit/ship,
+   * which writers without the policy go by, is put back when it says otherwise, and that is
+   * recorded.
+   */
+  private followShipping(loaded: Loaded): void {
+    const cfg = shipConfigOf(loaded.policy.audit);
+    this.auditLog.setShipping(cfg);
+    if (sameShipping(readShipFile(this.auditLog.paths), cfg)) return;
+    writeShipFile(this.auditLog.paths, cfg);
+    void this.record({
+      type: 'policy.drift',
+      decision: 'error',
+      reason: `audit/ship did not match the applied policy's audit shipping (${cfg.kind}); put back`,
+    }).catch(() => undefined);
   }
 
   /**

@@ -19,6 +19,8 @@ export interface WindowHost {
   noteDenial(): void;
   /** vault.kw or the applied policy changed under an open window: derived caches go. */
   changed(what: 'the vault changed' | 'the policy changed'): void;
+  /** The policy was (re)loaded: what depends on it (audit shipping) follows. */
+  policyLoaded?(loaded: Loaded): void;
 }
 
 export const locked = (): KeywardError =>
@@ -90,6 +92,7 @@ export class UnlockWindow {
       if (this.policy) this.host.changed('the policy changed');
       this.policy = loadPolicy(this.host.home, v, auditSink(this.host.home));
       this.policyStamp = stamp;
+      this.host.policyLoaded?.(this.policy);
     }
     return this.policy.policy;
   }

@@ -24,6 +24,18 @@ export {
   type VerifyResult,
 } from './verify.js';
 export {
+  formatJournald,
+  formatSyslog,
+  NO_SHIPPING,
+  readShipFile,
+  sameShipping,
+  shipConfigOf,
+  type CopyComparison,
+  writeShipFile,
+  type ShipConfig,
+  type ShippedEntry,
+} from './ship.js';
+export {
   findBreak,
   gapRecord,
   readCheckpoints,
@@ -42,6 +54,7 @@ export {
   rekeyBox,
   readEntries,
   readSeedFile,
+  verifyAgainst,
   verifyLog,
   writeCheckpoint,
   writeSeedHex,

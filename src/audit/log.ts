@@ -14,6 +14,7 @@ import {
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { encodeLine, parseLine, ZERO_HASH } from './entry.js';
 import { gapRecord } from './checkpoint.js';
+import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
 import { listSegments } from './verify.js';
 import type { Actor, AuditRecord } from './events.js';
 import { epochZeroKey, nextEpochKey, sealBody, sha256 } from './keys.js';
@@ -54,6 +55,8 @@ export interface Head {
   length?: number;
   /** Set when this append found the log cut behind the writer and recorded it (audit.gap). */
   gap?: string;
+  /** What this append wrote, as the system log gets it (ship.ts). */
+  written?: ShippedEntry[];
 }
 
 let selfActor: Actor | undefined;
@@ -174,10 +177,13 @@ function firstLineTime(file: string): number | undefined {
 export class AuditLog {
   readonly paths: AuditPaths;
   private readonly o: Required<Omit<AuditOptions, 'now'>> & { now: () => Date };
+  private readonly shipper: Shipper;
+  private shipOverride: ShipConfig | undefined;
 
   constructor(home: string, options: AuditOptions = {}) {
     this.paths = auditPaths(home);
     this.o = { ...DEFAULTS, now: () => new Date(), ...options };
+    this.shipper = new Shipper(this.paths);
   }
 
   segmentPath(n: number): string {
@@ -218,11 +224,37 @@ export class AuditLog {
   /** Appends records durably (written and fsynced) and returns the new head. */
   append(records: readonly AuditRecord[]): Head {
     this.checkDir();
-    return withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
-      const head = this.writeLocked(records);
-      fsyncFile(this.segmentPath(head.segment));
-      return head;
+    const head = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
+      const h = this.writeLocked(records);
+      fsyncFile(this.segmentPath(h.segment));
+      return h;
     });
+    // Durable first; then the copy off the machine, without waiting.
+    this.ship(head);
+    return head;
+  }
+
+  /**
+   * The shipping in force for this writer: what the agent set from the policy it holds, else
+   * what the last `policy apply` left in audit/ship.
+   */
+  shipping(): ShipConfig {
+    return this.shipOverride ?? readShipFile(this.paths);
+  }
+
+  /** The agent ships by its policy, whatever audit/ship says. */
+  setShipping(cfg: ShipConfig): void {
+    this.shipOverride = cfg;
+  }
+
+  /** Sends what an append wrote to the system log, if shipping is on. Never throws. */
+  ship(head: Head): void {
+    if (!head.written || head.written.length === 0) return;
+    try {
+      this.shipper.ship(this.shipping(), head.written);
+    } catch {
+      // The local log holds the entries durably; the copy is best effort.
+    }
   }
 
   /**
@@ -411,6 +443,7 @@ export class AuditLog {
       }
       tail = { ...tail, size: tail.size - tail.tornBytes, tornBytes: 0 };
     }
+    let rotation: ShippedEntry[] = [];
     const lastWasRotation =
       tail.lastLine !== undefined && parseLine(tail.lastLine)?.type === 'audit.rotated';
     if (lastWasRotation) {
@@ -432,17 +465,20 @@ export class AuditLog {
           },
         ]);
         fsyncFile(this.segmentPath(st.segment));
+        rotation = head.written ?? [];
         this.evolve(st, true);
-        head = { ...head, segment: st.segment };
+        head = { ...head, segment: st.segment, written: [] };
       }
     }
-    return this.writeLines(st, head, [...pending, ...records]);
+    const h = this.writeLines(st, head, [...pending, ...records]);
+    return { ...h, written: [...rotation, ...(h.written ?? [])] };
   }
 
   private writeLines(st: AuditState, head: Head, records: readonly AuditRecord[]): Head {
     let { seq, hash } = head;
     const time = this.o.now().toISOString();
     const lines: string[] = [];
+    const written: ShippedEntry[] = [];
     for (const r of records) {
       const body = {
         actor: r.actor ?? currentProcessActor(),
@@ -460,6 +496,15 @@ export class AuditLog {
         st.key,
       );
       lines.push(`${e.line}\n`);
+      written.push({
+        seq,
+        time,
+        type: r.type,
+        epoch: st.epoch,
+        decision: body.decision,
+        hash: e.hash,
+        prev: hash,
+      });
       hash = e.hash;
     }
     const file = this.segmentPath(st.segment);
@@ -487,6 +532,7 @@ export class AuditLog {
       seq,
       hash,
       segment: st.segment,
+      written,
       ...(last === undefined ? {} : { end, length: Buffer.byteLength(last, 'utf8') }),
     };
   }
@@ -547,6 +593,8 @@ export class GroupCommitter {
         // Before any waiter goes on: the agent locks, so nothing is released after a cut.
         if (head.gap !== undefined) this.onGap?.(head.gap);
         for (const w of batch) w.resolve(head);
+        // After the waiters: shipping never delays a release.
+        this.log.ship(head);
       } catch (e) {
         for (const w of batch) w.reject(e);
       }

@@ -19,6 +19,7 @@ import { isEventType } from './events.js';
 import { boxKeypair, boxPublicOf, epochKeyFromSeed, openBody } from './keys.js';
 import { AuditLog, type AuditOptions, type Head } from './log.js';
 import { writeState } from './state.js';
+import { compareWithCopy, parseCopy, type CopyComparison } from './ship.js';
 import {
   acknowledgeBreaks,
   findBreak,
@@ -482,4 +483,11 @@ export function readSeedFile(file: string): SecureBuffer {
 
 export function headOf(home: string): Head {
   return new AuditLog(home).head();
+}
+
+/** `audit verify --against FILE`: the local log against a copy shipped off the machine. */
+export function verifyAgainst(home: string, copyFile: string): CopyComparison {
+  const local = new Map<number, string>();
+  for (const e of readEntries(home)) local.set(e.seq, e.hash);
+  return compareWithCopy(local, parseCopy(fs.readFileSync(copyFile, 'utf8')));
 }

@@ -10,6 +10,7 @@ import {
   lenientAuditSink,
   readEntries,
   rekeyBox,
+  verifyAgainst,
   verifyLog,
   writeSeedHex,
   writeSeedQr,
@@ -81,6 +82,40 @@ function report(io: Io, r: VerifyResult, extra: string[]): void {
     `${r.macsChecked ? 'MACs verified with the audit key' : 'MACs NOT checked (no audit key): the chain only'}\n`,
   );
   for (const line of extra) io.stdout(`${line}\n`);
+}
+
+/**
+ * The local log against a copy off the machine: every entry the copy holds must be here, the
+ * same. Entries the copy lacks are said (not shipped, or dropped), not failed.
+ */
+function againstCopy(io: Io, file: string): void {
+  if (!fs.existsSync(file)) throw new UsageError('USAGE', `no such file: ${file}`);
+  const c = verifyAgainst(keywardHome(), file);
+  const list = (xs: number[]) =>
+    xs.length <= 12 ? xs.join(', ') : `${xs.slice(0, 12).join(', ')} and ${xs.length - 12} more`;
+  io.stdout(`the copy holds ${c.inCopy} entries\n`);
+  if (c.notShipped.length > 0)
+    io.stdout(
+      `${c.notShipped.length} local entries are not in the copy (not shipped, or dropped on the way): seq ${list(c.notShipped)}\n`,
+    );
+  const problems: string[] = [];
+  if (c.missingLocally.length > 0)
+    problems.push(
+      `${c.missingLocally.length} entries of the copy are missing here (deleted): seq ${list(c.missingLocally)}`,
+    );
+  if (c.changed.length > 0)
+    problems.push(
+      `${c.changed.length} entries differ from the copy (changed here): seq ${list(c.changed)}`,
+    );
+  if (problems.length > 0)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `the local audit log does not match the copy in ${file}: ${problems.join('; ')}`,
+      {
+        hint: 'keep both as evidence; the copy off the machine is the one an attacker here could not change',
+      },
+    );
+  io.stdout('every entry of the copy is here, unchanged\n');
 }
 
 function sinceOption(v: string): number {
@@ -156,8 +191,18 @@ export function registerAuditCommands(program: Command, io: Io): void {
       'use an exported audit key instead of the vault (checks MACs, not the checkpoint)',
     )
     .option('--chain-only', 'check only the hash chain (no passphrase needed)')
+    .option(
+      '--against <file>',
+      "also compare with a copy shipped off the machine (the collector's file: RFC 5424 lines, or journalctl -o json)",
+    )
     .action(function (this: Command) {
-      const o = this.opts<{ path?: string; keyFile?: string; chainOnly?: boolean }>();
+      const o = this.opts<{
+        path?: string;
+        keyFile?: string;
+        chainOnly?: boolean;
+        against?: string;
+      }>();
+      if (o.against !== undefined) againstCopy(io, o.against);
       const file = o.path === undefined ? undefined : path.resolve(o.path);
       if (file !== undefined && !fs.existsSync(file))
         throw new UsageError('USAGE', `no such file: ${o.path}`);

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
-import { auditSink } from '../audit/index.js';
+import { auditPaths, auditSink, shipConfigOf, writeShipFile } from '../audit/index.js';
 import { IntegrityError, UsageError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
 import {
@@ -105,12 +105,14 @@ export function registerPolicyCommands(program: Command, io: Io): void {
     .description('validate and install (asks the passphrase; recorded as policy.changed)')
     .action(function (this: Command, file: string) {
       const text = readPolicyFile(file);
-      checked(io, text, file);
+      const policy = checked(io, text, file);
       const a = auth(this, io);
       // A write: the applied policy is kept in the vault itself.
       const r = useVault(paths(), a, 'write', (v) =>
         applyPolicy(keywardHome(), text, file, v, a.audit),
       );
+      // Writers that can't read the policy (locked ones) ship by this; the agent checks it.
+      writeShipFile(auditPaths(keywardHome()), shipConfigOf(policy.audit));
       io.stdout(`Applied policy version ${r.version} (sha256 ${r.sha256}): ${r.summary}\n`);
     });
 

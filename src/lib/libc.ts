@@ -33,6 +33,14 @@ interface Libc {
   recvmsg: (fd: number, msg: Msghdr, flags: number) => number | bigint;
   socket: (domain: number, type: number, proto: number) => number;
   connect: (fd: number, addr: Buffer, len: number) => number;
+  sendto: (
+    fd: number,
+    data: Buffer,
+    len: number,
+    flags: number,
+    addr: Buffer,
+    addrLen: number,
+  ) => number | bigint;
   errno: () => number;
 }
 
@@ -90,6 +98,7 @@ function libc(): Libc {
     recvmsg: lib.func('long recvmsg(int, _Inout_ keyward_msghdr *, int)'),
     socket: lib.func('int socket(int, int, int)'),
     connect: lib.func('int connect(int, const uint8_t *, uint32_t)'),
+    sendto: lib.func('long sendto(int, const uint8_t *, size_t, int, const uint8_t *, uint32_t)'),
     errno: () => koffi.errno(),
   };
   return cached;
@@ -455,4 +464,32 @@ export function unixConnect(path: string): number {
     throw e;
   }
   return fd;
+}
+
+const AF_UNIX = 1;
+const SOCK_DGRAM = 2;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+
+/** A non-blocking, close-on-exec Unix datagram socket (the system log's kind). */
+export function unixDatagramSocket(): number {
+  const l = libc();
+  const fd = l.socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new Error(`socket failed (errno ${l.errno()})`);
+  return fd;
+}
+
+/**
+ * Sends one datagram to the Unix socket at path without waiting. Returns 0 when sent, else the
+ * errno (EAGAIN: the reader is behind; ENOENT or ECONNREFUSED: nobody listens there).
+ */
+export function sendDatagram(fd: number, path: string, data: Buffer): number {
+  const l = libc();
+  const p = Buffer.from(path, 'utf8');
+  if (p.length >= 108) return 36; // ENAMETOOLONG
+  const addr = Buffer.alloc(110);
+  addr.writeUInt16LE(AF_UNIX, 0);
+  p.copy(addr, 2);
+  const n = l.sendto(fd, data, data.length, MSG_DONTWAIT, addr, 2 + p.length + 1);
+  return Number(n) === data.length ? 0 : l.errno();
 }

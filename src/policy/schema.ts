@@ -200,6 +200,15 @@ function build(z: typeof Zod) {
       rules: z.array(Rule).default([]),
       // Read by the MCP gateway (a later issue); validated there.
       mcp: Mcp.optional(),
+      // A copy of every audit entry off this machine, through the system log (docs/AUDIT.md).
+      // Here, so that turning it off or pointing it elsewhere needs the passphrase.
+      audit: z
+        .object({
+          ship: z.enum(['none', 'syslog', 'journald']).default('none'),
+          socket: z.string().startsWith('/', 'an absolute path').max(107).optional(),
+        })
+        .strict()
+        .default({ ship: 'none' }),
     })
     .strict()
     .superRefine((p, ctx) => {

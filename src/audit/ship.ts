@@ -1,0 +1,235 @@
+/**
+ * A copy of every audit entry off this machine (docs/AUDIT.md, "Shipping"): each entry, as
+ * written, goes to the system log: RFC 5424 over a syslog socket (rsyslog, syslog-ng) or
+ * journald's native protocol. The system log forwards it to a collector an attacker on this
+ * machine can't reach, and `keyward audit verify --against` compares the two.
+ *
+ * What is shipped: seq, time, type, epoch, decision, the entry's hash and prev. Never a body
+ * (who, what, why stay sealed) and never a secret.
+ *
+ * Shipping never slows or stops the durable append: datagrams are sent without waiting, after
+ * the fsync. A datagram the system log can't take is dropped and counted (`ship-dropped`), and
+ * the count itself is shipped with the next entry that goes through.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { writeFileAtomic } from '../lib/files.js';
+import { sendDatagram, unixDatagramSocket } from '../lib/libc.js';
+import type { AuditPaths } from './state.js';
+
+export type ShipKind = 'none' | 'syslog' | 'journald';
+
+export interface ShipConfig {
+  kind: ShipKind;
+  socket: string;
+}
+
+export const NO_SHIPPING: ShipConfig = { kind: 'none', socket: '' };
+
+const DEFAULT_SOCKET: Record<Exclude<ShipKind, 'none'>, string> = {
+  syslog: '/dev/log',
+  journald: '/run/systemd/journal/socket',
+};
+
+/** From the policy's `audit:` section. */
+export function shipConfigOf(audit: { ship: ShipKind; socket?: string | undefined }): ShipConfig {
+  if (audit.ship === 'none') return NO_SHIPPING;
+  return { kind: audit.ship, socket: audit.socket ?? DEFAULT_SOCKET[audit.ship] };
+}
+
+const shipFile = (p: AuditPaths) => path.join(p.dir, 'ship');
+const droppedFile = (p: AuditPaths) => path.join(p.dir, 'ship-dropped');
+
+/**
+ * The configuration as the last `policy apply` left it for writers that can't read the policy
+ * (a locked command line writer). The agent ships by the policy it holds and puts this file back
+ * when it differs.
+ */
+export function readShipFile(p: AuditPaths): ShipConfig {
+  let text: string;
+  try {
+    text = fs.readFileSync(shipFile(p), 'utf8');
+  } catch {
+    return NO_SHIPPING;
+  }
+  const m = /^(syslog|journald) (\/\S{1,106})\n?$/.exec(text);
+  return m ? { kind: m[1] as ShipKind, socket: m[2] ?? '' } : NO_SHIPPING;
+}
+
+export function sameShipping(a: ShipConfig, b: ShipConfig): boolean {
+  return a.kind === b.kind && (a.kind === 'none' || a.socket === b.socket);
+}
+
+export function writeShipFile(p: AuditPaths, cfg: ShipConfig): void {
+  if (cfg.kind === 'none') fs.rmSync(shipFile(p), { force: true });
+  else writeFileAtomic(shipFile(p), [Buffer.from(`${cfg.kind} ${cfg.socket}\n`, 'utf8')]);
+}
+
+/** One entry as shipped. */
+export interface ShippedEntry {
+  seq: number;
+  time: string;
+  type: string;
+  epoch: number;
+  decision: string;
+  hash: string;
+  prev: string;
+}
+
+/** RFC 5424 severities by decision, facility authpriv (10): keyward's log is about access. */
+const SEVERITY: Record<string, number> = { allow: 6, info: 6, deny: 5, error: 4 };
+const FACILITY_AUTHPRIV = 10;
+/** An enterprise number for the structured data's name (RFC 5424 section 7.2.2 form). */
+const SD_ID = 'keyward@32473';
+
+/** RFC 5424: `<PRI>1 TIME HOST keyward PID TYPE [keyward@32473 seq="" ...] MESSAGE`. */
+export function formatSyslog(e: ShippedEntry, pid = process.pid): Buffer {
+  const pri = FACILITY_AUTHPRIV * 8 + (SEVERITY[e.decision] ?? 6);
+  const host =
+    os
+      .hostname()
+      .replace(/[^\x21-\x7e]/g, '')
+      .slice(0, 255) || '-';
+  // Every value is keyward's own (digits, hex, a type of [a-z_.]): nothing to escape.
+  const sd = `[${SD_ID} seq="${e.seq}" type="${e.type}" epoch="${e.epoch}" decision="${e.decision}" hash="${e.hash}" prev="${e.prev}"]`;
+  const msg = `keyward audit seq=${e.seq} type=${e.type} decision=${e.decision} hash=${e.hash}`;
+  return Buffer.from(`<${pri}>1 ${e.time} ${host} keyward ${pid} ${e.type} ${sd} ${msg}`, 'utf8');
+}
+
+/** journald's native protocol: one KEY=value line per field. */
+export function formatJournald(e: ShippedEntry): Buffer {
+  const fields = [
+    `MESSAGE=keyward audit seq=${e.seq} type=${e.type} decision=${e.decision} hash=${e.hash}`,
+    `PRIORITY=${SEVERITY[e.decision] ?? 6}`,
+    `SYSLOG_FACILITY=${FACILITY_AUTHPRIV}`,
+    'SYSLOG_IDENTIFIER=keyward',
+    `KEYWARD_SEQ=${e.seq}`,
+    `KEYWARD_TIME=${e.time}`,
+    `KEYWARD_TYPE=${e.type}`,
+    `KEYWARD_EPOCH=${e.epoch}`,
+    `KEYWARD_DECISION=${e.decision}`,
+    `KEYWARD_HASH=${e.hash}`,
+    `KEYWARD_PREV=${e.prev}`,
+  ];
+  return Buffer.from(`${fields.join('\n')}\n`, 'utf8');
+}
+
+function notice(kind: Exclude<ShipKind, 'none'>, dropped: number): Buffer {
+  const text = `keyward audit: ${dropped} entries could not be shipped earlier (the system log did not take them)`;
+  return kind === 'syslog'
+    ? Buffer.from(
+        `<${FACILITY_AUTHPRIV * 8 + 4}>1 ${new Date().toISOString()} ${os.hostname() || '-'} keyward ${process.pid} audit.dropped [${SD_ID} dropped="${dropped}"] ${text}`,
+        'utf8',
+      )
+    : Buffer.from(
+        `MESSAGE=${text}\nPRIORITY=4\nSYSLOG_IDENTIFIER=keyward\nKEYWARD_DROPPED=${dropped}\n`,
+        'utf8',
+      );
+}
+
+function readDropped(p: AuditPaths): number {
+  try {
+    const n = Number(fs.readFileSync(droppedFile(p), 'utf8').trim());
+    return Number.isInteger(n) && n > 0 ? n : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** Sends entries to the system log; counts what it can't send. One socket per writer. */
+export class Shipper {
+  private fd: number | undefined;
+
+  constructor(private readonly paths: AuditPaths) {}
+
+  ship(cfg: ShipConfig, entries: readonly ShippedEntry[]): void {
+    if (cfg.kind === 'none' || entries.length === 0) return;
+    const kind = cfg.kind;
+    let failed = 0;
+    try {
+      this.fd ??= unixDatagramSocket();
+    } catch {
+      this.fd = undefined;
+    }
+    const send = (b: Buffer) => (this.fd === undefined ? 1 : sendDatagram(this.fd, cfg.socket, b));
+    const earlier = readDropped(this.paths);
+    if (earlier > 0 && send(notice(kind, earlier)) === 0)
+      fs.rmSync(droppedFile(this.paths), { force: true });
+    for (const e of entries) {
+      if (send(kind === 'syslog' ? formatSyslog(e) : formatJournald(e)) !== 0) failed += 1;
+    }
+    if (failed > 0) {
+      try {
+        // A plain write, no fsync: a count of what the system log missed must not cost the
+        // appends fsyncs of their own (the entries themselves are durable in the local log).
+        fs.writeFileSync(droppedFile(this.paths), `${readDropped(this.paths) + failed}\n`, {
+          mode: 0o600,
+        });
+      } catch {
+        // Counting is best effort: the entries themselves are durable in the local log.
+      }
+    }
+  }
+}
+
+/** What a copy off the machine says against the local log (`audit verify --against`). */
+export interface CopyComparison {
+  /** Entries the copy holds. */
+  inCopy: number;
+  /** Seqs the copy holds that the local log does not: deleted here. */
+  missingLocally: number[];
+  /** Seqs whose hash differs between the copy and the local log: changed here. */
+  changed: number[];
+  /** Local entries the copy lacks (not shipped, or dropped on the way). */
+  notShipped: number[];
+}
+
+/**
+ * The seq and hash of every keyward entry in a collector's file: RFC 5424 lines with keyward's
+ * structured data, or journald's JSON export (journalctl -o json). The file is untrusted input:
+ * what does not match is skipped.
+ */
+export function parseCopy(text: string): Map<number, string> {
+  const out = new Map<number, string>();
+  for (const line of text.split('\n')) {
+    const sd = /\[keyward@32473 seq="(\d{1,15})"[^\]]*? hash="([0-9a-f]{64})"/.exec(line);
+    if (sd) {
+      out.set(Number(sd[1]), sd[2] ?? '');
+      continue;
+    }
+    if (line.startsWith('{') && line.includes('KEYWARD_SEQ')) {
+      try {
+        const o = JSON.parse(line) as Record<string, unknown>;
+        const seq = Number(o['KEYWARD_SEQ']);
+        const hash = o['KEYWARD_HASH'];
+        if (Number.isInteger(seq) && typeof hash === 'string' && /^[0-9a-f]{64}$/.test(hash))
+          out.set(seq, hash);
+      } catch {
+        // not JSON after all
+      }
+    }
+  }
+  return out;
+}
+
+export function compareWithCopy(
+  local: ReadonlyMap<number, string>,
+  copy: ReadonlyMap<number, string>,
+): CopyComparison {
+  const missingLocally: number[] = [];
+  const changed: number[] = [];
+  for (const [seq, hash] of copy) {
+    const here = local.get(seq);
+    if (here === undefined) missingLocally.push(seq);
+    else if (here !== hash) changed.push(seq);
+  }
+  const notShipped = [...local.keys()].filter((s) => !copy.has(s));
+  const byNumber = (a: number, b: number) => a - b;
+  return {
+    inCopy: copy.size,
+    missingLocally: missingLocally.sort(byNumber),
+    changed: changed.sort(byNumber),
+    notShipped: notShipped.sort(byNumber),
+  };
+}
