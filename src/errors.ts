@@ -59,6 +59,7 @@ export const ERROR_CODES = {
   DEBUGGER_EXPOSED: EXIT.INTEGRITY,
   AGENT_UNTRUSTED: EXIT.INTEGRITY,
   PROTOCOL_ERROR: EXIT.INTEGRITY,
+  PIN_CHANGED: EXIT.DENIED,
 } as const satisfies Record<string, ExitCode>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

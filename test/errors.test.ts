@@ -39,6 +39,7 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     DEBUGGER_EXPOSED: 8,
     AGENT_UNTRUSTED: 8,
     PROTOCOL_ERROR: 8,
+    PIN_CHANGED: 6,
   });
 });
 

@@ -2,81 +2,33 @@
  * `keyward mcp wrap` (issue 8): the official SDK client talks through the gateway to the
  * reference server (server-everything, from npm) and to a small server whose tool definitions
  * change: tool policy, pinning (block, alert, rename, list_changed), pins commands, rate limits,
- * leak blocking and redaction, broken and dying servers, fail closed, and the audit.
+ * leak blocking and redaction, broken and dying servers, fail closed, and the audit; and (issue
+ * 15) a process life like the server's own.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { after, describe, test } from 'node:test';
+import { describe, test } from 'node:test';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
-import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
-import { BIN, kw, ROOT, sleep } from './helpers.js';
-
-const EVERYTHING = path.join(
-  ROOT,
-  'node_modules/@modelcontextprotocol/server-everything/dist/index.js',
-);
-const CHANGING = path.join(ROOT, 'test/fixtures/mcp-changing-server.mjs');
-
-const homes: AgentHome[] = [];
-const clients: Client[] = [];
-after(async () => {
-  for (const c of clients) await c.close().catch(() => undefined);
-  for (const h of homes) await stopAgent(h);
-});
-
-function policyWith(mcp: string): string {
-  return `version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\nmcp:\n${mcp}`;
-}
-
-async function agentWith(mcp: string): Promise<AgentHome> {
-  const h = agentHome(policyWith(mcp));
-  homes.push(h);
-  await startAgent(h);
-  assert.equal(kw(['unlock'], { env: h.env }).code, 0);
-  return h;
-}
-
-async function through(
-  h: AgentHome,
-  name: string,
-  server: string[],
-  env: Record<string, string> = {},
-): Promise<Client> {
-  const client = new Client({ name: 'gateway-test', version: '0.0.1' });
-  clients.push(client);
-  await client.connect(
-    new StdioClientTransport({
-      command: process.execPath,
-      args: [BIN, 'mcp', 'wrap', '--name', name, '--', ...server],
-      env: { ...(h.env as Record<string, string>), ...env },
-      stderr: 'pipe',
-    }),
-  );
-  return client;
-}
-
-const tool = (name: string, description: string, extra: Record<string, unknown> = {}) => ({
-  name,
-  description,
-  inputSchema: { type: 'object', properties: { text: { type: 'string' } } },
-  ...extra,
-});
-
-function toolsFile(h: AgentHome, tools: unknown[]): string {
-  const f = path.join(h.dir, 'tools.json');
-  fs.writeFileSync(f, JSON.stringify(tools));
-  return f;
-}
-
-const names = async (c: Client) => (await c.listTools()).tools.map((t) => t.name).sort();
-const textOf = (r: unknown) =>
-  ((r as { content: Array<{ text?: string }> }).content[0]?.text ?? '') as string;
-
-const mcpEvents = (h: AgentHome) => auditEntries(h).filter((l) => l.type === 'mcp.call');
+import { BIN, kw, sleep } from './helpers.js';
+import {
+  agentWith,
+  alive,
+  CHANGING,
+  clients,
+  EVERYTHING,
+  gone,
+  INIT,
+  mcpEvents,
+  names,
+  rawGateway,
+  textOf,
+  through,
+  tool,
+  toolsFile,
+} from './mcp-helpers.js';
 
 describe('keyward mcp wrap', () => {
   test('server-everything through the gateway; a denylist hides tools and refuses calls to them; every call is audited', async () => {
@@ -140,7 +92,7 @@ describe('keyward mcp wrap', () => {
     const diff = kw(['mcp', 'pins', 'diff', 'docs', 'search'], { env: h.env });
     assert.equal(diff.code, 0, diff.stderr);
     assert.match(diff.stdout, /\{\+.*read.*~\/\.ssh\/id_ed25519.*\+\}/);
-    assert.match(kw(['mcp', 'pins', 'list'], { env: h.env }).stdout, /search .* CHANGED/);
+    assert.match(kw(['mcp', 'pins', 'list'], { env: h.env }).stdout, /search .* WAITING/);
     assert.equal(kw(['mcp', 'pins', 'trust', 'docs'], { env: h.env }).code, 0);
     await c.close();
     c = await through(h, 'docs', [process.execPath, CHANGING], { MCP_TOOLS: file });
@@ -279,31 +231,9 @@ describe('keyward mcp wrap: hardening found in review', () => {
   test('batches, requests without ids and answers to ids nobody asked are not passed through', async () => {
     const h = await agentWith('  tool_policy: none\n');
     const file = toolsFile(h, [tool('search', 'Search.')]);
-    const g = spawn(
-      process.execPath,
-      [BIN, 'mcp', 'wrap', '--name', 'raw', '--', process.execPath, CHANGING],
-      {
-        env: { ...h.env, MCP_TOOLS: file },
-        stdio: ['pipe', 'pipe', 'pipe'],
-      },
-    );
-    const lines: string[] = [];
-    let buf = '';
-    g.stdout.on('data', (d: Buffer) => {
-      buf += d.toString();
-      const parts = buf.split('\n');
-      buf = parts.pop() ?? '';
-      lines.push(...parts.filter((l) => l !== ''));
+    const { send, waitFor, lines, g } = rawGateway(h, 'raw', [process.execPath, CHANGING], {
+      MCP_TOOLS: file,
     });
-    const send = (m: unknown) => g.stdin.write(`${JSON.stringify(m)}\n`);
-    const waitFor = async (pred: (l: string) => boolean) => {
-      for (let i = 0; i < 100; i++) {
-        const hit = lines.find(pred);
-        if (hit) return hit;
-        await sleep(50);
-      }
-      throw new Error(`no such line in: ${lines.join('\n')}`);
-    };
     send({
       jsonrpc: '2.0',
       id: 1,
@@ -384,5 +314,75 @@ describe('keyward mcp wrap: hardening found in review', () => {
     });
     assert.equal(r.isError, true);
     assert.match(textOf(r), /no NUL characters/);
+  });
+});
+
+describe('keyward mcp wrap behaves like the server it wraps', () => {
+  for (const how of ['SIGTERM', 'SIGHUP', 'SIGINT', 'end of stdin'] as const) {
+    test(`${how} stops the wrapped server's whole process group, with SIGKILL for what ignores SIGTERM`, async () => {
+      const h = await agentWith('  tool_policy: none\n');
+      const file = toolsFile(h, [tool('search', 'Search.')]);
+      const pidFile = path.join(h.dir, `pids-${how.replace(/ /g, '-')}`);
+      const gw = rawGateway(h, 'stubborn', [process.execPath, CHANGING], {
+        MCP_TOOLS: file,
+        MCP_MODE: 'stubborn',
+        MCP_PIDS: pidFile,
+      });
+      gw.send(INIT);
+      await gw.waitFor((l) => l.includes('"id":1'));
+      const pids = fs.readFileSync(pidFile, 'utf8').split(' ').map(Number);
+      assert.equal(pids.length, 2);
+      assert.ok(pids.every(alive));
+      if (how === 'end of stdin') gw.g.stdin.end();
+      else gw.g.kill(how);
+      const exit = await gw.exited;
+      assert.ok(await gone(pids), `left running: ${pids.filter(alive).join(' ')}`);
+      // Exits as the signal would have: whoever waits for the gateway sees it.
+      if (how !== 'end of stdin') assert.equal(exit.signal, how);
+      else assert.equal(exit.code, 0);
+    });
+  }
+
+  test('a call to a hidden or unknown tool gets -32602 (unknown tool) with the reason', async () => {
+    const h = await agentWith(
+      '  tool_policy: denylist\n  denied_tools:\n    - { server: hide, tool: secret_tool }\n',
+    );
+    const file = toolsFile(h, [tool('search', 'Search.'), tool('secret_tool', 'Hidden.')]);
+    const gw = rawGateway(h, 'hide', [process.execPath, CHANGING], { MCP_TOOLS: file });
+    gw.send(INIT);
+    await gw.waitFor((l) => l.includes('"id":1'));
+    gw.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+    for (const [id, name, why] of [
+      [2, 'secret_tool', /not allowed by the policy/],
+      [3, 'no_such_tool', /no tool no_such_tool on hide/],
+    ] as const) {
+      gw.send({ jsonrpc: '2.0', id, method: 'tools/call', params: { name, arguments: {} } });
+      const m = JSON.parse(await gw.waitFor((l) => l.includes(`"id":${id}`))) as {
+        error: { code: number; message: string };
+      };
+      assert.equal(m.error.code, -32602);
+      assert.match(m.error.message, why);
+    }
+    gw.g.stdin.end();
+    await gw.exited;
+  });
+
+  test('mcp serve: the cwd argument has a JSON Schema pattern, not a made-up format', async () => {
+    const h = await agentWith('  tool_policy: none\n');
+    const client = new Client({ name: 'gateway-test', version: '0.0.1' });
+    clients.push(client);
+    await client.connect(
+      new StdioClientTransport({
+        command: process.execPath,
+        args: [BIN, 'mcp', 'serve'],
+        env: h.env as Record<string, string>,
+        stderr: 'pipe',
+      }),
+    );
+    const run = (await client.listTools()).tools.find((t) => t.name === 'run_with_credentials');
+    const cwd = (run?.inputSchema.properties as Record<string, Record<string, unknown>>)['cwd'];
+    assert.equal(cwd?.['format'], undefined);
+    const pattern = new RegExp(String(cwd?.['pattern']));
+    assert.ok(pattern.test('/home/x') && !pattern.test('relative/x'), String(cwd?.['pattern']));
   });
 });

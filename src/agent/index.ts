@@ -31,3 +31,10 @@ export {
 } from './protocol.js';
 export { identify, describeCaller, type ProcessIdentity } from './identity.js';
 export { describeSignData, SSH } from './ssh.js';
+export {
+  readPinRecord,
+  writePinRecord,
+  type PinRecord,
+  type ServerRecord,
+  type PinEntry,
+} from './mcp-pins.js';

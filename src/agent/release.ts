@@ -1,21 +1,19 @@
 /**
- * Releases: a value leaving the agent to the process that asked (read, or fetch on a descriptor),
- * and what the MCP gateway asks of the agent about released values. Every release is authorized
+ * Releases: a value leaving the agent to the process that asked (read, or fetch on a descriptor).
+ * The names released are remembered for the MCP gateway's leak scans (mcp.ts). Every release is authorized
  * by the gate and durable in the audit log before it leaves (rule 4).
  */
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { sealedMemfd } from '../lib/libc.js';
-import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { quote } from '../lib/text.js';
-import { cacheIdleMs, evaluate, TokenBucket } from '../policy/index.js';
-import { Masker, maskingForms } from '../run/index.js';
+import { cacheIdleMs, evaluate } from '../policy/index.js';
 import { assertValidName, type Vault } from '../vault/index.js';
 import type { CredentialCache } from './cache.js';
 import type { Gate } from './gate.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
 import type { Peer } from './peer.js';
-import { ProtocolError, str, type Frame } from './protocol.js';
 import { locked, type UnlockWindow } from './unlock.js';
 
 export interface ReleaseHost {
@@ -35,7 +33,6 @@ export interface Reply {
 export class Releases {
   /** Names released since the unlock: the values the MCP gateway looks for (cleared at lock). */
   private readonly released = new Set<string>();
-  private readonly scanBucket = new TokenBucket(6000, 1000, Date.now());
 
   constructor(private readonly host: ReleaseHost) {}
 
@@ -174,58 +171,8 @@ export class Releases {
       .catch(() => undefined);
   }
 
-  /**
-   * What keyward mcp wrap asks of the agent (docs/MCP.md, "The gateway"): the verified policy's
-   * mcp section; a keyed hash for tool-definition pins; and a scan of bytes for the values
-   * released since the unlock (which names, and a redacted copy). Values never leave.
-   */
-  mcpGateway(f: Frame): Reply {
-    const w = this.host.window;
-    const v = w.unlocked();
-    const op = str(f.meta, 'op');
-    try {
-      if (op === 'policy') return { meta: { mcp: w.currentPolicy(v).mcp ?? null } };
-      if (op === 'mac') {
-        const label = str(f.meta, 'label') ?? '';
-        return { meta: { mac: v.mac(`mcp ${label}`, f.raw ?? Buffer.alloc(0)).toString('hex') } };
-      }
-      if (op === 'scan') return this.scan(v, f);
-      throw new ProtocolError(`unknown mcp operation ${op ?? ''}`);
-    } finally {
-      secureFree(f.raw);
-    }
-  }
-
-  private scan(v: Vault, f: Frame): Reply {
-    // An oracle ("is this one of the released values?") must not be a fast one: a 6-digit
-    // value could be guessed through it (docs/THREAT-MODEL.md).
-    if (!this.scanBucket.take(Date.now()))
-      throw new KeywardError('POLICY_DENIED', 'too many leak scans; try again in a moment');
-    const data = f.raw ?? Buffer.alloc(0);
-    const found: string[] = [];
-    const all: SecureBuffer[] = [];
-    try {
-      for (const name of this.released) {
-        if (!v.has(name)) continue;
-        const value = v.reveal(name);
-        try {
-          const forms = maskingForms(value);
-          if (forms.some((form) => data.indexOf(form) >= 0)) found.push(name);
-          all.push(...forms);
-        } finally {
-          secureFree(value);
-        }
-      }
-      if (f.meta['redact'] !== true || found.length === 0) return { meta: { found } };
-      const masker = new Masker(all);
-      try {
-        const out = Buffer.concat([masker.push(Buffer.from(data)), masker.flush()]);
-        return { meta: { found }, raw: secureTake(out) };
-      } finally {
-        masker.destroy();
-      }
-    } finally {
-      for (const form of all) secureFree(form);
-    }
+  /** Names released since the unlock: what the MCP gateway's scans look for. */
+  releasedNames(): Iterable<string> {
+    return this.released;
   }
 }

@@ -51,6 +51,7 @@ import {
 import { listenPrivate, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
 import { CredentialCache } from './cache.js';
 import { Gate } from './gate.js';
+import { McpService } from './mcp.js';
 import { Releases, type Reply } from './release.js';
 import { RunService } from './run-service.js';
 import { SshAgentService } from './ssh-agent.js';
@@ -115,6 +116,7 @@ export class Agent {
   private readonly window: UnlockWindow;
   private readonly gate: Gate;
   private readonly releases: Releases;
+  private readonly mcp: McpService;
   private readonly ssh: SshAgentService;
   private readonly runs: RunService;
   private readonly cache = new CredentialCache((name, reason) => {
@@ -158,6 +160,11 @@ export class Agent {
       gate: this.gate,
       cache: this.cache,
       record: (r) => this.record(r),
+    });
+    this.mcp = new McpService({
+      window: this.window,
+      record: (r) => this.record(r),
+      released: () => this.releases.releasedNames(),
     });
     this.runs = new RunService({
       vault: () => this.window.unlocked(),
@@ -446,7 +453,7 @@ export class Agent {
         secureFree(f.raw);
         return this.releases.read(conn, str(f.meta, 'name') ?? '', 'fd');
       case 'mcp':
-        return this.releases.mcpGateway(f);
+        return this.mcp.handle(conn, f);
       case 'run':
         return { meta: await this.runs.start(conn, f) };
       case 'approvals':

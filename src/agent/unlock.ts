@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import { AuditLog, auditSink, writeCheckpoint, type AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
+import { withFileLockAsync } from '../lib/files.js';
 import { durationMs, loadPolicy, policyStamp, type Loaded } from '../policy/index.js';
 import { Vault, vaultPaths, type Unlock, type VaultPaths } from '../vault/index.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
@@ -22,6 +23,9 @@ export interface WindowHost {
   /** The policy was (re)loaded: what depends on it (audit shipping) follows. */
   policyLoaded?(loaded: Loaded): void;
 }
+
+/** How long a write by the agent waits for another process's vault lock. */
+const VAULT_LOCK_MS = 10_000;
 
 export const locked = (): KeywardError =>
   new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
@@ -82,11 +86,38 @@ export class UnlockWindow {
     return v;
   }
 
+  /**
+   * Changes the open vault and saves it, under the vault lock (the agent's own records: MCP
+   * pins). fn sees the vault as it is on disk now and says whether to save. Caches keyed on the
+   * vault stay: the agent wrote what changed, and knows it.
+   */
+  async write<T>(fn: (v: Vault) => { result: T; save: boolean }): Promise<T> {
+    const v = this.unlocked();
+    return withFileLockAsync(this.vp.lock, VAULT_LOCK_MS, async () => {
+      if (!this.stillOpen(v)) throw locked();
+      this.unlocked();
+      const policyWasCurrent = this.policyStamp === this.stampOfPolicy(v);
+      const { result, save } = fn(v);
+      if (save) {
+        v.save();
+        const st = fs.statSync(this.vp.file, { throwIfNoEntry: false });
+        this.vaultStamp = st ? `${st.ino}:${st.size}:${st.mtimeMs}` : '';
+        // The policy in the vault is the one loaded: only the generation moved.
+        if (policyWasCurrent) this.policyStamp = this.stampOfPolicy(v);
+      }
+      return result;
+    });
+  }
+
+  private stampOfPolicy(v: Vault): string {
+    return `${v.fileGeneration}|${policyStamp(this.host.home)}`;
+  }
+
   /** The policy in force, re-loaded (and re-verified against the vault) after `policy apply`. */
   currentPolicy(v: Vault): Loaded['policy'] {
     // The vault (re-read when it changed: a policy apply) holds the applied policy; the files
     // are watched only to report drift, never to decide.
-    const stamp = `${v.fileGeneration}|${policyStamp(this.host.home)}`;
+    const stamp = this.stampOfPolicy(v);
     if (!this.policy || stamp !== this.policyStamp) {
       // A new policy may cache less, or differently: what the old one cached goes.
       if (this.policy) this.host.changed('the policy changed');

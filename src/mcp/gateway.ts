@@ -1,78 +1,101 @@
 /**
- * `keyward mcp wrap --name NAME -- CMD ARGS` (docs/MCP.md, "The gateway"): a stdio proxy between
- * any MCP client (this process's stdin and stdout) and any MCP server (the child), working on
- * JSON-RPC messages, one per line. It passes everything through except what it guards:
+ * `keyward mcp wrap --name NAME -- CMD ARGS` or `--url URL` (docs/MCP.md, "The gateway"): a proxy
+ * between any MCP client (this process's stdin and stdout, one JSON-RPC message per line) and any
+ * MCP server (a child on stdio, or a Streamable HTTP server), working on messages. It passes
+ * everything through except what it guards:
  *
- * - tools/list results: tools the policy doesn't allow, and tools whose definition changed from
- *   its pin (on_change: block) or was never trusted, disappear; pins are checked and recorded
- *   (keyed hashes from the agent); a tool renamed with the same definition is recognised.
- * - initialize results: the server's instructions are pinned the same way.
- * - tools/call requests: refused with a JSON-RPC error when the tool is not allowed, blocked,
- *   over a rate limit, or when the arguments hold a value keyward released (any encoding).
- * - tools/call results: released values are redacted.
+ * - tools/list results: tools the policy doesn't allow, and tools whose definition the pins in
+ *   the vault don't trust (the agent reviews them), disappear;
+ * - initialize results: the server's instructions are reviewed the same way;
+ * - tools/call requests: refused when the tool is hidden (-32602, as for an unknown tool), over
+ *   a rate limit, or when the arguments hold a released value;
+ * - every other message, both ways: scanned for released values. From the client, a message
+ *   holding one is not sent; from the server, the value is concealed, or the message withheld
+ *   when the value is there only in a transformed form;
  * - notifications/tools/list_changed: the gateway re-lists the tools itself before passing it on.
  *
  * Every tools/call is audited (server, tool, decision, hash of the arguments). Without the
  * policy (agent locked or not running) it fails closed: no tool is listed or callable.
  */
-import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import readline from 'node:readline';
-import { call } from '../agent/index.js';
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { secureFree, secureTake } from '../lib/secure.js';
-import { TokenBucket, type McpPolicy } from '../policy/index.js';
-import { loadPins, savePins, serverPins, toolDefinition, type Pin } from './pins.js';
+import type { McpPolicy } from '../policy/index.js';
+import { AgentLink } from './agent-link.js';
+import { definitionHash, loadDefinitions, recordDefinitions, toolDefinition } from './pins.js';
+import { checkServerUrl, httpUpstream, resolveHeaders, type HeaderTemplate } from './remote.js';
+import { allowedByPolicy, RateLimits } from './tools.js';
+import { MAX_LINE, stdioUpstream, type Json, type Upstream } from './upstream.js';
 
 export interface WrapOptions {
   name: string;
-  command: string[];
+  /** A server on stdio: the command and its arguments. */
+  command?: string[];
+  /** Or a remote server (Streamable HTTP), with headers that may hold {{secret:NAME}}. */
+  url?: string;
+  headers?: HeaderTemplate[];
   home: string;
   agentSocket: string;
   record: (r: AuditRecord) => void;
   log: (line: string) => void;
+  /** Resolves once this process is hardened: no client byte is read, no secret fetched before. */
+  ready?: Promise<void>;
 }
 
-type Json = Record<string, unknown>;
 type Id = string | number;
+interface Req {
+  clientId: Id;
+  method: string;
+  tool?: string;
+  argsHash?: string;
+  paged?: boolean;
+}
+interface Verdict {
+  state: string;
+  blocked: boolean;
+  alert: boolean;
+  what?: string;
+}
 
 const ERR_REFUSED = -32001;
 const ERR_SERVER_GONE = -32002;
+/** The JSON-RPC code the MCP spec gives a call to an unknown tool. */
+const ERR_UNKNOWN_TOOL = -32602;
 const POLICY_TTL_MS = 1000;
 const ASK_TIMEOUT_MS = 10_000;
-const MAX_LINE = 16 * 1024 * 1024;
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
+const message = (e: unknown) => (e instanceof Error ? e.message : 'error');
+/** The agent is locked or gone: it holds no released value (they are forgotten at lock). */
+const nothingReleased = (e: unknown) =>
+  e instanceof KeywardError && (e.code === 'AGENT_LOCKED' || e.code === 'AGENT_UNAVAILABLE');
 
-/**
- * Tool and server names are not paths: `*` matches any characters (slashes and dots included),
- * `?` one. Everything else is literal.
- */
-function glob(pattern: string): (s: string) => boolean {
-  const re = new RegExp(
-    `^${pattern
-      .replace(/[.+^${}()|[\]\\]/g, '\\$&')
-      .replace(/\*/g, '.*')
-      .replace(/\?/g, '.')}$`,
-    's',
-  );
-  return (s) => re.test(s);
+/** Every string value in a message, in order, joined: a value split across fields. */
+function stringsOf(value: unknown, out: string[] = []): string[] {
+  if (typeof value === 'string') out.push(value);
+  else if (Array.isArray(value)) for (const v of value) stringsOf(v, out);
+  else if (value !== null && typeof value === 'object')
+    for (const v of Object.values(value)) stringsOf(v, out);
+  return out;
 }
 
 export async function wrapMcp(o: WrapOptions): Promise<number> {
-  const [cmd, ...args] = o.command;
-  if (!cmd) throw new KeywardError('USAGE', 'mcp wrap needs the server command after --');
-  const child = spawn(cmd, args, { stdio: ['pipe', 'pipe', 'inherit'] });
-  let serverGone: string | undefined;
+  if (!o.command?.length && !o.url)
+    throw new KeywardError('USAGE', 'mcp wrap needs the server command after --, or --url');
+  const name = o.name;
+  const link = new AgentLink(o.agentSocket);
   const toClient = (m: Json): void => {
     process.stdout.write(`${JSON.stringify(m)}\n`);
   };
+  const errorReply = (id: Id, code: number, text: string): void =>
+    toClient({ jsonrpc: '2.0', id, error: { code, message: text } });
+  let serverGone: string | undefined;
+  let upstream: Upstream | undefined;
   const toServer = (m: Json) => {
-    if (!serverGone && child.stdin.writable) child.stdin.write(`${JSON.stringify(m)}\n`);
+    if (!serverGone) upstream?.send(m);
   };
-  const errorReply = (id: Id, code: number, message: string): void =>
-    toClient({ jsonrpc: '2.0', id, error: { code, message } });
 
   // Every request the server sees carries an id made here, random per gateway: the client's
   // ids are mapped back on the answer, the gateway's own requests look the same as the
@@ -80,10 +103,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   const idPrefix = `${randomBytes(9).toString('base64url')}-`;
   let idSeq = 0;
   const newId = () => `${idPrefix}${++idSeq}`;
-  const pending = new Map<
-    string,
-    { clientId: Id; method: string; tool?: string; argsHash?: string; paged?: boolean }
-  >();
+  const pending = new Map<string, Req>();
   const own = new Map<string, (m: Json) => void>();
   const ask = (method: string, params: Json = {}) =>
     new Promise<Json>((resolve) => {
@@ -100,183 +120,151 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       toServer({ jsonrpc: '2.0', id, method, params });
     });
 
-  const agent = async (op: string, meta: Json, data?: string) => {
-    const raw = data === undefined ? undefined : secureTake(Buffer.from(data, 'utf8'));
-    return call(o.agentSocket, 'mcp', { op, ...meta }, raw);
-  };
   /**
    * The policy's mcp section, from the agent (it is the verified policy), at most a second old:
-   * a policy change or a lock takes effect within a second, and a call costs one agent request
-   * less. Errors are never cached.
+   * a policy change or a lock takes effect within a second. Errors are never cached.
    */
   let cachedPolicy: { at: number; p: McpPolicy } | undefined;
   const policy = async (): Promise<McpPolicy | { error: string }> => {
     if (cachedPolicy && Date.now() - cachedPolicy.at < POLICY_TTL_MS) return cachedPolicy.p;
-    const p = await readPolicy();
-    cachedPolicy = 'error' in p ? undefined : { at: Date.now(), p };
-    return p;
-  };
-  const readPolicy = async (): Promise<McpPolicy | { error: string }> => {
     try {
-      const f = await agent('policy', {});
-      const m = f.meta['mcp'] as McpPolicy | null;
-      return (
-        m ?? {
-          tool_policy: 'none',
-          allowed_tools: [],
-          denied_tools: [],
-          version_pinning: { enabled: true, on_change: 'block', auto_trust_first: true },
-          rate_limits: { per_tool: [] },
-          leak_blocking: true,
-        }
-      );
+      const p = (await link.mcp({ op: 'policy' })).meta['mcp'] as McpPolicy;
+      cachedPolicy = { at: Date.now(), p };
+      return p;
     } catch (e) {
-      return { error: e instanceof Error ? e.message : 'the policy could not be read' };
+      cachedPolicy = undefined;
+      return { error: message(e) };
     }
   };
-  const mac = async (label: string, data: string) =>
-    String((await agent('mac', { label: `${o.name} ${label}` }, data)).meta['mac']);
-
-  const matches = (refs: McpPolicy['allowed_tools'], tool: string, hash: string) =>
-    refs.some(
-      (r) =>
-        glob(r.server)(o.name) &&
-        glob(r.tool)(tool) &&
-        (r.content_hash === undefined || r.content_hash === hash),
-    );
-  const allowedByPolicy = (p: McpPolicy, tool: string, hash: string) =>
-    p.tool_policy === 'allowlist'
-      ? matches(p.allowed_tools, tool, hash)
-      : p.tool_policy === 'denylist'
-        ? !matches(p.denied_tools, tool, hash)
-        : true;
-
-  /** Tools the client may see and call, by name, with why others may not. */
-  let visible = new Map<string, string>();
-  let refused = new Map<string, string>();
-  let listed: Promise<void> | undefined;
 
   const audit = (r: Omit<AuditRecord, 'type'>) => {
     try {
       o.record({ type: 'mcp.call', ...r });
     } catch (e) {
-      o.log(
-        `keyward mcp wrap: the audit log could not be written (${e instanceof Error ? e.message : 'error'})`,
-      );
+      o.log(`keyward mcp wrap: the audit log could not be written (${message(e)})`);
+    }
+  };
+
+  /**
+   * Which released values m holds: out is m with verbatim ones concealed (when redact), or
+   * withheld is true (found only in a transformed form, or the answer could not be re-read).
+   */
+  const scan = async (
+    m: Json,
+    redact: boolean,
+  ): Promise<{ out: Json; found: string[]; withheld: boolean }> => {
+    const clean = { out: m, found: [], withheld: false };
+    const p = await policy();
+    if (!('error' in p) && !p.leak_blocking) return clean;
+    const text = Buffer.from(JSON.stringify(m), 'utf8');
+    const strings = Buffer.from(stringsOf(m).join(''), 'utf8');
+    const parts = [text.length, strings.length];
+    const raw = secureTake(Buffer.concat([text, strings]));
+    text.fill(0);
+    strings.fill(0);
+    let f;
+    try {
+      f = await link.mcp({ op: 'scan', parts, redact }, raw);
+    } catch (e) {
+      if (nothingReleased(e)) return clean;
+      throw e;
+    }
+    const found = (f.meta['found'] ?? []) as string[];
+    const hidden = (f.meta['hidden'] ?? []) as string[];
+    try {
+      if (found.length === 0) return clean;
+      if (!redact || hidden.length > 0 || !f.raw) return { out: m, found, withheld: true };
+      try {
+        return { out: JSON.parse(f.raw.toString('utf8')) as Json, found, withheld: false };
+      } catch {
+        return { out: m, found, withheld: true };
+      }
+    } finally {
+      secureFree(f.raw);
+    }
+  };
+  const leakAudit = (what: string, found: string[], decision: 'deny' | 'info', reason: string) =>
+    audit({
+      target: name,
+      decision,
+      reason,
+      details: { server: name, method: what, secrets: found.join(','), event: 'leak' },
+    });
+
+  /** Tools the client may see and call, by name (with their hash), with why others may not. */
+  let visible = new Map<string, string>();
+  let refused = new Map<string, string>();
+  let listed: Promise<void> | undefined;
+  let clientCaps: string[] = [];
+  const legacy = () => {
+    try {
+      return loadDefinitions(o.home).legacy[name];
+    } catch {
+      return undefined;
+    }
+  };
+  const fileDefinitions = (defs: string[]) => {
+    try {
+      recordDefinitions(o.home, name, defs);
+    } catch (e) {
+      o.log(`keyward mcp wrap: definitions were not filed for pins diff (${message(e)})`);
     }
   };
 
   /** Checks a tools/list result against the policy and the pins; returns the tools to show. */
-  /** merge: a later page of a listing (the maps grow instead of starting over). */
   const review = async (tools: Json[], merge = false): Promise<Json[]> => {
     const p = await policy();
     // Built aside and swapped in at the end: a call during a review sees the last whole one.
     const nextVisible = new Map<string, string>(merge ? visible : []);
     const nextRefused = new Map<string, string>(merge ? refused : []);
-    if ('error' in p) {
-      for (const t of tools)
-        nextRefused.set(
-          String(t['name']),
-          `the gateway policy could not be read (${p.error}): fail closed`,
-        );
+    const swap = () => {
       visible = nextVisible;
       refused = nextRefused;
-      return [];
-    }
-    const pins = loadPins(o.home);
-    const sp = serverPins(pins, o.name);
-    // Trust on first sight means the server's first listing: a tool that appears later (a new
-    // name for a changed tool, say) is a change like any other.
-    const firstSight = Object.keys(sp.tools).length === 0;
-    const pinning = p.version_pinning;
-    const now = new Date().toISOString();
-    const current = new Set(tools.map((t) => String(t['name'])));
-    const shown: Json[] = [];
-    const newPins: Record<string, Pin> = {};
-    const newPending: Record<string, Pin> = {};
-    for (const t of tools) {
-      const name = String(t['name']);
-      const definition = toolDefinition(t);
-      const pin: Pin = {
-        hash: await mac('tool', definition),
-        bodyHash: await mac('tool body', toolDefinition(t, false)),
-        definition,
-        at: now,
-      };
-      let why: string | undefined;
-      if (pinning.enabled) {
-        const pinned = Object.hasOwn(sp.tools, name) ? sp.tools[name] : undefined;
-        if (pinned && pinned.hash === pin.hash) {
-          // As trusted.
-        } else {
-          const renamedFrom = pinned
-            ? undefined
-            : Object.entries(sp.tools).find(
-                ([n, x]) => x.bodyHash === pin.bodyHash && !current.has(n),
-              )?.[0];
-          if (!pinned && !renamedFrom && pinning.auto_trust_first && firstSight) {
-            newPins[name] = pin;
-            audit({
-              target: o.name,
-              decision: 'info',
-              reason: `pinned ${name} on first sight`,
-              details: { server: o.name, tool: name, event: 'pinned', hash: pin.hash },
-            });
-          } else {
-            const what = renamedFrom
-              ? `renamed from ${renamedFrom} (same definition otherwise)`
-              : pinned
-                ? 'its definition changed since it was trusted'
-                : pinning.auto_trust_first
-                  ? 'it appeared after the server was first trusted'
-                  : 'it is new and not yet trusted';
-            // Never trusted and auto_trust_first off: it waits for pins trust, whatever on_change.
-            const untrusted = !pinned && !renamedFrom && !pinning.auto_trust_first;
-            const blocked = untrusted || pinning.on_change === 'block';
-            const before = Object.hasOwn(sp.pending, name) ? sp.pending[name] : undefined;
-            if (!before || before.hash !== pin.hash) {
-              newPending[name] = pin;
-              audit({
-                target: o.name,
-                decision: blocked ? 'deny' : 'info',
-                reason: `tool ${name}: ${what}`,
-                details: {
-                  server: o.name,
-                  tool: name,
-                  event: 'changed',
-                  hash: pin.hash,
-                  on_change: pinning.on_change,
-                },
-              });
-            }
-            if (untrusted)
-              why = `tool ${name} is not trusted yet: keyward mcp pins trust ${o.name} ${name}`;
-            else if (pinning.on_change === 'block')
-              why = `tool ${name} was blocked: ${what} (keyward mcp pins diff ${o.name} ${name})`;
-            else if (pinning.on_change === 'alert')
-              o.log(`keyward mcp wrap: ${o.name}: tool ${name} ${what}`);
-          }
-        }
+    };
+    const defs = tools.map((t) => ({
+      name: String(t['name']),
+      definition: toolDefinition(t),
+      sha256: definitionHash(toolDefinition(t)),
+      body: definitionHash(toolDefinition(t, false)),
+    }));
+    let verdicts: Record<string, Verdict> | undefined;
+    let failed = 'error' in p ? `the gateway policy could not be read (${p.error})` : undefined;
+    if (!failed) {
+      try {
+        const r = await link.mcp({
+          op: 'review',
+          server: name,
+          caps: clientCaps,
+          tools: defs.map(({ name: n, sha256: h, body }) => ({ name: n, sha256: h, body })),
+          legacy: legacy() ?? null,
+        });
+        verdicts = r.meta['tools'] as Record<string, Verdict>;
+      } catch (e) {
+        failed = `the pins could not be checked (${message(e)})`;
       }
-      if (!why && !allowedByPolicy(p, name, pin.hash))
-        why = `tool ${name} is not allowed by the policy (mcp.${p.tool_policy})`;
-      if (why) nextRefused.set(name, why);
+    }
+    fileDefinitions(defs.map((d) => d.definition));
+    const shown: Json[] = [];
+    for (const [i, t] of tools.entries()) {
+      const d = defs[i];
+      if (!d) continue;
+      const v = verdicts && Object.hasOwn(verdicts, d.name) ? verdicts[d.name] : undefined;
+      let why: string | undefined;
+      if (failed || !v || 'error' in p) why = `${failed ?? 'no verdict on the tool'}: fail closed`;
+      else if (v.state === 'untrusted')
+        why = `tool ${d.name} is not trusted yet: keyward mcp pins trust ${name} ${d.name}`;
+      else if (v.blocked)
+        why = `tool ${d.name} was blocked: ${v.what ?? v.state} (keyward mcp pins diff ${name} ${d.name})`;
+      else if (!allowedByPolicy(p, name, d.name, d.sha256))
+        why = `tool ${d.name} is not allowed by the policy (mcp.${p.tool_policy})`;
+      if (!why && v?.alert) o.log(`keyward mcp wrap: ${name}: tool ${d.name} ${v.what ?? v.state}`);
+      if (why) nextRefused.set(d.name, why);
       else {
-        nextVisible.set(name, pin.hash);
+        nextVisible.set(d.name, d.sha256);
         shown.push(t);
       }
     }
-    if (Object.keys(newPins).length + Object.keys(newPending).length > 0) {
-      // Re-read before writing: a pins trust or reset (or another gateway) since the start of
-      // this review is kept; only what this review learned is added.
-      const fresh = loadPins(o.home);
-      const fsp = serverPins(fresh, o.name);
-      Object.assign(fsp.tools, newPins);
-      Object.assign(fsp.pending, newPending);
-      savePins(o.home, fresh);
-    }
-    visible = nextVisible;
-    refused = nextRefused;
+    swap();
     return shown;
   };
 
@@ -293,195 +281,225 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         if (typeof cursor !== 'string' || cursor === '') break;
       }
       await review(all);
-    })().catch((e: unknown) =>
-      o.log(`keyward mcp wrap: listing tools failed (${e instanceof Error ? e.message : 'error'})`),
-    );
+    })().catch((e: unknown) => o.log(`keyward mcp wrap: listing tools failed (${message(e)})`));
     return listed;
   };
 
-  const buckets = new Map<string, TokenBucket>();
-  const overLimit = (p: McpPolicy, tool: string): string | undefined => {
-    const now = Date.now();
-    // Keyed with the limits too: a policy that changes them starts a fresh bucket.
-    const bucket = (key: string, per: number, burst: number) => {
-      const k = `${key}\u0000${per}\u0000${burst}`;
-      let b = buckets.get(k);
-      if (!b) buckets.set(k, (b = new TokenBucket(per, burst, now)));
-      return b;
-    };
-    const g = p.rate_limits.global;
-    if (g && !bucket('*', g.per_minute, g.burst).take(now))
-      return `rate limit: at most ${g.per_minute} tool calls a minute (burst ${g.burst})`;
-    for (const r of p.rate_limits.per_tool) {
-      if (glob(r.server)(o.name) && glob(r.tool)(tool)) {
-        if (!bucket(`${r.server}\u0000${r.tool}`, r.per_minute, r.burst).take(now))
-          return `rate limit: at most ${r.per_minute} calls a minute of ${tool} (burst ${r.burst})`;
-      }
-    }
-    return undefined;
-  };
+  const limits = new RateLimits(name);
+  const gone = (id: Id) =>
+    errorReply(id, ERR_SERVER_GONE, `keyward: the MCP server ${name} is gone (${serverGone})`);
 
   /** A tools/call from the client: forwarded, or refused with the reason. */
   const toolCall = async (m: Json) => {
     const id = m['id'] as Id;
     const params = (m['params'] ?? {}) as Json;
     const tool = String(params['name'] ?? '');
-    const argsText = JSON.stringify(params['arguments'] ?? {});
-    const argsHash = sha256(argsText);
-    const refuse = (why: string) => {
+    const argsHash = sha256(JSON.stringify(params['arguments'] ?? {}));
+    const refuse = (why: string, code = ERR_REFUSED) => {
       audit({
-        target: o.name,
+        target: name,
         decision: 'deny',
         reason: why,
-        details: { server: o.name, tool, argsSha256: argsHash },
+        details: { server: name, tool, argsSha256: argsHash },
       });
-      errorReply(id, ERR_REFUSED, `keyward: ${why}`);
+      errorReply(id, code, `keyward: ${why}`);
     };
-    if (serverGone)
-      return errorReply(
-        id,
-        ERR_SERVER_GONE,
-        `keyward: the MCP server ${o.name} is gone (${serverGone})`,
-      );
+    if (serverGone) return gone(id);
     await (listed ?? relist());
     const p = await policy();
     if ('error' in p)
       return refuse(`the gateway policy could not be read (${p.error}): fail closed`);
-    if (!visible.has(tool)) return refuse(refused.get(tool) ?? `no tool ${tool} on ${o.name}`);
+    if (!visible.has(tool))
+      return refuse(refused.get(tool) ?? `no tool ${tool} on ${name}`, ERR_UNKNOWN_TOOL);
     // The policy may have changed since the tool was listed.
-    if (!allowedByPolicy(p, tool, visible.get(tool) ?? ''))
-      return refuse(`tool ${tool} is not allowed by the policy (mcp.${p.tool_policy})`);
-    const limited = overLimit(p, tool);
+    if (!allowedByPolicy(p, name, tool, visible.get(tool) ?? ''))
+      return refuse(
+        `tool ${tool} is not allowed by the policy (mcp.${p.tool_policy})`,
+        ERR_UNKNOWN_TOOL,
+      );
+    const limited = limits.take(p, tool);
     if (limited) return refuse(limited);
-    if (p.leak_blocking) {
-      try {
-        const found = (await agent('scan', {}, argsText)).meta['found'] as string[];
-        if (found.length > 0)
-          return refuse(`the arguments hold the value of ${found.join(', ')}; not sent`);
-      } catch (e) {
-        return refuse(
-          `the arguments could not be checked for secrets (${e instanceof Error ? e.message : 'error'}): fail closed`,
-        );
-      }
+    try {
+      const { found } = await scan(m, false);
+      if (found.length > 0)
+        return refuse(`the arguments hold the value of ${found.join(', ')}; not sent`);
+    } catch (e) {
+      return refuse(`the arguments could not be checked for secrets (${message(e)}): fail closed`);
     }
     const ourId = newId();
     pending.set(ourId, { clientId: id, method: 'tools/call', tool, argsHash });
     toServer({ ...m, id: ourId });
   };
 
-  /** A result from the server for one of the client's requests (req), under the client's id. */
-  const answer = async (
-    m: Json,
-    req: { clientId: Id; method: string; tool?: string; argsHash?: string; paged?: boolean },
-  ) => {
+  /** Any other request from the client: scanned, then forwarded under a new id. */
+  const request = async (m: Json, id: Id, method: string) => {
+    if (serverGone) return gone(id);
+    if (method === 'initialize') {
+      const caps = ((m['params'] as Json | undefined)?.['capabilities'] ?? {}) as Json;
+      clientCaps = typeof caps === 'object' && caps !== null ? Object.keys(caps).sort() : [];
+    }
+    try {
+      const { found } = await scan(m, false);
+      if (found.length > 0) {
+        leakAudit(method, found, 'deny', 'a request held a released value; not sent');
+        return errorReply(
+          id,
+          ERR_REFUSED,
+          `keyward: the request holds the value of ${found.join(', ')}; not sent`,
+        );
+      }
+    } catch (e) {
+      return errorReply(
+        id,
+        ERR_REFUSED,
+        `keyward: the request could not be checked for secrets (${message(e)}): fail closed`,
+      );
+    }
+    const ourId = newId();
+    const params = m['params'] as Json | undefined;
+    pending.set(ourId, {
+      clientId: id,
+      method,
+      paged: method === 'tools/list' && params?.['cursor'] !== undefined,
+    });
+    toServer({ ...m, id: ourId });
+  };
+
+  /** A notification, or an answer to the server's own request, from the client. */
+  const passUp = async (m: Json) => {
+    const method = typeof m['method'] === 'string' ? m['method'] : undefined;
+    if (method === 'notifications/cancelled') {
+      // The server knows the request by the id the gateway gave it.
+      const params = (m['params'] ?? {}) as Json;
+      const ours = [...pending].find(([, r]) => r.clientId === params['requestId'])?.[0];
+      if (!ours) return;
+      m = { ...m, params: { ...params, requestId: ours } };
+    }
+    try {
+      const { found } = await scan(m, false);
+      if (found.length === 0) return toServer(m);
+      leakAudit(method ?? 'answer', found, 'deny', 'a message held a released value; not sent');
+      o.log(`keyward mcp wrap: a message to ${name} held a released value; not sent`);
+      // The server's request still gets an answer.
+      if (method === undefined && m['id'] !== undefined)
+        toServer({
+          jsonrpc: '2.0',
+          id: m['id'],
+          error: { code: ERR_REFUSED, message: 'keyward: the answer held a secret; withheld' },
+        });
+    } catch (e) {
+      o.log(
+        `keyward mcp wrap: a message to ${name} could not be checked (${message(e)}); not sent`,
+      );
+    }
+  };
+
+  /** A result from the server for one of the client's requests, under the client's id. */
+  const answer = async (m: Json, req: Req) => {
     const id = req.clientId;
     m = { ...m, id };
     try {
       m = await guardAnswer(m, req);
+      const s = await scan(m, true);
+      if (s.withheld) {
+        leakAudit(req.method, s.found, 'deny', 'an answer held a released value; withheld');
+        m = {
+          jsonrpc: '2.0',
+          id,
+          error: {
+            code: ERR_REFUSED,
+            message: `keyward: the answer held the value of ${s.found.join(', ')} in a form that can't be concealed: withheld`,
+          },
+        };
+      } else if (s.found.length > 0) {
+        m = s.out;
+        if (req.method !== 'tools/call')
+          leakAudit(req.method, s.found, 'info', 'released values concealed in an answer');
+      }
+      if (req.method === 'tools/call')
+        audit({
+          target: name,
+          decision: m['error'] ? 'error' : 'allow',
+          details: {
+            server: name,
+            tool: req.tool ?? null,
+            argsSha256: req.argsHash ?? null,
+            redacted: s.found.join(',') || null,
+          },
+        });
     } catch (e) {
       m = {
         jsonrpc: '2.0',
         id,
         error: {
           code: ERR_REFUSED,
-          message: `keyward: the answer could not be checked (${e instanceof Error ? e.message : 'error'}): withheld`,
+          message: `keyward: the answer could not be checked (${message(e)}): withheld`,
         },
       };
     }
     toClient(m);
   };
 
-  const guardAnswer = async (
-    m: Json,
-    req: { clientId: Id; method: string; tool?: string; argsHash?: string; paged?: boolean },
-  ): Promise<Json> => {
-    const id = req.clientId;
-    if (req.method === 'initialize') await pinInstructions(m);
+  const guardAnswer = async (m: Json, req: Req): Promise<Json> => {
+    if (req.method === 'initialize') await reviewInstructions(m);
     else if (req.method === 'tools/list' && m['result']) {
       const result = m['result'] as Json;
       const tools = Array.isArray(result['tools']) ? (result['tools'] as Json[]) : [];
       listed = Promise.resolve();
       m = { ...m, result: { ...result, tools: await review(tools, req.paged === true) } };
     } else if (req.method === 'tools/call') {
-      let redacted: string[] = [];
       const p = await policy();
-      if ('error' in p) {
-        m = {
-          jsonrpc: '2.0',
-          id,
-          error: {
-            code: ERR_REFUSED,
-            message: `keyward: the gateway policy could not be read (${p.error}): withheld`,
-          },
-        };
-      } else if (p.leak_blocking) {
-        // The whole answer: a result, or an error whose message quotes a secret.
-        const text = JSON.stringify(m);
-        try {
-          const f = await agent('scan', { redact: true }, text);
-          redacted = f.meta['found'] as string[];
-          if (f.raw && redacted.length > 0) m = JSON.parse(f.raw.toString('utf8')) as Json;
-          secureFree(f.raw);
-        } catch {
-          m = {
-            jsonrpc: '2.0',
-            id,
-            error: {
-              code: ERR_REFUSED,
-              message: 'keyward: the result could not be checked for secrets: withheld',
-            },
-          };
-        }
-      }
-      audit({
-        target: o.name,
-        decision: m['error'] ? 'error' : 'allow',
-        details: {
-          server: o.name,
-          tool: req.tool ?? null,
-          argsSha256: req.argsHash ?? null,
-          redacted: redacted.join(',') || null,
-        },
-      });
+      if ('error' in p) throw new Error(`the gateway policy could not be read (${p.error})`);
     }
     return m;
   };
 
-  const pinInstructions = async (m: Json) => {
+  /** The server's instructions reach the model only as the pins trust them. */
+  const reviewInstructions = async (m: Json) => {
     const result = m['result'] as Json | undefined;
-    const text =
-      typeof result?.['instructions'] === 'string' ? (result['instructions'] as string) : undefined;
-    const p = await policy();
-    if (text === undefined) return;
-    if ('error' in p) {
-      // Unchecked instructions don't reach the model.
-      delete result?.['instructions'];
-      return;
-    }
-    if (!p.version_pinning.enabled) return;
-    const pins = loadPins(o.home);
-    const sp = serverPins(pins, o.name);
-    const pin: Pin = {
-      hash: await mac('instructions', text),
-      bodyHash: '',
-      definition: text,
-      at: new Date().toISOString(),
-    };
-    if (!sp.instructions && p.version_pinning.auto_trust_first) {
-      sp.instructions = pin;
-      savePins(o.home, pins);
-    } else if (sp.instructions?.hash !== pin.hash) {
-      sp.pending['(instructions)'] = pin;
-      savePins(o.home, pins);
-      audit({
-        target: o.name,
-        decision: 'deny',
-        reason: 'the server instructions changed',
-        details: { server: o.name, event: 'changed', hash: pin.hash },
+    const text = result?.['instructions'];
+    if (typeof text !== 'string' || !result) return;
+    fileDefinitions([text]);
+    try {
+      const r = await link.mcp({
+        op: 'review',
+        server: name,
+        caps: clientCaps,
+        instructions: definitionHash(text),
       });
-      if (p.version_pinning.on_change === 'block' || !sp.instructions)
-        delete result?.['instructions'];
+      const v = r.meta['instructions'] as Verdict | null;
+      if (!v || v.blocked) delete result['instructions'];
+      else if (v.alert) o.log(`keyward mcp wrap: ${name}: the instructions ${v.what ?? v.state}`);
+    } catch (e) {
+      // Unchecked instructions don't reach the model.
+      o.log(`keyward mcp wrap: ${name}: instructions dropped (${message(e)})`);
+      delete result['instructions'];
     }
+  };
+
+  /** A request or notification the server sends the client: scanned, concealed or withheld. */
+  const passDown = async (m: Json) => {
+    const method = String(m['method']);
+    if (method === 'notifications/tools/list_changed') await relist();
+    let s;
+    try {
+      s = await scan(m, true);
+    } catch (e) {
+      s = { out: m, found: [] as string[], withheld: true, why: message(e) };
+    }
+    if (!s.withheld) {
+      if (s.found.length > 0)
+        leakAudit(method, s.found, 'info', 'released values concealed in a server message');
+      return toClient(s.out);
+    }
+    leakAudit(method, s.found, 'deny', 'a server message held a released value; withheld');
+    o.log(`keyward mcp wrap: a ${method} from ${name} was withheld (it held a released value)`);
+    if (m['id'] !== undefined)
+      toServer({
+        jsonrpc: '2.0',
+        id: m['id'],
+        error: { code: ERR_REFUSED, message: 'keyward: the request held a secret; withheld' },
+      });
   };
 
   // Messages are handled one at a time per direction, in order.
@@ -490,9 +508,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     return (item: T) => {
       chain = chain
         .then(() => handle(item))
-        .catch((e: unknown) =>
-          o.log(`keyward mcp wrap: ${e instanceof Error ? e.message : 'error'}`),
-        );
+        .catch((e: unknown) => o.log(`keyward mcp wrap: ${message(e)}`));
     };
   };
 
@@ -517,56 +533,30 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       });
     const method = typeof m['method'] === 'string' ? m['method'] : undefined;
     const id = m['id'] as Id | undefined;
-    const validId = typeof id === 'string' || typeof id === 'number';
     if (method !== undefined && id === undefined) {
       // A request without an id (tools/call as a notification, say) would skip every check.
       if (!method.startsWith('notifications/'))
         return o.log(`keyward mcp wrap: dropped a ${method} sent without an id`);
-      return toServer(m);
+      return passUp(m);
     }
     if (method !== undefined) {
-      if (!validId)
+      if (typeof id !== 'string' && typeof id !== 'number')
         return toClient({
           jsonrpc: '2.0',
           id: null,
           error: { code: -32600, message: 'keyward: a request id is a string or a number' },
         });
       if (method === 'tools/call') return toolCall(m);
-      if (serverGone)
-        return errorReply(
-          id,
-          ERR_SERVER_GONE,
-          `keyward: the MCP server ${o.name} is gone (${serverGone})`,
-        );
-      const ourId = newId();
-      const params = m['params'] as Json | undefined;
-      pending.set(ourId, {
-        clientId: id,
-        method,
-        paged: method === 'tools/list' && params?.['cursor'] !== undefined,
-      });
-      return toServer({ ...m, id: ourId });
+      return request(m, id, method);
     }
-    // An answer to a request the server made (sampling, roots, ping): passed back as is.
-    toServer(m);
+    // An answer to a request the server made (sampling, elicitation, roots, ping).
+    return passUp(m);
   });
 
   const serverQueue = queue<() => Promise<void>>(async (job) => job());
-  /** Lines from the server: the gateway's own answers at once (a queued handler may be waiting
-   * for one), everything else in order. */
-  const fromServer = (line: string) => {
-    if (line.trim() === '') return;
-    let m: Json;
-    try {
-      m = JSON.parse(line) as Json;
-    } catch {
-      o.log(`keyward mcp wrap: ${o.name} sent a line that is not JSON-RPC (ignored)`);
-      return;
-    }
-    if (m === null || typeof m !== 'object' || Array.isArray(m)) {
-      o.log(`keyward mcp wrap: ${o.name} sent a message that is not one JSON-RPC object (ignored)`);
-      return;
-    }
+  /** Messages from the server: the gateway's own answers at once (a queued handler may be
+   * waiting for one), everything else in order. */
+  const fromServer = (m: Json) => {
     const id = m['id'] as Id | undefined;
     const isAnswer = m['method'] === undefined && id !== undefined;
     if (isAnswer && typeof id === 'string' && own.has(id)) {
@@ -575,48 +565,58 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       return;
     }
     serverQueue(async () => {
-      if (m['method'] === 'notifications/tools/list_changed') {
-        // Check the new definitions before the client asks for them.
-        await relist();
-        return toClient(m);
-      }
-      if (isAnswer) {
-        const req = typeof id === 'string' ? pending.get(id) : undefined;
-        if (!req) return o.log(`keyward mcp wrap: ${o.name} answered an id nobody asked (dropped)`);
-        pending.delete(id as string);
-        return answer(m, req);
-      }
-      toClient(m);
+      if (!isAnswer) return passDown(m);
+      const req = typeof id === 'string' ? pending.get(id) : undefined;
+      if (!req) return o.log(`keyward mcp wrap: ${name} answered an id nobody asked (dropped)`);
+      pending.delete(id as string);
+      return answer(m, req);
     });
   };
 
-  readline
-    .createInterface({ input: child.stdout, crlfDelay: Infinity })
-    .on('line', (line: string) =>
-      line.length > MAX_LINE
-        ? o.log(`keyward mcp wrap: ${o.name} sent an oversized line (ignored)`)
-        : fromServer(line),
-    );
-  const exited = new Promise<number>((resolve) => {
-    const gone = (why: string) => {
+  const serverEnded = (why: string) => {
+    // The gateway's own waits end at once (a queued job may be one of them); the client's
+    // requests are answered after the messages the server sent before it went.
+    for (const [, resolve] of own) resolve({ error: { message: why } });
+    own.clear();
+    serverQueue(async () => {
       if (serverGone) return;
       serverGone = why;
-      o.log(`keyward mcp wrap: the MCP server ${o.name} ${why}`);
+      o.log(`keyward mcp wrap: the MCP server ${name} ${why}`);
       for (const [, req] of pending)
-        errorReply(req.clientId, ERR_SERVER_GONE, `keyward: the MCP server ${o.name} ${why}`);
+        errorReply(req.clientId, ERR_SERVER_GONE, `keyward: the MCP server ${name} ${why}`);
       pending.clear();
-      for (const [, resolve2] of own) resolve2({ error: { message: why } });
-      own.clear();
+    });
+  };
+  const events = { message: fromServer, gone: serverEnded, log: o.log };
+
+  // A local server starts at once, while this process meets the agent; a remote one waits for
+  // the hardening, since its headers are read from the agent.
+  if (o.command?.length) upstream = stdioUpstream(name, o.command, events);
+  await o.ready;
+  if (!upstream) {
+    const url = checkServerUrl(o.url ?? '');
+    const headers = await resolveHeaders(o.agentSocket, o.headers ?? []);
+    upstream = await httpUpstream(name, url, headers, events);
+  }
+  const server = upstream;
+
+  return new Promise<number>((resolve) => {
+    let ending = false;
+    const end = (how: 'input' | 'signal', signal?: NodeJS.Signals) => {
+      if (ending) return;
+      ending = true;
+      void server.stop(how).finally(() => {
+        link.close();
+        if (signal) {
+          // Exit as the signal would have: whoever waits for the gateway sees it.
+          process.removeAllListeners(signal);
+          process.kill(process.pid, signal);
+        }
+        resolve(0);
+      });
     };
-    // The gateway's own waits end at once (a queued job may be one of them); the client's
-    // requests are answered after the lines the server wrote before it went.
-    const ended = (why: string) => {
-      for (const [, resolve2] of own) resolve2({ error: { message: why } });
-      own.clear();
-      serverQueue(async () => gone(why));
-    };
-    child.on('error', (e) => ended(`could not start (${e.message})`));
-    child.on('close', (code, signal) => ended(`exited (${signal ?? `code ${code}`})`));
+    for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const)
+      process.on(sig, () => end('signal', sig));
     const input = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
     input.on('line', (line: string) => {
       if (line.length <= MAX_LINE) fromClient(line);
@@ -627,13 +627,8 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
           error: { code: -32600, message: 'keyward: message too large' },
         });
     });
-    input.on('close', () => {
-      child.stdin.end();
-      setTimeout(() => child.kill('SIGTERM'), 2000).unref();
-      resolve(0);
-    });
+    // The client closed its end, or died: the server is stopped the way the MCP spec says.
+    input.on('close', () => end('input'));
+    process.stdout.on('error', () => end('input'));
   });
-  child.stdin.on('error', () => undefined);
-  process.stdout.on('error', () => undefined);
-  return exited;
 }

@@ -1,72 +1,134 @@
 /**
- * Tool-definition pins for the MCP gateway (docs/MCP.md, "Pinning"): per server, a keyed hash of
- * each whole tool definition (name, title, description, input and output schemas, annotations)
- * and of the server's instructions, as first trusted; and what was seen instead, when it changed,
- * for `keyward mcp pins diff` and `trust`. Kept in $KEYWARD_HOME/mcp/pins.json (0600, atomic).
+ * Tool definitions as MCP servers sent them (docs/MCP.md, "Pinning"), kept for `keyward mcp pins
+ * diff`: $KEYWARD_HOME/mcp/definitions.json (0600, atomic), per server, each canonical definition
+ * under its SHA-256. Which definitions are trusted is not here: the agent keeps that in the vault
+ * (src/agent/mcp-pins.ts). This file is trusted for nothing: a definition is shown only when it
+ * still hashes to the hash it is filed under, and editing the file changes no decision.
+ *
+ * A pin file of an older keyward (mcp/pins.json, version 1) is read once for its definitions and
+ * its pinned hashes, which can only restrict (docs/MCP.md, "Upgrading").
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError } from '../errors.js';
 import { ensurePrivateDir, writeFileAtomic } from '../lib/files.js';
 
-export interface Pin {
-  /** Keyed hash of the canonical definition. */
-  hash: string;
-  /** Keyed hash of the definition without its name: recognises a renamed tool. */
-  bodyHash: string;
-  /** The canonical definition, for diffs. Public: what the server sent. */
-  definition: string;
-  at: string;
+export interface DefinitionFile {
+  version: 2;
+  /** server -> SHA-256 -> the canonical definition and when it was last seen. */
+  servers: Record<string, Record<string, { definition: string; at: string }>>;
+  /** server -> tool -> SHA-256 pinned by an older keyward (from mcp/pins.json). */
+  legacy: Record<string, Record<string, string>>;
 }
 
-export interface ServerPins {
-  instructions?: Pin;
-  tools: Record<string, Pin>;
-  /** Definitions seen that differ from the pins (or new ones not yet trusted). */
-  pending: Record<string, Pin>;
+/** Definitions kept per server; the oldest seen go first. */
+const KEEP_PER_SERVER = 2000;
+
+export const sha256hex = (s: string): string =>
+  createHash('sha256').update(s, 'utf8').digest('hex');
+
+/** The hash pins and policy's content_hash use: SHA-256 over the canonical definition. */
+export const definitionHash = sha256hex;
+
+export function definitionsPath(home: string): string {
+  return path.join(home, 'mcp', 'definitions.json');
 }
 
-export interface PinFile {
-  version: 1;
-  servers: Record<string, ServerPins>;
-}
+const damaged = (file: string) =>
+  new IntegrityError('VAULT_CORRUPT', `the MCP definitions file ${file} is damaged`, {
+    hint: 'move it aside: the gateway writes a new one as servers list their tools',
+  });
 
-export function pinsPath(home: string): string {
-  return path.join(home, 'mcp', 'pins.json');
-}
-
-export function loadPins(home: string): PinFile {
-  const file = pinsPath(home);
+function readJson(file: string): unknown {
   let text: string;
   try {
     text = fs.readFileSync(file, 'utf8');
   } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { version: 1, servers: {} };
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw e;
   }
   try {
-    const p = JSON.parse(text) as PinFile;
-    if (p.version !== 1 || typeof p.servers !== 'object' || p.servers === null)
-      throw new Error('shape');
-    return p;
+    return JSON.parse(text) as unknown;
   } catch {
-    throw new IntegrityError('VAULT_CORRUPT', `the MCP pin file ${file} is damaged`, {
-      hint: 'keyward mcp pins reset SERVER, then trust again',
-    });
+    throw damaged(file);
   }
 }
 
-export function savePins(home: string, pins: PinFile): void {
-  ensurePrivateDir(path.join(home, 'mcp'));
-  writeFileAtomic(pinsPath(home), [Buffer.from(`${JSON.stringify(pins, null, 2)}\n`, 'utf8')]);
+interface LegacyPin {
+  hash?: unknown;
+  definition?: unknown;
 }
 
-export function serverPins(pins: PinFile, server: string): ServerPins {
-  let s = pins.servers[server];
-  if (!s) pins.servers[server] = s = { tools: {}, pending: {} };
-  s.pending ??= {};
-  s.tools ??= {};
-  return s;
+export function loadDefinitions(home: string): DefinitionFile {
+  const file = definitionsPath(home);
+  const j = readJson(file) as DefinitionFile | undefined;
+  if (j !== undefined) {
+    if (
+      j === null ||
+      j.version !== 2 ||
+      typeof j.servers !== 'object' ||
+      j.servers === null ||
+      typeof j.legacy !== 'object' ||
+      j.legacy === null
+    )
+      throw damaged(file);
+    return j;
+  }
+  const out: DefinitionFile = { version: 2, servers: {}, legacy: {} };
+  // An older keyward's pins.json: its definitions, and its pins as hashes that can only restrict.
+  const old = readJson(path.join(home, 'mcp', 'pins.json')) as
+    { version?: unknown; servers?: Record<string, Record<string, unknown>> } | undefined;
+  if (old?.version !== 1 || typeof old.servers !== 'object' || old.servers === null) return out;
+  const at = new Date(0).toISOString();
+  for (const [server, sp] of Object.entries(old.servers)) {
+    const defs: Record<string, { definition: string; at: string }> = {};
+    const legacy: Record<string, string> = {};
+    const add = (p: LegacyPin | undefined): string | undefined => {
+      if (typeof p?.definition !== 'string') return undefined;
+      const h = definitionHash(p.definition);
+      defs[h] = { definition: p.definition, at };
+      return h;
+    };
+    for (const [tool, pin] of Object.entries((sp['tools'] ?? {}) as Record<string, LegacyPin>)) {
+      const h = add(pin);
+      if (h) legacy[tool] = h;
+    }
+    for (const pin of Object.values((sp['pending'] ?? {}) as Record<string, LegacyPin>)) add(pin);
+    add(sp['instructions'] as LegacyPin | undefined);
+    out.servers[server] = defs;
+    out.legacy[server] = legacy;
+  }
+  return out;
+}
+
+/** Files definitions seen from a server (re-read first: other gateways' additions stay). */
+export function recordDefinitions(home: string, server: string, definitions: string[]): void {
+  const f = loadDefinitions(home);
+  const now = new Date().toISOString();
+  const mine = (f.servers[server] ??= {});
+  let added = false;
+  for (const d of definitions) {
+    const h = definitionHash(d);
+    if (!Object.hasOwn(mine, h)) added = true;
+    mine[h] = { definition: d, at: now };
+  }
+  if (!added && fs.existsSync(definitionsPath(home))) return;
+  const hashes = Object.keys(mine);
+  if (hashes.length > KEEP_PER_SERVER) {
+    hashes
+      .sort((a, b) => (mine[a]?.at ?? '').localeCompare(mine[b]?.at ?? ''))
+      .slice(0, hashes.length - KEEP_PER_SERVER)
+      .forEach((h) => delete mine[h]);
+  }
+  ensurePrivateDir(path.join(home, 'mcp'));
+  writeFileAtomic(definitionsPath(home), [Buffer.from(`${JSON.stringify(f)}\n`, 'utf8')]);
+}
+
+/** The definition filed under hash, only if it still hashes to it. */
+export function definitionOf(f: DefinitionFile, server: string, hash: string): string | undefined {
+  const d = Object.hasOwn(f.servers, server) ? f.servers[server]?.[hash] : undefined;
+  return d && definitionHash(d.definition) === hash ? d.definition : undefined;
 }
 
 /** JSON with object keys sorted at every level: the same definition always encodes the same. */

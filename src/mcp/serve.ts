@@ -152,7 +152,8 @@ export async function serveMcp(o: ServeOptions): Promise<void> {
           ),
         cwd: z
           .string()
-          .startsWith('/')
+          // A pattern, not startsWith (which the SDK's JSON Schema writes as a made-up format).
+          .regex(/^\//, 'an absolute path')
           .refine((c) => !c.includes('\0'), 'no NUL characters')
           .optional()
           .describe('working directory (absolute)'),

@@ -157,9 +157,12 @@ function build(z: typeof Zod) {
           enabled: z.boolean().default(true),
           on_change: z.enum(['block', 'alert', 'allow']).default('block'),
           auto_trust_first: z.boolean().default(true),
+          // A tool that appears on a server whose tools were already trusted (for the same
+          // client capabilities): an addition, not a change to an existing pin.
+          on_new: z.enum(['trust', 'block', 'alert']).default('block'),
         })
         .strict()
-        .default({ enabled: true, on_change: 'block', auto_trust_first: true }),
+        .default({ enabled: true, on_change: 'block', auto_trust_first: true, on_new: 'block' }),
       rate_limits: z
         .object({
           global: Bucket.optional(),

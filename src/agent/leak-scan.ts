@@ -1,0 +1,152 @@
+/**
+ * Leak scanning for the MCP gateway (docs/MCP.md, "Leak blocking"): does a message hold a value
+ * keyward released, in any form masking knows (docs/RUN.md), or in one of the forms a model uses
+ * to slip a value past a plain search:
+ * - split across fields: the gateway sends the concatenation of the message's strings as a
+ *   second part, searched like the first;
+ * - percent-encoded byte by byte (`%67%68...`, any case, mixed with plain characters): every
+ *   part is also searched after decoding every %XX;
+ * - hex with separators (`de ad be ef`, `de:ad:..`, `\xde\xad`, `0xde, 0xad`): every part is
+ *   also searched as its run of hex digits, separators and prefixes dropped;
+ * - reversed.
+ * Everything here works on bytes in secure memory: no part of a message (which may hold the
+ * value) becomes a JS string in the agent.
+ */
+import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { MASK_MIN_BYTES } from '../run/index.js';
+
+const isHex = (c: number) =>
+  (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x46) || (c >= 0x61 && c <= 0x66);
+const hexVal = (c: number) => (c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x61 + 10);
+/** Characters that may stand between the bytes of a hex dump. */
+const isSeparator = (c: number) =>
+  c === 0x20 ||
+  c === 0x09 ||
+  c === 0x0a ||
+  c === 0x0d ||
+  c === 0x3a || // :
+  c === 0x2d || // -
+  c === 0x2c || // ,
+  c === 0x3b || // ;
+  c === 0x2e || // .
+  c === 0x5f; //  _
+
+/** Every %XX decoded; other bytes as they are. Undefined when there is no %XX at all. */
+export function percentDecoded(data: Uint8Array): SecureBuffer | undefined {
+  if (data.indexOf(0x25) < 0) return undefined;
+  const out = secureAlloc(data.length);
+  let n = 0;
+  let decoded = false;
+  for (let i = 0; i < data.length; i++) {
+    const c = data[i] ?? 0;
+    const a = data[i + 1] ?? 0;
+    const b = data[i + 2] ?? 0;
+    if (c === 0x25 && isHex(a) && isHex(b)) {
+      out[n++] = hexVal(a) * 16 + hexVal(b);
+      i += 2;
+      decoded = true;
+    } else out[n++] = c;
+  }
+  if (!decoded) {
+    secureFree(out);
+    return undefined;
+  }
+  return shrink(out, n);
+}
+
+/**
+ * The hex digits of data, lowercased, with separators and `\x` / `0x` prefixes between them
+ * dropped; anything else ends a run (a `|`). `de:ad be-ef`, `\xde\xad\xbe\xef` and
+ * `0xde, 0xad, 0xbe, 0xef` all become `deadbeef`.
+ */
+export function hexDigits(data: Uint8Array): SecureBuffer {
+  const out = secureAlloc(data.length);
+  let n = 0;
+  for (let i = 0; i < data.length; i++) {
+    const c = data[i] ?? 0;
+    const next = data[i + 1] ?? 0;
+    // A prefix: \x, or 0x before a hex digit.
+    if ((c === 0x5c || c === 0x30) && (next === 0x78 || next === 0x58) && isHex(data[i + 2] ?? 0)) {
+      i += 1;
+      continue;
+    }
+    if (isHex(c)) out[n++] = c | 0x20;
+    else if (isSeparator(c)) continue;
+    else if (n > 0 && out[n - 1] !== 0x7c) out[n++] = 0x7c;
+  }
+  return shrink(out, n);
+}
+
+function shrink(buf: SecureBuffer, n: number): SecureBuffer {
+  if (n === buf.length) return buf;
+  const out = secureAlloc(n);
+  out.set(buf.subarray(0, n));
+  secureFree(buf);
+  return out;
+}
+
+function reversed(v: Uint8Array): SecureBuffer {
+  const out = secureAlloc(v.length);
+  for (let i = 0; i < v.length; i++) out[i] = v[v.length - 1 - i] ?? 0;
+  return out;
+}
+
+function hexLower(v: Uint8Array): SecureBuffer {
+  const out = secureAlloc(v.length * 2);
+  const digits = '0123456789abcdef';
+  for (let i = 0; i < v.length; i++) {
+    const b = v[i] ?? 0;
+    out[2 * i] = digits.charCodeAt(b >> 4);
+    out[2 * i + 1] = digits.charCodeAt(b & 15);
+  }
+  return out;
+}
+
+/** The views of a message searched for values: the parts, decoded, and as hex digits. */
+export class ScanViews {
+  private readonly texts: Buffer[];
+  private readonly decoded: SecureBuffer[] = [];
+  private readonly hex: SecureBuffer[] = [];
+
+  /** parts: the message as sent first, then (optionally) the concatenation of its strings. */
+  constructor(parts: Uint8Array[]) {
+    this.texts = parts.map(asBuffer);
+    for (const p of parts) {
+      const d = percentDecoded(p);
+      if (d) this.decoded.push(d);
+      this.hex.push(hexDigits(p));
+    }
+  }
+
+  /**
+   * Where value is: 'verbatim' when one of its masking forms is in the first part as sent (so a
+   * Masker can redact it there), 'hidden' when only a transformed view holds it, or undefined.
+   */
+  find(plain: Uint8Array, forms: Buffer[]): 'verbatim' | 'hidden' | undefined {
+    if (plain.length < MASK_MIN_BYTES) return undefined;
+    const value = asBuffer(plain);
+    const first = this.texts[0];
+    if (first && forms.some((f) => first.indexOf(f) >= 0)) return 'verbatim';
+    const rev = reversed(value);
+    const hx = hexLower(value);
+    try {
+      const hit =
+        this.texts.some((t) => forms.some((f) => t.indexOf(f) >= 0) || t.indexOf(rev) >= 0) ||
+        this.decoded.some((d) => d.indexOf(value) >= 0 || d.indexOf(rev) >= 0) ||
+        this.hex.some((h) => h.indexOf(hx) >= 0);
+      return hit ? 'hidden' : undefined;
+    } finally {
+      secureFree(rev);
+      secureFree(hx);
+    }
+  }
+
+  destroy(): void {
+    for (const b of [...this.decoded, ...this.hex]) secureFree(b);
+    this.decoded.length = 0;
+    this.hex.length = 0;
+  }
+}
+
+/** A Buffer over the same memory (indexOf of a sequence needs one); no copy. */
+const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);

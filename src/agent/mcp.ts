@@ -1,0 +1,206 @@
+/**
+ * What `keyward mcp wrap` asks of the agent (docs/MCP.md, "The gateway"; docs/PROTOCOL.md, the
+ * mcp request), by meta.op:
+ * - policy: the verified policy's mcp section;
+ * - review: a server's tool definitions (their hashes) checked against the pins in the vault;
+ *   what must be pinned or remembered is written to the vault here, by the agent, under the
+ *   vault lock, and audited with the asker's identity;
+ * - pins: the pins of one server or all, for `keyward mcp pins list` and `diff`;
+ * - scan: which released values a message holds (docs/MCP.md, "Leak blocking"), with a copy in
+ *   which the verbatim ones are concealed. Values never leave the agent.
+ * No request returns a keyed hash or anything else only the vault could make.
+ */
+import type { AuditRecord } from '../audit/index.js';
+import { KeywardError } from '../errors.js';
+import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
+import { TokenBucket, type McpPolicy } from '../policy/index.js';
+import { Masker, maskingForms } from '../run/index.js';
+import type { Vault } from '../vault/index.js';
+import { actorOf } from './identity.js';
+import { ScanViews } from './leak-scan.js';
+import { readPinRecord, reviewPins, writePinRecord, type ReviewRequest } from './mcp-pins.js';
+import type { Peer } from './peer.js';
+import { ProtocolError, str, type Frame } from './protocol.js';
+import type { Reply } from './release.js';
+import type { UnlockWindow } from './unlock.js';
+
+export interface McpHost {
+  window: UnlockWindow;
+  record(r: AuditRecord): Promise<unknown>;
+  /** Names released since the unlock: the values a scan looks for. */
+  released(): Iterable<string>;
+}
+
+const DEFAULT_MCP: McpPolicy = {
+  tool_policy: 'none',
+  allowed_tools: [],
+  denied_tools: [],
+  version_pinning: { enabled: true, on_change: 'block', auto_trust_first: true, on_new: 'block' },
+  rate_limits: { per_tool: [] },
+  leak_blocking: true,
+};
+
+const SERVER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const HEX64 = /^[0-9a-f]{64}$/;
+
+export class McpService {
+  private readonly scanBucket = new TokenBucket(6000, 1000, Date.now());
+
+  constructor(private readonly host: McpHost) {}
+
+  async handle(asker: Peer, f: Frame): Promise<Reply> {
+    const w = this.host.window;
+    const op = str(f.meta, 'op');
+    try {
+      const v = w.unlocked();
+      if (op === 'policy') return { meta: { mcp: w.currentPolicy(v).mcp ?? DEFAULT_MCP } };
+      if (op === 'scan') return this.scan(v, f);
+      if (op === 'review') return await this.review(asker, v, f.meta);
+      if (op === 'pins') {
+        const all = readPinRecord(v).servers;
+        const server = str(f.meta, 'server');
+        return {
+          meta: {
+            servers:
+              server === undefined
+                ? all
+                : Object.hasOwn(all, server)
+                  ? { [server]: all[server] }
+                  : {},
+          },
+        };
+      }
+      throw new ProtocolError(`unknown mcp operation ${op ?? ''}`);
+    } finally {
+      secureFree(f.raw);
+    }
+  }
+
+  private async review(asker: Peer, v: Vault, meta: Record<string, unknown>): Promise<Reply> {
+    const req = parseReview(meta);
+    const w = this.host.window;
+    const pinning = (w.currentPolicy(v).mcp ?? DEFAULT_MCP).version_pinning;
+    let result = reviewPins(readPinRecord(v), req, pinning);
+    if (result.changed) {
+      // Again under the vault lock, on the vault as it is now: another gateway or a pins trust
+      // may have written since; only what this review learned is added to that.
+      result = await w.write((fresh) => {
+        const record = readPinRecord(fresh);
+        const again = reviewPins(record, req, pinning);
+        if (again.changed) writePinRecord(fresh, record);
+        return { result: again, save: again.changed };
+      });
+    }
+    for (const e of result.events) {
+      await this.host.record({
+        type: 'mcp.call',
+        target: req.server,
+        actor: actorOf(asker.id),
+        decision: e.decision,
+        reason: e.reason,
+        details: e.details,
+      });
+    }
+    return { meta: { tools: result.tools, instructions: result.instructions ?? null } };
+  }
+
+  /**
+   * raw: the message as it will be sent, then (meta.parts gives the lengths) the concatenation
+   * of its strings. found: the names whose values it holds; hidden: those found only in a
+   * transformed form, which can't be concealed in place (the gateway withholds the message).
+   */
+  private scan(v: Vault, f: Frame): Reply {
+    // An oracle ("is this one of the released values?") must not be a fast one: a 6-digit
+    // value could be guessed through it (docs/THREAT-MODEL.md).
+    if (!this.scanBucket.take(Date.now()))
+      throw new KeywardError('POLICY_DENIED', 'too many leak scans; try again in a moment');
+    const data = f.raw ?? Buffer.alloc(0);
+    const lengths = Array.isArray(f.meta['parts']) ? (f.meta['parts'] as unknown[]) : [data.length];
+    const parts: Uint8Array[] = [];
+    let at = 0;
+    for (const n of lengths) {
+      if (typeof n !== 'number' || !Number.isSafeInteger(n) || n < 0 || at + n > data.length)
+        throw new ProtocolError('scan: parts must add up to the bytes sent');
+      parts.push(data.subarray(at, at + n));
+      at += n;
+    }
+    if (at !== data.length) throw new ProtocolError('scan: parts must add up to the bytes sent');
+    const views = new ScanViews(parts);
+    const found: string[] = [];
+    const hidden: string[] = [];
+    const verbatim: SecureBuffer[] = [];
+    try {
+      for (const name of this.host.released()) {
+        if (!v.has(name)) continue;
+        const value = v.reveal(name);
+        try {
+          const forms = maskingForms(value);
+          const where = views.find(value, forms);
+          if (where) found.push(name);
+          if (where === 'hidden') hidden.push(name);
+          verbatim.push(...forms);
+        } finally {
+          secureFree(value);
+        }
+      }
+      if (f.meta['redact'] !== true || found.length === 0 || hidden.length > 0)
+        return { meta: { found, hidden } };
+      const masker = new Masker(verbatim);
+      try {
+        const first = parts[0] ?? Buffer.alloc(0);
+        const out = Buffer.concat([masker.push(Buffer.from(first)), masker.flush()]);
+        return { meta: { found, hidden }, raw: secureTake(out) };
+      } finally {
+        masker.destroy();
+      }
+    } finally {
+      views.destroy();
+      for (const form of verbatim) secureFree(form);
+    }
+  }
+}
+
+function parseReview(meta: Record<string, unknown>): ReviewRequest {
+  const server = str(meta, 'server') ?? '';
+  if (!SERVER_NAME.test(server)) throw new ProtocolError('review: a server name');
+  const caps = meta['caps'];
+  if (!Array.isArray(caps) || caps.some((c) => typeof c !== 'string' || c.length > 64))
+    throw new ProtocolError('review: caps, a list of names');
+  const tools = meta['tools'];
+  if (tools !== undefined && tools !== null) {
+    if (!Array.isArray(tools) || tools.length > 10_000)
+      throw new ProtocolError('review: tools, a list');
+    for (const t of tools as unknown[]) {
+      const o = t as Record<string, unknown>;
+      if (
+        typeof o !== 'object' ||
+        o === null ||
+        typeof o['name'] !== 'string' ||
+        o['name'].length > 1024 ||
+        typeof o['sha256'] !== 'string' ||
+        !HEX64.test(o['sha256']) ||
+        typeof o['body'] !== 'string' ||
+        !HEX64.test(o['body'])
+      )
+        throw new ProtocolError('review: each tool has a name, sha256 and body');
+    }
+  }
+  const instructions = meta['instructions'];
+  if (instructions !== undefined && instructions !== null)
+    if (typeof instructions !== 'string' || !HEX64.test(instructions))
+      throw new ProtocolError('review: instructions, a SHA-256 in hex');
+  const legacy = meta['legacy'];
+  if (legacy !== undefined && legacy !== null)
+    if (
+      typeof legacy !== 'object' ||
+      Object.values(legacy).some((h) => typeof h !== 'string' || !HEX64.test(h))
+    )
+      throw new ProtocolError('review: legacy, names and SHA-256 hashes');
+  return {
+    server,
+    caps: caps as string[],
+    ...(Array.isArray(tools) ? { tools: tools as NonNullable<ReviewRequest['tools']> } : {}),
+    ...(typeof instructions === 'string' ? { instructions } : {}),
+    ...(legacy && typeof legacy === 'object' ? { legacy: legacy as Record<string, string> } : {}),
+  };
+}

@@ -1,0 +1,128 @@
+/**
+ * The MCP server behind `keyward mcp wrap` (docs/MCP.md, "The gateway"): a child speaking
+ * JSON-RPC on stdio, one message per line. The child leads its own process group, so stopping
+ * it stops everything it started: the end of the client's input first closes the server's (as
+ * the MCP spec's stdio shutdown says), then SIGTERM to the group, then SIGKILL; a signal to the
+ * gateway skips the first step.
+ */
+import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import readline from 'node:readline';
+
+export type Json = Record<string, unknown>;
+
+export interface Upstream {
+  /** Sends one message to the server; dropped once the server is gone. */
+  send(m: Json): void;
+  /** Stops the server: 'input' (the client is done: close its stdin first) or 'signal'. */
+  stop(how: 'input' | 'signal'): Promise<void>;
+}
+
+export interface UpstreamEvents {
+  message(m: Json): void;
+  /** The server is gone (exited, could not start, or its connection closed), with why. */
+  gone(why: string): void;
+  log(line: string): void;
+}
+
+export const MAX_LINE = 16 * 1024 * 1024;
+/** How long a server has to act on each step of a stop before the next, harder one. */
+export const GRACE_MS = 2000;
+
+/** Parses one line from the server: a JSON-RPC object, or undefined (logged). */
+export function parseServerLine(line: string, name: string, ev: UpstreamEvents): Json | undefined {
+  if (line.trim() === '') return undefined;
+  if (line.length > MAX_LINE) {
+    ev.log(`keyward mcp wrap: ${name} sent an oversized line (ignored)`);
+    return undefined;
+  }
+  let m: unknown;
+  try {
+    m = JSON.parse(line);
+  } catch {
+    ev.log(`keyward mcp wrap: ${name} sent a line that is not JSON-RPC (ignored)`);
+    return undefined;
+  }
+  if (m === null || typeof m !== 'object' || Array.isArray(m)) {
+    ev.log(`keyward mcp wrap: ${name} sent a message that is not one JSON-RPC object (ignored)`);
+    return undefined;
+  }
+  return m as Json;
+}
+
+export function stdioUpstream(name: string, command: string[], ev: UpstreamEvents): Upstream {
+  const [cmd, ...args] = command;
+  // detached: a new session, so the server and whatever it starts share a process group that
+  // is not the gateway's, and one kill reaches them all.
+  const child: ChildProcessWithoutNullStreams = spawn(cmd ?? '', args, {
+    stdio: ['pipe', 'pipe', 'inherit'],
+    detached: true,
+  }) as unknown as ChildProcessWithoutNullStreams;
+  let exited = false;
+  let reported = false;
+  const exit = new Promise<void>((resolve) => {
+    const ended = (why: string) => {
+      exited = true;
+      resolve();
+      if (!reported) {
+        reported = true;
+        ev.gone(why);
+      }
+    };
+    child.on('error', (e) => ended(`could not start (${e.message})`));
+    child.on('exit', (code, signal) => ended(`exited (${signal ?? `code ${code}`})`));
+  });
+  child.stdin.on('error', () => undefined);
+  readline
+    .createInterface({ input: child.stdout, crlfDelay: Infinity })
+    .on('line', (line: string) => {
+      const m = parseServerLine(line, name, ev);
+      if (m) ev.message(m);
+    });
+
+  /** Sends a signal to the server's process group; false when nothing is left in it. */
+  const group = (signal: NodeJS.Signals | 0): boolean => {
+    if (child.pid === undefined) return false;
+    try {
+      process.kill(-child.pid, signal);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  /** Waits until the leader has exited (and, with wholeGroup, the group is empty), or ms. */
+  const settled = async (ms: number, wholeGroup: boolean): Promise<boolean> => {
+    const until = Date.now() + ms;
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(resolve, ms);
+      void exit.then(() => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+    if (!wholeGroup) return exited;
+    while (group(0) && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
+    return !group(0);
+  };
+  let stopping: Promise<void> | undefined;
+  return {
+    send(m) {
+      if (!exited && child.stdin.writable) child.stdin.write(`${JSON.stringify(m)}\n`);
+    },
+    stop(how) {
+      stopping ??= (async () => {
+        if (how === 'input') {
+          child.stdin.end();
+          if (await settled(GRACE_MS, false)) {
+            // The server left as asked; what it started and left behind goes with a SIGTERM.
+            if (!group('SIGTERM')) return;
+          } else group('SIGTERM');
+        } else group('SIGTERM');
+        // What the server started may outlive it in the group: each step goes to the group.
+        if (await settled(GRACE_MS, true)) return;
+        group('SIGKILL');
+        await settled(GRACE_MS, true);
+      })();
+      return stopping;
+    },
+  };
+}
