@@ -2,7 +2,8 @@
  * MCP (issue 8): the latency `keyward mcp wrap` adds to a tools/call. The SDK client calls
  * server-everything's echo tool directly and through the gateway (agent running and unlocked,
  * pinning and leak blocking on, one released secret to look for), in the same run: p50 and p99
- * of each, and the difference.
+ * of each, and the difference. And (issue 15) a session's start: from spawning the server (or the
+ * gateway) to the answer of the first tools/list, median of BENCH_MCP_SESSIONS, each way.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -46,8 +47,21 @@ export async function mcpBench(root: string): Promise<void> {
     await client.close();
     return { p50: pct(lat, 0.5), p99: pct(lat, 0.99) };
   };
-  const direct = await measure(process.execPath, [everything, 'stdio']);
-  const gateway = await measure(process.execPath, [
+  const sessions = Number(process.env['BENCH_MCP_SESSIONS'] ?? 15);
+  const start = async (command: string, args: string[]) => {
+    const times: number[] = [];
+    for (let i = 0; i < sessions; i++) {
+      const t = performance.now();
+      const client = new Client({ name: 'bench', version: '1' });
+      await client.connect(new StdioClientTransport({ command, args, env, stderr: 'ignore' }));
+      await client.listTools();
+      times.push(performance.now() - t);
+      await client.close();
+    }
+    return pct(times, 0.5);
+  };
+  const directArgs = [everything, 'stdio'];
+  const gatewayArgs = [
     bin,
     'mcp',
     'wrap',
@@ -55,9 +69,22 @@ export async function mcpBench(root: string): Promise<void> {
     'everything',
     '--',
     process.execPath,
-    everything,
-    'stdio',
-  ]);
+    ...directArgs,
+  ];
+  const direct = await measure(process.execPath, directArgs);
+  const gateway = await measure(process.execPath, gatewayArgs);
+  // Alternated, so a machine that gets busier during the run weighs on both the same.
+  const startDirect: number[] = [];
+  const startGateway: number[] = [];
+  for (let round = 0; round < 2; round++) {
+    startDirect.push(await start(process.execPath, directArgs));
+    startGateway.push(await start(process.execPath, gatewayArgs));
+  }
+  const sessionStart = {
+    directMs: pct(startDirect, 0),
+    gatewayMs: pct(startGateway, 0),
+    addedMs: Math.round((pct(startGateway, 0) - pct(startDirect, 0)) * 10) / 10,
+  };
   await home.stop();
   const added = {
     p50: Math.round((gateway.p50 - direct.p50) * 1000) / 1000,
@@ -67,9 +94,9 @@ export async function mcpBench(root: string): Promise<void> {
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(
     path.join(out, 'mcp.json'),
-    `${JSON.stringify({ calls: n, directMs: direct, gatewayMs: gateway, addedMs: added }, null, 2)}\n`,
+    `${JSON.stringify({ calls: n, directMs: direct, gatewayMs: gateway, addedMs: added, sessionStart }, null, 2)}\n`,
   );
   process.stdout.write(
-    `mcp  tools/call direct: p50 ${direct.p50} ms, p99 ${direct.p99} ms | through keyward mcp wrap: p50 ${gateway.p50} ms, p99 ${gateway.p99} ms | added: p50 ${added.p50} ms, p99 ${added.p99} ms (${(gateway.p50 / direct.p50).toFixed(2)}x)\nwritten to bench/results/mcp.json\n`,
+    `mcp  tools/call direct: p50 ${direct.p50} ms, p99 ${direct.p99} ms | through keyward mcp wrap: p50 ${gateway.p50} ms, p99 ${gateway.p99} ms | added: p50 ${added.p50} ms, p99 ${added.p99} ms (${(gateway.p50 / direct.p50).toFixed(2)}x)\nmcp  session start (spawn to first tools/list answer, median): direct ${sessionStart.directMs} ms, through the gateway ${sessionStart.gatewayMs} ms, added ${sessionStart.addedMs} ms (goal: 100 ms)\nwritten to bench/results/mcp.json\n`,
   );
 }
