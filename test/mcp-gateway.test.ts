@@ -9,21 +9,19 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
-import { BIN, kw, sleep } from './helpers.js';
+import { kw, sleep } from './helpers.js';
 import {
   agentWith,
   alive,
   CHANGING,
-  clients,
   EVERYTHING,
   gone,
   INIT,
   mcpEvents,
   names,
   rawGateway,
+  serveClient,
   textOf,
   through,
   tool,
@@ -234,16 +232,7 @@ describe('keyward mcp wrap: hardening found in review', () => {
     const { send, waitFor, lines, g } = rawGateway(h, 'raw', [process.execPath, CHANGING], {
       MCP_TOOLS: file,
     });
-    send({
-      jsonrpc: '2.0',
-      id: 1,
-      method: 'initialize',
-      params: {
-        protocolVersion: '2025-06-18',
-        capabilities: {},
-        clientInfo: { name: 'raw', version: '1' },
-      },
-    });
+    send(INIT);
     await waitFor((l) => l.includes('"id":1'));
     send([
       { jsonrpc: '2.0', id: 2, method: 'tools/call', params: { name: 'search', arguments: {} } },
@@ -289,16 +278,7 @@ describe('keyward mcp wrap: hardening found in review', () => {
 
   test('run_with_credentials needs a credential and refuses NUL characters in the command', async () => {
     const h = await agentWith('  tool_policy: none\n');
-    const client = new Client({ name: 'gateway-test', version: '0.0.1' });
-    clients.push(client);
-    await client.connect(
-      new StdioClientTransport({
-        command: process.execPath,
-        args: [BIN, 'mcp', 'serve'],
-        env: h.env as Record<string, string>,
-        stderr: 'pipe',
-      }),
-    );
+    const client = await serveClient(h.env);
     let r = await client.callTool({
       name: 'run_with_credentials',
       arguments: { command: ['true'], env: {} },
@@ -369,16 +349,7 @@ describe('keyward mcp wrap behaves like the server it wraps', () => {
 
   test('mcp serve: the cwd argument has a JSON Schema pattern, not a made-up format', async () => {
     const h = await agentWith('  tool_policy: none\n');
-    const client = new Client({ name: 'gateway-test', version: '0.0.1' });
-    clients.push(client);
-    await client.connect(
-      new StdioClientTransport({
-        command: process.execPath,
-        args: [BIN, 'mcp', 'serve'],
-        env: h.env as Record<string, string>,
-        stderr: 'pipe',
-      }),
-    );
+    const client = await serveClient(h.env);
     const run = (await client.listTools()).tools.find((t) => t.name === 'run_with_credentials');
     const cwd = (run?.inputSchema.properties as Record<string, Record<string, unknown>>)['cwd'];
     assert.equal(cwd?.['format'], undefined);

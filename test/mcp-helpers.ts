@@ -59,6 +59,25 @@ export async function through(
   return client;
 }
 
+/** The SDK client on `keyward mcp serve`, as an MCP client would start it. */
+export async function serveClient(
+  env: NodeJS.ProcessEnv,
+  name = 'gateway-test',
+  version = '0.0.1',
+): Promise<Client> {
+  const client = new Client({ name, version });
+  clients.push(client);
+  await client.connect(
+    new StdioClientTransport({
+      command: process.execPath,
+      args: [BIN, 'mcp', 'serve'],
+      env: env as Record<string, string>,
+      stderr: 'pipe',
+    }),
+  );
+  return client;
+}
+
 export const tool = (name: string, description: string, extra: Record<string, unknown> = {}) => ({
   name,
   description,

@@ -4,10 +4,10 @@
  */
 import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
-import { Client } from '@modelcontextprotocol/sdk/client/index.js';
-import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
-import { BIN, kw } from './helpers.js';
+import { kw } from './helpers.js';
+import { serveClient } from './mcp-helpers.js';
 
 const MARK = '<concealed by keyward>';
 const POLICY = `version: 1
@@ -18,9 +18,7 @@ rules:
 `;
 
 const homes: AgentHome[] = [];
-const clients: Client[] = [];
 after(async () => {
-  for (const c of clients) await c.close().catch(() => undefined);
   for (const h of homes) await stopAgent(h);
 });
 
@@ -35,16 +33,7 @@ async function setup(): Promise<{ h: AgentHome; client: Client }> {
     ['mcp/denied', 'denied-value-3'],
   ] as const)
     assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
-  const client = new Client({ name: 'keyward-test', version: '1.2.3' });
-  clients.push(client);
-  await client.connect(
-    new StdioClientTransport({
-      command: process.execPath,
-      args: [BIN, 'mcp', 'serve'],
-      env: h.env as Record<string, string>,
-      stderr: 'pipe',
-    }),
-  );
+  const client = await serveClient(h.env, 'keyward-test', '1.2.3');
   return { h, client };
 }
 

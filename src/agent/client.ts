@@ -4,6 +4,7 @@
  */
 import net from 'node:net';
 import os from 'node:os';
+import type { ServerRecord } from './mcp-pins.js';
 import { ERROR_CODES, KeywardError, type ErrorCode } from '../errors.js';
 import { secureFree, secureTake, writeAllSync, type SecureBuffer } from '../lib/secure.js';
 import { readPassphrase, type PassphraseSource } from '../vault/index.js';
@@ -301,6 +302,22 @@ export async function agentApprovals(path: string): Promise<Array<Record<string,
     return list as Array<Record<string, unknown>>;
   } catch (e) {
     throw malformed(e);
+  } finally {
+    secureFree(f.raw);
+  }
+}
+
+/** The MCP pin record (hashes and dates, nothing secret) of one server or all, from the agent. */
+export async function agentMcpPins(
+  path: string,
+  server?: string,
+): Promise<Record<string, ServerRecord>> {
+  const f = await call(path, 'mcp', { op: 'pins', ...(server === undefined ? {} : { server }) });
+  try {
+    const o = JSON.parse(f.raw?.toString('utf8') ?? '{}') as {
+      servers?: Record<string, ServerRecord>;
+    };
+    return o.servers ?? {};
   } finally {
     secureFree(f.raw);
   }

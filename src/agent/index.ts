@@ -4,6 +4,7 @@
 export { Agent, type AgentOptions } from './server.js';
 export {
   agentApprovals,
+  agentMcpPins,
   agentApprove,
   agentRead,
   agentRun,

@@ -13,7 +13,13 @@
  * value) becomes a JS string in the agent.
  */
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
-import { MASK_MIN_BYTES } from '../run/index.js';
+
+/**
+ * Values shorter than this are not looked for. Any scan is an oracle ("is this a released
+ * value?"), and whoever can send it many candidates at once could confirm a short value (a
+ * 6-digit code is a million candidates, one request); 12 bytes of even digits is 10^12.
+ */
+export const SCAN_MIN_BYTES = 12;
 
 const isHex = (c: number) =>
   (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x46) || (c >= 0x61 && c <= 0x66);
@@ -123,7 +129,7 @@ export class ScanViews {
    * Masker can redact it there), 'hidden' when only a transformed view holds it, or undefined.
    */
   find(plain: Uint8Array, forms: Buffer[]): 'verbatim' | 'hidden' | undefined {
-    if (plain.length < MASK_MIN_BYTES) return undefined;
+    if (plain.length < SCAN_MIN_BYTES) return undefined;
     const value = asBuffer(plain);
     const first = this.texts[0];
     if (first && forms.some((f) => first.indexOf(f) >= 0)) return 'verbatim';

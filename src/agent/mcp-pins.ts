@@ -16,6 +16,7 @@
  *   sample sees more tools, and those are a first sight, not changes);
  * - a tool that appears later under capabilities already seen is an addition: on_new decides.
  */
+import { IntegrityError, KeywardError } from '../errors.js';
 import type { McpPolicy } from '../policy/index.js';
 import { secureFree, secureTake } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
@@ -81,6 +82,14 @@ export interface ReviewResult {
 }
 
 const HEX64 = /^[0-9a-f]{64}$/;
+/**
+ * The client capabilities that decide which tools a server lists (MCP 2025-06-18). Anything else
+ * a client declares is left out of the set: a made-up name must not make a first sight.
+ */
+const KNOWN_CAPS = new Set(['elicitation', 'roots', 'sampling']);
+/** Bounds on what any caller can make the agent keep. */
+export const MAX_SERVERS = 1000;
+export const MAX_WAITING = 1000;
 
 export function emptyPins(): PinRecord {
   return { version: 2, servers: {} };
@@ -93,9 +102,16 @@ export function readPinRecord(v: Vault): PinRecord {
   try {
     // Hashes and dates only: nothing secret becomes a string here.
     const r = JSON.parse(raw.toString('utf8')) as PinRecord;
-    if (r.version !== 2 || typeof r.servers !== 'object' || r.servers === null)
-      throw new Error('shape');
+    const obj = (x: unknown) => typeof x === 'object' && x !== null && !Array.isArray(x);
+    if (r.version !== 2 || !obj(r.servers)) throw new Error('shape');
+    for (const sp of Object.values(r.servers))
+      if (!obj(sp) || !Array.isArray(sp.caps) || !obj(sp.tools) || !obj(sp.seen))
+        throw new Error('shape');
     return r;
+  } catch {
+    throw new IntegrityError('VAULT_CORRUPT', 'the MCP pins kept in the vault are damaged', {
+      hint: 'keyward mcp pins reset --all forgets them all (asks the passphrase)',
+    });
   } finally {
     secureFree(raw);
   }
@@ -129,9 +145,15 @@ export function reviewPins(
     return out;
   }
   const known = Object.hasOwn(r.servers, req.server);
+  if (!known && Object.keys(r.servers).length >= MAX_SERVERS)
+    throw new KeywardError(
+      'POLICY_DENIED',
+      `pins are kept for ${MAX_SERVERS} MCP servers already; no more are added`,
+      { hint: 'keyward mcp pins reset SERVER for servers no longer used' },
+    );
   const sp = serverRecord(r, req.server);
   if (!known) out.changed = true;
-  const caps = [...new Set(req.caps)].sort();
+  const caps = [...new Set(req.caps.filter((c) => KNOWN_CAPS.has(c)))].sort();
   const capsKnown = sp.caps.some((c) => c.join('\0') === caps.join('\0'));
   const anyToolPinned = Object.keys(sp.tools).length > 0;
   const server = req.server;
@@ -148,7 +170,8 @@ export function reviewPins(
     mode: 'block' | 'alert' | 'allow',
   ): Verdict => {
     const before = isInstructions ? sp.seenInstructions : own(sp.seen, name);
-    if (before?.sha256 !== entry.sha256) {
+    const full = !before && !isInstructions && Object.keys(sp.seen).length >= MAX_WAITING;
+    if (before?.sha256 !== entry.sha256 && !full) {
       if (isInstructions) sp.seenInstructions = entry;
       else sp.seen[name] = entry;
       out.changed = true;
@@ -227,7 +250,25 @@ export function reviewPins(
   if (req.tools) {
     const current = new Set(req.tools.map((t) => t.name));
     const firstSight = !anyToolPinned || !capsKnown;
+    const counts = new Map<string, number>();
+    for (const t of req.tools) counts.set(t.name, (counts.get(t.name) ?? 0) + 1);
+    // Waiting definitions of tools no longer listed go: what waits is what a server shows now.
+    for (const n of Object.keys(sp.seen))
+      if (!current.has(n)) {
+        delete sp.seen[n];
+        out.changed = true;
+      }
     for (const t of req.tools) {
+      if ((counts.get(t.name) ?? 0) > 1) {
+        // Two definitions under one name: which one would the client use? Neither.
+        out.tools[t.name] = {
+          state: 'changed',
+          blocked: true,
+          alert: false,
+          what: 'the server lists it more than once',
+        };
+        continue;
+      }
       if (!HEX64.test(t.sha256) || !HEX64.test(t.body)) throw new Error('tools: SHA-256 in hex');
       const entry: PinEntry = { sha256: t.sha256, body: t.body, at: now };
       const pinned = own(sp.tools, t.name);
@@ -246,7 +287,8 @@ export function reviewPins(
         const renamedFrom = Object.entries(sp.tools).find(
           ([n, x]) => x.body === t.body && !current.has(n),
         )?.[0];
-        const legacy = known ? undefined : req.legacy?.[t.name];
+        // Pins of an older keyward restrict until the server has pins of its own.
+        const legacy = anyToolPinned ? undefined : req.legacy?.[t.name];
         if (renamedFrom)
           v = waiting(
             t.name,

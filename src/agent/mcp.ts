@@ -17,7 +17,7 @@ import { TokenBucket, type McpPolicy } from '../policy/index.js';
 import { Masker, maskingForms } from '../run/index.js';
 import type { Vault } from '../vault/index.js';
 import { actorOf } from './identity.js';
-import { ScanViews } from './leak-scan.js';
+import { SCAN_MIN_BYTES, ScanViews } from './leak-scan.js';
 import { readPinRecord, reviewPins, writePinRecord, type ReviewRequest } from './mcp-pins.js';
 import type { Peer } from './peer.js';
 import { ProtocolError, str, type Frame } from './protocol.js';
@@ -43,8 +43,16 @@ const DEFAULT_MCP: McpPolicy = {
 const SERVER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 
+/** A scan costs a token per 64 KiB looked at (at least one). */
+const SCAN_TOKEN_BYTES = 64 * 1024;
+
 export class McpService {
-  private readonly scanBucket = new TokenBucket(6000, 1000, Date.now());
+  /**
+   * Per connection (a gateway keeps one): one process can't starve another's scans. The oracle
+   * a scan is ("is this a released value?") is bounded by the length a value needs to be looked
+   * for at all (SCAN_MIN_BYTES), not by this rate.
+   */
+  private readonly scanBuckets = new WeakMap<Peer, TokenBucket>();
 
   constructor(private readonly host: McpHost) {}
 
@@ -54,21 +62,15 @@ export class McpService {
     try {
       const v = w.unlocked();
       if (op === 'policy') return { meta: { mcp: w.currentPolicy(v).mcp ?? DEFAULT_MCP } };
-      if (op === 'scan') return this.scan(v, f);
-      if (op === 'review') return await this.review(asker, v, f.meta);
+      if (op === 'scan') return this.scan(asker, v, f);
+      if (op === 'review') return await this.review(asker, v, f);
       if (op === 'pins') {
         const all = readPinRecord(v).servers;
         const server = str(f.meta, 'server');
-        return {
-          meta: {
-            servers:
-              server === undefined
-                ? all
-                : Object.hasOwn(all, server)
-                  ? { [server]: all[server] }
-                  : {},
-          },
-        };
+        const servers =
+          server === undefined ? all : Object.hasOwn(all, server) ? { [server]: all[server] } : {};
+        // In raw: a record of many servers outgrows a frame's meta.
+        return { meta: {}, raw: jsonRaw({ servers }) };
       }
       throw new ProtocolError(`unknown mcp operation ${op ?? ''}`);
     } finally {
@@ -76,8 +78,15 @@ export class McpService {
     }
   }
 
-  private async review(asker: Peer, v: Vault, meta: Record<string, unknown>): Promise<Reply> {
-    const req = parseReview(meta);
+  private async review(asker: Peer, v: Vault, f: Frame): Promise<Reply> {
+    // Names and hashes: public, so a string here holds nothing secret.
+    let body: unknown;
+    try {
+      body = f.raw && f.raw.length > 0 ? JSON.parse(f.raw.toString('utf8')) : {};
+    } catch {
+      throw new ProtocolError('review: the body is not JSON');
+    }
+    const req = parseReview({ ...(body as Record<string, unknown>), ...f.meta });
     const w = this.host.window;
     const pinning = (w.currentPolicy(v).mcp ?? DEFAULT_MCP).version_pinning;
     let result = reviewPins(readPinRecord(v), req, pinning);
@@ -101,7 +110,10 @@ export class McpService {
         details: e.details,
       });
     }
-    return { meta: { tools: result.tools, instructions: result.instructions ?? null } };
+    return {
+      meta: {},
+      raw: jsonRaw({ tools: result.tools, instructions: result.instructions ?? null }),
+    };
   }
 
   /**
@@ -109,12 +121,15 @@ export class McpService {
    * of its strings. found: the names whose values it holds; hidden: those found only in a
    * transformed form, which can't be concealed in place (the gateway withholds the message).
    */
-  private scan(v: Vault, f: Frame): Reply {
-    // An oracle ("is this one of the released values?") must not be a fast one: a 6-digit
-    // value could be guessed through it (docs/THREAT-MODEL.md).
-    if (!this.scanBucket.take(Date.now()))
-      throw new KeywardError('POLICY_DENIED', 'too many leak scans; try again in a moment');
+  private scan(asker: Peer, v: Vault, f: Frame): Reply {
     const data = f.raw ?? Buffer.alloc(0);
+    const names = [...this.host.released()].filter((n) => v.has(n));
+    if (names.length > 0) {
+      let bucket = this.scanBuckets.get(asker);
+      if (!bucket) this.scanBuckets.set(asker, (bucket = new TokenBucket(6000, 1000, Date.now())));
+      if (!bucket.take(Date.now(), 1 + Math.floor(data.length / SCAN_TOKEN_BYTES)))
+        throw new KeywardError('POLICY_DENIED', 'too many leak scans; try again in a moment');
+    }
     const lengths = Array.isArray(f.meta['parts']) ? (f.meta['parts'] as unknown[]) : [data.length];
     const parts: Uint8Array[] = [];
     let at = 0;
@@ -125,40 +140,61 @@ export class McpService {
       at += n;
     }
     if (at !== data.length) throw new ProtocolError('scan: parts must add up to the bytes sent');
-    const views = new ScanViews(parts);
+    const redact = f.meta['redact'] === true;
     const found: string[] = [];
     const hidden: string[] = [];
-    const verbatim: SecureBuffer[] = [];
+    const values: Array<{ name: string; value: SecureBuffer; forms: SecureBuffer[] }> = [];
+    const views = new ScanViews(parts);
+    let after: ScanViews | undefined;
     try {
-      for (const name of this.host.released()) {
-        if (!v.has(name)) continue;
+      for (const name of names) {
         const value = v.reveal(name);
-        try {
-          const forms = maskingForms(value);
-          const where = views.find(value, forms);
-          if (where) found.push(name);
-          if (where === 'hidden') hidden.push(name);
-          verbatim.push(...forms);
-        } finally {
+        // Too short to look for (leak-scan.ts): not found, and not concealed either, so the
+        // concealed copy can't point at one.
+        if (value.length < SCAN_MIN_BYTES) {
           secureFree(value);
+          continue;
         }
+        const forms = maskingForms(value);
+        values.push({ name, value, forms });
+        const where = views.find(value, forms);
+        if (where) found.push(name);
+        if (where === 'hidden') hidden.push(name);
       }
-      if (f.meta['redact'] !== true || found.length === 0 || hidden.length > 0)
+      if (!redact || found.length === 0 || hidden.length > 0) return { meta: { found, hidden } };
+      // Concealed where the forms stand, in the message and in its strings; then every view is
+      // searched again: a copy in another form (hex beside the plain value, say) is still a
+      // leak, and the message is withheld.
+      const all = values.flatMap((x) => x.forms);
+      const concealed = parts.map((p) => {
+        const masker = new Masker(all);
+        try {
+          return secureTake(Buffer.concat([masker.push(Buffer.from(p)), masker.flush()]));
+        } finally {
+          masker.destroy();
+        }
+      });
+      after = new ScanViews(concealed);
+      for (const x of values) if (after.find(x.value, x.forms)) hidden.push(x.name);
+      for (const c of concealed.slice(1)) secureFree(c);
+      const out = concealed[0];
+      if (hidden.length > 0 || !out) {
+        secureFree(out);
         return { meta: { found, hidden } };
-      const masker = new Masker(verbatim);
-      try {
-        const first = parts[0] ?? Buffer.alloc(0);
-        const out = Buffer.concat([masker.push(Buffer.from(first)), masker.flush()]);
-        return { meta: { found, hidden }, raw: secureTake(out) };
-      } finally {
-        masker.destroy();
       }
+      return { meta: { found, hidden }, raw: out };
     } finally {
       views.destroy();
-      for (const form of verbatim) secureFree(form);
+      after?.destroy();
+      for (const x of values) {
+        secureFree(x.value);
+        for (const form of x.forms) secureFree(form);
+      }
     }
   }
 }
+
+const jsonRaw = (o: unknown): SecureBuffer => secureTake(Buffer.from(JSON.stringify(o), 'utf8'));
 
 function parseReview(meta: Record<string, unknown>): ReviewRequest {
   const server = str(meta, 'server') ?? '';

@@ -31,14 +31,14 @@ export interface Reply {
 }
 
 export class Releases {
-  /** Names released since the unlock: the values the MCP gateway looks for (cleared at lock). */
+  /**
+   * Names released since the agent started: the values the MCP gateway looks for. Kept across
+   * locks: a value released before a lock is still in whatever received it, and `keyward lock`
+   * (which needs no authentication) must not switch the scan off.
+   */
   private readonly released = new Set<string>();
 
   constructor(private readonly host: ReleaseHost) {}
-
-  reset(): void {
-    this.released.clear();
-  }
 
   /** identity -> policy -> approval -> audit (durable) -> release. */
   async read(
@@ -171,7 +171,7 @@ export class Releases {
       .catch(() => undefined);
   }
 
-  /** Names released since the unlock: what the MCP gateway's scans look for. */
+  /** Names released since the agent started: what the MCP gateway's scans look for. */
   releasedNames(): Iterable<string> {
     return this.released;
   }

@@ -556,7 +556,6 @@ export class Agent {
     this.gate.reset();
     this.ssh.wipeAll();
     this.cache.clear('the agent locked');
-    this.releases.reset();
     if (!this.window.close()) return;
     await this.record({
       type: 'vault.lock',

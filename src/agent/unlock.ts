@@ -97,9 +97,22 @@ export class UnlockWindow {
       if (!this.stillOpen(v)) throw locked();
       this.unlocked();
       const policyWasCurrent = this.policyStamp === this.stampOfPolicy(v);
-      const { result, save } = fn(v);
+      let result: T;
+      let save: boolean;
+      try {
+        ({ result, save } = fn(v));
+        if (save) v.save();
+      } catch (e) {
+        // What fn changed in memory and could not be saved goes: the vault as it is on disk
+        // (or, if even that can't be read back, the whole unlock).
+        try {
+          v.refresh();
+        } catch {
+          void this.host.lock('the vault could not be re-read after a failed write');
+        }
+        throw e;
+      }
       if (save) {
-        v.save();
         const st = fs.statSync(this.vp.file, { throwIfNoEntry: false });
         this.vaultStamp = st ? `${st.ino}:${st.size}:${st.mtimeMs}` : '';
         // The policy in the vault is the one loaded: only the generation moved.

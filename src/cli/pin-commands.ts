@@ -6,7 +6,7 @@
  */
 import type { Command } from 'commander';
 import {
-  call,
+  agentMcpPins,
   readPinRecord,
   writePinRecord,
   type PinEntry,
@@ -26,8 +26,7 @@ const safe = (s: string, max = 300) => printable(s, max);
 /** The pins, through the unlocked agent when there is one, else from the vault. */
 async function readPins(cmd: Command, io: Io): Promise<Record<string, ServerRecord>> {
   try {
-    const f = await call(agentSocket(), 'mcp', { op: 'pins' });
-    return f.meta['servers'] as Record<string, ServerRecord>;
+    return await agentMcpPins(agentSocket());
   } catch (e) {
     if (
       !(e instanceof KeywardError) ||
@@ -129,13 +128,17 @@ export function registerPinCommands(mcp: Command, io: Io): void {
     .argument('[tool]', `one tool (or ${INSTRUCTIONS}); default every definition waiting`)
     .option('--hash <sha256>', 'trust only if the definition waiting is this one (from pins diff)')
     .description('accept the definitions waiting as the new pins (asks the passphrase; audited)')
-    .action(function (this: Command, server: string, tool: string | undefined) {
+    .action(async function (this: Command, server: string, tool: string | undefined) {
       const hash = this.opts<{ hash?: string }>().hash;
       if (hash !== undefined && (!/^[0-9a-f]{64}$/.test(hash) || tool === undefined))
         throw new KeywardError(
           'USAGE',
           '--hash takes the 64 hex digits pins diff printed, with one TOOL',
         );
+      // What waits, shown before the passphrase is asked: the trust is bound to what was shown.
+      const shown = await waitingNow(server, tool);
+      if (shown)
+        for (const [n, h] of shown) io.stderr(`to trust: ${safe(server)} ${safe(n)} ${h}\n`);
       // A person, not a key any process of the user could fetch from the keyring.
       const a = { ...auth(this, io), passphraseOnly: true };
       const trusted = useVault(paths(), a, 'write', (v) => {
@@ -151,10 +154,11 @@ export function registerPinCommands(mcp: Command, io: Io): void {
         for (const n of names) {
           const seen = waiting(sp, n);
           if (!seen) continue;
-          if (hash !== undefined && seen.sha256 !== hash)
+          const expected = hash ?? shown?.get(n);
+          if ((shown || hash !== undefined) && seen.sha256 !== expected)
             throw new KeywardError(
               'PIN_CHANGED',
-              `the definition of ${server} ${n} waiting now (${seen.sha256}) is not the one you saw (${hash}); nothing trusted`,
+              `the definition of ${server} ${n} waiting now (${seen.sha256}) is not the one you saw (${expected ?? 'none'}); nothing trusted`,
               { hint: `look again: keyward mcp pins diff ${server} ${n}` },
             );
           if (n === INSTRUCTIONS) {
@@ -184,16 +188,24 @@ export function registerPinCommands(mcp: Command, io: Io): void {
 
   pins
     .command('reset')
-    .argument('<server>')
+    .argument('[server]')
     .argument('[tool]', 'one tool; default the whole server')
+    .option('--all', 'forget every pin of every server (also what to do when they are damaged)')
     .description(
       'forget pins (asks the passphrase; the next sight pins again when auto_trust_first is on)',
     )
-    .action(function (this: Command, server: string, tool: string | undefined) {
+    .action(function (this: Command, server: string | undefined, tool: string | undefined) {
+      const all = this.opts<{ all?: boolean }>().all === true;
+      if (all === (server !== undefined))
+        throw new KeywardError('USAGE', 'pins reset takes SERVER [TOOL], or --all');
       const a = { ...auth(this, io), passphraseOnly: true };
       useVault(paths(), a, 'write', (v) => {
-        const record = readPinRecord(v);
-        const sp = Object.hasOwn(record.servers, server) ? record.servers[server] : undefined;
+        // --all doesn't read the record: it replaces it, damaged or not.
+        const record = all ? { version: 2 as const, servers: {} } : readPinRecord(v);
+        const sp =
+          server !== undefined && Object.hasOwn(record.servers, server)
+            ? record.servers[server]
+            : undefined;
         if (tool && sp) {
           if (tool === INSTRUCTIONS) {
             delete sp.instructions;
@@ -202,17 +214,40 @@ export function registerPinCommands(mcp: Command, io: Io): void {
             delete sp.tools[tool];
             delete sp.seen[tool];
           }
-        } else delete record.servers[server];
+        } else if (server !== undefined) delete record.servers[server];
         writePinRecord(v, record);
         a.audit.record({
           type: 'mcp.call',
-          target: server,
+          target: server ?? '*',
           decision: 'info',
-          reason: `reset ${tool ?? 'every pin'}`,
-          details: { server, tool: tool ?? null, event: 'reset' },
+          reason: `reset ${all ? 'every pin of every server' : (tool ?? 'every pin')}`,
+          details: { server: server ?? null, tool: tool ?? null, event: 'reset' },
         });
         v.save();
       });
-      io.stdout(`reset ${safe(server)}${tool ? ` ${safe(tool)}` : ''}\n`);
+      io.stdout(
+        `reset ${all ? 'every server' : `${safe(server ?? '')}${tool ? ` ${safe(tool)}` : ''}`}\n`,
+      );
     });
+}
+
+/** What waits for server (one tool, or all), as the unlocked agent has it; undefined without one. */
+async function waitingNow(
+  server: string,
+  tool: string | undefined,
+): Promise<Map<string, string> | undefined> {
+  let all: Record<string, ServerRecord>;
+  try {
+    all = await agentMcpPins(agentSocket(), server);
+  } catch {
+    return undefined;
+  }
+  const sp = Object.hasOwn(all, server) ? all[server] : undefined;
+  const out = new Map<string, string>();
+  if (!sp) return out;
+  for (const n of tool ? [tool] : waitingNames(sp)) {
+    const w = waiting(sp, n);
+    if (w) out.set(n, w.sha256);
+  }
+  return out;
 }

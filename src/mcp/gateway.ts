@@ -18,16 +18,15 @@
  * policy (agent locked or not running) it fails closed: no tool is listed or callable.
  */
 import { createHash, randomBytes } from 'node:crypto';
-import readline from 'node:readline';
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { secureFree, secureTake } from '../lib/secure.js';
+import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
 import type { McpPolicy } from '../policy/index.js';
 import { AgentLink } from './agent-link.js';
 import { definitionHash, loadDefinitions, recordDefinitions, toolDefinition } from './pins.js';
 import { checkServerUrl, httpUpstream, resolveHeaders, type HeaderTemplate } from './remote.js';
 import { allowedByPolicy, RateLimits } from './tools.js';
-import { MAX_LINE, stdioUpstream, type Json, type Upstream } from './upstream.js';
+import { readLines, stdioUpstream, type Json, type Upstream } from './upstream.js';
 
 export interface WrapOptions {
   name: string;
@@ -68,18 +67,44 @@ const ASK_TIMEOUT_MS = 10_000;
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 const message = (e: unknown) => (e instanceof Error ? e.message : 'error');
-/** The agent is locked or gone: it holds no released value (they are forgotten at lock). */
-const nothingReleased = (e: unknown) =>
+/** The agent can't scan: locked (it can't read the values) or not running. */
+const cannotScan = (e: unknown) =>
   e instanceof KeywardError && (e.code === 'AGENT_LOCKED' || e.code === 'AGENT_UNAVAILABLE');
 
-/** Every string value in a message, in order, joined: a value split across fields. */
-function stringsOf(value: unknown, out: string[] = []): string[] {
+/**
+ * Every string value in a message, in order (with keys too, when keys is set): joined, they
+ * show a value split across fields.
+ */
+function stringsOf(value: unknown, keys: boolean, out: string[] = []): string[] {
   if (typeof value === 'string') out.push(value);
-  else if (Array.isArray(value)) for (const v of value) stringsOf(v, out);
+  else if (Array.isArray(value)) for (const v of value) stringsOf(v, keys, out);
   else if (value !== null && typeof value === 'object')
-    for (const v of Object.values(value)) stringsOf(v, out);
+    for (const [k, v] of Object.entries(value)) {
+      if (keys) out.push(k);
+      stringsOf(v, keys, out);
+    }
   return out;
 }
+
+/** What may pass while the agent can't scan (locked, or not running): nothing a model writes. */
+const UNSCANNED_FROM_CLIENT = new Set([
+  'initialize',
+  'ping',
+  'tools/list',
+  'notifications/initialized',
+  'notifications/cancelled',
+]);
+const UNSCANNED_FROM_SERVER = new Set(['initialize', 'ping', 'tools/list']);
+
+/** A JSON body for an agent request, in secure memory like any raw bytes. */
+const body = (o: unknown): SecureBuffer => secureTake(Buffer.from(JSON.stringify(o), 'utf8'));
+const parsed = (raw: SecureBuffer | undefined): Record<string, unknown> => {
+  try {
+    return raw ? (JSON.parse(raw.toString('utf8')) as Record<string, unknown>) : {};
+  } finally {
+    secureFree(raw);
+  }
+};
 
 export async function wrapMcp(o: WrapOptions): Promise<number> {
   if (!o.command?.length && !o.url)
@@ -152,21 +177,25 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   const scan = async (
     m: Json,
     redact: boolean,
+    unscanned = false,
   ): Promise<{ out: Json; found: string[]; withheld: boolean }> => {
     const clean = { out: m, found: [], withheld: false };
     const p = await policy();
     if (!('error' in p) && !p.leak_blocking) return clean;
-    const text = Buffer.from(JSON.stringify(m), 'utf8');
-    const strings = Buffer.from(stringsOf(m).join(''), 'utf8');
-    const parts = [text.length, strings.length];
-    const raw = secureTake(Buffer.concat([text, strings]));
-    text.fill(0);
-    strings.fill(0);
+    const pieces = [
+      JSON.stringify(m),
+      stringsOf(m, false).join(''),
+      stringsOf(m, true).join(''),
+    ].map((t) => Buffer.from(t, 'utf8'));
+    const parts = pieces.map((b) => b.length);
+    const raw = secureTake(Buffer.concat(pieces));
+    for (const b of pieces) b.fill(0);
     let f;
     try {
       f = await link.mcp({ op: 'scan', parts, redact }, raw);
     } catch (e) {
-      if (nothingReleased(e)) return clean;
+      // unscanned: a message that carries nothing a model wrote may pass without a scan.
+      if (unscanned && cannotScan(e)) return clean;
       throw e;
     }
     const found = (f.meta['found'] ?? []) as string[];
@@ -212,11 +241,11 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   };
 
   /** Checks a tools/list result against the policy and the pins; returns the tools to show. */
-  const review = async (tools: Json[], merge = false): Promise<Json[]> => {
+  const review = async (tools: Json[]): Promise<Json[]> => {
     const p = await policy();
     // Built aside and swapped in at the end: a call during a review sees the last whole one.
-    const nextVisible = new Map<string, string>(merge ? visible : []);
-    const nextRefused = new Map<string, string>(merge ? refused : []);
+    const nextVisible = new Map<string, string>();
+    const nextRefused = new Map<string, string>();
     const swap = () => {
       visible = nextVisible;
       refused = nextRefused;
@@ -231,14 +260,15 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     let failed = 'error' in p ? `the gateway policy could not be read (${p.error})` : undefined;
     if (!failed) {
       try {
-        const r = await link.mcp({
-          op: 'review',
-          server: name,
-          caps: clientCaps,
-          tools: defs.map(({ name: n, sha256: h, body }) => ({ name: n, sha256: h, body })),
-          legacy: legacy() ?? null,
-        });
-        verdicts = r.meta['tools'] as Record<string, Verdict>;
+        // The listing goes in the body: a server with many tools outgrows a frame's meta.
+        const r = await link.mcp(
+          { op: 'review', server: name, caps: clientCaps },
+          body({
+            tools: defs.map(({ name: n, sha256: h, body: b }) => ({ name: n, sha256: h, body: b })),
+            legacy: legacy() ?? null,
+          }),
+        );
+        verdicts = parsed(r.raw)['tools'] as Record<string, Verdict>;
       } catch (e) {
         failed = `the pins could not be checked (${message(e)})`;
       }
@@ -339,7 +369,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       clientCaps = typeof caps === 'object' && caps !== null ? Object.keys(caps).sort() : [];
     }
     try {
-      const { found } = await scan(m, false);
+      const { found } = await scan(m, false, UNSCANNED_FROM_CLIENT.has(method));
       if (found.length > 0) {
         leakAudit(method, found, 'deny', 'a request held a released value; not sent');
         return errorReply(
@@ -375,22 +405,26 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       if (!ours) return;
       m = { ...m, params: { ...params, requestId: ours } };
     }
-    try {
-      const { found } = await scan(m, false);
-      if (found.length === 0) return toServer(m);
-      leakAudit(method ?? 'answer', found, 'deny', 'a message held a released value; not sent');
-      o.log(`keyward mcp wrap: a message to ${name} held a released value; not sent`);
+    const refuseAnswer = (why: string) => {
       // The server's request still gets an answer.
       if (method === undefined && m['id'] !== undefined)
         toServer({
           jsonrpc: '2.0',
           id: m['id'],
-          error: { code: ERR_REFUSED, message: 'keyward: the answer held a secret; withheld' },
+          error: { code: ERR_REFUSED, message: `keyward: the answer ${why}; withheld` },
         });
+    };
+    try {
+      const { found } = await scan(m, false, UNSCANNED_FROM_CLIENT.has(method ?? ''));
+      if (found.length === 0) return toServer(m);
+      leakAudit(method ?? 'answer', found, 'deny', 'a message held a released value; not sent');
+      o.log(`keyward mcp wrap: a message to ${name} held a released value; not sent`);
+      refuseAnswer('held a secret');
     } catch (e) {
       o.log(
         `keyward mcp wrap: a message to ${name} could not be checked (${message(e)}); not sent`,
       );
+      refuseAnswer('could not be checked for secrets');
     }
   };
 
@@ -400,7 +434,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     m = { ...m, id };
     try {
       m = await guardAnswer(m, req);
-      const s = await scan(m, true);
+      const s = await scan(m, true, UNSCANNED_FROM_SERVER.has(req.method));
       if (s.withheld) {
         leakAudit(req.method, s.found, 'deny', 'an answer held a released value; withheld');
         m = {
@@ -445,8 +479,21 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     else if (req.method === 'tools/list' && m['result']) {
       const result = m['result'] as Json;
       const tools = Array.isArray(result['tools']) ? (result['tools'] as Json[]) : [];
-      listed = Promise.resolve();
-      m = { ...m, result: { ...result, tools: await review(tools, req.paged === true) } };
+      const cursor = result['nextCursor'];
+      let shown: Json[];
+      if (!req.paged && (typeof cursor !== 'string' || cursor === '')) {
+        // The whole listing in one answer: reviewed as it is.
+        listed = Promise.resolve();
+        shown = await review(tools);
+      } else {
+        // One page of several: the gateway reviews the whole listing itself (a page alone
+        // would make the tools on later pages look new), then shows what it trusts of this one.
+        await (req.paged ? (listed ?? relist()) : relist());
+        shown = tools.filter(
+          (t) => visible.get(String(t['name'])) === definitionHash(toolDefinition(t)),
+        );
+      }
+      m = { ...m, result: { ...result, tools: shown } };
     } else if (req.method === 'tools/call') {
       const p = await policy();
       if ('error' in p) throw new Error(`the gateway policy could not be read (${p.error})`);
@@ -467,7 +514,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         caps: clientCaps,
         instructions: definitionHash(text),
       });
-      const v = r.meta['instructions'] as Verdict | null;
+      const v = parsed(r.raw)['instructions'] as Verdict | null;
       if (!v || v.blocked) delete result['instructions'];
       else if (v.alert) o.log(`keyward mcp wrap: ${name}: the instructions ${v.what ?? v.state}`);
     } catch (e) {
@@ -483,7 +530,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     if (method === 'notifications/tools/list_changed') await relist();
     let s;
     try {
-      s = await scan(m, true);
+      s = await scan(m, true, method === 'notifications/tools/list_changed');
     } catch (e) {
       s = { out: m, found: [] as string[], withheld: true, why: message(e) };
     }
@@ -617,18 +664,18 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     };
     for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const)
       process.on(sig, () => end('signal', sig));
-    const input = readline.createInterface({ input: process.stdin, crlfDelay: Infinity });
-    input.on('line', (line: string) => {
-      if (line.length <= MAX_LINE) fromClient(line);
-      else
+    readLines(
+      process.stdin,
+      fromClient,
+      () =>
         toClient({
           jsonrpc: '2.0',
           id: null,
           error: { code: -32600, message: 'keyward: message too large' },
-        });
-    });
-    // The client closed its end, or died: the server is stopped the way the MCP spec says.
-    input.on('close', () => end('input'));
+        }),
+      // The client closed its end, or died: the server is stopped the way the MCP spec says.
+      () => end('input'),
+    );
     process.stdout.on('error', () => end('input'));
   });
 }

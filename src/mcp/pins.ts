@@ -144,16 +144,13 @@ export function canonical(value: unknown): string {
     .join(',')}}`;
 }
 
-/** The parts of a tool definition that are pinned, whole. */
+/**
+ * A tool definition as pinned: the whole object the server sent (name, title, description,
+ * schemas, annotations, icons, _meta and whatever a later spec adds), since the client gets the
+ * whole object. Without its name: what recognises a renamed tool.
+ */
 export function toolDefinition(tool: Record<string, unknown>, withName = true): string {
-  return canonical({
-    ...(withName ? { name: tool['name'] } : {}),
-    title: tool['title'],
-    description: tool['description'],
-    inputSchema: tool['inputSchema'],
-    outputSchema: tool['outputSchema'],
-    annotations: tool['annotations'],
-  });
+  return canonical(withName ? tool : { ...tool, name: undefined });
 }
 
 /** A readable word-level diff: removed words in [-...-], added ones in {+...+}. */

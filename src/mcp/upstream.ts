@@ -6,7 +6,7 @@
  * gateway skips the first step.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import readline from 'node:readline';
+import type { Readable } from 'node:stream';
 
 export type Json = Record<string, unknown>;
 
@@ -28,13 +28,60 @@ export const MAX_LINE = 16 * 1024 * 1024;
 /** How long a server has to act on each step of a stop before the next, harder one. */
 export const GRACE_MS = 2000;
 
+/**
+ * Splits a stream into lines of at most MAX_LINE bytes, never holding more: a longer line is
+ * dropped as it comes (oversize is told once for it), so no peer can make the gateway buffer
+ * without bound.
+ */
+export function readLines(
+  input: Readable,
+  line: (text: string) => void,
+  oversize: () => void,
+  end: () => void,
+): void {
+  let parts: Buffer[] = [];
+  let size = 0;
+  let dropping = false;
+  input.on('data', (chunk: Buffer) => {
+    let from = 0;
+    for (;;) {
+      const nl = chunk.indexOf(0x0a, from);
+      const piece = chunk.subarray(from, nl < 0 ? chunk.length : nl);
+      if (!dropping) {
+        if (size + piece.length > MAX_LINE) {
+          dropping = true;
+          parts = [];
+          size = 0;
+          oversize();
+        } else {
+          parts.push(piece);
+          size += piece.length;
+        }
+      }
+      if (nl < 0) break;
+      if (!dropping) {
+        let text = Buffer.concat(parts, size).toString('utf8');
+        if (text.endsWith('\r')) text = text.slice(0, -1);
+        line(text);
+      }
+      parts = [];
+      size = 0;
+      dropping = false;
+      from = nl + 1;
+    }
+    // What stays is a copy: the chunk's memory is not kept alive by a slice of it.
+    if (parts.length > 0) {
+      const rest = Buffer.concat(parts, size);
+      parts = [rest];
+    }
+  });
+  input.on('end', end);
+  input.on('close', end);
+}
+
 /** Parses one line from the server: a JSON-RPC object, or undefined (logged). */
 export function parseServerLine(line: string, name: string, ev: UpstreamEvents): Json | undefined {
   if (line.trim() === '') return undefined;
-  if (line.length > MAX_LINE) {
-    ev.log(`keyward mcp wrap: ${name} sent an oversized line (ignored)`);
-    return undefined;
-  }
   let m: unknown;
   try {
     m = JSON.parse(line);
@@ -72,12 +119,22 @@ export function stdioUpstream(name: string, command: string[], ev: UpstreamEvent
     child.on('exit', (code, signal) => ended(`exited (${signal ?? `code ${code}`})`));
   });
   child.stdin.on('error', () => undefined);
-  readline
-    .createInterface({ input: child.stdout, crlfDelay: Infinity })
-    .on('line', (line: string) => {
+  readLines(
+    child.stdout,
+    (line) => {
       const m = parseServerLine(line, name, ev);
       if (m) ev.message(m);
-    });
+    },
+    () => ev.log(`keyward mcp wrap: ${name} sent an oversized line (ignored)`),
+    () => undefined,
+  );
+  // Whatever ends the gateway (an uncaught error included), the server's group does not
+  // outlive it.
+  const onExit = () => {
+    if (!stopped) group('SIGKILL');
+  };
+  process.on('exit', onExit);
+  let stopped = false;
 
   /** Sends a signal to the server's process group; false when nothing is left in it. */
   const group = (signal: NodeJS.Signals | 0): boolean => {
@@ -118,10 +175,14 @@ export function stdioUpstream(name: string, command: string[], ev: UpstreamEvent
           } else group('SIGTERM');
         } else group('SIGTERM');
         // What the server started may outlive it in the group: each step goes to the group.
-        if (await settled(GRACE_MS, true)) return;
-        group('SIGKILL');
-        await settled(GRACE_MS, true);
-      })();
+        if (!(await settled(GRACE_MS, true))) {
+          group('SIGKILL');
+          await settled(GRACE_MS, true);
+        }
+      })().finally(() => {
+        stopped = true;
+        process.off('exit', onExit);
+      });
       return stopping;
     },
   };

@@ -15,13 +15,13 @@ export class TokenBucket {
     this.last = now;
   }
 
-  /** Takes one token if there is one. */
-  take(now: number): boolean {
+  /** Takes n tokens (one by default) if there are that many. */
+  take(now: number, n = 1): boolean {
     const elapsed = Math.max(0, now - this.last);
     this.last = now;
     this.tokens = Math.min(this.burst, this.tokens + (elapsed * this.perMinute) / 60_000);
-    if (this.tokens < 1) return false;
-    this.tokens -= 1;
+    if (this.tokens < n) return false;
+    this.tokens -= n;
     return true;
   }
 }
