@@ -20,10 +20,9 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
-import type { McpPolicy } from '../policy/index.js';
 import { AgentLink } from './agent-link.js';
-import { definitionHash, loadDefinitions, recordDefinitions, toolDefinition } from './pins.js';
+import { Guard, message } from './guard.js';
+import { definitionHash, toolDefinition } from './pins.js';
 import { checkServerUrl, httpUpstream, resolveHeaders, type HeaderTemplate } from './remote.js';
 import { allowedByPolicy, RateLimits } from './tools.js';
 import { readLines, stdioUpstream, type Json, type Upstream } from './upstream.js';
@@ -51,40 +50,14 @@ interface Req {
   argsHash?: string;
   paged?: boolean;
 }
-interface Verdict {
-  state: string;
-  blocked: boolean;
-  alert: boolean;
-  what?: string;
-}
 
 const ERR_REFUSED = -32001;
 const ERR_SERVER_GONE = -32002;
 /** The JSON-RPC code the MCP spec gives a call to an unknown tool. */
 const ERR_UNKNOWN_TOOL = -32602;
-const POLICY_TTL_MS = 1000;
 const ASK_TIMEOUT_MS = 10_000;
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
-const message = (e: unknown) => (e instanceof Error ? e.message : 'error');
-/** The agent can't scan: locked (it can't read the values) or not running. */
-const cannotScan = (e: unknown) =>
-  e instanceof KeywardError && (e.code === 'AGENT_LOCKED' || e.code === 'AGENT_UNAVAILABLE');
-
-/**
- * Every string value in a message, in order (with keys too, when keys is set): joined, they
- * show a value split across fields.
- */
-function stringsOf(value: unknown, keys: boolean, out: string[] = []): string[] {
-  if (typeof value === 'string') out.push(value);
-  else if (Array.isArray(value)) for (const v of value) stringsOf(v, keys, out);
-  else if (value !== null && typeof value === 'object')
-    for (const [k, v] of Object.entries(value)) {
-      if (keys) out.push(k);
-      stringsOf(v, keys, out);
-    }
-  return out;
-}
 
 /** What may pass while the agent can't scan (locked, or not running): nothing a model writes. */
 const UNSCANNED_FROM_CLIENT = new Set([
@@ -95,22 +68,16 @@ const UNSCANNED_FROM_CLIENT = new Set([
   'notifications/cancelled',
 ]);
 const UNSCANNED_FROM_SERVER = new Set(['initialize', 'ping', 'tools/list']);
-
-/** A JSON body for an agent request, in secure memory like any raw bytes. */
-const body = (o: unknown): SecureBuffer => secureTake(Buffer.from(JSON.stringify(o), 'utf8'));
-const parsed = (raw: SecureBuffer | undefined): Record<string, unknown> => {
-  try {
-    return raw ? (JSON.parse(raw.toString('utf8')) as Record<string, unknown>) : {};
-  } finally {
-    secureFree(raw);
-  }
-};
-
 export async function wrapMcp(o: WrapOptions): Promise<number> {
   if (!o.command?.length && !o.url)
     throw new KeywardError('USAGE', 'mcp wrap needs the server command after --, or --url');
   const name = o.name;
   const link = new AgentLink(o.agentSocket);
+  const guard = new Guard(name, o.home, link, o.record, o.log);
+  const policy = () => guard.policy();
+  const scan = (m: Json, redact: boolean, unscanned = false) => guard.scan(m, redact, unscanned);
+  const audit = (r: Omit<AuditRecord, 'type'>) => guard.audit(r);
+  let listed: Promise<void> | undefined;
   const toClient = (m: Json): void => {
     process.stdout.write(`${JSON.stringify(m)}\n`);
   };
@@ -145,159 +112,6 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       toServer({ jsonrpc: '2.0', id, method, params });
     });
 
-  /**
-   * The policy's mcp section, from the agent (it is the verified policy), at most a second old:
-   * a policy change or a lock takes effect within a second. Errors are never cached.
-   */
-  let cachedPolicy: { at: number; p: McpPolicy } | undefined;
-  const policy = async (): Promise<McpPolicy | { error: string }> => {
-    if (cachedPolicy && Date.now() - cachedPolicy.at < POLICY_TTL_MS) return cachedPolicy.p;
-    try {
-      const p = (await link.mcp({ op: 'policy' })).meta['mcp'] as McpPolicy;
-      cachedPolicy = { at: Date.now(), p };
-      return p;
-    } catch (e) {
-      cachedPolicy = undefined;
-      return { error: message(e) };
-    }
-  };
-
-  const audit = (r: Omit<AuditRecord, 'type'>) => {
-    try {
-      o.record({ type: 'mcp.call', ...r });
-    } catch (e) {
-      o.log(`keyward mcp wrap: the audit log could not be written (${message(e)})`);
-    }
-  };
-
-  /**
-   * Which released values m holds: out is m with verbatim ones concealed (when redact), or
-   * withheld is true (found only in a transformed form, or the answer could not be re-read).
-   */
-  const scan = async (
-    m: Json,
-    redact: boolean,
-    unscanned = false,
-  ): Promise<{ out: Json; found: string[]; withheld: boolean }> => {
-    const clean = { out: m, found: [], withheld: false };
-    const p = await policy();
-    if (!('error' in p) && !p.leak_blocking) return clean;
-    const pieces = [
-      JSON.stringify(m),
-      stringsOf(m, false).join(''),
-      stringsOf(m, true).join(''),
-    ].map((t) => Buffer.from(t, 'utf8'));
-    const parts = pieces.map((b) => b.length);
-    const raw = secureTake(Buffer.concat(pieces));
-    for (const b of pieces) b.fill(0);
-    let f;
-    try {
-      f = await link.mcp({ op: 'scan', parts, redact }, raw);
-    } catch (e) {
-      // unscanned: a message that carries nothing a model wrote may pass without a scan.
-      if (unscanned && cannotScan(e)) return clean;
-      throw e;
-    }
-    const found = (f.meta['found'] ?? []) as string[];
-    const hidden = (f.meta['hidden'] ?? []) as string[];
-    try {
-      if (found.length === 0) return clean;
-      if (!redact || hidden.length > 0 || !f.raw) return { out: m, found, withheld: true };
-      try {
-        return { out: JSON.parse(f.raw.toString('utf8')) as Json, found, withheld: false };
-      } catch {
-        return { out: m, found, withheld: true };
-      }
-    } finally {
-      secureFree(f.raw);
-    }
-  };
-  const leakAudit = (what: string, found: string[], decision: 'deny' | 'info', reason: string) =>
-    audit({
-      target: name,
-      decision,
-      reason,
-      details: { server: name, method: what, secrets: found.join(','), event: 'leak' },
-    });
-
-  /** Tools the client may see and call, by name (with their hash), with why others may not. */
-  let visible = new Map<string, string>();
-  let refused = new Map<string, string>();
-  let listed: Promise<void> | undefined;
-  let clientCaps: string[] = [];
-  const legacy = () => {
-    try {
-      return loadDefinitions(o.home).legacy[name];
-    } catch {
-      return undefined;
-    }
-  };
-  const fileDefinitions = (defs: string[]) => {
-    try {
-      recordDefinitions(o.home, name, defs);
-    } catch (e) {
-      o.log(`keyward mcp wrap: definitions were not filed for pins diff (${message(e)})`);
-    }
-  };
-
-  /** Checks a tools/list result against the policy and the pins; returns the tools to show. */
-  const review = async (tools: Json[]): Promise<Json[]> => {
-    const p = await policy();
-    // Built aside and swapped in at the end: a call during a review sees the last whole one.
-    const nextVisible = new Map<string, string>();
-    const nextRefused = new Map<string, string>();
-    const swap = () => {
-      visible = nextVisible;
-      refused = nextRefused;
-    };
-    const defs = tools.map((t) => ({
-      name: String(t['name']),
-      definition: toolDefinition(t),
-      sha256: definitionHash(toolDefinition(t)),
-      body: definitionHash(toolDefinition(t, false)),
-    }));
-    let verdicts: Record<string, Verdict> | undefined;
-    let failed = 'error' in p ? `the gateway policy could not be read (${p.error})` : undefined;
-    if (!failed) {
-      try {
-        // The listing goes in the body: a server with many tools outgrows a frame's meta.
-        const r = await link.mcp(
-          { op: 'review', server: name, caps: clientCaps },
-          body({
-            tools: defs.map(({ name: n, sha256: h, body: b }) => ({ name: n, sha256: h, body: b })),
-            legacy: legacy() ?? null,
-          }),
-        );
-        verdicts = parsed(r.raw)['tools'] as Record<string, Verdict>;
-      } catch (e) {
-        failed = `the pins could not be checked (${message(e)})`;
-      }
-    }
-    fileDefinitions(defs.map((d) => d.definition));
-    const shown: Json[] = [];
-    for (const [i, t] of tools.entries()) {
-      const d = defs[i];
-      if (!d) continue;
-      const v = verdicts && Object.hasOwn(verdicts, d.name) ? verdicts[d.name] : undefined;
-      let why: string | undefined;
-      if (failed || !v || 'error' in p) why = `${failed ?? 'no verdict on the tool'}: fail closed`;
-      else if (v.state === 'untrusted')
-        why = `tool ${d.name} is not trusted yet: keyward mcp pins trust ${name} ${d.name}`;
-      else if (v.blocked)
-        why = `tool ${d.name} was blocked: ${v.what ?? v.state} (keyward mcp pins diff ${name} ${d.name})`;
-      else if (!allowedByPolicy(p, name, d.name, d.sha256))
-        why = `tool ${d.name} is not allowed by the policy (mcp.${p.tool_policy})`;
-      if (!why && v?.alert) o.log(`keyward mcp wrap: ${name}: tool ${d.name} ${v.what ?? v.state}`);
-      if (why) nextRefused.set(d.name, why);
-      else {
-        nextVisible.set(d.name, d.sha256);
-        shown.push(t);
-      }
-    }
-    swap();
-    return shown;
-  };
-
   const relist = () => {
     listed = (async () => {
       // Every page: a tool on page two is as checked as one on page one.
@@ -310,7 +124,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         cursor = result?.['nextCursor'];
         if (typeof cursor !== 'string' || cursor === '') break;
       }
-      await review(all);
+      await guard.reviewTools(all);
     })().catch((e: unknown) => o.log(`keyward mcp wrap: listing tools failed (${message(e)})`));
     return listed;
   };
@@ -339,10 +153,10 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     const p = await policy();
     if ('error' in p)
       return refuse(`the gateway policy could not be read (${p.error}): fail closed`);
-    if (!visible.has(tool))
-      return refuse(refused.get(tool) ?? `no tool ${tool} on ${name}`, ERR_UNKNOWN_TOOL);
+    if (!guard.visible.has(tool))
+      return refuse(guard.refused.get(tool) ?? `no tool ${tool} on ${name}`, ERR_UNKNOWN_TOOL);
     // The policy may have changed since the tool was listed.
-    if (!allowedByPolicy(p, name, tool, visible.get(tool) ?? ''))
+    if (!allowedByPolicy(p, name, tool, guard.visible.get(tool) ?? ''))
       return refuse(
         `tool ${tool} is not allowed by the policy (mcp.${p.tool_policy})`,
         ERR_UNKNOWN_TOOL,
@@ -366,12 +180,12 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     if (serverGone) return gone(id);
     if (method === 'initialize') {
       const caps = ((m['params'] as Json | undefined)?.['capabilities'] ?? {}) as Json;
-      clientCaps = typeof caps === 'object' && caps !== null ? Object.keys(caps).sort() : [];
+      guard.clientCaps = typeof caps === 'object' && caps !== null ? Object.keys(caps).sort() : [];
     }
     try {
       const { found } = await scan(m, false, UNSCANNED_FROM_CLIENT.has(method));
       if (found.length > 0) {
-        leakAudit(method, found, 'deny', 'a request held a released value; not sent');
+        guard.leakAudit(method, found, 'deny', 'a request held a released value; not sent');
         return errorReply(
           id,
           ERR_REFUSED,
@@ -417,7 +231,12 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     try {
       const { found } = await scan(m, false, UNSCANNED_FROM_CLIENT.has(method ?? ''));
       if (found.length === 0) return toServer(m);
-      leakAudit(method ?? 'answer', found, 'deny', 'a message held a released value; not sent');
+      guard.leakAudit(
+        method ?? 'answer',
+        found,
+        'deny',
+        'a message held a released value; not sent',
+      );
       o.log(`keyward mcp wrap: a message to ${name} held a released value; not sent`);
       refuseAnswer('held a secret');
     } catch (e) {
@@ -436,7 +255,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       m = await guardAnswer(m, req);
       const s = await scan(m, true, UNSCANNED_FROM_SERVER.has(req.method));
       if (s.withheld) {
-        leakAudit(req.method, s.found, 'deny', 'an answer held a released value; withheld');
+        guard.leakAudit(req.method, s.found, 'deny', 'an answer held a released value; withheld');
         m = {
           jsonrpc: '2.0',
           id,
@@ -448,7 +267,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       } else if (s.found.length > 0) {
         m = s.out;
         if (req.method !== 'tools/call')
-          leakAudit(req.method, s.found, 'info', 'released values concealed in an answer');
+          guard.leakAudit(req.method, s.found, 'info', 'released values concealed in an answer');
       }
       if (req.method === 'tools/call')
         audit({
@@ -475,7 +294,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   };
 
   const guardAnswer = async (m: Json, req: Req): Promise<Json> => {
-    if (req.method === 'initialize') await reviewInstructions(m);
+    if (req.method === 'initialize') await guard.reviewInstructions(m);
     else if (req.method === 'tools/list' && m['result']) {
       const result = m['result'] as Json;
       const tools = Array.isArray(result['tools']) ? (result['tools'] as Json[]) : [];
@@ -484,13 +303,13 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       if (!req.paged && (typeof cursor !== 'string' || cursor === '')) {
         // The whole listing in one answer: reviewed as it is.
         listed = Promise.resolve();
-        shown = await review(tools);
+        shown = await guard.reviewTools(tools);
       } else {
         // One page of several: the gateway reviews the whole listing itself (a page alone
         // would make the tools on later pages look new), then shows what it trusts of this one.
         await (req.paged ? (listed ?? relist()) : relist());
         shown = tools.filter(
-          (t) => visible.get(String(t['name'])) === definitionHash(toolDefinition(t)),
+          (t) => guard.visible.get(String(t['name'])) === definitionHash(toolDefinition(t)),
         );
       }
       m = { ...m, result: { ...result, tools: shown } };
@@ -499,29 +318,6 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       if ('error' in p) throw new Error(`the gateway policy could not be read (${p.error})`);
     }
     return m;
-  };
-
-  /** The server's instructions reach the model only as the pins trust them. */
-  const reviewInstructions = async (m: Json) => {
-    const result = m['result'] as Json | undefined;
-    const text = result?.['instructions'];
-    if (typeof text !== 'string' || !result) return;
-    fileDefinitions([text]);
-    try {
-      const r = await link.mcp({
-        op: 'review',
-        server: name,
-        caps: clientCaps,
-        instructions: definitionHash(text),
-      });
-      const v = parsed(r.raw)['instructions'] as Verdict | null;
-      if (!v || v.blocked) delete result['instructions'];
-      else if (v.alert) o.log(`keyward mcp wrap: ${name}: the instructions ${v.what ?? v.state}`);
-    } catch (e) {
-      // Unchecked instructions don't reach the model.
-      o.log(`keyward mcp wrap: ${name}: instructions dropped (${message(e)})`);
-      delete result['instructions'];
-    }
   };
 
   /** A request or notification the server sends the client: scanned, concealed or withheld. */
@@ -536,10 +332,10 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     }
     if (!s.withheld) {
       if (s.found.length > 0)
-        leakAudit(method, s.found, 'info', 'released values concealed in a server message');
+        guard.leakAudit(method, s.found, 'info', 'released values concealed in a server message');
       return toClient(s.out);
     }
-    leakAudit(method, s.found, 'deny', 'a server message held a released value; withheld');
+    guard.leakAudit(method, s.found, 'deny', 'a server message held a released value; withheld');
     o.log(`keyward mcp wrap: a ${method} from ${name} was withheld (it held a released value)`);
     if (m['id'] !== undefined)
       toServer({

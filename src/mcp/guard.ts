@@ -1,0 +1,249 @@
+/**
+ * What the gateway asks before a message passes (docs/MCP.md, "The gateway"): the policy's mcp
+ * section, the agent's review of tool definitions and instructions against the pins in the
+ * vault, and the agent's leak scan. The gateway (gateway.ts) routes messages; this decides.
+ */
+import type { AuditRecord } from '../audit/index.js';
+import { KeywardError } from '../errors.js';
+import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
+import type { McpPolicy } from '../policy/index.js';
+import type { AgentLink } from './agent-link.js';
+import { definitionHash, loadDefinitions, recordDefinitions, toolDefinition } from './pins.js';
+import { allowedByPolicy } from './tools.js';
+import type { Json } from './upstream.js';
+
+interface Verdict {
+  state: string;
+  blocked: boolean;
+  alert: boolean;
+  what?: string;
+}
+
+export interface Scanned {
+  /** The message, with the values found concealed (when it was asked to conceal). */
+  out: Json;
+  found: string[];
+  /** Found in a form that can't be concealed in place (or the result could not be read). */
+  withheld: boolean;
+}
+
+const POLICY_TTL_MS = 1000;
+
+export const message = (e: unknown): string => (e instanceof Error ? e.message : 'error');
+/** The agent can't scan: locked (it can't read the values) or not running. */
+const cannotScan = (e: unknown) =>
+  e instanceof KeywardError && (e.code === 'AGENT_LOCKED' || e.code === 'AGENT_UNAVAILABLE');
+
+/**
+ * Every string value in a message, in order (with keys too, when keys is set): joined, they
+ * show a value split across fields.
+ */
+function stringsOf(value: unknown, keys: boolean, out: string[] = []): string[] {
+  if (typeof value === 'string') out.push(value);
+  else if (Array.isArray(value)) for (const v of value) stringsOf(v, keys, out);
+  else if (value !== null && typeof value === 'object')
+    for (const [k, v] of Object.entries(value)) {
+      if (keys) out.push(k);
+      stringsOf(v, keys, out);
+    }
+  return out;
+}
+
+/** A JSON body for an agent request, in secure memory like any raw bytes. */
+const body = (o: unknown): SecureBuffer => secureTake(Buffer.from(JSON.stringify(o), 'utf8'));
+const parsed = (raw: SecureBuffer | undefined): Record<string, unknown> => {
+  try {
+    return raw ? (JSON.parse(raw.toString('utf8')) as Record<string, unknown>) : {};
+  } finally {
+    secureFree(raw);
+  }
+};
+
+export class Guard {
+  /** Tools the client may see and call, by name (with their hash), with why others may not. */
+  visible = new Map<string, string>();
+  refused = new Map<string, string>();
+  /** The client's capabilities (from initialize): which tools a server lists depends on them. */
+  clientCaps: string[] = [];
+  private cachedPolicy: { at: number; p: McpPolicy } | undefined;
+
+  constructor(
+    private readonly name: string,
+    private readonly home: string,
+    private readonly link: AgentLink,
+    private readonly record: (r: AuditRecord) => void,
+    private readonly log: (line: string) => void,
+  ) {}
+
+  /**
+   * The policy's mcp section, from the agent (it is the verified policy), at most a second old:
+   * a policy change or a lock takes effect within a second. Errors are never cached.
+   */
+  async policy(): Promise<McpPolicy | { error: string }> {
+    const c = this.cachedPolicy;
+    if (c && Date.now() - c.at < POLICY_TTL_MS) return c.p;
+    try {
+      const p = (await this.link.mcp({ op: 'policy' })).meta['mcp'] as McpPolicy;
+      this.cachedPolicy = { at: Date.now(), p };
+      return p;
+    } catch (e) {
+      this.cachedPolicy = undefined;
+      return { error: message(e) };
+    }
+  }
+
+  audit(r: Omit<AuditRecord, 'type'>): void {
+    try {
+      this.record({ type: 'mcp.call', ...r });
+    } catch (e) {
+      this.log(`keyward mcp wrap: the audit log could not be written (${message(e)})`);
+    }
+  }
+
+  leakAudit(what: string, found: string[], decision: 'deny' | 'info', reason: string): void {
+    this.audit({
+      target: this.name,
+      decision,
+      reason,
+      details: { server: this.name, method: what, secrets: found.join(','), event: 'leak' },
+    });
+  }
+
+  /**
+   * Which released values m holds, as the agent scans it (with redact, a concealed copy).
+   * unscanned: m carries nothing a model wrote, and may pass when the agent can't scan.
+   */
+  async scan(m: Json, redact: boolean, unscanned = false): Promise<Scanned> {
+    const clean = { out: m, found: [], withheld: false };
+    const p = await this.policy();
+    if (!('error' in p) && !p.leak_blocking) return clean;
+    const pieces = [
+      JSON.stringify(m),
+      stringsOf(m, false).join(''),
+      stringsOf(m, true).join(''),
+    ].map((t) => Buffer.from(t, 'utf8'));
+    const parts = pieces.map((b) => b.length);
+    const raw = secureTake(Buffer.concat(pieces));
+    for (const b of pieces) b.fill(0);
+    let f;
+    try {
+      f = await this.link.mcp({ op: 'scan', parts, redact }, raw);
+    } catch (e) {
+      if (unscanned && cannotScan(e)) return clean;
+      throw e;
+    }
+    const found = (f.meta['found'] ?? []) as string[];
+    const hidden = (f.meta['hidden'] ?? []) as string[];
+    try {
+      if (found.length === 0) return clean;
+      if (!redact || hidden.length > 0 || !f.raw) return { out: m, found, withheld: true };
+      try {
+        return { out: JSON.parse(f.raw.toString('utf8')) as Json, found, withheld: false };
+      } catch {
+        return { out: m, found, withheld: true };
+      }
+    } finally {
+      secureFree(f.raw);
+    }
+  }
+
+  private legacy(): Record<string, string> | undefined {
+    try {
+      return loadDefinitions(this.home).legacy[this.name];
+    } catch {
+      return undefined;
+    }
+  }
+
+  private fileDefinitions(defs: string[]): void {
+    try {
+      recordDefinitions(this.home, this.name, defs);
+    } catch (e) {
+      this.log(`keyward mcp wrap: definitions were not filed for pins diff (${message(e)})`);
+    }
+  }
+
+  /**
+   * Checks a whole tools/list against the policy and the pins (the agent's review); returns the
+   * tools to show and sets what may be called.
+   */
+  async reviewTools(tools: Json[]): Promise<Json[]> {
+    const name = this.name;
+    const p = await this.policy();
+    // Built aside and swapped in at the end: a call during a review sees the last whole one.
+    const nextVisible = new Map<string, string>();
+    const nextRefused = new Map<string, string>();
+    const defs = tools.map((t) => ({
+      name: String(t['name']),
+      definition: toolDefinition(t),
+      sha256: definitionHash(toolDefinition(t)),
+      body: definitionHash(toolDefinition(t, false)),
+    }));
+    let verdicts: Record<string, Verdict> | undefined;
+    let failed = 'error' in p ? `the gateway policy could not be read (${p.error})` : undefined;
+    if (!failed) {
+      try {
+        // The listing goes in the body: a server with many tools outgrows a frame's meta.
+        const r = await this.link.mcp(
+          { op: 'review', server: name, caps: this.clientCaps },
+          body({
+            tools: defs.map(({ name: n, sha256: h, body: b }) => ({ name: n, sha256: h, body: b })),
+            legacy: this.legacy() ?? null,
+          }),
+        );
+        verdicts = parsed(r.raw)['tools'] as Record<string, Verdict>;
+      } catch (e) {
+        failed = `the pins could not be checked (${message(e)})`;
+      }
+    }
+    this.fileDefinitions(defs.map((d) => d.definition));
+    const shown: Json[] = [];
+    for (const [i, t] of tools.entries()) {
+      const d = defs[i];
+      if (!d) continue;
+      const v = verdicts && Object.hasOwn(verdicts, d.name) ? verdicts[d.name] : undefined;
+      let why: string | undefined;
+      if (failed || !v || 'error' in p) why = `${failed ?? 'no verdict on the tool'}: fail closed`;
+      else if (v.state === 'untrusted')
+        why = `tool ${d.name} is not trusted yet: keyward mcp pins trust ${name} ${d.name}`;
+      else if (v.blocked)
+        why = `tool ${d.name} was blocked: ${v.what ?? v.state} (keyward mcp pins diff ${name} ${d.name})`;
+      else if (!allowedByPolicy(p, name, d.name, d.sha256))
+        why = `tool ${d.name} is not allowed by the policy (mcp.${p.tool_policy})`;
+      if (!why && v?.alert)
+        this.log(`keyward mcp wrap: ${name}: tool ${d.name} ${v.what ?? v.state}`);
+      if (why) nextRefused.set(d.name, why);
+      else {
+        nextVisible.set(d.name, d.sha256);
+        shown.push(t);
+      }
+    }
+    this.visible = nextVisible;
+    this.refused = nextRefused;
+    return shown;
+  }
+
+  /** An initialize answer's instructions reach the model only as the pins trust them. */
+  async reviewInstructions(m: Json): Promise<void> {
+    const result = m['result'] as Json | undefined;
+    const text = result?.['instructions'];
+    if (typeof text !== 'string' || !result) return;
+    this.fileDefinitions([text]);
+    try {
+      const r = await this.link.mcp({
+        op: 'review',
+        server: this.name,
+        caps: this.clientCaps,
+        instructions: definitionHash(text),
+      });
+      const v = parsed(r.raw)['instructions'] as Verdict | null;
+      if (!v || v.blocked) delete result['instructions'];
+      else if (v.alert)
+        this.log(`keyward mcp wrap: ${this.name}: the instructions ${v.what ?? v.state}`);
+    } catch (e) {
+      // Unchecked instructions don't reach the model.
+      this.log(`keyward mcp wrap: ${this.name}: instructions dropped (${message(e)})`);
+      delete result['instructions'];
+    }
+  }
+}
