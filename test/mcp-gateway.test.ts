@@ -323,6 +323,25 @@ describe('keyward mcp wrap behaves like the server it wraps', () => {
     });
   }
 
+  test('a client that sends its requests and closes its input at once still gets the answers', async () => {
+    const h = await agentWith('  tool_policy: none\n');
+    const file = toolsFile(h, [tool('search', 'Search.')]);
+    const gw = rawGateway(h, 'piped', [process.execPath, CHANGING], { MCP_TOOLS: file });
+    gw.send(INIT);
+    gw.send({ jsonrpc: '2.0', id: 2, method: 'tools/list' });
+    gw.g.stdin.end();
+    const exit = await gw.exited;
+    assert.equal(exit.code, 0);
+    assert.ok(
+      gw.lines.some((l) => l.includes('"id":1') && l.includes('serverInfo')),
+      gw.stderr(),
+    );
+    assert.ok(
+      gw.lines.some((l) => l.includes('"id":2') && l.includes('"search"')),
+      gw.stderr(),
+    );
+  });
+
   test('a call to a hidden or unknown tool gets -32602 (unknown tool) with the reason', async () => {
     const h = await agentWith(
       '  tool_policy: denylist\n  denied_tools:\n    - { server: hide, tool: secret_tool }\n',

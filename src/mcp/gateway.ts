@@ -348,11 +348,14 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   // Messages are handled one at a time per direction, in order.
   const queue = <T>(handle: (item: T) => Promise<void>) => {
     let chain = Promise.resolve();
-    return (item: T) => {
+    const push = (item: T) => {
       chain = chain
         .then(() => handle(item))
         .catch((e: unknown) => o.log(`keyward mcp wrap: ${message(e)}`));
     };
+    /** Resolves once everything queued so far is handled. */
+    push.drained = () => chain;
+    return push;
   };
 
   const fromClient = queue<string>(async (line) => {
@@ -448,15 +451,21 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     const end = (how: 'input' | 'signal', signal?: NodeJS.Signals) => {
       if (ending) return;
       ending = true;
-      void server.stop(how).finally(() => {
-        link.close();
-        if (signal) {
-          // Exit as the signal would have: whoever waits for the gateway sees it.
-          process.removeAllListeners(signal);
-          process.kill(process.pid, signal);
-        }
-        resolve(0);
-      });
+      // What the client sent before its input ended still reaches the server, and what the server
+      // answers before it exits still reaches the client; a signal doesn't wait for either.
+      const sent = how === 'input' ? fromClient.drained() : Promise.resolve();
+      void sent
+        .then(() => server.stop(how))
+        .then(() => (how === 'input' ? serverQueue.drained() : undefined))
+        .finally(() => {
+          link.close();
+          if (signal) {
+            // Exit as the signal would have: whoever waits for the gateway sees it.
+            process.removeAllListeners(signal);
+            process.kill(process.pid, signal);
+          }
+          resolve(0);
+        });
     };
     for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const)
       process.on(sig, () => end('signal', sig));
