@@ -298,7 +298,13 @@ describe('keyward mcp wrap: hardening found in review', () => {
 });
 
 describe('keyward mcp wrap behaves like the server it wraps', () => {
-  for (const how of ['SIGTERM', 'SIGHUP', 'SIGINT', 'end of stdin'] as const) {
+  for (const how of [
+    'SIGTERM',
+    'SIGHUP',
+    'SIGINT',
+    'end of stdin',
+    'end of stdin, then SIGTERM',
+  ] as const) {
     test(`${how} stops the wrapped server's whole process group, with SIGKILL for what ignores SIGTERM`, async () => {
       const h = await agentWith('  tool_policy: none\n');
       const file = toolsFile(h, [tool('search', 'Search.')]);
@@ -314,12 +320,21 @@ describe('keyward mcp wrap behaves like the server it wraps', () => {
       assert.equal(pids.length, 2);
       assert.ok(pids.every(alive));
       if (how === 'end of stdin') gw.g.stdin.end();
-      else gw.g.kill(how);
+      else if (how === 'end of stdin, then SIGTERM') {
+        // An impatient client: the signal comes while the gateway still stops the server gently.
+        gw.g.stdin.end();
+        gw.g.kill('SIGTERM');
+      } else gw.g.kill(how);
       const exit = await gw.exited;
       assert.ok(await gone(pids), `left running: ${pids.filter(alive).join(' ')}`);
       // Exits as the signal would have: whoever waits for the gateway sees it.
-      if (how !== 'end of stdin') assert.equal(exit.signal, how);
-      else assert.equal(exit.code, 0);
+      if (how === 'end of stdin') assert.equal(exit.code, 0);
+      else
+        assert.equal(
+          exit.signal,
+          how === 'end of stdin, then SIGTERM' ? 'SIGTERM' : how,
+          `exit code ${exit.code}: ${gw.stderr()}`,
+        );
     });
   }
 

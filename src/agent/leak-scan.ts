@@ -65,7 +65,9 @@ export function percentDecoded(data: Uint8Array): SecureBuffer | undefined {
  * dropped; anything else ends a run (a `|`). `de:ad be-ef`, `\xde\xad\xbe\xef` and
  * `0xde, 0xad, 0xbe, 0xef` all become `deadbeef`.
  */
-export function hexDigits(data: Uint8Array): SecureBuffer {
+export function hexDigits(data: Uint8Array): SecureBuffer | undefined {
+  // No zero-length secure buffers: each is a mapping that secureFree can't tell from a freed one.
+  if (data.length === 0) return undefined;
   const out = secureAlloc(data.length);
   let n = 0;
   for (let i = 0; i < data.length; i++) {
@@ -79,6 +81,10 @@ export function hexDigits(data: Uint8Array): SecureBuffer {
     if (isHex(c)) out[n++] = c | 0x20;
     else if (isSeparator(c)) continue;
     else if (n > 0 && out[n - 1] !== 0x7c) out[n++] = 0x7c;
+  }
+  if (n === 0) {
+    secureFree(out);
+    return undefined;
   }
   return shrink(out, n);
 }
@@ -120,7 +126,8 @@ export class ScanViews {
     for (const p of parts) {
       const d = percentDecoded(p);
       if (d) this.decoded.push(d);
-      this.hex.push(hexDigits(p));
+      const h = hexDigits(p);
+      if (h) this.hex.push(h);
     }
   }
 

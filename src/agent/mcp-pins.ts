@@ -65,6 +65,7 @@ export interface ReviewRequest {
   /** Hashes from a pin file written before pins were kept in the vault: a change from one is
    * a change, never a first sight (they can only restrict). */
   legacy?: Record<string, string>;
+  legacyInstructions?: string;
 }
 
 export interface PinEvent {
@@ -229,6 +230,15 @@ export function reviewPins(
         'they changed since they were trusted',
         pinning.on_change,
       );
+    else if (req.legacyInstructions !== undefined && req.legacyInstructions !== entry.sha256)
+      out.instructions = waiting(
+        '',
+        true,
+        entry,
+        'changed',
+        'they differ from the ones an older keyward pinned',
+        pinning.on_change,
+      );
     else if (!anyToolPinned && pinning.auto_trust_first)
       out.instructions = pin('', true, entry, 'on first sight');
     else if (!pinning.auto_trust_first)
@@ -287,8 +297,9 @@ export function reviewPins(
         const renamedFrom = Object.entries(sp.tools).find(
           ([n, x]) => x.body === t.body && !current.has(n),
         )?.[0];
-        // Pins of an older keyward restrict until the server has pins of its own.
-        const legacy = anyToolPinned ? undefined : req.legacy?.[t.name];
+        // A pin of an older keyward restricts until the tool has a pin of its own (a person
+        // trusts the change, or a definition matching it is pinned).
+        const legacy = own(req.legacy ?? {}, t.name);
         if (renamedFrom)
           v = waiting(
             t.name,

@@ -124,13 +124,15 @@ export class McpService {
   private scan(asker: Peer, v: Vault, f: Frame): Reply {
     const data = f.raw ?? Buffer.alloc(0);
     const names = [...this.host.released()].filter((n) => v.has(n));
-    if (names.length > 0) {
-      let bucket = this.scanBuckets.get(asker);
-      if (!bucket) this.scanBuckets.set(asker, (bucket = new TokenBucket(6000, 1000, Date.now())));
-      if (!bucket.take(Date.now(), 1 + Math.floor(data.length / SCAN_TOKEN_BYTES)))
-        throw new KeywardError('POLICY_DENIED', 'too many leak scans; try again in a moment');
-    }
+    // Nothing released, nothing to find: no budget spent, no view built.
+    if (names.length === 0) return { meta: { found: [], hidden: [] } };
+    let bucket = this.scanBuckets.get(asker);
+    if (!bucket) this.scanBuckets.set(asker, (bucket = new TokenBucket(6000, 1000, Date.now())));
+    if (!bucket.take(Date.now(), 1 + Math.floor(data.length / SCAN_TOKEN_BYTES)))
+      throw new KeywardError('POLICY_DENIED', 'too many leak scans; try again in a moment');
     const lengths = Array.isArray(f.meta['parts']) ? (f.meta['parts'] as unknown[]) : [data.length];
+    // The message, its strings, its strings with keys: never more.
+    if (lengths.length > 3) throw new ProtocolError('scan: at most three parts');
     const parts: Uint8Array[] = [];
     let at = 0;
     for (const n of lengths) {
@@ -167,6 +169,7 @@ export class McpService {
       // leak, and the message is withheld.
       const all = values.flatMap((x) => x.forms);
       const concealed = parts.map((p) => {
+        if (p.length === 0) return secureTake(Buffer.from(' '));
         const masker = new Masker(all);
         try {
           return secureTake(Buffer.concat([masker.push(Buffer.from(p)), masker.flush()]));
@@ -225,6 +228,10 @@ function parseReview(meta: Record<string, unknown>): ReviewRequest {
   if (instructions !== undefined && instructions !== null)
     if (typeof instructions !== 'string' || !HEX64.test(instructions))
       throw new ProtocolError('review: instructions, a SHA-256 in hex');
+  const legacyInstructions = meta['legacyInstructions'];
+  if (legacyInstructions !== undefined && legacyInstructions !== null)
+    if (typeof legacyInstructions !== 'string' || !HEX64.test(legacyInstructions))
+      throw new ProtocolError('review: legacyInstructions, a SHA-256 in hex');
   const legacy = meta['legacy'];
   if (legacy !== undefined && legacy !== null)
     if (
@@ -238,5 +245,6 @@ function parseReview(meta: Record<string, unknown>): ReviewRequest {
     ...(Array.isArray(tools) ? { tools: tools as NonNullable<ReviewRequest['tools']> } : {}),
     ...(typeof instructions === 'string' ? { instructions } : {}),
     ...(legacy && typeof legacy === 'object' ? { legacy: legacy as Record<string, string> } : {}),
+    ...(typeof legacyInstructions === 'string' ? { legacyInstructions } : {}),
   };
 }

@@ -96,6 +96,9 @@ export class UnlockWindow {
     return withFileLockAsync(this.vp.lock, VAULT_LOCK_MS, async () => {
       if (!this.stillOpen(v)) throw locked();
       this.unlocked();
+      // Read again under the lock whatever the file's stamp says: a write must start from the
+      // vault as it is, or it would undo another process's.
+      v.refresh();
       const policyWasCurrent = this.policyStamp === this.stampOfPolicy(v);
       let result: T;
       let save: boolean;

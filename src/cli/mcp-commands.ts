@@ -5,6 +5,7 @@ import type { Command } from 'commander';
 import { agentStatus } from '../agent/index.js';
 import { auditSink } from '../audit/index.js';
 import { hardenProcess } from '../lib/libc.js';
+import { printable } from '../lib/text.js';
 import { UsageError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
 import { agentSocket } from './context.js';
@@ -75,7 +76,8 @@ export function registerMcpCommands(program: Command, io: Io, version: string): 
         home,
         agentSocket: agentSocket(),
         record: (r) => sink.record(r),
-        log: (line) => io.stderr(`${line}\n`),
+        // Tool names and reasons come from the server: escaped, so they can't rewrite a terminal.
+        log: (line) => io.stderr(`${printable(line, 4000)}\n`),
         // A local server starts while this process meets the agent and hardens.
         ready: meetAgentThenHarden(),
       });

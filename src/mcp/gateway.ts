@@ -448,8 +448,14 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
 
   return new Promise<number>((resolve) => {
     let ending = false;
+    let exitSignal: NodeJS.Signals | undefined;
     const end = (how: 'input' | 'signal', signal?: NodeJS.Signals) => {
-      if (ending) return;
+      exitSignal ??= signal;
+      if (ending) {
+        // A signal during a gentle stop: the server's group goes now, and so does the gateway.
+        if (signal) void server.stop('signal');
+        return;
+      }
       ending = true;
       // What the client sent before its input ended still reaches the server, and what the server
       // answers before it exits still reaches the client; a signal doesn't wait for either.
@@ -459,10 +465,10 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         .then(() => (how === 'input' ? serverQueue.drained() : undefined))
         .finally(() => {
           link.close();
-          if (signal) {
+          if (exitSignal) {
             // Exit as the signal would have: whoever waits for the gateway sees it.
-            process.removeAllListeners(signal);
-            process.kill(process.pid, signal);
+            process.removeAllListeners(exitSignal);
+            process.kill(process.pid, exitSignal);
           }
           resolve(0);
         });

@@ -35,11 +35,12 @@ const cannotScan = (e: unknown) =>
   e instanceof KeywardError && (e.code === 'AGENT_LOCKED' || e.code === 'AGENT_UNAVAILABLE');
 
 /**
- * Every string value in a message, in order (with keys too, when keys is set): joined, they
- * show a value split across fields.
+ * Every string (and number) value in a message, in order (with keys too, when keys is set):
+ * joined, they show a value split across fields.
  */
 function stringsOf(value: unknown, keys: boolean, out: string[] = []): string[] {
   if (typeof value === 'string') out.push(value);
+  else if (typeof value === 'number' || typeof value === 'bigint') out.push(String(value));
   else if (Array.isArray(value)) for (const v of value) stringsOf(v, keys, out);
   else if (value !== null && typeof value === 'object')
     for (const [k, v] of Object.entries(value)) {
@@ -137,21 +138,33 @@ export class Guard {
     try {
       if (found.length === 0) return clean;
       if (!redact || hidden.length > 0 || !f.raw) return { out: m, found, withheld: true };
+      let out: Json;
       try {
-        return { out: JSON.parse(f.raw.toString('utf8')) as Json, found, withheld: false };
+        out = JSON.parse(f.raw.toString('utf8')) as Json;
       } catch {
         return { out: m, found, withheld: true };
       }
+      // The concealed message, scanned again as it will be sent (its strings joined anew): a
+      // copy split across fields beside a verbatim one is still there after concealing.
+      const again = await this.scan(out, false);
+      return again.found.length > 0
+        ? { out: m, found, withheld: true }
+        : { out, found, withheld: false };
     } finally {
       secureFree(f.raw);
     }
   }
 
-  private legacy(): Record<string, string> | undefined {
+  /** Hashes an older keyward pinned for this server: they can only restrict. */
+  private legacy(): {
+    tools?: Record<string, string> | undefined;
+    instructions?: string | undefined;
+  } {
     try {
-      return loadDefinitions(this.home).legacy[this.name];
+      const f = loadDefinitions(this.home);
+      return { tools: f.legacy[this.name], instructions: f.legacyInstructions?.[this.name] };
     } catch {
-      return undefined;
+      return {};
     }
   }
 
@@ -188,7 +201,7 @@ export class Guard {
           { op: 'review', server: name, caps: this.clientCaps },
           body({
             tools: defs.map(({ name: n, sha256: h, body: b }) => ({ name: n, sha256: h, body: b })),
-            legacy: this.legacy() ?? null,
+            legacy: this.legacy().tools ?? null,
           }),
         );
         verdicts = parsed(r.raw)['tools'] as Record<string, Verdict>;
@@ -230,11 +243,13 @@ export class Guard {
     if (typeof text !== 'string' || !result) return;
     this.fileDefinitions([text]);
     try {
+      const legacy = this.legacy().instructions;
       const r = await this.link.mcp({
         op: 'review',
         server: this.name,
         caps: this.clientCaps,
         instructions: definitionHash(text),
+        ...(legacy ? { legacyInstructions: legacy } : {}),
       });
       const v = parsed(r.raw)['instructions'] as Verdict | null;
       if (!v || v.blocked) delete result['instructions'];

@@ -20,6 +20,8 @@ export interface DefinitionFile {
   servers: Record<string, Record<string, { definition: string; at: string }>>;
   /** server -> tool -> SHA-256 pinned by an older keyward (from mcp/pins.json). */
   legacy: Record<string, Record<string, string>>;
+  /** server -> SHA-256 of the instructions an older keyward pinned. */
+  legacyInstructions?: Record<string, string>;
 }
 
 /** Definitions kept per server; the oldest seen go first. */
@@ -75,7 +77,7 @@ export function loadDefinitions(home: string): DefinitionFile {
       throw damaged(file);
     return j;
   }
-  const out: DefinitionFile = { version: 2, servers: {}, legacy: {} };
+  const out: DefinitionFile = { version: 2, servers: {}, legacy: {}, legacyInstructions: {} };
   // An older keyward's pins.json: its definitions, and its pins as hashes that can only restrict.
   const old = readJson(path.join(home, 'mcp', 'pins.json')) as
     { version?: unknown; servers?: Record<string, Record<string, unknown>> } | undefined;
@@ -95,7 +97,8 @@ export function loadDefinitions(home: string): DefinitionFile {
       if (h) legacy[tool] = h;
     }
     for (const pin of Object.values((sp['pending'] ?? {}) as Record<string, LegacyPin>)) add(pin);
-    add(sp['instructions'] as LegacyPin | undefined);
+    const instructions = add(sp['instructions'] as LegacyPin | undefined);
+    if (instructions && out.legacyInstructions) out.legacyInstructions[server] = instructions;
     out.servers[server] = defs;
     out.legacy[server] = legacy;
   }

@@ -25,8 +25,11 @@ export interface UpstreamEvents {
 }
 
 export const MAX_LINE = 16 * 1024 * 1024;
-/** How long a server has to act on each step of a stop before the next, harder one. */
-export const GRACE_MS = 2000;
+/**
+ * How long a server has to act on each step of a stop before the next, harder one. Two steps
+ * fit inside the 2 s an MCP client gives the gateway itself before its own SIGTERM.
+ */
+export const GRACE_MS = 800;
 
 /**
  * Splits a stream into lines of at most MAX_LINE bytes, never holding more: a longer line is
@@ -146,18 +149,22 @@ export function stdioUpstream(name: string, command: string[], ev: UpstreamEvent
       return false;
     }
   };
+  /** A signal to the gateway while a gentle stop is under way: the waits end now. */
+  let hurried = false;
+  let hurry: () => void = () => undefined;
+  const hurry_ = new Promise<void>((resolve) => (hurry = resolve));
   /** Waits until the leader has exited (and, with wholeGroup, the group is empty), or ms. */
   const settled = async (ms: number, wholeGroup: boolean): Promise<boolean> => {
     const until = Date.now() + ms;
     await new Promise<void>((resolve) => {
       const t = setTimeout(resolve, ms);
-      void exit.then(() => {
+      void Promise.race([exit, hurry_]).then(() => {
         clearTimeout(t);
         resolve();
       });
     });
     if (!wholeGroup) return exited;
-    while (group(0) && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
+    while (!hurried && group(0) && Date.now() < until) await new Promise((r) => setTimeout(r, 25));
     return !group(0);
   };
   let stopping: Promise<void> | undefined;
@@ -166,6 +173,12 @@ export function stdioUpstream(name: string, command: string[], ev: UpstreamEvent
       if (!exited && child.stdin.writable) child.stdin.write(`${JSON.stringify(m)}\n`);
     },
     stop(how) {
+      if (stopping && how === 'signal' && !hurried) {
+        // Asked again, harder: what was waiting to end gently ends now.
+        hurried = true;
+        group('SIGTERM');
+        hurry();
+      }
       stopping ??= (async () => {
         if (how === 'input') {
           child.stdin.end();

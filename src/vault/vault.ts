@@ -617,7 +617,19 @@ export class Vault {
   save(): void {
     this.live();
     this.beforeSave?.();
+    const before = this.generation;
     this.generation += 1n;
+    try {
+      this.writeGeneration();
+    } catch (e) {
+      // Not written: the file is still the generation before, and so is this vault.
+      this.generation = before;
+      throw e;
+    }
+    this.afterSave?.();
+  }
+
+  private writeGeneration(): void {
     const header = encodeHeader({
       vaultId: this.vaultId,
       keyId: keyIdOf(this.dk),
@@ -632,7 +644,6 @@ export class Vault {
       secureFree(indexKey);
     }
     writeFileAtomic(this.paths.file, encodeVault(header, indexRecord, this.records));
-    this.afterSave?.();
   }
 
   /**
