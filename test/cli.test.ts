@@ -315,11 +315,31 @@ describe('whoami, usage', () => {
     }
   });
 
-  test('a secret value is never accepted as an argument', () => {
+  test('a secret value is never accepted as an argument: the refusal says why, shows the stdin form, and never echoes it', () => {
     const h = initHome();
-    const r = kw(['secret', 'set', 'x', 'the-value'], { env: h.env, input: '' });
+    const r = kw(['secret', 'set', 'x', 'the-value-typed'], { env: h.env, input: 'from-stdin' });
     assert.equal(r.code, 2);
-    assert.match(r.stderr, /too many arguments/);
+    assert.match(r.stderr, /never goes on the command line: it lands in your shell history/);
+    assert.match(r.stderr, /rotate it/);
+    assert.match(r.stderr, /\| keyward secret set x/);
+    assert.doesNotMatch(r.stderr, /the-value-typed|too many arguments/);
+    assert.equal(kw(['secret', 'list'], { env: h.env }).stdout.includes('x'), false);
+  });
+
+  test('before init, audit and policy commands say there is no vault yet (exit 3), passphrase file or not', () => {
+    const h = makeHome();
+    for (const args of [
+      ['audit', 'tail'],
+      ['audit', 'verify'],
+      ['policy', 'explain', '--target', 'a/b'],
+      ['policy', 'show'],
+    ]) {
+      const r = kw(args, { env: h.env });
+      assert.equal(r.code, 3, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, /no vault yet/);
+      assert.match(r.stderr, /keyward init/);
+      assert.doesNotMatch(r.stderr, /no passphrase source|audit init/);
+    }
   });
 
   test('--help and --version exit 0', () => {

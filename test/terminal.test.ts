@@ -111,3 +111,18 @@ function writePass(h: Home, p: string): string {
   fs.writeFileSync(f, `${p}\n`, { mode: 0o600 });
   return f;
 }
+
+test('a background job that needs a passphrase is told there is no terminal for it, not an internal error', () => {
+  const h = makeHome();
+  // Job control on, so the job gets a process group of its own that is not the terminal's
+  // foreground; SIGTTOU and SIGTTIN ignored, as many shells leave them for such jobs (a
+  // terminal change then fails with EIO instead of stopping the job).
+  const t = onTerminal(
+    h,
+    `set -m; trap '' TTOU TTIN; kw init ${FAST_KDF.join(' ')} & wait $!; echo "JOB=$?"`,
+    [],
+  );
+  assert.match(t.out, /no terminal to ask the passphrase on/);
+  assert.match(t.out, /JOB=2/);
+  assert.doesNotMatch(t.out, /internal error|tcsetattr|a bug in keyward/);
+});

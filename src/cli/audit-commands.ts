@@ -19,7 +19,14 @@ import {
 } from '../audit/index.js';
 import { IntegrityError, UsageError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
-import { hasTerminal, useVault, vaultExists, type Auth, type Vault } from '../vault/index.js';
+import {
+  hasTerminal,
+  requireVault,
+  useVault,
+  vaultExists,
+  type Auth,
+  type Vault,
+} from '../vault/index.js';
 import { note, type Io } from './report.js';
 import { auth, passphraseFile, paths } from './context.js';
 
@@ -166,7 +173,11 @@ function withOptionalVault<T>(
 }
 
 export function registerAuditCommands(program: Command, io: Io): void {
-  const audit = program.command('audit').description('the tamper-evident audit log');
+  const audit = program
+    .command('audit')
+    .description('the tamper-evident audit log')
+    // Before init there is no log to read, check or repair: say so (exit 3).
+    .hook('preAction', () => requireVault(paths()));
 
   audit
     .command('init')

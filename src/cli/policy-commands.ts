@@ -17,7 +17,7 @@ import {
   readHistory,
   type Policy,
 } from '../policy/index.js';
-import { useVault, type Vault } from '../vault/index.js';
+import { requireVault, useVault, type Vault } from '../vault/index.js';
 import { note, type Io } from './report.js';
 import { auth, paths } from './context.js';
 
@@ -88,7 +88,12 @@ function uidOption(v: string): number {
 export function registerPolicyCommands(program: Command, io: Io): void {
   const policy = program
     .command('policy')
-    .description('who may use which secret or key, and how a person must approve it');
+    .description('who may use which secret or key, and how a person must approve it')
+    // Before init there is no policy in force to show, explain or change: say so (exit 3).
+    // check reads only the file it is given.
+    .hook('preAction', (_group, action) => {
+      if (action.name() !== 'check') requireVault(paths());
+    });
 
   policy
     .command('check')

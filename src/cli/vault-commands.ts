@@ -176,7 +176,18 @@ export function registerVaultCommands(program: Command, io: Io): void {
     .argument('<name>', 'secret name, e.g. github/token')
     .description('store a secret; the value is read from standard input (never from arguments)')
     .option('--raw', 'keep a trailing newline instead of stripping one')
+    // A value after the name is refused with the reason, not with commander's "too many
+    // arguments" (and never echoed).
+    .allowExcessArguments(true)
     .action(function (this: Command, name: string) {
+      if (this.args.length > 1)
+        throw new UsageError(
+          'USAGE',
+          'a secret value never goes on the command line: it lands in your shell history, and any process can read it in /proc while keyward runs. Treat the value you typed as exposed: rotate it',
+          {
+            hint: `printf '%s' "$VALUE" | keyward secret set ${name}   (or keyward secret set ${name}, then type it)`,
+          },
+        );
       const r = storeSecret(paths(), auth(this, io), name, {
         raw: this.opts<{ raw?: boolean }>().raw === true,
       });

@@ -12,6 +12,8 @@ interface Libc {
   getrlimit: (resource: number, rlim: unknown) => number;
   tcgetattr: (fd: number, termios: Buffer) => number;
   tcsetattr: (fd: number, when: number, termios: Buffer) => number;
+  tcgetpgrp: (fd: number) => number;
+  getpgrp: () => number;
   getsockopt: (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
   syscall4: (nr: number, a: number, b: number, c: null, d: number) => number;
   close: (fd: number) => number;
@@ -77,6 +79,8 @@ function libc(): Libc {
     getrlimit: lib.func('getrlimit', 'int', ['int', koffi.out(koffi.pointer(Rlimit))]),
     tcgetattr: lib.func('int tcgetattr(int, _Out_ uint8_t *)'),
     tcsetattr: lib.func('int tcsetattr(int, int, const uint8_t *)'),
+    tcgetpgrp: lib.func('int tcgetpgrp(int)'),
+    getpgrp: lib.func('int getpgrp(void)'),
     getsockopt: lib.func('int getsockopt(int, int, int, _Out_ uint8_t *, _Inout_ uint32_t *)'),
     syscall4: lib.func('long syscall(long, int, int, void *, unsigned int)'),
     close: lib.func('int close(int)'),
@@ -170,6 +174,17 @@ const ISIG = 0o1;
 const ICANON = 0o2;
 const ECHO = 0o10;
 const TCSAFLUSH = 2;
+
+/**
+ * Whether this process's group is the terminal's foreground job: a background job (`cmd &`, a
+ * process substitution) can't take the terminal (changing its mode stops the job with SIGTTOU,
+ * or fails with EIO), so for it there is no terminal to ask on.
+ */
+export function isForeground(fd: number): boolean {
+  const l = libc();
+  const fg = l.tcgetpgrp(fd);
+  return fg > 0 && fg === l.getpgrp();
+}
 
 /**
  * Puts a terminal in no-echo, byte-at-a-time mode with signals off (Ctrl-C arrives as a byte, so

@@ -1,14 +1,20 @@
 import fs from 'node:fs';
+import { isForeground } from './libc.js';
 
 /**
  * Asks a question on the controlling terminal and returns the visible answer (not for secrets:
- * src/vault/input.ts reads those). Undefined when there is no terminal.
+ * src/vault/input.ts reads those). Undefined when there is no terminal, or this process is a
+ * background job (reading would stop it with SIGTTIN).
  */
 export function askOnTerminal(question: string): string | undefined {
   let fd: number;
   try {
     fd = fs.openSync('/dev/tty', fs.constants.O_RDWR | fs.constants.O_NOCTTY);
   } catch {
+    return undefined;
+  }
+  if (!isForeground(fd)) {
+    fs.closeSync(fd);
     return undefined;
   }
   try {

@@ -6,6 +6,7 @@ export {
   initVault,
   readHeaderInfo,
   vaultExists,
+  requireVault,
   vaultPaths,
   withVaultRead,
   withVaultWrite,

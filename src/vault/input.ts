@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import tty from 'node:tty';
 import { IntegrityError, KeywardError, UsageError } from '../errors.js';
-import { hardenProcess, rawNoEcho } from '../lib/libc.js';
+import { hardenProcess, isForeground, rawNoEcho } from '../lib/libc.js';
 import {
   readFdToSecure,
   readSyncRetrying,
@@ -33,12 +33,20 @@ function noTerminal(): KeywardError {
   });
 }
 
+/** The controlling terminal, when this process is its foreground job; else undefined. */
 function openTty(): number | undefined {
+  let fd: number;
   try {
-    return fs.openSync('/dev/tty', fs.constants.O_RDWR | fs.constants.O_NOCTTY);
+    fd = fs.openSync('/dev/tty', fs.constants.O_RDWR | fs.constants.O_NOCTTY);
   } catch {
     return undefined;
   }
+  // A background job has a terminal it can't use: the same as none (with the same hint).
+  if (!isForeground(fd)) {
+    fs.closeSync(fd);
+    return undefined;
+  }
+  return fd;
 }
 
 export function hasTerminal(): boolean {

@@ -95,9 +95,14 @@ export interface InitResult {
 }
 
 function notFound(paths: VaultPaths): KeywardError {
-  return new KeywardError('VAULT_NOT_FOUND', `no vault at ${paths.file}`, {
+  return new KeywardError('VAULT_NOT_FOUND', `no vault yet (${paths.file})`, {
     hint: 'create one with: keyward init',
   });
+}
+
+/** Refuses (exit 3) when there is no vault yet: for commands that mean nothing before init. */
+export function requireVault(paths: VaultPaths): void {
+  if (!vaultExists(paths)) throw notFound(paths);
 }
 
 /** Fails closed unless the vault directory and file are private to this user. */
