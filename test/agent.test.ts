@@ -618,3 +618,27 @@ test('SIGTERM wipes keys and removes the socket', async () => {
   assert.equal(fs.existsSync(h.sock), false);
   assert.ok(auditTypes(h).includes('agent.stop'));
 });
+
+describe('secret list through the agent', () => {
+  test('lists what the vault itself lists, sizes and times too (it showed 0 bytes and no times)', async () => {
+    const h = agentHome(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    homes.push(h);
+    for (let i = 0; i < 3; i++)
+      assert.equal(
+        kw(['secret', 'set', `list/s${i}`], { env: h.env, input: 'x'.repeat(24 + i) }).code,
+        0,
+      );
+    const direct = kw(['secret', 'list', '--json'], { env: h.env });
+    assert.equal(direct.code, 0, direct.stderr);
+    await startAgent(h);
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    const env = { ...h.env };
+    delete env['KEYWARD_PASSPHRASE_FILE'];
+    const viaAgent = kw(['secret', 'list', '--json'], { env });
+    assert.equal(viaAgent.code, 0, viaAgent.stderr);
+    assert.deepEqual(JSON.parse(viaAgent.stdout), JSON.parse(direct.stdout));
+    assert.equal((JSON.parse(viaAgent.stdout) as Array<{ size: number }>)[0]?.size, 24);
+  });
+});

@@ -307,6 +307,22 @@ export async function agentApprovals(path: string): Promise<Array<Record<string,
   }
 }
 
+/** The vault's names and metadata (size, created, updated: never values), from the agent. */
+export async function agentList(
+  path: string,
+  meta: Record<string, unknown> = {},
+): Promise<Array<{ name: string; size: number; created: string; updated: string }>> {
+  const f = await call(path, 'list', meta);
+  try {
+    const o = JSON.parse(f.raw?.toString('utf8') ?? '{}') as {
+      entries?: Array<{ name: string; size: number; created: string; updated: string }>;
+    };
+    return o.entries ?? [];
+  } finally {
+    secureFree(f.raw);
+  }
+}
+
 /** The MCP pin record (hashes and dates, nothing secret) of one server or all, from the agent. */
 export async function agentMcpPins(
   path: string,

@@ -4,6 +4,7 @@
 export { Agent, type AgentOptions } from './server.js';
 export {
   agentApprovals,
+  agentList,
   agentMcpPins,
   agentApprove,
   agentRead,

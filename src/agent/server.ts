@@ -436,16 +436,15 @@ export class Agent {
         secureFree(f.raw);
         setImmediate(() => void this.stop().then(() => this.o.log?.('agent stopped')));
         return { meta: { stopping: true } };
-      case 'list':
+      case 'list': {
         secureFree(f.raw);
+        // Names and metadata (never values), in raw: a vault of many names outgrows a meta.
+        const entries = this.window.unlocked().list();
         return {
-          meta: {
-            names: this.window
-              .unlocked()
-              .list()
-              .map((e) => e.name),
-          },
+          meta: { count: entries.length },
+          raw: secureTake(Buffer.from(JSON.stringify({ entries }), 'utf8')),
         };
+      }
       case 'read':
         secureFree(f.raw);
         return this.releases.read(conn, str(f.meta, 'name') ?? '', 'inline', mcpClient(f.meta));

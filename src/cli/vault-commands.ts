@@ -27,7 +27,7 @@ import {
 import { auditInitHooks, auditSink } from '../audit/index.js';
 import { installDefaultPolicy } from '../policy/index.js';
 import { note, type Io } from './report.js';
-import { agentRead, agentStatus, call } from '../agent/index.js';
+import { agentList, agentRead, agentStatus } from '../agent/index.js';
 import { agentSocket, auth, passphraseFile, paths } from './context.js';
 
 function intOption(min: number, max: number) {
@@ -204,12 +204,7 @@ export function registerVaultCommands(program: Command, io: Io): void {
       const viaAgent = await agentStatus(agentSocket());
       const entries =
         viaAgent && !viaAgent['locked']
-          ? ((await call(agentSocket(), 'list')).meta['names'] as string[]).map((name) => ({
-              name,
-              size: 0,
-              created: '',
-              updated: '',
-            }))
+          ? await agentList(agentSocket())
           : listSecrets(paths(), auth(this, io));
       if (this.opts<{ json?: boolean }>().json) {
         io.stdout(`${JSON.stringify(entries, null, 2)}\n`);

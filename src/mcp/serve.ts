@@ -13,7 +13,7 @@ import { createHash } from 'node:crypto';
 import { McpServer } from '@modelcontextprotocol/sdk/server/mcp.js';
 import { StdioServerTransport } from '@modelcontextprotocol/sdk/server/stdio.js';
 import { z } from 'zod';
-import { agentRun, call } from '../agent/index.js';
+import { agentList, agentRun, call } from '../agent/index.js';
 import type { AuditSink } from '../vault/index.js';
 import { KeywardError } from '../errors.js';
 import { secureFree } from '../lib/secure.js';
@@ -101,9 +101,10 @@ export async function serveMcp(o: ServeOptions): Promise<void> {
     },
     () =>
       audited('list_credentials', {}, undefined, async () => {
-        const f = await call(o.agentSocket, 'list', { mcp: client() });
-        const names = (f.meta['names'] ?? []) as string[];
-        return text(JSON.stringify({ credentials: names.map((name) => ({ name })) }, null, 2));
+        const entries = await agentList(o.agentSocket, { mcp: client() });
+        return text(
+          JSON.stringify({ credentials: entries.map(({ name }) => ({ name })) }, null, 2),
+        );
       }),
   );
 
