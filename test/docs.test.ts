@@ -30,3 +30,15 @@ test('docs/FORMAT.md lists every committed vault vector', () => {
     if (f.endsWith('.kwv')) assert.match(doc, new RegExp(`\`${f.replace('.', '\\.')}\``), f);
   }
 });
+
+test('docs/INTERFACE.md is the outside contract, and no doc points outside the repository', (t) => {
+  const copy = read('docs/INTERFACE.md');
+  const original = path.join(ROOT, '..', 'shared', 'INTERFACE.md');
+  for (const f of ['README.md', 'docs/CLI.md'])
+    assert.doesNotMatch(read(f), /\.\.\/shared\//, `${f} points outside the repository`);
+  if (!fs.existsSync(original)) {
+    t.skip('the original contract (../shared/INTERFACE.md) is not beside this clone');
+    return;
+  }
+  assert.ok(copy.endsWith(fs.readFileSync(original, 'utf8')), 'docs/INTERFACE.md drifted');
+});
