@@ -642,3 +642,20 @@ describe('secret list through the agent', () => {
     assert.equal((JSON.parse(viaAgent.stdout) as Array<{ size: number }>)[0]?.size, 24);
   });
 });
+
+test('ssh-env says on stderr when ssh will find no keys: no agent, or a locked one', async () => {
+  const h = agentHome('version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n');
+  homes.push(h);
+  const run = () => kw(['ssh-env'], { env: h.env });
+  let r = run();
+  assert.equal(r.code, 0);
+  assert.match(r.stdout, /^export SSH_AUTH_SOCK=.*\n$/);
+  assert.match(r.stderr, /no agent runs/);
+  await startAgent(h);
+  r = run();
+  assert.match(r.stderr, /the agent is locked/);
+  assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  r = run();
+  assert.equal(r.stderr, '');
+  assert.match(r.stdout, /^export SSH_AUTH_SOCK=/);
+});

@@ -2,7 +2,7 @@
  * key generate | import | list | rm, ssh-env  (signing; docs/PROTOCOL.md, "SSH agent")
  */
 import type { Command } from 'commander';
-import { socketPaths } from '../agent/index.js';
+import { agentStatus, socketPaths } from '../agent/index.js';
 import { UsageError } from '../errors.js';
 import {
   deleteKey,
@@ -16,7 +16,7 @@ import {
 } from '../keys/index.js';
 import { socketDir } from '../lib/paths.js';
 import { useVault } from '../vault/index.js';
-import { auth, paths } from './context.js';
+import { agentSocket, auth, paths } from './context.js';
 import type { Io } from './report.js';
 
 const TYPES: Record<string, KeyType> = {
@@ -108,7 +108,18 @@ export function registerKeyCommands(program: Command, io: Io): void {
   program
     .command('ssh-env')
     .description('print the export line that points ssh, ssh-add and git at keyward')
-    .action(() => {
+    .action(async () => {
       io.stdout(`export SSH_AUTH_SOCK=${socketPaths(socketDir()).ssh}\n`);
+      // The SSH protocol carries no hint: a locked or absent agent just has "no identities".
+      // Said here, on stderr, so `eval "$(keyward ssh-env)"` still works.
+      const status = await agentStatus(agentSocket());
+      if (!status)
+        io.stderr(
+          'keyward: warning: no agent runs: ssh will find no keys until keyward agent start && keyward unlock\n',
+        );
+      else if (status['locked'])
+        io.stderr(
+          'keyward: warning: the agent is locked: ssh will find no keys until keyward unlock\n',
+        );
     });
 }
