@@ -7,7 +7,8 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { BIN, FAST_KDF, kw, makeHome, ROOT, type Home } from './helpers.js';
+import { auditEntries } from './agent-helpers.js';
+import { BIN, FAST_KDF, kw, makeHome, PASSPHRASE, ROOT, type Home } from './helpers.js';
 
 const DRIVER = path.join(ROOT, 'test/pty-driver.py');
 
@@ -125,4 +126,32 @@ test('a background job that needs a passphrase is told there is no terminal for 
   assert.match(t.out, /no terminal to ask the passphrase on/);
   assert.match(t.out, /JOB=2/);
   assert.doesNotMatch(t.out, /internal error|tcsetattr|a bug in keyward/);
+});
+
+test('a wrong passphrase typed on a terminal gets three tries, each failure recorded; a file gets one', () => {
+  const h = makeHome();
+  assert.equal(kw(['init', ...FAST_KDF], { env: h.env }).code, 0);
+  const good = `${PASSPHRASE}\r`;
+  let t = onTerminal(h, `kw secret list; echo "RC=$?"`, [
+    ['keyward passphrase: ', 'wrong one\r'],
+    ['keyward passphrase: ', 'wrong two\r'],
+    ['keyward passphrase: ', good],
+  ]);
+  assert.match(t.out, /try again \(2 of 3\)/);
+  assert.match(t.out, /try again \(3 of 3\)/);
+  assert.match(t.out, /RC=0/);
+  t = onTerminal(h, `kw secret list; echo "RC=$?"`, [
+    ['keyward passphrase: ', 'wrong one\r'],
+    ['keyward passphrase: ', 'wrong two\r'],
+    ['keyward passphrase: ', 'wrong three\r'],
+  ]);
+  assert.match(t.out, /RC=4/);
+  const failures = auditEntries(h).filter((e) => e.type === 'vault.unlock_failed');
+  assert.equal(failures.length, 5);
+  // From a file: one try, no second prompt.
+  const r = kw(['secret', 'list'], {
+    env: { ...h.env, KEYWARD_PASSPHRASE_FILE: writePass(h, 'wrong from a file') },
+  });
+  assert.equal(r.code, 4);
+  assert.doesNotMatch(r.stderr, /try again \(\d of/);
 });

@@ -7,7 +7,7 @@ import os from 'node:os';
 import type { ServerRecord } from './mcp-pins.js';
 import { ERROR_CODES, KeywardError, type ErrorCode } from '../errors.js';
 import { secureFree, secureTake, writeAllSync, type SecureBuffer } from '../lib/secure.js';
-import { readPassphrase, type PassphraseSource } from '../vault/index.js';
+import { readPassphrase, TERMINAL_TRIES, type PassphraseSource } from '../vault/index.js';
 import { peerCredentials } from '../lib/libc.js';
 import { runtimeState } from '../lib/runtime-guard.js';
 import { printable } from '../lib/text.js';
@@ -288,9 +288,19 @@ export async function agentUnlock(
   path: string,
   src: PassphraseSource,
   keyring: boolean,
+  onNote?: (m: string) => void,
 ): Promise<Record<string, unknown>> {
   if (keyring) return (await call(path, 'unlock', { keyring: true })).meta;
-  return (await withPassphrase(path, 'unlock', {}, () => readPassphrase(src))).meta;
+  // Three tries on a terminal, one from a file; the agent records each failure and counts it.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return (await withPassphrase(path, 'unlock', {}, () => readPassphrase(src))).meta;
+    } catch (e) {
+      const wrong = e instanceof KeywardError && e.code === 'VAULT_BAD_PASSPHRASE';
+      if (!wrong || src.file !== undefined || attempt >= TERMINAL_TRIES) throw e;
+      onNote?.(`wrong passphrase; try again (${attempt + 1} of ${TERMINAL_TRIES})`);
+    }
+  }
 }
 
 /** The pending approval requests, whole (`keyward approvals`). */

@@ -81,6 +81,7 @@ export function registerAgentCommands(program: Command, io: Io): void {
         agentSocket(),
         { file: passphraseFile(this) },
         this.opts<{ keyring?: boolean }>().keyring === true,
+        (m) => note(io, m),
       );
       io.stdout(m['alreadyUnlocked'] ? 'already unlocked\n' : 'unlocked\n');
       if (m['drift'])

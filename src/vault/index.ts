@@ -43,6 +43,7 @@ export {
   rekeyVault,
   removeSecret,
   storeSecret,
+  TERMINAL_TRIES,
   useVault,
   type Auth,
   type AuditSink,

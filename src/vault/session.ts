@@ -66,12 +66,25 @@ export interface Auth extends PassphraseSource {
   audit: AuditSink;
 }
 
-function withPassphrase<T>(src: PassphraseSource, fn: (u: Unlock) => T): T {
-  const passphrase = readPassphrase(src);
-  try {
-    return fn({ passphrase });
-  } finally {
-    secureFree(passphrase);
+/** Tries a passphrase typed on a terminal gets (as sudo and ssh-add give); a file gets one. */
+export const TERMINAL_TRIES = 3;
+
+function withPassphrase<T>(
+  src: PassphraseSource & { onNote?: (m: string) => void },
+  fn: (u: Unlock) => T,
+): T {
+  for (let attempt = 1; ; attempt++) {
+    const passphrase = readPassphrase(src);
+    try {
+      return fn({ passphrase });
+    } catch (e) {
+      // Each failure is recorded by fn (vault.unlock_failed); a typo on a terminal is retried.
+      const wrong = e instanceof KeywardError && e.code === 'VAULT_BAD_PASSPHRASE';
+      if (!wrong || src.file !== undefined || attempt >= TERMINAL_TRIES) throw e;
+      src.onNote?.(`wrong passphrase; try again (${attempt + 1} of ${TERMINAL_TRIES})`);
+    } finally {
+      secureFree(passphrase);
+    }
   }
 }
 
