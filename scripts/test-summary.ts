@@ -1,0 +1,40 @@
+/**
+ * A node:test reporter that prints, after the TAP, a short summary: how many tests passed,
+ * which failed (with their file), which were skipped and why. `npm test` uses it beside the TAP
+ * reporter, so a failure is never buried in thousands of lines.
+ */
+interface TestEvent {
+  type: string;
+  data: {
+    name?: string;
+    file?: string;
+    skip?: boolean | string;
+    todo?: boolean | string;
+    details?: { type?: string; error?: { message?: string; cause?: { message?: string } } };
+  };
+}
+
+export default async function* summary(source: AsyncIterable<TestEvent>): AsyncGenerator<string> {
+  let passed = 0;
+  const failed: string[] = [];
+  const skipped: string[] = [];
+  for await (const event of source) {
+    const d = event.data;
+    // Suites report too: only tests are counted.
+    if (d.details?.type === 'suite') continue;
+    const where = `${d.name ?? '?'}${d.file ? ` (${d.file.replace(/.*\/dist\//, '')})` : ''}`;
+    if (event.type === 'test:pass') {
+      if (d.skip !== undefined && d.skip !== false)
+        skipped.push(`${where}: ${typeof d.skip === 'string' ? d.skip : 'skipped'}`);
+      else passed += 1;
+    } else if (event.type === 'test:fail') {
+      const e = d.details?.error;
+      const why = (e?.cause?.message ?? e?.message ?? '').split('\n')[0] ?? '';
+      failed.push(`${where}${why ? `: ${why.slice(0, 200)}` : ''}`);
+    }
+  }
+  let out = `\n# summary: ${passed} passed, ${failed.length} failed, ${skipped.length} skipped\n`;
+  for (const f of failed) out += `#   FAILED  ${f}\n`;
+  for (const s of skipped) out += `#   skipped ${s}\n`;
+  yield out;
+}
