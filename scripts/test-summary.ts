@@ -20,9 +20,13 @@ export default async function* summary(source: AsyncIterable<TestEvent>): AsyncG
   const skipped: string[] = [];
   for await (const event of source) {
     const d = event.data;
-    // Suites report too: only tests are counted.
-    if (d.details?.type === 'suite') continue;
     const where = `${d.name ?? '?'}${d.file ? ` (${d.file.replace(/.*\/dist\//, '')})` : ''}`;
+    // Suites report too: only tests are counted, but a suite skipped whole is a skip to show.
+    if (d.details?.type === 'suite') {
+      if (event.type === 'test:pass' && d.skip !== undefined && d.skip !== false)
+        skipped.push(`${where}: ${typeof d.skip === 'string' ? d.skip : 'skipped'}`);
+      continue;
+    }
     if (event.type === 'test:pass') {
       if (d.skip !== undefined && d.skip !== false)
         skipped.push(`${where}: ${typeof d.skip === 'string' ? d.skip : 'skipped'}`);
