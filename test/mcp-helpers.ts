@@ -111,22 +111,37 @@ export function rawGateway(
   const lines: string[] = [];
   let buf = '';
   let stderr = '';
+  let ended = false;
+  const waiting = new Set<() => void>();
+  const wake = () => {
+    for (const w of waiting) w();
+  };
   g.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   g.stdout.on('data', (d: Buffer) => {
     buf += d.toString();
     const parts = buf.split('\n');
     buf = parts.pop() ?? '';
     lines.push(...parts.filter((l) => l !== ''));
+    wake();
+  });
+  g.stdout.on('close', () => {
+    ended = true;
+    wake();
   });
   const send = (m: unknown) => g.stdin.write(`${JSON.stringify(m)}\n`);
-  const waitFor = async (pred: (l: string) => boolean) => {
-    for (let i = 0; i < 600; i++) {
-      const hit = lines.find(pred);
-      if (hit) return hit;
-      await sleep(50);
-    }
-    throw new Error(`no such line in: ${lines.join('\n')}\nstderr: ${stderr}`);
-  };
+  /** The first line that matches, as it arrives; fails when the gateway's output ends first. */
+  const waitFor = (pred: (l: string) => boolean) =>
+    new Promise<string>((resolve, reject) => {
+      const check = () => {
+        const hit = lines.find(pred);
+        if (hit !== undefined || ended) waiting.delete(check);
+        if (hit !== undefined) resolve(hit);
+        else if (ended)
+          reject(new Error(`no such line in: ${lines.join('\n')}\nstderr: ${stderr}`));
+      };
+      waiting.add(check);
+      check();
+    });
   const exited = new Promise<{ code: number | null; signal: string | null }>((resolve) =>
     g.on('exit', (code, signal) => resolve({ code, signal })),
   );

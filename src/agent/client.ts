@@ -322,15 +322,11 @@ export async function agentList(
   path: string,
   meta: Record<string, unknown> = {},
 ): Promise<Array<{ name: string; size: number; created: string; updated: string }>> {
-  const f = await call(path, 'list', meta);
-  try {
-    const o = JSON.parse(f.raw?.toString('utf8') ?? '{}') as {
+  return (
+    jsonBody<{
       entries?: Array<{ name: string; size: number; created: string; updated: string }>;
-    };
-    return o.entries ?? [];
-  } finally {
-    secureFree(f.raw);
-  }
+    }>(await call(path, 'list', meta)).entries ?? []
+  );
 }
 
 /** The MCP pin record (hashes and dates, nothing secret) of one server or all, from the agent. */
@@ -339,11 +335,16 @@ export async function agentMcpPins(
   server?: string,
 ): Promise<Record<string, ServerRecord>> {
   const f = await call(path, 'mcp', { op: 'pins', ...(server === undefined ? {} : { server }) });
+  return jsonBody<{ servers?: Record<string, ServerRecord> }>(f).servers ?? {};
+}
+
+/**
+ * A reply whose body is JSON that holds nothing secret (names, hashes, metadata), parsed; the
+ * body is freed. An empty body is an empty object.
+ */
+export function jsonBody<T extends object>(f: Frame): T {
   try {
-    const o = JSON.parse(f.raw?.toString('utf8') ?? '{}') as {
-      servers?: Record<string, ServerRecord>;
-    };
-    return o.servers ?? {};
+    return (f.raw && f.raw.length > 0 ? JSON.parse(f.raw.toString('utf8')) : {}) as T;
   } finally {
     secureFree(f.raw);
   }

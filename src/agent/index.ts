@@ -15,6 +15,7 @@ export {
   call,
   onAgentHello,
   errorFrom,
+  jsonBody,
   type RunRequest,
   type RunSinks,
 } from './client.js';

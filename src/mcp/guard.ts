@@ -3,6 +3,7 @@
  * section, the agent's review of tool definitions and instructions against the pins in the
  * vault, and the agent's leak scan. The gateway (gateway.ts) routes messages; this decides.
  */
+import { jsonBody } from '../agent/index.js';
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
@@ -52,13 +53,6 @@ function stringsOf(value: unknown, keys: boolean, out: string[] = []): string[] 
 
 /** A JSON body for an agent request, in secure memory like any raw bytes. */
 const body = (o: unknown): SecureBuffer => secureTake(Buffer.from(JSON.stringify(o), 'utf8'));
-const parsed = (raw: SecureBuffer | undefined): Record<string, unknown> => {
-  try {
-    return raw ? (JSON.parse(raw.toString('utf8')) as Record<string, unknown>) : {};
-  } finally {
-    secureFree(raw);
-  }
-};
 
 export class Guard {
   /** Tools the client may see and call, by name (with their hash), with why others may not. */
@@ -204,7 +198,7 @@ export class Guard {
             legacy: this.legacy().tools ?? null,
           }),
         );
-        verdicts = parsed(r.raw)['tools'] as Record<string, Verdict>;
+        verdicts = jsonBody<{ tools?: Record<string, Verdict> }>(r).tools;
       } catch (e) {
         failed = `the pins could not be checked (${message(e)})`;
       }
@@ -251,7 +245,7 @@ export class Guard {
         instructions: definitionHash(text),
         ...(legacy ? { legacyInstructions: legacy } : {}),
       });
-      const v = parsed(r.raw)['instructions'] as Verdict | null;
+      const v = jsonBody<{ instructions?: Verdict | null }>(r).instructions;
       if (!v || v.blocked) delete result['instructions'];
       else if (v.alert)
         this.log(`keyward mcp wrap: ${this.name}: the instructions ${v.what ?? v.state}`);
