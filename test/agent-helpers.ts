@@ -47,8 +47,12 @@ export function agentHome(policy?: string): AgentHome {
 }
 
 /** Runs `keyward agent run` as a child (foreground mode) and waits until it answers. */
-export async function startAgent(h: AgentHome, extraEnv: NodeJS.ProcessEnv = {}): Promise<void> {
-  const child = spawn(process.execPath, [BIN, 'agent', 'run'], {
+export async function startAgent(
+  h: AgentHome,
+  extraEnv: NodeJS.ProcessEnv = {},
+  args: string[] = [],
+): Promise<void> {
+  const child = spawn(process.execPath, [BIN, 'agent', 'run', ...args], {
     env: { ...h.env, KEYWARD_ASKPASS: h.askpass, ...extraEnv },
     stdio: ['ignore', 'ignore', 'pipe'],
   });

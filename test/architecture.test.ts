@@ -49,6 +49,7 @@ const DOMAINS = [
   'mcp',
   'cli',
   'doctor',
+  'console',
 ];
 
 test('other domains reach a domain only through its entry file (index.ts)', () => {

@@ -6,7 +6,36 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
-import { FAST_KDF, initHome, kw, makeHome } from './helpers.js';
+import { spawn } from 'node:child_process';
+import { rawRequest } from './console-helpers.js';
+import { BIN, FAST_KDF, initHome, kw, makeHome } from './helpers.js';
+
+/** What a person does in the console: log in with the passphrase, press Approve. */
+async function approveAsAPerson(url: string, id: string, passphrase: string): Promise<number> {
+  const u = new URL(url);
+  const origin = `http://${u.host}`;
+  const login = await rawRequest(url, {
+    method: 'POST',
+    path: '/api/login/passphrase',
+    headers: { Host: u.host, Origin: origin, 'Content-Type': 'application/octet-stream' },
+    body: passphrase,
+  });
+  const cookie = String(login.headers['set-cookie']?.[0] ?? '').split(';')[0] ?? '';
+  const csrf = (JSON.parse(login.body) as { csrf: string }).csrf;
+  const r = await rawRequest(url, {
+    method: 'POST',
+    path: `/api/approvals/${id}/approve`,
+    headers: {
+      Host: u.host,
+      Origin: origin,
+      Cookie: cookie,
+      'X-Keyward-CSRF': csrf,
+      'Content-Type': 'application/json',
+    },
+    body: '{}',
+  });
+  return r.status;
+}
 
 const sha = (p: string) => createHash('sha256').update(fs.readFileSync(p)).digest('hex');
 
@@ -348,18 +377,32 @@ describe('whoami, usage', () => {
     assert.match(kw(['--version'], { env: h.env }).stdout, /^\d+\.\d+\.\d+\n$/);
   });
 
-  test('the demo runs to the end on a throwaway home', () => {
+  test('the demo runs to the end on a throwaway home, a person approving in the console', async () => {
     const h = makeHome();
-    const r = kw(['demo'], { env: h.env });
-    assert.equal(r.code, 0, r.stdout + r.stderr);
-    assert.match(r.stdout, /ghp_demo_token_123456/);
-    assert.match(r.stdout, /\(exit 4\)/);
-    assert.match(r.stdout, /no approval channel can give confirm approval here[^]*\(exit 6\)/);
-    assert.match(
-      r.stdout,
-      /\[askpass was shown\] keyward: .*wants to read the secret "github\/token"/,
-    );
-    assert.match(r.stdout, /the agent is locked[^]*\(exit 5\)/);
-    assert.match(r.stdout, /^Done\./m);
+    // The person: reads the address and passphrase the demo shows, logs in, presses Approve.
+    const c = spawn(process.execPath, [BIN, 'demo'], {
+      env: h.env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let out = '';
+    let approved: Promise<number> | undefined;
+    c.stderr.on('data', (d: Buffer) => (out += d.toString()));
+    c.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      const m =
+        /waiting for approval of request ([0-9a-f]{8})[^]*approve it in the console, (http:\/\/localhost:\d+\/)[^]*passphrase:\n>>>\s+(\S+)/.exec(
+          out,
+        );
+      if (m && !approved) approved = approveAsAPerson(m[2] ?? '', m[1] ?? '', m[3] ?? '');
+    });
+    const code = await new Promise<number | null>((r) => c.on('exit', r));
+    assert.equal(code, 0, out);
+    assert.equal(await approved, 200);
+    assert.match(out, /ghp_demo_token_123456/);
+    assert.match(out, /\(exit 4\)/);
+    assert.match(out, /console: http:\/\/localhost:\d+\//);
+    assert.match(out, /\(a person approved: the value was released/);
+    assert.match(out, /the agent is locked[^]*\(exit 5\)/);
+    assert.match(out, /^Done\./m);
   });
 });

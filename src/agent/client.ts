@@ -18,6 +18,7 @@ import {
   REQ,
   RES_ERROR,
   RES_HELLO,
+  RES_PENDING,
   RUN_SIGNALS,
   STREAM,
   type Frame,
@@ -32,6 +33,35 @@ const HELLO_TIMEOUT_MS = 30_000;
 let afterHello: () => void = () => undefined;
 export function onAgentHello(f: () => void): void {
   afterHello = f;
+}
+
+/** What the agent says while a request waits for a person (RES_PENDING). */
+export interface PendingNotice {
+  id: string;
+  mode: string;
+  action: string;
+  target: string;
+  timeoutMs: number;
+  console: string | null;
+}
+
+/** Called when a request of this process waits for a person (the CLI says so on stderr). */
+let onPending: (n: PendingNotice) => void = () => undefined;
+export function onApprovalPending(f: (n: PendingNotice) => void): void {
+  onPending = f;
+}
+
+function pendingNotice(f: Frame): PendingNotice {
+  const m = f.meta;
+  const s = (k: string) => (typeof m[k] === 'string' ? printable(m[k], 200) : '');
+  return {
+    id: s('id'),
+    mode: s('mode'),
+    action: s('action'),
+    target: s('target'),
+    timeoutMs: typeof m['timeoutMs'] === 'number' ? m['timeoutMs'] : 0,
+    console: typeof m['console'] === 'string' ? printable(m['console'], 200) : null,
+  };
 }
 
 /** The KeywardError an error reply carries (its code, message and hint). */
@@ -183,6 +213,12 @@ export class AgentConnection {
       if ('frame' in n) secureFree(n.frame.raw);
       return;
     }
+    // A notice, not a reply: the request waits for a person; its reply comes later.
+    if ('frame' in n && n.frame.type === RES_PENDING) {
+      secureFree(n.frame.raw);
+      onPending(pendingNotice(n.frame));
+      return;
+    }
     if ('error' in n) this.ended = true;
     if (this.handler) this.handler(n);
     else if (this.waiter) {
@@ -192,13 +228,16 @@ export class AgentConnection {
     } else this.queue.push(n);
   }
 
-  /** Writes a frame; the raw bytes are freed once the kernel has them. */
+  /**
+   * Writes a request; the raw bytes are freed once the kernel has them. Every request asks to
+   * hear at once when it waits for a person (notify: frame 0x83, handled in deliver()).
+   */
   send(type: number, meta: Record<string, unknown>, raw?: SecureBuffer): void {
     if (this.socket.destroyed) {
       secureFree(raw);
       return;
     }
-    this.socket.write(frameHead(type, meta, raw?.length ?? 0));
+    this.socket.write(frameHead(type, { ...meta, notify: true }, raw?.length ?? 0));
     if (raw && raw.length > 0) this.socket.write(raw, () => secureFree(raw));
     else secureFree(raw);
   }
@@ -282,6 +321,23 @@ async function withPassphrase(
   } finally {
     conn.close();
   }
+}
+
+/**
+ * The console request (docs/PROTOCOL.md): url and credentials answer as they are; rename and
+ * revoke carry the passphrase, asked here.
+ */
+export async function agentConsole(
+  path: string,
+  meta: { op: 'url' | 'credentials' } | { op: 'rename' | 'revoke'; id: string; name?: string },
+  src?: PassphraseSource,
+): Promise<Record<string, unknown>> {
+  if (meta.op === 'url' || meta.op === 'credentials')
+    return (await call(path, 'console', meta)).meta;
+  const f = await withPassphrase(path, 'console', meta, () =>
+    readPassphrase(src ?? {}, `passphrase to ${meta.op} the credential: `),
+  );
+  return f.meta;
 }
 
 export async function agentUnlock(
@@ -527,7 +583,7 @@ export async function agentRun(
         secureFree(n.frame.raw);
       }
     });
-    s.write(frameHead(REQ.run, meta, raw.length));
+    s.write(frameHead(REQ.run, { ...meta, notify: true }, raw.length));
     if (raw.length > 0) s.write(raw, () => secureFree(raw));
   });
 }

@@ -12,7 +12,8 @@ import {
   debugExposure,
 } from '../lib/runtime-guard.js';
 import { agentStatus, call } from './client.js';
-import { TerminalChannel } from '../approval/index.js';
+import { askpassProblem, TerminalChannel } from '../approval/index.js';
+import { printable } from '../lib/text.js';
 import { Agent } from './server.js';
 import { prepareSocketDir, socketPaths } from './socketdir.js';
 
@@ -27,6 +28,24 @@ export interface RunOptions {
   allowDebugger: boolean;
   env: NodeJS.ProcessEnv;
   log: (line: string) => void;
+  /** Serve the web console (default on). */
+  console?: boolean;
+}
+
+/**
+ * The approval program from this environment (KEYWARD_ASKPASS, else SSH_ASKPASS), checked: one
+ * that can't be run is an error at start, not a silent denial of every request later.
+ */
+export function askpassFrom(env: NodeJS.ProcessEnv): string | undefined {
+  const name = env['KEYWARD_ASKPASS'] ? 'KEYWARD_ASKPASS' : 'SSH_ASKPASS';
+  const program = env[name] || undefined;
+  if (program === undefined) return undefined;
+  const problem = askpassProblem(program, env['PATH']);
+  if (problem)
+    throw new KeywardError('USAGE', `${name}=${printable(program, 200)}: ${problem}`, {
+      hint: `install it, point ${name} at an approval program, or unset it and approve in the console (keyward console)`,
+    });
+  return program;
 }
 
 /** Runs the agent in this process until SIGTERM, SIGINT or a stop request. */
@@ -59,7 +78,7 @@ export async function runAgent(o: RunOptions): Promise<void> {
   }
   if (exposure.length > 0)
     o.log(`WARNING: this agent can be debugged (--allow-debugger): ${exposure.join('; ')}`);
-  const askpassProgram = o.env['KEYWARD_ASKPASS'] || o.env['SSH_ASKPASS'] || undefined;
+  const askpassProgram = askpassFrom(o.env);
   // In the foreground on a terminal, that terminal is an approval channel (with a challenge).
   const terminal =
     process.stdin.isTTY && process.stderr.isTTY
@@ -73,9 +92,11 @@ export async function runAgent(o: RunOptions): Promise<void> {
     env: o.env,
     log: o.log,
     debuggable: exposure,
+    console: o.console !== false,
   });
   await agent.start();
   o.log(`keyward agent ${process.pid} listening on ${agent.socketPath} (locked)`);
+  if (agent.consoleUrl) o.log(`console: ${agent.consoleUrl} (approve requests there)`);
   if (!fs.existsSync('/proc/sys/kernel/yama/ptrace_scope')) {
     o.log(
       'warning: no Yama ptrace restriction on this kernel; the agent is non-dumpable, which closes ptrace to same-user processes',
@@ -105,7 +126,9 @@ export async function startAgent(
   socketDir: string,
   allowDebugger: boolean,
   env: NodeJS.ProcessEnv,
+  console = true,
 ): Promise<number> {
+  askpassFrom(env);
   const sp = socketPaths(socketDir);
   if (await agentStatus(sp.agent))
     throw new KeywardError('AGENT_RUNNING', `an agent already answers on ${sp.agent}`, {
@@ -123,7 +146,13 @@ export async function startAgent(
   // a shell that sets them.
   const child = spawn(
     process.execPath,
-    [bin, ...(allowDebugger ? ['--allow-debugger'] : []), 'agent', 'run'],
+    [
+      bin,
+      ...(allowDebugger ? ['--allow-debugger'] : []),
+      'agent',
+      'run',
+      ...(console ? [] : ['--no-console']),
+    ],
     {
       detached: true,
       stdio: ['ignore', log, log],

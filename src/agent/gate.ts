@@ -14,6 +14,8 @@ import {
   mayApprove,
   TOTP_SECRET,
   verifyTotp,
+  type Factor,
+  type How,
   type Pending,
   type RequesterRef,
   type TerminalChannel,
@@ -47,6 +49,11 @@ export interface GateHost {
   env: NodeJS.ProcessEnv;
   /** Said first in every prompt (an agent started with --allow-debugger). */
   warning: string | undefined;
+  /**
+   * The web console, when it runs: it can give confirm approvals (with a login) and, once a
+   * WebAuthn credential is registered in this vault, webauthn approvals.
+   */
+  console?: { hasWebauthn(): boolean } | undefined;
 }
 
 /** One request for the gate: what is asked, of what, and how a person is told about it. */
@@ -96,8 +103,12 @@ export class Gate {
 
   constructor(private readonly host: GateHost) {}
 
-  /** Everything a lock ends: pending requests (denied), remembered grants, counters. */
+  /**
+   * Everything a lock ends: pending requests (denied), remembered grants, counters, and the
+   * circuit breaker's count (the next unlock, which takes the passphrase, starts it afresh).
+   */
   reset(): void {
+    this.denials = [];
     this.broker.denyAll();
     this.grants.clear();
     this.uses.reset();
@@ -121,9 +132,15 @@ export class Gate {
     }
   }
 
+  /** Calls fn whenever a request starts or ends waiting (the console's live list). */
+  onPendingChange(fn: () => void): () => void {
+    return this.broker.onChange(fn);
+  }
+
   private channels(): Set<ApprovalMode> {
     const c = new Set<ApprovalMode>();
-    if (this.host.askpass || this.host.terminal) c.add('confirm');
+    if (this.host.askpass || this.host.terminal || this.host.console) c.add('confirm');
+    if (this.host.console?.hasWebauthn()) c.add('webauthn');
     // `keyward approve ID` from another terminal: with the passphrase, or a TOTP code once enrolled.
     c.add('passphrase');
     if (this.host.window.isOpen && this.host.window.unlocked().has(TOTP_SECRET)) c.add('totp');
@@ -214,6 +231,9 @@ export class Gate {
           cmdline: id.cmdline,
           cwd: id.cwd ?? null,
           hidden: id.hidden === true,
+          exeSha256: id.exeSha256 ?? null,
+          parents: id.ancestors.map((x) => ({ pid: x.pid, exe: x.exe ?? null })),
+          loaderVars: (id.loaderVars ?? []).map((x) => ({ name: x.name, value: x.value ?? null })),
         };
         await this.host.record({
           ...base,
@@ -234,22 +254,24 @@ export class Gate {
             rule: decision.rule,
             mode: a.mode,
             message: a.message,
+            ...(a.userVerification ? { userVerification: a.userVerification } : {}),
           },
           a.timeoutMs,
         );
-        if (a.mode === 'confirm') {
-          const asked = this.host.askpass
-            ? askpass(this.host.askpass, prompt, a.timeoutMs, this.host.env)
-            : this.host.terminal?.ask(prompt, a.timeoutMs);
-          void asked?.then((ok) => this.broker.settle(pending.id, ok ? 'granted' : 'denied'));
-        }
-        const outcome = await pending.outcome;
+        // The requester hears at once that its request waits, and where a person can decide it.
+        caller.notifyPending?.(pending.pending);
+        // A requester that hangs up (killed, Ctrl-C) takes its request with it: nobody is shown
+        // a request whose answer would go nowhere.
+        caller.abandon = () =>
+          this.broker.settle(pending.id, 'denied', { reason: 'the requester went away' });
+        if (a.mode === 'confirm') this.askLocally(pending.id, prompt, a.timeoutMs, base);
+        const { outcome, how } = await pending.outcome.finally(() => (caller.abandon = undefined));
         if (outcome !== 'granted') {
           await this.host.record({
             ...base,
             type: outcome === 'expired' ? 'approval.expired' : 'approval.denied',
             decision: 'deny',
-            details: { rule: decision.rule },
+            details: { rule: decision.rule, ...how },
           });
           return outcome === 'expired'
             ? refuse('the approval request expired', 'APPROVAL_TIMEOUT')
@@ -259,7 +281,7 @@ export class Gate {
           ...base,
           type: 'approval.granted',
           decision: 'allow',
-          details: { rule: decision.rule, mode: a.mode },
+          details: { rule: decision.rule, mode: a.mode, ...how },
         });
         if (grantKey && !decision.highValue && a.remember.scope !== 'once')
           this.grants.remember(grantKey, a.remember.forMs, a.remember.uses, Date.now());
@@ -283,14 +305,51 @@ export class Gate {
   }
 
   /**
-   * `keyward approve ID`: with the passphrase (factor) or a TOTP code. The factor must be the one
-   * the rule asked for; either also answers a `confirm` request (a stronger factor).
+   * A confirm request, asked where this agent can ask by itself: the askpass program, else its
+   * terminal. An askpass program that fails (can't be run, killed, silent) is recorded with its
+   * reason; the request then waits for the console, or is denied when there is none.
    */
-  async approve(
-    approver: ProcessIdentity,
+  private askLocally(
+    id: string,
+    prompt: string,
+    timeoutMs: number,
+    base: { target: string; actor: NonNullable<AuditRecord['actor']> },
+  ): void {
+    if (this.host.askpass) {
+      void askpass(this.host.askpass, prompt, timeoutMs, this.host.env).then(async (a) => {
+        if (a.failure === undefined) {
+          this.broker.settle(id, a.ok ? 'granted' : 'denied', { via: 'askpass' });
+          return;
+        }
+        await this.host
+          .record({
+            ...base,
+            type: 'approval.askpass_failed',
+            decision: 'error',
+            reason: `the askpass program ${a.failure}`,
+            details: { program: this.host.askpass ?? null, request: id },
+          })
+          .catch(() => undefined);
+        if (!this.host.console) this.broker.settle(id, 'denied', { askpass: a.failure });
+      });
+    } else if (this.host.terminal) {
+      void this.host.terminal
+        .ask(prompt, timeoutMs)
+        .then((ok) => this.broker.settle(id, ok ? 'granted' : 'denied', { via: 'terminal' }));
+    }
+  }
+
+  /**
+   * `keyward approve ID` (with the passphrase or a TOTP code) and the console (a login, a
+   * passphrase, a TOTP code or a verified WebAuthn assertion). The factor must be the one the
+   * rule asked for; any of them also answers a `confirm` request. approver is the approving
+   * process, when there is one to check (the console's person has none: its factor is the proof).
+   */
+  async approveWith(
     reqId: string,
-    factor: SecureBuffer | undefined,
-    code: string | undefined,
+    approver: ProcessIdentity | undefined,
+    factor: Factor,
+    via: 'cli' | 'console',
   ): Promise<Record<string, unknown>> {
     try {
       const p = this.broker.get(reqId);
@@ -298,7 +357,7 @@ export class Gate {
         throw new KeywardError('REQUEST_NOT_FOUND', `no pending request ${reqId}`, {
           hint: 'see: keyward approvals',
         });
-      if (!mayApprove(p.requester, approver)) {
+      if (approver && !mayApprove(p.requester, approver)) {
         await this.host.record({
           type: 'approval.denied',
           decision: 'deny',
@@ -314,16 +373,73 @@ export class Gate {
           },
         );
       }
-      const v = this.host.window.unlocked();
-      if (code !== undefined) {
-        if (p.mode !== 'totp' && p.mode !== 'confirm')
-          throw new KeywardError('USAGE', `this request needs ${p.mode} approval, not a TOTP code`);
+      const how = await this.checkFactor(p, factor);
+      if (!this.broker.settle(reqId, 'granted', { via, ...how }))
+        throw new KeywardError('REQUEST_NOT_FOUND', `request ${reqId} is no longer pending`);
+      return { approved: reqId };
+    } finally {
+      if (factor.kind === 'passphrase') secureFree(factor.secret);
+    }
+  }
+
+  /** `keyward approve ID`: with the passphrase (factor) or a TOTP code. */
+  approve(
+    approver: ProcessIdentity,
+    reqId: string,
+    factor: SecureBuffer | undefined,
+    code: string | undefined,
+  ): Promise<Record<string, unknown>> {
+    if (code !== undefined) {
+      secureFree(factor);
+      return this.approveWith(reqId, approver, { kind: 'totp', code }, 'cli');
+    }
+    return this.approveWith(reqId, approver, { kind: 'passphrase', secret: factor }, 'cli');
+  }
+
+  /** Whether factor approves request p; throws (and counts a denial) when it doesn't. */
+  private async checkFactor(p: Pending, factor: Factor): Promise<How> {
+    const wrongKind = () =>
+      new KeywardError('USAGE', `this request needs ${p.mode} approval, not ${factor.kind}`, {
+        hint:
+          p.mode === 'totp'
+            ? 'keyward approve ID --code CODE'
+            : p.mode === 'webauthn'
+              ? 'approve it in the console (keyward console) with your security key'
+              : 'keyward approve ID',
+      });
+    if (p.mode !== 'confirm' && p.mode !== factor.kind) throw wrongKind();
+    const v = this.host.window.unlocked();
+    switch (factor.kind) {
+      case 'session':
+        return { factor: 'session', login: factor.login };
+      case 'webauthn':
+        if (p.userVerification === 'required' && !factor.userVerified) {
+          this.noteDenial();
+          await this.host.record({
+            type: 'approval.denied',
+            decision: 'deny',
+            target: p.target,
+            reason:
+              'the rule requires user verification; the authenticator did not verify the user',
+            details: { request: p.id, credential: factor.credential },
+          });
+          throw new KeywardError(
+            'APPROVAL_REJECTED',
+            'this rule requires user verification (a PIN or biometrics on the authenticator); the request is still pending',
+          );
+        }
+        return {
+          factor: 'webauthn',
+          credential: factor.credential,
+          userVerified: factor.userVerified,
+        };
+      case 'totp': {
         const secret = v.revealInternal(TOTP_SECRET);
         if (!secret)
           throw new KeywardError('USAGE', 'no TOTP is enrolled', { hint: 'keyward totp enroll' });
         let step: number | undefined;
         try {
-          step = verifyTotp(secret, code, Date.now(), this.lastTotpStep);
+          step = verifyTotp(secret, factor.code, Date.now(), this.lastTotpStep);
         } finally {
           secureFree(secret);
         }
@@ -335,37 +451,29 @@ export class Gate {
           );
         }
         this.lastTotpStep = step;
-      } else {
-        if (p.mode !== 'passphrase' && p.mode !== 'confirm') {
-          throw new KeywardError('USAGE', `this request needs ${p.mode} approval`, {
-            hint: 'keyward approve ID --code CODE',
-          });
-        }
-        if (!factor || factor.length === 0) {
+        return { factor: 'totp' };
+      }
+      case 'passphrase':
+        if (!factor.secret || factor.secret.length === 0) {
           throw new KeywardError('USAGE', 'approving needs the passphrase', {
             hint: 'keyward approve ID asks for it (or --passphrase-file)',
           });
         }
-        if (!v.checkPassphrase(factor)) {
+        if (!v.checkPassphrase(factor.secret)) {
           this.noteDenial();
           throw new KeywardError(
             'VAULT_BAD_PASSPHRASE',
             'wrong passphrase; the request is still pending',
           );
         }
-      }
-      if (!this.broker.settle(reqId, 'granted'))
-        throw new KeywardError('REQUEST_NOT_FOUND', `request ${reqId} is no longer pending`);
-      return { approved: reqId };
-    } finally {
-      secureFree(factor);
+        return { factor: 'passphrase' };
     }
   }
 
-  /** `keyward deny ID`. */
-  deny(reqId: string): Record<string, unknown> {
+  /** `keyward deny ID`, or Deny in the console. */
+  deny(reqId: string, via: 'cli' | 'console' = 'cli'): Record<string, unknown> {
     const p = this.broker.get(reqId);
-    if (!p || !this.broker.settle(reqId, 'denied'))
+    if (!p || !this.broker.settle(reqId, 'denied', { via }))
       throw new KeywardError('REQUEST_NOT_FOUND', `no pending request ${reqId}`);
     return { denied: reqId };
   }

@@ -4,6 +4,7 @@
 export { Agent, type AgentOptions } from './server.js';
 export {
   agentApprovals,
+  agentConsole,
   agentList,
   agentMcpPins,
   agentApprove,
@@ -14,12 +15,21 @@ export {
   AgentConnection,
   call,
   onAgentHello,
+  onApprovalPending,
+  type PendingNotice,
   errorFrom,
   jsonBody,
   type RunRequest,
   type RunSinks,
 } from './client.js';
-export { runAgent, startAgent, stopAgent, tracerPid, type RunOptions } from './daemon.js';
+export {
+  askpassFrom,
+  runAgent,
+  startAgent,
+  stopAgent,
+  tracerPid,
+  type RunOptions,
+} from './daemon.js';
 export { checkAgentSocket, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
 export {
   FrameReader,
@@ -35,7 +45,12 @@ export {
 export { identify, describeCaller, type ProcessIdentity } from './identity.js';
 export { describeSignData, SSH } from './ssh.js';
 export {
+  INSTRUCTIONS,
+  pinnedEntry,
   readPinRecord,
+  trustWaiting,
+  waitingEntry,
+  waitingNames,
   writePinRecord,
   type PinRecord,
   type ServerRecord,

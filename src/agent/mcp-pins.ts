@@ -350,3 +350,66 @@ export function reviewPins(
   }
   return out;
 }
+
+/** The name `pins` commands and the console use for a server's instructions. */
+export const INSTRUCTIONS = '(instructions)';
+
+export const pinnedEntry = (sp: ServerRecord, tool: string): PinEntry | undefined =>
+  tool === INSTRUCTIONS
+    ? sp.instructions
+    : Object.hasOwn(sp.tools, tool)
+      ? sp.tools[tool]
+      : undefined;
+
+export const waitingEntry = (sp: ServerRecord, tool: string): PinEntry | undefined =>
+  tool === INSTRUCTIONS
+    ? sp.seenInstructions
+    : Object.hasOwn(sp.seen, tool)
+      ? sp.seen[tool]
+      : undefined;
+
+export const waitingNames = (sp: ServerRecord): string[] => [
+  ...(sp.seenInstructions ? [INSTRUCTIONS] : []),
+  ...Object.keys(sp.seen).sort(),
+];
+
+/**
+ * Makes what waits for server (one tool, or every one) the trusted pins, in the record. When
+ * `expected` is given (what the person was shown: name to hash), a definition that differs from
+ * it is refused (PIN_CHANGED) and nothing is trusted.
+ */
+export function trustWaiting(
+  record: PinRecord,
+  server: string,
+  tool: string | undefined,
+  expected: ReadonlyMap<string, string> | undefined,
+): Array<[string, PinEntry]> {
+  const sp = Object.hasOwn(record.servers, server) ? record.servers[server] : undefined;
+  const names = tool !== undefined ? [tool] : sp ? waitingNames(sp) : [];
+  if (!sp || names.length === 0 || names.some((n) => !waitingEntry(sp, n)))
+    throw new KeywardError(
+      'REQUEST_NOT_FOUND',
+      `no definition of ${server}${tool !== undefined ? ` ${tool}` : ''} is waiting`,
+    );
+  const done: Array<[string, PinEntry]> = [];
+  for (const n of names) {
+    const seen = waitingEntry(sp, n);
+    if (!seen) continue;
+    const want = expected?.get(n);
+    if (expected && seen.sha256 !== want)
+      throw new KeywardError(
+        'PIN_CHANGED',
+        `the definition of ${server} ${n} waiting now (${seen.sha256}) is not the one you saw (${want ?? 'none'}); nothing trusted`,
+        { hint: `look again: keyward mcp pins diff ${server} ${n}` },
+      );
+    if (n === INSTRUCTIONS) {
+      sp.instructions = seen;
+      delete sp.seenInstructions;
+    } else {
+      sp.tools[n] = seen;
+      delete sp.seen[n];
+    }
+    done.push([n, seen]);
+  }
+  return done;
+}

@@ -20,6 +20,7 @@
  */
 import fs from 'node:fs';
 import type net from 'node:net';
+import type { Pending } from '../approval/index.js';
 import type { AuditRecord } from '../audit/index.js';
 import { closeFd, dupFd, peerCredentials, peerPidfd, pidfdOpen } from '../lib/libc.js';
 import { identify, stillSameProcess, type ProcessIdentity } from './identity.js';
@@ -62,6 +63,10 @@ export interface Peer {
   pidfd: number;
   /** Undefined when the process hid before it was ever seen: exec can't be told then. */
   program: ProgramHandle | undefined;
+  /** Tells the requester at once that its request waits for a person (keyward's socket only). */
+  notifyPending?: ((p: Pending) => void) | undefined;
+  /** Set while a request of this peer waits: ends it when the peer goes away. */
+  abandon?: (() => void) | undefined;
 }
 
 const probe = Buffer.alloc(1);

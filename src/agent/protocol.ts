@@ -33,6 +33,7 @@ export const REQ = {
   run: 0x0a,
   fetch: 0x0b,
   mcp: 0x0c,
+  console: 0x0d,
 } as const;
 export type RequestType = keyof typeof REQ;
 export const RES_OK = 0x80;
@@ -43,6 +44,12 @@ export const RES_ERROR = 0x81;
  * (docs/PROTOCOL.md, "Trusting the agent").
  */
 export const RES_HELLO = 0x82;
+/**
+ * Sent to the requester while its request waits for a person: { id, mode, action, target,
+ * expiresAt, timeoutMs, console: URL or null }. The final reply follows (docs/PROTOCOL.md,
+ * "Approvals").
+ */
+export const RES_PENDING = 0x83;
 
 /**
  * After a run request's ok, the connection carries the run's streams (docs/PROTOCOL.md, "Runs"):

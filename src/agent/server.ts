@@ -23,7 +23,7 @@ import {
   type AuditRecord,
 } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { closeFd, EAGAIN, flock, LOCK_EX, LOCK_NB, queuedBytes, sendWithFd } from '../lib/libc.js';
+import { flock, LOCK_EX, LOCK_NB, queuedBytes } from '../lib/libc.js';
 import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { durationMs, type Loaded } from '../policy/index.js';
 import type { ProcessIdentity } from './identity.js';
@@ -46,13 +46,15 @@ import {
   RES_OK,
   str,
   type Frame,
-  type WireError,
 } from './protocol.js';
 import { listenPrivate, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
+import type { ConsoleServer } from '../console/index.js';
 import { CredentialCache } from './cache.js';
+import { consoleRequest, makeConsole, type ConsoleLinkHost } from './console-link.js';
 import { Gate } from './gate.js';
 import { McpService } from './mcp.js';
 import { Releases, type Reply } from './release.js';
+import { fail, notifyPending, reply, replyWithFd, wireError } from './replies.js';
 import { RunService } from './run-service.js';
 import { SshAgentService } from './ssh-agent.js';
 import { UnlockWindow } from './unlock.js';
@@ -75,6 +77,8 @@ export interface AgentOptions {
    * send it a secret unless they too are given --allow-debugger.
    */
   debuggable?: string[];
+  /** Serve the web console (default on; `agent run --no-console` turns it off). */
+  console?: boolean;
 }
 
 interface Conn extends Peer {
@@ -90,15 +94,6 @@ function mcpClient(meta: Record<string, unknown>): string | undefined {
   const m = meta['mcp'];
   if (typeof m !== 'string') return undefined;
   return m.slice(0, 200);
-}
-
-function wireError(e: unknown): WireError {
-  if (e instanceof KeywardError)
-    return e.hint === undefined
-      ? { code: e.code, message: e.message }
-      : { code: e.code, message: e.message, hint: e.hint };
-  if (e instanceof ProtocolError) return { code: 'PROTOCOL_ERROR', message: e.message };
-  return { code: 'INTERNAL', message: 'internal error in the agent' };
 }
 
 export class Agent {
@@ -119,6 +114,8 @@ export class Agent {
   private readonly mcp: McpService;
   private readonly ssh: SshAgentService;
   private readonly runs: RunService;
+  private readonly console: ConsoleServer | undefined;
+  private readonly consoleLink: ConsoleLinkHost;
   private readonly cache = new CredentialCache((name, reason) => {
     void this.record({ type: 'credential.evict', decision: 'info', target: name, reason }).catch(
       () => undefined,
@@ -143,12 +140,21 @@ export class Agent {
       changed: (what) => this.cache.clear(what),
       policyLoaded: (loaded) => this.followShipping(loaded),
     });
+    this.consoleLink = {
+      home: o.home,
+      window: this.window,
+      gate: () => this.gate,
+      record: (r) => this.record(r),
+    };
+    this.console = o.console === false ? undefined : makeConsole(this.consoleLink);
+    const web = this.console;
     this.gate = new Gate({
       window: this.window,
       record: (r) => this.record(r),
       lock: (reason) => this.lock(reason),
       askpass: o.askpass,
       terminal: o.terminal,
+      console: web ? { hasWebauthn: () => web.hasWebauthn() } : undefined,
       env: o.env,
       warning:
         o.debuggable && o.debuggable.length > 0
@@ -237,11 +243,22 @@ export class Agent {
     this.server = await listenPrivate(this.sp.agent, (s) => this.accept(s));
     // ssh-agent.sock: the OpenSSH agent protocol (src/agent/ssh-agent.ts), same peer checks.
     this.sshServer = await listenPrivate(this.sp.ssh, (s) => this.ssh.accept(s));
+    // The web console, on 127.0.0.1 at a port the kernel picks (src/console).
+    await this.console?.start();
     await this.record({
       type: 'agent.start',
       decision: 'info',
-      details: { socket: this.sp.agent, debuggable: this.debuggable.join('; ') || null },
+      details: {
+        socket: this.sp.agent,
+        debuggable: this.debuggable.join('; ') || null,
+        console: this.console?.url ?? null,
+      },
     });
+  }
+
+  /** The web console's address, when it runs. */
+  get consoleUrl(): string | undefined {
+    return this.console?.url;
   }
 
   /** Locks, refuses everything pending, closes the socket. Idempotent. */
@@ -252,6 +269,7 @@ export class Agent {
       for (const c of this.conns) c.socket.destroy();
       this.ssh.closeAll();
       this.runs.killAll();
+      await this.console?.stop();
       await new Promise<void>((r) => (this.server ? this.server.close(() => r()) : r()));
       await new Promise<void>((r) => (this.sshServer ? this.sshServer.close(() => r()) : r()));
       fs.rmSync(this.sp.agent, { force: true });
@@ -285,6 +303,7 @@ export class Agent {
       return;
     }
     const conn: Conn = { socket, ...who, reader: new FrameReader(), busy: false };
+    // A request waiting for a person: the requester hears it at once, with where to approve.
     this.conns.add(conn);
     // Identified: the greeting tells the client whom it talks to before it sends anything.
     socket.write(
@@ -297,7 +316,7 @@ export class Agent {
       try {
         frames = conn.reader.push(chunk);
       } catch (e) {
-        this.fail(conn, e);
+        fail(conn, e);
         return;
       }
       // The deadline runs from a frame's first byte: trickling bytes doesn't extend it.
@@ -306,7 +325,7 @@ export class Agent {
         frameTimer = undefined;
       } else if (frameTimer === undefined) {
         frameTimer = setTimeout(
-          () => this.fail(conn, new ProtocolError('incomplete frame (slow client)')),
+          () => fail(conn, new ProtocolError('incomplete frame (slow client)')),
           FRAME_TIMEOUT_MS,
         );
       }
@@ -317,6 +336,7 @@ export class Agent {
     });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
+      conn.abandon?.();
       clearTimeout(frameTimer);
       conn.reader.destroy();
       closePeer(conn);
@@ -325,73 +345,11 @@ export class Agent {
     socket.resume();
   }
 
-  private fail(conn: Conn, e: unknown): void {
-    this.reply(conn, RES_ERROR, wireError(e) as unknown as Record<string, unknown>, undefined, () =>
-      conn.socket.destroy(),
-    );
-  }
-
-  /** Writes a response; raw (secret bytes) is freed once the kernel has it. */
-  private reply(
-    conn: Conn,
-    type: number,
-    meta: Record<string, unknown>,
-    raw: SecureBuffer | undefined,
-    done?: () => void,
-  ): void {
-    const s = conn.socket;
-    if (s.destroyed) {
-      secureFree(raw);
-      return;
-    }
-    s.write(frameHead(type, meta, raw?.length ?? 0));
-    if (raw && raw.length > 0) {
-      s.write(raw, () => {
-        secureFree(raw);
-        done?.();
-      });
-    } else {
-      secureFree(raw);
-      if (done) s.write(Buffer.alloc(0), () => done());
-    }
-  }
-
-  /**
-   * An ok reply carrying a descriptor (SCM_RIGHTS). Sent with sendmsg on the socket itself, so
-   * only when nothing else is queued on it (one request at a time makes that the normal case).
-   * The descriptor is closed here either way.
-   */
-  private replyWithFd(
-    conn: Conn,
-    meta: Record<string, unknown>,
-    fd: number,
-    sent: (() => void) | undefined,
-  ): void {
-    const sock = socketFd(conn.socket);
-    const frame = frameHead(RES_OK, meta, 0);
-    const attempt = (tries: number) => {
-      let n = -1;
-      if (!conn.socket.destroyed && sock !== undefined && conn.socket.writableLength === 0)
-        n = sendWithFd(sock, frame, fd);
-      if (n === -EAGAIN && tries < 100) {
-        setTimeout(() => attempt(tries + 1), 10);
-        return;
-      }
-      closeFd(fd);
-      if (n > 0) {
-        // The descriptor went with the first byte; the rest of the frame follows as usual.
-        if (n < frame.length) conn.socket.write(frame.subarray(n));
-        sent?.();
-      } else this.fail(conn, new KeywardError('INTERNAL', 'the descriptor could not be sent'));
-    };
-    attempt(0);
-  }
-
   private async serve(conn: Conn, f: Frame): Promise<void> {
     const name = requestName(f.type);
     if (conn.busy) {
       secureFree(f.raw);
-      this.fail(conn, new ProtocolError('one request at a time on a connection'));
+      fail(conn, new ProtocolError('one request at a time on a connection'));
       return;
     }
     conn.busy = true;
@@ -405,12 +363,18 @@ export class Agent {
           hint: 'connect again: the new program is identified and asked for on its own',
         });
       }
+      // A client that asks for it (notify: true) hears at once when its request waits for a
+      // person (frame 0x83); one written to the protocol before that hears only the reply.
+      conn.notifyPending =
+        f.meta['notify'] === true
+          ? (p) => notifyPending(conn.socket, p, this.console?.url)
+          : undefined;
       const { meta, raw, fd, sent } = await this.dispatch(name, conn, f);
-      if (fd !== undefined) this.replyWithFd(conn, meta, fd, sent);
-      else this.reply(conn, RES_OK, meta, raw, sent);
+      if (fd !== undefined) replyWithFd(conn, meta, fd, sent);
+      else reply(conn, RES_OK, meta, raw, sent);
     } catch (e) {
       secureFree(f.raw);
-      this.reply(conn, RES_ERROR, wireError(e) as unknown as Record<string, unknown>, undefined);
+      reply(conn, RES_ERROR, wireError(e) as unknown as Record<string, unknown>, undefined);
       if (e instanceof ProtocolError) conn.socket.destroy();
     } finally {
       conn.busy = false;
@@ -453,6 +417,8 @@ export class Agent {
         return this.releases.read(conn, str(f.meta, 'name') ?? '', 'fd');
       case 'mcp':
         return this.mcp.handle(conn, f);
+      case 'console':
+        return consoleRequest(this.console, this.consoleLink, conn, f);
       case 'run':
         return { meta: await this.runs.start(conn, f) };
       case 'approvals':
@@ -488,6 +454,7 @@ export class Agent {
       debuggable: this.debuggable,
       locked: !this.window.isOpen,
       pending: this.gate.pending().length,
+      console: this.console?.url ?? null,
       ...this.window.status(Date.now()),
     };
   }
@@ -553,6 +520,7 @@ export class Agent {
   /** Wipes every key and grant, refuses everything pending. */
   async lock(reason: string, by?: ProcessIdentity): Promise<void> {
     this.gate.reset();
+    this.console?.endSessions();
     this.ssh.wipeAll();
     this.cache.clear('the agent locked');
     if (!this.window.close()) return;

@@ -93,6 +93,8 @@ export class SshAgentService {
     socket.setTimeout(IDLE_CONNECTION_MS, () => socket.destroy());
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
+      // An ssh client that hangs up takes its pending signature request with it.
+      who.abandon?.();
       this.sockets.delete(socket);
       reader.destroy();
       closePeer(who);

@@ -5,10 +5,33 @@
  * denied or expired) and never again, so an approval can't be replayed for another request.
  * The requesting process and its descendants can never approve it.
  */
-import { randomBytes } from 'node:crypto';
+import { createHash, randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { SecureBuffer } from '../lib/secure.js';
 
 export type Outcome = 'granted' | 'denied' | 'expired';
+
+/** How a request was decided, for the audit log: the channel and the factor (never a value). */
+export type How = Record<string, string | boolean | null>;
+
+/**
+ * What a person gave to approve a request. A confirm request takes any of them; passphrase, totp
+ * and webauthn requests take only their own factor.
+ */
+export type Factor =
+  | { kind: 'passphrase'; secret: SecureBuffer | undefined }
+  | { kind: 'totp'; code: string }
+  /** A console session's login: enough for confirm, never for a second factor. */
+  | { kind: 'session'; login: string }
+  /** An assertion the console verified against the challenge bound to this very request. */
+  | { kind: 'webauthn'; userVerified: boolean; credential: string };
+
+export interface Settled {
+  outcome: Outcome;
+  how: How;
+}
 
 export interface RequesterRef {
   pid: number;
@@ -20,6 +43,9 @@ export interface RequesterRef {
   cmdline?: string[];
   cwd?: string | null;
   hidden?: boolean;
+  exeSha256?: string | null;
+  parents?: Array<{ pid: number; exe: string | null }>;
+  loaderVars?: Array<{ name: string; value: string | null }>;
 }
 
 export interface Pending {
@@ -31,28 +57,74 @@ export interface Pending {
   mode: string;
   expiresAt: number;
   message: string | undefined;
+  /** webauthn: whether the authenticator must verify the person. */
+  userVerification?: 'required' | 'preferred';
+  /**
+   * SHA-256 (hex) over everything above: what a WebAuthn approval's challenge is bound to, so an
+   * assertion made for one request can't approve another (docs/PROTOCOL.md, "Approvals").
+   */
+  digest: string;
 }
 
 interface Entry extends Pending {
-  resolve: (o: Outcome) => void;
+  resolve: (s: Settled) => void;
   timer: NodeJS.Timeout;
+}
+
+/** The digest of a pending request: SHA-256 over its fields in a fixed order. */
+export function requestDigest(p: Omit<Pending, 'digest'>): string {
+  const r = p.requester;
+  const fields = [
+    'keyward approval request v1',
+    p.id,
+    p.action,
+    p.target,
+    p.rule,
+    p.mode,
+    String(p.expiresAt),
+    p.userVerification ?? '',
+    String(r.pid),
+    r.startTime ?? '',
+    r.exe ?? '',
+    JSON.stringify(r.cmdline ?? []),
+    r.cwd ?? '',
+    r.exeSha256 ?? '',
+    JSON.stringify(r.parents ?? []),
+    JSON.stringify(r.loaderVars ?? []),
+    r.description,
+  ];
+  return createHash('sha256').update(JSON.stringify(fields)).digest('hex');
 }
 
 export class Broker {
   private pending = new Map<string, Entry>();
+  private readonly listeners = new Set<() => void>();
+
+  /** Calls fn whenever a request starts or ends waiting; returns the unsubscribe. */
+  onChange(fn: () => void): () => void {
+    this.listeners.add(fn);
+    return () => this.listeners.delete(fn);
+  }
+
+  private changed(): void {
+    for (const fn of this.listeners) fn();
+  }
 
   /** Waits for a decision on this request, or its expiry. */
   wait(
-    p: Omit<Pending, 'id' | 'expiresAt'>,
+    p: Omit<Pending, 'id' | 'expiresAt' | 'digest'>,
     timeoutMs: number,
-  ): { id: string; outcome: Promise<Outcome> } {
+  ): { id: string; pending: Pending; outcome: Promise<Settled> } {
     const id = randomBytes(4).toString('hex');
-    let resolve!: (o: Outcome) => void;
-    const outcome = new Promise<Outcome>((r) => (resolve = r));
+    let resolve!: (s: Settled) => void;
+    const outcome = new Promise<Settled>((r) => (resolve = r));
     const timer = setTimeout(() => this.settle(id, 'expired'), timeoutMs);
     timer.unref();
-    this.pending.set(id, { ...p, id, expiresAt: Date.now() + timeoutMs, resolve, timer });
-    return { id, outcome };
+    const base = { ...p, id, expiresAt: Date.now() + timeoutMs };
+    const pending: Pending = { ...base, digest: requestDigest(base) };
+    this.pending.set(id, { ...pending, resolve, timer });
+    this.changed();
+    return { id, pending, outcome };
   }
 
   list(): Pending[] {
@@ -64,12 +136,13 @@ export class Broker {
   }
 
   /** Resolves a pending request once. False when it is no longer pending. */
-  settle(id: string, outcome: Outcome): boolean {
+  settle(id: string, outcome: Outcome, how: How = {}): boolean {
     const e = this.pending.get(id);
     if (!e) return false;
     this.pending.delete(id);
     clearTimeout(e.timer);
-    e.resolve(outcome);
+    e.resolve({ outcome, how });
+    this.changed();
     return true;
   }
 
@@ -132,6 +205,12 @@ export class Grants {
 }
 
 /**
+ * What an askpass call came to: a person's yes or no (exit 0 or 1), or a failure of the program
+ * itself, with its reason (it could not be run, it was killed, it said nothing in time).
+ */
+export type AskpassAnswer = { ok: boolean; failure?: undefined } | { ok: false; failure: string };
+
+/**
  * Asks a person through an askpass program (the ssh-askpass convention): the prompt is its one
  * argument, exit 0 approves, anything else (or no answer within timeoutMs) denies.
  */
@@ -140,13 +219,13 @@ export function askpass(
   prompt: string,
   timeoutMs: number,
   env: NodeJS.ProcessEnv,
-): Promise<boolean> {
+): Promise<AskpassAnswer> {
   return new Promise((resolve) => {
     let done = false;
-    const finish = (ok: boolean) => {
+    const finish = (a: AskpassAnswer) => {
       if (!done) {
         done = true;
-        resolve(ok);
+        resolve(a);
       }
     };
     let child;
@@ -155,18 +234,49 @@ export function askpass(
         env: { ...env, SSH_ASKPASS_PROMPT: 'confirm' },
         stdio: ['ignore', 'ignore', 'ignore'],
       });
-    } catch {
-      finish(false);
+    } catch (e) {
+      finish({ ok: false, failure: `could not be run: ${(e as Error).message}` });
       return;
     }
     const timer = setTimeout(() => {
       child.kill('SIGKILL');
-      finish(false);
+      finish({ ok: false, failure: `gave no answer within ${Math.round(timeoutMs / 1000)} s` });
     }, timeoutMs);
-    child.on('error', () => finish(false));
-    child.on('exit', (code) => {
+    child.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
-      finish(code === 0);
+      finish({ ok: false, failure: `could not be run (${e.code ?? e.message})` });
+    });
+    child.on('exit', (code, signal) => {
+      clearTimeout(timer);
+      if (code === 0 || code === 1) finish({ ok: code === 0 });
+      else if (signal) finish({ ok: false, failure: `was killed by ${signal}` });
+      else finish({ ok: false, failure: `exited with status ${code}` });
     });
   });
+}
+
+/**
+ * Why an askpass program can't be run, or undefined when it can: a path (or a name on PATH) to
+ * an executable regular file. Checked at agent start and by doctor.
+ */
+export function askpassProblem(program: string, envPath: string | undefined): string | undefined {
+  const candidates = program.includes('/')
+    ? [program]
+    : (envPath ?? '')
+        .split(':')
+        .filter((d) => d !== '')
+        .map((d) => path.join(d, program));
+  if (candidates.length === 0) return `${program} is not a path and there is no PATH`;
+  for (const c of candidates) {
+    try {
+      if (!fs.statSync(c).isFile()) continue;
+      fs.accessSync(c, fs.constants.X_OK);
+      return undefined;
+    } catch {
+      continue;
+    }
+  }
+  return program.includes('/')
+    ? `${program} is not an executable file`
+    : `${program} was not found on PATH`;
 }

@@ -4,13 +4,19 @@
  */
 export {
   askpass,
+  askpassProblem,
   Broker,
   Grants,
   mayApprove,
+  requestDigest,
+  type AskpassAnswer,
+  type Factor,
   type GrantScope,
+  type How,
   type Outcome,
+  type Settled,
   type Pending,
   type RequesterRef,
 } from './broker.js';
-export { enrollTotp, hotp, STEP_SECONDS, TOTP_SECRET, verifyTotp } from './totp.js';
+export { enrollTotp, hotp, newTotp, STEP_SECONDS, TOTP_SECRET, verifyTotp } from './totp.js';
 export { TerminalChannel, type TerminalIo } from './terminal.js';

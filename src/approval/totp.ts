@@ -78,7 +78,11 @@ function base32(bytes: SecureBuffer): SecureBuffer {
  * `keyward totp enroll`: a new 20-byte secret in the vault (replacing any previous one), shown once
  * as an otpauth URI and a QR code for an authenticator app. The caller saves the vault.
  */
-export function enrollTotp(v: Vault, label: string, fd: number, qr: boolean): void {
+/**
+ * A new TOTP secret, put in the vault (replacing any other), and its otpauth URI, in secure
+ * memory: the caller shows it (as text or a QR code), frees it, and saves the vault.
+ */
+export function newTotp(v: Vault, label: string): SecureBuffer {
   const secret = secureRandom(SECRET_BYTES);
   const b32 = base32(secret);
   const head = Buffer.from(`otpauth://totp/keyward:${encodeURIComponent(label)}?secret=`, 'utf8');
@@ -92,12 +96,23 @@ export function enrollTotp(v: Vault, label: string, fd: number, qr: boolean): vo
   tail.copy(uri, head.length + b32.length);
   try {
     v.setInternal(TOTP_SECRET, secret);
+    return uri;
+  } catch (e) {
+    secureFree(uri);
+    throw e;
+  } finally {
+    secureFree(secret);
+    secureFree(b32);
+  }
+}
+
+export function enrollTotp(v: Vault, label: string, fd: number, qr: boolean): void {
+  const uri = newTotp(v, label);
+  try {
     writeAllSync(fd, uri);
     writeAllSync(fd, Buffer.from('\n'));
     if (qr) writeQr(uri, fd);
   } finally {
-    secureFree(secret);
-    secureFree(b32);
     secureFree(uri);
   }
 }

@@ -18,6 +18,7 @@ export const EVENT_TYPES = [
   'approval.granted',
   'approval.denied',
   'approval.expired',
+  'approval.askpass_failed',
   'credential.fetch',
   'credential.deliver',
   'credential.drop',
@@ -35,6 +36,9 @@ export const EVENT_TYPES = [
   'audit.rekeyed',
   'audit.key_exported',
   'totp.enrolled',
+  'console.login',
+  'console.logout',
+  'console.credential',
 ] as const;
 
 export type EventType = (typeof EVENT_TYPES)[number];

@@ -41,24 +41,31 @@ export function registerAgentCommands(program: Command, io: Io): void {
   agent
     .command('run')
     .description('run in the foreground (logs on stderr; Ctrl-C stops and wipes keys)')
-    .action(async () => {
+    .option('--no-console', 'do not serve the web console')
+    .action(async function (this: Command) {
       await runAgent({
         home: keywardHome(),
         socketDir: socketDir(),
         allowDebugger: runtimeState.allowed,
         env: process.env,
         log: (l) => io.stderr(`keyward agent: ${l}\n`),
+        console: this.opts<{ console: boolean }>().console,
       });
     });
 
   agent
     .command('start')
     .description('start in the background')
-    .action(async () => {
-      const pid = await startAgent(BIN, socketDir(), runtimeState.allowed, process.env);
+    .option('--no-console', 'do not serve the web console')
+    .action(async function (this: Command) {
+      const web = this.opts<{ console: boolean }>().console;
+      const pid = await startAgent(BIN, socketDir(), runtimeState.allowed, process.env, web);
       io.stdout(
         `keyward agent started (pid ${pid}), socket ${agentSocket()}; it is locked: keyward unlock\n`,
       );
+      const s = await agentStatus(agentSocket());
+      if (typeof s?.['console'] === 'string')
+        io.stdout(`console: ${printable(s['console'], 200)} (approve requests there)\n`);
     });
 
   agent
@@ -131,6 +138,9 @@ export function registerAgentCommands(program: Command, io: Io): void {
           );
         }
         io.stdout(`pending approvals: ${String(s['pending'])}\n`);
+        io.stdout(
+          `console: ${typeof s['console'] === 'string' ? printable(s['console'], 200) : 'off'}\n`,
+        );
       }
       if (!s['running'])
         throw new KeywardError('AGENT_UNAVAILABLE', 'no agent is running', {
@@ -156,8 +166,9 @@ export function registerAgentCommands(program: Command, io: Io): void {
         // Targets can hold requester text (an ssh-add comment): escaped. The agent escapes the
         // caller description itself.
         const f = (v: unknown) => printable(String(v), 300);
+        const left = Math.max(0, Math.round((Number(p['expiresAt']) - Date.now()) / 1000));
         io.stdout(
-          `${f(p['id'])}  ${f(p['action'])} ${f(p['target'])}  (rule ${f(p['rule'])}, ${f(p['mode'])})\n    by ${who}\n`,
+          `${f(p['id'])}  ${f(p['action'])} ${f(p['target'])}  (rule ${f(p['rule'])}, ${f(p['mode'])}, ${left} s left)\n    by ${who}\n`,
         );
       }
     });

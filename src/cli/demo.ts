@@ -2,7 +2,7 @@
  * `keyward demo`: a short guided run on a throwaway KEYWARD_HOME, running the real commands as
  * separate processes, the way a user types them. It grows as features land.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -20,8 +20,33 @@ interface Step {
   input?: string;
   expectExit?: number;
   env?: NodeJS.ProcessEnv;
-  /** After the step, print this file's content (what the askpass program was shown). */
-  showFile?: string;
+  /**
+   * The step waits for a person: it runs in the background, its stderr (where to approve) is
+   * shown as it comes, and then what to do. Any of these exits is the person's answer.
+   */
+  person?: { exits: number[]; then: string };
+}
+
+/** Runs a step that waits for a person, showing its output as it comes. */
+function personStep(s: Step, env: NodeJS.ProcessEnv, io: Io): Promise<number | null> {
+  return new Promise((resolve) => {
+    const c = spawn(process.execPath, [BIN, ...s.args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+    let told = false;
+    let out = '';
+    c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    c.stderr.on('data', (d: Buffer) => {
+      io.stdout(d.toString());
+      if (!told && /approve it /.test(d.toString())) {
+        told = true;
+        io.stdout(`${s.person?.then ?? ''}\n`);
+      }
+    });
+    c.on('exit', (code) => {
+      io.stdout(out);
+      if (out !== '' && !out.endsWith('\n')) io.stdout('\n');
+      resolve(code);
+    });
+  });
 }
 
 export function registerDemoCommand(program: Command, io: Io): void {
@@ -29,11 +54,12 @@ export function registerDemoCommand(program: Command, io: Io): void {
     .command('demo')
     .description('a guided run on a throwaway vault: init, secrets, audit, agent, approval, lock')
     .option('--keep', 'keep the throwaway KEYWARD_HOME afterwards')
-    .action(function (this: Command) {
+    .action(async function (this: Command) {
       const home = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-demo-'));
       const passFile = path.join(home, '..', `${path.basename(home)}.pass`);
       // A throwaway passphrase for a throwaway vault, in a private file, as a script would use.
-      fs.writeFileSync(passFile, `demo-${randomBytes(12).toString('hex')}\n`, { mode: 0o600 });
+      const demoPassphrase = `demo-${randomBytes(12).toString('hex')}`;
+      fs.writeFileSync(passFile, `${demoPassphrase}\n`, { mode: 0o600 });
       const wrongFile = `${passFile}.wrong`;
       fs.writeFileSync(wrongFile, 'not the passphrase\n', { mode: 0o600 });
       const env: NodeJS.ProcessEnv = {
@@ -44,13 +70,6 @@ export function registerDemoCommand(program: Command, io: Io): void {
       };
       delete env['KEYWARD_ASKPASS'];
       delete env['SSH_ASKPASS'];
-      // A stand-in for the person at the askpass dialog: it records what it was shown, says yes.
-      const prompts = path.join(home, 'askpass-saw.txt');
-      const askpassProgram = path.join(home, 'askpass.sh');
-      fs.writeFileSync(askpassProgram, `#!/bin/sh\nprintf '%s\\n' "$1" > '${prompts}'\nexit 0\n`, {
-        mode: 0o700,
-      });
-      const withAskpass = { ...env, KEYWARD_ASKPASS: askpassProgram };
       const steps: Step[] = [
         {
           say: 'Create a vault (argon2id, about half a second)',
@@ -92,28 +111,13 @@ export function registerDemoCommand(program: Command, io: Io): void {
           args: ['unlock'],
         },
         {
-          say: 'Unlocked is not blanket access: the default policy wants a person to confirm, and with no one to ask, the answer is no (exit 6)',
+          say: 'Unlocked is not blanket access: the default policy wants a person to confirm each read. This read waits for you',
           shown: 'keyward read github/token',
           args: ['read', 'github/token'],
-          expectExit: 6,
-        },
-        {
-          say: 'Stop it, and start it again with an askpass program (a person to ask)',
-          shown: 'keyward agent stop',
-          args: ['agent', 'stop'],
-        },
-        {
-          say: '',
-          shown: 'KEYWARD_ASKPASS=./askpass.sh keyward agent start',
-          args: ['agent', 'start'],
-          env: withAskpass,
-        },
-        { say: '', shown: 'keyward unlock', args: ['unlock'] },
-        {
-          say: 'Now the read asks first; this is what the person was shown, naming the calling process',
-          shown: 'keyward read github/token',
-          args: ['read', 'github/token'],
-          showFile: prompts,
+          person: {
+            exits: [0, 6, 7],
+            then: `\n>>> Open that address in a browser on this machine, log in with this throwaway vault's passphrase:\n>>>   ${demoPassphrase}\n>>> and press Approve (or Deny). The request waits 60 s.\n`,
+          },
         },
         {
           say: 'Lock wipes the keys; a read now fails (exit 5)',
@@ -135,6 +139,23 @@ export function registerDemoCommand(program: Command, io: Io): void {
         for (const s of steps) {
           if (s.say !== '') io.stdout(`\n# ${s.say}\n`);
           if (s.shown !== '') io.stdout(`$ ${s.shown}\n`);
+          if (s.person) {
+            const code = await personStep(s, env, io);
+            io.stdout(
+              code === 0
+                ? '(a person approved: the value was released, and the audit log says who asked and who approved)\n'
+                : code === 6
+                  ? '(denied: exit 6; nothing was released)\n'
+                  : code === 7
+                    ? '(nobody answered in time: exit 7; nothing was released)\n'
+                    : `(unexpected exit code ${code})\n`,
+            );
+            if (!s.person.exits.includes(code ?? -1)) {
+              failed = true;
+              break;
+            }
+            continue;
+          }
           const r = spawnSync(process.execPath, [BIN, ...s.args], {
             env: s.env ?? env,
             input: s.input ?? '',
@@ -149,8 +170,6 @@ export function registerDemoCommand(program: Command, io: Io): void {
             break;
           }
           if (s.expectExit !== undefined) io.stdout(`(exit ${r.status})\n`);
-          if (s.showFile !== undefined && fs.existsSync(s.showFile))
-            io.stdout(`[askpass was shown] ${fs.readFileSync(s.showFile, 'utf8')}`);
         }
       } finally {
         spawnSync(process.execPath, [BIN, 'agent', 'stop'], { env });

@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { IntegrityError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
 import { agentStatus } from '../agent/index.js';
-import { policyChecks, runDoctor, runtimeChecks } from '../doctor/index.js';
+import { approvalChecks, policyChecks, runDoctor, runtimeChecks } from '../doctor/index.js';
 import { runtimeState } from '../lib/runtime-guard.js';
 import { agentSocket } from './context.js';
 import type { Io } from './report.js';
@@ -18,6 +18,7 @@ export function registerDoctorCommand(program: Command, io: Io): void {
         ...runDoctor(keywardHome()),
         ...runtimeChecks(runtimeState.exposure, agent?.['debuggable']),
         ...policyChecks(agent?.['policy']),
+        ...approvalChecks(process.env, agent),
       ];
       if (this.opts<{ json?: boolean }>().json) {
         io.stdout(`${JSON.stringify(checks, null, 2)}\n`);

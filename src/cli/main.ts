@@ -4,7 +4,8 @@
  */
 import { Command, CommanderError } from 'commander';
 import { EXIT, UsageError, type ExitCode } from '../errors.js';
-import { onAgentHello } from '../agent/index.js';
+import { onAgentHello, onApprovalPending, type PendingNotice } from '../agent/index.js';
+import { quote } from '../lib/text.js';
 import { hardenProcess } from '../lib/libc.js';
 import { processIo, reportError, type Io } from './report.js';
 import { registerVaultCommands } from './vault-commands.js';
@@ -16,6 +17,7 @@ import { registerAgentCommands } from './agent-commands.js';
 import { registerKeyCommands } from './key-commands.js';
 import { ChildExit, registerRunCommand } from './run-command.js';
 import { registerMcpCommands } from './mcp-commands.js';
+import { registerConsoleCommands } from './console-commands.js';
 
 export const VERSION = '0.1.0';
 
@@ -46,6 +48,7 @@ export function buildProgram(io: Io): Command {
   registerKeyCommands(program, io);
   registerRunCommand(program, io);
   registerMcpCommands(program, io, VERSION);
+  registerConsoleCommands(program, io);
   registerAuditCommands(program, io);
   registerPolicyCommands(program, io);
   registerDoctorCommand(program, io);
@@ -77,6 +80,10 @@ const AGENT_FIRST = new Set([
   'mcp wrap',
   'agent stop',
   'doctor',
+  'console',
+  'console credentials',
+  'console rename',
+  'console revoke',
 ]);
 
 function commandPath(c: Command): string {
@@ -100,8 +107,33 @@ function usageFrom(e: CommanderError): UsageError {
 }
 
 /** keyward's exit code, or for `keyward run` the child's (0 to 255). */
+/**
+ * Said on stderr the moment a request waits for a person: which request, how long it waits, and
+ * where to approve it (docs/CLI.md, "Waiting for approval").
+ */
+export function pendingLines(n: PendingNotice): string {
+  const left = Math.round(n.timeoutMs / 1000);
+  const how =
+    n.mode === 'totp'
+      ? `keyward approve ${n.id} --code CODE`
+      : n.mode === 'webauthn'
+        ? undefined
+        : `keyward approve ${n.id}`;
+  const where = [
+    n.console ? `in the console, ${n.console}#/approvals` : undefined,
+    how ? `with: ${how}` : undefined,
+  ].filter((x) => x !== undefined);
+  return (
+    `keyward: waiting for approval of request ${n.id} (${n.action} ${quote(n.target)}, ${n.mode}, ${left} s left)\n` +
+    (where.length > 0
+      ? `keyward: approve it ${where.join(', or ')}\n`
+      : 'keyward: no console runs and this request needs it: keyward agent start serves one\n')
+  );
+}
+
 export async function main(argv: string[], io: Io = processIo): Promise<ExitCode | number> {
   onAgentHello(hardenProcess);
+  onApprovalPending((n) => io.stderr(pendingLines(n)));
   const program = buildProgram(io);
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -7,9 +7,13 @@
 import type { Command } from 'commander';
 import {
   agentMcpPins,
+  INSTRUCTIONS,
+  pinnedEntry as pinned,
   readPinRecord,
+  trustWaiting,
+  waitingEntry as waiting,
+  waitingNames,
   writePinRecord,
-  type PinEntry,
   type ServerRecord,
 } from '../agent/index.js';
 import { KeywardError } from '../errors.js';
@@ -19,7 +23,6 @@ import { useVault } from '../vault/index.js';
 import { agentSocket, auth, paths } from './context.js';
 import type { Io } from './report.js';
 
-const INSTRUCTIONS = '(instructions)';
 /** Names and definitions come from MCP servers: shown escaped. */
 const safe = (s: string, max = 300) => printable(s, max);
 
@@ -36,23 +39,6 @@ async function readPins(cmd: Command, io: Io): Promise<Record<string, ServerReco
   }
   return useVault(paths(), auth(cmd, io), 'read', (v) => readPinRecord(v).servers);
 }
-
-const pinned = (sp: ServerRecord, tool: string): PinEntry | undefined =>
-  tool === INSTRUCTIONS
-    ? sp.instructions
-    : Object.hasOwn(sp.tools, tool)
-      ? sp.tools[tool]
-      : undefined;
-const waiting = (sp: ServerRecord, tool: string): PinEntry | undefined =>
-  tool === INSTRUCTIONS
-    ? sp.seenInstructions
-    : Object.hasOwn(sp.seen, tool)
-      ? sp.seen[tool]
-      : undefined;
-const waitingNames = (sp: ServerRecord) => [
-  ...(sp.seenInstructions ? [INSTRUCTIONS] : []),
-  ...Object.keys(sp.seen).sort(),
-];
 
 export function registerPinCommands(mcp: Command, io: Io): void {
   const pins = mcp.command('pins').description('tool-definition pins of wrapped MCP servers');
@@ -143,33 +129,9 @@ export function registerPinCommands(mcp: Command, io: Io): void {
       const a = { ...auth(this, io), passphraseOnly: true };
       const trusted = useVault(paths(), a, 'write', (v) => {
         const record = readPinRecord(v);
-        const sp = Object.hasOwn(record.servers, server) ? record.servers[server] : undefined;
-        const names = tool ? [tool] : sp ? waitingNames(sp) : [];
-        if (!sp || names.length === 0 || names.some((n) => !waiting(sp, n)))
-          throw new KeywardError(
-            'REQUEST_NOT_FOUND',
-            `no definition of ${server}${tool ? ` ${tool}` : ''} is waiting`,
-          );
-        const done: Array<[string, PinEntry]> = [];
-        for (const n of names) {
-          const seen = waiting(sp, n);
-          if (!seen) continue;
-          const expected = hash ?? shown?.get(n);
-          if ((shown || hash !== undefined) && seen.sha256 !== expected)
-            throw new KeywardError(
-              'PIN_CHANGED',
-              `the definition of ${server} ${n} waiting now (${seen.sha256}) is not the one you saw (${expected ?? 'none'}); nothing trusted`,
-              { hint: `look again: keyward mcp pins diff ${server} ${n}` },
-            );
-          if (n === INSTRUCTIONS) {
-            sp.instructions = seen;
-            delete sp.seenInstructions;
-          } else {
-            sp.tools[n] = seen;
-            delete sp.seen[n];
-          }
-          done.push([n, seen]);
-        }
+        // Bound to what was shown (or to --hash), when anything was.
+        const expected = hash !== undefined && tool !== undefined ? new Map([[tool, hash]]) : shown;
+        const done = trustWaiting(record, server, tool, expected);
         writePinRecord(v, record);
         for (const [n, pin] of done)
           a.audit.record({

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { coreLimit } from '../lib/libc.js';
 import { permissionProblem } from '../lib/files.js';
+import { askpassProblem } from '../approval/index.js';
 import { vaultPaths } from '../vault/index.js';
 
 export type CheckStatus = 'ok' | 'warn' | 'fail';
@@ -186,4 +187,44 @@ export function policyChecks(agentPolicy: unknown): Check[] {
           hint: 'find out who changed them; keyward policy show --verify prints what is in force',
         },
   ];
+}
+
+/**
+ * How a person can approve: the askpass program this environment names (one that can't be run
+ * fails, as `agent start` would refuse it) and, with an agent running, its console.
+ */
+export function approvalChecks(
+  env: NodeJS.ProcessEnv,
+  agent: Record<string, unknown> | undefined,
+): Check[] {
+  const name = env['KEYWARD_ASKPASS'] ? 'KEYWARD_ASKPASS' : 'SSH_ASKPASS';
+  const program = env[name] || undefined;
+  const checks: Check[] = [];
+  if (program !== undefined) {
+    const problem = askpassProblem(program, env['PATH']);
+    checks.push(
+      problem === undefined
+        ? { id: 'askpass', status: 'ok', message: `${name}=${program.slice(0, 200)} can be run` }
+        : {
+            id: 'askpass',
+            status: 'fail',
+            message: `${name}=${program.slice(0, 200)}: ${problem}; agent start refuses it`,
+            hint: `install it, point ${name} at an approval program, or unset it and approve in the console`,
+          },
+    );
+  }
+  if (agent) {
+    const url = typeof agent['console'] === 'string' ? agent['console'].slice(0, 200) : undefined;
+    checks.push(
+      url
+        ? { id: 'console', status: 'ok', message: `the agent's console: ${url}` }
+        : {
+            id: 'console',
+            status: 'warn',
+            message: 'the agent runs without its console (--no-console)',
+            hint: 'without an askpass program or terminal, confirm requests are then denied at once',
+          },
+    );
+  }
+  return checks;
 }

@@ -34,6 +34,8 @@ export interface ApprovalNeeded {
   remember: Remember;
   timeoutMs: number;
   message: string | undefined;
+  /** webauthn: whether the authenticator must verify the person (default preferred). */
+  userVerification?: 'required' | 'preferred';
 }
 
 export type Decision =
@@ -120,7 +122,13 @@ export function evaluate(policy: Policy, req: PolicyRequest, caller: Caller): De
     return {
       decision: 'approve',
       rule: r.name,
-      approval: { mode: a.mode, remember, timeoutMs: durationMs(a.timeout), message: a.message },
+      approval: {
+        mode: a.mode,
+        remember,
+        timeoutMs: durationMs(a.timeout),
+        message: a.message,
+        ...(a.mode === 'webauthn' ? { userVerification: a.user_verification ?? 'preferred' } : {}),
+      },
       highValue: r.high_value,
       explanation,
     };

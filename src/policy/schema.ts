@@ -52,8 +52,19 @@ function build(z: typeof Zod) {
       remember: Remember.default('once'),
       timeout: maxDuration(600_000, '10m').default('60s'),
       message: z.string().max(500).optional(),
+      // webauthn only: whether the authenticator must verify the person (PIN, biometrics) or
+      // only see them (a touch). Presence is always required.
+      user_verification: z.enum(['required', 'preferred']).optional(),
     })
-    .strict();
+    .strict()
+    .superRefine((a, ctx) => {
+      if (a.user_verification !== undefined && a.mode !== 'webauthn')
+        ctx.addIssue({
+          code: 'custom',
+          path: ['user_verification'],
+          message: `user_verification goes with mode webauthn, not ${a.mode}`,
+        });
+    });
 
   const Callers = z
     .object({

@@ -1,0 +1,193 @@
+/**
+ * The agent's side of the web console: the console server wired to the gate and the unlock
+ * window, and the `console` request `keyward console` makes over the socket (docs/PROTOCOL.md):
+ * - url: where the console listens (also in status);
+ * - credentials: the WebAuthn credentials registered in the vault (no public key bytes);
+ * - rename / revoke: change one, with the passphrase in raw (a credential is an approval factor:
+ *   changing the set takes the factor the vault itself is opened with).
+ */
+import type { AuditRecord } from '../audit/index.js';
+import {
+  checkCredentialName,
+  ConsoleServer,
+  describeCredentials,
+  findCredential,
+  readCredentials,
+  writeCredentials,
+  type PinView,
+} from '../console/index.js';
+import { newTotp } from '../approval/index.js';
+import { KeywardError } from '../errors.js';
+import { qrModules } from '../lib/qr.js';
+import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import type { Gate } from './gate.js';
+import { actorOf } from './identity.js';
+import {
+  INSTRUCTIONS,
+  pinnedEntry,
+  readPinRecord,
+  trustWaiting,
+  waitingEntry,
+  waitingNames,
+  writePinRecord,
+} from './mcp-pins.js';
+import type { Peer } from './peer.js';
+import { str, type Frame } from './protocol.js';
+import type { Reply } from './release.js';
+import type { UnlockWindow } from './unlock.js';
+
+export interface ConsoleLinkHost {
+  home: string;
+  window: UnlockWindow;
+  gate: () => Gate;
+  record(r: AuditRecord): Promise<unknown>;
+}
+
+export function makeConsole(h: ConsoleLinkHost): ConsoleServer {
+  return new ConsoleServer({
+    home: h.home,
+    vault: () => h.window.unlocked(),
+    write: (fn) => h.window.write(fn),
+    policy: () => h.window.loaded,
+    pending: () => h.gate().pending(),
+    onPendingChange: (fn) => h.gate().onPendingChange(fn),
+    approve: (id, factor) => h.gate().approveWith(id, undefined, factor, 'console'),
+    deny: (id) => void h.gate().deny(id, 'console'),
+    record: (r) => h.record(r),
+    noteDenial: () => h.gate().noteDenial(),
+    pins: () => pinViews(h),
+    trustPin: (server, tool, sha256, passphrase) => trustPin(h, server, tool, sha256, passphrase),
+    enrollTotp: (passphrase) => enrollTotp(h, passphrase),
+  });
+}
+
+/** The passphrase, checked against the open vault; a wrong one counts as a denial. */
+function checkPassphrase(h: ConsoleLinkHost, passphrase: SecureBuffer): void {
+  try {
+    if (!h.window.unlocked().checkPassphrase(passphrase)) {
+      h.gate().noteDenial();
+      throw new KeywardError('VAULT_BAD_PASSPHRASE', 'wrong passphrase');
+    }
+  } finally {
+    secureFree(passphrase);
+  }
+}
+
+async function pinViews(h: ConsoleLinkHost): Promise<PinView[]> {
+  const record = readPinRecord(h.window.unlocked());
+  // The definitions file and the diff live with the gateway (loaded on first use).
+  const { loadDefinitions, definitionOf, wordDiff } = await import('../mcp/index.js');
+  const file = loadDefinitions(h.home);
+  return Object.entries(record.servers)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([server, sp]) => ({
+      server,
+      pinned: [
+        ...(sp.instructions ? [[INSTRUCTIONS, sp.instructions] as const] : []),
+        ...Object.entries(sp.tools).sort(([a], [b]) => a.localeCompare(b)),
+      ].map(([tool, pin]) => ({ tool, sha256: pin.sha256, at: pin.at })),
+      waiting: waitingNames(sp).flatMap((tool) => {
+        const seen = waitingEntry(sp, tool);
+        if (!seen) return [];
+        const was = pinnedEntry(sp, tool);
+        const after = definitionOf(file, server, seen.sha256);
+        const before = was ? definitionOf(file, server, was.sha256) : undefined;
+        return [
+          {
+            tool,
+            sha256: seen.sha256,
+            at: seen.at,
+            diff: after === undefined ? null : wordDiff(before ?? '', after),
+          },
+        ];
+      }),
+    }));
+}
+
+async function trustPin(
+  h: ConsoleLinkHost,
+  server: string,
+  tool: string,
+  sha256: string,
+  passphrase: SecureBuffer,
+): Promise<void> {
+  checkPassphrase(h, passphrase);
+  const done = await h.window.write((v) => {
+    const record = readPinRecord(v);
+    const d = trustWaiting(record, server, tool, new Map([[tool, sha256]]));
+    writePinRecord(v, record);
+    return { result: d, save: true };
+  });
+  for (const [n, pin] of done)
+    await h.record({
+      type: 'mcp.call',
+      target: server,
+      decision: 'info',
+      reason: `trusted ${n}`,
+      details: { server, tool: n, event: 'trusted', hash: pin.sha256, via: 'console' },
+    });
+}
+
+async function enrollTotp(h: ConsoleLinkHost, passphrase: SecureBuffer): Promise<SecureBuffer> {
+  checkPassphrase(h, passphrase);
+  await h.record({ type: 'totp.enrolled', decision: 'info', details: { via: 'console' } });
+  const uri = await h.window.write((v) => ({
+    result: newTotp(v, `vault-${v.id.slice(0, 8)}`),
+    save: true,
+  }));
+  let modules: SecureBuffer | undefined;
+  try {
+    modules = qrModules(uri);
+    const out = secureAlloc(modules.length + uri.length);
+    modules.copy(out, 0);
+    uri.copy(out, modules.length);
+    return out;
+  } finally {
+    secureFree(modules);
+    secureFree(uri);
+  }
+}
+
+export async function consoleRequest(
+  c: ConsoleServer | undefined,
+  h: ConsoleLinkHost,
+  asker: Peer,
+  f: Frame,
+): Promise<Reply> {
+  const op = str(f.meta, 'op');
+  try {
+    if (op === 'url') return { meta: { url: c?.url ?? null } };
+    const v = h.window.unlocked();
+    if (op === 'credentials')
+      return { meta: { credentials: describeCredentials(readCredentials(v)) } };
+    if (op !== 'rename' && op !== 'revoke')
+      throw new KeywardError('USAGE', `unknown console request ${String(op)}`);
+    const id = str(f.meta, 'id') ?? '';
+    const name = op === 'rename' ? checkCredentialName(f.meta['name']) : '';
+    findCredential(readCredentials(v), id);
+    if (!f.raw || f.raw.length === 0)
+      throw new KeywardError('USAGE', `to ${op} a credential, give the passphrase`);
+    if (!v.checkPassphrase(f.raw)) {
+      h.gate().noteDenial();
+      throw new KeywardError('VAULT_BAD_PASSPHRASE', 'wrong passphrase');
+    }
+    await h.window.write((w) => {
+      const r = readCredentials(w);
+      const cred = findCredential(r, id);
+      if (op === 'rename') cred.name = name;
+      else r.credentials = r.credentials.filter((k) => k !== cred);
+      writeCredentials(w, r);
+      return { result: undefined, save: true };
+    });
+    await h.record({
+      type: 'console.credential',
+      decision: 'info',
+      reason: op === 'rename' ? 'renamed' : 'revoked',
+      actor: actorOf(asker.id),
+      details: { action: op, credential: id, via: 'cli', ...(op === 'rename' ? { name } : {}) },
+    });
+    return { meta: { [op === 'rename' ? 'renamed' : 'revoked']: id } };
+  } finally {
+    secureFree(f.raw);
+  }
+}

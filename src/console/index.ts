@@ -1,0 +1,16 @@
+/**
+ * The web console's public surface (docs/CONSOLE.md): the server the agent runs, and the
+ * WebAuthn credentials kept in the vault.
+ */
+export { ConsoleServer, type ConsoleHost, type PinView } from './server.js';
+export {
+  checkCredentialName,
+  describeCredentials,
+  findCredential,
+  hasCredentials,
+  readCredentials,
+  writeCredentials,
+  WEBAUTHN_RECORD,
+  type CredentialRecord,
+  type StoredCredential,
+} from './credentials.js';

@@ -1,0 +1,329 @@
+/**
+ * The web console (docs/CONSOLE.md): served by the agent on 127.0.0.1, at a port chosen at
+ * start. This file keeps to listening, the source checks, the static page, logins and sessions;
+ * the API behind a login is in api.ts.
+ *
+ * node:http, not a framework: a dozen routes, every one of which must check the same few things
+ * in the same order (source, session, CSRF), which is easiest to see, and to test, in one place.
+ */
+import fs from 'node:fs';
+import http from 'node:http';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { Factor, Pending } from '../approval/index.js';
+import type { AuditRecord } from '../audit/index.js';
+import type { Loaded } from '../policy/index.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import type { Vault } from '../vault/index.js';
+import { routeApi } from './api.js';
+import { hasCredentials, readCredentials, writeCredentials } from './credentials.js';
+import {
+  checkSource,
+  cookie,
+  HttpError,
+  readJson,
+  readSecret,
+  secureHeaders,
+  sendError,
+  sendJson,
+} from './http.js';
+import { Sessions, type Session } from './sessions.js';
+import { assertionOptions, verifyAssertion } from './webauthn.js';
+
+export interface ConsoleHost {
+  home: string;
+  /** The open vault; throws AGENT_LOCKED when the agent is locked. */
+  vault(): Vault;
+  /** Changes the open vault and saves it under the vault lock (UnlockWindow.write). */
+  write<T>(fn: (v: Vault) => { result: T; save: boolean }): Promise<T>;
+  policy(): Loaded | undefined;
+  pending(): Pending[];
+  onPendingChange(fn: () => void): () => void;
+  approve(id: string, factor: Factor): Promise<unknown>;
+  deny(id: string): void;
+  record(r: AuditRecord): Promise<unknown>;
+  /** A failed login or approval counts toward the agent's circuit breaker. */
+  noteDenial(): void;
+  /** MCP pins per server: what is trusted, and what waits with its word diff. */
+  pins(): Promise<PinView[]>;
+  /** Trusts one waiting definition, bound to the hash shown; needs the passphrase. */
+  trustPin(server: string, tool: string, sha256: string, passphrase: SecureBuffer): Promise<void>;
+  /**
+   * Enrols a new TOTP secret (replacing any other); needs the passphrase. Returns, in secure
+   * memory, the QR module matrix (u16 side, then a byte per module) and the otpauth URI.
+   */
+  enrollTotp(passphrase: SecureBuffer): Promise<SecureBuffer>;
+}
+
+export interface PinView {
+  server: string;
+  pinned: Array<{ tool: string; sha256: string; at: string }>;
+  waiting: Array<{ tool: string; sha256: string; at: string; diff: string | null }>;
+}
+
+const WEB = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'web');
+const STATIC: Record<string, { file: string; type: string }> = {
+  '/': { file: path.join(WEB, 'index.html'), type: 'text/html; charset=utf-8' },
+  '/app.js': { file: path.join(WEB, 'app.js'), type: 'text/javascript; charset=utf-8' },
+  '/app.css': { file: path.join(WEB, 'app.css'), type: 'text/css; charset=utf-8' },
+  '/vendor/webauthn.js': {
+    file: path.join(
+      path.dirname(createRequire(import.meta.url).resolve('@simplewebauthn/browser')),
+      '..',
+      'dist',
+      'bundle',
+      'index.umd.min.js',
+    ),
+    type: 'text/javascript; charset=utf-8',
+  },
+};
+
+export interface Ctx {
+  req: http.IncomingMessage;
+  res: http.ServerResponse;
+  url: URL;
+  now: number;
+  session: Session;
+}
+
+export class ConsoleServer {
+  private server: http.Server | undefined;
+  private port = 0;
+  readonly sessions = new Sessions();
+  /** Open event streams, ended when their session ends. */
+  readonly streams = new Set<{ session: Session; res: http.ServerResponse }>();
+  private readonly files = new Map<string, Buffer>();
+
+  constructor(readonly host: ConsoleHost) {}
+
+  get url(): string | undefined {
+    return this.port === 0 ? undefined : `http://localhost:${this.port}/`;
+  }
+
+  get origin(): string {
+    return `http://localhost:${this.port}`;
+  }
+
+  private get cookieName(): string {
+    return `keyward_${this.port}`;
+  }
+
+  /** Listens on 127.0.0.1 only, at a port the kernel picks. */
+  async start(): Promise<void> {
+    for (const [route, f] of Object.entries(STATIC)) this.files.set(route, fs.readFileSync(f.file));
+    const server = http.createServer((req, res) => void this.handle(req, res));
+    server.headersTimeout = 10_000;
+    server.requestTimeout = 30_000;
+    server.keepAliveTimeout = 5_000;
+    // One person's browser needs a handful; a local process opening thousands gets no more.
+    server.maxConnections = 64;
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host: '127.0.0.1', port: 0, exclusive: true }, () => resolve());
+    });
+    const addr = server.address();
+    if (addr === null || typeof addr === 'string') throw new Error('no console address');
+    this.port = addr.port;
+    this.server = server;
+  }
+
+  async stop(): Promise<void> {
+    this.endSessions();
+    const s = this.server;
+    if (!s) return;
+    s.closeAllConnections();
+    await new Promise<void>((r) => s.close(() => r()));
+  }
+
+  /** The agent locked: every session ends, every stream closes. */
+  endSessions(): void {
+    this.sessions.clear();
+    for (const st of this.streams) st.res.end();
+    this.streams.clear();
+  }
+
+  /** Whether the open vault has a WebAuthn credential (the webauthn channel exists). */
+  hasWebauthn(): boolean {
+    try {
+      return hasCredentials(this.host.vault());
+    } catch {
+      return false;
+    }
+  }
+
+  private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    secureHeaders(res);
+    try {
+      if (checkSource(req, this.port) === 'redirect') {
+        res.writeHead(302, { Location: `${this.origin}/` });
+        res.end();
+        return;
+      }
+      const url = new URL(req.url ?? '/', this.origin);
+      const now = Date.now();
+      if (req.method === 'GET' && STATIC[url.pathname]) {
+        const body = this.files.get(url.pathname) ?? Buffer.alloc(0);
+        res.writeHead(200, {
+          'Content-Type': STATIC[url.pathname]?.type ?? 'application/octet-stream',
+          'Content-Length': body.length,
+        });
+        res.end(body);
+        return;
+      }
+      if (!url.pathname.startsWith('/api/')) throw new HttpError(404, 'not found');
+      if (await this.login(req, res, url.pathname, now)) return;
+      const session = this.sessions.find(
+        cookie(req, this.cookieName),
+        typeof req.headers['x-keyward-csrf'] === 'string'
+          ? req.headers['x-keyward-csrf']
+          : undefined,
+        now,
+      );
+      if (!session)
+        throw new HttpError(
+          403,
+          'log in first (a missing or wrong session or CSRF token)',
+          'the session may have ended: log in again',
+        );
+      if (req.method === 'POST' && url.pathname === '/api/logout') {
+        this.sessions.end(session);
+        await this.audit({ type: 'console.logout', decision: 'info' });
+        res.setHeader(
+          'Set-Cookie',
+          `${this.cookieName}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0`,
+        );
+        sendJson(res, 200, { loggedOut: true });
+        return;
+      }
+      await routeApi(this, { req, res, url, now, session });
+    } catch (e) {
+      sendError(res, e);
+    }
+  }
+
+  /** Audits a console event; a failure to record fails the request (fail closed). */
+  audit(r: AuditRecord): Promise<unknown> {
+    return this.host.record({ ...r, details: { via: 'console', ...(r.details ?? {}) } });
+  }
+
+  /** Handles the routes that need no session: state and the logins. True when it did. */
+  private async login(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    route: string,
+    now: number,
+  ): Promise<boolean> {
+    if (req.method === 'GET' && route === '/api/state') {
+      let locked = false;
+      let webauthn = false;
+      try {
+        webauthn = hasCredentials(this.host.vault());
+      } catch {
+        locked = true;
+      }
+      sendJson(res, 200, { locked, webauthn });
+      return true;
+    }
+    if (req.method !== 'POST') return false;
+    if (route === '/api/login/passphrase') {
+      const secret = await readSecret(req);
+      let ok: boolean;
+      try {
+        ok = this.host.vault().checkPassphrase(secret);
+      } finally {
+        secureFree(secret);
+      }
+      if (!ok) {
+        this.host.noteDenial();
+        await this.audit({
+          type: 'console.login',
+          decision: 'deny',
+          reason: 'wrong passphrase',
+          details: { method: 'passphrase' },
+        });
+        throw new HttpError(403, 'wrong passphrase');
+      }
+      const s = this.startSession(res, 'passphrase', null, now);
+      await this.audit({
+        type: 'console.login',
+        decision: 'allow',
+        details: { method: 'passphrase' },
+      });
+      sendJson(res, 200, { csrf: s.csrf, login: s.login });
+      return true;
+    }
+    if (route === '/api/login/options') {
+      const record = readCredentials(this.host.vault());
+      if (record.credentials.length === 0)
+        throw new HttpError(
+          409,
+          'no WebAuthn credential is registered yet: log in with the passphrase',
+        );
+      const { handle, challenge } = this.sessions.issueLogin(now);
+      const options = await assertionOptions(
+        record,
+        Buffer.from(challenge, 'base64url'),
+        'preferred',
+      );
+      sendJson(res, 200, { handle, options });
+      return true;
+    }
+    if (route === '/api/login/webauthn') {
+      const body = await readJson(req);
+      const challenge = this.sessions.takeLogin(body['handle'], now);
+      if (!challenge) throw new HttpError(403, 'no such login challenge (each is used once)');
+      const record = readCredentials(this.host.vault());
+      let a;
+      try {
+        a = await verifyAssertion(record, body['response'], challenge, this.origin, false);
+      } catch (e) {
+        this.host.noteDenial();
+        await this.audit({
+          type: 'console.login',
+          decision: 'deny',
+          reason: e instanceof Error ? e.message.slice(0, 300) : 'refused',
+          details: { method: 'webauthn' },
+        });
+        throw e;
+      }
+      await this.used(a.credential.id, a.newCounter, now);
+      const s = this.startSession(res, 'webauthn', a.credential.id, now);
+      await this.audit({
+        type: 'console.login',
+        decision: 'allow',
+        details: { method: 'webauthn', credential: a.credential.id, userVerified: a.userVerified },
+      });
+      sendJson(res, 200, { csrf: s.csrf, login: s.login });
+      return true;
+    }
+    return false;
+  }
+
+  private startSession(
+    res: http.ServerResponse,
+    login: Session['login'],
+    credential: string | null,
+    now: number,
+  ): Session {
+    const s = this.sessions.create(login, credential, now);
+    res.setHeader(
+      'Set-Cookie',
+      `${this.cookieName}=${s.id}; HttpOnly; SameSite=Strict; Path=/; Max-Age=${60 * 60}`,
+    );
+    return s;
+  }
+
+  /** Records a credential's new signature counter and last use in the vault. */
+  async used(id: string, counter: number, now: number): Promise<void> {
+    await this.host.write((v) => {
+      const r = readCredentials(v);
+      const c = r.credentials.find((x) => x.id === id);
+      if (!c) return { result: undefined, save: false };
+      c.counter = counter;
+      c.lastUsed = new Date(now).toISOString();
+      writeCredentials(v, r);
+      return { result: undefined, save: true };
+    });
+  }
+}

@@ -1,0 +1,136 @@
+/**
+ * The command line around approvals (issue 16, "the CLI side"): a waiting command says so at
+ * once, `approvals` shows the time left, an askpass program that can't be run is refused at start
+ * and in doctor, a failing one is recorded, and a requester that hangs up takes its request back.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import { waitingCommand } from './console-helpers.js';
+import { kw, sleep } from './helpers.js';
+
+const homes: AgentHome[] = [];
+after(async () => {
+  for (const h of homes) await stopAgent(h);
+});
+
+async function running(env: NodeJS.ProcessEnv, args: string[] = []): Promise<AgentHome> {
+  const h = agentHome();
+  homes.push(h);
+  kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' });
+  await startAgent(h, env, args);
+  assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  return h;
+}
+
+/** Until the agent no longer lists this request (it answers after the close it saw). */
+async function gone(h: AgentHome, id: string): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    const list = JSON.parse(kw(['approvals', '--json'], { env: h.env }).stdout) as Array<{
+      id: string;
+    }>;
+    if (!list.some((p) => p.id === id)) return;
+    await sleep(50);
+  }
+  throw new Error(`request ${id} is still listed`);
+}
+
+test('a command waiting for approval says so at once: id, time left, where to approve', async () => {
+  const h = await running({ KEYWARD_ASKPASS: '', SSH_ASKPASS: '' });
+  const w = waitingCommand(['read', 'app/token'], h.env);
+  const id = await w.id;
+  const list = kw(['approvals'], { env: h.env }).stdout;
+  assert.match(
+    list,
+    new RegExp(`^${id}  read app/token  \\(rule default-secrets, confirm, \\d+ s left\\)`),
+  );
+  assert.equal(kw(['deny', id], { env: h.env }).code, 0);
+  const r = await w.done;
+  assert.equal(r.code, 6);
+  assert.match(
+    r.stderr,
+    new RegExp(
+      `keyward: waiting for approval of request ${id} \\(read "app/token", confirm, \\d+ s left\\)\\n` +
+        `keyward: approve it in the console, http://localhost:\\d+/#/approvals, or with: keyward approve ${id}\\n`,
+    ),
+  );
+});
+
+test("an askpass program that can't be run is an error at agent start and in doctor", () => {
+  const h = agentHome();
+  homes.push(h);
+  const missing = path.join(h.dir, 'no-such-askpass');
+  const r = kw(['agent', 'start'], { env: { ...h.env, KEYWARD_ASKPASS: missing } });
+  assert.equal(r.code, 2, r.stderr);
+  assert.match(r.stderr, /KEYWARD_ASKPASS=.*no-such-askpass: .* is not an executable file/);
+  assert.match(r.stderr, /hint: .*approve in the console/);
+  assert.equal(kw(['status'], { env: h.env }).code, 5, 'no agent was started');
+  const onPath = kw(['agent', 'start'], { env: { ...h.env, SSH_ASKPASS: 'ssh-askpass-not-here' } });
+  assert.equal(onPath.code, 2);
+  assert.match(onPath.stderr, /SSH_ASKPASS=ssh-askpass-not-here: .*not found on PATH/);
+  const notExec = path.join(h.dir, 'not-executable');
+  fs.writeFileSync(notExec, '#!/bin/sh\nexit 0\n', { mode: 0o600 });
+  const run = kw(['agent', 'run'], { env: { ...h.env, KEYWARD_ASKPASS: notExec } });
+  assert.equal(run.code, 2);
+  const doc = kw(['doctor', '--json'], { env: { ...h.env, KEYWARD_ASKPASS: missing } });
+  const checks = JSON.parse(doc.stdout) as Array<{ id: string; status: string; message: string }>;
+  const c = checks.find((x) => x.id === 'askpass');
+  assert.equal(c?.status, 'fail');
+  assert.match(c?.message ?? '', /not an executable file/);
+});
+
+test('a failing askpass program is recorded with its reason; the console still can approve', async () => {
+  const h = agentHome();
+  homes.push(h);
+  kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' });
+  const broken = path.join(h.dir, 'broken-askpass');
+  fs.writeFileSync(broken, '#!/bin/sh\nexit 3\n', { mode: 0o700 });
+  await startAgent(h, { KEYWARD_ASKPASS: broken });
+  assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  const w = waitingCommand(['read', 'app/token'], h.env);
+  const id = await w.id;
+  // The failure is recorded before the request is shown as still pending.
+  let failed;
+  for (let i = 0; i < 400 && !failed; i++) {
+    failed = auditEntries(h).find((e) => e.type === 'approval.askpass_failed');
+    if (!failed) await sleep(50);
+  }
+  assert.equal(failed?.reason, 'the askpass program exited with status 3');
+  assert.equal(failed?.details['request'], id);
+  assert.equal(kw(['deny', id], { env: h.env }).code, 0);
+  assert.equal((await w.done).code, 6);
+});
+
+test('without a console, a failing askpass program denies at once, with its reason', async () => {
+  const h = agentHome();
+  homes.push(h);
+  kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' });
+  const killed = path.join(h.dir, 'killed-askpass');
+  fs.writeFileSync(killed, '#!/bin/sh\nkill -9 $$\n', { mode: 0o700 });
+  await startAgent(h, { KEYWARD_ASKPASS: killed }, ['--no-console']);
+  assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  const r = kw(['read', 'app/token'], { env: h.env });
+  assert.equal(r.code, 6);
+  const entries = auditEntries(h);
+  assert.equal(
+    entries.find((e) => e.type === 'approval.askpass_failed')?.reason,
+    'the askpass program was killed by SIGKILL',
+  );
+  assert.equal(
+    entries.find((e) => e.type === 'approval.denied')?.details['askpass'],
+    'was killed by SIGKILL',
+  );
+});
+
+test('a requester that goes away takes its request with it', async () => {
+  const h = await running({ KEYWARD_ASKPASS: '', SSH_ASKPASS: '' });
+  const w = waitingCommand(['read', 'app/token'], h.env);
+  const id = await w.id;
+  w.kill();
+  await w.done;
+  await gone(h, id);
+  const denied = auditEntries(h).find((e) => e.type === 'approval.denied');
+  assert.equal(denied?.details['reason'], 'the requester went away');
+});

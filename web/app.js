@@ -1,0 +1,607 @@
+// The keyward console's page. Plain DOM: every value from the agent goes in with textContent
+// (never innerHTML), and the Content-Security-Policy allows only this file and the WebAuthn
+// library to run. The CSRF token lives in this origin's sessionStorage and goes in a header on
+// every API request; the session cookie alone opens nothing.
+'use strict';
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  const W = window.SimpleWebAuthnBrowser;
+  let csrf = sessionStorage.getItem('keyward-csrf');
+  let pending = [];
+  let skew = 0;
+  let streaming = false;
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === 'class') e.className = v;
+      else if (k === 'text') e.textContent = v;
+      else e.setAttribute(k, v);
+    }
+    for (const c of children) if (c !== null && c !== undefined) e.append(c);
+    return e;
+  }
+
+  function say(text, isError) {
+    const m = $('message');
+    m.textContent = text;
+    m.className = isError ? 'error' : '';
+    m.hidden = !text;
+  }
+
+  async function api(method, path, body, secret) {
+    const headers = { 'X-Keyward-CSRF': csrf || '' };
+    let payload;
+    if (secret !== undefined) {
+      headers['Content-Type'] = 'application/octet-stream';
+      payload = new TextEncoder().encode(secret);
+    } else if (body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      payload = JSON.stringify(body);
+    }
+    const res = await fetch(path, { method, headers, body: payload, credentials: 'same-origin' });
+    let data;
+    try {
+      data = await res.json();
+    } catch (e) {
+      data = {};
+    }
+    if (!res.ok) {
+      if (res.status === 403 && /log in first/.test(data.error || '')) loggedOut();
+      throw new Error((data.error || `HTTP ${res.status}`) + (data.hint ? ` (${data.hint})` : ''));
+    }
+    return data;
+  }
+
+  function show(view) {
+    for (const s of document.querySelectorAll('main > section')) s.hidden = s.id !== `view-${view}`;
+    for (const a of document.querySelectorAll('nav a'))
+      a.classList.toggle('active', a.dataset.view === view);
+  }
+
+  function route() {
+    if (!csrf) return showLogin();
+    const view = (location.hash.replace(/^#\/?/, '') || 'approvals').split('/')[0];
+    const known = ['approvals', 'audit', 'policy', 'credentials', 'pins'];
+    const v = known.includes(view) ? view : 'approvals';
+    $('nav').hidden = false;
+    show(v);
+    if (v === 'audit') loadAudit().catch((e) => say(e.message, true));
+    if (v === 'policy') loadPolicy().catch((e) => say(e.message, true));
+    if (v === 'credentials') loadCredentials().catch((e) => say(e.message, true));
+    if (v === 'pins') loadPins().catch((e) => say(e.message, true));
+    if (!streaming) stream();
+  }
+
+  async function showLogin() {
+    $('nav').hidden = true;
+    show('login');
+    try {
+      const s = await (await fetch('/api/state', { credentials: 'same-origin' })).json();
+      $('locked-note').hidden = !s.locked;
+      $('login-webauthn').hidden = !s.webauthn;
+    } catch (e) {
+      say('the agent does not answer', true);
+    }
+  }
+
+  function loggedIn(data) {
+    csrf = data.csrf;
+    sessionStorage.setItem('keyward-csrf', csrf);
+    say('');
+    route();
+  }
+
+  function loggedOut() {
+    csrf = null;
+    sessionStorage.removeItem('keyward-csrf');
+    showLogin();
+  }
+
+  $('login-passphrase').addEventListener('click', async () => {
+    const p = $('passphrase');
+    const value = p.value;
+    p.value = '';
+    try {
+      loggedIn(await api('POST', '/api/login/passphrase', undefined, value));
+    } catch (e) {
+      say(e.message, true);
+    }
+  });
+  $('passphrase').addEventListener('keydown', (e) => {
+    if (e.key === 'Enter') $('login-passphrase').click();
+  });
+
+  $('login-webauthn').addEventListener('click', async () => {
+    try {
+      const { handle, options } = await api('POST', '/api/login/options', {});
+      const response = await W.startAuthentication({ optionsJSON: options });
+      loggedIn(await api('POST', '/api/login/webauthn', { handle, response }));
+    } catch (e) {
+      say(e.message, true);
+    }
+  });
+
+  $('logout').addEventListener('click', async () => {
+    try {
+      await api('POST', '/api/logout', {});
+    } catch (e) {
+      // The session may have ended already.
+    }
+    loggedOut();
+  });
+
+  // Pending approvals, live: server-sent events read through fetch (the CSRF header goes along).
+  async function stream() {
+    streaming = true;
+    try {
+      const res = await fetch('/api/events', {
+        headers: { 'X-Keyward-CSRF': csrf || '' },
+        credentials: 'same-origin',
+      });
+      if (!res.ok) {
+        streaming = false;
+        if (res.status === 403) loggedOut();
+        return;
+      }
+      const reader = res.body.getReader();
+      const dec = new TextDecoder();
+      let buf = '';
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buf += dec.decode(value, { stream: true });
+        let i;
+        while ((i = buf.indexOf('\n\n')) >= 0) {
+          const block = buf.slice(0, i);
+          buf = buf.slice(i + 2);
+          const data = block
+            .split('\n')
+            .filter((l) => l.startsWith('data: '))
+            .map((l) => l.slice(6))
+            .join('\n');
+          if (data) {
+            const d = JSON.parse(data);
+            skew = d.now - Date.now();
+            pending = d.pending;
+            renderPending();
+          }
+        }
+      }
+    } catch (e) {
+      // The agent went away or locked; try again below.
+    }
+    streaming = false;
+    if (csrf) setTimeout(() => csrf && !streaming && stream(), 2000);
+  }
+
+  function secondsLeft(p) {
+    return Math.max(0, Math.round((p.expiresAt - (Date.now() + skew)) / 1000));
+  }
+
+  function renderPending() {
+    const list = $('pending');
+    list.replaceChildren(...pending.map(requestItem));
+    $('no-pending').hidden = pending.length > 0;
+    $('pending-count').textContent = pending.length > 0 ? `(${pending.length})` : '';
+  }
+
+  function requestItem(p) {
+    const r = p.requester || {};
+    const dl = el('dl');
+    const row = (k, v) => {
+      if (v === undefined || v === null || v === '') return;
+      dl.append(el('dt', { text: k }), el('dd', { text: String(v) }));
+    };
+    row('executable', r.hidden ? '(hidden: it made itself unreadable)' : r.exe);
+    row('sha-256', r.exeSha256);
+    row('pid', r.pid);
+    row('command line', (r.cmdline || []).map((a) => JSON.stringify(a)).join(' '));
+    row('directory', r.cwd);
+    row(
+      'started by',
+      (r.parents || [])
+        .slice(0, 6)
+        .map((a) => `${a.exe || '(hidden)'} [${a.pid}]`)
+        .join(' ← '),
+    );
+    const loaders = (r.loaderVars || []).map(
+      (v) => `${v.name}=${v.value === null ? '(not shown)' : v.value}`,
+    );
+    row('loader variables', loaders.join(' '));
+    row('rule', p.rule);
+    row(
+      'approval',
+      p.mode + (p.userVerification ? ` (user verification ${p.userVerification})` : ''),
+    );
+    if (p.message) row('message', p.message);
+    const left = el('span', { class: 'left', 'data-left': p.id, text: `${secondsLeft(p)} s left` });
+    const actions = el('div', { class: 'actions' });
+    const approve = el('button', { class: 'approve', type: 'button' });
+    const deny = el('button', { class: 'deny danger', type: 'button', text: 'Deny' });
+    let input;
+    if (p.mode === 'webauthn') approve.textContent = 'Approve with security key';
+    else if (p.mode === 'passphrase') {
+      input = el('input', { type: 'password', class: 'factor', placeholder: 'vault passphrase' });
+      approve.textContent = 'Approve';
+    } else if (p.mode === 'totp') {
+      input = el('input', {
+        class: 'factor',
+        inputmode: 'numeric',
+        placeholder: 'TOTP code',
+        maxlength: '8',
+      });
+      approve.textContent = 'Approve';
+    } else approve.textContent = 'Approve';
+    if (input) actions.append(input);
+    actions.append(approve, deny);
+    approve.addEventListener('click', () => decide(p, input).catch((e) => say(e.message, true)));
+    deny.addEventListener('click', () =>
+      api('POST', `/api/approvals/${p.id}/deny`, {})
+        .then(() => say(`denied ${p.id}`))
+        .catch((e) => say(e.message, true)),
+    );
+    const li = el(
+      'li',
+      { class: 'request', 'data-id': p.id },
+      left,
+      el('h3', { text: `${p.action} ${p.target}` }),
+      el('p', { class: 'who', text: r.description || '' }),
+      dl,
+      actions,
+    );
+    if (r.loaderVars && r.loaderVars.length > 0)
+      li.insertBefore(
+        el('p', {
+          class: 'warn',
+          text: 'Started with loader variables: someone else’s code may run in it.',
+        }),
+        dl,
+      );
+    return li;
+  }
+
+  async function decide(p, input) {
+    const path = `/api/approvals/${p.id}/approve`;
+    if (p.mode === 'webauthn') {
+      const { options } = await api('POST', `/api/approvals/${p.id}/options`, {});
+      const response = await W.startAuthentication({ optionsJSON: options });
+      await api('POST', path, { response });
+    } else if (p.mode === 'passphrase') {
+      const v = input.value;
+      input.value = '';
+      await api('POST', path, undefined, v);
+    } else if (p.mode === 'totp') {
+      await api('POST', path, { code: input.value.trim() });
+    } else {
+      await api('POST', path, {});
+    }
+    say(`approved ${p.id}`);
+  }
+
+  setInterval(() => {
+    for (const p of pending) {
+      const s = document.querySelector(`[data-left="${p.id}"]`);
+      if (s) s.textContent = `${secondsLeft(p)} s left`;
+    }
+  }, 1000);
+
+  // The audit log, with a timeline of releases and denials.
+  const RELEASES = [
+    'secret.read',
+    'credential.deliver',
+    'credential.fetch',
+    'key.sign',
+    'mcp.call',
+  ];
+
+  async function loadAudit() {
+    const q = new URLSearchParams();
+    const add = (k, id) => {
+      const v = $(id).value.trim();
+      if (v) q.set(k, id.startsWith('f-s') || id.startsWith('f-u') ? new Date(v).toISOString() : v);
+    };
+    add('type', 'f-type');
+    add('target', 'f-target');
+    add('caller', 'f-caller');
+    add('decision', 'f-decision');
+    add('since', 'f-since');
+    add('until', 'f-until');
+    const d = await api('GET', `/api/audit?${q}`);
+    $('audit-count').textContent =
+      `${d.total} entries${d.total > d.entries.length ? ` (the newest ${d.entries.length} shown)` : ''}`;
+    drawTimeline(d.entries);
+    $('audit-rows').replaceChildren(
+      ...d.entries
+        .slice()
+        .reverse()
+        .slice(0, 500)
+        .map((e) =>
+          el(
+            'tr',
+            {},
+            el('td', { text: String(e.seq) }),
+            el('td', { text: e.time.replace('T', ' ').replace(/\.\d+Z$/, 'Z') }),
+            el('td', { text: e.type }),
+            el('td', { class: e.decision || '', text: e.decision || '' }),
+            el('td', { text: e.target || '' }),
+            el('td', { text: e.caller || '' }),
+            el('td', { text: e.reason || '' }),
+          ),
+        ),
+    );
+  }
+  $('f-apply').addEventListener('click', () => loadAudit().catch((e) => say(e.message, true)));
+
+  function svg(tag, attrs, text) {
+    const e = document.createElementNS('http://www.w3.org/2000/svg', tag);
+    for (const [k, v] of Object.entries(attrs)) e.setAttribute(k, String(v));
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  function drawTimeline(entries) {
+    const box = $('timeline');
+    const W0 = 800;
+    const H = 180;
+    const pad = { l: 36, r: 10, t: 10, b: 26 };
+    const marks = entries
+      .map((e) => ({
+        t: Date.parse(e.time),
+        kind:
+          e.decision === 'deny'
+            ? 'deny'
+            : e.decision === 'allow' && RELEASES.includes(e.type)
+              ? 'allow'
+              : null,
+      }))
+      .filter((m) => m.kind);
+    const parts = [
+      svg('line', { class: 'axis', x1: pad.l, y1: H - pad.b, x2: W0 - pad.r, y2: H - pad.b }),
+    ];
+    if (marks.length === 0) {
+      parts.push(
+        svg('text', { class: 'label', x: W0 / 2 - 80, y: H / 2 }, 'no releases or denials yet'),
+      );
+      box.replaceChildren(...parts);
+      return;
+    }
+    const t0 = Math.min(...marks.map((m) => m.t));
+    const t1 = Math.max(...marks.map((m) => m.t)) + 1;
+    const n = 40;
+    const width = (W0 - pad.l - pad.r) / n;
+    const buckets = Array.from({ length: n }, () => ({ allow: 0, deny: 0 }));
+    for (const m of marks)
+      buckets[Math.min(n - 1, Math.floor(((m.t - t0) / (t1 - t0)) * n))][m.kind]++;
+    const max = Math.max(1, ...buckets.map((b) => b.allow + b.deny));
+    const scale = (H - pad.t - pad.b) / max;
+    buckets.forEach((b, i) => {
+      const x = pad.l + i * width + 1;
+      const ha = b.allow * scale;
+      const hd = b.deny * scale;
+      if (ha > 0)
+        parts.push(
+          svg('rect', { class: 'allow', x, y: H - pad.b - ha, width: width - 2, height: ha }),
+        );
+      if (hd > 0)
+        parts.push(
+          svg('rect', { class: 'deny', x, y: H - pad.b - ha - hd, width: width - 2, height: hd }),
+        );
+    });
+    const fmt = (t) => new Date(t).toISOString().replace('T', ' ').slice(0, 19);
+    parts.push(svg('text', { class: 'label', x: pad.l, y: H - 8 }, fmt(t0)));
+    parts.push(svg('text', { class: 'label', x: W0 - pad.r - 120, y: H - 8 }, fmt(t1)));
+    parts.push(svg('text', { class: 'label', x: 4, y: pad.t + 10 }, String(max)));
+    box.replaceChildren(...parts);
+  }
+
+  async function loadPolicy() {
+    const d = await api('GET', '/api/policy');
+    const f = d.inForce;
+    $('policy-meta').textContent =
+      `${f.version === null ? 'the built-in default' : `version ${f.version}`}, sha-256 ${f.sha256.slice(0, 16)}…` +
+      (f.drift ? ` — WARNING: the files differ from it: ${f.driftReasons.join('; ')}` : '');
+    $('policy-text').textContent = f.text;
+    $('policy-history').replaceChildren(
+      ...d.history
+        .slice()
+        .reverse()
+        .map((h) => {
+          const b = el('button', { class: 'secondary', type: 'button', text: 'show' });
+          b.addEventListener('click', () =>
+            showVersion(h.version).catch((e) => say(e.message, true)),
+          );
+          return el(
+            'li',
+            {},
+            el('span', {
+              text: `version ${h.version}, applied ${h.appliedAt}, ${h.rules} rule(s)`,
+            }),
+            b,
+          );
+        }),
+    );
+  }
+
+  async function showVersion(n) {
+    const d = await api('GET', `/api/policy/${n}`);
+    $('policy-version').hidden = false;
+    $('policy-version-title').textContent = `Version ${d.version} (applied ${d.appliedAt})`;
+    $('policy-diff').textContent = d.diff
+      ? `against version ${d.diff.against}: ${d.diff.summary}` +
+        (d.diff.added.length ? `; added ${d.diff.added.join(', ')}` : '') +
+        (d.diff.removed.length ? `; removed ${d.diff.removed.join(', ')}` : '') +
+        (d.diff.modified.length ? `; changed ${d.diff.modified.join(', ')}` : '')
+      : 'the first applied version';
+    $('policy-version-text').textContent = d.text;
+  }
+
+  async function loadCredentials() {
+    const d = await api('GET', '/api/credentials');
+    $('no-credentials').hidden = d.credentials.length > 0;
+    $('credentials').replaceChildren(
+      ...d.credentials.map((c) => {
+        const rename = el('button', { class: 'secondary', type: 'button', text: 'Rename' });
+        const revoke = el('button', { class: 'danger', type: 'button', text: 'Revoke' });
+        rename.addEventListener('click', async () => {
+          const name = prompt('New name', c.name);
+          if (!name) return;
+          await api('POST', `/api/credentials/${c.id}/rename`, { name }).catch((e) =>
+            say(e.message, true),
+          );
+          loadCredentials();
+        });
+        revoke.addEventListener('click', async () => {
+          if (!confirm(`Revoke ${c.name}? It will approve nothing more.`)) return;
+          await api('POST', `/api/credentials/${c.id}/revoke`, {}).catch((e) =>
+            say(e.message, true),
+          );
+          loadCredentials();
+        });
+        return el(
+          'li',
+          { class: 'credential', 'data-id': c.id },
+          el('span', { class: 'name', text: c.name }),
+          el('span', {
+            class: 'meta',
+            text: `added ${c.created}, last used ${c.lastUsed || 'never'}`,
+          }),
+          rename,
+          revoke,
+        );
+      }),
+    );
+  }
+
+  $('register').addEventListener('click', async () => {
+    const p = $('reg-passphrase');
+    const secret = p.value;
+    p.value = '';
+    try {
+      const { options } = await api('POST', '/api/credentials/options', undefined, secret);
+      const response = await W.startRegistration({ optionsJSON: options });
+      await api('POST', '/api/credentials', { name: $('reg-name').value, response });
+      say('security key added');
+      loadCredentials();
+    } catch (e) {
+      say(e.message, true);
+    }
+  });
+
+  // MCP pins: a word diff of each waiting definition, and Trust (bound to the hash shown).
+  function diffView(text) {
+    const pre = el('pre', { class: 'diff' });
+    const re = /\[-([\s\S]*?)-\]|\{\+([\s\S]*?)\+\}/g;
+    let last = 0;
+    let m;
+    while ((m = re.exec(text)) !== null) {
+      if (m.index > last) pre.append(document.createTextNode(text.slice(last, m.index)));
+      pre.append(m[1] !== undefined ? el('del', { text: m[1] }) : el('ins', { text: m[2] }));
+      last = re.lastIndex;
+    }
+    pre.append(document.createTextNode(text.slice(last)));
+    return pre;
+  }
+
+  async function loadPins() {
+    const d = await api('GET', '/api/pins');
+    $('no-pins').hidden = d.servers.length > 0;
+    $('pins').replaceChildren(
+      ...d.servers.map((s) => {
+        const box = el(
+          'div',
+          { class: 'card wide', 'data-server': s.server },
+          el('h3', { text: s.server }),
+        );
+        for (const w of s.waiting) {
+          const pass = el('input', {
+            type: 'password',
+            class: 'factor',
+            placeholder: 'vault passphrase',
+          });
+          const trust = el('button', {
+            class: 'trust',
+            type: 'button',
+            text: 'Trust this definition',
+          });
+          trust.addEventListener('click', async () => {
+            const v = pass.value;
+            pass.value = '';
+            const q = new URLSearchParams({ server: s.server, tool: w.tool, hash: w.sha256 });
+            try {
+              await api('POST', `/api/pins/trust?${q}`, undefined, v);
+              say(`trusted ${s.server} ${w.tool}`);
+              loadPins();
+            } catch (e) {
+              say(e.message, true);
+            }
+          });
+          box.append(
+            el(
+              'div',
+              { class: 'waiting', 'data-tool': w.tool },
+              el('p', {
+                class: 'warn',
+                text: `${w.tool}: waiting since ${w.at} (sha-256 ${w.sha256.slice(0, 16)}…)`,
+              }),
+              w.diff === null
+                ? el('p', { class: 'hint', text: 'the definition is not on file' })
+                : diffView(w.diff),
+              el('div', { class: 'row' }, pass, trust),
+            ),
+          );
+        }
+        box.append(
+          el(
+            'ul',
+            { class: 'pinned' },
+            ...s.pinned.map((p) =>
+              el('li', { text: `${p.tool} — ${p.sha256.slice(0, 16)}…, pinned ${p.at}` }),
+            ),
+          ),
+        );
+        return box;
+      }),
+    );
+  }
+
+  // TOTP enrolment: the answer is bytes (the QR matrix, then the otpauth URI), drawn here.
+  $('totp-enroll').addEventListener('click', async () => {
+    const p = $('totp-passphrase');
+    const v = p.value;
+    p.value = '';
+    try {
+      const res = await fetch('/api/totp', {
+        method: 'POST',
+        headers: { 'X-Keyward-CSRF': csrf || '', 'Content-Type': 'application/octet-stream' },
+        body: new TextEncoder().encode(v),
+        credentials: 'same-origin',
+      });
+      if (!res.ok) throw new Error((await res.json()).error || `HTTP ${res.status}`);
+      const bytes = new Uint8Array(await res.arrayBuffer());
+      const size = (bytes[0] << 8) | bytes[1];
+      const cell = 6;
+      const quiet = 4;
+      const canvas = $('totp-qr');
+      canvas.width = canvas.height = (size + 2 * quiet) * cell;
+      const g = canvas.getContext('2d');
+      g.fillStyle = '#fff';
+      g.fillRect(0, 0, canvas.width, canvas.height);
+      g.fillStyle = '#000';
+      for (let r = 0; r < size; r++)
+        for (let c = 0; c < size; c++)
+          if (bytes[2 + r * size + c] === 1)
+            g.fillRect((c + quiet) * cell, (r + quiet) * cell, cell, cell);
+      $('totp-uri').textContent = new TextDecoder().decode(bytes.subarray(2 + size * size));
+      bytes.fill(0);
+      $('totp-result').hidden = false;
+      say('TOTP enrolled: scan the code now; it is not shown again');
+    } catch (e) {
+      say(e.message, true);
+    }
+  });
+
+  window.addEventListener('hashchange', route);
+  route();
+})();
