@@ -8,6 +8,7 @@
  */
 import type { AuditRecord } from '../audit/index.js';
 import {
+  changeCredential,
   checkCredentialName,
   ConsoleServer,
   describeCredentials,
@@ -173,9 +174,7 @@ export async function consoleRequest(
     }
     await h.window.write((w) => {
       const r = readCredentials(w);
-      const cred = findCredential(r, id);
-      if (op === 'rename') cred.name = name;
-      else r.credentials = r.credentials.filter((k) => k !== cred);
+      changeCredential(r, id, op, name);
       writeCredentials(w, r);
       return { result: undefined, save: true };
     });

@@ -8,9 +8,9 @@ import { KeywardError } from '../errors.js';
 import { secureFree } from '../lib/secure.js';
 import { diffPolicies, parsePolicy, readHistory } from '../policy/index.js';
 import {
+  changeCredential,
   checkCredentialName,
   describeCredentials,
-  findCredential,
   MAX_CREDENTIALS,
   readCredentials,
   writeCredentials,
@@ -157,23 +157,7 @@ async function approval(c: ConsoleServer, x: Ctx, id: string, what: string): Pro
 
 /** Adding a credential asks the passphrase, whatever the login: a stolen session can't add one. */
 async function registerOptions(c: ConsoleServer, x: Ctx): Promise<void> {
-  const secret = await readSecret(x.req);
-  let ok: boolean;
-  try {
-    ok = c.host.vault().checkPassphrase(secret);
-  } finally {
-    secureFree(secret);
-  }
-  if (!ok) {
-    c.host.noteDenial();
-    await c.audit({
-      type: 'console.credential',
-      decision: 'deny',
-      reason: 'wrong passphrase',
-      details: { action: 'add' },
-    });
-    throw new HttpError(403, 'wrong passphrase');
-  }
+  await c.passphrase(x.req, { type: 'console.credential', details: { action: 'add' } });
   const record = readCredentials(c.host.vault());
   if (record.credentials.length >= MAX_CREDENTIALS)
     throw new HttpError(409, `at most ${MAX_CREDENTIALS} credentials: revoke one first`);
@@ -213,12 +197,11 @@ async function manageCredential(
   id: string,
   action: string,
 ): Promise<void> {
-  const name = action === 'rename' ? checkCredentialName((await readJson(x.req))['name']) : '';
+  const op = action === 'rename' ? 'rename' : 'revoke';
+  const name = op === 'rename' ? checkCredentialName((await readJson(x.req))['name']) : '';
   await c.host.write((v) => {
     const r = readCredentials(v);
-    const cred = findCredential(r, id);
-    if (action === 'rename') cred.name = name;
-    else r.credentials = r.credentials.filter((k) => k !== cred);
+    changeCredential(r, id, op, name);
     writeCredentials(v, r);
     return { result: undefined, save: true };
   });

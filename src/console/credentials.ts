@@ -101,3 +101,15 @@ export function describeCredentials(r: CredentialRecord): Array<Record<string, u
     transports: c.transports,
   }));
 }
+
+/** Renames or removes one credential in the record (not found: REQUEST_NOT_FOUND). */
+export function changeCredential(
+  r: CredentialRecord,
+  id: string,
+  op: 'rename' | 'revoke',
+  name: string,
+): void {
+  const cred = findCredential(r, id);
+  if (op === 'rename') cred.name = name;
+  else r.credentials = r.credentials.filter((k) => k !== cred);
+}

@@ -4,6 +4,7 @@
  */
 export { ConsoleServer, type ConsoleHost, type PinView } from './server.js';
 export {
+  changeCredential,
   checkCredentialName,
   describeCredentials,
   findCredential,

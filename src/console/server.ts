@@ -207,6 +207,27 @@ export class ConsoleServer {
     return this.host.record({ ...r, details: { via: 'console', ...(r.details ?? {}) } });
   }
 
+  /**
+   * The passphrase in the request body, checked against the open vault and freed; a wrong one is
+   * recorded (as `refusal` says) and counts toward the circuit breaker.
+   */
+  async passphrase(
+    req: http.IncomingMessage,
+    refusal: Pick<AuditRecord, 'type' | 'details'>,
+  ): Promise<void> {
+    const secret = await readSecret(req);
+    let ok: boolean;
+    try {
+      ok = this.host.vault().checkPassphrase(secret);
+    } finally {
+      secureFree(secret);
+    }
+    if (ok) return;
+    this.host.noteDenial();
+    await this.audit({ ...refusal, decision: 'deny', reason: 'wrong passphrase' });
+    throw new HttpError(403, 'wrong passphrase');
+  }
+
   /** Handles the routes that need no session: state and the logins. True when it did. */
   private async login(
     req: http.IncomingMessage,
@@ -227,23 +248,7 @@ export class ConsoleServer {
     }
     if (req.method !== 'POST') return false;
     if (route === '/api/login/passphrase') {
-      const secret = await readSecret(req);
-      let ok: boolean;
-      try {
-        ok = this.host.vault().checkPassphrase(secret);
-      } finally {
-        secureFree(secret);
-      }
-      if (!ok) {
-        this.host.noteDenial();
-        await this.audit({
-          type: 'console.login',
-          decision: 'deny',
-          reason: 'wrong passphrase',
-          details: { method: 'passphrase' },
-        });
-        throw new HttpError(403, 'wrong passphrase');
-      }
+      await this.passphrase(req, { type: 'console.login', details: { method: 'passphrase' } });
       const s = this.startSession(res, 'passphrase', null, now);
       await this.audit({
         type: 'console.login',
