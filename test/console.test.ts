@@ -187,6 +187,8 @@ test(
   { skip },
   async () => {
     await loginWithPassphrase(page, url, PASSPHRASE);
+    // With no key yet, the page says to add one.
+    await page.locator('#message', { hasText: 'No security key is registered yet' }).waitFor();
     const cookie = (await page.context().cookies()).find((c) => c.name.startsWith('keyward_'));
     assert.ok(cookie);
     assert.equal(cookie.httpOnly, true);

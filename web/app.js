@@ -91,6 +91,16 @@
     sessionStorage.setItem('keyward-csrf', csrf);
     say('');
     route();
+    // First-time setup: after the passphrase, register a security key.
+    fetch('/api/state', { credentials: 'same-origin' })
+      .then((r) => r.json())
+      .then((s) => {
+        if (!s.webauthn)
+          say(
+            'No security key is registered yet: add one under Security keys, so approvals can ask for it (and you can log in without the passphrase).',
+          );
+      })
+      .catch(() => undefined);
   }
 
   function loggedOut() {
