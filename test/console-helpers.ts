@@ -69,8 +69,12 @@ export interface Waiting {
 }
 
 /** `keyward ARGS` in another process, whose request will wait for a person. */
-export function waitingCommand(args: string[], env: NodeJS.ProcessEnv): Waiting {
-  const c = spawn(process.execPath, [BIN, ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+export function waitingCommand(args: string[], env: NodeJS.ProcessEnv, cwd?: string): Waiting {
+  const c = spawn(process.execPath, [BIN, ...args], {
+    env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    ...(cwd ? { cwd } : {}),
+  });
   let stdout = '';
   let stderr = '';
   let found: (id: string) => void = () => undefined;

@@ -1,31 +1,47 @@
 // The keyward console's page. Plain DOM: every value from the agent goes in with textContent
-// (never innerHTML), and the Content-Security-Policy allows only this file and the WebAuthn
-// library to run. The CSRF token lives in this origin's sessionStorage and goes in a header on
-// every API request; the session cookie alone opens nothing.
+// (never innerHTML), its control and direction characters shown as escapes, and the
+// Content-Security-Policy allows only this file and the WebAuthn library to run. The CSRF token
+// lives in this page's memory only (not sessionStorage, which the browser writes to disk) and
+// goes in a header on every API request; the session cookie alone opens nothing. A reload logs
+// out.
 'use strict';
 
 (function () {
   const $ = (id) => document.getElementById(id);
   const W = window.SimpleWebAuthnBrowser;
-  let csrf = sessionStorage.getItem('keyward-csrf');
+  let csrf = null;
+  // For the tests' own API calls from inside the page (test/console.test.ts).
+  Object.defineProperty(window, 'keywardCsrf', { value: () => csrf });
   let pending = [];
   let skew = 0;
   let streaming = false;
+
+  // Control, format (bidi overrides, zero-width) and separator characters in text the agent
+  // passes on (command lines, directories, names, definitions: the caller's or a server's
+  // choosing) are shown as \u{...}, so they can't reorder or hide what a person reads. Newlines
+  // and tabs stay where a block of text is shown.
+  function clean(v, keepLines) {
+    return String(v).replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, (ch) =>
+      keepLines && (ch === '\n' || ch === '\t') ? ch : `\\u{${ch.codePointAt(0).toString(16)}}`,
+    );
+  }
 
   function el(tag, attrs, ...children) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
       if (k === 'class') e.className = v;
-      else if (k === 'text') e.textContent = v;
+      else if (k === 'text') e.textContent = clean(v);
+      else if (k === 'block') e.textContent = clean(v, true);
       else e.setAttribute(k, v);
     }
-    for (const c of children) if (c !== null && c !== undefined) e.append(c);
+    for (const c of children)
+      if (c !== null && c !== undefined) e.append(typeof c === 'string' ? clean(c) : c);
     return e;
   }
 
   function say(text, isError) {
     const m = $('message');
-    m.textContent = text;
+    m.textContent = clean(text);
     m.className = isError ? 'error' : '';
     m.hidden = !text;
   }
@@ -88,7 +104,6 @@
 
   function loggedIn(data) {
     csrf = data.csrf;
-    sessionStorage.setItem('keyward-csrf', csrf);
     say('');
     route();
     // First-time setup: after the passphrase, register a security key.
@@ -105,7 +120,6 @@
 
   function loggedOut() {
     csrf = null;
-    sessionStorage.removeItem('keyward-csrf');
     showLogin();
   }
 
@@ -190,9 +204,42 @@
     return Math.max(0, Math.round((p.expiresAt - (Date.now() + skew)) / 1000));
   }
 
+  // The list never moves under the pointer: a new request is added at the end, one that ends
+  // stays in place (greyed, its buttons off) until the pointer leaves the list, and a new
+  // request's Approve works only after a moment. A request can't be slid under a click.
+  const shown = new Map();
+  let pointerInList = false;
+  const ARM_MS = 1000;
+
+  function sweep() {
+    for (const [id, li] of shown)
+      if (li.classList.contains('gone')) {
+        li.remove();
+        shown.delete(id);
+      }
+  }
+
+  $('pending').addEventListener('pointerenter', () => (pointerInList = true));
+  $('pending').addEventListener('pointerleave', () => {
+    pointerInList = false;
+    sweep();
+  });
+
   function renderPending() {
-    const list = $('pending');
-    list.replaceChildren(...pending.map(requestItem));
+    const ids = new Set(pending.map((p) => p.id));
+    for (const [id, li] of shown)
+      if (!ids.has(id) && !li.classList.contains('gone')) {
+        li.classList.add('gone');
+        for (const b of li.querySelectorAll('button, input')) b.disabled = true;
+        li.querySelector('.left').textContent = 'no longer pending';
+      }
+    for (const p of pending)
+      if (!shown.has(p.id)) {
+        const li = requestItem(p);
+        shown.set(p.id, li);
+        $('pending').append(li);
+      }
+    if (!pointerInList) sweep();
     $('no-pending').hidden = pending.length > 0;
     $('pending-count').textContent = pending.length > 0 ? `(${pending.length})` : '';
   }
@@ -228,7 +275,10 @@
     if (p.message) row('message', p.message);
     const left = el('span', { class: 'left', 'data-left': p.id, text: `${secondsLeft(p)} s left` });
     const actions = el('div', { class: 'actions' });
-    const approve = el('button', { class: 'approve', type: 'button' });
+    const approve = el('button', { class: 'approve', type: 'button', disabled: '' });
+    setTimeout(() => {
+      if (!approve.closest('.gone')) approve.disabled = false;
+    }, ARM_MS);
     const deny = el('button', { class: 'deny danger', type: 'button', text: 'Deny' });
     let input;
     if (p.mode === 'webauthn') approve.textContent = 'Approve with security key';
@@ -292,7 +342,7 @@
 
   setInterval(() => {
     for (const p of pending) {
-      const s = document.querySelector(`[data-left="${p.id}"]`);
+      const s = document.querySelector(`.request:not(.gone) [data-left="${p.id}"]`);
       if (s) s.textContent = `${secondsLeft(p)} s left`;
     }
   }, 1000);
@@ -409,10 +459,11 @@
   async function loadPolicy() {
     const d = await api('GET', '/api/policy');
     const f = d.inForce;
-    $('policy-meta').textContent =
+    $('policy-meta').textContent = clean(
       `${f.version === null ? 'the built-in default' : `version ${f.version}`}, sha-256 ${f.sha256.slice(0, 16)}…` +
-      (f.drift ? ` — WARNING: the files differ from it: ${f.driftReasons.join('; ')}` : '');
-    $('policy-text').textContent = f.text;
+        (f.drift ? ` — WARNING: the files differ from it: ${f.driftReasons.join('; ')}` : ''),
+    );
+    $('policy-text').textContent = clean(f.text, true);
     $('policy-history').replaceChildren(
       ...d.history
         .slice()
@@ -438,13 +489,15 @@
     const d = await api('GET', `/api/policy/${n}`);
     $('policy-version').hidden = false;
     $('policy-version-title').textContent = `Version ${d.version} (applied ${d.appliedAt})`;
-    $('policy-diff').textContent = d.diff
-      ? `against version ${d.diff.against}: ${d.diff.summary}` +
-        (d.diff.added.length ? `; added ${d.diff.added.join(', ')}` : '') +
-        (d.diff.removed.length ? `; removed ${d.diff.removed.join(', ')}` : '') +
-        (d.diff.modified.length ? `; changed ${d.diff.modified.join(', ')}` : '')
-      : 'the first applied version';
-    $('policy-version-text').textContent = d.text;
+    $('policy-diff').textContent = clean(
+      d.diff
+        ? `against version ${d.diff.against}: ${d.diff.summary}` +
+            (d.diff.added.length ? `; added ${d.diff.added.join(', ')}` : '') +
+            (d.diff.removed.length ? `; removed ${d.diff.removed.join(', ')}` : '') +
+            (d.diff.modified.length ? `; changed ${d.diff.modified.join(', ')}` : '')
+        : 'the first applied version',
+    );
+    $('policy-version-text').textContent = clean(d.text, true);
   }
 
   async function loadCredentials() {
@@ -454,19 +507,27 @@
       ...d.credentials.map((c) => {
         const rename = el('button', { class: 'secondary', type: 'button', text: 'Rename' });
         const revoke = el('button', { class: 'danger', type: 'button', text: 'Revoke' });
+        // Changing the set of keys takes the passphrase, as on the command line.
+        const passphrase = () => {
+          const p = $('cred-passphrase');
+          const v = p.value;
+          p.value = '';
+          return v;
+        };
         rename.addEventListener('click', async () => {
           const name = prompt('New name', c.name);
           if (!name) return;
-          await api('POST', `/api/credentials/${c.id}/rename`, { name }).catch((e) =>
-            say(e.message, true),
-          );
+          const q = new URLSearchParams({ name });
+          await api('POST', `/api/credentials/${c.id}/rename?${q}`, undefined, passphrase())
+            .then(() => say(`renamed ${name}`))
+            .catch((e) => say(e.message, true));
           loadCredentials();
         });
         revoke.addEventListener('click', async () => {
           if (!confirm(`Revoke ${c.name}? It will approve nothing more.`)) return;
-          await api('POST', `/api/credentials/${c.id}/revoke`, {}).catch((e) =>
-            say(e.message, true),
-          );
+          await api('POST', `/api/credentials/${c.id}/revoke`, undefined, passphrase())
+            .then(() => say(`revoked ${c.name}`))
+            .catch((e) => say(e.message, true));
           loadCredentials();
         });
         return el(
@@ -500,18 +561,19 @@
   });
 
   // MCP pins: a word diff of each waiting definition, and Trust (bound to the hash shown).
-  function diffView(text) {
-    const pre = el('pre', { class: 'diff' });
-    const re = /\[-([\s\S]*?)-\]|\{\+([\s\S]*?)\+\}/g;
-    let last = 0;
-    let m;
-    while ((m = re.exec(text)) !== null) {
-      if (m.index > last) pre.append(document.createTextNode(text.slice(last, m.index)));
-      pre.append(m[1] !== undefined ? el('del', { text: m[1] }) : el('ins', { text: m[2] }));
-      last = re.lastIndex;
-    }
-    pre.append(document.createTextNode(text.slice(last)));
-    return pre;
+  // The diff comes as parts (kept, removed, added): text in a definition can't pose as a marker.
+  function diffView(parts) {
+    return el(
+      'pre',
+      { class: 'diff' },
+      ...parts.map((p) =>
+        p.op === '-'
+          ? el('del', { block: p.text })
+          : p.op === '+'
+            ? el('ins', { block: p.text })
+            : el('span', { block: p.text }),
+      ),
+    );
   }
 
   async function loadPins() {

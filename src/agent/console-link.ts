@@ -63,9 +63,9 @@ export function makeConsole(h: ConsoleLinkHost): ConsoleServer {
 }
 
 /** The passphrase, checked against the open vault; a wrong one counts as a denial. */
-function checkPassphrase(h: ConsoleLinkHost, passphrase: SecureBuffer): void {
+async function checkPassphrase(h: ConsoleLinkHost, passphrase: SecureBuffer): Promise<void> {
   try {
-    if (!h.window.unlocked().checkPassphrase(passphrase)) {
+    if (!(await h.window.unlocked().checkPassphraseAsync(passphrase))) {
       h.gate().noteDenial();
       throw new KeywardError('VAULT_BAD_PASSPHRASE', 'wrong passphrase');
     }
@@ -77,7 +77,7 @@ function checkPassphrase(h: ConsoleLinkHost, passphrase: SecureBuffer): void {
 async function pinViews(h: ConsoleLinkHost): Promise<PinView[]> {
   const record = readPinRecord(h.window.unlocked());
   // The definitions file and the diff live with the gateway (loaded on first use).
-  const { loadDefinitions, definitionOf, wordDiff } = await import('../mcp/index.js');
+  const { loadDefinitions, definitionOf, wordDiffParts } = await import('../mcp/index.js');
   const file = loadDefinitions(h.home);
   return Object.entries(record.servers)
     .sort(([a], [b]) => a.localeCompare(b))
@@ -98,7 +98,7 @@ async function pinViews(h: ConsoleLinkHost): Promise<PinView[]> {
             tool,
             sha256: seen.sha256,
             at: seen.at,
-            diff: after === undefined ? null : wordDiff(before ?? '', after),
+            diff: after === undefined ? null : wordDiffParts(before ?? '', after),
           },
         ];
       }),
@@ -112,7 +112,7 @@ async function trustPin(
   sha256: string,
   passphrase: SecureBuffer,
 ): Promise<void> {
-  checkPassphrase(h, passphrase);
+  await checkPassphrase(h, passphrase);
   const done = await h.window.write((v) => {
     const record = readPinRecord(v);
     const d = trustWaiting(record, server, tool, new Map([[tool, sha256]]));
@@ -130,7 +130,7 @@ async function trustPin(
 }
 
 async function enrollTotp(h: ConsoleLinkHost, passphrase: SecureBuffer): Promise<SecureBuffer> {
-  checkPassphrase(h, passphrase);
+  await checkPassphrase(h, passphrase);
   await h.record({ type: 'totp.enrolled', decision: 'info', details: { via: 'console' } });
   const uri = await h.window.write((v) => ({
     result: newTotp(v, `vault-${v.id.slice(0, 8)}`),
@@ -168,7 +168,7 @@ export async function consoleRequest(
     findCredential(readCredentials(v), id);
     if (!f.raw || f.raw.length === 0)
       throw new KeywardError('USAGE', `to ${op} a credential, give the passphrase`);
-    if (!v.checkPassphrase(f.raw)) {
+    if (!(await v.checkPassphraseAsync(f.raw))) {
       h.gate().noteDenial();
       throw new KeywardError('VAULT_BAD_PASSPHRASE', 'wrong passphrase');
     }

@@ -36,6 +36,7 @@ import { changedSince, type Peer } from './peer.js';
 import { locked, type UnlockWindow } from './unlock.js';
 
 const BREAKER_DENIALS = 5;
+const GONE = 'the requester went away';
 const BREAKER_WINDOW_MS = 60_000;
 
 export interface GateHost {
@@ -182,6 +183,7 @@ export class Gate {
       message: string,
       code: 'POLICY_DENIED' | 'APPROVAL_REJECTED' | 'APPROVAL_TIMEOUT',
       hint?: string,
+      probing = true,
     ): Promise<never> => {
       await this.host.record({
         ...base,
@@ -190,7 +192,7 @@ export class Gate {
         reason: message,
         details: { rule: decision.rule ?? null },
       });
-      this.noteDenial();
+      if (probing) this.noteDenial();
       throw new KeywardError(code, message, hint === undefined ? {} : { hint });
     };
     if (decision.decision === 'deny') {
@@ -262,8 +264,7 @@ export class Gate {
         caller.notifyPending?.(pending.pending);
         // A requester that hangs up (killed, Ctrl-C) takes its request with it: nobody is shown
         // a request whose answer would go nowhere.
-        caller.abandon = () =>
-          this.broker.settle(pending.id, 'denied', { reason: 'the requester went away' });
+        caller.abandon = () => this.broker.settle(pending.id, 'denied', { reason: GONE });
         if (a.mode === 'confirm') this.askLocally(pending.id, prompt, a.timeoutMs, base);
         const { outcome, how } = await pending.outcome.finally(() => (caller.abandon = undefined));
         if (outcome !== 'granted') {
@@ -273,9 +274,11 @@ export class Gate {
             decision: 'deny',
             details: { rule: decision.rule, ...how },
           });
+          // A requester that hung up is not a probe: it doesn't count toward the breaker.
+          const hungUp = how['reason'] === GONE;
           return outcome === 'expired'
             ? refuse('the approval request expired', 'APPROVAL_TIMEOUT')
-            : refuse('the request was not approved', 'APPROVAL_REJECTED');
+            : refuse('the request was not approved', 'APPROVAL_REJECTED', undefined, !hungUp);
         }
         await this.host.record({
           ...base,
@@ -459,7 +462,7 @@ export class Gate {
             hint: 'keyward approve ID asks for it (or --passphrase-file)',
           });
         }
-        if (!v.checkPassphrase(factor.secret)) {
+        if (!(await v.checkPassphraseAsync(factor.secret))) {
           this.noteDenial();
           throw new KeywardError(
             'VAULT_BAD_PASSPHRASE',

@@ -154,7 +154,8 @@ export class UnlockWindow {
     if (this.vault) return;
     let v: Vault;
     try {
-      v = Vault.open(this.vp, unlock);
+      // argon2id off the event loop: other clients are answered meanwhile.
+      v = await Vault.openAsync(this.vp, unlock);
     } catch (e) {
       if (
         e instanceof KeywardError &&
@@ -170,6 +171,11 @@ export class UnlockWindow {
         this.host.noteDenial();
       }
       throw e;
+    }
+    // Another unlock finished while this one derived its key: that one stands.
+    if (this.vault) {
+      v.close();
+      return;
     }
     try {
       this.policy = undefined;

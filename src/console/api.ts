@@ -11,6 +11,7 @@ import {
   changeCredential,
   checkCredentialName,
   describeCredentials,
+  findCredential,
   MAX_CREDENTIALS,
   readCredentials,
   writeCredentials,
@@ -67,13 +68,21 @@ function approvals(c: ConsoleServer, now: number): Record<string, unknown> {
 function events(c: ConsoleServer, x: Ctx): void {
   const { res } = x;
   res.writeHead(200, { 'Content-Type': 'text/event-stream; charset=utf-8' });
-  const send = () =>
-    res.write(`event: approvals\ndata: ${JSON.stringify(approvals(c, Date.now()))}\n\n`);
+  // The stream lives as long as its session: after a logout or an expiry it says nothing more.
+  const live = () => {
+    if (c.sessions.alive(x.session, Date.now())) return true;
+    res.end();
+    return false;
+  };
+  const send = () => {
+    if (live())
+      res.write(`event: approvals\ndata: ${JSON.stringify(approvals(c, Date.now()))}\n\n`);
+  };
   send();
   const entry = { session: x.session, res };
   c.streams.add(entry);
   const off = c.host.onPendingChange(send);
-  const ping = setInterval(() => res.write(': ping\n\n'), PING_MS);
+  const ping = setInterval(() => live() && res.write(': ping\n\n'), PING_MS);
   ping.unref();
   const end = () => {
     off();
@@ -198,7 +207,13 @@ async function manageCredential(
   action: string,
 ): Promise<void> {
   const op = action === 'rename' ? 'rename' : 'revoke';
-  const name = op === 'rename' ? checkCredentialName((await readJson(x.req))['name']) : '';
+  const name = op === 'rename' ? checkCredentialName(x.url.searchParams.get('name')) : '';
+  findCredential(readCredentials(c.host.vault()), id);
+  // A security key is an approval factor: changing the set takes the passphrase, as on the CLI.
+  await c.passphrase(x.req, {
+    type: 'console.credential',
+    details: { action: op, credential: id },
+  });
   await c.host.write((v) => {
     const r = readCredentials(v);
     changeCredential(r, id, op, name);

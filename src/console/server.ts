@@ -59,7 +59,13 @@ export interface ConsoleHost {
 export interface PinView {
   server: string;
   pinned: Array<{ tool: string; sha256: string; at: string }>;
-  waiting: Array<{ tool: string; sha256: string; at: string; diff: string | null }>;
+  /** The word diff as parts (never marker text a definition could forge). */
+  waiting: Array<{
+    tool: string;
+    sha256: string;
+    at: string;
+    diff: Array<{ op: '=' | '-' | '+'; text: string }> | null;
+  }>;
 }
 
 const WEB = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'web');
@@ -136,6 +142,16 @@ export class ConsoleServer {
     await new Promise<void>((r) => s.close(() => r()));
   }
 
+  /** One session ends (logout), and with it its event streams. */
+  endSession(s: Session): void {
+    this.sessions.end(s);
+    for (const st of [...this.streams])
+      if (st.session === s) {
+        st.res.end();
+        this.streams.delete(st);
+      }
+  }
+
   /** The agent locked: every session ends, every stream closes. */
   endSessions(): void {
     this.sessions.clear();
@@ -187,7 +203,7 @@ export class ConsoleServer {
           'the session may have ended: log in again',
         );
       if (req.method === 'POST' && url.pathname === '/api/logout') {
-        this.sessions.end(session);
+        this.endSession(session);
         await this.audit({ type: 'console.logout', decision: 'info' });
         res.setHeader(
           'Set-Cookie',
@@ -218,7 +234,7 @@ export class ConsoleServer {
     const secret = await readSecret(req);
     let ok: boolean;
     try {
-      ok = this.host.vault().checkPassphrase(secret);
+      ok = await this.host.vault().checkPassphraseAsync(secret);
     } finally {
       secureFree(secret);
     }
@@ -314,7 +330,8 @@ export class ConsoleServer {
     const s = this.sessions.create(login, credential, now);
     res.setHeader(
       'Set-Cookie',
-      `${this.cookieName}=${s.id}; HttpOnly; SameSite=Strict; Path=/; Max-Age=${60 * 60}`,
+      // No Max-Age: a session cookie, which a browser keeps in memory rather than on disk.
+      `${this.cookieName}=${s.id}; HttpOnly; SameSite=Strict; Path=/`,
     );
     return s;
   }

@@ -84,6 +84,16 @@ export class Sessions {
     this.sessions.delete(s.id);
   }
 
+  /** Whether a session still stands: not ended, not idle too long, not too old. */
+  alive(s: Session, now: number): boolean {
+    const live =
+      this.sessions.get(s.id) === s &&
+      now - s.lastSeen <= SESSION_IDLE_MS &&
+      now - s.created <= SESSION_MAX_MS;
+    if (!live) this.sessions.delete(s.id);
+    return live;
+  }
+
   /** Every session ends (the agent locked: whoever logged in logs in again). */
   clear(): void {
     this.sessions.clear();

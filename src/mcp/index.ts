@@ -18,5 +18,7 @@ export {
   loadDefinitions,
   recordDefinitions,
   wordDiff,
+  wordDiffParts,
+  type DiffPart,
   type DefinitionFile,
 } from './pins.js';

@@ -156,8 +156,13 @@ export function toolDefinition(tool: Record<string, unknown>, withName = true): 
   return canonical(withName ? tool : { ...tool, name: undefined });
 }
 
-/** A readable word-level diff: removed words in [-...-], added ones in {+...+}. */
-export function wordDiff(before: string, after: string): string {
+export interface DiffPart {
+  op: '=' | '-' | '+';
+  text: string;
+}
+
+/** A word-level diff as parts: kept, removed and added runs of words, in order. */
+export function wordDiffParts(before: string, after: string): DiffPart[] {
   const split = (s: string) => s.split(/(\s+|[{}[\],:])/).filter((w) => w !== '');
   const a = split(before);
   const b = split(after);
@@ -173,21 +178,26 @@ export function wordDiff(before: string, after: string): string {
           ? (dp[i + 1]?.[j + 1] ?? 0) + 1
           : Math.max(dp[i + 1]?.[j] ?? 0, row[j + 1] ?? 0);
     }
-  let out = '';
+  const out: DiffPart[] = [];
+  const push = (op: DiffPart['op'], text: string) => {
+    const last = out.at(-1);
+    if (last?.op === op) last.text += text;
+    else out.push({ op, text });
+  };
   let i = 0;
   let j = 0;
   let del = '';
   let add = '';
   const flush = () => {
-    if (del) out += `[-${del}-]`;
-    if (add) out += `{+${add}+}`;
+    if (del) push('-', del);
+    if (add) push('+', add);
     del = '';
     add = '';
   };
   while (i < n || j < m) {
     if (i < n && j < m && a[i] === b[j]) {
       flush();
-      out += a[i];
+      push('=', a[i] ?? '');
       i++;
       j++;
     } else if (j < m && (i >= n || (dp[i]?.[j + 1] ?? 0) >= (dp[i + 1]?.[j] ?? 0))) {
@@ -200,4 +210,23 @@ export function wordDiff(before: string, after: string): string {
   }
   flush();
   return out;
+}
+
+/**
+ * A readable word-level diff: removed words in [-...-], added ones in {+...+}. The server wrote
+ * the text: a marker in it is broken with a backslash (`[\-`, `\+}`...), so a definition can't
+ * make what it adds look removed.
+ */
+export function wordDiff(before: string, after: string): string {
+  const esc = (t: string) =>
+    t
+      .replace(/\[-/g, '[\\-')
+      .replace(/-\]/g, '\\-]')
+      .replace(/\{\+/g, '{\\+')
+      .replace(/\+\}/g, '\\+}');
+  return wordDiffParts(before, after)
+    .map((p) =>
+      p.op === '-' ? `[-${esc(p.text)}-]` : p.op === '+' ? `{+${esc(p.text)}+}` : esc(p.text),
+    )
+    .join('');
 }

@@ -16,6 +16,15 @@ declare module 'sodium-native' {
       memlimit: number,
       alg: number,
     ): void;
+    /** The same, on libuv's thread pool: the event loop keeps running. */
+    crypto_pwhash_async(
+      out: Uint8Array,
+      passwd: Uint8Array,
+      salt: Uint8Array,
+      opslimit: number,
+      memlimit: number,
+      alg: number,
+    ): Promise<void>;
     crypto_pwhash_ALG_ARGON2ID13: number;
     crypto_pwhash_SALTBYTES: number;
     crypto_pwhash_OPSLIMIT_MODERATE: number;

@@ -95,6 +95,32 @@ export function passphraseKek(
   return kek;
 }
 
+/**
+ * The same as passphraseKek, computed on libuv's thread pool: the agent keeps answering other
+ * clients during the ~0.5 s of argon2id. The caller keeps passphrase alive until it resolves.
+ */
+export async function passphraseKekAsync(
+  passphrase: SecureBuffer,
+  salt: Uint8Array,
+  p: KdfParams,
+): Promise<SecureBuffer> {
+  const kek = secureAlloc(KEY_BYTES);
+  try {
+    await sodium.crypto_pwhash_async(
+      kek,
+      passphrase,
+      salt,
+      p.opsLimit,
+      p.memLimitKiB * 1024,
+      sodium.crypto_pwhash_ALG_ARGON2ID13,
+    );
+    return kek;
+  } catch (e) {
+    secureFree(kek);
+    throw e;
+  }
+}
+
 export function randomSecureKey(rng: Rng): SecureBuffer {
   const k = secureAlloc(KEY_BYTES);
   rng(k);

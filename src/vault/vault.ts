@@ -22,6 +22,7 @@ import {
   keyIdOf,
   open,
   passphraseKek,
+  passphraseKekAsync,
   randomSecureKey,
   SALT_BYTES,
   seal,
@@ -73,7 +74,11 @@ interface IndexEntry extends EntryMeta {
 }
 
 /** How to open the vault. The passphrase stays the caller's to free. */
-export type Unlock = { passphrase: SecureBuffer } | { keyring: true };
+export type Unlock =
+  | { passphrase: SecureBuffer }
+  | { keyring: true }
+  /** A key-encryption key already derived for one passphrase slot (openAsync); taken over. */
+  | { derived: { slotIndex: number; kek: SecureBuffer } };
 
 export interface InitOptions {
   kdf?: KdfParams;
@@ -191,24 +196,50 @@ interface Opened {
   kek: SecureBuffer;
 }
 
+function wrongPassphrase(): AuthError {
+  return new AuthError('VAULT_BAD_PASSPHRASE', 'wrong passphrase', {
+    hint: 'nothing was changed; try again (Caps Lock?)',
+  });
+}
+
+/** A passphrase slot's parameters, refused when out of bounds (a weakened or damaged header). */
+function passphraseSlot(s: { body: Buffer }): ReturnType<typeof parsePassphraseSlot> {
+  const ps = parsePassphraseSlot(s.body);
+  if (ps.alg !== ALG_ARGON2ID13 || !kdfInBounds(ps)) {
+    throw corruptError(
+      `passphrase slot has unsupported parameters (alg ${ps.alg}, ops ${ps.opsLimit}, mem ${ps.memLimitKiB} KiB)`,
+    );
+  }
+  return ps;
+}
+
 function unwrapSlots(p: ParsedVault, unlock: Unlock): { dk: SecureBuffer; opened: Opened } {
+  if ('derived' in unlock) {
+    const { slotIndex, kek } = unlock.derived;
+    const s = p.slots[slotIndex];
+    const dk =
+      s?.type === SLOT_PASSPHRASE
+        ? open(
+            kek,
+            passphraseSlot(s).wrapped,
+            slotAd(p.vaultId, SLOT_PASSPHRASE, passphraseSlot(s).params),
+          )
+        : undefined;
+    if (dk) return { dk, opened: { slotIndex, kek } };
+    secureFree(kek);
+    // The file changed between the derivation and now (a passwd), or the key is wrong.
+    throw wrongPassphrase();
+  }
   if ('passphrase' in unlock) {
     for (const [i, s] of p.slots.entries()) {
       if (s.type !== SLOT_PASSPHRASE) continue;
-      const ps = parsePassphraseSlot(s.body);
-      if (ps.alg !== ALG_ARGON2ID13 || !kdfInBounds(ps)) {
-        throw corruptError(
-          `passphrase slot has unsupported parameters (alg ${ps.alg}, ops ${ps.opsLimit}, mem ${ps.memLimitKiB} KiB)`,
-        );
-      }
+      const ps = passphraseSlot(s);
       const kek = passphraseKek(unlock.passphrase, ps.salt, ps);
       const dk = open(kek, ps.wrapped, slotAd(p.vaultId, SLOT_PASSPHRASE, ps.params));
       if (dk) return { dk, opened: { slotIndex: i, kek } };
       secureFree(kek);
     }
-    throw new AuthError('VAULT_BAD_PASSPHRASE', 'wrong passphrase', {
-      hint: 'nothing was changed; try again (Caps Lock?)',
-    });
+    throw wrongPassphrase();
   }
   const i = p.slots.findIndex((s) => s.type === SLOT_KEYRING);
   const slot = p.slots[i];
@@ -319,6 +350,29 @@ export class Vault {
     rng: Rng,
   ): Vault {
     return new Vault(paths, vaultId, 0n, slots, [], [], dk, opened, rng);
+  }
+
+  /**
+   * Vault.open with the passphrase's argon2id on libuv's thread pool, so a daemon keeps serving
+   * while it runs (the agent's unlock). The rest is Vault.open itself.
+   */
+  static async openAsync(paths: VaultPaths, unlock: Unlock, rng: Rng = systemRng): Promise<Vault> {
+    if (!('passphrase' in unlock)) return Vault.open(paths, unlock, rng);
+    hardenProcess();
+    const p = parseVault(readVaultFile(paths));
+    for (const [slotIndex, s] of p.slots.entries()) {
+      if (s.type !== SLOT_PASSPHRASE) continue;
+      const ps = passphraseSlot(s);
+      const kek = await passphraseKekAsync(unlock.passphrase, ps.salt, ps);
+      const dk = open(kek, ps.wrapped, slotAd(p.vaultId, SLOT_PASSPHRASE, ps.params));
+      if (!dk) {
+        secureFree(kek);
+        continue;
+      }
+      secureFree(dk);
+      return Vault.open(paths, { derived: { slotIndex, kek } }, rng);
+    }
+    throw wrongPassphrase();
   }
 
   /** Opens and verifies every record (docs/FORMAT.md, "Reading order"). */
@@ -687,6 +741,27 @@ export class Vault {
     }
     this.slots = p.slots;
     this.generation = p.generation;
+  }
+
+  /**
+   * checkPassphrase with argon2id on libuv's thread pool (the agent: approvals and console
+   * logins don't stall other clients). The caller keeps passphrase alive until it resolves.
+   */
+  async checkPassphraseAsync(passphrase: SecureBuffer): Promise<boolean> {
+    this.live();
+    for (const slot of [...this.slots]) {
+      if (slot.type !== SLOT_PASSPHRASE) continue;
+      const ps = parsePassphraseSlot(slot.body);
+      if (ps.alg !== ALG_ARGON2ID13 || !kdfInBounds(ps)) continue;
+      const kek = await passphraseKekAsync(passphrase, ps.salt, ps);
+      const dk = open(kek, ps.wrapped, slotAd(this.vaultId, SLOT_PASSPHRASE, ps.params));
+      secureFree(kek);
+      if (dk) {
+        secureFree(dk);
+        return true;
+      }
+    }
+    return false;
   }
 
   /** Whether a passphrase opens this vault (an approval factor). Runs argon2id; changes nothing. */
