@@ -7,6 +7,8 @@
  * commit); verify throughput; beside the raw HMAC-SHA256 rate (node:crypto) over lines of the
  * same size.
  */
+import { cliBench } from './bench-cli.js';
+import { writeReport } from './bench-report.js';
 import { createHmac, randomBytes } from 'node:crypto';
 import net from 'node:net';
 import fs from 'node:fs';
@@ -205,10 +207,12 @@ async function agentBench(): Promise<void> {
   process.stdout.write(`${lines.join('\n')}\nwritten to bench/results/agent.json\n`);
 }
 
-// BENCH_ONLY=audit|agent|sign|run|mcp runs one part.
+// BENCH_ONLY=cli|audit|agent|sign|run|mcp runs one part.
 const only = process.env['BENCH_ONLY'];
+if (!only || only === 'cli') await cliBench(ROOT);
 if (!only || only === 'audit') await main();
 if (!only || only === 'agent') await agentBench();
 if (!only || only === 'sign') await signBench(ROOT);
 if (!only || only === 'run') await runBench(ROOT);
 if (!only || only === 'mcp') await mcpBench(ROOT);
+process.stdout.write(`written ${writeReport(ROOT)}\n`);

@@ -406,3 +406,24 @@ describe('whoami, usage', () => {
     assert.match(out, /^Done\./m);
   });
 });
+
+describe('start-up', () => {
+  test('each top-level command loads from the one module the table in main.ts names', async () => {
+    const { buildProgram, COMMAND_GROUPS } = await import('../src/cli/main.js');
+    const quiet = { stdout: () => undefined, stderr: () => undefined } as never;
+    const all = (await buildProgram(quiet, [])).commands.map((c) => c.name());
+    const listed = COMMAND_GROUPS.flatMap((g) => [...g.commands]);
+    assert.deepEqual(
+      [...listed].sort(),
+      [...all].sort().filter((n) => n !== 'help'),
+    );
+    for (const g of COMMAND_GROUPS)
+      for (const name of g.commands) {
+        const one = (await buildProgram(quiet, ['--passphrase-file', 'x', name])).commands.map(
+          (c) => c.name(),
+        );
+        assert.ok(one.includes(name), `${name} is registered by its group`);
+        assert.ok(one.length < all.length, `${name} loads only its own group`);
+      }
+  });
+});

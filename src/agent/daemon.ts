@@ -14,7 +14,7 @@ import {
 import { agentStatus, call } from './client.js';
 import { askpassProblem, TerminalChannel } from '../approval/index.js';
 import { printable } from '../lib/text.js';
-import { Agent } from './server.js';
+import type { Agent as AgentType } from './server.js';
 import { prepareSocketDir, socketPaths } from './socketdir.js';
 
 export function tracerPid(): number {
@@ -84,7 +84,9 @@ export async function runAgent(o: RunOptions): Promise<void> {
     process.stdin.isTTY && process.stderr.isTTY
       ? new TerminalChannel({ input: process.stdin, write: (s) => process.stderr.write(s) })
       : undefined;
-  const agent = new Agent({
+  // The daemon's own code (the gate, the console, the services) loads here, not with every client.
+  const { Agent } = await import('./server.js');
+  const agent: AgentType = new Agent({
     home: o.home,
     socketDir: o.socketDir,
     askpass: askpassProgram,

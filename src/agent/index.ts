@@ -1,7 +1,8 @@
 /**
  * The agent domain's public surface (docs/PROTOCOL.md).
  */
-export { Agent, type AgentOptions } from './server.js';
+// Types only: the daemon's code loads when an agent runs (daemon.ts), not with every client.
+export type { Agent, AgentOptions } from './server.js';
 export {
   agentApprovals,
   agentConsole,

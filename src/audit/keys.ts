@@ -3,7 +3,7 @@
  * evolution from one epoch key to the next, HMAC-SHA-512-256 line MACs, and sealed boxes for
  * bodies. All through libsodium; keys stay in secure memory.
  */
-import sodium from 'sodium-native';
+import { sodium } from '../lib/sodium.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 
 const CONTEXT = Buffer.from('kwaudit1', 'ascii');

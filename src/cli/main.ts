@@ -7,21 +7,77 @@ import { EXIT, UsageError, type ExitCode } from '../errors.js';
 import { onAgentHello, onApprovalPending, type PendingNotice } from '../agent/index.js';
 import { quote } from '../lib/text.js';
 import { hardenProcess } from '../lib/libc.js';
-import { processIo, reportError, type Io } from './report.js';
-import { registerVaultCommands } from './vault-commands.js';
-import { registerDoctorCommand } from './doctor-command.js';
-import { registerDemoCommand } from './demo.js';
-import { registerAuditCommands } from './audit-commands.js';
-import { registerPolicyCommands } from './policy-commands.js';
-import { registerAgentCommands } from './agent-commands.js';
-import { registerKeyCommands } from './key-commands.js';
-import { ChildExit, registerRunCommand } from './run-command.js';
-import { registerMcpCommands } from './mcp-commands.js';
-import { registerConsoleCommands } from './console-commands.js';
+import { ChildExit, processIo, reportError, type Io } from './report.js';
 
 export const VERSION = '0.1.0';
 
-export function buildProgram(io: Io): Command {
+type Register = (program: Command, io: Io) => void;
+
+/**
+ * The top-level commands, by the module that registers them, in the order help lists them. A
+ * command line loads only its own command's module (and what that imports): a process pays for
+ * no code it doesn't run (docs/BENCHMARKS.md). Help, an unknown command or none loads them all.
+ * test/cli.test.ts checks this table against the commands the modules register.
+ */
+export const COMMAND_GROUPS: ReadonlyArray<{
+  commands: readonly string[];
+  load: () => Promise<Register>;
+}> = [
+  {
+    commands: ['init', 'whoami', 'secret', 'read', 'passwd', 'rekey'],
+    load: async () => (await import('./vault-commands.js')).registerVaultCommands,
+  },
+  {
+    commands: ['agent', 'unlock', 'lock', 'status', 'approvals', 'approve', 'totp', 'deny'],
+    load: async () => (await import('./agent-commands.js')).registerAgentCommands,
+  },
+  {
+    commands: ['key', 'ssh-env'],
+    load: async () => (await import('./key-commands.js')).registerKeyCommands,
+  },
+  { commands: ['run'], load: async () => (await import('./run-command.js')).registerRunCommand },
+  {
+    commands: ['mcp'],
+    load: async () => {
+      const { registerMcpCommands } = await import('./mcp-commands.js');
+      return (p, io) => registerMcpCommands(p, io, VERSION);
+    },
+  },
+  {
+    commands: ['console'],
+    load: async () => (await import('./console-commands.js')).registerConsoleCommands,
+  },
+  {
+    commands: ['audit'],
+    load: async () => (await import('./audit-commands.js')).registerAuditCommands,
+  },
+  {
+    commands: ['policy'],
+    load: async () => (await import('./policy-commands.js')).registerPolicyCommands,
+  },
+  {
+    commands: ['doctor'],
+    load: async () => (await import('./doctor-command.js')).registerDoctorCommand,
+  },
+  { commands: ['demo'], load: async () => (await import('./demo.js')).registerDemoCommand },
+];
+
+/** The command a command line names: its first argument that is not a global option. */
+function commandOf(argv: readonly string[]): string | undefined {
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] ?? '';
+    if (a === '--') return undefined;
+    if (a === '--passphrase-file') {
+      i++;
+      continue;
+    }
+    if (a.startsWith('-')) continue;
+    return a;
+  }
+  return undefined;
+}
+
+export async function buildProgram(io: Io, argv: readonly string[] = []): Promise<Command> {
   const program = new Command('keyward')
     .description(
       'A local secret vault and credential broker: one unlock never means silent blanket access.',
@@ -43,16 +99,12 @@ export function buildProgram(io: Io): Command {
       // Usage errors are printed by reportError, in keyward's own shape.
       outputError: () => undefined,
     });
-  registerVaultCommands(program, io);
-  registerAgentCommands(program, io);
-  registerKeyCommands(program, io);
-  registerRunCommand(program, io);
-  registerMcpCommands(program, io, VERSION);
-  registerConsoleCommands(program, io);
-  registerAuditCommands(program, io);
-  registerPolicyCommands(program, io);
-  registerDoctorCommand(program, io);
-  registerDemoCommand(program, io);
+  const name = commandOf(argv);
+  const own = COMMAND_GROUPS.find((g) => name !== undefined && g.commands.includes(name));
+  // `keyward --version` needs no command at all; help and unknown commands need every one.
+  const versionOnly = name === undefined && (argv.includes('-V') || argv.includes('--version'));
+  const groups = own ? [own] : versionOnly ? [] : COMMAND_GROUPS;
+  for (const g of groups) (await g.load())(program, io);
   for (const c of program.commands) inheritBehaviour(c, io);
   // Every command runs non-dumpable (no core file, no same-user ptrace or /proc/PID/mem). Those
   // that talk to the agent first turn so once the agent has greeted them, so that it could
@@ -134,7 +186,7 @@ export function pendingLines(n: PendingNotice): string {
 export async function main(argv: string[], io: Io = processIo): Promise<ExitCode | number> {
   onAgentHello(hardenProcess);
   onApprovalPending((n) => io.stderr(pendingLines(n)));
-  const program = buildProgram(io);
+  const program = await buildProgram(io, argv);
   try {
     await program.parseAsync(argv, { from: 'user' });
     return EXIT.OK;

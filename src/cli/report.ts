@@ -51,3 +51,8 @@ export function refuseExposure(reasons: readonly string[], io: Io = processIo): 
     io,
   );
 }
+
+/** The exit status of a child (`keyward run`), for main() to return as the process's own. */
+export class ChildExit {
+  constructor(readonly code: number) {}
+}

@@ -12,10 +12,7 @@ import { assertVarName, parseEnvFile } from '../run/index.js';
 import { agentSocket } from './context.js';
 import type { Io } from './report.js';
 
-/** The exit status of the child, for main() to return as the process's own. */
-export class ChildExit {
-  constructor(readonly code: number) {}
-}
+import { ChildExit } from './report.js';
 
 const collect = (v: string, all: string[]) => [...all, v];
 

@@ -6,7 +6,7 @@
  */
 import { createRequire } from 'node:module';
 import type bcryptT from 'bcrypt-pbkdf';
-import sodium from 'sodium-native';
+import { sodium } from '../lib/sodium.js';
 import { secureAlloc, secureFree } from '../lib/secure.js';
 
 const HASH = 32;

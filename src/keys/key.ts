@@ -13,7 +13,7 @@
  * what that leaves and the test that checks it.
  */
 import crypto from 'node:crypto';
-import sodium from 'sodium-native';
+import { sodium } from '../lib/sodium.js';
 import { KeywardError } from '../errors.js';
 import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.js';
 import { oddMinusOneInto, modInto } from './bignum.js';

@@ -4,7 +4,7 @@
  * derived key and the decrypted section all live in secure memory; ciphertext is public.
  */
 import crypto from 'node:crypto';
-import sodium from 'sodium-native';
+import { sodium } from '../lib/sodium.js';
 import { AuthError, KeywardError } from '../errors.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 import { bcryptPbkdf } from './bcrypt.js';

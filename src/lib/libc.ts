@@ -3,7 +3,11 @@
  * need none of them (help, version) start without the FFI.
  */
 import fs from 'node:fs';
-import koffi from 'koffi';
+import { createRequire } from 'node:module';
+import type Koffi from 'koffi';
+
+// With require: an ESM import of this CommonJS package costs its export scan (~10 ms a process).
+const koffi = createRequire(import.meta.url)('koffi') as typeof Koffi;
 
 interface Libc {
   flock: (fd: number, op: number) => number;

@@ -8,7 +8,7 @@
  * never turned into a string, and is freed (which zeroes it) as soon as it has been used.
  */
 import fs from 'node:fs';
-import sodium from 'sodium-native';
+import { sodium } from './sodium.js';
 
 /** A Buffer whose memory came from sodium_malloc. The brand stops a plain Buffer passing as one. */
 export type SecureBuffer = Buffer & { readonly __secure: true };

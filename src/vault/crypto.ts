@@ -2,7 +2,7 @@
  * The vault's cryptography, all through libsodium (docs/FORMAT.md, "Keys"). Keys are
  * SecureBuffers; nothing here allocates a JS string from key or plaintext bytes.
  */
-import sodium from 'sodium-native';
+import { sodium } from '../lib/sodium.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 
 export const KEY_BYTES = 32;

@@ -4,7 +4,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import sodium from 'sodium-native';
+import { sodium } from '../lib/sodium.js';
 import { AuthError, IntegrityError, KeywardError, UsageError } from '../errors.js';
 import {
   assertPrivate,

@@ -1,0 +1,79 @@
+/**
+ * The command line's own cost (issue 17): `keyward read NAME` through an unlocked agent (policy
+ * allow, the release fsynced in the audit log), `keyward --version` (start-up alone), against
+ * `node -e 0` measured in the same run; the median of many runs each. Also how long loading the
+ * CLI's modules takes, measured inside one process, which is what start-up work can shrink.
+ */
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { benchHome } from './bench-home.js';
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] ?? 0;
+}
+
+function timeOne(cmd: string, args: string[], env: NodeJS.ProcessEnv): number {
+  const t = performance.now();
+  const r = spawnSync(cmd, args, { env, stdio: 'ignore' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}`);
+  return performance.now() - t;
+}
+
+export async function cliBench(root: string): Promise<void> {
+  const home = benchHome(
+    root,
+    'cli',
+    'version: 1\nrules:\n  - { name: bench, targets: ["**"], decision: allow }\n',
+  );
+  const { bin, env, kw } = home;
+  kw(['secret', 'set', 'bench/token'], 'a-benchmark-token-value');
+  await home.startAgent();
+  const n = Number(process.env['BENCH_RUNS'] ?? 30);
+  const cases: Array<[string, string, string[]]> = [
+    ['node -e 0', process.execPath, ['-e', '0']],
+    ['keyward --version', process.execPath, [bin, '--version']],
+    ['keyward read NAME (agent)', process.execPath, [bin, 'read', 'bench/token']],
+  ];
+  const results: Record<string, number> = {};
+  for (const [name, cmd, args] of cases) {
+    timeOne(cmd, args, env); // warm the page cache
+    const times: number[] = [];
+    for (let i = 0; i < n; i++) times.push(timeOne(cmd, args, env));
+    results[name] = Math.round(median(times) * 10) / 10;
+  }
+  await home.stop();
+  // Module loading alone: importing the CLI's entry in a fresh process.
+  const loads: number[] = [];
+  const main = path.join(root, 'dist/src/cli/main.js');
+  for (let i = 0; i < 10; i++) {
+    const r = spawnSync(
+      process.execPath,
+      [
+        '--input-type=module',
+        '-e',
+        `const t = performance.now(); await import(${JSON.stringify(main)}); process.stdout.write(String(performance.now() - t));`,
+      ],
+      { encoding: 'utf8' },
+    );
+    loads.push(Number(r.stdout));
+  }
+  const node = results['node -e 0'] ?? 1;
+  const out = {
+    when: new Date().toISOString(),
+    runs: n,
+    medianMs: results,
+    ratioToNode: Object.fromEntries(
+      Object.entries(results).map(([k, v]) => [k, Math.round((v / node) * 100) / 100]),
+    ),
+    cliModuleLoadMs: Math.round(median(loads) * 10) / 10,
+  };
+  fs.writeFileSync(path.join(root, 'bench/results/cli.json'), `${JSON.stringify(out, null, 2)}\n`);
+  const lines = Object.entries(results).map(
+    ([k, ms]) =>
+      `cli  ${k.padEnd(28)} median ${ms.toFixed(1)} ms  (${(ms / node).toFixed(2)}x node -e 0)`,
+  );
+  lines.push(`cli  loading the CLI's modules: median ${out.cliModuleLoadMs} ms`);
+  process.stdout.write(`${lines.join('\n')}\nwritten to bench/results/cli.json\n`);
+}

@@ -1,0 +1,185 @@
+/**
+ * docs/BENCHMARKS.md from bench/results/*.json: every row issue 17 sets a target for, keyward
+ * against its reference measured in the same part of the run, as a ratio, and whether the
+ * target is met. A row whose part has not been run says so; nothing is carried over by hand.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+type Json = Record<string, unknown>;
+
+function read(root: string, name: string): Json | undefined {
+  try {
+    return JSON.parse(
+      fs.readFileSync(path.join(root, 'bench/results', `${name}.json`), 'utf8'),
+    ) as Json;
+  } catch {
+    return undefined;
+  }
+}
+
+const num = (v: unknown): number | undefined => (typeof v === 'number' ? v : undefined);
+const at = (o: unknown, ...keys: string[]): unknown =>
+  keys.reduce<unknown>((x, k) => (x && typeof x === 'object' ? (x as Json)[k] : undefined), o);
+const fmt = (v: number | undefined, digits = 2) =>
+  v === undefined ? 'not measured' : v.toLocaleString('en', { maximumFractionDigits: digits });
+
+interface Row {
+  /** When its part of the bench ran (the results file's date). */
+  when: string;
+  work: string;
+  keyward: string;
+  reference: string;
+  ratio: number | undefined;
+  target: string;
+  met: boolean | undefined;
+}
+
+export function writeReport(root: string): string {
+  const cli = read(root, 'cli');
+  const sign = read(root, 'sign');
+  const audit = read(root, 'audit');
+  const mcp = read(root, 'mcp');
+  const rows: Row[] = [];
+  const dateOf = (part: Json | undefined, name: string): string => {
+    const w = part?.['when'];
+    if (typeof w === 'string') return w.slice(0, 10);
+    try {
+      return fs
+        .statSync(path.join(root, 'bench/results', `${name}.json`))
+        .mtime.toISOString()
+        .slice(0, 10);
+    } catch {
+      return '';
+    }
+  };
+  const readMs = num(at(cli, 'medianMs', 'keyward read NAME (agent)'));
+  const nodeMs = num(at(cli, 'medianMs', 'node -e 0'));
+  const readRatio = readMs !== undefined && nodeMs ? readMs / nodeMs : undefined;
+  rows.push({
+    when: dateOf(cli, 'cli'),
+    work: '`keyward read NAME` through an unlocked agent',
+    keyward: `${fmt(readMs, 1)} ms`,
+    reference: `\`node -e 0\` ${fmt(nodeMs, 1)} ms`,
+    ratio: readRatio,
+    target: '<= 1.3x',
+    met: readRatio === undefined ? undefined : readRatio <= 1.3,
+  });
+  const signTargets: Array<[string, string, number]> = [
+    ['ed25519', 'concurrency1', 2],
+    ['ed25519', 'concurrency8', 5],
+    ['ecdsa-p256', 'concurrency1', 1],
+    ['ecdsa-p256', 'concurrency8', 1.5],
+    ['rsa-3072', 'concurrency1', 1],
+    ['rsa-3072', 'concurrency8', 1],
+  ];
+  for (const [key, conc, target] of signTargets) {
+    const k = num(at(sign, `${key}-${conc}`, 'keyward', 'perSecond'));
+    const s = num(at(sign, `${key}-${conc}`, 'sshAgent', 'perSecond'));
+    const ratio = k !== undefined && s ? k / s : undefined;
+    rows.push({
+      when: dateOf(sign, 'sign'),
+      work: `${key} signatures over the SSH socket, ${conc.replace('concurrency', 'concurrency ')}`,
+      keyward: `${fmt(k, 0)} /s`,
+      reference: `OpenSSH ssh-agent ${fmt(s, 0)} /s`,
+      ratio,
+      target: `>= ${target}x`,
+      met: ratio === undefined ? undefined : ratio >= target,
+    });
+  }
+  const one = num(at(audit, 'audit', 'appendOneWriterDurable', 'perSecond'));
+  const eight = num(at(audit, 'audit', 'appendEightWritersGroupCommit', 'perSecond'));
+  rows.push({
+    when: dateOf(audit, 'audit'),
+    work: 'durable audit appends, 1 writer',
+    keyward: `${fmt(one, 0)} /s`,
+    reference: 'target 3,000 /s',
+    ratio: one === undefined ? undefined : one / 3000,
+    target: '>= 3,000 /s',
+    met: one === undefined ? undefined : one >= 3000,
+  });
+  rows.push({
+    when: dateOf(audit, 'audit'),
+    work: 'durable audit appends, 8 writers',
+    keyward: `${fmt(eight, 0)} /s`,
+    reference: 'target 20,000 /s',
+    ratio: eight === undefined ? undefined : eight / 20000,
+    target: '>= 20,000 /s',
+    met: eight === undefined ? undefined : eight >= 20000,
+  });
+  const verify = num(at(audit, 'audit', 'verify', 'ratioToHmac'));
+  rows.push({
+    when: dateOf(audit, 'audit'),
+    work: '`audit verify`, entries per second',
+    keyward: `${fmt(num(at(audit, 'audit', 'verify', 'perSecond')), 0)} /s`,
+    reference: `raw HMAC-SHA256 over the same lines ${fmt(num(at(audit, 'reference', 'perSecond')), 0)} /s`,
+    ratio: verify,
+    target: '>= 0.5',
+    met: verify === undefined ? undefined : verify >= 0.5,
+  });
+  const addP50 = num(at(mcp, 'addedMs', 'p50'));
+  const addP99 = num(at(mcp, 'addedMs', 'p99'));
+  rows.push({
+    when: dateOf(mcp, 'mcp'),
+    work: 'MCP `tools/call` added by `mcp wrap`, p50 / p99',
+    keyward: `+${fmt(addP50)} / +${fmt(addP99)} ms`,
+    reference: `direct ${fmt(num(at(mcp, 'directMs', 'p50')))} / ${fmt(num(at(mcp, 'directMs', 'p99')))} ms`,
+    ratio: undefined,
+    target: '<= +0.5 / +3 ms',
+    met: addP50 === undefined || addP99 === undefined ? undefined : addP50 <= 0.5 && addP99 <= 3,
+  });
+  for (const [work, target] of [
+    ['agent start / stop', '<= 0.3 s / 0.1 s'],
+    ['`secret set` on 10 vs 100,000 secrets (KDF aside)', 'flat within 1.5x'],
+    ['agent RSS idle / after 10,000 requests', "no growth (today's 64 / 111 MB)"],
+  ] as const)
+    rows.push({
+      when: '',
+      work,
+      keyward: 'not measured yet',
+      reference: '',
+      ratio: undefined,
+      target,
+      met: undefined,
+    });
+
+  const cpu = os.cpus()[0]?.model ?? 'unknown';
+  const lines = [
+    '# Benchmarks',
+    '',
+    'Written by `npm run bench` (scripts/bench-report.ts) from `bench/results/*.json`: each row is',
+    'keyward against its reference, measured in the same part of the same run on the same machine,',
+    'so the ratio is what to compare; absolute figures move with the machine and its load. A row',
+    'says "not measured" when its part did not run (`BENCH_ONLY=cli|audit|agent|sign|run|mcp`).',
+    '',
+    `Machine: ${os.cpus().length} x ${cpu}, Node ${process.version}, ${os.platform()} ${os.release()}.`,
+    '',
+    '| work | keyward | reference | ratio | target | met | measured |',
+    '|---|---|---|---|---|---|---|',
+    ...rows.map(
+      (r) =>
+        `| ${r.work} | ${r.keyward} | ${r.reference} | ${r.ratio === undefined ? '' : `${r.ratio.toFixed(2)}x`} | ${r.target} | ${r.met === undefined ? '' : r.met ? 'yes' : 'no'} | ${r.when} |`,
+    ),
+    '',
+  ];
+  const loadMs = num(at(cli, 'cliModuleLoadMs'));
+  if (loadMs !== undefined)
+    lines.push(
+      `Of the CLI's time, loading its modules takes ${fmt(loadMs, 1)} ms (median, one process each);`,
+      'the rest is Node starting, the agent round trip and the release fsynced in the audit log.',
+      '',
+    );
+  lines.push(
+    'Physical limits: a durable append waits for one fsync (group commit shares it among',
+    "concurrent writers); a read through the agent includes that fsync; `node -e 0` is Node's own",
+    'start-up, which every keyward command pays.',
+    '',
+    'Reproduce: `npm run bench` (or `BENCH_ONLY=cli npm run bench` for one part), then read this',
+    'file. Results of each part are in `bench/results/`.',
+    '',
+  );
+  const file = path.join(root, 'docs/BENCHMARKS.md');
+  fs.writeFileSync(file, lines.join('\n'));
+  return file;
+}
