@@ -7,19 +7,7 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { benchHome } from './bench-home.js';
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? 0;
-}
-
-function timeOne(cmd: string, args: string[], env: NodeJS.ProcessEnv): number {
-  const t = performance.now();
-  const r = spawnSync(cmd, args, { env, stdio: 'ignore' });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}`);
-  return performance.now() - t;
-}
+import { benchHome, median, timeOne } from './bench-home.js';
 
 export async function cliBench(root: string): Promise<void> {
   const home = benchHome(
@@ -43,6 +31,23 @@ export async function cliBench(root: string): Promise<void> {
     for (let i = 0; i < n; i++) times.push(timeOne(cmd, args, env));
     results[name] = Math.round(median(times) * 10) / 10;
   }
+  // Agent start and stop (each a CLI process waiting for the agent), against OpenSSH's ssh-agent
+  // started and killed the same way, from a shell.
+  kw(['agent', 'stop']);
+  const starts: number[] = [];
+  const stops: number[] = [];
+  for (let i = 0; i < Math.min(n, 10); i++) {
+    starts.push(timeOne(process.execPath, [bin, 'agent', 'start'], env));
+    stops.push(timeOne(process.execPath, [bin, 'agent', 'stop'], env));
+  }
+  const ssh: number[] = [];
+  for (let i = 0; i < Math.min(n, 10); i++)
+    ssh.push(
+      timeOne('sh', ['-c', 'eval "$(ssh-agent -s)" >/dev/null && ssh-agent -k >/dev/null'], env),
+    );
+  results['keyward agent start'] = Math.round(median(starts) * 10) / 10;
+  results['keyward agent stop'] = Math.round(median(stops) * 10) / 10;
+  results['ssh-agent start and stop'] = Math.round(median(ssh) * 10) / 10;
   await home.stop();
   // Module loading alone: importing the CLI's entry in a fresh process.
   const loads: number[] = [];

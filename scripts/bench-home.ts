@@ -65,3 +65,16 @@ export function benchHome(root: string, label: string, policy: string): BenchHom
     },
   };
 }
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.floor(s.length / 2)] ?? 0;
+}
+
+/** The wall time of one run of a command, in ms; throws when it fails. */
+export function timeOne(cmd: string, args: string[], env: NodeJS.ProcessEnv): number {
+  const t = performance.now();
+  const r = spawnSync(cmd, args, { env, stdio: 'ignore' });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}`);
+  return performance.now() - t;
+}

@@ -94,7 +94,7 @@ export async function mcpBench(root: string): Promise<void> {
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(
     path.join(out, 'mcp.json'),
-    `${JSON.stringify({ calls: n, directMs: direct, gatewayMs: gateway, addedMs: added, sessionStart }, null, 2)}\n`,
+    `${JSON.stringify({ when: new Date().toISOString(), calls: n, directMs: direct, gatewayMs: gateway, addedMs: added, sessionStart }, null, 2)}\n`,
   );
   process.stdout.write(
     `mcp  tools/call direct: p50 ${direct.p50} ms, p99 ${direct.p99} ms | through keyward mcp wrap: p50 ${gateway.p50} ms, p99 ${gateway.p99} ms | added: p50 ${added.p50} ms, p99 ${added.p99} ms (${(gateway.p50 / direct.p50).toFixed(2)}x)\nmcp  session start (spawn to first tools/list answer, median): direct ${sessionStart.directMs} ms, through the gateway ${sessionStart.gatewayMs} ms, added ${sessionStart.addedMs} ms (goal: 100 ms)\nwritten to bench/results/mcp.json\n`,

@@ -4,22 +4,9 @@
  * median of many runs, and as ratios. keyward run is two Node processes (the CLI and the exec
  * step) plus the agent's work, so `node -e ""` is its natural unit.
  */
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { benchHome } from './bench-home.js';
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.floor(s.length / 2)] ?? 0;
-}
-
-function timeOne(cmd: string, args: string[], env: NodeJS.ProcessEnv): number {
-  const t = performance.now();
-  const r = spawnSync(cmd, args, { env, stdio: 'ignore' });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} exited ${r.status}`);
-  return performance.now() - t;
-}
+import { benchHome, median, timeOne } from './bench-home.js';
 
 export async function runBench(root: string): Promise<void> {
   const home = benchHome(
@@ -61,7 +48,7 @@ export async function runBench(root: string): Promise<void> {
   fs.mkdirSync(out, { recursive: true });
   fs.writeFileSync(
     path.join(out, 'run.json'),
-    `${JSON.stringify({ runs: n, medianMs: results, referenceNodeMs: node, referenceTrueMs: tru }, null, 2)}\n`,
+    `${JSON.stringify({ when: new Date().toISOString(), runs: n, medianMs: results, referenceNodeMs: node, referenceTrueMs: tru }, null, 2)}\n`,
   );
   process.stdout.write(`${lines.join('\n')}\nwritten to bench/results/run.json\n`);
 }

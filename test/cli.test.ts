@@ -7,31 +7,16 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { spawn } from 'node:child_process';
-import { rawRequest } from './console-helpers.js';
+import { loginOverHttp, rawRequest } from './console-helpers.js';
 import { BIN, FAST_KDF, initHome, kw, makeHome } from './helpers.js';
 
 /** What a person does in the console: log in with the passphrase, press Approve. */
 async function approveAsAPerson(url: string, id: string, passphrase: string): Promise<number> {
-  const u = new URL(url);
-  const origin = `http://${u.host}`;
-  const login = await rawRequest(url, {
-    method: 'POST',
-    path: '/api/login/passphrase',
-    headers: { Host: u.host, Origin: origin, 'Content-Type': 'application/octet-stream' },
-    body: passphrase,
-  });
-  const cookie = String(login.headers['set-cookie']?.[0] ?? '').split(';')[0] ?? '';
-  const csrf = (JSON.parse(login.body) as { csrf: string }).csrf;
+  const auth = await loginOverHttp(url, passphrase);
   const r = await rawRequest(url, {
     method: 'POST',
     path: `/api/approvals/${id}/approve`,
-    headers: {
-      Host: u.host,
-      Origin: origin,
-      Cookie: cookie,
-      'X-Keyward-CSRF': csrf,
-      'Content-Type': 'application/json',
-    },
+    headers: { ...auth, 'Content-Type': 'application/json' },
     body: '{}',
   });
   return r.status;

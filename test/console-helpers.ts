@@ -128,3 +128,24 @@ export async function loginWithPassphrase(page: Page, url: string, passphrase: s
   await page.locator('#login-passphrase').click();
   await page.locator('#nav').waitFor({ state: 'visible' });
 }
+
+/**
+ * A session made as the page makes one (a passphrase login over HTTP): the headers that carry
+ * it, for requests made without a browser.
+ */
+export async function loginOverHttp(
+  url: string,
+  passphrase: string,
+): Promise<Record<string, string>> {
+  const u = new URL(url);
+  const origin = `http://${u.host}`;
+  const login = await rawRequest(url, {
+    method: 'POST',
+    path: '/api/login/passphrase',
+    headers: { Host: u.host, Origin: origin, 'Content-Type': 'application/octet-stream' },
+    body: passphrase,
+  });
+  const cookie = String(login.headers['set-cookie']?.[0] ?? '').split(';')[0] ?? '';
+  const csrf = (JSON.parse(login.body) as { csrf: string }).csrf;
+  return { Host: u.host, Origin: origin, Cookie: cookie, 'X-Keyward-CSRF': csrf };
+}

@@ -19,6 +19,7 @@ import {
   CHROMIUM,
   consoleUrl,
   launch,
+  loginOverHttp,
   loginWithPassphrase,
   rawRequest,
   virtualAuthenticator,
@@ -641,16 +642,7 @@ test(
   async () => {
     await ready();
     const u = new URL(url);
-    const origin = `http://${u.host}`;
-    const login = await rawRequest(url, {
-      method: 'POST',
-      path: '/api/login/passphrase',
-      headers: { Host: u.host, Origin: origin, 'Content-Type': 'application/octet-stream' },
-      body: PASSPHRASE,
-    });
-    const cookie = String(login.headers['set-cookie']?.[0] ?? '').split(';')[0] ?? '';
-    const csrf = (JSON.parse(login.body) as { csrf: string }).csrf;
-    const auth = { Host: u.host, Origin: origin, Cookie: cookie, 'X-Keyward-CSRF': csrf };
+    const auth = await loginOverHttp(url, PASSPHRASE);
     const ended = new Promise<string>((resolve, reject) => {
       const req = http.request(
         {

@@ -17,6 +17,9 @@ import { printable } from '../lib/text.js';
 import type { Agent as AgentType } from './server.js';
 import { prepareSocketDir, socketPaths } from './socketdir.js';
 
+/** How long `agent start` waits for an agent that neither says it listens nor exits. */
+const START_TIMEOUT_MS = 30_000;
+
 export function tracerPid(): number {
   const m = /^TracerPid:\s*(\d+)/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
   return Number(m?.[1] ?? 0);
@@ -30,6 +33,11 @@ export interface RunOptions {
   log: (line: string) => void;
   /** Serve the web console (default on). */
   console?: boolean;
+  /**
+   * A descriptor `agent start` passed: "ready PID URL" is written to it once the agent listens,
+   * then it is closed. `agent start` waits on it, not on a clock.
+   */
+  readyFd?: number | undefined;
 }
 
 /**
@@ -99,6 +107,14 @@ export async function runAgent(o: RunOptions): Promise<void> {
   await agent.start();
   o.log(`keyward agent ${process.pid} listening on ${agent.socketPath} (locked)`);
   if (agent.consoleUrl) o.log(`console: ${agent.consoleUrl} (approve requests there)`);
+  if (o.readyFd !== undefined) {
+    try {
+      fs.writeSync(o.readyFd, `ready ${process.pid} ${agent.consoleUrl ?? '-'}\n`);
+      fs.closeSync(o.readyFd);
+    } catch {
+      // agent start went away; this agent runs on all the same.
+    }
+  }
   if (!fs.existsSync('/proc/sys/kernel/yama/ptrace_scope')) {
     o.log(
       'warning: no Yama ptrace restriction on this kernel; the agent is non-dumpable, which closes ptrace to same-user processes',
@@ -122,14 +138,14 @@ export async function runAgent(o: RunOptions): Promise<void> {
   if (terminal) process.stdin.pause();
 }
 
-/** Starts `keyward agent run` in the background and waits until it answers. */
+/** Starts `keyward agent run` in the background and waits until it says it listens. */
 export async function startAgent(
   bin: string,
   socketDir: string,
   allowDebugger: boolean,
   env: NodeJS.ProcessEnv,
   console = true,
-): Promise<number> {
+): Promise<{ pid: number; console: string | undefined }> {
   askpassFrom(env);
   const sp = socketPaths(socketDir);
   if (await agentStatus(sp.agent))
@@ -145,7 +161,7 @@ export async function startAgent(
   );
   // A fixed command line (no node flags) and, unless the user allowed debugging, an
   // environment without NODE_OPTIONS or the loader variables: the agent starts clean even from
-  // a shell that sets them.
+  // a shell that sets them. Descriptor 3 is a pipe on which it says when it listens.
   const child = spawn(
     process.execPath,
     [
@@ -153,23 +169,36 @@ export async function startAgent(
       ...(allowDebugger ? ['--allow-debugger'] : []),
       'agent',
       'run',
+      '--ready-fd',
+      '3',
       ...(console ? [] : ['--no-console']),
     ],
     {
       detached: true,
-      stdio: ['ignore', log, log],
+      stdio: ['ignore', log, log, 'pipe'],
       env: allowDebugger ? env : cleanEnvironment(env),
     },
   );
   fs.closeSync(log);
+  const ready = child.stdio[3] as NodeJS.ReadableStream | null;
+  const line = await new Promise<string | undefined>((resolve) => {
+    let got = '';
+    const timer = setTimeout(() => resolve(undefined), START_TIMEOUT_MS);
+    const done = (v: string | undefined) => {
+      clearTimeout(timer);
+      resolve(v);
+    };
+    ready?.on('data', (d: Buffer) => {
+      got += d.toString();
+      if (got.includes('\n')) done(got.split('\n')[0]);
+    });
+    ready?.on('close', () => done(got.includes('\n') ? got.split('\n')[0] : undefined));
+    child.on('exit', () => done(undefined));
+  });
+  (ready as { destroy?: () => void } | null)?.destroy?.();
   child.unref();
-  let exited: number | null = null;
-  child.on('exit', (code) => (exited = code ?? 1));
-  for (let i = 0; i < 100; i++) {
-    await new Promise((r) => setTimeout(r, 100));
-    if (exited !== null) break;
-    if (await agentStatus(sp.agent)) return child.pid ?? 0;
-  }
+  const m = line ? /^ready (\d+) (\S+)$/.exec(line) : null;
+  if (m) return { pid: Number(m[1]), console: m[2] === '-' ? undefined : m[2] };
   const tail = fs.readFileSync(logFile, 'utf8').trim().split('\n').slice(-3).join(' / ');
   throw new KeywardError('AGENT_UNAVAILABLE', `the agent did not start${tail ? `: ${tail}` : ''}`, {
     hint: `see ${logFile}`,
@@ -180,7 +209,8 @@ export async function stopAgent(socketDir: string): Promise<boolean> {
   const sp = socketPaths(socketDir);
   if (!(await agentStatus(sp.agent))) return false;
   await call(sp.agent, 'stop');
-  for (let i = 0; i < 50 && fs.existsSync(sp.agent); i++)
-    await new Promise((r) => setTimeout(r, 100));
+  // The socket goes last but one (then the lock, then the process): gone means stopped.
+  for (let i = 0; i < 500 && fs.existsSync(sp.agent); i++)
+    await new Promise((r) => setTimeout(r, 10));
   return true;
 }

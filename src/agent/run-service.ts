@@ -384,10 +384,26 @@ export class RunService {
       term.once('close', onDrained);
       child.on('exit', (code, signal) => {
         exited = [code, signal];
-        // A grandchild that keeps the terminal open doesn't keep the run alive forever.
-        setTimeout(() => {
-          if (paused.size === 0) onDrained();
-        }, 2000).unref();
+        // A grandchild that keeps the terminal open doesn't keep the run alive forever: the run
+        // ends after 2 s without output. Output that keeps coming restarts the wait, and output
+        // already waiting in the master when the timer fires (a loaded machine) is read first:
+        // the check runs after the next poll for input.
+        let heard = 0;
+        let quiet: NodeJS.Timeout | undefined;
+        const arm = () => {
+          heard += 1;
+          clearTimeout(quiet);
+          quiet = setTimeout(() => {
+            const before = heard;
+            setImmediate(() => {
+              if (heard === before && paused.size === 0) onDrained();
+            });
+          }, 2000);
+          quiet.unref();
+        };
+        term.on('data', arm);
+        term.once('close', () => clearTimeout(quiet));
+        arm();
         done();
       });
     } else {

@@ -2,7 +2,7 @@
  * agent run | start | stop, unlock, lock, status, approvals, approve, deny.
  */
 import { fileURLToPath } from 'node:url';
-import type { Command } from 'commander';
+import { InvalidArgumentError, Option, type Command } from 'commander';
 import {
   agentApprovals,
   agentApprove,
@@ -42,8 +42,17 @@ export function registerAgentCommands(program: Command, io: Io): void {
     .command('run')
     .description('run in the foreground (logs on stderr; Ctrl-C stops and wipes keys)')
     .option('--no-console', 'do not serve the web console')
+    .addOption(
+      new Option('--ready-fd <fd>', 'say "ready PID URL" on this descriptor once listening')
+        .argParser((v) => {
+          if (!/^\d{1,4}$/.test(v)) throw new InvalidArgumentError('a descriptor number');
+          return Number(v);
+        })
+        .hideHelp(),
+    )
     .action(async function (this: Command) {
       await runAgent({
+        readyFd: this.opts<{ readyFd?: number }>().readyFd,
         home: keywardHome(),
         socketDir: socketDir(),
         allowDebugger: runtimeState.allowed,
@@ -59,13 +68,12 @@ export function registerAgentCommands(program: Command, io: Io): void {
     .option('--no-console', 'do not serve the web console')
     .action(async function (this: Command) {
       const web = this.opts<{ console: boolean }>().console;
-      const pid = await startAgent(BIN, socketDir(), runtimeState.allowed, process.env, web);
+      const started = await startAgent(BIN, socketDir(), runtimeState.allowed, process.env, web);
       io.stdout(
-        `keyward agent started (pid ${pid}), socket ${agentSocket()}; it is locked: keyward unlock\n`,
+        `keyward agent started (pid ${started.pid}), socket ${agentSocket()}; it is locked: keyward unlock\n`,
       );
-      const s = await agentStatus(agentSocket());
-      if (typeof s?.['console'] === 'string')
-        io.stdout(`console: ${printable(s['console'], 200)} (approve requests there)\n`);
+      if (started.console)
+        io.stdout(`console: ${printable(started.console, 200)} (approve requests there)\n`);
     });
 
   agent

@@ -743,42 +743,37 @@ export class Vault {
     this.generation = p.generation;
   }
 
+  /** The passphrase slots a passphrase is checked against (well-formed and in bounds). */
+  private checkableSlots(): Array<ReturnType<typeof parsePassphraseSlot>> {
+    this.live();
+    return this.slots
+      .filter((slot) => slot.type === SLOT_PASSPHRASE)
+      .map((slot) => parsePassphraseSlot(slot.body))
+      .filter((ps) => ps.alg === ALG_ARGON2ID13 && kdfInBounds(ps));
+  }
+
+  /** Whether kek (for slot ps) unwraps the data key; frees kek. */
+  private kekOpens(kek: SecureBuffer, ps: ReturnType<typeof parsePassphraseSlot>): boolean {
+    const dk = open(kek, ps.wrapped, slotAd(this.vaultId, SLOT_PASSPHRASE, ps.params));
+    secureFree(kek);
+    secureFree(dk);
+    return dk !== undefined;
+  }
+
   /**
    * checkPassphrase with argon2id on libuv's thread pool (the agent: approvals and console
    * logins don't stall other clients). The caller keeps passphrase alive until it resolves.
    */
   async checkPassphraseAsync(passphrase: SecureBuffer): Promise<boolean> {
-    this.live();
-    for (const slot of [...this.slots]) {
-      if (slot.type !== SLOT_PASSPHRASE) continue;
-      const ps = parsePassphraseSlot(slot.body);
-      if (ps.alg !== ALG_ARGON2ID13 || !kdfInBounds(ps)) continue;
-      const kek = await passphraseKekAsync(passphrase, ps.salt, ps);
-      const dk = open(kek, ps.wrapped, slotAd(this.vaultId, SLOT_PASSPHRASE, ps.params));
-      secureFree(kek);
-      if (dk) {
-        secureFree(dk);
-        return true;
-      }
-    }
+    for (const ps of this.checkableSlots())
+      if (this.kekOpens(await passphraseKekAsync(passphrase, ps.salt, ps), ps)) return true;
     return false;
   }
 
   /** Whether a passphrase opens this vault (an approval factor). Runs argon2id; changes nothing. */
   checkPassphrase(passphrase: SecureBuffer): boolean {
-    this.live();
-    for (const slot of this.slots) {
-      if (slot.type !== SLOT_PASSPHRASE) continue;
-      const ps = parsePassphraseSlot(slot.body);
-      if (ps.alg !== ALG_ARGON2ID13 || !kdfInBounds(ps)) continue;
-      const kek = passphraseKek(passphrase, ps.salt, ps);
-      const dk = open(kek, ps.wrapped, slotAd(this.vaultId, SLOT_PASSPHRASE, ps.params));
-      secureFree(kek);
-      if (dk) {
-        secureFree(dk);
-        return true;
-      }
-    }
+    for (const ps of this.checkableSlots())
+      if (this.kekOpens(passphraseKek(passphrase, ps.salt, ps), ps)) return true;
     return false;
   }
 
