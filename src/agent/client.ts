@@ -324,16 +324,15 @@ async function withPassphrase(
 }
 
 /**
- * The console request (docs/PROTOCOL.md): url and credentials answer as they are; rename and
- * revoke carry the passphrase, asked here.
+ * The console request (docs/PROTOCOL.md): credentials answers as it is; rename and revoke carry
+ * the passphrase, asked here.
  */
 export async function agentConsole(
   path: string,
-  meta: { op: 'url' | 'credentials' } | { op: 'rename' | 'revoke'; id: string; name?: string },
+  meta: { op: 'credentials' } | { op: 'rename' | 'revoke'; id: string; name?: string },
   src?: PassphraseSource,
 ): Promise<Record<string, unknown>> {
-  if (meta.op === 'url' || meta.op === 'credentials')
-    return (await call(path, 'console', meta)).meta;
+  if (meta.op === 'credentials') return (await call(path, 'console', meta)).meta;
   const f = await withPassphrase(path, 'console', meta, () =>
     readPassphrase(src ?? {}, `passphrase to ${meta.op} the credential: `),
   );

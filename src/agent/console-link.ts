@@ -14,7 +14,6 @@ import {
   describeCredentials,
   findCredential,
   readCredentials,
-  writeCredentials,
   type PinView,
 } from '../console/index.js';
 import { newTotp } from '../approval/index.js';
@@ -149,15 +148,9 @@ async function enrollTotp(h: ConsoleLinkHost, passphrase: SecureBuffer): Promise
   }
 }
 
-export async function consoleRequest(
-  c: ConsoleServer | undefined,
-  h: ConsoleLinkHost,
-  asker: Peer,
-  f: Frame,
-): Promise<Reply> {
+export async function consoleRequest(h: ConsoleLinkHost, asker: Peer, f: Frame): Promise<Reply> {
   const op = str(f.meta, 'op');
   try {
-    if (op === 'url') return { meta: { url: c?.url ?? null } };
     const v = h.window.unlocked();
     if (op === 'credentials')
       return { meta: { credentials: describeCredentials(readCredentials(v)) } };
@@ -168,23 +161,9 @@ export async function consoleRequest(
     findCredential(readCredentials(v), id);
     if (!f.raw || f.raw.length === 0)
       throw new KeywardError('USAGE', `to ${op} a credential, give the passphrase`);
-    if (!(await v.checkPassphraseAsync(f.raw))) {
-      h.gate().noteDenial();
-      throw new KeywardError('VAULT_BAD_PASSPHRASE', 'wrong passphrase');
-    }
-    await h.window.write((w) => {
-      const r = readCredentials(w);
-      changeCredential(r, id, op, name);
-      writeCredentials(w, r);
-      return { result: undefined, save: true };
-    });
-    await h.record({
-      type: 'console.credential',
-      decision: 'info',
-      reason: op === 'rename' ? 'renamed' : 'revoked',
-      actor: actorOf(asker.id),
-      details: { action: op, credential: id, via: 'cli', ...(op === 'rename' ? { name } : {}) },
-    });
+    await checkPassphrase(h, f.raw);
+    const r = await changeCredential((fn) => h.window.write(fn), id, op, name);
+    await h.record({ ...r, actor: actorOf(asker.id), details: { ...r.details, via: 'cli' } });
     return { meta: { [op === 'rename' ? 'renamed' : 'revoked']: id } };
   } finally {
     secureFree(f.raw);

@@ -4,6 +4,7 @@
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import { KeywardError } from '../errors.js';
 import {
   cleanEnvironment,
@@ -180,7 +181,7 @@ export async function startAgent(
     },
   );
   fs.closeSync(log);
-  const ready = child.stdio[3] as NodeJS.ReadableStream | null;
+  const ready = child.stdio[3] as Readable | null;
   const line = await new Promise<string | undefined>((resolve) => {
     let got = '';
     const timer = setTimeout(() => resolve(undefined), START_TIMEOUT_MS);
@@ -195,7 +196,7 @@ export async function startAgent(
     ready?.on('close', () => done(got.includes('\n') ? got.split('\n')[0] : undefined));
     child.on('exit', () => done(undefined));
   });
-  (ready as { destroy?: () => void } | null)?.destroy?.();
+  ready?.destroy();
   child.unref();
   const m = line ? /^ready (\d+) (\S+)$/.exec(line) : null;
   if (m) return { pid: Number(m[1]), console: m[2] === '-' ? undefined : m[2] };

@@ -138,10 +138,15 @@ export class Gate {
     return this.broker.onChange(fn);
   }
 
-  private channels(): Set<ApprovalMode> {
+  /**
+   * The approval modes some channel can give here. `wanted` is the mode the rule asks for: the
+   * registered security keys are read from the vault only when it is webauthn, not on every
+   * request.
+   */
+  private channels(wanted: ApprovalMode | undefined): Set<ApprovalMode> {
     const c = new Set<ApprovalMode>();
     if (this.host.askpass || this.host.terminal || this.host.console) c.add('confirm');
-    if (this.host.console?.hasWebauthn()) c.add('webauthn');
+    if (wanted === 'webauthn' && this.host.console?.hasWebauthn()) c.add('webauthn');
     // `keyward approve ID` from another terminal: with the passphrase, or a TOTP code once enrolled.
     c.add('passphrase');
     if (this.host.window.isOpen && this.host.window.unlocked().has(TOTP_SECRET)) c.add('totp');
@@ -178,7 +183,10 @@ export class Gate {
               },
       };
     }
-    const decision = withChannels(evaluated, this.channels());
+    const decision = withChannels(
+      evaluated,
+      this.channels(evaluated.decision === 'approve' ? evaluated.approval.mode : undefined),
+    );
     const refuse = async (
       message: string,
       code: 'POLICY_DENIED' | 'APPROVAL_REJECTED' | 'APPROVAL_TIMEOUT',

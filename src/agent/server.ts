@@ -418,7 +418,7 @@ export class Agent {
       case 'mcp':
         return this.mcp.handle(conn, f);
       case 'console':
-        return consoleRequest(this.console, this.consoleLink, conn, f);
+        return consoleRequest(this.consoleLink, conn, f);
       case 'run':
         return { meta: await this.runs.start(conn, f) };
       case 'approvals':

@@ -214,19 +214,8 @@ async function manageCredential(
     type: 'console.credential',
     details: { action: op, credential: id },
   });
-  await c.host.write((v) => {
-    const r = readCredentials(v);
-    changeCredential(r, id, op, name);
-    writeCredentials(v, r);
-    return { result: undefined, save: true };
-  });
-  await c.audit({
-    type: 'console.credential',
-    decision: 'info',
-    reason: action === 'rename' ? 'renamed' : 'revoked',
-    details: { action, credential: id, ...(action === 'rename' ? { name } : {}) },
-  });
-  sendJson(x.res, 200, { [action === 'rename' ? 'renamed' : 'revoked']: id });
+  await c.audit(await changeCredential((fn) => c.host.write(fn), id, op, name));
+  sendJson(x.res, 200, { [op === 'rename' ? 'renamed' : 'revoked']: id });
 }
 
 interface Row {

@@ -8,6 +8,7 @@ import { randomBytes } from 'node:crypto';
 import { IntegrityError, KeywardError } from '../errors.js';
 import { secureFree, secureTake } from '../lib/secure.js';
 import { printable } from '../lib/text.js';
+import type { AuditRecord } from '../audit/index.js';
 import type { Vault } from '../vault/index.js';
 
 export const WEBAUTHN_RECORD = '@console/webauthn';
@@ -102,14 +103,28 @@ export function describeCredentials(r: CredentialRecord): Array<Record<string, u
   }));
 }
 
-/** Renames or removes one credential in the record (not found: REQUEST_NOT_FOUND). */
-export function changeCredential(
-  r: CredentialRecord,
+/**
+ * Renames or removes one credential (not found: REQUEST_NOT_FOUND), in the vault, through the
+ * agent's locked write; returns the audit record of it for the caller to complete and record.
+ */
+export async function changeCredential(
+  write: <T>(fn: (v: Vault) => { result: T; save: boolean }) => Promise<T>,
   id: string,
   op: 'rename' | 'revoke',
   name: string,
-): void {
-  const cred = findCredential(r, id);
-  if (op === 'rename') cred.name = name;
-  else r.credentials = r.credentials.filter((k) => k !== cred);
+): Promise<AuditRecord & { details: Record<string, string> }> {
+  await write((v) => {
+    const r = readCredentials(v);
+    const cred = findCredential(r, id);
+    if (op === 'rename') cred.name = name;
+    else r.credentials = r.credentials.filter((k) => k !== cred);
+    writeCredentials(v, r);
+    return { result: undefined, save: true };
+  });
+  return {
+    type: 'console.credential',
+    decision: 'info',
+    reason: op === 'rename' ? 'renamed' : 'revoked',
+    details: { action: op, credential: id, ...(op === 'rename' ? { name } : {}) },
+  };
 }

@@ -37,6 +37,9 @@ export interface Session {
   challenges: Map<string, Challenge>;
 }
 
+const expired = (s: Session, now: number): boolean =>
+  now - s.lastSeen > SESSION_IDLE_MS || now - s.created > SESSION_MAX_MS;
+
 export class Sessions {
   private readonly sessions = new Map<string, Session>();
   private readonly loginChallenges = new Map<string, Challenge>();
@@ -68,11 +71,7 @@ export class Sessions {
   find(cookie: string | undefined, csrf: string | undefined, now: number): Session | undefined {
     if (!cookie || !csrf) return undefined;
     const s = this.sessions.get(cookie);
-    if (!s) return undefined;
-    if (now - s.lastSeen > SESSION_IDLE_MS || now - s.created > SESSION_MAX_MS) {
-      this.sessions.delete(s.id);
-      return undefined;
-    }
+    if (!s || !this.alive(s, now)) return undefined;
     const a = Buffer.from(csrf);
     const b = Buffer.from(s.csrf);
     if (a.length !== b.length || !secureEqual(a, b)) return undefined;
@@ -86,10 +85,7 @@ export class Sessions {
 
   /** Whether a session still stands: not ended, not idle too long, not too old. */
   alive(s: Session, now: number): boolean {
-    const live =
-      this.sessions.get(s.id) === s &&
-      now - s.lastSeen <= SESSION_IDLE_MS &&
-      now - s.created <= SESSION_MAX_MS;
+    const live = this.sessions.get(s.id) === s && !expired(s, now);
     if (!live) this.sessions.delete(s.id);
     return live;
   }
@@ -138,9 +134,7 @@ export class Sessions {
   }
 
   private sweep(now: number): void {
-    for (const [k, s] of this.sessions)
-      if (now - s.lastSeen > SESSION_IDLE_MS || now - s.created > SESSION_MAX_MS)
-        this.sessions.delete(k);
+    for (const [k, s] of this.sessions) if (expired(s, now)) this.sessions.delete(k);
     for (const [k, c] of this.loginChallenges)
       if (c.expiresAt <= now) this.loginChallenges.delete(k);
   }
