@@ -26,6 +26,33 @@ const ALLOW_ALL = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decisio
 const MARK = '<concealed by keyward>';
 
 const homes: AgentHome[] = [];
+
+/** Runs `keyward run ARGV` on a real pty (test/pty-driver.py); the transcript, then EXIT=N. */
+function drivePty(h: AgentHome, argv: string[], steps: string[][]): Promise<string> {
+  return new Promise<string>((resolve) => {
+    const d = spawn('python3', [
+      path.join(ROOT, 'test/pty-driver.py'),
+      JSON.stringify({ argv: [process.execPath, BIN, 'run', ...argv], env: h.env, steps }),
+    ]);
+    let out = '';
+    d.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    d.on('exit', () => resolve(out));
+  });
+}
+
+/** Waits (polling, up to 30 s) until probe returns something other than undefined or false. */
+async function until<T>(probe: () => T | undefined | false): Promise<T> {
+  for (let i = 0; i < 1500; i++) {
+    try {
+      const v = probe();
+      if (v !== undefined && v !== false) return v;
+    } catch {
+      // not yet
+    }
+    await sleep(20);
+  }
+  throw new Error('timed out waiting');
+}
 after(async () => {
   for (const h of homes) await stopAgent(h);
 });
@@ -196,16 +223,7 @@ describe('keyward run: the agent starts the child with the secret', () => {
   test('on a terminal the child gets a pty: colours and the size pass, keys reach it, Ctrl-C interrupts it; output still masked', async () => {
     const h = await running();
     setSecret(h, 'pty/token', 'pty-secret-value-77');
-    const drive = (argv: string[], steps: string[][]) =>
-      new Promise<string>((resolve) => {
-        const d = spawn('python3', [
-          path.join(ROOT, 'test/pty-driver.py'),
-          JSON.stringify({ argv: [process.execPath, BIN, 'run', ...argv], env: h.env, steps }),
-        ]);
-        let out = '';
-        d.stdout.on('data', (b: Buffer) => (out += b.toString()));
-        d.on('exit', () => resolve(out));
-      });
+    const drive = (argv: string[], steps: string[][]) => drivePty(h, argv, steps);
     let out = await drive(
       [
         '--env',
@@ -233,6 +251,33 @@ describe('keyward run: the agent starts the child with the secret', () => {
     );
     assert.match(out, /got-int/);
     assert.match(out, /EXIT=42/);
+  });
+
+  test('on a terminal, what the child wrote just before it exited all arrives, however late the agent reads it', async () => {
+    // The agent is stopped while the child writes and exits, so it finds the terminal hung up
+    // with more waiting than one read returns (4 KB; libuv took that for the end: the tail was
+    // lost). 6,000 bytes: more than one read, less than a pty takes without a reader.
+    const h = await running();
+    const dir = fs.mkdtempSync(path.join(h.home, 'late-'));
+    const pidFile = path.join(dir, 'pid');
+    const go = path.join(dir, 'go');
+    const script = `echo $$ > ${pidFile}; while [ ! -e ${go} ]; do sleep 0.05; done; head -c 6000 /dev/zero | tr '\\0' x; echo; echo END-$((6*7))`;
+    const out = drivePty(h, ['--', 'sh', '-c', script], []);
+    const agent = h.agentPid;
+    assert.ok(agent !== undefined);
+    const pid = Number(await until(() => fs.readFileSync(pidFile, 'utf8').trim() || undefined));
+    process.kill(agent, 'SIGSTOP');
+    try {
+      fs.writeFileSync(go, '');
+      // The child exits while the agent can't read: it stays a zombie until the agent reaps it.
+      await until(() => /^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8')));
+    } finally {
+      process.kill(agent, 'SIGCONT');
+    }
+    const text = await out;
+    assert.match(text, /END-42/, text.slice(-200));
+    assert.equal((text.match(/x/g) ?? []).length, 6000);
+    assert.match(text, /EXIT=0/);
   });
 
   test('--fd 3=NAME: the child reads the value from descriptor 3; it is not in its environment', async () => {

@@ -5,11 +5,12 @@
  * streams over the connection, masked. The CLI never holds a value.
  */
 import type { ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
 import type net from 'node:net';
 import tty from 'node:tty';
 import type { Actor, AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { closeFd, openPty, setWindowSize } from '../lib/libc.js';
+import { closeFd, dupFd, openPty, setWindowSize } from '../lib/libc.js';
 import { secureFree, zero, type SecureBuffer } from '../lib/secure.js';
 import { quote, quoteAll } from '../lib/text.js';
 import { Masker, maskingForms, startChild } from '../run/index.js';
@@ -251,9 +252,15 @@ export class RunService {
     master?: number,
   ): void {
     this.children.add(child);
-    // Under a pty the child's output (stdout and stderr together) comes from the master. The
-    // stream owns the descriptor from here: nothing else uses the number once it is closed.
-    const term = master === undefined ? undefined : new tty.ReadStream(master);
+    // Under a pty the child's output (stdout and stderr together) comes from the master, read by
+    // a stream on a duplicate of it. The stream owns the duplicate; this function owns master
+    // and closes it when the run ends.
+    const streamFd = master === undefined ? undefined : dupFd(master);
+    if (master !== undefined && streamFd === undefined) {
+      closeFd(master);
+      master = undefined;
+    }
+    const term = streamFd === undefined ? undefined : new tty.ReadStream(streamFd);
     term?.on('error', () => undefined);
     const toChild: NodeJS.WritableStream | undefined = term ?? child.stdin ?? undefined;
     child.stdin?.on('error', () => undefined);
@@ -269,16 +276,19 @@ export class RunService {
       if (data && data.length > 0) s.write(data);
     };
     const paused = new Set<NodeJS.ReadableStream>();
+    const relayChunk = (chunk: Buffer, type: number, masker?: Masker) => {
+      if (masker) {
+        const out = masker.push(chunk); // zeroes chunk
+        if (out.length > 0) send(type, {}, out);
+      } else {
+        // --no-masking: the bytes go as they are; this copy is zeroed once written.
+        send(type, {}, chunk);
+        s.write(Buffer.alloc(0), () => zero(chunk));
+      }
+    };
     const pump = (stream: NodeJS.ReadableStream | null, type: number, masker?: Masker) => {
       stream?.on('data', (chunk: Buffer) => {
-        if (masker) {
-          const out = masker.push(chunk); // zeroes chunk
-          if (out.length > 0) send(type, {}, out);
-        } else {
-          // --no-masking: the bytes go as they are; this copy is zeroed once written.
-          send(type, {}, chunk);
-          s.write(Buffer.alloc(0), () => zero(chunk));
-        }
+        relayChunk(chunk, type, masker);
         if (s.writableLength > HIGH_WATER && !s.destroyed) {
           stream.pause();
           paused.add(stream);
@@ -350,6 +360,8 @@ export class RunService {
       for (const form of forms) secureFree(form);
       forms.length = 0;
       term?.destroy();
+      if (master !== undefined) closeFd(master);
+      master = undefined;
       if (error) send(STREAM.stderr, {}, Buffer.from(`keyward run: ${error}\n`));
       send(STREAM.exit, { code, signal });
       s.end();
@@ -375,14 +387,33 @@ export class RunService {
       const done = () => {
         if (exited && drained) end(...exited);
       };
+      // libuv takes a hang-up seen with a short read as the end, without reading again: what
+      // the child wrote last may still wait in the master. Read it here (a read after the
+      // hang-up returns what waits, then EIO).
+      const readRest = () => {
+        for (let i = 0; i < 256 && master !== undefined && !ended; i++) {
+          const chunk = Buffer.alloc(16 * 1024);
+          let n: number;
+          try {
+            n = fs.readSync(master, chunk);
+          } catch {
+            return; // EIO (nothing left) or EAGAIN (the slave is still open)
+          }
+          if (n === 0) return;
+          relayChunk(chunk.subarray(0, n), STREAM.stdout, maskers?.[0]);
+          zero(chunk);
+        }
+      };
       const onDrained = () => {
+        if (!drained) readRest();
         drained = true;
         done();
       };
       term.once('end', onDrained);
       term.once('error', onDrained);
       term.once('close', onDrained);
-      child.on('exit', (code, signal) => {
+      const programExit = (code: number | null, signal: NodeJS.Signals | null) => {
+        if (exited) return;
         exited = [code, signal];
         // A grandchild that keeps the terminal open doesn't keep the run alive forever: the run
         // ends after 2 s without output. Output that keeps coming restarts the wait, and output
@@ -405,7 +436,8 @@ export class RunService {
         term.once('close', () => clearTimeout(quiet));
         arm();
         done();
-      });
+      };
+      child.on('exit', programExit);
     } else {
       child.on('exit', (code, signal) => (exited = [code, signal]));
       child.on('close', (code, signal) => end(code, signal));
