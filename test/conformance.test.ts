@@ -232,10 +232,19 @@ describe('MCP conformance (official server suite)', { skip }, () => {
       `${direct.results.size} scenarios: direct ${(direct.ms / 1000).toFixed(1)} s, ` +
         `through the gateway ${(gateway.ms / 1000).toFixed(1)} s`,
     );
+    const through = comparable(gateway.results);
+    const plain = comparable(direct.results);
+    // What differs, scenario by scenario, first: the suite's own output is long.
+    const changed = Object.keys({ ...through, ...plain })
+      .filter((s) => JSON.stringify(through[s]) !== JSON.stringify(plain[s]))
+      .map(
+        (s) =>
+          `${s}:\n  direct  ${JSON.stringify(plain[s])}\n  gateway ${JSON.stringify(through[s])}`,
+      );
     assert.deepEqual(
-      comparable(gateway.results),
-      comparable(direct.results),
-      `the gateway changed results:\n${gateway.output}`,
+      through,
+      plain,
+      `the gateway changed results:\n${changed.join('\n')}\n\n${gateway.output}`,
     );
   });
 });

@@ -165,6 +165,36 @@ export function open(
   }
 }
 
+/**
+ * Opens nonce || ciphertext into the start of scratch, which must be long enough (a loop over many
+ * records reuses one secure buffer instead of allocating one per record). Returns the plaintext's
+ * length, or undefined when authentication fails. The caller zeroes scratch.
+ */
+export function openInto(
+  key: SecureBuffer,
+  record: Uint8Array,
+  ad: Uint8Array,
+  scratch: SecureBuffer,
+): number | undefined {
+  if (record.length < NONCE_BYTES + TAG_BYTES) return undefined;
+  const ct = record.subarray(NONCE_BYTES);
+  const len = ct.length - TAG_BYTES;
+  if (len > scratch.length) throw new RangeError('scratch buffer too small');
+  try {
+    sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+      scratch.subarray(0, len),
+      null,
+      ct,
+      ad,
+      record.subarray(0, NONCE_BYTES),
+      key,
+    );
+    return len;
+  } catch {
+    return undefined;
+  }
+}
+
 export function blake2b256(data: Uint8Array): Buffer {
   const out = Buffer.alloc(32);
   sodium.crypto_generichash(out, data);

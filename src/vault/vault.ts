@@ -21,6 +21,7 @@ import {
   kdfInBounds,
   keyIdOf,
   open,
+  openInto,
   passphraseKek,
   passphraseKekAsync,
   randomSecureKey,
@@ -327,6 +328,7 @@ function encodeIndex(entries: readonly IndexEntry[]): Buffer {
 
 export class Vault {
   private closed = false;
+  private readonly subkeys = new Map<'secrets' | 'state', SecureBuffer>();
 
   private constructor(
     readonly paths: VaultPaths,
@@ -406,17 +408,47 @@ export class Vault {
   }
 
   private verifyRecords(): void {
-    const key = deriveSubkey(this.dk, 'secrets');
+    this.eachRecord(this.subkey('secrets'), () => undefined);
+  }
+
+  /**
+   * Opens every record under key, in order, into one secure scratch buffer (zeroed after each):
+   * a vault of any size costs one secure allocation here, not one per record (each holds memory
+   * mappings until the garbage collector runs, and a process has 65,530 of them).
+   */
+  private eachRecord(key: SecureBuffer, fn: (i: number, plain: SecureBuffer, ad: Buffer) => void) {
+    const longest = this.records.reduce((m, r) => Math.max(m, r.length), 0);
+    const scratch = secureAlloc(longest);
     try {
       for (const [i, e] of this.entries.entries()) {
-        const plain = open(key, this.records[i] ?? Buffer.alloc(0), this.adOf(e));
-        if (!plain)
+        const ad = this.adOf(e);
+        const len = openInto(key, this.records[i] ?? Buffer.alloc(0), ad, scratch);
+        if (len === undefined)
           throw corruptError(`vault record ${i + 1} failed authentication (tampered or damaged)`);
-        secureFree(plain);
+        try {
+          fn(i, scratch.subarray(0, len) as SecureBuffer, ad);
+        } finally {
+          scratch.fill(0, 0, len);
+        }
       }
     } finally {
-      secureFree(key);
+      secureFree(scratch);
     }
+  }
+
+  /** A subkey of the data key, derived once while the vault is open (dropped with the key). */
+  private subkey(purpose: 'secrets' | 'state'): SecureBuffer {
+    let k = this.subkeys.get(purpose);
+    if (!k) {
+      k = deriveSubkey(this.dk, purpose);
+      this.subkeys.set(purpose, k);
+    }
+    return k;
+  }
+
+  private dropSubkeys(): void {
+    for (const k of this.subkeys.values()) secureFree(k);
+    this.subkeys.clear();
   }
 
   private adOf(e: IndexEntry): Buffer {
@@ -472,14 +504,9 @@ export class Vault {
     const i = this.indexOf(name);
     const e = this.entries[i];
     if (!e) throw secretNotFound(name);
-    const key = deriveSubkey(this.dk, 'secrets');
-    try {
-      const plain = open(key, this.records[i] ?? Buffer.alloc(0), this.adOf(e));
-      if (!plain) throw corruptError(`vault record of ${name} failed authentication`);
-      return plain;
-    } finally {
-      secureFree(key);
-    }
+    const plain = open(this.subkey('secrets'), this.records[i] ?? Buffer.alloc(0), this.adOf(e));
+    if (!plain) throw corruptError(`vault record of ${name} failed authentication`);
+    return plain;
   }
 
   private indexOf(name: string): number {
@@ -505,12 +532,7 @@ export class Vault {
   /** Seals keyward state (audit checkpoints, agent state) under the state subkey. */
   sealState(label: string, plaintext: Uint8Array): Buffer {
     this.live();
-    const key = deriveSubkey(this.dk, 'state');
-    try {
-      return seal(key, plaintext, stateAd(this.vaultId, label), this.rng);
-    } finally {
-      secureFree(key);
-    }
+    return seal(this.subkey('state'), plaintext, stateAd(this.vaultId, label), this.rng);
   }
 
   /**
@@ -520,28 +542,25 @@ export class Vault {
    */
   mac(label: string, data: Uint8Array): Buffer {
     this.live();
-    const state = deriveSubkey(this.dk, 'state');
     const key = secureAlloc(32);
     try {
-      sodium.crypto_generichash(key, Buffer.from(`keyward mac ${label}`, 'utf8'), state);
+      sodium.crypto_generichash(
+        key,
+        Buffer.from(`keyward mac ${label}`, 'utf8'),
+        this.subkey('state'),
+      );
       const out = Buffer.alloc(32);
       sodium.crypto_generichash(out, data, key);
       return out;
     } finally {
       secureFree(key);
-      secureFree(state);
     }
   }
 
   /** Opens what sealState sealed under the same label, or undefined when it does not verify. */
   openState(label: string, record: Uint8Array): SecureBuffer | undefined {
     this.live();
-    const key = deriveSubkey(this.dk, 'state');
-    try {
-      return open(key, record, stateAd(this.vaultId, label));
-    } finally {
-      secureFree(key);
-    }
+    return open(this.subkey('state'), record, stateAd(this.vaultId, label));
   }
 
   private store(name: string, value: SecureBuffer, now: Date): 'created' | 'updated' {
@@ -558,13 +577,7 @@ export class Vault {
       updated: at,
       size: value.length,
     };
-    const key = deriveSubkey(this.dk, 'secrets');
-    let record: Buffer;
-    try {
-      record = seal(key, value, this.adOf(entry), this.rng);
-    } finally {
-      secureFree(key);
-    }
+    const record = seal(this.subkey('secrets'), value, this.adOf(entry), this.rng);
     this.removeEntry(name);
     const at2 = this.entries.findIndex((e) => e.name > name);
     const pos = at2 === -1 ? this.entries.length : at2;
@@ -611,25 +624,16 @@ export class Vault {
       });
     }
     const newDk = randomSecureKey(this.rng);
-    const oldKey = deriveSubkey(this.dk, 'secrets');
     const newKey = deriveSubkey(newDk, 'secrets');
     const records: Buffer[] = [];
     try {
-      for (const [i, e] of this.entries.entries()) {
-        const ad = this.adOf(e);
-        const plain = open(oldKey, this.records[i] ?? Buffer.alloc(0), ad);
-        if (!plain) throw corruptError(`vault record ${i + 1} failed authentication`);
-        try {
-          records.push(seal(newKey, plain, ad, this.rng));
-        } finally {
-          secureFree(plain);
-        }
-      }
+      this.eachRecord(this.subkey('secrets'), (_i, plain, ad) => {
+        records.push(seal(newKey, plain, ad, this.rng));
+      });
     } catch (e) {
       secureFree(newDk);
       throw e;
     } finally {
-      secureFree(oldKey);
       secureFree(newKey);
     }
     const ps = parsePassphraseSlot(openedSlot.body);
@@ -656,6 +660,7 @@ export class Vault {
         keyringSlot = 'kept';
       }
     }
+    this.dropSubkeys();
     secureFree(this.dk);
     this.dk = newDk;
     this.records = records;
@@ -781,6 +786,7 @@ export class Vault {
   close(): void {
     if (this.closed) return;
     this.closed = true;
+    this.dropSubkeys();
     secureFree(this.dk);
     secureFree(this.opened.kek);
   }
