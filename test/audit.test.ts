@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import {
+  AuditLog,
   EVENT_TYPES,
   GroupCommitter,
   listSegments,
@@ -351,5 +352,87 @@ describe('group commit', () => {
       results.map((r) => r.status),
       ['rejected', 'rejected', 'rejected'],
     );
+  });
+});
+
+describe('the agent keeps what it knows of the log between appends (issue 17)', () => {
+  const rec = (target: string) => ({
+    type: 'secret.read' as const,
+    target,
+    decision: 'allow' as const,
+  });
+  const entries = (dir: string) =>
+    listSegments(dir).flatMap((f) =>
+      fs
+        .readFileSync(f, 'utf8')
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => parseLine(l)),
+    );
+
+  test('another writer appends between its batches: it chains after that writer, not after its own last line', async () => {
+    const { home, log, seed, dir } = makeLog({ keep: true });
+    const gc = new GroupCommitter(log);
+    await gc.record(rec('agent/1'));
+    const cli = new AuditLog(home);
+    cli.append([rec('cli/1'), rec('cli/2')]);
+    await gc.record(rec('agent/2'));
+    assert.deepEqual(
+      entries(dir).map((e) => e?.seq),
+      [1, 2, 3, 4],
+    );
+    const r = verifySegments(listSegments(dir), { seed });
+    assert.equal(r.ok && r.entries, 4);
+    log.close();
+  });
+
+  test('the state file deleted behind it: the next batch fails (nothing released), it does not write on from memory', async () => {
+    const { log, dir } = makeLog({ keep: true });
+    const gc = new GroupCommitter(log);
+    await gc.record(rec('a'));
+    fs.rmSync(path.join(dir, 'state'));
+    await assert.rejects(gc.record(rec('b')), /no state file/);
+    assert.equal(entries(dir).length, 1);
+    log.close();
+  });
+
+  test('its last line rewritten in place, same length and times: the next batch records the cut (audit.gap)', async () => {
+    const { log, dir } = makeLog({ keep: true });
+    const gc = new GroupCommitter(log);
+    const gaps: string[] = [];
+    gc.onGap = (reason) => gaps.push(reason);
+    await gc.record(rec('one'));
+    await gc.record(rec('two'));
+    const [file] = listSegments(dir);
+    assert.ok(file);
+    const before = fs.statSync(file);
+    const text = fs.readFileSync(file, 'utf8');
+    // A hex digit of the last line's MAC: still well-formed, no longer what the agent wrote.
+    assert.match(text.slice(-4, -3), /[0-9a-f]/);
+    const forged = text.slice(0, -4) + (text.at(-4) === '0' ? '1' : '0') + text.slice(-3);
+    assert.equal(forged.length, text.length);
+    const fd = fs.openSync(file, 'r+');
+    fs.writeSync(fd, forged, 0, 'utf8');
+    fs.closeSync(fd);
+    fs.utimesSync(file, before.atime, before.mtime);
+    await gc.record(rec('three'));
+    assert.equal(gaps.length, 1, 'the cut is reported');
+    assert.ok(entries(dir).some((e) => e?.type === 'audit.gap'));
+    log.close();
+  });
+
+  test('its segment replaced by a copy (another file at the same path): the next line goes into the file the path names', async () => {
+    const { log, seed, dir } = makeLog({ keep: true });
+    const gc = new GroupCommitter(log);
+    await gc.record(rec('one'));
+    const [file] = listSegments(dir);
+    assert.ok(file);
+    fs.copyFileSync(file, `${file}.copy`);
+    fs.renameSync(`${file}.copy`, file);
+    await gc.record(rec('two'));
+    assert.equal(entries(dir).length, 2);
+    const r = verifySegments(listSegments(dir), { seed });
+    assert.equal(r.ok && r.entries, 2);
+    log.close();
   });
 });

@@ -124,7 +124,8 @@ export class Agent {
 
   constructor(private readonly o: AgentOptions) {
     this.sp = socketPaths(o.socketDir);
-    this.auditLog = new AuditLog(o.home);
+    // The agent is the log's long-running writer: it keeps the state and segment between appends.
+    this.auditLog = new AuditLog(o.home, { keep: true });
     this.audit = new GroupCommitter(this.auditLog);
     // The log was cut behind the agent (its last entry is gone or changed): the batch that found
     // it begins with audit.gap, and the agent locks before anything of that batch is released.
@@ -276,6 +277,7 @@ export class Agent {
       fs.rmSync(this.sp.ssh, { force: true });
       if (this.lockFd !== undefined) fs.closeSync(this.lockFd);
       this.registry.clear();
+      this.auditLog.close();
     })();
     return this.stopping;
   }

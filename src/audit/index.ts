@@ -8,13 +8,8 @@ export {
   type AuditRecord,
   type EventType,
 } from './events.js';
-export {
-  AuditLog,
-  GroupCommitter,
-  currentProcessActor,
-  type AuditOptions,
-  type Head,
-} from './log.js';
+export { GroupCommitter } from './group.js';
+export { AuditLog, currentProcessActor, type AuditOptions, type Head } from './log.js';
 export {
   listSegments,
   verifySegments,

@@ -8,6 +8,7 @@ import {
   assertPrivate,
   ensurePrivateDir,
   fsyncDir,
+  HeldLock,
   withFileLock,
   withFileLockAsync,
 } from '../lib/files.js';
@@ -15,6 +16,7 @@ import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { encodeLine, parseLine, ZERO_HASH } from './entry.js';
 import { gapRecord } from './checkpoint.js';
 import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
+import { firstLineTime, readTail, scanBack, type Tail } from './tail.js';
 import { listSegments } from './verify.js';
 import type { Actor, AuditRecord } from './events.js';
 import { epochZeroKey, nextEpochKey, sealBody, sha256 } from './keys.js';
@@ -36,15 +38,21 @@ export interface AuditOptions {
   /** Advance the epoch key at least this often (default 1 hour). */
   epochMs?: number;
   now?: () => Date;
+  /**
+   * A long-running writer (the agent): keeps the state (the epoch key in secure memory) and the
+   * current segment open between appends, and trusts them only while the files' stamps say no
+   * one else changed them, checked under the lock each time. close() wipes and closes them.
+   */
+  keep?: boolean;
 }
 
 const DEFAULTS = {
+  keep: false,
   segmentMaxBytes: 16 * 1024 * 1024,
   segmentMaxAgeMs: 30 * 24 * 3600 * 1000,
   epochMs: 3600 * 1000,
 };
 const LOCK_TIMEOUT_MS = 10_000;
-const TAIL_WINDOW = 256 * 1024;
 
 export interface Head {
   seq: number;
@@ -82,96 +90,32 @@ export function currentProcessActor(): Actor {
   return selfActor;
 }
 
-interface Tail {
-  size: number;
-  lastLine: string | undefined;
-  tornBytes: number;
-}
-
-function readTail(file: string): Tail {
-  let fd: number;
-  try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT')
-      return { size: 0, lastLine: undefined, tornBytes: 0 };
-    throw e;
-  }
-  try {
-    const size = fs.fstatSync(fd).size;
-    const len = Math.min(size, TAIL_WINDOW);
-    const buf = Buffer.alloc(len);
-    fs.readSync(fd, buf, 0, len, size - len);
-    const lastNl = buf.lastIndexOf(0x0a);
-    const tornBytes = lastNl === -1 ? (len === size ? size : 0) : len - lastNl - 1;
-    if (lastNl === -1) return { size, lastLine: undefined, tornBytes };
-    const prevNl = buf.lastIndexOf(0x0a, lastNl - 1);
-    return { size, lastLine: buf.subarray(prevNl + 1, lastNl).toString('utf8'), tornBytes };
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 /**
- * Calls visit with each complete line of file, last first, until it returns true. Reads from the
- * end in chunks, so finding a recent entry costs what is after it, not the whole segment.
+ * A writer's knowledge of the log: the state (epoch key included, in secure memory) and its
+ * segment's head, each with the stamp of the file it came from. Used only under the lock and only
+ * while the file's stamp is unchanged: anything another writer (or anyone) does to a file changes
+ * its stamp, and the file is read again, exactly as without this.
  */
-function scanBack(file: string, visit: (line: string) => boolean): boolean {
-  let fd: number;
-  try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-  } catch {
-    return false;
-  }
-  // The newline that ends the line before the last one of b (never a negative offset, which
-  // would count from the end).
-  const before = (b: Buffer) => (b.length >= 2 ? b.lastIndexOf(0x0a, b.length - 2) : -1);
-  const text = (b: Buffer) => {
-    const t = b.toString('utf8');
-    return t.endsWith('\n') ? t.slice(0, -1) : t;
+interface Known {
+  stateStamp: string;
+  st: AuditState;
+  seg?: {
+    segment: number;
+    stamp: string;
+    head: Head;
+    tail: Tail;
+    first: { time: number | undefined } | undefined;
   };
-  try {
-    let end = fs.fstatSync(fd).size;
-    let carry = Buffer.alloc(0);
-    const CHUNK = 64 * 1024;
-    while (end > 0) {
-      const start = Math.max(0, end - CHUNK);
-      const chunk = Buffer.alloc(end - start);
-      fs.readSync(fd, chunk, 0, chunk.length, start);
-      let buf = Buffer.concat([chunk, carry]);
-      // A line is whole once the newline before it is in: or at the very start of the file.
-      for (let nl = before(buf); nl >= 0; nl = before(buf)) {
-        const line = text(buf.subarray(nl + 1));
-        if (line && visit(line)) return true;
-        buf = buf.subarray(0, nl + 1);
-      }
-      if (start === 0) {
-        const line = text(buf);
-        return line !== '' && visit(line);
-      }
-      carry = buf;
-      end = start;
-    }
-    return false;
-  } finally {
-    fs.closeSync(fd);
-  }
 }
 
-function firstLineTime(file: string): number | undefined {
-  try {
-    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-    try {
-      const buf = Buffer.alloc(4096);
-      const n = fs.readSync(fd, buf, 0, buf.length, 0);
-      const m = /"time":"([^"]+)"/.exec(buf.subarray(0, n).toString('utf8'));
-      return m?.[1] === undefined ? undefined : Date.parse(m[1]);
-    } finally {
-      fs.closeSync(fd);
-    }
-  } catch {
-    return undefined;
-  }
+/** Device, inode, size, and modification and change times (ns): what any write changes. */
+function stampFrom(s: fs.BigIntStats): string {
+  return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
+}
+
+function stampOf(file: string): string | undefined {
+  const s = fs.lstatSync(file, { bigint: true, throwIfNoEntry: false });
+  return s === undefined ? undefined : stampFrom(s);
 }
 
 export class AuditLog {
@@ -179,6 +123,12 @@ export class AuditLog {
   private readonly o: Required<Omit<AuditOptions, 'now'>> & { now: () => Date };
   private readonly shipper: Shipper;
   private shipOverride: ShipConfig | undefined;
+  /** What this writer knows of the log since it last wrote, while the files' stamps hold. */
+  private known: Known | undefined;
+  /** A keeping writer's lock file, held open. */
+  private lock: HeldLock | undefined;
+  /** The segment this writer appends to, open (closed by forget()). */
+  private segment: { n: number; fd: number; dev: bigint; ino: bigint } | undefined;
 
   constructor(home: string, options: AuditOptions = {}) {
     this.paths = auditPaths(home);
@@ -226,7 +176,12 @@ export class AuditLog {
     this.checkDir();
     const head = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
       const h = this.writeLocked(records);
-      fsyncFile(this.segmentPath(h.segment));
+      const { fd, own } = this.syncTarget(h.segment);
+      try {
+        fs.fsyncSync(fd);
+      } finally {
+        if (own) fs.closeSync(fd);
+      }
       return h;
     });
     // Durable first; then the copy off the machine, without waiting.
@@ -263,18 +218,24 @@ export class AuditLog {
    */
   async appendAsync(records: readonly AuditRecord[], expect?: Head): Promise<Head> {
     this.checkDir();
-    return withFileLockAsync(this.paths.lock, LOCK_TIMEOUT_MS, async () => {
+    const locked = <T>(fn: () => Promise<T>) =>
+      this.o.keep
+        ? (this.lock ??= new HeldLock(this.paths.lock)).with(LOCK_TIMEOUT_MS, fn)
+        : withFileLockAsync(this.paths.lock, LOCK_TIMEOUT_MS, fn);
+    return locked(async () => {
       // A long-running writer knows the last line it wrote: it must still be there, as it was.
       // If not, the log was cut behind it; the first line of this batch says so.
       const cut = expect && !this.stillThere(expect) ? this.cutBehind(expect) : undefined;
       const head = this.writeLocked(cut ? [cut.record, ...records] : records);
       if (cut) head.gap = cut.reason;
-      // fsync flushes the file, whichever descriptor asks.
-      const fh = await fs.promises.open(this.segmentPath(head.segment), 'r');
+      // fsync flushes the file, whichever descriptor asks: one trip to the thread pool.
+      const { fd, own } = this.syncTarget(head.segment);
       try {
-        await fh.sync();
+        await new Promise<void>((resolve, reject) =>
+          fs.fsync(fd, (e) => (e ? reject(e) : resolve())),
+        );
       } finally {
-        await fh.close();
+        if (own) fs.closeSync(fd);
       }
       return head;
     });
@@ -289,12 +250,94 @@ export class AuditLog {
 
   /** Under the lock: recover, evolve, rotate, write. The caller makes the last write durable. */
   private writeLocked(records: readonly AuditRecord[]): Head {
-    const st = readState(this.paths);
     try {
-      return this.appendLocked(st, records);
-    } finally {
-      secureFree(st.key);
+      const head = this.appendLocked(this.currentState(), records);
+      if (!this.o.keep) this.forget();
+      return head;
+    } catch (e) {
+      this.forget();
+      throw e;
     }
+  }
+
+  /**
+   * The state file's contents, read again only when its stamp changed since this writer last
+   * read or wrote it (any other writer's change, a restore, a rekey). Under the lock.
+   */
+  private currentState(): AuditState {
+    // The stamp is taken before the read: a change in between is read again next time.
+    const stamp = stampOf(this.paths.state);
+    if (this.known && stamp !== undefined && this.known.stateStamp === stamp) return this.known.st;
+    this.forget();
+    const st = readState(this.paths);
+    this.known = { stateStamp: stamp ?? '', st };
+    return st;
+  }
+
+  /** Drops what this writer knew of the log: wipes the epoch key, closes the segment. */
+  forget(): void {
+    if (this.known) secureFree(this.known.st.key);
+    this.known = undefined;
+    if (this.segment) fs.closeSync(this.segment.fd);
+    this.segment = undefined;
+  }
+
+  /** The end of a long-running writer (agent stop). */
+  close(): void {
+    this.forget();
+    this.lock?.close();
+    this.lock = undefined;
+  }
+
+  /**
+   * The segment, open for appending: the one this writer holds if the path still names that
+   * file, else opened now (and held, for a keeping writer).
+   */
+  private openSegment(n: number): { fd: number; created: boolean } {
+    const file = this.segmentPath(n);
+    const held = this.heldSegment(n);
+    if (held !== undefined) return { fd: held, created: false };
+    if (this.segment) fs.closeSync(this.segment.fd);
+    this.segment = undefined;
+    const created = !fs.existsSync(file);
+    const fd = fs.openSync(
+      file,
+      fs.constants.O_RDWR | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW,
+      0o600,
+    );
+    const st = fs.fstatSync(fd, { bigint: true });
+    this.segment = { n, fd, dev: st.dev, ino: st.ino };
+    return { fd, created };
+  }
+
+  /** The held descriptor of segment n, if the path still names the file it has open. */
+  private heldSegment(n: number): number | undefined {
+    const held = this.segment;
+    if (held?.n !== n) return undefined;
+    const now = fs.lstatSync(this.segmentPath(n), { bigint: true, throwIfNoEntry: false });
+    return now?.isFile() && now.dev === held.dev && now.ino === held.ino ? held.fd : undefined;
+  }
+
+  /** A descriptor to fsync segment n with: the held one, or one opened for it (own: close it). */
+  private syncTarget(n: number): { fd: number; own: boolean } {
+    if (this.segment?.n === n) return { fd: this.segment.fd, own: false };
+    const fd = fs.openSync(this.segmentPath(n), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    return { fd, own: true };
+  }
+
+  /**
+   * The segment's head as this writer left it, when the segment's stamp says no one has written
+   * to it, cut it or replaced it since; else read from the file.
+   */
+  private headKnown(segment: number): {
+    head: Head;
+    tail: Tail;
+    first: { time: number | undefined } | undefined;
+  } {
+    const seg = this.known?.seg;
+    if (seg?.segment === segment && seg.stamp === stampOf(this.segmentPath(segment)))
+      return { head: { ...seg.head }, tail: { ...seg.tail }, first: seg.first };
+    return { ...this.headOf(segment), first: undefined };
   }
 
   /** Points new bodies at a new box public key (audit rekey), under the log's lock. */
@@ -312,12 +355,13 @@ export class AuditLog {
   /** Whether the line a writer wrote (seq, hash, where it ended) is still in its segment. */
   private stillThere(h: Head): boolean {
     if (h.end === undefined || h.length === undefined) return true;
+    // The held descriptor when the path still names its file; else the file the path names now.
+    const held = this.heldSegment(h.segment);
     let fd: number;
     try {
-      fd = fs.openSync(
-        this.segmentPath(h.segment),
-        fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW,
-      );
+      fd =
+        held ??
+        fs.openSync(this.segmentPath(h.segment), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
     } catch {
       return false;
     }
@@ -327,7 +371,7 @@ export class AuditLog {
       if (n !== h.length || buf[h.length - 1] !== 0x0a) return false;
       return sha256(buf.subarray(0, h.length - 1)).toString('hex') === h.hash;
     } finally {
-      fs.closeSync(fd);
+      if (held === undefined) fs.closeSync(fd);
     }
   }
 
@@ -413,11 +457,13 @@ export class AuditLog {
     st.epochStartMs = this.o.now().getTime();
     if (nextSegment) st.segment += 1;
     writeState(this.paths, st);
+    if (this.known?.st === st) this.known.stateStamp = stampOf(this.paths.state) ?? '';
   }
 
   private appendLocked(st: AuditState, records: readonly AuditRecord[]): Head {
     const now = this.o.now();
-    let { head, tail } = this.headOf(st.segment);
+    const segment = st.segment;
+    let { head, tail, first } = this.headKnown(segment);
     const pending: AuditRecord[] = [];
     if (tail.tornBytes > 0) {
       // A writer died mid-line. Cut the torn bytes and say so in the log itself: never silently.
@@ -452,7 +498,8 @@ export class AuditLog {
       head = { ...head, segment: st.segment };
     } else {
       if (now.getTime() - st.epochStartMs >= this.o.epochMs) this.evolve(st, false);
-      const started = firstLineTime(this.segmentPath(st.segment));
+      first ??= { time: firstLineTime(this.segmentPath(st.segment)) };
+      const started = first.time;
       const tooOld = started !== undefined && now.getTime() - started >= this.o.segmentMaxAgeMs;
       if (tail.size >= this.o.segmentMaxBytes || tooOld) {
         const next = segmentName(st.segment + 1);
@@ -470,11 +517,21 @@ export class AuditLog {
         head = { ...head, segment: st.segment, written: [] };
       }
     }
-    const h = this.writeLines(st, head, [...pending, ...records]);
+    const h = this.writeLines(
+      st,
+      head,
+      [...pending, ...records],
+      st.segment === segment ? first : undefined,
+    );
     return { ...h, written: [...rotation, ...(h.written ?? [])] };
   }
 
-  private writeLines(st: AuditState, head: Head, records: readonly AuditRecord[]): Head {
+  private writeLines(
+    st: AuditState,
+    head: Head,
+    records: readonly AuditRecord[],
+    first?: { time: number | undefined },
+  ): Head {
     let { seq, hash } = head;
     const time = this.o.now().toISOString();
     const lines: string[] = [];
@@ -507,27 +564,32 @@ export class AuditLog {
       });
       hash = e.hash;
     }
-    const file = this.segmentPath(st.segment);
-    const created = !fs.existsSync(file);
+    const { fd, created } = this.openSegment(st.segment);
     let end: number;
-    const fd = fs.openSync(
-      file,
-      fs.constants.O_WRONLY |
-        fs.constants.O_APPEND |
-        fs.constants.O_CREAT |
-        fs.constants.O_NOFOLLOW,
-      0o600,
-    );
+    let stamp: string;
     try {
       const data = Buffer.from(lines.join(''), 'utf8');
       let off = 0;
       while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off);
-      end = fs.fstatSync(fd).size;
-    } finally {
-      fs.closeSync(fd);
+      const stat = fs.fstatSync(fd, { bigint: true });
+      end = Number(stat.size);
+      stamp = stampFrom(stat);
+    } catch (e) {
+      this.forget();
+      throw e;
     }
     if (created) fsyncDir(this.paths.dir);
     const last = lines.at(-1);
+    if (last !== undefined && this.known?.st === st) {
+      // What the next append would read back from the file, while its stamp stays this one.
+      this.known.seg = {
+        segment: st.segment,
+        stamp,
+        head: { seq, hash, segment: st.segment },
+        tail: { size: end, lastLine: last.slice(0, -1), tornBytes: 0 },
+        first: created ? { time: Date.parse(time) } : first,
+      };
+    }
     return {
       seq,
       hash,
@@ -544,61 +606,5 @@ function fsyncFile(file: string): void {
     fs.fsyncSync(fd);
   } finally {
     fs.closeSync(fd);
-  }
-}
-
-interface Waiter {
-  record: AuditRecord;
-  resolve: (h: Head) => void;
-  reject: (e: unknown) => void;
-}
-
-/**
- * Group commit for a long-running writer (the agent): record() resolves once the entry is
- * durable. Records that arrive while a batch is being written and fsynced go into the next
- * batch, so N concurrent writers cost far fewer than N fsyncs.
- */
-export class GroupCommitter {
-  private queue: Waiter[] = [];
-  private running = false;
-  /** The last entry this writer made: the log must still hold it at the next batch. */
-  private last: Head | undefined;
-  /** Told when a batch found the log cut behind this writer (and recorded it). */
-  onGap: ((reason: string) => void) | undefined;
-  /** How many batches (so fsyncs) were written: for tests and the benchmark. */
-  batches = 0;
-
-  constructor(private readonly log: AuditLog) {}
-
-  record(record: AuditRecord): Promise<Head> {
-    return new Promise((resolve, reject) => {
-      this.queue.push({ record, resolve, reject });
-      if (!this.running) {
-        this.running = true;
-        setImmediate(() => void this.drain());
-      }
-    });
-  }
-
-  private async drain(): Promise<void> {
-    while (this.queue.length > 0) {
-      const batch = this.queue.splice(0);
-      this.batches += 1;
-      try {
-        const head = await this.log.appendAsync(
-          batch.map((w) => w.record),
-          this.last,
-        );
-        this.last = head;
-        // Before any waiter goes on: the agent locks, so nothing is released after a cut.
-        if (head.gap !== undefined) this.onGap?.(head.gap);
-        for (const w of batch) w.resolve(head);
-        // After the waiters: shipping never delays a release.
-        this.log.ship(head);
-      } catch (e) {
-        for (const w of batch) w.reject(e);
-      }
-    }
-    this.running = false;
   }
 }

@@ -178,3 +178,49 @@ export function withFileLock<T>(lockPath: string, timeoutMs: number, fn: () => T
     fs.closeSync(fd);
   }
 }
+
+/**
+ * A lock file a long-running process keeps open (the agent's audit writer): each use takes the
+ * flock on the held descriptor, then checks that the path still names that file, and opens it
+ * again if not (moved aside, replaced): a lock on a file no one else opens excludes no one.
+ */
+export class HeldLock {
+  private held: { fd: number; dev: bigint; ino: bigint } | undefined;
+
+  constructor(private readonly lockPath: string) {}
+
+  async with<T>(timeoutMs: number, fn: () => Promise<T>): Promise<T> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const h = this.open();
+      while (!flock(h.fd, LOCK_EX | LOCK_NB)) {
+        if (Date.now() > deadline) throw busy(this.lockPath);
+        await new Promise((r) => setTimeout(r, 2));
+      }
+      const now = fs.lstatSync(this.lockPath, { bigint: true, throwIfNoEntry: false });
+      if (now?.dev === h.dev && now.ino === h.ino) {
+        try {
+          return await fn();
+        } finally {
+          flock(h.fd, LOCK_UN);
+        }
+      }
+      flock(h.fd, LOCK_UN);
+      this.close();
+    }
+  }
+
+  private open(): { fd: number; dev: bigint; ino: bigint } {
+    if (!this.held) {
+      const fd = openLockFile(this.lockPath);
+      const st = fs.fstatSync(fd, { bigint: true });
+      this.held = { fd, dev: st.dev, ino: st.ino };
+    }
+    return this.held;
+  }
+
+  close(): void {
+    if (this.held) fs.closeSync(this.held.fd);
+    this.held = undefined;
+  }
+}

@@ -1,0 +1,113 @@
+/**
+ * Reading an audit segment from its end (the last line, to chain to) and its start (the first
+ * entry's time, for rotation by age), without reading the whole file.
+ */
+import fs from 'node:fs';
+
+const TAIL_WINDOW = 256 * 1024;
+
+export interface Tail {
+  size: number;
+  lastLine: string | undefined;
+  tornBytes: number;
+}
+
+/**
+ * The segment's size, its last complete line, and the bytes after it (a torn write). Reads a
+ * small window from the end and widens it only while the last line doesn't fit (up to
+ * TAIL_WINDOW): an append costs a few KB of reading, not the window.
+ */
+export function readTail(file: string): Tail {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT')
+      return { size: 0, lastLine: undefined, tornBytes: 0 };
+    throw e;
+  }
+  try {
+    const size = fs.fstatSync(fd).size;
+    for (let want = 8 * 1024; ; want *= 2) {
+      const len = Math.min(size, want, TAIL_WINDOW);
+      const buf = Buffer.alloc(len);
+      fs.readSync(fd, buf, 0, len, size - len);
+      const whole = len === size;
+      const last = len === Math.min(size, TAIL_WINDOW);
+      const lastNl = buf.lastIndexOf(0x0a);
+      if (lastNl === -1) {
+        if (!last) continue;
+        return { size, lastLine: undefined, tornBytes: whole ? size : 0 };
+      }
+      const prevNl = lastNl === 0 ? -1 : buf.lastIndexOf(0x0a, lastNl - 1);
+      // The line before the last one must start inside the window (or the file must start there).
+      if (prevNl === -1 && !whole && !last) continue;
+      const tornBytes = len - lastNl - 1;
+      return { size, lastLine: buf.subarray(prevNl + 1, lastNl).toString('utf8'), tornBytes };
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Calls visit with each complete line of file, last first, until it returns true. Reads from the
+ * end in chunks, so finding a recent entry costs what is after it, not the whole segment.
+ */
+export function scanBack(file: string, visit: (line: string) => boolean): boolean {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  // The newline that ends the line before the last one of b (never a negative offset, which
+  // would count from the end).
+  const before = (b: Buffer) => (b.length >= 2 ? b.lastIndexOf(0x0a, b.length - 2) : -1);
+  const text = (b: Buffer) => {
+    const t = b.toString('utf8');
+    return t.endsWith('\n') ? t.slice(0, -1) : t;
+  };
+  try {
+    let end = fs.fstatSync(fd).size;
+    let carry = Buffer.alloc(0);
+    const CHUNK = 64 * 1024;
+    while (end > 0) {
+      const start = Math.max(0, end - CHUNK);
+      const chunk = Buffer.alloc(end - start);
+      fs.readSync(fd, chunk, 0, chunk.length, start);
+      let buf = Buffer.concat([chunk, carry]);
+      // A line is whole once the newline before it is in: or at the very start of the file.
+      for (let nl = before(buf); nl >= 0; nl = before(buf)) {
+        const line = text(buf.subarray(nl + 1));
+        if (line && visit(line)) return true;
+        buf = buf.subarray(0, nl + 1);
+      }
+      if (start === 0) {
+        const line = text(buf);
+        return line !== '' && visit(line);
+      }
+      carry = buf;
+      end = start;
+    }
+    return false;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+export function firstLineTime(file: string): number | undefined {
+  try {
+    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    try {
+      const buf = Buffer.alloc(4096);
+      const n = fs.readSync(fd, buf, 0, buf.length, 0);
+      const m = /"time":"([^"]+)"/.exec(buf.subarray(0, n).toString('utf8'));
+      return m?.[1] === undefined ? undefined : Date.parse(m[1]);
+    } finally {
+      fs.closeSync(fd);
+    }
+  } catch {
+    return undefined;
+  }
+}
