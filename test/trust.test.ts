@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { agentHome, stopAgent, type AgentHome } from './agent-helpers.js';
-import { describeSignData } from '../src/agent/index.js';
+import { describeSignData } from '../src/agent/ssh.js';
 import { BIN, kw, ROOT } from './helpers.js';
 
 const homes: AgentHome[] = [];

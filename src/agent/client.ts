@@ -7,7 +7,7 @@ import os from 'node:os';
 import type { ServerRecord } from './mcp-pins.js';
 import { ERROR_CODES, KeywardError, type ErrorCode } from '../errors.js';
 import { secureFree, secureTake, writeAllSync, type SecureBuffer } from '../lib/secure.js';
-import { readPassphrase, TERMINAL_TRIES, type PassphraseSource } from '../vault/index.js';
+import type { PassphraseSource } from '../vault/index.js';
 import { peerCredentials } from '../lib/libc.js';
 import { runtimeState } from '../lib/runtime-guard.js';
 import { printable } from '../lib/text.js';
@@ -308,6 +308,9 @@ export async function agentStatus(path: string): Promise<Record<string, unknown>
  * One request that carries the passphrase. The connection comes first: the agent identifies this
  * process while it can still be read, and only then is the passphrase read (which hardens it).
  */
+/** The vault's passphrase reading, loaded only by the commands that ask for one. */
+const vault = () => import('../vault/index.js');
+
 async function withPassphrase(
   path: string,
   type: RequestType,
@@ -333,6 +336,7 @@ export async function agentConsole(
   src?: PassphraseSource,
 ): Promise<Record<string, unknown>> {
   if (meta.op === 'credentials') return (await call(path, 'console', meta)).meta;
+  const { readPassphrase } = await vault();
   const f = await withPassphrase(path, 'console', meta, () =>
     readPassphrase(src ?? {}, `passphrase to ${meta.op} the credential: `),
   );
@@ -346,6 +350,7 @@ export async function agentUnlock(
   onNote?: (m: string) => void,
 ): Promise<Record<string, unknown>> {
   if (keyring) return (await call(path, 'unlock', { keyring: true })).meta;
+  const { readPassphrase, TERMINAL_TRIES } = await vault();
   // Three tries on a terminal, one from a file; the agent records each failure and counts it.
   for (let attempt = 1; ; attempt++) {
     try {
@@ -428,11 +433,11 @@ export async function agentApprove(
   src: PassphraseSource,
   code?: string,
 ): Promise<void> {
-  if (code !== undefined) await call(path, 'approve', { id, code });
-  else
-    await withPassphrase(path, 'approve', { id }, () =>
-      readPassphrase(src, 'passphrase to approve: '),
-    );
+  if (code !== undefined) return void (await call(path, 'approve', { id, code }));
+  const { readPassphrase } = await vault();
+  await withPassphrase(path, 'approve', { id }, () =>
+    readPassphrase(src, 'passphrase to approve: '),
+  );
 }
 
 export interface RunRequest {

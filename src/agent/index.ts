@@ -2,6 +2,7 @@
  * The agent domain's public surface (docs/PROTOCOL.md).
  */
 // Types only: the daemon's code loads when an agent runs (daemon.ts), not with every client.
+import type { RunOptions, startAgent as StartAgent } from './daemon.js';
 export type { Agent, AgentOptions } from './server.js';
 export {
   agentApprovals,
@@ -23,14 +24,22 @@ export {
   type RunRequest,
   type RunSinks,
 } from './client.js';
-export {
-  askpassFrom,
-  runAgent,
-  startAgent,
-  stopAgent,
-  tracerPid,
-  type RunOptions,
-} from './daemon.js';
+export type { RunOptions } from './daemon.js';
+/*
+ * Starting, running and stopping an agent load the daemon's code (and the approval domain) when
+ * called, not with every client that imports this entry.
+ */
+export async function runAgent(o: RunOptions): Promise<void> {
+  return (await import('./daemon.js')).runAgent(o);
+}
+export async function startAgent(
+  ...args: Parameters<typeof StartAgent>
+): ReturnType<typeof StartAgent> {
+  return (await import('./daemon.js')).startAgent(...args);
+}
+export async function stopAgent(socketDir: string): Promise<boolean> {
+  return (await import('./daemon.js')).stopAgent(socketDir);
+}
 export { checkAgentSocket, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
 export {
   FrameReader,
@@ -44,7 +53,6 @@ export {
   type Frame,
 } from './protocol.js';
 export { identify, describeCaller, type ProcessIdentity } from './identity.js';
-export { describeSignData, SSH } from './ssh.js';
 export {
   INSTRUCTIONS,
   pinnedEntry,

@@ -24,9 +24,10 @@ export const COMMAND_GROUPS: ReadonlyArray<{
   load: () => Promise<Register>;
 }> = [
   {
-    commands: ['init', 'whoami', 'secret', 'read', 'passwd', 'rekey'],
+    commands: ['init', 'whoami', 'secret', 'passwd', 'rekey'],
     load: async () => (await import('./vault-commands.js')).registerVaultCommands,
   },
+  { commands: ['read'], load: async () => (await import('./read-command.js')).registerReadCommand },
   {
     commands: ['agent', 'unlock', 'lock', 'status', 'approvals', 'approve', 'totp', 'deny'],
     load: async () => (await import('./agent-commands.js')).registerAgentCommands,

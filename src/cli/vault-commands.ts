@@ -1,20 +1,17 @@
 /**
- * init, whoami, secret set / list / rm, read, passwd, rekey.
+ * init, whoami, secret set / list / rm, passwd, rekey (read: read-command.ts).
  */
-import tty from 'node:tty';
 import { type Command, InvalidArgumentError } from 'commander';
 import { UsageError } from '../errors.js';
 import { socketDir } from '../lib/paths.js';
 import { askOnTerminal } from '../lib/tty.js';
 import {
-  assertValidName,
   changePassphrase,
   createVault,
   KDF_BOUNDS,
   KDF_DEFAULT,
   KDF_INTERACTIVE,
   listSecrets,
-  printSecret,
   readHeaderInfo,
   rekeyVault,
   removeSecret,
@@ -27,7 +24,7 @@ import {
 import { auditInitHooks, auditSink } from '../audit/index.js';
 import { installDefaultPolicy } from '../policy/index.js';
 import { note, type Io } from './report.js';
-import { agentList, agentRead, agentStatus } from '../agent/index.js';
+import { agentList, agentStatus } from '../agent/index.js';
 import { agentSocket, auth, passphraseFile, paths } from './context.js';
 
 function intOption(min: number, max: number) {
@@ -228,17 +225,6 @@ export function registerVaultCommands(program: Command, io: Io): void {
     .action(function (this: Command, name: string) {
       removeSecret(paths(), auth(this, io), name);
       io.stderr(`keyward: removed ${name}\n`);
-    });
-
-  program
-    .command('read')
-    .argument('<name>', 'secret name')
-    .description('print one secret to standard output (a newline is added only on a terminal)')
-    .action(async function (this: Command, name: string) {
-      assertValidName(name);
-      // Through the agent when one runs (policy, approval, audit); else direct, with the passphrase.
-      if (await agentStatus(agentSocket())) await agentRead(agentSocket(), name, 1, tty.isatty(1));
-      else printSecret(paths(), auth(this, io), name, 1, tty.isatty(1));
     });
 
   program

@@ -26,7 +26,7 @@ export {
   type KdfParams,
   type Rng,
 } from './crypto.js';
-export { assertValidName, NAME_MAX_BYTES } from './names.js';
+export { assertValidName, NAME_MAX_BYTES } from '../lib/names.js';
 export {
   hasTerminal,
   PASSPHRASE_MIN_BYTES,

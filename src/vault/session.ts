@@ -14,7 +14,7 @@ import {
   readSecretValue,
   type PassphraseSource,
 } from './input.js';
-import { assertValidName } from './names.js';
+import { assertValidName } from '../lib/names.js';
 import { writeSecretTo } from './output.js';
 import {
   initVault,

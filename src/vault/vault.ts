@@ -48,7 +48,7 @@ import {
   type Slot,
 } from './format.js';
 import { keyringFetch, keyringStore } from './keyring.js';
-import { assertValidName } from './names.js';
+import { assertValidName } from '../lib/names.js';
 
 export const VALUE_MAX_BYTES = 16 * 1024 * 1024;
 const LOCK_TIMEOUT_MS = 10_000;

@@ -1,5 +1,5 @@
 import { UsageError } from '../errors.js';
-import { printable } from '../lib/text.js';
+import { printable } from './text.js';
 
 /** docs/FORMAT.md, "Names". Kept to ASCII so an approval prompt can't be made to lie. */
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*(\/[A-Za-z0-9][A-Za-z0-9._-]*)*$/;
