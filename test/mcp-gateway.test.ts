@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
+import { scanMemory } from './agent-helpers.js';
 import { kw, sleep } from './helpers.js';
 import {
   agentWith,
@@ -172,6 +173,28 @@ describe('keyward mcp wrap', () => {
     const r = await c.callTool({ name: 'search', arguments: { text: 'harmless' } });
     assert.match(textOf(r), /the server says <concealed by keyward>/);
     assert.ok(!JSON.stringify(r).includes('ghp_leakyTokenValue123'));
+    // The agent keeps each released value's forms between scans: a new value of the same name
+    // is what the next scan looks for, not the one it kept.
+    assert.equal(
+      kw(['secret', 'set', 'leak/token'], { env: h.env, input: 'ghp_secondTokenValue456' }).code,
+      0,
+    );
+    await assert.rejects(
+      c.callTool({ name: 'search', arguments: { text: 'now ghp_secondTokenValue456' } }),
+      /the arguments hold the value of leak\/token/,
+    );
+    // What the agent kept for scanning goes with a lock: no copy of the value, in any form.
+    if (process.geteuid?.() === 0) {
+      const value = Buffer.from('ghp_secondTokenValue456');
+      assert.equal(scanMemory(h.agentPid ?? 0, [value]).length > 0, true, 'the scanner finds it');
+      assert.equal(kw(['lock'], { env: h.env }).code, 0);
+      const forms = [
+        value,
+        Buffer.from(value.toString('base64')),
+        Buffer.from(value.toString('hex')),
+      ];
+      assert.deepEqual(scanMemory(h.agentPid ?? 0, forms).map(String), []);
+    }
   });
 
   test('a server that writes broken frames or dies does not take the gateway down; the client gets a clear error', async () => {

@@ -54,7 +54,46 @@ export class McpService {
    */
   private readonly scanBuckets = new WeakMap<Peer, TokenBucket>();
 
+  /**
+   * Each released value with its masking forms, built at its first scan and kept (secure memory)
+   * while it stays released and its record unchanged: a scan costs no decryption and no
+   * encoding. Wiped when the agent locks (forget) or the name is no longer released.
+   */
+  private readonly forms = new Map<
+    string,
+    { id: string; value: SecureBuffer | undefined; forms: SecureBuffer[] }
+  >();
+
   constructor(private readonly host: McpHost) {}
+
+  /** Wipes every kept value and form (the agent locked). */
+  forget(): void {
+    for (const k of this.forms.values()) wipe(k);
+    this.forms.clear();
+  }
+
+  /** name's value and forms, from what is kept when its record is the same; else built now. */
+  private formsOf(
+    v: Vault,
+    name: string,
+  ): { value: SecureBuffer | undefined; forms: SecureBuffer[] } {
+    const id = v.recordId(name) ?? '';
+    const kept = this.forms.get(name);
+    if (kept?.id === id) return kept;
+    if (kept) wipe(kept);
+    const value = v.reveal(name);
+    let entry: { id: string; value: SecureBuffer | undefined; forms: SecureBuffer[] };
+    if (value.length < SCAN_MIN_BYTES) {
+      // Too short to look for (leak-scan.ts): not found, and not concealed either, so the
+      // concealed copy can't point at one.
+      secureFree(value);
+      entry = { id, value: undefined, forms: [] };
+    } else {
+      entry = { id, value, forms: maskingForms(value) };
+    }
+    this.forms.set(name, entry);
+    return entry;
+  }
 
   async handle(asker: Peer, f: Frame): Promise<Reply> {
     const w = this.host.window;
@@ -124,6 +163,12 @@ export class McpService {
   private scan(asker: Peer, v: Vault, f: Frame): Reply {
     const data = f.raw ?? Buffer.alloc(0);
     const names = [...this.host.released()].filter((n) => v.has(n));
+    for (const [name, kept] of this.forms) {
+      if (!names.includes(name)) {
+        wipe(kept);
+        this.forms.delete(name);
+      }
+    }
     // Nothing released, nothing to find: no budget spent, no view built.
     if (names.length === 0) return { meta: { found: [], hidden: [] } };
     let bucket = this.scanBuckets.get(asker);
@@ -145,19 +190,14 @@ export class McpService {
     const redact = f.meta['redact'] === true;
     const found: string[] = [];
     const hidden: string[] = [];
+    // Kept by this service (formsOf): not freed here.
     const values: Array<{ name: string; value: SecureBuffer; forms: SecureBuffer[] }> = [];
     const views = new ScanViews(parts);
     let after: ScanViews | undefined;
     try {
       for (const name of names) {
-        const value = v.reveal(name);
-        // Too short to look for (leak-scan.ts): not found, and not concealed either, so the
-        // concealed copy can't point at one.
-        if (value.length < SCAN_MIN_BYTES) {
-          secureFree(value);
-          continue;
-        }
-        const forms = maskingForms(value);
+        const { value, forms } = this.formsOf(v, name);
+        if (!value) continue;
         values.push({ name, value, forms });
         const where = views.find(value, forms);
         if (where) found.push(name);
@@ -189,12 +229,14 @@ export class McpService {
     } finally {
       views.destroy();
       after?.destroy();
-      for (const x of values) {
-        secureFree(x.value);
-        for (const form of x.forms) secureFree(form);
-      }
     }
   }
+}
+
+function wipe(k: { value: SecureBuffer | undefined; forms: SecureBuffer[] }): void {
+  secureFree(k.value);
+  for (const f of k.forms) secureFree(f);
+  k.forms.length = 0;
 }
 
 const jsonRaw = (o: unknown): SecureBuffer => secureTake(Buffer.from(JSON.stringify(o), 'utf8'));

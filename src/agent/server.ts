@@ -525,6 +525,7 @@ export class Agent {
     this.console?.endSessions();
     this.ssh.wipeAll();
     this.cache.clear('the agent locked');
+    this.mcp.forget();
     if (!this.window.close()) return;
     await this.record({
       type: 'vault.lock',

@@ -69,7 +69,8 @@ export function registerMcpCommands(program: Command, io: Io, version: string): 
       const headers = (opts.header ?? []).map(parseHeaderOption);
       if (opts.url) checkServerUrl(opts.url);
       const home = keywardHome();
-      const sink = auditSink(home);
+      // A long-running writer: it keeps the log's state between calls (AuditOptions.keep).
+      const sink = auditSink(home, { keep: true });
       await wrapMcp({
         name,
         ...(opts.url ? { url: opts.url, headers } : { command }),

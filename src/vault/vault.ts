@@ -475,6 +475,14 @@ export class Vault {
       .map(({ name, created, updated, size }) => ({ name, created, updated, size }));
   }
 
+  /**
+   * The id of name's current record (a new one with every write of it), or undefined: lets a
+   * holder of something derived from the value know when it is out of date.
+   */
+  recordId(name: string): string | undefined {
+    return this.entries[this.indexOf(name)]?.id;
+  }
+
   has(name: string): boolean {
     return this.entries.some((e) => e.name === name);
   }
