@@ -17,6 +17,7 @@ import { askpassProblem, TerminalChannel } from '../approval/index.js';
 import { printable } from '../lib/text.js';
 import type { Agent as AgentType } from './server.js';
 import { prepareSocketDir, socketPaths } from './socketdir.js';
+import { withoutMallocCache } from '../lib/libc.js';
 
 /** How long `agent start` waits for an agent that neither says it listens nor exits. */
 const START_TIMEOUT_MS = 30_000;
@@ -59,6 +60,9 @@ export function askpassFrom(env: NodeJS.ProcessEnv): string | undefined {
 
 /** Runs the agent in this process until SIGTERM, SIGINT or a stop request. */
 export async function runAgent(o: RunOptions): Promise<void> {
+  // First of all: glibc's malloc cache off (an exec of this same process), so that M_PERTURB
+  // overwrites every block OpenSSL frees (lib/libc.ts).
+  withoutMallocCache(o.readyFd === undefined ? [] : [o.readyFd]);
   const tracer = tracerPid();
   if (tracer !== 0 && !o.allowDebugger) {
     throw new KeywardError(

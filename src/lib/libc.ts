@@ -512,3 +512,28 @@ export function sendDatagram(fd: number, path: string, data: Buffer): number {
   const n = l.sendto(fd, data, data.length, MSG_DONTWAIT, addr, 2 + p.length + 1);
   return Number(n) === data.length ? 0 : l.errno();
 }
+
+const NO_TCACHE = 'glibc.malloc.tcache_count=0';
+
+/**
+ * Makes this process run with glibc's per-thread malloc cache (tcache) off, by executing itself
+ * again (same pid, same descriptors) with GLIBC_TUNABLES set, unless it already is. Blocks freed
+ * into tcache skip M_PERTURB's overwrite, so a copy of a key OpenSSL freed could stay readable
+ * there (docs/THREAT-MODEL.md, "ECDSA and RSA keys"). Call it first, before anything is held.
+ * Returns only when the tunable is in force; keeps `keep` (and 0, 1, 2) open across the exec.
+ */
+export function withoutMallocCache(keep: readonly number[] = []): void {
+  const current = process.env['GLIBC_TUNABLES'];
+  if (current?.split(':').includes(NO_TCACHE)) return;
+  const env = { ...process.env, GLIBC_TUNABLES: current ? `${current}:${NO_TCACHE}` : NO_TCACHE };
+  const envp = Object.entries(env).flatMap(([k, v]) =>
+    v === undefined ? [] : [Buffer.from(`${k}=${v}\0`)],
+  );
+  for (const fd of [0, 1, 2, ...keep]) keepAcrossExec(fd);
+  const errno = execvpe(
+    process.execPath,
+    [process.argv0, ...process.execArgv, ...process.argv.slice(1)],
+    envp,
+  );
+  throw new Error(`could not start again without glibc's malloc cache (errno ${errno})`);
+}
