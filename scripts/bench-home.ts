@@ -15,6 +15,8 @@ export interface BenchHome {
   kw(args: string[], input?: string): string;
   /** Starts `keyward agent run` and unlocks it. */
   startAgent(): Promise<void>;
+  /** The running agent's pid (after startAgent). */
+  agentPid(): number | undefined;
   /** Stops the agent (if started) and removes the home. */
   stop(): Promise<void>;
 }
@@ -54,6 +56,9 @@ export function benchHome(root: string, label: string, policy: string): BenchHom
       await waitFor(path.join(dir, 'run', 'agent.sock'));
       await waitFor(path.join(dir, 'run', 'ssh-agent.sock'));
       kw(['unlock']);
+    },
+    agentPid() {
+      return agent?.pid;
     },
     async stop() {
       if (agent && agent.exitCode === null) {

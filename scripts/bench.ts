@@ -216,6 +216,14 @@ async function agentBench(): Promise<void> {
       c.on('error', reject);
     });
   const n = Number(process.env['BENCH_READS'] ?? 2000);
+  // The agent's resident memory (VmRSS), idle after the unlock and after 10,000 requests.
+  const rssMiB = () => {
+    const m = /^VmRSS:\s+(\d+) kB/m.exec(
+      fs.readFileSync(`/proc/${home.agentPid()}/status`, 'utf8'),
+    );
+    return Math.round((Number(m?.[1] ?? 0) / 1024) * 10) / 10;
+  };
+  const idleMiB = rssMiB();
   const results: Record<string, unknown> = {};
   const lines: string[] = [];
   for (const conc of [1, 8]) {
@@ -235,11 +243,21 @@ async function agentBench(): Promise<void> {
       `agent      read (policy + fsynced audit), conc. ${conc}: p50 ${read.p50} ms, p99 ${read.p99} ms, ${read.perSecond.toLocaleString()} /s  (${((read.perSecond / ref.perSecond) * 100).toFixed(1)}% of the reference)`,
     );
   }
+  // Up to 10,000 requests in all (the two runs above made 2n), then the memory again.
+  const rest = Math.max(0, 10_000 - 2 * n);
+  await timed(8, rest, async () => {
+    const f = await call(sock, 'read', { name: 'bench/token' });
+    f.raw?.fill(0);
+  });
+  const rss = { idleMiB, after10kMiB: rssMiB(), requests: 2 * n + rest };
+  lines.push(
+    `agent      RSS idle ${rss.idleMiB} MiB, after ${rss.requests} requests ${rss.after10kMiB} MiB`,
+  );
   echo.close();
   await home.stop();
   fs.writeFileSync(
     path.join(ROOT, 'bench/results/agent.json'),
-    `${JSON.stringify({ when: new Date().toISOString(), reads: n, ...results }, null, 2)}\n`,
+    `${JSON.stringify({ when: new Date().toISOString(), reads: n, ...results, rss }, null, 2)}\n`,
   );
   process.stdout.write(`${lines.join('\n')}\nwritten to bench/results/agent.json\n`);
 }

@@ -17,7 +17,7 @@ import { askpassProblem, TerminalChannel } from '../approval/index.js';
 import { printable } from '../lib/text.js';
 import type { Agent as AgentType } from './server.js';
 import { prepareSocketDir, socketPaths } from './socketdir.js';
-import { withoutMallocCache } from '../lib/libc.js';
+import { mallocCacheOff, withoutMallocCache } from '../lib/libc.js';
 
 /** How long `agent start` waits for an agent that neither says it listens nor exits. */
 const START_TIMEOUT_MS = 30_000;
@@ -181,7 +181,8 @@ export async function startAgent(
     {
       detached: true,
       stdio: ['ignore', log, log, 'pipe'],
-      env: allowDebugger ? env : cleanEnvironment(env),
+      // Started with glibc's malloc cache off, so it needn't execute itself again for it.
+      env: mallocCacheOff(allowDebugger ? env : cleanEnvironment(env)),
     },
   );
   fs.closeSync(log);

@@ -400,8 +400,8 @@ export class RunService {
             return; // EIO (nothing left) or EAGAIN (the slave is still open)
           }
           if (n === 0) return;
+          // relayChunk zeroes what it was given, once it is masked or written.
           relayChunk(chunk.subarray(0, n), STREAM.stdout, maskers?.[0]);
-          zero(chunk);
         }
       };
       const onDrained = () => {

@@ -515,6 +515,13 @@ export function sendDatagram(fd: number, path: string, data: Buffer): number {
 
 const NO_TCACHE = 'glibc.malloc.tcache_count=0';
 
+/** env with glibc's malloc cache off (for a process started with it: no exec needed then). */
+export function mallocCacheOff(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const current = env['GLIBC_TUNABLES'];
+  if (current?.split(':').includes(NO_TCACHE)) return env;
+  return { ...env, GLIBC_TUNABLES: current ? `${current}:${NO_TCACHE}` : NO_TCACHE };
+}
+
 /**
  * Makes this process run with glibc's per-thread malloc cache (tcache) off, by executing itself
  * again (same pid, same descriptors) with GLIBC_TUNABLES set, unless it already is. Blocks freed
@@ -523,9 +530,8 @@ const NO_TCACHE = 'glibc.malloc.tcache_count=0';
  * Returns only when the tunable is in force; keeps `keep` (and 0, 1, 2) open across the exec.
  */
 export function withoutMallocCache(keep: readonly number[] = []): void {
-  const current = process.env['GLIBC_TUNABLES'];
-  if (current?.split(':').includes(NO_TCACHE)) return;
-  const env = { ...process.env, GLIBC_TUNABLES: current ? `${current}:${NO_TCACHE}` : NO_TCACHE };
+  if (process.env['GLIBC_TUNABLES']?.split(':').includes(NO_TCACHE)) return;
+  const env = mallocCacheOff(process.env);
   const envp = Object.entries(env).flatMap(([k, v]) =>
     v === undefined ? [] : [Buffer.from(`${k}=${v}\0`)],
   );
