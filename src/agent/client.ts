@@ -433,7 +433,10 @@ export async function agentApprove(
   src: PassphraseSource,
   code?: string,
 ): Promise<void> {
-  if (code !== undefined) return void (await call(path, 'approve', { id, code }));
+  if (code !== undefined) {
+    await call(path, 'approve', { id, code });
+    return;
+  }
   const { readPassphrase } = await vault();
   await withPassphrase(path, 'approve', { id }, () =>
     readPassphrase(src, 'passphrase to approve: '),

@@ -176,12 +176,7 @@ export class AuditLog {
     this.checkDir();
     const head = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
       const h = this.writeLocked(records);
-      const { fd, own } = this.syncTarget(h.segment);
-      try {
-        fs.fsyncSync(fd);
-      } finally {
-        if (own) fs.closeSync(fd);
-      }
+      this.syncSegment(h.segment);
       return h;
     });
     // Durable first; then the copy off the machine, without waiting.
@@ -316,6 +311,16 @@ export class AuditLog {
     if (held?.n !== n) return undefined;
     const now = fs.lstatSync(this.segmentPath(n), { bigint: true, throwIfNoEntry: false });
     return now?.isFile() && now.dev === held.dev && now.ino === held.ino ? held.fd : undefined;
+  }
+
+  /** fsyncs segment n, blocking (the CLI's append, a rotation). */
+  private syncSegment(n: number): void {
+    const { fd, own } = this.syncTarget(n);
+    try {
+      fs.fsyncSync(fd);
+    } finally {
+      if (own) fs.closeSync(fd);
+    }
   }
 
   /** A descriptor to fsync segment n with: the held one, or one opened for it (own: close it). */
@@ -511,7 +516,7 @@ export class AuditLog {
             details: { next },
           },
         ]);
-        fsyncFile(this.segmentPath(st.segment));
+        this.syncSegment(st.segment);
         rotation = head.written ?? [];
         this.evolve(st, true);
         head = { ...head, segment: st.segment, written: [] };
@@ -597,14 +602,5 @@ export class AuditLog {
       written,
       ...(last === undefined ? {} : { end, length: Buffer.byteLength(last, 'utf8') }),
     };
-  }
-}
-
-function fsyncFile(file: string): void {
-  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-  try {
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
   }
 }

@@ -18,6 +18,7 @@ export function registerReadCommand(program: Command, io: Io): void {
     .action(async function (this: Command, name: string) {
       assertValidName(name);
       // Through the agent when one runs (policy, approval, audit); else direct, with the passphrase.
+      // context.ts's agentSocket(), without loading context.ts (it brings the vault and audit).
       const sock = socketPaths(socketDir()).agent;
       if (await agentStatus(sock)) return agentRead(sock, name, 1, tty.isatty(1));
       const [{ printSecret }, { auth, paths }] = await Promise.all([
