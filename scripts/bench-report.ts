@@ -42,6 +42,7 @@ export function writeReport(root: string): string {
   const audit = read(root, 'audit');
   const mcp = read(root, 'mcp');
   const agent = read(root, 'agent');
+  const vault = read(root, 'vault');
   const rows: Row[] = [];
   // The date a part recorded when it ran; parts written before they recorded one say so.
   const dateOf = (part: Json | undefined, _name: string): string => {
@@ -143,18 +144,25 @@ export function writeReport(root: string): string {
     target: 'no growth past 64 / 111 MB',
     met: idle === undefined || after === undefined ? undefined : idle <= 64 && after <= 111,
   });
-  for (const [work, target] of [
-    ['`secret set` on 10 vs 100,000 secrets (KDF aside)', 'flat within 1.5x'],
-  ] as const)
-    rows.push({
-      when: '',
-      work,
-      keyward: 'not measured yet',
-      reference: '',
-      ratio: undefined,
-      target,
-      met: undefined,
-    });
+  const sizes = Object.keys((at(vault, 'secretSet') as Json | undefined) ?? {})
+    .map(Number)
+    .sort((x, y) => x - y);
+  const setMs = (n: number | undefined) =>
+    n === undefined ? undefined : num(at(vault, 'secretSet', String(n), 'medianMs'));
+  const small = setMs(sizes[0]);
+  const large = setMs(sizes[sizes.length - 1]);
+  const setRatio = num(at(vault, 'ratioLargestToSmallest'));
+  rows.push({
+    when: dateOf(vault, 'vault'),
+    work: `\`secret set\` (direct, KDF aside) on ${sizes.map((n) => n.toLocaleString('en')).join(' / ') || '10 / 100,000'} secrets`,
+    keyward: sizes.length
+      ? `${sizes.map((n) => `${fmt(setMs(n), 0)}`).join(' / ')} ms`
+      : 'not measured',
+    reference: `the same on ${sizes[0] ?? 10} secrets: ${fmt(small, 0)} ms`,
+    ratio: setRatio ?? (small && large ? large / small : undefined),
+    target: 'flat within 1.5x',
+    met: setRatio === undefined ? undefined : setRatio <= 1.5,
+  });
 
   const cpu = os.cpus()[0]?.model ?? 'unknown';
   const lines = [
@@ -163,7 +171,7 @@ export function writeReport(root: string): string {
     'Written by `npm run bench` (scripts/bench-report.ts) from `bench/results/*.json`: each row is',
     'keyward against its reference, measured in the same part of the same run on the same machine,',
     'so the ratio is what to compare; absolute figures move with the machine and its load. A row',
-    'says "not measured" when its part did not run (`BENCH_ONLY=cli|audit|agent|sign|run|mcp`).',
+    'says "not measured" when its part did not run (`BENCH_ONLY=cli|audit|agent|sign|run|mcp|vault`).',
     '',
     `Machine: ${os.cpus().length} x ${cpu}, Node ${process.version}, ${os.platform()} ${os.release()}.`,
     '',

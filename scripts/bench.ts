@@ -23,6 +23,7 @@ import { mcpBench } from './bench-mcp.js';
 import { runBench } from './bench-run.js';
 import { benchHome } from './bench-home.js';
 import { signBench } from './bench-sign.js';
+import { vaultBench } from './bench-vault.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -262,7 +263,7 @@ async function agentBench(): Promise<void> {
   process.stdout.write(`${lines.join('\n')}\nwritten to bench/results/agent.json\n`);
 }
 
-// BENCH_ONLY=cli|audit|agent|sign|run|mcp runs one part.
+// BENCH_ONLY=cli|audit|agent|sign|run|mcp|vault runs one part.
 const only = process.env['BENCH_ONLY'];
 if (!only || only === 'cli') await cliBench(ROOT);
 if (!only || only === 'audit') await main();
@@ -270,4 +271,5 @@ if (!only || only === 'agent') await agentBench();
 if (!only || only === 'sign') await signBench(ROOT);
 if (!only || only === 'run') await runBench(ROOT);
 if (!only || only === 'mcp') await mcpBench(ROOT);
+if (!only || only === 'vault') await vaultBench(ROOT);
 process.stdout.write(`written ${writeReport(ROOT)}\n`);

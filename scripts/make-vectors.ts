@@ -1,7 +1,8 @@
 /**
  * Makes test/vectors/vault/ (docs/FORMAT.md, "Test vectors") from a seeded random source, so the
  * same code always makes the same bytes: test/vectors.test.ts regenerates them and compares,
- * which pins the format to the byte.
+ * which pins the format to the byte. test/vectors/vault-v1/ holds format 1 files made by keyward
+ * before format 2, kept as they are (never regenerated): the migration reads them.
  *
  *   npm run vectors            writes test/vectors/vault/
  */
@@ -47,7 +48,12 @@ function secret(s: string): ReturnType<typeof secureTake> {
   return secureTake(Buffer.from(s, 'utf8'));
 }
 
-function makeVault(dir: string, seed: string, values: Record<string, string>): Buffer {
+function makeVault(
+  dir: string,
+  seed: string,
+  values: Record<string, string>,
+  remove: string[] = [],
+): Buffer {
   const home = fs.mkdtempSync(path.join(dir, '.work-'));
   fs.chmodSync(home, 0o700);
   const p = vaultPaths(home);
@@ -59,6 +65,7 @@ function makeVault(dir: string, seed: string, values: Record<string, string>): B
     const b = secret(value);
     v.set(name, b, FIXED_TIME);
   }
+  for (const name of remove) v.remove(name, FIXED_TIME);
   v.save();
   v.close();
   const bytes = fs.readFileSync(p.file);
@@ -70,28 +77,29 @@ function flip(b: Buffer, at: number, mask: number): void {
   b.writeUInt8(b.readUInt8(at) ^ mask, at);
 }
 
-function rechecksum(b: Buffer): Buffer {
+/** The header's checksum recomputed after an edit, as an attacker who changes the file would. */
+function resum(b: Buffer): Buffer {
   const out = Buffer.from(b);
-  blake2b256(out.subarray(0, out.length - 32)).copy(out, out.length - 32);
+  const h = headerLength(out);
+  blake2b256(out.subarray(0, h - 32)).copy(out, h - 32);
   return out;
 }
 
-/** Offsets of the structure after the header, found by walking it like the parser does. */
-function layout(b: Buffer): { records: Array<{ start: number; len: number }>; slotStart: number } {
+function headerLength(b: Buffer): number {
   let pos = 49;
-  const slotStart = pos;
-  const slots = b.readUInt8(48);
-  for (let i = 0; i < slots; i++) pos += 3 + b.readUInt16BE(pos + 1);
-  pos += 4 + b.readUInt32BE(pos);
-  const count = b.readUInt32BE(pos);
-  pos += 4;
-  const records: Array<{ start: number; len: number }> = [];
-  for (let i = 0; i < count; i++) {
-    const len = b.readUInt32BE(pos);
-    records.push({ start: pos, len: 4 + len });
-    pos += 4 + len;
+  for (let i = 0; i < b.readUInt8(48); i++) pos += 3 + b.readUInt16BE(pos + 1);
+  return pos + 32;
+}
+
+/** Each frame's offset and length (with its length field), walked like the parser does. */
+function frames(b: Buffer): Array<{ start: number; len: number }> {
+  const out: Array<{ start: number; len: number }> = [];
+  for (let pos = headerLength(b); pos + 4 <= b.length;) {
+    const len = 4 + b.readUInt32BE(pos);
+    out.push({ start: pos, len });
+    pos += len;
   }
-  return { records, slotStart };
+  return out;
 }
 
 export function makeVectors(dir: string): VectorSpec[] {
@@ -99,38 +107,48 @@ export function makeVectors(dir: string): VectorSpec[] {
   const values = { 'api/token': 's3cr3t-value', db_password: 'hunter2-but-longer' };
   const basic = makeVault(dir, 'basic', values);
   const empty = makeVault(dir, 'empty', {});
-  const files: Record<string, Buffer> = { 'basic.kwv': basic, 'empty.kwv': empty };
+  const removed = makeVault(dir, 'removed', { ...values, 'old/key': 'gone-now' }, ['old/key']);
+  const files: Record<string, Buffer> = {
+    'basic.kwv': basic,
+    'empty.kwv': empty,
+    'removed.kwv': removed,
+  };
 
-  const { records, slotStart } = layout(basic);
-  const r0 = records[0];
-  const r1 = records[1];
-  if (!r0 || !r1) throw new Error('basic vector has fewer than two records');
+  const [f0, f1] = frames(basic);
+  if (!f0 || !f1) throw new Error('basic vector has fewer than two frames');
 
   const flippedValue = Buffer.from(basic);
-  flip(flippedValue, r0.start + 4 + 30, 0x01); // inside the ciphertext of the first record
-  files['flipped-value.kwv'] = rechecksum(flippedValue);
+  flip(flippedValue, f0.start + f0.len - 5, 0x01); // in the value box of the first frame
+  files['flipped-value.kwv'] = flippedValue;
 
-  const flippedByte = Buffer.from(basic);
-  flip(flippedByte, r1.start + 10, 0x80);
-  files['flipped-byte.kwv'] = flippedByte;
+  const flippedLast = Buffer.from(basic);
+  flip(flippedLast, f1.start + f1.len - 5, 0x01); // in the value box of the last frame
+  files['flipped-last-value.kwv'] = flippedLast;
+
+  const flippedHeader = Buffer.from(basic);
+  flip(flippedHeader, 10, 0x80); // in the vault id, checksum left
+  files['flipped-header.kwv'] = flippedHeader;
 
   files['truncated.kwv'] = basic.subarray(0, basic.length - 100);
 
-  const swapped = Buffer.concat([
-    basic.subarray(0, r0.start),
-    basic.subarray(r1.start, r1.start + r1.len),
-    basic.subarray(r0.start, r0.start + r0.len),
-    basic.subarray(r1.start + r1.len),
+  files['swapped.kwv'] = Buffer.concat([
+    basic.subarray(0, f0.start),
+    basic.subarray(f1.start, f1.start + f1.len),
+    basic.subarray(f0.start, f0.start + f0.len),
   ]);
-  files['swapped.kwv'] = rechecksum(swapped);
+
+  files['first-removed.kwv'] = Buffer.concat([
+    basic.subarray(0, f0.start),
+    basic.subarray(f1.start),
+  ]);
 
   const weakened = Buffer.from(basic);
-  weakened.writeUInt32BE(2, slotStart + 3 + 1); // type(1) len(2) alg(1) then opslimit
-  files['weakened-kdf.kwv'] = rechecksum(weakened);
+  weakened.writeUInt32BE(2, 49 + 3 + 1); // slot 1: type(1) len(2) alg(1) then opslimit
+  files['weakened-kdf.kwv'] = resum(weakened);
 
-  const v2 = Buffer.from(basic);
-  v2[7] = 2;
-  files['version-2.kwv'] = rechecksum(v2);
+  const v3 = Buffer.from(basic);
+  v3[7] = 3;
+  files['version-3.kwv'] = resum(v3);
 
   const junk = Buffer.alloc(300);
   seededRng('junk')(junk);
@@ -138,12 +156,18 @@ export function makeVectors(dir: string): VectorSpec[] {
 
   for (const [name, bytes] of Object.entries(files)) fs.writeFileSync(path.join(dir, name), bytes);
 
+  const fail = (file: string, code: string, note: string): VectorSpec => ({
+    file,
+    passphrase: PASSPHRASE,
+    expect: { ok: false, code },
+    note,
+  });
   const specs: VectorSpec[] = [
     {
       file: 'basic.kwv',
       passphrase: PASSPHRASE,
       expect: { ok: true, entries: values },
-      note: 'two secrets',
+      note: 'two secrets, written in one save: two frames, the second marked as the commit',
     },
     {
       file: 'empty.kwv',
@@ -152,53 +176,43 @@ export function makeVectors(dir: string): VectorSpec[] {
       note: 'no entries',
     },
     {
+      file: 'removed.kwv',
+      passphrase: PASSPHRASE,
+      expect: { ok: true, entries: values },
+      note: 'three secrets set and one removed in one save: four frames, the last a delete',
+    },
+    {
+      file: 'truncated.kwv',
+      passphrase: PASSPHRASE,
+      expect: { ok: true, entries: {} },
+      note: 'the last 100 bytes cut: the save never committed, so the vault is as before it',
+    },
+    {
       file: 'basic.kwv',
       passphrase: 'not the passphrase',
       expect: { ok: false, code: 'VAULT_BAD_PASSPHRASE' },
       note: 'wrong passphrase',
     },
-    {
-      file: 'flipped-value.kwv',
-      passphrase: PASSPHRASE,
-      expect: { ok: false, code: 'VAULT_CORRUPT' },
-      note: 'a ciphertext byte flipped, checksum recomputed: the record fails authentication',
-    },
-    {
-      file: 'flipped-byte.kwv',
-      passphrase: PASSPHRASE,
-      expect: { ok: false, code: 'VAULT_CORRUPT' },
-      note: 'a byte flipped, checksum left: checksum mismatch',
-    },
-    {
-      file: 'truncated.kwv',
-      passphrase: PASSPHRASE,
-      expect: { ok: false, code: 'VAULT_CORRUPT' },
-      note: 'the last 100 bytes cut',
-    },
-    {
-      file: 'swapped.kwv',
-      passphrase: PASSPHRASE,
-      expect: { ok: false, code: 'VAULT_CORRUPT' },
-      note: 'the two value records swapped, checksum recomputed: names are bound as AD',
-    },
-    {
-      file: 'weakened-kdf.kwv',
-      passphrase: PASSPHRASE,
-      expect: { ok: false, code: 'VAULT_BAD_PASSPHRASE' },
-      note: 'opslimit lowered, checksum recomputed: the wrap binds the KDF parameters',
-    },
-    {
-      file: 'version-2.kwv',
-      passphrase: PASSPHRASE,
-      expect: { ok: false, code: 'VAULT_UNSUPPORTED_VERSION' },
-      note: 'unknown version',
-    },
-    {
-      file: 'not-a-vault.kwv',
-      passphrase: PASSPHRASE,
-      expect: { ok: false, code: 'VAULT_CORRUPT' },
-      note: 'random bytes',
-    },
+    fail(
+      'flipped-value.kwv',
+      'VAULT_CORRUPT',
+      "a byte of the first frame's value flipped: the next frame's chain no longer matches",
+    ),
+    fail(
+      'flipped-last-value.kwv',
+      'VAULT_CORRUPT',
+      "a byte of the last frame's value flipped: its value box fails authentication",
+    ),
+    fail('flipped-header.kwv', 'VAULT_CORRUPT', 'a header byte flipped, checksum left'),
+    fail('swapped.kwv', 'VAULT_CORRUPT', 'the two frames swapped: each is bound to its place'),
+    fail('first-removed.kwv', 'VAULT_CORRUPT', 'the first frame removed: the chain breaks'),
+    fail(
+      'weakened-kdf.kwv',
+      'VAULT_BAD_PASSPHRASE',
+      'opslimit lowered, checksum recomputed: the wrap binds the KDF parameters',
+    ),
+    fail('version-3.kwv', 'VAULT_UNSUPPORTED_VERSION', 'unknown version'),
+    fail('not-a-vault.kwv', 'VAULT_CORRUPT', 'random bytes'),
   ];
   fs.writeFileSync(path.join(dir, 'vectors.json'), `${JSON.stringify(specs, null, 2)}\n`);
   return specs;

@@ -26,9 +26,10 @@ test('docs/CLI.md documents every error code with its exit code', () => {
 
 test('docs/FORMAT.md lists every committed vault vector', () => {
   const doc = read('docs/FORMAT.md');
-  for (const f of fs.readdirSync(path.join(ROOT, 'test/vectors/vault'))) {
-    if (f.endsWith('.kwv')) assert.match(doc, new RegExp(`\`${f.replace('.', '\\.')}\``), f);
-  }
+  for (const dir of ['test/vectors/vault', 'test/vectors/vault-v1'])
+    for (const f of fs.readdirSync(path.join(ROOT, dir))) {
+      if (f.endsWith('.kwv')) assert.match(doc, new RegExp(`\`${f.replace('.', '\\.')}\``), f);
+    }
 });
 
 test('docs/INTERFACE.md is the outside contract, and no doc points outside the repository', (t) => {

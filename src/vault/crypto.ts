@@ -22,6 +22,7 @@ export const SUBKEY = {
   state: 4,
   signing: 5,
   keyId: 6,
+  nameTag: 7,
 } as const;
 export type SubkeyPurpose = keyof typeof SUBKEY;
 

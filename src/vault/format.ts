@@ -1,5 +1,7 @@
 /**
- * vault.kw version 1, byte by byte (docs/FORMAT.md). Structure only: no keys here.
+ * vault.kw version 1, byte by byte (docs/FORMAT.md), and what version 2 shares with it (the
+ * magic, the key slots, the value records' associated data). Structure only: no keys here.
+ * keyward reads version 1 to migrate it; every save writes version 2 (log-format.ts).
  *
  * The file is attacker-controlled input (anyone who can write the directory, a bad backup, a
  * damaged disk). Every length is checked before it is used, so malformed bytes end in a
@@ -55,10 +57,31 @@ export interface PassphraseSlot extends KdfParams {
   wrapped: Buffer; // nonce || ciphertext
 }
 
-function corrupt(message: string): IntegrityError {
-  return new IntegrityError('VAULT_CORRUPT', message, {
-    hint: 'restore vault.kw from a backup; keyward did not change the file',
-  });
+function corrupt(
+  message: string,
+  opts = { hint: 'restore vault.kw from a backup; keyward did not change the file' },
+): IntegrityError {
+  return new IntegrityError('VAULT_CORRUPT', message, opts);
+}
+
+/**
+ * The format version of a vault file (1 or 2), after its magic bytes: a file that isn't a vault
+ * is VAULT_CORRUPT, a version this keyward doesn't read VAULT_UNSUPPORTED_VERSION.
+ */
+export function formatVersion(bytes: Buffer): 1 | 2 {
+  // eslint-disable-next-line no-restricted-syntax -- the magic is public
+  if (bytes.length < MAGIC.length + 1 || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) {
+    throw corrupt('not a keyward vault (bad magic bytes)');
+  }
+  const version = bytes.readUInt8(MAGIC.length);
+  if (version !== 1 && version !== 2) {
+    throw new IntegrityError(
+      'VAULT_UNSUPPORTED_VERSION',
+      `vault format version ${version} is not supported (this keyward reads versions 1 and 2)`,
+      { hint: 'a newer keyward wrote this vault; upgrade keyward to open it' },
+    );
+  }
+  return version;
 }
 
 /** A bounds-checked reader over attacker-controlled bytes. */
@@ -99,18 +122,8 @@ class Reader {
 
 /** Steps 1 to 3 of "Reading order" in docs/FORMAT.md. */
 export function parseVault(bytes: Buffer): ParsedVault {
-  // eslint-disable-next-line no-restricted-syntax -- the magic is public
-  if (bytes.length < MAGIC.length + 1 || !bytes.subarray(0, MAGIC.length).equals(MAGIC)) {
-    throw corrupt('not a keyward vault (bad magic bytes)');
-  }
-  const version = bytes.readUInt8(MAGIC.length);
-  if (version !== VERSION) {
-    throw new IntegrityError(
-      'VAULT_UNSUPPORTED_VERSION',
-      `vault format version ${version} is not supported (this keyward reads version ${VERSION})`,
-      { hint: 'a newer keyward wrote this vault; upgrade keyward to open it' },
-    );
-  }
+  const version = formatVersion(bytes);
+  if (version !== VERSION) throw corrupt(`expected a format ${VERSION} vault`);
   if (bytes.length < FIXED_HEADER + CHECKSUM_BYTES) throw corrupt('vault file is truncated');
   const bodyEnd = bytes.length - CHECKSUM_BYTES;
   const expected = blake2b256(bytes.subarray(0, bodyEnd));

@@ -1,18 +1,13 @@
 /**
  * The vault: open with a passphrase or the keyring, list, reveal, set, remove, change the
- * passphrase, rekey. Every write replaces vault.kw atomically under an exclusive lock.
+ * passphrase, rekey. Writes go through records.ts under an exclusive lock: a save appends its
+ * records to vault.kw (format 2), or replaces the file atomically when it must be rewritten.
  */
 import fs from 'node:fs';
 import path from 'node:path';
 import { sodium } from '../lib/sodium.js';
 import { AuthError, IntegrityError, KeywardError, UsageError } from '../errors.js';
-import {
-  assertPrivate,
-  ensurePrivateDir,
-  sweepTempFiles,
-  withFileLock,
-  writeFileAtomic,
-} from '../lib/files.js';
+import { assertPrivate, ensurePrivateDir, sweepTempFiles, withFileLock } from '../lib/files.js';
 import { hardenProcess } from '../lib/libc.js';
 import { secureAlloc, secureEqual, secureFree, type SecureBuffer } from '../lib/secure.js';
 import {
@@ -25,7 +20,6 @@ import {
   passphraseKek,
   passphraseKekAsync,
   randomSecureKey,
-  SALT_BYTES,
   seal,
   systemRng,
   type KdfParams,
@@ -34,11 +28,9 @@ import {
 import {
   ALG_ARGON2ID13,
   corruptError,
-  encodeHeader,
-  encodeVault,
+  formatVersion,
   parsePassphraseSlot,
   parseVault,
-  passphraseSlotParams,
   recordAd,
   SLOT_KEYRING,
   SLOT_PASSPHRASE,
@@ -47,6 +39,20 @@ import {
   type ParsedVault,
   type Slot,
 } from './format.js';
+import { parseLog, parseLogHeader } from './log-format.js';
+import { Records, sizeOf, type Entry, type RecordKeys } from './records.js';
+import {
+  passphraseSlot,
+  unwrapSlots,
+  wrapKeyringSlot,
+  wrapPassphraseSlot,
+  wrongPassphrase,
+  type Opened,
+  type Unlock,
+} from './slots.js';
+import { readIndex } from './v1.js';
+
+export type { Unlock } from './slots.js';
 import { keyringFetch, keyringStore } from './keyring.js';
 import { assertValidName } from '../lib/names.js';
 
@@ -69,17 +75,6 @@ export interface EntryMeta {
   updated: string;
   size: number;
 }
-
-interface IndexEntry extends EntryMeta {
-  id: string;
-}
-
-/** How to open the vault. The passphrase stays the caller's to free. */
-export type Unlock =
-  | { passphrase: SecureBuffer }
-  | { keyring: true }
-  /** A key-encryption key already derived for one passphrase slot (openAsync); taken over. */
-  | { derived: { slotIndex: number; kek: SecureBuffer } };
 
 export interface InitOptions {
   kdf?: KdfParams;
@@ -121,27 +116,13 @@ export function vaultExists(paths: VaultPaths): boolean {
   return fs.existsSync(paths.file);
 }
 
-function wrapPassphraseSlot(
-  vaultId: Buffer,
-  dk: SecureBuffer,
-  passphrase: SecureBuffer,
-  kdf: KdfParams,
-  rng: Rng,
-): { slot: Slot; kek: SecureBuffer } {
-  const salt = Buffer.alloc(SALT_BYTES);
-  rng(salt);
-  const params = passphraseSlotParams(kdf, salt);
-  const kek = passphraseKek(passphrase, salt, kdf);
-  const wrapped = seal(kek, dk, slotAd(vaultId, SLOT_PASSPHRASE, params), rng);
-  return { slot: { type: SLOT_PASSPHRASE, body: Buffer.concat([params, wrapped]) }, kek };
+/** vault.kw's bytes, and the file they came from (an append goes only to that file). */
+interface VaultFile {
+  bytes: Buffer;
+  stat: { dev: number; ino: number };
 }
 
-function wrapKeyringSlot(vaultId: Buffer, dk: SecureBuffer, kek: SecureBuffer, rng: Rng): Slot {
-  const wrapped = seal(kek, dk, slotAd(vaultId, SLOT_KEYRING, Buffer.alloc(0)), rng);
-  return { type: SLOT_KEYRING, body: wrapped };
-}
-
-function readVaultFile(paths: VaultPaths): Buffer {
+function readVaultFile(paths: VaultPaths): VaultFile {
   checkPlaces(paths);
   let fd: number;
   try {
@@ -151,10 +132,30 @@ function readVaultFile(paths: VaultPaths): Buffer {
     throw e;
   }
   try {
-    return fs.readFileSync(fd);
+    const st = fs.fstatSync(fd);
+    return { bytes: fs.readFileSync(fd), stat: { dev: st.dev, ino: st.ino } };
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/** What either format's header says: enough to unwrap the data key. */
+interface HeaderFacts {
+  version: 1 | 2;
+  vaultId: Buffer;
+  keyId: Buffer;
+  slots: Slot[];
+  /** Format 1 only: the whole file, parsed. */
+  v1?: ParsedVault;
+}
+
+function headerFacts(bytes: Buffer): HeaderFacts {
+  if (formatVersion(bytes) === 1) {
+    const p = parseVault(bytes);
+    return { version: 1, vaultId: p.vaultId, keyId: p.keyId, slots: p.slots, v1: p };
+  }
+  const h = parseLogHeader(bytes);
+  return { version: 2, vaultId: h.vaultId, keyId: h.keyId, slots: h.slots };
 }
 
 /** Header facts anyone with read access can see; no passphrase needed. */
@@ -169,14 +170,20 @@ export interface VaultHeaderInfo {
 }
 
 export function readHeaderInfo(paths: VaultPaths): VaultHeaderInfo {
-  const bytes = readVaultFile(paths);
-  const p = parseVault(bytes);
+  const { bytes } = readVaultFile(paths);
+  const p = headerFacts(bytes);
+  let generation: bigint;
+  if (p.v1) generation = p.v1.generation;
+  else {
+    const layout = parseLog(bytes);
+    generation = layout.header.base + BigInt(layout.starts.length);
+  }
   return {
     path: paths.file,
     version: p.version,
     vaultId: p.vaultId.toString('hex'),
     keyId: p.keyId.toString('hex'),
-    generation: Number(p.generation),
+    generation: Number(generation),
     slots: p.slots.map((s) => {
       if (s.type === SLOT_PASSPHRASE) {
         const ps = parsePassphraseSlot(s.body);
@@ -191,156 +198,28 @@ export function readHeaderInfo(paths: VaultPaths): VaultHeaderInfo {
   };
 }
 
-/** Which slot opened the vault, and its key-encryption key (kept to rewrap at rekey). */
-interface Opened {
-  slotIndex: number;
-  kek: SecureBuffer;
-}
-
-function wrongPassphrase(): AuthError {
-  return new AuthError('VAULT_BAD_PASSPHRASE', 'wrong passphrase', {
-    hint: 'nothing was changed; try again (Caps Lock?)',
-  });
-}
-
-/** A passphrase slot's parameters, refused when out of bounds (a weakened or damaged header). */
-function passphraseSlot(s: { body: Buffer }): ReturnType<typeof parsePassphraseSlot> {
-  const ps = parsePassphraseSlot(s.body);
-  if (ps.alg !== ALG_ARGON2ID13 || !kdfInBounds(ps)) {
-    throw corruptError(
-      `passphrase slot has unsupported parameters (alg ${ps.alg}, ops ${ps.opsLimit}, mem ${ps.memLimitKiB} KiB)`,
-    );
-  }
-  return ps;
-}
-
-function unwrapSlots(p: ParsedVault, unlock: Unlock): { dk: SecureBuffer; opened: Opened } {
-  if ('derived' in unlock) {
-    const { slotIndex, kek } = unlock.derived;
-    const s = p.slots[slotIndex];
-    const dk =
-      s?.type === SLOT_PASSPHRASE
-        ? open(
-            kek,
-            passphraseSlot(s).wrapped,
-            slotAd(p.vaultId, SLOT_PASSPHRASE, passphraseSlot(s).params),
-          )
-        : undefined;
-    if (dk) return { dk, opened: { slotIndex, kek } };
-    secureFree(kek);
-    // The file changed between the derivation and now (a passwd), or the key is wrong.
-    throw wrongPassphrase();
-  }
-  if ('passphrase' in unlock) {
-    for (const [i, s] of p.slots.entries()) {
-      if (s.type !== SLOT_PASSPHRASE) continue;
-      const ps = passphraseSlot(s);
-      const kek = passphraseKek(unlock.passphrase, ps.salt, ps);
-      const dk = open(kek, ps.wrapped, slotAd(p.vaultId, SLOT_PASSPHRASE, ps.params));
-      if (dk) return { dk, opened: { slotIndex: i, kek } };
-      secureFree(kek);
-    }
-    throw wrongPassphrase();
-  }
-  const i = p.slots.findIndex((s) => s.type === SLOT_KEYRING);
-  const slot = p.slots[i];
-  if (!slot) {
-    throw new UsageError('USAGE', 'this vault has no keyring slot', {
-      hint: 'use the passphrase (--passphrase-file or the terminal)',
-    });
-  }
-  const kek = keyringFetch(p.vaultId);
-  if (!kek) {
-    throw new AuthError('KEYRING_KEY_MISMATCH', 'the OS keyring has no key for this vault', {
-      hint: 'use the passphrase; it always opens the vault',
-    });
-  }
-  const dk = open(kek, slot.body, slotAd(p.vaultId, SLOT_KEYRING, Buffer.alloc(0)));
-  if (!dk) {
-    secureFree(kek);
-    throw new AuthError('KEYRING_KEY_MISMATCH', "the OS keyring's key does not open this vault", {
-      hint: 'use the passphrase; it always opens the vault',
-    });
-  }
-  return { dk, opened: { slotIndex: i, kek } };
-}
-
-function parseIndex(plain: SecureBuffer): IndexEntry[] {
-  // The index holds names and metadata, never secret values: turning it into a string is allowed.
-  let doc: unknown;
-  try {
-    doc = JSON.parse(plain.toString('utf8'));
-  } catch {
-    throw corruptError('vault index is not valid JSON');
-  }
-  const entries = (doc as { entries?: unknown } | null)?.entries;
-  if (!Array.isArray(entries)) throw corruptError('vault index has no entry list');
-  return entries.map((e: unknown) => {
-    const x = e as Partial<IndexEntry> | null;
-    if (
-      typeof x?.name !== 'string' ||
-      typeof x.id !== 'string' ||
-      !/^[0-9a-f]{32}$/.test(x.id) ||
-      typeof x.created !== 'string' ||
-      typeof x.updated !== 'string' ||
-      typeof x.size !== 'number'
-    ) {
-      throw corruptError('vault index has a malformed entry');
-    }
-    return { name: x.name, id: x.id, created: x.created, updated: x.updated, size: x.size };
-  });
-}
-
-/** Decrypts and parses the index under dk, and checks it names as many entries as there are records. */
-function readIndex(dk: SecureBuffer, p: ParsedVault): IndexEntry[] {
-  const indexKey = deriveSubkey(dk, 'index');
-  const plain = open(indexKey, p.indexRecord, p.header);
-  secureFree(indexKey);
-  if (!plain) throw corruptError('vault index failed authentication (tampered or damaged)');
-  let entries: IndexEntry[];
-  try {
-    entries = parseIndex(plain);
-  } finally {
-    secureFree(plain);
-  }
-  if (entries.length !== p.records.length) {
-    throw corruptError(
-      `vault index lists ${entries.length} entries but the file has ${p.records.length}`,
-    );
-  }
-  return entries;
-}
-
-function encodeIndex(entries: readonly IndexEntry[]): Buffer {
-  return Buffer.from(
-    JSON.stringify({
-      entries: entries.map((e) => ({
-        name: e.name,
-        id: e.id,
-        created: e.created,
-        updated: e.updated,
-        size: e.size,
-      })),
-    }),
-    'utf8',
-  );
-}
-
 export class Vault {
   private closed = false;
-  private readonly subkeys = new Map<'secrets' | 'state', SecureBuffer>();
+  private readonly subkeys = new Map<'index' | 'secrets' | 'state' | 'nameTag', SecureBuffer>();
+  private readonly keys: RecordKeys;
+  private records: Records;
 
   private constructor(
     readonly paths: VaultPaths,
     private readonly vaultId: Buffer,
-    private generation: bigint,
     private slots: Slot[],
-    private entries: IndexEntry[],
-    private records: Buffer[],
     private dk: SecureBuffer,
     private opened: Opened,
     private readonly rng: Rng,
-  ) {}
+  ) {
+    this.keys = {
+      vaultId,
+      index: () => this.subkey('index'),
+      secrets: () => this.subkey('secrets'),
+      tag: () => this.subkey('nameTag'),
+    };
+    this.records = Records.empty(this.keys);
+  }
 
   /** A new, empty vault in memory (generation 0); initVault saves it. Takes ownership of the keys. */
   static create(
@@ -351,7 +230,7 @@ export class Vault {
     opened: Opened,
     rng: Rng,
   ): Vault {
-    return new Vault(paths, vaultId, 0n, slots, [], [], dk, opened, rng);
+    return new Vault(paths, vaultId, slots, dk, opened, rng);
   }
 
   /**
@@ -361,7 +240,7 @@ export class Vault {
   static async openAsync(paths: VaultPaths, unlock: Unlock, rng: Rng = systemRng): Promise<Vault> {
     if (!('passphrase' in unlock)) return Vault.open(paths, unlock, rng);
     hardenProcess();
-    const p = parseVault(readVaultFile(paths));
+    const p = headerFacts(readVaultFile(paths).bytes);
     for (const [slotIndex, s] of p.slots.entries()) {
       if (s.type !== SLOT_PASSPHRASE) continue;
       const ps = passphraseSlot(s);
@@ -377,56 +256,68 @@ export class Vault {
     throw wrongPassphrase();
   }
 
-  /** Opens and verifies every record (docs/FORMAT.md, "Reading order"). */
-  static open(paths: VaultPaths, unlock: Unlock, rng: Rng = systemRng): Vault {
+  /**
+   * Opens the vault (docs/FORMAT.md, "Reading order"). 'all' authenticates every record: what
+   * reads and the agent use. 'lazy' authenticates the file's last record and then each record as
+   * it is asked for, so a write costs the same at any vault size: what withVaultWrite uses. A
+   * call that needs every record (list, compaction, rekey) reads and checks them all first.
+   */
+  static open(
+    paths: VaultPaths,
+    unlock: Unlock,
+    rng: Rng = systemRng,
+    mode: 'all' | 'lazy' = 'all',
+  ): Vault {
     // The process is about to hold the vault's keys (a keyring unlock reads no passphrase).
     hardenProcess();
-    const p = parseVault(readVaultFile(paths));
+    const file = readVaultFile(paths);
+    const p = headerFacts(file.bytes);
     const { dk, opened } = unwrapSlots(p, unlock);
+    let v: Vault | undefined;
     try {
       // eslint-disable-next-line no-restricted-syntax -- the key id is published in the header
       if (!keyIdOf(dk).equals(p.keyId)) throw corruptError('vault key id does not match its key');
-      const entries = readIndex(dk, p);
-      const v = new Vault(
-        paths,
-        p.vaultId,
-        p.generation,
-        p.slots,
-        entries,
-        p.records,
-        dk,
-        opened,
-        rng,
-      );
-      v.verifyRecords();
+      v = new Vault(paths, p.vaultId, p.slots, dk, opened, rng);
+      v.records = v.readRecords(file, p, mode);
       return v;
     } catch (e) {
-      secureFree(dk);
-      secureFree(opened.kek);
+      if (v) v.close();
+      else {
+        secureFree(dk);
+        secureFree(opened.kek);
+      }
       throw e;
     }
   }
 
-  private verifyRecords(): void {
-    this.eachRecord(this.subkey('secrets'), () => undefined);
+  /** The records of a file whose header was read into p (format 1: every record checked). */
+  private readRecords(file: VaultFile, p: HeaderFacts, mode: 'all' | 'lazy' = 'all'): Records {
+    if (!p.v1) return Records.fromLog(this.keys, file.bytes, file.stat, mode);
+    const entries = readIndex(this.dk, p.v1);
+    this.eachValue(entries, this.subkey('secrets'), () => undefined);
+    return Records.fromV1(this.keys, p.v1.generation, entries);
   }
 
   /**
-   * Opens every record under key, in order, into one secure scratch buffer (zeroed after each):
-   * a vault of any size costs one secure allocation here, not one per record (each holds memory
-   * mappings until the garbage collector runs, and a process has 65,530 of them).
+   * Opens each entry's value under key, in order, into one secure scratch buffer (zeroed after
+   * each): any number of records costs one secure allocation here, not one per record (each
+   * holds memory mappings until the garbage collector runs, and a process has 65,530 of them).
    */
-  private eachRecord(key: SecureBuffer, fn: (i: number, plain: SecureBuffer, ad: Buffer) => void) {
-    const longest = this.records.reduce((m, r) => Math.max(m, r.length), 0);
+  private eachValue(
+    entries: readonly Entry[],
+    key: SecureBuffer,
+    fn: (e: Entry, plain: SecureBuffer, ad: Buffer) => void,
+  ): void {
+    const longest = entries.reduce((m, e) => Math.max(m, e.box.length), 0);
     const scratch = secureAlloc(longest);
     try {
-      for (const [i, e] of this.entries.entries()) {
-        const ad = this.adOf(e);
-        const len = openInto(key, this.records[i] ?? Buffer.alloc(0), ad, scratch);
+      for (const [i, e] of entries.entries()) {
+        const ad = recordAd(this.vaultId, e.id, e.name);
+        const len = openInto(key, e.box, ad, scratch);
         if (len === undefined)
           throw corruptError(`vault record ${i + 1} failed authentication (tampered or damaged)`);
         try {
-          fn(i, scratch.subarray(0, len) as SecureBuffer, ad);
+          fn(e, scratch.subarray(0, len) as SecureBuffer, ad);
         } finally {
           scratch.fill(0, 0, len);
         }
@@ -437,7 +328,8 @@ export class Vault {
   }
 
   /** A subkey of the data key, derived once while the vault is open (dropped with the key). */
-  private subkey(purpose: 'secrets' | 'state'): SecureBuffer {
+  private subkey(purpose: 'index' | 'secrets' | 'state' | 'nameTag'): SecureBuffer {
+    this.live();
     let k = this.subkeys.get(purpose);
     if (!k) {
       k = deriveSubkey(this.dk, purpose);
@@ -451,17 +343,13 @@ export class Vault {
     this.subkeys.clear();
   }
 
-  private adOf(e: IndexEntry): Buffer {
-    return recordAd(this.vaultId, Buffer.from(e.id, 'hex'), e.name);
-  }
-
   private live(): void {
     if (this.closed) throw new Error('vault used after close');
   }
 
   /** The vault file's generation this object reflects (it grows with every save). */
   get fileGeneration(): bigint {
-    return this.generation;
+    return this.records.generation;
   }
 
   get id(): string {
@@ -470,9 +358,15 @@ export class Vault {
 
   list(): EntryMeta[] {
     this.live();
-    return this.entries
+    return this.records
+      .all()
       .filter((e) => !isInternal(e.name))
-      .map(({ name, created, updated, size }) => ({ name, created, updated, size }));
+      .map((e) => ({
+        name: e.name,
+        created: new Date(e.created).toISOString(),
+        updated: new Date(e.updated).toISOString(),
+        size: sizeOf(e),
+      }));
   }
 
   /**
@@ -480,11 +374,13 @@ export class Vault {
    * holder of something derived from the value know when it is out of date.
    */
   recordId(name: string): string | undefined {
-    return this.entries[this.indexOf(name)]?.id;
+    this.live();
+    return this.records.get(name)?.id.toString('hex');
   }
 
   has(name: string): boolean {
-    return this.entries.some((e) => e.name === name);
+    this.live();
+    return this.records.get(name) !== undefined;
   }
 
   /** Throws SECRET_NOT_FOUND unless name exists: check before recording an action on it. */
@@ -494,7 +390,11 @@ export class Vault {
 
   /** Names of keyward's own records under a prefix (e.g. '@audit/'). */
   internalNames(prefix: `@${string}`): string[] {
-    return this.entries.filter((e) => e.name.startsWith(prefix)).map((e) => e.name);
+    this.live();
+    return this.records
+      .all()
+      .filter((e) => e.name.startsWith(prefix))
+      .map((e) => e.name);
   }
 
   /**
@@ -509,16 +409,11 @@ export class Vault {
 
   private decrypt(name: string): SecureBuffer {
     this.live();
-    const i = this.indexOf(name);
-    const e = this.entries[i];
+    const e = this.records.get(name);
     if (!e) throw secretNotFound(name);
-    const plain = open(this.subkey('secrets'), this.records[i] ?? Buffer.alloc(0), this.adOf(e));
+    const plain = open(this.subkey('secrets'), e.box, recordAd(this.vaultId, e.id, e.name));
     if (!plain) throw corruptError(`vault record of ${name} failed authentication`);
     return plain;
-  }
-
-  private indexOf(name: string): number {
-    return this.entries.findIndex((e) => e.name === name);
   }
 
   /** Stores value under name (value stays the caller's to free). Call save() to persist. */
@@ -536,7 +431,6 @@ export class Vault {
   revealInternal(name: `@${string}`): SecureBuffer | undefined {
     return this.has(name) ? this.decrypt(name) : undefined;
   }
-
   /** Seals keyward state (audit checkpoints, agent state) under the state subkey. */
   sealState(label: string, plaintext: Uint8Array): Buffer {
     this.live();
@@ -576,35 +470,16 @@ export class Vault {
     assertValueSize(value.length);
     const id = Buffer.alloc(16);
     this.rng(id);
-    const at = now.toISOString();
-    const old = this.entries[this.indexOf(name)];
-    const entry: IndexEntry = {
-      name,
-      id: id.toString('hex'),
-      created: old?.created ?? at,
-      updated: at,
-      size: value.length,
-    };
-    const record = seal(this.subkey('secrets'), value, this.adOf(entry), this.rng);
-    this.removeEntry(name);
-    const at2 = this.entries.findIndex((e) => e.name > name);
-    const pos = at2 === -1 ? this.entries.length : at2;
-    this.entries.splice(pos, 0, entry);
-    this.records.splice(pos, 0, record);
+    const at = now.getTime();
+    const old = this.records.get(name);
+    const box = seal(this.subkey('secrets'), value, recordAd(this.vaultId, id, name), this.rng);
+    this.records.put({ name, id, created: old?.created ?? at, updated: at, box });
     return old ? 'updated' : 'created';
   }
 
-  private removeEntry(name: string): boolean {
-    const i = this.indexOf(name);
-    if (i === -1) return false;
-    this.entries.splice(i, 1);
-    this.records.splice(i, 1);
-    return true;
-  }
-
-  remove(name: string): void {
+  remove(name: string, now = new Date()): void {
     this.live();
-    if (!this.removeEntry(name)) throw secretNotFound(name);
+    if (!this.records.delete(name, now.getTime())) throw secretNotFound(name);
   }
 
   /** Rewraps the data key under a new passphrase (new salt). Call save() to persist. */
@@ -615,6 +490,7 @@ export class Vault {
     this.slots = [slot, ...keep];
     secureFree(this.opened.kek);
     this.opened = { slotIndex: 0, kek };
+    this.records.headerChanged();
   }
 
   /**
@@ -633,10 +509,10 @@ export class Vault {
     }
     const newDk = randomSecureKey(this.rng);
     const newKey = deriveSubkey(newDk, 'secrets');
-    const records: Buffer[] = [];
+    const entries: Entry[] = [];
     try {
-      this.eachRecord(this.subkey('secrets'), (_i, plain, ad) => {
-        records.push(seal(newKey, plain, ad, this.rng));
+      this.eachValue(this.records.all(), this.subkey('secrets'), (e, plain, ad) => {
+        entries.push({ ...e, box: seal(newKey, plain, ad, this.rng) });
       });
     } catch (e) {
       secureFree(newDk);
@@ -671,7 +547,7 @@ export class Vault {
     this.dropSubkeys();
     secureFree(this.dk);
     this.dk = newDk;
-    this.records = records;
+    this.records.replaceAll(entries);
     this.slots = slots;
     this.opened = { slotIndex: 0, kek: this.opened.kek };
     return { keyringSlot };
@@ -685,47 +561,28 @@ export class Vault {
   /** Called once save() has written the file. */
   afterSave: (() => void) | undefined;
 
-  /** Writes the vault atomically. The caller must hold the vault lock (withVaultWrite does). */
+  /**
+   * Persists the changes: appended to vault.kw, or the file rewritten atomically when due
+   * (records.ts). The caller must hold the vault lock (withVaultWrite does). On failure the file
+   * is as it was, and so is this vault's generation.
+   */
   save(): void {
     this.live();
     this.beforeSave?.();
-    const before = this.generation;
-    this.generation += 1n;
-    try {
-      this.writeGeneration();
-    } catch (e) {
-      // Not written: the file is still the generation before, and so is this vault.
-      this.generation = before;
-      throw e;
-    }
+    this.records.save(this.paths.file, { keyId: keyIdOf(this.dk), slots: this.slots }, this.rng);
     this.afterSave?.();
-  }
-
-  private writeGeneration(): void {
-    const header = encodeHeader({
-      vaultId: this.vaultId,
-      keyId: keyIdOf(this.dk),
-      generation: this.generation,
-      slots: this.slots,
-    });
-    const indexKey = deriveSubkey(this.dk, 'index');
-    let indexRecord: Buffer;
-    try {
-      indexRecord = seal(indexKey, encodeIndex(this.entries), header, this.rng);
-    } finally {
-      secureFree(indexKey);
-    }
-    writeFileAtomic(this.paths.file, encodeVault(header, indexRecord, this.records));
   }
 
   /**
    * Re-reads vault.kw with the data key already held (another process wrote it: `secret set`
    * while the agent is unlocked). The file must still be under this key: after a rekey the
-   * holder has to unlock again. Every record is verified, as at open.
+   * holder has to unlock again. What was appended since this vault last saw the file is
+   * authenticated record by record; anything else is read and checked in full, as at open.
    */
   refresh(): void {
     this.live();
-    const p = parseVault(readVaultFile(this.paths));
+    const file = readVaultFile(this.paths);
+    const p = headerFacts(file.bytes);
     // eslint-disable-next-line no-restricted-syntax -- ids are public
     if (!p.vaultId.equals(this.vaultId) || !p.keyId.equals(keyIdOf(this.dk))) {
       throw new AuthError(
@@ -734,28 +591,22 @@ export class Vault {
         { hint: 'keyward unlock' },
       );
     }
-    if (p.generation < this.generation) {
+    const layout = p.v1 ? undefined : parseLog(file.bytes);
+    const generation = layout
+      ? layout.header.base + BigInt(layout.starts.length)
+      : (p.v1?.generation ?? 0n);
+    if (generation < this.records.generation) {
       // An older vault file put back under the open one: secrets removed or rotated since would
       // come back. The caller locks; a fresh unlock reads the file as it is, on purpose.
       throw new IntegrityError('VAULT_CORRUPT', 'the vault file went back to an older generation', {
         hint: 'check who replaced vault.kw, then keyward unlock',
       });
     }
-    const entries = readIndex(this.dk, p);
-    const before = { entries: this.entries, records: this.records };
-    this.entries = entries;
-    this.records = p.records;
-    try {
-      this.verifyRecords();
-    } catch (e) {
-      this.entries = before.entries;
-      this.records = before.records;
-      throw e;
-    }
+    this.records = layout
+      ? this.records.refreshed(file.bytes, file.stat, layout)
+      : this.readRecords(file, p);
     this.slots = p.slots;
-    this.generation = p.generation;
   }
-
   /** The passphrase slots a passphrase is checked against (well-formed and in bounds). */
   private checkableSlots(): Array<ReturnType<typeof parsePassphraseSlot>> {
     this.live();
@@ -833,9 +684,14 @@ export function assertValueSize(n: number): void {
   }
 }
 
-/** Opens the vault for reading, runs fn, and wipes the keys. */
-export function withVaultRead<T>(paths: VaultPaths, unlock: Unlock, fn: (v: Vault) => T): T {
-  const v = Vault.open(paths, unlock);
+/** Opens the vault for reading (every record checked), runs fn, and wipes the keys. */
+export function withVaultRead<T>(
+  paths: VaultPaths,
+  unlock: Unlock,
+  fn: (v: Vault) => T,
+  mode: 'all' | 'lazy' = 'all',
+): T {
+  const v = Vault.open(paths, unlock, systemRng, mode);
   try {
     return fn(v);
   } finally {
@@ -852,7 +708,8 @@ export function withVaultWrite<T>(paths: VaultPaths, unlock: Unlock, fn: (v: Vau
   if (!vaultExists(paths)) throw notFound(paths);
   return withFileLock(paths.lock, LOCK_TIMEOUT_MS, () => {
     sweepTempFiles(paths.file);
-    return withVaultRead(paths, unlock, fn);
+    // A write reads what it touches: its cost must not grow with the vault (Vault.open).
+    return withVaultRead(paths, unlock, fn, 'lazy');
   });
 }
 

@@ -1,0 +1,135 @@
+/**
+ * The key slots of vault.kw: wrapping the data key under a passphrase or the OS keyring's key,
+ * and unwrapping it (docs/FORMAT.md, "Key slots"). The slot format is the same in both versions.
+ */
+import { AuthError, UsageError } from '../errors.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import {
+  kdfInBounds,
+  open,
+  passphraseKek,
+  seal,
+  SALT_BYTES,
+  type KdfParams,
+  type Rng,
+} from './crypto.js';
+import {
+  ALG_ARGON2ID13,
+  corruptError,
+  parsePassphraseSlot,
+  passphraseSlotParams,
+  SLOT_KEYRING,
+  SLOT_PASSPHRASE,
+  slotAd,
+  type Slot,
+} from './format.js';
+import { keyringFetch } from './keyring.js';
+
+/** How to open the vault. The passphrase stays the caller's to free. */
+export type Unlock =
+  | { passphrase: SecureBuffer }
+  | { keyring: true }
+  /** A key-encryption key already derived for one passphrase slot (openAsync); taken over. */
+  | { derived: { slotIndex: number; kek: SecureBuffer } };
+
+export function wrapPassphraseSlot(
+  vaultId: Buffer,
+  dk: SecureBuffer,
+  passphrase: SecureBuffer,
+  kdf: KdfParams,
+  rng: Rng,
+): { slot: Slot; kek: SecureBuffer } {
+  const salt = Buffer.alloc(SALT_BYTES);
+  rng(salt);
+  const params = passphraseSlotParams(kdf, salt);
+  const kek = passphraseKek(passphrase, salt, kdf);
+  const wrapped = seal(kek, dk, slotAd(vaultId, SLOT_PASSPHRASE, params), rng);
+  return { slot: { type: SLOT_PASSPHRASE, body: Buffer.concat([params, wrapped]) }, kek };
+}
+
+export function wrapKeyringSlot(
+  vaultId: Buffer,
+  dk: SecureBuffer,
+  kek: SecureBuffer,
+  rng: Rng,
+): Slot {
+  const wrapped = seal(kek, dk, slotAd(vaultId, SLOT_KEYRING, Buffer.alloc(0)), rng);
+  return { type: SLOT_KEYRING, body: wrapped };
+}
+
+/** Which slot opened the vault, and its key-encryption key (kept to rewrap at rekey). */
+export interface Opened {
+  slotIndex: number;
+  kek: SecureBuffer;
+}
+
+export function wrongPassphrase(): AuthError {
+  return new AuthError('VAULT_BAD_PASSPHRASE', 'wrong passphrase', {
+    hint: 'nothing was changed; try again (Caps Lock?)',
+  });
+}
+
+/** A passphrase slot's parameters, refused when out of bounds (a weakened or damaged header). */
+export function passphraseSlot(s: { body: Buffer }): ReturnType<typeof parsePassphraseSlot> {
+  const ps = parsePassphraseSlot(s.body);
+  if (ps.alg !== ALG_ARGON2ID13 || !kdfInBounds(ps)) {
+    throw corruptError(
+      `passphrase slot has unsupported parameters (alg ${ps.alg}, ops ${ps.opsLimit}, mem ${ps.memLimitKiB} KiB)`,
+    );
+  }
+  return ps;
+}
+
+export function unwrapSlots(
+  p: { vaultId: Buffer; slots: Slot[] },
+  unlock: Unlock,
+): { dk: SecureBuffer; opened: Opened } {
+  if ('derived' in unlock) {
+    const { slotIndex, kek } = unlock.derived;
+    const s = p.slots[slotIndex];
+    const dk =
+      s?.type === SLOT_PASSPHRASE
+        ? open(
+            kek,
+            passphraseSlot(s).wrapped,
+            slotAd(p.vaultId, SLOT_PASSPHRASE, passphraseSlot(s).params),
+          )
+        : undefined;
+    if (dk) return { dk, opened: { slotIndex, kek } };
+    secureFree(kek);
+    // The file changed between the derivation and now (a passwd), or the key is wrong.
+    throw wrongPassphrase();
+  }
+  if ('passphrase' in unlock) {
+    for (const [i, s] of p.slots.entries()) {
+      if (s.type !== SLOT_PASSPHRASE) continue;
+      const ps = passphraseSlot(s);
+      const kek = passphraseKek(unlock.passphrase, ps.salt, ps);
+      const dk = open(kek, ps.wrapped, slotAd(p.vaultId, SLOT_PASSPHRASE, ps.params));
+      if (dk) return { dk, opened: { slotIndex: i, kek } };
+      secureFree(kek);
+    }
+    throw wrongPassphrase();
+  }
+  const i = p.slots.findIndex((s) => s.type === SLOT_KEYRING);
+  const slot = p.slots[i];
+  if (!slot) {
+    throw new UsageError('USAGE', 'this vault has no keyring slot', {
+      hint: 'use the passphrase (--passphrase-file or the terminal)',
+    });
+  }
+  const kek = keyringFetch(p.vaultId);
+  if (!kek) {
+    throw new AuthError('KEYRING_KEY_MISMATCH', 'the OS keyring has no key for this vault', {
+      hint: 'use the passphrase; it always opens the vault',
+    });
+  }
+  const dk = open(kek, slot.body, slotAd(p.vaultId, SLOT_KEYRING, Buffer.alloc(0)));
+  if (!dk) {
+    secureFree(kek);
+    throw new AuthError('KEYRING_KEY_MISMATCH', "the OS keyring's key does not open this vault", {
+      hint: 'use the passphrase; it always opens the vault',
+    });
+  }
+  return { dk, opened: { slotIndex: i, kek } };
+}

@@ -1,0 +1,209 @@
+/**
+ * vault.kw format 2, the record log (docs/FORMAT.md): a write appends its records and leaves
+ * every byte already there in place; a write cut short is not part of the vault; dead records
+ * are compacted away; and whoever holds the vault open (the agent) reads only what was appended,
+ * authenticating it, and refuses anything else that changed.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { after, describe, test } from 'node:test';
+import { secureFree, secureTake } from '../src/lib/secure.js';
+import { Vault, vaultPaths, withVaultWrite } from '../src/vault/index.js';
+import { stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
+import { initHome, kw, PASSPHRASE } from './helpers.js';
+
+const pass = () => secureTake(Buffer.from(PASSPHRASE));
+const ALLOW_ALL = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n';
+
+/** Where each frame of a format 2 file starts and ends, walked like the parser does. */
+function frames(b: Buffer): Array<{ start: number; end: number; commit: boolean }> {
+  let pos = 49;
+  for (let i = 0; i < b.readUInt8(48); i++) pos += 3 + b.readUInt16BE(pos + 1);
+  pos += 32;
+  const out: Array<{ start: number; end: number; commit: boolean }> = [];
+  while (pos + 4 <= b.length) {
+    const end = pos + 4 + b.readUInt32BE(pos);
+    if (end > b.length) break;
+    out.push({ start: pos, end, commit: ((b[pos + 4] ?? 0) & 0x80) !== 0 });
+    pos = end;
+  }
+  return out;
+}
+
+test('secret set and secret rm append to vault.kw: every byte already there stays where it was', () => {
+  const h = initHome();
+  for (const n of ['a/one', 'a/two', 'a/three'])
+    assert.equal(kw(['secret', 'set', n], { env: h.env, input: `value of ${n}` }).code, 0);
+  for (const args of [
+    ['secret', 'set', 'a/two'],
+    ['secret', 'rm', 'a/one'],
+    ['secret', 'set', 'a/four'],
+  ]) {
+    const before = fs.readFileSync(h.vaultFile);
+    const r = kw(args, { env: h.env, input: 'a new value' });
+    assert.equal(r.code, 0, r.stderr);
+    const now = fs.readFileSync(h.vaultFile);
+    assert.ok(now.length > before.length, `${args.join(' ')} grew the file`);
+    assert.deepEqual(now.subarray(0, before.length), before, `${args.join(' ')} only appended`);
+    const added = frames(now).filter((f) => f.start >= before.length);
+    assert.ok(added.length >= 1);
+    assert.equal(added.at(-1)?.commit, true, 'the last frame of the save commits it');
+  }
+  const list = kw(['secret', 'list'], { env: h.env }).stdout;
+  assert.doesNotMatch(list, /a\/one/);
+  assert.match(list, /a\/two/);
+  assert.match(list, /a\/four/);
+  assert.equal(kw(['read', 'a/two'], { env: h.env }).stdout, 'a new value');
+});
+
+test('a save cut short is not part of the vault, and the next write cuts it off', () => {
+  const h = initHome();
+  kw(['secret', 'set', 'kept'], { env: h.env, input: 'kept-value' });
+  const before = fs.readFileSync(h.vaultFile);
+  kw(['secret', 'set', 'torn'], { env: h.env, input: 'torn-value' });
+  const whole = fs.readFileSync(h.vaultFile);
+  const added = whole.subarray(before.length);
+  // Every cut of what the save appended, short of all of it, leaves the vault as before the save.
+  for (const cut of [1, 4, 30, Math.floor(added.length / 2), added.length - 1]) {
+    fs.writeFileSync(h.vaultFile, Buffer.concat([before, added.subarray(0, cut)]));
+    const r = kw(['read', 'torn'], { env: h.env });
+    assert.equal(r.code, 3, `cut at ${cut}: ${r.stderr}`);
+    assert.equal(kw(['read', 'kept'], { env: h.env }).stdout, 'kept-value');
+  }
+  assert.equal(kw(['secret', 'set', 'next'], { env: h.env, input: 'next-value' }).code, 0);
+  const now = fs.readFileSync(h.vaultFile);
+  assert.deepEqual(now.subarray(0, before.length), before);
+  assert.ok(
+    frames(now).every((f) => f.end <= now.length),
+    'the torn bytes went: every frame is whole',
+  );
+  assert.equal(kw(['read', 'next'], { env: h.env }).stdout, 'next-value');
+  assert.equal(kw(['read', 'torn'], { env: h.env }).code, 3);
+});
+
+test('dead records are compacted away: 1,500 saves of one name keep the file small, and the generation only grows', () => {
+  const h = initHome();
+  const p = vaultPaths(h.home);
+  const sizes: number[] = [];
+  const gens: bigint[] = [];
+  const pw = pass();
+  try {
+    withVaultWrite(p, { passphrase: pw }, (v) => {
+      for (let i = 0; i < 1500; i++) {
+        const value = secureTake(Buffer.from(`value number ${String(i).padStart(4, '0')}`));
+        v.set('rotated', value);
+        secureFree(value);
+        v.save();
+        sizes.push(fs.statSync(p.file).size);
+        gens.push(v.fileGeneration);
+      }
+    });
+    const most = Math.max(...sizes);
+    const last = sizes.at(-1) ?? 0;
+    assert.ok(
+      sizes.some((s, i) => i > 0 && s < (sizes[i - 1] ?? 0)),
+      'the file was compacted',
+    );
+    // One save appends one frame; compaction comes once 1,024 are dead (records.ts).
+    const frame = (sizes[1] ?? 0) - (sizes[0] ?? 0);
+    assert.ok(
+      most <= (sizes[0] ?? 0) + 1040 * frame,
+      `the file stayed within about 1,024 dead frames (${most} bytes at most, ${frame} per frame)`,
+    );
+    assert.ok(last < most, 'and is smaller than at its largest');
+    for (let i = 1; i < gens.length; i++)
+      assert.ok((gens[i] ?? 0n) > (gens[i - 1] ?? 0n), `generation grew at save ${i}`);
+    const v = Vault.open(p, { passphrase: pw });
+    try {
+      assert.equal(v.reveal('rotated').toString('utf8'), 'value number 1499');
+      assert.equal(v.fileGeneration, gens.at(-1));
+    } finally {
+      v.close();
+    }
+  } finally {
+    secureFree(pw);
+  }
+});
+
+test('a writer appends only to the file it read: one replaced or grown under the lock is refused, untouched', () => {
+  const h = initHome();
+  kw(['secret', 'set', 'w/x'], { env: h.env, input: 'x-value' });
+  const p = vaultPaths(h.home);
+  const original = fs.readFileSync(p.file);
+  const pw = pass();
+  try {
+    for (const change of [
+      (f: string) => fs.appendFileSync(f, Buffer.from('someone else was here')),
+      (f: string) => {
+        const copy = `${f}.copy`;
+        fs.copyFileSync(f, copy);
+        fs.renameSync(copy, f);
+      },
+    ]) {
+      fs.writeFileSync(p.file, original);
+      let after: Buffer | undefined;
+      assert.throws(
+        () =>
+          withVaultWrite(p, { passphrase: pw }, (v) => {
+            const value = secureTake(Buffer.from('y-value'));
+            v.set('w/y', value);
+            secureFree(value);
+            change(p.file);
+            after = fs.readFileSync(p.file);
+            v.save();
+          }),
+        /changed while this process held the vault lock/,
+      );
+      assert.deepEqual(fs.readFileSync(p.file), after, 'nothing was written');
+    }
+  } finally {
+    secureFree(pw);
+  }
+});
+
+describe('an unlocked agent and a vault.kw written by others', () => {
+  const homes: AgentHome[] = [];
+  after(async () => {
+    for (const h of homes) await stopAgent(h);
+  });
+
+  test('it picks up what another process appended', async () => {
+    const h = await unlockedAgent(ALLOW_ALL, homes);
+    for (let i = 0; i < 5; i++) {
+      kw(['secret', 'set', `n/${i}`], { env: h.env, input: `value-${i}` });
+      assert.equal(kw(['read', `n/${i}`], { env: h.env }).stdout, `value-${i}`);
+    }
+    kw(['secret', 'rm', 'n/2'], { env: h.env });
+    assert.equal(kw(['read', 'n/2'], { env: h.env }).code, 3);
+    assert.equal(kw(['read', 'n/4'], { env: h.env }).stdout, 'value-4');
+  });
+
+  test('a frame copied to the end (a replay) is refused, and the agent locks', async () => {
+    const h = await unlockedAgent(ALLOW_ALL, homes);
+    kw(['secret', 'set', 'r/x'], { env: h.env, input: 'first' });
+    assert.equal(kw(['read', 'r/x'], { env: h.env }).stdout, 'first');
+    const b = fs.readFileSync(h.vaultFile);
+    const fs2 = frames(b);
+    // Replay the save that set r/x as it was: its frames, again at the end.
+    const commits = fs2.filter((f, i) => i < fs2.length - 1 && f.commit);
+    const replay = b.subarray(commits.at(-1)?.end ?? fs2[0]?.start, b.length);
+    fs.appendFileSync(h.vaultFile, replay);
+    const r = kw(['read', 'r/x'], { env: h.env });
+    assert.equal(r.stdout, '');
+    assert.match(r.stderr, /failed authentication/);
+    assert.notEqual(kw(['status'], { env: h.env }).code, 0, 'the agent locked');
+  });
+
+  test('the last save cut off (a rollback by truncation) is refused, and the agent locks', async () => {
+    const h = await unlockedAgent(ALLOW_ALL, homes);
+    kw(['secret', 'set', 't/x'], { env: h.env, input: 'before' });
+    const before = fs.readFileSync(h.vaultFile);
+    kw(['secret', 'rm', 't/x'], { env: h.env });
+    assert.equal(kw(['read', 't/x'], { env: h.env }).code, 3);
+    fs.truncateSync(h.vaultFile, before.length);
+    const r = kw(['read', 't/x'], { env: h.env });
+    assert.equal(r.stdout, '', 'the removed secret did not come back');
+    assert.match(r.stderr, /older generation/);
+    assert.notEqual(kw(['status'], { env: h.env }).code, 0, 'the agent locked');
+  });
+});
