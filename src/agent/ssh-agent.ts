@@ -236,8 +236,10 @@ export class SshAgentService {
       }
       case SSH.EXTENSION: {
         const name = r.text();
-        // "query" lists the extensions an agent supports (draft-miller-ssh-agent, 4.8.1).
-        if (name === 'query') return message(SSH.SUCCESS, u32(1), sshString('query'));
+        // "query" lists the extensions an agent supports: SUCCESS, then one string per name to
+        // the end of the message, with no count (draft-miller-ssh-agent, "query"; asyncssh and
+        // paramiko read it so; a count before the names read as a string of length 1 to them).
+        if (name === 'query') return message(SSH.SUCCESS, sshString('query'));
         return message(SSH.FAILURE);
       }
       default:
