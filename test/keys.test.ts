@@ -653,12 +653,18 @@ function nodeVerifies(publicBlob: Buffer, data: Uint8Array, signature: Uint8Arra
   }
   if (type.startsWith('ecdsa-sha2-')) {
     const id = pub.text();
-    const size = id === 'nistp256' ? 32 : 48;
+    const { size, crv, hash } = (
+      {
+        nistp256: { size: 32, crv: 'P-256', hash: 'sha256' },
+        nistp384: { size: 48, crv: 'P-384', hash: 'sha384' },
+        nistp521: { size: 66, crv: 'P-521', hash: 'sha512' },
+      } as const
+    )[id as 'nistp256'];
     const q = pub.string();
     const key = crypto.createPublicKey({
       key: {
         kty: 'EC',
-        crv: id === 'nistp256' ? 'P-256' : 'P-384',
+        crv,
         x: q.subarray(1, 1 + size).toString('base64url'),
         y: q.subarray(1 + size).toString('base64url'),
       },
@@ -672,15 +678,7 @@ function nodeVerifies(publicBlob: Buffer, data: Uint8Array, signature: Uint8Arra
     assert.equal(hex(sshMpint(rBytes).subarray(4)), hex(rBytes));
     assert.equal(hex(sshMpint(sBytes).subarray(4)), hex(sBytes));
     const rs = Buffer.concat([fromBig(toBig(rBytes), size), fromBig(toBig(sBytes), size)]);
-    return (
-      alg === type &&
-      crypto.verify(
-        id === 'nistp256' ? 'sha256' : 'sha384',
-        data,
-        { key, dsaEncoding: 'ieee-p1363' },
-        rs,
-      )
-    );
+    return alg === type && crypto.verify(hash, data, { key, dsaEncoding: 'ieee-p1363' }, rs);
   }
   const e = pub.mpint();
   const n = pub.mpint();
@@ -885,7 +883,10 @@ test("key: an RSA record from OpenSSL's key gives OpenSSL's exact PKCS #1 DER (C
 });
 
 /** An OpenSSL EC key (SEC 1 DER) whose scalar's first byte passes `keep`. */
-function ecKey(namedCurve: 'P-256' | 'P-384', keep: (firstByte: number) => boolean): Buffer {
+function ecKey(
+  namedCurve: 'P-256' | 'P-384' | 'P-521',
+  keep: (firstByte: number) => boolean,
+): Buffer {
   for (let i = 0; i < 20000; i++) {
     const sec1 = crypto.generateKeyPairSync('ec', {
       namedCurve,
@@ -909,6 +910,7 @@ test("key: an ECDSA record from OpenSSL's key gives OpenSSL's exact SEC 1 DER", 
   for (const [type, id, crv] of [
     ['ecdsa-sha2-nistp256', 'nistp256', 'P-256'],
     ['ecdsa-sha2-nistp384', 'nistp384', 'P-384'],
+    ['ecdsa-sha2-nistp521', 'nistp521', 'P-521'],
   ] as const) {
     // a scalar with a non-zero first byte (the other 1 in 256: the next test)
     const sec1 = ecKey(crv, (b) => b !== 0);
@@ -932,6 +934,7 @@ test('key: an ECDSA scalar with a leading zero byte (a short mpint) is padded ba
   for (const [type, id, crv] of [
     ['ecdsa-sha2-nistp256', 'nistp256', 'P-256'],
     ['ecdsa-sha2-nistp384', 'nistp384', 'P-384'],
+    ['ecdsa-sha2-nistp521', 'nistp521', 'P-521'],
   ] as const) {
     // 1 key in 256 has a scalar below 2^(8 * (size - 1)): the agent encoding drops the zero
     // byte, SEC 1 wants the full width.
@@ -949,6 +952,7 @@ test('key: generate, sign, verify and wipe every supported type', () => {
     ['ssh-ed25519', 0, 256],
     ['ecdsa-sha2-nistp256', 0, 256],
     ['ecdsa-sha2-nistp384', 0, 384],
+    ['ecdsa-sha2-nistp521', 0, 521],
     ['ssh-rsa', SIGN_FLAG_RSA_SHA2_256, 2048],
   ];
   const msg = crypto.randomBytes(100);

@@ -46,6 +46,7 @@ test(
       ['k-ed', 'ed25519'],
       ['k-p256', 'ecdsa-p256'],
       ['k-p384', 'ecdsa-p384'],
+      ['k-p521', 'ecdsa-p521'],
       ['k-rsa', 'rsa'],
     ] as const) {
       const r = kw(
@@ -66,7 +67,13 @@ test(
     });
     assert.equal(r.status, 0, r.stderr);
     const got = JSON.parse(r.stdout) as { asyncssh: ClientReport; paramiko: ClientReport };
-    const types = ['ecdsa-sha2-nistp256', 'ecdsa-sha2-nistp384', 'ssh-ed25519', 'ssh-rsa'];
+    const types = [
+      'ecdsa-sha2-nistp256',
+      'ecdsa-sha2-nistp384',
+      'ecdsa-sha2-nistp521',
+      'ssh-ed25519',
+      'ssh-rsa',
+    ];
     assert.deepEqual(got.asyncssh.extensions, ['query'], 'the query reply parses');
     for (const [lib, rep] of Object.entries(got)) {
       assert.deepEqual([...rep.keys].sort(), types, `${lib} lists every key`);

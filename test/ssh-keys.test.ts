@@ -73,7 +73,7 @@ function sshKeygen(dir: string, name: string, args: string[]): string {
 }
 
 test(
-  'key generate makes ed25519, ECDSA P-256/P-384 and RSA keys; key list matches ssh-keygen -l; each signs and verifies',
+  'key generate makes ed25519, ECDSA P-256/P-384/P-521 and RSA keys; key list matches ssh-keygen -l; each signs and verifies',
   { skip },
   async () => {
     const { h, env } = await agentWith(ALLOW_KEYS);
@@ -81,6 +81,7 @@ test(
       ['k-ed25519', 'ed25519'],
       ['k-p256', 'ecdsa-p256'],
       ['k-p384', 'ecdsa-p384'],
+      ['k-p521', 'ecdsa-p521'],
       ['k-rsa', 'rsa'],
     ] as const) {
       const g = kw(['key', 'generate', name, '--type', type], { env: h.env });
@@ -88,16 +89,17 @@ test(
       fs.writeFileSync(path.join(h.dir, `${name}.pub`), g.stdout);
     }
     const listed = kw(['key', 'list'], { env: h.env }).stdout.trim().split('\n');
-    for (const name of ['k-ed25519', 'k-p256', 'k-p384', 'k-rsa']) {
+    for (const name of ['k-ed25519', 'k-p256', 'k-p384', 'k-p521', 'k-rsa']) {
       const expected = run('ssh-keygen', ['-lf', path.join(h.dir, `${name}.pub`)], env).stdout;
       assert.ok(listed.includes(expected.trim()), `${expected} in ${listed.join('\n')}`);
       signAndVerify(h.dir, path.join(h.dir, `${name}.pub`), env);
     }
     assert.match(listed.join('\n'), /^3072 SHA256:\S+ k-rsa \(RSA\)$/m);
     assert.match(listed.join('\n'), /^384 SHA256:\S+ k-p384 \(ECDSA\)$/m);
+    assert.match(listed.join('\n'), /^521 SHA256:\S+ k-p521 \(ECDSA\)$/m);
     // ssh-add -L shows exactly the public keys key generate printed.
     const L = run('ssh-add', ['-L'], env).stdout;
-    for (const name of ['k-ed25519', 'k-p256', 'k-p384', 'k-rsa'])
+    for (const name of ['k-ed25519', 'k-p256', 'k-p384', 'k-p521', 'k-rsa'])
       assert.ok(L.includes(fs.readFileSync(path.join(h.dir, `${name}.pub`), 'utf8').trim()));
     const bad = kw(['key', 'generate', 'x', '--type', 'dsa'], { env: h.env });
     assert.equal(bad.code, 2);
@@ -115,6 +117,7 @@ test(
     const files = [
       sshKeygen(h.dir, 'plain-ed25519', ['-t', 'ed25519', '-N', '']),
       sshKeygen(h.dir, 'enc-p384', ['-t', 'ecdsa', '-b', '384', '-N', 'file passphrase']),
+      sshKeygen(h.dir, 'plain-p521', ['-t', 'ecdsa', '-b', '521', '-N', '']),
       sshKeygen(h.dir, 'enc-rsa', [
         '-t',
         'rsa',
@@ -175,6 +178,7 @@ test(
     const files = [
       sshKeygen(h.dir, 'a-ed25519', ['-t', 'ed25519', '-N', '']),
       sshKeygen(h.dir, 'a-p256', ['-t', 'ecdsa', '-N', '']),
+      sshKeygen(h.dir, 'a-p521', ['-t', 'ecdsa', '-b', '521', '-N', '']),
       sshKeygen(h.dir, 'a-rsa', ['-t', 'rsa', '-b', '3072', '-N', '']),
     ];
     const before = fs.readFileSync(h.vaultFile);
@@ -210,7 +214,7 @@ test(
       .trim()
       .split('\n')
       .map((x) => JSON.parse(x) as { type: string; body: { details?: Record<string, unknown> } });
-    assert.equal(rows.filter((r) => r.type === 'key.add').length, 3);
+    assert.equal(rows.filter((r) => r.type === 'key.add').length, files.length);
     assert.ok(
       rows.some((r) => r.type === 'key.remove' && r.body.details?.['reason'] === 'ssh-add -D'),
     );

@@ -24,6 +24,7 @@ const TYPES: Record<string, KeyType> = {
   ecdsa: 'ecdsa-sha2-nistp256',
   'ecdsa-p256': 'ecdsa-sha2-nistp256',
   'ecdsa-p384': 'ecdsa-sha2-nistp384',
+  'ecdsa-p521': 'ecdsa-sha2-nistp521',
   rsa: 'ssh-rsa',
 };
 
@@ -36,7 +37,11 @@ export function registerKeyCommands(program: Command, io: Io): void {
     .command('generate')
     .argument('<name>', 'key name, e.g. git-signing')
     .description('make a new key in the vault and print its public key')
-    .option('--type <type>', 'ed25519, ecdsa-p256 (ecdsa), ecdsa-p384 or rsa', 'ed25519')
+    .option(
+      '--type <type>',
+      'ed25519, ecdsa-p256 (ecdsa), ecdsa-p384, ecdsa-p521 or rsa',
+      'ed25519',
+    )
     .option('--bits <n>', 'RSA modulus size: 2048 to 8192', '3072')
     .action(function (this: Command, name: string) {
       const o = this.opts<{ type: string; bits: string }>();

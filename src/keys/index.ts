@@ -1,5 +1,5 @@
 /**
- * The keys domain: SSH signing keys (ed25519, ECDSA P-256/P-384, RSA), their wire formats,
+ * The keys domain: SSH signing keys (ed25519, ECDSA P-256/P-384/P-521, RSA), their wire formats,
  * OpenSSH key files, and their records in the vault. Other domains import from here only.
  */
 export {

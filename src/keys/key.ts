@@ -37,11 +37,13 @@ import {
   stripZeros,
 } from './wire.js';
 
-export type KeyType = 'ssh-ed25519' | 'ecdsa-sha2-nistp256' | 'ecdsa-sha2-nistp384' | 'ssh-rsa';
+export type KeyType =
+  'ssh-ed25519' | 'ecdsa-sha2-nistp256' | 'ecdsa-sha2-nistp384' | 'ecdsa-sha2-nistp521' | 'ssh-rsa';
 export const KEY_TYPES: readonly KeyType[] = [
   'ssh-ed25519',
   'ecdsa-sha2-nistp256',
   'ecdsa-sha2-nistp384',
+  'ecdsa-sha2-nistp521',
   'ssh-rsa',
 ];
 
@@ -54,12 +56,16 @@ export const RSA_MIN_BITS = 2048;
 export const RSA_MAX_BITS = 16384;
 
 interface Curve {
-  id: 'nistp256' | 'nistp384';
-  jwk: 'P-256' | 'P-384';
+  id: 'nistp256' | 'nistp384' | 'nistp521';
+  jwk: 'P-256' | 'P-384' | 'P-521';
   /** The named-curve OID, DER-encoded. */
   oid: Uint8Array;
-  hash: 'sha256' | 'sha384';
+  /** RFC 5656 section 6.2.1: the hash follows the curve's size. */
+  hash: 'sha256' | 'sha384' | 'sha512';
+  /** Bytes of a coordinate or scalar. */
   size: number;
+  /** The curve's bits, which `ssh-keygen -l` shows (521, not 66 x 8). */
+  bits: number;
 }
 
 const CURVES: Record<string, Curve> = {
@@ -69,6 +75,7 @@ const CURVES: Record<string, Curve> = {
     oid: Uint8Array.from([0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07]),
     hash: 'sha256',
     size: 32,
+    bits: 256,
   },
   'ecdsa-sha2-nistp384': {
     id: 'nistp384',
@@ -76,6 +83,15 @@ const CURVES: Record<string, Curve> = {
     oid: Uint8Array.from([0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22]),
     hash: 'sha384',
     size: 48,
+    bits: 384,
+  },
+  'ecdsa-sha2-nistp521': {
+    id: 'nistp521',
+    jwk: 'P-521',
+    oid: Uint8Array.from([0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x23]),
+    hash: 'sha512',
+    size: 66,
+    bits: 521,
   },
 };
 
@@ -146,7 +162,7 @@ export class SigningKey {
         const signing = secureAlloc(encodedLength(der));
         encodeInto(der, signing);
         const blob = Buffer.concat([sshString(type), sshString(id), sshString(q)]);
-        return new SigningKey(type as KeyType, blob, curve.size * 8, rec, signing);
+        return new SigningKey(type as KeyType, blob, curve.bits, rec, signing);
       } finally {
         secureFree(dFull);
       }
