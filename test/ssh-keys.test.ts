@@ -462,80 +462,162 @@ test(
   },
 );
 
+const sshdSkip =
+  skip ||
+  (!fs.existsSync('/usr/sbin/sshd') && process.env['CI'] !== 'true' && 'needs openssh-server');
+
+/** A test sshd on 127.0.0.1 (a free port), with these extra config lines; stopped after the file. */
+async function startSshd(
+  dir: string,
+  extra: string[],
+): Promise<{ port: number; hostKey: string; log: () => string }> {
+  const hostKey = sshKeygen(dir, 'host_ed25519', ['-t', 'ed25519', '-N', '']);
+  const port = await new Promise<number>((resolve) => {
+    const s = net.createServer().listen(0, '127.0.0.1', () => {
+      const p = (s.address() as net.AddressInfo).port;
+      s.close(() => resolve(p));
+    });
+  });
+  const config = path.join(dir, 'sshd_config');
+  fs.writeFileSync(
+    config,
+    [
+      `Port ${port}`,
+      'ListenAddress 127.0.0.1',
+      `HostKey ${hostKey}`,
+      `PidFile ${path.join(dir, 'sshd.pid')}`,
+      'StrictModes no',
+      'UsePAM no',
+      'PasswordAuthentication no',
+      'KbdInteractiveAuthentication no',
+      'PubkeyAuthentication yes',
+      'PermitRootLogin prohibit-password',
+      ...extra,
+      '',
+    ].join('\n'),
+  );
+  if (isRoot) fs.mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
+  const sshd = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', config], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let sshdLog = '';
+  sshd.stderr.on('data', (d: Buffer) => (sshdLog += d.toString()));
+  cleanups.push(() => sshd.kill());
+  await new Promise<void>((resolve, reject) => {
+    const check = () => /Server listening/.test(sshdLog) && resolve();
+    sshd.stderr.on('data', check);
+    sshd.on('exit', () => reject(new Error(`sshd exited: ${sshdLog}`)));
+  });
+  sshPorts.set(dir, port);
+  return { port, hostKey, log: () => sshdLog };
+}
+
+const sshPorts = new Map<string, number>();
+
+/** ssh to the test sshd of dir as this user, running echo; BatchMode, no host key prompts. */
+function sshLogin(dir: string, env: NodeJS.ProcessEnv, extra: string[] = []) {
+  return run(
+    'ssh',
+    [
+      '-F',
+      '/dev/null',
+      '-p',
+      String(sshPorts.get(dir)),
+      '-o',
+      'BatchMode=yes',
+      '-o',
+      'StrictHostKeyChecking=no',
+      '-o',
+      `UserKnownHostsFile=${path.join(dir, 'known_hosts')}`,
+      ...extra,
+      `${os.userInfo().username}@127.0.0.1`,
+      'echo logged-in-through-keyward',
+    ],
+    env,
+  );
+}
+
+test(
+  'ssh-add of keys with their OpenSSH certificates: ssh-add -L lists the certificates, and ssh logs in to an sshd that trusts only the CA',
+  { skip: sshdSkip },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const dir = h.dir;
+    const user = os.userInfo().username;
+    const ca = sshKeygen(dir, 'user_ca', ['-t', 'ed25519', '-N', '']);
+    const keys: string[] = [];
+    for (const [t, bits] of [
+      ['ed25519', []],
+      ['ecdsa', ['-b', '521']],
+      ['rsa', ['-b', '2048']],
+    ] as const) {
+      const k = sshKeygen(dir, `cert-${t}`, ['-t', t, ...bits, '-N', '']);
+      const s = run(
+        'ssh-keygen',
+        ['-s', ca, '-I', `test-${t}`, '-n', user, '-V', '+1h', `${k}.pub`],
+        env,
+      );
+      assert.equal(s.status, 0, s.stderr);
+      keys.push(k);
+    }
+    // ssh-add KEY adds KEY and KEY-cert.pub; the private files then go: only the agent has them.
+    const add = run('ssh-add', keys, env);
+    assert.equal(add.status, 0, add.stderr);
+    assert.match(add.stderr, /Certificate added/);
+    for (const k of keys) fs.rmSync(k);
+    const L = run('ssh-add', ['-L'], env).stdout;
+    for (const k of keys) {
+      const [type, b64] = fs.readFileSync(`${k}-cert.pub`, 'utf8').split(' ');
+      assert.ok(L.includes(`${type} ${b64}`), `ssh-add -L lists ${type}`);
+    }
+    const { log } = await startSshd(dir, [
+      'AuthorizedKeysFile /dev/null',
+      `TrustedUserCAKeys ${ca}.pub`,
+    ]);
+    for (const k of keys) {
+      const ok = sshLogin(dir, env, [
+        '-o',
+        'IdentitiesOnly=yes',
+        '-o',
+        `IdentityFile=${k}.pub`,
+        '-o',
+        `CertificateFile=${k}-cert.pub`,
+      ]);
+      assert.equal(ok.status, 0, `${k}: ${ok.stderr}\n${log()}`);
+      assert.match(ok.stdout, /logged-in-through-keyward/);
+    }
+    // The sshd authorizes nothing but the CA, so each login above was the certificate's; the key
+    // alone is refused.
+    const plain = sshLogin(dir, env, [
+      '-o',
+      'IdentitiesOnly=yes',
+      '-o',
+      `IdentityFile=${keys[0]}.pub`,
+    ]);
+    assert.notEqual(plain.status, 0);
+  },
+);
+
 test(
   'an SSH login to a test sshd on 127.0.0.1 goes through keyward; the prompt names the user and the server host key',
-  {
-    skip:
-      skip ||
-      (!fs.existsSync('/usr/sbin/sshd') && process.env['CI'] !== 'true' && 'needs openssh-server'),
-  },
+  { skip: sshdSkip },
   async () => {
     const { h, env } = await agentWith(undefined); // the default policy: every signature confirmed
     const g = kw(['key', 'generate', 'login'], { env: h.env });
     assert.equal(g.code, 0, g.stderr);
     const dir = h.dir;
-    const hostKey = sshKeygen(dir, 'host_ed25519', ['-t', 'ed25519', '-N', '']);
     fs.writeFileSync(path.join(dir, 'authorized_keys'), g.stdout, { mode: 0o600 });
-    const port = await new Promise<number>((resolve) => {
-      const s = net.createServer().listen(0, '127.0.0.1', () => {
-        const p = (s.address() as net.AddressInfo).port;
-        s.close(() => resolve(p));
-      });
-    });
-    const config = path.join(dir, 'sshd_config');
-    fs.writeFileSync(
-      config,
-      [
-        `Port ${port}`,
-        'ListenAddress 127.0.0.1',
-        `HostKey ${hostKey}`,
-        `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
-        `PidFile ${path.join(dir, 'sshd.pid')}`,
-        'StrictModes no',
-        'UsePAM no',
-        'PasswordAuthentication no',
-        'KbdInteractiveAuthentication no',
-        'PubkeyAuthentication yes',
-        'PermitRootLogin prohibit-password',
-        '',
-      ].join('\n'),
-    );
-    if (isRoot) fs.mkdirSync('/run/sshd', { recursive: true, mode: 0o755 });
-    const sshd = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', config], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let sshdLog = '';
-    sshd.stderr.on('data', (d: Buffer) => (sshdLog += d.toString()));
-    cleanups.push(() => sshd.kill());
-    for (let i = 0; i < 100 && !/Server listening/.test(sshdLog); i++) await sleep(50);
-    assert.match(sshdLog, /Server listening/);
+    const { hostKey, log } = await startSshd(dir, [
+      `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
+    ]);
     const user = os.userInfo().username;
-    const ssh = (extra: string[] = []) =>
-      run(
-        'ssh',
-        [
-          '-F',
-          '/dev/null',
-          '-p',
-          String(port),
-          '-o',
-          'BatchMode=yes',
-          '-o',
-          'StrictHostKeyChecking=no',
-          '-o',
-          `UserKnownHostsFile=${path.join(dir, 'known_hosts')}`,
-          ...extra,
-          `${user}@127.0.0.1`,
-          'echo logged-in-through-keyward',
-        ],
-        env,
-      );
+    const ssh = (extra: string[] = []) => sshLogin(dir, env, extra);
     h.answer('no');
     const refused = ssh();
     assert.notEqual(refused.status, 0, 'a refused signature means no login');
     h.answer('yes');
     const ok = ssh();
-    assert.equal(ok.status, 0, `${ok.stderr}\n${sshdLog}`);
+    assert.equal(ok.status, 0, `${ok.stderr}\n${log()}`);
     assert.match(ok.stdout, /logged-in-through-keyward/);
     const hostFp = run('ssh-keygen', ['-lf', `${hostKey}.pub`], env).stdout.split(' ')[1] ?? '';
     const prompt = h.prompts().at(-1) ?? '';

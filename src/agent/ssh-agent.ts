@@ -22,6 +22,7 @@ import { quote } from '../lib/text.js';
 import type { Vault } from '../vault/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { closePeer, type Peer } from './peer.js';
+import { certifiedType, readCertifiedKey } from './ssh-cert.js';
 import {
   CONSTRAIN_CONFIRM,
   CONSTRAIN_EXTENSION,
@@ -62,6 +63,8 @@ export interface SshHost {
 
 interface Held {
   key: SigningKey;
+  /** The blob it is listed and asked for under: an OpenSSH certificate's, else the key's. */
+  blob?: Buffer;
   /** The comment ssh-add -l shows: the vault key's name, or what ssh-add sent. */
   comment: string;
   /** The name policy rules match: the vault key's name, or `ssh-add:COMMENT`. */
@@ -190,7 +193,9 @@ export class SshAgentService {
         return message(
           SSH.IDENTITIES_ANSWER,
           u32(ids.length),
-          ...ids.map((h) => Buffer.concat([sshString(h.key.publicBlob), sshString(h.comment)])),
+          ...ids.map((h) =>
+            Buffer.concat([sshString(h.blob ?? h.key.publicBlob), sshString(h.comment)]),
+          ),
         );
       }
       case SSH.SIGN_REQUEST:
@@ -250,7 +255,10 @@ export class SshAgentService {
 
   private async add(who: Who, r: SshReader, constrained: boolean): Promise<Buffer> {
     if (!this.host.isUnlocked()) return message(SSH.FAILURE);
-    const key = SigningKey.read(r);
+    // A certificate (ssh-add sends KEY-cert.pub after KEY) is listed under its own blob.
+    const cert = certifiedType(r.peekText()) ? readCertifiedKey(r.text(), r) : undefined;
+    const key = cert?.key ?? SigningKey.read(r);
+    const blob = cert?.blob ?? key.publicBlob;
     let held: Held | undefined;
     try {
       const comment = r.text();
@@ -267,7 +275,7 @@ export class SshAgentService {
         } else throw new KeywardError('USAGE', `unknown key constraint ${c}`);
       }
       if (r.remaining > 0) throw new KeywardError('PROTOCOL_ERROR', 'trailing bytes');
-      const id = keyOf(key.publicBlob);
+      const id = keyOf(blob);
       if (this.loadedVaultKeys().has(id))
         throw new KeywardError('USAGE', 'the key is in the vault');
       if (!this.added.has(id) && this.added.size >= MAX_ADDED_KEYS)
@@ -280,6 +288,7 @@ export class SshAgentService {
       );
       held = {
         key,
+        ...(cert ? { blob } : {}),
         comment,
         target: `ssh-add:${comment}`,
         source: 'ssh-add',
@@ -295,6 +304,7 @@ export class SshAgentService {
           source: 'ssh-add',
           keyType: key.type,
           fingerprint: key.fingerprint,
+          certificate: cert !== undefined,
           confirm,
           lifetimeS: Number.isFinite(lifetimeMs) ? Math.round(lifetimeMs / 1000) : null,
         },
@@ -310,7 +320,7 @@ export class SshAgentService {
       this.added.set(id, held);
       return message(SSH.SUCCESS);
     } catch (e) {
-      if (!held || this.added.get(keyOf(key.publicBlob)) !== held) key.wipe();
+      if (!held || this.added.get(keyOf(blob)) !== held) key.wipe();
       throw e;
     }
   }

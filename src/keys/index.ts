@@ -21,4 +21,4 @@ export {
   type ImportOptions,
   type PublicKeyInfo,
 } from './store.js';
-export { SshParseError, SshReader, sshString, u32 } from './wire.js';
+export { SshParseError, SshReader, SshWriter, sshString, u32 } from './wire.js';

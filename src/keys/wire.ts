@@ -58,6 +58,16 @@ export class SshReader {
     return s;
   }
 
+  /** The next string as text, without moving past it (a key type to dispatch on). */
+  peekText(): string {
+    const at = this.pos;
+    try {
+      return this.text();
+    } finally {
+      this.pos = at;
+    }
+  }
+
   /** The bytes from the current position to the end. */
   rest(): Buffer {
     const s = Buffer.from(this.b.buffer, this.b.byteOffset + this.pos, this.b.length - this.pos);
