@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BIN, initHome, kw, sleep, type Home } from './helpers.js';
+import { BIN, initHome, kw, type Home } from './helpers.js';
 
 export interface AgentHome extends Home {
   sockDir: string;
@@ -57,17 +57,16 @@ export async function startAgent(
     stdio: ['ignore', 'ignore', 'pipe'],
   });
   let err = '';
-  child.stderr?.on('data', (d: Buffer) => (err += d.toString()));
   h.agent = child;
-  for (let i = 0; i < 100; i++) {
-    if (/listening on/.test(err)) {
-      h.agentPid = child.pid;
-      return;
-    }
-    if (child.exitCode !== null) break;
-    await sleep(50);
-  }
-  throw new Error(`agent did not start: ${err}`);
+  // Its own words, as an event: however loaded the machine, no clock decides it failed.
+  await new Promise<void>((resolve, reject) => {
+    child.stderr?.on('data', (d: Buffer) => {
+      err += d.toString();
+      if (/listening on/.test(err)) resolve();
+    });
+    child.once('exit', () => reject(new Error(`agent did not start: ${err}`)));
+  });
+  h.agentPid = child.pid;
 }
 
 /** A home with this policy and a running agent, unlocked; kept in `homes` to be stopped after. */

@@ -77,3 +77,16 @@ export function kwSpawn(args: string[], env: NodeJS.ProcessEnv) {
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }
+
+/**
+ * Waits until probe() is true, checked again every 25 ms: for a state nothing signals to the
+ * test. The bound is two minutes, far past any load, so only a broken feature reaches it; a test
+ * that waits a fixed time instead passes or fails with the machine's load.
+ */
+export async function eventually(probe: () => boolean, what: string): Promise<void> {
+  const until = Date.now() + 120_000;
+  while (!probe()) {
+    if (Date.now() > until) throw new Error(`gave up waiting for ${what}`);
+    await sleep(25);
+  }
+}
