@@ -114,8 +114,9 @@ export function makeVectors(dir: string): VectorSpec[] {
     'removed.kwv': removed,
   };
 
-  const [f0, f1] = frames(basic);
-  if (!f0 || !f1) throw new Error('basic vector has fewer than two frames');
+  // The mark frame every rewrite starts with (init's), then the save's two frames.
+  const [mark, f0, f1] = frames(basic);
+  if (!mark || !f0 || !f1) throw new Error('basic vector has fewer than three frames');
 
   const flippedValue = Buffer.from(basic);
   flip(flippedValue, f0.start + f0.len - 5, 0x01); // in the value box of the first frame
@@ -142,6 +143,8 @@ export function makeVectors(dir: string): VectorSpec[] {
     basic.subarray(f1.start),
   ]);
 
+  files['header-only.kwv'] = resum(basic.subarray(0, mark.start));
+
   const weakened = Buffer.from(basic);
   weakened.writeUInt32BE(2, 49 + 3 + 1); // slot 1: type(1) len(2) alg(1) then opslimit
   files['weakened-kdf.kwv'] = resum(weakened);
@@ -167,7 +170,7 @@ export function makeVectors(dir: string): VectorSpec[] {
       file: 'basic.kwv',
       passphrase: PASSPHRASE,
       expect: { ok: true, entries: values },
-      note: 'two secrets, written in one save: two frames, the second marked as the commit',
+      note: "two secrets, written in one save: init's mark frame, then two frames, the second marked as the commit",
     },
     {
       file: 'empty.kwv',
@@ -179,7 +182,7 @@ export function makeVectors(dir: string): VectorSpec[] {
       file: 'removed.kwv',
       passphrase: PASSPHRASE,
       expect: { ok: true, entries: values },
-      note: 'three secrets set and one removed in one save: four frames, the last a delete',
+      note: 'three secrets set and one removed in one save: the mark, then four frames, the last a delete',
     },
     {
       file: 'truncated.kwv',
@@ -205,7 +208,12 @@ export function makeVectors(dir: string): VectorSpec[] {
     ),
     fail('flipped-header.kwv', 'VAULT_CORRUPT', 'a header byte flipped, checksum left'),
     fail('swapped.kwv', 'VAULT_CORRUPT', 'the two frames swapped: each is bound to its place'),
-    fail('first-removed.kwv', 'VAULT_CORRUPT', 'the first frame removed: the chain breaks'),
+    fail('first-removed.kwv', 'VAULT_CORRUPT', "the save's first frame removed: the chain breaks"),
+    fail(
+      'header-only.kwv',
+      'VAULT_CORRUPT',
+      'the header alone, checksum recomputed: no frame authenticates it, so it is refused',
+    ),
     fail(
       'weakened-kdf.kwv',
       'VAULT_BAD_PASSPHRASE',

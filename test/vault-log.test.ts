@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import { after, describe, test } from 'node:test';
 import { secureFree, secureTake } from '../src/lib/secure.js';
 import { Vault, vaultPaths, withVaultWrite } from '../src/vault/index.js';
+import { blake2b256 } from '../src/vault/crypto.js';
 import { stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
 import { initHome, kw, PASSPHRASE } from './helpers.js';
 
@@ -161,6 +162,96 @@ test('a writer appends only to the file it read: one replaced or grown under the
   }
 });
 
+test("a writer that reads a record gets its newest version: a later frame's name tag changed to hide it is refused", () => {
+  const h = initHome();
+  const p = vaultPaths(h.home);
+  const pw = pass();
+  const save = (name: string, value: string) =>
+    withVaultWrite(p, { passphrase: pw }, (v) => {
+      const b = secureTake(Buffer.from(value));
+      v.set(name, b);
+      secureFree(b);
+      v.save();
+    });
+  try {
+    save('rec', 'version-one');
+    const newest = fs.statSync(p.file).size; // the next save's frame starts here
+    save('rec', 'version-two');
+    // Two more saves: the frame right before the last is checked with it (the chain), so the
+    // hidden one must be further back.
+    save('other', 'x');
+    save('other', 'y');
+    // The attacker flips a byte of the newest rec frame's tag (frame: length, flags, tag).
+    const fd = fs.openSync(p.file, 'r+');
+    const byte = Buffer.alloc(1);
+    fs.readSync(fd, byte, 0, 1, newest + 5);
+    byte[0] = (byte[0] ?? 0) ^ 0xff;
+    fs.writeSync(fd, byte, 0, 1, newest + 5);
+    fs.closeSync(fd);
+    let got: string | undefined;
+    assert.throws(
+      () =>
+        withVaultWrite(p, { passphrase: pw }, (v) => {
+          const value = v.reveal('rec');
+          got = value.toString('utf8');
+          secureFree(value);
+        }),
+      /failed authentication/,
+    );
+    assert.equal(got, undefined, 'the older version was not handed out');
+  } finally {
+    secureFree(pw);
+  }
+});
+
+test('vault.kw files keyward never writes are refused with a clear error, not an internal one', () => {
+  const h = initHome();
+  kw(['secret', 'set', 'z/x'], { env: h.env, input: 'z-value' });
+  const good = fs.readFileSync(h.vaultFile);
+  let pos = 49;
+  for (let i = 0; i < good.readUInt8(48); i++) pos += 3 + good.readUInt16BE(pos + 1);
+  const headerOnly = (base: bigint) => {
+    const body = Buffer.from(good.subarray(0, pos));
+    body.writeBigUInt64BE(base, 40);
+    return Buffer.concat([body, blake2b256(body)]);
+  };
+  for (const [what, bytes, message] of [
+    ['a header alone, any generation', headerOnly(1000n), /no committed record/],
+    ['a header with the largest generation', headerOnly(2n ** 64n - 1n), /impossible generation/],
+  ] as const) {
+    fs.writeFileSync(h.vaultFile, bytes);
+    for (const args of [
+      ['read', 'z/x'],
+      ['secret', 'set', 'z/y'],
+    ]) {
+      const r = kw(args, { env: h.env, input: 'v' });
+      assert.equal(r.code, 8, `${what}, ${args.join(' ')}: ${r.stderr}`);
+      assert.match(r.stderr, message);
+      assert.doesNotMatch(r.stderr, /internal error/);
+    }
+  }
+  fs.writeFileSync(h.vaultFile, good);
+  fs.truncateSync(h.vaultFile, 3 * 1024 ** 3); // sparse: 3 GiB
+  const big = kw(['read', 'z/x'], { env: h.env });
+  assert.equal(big.code, 8, big.stderr);
+  assert.match(big.stderr, /more than keyward reads/);
+});
+
+test('zeros after the last save (blocks a crash left unwritten) are not part of the vault; the next write cuts them', () => {
+  const h = initHome();
+  kw(['secret', 'set', 'zz/x'], { env: h.env, input: 'zz-value' });
+  const good = fs.readFileSync(h.vaultFile);
+  fs.appendFileSync(h.vaultFile, Buffer.alloc(4096));
+  assert.equal(kw(['read', 'zz/x'], { env: h.env }).stdout, 'zz-value');
+  assert.equal(kw(['secret', 'set', 'zz/y'], { env: h.env, input: 'y' }).code, 0);
+  const now = fs.readFileSync(h.vaultFile);
+  assert.deepEqual(now.subarray(0, good.length), good);
+  assert.ok(frames(now).at(-1)?.end === now.length, 'no zeros left');
+  // Anything else after the last frame is refused (it could hide committed frames).
+  fs.appendFileSync(h.vaultFile, Buffer.from([0, 0, 0, 1, 0, 0, 0, 0, 7]));
+  assert.equal(kw(['read', 'zz/x'], { env: h.env }).code, 8);
+});
+
 describe('an unlocked agent and a vault.kw written by others', () => {
   const homes: AgentHome[] = [];
   after(async () => {
@@ -191,6 +282,36 @@ describe('an unlocked agent and a vault.kw written by others', () => {
     const r = kw(['read', 'r/x'], { env: h.env });
     assert.equal(r.stdout, '');
     assert.match(r.stderr, /failed authentication/);
+    assert.notEqual(kw(['status'], { env: h.env }).code, 0, 'the agent locked');
+  });
+
+  test('its last saves cut off and written over by another writer (a fork) are refused, and the agent locks', async () => {
+    const h = await unlockedAgent(ALLOW_ALL, homes);
+    kw(['secret', 'set', 'f/x'], { env: h.env, input: 'fork-value' });
+    const before = fs.statSync(h.vaultFile).size;
+    kw(['secret', 'rm', 'f/x'], { env: h.env });
+    assert.equal(kw(['read', 'f/x'], { env: h.env }).code, 3);
+    fs.truncateSync(h.vaultFile, before);
+    // A writer that never saw the removal appends to the cut file: its generation catches up.
+    assert.equal(kw(['secret', 'set', 'f/y'], { env: h.env, input: 'y' }).code, 0);
+    const r = kw(['read', 'f/x'], { env: h.env });
+    assert.equal(r.stdout, '', 'the removed secret did not come back');
+    assert.match(r.stderr, /cut back and written over|older generation/);
+    assert.notEqual(kw(['status'], { env: h.env }).code, 0, 'the agent locked');
+  });
+
+  test('a header alone with a higher generation is refused, and the agent locks', async () => {
+    const h = await unlockedAgent(ALLOW_ALL, homes);
+    kw(['secret', 'set', 'h/x'], { env: h.env, input: 'h-value' });
+    assert.equal(kw(['read', 'h/x'], { env: h.env }).stdout, 'h-value');
+    const good = fs.readFileSync(h.vaultFile);
+    let pos = 49;
+    for (let i = 0; i < good.readUInt8(48); i++) pos += 3 + good.readUInt16BE(pos + 1);
+    const body = Buffer.from(good.subarray(0, pos));
+    body.writeBigUInt64BE(1000n, 40);
+    fs.writeFileSync(h.vaultFile, Buffer.concat([body, blake2b256(body)]));
+    const r = kw(['read', 'h/x'], { env: h.env });
+    assert.equal(r.code, 8, r.stderr);
     assert.notEqual(kw(['status'], { env: h.env }).code, 0, 'the agent locked');
   });
 

@@ -23,6 +23,13 @@ const FRAME_MAX = 16 * 1024 * 1024 + 64 * 1024;
 
 export const KIND_PUT = 1;
 export const KIND_DELETE = 2;
+/**
+ * A rewrite's first frame: no record, only its place in the chain, so that every file has a
+ * frame that authenticates its header (a header alone has nothing but an unkeyed checksum).
+ */
+export const KIND_MARK = 3;
+/** Generations stay exact as JS numbers (and far from u64's end). */
+const MAX_BASE = 2n ** 53n;
 /** Set on the last frame of a save: frames after the last one so marked were never committed. */
 export const FLAG_COMMIT = 0x80;
 
@@ -82,6 +89,7 @@ export function parseLogHeader(bytes: Buffer): LogHeader {
   const vaultId = Buffer.from(bytes.subarray(8, 24));
   const keyId = Buffer.from(bytes.subarray(24, 40));
   const base = bytes.readBigUInt64BE(40);
+  if (base > MAX_BASE) throw corruptError(`vault header has an impossible generation (${base})`);
   const count = bytes.readUInt8(48);
   if (count < 1 || count > MAX_SLOTS) throw corruptError(`vault has ${count} key slots`);
   let pos = FIXED_HEADER;
@@ -117,6 +125,8 @@ export function parseLog(bytes: Buffer): LogLayout {
   while (pos + 4 <= bytes.length) {
     const len = bytes.readUInt32BE(pos);
     if (len < FRAME_FIXED + BOX_OVERHEAD || len > FRAME_MAX) {
+      // Zeros to the end are blocks a crash left allocated but unwritten: not committed.
+      if (isZero(bytes, pos)) break;
       throw corruptError(`vault frame at byte ${pos} has an impossible length (${len})`);
     }
     if (pos + 4 + len > bytes.length) break; // cut short
@@ -129,7 +139,15 @@ export function parseLog(bytes: Buffer): LogLayout {
     }
   }
   if (pending > 0) starts.length -= pending;
+  // Every rewrite starts with a mark frame, so a file without a committed frame is not one
+  // keyward wrote: its header would be authenticated by nothing.
+  if (starts.length === 0) throw corruptError('vault.kw has a header and no committed record');
   return { header, starts, end, uncommitted: bytes.length - end };
+}
+
+function isZero(bytes: Buffer, from: number): boolean {
+  for (let i = from; i < bytes.length; i++) if (bytes[i] !== 0) return false;
+  return true;
 }
 
 /** A frame's parts, as subarrays of the file's bytes. */
@@ -155,7 +173,7 @@ export function frameAt(bytes: Buffer, start: number): FrameView {
   }
   const valueBox = body.subarray(FRAME_FIXED + metaLen);
   const kind = flags & 0x7f;
-  if (kind !== KIND_PUT && kind !== KIND_DELETE) {
+  if (kind !== KIND_PUT && kind !== KIND_DELETE && kind !== KIND_MARK) {
     throw corruptError(`vault frame at byte ${start} has an unknown kind (${kind})`);
   }
   const shapeOk = kind === KIND_PUT ? valueBox.length > BOX_OVERHEAD : valueBox.length === 0;

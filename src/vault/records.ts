@@ -23,6 +23,7 @@ import {
   frameAd,
   frameAt,
   KIND_DELETE,
+  KIND_MARK,
   KIND_PUT,
   NAME_TAG_BYTES,
   parseLog,
@@ -71,7 +72,7 @@ interface Disk {
 }
 
 interface Pending {
-  kind: typeof KIND_PUT | typeof KIND_DELETE;
+  kind: typeof KIND_PUT | typeof KIND_DELETE | typeof KIND_MARK;
   name: string;
   entry?: Entry;
   /** Time of a removal (ms). */
@@ -117,6 +118,10 @@ export class Records {
   /** BLAKE2b-256 of the last frame's body (or the header's sum): what the next frame chains to. */
   private last: Buffer = Buffer.alloc(32);
   private source: Source | undefined;
+  /** A partial read: frames from this one to the end of the source are authenticated. */
+  private checkedFrom = 0;
+  /** A partial read: the frame each name's record was found in. */
+  private readonly foundAt = new Map<string, number>();
   private disk: Disk | undefined;
   /** The next save rewrites the file (a format 1 file, a new header, a rekey). */
   private rewriteDue = true;
@@ -247,7 +252,7 @@ export class Records {
           const e = this.entryOf(view, meta, copy);
           this.map.set(meta.name, e);
           if (i === n - 1) this.checkValue(e, i);
-        } else if (!this.map.delete(meta.name)) {
+        } else if (view.kind === KIND_DELETE && !this.map.delete(meta.name)) {
           throw corruptError(`vault record ${i + 1} removes a name that is not there`);
         }
         if (meta.live !== this.map.size) {
@@ -267,11 +272,7 @@ export class Records {
   private readLast(src: Source): void {
     const n = src.layout.starts.length;
     this.frames = n;
-    if (n === 0) {
-      this.last = src.layout.header.sum;
-      this.liveCount = 0;
-      return;
-    }
+    this.checkedFrom = n - 1;
     const scratch = secureAlloc(META_SCRATCH);
     try {
       const { view, meta } = this.openFrame(src, n - 1, this.prevOf(src, n - 1), scratch);
@@ -279,7 +280,7 @@ export class Records {
         const e = this.entryOf(view, meta, false);
         this.checkValue(e, n - 1);
         this.map.set(meta.name, e);
-      } else this.map.set(meta.name, null);
+      } else if (view.kind === KIND_DELETE) this.map.set(meta.name, null);
       this.liveCount = meta.live;
       this.last = blake2b256(view.body);
     } finally {
@@ -287,10 +288,22 @@ export class Records {
     }
   }
 
-  /** The live record of name, or undefined. A partial read looks it up in the file. */
-  get(name: string): Entry | undefined {
+  /**
+   * The live record of name, or undefined. A partial read looks it up in the file by its name
+   * tag, newest first. Tags are authenticated only as part of their own frame, so when the value
+   * will be used (`latest`), every frame after the one found is authenticated too: otherwise a
+   * changed tag could hide a newer version and hand out an older one (a record a writer reads,
+   * changes and writes back would be rolled back, and the file would then verify). Whether a
+   * name exists, and when it was created, need no such check: hiding a record's every frame or a
+   * removal changes the live count, which the next full read refuses.
+   */
+  get(name: string, latest = false): Entry | undefined {
     const known = this.map.get(name);
-    if (known !== undefined || this.complete) return known ?? undefined;
+    if (known !== undefined || this.complete) {
+      const at = this.foundAt.get(name);
+      if (latest && known && at !== undefined && this.source) this.checkAfter(this.source, at);
+      return known ?? undefined;
+    }
     const src = this.source;
     if (!src) return undefined;
     const tag = nameTag(this.keys.tag(), name);
@@ -309,6 +322,8 @@ export class Records {
         if (meta.name !== name) continue;
         const e = view.kind === KIND_PUT ? this.entryOf(view, meta, false) : null;
         this.map.set(name, e);
+        if (e) this.foundAt.set(name, i);
+        if (e && latest) this.checkAfter(src, i);
         return e ?? undefined;
       }
     } finally {
@@ -316,6 +331,22 @@ export class Records {
     }
     this.map.set(name, null);
     return undefined;
+  }
+
+  /** Authenticates every frame after frame i not authenticated yet (their tags with them). */
+  private checkAfter(src: Source, i: number): void {
+    if (i + 1 >= this.checkedFrom) return;
+    const scratch = secureAlloc(META_SCRATCH);
+    try {
+      let prev = this.prevOf(src, i + 1);
+      for (let j = i + 1; j < this.checkedFrom; j++) {
+        const { view } = this.openFrame(src, j, prev, scratch);
+        prev = blake2b256(view.body);
+      }
+    } finally {
+      secureFree(scratch);
+    }
+    this.checkedFrom = i + 1;
   }
 
   /** Every live record, sorted by name (a partial read reads the whole file first). */
@@ -365,28 +396,40 @@ export class Records {
 
   /**
    * Records of the file as it is now, read with the keys held (another process wrote it). When
-   * the file is this one with frames appended, only those are read; anything else (a rewrite, a
-   * new header, another file) is read in full. Every new frame is authenticated either way, and
-   * on failure this object is unchanged.
+   * the file is this one with frames appended, only those are read; another file (a rewrite) is
+   * read in full. Every new frame is authenticated either way, and on failure this object is
+   * unchanged. Refused: the same file with a frame this vault saw changed or cut off (a history
+   * written over), and another file whose base does not follow this vault's generation.
    */
   refreshed(bytes: Buffer, stat: { dev: number; ino: number }, layout = parseLog(bytes)): Records {
     const src: Source = { bytes, layout };
     const d = this.disk;
     const n = layout.starts.length;
-    const appended =
+    const sameFile =
       d !== undefined &&
-      this.complete &&
-      this.pending.length === 0 &&
-      !this.rewriteDue &&
       stat.dev === d.dev &&
       stat.ino === d.ino &&
       layout.header.base === d.base &&
       // eslint-disable-next-line no-restricted-syntax -- public hashes of public bytes
-      layout.header.sum.equals(d.sum) &&
-      n >= this.frames &&
+      layout.header.sum.equals(d.sum);
+    if (sameFile) {
+      // The same file can only have grown: a frame this vault saw, changed or cut off and
+      // written over, is a history rewritten under it (a removed secret brought back).
       // eslint-disable-next-line no-restricted-syntax -- public hashes of public bytes
-      this.prevOf(src, this.frames).equals(this.last);
-    if (!appended) return Records.fromLog(this.keys, bytes, stat, 'all', layout);
+      if (n < this.frames || !this.prevOf(src, this.frames).equals(this.last)) {
+        throw corruptError('the vault file was cut back and written over under the open vault', {
+          hint: 'check who changed vault.kw, then keyward unlock',
+        });
+      }
+    } else if (d !== undefined && layout.header.base <= this.generation) {
+      // Another file (a rewrite: compaction, passwd, rekey) starts after everything before it.
+      throw corruptError('the vault file was replaced by one that does not follow it', {
+        hint: 'check who replaced vault.kw, then keyward unlock',
+      });
+    }
+    if (!sameFile || !this.complete || this.pending.length > 0 || this.rewriteDue) {
+      return Records.fromLog(this.keys, bytes, stat, 'all', layout);
+    }
     const before = this.map;
     this.map = new Map(before);
     try {
@@ -398,8 +441,10 @@ export class Records {
     this.frames = n;
     this.liveCount = this.map.size;
     this.generation = layout.header.base + BigInt(n);
-    d.size = bytes.length;
-    d.end = layout.end;
+    if (d) {
+      d.size = bytes.length;
+      d.end = layout.end;
+    }
     return this;
   }
 
@@ -436,7 +481,7 @@ export class Records {
             at: e.updated,
             live: p.live,
           })
-        : encodeMeta(KIND_DELETE, { name: p.name, at: p.at, live: p.live });
+        : encodeMeta(p.kind, { name: p.name, at: p.at, live: p.live });
       const ad = frameAd(this.keys.vaultId, seq, prev, fixed);
       const frame = encodeFrame(
         flags,
@@ -475,6 +520,8 @@ export class Records {
       slots: h.slots,
     });
     const sum = Buffer.from(header.subarray(header.length - 32));
+    // A mark first: even a vault with no record has a frame that authenticates the header.
+    const mark: Pending = { kind: KIND_MARK, name: '', at: 0, live: 0 };
     const items = entries.map((e, i): Pending => ({
       kind: KIND_PUT,
       name: e.name,
@@ -482,13 +529,13 @@ export class Records {
       at: e.updated,
       live: i + 1,
     }));
-    const { chunks, seq, prev } = this.encode(items, base, sum, rng);
+    const { chunks, seq, prev } = this.encode([mark, ...items], base, sum, rng);
     writeFileAtomic(file, [header, ...chunks]);
     const st = fs.statSync(file);
     const size = chunks.reduce((n, c) => n + c.length, header.length);
     this.disk = { dev: st.dev, ino: st.ino, size, end: size, base, sum };
     this.generation = seq;
-    this.frames = entries.length;
+    this.frames = entries.length + 1;
     this.liveCount = entries.length;
     this.last = prev;
     this.pending = [];

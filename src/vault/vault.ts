@@ -57,6 +57,8 @@ import { keyringFetch, keyringStore } from './keyring.js';
 import { assertValidName } from '../lib/names.js';
 
 export const VALUE_MAX_BYTES = 16 * 1024 * 1024;
+/** What one read of vault.kw takes (Node's largest Buffer is 4 GiB, a file read's 2 GiB). */
+const VAULT_MAX_BYTES = 2 ** 31 - 1;
 const LOCK_TIMEOUT_MS = 10_000;
 
 export interface VaultPaths {
@@ -133,6 +135,11 @@ function readVaultFile(paths: VaultPaths): VaultFile {
   }
   try {
     const st = fs.fstatSync(fd);
+    if (st.size > VAULT_MAX_BYTES) {
+      throw corruptError(
+        `vault.kw is ${st.size} bytes, more than keyward reads (${VAULT_MAX_BYTES}); it is not a vault keyward wrote`,
+      );
+    }
     return { bytes: fs.readFileSync(fd), stat: { dev: st.dev, ino: st.ino } };
   } finally {
     fs.closeSync(fd);
@@ -409,7 +416,7 @@ export class Vault {
 
   private decrypt(name: string): SecureBuffer {
     this.live();
-    const e = this.records.get(name);
+    const e = this.records.get(name, true);
     if (!e) throw secretNotFound(name);
     const plain = open(this.subkey('secrets'), e.box, recordAd(this.vaultId, e.id, e.name));
     if (!plain) throw corruptError(`vault record of ${name} failed authentication`);
