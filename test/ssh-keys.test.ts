@@ -108,6 +108,31 @@ test(
 );
 
 test(
+  'with the agent unlocked, key list and a name taken in key generate ask no passphrase; locked, the vault is opened',
+  { skip },
+  async () => {
+    const { h } = await agentWith(ALLOW_KEYS);
+    assert.equal(kw(['key', 'generate', 'k-one'], { env: h.env }).code, 0);
+    // A passphrase file that opens nothing: only the agent's path can succeed.
+    const wrong = path.join(h.dir, 'wrong-pass');
+    fs.writeFileSync(wrong, 'not the passphrase at all\n', { mode: 0o600 });
+    const env = { ...h.env, KEYWARD_PASSPHRASE_FILE: wrong };
+    const listed = kw(['key', 'list'], { env });
+    assert.equal(listed.code, 0, listed.stderr);
+    assert.match(listed.stdout, /^256 SHA256:\S+ k-one \(/m);
+    const taken = kw(['key', 'generate', 'k-one'], { env });
+    assert.equal(taken.code, 2, taken.stderr);
+    assert.match(taken.stderr, /a key named k-one exists/);
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    assert.equal(
+      kw(['key', 'list'], { env }).code,
+      4,
+      'locked: the vault itself, wrong passphrase',
+    );
+  },
+);
+
+test(
   'key import reads OpenSSH key files, plain and encrypted (aes256-ctr, aes256-gcm); the imported keys sign for the original public keys',
   { skip },
   async () => {

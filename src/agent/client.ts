@@ -389,6 +389,17 @@ export async function agentList(
   );
 }
 
+/** The vault's signing keys (names and public halves), from the agent. */
+export async function agentKeys(
+  path: string,
+): Promise<Array<{ name: string; type: string; bits: number; publicBlob: Buffer }>> {
+  const keys =
+    jsonBody<{ keys?: Array<{ name: string; type: string; bits: number; publicBlob: string }> }>(
+      await call(path, 'list', { kind: 'keys' }),
+    ).keys ?? [];
+  return keys.map((k) => ({ ...k, publicBlob: Buffer.from(k.publicBlob, 'base64') }));
+}
+
 /** The MCP pin record (hashes and dates, nothing secret) of one server or all, from the agent. */
 export async function agentMcpPins(
   path: string,

@@ -7,6 +7,7 @@ export type { Agent, AgentOptions } from './server.js';
 export {
   agentApprovals,
   agentConsole,
+  agentKeys,
   agentList,
   agentMcpPins,
   agentApprove,

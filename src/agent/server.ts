@@ -23,6 +23,7 @@ import {
   type AuditRecord,
 } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
+import { listKeys } from '../keys/index.js';
 import { flock, LOCK_EX, LOCK_NB, queuedBytes } from '../lib/libc.js';
 import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { durationMs, type Loaded } from '../policy/index.js';
@@ -404,8 +405,22 @@ export class Agent {
         return { meta: { stopping: true } };
       case 'list': {
         secureFree(f.raw);
+        const v = this.window.unlocked();
+        if (str(f.meta, 'kind') === 'keys') {
+          // Names and public halves: what the SSH socket's identity list shows anyway.
+          const keys = listKeys(v).map((k) => ({
+            name: k.name,
+            type: k.type,
+            bits: k.bits,
+            publicBlob: k.publicBlob.toString('base64'),
+          }));
+          return {
+            meta: { count: keys.length },
+            raw: secureTake(Buffer.from(JSON.stringify({ keys }), 'utf8')),
+          };
+        }
         // Names and metadata (never values), in raw: a vault of many names outgrows a meta.
-        const entries = this.window.unlocked().list();
+        const entries = v.list();
         return {
           meta: { count: entries.length },
           raw: secureTake(Buffer.from(JSON.stringify({ entries }), 'utf8')),

@@ -57,7 +57,7 @@ export function readCertifiedKey(type: string, r: SshReader): { key: SigningKey;
       else w.mpint(p.m);
     }
     const key = SigningKey.fromRecord(rec);
-     
+
     if (!certifiesKey(blob, key.publicBlob)) {
       key.wipe();
       throw badCert('it certifies another key');

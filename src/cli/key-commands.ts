@@ -2,7 +2,7 @@
  * key generate | import | list | rm, ssh-env  (signing; docs/PROTOCOL.md, "SSH agent")
  */
 import type { Command } from 'commander';
-import { agentStatus, socketPaths } from '../agent/index.js';
+import { agentKeys, agentStatus, socketPaths } from '../agent/index.js';
 import { UsageError } from '../errors.js';
 import {
   deleteKey,
@@ -18,6 +18,17 @@ import { socketDir } from '../lib/paths.js';
 import { useVault } from '../vault/index.js';
 import { agentSocket, auth, paths } from './context.js';
 import type { Io } from './report.js';
+
+/**
+ * The vault's keys from an unlocked agent (no passphrase asked), or undefined when no agent
+ * runs or it is locked: then the vault is opened directly, as `secret list` does.
+ */
+async function keysFromAgent(): Promise<
+  Array<{ name: string; type: string; bits: number; publicBlob: Buffer }> | undefined
+> {
+  const status = await agentStatus(agentSocket());
+  return status && !status['locked'] ? agentKeys(agentSocket()) : undefined;
+}
 
 const TYPES: Record<string, KeyType> = {
   ed25519: 'ssh-ed25519',
@@ -43,7 +54,7 @@ export function registerKeyCommands(program: Command, io: Io): void {
       'ed25519',
     )
     .option('--bits <n>', 'RSA modulus size: 2048 to 8192', '3072')
-    .action(function (this: Command, name: string) {
+    .action(async function (this: Command, name: string) {
       const o = this.opts<{ type: string; bits: string }>();
       const type = TYPES[o.type];
       if (!type) {
@@ -54,6 +65,12 @@ export function registerKeyCommands(program: Command, io: Io): void {
       const bits = Number(o.bits);
       if (!/^\d+$/.test(o.bits) || bits < 2048 || bits > 8192)
         throw new UsageError('USAGE', `--bits ${o.bits} is not between 2048 and 8192`);
+      // A name already taken is said before the passphrase is asked, when an unlocked agent can
+      // tell (names are encrypted: without it, only the vault opened can).
+      if ((await keysFromAgent())?.some((k) => k.name === name))
+        throw new UsageError('USAGE', `a key named ${name} exists`, {
+          hint: 'choose another name',
+        });
       const k = generateKey(paths(), auth(this, io), name, type, bits);
       io.stdout(`${publicKeyLine(k.publicBlob, name)}\n`);
     });
@@ -83,8 +100,10 @@ export function registerKeyCommands(program: Command, io: Io): void {
     .command('list')
     .description('keys with their fingerprints, as ssh-keygen -l prints them')
     .option('--json', 'machine-readable output')
-    .action(function (this: Command) {
-      const keys = useVault(paths(), auth(this, io), 'read', (v) => listKeys(v)).map((k) => ({
+    .action(async function (this: Command) {
+      const held =
+        (await keysFromAgent()) ?? useVault(paths(), auth(this, io), 'read', (v) => listKeys(v));
+      const keys = held.map((k) => ({
         name: k.name,
         type: k.type,
         bits: k.bits,
