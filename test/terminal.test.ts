@@ -155,3 +155,22 @@ test('a wrong passphrase typed on a terminal gets three tries, each failure reco
   assert.equal(r.code, 4);
   assert.doesNotMatch(r.stderr, /try again \(\d of/);
 });
+
+test('on a terminal, argon2id above the interactive cost shows "deriving key…" while it runs, then erases it; a cheap one shows nothing', () => {
+  const slow = makeHome();
+  const t = onTerminal(slow, `kw init --kdf-ops 3 --kdf-mem-mib 16 && kw secret list`, [
+    ['new vault passphrase: ', 'tty passphrase 12\r'],
+    ['new vault passphrase again: ', 'tty passphrase 12\r'],
+    ['keyward passphrase: ', 'tty passphrase 12\r'],
+  ]);
+  assert.equal(t.exit, 0, t.out);
+  assert.ok(t.out.includes('keyward: deriving key…\r\x1b[K'), `shown, then erased: ${t.out}`);
+  const quick = makeHome();
+  const q = onTerminal(quick, `kw init ${FAST_KDF.join(' ')} && kw secret list`, [
+    ['new vault passphrase: ', 'tty passphrase 12\r'],
+    ['new vault passphrase again: ', 'tty passphrase 12\r'],
+    ['keyward passphrase: ', 'tty passphrase 12\r'],
+  ]);
+  assert.equal(q.exit, 0, q.out);
+  assert.doesNotMatch(q.out, /deriving key/);
+});

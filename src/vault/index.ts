@@ -27,6 +27,7 @@ export {
   type Rng,
 } from './crypto.js';
 export { assertValidName, NAME_MAX_BYTES } from '../lib/names.js';
+export type { OnDerive } from './slots.js';
 export {
   hasTerminal,
   PASSPHRASE_MIN_BYTES,

@@ -28,6 +28,7 @@ import {
   type Vault,
   type VaultPaths,
 } from './vault.js';
+import type { OnDerive } from './slots.js';
 
 /**
  * Where vault sessions record what they do. The audit domain implements it; record() returns
@@ -63,6 +64,8 @@ export interface Auth extends PassphraseSource {
   passphraseOnly?: boolean;
   /** Told when keyward falls back from the keyring to the passphrase, for a note on stderr. */
   onNote?: (message: string) => void;
+  /** Told when argon2id starts on a passphrase (a progress line on a terminal). */
+  onDerive?: OnDerive | undefined;
   audit: AuditSink;
 }
 
@@ -70,13 +73,13 @@ export interface Auth extends PassphraseSource {
 export const TERMINAL_TRIES = 3;
 
 function withPassphrase<T>(
-  src: PassphraseSource & { onNote?: (m: string) => void },
+  src: PassphraseSource & { onNote?: (m: string) => void; onDerive?: OnDerive | undefined },
   fn: (u: Unlock) => T,
 ): T {
   for (let attempt = 1; ; attempt++) {
     const passphrase = readPassphrase(src);
     try {
-      return fn({ passphrase });
+      return fn({ passphrase, onDerive: src.onDerive });
     } catch (e) {
       // Each failure is recorded by fn (vault.unlock_failed); a typo on a terminal is retried.
       const wrong = e instanceof KeywardError && e.code === 'VAULT_BAD_PASSPHRASE';

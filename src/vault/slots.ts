@@ -26,8 +26,14 @@ import {
 import { keyringFetch } from './keyring.js';
 
 /** How to open the vault. The passphrase stays the caller's to free. */
+/**
+ * Told right before argon2id runs for a passphrase, with its cost; what it returns is called
+ * when the derivation ends (the CLI's "deriving key…" line on a terminal).
+ */
+export type OnDerive = (kdf: KdfParams) => (() => void) | undefined;
+
 export type Unlock =
-  | { passphrase: SecureBuffer }
+  | { passphrase: SecureBuffer; onDerive?: OnDerive | undefined }
   | { keyring: true }
   /** A key-encryption key already derived for one passphrase slot (openAsync); taken over. */
   | { derived: { slotIndex: number; kek: SecureBuffer } };
@@ -104,7 +110,13 @@ export function unwrapSlots(
     for (const [i, s] of p.slots.entries()) {
       if (s.type !== SLOT_PASSPHRASE) continue;
       const ps = passphraseSlot(s);
-      const kek = passphraseKek(unlock.passphrase, ps.salt, ps);
+      const done = unlock.onDerive?.(ps);
+      let kek: SecureBuffer;
+      try {
+        kek = passphraseKek(unlock.passphrase, ps.salt, ps);
+      } finally {
+        done?.();
+      }
       const dk = open(kek, ps.wrapped, slotAd(p.vaultId, SLOT_PASSPHRASE, ps.params));
       if (dk) return { dk, opened: { slotIndex: i, kek } };
       secureFree(kek);
