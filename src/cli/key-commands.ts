@@ -20,14 +20,16 @@ import { agentSocket, auth, paths } from './context.js';
 import type { Io } from './report.js';
 
 /**
- * The vault's keys from an unlocked agent (no passphrase asked), or undefined when no agent
- * runs or it is locked: then the vault is opened directly, as `secret list` does.
+ * The vault's keys from the agent when one runs (no passphrase asked), or undefined when none
+ * does: then the vault is opened directly. A locked agent refuses (exit 5), as `read` and
+ * `secret list` do; with `lockedIsNone`, a locked agent counts as none.
  */
-async function keysFromAgent(): Promise<
-  Array<{ name: string; type: string; bits: number; publicBlob: Buffer }> | undefined
-> {
+async function keysFromAgent(
+  lockedIsNone = false,
+): Promise<Array<{ name: string; type: string; bits: number; publicBlob: Buffer }> | undefined> {
   const status = await agentStatus(agentSocket());
-  return status && !status['locked'] ? agentKeys(agentSocket()) : undefined;
+  if (!status || (lockedIsNone && status['locked'])) return undefined;
+  return agentKeys(agentSocket());
 }
 
 const TYPES: Record<string, KeyType> = {
@@ -67,7 +69,7 @@ export function registerKeyCommands(program: Command, io: Io): void {
         throw new UsageError('USAGE', `--bits ${o.bits} is not between 2048 and 8192`);
       // A name already taken is said before the passphrase is asked, when an unlocked agent can
       // tell (names are encrypted: without it, only the vault opened can).
-      if ((await keysFromAgent())?.some((k) => k.name === name))
+      if ((await keysFromAgent(true))?.some((k) => k.name === name))
         throw new UsageError('USAGE', `a key named ${name} exists`, {
           hint: 'choose another name',
         });

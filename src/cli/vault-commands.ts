@@ -198,11 +198,11 @@ export function registerVaultCommands(program: Command, io: Io): void {
     .description('names and metadata, never values')
     .option('--json', 'machine-readable output')
     .action(async function (this: Command) {
+      // Through the agent when one runs, as `read`: a locked one refuses (exit 5).
       const viaAgent = await agentStatus(agentSocket());
-      const entries =
-        viaAgent && !viaAgent['locked']
-          ? await agentList(agentSocket())
-          : listSecrets(paths(), auth(this, io));
+      const entries = viaAgent
+        ? await agentList(agentSocket())
+        : listSecrets(paths(), auth(this, io));
       if (this.opts<{ json?: boolean }>().json) {
         io.stdout(`${JSON.stringify(entries, null, 2)}\n`);
         return;
