@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { BIN, initHome, kw, type Home } from './helpers.js';
+import { BIN, eventually, initHome, kw, type Home } from './helpers.js';
 
 export interface AgentHome extends Home {
   sockDir: string;
@@ -156,4 +156,15 @@ export function auditEntries(h: Home): AuditEntry[] {
       const e = JSON.parse(l) as { type: string; body: Omit<AuditEntry, 'type'> };
       return { type: e.type, ...e.body };
     });
+}
+
+/** The id of the first request waiting for approval, once one is. */
+export async function pendingId(h: AgentHome): Promise<string> {
+  let id: string | undefined;
+  await eventually(() => {
+    const r = kw(['approvals', '--json'], { env: h.env });
+    id = (JSON.parse(r.stdout || '[]') as Array<{ id: string }>)[0]?.id;
+    return id !== undefined;
+  }, 'a pending request');
+  return id ?? '';
 }

@@ -14,6 +14,7 @@ import { call } from '../src/agent/index.js';
 import {
   agentHome,
   kwAsync,
+  pendingId,
   scanMemory,
   startAgent,
   stopAgent,
@@ -126,16 +127,6 @@ rules:
     decision: approve
     approve: { mode: passphrase, timeout: 20s }
 `;
-
-async function pendingId(h: AgentHome): Promise<string> {
-  let id: string | undefined;
-  await eventually(() => {
-    const r = kw(['approvals', '--json'], { env: h.env });
-    id = (JSON.parse(r.stdout || '[]') as Array<{ id: string }>)[0]?.id;
-    return id !== undefined;
-  }, 'a pending request');
-  return id ?? '';
-}
 
 describe('approving from another terminal', () => {
   test('approve ID with the passphrase releases the waiting read; the approval is recorded', async () => {

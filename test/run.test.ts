@@ -14,12 +14,13 @@ import { after, describe, test } from 'node:test';
 import {
   agentHome,
   auditEntries,
+  pendingId,
   scanMemory,
   startAgent,
   stopAgent,
   type AgentHome,
 } from './agent-helpers.js';
-import { BIN, kw, ROOT, sleep } from './helpers.js';
+import { BIN, eventually, kw, ROOT, sleep } from './helpers.js';
 
 const isRoot = process.geteuid?.() === 0;
 const ALLOW_ALL = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n';
@@ -382,16 +383,6 @@ describe('keyward run: the agent starts the child with the secret', () => {
   });
 });
 
-async function pendingId(h: AgentHome): Promise<string> {
-  for (let i = 0; i < 200; i++) {
-    const r = kw(['approvals', '--json'], { env: h.env });
-    const id = (JSON.parse(r.stdout || '[]') as Array<{ id: string }>)[0]?.id;
-    if (id) return id;
-    await sleep(50);
-  }
-  throw new Error('no pending request appeared');
-}
-
 function events(h: AgentHome, target: string): string[] {
   return auditEntries(h)
     .filter((l) => l.target === target)
@@ -404,7 +395,7 @@ describe('caching and eviction', () => {
     setSecret(h, 'c/none', 'not-cached-value-1');
     assert.equal(kw(['read', 'c/none'], { env: h.env }).stdout, 'not-cached-value-1');
     assert.equal((await run(h, ['--env', 'X=c/none', '--', 'true'])).code, 0);
-    await sleep(200);
+    await eventually(() => events(h, 'c/none').includes('run.exit'), 'the run.exit record');
     assert.deepEqual(events(h, 'c/none'), [
       'secret.set',
       'credential.fetch',
@@ -430,7 +421,12 @@ describe('caching and eviction', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.equal(kw(['read', 'c/other'], { env: h.env }).code, 0);
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
-    await sleep(200);
+    await eventually(
+      () =>
+        events(h, 'c/kept').includes('run.exit') &&
+        events(h, 'c/other').includes('credential.evict'),
+      'the run.exit and eviction records',
+    );
     assert.deepEqual(events(h, 'c/kept'), [
       'secret.set',
       'credential.fetch',
@@ -462,7 +458,8 @@ describe('caching and eviction', () => {
       assert.equal(kw(['read', 'c/scan'], { env: h.env }).stdout, value);
       // Positive control: cached, the agent holds it.
       assert.equal(scanMemory(h.agentPid ?? 0, [Buffer.from(value)]).length, 1);
-      await sleep(1500);
+      // Idle for its 1 s TTL, the value is evicted (and wiped) when the record says so.
+      await eventually(() => events(h, 'c/scan').includes('credential.evict'), 'the eviction');
       const needles = [Buffer.from(value)];
       for (let i = 0; i + 12 <= value.length; i++)
         needles.push(Buffer.from(value.slice(i, i + 12)));
@@ -538,8 +535,11 @@ describe('memory: no plaintext stays behind', () => {
       assert.ok(!r.stdout.includes(value));
       assert.deepEqual(cliFound, [], 'the CLI never held the value');
       assert.equal(agentDuring, 1, 'the scanner finds what the agent does hold');
-      await sleep(200);
-      assert.deepEqual(scanMemory(h.agentPid ?? 0, needles).map(String), []);
+      // Once the run is over the agent drops them: waited for, not timed.
+      await eventually(
+        () => scanMemory(h.agentPid ?? 0, needles).length === 0,
+        'the masking forms to be wiped after the run',
+      );
     },
   );
 });

@@ -11,7 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { agentHome, scanMemory, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
-import { kw, PASSPHRASE, sleep } from './helpers.js';
+import { eventually, kw, PASSPHRASE } from './helpers.js';
 
 const homes: AgentHome[] = [];
 const cleanups: (() => void)[] = [];
@@ -292,12 +292,11 @@ test(
     assert.equal(run('ssh-add', ['-t', '1', a], env).status, 0);
     assert.equal(run('ssh-add', ['-t', '3600', b], env).status, 0); // capped at 2 s by the policy
     assert.match(run('ssh-add', ['-l'], env).stdout, /t-a[\s\S]*t-b/);
-    await sleep(1500);
-    const mid = run('ssh-add', ['-l'], env).stdout;
-    assert.doesNotMatch(mid, /t-a/);
-    assert.match(mid, /t-b/);
-    await sleep(1000);
-    assert.doesNotMatch(run('ssh-add', ['-l'], env).stdout, /t-b/);
+    // Each goes when its lifetime ends (b's 3600 s capped at 2 s): waited for, not timed, so a
+    // loaded machine can't make either look early or late.
+    const listed = () => run('ssh-add', ['-l'], env).stdout;
+    await eventually(() => !/t-a/.test(listed()), 't-a to go after 1 s');
+    await eventually(() => !/t-b/.test(listed()), 't-b to go after the 2 s cap');
   },
 );
 
@@ -341,8 +340,7 @@ test('unlock.max_signatures: the agent locks when the signatures are spent', { s
   fs.writeFileSync(path.join(h.dir, 'm.pub'), g.stdout);
   signAndVerify(h.dir, path.join(h.dir, 'm.pub'), env);
   signAndVerify(h.dir, path.join(h.dir, 'm.pub'), env);
-  await sleep(200);
-  assert.notEqual(kw(['status'], { env: h.env }).code, 0, 'locked after 2 signatures');
+  await eventually(() => kw(['status'], { env: h.env }).code !== 0, 'the lock after 2 signatures');
   const third = run(
     'ssh-keygen',
     ['-Y', 'sign', '-n', 'file', '-f', path.join(h.dir, 'm.pub'), '/dev/null'],
@@ -481,8 +479,8 @@ test(
     const pid = h.agentPid ?? 0;
     // Positive control: while the keys are held the scan finds them.
     assert.ok(scanMemory(pid, fragments).length > 0, 'the scanner finds keys that are held');
+    // The keys are wiped before the agent answers -D.
     assert.equal(run('ssh-add', ['-D'], env).status, 0);
-    await sleep(100);
     const found = scanMemory(pid, fragments);
     const named = secrets.filter(([, v]) => found.some((f) => v.includes(f))).map(([n]) => n);
     assert.deepEqual(named, [], `left in the agent's memory: ${named.join(', ')}`);
