@@ -83,9 +83,12 @@ export function sleep(ms: number): Promise<void> {
  * test. The bound is two minutes, far past any load, so only a broken feature reaches it; a test
  * that waits a fixed time instead passes or fails with the machine's load.
  */
-export async function eventually(probe: () => boolean, what: string): Promise<void> {
+export async function eventually(
+  probe: () => boolean | Promise<boolean>,
+  what: string,
+): Promise<void> {
   const until = Date.now() + 120_000;
-  while (!probe()) {
+  while (!(await probe())) {
     if (Date.now() > until) throw new Error(`gave up waiting for ${what}`);
     await sleep(25);
   }

@@ -11,7 +11,7 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
 import { scanMemory } from './agent-helpers.js';
-import { kw, sleep } from './helpers.js';
+import { eventually, kw } from './helpers.js';
 import {
   agentWith,
   alive,
@@ -214,8 +214,15 @@ describe('keyward mcp wrap', () => {
       dying.callTool({ name: 'search', arguments: {} }),
       /MCP server dying exited/,
     );
-    await sleep(100);
-    await assert.rejects(dying.callTool({ name: 'search', arguments: {} }), /is gone/);
+    // Once the gateway has seen the server's exit, a call says it is gone.
+    await eventually(
+      () =>
+        dying.callTool({ name: 'search', arguments: {} }).then(
+          () => assert.fail('a call to a dead server answered'),
+          (e: unknown) => /is gone/.test(String(e)),
+        ),
+      'calls to say the server is gone',
+    );
   });
 
   test('fails closed when the policy cannot be read (agent locked): nothing listed, calls refused', async () => {

@@ -6,8 +6,15 @@ import { spawnSync } from 'node:child_process';
 import { after, test } from 'node:test';
 import { hotp, verifyTotp } from '../src/approval/index.js';
 import { secureTake } from '../src/lib/secure.js';
-import { agentHome, kwAsync, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
-import { kw, sleep } from './helpers.js';
+import {
+  agentHome,
+  kwAsync,
+  pendingId,
+  startAgent,
+  stopAgent,
+  type AgentHome,
+} from './agent-helpers.js';
+import { kw } from './helpers.js';
 
 const RFC_SECRET = () => secureTake(Buffer.from('12345678901234567890'));
 
@@ -58,19 +65,6 @@ rules:
     high_value: true
     approve: { mode: totp, timeout: 30s }
 `;
-
-async function pendingId(h: AgentHome): Promise<string> {
-  for (let i = 0; i < 100; i++) {
-    const id = (
-      JSON.parse(kw(['approvals', '--json'], { env: h.env }).stdout || '[]') as Array<{
-        id: string;
-      }>
-    )[0]?.id;
-    if (id) return id;
-    await sleep(50);
-  }
-  throw new Error('no pending request');
-}
 
 test(
   'a high-value read waits for a TOTP code from an authenticator (oathtool); a used code is refused',
