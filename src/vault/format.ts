@@ -154,48 +154,6 @@ export function parseVault(bytes: Buffer): ParsedVault {
   return { version, vaultId, keyId, generation, slots, header, indexRecord, records };
 }
 
-export function encodeHeader(p: {
-  vaultId: Buffer;
-  keyId: Buffer;
-  generation: bigint;
-  slots: readonly Slot[];
-}): Buffer {
-  const fixed = Buffer.alloc(FIXED_HEADER);
-  MAGIC.copy(fixed, 0);
-  fixed.writeUInt8(VERSION, MAGIC.length);
-  p.vaultId.copy(fixed, 8);
-  p.keyId.copy(fixed, 24);
-  fixed.writeBigUInt64BE(p.generation, 40);
-  fixed.writeUInt8(p.slots.length, 48);
-  const parts: Buffer[] = [fixed];
-  for (const s of p.slots) {
-    const h = Buffer.alloc(3);
-    h.writeUInt8(s.type, 0);
-    h.writeUInt16BE(s.body.length, 1);
-    parts.push(h, s.body);
-  }
-  return Buffer.concat(parts);
-}
-
-function u32(n: number): Buffer {
-  const b = Buffer.alloc(4);
-  b.writeUInt32BE(n, 0);
-  return b;
-}
-
-/** The whole file as chunks (header, index, records, checksum), ready for writeFileAtomic. */
-export function encodeVault(
-  header: Buffer,
-  indexRecord: Buffer,
-  records: readonly Buffer[],
-): Buffer[] {
-  const chunks: Buffer[] = [header, u32(indexRecord.length), indexRecord, u32(records.length)];
-  for (const rec of records) chunks.push(u32(rec.length), rec);
-  const checksum = blake2b256(Buffer.concat(chunks));
-  chunks.push(checksum);
-  return chunks;
-}
-
 /** The wrap's associated data for a slot: ties it to this vault and to its own parameters. */
 export function slotAd(vaultId: Buffer, type: number, params: Buffer): Buffer {
   return Buffer.concat([MAGIC, Buffer.from([VERSION]), vaultId, Buffer.from([type]), params]);
