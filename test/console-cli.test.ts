@@ -9,7 +9,7 @@ import path from 'node:path';
 import { after, test } from 'node:test';
 import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
 import { waitingCommand } from './console-helpers.js';
-import { kw, sleep } from './helpers.js';
+import { eventually, kw } from './helpers.js';
 
 const homes: AgentHome[] = [];
 after(async () => {
@@ -27,14 +27,12 @@ async function running(env: NodeJS.ProcessEnv, args: string[] = []): Promise<Age
 
 /** Until the agent no longer lists this request (it answers after the close it saw). */
 async function gone(h: AgentHome, id: string): Promise<void> {
-  for (let i = 0; i < 400; i++) {
+  await eventually(() => {
     const list = JSON.parse(kw(['approvals', '--json'], { env: h.env }).stdout) as Array<{
       id: string;
     }>;
-    if (!list.some((p) => p.id === id)) return;
-    await sleep(50);
-  }
-  throw new Error(`request ${id} is still listed`);
+    return !list.some((p) => p.id === id);
+  }, `request ${id} to be gone`);
 }
 
 test('a command waiting for approval says so at once: id, time left, where to approve', async () => {
@@ -92,11 +90,11 @@ test('a failing askpass program is recorded with its reason; the console still c
   const w = waitingCommand(['read', 'app/token'], h.env);
   const id = await w.id;
   // The failure is recorded before the request is shown as still pending.
-  let failed;
-  for (let i = 0; i < 400 && !failed; i++) {
+  let failed: ReturnType<typeof auditEntries>[number] | undefined;
+  await eventually(() => {
     failed = auditEntries(h).find((e) => e.type === 'approval.askpass_failed');
-    if (!failed) await sleep(50);
-  }
+    return failed !== undefined;
+  }, 'the askpass failure record');
   assert.equal(failed?.reason, 'the askpass program exited with status 3');
   assert.equal(failed?.details['request'], id);
   assert.equal(kw(['deny', id], { env: h.env }).code, 0);

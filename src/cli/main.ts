@@ -61,6 +61,10 @@ export const COMMAND_GROUPS: ReadonlyArray<{
     load: async () => (await import('./doctor-command.js')).registerDoctorCommand,
   },
   { commands: ['demo'], load: async () => (await import('./demo.js')).registerDemoCommand },
+  {
+    commands: ['completion'],
+    load: async () => (await import('./completion-command.js')).registerCompletionCommand,
+  },
 ];
 
 /** The command a command line names: its first argument that is not a global option. */
@@ -195,8 +199,9 @@ export async function main(argv: string[], io: Io = processIo): Promise<ExitCode
     if (e instanceof ChildExit) return e.code;
     if (e instanceof CommanderError) {
       if (e.code === 'commander.helpDisplayed' || e.code === 'commander.version') return EXIT.OK;
-      // Help shown because no command was given: a usage error, after the help text.
-      if (e.code === 'commander.help') return EXIT.USAGE;
+      // Help asked for (`keyward help COMMAND`) is a success; help shown because no command was
+      // given is a usage error, after the help text (commander tells them by the exit code).
+      if (e.code === 'commander.help') return e.exitCode === 0 ? EXIT.OK : EXIT.USAGE;
       return reportError(usageFrom(e), io);
     }
     return reportError(e, io);
