@@ -7,6 +7,7 @@ import { EXIT, UsageError, type ExitCode } from '../errors.js';
 import { onAgentHello, onApprovalPending, type PendingNotice } from '../agent/index.js';
 import { quote } from '../lib/text.js';
 import { hardenProcess } from '../lib/libc.js';
+import { helpEpilogue } from './manual.js';
 import { ChildExit, processIo, reportError, type Io } from './report.js';
 
 export const VERSION = '0.1.0';
@@ -96,6 +97,7 @@ export async function buildProgram(io: Io, argv: readonly string[] = []): Promis
       '--allow-debugger',
       'run even where a debugger could attach or code be loaded (NODE_OPTIONS=--inspect...); announced everywhere',
     )
+    .addHelpText('after', helpEpilogue())
     .showHelpAfterError(false)
     .exitOverride()
     .configureOutput({

@@ -1,6 +1,8 @@
 /**
- * Shell completion (issue 18, item 9): `keyward completion bash` sourced in a real bash, asked
- * for completions the way bash asks (COMP_WORDS, COMP_CWORD, the function it registered).
+ * Help (issue 18, item 9): `keyward --help` with the environment, exit statuses and examples;
+ * `keyward help COMMAND`; shell completion sourced in a real bash and asked for completions the
+ * way bash asks (COMP_WORDS, COMP_CWORD, the function it registered); the man page, generated
+ * from the same command tree and read with the real man.
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
@@ -8,7 +10,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
-import { kw, makeHome } from './helpers.js';
+import { makeManPage } from '../scripts/make-manpage.js';
+import { kw, makeHome, ROOT } from './helpers.js';
 
 const h = makeHome();
 const script = path.join(h.dir, 'keyward.bash');
@@ -45,7 +48,11 @@ test('keyward completion bash: commands, subcommands, options and file arguments
   assert.deepEqual(complete(['keyward', '--passphrase-file', 'pass'], dir), ['pass-file']);
   // Every command `keyward --help` lists completes, and nothing else.
   const help = kw(['--help'], { env: h.env }).stdout;
-  const listed = [...help.matchAll(/^ {2}([a-z][a-z-]*)\b/gm)].map((m) => m[1] ?? '');
+  const commands = help.slice(
+    help.indexOf('Commands:'),
+    help.indexOf('\n\n', help.indexOf('Commands:')),
+  );
+  const listed = [...commands.matchAll(/^ {2}([a-z][a-z-]*)\b/gm)].map((m) => m[1] ?? '');
   const top = complete(['keyward', '']);
   assert.deepEqual([...top].sort(), listed.filter((c) => c !== 'help').sort());
 });
@@ -69,4 +76,34 @@ test('keyward completion zsh and fish print scripts for those shells; another sh
   const bad = kw(['completion', 'tcsh'], { env: h.env });
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /no completion for the shell tcsh/);
+});
+
+test('keyward --help ends with the environment it reads, its exit statuses and examples', () => {
+  const help = kw(['--help'], { env: h.env });
+  assert.equal(help.code, 0, help.stderr);
+  for (const v of [
+    'KEYWARD_HOME',
+    'KEYWARD_SOCKET_DIR',
+    'KEYWARD_PASSPHRASE_FILE',
+    'KEYWARD_ASKPASS',
+  ])
+    assert.match(help.stdout, new RegExp(`^  ${v} `, 'm'), v);
+  assert.match(help.stdout, /^Exit status:\n {2}0 {3}success$/m);
+  assert.match(help.stdout, /^ {2}8 {3}a damaged or tampered file/m);
+  assert.match(help.stdout, /^Examples:\n {2}keyward init/m);
+});
+
+test('docs/keyward.1 is what the command tree makes today, and man reads it', async () => {
+  const committed = fs.readFileSync(path.join(ROOT, 'docs/keyward.1'), 'utf8');
+  assert.equal(committed, await makeManPage(), 'run: npm run man');
+  const man = spawnSync('man', ['./docs/keyward.1'], {
+    cwd: ROOT,
+    encoding: 'utf8',
+    env: { ...process.env, MANPAGER: 'cat', MANWIDTH: '100' },
+  });
+  assert.equal(man.status, 0, man.stderr);
+  assert.match(man.stdout, /^NAME\n\s+keyward\s+-\s/m);
+  assert.match(man.stdout, /keyward secret set <name>/);
+  assert.match(man.stdout, /^EXIT STATUS/m);
+  assert.match(man.stdout, /KEYWARD_PASSPHRASE_FILE/);
 });
