@@ -78,6 +78,21 @@ test('keyward completion zsh and fish print scripts for those shells; another sh
   assert.match(bad.stderr, /no completion for the shell tcsh/);
 });
 
+test("every command's --help ends with the environment, its exit statuses and examples", () => {
+  const paths = complete(['keyward', '']).flatMap((c) => [
+    c,
+    ...complete(['keyward', c, '']).map((s) => `${c} ${s}`),
+  ]);
+  assert.ok(paths.length > 40, `${paths.length} commands`);
+  for (const p of paths) {
+    const out = kw([...p.split(' '), '--help'], { env: h.env });
+    assert.equal(out.code, 0, `${p}: ${out.stderr}`);
+    assert.match(out.stdout, /^Environment: KEYWARD_HOME/m, p);
+    assert.match(out.stdout, /^Exit status:\n {2}0 {3}success$/m, p);
+    assert.match(out.stdout, /^Examples:\n {2}(keyward |\S+=|printf |eval |source )/m, p);
+  }
+});
+
 test('keyward --help ends with the environment it reads, its exit statuses and examples', () => {
   const help = kw(['--help'], { env: h.env });
   assert.equal(help.code, 0, help.stderr);

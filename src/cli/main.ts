@@ -7,7 +7,7 @@ import { EXIT, UsageError, type ExitCode } from '../errors.js';
 import { onAgentHello, onApprovalPending, type PendingNotice } from '../agent/index.js';
 import { quote } from '../lib/text.js';
 import { hardenProcess } from '../lib/libc.js';
-import { helpEpilogue } from './manual.js';
+import { commandEpilogue, helpEpilogue } from './manual.js';
 import { ChildExit, processIo, reportError, type Io } from './report.js';
 
 export const VERSION = '0.1.0';
@@ -157,6 +157,8 @@ function inheritBehaviour(cmd: Command, io: Io): void {
     writeErr: (s) => io.stderr(s),
     outputError: () => undefined,
   });
+  const epilogue = commandEpilogue(commandPath(cmd));
+  if (epilogue) cmd.addHelpText('after', epilogue);
   for (const c of cmd.commands) inheritBehaviour(c, io);
 }
 

@@ -83,9 +83,16 @@ export function manPage(program: Command, version: string): string {
         roff(s.description()),
       );
       const opts = s.options.filter((o) => o.long !== '--help');
-      if (opts.length > 0) {
+      const h = COMMAND_HELP[name];
+      if (opts.length > 0 || h) {
         out.push('.RS');
         for (const o of opts) out.push('.TP', `.B ${roff(o.flags)}`, roff(o.description));
+        if (h) {
+          const exits = [0, ...new Set(h.exits)].sort((x, y) => x - y).join(', ');
+          out.push('.PP', roff(`Exit status: ${exits}.`), '.PP', 'Examples:', '.nf');
+          for (const e of h.examples) out.push(`  ${roff(e)}`);
+          out.push('.fi');
+        }
         out.push('.RE');
       }
       walk(s, name);
@@ -113,4 +120,180 @@ export function manPage(program: Command, version: string): string {
     '',
   );
   return out.join('\n');
+}
+
+/** Exit statuses besides 0 that commands of a kind end with. */
+const OPENS_VAULT = [2, 3, 4, 8];
+const ASKS_AGENT = [2, 5, 8];
+const RELEASES = [2, 3, 4, 5, 6, 7, 8];
+
+/** Each command's exit statuses (besides 0) and one or two examples, for its --help. */
+export const COMMAND_HELP: Readonly<Record<string, { exits: number[]; examples: string[] }>> = {
+  init: { exits: [2, 8], examples: ['keyward init', 'keyward init --force --yes'] },
+  whoami: { exits: [2, 3, 8], examples: ['keyward whoami', 'keyward whoami --json'] },
+  secret: { exits: RELEASES, examples: ['keyward secret list', 'keyward secret rm old/token'] },
+  'secret set': {
+    exits: OPENS_VAULT,
+    examples: [
+      'printf %s "$TOKEN" | keyward secret set github/token',
+      'keyward secret set db/password    # on a terminal: asked, hidden',
+    ],
+  },
+  'secret list': {
+    exits: [...OPENS_VAULT, 5],
+    examples: ['keyward secret list', 'keyward secret list --json'],
+  },
+  'secret rm': { exits: OPENS_VAULT, examples: ['keyward secret rm github/token'] },
+  passwd: { exits: OPENS_VAULT, examples: ['keyward passwd'] },
+  rekey: { exits: OPENS_VAULT, examples: ['keyward rekey'] },
+  read: {
+    exits: RELEASES,
+    examples: [
+      'keyward read github/token',
+      'GITHUB_TOKEN="$(keyward read github/token)" gh repo list',
+    ],
+  },
+  agent: { exits: ASKS_AGENT, examples: ['keyward agent start', 'keyward agent stop'] },
+  'agent run': {
+    exits: [2, 5, 8],
+    examples: ['keyward agent run    # in the foreground, for a service manager'],
+  },
+  'agent start': { exits: [2, 5, 8], examples: ['keyward agent start && keyward unlock'] },
+  'agent stop': { exits: ASKS_AGENT, examples: ['keyward agent stop'] },
+  unlock: {
+    exits: [2, 4, 5, 8],
+    examples: ['keyward unlock', 'keyward unlock --keyring'],
+  },
+  lock: { exits: ASKS_AGENT, examples: ['keyward lock'] },
+  status: { exits: ASKS_AGENT, examples: ['keyward status', 'keyward status --json'] },
+  approvals: { exits: ASKS_AGENT, examples: ['keyward approvals', 'keyward approvals --json'] },
+  approve: {
+    exits: [2, 3, 4, 5, 8],
+    examples: ['keyward approve 7f3a', 'keyward approve 7f3a --code 123456'],
+  },
+  deny: { exits: [2, 3, 5, 8], examples: ['keyward deny 7f3a'] },
+  totp: { exits: OPENS_VAULT, examples: ['keyward totp enroll'] },
+  'totp enroll': { exits: OPENS_VAULT, examples: ['keyward totp enroll'] },
+  key: { exits: OPENS_VAULT, examples: ['keyward key generate git-signing', 'keyward key list'] },
+  'key generate': {
+    exits: OPENS_VAULT,
+    examples: ['keyward key generate git-signing', 'keyward key generate deploy --type ecdsa-p256'],
+  },
+  'key import': {
+    exits: OPENS_VAULT,
+    examples: [
+      'keyward key import ~/.ssh/id_ed25519',
+      'keyward key import ~/.ssh/work --name work',
+    ],
+  },
+  'key list': {
+    exits: [...OPENS_VAULT, 5],
+    examples: ['keyward key list', 'keyward key list --json'],
+  },
+  'key rm': { exits: OPENS_VAULT, examples: ['keyward key rm old-key'] },
+  'ssh-env': { exits: [2], examples: ['eval "$(keyward ssh-env)"'] },
+  run: {
+    exits: RELEASES,
+    examples: [
+      'keyward run --env GITHUB_TOKEN=github/token -- gh repo list',
+      'keyward run --fd 3=deploy/key -- ./deploy.sh    # the secret on descriptor 3',
+    ],
+  },
+  mcp: {
+    exits: RELEASES,
+    examples: [
+      'keyward mcp serve',
+      'keyward mcp wrap --name github -- npx -y @modelcontextprotocol/server-github',
+    ],
+  },
+  'mcp serve': {
+    exits: RELEASES,
+    examples: ['keyward mcp serve    # in an MCP client configuration'],
+  },
+  'mcp wrap': {
+    exits: RELEASES,
+    examples: [
+      'keyward mcp wrap --name github -- npx -y @modelcontextprotocol/server-github',
+      'keyward mcp wrap --name docs --url https://mcp.example.com/mcp',
+    ],
+  },
+  'mcp pins': {
+    exits: OPENS_VAULT,
+    examples: ['keyward mcp pins list', 'keyward mcp pins diff github'],
+  },
+  'mcp pins list': { exits: [...OPENS_VAULT, 5], examples: ['keyward mcp pins list'] },
+  'mcp pins diff': { exits: [...OPENS_VAULT, 5], examples: ['keyward mcp pins diff github'] },
+  'mcp pins trust': { exits: OPENS_VAULT, examples: ['keyward mcp pins trust github'] },
+  'mcp pins reset': {
+    exits: OPENS_VAULT,
+    examples: ['keyward mcp pins reset github', 'keyward mcp pins reset --all'],
+  },
+  console: {
+    exits: ASKS_AGENT,
+    examples: ['keyward console credentials', 'keyward console revoke 3f2a'],
+  },
+  'console credentials': { exits: ASKS_AGENT, examples: ['keyward console credentials --json'] },
+  'console rename': {
+    exits: [...ASKS_AGENT, 3, 4],
+    examples: ['keyward console rename 3f2a "laptop key"'],
+  },
+  'console revoke': { exits: [...ASKS_AGENT, 3, 4], examples: ['keyward console revoke 3f2a'] },
+  audit: { exits: OPENS_VAULT, examples: ['keyward audit tail', 'keyward audit verify'] },
+  'audit init': { exits: OPENS_VAULT, examples: ['keyward audit init'] },
+  'audit verify': {
+    exits: OPENS_VAULT,
+    examples: ['keyward audit verify', 'keyward audit verify --chain-only'],
+  },
+  'audit acknowledge': { exits: OPENS_VAULT, examples: ['keyward audit acknowledge'] },
+  'audit tail': {
+    exits: OPENS_VAULT,
+    examples: ['keyward audit tail -n 50', 'keyward audit tail --sealed --follow'],
+  },
+  'audit export': {
+    exits: OPENS_VAULT,
+    examples: ['keyward audit export > audit.jsonl', 'keyward audit export --decrypt'],
+  },
+  'audit key': { exits: OPENS_VAULT, examples: ['keyward audit key export > audit.key'] },
+  'audit key export': {
+    exits: OPENS_VAULT,
+    examples: ['keyward audit key export > audit.key'],
+  },
+  'audit rekey': { exits: OPENS_VAULT, examples: ['keyward audit rekey'] },
+  policy: {
+    exits: [2, 3, 4, 8],
+    examples: ['keyward policy check policy.yaml', 'keyward policy apply policy.yaml'],
+  },
+  'policy check': { exits: [2, 8], examples: ['keyward policy check ~/.keyward/policy.yaml'] },
+  'policy apply': { exits: OPENS_VAULT, examples: ['keyward policy apply ~/.keyward/policy.yaml'] },
+  'policy show': { exits: [2, 3, 8], examples: ['keyward policy show'] },
+  'policy history': { exits: [2, 3, 8], examples: ['keyward policy history'] },
+  'policy diff': { exits: [2, 3, 8], examples: ['keyward policy diff 3 4'] },
+  'policy explain': {
+    exits: [2, 3, 8],
+    examples: ['keyward policy explain --target github/token --exe /usr/bin/gh'],
+  },
+  doctor: { exits: [2, 8], examples: ['keyward doctor', 'keyward doctor --json'] },
+  demo: { exits: [2], examples: ['keyward demo'] },
+  completion: {
+    exits: [2],
+    examples: ['source <(keyward completion bash)', 'keyward completion fish | source'],
+  },
+};
+
+/** The end of one command's --help: what it reads, how it can end, and examples. */
+export function commandEpilogue(path: string): string {
+  const h = COMMAND_HELP[path];
+  if (!h) return '';
+  const what = new Map(EXIT_STATUS);
+  const exits = [0, ...new Set(h.exits)].sort((a, b) => a - b);
+  return [
+    '',
+    'Environment: KEYWARD_HOME, KEYWARD_SOCKET_DIR, KEYWARD_PASSPHRASE_FILE (keyward --help says what each is)',
+    '',
+    'Exit status:',
+    ...exits.map((k) => `  ${String(k).padEnd(3)} ${what.get(k) ?? ''}`),
+    '',
+    'Examples:',
+    ...h.examples.map((e) => `  ${e}`),
+  ].join('\n');
 }
