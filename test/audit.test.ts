@@ -19,7 +19,7 @@ import { epochKeyFromSeed } from '../src/audit/keys.js';
 import { readState } from '../src/audit/state.js';
 import { secureTake } from '../src/lib/secure.js';
 import { copySegments, fill, lines, makeLog, writeLines } from './audit-helpers.js';
-import { ROOT } from './helpers.js';
+import { eventually, ROOT } from './helpers.js';
 
 function failsAt(r: VerifyResult, line: number, why?: RegExp): void {
   assert.equal(r.ok, false, 'tampering went undetected');
@@ -230,7 +230,8 @@ describe('crash safety', () => {
         }
       });
     }
-    await new Promise((r) => setTimeout(r, 1500));
+    // Killed mid-stream once fifty appends are acknowledged, however long the machine takes.
+    await eventually(() => acks.size > 50, 'fifty acknowledged appends');
     await Promise.all(
       procs.map(
         (p) =>

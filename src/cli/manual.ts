@@ -128,7 +128,9 @@ const ASKS_AGENT = [2, 5, 8];
 const RELEASES = [2, 3, 4, 5, 6, 7, 8];
 
 /** Each command's exit statuses (besides 0) and one or two examples, for its --help. */
-export const COMMAND_HELP: Readonly<Record<string, { exits: number[]; examples: string[] }>> = {
+export const COMMAND_HELP: Readonly<
+  Record<string, { exits: number[]; examples: string[]; env?: string[] }>
+> = {
   init: { exits: [2, 8], examples: ['keyward init', 'keyward init --force --yes'] },
   whoami: { exits: [2, 3, 8], examples: ['keyward whoami', 'keyward whoami --json'] },
   secret: { exits: RELEASES, examples: ['keyward secret list', 'keyward secret rm old/token'] },
@@ -155,10 +157,15 @@ export const COMMAND_HELP: Readonly<Record<string, { exits: number[]; examples: 
   },
   agent: { exits: ASKS_AGENT, examples: ['keyward agent start', 'keyward agent stop'] },
   'agent run': {
+    env: ['KEYWARD_ASKPASS'],
     exits: [2, 5, 8],
     examples: ['keyward agent run    # in the foreground, for a service manager'],
   },
-  'agent start': { exits: [2, 5, 8], examples: ['keyward agent start && keyward unlock'] },
+  'agent start': {
+    env: ['KEYWARD_ASKPASS'],
+    exits: [2, 5, 8],
+    examples: ['keyward agent start && keyward unlock'],
+  },
   'agent stop': { exits: ASKS_AGENT, examples: ['keyward agent stop'] },
   unlock: {
     exits: [2, 4, 5, 8],
@@ -288,7 +295,7 @@ export function commandEpilogue(path: string): string {
   const exits = [0, ...new Set(h.exits)].sort((a, b) => a - b);
   return [
     '',
-    'Environment: KEYWARD_HOME, KEYWARD_SOCKET_DIR, KEYWARD_PASSPHRASE_FILE (keyward --help says what each is)',
+    `Environment: ${['KEYWARD_HOME', 'KEYWARD_SOCKET_DIR', 'KEYWARD_PASSPHRASE_FILE', ...(h.env ?? [])].join(', ')} (keyward --help says what each is)`,
     '',
     'Exit status:',
     ...exits.map((k) => `  ${String(k).padEnd(3)} ${what.get(k) ?? ''}`),
