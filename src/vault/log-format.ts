@@ -50,10 +50,11 @@ export interface LogLayout {
   header: LogHeader;
   /** Offset of each committed frame's length field. */
   starts: number[];
-  /** End of the last committed frame: the file's length unless a write was cut short. */
+  /**
+   * End of the last committed frame: the file's length unless a write was cut short (bytes
+   * after it never committed: ignored, and cut by the next writer).
+   */
   end: number;
-  /** Bytes after `end` (a write that never committed): ignored, and cut by the next writer. */
-  uncommitted: number;
 }
 
 export function encodeLogHeader(p: {
@@ -142,7 +143,7 @@ export function parseLog(bytes: Buffer): LogLayout {
   // Every rewrite starts with a mark frame, so a file without a committed frame is not one
   // keyward wrote: its header would be authenticated by nothing.
   if (starts.length === 0) throw corruptError('vault.kw has a header and no committed record');
-  return { header, starts, end, uncommitted: bytes.length - end };
+  return { header, starts, end };
 }
 
 function isZero(bytes: Buffer, from: number): boolean {
@@ -152,7 +153,6 @@ function isZero(bytes: Buffer, from: number): boolean {
 
 /** A frame's parts, as subarrays of the file's bytes. */
 export interface FrameView {
-  flags: number;
   kind: number;
   tag: Buffer;
   /** flags || tag: bound into the meta box's associated data. */
@@ -179,7 +179,6 @@ export function frameAt(bytes: Buffer, start: number): FrameView {
   const shapeOk = kind === KIND_PUT ? valueBox.length > BOX_OVERHEAD : valueBox.length === 0;
   if (!shapeOk) throw corruptError(`vault frame at byte ${start} has the wrong shape for its kind`);
   return {
-    flags,
     kind,
     tag: body.subarray(1, 1 + NAME_TAG_BYTES),
     fixed: body.subarray(0, 1 + NAME_TAG_BYTES),

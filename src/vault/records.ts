@@ -84,7 +84,7 @@ interface Pending {
 /** A meta record is at most 2 + 128 (name) + 32 + 4 bytes: one scratch serves every frame. */
 const META_SCRATCH = 256;
 /** Compact when dead frames pass both this and the number of live records. */
-export const COMPACT_MIN_DEAD = 1024;
+const COMPACT_MIN_DEAD = 1024;
 
 export function nameTag(tagKey: SecureBuffer, name: string): Buffer {
   const out = Buffer.alloc(NAME_TAG_BYTES);
