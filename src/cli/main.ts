@@ -193,6 +193,14 @@ export function pendingLines(n: PendingNotice): string {
 }
 
 export async function main(argv: string[], io: Io = processIo): Promise<ExitCode | number> {
+  if (io === processIo) {
+    // The reader went away (`keyward audit export | head`): what it wanted it has; stop quietly
+    // instead of dying on an unhandled EPIPE with a stack trace.
+    process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+      if (e.code === 'EPIPE') process.exit(EXIT.OK);
+      throw e;
+    });
+  }
   onAgentHello(hardenProcess);
   onApprovalPending((n) => io.stderr(pendingLines(n)));
   const program = await buildProgram(io, argv);
