@@ -108,18 +108,20 @@ export function kwAsync(
 }
 
 /** Every readable mapping of a process, read through /proc/PID/mem (root only). */
-export function scanMemory(pid: number, needles: Buffer[]): Buffer[] {
+/** Each readable mapping of pid, in chunks that overlap by `overlap` bytes (a needle across a
+ * chunk boundary is still seen whole). */
+function forEachChunk(pid: number, overlap: number, fn: (view: Buffer) => void): void {
   const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').trim().split('\n');
   const fd = fs.openSync(`/proc/${pid}/mem`, 'r');
-  const found: Buffer[] = [];
+  const CHUNK = 16 * 1024 * 1024;
   try {
     for (const line of maps) {
       const m = /^([0-9a-f]+)-([0-9a-f]+) (r)/.exec(line);
       if (!m) continue;
       const start = parseInt(m[1] ?? '0', 16);
       const end = parseInt(m[2] ?? '0', 16);
-      for (let off = start; off < end; off += 16 * 1024 * 1024) {
-        const len = Math.min(16 * 1024 * 1024, end - off);
+      for (let off = start; off < end; off += CHUNK) {
+        const len = Math.min(CHUNK + overlap, end - off);
         const buf = Buffer.alloc(len);
         let n = 0;
         try {
@@ -127,15 +129,56 @@ export function scanMemory(pid: number, needles: Buffer[]): Buffer[] {
         } catch {
           continue;
         }
-        const view = buf.subarray(0, n);
-        for (const needle of needles)
-          if (!found.includes(needle) && view.indexOf(needle) !== -1) found.push(needle);
+        fn(buf.subarray(0, n));
       }
     }
   } finally {
     fs.closeSync(fd);
   }
+}
+
+export function scanMemory(pid: number, needles: Buffer[]): Buffer[] {
+  const found: Buffer[] = [];
+  const overlap = Math.max(0, ...needles.map((n) => n.length - 1));
+  forEachChunk(pid, overlap, (view) => {
+    for (const needle of needles)
+      if (!found.includes(needle) && view.indexOf(needle) !== -1) found.push(needle);
+  });
   return found;
+}
+
+/**
+ * Which of `values` have any `width`-byte window (every offset, not a sample) anywhere in pid's
+ * readable memory: the indexes. Too many windows for indexOf each, so one pass: a bitmap of the
+ * windows' first four bytes filters, and a candidate is compared whole.
+ */
+export function scanWindows(pid: number, values: Buffer[], width = 12): number[] {
+  const windows = new Map<number, Array<{ value: number; at: number }>>();
+  const bits = new Uint8Array(1 << 21); // 2^24 bits, indexed by the low 24 bits of the key
+  values.forEach((v, value) => {
+    for (let at = 0; at + width <= v.length; at++) {
+      const key = v.readUInt32LE(at);
+      const list = windows.get(key) ?? [];
+      list.push({ value, at });
+      windows.set(key, list);
+      const b = key & 0xffffff;
+      bits[b >>> 3] = (bits[b >>> 3] ?? 0) | (1 << (b & 7));
+    }
+  });
+  const found = new Set<number>();
+  forEachChunk(pid, width - 1, (view) => {
+    const n = view.length - width;
+    for (let i = 0; i <= n; i++) {
+      const b = (view[i] ?? 0) | ((view[i + 1] ?? 0) << 8) | ((view[i + 2] ?? 0) << 16);
+      if (((bits[b >>> 3] ?? 0) & (1 << (b & 7))) === 0) continue;
+      for (const w of windows.get(view.readUInt32LE(i)) ?? []) {
+        if (found.has(w.value)) continue;
+        const v = values[w.value] as Buffer;
+        if (view.compare(v, w.at, w.at + width, i, i + width) === 0) found.add(w.value);
+      }
+    }
+  });
+  return [...found].sort((a, b) => a - b);
 }
 
 /** One audit entry as `audit export --decrypt` shows it: its type and its opened body. */
@@ -147,9 +190,17 @@ export interface AuditEntry {
   details: Record<string, unknown>;
 }
 
-/** Every audit entry of a home, oldest first, bodies opened with the vault. */
+/** The home's environment with no agent to be found: commands open the vault directly. */
+export function withoutAgent(h: Home): NodeJS.ProcessEnv {
+  return { ...h.env, KEYWARD_SOCKET_DIR: path.join(h.dir, 'no-agent-here') };
+}
+
+/**
+ * Every audit entry of a home, oldest first, bodies opened with the vault: directly, with the
+ * passphrase, whatever agent runs (an agent would be asked, and its policy would decide).
+ */
 export function auditEntries(h: Home): AuditEntry[] {
-  return kw(['audit', 'export', '--decrypt'], { env: h.env })
+  return kw(['audit', 'export', '--decrypt'], { env: withoutAgent(h) })
     .stdout.trim()
     .split('\n')
     .map((l) => {

@@ -16,13 +16,14 @@ import {
   kwAsync,
   pendingId,
   scanMemory,
+  scanWindows,
   startAgent,
   stopAgent,
   type AgentHome,
+  withoutAgent,
 } from './agent-helpers.js';
-import { BIN, eventually, kw, ROOT } from './helpers.js';
+import { BIN, eventually, kw, ROOT, rootTests } from './helpers.js';
 
-const isRoot = process.geteuid?.() === 0;
 const homes: AgentHome[] = [];
 after(async () => {
   for (const h of homes) await stopAgent(h);
@@ -51,7 +52,10 @@ function auditTypes(h: AgentHome): string[] {
 describe('the acceptance test: after unlock, a second process cannot read without the approval step', () => {
   test('denied without approval; approved once, it reads once; a third process is asked again', async () => {
     const h = await running();
-    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' });
+    assert.equal(
+      kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' }).code,
+      0,
+    );
     h.answer('no');
     let r = kw(['read', 'app/token'], { env: h.env });
     assert.equal(r.code, 6, r.stderr);
@@ -76,7 +80,10 @@ describe('the acceptance test: after unlock, a second process cannot read withou
 
   test("on the agent's own terminal a person types the challenge; a blind yes does not pass", async () => {
     const h = agentHome();
-    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'typed-approval-1' });
+    assert.equal(
+      kw(['secret', 'set', 'app/token'], { env: h.env, input: 'typed-approval-1' }).code,
+      0,
+    );
     const env: Record<string, string> = {};
     for (const [k, v] of Object.entries(h.env)) if (v !== undefined) env[k] = v;
     env['TERM'] = 'dumb';
@@ -111,7 +118,10 @@ describe('the acceptance test: after unlock, a second process cannot read withou
 
   test('with no channel for confirm (no askpass, no terminal, no console), the answer is an immediate deny, never allow', async () => {
     const h = await running(undefined, { KEYWARD_ASKPASS: '', SSH_ASKPASS: '' }, ['--no-console']);
-    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' });
+    assert.equal(
+      kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' }).code,
+      0,
+    );
     const r = kw(['read', 'app/token'], { env: h.env });
     assert.equal(r.code, 6);
     // Decided at once: nothing was put up for approval.
@@ -131,7 +141,7 @@ rules:
 describe('approving from another terminal', () => {
   test('approve ID with the passphrase releases the waiting read; the approval is recorded', async () => {
     const h = await running(PASSPHRASE_RULE);
-    kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' });
+    assert.equal(kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' }).code, 0);
     const reader = kwAsync(['read', 's'], h.env);
     const id = await pendingId(h);
     const list = kw(['approvals'], { env: h.env }).stdout;
@@ -150,7 +160,7 @@ describe('approving from another terminal', () => {
 
   test('a bare approve (no passphrase) or a wrong one never approves; the request stays pending; deny ends it', async () => {
     const h = await running(PASSPHRASE_RULE);
-    kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' });
+    assert.equal(kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' }).code, 0);
     const reader = kwAsync(['read', 's'], h.env);
     const id = await pendingId(h);
     const bare = { ...h.env };
@@ -170,7 +180,7 @@ describe('approving from another terminal', () => {
 
   test('an approval cannot be replayed: the same id again is not found (exit 3)', async () => {
     const h = await running(PASSPHRASE_RULE);
-    kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' });
+    assert.equal(kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' }).code, 0);
     const reader = kwAsync(['read', 's'], h.env);
     const id = await pendingId(h);
     assert.equal(kw(['approve', id], { env: h.env }).code, 0);
@@ -182,7 +192,7 @@ describe('approving from another terminal', () => {
 
   test('a request expires (exit 7) when nobody decides', async () => {
     const h = await running(PASSPHRASE_RULE.replace('timeout: 20s', 'timeout: 1s'));
-    kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' });
+    assert.equal(kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' }).code, 0);
     const r = kw(['read', 's'], { env: h.env });
     assert.equal(r.code, 7, r.stderr);
     assert.ok(auditTypes(h).includes('approval.expired'));
@@ -190,7 +200,7 @@ describe('approving from another terminal', () => {
 
   test('the requesting process and its descendants can never approve its request, whatever the factor', async () => {
     const h = await running(PASSPHRASE_RULE);
-    kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' });
+    assert.equal(kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' }).code, 0);
     const r = spawnSync(
       process.execPath,
       [path.join(ROOT, 'dist/test/fixtures/self-approver.js'), h.sock, 's', BIN],
@@ -212,7 +222,7 @@ describe('approving from another terminal', () => {
 describe('peer identity and the socket', () => {
   test(
     'another uid is rejected before its request is read, and audited as peer.rejected',
-    { skip: !isRoot && 'needs root for setpriv' },
+    { skip: !rootTests && 'needs root for setpriv' },
     async () => {
       const h = await running();
       // Make the socket reachable to another uid, only for this test.
@@ -246,7 +256,7 @@ describe('peer identity and the socket', () => {
       let rejected: Row | undefined;
       // The agent records the rejection after closing the connection: wait for the record.
       await eventually(() => {
-        rejected = kw(['audit', 'tail', '--json', '-n', '50'], { env: h.env })
+        rejected = kw(['audit', 'tail', '--json', '-n', '50'], { env: withoutAgent(h) })
           .stdout.trim()
           .split('\n')
           .map((l) => JSON.parse(l) as Row)
@@ -293,7 +303,7 @@ describe('peer identity and the socket', () => {
   for (const [label, arrange, why] of refusals) {
     test(
       `the agent refuses to start with ${label} (fail closed, with a hint)`,
-      { skip: !isRoot && label.includes('another user') && 'needs root' },
+      { skip: !rootTests && label.includes('another user') && 'needs root' },
       () => {
         const h = agentHome();
         arrange(h);
@@ -309,7 +319,7 @@ describe('peer identity and the socket', () => {
     const h = await running(
       'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
     );
-    kw(['secret', 'set', 'p/x'], { env: h.env, input: 'value-pppp' });
+    assert.equal(kw(['secret', 'set', 'p/x'], { env: h.env, input: 'value-pppp' }).code, 0);
     assert.equal(kw(['read', 'p/x'], { env: h.env }).code, 0);
     const f = path.join(h.dir, 'deny.yaml');
     fs.writeFileSync(
@@ -345,14 +355,14 @@ describe('peer identity and the socket', () => {
 describe('lock wipes keys', () => {
   test(
     'after lock, read exits 5 and the agent memory holds neither the value nor any 12-byte fragment of it, nor the passphrase',
-    { skip: !isRoot && 'needs root to read /proc/PID/mem' },
+    { skip: !rootTests && 'needs root to read /proc/PID/mem' },
     async () => {
       const h = await running(
         'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
       );
       // Random, so no 12-byte fragment of it occurs anywhere by chance.
       const value = randomBytes(36).toString('base64url');
-      kw(['secret', 'set', 'scan/me'], { env: h.env, input: value });
+      assert.equal(kw(['secret', 'set', 'scan/me'], { env: h.env, input: value }).code, 0);
       for (let i = 0; i < 3; i++)
         assert.equal(kw(['read', 'scan/me'], { env: h.env }).stdout, value);
       // Positive control: the scanner finds what the agent does hold (the name, in its index).
@@ -364,10 +374,12 @@ describe('lock wipes keys', () => {
       assert.equal(kw(['lock'], { env: h.env }).code, 0);
       // The lock wipes before it answers: the read above already found the agent locked.
       assert.equal(kw(['read', 'scan/me'], { env: h.env }).code, 5);
-      const needles = [Buffer.from(value), Buffer.from('test passphrase, long enough')];
-      for (let i = 0; i + 12 <= value.length; i += 6)
-        needles.push(Buffer.from(value.slice(i, i + 12)));
-      const found = scanMemory(h.agentPid ?? 0, needles);
+      // Every 12-byte window of the value, and the passphrase whole. The window scanner's own
+      // positive control: this test process holds the value (a string), and it finds it.
+      assert.deepEqual(scanWindows(process.pid, [Buffer.from(value)]), [0], 'the scanner works');
+      const left = scanWindows(h.agentPid ?? 0, [Buffer.from(value)]);
+      assert.deepEqual(left, [], 'a 12-byte fragment of the value is left');
+      const found = scanMemory(h.agentPid ?? 0, [Buffer.from('test passphrase, long enough')]);
       assert.deepEqual(found.map(String), []);
     },
   );
@@ -388,7 +400,7 @@ describe('the unlock window', () => {
   test('use slides the idle timeout, but the absolute cap locks anyway', async () => {
     const h = await running(allow('{ idle_timeout: 3s, max_lifetime: 6s }'));
     const unlockedAt = Date.now();
-    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);
     // Reads back to back (far less than 3 s apart, however loaded the machine) until one is
     // refused: only the cap can end them, and not before the idle timeout would have.
     let code = 0;
@@ -408,7 +420,7 @@ describe('the unlock window', () => {
 
   test('maximum uses per unlock locks the agent', async () => {
     const h = await running(allow('{ idle_timeout: 1h, max_lifetime: 4h, max_uses: 2 }'));
-    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);
     assert.equal(kw(['read', 'a'], { env: h.env }).code, 0);
     assert.equal(kw(['read', 'a'], { env: h.env }).code, 0);
     await eventually(() => kw(['status'], { env: h.env }).code === 5, 'the lock after two uses');
@@ -419,7 +431,7 @@ describe('the unlock window', () => {
     const h = await running(
       'version: 1\nrules:\n  - { name: none, targets: ["**"], decision: deny }\n',
     );
-    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);
     for (let i = 0; i < 5; i++) assert.equal(kw(['read', 'a'], { env: h.env }).code, 6);
     await eventually(() => kw(['status'], { env: h.env }).code === 5, 'the circuit breaker');
     assert.ok(auditTypes(h).filter((t) => t === 'vault.lock').length >= 1);
@@ -432,7 +444,10 @@ describe('load', () => {
       'version: 1\nrules:\n  - { name: all, targets: ["c/**"], decision: allow }\n',
     );
     for (let i = 0; i < 4; i++)
-      kw(['secret', 'set', `c/s${i}`], { env: h.env, input: `value-of-secret-${i}-xyz` });
+      assert.equal(
+        kw(['secret', 'set', `c/s${i}`], { env: h.env, input: `value-of-secret-${i}-xyz` }).code,
+        0,
+      );
     let errors = 0;
     let crossTalk = 0;
     await Promise.all(
@@ -455,21 +470,64 @@ describe('load', () => {
     const h = await running(
       'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
     );
-    kw(['secret', 'set', 'f/ok'], { env: h.env, input: 'still-served-value' });
+    assert.equal(
+      kw(['secret', 'set', 'f/ok'], { env: h.env, input: 'still-served-value' }).code,
+      0,
+    );
     const valid = Buffer.concat([
       Buffer.from([0, 0, 0, 20, 1, 3, 0, 16]),
       Buffer.from('{"name":"f/ok"} '),
     ]);
     const total = Number(process.env['KEYWARD_FUZZ_FRAMES'] ?? 100_000);
+    // A smaller run is for trying things out; zero would make this test prove nothing.
+    assert.ok(total >= 1000, `KEYWARD_FUZZ_FRAMES=${total}: at least 1,000 frames, or no test`);
     // One frame per connection: a malformed frame closes its connection, so frames sent after it
     // on the same connection would never be parsed, and would not count.
     const perConn = 1;
     let sent = 0;
+    let errors = 0;
+    const bad: string[] = [];
+    /** Every byte the agent sent: the greeting, then whole frames (ok or error), nothing else. */
+    const check = (got: Buffer) => {
+      const types: number[] = [];
+      let pos = 0;
+      while (pos + 4 <= got.length) {
+        // u32 length, u8 version, u8 type, u16 meta length, meta, raw (docs/PROTOCOL.md).
+        const len = got.readUInt32BE(pos);
+        if (pos + 4 + len > got.length || len < 4) break;
+        if (got.readUInt8(pos + 4) !== 1) bad.push('a reply of another protocol version');
+        const type = got.readUInt8(pos + 5);
+        const metaLen = got.readUInt16BE(pos + 6);
+        let meta: { code?: string } = {};
+        try {
+          meta = JSON.parse(got.subarray(pos + 8, pos + 8 + metaLen).toString()) as typeof meta;
+        } catch {
+          bad.push('a reply whose meta is not JSON');
+        }
+        if (type === 0x81) {
+          errors++;
+          if (typeof meta.code !== 'string') bad.push(`an error frame without a code`);
+        }
+        types.push(type);
+        pos += 4 + len;
+      }
+      if (pos !== got.length) bad.push(`${got.length - pos} bytes that are no whole frame`);
+      if (types[0] !== 0x82) bad.push('no greeting first');
+      if (types.slice(1).some((t) => t !== 0x80 && t !== 0x81))
+        bad.push(`frame types ${types.join(',')}`);
+      if (types.length > 2) bad.push(`${types.length - 1} replies to one frame`);
+    };
     const send = (frames: Buffer[]) =>
       new Promise<void>((resolve) => {
         const s = net.createConnection(h.sock);
-        s.on('error', () => resolve());
-        s.on('close', () => resolve());
+        const got: Buffer[] = [];
+        s.on('error', () => undefined);
+        // Resolved only when the agent closed the connection: no timer decides.
+        s.on('close', () => {
+          check(Buffer.concat(got));
+          resolve();
+        });
+        s.on('data', (d: Buffer) => got.push(d));
         // After the greeting, or the agent refuses the connection before parsing anything.
         s.once('data', () => s.end(Buffer.concat(frames)));
       });
@@ -492,6 +550,10 @@ describe('load', () => {
         }),
       );
     }
+    assert.deepEqual([...new Set(bad)], [], 'every reply is whole and well-formed');
+    // Most malformed frames are answered with an error before the close (a frame cut short
+    // gets only the close: the agent can't know it was meant to end there).
+    assert.ok(errors > total / 3, `only ${errors} error replies to ${total} malformed frames`);
     const r = kw(['read', 'f/ok'], { env: h.env });
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, 'still-served-value');
@@ -506,7 +568,8 @@ describe('load', () => {
       s.resume(); // consume the error reply, or 'close' never comes
       s.on('close', () => resolve(true));
       s.on('error', () => resolve(true));
-      setTimeout(() => resolve(false), 8000);
+      // The agent's deadline is 5 s from the first byte; two minutes is a broken deadline.
+      setTimeout(() => resolve(false), 120_000);
     });
     assert.equal(closed, true);
     assert.equal(kw(['status'], { env: h.env }).code, 0);
@@ -585,7 +648,10 @@ describe('hardening found in review', () => {
       'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
     );
     const file = h.vaultFile;
-    kw(['secret', 'set', 'r/old'], { env: h.env, input: 'value-before-rotation' });
+    assert.equal(
+      kw(['secret', 'set', 'r/old'], { env: h.env, input: 'value-before-rotation' }).code,
+      0,
+    );
     assert.equal(kw(['read', 'r/old'], { env: h.env }).code, 0);
     const before = fs.readFileSync(file);
     kw(['secret', 'rm', 'r/old'], { env: h.env });
@@ -599,7 +665,10 @@ describe('hardening found in review', () => {
 
   test("control characters in a caller's command line are escaped in the prompt", async () => {
     const h = await running();
-    kw(['secret', 'set', 'p/x'], { env: h.env, input: 'prompt-escape-value' });
+    assert.equal(
+      kw(['secret', 'set', 'p/x'], { env: h.env, input: 'prompt-escape-value' }).code,
+      0,
+    );
     h.answer('no');
     const c = spawn(process.execPath, [BIN, 'read', 'p/x'], {
       env: h.env,
@@ -623,7 +692,7 @@ test('SIGTERM wipes keys and removes the socket', async () => {
 describe('secret list through the agent', () => {
   test('lists what the vault itself lists, sizes and times too (it showed 0 bytes and no times)', async () => {
     const h = agentHome(
-      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+      'version: 1\nrules:\n  - { name: names, kind: list, targets: ["**"], decision: allow }\n',
     );
     homes.push(h);
     for (let i = 0; i < 3; i++)

@@ -12,6 +12,12 @@ export const BIN = path.join(ROOT, 'bin/keyward.js');
 export const VECTORS = path.join(ROOT, 'test/vectors');
 
 /** The minimum argon2id cost, so tests that init many vaults stay fast. */
+/**
+ * Tests that need root (setpriv, /proc/PID/mem, chown) run as root, and always under CI=true: CI
+ * runs as root, and there a missing privilege must fail the test, never skip the evidence.
+ */
+export const rootTests = process.geteuid?.() === 0 || process.env['CI'] === 'true';
+
 export const FAST_KDF = ['--kdf-ops', '1', '--kdf-mem-mib', '8'];
 export const PASSPHRASE = 'test passphrase, long enough';
 

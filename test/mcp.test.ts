@@ -15,6 +15,7 @@ rules:
   - { name: inline-ok, targets: ["mcp/shareable"], decision: allow, mcp_inline: true }
   - { name: denied, targets: ["mcp/denied"], decision: deny }
   - { name: rest, targets: ["**"], decision: allow }
+  - { name: names, kind: list, targets: ["**"], decision: allow }
 `;
 
 const homes: AgentHome[] = [];

@@ -5,9 +5,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { FAST_KDF, initHome, kw, makeHome } from './helpers.js';
-
-const isRoot = process.geteuid?.() === 0;
+import { FAST_KDF, initHome, kw, makeHome, rootTests } from './helpers.js';
 
 function refused(env: NodeJS.ProcessEnv, why: RegExp): void {
   for (const args of [
@@ -59,7 +57,7 @@ test('when KEYWARD_HOME is a symbolic link, it is refused', () => {
 
 test(
   'when the vault file belongs to another user, it is refused',
-  { skip: !isRoot && 'needs root to chown' },
+  { skip: !rootTests && 'needs root to chown' },
   () => {
     const h = initHome();
     fs.chownSync(h.vaultFile, 65534, 65534);

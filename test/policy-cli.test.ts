@@ -53,7 +53,7 @@ test('init installs the default policy as version 1 and records it', () => {
   }>;
   assert.deepEqual(
     hist.map((x) => [x.version, x.rules]),
-    [[1, 2]],
+    [[1, 5]],
   );
   assert.ok(
     auditRows(h).some((r) => r.type === 'policy.changed' && r.body.details['version'] === 1),
@@ -100,18 +100,21 @@ test('apply installs a new version, keeps history, and records policy.changed wi
   assert.equal(r.code, 0, r.stderr);
   assert.match(
     r.stdout,
-    /^Applied policy version 2 \(sha256 [0-9a-f]{64}\): \+2 rules, -1 rule, ~1 modified\n$/,
+    /^Applied policy version 2 \(sha256 [0-9a-f]{64}\): \+2 rules, -4 rules, ~1 modified\n$/,
   );
   assert.equal(fs.readFileSync(path.join(h.home, 'policy.yaml'), 'utf8'), GOOD);
   const changed = auditRows(h)
     .filter((x) => x.type === 'policy.changed')
     .at(-1);
   assert.ok(changed);
-  assert.equal(changed.body.reason, '+2 rules, -1 rule, ~1 modified');
+  assert.equal(changed.body.reason, '+2 rules, -4 rules, ~1 modified');
   assert.match(String(changed.body.details['sha256']), /^[0-9a-f]{64}$/);
   assert.match(String(changed.body.details['previousSha256']), /^[0-9a-f]{64}$/);
   const d = kw(['policy', 'diff', '1', '2'], { env: h.env });
-  assert.match(d.stdout, /^\+ git-signs\n\+ agent-denied\n- default-keys\n~ default-secrets\n/);
+  assert.match(
+    d.stdout,
+    /^\+ git-signs\n\+ agent-denied\n- default-keys\n- default-lists\n- default-audit-verify\n- default-audit\n~ default-secrets\n/,
+  );
   assert.equal(kw(['policy', 'show'], { env: h.env }).stdout, GOOD);
 });
 

@@ -146,11 +146,58 @@ describe('schema errors name the line, column and field', () => {
     if (!r.ok) assert.match(r.problems[0]?.message ?? '', /duplicate rule name/);
   });
 
-  test('the default policy is valid and allows nothing silently', () => {
+  test('the default policy is valid and releases nothing silently; names may be listed and the log verified', () => {
     const p = policy(DEFAULT_POLICY);
-    assert.ok(p.rules.every((r) => r.decision !== 'allow'));
+    const releases = p.rules.filter((r) => r.kind !== 'list' && r.kind !== 'audit');
+    assert.ok(releases.length >= 2 && releases.every((r) => r.decision !== 'allow'));
+    for (const kind of ['secret', 'key'] as const)
+      assert.equal(evaluate(p, { target: 'x/y', kind, action: 'read' }, {}).decision, 'approve');
+    for (const [kind, target] of [
+      ['list', 'secrets'],
+      ['list', 'keys'],
+      ['audit', 'verify'],
+    ] as const)
+      assert.equal(evaluate(p, { target, kind, action: 'read' }, {}).decision, 'allow');
+    // Who asked for what, and who approved it: confirmed like a release.
+    assert.equal(
+      evaluate(p, { target: 'tail', kind: 'audit', action: 'tail' }, {}).decision,
+      'approve',
+    );
     assert.equal(p.unlock.idle_timeout, '15m');
     assert.equal(p.unlock.max_lifetime, '4h');
+  });
+});
+
+describe('kinds list and audit', () => {
+  test('rules of kind secret, key or any never cover a list or the log; a rule of their kind does', () => {
+    const p = policy(`version: 1
+rules:
+  - { name: secrets, kind: secret, targets: ["**"], decision: allow }
+  - { name: broad, targets: ["**"], decision: allow }
+  - { name: logs, kind: audit, targets: [verify], decision: allow }
+  - { name: rest, kind: list, targets: ["keys"], decision: approve, approve: { mode: confirm } }
+`);
+    assert.equal(evaluate(p, { target: 'a', kind: 'secret', action: 'read' }, {}).rule, 'secrets');
+    assert.equal(evaluate(p, { target: 'a', kind: 'key', action: 'sign' }, {}).rule, 'broad');
+    const list = evaluate(p, { target: 'secrets', kind: 'list', action: 'list' }, {});
+    assert.deepEqual(
+      [list.decision, list.rule, list.explanation[0], list.explanation[1]],
+      [
+        'deny',
+        undefined,
+        'rule secrets does not match: it is for secrets, this is a list of names',
+        'rule broad does not match: it is for secrets and keys, this is a list of names',
+      ],
+    );
+    assert.equal(
+      evaluate(p, { target: 'verify', kind: 'audit', action: 'verify' }, {}).rule,
+      'logs',
+    );
+    assert.equal(
+      evaluate(p, { target: 'tail', kind: 'audit', action: 'tail' }, {}).decision,
+      'deny',
+    );
+    assert.equal(evaluate(p, { target: 'keys', kind: 'list', action: 'list' }, {}).rule, 'rest');
   });
 });
 

@@ -13,7 +13,9 @@ import { agentHome, startAgent, stopAgent, type AgentHome } from './agent-helper
 import { kw, PASSPHRASE, ROOT } from './helpers.js';
 
 const SECRETS = 20_000;
-const ALLOW_ALL = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n';
+const ALLOW_ALL =
+  'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n' +
+  '  - { name: names, kind: list, targets: ["**"], decision: allow }\n';
 const vaultModule = pathToFileURL(path.join(ROOT, 'dist/src/vault/index.js')).href;
 const secureModule = pathToFileURL(path.join(ROOT, 'dist/src/lib/secure.js')).href;
 const nameOf = (i: number) => `s/${String(i).padStart(6, '0')}`;

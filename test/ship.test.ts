@@ -11,11 +11,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { agentHome, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
-import { kw } from './helpers.js';
+import { kw, rootTests } from './helpers.js';
 
 const RSYSLOGD = '/usr/sbin/rsyslogd';
 const JOURNALD = '/lib/systemd/systemd-journald';
-const isRoot = process.geteuid?.() === 0;
 
 const homes: AgentHome[] = [];
 const daemons: Array<() => void> = [];
@@ -106,7 +105,11 @@ describe(
       homes.push(h);
       await startAgent(h);
       assert.equal(kw(['unlock'], { env: h.env }).code, 0);
-      kw(['secret', 'set', 'app/token'], { env: h.env, input: 'shipped-but-never-the-value' });
+      assert.equal(
+        kw(['secret', 'set', 'app/token'], { env: h.env, input: 'shipped-but-never-the-value' })
+          .code,
+        0,
+      );
       for (let i = 0; i < 3; i++) assert.equal(kw(['read', 'app/token'], { env: h.env }).code, 0);
       const local = localEntries(h);
       const last = local.at(-1) as LocalEntry;
@@ -199,7 +202,7 @@ describe(
 
     test(
       'journald: entries arrive through the native protocol with KEYWARD_ fields, and verify --against reads journalctl -o json',
-      { skip: (!fs.existsSync(JOURNALD) || !isRoot) && 'needs systemd-journald and root' },
+      { skip: (!fs.existsSync(JOURNALD) || !rootTests) && 'needs systemd-journald and root' },
       async () => {
         const ns = `kw${randomBytes(4).toString('hex')}`;
         const journald = spawn(JOURNALD, [ns], { stdio: 'ignore' });
@@ -215,7 +218,10 @@ describe(
         daemons.push(stop);
         await until(() => (fs.existsSync(socket) ? true : undefined));
         const h = agentHome(shipPolicy('journald', socket));
-        kw(['secret', 'set', 'app/token'], { env: h.env, input: 'journald-value' });
+        assert.equal(
+          kw(['secret', 'set', 'app/token'], { env: h.env, input: 'journald-value' }).code,
+          0,
+        );
         assert.equal(kw(['read', 'app/token'], { env: h.env }).code, 0);
         const local = localEntries(h);
         const last = local.at(-1) as LocalEntry;

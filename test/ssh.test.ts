@@ -6,7 +6,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { agentHome, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import { agentHome, type AgentHome, startAgent, stopAgent, withoutAgent } from './agent-helpers.js';
 import { kw } from './helpers.js';
 
 const homes: AgentHome[] = [];
@@ -21,7 +21,10 @@ const hasOpenSsh =
 const skip = !hasOpenSsh && process.env['CI'] !== 'true' ? 'needs openssh-client and git' : false;
 
 const ALLOW_SIGNING =
-  'version: 1\nrules:\n  - { name: sign, targets: ["git-signing"], kind: key, decision: allow }\n';
+  'version: 1\nrules:\n  - { name: sign, targets: ["git-signing"], kind: key, decision: allow }\n' +
+  // key list and audit tail through the agent (docs/POLICY.md, "Lists and the audit log").
+  '  - { name: names, targets: [keys], kind: list, decision: allow }\n' +
+  '  - { name: log, targets: [tail], kind: audit, decision: allow }\n';
 
 async function withKey(
   policy?: string,
@@ -93,7 +96,7 @@ test(
     );
     assert.equal(v.status, 0, v.stderr);
     assert.match(v.stdout, /Good "git" signature for me@example with ED25519 key/);
-    const rows = kw(['audit', 'tail', '--json', '-n', '20'], { env: h.env })
+    const rows = kw(['audit', 'tail', '--json', '-n', '20'], { env: withoutAgent(h) })
       .stdout.trim()
       .split('\n')
       .map(

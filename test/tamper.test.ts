@@ -9,6 +9,7 @@ import { after, describe, test } from 'node:test';
 import {
   agentHome,
   auditEntries,
+  withoutAgent,
   startAgent,
   stopAgent,
   unlockedAgent,
@@ -39,7 +40,10 @@ function relock(h: AgentHome): void {
 describe('a policy that cannot be downgraded', () => {
   test('deleting every policy file changes no decision after lock and unlock; the drift is recorded and shown', async () => {
     const h = await unlocked(DENY_GITHUB);
-    kw(['secret', 'set', 'github/token'], { env: h.env, input: 'ghp_downgraded' });
+    assert.equal(
+      kw(['secret', 'set', 'github/token'], { env: h.env, input: 'ghp_downgraded' }).code,
+      0,
+    );
     h.answer('yes'); // were the default confirm rule in force, the read would pass
     let r = kw(['read', 'github/token'], { env: h.env });
     assert.equal(r.code, 6, r.stderr);
@@ -73,7 +77,10 @@ describe('a policy that cannot be downgraded', () => {
     const f = path.join(h.dir, 'deny.yaml');
     fs.writeFileSync(f, DENY_GITHUB);
     assert.equal(kw(['policy', 'apply', f], { env: h.env }).code, 0);
-    kw(['secret', 'set', 'github/token'], { env: h.env, input: 'ghp_rolled_back' });
+    assert.equal(
+      kw(['secret', 'set', 'github/token'], { env: h.env, input: 'ghp_rolled_back' }).code,
+      0,
+    );
     // The attacker removes the newer version and puts the older one back in place.
     for (const n of fs.readdirSync(hist)) if (n > older) fs.rmSync(path.join(hist, n));
     fs.writeFileSync(path.join(h.home, 'policy.yaml'), olderText);
@@ -112,7 +119,10 @@ function cutTail(h: { home: string }, n: number): Array<{ seq: number; type: str
 describe('an audit log that cannot be deleted, truncated or healed', () => {
   test('rm -rf audit: verify says the log is missing (exit 8), and audit init starts the new log with that fact', () => {
     const h = agentHome();
-    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'value-before-deletion' });
+    assert.equal(
+      kw(['secret', 'set', 'app/token'], { env: h.env, input: 'value-before-deletion' }).code,
+      0,
+    );
     fs.rmSync(path.join(h.home, 'audit'), { recursive: true, force: true });
     let r = kw(['audit', 'verify'], { env: h.env });
     assert.equal(r.code, 8, r.stdout + r.stderr);
@@ -126,7 +136,10 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
 
   test('a deleted last entry is recorded by the next ordinary command, never healed by later ones, and stays reported until acknowledged', () => {
     const h = agentHome();
-    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'exfiltrated-value' });
+    assert.equal(
+      kw(['secret', 'set', 'app/token'], { env: h.env, input: 'exfiltrated-value' }).code,
+      0,
+    );
     assert.equal(kw(['read', 'app/token'], { env: h.env }).code, 0);
     const [cut] = cutTail(h, 1);
     assert.equal(cut?.type, 'secret.read', 'the attacker removed the read');
@@ -173,9 +186,13 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
 
   test('a cut behind the running agent is recorded in its next batch, and the agent locks before releasing anything', async () => {
     const h = await unlocked(
-      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n' +
+        '  - { name: logs, kind: audit, targets: ["**"], decision: allow }\n',
     );
-    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'agent-cut-value' });
+    assert.equal(
+      kw(['secret', 'set', 'app/token'], { env: h.env, input: 'agent-cut-value' }).code,
+      0,
+    );
     assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'agent-cut-value');
     const cut = cutTail(h, 2);
     assert.ok(cut.some((e) => e.type === 'secret.read'));
@@ -186,16 +203,19 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     const lines = logLines(h);
     const gapLine = lines.find((l) => l.includes('"audit.gap"'));
     assert.ok(gapLine, 'audit.gap recorded');
-    const v = kw(['audit', 'verify'], { env: h.env });
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
     assert.equal(v.code, 8, v.stdout + v.stderr);
     const gap = auditEntries(h).find((e) => e.type === 'audit.gap');
     assert.equal(gap?.details['detectedBy'], 'the agent');
-    // Unlocked again, the agent tells the person at once.
+    // Unlocked again, the agent tells the person at once, and verifies the same.
     const u = kw(['unlock'], { env: h.env });
     assert.equal(u.code, 0, u.stderr);
     assert.match(
       u.stderr,
       /WARNING: the audit log records 1 break\(s\) not acknowledged \(audit\.gap at seq \d+\)/,
     );
+    const viaAgent = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(viaAgent.code, 8, viaAgent.stdout + viaAgent.stderr);
+    assert.match(viaAgent.stderr, /break\(s\) a writer found/);
   });
 });

@@ -10,9 +10,9 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { agentHome, stopAgent, type AgentHome } from './agent-helpers.js';
+import { agentHome, auditEntries, stopAgent, type AgentHome } from './agent-helpers.js';
 import { describeSignData } from '../src/agent/ssh.js';
-import { BIN, kw, ROOT } from './helpers.js';
+import { BIN, eventually, kw, ROOT, rootTests } from './helpers.js';
 
 const homes: AgentHome[] = [];
 after(async () => {
@@ -161,13 +161,10 @@ describe('a keyward process can never be debugged unless the user says so', () =
     assert.match(status.stdout, /WARNING: the agent can be debugged .*inspector/);
     const doctor = kw(['doctor'], { env: h.env });
     assert.match(doctor.stdout, /FAIL\s+agent-runtime\s+the agent can be debugged/);
-    const start = kw(['audit', 'export', '--decrypt'], { env: h.env })
-      .stdout.trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as { type: string; body: { details: Record<string, unknown> } })
+    const start = auditEntries(h)
       .filter((e) => e.type === 'agent.start')
       .at(-1);
-    assert.match(String(start?.body.details['debuggable']), /inspector is open/);
+    assert.match(String(start?.details['debuggable']), /inspector is open/);
     // A client sends such an agent no passphrase unless it is told to, too.
     const refused = kw(['unlock'], { env: h.env });
     assert.equal(refused.code, 8, refused.stderr);
@@ -175,7 +172,10 @@ describe('a keyward process can never be debugged unless the user says so', () =
     assert.equal(kw(['status'], { env: h.env }).code, 5, 'still locked');
     const unlocked = kw(['--allow-debugger', 'unlock'], { env: h.env });
     assert.equal(unlocked.code, 0, unlocked.stderr);
-    kw(['secret', 'set', 'app/token'], { env: h.env, input: 'debuggable-agent-value' });
+    assert.equal(
+      kw(['secret', 'set', 'app/token'], { env: h.env, input: 'debuggable-agent-value' }).code,
+      0,
+    );
     h.answer('no');
     assert.equal(kw(['read', 'app/token'], { env: h.env }).code, 6);
     assert.match(
@@ -185,7 +185,6 @@ describe('a keyward process can never be debugged unless the user says so', () =
   });
 });
 
-const isRoot = process.geteuid?.() === 0;
 const OTHER_UID = 43210;
 
 interface Fake {
@@ -242,7 +241,7 @@ describe('a client checks whom it talks to before it sends anything secret', () 
   for (const [label, args] of commands) {
     test(
       `${label} against a fake agent in a directory another uid made: exit 8, and the fake receives nothing`,
-      { skip: !isRoot && 'needs root for setpriv' },
+      { skip: !rootTests && 'needs root for setpriv' },
       async () => {
         const fake = await fakeAgent();
         try {
@@ -270,7 +269,7 @@ describe('a client checks whom it talks to before it sends anything secret', () 
 
     test(
       `${label} to another uid's agent behind a socket that looks like mine: exit 8, and it receives no byte`,
-      { skip: !isRoot && 'needs root for setpriv' },
+      { skip: !rootTests && 'needs root for setpriv' },
       async () => {
         const fake = await fakeAgent();
         try {
@@ -319,6 +318,26 @@ function runLines(argv: string[], o: { env: NodeJS.ProcessEnv; user: boolean }):
   const r = spawnSync(full[0] as string, full.slice(1), { env: o.env, encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`${argv.join(' ')} exited ${r.status}: ${r.stderr}`);
   return r.stdout.trim().split('\n');
+}
+
+/**
+ * PTRACE_ATTACH to pid from a process of OTHER_UID (python's ctypes, no debugger needed):
+ * 'attached' (then detached), or the errno's name.
+ */
+function ptraceAs(pid: number): string {
+  const script = [
+    'import ctypes, errno, os, sys',
+    'libc = ctypes.CDLL(None, use_errno=True)',
+    'libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p, ctypes.c_void_p]',
+    'libc.ptrace.restype = ctypes.c_long',
+    'pid = int(sys.argv[1])',
+    'if libc.ptrace(16, pid, None, None) != 0:',
+    '    print(errno.errorcode[ctypes.get_errno()]); sys.exit(0)',
+    'os.waitpid(pid, 0x40000000)',
+    'libc.ptrace(17, pid, None, None)',
+    "print('attached')",
+  ].join('\n');
+  return runLines([PYTHON, '-c', script, String(pid)], { env: {}, user: true })[0] ?? '';
 }
 
 function chownTree(p: string, uid: number): void {
@@ -392,8 +411,53 @@ const ask = (mode: string) =>
 
 describe('caller identity that cannot be hidden, forged in a prompt, or carried across exec', () => {
   test(
+    'a pid reused by another process never inherits the grant remembered for the first (pid namespace, ns_last_pid)',
+    { skip: !rootTests && 'needs root for unshare' },
+    () => {
+      const h = agentHome(
+        'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }\n',
+      );
+      homes.push(h);
+      const value = 'pid-reuse-value';
+      assert.equal(kw(['secret', 'set', 'reuse/x'], { env: h.env, input: value }).code, 0);
+      // Agent and readers in a pid namespace of their own, where the test decides which pid the
+      // next process gets: the second reader is given the first one's pid.
+      const r = spawnSync(
+        'unshare',
+        [
+          '--pid',
+          '--fork',
+          '--mount-proc',
+          process.execPath,
+          path.join(ROOT, 'test/fixtures/pid-reuse.mjs'),
+          BIN,
+          'reuse/x',
+          path.join(h.dir, 'answer'),
+        ],
+        { env: { ...h.env, KEYWARD_ASKPASS: h.askpass }, encoding: 'utf8' },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      const out = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '{}') as {
+        error?: string;
+        aPid: number;
+        bPid: number;
+        first: { code: number; stdout: string };
+        second: { code: number; stderr: string };
+      };
+      assert.equal(out.error, undefined, out.error);
+      assert.equal(out.bPid, out.aPid, "the second reader got the first one's pid");
+      assert.deepEqual([out.first.code, out.first.stdout], [0, value], 'the first was approved');
+      // Same pid, same program, within the 10 minutes: still asked, and refused.
+      assert.equal(out.second.code, 6, out.second.stderr);
+      assert.equal(h.prompts().length, 2, 'the person was asked again');
+      const asked = auditEntries(h).filter((e) => e.type === 'approval.requested');
+      assert.equal(asked.length, 2);
+    },
+  );
+
+  test(
     "the agent sees keyward's own CLI for what it is, and the CLI hides itself before it holds the value",
-    { skip: !isRoot && 'needs root for setpriv' },
+    { skip: !rootTests && 'needs root for setpriv' },
     async () => {
       const h = await agentOf(ask('passphrase'), { user: true });
       setSecret(h, 'app/token', 'cli-identity-value', true);
@@ -421,6 +485,35 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       );
       assert.notEqual(probe.status, 0, 'a same-user process could read the waiting CLI');
       assert.match(probe.stderr, /PermissionError/);
+      // No core dump, and no ptrace by a process of their own user: the agent, and the CLI
+      // waiting for the value (THREAT-MODEL.md).
+      const targets: Array<[string, number]> = [
+        ['the agent', h.agent?.pid ?? 0],
+        ['the waiting CLI', requester.pid],
+      ];
+      for (const [who, pid] of targets) {
+        assert.match(
+          fs.readFileSync(`/proc/${pid}/limits`, 'utf8'),
+          /^Max core file size\s+0\s+0\s+bytes/m,
+          `${who}: core limit 0`,
+        );
+        assert.equal(ptraceAs(pid), 'EPERM', `${who} could be ptraced by its own user`);
+      }
+      // The positive control: a plain process of that user can be.
+      const control = spawn(asUser[0] as string, [...asUser.slice(1), 'sleep', '600']);
+      try {
+        await eventually(
+          () => /^Uid:\s+43210\b/m.test(fs.readFileSync(`/proc/${control.pid}/status`, 'utf8')),
+          'the control process to run as the other user',
+        );
+        await eventually(
+          () => fs.readFileSync(`/proc/${control.pid}/comm`, 'utf8').trim() === 'sleep',
+          'the control process to run sleep',
+        );
+        assert.equal(ptraceAs(control.pid ?? 0), 'attached', 'the probe works on a plain process');
+      } finally {
+        control.kill('SIGKILL');
+      }
       assert.equal(kwAs(['approve', String(p['id'])], h.env).code, 0);
       assert.equal(await exited, 0);
       assert.equal(out, 'cli-identity-value');
@@ -429,7 +522,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
 
   test(
     'a process that hides before it connects matches no executable rule, and its prompt says it hid',
-    { skip: !isRoot && 'needs root for setpriv' },
+    { skip: !rootTests && 'needs root for setpriv' },
     async () => {
       const h = await agentOf(
         'version: 1\nrules:\n' +
@@ -520,7 +613,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
 
   test(
     'a process granted once that execs and hides gets no grant: it is asked, and the prompt says it hid',
-    { skip: !isRoot && 'needs root for setpriv' },
+    { skip: !rootTests && 'needs root for setpriv' },
     async () => {
       const h = await agentOf(REMEMBER_PROCESS, { user: true });
       setSecret(h, 'g/token', 'hide-after-exec-value', true);
@@ -659,12 +752,8 @@ describe('found in review: borrowed identities, code-loading variables, prompt f
     });
     swap.kill('SIGKILL');
     assert.equal(line, 'closed', 'the queued request was not served as /usr/bin/tail');
-    const rejected = kw(['audit', 'export', '--decrypt'], { env: h.env })
-      .stdout.trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as { type: string; body: { reason: string | null } })
-      .filter((e) => e.type === 'peer.rejected');
-    assert.ok(rejected.some((e) => /wrote before the agent greeted it/.test(e.body.reason ?? '')));
+    const rejected = auditEntries(h).filter((e) => e.type === 'peer.rejected');
+    assert.ok(rejected.some((e) => /wrote before the agent greeted it/.test(e.reason ?? '')));
   });
 
   test('OPENSSL_CONF is refused by every keyward process; the agent refuses every LD_ variable, and agent start drops them', () => {
@@ -755,7 +844,7 @@ describe('found in review: borrowed identities, code-loading variables, prompt f
 
   test(
     'keyward mcp serve is non-dumpable before it relays anything, even with no agent',
-    { skip: !isRoot && 'needs root for setpriv' },
+    { skip: !rootTests && 'needs root for setpriv' },
     async () => {
       const h = agentHome();
       chownTree(h.dir, OTHER_UID);

@@ -389,14 +389,22 @@ export async function agentList(
   );
 }
 
-/** The vault's signing keys (names and public halves), from the agent. */
+/**
+ * The vault's signing keys (names and public halves), from the agent. `quiet`: only if the
+ * policy allows the list outright, else undefined (no prompt, no denial recorded).
+ */
 export async function agentKeys(
   path: string,
-): Promise<Array<{ name: string; type: string; bits: number; publicBlob: Buffer }>> {
+  quiet = false,
+): Promise<Array<{ name: string; type: string; bits: number; publicBlob: Buffer }> | undefined> {
+  const f = await call(path, 'list', { kind: 'keys', ...(quiet ? { quiet } : {}) });
+  if (f.meta['withheld'] === true) {
+    secureFree(f.raw);
+    return undefined;
+  }
   const keys =
-    jsonBody<{ keys?: Array<{ name: string; type: string; bits: number; publicBlob: string }> }>(
-      await call(path, 'list', { kind: 'keys' }),
-    ).keys ?? [];
+    jsonBody<{ keys?: Array<{ name: string; type: string; bits: number; publicBlob: string }> }>(f)
+      .keys ?? [];
   return keys.map((k) => ({ ...k, publicBlob: Buffer.from(k.publicBlob, 'base64') }));
 }
 

@@ -30,6 +30,11 @@ import {
   UseCounter,
   withChannels,
   type ApprovalMode,
+  type Caller,
+  type Decision,
+  type Policy,
+  type PolicyRequest,
+  type RequestKind,
 } from '../policy/index.js';
 import { actorOf, describeCaller, type ProcessIdentity } from './identity.js';
 import { changedSince, type Peer } from './peer.js';
@@ -60,9 +65,9 @@ export interface GateHost {
 /** One request for the gate: what is asked, of what, and how a person is told about it. */
 export interface GateRequest {
   target: string;
-  kind: 'secret' | 'key';
+  kind: RequestKind;
   action: string;
-  auditType: 'secret.read' | 'key.sign' | 'credential.deliver';
+  auditType: 'secret.read' | 'key.sign' | 'credential.deliver' | 'vault.list' | 'audit.read';
   /**
    * What the caller wants, as a person reads it ("read the secret ..."). Built by the handler
    * with quote() around every part the caller controls: it goes into the prompt as it is.
@@ -154,6 +159,30 @@ export class Gate {
   }
 
   /**
+   * What the policy in force decides for a request, as the gate would first decide it: an
+   * approval no channel here can give is a denial (policy explain through the agent).
+   */
+  explain(policy: Policy, request: PolicyRequest, caller: Caller): Decision {
+    const d = evaluate(policy, request, caller);
+    return withChannels(d, this.channels(d.decision === 'approve' ? d.approval.mode : undefined));
+  }
+
+  /**
+   * Whether the policy allows a request outright, with nothing that could refuse it later (no
+   * rate limit, no use count, no approval): a convenience may then ask without leaving a
+   * denial, a prompt or a count behind (key generate's name check).
+   */
+  allowsOutright(policy: Policy, request: PolicyRequest, caller: Caller): boolean {
+    const d = evaluate(policy, request, caller);
+    const rule = policy.rules.find((r) => r.name === d.rule);
+    return (
+      d.decision === 'allow' &&
+      rule?.rate_limit === undefined &&
+      rule?.max_uses_per_unlock === undefined
+    );
+  }
+
+  /**
    * Policy, limits and approval for one request; records every denial. Returns the deciding rule
    * when the request may go ahead; the caller then records the release (durably) and releases.
    */
@@ -200,17 +229,33 @@ export class Gate {
         reason: message,
         details: { rule: decision.rule ?? null },
       });
-      if (probing) this.noteDenial();
+      // A list or a read of the log refused gives nothing away, and an owner whose policy
+      // predates kinds list and audit must not be locked out by running secret list.
+      if (probing && req.kind !== 'list' && req.kind !== 'audit') this.noteDenial();
       throw new KeywardError(code, message, hint === undefined ? {} : { hint });
     };
     if (decision.decision === 'deny') {
       return refuse(
         `denied by policy: ${decision.explanation.at(-1) ?? 'no rule matches'}`,
         'POLICY_DENIED',
-        'see: keyward policy explain --target NAME --exe PATH',
+        (req.kind === 'list' || req.kind === 'audit') && decision.rule === undefined
+          ? `no rule of kind ${req.kind} matches (docs/POLICY.md, "Lists and the audit log"); see: keyward policy explain --kind ${req.kind} --target ${name}`
+          : 'see: keyward policy explain --target NAME --exe PATH',
       );
     }
-    if (!req.exists) throw new KeywardError('SECRET_NOT_FOUND', `no ${req.kind} named ${name}`);
+    if (!req.exists) {
+      // Recorded and counted as probing: a caller that may not list names must not learn them
+      // by asking for one after another without a trace.
+      await this.host.record({
+        ...base,
+        type: req.auditType,
+        decision: 'deny',
+        reason: `no ${req.kind} named ${name}`,
+        details: { rule: decision.rule ?? null },
+      });
+      this.noteDenial();
+      throw new KeywardError('SECRET_NOT_FOUND', `no ${req.kind} named ${name}`);
+    }
     const rule = policy.rules.find((r) => r.name === decision.rule);
     if (rule?.rate_limit) {
       let b = this.buckets.get(rule.name);

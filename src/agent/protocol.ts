@@ -34,6 +34,8 @@ export const REQ = {
   fetch: 0x0b,
   mcp: 0x0c,
   console: 0x0d,
+  audit: 0x0e,
+  policy: 0x0f,
 } as const;
 export type RequestType = keyof typeof REQ;
 export const RES_OK = 0x80;

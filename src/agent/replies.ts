@@ -76,7 +76,15 @@ export function reply(
     secureFree(raw);
     return;
   }
-  s.write(frameHead(type, meta, raw?.length ?? 0));
+  let head: Buffer;
+  try {
+    head = frameHead(type, meta, raw?.length ?? 0);
+  } catch (e) {
+    // Too large for a frame: the bytes go now, not when the collector finds them.
+    secureFree(raw);
+    throw e;
+  }
+  s.write(head);
   if (raw && raw.length > 0) {
     s.write(raw, () => {
       secureFree(raw);

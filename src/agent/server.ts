@@ -23,7 +23,6 @@ import {
   type AuditRecord,
 } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { listKeys } from '../keys/index.js';
 import { flock, LOCK_EX, LOCK_NB, queuedBytes } from '../lib/libc.js';
 import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { durationMs, type Loaded } from '../policy/index.js';
@@ -59,6 +58,7 @@ import { fail, notifyPending, reply, replyWithFd, wireError } from './replies.js
 import { RunService } from './run-service.js';
 import { SshAgentService } from './ssh-agent.js';
 import { UnlockWindow } from './unlock.js';
+import { Views } from './views.js';
 
 const FRAME_TIMEOUT_MS = 5_000;
 const IDLE_CONNECTION_MS = 120_000;
@@ -112,6 +112,7 @@ export class Agent {
   private readonly window: UnlockWindow;
   private readonly gate: Gate;
   private readonly releases: Releases;
+  private readonly views: Views;
   private readonly mcp: McpService;
   private readonly ssh: SshAgentService;
   private readonly runs: RunService;
@@ -162,6 +163,12 @@ export class Agent {
         o.debuggable && o.debuggable.length > 0
           ? `WARNING: this agent can be debugged (${o.debuggable.join('; ')}).`
           : undefined,
+    });
+    this.views = new Views({
+      home: o.home,
+      window: this.window,
+      gate: this.gate,
+      record: (r) => this.record(r),
     });
     this.releases = new Releases({
       window: this.window,
@@ -403,29 +410,20 @@ export class Agent {
         secureFree(f.raw);
         setImmediate(() => void this.stop().then(() => this.o.log?.('agent stopped')));
         return { meta: { stopping: true } };
-      case 'list': {
+      case 'list':
         secureFree(f.raw);
-        const v = this.window.unlocked();
-        if (str(f.meta, 'kind') === 'keys') {
-          // Names and public halves: what the SSH socket's identity list shows anyway.
-          const keys = listKeys(v).map((k) => ({
-            name: k.name,
-            type: k.type,
-            bits: k.bits,
-            publicBlob: k.publicBlob.toString('base64'),
-          }));
-          return {
-            meta: { count: keys.length },
-            raw: secureTake(Buffer.from(JSON.stringify({ keys }), 'utf8')),
-          };
-        }
-        // Names and metadata (never values), in raw: a vault of many names outgrows a meta.
-        const entries = v.list();
-        return {
-          meta: { count: entries.length },
-          raw: secureTake(Buffer.from(JSON.stringify({ entries }), 'utf8')),
-        };
-      }
+        return this.views.list(conn, f.meta);
+      case 'audit':
+        secureFree(f.raw);
+        return this.views.audit(conn, f.meta);
+      case 'policy':
+        secureFree(f.raw);
+        if (str(f.meta, 'op') !== 'explain')
+          throw new KeywardError(
+            'USAGE',
+            `unknown policy operation ${str(f.meta, 'op') ?? '(none)'}`,
+          );
+        return this.views.explain(f.meta);
       case 'read':
         secureFree(f.raw);
         return this.releases.read(conn, str(f.meta, 'name') ?? '', 'inline', mcpClient(f.meta));

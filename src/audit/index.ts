@@ -48,6 +48,7 @@ export {
   lenientAuditSink,
   rekeyBox,
   readEntries,
+  type EntrySelection,
   readSeedFile,
   verifyAgainst,
   verifyLog,

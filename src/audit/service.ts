@@ -356,13 +356,68 @@ export interface ReadEntry {
   line: string;
 }
 
-/** Every entry of the log in order; bodies opened when a vault is given. Malformed lines are skipped. */
+/**
+ * Which entries readEntries returns: the last `last` (the newest within `maxBytes` of log lines),
+ * or those after seq `after` (the oldest within `maxBytes`); at least one when there is one.
+ * Only those are opened.
+ */
+export interface EntrySelection {
+  last?: number;
+  after?: number;
+  maxBytes?: number;
+}
+
+/**
+ * The entries of the log in order (all, or a selection); bodies opened when a vault is given.
+ * Malformed lines are skipped.
+ */
 export function readEntries(
   home: string,
   v?: Vault,
   onProgress?: (done: number, total: number) => void,
+  which: EntrySelection = {},
 ): ReadEntry[] {
   const log = new AuditLog(home);
+  let out: Array<ReadEntry & { sealed: string }> = [];
+  const files = listSegments(log.paths.dir);
+  const total = files.reduce((n, f) => n + fs.statSync(f).size, 0);
+  let done = 0;
+  for (const f of files) {
+    const text = fs.readFileSync(f, 'utf8');
+    for (const line of text.split('\n')) {
+      const e = parseLine(line);
+      if (!e) continue;
+      const { seq, time, type, epoch, hash } = e;
+      out.push({ seq, time, type, epoch, hash, line, sealed: e.body });
+    }
+    done += Buffer.byteLength(text);
+    onProgress?.(done, total);
+  }
+  if (which.last !== undefined) {
+    out = out.slice(Math.max(0, out.length - which.last));
+    const max = which.maxBytes;
+    if (max !== undefined) {
+      // The newest entries within max bytes of log (at least one).
+      let bytes = 0;
+      let from = out.length;
+      while (
+        from > 0 &&
+        (from === out.length || bytes + (out[from - 1]?.line.length ?? 0) + 1 <= max)
+      )
+        bytes += (out[--from]?.line.length ?? 0) + 1;
+      out = out.slice(from);
+    }
+  }
+  if (which.after !== undefined) {
+    const after = which.after;
+    out = out.filter((e) => e.seq > after);
+    const max = which.maxBytes;
+    if (max !== undefined) {
+      let bytes = 0;
+      const n = out.findIndex((e, i) => (bytes += e.line.length + 1) > max && i > 0);
+      if (n > 0) out = out.slice(0, n);
+    }
+  }
   const keys: Array<{ publicKey: Buffer; secretKey: SecureBuffer }> = [];
   const names = v ? [BOX_SECRET, ...v.internalNames(`${BOX_SECRET}.`)] : [];
   for (const n of names) {
@@ -370,35 +425,16 @@ export function readEntries(
     if (sk) keys.push({ publicKey: boxPublicOf(sk), secretKey: sk });
   }
   try {
-    const out: ReadEntry[] = [];
-    const files = listSegments(log.paths.dir);
-    const total = files.reduce((n, f) => n + fs.statSync(f).size, 0);
-    let done = 0;
-    for (const f of files) {
-      const text = fs.readFileSync(f, 'utf8');
-      for (const line of text.split('\n')) {
-        const e = parseLine(line);
-        if (!e) continue;
-        const entry: ReadEntry = {
-          seq: e.seq,
-          time: e.time,
-          type: e.type,
-          epoch: e.epoch,
-          hash: e.hash,
-          line,
-        };
-        if (keys.length > 0) {
-          const plain = openBody(Buffer.from(e.body, 'base64'), keys);
-          entry.body = plain
-            ? (JSON.parse(plain.toString('utf8')) as unknown)
-            : '(body does not open with this vault)';
-        }
-        out.push(entry);
-      }
-      done += Buffer.byteLength(text);
-      onProgress?.(done, total);
-    }
-    return out;
+    return out.map(({ sealed, ...entry }) => {
+      if (keys.length === 0) return entry;
+      const plain = openBody(Buffer.from(sealed, 'base64'), keys);
+      return {
+        ...entry,
+        body: plain
+          ? (JSON.parse(plain.toString('utf8')) as unknown)
+          : '(body does not open with this vault)',
+      };
+    });
   } finally {
     for (const k of keys) secureFree(k.secretKey);
   }

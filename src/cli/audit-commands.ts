@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
+import { agentStatus, call, jsonBody } from '../agent/index.js';
 import {
   acknowledge,
   initOrRepair,
@@ -28,7 +29,7 @@ import {
   type Vault,
 } from '../vault/index.js';
 import { note, type Io } from './report.js';
-import { auth, passphraseFile, paths } from './context.js';
+import { agentSocket, auth, passphraseFile, paths } from './context.js';
 
 /** A vault can be opened without hanging: a passphrase file, a keyring slot, or a terminal. */
 function canUnlock(cmd: Command): boolean {
@@ -141,7 +142,9 @@ function countOption(v: string): number {
   return n;
 }
 
-function describe(e: ReadEntry): string {
+type Shown = Omit<ReadEntry, 'line'>;
+
+function describe(e: Shown): string {
   const b = e.body as
     | {
         actor?: { pid?: number; exe?: string };
@@ -156,6 +159,17 @@ function describe(e: ReadEntry): string {
   if (typeof b === 'string') return `${head}  ${b}`;
   const actor = b.actor ? `pid ${b.actor.pid ?? '?'} ${path.basename(b.actor.exe ?? '?')}` : '';
   return `${head}  ${(b.decision ?? '').padEnd(5)}  ${b.target ?? '-'}  ${actor}${b.reason ? `  (${b.reason})` : ''}`;
+}
+
+/**
+ * The audit log through a running agent (docs/CLI.md, "With an agent running"): it holds the
+ * vault, so nothing is derived here; the policy decides (kind audit) and the read is recorded.
+ * Undefined when no agent runs. A locked one refuses (exit 5), as for read and list.
+ */
+async function viaAgent<T extends object>(meta: Record<string, unknown>): Promise<T | undefined> {
+  const sock = agentSocket();
+  if (!(await agentStatus(sock))) return undefined;
+  return jsonBody<T>(await call(sock, 'audit', meta));
 }
 
 function withOptionalVault<T>(
@@ -206,7 +220,7 @@ export function registerAuditCommands(program: Command, io: Io): void {
       '--against <file>',
       "also compare with a copy shipped off the machine (the collector's file: RFC 5424 lines, or journalctl -o json)",
     )
-    .action(function (this: Command) {
+    .action(async function (this: Command) {
       const o = this.opts<{
         path?: string;
         keyFile?: string;
@@ -223,6 +237,17 @@ export function registerAuditCommands(program: Command, io: Io): void {
         keyFile: o.keyFile,
         onProgress: progress(io, 'verifying'),
       };
+      if (o.keyFile === undefined && o.chainOnly !== true && file === undefined) {
+        const r = await viaAgent<VerifyResult & { checkpointChecked: boolean }>({ op: 'verify' });
+        if (r) {
+          report(io, r, [
+            r.checkpointChecked
+              ? 'checkpoint sealed in the vault matches (checked by the agent)'
+              : 'checkpoint not checked (needs the vault)',
+          ]);
+          return;
+        }
+      }
       const withVault =
         o.keyFile === undefined && o.chainOnly !== true && vaultExists(paths()) && canUnlock(this);
       if (o.keyFile === undefined && o.chainOnly !== true && !withVault) {
@@ -267,18 +292,31 @@ export function registerAuditCommands(program: Command, io: Io): void {
     .action(async function (this: Command) {
       const o = this.opts<{ n: number; json?: boolean; follow?: boolean; sealed?: boolean }>();
       const home = keywardHome();
-      const print = (e: ReadEntry) =>
+      const print = (e: Shown) =>
         io.stdout(
           o.json
             ? `${JSON.stringify({ seq: e.seq, time: e.time, type: e.type, epoch: e.epoch, hash: e.hash, body: e.body })}\n`
             : `${describe(e)}\n`,
         );
       let last = 0;
-      withOptionalVault(this, io, o.sealed === true, (v) => {
-        const all = readEntries(home, v);
-        for (const e of all.slice(-o.n)) print(e);
-        last = all.at(-1)?.seq ?? 0;
-      });
+      const opened = o.sealed
+        ? undefined
+        : await viaAgent<{ entries: Shown[]; cut?: boolean }>({ op: 'tail', count: o.n });
+      if (opened) {
+        if (opened.cut)
+          note(
+            io,
+            `the last ${opened.entries.length} entries: more would not fit in one reply (keyward audit export --decrypt gives them all)`,
+          );
+        for (const e of opened.entries) print(e);
+        last = opened.entries.at(-1)?.seq ?? 0;
+      } else {
+        withOptionalVault(this, io, o.sealed === true, (v) => {
+          const shown = readEntries(home, v, undefined, { last: o.n });
+          for (const e of shown) print(e);
+          last = shown.at(-1)?.seq ?? 0;
+        });
+      }
       if (!o.follow) return;
       // Follow: sealed view of new entries (bodies would need the vault open indefinitely).
       for (;;) {
@@ -296,11 +334,11 @@ export function registerAuditCommands(program: Command, io: Io): void {
     .option('--since <time>', 'entries at or after this time', sinceOption)
     .option('--format <format>', 'jsonl (the only format)', 'jsonl')
     .option('--decrypt', 'open the bodies with the vault')
-    .action(function (this: Command) {
+    .action(async function (this: Command) {
       const o = this.opts<{ since?: number; format: string; decrypt?: boolean }>();
       if (o.format !== 'jsonl')
         throw new UsageError('USAGE', `unknown format ${o.format}`, { hint: 'use --format jsonl' });
-      const keep = (e: ReadEntry) => o.since === undefined || Date.parse(e.time) >= o.since;
+      const keep = (e: Shown) => o.since === undefined || Date.parse(e.time) >= o.since;
       if (!o.decrypt) {
         for (const e of readEntries(keywardHome(), undefined, progress(io, 'exporting')).filter(
           keep,
@@ -308,12 +346,28 @@ export function registerAuditCommands(program: Command, io: Io): void {
           io.stdout(`${e.line}\n`);
         return;
       }
-      useVault(paths(), lenientAuth(this, io), 'read', (v) => {
-        for (const e of readEntries(keywardHome(), v, progress(io, 'exporting')).filter(keep)) {
-          io.stdout(
-            `${JSON.stringify({ seq: e.seq, time: e.time, type: e.type, epoch: e.epoch, hash: e.hash, body: e.body })}\n`,
+      const out = (e: Shown) =>
+        io.stdout(
+          `${JSON.stringify({ seq: e.seq, time: e.time, type: e.type, epoch: e.epoch, hash: e.hash, body: e.body })}\n`,
+        );
+      // Through a running agent a page at a time, up to where the log ended when the export
+      // began: its own reads (audit.read) don't keep it going.
+      const sock = agentSocket();
+      if (await agentStatus(sock)) {
+        const end = readEntries(keywardHome()).at(-1)?.seq ?? 0;
+        for (let after = 0; after < end;) {
+          const { entries } = jsonBody<{ entries: Shown[] }>(
+            await call(sock, 'audit', { op: 'entries', after }),
           );
+          if (entries.length === 0) break;
+          for (const e of entries) if (e.seq <= end && keep(e)) out(e);
+          after = entries.at(-1)?.seq ?? end;
         }
+        return;
+      }
+      useVault(paths(), lenientAuth(this, io), 'read', (v) => {
+        for (const e of readEntries(keywardHome(), v, progress(io, 'exporting')).filter(keep))
+          out(e);
       });
     });
 

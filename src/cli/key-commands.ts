@@ -22,14 +22,15 @@ import type { Io } from './report.js';
 /**
  * The vault's keys from the agent when one runs (no passphrase asked), or undefined when none
  * does: then the vault is opened directly. A locked agent refuses (exit 5), as `read` and
- * `secret list` do; with `lockedIsNone`, a locked agent counts as none.
+ * `secret list` do. A `precheck` (key generate's "is the name taken?") is a convenience: a
+ * locked agent, or a policy that doesn't allow the list outright, gives undefined.
  */
 async function keysFromAgent(
-  lockedIsNone = false,
+  precheck = false,
 ): Promise<Array<{ name: string; type: string; bits: number; publicBlob: Buffer }> | undefined> {
   const status = await agentStatus(agentSocket());
-  if (!status || (lockedIsNone && status['locked'])) return undefined;
-  return agentKeys(agentSocket());
+  if (!status || (precheck && status['locked'])) return undefined;
+  return agentKeys(agentSocket(), precheck);
 }
 
 const TYPES: Record<string, KeyType> = {

@@ -4,6 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { type Command, InvalidArgumentError } from 'commander';
+import { agentStatus, call, jsonBody } from '../agent/index.js';
 import { auditPaths, auditSink, shipConfigOf, writeShipFile } from '../audit/index.js';
 import { IntegrityError, UsageError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
@@ -15,11 +16,14 @@ import {
   loadPolicy,
   PolicyInvalidError,
   readHistory,
+  type Caller,
+  type Decision,
   type Policy,
+  type PolicyRequest,
 } from '../policy/index.js';
 import { requireVault, useVault, type Vault } from '../vault/index.js';
 import { note, type Io } from './report.js';
-import { auth, paths } from './context.js';
+import { agentSocket, auth, paths } from './context.js';
 
 function readPolicyFile(file: string): string {
   try {
@@ -186,7 +190,7 @@ export function registerPolicyCommands(program: Command, io: Io): void {
     .command('explain')
     .description('the decision for a caller and target, the rule that made it, and why')
     .requiredOption('--target <name>', 'secret or key name')
-    .option('--kind <kind>', 'secret or key', 'secret')
+    .option('--kind <kind>', 'secret, key, list or audit', 'secret')
     .option('--exe <path>', "the caller's executable")
     .option('--exe-sha256 <hex>', "the caller's executable hash")
     .option(
@@ -204,7 +208,7 @@ export function registerPolicyCommands(program: Command, io: Io): void {
       [],
     )
     .option('--file <file>', 'explain against this policy file instead of the one in force')
-    .action(function (this: Command) {
+    .action(async function (this: Command) {
       const o = this.opts<{
         target: string;
         kind: string;
@@ -216,24 +220,51 @@ export function registerPolicyCommands(program: Command, io: Io): void {
         loaderVar: string[];
         file?: string;
       }>();
-      if (o.kind !== 'secret' && o.kind !== 'key')
-        throw new UsageError('USAGE', '--kind is secret or key');
-      const p =
-        o.file !== undefined
-          ? checked(io, readPolicyFile(o.file), o.file)
-          : inForce(io, undefined).policy;
-      const d = evaluate(
-        p,
-        { target: o.target, kind: o.kind, action: 'read' },
-        {
-          exe: o.exe,
-          exeSha256: o.exeSha256,
-          uid: o.uid,
-          cwd: o.cwd,
-          ancestors: o.ancestor.map((exe) => ({ exe })),
-          loaderVars: o.loaderVar.map((name) => ({ name })),
-        },
-      );
+      const kind = o.kind;
+      if (kind !== 'secret' && kind !== 'key' && kind !== 'list' && kind !== 'audit')
+        throw new UsageError('USAGE', '--kind is secret, key, list or audit');
+      const request: PolicyRequest = { target: o.target, kind, action: 'explain' };
+      const caller: Caller = {
+        exe: o.exe,
+        exeSha256: o.exeSha256,
+        uid: o.uid,
+        cwd: o.cwd,
+        ancestors: o.ancestor.map((exe) => ({ exe })),
+        loaderVars: o.loaderVar.map((name) => ({ name })),
+      };
+      let d: Decision;
+      const st = o.file === undefined ? await agentStatus(agentSocket()) : undefined;
+      if (st !== undefined && st['locked'] === false) {
+        // The policy in force is the one the agent holds (applied, verified in the vault).
+        d = jsonBody<Decision>(
+          await call(agentSocket(), 'policy', {
+            op: 'explain',
+            target: o.target,
+            kind,
+            caller: {
+              ...(o.exe === undefined ? {} : { exe: o.exe }),
+              ...(o.exeSha256 === undefined ? {} : { exeSha256: o.exeSha256 }),
+              ...(o.uid === undefined ? {} : { uid: o.uid }),
+              ...(o.cwd === undefined ? {} : { cwd: o.cwd }),
+              ancestors: o.ancestor,
+              loaderVars: o.loaderVar,
+            },
+          }),
+        );
+      } else {
+        // The files: the policy in force unless they were changed behind keyward's back, which
+        // only the vault can tell (inForce warns when it sees it).
+        const p =
+          o.file !== undefined
+            ? checked(io, readPolicyFile(o.file), o.file)
+            : inForce(io, undefined).policy;
+        if (o.file === undefined)
+          note(
+            io,
+            `from the policy files, unverified (${st ? 'the agent is locked' : 'no agent runs'}); an unlocked agent answers from the policy in force, kept in the vault`,
+          );
+        d = evaluate(p, request, caller);
+      }
       const how =
         d.decision === 'approve'
           ? ` (${d.approval.mode}${d.highValue ? ', high value' : ''}, remember ${d.approval.remember.scope})`

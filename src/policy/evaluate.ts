@@ -19,9 +19,15 @@ export interface Caller {
   loaderVars?: ReadonlyArray<{ name: string }> | undefined;
 }
 
+/**
+ * What a request is about: a secret or a key (by name), or, through the agent, a list of names
+ * (target `secrets` or `keys`) or the audit log (target `tail` or `verify`).
+ */
+export type RequestKind = 'secret' | 'key' | 'list' | 'audit';
+
 export interface PolicyRequest {
   target: string;
-  kind: 'secret' | 'key';
+  kind: RequestKind;
   /** What is asked: read, sign, run... (recorded and shown; rules match on target and kind). */
   action: string;
 }
@@ -59,9 +65,24 @@ function glob(pattern: string): (s: string) => boolean {
   return m;
 }
 
+const KIND_WORDS: Record<RequestKind | 'any', string> = {
+  secret: 'secrets',
+  key: 'keys',
+  list: 'lists of names',
+  audit: 'the audit log',
+  any: 'secrets and keys',
+};
+const ASKED: Record<RequestKind, string> = {
+  secret: 'a secret',
+  key: 'a key',
+  list: 'a list of names',
+  audit: 'the audit log',
+};
+
 /** Why rule r does not match, or undefined when it does. */
 function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefined {
-  if (r.kind !== 'any' && r.kind !== req.kind) return `it is for ${r.kind}s, this is a ${req.kind}`;
+  if (r.kind === 'any' ? req.kind !== 'secret' && req.kind !== 'key' : r.kind !== req.kind)
+    return `it is for ${KIND_WORDS[r.kind]}, this is ${ASKED[req.kind]}`;
   if (!r.targets.some((t) => glob(t)(req.target))) return `no target of it matches ${req.target}`;
   const w = r.callers;
   if (w.uid !== undefined && c.uid !== w.uid)

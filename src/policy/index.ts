@@ -22,6 +22,7 @@ export {
   type Caller,
   type Decision,
   type PolicyRequest,
+  type RequestKind,
   type Remember,
 } from './evaluate.js';
 export { TokenBucket, UseCounter } from './limits.js';

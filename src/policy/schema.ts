@@ -87,7 +87,9 @@ function build(z: typeof Zod) {
         .string()
         .regex(/^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/, 'letters, digits, . _ - (at most 64)'),
       targets: z.array(z.string().min(1).max(256)).min(1),
-      kind: z.enum(['secret', 'key', 'any']).default('any'),
+      // any: a secret or a key. Lists and the audit log only by their own kinds, so a rule written
+      // for names of secrets never matches a list's or the log's target (docs/POLICY.md).
+      kind: z.enum(['secret', 'key', 'list', 'audit', 'any']).default('any'),
       callers: Callers.default({}),
       decision: z.enum(['allow', 'approve', 'deny']),
       approve: Approve.optional(),

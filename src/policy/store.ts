@@ -12,8 +12,10 @@ import type { AuditSink, Vault } from '../vault/index.js';
 import { parsePolicy, type Policy, type PolicyProblem } from './schema.js';
 
 export const DEFAULT_POLICY = `# keyward policy (docs/POLICY.md). The first matching rule decides; nothing matching is deny.
-# The default: nothing is allowed silently. Every secret and key needs a person's confirmation,
-# remembered for the asking process for 10 minutes.
+# The default: no secret or key is released silently. Every one needs a person's confirmation,
+# remembered for the asking process for 10 minutes. Names (never values) may be listed and the
+# audit log verified through the agent without asking; reading the log's entries (who asked for
+# what) is confirmed like a release.
 version: 1
 unlock:
   idle_timeout: 15m
@@ -29,6 +31,21 @@ rules:
   - name: default-keys
     targets: ["**"]
     kind: key
+    decision: approve
+    approve:
+      mode: confirm
+      remember: { scope: process, for: 10m }
+  - name: default-lists
+    targets: ["**"]
+    kind: list
+    decision: allow
+  - name: default-audit-verify
+    targets: [verify]
+    kind: audit
+    decision: allow
+  - name: default-audit
+    targets: ["**"]
+    kind: audit
     decision: approve
     approve:
       mode: confirm
