@@ -53,6 +53,7 @@ function makeVault(
   seed: string,
   values: Record<string, string>,
   remove: string[] = [],
+  later: Record<string, string> = {},
 ): Buffer {
   const home = fs.mkdtempSync(path.join(dir, '.work-'));
   fs.chmodSync(home, 0o700);
@@ -67,6 +68,11 @@ function makeVault(
   }
   for (const name of remove) v.remove(name, FIXED_TIME);
   v.save();
+  if (Object.keys(later).length > 0) {
+    // A second save: new values (new record ids) for the same names.
+    for (const [name, value] of Object.entries(later)) v.set(name, secret(value), FIXED_TIME);
+    v.save();
+  }
   v.close();
   const bytes = fs.readFileSync(p.file);
   fs.rmSync(home, { recursive: true, force: true });
@@ -153,6 +159,23 @@ export function makeVectors(dir: string): VectorSpec[] {
   v3[7] = 3;
   files['version-3.kwv'] = resum(v3);
 
+  // The same name written in two saves (same length values, so the frames are the same size).
+  const resaved = makeVault(dir, 'resaved', { 'api/token': 'old-value-1234' }, [], {
+    'api/token': 'new-value-5678',
+  });
+  files['resaved.kwv'] = resaved;
+  const [, older, newer] = frames(resaved);
+  if (!older || !newer) throw new Error('resaved vector has fewer than three frames');
+  const valueBox = (f: { start: number; len: number }) =>
+    f.start + 4 + 1 + 16 + 2 + resaved.readUInt16BE(f.start + 4 + 1 + 16);
+  const spliced = Buffer.from(resaved);
+  resaved.copy(spliced, valueBox(newer), valueBox(older), older.start + older.len);
+  files['spliced.kwv'] = spliced;
+  files['replayed.kwv'] = Buffer.concat([
+    resaved.subarray(0, newer.start),
+    resaved.subarray(older.start, older.start + older.len),
+  ]);
+
   const junk = Buffer.alloc(300);
   seededRng('junk')(junk);
   files['not-a-vault.kwv'] = junk;
@@ -218,6 +241,22 @@ export function makeVectors(dir: string): VectorSpec[] {
       'weakened-kdf.kwv',
       'VAULT_BAD_PASSPHRASE',
       'opslimit lowered, checksum recomputed: the wrap binds the KDF parameters',
+    ),
+    {
+      file: 'resaved.kwv',
+      passphrase: PASSPHRASE,
+      expect: { ok: true, entries: { 'api/token': 'new-value-5678' } },
+      note: 'api/token written in one save, then rewritten in a second: the newer value is read',
+    },
+    fail(
+      'spliced.kwv',
+      'VAULT_CORRUPT',
+      "resaved.kwv with the older value box of api/token spliced into the newer frame: the newer frame's meta names another record id",
+    ),
+    fail(
+      'replayed.kwv',
+      'VAULT_CORRUPT',
+      'resaved.kwv with its last frame replaced by the older frame of the same name: bound to another place and predecessor',
     ),
     fail('version-3.kwv', 'VAULT_UNSUPPORTED_VERSION', 'unknown version'),
     fail('not-a-vault.kwv', 'VAULT_CORRUPT', 'random bytes'),

@@ -45,7 +45,7 @@ test('the vault file holds no secret value and no secret name in plaintext, in a
 test('the vault file size reveals sizes only: two vaults with equal-length values have equal-length files', () => {
   const a = initHome();
   const b = initHome();
-  kw(['secret', 'set', 'aaaa'], { env: a.env, input: 'value-one-1' });
-  kw(['secret', 'set', 'bbbb'], { env: b.env, input: 'other-two-2' });
+  assert.equal(kw(['secret', 'set', 'aaaa'], { env: a.env, input: 'value-one-1' }).code, 0);
+  assert.equal(kw(['secret', 'set', 'bbbb'], { env: b.env, input: 'other-two-2' }).code, 0);
   assert.equal(fs.statSync(a.vaultFile).size, fs.statSync(b.vaultFile).size);
 });

@@ -35,7 +35,7 @@ const segment = (h: Home) => path.join(auditDir(h), 'log-000001.jsonl');
 describe('events recorded by the CLI', () => {
   test('init, set, read, rm, passwd, rekey and a wrong passphrase each leave their entries, in order', () => {
     const h = initHome();
-    kw(['secret', 'set', 'svc/token'], { env: h.env, input: 'tok-value-1' });
+    assert.equal(kw(['secret', 'set', 'svc/token'], { env: h.env, input: 'tok-value-1' }).code, 0);
     kw(['read', 'svc/token'], { env: h.env });
     const wrong = path.join(h.dir, 'wrong');
     fs.writeFileSync(wrong, 'definitely wrong\n', { mode: 0o600 });
@@ -68,7 +68,7 @@ describe('events recorded by the CLI', () => {
 
   test('entries name the calling process: pid and command line', () => {
     const h = initHome();
-    kw(['secret', 'set', 'who/asks'], { env: h.env, input: 'value-xyz' });
+    assert.equal(kw(['secret', 'set', 'who/asks'], { env: h.env, input: 'value-xyz' }).code, 0);
     const set = rows(h).find((r) => r.type === 'secret.set');
     assert.ok(set);
     assert.ok(set.body.actor.pid > 1);
@@ -78,7 +78,7 @@ describe('events recorded by the CLI', () => {
   test('no secret value, nor its hex or base64, ever reaches the audit files', () => {
     const h = initHome();
     const value = 'sk_live_auditleak_0123456789';
-    kw(['secret', 'set', 'leak/check'], { env: h.env, input: value });
+    assert.equal(kw(['secret', 'set', 'leak/check'], { env: h.env, input: value }).code, 0);
     kw(['read', 'leak/check'], { env: h.env });
     kw(['audit', 'export', '--decrypt'], { env: h.env });
     const disk = Buffer.concat(
@@ -100,7 +100,7 @@ describe('events recorded by the CLI', () => {
 
   test('when the audit log cannot be written, read releases nothing (exit 5) and says why', () => {
     const h = initHome();
-    kw(['secret', 'set', 'gated'], { env: h.env, input: 'must-not-leak-1' });
+    assert.equal(kw(['secret', 'set', 'gated'], { env: h.env, input: 'must-not-leak-1' }).code, 0);
     fs.rmSync(path.join(auditDir(h), 'state'));
     const r = kw(['read', 'gated'], { env: h.env });
     assert.equal(r.code, 5, r.stderr);
@@ -115,7 +115,7 @@ describe('events recorded by the CLI', () => {
 describe('keyward audit', () => {
   test('verify passes on an untouched log: chain, MACs and the sealed checkpoint', () => {
     const h = initHome();
-    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);
     const r = kw(['audit', 'verify'], { env: h.env });
     assert.equal(r.code, 0, r.stderr);
     assert.match(
@@ -127,7 +127,7 @@ describe('keyward audit', () => {
 
   test('verify names the first bad entry and exits 8 when a line was edited', () => {
     const h = initHome();
-    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);
     const ls = fs.readFileSync(segment(h), 'utf8').split('\n');
     const at = ls.findIndex((l) => l.includes('"type":"secret.set"'));
     ls[at] = (ls[at] ?? '').replace('"type":"secret.set"', '"type":"secret.rm"');
@@ -189,7 +189,7 @@ describe('keyward audit', () => {
 
   test('audit init rebuilds a lost state file from the vault; the chain still verifies', () => {
     const h = initHome();
-    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);
     fs.rmSync(path.join(auditDir(h), 'state'));
     const r = kw(['audit', 'init'], { env: h.env });
     assert.equal(r.code, 0, r.stderr);
@@ -201,9 +201,9 @@ describe('keyward audit', () => {
 
   test('audit rekey: new bodies use the new key and older bodies still open', () => {
     const h = initHome();
-    kw(['secret', 'set', 'before'], { env: h.env, input: 'value-aaaa' });
+    assert.equal(kw(['secret', 'set', 'before'], { env: h.env, input: 'value-aaaa' }).code, 0);
     assert.equal(kw(['audit', 'rekey'], { env: h.env }).code, 0);
-    kw(['secret', 'set', 'after'], { env: h.env, input: 'value-bbbb' });
+    assert.equal(kw(['secret', 'set', 'after'], { env: h.env, input: 'value-bbbb' }).code, 0);
     const targets = rows(h).map((r) => r.body.target);
     assert.ok(targets.includes('before') && targets.includes('after'));
     assert.ok(rows(h).some((r) => r.type === 'audit.rekeyed'));
@@ -212,7 +212,7 @@ describe('keyward audit', () => {
 
   test('export gives the stored lines (sealed) or, with --decrypt, opened bodies; --since filters', () => {
     const h = initHome();
-    kw(['secret', 'set', 'x'], { env: h.env, input: 'value-aaaa' });
+    assert.equal(kw(['secret', 'set', 'x'], { env: h.env, input: 'value-aaaa' }).code, 0);
     const sealed = kw(['audit', 'export'], { env: h.env }).stdout.trim().split('\n');
     assert.ok(sealed.length >= 3);
     assert.ok(sealed.every((l) => l.startsWith('{"v":1,"seq":')));

@@ -55,7 +55,7 @@ describe('init', () => {
 
   test('--force --yes moves the old vault aside (nothing lost) and creates a new empty one', () => {
     const h = initHome();
-    kw(['secret', 'set', 'kept'], { env: h.env, input: 'old-value-123' });
+    assert.equal(kw(['secret', 'set', 'kept'], { env: h.env, input: 'old-value-123' }).code, 0);
     const before = sha(h.vaultFile);
     const r = kw(['init', '--force', '--yes', ...FAST_KDF], { env: h.env });
     assert.equal(r.code, 0, r.stderr);
@@ -109,7 +109,7 @@ describe('secrets', () => {
 
   test('set again updates the value and keeps the creation time', () => {
     const h = initHome();
-    kw(['secret', 'set', 'k'], { env: h.env, input: 'first-value' });
+    assert.equal(kw(['secret', 'set', 'k'], { env: h.env, input: 'first-value' }).code, 0);
     const created = (
       JSON.parse(kw(['secret', 'list', '--json'], { env: h.env }).stdout) as Array<{
         created: string;
@@ -227,7 +227,7 @@ describe('secrets', () => {
 describe('passphrases', () => {
   test('a wrong passphrase exits 4 and leaves the vault byte for byte as it was', () => {
     const h = initHome();
-    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaa' });
+    assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaa' }).code, 0);
     const before = sha(h.vaultFile);
     const wrong = path.join(h.dir, 'wrong');
     fs.writeFileSync(wrong, 'wrong passphrase here\n', { mode: 0o600 });
@@ -270,7 +270,7 @@ describe('passphrases', () => {
 
   test('passwd changes the passphrase: the old one stops working, values stay', () => {
     const h = initHome();
-    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaa' });
+    assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaa' }).code, 0);
     const next = path.join(h.dir, 'next');
     fs.writeFileSync(next, 'a brand new passphrase\n', { mode: 0o600 });
     const r = kw(['passwd', '--new-passphrase-file', next, ...FAST_KDF], { env: h.env });
@@ -282,8 +282,8 @@ describe('passphrases', () => {
 
   test('rekey changes the key id, keeps every value and the passphrase', () => {
     const h = initHome();
-    kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaa' });
-    kw(['secret', 'set', 'b'], { env: h.env, input: 'value-bbb' });
+    assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaa' }).code, 0);
+    assert.equal(kw(['secret', 'set', 'b'], { env: h.env, input: 'value-bbb' }).code, 0);
     const keyId = () =>
       (JSON.parse(kw(['whoami', '--json'], { env: h.env }).stdout) as { keyId: string }).keyId;
     const before = keyId();
@@ -299,7 +299,10 @@ describe('passphrases', () => {
 describe('whoami, usage', () => {
   test('whoami needs no passphrase and prints no secret', () => {
     const h = initHome();
-    kw(['secret', 'set', 'a/name'], { env: h.env, input: 'value-visible-nowhere' });
+    assert.equal(
+      kw(['secret', 'set', 'a/name'], { env: h.env, input: 'value-visible-nowhere' }).code,
+      0,
+    );
     const env = { ...h.env };
     delete env['KEYWARD_PASSPHRASE_FILE'];
     const r = kw(['whoami', '--json'], { env });
@@ -310,6 +313,29 @@ describe('whoami, usage', () => {
     assert.equal(w['agent'], 'not running');
     assert.doesNotMatch(r.stdout, /value-visible-nowhere|a\/name/);
     assert.equal(kw(['whoami'], { env }).code, 0);
+  });
+
+  test('init without KDF options uses argon2id, 3 passes, 256 MiB: read from the header bytes and by whoami', () => {
+    const h = makeHome();
+    const r = kw(['init'], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+    // docs/FORMAT.md: slot_count at 48, then the first slot: type (1), length (2), alg (1),
+    // opslimit (u32), memlimit in KiB (u32).
+    const b = fs.readFileSync(path.join(h.home, 'vault.kw'));
+    assert.equal(b.readUInt8(48), 1, 'one key slot');
+    assert.deepEqual(
+      [
+        b.readUInt8(49),
+        b.readUInt16BE(50),
+        b.readUInt8(52),
+        b.readUInt32BE(53),
+        b.readUInt32BE(57),
+      ],
+      [1, 97, 1, 3, 256 * 1024],
+      'a passphrase slot: argon2id v1.3, opslimit 3, memlimit 262144 KiB',
+    );
+    const w = JSON.parse(kw(['whoami', '--json'], { env: h.env }).stdout) as { unlock: string[] };
+    assert.deepEqual(w.unlock, ['passphrase (argon2id, 3 passes, 256 MiB)']);
   });
 
   test('whoami without a vault says how to make one', () => {

@@ -19,7 +19,7 @@ after(async () => {
 async function running(env: NodeJS.ProcessEnv, args: string[] = []): Promise<AgentHome> {
   const h = agentHome();
   homes.push(h);
-  kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' });
+  assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' }).code, 0);
   await startAgent(h, env, args);
   assert.equal(kw(['unlock'], { env: h.env }).code, 0);
   return h;
@@ -82,7 +82,7 @@ test("an askpass program that can't be run is an error at agent start and in doc
 test('a failing askpass program is recorded with its reason; the console still can approve', async () => {
   const h = agentHome();
   homes.push(h);
-  kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' });
+  assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' }).code, 0);
   const broken = path.join(h.dir, 'broken-askpass');
   fs.writeFileSync(broken, '#!/bin/sh\nexit 3\n', { mode: 0o700 });
   await startAgent(h, { KEYWARD_ASKPASS: broken });
@@ -104,7 +104,7 @@ test('a failing askpass program is recorded with its reason; the console still c
 test('without a console, a failing askpass program denies at once, with its reason', async () => {
   const h = agentHome();
   homes.push(h);
-  kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' });
+  assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'the-value-1234' }).code, 0);
   const killed = path.join(h.dir, 'killed-askpass');
   fs.writeFileSync(killed, '#!/bin/sh\nkill -9 $$\n', { mode: 0o700 });
   await startAgent(h, { KEYWARD_ASKPASS: killed }, ['--no-console']);

@@ -89,13 +89,18 @@ function minimal(v: bigint): Buffer {
 }
 
 /** Asserts fn throws a KeywardError with this code (not a RangeError, not a crash). */
-function throwsCode(fn: () => unknown, code: string, message?: RegExp): void {
-  assert.throws(fn, (e: unknown) => {
-    assert.ok(e instanceof KeywardError, `expected a KeywardError, got ${String(e)}`);
-    assert.equal(e.code, code);
-    if (message) assert.match(e.message, message);
-    return true;
-  });
+function throwsCode(fn: () => unknown, code: string, message?: RegExp, what = ''): void {
+  const label = what === '' ? '' : ` (${what})`;
+  assert.throws(
+    fn,
+    (e: unknown) => {
+      assert.ok(e instanceof KeywardError, `expected a KeywardError${label}, got ${String(e)}`);
+      assert.equal(e.code, code, `the code${label}`);
+      if (message) assert.match(e.message, message, `the message${label}`);
+      return true;
+    },
+    `no error${label}`,
+  );
 }
 
 /** A secure copy of test bytes (the source is a throwaway copy). */
@@ -420,10 +425,14 @@ test('der: malformed input is refused with a PROTOCOL_ERROR, never read past the
     ['0282ffff00', 'huge length'],
   ];
   for (const [h, what] of bad) {
-    throwsCode(() => readTlv(unhex(h)), 'PROTOCOL_ERROR', /malformed DER/);
-    throwsCode(() => readInteger(unhex(h)), 'PROTOCOL_ERROR', /malformed DER/);
-    throwsCode(() => readSequence(unhex(h.replace(/^02/, '30'))), 'PROTOCOL_ERROR');
-    assert.ok(what);
+    throwsCode(() => readTlv(unhex(h)), 'PROTOCOL_ERROR', /malformed DER/, what);
+    throwsCode(() => readInteger(unhex(h)), 'PROTOCOL_ERROR', /malformed DER/, what);
+    throwsCode(
+      () => readSequence(unhex(h.replace(/^02/, '30'))),
+      'PROTOCOL_ERROR',
+      undefined,
+      what,
+    );
   }
   // INTEGER-specific
   throwsCode(() => readInteger(unhex('0200')), 'PROTOCOL_ERROR', /INTEGER/);

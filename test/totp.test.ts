@@ -80,7 +80,10 @@ test(
       e.stdout,
       /^otpauth:\/\/totp\/keyward:vault-[0-9a-f]{8}\?secret=[A-Z2-7]{32}&issuer=keyward&algorithm=SHA1&digits=6&period=30\n$/,
     );
-    kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'prod-db-password' });
+    assert.equal(
+      kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'prod-db-password' }).code,
+      0,
+    );
     await startAgent(h);
     assert.equal(kw(['unlock'], { env: h.env }).code, 0);
     const code = () =>
@@ -109,7 +112,7 @@ test(
 test('a rule asking for TOTP with nothing enrolled is denied at once', async () => {
   const h = agentHome(TOTP_RULE);
   homes.push(h);
-  kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'prod-db-password' });
+  assert.equal(kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'prod-db-password' }).code, 0);
   await startAgent(h);
   kw(['unlock'], { env: h.env });
   const r = kw(['read', 'prod/db'], { env: h.env });

@@ -59,9 +59,9 @@ test('secret set and secret rm append to vault.kw: every byte already there stay
 
 test('a save cut short is not part of the vault, and the next write cuts it off', () => {
   const h = initHome();
-  kw(['secret', 'set', 'kept'], { env: h.env, input: 'kept-value' });
+  assert.equal(kw(['secret', 'set', 'kept'], { env: h.env, input: 'kept-value' }).code, 0);
   const before = fs.readFileSync(h.vaultFile);
-  kw(['secret', 'set', 'torn'], { env: h.env, input: 'torn-value' });
+  assert.equal(kw(['secret', 'set', 'torn'], { env: h.env, input: 'torn-value' }).code, 0);
   const whole = fs.readFileSync(h.vaultFile);
   const added = whole.subarray(before.length);
   // Every cut of what the save appended, short of all of it, leaves the vault as before the save.
@@ -128,7 +128,7 @@ test('dead records are compacted away: 1,500 saves of one name keep the file sma
 
 test('a writer appends only to the file it read: one replaced or grown under the lock is refused, untouched', () => {
   const h = initHome();
-  kw(['secret', 'set', 'w/x'], { env: h.env, input: 'x-value' });
+  assert.equal(kw(['secret', 'set', 'w/x'], { env: h.env, input: 'x-value' }).code, 0);
   const p = vaultPaths(h.home);
   const original = fs.readFileSync(p.file);
   const pw = pass();
@@ -206,7 +206,7 @@ test("a writer that reads a record gets its newest version: a later frame's name
 
 test('vault.kw files keyward never writes are refused with a clear error, not an internal one', () => {
   const h = initHome();
-  kw(['secret', 'set', 'z/x'], { env: h.env, input: 'z-value' });
+  assert.equal(kw(['secret', 'set', 'z/x'], { env: h.env, input: 'z-value' }).code, 0);
   const good = fs.readFileSync(h.vaultFile);
   let pos = 49;
   for (let i = 0; i < good.readUInt8(48); i++) pos += 3 + good.readUInt16BE(pos + 1);
@@ -239,7 +239,7 @@ test('vault.kw files keyward never writes are refused with a clear error, not an
 
 test('zeros after the last save (blocks a crash left unwritten) are not part of the vault; the next write cuts them', () => {
   const h = initHome();
-  kw(['secret', 'set', 'zz/x'], { env: h.env, input: 'zz-value' });
+  assert.equal(kw(['secret', 'set', 'zz/x'], { env: h.env, input: 'zz-value' }).code, 0);
   const good = fs.readFileSync(h.vaultFile);
   fs.appendFileSync(h.vaultFile, Buffer.alloc(4096));
   assert.equal(kw(['read', 'zz/x'], { env: h.env }).stdout, 'zz-value');
@@ -261,7 +261,7 @@ describe('an unlocked agent and a vault.kw written by others', () => {
   test('it picks up what another process appended', async () => {
     const h = await unlockedAgent(ALLOW_ALL, homes);
     for (let i = 0; i < 5; i++) {
-      kw(['secret', 'set', `n/${i}`], { env: h.env, input: `value-${i}` });
+      assert.equal(kw(['secret', 'set', `n/${i}`], { env: h.env, input: `value-${i}` }).code, 0);
       assert.equal(kw(['read', `n/${i}`], { env: h.env }).stdout, `value-${i}`);
     }
     kw(['secret', 'rm', 'n/2'], { env: h.env });
@@ -271,7 +271,7 @@ describe('an unlocked agent and a vault.kw written by others', () => {
 
   test('a frame copied to the end (a replay) is refused, and the agent locks', async () => {
     const h = await unlockedAgent(ALLOW_ALL, homes);
-    kw(['secret', 'set', 'r/x'], { env: h.env, input: 'first' });
+    assert.equal(kw(['secret', 'set', 'r/x'], { env: h.env, input: 'first' }).code, 0);
     assert.equal(kw(['read', 'r/x'], { env: h.env }).stdout, 'first');
     const b = fs.readFileSync(h.vaultFile);
     const fs2 = frames(b);
@@ -287,7 +287,7 @@ describe('an unlocked agent and a vault.kw written by others', () => {
 
   test('its last saves cut off and written over by another writer (a fork) are refused, and the agent locks', async () => {
     const h = await unlockedAgent(ALLOW_ALL, homes);
-    kw(['secret', 'set', 'f/x'], { env: h.env, input: 'fork-value' });
+    assert.equal(kw(['secret', 'set', 'f/x'], { env: h.env, input: 'fork-value' }).code, 0);
     const before = fs.statSync(h.vaultFile).size;
     kw(['secret', 'rm', 'f/x'], { env: h.env });
     assert.equal(kw(['read', 'f/x'], { env: h.env }).code, 3);
@@ -302,7 +302,7 @@ describe('an unlocked agent and a vault.kw written by others', () => {
 
   test('a header alone with a higher generation is refused, and the agent locks', async () => {
     const h = await unlockedAgent(ALLOW_ALL, homes);
-    kw(['secret', 'set', 'h/x'], { env: h.env, input: 'h-value' });
+    assert.equal(kw(['secret', 'set', 'h/x'], { env: h.env, input: 'h-value' }).code, 0);
     assert.equal(kw(['read', 'h/x'], { env: h.env }).stdout, 'h-value');
     const good = fs.readFileSync(h.vaultFile);
     let pos = 49;
@@ -317,7 +317,7 @@ describe('an unlocked agent and a vault.kw written by others', () => {
 
   test('the last save cut off (a rollback by truncation) is refused, and the agent locks', async () => {
     const h = await unlockedAgent(ALLOW_ALL, homes);
-    kw(['secret', 'set', 't/x'], { env: h.env, input: 'before' });
+    assert.equal(kw(['secret', 'set', 't/x'], { env: h.env, input: 'before' }).code, 0);
     const before = fs.readFileSync(h.vaultFile);
     kw(['secret', 'rm', 't/x'], { env: h.env });
     assert.equal(kw(['read', 't/x'], { env: h.env }).code, 3);
