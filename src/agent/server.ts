@@ -3,8 +3,9 @@
  * secret only as policy says, after a person approves where it asks, and only once the release
  * is durable in the audit log (docs/PROTOCOL.md).
  *
- * This file keeps to sockets and dispatch. Who asks: peer.ts. Whether they may: gate.ts. The
- * open vault and its limits: unlock.ts. What leaves: release.ts, run-service.ts, ssh-agent.ts.
+ * This file keeps to sockets and dispatch; services.ts makes the parts. Who asks: peer.ts.
+ * Whether they may: gate.ts. The open vault and its limits: unlock.ts. What leaves: release.ts,
+ * run-service.ts, ssh-agent.ts. What it shows: views.ts.
  */
 import fs from 'node:fs';
 import type net from 'node:net';
@@ -25,7 +26,7 @@ import {
 import { KeywardError } from '../errors.js';
 import { flock, LOCK_EX, LOCK_NB, queuedBytes } from '../lib/libc.js';
 import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
-import { durationMs, type Loaded } from '../policy/index.js';
+import type { Loaded } from '../policy/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { actorOf } from './identity.js';
 import {
@@ -50,15 +51,17 @@ import {
 import { listenPrivate, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
 import type { ConsoleServer } from '../console/index.js';
 import { CredentialCache } from './cache.js';
-import { consoleRequest, makeConsole, type ConsoleLinkHost } from './console-link.js';
-import { Gate } from './gate.js';
-import { McpService } from './mcp.js';
-import { Releases, type Reply } from './release.js';
+import { consoleRequest, type ConsoleLinkHost } from './console-link.js';
+import type { Gate } from './gate.js';
+import type { McpService } from './mcp.js';
+import type { Releases } from './release.js';
+import { type Reply } from './release.js';
 import { fail, notifyPending, reply, replyWithFd, wireError } from './replies.js';
-import { RunService } from './run-service.js';
-import { SshAgentService } from './ssh-agent.js';
-import { UnlockWindow } from './unlock.js';
-import { Views } from './views.js';
+import type { RunService } from './run-service.js';
+import type { SshAgentService } from './ssh-agent.js';
+import type { UnlockWindow } from './unlock.js';
+import { makeServices } from './services.js';
+import type { Views } from './views.js';
 
 const FRAME_TIMEOUT_MS = 5_000;
 const IDLE_CONNECTION_MS = 120_000;
@@ -135,99 +138,25 @@ export class Agent {
       this.o.log?.(`the audit log was cut: ${reason}`);
       void this.lock(`the audit log was cut: ${reason}`);
     };
-    this.window = new UnlockWindow({
-      home: o.home,
+    const services = makeServices(o, {
       record: (r) => this.record(r),
-      lock: (reason) => this.lock(reason),
-      noteDenial: () => this.gate.noteDenial(),
-      changed: (what) => this.cache.clear(what),
-      policyLoaded: (loaded) => this.followShipping(loaded),
-    });
-    this.consoleLink = {
-      home: o.home,
-      window: this.window,
-      gate: () => this.gate,
-      record: (r) => this.record(r),
-    };
-    this.console = o.console === false ? undefined : makeConsole(this.consoleLink);
-    const web = this.console;
-    this.gate = new Gate({
-      window: this.window,
-      record: (r) => this.record(r),
-      lock: (reason) => this.lock(reason),
-      askpass: o.askpass,
-      terminal: o.terminal,
-      console: web ? { hasWebauthn: () => web.hasWebauthn() } : undefined,
-      env: o.env,
-      warning:
-        o.debuggable && o.debuggable.length > 0
-          ? `WARNING: this agent can be debugged (${o.debuggable.join('; ')}).`
-          : undefined,
-    });
-    this.views = new Views({
-      home: o.home,
-      window: this.window,
-      gate: this.gate,
-      record: (r) => this.record(r),
-    });
-    this.releases = new Releases({
-      window: this.window,
-      gate: this.gate,
-      cache: this.cache,
-      record: (r) => this.record(r),
-    });
-    this.mcp = new McpService({
-      window: this.window,
-      record: (r) => this.record(r),
-      released: () => this.releases.releasedNames(),
-    });
-    this.runs = new RunService({
-      vault: () => this.window.unlocked(),
-      stillOpen: (v) => this.window.stillOpen(v),
-      authorize: (conn, req) =>
-        this.gate.authorize(conn, {
-          target: req.target,
-          kind: 'secret',
-          action: 'run',
-          auditType: 'credential.deliver',
-          what: req.what,
-          exists: this.window.unlocked().has(req.target),
-        }),
-      fetch: (conn, v, name, rule) => this.releases.fetch(conn.id, v, name, rule),
-      record: (r) => this.record(r),
-      actor: actorOf,
-      counted: () => this.window.counted(),
-    });
-    this.ssh = new SshAgentService({
-      peer: (s) => identifyPeer(s, this.uid, this.registry, (r) => this.record(r)),
-      vault: () => this.window.unlocked(),
-      isUnlocked: () => this.window.isOpen,
-      generation: () => this.window.gen,
-      limits: () => {
-        const u = this.window.loaded?.policy.unlock;
-        return {
-          maxSignatures: u?.max_signatures,
-          keyLifetimeMs: u?.key_lifetime === undefined ? undefined : durationMs(u.key_lifetime),
-        };
-      },
-      authorize: (who, req) =>
-        this.gate.authorize(who, {
-          target: req.target,
-          kind: 'key',
-          action: 'sign',
-          auditType: 'key.sign',
-          what: req.what,
-          exists: true,
-          confirmEachUse: req.confirmEachUse,
-        }),
-      record: (r) => this.record(r),
-      actor: actorOf,
-      counted: () => this.window.counted(),
       lock: (reason, by) => this.lock(reason, by),
-      unlock: async (passphrase, by) => {
-        await this.window.open({ passphrase }, by, 'passphrase', 'ssh-agent');
-      },
+      clearCache: (what) => this.cache.clear(what),
+      cache: this.cache,
+      policyLoaded: (loaded) => this.followShipping(loaded),
+      peer: (socket) => identifyPeer(socket, this.uid, this.registry, (r) => this.record(r)),
     });
+    ({
+      window: this.window,
+      gate: this.gate,
+      views: this.views,
+      releases: this.releases,
+      mcp: this.mcp,
+      runs: this.runs,
+      ssh: this.ssh,
+      console: this.console,
+      consoleLink: this.consoleLink,
+    } = services);
   }
 
   get socketPath(): string {

@@ -1,0 +1,131 @@
+/**
+ * The agent's parts, made and wired together in one place (server.ts keeps to sockets and
+ * dispatch). Each part gets only what it uses: the open vault and its limits (unlock.ts),
+ * policy and approval (gate.ts), what leaves the agent (release.ts, run-service.ts,
+ * ssh-agent.ts), what it shows (views.ts), the MCP gateway's service (mcp.ts) and the console.
+ */
+import type net from 'node:net';
+import type { AuditRecord } from '../audit/index.js';
+import type { ConsoleServer } from '../console/index.js';
+import { durationMs, type Loaded } from '../policy/index.js';
+import type { CredentialCache } from './cache.js';
+import { makeConsole, type ConsoleLinkHost } from './console-link.js';
+import { Gate } from './gate.js';
+import { actorOf, type ProcessIdentity } from './identity.js';
+import { McpService } from './mcp.js';
+import type { Peer } from './peer.js';
+import { Releases } from './release.js';
+import { RunService } from './run-service.js';
+import type { AgentOptions } from './server.js';
+import { SshAgentService } from './ssh-agent.js';
+import { UnlockWindow } from './unlock.js';
+import { Views } from './views.js';
+
+/** What the parts need from the agent itself. */
+export interface ServiceHooks {
+  record(r: AuditRecord): Promise<unknown>;
+  lock(reason: string, by?: ProcessIdentity): Promise<void>;
+  /** Released values kept for reuse (docs/RUN.md), and how to drop them all. */
+  cache: CredentialCache;
+  clearCache(why: string): void;
+  policyLoaded(loaded: Loaded): void;
+  /** Who is on the other end of an SSH connection (peer.ts). */
+  peer(socket: net.Socket): Peer | undefined;
+}
+
+export interface Services {
+  window: UnlockWindow;
+  gate: Gate;
+  views: Views;
+  releases: Releases;
+  mcp: McpService;
+  runs: RunService;
+  ssh: SshAgentService;
+  console: ConsoleServer | undefined;
+  consoleLink: ConsoleLinkHost;
+}
+
+export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
+  const record = (r: AuditRecord) => h.record(r);
+  // The window and the gate each call into the other (a denial counts toward the breaker, the
+  // breaker locks the window): the window's calls come after both exist.
+  const window = new UnlockWindow({
+    home: o.home,
+    record,
+    lock: (reason) => h.lock(reason),
+    noteDenial: () => theGate.noteDenial(),
+    changed: (what) => h.clearCache(what),
+    policyLoaded: (loaded) => h.policyLoaded(loaded),
+  });
+  const consoleLink: ConsoleLinkHost = {
+    home: o.home,
+    window,
+    gate: () => theGate,
+    record,
+  };
+  const web = o.console === false ? undefined : makeConsole(consoleLink);
+  const theGate = new Gate({
+    window,
+    record,
+    lock: (reason) => h.lock(reason),
+    askpass: o.askpass,
+    terminal: o.terminal,
+    console: web ? { hasWebauthn: () => web.hasWebauthn() } : undefined,
+    env: o.env,
+    warning:
+      o.debuggable && o.debuggable.length > 0
+        ? `WARNING: this agent can be debugged (${o.debuggable.join('; ')}).`
+        : undefined,
+  });
+  const views = new Views({ home: o.home, window, gate: theGate, record });
+  const releases = new Releases({ window, gate: theGate, cache: h.cache, record });
+  const mcp = new McpService({ window, record, released: () => releases.releasedNames() });
+  const runs = new RunService({
+    vault: () => window.unlocked(),
+    stillOpen: (v) => window.stillOpen(v),
+    authorize: (conn, req) =>
+      theGate.authorize(conn, {
+        target: req.target,
+        kind: 'secret',
+        action: 'run',
+        auditType: 'credential.deliver',
+        what: req.what,
+        exists: window.unlocked().has(req.target),
+      }),
+    fetch: (conn, v, name, rule) => releases.fetch(conn.id, v, name, rule),
+    record,
+    actor: actorOf,
+    counted: () => window.counted(),
+  });
+  const ssh = new SshAgentService({
+    peer: (s) => h.peer(s),
+    vault: () => window.unlocked(),
+    isUnlocked: () => window.isOpen,
+    generation: () => window.gen,
+    limits: () => {
+      const u = window.loaded?.policy.unlock;
+      return {
+        maxSignatures: u?.max_signatures,
+        keyLifetimeMs: u?.key_lifetime === undefined ? undefined : durationMs(u.key_lifetime),
+      };
+    },
+    authorize: (who, req) =>
+      theGate.authorize(who, {
+        target: req.target,
+        kind: 'key',
+        action: 'sign',
+        auditType: 'key.sign',
+        what: req.what,
+        exists: true,
+        confirmEachUse: req.confirmEachUse,
+      }),
+    record,
+    actor: actorOf,
+    counted: () => window.counted(),
+    lock: (reason, by) => h.lock(reason, by),
+    unlock: async (passphrase, by) => {
+      await window.open({ passphrase }, by, 'passphrase', 'ssh-agent');
+    },
+  });
+  return { window, gate: theGate, views, releases, mcp, runs, ssh, console: web, consoleLink };
+}
