@@ -9,7 +9,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { agentHome, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
 import { kw, ROOT } from './helpers.js';
 
 const homes: AgentHome[] = [];
@@ -80,5 +80,13 @@ test(
       for (const t of types) assert.equal(rep.signed[t], true, `${lib} verified a ${t} signature`);
       assert.match(rep.sha1 ?? '', /^refused/, `${lib}: a SHA-1 ssh-rsa signature is refused`);
     }
+    // And recorded, with the reason: one refusal per client library.
+    const refused = auditEntries(h).filter(
+      (e) => e.type === 'key.sign' && e.decision === 'deny' && e.target === 'k-rsa',
+    );
+    assert.deepEqual(
+      refused.map((e) => e.reason),
+      ['SHA-1 RSA signatures (ssh-rsa) are refused', 'SHA-1 RSA signatures (ssh-rsa) are refused'],
+    );
   },
 );
