@@ -70,7 +70,7 @@ export class Views {
     const { rule } = await this.host.gate.authorize(asker, {
       target,
       kind,
-      action: kind === 'list' ? 'list' : target,
+      action: kind,
       auditType: kind === 'list' ? 'vault.list' : 'audit.read',
       what,
       exists: true,
