@@ -16,12 +16,14 @@ function onTerminal(
   h: Home,
   shell: string,
   steps: Array<[string, string]>,
+  extra: Record<string, string> = {},
 ): { out: string; exit: number } {
   const env: Record<string, string> = {
     PATH: process.env['PATH'] ?? '',
     HOME: h.dir,
     KEYWARD_HOME: h.home,
     TERM: 'dumb',
+    ...extra,
   };
   const argv = ['bash', '-c', `kw() { '${process.execPath}' '${BIN}' "$@"; }\n${shell}`];
   const r = spawnSync('python3', [DRIVER, JSON.stringify({ argv, env, steps })], {
@@ -154,6 +156,36 @@ test('a wrong passphrase typed on a terminal gets three tries, each failure reco
   });
   assert.equal(r.code, 4);
   assert.doesNotMatch(r.stderr, /try again \(\d of/);
+});
+
+test('keyward unlock on a terminal gives the agent three tries too, each failure recorded by the agent', () => {
+  const h = makeHome();
+  assert.equal(kw(['init', ...FAST_KDF], { env: h.env }).code, 0);
+  const sockets = { KEYWARD_SOCKET_DIR: path.join(h.dir, 'run') };
+  const env: NodeJS.ProcessEnv = { ...h.env, ...sockets };
+  delete env['KEYWARD_PASSPHRASE_FILE'];
+  assert.equal(kw(['agent', 'start'], { env }).code, 0);
+  try {
+    const t = onTerminal(
+      h,
+      `kw unlock; echo "RC=$?"`,
+      [
+        ['keyward passphrase: ', 'wrong one\r'],
+        ['keyward passphrase: ', 'wrong two\r'],
+        ['keyward passphrase: ', `${PASSPHRASE}\r`],
+      ],
+      sockets,
+    );
+    assert.match(t.out, /try again \(2 of 3\)/);
+    assert.match(t.out, /try again \(3 of 3\)/);
+    assert.match(t.out, /RC=0/);
+    const st = JSON.parse(kw(['status', '--json'], { env }).stdout) as { locked: boolean };
+    assert.equal(st.locked, false, 'the third try unlocked the agent');
+  } finally {
+    kw(['agent', 'stop'], { env });
+  }
+  const failed = auditEntries(h).filter((e) => e.type === 'vault.unlock_failed');
+  assert.equal(failed.length, 2, 'each wrong try recorded');
 });
 
 test('on a terminal, argon2id above the interactive cost shows "deriving key…" while it runs, then erases it; a cheap one shows nothing', () => {
