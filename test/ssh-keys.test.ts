@@ -482,7 +482,11 @@ test(
       for (const f of [ed, ec, rsa]) signAndVerify(h.dir, `${f}.pub`, env);
     const pid = h.agentPid ?? 0;
     // Positive control: while the keys are held the scan finds them.
-    assert.ok(scanWindows(pid, values).length > 0, 'the scanner finds keys that are held');
+    assert.deepEqual(
+      scanWindows(pid, values).map((i) => secrets[i]?.[0]),
+      secrets.map(([n]) => n),
+      'the scanner finds every key while it is held',
+    );
     // The keys are wiped before the agent answers -D: no 12-byte window of any of them is left.
     assert.equal(run('ssh-add', ['-D'], env).status, 0);
     const named = scanWindows(pid, values).map((i) => secrets[i]?.[0]);
