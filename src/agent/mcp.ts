@@ -22,6 +22,7 @@ import { readPinRecord, reviewPins, writePinRecord, type ReviewRequest } from '.
 import type { Peer } from './peer.js';
 import { ProtocolError, str, type Frame } from './protocol.js';
 import type { Reply } from './release.js';
+import { jsonRaw } from './replies.js';
 import type { UnlockWindow } from './unlock.js';
 
 export interface McpHost {
@@ -238,8 +239,6 @@ function wipe(k: { value: SecureBuffer | undefined; forms: SecureBuffer[] }): vo
   for (const f of k.forms) secureFree(f);
   k.forms.length = 0;
 }
-
-const jsonRaw = (o: unknown): SecureBuffer => secureTake(Buffer.from(JSON.stringify(o), 'utf8'));
 
 function parseReview(meta: Record<string, unknown>): ReviewRequest {
   const server = str(meta, 'server') ?? '';

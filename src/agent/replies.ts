@@ -7,7 +7,7 @@ import type net from 'node:net';
 import type { Pending } from '../approval/index.js';
 import { KeywardError } from '../errors.js';
 import { closeFd, EAGAIN, sendWithFd } from '../lib/libc.js';
-import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { socketFd } from './peer.js';
 import {
   frameHead,
@@ -19,6 +19,14 @@ import {
 } from './protocol.js';
 
 /** What a reply is written to: a connection's socket. */
+/**
+ * A reply's raw part holding JSON that is never secret (names, metadata, hashes): in raw
+ * because it can outgrow a meta (16 KiB).
+ */
+export function jsonRaw(o: unknown): SecureBuffer {
+  return secureTake(Buffer.from(JSON.stringify(o), 'utf8'));
+}
+
 export interface Connected {
   socket: net.Socket;
 }

@@ -25,7 +25,7 @@ import {
 } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { flock, LOCK_EX, LOCK_NB, queuedBytes } from '../lib/libc.js';
-import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { Loaded } from '../policy/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { actorOf } from './identity.js';
@@ -56,7 +56,7 @@ import type { Gate } from './gate.js';
 import type { McpService } from './mcp.js';
 import type { Releases } from './release.js';
 import { type Reply } from './release.js';
-import { fail, notifyPending, reply, replyWithFd, wireError } from './replies.js';
+import { fail, jsonRaw, notifyPending, reply, replyWithFd, wireError } from './replies.js';
 import type { RunService } from './run-service.js';
 import type { SshAgentService } from './ssh-agent.js';
 import type { UnlockWindow } from './unlock.js';
@@ -370,7 +370,7 @@ export class Agent {
         // In the bytes, not the meta: whole command lines can be longer than a frame's meta.
         return {
           meta: { format: 'json' },
-          raw: secureTake(Buffer.from(JSON.stringify(this.gate.pending()), 'utf8')),
+          raw: jsonRaw(this.gate.pending()),
         };
       case 'approve':
         return {

@@ -13,13 +13,13 @@ import {
 } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { listKeys } from '../keys/index.js';
-import { secureTake, type SecureBuffer } from '../lib/secure.js';
 import { type Caller, type RequestKind } from '../policy/index.js';
 import type { Gate } from './gate.js';
 import { actorOf } from './identity.js';
 import type { Peer } from './peer.js';
 import { str } from './protocol.js';
 import type { Reply } from './release.js';
+import { jsonRaw } from './replies.js';
 import { locked, type UnlockWindow } from './unlock.js';
 
 export interface ViewsHost {
@@ -36,10 +36,6 @@ export interface ViewsHost {
 const PAGE_BYTES = 4 * 1024 * 1024;
 /** `audit tail -n` through the agent: at most this many at once. */
 const MAX_TAIL = 100_000;
-
-function json(body: unknown): SecureBuffer {
-  return secureTake(Buffer.from(JSON.stringify(body), 'utf8'));
-}
 
 function count(meta: Record<string, unknown>, key: string, min: number, max: number): number {
   const n = meta[key];
@@ -113,7 +109,7 @@ export class Views {
     });
     if (!w.stillOpen(v)) throw locked();
     // In raw, not the meta: a vault of many names outgrows a meta.
-    return { meta: { count: n }, raw: json(body) };
+    return { meta: { count: n }, raw: jsonRaw(body) };
   }
 
   /**
@@ -146,7 +142,7 @@ export class Views {
     if (op === 'verify') {
       const r = verifyLog({ home: this.host.home, vault: v });
       details = { op, ok: r.ok, entries: r.entries };
-      reply = { meta: { ok: r.ok }, raw: json(r) };
+      reply = { meta: { ok: r.ok }, raw: jsonRaw(r) };
     } else {
       const entries = readEntries(this.host.home, v, undefined, which);
       details = { op, entries: entries.length, from: entries[0]?.seq ?? null };
@@ -154,7 +150,7 @@ export class Views {
       const cut = op === 'tail' && entries.length < (which.last ?? 0) && entries[0]?.seq !== 1;
       reply = {
         meta: { count: entries.length },
-        raw: json({ entries: entries.map(entryOut), ...(cut ? { cut: true } : {}) }),
+        raw: jsonRaw({ entries: entries.map(entryOut), ...(cut ? { cut: true } : {}) }),
       };
     }
     await this.host.record({
@@ -199,7 +195,7 @@ export class Views {
     const loaded = w.loaded;
     return {
       meta: { version: loaded?.version ?? null, sha256: loaded?.sha256 ?? null },
-      raw: json(d),
+      raw: jsonRaw(d),
     };
   }
 }
