@@ -367,6 +367,13 @@ export interface EntrySelection {
   maxBytes?: number;
 }
 
+/** How many entries from the start of `list` fit in `max` bytes of log lines (at least one). */
+function fitting(list: ReadonlyArray<{ line: string }>, max: number): number {
+  let bytes = 0;
+  const n = list.findIndex((e, i) => (bytes += e.line.length + 1) > max && i > 0);
+  return n < 0 ? list.length : n;
+}
+
 /**
  * The entries of the log in order (all, or a selection); bodies opened when a vault is given.
  * Malformed lines are skipped.
@@ -393,30 +400,17 @@ export function readEntries(
     done += Buffer.byteLength(text);
     onProgress?.(done, total);
   }
+  const max = which.maxBytes;
   if (which.last !== undefined) {
     out = out.slice(Math.max(0, out.length - which.last));
-    const max = which.maxBytes;
-    if (max !== undefined) {
-      // The newest entries within max bytes of log (at least one).
-      let bytes = 0;
-      let from = out.length;
-      while (
-        from > 0 &&
-        (from === out.length || bytes + (out[from - 1]?.line.length ?? 0) + 1 <= max)
-      )
-        bytes += (out[--from]?.line.length ?? 0) + 1;
-      out = out.slice(from);
-    }
+    // The newest entries within max bytes.
+    if (max !== undefined) out = out.slice(out.length - fitting([...out].reverse(), max));
   }
   if (which.after !== undefined) {
     const after = which.after;
     out = out.filter((e) => e.seq > after);
-    const max = which.maxBytes;
-    if (max !== undefined) {
-      let bytes = 0;
-      const n = out.findIndex((e, i) => (bytes += e.line.length + 1) > max && i > 0);
-      if (n > 0) out = out.slice(0, n);
-    }
+    // The oldest entries within max bytes.
+    if (max !== undefined) out = out.slice(0, fitting(out, max));
   }
   const keys: Array<{ publicKey: Buffer; secretKey: SecureBuffer }> = [];
   const names = v ? [BOX_SECRET, ...v.internalNames(`${BOX_SECRET}.`)] : [];
