@@ -155,6 +155,11 @@ export function makeVectors(dir: string): VectorSpec[] {
   weakened.writeUInt32BE(2, 49 + 3 + 1); // slot 1: type(1) len(2) alg(1) then opslimit
   files['weakened-kdf.kwv'] = resum(weakened);
 
+  // A memlimit no reader accepts (4 TiB): refused before any work is done, whatever the passphrase.
+  const absurd = Buffer.from(basic);
+  absurd.writeUInt32BE(0xffffffff, 49 + 3 + 1 + 4); // slot 1: type, len, alg, opslimit, then memlimit
+  files['kdf-out-of-range.kwv'] = resum(absurd);
+
   const v3 = Buffer.from(basic);
   v3[7] = 3;
   files['version-3.kwv'] = resum(v3);
@@ -242,6 +247,11 @@ export function makeVectors(dir: string): VectorSpec[] {
       'VAULT_BAD_PASSPHRASE',
       'opslimit lowered, checksum recomputed: the wrap binds the KDF parameters',
     ),
+    fail(
+      'kdf-out-of-range.kwv',
+      'VAULT_CORRUPT',
+      'memlimit set to 2^32-1 KiB, checksum recomputed: outside the bounds a reader accepts, refused before the KDF runs',
+    ),
     {
       file: 'resaved.kwv',
       passphrase: PASSPHRASE,
@@ -285,22 +295,24 @@ export function makeAuditVectors(dir: string): AuditVectorSpec[] {
     { type: 'secret.read', epoch: 0, body: 'Ym9keSB0d28=' },
     { type: 'vault.lock', epoch: 1, body: 'Ym9keSB0aHJlZQ==' },
   ];
-  const chain = (seedSrc: Buffer): string[] => {
-    const seed = secureTake(Buffer.from(seedSrc));
+  type Row = { type: string; epoch: number; body: string };
+  /** One MACed line: the key of its epoch, derived from the seed as docs/AUDIT.md says. */
+  const entry = (seedSrc: Buffer, r: Row, seq: number, prev: string) =>
+    encodeLine(
+      {
+        seq,
+        time: `2026-11-22T12:00:0${seq - 1}.000Z`,
+        type: r.type,
+        epoch: r.epoch,
+        prev,
+        body: r.body,
+      },
+      epochKeyFromSeed(secureTake(Buffer.from(seedSrc)), r.epoch),
+    );
+  const chain = (seedSrc: Buffer, of: Row[] = rows): string[] => {
     let prev = ZERO_HASH;
-    return rows.map((r, i) => {
-      const key = epochKeyFromSeed(seed, r.epoch);
-      const e = encodeLine(
-        {
-          seq: i + 1,
-          time: `2026-11-22T12:00:0${i}.000Z`,
-          type: r.type,
-          epoch: r.epoch,
-          prev,
-          body: r.body,
-        },
-        key,
-      );
+    return of.map((r, i) => {
+      const e = entry(seedSrc, r, i + 1, prev);
       prev = e.hash;
       return e.line;
     });
@@ -318,6 +330,19 @@ export function makeAuditVectors(dir: string): AuditVectorSpec[] {
   write('swapped.jsonl', [good[0] ?? '', good[2] ?? '', good[1] ?? '']);
   write('first-removed.jsonl', good.slice(1));
   write('other-key.jsonl', chain(otherBytes));
+  // A well-formed entry 2, MACed with the right key, inserted after entry 1: the entry that was
+  // entry 2 no longer follows it.
+  const head = entry(seedBytes, rows[0] ?? { type: '', epoch: 0, body: '' }, 1, ZERO_HASH);
+  const forged = entry(seedBytes, { type: 'secret.rm', epoch: 0, body: 'Zm9yZ2Vk' }, 2, head.hash);
+  write('inserted.jsonl', [head.line, forged.line, good[1] ?? '', good[2] ?? '']);
+  // Epochs 0, 1, 0, each line MACed with its own epoch's key and chained: the epoch went back.
+  write(
+    'epoch-back.jsonl',
+    chain(
+      seedBytes,
+      [rows[0], rows[2], rows[1]].filter((r): r is Row => r !== undefined),
+    ),
+  );
   const specs: AuditVectorSpec[] = [
     {
       file: 'good.jsonl',
@@ -342,6 +367,18 @@ export function makeAuditVectors(dir: string): AuditVectorSpec[] {
       seedFile: 'seed.hex',
       expect: { ok: false, line: 1, reason: 'starts at seq 2' },
       note: 'entry 1 removed',
+    },
+    {
+      file: 'inserted.jsonl',
+      seedFile: 'seed.hex',
+      expect: { ok: false, line: 3, reason: 'seq 2 follows seq 2' },
+      note: 'an entry MACed with the right key inserted after entry 1',
+    },
+    {
+      file: 'epoch-back.jsonl',
+      seedFile: 'seed.hex',
+      expect: { ok: false, line: 3, reason: 'epoch 0 after' },
+      note: 'epochs 0, 1, 0, every MAC and link valid',
     },
     {
       file: 'other-key.jsonl',

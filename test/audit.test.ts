@@ -124,30 +124,44 @@ describe('tamper matrix over a log of 1,000 entries', () => {
       assert.match(r.finding.reason, /ends at seq 990 but the checkpoint .* says seq 1000/);
   });
 
-  test('an inserted entry forged under another key is detected where it stands', () => {
+  /** A well-formed entry inserted after entry 500, chained to it, as seq 501. */
+  const insertAfter500 = (key: ReturnType<typeof secureTake>): string[] => {
     const [file] = copySegments(log.paths.dir);
     assert.ok(file);
     const ls = lines(file);
-    const prev = parseLine(ls[998] ?? '');
+    const prev = parseLine(ls[499] ?? '');
     assert.ok(prev);
-    const wrongKey = secureTake(Buffer.alloc(32, 9));
     const forged = encodeLine(
       {
-        seq: 1000,
+        seq: 501,
         time: prev.time,
         type: 'secret.read',
         epoch: prev.epoch,
         prev: prev.hash,
         body: 'AAAA',
       },
-      wrongKey,
+      key,
     );
-    ls.splice(999, 1, forged.line);
+    ls.splice(500, 0, forged.line); // inserted: nothing removed, 1,001 lines now
     writeLines(file, ls);
+    return [file];
+  };
+
+  test('an inserted entry forged under another key is detected where it stands', () => {
+    const files = insertAfter500(secureTake(Buffer.alloc(32, 9)));
+    assert.equal(lines(files[0] ?? '').length, 1001);
+    failsAt(verifySegments(files, { seed, checkpoints: [checkpoint] }), 501, /MAC does not verify/);
+  });
+
+  test('an entry inserted with the right key is detected at the entry after it', () => {
+    // Whoever holds the epoch key can write a valid line, but not one that the next line follows.
+    const prev = parseLine(lines(listSegments(log.paths.dir)[0] ?? '')[499] ?? '');
+    assert.ok(prev);
+    const files = insertAfter500(epochKeyFromSeed(seed, prev.epoch));
     failsAt(
-      verifySegments([file], { seed, checkpoints: [checkpoint] }),
-      1000,
-      /MAC does not verify/,
+      verifySegments(files, { seed, checkpoints: [checkpoint] }),
+      502,
+      /seq 501 follows seq 501/,
     );
   });
 

@@ -69,6 +69,7 @@ const V2_REASONS: Record<string, { reason: VaultReason; frame?: number }> = {
   'first-removed.kwv': { reason: 'meta-box', frame: 1 }, // "the chain breaks"
   'header-only.kwv': { reason: 'no-committed-frame' }, // "no frame authenticates it"
   'weakened-kdf.kwv': { reason: 'no-slot-opens' }, // "the wrap binds the KDF parameters"
+  'kdf-out-of-range.kwv': { reason: 'kdf-bounds' }, // "must not make unlock allocate 4 TiB"
   'spliced.kwv': { reason: 'last-value-box', frame: 2 }, // "names another record id"
   'replayed.kwv': { reason: 'meta-box', frame: 2 }, // "another place and predecessor"
   'version-3.kwv': { reason: 'unsupported-version' }, // step 2
