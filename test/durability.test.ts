@@ -97,30 +97,36 @@ function first(calls: Call[], what: string, from: number, pred: (c: Call) => boo
 const isLog = (c: Call) => /\/audit\/log-\d+\.jsonl$/.test(c.fd ?? '');
 
 describe('durability by syscall order (strace)', { skip }, () => {
-  test('secret set: the audit line is written and synced before the vault is written, and the vault is synced', () => {
-    const h = initHome();
-    const calls = traced(['secret', 'set', 'dur/set'], h.env, 'durable-set-value');
-    const line = first(calls, 'audit write of secret.set', -1, (c) => {
-      return WRITES.has(c.name) && isLog(c) && c.args.includes('secret.set');
+  for (const [op, event] of [
+    ['set', 'secret.set'],
+    ['rm', 'secret.rm'],
+  ] as const)
+    test(`secret ${op}: the audit line is written and synced before the vault is written, and the vault is synced`, () => {
+      const h = initHome();
+      if (op === 'rm') {
+        assert.equal(kw(['secret', 'set', 'dur/x'], { env: h.env, input: 'v' }).code, 0);
+      }
+      const calls = traced(['secret', op, 'dur/x'], h.env, op === 'set' ? 'durable-set-value' : '');
+      const line = first(calls, `audit write of ${event}`, -1, (c) => {
+        return WRITES.has(c.name) && isLog(c) && c.args.includes(event);
+      });
+      const lineSynced = first(calls, 'sync of the audit log', line.index, (c) => {
+        return SYNCS.has(c.name) && c.fd === line.fd;
+      });
+      const vault = path.join(h.home, 'vault.kw');
+      const written = first(calls, 'write to vault.kw', -1, (c) => {
+        return WRITES.has(c.name) && c.fd === vault;
+      });
+      assert.ok(
+        lineSynced.index < written.index,
+        `vault.kw was written (call ${written.index}) before the audit line was synced (call ${lineSynced.index})`,
+      );
+      first(calls, 'sync of vault.kw', written.index, (c) => SYNCS.has(c.name) && c.fd === vault);
     });
-    const lineSynced = first(calls, 'sync of the audit log', line.index, (c) => {
-      return SYNCS.has(c.name) && c.fd === line.fd;
-    });
-    const vault = path.join(h.home, 'vault.kw');
-    const written = first(calls, 'write to vault.kw', -1, (c) => {
-      return WRITES.has(c.name) && c.fd === vault;
-    });
-    assert.ok(
-      lineSynced.index < written.index,
-      `vault.kw was written (call ${written.index}) before the audit line was synced (call ${lineSynced.index})`,
-    );
-    first(calls, 'sync of vault.kw', written.index, (c) => SYNCS.has(c.name) && c.fd === vault);
-  });
 
-  test('init: the new vault is written to a temp file and synced, renamed over vault.kw, then the directory is synced', () => {
-    const h = makeHome();
-    const calls = traced(['init', ...FAST_KDF], h.env);
-    const vault = path.join(h.home, 'vault.kw');
+  /** A whole-file rewrite: temp written and synced, renamed over vault.kw, directory synced. */
+  function rewritten(calls: Call[], home: string): Call {
+    const vault = path.join(home, 'vault.kw');
     const renamed = first(calls, 'rename to vault.kw', -1, (c) => {
       return c.name.startsWith('rename') && c.args.includes(`"${vault}"`);
     });
@@ -137,21 +143,46 @@ describe('durability by syscall order (strace)', { skip }, () => {
       'nothing was written to vault.kw itself before it was complete',
     );
     first(calls, 'sync of the home directory', renamed.index, (c) => {
-      return SYNCS.has(c.name) && c.fd === h.home;
+      return SYNCS.has(c.name) && c.fd === home;
     });
+    return renamed;
+  }
+
+  test('init: the new vault is written to a temp file and synced, renamed over vault.kw, then the directory is synced', () => {
+    const h = makeHome();
+    rewritten(traced(['init', ...FAST_KDF], h.env), h.home);
   });
 
-  test('read through the agent: the secret.read line is synced before the value is written to the socket', async () => {
-    const h = await unlockedAgent(
-      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
-      homes,
-    );
-    const value = 'durable-release-value';
-    assert.equal(kw(['secret', 'set', 'dur/read'], { env: h.env, input: value }).code, 0);
+  for (const op of ['passwd', 'rekey'] as const)
+    test(`${op}: the vault.${op} line is synced, then the vault is rewritten through a synced temp file, renamed, and the directory synced`, () => {
+      const h = initHome();
+      assert.equal(kw(['secret', 'set', 'dur/kept'], { env: h.env, input: 'v' }).code, 0);
+      let args: string[] = [op];
+      if (op === 'passwd') {
+        const next = path.join(h.home, '..', `new-pass-${path.basename(h.home)}`);
+        fs.writeFileSync(next, 'a different passphrase\n', { mode: 0o600 });
+        args = ['passwd', '--new-passphrase-file', next, ...FAST_KDF];
+      }
+      const calls = traced(args, h.env);
+      const renamed = rewritten(calls, h.home);
+      const line = first(calls, `audit write of vault.${op}`, -1, (c) => {
+        return WRITES.has(c.name) && isLog(c) && c.args.includes(`vault.${op}`);
+      });
+      const synced = first(calls, 'sync of the audit log', line.index, (c) => {
+        return SYNCS.has(c.name) && c.fd === line.fd;
+      });
+      assert.ok(
+        synced.index < renamed.index,
+        `the vault was replaced (call ${renamed.index}) before vault.${op} was synced (call ${synced.index})`,
+      );
+    });
+
+  /** The agent's calls (and its children's) while `during` runs: strace attached by pid. */
+  async function tracedAgent<T>(h: AgentHome, during: () => Promise<T>): Promise<[T, Call[]]> {
     const out = path.join(fs.mkdtempSync('/tmp/keyward-strace-'), 'trace');
     const tracer = spawn(
       STRACE,
-      ['-f', '-y', '-s', '4096', '-e', TRACED, '-o', out, '-p', String(h.agentPid)],
+      ['-f', '-y', '-s', '4096', '-e', `${TRACED},execve`, '-o', out, '-p', String(h.agentPid)],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     // strace says when it has attached (to every thread): an event, not a delay.
@@ -163,13 +194,23 @@ describe('durability by syscall order (strace)', { skip }, () => {
       });
       tracer.once('exit', () => reject(new Error(`strace exited: ${said}`)));
     });
-    const r = await kwAsync(['read', 'dur/read'], h.env);
+    const result = await during();
     const exited = new Promise((resolve) => tracer.once('exit', resolve));
     tracer.kill('SIGINT');
     await exited;
+    return [result, parse(out)];
+  }
+
+  test('read through the agent: the secret.read line is synced before the value is written to the socket', async () => {
+    const h = await unlockedAgent(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+      homes,
+    );
+    const value = 'durable-release-value';
+    assert.equal(kw(['secret', 'set', 'dur/read'], { env: h.env, input: value }).code, 0);
+    const [r, calls] = await tracedAgent(h, () => kwAsync(['read', 'dur/read'], h.env));
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, value);
-    const calls = parse(out);
     const sent = first(calls, 'the value written to a socket', -1, (c) => {
       return /^socket:/.test(c.fd ?? '') && c.args.includes(value);
     });
@@ -182,6 +223,35 @@ describe('durability by syscall order (strace)', { skip }, () => {
     assert.ok(
       synced.index < sent.index,
       `the value left (call ${sent.index}) before its audit line was synced (call ${synced.index})`,
+    );
+  });
+
+  test('run through the agent: the credential.deliver line is synced before the child is started with the value', async () => {
+    const h = await unlockedAgent(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+      homes,
+    );
+    assert.equal(kw(['secret', 'set', 'dur/run'], { env: h.env, input: 'durable-run' }).code, 0);
+    const marker = 'durable-run-child';
+    const [r, calls] = await tracedAgent(h, () =>
+      kwAsync(
+        ['run', '--env', 'DUR=dur/run', '--', 'sh', '-c', `test "$DUR" = durable-run # ${marker}`],
+        h.env,
+      ),
+    );
+    assert.equal(r.code, 0, r.stderr);
+    const started = first(calls, 'the execve of the child', -1, (c) => {
+      return c.name === 'execve' && c.args.includes(marker);
+    });
+    const line = first(calls, 'audit write of credential.deliver', -1, (c) => {
+      return WRITES.has(c.name) && isLog(c) && c.args.includes('credential.deliver');
+    });
+    const synced = first(calls, 'sync of the audit log', line.index, (c) => {
+      return SYNCS.has(c.name) && c.fd === line.fd;
+    });
+    assert.ok(
+      synced.index < started.index,
+      `the child started (call ${started.index}) before credential.deliver was synced (call ${synced.index})`,
     );
   });
 });
