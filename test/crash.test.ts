@@ -59,25 +59,29 @@ test(`SIGKILL at random points during secret set and rekey (${ITERATIONS} times)
   // How long a whole write takes here, so kill points spread over start-up, KDF, encrypt, write.
   const setMs = await timeOf(h, ['secret', 'set', 'big', '--raw'], value(1));
   let current = digest(value(1));
-  let killedMidway = 0;
-  let sawOld = 0;
-  let sawNew = 0;
+  // Counted for each operation: a claim about rekey needs kills that landed in rekeys.
+  const seen = {
+    set: { killed: 0, old: 0, new: 0 },
+    rekey: { killed: 0, old: 0, new: 0 },
+  };
   // Kill points are drawn over `span`, which follows how long a write takes now: longer after a
   // kill that landed mid-run, shorter after a writer that finished first. Load (which slows the
-  // writers, not the first measurement) then can't put every kill before the commit.
-  let span = setMs * 1.1;
+  // writers, not the first measurement) then can't put every kill before the commit. Each
+  // operation has its own span: a rekey and a set take different times.
+  const span = { set: setMs * 1.1, rekey: setMs * 1.1 };
   for (let i = 2; i < ITERATIONS + 2; i++) {
-    const rekey = i % 4 === 0;
+    const rekey = i % 2 === 0;
+    const op = rekey ? 'rekey' : 'set';
     const v = value(i);
-    const delay = Math.floor(Math.random() * span);
+    const delay = Math.floor(Math.random() * span[op]);
     const killed = await killAfter(
       h,
       rekey ? ['rekey'] : ['secret', 'set', 'big', '--raw'],
       rekey ? undefined : v,
       delay,
     );
-    if (killed) killedMidway++;
-    span = killed ? span * 1.25 : Math.max(20, span * 0.8);
+    if (killed) seen[op].killed++;
+    span[op] = killed ? span[op] * 1.25 : Math.max(20, span[op] * 0.8);
 
     const r = kw(['read', 'big'], { env: h.env });
     assert.equal(
@@ -89,24 +93,32 @@ test(`SIGKILL at random points during secret set and rekey (${ITERATIONS} times)
     if (rekey) {
       assert.equal(got, current, `iteration ${i}: rekey must never change a value`);
       const k = keyId(h);
-      if (k === currentKey) sawOld++;
-      else sawNew++;
+      if (k === currentKey) seen.rekey.old++;
+      else seen.rekey.new++;
       currentKey = k;
     } else {
       assert.ok(
         got === current || got === digest(v),
         `iteration ${i}: neither the old nor the new value`,
       );
-      if (got === current) sawOld++;
-      else sawNew++;
+      if (got === current) seen.set.old++;
+      else seen.set.new++;
       current = got;
       currentKey = keyId(h);
     }
     assert.equal(fs.statSync(h.vaultFile).mode & 0o777, 0o600);
   }
-  // The test means something only if kills landed while writers ran, and both outcomes occurred.
-  assert.ok(killedMidway >= ITERATIONS / 4, `only ${killedMidway} kills landed mid-run`);
-  assert.ok(sawOld > 0 && sawNew > 0, `old ${sawOld}, new ${sawNew}`);
+  // The test means something only if kills landed while writers of each kind ran, and both
+  // outcomes occurred for each: a kill before the commit (old) and a write that completed (new).
+  const killed = seen.set.killed + seen.rekey.killed;
+  assert.ok(
+    killed >= ITERATIONS / 4,
+    `only ${killed} kills landed mid-run: ${JSON.stringify(seen)}`,
+  );
+  for (const op of ['set', 'rekey'] as const) {
+    const s = seen[op];
+    assert.ok(s.killed > 0 && s.old > 0 && s.new > 0, `${op}: ${JSON.stringify(s)}`);
+  }
 
   // A killed writer's temp file is swept by the next writer, under the lock.
   assert.equal(kw(['secret', 'set', 'small'], { env: h.env, input: 'after-the-storm' }).code, 0);
