@@ -13,6 +13,7 @@ import { after, describe, test } from 'node:test';
 import { call } from '../src/agent/index.js';
 import {
   agentHome,
+  auditEntries,
   kwAsync,
   pendingId,
   scanMemory,
@@ -207,15 +208,59 @@ describe('approving from another terminal', () => {
       {
         env: h.env,
         encoding: 'utf8',
-        timeout: 30_000,
+        timeout: 120_000,
       },
     );
     const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as {
       code: number;
       stderr: string;
+      stillPending: boolean;
+      outcome: string;
     };
     assert.equal(out.code, 6, JSON.stringify(out));
     assert.match(out.stderr, /cannot approve its own request/);
+    // Refused and nothing else: the request still waited for a person, and ended denied.
+    assert.equal(out.stillPending, true, 'the refused approval settled the request');
+    assert.equal(out.outcome, 'APPROVAL_REJECTED', 'the request ended other than denied');
+    const refused = auditEntries(h).find(
+      (e) => e.type === 'approval.denied' && e.reason === 'self-approval refused',
+    );
+    assert.ok(refused, 'the refusal is recorded');
+  });
+  test('a descendant that leaves the tree (a double fork into its own session) escapes the ancestor check: with the passphrase file in its environment it approves (THREAT-MODEL "Not protected")', async () => {
+    // Evidence for a limit the threat model states, not a guarantee: the ancestor check sees only
+    // the chain of parents, which a double fork cuts. What stops such a process is the factor, and
+    // a passphrase in a file every process of the user can read is no factor.
+    const h = await running(PASSPHRASE_RULE);
+    assert.equal(kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' }).code, 0);
+    const r = spawnSync(
+      process.execPath,
+      [path.join(ROOT, 'dist/test/fixtures/self-approver.js'), h.sock, 's', BIN, '--double-fork'],
+      { env: h.env, encoding: 'utf8', timeout: 120_000 },
+    );
+    const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as {
+      code: number;
+      outcome: string;
+    };
+    assert.deepEqual([out.code, out.outcome], [0, 'released'], JSON.stringify(out));
+    // The same process without the file has no factor to give: a bare approve never approves.
+    const bare = { ...h.env };
+    delete bare['KEYWARD_PASSPHRASE_FILE'];
+    const again = spawnSync(
+      process.execPath,
+      [path.join(ROOT, 'dist/test/fixtures/self-approver.js'), h.sock, 's', BIN, '--double-fork'],
+      { env: bare, encoding: 'utf8', timeout: 120_000 },
+    );
+    const refused = JSON.parse(again.stdout.trim().split('\n').pop() ?? '{}') as {
+      code: number;
+      stillPending: boolean;
+      outcome: string;
+    };
+    assert.deepEqual(
+      [refused.code, refused.stillPending, refused.outcome],
+      [2, true, 'APPROVAL_REJECTED'],
+      JSON.stringify(refused),
+    );
   });
 });
 

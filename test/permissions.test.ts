@@ -93,5 +93,8 @@ test('doctor reports a loose vault directory as FAIL and exits 8; a private one 
 test('doctor warns that a passphrase file makes the vault only as safe as that file', () => {
   const h = initHome();
   const r = kw(['doctor'], { env: h.env });
-  assert.match(r.stdout, /^WARN +passphrase-file .*only as safe as this file/m);
+  assert.match(
+    r.stdout,
+    /^WARN +passphrase-file .*only as safe as this file, and any process that can read it can answer a passphrase approval/m,
+  );
 });

@@ -118,8 +118,8 @@ function passphraseFile(env: NodeJS.ProcessEnv): Check[] {
       ? {
           ...c,
           status: 'warn',
-          message: `${c.message}; the vault is only as safe as this file`,
-          hint: 'prefer typing the passphrase, or the OS keyring',
+          message: `${c.message}; the vault is only as safe as this file, and any process that can read it can answer a passphrase approval`,
+          hint: 'prefer typing the passphrase, or the OS keyring; use mode: totp or webauthn for rules that matter',
         }
       : c,
   ];
