@@ -5,6 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -520,32 +521,70 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
     },
   );
 
+  /** Each selector the claim names, written so that python3, seen, matches it. */
+  const visibleMatches: Array<[string, () => string]> = [
+    ['exe', () => '"/usr/bin/python3*"'],
+    [
+      'exe_sha256',
+      () =>
+        createHash('sha256')
+          .update(fs.readFileSync(fs.realpathSync(PYTHON)))
+          .digest('hex'),
+    ],
+    ['cwd', () => JSON.stringify(process.cwd())],
+    ['loader_vars', () => 'absent'],
+  ];
+  for (const [selector, value] of visibleMatches)
+    test(
+      `a process that hides before it connects matches no ${selector} rule, and its prompt says it hid`,
+      { skip: !rootTests && 'needs root for setpriv' },
+      async () => {
+        const h = await agentOf(
+          'version: 1\nrules:\n' +
+            `  - { name: python-ok, targets: ["app/**"], callers: { ${selector}: ${value()} }, decision: allow }\n` +
+            '  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+          { user: true },
+        );
+        setSecret(h, 'app/token', 'hidden-caller-value', true);
+        h.answer('no');
+        const env = { ...h.env };
+        // python3 as the child of a shell that waits for it (`; exit` keeps sh from exec'ing it).
+        const client = ['/bin/sh', '-c', '"$0" "$@"; exit $?', PYTHON, RAW_CLIENT, h.sock];
+        assert.deepEqual(runLines([...client, 'app/token'], { env, user: true }), [
+          'value:hidden-caller-value',
+        ]);
+        assert.equal(h.prompts().length, 0, `python3, seen, matched its ${selector} rule`);
+        const hidden = runLines([...client, 'app/token', '--hide'], { env, user: true });
+        assert.match(hidden[0] ?? '', /^error:APPROVAL_REJECTED:/);
+        assert.match(
+          h.prompts()[0] ?? '',
+          /^keyward: a process that hid its identity \(pid \d+: its executable, directory and environment can't be read\) running "\/usr\/bin\/python3" ".*raw-client\.py" .* wants to read the secret "app\/token" \(rule ask\)/,
+        );
+      },
+    );
+
   test(
-    'a process that hides before it connects matches no executable rule, and its prompt says it hid',
+    'a process that hides still matches an ancestor rule: its parents can be read, so a rule on what a program starts still catches it',
     { skip: !rootTests && 'needs root for setpriv' },
     async () => {
+      // The parent must be a process of this uid (the agent's): a shell, not this test (root).
+      const shell = fs.realpathSync('/bin/sh');
       const h = await agentOf(
         'version: 1\nrules:\n' +
-          '  - { name: python-ok, targets: ["app/**"], callers: { exe: "/usr/bin/python3*" }, decision: allow }\n' +
-          '  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+          `  - { name: not-from-shells, targets: ["app/**"], callers: { ancestor: ${JSON.stringify(shell)} }, decision: deny }\n` +
+          '  - { name: rest, targets: ["**"], decision: allow }\n',
         { user: true },
       );
-      setSecret(h, 'app/token', 'hidden-caller-value', true);
-      h.answer('no');
+      setSecret(h, 'app/token', 'ancestor-value', true);
       const env = { ...h.env };
-      assert.deepEqual(runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token'], { env, user: true }), [
-        'value:hidden-caller-value',
-      ]);
-      assert.equal(h.prompts().length, 0, 'python3, seen, matched its rule');
-      const hidden = runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token', '--hide'], {
-        env,
-        user: true,
-      });
-      assert.match(hidden[0] ?? '', /^error:APPROVAL_REJECTED:/);
-      assert.match(
-        h.prompts()[0] ?? '',
-        /^keyward: a process that hid its identity \(pid \d+: its executable, directory and environment can't be read\) running "\/usr\/bin\/python3" ".*raw-client\.py" .* wants to read the secret "app\/token" \(rule ask\)/,
-      );
+      // `; exit` keeps sh from exec'ing python3 in its place: python3 is the shell's child.
+      const viaShell = ['/bin/sh', '-c', '"$0" "$@"; exit $?', PYTHON, RAW_CLIENT, h.sock];
+      const direct = [PYTHON, RAW_CLIENT, h.sock];
+      const got = (argv: string[]) => runLines(argv, { env, user: true })[0] ?? '';
+      assert.equal(got([...direct, 'app/token']), 'value:ancestor-value', 'no shell, no rule');
+      assert.match(got([...viaShell, 'app/token']), /^error:POLICY_DENIED:/);
+      assert.match(got([...viaShell, 'app/token', '--hide']), /^error:POLICY_DENIED:/);
+      assert.equal(h.prompts().length, 0);
     },
   );
 
