@@ -23,7 +23,8 @@ import {
   type AgentHome,
   withoutAgent,
 } from './agent-helpers.js';
-import { BIN, eventually, kw, ROOT, rootTests } from './helpers.js';
+import { BIN, eventually, kw, PASSPHRASE, ROOT, rootTests } from './helpers.js';
+import { readHeader, subkeys, unwrapDk } from './independent/vault.js';
 
 const homes: AgentHome[] = [];
 after(async () => {
@@ -397,9 +398,28 @@ describe('peer identity and the socket', () => {
   });
 });
 
+/** The vault's data key and its subkeys, derived from the file and the passphrase by test/independent. */
+function vaultKeys(h: AgentHome): Buffer[] {
+  const dk = unwrapDk(readHeader(fs.readFileSync(h.vaultFile)), PASSPHRASE);
+  const k = subkeys(dk);
+  return [dk, k.index, k.secrets, k.nameTag];
+}
+
+/**
+ * After a lock, however it came: no 12-byte window of the value, of the data key or of any of
+ * its subkeys in the agent's memory, and not the passphrase. (root: /proc/PID/mem)
+ */
+function assertWiped(h: AgentHome, value: string, why: string): void {
+  if (!rootTests) return;
+  const pid = h.agentPid ?? 0;
+  assert.deepEqual(scanWindows(pid, [Buffer.from(value)]), [], `${why}: the value is left`);
+  assert.deepEqual(scanWindows(pid, vaultKeys(h)), [], `${why}: the data key or a subkey is left`);
+  assert.deepEqual(scanMemory(pid, [Buffer.from(PASSPHRASE)]).map(String), [], why);
+}
+
 describe('lock wipes keys', () => {
   test(
-    'after lock, read exits 5 and the agent memory holds neither the value nor any 12-byte fragment of it, nor the passphrase',
+    'after lock, read exits 5 and the agent memory holds no 12-byte fragment of the value, of the data key or of its subkeys, nor the passphrase',
     { skip: !rootTests && 'needs root to read /proc/PID/mem' },
     async () => {
       const h = await running(
@@ -410,22 +430,21 @@ describe('lock wipes keys', () => {
       assert.equal(kw(['secret', 'set', 'scan/me'], { env: h.env, input: value }).code, 0);
       for (let i = 0; i < 3; i++)
         assert.equal(kw(['read', 'scan/me'], { env: h.env }).stdout, value);
-      // Positive control: the scanner finds what the agent does hold (the name, in its index).
+      // Positive control: the scanner finds what the agent does hold (the name, in its index,
+      // and the data key or its subkeys, which an unlocked agent needs).
       assert.deepEqual(
         scanMemory(h.agentPid ?? 0, [Buffer.from('scan/me')]).length,
         1,
         'the scanner works',
       );
+      assert.notDeepEqual(scanWindows(h.agentPid ?? 0, vaultKeys(h)), [], 'the keys are found');
       assert.equal(kw(['lock'], { env: h.env }).code, 0);
       // The lock wipes before it answers: the read above already found the agent locked.
       assert.equal(kw(['read', 'scan/me'], { env: h.env }).code, 5);
       // Every 12-byte window of the value, and the passphrase whole. The window scanner's own
       // positive control: this test process holds the value (a string), and it finds it.
       assert.deepEqual(scanWindows(process.pid, [Buffer.from(value)]), [0], 'the scanner works');
-      const left = scanWindows(h.agentPid ?? 0, [Buffer.from(value)]);
-      assert.deepEqual(left, [], 'a 12-byte fragment of the value is left');
-      const found = scanMemory(h.agentPid ?? 0, [Buffer.from('test passphrase, long enough')]);
-      assert.deepEqual(found.map(String), []);
+      assertWiped(h, value, 'after keyward lock');
     },
   );
 });
@@ -436,10 +455,15 @@ describe('the unlock window', () => {
 
   test('the idle timeout locks the agent', async () => {
     const h = await running(allow('{ idle_timeout: 1s, max_lifetime: 1h }'));
-    // Open right after the unlock; then, left alone, locked (the timer ran from the unlock, so
-    // how much of the second is left when this line runs depends on the machine's load).
-    assert.equal(kw(['status'], { env: h.env }).code, 0);
+    // Unlocked (running() checked the unlock), then, left alone, locked. Whether a status in
+    // between still finds it open depends on the machine's load, so the lock's own record says
+    // what locked it.
     await eventually(() => kw(['status'], { env: h.env }).code === 5, 'the idle lock');
+    const lock = auditEntries(h)
+      .filter((e) => e.type === 'vault.lock')
+      .at(-1);
+    assert.equal(lock?.reason, 'idle timeout', JSON.stringify(lock));
+    assertWiped(h, 'no value was read', 'after the idle lock');
   });
 
   test('use slides the idle timeout, but the absolute cap locks anyway', async () => {
@@ -456,6 +480,7 @@ describe('the unlock window', () => {
       assert.ok(Date.now() - unlockedAt < 120_000, 'the cap never locked');
     }
     assert.equal(code, 5, 'refused because locked');
+    assertWiped(h, 'value-aaaa', 'after the absolute cap');
     const lockedAfter = Date.now() - unlockedAt;
     // The cap locks 6 s after the unlock, a little before unlockedAt; without the sliding, the
     // idle timeout would have at 3 s. Between the two, with room for a slow unlock command.
@@ -470,6 +495,7 @@ describe('the unlock window', () => {
     assert.equal(kw(['read', 'a'], { env: h.env }).code, 0);
     await eventually(() => kw(['status'], { env: h.env }).code === 5, 'the lock after two uses');
     assert.equal(kw(['read', 'a'], { env: h.env }).code, 5);
+    assertWiped(h, 'value-aaaa', 'after the maximum uses');
   });
 
   test('the circuit breaker locks after five denials in a minute', async () => {
@@ -480,6 +506,7 @@ describe('the unlock window', () => {
     for (let i = 0; i < 5; i++) assert.equal(kw(['read', 'a'], { env: h.env }).code, 6);
     await eventually(() => kw(['status'], { env: h.env }).code === 5, 'the circuit breaker');
     assert.ok(auditTypes(h).filter((t) => t === 'vault.lock').length >= 1);
+    assertWiped(h, 'value-aaaa', 'after the circuit breaker');
   });
 });
 
