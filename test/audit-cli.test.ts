@@ -3,11 +3,13 @@
  * durable record, no value ever reaches the log, and `keyward audit ...` works end to end.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { describe, test } from 'node:test';
-import { FAST_KDF, initHome, kw, type Home } from './helpers.js';
+import { agentHome, startAgent, stopAgent, withoutAgent } from './agent-helpers.js';
+import { FAST_KDF, initHome, kw, rootTests, type Home } from './helpers.js';
 
 interface Row {
   seq: number;
@@ -111,6 +113,67 @@ describe('events recorded by the CLI', () => {
     );
   });
 });
+
+test(
+  'when the disk under the audit log is full, neither the agent nor the CLI releases anything, and both say why (root: a small tmpfs)',
+  { skip: !rootTests && 'needs root to mount a tmpfs' },
+  async () => {
+    const h = agentHome(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    assert.equal(kw(['secret', 'set', 'gated'], { env: h.env, input: 'must-not-leak-2' }).code, 0);
+    // The log as it is, moved onto a 1 MiB filesystem mounted in its place.
+    const dir = auditDir(h);
+    const saved = `${dir}.saved`;
+    fs.renameSync(dir, saved);
+    fs.mkdirSync(dir, { mode: 0o700 });
+    const mount = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=1m,mode=0700', 'tmpfs', dir]);
+    assert.equal(mount.status, 0, mount.stderr.toString());
+    try {
+      for (const f of fs.readdirSync(saved)) {
+        fs.copyFileSync(path.join(saved, f), path.join(dir, f));
+        fs.chmodSync(path.join(dir, f), fs.statSync(path.join(saved, f)).mode & 0o777);
+      }
+      await startAgent(h);
+      try {
+        assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+        // Positive control: with room, the same read through the same agent is served.
+        assert.equal(kw(['read', 'gated'], { env: h.env }).stdout, 'must-not-leak-2');
+        // Fill the filesystem: every byte of it, so the next audit line can't be written.
+        const filler = fs.openSync(path.join(dir, 'filler'), 'w');
+        try {
+          const block = Buffer.alloc(4096, 1);
+          for (;;) fs.writeSync(filler, block);
+        } catch (e) {
+          assert.equal((e as NodeJS.ErrnoException).code, 'ENOSPC');
+        } finally {
+          fs.closeSync(filler);
+        }
+        const viaAgent = kw(['read', 'gated'], { env: h.env });
+        assert.notEqual(viaAgent.code, 0, 'the agent released with no audit line written');
+        assert.equal(viaAgent.stdout, '');
+        const says =
+          /^keyward: error: the audit log cannot be written \(ENOSPC: no space left on its filesystem\); nothing was released\nkeyward: hint: free space/;
+        assert.match(viaAgent.stderr, says);
+        const direct = kw(['read', 'gated'], { env: withoutAgent(h) });
+        assert.notEqual(direct.code, 0, 'the CLI released with no audit line written');
+        assert.equal(direct.stdout, '');
+        assert.match(direct.stderr, says);
+        assert.ok(!`${viaAgent.stderr}${direct.stderr}`.includes('must-not-leak-2'));
+        // Room again: served again, and the log verifies (a line cut short by the full disk is
+        // cut and recorded, never left in the chain).
+        fs.rmSync(path.join(dir, 'filler'));
+        assert.equal(kw(['read', 'gated'], { env: h.env }).stdout, 'must-not-leak-2');
+        const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+        assert.equal(v.code, 0, v.stdout + v.stderr);
+      } finally {
+        await stopAgent(h);
+      }
+    } finally {
+      spawnSync('umount', [dir]);
+    }
+  },
+);
 
 describe('keyward audit', () => {
   test('verify passes on an untouched log: chain, MACs and the sealed checkpoint', () => {

@@ -25,6 +25,7 @@ import {
   readState,
   segmentName,
   unavailable,
+  unwritable,
   writeState,
   type AuditPaths,
   type AuditState,
@@ -175,9 +176,13 @@ export class AuditLog {
   append(records: readonly AuditRecord[]): Head {
     this.checkDir();
     const head = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
-      const h = this.writeLocked(records);
-      this.syncSegment(h.segment);
-      return h;
+      try {
+        const h = this.writeLocked(records);
+        this.syncSegment(h.segment);
+        return h;
+      } catch (e) {
+        throw unwritable(e);
+      }
     });
     // Durable first; then the copy off the machine, without waiting.
     this.ship(head);
@@ -221,13 +226,18 @@ export class AuditLog {
       // A long-running writer knows the last line it wrote: it must still be there, as it was.
       // If not, the log was cut behind it; the first line of this batch says so.
       const cut = expect && !this.stillThere(expect) ? this.cutBehind(expect) : undefined;
-      const head = this.writeLocked(cut ? [cut.record, ...records] : records);
+      let head: Head;
+      try {
+        head = this.writeLocked(cut ? [cut.record, ...records] : records);
+      } catch (e) {
+        throw unwritable(e);
+      }
       if (cut) head.gap = cut.reason;
       // fsync flushes the file, whichever descriptor asks: one trip to the thread pool.
       const { fd, own } = this.syncTarget(head.segment);
       try {
         await new Promise<void>((resolve, reject) =>
-          fs.fsync(fd, (e) => (e ? reject(e) : resolve())),
+          fs.fsync(fd, (e) => (e ? reject(unwritable(e)) : resolve())),
         );
       } finally {
         if (own) fs.closeSync(fd);

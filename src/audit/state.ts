@@ -47,6 +47,28 @@ export function unavailable(message: string, hint?: string): KeywardError {
   });
 }
 
+/**
+ * A failed write or fsync as the requester should hear it: the errno named (nothing of the
+ * entry), and nothing released until the log can be written. Other errors pass unchanged.
+ */
+export function unwritable(e: unknown): unknown {
+  if (e instanceof KeywardError) return e;
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  const what: Record<string, string> = {
+    ENOSPC: 'no space left on its filesystem',
+    EDQUOT: 'the disk quota is exhausted',
+    EROFS: 'its filesystem is read-only',
+    EIO: 'an I/O error',
+    EFBIG: 'the segment is too large for its filesystem',
+  };
+  if (code === undefined || !(code in what)) return e;
+  return new KeywardError(
+    'AUDIT_UNAVAILABLE',
+    `the audit log cannot be written (${code}: ${what[code]}); nothing was released`,
+    { hint: 'free space or fix the audit directory, then try again (keyward doctor)', cause: e },
+  );
+}
+
 export function readState(p: AuditPaths): AuditState {
   let fd: number;
   try {
