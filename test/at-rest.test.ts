@@ -8,38 +8,58 @@ import path from 'node:path';
 import { test } from 'node:test';
 import { initHome, kw } from './helpers.js';
 
+/** Every file under dir, at any depth (the audit log, the policy, state), names and bytes. */
 function everyByteUnder(dir: string): Buffer {
   const parts: Buffer[] = [];
   for (const name of fs.readdirSync(dir)) {
     const p = path.join(dir, name);
-    if (fs.statSync(p).isFile()) parts.push(Buffer.from(name), fs.readFileSync(p));
+    const st = fs.lstatSync(p);
+    if (st.isDirectory()) parts.push(Buffer.from(name), everyByteUnder(p));
+    else if (st.isFile()) parts.push(Buffer.from(name), fs.readFileSync(p));
   }
   return Buffer.concat(parts);
 }
 
-test('the vault file holds no secret value and no secret name in plaintext, in any common encoding', () => {
+test('nothing under the home holds a secret value or a secret name in plaintext, in any common encoding, after any write', () => {
   const h = initHome();
   const secrets: Record<string, string> = {
     'payments/stripe-live-key': 'sk_live_51HxQwErTyUiOpAsDfGh',
     DATABASE_URL: 'postgres://admin:pa55w0rd-xyz@db.internal/prod',
   };
-  for (const [name, value] of Object.entries(secrets)) {
-    assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
-  }
-  kw(['rekey'], { env: h.env });
-  const disk = everyByteUnder(h.home);
-  for (const [name, value] of Object.entries(secrets)) {
-    for (const s of [name, value, value.slice(0, 12), value.slice(-12)]) {
-      for (const encoded of [
-        Buffer.from(s),
-        Buffer.from(s, 'utf16le'),
-        Buffer.from(Buffer.from(s).toString('hex')),
-        Buffer.from(Buffer.from(s).toString('base64').slice(0, 12)),
-      ]) {
-        assert.equal(disk.indexOf(encoded), -1, `found ${s} on disk`);
+  const removed = { 'old/deploy-token': 'ghp_R3m0v3dT0k3nW1thL0ngT41l' };
+  const check = (after: string) => {
+    const disk = everyByteUnder(h.home);
+    // Positive control: the audit log's clear fields are in what was read.
+    assert.ok(disk.includes('"type":"secret.set"'), 'the audit log was not read');
+    for (const [name, value] of Object.entries({ ...secrets, ...removed })) {
+      for (const s of [name, value, value.slice(0, 12), value.slice(-12)]) {
+        for (const encoded of [
+          Buffer.from(s),
+          Buffer.from(s, 'utf16le'),
+          Buffer.from(Buffer.from(s).toString('hex')),
+          Buffer.from(Buffer.from(s).toString('base64').slice(0, 12)),
+        ]) {
+          assert.equal(disk.indexOf(encoded), -1, `found ${s} on disk after ${after}`);
+        }
       }
     }
+  };
+  const ok = (args: string[], input = '') =>
+    assert.equal(kw(args, { env: h.env, input }).code, 0, args.join(' '));
+  for (const [name, value] of Object.entries({ ...secrets, ...removed })) {
+    ok(['secret', 'set', name], value);
+    check(`secret set ${name}`);
   }
+  // Appended saves: the old value's frame stays in the file until compaction.
+  ok(['secret', 'set', 'DATABASE_URL'], 'postgres://admin:an0ther-pa55@db.internal/prod');
+  check('a value replaced');
+  ok(['secret', 'rm', 'old/deploy-token']);
+  check('secret rm');
+  ok(['read', 'payments/stripe-live-key']);
+  ok(['secret', 'list']);
+  check('reads and lists (their audit entries)');
+  ok(['rekey']);
+  check('rekey');
 });
 
 test('the vault file size reveals sizes only: two vaults with equal-length values have equal-length files', () => {
