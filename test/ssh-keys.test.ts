@@ -183,18 +183,37 @@ test(
       assert.equal(r.stdout.trim(), `${original[0]} ${original[1]} ${path.basename(f)}`);
       assert.doesNotMatch(r.stdout + r.stderr, /PRIVATE/);
     }
+    for (const f of files) signAndVerify(h.dir, `${f}.pub`, env);
+    // From here on every import fails, and each one leaves the vault as it was, byte for byte.
+    const imported = fs.readFileSync(h.vaultFile);
+    const unchanged = (why: string) =>
+      assert.deepEqual(fs.readFileSync(h.vaultFile), imported, `${why} changed the vault`);
     const again = kw(['key', 'import', files[0] ?? '', '--name', 'other'], { env: h.env });
     assert.equal(again.code, 2);
     assert.match(again.stderr, /already in the vault/);
-    for (const f of files) signAndVerify(h.dir, `${f}.pub`, env);
+    unchanged('a second import of the same key');
+    // A damaged key file: one byte of its private section changed (the base64 re-encoded, so
+    // the file still parses as far as it can).
+    const text = fs.readFileSync(files[2] ?? '', 'utf8').split('\n');
+    const body = Buffer.from(text.slice(1, -2).join(''), 'base64');
+    body[body.length - 40] = (body[body.length - 40] ?? 0) ^ 0x5a;
+    const damaged = path.join(h.dir, 'damaged-p521');
+    const b64 = body.toString('base64').match(/.{1,70}/g) ?? [];
+    fs.writeFileSync(damaged, [text[0], ...b64, text.at(-2), ''].join('\n'), { mode: 0o600 });
+    const d = kw(['key', 'import', damaged, '--name', 'damaged'], { env: h.env });
+    assert.equal(d.code, 8, d.stderr);
+    assert.match(d.stderr, /^keyward: error: not a usable key: its public and private halves/);
+    unchanged('a damaged key file');
 
     const pem = sshKeygen(h.dir, 'pem-rsa', ['-t', 'rsa', '-b', '2048', '-N', '', '-m', 'PEM']);
     const p = kw(['key', 'import', pem], { env: h.env });
     assert.equal(p.code, 2);
     assert.match(p.stderr, /this is a PEM key.*\n.*ssh-keygen -p/);
+    unchanged('a PEM key');
     const missing = kw(['key', 'import', path.join(h.dir, 'nope')], { env: h.env });
     assert.equal(missing.code, 2);
     assert.match(missing.stderr, /cannot read the key file .*ENOENT/);
+    unchanged('a missing file');
     const garbage = path.join(h.dir, 'garbage');
     fs.writeFileSync(
       garbage,
@@ -203,6 +222,7 @@ test(
     const g = kw(['key', 'import', garbage], { env: h.env });
     assert.equal(g.code, 2, g.stderr);
     assert.match(g.stderr, /not an OpenSSH private key file/);
+    unchanged('a garbage key file');
   },
 );
 
