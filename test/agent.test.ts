@@ -725,6 +725,61 @@ describe('hardening found in review', () => {
     assert.equal(kw(['status'], { env: h.env }).code, 0);
   });
 
+  test(
+    'a flood of large frames across 200 connections is refused, not held: the agent grows by its in-flight budget at most, and still answers (root: /proc/PID/status)',
+    { skip: !rootTests && 'needs root to read the agent status' },
+    async () => {
+      const h = await running(
+        'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+      );
+      assert.equal(kw(['secret', 'set', 'f/ok'], { env: h.env, input: 'after-the-flood' }).code, 0);
+      const peak = () =>
+        Number(
+          /^VmHWM:\s+(\d+) kB/m.exec(fs.readFileSync(`/proc/${h.agentPid}/status`, 'utf8'))?.[1],
+        );
+      const before = peak();
+      // Each connection: after the greeting, a frame that declares 16 MiB and sends 1 MiB of it.
+      // A write's callback comes when the agent has read what the socket buffer can't hold, so
+      // waiting for it (or for the close) is waiting for the agent to have taken the bytes.
+      const head = Buffer.from([0, 0xff, 0, 0, 1, 1, 0, 2, 0x7b, 0x7d]);
+      const body = Buffer.alloc(1024 * 1024, 0x20);
+      const conns = Array.from({ length: 200 }, () => {
+        const s = net.createConnection(h.sock);
+        const c = { s, said: '', done: Promise.resolve() };
+        c.done = new Promise<void>((resolve) => {
+          s.once('data', () => {
+            s.on('data', (d: Buffer) => (c.said += d.toString('latin1')));
+            // Taken in full (the agent holds it, or refused it and closed): kept open meanwhile.
+            s.write(Buffer.concat([head, body]), () => resolve());
+          });
+          s.on('close', () => resolve());
+          s.on('error', () => resolve());
+        });
+        return c;
+      });
+      await Promise.all(conns.map((c) => c.done));
+      const grew = (peak() - before) / 1024;
+      // The refused were told why before their connection closed; the rest are closed now.
+      await Promise.all(
+        conns.map(
+          (c) =>
+            new Promise<void>((resolve) => {
+              if (c.s.destroyed) resolve();
+              else {
+                c.s.on('close', () => resolve());
+                c.s.destroy();
+              }
+            }),
+        ),
+      );
+      const refused = conns.filter((c) => /too much request data/.test(c.said)).length;
+      assert.ok(refused > 0, 'no connection was refused for the budget');
+      // 200 MiB sent; the budget is 48 MiB: what the agent held at its peak stays near that.
+      assert.ok(grew < 100, `the agent grew by ${grew.toFixed(0)} MiB`);
+      assert.equal(kw(['read', 'f/ok'], { env: h.env }).stdout, 'after-the-flood');
+    },
+  );
+
   test("a frame's deadline runs from its first byte: trickling a byte a second doesn't keep it open", async () => {
     const h = await running();
     // A frame of 204 bytes, a byte a second: whole after 204 s. Before the fix each byte

@@ -13,11 +13,14 @@
  * that reaches the daemon.
  */
 import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.js';
+import { inFlight } from './inflight.js';
 
 export const PROTOCOL_VERSION = 1;
 export const MAX_FRAME = 17 * 1024 * 1024; // a 16 MiB value plus headers
 export const MAX_META = 16 * 1024;
 const MAX_FRAMES_PER_CHUNK = 64;
+/** A reader keeps a buffer of this size between frames; larger ones go back to the budget. */
+const SMALL = 4096;
 const HEADER = 4 + 1 + 1 + 2;
 
 export const REQ = {
@@ -114,7 +117,8 @@ export function frameHead(type: number, meta: Record<string, unknown>, rawLength
  * once (an unzeroed socket chunk is one of the copies a memory scan finds).
  */
 export class FrameReader {
-  private buf: SecureBuffer = secureAlloc(4096);
+  /** Allocated when bytes first arrive; its length is taken from the agent's in-flight budget. */
+  private buf: SecureBuffer | undefined;
   private used = 0;
   /** The length field of the frame being read (valid once 4 bytes are in). */
   private total = 0;
@@ -139,12 +143,12 @@ export class FrameReader {
       while (off < chunk.length) {
         const want = this.used < 4 ? 4 - this.used : 4 + this.total - this.used;
         const take = Math.min(want, chunk.length - off);
-        this.ensure(this.used + take);
-        chunk.copy(this.buf, this.used, off, off + take);
+        const buf = this.ensure(this.used + take);
+        chunk.copy(buf, this.used, off, off + take);
         this.used += take;
         off += take;
         if (this.used === 4) {
-          this.total = this.buf.readUInt32BE(0);
+          this.total = buf.readUInt32BE(0);
           if (this.total < 4 || this.total > MAX_FRAME)
             throw new ProtocolError(`bad frame length ${this.total}`);
         }
@@ -154,10 +158,12 @@ export class FrameReader {
           // A run's stream: each frame is a secure allocation, so a chunk holds a bounded number.
           if (frames.length >= MAX_FRAMES_PER_CHUNK)
             throw new ProtocolError('too many frames at once');
-          frames.push(this.parse(this.total));
-          this.buf.fill(0, 0, this.used);
+          frames.push(this.parse(buf, this.total));
           this.used = 0;
           this.total = 0;
+          // A large frame's buffer goes back to the budget at once; a small one is kept.
+          if (buf.length > SMALL) this.drop();
+          else buf.fill(0);
         }
       }
       return frames;
@@ -169,16 +175,16 @@ export class FrameReader {
     }
   }
 
-  private parse(total: number): Frame {
-    const version = this.buf.readUInt8(4);
+  private parse(buf: SecureBuffer, total: number): Frame {
+    const version = buf.readUInt8(4);
     if (version !== PROTOCOL_VERSION)
       throw new ProtocolError(`unsupported protocol version ${version}`);
-    const type = this.buf.readUInt8(5);
-    const metaLen = this.buf.readUInt16BE(6);
+    const type = buf.readUInt8(5);
+    const metaLen = buf.readUInt16BE(6);
     if (metaLen > MAX_META || 4 + metaLen > total) throw new ProtocolError('bad meta length');
     let meta: unknown;
     try {
-      meta = JSON.parse(this.buf.subarray(HEADER, HEADER + metaLen).toString('utf8'));
+      meta = JSON.parse(buf.subarray(HEADER, HEADER + metaLen).toString('utf8'));
     } catch {
       throw new ProtocolError('meta is not JSON');
     }
@@ -188,22 +194,37 @@ export class FrameReader {
     let raw: SecureBuffer | undefined;
     if (rawLen > 0) {
       raw = secureAlloc(rawLen);
-      this.buf.copy(raw, 0, HEADER + metaLen, 4 + total);
+      buf.copy(raw, 0, HEADER + metaLen, 4 + total);
     }
     return { type, meta: meta as Record<string, unknown>, raw };
   }
 
-  private ensure(n: number): void {
-    if (n <= this.buf.length) return;
-    const bigger = secureAlloc(Math.min(Math.max(n, this.buf.length * 2), 4 + this.total));
-    this.buf.copy(bigger, 0, 0, this.used);
-    secureFree(this.buf);
+  /** A buffer of at least n bytes, grown as bytes arrive, within the agent's in-flight budget. */
+  private ensure(n: number): SecureBuffer {
+    const have = this.buf?.length ?? 0;
+    if (this.buf && n <= have) return this.buf;
+    const size = Math.max(SMALL, Math.min(Math.max(n, have * 2), 4 + this.total));
+    if (!inFlight.reserve(size - have))
+      throw new ProtocolError('the agent is holding too much request data: try again shortly');
+    const bigger = secureAlloc(size);
+    if (this.buf) {
+      this.buf.copy(bigger, 0, 0, this.used);
+      secureFree(this.buf);
+    }
     this.buf = bigger;
+    return bigger;
+  }
+
+  private drop(): void {
+    if (!this.buf) return;
+    inFlight.release(this.buf.length);
+    secureFree(this.buf);
+    this.buf = undefined;
   }
 
   /** Wipes what is buffered. The reader must not be used afterwards. */
   destroy(): void {
-    secureFree(this.buf);
+    this.drop();
     this.used = 0;
     this.total = 0;
   }

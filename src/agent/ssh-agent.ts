@@ -33,6 +33,7 @@ import {
   SSH,
   SshFrameReader,
 } from './ssh.js';
+import { inFlight } from './inflight.js';
 
 const IDLE_CONNECTION_MS = 120_000;
 /** Keys ssh-add may hold at once: each is guarded secure memory. */
@@ -111,8 +112,10 @@ export class SshAgentService {
         return;
       }
       queued += msgs.length;
-      if (queued > MAX_QUEUED) {
-        // Each waiting request holds secure memory (locked pages): a flood is dropped.
+      // Each waiting request holds secure memory (locked pages): a flood is dropped, whether on
+      // one connection (more than 16 waiting) or across many (the agent's in-flight budget).
+      const bytes = msgs.reduce((n, m) => n + m.length, 0);
+      if (queued > MAX_QUEUED || !inFlight.reserve(bytes)) {
         for (const m of msgs) secureFree(m);
         socket.destroy();
         return;
@@ -126,6 +129,7 @@ export class SshAgentService {
           } catch {
             reply = message(SSH.FAILURE);
           } finally {
+            inFlight.release(msg.length);
             secureFree(msg);
             queued -= 1;
           }

@@ -6,6 +6,7 @@ import { createHash } from 'node:crypto';
 import { fingerprint, SshReader, u32 } from '../keys/index.js';
 import { secureAlloc, secureFree, secureSlice, zero, type SecureBuffer } from '../lib/secure.js';
 import { quote } from '../lib/text.js';
+import { inFlight } from './inflight.js';
 
 export const SSH = {
   FAILURE: 5,
@@ -47,7 +48,8 @@ export function message(type: number, ...parts: Buffer[]): Buffer {
  * secure buffer for the caller to free.
  */
 export class SshFrameReader {
-  private buf: SecureBuffer = secureAlloc(4096);
+  /** Its length is taken from the agent's in-flight budget (inflight.ts). */
+  private buf: SecureBuffer = secureAlloc(0);
   private used = 0;
 
   /**
@@ -58,7 +60,10 @@ export class SshFrameReader {
     const out: SecureBuffer[] = [];
     try {
       if (this.used + chunk.length > this.buf.length) {
-        const bigger = secureAlloc(Math.max(this.buf.length * 2, this.used + chunk.length));
+        const size = Math.max(4096, this.buf.length * 2, this.used + chunk.length);
+        if (!inFlight.reserve(size - this.buf.length))
+          throw new RangeError('the agent is holding too much request data');
+        const bigger = secureAlloc(size);
         this.buf.copy(bigger, 0, 0, this.used);
         secureFree(this.buf);
         this.buf = bigger;
@@ -89,6 +94,7 @@ export class SshFrameReader {
   }
 
   destroy(): void {
+    inFlight.release(this.buf.length);
     secureFree(this.buf);
     this.used = 0;
   }

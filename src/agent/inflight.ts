@@ -1,0 +1,31 @@
+/**
+ * Secure memory held for requests that are still arriving, across every connection of the agent
+ * (keyward frames and SSH messages). Each connection is bounded on its own (one frame at a time,
+ * 16 waiting SSH requests); this bounds their sum, so a thousand connections each sending part of
+ * a large frame are refused instead of held: locked memory is for secrets, not for a flood.
+ */
+export const IN_FLIGHT_MAX = 48 * 1024 * 1024; // two of the largest frames (a 16 MiB value), and room
+
+class InFlight {
+  private held = 0;
+
+  /** Takes n bytes of the budget; false (and nothing taken) when it would pass the maximum. */
+  reserve(n: number): boolean {
+    if (n <= 0) return true;
+    if (this.held + n > IN_FLIGHT_MAX) return false;
+    this.held += n;
+    return true;
+  }
+
+  release(n: number): void {
+    this.held = Math.max(0, this.held - Math.max(0, n));
+  }
+
+  /** Bytes held now (for tests and `status`). */
+  get bytes(): number {
+    return this.held;
+  }
+}
+
+/** The agent's one budget (a process holds one agent). */
+export const inFlight = new InFlight();
