@@ -343,6 +343,13 @@ export function makeAuditVectors(dir: string): AuditVectorSpec[] {
       [rows[0], rows[2], rows[1]].filter((r): r is Row => r !== undefined),
     ),
   );
+  /** A log that fails verification at `line`, for a reason that includes `reason`. */
+  const broken = (file: string, line: number, reason: string, note: string): AuditVectorSpec => ({
+    file,
+    seedFile: 'seed.hex',
+    expect: { ok: false, line, reason },
+    note,
+  });
   const specs: AuditVectorSpec[] = [
     {
       file: 'good.jsonl',
@@ -350,42 +357,17 @@ export function makeAuditVectors(dir: string): AuditVectorSpec[] {
       expect: { ok: true, entries: 3 },
       note: 'three entries over epochs 0, 0, 1',
     },
-    {
-      file: 'flipped-type.jsonl',
-      seedFile: 'seed.hex',
-      expect: { ok: false, line: 2, reason: 'MAC' },
-      note: 'the type of entry 2 changed',
-    },
-    {
-      file: 'swapped.jsonl',
-      seedFile: 'seed.hex',
-      expect: { ok: false, line: 2, reason: 'seq 3 follows seq 1' },
-      note: 'entries 2 and 3 swapped',
-    },
-    {
-      file: 'first-removed.jsonl',
-      seedFile: 'seed.hex',
-      expect: { ok: false, line: 1, reason: 'starts at seq 2' },
-      note: 'entry 1 removed',
-    },
-    {
-      file: 'inserted.jsonl',
-      seedFile: 'seed.hex',
-      expect: { ok: false, line: 3, reason: 'seq 2 follows seq 2' },
-      note: 'an entry MACed with the right key inserted after entry 1',
-    },
-    {
-      file: 'epoch-back.jsonl',
-      seedFile: 'seed.hex',
-      expect: { ok: false, line: 3, reason: 'epoch 0 after' },
-      note: 'epochs 0, 1, 0, every MAC and link valid',
-    },
-    {
-      file: 'other-key.jsonl',
-      seedFile: 'seed.hex',
-      expect: { ok: false, line: 1, reason: 'MAC' },
-      note: 'a valid chain under another seed',
-    },
+    broken('flipped-type.jsonl', 2, 'MAC', 'the type of entry 2 changed'),
+    broken('swapped.jsonl', 2, 'seq 3 follows seq 1', 'entries 2 and 3 swapped'),
+    broken('first-removed.jsonl', 1, 'starts at seq 2', 'entry 1 removed'),
+    broken(
+      'inserted.jsonl',
+      3,
+      'seq 2 follows seq 2',
+      'an entry MACed with the right key inserted after entry 1',
+    ),
+    broken('epoch-back.jsonl', 3, 'epoch 0 after', 'epochs 0, 1, 0, every MAC and link valid'),
+    broken('other-key.jsonl', 1, 'MAC', 'a valid chain under another seed'),
   ];
   fs.writeFileSync(path.join(dir, 'vectors.json'), `${JSON.stringify(specs, null, 2)}\n`);
   return specs;
