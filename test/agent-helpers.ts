@@ -184,6 +184,8 @@ export function scanWindows(pid: number, values: Buffer[], width = 12): number[]
 /** One audit entry as `audit export --decrypt` shows it: its type and its opened body. */
 export interface AuditEntry {
   type: string;
+  /** When it was written, in ms, by the writer's clock (the agent's, for what the agent records). */
+  time: number;
   target: string | null;
   decision: string;
   reason: string | null;
@@ -204,8 +206,12 @@ export function auditEntries(h: Home): AuditEntry[] {
     .stdout.trim()
     .split('\n')
     .map((l) => {
-      const e = JSON.parse(l) as { type: string; body: Omit<AuditEntry, 'type'> };
-      return { type: e.type, ...e.body };
+      const e = JSON.parse(l) as {
+        type: string;
+        time: string;
+        body: Omit<AuditEntry, 'type' | 'time'>;
+      };
+      return { type: e.type, time: Date.parse(e.time), ...e.body };
     });
 }
 

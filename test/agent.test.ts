@@ -140,6 +140,24 @@ rules:
     approve: { mode: passphrase, timeout: 20s }
 `;
 
+/** What test/fixtures/self-approver.js reports: its approver's exit and stderr, and the request's end. */
+interface SelfApproval {
+  code: number;
+  stderr: string;
+  stillPending: boolean;
+  outcome: string;
+}
+
+/** Runs the self-approver fixture against secret s: its child (or --double-fork grandchild) tries to approve. */
+function selfApproval(h: AgentHome, env: NodeJS.ProcessEnv, how: string[] = []): SelfApproval {
+  const r = spawnSync(
+    process.execPath,
+    [path.join(ROOT, 'dist/test/fixtures/self-approver.js'), h.sock, 's', BIN, ...how],
+    { env, encoding: 'utf8', timeout: 120_000 },
+  );
+  return JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as SelfApproval;
+}
+
 describe('approving from another terminal', () => {
   test('approve ID with the passphrase releases the waiting read; the approval is recorded', async () => {
     const h = await running(PASSPHRASE_RULE);
@@ -203,21 +221,7 @@ describe('approving from another terminal', () => {
   test('the requesting process and its descendants can never approve its request, whatever the factor', async () => {
     const h = await running(PASSPHRASE_RULE);
     assert.equal(kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' }).code, 0);
-    const r = spawnSync(
-      process.execPath,
-      [path.join(ROOT, 'dist/test/fixtures/self-approver.js'), h.sock, 's', BIN],
-      {
-        env: h.env,
-        encoding: 'utf8',
-        timeout: 120_000,
-      },
-    );
-    const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as {
-      code: number;
-      stderr: string;
-      stillPending: boolean;
-      outcome: string;
-    };
+    const out = selfApproval(h, h.env);
     assert.equal(out.code, 6, JSON.stringify(out));
     assert.match(out.stderr, /cannot approve its own request/);
     // Refused and nothing else: the request still waited for a person, and ended denied.
@@ -234,29 +238,12 @@ describe('approving from another terminal', () => {
     // a passphrase in a file every process of the user can read is no factor.
     const h = await running(PASSPHRASE_RULE);
     assert.equal(kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' }).code, 0);
-    const r = spawnSync(
-      process.execPath,
-      [path.join(ROOT, 'dist/test/fixtures/self-approver.js'), h.sock, 's', BIN, '--double-fork'],
-      { env: h.env, encoding: 'utf8', timeout: 120_000 },
-    );
-    const out = JSON.parse(r.stdout.trim().split('\n').pop() ?? '{}') as {
-      code: number;
-      outcome: string;
-    };
+    const out = selfApproval(h, h.env, ['--double-fork']);
     assert.deepEqual([out.code, out.outcome], [0, 'released'], JSON.stringify(out));
     // The same process without the file has no factor to give: a bare approve never approves.
     const bare = { ...h.env };
     delete bare['KEYWARD_PASSPHRASE_FILE'];
-    const again = spawnSync(
-      process.execPath,
-      [path.join(ROOT, 'dist/test/fixtures/self-approver.js'), h.sock, 's', BIN, '--double-fork'],
-      { env: bare, encoding: 'utf8', timeout: 120_000 },
-    );
-    const refused = JSON.parse(again.stdout.trim().split('\n').pop() ?? '{}') as {
-      code: number;
-      stillPending: boolean;
-      outcome: string;
-    };
+    const refused = selfApproval(h, bare, ['--double-fork']);
     assert.deepEqual(
       [refused.code, refused.stillPending, refused.outcome],
       [2, true, 'APPROVAL_REJECTED'],
@@ -398,17 +385,6 @@ describe('peer identity and the socket', () => {
   });
 });
 
-/** Audit entries with the agent's own times (ms) and reasons, oldest first. */
-function timedEntries(h: AgentHome): Array<{ type: string; time: number; reason: string | null }> {
-  return kw(['audit', 'export', '--decrypt'], { env: withoutAgent(h) })
-    .stdout.trim()
-    .split('\n')
-    .map((l) => {
-      const e = JSON.parse(l) as { type: string; time: string; body: { reason: string | null } };
-      return { type: e.type, time: Date.parse(e.time), reason: e.body.reason };
-    });
-}
-
 /** The vault's data key and its subkeys, derived from the file and the passphrase by test/independent. */
 function vaultKeys(h: AgentHome): Buffer[] {
   const dk = unwrapDk(readHeader(fs.readFileSync(h.vaultFile)), PASSPHRASE);
@@ -493,7 +469,7 @@ describe('the unlock window', () => {
       }
       assert.equal(code, 5, 'refused because locked');
       // The last lock, and the unlock before it (reading the log opens the vault: another one).
-      const log = timedEntries(h);
+      const log = auditEntries(h);
       const at = log.map((e) => e.type).lastIndexOf('vault.lock');
       const lock = log[at];
       const unlock = log

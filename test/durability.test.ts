@@ -96,6 +96,16 @@ function first(calls: Call[], what: string, from: number, pred: (c: Call) => boo
 
 const isLog = (c: Call) => /\/audit\/log-\d+\.jsonl$/.test(c.fd ?? '');
 
+/** The fsync that made the audit line of `event` durable: its write to a segment, then the sync. */
+function auditSynced(calls: Call[], event: string): Call {
+  const line = first(calls, `audit write of ${event}`, -1, (c) => {
+    return WRITES.has(c.name) && isLog(c) && c.args.includes(event);
+  });
+  return first(calls, `sync of the audit log after ${event}`, line.index, (c) => {
+    return SYNCS.has(c.name) && c.fd === line.fd;
+  });
+}
+
 describe('durability by syscall order (strace)', { skip }, () => {
   for (const [op, event] of [
     ['set', 'secret.set'],
@@ -107,12 +117,7 @@ describe('durability by syscall order (strace)', { skip }, () => {
         assert.equal(kw(['secret', 'set', 'dur/x'], { env: h.env, input: 'v' }).code, 0);
       }
       const calls = traced(['secret', op, 'dur/x'], h.env, op === 'set' ? 'durable-set-value' : '');
-      const line = first(calls, `audit write of ${event}`, -1, (c) => {
-        return WRITES.has(c.name) && isLog(c) && c.args.includes(event);
-      });
-      const lineSynced = first(calls, 'sync of the audit log', line.index, (c) => {
-        return SYNCS.has(c.name) && c.fd === line.fd;
-      });
+      const lineSynced = auditSynced(calls, event);
       const vault = path.join(h.home, 'vault.kw');
       const written = first(calls, 'write to vault.kw', -1, (c) => {
         return WRITES.has(c.name) && c.fd === vault;
@@ -165,12 +170,7 @@ describe('durability by syscall order (strace)', { skip }, () => {
       }
       const calls = traced(args, h.env);
       const renamed = rewritten(calls, h.home);
-      const line = first(calls, `audit write of vault.${op}`, -1, (c) => {
-        return WRITES.has(c.name) && isLog(c) && c.args.includes(`vault.${op}`);
-      });
-      const synced = first(calls, 'sync of the audit log', line.index, (c) => {
-        return SYNCS.has(c.name) && c.fd === line.fd;
-      });
+      const synced = auditSynced(calls, `vault.${op}`);
       assert.ok(
         synced.index < renamed.index,
         `the vault was replaced (call ${renamed.index}) before vault.${op} was synced (call ${synced.index})`,
@@ -214,12 +214,7 @@ describe('durability by syscall order (strace)', { skip }, () => {
     const sent = first(calls, 'the value written to a socket', -1, (c) => {
       return /^socket:/.test(c.fd ?? '') && c.args.includes(value);
     });
-    const line = first(calls, 'audit write of secret.read', -1, (c) => {
-      return WRITES.has(c.name) && isLog(c) && c.args.includes('secret.read');
-    });
-    const synced = first(calls, 'sync of the audit log', line.index, (c) => {
-      return SYNCS.has(c.name) && c.fd === line.fd;
-    });
+    const synced = auditSynced(calls, 'secret.read');
     assert.ok(
       synced.index < sent.index,
       `the value left (call ${sent.index}) before its audit line was synced (call ${synced.index})`,
@@ -243,12 +238,7 @@ describe('durability by syscall order (strace)', { skip }, () => {
     const started = first(calls, 'the execve of the child', -1, (c) => {
       return c.name === 'execve' && c.args.includes(marker);
     });
-    const line = first(calls, 'audit write of credential.deliver', -1, (c) => {
-      return WRITES.has(c.name) && isLog(c) && c.args.includes('credential.deliver');
-    });
-    const synced = first(calls, 'sync of the audit log', line.index, (c) => {
-      return SYNCS.has(c.name) && c.fd === line.fd;
-    });
+    const synced = auditSynced(calls, 'credential.deliver');
     assert.ok(
       synced.index < started.index,
       `the child started (call ${started.index}) before credential.deliver was synced (call ${synced.index})`,

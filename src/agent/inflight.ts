@@ -20,11 +20,6 @@ class InFlight {
   release(n: number): void {
     this.held = Math.max(0, this.held - Math.max(0, n));
   }
-
-  /** Bytes held now (for tests and `status`). */
-  get bytes(): number {
-    return this.held;
-  }
 }
 
 /** The agent's one budget (a process holds one agent). */

@@ -18,7 +18,6 @@ import {
   type WireError,
 } from './protocol.js';
 
-/** What a reply is written to: a connection's socket. */
 /**
  * A reply's raw part holding JSON that is never secret (names, metadata, hashes): in raw
  * because it can outgrow a meta (16 KiB).
@@ -27,6 +26,7 @@ export function jsonRaw(o: unknown): SecureBuffer {
   return secureTake(Buffer.from(JSON.stringify(o), 'utf8'));
 }
 
+/** What a reply is written to: a connection's socket. */
 export interface Connected {
   socket: net.Socket;
 }

@@ -176,13 +176,9 @@ export class AuditLog {
   append(records: readonly AuditRecord[]): Head {
     this.checkDir();
     const head = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
-      try {
-        const h = this.writeLocked(records);
-        this.syncSegment(h.segment);
-        return h;
-      } catch (e) {
-        throw unwritable(e);
-      }
+      const h = this.writeLocked(records);
+      this.syncSegment(h.segment);
+      return h;
     });
     // Durable first; then the copy off the machine, without waiting.
     this.ship(head);
@@ -226,12 +222,7 @@ export class AuditLog {
       // A long-running writer knows the last line it wrote: it must still be there, as it was.
       // If not, the log was cut behind it; the first line of this batch says so.
       const cut = expect && !this.stillThere(expect) ? this.cutBehind(expect) : undefined;
-      let head: Head;
-      try {
-        head = this.writeLocked(cut ? [cut.record, ...records] : records);
-      } catch (e) {
-        throw unwritable(e);
-      }
+      const head = this.writeLocked(cut ? [cut.record, ...records] : records);
       if (cut) head.gap = cut.reason;
       // fsync flushes the file, whichever descriptor asks: one trip to the thread pool.
       const { fd, own } = this.syncTarget(head.segment);
@@ -261,7 +252,7 @@ export class AuditLog {
       return head;
     } catch (e) {
       this.forget();
-      throw e;
+      throw unwritable(e);
     }
   }
 
@@ -328,6 +319,8 @@ export class AuditLog {
     const { fd, own } = this.syncTarget(n);
     try {
       fs.fsyncSync(fd);
+    } catch (e) {
+      throw unwritable(e);
     } finally {
       if (own) fs.closeSync(fd);
     }

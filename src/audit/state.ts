@@ -47,6 +47,15 @@ export function unavailable(message: string, hint?: string): KeywardError {
   });
 }
 
+/** The errors of a write or fsync that mean the log can't be written now, as a person reads them. */
+const UNWRITABLE: Partial<Record<string, string>> = {
+  ENOSPC: 'no space left on its filesystem',
+  EDQUOT: 'the disk quota is exhausted',
+  EROFS: 'its filesystem is read-only',
+  EIO: 'an I/O error',
+  EFBIG: 'the segment is too large for its filesystem',
+};
+
 /**
  * A failed write or fsync as the requester should hear it: the errno named (nothing of the
  * entry), and nothing released until the log can be written. Other errors pass unchanged.
@@ -54,17 +63,11 @@ export function unavailable(message: string, hint?: string): KeywardError {
 export function unwritable(e: unknown): unknown {
   if (e instanceof KeywardError) return e;
   const code = (e as NodeJS.ErrnoException | undefined)?.code;
-  const what: Record<string, string> = {
-    ENOSPC: 'no space left on its filesystem',
-    EDQUOT: 'the disk quota is exhausted',
-    EROFS: 'its filesystem is read-only',
-    EIO: 'an I/O error',
-    EFBIG: 'the segment is too large for its filesystem',
-  };
-  if (code === undefined || !(code in what)) return e;
+  const what = code === undefined ? undefined : UNWRITABLE[code];
+  if (what === undefined) return e;
   return new KeywardError(
     'AUDIT_UNAVAILABLE',
-    `the audit log cannot be written (${code}: ${what[code]}); nothing was released`,
+    `the audit log cannot be written (${code}: ${what}); nothing was released`,
     { hint: 'free space or fix the audit directory, then try again (keyward doctor)', cause: e },
   );
 }
