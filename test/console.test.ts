@@ -43,6 +43,10 @@ rules:
     targets: ["totp/**"]
     decision: approve
     approve: { mode: totp, timeout: 5m }
+  - name: typed
+    targets: ["pass/**"]
+    decision: approve
+    approve: { mode: passphrase, timeout: 5m }
   - name: key-pin
     targets: ["uv/**"]
     decision: approve
@@ -106,7 +110,7 @@ before(async () => {
   if (skip) return;
   fs.mkdirSync(ARTIFACTS, { recursive: true });
   h = agentHome(POLICY);
-  for (const name of ['plain/one', 'wa/token', 'wa/other', 'uv/token', 'totp/one'])
+  for (const name of ['plain/one', 'wa/token', 'wa/other', 'uv/token', 'totp/one', 'pass/one'])
     assert.equal(kw(['secret', 'set', name], { env: h.env, input: `value of ${name}` }).code, 0);
   // No askpass program and no terminal: the console is the only way to approve.
   await startAgent(h, { KEYWARD_ASKPASS: '', SSH_ASKPASS: '' });
@@ -125,20 +129,37 @@ after(async () => {
 test('the console listens on 127.0.0.1 only, at the port status shows', { skip }, async () => {
   assert.match(url, /^http:\/\/localhost:\d+\/$/);
   assert.match(kw(['console'], { env: h.env }).stdout, new RegExp(url.replace(/\//g, '\\/')));
-  const others = Object.values(os.networkInterfaces())
-    .flat()
-    .filter((i) => i && i.family === 'IPv4' && !i.internal)
-    .map((i) => i?.address);
-  for (const addr of others) {
-    const refused = await new Promise<string>((resolve) => {
-      const s = net.connect({ host: addr, port: Number(new URL(url).port) });
+  const port = Number(new URL(url).port);
+  // What the kernel holds: one listening socket on the port, bound to 127.0.0.1 (not 0.0.0.0,
+  // not ::), so no other address reaches it, whatever interfaces this machine has.
+  const listening = (file: string) =>
+    fs
+      .readFileSync(file, 'utf8')
+      .split('\n')
+      .slice(1)
+      .map((l) => l.trim().split(/\s+/))
+      .filter((f) => f[3] === '0A' && Number.parseInt(f[1]?.split(':')[1] ?? '', 16) === port)
+      .map((f) => f[1]?.split(':')[0]);
+  assert.deepEqual(listening('/proc/net/tcp'), ['0100007F']);
+  if (fs.existsSync('/proc/net/tcp6')) assert.deepEqual(listening('/proc/net/tcp6'), []);
+  // 127.0.0.2 is this machine's loopback too: a socket bound to any address would answer it.
+  const attempt = (host: string) =>
+    new Promise<string>((resolve) => {
+      const s = net.connect({ host, port });
       s.on('connect', () => {
         s.destroy();
         resolve('connected');
       });
       s.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
     });
-    assert.equal(refused, 'ECONNREFUSED', `the console answers on ${addr}`);
+  assert.equal(await attempt('127.0.0.2'), 'ECONNREFUSED');
+  assert.notEqual(await attempt('::1'), 'connected');
+  const others = Object.values(os.networkInterfaces())
+    .flat()
+    .filter((i) => i && i.family === 'IPv4' && !i.internal)
+    .map((i) => i?.address);
+  for (const addr of others) {
+    assert.equal(await attempt(addr ?? ''), 'ECONNREFUSED', `the console answers on ${addr}`);
   }
 });
 
@@ -461,7 +482,7 @@ test('an approval assertion replayed on a new request is refused', { skip }, asy
 });
 
 test(
-  'a state change without the CSRF token gets 403 (the cookie alone opens nothing)',
+  'a state change or a read without the CSRF token gets 403 (the cookie alone opens nothing)',
   { skip },
   async () => {
     await ready();
@@ -480,6 +501,45 @@ test(
       ];
     }, id);
     assert.deepEqual(statuses, [403, 403]);
+    // Nor does it read anything: every API GET, with the cookie the page holds, but no token.
+    const reads = [
+      '/api/approvals',
+      '/api/events',
+      '/api/credentials',
+      '/api/audit',
+      '/api/policy',
+      '/api/policy/1',
+      '/api/pins',
+    ];
+    const got = await inPage(
+      async ({ x }) => Promise.all((x as string[]).map((p) => fetch(p).then((r) => r.status))),
+      reads,
+    );
+    assert.deepEqual(
+      got,
+      reads.map(() => 403),
+    );
+    // With the token, the same session reads them (so the 403s were for the token alone).
+    const control = [
+      '/api/approvals',
+      '/api/credentials',
+      '/api/audit',
+      '/api/policy',
+      '/api/pins',
+    ];
+    const withToken = await inPage(
+      async ({ csrf, x }) =>
+        Promise.all(
+          (x as string[]).map((p) =>
+            fetch(p, { headers: { 'X-Keyward-CSRF': csrf ?? '' } }).then((r) => r.status),
+          ),
+        ),
+      control,
+    );
+    assert.deepEqual(
+      withToken,
+      control.map(() => 200),
+    );
     const still = JSON.parse(kw(['approvals', '--json'], { env: h.env }).stdout) as Array<{
       id: string;
     }>;
@@ -565,6 +625,45 @@ test(
     const r = await w.done;
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, 'value of totp/one');
+  },
+);
+
+test(
+  'a totp or passphrase request is not approved by the session login alone, nor by the other factor',
+  { skip },
+  async () => {
+    await ready();
+    const approve = (id: string, body: string) =>
+      inPage(
+        async ({ csrf, x }) => {
+          const [i, b] = x as [string, string];
+          return (
+            await fetch(`/api/approvals/${i}/approve`, {
+              method: 'POST',
+              headers: { 'X-Keyward-CSRF': csrf ?? '', 'Content-Type': 'application/json' },
+              body: b,
+            })
+          ).status;
+        },
+        [id, body],
+      );
+    const pendingIds = () =>
+      (JSON.parse(kw(['approvals', '--json'], { env: h.env }).stdout) as Array<{ id: string }>).map(
+        (p) => p.id,
+      );
+    // TOTP was enrolled by the test before: a totp request can be asked for here.
+    for (const [name, other] of [
+      ['totp/one', null],
+      ['pass/one', '{"code":"123456"}'],
+    ] as const) {
+      const w = waitingCommand(['read', name], h.env);
+      const id = await w.id;
+      assert.equal(await approve(id, '{}'), 400, `${name}: the login alone`);
+      if (other !== null) assert.notEqual(await approve(id, other), 200, `${name}: a TOTP code`);
+      assert.ok(pendingIds().includes(id), `${name} is still waiting`);
+      assert.equal(kw(['deny', id], { env: h.env }).code, 0);
+      assert.equal((await w.done).code, 6);
+    }
   },
 );
 
