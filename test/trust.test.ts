@@ -13,7 +13,7 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { agentHome, auditEntries, stopAgent, type AgentHome } from './agent-helpers.js';
 import { describeSignData } from '../src/agent/ssh.js';
-import { BIN, eventually, kw, ROOT, rootTests } from './helpers.js';
+import { BIN, eventually, kw, PASSPHRASE, ROOT, rootTests } from './helpers.js';
 
 const homes: AgentHome[] = [];
 after(async () => {
@@ -166,13 +166,21 @@ describe('a keyward process can never be debugged unless the user says so', () =
       .filter((e) => e.type === 'agent.start')
       .at(-1);
     assert.match(String(start?.details['debuggable']), /inspector is open/);
-    // A client sends such an agent no passphrase unless it is told to, too.
-    const refused = kw(['unlock'], { env: h.env });
+    // A client sends such an agent no passphrase unless it is told to, too: what the client
+    // writes, read by strace, never holds it; the same capture of the unlock it is told to
+    // make does (so the capture would have seen it).
+    const passphrase = [...Buffer.from(PASSPHRASE)]
+      .map((b) => `\\x${b.toString(16).padStart(2, '0')}`)
+      .join('');
+    const refused = writesOf(['unlock'], h.env);
     assert.equal(refused.code, 8, refused.stderr);
     assert.match(refused.stderr, /the agent can be debugged .*; keyward sends it no secret/);
+    assert.match(refused.trace, /connect\(/, 'it connected (and read the greeting)');
+    assert.ok(!refused.trace.includes(passphrase), 'the passphrase was written to the agent');
     assert.equal(kw(['status'], { env: h.env }).code, 5, 'still locked');
-    const unlocked = kw(['--allow-debugger', 'unlock'], { env: h.env });
+    const unlocked = writesOf(['--allow-debugger', 'unlock'], h.env);
     assert.equal(unlocked.code, 0, unlocked.stderr);
+    assert.ok(unlocked.trace.includes(passphrase), 'the capture sees a passphrase sent');
     assert.equal(
       kw(['secret', 'set', 'app/token'], { env: h.env, input: 'debuggable-agent-value' }).code,
       0,
@@ -185,6 +193,37 @@ describe('a keyward process can never be debugged unless the user says so', () =
     );
   });
 });
+
+/**
+ * The CLI under strace: every write of its own and its threads, each byte as \\xNN, and its
+ * connects. (CI installs strace; the test that calls this is not skipped without it.)
+ */
+function writesOf(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+): { code: number | null; stderr: string; trace: string } {
+  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-strace-')), 'trace');
+  const run = spawnSync(
+    '/usr/bin/strace',
+    [
+      '-f',
+      '-xx',
+      '-s',
+      '1000000',
+      '-e',
+      'trace=connect,write,writev,sendto,sendmsg',
+      '-o',
+      out,
+      process.execPath,
+      BIN,
+      ...args,
+    ],
+    { env, encoding: 'utf8', input: '' },
+  );
+  const trace = fs.readFileSync(out, 'utf8');
+  fs.rmSync(path.dirname(out), { recursive: true, force: true });
+  return { code: run.status, stderr: run.stderr, trace };
+}
 
 const OTHER_UID = 43210;
 
