@@ -10,7 +10,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
 import { after, describe, test } from 'node:test';
-import { LoggingMessageNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
+import {
+  CreateMessageRequestSchema,
+  LoggingMessageNotificationSchema,
+} from '@modelcontextprotocol/sdk/types.js';
 import { AgentConnection, call, REQ } from '../src/agent/index.js';
 import { secureTake } from '../src/lib/secure.js';
 import { auditEntries, type AgentHome } from './agent-helpers.js';
@@ -329,6 +332,42 @@ describe('leak blocking on every message, in more forms', () => {
     const leaks = mcpEvents(h).filter((e) => e.details['event'] === 'leak');
     assert.ok(leaks.some((e) => e.details['method'] === 'resources/read' && e.decision === 'deny'));
     assert.ok(leaks.some((e) => e.details['method'] === 'notifications/message'));
+  });
+
+  test("a prompt the server returns, and the client's answer to a sampling request, are scanned too", async () => {
+    const h = await leakyAgent();
+    const file = toolsFile(h, [tool('search', 'Search.'), tool('ask', 'Ask the model.')]);
+    const received = path.join(h.dir, 'received.jsonl');
+    const c = await through(
+      h,
+      'leaky',
+      [process.execPath, CHANGING],
+      { MCP_TOOLS: file, MCP_LEAK: `the server says ${TOKEN}`, MCP_RECEIVED: received },
+      { sampling: {} },
+    );
+    const prompt = JSON.stringify(
+      await c.getPrompt({ name: 'summary', arguments: { topic: 'x' } }),
+    );
+    assert.ok(!prompt.includes(TOKEN));
+    assert.match(prompt, /the server says <concealed by keyward>/);
+    // The model's answer, as the client gives it to the server: a plain one passes (the
+    // control), one holding the value is withheld and the server told so.
+    let says = 'the model says hello';
+    c.setRequestHandler(CreateMessageRequestSchema, () => ({
+      role: 'assistant' as const,
+      model: 'm',
+      content: { type: 'text' as const, text: says },
+    }));
+    await c.callTool({ name: 'ask', arguments: {} });
+    says = `the model says ${TOKEN}`;
+    await c.callTool({ name: 'ask', arguments: {} });
+    const [plain, secret] = fs.readFileSync(received, 'utf8').trim().split('\n');
+    assert.match(plain ?? '', /the model says hello/);
+    assert.ok(!(secret ?? '').includes(TOKEN), 'the server received the value');
+    assert.match(secret ?? '', /keyward: the answer held a secret; withheld/);
+    const leaks = mcpEvents(h).filter((e) => e.details['event'] === 'leak');
+    assert.ok(leaks.some((e) => e.details['method'] === 'prompts/get'));
+    assert.ok(leaks.some((e) => e.details['method'] === 'answer' && e.decision === 'deny'));
   });
 
   test('split across arguments, percent-encoded byte by byte, hex with separators and reversed: all blocked', async () => {
