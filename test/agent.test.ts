@@ -676,7 +676,23 @@ describe('hardening found in review', () => {
     const r = kw(['read', '@audit/seed'], { env: h.env });
     assert.equal(r.code, 2, r.stderr);
     assert.equal(r.stdout, '');
-    assert.ok(!auditTypes(h).includes('secret.read'), 'nothing was released');
+    // Nor by the other ways out: a run's environment or descriptor (run needs the agent), or a
+    // read with the vault opened directly.
+    const show = ['--', 'sh', '-c', 'printf %s "$T"; cat <&3 2>/dev/null'];
+    for (const [env, args] of [
+      [h.env, ['run', '--env', 'T=@audit/seed', ...show]],
+      [h.env, ['run', '--fd', '3=@totp/secret', ...show]],
+      [h.env, ['read', '@key/k1']],
+      [withoutAgent(h), ['read', '@key/k1']],
+      [withoutAgent(h), ['read', '@audit/box-secret']],
+    ] as const) {
+      const o = kw([...args], { env });
+      assert.equal(o.code, 2, `${args.join(' ')}: ${o.stderr}`);
+      assert.equal(o.stdout, '', args.join(' '));
+    }
+    const types = auditTypes(h);
+    assert.ok(!types.includes('secret.read'), 'nothing was released');
+    assert.ok(!types.includes('credential.deliver'), 'nothing was delivered');
   });
 
   test('two frames in one write are refused (one request at a time); the daemon still answers', async () => {
