@@ -4,21 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import path from 'node:path';
 import { test } from 'node:test';
-import { initHome, kw } from './helpers.js';
-
-/** Every file under dir, at any depth (the audit log, the policy, state), names and bytes. */
-function everyByteUnder(dir: string): Buffer {
-  const parts: Buffer[] = [];
-  for (const name of fs.readdirSync(dir)) {
-    const p = path.join(dir, name);
-    const st = fs.lstatSync(p);
-    if (st.isDirectory()) parts.push(Buffer.from(name), everyByteUnder(p));
-    else if (st.isFile()) parts.push(Buffer.from(name), fs.readFileSync(p));
-  }
-  return Buffer.concat(parts);
-}
+import { everyByteUnder, initHome, kw } from './helpers.js';
 
 test('nothing under the home holds a secret value or a secret name in plaintext, in any common encoding, after any write', () => {
   const h = initHome();

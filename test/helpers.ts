@@ -99,3 +99,15 @@ export async function eventually(
     await sleep(25);
   }
 }
+
+/** Every file under dir, at any depth (the audit log, the policy, state), names and bytes. */
+export function everyByteUnder(dir: string): Buffer {
+  const parts: Buffer[] = [];
+  for (const name of fs.readdirSync(dir)) {
+    const p = path.join(dir, name);
+    const st = fs.lstatSync(p);
+    if (st.isDirectory()) parts.push(Buffer.from(name), everyByteUnder(p));
+    else if (st.isFile()) parts.push(Buffer.from(name), fs.readFileSync(p));
+  }
+  return Buffer.concat(parts);
+}

@@ -19,7 +19,7 @@ import {
   stopAgent,
   withoutAgent,
 } from './agent-helpers.js';
-import { eventually, kw, PASSPHRASE, rootTests } from './helpers.js';
+import { everyByteUnder, eventually, kw, PASSPHRASE, rootTests } from './helpers.js';
 
 const homes: AgentHome[] = [];
 const cleanups: (() => void)[] = [];
@@ -523,7 +523,7 @@ test(
 );
 
 test(
-  'removing a key wipes it: no fragment of the ed25519, ECDSA or RSA private keys stays in the agent after ssh-add -D (root: /proc/PID/mem)',
+  'removing a key wipes it: no fragment of the ed25519, ECDSA or RSA private keys reaches the disk, or stays in the agent after ssh-add -D (root: /proc/PID/mem)',
   { skip: skip || (!rootTests && 'needs root to read /proc/PID/mem') },
   async () => {
     const { h, env } = await agentWith(ALLOW_KEYS);
@@ -567,6 +567,21 @@ test(
       scanWindows(pid, values).map((i) => secrets[i]?.[0]),
       secrets.map(([n]) => n),
       'the scanner finds every key while it is held',
+    );
+    // Nor did any of them reach the disk: every file under the home and the socket directory
+    // (vault, audit log, state), raw and as hex, has no 12-byte window of any key.
+    const onDisk = Buffer.concat([everyByteUnder(h.home), everyByteUnder(h.sockDir)]);
+    const inFiles = (v: Buffer) =>
+      [v, Buffer.from(v.toString('hex'))].some((form) => {
+        for (let i = 0; i + 12 <= form.length; i++)
+          if (onDisk.includes(form.subarray(i, i + 12))) return true;
+        return false;
+      });
+    assert.ok(onDisk.includes('"type":"key.sign"'), 'the audit log was read');
+    assert.deepEqual(
+      secrets.filter(([, v]) => inFiles(v)).map(([n]) => n),
+      [],
+      'key material on disk',
     );
     // The keys are wiped before the agent answers -D: no 12-byte window of any of them is left.
     assert.equal(run('ssh-add', ['-D'], env).status, 0);
