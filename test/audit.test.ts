@@ -185,6 +185,114 @@ describe('tamper matrix over a log of 1,000 entries', () => {
   });
 });
 
+describe('the line grammar', () => {
+  // docs/AUDIT.md, "Entry line": the pattern as documented. The verifier checks bytes instead
+  // (scanLine); the two must accept exactly the same lines and read the same fields.
+  const DOCUMENTED =
+    /^(\{"v":1,"seq":([1-9][0-9]{0,14}),"time":"([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}Z)","type":"([a-z_]{1,20}\.[a-z_]{1,20})","epoch":(0|[1-9][0-9]{0,9}),"prev":"([0-9a-f]{64})","body":"([A-Za-z0-9+/]*={0,2})"),"mac":"([0-9a-f]{64})"\}$/;
+
+  test('the byte scanner and the documented pattern agree at every field boundary', () => {
+    const f = {
+      seq: '42',
+      time: '2026-11-22T15:00:00.000Z',
+      type: 'secret.read',
+      epoch: '3',
+      prev: 'a'.repeat(64),
+      body: 'QUJD',
+      mac: '0'.repeat(64),
+      after: '',
+    };
+    const make = (o: Partial<typeof f>) => {
+      const v = { ...f, ...o };
+      return `{"v":1,"seq":${v.seq},"time":"${v.time}","type":"${v.type}","epoch":${v.epoch},"prev":"${v.prev}","body":"${v.body}","mac":"${v.mac}"}${v.after}`;
+    };
+    const cases: Array<Partial<typeof f>> = [
+      {},
+      ...['0', '01', '1'.padEnd(15, '0'), '1'.padEnd(16, '0'), '', '-1', '1.0', ' 1'].map(
+        (seq) => ({
+          seq,
+        }),
+      ),
+      ...[
+        '2026-11-22T15:00:00.00Z',
+        '2026-11-22T15:00:00.0000Z',
+        '2026-11-22 15:00:00.000Z',
+        '2026-11-22T15:00:00.000z',
+        '２026-11-22T15:00:00.000Z',
+      ].map((time) => ({ time })),
+      ...[
+        `${'a'.repeat(20)}.${'b'.repeat(20)}`,
+        `${'a'.repeat(21)}.b`,
+        `a.${'b'.repeat(21)}`,
+        '.b',
+        'a.',
+        'A.b',
+        'a.b.c',
+        'a_b._',
+        'a-b.c',
+      ].map((type) => ({ type })),
+      ...['0', '00', '01', '1'.padEnd(10, '0'), '1'.padEnd(11, '0'), ''].map((epoch) => ({
+        epoch,
+      })),
+      ...['a'.repeat(63), 'a'.repeat(65), 'A'.repeat(64), 'g'.repeat(64)].map((prev) => ({ prev })),
+      ...['', 'QQ==', 'QQ=', 'QQ===', 'Q=Q', '+/09', 'QQ-_', 'é'].map((body) => ({ body })),
+      ...['0'.repeat(63), '0'.repeat(65), 'F'.repeat(64)].map((mac) => ({ mac })),
+      ...['\r', ' ', '}', '\n', 'x'].map((after) => ({ after })),
+    ];
+    for (const c of cases) {
+      const m = make(c);
+      assert.equal(
+        parseLine(m) !== undefined,
+        DOCUMENTED.test(m),
+        `disagree on ${JSON.stringify(c)}`,
+      );
+    }
+  });
+
+  test('the byte scanner accepts what the documented pattern accepts, on 20,000 mutated lines', () => {
+    const { log } = makeLog();
+    fill(log, 20);
+    const real = lines(listSegments(log.paths.dir)[0] ?? '');
+    // Bytes that matter to the grammar, and some that don't belong in it.
+    const alphabet = '0123456789abcdefzAZ_.-:TZ"=+/{},\\ é\n\t';
+    let seed = 7;
+    const rand = (n: number) => {
+      seed = (seed * 1103515245 + 12345) % 2 ** 31;
+      return seed % n;
+    };
+    const counts = { accepted: 0, refused: 0 };
+    for (let i = 0; i < 20_000; i++) {
+      let m = real[rand(real.length)] ?? '';
+      for (let k = 1 + rand(3); k > 0; k--) {
+        const at = rand(m.length + 1);
+        const c = alphabet[rand(alphabet.length)] ?? '';
+        const what = rand(4);
+        m =
+          what === 0
+            ? m.slice(0, at) + m.slice(at + 1) // delete
+            : what === 1
+              ? m.slice(0, at) + c + m.slice(at) // insert
+              : what === 2
+                ? m.slice(0, at) + c + m.slice(at + 1) // replace
+                : m.slice(0, at) + m.slice(at, at + 1).repeat(2 + rand(20)) + m.slice(at + 1); // repeat
+      }
+      const want = DOCUMENTED.exec(m);
+      const got = parseLine(m);
+      assert.equal(got !== undefined, want !== null, `disagree on ${JSON.stringify(m)}`);
+      if (want && got) {
+        counts.accepted++;
+        assert.deepEqual(
+          [got.seq, got.time, got.type, got.epoch, got.prev, got.body, got.mac.toString('hex')],
+          [Number(want[2]), want[3], want[4], Number(want[5]), want[6], want[7], want[8]],
+        );
+        assert.equal(got.signed.toString('utf8'), want[1]);
+      } else counts.refused++;
+    }
+    // Both outcomes are well represented (a mutation in the body often keeps the shape).
+    assert.ok(counts.accepted > 1000 && counts.refused > 1000, JSON.stringify(counts));
+  });
+});
+
 describe('forward security', () => {
   test('holding only the current epoch key, an attacker cannot forge an entry of an earlier epoch', () => {
     const { log, seed } = makeLog({ epochMs: 0 }); // a new epoch at every append

@@ -46,8 +46,7 @@ export function macOk(key: SecureBuffer, data: Uint8Array, tag: Uint8Array): boo
   return tag.length === MAC_BYTES && sodium.crypto_auth_verify(tag, data, key);
 }
 
-export function sha256(data: Uint8Array): Buffer {
-  const out = Buffer.alloc(32);
+export function sha256(data: Uint8Array, out: Buffer = Buffer.alloc(32)): Buffer {
   sodium.crypto_hash_sha256(out, data);
   return out;
 }

@@ -5,12 +5,13 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
-import { parseLine, ZERO_HASH, type ParsedLine } from './entry.js';
-import { epochZeroKey, macOk, nextEpochKey } from './keys.js';
+import { scanLine, ZERO_HASH, type LineView } from './entry.js';
+import { epochZeroKey, macOk, nextEpochKey, sha256 } from './keys.js';
 import { segmentName } from './state.js';
 
 /** An epoch may not jump further than this between two entries (bounds the verifier's work). */
 const MAX_EPOCH_STEP = 1_000_000;
+const ZERO_BYTES = Buffer.alloc(32);
 
 export interface Checkpoint {
   seq: number;
@@ -84,9 +85,43 @@ class EpochKeys {
   }
 }
 
+/** Hex digit values by byte; -1 for anything else (only lowercase reaches here: scanLine). */
+const HEX = Int8Array.from({ length: 256 }, (_, c) =>
+  c >= 0x30 && c <= 0x39 ? c - 0x30 : c >= 0x61 && c <= 0x66 ? c - 0x61 + 10 : -1,
+);
+
+/** 64 hex digits of line at `at`, decoded into out (32 bytes). */
+function unhex(line: Uint8Array, at: number, out: Buffer): Buffer {
+  for (let i = 0; i < 32; i++)
+    out[i] = ((HEX[line[at + 2 * i] ?? 0] ?? 0) << 4) | (HEX[line[at + 2 * i + 1] ?? 0] ?? 0);
+  return out;
+}
+
+const ascii = (s: string): Uint8Array => Uint8Array.from(s, (c) => c.charCodeAt(0));
+const ROTATED = ascii('audit.rotated');
+const GAP = ascii('audit.gap');
+const ACKNOWLEDGED = ascii('audit.acknowledged');
+
+function typeIs(line: Uint8Array, v: LineView, type: Uint8Array): boolean {
+  if (v.typeEnd - v.typeAt !== type.length) return false;
+  for (let i = 0; i < type.length; i++) if (line[v.typeAt + i] !== type[i]) return false;
+  return true;
+}
+
+/** The entry before the current one, as far as the next needs it. */
+interface Prior {
+  seq: number;
+  epoch: number;
+  rotated: boolean;
+  hash: Buffer;
+}
+
 /**
  * Verifies segments in order. `standalone` verifies one file on its own (--path): its first
  * entry's prev and seq are taken as given unless it is the log's first entry.
+ *
+ * The walk is over the files' bytes: each line is checked in place (scanLine), its MAC and
+ * hash computed on a view of it, so the cost per entry is the two hashes and little else.
  */
 export function verifySegments(
   files: readonly string[],
@@ -96,7 +131,14 @@ export function verifySegments(
   const keys = opts.seed ? new EpochKeys(opts.seed) : undefined;
   const macsChecked = keys !== undefined;
   let entries = 0;
-  let prev: ParsedLine | undefined;
+  let prev: Prior | undefined;
+  // Two hash buffers in turn: the current entry's, and its predecessor's.
+  const hashes = [Buffer.alloc(32), Buffer.alloc(32)] as const;
+  const prevBytes = Buffer.alloc(32);
+  const tag = Buffer.alloc(32);
+  const checkpoints = standalone ? [] : [...(opts.checkpoints ?? [])];
+  const atCheckpoint = new Map<number, string>();
+  const wanted = new Set(checkpoints.map((c) => c.seq));
   const gaps: RecordedGap[] = [];
   const total = files.reduce(
     (n, f) => n + (fs.statSync(f, { throwIfNoEntry: false })?.size ?? 0),
@@ -115,15 +157,21 @@ export function verifySegments(
       if (!standalone && base !== segmentName(i + 1)) {
         return fail(base, 0, `segment ${segmentName(i + 1)} is missing (found ${base})`);
       }
-      const text = fs.readFileSync(file, 'utf8');
-      if (text.length > 0 && !text.endsWith('\n'))
-        return fail(base, text.split('\n').length, 'the last line is torn (no newline)');
-      const lines = text.length === 0 ? [] : text.slice(0, -1).split('\n');
-      if (!standalone && i < files.length - 1 && lines.length === 0)
+      const bytes = fs.readFileSync(file);
+      if (bytes.length > 0 && bytes[bytes.length - 1] !== 0x0a) {
+        let lines = 1;
+        for (let at = bytes.indexOf(0x0a); at >= 0; at = bytes.indexOf(0x0a, at + 1)) lines++;
+        return fail(base, lines, 'the last line is torn (no newline)');
+      }
+      if (!standalone && i < files.length - 1 && bytes.length === 0)
         return fail(base, 0, 'a closed segment is empty');
-      for (const [j, raw] of lines.entries()) {
+      for (let start = 0, j = 0; start < bytes.length; j++) {
+        const end = bytes.indexOf(0x0a, start);
+        const line = bytes.subarray(start, end);
+        const last = end === bytes.length - 1;
+        start = end + 1;
         const lineNo = j + 1;
-        const e = parseLine(raw);
+        const e = scanLine(line);
         if (!e)
           return fail(
             base,
@@ -131,8 +179,8 @@ export function verifySegments(
             'not a well-formed audit entry',
             prev ? prev.seq + 1 : undefined,
           );
-        const first = prev === undefined;
-        if (first && (!standalone || e.seq === 1)) {
+        const linkedTo = unhex(line, e.prevAt, prevBytes);
+        if (prev === undefined && (!standalone || e.seq === 1)) {
           if (e.seq !== 1)
             return fail(
               base,
@@ -140,7 +188,8 @@ export function verifySegments(
               `the log starts at seq ${e.seq}, not 1 (entries before it are missing)`,
               e.seq,
             );
-          if (e.prev !== ZERO_HASH)
+          // eslint-disable-next-line no-restricted-syntax -- hashes of public lines
+          if (!linkedTo.equals(ZERO_BYTES))
             return fail(base, lineNo, 'the first entry does not start the chain', e.seq);
         }
         if (prev) {
@@ -151,7 +200,8 @@ export function verifySegments(
               `seq ${e.seq} follows seq ${prev.seq} (an entry is missing, reordered or inserted)`,
               e.seq,
             );
-          if (e.prev !== prev.hash)
+          // eslint-disable-next-line no-restricted-syntax -- hashes of public lines
+          if (!linkedTo.equals(prev.hash))
             return fail(
               base,
               lineNo,
@@ -160,10 +210,13 @@ export function verifySegments(
             );
           if (e.epoch < prev.epoch || e.epoch - prev.epoch > MAX_EPOCH_STEP)
             return fail(base, lineNo, `epoch ${e.epoch} after epoch ${prev.epoch}`, e.seq);
-          if (prev.type === 'audit.rotated' && j !== 0)
+          if (prev.rotated && j !== 0)
             return fail(base, lineNo, 'entries follow a rotation entry in the same segment', e.seq);
         }
-        if (keys && !macOk(keys.at(e.epoch), e.signed, e.mac)) {
+        if (
+          keys &&
+          !macOk(keys.at(e.epoch), line.subarray(0, e.signedEnd), unhex(line, e.macAt, tag))
+        ) {
           return fail(
             base,
             lineNo,
@@ -171,25 +224,22 @@ export function verifySegments(
             e.seq,
           );
         }
-        if (
-          !standalone &&
-          j === lines.length - 1 &&
-          i < files.length - 1 &&
-          e.type !== 'audit.rotated'
-        ) {
+        const rotated = typeIs(line, e, ROTATED);
+        if (!standalone && last && i < files.length - 1 && !rotated) {
           return fail(base, lineNo, 'a closed segment does not end with its rotation entry', e.seq);
         }
         // Breaks recorded by writers are reported every time, until a person acknowledges them.
-        if (e.type === 'audit.gap') gaps.push({ seq: e.seq, acknowledged: false });
-        if (e.type === 'audit.acknowledged') for (const g of gaps) g.acknowledged = true;
-        prev = e;
+        if (typeIs(line, e, GAP)) gaps.push({ seq: e.seq, acknowledged: false });
+        if (typeIs(line, e, ACKNOWLEDGED)) for (const g of gaps) g.acknowledged = true;
+        const hash = sha256(line, prev?.hash === hashes[0] ? hashes[1] : hashes[0]);
+        if (wanted.has(e.seq)) atCheckpoint.set(e.seq, hash.toString('hex'));
+        prev = { seq: e.seq, epoch: e.epoch, rotated, hash };
         entries += 1;
       }
-      done += Buffer.byteLength(text);
+      done += bytes.length;
       opts.onProgress?.(done, total);
     }
-    for (const cp of [...(opts.checkpoints ?? [])].sort((x, y) => y.seq - x.seq)) {
-      if (standalone) break;
+    for (const cp of checkpoints.sort((x, y) => y.seq - x.seq)) {
       if (!prev || prev.seq < cp.seq) {
         const last = files.at(-1);
         return fail(
@@ -198,9 +248,8 @@ export function verifySegments(
           `the log ends at seq ${prev?.seq ?? 0} but the checkpoint sealed in the vault says seq ${cp.seq}: entries were deleted from the end`,
         );
       }
-      // The hash at the checkpoint's seq is checked by walking again only when needed.
-      const at = findSeq(files, cp.seq);
-      if (at !== cp.hash) {
+      // The hash at the checkpoint's seq, taken on the way.
+      if (atCheckpoint.get(cp.seq) !== cp.hash) {
         return fail(
           '(checkpoint)',
           0,
@@ -214,7 +263,7 @@ export function verifySegments(
       ok: true,
       entries,
       headSeq: prev?.seq ?? 0,
-      headHash: prev?.hash ?? ZERO_HASH,
+      headHash: prev ? prev.hash.toString('hex') : ZERO_HASH,
       macsChecked,
       segments: files.length,
       gaps,
@@ -223,16 +272,4 @@ export function verifySegments(
     keys?.free();
     throw e;
   }
-}
-
-function findSeq(files: readonly string[], seq: number): string | undefined {
-  for (let i = files.length - 1; i >= 0; i--) {
-    const f = files[i];
-    if (f === undefined) continue;
-    for (const raw of fs.readFileSync(f, 'utf8').split('\n')) {
-      const e = parseLine(raw);
-      if (e?.seq === seq) return e.hash;
-    }
-  }
-  return undefined;
 }
