@@ -1,23 +1,23 @@
 /**
  * The vault domain's public surface. Other domains import from here only (test/architecture.test.ts).
  */
+export { Vault, VALUE_MAX_BYTES, type EntryMeta } from './vault.js';
 export {
-  Vault,
-  initVault,
   readHeaderInfo,
-  vaultExists,
   requireVault,
+  vaultExists,
   vaultPaths,
-  withVaultRead,
-  withVaultWrite,
-  VALUE_MAX_BYTES,
-  type EntryMeta,
-  type InitOptions,
-  type InitResult,
-  type Unlock,
   type VaultHeaderInfo,
   type VaultPaths,
-} from './vault.js';
+} from './file.js';
+export {
+  initVault,
+  withVaultRead,
+  withVaultWrite,
+  type InitOptions,
+  type InitResult,
+} from './lifecycle.js';
+export type { Unlock } from './slots.js';
 export {
   KDF_DEFAULT,
   KDF_BOUNDS,

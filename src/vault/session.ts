@@ -16,18 +16,16 @@ import {
 } from './input.js';
 import { assertValidName } from '../lib/names.js';
 import { writeSecretTo } from './output.js';
+import { readHeaderInfo, type VaultPaths } from './file.js';
 import {
   initVault,
-  readHeaderInfo,
   withVaultRead,
   withVaultWrite,
-  type EntryMeta,
   type InitOptions,
   type InitResult,
-  type Unlock,
-  type Vault,
-  type VaultPaths,
-} from './vault.js';
+} from './lifecycle.js';
+import type { Unlock } from './slots.js';
+import type { EntryMeta, Vault } from './vault.js';
 import type { OnDerive } from './slots.js';
 
 /**

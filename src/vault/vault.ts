@@ -3,13 +3,10 @@
  * passphrase, rekey. Writes go through records.ts under an exclusive lock: a save appends its
  * records to vault.kw (format 2), or replaces the file atomically when it must be rewritten.
  */
-import fs from 'node:fs';
-import path from 'node:path';
 import { sodium } from '../lib/sodium.js';
 import { AuthError, IntegrityError, KeywardError, UsageError } from '../errors.js';
-import { assertPrivate, ensurePrivateDir, sweepTempFiles, withFileLock } from '../lib/files.js';
 import { hardenProcess } from '../lib/libc.js';
-import { secureAlloc, secureEqual, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 import {
   deriveSubkey,
   KDF_DEFAULT,
@@ -28,18 +25,21 @@ import {
 import {
   ALG_ARGON2ID13,
   corruptError,
-  formatVersion,
   parsePassphraseSlot,
-  parseVault,
   recordAd,
   SLOT_KEYRING,
   SLOT_PASSPHRASE,
   slotAd,
-  VAULT_ID_BYTES,
-  type ParsedVault,
   type Slot,
 } from './format.js';
-import { parseLog, parseLogHeader } from './log-format.js';
+import { parseLog } from './log-format.js';
+import {
+  headerFacts,
+  readVaultFile,
+  type HeaderFacts,
+  type VaultFile,
+  type VaultPaths,
+} from './file.js';
 import { Records, sizeOf, type Entry, type RecordKeys } from './records.js';
 import {
   passphraseSlot,
@@ -53,156 +53,15 @@ import {
 import { readIndex } from './v1.js';
 
 export type { Unlock } from './slots.js';
-import { keyringFetch, keyringStore } from './keyring.js';
+import { keyringFetch } from './keyring.js';
 import { assertValidName } from '../lib/names.js';
 
 export const VALUE_MAX_BYTES = 16 * 1024 * 1024;
-/** What one read of vault.kw takes (Node's largest Buffer is 4 GiB, a file read's 2 GiB). */
-const VAULT_MAX_BYTES = 2 ** 31 - 1;
-const LOCK_TIMEOUT_MS = 10_000;
-
-export interface VaultPaths {
-  home: string;
-  file: string;
-  lock: string;
-}
-
-export function vaultPaths(home: string): VaultPaths {
-  return { home, file: path.join(home, 'vault.kw'), lock: path.join(home, 'vault.lock') };
-}
-
 export interface EntryMeta {
   name: string;
   created: string;
   updated: string;
   size: number;
-}
-
-export interface InitOptions {
-  kdf?: KdfParams;
-  keyring?: boolean;
-  /** Move an existing vault aside (vault.kw.bak-TIME) and create a new one. */
-  force?: boolean;
-  rng?: Rng;
-  now?: () => Date;
-  /** Runs on the new vault before its first save (keyward's own records go in here). */
-  setup?: (v: Vault) => void;
-  /** Runs after the first save, with the vault still open (the audit log starts here). */
-  afterSave?: (v: Vault) => void;
-}
-
-export interface InitResult {
-  created: boolean;
-  backup?: string;
-  vaultId: string;
-}
-
-function notFound(paths: VaultPaths): KeywardError {
-  return new KeywardError('VAULT_NOT_FOUND', `no vault yet (${paths.file})`, {
-    hint: 'create one with: keyward init',
-  });
-}
-
-/** Refuses (exit 3) when there is no vault yet: for commands that mean nothing before init. */
-export function requireVault(paths: VaultPaths): void {
-  if (!vaultExists(paths)) throw notFound(paths);
-}
-
-/** Fails closed unless the vault directory and file are private to this user. */
-function checkPlaces(paths: VaultPaths): void {
-  assertPrivate(paths.home, 'dir');
-  assertPrivate(paths.file, 'file');
-}
-
-export function vaultExists(paths: VaultPaths): boolean {
-  return fs.existsSync(paths.file);
-}
-
-/** vault.kw's bytes, and the file they came from (an append goes only to that file). */
-interface VaultFile {
-  bytes: Buffer;
-  stat: { dev: number; ino: number };
-}
-
-function readVaultFile(paths: VaultPaths): VaultFile {
-  checkPlaces(paths);
-  let fd: number;
-  try {
-    fd = fs.openSync(paths.file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(paths);
-    throw e;
-  }
-  try {
-    const st = fs.fstatSync(fd);
-    if (st.size > VAULT_MAX_BYTES) {
-      throw corruptError(
-        `vault.kw is ${st.size} bytes, more than keyward reads (${VAULT_MAX_BYTES}); it is not a vault keyward wrote`,
-      );
-    }
-    return { bytes: fs.readFileSync(fd), stat: { dev: st.dev, ino: st.ino } };
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/** What either format's header says: enough to unwrap the data key. */
-interface HeaderFacts {
-  version: 1 | 2;
-  vaultId: Buffer;
-  keyId: Buffer;
-  slots: Slot[];
-  /** Format 1 only: the whole file, parsed. */
-  v1?: ParsedVault;
-}
-
-function headerFacts(bytes: Buffer): HeaderFacts {
-  if (formatVersion(bytes) === 1) {
-    const p = parseVault(bytes);
-    return { version: 1, vaultId: p.vaultId, keyId: p.keyId, slots: p.slots, v1: p };
-  }
-  const h = parseLogHeader(bytes);
-  return { version: 2, vaultId: h.vaultId, keyId: h.keyId, slots: h.slots };
-}
-
-/** Header facts anyone with read access can see; no passphrase needed. */
-export interface VaultHeaderInfo {
-  path: string;
-  version: number;
-  vaultId: string;
-  keyId: string;
-  generation: number;
-  slots: Array<{ type: 'passphrase'; kdf: KdfParams } | { type: 'keyring' } | { type: 'unknown' }>;
-  bytes: number;
-}
-
-export function readHeaderInfo(paths: VaultPaths): VaultHeaderInfo {
-  const { bytes } = readVaultFile(paths);
-  const p = headerFacts(bytes);
-  let generation: bigint;
-  if (p.v1) generation = p.v1.generation;
-  else {
-    const layout = parseLog(bytes);
-    generation = layout.header.base + BigInt(layout.starts.length);
-  }
-  return {
-    path: paths.file,
-    version: p.version,
-    vaultId: p.vaultId.toString('hex'),
-    keyId: p.keyId.toString('hex'),
-    generation: Number(generation),
-    slots: p.slots.map((s) => {
-      if (s.type === SLOT_PASSPHRASE) {
-        const ps = parsePassphraseSlot(s.body);
-        return {
-          type: 'passphrase' as const,
-          kdf: { opsLimit: ps.opsLimit, memLimitKiB: ps.memLimitKiB },
-        };
-      }
-      return s.type === SLOT_KEYRING ? { type: 'keyring' as const } : { type: 'unknown' as const };
-    }),
-    bytes: bytes.length,
-  };
 }
 
 export class Vault {
@@ -689,95 +548,4 @@ export function assertValueSize(n: number): void {
       },
     );
   }
-}
-
-/** Opens the vault for reading (every record checked), runs fn, and wipes the keys. */
-export function withVaultRead<T>(
-  paths: VaultPaths,
-  unlock: Unlock,
-  fn: (v: Vault) => T,
-  mode: 'all' | 'lazy' = 'all',
-): T {
-  const v = Vault.open(paths, unlock, systemRng, mode);
-  try {
-    return fn(v);
-  } finally {
-    v.close();
-  }
-}
-
-/**
- * Opens the vault under its exclusive lock, runs fn (which calls save() to persist), and wipes
- * the keys. Temp files of writers that were killed are swept first.
- */
-export function withVaultWrite<T>(paths: VaultPaths, unlock: Unlock, fn: (v: Vault) => T): T {
-  checkPlaces(paths);
-  if (!vaultExists(paths)) throw notFound(paths);
-  return withFileLock(paths.lock, LOCK_TIMEOUT_MS, () => {
-    sweepTempFiles(paths.file);
-    // A write reads what it touches: its cost must not grow with the vault (Vault.open).
-    return withVaultRead(paths, unlock, fn, 'lazy');
-  });
-}
-
-/** Creates a vault. With one present, does nothing (created: false) unless force is set. */
-export function initVault(
-  paths: VaultPaths,
-  passphrase: SecureBuffer,
-  opts: InitOptions = {},
-): InitResult {
-  const rng = opts.rng ?? systemRng;
-  const kdf = opts.kdf ?? KDF_DEFAULT;
-  const now = opts.now ?? (() => new Date());
-  if (!kdfInBounds(kdf)) throw new UsageError('USAGE', 'KDF parameters out of range');
-  ensurePrivateDir(paths.home);
-  assertPrivate(paths.file, 'file');
-  return withFileLock(paths.lock, LOCK_TIMEOUT_MS, () => {
-    sweepTempFiles(paths.file);
-    let backup: string | undefined;
-    if (vaultExists(paths)) {
-      if (!opts.force) return { created: false, vaultId: readHeaderInfo(paths).vaultId };
-      backup = `${paths.file}.bak-${now().toISOString().replace(/[:.]/g, '-')}`;
-      fs.renameSync(paths.file, backup);
-    }
-    const vaultId = Buffer.alloc(VAULT_ID_BYTES);
-    rng(vaultId);
-    const dk = randomSecureKey(rng);
-    const { slot, kek } = wrapPassphraseSlot(vaultId, dk, passphrase, kdf, rng);
-    const slots = [slot];
-    let v: Vault | undefined;
-    try {
-      if (opts.keyring) {
-        const kk = randomSecureKey(rng);
-        try {
-          slots.push(wrapKeyringSlot(vaultId, dk, kk, rng));
-          keyringStore(vaultId, kk);
-        } finally {
-          secureFree(kk);
-        }
-      }
-      v = Vault.create(paths, vaultId, slots, dk, { slotIndex: 0, kek }, rng);
-      opts.setup?.(v);
-      v.save();
-    } catch (e) {
-      if (v) v.close();
-      else {
-        secureFree(dk);
-        secureFree(kek);
-      }
-      throw e;
-    }
-    const result: InitResult =
-      backup === undefined
-        ? { created: true, vaultId: vaultId.toString('hex') }
-        : { created: true, backup, vaultId: vaultId.toString('hex') };
-    opts.afterSave?.(v);
-    v.close();
-    return result;
-  });
-}
-
-/** Two secure buffers hold the same passphrase (constant time). */
-export function samePassphrase(a: SecureBuffer, b: SecureBuffer): boolean {
-  return secureEqual(a, b);
 }
