@@ -213,8 +213,13 @@ export async function startAgent(
 
 export async function stopAgent(socketDir: string): Promise<boolean> {
   const sp = socketPaths(socketDir);
-  if (!(await agentStatus(sp.agent))) return false;
-  await call(sp.agent, 'stop');
+  // One connection, not a status check first: each costs the agent an identification.
+  try {
+    await call(sp.agent, 'stop');
+  } catch (e) {
+    if (e instanceof KeywardError && e.code === 'AGENT_UNAVAILABLE') return false;
+    throw e;
+  }
   // The socket goes last but one (then the lock, then the process): gone means stopped.
   for (let i = 0; i < 500 && fs.existsSync(sp.agent); i++)
     await new Promise((r) => setTimeout(r, 10));
