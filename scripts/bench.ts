@@ -16,7 +16,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { call } from '../src/agent/index.js';
-import { AuditLog, GroupCommitter, listSegments, verifySegments } from '../src/audit/index.js';
+import {
+  AuditLog,
+  GroupCommitter,
+  listSegments,
+  NO_SHIPPING,
+  verifySegments,
+} from '../src/audit/index.js';
 import { boxKeypair } from '../src/audit/keys.js';
 import { secureTake } from '../src/lib/secure.js';
 import { mcpBench } from './bench-mcp.js';
@@ -79,6 +85,8 @@ async function main(): Promise<void> {
   // One writer in the agent (its keeping log and group committer), each append durable before
   // the next: one request at a time.
   const one = freshLog(true);
+  // An unlocked agent ships by the policy it holds (setShipping), never reading audit/ship.
+  one.log.setShipping(NO_SHIPPING);
   const gc1 = new GroupCommitter(one.log);
   t = performance.now();
   for (let i = 0; i < n1; i++) await gc1.record(record(i));
@@ -94,6 +102,7 @@ async function main(): Promise<void> {
 
   // Eight concurrent writers in the agent: group commit shares fsyncs.
   const eight = freshLog(true);
+  eight.log.setShipping(NO_SHIPPING);
   const gc = new GroupCommitter(eight.log);
   const n8 = n1 * 4;
   t = performance.now();
