@@ -1,5 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import type net from 'node:net';
 import path from 'node:path';
 import { BIN, eventually, initHome, kw, type Home } from './helpers.js';
 
@@ -224,4 +225,20 @@ export async function pendingId(h: AgentHome): Promise<string> {
     return id !== undefined;
   }, 'a pending request');
   return id ?? '';
+}
+
+/** Closes every socket this side still holds and waits until each has closed. */
+export async function closeAll(sockets: net.Socket[]): Promise<void> {
+  await Promise.all(
+    sockets.map(
+      (s) =>
+        new Promise<void>((resolve) => {
+          if (s.destroyed) return resolve();
+          // Listeners the test set (who closed first) no longer matter.
+          s.removeAllListeners('close');
+          s.once('close', () => resolve());
+          s.destroy();
+        }),
+    ),
+  );
 }

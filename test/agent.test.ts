@@ -14,6 +14,7 @@ import { call } from '../src/agent/index.js';
 import {
   agentHome,
   auditEntries,
+  closeAll,
   kwAsync,
   pendingId,
   scanMemory,
@@ -752,18 +753,7 @@ describe('hardening found in review', () => {
       await Promise.all(conns.map((c) => c.done));
       const grew = (peak() - before) / 1024;
       // The refused were told why before their connection closed; the rest are closed now.
-      await Promise.all(
-        conns.map(
-          (c) =>
-            new Promise<void>((resolve) => {
-              if (c.s.destroyed) resolve();
-              else {
-                c.s.on('close', () => resolve());
-                c.s.destroy();
-              }
-            }),
-        ),
-      );
+      await closeAll(conns.map((c) => c.s));
       const refused = conns.filter((c) => /too much request data/.test(c.said)).length;
       assert.ok(refused > 0, 'no connection was refused for the budget');
       // 200 MiB sent; the budget is 48 MiB: what the agent held at its peak stays near that.

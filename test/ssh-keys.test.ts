@@ -13,6 +13,7 @@ import { after, test } from 'node:test';
 import {
   agentHome,
   auditEntries,
+  closeAll,
   type AgentHome,
   scanWindows,
   startAgent,
@@ -501,19 +502,7 @@ test(
     await Promise.all(conns.map((c) => c.done));
     const grew = (rss() - before) / 1024;
     const refused = conns.filter((c) => c.closedByAgent).length;
-    await Promise.all(
-      conns.map(
-        (c) =>
-          new Promise<void>((resolve) => {
-            if (c.s.destroyed) resolve();
-            else {
-              c.s.removeAllListeners('close');
-              c.s.on('close', () => resolve());
-              c.s.destroy();
-            }
-          }),
-      ),
-    );
+    await closeAll(conns.map((c) => c.s));
     assert.ok(refused > 0, 'no connection was refused for the budget');
     // Measured: 270 MiB without the budget; about 72 with it (48 held, and 500 sockets).
     assert.ok(grew < 150, `the agent grew by ${grew.toFixed(0)} MiB`);
