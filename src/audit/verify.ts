@@ -2,6 +2,7 @@
  * `keyward audit verify` (docs/AUDIT.md, "Verification"). Reports the first bad entry and why;
  * never throws on malformed input.
  */
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
@@ -106,6 +107,20 @@ function typeIs(line: Uint8Array, v: LineView, type: Uint8Array): boolean {
   if (v.typeEnd - v.typeAt !== type.length) return false;
   for (let i = 0; i < type.length; i++) if (line[v.typeAt + i] !== type[i]) return false;
   return true;
+}
+
+/**
+ * SHA-256 of a (public) line into out. node's one-shot hash (OpenSSL, which uses the CPU's SHA
+ * instructions) where this Node has it: a third faster than libsodium's portable SHA-256 on a
+ * line, and verify spends a third of its time in this hash and the MAC.
+ */
+const oneShot = (
+  crypto as unknown as { hash?: (alg: string, data: Uint8Array, enc: 'buffer') => Buffer }
+).hash;
+function lineHash(line: Uint8Array, out: Buffer): Buffer {
+  if (!oneShot) return sha256(line, out);
+  oneShot('sha256', line, 'buffer').copy(out);
+  return out;
 }
 
 /** The entry before the current one, as far as the next needs it. */
@@ -231,9 +246,15 @@ export function verifySegments(
         // Breaks recorded by writers are reported every time, until a person acknowledges them.
         if (typeIs(line, e, GAP)) gaps.push({ seq: e.seq, acknowledged: false });
         if (typeIs(line, e, ACKNOWLEDGED)) for (const g of gaps) g.acknowledged = true;
-        const hash = sha256(line, prev?.hash === hashes[0] ? hashes[1] : hashes[0]);
+        const hash = lineHash(line, prev?.hash === hashes[0] ? hashes[1] : hashes[0]);
         if (wanted.has(e.seq)) atCheckpoint.set(e.seq, hash.toString('hex'));
-        prev = { seq: e.seq, epoch: e.epoch, rotated, hash };
+        // One record of the previous entry, rewritten in place (no allocation per line).
+        if (prev) {
+          prev.seq = e.seq;
+          prev.epoch = e.epoch;
+          prev.rotated = rotated;
+          prev.hash = hash;
+        } else prev = { seq: e.seq, epoch: e.epoch, rotated, hash };
         entries += 1;
       }
       done += bytes.length;
