@@ -175,6 +175,34 @@ describe('tamper matrix over a log of 1,000 entries', () => {
     assert.equal(r.ok, false);
   });
 
+  test('a forged epoch far ahead is a finding at once, never a walk of millions of keys', () => {
+    // One who holds the current key can MAC lines at any later epoch; the verifier must derive
+    // each key up to it before the MAC can be checked. At the first entry, and between entries,
+    // the rise is bounded, so the answer comes before any such walk (and without allocating).
+    const [file] = copySegments(log.paths.dir);
+    assert.ok(file);
+    const ls = lines(file);
+    const first = parseLine(ls[0] ?? '');
+    assert.ok(first);
+    const at = (epoch: number, f = first) =>
+      encodeLine({ ...f, epoch }, epochKeyFromSeed(seed, 0)).line;
+    ls[0] = at(1_000_000_000);
+    writeLines(file, ls);
+    failsAt(verifySegments([file], { seed }), 1, /epoch 1000000000 at the first entry/);
+    // Between entries: a jump past the bound is reported where it is, before any MAC.
+    const again = lines(copySegments(log.paths.dir)[0] ?? '');
+    const tenth = parseLine(again[9] ?? '');
+    assert.ok(tenth);
+    again[9] = encodeLine(
+      { ...tenth, epoch: tenth.epoch + 20_000 },
+      epochKeyFromSeed(seed, 0),
+    ).line;
+    const [file2] = copySegments(log.paths.dir);
+    assert.ok(file2);
+    writeLines(file2, again);
+    failsAt(verifySegments([file2], { seed }), 10, /epoch \d+ after epoch \d+/);
+  });
+
   test('a malformed line gives a finding, never an exception', () => {
     const [file] = copySegments(log.paths.dir);
     assert.ok(file);

@@ -19,8 +19,8 @@ export function epochZeroKey(seed: SecureBuffer): SecureBuffer {
 }
 
 /** K(n+1) from K(n). One-way: K(n+1) tells nothing about K(n). The caller frees K(n). */
-export function nextEpochKey(key: SecureBuffer): SecureBuffer {
-  const k = secureAlloc(KEY_BYTES);
+export function nextEpochKey(key: SecureBuffer, into?: SecureBuffer): SecureBuffer {
+  const k = into ?? secureAlloc(KEY_BYTES);
   sodium.crypto_kdf_derive_from_key(k, 2, CONTEXT, key);
   return k;
 }

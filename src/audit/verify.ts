@@ -5,13 +5,18 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.js';
 import { scanLine, ZERO_HASH, type LineView } from './entry.js';
 import { epochZeroKey, macOk, nextEpochKey, sha256 } from './keys.js';
 import { segmentName } from './state.js';
 
-/** An epoch may not jump further than this between two entries (bounds the verifier's work). */
-const MAX_EPOCH_STEP = 1_000_000;
+/**
+ * How far the epoch may rise from one entry to the next, and past 0 at the log's first entry.
+ * A writer advances it at most twice per append (an hour passed; a rotation), more only after
+ * crashes between the state and the line; this bounds the keys a forged epoch makes the
+ * verifier derive (about 50 µs each) before its MAC can be checked.
+ */
+const MAX_EPOCH_STEP = 10_000;
 const ZERO_BYTES = Buffer.alloc(32);
 
 export interface Checkpoint {
@@ -66,16 +71,24 @@ export function listSegments(dir: string): string[] {
     .map((n) => path.join(dir, n));
 }
 
+/**
+ * K(epoch) for rising epochs, derived in two buffers in turn: a long walk forward allocates
+ * nothing (a secure allocation per step held mappings until GC, and a forged epoch of a million
+ * ran the process out of them).
+ */
 class EpochKeys {
   private epoch = 0;
   private key: SecureBuffer;
+  private spare: SecureBuffer;
   constructor(seed: SecureBuffer) {
     this.key = epochZeroKey(seed);
+    this.spare = secureAlloc(this.key.length);
   }
   at(epoch: number): SecureBuffer {
     while (this.epoch < epoch) {
-      const next = nextEpochKey(this.key);
-      secureFree(this.key);
+      const next = nextEpochKey(this.key, this.spare);
+      zero(this.key);
+      this.spare = this.key;
       this.key = next;
       this.epoch += 1;
     }
@@ -83,6 +96,7 @@ class EpochKeys {
   }
   free(): void {
     secureFree(this.key);
+    secureFree(this.spare);
   }
 }
 
@@ -206,6 +220,8 @@ export function verifySegments(
           // eslint-disable-next-line no-restricted-syntax -- hashes of public lines
           if (!linkedTo.equals(ZERO_BYTES))
             return fail(base, lineNo, 'the first entry does not start the chain', e.seq);
+          if (e.epoch > MAX_EPOCH_STEP)
+            return fail(base, lineNo, `epoch ${e.epoch} at the first entry`, e.seq);
         }
         if (prev) {
           if (e.seq !== prev.seq + 1)
