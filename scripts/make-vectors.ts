@@ -343,6 +343,15 @@ export function makeAuditVectors(dir: string): AuditVectorSpec[] {
       [rows[0], rows[2], rows[1]].filter((r): r is Row => r !== undefined),
     ),
   );
+  // Epochs 0, 0, 10,002: every MAC and link valid, but the epoch rose by more than 10,000.
+  write(
+    'epoch-leap.jsonl',
+    chain(seedBytes, [
+      rows[0] ?? { type: '', epoch: 0, body: '' },
+      rows[1] ?? { type: '', epoch: 0, body: '' },
+      { type: 'vault.lock', epoch: 10_002, body: 'bGVhcA==' },
+    ]),
+  );
   /** A log that fails verification at `line`, for a reason that includes `reason`. */
   const broken = (file: string, line: number, reason: string, note: string): AuditVectorSpec => ({
     file,
@@ -367,6 +376,12 @@ export function makeAuditVectors(dir: string): AuditVectorSpec[] {
       'an entry MACed with the right key inserted after entry 1',
     ),
     broken('epoch-back.jsonl', 3, 'epoch 0 after', 'epochs 0, 1, 0, every MAC and link valid'),
+    broken(
+      'epoch-leap.jsonl',
+      3,
+      'epoch 10002 after epoch 0',
+      'epochs 0, 0, 10,002, every MAC and link valid: a rise of more than 10,000',
+    ),
     broken('other-key.jsonl', 1, 'MAC', 'a valid chain under another seed'),
   ];
   fs.writeFileSync(path.join(dir, 'vectors.json'), `${JSON.stringify(specs, null, 2)}\n`);

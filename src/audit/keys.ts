@@ -27,12 +27,16 @@ export function nextEpochKey(key: SecureBuffer, into?: SecureBuffer): SecureBuff
 
 /** K(epoch) derived from the seed: what a verifier does. */
 export function epochKeyFromSeed(seed: SecureBuffer, epoch: number): SecureBuffer {
+  // Two buffers in turn: no secure allocation per step (each holds mappings until GC).
   let k = epochZeroKey(seed);
+  let spare = secureAlloc(KEY_BYTES);
   for (let i = 0; i < epoch; i++) {
-    const next = nextEpochKey(k);
-    secureFree(k);
+    const next = nextEpochKey(k, spare);
+    sodium.sodium_memzero(k);
+    spare = k;
     k = next;
   }
+  secureFree(spare);
   return k;
 }
 

@@ -134,8 +134,12 @@ export function verifyLog(segments: Buffer[], seed: Buffer | null): AuditResult 
       }
       // 3. "`prev` equals the previous line's hash" (the first carries 64 zeros).
       if (e.prev !== lastHash) return fail('prev is not the previous line hash', e.seq);
-      // 4. "`epoch` never decreases".
+      // 4. "`epoch` did not decrease and rose by at most 10,000 (from 0 at the log's first
+      //    entry ...)".
       if (e.epoch < lastEpoch) return fail(`epoch ${e.epoch} after ${lastEpoch}`, e.seq);
+      if (e.epoch - lastEpoch > 10_000) {
+        return fail(`epoch ${e.epoch} after epoch ${lastEpoch}: a rise of more than 10,000`, e.seq);
+      }
       // 5. "mac = hex(crypto_auth(K(epoch), P)) where P is the line's bytes from `{` up to but
       //    not including `,"mac":`" (the last field, so its last occurrence).
       if (seed !== null) {
