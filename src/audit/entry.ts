@@ -58,17 +58,18 @@ export interface LineView {
   macAt: number;
 }
 
-const lit = (s: string): Uint8Array => Uint8Array.from(s, (c) => c.charCodeAt(0));
-const HEAD = lit('{"v":1,"seq":');
-const TIME = lit(',"time":"');
-const TYPE = lit('","type":"');
-const EPOCH = lit('","epoch":');
-const PREV = lit(',"prev":"');
-const BODY = lit('","body":"');
-const MAC = lit(',"mac":"');
-const TAIL = lit('"}');
+/** An ASCII string's bytes (the grammar's literals, event types). */
+export const asciiBytes = (s: string): Uint8Array => Uint8Array.from(s, (c) => c.charCodeAt(0));
+const HEAD = asciiBytes('{"v":1,"seq":');
+const TIME = asciiBytes(',"time":"');
+const TYPE = asciiBytes('","type":"');
+const EPOCH = asciiBytes('","epoch":');
+const PREV = asciiBytes(',"prev":"');
+const BODY = asciiBytes('","body":"');
+const MAC = asciiBytes(',"mac":"');
+const TAIL = asciiBytes('"}');
 /** The time's shape: D is a digit, anything else itself. */
-const TIME_SHAPE = lit('DDDD-DD-DDTDD:DD:DD.DDDZ');
+const TIME_SHAPE = asciiBytes('DDDD-DD-DDTDD:DD:DD.DDDZ');
 const D = 0x44;
 
 /** at + l.length when l is at at, else -1. */
@@ -163,6 +164,13 @@ export function scanLine(b: Uint8Array): LineView | undefined {
     signedEnd,
     macAt,
   };
+}
+
+/** Whether the scanned line's type is exactly `type` (its ASCII bytes). */
+export function typeIs(line: Uint8Array, v: LineView, type: Uint8Array): boolean {
+  if (v.typeEnd - v.typeAt !== type.length) return false;
+  for (let i = 0; i < type.length; i++) if (line[v.typeAt + i] !== type[i]) return false;
+  return true;
 }
 
 /** The fields of a canonical line, or undefined when the line is not one. */

@@ -25,19 +25,46 @@ export function nextEpochKey(key: SecureBuffer, into?: SecureBuffer): SecureBuff
   return k;
 }
 
-/** K(epoch) derived from the seed: what a verifier does. */
-export function epochKeyFromSeed(seed: SecureBuffer, epoch: number): SecureBuffer {
-  // Two buffers in turn: no secure allocation per step (each holds mappings until GC).
-  let k = epochZeroKey(seed);
-  let spare = secureAlloc(KEY_BYTES);
-  for (let i = 0; i < epoch; i++) {
-    const next = nextEpochKey(k, spare);
-    sodium.sodium_memzero(k);
-    spare = k;
-    k = next;
+/**
+ * K(epoch) for rising epochs, from the seed: what a verifier does. The walk derives in two
+ * buffers in turn, allocating nothing per step (a secure allocation per step held mappings until
+ * GC, and a forged epoch of a million ran the process out of them).
+ */
+export class EpochKeys {
+  private epoch = 0;
+  private key: SecureBuffer;
+  private spare: SecureBuffer;
+  constructor(seed: SecureBuffer) {
+    this.key = epochZeroKey(seed);
+    this.spare = secureAlloc(KEY_BYTES);
   }
-  secureFree(spare);
-  return k;
+  /** K(epoch), epoch no lower than the last asked for; the walk keeps it. */
+  at(epoch: number): SecureBuffer {
+    while (this.epoch < epoch) {
+      const next = nextEpochKey(this.key, this.spare);
+      sodium.sodium_memzero(this.key);
+      this.spare = this.key;
+      this.key = next;
+      this.epoch += 1;
+    }
+    return this.key;
+  }
+  /** Ends the walk and hands over the current key, for the caller to free. */
+  take(): SecureBuffer {
+    secureFree(this.spare);
+    return this.key;
+  }
+  free(): void {
+    secureFree(this.key);
+    secureFree(this.spare);
+  }
+}
+
+/** K(epoch) derived from the seed, for the caller to free. */
+export function epochKeyFromSeed(seed: SecureBuffer, epoch: number): SecureBuffer {
+  const walk = new EpochKeys(seed);
+  walk.at(epoch);
+  return walk.take();
 }
 
 export function mac(key: SecureBuffer, data: Uint8Array): Buffer {

@@ -5,9 +5,9 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.js';
-import { scanLine, ZERO_HASH, type LineView } from './entry.js';
-import { epochZeroKey, macOk, nextEpochKey, sha256 } from './keys.js';
+import type { SecureBuffer } from '../lib/secure.js';
+import { asciiBytes, scanLine, typeIs, ZERO_HASH } from './entry.js';
+import { EpochKeys, macOk, sha256 } from './keys.js';
 import { segmentName } from './state.js';
 
 /**
@@ -71,35 +71,6 @@ export function listSegments(dir: string): string[] {
     .map((n) => path.join(dir, n));
 }
 
-/**
- * K(epoch) for rising epochs, derived in two buffers in turn: a long walk forward allocates
- * nothing (a secure allocation per step held mappings until GC, and a forged epoch of a million
- * ran the process out of them).
- */
-class EpochKeys {
-  private epoch = 0;
-  private key: SecureBuffer;
-  private spare: SecureBuffer;
-  constructor(seed: SecureBuffer) {
-    this.key = epochZeroKey(seed);
-    this.spare = secureAlloc(this.key.length);
-  }
-  at(epoch: number): SecureBuffer {
-    while (this.epoch < epoch) {
-      const next = nextEpochKey(this.key, this.spare);
-      zero(this.key);
-      this.spare = this.key;
-      this.key = next;
-      this.epoch += 1;
-    }
-    return this.key;
-  }
-  free(): void {
-    secureFree(this.key);
-    secureFree(this.spare);
-  }
-}
-
 /** Hex digit values by byte; -1 for anything else (only lowercase reaches here: scanLine). */
 const HEX = Int8Array.from({ length: 256 }, (_, c) =>
   c >= 0x30 && c <= 0x39 ? c - 0x30 : c >= 0x61 && c <= 0x66 ? c - 0x61 + 10 : -1,
@@ -112,16 +83,9 @@ function unhex(line: Uint8Array, at: number, out: Buffer): Buffer {
   return out;
 }
 
-const ascii = (s: string): Uint8Array => Uint8Array.from(s, (c) => c.charCodeAt(0));
-const ROTATED = ascii('audit.rotated');
-const GAP = ascii('audit.gap');
-const ACKNOWLEDGED = ascii('audit.acknowledged');
-
-function typeIs(line: Uint8Array, v: LineView, type: Uint8Array): boolean {
-  if (v.typeEnd - v.typeAt !== type.length) return false;
-  for (let i = 0; i < type.length; i++) if (line[v.typeAt + i] !== type[i]) return false;
-  return true;
-}
+const ROTATED = asciiBytes('audit.rotated');
+const GAP = asciiBytes('audit.gap');
+const ACKNOWLEDGED = asciiBytes('audit.acknowledged');
 
 /**
  * SHA-256 of a (public) line into out. node's one-shot hash (OpenSSL, which uses the CPU's SHA
