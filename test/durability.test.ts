@@ -6,14 +6,13 @@
  * its rename, and the directory synced after it.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { kwAsync, stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
-import { BIN, FAST_KDF, initHome, kw, makeHome } from './helpers.js';
+import { FAST_KDF, initHome, kw, makeHome, STRACE, straced } from './helpers.js';
 
-const STRACE = '/usr/bin/strace';
 // CI installs strace (.ci/run); a developer without it is told, rather than a silent pass.
 const skip = !fs.existsSync(STRACE) && process.env['CI'] !== 'true' ? 'needs strace' : false;
 const TRACED =
@@ -38,10 +37,10 @@ interface Call {
  * strace -f -y output, in the order the calls completed. A call cut by another thread's
  * ("<unfinished ...>") is placed where it resumed: that is when it was done.
  */
-function parse(file: string): Call[] {
+function parse(text: string): Call[] {
   const calls: Call[] = [];
   const open = new Map<string, { name: string; args: string }>();
-  for (const line of fs.readFileSync(file, 'utf8').split('\n')) {
+  for (const line of text.split('\n')) {
     let m = /^(\d+)\s+(\w+)\((.*) <unfinished \.\.\.>$/.exec(line);
     if (m) {
       open.set(`${m[1]}:${m[2]}`, { name: m[2] ?? '', args: m[3] ?? '' });
@@ -74,14 +73,9 @@ function parse(file: string): Call[] {
 
 /** The CLI under strace; the calls it made. */
 function traced(args: string[], env: NodeJS.ProcessEnv, input = ''): Call[] {
-  const out = path.join(fs.mkdtempSync('/tmp/keyward-strace-'), 'trace');
-  const r = spawnSync(
-    STRACE,
-    ['-f', '-y', '-s', '4096', '-e', TRACED, '-o', out, process.execPath, BIN, ...args],
-    { env, input },
-  );
-  assert.equal(r.status, 0, r.stderr.toString());
-  return parse(out);
+  const r = straced(['-y', '-s', '4096', '-e', TRACED], args, env, input);
+  assert.equal(r.code, 0, r.stderr);
+  return parse(r.trace);
 }
 
 const WRITES = new Set(['write', 'writev', 'pwrite64', 'pwritev']);
@@ -198,7 +192,7 @@ describe('durability by syscall order (strace)', { skip }, () => {
     const exited = new Promise((resolve) => tracer.once('exit', resolve));
     tracer.kill('SIGINT');
     await exited;
-    return [result, parse(out)];
+    return [result, parse(fs.readFileSync(out, 'utf8'))];
   }
 
   test('read through the agent: the secret.read line is synced before the value is written to the socket', async () => {

@@ -111,3 +111,29 @@ export function everyByteUnder(dir: string): Buffer {
   }
   return Buffer.concat(parts);
 }
+
+export const STRACE = '/usr/bin/strace';
+
+/**
+ * The CLI run under `strace -f -o FILE` with these options: its exit, stderr and the trace's
+ * text (the trace file is removed).
+ */
+export function straced(
+  options: string[],
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  input = '',
+): { code: number | null; stderr: string; trace: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-strace-'));
+  const out = path.join(dir, 'trace');
+  try {
+    const r = spawnSync(STRACE, ['-f', ...options, '-o', out, process.execPath, BIN, ...args], {
+      env,
+      input,
+      encoding: 'utf8',
+    });
+    return { code: r.status, stderr: r.stderr, trace: fs.readFileSync(out, 'utf8') };
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { agentHome, auditEntries, stopAgent, type AgentHome } from './agent-helpers.js';
 import { describeSignData } from '../src/agent/ssh.js';
-import { BIN, eventually, kw, PASSPHRASE, ROOT, rootTests } from './helpers.js';
+import { BIN, eventually, kw, PASSPHRASE, ROOT, rootTests, straced } from './helpers.js';
 
 const homes: AgentHome[] = [];
 after(async () => {
@@ -194,36 +194,9 @@ describe('a keyward process can never be debugged unless the user says so', () =
   });
 });
 
-/**
- * The CLI under strace: every write of its own and its threads, each byte as \\xNN, and its
- * connects. (CI installs strace; the test that calls this is not skipped without it.)
- */
-function writesOf(
-  args: string[],
-  env: NodeJS.ProcessEnv,
-): { code: number | null; stderr: string; trace: string } {
-  const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-strace-')), 'trace');
-  const run = spawnSync(
-    '/usr/bin/strace',
-    [
-      '-f',
-      '-xx',
-      '-s',
-      '1000000',
-      '-e',
-      'trace=connect,write,writev,sendto,sendmsg',
-      '-o',
-      out,
-      process.execPath,
-      BIN,
-      ...args,
-    ],
-    { env, encoding: 'utf8', input: '' },
-  );
-  const trace = fs.readFileSync(out, 'utf8');
-  fs.rmSync(path.dirname(out), { recursive: true, force: true });
-  return { code: run.status, stderr: run.stderr, trace };
-}
+/** The CLI's own writes and connects under strace, each byte as \\xNN. */
+const writesOf = (args: string[], env: NodeJS.ProcessEnv) =>
+  straced(['-xx', '-s', '1000000', '-e', 'trace=connect,write,writev,sendto,sendmsg'], args, env);
 
 const OTHER_UID = 43210;
 
