@@ -52,10 +52,16 @@ export function benchHome(root: string, label: string, policy: string): BenchHom
     env,
     kw,
     async startAgent() {
-      agent = spawn(process.execPath, [bin, 'agent', 'run'], { env, stdio: 'ignore' });
+      // BENCH_PROFILE=DIR writes the agent's CPU profile there (the agent then needs
+      // --allow-debugger: a profiling flag is one that could load code into it).
+      const prof = process.env.BENCH_PROFILE;
+      const args = prof
+        ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, bin, '--allow-debugger', 'agent', 'run']
+        : [bin, 'agent', 'run'];
+      agent = spawn(process.execPath, args, { env, stdio: 'ignore' });
       await waitFor(path.join(dir, 'run', 'agent.sock'));
       await waitFor(path.join(dir, 'run', 'ssh-agent.sock'));
-      kw(['unlock']);
+      kw(prof ? ['--allow-debugger', 'unlock'] : ['unlock']);
     },
     agentPid() {
       return agent?.pid;
