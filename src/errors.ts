@@ -60,6 +60,7 @@ export const ERROR_CODES = {
   AGENT_UNTRUSTED: EXIT.INTEGRITY,
   PROTOCOL_ERROR: EXIT.INTEGRITY,
   PIN_CHANGED: EXIT.DENIED,
+  BACKUP_CORRUPT: EXIT.INTEGRITY,
 } as const satisfies Record<string, ExitCode>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -124,7 +125,8 @@ export class IntegrityError extends KeywardError {
       | 'INSECURE_PERMISSIONS'
       | 'DOCTOR_FAILED'
       | 'AUDIT_CHAIN_BROKEN'
-      | 'POLICY_TAMPERED',
+      | 'POLICY_TAMPERED'
+      | 'BACKUP_CORRUPT',
     message: string,
     options?: KeywardErrorOptions,
   ) {

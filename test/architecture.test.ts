@@ -49,6 +49,7 @@ const DOMAINS = [
   'mcp',
   'cli',
   'doctor',
+  'backup',
   'console',
 ];
 

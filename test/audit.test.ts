@@ -29,7 +29,7 @@ function failsAt(r: VerifyResult, line: number, why?: RegExp): void {
 }
 
 test('the event type list is pinned', () => {
-  assert.equal(EVENT_TYPES.length, 41);
+  assert.equal(EVENT_TYPES.length, 43);
   for (const t of [
     'secret.read',
     'vault.unlock_failed',
@@ -38,6 +38,8 @@ test('the event type list is pinned', () => {
     'policy.drift',
     'audit.recovered',
     'credential.evict',
+    'audit.restored',
+    'backup.created',
   ]) {
     assert.ok((EVENT_TYPES as readonly string[]).includes(t), t);
   }

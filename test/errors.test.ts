@@ -40,6 +40,7 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     AGENT_UNTRUSTED: 8,
     PROTOCOL_ERROR: 8,
     PIN_CHANGED: 6,
+    BACKUP_CORRUPT: 8,
   });
 });
 

@@ -37,6 +37,8 @@ export const EVENT_TYPES = [
   'audit.rekeyed',
   'audit.key_exported',
   'audit.read',
+  'audit.restored',
+  'backup.created',
   'totp.enrolled',
   'console.login',
   'console.logout',

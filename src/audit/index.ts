@@ -40,6 +40,7 @@ export {
 export { auditPaths } from './state.js';
 export {
   acknowledge,
+  resumeRestoredLog,
   auditInitHooks,
   auditSink,
   breakWarning,

@@ -6,7 +6,6 @@ import fs from 'node:fs';
 import { IntegrityError, KeywardError } from '../errors.js';
 import { writeQr } from '../lib/qr.js';
 import {
-  secureRandom,
   readFdToSecure,
   secureAlloc,
   secureFree,
@@ -16,9 +15,8 @@ import {
 import type { AuditSink, Vault } from '../vault/index.js';
 import { parseLine } from './entry.js';
 import { isEventType } from './events.js';
-import { boxKeypair, boxPublicOf, epochKeyFromSeed, openBody } from './keys.js';
+import { boxKeypair, boxPublicOf, openBody } from './keys.js';
 import { AuditLog, type AuditOptions, type Head } from './log.js';
-import { writeState } from './state.js';
 import { compareWithCopy, parseCopy, type CopyComparison } from './ship.js';
 import {
   acknowledgeBreaks,
@@ -31,31 +29,7 @@ import {
   type Break,
 } from './checkpoint.js';
 import { listSegments, verifySegments, type VerifyResult } from './verify.js';
-
-const SEED = '@audit/seed';
-const BOX_SECRET = '@audit/box-secret';
-
-function storeNewKeys(v: Vault): void {
-  const seed = secureRandom(32);
-  const { secretKey } = boxKeypair();
-  try {
-    v.setInternal(SEED, seed);
-    v.setInternal(BOX_SECRET, secretKey);
-  } finally {
-    secureFree(seed);
-    secureFree(secretKey);
-  }
-}
-
-function seedOf(v: Vault): SecureBuffer {
-  const seed = v.revealInternal(SEED);
-  if (!seed) {
-    throw new KeywardError('AUDIT_UNAVAILABLE', 'this vault has no audit key yet', {
-      hint: 'run: keyward audit init',
-    });
-  }
-  return seed;
-}
+import { BOX_SECRET, rebuildState, SEED, seedOf, storeNewKeys } from './vault-keys.js';
 
 /** The hooks `init` passes to the vault: keys go in before the first save, the log starts after. */
 export function auditInitHooks(
@@ -119,39 +93,33 @@ export function initOrRepair(
     if (b) recordBreakOnce(log, b, 'audit init');
     return 'created';
   }
-  const lines = fs.readFileSync(last, 'utf8').trimEnd().split('\n');
-  const head = parseLine(lines.at(-1) ?? '');
-  if (!head)
-    throw new IntegrityError(
-      'AUDIT_CHAIN_BROKEN',
-      'the last audit entry is malformed; run keyward audit verify',
-    );
-  const seed = seedOf(v);
-  const sk = v.revealInternal(BOX_SECRET);
-  const key = epochKeyFromSeed(seed, head.epoch + 1);
-  try {
-    if (!sk) throw new KeywardError('AUDIT_UNAVAILABLE', 'this vault has no audit box key');
-    writeState(log.paths, {
-      epoch: head.epoch + 1,
-      epochStartMs: Date.now(),
-      segment: segments.length,
-      key,
-      boxPublicKey: boxPublicOf(sk),
-    });
-  } finally {
-    secureFree(seed);
-    secureFree(sk);
-    secureFree(key);
-  }
-  log.append([
-    {
-      type: 'audit.recovered',
-      decision: 'info',
-      reason: 'audit state rebuilt from the vault seed',
-    },
-  ]);
+  rebuildState(log, v, {
+    type: 'audit.recovered',
+    decision: 'info',
+    reason: 'audit state rebuilt from the vault seed',
+  });
   writeCheckpoint(log, v);
   return 'repaired';
+}
+
+/**
+ * The first entry of a restored home (docs/BACKUP.md): a new state file from the vault (a backup
+ * never holds one), then `audit.restored` naming the backup's head and the home it replaced, then
+ * a checkpoint over it.
+ */
+export function resumeRestoredLog(
+  home: string,
+  v: Vault,
+  details: Record<string, string | number | boolean | null>,
+): void {
+  const log = new AuditLog(home);
+  rebuildState(log, v, {
+    type: 'audit.restored',
+    decision: 'info',
+    reason: 'restored from a backup',
+    details,
+  });
+  writeCheckpoint(log, v);
 }
 
 /** Seals the head at the end of an unlocked operation, unless the log is broken (recorded). */

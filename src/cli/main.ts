@@ -54,6 +54,13 @@ export const COMMAND_GROUPS: ReadonlyArray<{
     load: async () => (await import('./audit-commands.js')).registerAuditCommands,
   },
   {
+    commands: ['backup', 'restore'],
+    load: async () => {
+      const { registerBackupCommands } = await import('./backup-commands.js');
+      return (p, io) => registerBackupCommands(p, io, VERSION);
+    },
+  },
+  {
     commands: ['policy'],
     load: async () => (await import('./policy-commands.js')).registerPolicyCommands,
   },

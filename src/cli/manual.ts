@@ -281,6 +281,20 @@ export const COMMAND_HELP: Readonly<
     exits: [2, 3, 8],
     examples: ['keyward policy explain --target github/token --exe /usr/bin/gh'],
   },
+  backup: {
+    exits: [2, 3, 4, 5, 8],
+    examples: [
+      'keyward backup --output ~/keyward-$(date +%F).kwbackup',
+      'keyward backup --output /mnt/offsite/keyward.age --recipient age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p',
+    ],
+  },
+  restore: {
+    exits: [2, 4, 5, 8],
+    examples: [
+      'keyward restore --input keyward.kwbackup --verify',
+      'keyward restore --input keyward.kwbackup --force',
+    ],
+  },
   doctor: { exits: [2, 8], examples: ['keyward doctor', 'keyward doctor --json'] },
   demo: { exits: [2], examples: ['keyward demo'] },
   completion: {

@@ -48,6 +48,13 @@ interface Libc {
     addrLen: number,
   ) => number | bigint;
   errno: () => number;
+  renameat2: (
+    olddir: number,
+    oldpath: string,
+    newdir: number,
+    newpath: string,
+    flags: number,
+  ) => number;
 }
 
 interface Msghdr {
@@ -108,6 +115,7 @@ function libc(): Libc {
     connect: lib.func('int connect(int, const uint8_t *, uint32_t)'),
     sendto: lib.func('long sendto(int, const uint8_t *, size_t, int, const uint8_t *, uint32_t)'),
     errno: () => koffi.errno(),
+    renameat2: lib.func('int renameat2(int, const char *, int, const char *, unsigned int)'),
   };
   return cached;
 }
@@ -261,6 +269,19 @@ export function queuedBytes(fd: number): number {
 }
 
 const F_DUPFD_CLOEXEC = 1030;
+
+const AT_FDCWD = -100;
+const RENAME_EXCHANGE = 2;
+
+/**
+ * Swaps two paths in one step (renameat2 RENAME_EXCHANGE): at every instant each name holds one
+ * of the two, so a crash leaves either the old arrangement or the new. Throws with the errno.
+ */
+export function renameExchange(a: string, b: string): void {
+  const l = libc();
+  if (l.renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_EXCHANGE) !== 0)
+    throw new Error(`renameat2(${a}, ${b}, RENAME_EXCHANGE) failed: errno ${l.errno()}`);
+}
 
 /** A close-on-exec duplicate of fd, or undefined. */
 export function dupFd(fd: number): number | undefined {

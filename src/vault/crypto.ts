@@ -23,6 +23,7 @@ export const SUBKEY = {
   signing: 5,
   keyId: 6,
   nameTag: 7,
+  backup: 8,
 } as const;
 export type SubkeyPurpose = keyof typeof SUBKEY;
 

@@ -18,6 +18,7 @@ export {
   type InitResult,
 } from './lifecycle.js';
 export type { Unlock } from './slots.js';
+export { BACKUP_STANZA, openBackupStanza, type BackupSealer } from './backup-key.js';
 export {
   KDF_DEFAULT,
   KDF_BOUNDS,

@@ -7,6 +7,7 @@ import { sodium } from '../lib/sodium.js';
 import { AuthError, IntegrityError, KeywardError, UsageError } from '../errors.js';
 import { hardenProcess } from '../lib/libc.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { backupSealer, type BackupSealer } from './backup-key.js';
 import {
   deriveSubkey,
   KDF_DEFAULT,
@@ -297,6 +298,12 @@ export class Vault {
   revealInternal(name: `@${string}`): SecureBuffer | undefined {
     return this.has(name) ? this.decrypt(name) : undefined;
   }
+  /** What wraps a backup's file key for this vault's passphrase (backup-key.ts); free() it. */
+  backupSealer(): BackupSealer {
+    this.live();
+    return backupSealer(this.vaultId, this.slots, this.dk, this.rng);
+  }
+
   /** Seals keyward state (audit checkpoints, agent state) under the state subkey. */
   sealState(label: string, plaintext: Uint8Array): Buffer {
     this.live();

@@ -1,0 +1,76 @@
+/**
+ * The audit log's keys kept in the vault (docs/AUDIT.md, "Keys"), and rebuilding the writer's
+ * state from them: after a lost state file (audit init) and after a restore, which never carries
+ * the state file (it holds the current epoch key in the clear; docs/BACKUP.md).
+ */
+import fs from 'node:fs';
+import { IntegrityError, KeywardError } from '../errors.js';
+import { secureFree, secureRandom, type SecureBuffer } from '../lib/secure.js';
+import type { Vault } from '../vault/index.js';
+import { parseLine } from './entry.js';
+import type { AuditRecord } from './events.js';
+import { boxKeypair, boxPublicOf, epochKeyFromSeed } from './keys.js';
+import type { AuditLog } from './log.js';
+import { writeState } from './state.js';
+import { listSegments } from './verify.js';
+
+export const SEED = '@audit/seed';
+export const BOX_SECRET = '@audit/box-secret';
+
+export function storeNewKeys(v: Vault): void {
+  const seed = secureRandom(32);
+  const { secretKey } = boxKeypair();
+  try {
+    v.setInternal(SEED, seed);
+    v.setInternal(BOX_SECRET, secretKey);
+  } finally {
+    secureFree(seed);
+    secureFree(secretKey);
+  }
+}
+
+export function seedOf(v: Vault): SecureBuffer {
+  const seed = v.revealInternal(SEED);
+  if (!seed) {
+    throw new KeywardError('AUDIT_UNAVAILABLE', 'this vault has no audit key yet', {
+      hint: 'run: keyward audit init',
+    });
+  }
+  return seed;
+}
+
+/**
+ * Writes a new state file for a log whose segments are there but whose state is not: the next
+ * epoch after the last entry's (its key derived from the vault's seed, so no key the log has used
+ * comes back), the segment count, the box key; then appends `record`, the first entry under it.
+ */
+export function rebuildState(log: AuditLog, v: Vault, record: AuditRecord): void {
+  const segments = listSegments(log.paths.dir);
+  const last = segments.at(-1);
+  if (!last) throw new KeywardError('AUDIT_UNAVAILABLE', 'the audit log has no segment');
+  const lines = fs.readFileSync(last, 'utf8').trimEnd().split('\n');
+  const head = parseLine(lines.at(-1) ?? '');
+  if (!head)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      'the last audit entry is malformed; run keyward audit verify',
+    );
+  const seed = seedOf(v);
+  const sk = v.revealInternal(BOX_SECRET);
+  const key = epochKeyFromSeed(seed, head.epoch + 1);
+  try {
+    if (!sk) throw new KeywardError('AUDIT_UNAVAILABLE', 'this vault has no audit box key');
+    writeState(log.paths, {
+      epoch: head.epoch + 1,
+      epochStartMs: Date.now(),
+      segment: segments.length,
+      key,
+      boxPublicKey: boxPublicOf(sk),
+    });
+  } finally {
+    secureFree(seed);
+    secureFree(sk);
+    secureFree(key);
+  }
+  log.append([record]);
+}

@@ -1,0 +1,129 @@
+/**
+ * The plaintext inside a backup (docs/BACKUP.md, "The container"): a magic line, the manifest as
+ * one line of JSON, then each file's bytes in the manifest's order. What `age -d` gives back from
+ * a backup made to recipients, and what `restore --input` also accepts as it is.
+ */
+import { createHash } from 'node:crypto';
+import { z } from 'zod';
+import { IntegrityError } from '../errors.js';
+
+export const CONTAINER_MAGIC = Buffer.from('keyward-backup 1\n', 'ascii');
+/** Paths are relative to KEYWARD_HOME: plain names, no `.` or `..` part, no leading slash. */
+const PATH = /^(?:[A-Za-z0-9_][A-Za-z0-9._-]{0,127}\/){0,4}[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
+const HEX64 = /^[0-9a-f]{64}$/;
+
+const manifestSchema = z
+  .object({
+    format: z.literal(1),
+    keyward: z.string().max(64),
+    created: z.string().datetime(),
+    vault: z
+      .object({
+        id: z.string().regex(/^[0-9a-f]{32}$/),
+        format: z.number().int().min(1).max(2),
+        generation: z.number().int().min(0),
+      })
+      .strict(),
+    audit: z
+      .object({ seq: z.number().int().min(1), hash: z.string().regex(HEX64) })
+      .strict()
+      .nullable(),
+    files: z
+      .array(
+        z
+          .object({
+            path: z.string().regex(PATH),
+            size: z.number().int().min(0),
+            sha256: z.string().regex(HEX64),
+            mtimeMs: z.number().min(0),
+          })
+          .strict(),
+      )
+      .min(1)
+      .max(100_000),
+  })
+  .strict();
+
+export type Manifest = z.infer<typeof manifestSchema>;
+export interface HomeFile {
+  path: string;
+  bytes: Buffer;
+  /** Its modification time (policy history shows when each version was applied by it). */
+  mtimeMs: number;
+}
+
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+function corrupt(why: string): IntegrityError {
+  return new IntegrityError('BACKUP_CORRUPT', `the backup is damaged: ${why}`, {
+    hint: 'nothing was restored; use another copy of the backup',
+  });
+}
+
+/** The container's bytes and its manifest's SHA-256 (what the audit log records). */
+export function packContainer(
+  head: Omit<Manifest, 'files'>,
+  files: readonly HomeFile[],
+): { bytes: Buffer; manifest: Manifest; manifestSha256: string } {
+  const manifest: Manifest = {
+    ...head,
+    files: files.map((f) => ({
+      path: f.path,
+      size: f.bytes.length,
+      sha256: sha256(f.bytes),
+      mtimeMs: f.mtimeMs,
+    })),
+  };
+  const line = Buffer.from(`${JSON.stringify(manifest)}\n`, 'utf8');
+  return {
+    bytes: Buffer.concat([CONTAINER_MAGIC, line, ...files.map((f) => f.bytes)]),
+    manifest,
+    manifestSha256: sha256(line.subarray(0, line.length - 1)),
+  };
+}
+
+export function isContainer(bytes: Uint8Array): boolean {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  // eslint-disable-next-line no-restricted-syntax -- the magic is public
+  return b.subarray(0, CONTAINER_MAGIC.length).equals(CONTAINER_MAGIC);
+}
+
+/**
+ * The manifest and files of a container, every size and hash checked, every path unique and
+ * inside the home. Anything else is BACKUP_CORRUPT.
+ */
+export function unpackContainer(bytes: Uint8Array): {
+  manifest: Manifest;
+  manifestSha256: string;
+  files: HomeFile[];
+} {
+  const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  if (!isContainer(b)) throw corrupt('it does not start with "keyward-backup 1"');
+  const end = b.indexOf(0x0a, CONTAINER_MAGIC.length);
+  if (end < 0) throw corrupt('its manifest is cut short');
+  const line = b.subarray(CONTAINER_MAGIC.length, end);
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(line.toString('utf8'));
+  } catch {
+    throw corrupt('its manifest is not JSON');
+  }
+  const m = manifestSchema.safeParse(parsed);
+  if (!m.success) throw corrupt(`its manifest is malformed (${m.error.issues[0]?.message ?? ''})`);
+  const manifest = m.data;
+  const seen = new Set<string>();
+  const files: HomeFile[] = [];
+  let at = end + 1;
+  for (const f of manifest.files) {
+    if (seen.has(f.path)) throw corrupt(`${f.path} is listed twice`);
+    seen.add(f.path);
+    if (at + f.size > b.length) throw corrupt(`${f.path} is cut short`);
+    const data = Buffer.from(b.subarray(at, at + f.size));
+    at += f.size;
+    if (sha256(data) !== f.sha256) throw corrupt(`${f.path} does not match its SHA-256`);
+    files.push({ path: f.path, bytes: data, mtimeMs: f.mtimeMs });
+  }
+  if (at !== b.length) throw corrupt(`${b.length - at} bytes follow the last file`);
+  if (!seen.has('vault.kw')) throw corrupt('it holds no vault.kw');
+  return { manifest, manifestSha256: sha256(line), files };
+}

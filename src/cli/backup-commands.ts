@@ -1,0 +1,98 @@
+/**
+ * keyward backup | restore  (docs/BACKUP.md, docs/operations/backup-restore.md)
+ */
+import type { Command } from 'commander';
+import { restoreBackup, takeBackup, type RestoreReport } from '../backup/index.js';
+import { keywardHome, socketDir } from '../lib/paths.js';
+import { auth, passphraseFile } from './context.js';
+import { note, type Io } from './report.js';
+
+const collect = (v: string, prev: string[]) => [...prev, v];
+
+function describeRestore(io: Io, r: RestoreReport, verifyOnly: boolean): void {
+  const m = r.manifest;
+  const lines = [
+    `backup of vault ${m.vault.id}, taken ${m.created} by keyward ${m.keyward}`,
+    `  ${m.files.length} files, every SHA-256 matches (manifest sha256 ${r.manifestSha256})`,
+    `  the vault opens with the passphrase: ${r.secrets} secret${r.secrets === 1 ? '' : 's'}`,
+    `  the audit log verifies: ${r.auditEntries} entries${m.audit ? `, head seq ${m.audit.seq}` : ''}, checkpoints match`,
+  ];
+  const c = r.current;
+  const held = c.vaultId
+    ? `vault ${c.vaultId}${c.vaultId === m.vault.id ? ' (the same vault)' : ' (another vault)'}`
+    : 'files but no vault';
+  const where =
+    c.state === 'in use'
+      ? `${c.path}, which holds ${held}${c.generation !== undefined ? `, generation ${c.generation} (the backup's: ${m.vault.generation})` : ''}${c.auditHead !== undefined ? `, audit head seq ${c.auditHead}` : ''}`
+      : `${c.path} (${c.state === 'absent' ? 'not there yet' : 'empty'})`;
+  lines.push(verifyOnly ? `would restore into ${where}` : `restored into ${c.path}`);
+  if (verifyOnly && c.state === 'in use')
+    lines.push(
+      '  restore --force would move it aside (never deleting it) and put the backup there',
+    );
+  if (r.movedAside)
+    lines.push(`the home it replaced is now ${r.movedAside} (keyward never deletes it)`);
+  if (!verifyOnly)
+    lines.push("the audit log goes on with audit.restored, linking the backup's head");
+  io.stdout(`${lines.join('\n')}\n`);
+  for (const l of r.leftovers)
+    note(
+      io,
+      `warning: ${l} was left by an interrupted restore (it may hold a previous home); keyward never deletes it`,
+    );
+}
+
+export function registerBackupCommands(program: Command, io: Io, version: string): void {
+  program
+    .command('backup')
+    .description('write an encrypted backup of KEYWARD_HOME (vault, policy, audit log, pins)')
+    .requiredOption('--output <file>', 'where to write it (atomically, mode 0600)')
+    .option(
+      '--recipient <age1...>',
+      'encrypt to this age X25519 recipient instead of the vault passphrase (repeatable; no passphrase needed)',
+      collect,
+      [] as string[],
+    )
+    .action(async function (this: Command) {
+      const o = this.opts<{ output: string; recipient: string[] }>();
+      const r = await takeBackup({
+        home: keywardHome(),
+        output: o.output,
+        recipients: o.recipient,
+        auth: auth(this, io),
+        socketDir: socketDir(),
+        version,
+      });
+      io.stdout(
+        `backed up ${r.manifest.files.length} files (vault ${r.manifest.vault.id}${r.manifest.audit ? `, audit head seq ${r.manifest.audit.seq}` : ''}) to ${r.output}\n` +
+          `manifest sha256 ${r.manifestSha256}\n`,
+      );
+      note(
+        io,
+        o.recipient.length === 0
+          ? 'encrypted to the vault passphrase as it is now; keyward restore --verify --input FILE checks it'
+          : `encrypted to ${o.recipient.length} age recipient${o.recipient.length === 1 ? '' : 's'}: age -d -i KEYFILE opens it; the vault inside still needs the passphrase`,
+      );
+    });
+
+  program
+    .command('restore')
+    .description(
+      'restore a backup into an empty KEYWARD_HOME (or --force: the old one moved aside)',
+    )
+    .requiredOption('--input <file>', 'the backup (or the container age -d gave back)')
+    .option('--verify', 'check everything and say what would change; write nothing')
+    .option('--force', 'move a KEYWARD_HOME in use aside (never deleted) and restore')
+    .action(async function (this: Command) {
+      const o = this.opts<{ input: string; verify?: boolean; force?: boolean }>();
+      const r = await restoreBackup({
+        home: keywardHome(),
+        input: o.input,
+        verifyOnly: o.verify === true,
+        force: o.force === true,
+        source: { file: passphraseFile(this) },
+        socketDir: socketDir(),
+      });
+      describeRestore(io, r, o.verify === true);
+    });
+}

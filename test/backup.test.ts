@@ -1,0 +1,404 @@
+/**
+ * Backup and restore (issue 19, docs/BACKUP.md) with real homes, real keys, the real age
+ * command, and SIGKILL at every fsync and rename of a restore (strace's fault injection).
+ */
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, test } from 'node:test';
+import {
+  agentHome,
+  auditEntries,
+  kwAsync,
+  pendingId,
+  startAgent,
+  stopAgent,
+  type AgentHome,
+} from './agent-helpers.js';
+import { everyByteUnder, initHome, kw, STRACE, straced, type Home } from './helpers.js';
+
+const homes: AgentHome[] = [];
+after(async () => {
+  for (const h of homes) await stopAgent(h);
+});
+
+const POLICY =
+  'version: 1\n' + 'rules:\n' + '  - { name: everything, targets: ["**"], decision: allow }\n';
+const POLICY_2 =
+  'version: 1\n' +
+  'rules:\n' +
+  '  - { name: prod, targets: ["prod/**"], decision: approve, high_value: true, approve: { mode: totp, timeout: 120s } }\n' +
+  '  - { name: nothing-for-curl, targets: ["**"], callers: { exe: /usr/bin/curl }, decision: deny }\n' +
+  '  - { name: everything, targets: ["**"], decision: allow }\n';
+
+const run = (cmd: string, args: string[], env: NodeJS.ProcessEnv = process.env) =>
+  spawnSync(cmd, args, { env, encoding: 'utf8', timeout: 120_000 });
+
+const digest = (dir: string) =>
+  fs.existsSync(dir) ? crypto.createHash('sha256').update(everyByteUnder(dir)).digest('hex') : '';
+
+const SECRETS: Record<string, string> = {
+  'app/db': 'correct horse battery staple',
+  'app/api-token': 'tok_0123456789abcdef',
+  'odd/name_with.dots-and-dashes': 'it\'s \\ "odd"\nvalue',
+  'big/blob': 'x'.repeat(200_000),
+};
+
+/** A home with secrets, three kinds of keys, two policy versions, TOTP and a longer audit log. */
+function fullHome(): { h: AgentHome; keyDir: string; totp: string } {
+  const h = agentHome(POLICY);
+  homes.push(h);
+  for (const [name, value] of Object.entries(SECRETS))
+    assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
+  const keyDir = path.join(h.dir, 'keys');
+  fs.mkdirSync(keyDir);
+  for (const [name, args] of [
+    ['ed', ['-t', 'ed25519']],
+    ['p256', ['-t', 'ecdsa', '-b', '256']],
+    ['rsa', ['-t', 'rsa', '-b', '3072']],
+  ] as const) {
+    const f = path.join(keyDir, name);
+    assert.equal(run('ssh-keygen', ['-q', '-N', '', '-C', name, '-f', f, ...args]).status, 0);
+    const r = kw(['key', 'import', f], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+  }
+  const p2 = path.join(h.dir, 'policy-2.yaml');
+  fs.writeFileSync(p2, POLICY_2);
+  assert.equal(kw(['policy', 'apply', p2], { env: h.env }).code, 0);
+  const e = kw(['totp', 'enroll', '--no-qr'], { env: h.env });
+  assert.equal(e.code, 0, e.stderr);
+  const totp = /[?&]secret=([A-Z2-7]+)&/.exec(e.stdout)?.[1] ?? '';
+  assert.equal(kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'prod-password' }).code, 0);
+  for (let i = 0; i < 20; i++)
+    assert.equal(kw(['read', 'app/db'], { env: h.env }).stdoutBytes.length > 0, true);
+  return { h, keyDir, totp };
+}
+
+/** A second, empty place to restore into, with its own socket directory. */
+function freshPlace(h: Home): { home: string; env: NodeJS.ProcessEnv } {
+  const home = path.join(h.dir, `restored-${crypto.randomUUID().slice(0, 8)}`);
+  return {
+    home,
+    env: { ...h.env, KEYWARD_HOME: home, KEYWARD_SOCKET_DIR: path.join(h.dir, 'run-restored') },
+  };
+}
+
+test('a backup restored into a new home: every secret reads the same, every key signs, the policy and TOTP are there, and the audit log verifies and shows the restore', async () => {
+  const { h, keyDir, totp } = fullHome();
+  const out = path.join(h.dir, 'home.kwbackup');
+  const b = kw(['backup', '--output', out], { env: h.env });
+  assert.equal(b.code, 0, b.stderr);
+  assert.equal(fs.statSync(out).mode & 0o777, 0o600);
+  const manifestSha = /manifest sha256 ([0-9a-f]{64})/.exec(b.stdout)?.[1];
+  assert.ok(manifestSha, b.stdout);
+  // Taking it is recorded in the home it was taken from, with the manifest's hash.
+  const taken = auditEntries(h).filter((e) => e.type === 'backup.created');
+  assert.equal(taken.length, 1);
+  // Nothing in it is plaintext: no secret, no policy text, no secret name.
+  const bytes = fs.readFileSync(out);
+  for (const needle of [
+    ...Object.values(SECRETS),
+    ...Object.keys(SECRETS),
+    'nothing-for-curl',
+    totp,
+  ])
+    assert.equal(bytes.includes(Buffer.from(needle)), false, needle.slice(0, 20));
+
+  const to = freshPlace(h);
+  const v = kw(['restore', '--input', out, '--verify'], { env: to.env });
+  assert.equal(v.code, 0, v.stderr);
+  assert.match(v.stdout, /the audit log verifies: \d+ entries/);
+  assert.match(v.stdout, /not there yet/);
+  assert.equal(fs.existsSync(to.home), false, '--verify writes nothing');
+
+  const r = kw(['restore', '--input', out], { env: to.env });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(fs.statSync(to.home).mode & 0o777, 0o700);
+  for (const [name, value] of Object.entries(SECRETS)) {
+    const got = kw(['read', name], { env: to.env });
+    assert.equal(got.code, 0, got.stderr);
+    assert.equal(got.stdout, value, name);
+  }
+  assert.equal(
+    kw(['policy', 'show'], { env: to.env }).stdout,
+    kw(['policy', 'show'], { env: h.env }).stdout,
+  );
+  assert.equal(
+    kw(['policy', 'history', '--json'], { env: to.env }).stdout,
+    kw(['policy', 'history', '--json'], { env: h.env }).stdout,
+  );
+  const verify = kw(['audit', 'verify'], { env: to.env });
+  assert.equal(verify.code, 0, verify.stderr);
+  assert.match(verify.stdout, /checkpoint sealed in the vault matches/);
+  const restored = auditEntries({ ...h, env: to.env, home: to.home }).filter(
+    (e) => e.type === 'audit.restored',
+  );
+  assert.equal(restored.length, 1);
+  assert.equal(restored[0]?.details['manifestSha256'], manifestSha);
+  assert.equal(
+    restored[0]?.details['backupHeadSeq'],
+    Number(/audit head seq (\d+)/.exec(b.stdout)?.[1]),
+  );
+
+  // The keys sign through an agent on the restored home; TOTP is enrolled there.
+  const a: AgentHome = {
+    ...h,
+    home: to.home,
+    env: to.env,
+    sockDir: path.join(h.dir, 'run-restored'),
+  };
+  homes.push(a);
+  await startAgent(a);
+  assert.equal(kw(['unlock'], { env: to.env }).code, 0);
+  const sock = /SSH_AUTH_SOCK=(\S+)/.exec(kw(['ssh-env'], { env: to.env }).stdout)?.[1];
+  assert.ok(sock);
+  const sshEnv = { ...to.env, SSH_AUTH_SOCK: sock };
+  for (const k of ['ed', 'p256', 'rsa']) {
+    const msg = path.join(h.dir, `msg-${k}`);
+    fs.writeFileSync(msg, 'data to sign\n');
+    const s = run(
+      'ssh-keygen',
+      ['-Y', 'sign', '-n', 'file', '-f', path.join(keyDir, `${k}.pub`), msg],
+      sshEnv,
+    );
+    assert.equal(s.status, 0, `${k}: ${s.stderr}`);
+  }
+  // The TOTP enrolment came back: a code from the original authenticator approves a read.
+  const reader = kwAsync(['read', 'prod/db'], to.env);
+  const id = await pendingId(a);
+  const code = run('oathtool', ['--totp', '-b', totp]).stdout.trim();
+  const ok = kw(['approve', id, '--code', code], { env: to.env });
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.equal((await reader).stdout, 'prod-password');
+  await stopAgent(a);
+});
+
+test('a damaged backup (a byte flipped anywhere, or cut short) is refused with exit 8 and changes nothing', () => {
+  const h = initHome();
+  assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-one' }).code, 0);
+  const out = path.join(h.dir, 'b.kwbackup');
+  assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+  const good = fs.readFileSync(out);
+  const to = freshPlace(h);
+  const headerEnd = good.indexOf('\n---') + 1;
+  // One byte in each part: the header line, the stanza, the header MAC, the payload, the end.
+  const spots = [
+    3,
+    30,
+    headerEnd + 10,
+    headerEnd + 80,
+    Math.floor(good.length / 2),
+    good.length - 1,
+  ];
+  for (const at of spots) {
+    const bad = Buffer.from(good);
+    bad[at] = (bad[at] ?? 0) ^ 0x01;
+    const f = path.join(h.dir, 'bad');
+    fs.writeFileSync(f, bad);
+    for (const args of [['--verify'], []]) {
+      const r = kw(['restore', '--input', f, ...args], { env: to.env });
+      assert.ok(r.code === 8 || r.code === 4, `byte ${at}: ${r.code} ${r.stderr}`);
+      assert.match(r.stderr, /damaged|wrong passphrase/);
+      assert.doesNotMatch(r.stderr, /\n\s+at /, 'no stack trace');
+    }
+  }
+  for (const len of [good.length - 1, Math.floor(good.length / 2), 40]) {
+    const f = path.join(h.dir, 'cut');
+    fs.writeFileSync(f, good.subarray(0, len));
+    const r = kw(['restore', '--input', f], { env: to.env });
+    assert.equal(r.code, 8, `cut at ${len}: ${r.stderr}`);
+  }
+  assert.equal(fs.existsSync(to.home), false);
+  assert.deepEqual(
+    fs.readdirSync(h.dir).filter((n) => n.includes('restor')),
+    [],
+    'nothing left beside the home',
+  );
+});
+
+test('a wrong passphrase is refused (exit 4), and so is a home in use without --force; nothing changes', () => {
+  const h = initHome();
+  assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-one' }).code, 0);
+  const out = path.join(h.dir, 'b.kwbackup');
+  assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+
+  const other = initHome('another passphrase, also long');
+  assert.equal(kw(['secret', 'set', 'x/y'], { env: other.env, input: 'other-value' }).code, 0);
+  const before = digest(other.home);
+  // The other home's passphrase does not open this backup.
+  const wrong = kw(['restore', '--input', out, '--force'], { env: other.env });
+  assert.equal(wrong.code, 4, wrong.stderr);
+  assert.match(wrong.stderr, /wrong passphrase/);
+  // The right passphrase, but the other home is in use: --force is needed.
+  const env = { ...other.env, KEYWARD_PASSPHRASE_FILE: h.passFile };
+  const busy = kw(['restore', '--input', out], { env });
+  assert.equal(busy.code, 2, busy.stderr);
+  assert.match(busy.stderr, /is in use \(vault [0-9a-f]{32}\)/);
+  assert.match(busy.stderr, /--force moves the current home aside/);
+  assert.equal(digest(other.home), before);
+  const siblings = fs.readdirSync(path.dirname(other.home));
+  assert.deepEqual(
+    siblings.filter((n) => n.includes('restor')),
+    [],
+    'no directory left beside the home',
+  );
+});
+
+test('restore --force moves the home in use aside, whole, and the backup takes its place', () => {
+  const h = initHome();
+  assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-one' }).code, 0);
+  const out = path.join(h.dir, 'b.kwbackup');
+  assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+  assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-two' }).code, 0);
+  const before = digest(h.home);
+  const r = kw(['restore', '--input', out, '--force'], { env: h.env });
+  assert.equal(r.code, 0, r.stderr);
+  const aside = /now (\S+before-restore-\S+) \(/.exec(r.stdout)?.[1];
+  assert.ok(aside, r.stdout);
+  assert.equal(digest(aside), before, 'the old home, byte for byte');
+  assert.equal(kw(['read', 'a/b'], { env: h.env }).stdout, 'value-one');
+  const v = kw(['audit', 'verify'], { env: h.env });
+  assert.equal(v.code, 0, v.stderr);
+});
+
+test('a restore under a running agent is refused (exit 5)', async () => {
+  const h = agentHome(POLICY);
+  homes.push(h);
+  const out = path.join(h.dir, 'b.kwbackup');
+  assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+  await startAgent(h);
+  const vault = fs.readFileSync(h.vaultFile);
+  const r = kw(['restore', '--input', out, '--force'], { env: h.env });
+  assert.equal(r.code, 5, r.stderr);
+  assert.match(r.stderr, /an agent is running/);
+  await stopAgent(h);
+  assert.deepEqual(fs.readFileSync(h.vaultFile), vault);
+  assert.deepEqual(
+    fs.readdirSync(h.dir).filter((n) => n.includes('restor')),
+    [],
+  );
+});
+
+test('a backup to an age recipient needs no passphrase, opens with the age command, and restores from what age gives back', () => {
+  const h = initHome();
+  for (const [name, value] of Object.entries(SECRETS))
+    assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
+  const idFile = path.join(h.dir, 'age.key');
+  assert.equal(run('age-keygen', ['-o', idFile]).status, 0);
+  const recipient = run('age-keygen', ['-y', idFile]).stdout.trim();
+  const noPass = { ...h.env };
+  delete noPass['KEYWARD_PASSPHRASE_FILE'];
+  const out = path.join(h.dir, 'to-recipient.age');
+  const b = kw(['backup', '--output', out, '--recipient', recipient], { env: noPass });
+  assert.equal(b.code, 0, b.stderr);
+  assert.match(b.stderr, /age -d -i KEYFILE opens it/);
+
+  const bad = kw(['backup', '--output', out, '--recipient', 'age1notarecipient'], { env: noPass });
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /not an age X25519 recipient/);
+
+  // keyward can't open it without the recipient's key, and says what can.
+  const to = freshPlace(h);
+  const direct = kw(['restore', '--input', out], { env: to.env });
+  assert.equal(direct.code, 2, direct.stderr);
+  assert.match(direct.stderr, /encrypted to 1 age recipient/);
+  assert.match(direct.stderr, /age -d -i KEYFILE/);
+
+  const plain = path.join(h.dir, 'backup.plain');
+  const d = run('age', ['-d', '-i', idFile, '-o', plain, out]);
+  assert.equal(d.status, 0, d.stderr);
+  const container = fs.readFileSync(plain);
+  assert.equal(container.subarray(0, 17).toString(), 'keyward-backup 1\n');
+  // What age gives back holds no value, no name, and not the audit log's current epoch key.
+  const epochKey = fs.readFileSync(path.join(h.home, 'audit', 'state')).subarray(24, 56);
+  for (const needle of [...Object.values(SECRETS), ...Object.keys(SECRETS)])
+    assert.equal(container.includes(Buffer.from(needle)), false, needle.slice(0, 20));
+  assert.equal(container.includes(epochKey), false, 'the epoch key');
+  assert.equal(container.includes(Buffer.from(epochKey.toString('hex'))), false);
+  const r = kw(['restore', '--input', plain], { env: to.env });
+  assert.equal(r.code, 0, r.stderr);
+  for (const [name, value] of Object.entries(SECRETS))
+    assert.equal(kw(['read', name], { env: to.env }).stdout, value);
+  // The container age gives back is checked like any backup: one changed byte is refused.
+  const c = fs.readFileSync(plain);
+  c[c.length - 5] = (c[c.length - 5] ?? 0) ^ 1;
+  fs.writeFileSync(plain, c);
+  const again = freshPlace(h);
+  const t = kw(['restore', '--input', plain], { env: again.env });
+  assert.equal(t.code, 8, t.stderr);
+  assert.match(t.stderr, /does not match its SHA-256/);
+});
+
+test(
+  'SIGKILL at every fsync and rename of a restore --force leaves the old home or the new one, and the old one is never lost',
+  { skip: !fs.existsSync(STRACE) && 'needs strace' },
+  () => {
+    const h = initHome();
+    assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-one' }).code, 0);
+    const out = path.join(h.dir, 'b.kwbackup');
+    assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+    assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-two' }).code, 0);
+    const oldDigest = digest(h.home);
+    const pristine = path.join(h.dir, 'pristine');
+    fs.cpSync(h.home, pristine, { recursive: true });
+    // How many fsyncs and renames one restore makes.
+    const counted = straced(
+      ['-e', 'trace=fsync,rename,renameat2'],
+      ['restore', '--input', out, '--force'],
+      h.env,
+    );
+    assert.equal(counted.code, 0, counted.stderr);
+    const count = (re: RegExp) => counted.trace.split('\n').filter((l) => re.test(l)).length;
+    const points = [
+      ...Array.from({ length: count(/\bfsync\(/) }, (_, i) => ['fsync', i + 1] as const),
+      ...Array.from({ length: count(/\brename\(/) }, (_, i) => ['rename', i + 1] as const),
+      ...Array.from({ length: count(/\brenameat2\(/) }, (_, i) => ['renameat2', i + 1] as const),
+    ];
+    assert.ok(points.length >= 10, `${points.length} points`);
+    let sawOld = 0;
+    let sawNew = 0;
+    for (const [call, n] of points) {
+      // Start each run from the home as it was, with nothing beside it.
+      for (const name of fs.readdirSync(h.dir))
+        if (name.startsWith('home')) fs.rmSync(path.join(h.dir, name), { recursive: true });
+      fs.cpSync(pristine, h.home, { recursive: true });
+      const r = straced(
+        ['-e', `trace=${call}`, '-e', `inject=${call}:signal=KILL:when=${n}`],
+        ['restore', '--input', out, '--force'],
+        h.env,
+      );
+      assert.notEqual(r.code, 0, `${call} #${n} was not reached`);
+      const now = digest(h.home);
+      const read = kw(['read', 'a/b'], { env: h.env });
+      assert.equal(read.code, 0, `${call} #${n}: ${read.stderr}`);
+      if (read.stdout === 'value-two') {
+        sawOld++;
+        assert.equal(now, oldDigest, `${call} #${n}: the old home, unchanged`);
+      } else {
+        sawNew++;
+        assert.equal(read.stdout, 'value-one', `${call} #${n}`);
+        // The old home is beside it: moved aside, or where the exchange left it.
+        const beside = fs
+          .readdirSync(h.dir)
+          .filter((name) => /^home\.(before-restore|restoring)-/.test(name))
+          .map((name) => digest(path.join(h.dir, name)));
+        assert.ok(beside.includes(oldDigest), `${call} #${n}: the old home is kept`);
+      }
+    }
+    assert.ok(sawOld > 0 && sawNew > 0, `old ${sawOld}, new ${sawNew}`);
+  },
+);
+
+test('a backup refuses a link in the home, and to be written inside it', () => {
+  const h = initHome();
+  const inside = kw(['backup', '--output', path.join(h.home, 'b')], { env: h.env });
+  assert.equal(inside.code, 2);
+  assert.match(inside.stderr, /inside KEYWARD_HOME/);
+  fs.symlinkSync('/etc/passwd', path.join(h.home, 'sneaky'));
+  const r = kw(['backup', '--output', path.join(h.dir, 'b')], { env: h.env });
+  assert.equal(r.code, 8, r.stderr);
+  assert.match(r.stderr, /symbolic link/);
+  assert.equal(fs.existsSync(path.join(h.dir, 'b')), false);
+});
