@@ -19,6 +19,10 @@ import {
 } from './agent-helpers.js';
 import { everyByteUnder, initHome, kw, STRACE, straced, type Home } from './helpers.js';
 
+const has = (cmd: string, arg: string) => spawnSync(cmd, [arg]).status === 0;
+const noAge = !has('age', '--version') && 'needs the age command (apt-get install age)';
+const noOath = !has('oathtool', '--version') && 'needs oathtool (apt-get install oathtool)';
+
 const homes: AgentHome[] = [];
 after(async () => {
   for (const h of homes) await stopAgent(h);
@@ -85,95 +89,99 @@ function freshPlace(h: Home): { home: string; env: NodeJS.ProcessEnv } {
   };
 }
 
-test('a backup restored into a new home: every secret reads the same, every key signs, the policy and TOTP are there, and the audit log verifies and shows the restore', async () => {
-  const { h, keyDir, totp } = fullHome();
-  const out = path.join(h.dir, 'home.kwbackup');
-  const b = kw(['backup', '--output', out], { env: h.env });
-  assert.equal(b.code, 0, b.stderr);
-  assert.equal(fs.statSync(out).mode & 0o777, 0o600);
-  const manifestSha = /manifest sha256 ([0-9a-f]{64})/.exec(b.stdout)?.[1];
-  assert.ok(manifestSha, b.stdout);
-  // Taking it is recorded in the home it was taken from, with the manifest's hash.
-  const taken = auditEntries(h).filter((e) => e.type === 'backup.created');
-  assert.equal(taken.length, 1);
-  // Nothing in it is plaintext: no secret, no policy text, no secret name.
-  const bytes = fs.readFileSync(out);
-  for (const needle of [
-    ...Object.values(SECRETS),
-    ...Object.keys(SECRETS),
-    'nothing-for-curl',
-    totp,
-  ])
-    assert.equal(bytes.includes(Buffer.from(needle)), false, needle.slice(0, 20));
+test(
+  'a backup restored into a new home: every secret reads the same, every key signs, the policy and TOTP are there, and the audit log verifies and shows the restore',
+  { skip: noOath },
+  async () => {
+    const { h, keyDir, totp } = fullHome();
+    const out = path.join(h.dir, 'home.kwbackup');
+    const b = kw(['backup', '--output', out], { env: h.env });
+    assert.equal(b.code, 0, b.stderr);
+    assert.equal(fs.statSync(out).mode & 0o777, 0o600);
+    const manifestSha = /manifest sha256 ([0-9a-f]{64})/.exec(b.stdout)?.[1];
+    assert.ok(manifestSha, b.stdout);
+    // Taking it is recorded in the home it was taken from, with the manifest's hash.
+    const taken = auditEntries(h).filter((e) => e.type === 'backup.created');
+    assert.equal(taken.length, 1);
+    // Nothing in it is plaintext: no secret, no policy text, no secret name.
+    const bytes = fs.readFileSync(out);
+    for (const needle of [
+      ...Object.values(SECRETS),
+      ...Object.keys(SECRETS),
+      'nothing-for-curl',
+      totp,
+    ])
+      assert.equal(bytes.includes(Buffer.from(needle)), false, needle.slice(0, 20));
 
-  const to = freshPlace(h);
-  const v = kw(['restore', '--input', out, '--verify'], { env: to.env });
-  assert.equal(v.code, 0, v.stderr);
-  assert.match(v.stdout, /the audit log verifies: \d+ entries/);
-  assert.match(v.stdout, /not there yet/);
-  assert.equal(fs.existsSync(to.home), false, '--verify writes nothing');
+    const to = freshPlace(h);
+    const v = kw(['restore', '--input', out, '--verify'], { env: to.env });
+    assert.equal(v.code, 0, v.stderr);
+    assert.match(v.stdout, /the audit log verifies: \d+ entries/);
+    assert.match(v.stdout, /not there yet/);
+    assert.equal(fs.existsSync(to.home), false, '--verify writes nothing');
 
-  const r = kw(['restore', '--input', out], { env: to.env });
-  assert.equal(r.code, 0, r.stderr);
-  assert.equal(fs.statSync(to.home).mode & 0o777, 0o700);
-  for (const [name, value] of Object.entries(SECRETS)) {
-    const got = kw(['read', name], { env: to.env });
-    assert.equal(got.code, 0, got.stderr);
-    assert.equal(got.stdout, value, name);
-  }
-  assert.equal(
-    kw(['policy', 'show'], { env: to.env }).stdout,
-    kw(['policy', 'show'], { env: h.env }).stdout,
-  );
-  assert.equal(
-    kw(['policy', 'history', '--json'], { env: to.env }).stdout,
-    kw(['policy', 'history', '--json'], { env: h.env }).stdout,
-  );
-  const verify = kw(['audit', 'verify'], { env: to.env });
-  assert.equal(verify.code, 0, verify.stderr);
-  assert.match(verify.stdout, /checkpoint sealed in the vault matches/);
-  const restored = auditEntries({ ...h, env: to.env, home: to.home }).filter(
-    (e) => e.type === 'audit.restored',
-  );
-  assert.equal(restored.length, 1);
-  assert.equal(restored[0]?.details['manifestSha256'], manifestSha);
-  assert.equal(
-    restored[0]?.details['backupHeadSeq'],
-    Number(/audit head seq (\d+)/.exec(b.stdout)?.[1]),
-  );
-
-  // The keys sign through an agent on the restored home; TOTP is enrolled there.
-  const a: AgentHome = {
-    ...h,
-    home: to.home,
-    env: to.env,
-    sockDir: path.join(h.dir, 'run-restored'),
-  };
-  homes.push(a);
-  await startAgent(a);
-  assert.equal(kw(['unlock'], { env: to.env }).code, 0);
-  const sock = /SSH_AUTH_SOCK=(\S+)/.exec(kw(['ssh-env'], { env: to.env }).stdout)?.[1];
-  assert.ok(sock);
-  const sshEnv = { ...to.env, SSH_AUTH_SOCK: sock };
-  for (const k of ['ed', 'p256', 'rsa']) {
-    const msg = path.join(h.dir, `msg-${k}`);
-    fs.writeFileSync(msg, 'data to sign\n');
-    const s = run(
-      'ssh-keygen',
-      ['-Y', 'sign', '-n', 'file', '-f', path.join(keyDir, `${k}.pub`), msg],
-      sshEnv,
+    const r = kw(['restore', '--input', out], { env: to.env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(fs.statSync(to.home).mode & 0o777, 0o700);
+    for (const [name, value] of Object.entries(SECRETS)) {
+      const got = kw(['read', name], { env: to.env });
+      assert.equal(got.code, 0, got.stderr);
+      assert.equal(got.stdout, value, name);
+    }
+    assert.equal(
+      kw(['policy', 'show'], { env: to.env }).stdout,
+      kw(['policy', 'show'], { env: h.env }).stdout,
     );
-    assert.equal(s.status, 0, `${k}: ${s.stderr}`);
-  }
-  // The TOTP enrolment came back: a code from the original authenticator approves a read.
-  const reader = kwAsync(['read', 'prod/db'], to.env);
-  const id = await pendingId(a);
-  const code = run('oathtool', ['--totp', '-b', totp]).stdout.trim();
-  const ok = kw(['approve', id, '--code', code], { env: to.env });
-  assert.equal(ok.code, 0, ok.stderr);
-  assert.equal((await reader).stdout, 'prod-password');
-  await stopAgent(a);
-});
+    assert.equal(
+      kw(['policy', 'history', '--json'], { env: to.env }).stdout,
+      kw(['policy', 'history', '--json'], { env: h.env }).stdout,
+    );
+    const verify = kw(['audit', 'verify'], { env: to.env });
+    assert.equal(verify.code, 0, verify.stderr);
+    assert.match(verify.stdout, /checkpoint sealed in the vault matches/);
+    const restored = auditEntries({ ...h, env: to.env, home: to.home }).filter(
+      (e) => e.type === 'audit.restored',
+    );
+    assert.equal(restored.length, 1);
+    assert.equal(restored[0]?.details['manifestSha256'], manifestSha);
+    assert.equal(
+      restored[0]?.details['backupHeadSeq'],
+      Number(/audit head seq (\d+)/.exec(b.stdout)?.[1]),
+    );
+
+    // The keys sign through an agent on the restored home; TOTP is enrolled there.
+    const a: AgentHome = {
+      ...h,
+      home: to.home,
+      env: to.env,
+      sockDir: path.join(h.dir, 'run-restored'),
+    };
+    homes.push(a);
+    await startAgent(a);
+    assert.equal(kw(['unlock'], { env: to.env }).code, 0);
+    const sock = /SSH_AUTH_SOCK=(\S+)/.exec(kw(['ssh-env'], { env: to.env }).stdout)?.[1];
+    assert.ok(sock);
+    const sshEnv = { ...to.env, SSH_AUTH_SOCK: sock };
+    for (const k of ['ed', 'p256', 'rsa']) {
+      const msg = path.join(h.dir, `msg-${k}`);
+      fs.writeFileSync(msg, 'data to sign\n');
+      const s = run(
+        'ssh-keygen',
+        ['-Y', 'sign', '-n', 'file', '-f', path.join(keyDir, `${k}.pub`), msg],
+        sshEnv,
+      );
+      assert.equal(s.status, 0, `${k}: ${s.stderr}`);
+    }
+    // The TOTP enrolment came back: a code from the original authenticator approves a read.
+    const reader = kwAsync(['read', 'prod/db'], to.env);
+    const id = await pendingId(a);
+    const code = run('oathtool', ['--totp', '-b', totp]).stdout.trim();
+    const ok = kw(['approve', id, '--code', code], { env: to.env });
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal((await reader).stdout, 'prod-password');
+    await stopAgent(a);
+  },
+);
 
 test('a damaged backup (a byte flipped anywhere, or cut short) is refused with exit 8 and changes nothing', () => {
   const h = initHome();
@@ -281,55 +289,61 @@ test('a restore under a running agent is refused (exit 5)', async () => {
   );
 });
 
-test('a backup to an age recipient needs no passphrase, opens with the age command, and restores from what age gives back', () => {
-  const h = initHome();
-  for (const [name, value] of Object.entries(SECRETS))
-    assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
-  const idFile = path.join(h.dir, 'age.key');
-  assert.equal(run('age-keygen', ['-o', idFile]).status, 0);
-  const recipient = run('age-keygen', ['-y', idFile]).stdout.trim();
-  const noPass = { ...h.env };
-  delete noPass['KEYWARD_PASSPHRASE_FILE'];
-  const out = path.join(h.dir, 'to-recipient.age');
-  const b = kw(['backup', '--output', out, '--recipient', recipient], { env: noPass });
-  assert.equal(b.code, 0, b.stderr);
-  assert.match(b.stderr, /age -d -i KEYFILE opens it/);
+test(
+  'a backup to an age recipient needs no passphrase, opens with the age command, and restores from what age gives back',
+  { skip: noAge },
+  () => {
+    const h = initHome();
+    for (const [name, value] of Object.entries(SECRETS))
+      assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
+    const idFile = path.join(h.dir, 'age.key');
+    assert.equal(run('age-keygen', ['-o', idFile]).status, 0);
+    const recipient = run('age-keygen', ['-y', idFile]).stdout.trim();
+    const noPass = { ...h.env };
+    delete noPass['KEYWARD_PASSPHRASE_FILE'];
+    const out = path.join(h.dir, 'to-recipient.age');
+    const b = kw(['backup', '--output', out, '--recipient', recipient], { env: noPass });
+    assert.equal(b.code, 0, b.stderr);
+    assert.match(b.stderr, /age -d -i KEYFILE opens it/);
 
-  const bad = kw(['backup', '--output', out, '--recipient', 'age1notarecipient'], { env: noPass });
-  assert.equal(bad.code, 2);
-  assert.match(bad.stderr, /not an age X25519 recipient/);
+    const bad = kw(['backup', '--output', out, '--recipient', 'age1notarecipient'], {
+      env: noPass,
+    });
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /not an age X25519 recipient/);
 
-  // keyward can't open it without the recipient's key, and says what can.
-  const to = freshPlace(h);
-  const direct = kw(['restore', '--input', out], { env: to.env });
-  assert.equal(direct.code, 2, direct.stderr);
-  assert.match(direct.stderr, /encrypted to 1 age recipient/);
-  assert.match(direct.stderr, /age -d -i KEYFILE/);
+    // keyward can't open it without the recipient's key, and says what can.
+    const to = freshPlace(h);
+    const direct = kw(['restore', '--input', out], { env: to.env });
+    assert.equal(direct.code, 2, direct.stderr);
+    assert.match(direct.stderr, /encrypted to 1 age recipient/);
+    assert.match(direct.stderr, /age -d -i KEYFILE/);
 
-  const plain = path.join(h.dir, 'backup.plain');
-  const d = run('age', ['-d', '-i', idFile, '-o', plain, out]);
-  assert.equal(d.status, 0, d.stderr);
-  const container = fs.readFileSync(plain);
-  assert.equal(container.subarray(0, 17).toString(), 'keyward-backup 1\n');
-  // What age gives back holds no value, no name, and not the audit log's current epoch key.
-  const epochKey = fs.readFileSync(path.join(h.home, 'audit', 'state')).subarray(24, 56);
-  for (const needle of [...Object.values(SECRETS), ...Object.keys(SECRETS)])
-    assert.equal(container.includes(Buffer.from(needle)), false, needle.slice(0, 20));
-  assert.equal(container.includes(epochKey), false, 'the epoch key');
-  assert.equal(container.includes(Buffer.from(epochKey.toString('hex'))), false);
-  const r = kw(['restore', '--input', plain], { env: to.env });
-  assert.equal(r.code, 0, r.stderr);
-  for (const [name, value] of Object.entries(SECRETS))
-    assert.equal(kw(['read', name], { env: to.env }).stdout, value);
-  // The container age gives back is checked like any backup: one changed byte is refused.
-  const c = fs.readFileSync(plain);
-  c[c.length - 5] = (c[c.length - 5] ?? 0) ^ 1;
-  fs.writeFileSync(plain, c);
-  const again = freshPlace(h);
-  const t = kw(['restore', '--input', plain], { env: again.env });
-  assert.equal(t.code, 8, t.stderr);
-  assert.match(t.stderr, /does not match its SHA-256/);
-});
+    const plain = path.join(h.dir, 'backup.plain');
+    const d = run('age', ['-d', '-i', idFile, '-o', plain, out]);
+    assert.equal(d.status, 0, d.stderr);
+    const container = fs.readFileSync(plain);
+    assert.equal(container.subarray(0, 17).toString(), 'keyward-backup 1\n');
+    // What age gives back holds no value, no name, and not the audit log's current epoch key.
+    const epochKey = fs.readFileSync(path.join(h.home, 'audit', 'state')).subarray(24, 56);
+    for (const needle of [...Object.values(SECRETS), ...Object.keys(SECRETS)])
+      assert.equal(container.includes(Buffer.from(needle)), false, needle.slice(0, 20));
+    assert.equal(container.includes(epochKey), false, 'the epoch key');
+    assert.equal(container.includes(Buffer.from(epochKey.toString('hex'))), false);
+    const r = kw(['restore', '--input', plain], { env: to.env });
+    assert.equal(r.code, 0, r.stderr);
+    for (const [name, value] of Object.entries(SECRETS))
+      assert.equal(kw(['read', name], { env: to.env }).stdout, value);
+    // The container age gives back is checked like any backup: one changed byte is refused.
+    const c = fs.readFileSync(plain);
+    c[c.length - 5] = (c[c.length - 5] ?? 0) ^ 1;
+    fs.writeFileSync(plain, c);
+    const again = freshPlace(h);
+    const t = kw(['restore', '--input', plain], { env: again.env });
+    assert.equal(t.code, 8, t.stderr);
+    assert.match(t.stderr, /does not match its SHA-256/);
+  },
+);
 
 test(
   'SIGKILL at every fsync and rename of a restore --force leaves the old home or the new one, and the old one is never lost',
