@@ -416,3 +416,42 @@ test('a backup refuses a link in the home, and to be written inside it', () => {
   assert.match(r.stderr, /symbolic link/);
   assert.equal(fs.existsSync(path.join(h.dir, 'b')), false);
 });
+
+test('backups taken while an agent serves reads are each a consistent snapshot: each verifies and restores', async () => {
+  const h = agentHome(POLICY);
+  homes.push(h);
+  assert.equal(kw(['secret', 'set', 'app/x'], { env: h.env, input: 'value-x' }).code, 0);
+  await startAgent(h);
+  assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  let stop = false;
+  let reads = 0;
+  const reader = async () => {
+    while (!stop) {
+      const r = await kwAsync(['read', 'app/x'], h.env);
+      assert.equal(r.stdout, 'value-x', r.stderr);
+      reads++;
+    }
+  };
+  const readers = Promise.all([reader(), reader()]);
+  const outs: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const before = reads;
+    const out = path.join(h.dir, `during-${i}.kwbackup`);
+    const b = await kwAsync(['backup', '--output', out], h.env);
+    assert.equal(b.code, 0, b.stderr);
+    outs.push(out);
+    // Reads went on around this backup (the agent's appends wait only while the files are read).
+    while (reads === before) await new Promise((r) => setImmediate(r));
+  }
+  stop = true;
+  await readers;
+  for (const out of outs) {
+    const to = freshPlace(h);
+    const r = kw(['restore', '--input', out], { env: to.env });
+    assert.equal(r.code, 0, r.stderr);
+    const v = kw(['audit', 'verify'], { env: to.env });
+    assert.equal(v.code, 0, v.stderr);
+    assert.equal(kw(['read', 'app/x'], { env: to.env }).stdout, 'value-x');
+  }
+  await stopAgent(h);
+});
