@@ -254,12 +254,33 @@ test('a wrong passphrase is refused (exit 4), and so is a home in use without --
   );
 });
 
-test('restore --force moves the home in use aside, whole, and the backup takes its place', () => {
+/** The epoch field of each line of a home's audit log. */
+const epochsOf = (home: string) =>
+  fs
+    .readdirSync(path.join(home, 'audit'))
+    .filter((n) => n.startsWith('log-'))
+    .flatMap((n) => fs.readFileSync(path.join(home, 'audit', n), 'utf8').split('\n'))
+    .filter(Boolean)
+    .map((l) => Number(/"epoch":(\d+)/.exec(l)?.[1]));
+const stateEpoch = (home: string) =>
+  fs.readFileSync(path.join(home, 'audit', 'state')).readUInt32BE(8);
+
+test('restore --force moves the home in use aside, whole, and the backup takes its place; the restored log starts past every epoch the old one used', () => {
   const h = initHome();
   assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-one' }).code, 0);
   const out = path.join(h.dir, 'b.kwbackup');
   assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
-  assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-two' }).code, 0);
+  // The old home goes on for hours after the backup: its epoch advances (the epoch's start moved
+  // two hours back stands in for the time).
+  for (const value of ['value-two', 'value-three']) {
+    const state = path.join(h.home, 'audit', 'state');
+    const st = fs.readFileSync(state);
+    st.writeBigUInt64BE(st.readBigUInt64BE(12) - 2n * 3600_000n, 12);
+    fs.writeFileSync(state, st);
+    assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: value }).code, 0);
+  }
+  const oldEpochs = epochsOf(h.home);
+  assert.ok(Math.max(...oldEpochs) >= 2, `${Math.max(...oldEpochs)}`);
   const before = digest(h.home);
   const r = kw(['restore', '--input', out, '--force'], { env: h.env });
   assert.equal(r.code, 0, r.stderr);
@@ -269,6 +290,12 @@ test('restore --force moves the home in use aside, whole, and the backup takes i
   assert.equal(kw(['read', 'a/b'], { env: h.env }).stdout, 'value-one');
   const v = kw(['audit', 'verify'], { env: h.env });
   assert.equal(v.code, 0, v.stderr);
+  // Keys only go forward: had the restore started at an epoch the old home used, its key would
+  // re-MAC the old home's entries from there on.
+  assert.ok(
+    stateEpoch(h.home) > Math.max(...oldEpochs) + 1000,
+    `restored at epoch ${stateEpoch(h.home)}, the old home reached ${Math.max(...oldEpochs)}`,
+  );
 });
 
 test('a restore under a running agent is refused (exit 5)', async () => {
@@ -454,4 +481,222 @@ test('backups taken while an agent serves reads are each a consistent snapshot: 
     assert.equal(kw(['read', 'app/x'], { env: to.env }).stdout, 'value-x');
   }
   await stopAgent(h);
+});
+
+test(
+  'a backup whose record can not be written keeps nothing of its own and leaves the backup already there as it was',
+  { skip: (!fs.existsSync(STRACE) && 'needs strace') || noAge },
+  () => {
+    const h = initHome();
+    const idFile = path.join(h.dir, 'age.key');
+    assert.equal(run('age-keygen', ['-o', idFile]).status, 0);
+    const recipient = run('age-keygen', ['-y', idFile]).stdout.trim();
+    const out = path.join(h.dir, 'nightly.age');
+    const args = ['backup', '--output', out, '--recipient', recipient];
+    assert.equal(kw(args, { env: h.env }).code, 0);
+    const yesterday = fs.readFileSync(out);
+    // A recipient backup makes two fsyncs: its own file's, then the audit log's for
+    // backup.created. The second fails.
+    const r = straced(['-e', 'trace=fsync', '-e', 'inject=fsync:error=EIO:when=2'], args, h.env);
+    assert.equal(r.code, 5, r.stderr);
+    assert.match(r.stderr, /the audit log cannot be written/);
+    assert.deepEqual(fs.readFileSync(out), yesterday);
+    assert.deepEqual(
+      fs.readdirSync(h.dir).filter((n) => n.includes('nightly')),
+      ['nightly.age'],
+      'no temp file left',
+    );
+  },
+);
+
+/** A container (what `age -d` gives back) with its manifest and files changed, hashes redone. */
+function craft(
+  container: Buffer,
+  edit: (m: { audit: unknown; vault: { generation: number }; files: CraftedFile[] }) => void,
+): Buffer {
+  const magic = 'keyward-backup 1\n';
+  const end = container.indexOf(0x0a, magic.length);
+  const m = JSON.parse(container.subarray(magic.length, end).toString()) as {
+    audit: unknown;
+    vault: { generation: number };
+    files: CraftedFile[];
+  };
+  let at = end + 1;
+  for (const f of m.files) {
+    f.bytes = container.subarray(at, at + f.size);
+    at += f.size;
+  }
+  edit(m);
+  const bodies: Buffer[] = [];
+  for (const f of m.files) {
+    const b = f.bytes ?? Buffer.alloc(0);
+    f.size = b.length;
+    f.sha256 = crypto.createHash('sha256').update(b).digest('hex');
+    delete f.bytes;
+    bodies.push(b);
+  }
+  return Buffer.concat([Buffer.from(magic), Buffer.from(`${JSON.stringify(m)}\n`), ...bodies]);
+}
+interface CraftedFile {
+  path: string;
+  size: number;
+  sha256: string;
+  mtimeMs: number;
+  bytes?: Buffer | undefined;
+}
+
+test(
+  'a crafted container is refused (exit 8): a log cut without its checkpoint file, a head or vault generation the files disagree with, a state file planted',
+  { skip: noAge },
+  () => {
+    const h = initHome();
+    for (let i = 0; i < 3; i++)
+      assert.equal(kw(['read', 'nope'], { env: h.env }).code, 3, 'entries for the log');
+    const idFile = path.join(h.dir, 'age.key');
+    assert.equal(run('age-keygen', ['-o', idFile]).status, 0);
+    const recipient = run('age-keygen', ['-y', idFile]).stdout.trim();
+    const out = path.join(h.dir, 'r.age');
+    assert.equal(kw(['backup', '--output', out, '--recipient', recipient], { env: h.env }).code, 0);
+    const plain = path.join(h.dir, 'plain');
+    assert.equal(run('age', ['-d', '-i', idFile, '-o', plain, out]).status, 0);
+    const good = fs.readFileSync(plain);
+    const cut = (n: number) => (f: CraftedFile) => {
+      if (!f.path.startsWith('audit/log-')) return;
+      const lines = (f.bytes ?? Buffer.alloc(0)).toString().split('\n').filter(Boolean);
+      f.bytes = Buffer.from(
+        lines
+          .slice(0, lines.length - n)
+          .map((l) => `${l}\n`)
+          .join(''),
+      );
+    };
+    const cases: Array<[string, Buffer, RegExp]> = [
+      [
+        'the log cut and its checkpoint file dropped',
+        craft(good, (m) => {
+          m.files = m.files.filter((f) => f.path !== 'audit/checkpoint');
+          m.files.forEach(cut(3));
+        }),
+        /without its checkpoint file/,
+      ],
+      [
+        'the log cut, the manifest head left as it was',
+        craft(good, (m) => m.files.forEach(cut(1))),
+        /does not verify|ends at seq/,
+      ],
+      [
+        'a head the log does not have',
+        craft(good, (m) => {
+          m.audit = { seq: 999, hash: 'a'.repeat(64) };
+        }),
+        /ends at seq 999/,
+      ],
+      [
+        'a vault generation the vault does not have',
+        craft(good, (m) => {
+          m.vault.generation += 5;
+        }),
+        /generation/,
+      ],
+      [
+        'a planted audit/state',
+        craft(good, (m) => {
+          m.files.push({
+            path: 'audit/state',
+            size: 0,
+            sha256: '',
+            mtimeMs: 0,
+            bytes: Buffer.alloc(88, 7),
+          });
+        }),
+        /audit\/state, which no backup holds/,
+      ],
+    ];
+    assert.equal(
+      kw(['restore', '--input', plain, '--verify'], { env: freshPlace(h).env }).code,
+      0,
+      'the uncrafted container passes',
+    );
+    for (const [what, bytes, why] of cases) {
+      const f = path.join(h.dir, 'crafted');
+      fs.writeFileSync(f, bytes);
+      const to = freshPlace(h);
+      const r = kw(['restore', '--input', f], { env: to.env });
+      assert.equal(r.code, 8, `${what}: ${r.stderr}`);
+      assert.match(r.stderr, why, what);
+      assert.equal(fs.existsSync(to.home), false, what);
+    }
+  },
+);
+
+test('restore refuses a home that is a link (exit 8) or a file (exit 2), a home held by an agent of another socket directory (exit 5); --verify writes nothing near the home', async () => {
+  const h = agentHome(POLICY);
+  homes.push(h);
+  const out = path.join(h.dir, 'b.kwbackup');
+  assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+  const real = path.join(h.dir, 'real');
+  fs.mkdirSync(real, { mode: 0o700 });
+  const link = path.join(h.dir, 'link');
+  fs.symlinkSync(real, link);
+  const l = kw(['restore', '--input', out], { env: { ...h.env, KEYWARD_HOME: link } });
+  assert.equal(l.code, 8, l.stderr);
+  assert.match(l.stderr, /symbolic link/);
+  const file = path.join(h.dir, 'a-file');
+  fs.writeFileSync(file, 'x');
+  const f = kw(['restore', '--input', out], { env: { ...h.env, KEYWARD_HOME: file } });
+  assert.equal(f.code, 2, f.stderr);
+  assert.match(f.stderr, /is not a directory/);
+  // --verify into a home whose parent does not exist yet: nothing is made there.
+  const far = path.join(h.dir, 'not', 'yet', 'home');
+  const v = kw(['restore', '--input', out, '--verify'], { env: { ...h.env, KEYWARD_HOME: far } });
+  assert.equal(v.code, 0, v.stderr);
+  assert.equal(fs.existsSync(path.join(h.dir, 'not')), false);
+  // An agent started with another socket directory holds the home: it is found by its files.
+  await startAgent(h, { KEYWARD_SOCKET_DIR: path.join(h.dir, 'elsewhere') });
+  const vault = fs.readFileSync(h.vaultFile);
+  const r = kw(['restore', '--input', out, '--force'], { env: h.env });
+  assert.equal(r.code, 5, r.stderr);
+  assert.match(r.stderr, new RegExp(`pid ${h.agentPid} .* has files open in`));
+  await stopAgent(h);
+  assert.deepEqual(fs.readFileSync(h.vaultFile), vault);
+  assert.deepEqual(
+    fs.readdirSync(h.dir).filter((n) => n.includes('restor')),
+    [],
+  );
+});
+
+test(
+  'where the filesystem can not swap directories in one step, restore --force says so (exit 2) and changes nothing',
+  { skip: !fs.existsSync(STRACE) && 'needs strace' },
+  () => {
+    const h = initHome();
+    const out = path.join(h.dir, 'b.kwbackup');
+    assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+    const before = digest(h.home);
+    const r = straced(
+      ['-e', 'trace=renameat2', '-e', 'inject=renameat2:error=EINVAL'],
+      ['restore', '--input', out, '--force'],
+      h.env,
+    );
+    assert.equal(r.code, 2, r.stderr);
+    assert.match(r.stderr, /can't swap .* in one step/);
+    assert.equal(digest(h.home), before);
+    assert.deepEqual(
+      fs.readdirSync(h.dir).filter((n) => n.includes('restor')),
+      [],
+    );
+  },
+);
+
+test('backup --output refuses a directory, and a path into the home through a link', () => {
+  const h = initHome();
+  const d = kw(['backup', '--output', h.dir], { env: h.env });
+  assert.equal(d.code, 2, d.stderr);
+  assert.match(d.stderr, /not a regular file/);
+  const link = path.join(h.dir, 'to-home');
+  fs.symlinkSync(h.home, link);
+  const l = kw(['backup', '--output', path.join(link, 'b.kwbackup')], { env: h.env });
+  assert.equal(l.code, 2, l.stderr);
+  assert.match(l.stderr, /inside KEYWARD_HOME/);
+  assert.equal(fs.existsSync(path.join(h.home, 'b.kwbackup')), false);
 });

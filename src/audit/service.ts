@@ -28,7 +28,7 @@ import {
   setAnchor,
   type Break,
 } from './checkpoint.js';
-import { listSegments, verifySegments, type VerifyResult } from './verify.js';
+import { listSegments, MAX_EPOCH_STEP, verifySegments, type VerifyResult } from './verify.js';
 import { BOX_SECRET, rebuildState, SEED, seedOf, storeNewKeys } from './vault-keys.js';
 
 /** The hooks `init` passes to the vault: keys go in before the first save, the log starts after. */
@@ -113,12 +113,12 @@ export function resumeRestoredLog(
   details: Record<string, string | number | boolean | null>,
 ): void {
   const log = new AuditLog(home);
-  rebuildState(log, v, {
-    type: 'audit.restored',
-    decision: 'info',
-    reason: 'restored from a backup',
-    details,
-  });
+  rebuildState(
+    log,
+    v,
+    { type: 'audit.restored', decision: 'info', reason: 'restored from a backup', details },
+    MAX_EPOCH_STEP,
+  );
   writeCheckpoint(log, v);
 }
 

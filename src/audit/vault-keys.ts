@@ -40,11 +40,14 @@ export function seedOf(v: Vault): SecureBuffer {
 }
 
 /**
- * Writes a new state file for a log whose segments are there but whose state is not: the next
- * epoch after the last entry's (its key derived from the vault's seed, so no key the log has used
- * comes back), the segment count, the box key; then appends `record`, the first entry under it.
+ * Writes a new state file for a log whose segments are there but whose state is not: `step`
+ * epochs after the last entry's (its key derived from the vault's seed), the segment count, the
+ * box key; then appends `record`, the first entry under it. Keys only go forward (K(n+1) from
+ * K(n)), so the state must start past every epoch any copy of this log has used: one past the
+ * last entry where this log is the only copy (a lost state file), and as far as the verifier
+ * allows (MAX_EPOCH_STEP) after a restore, whose backup's home may have gone on for a long time.
  */
-export function rebuildState(log: AuditLog, v: Vault, record: AuditRecord): void {
+export function rebuildState(log: AuditLog, v: Vault, record: AuditRecord, step = 1): void {
   const segments = listSegments(log.paths.dir);
   const last = segments.at(-1);
   if (!last) throw new KeywardError('AUDIT_UNAVAILABLE', 'the audit log has no segment');
@@ -57,11 +60,12 @@ export function rebuildState(log: AuditLog, v: Vault, record: AuditRecord): void
     );
   const seed = seedOf(v);
   const sk = v.revealInternal(BOX_SECRET);
-  const key = epochKeyFromSeed(seed, head.epoch + 1);
+  const epoch = head.epoch + step;
+  const key = epochKeyFromSeed(seed, epoch);
   try {
     if (!sk) throw new KeywardError('AUDIT_UNAVAILABLE', 'this vault has no audit box key');
     writeState(log.paths, {
-      epoch: head.epoch + 1,
+      epoch,
       epochStartMs: Date.now(),
       segment: segments.length,
       key,

@@ -16,7 +16,7 @@ import { segmentName } from './state.js';
  * crashes between the state and the line; this bounds the keys a forged epoch makes the
  * verifier derive (about 50 µs each) before its MAC can be checked.
  */
-const MAX_EPOCH_STEP = 10_000;
+export const MAX_EPOCH_STEP = 10_000;
 const ZERO_BYTES = Buffer.alloc(32);
 
 export interface Checkpoint {

@@ -52,6 +52,21 @@ export interface HomeFile {
   mtimeMs: number;
 }
 
+/**
+ * Files a backup leaves out, and a restore refuses to find in one: the lock files (empty; made
+ * again on first use), temp files of a writer in progress, and the audit writer's state, which
+ * holds the current epoch key in the clear: a restore makes a new one from the vault, so a
+ * backup's holder gets no key to the log and a crafted one can't plant one.
+ */
+export function leftOut(rel: string): boolean {
+  return (
+    rel === 'vault.lock' ||
+    rel === 'audit/lock' ||
+    rel === 'audit/state' ||
+    /(^|\/)\.[^/]*\.tmp-[^/]*$/.test(rel)
+  );
+}
+
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 function corrupt(why: string): IntegrityError {
@@ -116,6 +131,7 @@ export function unpackContainer(bytes: Uint8Array): {
   let at = end + 1;
   for (const f of manifest.files) {
     if (seen.has(f.path)) throw corrupt(`${f.path} is listed twice`);
+    if (leftOut(f.path)) throw corrupt(`it holds ${f.path}, which no backup holds`);
     seen.add(f.path);
     if (at + f.size > b.length) throw corrupt(`${f.path} is cut short`);
     const data = Buffer.from(b.subarray(at, at + f.size));

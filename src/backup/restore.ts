@@ -1,17 +1,19 @@
 /**
  * `keyward restore` (docs/BACKUP.md, "Restoring"): decrypt, check every hash, extract into a new
- * directory beside KEYWARD_HOME, open its vault with the passphrase, verify its audit log and
- * checkpoints, continue the log with `audit.restored`, then put it in place in one step
- * (renameat2 RENAME_EXCHANGE): a crash leaves the old home or the new one at KEYWARD_HOME, and
- * an old home is moved aside, never deleted. `--verify` stops before anything is written there.
+ * directory, open its vault with the passphrase, verify its audit log and checkpoints against the
+ * manifest, continue the log with `audit.restored`, then put it in place in one step (renameat2
+ * RENAME_EXCHANGE): a crash leaves the old home or the new one at KEYWARD_HOME, and an old home
+ * is moved aside, never deleted. `--verify` extracts into a private temp directory instead and
+ * writes nothing near the home.
  */
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { agentStatus, socketPaths } from '../agent/index.js';
-import { headOf, resumeRestoredLog, verifyLog } from '../audit/index.js';
+import { auditPaths, headOf, resumeRestoredLog, verifyLog } from '../audit/index.js';
 import { IntegrityError, KeywardError, UsageError } from '../errors.js';
-import { fsyncDir } from '../lib/files.js';
+import { fsyncDir, withFileLock } from '../lib/files.js';
 import { renameExchange } from '../lib/libc.js';
 import { secureFree } from '../lib/secure.js';
 import {
@@ -25,6 +27,7 @@ import {
 } from '../vault/index.js';
 import { unpackContainer, type HomeFile, type Manifest } from './container.js';
 import { decryptBackup, type Opened } from './crypt.js';
+import { holders } from './holders.js';
 
 export interface RestoreOptions {
   home: string;
@@ -56,8 +59,25 @@ export interface RestoreReport {
   restored: boolean;
 }
 
+const LOCK_MS = 10_000;
+
 function describeCurrent(home: string): CurrentHome {
-  if (!fs.existsSync(home)) return { path: home, state: 'absent' };
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(home);
+  } catch {
+    return { path: home, state: 'absent' };
+  }
+  if (st.isSymbolicLink())
+    throw new IntegrityError(
+      'INSECURE_PERMISSIONS',
+      `refusing to restore into ${home}: it is a symbolic link`,
+      { hint: 'point KEYWARD_HOME at the real directory (or a new path), then restore' },
+    );
+  if (!st.isDirectory())
+    throw new UsageError('USAGE', `KEYWARD_HOME ${home} is not a directory`, {
+      hint: 'move that file away, or point KEYWARD_HOME at a directory',
+    });
   if (fs.readdirSync(home).length === 0) return { path: home, state: 'empty' };
   const c: CurrentHome = { path: home, state: 'in use' };
   const vp = vaultPaths(home);
@@ -84,7 +104,7 @@ function leftoversOf(home: string): string[] {
     .map((n) => path.join(dir, n));
 }
 
-/** Writes every file under `dir` (new, 0700), each fsynced, then every directory. */
+/** Writes every file under `dir` (new, 0700), each fsynced with its mtime, then every directory. */
 function extract(dir: string, files: readonly HomeFile[]): void {
   fs.mkdirSync(dir, { mode: 0o700 });
   const dirs = new Set<string>([dir]);
@@ -93,16 +113,13 @@ function extract(dir: string, files: readonly HomeFile[]): void {
   for (const f of files) {
     const abs = path.join(dir, ...f.path.split('/'));
     try {
-      for (let p = path.dirname(abs); !dirs.has(p); p = path.dirname(p)) {
-        dirs.add(p);
-      }
+      for (let p = path.dirname(abs); !dirs.has(p); p = path.dirname(p)) dirs.add(p);
       fs.mkdirSync(path.dirname(abs), { recursive: true, mode: 0o700 });
       const fd = fs.openSync(abs, flags, 0o600);
       try {
         let off = 0;
         while (off < f.bytes.length) off += fs.writeSync(fd, f.bytes, off, f.bytes.length - off);
-        const t = f.mtimeMs / 1000;
-        fs.futimesSync(fd, t, t);
+        fs.futimesSync(fd, f.mtimeMs / 1000, f.mtimeMs / 1000);
         fs.fsyncSync(fd);
       } finally {
         fs.closeSync(fd);
@@ -117,14 +134,39 @@ function extract(dir: string, files: readonly HomeFile[]): void {
   for (const d of [...dirs].sort((a, b) => b.length - a.length)) fsyncDir(d);
 }
 
-async function agentRunning(socketDir: string): Promise<boolean> {
+/**
+ * Nothing may hold the home while it is replaced: the agent of this socket directory, or any
+ * process of this user with a file open in the home (an agent started with another socket
+ * directory keeps its audit lock open there).
+ */
+async function refuseIfHeld(home: string, socketDir: string): Promise<void> {
+  let answered: boolean;
   try {
-    return (await agentStatus(socketPaths(socketDir).agent)) !== undefined;
+    answered = (await agentStatus(socketPaths(socketDir).agent)) !== undefined;
   } catch (e) {
     // Something answers there that isn't a keyward agent we trust: not a place to restore under.
-    if (e instanceof KeywardError) return true;
-    throw e;
+    if (!(e instanceof KeywardError)) throw e;
+    answered = true;
   }
+  if (answered)
+    throw new KeywardError('AGENT_RUNNING', 'an agent is running for this home', {
+      hint: 'stop it first (keyward agent stop), then restore',
+    });
+  const held = holders(home);
+  if (held.length > 0)
+    throw new KeywardError(
+      'AGENT_RUNNING',
+      `${held.map((p) => `pid ${p.pid} (${p.exe})`).join(', ')} has files open in ${home}`,
+      {
+        hint: 'stop it first (an agent: keyward agent stop with its KEYWARD_SOCKET_DIR), then restore',
+      },
+    );
+}
+
+function damaged(why: string): IntegrityError {
+  return new IntegrityError('BACKUP_CORRUPT', `the backup is damaged: ${why}`, {
+    hint: 'nothing was restored; use another copy of the backup',
+  });
 }
 
 export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
@@ -141,10 +183,7 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
   const current = describeCurrent(home);
   const leftovers = leftoversOf(home);
   if (!o.verifyOnly) {
-    if (await agentRunning(o.socketDir))
-      throw new KeywardError('AGENT_RUNNING', 'an agent is running for this home', {
-        hint: 'stop it first (keyward agent stop), then restore',
-      });
+    await refuseIfHeld(home, o.socketDir);
     if (current.state === 'in use' && !o.force)
       throw new UsageError(
         'CONFIRMATION_REQUIRED',
@@ -155,49 +194,47 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
       );
   }
 
-  let passphraseRead = false;
-  const unlock = (): Unlock => {
-    passphraseRead = true;
-    return { passphrase: readPassphrase(o.source) };
-  };
-  let opened: Opened | undefined;
-  let container: Uint8Array;
   let unlockUsed: Unlock | undefined;
+  const unlock = (): Unlock => (unlockUsed ??= { passphrase: readPassphrase(o.source) });
+  let opened: Opened | undefined;
+  // --verify works in a private directory of its own; a restore beside the home (same
+  // filesystem, so it can be swapped in with one rename).
+  let scratch: string | undefined;
+  let tmp: string;
+  let removeTmp = true;
   try {
-    const d = await decryptBackup(bytes, () => (unlockUsed = unlock()));
-    container = d.container;
+    const d = await decryptBackup(bytes, unlock);
     opened = d.opened;
-    const { manifest, manifestSha256, files } = unpackContainer(container);
+    const { manifest, manifestSha256, files } = unpackContainer(d.container);
     if (d.vaultId !== undefined && d.vaultId !== manifest.vault.id)
-      throw new IntegrityError(
-        'BACKUP_CORRUPT',
-        `the backup is damaged: it is encrypted to vault ${d.vaultId} but holds vault ${manifest.vault.id}`,
+      throw damaged(`it is encrypted to vault ${d.vaultId} but holds vault ${manifest.vault.id}`);
+    if (o.verifyOnly) {
+      scratch = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-verify-'));
+      tmp = path.join(scratch, 'home');
+    } else {
+      fs.mkdirSync(path.dirname(home), { recursive: true, mode: 0o700 });
+      tmp = path.join(
+        path.dirname(home),
+        `${path.basename(home)}.restoring-${process.pid}-${randomBytes(4).toString('hex')}`,
       );
-    const tmp = path.join(
-      path.dirname(home),
-      `${path.basename(home)}.restoring-${process.pid}-${randomBytes(4).toString('hex')}`,
-    );
-    fs.mkdirSync(path.dirname(home), { recursive: true, mode: 0o700 });
-    let placed = false;
+    }
     try {
       extract(tmp, files);
-      const u: Unlock = opened
-        ? { derived: opened }
-        : passphraseRead
-          ? (unlockUsed as Unlock)
-          : unlock();
+      checkAgainstManifest(tmp, manifest, files);
+      const u: Unlock = opened ? { derived: opened } : unlock();
       opened = undefined; // the vault owns the derivation now
       const seen = withVaultRead(vaultPaths(tmp), u, (v) => {
         if (v.id !== manifest.vault.id)
-          throw new IntegrityError(
-            'BACKUP_CORRUPT',
-            `the backup is damaged: its manifest names vault ${manifest.vault.id}, its vault.kw is ${v.id}`,
-          );
+          throw damaged(`its manifest names vault ${manifest.vault.id}, its vault.kw is ${v.id}`);
         const r = verifyLog({ home: tmp, vault: v });
         if (!r.ok)
-          throw new IntegrityError(
-            'BACKUP_CORRUPT',
-            `the backup's audit log does not verify: ${r.finding.reason} (${path.basename(r.finding.file)}, line ${r.finding.line})`,
+          throw damaged(
+            `its audit log does not verify: ${r.finding.reason} (${path.basename(r.finding.file)}, line ${r.finding.line})`,
+          );
+        const head = r.entries === 0 ? null : { seq: r.headSeq, hash: r.headHash };
+        if (JSON.stringify(head) !== JSON.stringify(manifest.audit))
+          throw damaged(
+            `its manifest says the audit log ends at ${manifest.audit ? `seq ${manifest.audit.seq}` : 'nothing'}, the log it holds at ${head ? `seq ${head.seq}` : 'nothing'}`,
           );
         const secrets = v.list().length;
         if (!o.verifyOnly)
@@ -211,31 +248,21 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
           });
         return { secrets, entries: r.entries };
       });
-      if (o.verifyOnly)
-        return {
-          manifest,
-          manifestSha256,
-          secrets: seen.secrets,
-          auditEntries: seen.entries,
-          current,
-          leftovers,
-          restored: false,
-        };
-      // From here the temp directory is never removed: after the exchange it holds the old home.
-      placed = true;
-      const movedAside = placeHome(tmp, home, current);
-      return {
+      const report: RestoreReport = {
         manifest,
         manifestSha256,
         secrets: seen.secrets,
         auditEntries: seen.entries,
         current,
-        ...(movedAside ? { movedAside } : {}),
         leftovers,
-        restored: true,
+        restored: !o.verifyOnly,
       };
+      if (o.verifyOnly) return report;
+      const movedAside = placeHome(tmp, home, current, () => (removeTmp = false));
+      return movedAside ? { ...report, movedAside } : report;
     } finally {
-      if (!placed) fs.rmSync(tmp, { recursive: true, force: true });
+      if (removeTmp) fs.rmSync(tmp, { recursive: true, force: true });
+      if (scratch) fs.rmSync(scratch, { recursive: true, force: true });
     }
   } finally {
     if (opened) secureFree(opened.kek);
@@ -244,22 +271,67 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
 }
 
 /**
- * Puts the extracted home at `home`: a rename where nothing (or an empty directory) is there, an
- * exchange then a rename aside where a home is. Returns where the old home went.
+ * What the manifest says that its hashes don't already vouch for: the vault's header (its
+ * format and generation) and, for a log with entries, the sealed checkpoint file, without which
+ * a log cut back to the vault's older checkpoint would pass.
  */
-function placeHome(tmp: string, home: string, current: CurrentHome): string | undefined {
+function checkAgainstManifest(dir: string, m: Manifest, files: readonly HomeFile[]): void {
+  const info = readHeaderInfo(vaultPaths(dir));
+  if (info.version !== m.vault.format || info.generation !== m.vault.generation)
+    throw damaged(
+      `its manifest says vault format ${m.vault.format} generation ${m.vault.generation}, its vault.kw is format ${info.version} generation ${info.generation}`,
+    );
+  const hasLog = files.some((f) => /^audit\/log-\d+\.jsonl$/.test(f.path));
+  const checkpoint = path.relative(dir, auditPaths(dir).checkpoint).split(path.sep).join('/');
+  if (hasLog && !files.some((f) => f.path === checkpoint))
+    throw damaged('it holds an audit log without its checkpoint file');
+}
+
+/**
+ * Puts the extracted home at `home`: a rename where nothing (or an empty directory) is there; an
+ * exchange, then a rename aside, where a home is in use, both under the old home's vault and
+ * audit locks (no writer in between). `swapped` is called the moment `tmp` stops holding the new
+ * home. Returns where the old home went.
+ */
+function placeHome(
+  tmp: string,
+  home: string,
+  current: CurrentHome,
+  swapped: () => void,
+): string | undefined {
   const parent = path.dirname(home);
   if (current.state !== 'in use') {
     fs.renameSync(tmp, home);
+    swapped();
     fsyncDir(parent);
     return undefined;
   }
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const aside = `${home}.before-restore-${stamp}`;
-  renameExchange(tmp, home);
-  fsyncDir(parent);
-  // Now tmp holds the old home: from here on a crash leaves it there, named .restoring-*.
-  fs.renameSync(tmp, aside);
-  fsyncDir(parent);
+  const exchange = () => {
+    try {
+      renameExchange(tmp, home);
+    } catch (e) {
+      throw new UsageError(
+        'USAGE',
+        `this filesystem can't swap ${home} for the restored home in one step (renameat2 RENAME_EXCHANGE): nothing was changed`,
+        {
+          hint: 'move the current home aside yourself (mv), then restore into the empty path',
+          cause: e,
+        },
+      );
+    }
+    swapped();
+    fsyncDir(parent);
+    // Now tmp holds the old home: from here on a crash leaves it there, named .restoring-*.
+    fs.renameSync(tmp, aside);
+    fsyncDir(parent);
+  };
+  const vaultLock = vaultPaths(home).lock;
+  const auditLock = auditPaths(home).lock;
+  const withAudit = () =>
+    fs.existsSync(auditLock) ? withFileLock(auditLock, LOCK_MS, exchange) : exchange();
+  if (fs.existsSync(vaultLock)) withFileLock(vaultLock, LOCK_MS, withAudit);
+  else withAudit();
   return aside;
 }

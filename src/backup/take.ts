@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError, UsageError } from '../errors.js';
-import { assertPrivate, withFileLock, writeFileAtomic } from '../lib/files.js';
+import { assertPrivate, stageFile, withFileLock } from '../lib/files.js';
 import { auditPaths, auditSink, headOf } from '../audit/index.js';
 import {
   readHeaderInfo,
@@ -17,25 +17,11 @@ import {
   type BackupSealer,
   type VaultHeaderInfo,
 } from '../vault/index.js';
-import { packContainer, type HomeFile, type Manifest } from './container.js';
+import { leftOut, packContainer, type HomeFile, type Manifest } from './container.js';
 import { checkRecipient, encryptBackup } from './crypt.js';
 
 const LOCK_MS = 10_000;
 const NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$/;
-
-/**
- * Files a backup leaves out: the lock files (empty; made again on first use), temp files of a
- * writer in progress, and the audit writer's state, which holds the current epoch key in the
- * clear: a restore rebuilds it from the vault, so a backup's holder gets no key to the log.
- */
-function leftOut(rel: string): boolean {
-  return (
-    rel === 'vault.lock' ||
-    rel === 'audit/lock' ||
-    rel === 'audit/state' ||
-    /(^|\/)\.[^/]*\.tmp-[^/]*$/.test(rel)
-  );
-}
 
 /** Every file of the home, in a fixed order; a link or a file others could change is refused. */
 export function collectHome(home: string, skipDirs: readonly string[]): HomeFile[] {
@@ -104,12 +90,19 @@ export async function takeBackup(o: BackupOptions): Promise<BackupReport> {
   const paths = vaultPaths(home);
   requireVault(paths);
   for (const r of o.recipients) checkRecipient(r);
-  if (output === home || output.startsWith(`${home}${path.sep}`))
+  if (!fs.existsSync(path.dirname(output)))
+    throw new UsageError('USAGE', `no such directory: ${path.dirname(output)}`);
+  if (fs.existsSync(output) && !fs.lstatSync(output).isFile())
+    throw new UsageError('USAGE', `${output} exists and is not a regular file`, {
+      hint: '--output names the backup file itself, not a directory',
+    });
+  // By real paths: a link to the home is the home.
+  const realHome = fs.realpathSync(home);
+  const realOut = path.join(fs.realpathSync(path.dirname(output)), path.basename(output));
+  if (realOut === realHome || realOut.startsWith(`${realHome}${path.sep}`))
     throw new UsageError('USAGE', `refusing to write the backup inside KEYWARD_HOME (${home})`, {
       hint: 'write it elsewhere: a backup of the home kept in the home is lost with it',
     });
-  if (!fs.existsSync(path.dirname(output)))
-    throw new UsageError('USAGE', `no such directory: ${path.dirname(output)}`);
 
   type Snapshot = { files: HomeFile[]; head: Manifest['audit']; info: VaultHeaderInfo };
   const snapshot = (): Snapshot => {
@@ -155,7 +148,9 @@ export async function takeBackup(o: BackupOptions): Promise<BackupReport> {
       packed.bytes,
       sealer ? { sealer } : { recipients: o.recipients },
     );
-    writeFileAtomic(output, [encrypted]);
+    // Recorded before it replaces anything: a backup the log can't show is not kept, and a
+    // failure here leaves the file already at `output` (yesterday's backup) as it was.
+    const staged = stageFile(output, [encrypted]);
     try {
       auditSink(home).record({
         type: 'backup.created',
@@ -170,11 +165,10 @@ export async function takeBackup(o: BackupOptions): Promise<BackupReport> {
         },
       });
     } catch (e) {
-      // Not recorded, not kept: a backup nobody can see in the log is one more copy of the vault
-      // that nobody knows about.
-      fs.rmSync(output, { force: true });
+      staged.discard();
       throw e;
     }
+    staged.commit();
     return {
       output,
       manifest: packed.manifest,

@@ -33,6 +33,18 @@ export function fsyncDir(dir: string): void {
  * rename itself is durable. Mode 0600 from creation (no window where the file is more open).
  */
 export function writeFileAtomic(target: string, chunks: readonly Uint8Array[]): void {
+  stageFile(target, chunks).commit();
+}
+
+/**
+ * writeFileAtomic in two steps: the new file written and fsynced beside `target` now, put in
+ * its place by commit() (rename, fsync the directory), or removed by discard() with `target`
+ * untouched. For a file whose replacing must wait for something else to succeed first.
+ */
+export function stageFile(
+  target: string,
+  chunks: readonly Uint8Array[],
+): { commit(): void; discard(): void } {
   const tmp = tempName(target);
   const flags =
     fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
@@ -49,13 +61,20 @@ export function writeFileAtomic(target: string, chunks: readonly Uint8Array[]): 
     throw e;
   }
   fs.closeSync(fd);
-  try {
-    fs.renameSync(tmp, target);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-  fsyncDir(path.dirname(target));
+  return {
+    commit() {
+      try {
+        fs.renameSync(tmp, target);
+      } catch (e) {
+        fs.rmSync(tmp, { force: true });
+        throw e;
+      }
+      fsyncDir(path.dirname(target));
+    },
+    discard() {
+      fs.rmSync(tmp, { force: true });
+    },
+  };
 }
 
 /**

@@ -89,8 +89,9 @@ export function openBackupStanza(
     throw damaged('its arguments are not a vault id and a key id');
   const vaultId = Buffer.from(idHex ?? '', 'hex');
   const b = Buffer.from(body.buffer, body.byteOffset, body.byteLength);
+  if (b.length < 1) throw damaged('its body is empty');
   const count = b.readUInt8(0);
-  if (b.length < 1 || count < 1 || count > MAX_SLOTS) throw damaged(`it holds ${count} key slots`);
+  if (count < 1 || count > MAX_SLOTS) throw damaged(`it holds ${count} key slots`);
   const slots: Slot[] = [];
   let at = 1;
   for (let i = 0; i < count; i++) {
