@@ -59,6 +59,9 @@ export function benchHome(root: string, label: string, policy: string): BenchHom
         ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, bin, '--allow-debugger', 'agent', 'run']
         : [bin, 'agent', 'run'];
       agent = spawn(process.execPath, args, { env, stdio: 'ignore' });
+      // A benchmark that fails midway must not leave its agent running.
+      const a = agent;
+      process.once('exit', () => a.kill('SIGTERM'));
       await waitFor(path.join(dir, 'run', 'agent.sock'));
       await waitFor(path.join(dir, 'run', 'ssh-agent.sock'));
       kw(prof ? ['--allow-debugger', 'unlock'] : ['unlock']);

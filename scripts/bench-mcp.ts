@@ -61,8 +61,12 @@ export async function mcpBench(root: string): Promise<void> {
     return pct(times, 0.5);
   };
   const directArgs = [everything, 'stdio'];
+  // BENCH_PROFILE profiles the gateway too, and lets it trust the profiled (debuggable) agent.
+  const prof = process.env['BENCH_PROFILE'];
   const gatewayArgs = [
+    ...(prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : []),
     bin,
+    ...(prof ? ['--allow-debugger'] : []),
     'mcp',
     'wrap',
     '--name',
