@@ -61,6 +61,7 @@ export const ERROR_CODES = {
   PROTOCOL_ERROR: EXIT.INTEGRITY,
   PIN_CHANGED: EXIT.DENIED,
   BACKUP_CORRUPT: EXIT.INTEGRITY,
+  BACKUP_IDENTITY_MISMATCH: EXIT.AUTH,
 } as const satisfies Record<string, ExitCode>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -103,7 +104,7 @@ export class UsageError extends KeywardError {
 /** Authentication failed: wrong passphrase, a keyring key that does not open the vault. */
 export class AuthError extends KeywardError {
   constructor(
-    code: 'VAULT_BAD_PASSPHRASE' | 'KEYRING_KEY_MISMATCH',
+    code: 'VAULT_BAD_PASSPHRASE' | 'KEYRING_KEY_MISMATCH' | 'BACKUP_IDENTITY_MISMATCH',
     message: string,
     options?: KeywardErrorOptions,
   ) {

@@ -17,6 +17,7 @@ import {
   stopAgent,
   type AgentHome,
 } from './agent-helpers.js';
+import { hkdfSha256, hmacSha256 } from '../src/vault/age-identity.js';
 import { everyByteUnder, initHome, kw, STRACE, straced, type Home } from './helpers.js';
 
 const has = (cmd: string, arg: string) => spawnSync(cmd, [arg]).status === 0;
@@ -331,7 +332,7 @@ test(
     const out = path.join(h.dir, 'to-recipient.age');
     const b = kw(['backup', '--output', out, '--recipient', recipient], { env: noPass });
     assert.equal(b.code, 0, b.stderr);
-    assert.match(b.stderr, /age -d -i KEYFILE opens it/);
+    assert.match(b.stderr, /keyward restore --identity KEYFILE \(or age -d -i KEYFILE\) opens it/);
 
     const bad = kw(['backup', '--output', out, '--recipient', 'age1notarecipient'], {
       env: noPass,
@@ -700,3 +701,89 @@ test('backup --output refuses a directory, and a path into the home through a li
   assert.match(l.stderr, /inside KEYWARD_HOME/);
   assert.equal(fs.existsSync(path.join(h.home, 'b.kwbackup')), false);
 });
+
+test("HMAC-SHA256 and HKDF-SHA256 on libsodium give RFC 4231 and RFC 5869 answers, and node:crypto's on random input", () => {
+  const mac = Buffer.alloc(32);
+  hmacSha256(mac, Buffer.from('Jefe'), Buffer.from('what do ya want for nothing?'));
+  assert.equal(
+    mac.toString('hex'),
+    '5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843',
+  );
+  const okm = hkdfSha256(
+    Buffer.alloc(22, 0x0b),
+    Buffer.from('000102030405060708090a0b0c', 'hex'),
+    Buffer.from('f0f1f2f3f4f5f6f7f8f9', 'hex'),
+    42,
+  );
+  assert.equal(
+    Buffer.from(okm).toString('hex'),
+    '3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865',
+  );
+  for (let i = 0; i < 200; i++) {
+    const key = crypto.randomBytes(i % 150);
+    const msg = crypto.randomBytes(i * 7);
+    hmacSha256(mac, key, msg.subarray(0, i), msg.subarray(i));
+    assert.deepEqual(mac, crypto.createHmac('sha256', key).update(msg).digest(), `hmac ${i}`);
+    const len = 1 + (i % 100);
+    const salt = crypto.randomBytes(i % 80);
+    const info = crypto.randomBytes(i % 20);
+    const ours = hkdfSha256(msg, salt, info, len);
+    assert.deepEqual(
+      Buffer.from(ours),
+      Buffer.from(crypto.hkdfSync('sha256', msg, salt, info, len)),
+      `hkdf ${i}`,
+    );
+  }
+});
+
+test(
+  "restore --identity opens a recipient backup with the age identity file, keyward's or one the age command encrypted; another identity is exit 4, a damaged one exit 2",
+  { skip: noAge },
+  () => {
+    const h = initHome();
+    for (const [name, value] of Object.entries(SECRETS))
+      assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
+    const idFile = path.join(h.dir, 'age.key');
+    assert.equal(run('age-keygen', ['-o', idFile]).status, 0);
+    const recipient = run('age-keygen', ['-y', idFile]).stdout.trim();
+    const out = path.join(h.dir, 'r.age');
+    assert.equal(kw(['backup', '--output', out, '--recipient', recipient], { env: h.env }).code, 0);
+
+    const to = freshPlace(h);
+    const r = kw(['restore', '--input', out, '--identity', idFile], { env: to.env });
+    assert.equal(r.code, 0, r.stderr);
+    for (const [name, value] of Object.entries(SECRETS))
+      assert.equal(kw(['read', name], { env: to.env }).stdout, value);
+
+    // A container the age command encrypted to the same recipient opens the same way.
+    const plain = path.join(h.dir, 'plain');
+    assert.equal(run('age', ['-d', '-i', idFile, '-o', plain, out]).status, 0);
+    const byAge = path.join(h.dir, 'by-age.age');
+    assert.equal(run('age', ['-r', recipient, '-o', byAge, plain]).status, 0);
+    const again = freshPlace(h);
+    const a = kw(['restore', '--input', byAge, '--identity', idFile, '--verify'], {
+      env: again.env,
+    });
+    assert.equal(a.code, 0, a.stderr);
+
+    const other = path.join(h.dir, 'other.key');
+    assert.equal(run('age-keygen', ['-o', other]).status, 0);
+    const w = kw(['restore', '--input', out, '--identity', other], { env: freshPlace(h).env });
+    assert.equal(w.code, 4, w.stderr);
+    assert.match(w.stderr, /no identity given is a recipient of this backup/);
+
+    const text = fs.readFileSync(idFile, 'utf8');
+    const key = /AGE-SECRET-KEY-1[0-9A-Z]+/.exec(text)?.[0] ?? '';
+    const flipped = key.slice(0, -1) + (key.endsWith('Q') ? 'P' : 'Q');
+    const bad = path.join(h.dir, 'bad.key');
+    fs.writeFileSync(bad, text.replace(key, flipped), { mode: 0o600 });
+    const d = kw(['restore', '--input', out, '--identity', bad], { env: freshPlace(h).env });
+    assert.equal(d.code, 2, d.stderr);
+    assert.match(d.stderr, /not an age X25519 identity/);
+    assert.doesNotMatch(d.stderr, new RegExp(key.slice(20, 40)), 'the key is not printed');
+    fs.chmodSync(idFile, 0o644);
+    const loose = kw(['restore', '--input', out, '--identity', idFile], { env: freshPlace(h).env });
+    assert.equal(loose.code, 8, loose.stderr);
+    assert.match(loose.stderr, /others can read it/);
+  },
+);

@@ -41,6 +41,7 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     PROTOCOL_ERROR: 8,
     PIN_CHANGED: 6,
     BACKUP_CORRUPT: 8,
+    BACKUP_IDENTITY_MISMATCH: 4,
   });
 });
 

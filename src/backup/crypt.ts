@@ -4,9 +4,15 @@
  * keyward's own (src/vault/backup-key.ts) or to age X25519 recipients.
  */
 import { Decrypter, Encrypter, Stanza, type Identity } from 'age-encryption';
-import { IntegrityError, KeywardError, UsageError } from '../errors.js';
-import { BACKUP_STANZA, openBackupStanza, type BackupSealer, type Unlock } from '../vault/index.js';
-import { secureFree } from '../lib/secure.js';
+import { AuthError, IntegrityError, KeywardError, UsageError } from '../errors.js';
+import {
+  BACKUP_STANZA,
+  openBackupStanza,
+  unwrapX25519,
+  type BackupSealer,
+  type Unlock,
+} from '../vault/index.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { isContainer } from './container.js';
 
 const AGE_MAGIC = Buffer.from('age-encryption.org/v1\n', 'ascii');
@@ -55,32 +61,46 @@ function corrupt(why: string): IntegrityError {
 
 /**
  * The container inside a backup. A container given as it is (what `age -d` gives back from a
- * recipient backup) is returned unchanged; an age file with keyward's stanza is opened with the
- * passphrase `unlock()` reads (once, when the stanza is found). Returns the derivation that
- * opened it, if any: the caller owns its key (the vault takes it, or the caller frees it).
+ * recipient backup) is returned unchanged. An age file is opened with the age identities given
+ * (`--identity`: X25519 stanzas), or else with keyward's stanza and the passphrase `unlock()`
+ * reads (once, when the stanza is found). Returns the derivation that opened keyward's stanza,
+ * if any: the caller owns its key (the vault takes it, or the caller frees it).
  */
 export async function decryptBackup(
   bytes: Uint8Array,
   unlock: () => Unlock,
+  identities: readonly SecureBuffer[] = [],
 ): Promise<{ container: Uint8Array; opened?: Opened; vaultId?: string }> {
   if (isContainer(bytes)) return { container: bytes };
   const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   // eslint-disable-next-line no-restricted-syntax -- the magic is public
   if (!b.subarray(0, AGE_MAGIC.length).equals(AGE_MAGIC))
     throw corrupt('it is neither an age file nor a keyward backup container');
-  let found: { opened: Opened; vaultId: string; free: () => void } | undefined;
+  let found: { opened: Opened; vaultId: string } | undefined;
+  let fileKey: SecureBuffer | undefined;
   let recipients = 0;
   const identity: Identity = {
     unwrapFileKey(stanzas: Stanza[]) {
       recipients = stanzas.filter((s) => s.args[0] === 'X25519').length;
+      if (identities.length > 0) {
+        for (const s of stanzas)
+          for (const id of identities) {
+            fileKey = unwrapX25519(id, s.args, s.body);
+            if (fileKey) return fileKey;
+          }
+        throw new AuthError(
+          'BACKUP_IDENTITY_MISMATCH',
+          `no identity given is a recipient of this backup (it has ${recipients} X25519 recipient${recipients === 1 ? '' : 's'})`,
+          {
+            hint: 'give the identity file whose public key (age-keygen -y FILE) the backup was made to',
+          },
+        );
+      }
       const s = stanzas.find((x) => x.args[0] === BACKUP_STANZA);
       if (!s) return null;
       const r = openBackupStanza(s.args, s.body, unlock());
-      found = {
-        opened: r.opened,
-        vaultId: r.vaultId,
-        free: () => secureFree(r.fileKey),
-      };
+      found = { opened: r.opened, vaultId: r.vaultId };
+      fileKey = r.fileKey;
       return r.fileKey;
     },
   };
@@ -97,11 +117,11 @@ export async function decryptBackup(
         'USAGE',
         `this backup is encrypted to ${recipients} age recipient${recipients === 1 ? '' : 's'}, not to the vault's passphrase`,
         {
-          hint: 'decrypt it with the recipient key: age -d -i KEYFILE -o backup.plain BACKUP, then keyward restore --input backup.plain',
+          hint: 'give the recipient key: keyward restore --input FILE --identity KEYFILE (or age -d -i KEYFILE, then restore what it gives)',
         },
       );
     throw corrupt(e instanceof Error ? e.message : 'age could not decrypt it');
   } finally {
-    found?.free();
+    secureFree(fileKey);
   }
 }

@@ -17,6 +17,7 @@ import { fsyncDir, withFileLock } from '../lib/files.js';
 import { renameExchange } from '../lib/libc.js';
 import { secureFree } from '../lib/secure.js';
 import {
+  readAgeIdentities,
   readHeaderInfo,
   readPassphrase,
   vaultExists,
@@ -36,6 +37,8 @@ export interface RestoreOptions {
   force: boolean;
   source: PassphraseSource;
   socketDir: string;
+  /** An age identity file, for a backup made to recipients (its key never a JS string). */
+  identityFile?: string | undefined;
 }
 
 export interface CurrentHome {
@@ -202,8 +205,11 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
   let scratch: string | undefined;
   let tmp: string;
   let removeTmp = true;
+  const identities = o.identityFile === undefined ? [] : readAgeIdentities(o.identityFile);
   try {
-    const d = await decryptBackup(bytes, unlock);
+    const d = await decryptBackup(bytes, unlock, identities).finally(() => {
+      for (const k of identities) secureFree(k);
+    });
     opened = d.opened;
     const { manifest, manifestSha256, files } = unpackContainer(d.container);
     if (d.vaultId !== undefined && d.vaultId !== manifest.vault.id)

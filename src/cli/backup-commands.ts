@@ -71,7 +71,7 @@ export function registerBackupCommands(program: Command, io: Io, version: string
         io,
         o.recipient.length === 0
           ? 'encrypted to the vault passphrase as it is now; keyward restore --verify --input FILE checks it'
-          : `encrypted to ${o.recipient.length} age recipient${o.recipient.length === 1 ? '' : 's'}: age -d -i KEYFILE opens it; the vault inside still needs the passphrase`,
+          : `encrypted to ${o.recipient.length} age recipient${o.recipient.length === 1 ? '' : 's'}: keyward restore --identity KEYFILE (or age -d -i KEYFILE) opens it; the vault inside still needs the passphrase`,
       );
     });
 
@@ -83,8 +83,17 @@ export function registerBackupCommands(program: Command, io: Io, version: string
     .requiredOption('--input <file>', 'the backup (or the container age -d gave back)')
     .option('--verify', 'check everything and say what would change; write nothing')
     .option('--force', 'move a KEYWARD_HOME in use aside (never deleted) and restore')
+    .option(
+      '--identity <file>',
+      'an age identity file (age-keygen), for a backup made with --recipient',
+    )
     .action(async function (this: Command) {
-      const o = this.opts<{ input: string; verify?: boolean; force?: boolean }>();
+      const o = this.opts<{
+        input: string;
+        verify?: boolean;
+        force?: boolean;
+        identity?: string;
+      }>();
       const r = await restoreBackup({
         home: keywardHome(),
         input: o.input,
@@ -92,6 +101,7 @@ export function registerBackupCommands(program: Command, io: Io, version: string
         force: o.force === true,
         source: { file: passphraseFile(this) },
         socketDir: socketDir(),
+        identityFile: o.identity,
       });
       describeRestore(io, r, o.verify === true);
     });

@@ -293,6 +293,7 @@ export const COMMAND_HELP: Readonly<
     examples: [
       'keyward restore --input keyward.kwbackup --verify',
       'keyward restore --input keyward.kwbackup --force',
+      'keyward restore --input keyward.age --identity backup-identity.txt',
     ],
   },
   doctor: { exits: [2, 8], examples: ['keyward doctor', 'keyward doctor --json'] },

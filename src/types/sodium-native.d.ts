@@ -66,6 +66,10 @@ declare module 'sodium-native' {
     crypto_auth_verify(mac: Uint8Array, input: Uint8Array, key: Uint8Array): boolean;
     crypto_auth_BYTES: number;
     crypto_hash_sha256(out: Uint8Array, input: Uint8Array): void;
+    crypto_hash_sha256_init(state: Uint8Array): void;
+    crypto_hash_sha256_update(state: Uint8Array, input: Uint8Array): void;
+    crypto_hash_sha256_final(state: Uint8Array, out: Uint8Array): void;
+    crypto_hash_sha256_STATEBYTES: number;
 
     crypto_box_keypair(pk: Uint8Array, sk: Uint8Array): void;
     crypto_box_seal(out: Uint8Array, message: Uint8Array, pk: Uint8Array): void;
@@ -77,6 +81,17 @@ declare module 'sodium-native' {
     ): boolean;
     crypto_box_SEALBYTES: number;
     crypto_scalarmult_base(q: Uint8Array, n: Uint8Array): void;
+    /** Throws when the result is all zeros (a low-order point). */
+    crypto_scalarmult(q: Uint8Array, n: Uint8Array, p: Uint8Array): void;
+    /** Throws when the ciphertext does not authenticate. */
+    crypto_aead_chacha20poly1305_ietf_decrypt(
+      message: Uint8Array,
+      nsec: null,
+      ciphertext: Uint8Array,
+      additionalData: Uint8Array | null,
+      npub: Uint8Array,
+      key: Uint8Array,
+    ): number;
 
     crypto_sign_keypair(pk: Uint8Array, sk: Uint8Array): void;
     crypto_sign_detached(sig: Uint8Array, message: Uint8Array, sk: Uint8Array): void;
