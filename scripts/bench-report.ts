@@ -191,6 +191,8 @@ export function writeReport(root: string): string {
       '',
     );
   lines.push(
+    'Why each row that misses its target misses it, with profiles: docs/PERFORMANCE.md.',
+    '',
     'Physical limits: a durable append waits for one fsync (group commit shares it among',
     "concurrent writers); a read through the agent includes that fsync; `node -e 0` is Node's own",
     'start-up, which every keyward command pays.',
