@@ -13,7 +13,6 @@ import {
   debugExposure,
 } from '../lib/runtime-guard.js';
 import { agentStatus, call } from './client.js';
-import { askpassProblem, TerminalChannel } from '../approval/index.js';
 import { printable } from '../lib/text.js';
 import type { Agent as AgentType } from './server.js';
 import { prepareSocketDir, socketPaths } from './socketdir.js';
@@ -46,10 +45,12 @@ export interface RunOptions {
  * The approval program from this environment (KEYWARD_ASKPASS, else SSH_ASKPASS), checked: one
  * that can't be run is an error at start, not a silent denial of every request later.
  */
-export function askpassFrom(env: NodeJS.ProcessEnv): string | undefined {
+async function askpassFrom(env: NodeJS.ProcessEnv): Promise<string | undefined> {
   const name = env['KEYWARD_ASKPASS'] ? 'KEYWARD_ASKPASS' : 'SSH_ASKPASS';
   const program = env[name] || undefined;
   if (program === undefined) return undefined;
+  // The approval domain loads with the agent (and for this check), not with `agent stop`.
+  const { askpassProblem } = await import('../approval/index.js');
   const problem = askpassProblem(program, env['PATH']);
   if (problem)
     throw new KeywardError('USAGE', `${name}=${printable(program, 200)}: ${problem}`, {
@@ -91,7 +92,8 @@ export async function runAgent(o: RunOptions): Promise<void> {
   }
   if (exposure.length > 0)
     o.log(`WARNING: this agent can be debugged (--allow-debugger): ${exposure.join('; ')}`);
-  const askpassProgram = askpassFrom(o.env);
+  const askpassProgram = await askpassFrom(o.env);
+  const { TerminalChannel } = await import('../approval/index.js');
   // In the foreground on a terminal, that terminal is an approval channel (with a challenge).
   const terminal =
     process.stdin.isTTY && process.stderr.isTTY
@@ -151,7 +153,7 @@ export async function startAgent(
   env: NodeJS.ProcessEnv,
   console = true,
 ): Promise<{ pid: number; console: string | undefined }> {
-  askpassFrom(env);
+  await askpassFrom(env);
   const sp = socketPaths(socketDir);
   if (await agentStatus(sp.agent))
     throw new KeywardError('AGENT_RUNNING', `an agent already answers on ${sp.agent}`, {

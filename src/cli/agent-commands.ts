@@ -18,9 +18,7 @@ import { keywardHome, socketDir } from '../lib/paths.js';
 import { runtimeState } from '../lib/runtime-guard.js';
 import { printable } from '../lib/text.js';
 import { note, type Io } from './report.js';
-import { agentSocket, auth, passphraseFile, paths } from './context.js';
-import { enrollTotp } from '../approval/index.js';
-import { useVault } from '../vault/index.js';
+import { agentSocket, passphraseFile } from './places.js';
 
 const BIN = fileURLToPath(new URL('../../../bin/keyward.js', import.meta.url));
 
@@ -205,7 +203,13 @@ export function registerAgentCommands(program: Command, io: Io): void {
       'make a new TOTP secret; shows an otpauth URI and a QR code for your authenticator app',
     )
     .option('--no-qr', 'the URI only')
-    .action(function (this: Command) {
+    .action(async function (this: Command) {
+      // The vault, the audit log and the TOTP code load for this command only.
+      const [{ auth, paths }, { enrollTotp }, { useVault }] = await Promise.all([
+        import('./context.js'),
+        import('../approval/index.js'),
+        import('../vault/index.js'),
+      ]);
       const a = auth(this, io);
       const qr = this.opts<{ qr: boolean }>().qr;
       useVault(paths(), a, 'write', (v) => {

@@ -3,9 +3,8 @@
  * passphrase comes from, and the audit sink operations record into.
  */
 import type { Command } from 'commander';
-import { socketPaths } from '../agent/index.js';
 import { auditSink } from '../audit/index.js';
-import { keywardHome, socketDir } from '../lib/paths.js';
+import { keywardHome } from '../lib/paths.js';
 import {
   KDF_INTERACTIVE,
   vaultPaths,
@@ -14,17 +13,12 @@ import {
   type VaultPaths,
 } from '../vault/index.js';
 import { note, type Io } from './report.js';
+import { passphraseFile } from './places.js';
 
-export const agentSocket = (): string => socketPaths(socketDir()).agent;
+export { agentSocket, passphraseFile } from './places.js';
 
 export function paths(): VaultPaths {
   return vaultPaths(keywardHome());
-}
-
-export function passphraseFile(cmd: Command): string | undefined {
-  const fromFlag = cmd.optsWithGlobals()['passphraseFile'] as string | undefined;
-  const fromEnv = process.env['KEYWARD_PASSPHRASE_FILE'];
-  return fromFlag ?? (fromEnv !== undefined && fromEnv !== '' ? fromEnv : undefined);
 }
 
 export function auth(cmd: Command, io: Io): Auth {
