@@ -17,6 +17,7 @@ import {
   stopAgent,
   type AgentHome,
 } from './agent-helpers.js';
+import { AuditLog } from '../src/audit/index.js';
 import { hkdfSha256, hmacSha256 } from '../src/vault/age-identity.js';
 import { CHANGING, names, through, tool, toolsFile } from './mcp-helpers.js';
 import { everyByteUnder, initHome, kw, STRACE, straced, type Home } from './helpers.js';
@@ -810,3 +811,29 @@ test(
     assert.match(loose.stderr, /others can read it/);
   },
 );
+
+test('a long audit log, rotated across several segments, comes back whole and verifies', () => {
+  const h = initHome();
+  // The same writer the CLI uses, with small segments so the log rotates.
+  const log = new AuditLog(h.home, { segmentMaxBytes: 3000 });
+  for (let i = 0; i < 120; i++)
+    log.append([{ type: 'secret.read', decision: 'allow', target: `app/k${i % 7}` }]);
+  const segments = fs.readdirSync(path.join(h.home, 'audit')).filter((n) => n.startsWith('log-'));
+  assert.ok(segments.length >= 4, `${segments.length} segments`);
+  const before = kw(['audit', 'verify'], { env: h.env });
+  assert.equal(before.code, 0, before.stderr);
+  const out = path.join(h.dir, 'b.kwbackup');
+  assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+  const to = freshPlace(h);
+  const r = kw(['restore', '--input', out], { env: to.env });
+  assert.equal(r.code, 0, r.stderr);
+  for (const s of segments)
+    assert.deepEqual(
+      fs.readFileSync(path.join(to.home, 'audit', s)).subarray(0, 1000),
+      fs.readFileSync(path.join(h.home, 'audit', s)).subarray(0, 1000),
+      s,
+    );
+  const v = kw(['audit', 'verify'], { env: to.env });
+  assert.equal(v.code, 0, v.stderr);
+  assert.match(v.stdout, new RegExp(`in ${segments.length} segment`));
+});
