@@ -808,7 +808,7 @@ test(
     fs.chmodSync(idFile, 0o644);
     const loose = kw(['restore', '--input', out, '--identity', idFile], { env: freshPlace(h).env });
     assert.equal(loose.code, 8, loose.stderr);
-    assert.match(loose.stderr, /others can read it/);
+    assert.match(loose.stderr, /others can read or change it/);
   },
 );
 
@@ -836,4 +836,94 @@ test('a long audit log, rotated across several segments, comes back whole and ve
   const v = kw(['audit', 'verify'], { env: to.env });
   assert.equal(v.code, 0, v.stderr);
   assert.match(v.stdout, new RegExp(`in ${segments.length} segment`));
+});
+
+test(
+  'what --identity and --recipient refuse: a secret key as a recipient (never echoed), a lowercase, linked, piped, loose or oversized identity file, a low-order stanza, --identity for a passphrase backup',
+  { skip: noAge },
+  async () => {
+    const h = initHome();
+    const idFile = path.join(h.dir, 'age.key');
+    assert.equal(run('age-keygen', ['-o', idFile]).status, 0);
+    const recipient = run('age-keygen', ['-y', idFile]).stdout.trim();
+    const text = fs.readFileSync(idFile, 'utf8');
+    const key = /AGE-SECRET-KEY-1[0-9A-Z]+/.exec(text)?.[0] ?? '';
+    const to = () => freshPlace(h).env;
+
+    const pasted = kw(['backup', '--output', path.join(h.dir, 'x.age'), '--recipient', key], {
+      env: h.env,
+    });
+    assert.equal(pasted.code, 2, pasted.stderr);
+    assert.match(pasted.stderr, /is an age secret key, not a recipient/);
+    assert.ok(!pasted.stderr.includes(key.slice(16, 40)), 'the key was echoed');
+
+    const out = path.join(h.dir, 'r.age');
+    assert.equal(kw(['backup', '--output', out, '--recipient', recipient], { env: h.env }).code, 0);
+    const refused = (file: string, code: number, why: RegExp) => {
+      const r = kw(['restore', '--input', out, '--identity', file, '--verify'], { env: to() });
+      assert.equal(r.code, code, `${file}: ${r.stderr}`);
+      assert.match(r.stderr, why, file);
+      assert.ok(!r.stderr.includes(key.slice(16, 40)), 'the key was printed');
+    };
+    const lower = path.join(h.dir, 'lower.key');
+    fs.writeFileSync(lower, `${key.toLowerCase()}\n`, { mode: 0o600 });
+    refused(lower, 2, /not an age X25519 identity/);
+    const link = path.join(h.dir, 'link.key');
+    fs.symlinkSync(idFile, link);
+    refused(link, 8, /symbolic link/);
+    const fifo = path.join(h.dir, 'fifo.key');
+    assert.equal(run('mkfifo', ['-m', '600', fifo]).status, 0);
+    refused(fifo, 2, /not a regular file/);
+    const loose = path.join(h.dir, 'loose.key');
+    fs.writeFileSync(loose, text, { mode: 0o640 });
+    fs.chmodSync(loose, 0o640);
+    refused(loose, 8, /others can read or change it/);
+    const big = path.join(h.dir, 'big.key');
+    fs.writeFileSync(big, `#${'a'.repeat(70_000)}\n${key}\n`, { mode: 0o600 });
+    refused(big, 2, /too large/);
+
+    // A stanza whose share is a low-order point comes before the real one: age refuses the file.
+    const { Encrypter, Stanza } = await import('age-encryption');
+    const e = new Encrypter();
+    e.addRecipient({
+      wrapFileKey: () => [new Stanza(['X25519', 'A'.repeat(43)], Buffer.alloc(32))],
+    });
+    e.addRecipient(recipient);
+    const plain = path.join(h.dir, 'plain');
+    assert.equal(run('age', ['-d', '-i', idFile, '-o', plain, out]).status, 0);
+    const crafted = path.join(h.dir, 'low-order.age');
+    fs.writeFileSync(crafted, await e.encrypt(fs.readFileSync(plain)));
+    assert.notEqual(run('age', ['-d', '-i', idFile, '-o', '/dev/null', crafted]).status, 0);
+    const lo = kw(['restore', '--input', crafted, '--identity', idFile, '--verify'], { env: to() });
+    assert.equal(lo.code, 8, lo.stderr);
+    assert.match(lo.stderr, /low-order share/);
+
+    const byPassphrase = path.join(h.dir, 'p.kwbackup');
+    assert.equal(kw(['backup', '--output', byPassphrase], { env: h.env }).code, 0);
+    const wrongKind = kw(['restore', '--input', byPassphrase, '--identity', idFile, '--verify'], {
+      env: to(),
+    });
+    assert.equal(wrongKind.code, 2, wrongKind.stderr);
+    assert.match(wrongKind.stderr, /encrypted to the vault's passphrase, not to age recipients/);
+  },
+);
+
+test("a home reached through a linked parent is still found held by an agent's open files", async () => {
+  const h = agentHome(POLICY);
+  homes.push(h);
+  const out = path.join(h.dir, 'b.kwbackup');
+  assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+  await startAgent(h, { KEYWARD_SOCKET_DIR: path.join(h.dir, 'elsewhere') });
+  const viaLink = path.join(path.dirname(h.dir), `${path.basename(h.dir)}-link`);
+  fs.symlinkSync(h.dir, viaLink);
+  try {
+    const r = kw(['restore', '--input', out, '--force'], {
+      env: { ...h.env, KEYWARD_HOME: path.join(viaLink, 'home') },
+    });
+    assert.equal(r.code, 5, r.stderr);
+    assert.match(r.stderr, /has files open in/);
+  } finally {
+    fs.rmSync(viaLink);
+    await stopAgent(h);
+  }
 });

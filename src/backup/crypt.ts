@@ -23,17 +23,19 @@ const RECIPIENT = /^age1[02-9ac-hj-np-z]{58}$/;
 export type Opened = Extract<Unlock, { derived: unknown }>['derived'];
 
 export function checkRecipient(r: string): string {
-  if (!RECIPIENT.test(r))
-    throw new UsageError(
-      'USAGE',
-      `not an age X25519 recipient: ${JSON.stringify(r.slice(0, 80))}`,
-      {
-        hint: 'a recipient looks like age1 followed by 58 letters and digits (age-keygen -y KEYFILE prints one)',
-      },
-    );
-  return r;
+  if (RECIPIENT.test(r)) return r;
+  // Never echoed: what was given may be a secret key pasted by mistake.
+  const secret = /^age-secret-key-/i.test(r);
+  throw new UsageError(
+    'USAGE',
+    secret
+      ? 'a --recipient value is an age secret key, not a recipient: it was not used or shown; keep it off command lines'
+      : 'a --recipient value is not an age X25519 recipient',
+    {
+      hint: 'a recipient looks like age1 followed by 58 letters and digits: age-keygen -y KEYFILE prints it',
+    },
+  );
 }
-
 export async function encryptBackup(
   container: Uint8Array,
   to: { sealer: BackupSealer } | { recipients: readonly string[] },
@@ -88,6 +90,12 @@ export async function decryptBackup(
             fileKey = unwrapX25519(id, s.args, s.body);
             if (fileKey) return fileKey;
           }
+        if (recipients === 0)
+          throw new UsageError(
+            'USAGE',
+            "this backup is encrypted to the vault's passphrase, not to age recipients",
+            { hint: 'restore it without --identity (it asks the passphrase)' },
+          );
         throw new AuthError(
           'BACKUP_IDENTITY_MISMATCH',
           `no identity given is a recipient of this backup (it has ${recipients} X25519 recipient${recipients === 1 ? '' : 's'})`,

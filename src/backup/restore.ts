@@ -15,7 +15,7 @@ import { auditPaths, headOf, resumeRestoredLog, verifyLog } from '../audit/index
 import { IntegrityError, KeywardError, UsageError } from '../errors.js';
 import { fsyncDir, withFileLock } from '../lib/files.js';
 import { renameExchange } from '../lib/libc.js';
-import { secureFree } from '../lib/secure.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import {
   readAgeIdentities,
   readHeaderInfo,
@@ -37,8 +37,8 @@ export interface RestoreOptions {
   force: boolean;
   source: PassphraseSource;
   socketDir: string;
-  /** An age identity file, for a backup made to recipients (its key never a JS string). */
-  identityFile?: string | undefined;
+  /** age identity files, for a backup made to recipients (their keys never JS strings). */
+  identityFiles?: readonly string[] | undefined;
 }
 
 export interface CurrentHome {
@@ -172,8 +172,18 @@ function damaged(why: string): IntegrityError {
   });
 }
 
+/** The home by its real directory: processes' open files are seen by real paths in /proc. */
+function realHome(home: string): string {
+  const abs = path.resolve(home);
+  try {
+    return path.join(fs.realpathSync(path.dirname(abs)), path.basename(abs));
+  } catch {
+    return abs; // a parent that is not there yet: nothing can hold it
+  }
+}
+
 export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
-  const home = path.resolve(o.home);
+  const home = realHome(o.home);
   let bytes: Buffer;
   try {
     bytes = fs.readFileSync(o.input);
@@ -205,7 +215,13 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
   let scratch: string | undefined;
   let tmp: string;
   let removeTmp = true;
-  const identities = o.identityFile === undefined ? [] : readAgeIdentities(o.identityFile);
+  const identities: SecureBuffer[] = [];
+  try {
+    for (const f of o.identityFiles ?? []) identities.push(...readAgeIdentities(f));
+  } catch (e) {
+    for (const k of identities) secureFree(k);
+    throw e;
+  }
   try {
     const d = await decryptBackup(bytes, unlock, identities).finally(() => {
       for (const k of identities) secureFree(k);
@@ -264,6 +280,9 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
         restored: !o.verifyOnly,
       };
       if (o.verifyOnly) return report;
+      // Again, now: an agent may have started while the passphrase was asked. The holders are
+      // checked once more under the old home's locks, just before the swap (placeHome).
+      await refuseIfHeld(home, o.socketDir);
       const movedAside = placeHome(tmp, home, current, () => (removeTmp = false));
       return movedAside ? { ...report, movedAside } : report;
     } finally {
@@ -307,7 +326,17 @@ function placeHome(
 ): string | undefined {
   const parent = path.dirname(home);
   if (current.state !== 'in use') {
-    fs.renameSync(tmp, home);
+    try {
+      fs.renameSync(tmp, home);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code !== 'ENOTEMPTY' && code !== 'EEXIST' && code !== 'ENOTDIR') throw e;
+      throw new UsageError(
+        'CONFIRMATION_REQUIRED',
+        `KEYWARD_HOME ${home} was filled while the backup was being restored: nothing was changed`,
+        { hint: 'look at what is there now; restore --force moves it aside' },
+      );
+    }
     swapped();
     fsyncDir(parent);
     return undefined;
@@ -315,6 +344,13 @@ function placeHome(
   const stamp = new Date().toISOString().replace(/[:.]/g, '-');
   const aside = `${home}.before-restore-${stamp}`;
   const exchange = () => {
+    const held = holders(home);
+    if (held.length > 0)
+      throw new KeywardError(
+        'AGENT_RUNNING',
+        `${held.map((p) => `pid ${p.pid} (${p.exe})`).join(', ')} has files open in ${home}`,
+        { hint: 'stop it first, then restore' },
+      );
     try {
       renameExchange(tmp, home);
     } catch (e) {

@@ -85,14 +85,16 @@ export function registerBackupCommands(program: Command, io: Io, version: string
     .option('--force', 'move a KEYWARD_HOME in use aside (never deleted) and restore')
     .option(
       '--identity <file>',
-      'an age identity file (age-keygen), for a backup made with --recipient',
+      'an age identity file (age-keygen), for a backup made with --recipient (repeatable)',
+      collect,
+      [] as string[],
     )
     .action(async function (this: Command) {
       const o = this.opts<{
         input: string;
         verify?: boolean;
         force?: boolean;
-        identity?: string;
+        identity: string[];
       }>();
       const r = await restoreBackup({
         home: keywardHome(),
@@ -101,7 +103,7 @@ export function registerBackupCommands(program: Command, io: Io, version: string
         force: o.force === true,
         source: { file: passphraseFile(this) },
         socketDir: socketDir(),
-        identityFile: o.identity,
+        identityFiles: o.identity,
       });
       describeRestore(io, r, o.verify === true);
     });

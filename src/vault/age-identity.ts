@@ -23,13 +23,17 @@ const HASH = 32;
 const FILE_KEY_BYTES = 16;
 const IDENTITY_FILE_MAX = 64 * 1024;
 const HRP = 'age-secret-key-';
-/** bech32's alphabet as a table (lowercase code -> value, -1 elsewhere): no string per char. */
+/**
+ * bech32's alphabet, upper case as age writes identities (code -> value, -1 elsewhere): no string
+ * per character. age accepts no other case, and neither does keyward.
+ */
 const CHARSET = (() => {
   const t = new Int8Array(128).fill(-1);
-  const letters = 'qpzry9x8gf2tvdw0s3jn54khce6mua7l';
+  const letters = 'QPZRY9X8GF2TVDW0S3JN54KHCE6MUA7L';
   for (let i = 0; i < letters.length; i++) t[letters.charCodeAt(i)] = i;
   return t;
 })();
+const PREFIX = Buffer.from('AGE-SECRET-KEY-1', 'ascii');
 const LABEL = Buffer.from('age-encryption.org/v1/X25519', 'ascii');
 
 /** HMAC-SHA256 (RFC 2104) of the concatenated messages into out (32 bytes). */
@@ -106,9 +110,7 @@ export function decodeAgeSecretKey(line: Uint8Array): SecureBuffer | undefined {
   const n = line.length;
   // "age-secret-key-" + "1" + 52 data characters + 6 checksum characters.
   if (n !== HRP.length + 1 + 52 + 6) return undefined;
-  for (let i = 0; i < HRP.length; i++)
-    if (((line[i] ?? 0) | 0x20) !== HRP.charCodeAt(i)) return undefined;
-  if (line[HRP.length] !== 0x31) return undefined;
+  for (let i = 0; i < PREFIX.length; i++) if (line[i] !== PREFIX[i]) return undefined;
   // hrp expansion (high bits, 0, low bits), then the data and checksum values.
   const values = secureAlloc(HRP.length * 2 + 1 + 58);
   const bytes = secureAlloc(32);
@@ -120,7 +122,7 @@ export function decodeAgeSecretKey(line: Uint8Array): SecureBuffer | undefined {
     values[HRP.length] = 0;
     const base = HRP.length * 2 + 1;
     for (let i = 0; i < 58; i++) {
-      const c = (line[HRP.length + 1 + i] ?? 0) | 0x20;
+      const c = line[HRP.length + 1 + i] ?? 0;
       const v = c < 128 ? (CHARSET[c] ?? -1) : -1;
       if (v < 0) return undefined;
       values[base + i] = v;
@@ -153,12 +155,20 @@ export function readAgeIdentities(file: string): SecureBuffer[] {
   hardenProcess();
   let fd: number;
   try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-  } catch (e) {
-    throw new UsageError(
-      'USAGE',
-      `cannot read the identity file ${file} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+    // Not following a link, and not waiting on a pipe: what is read must be a file of yours.
+    fd = fs.openSync(
+      file,
+      fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK,
     );
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code ?? 'error';
+    if (code === 'ELOOP')
+      throw new IntegrityError(
+        'INSECURE_PERMISSIONS',
+        `refusing the identity file ${file}: it is a symbolic link`,
+        { hint: 'give the file itself' },
+      );
+    throw new UsageError('USAGE', `cannot read the identity file ${file} (${code})`);
   }
   const keys: SecureBuffer[] = [];
   let all: SecureBuffer | undefined;
@@ -169,10 +179,16 @@ export function readAgeIdentities(file: string): SecureBuffer[] {
     if (st.uid !== (process.geteuid?.() ?? -1) || (st.mode & 0o077) !== 0)
       throw new IntegrityError(
         'INSECURE_PERMISSIONS',
-        `refusing the identity file ${file}: ${st.uid !== process.geteuid?.() ? 'owned by another user' : 'others can read it'}`,
+        `refusing the identity file ${file}: ${st.uid !== process.geteuid?.() ? 'owned by another user' : 'others can read or change it'}`,
         { hint: `chmod 600 '${file}'` },
       );
-    all = readFdToSecure(fd, IDENTITY_FILE_MAX);
+    try {
+      all = readFdToSecure(fd, IDENTITY_FILE_MAX);
+    } catch (e) {
+      if (e instanceof RangeError)
+        throw new UsageError('USAGE', `the identity file ${file} is too large (over 64 KiB)`);
+      throw e;
+    }
     let start = 0;
     while (start < all.length) {
       let end = all.indexOf(0x0a, start);
@@ -215,7 +231,7 @@ export function unwrapX25519(
   args: readonly string[],
   body: Uint8Array,
 ): SecureBuffer | undefined {
-  if (args.length !== 2 || args[0] !== 'X25519') return undefined;
+  if (args[0] !== 'X25519') return undefined;
   const share = Buffer.from(args[1] ?? '', 'base64');
   if (
     share.length !== 32 ||
@@ -232,7 +248,11 @@ export function unwrapX25519(
     try {
       sodium.crypto_scalarmult(shared, identity, share);
     } catch {
-      return undefined; // a low-order share: no key agreement, not ours
+      // A low-order share makes no key with anyone: a made-up stanza (age refuses it too).
+      throw new IntegrityError(
+        'BACKUP_CORRUPT',
+        'the backup is damaged: an X25519 stanza with a low-order share',
+      );
     }
     wrap = hkdfSha256(shared, Buffer.concat([share, recipient]), LABEL, 32);
     try {
