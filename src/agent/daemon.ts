@@ -16,7 +16,7 @@ import { agentStatus, call } from './client.js';
 import { printable } from '../lib/text.js';
 import type { Agent as AgentType } from './server.js';
 import { prepareSocketDir, socketPaths } from './socketdir.js';
-import { mallocCacheOff, withoutMallocCache } from '../lib/libc.js';
+import { mallocCacheOff, withoutMallocCache } from '../lib/process.js';
 
 /** How long `agent start` waits for an agent that neither says it listens nor exits. */
 const START_TIMEOUT_MS = 30_000;

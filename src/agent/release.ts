@@ -5,7 +5,7 @@
  */
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { sealedMemfd } from '../lib/libc.js';
+import { sealedMemfd } from '../lib/process.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { quote } from '../lib/text.js';
 import { cacheIdleMs, evaluate } from '../policy/index.js';

@@ -6,7 +6,8 @@
 import type net from 'node:net';
 import type { Pending } from '../approval/index.js';
 import { KeywardError } from '../errors.js';
-import { closeFd, EAGAIN, sendWithFd } from '../lib/libc.js';
+import { closeFd } from '../lib/libc.js';
+import { EAGAIN, sendWithFd } from '../lib/unix.js';
 import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { socketFd } from './peer.js';
 import {

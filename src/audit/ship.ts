@@ -15,7 +15,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { writeFileAtomic } from '../lib/files.js';
-import { sendDatagram, unixDatagramSocket } from '../lib/libc.js';
+import { sendDatagram, unixDatagramSocket } from '../lib/unix.js';
 import type { AuditPaths } from './state.js';
 
 export type ShipKind = 'none' | 'syslog' | 'journald';

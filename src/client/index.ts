@@ -24,7 +24,8 @@ import {
   type Frame,
 } from '../agent/index.js';
 import { KeywardError } from '../errors.js';
-import { closeFd, EAGAIN, peerCredentials, recvWithFd, unixConnect } from '../lib/libc.js';
+import { closeFd, peerCredentials } from '../lib/libc.js';
+import { EAGAIN, recvWithFd, unixConnect } from '../lib/unix.js';
 import { socketDir } from '../lib/paths.js';
 import { readFdToSecure, secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 

@@ -6,7 +6,8 @@
  * exec; if the exec fails, it zeroes what it read and exits 127 (not found) or 126.
  */
 import fs from 'node:fs';
-import { cleanForExec, execvpe, hardenProcess, keepAcrossExec, newSession } from '../lib/libc.js';
+import { hardenProcess } from '../lib/libc.js';
+import { cleanForExec, execvpe, keepAcrossExec, newSession } from '../lib/process.js';
 import { FLAG_PTY, parseControl } from './control.js';
 
 const ENOENT = 2;

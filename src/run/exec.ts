@@ -7,7 +7,7 @@
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import fs from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { sealedMemfd } from '../lib/libc.js';
+import { sealedMemfd } from '../lib/process.js';
 import { controlPieces, FLAG_PTY, type EnvPiece } from './control.js';
 
 const HELPER = fileURLToPath(new URL('./exec-helper.js', import.meta.url));

@@ -1,0 +1,121 @@
+/**
+ * The libc binding through koffi, loaded once on first use: what libc.ts, process.ts and unix.ts
+ * call. Loaded lazily so that commands that need none of them (help, version) start without the
+ * FFI.
+ */
+import { createRequire } from 'node:module';
+import type Koffi from 'koffi';
+
+// With require: an ESM import of this CommonJS package costs its export scan (~10 ms a process).
+const koffi = createRequire(import.meta.url)('koffi') as typeof Koffi;
+
+export interface Libc {
+  flock: (fd: number, op: number) => number;
+  prctl: (option: number, a2: number, a3: number, a4: number, a5: number) => number;
+  setrlimit: (resource: number, rlim: { cur: bigint; max: bigint }) => number;
+  getrlimit: (resource: number, rlim: unknown) => number;
+  tcgetattr: (fd: number, termios: Buffer) => number;
+  tcsetattr: (fd: number, when: number, termios: Buffer) => number;
+  tcgetpgrp: (fd: number) => number;
+  getpgrp: () => number;
+  getsockopt: (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
+  syscall4: (nr: number, a: number, b: number, c: null, d: number) => number;
+  close: (fd: number) => number;
+  mallopt: (param: number, value: number) => number;
+  memfdCreate: (name: string, flags: number) => number;
+  fcntl: (fd: number, cmd: number, arg: number) => number;
+  lseek: (fd: number, offset: number, whence: number) => number;
+  execvpe: (file: string, argv: (string | null)[], envp: (Buffer | null)[]) => number;
+  setsid: () => number;
+  ioctl: (fd: number, req: number, arg: number) => number;
+  ioctlBuf: (fd: number, req: number, arg: Buffer) => number;
+  posixOpenpt: (flags: number) => number;
+  signal: (sig: number, handler: null) => unknown;
+  closeRange: (first: number, last: number, flags: number) => number;
+  grantpt: (fd: number) => number;
+  unlockpt: (fd: number) => number;
+  ptsnameR: (fd: number, buf: Buffer, len: number) => number;
+  sendmsg: (fd: number, msg: unknown, flags: number) => number | bigint;
+  recvmsg: (fd: number, msg: Msghdr, flags: number) => number | bigint;
+  socket: (domain: number, type: number, proto: number) => number;
+  connect: (fd: number, addr: Buffer, len: number) => number;
+  sendto: (
+    fd: number,
+    data: Buffer,
+    len: number,
+    flags: number,
+    addr: Buffer,
+    addrLen: number,
+  ) => number | bigint;
+  errno: () => number;
+  renameat2: (
+    olddir: number,
+    oldpath: string,
+    newdir: number,
+    newpath: string,
+    flags: number,
+  ) => number;
+}
+
+export interface Msghdr {
+  name: null;
+  namelen: number;
+  iov: Array<{ base: Buffer; len: number }>;
+  iovlen: number;
+  control: Buffer | null;
+  controllen: number;
+  flags: number;
+}
+
+let cached: Libc | undefined;
+
+export function libc(): Libc {
+  if (cached) return cached;
+  const lib = koffi.load('libc.so.6');
+  const Rlimit = koffi.struct('keyward_rlimit', { cur: 'uint64', max: 'uint64' });
+  koffi.struct('keyward_iovec', { base: 'void *', len: 'size_t' });
+  koffi.struct('keyward_msghdr', {
+    name: 'void *',
+    namelen: 'uint32_t',
+    iov: 'keyward_iovec *',
+    iovlen: 'size_t',
+    control: 'void *',
+    controllen: 'size_t',
+    flags: 'int',
+  });
+  cached = {
+    flock: lib.func('int flock(int, int)'),
+    prctl: lib.func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)'),
+    setrlimit: lib.func('setrlimit', 'int', ['int', koffi.pointer(Rlimit)]),
+    getrlimit: lib.func('getrlimit', 'int', ['int', koffi.out(koffi.pointer(Rlimit))]),
+    tcgetattr: lib.func('int tcgetattr(int, _Out_ uint8_t *)'),
+    tcsetattr: lib.func('int tcsetattr(int, int, const uint8_t *)'),
+    tcgetpgrp: lib.func('int tcgetpgrp(int)'),
+    getpgrp: lib.func('int getpgrp(void)'),
+    getsockopt: lib.func('int getsockopt(int, int, int, _Out_ uint8_t *, _Inout_ uint32_t *)'),
+    syscall4: lib.func('long syscall(long, int, int, void *, unsigned int)'),
+    close: lib.func('int close(int)'),
+    mallopt: lib.func('int mallopt(int, int)'),
+    memfdCreate: lib.func('int memfd_create(const char *, unsigned int)'),
+    fcntl: lib.func('int fcntl(int, int, int)'),
+    lseek: lib.func('int64_t lseek(int, int64_t, int)'),
+    execvpe: lib.func('int execvpe(const char *, const char **, uint8_t **)'),
+    setsid: lib.func('int setsid(void)'),
+    ioctl: lib.func('int ioctl(int, unsigned long, int)'),
+    ioctlBuf: lib.func('ioctl', 'int', ['int', 'unsigned long', 'uint8_t *']),
+    posixOpenpt: lib.func('int posix_openpt(int)'),
+    signal: lib.func('void *signal(int, void *)'),
+    closeRange: lib.func('int close_range(unsigned int, unsigned int, int)'),
+    grantpt: lib.func('int grantpt(int)'),
+    unlockpt: lib.func('int unlockpt(int)'),
+    ptsnameR: lib.func('int ptsname_r(int, _Out_ uint8_t *, size_t)'),
+    sendmsg: lib.func('long sendmsg(int, const keyward_msghdr *, int)'),
+    recvmsg: lib.func('long recvmsg(int, _Inout_ keyward_msghdr *, int)'),
+    socket: lib.func('int socket(int, int, int)'),
+    connect: lib.func('int connect(int, const uint8_t *, uint32_t)'),
+    sendto: lib.func('long sendto(int, const uint8_t *, size_t, int, const uint8_t *, uint32_t)'),
+    errno: () => koffi.errno(),
+    renameat2: lib.func('int renameat2(int, const char *, int, const char *, unsigned int)'),
+  };
+  return cached;
+}
