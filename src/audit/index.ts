@@ -9,7 +9,8 @@ export {
   type EventType,
 } from './events.js';
 export { GroupCommitter } from './group.js';
-export { AuditLog, currentProcessActor, type AuditOptions, type Head } from './log.js';
+export { AuditLog, type AuditOptions, type Head } from './log.js';
+export { currentProcessActor } from './actor.js';
 export {
   listSegments,
   verifySegments,

@@ -16,9 +16,11 @@ import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { encodeLine, parseLine, ZERO_HASH } from './entry.js';
 import { gapRecord } from './checkpoint.js';
 import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
-import { firstLineTime, readTail, scanBack, type Tail } from './tail.js';
-import { listSegments } from './verify.js';
-import type { Actor, AuditRecord } from './events.js';
+import { firstLineTime, readTail, type Tail } from './tail.js';
+import { hashAt, unacknowledgedGaps } from './history.js';
+import type { AuditRecord } from './events.js';
+import { currentProcessActor } from './actor.js';
+import { SegmentFiles } from './segment-files.js';
 import { epochZeroKey, nextEpochKey, sealBody, sha256 } from './keys.js';
 import {
   auditPaths,
@@ -68,29 +70,6 @@ export interface Head {
   written?: ShippedEntry[];
 }
 
-let selfActor: Actor | undefined;
-
-/** This process, as an actor: what the CLI in direct mode records. */
-export function currentProcessActor(): Actor {
-  if (!selfActor) {
-    let exe: string | undefined;
-    try {
-      exe = fs.readlinkSync('/proc/self/exe');
-    } catch {
-      exe = undefined;
-    }
-    selfActor = {
-      uid: process.getuid?.() ?? -1,
-      pid: process.pid,
-      ...(exe === undefined ? {} : { exe }),
-      // keyward never takes a secret on its command line, so argv is safe to record.
-      cmdline: process.argv.slice(1),
-      cwd: process.cwd(),
-    };
-  }
-  return selfActor;
-}
-
 /**
  * A writer's knowledge of the log: the state (epoch key included, in secure memory) and its
  * segment's head, each with the stamp of the file it came from. Used only under the lock and only
@@ -128,8 +107,8 @@ export class AuditLog {
   private known: Known | undefined;
   /** A keeping writer's lock file, held open. */
   private lock: HeldLock | undefined;
-  /** The segment this writer appends to, open (closed by forget()). */
-  private segment: { n: number; fd: number; dev: bigint; ino: bigint } | undefined;
+  /** The segment this writer appends to, held open (closed by forget()). */
+  private readonly files = new SegmentFiles((n) => this.segmentPath(n));
 
   constructor(home: string, options: AuditOptions = {}) {
     this.paths = auditPaths(home);
@@ -177,7 +156,7 @@ export class AuditLog {
     this.checkDir();
     const head = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
       const h = this.writeLocked(records);
-      this.syncSegment(h.segment);
+      this.files.sync(h.segment);
       return h;
     });
     // Durable first; then the copy off the machine, without waiting.
@@ -225,7 +204,7 @@ export class AuditLog {
       const head = this.writeLocked(cut ? [cut.record, ...records] : records);
       if (cut) head.gap = cut.reason;
       // fsync flushes the file, whichever descriptor asks: one trip to the thread pool.
-      const { fd, own } = this.syncTarget(head.segment);
+      const { fd, own } = this.files.syncTarget(head.segment);
       try {
         await new Promise<void>((resolve, reject) =>
           fs.fsync(fd, (e) => (e ? reject(unwritable(e)) : resolve())),
@@ -274,8 +253,7 @@ export class AuditLog {
   forget(): void {
     if (this.known) secureFree(this.known.st.key);
     this.known = undefined;
-    if (this.segment) fs.closeSync(this.segment.fd);
-    this.segment = undefined;
+    this.files.close();
   }
 
   /** The end of a long-running writer (agent stop). */
@@ -283,54 +261,6 @@ export class AuditLog {
     this.forget();
     this.lock?.close();
     this.lock = undefined;
-  }
-
-  /**
-   * The segment, open for appending: the one this writer holds if the path still names that
-   * file, else opened now (and held, for a keeping writer).
-   */
-  private openSegment(n: number): { fd: number; created: boolean } {
-    const file = this.segmentPath(n);
-    const held = this.heldSegment(n);
-    if (held !== undefined) return { fd: held, created: false };
-    if (this.segment) fs.closeSync(this.segment.fd);
-    this.segment = undefined;
-    const created = !fs.existsSync(file);
-    const fd = fs.openSync(
-      file,
-      fs.constants.O_RDWR | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW,
-      0o600,
-    );
-    const st = fs.fstatSync(fd, { bigint: true });
-    this.segment = { n, fd, dev: st.dev, ino: st.ino };
-    return { fd, created };
-  }
-
-  /** The held descriptor of segment n, if the path still names the file it has open. */
-  private heldSegment(n: number): number | undefined {
-    const held = this.segment;
-    if (held?.n !== n) return undefined;
-    const now = fs.lstatSync(this.segmentPath(n), { bigint: true, throwIfNoEntry: false });
-    return now?.isFile() && now.dev === held.dev && now.ino === held.ino ? held.fd : undefined;
-  }
-
-  /** fsyncs segment n, blocking (the CLI's append, a rotation). */
-  private syncSegment(n: number): void {
-    const { fd, own } = this.syncTarget(n);
-    try {
-      fs.fsyncSync(fd);
-    } catch (e) {
-      throw unwritable(e);
-    } finally {
-      if (own) fs.closeSync(fd);
-    }
-  }
-
-  /** A descriptor to fsync segment n with: the held one, or one opened for it (own: close it). */
-  private syncTarget(n: number): { fd: number; own: boolean } {
-    if (this.segment?.n === n) return { fd: this.segment.fd, own: false };
-    const fd = fs.openSync(this.segmentPath(n), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-    return { fd, own: true };
   }
 
   /**
@@ -364,7 +294,7 @@ export class AuditLog {
   private stillThere(h: Head): boolean {
     if (h.end === undefined || h.length === undefined) return true;
     // The held descriptor when the path still names its file; else the file the path names now.
-    const held = this.heldSegment(h.segment);
+    const held = this.files.held(h.segment);
     let fd: number;
     try {
       fd =
@@ -400,38 +330,12 @@ export class AuditLog {
 
   /** The hash of the entry at seq, looked for from the end; undefined when there is none. */
   hashAt(seq: number): string | undefined {
-    let found: string | undefined;
-    for (const file of listSegments(this.paths.dir).reverse()) {
-      let passed = false;
-      scanBack(file, (line) => {
-        const e = parseLine(line);
-        if (!e) return false;
-        if (e.seq === seq) found = e.hash;
-        passed = e.seq <= seq;
-        return passed;
-      });
-      if (passed) break;
-    }
-    return found;
+    return hashAt(this.paths.dir, seq);
   }
 
-  /**
-   * The seqs of recorded breaks (`audit.gap`) since the last acknowledgement, oldest first.
-   * The types are in the clear, so this needs no key.
-   */
+  /** The seqs of recorded breaks (`audit.gap`) since the last acknowledgement, oldest first. */
   unacknowledgedGaps(): number[] {
-    const gaps: number[] = [];
-    for (const file of listSegments(this.paths.dir).reverse()) {
-      const stop = scanBack(file, (line) => {
-        if (!line.includes('"type":"audit.')) return false;
-        const e = parseLine(line);
-        if (e?.type === 'audit.acknowledged') return true;
-        if (e?.type === 'audit.gap') gaps.push(e.seq);
-        return false;
-      });
-      if (stop) break;
-    }
-    return gaps.reverse();
+    return unacknowledgedGaps(this.paths.dir);
   }
 
   /** The last entry's sequence and hash, without writing. */
@@ -519,7 +423,7 @@ export class AuditLog {
             details: { next },
           },
         ]);
-        this.syncSegment(st.segment);
+        this.files.sync(st.segment);
         rotation = head.written ?? [];
         this.evolve(st, true);
         head = { ...head, segment: st.segment, written: [] };
@@ -572,7 +476,7 @@ export class AuditLog {
       });
       hash = e.hash;
     }
-    const { fd, created } = this.openSegment(st.segment);
+    const { fd, created } = this.files.open(st.segment);
     let end: number;
     let stamp: string;
     try {

@@ -1,0 +1,64 @@
+/**
+ * The segment a writer appends to, held open between appends, and used only while its path still
+ * names the file the descriptor has (a segment replaced under the writer is opened anew).
+ */
+import fs from 'node:fs';
+import { unwritable } from './state.js';
+
+export class SegmentFiles {
+  private segment: { n: number; fd: number; dev: bigint; ino: bigint } | undefined;
+
+  constructor(private readonly pathOf: (n: number) => string) {}
+
+  /**
+   * The segment, open for appending: the one held if the path still names that file, else
+   * opened now (and held).
+   */
+  open(n: number): { fd: number; created: boolean } {
+    const file = this.pathOf(n);
+    const held = this.held(n);
+    if (held !== undefined) return { fd: held, created: false };
+    this.close();
+    const created = !fs.existsSync(file);
+    const fd = fs.openSync(
+      file,
+      fs.constants.O_RDWR | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW,
+      0o600,
+    );
+    const st = fs.fstatSync(fd, { bigint: true });
+    this.segment = { n, fd, dev: st.dev, ino: st.ino };
+    return { fd, created };
+  }
+
+  /** The held descriptor of segment n, if the path still names the file it has open. */
+  held(n: number): number | undefined {
+    const held = this.segment;
+    if (held?.n !== n) return undefined;
+    const now = fs.lstatSync(this.pathOf(n), { bigint: true, throwIfNoEntry: false });
+    return now?.isFile() && now.dev === held.dev && now.ino === held.ino ? held.fd : undefined;
+  }
+
+  /** fsyncs segment n, blocking (the CLI's append, a rotation). */
+  sync(n: number): void {
+    const { fd, own } = this.syncTarget(n);
+    try {
+      fs.fsyncSync(fd);
+    } catch (e) {
+      throw unwritable(e);
+    } finally {
+      if (own) fs.closeSync(fd);
+    }
+  }
+
+  /** A descriptor to fsync segment n with: the held one, or one opened for it (own: close it). */
+  syncTarget(n: number): { fd: number; own: boolean } {
+    if (this.segment?.n === n) return { fd: this.segment.fd, own: false };
+    const fd = fs.openSync(this.pathOf(n), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    return { fd, own: true };
+  }
+
+  close(): void {
+    if (this.segment) fs.closeSync(this.segment.fd);
+    this.segment = undefined;
+  }
+}
