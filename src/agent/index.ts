@@ -13,8 +13,12 @@ export {
   agentApprove,
   agentRead,
   agentRun,
-  agentStatus,
   agentUnlock,
+  type RunRequest,
+  type RunSinks,
+} from './requests.js';
+export {
+  agentStatus,
   AgentConnection,
   call,
   onAgentHello,
@@ -22,8 +26,6 @@ export {
   type PendingNotice,
   errorFrom,
   jsonBody,
-  type RunRequest,
-  type RunSinks,
 } from './client.js';
 export type { RunOptions } from './daemon.js';
 /*

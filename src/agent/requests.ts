@@ -1,0 +1,318 @@
+/**
+ * The agent's requests as whole operations (docs/PROTOCOL.md), on client.ts's connection: unlock,
+ * approve and the console's passphrase ask for it here; a read writes the value out from secure
+ * memory; run streams a child's I/O. Secret bytes never reach the caller.
+ */
+import os from 'node:os';
+import { KeywardError } from '../errors.js';
+import { secureFree, secureTake, writeAllSync, type SecureBuffer } from '../lib/secure.js';
+import type { PassphraseSource } from '../vault/index.js';
+import { AgentConnection, call, errorFrom, jsonBody, malformed } from './client.js';
+import type { ServerRecord } from './mcp-pins.js';
+import {
+  frameHead,
+  REQ,
+  RES_ERROR,
+  RUN_SIGNALS,
+  STREAM,
+  type Frame,
+  type RequestType,
+} from './protocol.js';
+
+/**
+ * One request that carries the passphrase. The connection comes first: the agent identifies this
+ * process while it can still be read, and only then is the passphrase read (which hardens it).
+ */
+/** The vault's passphrase reading, loaded only by the commands that ask for one. */
+const vault = () => import('../vault/index.js');
+
+async function withPassphrase(
+  path: string,
+  type: RequestType,
+  meta: Record<string, unknown>,
+  read: () => SecureBuffer,
+): Promise<Frame> {
+  const conn = await AgentConnection.open(path, { sendsSecret: true });
+  try {
+    conn.send(REQ[type], meta, read());
+    return await conn.next();
+  } finally {
+    conn.close();
+  }
+}
+
+/**
+ * The console request (docs/PROTOCOL.md): credentials answers as it is; rename and revoke carry
+ * the passphrase, asked here.
+ */
+export async function agentConsole(
+  path: string,
+  meta: { op: 'credentials' } | { op: 'rename' | 'revoke'; id: string; name?: string },
+  src?: PassphraseSource,
+): Promise<Record<string, unknown>> {
+  if (meta.op === 'credentials') return (await call(path, 'console', meta)).meta;
+  const { readPassphrase } = await vault();
+  const f = await withPassphrase(path, 'console', meta, () =>
+    readPassphrase(src ?? {}, `passphrase to ${meta.op} the credential: `),
+  );
+  return f.meta;
+}
+
+export async function agentUnlock(
+  path: string,
+  src: PassphraseSource,
+  keyring: boolean,
+  onNote?: (m: string) => void,
+): Promise<Record<string, unknown>> {
+  if (keyring) return (await call(path, 'unlock', { keyring: true })).meta;
+  const { readPassphrase, TERMINAL_TRIES } = await vault();
+  // Three tries on a terminal, one from a file; the agent records each failure and counts it.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return (await withPassphrase(path, 'unlock', {}, () => readPassphrase(src))).meta;
+    } catch (e) {
+      const wrong = e instanceof KeywardError && e.code === 'VAULT_BAD_PASSPHRASE';
+      if (!wrong || src.file !== undefined || attempt >= TERMINAL_TRIES) throw e;
+      onNote?.(`wrong passphrase; try again (${attempt + 1} of ${TERMINAL_TRIES})`);
+    }
+  }
+}
+
+/** The pending approval requests, whole (`keyward approvals`). */
+export async function agentApprovals(path: string): Promise<Array<Record<string, unknown>>> {
+  const f = await call(path, 'approvals');
+  try {
+    const list: unknown = f.raw ? JSON.parse(Buffer.from(f.raw).toString('utf8')) : [];
+    if (!Array.isArray(list)) throw new Error('not a list');
+    return list as Array<Record<string, unknown>>;
+  } catch (e) {
+    throw malformed(e);
+  } finally {
+    secureFree(f.raw);
+  }
+}
+
+/** The vault's names and metadata (size, created, updated: never values), from the agent. */
+export async function agentList(
+  path: string,
+  meta: Record<string, unknown> = {},
+): Promise<Array<{ name: string; size: number; created: string; updated: string }>> {
+  return (
+    jsonBody<{
+      entries?: Array<{ name: string; size: number; created: string; updated: string }>;
+    }>(await call(path, 'list', meta)).entries ?? []
+  );
+}
+
+/**
+ * The vault's signing keys (names and public halves), from the agent. `quiet`: only if the
+ * policy allows the list outright, else undefined (no prompt, no denial recorded).
+ */
+export async function agentKeys(
+  path: string,
+  quiet = false,
+): Promise<Array<{ name: string; type: string; bits: number; publicBlob: Buffer }> | undefined> {
+  const f = await call(path, 'list', { kind: 'keys', ...(quiet ? { quiet } : {}) });
+  if (f.meta['withheld'] === true) {
+    secureFree(f.raw);
+    return undefined;
+  }
+  const keys =
+    jsonBody<{ keys?: Array<{ name: string; type: string; bits: number; publicBlob: string }> }>(f)
+      .keys ?? [];
+  return keys.map((k) => ({ ...k, publicBlob: Buffer.from(k.publicBlob, 'base64') }));
+}
+
+/** The MCP pin record (hashes and dates, nothing secret) of one server or all, from the agent. */
+export async function agentMcpPins(
+  path: string,
+  server?: string,
+): Promise<Record<string, ServerRecord>> {
+  const f = await call(path, 'mcp', { op: 'pins', ...(server === undefined ? {} : { server }) });
+  return jsonBody<{ servers?: Record<string, ServerRecord> }>(f).servers ?? {};
+}
+
+/** Reads a secret through the agent and writes it to fd from secure memory, then wipes it. */
+export async function agentRead(
+  path: string,
+  name: string,
+  fd: number,
+  newline: boolean,
+): Promise<void> {
+  const f = await call(path, 'read', { name });
+  try {
+    if (f.raw) writeAllSync(fd, f.raw);
+    if (newline) writeAllSync(fd, Buffer.from('\n'));
+  } finally {
+    secureFree(f.raw);
+  }
+}
+
+/** Approves with a TOTP code when one is given, else with the passphrase. */
+export async function agentApprove(
+  path: string,
+  id: string,
+  src: PassphraseSource,
+  code?: string,
+): Promise<void> {
+  if (code !== undefined) {
+    await call(path, 'approve', { id, code });
+    return;
+  }
+  const { readPassphrase } = await vault();
+  await withPassphrase(path, 'approve', { id }, () =>
+    readPassphrase(src, 'passphrase to approve: '),
+  );
+}
+
+export interface RunRequest {
+  argv: string[];
+  cwd: string;
+  env: Array<{ var: string; name: string }>;
+  fds: Array<{ fd: number; name: string }>;
+  masking: boolean;
+  /** This process's stdout is a terminal of this size: the child runs under a pty. */
+  pty?: { rows: number; cols: number };
+}
+
+/**
+ * `keyward run` (docs/RUN.md): the agent starts the child; this process relays its own stdin and
+ * signals to it and writes the child's (masked) output to its own stdout and stderr. Resolves to
+ * the exit status a shell would report (128 + N for a child killed by signal N). `environ` is
+ * this process's environment as NAME=VALUE\0 entries (wiped once sent).
+ */
+/**
+ * Where a run's output goes when it is not this process's own terminal (keyward mcp serve):
+ * sinks for the masked output, no stdin, no signal forwarding, an optional time limit.
+ */
+export interface RunSinks {
+  stdout(data: Buffer): void;
+  stderr(data: Buffer): void;
+  /** After this long the child's group gets SIGTERM. */
+  timeoutMs?: number;
+}
+
+export async function agentRun(
+  path: string,
+  req: RunRequest & { mcp?: string },
+  environ: Buffer,
+  sinks?: RunSinks,
+): Promise<number> {
+  // The raw part: u32 argc, the arguments NUL-terminated, then the environment. An argument
+  // holding a NUL would end early and pass its tail off as environment: refused.
+  if (req.argv.some((x) => x.includes('\0'))) {
+    environ.fill(0);
+    throw new KeywardError('USAGE', 'a command-line argument holds a NUL character');
+  }
+  const argc = Buffer.alloc(4);
+  argc.writeUInt32BE(req.argv.length);
+  const args = Buffer.from(req.argv.map((a) => `${a}\0`).join(''), 'utf8');
+  const raw = secureTake(Buffer.concat([argc, args, environ]));
+  environ.fill(0);
+  const meta: Record<string, unknown> = { ...req };
+  delete meta['argv'];
+  let conn: AgentConnection;
+  try {
+    conn = await AgentConnection.open(path, { sendsSecret: true });
+  } catch (e) {
+    secureFree(raw);
+    throw e;
+  }
+  const s = conn.socket;
+  return new Promise((resolve, reject) => {
+    let started = false;
+    let settled = false;
+    const send = (type: number, meta: Record<string, unknown>, data?: Buffer) => {
+      if (s.destroyed) return;
+      s.write(frameHead(type, meta, data?.length ?? 0));
+      if (data && data.length > 0) s.write(data);
+    };
+    const onSignal = (sig: NodeJS.Signals) => send(STREAM.signal, { signal: sig });
+    const onResize = () =>
+      send(STREAM.resize, { rows: process.stdout.rows, cols: process.stdout.columns });
+    // Under a pty, keys go to the child as typed (Ctrl-C included: its terminal makes the signal).
+    const rawTerminal = !sinks && req.pty !== undefined && process.stdin.isTTY;
+    let timer: NodeJS.Timeout | undefined;
+    let restored = false;
+    const restore = () => {
+      if (rawTerminal && !restored) {
+        restored = true;
+        process.stdin.setRawMode(false);
+      }
+    };
+    const onStdin = (chunk: Buffer) => {
+      send(STREAM.stdin, {}, chunk);
+      // What was typed (a password, say) is not kept in this process once it is on its way.
+      s.write(Buffer.alloc(0), () => chunk.fill(0));
+    };
+    const onStdinEnd = () => send(STREAM.stdinEnd, {});
+    const finish = (err: unknown, code?: number) => {
+      if (settled) return;
+      settled = true;
+      secureFree(raw);
+      clearTimeout(timer);
+      if (!sinks) {
+        for (const sig of RUN_SIGNALS) process.off(sig, onSignal);
+        process.off('SIGWINCH', onResize);
+        restore();
+        process.stdin.off('data', onStdin);
+        process.stdin.off('end', onStdinEnd);
+        process.stdin.pause();
+        process.stdin.destroy();
+      }
+      conn.close();
+      if (err) reject(err);
+      else resolve(code ?? 1);
+    };
+    const onFrame = (f: Frame) => {
+      if (!started) {
+        if (f.type === RES_ERROR) {
+          finish(errorFrom(f));
+          return;
+        }
+        started = true;
+        if (sinks) {
+          // No input; a time limit if asked.
+          send(STREAM.stdinEnd, {});
+          if (sinks.timeoutMs !== undefined)
+            timer = setTimeout(() => onSignal('SIGTERM'), sinks.timeoutMs);
+          return;
+        }
+        // From here Ctrl-C and friends go to the child, as if it were this process.
+        for (const sig of RUN_SIGNALS) process.on(sig, onSignal);
+        if (req.pty) process.on('SIGWINCH', onResize);
+        if (rawTerminal) process.stdin.setRawMode(true);
+        process.stdin.on('data', onStdin);
+        process.stdin.on('end', onStdinEnd);
+        process.stdin.on('error', onStdinEnd);
+      } else if (f.type === STREAM.stdout && f.raw) {
+        if (sinks) sinks.stdout(Buffer.from(f.raw));
+        else writeAllSync(1, f.raw);
+      } else if (f.type === STREAM.stderr && f.raw) {
+        if (sinks) sinks.stderr(Buffer.from(f.raw));
+        else writeAllSync(2, f.raw);
+      } else if (f.type === STREAM.exit) {
+        const code = f.meta['code'];
+        const signal = f.meta['signal'];
+        const signo =
+          typeof signal === 'string'
+            ? (os.constants.signals as Record<string, number>)[signal]
+            : undefined;
+        finish(undefined, typeof code === 'number' ? code : 128 + (signo ?? 0));
+      }
+    };
+    conn.onEach((n) => {
+      if ('error' in n) {
+        finish(n.error);
+        return;
+      }
+      try {
+        if (!settled) onFrame(n.frame);
+      } finally {
+        secureFree(n.frame.raw);
+      }
+    });
+    s.write(frameHead(REQ.run, { ...meta, notify: true }, raw.length));
+    if (raw.length > 0) s.write(raw, () => secureFree(raw));
+  });
+}
