@@ -279,6 +279,25 @@ test('a wrong passphrase is refused (exit 4), and so is a home in use without --
   );
 });
 
+/** A home holding SECRETS, and an age identity (file) and its recipient. */
+function recipientHome(): { h: Home; idFile: string; recipient: string } {
+  const h = initHome();
+  for (const [name, value] of Object.entries(SECRETS))
+    assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
+  const idFile = path.join(h.dir, 'age.key');
+  assert.equal(run('age-keygen', ['-o', idFile]).status, 0);
+  return { h, idFile, recipient: run('age-keygen', ['-y', idFile]).stdout.trim() };
+}
+
+/** After a refused restore: the vault as it was, and nothing left beside the home. */
+function untouched(h: Home, vault: Buffer): void {
+  assert.deepEqual(fs.readFileSync(h.vaultFile), vault);
+  assert.deepEqual(
+    fs.readdirSync(h.dir).filter((n) => n.includes('restor')),
+    [],
+  );
+}
+
 /** The epoch field of each line of a home's audit log. */
 const epochsOf = (home: string) =>
   fs
@@ -334,23 +353,14 @@ test('a restore under a running agent is refused (exit 5)', async () => {
   assert.equal(r.code, 5, r.stderr);
   assert.match(r.stderr, /an agent is running/);
   await stopAgent(h);
-  assert.deepEqual(fs.readFileSync(h.vaultFile), vault);
-  assert.deepEqual(
-    fs.readdirSync(h.dir).filter((n) => n.includes('restor')),
-    [],
-  );
+  untouched(h, vault);
 });
 
 test(
   'a backup to an age recipient needs no passphrase, opens with the age command, and restores from what age gives back',
   { skip: noAge },
   () => {
-    const h = initHome();
-    for (const [name, value] of Object.entries(SECRETS))
-      assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
-    const idFile = path.join(h.dir, 'age.key');
-    assert.equal(run('age-keygen', ['-o', idFile]).status, 0);
-    const recipient = run('age-keygen', ['-y', idFile]).stdout.trim();
+    const { h, idFile, recipient } = recipientHome();
     const noPass = { ...h.env };
     delete noPass['KEYWARD_PASSPHRASE_FILE'];
     const out = path.join(h.dir, 'to-recipient.age');
@@ -683,11 +693,7 @@ test('restore refuses a home that is a link (exit 8) or a file (exit 2), a home 
   assert.equal(r.code, 5, r.stderr);
   assert.match(r.stderr, new RegExp(`pid ${h.agentPid} .* has files open in`));
   await stopAgent(h);
-  assert.deepEqual(fs.readFileSync(h.vaultFile), vault);
-  assert.deepEqual(
-    fs.readdirSync(h.dir).filter((n) => n.includes('restor')),
-    [],
-  );
+  untouched(h, vault);
 });
 
 test(
@@ -764,12 +770,7 @@ test(
   "restore --identity opens a recipient backup with the age identity file, keyward's or one the age command encrypted; another identity is exit 4, a damaged one exit 2",
   { skip: noAge },
   () => {
-    const h = initHome();
-    for (const [name, value] of Object.entries(SECRETS))
-      assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
-    const idFile = path.join(h.dir, 'age.key');
-    assert.equal(run('age-keygen', ['-o', idFile]).status, 0);
-    const recipient = run('age-keygen', ['-y', idFile]).stdout.trim();
+    const { h, idFile, recipient } = recipientHome();
     const out = path.join(h.dir, 'r.age');
     assert.equal(kw(['backup', '--output', out, '--recipient', recipient], { env: h.env }).code, 0);
 

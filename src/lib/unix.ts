@@ -12,6 +12,19 @@ const MSG_NOSIGNAL = 0x4000;
 const MSG_CMSG_CLOEXEC = 0x40000000;
 export const EAGAIN = 11;
 
+/** A message header over one buffer and a control buffer, unnamed (a connected socket). */
+function msghdr(data: Buffer, control: Buffer): Msghdr {
+  return {
+    name: null,
+    namelen: 0,
+    iov: [{ base: data, len: data.length }],
+    iovlen: 1,
+    control,
+    controllen: control.length,
+    flags: 0,
+  };
+}
+
 /**
  * Sends data with one descriptor attached (SCM_RIGHTS) on a Unix socket. Returns the bytes sent,
  * or -errno. Non-blocking: the caller sends only when nothing else is queued on the socket.
@@ -23,16 +36,7 @@ export function sendWithFd(sock: number, data: Buffer, fd: number): number {
   control.writeInt32LE(SOL_SOCKET, 8);
   control.writeInt32LE(SCM_RIGHTS, 12);
   control.writeInt32LE(fd, 16);
-  const msg: Msghdr = {
-    name: null,
-    namelen: 0,
-    iov: [{ base: data, len: data.length }],
-    iovlen: 1,
-    control,
-    controllen: control.length,
-    flags: 0,
-  };
-  const n = Number(l.sendmsg(sock, msg, MSG_DONTWAIT | MSG_NOSIGNAL));
+  const n = Number(l.sendmsg(sock, msghdr(data, control), MSG_DONTWAIT | MSG_NOSIGNAL));
   return n < 0 ? -l.errno() : n;
 }
 
@@ -44,15 +48,7 @@ export function sendWithFd(sock: number, data: Buffer, fd: number): number {
 export function recvWithFd(sock: number, buf: Buffer): { n: number; fd: number | undefined } {
   const l = libc();
   const control = Buffer.alloc(64);
-  const msg: Msghdr = {
-    name: null,
-    namelen: 0,
-    iov: [{ base: buf, len: buf.length }],
-    iovlen: 1,
-    control,
-    controllen: control.length,
-    flags: 0,
-  };
+  const msg = msghdr(buf, control);
   const n = Number(l.recvmsg(sock, msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC));
   if (n < 0) return { n: -l.errno(), fd: undefined };
   let fd: number | undefined;

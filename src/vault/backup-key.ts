@@ -9,7 +9,7 @@
 import { IntegrityError, KeywardError } from '../errors.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 import { deriveSubkey, keyIdOf, open, seal, type Rng } from './crypto.js';
-import { SLOT_PASSPHRASE, type Slot } from './format.js';
+import { encodeSlots, readSlots, SLOT_PASSPHRASE, type Slot } from './format.js';
 import { unwrapSlots, type Opened, type Unlock } from './slots.js';
 
 /** The stanza's first argument: its type, in age's "name/..." style for third-party stanzas. */
@@ -48,14 +48,7 @@ export function backupSealer(
     throw new KeywardError('USAGE', 'this vault has no passphrase slot to encrypt a backup to', {
       hint: 'set a passphrase with keyward passwd, or back up to a recipient with --recipient',
     });
-  const parts: Buffer[] = [Buffer.of(kept.length)];
-  for (const s of kept) {
-    const head = Buffer.alloc(3);
-    head.writeUInt8(s.type, 0);
-    head.writeUInt16BE(s.body.length, 1);
-    parts.push(head, s.body);
-  }
-  const slotBytes = Buffer.concat(parts);
+  const slotBytes = Buffer.concat([Buffer.of(kept.length), ...encodeSlots(kept)]);
   const args = [BACKUP_STANZA, vaultId.toString('hex'), keyIdOf(dk).toString('hex')];
   let key: SecureBuffer | undefined = deriveSubkey(dk, 'backup');
   return {
@@ -92,17 +85,8 @@ export function openBackupStanza(
   if (b.length < 1) throw damaged('its body is empty');
   const count = b.readUInt8(0);
   if (count < 1 || count > MAX_SLOTS) throw damaged(`it holds ${count} key slots`);
-  const slots: Slot[] = [];
-  let at = 1;
-  for (let i = 0; i < count; i++) {
-    if (at + 3 > b.length) throw damaged('a key slot is cut short');
-    const type = b.readUInt8(at);
-    const len = b.readUInt16BE(at + 1);
-    if (at + 3 + len > b.length) throw damaged('a key slot is cut short');
-    slots.push({ type, body: Buffer.from(b.subarray(at + 3, at + 3 + len)) });
-    at += 3 + len;
-  }
-  const wrapped = b.subarray(at);
+  const { slots, end } = readSlots(b, 1, count, () => damaged('a key slot is cut short'));
+  const wrapped = b.subarray(end);
   const { dk, opened } = unwrapSlots({ vaultId, slots }, unlock);
   let key: SecureBuffer | undefined;
   try {

@@ -154,6 +154,36 @@ export function parseVault(bytes: Buffer): ParsedVault {
   return { version, vaultId, keyId, generation, slots, header, indexRecord, records };
 }
 
+/** Key slots as the version 2 header (and a backup's stanza) hold them: u8 type, u16 length, body. */
+export function encodeSlots(slots: readonly Slot[]): Buffer[] {
+  return slots.flatMap((s) => {
+    const h = Buffer.alloc(3);
+    h.writeUInt8(s.type, 0);
+    h.writeUInt16BE(s.body.length, 1);
+    return [h, s.body];
+  });
+}
+
+/** `count` slots encoded so from `start`; `short` makes the error for bytes that end early. */
+export function readSlots(
+  bytes: Buffer,
+  start: number,
+  count: number,
+  short: () => Error,
+): { slots: Slot[]; end: number } {
+  const slots: Slot[] = [];
+  let pos = start;
+  for (let i = 0; i < count; i++) {
+    if (pos + 3 > bytes.length) throw short();
+    const type = bytes.readUInt8(pos);
+    const len = bytes.readUInt16BE(pos + 1);
+    if (pos + 3 + len > bytes.length) throw short();
+    slots.push({ type, body: Buffer.from(bytes.subarray(pos + 3, pos + 3 + len)) });
+    pos += 3 + len;
+  }
+  return { slots, end: pos };
+}
+
 /** The wrap's associated data for a slot: ties it to this vault and to its own parameters. */
 export function slotAd(vaultId: Buffer, type: number, params: Buffer): Buffer {
   return Buffer.concat([MAGIC, Buffer.from([VERSION]), vaultId, Buffer.from([type]), params]);

@@ -8,7 +8,14 @@
  */
 import type { IntegrityError } from '../errors.js';
 import { blake2b256, KEY_ID_BYTES, NONCE_BYTES, TAG_BYTES } from './crypto.js';
-import { corruptError, MAGIC, VAULT_ID_BYTES, type Slot } from './format.js';
+import {
+  corruptError,
+  encodeSlots,
+  MAGIC,
+  readSlots,
+  VAULT_ID_BYTES,
+  type Slot,
+} from './format.js';
 
 export const LOG_VERSION = 2;
 const MAX_SLOTS = 8;
@@ -70,14 +77,7 @@ export function encodeLogHeader(p: {
   p.keyId.copy(fixed, 24);
   fixed.writeBigUInt64BE(p.base, 40);
   fixed.writeUInt8(p.slots.length, 48);
-  const parts: Buffer[] = [fixed];
-  for (const s of p.slots) {
-    const h = Buffer.alloc(3);
-    h.writeUInt8(s.type, 0);
-    h.writeUInt16BE(s.body.length, 1);
-    parts.push(h, s.body);
-  }
-  const body = Buffer.concat(parts);
+  const body = Buffer.concat([fixed, ...encodeSlots(p.slots)]);
   return Buffer.concat([body, blake2b256(body)]);
 }
 
@@ -93,16 +93,7 @@ export function parseLogHeader(bytes: Buffer): LogHeader {
   if (base > MAX_BASE) throw corruptError(`vault header has an impossible generation (${base})`);
   const count = bytes.readUInt8(48);
   if (count < 1 || count > MAX_SLOTS) throw corruptError(`vault has ${count} key slots`);
-  let pos = FIXED_HEADER;
-  const slots: Slot[] = [];
-  for (let i = 0; i < count; i++) {
-    if (pos + 3 > bytes.length) throw truncated('key slot');
-    const type = bytes.readUInt8(pos);
-    const len = bytes.readUInt16BE(pos + 1);
-    if (pos + 3 + len > bytes.length) throw truncated('key slot');
-    slots.push({ type, body: Buffer.from(bytes.subarray(pos + 3, pos + 3 + len)) });
-    pos += 3 + len;
-  }
+  const { slots, end: pos } = readSlots(bytes, FIXED_HEADER, count, () => truncated('key slot'));
   if (pos + HEADER_SUM_BYTES > bytes.length) throw truncated('header checksum');
   const sum = blake2b256(bytes.subarray(0, pos));
   // eslint-disable-next-line no-restricted-syntax -- a checksum over public bytes
