@@ -17,6 +17,7 @@ import { fsyncDir, withFileLock } from '../lib/files.js';
 import { renameExchange } from '../lib/libc.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import {
+  headerInfoOf,
   readAgeIdentities,
   readHeaderInfo,
   readPassphrase,
@@ -301,7 +302,9 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
  * a log cut back to the vault's older checkpoint would pass.
  */
 function checkAgainstManifest(dir: string, m: Manifest, files: readonly HomeFile[]): void {
-  const info = readHeaderInfo(vaultPaths(dir));
+  const vault = files.find((f) => f.path === 'vault.kw');
+  if (!vault) throw damaged('it holds no vault.kw');
+  const info = headerInfoOf(vaultPaths(dir).file, vault.bytes);
   if (info.version !== m.vault.format || info.generation !== m.vault.generation)
     throw damaged(
       `its manifest says vault format ${m.vault.format} generation ${m.vault.generation}, its vault.kw is format ${info.version} generation ${info.generation}`,

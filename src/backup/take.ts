@@ -9,7 +9,7 @@ import { IntegrityError, UsageError } from '../errors.js';
 import { assertPrivate, stageFile, withFileLock } from '../lib/files.js';
 import { auditPaths, auditSink, headOf } from '../audit/index.js';
 import {
-  readHeaderInfo,
+  headerInfoOf,
   requireVault,
   useVault,
   vaultPaths,
@@ -106,17 +106,20 @@ export async function takeBackup(o: BackupOptions): Promise<BackupReport> {
 
   type Snapshot = { files: HomeFile[]; head: Manifest['audit']; info: VaultHeaderInfo };
   const snapshot = (): Snapshot => {
+    const hasLog = fs.existsSync(auditPaths(home).dir);
     const read = () => {
-      const head = fs.existsSync(auditPaths(home).dir) ? headOf(home) : undefined;
+      const head = hasLog ? headOf(home) : undefined;
+      const files = collectHome(home, [o.socketDir]);
+      // The vault's facts from the bytes the backup holds, not from a second read of the file.
+      const vault = files.find((f) => f.path === 'vault.kw');
+      if (!vault) throw new UsageError('USAGE', `no vault.kw in ${home}`);
       return {
-        info: readHeaderInfo(paths),
-        files: collectHome(home, [o.socketDir]),
+        info: headerInfoOf(paths.file, vault.bytes),
+        files,
         head: head && head.seq > 0 ? { seq: head.seq, hash: head.hash } : null,
       };
     };
-    return fs.existsSync(auditPaths(home).dir)
-      ? withFileLock(auditPaths(home).lock, LOCK_MS, read)
-      : read();
+    return hasLog ? withFileLock(auditPaths(home).lock, LOCK_MS, read) : read();
   };
 
   let sealer: BackupSealer | undefined;
@@ -132,8 +135,6 @@ export async function takeBackup(o: BackupOptions): Promise<BackupReport> {
       snap = withFileLock(paths.lock, LOCK_MS, snapshot);
     }
     const { info } = snap;
-    const vaultFile = snap.files.find((f) => f.path === 'vault.kw');
-    if (!vaultFile) throw new UsageError('USAGE', `no vault.kw in ${home}`);
     const packed = packContainer(
       {
         format: 1,

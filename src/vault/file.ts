@@ -113,7 +113,11 @@ export interface VaultHeaderInfo {
 }
 
 export function readHeaderInfo(paths: VaultPaths): VaultHeaderInfo {
-  const { bytes } = readVaultFile(paths);
+  return headerInfoOf(paths.file, readVaultFile(paths).bytes);
+}
+
+/** The same facts from a vault's bytes already read (a backup's snapshot of vault.kw). */
+export function headerInfoOf(file: string, bytes: Buffer): VaultHeaderInfo {
   const p = headerFacts(bytes);
   let generation: bigint;
   if (p.v1) generation = p.v1.generation;
@@ -122,7 +126,7 @@ export function readHeaderInfo(paths: VaultPaths): VaultHeaderInfo {
     generation = layout.header.base + BigInt(layout.starts.length);
   }
   return {
-    path: paths.file,
+    path: file,
     version: p.version,
     vaultId: p.vaultId.toString('hex'),
     keyId: p.keyId.toString('hex'),

@@ -3,6 +3,7 @@
  */
 export { Vault, VALUE_MAX_BYTES, type EntryMeta } from './vault.js';
 export {
+  headerInfoOf,
   readHeaderInfo,
   requireVault,
   vaultExists,
