@@ -576,6 +576,75 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
     );
 
   test(
+    'a process that hides after its greeting is still hashed as the program it ran: exe_sha256 is read from the executable opened at identification',
+    { skip: !rootTests && 'needs root for setpriv' },
+    async () => {
+      // The agent hashes an executable only when a rule or grant needs it, possibly after the
+      // caller became unreadable: what it hashes must be what the caller ran when it connected.
+      const digest = createHash('sha256')
+        .update(fs.readFileSync(fs.realpathSync(PYTHON)))
+        .digest('hex');
+      const h = await agentOf(
+        'version: 1\nrules:\n' +
+          `  - { name: python-ok, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: allow }\n` +
+          '  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+        { user: true },
+      );
+      setSecret(h, 'app/token', 'late-hider-value', true);
+      h.answer('no');
+      const env = { ...h.env };
+      const client = ['/bin/sh', '-c', '"$0" "$@"; exit $?', PYTHON, RAW_CLIENT, h.sock];
+      // Two connections: the second is recalled from the registry, the process hidden by then.
+      assert.deepEqual(
+        runLines([...client, 'app/token', '--hide-after-hello', '--repeat', '2'], {
+          env,
+          user: true,
+        }),
+        ['value:late-hider-value', 'value:late-hider-value'],
+      );
+      assert.equal(h.prompts().length, 0, 'python3 matched its exe_sha256 rule');
+    },
+  );
+
+  test(
+    'a caller whose executable changes on disk after its greeting is refused, never let past a rule that denies its hash',
+    { skip: !rootTests && 'needs root for setpriv' },
+    async () => {
+      // The attacker runs its own copy of python3, denied by hash, and after the greeting moves
+      // the file's ctime (chmod): a hash taken now can't be said to be the program's.
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kw-exe-'));
+      after(() => fs.rmSync(dir, { recursive: true, force: true }));
+      const copy = path.join(dir, 'python3');
+      fs.copyFileSync(fs.realpathSync(PYTHON), copy);
+      fs.chmodSync(dir, 0o755);
+      fs.chownSync(copy, 43210, 43210);
+      const digest = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
+      const h = await agentOf(
+        'version: 1\nrules:\n' +
+          `  - { name: no-copy, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: deny }\n` +
+          '  - { name: rest, targets: ["**"], decision: allow }\n',
+        { user: true },
+      );
+      setSecret(h, 'app/token', 'changed-exe-value', true);
+      const env = { ...h.env };
+      const run = (...extra: string[]) =>
+        runLines(
+          ['/bin/sh', '-c', '"$0" "$@"; exit $?', copy, RAW_CLIENT, h.sock, 'app/token', ...extra],
+          {
+            env,
+            user: true,
+          },
+        )[0] ?? '';
+      // First sight of this file: no hash is known, so it is taken at the request, after the chmod.
+      assert.match(
+        run('--chmod-exe-after-hello'),
+        /^error:POLICY_DENIED:the caller's executable changed on disk/,
+      );
+      assert.match(run(), /^error:POLICY_DENIED:.*rule no-copy/, 'the copy is denied by its hash');
+    },
+  );
+
+  test(
     'a process that hides still matches an ancestor rule: its parents can be read, so a rule on what a program starts still catches it',
     { skip: !rootTests && 'needs root for setpriv' },
     async () => {

@@ -3,12 +3,12 @@
  * /proc is read. If the pidfd's process is still alive after the reads, the pid was not reused
  * in between, so what /proc said is about the process that connected.
  */
-import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import type { Actor } from '../audit/index.js';
 import { pidfdAlive } from '../lib/libc.js';
 import { readFdToSecure, secureFree, type SecureBuffer } from '../lib/secure.js';
 import { quote, quoteAll } from '../lib/text.js';
+import { executable, type ExeHash } from './exe-hash.js';
 import type { Caller } from '../policy/index.js';
 
 export interface ProcessIdentity extends Caller {
@@ -102,29 +102,6 @@ function loaderVariables(
     secureFree(env);
   }
 }
-const hashCache = new Map<string, string>();
-/** Executables hashed and remembered at once; past it the cache starts over. */
-const HASH_CACHE_MAX = 512;
-
-/** One buffer for every executable read (public bytes): no 100 MB allocation per first sight. */
-const chunk = Buffer.allocUnsafe(1 << 20);
-
-/**
- * SHA-256 of a file, read a chunk at a time. Reading node's 99 MB binary whole allocated and
- * faulted in 99 MB for each first connection of a program, a third of the hashing's time.
- */
-function hashFile(path: string): string {
-  const fd = fs.openSync(path, 'r');
-  try {
-    const h = createHash('sha256');
-    for (let n; (n = fs.readSync(fd, chunk, 0, chunk.length, null)) > 0;)
-      h.update(chunk.subarray(0, n));
-    return h.digest('hex');
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 function readlink(p: string): string | undefined {
   try {
     return fs.readlinkSync(p);
@@ -148,25 +125,17 @@ function stat(pid: number): { ppid: number; startTime: string } | undefined {
   return Number.isInteger(ppid) && startTime !== undefined ? { ppid, startTime } : undefined;
 }
 
-/**
- * The executable behind /proc/PID/exe: its file (device and inode) and its SHA-256, the hash
- * cached by device, inode, size, mtime and ctime (touch -m can fake mtime, not ctime).
- */
-export function executable(pid: number): { file: string; sha256: string } | undefined {
-  const path = `/proc/${pid}/exe`;
-  try {
-    const st = fs.statSync(path, { bigint: true });
-    const file = `${st.dev}:${st.ino}`;
-    const key = `${file}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-    const cached = hashCache.get(key);
-    if (cached) return { file, sha256: cached };
-    const h = hashFile(path);
-    if (hashCache.size >= HASH_CACHE_MAX) hashCache.clear();
-    hashCache.set(key, h);
-    return { file, sha256: h };
-  } catch {
-    return undefined;
-  }
+const exeHashes = new WeakMap<ProcessIdentity, ExeHash>();
+
+/** The hash behind an identity's exeSha256 (owned by its program handle, peer.ts). */
+export function exeHashOf(id: ProcessIdentity): ExeHash | undefined {
+  return exeHashes.get(id);
+}
+
+/** Makes an identity's exeSha256 read from another hash (the program handle's, seen first). */
+export function bindExeHash(id: ProcessIdentity, hash: ExeHash | undefined): void {
+  if (hash) exeHashes.set(id, hash);
+  else exeHashes.delete(id);
 }
 
 export function identify(pid: number, uid: number): ProcessIdentity {
@@ -185,11 +154,10 @@ export function identify(pid: number, uid: number): ProcessIdentity {
     ancestors.push({ pid: next, exe: readlink(`/proc/${next}/exe`) });
     next = next === 1 ? undefined : stat(next)?.ppid;
   }
-  return {
+  const id: ProcessIdentity = {
     pid,
     uid,
     exe: readlink(`/proc/${pid}/exe`),
-    exeSha256: exe?.sha256,
     exeFile: exe?.file,
     loaderVars: loaderVariables(pid),
     cwd: readlink(`/proc/${pid}/cwd`),
@@ -198,6 +166,13 @@ export function identify(pid: number, uid: number): ProcessIdentity {
     ppid: s?.ppid,
     ancestors,
   };
+  // exeSha256 is hashed on first read (exe-hash.ts); enumerable, so a copy carries the value.
+  Object.defineProperty(id, 'exeSha256', {
+    enumerable: true,
+    get: () => exeHashes.get(id)?.get(),
+  });
+  bindExeHash(id, exe?.hash);
+  return id;
 }
 
 /** The process behind this identity is still the one that connected (its pidfd is alive). */

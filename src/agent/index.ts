@@ -55,7 +55,7 @@ export {
   RES_OK,
   type Frame,
 } from './protocol.js';
-export { identify, describeCaller, type ProcessIdentity } from './identity.js';
+export { describeCaller, type ProcessIdentity } from './identity.js';
 export {
   INSTRUCTIONS,
   pinnedEntry,

@@ -23,7 +23,14 @@ import type net from 'node:net';
 import type { Pending } from '../approval/index.js';
 import type { AuditRecord } from '../audit/index.js';
 import { closeFd, dupFd, peerCredentials, peerPidfd, pidfdOpen } from '../lib/libc.js';
-import { identify, stillSameProcess, type ProcessIdentity } from './identity.js';
+import type { ExeHash } from './exe-hash.js';
+import {
+  bindExeHash,
+  exeHashOf,
+  identify,
+  stillSameProcess,
+  type ProcessIdentity,
+} from './identity.js';
 
 /** The program a process ran when it was identified: reads nothing once it exec'd or exited. */
 export interface ProgramHandle {
@@ -33,6 +40,8 @@ export interface ProgramHandle {
   pidfd: number;
   /** The process as last seen readable. */
   id: ProcessIdentity;
+  /** Its executable's hash, taken on first use from a descriptor this handle holds (exe-hash.ts). */
+  exe: ExeHash | undefined;
   lastUsed: number;
   /** Unique per handle: one program run, from its identification to its exec or exit. */
   serial: number;
@@ -55,6 +64,7 @@ export function releaseProgram(h: ProgramHandle | undefined): void {
   if (h.refs === 0) {
     closeFd(h.maps);
     closeFd(h.pidfd);
+    h.exe?.close();
   }
 }
 
@@ -126,8 +136,12 @@ export class ProcessRegistry {
     }
     const known = this.known.get(key);
     if (known && sameProgram(known)) {
-      // The same program, seen again: one handle for all its connections.
+      // The same program, seen again: one handle for all its connections, one executable hash.
       closeFd(maps);
+      if (known.exe) {
+        exeHashOf(id)?.close();
+        bindExeHash(id, known.exe);
+      } else known.exe = exeHashOf(id);
       known.id = id;
       known.lastUsed = Date.now();
       holdProgram(known);
@@ -144,6 +158,7 @@ export class ProcessRegistry {
       maps,
       pidfd: dup,
       id,
+      exe: exeHashOf(id),
       lastUsed: Date.now(),
       serial: ++serials,
       refs: 2,
@@ -243,11 +258,15 @@ export function identifyPeer(
   const seen = identify(cred.pid, cred.uid);
   if (!stillSameProcess(pidfd)) {
     if (maps !== undefined) closeFd(maps);
+    exeHashOf(seen)?.close();
     return refused('the peer exited before it could be identified', pidfd);
   }
   if (maps !== undefined && seen.exe !== undefined) {
     const program = registry.remember(seen, pidfd, maps);
-    if (!program) return refused('the agent could not keep a handle on the peer', pidfd);
+    if (!program) {
+      exeHashOf(seen)?.close();
+      return refused('the agent could not keep a handle on the peer', pidfd);
+    }
     if (!sameProgram(program)) {
       releaseProgram(program);
       return refused('the peer ran another program while it was identified', pidfd);
@@ -255,6 +274,7 @@ export function identifyPeer(
     return { id: seen, pidfd, program };
   }
   if (maps !== undefined) closeFd(maps);
+  exeHashOf(seen)?.close();
   // Hidden now: who it was when it could be read, if it still runs that program.
   const known = registry.recall(cred.pid, seen.startTime);
   if (known) return { id: known.id, pidfd, program: known };

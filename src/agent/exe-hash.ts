@@ -1,0 +1,124 @@
+/**
+ * The SHA-256 of a caller's executable, taken when something first needs it (a rule with
+ * `exe_sha256`, a grant remembered per executable or per process, a pending approval), not at
+ * every first connection of a program: node's 99 MB binary took ~70 ms to hash, paid by `agent
+ * start`'s own check and by `agent stop`, which need no hash.
+ *
+ * Laziness must not change what is hashed. At identification the agent opens /proc/PID/exe,
+ * which is a descriptor of the very file the process runs (not a path that could be replaced),
+ * and checks it against the stat taken then. The hash, when asked for, is read from that
+ * descriptor, and the file's stat must still be the one seen at identification (device, inode,
+ * size, mtime, ctime: a write between changes ctime). A process that makes itself unreadable
+ * after identification changes nothing: the descriptor was opened while it could be read.
+ *
+ * A file that changed since (or can't be read) refuses the request: an unknown hash would let a
+ * caller step around a rule that denies its executable.
+ *
+ * The descriptor belongs to the program handle (peer.ts): it closes with the handle's last
+ * holder, when no connection of the program is left to ask.
+ */
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import { KeywardError } from '../errors.js';
+import { closeFd } from '../lib/libc.js';
+
+const hashCache = new Map<string, string>();
+/** Executables hashed and remembered at once; past it the cache starts over. */
+const HASH_CACHE_MAX = 512;
+
+/** One buffer for every executable read (public bytes): no 100 MB allocation per first sight. */
+const chunk = Buffer.allocUnsafe(1 << 20);
+
+function keyOf(st: fs.BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+/** SHA-256 of an open file from its start, a chunk at a time. */
+function hashFd(fd: number): string {
+  const h = createHash('sha256');
+  let at = 0;
+  for (let n; (n = fs.readSync(fd, chunk, 0, chunk.length, at)) > 0; at += n)
+    h.update(chunk.subarray(0, n));
+  return h.digest('hex');
+}
+
+/** An executable's hash: known, or computable once from a descriptor held since identification. */
+export class ExeHash {
+  private value: string | undefined;
+  private fd: number | undefined;
+
+  constructor(
+    private readonly key: string,
+    known: string | undefined,
+    fd: number | undefined,
+  ) {
+    this.value = known;
+    this.fd = known === undefined ? fd : undefined;
+    if (known !== undefined && fd !== undefined) closeFd(fd);
+  }
+
+  /**
+   * The hash. Throws (POLICY_DENIED) when the file changed since identification or can't be
+   * read: an unknown hash would let a caller step around a rule that denies its executable.
+   */
+  get(): string | undefined {
+    if (this.value !== undefined || this.fd === undefined) return this.value;
+    const fd = this.fd;
+    let h: string | undefined;
+    try {
+      if (keyOf(fs.fstatSync(fd, { bigint: true })) === this.key) {
+        const hashed = hashFd(fd);
+        // The file did not change while it was read.
+        if (keyOf(fs.fstatSync(fd, { bigint: true })) === this.key) h = hashed;
+      }
+    } catch {
+      h = undefined;
+    } finally {
+      this.close();
+    }
+    if (h === undefined) {
+      throw new KeywardError(
+        'POLICY_DENIED',
+        "the caller's executable changed on disk (or could not be read) after it connected: its hash is not the program's",
+        { hint: 'connect again' },
+      );
+    }
+    if (hashCache.size >= HASH_CACHE_MAX) hashCache.clear();
+    hashCache.set(this.key, h);
+    this.value = h;
+    return h;
+  }
+
+  /** Gives the descriptor back; a hash not taken by now stays unknown. */
+  close(): void {
+    if (this.fd !== undefined) closeFd(this.fd);
+    this.fd = undefined;
+  }
+}
+
+/**
+ * The executable behind /proc/PID/exe: its file (device and inode) and its hash, known at once
+ * when this file was hashed before (cached by device, inode, size, mtime and ctime: touch -m can
+ * fake mtime, not ctime), else taken on first use from a descriptor opened now.
+ */
+export function executable(pid: number): { file: string; hash: ExeHash } | undefined {
+  const path = `/proc/${pid}/exe`;
+  let fd: number | undefined;
+  try {
+    const st = fs.statSync(path, { bigint: true });
+    const file = `${st.dev}:${st.ino}`;
+    const key = keyOf(st);
+    const cached = hashCache.get(key);
+    if (cached !== undefined) return { file, hash: new ExeHash(key, cached, undefined) };
+    fd = fs.openSync(path, fs.constants.O_RDONLY);
+    // The descriptor is of the file stat saw (the process did not exec in between).
+    if (keyOf(fs.fstatSync(fd, { bigint: true })) !== key) {
+      closeFd(fd);
+      return undefined;
+    }
+    return { file, hash: new ExeHash(key, undefined, fd) };
+  } catch {
+    if (fd !== undefined) closeFd(fd);
+    return undefined;
+  }
+}
