@@ -15,6 +15,7 @@ import { initVault, Vault, vaultPaths, type Rng } from '../src/vault/index.js';
 import { blake2b256 } from '../src/vault/crypto.js';
 import { encodeLine, ZERO_HASH } from '../src/audit/entry.js';
 import { epochKeyFromSeed } from '../src/audit/keys.js';
+import { BATCH_KEY_MS, BodySealer } from '../src/audit/body.js';
 
 export const PASSPHRASE = 'correct horse battery staple';
 const FIXED_TIME = new Date('2026-11-22T12:00:00.000Z');
@@ -385,7 +386,47 @@ export function makeAuditVectors(dir: string): AuditVectorSpec[] {
     broken('other-key.jsonl', 1, 'MAC', 'a valid chain under another seed'),
   ];
   fs.writeFileSync(path.join(dir, 'vectors.json'), `${JSON.stringify(specs, null, 2)}\n`);
+  makeBodyVectors(dir);
   return specs;
+}
+
+/**
+ * docs/AUDIT.md "Bodies": batch-form bodies made by the writer's own sealer, its randomness
+ * replaced by a counter's BLAKE2b so the bytes are fixed. Two bodies share a batch key, the third
+ * comes after the key aged out.
+ */
+function makeBodyVectors(dir: string): void {
+  const boxSeed = Buffer.from(Array.from({ length: 32 }, (_, i) => 0x40 + i));
+  const pk = Buffer.alloc(32);
+  const sk = Buffer.alloc(32);
+  sodium.crypto_box_seed_keypair(pk, sk, boxSeed);
+  let counter = 0;
+  const entropy = (b: Uint8Array) => {
+    const c = Buffer.alloc(8);
+    c.writeUInt32LE((counter += 1), 0);
+    const full = Buffer.alloc(64);
+    sodium.crypto_generichash(full, c);
+    b.set(full.subarray(0, b.length));
+  };
+  let now = 0;
+  const sealer = new BodySealer(() => now, entropy);
+  const plains = [
+    '{"actor":{"uid":1000,"pid":4242},"target":"db/password","decision":"allow","reason":null,"details":{}}',
+    '{"actor":{"uid":1000,"pid":4243},"target":"db/password","decision":"deny","reason":"rule no","details":{}}',
+    '{"actor":{"uid":1000,"pid":4244},"target":null,"decision":"info","reason":null,"details":{}}',
+  ];
+  const bodies = plains.map((plain, i) => {
+    if (i === 2) now += BATCH_KEY_MS;
+    return { plain, body: sealer.seal(Buffer.from(plain, 'utf8'), pk).toString('base64') };
+  });
+  sealer.close();
+  const spec = {
+    note: 'batch-form bodies (docs/AUDIT.md, "Bodies"): the first two share one ephemeral key',
+    boxSecretKey: sk.toString('hex'),
+    boxPublicKey: pk.toString('hex'),
+    bodies,
+  };
+  fs.writeFileSync(path.join(dir, 'bodies.json'), `${JSON.stringify(spec, null, 2)}\n`);
 }
 
 if (process.argv[1] === fileURLToPath(import.meta.url)) {

@@ -17,7 +17,9 @@ import {
 import { encodeLine, parseLine } from '../src/audit/entry.js';
 import { epochKeyFromSeed } from '../src/audit/keys.js';
 import { readState } from '../src/audit/state.js';
-import { secureTake } from '../src/lib/secure.js';
+import { BATCH_KEY_MS, BodyOpener, BodySealer, sealBodyOnce } from '../src/audit/body.js';
+import { secureAlloc, secureTake } from '../src/lib/secure.js';
+import { sodium } from '../src/lib/sodium.js';
 import { copySegments, fill, lines, makeLog, writeLines } from './audit-helpers.js';
 import { eventually, ROOT } from './helpers.js';
 
@@ -587,5 +589,61 @@ describe('the agent keeps what it knows of the log between appends (issue 17)', 
     const r = verifySegments(listSegments(dir), { seed });
     assert.equal(r.ok && r.entries, 2);
     log.close();
+  });
+});
+
+describe('bodies (docs/AUDIT.md, "Bodies")', () => {
+  const box = () => {
+    const publicKey = Buffer.alloc(32);
+    const secretKey = secureAlloc(32);
+    sodium.crypto_box_keypair(publicKey, secretKey);
+    return { publicKey, secretKey };
+  };
+
+  test('batch-form bodies open with the box secret, sealed-form bodies still open, other keys open neither', () => {
+    const mine = box();
+    const other = box();
+    const sealer = new BodySealer();
+    const batch = [1, 2, 3].map((i) => sealer.seal(Buffer.from(`{"n":${i}}`), mine.publicKey));
+    const old = sealBodyOnce(Buffer.from('{"n":"sealed"}'), mine.publicKey);
+    sealer.close();
+    // One batch key for the three: the same epk, and never the same nonce.
+    assert.equal(new Set(batch.map((b) => b.subarray(1, 33).toString('hex'))).size, 1);
+    assert.equal(new Set(batch.map((b) => b.subarray(33, 57).toString('hex'))).size, 3);
+    const opener = new BodyOpener([other, mine]);
+    assert.deepEqual(
+      batch.map((b) => opener.open(b)?.toString()),
+      ['{"n":1}', '{"n":2}', '{"n":3}'],
+    );
+    assert.equal(opener.open(old)?.toString(), '{"n":"sealed"}');
+    // A sealed body whose first byte is the batch tag is still read as sealed.
+    let tagged = old;
+    while (tagged[0] !== 0x01) tagged = sealBodyOnce(Buffer.from('{"n":"tagged"}'), mine.publicKey);
+    assert.equal(opener.open(tagged)?.toString(), '{"n":"tagged"}');
+    const flipped = Buffer.from(batch[1] as Buffer);
+    flipped.writeUInt8((flipped.at(-1) ?? 0) ^ 1, flipped.length - 1);
+    assert.equal(opener.open(flipped), undefined);
+    opener.close();
+    const stranger = new BodyOpener([other]);
+    assert.equal(stranger.open(batch[0] as Buffer), undefined);
+    assert.equal(stranger.open(old), undefined);
+    stranger.close();
+  });
+
+  test('a batch key serves one box key and one second: a new box key, or its age, renews it', () => {
+    let now = 0;
+    const sealer = new BodySealer(() => now);
+    const a = box();
+    const b = box();
+    const epk = (x: Buffer) => x.subarray(1, 33).toString('hex');
+    const first = sealer.seal(Buffer.from('{}'), a.publicKey);
+    assert.equal(epk(sealer.seal(Buffer.from('{}'), a.publicKey)), epk(first));
+    const toB = sealer.seal(Buffer.from('{}'), b.publicKey);
+    assert.notEqual(epk(toB), epk(first), 'a rekeyed log gets a new batch key');
+    now += BATCH_KEY_MS;
+    assert.notEqual(epk(sealer.seal(Buffer.from('{}'), b.publicKey)), epk(toB), 'aged out');
+    assert.ok(sealer.holdsKey());
+    sealer.close();
+    assert.ok(!sealer.holdsKey(), 'close() frees the batch key');
   });
 });

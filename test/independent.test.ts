@@ -12,7 +12,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { ROOT } from './helpers.js';
-import { epochKey, lineHash, verifyLog } from './independent/audit.js';
+import { boxPublicKey, epochKey, lineHash, openBatchBody, verifyLog } from './independent/audit.js';
 import {
   blake2b256,
   openBox,
@@ -301,6 +301,32 @@ test('independent: audit good.jsonl spans epochs 0, 0, 1 and chains by line hash
   const p = first.slice(0, first.lastIndexOf(',"mac":'));
   const mac = (JSON.parse(first) as { mac: string }).mac;
   assert.notEqual(crypto.createHmac('sha256', epochKey(seed(), 0)).update(p).digest('hex'), mac);
+});
+
+test('independent: audit bodies.json opens as "Bodies" says, and a flipped byte does not', () => {
+  const v = readJson<{
+    boxSecretKey: string;
+    boxPublicKey: string;
+    bodies: Array<{ plain: string; body: string }>;
+  }>(path.join(AUDIT, 'bodies.json'));
+  const sk = Buffer.from(v.boxSecretKey, 'hex');
+  const pk = Buffer.from(v.boxPublicKey, 'hex');
+  assert.deepEqual(boxPublicKey(sk), pk, 'the box public key is X25519 of its secret key');
+  const raw = v.bodies.map((b) => Buffer.from(b.body, 'base64'));
+  for (const [i, b] of v.bodies.entries()) assert.equal(openBatchBody(raw[i]!, sk, pk), b.plain);
+  // The first two share a batch key (the same epk); the third came after it aged out.
+  const epk = (b: Buffer) => b.subarray(1, 33).toString('hex');
+  assert.equal(epk(raw[0]!), epk(raw[1]!));
+  assert.notEqual(epk(raw[1]!), epk(raw[2]!));
+  assert.notEqual(
+    raw[0]!.subarray(33, 57).toString('hex'),
+    raw[1]!.subarray(33, 57).toString('hex'),
+  );
+  for (const at of [0, 1, 40, raw[0]!.length - 1]) {
+    const bad = Buffer.from(raw[0]!);
+    bad[at]! ^= 0x01;
+    assert.equal(openBatchBody(bad, sk, pk), null, `byte ${at} flipped`);
+  }
 });
 
 test('independent: audit chain-only checks see what needs no key', () => {

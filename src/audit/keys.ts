@@ -95,22 +95,3 @@ export function boxPublicOf(secretKey: SecureBuffer): Buffer {
   sodium.crypto_scalarmult_base(pk, secretKey);
   return pk;
 }
-
-export function sealBody(plain: Uint8Array, publicKey: Uint8Array): Buffer {
-  const out = Buffer.alloc(plain.length + sodium.crypto_box_SEALBYTES);
-  sodium.crypto_box_seal(out, plain, publicKey);
-  return out;
-}
-
-/** The body's plaintext, or undefined when none of the keys opens it. */
-export function openBody(
-  sealed: Uint8Array,
-  keys: ReadonlyArray<{ publicKey: Buffer; secretKey: SecureBuffer }>,
-): Buffer | undefined {
-  if (sealed.length < sodium.crypto_box_SEALBYTES) return undefined;
-  const out = Buffer.alloc(sealed.length - sodium.crypto_box_SEALBYTES);
-  for (const k of keys) {
-    if (sodium.crypto_box_seal_open(out, sealed, k.publicKey, k.secretKey)) return out;
-  }
-  return undefined;
-}

@@ -21,7 +21,8 @@ import { hashAt, unacknowledgedGaps } from './history.js';
 import type { AuditRecord } from './events.js';
 import { currentProcessActor } from './actor.js';
 import { SegmentFiles } from './segment-files.js';
-import { epochZeroKey, nextEpochKey, sealBody, sha256 } from './keys.js';
+import { BodySealer } from './body.js';
+import { epochZeroKey, nextEpochKey, sha256 } from './keys.js';
 import {
   auditPaths,
   readState,
@@ -109,6 +110,8 @@ export class AuditLog {
   private lock: HeldLock | undefined;
   /** The segment this writer appends to, held open (closed by forget()). */
   private readonly files = new SegmentFiles((n) => this.segmentPath(n));
+  /** Seals bodies under a batch key it renews every second (body.ts); forget() frees it. */
+  private readonly sealer = new BodySealer();
 
   constructor(home: string, options: AuditOptions = {}) {
     this.paths = auditPaths(home);
@@ -254,6 +257,7 @@ export class AuditLog {
     if (this.known) secureFree(this.known.st.key);
     this.known = undefined;
     this.files.close();
+    this.sealer.close();
   }
 
   /** The end of a long-running writer (agent stop). */
@@ -457,9 +461,9 @@ export class AuditLog {
         details: r.details ?? {},
       };
       seq += 1;
-      const sealed = sealBody(Buffer.from(JSON.stringify(body), 'utf8'), st.boxPublicKey).toString(
-        'base64',
-      );
+      const sealed = this.sealer
+        .seal(Buffer.from(JSON.stringify(body), 'utf8'), st.boxPublicKey)
+        .toString('base64');
       const e = encodeLine(
         { seq, time, type: r.type, epoch: st.epoch, prev: hash, body: sealed },
         st.key,

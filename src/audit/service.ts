@@ -15,7 +15,8 @@ import {
 import type { AuditSink, Vault } from '../vault/index.js';
 import { parseLine } from './entry.js';
 import { isEventType } from './events.js';
-import { boxKeypair, boxPublicOf, openBody } from './keys.js';
+import { BodyOpener } from './body.js';
+import { boxKeypair, boxPublicOf } from './keys.js';
 import { AuditLog, type AuditOptions, type Head } from './log.js';
 import { compareWithCopy, parseCopy, type CopyComparison } from './ship.js';
 import {
@@ -386,10 +387,11 @@ export function readEntries(
     const sk = v?.revealInternal(n as `@${string}`);
     if (sk) keys.push({ publicKey: boxPublicOf(sk), secretKey: sk });
   }
+  const opener = new BodyOpener(keys);
   try {
     return out.map(({ sealed, ...entry }) => {
       if (keys.length === 0) return entry;
-      const plain = openBody(Buffer.from(sealed, 'base64'), keys);
+      const plain = opener.open(Buffer.from(sealed, 'base64'));
       return {
         ...entry,
         body: plain
@@ -398,6 +400,7 @@ export function readEntries(
       };
     });
   } finally {
+    opener.close();
     for (const k of keys) secureFree(k.secretKey);
   }
 }

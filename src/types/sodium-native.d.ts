@@ -72,6 +72,7 @@ declare module 'sodium-native' {
     crypto_hash_sha256_STATEBYTES: number;
 
     crypto_box_keypair(pk: Uint8Array, sk: Uint8Array): void;
+    crypto_box_seed_keypair(pk: Uint8Array, sk: Uint8Array, seed: Uint8Array): void;
     crypto_box_seal(out: Uint8Array, message: Uint8Array, pk: Uint8Array): void;
     crypto_box_seal_open(
       out: Uint8Array,

@@ -13,6 +13,17 @@ interface Sodium {
   /** HMAC-SHA-512-256. */
   crypto_auth(out: Buffer, input: Buffer, key: Buffer): void;
   crypto_auth_verify(mac: Buffer, input: Buffer, key: Buffer): boolean;
+  crypto_scalarmult(q: Buffer, n: Buffer, p: Buffer): void;
+  crypto_scalarmult_base(q: Buffer, n: Buffer): void;
+  crypto_generichash(out: Buffer, input: Buffer): void;
+  crypto_aead_xchacha20poly1305_ietf_decrypt(
+    m: Buffer,
+    nsec: null,
+    c: Buffer,
+    ad: null,
+    npub: Buffer,
+    k: Buffer,
+  ): number;
 }
 const sodium = createRequire(import.meta.url)('sodium-native') as Sodium;
 
@@ -161,4 +172,40 @@ export function verifyLog(segments: Buffer[], seed: Buffer | null): AuditResult 
     }
   }
   return { ok: true, entries: count, head: count ? { seq: lastSeq, hash: lastHash } : null };
+}
+
+/**
+ * "Bodies", the batch form: 0x01 || epk (32) || nonce (24) || XChaCha20-Poly1305 ciphertext, under
+ * key = BLAKE2b-256(X25519(sk, epk) || epk || pk), no associated data. The JSON body, or null when
+ * the body is not in that form or does not open.
+ */
+export function openBatchBody(body: Buffer, sk: Buffer, pk: Buffer): string | null {
+  if (body.length < 1 + 32 + 24 + 16 || body[0] !== 0x01) return null;
+  const epk = body.subarray(1, 33);
+  const nonce = body.subarray(33, 57);
+  const shared = Buffer.alloc(32);
+  sodium.crypto_scalarmult(shared, sk, epk);
+  const key = Buffer.alloc(32);
+  sodium.crypto_generichash(key, Buffer.concat([shared, epk, pk]));
+  const plain = Buffer.alloc(body.length - 57 - 16);
+  try {
+    sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+      plain,
+      null,
+      body.subarray(57),
+      null,
+      nonce,
+      key,
+    );
+  } catch {
+    return null;
+  }
+  return plain.toString('utf8');
+}
+
+/** A box key pair's public half: X25519 of the secret key and the base point. */
+export function boxPublicKey(sk: Buffer): Buffer {
+  const pk = Buffer.alloc(32);
+  sodium.crypto_scalarmult_base(pk, sk);
+  return pk;
 }
