@@ -18,5 +18,10 @@ if (guard.runtimeState.exposure.length > 0 && !guard.runtimeState.allowed) {
   process.exit(refuseExposure(guard.runtimeState.exposure));
 }
 
-const { main } = await import('../dist/src/cli/main.js');
-process.exitCode = await main(argv);
+// `keyward read NAME` through an agent needs no command-line parser (src/cli/quick-read.ts).
+const quick = await (await import('../dist/src/cli/quick-read.js')).quickRead(argv);
+if (quick !== undefined) process.exitCode = quick;
+else {
+  const { main } = await import('../dist/src/cli/main.js');
+  process.exitCode = await main(argv);
+}

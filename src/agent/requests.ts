@@ -133,18 +133,36 @@ export async function agentMcpPins(
 }
 
 /** Reads a secret through the agent and writes it to fd from secure memory, then wipes it. */
+/**
+ * Reads a secret through the agent and writes it to fd. False, with nothing sent, when no agent
+ * answers on path (the caller may then read directly): one connection, no status round trip
+ * first. An agent that answered and then failed is an error, never a fallback.
+ */
 export async function agentRead(
   path: string,
   name: string,
   fd: number,
   newline: boolean,
-): Promise<void> {
-  const f = await call(path, 'read', { name });
+): Promise<boolean> {
+  let conn: AgentConnection;
   try {
-    if (f.raw) writeAllSync(fd, f.raw);
-    if (newline) writeAllSync(fd, Buffer.from('\n'));
+    conn = await AgentConnection.open(path, { sendsSecret: false });
+  } catch (e) {
+    if (e instanceof KeywardError && e.code === 'AGENT_UNAVAILABLE') return false;
+    throw e;
+  }
+  try {
+    conn.send(REQ.read, { name });
+    const f = await conn.next();
+    try {
+      if (f.raw) writeAllSync(fd, f.raw);
+      if (newline) writeAllSync(fd, Buffer.from('\n'));
+    } finally {
+      secureFree(f.raw);
+    }
+    return true;
   } finally {
-    secureFree(f.raw);
+    conn.close();
   }
 }
 

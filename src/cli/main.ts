@@ -4,10 +4,9 @@
  */
 import { Command, CommanderError } from 'commander';
 import { EXIT, UsageError, type ExitCode } from '../errors.js';
-import { onAgentHello, onApprovalPending, type PendingNotice } from '../agent/index.js';
-import { quote } from '../lib/text.js';
 import { hardenProcess } from '../lib/libc.js';
 import { commandEpilogue, helpEpilogue } from './manual.js';
+import { setUpProcess } from './process-setup.js';
 import { ChildExit, processIo, reportError, type Io } from './report.js';
 
 export const VERSION = '0.1.0';
@@ -175,41 +174,8 @@ function usageFrom(e: CommanderError): UsageError {
 }
 
 /** keyward's exit code, or for `keyward run` the child's (0 to 255). */
-/**
- * Said on stderr the moment a request waits for a person: which request, how long it waits, and
- * where to approve it (docs/CLI.md, "Waiting for approval").
- */
-export function pendingLines(n: PendingNotice): string {
-  const left = Math.round(n.timeoutMs / 1000);
-  const how =
-    n.mode === 'totp'
-      ? `keyward approve ${n.id} --code CODE`
-      : n.mode === 'webauthn'
-        ? undefined
-        : `keyward approve ${n.id}`;
-  const where = [
-    n.console ? `in the console, ${n.console}#/approvals` : undefined,
-    how ? `with: ${how}` : undefined,
-  ].filter((x) => x !== undefined);
-  return (
-    `keyward: waiting for approval of request ${n.id} (${n.action} ${quote(n.target)}, ${n.mode}, ${left} s left)\n` +
-    (where.length > 0
-      ? `keyward: approve it ${where.join(', or ')}\n`
-      : 'keyward: no console runs and this request needs it: keyward agent start serves one\n')
-  );
-}
-
 export async function main(argv: string[], io: Io = processIo): Promise<ExitCode | number> {
-  if (io === processIo) {
-    // The reader went away (`keyward audit export | head`): what it wanted it has; stop quietly
-    // instead of dying on an unhandled EPIPE with a stack trace.
-    process.stdout.on('error', (e: NodeJS.ErrnoException) => {
-      if (e.code === 'EPIPE') process.exit(EXIT.OK);
-      throw e;
-    });
-  }
-  onAgentHello(hardenProcess);
-  onApprovalPending((n) => io.stderr(pendingLines(n)));
+  setUpProcess(io);
   const program = await buildProgram(io, argv);
   try {
     await program.parseAsync(argv, { from: 'user' });

@@ -5,7 +5,7 @@
  */
 import tty from 'node:tty';
 import type { Command } from 'commander';
-import { agentRead, agentStatus, socketPaths } from '../agent/index.js';
+import { agentRead, socketPaths } from '../agent/index.js';
 import { assertValidName } from '../lib/names.js';
 import { socketDir } from '../lib/paths.js';
 import type { Io } from './report.js';
@@ -20,7 +20,7 @@ export function registerReadCommand(program: Command, io: Io): void {
       // Through the agent when one runs (policy, approval, audit); else direct, with the passphrase.
       // context.ts's agentSocket(), without loading context.ts (it brings the vault and audit).
       const sock = socketPaths(socketDir()).agent;
-      if (await agentStatus(sock)) return agentRead(sock, name, 1, tty.isatty(1));
+      if (await agentRead(sock, name, 1, tty.isatty(1))) return;
       const [{ printSecret }, { auth, paths }] = await Promise.all([
         import('../vault/index.js'),
         import('./context.js'),
