@@ -9,7 +9,9 @@
  *   body = 0x01 || epk (32) || nonce (24) || XChaCha20-Poly1305(key, nonce, ad = "", JSON body)
  *   key  = BLAKE2b-256(X25519(esk, pk) || epk || pk)
  *
- * (esk, epk) is an ephemeral key pair, pk the box public key, the nonce random. A writer keeps a
+ * (esk, epk) is an ephemeral key pair, pk the box public key; the nonce counts the bodies sealed
+ * under this key (its first 8 bytes, little-endian; the rest zero): the key is new with every
+ * batch, so a nonce never repeats under one key, and no random draw is paid per body. A writer keeps a
  * batch key in secure memory for at most BATCH_KEY_MS (and BATCH_KEY_USES bodies), then frees
  * it: at any moment, what the agent's memory could open is the bodies it wrote in the last
  * second, which it wrote itself. The form is told by trial: a batch body opens under the key its
@@ -69,7 +71,7 @@ export class BodySealer {
   private expiry: NodeJS.Timeout | undefined;
 
   /**
-   * `entropy` fills the ephemeral key's seed and each nonce: randombytes, except for the
+   * `entropy` fills the ephemeral key's seed: randombytes, except for the
    * committed test vectors (scripts/make-vectors.ts), which need them fixed.
    */
   constructor(
@@ -95,7 +97,8 @@ export class BodySealer {
     out[0] = TAG;
     this.epk.copy(out, 1);
     const nonce = out.subarray(1 + PK, HEAD);
-    this.entropy(nonce);
+    // The count of bodies sealed under this key before this one (uses was just incremented).
+    nonce.writeBigUInt64LE(BigInt(this.uses - 1), 0);
     sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
       out.subarray(HEAD),
       plain,
