@@ -111,14 +111,21 @@ export function kwAsync(
 /** Every readable mapping of a process, read through /proc/PID/mem (root only). */
 /** Each readable mapping of pid, in chunks that overlap by `overlap` bytes (a needle across a
  * chunk boundary is still seen whole). */
-function forEachChunk(pid: number, overlap: number, fn: (view: Buffer) => void): void {
+function forEachChunk(
+  pid: number,
+  overlap: number,
+  fn: (view: Buffer) => void,
+  only?: (vmFlags: string[]) => boolean,
+): void {
   const maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8').trim().split('\n');
+  const flags = only ? vmFlags(pid) : undefined;
   const fd = fs.openSync(`/proc/${pid}/mem`, 'r');
   const CHUNK = 16 * 1024 * 1024;
   try {
     for (const line of maps) {
       const m = /^([0-9a-f]+)-([0-9a-f]+) (r)/.exec(line);
       if (!m) continue;
+      if (only && !only(flags?.get(m[1] ?? '') ?? [])) continue;
       const start = parseInt(m[1] ?? '0', 16);
       const end = parseInt(m[2] ?? '0', 16);
       for (let off = start; off < end; off += CHUNK) {
@@ -138,6 +145,21 @@ function forEachChunk(pid: number, overlap: number, fn: (view: Buffer) => void):
   }
 }
 
+/** Each mapping's VmFlags (/proc/PID/smaps), by its start address as maps writes it. */
+function vmFlags(pid: number): Map<string, string[]> {
+  const out = new Map<string, string[]>();
+  let start = '';
+  for (const line of fs.readFileSync(`/proc/${pid}/smaps`, 'utf8').split('\n')) {
+    const m = /^([0-9a-f]+)-[0-9a-f]+ /.exec(line);
+    if (m) start = m[1] ?? '';
+    else if (line.startsWith('VmFlags:')) out.set(start, line.slice(8).trim().split(/\s+/));
+  }
+  return out;
+}
+
+/** Mappings that are not locked in memory (no `lo` VmFlag): ordinary heap, stacks, files. */
+export const unlockedMappings = (f: string[]): boolean => !f.includes('lo');
+
 export function scanMemory(pid: number, needles: Buffer[]): Buffer[] {
   const found: Buffer[] = [];
   const overlap = Math.max(0, ...needles.map((n) => n.length - 1));
@@ -153,7 +175,12 @@ export function scanMemory(pid: number, needles: Buffer[]): Buffer[] {
  * readable memory: the indexes. Too many windows for indexOf each, so one pass: a bitmap of the
  * windows' first four bytes filters, and a candidate is compared whole.
  */
-export function scanWindows(pid: number, values: Buffer[], width = 12): number[] {
+export function scanWindows(
+  pid: number,
+  values: Buffer[],
+  width = 12,
+  only?: (vmFlags: string[]) => boolean,
+): number[] {
   const windows = new Map<number, Array<{ value: number; at: number }>>();
   const bits = new Uint8Array(1 << 21); // 2^24 bits, indexed by the low 24 bits of the key
   values.forEach((v, value) => {
@@ -167,18 +194,23 @@ export function scanWindows(pid: number, values: Buffer[], width = 12): number[]
     }
   });
   const found = new Set<number>();
-  forEachChunk(pid, width - 1, (view) => {
-    const n = view.length - width;
-    for (let i = 0; i <= n; i++) {
-      const b = (view[i] ?? 0) | ((view[i + 1] ?? 0) << 8) | ((view[i + 2] ?? 0) << 16);
-      if (((bits[b >>> 3] ?? 0) & (1 << (b & 7))) === 0) continue;
-      for (const w of windows.get(view.readUInt32LE(i)) ?? []) {
-        if (found.has(w.value)) continue;
-        const v = values[w.value] as Buffer;
-        if (view.compare(v, w.at, w.at + width, i, i + width) === 0) found.add(w.value);
+  forEachChunk(
+    pid,
+    width - 1,
+    (view) => {
+      const n = view.length - width;
+      for (let i = 0; i <= n; i++) {
+        const b = (view[i] ?? 0) | ((view[i + 1] ?? 0) << 8) | ((view[i + 2] ?? 0) << 16);
+        if (((bits[b >>> 3] ?? 0) & (1 << (b & 7))) === 0) continue;
+        for (const w of windows.get(view.readUInt32LE(i)) ?? []) {
+          if (found.has(w.value)) continue;
+          const v = values[w.value] as Buffer;
+          if (view.compare(v, w.at, w.at + width, i, i + width) === 0) found.add(w.value);
+        }
       }
-    }
-  });
+    },
+    only,
+  );
   return [...found].sort((a, b) => a - b);
 }
 

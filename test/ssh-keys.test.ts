@@ -17,6 +17,7 @@ import {
   type AgentHome,
   scanWindows,
   startAgent,
+  unlockedMappings,
   stopAgent,
   withoutAgent,
 } from './agent-helpers.js';
@@ -539,12 +540,18 @@ test(
       'base64',
     ).subarray(19);
     const at = edBody.lastIndexOf(edPub);
+    // OpenSSL holds numbers as little-endian words, least significant first: each number's
+    // bytes reversed. A copy in that form is as much a copy as the big-endian one.
+    const both = (name: string, v: Buffer): [string, Buffer][] => [
+      [name, v],
+      [`${name} (OpenSSL's form)`, Buffer.from(v).reverse()],
+    ];
     const secrets: [string, Buffer][] = [
       ['ed25519 seed', edBody.subarray(at - 32, at)],
-      ['ECDSA d', b64(jwk(ec)['d'])],
-      ['RSA p', b64(jwk(rsa)['p'])],
-      ['RSA q', b64(jwk(rsa)['q'])],
-      ['RSA d', b64(jwk(rsa)['d'])],
+      ...both('ECDSA d', b64(jwk(ec)['d'])),
+      ...both('RSA p', b64(jwk(rsa)['p'])),
+      ...both('RSA q', b64(jwk(rsa)['q'])),
+      ...both('RSA d', b64(jwk(rsa)['d'])),
     ];
     const values = secrets.map(([, v]) => v);
     assert.equal(run('ssh-add', [ed, ec, rsa], env).status, 0);
@@ -552,11 +559,10 @@ test(
       for (const f of [ed, ec, rsa]) signAndVerify(h.dir, `${f}.pub`, env);
     const pid = h.agentPid ?? 0;
     // Positive control: while the keys are held the scan finds them.
-    assert.deepEqual(
-      scanWindows(pid, values).map((i) => secrets[i]?.[0]),
-      secrets.map(([n]) => n),
-      'the scanner finds every key while it is held',
-    );
+    const held = scanWindows(pid, values).map((i) => secrets[i]?.[0]);
+    for (const [n] of secrets)
+      if (!n.includes('(OpenSSL')) assert.ok(held.includes(n), `the scanner finds ${n} while held`);
+    assert.ok(held.includes("ECDSA d (OpenSSL's form)"), 'and the ECDSA key held by OpenSSL');
     // Nor did any of them reach the disk: every file under the home and the socket directory
     // (vault, audit log, state), raw and as hex, has no 12-byte window of any key.
     const onDisk = Buffer.concat([everyByteUnder(h.home), everyByteUnder(h.sockDir)]);
@@ -576,6 +582,40 @@ test(
     assert.equal(run('ssh-add', ['-D'], env).status, 0);
     const named = scanWindows(pid, values).map((i) => secrets[i]?.[0]);
     assert.deepEqual(named, [], `left in the agent's memory: ${named.join(', ')}`);
+  },
+);
+
+test(
+  'an ECDSA key the agent holds is parsed once into locked memory: while unlocked, no fragment of its scalar is in any mapping that is not locked (root: /proc/PID/mem)',
+  { skip: skip || (!rootTests && 'needs root to read /proc/PID/mem') },
+  async () => {
+    // The agent keeps ECDSA keys parsed by OpenSSL between signatures (src/lib/openssl.ts): in
+    // OpenSSL's secure heap, as sodium keeps its own, never in the ordinary heap where a swap
+    // file or a read of the process would find the scalar for the whole unlock.
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const keys = [
+      sshKeygen(h.dir, 'h-p256', ['-t', 'ecdsa', '-b', '256', '-N', '', '-m', 'PEM']),
+      sshKeygen(h.dir, 'h-p384', ['-t', 'ecdsa', '-b', '384', '-N', '', '-m', 'PEM']),
+    ];
+    const scalars = keys.map((f) =>
+      Buffer.from(
+        (crypto.createPrivateKey(fs.readFileSync(f)).export({ format: 'jwk' }) as { d: string }).d,
+        'base64url',
+      ),
+    );
+    assert.equal(run('ssh-add', keys, env).status, 0);
+    for (let i = 0; i < 3; i++) for (const f of keys) signAndVerify(h.dir, `${f}.pub`, env);
+    const pid = h.agentPid ?? 0;
+    // OpenSSL keeps a scalar as little-endian words, least significant first: the number's bytes
+    // reversed. Both forms are looked for; the held (reversed) one must be found somewhere.
+    const forms = scalars.flatMap((d) => [d, Buffer.from(d).reverse()]);
+    const found = scanWindows(pid, forms);
+    assert.ok(found.includes(1) && found.includes(3), `OpenSSL's forms of the scalars: ${found}`);
+    assert.deepEqual(
+      scanWindows(pid, forms, 12, unlockedMappings),
+      [],
+      'a fragment of an ECDSA scalar in unlocked memory',
+    );
   },
 );
 

@@ -64,6 +64,9 @@ export async function runAgent(o: RunOptions): Promise<void> {
   // First of all: glibc's malloc cache off (an exec of this same process), so that M_PERTURB
   // overwrites every block OpenSSL frees (lib/libc.ts).
   withoutMallocCache(o.readyFd === undefined ? [] : [o.readyFd]);
+  // OpenSSL's secure heap before any key: private numbers OpenSSL parses go there (lib/openssl.ts).
+  const { secureHeapReady } = await import('../lib/openssl.js');
+  const secureHeap = secureHeapReady();
   const tracer = tracerPid();
   if (tracer !== 0 && !o.allowDebugger) {
     throw new KeywardError(
@@ -92,6 +95,10 @@ export async function runAgent(o: RunOptions): Promise<void> {
   }
   if (exposure.length > 0)
     o.log(`WARNING: this agent can be debugged (--allow-debugger): ${exposure.join('; ')}`);
+  if (!secureHeap)
+    o.log(
+      'WARNING: OpenSSL could not make its secure heap: ECDSA keys are parsed at each signature',
+    );
   const askpassProgram = await askpassFrom(o.env);
   const { TerminalChannel } = await import('../approval/index.js');
   // In the foreground on a terminal, that terminal is an approval channel (with a challenge).

@@ -169,6 +169,8 @@ export class SshAgentService {
       for (const name of vaultKeyNames(v)) {
         const key = loadKey(v, name);
         if (!key) continue;
+        // Held for the unlock: an ECDSA key is parsed once, into OpenSSL's secure heap.
+        key.holdParsed();
         this.vaultKeys.set(keyOf(key.publicBlob), {
           key,
           comment: name,
@@ -321,6 +323,7 @@ export class SshAgentService {
         h.timer = setTimeout(() => void this.expire(id, h), lifetimeMs);
         h.timer.unref();
       }
+      key.holdParsed();
       this.added.set(id, held);
       return message(SSH.SUCCESS);
     } catch (e) {

@@ -7,14 +7,16 @@
  * - the signing form: libsodium's 64-byte ed25519 secret key, or the SEC 1 / PKCS #1 DER that
  *   OpenSSL (through node:crypto) reads for ECDSA and RSA.
  *
- * ed25519 signs with libsodium from secure memory. ECDSA and RSA sign with node:crypto, which is
- * handed the DER for one call: OpenSSL parses it into its own heap, signs and frees the key with
- * BN_clear_free; no KeyObject is made and nothing reaches the JS heap. docs/THREAT-MODEL.md says
- * what that leaves and the test that checks it.
+ * ed25519 signs with libsodium from secure memory. ECDSA and RSA sign with OpenSSL called
+ * directly (lib/openssl.ts), handed the DER from secure memory: parsed for one signature and freed
+ * (cleared) right after it, or, for an ECDSA key the agent keeps (holdParsed), parsed once into
+ * OpenSSL's secure heap and freed by wipe(). No KeyObject is made and nothing reaches the JS heap.
+ * docs/THREAT-MODEL.md says what each leaves and the test that checks it.
  */
 import crypto from 'node:crypto';
 import { sodium } from '../lib/sodium.js';
 import { KeywardError } from '../errors.js';
+import { OpensslKey, secureHeapActive } from '../lib/openssl.js';
 import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.js';
 import { oddMinusOneInto, modInto } from './bignum.js';
 import {
@@ -114,6 +116,20 @@ export class SigningKey {
     private readonly recordBytes: SecureBuffer,
     private readonly signing: SecureBuffer,
   ) {}
+
+  /** An ECDSA key parsed once into OpenSSL's secure heap (holdParsed), freed by wipe(). */
+  private held: OpensslKey | undefined;
+
+  /**
+   * For a key the agent keeps (a vault key while unlocked, one added by ssh-add): an ECDSA key is
+   * parsed once into OpenSSL's secure heap instead of at every signature (lib/openssl.ts), when
+   * the process has one. RSA and ed25519 keys are unchanged.
+   */
+  holdParsed(): void {
+    // Held only where OpenSSL has a secure heap to hold it in; else parsed at each signature.
+    if (this.held || !CURVES[this.type] || this.signing.length === 0 || !secureHeapActive()) return;
+    this.held = OpensslKey.parse(this.signing, 'ec');
+  }
 
   /**
    * Reads one private key in the agent protocol's encoding from r (a view of secure memory) and
@@ -348,24 +364,28 @@ export class SigningKey {
     }
     const curve = CURVES[this.type];
     if (curve) {
-      const rs = crypto.sign(curve.hash, data, {
-        key: this.signing,
-        format: 'der',
-        type: 'sec1',
-        dsaEncoding: 'ieee-p1363',
-      });
-      const inner = Buffer.concat([
-        sshMpint(rs.subarray(0, curve.size)),
-        sshMpint(rs.subarray(curve.size)),
-      ]);
+      const der = this.withOpenssl('ec', (k) => k.sign(curve.hash, data));
+      const [r, sv] = readSequence(der);
+      if (!r || !sv) throw badKey('OpenSSL returned a malformed ECDSA signature');
+      const inner = Buffer.concat([sshMpint(readInteger(r)), sshMpint(readInteger(sv))]);
       return Buffer.concat([sshString(alg), sshString(inner)]);
     }
-    const sig = crypto.sign(alg === 'rsa-sha2-512' ? 'sha512' : 'sha256', data, {
-      key: this.signing,
-      format: 'der',
-      type: 'pkcs1',
-    });
+    const sig = this.withOpenssl('rsa', (k) =>
+      k.sign(alg === 'rsa-sha2-512' ? 'sha512' : 'sha256', data),
+    );
     return Buffer.concat([sshString(alg), sshString(sig)]);
+  }
+
+  /** Runs fn with the key held in OpenSSL, or with one parsed for this call and freed after it. */
+  private withOpenssl<T>(kind: 'ec' | 'rsa', fn: (k: OpensslKey) => T): T {
+    if (this.held) return fn(this.held);
+    const k = OpensslKey.parse(this.signing, kind);
+    if (!k) throw badKey('OpenSSL could not read it');
+    try {
+      return fn(k);
+    } finally {
+      k.free();
+    }
   }
 
   /** Checks an SSH signature blob against this key's public half (public data only). */
@@ -431,6 +451,8 @@ export class SigningKey {
 
   /** Zeroes and frees the private key; the key can't sign afterwards. */
   wipe(): void {
+    this.held?.free();
+    this.held = undefined;
     secureFree(this.recordBytes);
     secureFree(this.signing);
   }

@@ -1,0 +1,170 @@
+/**
+ * ECDSA and RSA signing through Node's own OpenSSL, called directly (the node binary exports its
+ * libcrypto symbols; koffi.load(null) finds them, so no second OpenSSL is loaded).
+ *
+ * Why not node:crypto: its KeyObjects are forbidden (rule 1), and its one-shot sign() with a DER
+ * key parses the key into an internal handle that is freed only when V8 collects it. Measured
+ * here: every call left the parsed private numbers allocated (32 bytes of secure heap per P-256
+ * signature, ~900 per RSA-2048) until a GC, so the agent kept copies of ECDSA scalars and RSA
+ * primes after `ssh-add -D` and after a lock. Here a key is parsed from secure memory into an
+ * EVP_PKEY that keyward frees itself, at once (OpenSSL clears private numbers when it frees them).
+ *
+ * The agent starts OpenSSL's secure heap first thing (secureHeapReady): private numbers are then
+ * allocated there (BN_secure_new: mmap'd, mlocked where the limit allows, guard pages, excluded
+ * from core dumps, cleared on free). An ECDSA key the agent keeps is parsed once and held there
+ * for the unlock (117 us a P-256 signature from DER against ~25 us held); an RSA key is parsed
+ * for each signature and freed after it, because OpenSSL would cache the Montgomery forms of p and
+ * q in its ordinary heap for as long as the key is held. docs/THREAT-MODEL.md says what remains.
+ */
+import { createRequire } from 'node:module';
+import type Koffi from 'koffi';
+
+const koffi = createRequire(import.meta.url)('koffi') as typeof Koffi;
+
+/** OpenSSL's secure heap: 1 MiB (a power of two), blocks of at least 32 bytes. */
+const SECURE_HEAP_BYTES = 1 << 20;
+const SECURE_HEAP_MIN = 32;
+const EVP_PKEY_EC = 408;
+const EVP_PKEY_RSA = 6;
+
+type Pointer = unknown;
+
+interface Crypto {
+  secureMallocInit: (size: number, min: number) => number;
+  secureMallocInitialized: () => number;
+  bioNewMemBuf: (buf: Uint8Array, len: number) => Pointer;
+  bioFree: (bio: Pointer) => number;
+  d2iPrivateKeyBio: (bio: Pointer, out: null) => Pointer;
+  pkeyId: (pkey: Pointer) => number;
+  pkeySize: (pkey: Pointer) => number;
+  pkeyFree: (pkey: Pointer) => void;
+  mdCtxNew: () => Pointer;
+  mdCtxFree: (ctx: Pointer) => void;
+  digestSignInit: (ctx: Pointer, pctx: null, md: Pointer, e: null, pkey: Pointer) => number;
+  digestSign: (
+    ctx: Pointer,
+    sig: Buffer,
+    len: bigint[] | number[],
+    tbs: Uint8Array,
+    tbsLen: number,
+  ) => number;
+  digest: (name: 'sha256' | 'sha384' | 'sha512') => Pointer;
+  errClear: () => void;
+}
+
+let cached: Crypto | undefined;
+
+function openssl(): Crypto {
+  if (cached) return cached;
+  const lib = koffi.load(null);
+  koffi.opaque('keyward_EVP_PKEY');
+  koffi.opaque('keyward_BIO');
+  koffi.opaque('keyward_EVP_MD_CTX');
+  koffi.opaque('keyward_EVP_MD');
+  const sha256 = lib.func('const keyward_EVP_MD *EVP_sha256(void)');
+  const sha384 = lib.func('const keyward_EVP_MD *EVP_sha384(void)');
+  const sha512 = lib.func('const keyward_EVP_MD *EVP_sha512(void)');
+  cached = {
+    secureMallocInit: lib.func('int CRYPTO_secure_malloc_init(size_t, size_t)'),
+    secureMallocInitialized: lib.func('int CRYPTO_secure_malloc_initialized(void)'),
+    bioNewMemBuf: lib.func('keyward_BIO *BIO_new_mem_buf(const uint8_t *, int)'),
+    bioFree: lib.func('int BIO_free(keyward_BIO *)'),
+    d2iPrivateKeyBio: lib.func('keyward_EVP_PKEY *d2i_PrivateKey_bio(keyward_BIO *, void *)'),
+    pkeyId: lib.func('int EVP_PKEY_get_base_id(const keyward_EVP_PKEY *)'),
+    pkeySize: lib.func('int EVP_PKEY_get_size(const keyward_EVP_PKEY *)'),
+    pkeyFree: lib.func('void EVP_PKEY_free(keyward_EVP_PKEY *)'),
+    mdCtxNew: lib.func('keyward_EVP_MD_CTX *EVP_MD_CTX_new(void)'),
+    mdCtxFree: lib.func('void EVP_MD_CTX_free(keyward_EVP_MD_CTX *)'),
+    digestSignInit: lib.func(
+      'int EVP_DigestSignInit(keyward_EVP_MD_CTX *, void *, const keyward_EVP_MD *, void *, keyward_EVP_PKEY *)',
+    ),
+    digestSign: lib.func(
+      'int EVP_DigestSign(keyward_EVP_MD_CTX *, _Out_ uint8_t *, _Inout_ size_t *, const uint8_t *, size_t)',
+    ),
+    digest: (name) => (name === 'sha256' ? sha256() : name === 'sha384' ? sha384() : sha512()),
+    errClear: lib.func('void ERR_clear_error(void)'),
+  };
+  return cached;
+}
+
+/**
+ * Starts OpenSSL's secure heap, once per process, before any key is parsed into it. False when
+ * OpenSSL could not make one (the keys then stay on node:crypto's per-call path).
+ */
+export function secureHeapReady(): boolean {
+  const c = openssl();
+  if (c.secureMallocInitialized() === 1) return true;
+  // 1: made and locked; 2: made, but mlock failed (still guarded, cleared and not dumped).
+  return c.secureMallocInit(SECURE_HEAP_BYTES, SECURE_HEAP_MIN) !== 0;
+}
+
+/** Whether this process has OpenSSL's secure heap (the agent makes it at start). */
+export function secureHeapActive(): boolean {
+  return openssl().secureMallocInitialized() === 1;
+}
+
+/** An ECDSA or RSA private key held by OpenSSL; sign() until free(). */
+export class OpensslKey {
+  private constructor(
+    private pkey: Pointer | undefined,
+    private readonly maxSig: number,
+  ) {}
+
+  /**
+   * Parses SEC 1 (EC) or PKCS #1 (RSA) DER, read by OpenSSL in place from secure memory. The
+   * private numbers go to OpenSSL's secure heap where the process made one (the agent does, at
+   * start: secureHeapReady), else to its ordinary heap, cleared when freed. Undefined when
+   * OpenSSL refuses the DER or it is not of the kind asked for.
+   */
+  static parse(der: Uint8Array, kind: 'ec' | 'rsa'): OpensslKey | undefined {
+    const c = openssl();
+    const bio = c.bioNewMemBuf(der, der.length);
+    if (!bio) return undefined;
+    try {
+      const pkey = c.d2iPrivateKeyBio(bio, null);
+      if (!pkey) {
+        c.errClear();
+        return undefined;
+      }
+      if (c.pkeyId(pkey) !== (kind === 'ec' ? EVP_PKEY_EC : EVP_PKEY_RSA)) {
+        c.pkeyFree(pkey);
+        return undefined;
+      }
+      return new OpensslKey(pkey, c.pkeySize(pkey));
+    } finally {
+      c.bioFree(bio);
+    }
+  }
+
+  /**
+   * A signature over data, hashed with `hash`: for ECDSA the DER SEQUENCE of r and s, for RSA
+   * the PKCS #1 v1.5 signature (OpenSSL's default padding).
+   */
+  sign(hash: 'sha256' | 'sha384' | 'sha512', data: Uint8Array): Buffer {
+    if (this.pkey === undefined) throw new Error('the key was freed');
+    const c = openssl();
+    const ctx = c.mdCtxNew();
+    if (!ctx) throw new Error('OpenSSL could not make a signing context');
+    try {
+      if (c.digestSignInit(ctx, null, c.digest(hash), null, this.pkey) !== 1) {
+        c.errClear();
+        throw new Error('OpenSSL refused to start the signature');
+      }
+      const sig = Buffer.alloc(this.maxSig);
+      const len = [sig.length];
+      if (c.digestSign(ctx, sig, len, data, data.length) !== 1) {
+        c.errClear();
+        throw new Error('OpenSSL refused to sign');
+      }
+      return sig.subarray(0, Number(len[0]));
+    } finally {
+      c.mdCtxFree(ctx);
+    }
+  }
+
+  /** Frees the key at once: OpenSSL clears its private numbers (BN_clear_free). */
+  free(): void {
+    if (this.pkey !== undefined) openssl().pkeyFree(this.pkey);
+    this.pkey = undefined;
+  }
+}
