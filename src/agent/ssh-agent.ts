@@ -17,7 +17,7 @@ import {
   u32,
   vaultKeyNames,
 } from '../keys/index.js';
-import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { secureAlloc, secureFree, secureRelease, type SecureBuffer } from '../lib/secure.js';
 import { quote } from '../lib/text.js';
 import type { Vault } from '../vault/index.js';
 import type { ProcessIdentity } from './identity.js';
@@ -116,7 +116,7 @@ export class SshAgentService {
       // one connection (more than 16 waiting) or across many (the agent's in-flight budget).
       const bytes = msgs.reduce((n, m) => n + m.length, 0);
       if (queued > MAX_QUEUED || !inFlight.reserve(bytes)) {
-        for (const m of msgs) secureFree(m);
+        for (const m of msgs) secureRelease(m);
         socket.destroy();
         return;
       }
@@ -130,7 +130,9 @@ export class SshAgentService {
             reply = message(SSH.FAILURE);
           } finally {
             inFlight.release(msg.length);
-            secureFree(msg);
+            // Zeroed and kept for the next request of its size (lib/secure.ts); no view of it
+            // outlives handle().
+            secureRelease(msg);
             queued -= 1;
           }
           if (!socket.destroyed) socket.write(reply);

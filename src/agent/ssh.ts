@@ -4,7 +4,14 @@
  */
 import { createHash } from 'node:crypto';
 import { fingerprint, SshReader, u32 } from '../keys/index.js';
-import { secureAlloc, secureFree, secureSlice, zero, type SecureBuffer } from '../lib/secure.js';
+import {
+  secureAlloc,
+  secureFree,
+  securePooled,
+  secureRelease,
+  zero,
+  type SecureBuffer,
+} from '../lib/secure.js';
 import { quote } from '../lib/text.js';
 import { inFlight } from './inflight.js';
 
@@ -45,7 +52,7 @@ export function message(type: number, ...parts: Buffer[]): Buffer {
 /**
  * Splits the byte stream of one connection into messages, in secure memory: each chunk is copied
  * in and zeroed (an ssh-add request carries a private key), each message handed out as its own
- * secure buffer for the caller to free.
+ * secure buffer (from the pool) for the caller to give back with secureRelease.
  */
 export class SshFrameReader {
   /** Its length is taken from the agent's in-flight budget (inflight.ts). */
@@ -75,14 +82,17 @@ export class SshFrameReader {
         if (len < 1 || len > MAX_SSH_MESSAGE) throw new RangeError(`bad SSH message length ${len}`);
         if (this.used < 4 + len) break;
         if (out.length >= MAX_QUEUED) throw new RangeError('too many messages at once');
-        out.push(secureSlice(this.buf, 4, 4 + len));
+        // Pooled (lib/secure.ts): the caller gives it back with secureRelease.
+        const m = securePooled(len);
+        this.buf.copy(m, 0, 4, 4 + len);
+        out.push(m);
         this.buf.copy(this.buf, 0, 4 + len, this.used);
         this.buf.fill(0, this.used - (4 + len), this.used);
         this.used -= 4 + len;
       }
       return out;
     } catch (e) {
-      for (const m of out) secureFree(m);
+      for (const m of out) secureRelease(m);
       throw e;
     } finally {
       zero(chunk);
@@ -123,9 +133,13 @@ export function describeSignData(data: Buffer): { text: string; details: Record<
         details: { kind: 'sshsig', namespace, hashAlg, hash },
       };
     }
+    // A login's data starts with the session id (a string) and then byte 50; anything else is
+    // told apart here without parsing into an exception (a stack trace per signature).
+    const sessionIdEnd = data.length >= 4 ? 4 + data.readUInt32BE(0) : Infinity;
     const r = new SshReader(data);
-    r.string(); // session id
-    if (r.byte() === 50) {
+    if (sessionIdEnd < data.length && data[sessionIdEnd] === 50) {
+      r.string(); // session id
+      r.byte();
       const user = r.text();
       const service = r.text();
       const method = r.text();

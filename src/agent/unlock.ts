@@ -41,6 +41,8 @@ export class UnlockWindow {
   private idleTimer: NodeJS.Timeout | undefined;
   private capTimer: NodeJS.Timeout | undefined;
   private vaultStamp = '';
+  /** The stamp was compared in this synchronous run (cleared by a microtask): no second stat. */
+  private stampFresh = false;
   private policyStamp = '';
   /** Bumped at every unlock, lock and vault re-read: caches of vault contents key on it. */
   gen = 0;
@@ -68,6 +70,9 @@ export class UnlockWindow {
     const v = this.vault;
     if (!v)
       throw new KeywardError('AGENT_LOCKED', 'the agent is locked', { hint: 'keyward unlock' });
+    // One request asks several times in one synchronous run (gate, channels, keys): the file
+    // can change between runs, not within one, as far as this process can tell.
+    if (this.stampFresh) return v;
     const st = fs.statSync(this.vp.file, { throwIfNoEntry: false });
     const stamp = st ? `${st.ino}:${st.size}:${st.mtimeMs}` : '';
     if (stamp !== this.vaultStamp) {
@@ -83,6 +88,8 @@ export class UnlockWindow {
       this.vaultStamp = stamp;
       this.gen += 1;
     }
+    this.stampFresh = true;
+    queueMicrotask(() => (this.stampFresh = false));
     return v;
   }
 

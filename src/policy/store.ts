@@ -457,14 +457,26 @@ function defaultLoaded(reasons: string[], verified: boolean): Loaded {
  * What the agent watches to know when to load the policy again: the files (for drift) and the
  * vault's generation (for the applied policy itself).
  */
+/** The history directory's stamp and the last entry it held then, per home (policyStamp). */
+const lastSeen = new Map<
+  string,
+  { dir: string; last: { version: number; file: string } | undefined }
+>();
+
 export function policyStamp(home: string): string {
   const p = policyPaths(home);
+  // ctime too: touch can set mtime back, not ctime.
   const stamp = (f: string) => {
     const st = fs.statSync(f, { throwIfNoEntry: false, bigint: true });
-    return st ? `${st.ino}:${st.size}:${st.mtimeNs}` : '-';
+    return st ? `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}` : '-';
   };
-  const last = lastHistory(home);
-  return [stamp(p.file), stamp(p.history), last ? stamp(last.file) : '-'].join('|');
+  // A directory's ctime and mtime move with every entry made, removed or renamed in it: while
+  // its stamp holds, its last entry is the one read before (no readdir per request).
+  const dir = stamp(p.history);
+  const seen = lastSeen.get(home);
+  const last = seen && seen.dir === dir ? seen.last : lastHistory(home);
+  lastSeen.set(home, { dir, last });
+  return [stamp(p.file), dir, last ? stamp(last.file) : '-'].join('|');
 }
 
 /** For `init`: the default policy as version 1, sealed. Any previous policy files are moved aside. */
