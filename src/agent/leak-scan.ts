@@ -12,7 +12,7 @@
  * Everything here works on bytes in secure memory: no part of a message (which may hold the
  * value) becomes a JS string in the agent.
  */
-import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { securePooled, secureRelease, type SecureBuffer } from '../lib/secure.js';
 
 /**
  * Values shorter than this are not looked for. Any scan is an oracle ("is this a released
@@ -37,74 +37,84 @@ const isSeparator = (c: number) =>
   c === 0x2e || // .
   c === 0x5f; //  _
 
-/** Every %XX decoded; other bytes as they are. Undefined when there is no %XX at all. */
+/**
+ * Every %XX decoded; other bytes as they are. Undefined when there is no %XX at all. Two passes
+ * (count, then write) so the view is allocated once, at its size, from the pool.
+ */
 export function percentDecoded(data: Uint8Array): SecureBuffer | undefined {
   if (data.indexOf(0x25) < 0) return undefined;
-  const out = secureAlloc(data.length);
-  let n = 0;
-  let decoded = false;
+  const escapeAt = (i: number) =>
+    data[i] === 0x25 && isHex(data[i + 1] ?? 0) && isHex(data[i + 2] ?? 0);
+  let escapes = 0;
   for (let i = 0; i < data.length; i++) {
-    const c = data[i] ?? 0;
-    const a = data[i + 1] ?? 0;
-    const b = data[i + 2] ?? 0;
-    if (c === 0x25 && isHex(a) && isHex(b)) {
-      out[n++] = hexVal(a) * 16 + hexVal(b);
+    if (escapeAt(i)) {
+      escapes += 1;
       i += 2;
-      decoded = true;
-    } else out[n++] = c;
+    }
   }
-  if (!decoded) {
-    secureFree(out);
-    return undefined;
+  if (escapes === 0) return undefined;
+  const out = securePooled(data.length - 2 * escapes);
+  let n = 0;
+  for (let i = 0; i < data.length; i++) {
+    if (escapeAt(i)) {
+      out[n++] = hexVal(data[i + 1] ?? 0) * 16 + hexVal(data[i + 2] ?? 0);
+      i += 2;
+    } else out[n++] = data[i] ?? 0;
   }
-  return shrink(out, n);
+  return out;
 }
 
 /**
  * The hex digits of data, lowercased, with separators and `\x` / `0x` prefixes between them
  * dropped; anything else ends a run (a `|`). `de:ad be-ef`, `\xde\xad\xbe\xef` and
- * `0xde, 0xad, 0xbe, 0xef` all become `deadbeef`.
+ * `0xde, 0xad, 0xbe, 0xef` all become `deadbeef`. Two passes, as percentDecoded.
  */
 export function hexDigits(data: Uint8Array): SecureBuffer | undefined {
-  // No zero-length secure buffers: each is a mapping that secureFree can't tell from a freed one.
-  if (data.length === 0) return undefined;
-  const out = secureAlloc(data.length);
-  let n = 0;
-  for (let i = 0; i < data.length; i++) {
-    const c = data[i] ?? 0;
-    const next = data[i + 1] ?? 0;
-    // A prefix: \x, or 0x before a hex digit.
-    if ((c === 0x5c || c === 0x30) && (next === 0x78 || next === 0x58) && isHex(data[i + 2] ?? 0)) {
-      i += 1;
-      continue;
+  const walk = (put: (c: number) => void): number => {
+    let n = 0;
+    let lastBar = true; // nothing written yet: no leading bar
+    for (let i = 0; i < data.length; i++) {
+      const c = data[i] ?? 0;
+      const next = data[i + 1] ?? 0;
+      // A prefix: \x, or 0x before a hex digit.
+      if (
+        (c === 0x5c || c === 0x30) &&
+        (next === 0x78 || next === 0x58) &&
+        isHex(data[i + 2] ?? 0)
+      ) {
+        i += 1;
+        continue;
+      }
+      if (isHex(c)) {
+        put(c | 0x20);
+        n += 1;
+        lastBar = false;
+      } else if (isSeparator(c)) continue;
+      else if (!lastBar) {
+        put(0x7c);
+        n += 1;
+        lastBar = true;
+      }
     }
-    if (isHex(c)) out[n++] = c | 0x20;
-    else if (isSeparator(c)) continue;
-    else if (n > 0 && out[n - 1] !== 0x7c) out[n++] = 0x7c;
-  }
-  if (n === 0) {
-    secureFree(out);
-    return undefined;
-  }
-  return shrink(out, n);
-}
-
-function shrink(buf: SecureBuffer, n: number): SecureBuffer {
-  if (n === buf.length) return buf;
-  const out = secureAlloc(n);
-  out.set(buf.subarray(0, n));
-  secureFree(buf);
+    return n;
+  };
+  const size = walk(() => undefined);
+  // No zero-length secure buffers: each is a mapping that secureFree can't tell from a freed one.
+  if (size === 0) return undefined;
+  const out = securePooled(size);
+  let at = 0;
+  walk((c) => (out[at++] = c));
   return out;
 }
 
 function reversed(v: Uint8Array): SecureBuffer {
-  const out = secureAlloc(v.length);
+  const out = securePooled(v.length);
   for (let i = 0; i < v.length; i++) out[i] = v[v.length - 1 - i] ?? 0;
   return out;
 }
 
 function hexLower(v: Uint8Array): SecureBuffer {
-  const out = secureAlloc(v.length * 2);
+  const out = securePooled(v.length * 2);
   const digits = '0123456789abcdef';
   for (let i = 0; i < v.length; i++) {
     const b = v[i] ?? 0;
@@ -149,13 +159,13 @@ export class ScanViews {
         this.hex.some((h) => h.indexOf(hx) >= 0);
       return hit ? 'hidden' : undefined;
     } finally {
-      secureFree(rev);
-      secureFree(hx);
+      secureRelease(rev);
+      secureRelease(hx);
     }
   }
 
   destroy(): void {
-    for (const b of [...this.decoded, ...this.hex]) secureFree(b);
+    for (const b of [...this.decoded, ...this.hex]) secureRelease(b);
     this.decoded.length = 0;
     this.hex.length = 0;
   }

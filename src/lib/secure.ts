@@ -42,19 +42,17 @@ export function secureFree(buf: SecureBuffer | undefined): void {
  * POOL_MAX_BYTES each are kept.
  */
 const pool = new Map<number, SecureBuffer[]>();
-let pooled = 0;
+/** Every pooled buffer, oldest first: a full pool frees its oldest to keep the newest. */
+const order: SecureBuffer[] = [];
 const POOL_BUFFERS = 64;
 const POOL_MAX_BYTES = 64 * 1024;
 
 /** A zeroed secure buffer of exactly size bytes, reused when one was given back. */
 export function securePooled(size: number): SecureBuffer {
-  const free = pool.get(size);
-  const b = free?.pop();
-  if (b) {
-    pooled -= 1;
-    return b;
-  }
-  return secureAlloc(size);
+  const b = pool.get(size)?.pop();
+  if (!b) return secureAlloc(size);
+  order.splice(order.indexOf(b), 1);
+  return b;
 }
 
 /**
@@ -63,22 +61,29 @@ export function securePooled(size: number): SecureBuffer {
  */
 export function secureRelease(buf: SecureBuffer | undefined): void {
   if (buf === undefined || buf.length === 0) return;
-  if (buf.length > POOL_MAX_BYTES || pooled >= POOL_BUFFERS) {
+  if (buf.length > POOL_MAX_BYTES) {
     secureFree(buf);
     return;
   }
   sodium.sodium_memzero(buf);
+  if (order.length >= POOL_BUFFERS) {
+    const oldest = order.shift() as SecureBuffer;
+    const list = pool.get(oldest.length) ?? [];
+    list.splice(list.indexOf(oldest), 1);
+    if (list.length === 0) pool.delete(oldest.length);
+    secureFree(oldest);
+  }
   const list = pool.get(buf.length) ?? [];
   list.push(buf);
   pool.set(buf.length, list);
-  pooled += 1;
+  order.push(buf);
 }
 
 /** Frees every pooled buffer (tests; an agent that stops). */
 export function secureDrainPool(): void {
-  for (const list of pool.values()) for (const b of list) secureFree(b);
+  for (const b of order) secureFree(b);
   pool.clear();
-  pooled = 0;
+  order.length = 0;
 }
 
 /** Runs fn with buf and frees buf afterwards, whatever happens. */
