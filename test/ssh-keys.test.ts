@@ -619,6 +619,51 @@ test(
   },
 );
 
+test(
+  'ECDSA keys gone by expiry, by replacement, and vault keys after a lock leave no fragment of their scalars, in either byte order (root: /proc/PID/mem)',
+  { skip: skip || (!rootTests && 'needs root to read /proc/PID/mem') },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const exp = sshKeygen(h.dir, 'x-exp', ['-t', 'ecdsa', '-N', '', '-m', 'PEM']);
+    const rep = sshKeygen(h.dir, 'x-rep', ['-t', 'ecdsa', '-b', '384', '-N', '', '-m', 'PEM']);
+    const vk = sshKeygen(h.dir, 'x-vault', ['-t', 'ecdsa', '-b', '521', '-N', '', '-m', 'PEM']);
+    // key import reads OpenSSH's own format: a copy of the vault key rewritten in it.
+    const vkOpenssh = path.join(h.dir, 'x-vault-o');
+    fs.copyFileSync(vk, vkOpenssh);
+    fs.chmodSync(vkOpenssh, 0o600);
+    assert.equal(
+      spawnSync('ssh-keygen', ['-q', '-p', '-N', '', '-P', '', '-f', vkOpenssh]).status,
+      0,
+    );
+    const d = (f: string) =>
+      Buffer.from(
+        (crypto.createPrivateKey(fs.readFileSync(f)).export({ format: 'jwk' }) as { d: string }).d,
+        'base64url',
+      );
+    const named: [string, Buffer][] = [];
+    for (const [n, f] of [
+      ['expired', exp],
+      ['replaced', rep],
+      ['vault', vk],
+    ] as const)
+      named.push([n, d(f)], [`${n} (OpenSSL's form)`, Buffer.from(d(f)).reverse()]);
+    const imp = kw(['key', 'import', vkOpenssh, '--name', 'vk'], { env: h.env });
+    assert.equal(imp.code, 0, imp.stderr);
+    assert.equal(run('ssh-add', ['-t', '2', exp], env).status, 0);
+    assert.equal(run('ssh-add', [rep], env).status, 0);
+    for (const f of [exp, rep, vk]) signAndVerify(h.dir, `${f}.pub`, env);
+    assert.equal(run('ssh-add', [rep], env).status, 0); // replaces the one held
+    signAndVerify(h.dir, `${rep}.pub`, env);
+    const pid = h.agentPid ?? 0;
+    const values = named.map(([, v]) => v);
+    assert.ok(scanWindows(pid, values).length > 0, 'the scanner finds the keys while held');
+    await eventually(() => !/x-exp/.test(run('ssh-add', ['-l'], env).stdout), 'the expiry');
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    const left = scanWindows(pid, values).map((i) => named[i]?.[0]);
+    assert.deepEqual(left, [], `left in the agent's memory: ${left.join(', ')}`);
+  },
+);
+
 const sshdSkip =
   skip ||
   (!fs.existsSync('/usr/sbin/sshd') && process.env['CI'] !== 'true' && 'needs openssh-server');

@@ -11,7 +11,13 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { agentHome, auditEntries, stopAgent, type AgentHome } from './agent-helpers.js';
+import {
+  agentHome,
+  auditEntries,
+  stopAgent,
+  withoutAgent,
+  type AgentHome,
+} from './agent-helpers.js';
 import { describeSignData } from '../src/agent/ssh.js';
 import { BIN, eventually, kw, PASSPHRASE, ROOT, rootTests, straced } from './helpers.js';
 
@@ -630,17 +636,64 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       const run = (...extra: string[]) =>
         runLines(
           ['/bin/sh', '-c', '"$0" "$@"; exit $?', copy, RAW_CLIENT, h.sock, 'app/token', ...extra],
-          {
-            env,
-            user: true,
-          },
-        )[0] ?? '';
-      // First sight of this file: no hash is known, so it is taken at the request, after the chmod.
-      assert.match(
-        run('--chmod-exe-after-hello'),
-        /^error:POLICY_DENIED:the caller's executable changed on disk/,
+          { env, user: true },
+        );
+      // First sight of this file: no hash is known, so it is taken at the request, after the
+      // chmod. The second connection of the same process (recalled from the registry) is refused
+      // too: a hash refused once stays refused, never turns unknown.
+      const changed = /^error:POLICY_DENIED:the caller's executable changed on disk/;
+      const [first, second] = run('--chmod-exe-after-hello', '--repeat', '2');
+      assert.match(first ?? '', changed);
+      assert.match(second ?? '', changed);
+      assert.match(run()[0] ?? '', /^error:POLICY_DENIED:.*rule no-copy/, 'denied by its hash');
+      // Each refusal is recorded as a denial (and counts toward the lock on probing).
+      const exported = kwAs(['audit', 'export', '--decrypt'], withoutAgent(h));
+      assert.equal(exported.code, 0, exported.stderr);
+      const refusals = exported.stdout
+        .trim()
+        .split('\n')
+        .map((l) => JSON.parse(l) as { body: { decision: string; reason: string | null } })
+        .filter(
+          (e) =>
+            e.body.decision === 'deny' && /executable changed on disk/.test(e.body.reason ?? ''),
+        );
+      assert.equal(refusals.length, 2);
+    },
+  );
+
+  test(
+    'an execute-only executable, seen but unreadable, is refused where its hash is needed, never let past a deny rule on it',
+    { skip: !rootTests && 'needs root for setpriv' },
+    async () => {
+      // Mode 0111: the caller can run its copy but no one of its uid can read it, so the agent
+      // (the same uid) can stat /proc/PID/exe but not open it. The process turns itself
+      // dumpable again after exec so that the agent sees it.
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kw-exe-'));
+      after(() => fs.rmSync(dir, { recursive: true, force: true }));
+      const copy = path.join(dir, 'python3');
+      fs.copyFileSync(fs.realpathSync(PYTHON), copy);
+      const digest = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
+      const wrap = path.join(dir, 'wrap.py');
+      fs.writeFileSync(
+        wrap,
+        'import ctypes, sys, runpy\nctypes.CDLL(None).prctl(4, 1, 0, 0, 0)\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name="__main__")\n',
       );
-      assert.match(run(), /^error:POLICY_DENIED:.*rule no-copy/, 'the copy is denied by its hash');
+      fs.chmodSync(dir, 0o755);
+      fs.chownSync(copy, 43210, 43210);
+      fs.chmodSync(copy, 0o111);
+      fs.chmodSync(wrap, 0o644);
+      const h = await agentOf(
+        'version: 1\nrules:\n' +
+          `  - { name: no-copy, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: deny }\n` +
+          `  - { name: by-path, targets: ["**"], callers: { exe: "${copy}" }, decision: allow }\n`,
+        { user: true },
+      );
+      setSecret(h, 'app/token', 'exec-only-value', true);
+      const lines = runLines([copy, wrap, RAW_CLIENT, h.sock, 'app/token'], {
+        env: { ...h.env },
+        user: true,
+      });
+      assert.match(lines[0] ?? '', /^error:POLICY_DENIED:the caller's executable can not be read/);
     },
   );
 

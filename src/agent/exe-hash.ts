@@ -11,8 +11,9 @@
  * size, mtime, ctime: a write between changes ctime). A process that makes itself unreadable
  * after identification changes nothing: the descriptor was opened while it could be read.
  *
- * A file that changed since (or can't be read) refuses the request: an unknown hash would let a
- * caller step around a rule that denies its executable.
+ * A file that changed since, or can't be read at all (execute-only), refuses every request that
+ * needs the hash, for as long as the identity lives: an unknown hash would let a caller step
+ * around a rule that denies its executable.
  *
  * The descriptor belongs to the program handle (peer.ts): it closes with the handle's last
  * holder, when no connection of the program is left to ask.
@@ -42,27 +43,52 @@ function hashFd(fd: number): string {
   return h.digest('hex');
 }
 
-/** An executable's hash: known, or computable once from a descriptor held since identification. */
+const refused = (why: string): KeywardError =>
+  new KeywardError(
+    'POLICY_DENIED',
+    `the caller's executable ${why}: its hash is not the program's`,
+    {
+      hint: 'connect again',
+    },
+  );
+
+/**
+ * An executable's hash: known, or computable once from a descriptor held since identification.
+ * A hash that could not be taken stays refused for as long as the identity lives: asking again
+ * must never turn a refusal into an unknown hash.
+ */
 export class ExeHash {
   private value: string | undefined;
   private fd: number | undefined;
+  private failure: string | undefined;
 
   constructor(
     private readonly key: string,
     known: string | undefined,
     fd: number | undefined,
+    failure?: string,
   ) {
     this.value = known;
     this.fd = known === undefined ? fd : undefined;
+    this.failure =
+      known === undefined && fd === undefined ? (failure ?? 'can not be read') : undefined;
     if (known !== undefined && fd !== undefined) closeFd(fd);
+  }
+
+  /** A hash that can't be taken (the file can't be opened: execute-only, or no descriptor left). */
+  static unreadable(why: string): ExeHash {
+    return new ExeHash('', undefined, undefined, why);
   }
 
   /**
    * The hash. Throws (POLICY_DENIED) when the file changed since identification or can't be
-   * read: an unknown hash would let a caller step around a rule that denies its executable.
+   * read, now and at every later call: an unknown hash would let a caller step around a rule
+   * that denies its executable.
    */
-  get(): string | undefined {
-    if (this.value !== undefined || this.fd === undefined) return this.value;
+  get(): string {
+    if (this.value !== undefined) return this.value;
+    if (this.failure !== undefined || this.fd === undefined)
+      throw refused(this.failure ?? 'was not hashed while it could be');
     const fd = this.fd;
     let h: string | undefined;
     try {
@@ -77,11 +103,8 @@ export class ExeHash {
       this.close();
     }
     if (h === undefined) {
-      throw new KeywardError(
-        'POLICY_DENIED',
-        "the caller's executable changed on disk (or could not be read) after it connected: its hash is not the program's",
-        { hint: 'connect again' },
-      );
+      this.failure = 'changed on disk (or could not be read) after it connected';
+      throw refused(this.failure);
     }
     if (hashCache.size >= HASH_CACHE_MAX) hashCache.clear();
     hashCache.set(this.key, h);
@@ -89,10 +112,11 @@ export class ExeHash {
     return h;
   }
 
-  /** Gives the descriptor back; a hash not taken by now stays unknown. */
+  /** Gives the descriptor back; a hash not taken by now is refused from here on. */
   close(): void {
     if (this.fd !== undefined) closeFd(this.fd);
     this.fd = undefined;
+    if (this.value === undefined) this.failure ??= 'was not hashed while it could be';
   }
 }
 
@@ -110,11 +134,16 @@ export function executable(pid: number): { file: string; hash: ExeHash } | undef
     const key = keyOf(st);
     const cached = hashCache.get(key);
     if (cached !== undefined) return { file, hash: new ExeHash(key, cached, undefined) };
-    fd = fs.openSync(path, fs.constants.O_RDONLY);
+    try {
+      fd = fs.openSync(path, fs.constants.O_RDONLY);
+    } catch {
+      // Seen (stat works) but not readable: an execute-only file, or no descriptor left.
+      return { file, hash: ExeHash.unreadable('can not be read (execute-only, or no descriptor)') };
+    }
     // The descriptor is of the file stat saw (the process did not exec in between).
     if (keyOf(fs.fstatSync(fd, { bigint: true })) !== key) {
       closeFd(fd);
-      return undefined;
+      return { file, hash: ExeHash.unreadable('changed while it was identified') };
     }
     return { file, hash: new ExeHash(key, undefined, fd) };
   } catch {

@@ -194,6 +194,23 @@ export class Gate {
     const name = req.target;
     const request = { target: name, kind: req.kind, action: req.action };
     const base = { target: name, actor: actorOf(id) };
+    // The caller's executable hash first (agent/exe-hash.ts): every rule and grant below sees
+    // it, and one that can't be taken (the file changed or can't be read) is a recorded denial
+    // that counts toward the lock, never an unknown hash that leaves a deny rule unmatched.
+    try {
+      void id.exeSha256;
+    } catch (e) {
+      if (!(e instanceof KeywardError)) throw e;
+      await this.host.record({
+        ...base,
+        type: req.auditType,
+        decision: 'deny',
+        reason: e.message,
+        details: { rule: null },
+      });
+      this.noteDenial();
+      throw e;
+    }
     let evaluated = evaluate(policy, request, id);
     if (req.confirmEachUse && evaluated.decision !== 'deny') {
       evaluated = {

@@ -8,7 +8,7 @@ import type { Actor } from '../audit/index.js';
 import { pidfdAlive } from '../lib/libc.js';
 import { readFdToSecure, secureFree, type SecureBuffer } from '../lib/secure.js';
 import { quote, quoteAll } from '../lib/text.js';
-import { executable, type ExeHash } from './exe-hash.js';
+import { ExeHash, executable } from './exe-hash.js';
 import type { Caller } from '../policy/index.js';
 
 export interface ProcessIdentity extends Caller {
@@ -141,38 +141,48 @@ export function bindExeHash(id: ProcessIdentity, hash: ExeHash | undefined): voi
 export function identify(pid: number, uid: number): ProcessIdentity {
   const s = stat(pid);
   const exe = executable(pid);
-  let cmdline: string[];
   try {
-    // NUL-separated, with a trailing NUL.
-    cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, -1);
-  } catch {
-    cmdline = [];
+    let cmdline: string[];
+    try {
+      // NUL-separated, with a trailing NUL.
+      cmdline = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').slice(0, -1);
+    } catch {
+      cmdline = [];
+    }
+    const ancestors: Array<{ pid: number; exe: string | undefined }> = [];
+    let next = s?.ppid;
+    while (next !== undefined && next > 0 && ancestors.length < MAX_ANCESTORS) {
+      ancestors.push({ pid: next, exe: readlink(`/proc/${next}/exe`) });
+      next = next === 1 ? undefined : stat(next)?.ppid;
+    }
+    const id: ProcessIdentity = {
+      pid,
+      uid,
+      exe: readlink(`/proc/${pid}/exe`),
+      exeFile: exe?.file,
+      loaderVars: loaderVariables(pid),
+      cwd: readlink(`/proc/${pid}/cwd`),
+      cmdline,
+      startTime: s?.startTime,
+      ppid: s?.ppid,
+      ancestors,
+    };
+    // exeSha256 is hashed on first read (exe-hash.ts); enumerable, so a copy carries the value.
+    Object.defineProperty(id, 'exeSha256', {
+      enumerable: true,
+      get: () => exeHashes.get(id)?.get(),
+    });
+    // A process seen (its executable's path read) whose file could not be stat'ed has a hash
+    // that can't be taken, not an unknown one.
+    bindExeHash(
+      id,
+      exe?.hash ?? (id.exe === undefined ? undefined : ExeHash.unreadable('can not be examined')),
+    );
+    return id;
+  } catch (e) {
+    exe?.hash.close();
+    throw e;
   }
-  const ancestors: Array<{ pid: number; exe: string | undefined }> = [];
-  let next = s?.ppid;
-  while (next !== undefined && next > 0 && ancestors.length < MAX_ANCESTORS) {
-    ancestors.push({ pid: next, exe: readlink(`/proc/${next}/exe`) });
-    next = next === 1 ? undefined : stat(next)?.ppid;
-  }
-  const id: ProcessIdentity = {
-    pid,
-    uid,
-    exe: readlink(`/proc/${pid}/exe`),
-    exeFile: exe?.file,
-    loaderVars: loaderVariables(pid),
-    cwd: readlink(`/proc/${pid}/cwd`),
-    cmdline,
-    startTime: s?.startTime,
-    ppid: s?.ppid,
-    ancestors,
-  };
-  // exeSha256 is hashed on first read (exe-hash.ts); enumerable, so a copy carries the value.
-  Object.defineProperty(id, 'exeSha256', {
-    enumerable: true,
-    get: () => exeHashes.get(id)?.get(),
-  });
-  bindExeHash(id, exe?.hash);
-  return id;
 }
 
 /** The process behind this identity is still the one that connected (its pidfd is alive). */
