@@ -13,9 +13,7 @@ import {
   Grants,
   mayApprove,
   TOTP_SECRET,
-  verifyTotp,
   type Factor,
-  type How,
   type Pending,
   type RequesterRef,
   type TerminalChannel,
@@ -36,6 +34,7 @@ import {
   type PolicyRequest,
   type RequestKind,
 } from '../policy/index.js';
+import { FactorCheck } from './factors.js';
 import { actorOf, describeCaller, type ProcessIdentity } from './identity.js';
 import { changedSince, type Peer } from './peer.js';
 import { locked, type UnlockWindow } from './unlock.js';
@@ -105,9 +104,15 @@ export class Gate {
   private readonly uses = new UseCounter();
   private readonly buckets = new Map<string, TokenBucket>();
   private denials: number[] = [];
-  private lastTotpStep = -1;
+  private readonly factors: FactorCheck;
 
-  constructor(private readonly host: GateHost) {}
+  constructor(private readonly host: GateHost) {
+    this.factors = new FactorCheck({
+      vault: () => host.window.unlocked(),
+      record: (r) => host.record(r),
+      noteDenial: () => this.noteDenial(),
+    });
+  }
 
   /**
    * Everything a lock ends: pending requests (denied), remembered grants, counters, and the
@@ -446,7 +451,7 @@ export class Gate {
           },
         );
       }
-      const how = await this.checkFactor(p, factor);
+      const how = await this.factors.check(p, factor);
       if (!this.broker.settle(reqId, 'granted', { via, ...how }))
         throw new KeywardError('REQUEST_NOT_FOUND', `request ${reqId} is no longer pending`);
       return { approved: reqId };
@@ -467,80 +472,6 @@ export class Gate {
       return this.approveWith(reqId, approver, { kind: 'totp', code }, 'cli');
     }
     return this.approveWith(reqId, approver, { kind: 'passphrase', secret: factor }, 'cli');
-  }
-
-  /** Whether factor approves request p; throws (and counts a denial) when it doesn't. */
-  private async checkFactor(p: Pending, factor: Factor): Promise<How> {
-    const wrongKind = () =>
-      new KeywardError('USAGE', `this request needs ${p.mode} approval, not ${factor.kind}`, {
-        hint:
-          p.mode === 'totp'
-            ? 'keyward approve ID --code CODE'
-            : p.mode === 'webauthn'
-              ? 'approve it in the console (keyward console) with your security key'
-              : 'keyward approve ID',
-      });
-    if (p.mode !== 'confirm' && p.mode !== factor.kind) throw wrongKind();
-    const v = this.host.window.unlocked();
-    switch (factor.kind) {
-      case 'session':
-        return { factor: 'session', login: factor.login };
-      case 'webauthn':
-        if (p.userVerification === 'required' && !factor.userVerified) {
-          this.noteDenial();
-          await this.host.record({
-            type: 'approval.denied',
-            decision: 'deny',
-            target: p.target,
-            reason:
-              'the rule requires user verification; the authenticator did not verify the user',
-            details: { request: p.id, credential: factor.credential },
-          });
-          throw new KeywardError(
-            'APPROVAL_REJECTED',
-            'this rule requires user verification (a PIN or biometrics on the authenticator); the request is still pending',
-          );
-        }
-        return {
-          factor: 'webauthn',
-          credential: factor.credential,
-          userVerified: factor.userVerified,
-        };
-      case 'totp': {
-        const secret = v.revealInternal(TOTP_SECRET);
-        if (!secret)
-          throw new KeywardError('USAGE', 'no TOTP is enrolled', { hint: 'keyward totp enroll' });
-        let step: number | undefined;
-        try {
-          step = verifyTotp(secret, factor.code, Date.now(), this.lastTotpStep);
-        } finally {
-          secureFree(secret);
-        }
-        if (step === undefined) {
-          this.noteDenial();
-          throw new KeywardError(
-            'VAULT_BAD_PASSPHRASE',
-            'wrong or already used TOTP code; the request is still pending',
-          );
-        }
-        this.lastTotpStep = step;
-        return { factor: 'totp' };
-      }
-      case 'passphrase':
-        if (!factor.secret || factor.secret.length === 0) {
-          throw new KeywardError('USAGE', 'approving needs the passphrase', {
-            hint: 'keyward approve ID asks for it (or --passphrase-file)',
-          });
-        }
-        if (!(await v.checkPassphraseAsync(factor.secret))) {
-          this.noteDenial();
-          throw new KeywardError(
-            'VAULT_BAD_PASSPHRASE',
-            'wrong passphrase; the request is still pending',
-          );
-        }
-        return { factor: 'passphrase' };
-    }
   }
 
   /** `keyward deny ID`, or Deny in the console. */

@@ -1,0 +1,97 @@
+/**
+ * Whether a factor answers a pending request: the one the rule asked for, or
+ * any of them for a `confirm` request. A wrong passphrase or code, or an unverified WebAuthn user
+ * where the rule requires one, counts as a denial (the gate's circuit breaker). A TOTP code is
+ * accepted once: the last accepted step is kept.
+ */
+import { TOTP_SECRET, verifyTotp, type Factor, type How, type Pending } from '../approval/index.js';
+import type { AuditRecord } from '../audit/index.js';
+import { KeywardError } from '../errors.js';
+import { secureFree } from '../lib/secure.js';
+import type { Vault } from '../vault/index.js';
+
+export interface FactorHost {
+  vault: () => Vault;
+  record: (r: AuditRecord) => Promise<unknown>;
+  noteDenial: () => void;
+}
+
+export class FactorCheck {
+  private lastTotpStep = -1;
+
+  constructor(private readonly host: FactorHost) {}
+
+  /** Whether factor approves request p; throws (and counts a denial) when it doesn't. */
+  async check(p: Pending, factor: Factor): Promise<How> {
+    const wrongKind = () =>
+      new KeywardError('USAGE', `this request needs ${p.mode} approval, not ${factor.kind}`, {
+        hint:
+          p.mode === 'totp'
+            ? 'keyward approve ID --code CODE'
+            : p.mode === 'webauthn'
+              ? 'approve it in the console (keyward console) with your security key'
+              : 'keyward approve ID',
+      });
+    if (p.mode !== 'confirm' && p.mode !== factor.kind) throw wrongKind();
+    const v = this.host.vault();
+    switch (factor.kind) {
+      case 'session':
+        return { factor: 'session', login: factor.login };
+      case 'webauthn':
+        if (p.userVerification === 'required' && !factor.userVerified) {
+          this.host.noteDenial();
+          await this.host.record({
+            type: 'approval.denied',
+            decision: 'deny',
+            target: p.target,
+            reason:
+              'the rule requires user verification; the authenticator did not verify the user',
+            details: { request: p.id, credential: factor.credential },
+          });
+          throw new KeywardError(
+            'APPROVAL_REJECTED',
+            'this rule requires user verification (a PIN or biometrics on the authenticator); the request is still pending',
+          );
+        }
+        return {
+          factor: 'webauthn',
+          credential: factor.credential,
+          userVerified: factor.userVerified,
+        };
+      case 'totp': {
+        const secret = v.revealInternal(TOTP_SECRET);
+        if (!secret)
+          throw new KeywardError('USAGE', 'no TOTP is enrolled', { hint: 'keyward totp enroll' });
+        let step: number | undefined;
+        try {
+          step = verifyTotp(secret, factor.code, Date.now(), this.lastTotpStep);
+        } finally {
+          secureFree(secret);
+        }
+        if (step === undefined) {
+          this.host.noteDenial();
+          throw new KeywardError(
+            'VAULT_BAD_PASSPHRASE',
+            'wrong or already used TOTP code; the request is still pending',
+          );
+        }
+        this.lastTotpStep = step;
+        return { factor: 'totp' };
+      }
+      case 'passphrase':
+        if (!factor.secret || factor.secret.length === 0) {
+          throw new KeywardError('USAGE', 'approving needs the passphrase', {
+            hint: 'keyward approve ID asks for it (or --passphrase-file)',
+          });
+        }
+        if (!(await v.checkPassphraseAsync(factor.secret))) {
+          this.host.noteDenial();
+          throw new KeywardError(
+            'VAULT_BAD_PASSPHRASE',
+            'wrong passphrase; the request is still pending',
+          );
+        }
+        return { factor: 'passphrase' };
+    }
+  }
+}
