@@ -318,6 +318,24 @@ const asUser = ['setpriv', `--reuid=${OTHER_UID}`, `--regid=${OTHER_UID}`, '--cl
 const RAW_CLIENT = path.join(ROOT, 'test/fixtures/raw-client.py');
 const PYTHON = '/usr/bin/python3';
 
+/**
+ * The attacker's own copy of python3, in a directory of its own, owned by OTHER_UID (so it can
+ * chmod it), and the copy's SHA-256; removed after the file's tests.
+ */
+function attackerPython(): { dir: string; copy: string; digest: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kw-exe-'));
+  after(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const copy = path.join(dir, 'python3');
+  fs.copyFileSync(fs.realpathSync(PYTHON), copy);
+  fs.chmodSync(dir, 0o755);
+  fs.chownSync(copy, OTHER_UID, OTHER_UID);
+  return { dir, copy, digest: createHash('sha256').update(fs.readFileSync(copy)).digest('hex') };
+}
+
+/** A policy line denying app/** to the executable with this hash. */
+const noCopyRule = (digest: string): string =>
+  `  - { name: no-copy, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: deny }\n`;
+
 /** The CLI as OTHER_UID (not root: root reads every process, hidden or not). */
 function kwAs(args: string[], env: NodeJS.ProcessEnv, input = ''): ReturnType<typeof kw> {
   const [cmd, ...pre] = asUser as [string, ...string[]];
@@ -618,16 +636,10 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
     async () => {
       // The attacker runs its own copy of python3, denied by hash, and after the greeting moves
       // the file's ctime (chmod): a hash taken now can't be said to be the program's.
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kw-exe-'));
-      after(() => fs.rmSync(dir, { recursive: true, force: true }));
-      const copy = path.join(dir, 'python3');
-      fs.copyFileSync(fs.realpathSync(PYTHON), copy);
-      fs.chmodSync(dir, 0o755);
-      fs.chownSync(copy, 43210, 43210);
-      const digest = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
+      const { copy, digest } = attackerPython();
       const h = await agentOf(
         'version: 1\nrules:\n' +
-          `  - { name: no-copy, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: deny }\n` +
+          noCopyRule(digest) +
           '  - { name: rest, targets: ["**"], decision: allow }\n',
         { user: true },
       );
@@ -668,23 +680,17 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       // Mode 0111: the caller can run its copy but no one of its uid can read it, so the agent
       // (the same uid) can stat /proc/PID/exe but not open it. The process turns itself
       // dumpable again after exec so that the agent sees it.
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kw-exe-'));
-      after(() => fs.rmSync(dir, { recursive: true, force: true }));
-      const copy = path.join(dir, 'python3');
-      fs.copyFileSync(fs.realpathSync(PYTHON), copy);
-      const digest = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
+      const { dir, copy, digest } = attackerPython();
       const wrap = path.join(dir, 'wrap.py');
       fs.writeFileSync(
         wrap,
         'import ctypes, sys, runpy\nctypes.CDLL(None).prctl(4, 1, 0, 0, 0)\nsys.argv = sys.argv[1:]\nrunpy.run_path(sys.argv[0], run_name="__main__")\n',
       );
-      fs.chmodSync(dir, 0o755);
-      fs.chownSync(copy, 43210, 43210);
       fs.chmodSync(copy, 0o111);
       fs.chmodSync(wrap, 0o644);
       const h = await agentOf(
         'version: 1\nrules:\n' +
-          `  - { name: no-copy, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: deny }\n` +
+          noCopyRule(digest) +
           `  - { name: by-path, targets: ["**"], callers: { exe: "${copy}" }, decision: allow }\n`,
         { user: true },
       );

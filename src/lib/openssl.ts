@@ -92,10 +92,9 @@ function openssl(): Crypto {
  * OpenSSL could not make one (the keys then stay on node:crypto's per-call path).
  */
 export function secureHeapReady(): boolean {
-  const c = openssl();
-  if (c.secureMallocInitialized() === 1) return true;
+  if (secureHeapActive()) return true;
   // 1: made and locked; 2: made, but mlock failed (still guarded, cleared and not dumped).
-  return c.secureMallocInit(SECURE_HEAP_BYTES, SECURE_HEAP_MIN) !== 0;
+  return openssl().secureMallocInit(SECURE_HEAP_BYTES, SECURE_HEAP_MIN) !== 0;
 }
 
 /** Whether this process has OpenSSL's secure heap (the agent makes it at start). */

@@ -79,13 +79,6 @@ export function secureRelease(buf: SecureBuffer | undefined): void {
   order.push(buf);
 }
 
-/** Frees every pooled buffer (tests; an agent that stops). */
-export function secureDrainPool(): void {
-  for (const b of order) secureFree(b);
-  pool.clear();
-  order.length = 0;
-}
-
 /** Runs fn with buf and frees buf afterwards, whatever happens. */
 export function withSecure<T>(buf: SecureBuffer, fn: (b: SecureBuffer) => T): T {
   try {
