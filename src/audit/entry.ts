@@ -144,10 +144,14 @@ export function scanLine(b: Uint8Array): LineView | undefined {
   const prevAt = literal(b, epochEnd, PREV);
   const bodyAt = literal(b, hex64(b, prevAt), BODY);
   if (bodyAt < 0) return undefined;
+  // The body is most of a line: find its closing quote natively, then check what it encloses
+  // in one bounded loop (the verifier's hottest byte loop).
+  const quote = b.indexOf(0x22, bodyAt);
+  if (quote < 0) return undefined;
   let bodyEnd = bodyAt;
-  while ((classOf(b, bodyEnd) & BASE64) !== 0) bodyEnd++;
+  while (bodyEnd < quote && ((CLASS[b[bodyEnd] as number] as number) & BASE64) !== 0) bodyEnd++;
   for (let pad = 0; pad < 2 && b[bodyEnd] === 0x3d; pad++) bodyEnd++;
-  if (b[bodyEnd] !== 0x22) return undefined;
+  if (bodyEnd !== quote) return undefined;
   const signedEnd = bodyEnd + 1;
   const macAt = literal(b, signedEnd, MAC);
   const end = literal(b, hex64(b, macAt), TAIL);

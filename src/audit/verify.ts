@@ -2,12 +2,12 @@
  * `keyward audit verify` (docs/AUDIT.md, "Verification"). Reports the first bad entry and why;
  * never throws on malformed input.
  */
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { SecureBuffer } from '../lib/secure.js';
 import { asciiBytes, scanLine, typeIs, ZERO_HASH } from './entry.js';
-import { EpochKeys, macOk, sha256 } from './keys.js';
+import { sha256Public } from '../lib/openssl.js';
+import { EpochKeys, macOk } from './keys.js';
 import { segmentName } from './state.js';
 
 /**
@@ -87,19 +87,8 @@ const ROTATED = asciiBytes('audit.rotated');
 const GAP = asciiBytes('audit.gap');
 const ACKNOWLEDGED = asciiBytes('audit.acknowledged');
 
-/**
- * SHA-256 of a (public) line into out. node's one-shot hash (OpenSSL, which uses the CPU's SHA
- * instructions) where this Node has it: a third faster than libsodium's portable SHA-256 on a
- * line, and verify spends a third of its time in this hash and the MAC.
- */
-const oneShot = (
-  crypto as unknown as { hash?: (alg: string, data: Uint8Array, enc: 'buffer') => Buffer }
-).hash;
-function lineHash(line: Uint8Array, out: Buffer): Buffer {
-  if (!oneShot) return sha256(line, out);
-  oneShot('sha256', line, 'buffer').copy(out);
-  return out;
-}
+/** SHA-256 of a (public) line into out, through OpenSSL (lib/openssl.ts says why). */
+const lineHash = sha256Public;
 
 /** The entry before the current one, as far as the next needs it. */
 interface Prior {
