@@ -2,6 +2,7 @@
  * Talking to the agent. Whole operations, like the vault session: secret bytes in (a passphrase)
  * and out (a value) stay in secure memory here and never reach the CLI.
  */
+import fs from 'node:fs';
 import net from 'node:net';
 import { ERROR_CODES, KeywardError, type ErrorCode } from '../errors.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
@@ -19,7 +20,7 @@ import {
   type Frame,
   type RequestType,
 } from './protocol.js';
-import { checkAgentSocket } from './socketdir.js';
+import { checkAgentSocket, socketPaths } from './socketdir.js';
 
 /** Longer than the first identification of a new executable (hashing it) on a busy machine. */
 const HELLO_TIMEOUT_MS = 30_000;
@@ -309,4 +310,23 @@ export function jsonBody<T extends object>(f: Frame): T {
   } finally {
     secureFree(f.raw);
   }
+}
+
+/**
+ * Asks the agent to stop and waits until it has (a client's work: it loads none of the daemon's
+ * code).
+ */
+export async function stopAgent(socketDir: string): Promise<boolean> {
+  const sp = socketPaths(socketDir);
+  // One connection, not a status check first: each costs the agent an identification.
+  try {
+    await call(sp.agent, 'stop');
+  } catch (e) {
+    if (e instanceof KeywardError && e.code === 'AGENT_UNAVAILABLE') return false;
+    throw e;
+  }
+  // The socket goes last but one (then the lock, then the process): gone means stopped.
+  for (let i = 0; i < 2500 && fs.existsSync(sp.agent); i++)
+    await new Promise((r) => setTimeout(r, 2));
+  return true;
 }

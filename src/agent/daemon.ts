@@ -12,7 +12,7 @@ import {
   currentRuntime,
   debugExposure,
 } from '../lib/runtime-guard.js';
-import { agentStatus, call } from './client.js';
+import { agentStatus } from './client.js';
 import { printable } from '../lib/text.js';
 import type { Agent as AgentType } from './server.js';
 import { prepareSocketDir, socketPaths } from './socketdir.js';
@@ -218,19 +218,4 @@ export async function startAgent(
   throw new KeywardError('AGENT_UNAVAILABLE', `the agent did not start${tail ? `: ${tail}` : ''}`, {
     hint: `see ${logFile}`,
   });
-}
-
-export async function stopAgent(socketDir: string): Promise<boolean> {
-  const sp = socketPaths(socketDir);
-  // One connection, not a status check first: each costs the agent an identification.
-  try {
-    await call(sp.agent, 'stop');
-  } catch (e) {
-    if (e instanceof KeywardError && e.code === 'AGENT_UNAVAILABLE') return false;
-    throw e;
-  }
-  // The socket goes last but one (then the lock, then the process): gone means stopped.
-  for (let i = 0; i < 500 && fs.existsSync(sp.agent); i++)
-    await new Promise((r) => setTimeout(r, 10));
-  return true;
 }

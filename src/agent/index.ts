@@ -23,6 +23,7 @@ export {
   call,
   onAgentHello,
   onApprovalPending,
+  stopAgent,
   type PendingNotice,
   errorFrom,
   jsonBody,
@@ -39,9 +40,6 @@ export async function startAgent(
   ...args: Parameters<typeof StartAgent>
 ): ReturnType<typeof StartAgent> {
   return (await import('./daemon.js')).startAgent(...args);
-}
-export async function stopAgent(socketDir: string): Promise<boolean> {
-  return (await import('./daemon.js')).stopAgent(socketDir);
 }
 export { checkAgentSocket, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
 export {
