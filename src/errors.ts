@@ -62,6 +62,8 @@ export const ERROR_CODES = {
   PIN_CHANGED: EXIT.DENIED,
   BACKUP_CORRUPT: EXIT.INTEGRITY,
   BACKUP_IDENTITY_MISMATCH: EXIT.AUTH,
+  /** An operator's token or API key was refused (expired, another audience, a group not allowed...). */
+  OPERATOR_REFUSED: EXIT.AUTH,
 } as const satisfies Record<string, ExitCode>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -51,6 +51,7 @@ const DOMAINS = [
   'doctor',
   'backup',
   'console',
+  'operators',
 ];
 
 test('other domains reach a domain only through its entry file (index.ts)', () => {

@@ -31,7 +31,7 @@ function failsAt(r: VerifyResult, line: number, why?: RegExp): void {
 }
 
 test('the event type list is pinned', () => {
-  assert.equal(EVENT_TYPES.length, 43);
+  assert.equal(EVENT_TYPES.length, 46);
   for (const t of [
     'secret.read',
     'vault.unlock_failed',
@@ -42,6 +42,9 @@ test('the event type list is pinned', () => {
     'credential.evict',
     'audit.restored',
     'backup.created',
+    'operator.login',
+    'operator.key',
+    'approval.operator',
   ]) {
     assert.ok((EVENT_TYPES as readonly string[]).includes(t), t);
   }

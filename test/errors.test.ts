@@ -42,6 +42,7 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     PIN_CHANGED: 6,
     BACKUP_CORRUPT: 8,
     BACKUP_IDENTITY_MISMATCH: 4,
+    OPERATOR_REFUSED: 4,
   });
 });
 

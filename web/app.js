@@ -270,7 +270,9 @@
     row('rule', p.rule);
     row(
       'approval',
-      p.mode + (p.userVerification ? ` (user verification ${p.userVerification})` : ''),
+      p.mode === 'operator' && p.operators
+        ? `operator: ${p.operators.count} of groups ${p.operators.groups.join(', ')}; ${(p.votes || []).length} approved so far (${(p.votes || []).map((v) => v.operator).join(', ') || 'none'})`
+        : p.mode + (p.userVerification ? ` (user verification ${p.userVerification})` : ''),
     );
     if (p.message) row('message', p.message);
     const left = el('span', { class: 'left', 'data-left': p.id, text: `${secondsLeft(p)} s left` });
@@ -295,7 +297,9 @@
       approve.textContent = 'Approve';
     } else approve.textContent = 'Approve';
     if (input) actions.append(input);
-    actions.append(approve, deny);
+    // Operators approve elsewhere (the operator API); here it can only be denied.
+    if (p.mode === 'operator') actions.append(deny);
+    else actions.append(approve, deny);
     approve.addEventListener('click', () => decide(p, input).catch((e) => say(e.message, true)));
     deny.addEventListener('click', () =>
       api('POST', `/api/approvals/${p.id}/deny`, {})

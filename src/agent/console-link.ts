@@ -20,6 +20,13 @@ import { newTotp } from '../approval/index.js';
 import { KeywardError } from '../errors.js';
 import { qrModules } from '../lib/qr.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import {
+  checkKey,
+  oidcVerifier,
+  readKeys,
+  type OidcVerifier,
+  type OperatorIdentity,
+} from '../operators/index.js';
 import type { Gate } from './gate.js';
 import { actorOf } from './identity.js';
 import {
@@ -58,7 +65,32 @@ export function makeConsole(h: ConsoleLinkHost): ConsoleServer {
     pins: () => pinViews(h),
     trustPin: (server, tool, sha256, passphrase) => trustPin(h, server, tool, sha256, passphrase),
     enrollTotp: (passphrase) => enrollTotp(h, passphrase),
+    operatorByToken: tokenOperators(h),
+    operatorByKey: (key) => checkKey(h.window.unlocked(), key),
+    operatorKeyLive: (keyId) => readKeys(h.window.unlocked()).some((k) => k.id === keyId),
+    hasOperators: () =>
+      h.window.loaded?.policy.operators?.oidc !== undefined ||
+      readKeys(h.window.unlocked()).length > 0,
+    operatorDeny: (id, op) => h.gate().desk.deny(id, op),
   });
+}
+
+/**
+ * The operator an OIDC token names, by the issuer the policy in force trusts; the verifier (and
+ * its cache of the issuer's keys) lives while that policy is in force.
+ */
+function tokenOperators(h: ConsoleLinkHost): (token: string) => Promise<OperatorIdentity> {
+  let held: { sha256: string; v: Promise<OidcVerifier> } | undefined;
+  return async (token) => {
+    const loaded = h.window.loaded;
+    const oidc = loaded?.policy.operators?.oidc;
+    if (!loaded || !oidc)
+      throw new KeywardError('OPERATOR_REFUSED', 'the policy in force names no identity provider', {
+        hint: 'operators.oidc in policy.yaml (docs/OPERATORS.md)',
+      });
+    if (held?.sha256 !== loaded.sha256) held = { sha256: loaded.sha256, v: oidcVerifier(oidc) };
+    return (await held.v).verify(token);
+  };
 }
 
 /** The passphrase, checked against the open vault; a wrong one counts as a denial. */

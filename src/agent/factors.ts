@@ -8,10 +8,13 @@ import { TOTP_SECRET, verifyTotp, type Factor, type How, type Pending } from '..
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { secureFree } from '../lib/secure.js';
+import { authorityOf, type OperatorRules } from '../operators/index.js';
 import type { Vault } from '../vault/index.js';
 
 export interface FactorHost {
   vault: () => Vault;
+  /** The operators section of the policy in force (who is self, the group map). */
+  operatorRules: () => OperatorRules | undefined;
   record: (r: AuditRecord) => Promise<unknown>;
   noteDenial: () => void;
 }
@@ -30,11 +33,39 @@ export class FactorCheck {
             ? 'keyward approve ID --code CODE'
             : p.mode === 'webauthn'
               ? 'approve it in the console (keyward console) with your security key'
-              : 'keyward approve ID',
+              : p.mode === 'operator'
+                ? 'an operator of the groups the rule names approves it (docs/OPERATORS.md)'
+                : 'keyward approve ID',
       });
-    if (p.mode !== 'confirm' && p.mode !== factor.kind) throw wrongKind();
+    // Operators answer only the requests a rule gave them (mode operator): a teammate's login
+    // is never a local person's confirm, and no local factor stands in for an operator.
+    if (p.mode !== factor.kind && (p.mode !== 'confirm' || factor.kind === 'operator'))
+      throw wrongKind();
     const v = this.host.vault();
     switch (factor.kind) {
+      case 'operator': {
+        const op = factor.operator;
+        const a = p.operators
+          ? authorityOf(op, p.rule, p.operators, this.host.operatorRules())
+          : { refused: 'the request names no operators' };
+        if ('refused' in a) {
+          this.host.noteDenial();
+          await this.host.record({
+            type: 'approval.denied',
+            decision: 'deny',
+            target: p.target,
+            reason: a.refused,
+            details: { request: p.id, operator: op.id, method: op.method },
+          });
+          throw new KeywardError('OPERATOR_REFUSED', `${a.refused}; the request is still pending`);
+        }
+        return {
+          factor: 'operator',
+          operator: op.id,
+          method: op.method,
+          groups: a.groups.join(','),
+        };
+      }
       case 'session':
         return { factor: 'session', login: factor.login };
       case 'webauthn':

@@ -35,6 +35,7 @@ import {
   type RequestKind,
 } from '../policy/index.js';
 import { FactorCheck } from './factors.js';
+import { OperatorDesk } from './operator-desk.js';
 import { actorOf, describeCaller, type ProcessIdentity } from './identity.js';
 import { changedSince, type Peer } from './peer.js';
 import { locked, type UnlockWindow } from './unlock.js';
@@ -58,7 +59,7 @@ export interface GateHost {
    * The web console, when it runs: it can give confirm approvals (with a login) and, once a
    * WebAuthn credential is registered in this vault, webauthn approvals.
    */
-  console?: { hasWebauthn(): boolean } | undefined;
+  console?: { hasWebauthn(): boolean; hasOperators(): boolean } | undefined;
 }
 
 /** One request for the gate: what is asked, of what, and how a person is told about it. */
@@ -105,12 +106,20 @@ export class Gate {
   private readonly buckets = new Map<string, TokenBucket>();
   private denials: number[] = [];
   private readonly factors: FactorCheck;
+  /** Operators' approvals and denials (operator-desk.ts). */
+  readonly desk: OperatorDesk;
 
   constructor(private readonly host: GateHost) {
     this.factors = new FactorCheck({
       vault: () => host.window.unlocked(),
       record: (r) => host.record(r),
       noteDenial: () => this.noteDenial(),
+      operatorRules: () => host.window.loaded?.policy.operators,
+    });
+    this.desk = new OperatorDesk(this.broker, {
+      record: (r) => host.record(r),
+      noteDenial: () => this.noteDenial(),
+      operatorRules: () => host.window.loaded?.policy.operators,
     });
   }
 
@@ -157,6 +166,8 @@ export class Gate {
     const c = new Set<ApprovalMode>();
     if (this.host.askpass || this.host.terminal || this.host.console) c.add('confirm');
     if (wanted === 'webauthn' && this.host.console?.hasWebauthn()) c.add('webauthn');
+    // Operators log in to the console: with an identity provider in policy, or an API key.
+    if (wanted === 'operator' && this.host.console?.hasOperators()) c.add('operator');
     // `keyward approve ID` from another terminal: with the passphrase, or a TOTP code once enrolled.
     c.add('passphrase');
     if (this.host.window.isOpen && this.host.window.unlocked().has(TOTP_SECRET)) c.add('totp');
@@ -332,6 +343,7 @@ export class Gate {
             mode: a.mode,
             message: a.message,
             ...(a.userVerification ? { userVerification: a.userVerification } : {}),
+            ...(a.operators ? { operators: a.operators } : {}),
           },
           a.timeoutMs,
         );
@@ -452,6 +464,7 @@ export class Gate {
         );
       }
       const how = await this.factors.check(p, factor);
+      if (factor.kind === 'operator') return await this.desk.vote(p, factor.operator, how);
       if (!this.broker.settle(reqId, 'granted', { via, ...how }))
         throw new KeywardError('REQUEST_NOT_FOUND', `request ${reqId} is no longer pending`);
       return { approved: reqId };

@@ -70,7 +70,9 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     lock: (reason) => h.lock(reason),
     askpass: o.askpass,
     terminal: o.terminal,
-    console: web ? { hasWebauthn: () => web.hasWebauthn() } : undefined,
+    console: web
+      ? { hasWebauthn: () => web.hasWebauthn(), hasOperators: () => web.hasOperators() }
+      : undefined,
     env: o.env,
     warning:
       o.debuggable && o.debuggable.length > 0

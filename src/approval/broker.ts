@@ -10,6 +10,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { SecureBuffer } from '../lib/secure.js';
+import type { OperatorIdentity, OperatorNeed } from '../operators/index.js';
 
 export type Outcome = 'granted' | 'denied' | 'expired';
 
@@ -26,7 +27,17 @@ export type Factor =
   /** A console session's login: enough for confirm, never for a second factor. */
   | { kind: 'session'; login: string }
   /** An assertion the console verified against the challenge bound to this very request. */
-  | { kind: 'webauthn'; userVerified: boolean; credential: string };
+  | { kind: 'webauthn'; userVerified: boolean; credential: string }
+  /** An operator the console authenticated (OIDC or API key): only for mode operator. */
+  | { kind: 'operator'; operator: OperatorIdentity };
+
+/** One operator's approval of a request that needs `count` distinct operators. */
+export interface Vote {
+  operator: string;
+  method: 'oidc' | 'key';
+  /** The operator's groups that gave it the right to approve this rule. */
+  groups: string[];
+}
 
 export interface Settled {
   outcome: Outcome;
@@ -59,6 +70,10 @@ export interface Pending {
   message: string | undefined;
   /** webauthn: whether the authenticator must verify the person. */
   userVerification?: 'required' | 'preferred';
+  /** operator: who may approve, how many must, whether the machine's own user may be one. */
+  operators?: OperatorNeed;
+  /** operator: the approvals counted so far (distinct operators). */
+  votes?: Vote[];
   /**
    * SHA-256 (hex) over everything above: what a WebAuthn approval's challenge is bound to, so an
    * assertion made for one request can't approve another (docs/PROTOCOL.md, "Approvals").
@@ -72,7 +87,7 @@ interface Entry extends Pending {
 }
 
 /** The digest of a pending request: SHA-256 over its fields in a fixed order. */
-export function requestDigest(p: Omit<Pending, 'digest'>): string {
+export function requestDigest(p: Omit<Pending, 'digest' | 'votes'>): string {
   const r = p.requester;
   const fields = [
     'keyward approval request v1',
@@ -83,6 +98,7 @@ export function requestDigest(p: Omit<Pending, 'digest'>): string {
     p.mode,
     String(p.expiresAt),
     p.userVerification ?? '',
+    JSON.stringify(p.operators ?? null),
     String(r.pid),
     r.startTime ?? '',
     r.exe ?? '',
@@ -128,7 +144,24 @@ export class Broker {
   }
 
   list(): Pending[] {
-    return [...this.pending.values()].map(({ resolve: _r, timer: _t, ...p }) => p);
+    return [...this.pending.values()].map(({ resolve: _r, timer: _t, votes, ...p }) =>
+      votes ? { ...p, votes: votes.map((v) => ({ ...v, groups: [...v.groups] })) } : p,
+    );
+  }
+
+  /**
+   * Counts one operator's approval of a pending request that needs `needed` distinct operators:
+   * 'again' when this operator approved it already, else the votes so far. Settling, once there
+   * are enough, is the caller's (with the votes in its record).
+   */
+  vote(id: string, v: Vote): Vote[] | 'again' | undefined {
+    const e = this.pending.get(id);
+    if (!e) return undefined;
+    e.votes ??= [];
+    if (e.votes.some((x) => x.operator === v.operator)) return 'again';
+    e.votes.push(v);
+    this.changed();
+    return e.votes;
   }
 
   get(id: string): Pending | undefined {

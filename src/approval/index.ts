@@ -17,6 +17,7 @@ export {
   type Settled,
   type Pending,
   type RequesterRef,
+  type Vote,
 } from './broker.js';
 export { enrollTotp, hotp, newTotp, STEP_SECONDS, TOTP_SECRET, verifyTotp } from './totp.js';
 export { TerminalChannel, type TerminalIo } from './terminal.js';

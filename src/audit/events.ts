@@ -20,6 +20,7 @@ export const EVENT_TYPES = [
   'approval.denied',
   'approval.expired',
   'approval.askpass_failed',
+  'approval.operator',
   'credential.fetch',
   'credential.deliver',
   'credential.drop',
@@ -43,6 +44,8 @@ export const EVENT_TYPES = [
   'console.login',
   'console.logout',
   'console.credential',
+  'operator.login',
+  'operator.key',
 ] as const;
 
 export type EventType = (typeof EVENT_TYPES)[number];

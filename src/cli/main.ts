@@ -45,6 +45,10 @@ export const COMMAND_GROUPS: ReadonlyArray<{
     },
   },
   {
+    commands: ['operator'],
+    load: async () => (await import('./operator-commands.js')).registerOperatorCommands,
+  },
+  {
     commands: ['console'],
     load: async () => (await import('./console-commands.js')).registerConsoleCommands,
   },

@@ -237,6 +237,20 @@ export const COMMAND_HELP: Readonly<
     exits: OPENS_VAULT,
     examples: ['keyward mcp pins reset github', 'keyward mcp pins reset --all'],
   },
+  operator: {
+    exits: OPENS_VAULT,
+    examples: ['keyward operator key create alice-oncall --groups sre-team'],
+  },
+  'operator key': { exits: OPENS_VAULT, examples: ['keyward operator key list'] },
+  'operator key create': {
+    exits: OPENS_VAULT,
+    examples: ['keyward operator key create alice-oncall --groups sre-team,release'],
+  },
+  'operator key list': { exits: OPENS_VAULT, examples: ['keyward operator key list --json'] },
+  'operator key revoke': {
+    exits: [...OPENS_VAULT, 3],
+    examples: ['keyward operator key revoke alice-oncall'],
+  },
   console: {
     exits: ASKS_AGENT,
     examples: ['keyward console credentials', 'keyward console revoke 3f2a'],

@@ -48,7 +48,11 @@ export class HttpError extends Error {
  * Origin, or any request that changes something, must come from this console's own origin.
  * Returns 'redirect' for a page asked for at 127.0.0.1 (WebAuthn needs the name localhost).
  */
-export function checkSource(req: http.IncomingMessage, port: number): 'ok' | 'redirect' {
+export function checkSource(
+  req: http.IncomingMessage,
+  port: number,
+  bearer = false,
+): 'ok' | 'redirect' {
   const host = req.headers.host;
   const origin = req.headers.origin;
   const own = `http://localhost:${port}`;
@@ -59,7 +63,9 @@ export function checkSource(req: http.IncomingMessage, port: number): 'ok' | 're
   if (origin !== undefined && origin !== own)
     throw new HttpError(403, 'wrong Origin: the console answers only its own pages');
   if (req.method !== 'GET' && req.method !== 'HEAD') {
-    if (origin === undefined)
+    // The operator API (bearer) is authenticated by what each request carries, never by a
+    // cookie a browser adds by itself: a script need not send an Origin (a page always does).
+    if (origin === undefined && !bearer)
       throw new HttpError(403, 'a request that changes something must carry its Origin');
     const site = req.headers['sec-fetch-site'];
     if (site !== undefined && site !== 'same-origin')
@@ -95,7 +101,8 @@ export function sendError(res: http.ServerResponse, e: unknown): void {
           ? 409
           : e.code === 'VAULT_BAD_PASSPHRASE' ||
               e.code === 'APPROVAL_REJECTED' ||
-              e.code === 'SELF_APPROVAL'
+              e.code === 'SELF_APPROVAL' ||
+              e.code === 'OPERATOR_REFUSED'
             ? 403
             : 400;
     sendJson(res, status, {
@@ -138,7 +145,10 @@ export async function readJson(req: http.IncomingMessage): Promise<Record<string
  * A secret body (a passphrase), as raw bytes straight into secure memory: each chunk is copied
  * out and zeroed, and the bytes never become a string. The caller frees the result.
  */
-export async function readSecret(req: http.IncomingMessage): Promise<SecureBuffer> {
+export async function readSecret(
+  req: http.IncomingMessage,
+  what = 'the passphrase',
+): Promise<SecureBuffer> {
   const buf = secureAlloc(MAX_SECRET);
   let n = 0;
   try {
@@ -146,13 +156,13 @@ export async function readSecret(req: http.IncomingMessage): Promise<SecureBuffe
     for await (const c of req as AsyncIterable<Buffer>) {
       if (n + c.length > MAX_SECRET) {
         zero(c);
-        throw new HttpError(413, 'the passphrase is too long');
+        throw new HttpError(413, `${what} is too long`);
       }
       c.copy(buf, n);
       n += c.length;
       zero(c);
     }
-    if (n === 0) throw new HttpError(400, 'the passphrase is empty');
+    if (n === 0) throw new HttpError(400, `${what} is empty`);
     return secureSlice(buf, 0, n);
   } finally {
     secureFree(buf);

@@ -16,7 +16,9 @@ import type { AuditRecord } from '../audit/index.js';
 import type { Loaded } from '../policy/index.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
+import { OperatorSessions, type OperatorIdentity } from '../operators/index.js';
 import { routeApi } from './api.js';
+import { routeOperator } from './operators.js';
 import { hasCredentials, readCredentials, writeCredentials } from './credentials.js';
 import {
   checkSource,
@@ -54,6 +56,16 @@ export interface ConsoleHost {
    * memory, the QR module matrix (u16 side, then a byte per module) and the otpauth URI.
    */
   enrollTotp(passphrase: SecureBuffer): Promise<SecureBuffer>;
+  /** The operator an OIDC token names (the issuer in policy); throws OPERATOR_REFUSED. */
+  operatorByToken(token: string): Promise<OperatorIdentity>;
+  /** The operator an API key names, or undefined (the key is read, not freed). */
+  operatorByKey(key: SecureBuffer): OperatorIdentity | undefined;
+  /** Whether the API key with this id is still in the vault (not revoked). */
+  operatorKeyLive(keyId: string): boolean;
+  /** Whether an operator could log in at all: an issuer in policy, or an API key in the vault. */
+  hasOperators(): boolean;
+  /** An operator denies a request its groups may decide. */
+  operatorDeny(id: string, operator: OperatorIdentity): Promise<void>;
 }
 
 export interface PinView {
@@ -97,6 +109,7 @@ export class ConsoleServer {
   private server: http.Server | undefined;
   private port = 0;
   readonly sessions = new Sessions();
+  readonly operatorSessions = new OperatorSessions();
   /** Open event streams, ended when their session ends. */
   readonly streams = new Set<{ session: Session; res: http.ServerResponse }>();
   private readonly files = new Map<string, Buffer>();
@@ -155,8 +168,18 @@ export class ConsoleServer {
   /** The agent locked: every session ends, every stream closes. */
   endSessions(): void {
     this.sessions.clear();
+    this.operatorSessions.clear();
     for (const st of this.streams) st.res.end();
     this.streams.clear();
+  }
+
+  /** Whether an operator could approve here (the operator channel exists). */
+  hasOperators(): boolean {
+    try {
+      return this.host.hasOperators();
+    } catch {
+      return false;
+    }
   }
 
   /** Whether the open vault has a WebAuthn credential (the webauthn channel exists). */
@@ -171,7 +194,8 @@ export class ConsoleServer {
   private async handle(req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
     secureHeaders(res);
     try {
-      if (checkSource(req, this.port) === 'redirect') {
+      const operatorApi = (req.url ?? '').startsWith('/api/operator/');
+      if (checkSource(req, this.port, operatorApi) === 'redirect') {
         res.writeHead(302, { Location: `${this.origin}/` });
         res.end();
         return;
@@ -188,6 +212,7 @@ export class ConsoleServer {
         return;
       }
       if (!url.pathname.startsWith('/api/')) throw new HttpError(404, 'not found');
+      if (operatorApi) return await routeOperator(this, req, res, url, now);
       if (await this.login(req, res, url.pathname, now)) return;
       const session = this.sessions.find(
         cookie(req, this.cookieName),

@@ -120,6 +120,16 @@ export function zero(buf: Uint8Array): void {
   sodium.sodium_memzero(buf);
 }
 
+/**
+ * SHA-256 of secret bytes, into an ordinary Buffer: for a high-entropy secret (an API key) whose
+ * hash is what is stored and compared. libsodium's hash leaves no state behind.
+ */
+export function secretSha256(data: Uint8Array): Buffer {
+  const out = Buffer.alloc(32);
+  sodium.crypto_hash_sha256(out, data);
+  return out;
+}
+
 /** n random bytes straight into secure memory: for keys, never randomBytes. */
 export function secureRandom(n: number): SecureBuffer {
   const b = secureAlloc(n);

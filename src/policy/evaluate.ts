@@ -42,6 +42,15 @@ export interface ApprovalNeeded {
   message: string | undefined;
   /** webauthn: whether the authenticator must verify the person (default preferred). */
   userVerification?: 'required' | 'preferred';
+  /** operator: the groups that may approve, how many distinct operators must, and whether the
+   * machine's own user (operators.self) may be one of them. */
+  operators?: OperatorApproval;
+}
+
+export interface OperatorApproval {
+  groups: string[];
+  count: number;
+  allowSelf: boolean;
 }
 
 export type Decision =
@@ -149,6 +158,15 @@ export function evaluate(policy: Policy, req: PolicyRequest, caller: Caller): De
         timeoutMs: durationMs(a.timeout),
         message: a.message,
         ...(a.mode === 'webauthn' ? { userVerification: a.user_verification ?? 'preferred' } : {}),
+        ...(a.mode === 'operator'
+          ? {
+              operators: {
+                groups: a.groups ?? [],
+                count: a.count ?? 1,
+                allowSelf: a.allow_self === true,
+              },
+            }
+          : {}),
       },
       highValue: r.high_value,
       explanation,

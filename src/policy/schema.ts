@@ -13,6 +13,7 @@ import type { z as Zod } from 'zod';
 const require = createRequire(import.meta.url);
 const yaml = (): typeof YamlModule => require('yaml') as typeof YamlModule;
 
+const LOOPBACK = new Set(['127.0.0.1', '[::1]', 'localhost']);
 const DURATION_RE = /^([1-9][0-9]{0,8})(ms|s|m|h|d)$/;
 const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
 
@@ -22,9 +23,12 @@ export function durationMs(s: string): number {
   return Number(m[1]) * UNIT_MS[m[2] as keyof typeof UNIT_MS];
 }
 
-export const APPROVAL_MODES = ['confirm', 'passphrase', 'totp', 'webauthn'] as const;
+export const APPROVAL_MODES = ['confirm', 'passphrase', 'totp', 'webauthn', 'operator'] as const;
 export type ApprovalMode = (typeof APPROVAL_MODES)[number];
-const SECOND_FACTORS: readonly ApprovalMode[] = ['passphrase', 'totp', 'webauthn'];
+/** An operator (docs/OPERATORS.md) is someone else, authenticated elsewhere: more than a factor. */
+const SECOND_FACTORS: readonly ApprovalMode[] = ['passphrase', 'totp', 'webauthn', 'operator'];
+/** Most operators one request may need (count): two-person control, and a little more. */
+export const MAX_OPERATOR_COUNT = 5;
 
 /** The schema, built on first use with the zod module. */
 function build(z: typeof Zod) {
@@ -34,6 +38,16 @@ function build(z: typeof Zod) {
   const validDuration = (d: string): boolean => DURATION_RE.test(d);
   const maxDuration = (limitMs: number, label: string) =>
     Duration.refine((d) => !validDuration(d) || durationMs(d) <= limitMs, `at most ${label}`);
+
+  // An IdP's group names are its own (Keycloak gives paths, Okta names with spaces): any
+  // printable text, bounded.
+  const GroupName = z
+    .string()
+    .min(1)
+    .max(128)
+    .refine((g) => ![...g].some((c) => (c.codePointAt(0) ?? 0) < 0x20 || c === '\u007f'), {
+      message: 'printable text',
+    });
 
   const Remember = z.union([
     z.literal('once'),
@@ -55,6 +69,11 @@ function build(z: typeof Zod) {
       // webauthn only: whether the authenticator must verify the person (PIN, biometrics) or
       // only see them (a touch). Presence is always required.
       user_verification: z.enum(['required', 'preferred']).optional(),
+      // operator only (docs/OPERATORS.md): who may approve, how many distinct operators must,
+      // and whether the machine's own user (operators.self) may be one of them.
+      groups: z.array(GroupName).min(1).max(32).optional(),
+      count: z.number().int().min(1).max(MAX_OPERATOR_COUNT).optional(),
+      allow_self: z.boolean().optional(),
     })
     .strict()
     .superRefine((a, ctx) => {
@@ -64,6 +83,19 @@ function build(z: typeof Zod) {
           path: ['user_verification'],
           message: `user_verification goes with mode webauthn, not ${a.mode}`,
         });
+      if (a.mode === 'operator' && a.groups === undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['groups'],
+          message: 'mode operator needs groups: the operator groups that may approve',
+        });
+      for (const k of ['groups', 'count', 'allow_self'] as const)
+        if (a[k] !== undefined && a.mode !== 'operator')
+          ctx.addIssue({
+            code: 'custom',
+            path: [k],
+            message: `${k} goes with mode operator, not ${a.mode}`,
+          });
     });
 
   const Callers = z
@@ -198,6 +230,51 @@ function build(z: typeof Zod) {
     })
     .strict();
 
+  // Operators (docs/OPERATORS.md): here, so that trusting an identity provider or changing who
+  // may approve what needs the passphrase.
+  const Https = z
+    .string()
+    .max(512)
+    .refine((u) => {
+      try {
+        const url = new URL(u);
+        return (
+          url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK.has(url.hostname))
+        );
+      } catch {
+        return false;
+      }
+    }, 'an https URL (http only on 127.0.0.1, [::1] or localhost)');
+  const Operators = z
+    .object({
+      oidc: z
+        .object({
+          issuer: Https,
+          client_id: z.string().min(1).max(256),
+          audience: z
+            .union([z.string().min(1).max(256), z.array(z.string().min(1).max(256)).min(1)])
+            .optional(),
+          jwks_cache_ttl: maxDuration(24 * 3_600_000, '24h').default('10m'),
+          clock_skew: maxDuration(300_000, '5m').default('30s'),
+          claim_mappings: z
+            .object({
+              operator_id: z.string().min(1).max(128).default('sub'),
+              groups: z.string().min(1).max(128).default('groups'),
+            })
+            .strict()
+            .default({ operator_id: 'sub', groups: 'groups' }),
+          allowed_groups: z.array(GroupName).min(1).max(256),
+        })
+        .strict()
+        .optional(),
+      // A group approves only the rules listed for it here (names or patterns), when this is set.
+      group_policy_map: z.record(GroupName, z.array(z.string().min(1).max(256)).min(1)).optional(),
+      // The operator ids that are this machine's own user (oidc: the mapped claim; keys: key:NAME):
+      // they never approve their own user's requests unless a rule says allow_self.
+      self: z.array(z.string().min(1).max(256)).max(64).default([]),
+    })
+    .strict();
+
   const PolicySchema = z
     .object({
       version: z.literal(1),
@@ -214,6 +291,7 @@ function build(z: typeof Zod) {
         .strict()
         .default({ idle_timeout: '15m', max_lifetime: '4h' }),
       rules: z.array(Rule).default([]),
+      operators: Operators.optional(),
       // Read by the MCP gateway (a later issue); validated there.
       mcp: Mcp.optional(),
       // A copy of every audit entry off this machine, through the system log (docs/AUDIT.md).
@@ -240,6 +318,16 @@ function build(z: typeof Zod) {
         }
         seen.set(r.name, i);
       });
+      // A name in group_policy_map that is no glob must name a rule: a typo would approve nothing.
+      for (const [group, entries] of Object.entries(p.operators?.group_policy_map ?? {}))
+        entries.forEach((e, i) => {
+          if (!/[*?[\]{}!]/.test(e) && !seen.has(e))
+            ctx.addIssue({
+              code: 'custom',
+              path: ['operators', 'group_policy_map', group, i],
+              message: `no rule is named ${e}`,
+            });
+        });
       const { idle_timeout: idle, max_lifetime: life } = p.unlock;
       if (validDuration(idle) && validDuration(life) && durationMs(idle) > durationMs(life)) {
         ctx.addIssue({

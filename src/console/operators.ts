@@ -1,0 +1,159 @@
+/**
+ * The console's operator API (docs/OPERATORS.md, "The operator API"): a teammate logs in with an
+ * OIDC token or an API key, gets a bearer token for this agent's memory only, and approves or
+ * denies the requests whose rules name one of their groups. Routes under /api/operator/; the
+ * Host check of server.ts applies, the console's own session and CSRF token do not (a bearer
+ * token is never sent by a browser on its own).
+ */
+import type http from 'node:http';
+import { KeywardError } from '../errors.js';
+import { secureFree } from '../lib/secure.js';
+import {
+  authorityOf,
+  keyIdOf,
+  type OperatorIdentity,
+  type OperatorSession,
+} from '../operators/index.js';
+import { HttpError, readJson, readSecret, sendJson } from './http.js';
+import type { ConsoleServer } from './server.js';
+
+const MAX_TOKEN = 16 * 1024;
+
+export async function routeOperator(
+  c: ConsoleServer,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  url: URL,
+  now: number,
+): Promise<void> {
+  const p = url.pathname;
+  const post = req.method === 'POST';
+  if (post && p === '/api/operator/login/key') return loginKey(c, req, res, now);
+  if (post && p === '/api/operator/login/oidc') return loginOidc(c, req, res, now);
+  let s = c.operatorSessions.find(req.headers.authorization, now);
+  // A revoked key's sessions end with it, at their next request.
+  if (s?.operator.keyId !== undefined && !c.host.operatorKeyLive(s.operator.keyId)) {
+    c.operatorSessions.end(s);
+    s = undefined;
+  }
+  if (!s)
+    throw new HttpError(
+      401,
+      'an operator logs in first (a missing, wrong or expired bearer token)',
+      'POST /api/operator/login/oidc or /api/operator/login/key',
+    );
+  let m: RegExpExecArray | null;
+  if (req.method === 'GET' && p === '/api/operator/approvals') return list(c, s, res);
+  if (post && (m = /^\/api\/operator\/approvals\/([0-9a-f]{8})\/(approve|deny)$/.exec(p))) {
+    const id = m[1] ?? '';
+    if (m[2] === 'deny') {
+      await c.host.operatorDeny(id, s.operator);
+      return sendJson(res, 200, { denied: id });
+    }
+    return sendJson(res, 200, await c.host.approve(id, { kind: 'operator', operator: s.operator }));
+  }
+  if (post && p === '/api/operator/logout') {
+    c.operatorSessions.end(s);
+    await c.audit({
+      type: 'operator.login',
+      decision: 'info',
+      reason: 'logged out',
+      details: { operator: s.operator.id, method: s.operator.method },
+    });
+    return sendJson(res, 200, { loggedOut: true });
+  }
+  throw new HttpError(404, 'not found');
+}
+
+/** The body is the API key itself (octet-stream), read into secure memory and freed. */
+async function loginKey(
+  c: ConsoleServer,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  now: number,
+): Promise<void> {
+  const key = await readSecret(req, 'the API key');
+  let op: OperatorIdentity | undefined;
+  let keyId: string | undefined;
+  try {
+    keyId = keyIdOf(key);
+    op = c.host.operatorByKey(key);
+  } finally {
+    secureFree(key);
+  }
+  if (!op)
+    return refused(c, 'key', 'an unknown, revoked or malformed API key', { key: keyId ?? null });
+  return loggedIn(c, res, op, now, { key: keyId ?? null });
+}
+
+/** The body is {"token": "<a JWT>"}: an ID token or an access token from the issuer in policy. */
+async function loginOidc(
+  c: ConsoleServer,
+  req: http.IncomingMessage,
+  res: http.ServerResponse,
+  now: number,
+): Promise<void> {
+  const body = await readJson(req);
+  const token = body['token'];
+  if (typeof token !== 'string' || token.length === 0 || token.length > MAX_TOKEN)
+    throw new HttpError(400, 'the body is {"token": "<an ID token or access token>"}');
+  let op: OperatorIdentity;
+  try {
+    op = await c.host.operatorByToken(token);
+  } catch (e) {
+    if (e instanceof KeywardError && e.code === 'OPERATOR_REFUSED')
+      return refused(c, 'oidc', e.message, {});
+    throw e;
+  }
+  return loggedIn(c, res, op, now, {});
+}
+
+async function loggedIn(
+  c: ConsoleServer,
+  res: http.ServerResponse,
+  op: OperatorIdentity,
+  now: number,
+  details: Record<string, string | null>,
+): Promise<void> {
+  // Recorded before the token is handed out (fail closed: no record, no session).
+  await c.audit({
+    type: 'operator.login',
+    decision: 'allow',
+    details: { operator: op.id, method: op.method, groups: op.groups.join(','), ...details },
+  });
+  const s = c.operatorSessions.create(op, now);
+  sendJson(res, 200, { token: s.token, operator: op });
+}
+
+async function refused(
+  c: ConsoleServer,
+  method: 'oidc' | 'key',
+  reason: string,
+  details: Record<string, string | null>,
+): Promise<never> {
+  c.host.noteDenial();
+  await c.audit({
+    type: 'operator.login',
+    decision: 'deny',
+    reason: reason.slice(0, 300),
+    details: { method, ...details },
+  });
+  throw new KeywardError('OPERATOR_REFUSED', reason);
+}
+
+/** The requests waiting for operators, each with whether this operator may decide it and why. */
+function list(c: ConsoleServer, s: OperatorSession, res: http.ServerResponse): void {
+  const rules = c.host.policy()?.policy.operators;
+  const pending = c.host
+    .pending()
+    .filter((p) => p.mode === 'operator' && p.operators)
+    .map((p) => {
+      const a = p.operators ? authorityOf(s.operator, p.rule, p.operators, rules) : undefined;
+      return {
+        ...p,
+        mayApprove: a !== undefined && 'groups' in a,
+        ...(a && 'refused' in a ? { why: a.refused } : {}),
+      };
+    });
+  sendJson(res, 200, { now: Date.now(), operator: s.operator, pending });
+}

@@ -1,0 +1,66 @@
+/**
+ * Operator sessions: an operator logs in once (an OIDC token or an API key) and gets a bearer
+ * token for the console's operator API, kept only in the agent's memory and ended at lock.
+ * The API key itself is sent once, in a login's body, into secure memory; what a client then
+ * carries in its Authorization header is this token, which dies with the session.
+ */
+import { randomBytes } from 'node:crypto';
+import type { OperatorIdentity } from './types.js';
+
+export const OPERATOR_IDLE_MS = 10 * 60_000;
+export const OPERATOR_MAX_MS = 60 * 60_000;
+const MAX_SESSIONS = 64;
+
+export interface OperatorSession {
+  token: string;
+  operator: OperatorIdentity;
+  created: number;
+  lastSeen: number;
+}
+
+export class OperatorSessions {
+  private readonly byToken = new Map<string, OperatorSession>();
+
+  create(operator: OperatorIdentity, now: number): OperatorSession {
+    this.sweep(now);
+    while (this.byToken.size >= MAX_SESSIONS) {
+      const oldest = [...this.byToken.values()].sort((a, b) => a.lastSeen - b.lastSeen)[0];
+      if (oldest) this.byToken.delete(oldest.token);
+    }
+    const s = {
+      token: randomBytes(32).toString('base64url'),
+      operator,
+      created: now,
+      lastSeen: now,
+    };
+    this.byToken.set(s.token, s);
+    return s;
+  }
+
+  /** The live session an Authorization header names, or undefined. */
+  find(authorization: string | undefined, now: number): OperatorSession | undefined {
+    const m = /^Bearer ([A-Za-z0-9_-]{43})$/.exec(authorization ?? '');
+    const s = m ? this.byToken.get(m[1] ?? '') : undefined;
+    if (!s) return undefined;
+    if (now - s.lastSeen > OPERATOR_IDLE_MS || now - s.created > OPERATOR_MAX_MS) {
+      this.byToken.delete(s.token);
+      return undefined;
+    }
+    s.lastSeen = now;
+    return s;
+  }
+
+  end(s: OperatorSession): void {
+    this.byToken.delete(s.token);
+  }
+
+  clear(): void {
+    this.byToken.clear();
+  }
+
+  private sweep(now: number): void {
+    for (const s of this.byToken.values())
+      if (now - s.lastSeen > OPERATOR_IDLE_MS || now - s.created > OPERATOR_MAX_MS)
+        this.byToken.delete(s.token);
+  }
+}

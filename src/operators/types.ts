@@ -1,0 +1,32 @@
+/**
+ * Operators (docs/OPERATORS.md): people other than the requester who approve a rule's requests,
+ * authenticated by OpenID Connect or by an API key.
+ */
+
+/** Who an operator is, once authenticated, and by what. */
+export interface OperatorIdentity {
+  /** The OIDC claim named by claim_mappings.operator_id (`sub` by default), or `key:NAME`. */
+  id: string;
+  method: 'oidc' | 'key';
+  /** For oidc, the groups claim as given, kept only where allowed_groups allows them. */
+  groups: string[];
+  /** For a key, its id (public): a session ends when the key is revoked. */
+  keyId?: string;
+}
+
+/** policy.yaml's operators.oidc, with durations in ms and defaults filled in. */
+export interface OidcSettings {
+  /** The issuer exactly as its discovery document and tokens say it (https, or http on loopback). */
+  issuer: string;
+  /** The console's client id at the issuer (the login flow; also accepted as an audience). */
+  clientId: string;
+  /** Audiences a token may carry (aud); a token must name at least one. */
+  audience: string[];
+  /** How long the issuer's keys (JWKS) are cached before they are fetched again. */
+  jwksCacheTtlMs: number;
+  claimMappings: { operatorId: string; groups: string };
+  /** An operator must be in at least one of these groups to be recognised at all. */
+  allowedGroups: string[];
+  /** Leeway for exp, nbf and iat, in seconds. */
+  clockSkewSec: number;
+}

@@ -1,0 +1,413 @@
+/**
+ * Operators (docs/OPERATORS.md): API keys made with the passphrase and kept as hashes, the
+ * console's operator API, rules that only an operator of a named group may approve, two-person
+ * control, and the machine's own user kept out. A real agent, its console, real HTTP; the OIDC
+ * side is test/operators-oidc.test.ts (a real OpenID Provider).
+ */
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import { parsePolicy } from '../src/policy/index.js';
+import {
+  auditEntries,
+  pendingId,
+  startAgent,
+  stopAgent,
+  unlockedAgent,
+  type AgentHome,
+} from './agent-helpers.js';
+import { consoleUrl, rawRequest, waitingCommand } from './console-helpers.js';
+import { everyByteUnder, kw } from './helpers.js';
+import {
+  CLIENT_ID,
+  generateSigningKey,
+  OidcProvider,
+  RESOURCE,
+  skip as oidcSkip,
+} from './oidc-helpers.js';
+
+const POLICY = `version: 1
+operators:
+  self: ["key:me"]
+  group_policy_map:
+    sre-team: [prod, release]
+    dev: ["dev-*"]
+rules:
+  - name: prod
+    targets: ["prod/**"]
+    decision: approve
+    approve: { mode: operator, groups: [sre-team, dev], timeout: 10m }
+  - name: release
+    targets: ["release/**"]
+    decision: approve
+    approve: { mode: operator, groups: [sre-team], count: 2, timeout: 10m }
+  - name: rest
+    targets: ["**"]
+    decision: allow
+`;
+
+const KEY_RE = /^kwop_[0-9a-f]{16}_[A-Za-z0-9_-]{43}$/;
+
+/** `keyward operator key create NAME --groups G`: the key, shown once on stdout. */
+function createKey(h: AgentHome, name: string, groups: string): string {
+  const r = kw(['operator', 'key', 'create', name, '--groups', groups], { env: h.env });
+  assert.equal(r.code, 0, r.stderr);
+  return r.stdout.trim();
+}
+
+interface Reply {
+  status: number;
+  json: Record<string, unknown>;
+}
+
+/** A request to the operator API as a script makes one: Host, a bearer token, no Origin. */
+async function api(
+  url: string,
+  method: string,
+  p: string,
+  o: { token?: string; key?: string; json?: unknown } = {},
+): Promise<Reply> {
+  const u = new URL(url);
+  const headers: Record<string, string> = { Host: u.host };
+  if (o.token) headers['Authorization'] = `Bearer ${o.token}`;
+  if (o.key !== undefined) headers['Content-Type'] = 'application/octet-stream';
+  if (o.json !== undefined) headers['Content-Type'] = 'application/json';
+  const r = await rawRequest(url, {
+    method,
+    path: p,
+    headers,
+    ...(o.key !== undefined ? { body: o.key } : {}),
+    ...(o.json !== undefined ? { body: JSON.stringify(o.json) } : {}),
+  });
+  return { status: r.status, json: JSON.parse(r.body || '{}') as Record<string, unknown> };
+}
+
+async function login(url: string, key: string): Promise<string> {
+  const r = await api(url, 'POST', '/api/operator/login/key', { key });
+  assert.equal(r.status, 200, JSON.stringify(r.json));
+  return String(r.json['token']);
+}
+
+const decide = (url: string, token: string, id: string, what: 'approve' | 'deny') =>
+  api(url, 'POST', `/api/operator/approvals/${id}/${what}`, { token });
+
+const homes: AgentHome[] = [];
+after(async () => {
+  for (const h of homes) await stopAgent(h);
+});
+
+describe('operator policy', () => {
+  const problems = (text: string) => {
+    const r = parsePolicy(text);
+    return r.ok ? [] : r.problems.map((p) => `${p.path}: ${p.message}`);
+  };
+  const rule = (approve: string) =>
+    `version: 1\nrules:\n  - name: r\n    targets: ["x"]\n    decision: approve\n    approve: ${approve}\n`;
+
+  test('mode operator needs groups; groups, count and allow_self go only with it', () => {
+    assert.deepEqual(problems(rule('{ mode: operator, groups: [sre] , count: 2 }')), []);
+    assert.match(problems(rule('{ mode: operator }')).join('\n'), /mode operator needs groups/);
+    assert.match(
+      problems(rule('{ mode: confirm, groups: [sre] }')).join('\n'),
+      /groups goes with mode operator, not confirm/,
+    );
+    assert.match(
+      problems(rule('{ mode: passphrase, count: 2 }')).join('\n'),
+      /count goes with mode operator/,
+    );
+    assert.match(problems(rule('{ mode: operator, groups: [sre], count: 6 }')).join('\n'), /count/);
+    assert.match(problems(rule('{ mode: operator, groups: [] }')).join('\n'), /groups/);
+  });
+
+  test('an identity provider must be https (http only on loopback); a group map names rules', () => {
+    const ops = (o: string) =>
+      `version: 1\noperators:\n${o}\nrules:\n  - { name: prod, targets: ["x"], decision: deny }\n`;
+    const oidc = (issuer: string) =>
+      ops(`  oidc: { issuer: "${issuer}", client_id: keyward, allowed_groups: [sre] }`);
+    assert.deepEqual(problems(oidc('https://idp.example.com/realms/x')), []);
+    assert.deepEqual(problems(oidc('http://127.0.0.1:8080')), []);
+    assert.match(problems(oidc('http://idp.example.com')).join('\n'), /an https URL/);
+    assert.match(problems(oidc('not a url')).join('\n'), /an https URL/);
+    assert.match(
+      problems(ops('  group_policy_map: { sre: [prod, prdo, "release-*"] }')).join('\n'),
+      /operators\.group_policy_map\.sre\[1\]: no rule is named prdo/,
+    );
+  });
+});
+
+describe('operator API keys and approvals, through a real agent', () => {
+  let h: AgentHome;
+  let url: string;
+  const keys: Record<string, string> = {};
+  before(async () => {
+    h = await unlockedAgent(POLICY, homes);
+    url = consoleUrl(h);
+    for (const [name, value] of [
+      ['prod/db', 'prod-db-value-7f3a'],
+      ['release/key', 'release-key-value-9c1e'],
+    ] as const)
+      assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
+    keys['alice'] = createKey(h, 'alice', 'sre-team');
+    keys['carol'] = createKey(h, 'carol', 'sre-team,oncall');
+    keys['bob'] = createKey(h, 'bob', 'dev');
+    keys['me'] = createKey(h, 'me', 'sre-team');
+  });
+
+  test('a key is shown once and kept only as a hash, and its making is audited', () => {
+    for (const k of Object.values(keys)) assert.match(k, KEY_RE);
+    const listed = kw(['operator', 'key', 'list', '--json'], { env: h.env });
+    assert.equal(listed.code, 0, listed.stderr);
+    const list = JSON.parse(listed.stdout) as Array<{ name: string; id: string; groups: string[] }>;
+    assert.deepEqual(
+      list.map((k) => [k.name, k.groups]),
+      [
+        ['alice', ['sre-team']],
+        ['carol', ['sre-team', 'oncall']],
+        ['bob', ['dev']],
+        ['me', ['sre-team']],
+      ],
+    );
+    // Neither the key nor its secret part is anywhere under the home, in any form kept.
+    const everything = everyByteUnder(h.dir);
+    for (const k of Object.values(keys)) {
+      assert.equal(everything.includes(Buffer.from(k)), false, 'the key is on disk');
+      assert.equal(everything.includes(Buffer.from(k.slice(22))), false, 'its secret is on disk');
+    }
+    assert.ok(!listed.stdout.includes(keys['alice']?.slice(22) ?? '-'));
+    const made = auditEntries(h).filter((e) => e.type === 'operator.key');
+    assert.deepEqual(
+      made.map((e) => e.details?.['name']),
+      ['alice', 'carol', 'bob', 'me'],
+    );
+    // A name is one key: a second with the same name is refused.
+    const again = kw(['operator', 'key', 'create', 'alice', '--groups', 'x'], { env: h.env });
+    assert.equal(again.code, 2);
+    assert.match(again.stderr, /an operator key named alice exists already/);
+  });
+
+  test('an operator rule waits for an operator of its group; no local factor approves it', async () => {
+    const w = waitingCommand(['read', 'prod/db'], h.env);
+    const id = await w.id;
+    // The passphrase, from another terminal: not an operator.
+    const local = kw(['approve', id], { env: h.env });
+    assert.equal(local.code, 2, local.stderr);
+    assert.match(local.stderr, /this request needs operator approval, not passphrase/);
+    // An operator of a group the rule names, but the group map gives that group only dev-* rules.
+    const bob = await login(url, keys['bob'] ?? '');
+    const refused = await decide(url, bob, id, 'approve');
+    assert.equal(refused.status, 403);
+    assert.match(String(refused.json['error']), /group_policy_map gives none of operator key:bob/);
+    const listed = await api(url, 'GET', '/api/operator/approvals', { token: bob });
+    const mine = (listed.json['pending'] as Array<{ id: string; mayApprove: boolean }>)[0];
+    assert.deepEqual([mine?.id, mine?.mayApprove], [id, false]);
+    // alice (sre-team) approves.
+    const alice = await login(url, keys['alice'] ?? '');
+    const ok = await decide(url, alice, id, 'approve');
+    assert.equal(ok.status, 200, JSON.stringify(ok.json));
+    assert.deepEqual(ok.json, { approved: id, votes: 1, needed: 1 });
+    const done = await w.done;
+    assert.equal(done.code, 0, done.stderr);
+    assert.equal(done.stdout, 'prod-db-value-7f3a');
+    const granted = auditEntries(h)
+      .filter((e) => e.type === 'approval.granted')
+      .at(-1);
+    assert.equal(granted?.target, 'prod/db');
+    assert.deepEqual(JSON.parse(String(granted?.details?.['operators'])), [
+      { operator: 'key:alice', method: 'key', groups: ['sre-team'] },
+    ]);
+    const logins = auditEntries(h).filter((e) => e.type === 'operator.login');
+    assert.deepEqual(
+      logins.map((e) => [e.decision, e.details?.['operator']]),
+      [
+        ['allow', 'key:bob'],
+        ['allow', 'key:alice'],
+      ],
+    );
+  });
+
+  test("two-person control takes two distinct operators, never the machine's own user", async () => {
+    const w = waitingCommand(['read', 'release/key'], h.env);
+    const id = await w.id;
+    const alice = await login(url, keys['alice'] ?? '');
+    const first = await decide(url, alice, id, 'approve');
+    assert.deepEqual(first.json, { approved: id, votes: 1, needed: 2 });
+    // Still waiting: one approval of two.
+    assert.equal(await pendingId(h), id);
+    const again = await decide(url, alice, id, 'approve');
+    assert.equal(again.status, 403);
+    assert.match(String(again.json['error']), /approved request \w+ already: it needs 2 distinct/);
+    const me = await login(url, keys['me'] ?? '');
+    const self = await decide(url, me, id, 'approve');
+    assert.equal(self.status, 403);
+    assert.match(String(self.json['error']), /this machine's own user \(operators\.self\)/);
+    const carol = await login(url, keys['carol'] ?? '');
+    const second = await decide(url, carol, id, 'approve');
+    assert.deepEqual(second.json, { approved: id, votes: 2, needed: 2 });
+    const done = await w.done;
+    assert.equal(done.stdout, 'release-key-value-9c1e');
+    const granted = auditEntries(h)
+      .filter((e) => e.type === 'approval.granted')
+      .at(-1);
+    assert.deepEqual(JSON.parse(String(granted?.details?.['operators'])), [
+      { operator: 'key:alice', method: 'key', groups: ['sre-team'] },
+      { operator: 'key:carol', method: 'key', groups: ['sre-team'] },
+    ]);
+    const votes = auditEntries(h).filter((e) => e.type === 'approval.operator');
+    assert.deepEqual(
+      votes.slice(-2).map((e) => [e.details?.['operator'], e.details?.['votes']]),
+      [
+        ['key:alice', 1],
+        ['key:carol', 2],
+      ],
+    );
+  });
+});
+
+describe('revoking keys, denying, and no operator channel', () => {
+  test('a revoked key logs in no more, and the sessions it opened end', async () => {
+    const h = await unlockedAgent(POLICY, homes);
+    const url = consoleUrl(h);
+    const alice = createKey(h, 'alice', 'sre-team');
+    // As a file holds it: with its newline.
+    const token = await login(url, `${alice}\n`);
+    assert.equal((await api(url, 'GET', '/api/operator/approvals', { token })).status, 200);
+    const r = kw(['operator', 'key', 'revoke', 'alice'], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal((await api(url, 'GET', '/api/operator/approvals', { token })).status, 401);
+    const again = await api(url, 'POST', '/api/operator/login/key', { key: alice });
+    assert.equal(again.status, 403);
+    assert.equal(again.json['code'], 'OPERATOR_REFUSED');
+    const last = auditEntries(h)
+      .filter((e) => e.type === 'operator.login')
+      .at(-1);
+    assert.equal(last?.decision, 'deny');
+    assert.equal(last?.details?.['key'], alice.slice(5, 21));
+    // A key that was never made, and garbage, are refused alike.
+    for (const key of [alice.slice(0, -1) + (alice.endsWith('A') ? 'B' : 'A'), 'x'])
+      assert.equal((await api(url, 'POST', '/api/operator/login/key', { key })).status, 403);
+    const gone = kw(['operator', 'key', 'revoke', 'alice'], { env: h.env });
+    assert.equal(gone.code, 3);
+  });
+
+  test("an operator of the rule's groups may deny; one outside them may not", async () => {
+    const h = await unlockedAgent(POLICY, homes);
+    const url = consoleUrl(h);
+    assert.equal(kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'v' }).code, 0);
+    const outsider = await login(url, createKey(h, 'eve', 'marketing'));
+    const carol = await login(url, createKey(h, 'carol', 'sre-team'));
+    const w = waitingCommand(['read', 'prod/db'], h.env);
+    const id = await w.id;
+    const no = await decide(url, outsider, id, 'deny');
+    assert.equal(no.status, 403);
+    assert.match(String(no.json['error']), /none of the groups rule prod asks for/);
+    assert.equal((await decide(url, carol, id, 'deny')).status, 200);
+    const done = await w.done;
+    assert.equal(done.code, 6, done.stderr);
+    const denied = auditEntries(h)
+      .filter((e) => e.type === 'approval.denied')
+      .at(-1);
+    assert.equal(denied?.details?.['operator'], 'key:carol');
+  });
+
+  test('with no way for an operator to log in, an operator rule is a denial at once', async () => {
+    const h = await unlockedAgent(POLICY, homes);
+    assert.equal(kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'v' }).code, 0);
+    const r = kw(['read', 'prod/db'], { env: h.env });
+    assert.equal(r.code, 6, r.stderr);
+    assert.match(r.stderr, /no approval channel can give operator approval here/);
+  });
+
+  test('without the console, no operator channel either', async () => {
+    const h = await unlockedAgent(POLICY, homes);
+    createKey(h, 'alice', 'sre-team');
+    await stopAgent(h);
+    await startAgent(h, {}, ['--no-console']);
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    assert.equal(kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'v' }).code, 0);
+    const r = kw(['read', 'prod/db'], { env: h.env });
+    assert.equal(r.code, 6, r.stderr);
+    assert.match(r.stderr, /no approval channel can give operator approval here/);
+  });
+});
+
+describe(
+  'OIDC operators and API keys together, through a real agent and a real provider',
+  {
+    skip: oidcSkip,
+  },
+  () => {
+    let idp: OidcProvider;
+    let h: AgentHome;
+    let url: string;
+    before(async () => {
+      idp = await OidcProvider.start([await generateSigningKey()]);
+      h = await unlockedAgent(
+        `version: 1
+operators:
+  oidc:
+    issuer: "${idp.issuer}"
+    client_id: ${CLIENT_ID}
+    audience: "${RESOURCE}"
+    allowed_groups: [sre-team]
+rules:
+  - name: prod
+    targets: ["prod/**"]
+    decision: approve
+    high_value: true
+    approve: { mode: operator, groups: [sre-team], count: 2, timeout: 10m }
+`,
+        homes,
+      );
+      url = consoleUrl(h);
+      assert.equal(kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'hybrid-value' }).code, 0);
+    });
+    after(async () => {
+      await idp?.stop();
+    });
+
+    test('an OIDC operator and an API-key operator approve one request together', async () => {
+      const carol = await login(url, createKey(h, 'carol', 'sre-team'));
+      // bob's real token: a group the policy doesn't allow, refused at login and recorded.
+      const bob = await api(url, 'POST', '/api/operator/login/oidc', {
+        json: { token: (await idp.login('bob')).idToken },
+      });
+      assert.equal(bob.status, 403);
+      assert.match(String(bob.json['error']), /operator "bob" is in none of the allowed groups/);
+      const w = waitingCommand(['read', 'prod/db'], h.env);
+      const id = await w.id;
+      const r = await api(url, 'POST', '/api/operator/login/oidc', {
+        json: { token: (await idp.login('alice')).idToken },
+      });
+      assert.equal(r.status, 200, JSON.stringify(r.json));
+      assert.deepEqual(r.json['operator'], { id: 'alice', method: 'oidc', groups: ['sre-team'] });
+      const alice = String(r.json['token']);
+      assert.deepEqual((await decide(url, alice, id, 'approve')).json, {
+        approved: id,
+        votes: 1,
+        needed: 2,
+      });
+      assert.deepEqual((await decide(url, carol, id, 'approve')).json, {
+        approved: id,
+        votes: 2,
+        needed: 2,
+      });
+      const done = await w.done;
+      assert.equal(done.stdout, 'hybrid-value', done.stderr);
+      const entries = auditEntries(h);
+      const granted = entries.filter((e) => e.type === 'approval.granted').at(-1);
+      assert.deepEqual(JSON.parse(String(granted?.details?.['operators'])), [
+        { operator: 'alice', method: 'oidc', groups: ['sre-team'] },
+        { operator: 'key:carol', method: 'key', groups: ['sre-team'] },
+      ]);
+      const logins = entries.filter((e) => e.type === 'operator.login');
+      assert.deepEqual(
+        logins.map((e) => [e.decision, e.details?.['method'], e.details?.['operator'] ?? null]),
+        [
+          ['allow', 'key', 'key:carol'],
+          ['deny', 'oidc', null],
+          ['allow', 'oidc', 'alice'],
+        ],
+      );
+      assert.match(String(logins[1]?.reason), /none of the allowed groups/);
+    });
+  },
+);
