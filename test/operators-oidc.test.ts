@@ -36,6 +36,7 @@ function settings(issuer: string): OidcSettings {
     claimMappings: { operatorId: 'sub', groups: 'groups' },
     allowedGroups: ['sre-team'],
     clockSkewSec: 30,
+    scopes: ['openid', 'groups'],
   };
 }
 

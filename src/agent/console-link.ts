@@ -22,7 +22,9 @@ import { qrModules } from '../lib/qr.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 import {
   checkKey,
+  oidcLogin,
   oidcVerifier,
+  type OidcLogin,
   readKeys,
   type OidcVerifier,
   type OperatorIdentity,
@@ -66,6 +68,7 @@ export function makeConsole(h: ConsoleLinkHost): ConsoleServer {
     trustPin: (server, tool, sha256, passphrase) => trustPin(h, server, tool, sha256, passphrase),
     enrollTotp: (passphrase) => enrollTotp(h, passphrase),
     operatorByToken: tokenOperators(h),
+    oidcLogin: signIns(h),
     operatorByKey: (key) => checkKey(h.window.unlocked(), key),
     operatorKeyLive: (keyId) => readKeys(h.window.unlocked()).some((k) => k.id === keyId),
     hasOperators: () =>
@@ -73,6 +76,22 @@ export function makeConsole(h: ConsoleLinkHost): ConsoleServer {
       readKeys(h.window.unlocked()).length > 0,
     operatorDeny: (id, op) => h.gate().desk.deny(id, op),
   });
+}
+
+/** The console's sign-in with the issuer the policy in force names, kept while that policy is. */
+function signIns(h: ConsoleLinkHost): (redirectUri: string) => Promise<OidcLogin> {
+  let held: { key: string; login: Promise<OidcLogin> } | undefined;
+  return async (redirectUri) => {
+    const loaded = h.window.loaded;
+    const oidc = loaded?.policy.operators?.oidc;
+    if (!loaded || !oidc)
+      throw new KeywardError('OPERATOR_REFUSED', 'the policy in force names no identity provider', {
+        hint: 'operators.oidc in policy.yaml (docs/OPERATORS.md)',
+      });
+    const key = `${loaded.sha256} ${redirectUri}`;
+    if (held?.key !== key) held = { key, login: oidcLogin(oidc, redirectUri) };
+    return held.login;
+  };
 }
 
 /**

@@ -52,15 +52,18 @@ export function checkSource(
   req: http.IncomingMessage,
   port: number,
   bearer = false,
+  operatorPage = false,
 ): 'ok' | 'redirect' {
   const host = req.headers.host;
   const origin = req.headers.origin;
-  const own = `http://localhost:${port}`;
-  if (host === `127.0.0.1:${port}` && req.method === 'GET' && origin === undefined)
+  // The operator page and API answer on 127.0.0.1 too: a provider's sign-in comes back there.
+  const hosts = operatorPage ? [`localhost:${port}`, `127.0.0.1:${port}`] : [`localhost:${port}`];
+  if (!operatorPage && host === `127.0.0.1:${port}` && req.method === 'GET' && origin === undefined)
     return 'redirect';
-  if (host !== `localhost:${port}`)
+  if (host === undefined || !hosts.includes(host))
     throw new HttpError(403, 'wrong Host header: the console answers only as localhost');
-  if (origin !== undefined && origin !== own)
+  // A request's Origin is the page it came from: this console's own (by the name it was asked by).
+  if (origin !== undefined && origin !== `http://${host}`)
     throw new HttpError(403, 'wrong Origin: the console answers only its own pages');
   if (req.method !== 'GET' && req.method !== 'HEAD') {
     // The operator API (bearer) is authenticated by what each request carries, never by a

@@ -30,6 +30,14 @@ export async function routeOperator(
   const post = req.method === 'POST';
   if (post && p === '/api/operator/login/key') return loginKey(c, req, res, now);
   if (post && p === '/api/operator/login/oidc') return loginOidc(c, req, res, now);
+  if (req.method === 'GET' && p === '/api/operator/oidc/start') return signInStart(c, res, now);
+  if (req.method === 'GET' && p === '/api/operator/oidc/callback')
+    return signInFinish(c, res, url, now);
+  if (post && p === '/api/operator/oidc/claim') {
+    const s = c.operatorSessions.claim((await readJson(req))['handle'], now);
+    if (!s) throw new HttpError(403, 'no such sign-in (each is claimed once, within a minute)');
+    return sendJson(res, 200, { token: s.token, operator: s.operator });
+  }
   let s = c.operatorSessions.find(req.headers.authorization, now);
   // A revoked key's sessions end with it, at their next request.
   if (s?.operator.keyId !== undefined && !c.host.operatorKeyLive(s.operator.keyId)) {
@@ -106,6 +114,51 @@ async function loginOidc(
     throw e;
   }
   return loggedIn(c, res, op, now, {});
+}
+
+/** The browser goes to the provider's sign-in; it comes back to signInFinish. */
+async function signInStart(c: ConsoleServer, res: http.ServerResponse, now: number): Promise<void> {
+  const login = await c.host.oidcLogin(c.operatorRedirectUri);
+  const to = await login.start(now);
+  res.writeHead(302, { Location: to.href });
+  res.end();
+}
+
+/**
+ * Back from the provider: the code is exchanged (state, PKCE, nonce), the ID token verified as
+ * any operator's, and the browser sent to the operator page with a one-use handle for its
+ * session; a refusal is recorded and shown there.
+ */
+async function signInFinish(
+  c: ConsoleServer,
+  res: http.ServerResponse,
+  url: URL,
+  now: number,
+): Promise<void> {
+  const back = (fragment: Record<string, string>) => {
+    res.writeHead(302, { Location: `/operator#${new URLSearchParams(fragment).toString()}` });
+    res.end();
+  };
+  let op: OperatorIdentity;
+  try {
+    const login = await c.host.oidcLogin(c.operatorRedirectUri);
+    // The URL the provider sent the browser to, as the agent named it (127.0.0.1): the code
+    // exchange repeats it as redirect_uri.
+    const callback = new URL(c.operatorRedirectUri);
+    callback.search = url.search;
+    op = await c.host.operatorByToken(await login.finish(callback, now));
+  } catch (e) {
+    if (!(e instanceof KeywardError && e.code === 'OPERATOR_REFUSED')) throw e;
+    await refused(c, 'oidc', e.message, { via: 'sign-in' }).catch(() => undefined);
+    return back({ error: e.message.slice(0, 300) });
+  }
+  await c.audit({
+    type: 'operator.login',
+    decision: 'allow',
+    details: { operator: op.id, method: op.method, groups: op.groups.join(','), via: 'sign-in' },
+  });
+  const s = c.operatorSessions.create(op, now);
+  back({ handle: c.operatorSessions.handOff(s, now) });
 }
 
 async function loggedIn(

@@ -16,7 +16,7 @@ import type { AuditRecord } from '../audit/index.js';
 import type { Loaded } from '../policy/index.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
-import { OperatorSessions, type OperatorIdentity } from '../operators/index.js';
+import { OperatorSessions, type OidcLogin, type OperatorIdentity } from '../operators/index.js';
 import { routeApi } from './api.js';
 import { routeOperator } from './operators.js';
 import { hasCredentials, readCredentials, writeCredentials } from './credentials.js';
@@ -64,6 +64,8 @@ export interface ConsoleHost {
   operatorKeyLive(keyId: string): boolean;
   /** Whether an operator could log in at all: an issuer in policy, or an API key in the vault. */
   hasOperators(): boolean;
+  /** The sign-in with the issuer in policy, coming back to redirectUri; OPERATOR_REFUSED without one. */
+  oidcLogin(redirectUri: string): Promise<OidcLogin>;
   /** An operator denies a request its groups may decide. */
   operatorDeny(id: string, operator: OperatorIdentity): Promise<void>;
 }
@@ -85,6 +87,8 @@ const STATIC: Record<string, { file: string; type: string }> = {
   '/': { file: path.join(WEB, 'index.html'), type: 'text/html; charset=utf-8' },
   '/app.js': { file: path.join(WEB, 'app.js'), type: 'text/javascript; charset=utf-8' },
   '/app.css': { file: path.join(WEB, 'app.css'), type: 'text/css; charset=utf-8' },
+  '/operator': { file: path.join(WEB, 'operator.html'), type: 'text/html; charset=utf-8' },
+  '/operator.js': { file: path.join(WEB, 'operator.js'), type: 'text/javascript; charset=utf-8' },
   '/vendor/webauthn.js': {
     file: path.join(
       path.dirname(createRequire(import.meta.url).resolve('@simplewebauthn/browser')),
@@ -96,6 +100,17 @@ const STATIC: Record<string, { file: string; type: string }> = {
     type: 'text/javascript; charset=utf-8',
   },
 };
+
+/**
+ * What an operator's browser loads from 127.0.0.1 (where a provider's sign-in comes back, RFC
+ * 8252): the operator page, its script and style, and the operator API. Nothing else answers there.
+ */
+function operatorPage(url: string | undefined): boolean {
+  const p = (url ?? '').split('?')[0] ?? '';
+  return (
+    p === '/operator' || p === '/operator.js' || p === '/app.css' || p.startsWith('/api/operator/')
+  );
+}
 
 export interface Ctx {
   req: http.IncomingMessage;
@@ -122,6 +137,11 @@ export class ConsoleServer {
 
   get origin(): string {
     return `http://localhost:${this.port}`;
+  }
+
+  /** Where the identity provider sends an operator's browser back (RFC 8252, 7.3: 127.0.0.1). */
+  get operatorRedirectUri(): string {
+    return `http://127.0.0.1:${this.port}/api/operator/oidc/callback`;
   }
 
   private get cookieName(): string {
@@ -195,7 +215,7 @@ export class ConsoleServer {
     secureHeaders(res);
     try {
       const operatorApi = (req.url ?? '').startsWith('/api/operator/');
-      if (checkSource(req, this.port, operatorApi) === 'redirect') {
+      if (checkSource(req, this.port, operatorApi, operatorPage(req.url)) === 'redirect') {
         res.writeHead(302, { Location: `${this.origin}/` });
         res.end();
         return;

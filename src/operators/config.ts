@@ -4,6 +4,7 @@
  */
 import { durationMs, type Policy } from '../policy/index.js';
 import type { OidcSettings } from './types.js';
+import type { OidcLogin } from './login.js';
 import type { OidcVerifier } from './oidc.js';
 
 export type PolicyOidc = NonNullable<NonNullable<Policy['operators']>['oidc']>;
@@ -19,6 +20,7 @@ export function oidcSettings(o: PolicyOidc): OidcSettings {
     claimMappings: { operatorId: o.claim_mappings.operator_id, groups: o.claim_mappings.groups },
     allowedGroups: [...o.allowed_groups],
     clockSkewSec: durationMs(o.clock_skew) / 1000,
+    scopes: [...o.scopes],
   };
 }
 
@@ -26,4 +28,10 @@ export function oidcSettings(o: PolicyOidc): OidcSettings {
 export async function oidcVerifier(o: PolicyOidc): Promise<OidcVerifier> {
   const { OidcVerifier } = await import('./oidc.js');
   return new OidcVerifier(oidcSettings(o));
+}
+
+/** The console's sign-in with the issuer (openid-client loads with it, on first use). */
+export async function oidcLogin(o: PolicyOidc, redirectUri: string): Promise<OidcLogin> {
+  const { OidcLogin } = await import('./login.js');
+  return new OidcLogin(oidcSettings(o), redirectUri);
 }

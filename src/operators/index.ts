@@ -15,7 +15,8 @@ export {
   showKeyOnce,
   type StoredKey,
 } from './keys.js';
-export { oidcSettings, oidcVerifier, type PolicyOidc } from './config.js';
+export { oidcLogin, oidcSettings, oidcVerifier, type PolicyOidc } from './config.js';
+export type { OidcLogin } from './login.js';
 export type { OidcVerifier } from './oidc.js';
 export { OperatorSessions, type OperatorSession } from './sessions.js';
 export type { OidcSettings, OperatorIdentity } from './types.js';

@@ -10,6 +10,8 @@ import type { OperatorIdentity } from './types.js';
 export const OPERATOR_IDLE_MS = 10 * 60_000;
 export const OPERATOR_MAX_MS = 60 * 60_000;
 const MAX_SESSIONS = 64;
+/** A sign-in's session waits this long for its page to claim it (the page does at once). */
+export const HANDOFF_MS = 60_000;
 
 export interface OperatorSession {
   token: string;
@@ -20,6 +22,28 @@ export interface OperatorSession {
 
 export class OperatorSessions {
   private readonly byToken = new Map<string, OperatorSession>();
+  private readonly handoffs = new Map<string, { token: string; expiresAt: number }>();
+
+  /**
+   * A one-use handle for a session made by a sign-in in the browser: the redirect back to the
+   * page carries the handle (in the URL's fragment, which no server sees), and the page trades it
+   * for the bearer token. The token itself is never in a URL.
+   */
+  handOff(s: OperatorSession, now: number): string {
+    for (const [h, x] of this.handoffs) if (x.expiresAt <= now) this.handoffs.delete(h);
+    const handle = randomBytes(32).toString('base64url');
+    this.handoffs.set(handle, { token: s.token, expiresAt: now + HANDOFF_MS });
+    return handle;
+  }
+
+  /** The session a handle was made for, once; undefined when unknown, used or late. */
+  claim(handle: unknown, now: number): OperatorSession | undefined {
+    if (typeof handle !== 'string') return undefined;
+    const x = this.handoffs.get(handle);
+    this.handoffs.delete(handle);
+    if (!x || x.expiresAt <= now) return undefined;
+    return this.byToken.get(x.token);
+  }
 
   create(operator: OperatorIdentity, now: number): OperatorSession {
     this.sweep(now);
@@ -56,6 +80,7 @@ export class OperatorSessions {
 
   clear(): void {
     this.byToken.clear();
+    this.handoffs.clear();
   }
 
   private sweep(now: number): void {

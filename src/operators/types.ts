@@ -29,4 +29,6 @@ export interface OidcSettings {
   allowedGroups: string[];
   /** Leeway for exp, nbf and iat, in seconds. */
   clockSkewSec: number;
+  /** What the console's sign-in asks for (openid at least). */
+  scopes: string[];
 }

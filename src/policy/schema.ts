@@ -264,6 +264,13 @@ function build(z: typeof Zod) {
             .strict()
             .default({ operator_id: 'sub', groups: 'groups' }),
           allowed_groups: z.array(GroupName).min(1).max(256),
+          // What the console's sign-in asks the provider for (Okta and others put groups in
+          // the ID token only when asked for `groups`).
+          scopes: z
+            .array(z.string().regex(/^[\x21\x23-\x5b\x5d-\x7e]{1,64}$/, 'a scope name'))
+            .max(16)
+            .refine((s) => s.includes('openid'), 'must include openid')
+            .default(['openid']),
         })
         .strict()
         .optional(),

@@ -1,0 +1,160 @@
+/**
+ * An operator signs in on the console's operator page in a real browser (Debian's chromium,
+ * driven by playwright-core) through a real OpenID Provider (oidc-provider): the authorization
+ * code flow with PKCE, the redirect back to 127.0.0.1, the handle claimed by the page, and an
+ * approval that releases a secret the requester waits for. docs/OPERATORS.md.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import type { Browser } from 'playwright-core';
+import { auditEntries, stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
+import { CHROMIUM, consoleUrl, launch, rawRequest, waitingCommand } from './console-helpers.js';
+import { kw } from './helpers.js';
+import { CLIENT_ID, generateSigningKey, OidcProvider, skip as oidcSkip } from './oidc-helpers.js';
+
+const skip = CHROMIUM ? oidcSkip : 'chromium is not installed (CI installs it: .ci/run)';
+
+const RULES = `rules:
+  - name: prod
+    targets: ["prod/**"]
+    decision: approve
+    approve: { mode: operator, groups: [sre-team], timeout: 10m }
+`;
+
+describe('an operator signs in with the identity provider in the browser', { skip }, () => {
+  let h: AgentHome;
+  let idp: OidcProvider;
+  let browser: Browser;
+  let port: string;
+  const homes: AgentHome[] = [];
+  const claimed: string[] = [];
+
+  before(async () => {
+    // The agent first (its console's port is the redirect URI's), then the provider, then the
+    // policy that trusts the provider, applied to the running agent.
+    h = await unlockedAgent(`version: 1\n${RULES}`, homes);
+    port = new URL(consoleUrl(h)).port;
+    idp = await OidcProvider.start(
+      [await generateSigningKey()],
+      [`http://127.0.0.1:${port}/api/operator/oidc/callback`],
+    );
+    const file = path.join(h.dir, 'with-oidc.yaml');
+    fs.writeFileSync(
+      file,
+      `version: 1
+operators:
+  oidc:
+    issuer: "${idp.issuer}"
+    client_id: ${CLIENT_ID}
+    allowed_groups: [sre-team]
+    scopes: [openid, groups]
+${RULES}`,
+    );
+    const applied = kw(['policy', 'apply', file], { env: h.env });
+    assert.equal(applied.code, 0, applied.stderr);
+    assert.equal(
+      kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'signed-in-value' }).code,
+      0,
+    );
+    browser = await launch();
+  });
+  after(async () => {
+    await browser?.close();
+    await idp?.stop();
+    for (const x of homes) await stopAgent(x);
+  });
+
+  /** Signs in on the provider's own pages as `user`, from the operator page. */
+  async function signIn(user: string) {
+    const context = await browser.newContext();
+    // The handle the page claims, as the page sent it (to try it again).
+    context.on('request', (r) => {
+      if (r.url().endsWith('/api/operator/oidc/claim'))
+        claimed.push(String((JSON.parse(r.postData() ?? '{}') as { handle?: string }).handle));
+    });
+    const page = await context.newPage();
+    await page.goto(`http://127.0.0.1:${port}/operator`);
+    await page.locator('#sso').click();
+    await page.locator('input[name="login"]').fill(user);
+    await page.locator('input[name="password"]').fill('any password');
+    await page.locator('button[type="submit"]').click();
+    await page.getByRole('button', { name: 'Continue' }).click();
+    await page.waitForURL(`http://127.0.0.1:${port}/operator`);
+    return page;
+  }
+
+  test('alice signs in at the provider, comes back signed in, and approves in the page', async () => {
+    const w = waitingCommand(['read', 'prod/db'], h.env);
+    const id = await w.id;
+    const page = await signIn('alice');
+    await page.locator('#who').filter({ hasText: 'alice (oidc; sre-team)' }).waitFor();
+    // The handle is gone from the address bar and history at once.
+    assert.equal(new URL(page.url()).hash, '');
+    await page.locator(`li.request[data-id="${id}"] button.approve`).click();
+    const done = await w.done;
+    assert.equal(done.code, 0, done.stderr);
+    assert.equal(done.stdout, 'signed-in-value');
+    const entries = auditEntries(h);
+    const login = entries.filter((e) => e.type === 'operator.login').at(-1);
+    assert.deepEqual(
+      [login?.decision, login?.details?.['operator'], login?.details?.['via']],
+      ['allow', 'alice', 'sign-in'],
+    );
+    const granted = entries.filter((e) => e.type === 'approval.granted').at(-1);
+    assert.deepEqual(JSON.parse(String(granted?.details?.['operators'])), [
+      { operator: 'alice', method: 'oidc', groups: ['sre-team'] },
+    ]);
+    await page.context().close();
+  });
+
+  test("bob's sign-in is refused (no allowed group), shown on the page and recorded", async () => {
+    const page = await signIn('bob');
+    await page
+      .locator('#message.error')
+      .filter({ hasText: 'none of the allowed groups' })
+      .waitFor();
+    assert.equal(await page.locator('#nav').isHidden(), true);
+    const refused = auditEntries(h)
+      .filter((e) => e.type === 'operator.login')
+      .at(-1);
+    assert.equal(refused?.decision, 'deny');
+    assert.match(String(refused?.reason), /operator "bob" is in none of the allowed groups/);
+    await page.context().close();
+  });
+
+  test('a callback this console did not start, or a handle claimed twice, is refused', async () => {
+    const url = `http://127.0.0.1:${port}/`;
+    const forged = await rawRequest(url, {
+      path: '/api/operator/oidc/callback?code=stolen&state=not-issued-here',
+      headers: { Host: `127.0.0.1:${port}` },
+    });
+    assert.equal(forged.status, 302);
+    const to = new URL(String(forged.headers.location), url);
+    assert.equal(to.pathname, '/operator');
+    assert.match(
+      new URLSearchParams(to.hash.slice(1)).get('error') ?? '',
+      /^this sign-in was not started here/,
+    );
+    // alice's page claimed its handle; claimed again, or made up, it opens nothing.
+    assert.ok(claimed.length > 0, 'a handle was claimed');
+    for (const handle of [claimed[0], 'made-up']) {
+      const claim = await rawRequest(url, {
+        method: 'POST',
+        path: '/api/operator/oidc/claim',
+        headers: { Host: `127.0.0.1:${port}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ handle }),
+      });
+      assert.equal(claim.status, 403);
+      assert.match(claim.body, /no such sign-in/);
+    }
+    // The rest of the console does not answer on 127.0.0.1: its page redirects to localhost,
+    // and its API refuses the name.
+    const api = await rawRequest(url, {
+      path: '/api/approvals',
+      headers: { Host: `127.0.0.1:${port}`, Origin: `http://127.0.0.1:${port}` },
+    });
+    assert.equal(api.status, 403);
+  });
+});

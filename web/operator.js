@@ -1,0 +1,152 @@
+// The operator page (docs/OPERATORS.md): sign in with the identity provider (the agent runs the
+// authorization code flow and sends the browser back here with a one-use handle in the URL's
+// fragment) or with an API key, then approve or deny the requests a rule gives to your groups.
+// Every value from the agent goes in with textContent; the bearer token lives in this page's
+// memory only (a reload signs out) and goes in the Authorization header.
+'use strict';
+
+(function () {
+  const $ = (id) => document.getElementById(id);
+  let token = null;
+  let timer = null;
+
+  function clean(v) {
+    return String(v).replace(
+      /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu,
+      (ch) => `\\u{${ch.codePointAt(0).toString(16)}}`,
+    );
+  }
+
+  function el(tag, attrs, ...children) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs || {})) {
+      if (k === 'class') e.className = v;
+      else if (k === 'text') e.textContent = clean(v);
+      else e.setAttribute(k, v);
+    }
+    for (const c of children) if (c) e.append(typeof c === 'string' ? clean(c) : c);
+    return e;
+  }
+
+  function say(text, isError) {
+    const m = $('message');
+    m.textContent = clean(text);
+    m.className = isError ? 'error' : '';
+    m.hidden = !text;
+  }
+
+  async function api(method, path, body, raw) {
+    const headers = {};
+    if (token) headers['Authorization'] = `Bearer ${token}`;
+    let payload;
+    if (raw !== undefined) {
+      headers['Content-Type'] = 'application/octet-stream';
+      payload = new TextEncoder().encode(raw);
+    } else if (body !== undefined) {
+      headers['Content-Type'] = 'application/json';
+      payload = JSON.stringify(body);
+    }
+    const res = await fetch(path, { method, headers, body: payload, credentials: 'omit' });
+    const data = await res.json().catch(() => ({}));
+    if (res.status === 401) signedOut();
+    if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
+    return data;
+  }
+
+  function signedOut() {
+    token = null;
+    clearInterval(timer);
+    $('nav').hidden = true;
+    $('view-requests').hidden = true;
+    $('view-login').hidden = false;
+  }
+
+  function signedIn(answer) {
+    token = answer.token;
+    const op = answer.operator;
+    $('who').textContent = clean(`${op.id} (${op.method}; ${op.groups.join(', ')})`);
+    $('nav').hidden = false;
+    $('view-login').hidden = true;
+    $('view-requests').hidden = false;
+    refresh();
+    clearInterval(timer);
+    timer = setInterval(refresh, 2000);
+  }
+
+  function render(list) {
+    const ul = $('pending');
+    ul.replaceChildren(
+      ...list.map((p) => {
+        const votes = (p.votes || []).map((v) => v.operator).join(', ') || 'none yet';
+        const actions = el('div', { class: 'actions' });
+        if (p.mayApprove) {
+          const approve = el('button', { class: 'approve', type: 'button', text: 'Approve' });
+          const deny = el('button', { class: 'deny danger', type: 'button', text: 'Deny' });
+          approve.addEventListener('click', () => decide(p.id, 'approve'));
+          deny.addEventListener('click', () => decide(p.id, 'deny'));
+          actions.append(approve, deny);
+        } else actions.append(el('p', { class: 'warn', text: `You can't decide this: ${p.why}` }));
+        return el(
+          'li',
+          { class: 'request', 'data-id': p.id },
+          el('h3', { text: `${p.action} ${p.target}` }),
+          el('p', { class: 'who', text: p.requester.description || '' }),
+          el('p', {
+            text: `rule ${p.rule}: ${p.operators.count} operator(s) of ${p.operators.groups.join(', ')}; approved so far: ${votes}`,
+          }),
+          actions,
+        );
+      }),
+    );
+    $('no-pending').hidden = list.length > 0;
+  }
+
+  async function refresh() {
+    if (!token) return;
+    try {
+      render((await api('GET', '/api/operator/approvals')).pending);
+    } catch (e) {
+      say(e.message, true);
+    }
+  }
+
+  async function decide(id, what) {
+    try {
+      const r = await api('POST', `/api/operator/approvals/${id}/${what}`, {});
+      say(what === 'deny' ? `denied ${id}` : `approved ${id} (${r.votes} of ${r.needed})`);
+    } catch (e) {
+      say(e.message, true);
+    }
+    refresh();
+  }
+
+  $('sso').addEventListener('click', () => {
+    window.location.assign('/api/operator/oidc/start');
+  });
+  $('login-key').addEventListener('click', async () => {
+    const input = $('api-key');
+    try {
+      signedIn(await api('POST', '/api/operator/login/key', undefined, input.value.trim()));
+      say('');
+    } catch (e) {
+      say(e.message, true);
+    } finally {
+      input.value = '';
+    }
+  });
+  $('logout').addEventListener('click', async () => {
+    await api('POST', '/api/operator/logout', {}).catch(() => undefined);
+    signedOut();
+  });
+
+  // Back from the identity provider: a handle to claim, or why it failed. The fragment goes
+  // from the address bar (and history) at once.
+  const back = new URLSearchParams(window.location.hash.slice(1));
+  history.replaceState(null, '', '/operator');
+  signedOut();
+  if (back.get('error')) say(back.get('error'), true);
+  if (back.get('handle'))
+    api('POST', '/api/operator/oidc/claim', { handle: back.get('handle') })
+      .then(signedIn)
+      .catch((e) => say(e.message, true));
+})();
