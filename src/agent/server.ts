@@ -143,7 +143,14 @@ export class Agent {
       lock: (reason, by) => this.lock(reason, by),
       clearCache: (what) => this.cache.clear(what),
       cache: this.cache,
-      policyLoaded: (loaded) => this.followShipping(loaded),
+      policyLoaded: (loaded) => {
+        this.followShipping(loaded);
+        // The operators' TLS listener, when the policy names one (it runs while unlocked).
+        void this.console?.followPolicy(loaded.policy.operators?.listen).then(() => {
+          const error = this.console?.remote.error;
+          if (error) this.o.log?.(`the operator listener is not up: ${error}`);
+        });
+      },
       peer: (socket) => identifyPeer(socket, this.uid, this.registry, (r) => this.record(r)),
     });
     ({
@@ -190,6 +197,9 @@ export class Agent {
         socket: this.sp.agent,
         debuggable: this.debuggable.join('; ') || null,
         console: this.console?.url ?? null,
+        // The operators' TLS listener: its origin, or why the policy's is not up.
+        operatorListen: this.console?.remote.origin ?? null,
+        ...(this.console?.remote.error ? { operatorListenError: this.console.remote.error } : {}),
       },
     });
   }
@@ -399,6 +409,9 @@ export class Agent {
       locked: !this.window.isOpen,
       pending: this.gate.pending().length,
       console: this.console?.url ?? null,
+      // The operators' TLS listener: its origin, or why the policy's is not up.
+      operatorListen: this.console?.remote.origin ?? null,
+      ...(this.console?.remote.error ? { operatorListenError: this.console.remote.error } : {}),
       ...this.window.status(Date.now()),
     };
   }
@@ -465,6 +478,9 @@ export class Agent {
   async lock(reason: string, by?: ProcessIdentity): Promise<void> {
     this.gate.reset();
     this.console?.endSessions();
+    // Nothing answers operators from elsewhere while locked (it closes at once; no await here,
+    // so nothing is served between the reset above and the window's close below).
+    void this.console?.remote.close();
     this.ssh.wipeAll();
     this.cache.clear('the agent locked');
     this.mcp.forget();

@@ -77,6 +77,20 @@ export function checkSource(
   return 'ok';
 }
 
+/**
+ * The TLS listener's check (docs/OPERATORS.md): Host names the configured origin exactly (no
+ * rebound name), an Origin, when sent, is that origin, and a browser's change comes from it.
+ */
+export function checkRemoteSource(req: http.IncomingMessage, origin: string): void {
+  if (req.headers.host !== new URL(origin).host)
+    throw new HttpError(403, `wrong Host header: this listener answers only as ${origin}`);
+  if (req.headers.origin !== undefined && req.headers.origin !== origin)
+    throw new HttpError(403, 'wrong Origin: this listener answers only its own pages');
+  const site = req.headers['sec-fetch-site'];
+  if (req.method !== 'GET' && req.method !== 'HEAD' && site !== undefined && site !== 'same-origin')
+    throw new HttpError(403, 'only the operator page itself may change something');
+}
+
 export function sendJson(res: http.ServerResponse, status: number, body: unknown): void {
   const b = Buffer.from(JSON.stringify(body), 'utf8');
   res.writeHead(status, {

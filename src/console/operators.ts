@@ -25,14 +25,18 @@ export async function routeOperator(
   res: http.ServerResponse,
   url: URL,
   now: number,
+  /** Where the operator's browser reached the page: http://127.0.0.1:PORT, or the TLS origin. */
+  base: string,
 ): Promise<void> {
+  const redirectUri = `${base}/api/operator/oidc/callback`;
   const p = url.pathname;
   const post = req.method === 'POST';
   if (post && p === '/api/operator/login/key') return loginKey(c, req, res, now);
   if (post && p === '/api/operator/login/oidc') return loginOidc(c, req, res, now);
-  if (req.method === 'GET' && p === '/api/operator/oidc/start') return signInStart(c, res, now);
+  if (req.method === 'GET' && p === '/api/operator/oidc/start')
+    return signInStart(c, res, now, redirectUri);
   if (req.method === 'GET' && p === '/api/operator/oidc/callback')
-    return signInFinish(c, res, url, now);
+    return signInFinish(c, res, url, now, redirectUri);
   if (post && p === '/api/operator/oidc/claim') {
     const s = c.operatorSessions.claim((await readJson(req))['handle'], now);
     if (!s) throw new HttpError(403, 'no such sign-in (each is claimed once, within a minute)');
@@ -117,8 +121,13 @@ async function loginOidc(
 }
 
 /** The browser goes to the provider's sign-in; it comes back to signInFinish. */
-async function signInStart(c: ConsoleServer, res: http.ServerResponse, now: number): Promise<void> {
-  const login = await c.host.oidcLogin(c.operatorRedirectUri);
+async function signInStart(
+  c: ConsoleServer,
+  res: http.ServerResponse,
+  now: number,
+  redirectUri: string,
+): Promise<void> {
+  const login = await c.host.oidcLogin(redirectUri);
   const to = await login.start(now);
   res.writeHead(302, { Location: to.href });
   res.end();
@@ -134,6 +143,7 @@ async function signInFinish(
   res: http.ServerResponse,
   url: URL,
   now: number,
+  redirectUri: string,
 ): Promise<void> {
   const back = (fragment: Record<string, string>) => {
     res.writeHead(302, { Location: `/operator#${new URLSearchParams(fragment).toString()}` });
@@ -141,10 +151,10 @@ async function signInFinish(
   };
   let op: OperatorIdentity;
   try {
-    const login = await c.host.oidcLogin(c.operatorRedirectUri);
-    // The URL the provider sent the browser to, as the agent named it (127.0.0.1): the code
-    // exchange repeats it as redirect_uri.
-    const callback = new URL(c.operatorRedirectUri);
+    const login = await c.host.oidcLogin(redirectUri);
+    // The URL the provider sent the browser to, as the agent named it: the code exchange
+    // repeats it as redirect_uri.
+    const callback = new URL(redirectUri);
     callback.search = url.search;
     op = await c.host.operatorByToken(await login.finish(callback, now));
   } catch (e) {

@@ -19,8 +19,10 @@ import type { Vault } from '../vault/index.js';
 import { OperatorSessions, type OidcLogin, type OperatorIdentity } from '../operators/index.js';
 import { routeApi } from './api.js';
 import { routeOperator } from './operators.js';
+import { RemoteOperators, type RemoteListen } from './remote.js';
 import { hasCredentials, readCredentials, writeCredentials } from './credentials.js';
 import {
+  checkRemoteSource,
   checkSource,
   cookie,
   HttpError,
@@ -125,6 +127,10 @@ export class ConsoleServer {
   private port = 0;
   readonly sessions = new Sessions();
   readonly operatorSessions = new OperatorSessions();
+  /** The operator page and API beyond this machine, over TLS, when the policy names it. */
+  readonly remote = new RemoteOperators(
+    (req, res, origin) => void this.handleRemote(req, res, origin),
+  );
   /** Open event streams, ended when their session ends. */
   readonly streams = new Set<{ session: Session; res: http.ServerResponse }>();
   private readonly files = new Map<string, Buffer>();
@@ -137,11 +143,6 @@ export class ConsoleServer {
 
   get origin(): string {
     return `http://localhost:${this.port}`;
-  }
-
-  /** Where the identity provider sends an operator's browser back (RFC 8252, 7.3: 127.0.0.1). */
-  get operatorRedirectUri(): string {
-    return `http://127.0.0.1:${this.port}/api/operator/oidc/callback`;
   }
 
   private get cookieName(): string {
@@ -169,6 +170,7 @@ export class ConsoleServer {
 
   async stop(): Promise<void> {
     this.endSessions();
+    await this.remote.close();
     const s = this.server;
     if (!s) return;
     s.closeAllConnections();
@@ -191,6 +193,39 @@ export class ConsoleServer {
     this.operatorSessions.clear();
     for (const st of this.streams) st.res.end();
     this.streams.clear();
+  }
+
+  /** Follows the policy in force: the TLS listener for operators, or none. */
+  followPolicy(listen: RemoteListen | undefined): Promise<void> {
+    return this.remote.follow(listen);
+  }
+
+  /**
+   * A request on the TLS listener: Host (and Origin, when sent) must name the configured origin,
+   * and only the operator page and API answer; everything else of the console is not found.
+   */
+  private async handleRemote(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    origin: string,
+  ): Promise<void> {
+    secureHeaders(res);
+    res.setHeader('Strict-Transport-Security', 'max-age=31536000');
+    try {
+      checkRemoteSource(req, origin);
+      const url = new URL(req.url ?? '/', origin);
+      if (!operatorPage(url.pathname)) throw new HttpError(404, 'not found');
+      const page = STATIC[url.pathname];
+      if (req.method === 'GET' && page) {
+        const body = this.files.get(url.pathname) ?? Buffer.alloc(0);
+        res.writeHead(200, { 'Content-Type': page.type, 'Content-Length': body.length });
+        res.end(body);
+        return;
+      }
+      await routeOperator(this, req, res, url, Date.now(), origin);
+    } catch (e) {
+      sendError(res, e);
+    }
   }
 
   /** Whether an operator could approve here (the operator channel exists). */
@@ -232,7 +267,9 @@ export class ConsoleServer {
         return;
       }
       if (!url.pathname.startsWith('/api/')) throw new HttpError(404, 'not found');
-      if (operatorApi) return await routeOperator(this, req, res, url, now);
+      // A provider sends an operator's browser back to 127.0.0.1 (RFC 8252, 7.3).
+      if (operatorApi)
+        return await routeOperator(this, req, res, url, now, `http://127.0.0.1:${this.port}`);
       if (await this.login(req, res, url.pathname, now)) return;
       const session = this.sessions.find(
         cookie(req, this.cookieName),

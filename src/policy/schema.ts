@@ -3,6 +3,7 @@
  * PolicyProblem with a line, a column and the field path, never an exception.
  */
 import { createRequire } from 'node:module';
+import { isIP } from 'node:net';
 import type * as YamlModule from 'yaml';
 import type { Document, LineCounter as LineCounterT } from 'yaml';
 import type * as ZodModule from 'zod';
@@ -271,6 +272,27 @@ function build(z: typeof Zod) {
             .max(16)
             .refine((s) => s.includes('openid'), 'must include openid')
             .default(['openid']),
+        })
+        .strict()
+        .optional(),
+      // The operator page and API beyond this machine: TLS only, with the user's certificate.
+      listen: z
+        .object({
+          address: z.string().refine((a) => isIP(a) !== 0, 'an IP address (0.0.0.0 for all)'),
+          port: z.number().int().min(1).max(65535),
+          cert: z.string().startsWith('/', 'an absolute path').max(4096),
+          key: z.string().startsWith('/', 'an absolute path').max(4096),
+          origin: z
+            .string()
+            .max(512)
+            .refine((u) => {
+              try {
+                const url = new URL(u);
+                return url.protocol === 'https:' && url.origin === u && url.hostname !== '';
+              } catch {
+                return false;
+              }
+            }, 'the https origin operators use, e.g. https://devbox.example.com:8443 (no path)'),
         })
         .strict()
         .optional(),

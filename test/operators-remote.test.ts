@@ -1,0 +1,248 @@
+/**
+ * The operator page and API beyond this machine: an HTTPS listener with the user's certificate,
+ * at the address, port and origin the policy names, serving operators only, while unlocked
+ * (docs/OPERATORS.md, "Reaching it from elsewhere"). Certificates are made by Debian's openssl.
+ */
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import https from 'node:https';
+import net from 'node:net';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { parsePolicy } from '../src/policy/index.js';
+import { stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
+import { waitingCommand } from './console-helpers.js';
+import { eventually, kw } from './helpers.js';
+
+/** A CA, and a server certificate for 127.0.0.1 it signed; the server key 0600. */
+function makeCertificates(dir: string): { ca: Buffer; cert: string; key: string } {
+  const f = (n: string) => path.join(dir, n);
+  const ssl = (...args: string[]) => execFileSync('openssl', args, { stdio: 'pipe' });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+  ssl(
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    f('ca.key'),
+    '-out',
+    f('ca.pem'),
+    '-subj',
+    '/CN=test CA',
+    '-days',
+    '2',
+  );
+  ssl('req', ...ec, '-keyout', f('server.key'), '-out', f('server.csr'), '-subj', '/CN=127.0.0.1');
+  fs.writeFileSync(f('ext'), 'subjectAltName=IP:127.0.0.1\n');
+  ssl(
+    'x509',
+    '-req',
+    '-in',
+    f('server.csr'),
+    '-CA',
+    f('ca.pem'),
+    '-CAkey',
+    f('ca.key'),
+    '-CAcreateserial',
+    '-out',
+    f('server.pem'),
+    '-days',
+    '2',
+    '-extfile',
+    f('ext'),
+  );
+  fs.chmodSync(f('server.key'), 0o600);
+  return { ca: fs.readFileSync(f('ca.pem')), cert: f('server.pem'), key: f('server.key') };
+}
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+interface Answer {
+  status: number;
+  body: string;
+  headers: Record<string, string | string[] | undefined>;
+}
+
+/** One HTTPS request that trusts only the test's CA; a refused connection resolves as status 0. */
+function request(
+  port: number,
+  ca: Buffer,
+  o: {
+    method?: string;
+    path: string;
+    headers?: Record<string, string>;
+    body?: string;
+    /** The certificate is still the CA's, but its name is not checked against a forged Host. */
+    anyName?: boolean;
+  },
+): Promise<Answer> {
+  return new Promise((resolve, reject) => {
+    const req = https.request(
+      {
+        host: '127.0.0.1',
+        port,
+        method: o.method ?? 'GET',
+        path: o.path,
+        headers: o.headers,
+        ca,
+        // A new connection each time: a lock closes the listener's, and refuses new ones.
+        agent: false,
+        ...(o.anyName ? { checkServerIdentity: () => undefined } : {}),
+      },
+      (res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => (body += d.toString()));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body, headers: res.headers }));
+      },
+    );
+    req.on('error', (e: NodeJS.ErrnoException) =>
+      e.code === 'ECONNREFUSED' ? resolve({ status: 0, body: '', headers: {} }) : reject(e),
+    );
+    req.end(o.body);
+  });
+}
+
+describe('the operators beyond this machine, over TLS', () => {
+  let h: AgentHome;
+  let ca: Buffer;
+  let key: string;
+  let port: number;
+  const homes: AgentHome[] = [];
+  const status = () =>
+    JSON.parse(kw(['status', '--json'], { env: h.env }).stdout) as Record<string, unknown>;
+
+  before(async () => {
+    port = await freePort();
+    const dir = fs.mkdtempSync(path.join(fs.realpathSync('/tmp'), 'keyward-tls-'));
+    const made = makeCertificates(dir);
+    ca = made.ca;
+    key = made.key;
+    h = await unlockedAgent(
+      `version: 1
+operators:
+  listen:
+    address: 127.0.0.1
+    port: ${port}
+    cert: ${made.cert}
+    key: ${made.key}
+    origin: "https://127.0.0.1:${port}"
+rules:
+  - name: prod
+    targets: ["prod/**"]
+    decision: approve
+    approve: { mode: operator, groups: [sre-team], timeout: 10m }
+`,
+      homes,
+    );
+    assert.equal(kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'over-tls' }).code, 0);
+    // The listener starts with the policy's load at unlock: its own word, in status.
+    await eventually(() => status()['operatorListen'] === `https://127.0.0.1:${port}`, 'TLS');
+  });
+  after(async () => {
+    for (const x of homes) await stopAgent(x);
+  });
+
+  test('an operator signs in with a key over TLS and approves a waiting request', async () => {
+    const made = kw(['operator', 'key', 'create', 'bob', '--groups', 'sre-team'], { env: h.env });
+    const w = waitingCommand(['read', 'prod/db'], h.env);
+    const id = await w.id;
+    const login = await request(port, ca, {
+      method: 'POST',
+      path: '/api/operator/login/key',
+      headers: { 'Content-Type': 'application/octet-stream' },
+      body: made.stdout,
+    });
+    assert.equal(login.status, 200, login.body);
+    assert.equal(login.headers['strict-transport-security'], 'max-age=31536000');
+    const token = (JSON.parse(login.body) as { token: string }).token;
+    const ok = await request(port, ca, {
+      method: 'POST',
+      path: `/api/operator/approvals/${id}/approve`,
+      headers: { Authorization: `Bearer ${token}` },
+    });
+    assert.equal(ok.status, 200, ok.body);
+    const done = await w.done;
+    assert.equal(done.stdout, 'over-tls', done.stderr);
+  });
+
+  test("only operators are served there: the console's own page, logins and log are not", async () => {
+    assert.equal((await request(port, ca, { path: '/operator' })).status, 200);
+    for (const [method, p] of [
+      ['GET', '/'],
+      ['GET', '/app.js'],
+      ['POST', '/api/login/passphrase'],
+      ['GET', '/api/audit'],
+      ['GET', '/api/approvals'],
+    ] as const)
+      assert.equal((await request(port, ca, { method, path: p })).status, 404, `${method} ${p}`);
+    // A name other than the origin's (a rebound DNS name, another interface) is refused.
+    const rebound = await request(port, ca, {
+      path: '/operator',
+      headers: { Host: `evil.example:${port}` },
+      anyName: true,
+    });
+    assert.equal(rebound.status, 403);
+    const cross = await request(port, ca, {
+      method: 'POST',
+      path: '/api/operator/login/key',
+      headers: { Origin: 'https://evil.example', 'Content-Type': 'application/octet-stream' },
+      body: 'x',
+    });
+    assert.equal(cross.status, 403);
+  });
+
+  test('it closes at lock and opens again at unlock', async () => {
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    assert.equal((await request(port, ca, { path: '/operator' })).status, 0);
+    assert.equal(status()['operatorListen'], null);
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    await eventually(
+      async () => (await request(port, ca, { path: '/operator' })).status === 200,
+      'the listener again',
+    );
+  });
+
+  test('a private key others can read is refused: the listener stays down and says why', async () => {
+    fs.chmodSync(key, 0o644);
+    try {
+      assert.equal(kw(['lock'], { env: h.env }).code, 0);
+      assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+      await eventually(() => typeof status()['operatorListenError'] === 'string', 'the error');
+      assert.match(String(status()['operatorListenError']), /mode 644, so others can read it/);
+      assert.equal((await request(port, ca, { path: '/operator' })).status, 0);
+    } finally {
+      fs.chmodSync(key, 0o600);
+    }
+  });
+
+  test('the policy takes TLS only: an https origin, an IP address, a certificate and a key', () => {
+    const listen = (l: string) =>
+      parsePolicy(`version: 1\noperators:\n  listen: ${l}\n`).ok
+        ? []
+        : (
+            parsePolicy(`version: 1\noperators:\n  listen: ${l}\n`) as {
+              problems: Array<{ path: string; message: string }>;
+            }
+          ).problems.map((p) => `${p.path}: ${p.message}`);
+    const good =
+      '{ address: 0.0.0.0, port: 8443, cert: /c.pem, key: /k.pem, origin: "https://devbox.example.com:8443" }';
+    assert.deepEqual(listen(good), []);
+    assert.match(
+      listen(good.replace('https://', 'http://')).join(),
+      /listen\.origin: the https origin/,
+    );
+    assert.match(listen(good.replace(':8443"', ':8443/path"')).join(), /listen\.origin/);
+    assert.match(
+      listen(good.replace('0.0.0.0', 'devbox')).join(),
+      /listen\.address: an IP address/,
+    );
+    assert.match(listen(good.replace(', key: /k.pem', '')).join(), /listen\.key/);
+  });
+});
