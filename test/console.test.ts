@@ -126,42 +126,75 @@ after(async () => {
   if (h) await stopAgent(h);
 });
 
-test('the console listens on 127.0.0.1 only, at the port status shows', { skip }, async () => {
-  assert.match(url, /^http:\/\/localhost:\d+\/$/);
-  assert.match(kw(['console'], { env: h.env }).stdout, new RegExp(url.replace(/\//g, '\\/')));
-  const port = Number(new URL(url).port);
-  // What the kernel holds: one listening socket on the port, bound to 127.0.0.1 (not 0.0.0.0,
-  // not ::), so no other address reaches it, whatever interfaces this machine has.
-  const listening = (file: string) =>
-    fs
-      .readFileSync(file, 'utf8')
-      .split('\n')
-      .slice(1)
-      .map((l) => l.trim().split(/\s+/))
-      .filter((f) => f[3] === '0A' && Number.parseInt(f[1]?.split(':')[1] ?? '', 16) === port)
-      .map((f) => f[1]?.split(':')[0]);
-  assert.deepEqual(listening('/proc/net/tcp'), ['0100007F']);
-  if (fs.existsSync('/proc/net/tcp6')) assert.deepEqual(listening('/proc/net/tcp6'), []);
-  // 127.0.0.2 is this machine's loopback too: a socket bound to any address would answer it.
-  const attempt = (host: string) =>
-    new Promise<string>((resolve) => {
-      const s = net.connect({ host, port });
-      s.on('connect', () => {
-        s.destroy();
-        resolve('connected');
+test(
+  'the console listens on loopback only (127.0.0.1 and ::1: no other process can take [::1]:PORT), at the port status shows',
+  { skip },
+  async () => {
+    assert.match(url, /^http:\/\/localhost:\d+\/$/);
+    assert.match(kw(['console'], { env: h.env }).stdout, new RegExp(url.replace(/\//g, '\\/')));
+    const port = Number(new URL(url).port);
+    // What the kernel holds: listening sockets on the port bound to 127.0.0.1 and ::1 (not
+    // 0.0.0.0, not ::), so no other address reaches it, whatever interfaces this machine has; and
+    // ::1 is the console's, so a process that would pose as it there (a browser or a tunnel may
+    // take "localhost" to ::1 first) can't.
+    const listening = (file: string) =>
+      fs
+        .readFileSync(file, 'utf8')
+        .split('\n')
+        .slice(1)
+        .map((l) => l.trim().split(/\s+/))
+        .filter((f) => f[3] === '0A' && Number.parseInt(f[1]?.split(':')[1] ?? '', 16) === port)
+        .map((f) => f[1]?.split(':')[0]);
+    assert.deepEqual(listening('/proc/net/tcp'), ['0100007F']);
+    const v6 =
+      fs.existsSync('/proc/net/tcp6') &&
+      os.networkInterfaces()['lo']?.some((i) => i.family === 'IPv6');
+    if (v6) {
+      assert.deepEqual(listening('/proc/net/tcp6'), ['00000000000000000000000001000000']);
+      const squatter = net.createServer();
+      const taken = await new Promise<string>((resolve) => {
+        squatter.once('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+        squatter.listen({ host: '::1', port }, () => resolve('listening'));
       });
-      s.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
-    });
-  assert.equal(await attempt('127.0.0.2'), 'ECONNREFUSED');
-  assert.notEqual(await attempt('::1'), 'connected');
-  const others = Object.values(os.networkInterfaces())
-    .flat()
-    .filter((i) => i && i.family === 'IPv4' && !i.internal)
-    .map((i) => i?.address);
-  for (const addr of others) {
-    assert.equal(await attempt(addr ?? ''), 'ECONNREFUSED', `the console answers on ${addr}`);
-  }
-});
+      squatter.close();
+      assert.equal(taken, 'EADDRINUSE');
+    }
+    // 127.0.0.2 is this machine's loopback too: a socket bound to any address would answer it.
+    const attempt = (host: string) =>
+      new Promise<string>((resolve) => {
+        const s = net.connect({ host, port });
+        s.on('connect', () => {
+          s.destroy();
+          resolve('connected');
+        });
+        s.on('error', (e: NodeJS.ErrnoException) => resolve(e.code ?? 'error'));
+      });
+    assert.equal(await attempt('127.0.0.2'), 'ECONNREFUSED');
+    if (v6) {
+      assert.equal(await attempt('::1'), 'connected');
+      // And what answers there is this console.
+      const status = await new Promise<number>((resolve, reject) => {
+        http
+          .get(
+            { host: '::1', port, path: '/api/state', headers: { Host: `localhost:${port}` } },
+            (res) => {
+              res.resume();
+              resolve(res.statusCode ?? 0);
+            },
+          )
+          .on('error', reject);
+      });
+      assert.equal(status, 200);
+    }
+    const others = Object.values(os.networkInterfaces())
+      .flat()
+      .filter((i) => i && i.family === 'IPv4' && !i.internal)
+      .map((i) => i?.address);
+    for (const addr of others) {
+      assert.equal(await attempt(addr ?? ''), 'ECONNREFUSED', `the console answers on ${addr}`);
+    }
+  },
+);
 
 test('a wrong Host or Origin gets 403, and no CORS header is ever sent', { skip }, async () => {
   const port = new URL(url).port;

@@ -87,7 +87,7 @@ describe('operators signing in with OpenID Connect', { skip, timeout: 120_000 },
   test("alice's real ID token and access token name her and her allowed group", async () => {
     const { idToken, accessToken } = await idp.login('alice');
     const v = verifier(idp.issuer);
-    const expected = { id: 'alice', method: 'oidc', groups: ['sre-team'] };
+    const expected = { id: 'alice', method: 'oidc', groups: ['sre-team'], issuer: idp.issuer };
     // The ID token's audience is the console's client id; the access token's, the resource.
     assert.deepEqual(await v.verify(idToken), expected);
     assert.deepEqual(await v.verify(accessToken), expected);
@@ -200,6 +200,7 @@ describe('operators signing in with OpenID Connect', { skip, timeout: 120_000 },
       id: 'alice',
       method: 'oidc',
       groups: ['sre-team'],
+      issuer: rotating.issuer,
     });
     assert.equal((await v.verify(after.accessToken)).id, 'alice');
     assert.equal((await v.verify(before.idToken)).id, 'alice', 'the old key is still published');
@@ -258,7 +259,29 @@ describe('operators signing in with OpenID Connect', { skip, timeout: 120_000 },
       id: 'alice',
       method: 'oidc',
       groups: ['sre-team'],
+      issuer: idp.issuer,
     });
+  });
+
+  test('a token of another type, issued to another party, or naming a key: operator is refused', async () => {
+    const v = verifier(idp.issuer);
+    await refused(
+      v,
+      await mint(key, claims({ events: {} }), { typ: 'logout+jwt' }),
+      /^the token's type "logout\+jwt" is not an ID token's or an access token's$/,
+    );
+    await refused(
+      v,
+      await mint(key, claims({ aud: ['other-client', CLIENT_ID], azp: 'other-client' })),
+      /^the token was issued to "other-client", not to keyward-console$/,
+    );
+    await refused(
+      v,
+      await mint(key, claims({ sub: 'key:alice' })),
+      /operator id "key:alice" begins with key:/,
+    );
+    // An access token (RFC 9068's type) for the resource is fine.
+    assert.equal((await v.verify(await mint(key, claims(), { typ: 'at+jwt' }))).id, 'alice');
   });
 
   test('malformed tokens are refused as such', async () => {

@@ -5,6 +5,8 @@
  * side is test/operators-oidc.test.ts (a real OpenID Provider).
  */
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { parsePolicy } from '../src/policy/index.js';
 import {
@@ -196,9 +198,9 @@ describe('operator API keys and approvals, through a real agent', () => {
     const refused = await decide(url, bob, id, 'approve');
     assert.equal(refused.status, 403);
     assert.match(String(refused.json['error']), /group_policy_map gives none of operator key:bob/);
+    // bob is shown nothing of a request he may not decide (its caller's command line is not his).
     const listed = await api(url, 'GET', '/api/operator/approvals', { token: bob });
-    const mine = (listed.json['pending'] as Array<{ id: string; mayApprove: boolean }>)[0];
-    assert.deepEqual([mine?.id, mine?.mayApprove], [id, false]);
+    assert.deepEqual(listed.json['pending'], []);
     // alice (sre-team) approves.
     const alice = await login(url, keys['alice'] ?? '');
     const ok = await decide(url, alice, id, 'approve');
@@ -286,6 +288,43 @@ describe('revoking keys, denying, and no operator channel', () => {
       assert.equal((await api(url, 'POST', '/api/operator/login/key', { key })).status, 403);
     const gone = kw(['operator', 'key', 'revoke', 'alice'], { env: h.env });
     assert.equal(gone.code, 3);
+  });
+
+  test("a revoked key's vote no longer counts toward two-person control", async () => {
+    const h = await unlockedAgent(POLICY, homes);
+    const url = consoleUrl(h);
+    assert.equal(kw(['secret', 'set', 'release/key'], { env: h.env, input: 'two' }).code, 0);
+    const bob = await login(url, createKey(h, 'bob', 'sre-team'));
+    const carol = await login(url, createKey(h, 'carol', 'sre-team'));
+    const dave = await login(url, createKey(h, 'dave', 'sre-team'));
+    const w = waitingCommand(['read', 'release/key'], h.env);
+    const id = await w.id;
+    assert.deepEqual((await decide(url, bob, id, 'approve')).json['votes'], 1);
+    assert.equal(kw(['operator', 'key', 'revoke', 'bob'], { env: h.env }).code, 0);
+    // carol's approval would have been the second: bob's no longer counts.
+    assert.deepEqual((await decide(url, carol, id, 'approve')).json, {
+      approved: id,
+      votes: 1,
+      needed: 2,
+    });
+    assert.deepEqual((await decide(url, dave, id, 'approve')).json['votes'], 2);
+    const done = await w.done;
+    assert.equal(done.stdout, 'two', done.stderr);
+    const entries = auditEntries(h);
+    const granted = entries.filter((e) => e.type === 'approval.granted').at(-1);
+    assert.deepEqual(
+      (JSON.parse(String(granted?.details?.['operators'])) as Array<{ operator: string }>).map(
+        (v) => v.operator,
+      ),
+      ['key:carol', 'key:dave'],
+    );
+    assert.ok(
+      entries.some(
+        (e) =>
+          e.type === 'approval.operator' &&
+          /the vote of operator key:bob no longer counts/.test(String(e.reason)),
+      ),
+    );
   });
 
   test("an operator of the rule's groups may deny; one outside them may not", async () => {
@@ -378,7 +417,12 @@ rules:
         json: { token: (await idp.login('alice')).idToken },
       });
       assert.equal(r.status, 200, JSON.stringify(r.json));
-      assert.deepEqual(r.json['operator'], { id: 'alice', method: 'oidc', groups: ['sre-team'] });
+      assert.deepEqual(r.json['operator'], {
+        id: 'alice',
+        method: 'oidc',
+        groups: ['sre-team'],
+        issuer: idp.issuer,
+      });
       const alice = String(r.json['token']);
       assert.deepEqual((await decide(url, alice, id, 'approve')).json, {
         approved: id,
@@ -408,6 +452,50 @@ rules:
         ],
       );
       assert.match(String(logins[1]?.reason), /none of the allowed groups/);
+    });
+
+    test('one person counts once: a key made --as their OIDC id and their OIDC login are one operator', async () => {
+      const made = kw(
+        ['operator', 'key', 'create', 'alice-laptop', '--groups', 'sre-team', '--as', 'alice'],
+        { env: h.env },
+      );
+      assert.equal(made.code, 0, made.stderr);
+      const byKey = await login(url, made.stdout.trim());
+      const r = await api(url, 'POST', '/api/operator/login/oidc', {
+        json: { token: (await idp.login('alice')).idToken },
+      });
+      const byToken = String(r.json['token']);
+      const w = waitingCommand(['read', 'prod/db'], h.env);
+      const id = await w.id;
+      assert.deepEqual((await decide(url, byToken, id, 'approve')).json['votes'], 1);
+      const twice = await decide(url, byKey, id, 'approve');
+      assert.equal(twice.status, 403);
+      assert.match(String(twice.json['error']), /operator alice approved request \w+ already/);
+      w.kill();
+      await w.done;
+    });
+
+    test('an OIDC session ends when the policy no longer allows its group', async () => {
+      const r = await api(url, 'POST', '/api/operator/login/oidc', {
+        json: { token: (await idp.login('alice')).idToken },
+      });
+      const token = String(r.json['token']);
+      assert.equal((await api(url, 'GET', '/api/operator/approvals', { token })).status, 200);
+      const file = path.join(h.dir, 'narrower.yaml');
+      fs.writeFileSync(
+        file,
+        `version: 1
+operators:
+  oidc:
+    issuer: "${idp.issuer}"
+    client_id: ${CLIENT_ID}
+    allowed_groups: [release-managers]
+rules:
+  - { name: rest, targets: ["**"], decision: deny }
+`,
+      );
+      assert.equal(kw(['policy', 'apply', file], { env: h.env }).code, 0);
+      assert.equal((await api(url, 'GET', '/api/operator/approvals', { token })).status, 401);
     });
   },
 );

@@ -7,6 +7,7 @@
  *   changing the set takes the factor the vault itself is opened with).
  */
 import type { AuditRecord } from '../audit/index.js';
+import type { Loaded } from '../policy/index.js';
 import {
   changeCredential,
   checkCredentialName,
@@ -30,6 +31,7 @@ import {
   type OperatorIdentity,
 } from '../operators/index.js';
 import type { Gate } from './gate.js';
+import { liveIn } from './operator-desk.js';
 import { actorOf } from './identity.js';
 import {
   INSTRUCTIONS,
@@ -57,7 +59,7 @@ export function makeConsole(h: ConsoleLinkHost): ConsoleServer {
     home: h.home,
     vault: () => h.window.unlocked(),
     write: (fn) => h.window.write(fn),
-    policy: () => h.window.loaded,
+    policy: () => policyNow(h),
     pending: () => h.gate().pending(),
     onPendingChange: (fn) => h.gate().onPendingChange(fn),
     approve: (id, factor) => h.gate().approveWith(id, undefined, factor, 'console'),
@@ -70,7 +72,7 @@ export function makeConsole(h: ConsoleLinkHost): ConsoleServer {
     operatorByToken: tokenOperators(h),
     oidcLogin: signIns(h),
     operatorByKey: (key) => checkKey(h.window.unlocked(), key),
-    operatorKeyLive: (keyId) => readKeys(h.window.unlocked()).some((k) => k.id === keyId),
+    operatorLive: (op) => liveIn(h.window, op),
     hasOperators: () =>
       h.window.loaded?.policy.operators?.oidc !== undefined ||
       readKeys(h.window.unlocked()).length > 0,
@@ -82,7 +84,7 @@ export function makeConsole(h: ConsoleLinkHost): ConsoleServer {
 function signIns(h: ConsoleLinkHost): (redirectUri: string) => Promise<OidcLogin> {
   let held: { key: string; login: Promise<OidcLogin> } | undefined;
   return async (redirectUri) => {
-    const loaded = h.window.loaded;
+    const loaded = policyNow(h);
     const oidc = loaded?.policy.operators?.oidc;
     if (!loaded || !oidc)
       throw new KeywardError('OPERATOR_REFUSED', 'the policy in force names no identity provider', {
@@ -101,7 +103,7 @@ function signIns(h: ConsoleLinkHost): (redirectUri: string) => Promise<OidcLogin
 function tokenOperators(h: ConsoleLinkHost): (token: string) => Promise<OperatorIdentity> {
   let held: { sha256: string; v: Promise<OidcVerifier> } | undefined;
   return async (token) => {
-    const loaded = h.window.loaded;
+    const loaded = policyNow(h);
     const oidc = loaded?.policy.operators?.oidc;
     if (!loaded || !oidc)
       throw new KeywardError('OPERATOR_REFUSED', 'the policy in force names no identity provider', {
@@ -110,6 +112,15 @@ function tokenOperators(h: ConsoleLinkHost): (token: string) => Promise<Operator
     if (held?.sha256 !== loaded.sha256) held = { sha256: loaded.sha256, v: oidcVerifier(oidc) };
     return (await held.v).verify(token);
   };
+}
+
+/**
+ * The policy in force, read again if it changed on disk since the last request (a console
+ * request is not a release: nothing else would have looked), or undefined while locked.
+ */
+function policyNow(h: ConsoleLinkHost): Loaded | undefined {
+  if (h.window.isOpen) h.window.currentPolicy(h.window.unlocked());
+  return h.window.loaded;
 }
 
 /** The passphrase, checked against the open vault; a wrong one counts as a denial. */

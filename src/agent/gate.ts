@@ -35,7 +35,7 @@ import {
   type RequestKind,
 } from '../policy/index.js';
 import { FactorCheck } from './factors.js';
-import { OperatorDesk } from './operator-desk.js';
+import { liveIn, OperatorDesk } from './operator-desk.js';
 import { actorOf, describeCaller, type ProcessIdentity } from './identity.js';
 import { changedSince, type Peer } from './peer.js';
 import { locked, type UnlockWindow } from './unlock.js';
@@ -114,12 +114,13 @@ export class Gate {
       vault: () => host.window.unlocked(),
       record: (r) => host.record(r),
       noteDenial: () => this.noteDenial(),
-      operatorRules: () => host.window.loaded?.policy.operators,
+      operatorRules: () => host.window.currentPolicy(host.window.unlocked()).operators,
     });
     this.desk = new OperatorDesk(this.broker, {
       record: (r) => host.record(r),
       noteDenial: () => this.noteDenial(),
-      operatorRules: () => host.window.loaded?.policy.operators,
+      operatorRules: () => host.window.currentPolicy(host.window.unlocked()).operators,
+      live: (op) => liveIn(host.window, op),
     });
   }
 

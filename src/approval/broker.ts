@@ -37,6 +37,8 @@ export interface Vote {
   method: 'oidc' | 'key';
   /** The operator's groups that gave it the right to approve this rule. */
   groups: string[];
+  /** Who voted, as authenticated: checked again before the vote is counted (never shown). */
+  identity?: OperatorIdentity;
 }
 
 export interface Settled {
@@ -145,7 +147,16 @@ export class Broker {
 
   list(): Pending[] {
     return [...this.pending.values()].map(({ resolve: _r, timer: _t, votes, ...p }) =>
-      votes ? { ...p, votes: votes.map((v) => ({ ...v, groups: [...v.groups] })) } : p,
+      votes
+        ? {
+            ...p,
+            votes: votes.map((v) => ({
+              operator: v.operator,
+              method: v.method,
+              groups: [...v.groups],
+            })),
+          }
+        : p,
     );
   }
 
@@ -154,6 +165,18 @@ export class Broker {
    * 'again' when this operator approved it already, else the votes so far. Settling, once there
    * are enough, is the caller's (with the votes in its record).
    */
+  /** Drops the votes `keep` says no longer count (their operator revoked, or no longer allowed). */
+  pruneVotes(id: string, keep: (v: Vote) => boolean): Vote[] {
+    const e = this.pending.get(id);
+    if (!e?.votes) return [];
+    const dropped = e.votes.filter((v) => !keep(v));
+    if (dropped.length > 0) {
+      e.votes = e.votes.filter((v) => !dropped.includes(v));
+      this.changed();
+    }
+    return dropped;
+  }
+
   vote(id: string, v: Vote): Vote[] | 'again' | undefined {
     const e = this.pending.get(id);
     if (!e) return undefined;

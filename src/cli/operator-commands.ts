@@ -26,6 +26,10 @@ export function registerOperatorCommands(program: Command, io: Io): void {
       'the operator groups it is in (comma-separated)',
       groupList,
     )
+    .option(
+      '--as <operator-id>',
+      "the operator it stands for: its holder's id at the identity provider, so one person counts once in two-person control (default key:NAME)",
+    )
     .description('make an API key for an operator; it is shown once (asks the passphrase)')
     .action(async function (this: Command, name: string) {
       const [{ auth, paths }, ops, { useVault }] = await Promise.all([
@@ -33,18 +37,26 @@ export function registerOperatorCommands(program: Command, io: Io): void {
         import('../operators/index.js'),
         import('../vault/index.js'),
       ]);
-      const groups = ops.checkGroups(this.opts<{ groups: string[] }>().groups);
+      const { groups: given, as } = this.opts<{ groups: string[]; as?: string }>();
+      const groups = ops.checkGroups(given);
       ops.checkKeyName(name);
+      if (as !== undefined) ops.checkOperatorId(as);
       const a = auth(this, io);
       useVault(paths(), a, 'write', (v) => {
-        const { key: made, stored } = ops.createKey(v, name, groups, new Date());
+        const { key: made, stored } = ops.createKey(v, name, groups, new Date(), as);
         try {
           v.save();
           a.audit.record({
             type: 'operator.key',
             decision: 'info',
             reason: 'created',
-            details: { action: 'create', key: stored.id, name, groups: groups.join(',') },
+            details: {
+              action: 'create',
+              key: stored.id,
+              name,
+              groups: groups.join(','),
+              operator: stored.as ?? `key:${name}`,
+            },
           });
         } catch (e) {
           ops.showKeyOnce(made, undefined);
@@ -69,7 +81,13 @@ export function registerOperatorCommands(program: Command, io: Io): void {
         import('../vault/index.js'),
       ]);
       const keys = useVault(paths(), auth(this, io), 'read', (v) =>
-        readKeys(v).map((k) => ({ name: k.name, id: k.id, groups: k.groups, created: k.created })),
+        readKeys(v).map((k) => ({
+          name: k.name,
+          id: k.id,
+          operator: k.as ?? `key:${k.name}`,
+          groups: k.groups,
+          created: k.created,
+        })),
       );
       if (this.opts<{ json?: boolean }>().json) {
         io.stdout(`${JSON.stringify(keys, null, 2)}\n`);
@@ -78,7 +96,7 @@ export function registerOperatorCommands(program: Command, io: Io): void {
       if (keys.length === 0) io.stdout('no operator API key (keyward operator key create)\n');
       for (const k of keys)
         io.stdout(
-          `${k.name}  kwop_${k.id}_…  groups ${k.groups.map((g) => printable(g, 128)).join(', ')}  created ${k.created}\n`,
+          `${k.name}  kwop_${k.id}_…  operator ${printable(k.operator, 256)}  groups ${k.groups.map((g) => printable(g, 128)).join(', ')}  created ${k.created}\n`,
         );
     });
 

@@ -43,10 +43,15 @@ export async function routeOperator(
     return sendJson(res, 200, { token: s.token, operator: s.operator });
   }
   let s = c.operatorSessions.find(req.headers.authorization, now);
-  // A revoked key's sessions end with it, at their next request.
-  if (s?.operator.keyId !== undefined && !c.host.operatorKeyLive(s.operator.keyId)) {
-    c.operatorSessions.end(s);
-    s = undefined;
+  // A session lasts only as long as the trust it was opened with: a revoked key, an issuer the
+  // policy no longer names, or a group it no longer allows end it (or narrow it) at once.
+  if (s) {
+    const live = c.host.operatorLive(s.operator);
+    if (live) s.operator = live;
+    else {
+      c.operatorSessions.end(s);
+      s = undefined;
+    }
   }
   if (!s)
     throw new HttpError(
@@ -207,16 +212,16 @@ async function refused(
 /** The requests waiting for operators, each with whether this operator may decide it and why. */
 function list(c: ConsoleServer, s: OperatorSession, res: http.ServerResponse): void {
   const rules = c.host.policy()?.policy.operators;
+  // Only what this operator may decide: a request's caller, command line and directory are the
+  // requester's, shown to the operators its rule names and nobody else.
   const pending = c.host
     .pending()
-    .filter((p) => p.mode === 'operator' && p.operators)
-    .map((p) => {
-      const a = p.operators ? authorityOf(s.operator, p.rule, p.operators, rules) : undefined;
-      return {
-        ...p,
-        mayApprove: a !== undefined && 'groups' in a,
-        ...(a && 'refused' in a ? { why: a.refused } : {}),
-      };
-    });
+    .filter(
+      (p) =>
+        p.mode === 'operator' &&
+        p.operators !== undefined &&
+        'groups' in authorityOf(s.operator, p.rule, p.operators, rules),
+    )
+    .map((p) => ({ ...p, mayApprove: true }));
   sendJson(res, 200, { now: Date.now(), operator: s.operator, pending });
 }

@@ -62,8 +62,11 @@ export interface ConsoleHost {
   operatorByToken(token: string): Promise<OperatorIdentity>;
   /** The operator an API key names, or undefined (the key is read, not freed). */
   operatorByKey(key: SecureBuffer): OperatorIdentity | undefined;
-  /** Whether the API key with this id is still in the vault (not revoked). */
-  operatorKeyLive(keyId: string): boolean;
+  /**
+   * The operator as trusted now: a key still in the vault, an issuer the policy still names with
+   * the groups it still allows; undefined when that trust was withdrawn since the login.
+   */
+  operatorLive(op: OperatorIdentity): OperatorIdentity | undefined;
   /** Whether an operator could log in at all: an issuer in policy, or an API key in the vault. */
   hasOperators(): boolean;
   /** The sign-in with the issuer in policy, coming back to redirectUri; OPERATOR_REFUSED without one. */
@@ -114,6 +117,16 @@ function operatorPage(url: string | undefined): boolean {
   );
 }
 
+function listenOn(server: http.Server, host: string, port: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen({ host, port, exclusive: true }, () => {
+      server.off('error', reject);
+      resolve();
+    });
+  });
+}
+
 export interface Ctx {
   req: http.IncomingMessage;
   res: http.ServerResponse;
@@ -123,7 +136,7 @@ export interface Ctx {
 }
 
 export class ConsoleServer {
-  private server: http.Server | undefined;
+  private servers: http.Server[] = [];
   private port = 0;
   readonly sessions = new Sessions();
   readonly operatorSessions = new OperatorSessions();
@@ -149,32 +162,57 @@ export class ConsoleServer {
     return `keyward_${this.port}`;
   }
 
-  /** Listens on 127.0.0.1 only, at a port the kernel picks. */
+  /**
+   * Listens on 127.0.0.1 at a port the kernel picks, and on [::1] at the same port: a browser or
+   * a tunnel may take "localhost" to ::1 first, and that address left free would let another
+   * process of the user stand there as the console (and collect a passphrase or an operator's
+   * key). A port whose [::1] side is taken already is given up for another. A machine without
+   * IPv6 has no ::1 to take.
+   */
   async start(): Promise<void> {
     for (const [route, f] of Object.entries(STATIC)) this.files.set(route, fs.readFileSync(f.file));
+    for (let attempt = 0; ; attempt++) {
+      const v4 = this.newServer();
+      await listenOn(v4, '127.0.0.1', 0);
+      const addr = v4.address();
+      if (addr === null || typeof addr === 'string') throw new Error('no console address');
+      const v6 = this.newServer();
+      const taken = await listenOn(v6, '::1', addr.port).then(
+        () => undefined,
+        (e: NodeJS.ErrnoException) => e,
+      );
+      if (taken === undefined || taken.code === 'EADDRNOTAVAIL' || taken.code === 'EAFNOSUPPORT') {
+        this.port = addr.port;
+        this.servers = taken === undefined ? [v4, v6] : [v4];
+        return;
+      }
+      await new Promise<void>((r) => v4.close(() => r()));
+      if (attempt >= 20)
+        throw new Error(
+          `the console found no port free on both 127.0.0.1 and ::1 (${taken.code ?? taken.message})`,
+        );
+    }
+  }
+
+  private newServer(): http.Server {
     const server = http.createServer((req, res) => void this.handle(req, res));
     server.headersTimeout = 10_000;
     server.requestTimeout = 30_000;
     server.keepAliveTimeout = 5_000;
     // One person's browser needs a handful; a local process opening thousands gets no more.
     server.maxConnections = 64;
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ host: '127.0.0.1', port: 0, exclusive: true }, () => resolve());
-    });
-    const addr = server.address();
-    if (addr === null || typeof addr === 'string') throw new Error('no console address');
-    this.port = addr.port;
-    this.server = server;
+    return server;
   }
 
   async stop(): Promise<void> {
     this.endSessions();
     await this.remote.close();
-    const s = this.server;
-    if (!s) return;
-    s.closeAllConnections();
-    await new Promise<void>((r) => s.close(() => r()));
+    const servers = this.servers;
+    this.servers = [];
+    for (const s of servers) {
+      s.closeAllConnections();
+      await new Promise<void>((r) => s.close(() => r()));
+    }
   }
 
   /** One session ends (logout), and with it its event streams. */

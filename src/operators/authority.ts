@@ -44,7 +44,9 @@ export function authorityOf(
   const map = rules?.group_policy_map;
   if (map) {
     groups = groups.filter((g) =>
-      (map[g] ?? []).some((p) => picomatch(p, { nonegate: true, noextglob: true })(rule)),
+      (Object.hasOwn(map, g) ? (map[g] ?? []) : []).some((p) =>
+        picomatch(p, { nonegate: true, noextglob: true })(rule),
+      ),
     );
     if (groups.length === 0)
       return {

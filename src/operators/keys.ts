@@ -39,6 +39,8 @@ export interface StoredKey {
   /** SHA-256 of the secret part, hex. */
   hash: string;
   created: string;
+  /** The operator id it stands for (the holder's OIDC id), when not key:NAME. */
+  as?: string;
 }
 
 interface KeyRecord {
@@ -52,6 +54,24 @@ export function checkKeyName(name: string): string {
   if (!NAME_RE.test(name))
     throw new KeywardError('INVALID_NAME', 'a key name is letters, digits, . _ - (at most 64)');
   return name;
+}
+
+/**
+ * An operator id a key stands for (--as): printable, 1 to 256 characters, never `key:...` (which
+ * names keys themselves).
+ */
+export function checkOperatorId(id: string): string {
+  if (
+    id.length === 0 ||
+    id.length > 256 ||
+    id.startsWith('key:') ||
+    [...id].some((c) => (c.codePointAt(0) ?? 0) < 0x20 || c === '\u007f')
+  )
+    throw new KeywardError(
+      'USAGE',
+      "--as takes the operator id the key stands for (the holder's id at the identity provider): 1 to 256 printable characters, not key:...",
+    );
+  return id;
 }
 
 /** Group names as an IdP gives them: printable, 1 to 128 characters; 1 to 32 of them. */
@@ -80,7 +100,8 @@ export function readKeys(v: Vault): StoredKey[] {
         typeof k.hash !== 'string' ||
         !/^[0-9a-f]{64}$/.test(k.hash) ||
         !Array.isArray(k.groups) ||
-        !k.groups.every((g) => typeof g === 'string')
+        !k.groups.every((g) => typeof g === 'string') ||
+        (k.as !== undefined && typeof k.as !== 'string')
       )
         throw new Error('shape');
     return r.keys;
@@ -108,8 +129,10 @@ export function createKey(
   name: string,
   groups: readonly string[],
   now: Date,
+  as?: string,
 ): { key: SecureBuffer; stored: StoredKey } {
   checkKeyName(name);
+  if (as !== undefined) checkOperatorId(as);
   const keys = readKeys(v);
   if (keys.some((k) => k.name === name))
     throw new KeywardError('USAGE', `an operator key named ${name} exists already`, {
@@ -132,6 +155,7 @@ export function createKey(
       groups: checkGroups(groups),
       hash: secretSha256(secret).toString('hex'),
       created: now.toISOString(),
+      ...(as !== undefined ? { as } : {}),
     };
     writeKeys(v, [...keys, stored]);
     return { key, stored };
@@ -173,7 +197,15 @@ export function checkKey(v: Vault, presented: SecureBuffer): OperatorIdentity | 
   const hash = secretSha256(key.subarray(PREFIX.length + ID_HEX + 1));
   const want = Buffer.from(stored.hash, 'hex');
   if (!secureEqual(hash, want)) return undefined;
-  return { id: `key:${stored.name}`, method: 'key', groups: [...stored.groups], keyId: id };
+  return keyOperator(stored);
+}
+
+/**
+ * The operator a stored key stands for: `key:NAME`, or the id given with --as (its holder's
+ * identity at the provider, so that one person counts once in two-person control).
+ */
+export function keyOperator(k: StoredKey): OperatorIdentity {
+  return { id: k.as ?? `key:${k.name}`, method: 'key', groups: [...k.groups], keyId: k.id };
 }
 
 /** Public bytes of a key (its prefix and id) as text. */

@@ -30,6 +30,8 @@ const ALGORITHMS = [
   ...['RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512'],
   ...['ES256', 'ES384', 'ES512', 'EdDSA', 'Ed25519'],
 ];
+/** JWS `typ` of the tokens accepted: none given, a JWT, or an access token (RFC 9068). */
+const TOKEN_TYPES = ['jwt', 'at+jwt', 'application/at+jwt'];
 const LOOPBACK_HOSTS = new Set(['127.0.0.1', '[::1]', 'localhost']);
 /** Real discovery documents and key sets are a few kB; the bound keeps a hostile one out of memory. */
 const MAX_DOCUMENT_BYTES = 256 * 1024;
@@ -137,9 +139,9 @@ export class OidcVerifier {
     if (typeof token !== 'string' || token.length === 0 || token.length > MAX_TOKEN_CHARS) {
       throw refuse(`the token is empty or longer than ${MAX_TOKEN_CHARS} characters`);
     }
-    let alg: unknown, kid: unknown, untrusted: JWTPayload;
+    let alg: unknown, kid: unknown, typ: unknown, untrusted: JWTPayload;
     try {
-      ({ alg, kid } = decodeProtectedHeader(token));
+      ({ alg, kid, typ } = decodeProtectedHeader(token));
       untrusted = decodeJwt(token);
     } catch (cause) {
       throw refuse(MALFORMED, cause);
@@ -149,6 +151,11 @@ export class OidcVerifier {
         `the token's signature algorithm ${shown(alg, 20)} is not allowed: only asymmetric ` +
           'signatures are (RS*, PS*, ES*, EdDSA), never none or HS*',
       );
+    }
+    // An ID token or an access token (RFC 9068), never another kind the issuer signs (a logout
+    // token, a security event) that happens to carry the same claims.
+    if (typ !== undefined && !TOKEN_TYPES.includes(String(typ).toLowerCase())) {
+      throw refuse(`the token's type ${shown(typ, 40)} is not an ID token's or an access token's`);
     }
     // Before any fetch: a token from elsewhere must not make us fetch from its issuer, or ours.
     if (untrusted.iss !== s.issuer) {
@@ -182,6 +189,14 @@ export class OidcVerifier {
       if (!payload)
         throw this.#refusal(new errors.JWSSignatureVerificationFailed(), kid, untrusted);
     }
+    // An ID token for several audiences names the party it was issued to (OIDC Core 3.1.3.7):
+    // one of ours, when keyward's client id is among them.
+    const aud = Array.isArray(payload.aud) ? payload.aud : [payload.aud];
+    if (aud.includes(s.clientId) && aud.length > 1 && payload['azp'] !== s.clientId) {
+      throw refuse(
+        `the token was issued to ${shown(payload['azp'] ?? '(no azp)')}, not to ${s.clientId}`,
+      );
+    }
     if (typeof payload.iat === 'number' && payload.iat > this.#now() / 1000 + s.clockSkewSec) {
       throw refuse(`the token was issued in the future (iat ${time(payload.iat)})`);
     }
@@ -191,6 +206,9 @@ export class OidcVerifier {
   #identity(payload: JWTPayload): OperatorIdentity {
     const { operatorId, groups: groupsClaim } = this.#settings.claimMappings;
     const id = Object.hasOwn(payload, operatorId) ? payload[operatorId] : undefined;
+    // `key:` names API keys' operators: an identity provider's id may not pose as one.
+    if (typeof id === 'string' && id.startsWith('key:'))
+      throw refuse(`the token's operator id ${shown(id)} begins with key:, which names API keys`);
     if (typeof id !== 'string' || id.length === 0 || id.length > MAX_ID_CHARS) {
       throw refuse(
         `the token names no operator: its "${operatorId}" claim is missing, empty, not a string ` +
@@ -215,7 +233,7 @@ export class OidcVerifier {
           `[${listed.join(', ')}${more}]`,
       );
     }
-    return { id, method: 'oidc', groups: allowed };
+    return { id, method: 'oidc', groups: allowed, issuer: this.#settings.issuer };
   }
 
   /** The issuer's jwks_uri and key set: fetched once, again after jwksCacheTtlMs. */

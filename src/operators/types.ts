@@ -12,6 +12,8 @@ export interface OperatorIdentity {
   groups: string[];
   /** For a key, its id (public): a session ends when the key is revoked. */
   keyId?: string;
+  /** For oidc, the issuer that vouched: a session ends when the policy trusts it no more. */
+  issuer?: string;
 }
 
 /** policy.yaml's operators.oidc, with durations in ms and defaults filled in. */
