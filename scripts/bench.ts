@@ -63,10 +63,19 @@ async function main(): Promise<void> {
   const lineBytes = fs.readFileSync(listSegments(sample.log.paths.dir)[0] ?? '').length;
   const line = randomBytes(lineBytes);
   const key = randomBytes(32);
-  const hmacN = 200_000;
-  let t = performance.now();
-  for (let i = 0; i < hmacN; i++) createHmac('sha256', key).update(line).digest();
-  const hmacRate = rate(hmacN, performance.now() - t);
+  // Both sides of the verify ratio are measured in turns, five rounds each, and each side's
+  // median taken: one round of either is a tenth of a second, and this machine's neighbours
+  // move a single one by a third, so the two must see the same moments.
+  const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] ?? 0;
+  const hmacN = 40_000;
+  const hmacRates: number[] = [];
+  const hmacRound = () => {
+    const t0 = performance.now();
+    for (let i = 0; i < hmacN; i++) createHmac('sha256', key).update(line).digest();
+    hmacRates.push(rate(hmacN, performance.now() - t0));
+  };
+  hmacRound();
+  let t: number;
 
   // The physical limit: a line appended and fsynced, from Node, on the same disk, the way the
   // agent does it (the fsync on libuv's thread pool).
@@ -118,10 +127,16 @@ async function main(): Promise<void> {
   const nv = 20_000;
   for (let i = 0; i < nv; i += 500)
     big.log.append(Array.from({ length: 500 }, (_, j) => record(i + j)));
-  t = performance.now();
-  const r = verifySegments(listSegments(big.log.paths.dir), { seed: big.seed });
-  const verifyRate = rate(nv, performance.now() - t);
-  if (!r.ok) throw new Error(`bench log did not verify: ${r.finding.reason}`);
+  const verifyRates: number[] = [];
+  for (let round = 0; round < 5; round++) {
+    if (round > 0) hmacRound();
+    t = performance.now();
+    const r = verifySegments(listSegments(big.log.paths.dir), { seed: big.seed });
+    verifyRates.push(rate(nv, performance.now() - t));
+    if (!r.ok) throw new Error(`bench log did not verify: ${r.finding.reason}`);
+  }
+  const hmacRate = median(hmacRates);
+  const verifyRate = median(verifyRates);
 
   const results = {
     machine: {
