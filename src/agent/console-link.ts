@@ -26,6 +26,7 @@ import {
   oidcLogin,
   oidcVerifier,
   type OidcLogin,
+  type PolicyOidc,
   readKeys,
   type OidcVerifier,
   type OperatorIdentity,
@@ -80,16 +81,22 @@ export function makeConsole(h: ConsoleLinkHost): ConsoleServer {
   });
 }
 
+/** The policy in force and the issuer it trusts; OPERATOR_REFUSED when it names none. */
+function oidcInForce(h: ConsoleLinkHost): { loaded: Loaded; oidc: PolicyOidc } {
+  const loaded = policyNow(h);
+  const oidc = loaded?.policy.operators?.oidc;
+  if (!loaded || !oidc)
+    throw new KeywardError('OPERATOR_REFUSED', 'the policy in force names no identity provider', {
+      hint: 'operators.oidc in policy.yaml (docs/OPERATORS.md)',
+    });
+  return { loaded, oidc };
+}
+
 /** The console's sign-in with the issuer the policy in force names, kept while that policy is. */
 function signIns(h: ConsoleLinkHost): (redirectUri: string) => Promise<OidcLogin> {
   let held: { key: string; login: Promise<OidcLogin> } | undefined;
   return async (redirectUri) => {
-    const loaded = policyNow(h);
-    const oidc = loaded?.policy.operators?.oidc;
-    if (!loaded || !oidc)
-      throw new KeywardError('OPERATOR_REFUSED', 'the policy in force names no identity provider', {
-        hint: 'operators.oidc in policy.yaml (docs/OPERATORS.md)',
-      });
+    const { loaded, oidc } = oidcInForce(h);
     const key = `${loaded.sha256} ${redirectUri}`;
     if (held?.key !== key) held = { key, login: oidcLogin(oidc, redirectUri) };
     return held.login;
@@ -103,12 +110,7 @@ function signIns(h: ConsoleLinkHost): (redirectUri: string) => Promise<OidcLogin
 function tokenOperators(h: ConsoleLinkHost): (token: string) => Promise<OperatorIdentity> {
   let held: { sha256: string; v: Promise<OidcVerifier> } | undefined;
   return async (token) => {
-    const loaded = policyNow(h);
-    const oidc = loaded?.policy.operators?.oidc;
-    if (!loaded || !oidc)
-      throw new KeywardError('OPERATOR_REFUSED', 'the policy in force names no identity provider', {
-        hint: 'operators.oidc in policy.yaml (docs/OPERATORS.md)',
-      });
+    const { loaded, oidc } = oidcInForce(h);
     if (held?.sha256 !== loaded.sha256) held = { sha256: loaded.sha256, v: oidcVerifier(oidc) };
     return (await held.v).verify(token);
   };

@@ -8,7 +8,8 @@ import { TOTP_SECRET, verifyTotp, type Factor, type How, type Pending } from '..
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { secureFree } from '../lib/secure.js';
-import { authorityOf, type OperatorRules } from '../operators/index.js';
+import type { OperatorRules } from '../operators/index.js';
+import { authorizeOperator } from './operator-desk.js';
 import type { Vault } from '../vault/index.js';
 
 export interface FactorHost {
@@ -45,26 +46,8 @@ export class FactorCheck {
     switch (factor.kind) {
       case 'operator': {
         const op = factor.operator;
-        const a = p.operators
-          ? authorityOf(op, p.rule, p.operators, this.host.operatorRules())
-          : { refused: 'the request names no operators' };
-        if ('refused' in a) {
-          this.host.noteDenial();
-          await this.host.record({
-            type: 'approval.denied',
-            decision: 'deny',
-            target: p.target,
-            reason: a.refused,
-            details: { request: p.id, operator: op.id, method: op.method },
-          });
-          throw new KeywardError('OPERATOR_REFUSED', `${a.refused}; the request is still pending`);
-        }
-        return {
-          factor: 'operator',
-          operator: op.id,
-          method: op.method,
-          groups: a.groups.join(','),
-        };
+        const groups = await authorizeOperator(p, op, this.host, '; the request is still pending');
+        return { factor: 'operator', operator: op.id, method: op.method, groups: groups.join(',') };
       }
       case 'session':
         return { factor: 'session', login: factor.login };

@@ -44,6 +44,31 @@ export function liveOperator(
   return groups.length > 0 ? { ...op, groups } : undefined;
 }
 
+/**
+ * The groups that let op decide pending request p; otherwise the refusal is recorded, counted
+ * toward the circuit breaker, and thrown (the request stays pending).
+ */
+export async function authorizeOperator(
+  p: Pending,
+  op: OperatorIdentity,
+  host: Pick<DeskHost, 'record' | 'noteDenial' | 'operatorRules'>,
+  still = '',
+): Promise<string[]> {
+  const a = p.operators
+    ? authorityOf(op, p.rule, p.operators, host.operatorRules())
+    : { refused: 'the request names no operators' };
+  if ('groups' in a) return a.groups;
+  host.noteDenial();
+  await host.record({
+    type: 'approval.denied',
+    decision: 'deny',
+    target: p.target,
+    reason: a.refused,
+    details: { request: p.id, operator: op.id, method: op.method },
+  });
+  throw new KeywardError('OPERATOR_REFUSED', `${a.refused}${still}`);
+}
+
 /** liveOperator against the agent's open vault and the policy in force. */
 export function liveIn(window: UnlockWindow, op: OperatorIdentity): OperatorIdentity | undefined {
   // The policy in force now (read again if it changed since the last request).
@@ -133,24 +158,13 @@ export class OperatorDesk {
     const p = this.broker.get(id);
     if (!p || p.mode !== 'operator' || !p.operators)
       throw new KeywardError('REQUEST_NOT_FOUND', `no pending operator request ${id}`);
-    const a = authorityOf(op, p.rule, p.operators, this.host.operatorRules());
-    if ('refused' in a) {
-      this.host.noteDenial();
-      await this.host.record({
-        type: 'approval.denied',
-        decision: 'deny',
-        target: p.target,
-        reason: a.refused,
-        details: { request: id, operator: op.id, method: op.method },
-      });
-      throw new KeywardError('OPERATOR_REFUSED', a.refused);
-    }
+    const groups = await authorizeOperator(p, op, this.host);
     if (
       !this.broker.settle(id, 'denied', {
         via: 'console',
         operator: op.id,
         method: op.method,
-        groups: a.groups.join(','),
+        groups: groups.join(','),
       })
     )
       throw new KeywardError('REQUEST_NOT_FOUND', `request ${id} is no longer pending`);
