@@ -475,6 +475,23 @@ rules:
       await w.done;
     });
 
+    test('a token opens one session: the same token again is refused, and recorded', async () => {
+      const { idToken } = await idp.login('alice');
+      const first = await api(url, 'POST', '/api/operator/login/oidc', {
+        json: { token: idToken },
+      });
+      assert.equal(first.status, 200);
+      const again = await api(url, 'POST', '/api/operator/login/oidc', {
+        json: { token: idToken },
+      });
+      assert.equal(again.status, 403);
+      assert.match(String(again.json['error']), /this token was used to log in already/);
+      const last = auditEntries(h)
+        .filter((e) => e.type === 'operator.login')
+        .at(-1);
+      assert.equal(last?.decision, 'deny');
+    });
+
     test('an OIDC session ends when the policy no longer allows its group', async () => {
       const r = await api(url, 'POST', '/api/operator/login/oidc', {
         json: { token: (await idp.login('alice')).idToken },

@@ -112,7 +112,7 @@ function tokenOperators(h: ConsoleLinkHost): (token: string) => Promise<Operator
   return async (token) => {
     const { loaded, oidc } = oidcInForce(h);
     if (held?.sha256 !== loaded.sha256) held = { sha256: loaded.sha256, v: oidcVerifier(oidc) };
-    return (await held.v).verify(token);
+    return (await held.v).verifyOnce(token);
   };
 }
 

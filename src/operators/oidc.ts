@@ -15,6 +15,7 @@ import {
   jwtVerify,
 } from 'jose';
 import type { JWTPayload, JWTVerifyGetKey, JWTVerifyOptions } from 'jose';
+import { createHash } from 'node:crypto';
 import { KeywardError } from '../errors.js';
 import type { OidcSettings, OperatorIdentity } from './types.js';
 
@@ -38,6 +39,8 @@ const MAX_DOCUMENT_BYTES = 256 * 1024;
 const MAX_TOKEN_CHARS = 16 * 1024;
 const FETCH_TIMEOUT_MS = 5_000;
 const MAX_ID_CHARS = 256;
+/** Logins remembered against replay at once: far beyond a team's, and bounded. */
+const MAX_REMEMBERED = 10_000;
 const MALFORMED = 'the token is not a well-formed JWT (a signed compact JWS)';
 
 function refuse(message: string, cause?: unknown): KeywardError {
@@ -122,6 +125,8 @@ export class OidcVerifier {
   readonly #cooldownMs: number;
   readonly #discoveryUrl: string;
   #discovered: Discovered | undefined;
+  /** Tokens that opened a session, until they expire (verifyOnce). */
+  readonly #used = new Map<string, number>();
   #pending: Promise<Discovered> | undefined;
 
   constructor(settings: OidcSettings, options: OidcVerifierOptions = {}) {
@@ -135,6 +140,11 @@ export class OidcVerifier {
 
   /** Verifies a compact JWS (an ID token or a JWT access token) and returns who it names. */
   async verify(token: string): Promise<OperatorIdentity> {
+    return this.#identity(await this.#check(token));
+  }
+
+  /** Every check but the operator's identity and groups; the verified claims. */
+  async #check(token: string): Promise<JWTPayload> {
     const s = this.#settings;
     if (typeof token !== 'string' || token.length === 0 || token.length > MAX_TOKEN_CHARS) {
       throw refuse(`the token is empty or longer than ${MAX_TOKEN_CHARS} characters`);
@@ -200,7 +210,29 @@ export class OidcVerifier {
     if (typeof payload.iat === 'number' && payload.iat > this.#now() / 1000 + s.clockSkewSec) {
       throw refuse(`the token was issued in the future (iat ${time(payload.iat)})`);
     }
-    return this.#identity(payload);
+    return payload;
+  }
+
+  /**
+   * verify(), and the token may open one session only: a token copied from a login (a proxy's
+   * log, a shell history) can't open another while it is still valid. Remembered by its `jti`,
+   * else its SHA-256, until it expires.
+   */
+  async verifyOnce(token: string): Promise<OperatorIdentity> {
+    const payload = await this.#check(token);
+    const identity = this.#identity(payload);
+    const now = this.#now();
+    for (const [k, until] of this.#used) if (until <= now) this.#used.delete(k);
+    const key =
+      typeof payload.jti === 'string'
+        ? `jti:${payload.jti}`
+        : createHash('sha256').update(token).digest('base64url');
+    if (this.#used.has(key)) throw refuse('this token was used to log in already: log in again');
+    if (this.#used.size >= MAX_REMEMBERED)
+      throw refuse('too many logins are remembered: try again when some have expired');
+    const exp = typeof payload.exp === 'number' ? payload.exp : 0;
+    this.#used.set(key, (exp + this.#settings.clockSkewSec) * 1000);
+    return identity;
   }
 
   #identity(payload: JWTPayload): OperatorIdentity {
