@@ -74,6 +74,8 @@ ${RULES}`,
       if (r.url().endsWith('/api/operator/oidc/claim'))
         claimed.push(String((JSON.parse(r.postData() ?? '{}') as { handle?: string }).handle));
     });
+    // A loaded machine may take its time; 120 s is when a step has clearly failed (as eventually()).
+    context.setDefaultTimeout(120_000);
     const page = await context.newPage();
     await page.goto(`http://127.0.0.1:${port}/operator`);
     await page.locator('#sso').click();
