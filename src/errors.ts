@@ -64,6 +64,8 @@ export const ERROR_CODES = {
   BACKUP_IDENTITY_MISMATCH: EXIT.AUTH,
   /** An operator's token or API key was refused (expired, another audience, a group not allowed...). */
   OPERATOR_REFUSED: EXIT.AUTH,
+  /** A sealed project file was changed, cut, reordered or is not what keyward writes. */
+  PROJECT_TAMPERED: EXIT.INTEGRITY,
 } as const satisfies Record<string, ExitCode>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
@@ -129,7 +131,8 @@ export class IntegrityError extends KeywardError {
       | 'DOCTOR_FAILED'
       | 'AUDIT_CHAIN_BROKEN'
       | 'POLICY_TAMPERED'
-      | 'BACKUP_CORRUPT',
+      | 'BACKUP_CORRUPT'
+      | 'PROJECT_TAMPERED',
     message: string,
     options?: KeywardErrorOptions,
   ) {

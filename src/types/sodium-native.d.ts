@@ -84,6 +84,14 @@ declare module 'sodium-native' {
     crypto_scalarmult_base(q: Uint8Array, n: Uint8Array): void;
     /** Throws when the result is all zeros (a low-order point). */
     crypto_scalarmult(q: Uint8Array, n: Uint8Array, p: Uint8Array): void;
+    crypto_aead_chacha20poly1305_ietf_encrypt(
+      ciphertext: Uint8Array,
+      message: Uint8Array,
+      additionalData: Uint8Array | null,
+      nsec: null,
+      npub: Uint8Array,
+      key: Uint8Array,
+    ): number;
     /** Throws when the ciphertext does not authenticate. */
     crypto_aead_chacha20poly1305_ietf_decrypt(
       message: Uint8Array,

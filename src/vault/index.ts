@@ -20,7 +20,13 @@ export {
 } from './lifecycle.js';
 export type { Unlock } from './slots.js';
 export { BACKUP_STANZA, openBackupStanza, type BackupSealer } from './backup-key.js';
-export { readAgeIdentities, unwrapX25519 } from './age-identity.js';
+export {
+  decodeAgeSecretKey,
+  hkdfSha256,
+  hmacSha256,
+  readAgeIdentities,
+  unwrapX25519,
+} from './age-identity.js';
 export {
   KDF_DEFAULT,
   KDF_BOUNDS,
