@@ -10,14 +10,19 @@ import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { secureFree, secureTake, type SecureBuffer } from '../src/lib/secure.js';
+import { sodium } from '../src/lib/sodium.js';
 import {
   ageDecrypt,
   ageEncrypt,
   decodeRecipient,
   encodeRecipient,
+  OpenedProject,
+  parseProject,
   publicKeyOf,
+  sealProject,
 } from '../src/project/index.js';
-import { readAgeIdentities } from '../src/vault/index.js';
+import { decodeAgeSecretKey, readAgeIdentities } from '../src/vault/index.js';
+import { VECTORS } from './helpers.js';
 
 const AGE = ['/usr/bin/age', '/usr/local/bin/age'].find((p) => fs.existsSync(p));
 const skip = AGE || process.env['CI'] ? false : 'age is not installed (CI installs it: .ci/run)';
@@ -114,5 +119,194 @@ describe('the age layer of project files', { skip }, () => {
       () => ageDecrypt(enc.subarray(0, enc.length - 1), alice.id),
       /PROJECT_TAMPERED|damaged/,
     );
+  });
+});
+
+describe('the sealed project file', { skip }, () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-project-'));
+  const alice = keygen(dir, 'alice.key');
+  const bob = keygen(dir, 'bob.key');
+  const eve = keygen(dir, 'eve.key');
+  const values: Record<string, string> = {
+    DATABASE_URL: 'postgres://app:s3cret@db.internal/app',
+    API_TOKEN: 'tok_0123456789',
+    EMPTY_LOOKING: ' ',
+  };
+  const seal = (recipients = [alice.recipient, bob.recipient]) => {
+    const entries = Object.entries(values).map(([name, v]) => ({
+      name,
+      value: secureTake(Buffer.from(v)),
+    }));
+    try {
+      return sealProject(entries, recipients);
+    } finally {
+      for (const e of entries) secureFree(e.value);
+    }
+  };
+  /** Opens text as `who` and reads every value; or the error's code, or 'not a recipient'. */
+  const openAs = (text: string, who: { id: SecureBuffer }): Record<string, string> | string => {
+    try {
+      const p = OpenedProject.open(parseProject(Buffer.from(text, 'latin1')), who.id);
+      if (!p) return 'not a recipient';
+      try {
+        return Object.fromEntries(
+          p.names.map((n) => {
+            const v = p.value(n);
+            const s = v?.toString() ?? '';
+            secureFree(v);
+            return [n, s];
+          }),
+        );
+      } finally {
+        p.close();
+      }
+    } catch (e) {
+      return (e as { code?: string }).code ?? String(e);
+    }
+  };
+
+  test('each recipient opens every value; names are readable, values are not', () => {
+    const text = seal();
+    assert.deepEqual(openAs(text, alice), values);
+    assert.deepEqual(openAs(text, bob), values);
+    assert.equal(openAs(text, eve), 'not a recipient');
+    // What git diff shows: the names, never a value.
+    for (const n of Object.keys(values)) assert.match(text, new RegExp(`^${n}=kw:`, 'm'));
+    for (const v of Object.values(values).filter((x) => x.length > 3))
+      assert.ok(!text.includes(v) && !text.includes(Buffer.from(v).toString('base64')));
+    // Sealed again, every value is new bytes: nothing in the text says two values are equal.
+    const again = seal();
+    const line = (t: string) => /^API_TOKEN=kw:(\S+)$/m.exec(t)?.[1];
+    assert.notEqual(line(text), line(again));
+  });
+
+  test('the data key is an age file: age opens it with the identity, and it opens the values as documented', () => {
+    const text = seal();
+    const keyLine = /^key: (\S+)$/m.exec(text)?.[1] ?? '';
+    const dataKey = execFileSync(AGE ?? 'age', ['-d', '-i', bob.file], {
+      input: Buffer.from(keyLine, 'base64url'),
+    });
+    assert.equal(dataKey.length, 32);
+    // docs/PROJECT-FILES.md: value key = crypto_kdf(subkey 1, "kwproj01"); XChaCha20-Poly1305,
+    // nonce = the first 24 bytes, AAD = "keyward-project 1\n" || id || name.
+    // libsodium itself, as any reader of the format would use it.
+    const valueKey = Buffer.alloc(32);
+    sodium.crypto_kdf_derive_from_key(valueKey, 1, Buffer.from('kwproj01'), dataKey);
+    const id = Buffer.from(/^id: (\S+)$/m.exec(text)?.[1] ?? '', 'base64url');
+    const sealed = Buffer.from(/^DATABASE_URL=kw:(\S+)$/m.exec(text)?.[1] ?? '', 'base64url');
+    const out = Buffer.alloc(sealed.length - 40);
+    sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+      out,
+      null,
+      sealed.subarray(24),
+      Buffer.concat([Buffer.from('keyward-project 1\n'), id, Buffer.from('DATABASE_URL')]),
+      sealed.subarray(0, 24),
+      valueKey,
+    );
+    assert.equal(out.toString(), values['DATABASE_URL']);
+  });
+
+  test('a flipped byte, swapped values, a removed or moved line, or an edited recipient list is tampering', () => {
+    const text = seal();
+    const lines = text.slice(0, -1).split('\n');
+    const value = (n: string) => lines.findIndex((l) => l.startsWith(`${n}=`));
+    const swapped = [...lines];
+    const [a, b] = [value('DATABASE_URL'), value('API_TOKEN')];
+    swapped[a] = `DATABASE_URL=${(lines[b] ?? '').split('=')[1] ?? ''}`;
+    swapped[b] = `API_TOKEN=${(lines[a] ?? '').split('=')[1] ?? ''}`;
+    const moved = [...lines];
+    [moved[a], moved[b]] = [lines[b] ?? '', lines[a] ?? ''];
+    const recipients = lines.map((l) =>
+      l === `recipient: ${bob.recipient}` ? `recipient: ${eve.recipient}` : l,
+    );
+    const cases: Record<string, string> = {
+      'values swapped between names': `${swapped.join('\n')}\n`,
+      'two lines moved': `${moved.join('\n')}\n`,
+      'a value removed': `${lines.filter((_, i) => i !== a).join('\n')}\n`,
+      'a recipient edited': `${recipients.join('\n')}\n`,
+      'a recipient removed': `${lines.filter((l) => l !== `recipient: ${bob.recipient}`).join('\n')}\n`,
+      'a line added at the end': `${text}EXTRA=kw:AAAA\n`,
+      'the last newline cut': text.slice(0, -1),
+    };
+    for (const [what, t] of Object.entries(cases))
+      assert.equal(openAs(t, alice), 'PROJECT_TAMPERED', what);
+    for (let i = 0; i < text.length; i++) {
+      const bad = Buffer.from(text, 'latin1');
+      bad[i] = (bad[i] ?? 0) ^ 0x01;
+      const got = openAs(bad.toString('latin1'), alice);
+      assert.ok(
+        got === 'PROJECT_TAMPERED' || got === 'not a recipient',
+        `byte ${i}: ${JSON.stringify(got)}`,
+      );
+    }
+  });
+
+  test('names and recipients are checked when sealing', () => {
+    const v = secureTake(Buffer.from('x'));
+    try {
+      assert.throws(
+        () => sealProject([{ name: '1BAD', value: v }], [alice.recipient]),
+        /INVALID_NAME|not a name/,
+      );
+      assert.throws(() => sealProject([{ name: 'OK', value: v }], []), /at least one recipient/);
+      assert.throws(
+        () => sealProject([{ name: 'OK', value: v }], ['age1nope']),
+        /not an age recipient/,
+      );
+      assert.throws(
+        () =>
+          sealProject(
+            [
+              { name: 'OK', value: v },
+              { name: 'OK', value: v },
+            ],
+            [alice.recipient],
+          ),
+        /given twice/,
+      );
+    } finally {
+      secureFree(v);
+    }
+  });
+});
+
+describe('the committed vector (test/vectors/project/v1.json)', { skip }, () => {
+  const vector = JSON.parse(fs.readFileSync(path.join(VECTORS, 'project', 'v1.json'), 'utf8')) as {
+    identity: string;
+    recipient: string;
+    file: string;
+    values: Record<string, string>;
+  };
+
+  test('it opens to exactly its values; its data key opens with age too; a changed byte is tampering', () => {
+    const id = decodeAgeSecretKey(Buffer.from(vector.identity, 'ascii'));
+    assert.ok(id);
+    assert.equal(encodeRecipient(publicKeyOf(id)), vector.recipient);
+    const p = OpenedProject.open(parseProject(Buffer.from(vector.file, 'ascii')), id);
+    assert.ok(p);
+    const got = Object.fromEntries(
+      p.names.map((n) => {
+        const v = p.value(n);
+        const s = v?.toString() ?? '';
+        secureFree(v);
+        return [n, s];
+      }),
+    );
+    p.close();
+    assert.deepEqual(got, vector.values);
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-vector-'));
+    const file = path.join(dir, 'identity');
+    fs.writeFileSync(file, `${vector.identity}\n`, { mode: 0o600 });
+    const keyLine = /^key: (\S+)$/m.exec(vector.file)?.[1] ?? '';
+    const dataKey = execFileSync(AGE ?? 'age', ['-d', '-i', file], {
+      input: Buffer.from(keyLine, 'base64url'),
+    });
+    assert.equal(dataKey.length, 32);
+    const bad = vector.file.replace('API_TOKEN=kw:', 'API_TOKEN=kw:A');
+    assert.throws(
+      () => OpenedProject.open(parseProject(Buffer.from(bad, 'ascii')), id),
+      /PROJECT_TAMPERED|damaged/,
+    );
+    secureFree(id);
   });
 });

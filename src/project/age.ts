@@ -17,10 +17,11 @@
 import { IntegrityError } from '../errors.js';
 import {
   randomBytes,
-  secureAlloc,
   secureEqual,
   secureFree,
+  securePooled,
   secureRandom,
+  secureRelease,
   type SecureBuffer,
 } from '../lib/secure.js';
 import { sodium } from '../lib/sodium.js';
@@ -108,7 +109,7 @@ function headerMac(fileKey: SecureBuffer, header: Uint8Array): Buffer {
     hmacSha256(mac, key, header);
     return mac;
   } finally {
-    secureFree(key);
+    secureRelease(key);
   }
 }
 
@@ -123,7 +124,7 @@ export function ageEncrypt(payload: SecureBuffer, recipients: readonly Uint8Arra
     let header = INTRO;
     for (const r of recipients) {
       const e = secureRandom(32);
-      const shared = secureAlloc(32);
+      const shared = securePooled(32);
       let wrap: SecureBuffer | undefined;
       try {
         const share = Buffer.alloc(32);
@@ -142,8 +143,8 @@ export function ageEncrypt(payload: SecureBuffer, recipients: readonly Uint8Arra
         header += `-> X25519 ${b64(share)}\n${b64(body)}\n`;
       } finally {
         secureFree(e);
-        secureFree(shared);
-        secureFree(wrap);
+        secureRelease(shared);
+        secureRelease(wrap);
       }
     }
     header += '---';
@@ -162,7 +163,7 @@ export function ageEncrypt(payload: SecureBuffer, recipients: readonly Uint8Arra
       );
       return Buffer.concat([Buffer.from(`${header} ${b64(mac)}\n`, 'ascii'), nonce, sealed]);
     } finally {
-      secureFree(key);
+      secureRelease(key);
     }
   } finally {
     secureFree(fileKey);
@@ -226,7 +227,8 @@ export function ageDecrypt(file: Uint8Array, identity: SecureBuffer): SecureBuff
     if (nonce.length !== 16 || sealed.length < TAG || sealed.length > CHUNK + TAG)
       throw corrupt('its payload is cut or too long');
     const key = hkdfSha256(fileKey, nonce, Buffer.from('payload'), 32);
-    const out = secureAlloc(sealed.length - TAG);
+    // Pooled: a caller that gives it back with secureRelease holds no mapping per open.
+    const out = securePooled(sealed.length - TAG);
     try {
       sodium.crypto_aead_chacha20poly1305_ietf_decrypt(
         out,
@@ -238,12 +240,12 @@ export function ageDecrypt(file: Uint8Array, identity: SecureBuffer): SecureBuff
       );
       return out;
     } catch {
-      secureFree(out);
+      secureRelease(out);
       throw corrupt('its payload does not decrypt');
     } finally {
-      secureFree(key);
+      secureRelease(key);
     }
   } finally {
-    secureFree(fileKey);
+    secureRelease(fileKey);
   }
 }

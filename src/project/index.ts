@@ -1,5 +1,15 @@
 /**
  * Sealed project files (issue 21, in progress): secrets a repository can carry, opened only
- * through the agent. So far, the age layer that wraps a file's data key to its recipients.
+ * through the agent. So far, the file's format (file.ts) and the age layer that wraps its data
+ * key to its recipients (age.ts).
  */
 export { ageDecrypt, ageEncrypt, decodeRecipient, encodeRecipient, publicKeyOf } from './age.js';
+export {
+  checkName,
+  FIRST_LINE,
+  MAX_VALUE,
+  OpenedProject,
+  parseProject,
+  sealProject,
+  type ProjectFile,
+} from './file.js';

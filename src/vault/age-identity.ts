@@ -15,7 +15,14 @@
 import fs from 'node:fs';
 import { IntegrityError, UsageError } from '../errors.js';
 import { hardenProcess } from '../lib/libc.js';
-import { readFdToSecure, secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import {
+  readFdToSecure,
+  secureAlloc,
+  secureFree,
+  securePooled,
+  secureRelease,
+  type SecureBuffer,
+} from '../lib/secure.js';
 import { sodium } from '../lib/sodium.js';
 
 const BLOCK = 64;
@@ -38,10 +45,11 @@ const LABEL = Buffer.from('age-encryption.org/v1/X25519', 'ascii');
 
 /** HMAC-SHA256 (RFC 2104) of the concatenated messages into out (32 bytes). */
 export function hmacSha256(out: Uint8Array, key: Uint8Array, ...messages: Uint8Array[]): void {
-  const k0 = secureAlloc(BLOCK);
-  const pad = secureAlloc(BLOCK);
-  const state = secureAlloc(sodium.crypto_hash_sha256_STATEBYTES);
-  const inner = secureAlloc(HASH);
+  // Pooled (secure.ts): a run of unwraps would otherwise hold a mapping per temporary until GC.
+  const k0 = securePooled(BLOCK);
+  const pad = securePooled(BLOCK);
+  const state = securePooled(sodium.crypto_hash_sha256_STATEBYTES);
+  const inner = securePooled(HASH);
   try {
     if (key.length > BLOCK) sodium.crypto_hash_sha256(k0.subarray(0, HASH), key);
     else k0.set(key);
@@ -56,10 +64,10 @@ export function hmacSha256(out: Uint8Array, key: Uint8Array, ...messages: Uint8A
     sodium.crypto_hash_sha256_update(state, inner);
     sodium.crypto_hash_sha256_final(state, out);
   } finally {
-    secureFree(k0);
-    secureFree(pad);
-    secureFree(state);
-    secureFree(inner);
+    secureRelease(k0);
+    secureRelease(pad);
+    secureRelease(state);
+    secureRelease(inner);
   }
 }
 
@@ -71,8 +79,8 @@ export function hkdfSha256(
   length: number,
 ): SecureBuffer {
   if (length < 1 || length > 255 * HASH) throw new RangeError('HKDF length out of range');
-  const prk = secureAlloc(HASH);
-  const t = secureAlloc(HASH);
+  const prk = securePooled(HASH);
+  const t = securePooled(HASH);
   const out = secureAlloc(length);
   try {
     hmacSha256(prk, salt.length > 0 ? salt : new Uint8Array(HASH), ikm);
@@ -86,8 +94,8 @@ export function hkdfSha256(
     secureFree(out);
     throw e;
   } finally {
-    secureFree(prk);
-    secureFree(t);
+    secureRelease(prk);
+    secureRelease(t);
   }
 }
 
@@ -241,7 +249,7 @@ export function unwrapX25519(
     throw new IntegrityError('BACKUP_CORRUPT', 'the backup is damaged: a malformed X25519 stanza');
   const recipient = Buffer.alloc(32);
   sodium.crypto_scalarmult_base(recipient, identity);
-  const shared = secureAlloc(32);
+  const shared = securePooled(32);
   let wrap: SecureBuffer | undefined;
   const fileKey = secureAlloc(FILE_KEY_BYTES);
   try {
@@ -270,7 +278,7 @@ export function unwrapX25519(
     }
     return fileKey;
   } finally {
-    secureFree(shared);
-    secureFree(wrap);
+    secureRelease(shared);
+    secureRelease(wrap);
   }
 }

@@ -1,0 +1,254 @@
+/**
+ * A sealed project file's text (docs/PROJECT-FILES.md, "The file"): names readable, each value
+ * encrypted on its own under a subkey of the file's data key and bound to the file and its name,
+ * the data key wrapped to the recipients as an age file (age.ts), and the whole file
+ * authenticated under another subkey. The text is attacker-controlled input: every line is
+ * matched against the one shape keyward writes, and anything else is PROJECT_TAMPERED.
+ */
+import { IntegrityError, UsageError } from '../errors.js';
+import {
+  randomBytes,
+  secureAlloc,
+  secureEqual,
+  secureFree,
+  securePooled,
+  secureRandom,
+  secureRelease,
+  type SecureBuffer,
+} from '../lib/secure.js';
+import { sodium } from '../lib/sodium.js';
+import { ageDecrypt, ageEncrypt, decodeRecipient } from './age.js';
+
+export const FIRST_LINE =
+  '# keyward sealed project file: safe to commit; its values open only through keyward (docs/PROJECT-FILES.md)';
+const VERSION_LINE = 'keyward-project: 1';
+const CONTEXT = Buffer.from('kwproj01', 'ascii');
+const VALUE_KEY = 1;
+const MAC_KEY = 2;
+const DATA_KEY_BYTES = 32;
+const ID_BYTES = 16;
+const NONCE = 24;
+const TAG = 16;
+const AAD_PREFIX = Buffer.from('keyward-project 1\n', 'ascii');
+/** A value's most bytes (an environment variable's, with room): 64 KiB. */
+export const MAX_VALUE = 64 * 1024;
+export const MAX_ENTRIES = 1000;
+const NAME_RE = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
+
+export interface ProjectFile {
+  id: Buffer;
+  recipients: string[];
+  /** The data key's age file. */
+  keyFile: Buffer;
+  /** Names in file order, each with its sealed value (nonce || ciphertext || tag). */
+  entries: Array<{ name: string; sealed: Buffer }>;
+  /** The bytes the MAC covers (everything before the mac line), and the MAC. */
+  signed: Buffer;
+  mac: Buffer;
+}
+
+function tampered(why: string): IntegrityError {
+  return new IntegrityError('PROJECT_TAMPERED', `the sealed project file is damaged: ${why}`);
+}
+
+export function checkName(name: string): string {
+  if (!NAME_RE.test(name))
+    throw new UsageError(
+      'INVALID_NAME',
+      `${JSON.stringify(name.slice(0, 130))} is not a name a project file takes: letters, digits and _, not starting with a digit (at most 128)`,
+    );
+  return name;
+}
+
+/** The subkey `which` of a data key, in secure memory. */
+function subkey(dataKey: SecureBuffer, which: number): SecureBuffer {
+  const k = securePooled(32);
+  sodium.crypto_kdf_derive_from_key(k, which, CONTEXT, dataKey);
+  return k;
+}
+
+const aad = (id: Buffer, name: string) =>
+  Buffer.concat([AAD_PREFIX, id, Buffer.from(name, 'ascii')]);
+const b64url = (b: Uint8Array) => Buffer.from(b).toString('base64url');
+
+/**
+ * The text of a new sealed file: every value encrypted under a new data key, which is wrapped to
+ * every recipient (`age1...`). Values are read, not freed.
+ */
+export function sealProject(
+  entries: ReadonlyArray<{ name: string; value: SecureBuffer }>,
+  recipients: readonly string[],
+): string {
+  if (recipients.length === 0)
+    throw new UsageError('USAGE', 'a sealed project file needs at least one recipient');
+  const keys = recipients.map((r) => {
+    const pk = decodeRecipient(r);
+    if (!pk)
+      throw new UsageError(
+        'USAGE',
+        `${JSON.stringify(r.slice(0, 80))} is not an age recipient (age1...)`,
+      );
+    return pk;
+  });
+  if (entries.length > MAX_ENTRIES) throw new UsageError('USAGE', `at most ${MAX_ENTRIES} values`);
+  const seen = new Set<string>();
+  for (const e of entries) {
+    checkName(e.name);
+    if (seen.has(e.name)) throw new UsageError('USAGE', `${e.name} is given twice`);
+    seen.add(e.name);
+    if (e.value.length > MAX_VALUE)
+      throw new UsageError('INVALID_VALUE', `the value of ${e.name} is over ${MAX_VALUE} bytes`);
+  }
+  const dataKey = secureRandom(DATA_KEY_BYTES);
+  const valueKey = subkey(dataKey, VALUE_KEY);
+  const macKey = subkey(dataKey, MAC_KEY);
+  try {
+    const id = randomBytes(ID_BYTES);
+    const lines = [
+      FIRST_LINE,
+      VERSION_LINE,
+      `id: ${b64url(id)}`,
+      ...[...new Set(recipients)].map((r) => `recipient: ${r}`),
+      `key: ${b64url(ageEncrypt(dataKey, keys))}`,
+    ];
+    for (const e of entries) {
+      const nonce = randomBytes(NONCE);
+      const sealed = Buffer.alloc(e.value.length + TAG);
+      sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        sealed,
+        e.value,
+        aad(id, e.name),
+        null,
+        nonce,
+        valueKey,
+      );
+      lines.push(`${e.name}=kw:${b64url(Buffer.concat([nonce, sealed]))}`);
+    }
+    const signed = Buffer.from(`${lines.join('\n')}\n`, 'ascii');
+    const mac = Buffer.alloc(sodium.crypto_auth_BYTES);
+    sodium.crypto_auth(mac, signed, macKey);
+    return `${signed.toString('ascii')}mac: ${b64url(mac)}\n`;
+  } finally {
+    secureFree(dataKey);
+    secureRelease(valueKey);
+    secureRelease(macKey);
+  }
+}
+
+/** The file's structure, every line checked against the shape keyward writes; no key needed. */
+export function parseProject(text: Uint8Array): ProjectFile {
+  const buf = Buffer.from(text.buffer, text.byteOffset, text.length);
+  if (buf.length > 16 * 1024 * 1024) throw tampered('it is larger than 16 MiB');
+  if (buf.some((b) => b > 0x7e || (b < 0x20 && b !== 0x0a)))
+    throw tampered('it holds bytes keyward never writes (a sealed file is printable ASCII)');
+  const s = buf.toString('ascii');
+  if (!s.endsWith('\n')) throw tampered('its last line is cut (no newline)');
+  const lines = s.slice(0, -1).split('\n');
+  const at = (i: number) => lines[i] ?? '';
+  if (at(0) !== FIRST_LINE || at(1) !== VERSION_LINE)
+    throw tampered('it does not begin as a keyward sealed project file of version 1');
+  const idm = /^id: ([A-Za-z0-9_-]{22})$/.exec(at(2));
+  const id = idm ? Buffer.from(idm[1] ?? '', 'base64url') : undefined;
+  if (!id || id.length !== ID_BYTES || b64url(id) !== idm?.[1])
+    throw tampered('line 3 is not its id');
+  let i = 3;
+  const recipients: string[] = [];
+  for (; at(i).startsWith('recipient: '); i++) {
+    const r = at(i).slice('recipient: '.length);
+    if (!decodeRecipient(r) || recipients.includes(r))
+      throw tampered(`line ${i + 1} is not a recipient, or one given twice`);
+    recipients.push(r);
+  }
+  if (recipients.length === 0) throw tampered('it names no recipient');
+  const km = /^key: ([A-Za-z0-9_-]+)$/.exec(at(i));
+  const keyFile = km ? Buffer.from(km[1] ?? '', 'base64url') : undefined;
+  if (!keyFile || b64url(keyFile) !== km?.[1]) throw tampered(`line ${i + 1} is not its key`);
+  i++;
+  const entries: ProjectFile['entries'] = [];
+  for (; i < lines.length - 1; i++) {
+    const m = /^([A-Za-z_][A-Za-z0-9_]{0,127})=kw:([A-Za-z0-9_-]+)$/.exec(at(i));
+    const sealed = m ? Buffer.from(m[2] ?? '', 'base64url') : undefined;
+    const name = m?.[1] ?? '';
+    if (
+      !sealed ||
+      b64url(sealed) !== m?.[2] ||
+      sealed.length < NONCE + TAG ||
+      sealed.length > NONCE + TAG + MAX_VALUE
+    )
+      throw tampered(`line ${i + 1} is not a sealed value`);
+    if (entries.some((e) => e.name === name)) throw tampered(`${name} is given twice`);
+    entries.push({ name, sealed });
+  }
+  const mm = /^mac: ([A-Za-z0-9_-]{43})$/.exec(at(lines.length - 1));
+  const mac = mm ? Buffer.from(mm[1] ?? '', 'base64url') : undefined;
+  if (!mac || mac.length !== 32 || b64url(mac) !== mm?.[1] || lines.length - 1 < i)
+    throw tampered('its last line is not its MAC');
+  const signed = buf.subarray(0, buf.length - `${at(lines.length - 1)}\n`.length);
+  return { id, recipients, keyFile, entries, signed, mac };
+}
+
+/** A sealed file opened with one identity: its values, one at a time, until close(). */
+export class OpenedProject {
+  private constructor(
+    private readonly file: ProjectFile,
+    private valueKey: SecureBuffer | undefined,
+  ) {}
+
+  /**
+   * Opens `file` with an identity (a 32-byte X25519 secret): undefined when it is not one of the
+   * file's recipients; PROJECT_TAMPERED when the file was changed in any way since it was sealed.
+   */
+  static open(file: ProjectFile, identity: SecureBuffer): OpenedProject | undefined {
+    const dataKey = ageDecrypt(file.keyFile, identity);
+    if (!dataKey) return undefined;
+    let macKey: SecureBuffer | undefined;
+    let valueKey: SecureBuffer | undefined;
+    try {
+      if (dataKey.length !== DATA_KEY_BYTES) throw tampered('its data key is not 32 bytes');
+      macKey = subkey(dataKey, MAC_KEY);
+      const mac = Buffer.alloc(sodium.crypto_auth_BYTES);
+      sodium.crypto_auth(mac, file.signed, macKey);
+      if (!secureEqual(mac, file.mac))
+        throw tampered('its MAC does not verify (a line was changed, added, removed or moved)');
+      valueKey = subkey(dataKey, VALUE_KEY);
+      const opened = new OpenedProject(file, valueKey);
+      valueKey = undefined;
+      return opened;
+    } finally {
+      secureRelease(dataKey);
+      secureRelease(macKey);
+      secureRelease(valueKey);
+    }
+  }
+
+  get names(): string[] {
+    return this.file.entries.map((e) => e.name);
+  }
+
+  /** The value of `name` in secure memory (the caller frees it), or undefined: no such name. */
+  value(name: string): SecureBuffer | undefined {
+    if (!this.valueKey) throw new Error('the project file was closed');
+    const e = this.file.entries.find((x) => x.name === name);
+    if (!e) return undefined;
+    const out = secureAlloc(e.sealed.length - NONCE - TAG);
+    try {
+      sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
+        out,
+        null,
+        e.sealed.subarray(NONCE),
+        aad(this.file.id, name),
+        e.sealed.subarray(0, NONCE),
+        this.valueKey,
+      );
+      return out;
+    } catch {
+      secureFree(out);
+      throw tampered(`the value of ${name} does not decrypt`);
+    }
+  }
+
+  close(): void {
+    secureRelease(this.valueKey);
+    this.valueKey = undefined;
+  }
+}
