@@ -22,7 +22,8 @@ import {
   sealProject,
 } from '../src/project/index.js';
 import { decodeAgeSecretKey, readAgeIdentities } from '../src/vault/index.js';
-import { VECTORS } from './helpers.js';
+import { auditEntries } from './agent-helpers.js';
+import { initHome, kw, VECTORS } from './helpers.js';
 
 const AGE = ['/usr/bin/age', '/usr/local/bin/age'].find((p) => fs.existsSync(p));
 const skip = AGE || process.env['CI'] ? false : 'age is not installed (CI installs it: .ci/run)';
@@ -308,5 +309,94 @@ describe('the committed vector (test/vectors/project/v1.json)', { skip }, () => 
       /PROJECT_TAMPERED|damaged/,
     );
     secureFree(id);
+  });
+});
+
+describe('keyward seal, project identity, project check', { skip }, () => {
+  const h = initHome();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-seal-'));
+  const bob = keygen(dir, 'bob.key');
+  const env = path.join(dir, '.env');
+  fs.writeFileSync(
+    env,
+    [
+      '# the app',
+      'export DATABASE_URL = postgres://app:p@ss#word@db/app   # a comment',
+      "SINGLE='  kept as is \\n '",
+      'DOUBLE="line one\\nline \\"two\\""',
+      'EMPTY=',
+      '',
+      '   # indented comment',
+      'SPACED=a value with spaces   ',
+    ].join('\n') + '\n',
+  );
+  const expected = {
+    DATABASE_URL: 'postgres://app:p@ss#word@db/app',
+    SINGLE: '  kept as is \\n ',
+    DOUBLE: 'line one\nline "two"',
+    EMPTY: '',
+    SPACED: 'a value with spaces',
+  };
+
+  test('project identity makes one identity and shows it again; seal seals to it and to --recipient', () => {
+    const first = kw(['project', 'identity'], { env: h.env });
+    assert.equal(first.code, 0, first.stderr);
+    const own = first.stdout.trim();
+    assert.ok(decodeRecipient(own), own);
+    assert.equal(kw(['project', 'identity'], { env: h.env }).stdout.trim(), own);
+    const sealed = kw(['seal', env, '--recipient', bob.recipient], { env: h.env });
+    assert.equal(sealed.code, 0, sealed.stderr);
+    assert.match(sealed.stdout, /sealed 5 values for 2 recipients/);
+    assert.match(sealed.stderr, /still holds the values in plain text/);
+    const out = path.join(dir, '.keyward.env');
+    const text = fs.readFileSync(out, 'utf8');
+    for (const v of ['p@ss#word', 'kept as is', 'line one', 'with spaces'])
+      assert.ok(!text.includes(v), `${v} is in the sealed file`);
+    const check = kw(['project', 'check', out, '--json'], { env: h.env });
+    assert.equal(check.code, 0, check.stderr);
+    assert.deepEqual(JSON.parse(check.stdout), {
+      file: out,
+      recipients: [own, bob.recipient],
+      names: Object.keys(expected),
+    });
+    // bob opens exactly the values the .env file meant.
+    const p = OpenedProject.open(parseProject(Buffer.from(text, 'ascii')), bob.id);
+    assert.ok(p);
+    const got = Object.fromEntries(
+      p.names.map((n) => {
+        const v = p.value(n);
+        const s = v?.toString() ?? '';
+        secureFree(v);
+        return [n, s];
+      }),
+    );
+    p.close();
+    assert.deepEqual(got, expected);
+    assert.equal(
+      auditEntries(h).filter((e) => e.type === 'project.identity').length,
+      1,
+      'made once, recorded once',
+    );
+  });
+
+  test('a malformed .env is refused with its line, never its text; a changed sealed file is exit 8', () => {
+    const bad = path.join(dir, 'bad.env');
+    fs.writeFileSync(bad, 'GOOD=1\nthis line has the secret hunter2 in it\n');
+    const r = kw(['seal', bad, '--no-self', '--recipient', bob.recipient], { env: h.env });
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /bad\.env:2: /);
+    assert.ok(!r.stderr.includes('hunter2'));
+    const unclosed = path.join(dir, 'unclosed.env');
+    fs.writeFileSync(unclosed, 'TOKEN="secret-without-end\n');
+    const u = kw(['seal', unclosed, '--no-self', '--recipient', bob.recipient], { env: h.env });
+    assert.equal(u.code, 2);
+    assert.match(u.stderr, /unclosed\.env:1: the value of TOKEN has no closing quote/);
+    assert.ok(!u.stderr.includes('secret-without-end'));
+    const out = path.join(dir, '.keyward.env');
+    const changed = fs.readFileSync(out, 'utf8').replace('recipient: age1', 'recipient: age2');
+    fs.writeFileSync(path.join(dir, 'changed.env'), changed);
+    const c = kw(['project', 'check', path.join(dir, 'changed.env')], { env: h.env });
+    assert.equal(c.code, 8, c.stderr);
+    assert.match(c.stderr, /damaged/);
   });
 });

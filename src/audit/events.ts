@@ -46,6 +46,7 @@ export const EVENT_TYPES = [
   'console.credential',
   'operator.login',
   'operator.key',
+  'project.identity',
 ] as const;
 
 export type EventType = (typeof EVENT_TYPES)[number];

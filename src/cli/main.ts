@@ -45,6 +45,10 @@ export const COMMAND_GROUPS: ReadonlyArray<{
     },
   },
   {
+    commands: ['seal', 'project'],
+    load: async () => (await import('./project-commands.js')).registerProjectCommands,
+  },
+  {
     commands: ['operator'],
     load: async () => (await import('./operator-commands.js')).registerOperatorCommands,
   },

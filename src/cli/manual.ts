@@ -237,6 +237,13 @@ export const COMMAND_HELP: Readonly<
     exits: OPENS_VAULT,
     examples: ['keyward mcp pins reset github', 'keyward mcp pins reset --all'],
   },
+  seal: {
+    exits: OPENS_VAULT,
+    examples: ['keyward seal .env', 'keyward seal .env --recipient age1... --output .keyward.env'],
+  },
+  project: { exits: OPENS_VAULT, examples: ['keyward project identity', 'keyward project check'] },
+  'project identity': { exits: OPENS_VAULT, examples: ['keyward project identity'] },
+  'project check': { exits: [2, 8], examples: ['keyward project check .keyward.env --json'] },
   operator: {
     exits: OPENS_VAULT,
     examples: ['keyward operator key create alice-oncall --groups sre-team'],

@@ -252,3 +252,14 @@ export class OpenedProject {
     this.valueKey = undefined;
   }
 }
+
+/** Seals a plain .env file's values to recipients: the sealed file's text (file read in secure memory). */
+export async function sealEnvFile(file: string, recipients: readonly string[]): Promise<string> {
+  const { readEnvFile, freeEntries } = await import('./dotenv.js');
+  const entries = readEnvFile(file);
+  try {
+    return sealProject(entries, recipients);
+  } finally {
+    freeEntries(entries);
+  }
+}

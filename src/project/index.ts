@@ -10,6 +10,9 @@ export {
   MAX_VALUE,
   OpenedProject,
   parseProject,
+  sealEnvFile,
   sealProject,
   type ProjectFile,
 } from './file.js';
+export { parseEnv, readEnvFile, freeEntries, type EnvEntry } from './dotenv.js';
+export { IDENTITY_RECORD, projectIdentity, projectRecipient } from './identity.js';

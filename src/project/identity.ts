@@ -1,0 +1,33 @@
+/**
+ * This vault's project identity (docs/PROJECT-FILES.md, "Identities"): an X25519 secret kept in
+ * the vault as keyward's own record `@project/identity`, made on first use. Its public half, an
+ * age recipient (`age1...`), is what teammates seal project files to.
+ */
+import { secureFree, secureRandom, type SecureBuffer } from '../lib/secure.js';
+import type { Vault } from '../vault/index.js';
+import { encodeRecipient, publicKeyOf } from './age.js';
+
+export const IDENTITY_RECORD = '@project/identity';
+
+/**
+ * The identity (the caller frees it), made and stored when the vault has none and `create` says
+ * so (the caller saves the vault); undefined when it has none and may not make one.
+ */
+export function projectIdentity(v: Vault, create: boolean): SecureBuffer | undefined {
+  const held = v.revealInternal(IDENTITY_RECORD);
+  if (held || !create) return held;
+  const made = secureRandom(32);
+  v.setInternal(IDENTITY_RECORD, made);
+  return made;
+}
+
+/** This vault's recipient (`age1...`), the identity made if need be (see projectIdentity). */
+export function projectRecipient(v: Vault, create: boolean): string | undefined {
+  const id = projectIdentity(v, create);
+  if (!id) return undefined;
+  try {
+    return encodeRecipient(publicKeyOf(id));
+  } finally {
+    secureFree(id);
+  }
+}
