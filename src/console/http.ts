@@ -5,7 +5,13 @@
  */
 import type http from 'node:http';
 import { KeywardError } from '../errors.js';
-import { secureAlloc, secureFree, secureSlice, zero, type SecureBuffer } from '../lib/secure.js';
+import {
+  securePooled,
+  secureRelease,
+  secureSlice,
+  zero,
+  type SecureBuffer,
+} from '../lib/secure.js';
 
 const MAX_JSON = 64 * 1024;
 const MAX_SECRET = 1024;
@@ -166,7 +172,8 @@ export async function readSecret(
   req: http.IncomingMessage,
   what = 'the passphrase',
 ): Promise<SecureBuffer> {
-  const buf = secureAlloc(MAX_SECRET);
+  // Pooled (secure.ts): a flood of logins must not hold a mapping per request until GC.
+  const buf = securePooled(MAX_SECRET);
   let n = 0;
   try {
     checkType(req, 'application/octet-stream');
@@ -182,7 +189,7 @@ export async function readSecret(
     if (n === 0) throw new HttpError(400, `${what} is empty`);
     return secureSlice(buf, 0, n);
   } finally {
-    secureFree(buf);
+    secureRelease(buf);
   }
 }
 
