@@ -28,6 +28,18 @@ import { initHome, kw, VECTORS } from './helpers.js';
 const AGE = ['/usr/bin/age', '/usr/local/bin/age'].find((p) => fs.existsSync(p));
 const skip = AGE || process.env['CI'] ? false : 'age is not installed (CI installs it: .ci/run)';
 
+/** Every value of an opened project file, as text. */
+function valuesOf(p: OpenedProject): Record<string, string> {
+  return Object.fromEntries(
+    p.names.map((n) => {
+      const v = p.value(n);
+      const s = v?.toString() ?? '';
+      secureFree(v);
+      return [n, s];
+    }),
+  );
+}
+
 /** A key pair made by age-keygen: its file, its recipient line, and its identity (secure). */
 function keygen(dir: string, name: string): { file: string; recipient: string; id: SecureBuffer } {
   const file = path.join(dir, name);
@@ -150,14 +162,7 @@ describe('the sealed project file', { skip }, () => {
       const p = OpenedProject.open(parseProject(Buffer.from(text, 'latin1')), who.id);
       if (!p) return 'not a recipient';
       try {
-        return Object.fromEntries(
-          p.names.map((n) => {
-            const v = p.value(n);
-            const s = v?.toString() ?? '';
-            secureFree(v);
-            return [n, s];
-          }),
-        );
+        return valuesOf(p);
       } finally {
         p.close();
       }
@@ -285,14 +290,7 @@ describe('the committed vector (test/vectors/project/v1.json)', { skip }, () => 
     assert.equal(encodeRecipient(publicKeyOf(id)), vector.recipient);
     const p = OpenedProject.open(parseProject(Buffer.from(vector.file, 'ascii')), id);
     assert.ok(p);
-    const got = Object.fromEntries(
-      p.names.map((n) => {
-        const v = p.value(n);
-        const s = v?.toString() ?? '';
-        secureFree(v);
-        return [n, s];
-      }),
-    );
+    const got = valuesOf(p);
     p.close();
     assert.deepEqual(got, vector.values);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-vector-'));
@@ -362,14 +360,7 @@ describe('keyward seal, project identity, project check', { skip }, () => {
     // bob opens exactly the values the .env file meant.
     const p = OpenedProject.open(parseProject(Buffer.from(text, 'ascii')), bob.id);
     assert.ok(p);
-    const got = Object.fromEntries(
-      p.names.map((n) => {
-        const v = p.value(n);
-        const s = v?.toString() ?? '';
-        secureFree(v);
-        return [n, s];
-      }),
-    );
+    const got = valuesOf(p);
     p.close();
     assert.deepEqual(got, expected);
     assert.equal(

@@ -38,16 +38,7 @@ export function registerProjectCommands(program: Command, io: Io): void {
           throw new UsageError('USAGE', `${printable(r, 80)} is not an age recipient (age1...)`);
       if (o.self) {
         const a = auth(this, io);
-        const own = useVault(paths(), a, 'write', (v) => {
-          const had = project.projectIdentity(v, false);
-          const r = project.projectRecipient(v, true);
-          if (!had) {
-            v.save();
-            a.audit.record({ type: 'project.identity', decision: 'info', reason: 'created' });
-          }
-          return r;
-        });
-        if (own) recipients.unshift(own);
+        recipients.unshift(useVault(paths(), a, 'write', (v) => project.ownRecipient(v, a.audit)));
       }
       if (recipients.length === 0)
         throw new UsageError('USAGE', 'no recipient: give --recipient, or leave out --no-self');
@@ -72,16 +63,7 @@ export function registerProjectCommands(program: Command, io: Io): void {
         import('../vault/index.js'),
       ]);
       const a = auth(this, io);
-      const r = useVault(paths(), a, 'write', (v) => {
-        const had = project.projectIdentity(v, false);
-        const made = project.projectRecipient(v, true);
-        if (!had) {
-          v.save();
-          a.audit.record({ type: 'project.identity', decision: 'info', reason: 'created' });
-        }
-        return made;
-      });
-      io.stdout(`${r ?? ''}\n`);
+      io.stdout(`${useVault(paths(), a, 'write', (v) => project.ownRecipient(v, a.audit))}\n`);
     });
 
   proj

@@ -3,6 +3,7 @@
  * the vault as keyward's own record `@project/identity`, made on first use. Its public half, an
  * age recipient (`age1...`), is what teammates seal project files to.
  */
+import type { AuditRecord } from '../audit/index.js';
 import { secureFree, secureRandom, type SecureBuffer } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
 import { encodeRecipient, publicKeyOf } from './age.js';
@@ -30,4 +31,19 @@ export function projectRecipient(v: Vault, create: boolean): string | undefined 
   } finally {
     secureFree(id);
   }
+}
+
+/**
+ * This vault's recipient for `seal` and `project identity`: the identity is made if the vault
+ * has none, and then the vault saved and the making recorded (project.identity).
+ */
+export function ownRecipient(v: Vault, audit: { record(r: AuditRecord): unknown }): string {
+  const had = v.revealInternal(IDENTITY_RECORD);
+  secureFree(had);
+  const r = projectRecipient(v, true) ?? '';
+  if (!had) {
+    v.save();
+    audit.record({ type: 'project.identity', decision: 'info', reason: 'created' });
+  }
+  return r;
 }

@@ -15,4 +15,4 @@ export {
   type ProjectFile,
 } from './file.js';
 export { parseEnv, readEnvFile, freeEntries, type EnvEntry } from './dotenv.js';
-export { IDENTITY_RECORD, projectIdentity, projectRecipient } from './identity.js';
+export { IDENTITY_RECORD, ownRecipient, projectIdentity, projectRecipient } from './identity.js';
