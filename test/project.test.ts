@@ -370,6 +370,33 @@ describe('keyward seal, project identity, project check', { skip }, () => {
     );
   });
 
+  test('removing a recipient seals a new version it cannot open; adding one seals one it can', () => {
+    const out = path.join(dir, '.keyward.env');
+    const carol = keygen(dir, 'carol.key');
+    const rm = kw(['project', 'recipients', 'rm', bob.recipient, out], { env: h.env });
+    assert.equal(rm.code, 0, rm.stderr);
+    assert.match(rm.stderr, /rotate those values/);
+    const opens = (who: { id: SecureBuffer }) =>
+      OpenedProject.open(parseProject(fs.readFileSync(out)), who.id);
+    assert.equal(opens(bob), undefined, 'bob opens no new version');
+    const add = kw(['project', 'recipients', 'add', carol.recipient, out], { env: h.env });
+    assert.equal(add.code, 0, add.stderr);
+    const p = opens(carol);
+    assert.ok(p);
+    assert.deepEqual(valuesOf(p), expected);
+    p.close();
+    const resealed = auditEntries(h).filter((e) => e.type === 'project.resealed');
+    assert.deepEqual(
+      resealed.map((e) => e.reason),
+      ['recipient removed', 'recipient added'],
+    );
+    // Someone who is no recipient can't: another home's identity opens nothing.
+    const other = initHome();
+    const refused = kw(['project', 'recipients', 'add', bob.recipient, out], { env: other.env });
+    assert.equal(refused.code, 2);
+    assert.match(refused.stderr, /not a recipient of/);
+  });
+
   test('a malformed .env is refused with its line, never its text; a changed sealed file is exit 8', () => {
     const bad = path.join(dir, 'bad.env');
     fs.writeFileSync(bad, 'GOOD=1\nthis line has the secret hunter2 in it\n');

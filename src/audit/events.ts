@@ -47,6 +47,7 @@ export const EVENT_TYPES = [
   'operator.login',
   'operator.key',
   'project.identity',
+  'project.resealed',
 ] as const;
 
 export type EventType = (typeof EVENT_TYPES)[number];

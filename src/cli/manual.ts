@@ -243,6 +243,18 @@ export const COMMAND_HELP: Readonly<
   },
   project: { exits: OPENS_VAULT, examples: ['keyward project identity', 'keyward project check'] },
   'project identity': { exits: OPENS_VAULT, examples: ['keyward project identity'] },
+  'project recipients': {
+    exits: OPENS_VAULT,
+    examples: ['keyward project recipients add age1...', 'keyward project recipients rm age1...'],
+  },
+  'project recipients add': {
+    exits: OPENS_VAULT,
+    examples: ['keyward project recipients add age1...'],
+  },
+  'project recipients rm': {
+    exits: OPENS_VAULT,
+    examples: ['keyward project recipients rm age1... .keyward.env'],
+  },
   'project check': { exits: [2, 8], examples: ['keyward project check .keyward.env --json'] },
   operator: {
     exits: OPENS_VAULT,

@@ -1,6 +1,7 @@
 /**
- * seal FILE | project identity | project check [FILE] (docs/PROJECT-FILES.md). Direct on the
- * vault, with the passphrase: the project identity is the vault's own record.
+ * seal FILE | project identity | project check [FILE] | project recipients add|rm
+ * (docs/PROJECT-FILES.md). Direct on the vault, with the passphrase: the project identity is the
+ * vault's own record.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -65,6 +66,78 @@ export function registerProjectCommands(program: Command, io: Io): void {
       const a = auth(this, io);
       io.stdout(`${useVault(paths(), a, 'write', (v) => project.ownRecipient(v, a.audit))}\n`);
     });
+
+  const recipients = proj
+    .command('recipients')
+    .description("change a sealed file's recipients: sealed again under a new data key");
+  for (const op of ['add', 'rm'] as const)
+    recipients
+      .command(op)
+      .argument('<recipient>', 'an age recipient (age1...)')
+      .argument('[file]', `the sealed project file (default: ${DEFAULT_SEALED})`)
+      .description(
+        op === 'add'
+          ? 'seal the file again for one more recipient (asks the passphrase; you must be one)'
+          : 'seal the file again without a recipient; rotate what they could open (asks the passphrase)',
+      )
+      .action(async function (this: Command, recipient: string, file?: string) {
+        const [{ auth, paths }, project, { useVault }, { writeFileAtomic }] = await Promise.all([
+          import('./context.js'),
+          import('../project/index.js'),
+          import('../vault/index.js'),
+          import('../lib/files.js'),
+        ]);
+        const target = file ?? DEFAULT_SEALED;
+        if (!project.decodeRecipient(recipient))
+          throw new UsageError(
+            'USAGE',
+            `${printable(recipient, 80)} is not an age recipient (age1...)`,
+          );
+        let bytes: Buffer;
+        try {
+          bytes = fs.readFileSync(target);
+        } catch (e) {
+          throw new UsageError(
+            'USAGE',
+            `cannot read ${target} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+          );
+        }
+        const now = project.parseProject(bytes).recipients;
+        if (op === 'add' && now.includes(recipient))
+          throw new UsageError('USAGE', `${recipient} is a recipient already`);
+        if (op === 'rm' && !now.includes(recipient))
+          throw new UsageError('USAGE', `${recipient} is not a recipient of ${target}`);
+        const next = op === 'add' ? [...now, recipient] : now.filter((r) => r !== recipient);
+        if (next.length === 0)
+          throw new UsageError('USAGE', 'a sealed file keeps at least one recipient');
+        const a = auth(this, io);
+        const text = useVault(paths(), a, 'read', (v) => {
+          const t = project.resealProject(v, bytes, next);
+          if (t !== undefined)
+            a.audit.record({
+              type: 'project.resealed',
+              decision: 'info',
+              target,
+              reason: op === 'add' ? 'recipient added' : 'recipient removed',
+              details: { recipient, recipients: next.length },
+            });
+          return t;
+        });
+        if (text === undefined)
+          throw new UsageError(
+            'USAGE',
+            `your project identity is not a recipient of ${target}: a recipient must do this`,
+          );
+        writeFileAtomic(target, [Buffer.from(text, 'ascii')]);
+        io.stdout(
+          `${op === 'add' ? 'added' : 'removed'} ${recipient}; ${target} sealed again for ${next.length} recipients\n`,
+        );
+        if (op === 'rm')
+          note(
+            io,
+            'they can open no new version, but they may have kept what they opened before: rotate those values',
+          );
+      });
 
   proj
     .command('check')

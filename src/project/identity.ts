@@ -7,6 +7,7 @@ import type { AuditRecord } from '../audit/index.js';
 import { secureFree, secureRandom, type SecureBuffer } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
 import { encodeRecipient, publicKeyOf } from './age.js';
+import { OpenedProject, parseProject, sealProject } from './file.js';
 
 export const IDENTITY_RECORD = '@project/identity';
 
@@ -46,4 +47,31 @@ export function ownRecipient(v: Vault, audit: { record(r: AuditRecord): unknown 
     audit.record({ type: 'project.identity', decision: 'info', reason: 'created' });
   }
   return r;
+}
+
+/**
+ * The text of `sealed` sealed again to `recipients`, opened with this vault's identity: a new
+ * data key, new nonces, the same names and values. Undefined when this vault's identity is not
+ * one of the file's recipients. A tampered file is PROJECT_TAMPERED before anything is sealed.
+ */
+export function resealProject(
+  v: Vault,
+  sealed: Uint8Array,
+  recipients: readonly string[],
+): string | undefined {
+  const id = v.revealInternal(IDENTITY_RECORD);
+  if (!id) return undefined;
+  let opened: OpenedProject | undefined;
+  const entries: Array<{ name: string; value: SecureBuffer }> = [];
+  try {
+    opened = OpenedProject.open(parseProject(sealed), id);
+    if (!opened) return undefined;
+    for (const name of opened.names)
+      entries.push({ name, value: opened.value(name) as SecureBuffer });
+    return sealProject(entries, recipients);
+  } finally {
+    for (const e of entries) secureFree(e.value);
+    opened?.close();
+    secureFree(id);
+  }
 }

@@ -15,4 +15,10 @@ export {
   type ProjectFile,
 } from './file.js';
 export { parseEnv, readEnvFile, freeEntries, type EnvEntry } from './dotenv.js';
-export { IDENTITY_RECORD, ownRecipient, projectIdentity, projectRecipient } from './identity.js';
+export {
+  IDENTITY_RECORD,
+  ownRecipient,
+  projectIdentity,
+  projectRecipient,
+  resealProject,
+} from './identity.js';
