@@ -16,35 +16,7 @@
   let skew = 0;
   let streaming = false;
 
-  // Control, format (bidi overrides, zero-width) and separator characters in text the agent
-  // passes on (command lines, directories, names, definitions: the caller's or a server's
-  // choosing) are shown as \u{...}, so they can't reorder or hide what a person reads. Newlines
-  // and tabs stay where a block of text is shown.
-  function clean(v, keepLines) {
-    return String(v).replace(/[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu, (ch) =>
-      keepLines && (ch === '\n' || ch === '\t') ? ch : `\\u{${ch.codePointAt(0).toString(16)}}`,
-    );
-  }
-
-  function el(tag, attrs, ...children) {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === 'class') e.className = v;
-      else if (k === 'text') e.textContent = clean(v);
-      else if (k === 'block') e.textContent = clean(v, true);
-      else e.setAttribute(k, v);
-    }
-    for (const c of children)
-      if (c !== null && c !== undefined) e.append(typeof c === 'string' ? clean(c) : c);
-    return e;
-  }
-
-  function say(text, isError) {
-    const m = $('message');
-    m.textContent = clean(text);
-    m.className = isError ? 'error' : '';
-    m.hidden = !text;
-  }
+  const { clean, el, say } = window.keywardDom;
 
   async function api(method, path, body, secret) {
     const headers = { 'X-Keyward-CSRF': csrf || '' };

@@ -10,30 +10,7 @@
   let token = null;
   let timer = null;
 
-  function clean(v) {
-    return String(v).replace(
-      /[\p{Cc}\p{Cf}\p{Zl}\p{Zp}]/gu,
-      (ch) => `\\u{${ch.codePointAt(0).toString(16)}}`,
-    );
-  }
-
-  function el(tag, attrs, ...children) {
-    const e = document.createElement(tag);
-    for (const [k, v] of Object.entries(attrs || {})) {
-      if (k === 'class') e.className = v;
-      else if (k === 'text') e.textContent = clean(v);
-      else e.setAttribute(k, v);
-    }
-    for (const c of children) if (c) e.append(typeof c === 'string' ? clean(c) : c);
-    return e;
-  }
-
-  function say(text, isError) {
-    const m = $('message');
-    m.textContent = clean(text);
-    m.className = isError ? 'error' : '';
-    m.hidden = !text;
-  }
+  const { clean, el, say } = window.keywardDom;
 
   async function api(method, path, body, raw) {
     const headers = {};

@@ -110,16 +110,18 @@ export class Gate {
   readonly desk: OperatorDesk;
 
   constructor(private readonly host: GateHost) {
+    // The operators section of the policy in force (read again if it changed since).
+    const operatorRules = () => host.window.currentPolicy(host.window.unlocked()).operators;
     this.factors = new FactorCheck({
       vault: () => host.window.unlocked(),
       record: (r) => host.record(r),
       noteDenial: () => this.noteDenial(),
-      operatorRules: () => host.window.currentPolicy(host.window.unlocked()).operators,
+      operatorRules,
     });
     this.desk = new OperatorDesk(this.broker, {
       record: (r) => host.record(r),
       noteDenial: () => this.noteDenial(),
-      operatorRules: () => host.window.currentPolicy(host.window.unlocked()).operators,
+      operatorRules,
       live: (op) => liveIn(host.window, op),
     });
   }

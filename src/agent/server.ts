@@ -146,7 +146,7 @@ export class Agent {
       policyLoaded: (loaded) => {
         this.followShipping(loaded);
         // The operators' TLS listener, when the policy names one (it runs while unlocked).
-        void this.console?.followPolicy(loaded.policy.operators?.listen).then(() => {
+        void this.console?.remote.follow(loaded.policy.operators?.listen).then(() => {
           const error = this.console?.remote.error;
           if (error) this.o.log?.(`the operator listener is not up: ${error}`);
         });

@@ -87,9 +87,6 @@ const ROTATED = asciiBytes('audit.rotated');
 const GAP = asciiBytes('audit.gap');
 const ACKNOWLEDGED = asciiBytes('audit.acknowledged');
 
-/** SHA-256 of a (public) line into out, through OpenSSL (lib/openssl.ts says why). */
-const lineHash = sha256Public;
-
 /** The entry before the current one, as far as the next needs it. */
 interface Prior {
   seq: number;
@@ -215,7 +212,8 @@ export function verifySegments(
         // Breaks recorded by writers are reported every time, until a person acknowledges them.
         if (typeIs(line, e, GAP)) gaps.push({ seq: e.seq, acknowledged: false });
         if (typeIs(line, e, ACKNOWLEDGED)) for (const g of gaps) g.acknowledged = true;
-        const hash = lineHash(line, prev?.hash === hashes[0] ? hashes[1] : hashes[0]);
+        // SHA-256 of the (public) line, through OpenSSL (lib/openssl.ts says why).
+        const hash = sha256Public(line, prev?.hash === hashes[0] ? hashes[1] : hashes[0]);
         if (wanted.has(e.seq)) atCheckpoint.set(e.seq, hash.toString('hex'));
         // One record of the previous entry, rewritten in place (no allocation per line).
         if (prev) {

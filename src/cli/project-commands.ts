@@ -14,6 +14,18 @@ export const DEFAULT_SEALED = '.keyward.env';
 
 const many = (v: string, prev: string[] = []) => [...prev, v];
 
+/** A sealed project file's bytes (public), or a usage error naming why it can't be read. */
+function readSealed(target: string): Buffer {
+  try {
+    return fs.readFileSync(target);
+  } catch (e) {
+    throw new UsageError(
+      'USAGE',
+      `cannot read ${target} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+    );
+  }
+}
+
 export function registerProjectCommands(program: Command, io: Io): void {
   program
     .command('seal')
@@ -44,10 +56,9 @@ export function registerProjectCommands(program: Command, io: Io): void {
       if (recipients.length === 0)
         throw new UsageError('USAGE', 'no recipient: give --recipient, or leave out --no-self');
       const out = o.output ?? path.join(path.dirname(file), DEFAULT_SEALED);
-      const text = await project.sealEnvFile(file, recipients);
+      const { text, count } = await project.sealEnvFile(file, recipients);
       writeFileAtomic(out, [Buffer.from(text, 'ascii')]);
-      const names = project.parseProject(Buffer.from(text, 'ascii')).entries.length;
-      io.stdout(`sealed ${names} values for ${new Set(recipients).size} recipients into ${out}\n`);
+      io.stdout(`sealed ${count} values for ${new Set(recipients).size} recipients into ${out}\n`);
       note(io, `${file} still holds the values in plain text: delete it, and keep it out of git`);
     });
 
@@ -93,15 +104,7 @@ export function registerProjectCommands(program: Command, io: Io): void {
             'USAGE',
             `${printable(recipient, 80)} is not an age recipient (age1...)`,
           );
-        let bytes: Buffer;
-        try {
-          bytes = fs.readFileSync(target);
-        } catch (e) {
-          throw new UsageError(
-            'USAGE',
-            `cannot read ${target} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
-          );
-        }
+        const bytes = readSealed(target);
         const now = project.parseProject(bytes).recipients;
         if (op === 'add' && now.includes(recipient))
           throw new UsageError('USAGE', `${recipient} is a recipient already`);
@@ -147,15 +150,7 @@ export function registerProjectCommands(program: Command, io: Io): void {
     .action(async function (this: Command, file?: string) {
       const { parseProject } = await import('../project/index.js');
       const target = file ?? DEFAULT_SEALED;
-      let bytes: Buffer;
-      try {
-        bytes = fs.readFileSync(target);
-      } catch (e) {
-        throw new UsageError(
-          'USAGE',
-          `cannot read ${target} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
-        );
-      }
+      const bytes = readSealed(target);
       const p = parseProject(bytes);
       const names = p.entries.map((e) => e.name);
       if (this.opts<{ json?: boolean }>().json) {

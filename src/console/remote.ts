@@ -26,8 +26,8 @@ export interface RemoteListen {
 type Handler = (req: http.IncomingMessage, res: http.ServerResponse, origin: string) => void;
 
 export class RemoteOperators {
-  private server: https.Server | undefined;
-  private config = '';
+  /** The listener, and the configuration it was started with. */
+  private up: { config: string; origin: string; server: https.Server } | undefined;
   /** Why the listener is not up, when the policy asked for one. */
   error: string | undefined;
 
@@ -35,29 +35,26 @@ export class RemoteOperators {
 
   /** Where it listens (the origin), when it does. */
   get origin(): string | undefined {
-    return this.server ? this.lastOrigin : undefined;
+    return this.up?.origin;
   }
-  private lastOrigin: string | undefined;
 
-  /** Starts, restarts or stops the listener as the policy in force says. */
+  /** Starts, restarts or stops the listener as the policy in force says (a failed one: again). */
   async follow(cfg: RemoteListen | undefined): Promise<void> {
-    const key = cfg ? JSON.stringify(cfg) : '';
-    if (key === this.config && (this.server || this.error === undefined)) return;
+    const config = cfg ? JSON.stringify(cfg) : undefined;
+    if (config !== undefined && config === this.up?.config) return;
     await this.close();
-    this.config = key;
-    if (!cfg) return;
+    if (!cfg || config === undefined) return;
     try {
-      this.server = await listen(cfg, (req, res) => this.handle(req, res, cfg.origin));
-      this.lastOrigin = cfg.origin;
+      const server = await listen(cfg, (req, res) => this.handle(req, res, cfg.origin));
+      this.up = { config, origin: cfg.origin, server };
     } catch (e) {
       this.error = e instanceof Error ? e.message : String(e);
     }
   }
 
   async close(): Promise<void> {
-    const s = this.server;
-    this.server = undefined;
-    this.config = '';
+    const s = this.up?.server;
+    this.up = undefined;
     this.error = undefined;
     if (!s) return;
     s.closeAllConnections();

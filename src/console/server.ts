@@ -19,7 +19,7 @@ import type { Vault } from '../vault/index.js';
 import { OperatorSessions, type OidcLogin, type OperatorIdentity } from '../operators/index.js';
 import { routeApi } from './api.js';
 import { routeOperator } from './operators.js';
-import { RemoteOperators, type RemoteListen } from './remote.js';
+import { RemoteOperators } from './remote.js';
 import { hasCredentials, readCredentials, writeCredentials } from './credentials.js';
 import {
   checkRemoteSource,
@@ -92,6 +92,7 @@ const STATIC: Record<string, { file: string; type: string }> = {
   '/': { file: path.join(WEB, 'index.html'), type: 'text/html; charset=utf-8' },
   '/app.js': { file: path.join(WEB, 'app.js'), type: 'text/javascript; charset=utf-8' },
   '/app.css': { file: path.join(WEB, 'app.css'), type: 'text/css; charset=utf-8' },
+  '/dom.js': { file: path.join(WEB, 'dom.js'), type: 'text/javascript; charset=utf-8' },
   '/operator': { file: path.join(WEB, 'operator.html'), type: 'text/html; charset=utf-8' },
   '/operator.js': { file: path.join(WEB, 'operator.js'), type: 'text/javascript; charset=utf-8' },
   '/vendor/webauthn.js': {
@@ -113,7 +114,11 @@ const STATIC: Record<string, { file: string; type: string }> = {
 function operatorPage(url: string | undefined): boolean {
   const p = (url ?? '').split('?')[0] ?? '';
   return (
-    p === '/operator' || p === '/operator.js' || p === '/app.css' || p.startsWith('/api/operator/')
+    p === '/operator' ||
+    p === '/operator.js' ||
+    p === '/dom.js' ||
+    p === '/app.css' ||
+    p.startsWith('/api/operator/')
   );
 }
 
@@ -231,11 +236,6 @@ export class ConsoleServer {
     this.operatorSessions.clear();
     for (const st of this.streams) st.res.end();
     this.streams.clear();
-  }
-
-  /** Follows the policy in force: the TLS listener for operators, or none. */
-  followPolicy(listen: RemoteListen | undefined): Promise<void> {
-    return this.remote.follow(listen);
   }
 
   /**

@@ -254,11 +254,14 @@ export class OpenedProject {
 }
 
 /** Seals a plain .env file's values to recipients: the sealed file's text (file read in secure memory). */
-export async function sealEnvFile(file: string, recipients: readonly string[]): Promise<string> {
+export async function sealEnvFile(
+  file: string,
+  recipients: readonly string[],
+): Promise<{ text: string; count: number }> {
   const { readEnvFile, freeEntries } = await import('./dotenv.js');
   const entries = readEnvFile(file);
   try {
-    return sealProject(entries, recipients);
+    return { text: sealProject(entries, recipients), count: entries.length };
   } finally {
     freeEntries(entries);
   }
