@@ -16,7 +16,9 @@ import {
   ageEncrypt,
   decodeRecipient,
   encodeRecipient,
+  nameFromUrl,
   OpenedProject,
+  originUrl,
   parseProject,
   publicKeyOf,
   sealProject,
@@ -151,7 +153,7 @@ describe('the sealed project file', { skip }, () => {
       value: secureTake(Buffer.from(v)),
     }));
     try {
-      return sealProject(entries, recipients);
+      return sealProject('github.com/acme/api', entries, recipients);
     } finally {
       for (const e of entries) secureFree(e.value);
     }
@@ -230,6 +232,10 @@ describe('the sealed project file', { skip }, () => {
       'two lines moved': `${moved.join('\n')}\n`,
       'a value removed': `${lines.filter((_, i) => i !== a).join('\n')}\n`,
       'a recipient edited': `${recipients.join('\n')}\n`,
+      'the project renamed': text.replace(
+        'project: github.com/acme/api',
+        'project: github.com/acme/apj',
+      ),
       'a recipient removed': `${lines.filter((l) => l !== `recipient: ${bob.recipient}`).join('\n')}\n`,
       'a line added at the end': `${text}EXTRA=kw:AAAA\n`,
       'the last newline cut': text.slice(0, -1),
@@ -251,17 +257,21 @@ describe('the sealed project file', { skip }, () => {
     const v = secureTake(Buffer.from('x'));
     try {
       assert.throws(
-        () => sealProject([{ name: '1BAD', value: v }], [alice.recipient]),
+        () => sealProject('p', [{ name: '1BAD', value: v }], [alice.recipient]),
         /INVALID_NAME|not a name/,
       );
-      assert.throws(() => sealProject([{ name: 'OK', value: v }], []), /at least one recipient/);
       assert.throws(
-        () => sealProject([{ name: 'OK', value: v }], ['age1nope']),
+        () => sealProject('p', [{ name: 'OK', value: v }], []),
+        /at least one recipient/,
+      );
+      assert.throws(
+        () => sealProject('p', [{ name: 'OK', value: v }], ['age1nope']),
         /not an age recipient/,
       );
       assert.throws(
         () =>
           sealProject(
+            'p',
             [
               { name: 'OK', value: v },
               { name: 'OK', value: v },
@@ -270,9 +280,43 @@ describe('the sealed project file', { skip }, () => {
           ),
         /given twice/,
       );
+      for (const bad of ['', '/acme', 'acme/', 'a//b', '.hidden', 'a b', 'x'.repeat(101), 'a:b'])
+        assert.throws(
+          () => sealProject(bad, [{ name: 'OK', value: v }], [alice.recipient]),
+          /not a project name/,
+          bad,
+        );
     } finally {
       secureFree(v);
     }
+  });
+});
+
+describe('the project name seal gives a file', () => {
+  test("a remote's url becomes host/path; a local path or a name that doesn't fit is none", () => {
+    const cases: Record<string, string | undefined> = {
+      'git@github.com:acme/api.git': 'github.com/acme/api',
+      'https://github.com/acme/api': 'github.com/acme/api',
+      'https://user:pw@GitLab.example.com/group/sub/app.git/': 'gitlab.example.com/group/sub/app',
+      'ssh://git@github.com:22/acme/api.git': 'github.com/acme/api',
+      'ssh://git@github.com/acme/api.git': 'github.com/acme/api',
+      '/srv/git/api.git': undefined,
+      '../api': undefined,
+      'https://github.com/acme/a b': undefined,
+      'https://github.com/acme/..': undefined,
+    };
+    for (const [url, want] of Object.entries(cases)) assert.equal(nameFromUrl(url), want, url);
+    const config = [
+      '[core]',
+      '\turl = https://wrong.example/x',
+      '[remote "upstream"]',
+      '\turl = https://github.com/other/api',
+      '[remote "origin"]',
+      '\tfetch = +refs/heads/*:refs/remotes/origin/*',
+      '\turl = git@github.com:acme/api.git',
+    ].join('\n');
+    assert.equal(originUrl(config), 'git@github.com:acme/api.git');
+    assert.equal(originUrl('[remote "upstream"]\n url = x\n'), undefined);
   });
 });
 
@@ -280,6 +324,7 @@ describe('the committed vector (test/vectors/project/v1.json)', { skip }, () => 
   const vector = JSON.parse(fs.readFileSync(path.join(VECTORS, 'project', 'v1.json'), 'utf8')) as {
     identity: string;
     recipient: string;
+    project: string;
     file: string;
     values: Record<string, string>;
   };
@@ -290,6 +335,7 @@ describe('the committed vector (test/vectors/project/v1.json)', { skip }, () => 
     assert.equal(encodeRecipient(publicKeyOf(id)), vector.recipient);
     const p = OpenedProject.open(parseProject(Buffer.from(vector.file, 'ascii')), id);
     assert.ok(p);
+    assert.equal(p.project, vector.project);
     const got = valuesOf(p);
     p.close();
     assert.deepEqual(got, vector.values);
@@ -314,6 +360,9 @@ describe('keyward seal, project identity, project check', { skip }, () => {
   const h = initHome();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-seal-'));
   const bob = keygen(dir, 'bob.key');
+  // A real repository: the sealed file is named after its origin (docs/PROJECT-FILES.md).
+  execFileSync('git', ['init', '-q', dir]);
+  execFileSync('git', ['-C', dir, 'remote', 'add', 'origin', 'git@GitHub.com:acme/api.git']);
   const env = path.join(dir, '.env');
   fs.writeFileSync(
     env,
@@ -344,7 +393,10 @@ describe('keyward seal, project identity, project check', { skip }, () => {
     assert.equal(kw(['project', 'identity'], { env: h.env }).stdout.trim(), own);
     const sealed = kw(['seal', env, '--recipient', bob.recipient], { env: h.env });
     assert.equal(sealed.code, 0, sealed.stderr);
-    assert.match(sealed.stdout, /sealed 5 values for 2 recipients/);
+    assert.match(
+      sealed.stdout,
+      /sealed 5 values of the project github\.com\/acme\/api for 2 recipients/,
+    );
     assert.match(sealed.stderr, /still holds the values in plain text/);
     const out = path.join(dir, '.keyward.env');
     const text = fs.readFileSync(out, 'utf8');
@@ -354,6 +406,7 @@ describe('keyward seal, project identity, project check', { skip }, () => {
     assert.equal(check.code, 0, check.stderr);
     assert.deepEqual(JSON.parse(check.stdout), {
       file: out,
+      project: 'github.com/acme/api',
       recipients: [own, bob.recipient],
       names: Object.keys(expected),
     });

@@ -36,15 +36,33 @@ export function registerProjectCommands(program: Command, io: Io): void {
       `where the sealed file goes (default: ${DEFAULT_SEALED} beside FILE)`,
     )
     .option('--no-self', 'do not seal to your own project identity')
+    .option(
+      '--project <name>',
+      "the project's name in policy targets, project:NAME/VAR (default: the git origin's host/path, else the directory's name)",
+    )
     .description('seal a .env file into a project file safe to commit (asks the passphrase)')
     .action(async function (this: Command, file: string) {
-      const o = this.opts<{ recipient?: string[]; output?: string; self: boolean }>();
+      const o = this.opts<{
+        recipient?: string[];
+        output?: string;
+        self: boolean;
+        project?: string;
+      }>();
       const [{ auth, paths }, project, { useVault }, { writeFileAtomic }] = await Promise.all([
         import('./context.js'),
         import('../project/index.js'),
         import('../vault/index.js'),
         import('../lib/files.js'),
       ]);
+      const name =
+        o.project !== undefined
+          ? project.checkProjectName(o.project)
+          : project.defaultProjectName(file);
+      if (name === undefined)
+        throw new UsageError(
+          'USAGE',
+          `no project name fits ${printable(path.dirname(path.resolve(file)), 80)}: give --project NAME (e.g. github.com/acme/api)`,
+        );
       const recipients = [...(o.recipient ?? [])];
       for (const r of recipients)
         if (!project.decodeRecipient(r))
@@ -56,9 +74,11 @@ export function registerProjectCommands(program: Command, io: Io): void {
       if (recipients.length === 0)
         throw new UsageError('USAGE', 'no recipient: give --recipient, or leave out --no-self');
       const out = o.output ?? path.join(path.dirname(file), DEFAULT_SEALED);
-      const { text, count } = await project.sealEnvFile(file, recipients);
+      const { text, count } = await project.sealEnvFile(name, file, recipients);
       writeFileAtomic(out, [Buffer.from(text, 'ascii')]);
-      io.stdout(`sealed ${count} values for ${new Set(recipients).size} recipients into ${out}\n`);
+      io.stdout(
+        `sealed ${count} values of the project ${name} for ${new Set(recipients).size} recipients into ${out}\n`,
+      );
       note(io, `${file} still holds the values in plain text: delete it, and keep it out of git`);
     });
 
@@ -155,12 +175,12 @@ export function registerProjectCommands(program: Command, io: Io): void {
       const names = p.entries.map((e) => e.name);
       if (this.opts<{ json?: boolean }>().json) {
         io.stdout(
-          `${JSON.stringify({ file: target, recipients: p.recipients, names }, null, 2)}\n`,
+          `${JSON.stringify({ file: target, project: p.project, recipients: p.recipients, names }, null, 2)}\n`,
         );
         return;
       }
       io.stdout(
-        `${target}: well-formed, ${names.length} values, ${p.recipients.length} recipients\n`,
+        `${target}: well-formed, project ${p.project}, ${names.length} values, ${p.recipients.length} recipients\n`,
       );
       for (const r of p.recipients) io.stdout(`recipient ${r}\n`);
       for (const n of names) io.stdout(`name ${n}\n`);

@@ -34,8 +34,12 @@ const AAD_PREFIX = Buffer.from('keyward-project 1\n', 'ascii');
 export const MAX_VALUE = 64 * 1024;
 export const MAX_ENTRIES = 1000;
 const NAME_RE = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
+/** A project's name: what policy targets say (`project:NAME/VAR`); vault-name parts, at most 100. */
+const PROJECT_RE = /^(?=.{1,100}$)[A-Za-z0-9][A-Za-z0-9._-]*(\/[A-Za-z0-9][A-Za-z0-9._-]*)*$/;
 
 export interface ProjectFile {
+  /** The project it belongs to, as sealed (under the MAC): policy targets are `project:NAME/VAR`. */
+  project: string;
   id: Buffer;
   recipients: string[];
   /** The data key's age file. */
@@ -60,6 +64,16 @@ export function checkName(name: string): string {
   return name;
 }
 
+/** The project name, checked: INVALID_NAME says what a project name may be. */
+export function checkProjectName(name: string): string {
+  if (!PROJECT_RE.test(name))
+    throw new UsageError(
+      'INVALID_NAME',
+      `${JSON.stringify(name.slice(0, 110))} is not a project name: parts of letters, digits, . _ - separated by /, each starting with a letter or digit (at most 100 characters), e.g. github.com/acme/api`,
+    );
+  return name;
+}
+
 /** The subkey `which` of a data key, in secure memory. */
 function subkey(dataKey: SecureBuffer, which: number): SecureBuffer {
   const k = securePooled(32);
@@ -76,9 +90,11 @@ const b64url = (b: Uint8Array) => Buffer.from(b).toString('base64url');
  * every recipient (`age1...`). Values are read, not freed.
  */
 export function sealProject(
+  project: string,
   entries: ReadonlyArray<{ name: string; value: SecureBuffer }>,
   recipients: readonly string[],
 ): string {
+  checkProjectName(project);
   if (recipients.length === 0)
     throw new UsageError('USAGE', 'a sealed project file needs at least one recipient');
   const keys = recipients.map((r) => {
@@ -107,6 +123,7 @@ export function sealProject(
     const lines = [
       FIRST_LINE,
       VERSION_LINE,
+      `project: ${project}`,
       `id: ${b64url(id)}`,
       ...[...new Set(recipients)].map((r) => `recipient: ${r}`),
       `key: ${b64url(ageEncrypt(dataKey, keys))}`,
@@ -147,11 +164,14 @@ export function parseProject(text: Uint8Array): ProjectFile {
   const at = (i: number) => lines[i] ?? '';
   if (at(0) !== FIRST_LINE || at(1) !== VERSION_LINE)
     throw tampered('it does not begin as a keyward sealed project file of version 1');
-  const idm = /^id: ([A-Za-z0-9_-]{22})$/.exec(at(2));
+  const pm = /^project: (.*)$/.exec(at(2));
+  const project = pm?.[1] ?? '';
+  if (!PROJECT_RE.test(project)) throw tampered('line 3 is not its project name');
+  const idm = /^id: ([A-Za-z0-9_-]{22})$/.exec(at(3));
   const id = idm ? Buffer.from(idm[1] ?? '', 'base64url') : undefined;
   if (!id || id.length !== ID_BYTES || b64url(id) !== idm?.[1])
-    throw tampered('line 3 is not its id');
-  let i = 3;
+    throw tampered('line 4 is not its id');
+  let i = 4;
   const recipients: string[] = [];
   for (; at(i).startsWith('recipient: '); i++) {
     const r = at(i).slice('recipient: '.length);
@@ -184,7 +204,7 @@ export function parseProject(text: Uint8Array): ProjectFile {
   if (!mac || mac.length !== 32 || b64url(mac) !== mm?.[1] || lines.length - 1 < i)
     throw tampered('its last line is not its MAC');
   const signed = buf.subarray(0, buf.length - `${at(lines.length - 1)}\n`.length);
-  return { id, recipients, keyFile, entries, signed, mac };
+  return { project, id, recipients, keyFile, entries, signed, mac };
 }
 
 /** A sealed file opened with one identity: its values, one at a time, until close(). */
@@ -221,6 +241,15 @@ export class OpenedProject {
     }
   }
 
+  get project(): string {
+    return this.file.project;
+  }
+
+  /** The file's id (16 bytes, new at every seal), as base64url: which version was opened. */
+  get id(): string {
+    return b64url(this.file.id);
+  }
+
   get names(): string[] {
     return this.file.entries.map((e) => e.name);
   }
@@ -255,13 +284,14 @@ export class OpenedProject {
 
 /** Seals a plain .env file's values to recipients: the sealed file's text (file read in secure memory). */
 export async function sealEnvFile(
+  project: string,
   file: string,
   recipients: readonly string[],
 ): Promise<{ text: string; count: number }> {
   const { readEnvFile, freeEntries } = await import('./dotenv.js');
   const entries = readEnvFile(file);
   try {
-    return { text: sealProject(entries, recipients), count: entries.length };
+    return { text: sealProject(project, entries, recipients), count: entries.length };
   } finally {
     freeEntries(entries);
   }

@@ -68,7 +68,7 @@ export function resealProject(
     if (!opened) return undefined;
     for (const name of opened.names)
       entries.push({ name, value: opened.value(name) as SecureBuffer });
-    return sealProject(entries, recipients);
+    return sealProject(opened.project, entries, recipients);
   } finally {
     for (const e of entries) secureFree(e.value);
     opened?.close();

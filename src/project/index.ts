@@ -4,8 +4,10 @@
  * key to its recipients (age.ts).
  */
 export { ageDecrypt, ageEncrypt, decodeRecipient, encodeRecipient, publicKeyOf } from './age.js';
+export { defaultProjectName, nameFromUrl, originUrl } from './naming.js';
 export {
   checkName,
+  checkProjectName,
   FIRST_LINE,
   MAX_VALUE,
   OpenedProject,
