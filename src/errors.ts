@@ -66,6 +66,8 @@ export const ERROR_CODES = {
   OPERATOR_REFUSED: EXIT.AUTH,
   /** A sealed project file was changed, cut, reordered or is not what keyward writes. */
   PROJECT_TAMPERED: EXIT.INTEGRITY,
+  /** This vault's project identity is not one of a sealed file's recipients. */
+  PROJECT_NOT_RECIPIENT: EXIT.AUTH,
 } as const satisfies Record<string, ExitCode>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

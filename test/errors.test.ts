@@ -44,6 +44,7 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     BACKUP_IDENTITY_MISMATCH: 4,
     OPERATOR_REFUSED: 4,
     PROJECT_TAMPERED: 8,
+    PROJECT_NOT_RECIPIENT: 4,
   });
 });
 

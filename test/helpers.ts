@@ -52,9 +52,13 @@ export interface Run {
   stdoutBytes: Buffer;
 }
 
-export function kw(args: string[], opts: { env: NodeJS.ProcessEnv; input?: string | Buffer }): Run {
+export function kw(
+  args: string[],
+  opts: { env: NodeJS.ProcessEnv; input?: string | Buffer; cwd?: string },
+): Run {
   const r: SpawnSyncReturns<Buffer> = spawnSync(process.execPath, [BIN, ...args], {
     env: opts.env,
+    ...(opts.cwd === undefined ? {} : { cwd: opts.cwd }),
     input: opts.input ?? '',
     maxBuffer: 64 * 1024 * 1024,
   });

@@ -407,6 +407,8 @@ describe('keyward seal, project identity, project check', { skip }, () => {
     assert.deepEqual(JSON.parse(check.stdout), {
       file: out,
       project: 'github.com/acme/api',
+      recipient: null,
+      mac: 'unchecked',
       recipients: [own, bob.recipient],
       names: Object.keys(expected),
     });

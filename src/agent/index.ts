@@ -12,6 +12,8 @@ export {
   agentMcpPins,
   agentApprove,
   agentRead,
+  agentProjectCheck,
+  agentProjectRead,
   agentRun,
   agentUnlock,
   type RunRequest,

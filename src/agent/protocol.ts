@@ -39,6 +39,7 @@ export const REQ = {
   console: 0x0d,
   audit: 0x0e,
   policy: 0x0f,
+  project: 0x10,
 } as const;
 export type RequestType = keyof typeof REQ;
 export const RES_OK = 0x80;

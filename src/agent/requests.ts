@@ -166,6 +166,37 @@ export async function agentRead(
   }
 }
 
+/**
+ * A value of a sealed project file, opened by the agent (docs/PROJECT-FILES.md) and written to
+ * fd from secure memory. The file's bytes are public; the agent names the value by the project
+ * the file names.
+ */
+export async function agentProjectRead(
+  path: string,
+  file: Buffer,
+  name: string,
+  fd: number,
+  newline: boolean,
+): Promise<void> {
+  const f = await call(path, 'project', { op: 'read', name }, secureTake(Buffer.from(file)));
+  try {
+    if (f.raw) writeAllSync(fd, f.raw);
+    if (newline) writeAllSync(fd, Buffer.from('\n'));
+  } finally {
+    secureFree(f.raw);
+  }
+}
+
+/** The agent's check of a sealed file: it opens (MAC, recipient); names, nothing decrypted. */
+export async function agentProjectCheck(
+  path: string,
+  file: Buffer,
+): Promise<Record<string, unknown>> {
+  const f = await call(path, 'project', { op: 'check' }, secureTake(Buffer.from(file)));
+  secureFree(f.raw);
+  return f.meta;
+}
+
 /** Approves with a TOTP code when one is given, else with the passphrase. */
 export async function agentApprove(
   path: string,
@@ -191,6 +222,8 @@ export interface RunRequest {
   masking: boolean;
   /** This process's stdout is a terminal of this size: the child runs under a pty. */
   pty?: { rows: number; cols: number };
+  /** A sealed project file's bytes: each of its values goes to the child under its own name. */
+  project?: Buffer;
 }
 
 /**
@@ -225,10 +258,14 @@ export async function agentRun(
   const argc = Buffer.alloc(4);
   argc.writeUInt32BE(req.argv.length);
   const args = Buffer.from(req.argv.map((a) => `${a}\0`).join(''), 'utf8');
-  const raw = secureTake(Buffer.concat([argc, args, environ]));
+  // A sealed project file (public bytes) goes last; projectBytes says where it begins.
+  const project = req.project ?? Buffer.alloc(0);
+  const raw = secureTake(Buffer.concat([argc, args, environ, project]));
   environ.fill(0);
   const meta: Record<string, unknown> = { ...req };
   delete meta['argv'];
+  delete meta['project'];
+  if (project.length > 0) meta['projectBytes'] = project.length;
   let conn: AgentConnection;
   try {
     conn = await AgentConnection.open(path, { sendsSecret: true });

@@ -27,6 +27,7 @@ import {
   type RunRequestSpec,
   type Wanted,
 } from './run-request.js';
+import { ProjectRun } from './projects.js';
 import { frameHead, RUN_SIGNALS, str, STREAM, type Frame, type FrameReader } from './protocol.js';
 
 /** Output the client hasn't taken yet before the child's output is paused. */
@@ -50,7 +51,7 @@ export interface RunHost {
   stillOpen(v: Vault): boolean;
   authorize(
     conn: RunConn,
-    req: { target: string; what: string },
+    req: { target: string; what: string; exists?: boolean },
   ): Promise<{ rule: string | undefined }>;
   /** A copy of the value (cache or vault; credential.fetch), the caller frees it. */
   fetch(
@@ -80,8 +81,11 @@ export class RunService {
     let delivered: Wanted[] = [];
     let recordDetails:
       ((w: Wanted) => Record<string, string | number | boolean | null>) | undefined;
+    let project: ProjectRun | undefined;
     try {
-      const { argv, env } = parseRaw(f.raw);
+      const split = ProjectRun.split(f.meta, f.raw);
+      project = split.project;
+      const { argv, env } = parseRaw(split.head);
       const req = parseMeta(f.meta, argv);
       const pathEntry = env.filter((e) => e.name === 'PATH').at(-1);
       // PATH is no secret: it is how the program is found, as the caller's shell would.
@@ -108,6 +112,7 @@ export class RunService {
       const programSha = sha256File(program);
       const notable = [...new Set(env.map((e) => e.name).filter((n) => LOADER_VARIABLES.test(n)))];
       const v = this.host.vault();
+      project?.addTo(v, req.wanted);
       const rules = new Map<string, string | null>();
       for (const w of req.wanted) {
         const where = w.as.map((a) => ('var' in a ? `$${a.var}` : `descriptor ${a.fd}`)).join(', ');
@@ -120,6 +125,7 @@ export class RunService {
             `in ${quote(req.cwd)}, with the secret ${quote(w.name)} as ${where}` +
             (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : '') +
             (req.mcp ? `; asked by the MCP client ${quote(req.mcp)}` : ''),
+          ...(project?.has(w.name) ? { exists: true } : {}),
         });
         rules.set(w.name, rule ?? null);
       }
@@ -135,7 +141,9 @@ export class RunService {
       const cached = new Set<string>();
       const sizes = new Map<string, number>();
       for (const w of req.wanted) {
-        const got = this.host.fetch(conn, v, w.name, rules.get(w.name) ?? undefined);
+        const got = project?.has(w.name)
+          ? project.take(v, w.name)
+          : this.host.fetch(conn, v, w.name, rules.get(w.name) ?? undefined);
         values.set(w.name, got.value);
         sizes.set(w.name, got.value.length);
         if (got.cached) cached.add(w.name);
@@ -152,6 +160,7 @@ export class RunService {
         cached: cached.has(w.name),
         masking: req.masking,
         mcpClient: req.mcp ?? null,
+        ...(project?.has(w.name) ? { file: project.fileId } : {}),
       });
       recordDetails = details;
       // Rule 4: every delivery durable in the audit log before the child gets the value.
@@ -233,6 +242,7 @@ export class RunService {
       }
       throw e;
     } finally {
+      project?.close();
       for (const value of values.values()) secureFree(value);
       for (const form of forms) secureFree(form);
       secureFree(f.raw);

@@ -3,30 +3,18 @@
  * secret only as policy says, after a person approves where it asks, and only once the release
  * is durable in the audit log (docs/PROTOCOL.md).
  *
- * This file keeps to sockets and dispatch; services.ts makes the parts. Who asks: peer.ts.
+ * This file keeps to sockets and dispatch; services.ts makes the parts; audit-watch.ts ships the
+ * log and checks it at unlock. Who asks: peer.ts.
  * Whether they may: gate.ts. The open vault and its limits: unlock.ts. What leaves: release.ts,
  * run-service.ts, ssh-agent.ts. What it shows: views.ts.
  */
 import fs from 'node:fs';
 import type net from 'node:net';
 import type { TerminalChannel } from '../approval/index.js';
-import {
-  AuditLog,
-  breakWarning,
-  findBreak,
-  gapRecord,
-  GroupCommitter,
-  readCheckpoints,
-  readShipFile,
-  sameShipping,
-  shipConfigOf,
-  writeShipFile,
-  type AuditRecord,
-} from '../audit/index.js';
+import { AuditLog, GroupCommitter, type AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { flock, LOCK_EX, LOCK_NB, queuedBytes } from '../lib/libc.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
-import type { Loaded } from '../policy/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { actorOf } from './identity.js';
 import {
@@ -50,6 +38,7 @@ import {
 } from './protocol.js';
 import { listenPrivate, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
 import type { ConsoleServer } from '../console/index.js';
+import { auditWarningAtUnlock, followShipping } from './audit-watch.js';
 import { CredentialCache } from './cache.js';
 import { consoleRequest, type ConsoleLinkHost } from './console-link.js';
 import type { Gate } from './gate.js';
@@ -57,6 +46,7 @@ import type { McpService } from './mcp.js';
 import type { Releases } from './release.js';
 import { type Reply } from './release.js';
 import { fail, jsonRaw, notifyPending, reply, replyWithFd, wireError } from './replies.js';
+import type { ProjectService } from './projects.js';
 import type { RunService } from './run-service.js';
 import type { SshAgentService } from './ssh-agent.js';
 import type { UnlockWindow } from './unlock.js';
@@ -119,6 +109,7 @@ export class Agent {
   private readonly mcp: McpService;
   private readonly ssh: SshAgentService;
   private readonly runs: RunService;
+  private readonly projects: ProjectService;
   private readonly console: ConsoleServer | undefined;
   private readonly consoleLink: ConsoleLinkHost;
   private readonly cache = new CredentialCache((name, reason) => {
@@ -144,7 +135,7 @@ export class Agent {
       clearCache: (what) => this.cache.clear(what),
       cache: this.cache,
       policyLoaded: (loaded) => {
-        this.followShipping(loaded);
+        followShipping(this.auditLog, loaded, (r) => this.record(r));
         // The operators' TLS listener, when the policy names one (it runs while unlocked).
         void this.console?.remote.follow(loaded.policy.operators?.listen).then(() => {
           const error = this.console?.remote.error;
@@ -160,6 +151,7 @@ export class Agent {
       releases: this.releases,
       mcp: this.mcp,
       runs: this.runs,
+      projects: this.projects,
       ssh: this.ssh,
       console: this.console,
       consoleLink: this.consoleLink,
@@ -302,6 +294,9 @@ export class Agent {
       return;
     }
     conn.busy = true;
+    // A request may wait for a person for up to its approval's timeout (10 minutes at most): the
+    // idle limit is for connections that ask nothing, not for one waiting for an answer.
+    conn.socket.setTimeout(0);
     try {
       if (!name) throw new ProtocolError(`unknown request type ${f.type}`);
       // The process that connected, still running the program it ran then: a reused pid never
@@ -327,6 +322,7 @@ export class Agent {
       if (e instanceof ProtocolError) conn.socket.destroy();
     } finally {
       conn.busy = false;
+      if (!conn.stream && !conn.socket.destroyed) conn.socket.setTimeout(IDLE_CONNECTION_MS);
     }
   }
 
@@ -375,6 +371,8 @@ export class Agent {
         return consoleRequest(this.consoleLink, conn, f);
       case 'run':
         return { meta: await this.runs.start(conn, f) };
+      case 'project':
+        return this.projects.handle(conn, f.meta, f.raw);
       case 'approvals':
         secureFree(f.raw);
         // In the bytes, not the meta: whole command lines can be longer than a frame's meta.
@@ -434,44 +432,10 @@ export class Agent {
     return {
       unlocked: true,
       drift: this.window.loaded?.drift === true,
-      auditWarning: (await this.checkAuditLog()) ?? null,
+      auditWarning:
+        (await auditWarningAtUnlock(this.o.home, this.window.unlocked(), (r) => this.record(r))) ??
+        null,
     };
-  }
-
-  /**
-   * The agent ships by the applied policy it holds (and keeps doing so while locked). audit/ship,
-   * which writers without the policy go by, is put back when it says otherwise, and that is
-   * recorded.
-   */
-  private followShipping(loaded: Loaded): void {
-    const cfg = shipConfigOf(loaded.policy.audit);
-    this.auditLog.setShipping(cfg);
-    if (sameShipping(readShipFile(this.auditLog.paths), cfg)) return;
-    writeShipFile(this.auditLog.paths, cfg);
-    void this.record({
-      type: 'policy.drift',
-      decision: 'error',
-      reason: `audit/ship did not match the applied policy's audit shipping (${cfg.kind}); put back`,
-    }).catch(() => undefined);
-  }
-
-  /**
-   * At unlock, with the vault's checkpoints at hand: a log cut since them is recorded (once,
-   * chained from the last entry there) and said to the person who unlocked.
-   */
-  private async checkAuditLog(): Promise<string | undefined> {
-    const log = new AuditLog(this.o.home);
-    const b = findBreak(log, readCheckpoints(log, this.window.unlocked()));
-    const recorded = log.unacknowledgedGaps();
-    if (b) {
-      if (recorded.length === 0) await this.record(gapRecord(b, 'the agent at unlock'));
-      return breakWarning(b);
-    }
-    // Breaks found earlier (by this agent while it ran, say) are said at every unlock until a
-    // person acknowledges them.
-    return recorded.length > 0
-      ? `WARNING: the audit log records ${recorded.length} break(s) not acknowledged (audit.gap at seq ${recorded.join(', ')}); see keyward audit verify, then keyward audit acknowledge`
-      : undefined;
   }
 
   /** Wipes every key and grant, refuses everything pending. */

@@ -14,6 +14,7 @@ import { Gate } from './gate.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
 import { McpService } from './mcp.js';
 import type { Peer } from './peer.js';
+import { ProjectService } from './projects.js';
 import { Releases } from './release.js';
 import { RunService } from './run-service.js';
 import type { AgentOptions } from './server.js';
@@ -40,6 +41,7 @@ export interface Services {
   releases: Releases;
   mcp: McpService;
   runs: RunService;
+  projects: ProjectService;
   ssh: SshAgentService;
   console: ConsoleServer | undefined;
   consoleLink: ConsoleLinkHost;
@@ -92,7 +94,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
         action: 'run',
         auditType: 'credential.deliver',
         what: req.what,
-        exists: window.unlocked().has(req.target),
+        exists: req.exists ?? window.unlocked().has(req.target),
       }),
     fetch: (conn, v, name, rule) => releases.fetch(conn.id, v, name, rule),
     record,
@@ -129,5 +131,17 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
       await window.open({ passphrase }, by, 'passphrase', 'ssh-agent');
     },
   });
-  return { window, gate: theGate, views, releases, mcp, runs, ssh, console: web, consoleLink };
+  const projects = new ProjectService({ window, gate: theGate, record });
+  return {
+    window,
+    gate: theGate,
+    views,
+    releases,
+    mcp,
+    runs,
+    projects,
+    ssh,
+    console: web,
+    consoleLink,
+  };
 }

@@ -48,6 +48,7 @@ export const EVENT_TYPES = [
   'operator.key',
   'project.identity',
   'project.resealed',
+  'project.unsealed',
 ] as const;
 
 export type EventType = (typeof EVENT_TYPES)[number];

@@ -155,6 +155,7 @@ export const COMMAND_HELP: Readonly<
     examples: [
       'keyward read github/token',
       'GITHUB_TOKEN="$(keyward read github/token)" gh repo list',
+      'keyward read --project DATABASE_URL    # from the nearest .keyward.env, by the agent',
     ],
   },
   agent: { exits: ASKS_AGENT, examples: ['keyward agent start', 'keyward agent stop'] },
@@ -206,6 +207,7 @@ export const COMMAND_HELP: Readonly<
     examples: [
       'keyward run --env GITHUB_TOKEN=github/token -- gh repo list',
       'keyward run --fd 3=deploy/key -- ./deploy.sh    # the secret on descriptor 3',
+      'keyward run --project -- npm test    # every value of the nearest .keyward.env',
     ],
   },
   mcp: {
@@ -241,8 +243,15 @@ export const COMMAND_HELP: Readonly<
     exits: OPENS_VAULT,
     examples: ['keyward seal .env', 'keyward seal .env --recipient age1... --output .keyward.env'],
   },
+  unseal: {
+    exits: OPENS_VAULT,
+    examples: ['keyward unseal', 'keyward unseal .keyward.env --output /tmp/plain.env'],
+  },
   project: { exits: OPENS_VAULT, examples: ['keyward project identity', 'keyward project check'] },
-  'project identity': { exits: OPENS_VAULT, examples: ['keyward project identity'] },
+  'project identity': {
+    exits: OPENS_VAULT,
+    examples: ['keyward project identity', 'keyward project identity --import ci.key    # in CI'],
+  },
   'project recipients': {
     exits: OPENS_VAULT,
     examples: ['keyward project recipients add age1...', 'keyward project recipients rm age1...'],
@@ -255,7 +264,7 @@ export const COMMAND_HELP: Readonly<
     exits: OPENS_VAULT,
     examples: ['keyward project recipients rm age1... .keyward.env'],
   },
-  'project check': { exits: [2, 8], examples: ['keyward project check .keyward.env --json'] },
+  'project check': { exits: [2, 4, 8], examples: ['keyward project check .keyward.env --json'] },
   operator: {
     exits: OPENS_VAULT,
     examples: ['keyward operator key create alice-oncall --groups sre-team'],

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { UsageError } from '../errors.js';
+import { KeywardError, UsageError } from '../errors.js';
 import { printable } from '../lib/text.js';
 import { note, type Io } from './report.js';
 
@@ -14,8 +14,28 @@ export const DEFAULT_SEALED = '.keyward.env';
 
 const many = (v: string, prev: string[] = []) => [...prev, v];
 
+/**
+ * The sealed file a command means: the one given, else the nearest .keyward.env from the current
+ * directory up to the repository's top (the directory holding .git) or the root.
+ */
+export function sealedFile(given: string | undefined): string {
+  if (given !== undefined) return given;
+  for (let d = process.cwd(); ; d = path.dirname(d)) {
+    const f = path.join(d, DEFAULT_SEALED);
+    if (fs.existsSync(f)) return f;
+    if (fs.existsSync(path.join(d, '.git')) || path.dirname(d) === d)
+      throw new UsageError(
+        'USAGE',
+        `no ${DEFAULT_SEALED} here or above (up to the repository's top)`,
+        {
+          hint: 'name the sealed file, or seal one: keyward seal .env',
+        },
+      );
+  }
+}
+
 /** A sealed project file's bytes (public), or a usage error naming why it can't be read. */
-function readSealed(target: string): Buffer {
+export function readSealed(target: string): Buffer {
   try {
     return fs.readFileSync(target);
   } catch (e) {
@@ -82,20 +102,82 @@ export function registerProjectCommands(program: Command, io: Io): void {
       note(io, `${file} still holds the values in plain text: delete it, and keep it out of git`);
     });
 
+  program
+    .command('unseal')
+    .argument('[file]', `the sealed project file (default: the nearest ${DEFAULT_SEALED})`)
+    .option('--output <file>', 'where the plain file goes (default: .env beside FILE)')
+    .option('--force', 'replace the output file if it exists')
+    .description(
+      'write every value of a sealed file to a plain .env file (asks the passphrase; recorded)',
+    )
+    .action(async function (this: Command, file?: string) {
+      const o = this.opts<{ output?: string; force?: boolean }>();
+      const [{ auth, paths }, project, { useVault }] = await Promise.all([
+        import('./context.js'),
+        import('../project/index.js'),
+        import('../vault/index.js'),
+      ]);
+      const target = sealedFile(file);
+      const out = o.output ?? path.join(path.dirname(target), '.env');
+      if (path.resolve(out) === path.resolve(target))
+        throw new UsageError('USAGE', 'the output would replace the sealed file itself');
+      if (!o.force && fs.existsSync(out))
+        throw new UsageError('USAGE', `${out} exists`, { hint: 'give --output, or --force' });
+      const bytes = readSealed(target);
+      const p = project.parseProject(bytes);
+      const a = auth(this, io);
+      const done = useVault(paths(), a, 'read', (v) =>
+        project.unsealTo(v, bytes, out, () =>
+          // Rule 4: recorded (durably) before a value is written out.
+          a.audit.record({
+            type: 'project.unsealed',
+            decision: 'allow',
+            target: `project:${p.project}`,
+            reason: 'every value written to a plain file',
+            details: { file: target, output: path.resolve(out), names: p.entries.length },
+          }),
+        ),
+      );
+      if (done === undefined)
+        throw new KeywardError(
+          'PROJECT_NOT_RECIPIENT',
+          `your project identity is not a recipient of ${target}`,
+        );
+      io.stdout(
+        `unsealed ${done.names.length} values of ${done.project} into ${out} (mode 0600)\n`,
+      );
+      note(
+        io,
+        `${out} holds every value in plain text: keep it out of git (.gitignore), and delete it when done`,
+      );
+    });
+
   const proj = program
     .command('project')
     .description('sealed project files and your project identity');
   proj
     .command('identity')
     .description('your project identity (an age recipient) to give teammates (asks the passphrase)')
+    .option(
+      '--import <file>',
+      "make an age identity file's key (age-keygen's, mode 0600) this vault's project identity: for CI",
+    )
     .action(async function (this: Command) {
+      const o = this.opts<{ import?: string }>();
       const [{ auth, paths }, project, { useVault }] = await Promise.all([
         import('./context.js'),
         import('../project/index.js'),
         import('../vault/index.js'),
       ]);
       const a = auth(this, io);
-      io.stdout(`${useVault(paths(), a, 'write', (v) => project.ownRecipient(v, a.audit))}\n`);
+      const file = o.import;
+      io.stdout(
+        `${useVault(paths(), a, 'write', (v) =>
+          file === undefined
+            ? project.ownRecipient(v, a.audit)
+            : project.importIdentity(v, file, a.audit),
+        )}\n`,
+      );
     });
 
   const recipients = proj
@@ -105,7 +187,7 @@ export function registerProjectCommands(program: Command, io: Io): void {
     recipients
       .command(op)
       .argument('<recipient>', 'an age recipient (age1...)')
-      .argument('[file]', `the sealed project file (default: ${DEFAULT_SEALED})`)
+      .argument('[file]', `the sealed project file (default: the nearest ${DEFAULT_SEALED})`)
       .description(
         op === 'add'
           ? 'seal the file again for one more recipient (asks the passphrase; you must be one)'
@@ -118,7 +200,7 @@ export function registerProjectCommands(program: Command, io: Io): void {
           import('../vault/index.js'),
           import('../lib/files.js'),
         ]);
-        const target = file ?? DEFAULT_SEALED;
+        const target = sealedFile(file);
         if (!project.decodeRecipient(recipient))
           throw new UsageError(
             'USAGE',
@@ -164,26 +246,52 @@ export function registerProjectCommands(program: Command, io: Io): void {
 
   proj
     .command('check')
-    .argument('[file]', `a sealed project file (default: ${DEFAULT_SEALED})`)
+    .argument('[file]', `a sealed project file (default: the nearest ${DEFAULT_SEALED})`)
     .option('--json', 'machine-readable output')
     .description('is it well-formed, who are its recipients, which names it holds (no passphrase)')
     .action(async function (this: Command, file?: string) {
-      const { parseProject } = await import('../project/index.js');
-      const target = file ?? DEFAULT_SEALED;
+      const [{ parseProject }, { agentProjectCheck, socketPaths }, { socketDir }] =
+        await Promise.all([
+          import('../project/index.js'),
+          import('../agent/index.js'),
+          import('../lib/paths.js'),
+        ]);
+      const target = sealedFile(file);
       const bytes = readSealed(target);
       const p = parseProject(bytes);
       const names = p.entries.map((e) => e.name);
+      // Whether this vault is a recipient, and the MAC, need the project identity: the agent's.
+      let recipient: boolean | null = null;
+      let refused: KeywardError | undefined;
+      try {
+        await agentProjectCheck(socketPaths(socketDir()).agent, bytes);
+        recipient = true;
+      } catch (e) {
+        if (!(e instanceof KeywardError)) throw e;
+        if (e.code === 'PROJECT_NOT_RECIPIENT') {
+          recipient = false;
+          refused = e;
+        } else if (e.code !== 'AGENT_UNAVAILABLE' && e.code !== 'AGENT_LOCKED') throw e;
+      }
+      const mac = recipient ? 'verified' : 'unchecked';
       if (this.opts<{ json?: boolean }>().json) {
         io.stdout(
-          `${JSON.stringify({ file: target, project: p.project, recipients: p.recipients, names }, null, 2)}\n`,
+          `${JSON.stringify({ file: target, project: p.project, recipient, mac, recipients: p.recipients, names }, null, 2)}\n`,
         );
-        return;
+      } else {
+        io.stdout(
+          `${target}: well-formed, project ${p.project}, ${names.length} values, ${p.recipients.length} recipients; ` +
+            (recipient === true
+              ? 'you are a recipient and its MAC verifies\n'
+              : recipient === false
+                ? 'you are NOT a recipient\n'
+                : 'whether you are a recipient is unknown (no unlocked agent)\n'),
+        );
+        for (const r of p.recipients) io.stdout(`recipient ${r}\n`);
+        for (const n of names) io.stdout(`name ${n}\n`);
+        if (recipient === null)
+          note(io, 'start and unlock the agent to check its MAC and whether you are a recipient');
       }
-      io.stdout(
-        `${target}: well-formed, project ${p.project}, ${names.length} values, ${p.recipients.length} recipients\n`,
-      );
-      for (const r of p.recipients) io.stdout(`recipient ${r}\n`);
-      for (const n of names) io.stdout(`name ${n}\n`);
-      note(io, 'its MAC and values are checked when a recipient opens it');
+      if (refused) throw refused;
     });
 }

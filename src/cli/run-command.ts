@@ -44,10 +44,20 @@ export function registerRunCommand(program: Command, _io: Io): void {
       collect,
       [],
     )
+    .option(
+      '--project [file]',
+      'give every value of a sealed project file under its own name (default: the nearest .keyward.env)',
+    )
     .option('--no-masking', "don't mask the secrets' values in the command's output")
     .argument('<command...>', 'the command and its arguments, after --')
     .action(async function (this: Command, command: string[]) {
-      const o = this.opts<{ env: string[]; envFile: string[]; fd: string[]; masking: boolean }>();
+      const o = this.opts<{
+        env: string[];
+        envFile: string[];
+        fd: string[];
+        masking: boolean;
+        project?: string | true;
+      }>();
       const env: RunRequest['env'] = [];
       const plain: Array<[string, string]> = [];
       for (const file of o.envFile) {
@@ -89,6 +99,10 @@ export function registerRunCommand(program: Command, _io: Io): void {
         fds,
         masking: o.masking,
       };
+      if (o.project !== undefined) {
+        const { readSealed, sealedFile } = await import('./project-commands.js');
+        request.project = readSealed(sealedFile(o.project === true ? undefined : o.project));
+      }
       // A pty only for an interactive terminal: with piped input, a terminal would mangle it
       // (line editing, ^C and ^D as signals, echo) and merge stderr into stdout.
       if (tty.isatty(0) && tty.isatty(1))

@@ -210,7 +210,7 @@ export function parseProject(text: Uint8Array): ProjectFile {
 /** A sealed file opened with one identity: its values, one at a time, until close(). */
 export class OpenedProject {
   private constructor(
-    private readonly file: ProjectFile,
+    readonly file: ProjectFile,
     private valueKey: SecureBuffer | undefined,
   ) {}
 

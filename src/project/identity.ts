@@ -4,8 +4,9 @@
  * age recipient (`age1...`), is what teammates seal project files to.
  */
 import type { AuditRecord } from '../audit/index.js';
-import { secureFree, secureRandom, type SecureBuffer } from '../lib/secure.js';
-import type { Vault } from '../vault/index.js';
+import { UsageError } from '../errors.js';
+import { secureEqual, secureFree, secureRandom, type SecureBuffer } from '../lib/secure.js';
+import { readAgeIdentities, type Vault } from '../vault/index.js';
 import { encodeRecipient, publicKeyOf } from './age.js';
 import { OpenedProject, parseProject, sealProject } from './file.js';
 
@@ -73,5 +74,39 @@ export function resealProject(
     for (const e of entries) secureFree(e.value);
     opened?.close();
     secureFree(id);
+  }
+}
+
+/**
+ * Makes an age identity file's key (AGE-SECRET-KEY-1..., mode 0600) this vault's project
+ * identity: a CI system's, made with age-keygen. The vault is saved and the import recorded.
+ * A vault that has another identity keeps it: replacing it would shut this vault out of every
+ * file sealed to it.
+ */
+export function importIdentity(
+  v: Vault,
+  file: string,
+  audit: { record(r: AuditRecord): unknown },
+): string {
+  const keys = readAgeIdentities(file);
+  const had = v.revealInternal(IDENTITY_RECORD);
+  try {
+    if (keys.length !== 1)
+      throw new UsageError('USAGE', `${file} holds ${keys.length} identities; give a file of one`);
+    const key = keys[0] as SecureBuffer;
+    const recipient = encodeRecipient(publicKeyOf(key));
+    if (had) {
+      if (secureEqual(had, key)) return recipient;
+      throw new UsageError('USAGE', 'this vault has a project identity already; it is kept', {
+        hint: 'an identity is imported into a vault that has none (keyward init a new home for CI)',
+      });
+    }
+    v.setInternal(IDENTITY_RECORD, key);
+    v.save();
+    audit.record({ type: 'project.identity', decision: 'info', reason: 'imported' });
+    return recipient;
+  } finally {
+    for (const k of keys) secureFree(k);
+    secureFree(had);
   }
 }

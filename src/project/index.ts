@@ -4,6 +4,7 @@
  * key to its recipients (age.ts).
  */
 export { ageDecrypt, ageEncrypt, decodeRecipient, encodeRecipient, publicKeyOf } from './age.js';
+export { unsealTo } from './unseal.js';
 export { defaultProjectName, nameFromUrl, originUrl } from './naming.js';
 export {
   checkName,
@@ -19,6 +20,7 @@ export {
 export { parseEnv, readEnvFile, freeEntries, type EnvEntry } from './dotenv.js';
 export {
   IDENTITY_RECORD,
+  importIdentity,
   ownRecipient,
   projectIdentity,
   projectRecipient,

@@ -1,0 +1,60 @@
+/**
+ * What the agent does for the audit log beyond appending (server.ts keeps to sockets and
+ * dispatch): it ships by the policy it holds, and at unlock says whether the log was cut.
+ */
+import {
+  AuditLog,
+  breakWarning,
+  findBreak,
+  gapRecord,
+  readCheckpoints,
+  readShipFile,
+  sameShipping,
+  shipConfigOf,
+  writeShipFile,
+  type AuditRecord,
+} from '../audit/index.js';
+import type { Loaded } from '../policy/index.js';
+import type { Vault } from '../vault/index.js';
+
+type Record_ = (r: AuditRecord) => Promise<unknown>;
+
+/**
+ * The agent ships by the applied policy it holds (and keeps doing so while locked). audit/ship,
+ * which writers without the policy go by, is put back when it says otherwise, and that is
+ * recorded.
+ */
+export function followShipping(log: AuditLog, loaded: Loaded, record: Record_): void {
+  const cfg = shipConfigOf(loaded.policy.audit);
+  log.setShipping(cfg);
+  if (sameShipping(readShipFile(log.paths), cfg)) return;
+  writeShipFile(log.paths, cfg);
+  void record({
+    type: 'policy.drift',
+    decision: 'error',
+    reason: `audit/ship did not match the applied policy's audit shipping (${cfg.kind}); put back`,
+  }).catch(() => undefined);
+}
+
+/**
+ * At unlock, with the vault's checkpoints at hand: a log cut since them is recorded (once,
+ * chained from the last entry there) and said to the person who unlocked.
+ */
+export async function auditWarningAtUnlock(
+  home: string,
+  v: Vault,
+  record: Record_,
+): Promise<string | undefined> {
+  const log = new AuditLog(home);
+  const b = findBreak(log, readCheckpoints(log, v));
+  const recorded = log.unacknowledgedGaps();
+  if (b) {
+    if (recorded.length === 0) await record(gapRecord(b, 'the agent at unlock'));
+    return breakWarning(b);
+  }
+  // Breaks found earlier (by this agent while it ran, say) are said at every unlock until a
+  // person acknowledges them.
+  return recorded.length > 0
+    ? `WARNING: the audit log records ${recorded.length} break(s) not acknowledged (audit.gap at seq ${recorded.join(', ')}); see keyward audit verify, then keyward audit acknowledge`
+    : undefined;
+}

@@ -1,0 +1,215 @@
+/**
+ * Sealed project files in the agent (docs/PROJECT-FILES.md, "Opening through the agent"). The
+ * caller sends the file's bytes (public: it is committed); the agent parses them, checks the MAC
+ * with this vault's project identity, names each value by the project the file names under its
+ * MAC (`project:NAME/VAR`), and releases a value only through the gate, durable in the audit log
+ * first, as it does the vault's. The identity never leaves the agent, and the CLI never holds
+ * the data key.
+ */
+import type { AuditRecord } from '../audit/index.js';
+import { KeywardError } from '../errors.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import { quote } from '../lib/text.js';
+import {
+  checkName,
+  encodeRecipient,
+  OpenedProject,
+  parseProject,
+  projectIdentity,
+  publicKeyOf,
+  type ProjectFile,
+} from '../project/index.js';
+import type { Vault } from '../vault/index.js';
+import type { Gate } from './gate.js';
+import { actorOf } from './identity.js';
+import type { Peer } from './peer.js';
+import { str } from './protocol.js';
+import type { Reply } from './release.js';
+import { locked, type UnlockWindow } from './unlock.js';
+
+export interface ProjectHost {
+  window: UnlockWindow;
+  gate: Gate;
+  record(r: AuditRecord): Promise<unknown>;
+}
+
+/** A value's target in policy, prompts and the audit log. */
+export const projectTarget = (file: ProjectFile, name: string) => `project:${file.project}/${name}`;
+
+const fileId = (file: ProjectFile) => file.id.toString('base64url');
+
+function notRecipient(file: ProjectFile, own: string | undefined): KeywardError {
+  return new KeywardError(
+    'PROJECT_NOT_RECIPIENT',
+    own === undefined
+      ? `this vault has no project identity, so it is no recipient of ${file.project}'s file`
+      : `your project identity ${own} is not a recipient of ${file.project}'s file`,
+    {
+      hint: 'give a recipient your `keyward project identity`, to run: keyward project recipients add IT',
+    },
+  );
+}
+
+/**
+ * The file's bytes, parsed, and opened with this vault's identity (the caller closes it).
+ * PROJECT_TAMPERED for a changed file, PROJECT_NOT_RECIPIENT when this vault can't open it.
+ */
+export function openSent(v: Vault, bytes: Uint8Array): OpenedProject {
+  const file = parseProject(bytes);
+  const id = projectIdentity(v, false);
+  if (!id) throw notRecipient(file, undefined);
+  try {
+    const opened = OpenedProject.open(file, id);
+    if (!opened) throw notRecipient(file, encodeRecipient(publicKeyOf(id)));
+    return opened;
+  } finally {
+    secureFree(id);
+  }
+}
+
+/** One value of a sent file, opened and closed again: the caller frees it. */
+export function sentValue(v: Vault, bytes: Uint8Array, name: string): SecureBuffer {
+  const opened = openSent(v, bytes);
+  try {
+    const value = opened.value(name);
+    if (!value) throw new KeywardError('SECRET_NOT_FOUND', `no ${name} in the file`);
+    return value;
+  } finally {
+    opened.close();
+  }
+}
+
+export class ProjectService {
+  constructor(private readonly host: ProjectHost) {}
+
+  /** The `project` request: op check or read; f.raw is the sealed file (freed here). */
+  async handle(asker: Peer, meta: Record<string, unknown>, raw: SecureBuffer | undefined) {
+    try {
+      if (!raw) throw new KeywardError('USAGE', 'a project request carries the sealed file');
+      const op = str(meta, 'op');
+      if (op === 'check') return this.check(raw);
+      if (op === 'read') return await this.read(asker, raw, checkName(str(meta, 'name') ?? ''));
+      throw new KeywardError('USAGE', `unknown project operation ${quote(op ?? '(none)')}`);
+    } finally {
+      secureFree(raw);
+    }
+  }
+
+  /** Well-formed, MAC verified, and opened by this vault's identity: no value is decrypted. */
+  private check(raw: SecureBuffer): Reply {
+    const opened = openSent(this.host.window.unlocked(), raw);
+    opened.close();
+    const { file } = opened;
+    return {
+      meta: {
+        project: file.project,
+        id: fileId(file),
+        recipients: file.recipients,
+        names: file.entries.map((e) => e.name),
+        recipient: true,
+      },
+    };
+  }
+
+  /** identity -> the file opens -> policy -> approval -> audit (durable) -> the value. */
+  private async read(asker: Peer, raw: SecureBuffer, name: string): Promise<Reply> {
+    const w = this.host.window;
+    const v = w.unlocked();
+    // Tampering and "not yours" are said before anyone is asked to approve; the data key is
+    // dropped again while a person decides.
+    const opened = openSent(v, raw);
+    opened.close();
+    const { file } = opened;
+    const target = projectTarget(file, name);
+    const { rule } = await this.host.gate.authorize(asker, {
+      target,
+      kind: 'secret',
+      action: 'read',
+      auditType: 'secret.read',
+      what: `read ${quote(name)} from the sealed project file of ${quote(file.project)}`,
+      exists: file.entries.some((e) => e.name === name),
+    });
+    if (!w.stillOpen(v)) throw locked();
+    const value = sentValue(v, raw, name);
+    try {
+      // Rule 4: durable in the audit log before the value leaves.
+      await this.host.record({
+        target,
+        actor: actorOf(asker.id),
+        type: 'secret.read',
+        decision: 'allow',
+        details: { rule: rule ?? null, bytes: value.length, via: 'inline', file: fileId(file) },
+      });
+      if (!w.stillOpen(v)) throw locked();
+    } catch (e) {
+      secureFree(value);
+      throw e;
+    }
+    w.counted();
+    return { meta: { name: target }, raw: value };
+  }
+}
+
+/**
+ * `keyward run --project`: the last `projectBytes` bytes of a run request's raw part are a sealed
+ * file, and each of its values goes to the child under its own name (docs/PROJECT-FILES.md).
+ */
+export class ProjectRun {
+  private readonly targets = new Map<string, string>();
+  private opened: OpenedProject | undefined;
+
+  private constructor(private readonly bytes: SecureBuffer) {}
+
+  /** The request's raw part without the file, and the run's project, if it has one. */
+  static split(
+    meta: Record<string, unknown>,
+    raw: SecureBuffer | undefined,
+  ): { head: SecureBuffer | undefined; project: ProjectRun | undefined } {
+    const n = meta['projectBytes'];
+    if (n === undefined) return { head: raw, project: undefined };
+    if (typeof n !== 'number' || !Number.isInteger(n) || n <= 0 || !raw || n > raw.length)
+      throw new KeywardError('USAGE', 'a malformed run request (projectBytes)');
+    return {
+      head: raw.subarray(0, raw.length - n) as SecureBuffer,
+      project: new ProjectRun(raw.subarray(raw.length - n) as SecureBuffer),
+    };
+  }
+
+  /**
+   * Checks the file opens (MAC, recipient) and adds each value to what the run wants, as the
+   * variable of its name. A variable given by --env too is a usage error.
+   */
+  addTo(v: Vault, wanted: Array<{ name: string; as: Array<{ var: string } | { fd: number }> }>) {
+    const opened = openSent(v, this.bytes);
+    opened.close();
+    const taken = new Set(wanted.flatMap((w) => w.as.map((a) => ('var' in a ? a.var : ''))));
+    for (const name of opened.names) {
+      if (taken.has(name))
+        throw new KeywardError('USAGE', `${name} is given by --env and by the project file`);
+      const target = projectTarget(opened.file, name);
+      this.targets.set(target, name);
+      wanted.push({ name: target, as: [{ var: name }] });
+    }
+    this.fileId = fileId(opened.file);
+  }
+
+  /** The file's id, for the audit records (after addTo). */
+  fileId = '';
+
+  has(target: string): boolean {
+    return this.targets.has(target);
+  }
+
+  /** The value behind a target (the caller frees it); the file is opened once, until close(). */
+  take(v: Vault, target: string): { value: SecureBuffer; cached: false } {
+    this.opened ??= openSent(v, this.bytes);
+    const value = this.opened.value(this.targets.get(target) ?? '');
+    if (!value) throw new KeywardError('SECRET_NOT_FOUND', `no ${target}`);
+    return { value, cached: false };
+  }
+
+  close(): void {
+    this.opened?.close();
+    this.opened = undefined;
+  }
+}

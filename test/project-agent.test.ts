@@ -1,0 +1,270 @@
+/**
+ * Sealed project files opened through the agent (docs/PROJECT-FILES.md, "Opening through the
+ * agent"): two people's homes and a CI home, each with its own agent, read one repository's
+ * sealed file under their own policy, approval and audit log.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import {
+  auditEntries,
+  kwAsync,
+  pendingId,
+  scanMemory,
+  stopAgent,
+  unlockedAgent,
+  withoutAgent,
+  type AgentHome,
+} from './agent-helpers.js';
+import { everyByteUnder, kw, rootTests } from './helpers.js';
+
+const AGE_KEYGEN = ['/usr/bin/age-keygen', '/usr/local/bin/age-keygen'].find((p) =>
+  fs.existsSync(p),
+);
+const skip = AGE_KEYGEN || process.env['CI'] ? false : 'age is not installed (CI installs it)';
+const PROJECT = 'github.com/acme/api';
+const VALUES: Record<string, string> = {
+  DATABASE_URL: 'postgres://app:Pr0ject-db-pw@db.internal/app',
+  API_TOKEN: 'tok_project_value_0123456789',
+  DB_PASSWORD: 'very-secret-project-password',
+};
+const sha = (s: string) => createHash('sha256').update(s).digest('hex');
+
+/** Each value allowed, except DB_PASSWORD, which needs the passphrase every time. */
+const POLICY = `version: 1
+rules:
+  - name: project-password
+    targets: ["project:${PROJECT}/DB_PASSWORD"]
+    decision: approve
+    approve: { mode: passphrase, timeout: 10m }
+  - name: project-values
+    targets: ["project:${PROJECT}/*"]
+    decision: allow
+`;
+
+describe('sealed project files through the agent', { skip }, () => {
+  const homes: AgentHome[] = [];
+  const repo = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-repo-'));
+  const sealed = path.join(repo, '.keyward.env');
+  let alice: AgentHome;
+  let bob: AgentHome;
+  let ci: AgentHome;
+  let ciRecipient = '';
+  const identity = (h: AgentHome) => {
+    const r = kw(['project', 'identity'], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+    return r.stdout.trim();
+  };
+  /** `read --project NAME --file FILE`, as h. */
+  const readAs = (h: AgentHome, name: string, file: string) =>
+    kwAsync(['read', '--project', name, '--file', file], h.env);
+
+  before(async () => {
+    execFileSync('git', ['init', '-q', repo]);
+    execFileSync('git', ['-C', repo, 'remote', 'add', 'origin', `https://${PROJECT}.git`]);
+    alice = await unlockedAgent(POLICY, homes);
+    bob = await unlockedAgent(POLICY, homes);
+    ci = await unlockedAgent(POLICY, homes);
+    // CI's recipient is an age-keygen key pair; its secret half reaches CI as a file.
+    const keyFile = path.join(ci.dir, 'ci.key');
+    execFileSync(AGE_KEYGEN ?? 'age-keygen', ['-o', keyFile], { stdio: 'pipe' });
+    fs.chmodSync(keyFile, 0o600);
+    ciRecipient = /# public key: (age1\S+)/.exec(fs.readFileSync(keyFile, 'utf8'))?.[1] ?? '';
+    const imported = kw(['project', 'identity', '--import', keyFile], { env: ci.env });
+    assert.equal(imported.code, 0, imported.stderr);
+    assert.equal(imported.stdout.trim(), ciRecipient);
+    // alice seals the team's .env for herself, bob and CI, then deletes the plain file.
+    const env = path.join(repo, '.env');
+    fs.writeFileSync(
+      env,
+      Object.entries(VALUES)
+        .map(([k, v]) => `${k}=${v}\n`)
+        .join(''),
+    );
+    const s = kw(['seal', env, '--recipient', identity(bob), '--recipient', ciRecipient], {
+      env: alice.env,
+    });
+    assert.equal(s.code, 0, s.stderr);
+    fs.rmSync(env);
+  });
+  after(async () => {
+    for (const h of homes) await stopAgent(h);
+  });
+
+  test('each recipient reads through their own agent; the target is the project the file names', async () => {
+    for (const h of [alice, bob, ci]) {
+      const r = await kwAsync(['read', '--project', 'API_TOKEN', '--file', sealed], h.env);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, VALUES['API_TOKEN']);
+      const rec = auditEntries(h).filter((e) => e.type === 'secret.read' && e.decision === 'allow');
+      assert.equal(rec.at(-1)?.target, `project:${PROJECT}/API_TOKEN`);
+      assert.equal(rec.at(-1)?.details['rule'], 'project-values');
+    }
+    // Found from the working directory, up to the repository's top.
+    const sub = path.join(repo, 'src', 'deep');
+    fs.mkdirSync(sub, { recursive: true });
+    const r = kw(['read', '--project', 'DATABASE_URL'], { env: bob.env, cwd: sub });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, VALUES['DATABASE_URL']);
+  });
+
+  test('a copy elsewhere is still its project: the name comes from under the MAC, never the path', async () => {
+    const elsewhere = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-scratch-'));
+    const copy = path.join(elsewhere, '.keyward.env');
+    fs.copyFileSync(sealed, copy);
+    const r = await kwAsync(['read', '--project', 'API_TOKEN', '--file', copy], bob.env);
+    assert.equal(r.code, 0, r.stderr);
+    const last = auditEntries(bob)
+      .filter((e) => e.type === 'secret.read')
+      .at(-1);
+    assert.equal(last?.target, `project:${PROJECT}/API_TOKEN`);
+    // And the password is still behind its approval there: the copy does not get round it.
+    const p = kwAsync(['read', '--project', 'DB_PASSWORD', '--file', copy], bob.env);
+    const id = await pendingId(bob);
+    assert.equal(kw(['deny', id], { env: bob.env }).code, 0);
+    assert.equal((await p).code, 6);
+  });
+
+  test('run --project gives each value under its name, and waits for the approval the policy asks', async () => {
+    const script =
+      'for v in DATABASE_URL API_TOKEN DB_PASSWORD; do eval "printf %s \\"\\$$v\\"" | sha256sum | cut -c1-64; done';
+    const run = kwAsync(['run', '--project', sealed, '--', 'sh', '-c', script], alice.env);
+    const id = await pendingId(alice);
+    const waiting = JSON.parse(kw(['approvals', '--json'], { env: alice.env }).stdout) as Array<{
+      target: string;
+    }>;
+    assert.equal(waiting[0]?.target, `project:${PROJECT}/DB_PASSWORD`);
+    const ok = kw(['approve', id], { env: alice.env });
+    assert.equal(ok.code, 0, ok.stderr);
+    const r = await run;
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.deepEqual(r.stdout.trim().split('\n'), [
+      sha(VALUES['DATABASE_URL'] ?? ''),
+      sha(VALUES['API_TOKEN'] ?? ''),
+      sha(VALUES['DB_PASSWORD'] ?? ''),
+    ]);
+    const delivered = auditEntries(alice).filter((e) => e.type === 'credential.deliver');
+    assert.deepEqual(
+      delivered.map((e) => e.target).sort(),
+      Object.keys(VALUES)
+        .map((n) => `project:${PROJECT}/${n}`)
+        .sort(),
+    );
+    // A value printed by the child is masked, as a vault secret's is (the password is asked
+    // for again: its rule remembers nothing).
+    const showing = kwAsync(
+      ['run', '--project', sealed, '--', 'sh', '-c', 'printf %s "$API_TOKEN"'],
+      alice.env,
+    );
+    assert.equal(kw(['approve', await pendingId(alice)], { env: alice.env }).code, 0);
+    const shown = await showing;
+    assert.equal(shown.code, 0, shown.stderr);
+    assert.match(shown.stdout, /concealed by keyward/);
+    assert.ok(!shown.stdout.includes(VALUES['API_TOKEN'] ?? ''), shown.stdout);
+  });
+
+  test('removed, bob can open no new version (exit 4), while CI still can', async () => {
+    const bobRecipient = identity(bob);
+    const rm = kw(['project', 'recipients', 'rm', bobRecipient, sealed], { env: alice.env });
+    assert.equal(rm.code, 0, rm.stderr);
+    const r = await readAs(bob, 'API_TOKEN', sealed);
+    assert.equal(r.code, 4, r.stderr);
+    assert.match(r.stderr, /not a recipient/);
+    const check = kw(['project', 'check', sealed, '--json'], { env: bob.env });
+    assert.equal(check.code, 4);
+    assert.equal((JSON.parse(check.stdout) as { recipient: boolean }).recipient, false);
+    const c = await readAs(ci, 'API_TOKEN', sealed);
+    assert.equal(c.code, 0, c.stderr);
+    assert.equal(c.stdout, VALUES['API_TOKEN']);
+    const mine = kw(['project', 'check', sealed, '--json'], { env: ci.env });
+    assert.equal(mine.code, 0, mine.stderr);
+    assert.deepEqual(
+      (JSON.parse(mine.stdout) as { recipient: boolean; mac: string; project: string }).mac,
+      'verified',
+    );
+  });
+
+  test('tampering is exit 8 before anyone is asked: a flipped byte, swapped values, a removed line, an edited recipient', async () => {
+    const text = fs.readFileSync(sealed, 'utf8');
+    const lines = text.slice(0, -1).split('\n');
+    const at = (n: string) => lines.findIndex((l) => l.startsWith(`${n}=`));
+    const [a, b] = [at('API_TOKEN'), at('DB_PASSWORD')];
+    const swapped = [...lines];
+    swapped[a] = `API_TOKEN=${(lines[b] ?? '').split('=')[1] ?? ''}`;
+    swapped[b] = `DB_PASSWORD=${(lines[a] ?? '').split('=')[1] ?? ''}`;
+    const flipped = Buffer.from(text);
+    const mid = text.indexOf('API_TOKEN=kw:') + 20;
+    flipped[mid] = (flipped[mid] ?? 0) === 0x41 ? 0x42 : 0x41;
+    const cases: Record<string, string> = {
+      'a flipped byte': flipped.toString(),
+      'values swapped between names': `${swapped.join('\n')}\n`,
+      'a line removed': `${lines.filter((_, i) => i !== at('DATABASE_URL')).join('\n')}\n`,
+      'a recipient edited': `${lines.filter((l) => l !== `recipient: ${ciRecipient}`).join('\n')}\n`,
+      'the project renamed': text.replace(`project: ${PROJECT}`, 'project: scratch'),
+    };
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-tampered-'));
+    const before = auditEntries(alice).length;
+    for (const [what, t] of Object.entries(cases)) {
+      const f = path.join(dir, '.keyward.env');
+      fs.writeFileSync(f, t);
+      const r = await readAs(alice, 'API_TOKEN', f);
+      assert.equal(r.code, 8, `${what}: ${r.stderr}`);
+      assert.match(r.stderr, /damaged/, what);
+      const check = await kwAsync(['project', 'check', f], alice.env);
+      assert.equal(check.code, 8, `${what} (check): ${check.stderr}`);
+    }
+    // Nothing was asked of a person, and nothing released.
+    assert.deepEqual(
+      auditEntries(alice)
+        .slice(before)
+        .filter((e) => e.type.startsWith('approval.') || (e.target ?? '').startsWith('project:')),
+      [],
+    );
+  });
+
+  test('values are never in plain text on disk or in argv; the agent keeps no copy after a read', async () => {
+    const disk = Buffer.concat([
+      everyByteUnder(repo),
+      ...[alice, bob, ci].map((h) => everyByteUnder(h.dir)),
+    ]);
+    for (const v of Object.values(VALUES)) assert.ok(!disk.includes(v), 'a value on disk');
+    const r = await readAs(ci, 'API_TOKEN', sealed);
+    assert.equal(r.code, 0, r.stderr);
+    for (const h of [alice, bob, ci]) {
+      const argv = fs.readFileSync(`/proc/${h.agentPid ?? 0}/cmdline`);
+      for (const v of Object.values(VALUES)) assert.ok(!argv.includes(v));
+    }
+    if (rootTests && ci.agentPid) {
+      const found = scanMemory(ci.agentPid, [Buffer.from(VALUES['API_TOKEN'] ?? '')]);
+      assert.deepEqual(found, [], "the value is in the agent's memory after the read");
+    }
+  });
+
+  test('unseal writes a plain file (0600) only with the passphrase, recorded; and a non-recipient is refused', () => {
+    const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-unseal-')), 'plain.env');
+    const r = kw(['unseal', sealed, '--output', out], { env: withoutAgent(alice) });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /plain text/);
+    assert.equal(fs.statSync(out).mode & 0o777, 0o600);
+    const again = kw(['seal', out, '--no-self', '--recipient', ciRecipient, '--project', 'x/y'], {
+      env: alice.env,
+    });
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(
+      kw(['unseal', sealed, '--output', out], { env: withoutAgent(alice) }).code,
+      2,
+      'an existing file is kept',
+    );
+    const text = fs.readFileSync(out, 'utf8');
+    for (const [k, v] of Object.entries(VALUES)) assert.ok(text.includes(`${k}="${v}"`), k);
+    const rec = auditEntries(alice).filter((e) => e.type === 'project.unsealed');
+    assert.equal(rec.at(-1)?.target, `project:${PROJECT}`);
+    const refused = kw(['unseal', sealed, '--output', `${out}.bob`], { env: withoutAgent(bob) });
+    assert.equal(refused.code, 4, refused.stderr);
+    assert.ok(!fs.existsSync(`${out}.bob`));
+  });
+});
