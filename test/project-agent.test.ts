@@ -31,16 +31,17 @@ const VALUES: Record<string, string> = {
   DATABASE_URL: 'postgres://app:Pr0ject-db-pw@db.internal/app',
   API_TOKEN: 'tok_project_value_0123456789',
   DB_PASSWORD: 'very-secret-project-password',
+  SIGNING_KEY: 'signing-key-of-the-project-0042',
 };
 const sha = (s: string) => createHash('sha256').update(s).digest('hex');
 
-/** Each value allowed, except DB_PASSWORD, which needs the passphrase every time. */
+/** Each value allowed, except two, which need the passphrase (once per run for both). */
 const POLICY = `version: 1
 rules:
   - name: project-password
-    targets: ["project:${PROJECT}/DB_PASSWORD"]
+    targets: ["project:${PROJECT}/DB_PASSWORD", "project:${PROJECT}/SIGNING_KEY"]
     decision: approve
-    approve: { mode: passphrase, timeout: 10m }
+    approve: { mode: passphrase, timeout: 2m }
   - name: project-values
     targets: ["project:${PROJECT}/*"]
     decision: allow
@@ -129,15 +130,20 @@ describe('sealed project files through the agent', { skip }, () => {
     assert.equal((await p).code, 6);
   });
 
-  test('run --project gives each value under its name, and waits for the approval the policy asks', async () => {
+  test('run --project gives each value under its name, and waits for the approval the policy asks, once for the run', async () => {
     const script =
-      'for v in DATABASE_URL API_TOKEN DB_PASSWORD; do eval "printf %s \\"\\$$v\\"" | sha256sum | cut -c1-64; done';
+      'for v in DATABASE_URL API_TOKEN DB_PASSWORD SIGNING_KEY; do eval "printf %s \\"\\$$v\\"" | sha256sum | cut -c1-64; done';
     const run = kwAsync(['run', '--project', sealed, '--', 'sh', '-c', script], alice.env);
     const id = await pendingId(alice);
     const waiting = JSON.parse(kw(['approvals', '--json'], { env: alice.env }).stdout) as Array<{
       target: string;
+      also?: string[];
     }>;
+    assert.equal(waiting.length, 1);
     assert.equal(waiting[0]?.target, `project:${PROJECT}/DB_PASSWORD`);
+    // One approval covers both values of its rule, and says so: the request names the other.
+    assert.deepEqual(waiting[0]?.also, [`project:${PROJECT}/SIGNING_KEY`]);
+    assert.match(kw(['approvals'], { env: alice.env }).stdout, /and also "?project:.*SIGNING_KEY/);
     const ok = kw(['approve', id], { env: alice.env });
     assert.equal(ok.code, 0, ok.stderr);
     const r = await run;
@@ -146,7 +152,10 @@ describe('sealed project files through the agent', { skip }, () => {
       sha(VALUES['DATABASE_URL'] ?? ''),
       sha(VALUES['API_TOKEN'] ?? ''),
       sha(VALUES['DB_PASSWORD'] ?? ''),
+      sha(VALUES['SIGNING_KEY'] ?? ''),
     ]);
+    const asked = auditEntries(alice).filter((e) => e.type === 'approval.requested');
+    assert.equal(asked.length, 1, 'one approval for the run');
     const delivered = auditEntries(alice).filter((e) => e.type === 'credential.deliver');
     assert.deepEqual(
       delivered.map((e) => e.target).sort(),

@@ -283,6 +283,9 @@
       { class: 'request', 'data-id': p.id },
       left,
       el('h3', { text: `${p.action} ${p.target}` }),
+      ...(p.also && p.also.length > 0
+        ? [el('p', { class: 'also', text: `and also ${p.also.join(', ')}` })]
+        : []),
       el('p', { class: 'who', text: r.description || '' }),
       dl,
       actions,

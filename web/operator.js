@@ -67,6 +67,9 @@
           'li',
           { class: 'request', 'data-id': p.id },
           el('h3', { text: `${p.action} ${p.target}` }),
+          ...(p.also && p.also.length > 0
+            ? [el('p', { class: 'also', text: `and also ${p.also.join(', ')}` })]
+            : []),
           el('p', { class: 'who', text: p.requester.description || '' }),
           el('p', {
             text: `rule ${p.rule}: ${p.operators.count} operator(s) of ${p.operators.groups.join(', ')}; approved so far: ${votes}`,

@@ -15,12 +15,11 @@ import {
   TOTP_SECRET,
   type Factor,
   type Pending,
-  type RequesterRef,
   type TerminalChannel,
 } from '../approval/index.js';
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { printable } from '../lib/text.js';
+import { printable, quote } from '../lib/text.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import {
   evaluate,
@@ -36,7 +35,8 @@ import {
 } from '../policy/index.js';
 import { FactorCheck } from './factors.js';
 import { liveIn, OperatorDesk } from './operator-desk.js';
-import { actorOf, describeCaller, type ProcessIdentity } from './identity.js';
+import { grantHolder, requesterOf } from './gate-caller.js';
+import { actorOf, type ProcessIdentity } from './identity.js';
 import { changedSince, type Peer } from './peer.js';
 import { locked, type UnlockWindow } from './unlock.js';
 
@@ -76,27 +76,13 @@ export interface GateRequest {
   exists: boolean;
   /** ssh-add -c: every use is confirmed by a person, whatever the policy would remember. */
   confirmEachUse?: boolean;
-}
-
-/**
- * Whom a remembered approval belongs to, or undefined when it can't be remembered for this
- * caller. An executable grant: that executable's hash. A process grant: the process (pid and
- * start time) running that very executable (file and hash) in that very program run (its
- * program handle, peer.ts). After an exec, into anything (the same interpreter with another
- * script included), the grant is not the new program's; a process that hid before the agent
- * saw it gets no grant at all.
- */
-function grantHolder(scope: 'once' | 'process' | 'executable', caller: Peer): string | undefined {
-  const { id } = caller;
-  if (scope === 'once' || id.hidden || id.exeSha256 === undefined) return undefined;
-  // The loader variables are part of what was approved: a grant to a clean git is not a grant
-  // to git started with LD_PRELOAD.
-  const loaders = (id.loaderVars ?? []).map((v) => `${v.name}=${v.value ?? ''}`).join('\u0000');
-  if (scope === 'executable') return `${id.exeSha256}:${loaders}`;
-  if (!caller.program || id.startTime === undefined || id.exeFile === undefined) return undefined;
-  // The handle's serial: a program exec'd in the same process gets a new handle, even when it
-  // is the same interpreter running another script.
-  return `${id.pid}:${id.startTime}:${id.exeFile}:${id.exeSha256}:${caller.program.serial}:${loaders}`;
+  /**
+   * One request for several values (a run): all its targets, and the rules a person approved
+   * for it so far (filled in here). A person is asked once per rule, shown every target that
+   * rule decides (`also`); a later value under an approved rule is not asked again. A
+   * high_value rule asks for each.
+   */
+  together?: { targets: readonly string[]; approved: Set<string> };
 }
 
 export class Gate {
@@ -311,21 +297,15 @@ export class Gate {
           ? undefined
           : // The action is part of what was approved: a remembered run is not a remembered read.
             Grants.keyFor(decision.rule, `${req.action}\u0000${name}`, a.remember.scope, who);
-      if (!(grantKey && !decision.highValue && this.grants.use(grantKey, Date.now()))) {
-        const description = describeCaller(id);
-        const requester: RequesterRef = {
-          pid: id.pid,
-          startTime: id.startTime,
-          description,
-          // Whole, for `keyward approvals --json`: what the description had to cut is here.
-          exe: id.exe ?? null,
-          cmdline: id.cmdline,
-          cwd: id.cwd ?? null,
-          hidden: id.hidden === true,
-          exeSha256: id.exeSha256 ?? null,
-          parents: id.ancestors.map((x) => ({ pid: x.pid, exe: x.exe ?? null })),
-          loaderVars: (id.loaderVars ?? []).map((x) => ({ name: x.name, value: x.value ?? null })),
-        };
+      const together = decision.highValue ? undefined : req.together;
+      const asked = together?.approved.has(decision.rule) === true;
+      if (!asked && !(grantKey && !decision.highValue && this.grants.use(grantKey, Date.now()))) {
+        const requester = requesterOf(id);
+        const { description } = requester;
+        const also = (together?.targets ?? []).filter(
+          (t) =>
+            t !== name && evaluate(policy, { ...request, target: t }, id).rule === decision.rule,
+        );
         await this.host.record({
           ...base,
           type: 'approval.requested',
@@ -336,7 +316,14 @@ export class Gate {
         // requester: each is quoted where it is put into the sentence (quote()), so quotes,
         // control characters and look-alikes can't end it or write one of their own. The rule
         // name and message come from the applied policy.
-        const prompt = `keyward: ${this.host.warning ? `${this.host.warning} ` : ''}${description} wants to ${req.what} (rule ${decision.rule}).${a.message ? ` ${printable(a.message, 500)}` : ''} Allow?`;
+        const covers =
+          also.length === 0
+            ? ''
+            : ` This approval also gives it ${also.length > 20 ? `${also.length} more, among them ` : ''}${also
+                .slice(0, 20)
+                .map(quote)
+                .join(', ')}.`;
+        const prompt = `keyward: ${this.host.warning ? `${this.host.warning} ` : ''}${description} wants to ${req.what} (rule ${decision.rule}).${covers}${a.message ? ` ${printable(a.message, 500)}` : ''} Allow?`;
         const pending = this.broker.wait(
           {
             requester,
@@ -347,6 +334,7 @@ export class Gate {
             message: a.message,
             ...(a.userVerification ? { userVerification: a.userVerification } : {}),
             ...(a.operators ? { operators: a.operators } : {}),
+            ...(also.length > 0 ? { also } : {}),
           },
           a.timeoutMs,
         );
@@ -378,6 +366,7 @@ export class Gate {
         });
         if (grantKey && !decision.highValue && a.remember.scope !== 'once')
           this.grants.remember(grantKey, a.remember.forMs, a.remember.uses, Date.now());
+        together?.approved.add(decision.rule);
       }
     }
     if (

@@ -51,7 +51,12 @@ export interface RunHost {
   stillOpen(v: Vault): boolean;
   authorize(
     conn: RunConn,
-    req: { target: string; what: string; exists?: boolean },
+    req: {
+      target: string;
+      what: string;
+      exists?: boolean;
+      together: { targets: readonly string[]; approved: Set<string> };
+    },
   ): Promise<{ rule: string | undefined }>;
   /** A copy of the value (cache or vault; credential.fetch), the caller frees it. */
   fetch(
@@ -114,6 +119,8 @@ export class RunService {
       const v = this.host.vault();
       project?.addTo(v, req.wanted);
       const rules = new Map<string, string | null>();
+      // One approval per rule for the whole run, naming every secret that rule gives it.
+      const together = { targets: req.wanted.map((w) => w.name), approved: new Set<string>() };
       for (const w of req.wanted) {
         const where = w.as.map((a) => ('var' in a ? `$${a.var}` : `descriptor ${a.fd}`)).join(', ');
         // Program, arguments, directory and MCP client come from the caller: quoted, each
@@ -125,6 +132,7 @@ export class RunService {
             `in ${quote(req.cwd)}, with the secret ${quote(w.name)} as ${where}` +
             (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : '') +
             (req.mcp ? `; asked by the MCP client ${quote(req.mcp)}` : ''),
+          together,
           ...(project?.has(w.name) ? { exists: true } : {}),
         });
         rules.set(w.name, rule ?? null);

@@ -95,6 +95,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
         auditType: 'credential.deliver',
         what: req.what,
         exists: req.exists ?? window.unlocked().has(req.target),
+        together: req.together,
       }),
     fetch: (conn, v, name, rule) => releases.fetch(conn.id, v, name, rule),
     record,

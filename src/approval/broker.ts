@@ -76,6 +76,8 @@ export interface Pending {
   operators?: OperatorNeed;
   /** operator: the approvals counted so far (distinct operators). */
   votes?: Vote[];
+  /** The other targets one approval of this request covers (a run's values under its rule). */
+  also?: string[];
   /**
    * SHA-256 (hex) over everything above: what a WebAuthn approval's challenge is bound to, so an
    * assertion made for one request can't approve another (docs/PROTOCOL.md, "Approvals").
@@ -101,6 +103,7 @@ export function requestDigest(p: Omit<Pending, 'digest' | 'votes'>): string {
     String(p.expiresAt),
     p.userVerification ?? '',
     JSON.stringify(p.operators ?? null),
+    JSON.stringify(p.also ?? []),
     String(r.pid),
     r.startTime ?? '',
     r.exe ?? '',

@@ -1,0 +1,48 @@
+/**
+ * The caller as the gate's approvals see it (gate.ts): whom a remembered approval belongs to, and
+ * how a waiting request describes who asks.
+ */
+import type { RequesterRef } from '../approval/index.js';
+import { describeCaller, type ProcessIdentity } from './identity.js';
+import type { Peer } from './peer.js';
+
+/**
+ * Whom a remembered approval belongs to, or undefined when it can't be remembered for this
+ * caller. An executable grant: that executable's hash. A process grant: the process (pid and
+ * start time) running that very executable (file and hash) in that very program run (its
+ * program handle, peer.ts). After an exec, into anything (the same interpreter with another
+ * script included), the grant is not the new program's; a process that hid before the agent
+ * saw it gets no grant at all.
+ */
+export function grantHolder(
+  scope: 'once' | 'process' | 'executable',
+  caller: Peer,
+): string | undefined {
+  const { id } = caller;
+  if (scope === 'once' || id.hidden || id.exeSha256 === undefined) return undefined;
+  // The loader variables are part of what was approved: a grant to a clean git is not a grant
+  // to git started with LD_PRELOAD.
+  const loaders = (id.loaderVars ?? []).map((v) => `${v.name}=${v.value ?? ''}`).join('\u0000');
+  if (scope === 'executable') return `${id.exeSha256}:${loaders}`;
+  if (!caller.program || id.startTime === undefined || id.exeFile === undefined) return undefined;
+  // The handle's serial: a program exec'd in the same process gets a new handle, even when it
+  // is the same interpreter running another script.
+  return `${id.pid}:${id.startTime}:${id.exeFile}:${id.exeSha256}:${caller.program.serial}:${loaders}`;
+}
+
+/** The requester of a waiting request: the description, and every value it had to cut, whole. */
+export function requesterOf(id: ProcessIdentity): RequesterRef {
+  return {
+    pid: id.pid,
+    startTime: id.startTime,
+    description: describeCaller(id),
+    // Whole, for `keyward approvals --json`: what the description had to cut is here.
+    exe: id.exe ?? null,
+    cmdline: id.cmdline,
+    cwd: id.cwd ?? null,
+    hidden: id.hidden === true,
+    exeSha256: id.exeSha256 ?? null,
+    parents: id.ancestors.map((x) => ({ pid: x.pid, exe: x.exe ?? null })),
+    loaderVars: (id.loaderVars ?? []).map((x) => ({ name: x.name, value: x.value ?? null })),
+  };
+}
