@@ -45,7 +45,7 @@ export const COMMAND_GROUPS: ReadonlyArray<{
     },
   },
   {
-    commands: ['seal', 'project'],
+    commands: ['seal', 'unseal', 'project'],
     load: async () => (await import('./project-commands.js')).registerProjectCommands,
   },
   {
