@@ -113,6 +113,26 @@ describe('sealed project files through the agent', { skip }, () => {
     assert.equal(r.stdout, VALUES['DATABASE_URL']);
   });
 
+  test('the nearest .keyward.env is used only if it is yours alone: one another user planted above is refused', () => {
+    const shared = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-shared-'));
+    fs.chmodSync(shared, 0o1777);
+    const below = path.join(shared, 'work');
+    fs.mkdirSync(below);
+    const planted = path.join(shared, '.keyward.env');
+    fs.copyFileSync(sealed, planted);
+    fs.chmodSync(planted, 0o666);
+    const r = kw(['read', '--project', 'API_TOKEN'], { env: bob.env, cwd: below });
+    assert.equal(r.code, 8, r.stderr);
+    assert.match(r.stderr, /writable by others: not used/);
+    if (rootTests) {
+      fs.chmodSync(planted, 0o644);
+      fs.chownSync(planted, 1234, 1234);
+      const other = kw(['run', '--project', '--', 'true'], { env: bob.env, cwd: below });
+      assert.equal(other.code, 8, other.stderr);
+      assert.match(other.stderr, /owned by uid 1234: not used/);
+    }
+  });
+
   test('a copy elsewhere is still its project: the name comes from under the MAC, never the path', async () => {
     const elsewhere = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-scratch-'));
     const copy = path.join(elsewhere, '.keyward.env');

@@ -4,6 +4,7 @@
  * vault's own record.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { KeywardError, UsageError } from '../errors.js';
@@ -16,14 +17,26 @@ const many = (v: string, prev: string[] = []) => [...prev, v];
 
 /**
  * The sealed file a command means: the one given, else the nearest .keyward.env from the current
- * directory up to the repository's top (the directory holding .git) or the root.
+ * directory up to the repository's top (the directory holding .git), the home directory or the
+ * root. A file found that way must be yours and writable by you alone: one planted by another
+ * user in a shared directory above (/tmp) is refused, never used.
  */
 export function sealedFile(given: string | undefined): string {
   if (given !== undefined) return given;
+  const home = path.resolve(os.homedir());
   for (let d = process.cwd(); ; d = path.dirname(d)) {
     const f = path.join(d, DEFAULT_SEALED);
-    if (fs.existsSync(f)) return f;
-    if (fs.existsSync(path.join(d, '.git')) || path.dirname(d) === d)
+    const st = fs.lstatSync(f, { throwIfNoEntry: false });
+    if (st) {
+      if (!st.isFile() || st.uid !== process.geteuid?.() || (st.mode & 0o022) !== 0)
+        throw new KeywardError(
+          'INSECURE_PERMISSIONS',
+          `found ${f}, but it is ${!st.isFile() ? 'not a regular file' : st.uid !== process.geteuid?.() ? `owned by uid ${st.uid}` : 'writable by others'}: not used`,
+          { hint: 'name the sealed file you mean, or fix its owner and mode' },
+        );
+      return f;
+    }
+    if (fs.existsSync(path.join(d, '.git')) || d === home || path.dirname(d) === d)
       throw new UsageError(
         'USAGE',
         `no ${DEFAULT_SEALED} here or above (up to the repository's top)`,
