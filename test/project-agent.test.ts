@@ -20,6 +20,7 @@ import {
   withoutAgent,
   type AgentHome,
 } from './agent-helpers.js';
+import { sodium } from '../src/lib/sodium.js';
 import { everyByteUnder, kw, rootTests } from './helpers.js';
 
 const AGE_KEYGEN = ['/usr/bin/age-keygen', '/usr/local/bin/age-keygen'].find((p) =>
@@ -251,6 +252,60 @@ describe('sealed project files through the agent', { skip }, () => {
       auditEntries(alice)
         .slice(before)
         .filter((e) => e.type.startsWith('approval.') || (e.target ?? '').startsWith('project:')),
+      [],
+    );
+  });
+
+  test('a file sealed outside keyward that sets NODE_OPTIONS is refused before anything runs or is asked', async () => {
+    // Anyone can seal to alice's public recipient, with a valid MAC: made here with age and
+    // libsodium as docs/PROJECT-FILES.md describes, the way an attacker would.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-forged-'));
+    const dataKey = Buffer.alloc(32);
+    sodium.randombytes_buf(dataKey);
+    const keyFile = execFileSync('age', ['-r', identity(alice)], { input: dataKey });
+    const sub = (n: number) => {
+      const k = Buffer.alloc(32);
+      sodium.crypto_kdf_derive_from_key(k, n, Buffer.from('kwproj01'), dataKey);
+      return k;
+    };
+    const id = Buffer.alloc(16);
+    sodium.randombytes_buf(id);
+    const seal = (name: string, value: string) => {
+      const nonce = Buffer.alloc(24);
+      sodium.randombytes_buf(nonce);
+      const out = Buffer.alloc(value.length + 16);
+      sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+        out,
+        Buffer.from(value),
+        Buffer.concat([Buffer.from('keyward-project 1\n'), id, Buffer.from(name)]),
+        null,
+        nonce,
+        sub(1),
+      );
+      return `${name}=kw:${Buffer.concat([nonce, out]).toString('base64url')}`;
+    };
+    const text = [
+      fs.readFileSync(sealed, 'utf8').split('\n')[0],
+      'keyward-project: 1',
+      `project: ${PROJECT}`,
+      `id: ${id.toString('base64url')}`,
+      `recipient: ${identity(alice)}`,
+      `key: ${keyFile.toString('base64url')}`,
+      seal('NODE_OPTIONS', `--require ${path.join(dir, 'steal.js')}`),
+      '',
+    ].join('\n');
+    const mac = Buffer.alloc(32);
+    sodium.crypto_auth(mac, Buffer.from(text), sub(2));
+    const forged = path.join(dir, '.keyward.env');
+    fs.writeFileSync(forged, `${text}mac: ${mac.toString('base64url')}\n`);
+    const before = auditEntries(alice).length;
+    const r = await kwAsync(['run', '--project', forged, '--', 'true'], alice.env);
+    assert.equal(r.code, 8, r.stderr);
+    assert.match(r.stderr, /NODE_OPTIONS/);
+    assert.deepEqual(
+      auditEntries(alice)
+        .slice(before)
+        .filter((e) => e.type.startsWith('approval.') || e.type === 'credential.deliver'),
       [],
     );
   });

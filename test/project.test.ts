@@ -317,6 +317,15 @@ describe('the project name seal gives a file', () => {
     ].join('\n');
     assert.equal(originUrl(config), 'git@github.com:acme/api.git');
     assert.equal(originUrl('[remote "upstream"]\n url = x\n'), undefined);
+    // Anything git might read otherwise is no name: a continued line, two urls, a quoted value.
+    const hidden = '[alias]\n\tx = !echo \\\n[remote "origin"]\n\turl = git@scratch:x\n';
+    assert.equal(
+      originUrl(`${hidden}[remote "origin"]\n\turl = https://github.com/acme/api\n`),
+      undefined,
+    );
+    assert.equal(originUrl('[remote "origin"]\n url = a:b/c\n url = d:e/f\n'), undefined);
+    assert.equal(originUrl('[remote "origin"]\n url = "a:b/c"\n'), undefined);
+    assert.equal(originUrl('[remote "ORIGIN"]\n url = a:b/c\n'), undefined);
   });
 });
 
@@ -459,6 +468,23 @@ describe('keyward seal, project identity, project check', { skip }, () => {
     assert.equal(r.code, 2);
     assert.match(r.stderr, /bad\.env:2: /);
     assert.ok(!r.stderr.includes('hunter2'));
+    // A line with no = is said by its number only: it may be a token, or a key's body.
+    const bare = path.join(dir, 'bare.env');
+    fs.writeFileSync(bare, 'A=x\nghp_SuperSecretTokenValue0123456789abcdef\n9secret=1\n');
+    const b = kw(['seal', bare, '--no-self', '--recipient', bob.recipient], { env: h.env });
+    assert.equal(b.code, 2);
+    assert.match(b.stderr, /bare\.env:2: expected NAME=VALUE/);
+    assert.ok(!b.stderr.includes('SuperSecret'), b.stderr);
+    fs.writeFileSync(bare, '9secret_looking_name=1\n');
+    const d = kw(['seal', bare, '--no-self', '--recipient', bob.recipient], { env: h.env });
+    assert.equal(d.code, 2);
+    assert.ok(!d.stderr.includes('secret_looking'), d.stderr);
+    // Names that change what a program runs or trusts are never sealed.
+    const loader = path.join(dir, 'loader.env');
+    fs.writeFileSync(loader, 'NODE_OPTIONS=--require /tmp/x.js\n');
+    const l = kw(['seal', loader, '--no-self', '--recipient', bob.recipient], { env: h.env });
+    assert.equal(l.code, 2);
+    assert.match(l.stderr, /NODE_OPTIONS changes what a program loads/);
     const unclosed = path.join(dir, 'unclosed.env');
     fs.writeFileSync(unclosed, 'TOKEN="secret-without-end\n');
     const u = kw(['seal', unclosed, '--no-self', '--recipient', bob.recipient], { env: h.env });

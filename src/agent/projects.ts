@@ -7,7 +7,7 @@
  * the data key.
  */
 import type { AuditRecord } from '../audit/index.js';
-import { KeywardError } from '../errors.js';
+import { IntegrityError, KeywardError } from '../errors.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { quote } from '../lib/text.js';
 import {
@@ -16,12 +16,13 @@ import {
   OpenedProject,
   parseProject,
   projectIdentity,
+  reservedName,
   publicKeyOf,
   type ProjectFile,
 } from '../project/index.js';
 import type { Vault } from '../vault/index.js';
 import type { Gate } from './gate.js';
-import { actorOf } from './identity.js';
+import { actorOf, LOADER_VARIABLES } from './identity.js';
 import type { Peer } from './peer.js';
 import { str } from './protocol.js';
 import type { Reply } from './release.js';
@@ -60,11 +61,28 @@ export function openSent(v: Vault, bytes: Uint8Array): OpenedProject {
   if (!id) throw notRecipient(file, undefined);
   try {
     const opened = OpenedProject.open(file, id);
-    if (!opened) throw notRecipient(file, encodeRecipient(publicKeyOf(id)));
+    if (!opened) {
+      const own = encodeRecipient(publicKeyOf(id));
+      // Listed, yet no stanza opens with this identity: the key's wrap was changed.
+      if (file.recipients.includes(own))
+        throw new IntegrityError(
+          'PROJECT_TAMPERED',
+          `the sealed project file is damaged: it lists ${own}, but no key in it opens for that recipient`,
+        );
+      throw notRecipient(file, own);
+    }
     return opened;
   } finally {
     secureFree(id);
   }
+}
+
+/**
+ * Decrypts each value of `names` and drops it at once: a value that does not decrypt is
+ * PROJECT_TAMPERED before anyone is asked to approve it.
+ */
+function trial(opened: OpenedProject, names: readonly string[]): void {
+  for (const n of names) secureFree(opened.value(n));
 }
 
 /** One value of a sent file, opened and closed again: the caller frees it. */
@@ -118,7 +136,11 @@ export class ProjectService {
     // Tampering and "not yours" are said before anyone is asked to approve; the data key is
     // dropped again while a person decides.
     const opened = openSent(v, raw);
-    opened.close();
+    try {
+      trial(opened, [name]);
+    } finally {
+      opened.close();
+    }
     const { file } = opened;
     const target = projectTarget(file, name);
     const { rule } = await this.host.gate.authorize(asker, {
@@ -181,17 +203,33 @@ export class ProjectRun {
    */
   addTo(v: Vault, wanted: Array<{ name: string; as: Array<{ var: string } | { fd: number }> }>) {
     const opened = openSent(v, this.bytes);
-    opened.close();
+    try {
+      trial(opened, opened.names);
+    } finally {
+      opened.close();
+    }
     const taken = new Set(wanted.flatMap((w) => w.as.map((a) => ('var' in a ? a.var : ''))));
     for (const name of opened.names) {
       if (taken.has(name))
         throw new KeywardError('USAGE', `${name} is given by --env and by the project file`);
+      // parseProject refuses these already; the agent's own list of loader variables too.
+      if (LOADER_VARIABLES.test(name) || reservedName(name))
+        throw new IntegrityError(
+          'PROJECT_TAMPERED',
+          `the sealed project file sets ${name}, which keyward never seals`,
+        );
       const target = projectTarget(opened.file, name);
       this.targets.set(target, name);
       wanted.push({ name: target, as: [{ var: name }] });
     }
     this.fileId = fileId(opened.file);
+    this.project = opened.file.project;
+    this.names = opened.names;
   }
+
+  /** The file's project and names, for the run's prompt (after addTo). */
+  project = '';
+  names: string[] = [];
 
   /** The file's id, for the audit records (after addTo). */
   fileId = '';

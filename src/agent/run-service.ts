@@ -115,9 +115,13 @@ export class RunService {
         return { pid: null, masking: req.masking, pty: false };
       }
       const programSha = sha256File(program);
-      const notable = [...new Set(env.map((e) => e.name).filter((n) => LOADER_VARIABLES.test(n)))];
       const v = this.host.vault();
       project?.addTo(v, req.wanted);
+      const notable = [...new Set(env.map((e) => e.name).filter((n) => LOADER_VARIABLES.test(n)))];
+      // Every prompt of the run says what the sealed file sets, whichever secret it asks for.
+      const fromFile = project
+        ? `; the sealed project file of ${quote(project.project)} sets ${project.names.length > 20 ? `${project.names.length} variables, among them ` : ''}${project.names.slice(0, 20).join(', ')}`
+        : '';
       const rules = new Map<string, string | null>();
       // One approval per rule for the whole run, naming every secret that rule gives it.
       const together = { targets: req.wanted.map((w) => w.name), approved: new Set<string>() };
@@ -131,7 +135,8 @@ export class RunService {
             `run ${quote(program)}${programSha ? ` (sha256 ${programSha.slice(0, 16)})` : ''} as: ${quoteAll(req.argv)}, ` +
             `in ${quote(req.cwd)}, with the secret ${quote(w.name)} as ${where}` +
             (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : '') +
-            (req.mcp ? `; asked by the MCP client ${quote(req.mcp)}` : ''),
+            (req.mcp ? `; asked by the MCP client ${quote(req.mcp)}` : '') +
+            fromFile,
           together,
           ...(project?.has(w.name) ? { exists: true } : {}),
         });

@@ -87,10 +87,21 @@ export function registerProjectCommands(program: Command, io: Io): void {
         import('../vault/index.js'),
         import('../lib/files.js'),
       ]);
+      const out = o.output ?? path.join(path.dirname(file), DEFAULT_SEALED);
+      // Sealing over a sealed file keeps its project, unless --project says otherwise (and then
+      // that is said): a name is what the policy's rules go by.
+      let before: string | undefined;
+      try {
+        before = project.parseProject(fs.readFileSync(out)).project;
+      } catch {
+        before = undefined;
+      }
       const name =
         o.project !== undefined
           ? project.checkProjectName(o.project)
-          : project.defaultProjectName(file);
+          : (before ?? project.defaultProjectName(file));
+      if (before !== undefined && name !== before)
+        note(io, `${out} was of the project ${before}; it is now of ${name ?? '?'}`);
       if (name === undefined)
         throw new UsageError(
           'USAGE',
@@ -106,7 +117,6 @@ export function registerProjectCommands(program: Command, io: Io): void {
       }
       if (recipients.length === 0)
         throw new UsageError('USAGE', 'no recipient: give --recipient, or leave out --no-self');
-      const out = o.output ?? path.join(path.dirname(file), DEFAULT_SEALED);
       const { text, count } = await project.sealEnvFile(name, file, recipients);
       writeFileAtomic(out, [Buffer.from(text, 'ascii')]);
       io.stdout(

@@ -94,19 +94,20 @@ export function parseEnv(bytes: SecureBuffer, where: string): EnvEntry[] {
       }
       const nameStart = i;
       while (i < end && /[A-Za-z0-9_]/.test(String.fromCharCode(bytes[i] ?? 0))) i++;
-      // The name is public (what the sealed file shows); nothing past it becomes a string.
-      const name = bytes.toString('latin1', nameStart, i);
-      if (name === '') fail(lineNo, 'expected NAME=VALUE');
+      const nameEnd = i;
+      while (i < end && blank(bytes[i])) i++;
+      // A line with no = may be a value on its own (a token, a key's body): nothing of it is
+      // said. Only a name followed by = becomes a string (it is public: the sealed file shows it).
+      if (nameEnd === nameStart || bytes[i] !== 0x3d) fail(lineNo, 'expected NAME=VALUE');
+      const name = bytes.toString('latin1', nameStart, nameEnd);
       try {
         checkName(name);
       } catch {
         fail(
           lineNo,
-          `${name.slice(0, 40)} is not a name (letters, digits and _, not starting with a digit)`,
+          'the text before = is not a name (letters, digits and _, not starting with a digit)',
         );
       }
-      while (i < end && blank(bytes[i])) i++;
-      if (bytes[i] !== 0x3d) fail(lineNo, `expected = after ${name}`);
       i += 1;
       while (i < end && blank(bytes[i])) i++;
       let n = 0;

@@ -33,6 +33,21 @@ const AAD_PREFIX = Buffer.from('keyward-project 1\n', 'ascii');
 /** A value's most bytes (an environment variable's, with room): 64 KiB. */
 export const MAX_VALUE = 64 * 1024;
 export const MAX_ENTRIES = 1000;
+const MAX_RECIPIENTS = 256;
+/**
+ * Names a sealed file never sets: each changes what a program loads or runs, where it connects,
+ * or whom it trusts (a file anyone can seal to you must not run code in your command, or point
+ * it at their proxy). Case-insensitive: `http_proxy` is read as much as `HTTP_PROXY`.
+ */
+const RESERVED =
+  /^(PATH|HOME|SHELL|IFS|PS[0-4]|PROMPT_COMMAND|CDPATH|ENV|BASH_ENV|BASH_FUNC_\w*|LD_\w+|DYLD_\w+|GCONV_PATH|LOCPATH|NLSPATH|HOSTALIASES|RES_OPTIONS|MALLOC_\w+|GLIBC_TUNABLES|TMPDIR|NODE_\w+|NPM_CONFIG_\w+|PYTHON\w*|PERL\w*|RUBY\w*|GEM_\w+|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|JDK_JAVA_OPTIONS|CLASSPATH|GIT_\w+|SSH_\w+|GNUPGHOME|KEYWARD_\w+|SSL_CERT_\w+|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE|NODE_EXTRA_CA_CERTS|HTTPS?_PROXY|ALL_PROXY|NO_PROXY|EDITOR|VISUAL|PAGER|BROWSER)$/i;
+
+/** Why a sealed file may not set `name`, or undefined when it may. */
+export function reservedName(name: string): string | undefined {
+  return RESERVED.test(name)
+    ? `${name} changes what a program loads, runs, trusts or connects to: a sealed file never sets it`
+    : undefined;
+}
 const NAME_RE = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;
 /** A project's name: what policy targets say (`project:NAME/VAR`); vault-name parts, at most 100. */
 const PROJECT_RE = /^(?=.{1,100}$)[A-Za-z0-9][A-Za-z0-9._-]*(\/[A-Za-z0-9][A-Za-z0-9._-]*)*$/;
@@ -97,6 +112,8 @@ export function sealProject(
   checkProjectName(project);
   if (recipients.length === 0)
     throw new UsageError('USAGE', 'a sealed project file needs at least one recipient');
+  if (new Set(recipients).size > MAX_RECIPIENTS)
+    throw new UsageError('USAGE', `at most ${MAX_RECIPIENTS} recipients`);
   const keys = recipients.map((r) => {
     const pk = decodeRecipient(r);
     if (!pk)
@@ -110,6 +127,8 @@ export function sealProject(
   const seen = new Set<string>();
   for (const e of entries) {
     checkName(e.name);
+    const reserved = reservedName(e.name);
+    if (reserved) throw new UsageError('INVALID_NAME', reserved);
     if (seen.has(e.name)) throw new UsageError('USAGE', `${e.name} is given twice`);
     seen.add(e.name);
     if (e.value.length > MAX_VALUE)
@@ -172,11 +191,16 @@ export function parseProject(text: Uint8Array): ProjectFile {
   if (!id || id.length !== ID_BYTES || b64url(id) !== idm?.[1])
     throw tampered('line 4 is not its id');
   let i = 4;
+  // Bounded before any work per line: a file keyward never writes can't make the agent spin.
+  if (lines.length > 8 + MAX_RECIPIENTS + MAX_ENTRIES)
+    throw tampered(`it has more lines than a file of ${MAX_ENTRIES} values can`);
   const recipients: string[] = [];
+  const seenRecipients = new Set<string>();
   for (; at(i).startsWith('recipient: '); i++) {
     const r = at(i).slice('recipient: '.length);
-    if (!decodeRecipient(r) || recipients.includes(r))
-      throw tampered(`line ${i + 1} is not a recipient, or one given twice`);
+    if (!decodeRecipient(r) || seenRecipients.has(r) || recipients.length >= MAX_RECIPIENTS)
+      throw tampered(`line ${i + 1} is not a recipient, is one given twice, or one too many`);
+    seenRecipients.add(r);
     recipients.push(r);
   }
   if (recipients.length === 0) throw tampered('it names no recipient');
@@ -185,6 +209,7 @@ export function parseProject(text: Uint8Array): ProjectFile {
   if (!keyFile || b64url(keyFile) !== km?.[1]) throw tampered(`line ${i + 1} is not its key`);
   i++;
   const entries: ProjectFile['entries'] = [];
+  const seenNames = new Set<string>();
   for (; i < lines.length - 1; i++) {
     const m = /^([A-Za-z_][A-Za-z0-9_]{0,127})=kw:([A-Za-z0-9_-]+)$/.exec(at(i));
     const sealed = m ? Buffer.from(m[2] ?? '', 'base64url') : undefined;
@@ -196,7 +221,10 @@ export function parseProject(text: Uint8Array): ProjectFile {
       sealed.length > NONCE + TAG + MAX_VALUE
     )
       throw tampered(`line ${i + 1} is not a sealed value`);
-    if (entries.some((e) => e.name === name)) throw tampered(`${name} is given twice`);
+    if (seenNames.has(name)) throw tampered(`${name} is given twice`);
+    if (entries.length >= MAX_ENTRIES) throw tampered(`it holds more than ${MAX_ENTRIES} values`);
+    if (reservedName(name)) throw tampered(`it sets ${name}, which keyward never seals`);
+    seenNames.add(name);
     entries.push({ name, sealed });
   }
   const mm = /^mac: ([A-Za-z0-9_-]{43})$/.exec(at(lines.length - 1));

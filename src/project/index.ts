@@ -9,6 +9,7 @@ export { defaultProjectName, nameFromUrl, originUrl } from './naming.js';
 export {
   checkName,
   checkProjectName,
+  reservedName,
   FIRST_LINE,
   MAX_VALUE,
   OpenedProject,

@@ -25,19 +25,30 @@ function repositoryOf(dir: string): { top: string; config: string | undefined } 
   }
 }
 
-/** The url of `[remote "origin"]` in a git config's text. */
+/**
+ * The url of `[remote "origin"]` in a git config's text; undefined when the text is anything
+ * but plain (a continued line, a quoted or commented value, an include, two urls): keyward does
+ * not guess what git would read, and a name it can't be sure of is no name.
+ */
 export function originUrl(config: string): string | undefined {
   let inOrigin = false;
+  const urls: string[] = [];
   for (const raw of config.split('\n')) {
     const line = raw.trim();
+    if (line.endsWith('\\') || /^\[include/i.test(line)) return undefined;
+    if (line === '' || line.startsWith('#') || line.startsWith(';')) continue;
     if (line.startsWith('[')) {
-      inOrigin = /^\[remote\s+"origin"\]$/.test(line);
+      inOrigin = /^\[[Rr][Ee][Mm][Oo][Tt][Ee]\s+"origin"\]$/.test(line);
       continue;
     }
-    const m = inOrigin ? /^url\s*=\s*(\S+)$/.exec(line) : null;
-    if (m) return m[1];
+    if (!inOrigin) continue;
+    const m = /^url\s*=\s*(.*)$/i.exec(line);
+    if (!m) continue;
+    const value = m[1] ?? '';
+    if (!/^[^\s"'#;\\]+$/.test(value)) return undefined;
+    urls.push(value);
   }
-  return undefined;
+  return urls.length === 1 ? urls[0] : undefined;
 }
 
 /**
