@@ -461,6 +461,23 @@ describe('keyward seal, project identity, project check', { skip }, () => {
     assert.match(refused.stderr, /not a recipient of/);
   });
 
+  test('sealing over a sealed file keeps its project, and says so when --project changes it', () => {
+    const out = path.join(dir, 'kept.keyward.env');
+    const seal = (...extra: string[]) =>
+      kw(['seal', env, '--no-self', '--recipient', bob.recipient, '--output', out, ...extra], {
+        env: h.env,
+      });
+    assert.equal(seal('--project', 'example.com/kept').code, 0);
+    const again = seal();
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /of the project example\.com\/kept /);
+    const renamed = seal('--project', 'example.com/other');
+    assert.match(
+      renamed.stderr,
+      /was of the project example\.com\/kept; it is now of example\.com\/other/,
+    );
+  });
+
   test('a malformed .env is refused with its line, never its text; a changed sealed file is exit 8', () => {
     const bad = path.join(dir, 'bad.env');
     fs.writeFileSync(bad, 'GOOD=1\nthis line has the secret hunter2 in it\n');
