@@ -16,13 +16,13 @@ import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { encodeLine, parseLine, ZERO_HASH } from './entry.js';
 import { gapRecord } from './checkpoint.js';
 import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
-import { firstLineTime, readTail, type Tail } from './tail.js';
+import { cutTorn, firstLineTime, lineStillThere, readTail, type Tail } from './tail.js';
 import { hashAt, unacknowledgedGaps } from './history.js';
 import type { AuditRecord } from './events.js';
 import { currentProcessActor } from './actor.js';
 import { SegmentFiles } from './segment-files.js';
 import { BodySealer } from './body.js';
-import { epochZeroKey, nextEpochKey, sha256 } from './keys.js';
+import { epochZeroKey, nextEpochKey } from './keys.js';
 import {
   auditPaths,
   readState,
@@ -296,25 +296,7 @@ export class AuditLog {
 
   /** Whether the line a writer wrote (seq, hash, where it ended) is still in its segment. */
   private stillThere(h: Head): boolean {
-    if (h.end === undefined || h.length === undefined) return true;
-    // The held descriptor when the path still names its file; else the file the path names now.
-    const held = this.files.held(h.segment);
-    let fd: number;
-    try {
-      fd =
-        held ??
-        fs.openSync(this.segmentPath(h.segment), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-    } catch {
-      return false;
-    }
-    try {
-      const buf = Buffer.alloc(h.length);
-      const n = fs.readSync(fd, buf, 0, h.length, h.end - h.length);
-      if (n !== h.length || buf[h.length - 1] !== 0x0a) return false;
-      return sha256(buf.subarray(0, h.length - 1)).toString('hex') === h.hash;
-    } finally {
-      if (held === undefined) fs.closeSync(fd);
-    }
+    return lineStillThere(this.files.held(h.segment), this.segmentPath(h.segment), h);
   }
 
   private cutBehind(expected: Head): { record: AuditRecord; reason: string } {
@@ -383,26 +365,7 @@ export class AuditLog {
     const pending: AuditRecord[] = [];
     if (tail.tornBytes > 0) {
       // A writer died mid-line. Cut the torn bytes and say so in the log itself: never silently.
-      const file = this.segmentPath(st.segment);
-      const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
-      try {
-        const cut = Buffer.alloc(tail.tornBytes);
-        fs.readSync(fd, cut, 0, cut.length, tail.size - tail.tornBytes);
-        fs.ftruncateSync(fd, tail.size - tail.tornBytes);
-        fs.fsyncSync(fd);
-        pending.push({
-          type: 'audit.recovered',
-          decision: 'info',
-          reason: 'a torn last entry was cut at start-up',
-          details: {
-            segment: segmentName(st.segment),
-            cutBytes: cut.length,
-            cutSha256: sha256(cut).toString('hex'),
-          },
-        });
-      } finally {
-        fs.closeSync(fd);
-      }
+      pending.push(cutTorn(this.segmentPath(st.segment), tail, segmentName(st.segment)));
       tail = { ...tail, size: tail.size - tail.tornBytes, tornBytes: 0 };
     }
     let rotation: ShippedEntry[] = [];

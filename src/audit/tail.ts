@@ -1,8 +1,11 @@
 /**
  * Reading an audit segment from its end (the last line, to chain to) and its start (the first
- * entry's time, for rotation by age), without reading the whole file.
+ * entry's time, for rotation by age), without reading the whole file; and the two repairs and
+ * checks a writer makes at the end: cutting a torn line, and finding its own last line again.
  */
 import fs from 'node:fs';
+import type { AuditRecord } from './events.js';
+import { sha256 } from './keys.js';
 
 const TAIL_WINDOW = 256 * 1024;
 
@@ -109,5 +112,54 @@ export function firstLineTime(file: string): number | undefined {
     }
   } catch {
     return undefined;
+  }
+}
+
+/**
+ * Cuts the torn bytes after a segment's last complete line (a writer died mid-line), fsynced, and
+ * returns the record that says so in the log itself: never silently.
+ */
+export function cutTorn(file: string, tail: Tail, segment: string): AuditRecord {
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
+  try {
+    const cut = Buffer.alloc(tail.tornBytes);
+    fs.readSync(fd, cut, 0, cut.length, tail.size - tail.tornBytes);
+    fs.ftruncateSync(fd, tail.size - tail.tornBytes);
+    fs.fsyncSync(fd);
+    return {
+      type: 'audit.recovered',
+      decision: 'info',
+      reason: 'a torn last entry was cut at start-up',
+      details: { segment, cutBytes: cut.length, cutSha256: sha256(cut).toString('hex') },
+    };
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/**
+ * Whether the line a writer wrote (its hash, where it ended and its length) is still in its
+ * segment: read through the descriptor the writer holds when the path still names its file
+ * (`held`), else through the file the path names now.
+ */
+export function lineStillThere(
+  held: number | undefined,
+  file: string,
+  h: { hash: string; end?: number | undefined; length?: number | undefined },
+): boolean {
+  if (h.end === undefined || h.length === undefined) return true;
+  let fd: number;
+  try {
+    fd = held ?? fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  try {
+    const buf = Buffer.alloc(h.length);
+    const n = fs.readSync(fd, buf, 0, h.length, h.end - h.length);
+    if (n !== h.length || buf[h.length - 1] !== 0x0a) return false;
+    return sha256(buf.subarray(0, h.length - 1)).toString('hex') === h.hash;
+  } finally {
+    if (held === undefined) fs.closeSync(fd);
   }
 }
