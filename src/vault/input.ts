@@ -16,7 +16,7 @@ import {
   secureSlice,
   type SecureBuffer,
 } from '../lib/secure.js';
-import { VALUE_MAX_BYTES, assertValueSize } from './vault.js';
+import { VALUE_MAX_BYTES, assertValueSize } from './values.js';
 
 export const PASSPHRASE_MIN_BYTES = 8;
 export const PASSPHRASE_MAX_BYTES = 1024;

@@ -8,6 +8,7 @@ import {
   kdfInBounds,
   open,
   passphraseKek,
+  passphraseKekAsync,
   seal,
   SALT_BYTES,
   type KdfParams,
@@ -144,4 +145,82 @@ export function unwrapSlots(
     });
   }
   return { dk, opened: { slotIndex: i, kek } };
+}
+
+/**
+ * The slots of a rekeyed vault: its passphrase slot (the one it was opened with, `kek` derived at
+ * open) wrapping the new data key, and a keyring slot when the vault had one and the keyring
+ * answers now; when it does not, the slot is dropped and that is said.
+ */
+export function rewrapSlots(
+  vaultId: Buffer,
+  passphraseBody: Buffer,
+  kek: SecureBuffer,
+  newDk: SecureBuffer,
+  hadKeyring: boolean,
+  rng: Rng,
+): { slots: Slot[]; keyringSlot: 'kept' | 'dropped' | 'none' } {
+  const ps = parsePassphraseSlot(passphraseBody);
+  const slots: Slot[] = [
+    {
+      type: SLOT_PASSPHRASE,
+      body: Buffer.concat([
+        ps.params,
+        seal(kek, newDk, slotAd(vaultId, SLOT_PASSPHRASE, ps.params), rng),
+      ]),
+    },
+  ];
+  if (!hadKeyring) return { slots, keyringSlot: 'none' };
+  let keyringKek: SecureBuffer | undefined;
+  try {
+    keyringKek = keyringFetch(vaultId);
+  } catch {
+    keyringKek = undefined;
+  }
+  if (!keyringKek) return { slots, keyringSlot: 'dropped' };
+  slots.push(wrapKeyringSlot(vaultId, newDk, keyringKek, rng));
+  secureFree(keyringKek);
+  return { slots, keyringSlot: 'kept' };
+}
+
+/** The passphrase slots a passphrase is checked against (well-formed and in bounds). */
+function checkableSlots(slots: readonly Slot[]): Array<ReturnType<typeof parsePassphraseSlot>> {
+  return slots
+    .filter((slot) => slot.type === SLOT_PASSPHRASE)
+    .map((slot) => parsePassphraseSlot(slot.body))
+    .filter((ps) => ps.alg === ALG_ARGON2ID13 && kdfInBounds(ps));
+}
+
+/** Whether kek (for slot ps) unwraps the data key; frees kek. */
+function kekOpens(
+  vaultId: Buffer,
+  kek: SecureBuffer,
+  ps: ReturnType<typeof parsePassphraseSlot>,
+): boolean {
+  const dk = open(kek, ps.wrapped, slotAd(vaultId, SLOT_PASSPHRASE, ps.params));
+  secureFree(kek);
+  secureFree(dk);
+  return dk !== undefined;
+}
+
+/** Whether a passphrase opens one of these slots (argon2id on this thread); changes nothing. */
+export function passphraseOpens(
+  vaultId: Buffer,
+  slots: readonly Slot[],
+  passphrase: SecureBuffer,
+): boolean {
+  for (const ps of checkableSlots(slots))
+    if (kekOpens(vaultId, passphraseKek(passphrase, ps.salt, ps), ps)) return true;
+  return false;
+}
+
+/** passphraseOpens with argon2id on libuv's thread pool. */
+export async function passphraseOpensAsync(
+  vaultId: Buffer,
+  slots: readonly Slot[],
+  passphrase: SecureBuffer,
+): Promise<boolean> {
+  for (const ps of checkableSlots(slots))
+    if (kekOpens(vaultId, await passphraseKekAsync(passphrase, ps.salt, ps), ps)) return true;
+  return false;
 }

@@ -11,11 +11,9 @@ import { backupSealer, type BackupSealer } from './backup-key.js';
 import {
   deriveSubkey,
   KDF_DEFAULT,
-  kdfInBounds,
   keyIdOf,
   open,
   openInto,
-  passphraseKek,
   passphraseKekAsync,
   randomSecureKey,
   seal,
@@ -24,9 +22,7 @@ import {
   type Rng,
 } from './crypto.js';
 import {
-  ALG_ARGON2ID13,
   corruptError,
-  parsePassphraseSlot,
   recordAd,
   SLOT_KEYRING,
   SLOT_PASSPHRASE,
@@ -43,21 +39,22 @@ import {
 } from './file.js';
 import { Records, sizeOf, type Entry, type RecordKeys } from './records.js';
 import {
+  passphraseOpens,
+  passphraseOpensAsync,
   passphraseSlot,
+  rewrapSlots,
   unwrapSlots,
-  wrapKeyringSlot,
   wrapPassphraseSlot,
   wrongPassphrase,
   type Opened,
   type Unlock,
 } from './slots.js';
 import { readIndex } from './v1.js';
+import { assertValueSize } from './values.js';
 
 export type { Unlock } from './slots.js';
-import { keyringFetch } from './keyring.js';
 import { assertValidName } from '../lib/names.js';
 
-export const VALUE_MAX_BYTES = 16 * 1024 * 1024;
 export interface EntryMeta {
   name: string;
   created: string;
@@ -393,30 +390,14 @@ export class Vault {
     } finally {
       secureFree(newKey);
     }
-    const ps = parsePassphraseSlot(openedSlot.body);
-    const passSlot: Slot = {
-      type: SLOT_PASSPHRASE,
-      body: Buffer.concat([
-        ps.params,
-        seal(this.opened.kek, newDk, slotAd(this.vaultId, SLOT_PASSPHRASE, ps.params), this.rng),
-      ]),
-    };
-    let keyringSlot: 'kept' | 'dropped' | 'none' = 'none';
-    const slots: Slot[] = [passSlot];
-    if (this.slots.some((s) => s.type === SLOT_KEYRING)) {
-      keyringSlot = 'dropped';
-      let kek: SecureBuffer | undefined;
-      try {
-        kek = keyringFetch(this.vaultId);
-      } catch {
-        kek = undefined;
-      }
-      if (kek) {
-        slots.push(wrapKeyringSlot(this.vaultId, newDk, kek, this.rng));
-        secureFree(kek);
-        keyringSlot = 'kept';
-      }
-    }
+    const { slots, keyringSlot } = rewrapSlots(
+      this.vaultId,
+      openedSlot.body,
+      this.opened.kek,
+      newDk,
+      this.slots.some((x) => x.type === SLOT_KEYRING),
+      this.rng,
+    );
     this.dropSubkeys();
     secureFree(this.dk);
     this.dk = newDk;
@@ -480,38 +461,19 @@ export class Vault {
       : this.readRecords(file, p);
     this.slots = p.slots;
   }
-  /** The passphrase slots a passphrase is checked against (well-formed and in bounds). */
-  private checkableSlots(): Array<ReturnType<typeof parsePassphraseSlot>> {
-    this.live();
-    return this.slots
-      .filter((slot) => slot.type === SLOT_PASSPHRASE)
-      .map((slot) => parsePassphraseSlot(slot.body))
-      .filter((ps) => ps.alg === ALG_ARGON2ID13 && kdfInBounds(ps));
-  }
-
-  /** Whether kek (for slot ps) unwraps the data key; frees kek. */
-  private kekOpens(kek: SecureBuffer, ps: ReturnType<typeof parsePassphraseSlot>): boolean {
-    const dk = open(kek, ps.wrapped, slotAd(this.vaultId, SLOT_PASSPHRASE, ps.params));
-    secureFree(kek);
-    secureFree(dk);
-    return dk !== undefined;
-  }
-
   /**
    * checkPassphrase with argon2id on libuv's thread pool (the agent: approvals and console
    * logins don't stall other clients). The caller keeps passphrase alive until it resolves.
    */
-  async checkPassphraseAsync(passphrase: SecureBuffer): Promise<boolean> {
-    for (const ps of this.checkableSlots())
-      if (this.kekOpens(await passphraseKekAsync(passphrase, ps.salt, ps), ps)) return true;
-    return false;
+  checkPassphraseAsync(passphrase: SecureBuffer): Promise<boolean> {
+    this.live();
+    return passphraseOpensAsync(this.vaultId, this.slots, passphrase);
   }
 
   /** Whether a passphrase opens this vault (an approval factor). Runs argon2id; changes nothing. */
   checkPassphrase(passphrase: SecureBuffer): boolean {
-    for (const ps of this.checkableSlots())
-      if (this.kekOpens(passphraseKek(passphrase, ps.salt, ps), ps)) return true;
-    return false;
+    this.live();
+    return passphraseOpens(this.vaultId, this.slots, passphrase);
   }
 
   /** Wipes the keys. Idempotent. */
@@ -538,21 +500,4 @@ function secretNotFound(name: string): KeywardError {
   return new KeywardError('SECRET_NOT_FOUND', `no secret named ${name}`, {
     hint: 'see the names with: keyward secret list',
   });
-}
-
-export function assertValueSize(n: number): void {
-  if (n === 0) {
-    throw new UsageError('INVALID_VALUE', 'the secret value is empty', {
-      hint: 'pipe the value on standard input, e.g.: printf %s "$TOKEN" | keyward secret set NAME',
-    });
-  }
-  if (n > VALUE_MAX_BYTES) {
-    throw new UsageError(
-      'INVALID_VALUE',
-      `the secret value is larger than ${VALUE_MAX_BYTES} bytes`,
-      {
-        hint: 'keyward keeps credentials, not files; store a key to the file instead',
-      },
-    );
-  }
 }
