@@ -7,19 +7,15 @@
  * Values stay sealed here (their boxes); only vault.ts opens them. Names and times are not secret.
  */
 import fs from 'node:fs';
-import { sodium } from '../lib/sodium.js';
 import type { IntegrityError } from '../errors.js';
 import { writeFileAtomic } from '../lib/files.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
-import { blake2b256, open, openInto, seal, type Rng } from './crypto.js';
+import { blake2b256, open, openInto, type Rng } from './crypto.js';
 import { corruptError, recordAd, type Slot } from './format.js';
 import {
   BOX_OVERHEAD,
   decodeMeta,
-  encodeFrame,
   encodeLogHeader,
-  encodeMeta,
-  FLAG_COMMIT,
   frameAd,
   frameAt,
   KIND_DELETE,
@@ -31,6 +27,9 @@ import {
   type LogLayout,
   type Meta,
 } from './log-format.js';
+import { appendFrames, encodeFrames, nameTag, type Disk, type Pending } from './records-write.js';
+
+export { nameTag } from './records-write.js';
 
 /** One live record. */
 export interface Entry {
@@ -59,47 +58,13 @@ interface Source {
   layout: LogLayout;
 }
 
-/** The file as this process last saw or wrote it: an append goes only to that file. */
-interface Disk {
-  dev: number;
-  ino: number;
-  /** Its length then (committed frames, and any write cut short after them). */
-  size: number;
-  /** Where its committed frames end. */
-  end: number;
-  base: bigint;
-  sum: Buffer;
-}
-
-interface Pending {
-  kind: typeof KIND_PUT | typeof KIND_DELETE | typeof KIND_MARK;
-  name: string;
-  entry?: Entry;
-  /** Time of a removal (ms). */
-  at: number;
-  /** Live records after this one. */
-  live: number;
-}
-
 /** A meta record is at most 2 + 128 (name) + 32 + 4 bytes: one scratch serves every frame. */
 const META_SCRATCH = 256;
 /** Compact when dead frames pass both this and the number of live records. */
 const COMPACT_MIN_DEAD = 1024;
 
-export function nameTag(tagKey: SecureBuffer, name: string): Buffer {
-  const out = Buffer.alloc(NAME_TAG_BYTES);
-  sodium.crypto_generichash(out, Buffer.from(name, 'utf8'), tagKey);
-  return out;
-}
-
 function frameFailed(i: number): IntegrityError {
   return corruptError(`vault record ${i + 1} failed authentication (tampered or damaged)`);
-}
-
-function changedUnderLock(): IntegrityError {
-  return corruptError('vault.kw changed while this process held the vault lock', {
-    hint: 'another program writes vault.kw without keyward; nothing was written',
-  });
 }
 
 const byName = (a: Entry, b: Entry) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0);
@@ -464,37 +429,6 @@ export class Records {
     this.rewriteDue = true;
   }
 
-  /** Frames for items, chained from prev at the sequence numbers after seq; the last commits. */
-  private encode(items: readonly Pending[], seq: bigint, prev: Buffer, rng: Rng) {
-    const chunks: Buffer[] = [];
-    for (const [i, p] of items.entries()) {
-      seq += 1n;
-      const flags = p.kind | (i === items.length - 1 ? FLAG_COMMIT : 0);
-      const tag = nameTag(this.keys.tag(), p.name);
-      const fixed = Buffer.concat([Buffer.from([flags]), tag]);
-      const e = p.entry;
-      const meta = e
-        ? encodeMeta(KIND_PUT, {
-            name: p.name,
-            id: e.id,
-            created: e.created,
-            at: e.updated,
-            live: p.live,
-          })
-        : encodeMeta(p.kind, { name: p.name, at: p.at, live: p.live });
-      const ad = frameAd(this.keys.vaultId, seq, prev, fixed);
-      const frame = encodeFrame(
-        flags,
-        tag,
-        seal(this.keys.index(), meta, ad, rng),
-        e?.box ?? Buffer.alloc(0),
-      );
-      prev = blake2b256(frame.subarray(4));
-      chunks.push(frame);
-    }
-    return { chunks, seq, prev };
-  }
-
   /**
    * Persists what changed: appends one frame per change (the last marked as the commit), or
    * rewrites the whole file when due (format 1 read, a new header, a rekey, or when dead frames
@@ -529,7 +463,7 @@ export class Records {
       at: e.updated,
       live: i + 1,
     }));
-    const { chunks, seq, prev } = this.encode([mark, ...items], base, sum, rng);
+    const { chunks, seq, prev } = encodeFrames(this.keys, [mark, ...items], base, sum, rng);
     writeFileAtomic(file, [header, ...chunks]);
     const st = fs.statSync(file);
     const size = chunks.reduce((n, c) => n + c.length, header.length);
@@ -543,33 +477,14 @@ export class Records {
   }
 
   private append(file: string, disk: Disk, rng: Rng): void {
-    const { chunks, seq, prev } = this.encode(this.pending, this.generation, this.last, rng);
-    const data = Buffer.concat(chunks);
-    const end = disk.end;
-    const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW);
-    try {
-      const st = fs.fstatSync(fd);
-      if (st.dev !== disk.dev || st.ino !== disk.ino || st.size !== disk.size)
-        throw changedUnderLock();
-      // A write cut short by a killed writer is not part of the vault: it goes.
-      if (st.size > end) fs.ftruncateSync(fd, end);
-      try {
-        let off = 0;
-        while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off, end + off);
-        fs.fsyncSync(fd);
-      } catch (e) {
-        try {
-          fs.ftruncateSync(fd, end);
-        } catch {
-          // The uncommitted bytes stay; the next writer cuts them.
-        }
-        throw e;
-      }
-    } finally {
-      fs.closeSync(fd);
-    }
-    disk.size = end + data.length;
-    disk.end = disk.size;
+    const { chunks, seq, prev } = encodeFrames(
+      this.keys,
+      this.pending,
+      this.generation,
+      this.last,
+      rng,
+    );
+    appendFrames(file, disk, Buffer.concat(chunks));
     this.generation = seq;
     this.frames += this.pending.length;
     this.last = prev;

@@ -1,0 +1,125 @@
+/**
+ * Writing vault.kw's record log (docs/FORMAT.md): frames encoded and chained, and appended to the
+ * file this process last saw, fsynced, a write cut short taken back. records.ts decides what to
+ * write and when; this file writes it.
+ */
+import fs from 'node:fs';
+import { sodium } from '../lib/sodium.js';
+import type { IntegrityError } from '../errors.js';
+import type { SecureBuffer } from '../lib/secure.js';
+import { blake2b256, seal, type Rng } from './crypto.js';
+import { corruptError } from './format.js';
+import type { KIND_DELETE, KIND_MARK } from './log-format.js';
+import {
+  encodeFrame,
+  encodeMeta,
+  FLAG_COMMIT,
+  frameAd,
+  KIND_PUT,
+  NAME_TAG_BYTES,
+} from './log-format.js';
+import type { Entry, RecordKeys } from './records.js';
+
+/** The file as this process last saw or wrote it: an append goes only to that file. */
+export interface Disk {
+  dev: number;
+  ino: number;
+  /** Its length then (committed frames, and any write cut short after them). */
+  size: number;
+  /** Where its committed frames end. */
+  end: number;
+  base: bigint;
+  sum: Buffer;
+}
+
+export interface Pending {
+  kind: typeof KIND_PUT | typeof KIND_DELETE | typeof KIND_MARK;
+  name: string;
+  entry?: Entry;
+  /** Time of a removal (ms). */
+  at: number;
+  /** Live records after this one. */
+  live: number;
+}
+
+export function nameTag(tagKey: SecureBuffer, name: string): Buffer {
+  const out = Buffer.alloc(NAME_TAG_BYTES);
+  sodium.crypto_generichash(out, Buffer.from(name, 'utf8'), tagKey);
+  return out;
+}
+
+function changedUnderLock(): IntegrityError {
+  return corruptError('vault.kw changed while this process held the vault lock', {
+    hint: 'another program writes vault.kw without keyward; nothing was written',
+  });
+}
+
+/** Frames for items, chained from prev at the sequence numbers after seq; the last commits. */
+export function encodeFrames(
+  keys: RecordKeys,
+  items: readonly Pending[],
+  seq: bigint,
+  prev: Buffer,
+  rng: Rng,
+): { chunks: Buffer[]; seq: bigint; prev: Buffer } {
+  const chunks: Buffer[] = [];
+  for (const [i, p] of items.entries()) {
+    seq += 1n;
+    const flags = p.kind | (i === items.length - 1 ? FLAG_COMMIT : 0);
+    const tag = nameTag(keys.tag(), p.name);
+    const fixed = Buffer.concat([Buffer.from([flags]), tag]);
+    const e = p.entry;
+    const meta = e
+      ? encodeMeta(KIND_PUT, {
+          name: p.name,
+          id: e.id,
+          created: e.created,
+          at: e.updated,
+          live: p.live,
+        })
+      : encodeMeta(p.kind, { name: p.name, at: p.at, live: p.live });
+    const ad = frameAd(keys.vaultId, seq, prev, fixed);
+    const frame = encodeFrame(
+      flags,
+      tag,
+      seal(keys.index(), meta, ad, rng),
+      e?.box ?? Buffer.alloc(0),
+    );
+    prev = blake2b256(frame.subarray(4));
+    chunks.push(frame);
+  }
+  return { chunks, seq, prev };
+}
+
+/**
+ * Appends `data` (committed frames) to `file` at `disk.end`, fsynced: only to the file this process
+ * last saw (same device, inode and length), a longer one cut back to its committed end first, and
+ * the bytes taken back if the write fails. Updates disk.
+ */
+export function appendFrames(file: string, disk: Disk, data: Buffer): void {
+  const end = disk.end;
+  const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW);
+  try {
+    const st = fs.fstatSync(fd);
+    if (st.dev !== disk.dev || st.ino !== disk.ino || st.size !== disk.size)
+      throw changedUnderLock();
+    // A write cut short by a killed writer is not part of the vault: it goes.
+    if (st.size > end) fs.ftruncateSync(fd, end);
+    try {
+      let off = 0;
+      while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off, end + off);
+      fs.fsyncSync(fd);
+    } catch (e) {
+      try {
+        fs.ftruncateSync(fd, end);
+      } catch {
+        // The uncommitted bytes stay; the next writer cuts them.
+      }
+      throw e;
+    }
+  } finally {
+    fs.closeSync(fd);
+  }
+  disk.size = end + data.length;
+  disk.end = disk.size;
+}
