@@ -2,10 +2,11 @@
  * TOTP (RFC 6238 over RFC 4226: HMAC-SHA1, 30-second steps, 6 digits) as an approval factor.
  *
  * Written here rather than taken from otplib because otplib takes the shared secret as a base32
- * JS string; here it stays in secure memory (the HMAC key is passed to node:crypto as a Buffer
- * view of that memory, never a KeyObject). Checked against Debian's oathtool in the tests.
+ * JS string; here it stays in secure memory (the HMAC is OpenSSL's, reading the key in place:
+ * lib/openssl.ts). Checked against Debian's oathtool in the tests.
  */
-import { createHmac, timingSafeEqual } from 'node:crypto';
+import { timingSafeEqual } from 'node:crypto';
+import { hmacSha1 } from '../lib/openssl.js';
 import {
   secureAlloc,
   secureFree,
@@ -25,7 +26,7 @@ const SECRET_BYTES = 20;
 export function hotp(secret: SecureBuffer, counter: number): string {
   const msg = Buffer.alloc(8);
   msg.writeBigUInt64BE(BigInt(counter));
-  const mac = createHmac('sha1', secret).update(msg).digest();
+  const mac = hmacSha1(secret, msg, Buffer.alloc(20));
   const offset = (mac[mac.length - 1] ?? 0) & 0x0f;
   const bin = (mac.readUInt32BE(offset) & 0x7fffffff) % 10 ** DIGITS;
   mac.fill(0);

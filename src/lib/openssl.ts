@@ -61,6 +61,18 @@ interface Crypto {
   ) => number;
   /** SHA-256, fetched once (EVP_sha256() would fetch it again at each use). */
   sha256: Pointer;
+  /** SHA-1, fetched once: HMAC-SHA1 for TOTP (RFC 6238). */
+  sha1: Pointer;
+  /** HMAC: a one-shot MAC, the key read in place (OpenSSL clears its copy when it frees it). */
+  hmac: (
+    md: Pointer,
+    key: Uint8Array,
+    keyLen: number,
+    data: Uint8Array,
+    dataLen: number,
+    out: Buffer,
+    outLen: number[],
+  ) => Pointer;
 }
 
 let cached: Crypto | undefined;
@@ -75,6 +87,7 @@ function openssl(): Crypto {
   const sha256 = lib.func('const keyward_EVP_MD *EVP_sha256(void)');
   const sha384 = lib.func('const keyward_EVP_MD *EVP_sha384(void)');
   const sha512 = lib.func('const keyward_EVP_MD *EVP_sha512(void)');
+  const fetch = lib.func('keyward_EVP_MD *EVP_MD_fetch(void *, const char *, const char *)');
   cached = {
     secureMallocInit: lib.func('int CRYPTO_secure_malloc_init(size_t, size_t)'),
     secureMallocInitialized: lib.func('int CRYPTO_secure_malloc_initialized(void)'),
@@ -97,10 +110,10 @@ function openssl(): Crypto {
     oneShot: lib.func(
       'int EVP_Digest(const uint8_t *, size_t, _Out_ uint8_t *, void *, const keyward_EVP_MD *, void *)',
     ),
-    sha256: lib.func('keyward_EVP_MD *EVP_MD_fetch(void *, const char *, const char *)')(
-      null,
-      'SHA256',
-      null,
+    sha256: fetch(null, 'SHA256', null),
+    sha1: fetch(null, 'SHA1', null),
+    hmac: lib.func(
+      'void *HMAC(const keyward_EVP_MD *, const uint8_t *, int, const uint8_t *, size_t, _Out_ uint8_t *, _Inout_ unsigned int *)',
     ),
   };
   return cached;
@@ -125,6 +138,19 @@ export function sha256Public(data: Uint8Array, out: Buffer): Buffer {
   if (!c.sha256 || c.oneShot(data, data.length, out, null, c.sha256, null) !== 1) {
     throw new Error('OpenSSL could not hash');
   }
+  return out;
+}
+
+/**
+ * HMAC-SHA1 (TOTP's MAC) of data under key, into out (20 bytes). The key is read by OpenSSL in
+ * place, from secure memory; the one copy OpenSSL makes is in a context it clears and frees
+ * before this returns, not one an Hmac object keeps until V8 collects it.
+ */
+export function hmacSha1(key: Uint8Array, data: Uint8Array, out: Buffer): Buffer {
+  const c = openssl();
+  const len = [out.length];
+  if (out.length < 20 || !c.sha1 || !c.hmac(c.sha1, key, key.length, data, data.length, out, len))
+    throw new Error('OpenSSL could not compute an HMAC');
   return out;
 }
 
