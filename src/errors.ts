@@ -110,7 +110,11 @@ export class UsageError extends KeywardError {
 /** Authentication failed: wrong passphrase, a keyring key that does not open the vault. */
 export class AuthError extends KeywardError {
   constructor(
-    code: 'VAULT_BAD_PASSPHRASE' | 'KEYRING_KEY_MISMATCH' | 'BACKUP_IDENTITY_MISMATCH',
+    code:
+      | 'VAULT_BAD_PASSPHRASE'
+      | 'KEYRING_KEY_MISMATCH'
+      | 'BACKUP_IDENTITY_MISMATCH'
+      | 'PROJECT_NOT_RECIPIENT',
     message: string,
     options?: KeywardErrorOptions,
   ) {

@@ -21,7 +21,7 @@ import {
   type AgentHome,
 } from './agent-helpers.js';
 import { sodium } from '../src/lib/sodium.js';
-import { everyByteUnder, kw, rootTests } from './helpers.js';
+import { eventually, everyByteUnder, kw, rootTests } from './helpers.js';
 
 const AGE_KEYGEN = ['/usr/bin/age-keygen', '/usr/local/bin/age-keygen'].find((p) =>
   fs.existsSync(p),
@@ -326,6 +326,54 @@ describe('sealed project files through the agent', { skip }, () => {
       const found = scanMemory(ci.agentPid, [Buffer.from(VALUES['API_TOKEN'] ?? '')]);
       assert.deepEqual(found, [], "the value is in the agent's memory after the read");
     }
+  });
+
+  test('in one run, a high_value rule asks for each of its values, and another rule for its own', async () => {
+    const policy = path.join(ci.dir, 'hv.yaml');
+    fs.writeFileSync(
+      policy,
+      `version: 1
+rules:
+  - name: hv
+    targets: ["project:${PROJECT}/DB_PASSWORD", "project:${PROJECT}/SIGNING_KEY"]
+    decision: approve
+    high_value: true
+    approve: { mode: passphrase, timeout: 2m }
+  - name: other
+    targets: ["project:${PROJECT}/DATABASE_URL"]
+    decision: approve
+    approve: { mode: passphrase, timeout: 2m }
+  - name: rest
+    targets: ["project:${PROJECT}/*"]
+    decision: allow
+`,
+    );
+    assert.equal(kw(['policy', 'apply', policy], { env: ci.env }).code, 0);
+    const run = kwAsync(['run', '--project', sealed, '--', 'true'], ci.env);
+    const seen: Array<{ target: string; also?: string[] }> = [];
+    for (let i = 0; i < 3; i++) {
+      let next: { id: string; target: string; also?: string[] } | undefined;
+      await eventually(() => {
+        const list = JSON.parse(
+          kw(['approvals', '--json'], { env: ci.env }).stdout || '[]',
+        ) as Array<{
+          id: string;
+          target: string;
+          also?: string[];
+        }>;
+        next = list.find((p) => !seen.some((s) => s.target === p.target));
+        return next !== undefined;
+      }, 'the next approval');
+      seen.push({ target: next?.target ?? '', ...(next?.also ? { also: next.also } : {}) });
+      assert.equal(kw(['approve', next?.id ?? ''], { env: ci.env }).code, 0);
+    }
+    const r = await run;
+    assert.equal(r.code, 0, r.stderr);
+    assert.deepEqual(seen, [
+      { target: `project:${PROJECT}/DATABASE_URL` },
+      { target: `project:${PROJECT}/DB_PASSWORD` },
+      { target: `project:${PROJECT}/SIGNING_KEY` },
+    ]);
   });
 
   test('unseal writes a plain file (0600) only with the passphrase, recorded; and a non-recipient is refused', () => {

@@ -461,12 +461,10 @@ describe('keyward seal, project identity, project check', { skip }, () => {
     assert.match(refused.stderr, /not a recipient of/);
   });
 
-  test('sealing over a sealed file keeps its project, and says so when --project changes it', () => {
+  test('sealing over a sealed file keeps its project only when this vault opens it, and says so when --project changes it', () => {
     const out = path.join(dir, 'kept.keyward.env');
     const seal = (...extra: string[]) =>
-      kw(['seal', env, '--no-self', '--recipient', bob.recipient, '--output', out, ...extra], {
-        env: h.env,
-      });
+      kw(['seal', env, '--recipient', bob.recipient, '--output', out, ...extra], { env: h.env });
     assert.equal(seal('--project', 'example.com/kept').code, 0);
     const again = seal();
     assert.equal(again.code, 0, again.stderr);
@@ -476,6 +474,27 @@ describe('keyward seal, project identity, project check', { skip }, () => {
       renamed.stderr,
       /was of the project example\.com\/kept; it is now of example\.com\/other/,
     );
+    // A well-formed file this vault can't open (anyone can write one, under any name) gives
+    // its name to nothing: the default is used, and that is said.
+    const planted = kw(
+      [
+        'seal',
+        env,
+        '--no-self',
+        '--recipient',
+        bob.recipient,
+        '--output',
+        out,
+        '--project',
+        'scratch/x',
+      ],
+      { env: h.env },
+    );
+    assert.equal(planted.code, 0, planted.stderr);
+    const over = seal();
+    assert.equal(over.code, 0, over.stderr);
+    assert.match(over.stderr, /this vault did not open it, so its project name is not kept/);
+    assert.match(over.stdout, /of the project github\.com\/acme\/api /);
   });
 
   test('a malformed .env is refused with its line, never its text; a changed sealed file is exit 8', () => {
@@ -496,12 +515,18 @@ describe('keyward seal, project identity, project check', { skip }, () => {
     const d = kw(['seal', bare, '--no-self', '--recipient', bob.recipient], { env: h.env });
     assert.equal(d.code, 2);
     assert.ok(!d.stderr.includes('secret_looking'), d.stderr);
+    // A base64 token on its own line reads as NAME==: refused, and not said either.
+    fs.writeFileSync(bare, 'A=x\ndGhpc2lzYXNlY3JldHRva2Vu==\n');
+    const pad = kw(['seal', bare, '--no-self', '--recipient', bob.recipient], { env: h.env });
+    assert.equal(pad.code, 2);
+    assert.match(pad.stderr, /bare\.env:2: the value is only = signs/);
+    assert.ok(!pad.stderr.includes('dGhpc2lz'), pad.stderr);
     // Names that change what a program runs or trusts are never sealed.
     const loader = path.join(dir, 'loader.env');
     fs.writeFileSync(loader, 'NODE_OPTIONS=--require /tmp/x.js\n');
     const l = kw(['seal', loader, '--no-self', '--recipient', bob.recipient], { env: h.env });
     assert.equal(l.code, 2);
-    assert.match(l.stderr, /NODE_OPTIONS changes what a program loads/);
+    assert.match(l.stderr, /NODE_OPTIONS may change what a program loads/);
     const unclosed = path.join(dir, 'unclosed.env');
     fs.writeFileSync(unclosed, 'TOKEN="secret-without-end\n');
     const u = kw(['seal', unclosed, '--no-self', '--recipient', bob.recipient], { env: h.env });

@@ -1,9 +1,10 @@
 /**
- * The caller as the gate's approvals see it (gate.ts): whom a remembered approval belongs to, and
- * how a waiting request describes who asks.
+ * The caller as the gate's approvals see it (gate.ts): whom a remembered approval belongs to, how
+ * a waiting request describes who asks, and what else one approval of a run covers.
  */
 import type { RequesterRef } from '../approval/index.js';
 import { describeCaller, type ProcessIdentity } from './identity.js';
+import { quote } from '../lib/text.js';
 import type { Peer } from './peer.js';
 
 /**
@@ -45,4 +46,17 @@ export function requesterOf(id: ProcessIdentity): RequesterRef {
     parents: id.ancestors.map((x) => ({ pid: x.pid, exe: x.exe ?? null })),
     loaderVars: (id.loaderVars ?? []).map((x) => ({ name: x.name, value: x.value ?? null })),
   };
+}
+
+/** What one approval of a run also gives, said in its prompt: the first 20 named, and how many. */
+export function coversText(also: readonly string[]): string {
+  if (also.length === 0) return '';
+  const named = also.slice(0, 20).map(quote).join(', ');
+  return ` This approval also gives it ${also.length > 20 ? `${also.length} more, among them ` : ''}${named}.`;
+}
+
+/** What an approval covered besides its target, for its audit records (the first 50 named). */
+export function alsoDetails(also: readonly string[]): Record<string, string | number> {
+  if (also.length === 0) return {};
+  return { also: also.slice(0, 50).join(','), alsoCount: also.length };
 }

@@ -19,7 +19,7 @@ import {
 } from '../approval/index.js';
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { printable, quote } from '../lib/text.js';
+import { printable } from '../lib/text.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import {
   evaluate,
@@ -35,7 +35,7 @@ import {
 } from '../policy/index.js';
 import { FactorCheck } from './factors.js';
 import { liveIn, OperatorDesk } from './operator-desk.js';
-import { grantHolder, requesterOf } from './gate-caller.js';
+import { alsoDetails, coversText, grantHolder, requesterOf } from './gate-caller.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
 import { changedSince, type Peer } from './peer.js';
 import { locked, type UnlockWindow } from './unlock.js';
@@ -79,10 +79,10 @@ export interface GateRequest {
   /**
    * One request for several values (a run): all its targets, and the rules a person approved
    * for it so far (filled in here). A person is asked once per rule, shown every target that
-   * rule decides (`also`); a later value under an approved rule is not asked again. A
-   * high_value rule asks for each.
+   * rule decides (`also`); a later value is not asked again only when it was one of those shown
+   * (a policy applied during the wait can't widen an approval). A high_value rule asks for each.
    */
-  together?: { targets: readonly string[]; approved: Set<string> };
+  together?: { targets: readonly string[]; approved: Map<string, Set<string>> };
 }
 
 export class Gate {
@@ -298,7 +298,7 @@ export class Gate {
           : // The action is part of what was approved: a remembered run is not a remembered read.
             Grants.keyFor(decision.rule, `${req.action}\u0000${name}`, a.remember.scope, who);
       const together = decision.highValue ? undefined : req.together;
-      const asked = together?.approved.has(decision.rule) === true;
+      const asked = together?.approved.get(decision.rule)?.has(name) === true;
       if (!asked && !(grantKey && !decision.highValue && this.grants.use(grantKey, Date.now()))) {
         const requester = requesterOf(id);
         const { description } = requester;
@@ -310,19 +310,13 @@ export class Gate {
           ...base,
           type: 'approval.requested',
           decision: 'info',
-          details: { rule: decision.rule, mode: a.mode },
+          details: { rule: decision.rule, mode: a.mode, ...alsoDetails(also) },
         });
         // Command lines, paths, names, SSH user names and SSHSIG namespaces come from the
         // requester: each is quoted where it is put into the sentence (quote()), so quotes,
         // control characters and look-alikes can't end it or write one of their own. The rule
         // name and message come from the applied policy.
-        const covers =
-          also.length === 0
-            ? ''
-            : ` This approval also gives it ${also.length > 20 ? `${also.length} more, among them ` : ''}${also
-                .slice(0, 20)
-                .map(quote)
-                .join(', ')}.`;
+        const covers = coversText(also);
         const prompt = `keyward: ${this.host.warning ? `${this.host.warning} ` : ''}${description} wants to ${req.what} (rule ${decision.rule}).${covers}${a.message ? ` ${printable(a.message, 500)}` : ''} Allow?`;
         const pending = this.broker.wait(
           {
@@ -362,11 +356,24 @@ export class Gate {
           ...base,
           type: 'approval.granted',
           decision: 'allow',
-          details: { rule: decision.rule, mode: a.mode, ...how },
+          details: { rule: decision.rule, mode: a.mode, ...how, ...alsoDetails(also) },
         });
-        if (grantKey && !decision.highValue && a.remember.scope !== 'once')
-          this.grants.remember(grantKey, a.remember.forMs, a.remember.uses, Date.now());
-        together?.approved.add(decision.rule);
+        if (grantKey && who !== undefined && !decision.highValue && a.remember.scope !== 'once') {
+          // Remembered for every target the person saw, as each would have been on its own.
+          for (const t of [name, ...also]) {
+            const key = Grants.keyFor(
+              decision.rule,
+              `${req.action}\u0000${t}`,
+              a.remember.scope,
+              who,
+            );
+            this.grants.remember(key, a.remember.forMs, a.remember.uses, Date.now());
+          }
+        }
+        together?.approved.set(
+          decision.rule,
+          new Set([...(together.approved.get(decision.rule) ?? []), name, ...also]),
+        );
       }
     }
     if (

@@ -7,7 +7,7 @@
  * the data key.
  */
 import type { AuditRecord } from '../audit/index.js';
-import { IntegrityError, KeywardError } from '../errors.js';
+import { AuthError, IntegrityError, KeywardError, UsageError } from '../errors.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { quote } from '../lib/text.js';
 import {
@@ -40,7 +40,7 @@ export const projectTarget = (file: ProjectFile, name: string) => `project:${fil
 const fileId = (file: ProjectFile) => file.id.toString('base64url');
 
 function notRecipient(file: ProjectFile, own: string | undefined): KeywardError {
-  return new KeywardError(
+  return new AuthError(
     'PROJECT_NOT_RECIPIENT',
     own === undefined
       ? `this vault has no project identity, so it is no recipient of ${file.project}'s file`
@@ -103,11 +103,11 @@ export class ProjectService {
   /** The `project` request: op check or read; f.raw is the sealed file (freed here). */
   async handle(asker: Peer, meta: Record<string, unknown>, raw: SecureBuffer | undefined) {
     try {
-      if (!raw) throw new KeywardError('USAGE', 'a project request carries the sealed file');
+      if (!raw) throw new UsageError('USAGE', 'a project request carries the sealed file');
       const op = str(meta, 'op');
       if (op === 'check') return this.check(raw);
       if (op === 'read') return await this.read(asker, raw, checkName(str(meta, 'name') ?? ''));
-      throw new KeywardError('USAGE', `unknown project operation ${quote(op ?? '(none)')}`);
+      throw new UsageError('USAGE', `unknown project operation ${quote(op ?? '(none)')}`);
     } finally {
       secureFree(raw);
     }
@@ -190,7 +190,7 @@ export class ProjectRun {
     const n = meta['projectBytes'];
     if (n === undefined) return { head: raw, project: undefined };
     if (typeof n !== 'number' || !Number.isInteger(n) || n <= 0 || !raw || n > raw.length)
-      throw new KeywardError('USAGE', 'a malformed run request (projectBytes)');
+      throw new UsageError('USAGE', 'a malformed run request (projectBytes)');
     return {
       head: raw.subarray(0, raw.length - n) as SecureBuffer,
       project: new ProjectRun(raw.subarray(raw.length - n) as SecureBuffer),
@@ -211,7 +211,7 @@ export class ProjectRun {
     const taken = new Set(wanted.flatMap((w) => w.as.map((a) => ('var' in a ? a.var : ''))));
     for (const name of opened.names) {
       if (taken.has(name))
-        throw new KeywardError('USAGE', `${name} is given by --env and by the project file`);
+        throw new UsageError('USAGE', `${name} is given by --env and by the project file`);
       // parseProject refuses these already; the agent's own list of loader variables too.
       if (LOADER_VARIABLES.test(name) || reservedName(name))
         throw new IntegrityError(

@@ -49,7 +49,7 @@ export interface RunHost {
       target: string;
       what: string;
       exists?: boolean;
-      together: { targets: readonly string[]; approved: Set<string> };
+      together: { targets: readonly string[]; approved: Map<string, Set<string>> };
     },
   ): Promise<{ rule: string | undefined }>;
   /** A copy of the value (cache or vault; credential.fetch), the caller frees it. */
@@ -118,7 +118,10 @@ export class RunService {
         : '';
       const rules = new Map<string, string | null>();
       // One approval per rule for the whole run, naming every secret that rule gives it.
-      const together = { targets: req.wanted.map((w) => w.name), approved: new Set<string>() };
+      const together = {
+        targets: req.wanted.map((w) => w.name),
+        approved: new Map<string, Set<string>>(),
+      };
       for (const w of req.wanted) {
         const where = w.as.map((a) => ('var' in a ? `$${a.var}` : `descriptor ${a.fd}`)).join(', ');
         // Program, arguments, directory and MCP client come from the caller: quoted, each

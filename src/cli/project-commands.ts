@@ -7,13 +7,24 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
-import { KeywardError, UsageError } from '../errors.js';
+import { AuthError, KeywardError, UsageError } from '../errors.js';
 import { printable } from '../lib/text.js';
 import { note, type Io } from './report.js';
 
 export const DEFAULT_SEALED = '.keyward.env';
 
 const many = (v: string, prev: string[] = []) => [...prev, v];
+
+/** Files sealedFile() found by looking upward: readSealed() checks them again on what it opens. */
+const found = new Set<string>();
+
+/** Why a sealed file found by looking upward is not used, or undefined when it may be. */
+function notUsable(st: fs.Stats): string | undefined {
+  if (!st.isFile()) return 'not a regular file';
+  if (st.uid !== process.geteuid?.()) return `owned by uid ${st.uid}`;
+  if ((st.mode & 0o022) !== 0) return 'writable by others';
+  return undefined;
+}
 
 /**
  * The sealed file a command means: the one given, else the nearest .keyward.env from the current
@@ -28,12 +39,9 @@ export function sealedFile(given: string | undefined): string {
     const f = path.join(d, DEFAULT_SEALED);
     const st = fs.lstatSync(f, { throwIfNoEntry: false });
     if (st) {
-      if (!st.isFile() || st.uid !== process.geteuid?.() || (st.mode & 0o022) !== 0)
-        throw new KeywardError(
-          'INSECURE_PERMISSIONS',
-          `found ${f}, but it is ${!st.isFile() ? 'not a regular file' : st.uid !== process.geteuid?.() ? `owned by uid ${st.uid}` : 'writable by others'}: not used`,
-          { hint: 'name the sealed file you mean, or fix its owner and mode' },
-        );
+      const why = notUsable(st);
+      if (why) throw refusedFound(f, why);
+      found.add(f);
       return f;
     }
     if (fs.existsSync(path.join(d, '.git')) || d === home || path.dirname(d) === d)
@@ -47,15 +55,41 @@ export function sealedFile(given: string | undefined): string {
   }
 }
 
-/** A sealed project file's bytes (public), or a usage error naming why it can't be read. */
+function refusedFound(f: string, why: string): KeywardError {
+  return new KeywardError('INSECURE_PERMISSIONS', `found ${f}, but it is ${why}: not used`, {
+    hint: 'name the sealed file you mean, or fix its owner and mode',
+  });
+}
+
+/**
+ * A sealed project file's bytes (public), read from a regular file (a FIFO would hang the
+ * command), or a usage error naming why it can't be. A file found by looking upward is opened
+ * without following a link and checked again on the descriptor: what was checked is what is read.
+ */
 export function readSealed(target: string): Buffer {
+  const strict = found.has(target);
+  let fd: number;
   try {
-    return fs.readFileSync(target);
+    fd = fs.openSync(
+      target,
+      fs.constants.O_RDONLY | fs.constants.O_NONBLOCK | (strict ? fs.constants.O_NOFOLLOW : 0),
+    );
   } catch (e) {
     throw new UsageError(
       'USAGE',
       `cannot read ${target} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
     );
+  }
+  try {
+    const st = fs.fstatSync(fd);
+    const why = strict ? notUsable(st) : st.isFile() ? undefined : 'not a regular file';
+    if (why) {
+      if (strict) throw refusedFound(target, why);
+      throw new UsageError('USAGE', `cannot read ${target}: it is ${why}`);
+    }
+    return fs.readFileSync(fd);
+  } finally {
+    fs.closeSync(fd);
   }
 }
 
@@ -88,14 +122,34 @@ export function registerProjectCommands(program: Command, io: Io): void {
         import('../lib/files.js'),
       ]);
       const out = o.output ?? path.join(path.dirname(file), DEFAULT_SEALED);
+      const recipients = [...(o.recipient ?? [])];
+      for (const r of recipients)
+        if (!project.decodeRecipient(r))
+          throw new UsageError('USAGE', `${printable(r, 80)} is not an age recipient (age1...)`);
       // Sealing over a sealed file keeps its project, unless --project says otherwise (and then
-      // that is said): a name is what the policy's rules go by.
-      let before: string | undefined;
+      // that is said): a name is what the policy's rules go by. Only from a file this vault
+      // opens (its MAC verified): anyone can write a well-formed file under a name of theirs.
+      let existing: Buffer | undefined;
       try {
-        before = project.parseProject(fs.readFileSync(out)).project;
+        existing = fs.readFileSync(out);
       } catch {
-        before = undefined;
+        existing = undefined;
       }
+      let before: string | undefined;
+      if (o.self) {
+        const a = auth(this, io);
+        const got = useVault(paths(), a, 'write', (v) => ({
+          own: project.ownRecipient(v, a.audit),
+          before: existing ? project.verifiedProject(v, existing) : undefined,
+        }));
+        recipients.unshift(got.own);
+        before = got.before;
+      }
+      if (existing && before === undefined && o.project === undefined)
+        note(
+          io,
+          `${out} exists, but this vault did not open it, so its project name is not kept (give --project to keep it)`,
+        );
       const name =
         o.project !== undefined
           ? project.checkProjectName(o.project)
@@ -107,14 +161,6 @@ export function registerProjectCommands(program: Command, io: Io): void {
           'USAGE',
           `no project name fits ${printable(path.dirname(path.resolve(file)), 80)}: give --project NAME (e.g. github.com/acme/api)`,
         );
-      const recipients = [...(o.recipient ?? [])];
-      for (const r of recipients)
-        if (!project.decodeRecipient(r))
-          throw new UsageError('USAGE', `${printable(r, 80)} is not an age recipient (age1...)`);
-      if (o.self) {
-        const a = auth(this, io);
-        recipients.unshift(useVault(paths(), a, 'write', (v) => project.ownRecipient(v, a.audit)));
-      }
       if (recipients.length === 0)
         throw new UsageError('USAGE', 'no recipient: give --recipient, or leave out --no-self');
       const { text, count } = await project.sealEnvFile(name, file, recipients);
@@ -162,7 +208,7 @@ export function registerProjectCommands(program: Command, io: Io): void {
         ),
       );
       if (done === undefined)
-        throw new KeywardError(
+        throw new AuthError(
           'PROJECT_NOT_RECIPIENT',
           `your project identity is not a recipient of ${target}`,
         );

@@ -154,6 +154,10 @@ export function parseEnv(bytes: SecureBuffer, where: string): EnvEntry[] {
           }
         while (stop > i && blank(bytes[stop - 1])) stop--;
         for (let j = i; j < stop; j++) scratch[n++] = bytes[j] ?? 0;
+        // `TOKENBODY==` reads as a name and a value of "=": a base64 token on a line of its
+        // own, which would be committed in plain text as a name. Refused, and not said.
+        if (n > 0 && scratch.subarray(0, n).every((c) => c === 0x3d))
+          fail(lineNo, 'the value is only = signs: is this line a base64 token on its own?');
       }
       if (entries.some((e) => e.name === name)) fail(lineNo, `${name} is given twice`);
       if (entries.length >= MAX_ENTRIES) fail(lineNo, `more than ${MAX_ENTRIES} values`);

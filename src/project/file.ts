@@ -35,17 +35,37 @@ export const MAX_VALUE = 64 * 1024;
 export const MAX_ENTRIES = 1000;
 const MAX_RECIPIENTS = 256;
 /**
- * Names a sealed file never sets: each changes what a program loads or runs, where it connects,
- * or whom it trusts (a file anyone can seal to you must not run code in your command, or point
- * it at their proxy). Case-insensitive: `http_proxy` is read as much as `HTTP_PROXY`.
+ * Names a sealed file never sets: each changes what a program loads or runs, which certificates
+ * it trusts, or the proxy all its traffic goes through (a file anyone can seal to you must not
+ * run code in your command). Known names and whole families (`*_OPTS`, `*_OPTIONS`, `*FLAGS`,
+ * `*CONF*`, `*_HOOK*`, `*_INIT`, `*_WRAPPER`...): a list can't be complete, and
+ * docs/PROJECT-FILES.md says so. Case-insensitive: `http_proxy` is read as much as `HTTP_PROXY`.
  */
-const RESERVED =
-  /^(PATH|HOME|SHELL|IFS|PS[0-4]|PROMPT_COMMAND|CDPATH|ENV|BASH_ENV|BASH_FUNC_\w*|LD_\w+|DYLD_\w+|GCONV_PATH|LOCPATH|NLSPATH|HOSTALIASES|RES_OPTIONS|MALLOC_\w+|GLIBC_TUNABLES|TMPDIR|NODE_\w+|NPM_CONFIG_\w+|PYTHON\w*|PERL\w*|RUBY\w*|GEM_\w+|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|JDK_JAVA_OPTIONS|CLASSPATH|GIT_\w+|SSH_\w+|GNUPGHOME|KEYWARD_\w+|SSL_CERT_\w+|REQUESTS_CA_BUNDLE|CURL_CA_BUNDLE|NODE_EXTRA_CA_CERTS|HTTPS?_PROXY|ALL_PROXY|NO_PROXY|EDITOR|VISUAL|PAGER|BROWSER)$/i;
+const RESERVED = new RegExp(
+  `^(${[
+    // the shell and the dynamic loader
+    'PATH|HOME|SHELL|IFS|PS[0-4]|PROMPT_COMMAND|CDPATH|ENV|BASH_ENV|BASH_FUNC_\\w*|ZDOTDIR|INPUTRC',
+    'LD_\\w+|DYLD_\\w+|GCONV_PATH|LOCPATH|NLSPATH|HOSTALIASES|RES_OPTIONS|MALLOC_\\w+|GLIBC_TUNABLES|TMPDIR',
+    // interpreters, runtimes and build tools that load code from a variable
+    'NODE_\\w+|NPM_CONFIG_\\w+|YARN_\\w+|PYTHON\\w*|PIP_\\w+|PERL\\w*|RUBY\\w*|GEM_\\w+|BUNDLE_\\w+|PHPRC|PHP_INI_\\w+',
+    'LUA_\\w+|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|JDK_JAVA_OPTIONS|CLASSPATH|MAVEN_\\w+|GRADLE_\\w+|M2_HOME',
+    'DOTNET_\\w+|COMPLUS_\\w+|CORECLR_\\w+|RUSTC\\w*|RUSTFLAGS|RUSTDOCFLAGS|CARGO_\\w+',
+    'GOFLAGS|GOPROXY|GOPATH|GOROOT|GOTOOLCHAIN|GOENV|GOBIN|GONOSUMDB|GOPRIVATE|GOINSECURE',
+    'GIT_\\w+|SSH_\\w+|GNUPGHOME|KEYWARD_\\w+|XDG_\\w+|KUBECONFIG|DOCKER_\\w+',
+    'EDITOR|VISUAL|PAGER|BROWSER|LESS\\w*|MANPAGER|MANOPT',
+    // trust and traffic
+    'OPENSSL_\\w+|SSLKEYLOGFILE|SSL_CERT_\\w+|\\w*CA_BUNDLE|\\w*CA_CERTS?|\\w*CAINFO|\\w*CAPATH',
+    'HTTPS?_PROXY|ALL_PROXY|NO_PROXY|FTP_PROXY',
+    // families
+    '\\w*_OPTS|\\w*_OPTIONS|\\w*FLAGS|\\w*CONF\\w*|\\w*_HOOKS?|\\w*_HOOK_\\w+|\\w*_INIT|\\w*_WRAPPER|\\w*_PRELOAD|\\w*_PLUGINS?',
+  ].join('|')})$`,
+  'i',
+);
 
 /** Why a sealed file may not set `name`, or undefined when it may. */
 export function reservedName(name: string): string | undefined {
   return RESERVED.test(name)
-    ? `${name} changes what a program loads, runs, trusts or connects to: a sealed file never sets it`
+    ? `${name} may change what a program loads or runs, what it trusts or where its traffic goes: a sealed file never sets it`
     : undefined;
 }
 const NAME_RE = /^[A-Za-z_][A-Za-z0-9_]{0,127}$/;

@@ -110,3 +110,21 @@ export function importIdentity(
     secureFree(had);
   }
 }
+
+/**
+ * The project name of a sealed file this vault opens (its MAC verified with the data key its
+ * identity unwraps); undefined for any other file, damaged or not this vault's.
+ */
+export function verifiedProject(v: Vault, sealed: Uint8Array): string | undefined {
+  const id = v.revealInternal(IDENTITY_RECORD);
+  if (!id) return undefined;
+  try {
+    const opened = OpenedProject.open(parseProject(sealed), id);
+    opened?.close();
+    return opened?.project;
+  } catch {
+    return undefined;
+  } finally {
+    secureFree(id);
+  }
+}

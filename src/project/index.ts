@@ -26,4 +26,5 @@ export {
   projectIdentity,
   projectRecipient,
   resealProject,
+  verifiedProject,
 } from './identity.js';

@@ -2,7 +2,8 @@
  * `keyward unseal`: a sealed file back to a plain .env file (docs/PROJECT-FILES.md, "Unsealing").
  * The text is built in secure memory, written atomically with mode 0600, and wiped.
  */
-import { UsageError } from '../errors.js';
+import { IntegrityError, UsageError } from '../errors.js';
+import { encodeRecipient, publicKeyOf } from './age.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 import { writeFileAtomic } from '../lib/files.js';
 import type { Vault } from '../vault/index.js';
@@ -48,8 +49,17 @@ export function unsealTo(
   let opened: OpenedProject | undefined;
   const lines: SecureBuffer[] = [];
   try {
-    opened = OpenedProject.open(parseProject(sealed), id);
-    if (!opened) return undefined;
+    const file = parseProject(sealed);
+    opened = OpenedProject.open(file, id);
+    if (!opened) {
+      // Listed, yet no stanza opens with this identity: the key's wrap was changed.
+      if (file.recipients.includes(encodeRecipient(publicKeyOf(id))))
+        throw new IntegrityError(
+          'PROJECT_TAMPERED',
+          'the sealed project file is damaged: it lists this vault, but no key in it opens for it',
+        );
+      return undefined;
+    }
     before();
     for (const name of opened.names) {
       const value = opened.value(name);

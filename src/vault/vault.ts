@@ -465,7 +465,7 @@ export class Vault {
    * checkPassphrase with argon2id on libuv's thread pool (the agent: approvals and console
    * logins don't stall other clients). The caller keeps passphrase alive until it resolves.
    */
-  checkPassphraseAsync(passphrase: SecureBuffer): Promise<boolean> {
+  async checkPassphraseAsync(passphrase: SecureBuffer): Promise<boolean> {
     this.live();
     return passphraseOpensAsync(this.vaultId, this.slots, passphrase);
   }
