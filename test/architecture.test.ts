@@ -53,6 +53,7 @@ const DOMAINS = [
   'console',
   'operators',
   'project',
+  'proxy',
 ];
 
 test('other domains reach a domain only through its entry file (index.ts)', () => {
