@@ -1,5 +1,7 @@
 /**
  * The credential proxy (issue 22, in progress): so far, the per-run certificate authority that
- * lets it end TLS for the hosts a run's policy binds to a secret.
+ * lets it end TLS for the hosts a run's policy binds to a secret, and the placeholders the child
+ * gets in place of tokens, with their substitution in secure memory.
  */
 export { RunCa, type Leaf } from './ca.js';
+export { makePlaceholder, substitute } from './placeholder.js';
