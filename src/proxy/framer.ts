@@ -80,23 +80,15 @@ export class RequestFramer {
         if (parsed.next.s === 'head') events.push({ type: 'end' });
         continue;
       }
-      if (st.s === 'length') {
+      if (st.s === 'length' || st.s === 'chunk-data') {
+        // A counted run of body bytes: the body by its Content-Length, or one chunk's data.
         if (this.buf.length === 0) return events;
         const n = Math.min(st.left, this.buf.length);
         events.push({ type: 'body', bytes: this.take(n) });
         st.left -= n;
-        if (st.left === 0) {
-          this.state = { s: 'head' };
-          events.push({ type: 'end' });
-        }
-        continue;
-      }
-      if (st.s === 'chunk-data') {
-        if (this.buf.length === 0) return events;
-        const n = Math.min(st.left, this.buf.length);
-        events.push({ type: 'body', bytes: this.take(n) });
-        st.left -= n;
-        if (st.left === 0) this.state = { s: 'chunk-crlf' };
+        if (st.left > 0) continue;
+        this.state = st.s === 'length' ? { s: 'head' } : { s: 'chunk-crlf' };
+        if (st.s === 'length') events.push({ type: 'end' });
         continue;
       }
       if (st.s === 'chunk-crlf') {
