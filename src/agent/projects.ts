@@ -37,8 +37,6 @@ export interface ProjectHost {
 /** A value's target in policy, prompts and the audit log. */
 export const projectTarget = (file: ProjectFile, name: string) => `project:${file.project}/${name}`;
 
-const fileId = (file: ProjectFile) => file.id.toString('base64url');
-
 function notRecipient(file: ProjectFile, own: string | undefined): KeywardError {
   return new AuthError(
     'PROJECT_NOT_RECIPIENT',
@@ -52,11 +50,10 @@ function notRecipient(file: ProjectFile, own: string | undefined): KeywardError 
 }
 
 /**
- * The file's bytes, parsed, and opened with this vault's identity (the caller closes it).
- * PROJECT_TAMPERED for a changed file, PROJECT_NOT_RECIPIENT when this vault can't open it.
+ * A parsed file opened with this vault's identity (the caller closes it). PROJECT_TAMPERED for a
+ * changed file, PROJECT_NOT_RECIPIENT when this vault can't open it.
  */
-export function openSent(v: Vault, bytes: Uint8Array): OpenedProject {
-  const file = parseProject(bytes);
+function openProject(v: Vault, file: ProjectFile): OpenedProject {
   const id = projectIdentity(v, false);
   if (!id) throw notRecipient(file, undefined);
   try {
@@ -85,9 +82,9 @@ function trial(opened: OpenedProject, names: readonly string[]): void {
   for (const n of names) secureFree(opened.value(n));
 }
 
-/** One value of a sent file, opened and closed again: the caller frees it. */
-export function sentValue(v: Vault, bytes: Uint8Array, name: string): SecureBuffer {
-  const opened = openSent(v, bytes);
+/** One value of a file, opened and closed again: the caller frees it. */
+function valueOf(v: Vault, file: ProjectFile, name: string): SecureBuffer {
+  const opened = openProject(v, file);
   try {
     const value = opened.value(name);
     if (!value) throw new KeywardError('SECRET_NOT_FOUND', `no ${name} in the file`);
@@ -115,13 +112,13 @@ export class ProjectService {
 
   /** Well-formed, MAC verified, and opened by this vault's identity: no value is decrypted. */
   private check(raw: SecureBuffer): Reply {
-    const opened = openSent(this.host.window.unlocked(), raw);
+    const opened = openProject(this.host.window.unlocked(), parseProject(raw));
     opened.close();
     const { file } = opened;
     return {
       meta: {
         project: file.project,
-        id: fileId(file),
+        id: opened.id,
         recipients: file.recipients,
         names: file.entries.map((e) => e.name),
         recipient: true,
@@ -135,13 +132,13 @@ export class ProjectService {
     const v = w.unlocked();
     // Tampering and "not yours" are said before anyone is asked to approve; the data key is
     // dropped again while a person decides.
-    const opened = openSent(v, raw);
+    const file = parseProject(raw);
+    const opened = openProject(v, file);
     try {
       trial(opened, [name]);
     } finally {
       opened.close();
     }
-    const { file } = opened;
     const target = projectTarget(file, name);
     const { rule } = await this.host.gate.authorize(asker, {
       target,
@@ -152,7 +149,7 @@ export class ProjectService {
       exists: file.entries.some((e) => e.name === name),
     });
     if (!w.stillOpen(v)) throw locked();
-    const value = sentValue(v, raw, name);
+    const value = valueOf(v, file, name);
     try {
       // Rule 4: durable in the audit log before the value leaves.
       await this.host.record({
@@ -160,7 +157,7 @@ export class ProjectService {
         actor: actorOf(asker.id),
         type: 'secret.read',
         decision: 'allow',
-        details: { rule: rule ?? null, bytes: value.length, via: 'inline', file: fileId(file) },
+        details: { rule: rule ?? null, bytes: value.length, via: 'inline', file: opened.id },
       });
       if (!w.stillOpen(v)) throw locked();
     } catch (e) {
@@ -178,6 +175,8 @@ export class ProjectService {
  */
 export class ProjectRun {
   private readonly targets = new Map<string, string>();
+  /** The file as addTo checked it (closed again): its project, names and id. */
+  private checked: OpenedProject | undefined;
   private opened: OpenedProject | undefined;
 
   private constructor(private readonly bytes: SecureBuffer) {}
@@ -202,7 +201,7 @@ export class ProjectRun {
    * variable of its name. A variable given by --env too is a usage error.
    */
   addTo(v: Vault, wanted: Array<{ name: string; as: Array<{ var: string } | { fd: number }> }>) {
-    const opened = openSent(v, this.bytes);
+    const opened = openProject(v, parseProject(this.bytes));
     try {
       trial(opened, opened.names);
     } finally {
@@ -222,17 +221,21 @@ export class ProjectRun {
       this.targets.set(target, name);
       wanted.push({ name: target, as: [{ var: name }] });
     }
-    this.fileId = fileId(opened.file);
-    this.project = opened.file.project;
-    this.names = opened.names;
+    this.checked = opened;
   }
 
-  /** The file's project and names, for the run's prompt (after addTo). */
-  project = '';
-  names: string[] = [];
+  /** The file's project and names, for the run's prompt, and its id, for the audit records. */
+  get project(): string {
+    return this.checked?.project ?? '';
+  }
 
-  /** The file's id, for the audit records (after addTo). */
-  fileId = '';
+  get names(): string[] {
+    return this.checked?.names ?? [];
+  }
+
+  get fileId(): string {
+    return this.checked?.id ?? '';
+  }
 
   has(target: string): boolean {
     return this.targets.has(target);
@@ -240,7 +243,8 @@ export class ProjectRun {
 
   /** The value behind a target (the caller frees it); the file is opened once, until close(). */
   take(v: Vault, target: string): { value: SecureBuffer; cached: false } {
-    this.opened ??= openSent(v, this.bytes);
+    if (!this.checked) throw new Error('take() before addTo()');
+    this.opened ??= openProject(v, this.checked.file);
     const value = this.opened.value(this.targets.get(target) ?? '');
     if (!value) throw new KeywardError('SECRET_NOT_FOUND', `no ${target}`);
     return { value, cached: false };
