@@ -14,6 +14,8 @@ export {
   type PolicyProblem,
   type PolicyRule,
   type McpPolicy,
+  type ProxyPolicy,
+  type RateLimitPolicy,
 } from './schema.js';
 export {
   evaluate,

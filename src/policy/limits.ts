@@ -24,6 +24,11 @@ export class TokenBucket {
     this.tokens -= n;
     return true;
   }
+
+  /** How long until one token is there (0: now), as of the last take. */
+  waitMs(): number {
+    return this.tokens >= 1 ? 0 : Math.ceil(((1 - this.tokens) * 60_000) / this.perMinute);
+  }
 }
 
 /** Counts uses per key (a rule name, or the whole window) until reset at lock. */

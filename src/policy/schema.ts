@@ -3,18 +3,17 @@
  * PolicyProblem with a line, a column and the field path, never an exception.
  */
 import { createRequire } from 'node:module';
-import { isIP } from 'node:net';
 import type * as YamlModule from 'yaml';
 import type { Document, LineCounter as LineCounterT } from 'yaml';
 import type * as ZodModule from 'zod';
 import type { z as Zod } from 'zod';
+import { mcpSection, operatorsSection, proxySections } from './sections.js';
 
 // zod and yaml cost about 60 ms to load; most commands never read a policy, so they load on
 // first use (both ship CommonJS builds).
 const require = createRequire(import.meta.url);
 const yaml = (): typeof YamlModule => require('yaml') as typeof YamlModule;
 
-const LOOPBACK = new Set(['127.0.0.1', '[::1]', 'localhost']);
 const DURATION_RE = /^([1-9][0-9]{0,8})(ms|s|m|h|d)$/;
 const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
 
@@ -179,130 +178,9 @@ function build(z: typeof Zod) {
       }
     });
 
-  // The MCP gateway (docs/MCP.md, "The gateway").
-  const ToolRef = z
-    .object({
-      server: z.string().min(1).max(64),
-      tool: z.string().min(1).max(256),
-      content_hash: z
-        .string()
-        .regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits')
-        .optional(),
-    })
-    .strict();
-  const Bucket = z
-    .object({ per_minute: z.number().int().positive(), burst: z.number().int().positive() })
-    .strict();
-  const Mcp = z
-    .object({
-      tool_policy: z.enum(['allowlist', 'denylist', 'none']).default('none'),
-      allowed_tools: z.array(ToolRef).default([]),
-      denied_tools: z.array(ToolRef).default([]),
-      version_pinning: z
-        .object({
-          enabled: z.boolean().default(true),
-          on_change: z.enum(['block', 'alert', 'allow']).default('block'),
-          auto_trust_first: z.boolean().default(true),
-          // A tool that appears on a server whose tools were already trusted (for the same
-          // client capabilities): an addition, not a change to an existing pin.
-          on_new: z.enum(['trust', 'block', 'alert']).default('block'),
-        })
-        .strict()
-        .default({ enabled: true, on_change: 'block', auto_trust_first: true, on_new: 'block' }),
-      rate_limits: z
-        .object({
-          global: Bucket.optional(),
-          per_tool: z
-            .array(
-              z
-                .object({
-                  server: z.string().min(1),
-                  tool: z.string().min(1),
-                  per_minute: z.number().int().positive(),
-                  burst: z.number().int().positive(),
-                })
-                .strict(),
-            )
-            .default([]),
-        })
-        .strict()
-        .default({ per_tool: [] }),
-      leak_blocking: z.boolean().default(true),
-    })
-    .strict();
-
-  // Operators (docs/OPERATORS.md): here, so that trusting an identity provider or changing who
-  // may approve what needs the passphrase.
-  const Https = z
-    .string()
-    .max(512)
-    .refine((u) => {
-      try {
-        const url = new URL(u);
-        return (
-          url.protocol === 'https:' || (url.protocol === 'http:' && LOOPBACK.has(url.hostname))
-        );
-      } catch {
-        return false;
-      }
-    }, 'an https URL (http only on 127.0.0.1, [::1] or localhost)');
-  const Operators = z
-    .object({
-      oidc: z
-        .object({
-          issuer: Https,
-          client_id: z.string().min(1).max(256),
-          audience: z
-            .union([z.string().min(1).max(256), z.array(z.string().min(1).max(256)).min(1)])
-            .optional(),
-          jwks_cache_ttl: maxDuration(24 * 3_600_000, '24h').default('10m'),
-          clock_skew: maxDuration(300_000, '5m').default('30s'),
-          claim_mappings: z
-            .object({
-              operator_id: z.string().min(1).max(128).default('sub'),
-              groups: z.string().min(1).max(128).default('groups'),
-            })
-            .strict()
-            .default({ operator_id: 'sub', groups: 'groups' }),
-          allowed_groups: z.array(GroupName).min(1).max(256),
-          // What the console's sign-in asks the provider for (Okta and others put groups in
-          // the ID token only when asked for `groups`).
-          scopes: z
-            .array(z.string().regex(/^[\x21\x23-\x5b\x5d-\x7e]{1,64}$/, 'a scope name'))
-            .max(16)
-            .refine((s) => s.includes('openid'), 'must include openid')
-            .default(['openid']),
-        })
-        .strict()
-        .optional(),
-      // The operator page and API beyond this machine: TLS only, with the user's certificate.
-      listen: z
-        .object({
-          address: z.string().refine((a) => isIP(a) !== 0, 'an IP address (0.0.0.0 for all)'),
-          port: z.number().int().min(1).max(65535),
-          cert: z.string().startsWith('/', 'an absolute path').max(4096),
-          key: z.string().startsWith('/', 'an absolute path').max(4096),
-          origin: z
-            .string()
-            .max(512)
-            .refine((u) => {
-              try {
-                const url = new URL(u);
-                return url.protocol === 'https:' && url.origin === u && url.hostname !== '';
-              } catch {
-                return false;
-              }
-            }, 'the https origin operators use, e.g. https://devbox.example.com:8443 (no path)'),
-        })
-        .strict()
-        .optional(),
-      // A group approves only the rules listed for it here (names or patterns), when this is set.
-      group_policy_map: z.record(GroupName, z.array(z.string().min(1).max(256)).min(1)).optional(),
-      // The operator ids that are this machine's own user (oidc: the mapped claim; keys: key:NAME):
-      // they never approve their own user's requests unless a rule says allow_self.
-      self: z.array(z.string().min(1).max(256)).max(64).default([]),
-    })
-    .strict();
+  const Mcp = mcpSection(z);
+  const Operators = operatorsSection(z, { maxDuration, GroupName });
+  const { Proxy, RateLimits } = proxySections(z);
 
   const PolicySchema = z
     .object({
@@ -332,6 +210,9 @@ function build(z: typeof Zod) {
         })
         .strict()
         .default({ ship: 'none' }),
+      // The credential proxy of keyward run --proxy (docs/PROXY.md).
+      proxy: Proxy.optional(),
+      rate_limits: RateLimits.optional(),
     })
     .strict()
     .superRefine((p, ctx) => {
@@ -378,6 +259,8 @@ function policySchema(): ReturnType<typeof build> {
 export type Policy = Zod.infer<ReturnType<typeof build>>;
 export type PolicyRule = Policy['rules'][number];
 export type McpPolicy = NonNullable<Policy['mcp']>;
+export type ProxyPolicy = NonNullable<Policy['proxy']>;
+export type RateLimitPolicy = NonNullable<Policy['rate_limits']>;
 
 /** The default idle time of a cached credential (`cache: true`). */
 export const CACHE_IDLE_DEFAULT_MS = 60_000;
