@@ -79,6 +79,16 @@ describe('request framing', () => {
     ]);
   });
 
+  test('a CONNECT (HTTP/1.1, or 1.0 as Python asks) turns the stream into a tunnel', () => {
+    for (const v of ['1.1', '1.0']) {
+      const f = new RequestFramer();
+      assert.deepEqual(
+        summary(f.push(Buffer.from(`CONNECT h:443 HTTP/${v}${CRLF}${CRLF}\x16\x03\x01 hello`))),
+        [`head CONNECT h:443`, 'raw \x16\x03\x01 hello'],
+      );
+    }
+  });
+
   test('what two servers could read two ways is refused, with the status to answer', () => {
     const cases: Array<[string, string, number]> = [
       [
@@ -104,7 +114,17 @@ describe('request framing', () => {
       ['obs-fold', `GET / HTTP/1.1${CRLF}X-A: 1${CRLF} folded${CRLF}${CRLF}`, 400],
       ['a bare LF in the head', `GET / HTTP/1.1\nHost: h${CRLF}${CRLF}`, 400],
       ['a space before the colon', `GET / HTTP/1.1${CRLF}Host : h${CRLF}${CRLF}`, 400],
-      ['HTTP/1.0', `GET / HTTP/1.0${CRLF}${CRLF}`, 400],
+      ['HTTP/2 in a request line', `GET / HTTP/2.0${CRLF}${CRLF}`, 400],
+      [
+        'Transfer-Encoding in HTTP/1.0',
+        `POST / HTTP/1.0${CRLF}Transfer-Encoding: chunked${CRLF}${CRLF}`,
+        400,
+      ],
+      [
+        'a CONNECT with a body',
+        `CONNECT h:443 HTTP/1.1${CRLF}Content-Length: 2${CRLF}${CRLF}`,
+        400,
+      ],
       [
         'a malformed chunk size',
         `POST / HTTP/1.1${CRLF}Transfer-Encoding: chunked${CRLF}${CRLF}zz${CRLF}`,

@@ -224,6 +224,8 @@ export interface RunRequest {
   pty?: { rows: number; cols: number };
   /** A sealed project file's bytes: each of its values goes to the child under its own name. */
   project?: Buffer;
+  /** Placeholders for the child, the values put into its requests by a proxy (docs/PROXY.md). */
+  proxy?: boolean;
 }
 
 /**

@@ -37,6 +37,7 @@ export function relay(
   req: RunRequestSpec,
   details: (w: Wanted) => Record<string, string | number | boolean | null>,
   master?: number,
+  onEnd?: () => void,
 ): void {
   h.children.add(child);
   // Under a pty the child's output (stdout and stderr together) comes from the master, read by
@@ -152,6 +153,7 @@ export function relay(
     if (error) send(STREAM.stderr, {}, Buffer.from(`keyward run: ${error}\n`));
     send(STREAM.exit, { code, signal });
     s.end();
+    onEnd?.();
     for (const w of req.wanted) {
       void h
         .record({

@@ -28,6 +28,8 @@ export interface RunRequestSpec {
   pty: { rows: number; cols: number } | undefined;
   /** The MCP client this run is for (keyward mcp serve's run_with_credentials). */
   mcp: string | undefined;
+  /** --proxy: the child gets placeholders, and a proxy puts the values in (docs/PROXY.md). */
+  proxy: boolean;
 }
 
 const bad = (m: string) => new UsageError('USAGE', m);
@@ -114,6 +116,7 @@ export function parseMeta(meta: Record<string, unknown>, argv: string[]): RunReq
     masking: meta['masking'] !== false,
     pty,
     mcp,
+    proxy: meta['proxy'] === true,
   };
 }
 

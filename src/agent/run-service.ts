@@ -7,11 +7,12 @@
 import type { ChildProcess } from 'node:child_process';
 import type net from 'node:net';
 import type { Actor, AuditRecord } from '../audit/index.js';
-import { KeywardError } from '../errors.js';
+import { KeywardError, UsageError } from '../errors.js';
 import { closeFd } from '../lib/libc.js';
 import { openPty } from '../lib/process.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { quote, quoteAll } from '../lib/text.js';
+import type { Policy } from '../policy/index.js';
 import { maskingForms, startChild } from '../run/index.js';
 import type { Vault } from '../vault/index.js';
 import { LOADER_VARIABLES, type ProcessIdentity } from './identity.js';
@@ -25,6 +26,13 @@ import {
   type Wanted,
 } from './run-request.js';
 import { ProjectRun } from './projects.js';
+import {
+  DomainLimits,
+  hostsFor,
+  PROXY_VARIABLES,
+  startRunProxy,
+  type RunProxy,
+} from './run-proxy.js';
 import { relay } from './run-relay.js';
 import { frameHead, STREAM, type Frame, type FrameReader } from './protocol.js';
 
@@ -49,9 +57,18 @@ export interface RunHost {
       target: string;
       what: string;
       exists?: boolean;
-      together: { targets: readonly string[]; approved: Map<string, Set<string>> };
+      together?: { targets: readonly string[]; approved: Map<string, Set<string>> };
     },
   ): Promise<{ rule: string | undefined }>;
+  /** The policy in force for the open vault. */
+  policy(v: Vault): Policy;
+  /** What the policy in force decides for the caller and a secret now (no approval asked). */
+  decide(
+    conn: RunConn,
+    target: string,
+  ): { decision: 'allow' | 'approve' | 'deny'; rule: string | undefined; highValue: boolean };
+  /** Where a proxied run's CA certificate files go (the agent's private directory). */
+  proxyDir: string;
   /** A copy of the value (cache or vault; credential.fetch), the caller frees it. */
   fetch(
     conn: RunConn,
@@ -66,6 +83,8 @@ export interface RunHost {
 
 export class RunService {
   private readonly children = new Set<ChildProcess>();
+  private readonly proxies = new Set<RunProxy>();
+  private readonly limits = new DomainLimits();
 
   constructor(private readonly host: RunHost) {}
 
@@ -81,6 +100,7 @@ export class RunService {
     let recordDetails:
       ((w: Wanted) => Record<string, string | number | boolean | null>) | undefined;
     let project: ProjectRun | undefined;
+    let proxy: RunProxy | undefined;
     try {
       const split = ProjectRun.split(f.meta, f.raw);
       project = split.project;
@@ -111,6 +131,28 @@ export class RunService {
       const programSha = sha256File(program);
       const v = this.host.vault();
       project?.addTo(v, req.wanted);
+      const policy = req.proxy ? this.host.policy(v) : undefined;
+      const boundTo = new Map<string, string[]>();
+      if (policy) {
+        if (req.wanted.length === 0)
+          throw new UsageError('USAGE', '--proxy needs a secret to hold back: --env VAR=NAME');
+        for (const w of req.wanted) {
+          for (const a of w.as)
+            if ('var' in a && (PROXY_VARIABLES as readonly string[]).includes(a.var))
+              throw new UsageError(
+                'USAGE',
+                `--proxy sets ${a.var} itself: choose another --env name`,
+              );
+          const hosts = [...hostsFor(policy, w.name).keys()];
+          if (hosts.length === 0)
+            throw new KeywardError(
+              'POLICY_DENIED',
+              `--proxy: the policy binds no host to ${quote(w.name)} (proxy.hosts), so nothing would put it into a request`,
+              { hint: 'docs/PROXY.md, "The policy"' },
+            );
+          boundTo.set(w.name, hosts);
+        }
+      }
       const notable = [...new Set(env.map((e) => e.name).filter((n) => LOADER_VARIABLES.test(n)))];
       // Every prompt of the run says what the sealed file sets, whichever secret it asks for.
       const fromFile = project
@@ -130,7 +172,10 @@ export class RunService {
           target: w.name,
           what:
             `run ${quote(program)}${programSha ? ` (sha256 ${programSha.slice(0, 16)})` : ''} as: ${quoteAll(req.argv)}, ` +
-            `in ${quote(req.cwd)}, with the secret ${quote(w.name)} as ${where}` +
+            `in ${quote(req.cwd)}, with the secret ${quote(w.name)} ` +
+            (policy
+              ? `held by keyward's proxy and put only into its requests to ${(boundTo.get(w.name) ?? []).map((h) => quote(h)).join(', ')} (the command gets a placeholder as ${where})`
+              : `as ${where}`) +
             (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : '') +
             (req.mcp ? `; asked by the MCP client ${quote(req.mcp)}` : '') +
             fromFile,
@@ -171,6 +216,7 @@ export class RunService {
         masking: req.masking,
         mcpClient: req.mcp ?? null,
         ...(project?.has(w.name) ? { file: project.fileId } : {}),
+        ...(policy ? { proxy: (boundTo.get(w.name) ?? []).join(',') } : {}),
       });
       recordDetails = details;
       // Rule 4: every delivery durable in the audit log before the child gets the value.
@@ -188,6 +234,17 @@ export class RunService {
       delivered = req.wanted;
       stillHere();
       if (req.masking) for (const value of values.values()) forms.push(...maskingForms(value));
+      const started: { pid?: number | undefined } = {};
+      if (policy) {
+        proxy = await this.proxyFor(conn, v, policy, values, rules, program, () => started.pid);
+        if (req.masking)
+          for (const p of proxy.placeholders.values()) forms.push(...maskingForms(p));
+        const ours = new Set<string>(PROXY_VARIABLES);
+        for (let i = env.length - 1; i >= 0; i--)
+          if (ours.has(env[i]?.name ?? '')) env.splice(i, 1);
+        env.push(...proxy.env);
+        for (const [name, p] of proxy.placeholders) values.set(name, p as SecureBuffer);
+      }
       const fds: Array<{ fd: number; value: SecureBuffer }> = [];
       for (const w of req.wanted) {
         const value = values.get(w.name);
@@ -209,12 +266,14 @@ export class RunService {
         pty: terminal !== undefined,
         path: pathVar,
       });
-      // The child has everything (the memfds are written and closed): the agent's copies go now.
-      for (const value of values.values()) secureFree(value);
+      started.pid = child.pid;
+      // The child has everything (the memfds are written and closed): the agent's copies go now
+      // (under --proxy these are the placeholders; the proxy holds the values).
+      if (!proxy) for (const value of values.values()) secureFree(value);
       values.clear();
       secureFree(f.raw);
       for (const w of req.wanted) {
-        if (cached.has(w.name)) continue; // kept by the rule's cache: evicted when idle
+        if (cached.has(w.name) || proxy) continue; // kept by the rule's cache, or by the proxy
         void this.host
           .record({
             type: 'credential.drop',
@@ -233,6 +292,8 @@ export class RunService {
       if (terminal) closeFd(terminal.slave);
       terminal = undefined;
       delivered = [];
+      const running = proxy;
+      proxy = undefined;
       relay(
         {
           children: this.children,
@@ -245,6 +306,22 @@ export class RunService {
         req,
         details,
         master,
+        running &&
+          (() => {
+            this.proxies.delete(running);
+            running.close();
+            for (const w of req.wanted)
+              void this.host
+                .record({
+                  type: 'credential.drop',
+                  decision: 'info',
+                  target: w.name,
+                  actor: this.host.actor(conn.id),
+                  reason: 'the run ended: its proxy dropped the value',
+                  details: { pid: started.pid ?? null },
+                })
+                .catch(() => undefined);
+          }),
       );
       forms = [];
       return { pid: child.pid ?? null, masking: req.masking, pty: master !== undefined };
@@ -264,6 +341,10 @@ export class RunService {
       }
       throw e;
     } finally {
+      if (proxy) {
+        this.proxies.delete(proxy);
+        proxy.close();
+      }
       project?.close();
       for (const value of values.values()) secureFree(value);
       for (const form of forms) secureFree(form);
@@ -275,8 +356,68 @@ export class RunService {
     }
   }
 
+  /** The run's proxy, holding the values (taken from `values`, which then holds none). */
+  private async proxyFor(
+    conn: RunConn,
+    v: Vault,
+    policy: Policy,
+    values: Map<string, SecureBuffer>,
+    rules: Map<string, string | null>,
+    program: string,
+    root: () => number | undefined,
+  ): Promise<RunProxy> {
+    const p = await startRunProxy({
+      policy,
+      values,
+      dir: this.host.proxyDir,
+      hooks: {
+        root,
+        mayUse: async (name, r) => {
+          if (!this.host.stillOpen(v)) return 'the agent is locked';
+          const d = this.host.decide(conn, name);
+          if (d.decision === 'deny')
+            return `the policy now denies ${name} (${d.rule ?? 'no rule'})`;
+          if ((d.rule ?? null) !== (rules.get(name) ?? null))
+            return `the policy changed: rule ${d.rule ?? '(none)'} decides ${name} now; run the command again`;
+          if (d.decision === 'approve' && d.highValue) {
+            try {
+              // A high_value rule asks for every use: here, every request that carries it.
+              await this.host.authorize(conn, {
+                target: name,
+                what: `send the secret ${quote(name)} to ${quote(r.host)} in ${quote(r.method)} ${quote(r.path)}, through the proxy of the run of ${quote(program)}`,
+                exists: true,
+              });
+            } catch (e) {
+              return e instanceof Error ? e.message : 'refused';
+            }
+          }
+          return undefined;
+        },
+        record: (type, decision, target, reason, details) =>
+          this.host.record({
+            type,
+            decision,
+            target,
+            actor: this.host.actor(conn.id),
+            ...(reason === undefined ? {} : { reason }),
+            details,
+          }),
+        limit: (host) => this.limits.take(this.host.policy(v), host),
+      },
+    });
+    this.proxies.add(p);
+    return p;
+  }
+
+  /** The agent locked: every run's proxy drops its values and refuses what would need one. */
+  lockProxies(): void {
+    for (const p of this.proxies) p.server.lock();
+  }
+
   /** Ends every running child (agent stop): SIGTERM to its group, SIGKILL after a grace time. */
   killAll(): void {
+    for (const p of this.proxies) p.close();
+    this.proxies.clear();
     for (const c of this.children) {
       const pid = c.pid;
       if (pid === undefined) continue;

@@ -9,6 +9,7 @@
  * run-service.ts, ssh-agent.ts. What it shows: views.ts.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import type net from 'node:net';
 import type { TerminalChannel } from '../approval/index.js';
 import { AuditLog, GroupCommitter, type AuditRecord } from '../audit/index.js';
@@ -165,6 +166,8 @@ export class Agent {
   /** Binds the socket (0600 in a 0700 directory), one agent per socket directory. */
   async start(): Promise<void> {
     prepareSocketDir(this.sp.dir);
+    // A run's CA certificate files left by an agent that did not stop (they are public, and dead).
+    fs.rmSync(path.join(this.sp.dir, 'proxy'), { recursive: true, force: true });
     const fd = fs.openSync(
       this.sp.lock,
       fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW,
@@ -446,6 +449,7 @@ export class Agent {
     // so nothing is served between the reset above and the window's close below).
     void this.console?.remote.close();
     this.ssh.wipeAll();
+    this.runs.lockProxies();
     this.cache.clear('the agent locked');
     this.mcp.forget();
     if (!this.window.close()) return;

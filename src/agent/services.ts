@@ -5,6 +5,7 @@
  * ssh-agent.ts), what it shows (views.ts), the MCP gateway's service (mcp.ts) and the console.
  */
 import type net from 'node:net';
+import path from 'node:path';
 import type { AuditRecord } from '../audit/index.js';
 import type { ConsoleServer } from '../console/index.js';
 import { durationMs, type Loaded } from '../policy/index.js';
@@ -95,8 +96,22 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
         auditType: 'credential.deliver',
         what: req.what,
         exists: req.exists ?? window.unlocked().has(req.target),
-        together: req.together,
+        ...(req.together ? { together: req.together } : {}),
       }),
+    policy: (v) => window.currentPolicy(v),
+    decide: (conn, target) => {
+      const d = theGate.explain(
+        window.currentPolicy(window.unlocked()),
+        { target, kind: 'secret', action: 'run' },
+        conn.id,
+      );
+      return {
+        decision: d.decision,
+        rule: d.rule,
+        highValue: d.decision === 'approve' && d.highValue,
+      };
+    },
+    proxyDir: path.join(o.socketDir, 'proxy'),
     fetch: (conn, v, name, rule) => releases.fetch(conn.id, v, name, rule),
     record,
     actor: actorOf,

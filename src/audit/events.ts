@@ -49,6 +49,9 @@ export const EVENT_TYPES = [
   'project.identity',
   'project.resealed',
   'project.unsealed',
+  'proxy.substitute',
+  'proxy.block',
+  'proxy.limit',
 ] as const;
 
 export type EventType = (typeof EVENT_TYPES)[number];

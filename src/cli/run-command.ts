@@ -1,5 +1,5 @@
 /**
- * `keyward run [--env VAR=NAME]... [--env-file FILE]... [--fd N=NAME]... [--no-masking] -- CMD`
+ * `keyward run [--env VAR=NAME]... [--env-file FILE]... [--fd N=NAME]... [--proxy] [--no-masking] -- CMD`
  * (docs/RUN.md). The agent starts CMD with the secrets; this process only relays streams and
  * signals, and never holds a value.
  */
@@ -48,6 +48,10 @@ export function registerRunCommand(program: Command, _io: Io): void {
       '--project [file]',
       'give every value of a sealed project file under its own name (default: the nearest .keyward.env)',
     )
+    .option(
+      '--proxy',
+      'give the command placeholders; a proxy puts the values into its requests to the hosts the policy binds them to',
+    )
     .option('--no-masking', "don't mask the secrets' values in the command's output")
     .argument('<command...>', 'the command and its arguments, after --')
     .action(async function (this: Command, command: string[]) {
@@ -57,6 +61,7 @@ export function registerRunCommand(program: Command, _io: Io): void {
         fd: string[];
         masking: boolean;
         project?: string | true;
+        proxy?: boolean;
       }>();
       const env: RunRequest['env'] = [];
       const plain: Array<[string, string]> = [];
@@ -98,6 +103,7 @@ export function registerRunCommand(program: Command, _io: Io): void {
         env,
         fds,
         masking: o.masking,
+        ...(o.proxy ? { proxy: true } : {}),
       };
       if (o.project !== undefined) {
         const { readSealed, sealedFile } = await import('./project-commands.js');

@@ -144,8 +144,10 @@ function parseHead(head: Buffer): {
   const lines = text.split('\r\n');
   if (lines.some((l) => l.includes('\n') || l.includes('\r')))
     throw bad('a bare CR or LF in the head');
-  const m = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP\/1\.1$/.exec(lines[0] ?? '');
-  if (!m) throw bad('a malformed request line (only HTTP/1.1 is taken)');
+  // HTTP/1.0 too: Python's http.client asks for its tunnels with it. A 1.0 body is counted by
+  // Content-Length only (chunked is 1.1).
+  const m = /^([!#$%&'*+.^_`|~0-9A-Za-z-]+) (\S+) HTTP\/1\.([01])$/.exec(lines[0] ?? '');
+  if (!m) throw bad('a malformed request line (only HTTP/1.1 and 1.0 are taken)');
   const headers: Array<[string, string]> = [];
   for (const l of lines.slice(1)) {
     if (l.startsWith(' ') || l.startsWith('\t')) throw bad('a folded header line (obs-fold)');
@@ -165,7 +167,13 @@ function parseHead(head: Buffer): {
   const method = m[1] ?? '';
   const info = { method, target: m[2] ?? '', headers };
   if (te.length > 0 && cl.length > 0) throw bad('both Content-Length and Transfer-Encoding');
+  // CONNECT: once answered, the connection is a tunnel (RFC 9110, 9.3.6); the proxy stops framing.
+  if (method === 'CONNECT') {
+    if (te.length > 0 || cl.some((v) => v !== '0')) throw bad('a CONNECT with a body');
+    return { info, next: { s: 'raw' } };
+  }
   if (te.length > 0) {
+    if (m[3] === '0') throw bad('Transfer-Encoding in an HTTP/1.0 request');
     if (te.length !== 1 || te[0]?.toLowerCase() !== 'chunked')
       throw new FramingError(501, 'a Transfer-Encoding other than chunked');
     return { info, next: { s: 'chunk-size' } };

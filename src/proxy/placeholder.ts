@@ -40,7 +40,7 @@ const BASE62 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789';
 const MIN_RANDOM = 24;
 
 /** n random base62 characters (rejection sampling: every character equally likely). */
-function randomBase62(n: number): string {
+export function randomBase62(n: number): string {
   let out = '';
   while (out.length < n) {
     for (const b of randomBytes(n * 2)) {

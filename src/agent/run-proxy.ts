@@ -1,0 +1,183 @@
+/**
+ * `keyward run --proxy` in the agent (docs/PROXY.md): the child gets placeholders where it would
+ * have had secrets, and a proxy of its own (src/proxy) puts the values into its requests to the
+ * hosts the policy binds them to. This file makes a run's proxy from the policy and the values
+ * run-service.ts authorized, writes the CA certificate files the child trusts, and gives the
+ * environment that points the child at both.
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import tls from 'node:tls';
+import { KeywardError } from '../errors.js';
+import { writeFileAtomic } from '../lib/files.js';
+import { randomBytes, secureFree, type SecureBuffer } from '../lib/secure.js';
+import type { Policy } from '../policy/index.js';
+import { TokenBucket } from '../policy/index.js';
+import {
+  makePlaceholder,
+  ProxyServer,
+  RunCa,
+  type Binding,
+  type HostRule,
+  type ProxyHooks,
+} from '../proxy/index.js';
+import type { EnvPiece } from '../run/index.js';
+
+/** Where the system's trust store usually is (Debian, Fedora, Alpine and macOS-like layouts). */
+const SYSTEM_BUNDLES = [
+  '/etc/ssl/certs/ca-certificates.crt',
+  '/etc/pki/tls/certs/ca-bundle.crt',
+  '/etc/ssl/cert.pem',
+];
+
+/** The variables a proxied run sets; a run's --env can't name them. */
+export const PROXY_VARIABLES = [
+  'HTTPS_PROXY',
+  'https_proxy',
+  'HTTP_PROXY',
+  'http_proxy',
+  'NO_PROXY',
+  'no_proxy',
+  'NODE_USE_ENV_PROXY',
+  'NODE_EXTRA_CA_CERTS',
+  'SSL_CERT_FILE',
+  'REQUESTS_CA_BUNDLE',
+  'CURL_CA_BUNDLE',
+  'GIT_SSL_CAINFO',
+] as const;
+
+/** The system's trust store as PEM text: the first bundle found, else Node's own list. */
+export function systemTrust(): string {
+  for (const f of SYSTEM_BUNDLES) {
+    try {
+      return fs.readFileSync(f, 'utf8');
+    } catch {
+      // the next
+    }
+  }
+  return tls.rootCertificates.join('\n');
+}
+
+/** The hosts the policy binds to name, with how. */
+export function hostsFor(policy: Policy, name: string): Map<string, HostRule> {
+  const out = new Map<string, HostRule>();
+  for (const [host, b] of Object.entries(policy.proxy?.hosts ?? {}))
+    if (b.secret === name) out.set(host, { in: new Set(b.in), header: b.header, format: b.format });
+  return out;
+}
+
+/** Agent-wide per-domain buckets (rate_limits.domains): one per pattern, reset when it changes. */
+export class DomainLimits {
+  private readonly buckets = new Map<string, { key: string; bucket: TokenBucket }>();
+
+  /** undefined: one request taken; else ms until the domain's limit has room. */
+  take(policy: Policy, host: string): number | undefined {
+    const domains = policy.rate_limits?.domains ?? {};
+    const pattern =
+      host in domains
+        ? host
+        : (Object.keys(domains)
+            .filter((d) => d.startsWith('*.') && host.endsWith(d.slice(1)))
+            .sort((a, b) => b.length - a.length)[0] ?? ('*' in domains ? '*' : undefined));
+    if (pattern === undefined) return undefined;
+    const l = domains[pattern];
+    if (!l) return undefined;
+    const key = `${l.requests_per_minute}/${l.burst}`;
+    let b = this.buckets.get(pattern);
+    if (!b || b.key !== key) {
+      b = { key, bucket: new TokenBucket(l.requests_per_minute, l.burst, Date.now()) };
+      this.buckets.set(pattern, b);
+    }
+    return b.bucket.take(Date.now()) ? undefined : Math.max(1, b.bucket.waitMs());
+  }
+}
+
+export interface RunProxy {
+  server: ProxyServer;
+  /** The placeholder each secret's variable or descriptor gets. */
+  placeholders: Map<string, Buffer>;
+  /** The child's proxy and trust variables. */
+  env: EnvPiece[];
+  /** The run ended: the proxy closes, its values and its certificate files go. */
+  close(): void;
+}
+
+/**
+ * Makes the run's proxy. Takes the values (the proxy owns them from here: they are removed from
+ * `values`); on error, nothing is left running or written.
+ */
+export async function startRunProxy(o: {
+  policy: Policy;
+  values: Map<string, SecureBuffer>;
+  dir: string;
+  hooks: Omit<ProxyHooks, 'defaultAction' | 'trust'>;
+}): Promise<RunProxy> {
+  let trust = systemTrust();
+  const extra = o.policy.proxy?.upstream_ca;
+  if (extra !== undefined) {
+    try {
+      trust += `\n${fs.readFileSync(extra, 'utf8')}`;
+    } catch (e) {
+      throw new KeywardError(
+        'POLICY_DENIED',
+        `the policy's proxy.upstream_ca ${extra} can't be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+      );
+    }
+  }
+  const bindings: Binding[] = [];
+  const placeholders = new Map<string, Buffer>();
+  for (const [name, value] of o.values) {
+    const placeholder = Buffer.from(makePlaceholder(value), 'latin1');
+    placeholders.set(name, placeholder);
+    bindings.push({ name, placeholder, value, hosts: hostsFor(o.policy, name) });
+  }
+  o.values.clear();
+  const id = randomBytes(8).toString('hex');
+  const files = [path.join(o.dir, `${id}-ca.pem`), path.join(o.dir, `${id}-bundle.pem`)];
+  let server: ProxyServer | undefined;
+  try {
+    const hosts = [...new Set(bindings.flatMap((b) => [...b.hosts.keys()]))];
+    const ca = await RunCa.create(hosts);
+    server = await ProxyServer.start(bindings, ca, {
+      ...o.hooks,
+      defaultAction: o.policy.proxy?.default ?? 'tunnel',
+      trust: [trust],
+    });
+    fs.mkdirSync(o.dir, { recursive: true, mode: 0o700 });
+    writeFileAtomic(files[0] as string, [Buffer.from(ca.certPem)]);
+    writeFileAtomic(files[1] as string, [Buffer.from(`${systemTrust()}\n${ca.certPem}`)]);
+    const url = Buffer.from(server.url);
+    // Loopback stays direct, except a bound host (a test's upstream, a local gateway).
+    const noProxy = Buffer.from(
+      ['localhost', '127.0.0.1', '::1'].filter((h) => !hosts.includes(h)).join(','),
+    );
+    const env: EnvPiece[] = [
+      ...['HTTPS_PROXY', 'https_proxy', 'HTTP_PROXY', 'http_proxy'].map((name) => ({
+        name,
+        value: url,
+      })),
+      { name: 'NO_PROXY', value: noProxy },
+      { name: 'no_proxy', value: noProxy },
+      { name: 'NODE_USE_ENV_PROXY', value: Buffer.from('1') },
+      { name: 'NODE_EXTRA_CA_CERTS', value: Buffer.from(files[0] as string) },
+      ...['SSL_CERT_FILE', 'REQUESTS_CA_BUNDLE', 'CURL_CA_BUNDLE', 'GIT_SSL_CAINFO'].map(
+        (name) => ({ name, value: Buffer.from(files[1] as string) }),
+      ),
+    ];
+    const s = server;
+    return {
+      server: s,
+      placeholders,
+      env,
+      close: () => {
+        s.close();
+        for (const f of files) fs.rmSync(f, { force: true });
+      },
+    };
+  } catch (e) {
+    if (server) server.close();
+    else for (const b of bindings) secureFree(b.value);
+    for (const f of files) fs.rmSync(f, { force: true });
+    throw e;
+  }
+}

@@ -1,0 +1,464 @@
+/**
+ * The credential proxy of one `keyward run --proxy` (docs/PROXY.md). The agent starts one per run,
+ * on 127.0.0.1 at a port the kernel picks; the child reaches it through HTTPS_PROXY and
+ * HTTP_PROXY, with a per-run secret in the URL's userinfo.
+ *
+ * Who may use it: a connection is served only when its other end is a process of the run's own
+ * tree (tree.ts) and it carries the run's secret. Anything else is refused and recorded.
+ *
+ * What it does with a request:
+ * - CONNECT to a host a binding names: the proxy first connects to the host and checks its
+ *   certificate against the system's store, then answers 200, ends the child's TLS with a leaf of
+ *   the run's CA (ca.ts), reads each request (framer.ts), puts the values in (request.ts) once the
+ *   substitution is recorded, and forwards it.
+ * - CONNECT to any other host: tunnelled as it is, or refused (the policy's `default`).
+ * - A plain HTTP request (absolute URL): forwarded without any value; one that carries a
+ *   placeholder is refused.
+ * Every request is counted against its domain's rate limit first (HTTP 429 with Retry-After).
+ */
+import { timingSafeEqual } from 'node:crypto';
+import net from 'node:net';
+import tls from 'node:tls';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import type { RunCa } from './ca.js';
+import { FramingError, RequestFramer, type FrameEvent } from './framer.js';
+import { randomBase62 } from './placeholder.js';
+import { originHead, plan, withValues, type Binding, type Refusal } from './request.js';
+import { holderInTree, socketOf } from './tree.js';
+import { answer, authority, CONNECT_TIMEOUT_MS, upstreamTls } from './wire.js';
+
+export type ProxyEventType = 'proxy.substitute' | 'proxy.block' | 'proxy.limit';
+
+export interface ProxyHooks {
+  /** The run's first process (its tree's root), while it runs. */
+  root(): number | undefined;
+  /**
+   * Whether the secret may go out now: undefined, or why not (the agent locked, the policy now
+   * denies it, a person refused). May wait for a person (a high_value rule asks each time).
+   */
+  mayUse(
+    name: string,
+    req: { host: string; method: string; path: string },
+  ): Promise<string | undefined>;
+  /** An audit record; a substitution is forwarded only once its record is durable. */
+  record(
+    type: ProxyEventType,
+    decision: 'allow' | 'deny',
+    target: string,
+    reason: string | undefined,
+    details: Record<string, string | number | boolean | null>,
+  ): Promise<unknown>;
+  /** undefined: the domain's limit has room (one is taken); else ms until it has. */
+  limit(host: string): number | undefined;
+  /** Hosts no binding names: tunnelled, or refused. */
+  defaultAction: 'tunnel' | 'deny';
+  /** Certificates (PEM) an upstream server's chain must end in. */
+  trust: string[];
+}
+
+export class ProxyServer {
+  private readonly server = net.createServer((s) => this.accept(s));
+  private readonly conns = new Set<net.Socket>();
+  private readonly secret = randomBase62(32);
+  private readonly uid = process.geteuid?.() ?? -1;
+  private port = 0;
+  private locked = false;
+
+  private constructor(
+    private readonly bindings: Binding[],
+    private readonly ca: RunCa,
+    private readonly h: ProxyHooks,
+  ) {
+    this.server.on('error', () => undefined);
+  }
+
+  /** Listens on 127.0.0.1; owns the bindings' values from here on (close frees them). */
+  static async start(bindings: Binding[], ca: RunCa, h: ProxyHooks): Promise<ProxyServer> {
+    const p = new ProxyServer(bindings, ca, h);
+    await new Promise<void>((resolve, reject) => {
+      p.server.once('error', reject);
+      p.server.listen(0, '127.0.0.1', () => resolve());
+    });
+    p.port = (p.server.address() as net.AddressInfo).port;
+    return p;
+  }
+
+  /** The proxy's URL, with the run's secret as userinfo (it goes into the child's environment). */
+  get url(): string {
+    return `http://keyward:${this.secret}@127.0.0.1:${this.port}`;
+  }
+
+  /** The hosts a binding names (the CA certifies these, and no other). */
+  get hosts(): string[] {
+    return [...new Set(this.bindings.flatMap((b) => [...b.hosts.keys()]))];
+  }
+
+  /** The agent locked: the values are dropped; a request that needs one is refused from now on. */
+  lock(): void {
+    this.locked = true;
+    for (const b of this.bindings) secureFree(b.value);
+  }
+
+  /** The run ended: no more connections, the values dropped. */
+  close(): void {
+    this.lock();
+    this.server.close();
+    for (const c of this.conns) c.destroy();
+  }
+
+  private accept(s: net.Socket): void {
+    this.conns.add(s);
+    s.on('close', () => this.conns.delete(s));
+    s.on('error', () => undefined);
+    s.setNoDelay(true);
+    const pid = this.owner(s);
+    if (pid === undefined) {
+      void this.h
+        .record(
+          'proxy.block',
+          'deny',
+          'proxy',
+          'a connection from outside the run\u2019s process tree',
+          {
+            peerPort: s.remotePort ?? null,
+          },
+        )
+        .catch(() => undefined);
+      return answer(s, 403, 'this proxy serves only the processes of its own run');
+    }
+    this.serve(s, pid);
+  }
+
+  /** The process of the run's tree at the other end of s, or undefined. */
+  private owner(s: net.Socket): number | undefined {
+    const root = this.h.root();
+    if (root === undefined || !s.remoteAddress || !s.remotePort || !s.localAddress)
+      return undefined;
+    const sock = socketOf(
+      { ip: s.remoteAddress, port: s.remotePort },
+      { ip: s.localAddress, port: s.localPort ?? 0 },
+    );
+    if (!sock || sock.uid !== this.uid) return undefined;
+    return holderInTree(root, sock.inode);
+  }
+
+  private authorized(headers: Array<[string, string]>): boolean {
+    const want = Buffer.from(
+      `Basic ${Buffer.from(`keyward:${this.secret}`).toString('base64')}`,
+      'latin1',
+    );
+    return headers.some(([k, v]) => {
+      if (k.toLowerCase() !== 'proxy-authorization') return false;
+      const got = Buffer.from(v, 'latin1');
+      return got.length === want.length && timingSafeEqual(got, want);
+    });
+  }
+
+  /** Reads the first request of a connection and hands the connection to what it asks for. */
+  private serve(s: net.Socket, pid: number): void {
+    const framer = new RequestFramer();
+    const onData = (chunk: Buffer) => {
+      let events: FrameEvent[];
+      try {
+        events = framer.push(chunk);
+      } catch (e) {
+        s.off('data', onData);
+        return answer(s, e instanceof FramingError ? e.status : 400, (e as Error).message);
+      }
+      const head = events[0];
+      if (!head) return;
+      s.off('data', onData);
+      s.pause();
+      if (head.type !== 'head') return answer(s, 400, 'a malformed request');
+      if (!this.authorized(head.headers)) {
+        void this.h
+          .record(
+            'proxy.block',
+            'deny',
+            'proxy',
+            'a request without the run\u2019s proxy credentials',
+            {
+              pid,
+            },
+          )
+          .catch(() => undefined);
+        return answer(s, 407, 'proxy credentials required', [
+          'Proxy-Authenticate: Basic realm="keyward"',
+        ]);
+      }
+      const rest = events.slice(1);
+      const run =
+        head.method === 'CONNECT'
+          ? this.connect(s, pid, head, rest)
+          : this.plainHttp(s, pid, head, rest, framer);
+      run.catch((e: unknown) => answer(s, 502, e instanceof Error ? e.message : 'error'));
+    };
+    s.on('data', onData);
+  }
+
+  /** Refuses with a record of why. */
+  private async refuse(
+    s: net.Socket | tls.TLSSocket,
+    r: Refusal,
+    host: string,
+    pid: number,
+    extra: Record<string, string | number | null> = {},
+  ): Promise<void> {
+    await this.h
+      .record('proxy.block', 'deny', r.secret ?? host, r.reason, { host, pid, ...extra })
+      .catch(() => undefined);
+    answer(s, r.status, r.reason);
+  }
+
+  /** Takes one request from host's rate limit; answers 429 (recorded) when there is none. */
+  private async limited(
+    s: net.Socket | tls.TLSSocket,
+    host: string,
+    pid: number,
+  ): Promise<boolean> {
+    const wait = this.h.limit(host);
+    if (wait === undefined) return false;
+    const seconds = Math.max(1, Math.ceil(wait / 1000));
+    await this.h
+      .record('proxy.limit', 'deny', host, `the rate limit for ${host} is reached`, {
+        host,
+        pid,
+        retryAfter: seconds,
+      })
+      .catch(() => undefined);
+    answer(s, 429, `the rate limit for ${host} is reached`, [`Retry-After: ${seconds}`]);
+    return true;
+  }
+
+  private async connect(
+    s: net.Socket,
+    pid: number,
+    head: Extract<FrameEvent, { type: 'head' }>,
+    rest: FrameEvent[],
+  ): Promise<void> {
+    const a = authority(head.target);
+    if (!a) return answer(s, 400, 'a CONNECT needs host:port');
+    // A placeholder in the name asked for (a DNS lookup of it, or SNI) carries it out too.
+    for (const b of this.bindings)
+      if (head.target.includes(b.placeholder.toString('latin1')))
+        return this.refuse(
+          s,
+          {
+            status: 403,
+            reason: `the placeholder of ${b.name} is in a CONNECT host name`,
+            secret: b.name,
+          },
+          'a host name',
+          pid,
+        );
+    const early = Buffer.concat(rest.map((e) => ('bytes' in e ? e.bytes : Buffer.alloc(0))));
+    if (early.length > 0) return answer(s, 400, 'data was sent before the tunnel was set up');
+    const bound = this.bindings.some((b) => b.hosts.has(a.host));
+    if (!bound && this.h.defaultAction === 'deny')
+      return this.refuse(
+        s,
+        {
+          status: 403,
+          reason: `${a.host} is not a host of the proxy policy (default: deny)`,
+          secret: undefined,
+        },
+        a.host,
+        pid,
+      );
+    // An intercepted host counts each request inside the tunnel; any other, the tunnel itself.
+    if (bound) return this.intercept(s, pid, a.host, a.port);
+    if (await this.limited(s, a.host, pid)) return;
+    const up = net.connect({ host: a.host, port: a.port });
+    up.setTimeout(CONNECT_TIMEOUT_MS, () => up.destroy(new Error('timed out')));
+    up.once('error', (e) => answer(s, 502, `cannot reach ${a.host}:${a.port}: ${e.message}`));
+    up.once('connect', () => {
+      up.setTimeout(0);
+      up.removeAllListeners('error');
+      up.on('error', () => s.destroy());
+      s.on('close', () => up.destroy());
+      s.write('HTTP/1.1 200 Connection established\r\n\r\n');
+      s.pipe(up);
+      up.pipe(s);
+      s.resume();
+    });
+  }
+
+  private async intercept(s: net.Socket, pid: number, host: string, port: number): Promise<void> {
+    let up: tls.TLSSocket;
+    try {
+      up = await upstreamTls(host, port, this.h.trust);
+    } catch (e) {
+      return this.refuse(
+        s,
+        {
+          status: 403,
+          reason: `the upstream ${host}:${port} is refused: ${e instanceof Error ? e.message : 'error'}`,
+          secret: undefined,
+        },
+        host,
+        pid,
+      );
+    }
+    up.on('error', () => s.destroy());
+    const leaf = await this.ca.leaf(host);
+    if (s.destroyed) return void up.destroy();
+    s.write('HTTP/1.1 200 Connection established\r\n\r\n');
+    const child = new tls.TLSSocket(s, {
+      isServer: true,
+      cert: leaf.cert,
+      key: leaf.key,
+      ALPNProtocols: ['http/1.1'],
+    });
+    child.on('error', () => up.destroy());
+    child.on('close', () => up.destroy());
+    up.on('close', () => child.destroy());
+    up.pipe(child);
+    const framer = new RequestFramer();
+    let work = Promise.resolve();
+    child.on('data', (chunk: Buffer) => {
+      let events: FrameEvent[];
+      try {
+        events = framer.push(chunk);
+      } catch (e) {
+        up.destroy();
+        answer(child, e instanceof FramingError ? e.status : 400, (e as Error).message);
+        return;
+      }
+      child.pause();
+      work = work
+        .then(() => this.forward(child, up, pid, host, events))
+        .then(
+          (go) => {
+            if (go) child.resume();
+          },
+          () => {
+            child.destroy();
+          },
+        );
+    });
+  }
+
+  /** Sends what the child sent on to up, values in; false when it refused (and answered). */
+  private async forward(
+    child: tls.TLSSocket,
+    up: tls.TLSSocket,
+    pid: number,
+    host: string,
+    events: FrameEvent[],
+  ): Promise<boolean> {
+    for (const e of events) {
+      if (child.destroyed || up.destroyed) return false;
+      if (e.type === 'end') continue;
+      if (e.type !== 'head') {
+        up.write(e.bytes);
+        continue;
+      }
+      if (await this.limited(child, host, pid)) return (up.destroy(), false);
+      const p = plan(e.bytes, host, this.bindings, false);
+      if (!('used' in p)) return (await this.refuse(child, p, host, pid), up.destroy(), false);
+      const length = Number(
+        e.headers.find(([k]) => k.toLowerCase() === 'content-length')?.[1] ?? 0,
+      );
+      for (const b of p.used) {
+        const why = this.locked
+          ? 'the agent is locked'
+          : await this.h.mayUse(b.name, { host, method: p.method, path: p.path });
+        if (why !== undefined) {
+          await this.refuse(child, { status: 403, reason: why, secret: b.name }, host, pid);
+          up.destroy();
+          return false;
+        }
+      }
+      // Rule 4: each substitution is durable in the audit log before the value leaves.
+      await Promise.all(
+        p.used.map((b) =>
+          this.h.record('proxy.substitute', 'allow', b.name, undefined, {
+            host,
+            method: p.method,
+            path: p.path,
+            in: p.where.get(b.name) ?? null,
+            bytes: e.bytes.length + (Number.isFinite(length) ? length : 0),
+            pid,
+          }),
+        ),
+      );
+      if (this.locked) {
+        await this.refuse(
+          child,
+          { status: 403, reason: 'the agent is locked', secret: p.used[0]?.name },
+          host,
+          pid,
+        );
+        up.destroy();
+        return false;
+      }
+      const out = withValues(p);
+      up.write(out, () => {
+        if (out !== p.head) secureFree(out as SecureBuffer);
+      });
+    }
+    return true;
+  }
+
+  /** A plain HTTP request (absolute URL): forwarded with no value in it, one per connection. */
+  private async plainHttp(
+    s: net.Socket,
+    pid: number,
+    head: Extract<FrameEvent, { type: 'head' }>,
+    rest: FrameEvent[],
+    framer: RequestFramer,
+  ): Promise<void> {
+    let url: URL;
+    try {
+      url = new URL(head.target);
+    } catch {
+      return answer(s, 400, 'a proxy request needs an absolute http:// URL');
+    }
+    if (url.protocol !== 'http:') return answer(s, 400, 'only http:// URLs go as plain requests');
+    const host = url.hostname.toLowerCase().replace(/^\[|\]$/g, '');
+    const p = plan(head.bytes, host, this.bindings, true);
+    if (!('used' in p)) return this.refuse(s, p, host, pid);
+    const bound = this.bindings.some((b) => b.hosts.has(host));
+    if (!bound && this.h.defaultAction === 'deny')
+      return this.refuse(
+        s,
+        {
+          status: 403,
+          reason: `${host} is not a host of the proxy policy (default: deny)`,
+          secret: undefined,
+        },
+        host,
+        pid,
+      );
+    if (await this.limited(s, host, pid)) return;
+    const up = net.connect({ host, port: Number(url.port || 80) });
+    up.setTimeout(CONNECT_TIMEOUT_MS, () => up.destroy(new Error('timed out')));
+    await new Promise<void>((resolve, reject) => {
+      up.once('connect', resolve);
+      up.once('error', reject);
+    });
+    up.setTimeout(0);
+    up.on('error', () => s.destroy());
+    s.on('close', () => up.destroy());
+    up.write(originHead(head.bytes, url));
+    let done = false;
+    const pass = (events: FrameEvent[]) => {
+      for (const e of events) {
+        if (done) return;
+        if (e.type === 'end') done = true;
+        else if (e.type === 'body' || e.type === 'raw') up.write(e.bytes);
+        else done = true; // a pipelined request: this connection carries one
+      }
+    };
+    pass(rest);
+    s.on('data', (chunk: Buffer) => {
+      try {
+        pass(framer.push(chunk));
+      } catch {
+        done = true;
+      }
+    });
+    up.pipe(s);
+    s.resume();
+  }
+}

