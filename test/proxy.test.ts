@@ -17,6 +17,7 @@ import { after, before, describe, test } from 'node:test';
 import {
   auditEntries,
   kwAsync,
+  pendingId,
   scanMemory,
   stopAgent,
   unlockedAgent,
@@ -38,7 +39,7 @@ interface Seen {
   raw: string;
 }
 
-/** A CA, a server certificate for 127.0.0.1-6 signed by it, and a self-signed one (openssl). */
+/** A CA, a server certificate for 127.0.0.1-7 signed by it, and a self-signed one (openssl). */
 function certificates(dir: string) {
   const o = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
@@ -56,7 +57,7 @@ function certificates(dir: string) {
     '/CN=upstream test CA',
   ]);
   o(['req', ...ec, '-keyout', 'srv.key', '-out', 'srv.csr', '-subj', '/CN=upstream']);
-  const sans = [1, 2, 3, 4, 5, 6].map((i) => `IP:127.0.0.${i}`).join(',');
+  const sans = [1, 2, 3, 4, 5, 6, 7].map((i) => `IP:127.0.0.${i}`).join(',');
   fs.writeFileSync(
     path.join(dir, 'ext.cnf'),
     `subjectAltName=${sans}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`,
@@ -147,9 +148,20 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
     await upstream('impostor', '127.0.0.3', c.self);
     await upstream('inject', '127.0.0.4', c.good);
     await upstream('limited', '127.0.0.5', c.good);
+    await upstream('confirm', '127.0.0.6', c.good);
+    await upstream('hv', '127.0.0.7', c.good);
     h = await unlockedAgent(
       `version: 1
 rules:
+  - name: confirmed
+    targets: ["gh/confirmed"]
+    decision: approve
+    approve: { mode: confirm, timeout: 5m }
+  - name: high
+    targets: ["gh/high"]
+    decision: approve
+    high_value: true
+    approve: { mode: passphrase, timeout: 5m }
   - name: tokens
     targets: ["gh/*", "unbound/*"]
     decision: allow
@@ -160,6 +172,8 @@ proxy:
     127.0.0.3: { secret: gh/token }
     127.0.0.4: { secret: gh/other, header: Authorization, format: "Bearer {}" }
     127.0.0.5: { secret: gh/token }
+    127.0.0.6: { secret: gh/confirmed }
+    127.0.0.7: { secret: gh/high }
 rate_limits:
   domains:
     127.0.0.5: { requests_per_minute: 1, burst: 2 }
@@ -170,6 +184,8 @@ rate_limits:
       ['gh/token', TOKEN],
       ['gh/other', OTHER],
       ['unbound/x', 'unbound-value-0123456789abcdef'],
+      ['gh/confirmed', 'confirmed-secret-value-0123456789'],
+      ['gh/high', 'high-value-secret-0123456789abcd'],
     ] as const) {
       const r = kw(['secret', 'set', name], { env: h.env, input: value });
       assert.equal(r.code, 0, r.stderr);
@@ -197,11 +213,15 @@ rate_limits:
         `${CURL} -sS --fail-with-body -H "Authorization: token $GITHUB_TOKEN" '${target}?via=curl'`,
         `'${NODE22}' --no-warnings -e 'fetch(process.argv[1], { headers: { authorization: "Bearer " + process.env.GITHUB_TOKEN } }).then(async (r) => { if (!r.ok) process.exit(3); console.log(await r.text()); })' '${target}?via=node'`,
         `python3 -c 'import os, sys, urllib.request as u; print(u.urlopen(u.Request(sys.argv[1], headers={"Authorization": "Bearer " + os.environ["GITHUB_TOKEN"]})).read().decode())' '${target}?via=python'`,
+        // git over HTTPS through libcurl: the upstream is no git server, so git fails after asking.
+        `{ git -c http.extraHeader="Authorization: token $GITHUB_TOKEN" ls-remote '${url('a', '127.0.0.1', '/clients.git')}' >/dev/null 2>&1; true; }`,
         'echo "token: $GITHUB_TOKEN"',
       ].join(' && '),
     );
     assert.equal(r.code, 0, r.stderr + r.stdout);
-    const got = seen.filter((s) => s.url.startsWith('/clients'));
+    const viaGit = seen.find((s) => s.url.startsWith('/clients.git/info/refs'));
+    assert.equal(viaGit?.authorization, `token ${TOKEN}`, 'git got the token in');
+    const got = seen.filter((s) => s.url.startsWith('/clients?'));
     assert.deepEqual(got.map((s) => s.url).sort(), [
       '/clients?via=curl',
       '/clients?via=node',
@@ -226,8 +246,8 @@ rate_limits:
     assert.ok(!r.stdout.includes(TOKEN) && !r.stdout.includes(ph), r.stdout);
     assert.match(r.stdout, /token: <concealed by keyward>/);
     const subs = auditEntries(h).filter((e) => e.type === 'proxy.substitute');
-    assert.equal(subs.length, 3);
-    for (const e of subs) {
+    assert.equal(subs.length, 4);
+    for (const e of subs.filter((x) => x.details['path'] === '/clients')) {
       assert.equal(e.target, 'gh/token');
       const d = e.details;
       assert.equal(d['host'], '127.0.0.1');
@@ -362,6 +382,30 @@ rate_limits:
       ),
     );
     assert.match(out, /403/);
+    if (rootTests) {
+      // Another uid, with the URL too: its socket is not the user's, whatever tree it claims.
+      const other = await new Promise<string>((resolve) =>
+        execFile(
+          'setpriv',
+          [
+            '--reuid=43210',
+            '--regid=43210',
+            '--clear-groups',
+            CURL,
+            '-sS',
+            '-o',
+            '/dev/null',
+            '-w',
+            '%{http_connect}',
+            '--proxy',
+            proxyUrl,
+            url('a', '127.0.0.1', '/other-uid'),
+          ],
+          (_e, stdout, stderr) => resolve(stdout + stderr),
+        ),
+      );
+      assert.match(other, /403/);
+    }
     fs.writeFileSync(fifo, 'go\n');
     const r = await run;
     assert.match(r.stdout, /noauth 407/);
@@ -410,6 +454,78 @@ open(sys.argv[3]).read()
       );
     },
   );
+
+  test('an approve rule asks once for the run, naming the hosts; its requests are not asked again', async () => {
+    const before = h.prompts().length;
+    h.answer('yes');
+    try {
+      const r = await kwAsync(
+        [
+          'run',
+          '--proxy',
+          '--env',
+          'T=gh/confirmed',
+          '--',
+          'sh',
+          '-c',
+          [1, 2, 3]
+            .map(
+              (i) =>
+                `${CURL} -sS --fail-with-body -H "Authorization: token $T" '${url('confirm', '127.0.0.6', `/c${i}`)}'`,
+            )
+            .join(' && '),
+        ],
+        h.env,
+      );
+      assert.equal(r.code, 0, r.stderr);
+    } finally {
+      h.answer('no');
+    }
+    const prompts = h.prompts().slice(before);
+    assert.equal(prompts.length, 1, prompts.join('\n'));
+    assert.match(
+      prompts[0] ?? '',
+      /held by keyward's proxy and put only into its requests to "127\.0\.0\.6" \(the command gets a placeholder as \$T\)/,
+    );
+    assert.deepEqual(
+      seen.filter((x) => x.ip === '127.0.0.6').map((x) => x.authorization),
+      [1, 2, 3].map(() => 'token confirmed-secret-value-0123456789'),
+    );
+  });
+
+  test('a high_value rule asks again for every request that would carry its secret', async () => {
+    const run = kwAsync(
+      [
+        'run',
+        '--proxy',
+        '--env',
+        'T=gh/high',
+        '--',
+        'sh',
+        '-c',
+        [1, 2]
+          .map(
+            (i) =>
+              `${CURL} -sS --fail-with-body -H "Authorization: token $T" '${url('hv', '127.0.0.7', `/h${i}`)}'`,
+          )
+          .join(' && '),
+      ],
+      h.env,
+    );
+    // The run itself, then each of its two requests.
+    for (let i = 0; i < 3; i++) {
+      const id = await pendingId(h);
+      const a = await kwAsync(['approve', id], h.env);
+      assert.equal(a.code, 0, a.stderr);
+    }
+    const r = await run;
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(seen.filter((x) => x.ip === '127.0.0.7').length, 2);
+    assert.equal(
+      auditEntries(h).filter((e) => e.type === 'approval.granted' && e.target === 'gh/high').length,
+      3,
+    );
+  });
 
   test('a run whose secret no host is bound to, or that names a proxy variable, is refused before anything runs', async () => {
     const r1 = await kwAsync(['run', '--proxy', '--env', 'X=unbound/x', '--', 'true'], h.env);
