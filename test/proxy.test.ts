@@ -418,7 +418,7 @@ rate_limits:
   });
 
   test(
-    'the child\u2019s memory never holds the token, only the placeholder (root: /proc/PID/mem)',
+    'the memory of the child never holds the token, only the placeholder (root: /proc/PID/mem)',
     { skip: !rootTests && 'needs root to read /proc/PID/mem' },
     async () => {
       const fifo = path.join(dir, 'hold-mem');
