@@ -164,6 +164,20 @@ export function writeReport(root: string): string {
     met: setRatio === undefined ? undefined : setRatio <= 1.5,
   });
 
+  // The credential proxy (issue 22): no target set; the figure and the ratio against direct.
+  const proxy = read(root, 'proxy');
+  const p1 = num(at(proxy, 'proxy', 'one', 'perSecond'));
+  const p8 = num(at(proxy, 'proxy', 'eight', 'perSecond'));
+  rows.push({
+    when: dateOf(proxy, 'proxy'),
+    work: 'HTTPS requests through `run --proxy`, 1 / 8 connections (keep-alive)',
+    keyward: `${fmt(p1, 0)} / ${fmt(p8, 0)} /s, +${fmt(num(at(proxy, 'addedMs', 'p50')))} ms p50, +${fmt(num(at(proxy, 'addedMs', 'p99')))} ms p99`,
+    reference: `direct ${fmt(num(at(proxy, 'direct', 'one', 'perSecond')), 0)} / ${fmt(num(at(proxy, 'direct', 'eight', 'perSecond')), 0)} /s`,
+    ratio: num(at(proxy, 'ratio', 'one')),
+    target: 'none set (measured)',
+    met: undefined,
+  });
+
   const cpu = os.cpus()[0]?.model ?? 'unknown';
   const lines = [
     '# Benchmarks',
@@ -171,7 +185,7 @@ export function writeReport(root: string): string {
     'Written by `npm run bench` (scripts/bench-report.ts) from `bench/results/*.json`: each row is',
     'keyward against its reference, measured in the same part of the same run on the same machine,',
     'so the ratio is what to compare; absolute figures move with the machine and its load. A row',
-    'says "not measured" when its part did not run (`BENCH_ONLY=cli|audit|agent|sign|run|mcp|vault`).',
+    'says "not measured" when its part did not run (`BENCH_ONLY=cli|audit|agent|sign|run|mcp|vault|proxy`).',
     '',
     `Machine: ${os.cpus().length} x ${cpu}, Node ${process.version}, ${os.platform()} ${os.release()}.`,
     '',

@@ -26,6 +26,7 @@ import {
 import { boxKeypair } from '../src/audit/keys.js';
 import { secureTake } from '../src/lib/secure.js';
 import { mcpBench } from './bench-mcp.js';
+import { proxyBench } from './bench-proxy.js';
 import { runBench } from './bench-run.js';
 import { benchHome } from './bench-home.js';
 import { signBench } from './bench-sign.js';
@@ -287,7 +288,7 @@ async function agentBench(): Promise<void> {
   process.stdout.write(`${lines.join('\n')}\nwritten to bench/results/agent.json\n`);
 }
 
-// BENCH_ONLY=cli|audit|agent|sign|run|mcp|vault runs one part.
+// BENCH_ONLY=cli|audit|agent|sign|run|mcp|vault|proxy runs one part.
 const only = process.env['BENCH_ONLY'];
 if (!only || only === 'cli') await cliBench(ROOT);
 if (!only || only === 'audit') await main();
@@ -296,4 +297,5 @@ if (!only || only === 'sign') await signBench(ROOT);
 if (!only || only === 'run') await runBench(ROOT);
 if (!only || only === 'mcp') await mcpBench(ROOT);
 if (!only || only === 'vault') await vaultBench(ROOT);
+if (!only || only === 'proxy') await proxyBench(ROOT);
 process.stdout.write(`written ${writeReport(ROOT)}\n`);
