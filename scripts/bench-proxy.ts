@@ -123,6 +123,7 @@ export async function proxyBench(root: string): Promise<void> {
         process.execPath,
         [
           bin,
+          ...(process.env['BENCH_PROFILE'] ? ['--allow-debugger'] : []),
           'run',
           '--proxy',
           '--no-masking',
@@ -151,14 +152,17 @@ export async function proxyBench(root: string): Promise<void> {
     });
   // Alternated, so a machine that gets busier during the run weighs on both the same.
   const rounds: Record<string, Measure[]> = { d1: [], p1: [], d8: [], p8: [] };
-  for (let round = 0; round < 2; round++) {
-    rounds['d1']?.push(await measure('direct', 1));
-    rounds['p1']?.push(await measure('proxy', 1));
-    rounds['d8']?.push(await measure('direct', 8));
-    rounds['p8']?.push(await measure('proxy', 8));
+  try {
+    for (let round = 0; round < 2; round++) {
+      rounds['d1']?.push(await measure('direct', 1));
+      rounds['p1']?.push(await measure('proxy', 1));
+      rounds['d8']?.push(await measure('direct', 8));
+      rounds['p8']?.push(await measure('proxy', 8));
+    }
+  } finally {
+    await home.stop();
+    server.close();
   }
-  await home.stop();
-  server.close();
   const best = (xs: Measure[] = []) =>
     xs.reduce((a, b) => (b.perSecond > a.perSecond ? b : a), { perSecond: 0, p50: 0, p99: 0 });
   const r = (x: number) => Math.round(x * 1000) / 1000;

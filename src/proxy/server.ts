@@ -63,6 +63,9 @@ export class ProxyServer {
   private readonly uid = process.geteuid?.() ?? -1;
   private port = 0;
   private locked = false;
+  /** Made once per run: a context parses every certificate of the trust store. */
+  private trust: tls.SecureContext | undefined;
+  private readonly leafContexts = new Map<string, tls.SecureContext>();
 
   private constructor(
     private readonly bindings: Binding[],
@@ -286,7 +289,8 @@ export class ProxyServer {
   private async intercept(s: net.Socket, pid: number, host: string, port: number): Promise<void> {
     let up: tls.TLSSocket;
     try {
-      up = await upstreamTls(host, port, this.h.trust);
+      this.trust ??= tls.createSecureContext({ ca: this.h.trust });
+      up = await upstreamTls(host, port, this.trust);
     } catch (e) {
       return this.refuse(
         s,
@@ -300,13 +304,17 @@ export class ProxyServer {
       );
     }
     up.on('error', () => s.destroy());
-    const leaf = await this.ca.leaf(host);
+    let context = this.leafContexts.get(host);
+    if (!context) {
+      const leaf = await this.ca.leaf(host);
+      context = tls.createSecureContext({ cert: leaf.cert, key: leaf.key });
+      this.leafContexts.set(host, context);
+    }
     if (s.destroyed) return void up.destroy();
     s.write('HTTP/1.1 200 Connection established\r\n\r\n');
     const child = new tls.TLSSocket(s, {
       isServer: true,
-      cert: leaf.cert,
-      key: leaf.key,
+      secureContext: context,
       ALPNProtocols: ['http/1.1'],
     });
     child.on('error', () => up.destroy());

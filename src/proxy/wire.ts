@@ -50,13 +50,17 @@ export function authority(target: string): { host: string; port: number } | unde
 }
 
 /** The upstream connection, its certificate checked, before the child is told anything. */
-export function upstreamTls(host: string, port: number, trust: string[]): Promise<tls.TLSSocket> {
+export function upstreamTls(
+  host: string,
+  port: number,
+  trust: tls.SecureContext,
+): Promise<tls.TLSSocket> {
   return new Promise((resolve, reject) => {
     const up = tls.connect({
       host,
       port,
       ...(net.isIP(host) ? {} : { servername: host }),
-      ca: trust,
+      secureContext: trust,
       ALPNProtocols: ['http/1.1'],
       rejectUnauthorized: true,
     });
