@@ -110,6 +110,7 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-proxy-'));
   const ports = new Map<string, number>();
   let h: AgentHome;
+  let policy = '';
 
   /** An upstream on ip that records each request and answers with what it got. */
   async function upstream(
@@ -150,8 +151,7 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
     await upstream('limited', '127.0.0.5', c.good);
     await upstream('confirm', '127.0.0.6', c.good);
     await upstream('hv', '127.0.0.7', c.good);
-    h = await unlockedAgent(
-      `version: 1
+    policy = `version: 1
 rules:
   - name: confirmed
     targets: ["gh/confirmed"]
@@ -177,9 +177,8 @@ proxy:
 rate_limits:
   domains:
     127.0.0.5: { requests_per_minute: 1, burst: 2 }
-`,
-      homes,
-    );
+`;
+    h = await unlockedAgent(policy, homes);
     for (const [name, value] of [
       ['gh/token', TOKEN],
       ['gh/other', OTHER],
@@ -525,6 +524,46 @@ open(sys.argv[3]).read()
       auditEntries(h).filter((e) => e.type === 'approval.granted' && e.target === 'gh/high').length,
       3,
     );
+  });
+
+  test('a policy applied during the run that denies the secret stops its substitution at the next request', async () => {
+    const fifo = path.join(dir, 'hold-policy');
+    const ready = path.join(dir, 'policy-ready');
+    execFileSync('mkfifo', [fifo]);
+    const run = proxied(
+      [
+        `${CURL} -sS -o /dev/null -w 'before %{http_code}\\n' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/before-policy')}'`,
+        `echo > '${ready}'`,
+        `read x < '${fifo}'`,
+        `${CURL} -sS -o /dev/null -w 'after %{http_code}\\n' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/after-policy')}'`,
+      ].join('; '),
+    );
+    await eventually(() => fs.existsSync(ready), 'the first request is done');
+    const apply = (text: string) => {
+      const f = path.join(dir, 'policy.yaml');
+      fs.writeFileSync(f, text);
+      const r = kw(['policy', 'apply', f], { env: h.env });
+      assert.equal(r.code, 0, r.stderr);
+    };
+    apply(
+      policy.replace(
+        'rules:\n',
+        'rules:\n  - { name: stop-gh, targets: [gh/token], decision: deny }\n',
+      ),
+    );
+    try {
+      fs.writeFileSync(fifo, 'go\n');
+      const r = await run;
+      assert.match(r.stdout, /before 200/);
+      assert.match(r.stdout, /after 403/);
+    } finally {
+      apply(policy);
+    }
+    assert.ok(!seen.some((x) => x.url === '/after-policy'));
+    const last = auditEntries(h)
+      .filter((e) => e.type === 'proxy.block')
+      .at(-1);
+    assert.match(String(last?.reason), /the policy now denies gh\/token \(stop-gh\)/);
   });
 
   test('a run whose secret no host is bound to, or that names a proxy variable, is refused before anything runs', async () => {
