@@ -512,13 +512,29 @@ open(sys.argv[3]).read()
       h.env,
     );
     // The run itself, then each of its two requests.
+    const asked: string[] = [];
     for (let i = 0; i < 3; i++) {
       const id = await pendingId(h);
+      const list = JSON.parse(kw(['approvals', '--json'], { env: h.env }).stdout) as Array<{
+        id: string;
+        what: string;
+      }>;
+      asked.push(list.find((p) => p.id === id)?.what ?? '');
       const a = await kwAsync(['approve', id], h.env);
       assert.equal(a.code, 0, a.stderr);
     }
     const r = await run;
     assert.equal(r.code, 0, r.stderr);
+    // Whoever approves (keyward approvals, the consoles) sees where each request goes.
+    assert.match(
+      asked[0] ?? '',
+      /held by keyward's proxy and put only into its requests to "127\.0\.0\.7"/,
+    );
+    assert.match(
+      asked[1] ?? '',
+      /^send the secret "gh\/high" to "127\.0\.0\.7" in "GET" "\/h1", through the proxy of the run of "[^"]*\/sh"$/,
+    );
+    assert.match(asked[2] ?? '', /"\/h2"/);
     assert.equal(seen.filter((x) => x.ip === '127.0.0.7').length, 2);
     assert.equal(
       auditEntries(h).filter((e) => e.type === 'approval.granted' && e.target === 'gh/high').length,

@@ -286,6 +286,7 @@
       ...(p.also && p.also.length > 0
         ? [el('p', { class: 'also', text: `and also ${p.also.join(', ')}` })]
         : []),
+      ...(p.what ? [el('p', { class: 'what', text: `to ${p.what}` })] : []),
       el('p', { class: 'who', text: r.description || '' }),
       dl,
       actions,

@@ -70,6 +70,7 @@
           ...(p.also && p.also.length > 0
             ? [el('p', { class: 'also', text: `and also ${p.also.join(', ')}` })]
             : []),
+          ...(p.what ? [el('p', { class: 'what', text: `to ${p.what}` })] : []),
           el('p', { class: 'who', text: p.requester.description || '' }),
           el('p', {
             text: `rule ${p.rule}: ${p.operators.count} operator(s) of ${p.operators.groups.join(', ')}; approved so far: ${votes}`,

@@ -329,6 +329,7 @@ export class Gate {
             ...(a.userVerification ? { userVerification: a.userVerification } : {}),
             ...(a.operators ? { operators: a.operators } : {}),
             ...(also.length > 0 ? { also } : {}),
+            what: req.what,
           },
           a.timeoutMs,
         );

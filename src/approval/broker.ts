@@ -79,6 +79,11 @@ export interface Pending {
   /** The other targets one approval of this request covers (a run's values under its rule). */
   also?: string[];
   /**
+   * What is asked, as the prompt says it ("run "/usr/bin/gh" as: ...", "send the secret ... to
+   * ..."): built by the agent with every part the requester controls quoted.
+   */
+  what?: string;
+  /**
    * SHA-256 (hex) over everything above: what a WebAuthn approval's challenge is bound to, so an
    * assertion made for one request can't approve another (docs/PROTOCOL.md, "Approvals").
    */
@@ -104,6 +109,7 @@ export function requestDigest(p: Omit<Pending, 'digest' | 'votes'>): string {
     p.userVerification ?? '',
     JSON.stringify(p.operators ?? null),
     JSON.stringify(p.also ?? []),
+    p.what ?? '',
     String(r.pid),
     r.startTime ?? '',
     r.exe ?? '',

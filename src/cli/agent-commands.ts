@@ -176,6 +176,8 @@ export function registerAgentCommands(program: Command, io: Io): void {
         io.stdout(
           `${f(p['id'])}  ${f(p['action'])} ${f(p['target'])}  (rule ${f(p['rule'])}, ${f(p['mode'])}, ${left} s left)\n    by ${who}\n`,
         );
+        // The request as its prompt says it: the command, the hosts, the method and path.
+        if (typeof p['what'] === 'string') io.stdout(`    to ${printable(p['what'], 1000)}\n`);
         // One approval of a run covers every value its rule gives it: all of them are said.
         const also = Array.isArray(p['also']) ? (p['also'] as unknown[]) : [];
         if (also.length > 0) io.stdout(`    and also ${also.map(f).join(', ')}\n`);
