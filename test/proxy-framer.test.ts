@@ -79,6 +79,20 @@ describe('request framing', () => {
     ]);
   });
 
+  test('an upgrade by any method stops the framing: what follows is never read as a request', () => {
+    const f = new RequestFramer();
+    assert.deepEqual(
+      summary(
+        f.push(
+          Buffer.from(
+            `OPTIONS /ws HTTP/1.1${CRLF}Upgrade: x${CRLF}${CRLF}GET /next HTTP/1.1${CRLF}${CRLF}`,
+          ),
+        ),
+      ),
+      ['head OPTIONS /ws', `raw GET /next HTTP/1.1${CRLF}${CRLF}`],
+    );
+  });
+
   test('a CONNECT (HTTP/1.1, or 1.0 as Python asks) turns the stream into a tunnel', () => {
     for (const v of ['1.1', '1.0']) {
       const f = new RequestFramer();
@@ -118,6 +132,16 @@ describe('request framing', () => {
       [
         'Transfer-Encoding in HTTP/1.0',
         `POST / HTTP/1.0${CRLF}Transfer-Encoding: chunked${CRLF}${CRLF}`,
+        400,
+      ],
+      [
+        'an upgrade with a body',
+        `POST /ws HTTP/1.1${CRLF}Upgrade: x${CRLF}Content-Length: 2${CRLF}${CRLF}hi`,
+        400,
+      ],
+      [
+        'a chunked upgrade',
+        `POST /ws HTTP/1.1${CRLF}Upgrade: x${CRLF}Transfer-Encoding: chunked${CRLF}${CRLF}`,
         400,
       ],
       [

@@ -7,6 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { execFile, execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
@@ -57,7 +58,7 @@ function certificates(dir: string) {
     '/CN=upstream test CA',
   ]);
   o(['req', ...ec, '-keyout', 'srv.key', '-out', 'srv.csr', '-subj', '/CN=upstream']);
-  const sans = [1, 2, 3, 4, 5, 6, 7].map((i) => `IP:127.0.0.${i}`).join(',');
+  const sans = [1, 2, 3, 4, 5, 6, 7, 8].map((i) => `IP:127.0.0.${i}`).join(',');
   fs.writeFileSync(
     path.join(dir, 'ext.cnf'),
     `subjectAltName=${sans}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`,
@@ -129,6 +130,8 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
           authorization: req.headers.authorization,
           raw: JSON.stringify(req.rawHeaders) + body,
         });
+        // A server that echoes what it was sent: a debugging endpoint, or CORS reflecting Origin.
+        if (req.url?.startsWith('/echo')) res.setHeader('X-Echo', req.headers.authorization ?? '');
         res.end(`upstream ${name} saw ${req.url}\n`);
       });
     };
@@ -151,6 +154,8 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
     await upstream('limited', '127.0.0.5', c.good);
     await upstream('confirm', '127.0.0.6', c.good);
     await upstream('hv', '127.0.0.7', c.good);
+    await upstream('a2', '127.0.0.1', c.good);
+    await upstream('only', '127.0.0.8', c.good);
     policy = `version: 1
 rules:
   - name: confirmed
@@ -162,18 +167,24 @@ rules:
     decision: approve
     high_value: true
     approve: { mode: passphrase, timeout: 5m }
+  - name: only-proxy
+    targets: ["gh/only"]
+    decision: allow
+    proxy_only: true
   - name: tokens
     targets: ["gh/*", "unbound/*"]
     decision: allow
 proxy:
   upstream_ca: ${c.ca}
+  upstream_ca_sha256: ${createHash('sha256').update(fs.readFileSync(c.ca)).digest('hex')}
   hosts:
-    127.0.0.1: { secret: gh/token }
-    127.0.0.3: { secret: gh/token }
-    127.0.0.4: { secret: gh/other, header: Authorization, format: "Bearer {}" }
-    127.0.0.5: { secret: gh/token }
-    127.0.0.6: { secret: gh/confirmed }
-    127.0.0.7: { secret: gh/high }
+    127.0.0.1: { secret: gh/token, port: ${ports.get('a')} }
+    127.0.0.3: { secret: gh/token, port: ${ports.get('impostor')} }
+    127.0.0.4: { secret: gh/other, port: ${ports.get('inject')}, header: Authorization, format: "Bearer {}" }
+    127.0.0.5: { secret: gh/token, port: ${ports.get('limited')} }
+    127.0.0.6: { secret: gh/confirmed, port: ${ports.get('confirm')} }
+    127.0.0.7: { secret: gh/high, port: ${ports.get('hv')} }
+    127.0.0.8: { secret: gh/only, port: ${ports.get('only')} }
 rate_limits:
   domains:
     127.0.0.5: { requests_per_minute: 1, burst: 2 }
@@ -185,6 +196,8 @@ rate_limits:
       ['unbound/x', 'unbound-value-0123456789abcdef'],
       ['gh/confirmed', 'confirmed-secret-value-0123456789'],
       ['gh/high', 'high-value-secret-0123456789abcd'],
+      ['gh/only', 'only-through-the-proxy-0123456789'],
+      ['gh/multiline', 'line one\nline two of a value'],
     ] as const) {
       const r = kw(['secret', 'set', name], { env: h.env, input: value });
       assert.equal(r.code, 0, r.stderr);
@@ -252,7 +265,7 @@ rate_limits:
       assert.equal(d['host'], '127.0.0.1');
       assert.equal(d['method'], 'GET');
       assert.equal(d['path'], '/clients');
-      assert.equal(d['in'], 'headers');
+      assert.equal(d['in'], 'authorization');
       assert.equal(typeof d['bytes'], 'number');
     }
     assert.ok(!JSON.stringify(auditEntries(h)).includes(TOKEN));
@@ -276,11 +289,11 @@ rate_limits:
     const blocks = auditEntries(h).filter((e) => e.type === 'proxy.block');
     const reasons = blocks.map((e) => String(e.reason));
     assert.ok(
-      reasons.some((x) => /sent to 127\.0\.0\.2, which the policy does not bind it to/.test(x)),
+      reasons.some((x) => /sent to 127\.0\.0\.2:\d+, which the policy does not bind it to/.test(x)),
       reasons.join('\n'),
     );
     assert.ok(
-      reasons.some((x) => /sent to 127\.0\.0\.4, which the policy does not bind it to/.test(x)),
+      reasons.some((x) => /sent to 127\.0\.0\.4:\d+, which the policy does not bind it to/.test(x)),
     );
     assert.ok(reasons.some((x) => /in the URL; the policy puts it in headers only/.test(x)));
     for (const b of blocks) assert.equal(b.decision, 'deny');
@@ -580,6 +593,108 @@ open(sys.argv[3]).read()
       .filter((e) => e.type === 'proxy.block')
       .at(-1);
     assert.match(String(last?.reason), /the policy now denies gh\/token \(stop-gh\)/);
+  });
+
+  test('what a bound host echoes back ends the connection before the value reaches the child', async () => {
+    const r = await proxied(
+      `${CURL} -sS -D - '${url('inject', '127.0.0.4', '/echo')}'; echo "exit $?"`,
+      ['--env', 'OTHER=gh/other', '--no-masking'],
+    );
+    assert.ok(!r.stdout.includes(OTHER) && !r.stderr.includes(OTHER), r.stdout);
+    assert.match(r.stdout, /exit (52|56|35)/, 'curl saw the connection end');
+    assert.equal(seen.filter((x) => x.url === '/echo').at(-1)?.authorization, `Bearer ${OTHER}`);
+    const last = auditEntries(h)
+      .filter((e) => e.type === 'proxy.block')
+      .at(-1);
+    assert.match(String(last?.reason), /127\.0\.0\.4 sent a value back in its answer/);
+  });
+
+  test('a placeholder in a header the policy does not name, TRACE, another Host, an absolute URL or another port never gets the value', async () => {
+    const before = seen.length;
+    const tls1 = url('a', '127.0.0.1', '');
+    const r = await proxied(
+      [
+        `${CURL} -sS -o /dev/null -w '%{http_code}\\n' -H "Origin: $GITHUB_TOKEN" '${tls1}/origin'`,
+        `${CURL} -sS -o /dev/null -w '%{http_code}\\n' -X TRACE -H "Authorization: token $GITHUB_TOKEN" '${tls1}/trace'`,
+        `${CURL} -sS -o /dev/null -w '%{http_code}\\n' -H 'Host: evil.example' -H "Authorization: token $GITHUB_TOKEN" '${tls1}/vhost'`,
+        `${CURL} -sS -o /dev/null -w '%{http_code}\\n' --request-target 'https://evil.example/abs' -H "Authorization: token $GITHUB_TOKEN" '${tls1}/abs'`,
+        // The bound host on another port is another host: tunnelled, it gets the placeholder.
+        `${CURL} -sS -o /dev/null -w '%{http_code}\\n' --cacert '${path.join(dir, 'ca.pem')}' -H "Authorization: token $GITHUB_TOKEN" '${url('a2', '127.0.0.1', '/other-port')}'`,
+      ].join('; '),
+    );
+    assert.equal(r.stdout.trim().split('\n').join(','), '403,403,400,400,200', r.stderr);
+    const got = seen.slice(before);
+    assert.deepEqual(
+      got.map((x) => x.url),
+      ['/other-port'],
+    );
+    assert.match(got[0]?.authorization ?? '', /^token ghp_/);
+    assert.notEqual(got[0]?.authorization, `token ${TOKEN}`);
+  });
+
+  test('a process of a proxied run cannot ask the agent for what its proxy holds; a proxy_only rule gives it to nothing else', async () => {
+    const shell = (cmd: string) =>
+      `${process.execPath} '${path.join(ROOT, 'bin/keyward.js')}' ${cmd}`;
+    const r = await proxied(
+      [
+        `${shell('read gh/token')}; echo "read $?"`,
+        `${shell('run --env X=gh/token -- true')}; echo "run $?"`,
+        `${shell('read gh/other')} >/dev/null; echo "other $?"`,
+      ].join('; '),
+    );
+    assert.match(r.stdout, /read 6/);
+    assert.match(r.stdout, /run 6/);
+    assert.match(
+      r.stdout,
+      /other 0/,
+      'a secret the proxy does not hold is the policy\u2019s to decide',
+    );
+    assert.match(
+      r.stderr,
+      /gh\/token is held by the proxy of the run of "[^"]*\/sh" \(pid \d+\): a process of that run gets it only through the proxy/,
+    );
+    assert.ok(!(r.stdout + r.stderr).includes(TOKEN));
+    const direct = kw(['read', 'gh/only'], { env: h.env });
+    assert.equal(direct.code, 6);
+    assert.match(direct.stderr, /rule only-proxy gives gh\/only only through keyward run --proxy/);
+    const plainRun = await kwAsync(['run', '--env', 'X=gh/only', '--', 'true'], h.env);
+    assert.equal(plainRun.code, 6);
+    const viaProxy = await kwAsync(
+      [
+        'run',
+        '--proxy',
+        '--env',
+        'X=gh/only',
+        '--',
+        'sh',
+        '-c',
+        `${CURL} -sS --fail-with-body -H "Authorization: token $X" '${url('only', '127.0.0.8', '/only')}'`,
+      ],
+      h.env,
+    );
+    assert.equal(viaProxy.code, 0, viaProxy.stderr);
+    assert.equal(
+      seen.find((x) => x.url === '/only')?.authorization,
+      'token only-through-the-proxy-0123456789',
+    );
+  });
+
+  test('once the first process of the run exits, a process it left behind cannot use the proxy', async () => {
+    const fifo = path.join(dir, 'hold-orphan');
+    const out = path.join(dir, 'orphan-out');
+    execFileSync('mkfifo', [fifo]);
+    const run = proxied(
+      `setsid sh -c "read x < '${fifo}'; ${CURL} -sS -o /dev/null -w '%{http_connect}' -H \\"Authorization: token \\$GITHUB_TOKEN\\" '${url('a', '127.0.0.1', '/orphan')}' > '${out}.tmp' 2>/dev/null; mv '${out}.tmp' '${out}'" & exit 0`,
+    );
+    // The first process is gone when the run's exec step reports it: wait for the orphan's turn.
+    await eventually(async () => {
+      fs.writeFileSync(fifo, 'go\n');
+      return true;
+    }, 'the orphan reads');
+    await run;
+    await eventually(() => fs.existsSync(out), 'the orphan asked');
+    assert.equal(fs.readFileSync(out, 'utf8'), '403');
+    assert.ok(!seen.some((x) => x.url === '/orphan'));
   });
 
   test('a run whose secret no host is bound to, or that names a proxy variable, is refused before anything runs', async () => {

@@ -53,6 +53,11 @@ export interface GateHost {
   /** The agent's own terminal, when it runs in the foreground on one. */
   terminal: TerminalChannel | undefined;
   env: NodeJS.ProcessEnv;
+  /**
+   * Why a process may not have a secret directly, when a run's proxy holds it for the run that
+   * process belongs to (docs/PROXY.md): otherwise undefined.
+   */
+  heldByProxy?: (pid: number, target: string) => Promise<string | undefined>;
   /** Said first in every prompt (an agent started with --allow-debugger). */
   warning: string | undefined;
   /**
@@ -83,6 +88,8 @@ export interface GateRequest {
    * (a policy applied during the wait can't widen an approval). A high_value rule asks for each.
    */
   together?: { targets: readonly string[]; approved: Map<string, Set<string>> };
+  /** For keyward run --proxy: the value goes to the run's proxy, never to a process. */
+  proxied?: boolean;
 }
 
 export class Gate {
@@ -279,6 +286,18 @@ export class Gate {
       throw new KeywardError('SECRET_NOT_FOUND', `no ${req.kind} named ${name}`);
     }
     const rule = policy.rules.find((r) => r.name === decision.rule);
+    if (rule?.proxy_only && !req.proxied)
+      return refuse(
+        `rule ${rule.name} gives ${name} only through keyward run --proxy, never to a process`,
+        'POLICY_DENIED',
+        'keyward run --proxy --env VAR=NAME -- COMMAND (docs/PROXY.md)',
+      );
+    if (req.kind === 'secret' && !req.proxied) {
+      // A process of a proxied run asking for what its proxy holds: the run was approved on the
+      // promise that its processes never hold the value.
+      const held = await this.host.heldByProxy?.(id.pid, name);
+      if (held !== undefined) return refuse(held, 'POLICY_DENIED');
+    }
     if (rule?.rate_limit) {
       let b = this.buckets.get(rule.name);
       if (!b)

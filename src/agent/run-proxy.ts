@@ -5,12 +5,13 @@
  * run-service.ts authorized, writes the CA certificate files the child trusts, and gives the
  * environment that points the child at both.
  */
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
 import { KeywardError } from '../errors.js';
 import { writeFileAtomic } from '../lib/files.js';
-import { randomBytes, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { randomBytes, secureFree, secureSlice, type SecureBuffer } from '../lib/secure.js';
 import type { Policy } from '../policy/index.js';
 import { TokenBucket } from '../policy/index.js';
 import {
@@ -19,9 +20,10 @@ import {
   RunCa,
   type Binding,
   type HostRule,
+  type Pinned,
   type ProxyHooks,
 } from '../proxy/index.js';
-import type { EnvPiece } from '../run/index.js';
+import { maskingForms, type EnvPiece } from '../run/index.js';
 
 /** Where the system's trust store usually is (Debian, Fedora, Alpine and macOS-like layouts). */
 const SYSTEM_BUNDLES = [
@@ -62,7 +64,14 @@ export function systemTrust(): string {
 export function hostsFor(policy: Policy, name: string): Map<string, HostRule> {
   const out = new Map<string, HostRule>();
   for (const [host, b] of Object.entries(policy.proxy?.hosts ?? {}))
-    if (b.secret === name) out.set(host, { in: new Set(b.in), header: b.header, format: b.format });
+    if (b.secret === name)
+      out.set(host, {
+        port: b.port,
+        in: new Set(b.in),
+        headers: new Set(b.headers.map((h) => h.toLowerCase())),
+        header: b.header,
+        format: b.format,
+      });
   return out;
 }
 
@@ -94,6 +103,10 @@ export class DomainLimits {
 
 export interface RunProxy {
   server: ProxyServer;
+  /** The secrets it holds, the program of its run, and the run's first process while it lives. */
+  names: Set<string>;
+  program: string;
+  root: () => Pinned | undefined;
   /** The placeholder each secret's variable or descriptor gets. */
   placeholders: Map<string, Buffer>;
   /** The child's proxy and trust variables. */
@@ -107,29 +120,49 @@ export interface RunProxy {
  * `values`); on error, nothing is left running or written.
  */
 export async function startRunProxy(o: {
+  program: string;
   policy: Policy;
   values: Map<string, SecureBuffer>;
   dir: string;
-  hooks: Omit<ProxyHooks, 'defaultAction' | 'trust'>;
+  hooks: Omit<ProxyHooks, 'defaultAction' | 'trust' | 'forms'>;
 }): Promise<RunProxy> {
   let trust = systemTrust();
   const extra = o.policy.proxy?.upstream_ca;
   if (extra !== undefined) {
+    let pem: Buffer;
     try {
-      trust += `\n${fs.readFileSync(extra, 'utf8')}`;
+      pem = fs.readFileSync(extra);
     } catch (e) {
       throw new KeywardError(
         'POLICY_DENIED',
         `the policy's proxy.upstream_ca ${extra} can't be read (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
       );
     }
+    // Pinned by the policy: a file another process of the user rewrote would trust its CA.
+    if (createHash('sha256').update(pem).digest('hex') !== o.policy.proxy?.upstream_ca_sha256)
+      throw new KeywardError(
+        'POLICY_DENIED',
+        `the policy's proxy.upstream_ca ${extra} is not the file the policy pins (upstream_ca_sha256): it changed since`,
+      );
+    trust += `\n${pem.toString('utf8')}`;
   }
+  for (const [name, value] of o.values)
+    // A value goes into a header line: a control character would end the line, or the head.
+    if (value.some((c) => c < 0x20 || c === 0x7f))
+      throw new KeywardError(
+        'POLICY_DENIED',
+        `${name} holds a control character or a line break, which can't go into a request header`,
+      );
   const bindings: Binding[] = [];
+  const forms: SecureBuffer[] = [];
   const placeholders = new Map<string, Buffer>();
   for (const [name, value] of o.values) {
     const placeholder = Buffer.from(makePlaceholder(value), 'latin1');
     placeholders.set(name, placeholder);
     bindings.push({ name, placeholder, value, hosts: hostsFor(o.policy, name) });
+    const f = maskingForms(value);
+    // A value too short for masking is still watched for as it is.
+    forms.push(...(f.length > 0 ? f : [secureSlice(value, 0, value.length)]));
   }
   o.values.clear();
   const id = randomBytes(8).toString('hex');
@@ -142,6 +175,7 @@ export async function startRunProxy(o: {
       ...o.hooks,
       defaultAction: o.policy.proxy?.default ?? 'tunnel',
       trust: [trust],
+      forms,
     });
     fs.mkdirSync(o.dir, { recursive: true, mode: 0o700 });
     writeFileAtomic(files[0] as string, [Buffer.from(ca.certPem)]);
@@ -167,6 +201,9 @@ export async function startRunProxy(o: {
     const s = server;
     return {
       server: s,
+      names: new Set(bindings.map((b) => b.name)),
+      program: o.program,
+      root: o.hooks.root,
       placeholders,
       env,
       close: () => {
@@ -176,7 +213,7 @@ export async function startRunProxy(o: {
     };
   } catch (e) {
     if (server) server.close();
-    else for (const b of bindings) secureFree(b.value);
+    else for (const x of [...bindings.map((b) => b.value), ...forms]) secureFree(x);
     for (const f of files) fs.rmSync(f, { force: true });
     throw e;
   }

@@ -13,6 +13,7 @@ import { openPty } from '../lib/process.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { quote, quoteAll } from '../lib/text.js';
 import type { Policy } from '../policy/index.js';
+import { startTime, treeOf, type Pinned } from '../proxy/index.js';
 import { maskingForms, startChild } from '../run/index.js';
 import type { Vault } from '../vault/index.js';
 import { LOADER_VARIABLES, type ProcessIdentity } from './identity.js';
@@ -58,6 +59,7 @@ export interface RunHost {
       what: string;
       exists?: boolean;
       together?: { targets: readonly string[]; approved: Map<string, Set<string>> };
+      proxied?: boolean;
     },
   ): Promise<{ rule: string | undefined }>;
   /** The policy in force for the open vault. */
@@ -181,6 +183,7 @@ export class RunService {
             fromFile,
           together,
           ...(project?.has(w.name) ? { exists: true } : {}),
+          ...(policy ? { proxied: true } : {}),
         });
         rules.set(w.name, rule ?? null);
       }
@@ -234,9 +237,9 @@ export class RunService {
       delivered = req.wanted;
       stillHere();
       if (req.masking) for (const value of values.values()) forms.push(...maskingForms(value));
-      const started: { pid?: number | undefined } = {};
+      const started: { pid?: number | undefined; pin?: Pinned | undefined } = {};
       if (policy) {
-        proxy = await this.proxyFor(conn, v, policy, values, rules, program, () => started.pid);
+        proxy = await this.proxyFor(conn, v, policy, values, rules, program, () => started.pin);
         if (req.masking)
           for (const p of proxy.placeholders.values()) forms.push(...maskingForms(p));
         const ours = new Set<string>(PROXY_VARIABLES);
@@ -267,6 +270,11 @@ export class RunService {
         path: pathVar,
       });
       started.pid = child.pid;
+      // The proxy serves the tree under the child while the child lives: once it exits, its pid
+      // could be another process's, and the proxy takes no new connection.
+      const start = child.pid === undefined ? undefined : startTime(child.pid);
+      if (child.pid !== undefined && start !== undefined) started.pin = { pid: child.pid, start };
+      child.once('exit', () => (started.pin = undefined));
       // The child has everything (the memfds are written and closed): the agent's copies go now
       // (under --proxy these are the placeholders; the proxy holds the values).
       if (!proxy) for (const value of values.values()) secureFree(value);
@@ -364,9 +372,10 @@ export class RunService {
     values: Map<string, SecureBuffer>,
     rules: Map<string, string | null>,
     program: string,
-    root: () => number | undefined,
+    root: () => Pinned | undefined,
   ): Promise<RunProxy> {
     const p = await startRunProxy({
+      program,
       policy,
       values,
       dir: this.host.proxyDir,
@@ -383,6 +392,7 @@ export class RunService {
             try {
               // A high_value rule asks for every use: here, every request that carries it.
               await this.host.authorize(conn, {
+                proxied: true,
                 target: name,
                 what: `send the secret ${quote(name)} to ${quote(r.host)} in ${quote(r.method)} ${quote(r.path)}, through the proxy of the run of ${quote(program)}`,
                 exists: true,
@@ -407,6 +417,20 @@ export class RunService {
     });
     this.proxies.add(p);
     return p;
+  }
+
+  /**
+   * Why pid may not have target directly: a live proxied run holds it, and pid is of that run's
+   * tree. Otherwise undefined.
+   */
+  async heldByProxy(pid: number, target: string): Promise<string | undefined> {
+    for (const p of this.proxies) {
+      if (!p.names.has(target)) continue;
+      const root = p.root();
+      if (root && (await treeOf(root)).includes(pid))
+        return `${target} is held by the proxy of the run of ${quote(p.program)} (pid ${root.pid}): a process of that run gets it only through the proxy`;
+    }
+    return undefined;
   }
 
   /** The agent locked: every run's proxy drops its values and refuses what would need one. */

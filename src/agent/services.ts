@@ -67,7 +67,9 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     record,
   };
   const web = o.console === false ? undefined : makeConsole(consoleLink);
-  const theGate = new Gate({
+  const theGate: Gate = new Gate({
+    heldByProxy: (pid: number, target: string): Promise<string | undefined> =>
+      runs.heldByProxy(pid, target),
     window,
     record,
     lock: (reason) => h.lock(reason),
@@ -85,7 +87,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
   const views = new Views({ home: o.home, window, gate: theGate, record });
   const releases = new Releases({ window, gate: theGate, cache: h.cache, record });
   const mcp = new McpService({ window, record, released: () => releases.releasedNames() });
-  const runs = new RunService({
+  const runs: RunService = new RunService({
     vault: () => window.unlocked(),
     stillOpen: (v) => window.stillOpen(v),
     authorize: (conn, req) =>
@@ -97,6 +99,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
         what: req.what,
         exists: req.exists ?? window.unlocked().has(req.target),
         ...(req.together ? { together: req.together } : {}),
+        ...(req.proxied ? { proxied: true } : {}),
       }),
     policy: (v) => window.currentPolicy(v),
     decide: (conn, target) => {

@@ -134,6 +134,8 @@ function build(z: typeof Zod) {
       // May an MCP client (keyward mcp serve's get_credential) receive the value inline, into a
       // model's context? Off by default: run_with_credentials never shows the value (docs/MCP.md).
       mcp_inline: z.boolean().default(false),
+      // Only through keyward run --proxy: never read, nor given to a child (docs/PROXY.md).
+      proxy_only: z.boolean().default(false),
       // Keep released values decrypted in the agent for reuse, until idle this long (docs/RUN.md).
       cache: z
         .union([z.boolean(), z.object({ idle: maxDuration(24 * 3_600_000, '24h') }).strict()])

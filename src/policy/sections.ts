@@ -173,11 +173,26 @@ export function proxySections(z: typeof Zod) {
     .object({
       // A vault secret's name, or project:PROJECT/NAME (a sealed project file's value).
       secret: z.string().min(1).max(256),
-      // Where a placeholder of this secret is replaced by the value in a request to this host.
+      // The port the host is bound on (another port of it is another host).
+      port: z.number().int().min(1).max(65535).default(443),
+      // Where a placeholder of this secret is replaced by the value in a request to this host:
+      // the headers named below, and the request line only when `url` is listed.
       in: z
         .array(z.enum(['headers', 'url']))
         .min(1)
         .default(['headers']),
+      // The headers a placeholder is replaced in (a placeholder in any other, such as Host or
+      // Origin, which servers echo back, is refused).
+      headers: z
+        .array(
+          z
+            .string()
+            .regex(HEADER_NAME, 'a header name')
+            .refine((h) => !FRAMING_HEADERS.has(h.toLowerCase()), 'a header the proxy owns'),
+        )
+        .min(1)
+        .max(16)
+        .default(['Authorization']),
       // Set this header on every request to the host, with the value in format's {}.
       header: z
         .string()
@@ -212,9 +227,22 @@ export function proxySections(z: typeof Zod) {
       default: z.enum(['tunnel', 'deny']).default('tunnel'),
       // Certificates trusted for upstream servers besides the system's store (a PEM file).
       upstream_ca: z.string().startsWith('/', 'an absolute path').max(4096).optional(),
+      // Its SHA-256: a file another process of the user could rewrite is pinned by the policy.
+      upstream_ca_sha256: z
+        .string()
+        .regex(/^[0-9a-f]{64}$/, '64 lowercase hex digits')
+        .optional(),
       hosts: z.record(Host, Binding).default({}),
     })
-    .strict();
+    .strict()
+    .superRefine((p, ctx) => {
+      if ((p.upstream_ca === undefined) !== (p.upstream_ca_sha256 === undefined))
+        ctx.addIssue({
+          code: 'custom',
+          path: [p.upstream_ca === undefined ? 'upstream_ca' : 'upstream_ca_sha256'],
+          message: 'upstream_ca and upstream_ca_sha256 go together (sha256sum FILE)',
+        });
+    });
   const Domain = z
     .string()
     .refine(

@@ -176,15 +176,19 @@ function parseHead(head: Buffer): {
     if (m[3] === '0') throw bad('Transfer-Encoding in an HTTP/1.0 request');
     if (te.length !== 1 || te[0]?.toLowerCase() !== 'chunked')
       throw new FramingError(501, 'a Transfer-Encoding other than chunked');
+    if (all('upgrade').length > 0) throw bad('an upgrade with a body');
     return { info, next: { s: 'chunk-size' } };
   }
-  const upgrade = all('upgrade').length > 0 && method === 'GET';
+  // An upgrade asked for, by any method: a server that answers 101 makes the rest a stream of
+  // its own, which must never be read as requests (or have values put into it).
+  const upgrade = all('upgrade').length > 0;
   if (cl.length > 0) {
     const values = new Set(cl.flatMap((v) => v.split(',').map((x) => x.trim())));
     const only = [...values][0] ?? '';
     if (values.size !== 1 || !/^\d{1,15}$/.test(only))
       throw bad('a malformed or repeated Content-Length');
     const n = Number(only);
+    if (n > 0 && upgrade) throw bad('an upgrade with a body');
     if (n > 0) return { info, next: { s: 'length', left: n } };
   }
   // An upgrade asked for: from here on, the stream is passed as it is (the upstream says 101 or

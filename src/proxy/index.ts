@@ -9,3 +9,4 @@ export { makePlaceholder, substitute } from './placeholder.js';
 export { FramingError, MAX_HEAD, RequestFramer, type FrameEvent } from './framer.js';
 export { type Binding, type HostRule, type Part } from './request.js';
 export { ProxyServer, type ProxyEventType, type ProxyHooks } from './server.js';
+export { startTime, treeOf, type Pinned } from './tree.js';

@@ -13,7 +13,11 @@ export type Part = 'headers' | 'url';
 
 /** How one host gets one secret. */
 export interface HostRule {
+  /** The port the host is bound on. */
+  port: number;
   in: ReadonlySet<Part>;
+  /** The headers (lowercase) a placeholder is replaced in. */
+  headers: ReadonlySet<string>;
   /** A header the proxy sets on every request to the host, with the value in format's {}. */
   header?: string | undefined;
   format?: string | undefined;
@@ -48,33 +52,74 @@ export interface Plan {
 
 const CRLF = '\r\n';
 
+/** Methods that send the request back to the client: a value in it would come back too. */
+const ECHOING = new Set(['TRACE', 'TRACK', 'CONNECT']);
+
 /**
- * The plan for a head sent to host (plain: over HTTP, where no value may ever go), or the
+ * The plan for a head sent to host:port (plain: over HTTP, where no value may ever go), or the
  * refusal. A placeholder found anywhere is checked: sending it to a host its secret is not bound
- * to is exfiltration, and is refused even though the placeholder is worth nothing there.
+ * to is exfiltration, and is refused even though the placeholder is worth nothing there. Through
+ * a bound host, the request must be for that host (origin form, its Host), must not echo itself
+ * back (TRACE), and a placeholder may be only in the headers the binding names (a server echoes
+ * Origin, Host and request ids) or, when it says so, the request line.
  */
 export function plan(
   head: Buffer,
   host: string,
+  port: number,
   bindings: readonly Binding[],
   plain: boolean,
 ): Plan | Refusal {
   const text = head.toString('latin1');
-  const firstEnd = text.indexOf(CRLF);
-  const requestLine = text.slice(0, firstEnd);
+  const lines = text.slice(0, text.length - 4).split(CRLF);
+  const requestLine = lines[0] ?? '';
   const [method = '', target = ''] = requestLine.split(' ');
+  const headers = lines.slice(1).map((l) => {
+    const colon = l.indexOf(':');
+    return { name: l.slice(0, colon), lower: l.slice(0, colon).toLowerCase(), line: l };
+  });
   const used: Binding[] = [];
   const where = new Map<string, string>();
-  const refuse = (reason: string, secret: string): Refusal => ({ status: 403, reason, secret });
+  const refuse = (
+    reason: string,
+    secret: string | undefined,
+    status: 403 | 400 = 403,
+  ): Refusal => ({
+    status,
+    reason,
+    secret,
+  });
+  const ruleOf = (b: Binding) => {
+    const r = b.hosts.get(host);
+    return r && r.port === port ? r : undefined;
+  };
+  const anyBound = bindings.some((b) => ruleOf(b) !== undefined);
+  if (anyBound && !plain) {
+    if (ECHOING.has(method.toUpperCase()))
+      return refuse(
+        `${method} to a bound host would send the request, values and all, back`,
+        undefined,
+      );
+    if (!target.startsWith('/') && target !== '*')
+      return refuse(
+        'a request inside a tunnel must name a path (origin form), not another URL',
+        undefined,
+        400,
+      );
+    const hostHeaders = headers.filter((h) => h.lower === 'host');
+    const value = hostHeaders[0]?.line.slice(5).trim().toLowerCase();
+    if (hostHeaders.length !== 1 || (value !== host && value !== `${host}:${port}`))
+      return refuse(`the request's Host must be ${host} (the host of its tunnel)`, undefined, 400);
+  }
   for (const b of bindings) {
     const ph = b.placeholder.toString('latin1');
     const inUrl = requestLine.includes(ph);
-    const inHeaders = text.indexOf(ph, firstEnd) >= 0;
-    if (!inUrl && !inHeaders) continue;
-    const rule = b.hosts.get(host);
+    const inHeaders = headers.filter((h) => h.line.includes(ph));
+    if (!inUrl && inHeaders.length === 0) continue;
+    const rule = ruleOf(b);
     if (!rule)
       return refuse(
-        `the placeholder of ${b.name} was sent to ${host}, which the policy does not bind it to`,
+        `the placeholder of ${b.name} was sent to ${host}:${port}, which the policy does not bind it to`,
         b.name,
       );
     if (plain) return refuse(`${b.name} would go to ${host} over plain HTTP`, b.name);
@@ -83,23 +128,28 @@ export function plan(
         `the placeholder of ${b.name} is in the URL; the policy puts it in headers only`,
         b.name,
       );
-    if (inHeaders && !rule.in.has('headers'))
-      return refuse(
-        `the placeholder of ${b.name} is in a header; the policy puts it in the URL only`,
-        b.name,
-      );
+    for (const h of inHeaders) {
+      if (!rule.in.has('headers') || !rule.headers.has(h.lower) || h.name.includes(ph))
+        return refuse(
+          `the placeholder of ${b.name} is in the header ${h.name.includes(ph) ? '(its name)' : h.name}; the policy puts it only in ${rule.in.has('headers') ? [...rule.headers].join(', ') : 'the URL'}`,
+          b.name,
+        );
+    }
     used.push(b);
-    where.set(b.name, [inUrl ? 'url' : '', inHeaders ? 'headers' : ''].filter(Boolean).join('+'));
+    where.set(
+      b.name,
+      [inUrl ? 'url' : '', ...inHeaders.map((h) => h.lower)].filter(Boolean).join('+'),
+    );
   }
-  let lines = text.slice(0, text.length - 4).split(CRLF);
+  let out = lines;
   for (const b of bindings) {
-    const rule = b.hosts.get(host);
+    const rule = ruleOf(b);
     if (!rule?.header) continue;
     if (plain) return refuse(`${b.name} would go to ${host} over plain HTTP`, b.name);
     const name = rule.header.toLowerCase();
     const ph = b.placeholder.toString('latin1');
-    lines = [
-      ...lines.filter((l, i) => i === 0 || l.slice(0, l.indexOf(':')).toLowerCase() !== name),
+    out = [
+      ...out.filter((l, i) => i === 0 || l.slice(0, l.indexOf(':')).toLowerCase() !== name),
       `${rule.header}: ${(rule.format ?? '{}').replace('{}', ph)}`,
     ];
     if (!used.includes(b)) used.push(b);
@@ -110,7 +160,7 @@ export function plan(
   for (const b of bindings) path = path.split(b.placeholder.toString('latin1')).join(`{${b.name}}`);
   return {
     used,
-    head: Buffer.from(lines.join(CRLF) + CRLF + CRLF, 'latin1'),
+    head: Buffer.from(out.join(CRLF) + CRLF + CRLF, 'latin1'),
     where,
     method,
     path: path.slice(0, 256),

@@ -21,17 +21,23 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { RunCa } from './ca.js';
+import { EchoWatch } from './echo.js';
 import { FramingError, RequestFramer, type FrameEvent } from './framer.js';
 import { randomBase62 } from './placeholder.js';
 import { originHead, plan, withValues, type Binding, type Refusal } from './request.js';
-import { holderInTree, socketOf } from './tree.js';
-import { answer, authority, CONNECT_TIMEOUT_MS, upstreamTls } from './wire.js';
+import { holderInTree, socketOf, type Pinned } from './tree.js';
+import { answer, authority, canonicalHost, CONNECT_TIMEOUT_MS, upstreamTls } from './wire.js';
 
 export type ProxyEventType = 'proxy.substitute' | 'proxy.block' | 'proxy.limit';
 
+/** The most connections one run's proxy holds at once. */
+const MAX_CONNECTIONS = 256;
+/** How long a connection may take to send its first request head. */
+const HEAD_TIMEOUT_MS = 30_000;
+
 export interface ProxyHooks {
-  /** The run's first process (its tree's root), while it runs. */
-  root(): number | undefined;
+  /** The run's first process (its tree's root), pinned, while it runs; undefined once it exits. */
+  root(): Pinned | undefined;
   /**
    * Whether the secret may go out now: undefined, or why not (the agent locked, the policy now
    * denies it, a person refused). May wait for a person (a high_value rule asks each time).
@@ -54,7 +60,12 @@ export interface ProxyHooks {
   defaultAction: 'tunnel' | 'deny';
   /** Certificates (PEM) an upstream server's chain must end in. */
   trust: string[];
+  /** The values and their encoded forms, watched for in what bound hosts send back. */
+  forms: readonly SecureBuffer[];
 }
+
+type Head = Extract<FrameEvent, { type: 'head' }>;
+type Sock = net.Socket | tls.TLSSocket;
 
 export class ProxyServer {
   private readonly server = net.createServer((s) => this.accept(s));
@@ -91,15 +102,11 @@ export class ProxyServer {
     return `http://keyward:${this.secret}@127.0.0.1:${this.port}`;
   }
 
-  /** The hosts a binding names (the CA certifies these, and no other). */
-  get hosts(): string[] {
-    return [...new Set(this.bindings.flatMap((b) => [...b.hosts.keys()]))];
-  }
-
   /** The agent locked: the values are dropped; a request that needs one is refused from now on. */
   lock(): void {
     this.locked = true;
     for (const b of this.bindings) secureFree(b.value);
+    for (const f of this.h.forms) secureFree(f);
   }
 
   /** The run ended: no more connections, the values dropped. */
@@ -110,30 +117,20 @@ export class ProxyServer {
   }
 
   private accept(s: net.Socket): void {
+    s.on('error', () => undefined);
+    if (this.conns.size >= MAX_CONNECTIONS) return void s.destroy();
     this.conns.add(s);
     s.on('close', () => this.conns.delete(s));
-    s.on('error', () => undefined);
     s.setNoDelay(true);
-    const pid = this.owner(s);
-    if (pid === undefined) {
-      void this.h
-        .record(
-          'proxy.block',
-          'deny',
-          'proxy',
-          'a connection from outside the run\u2019s process tree',
-          {
-            peerPort: s.remotePort ?? null,
-          },
-        )
-        .catch(() => undefined);
-      return answer(s, 403, 'this proxy serves only the processes of its own run');
-    }
-    this.serve(s, pid);
+    s.setTimeout(HEAD_TIMEOUT_MS, () => s.destroy());
+    this.serve(s);
   }
 
-  /** The process of the run's tree at the other end of s, or undefined. */
-  private owner(s: net.Socket): number | undefined {
+  /**
+   * The process of the run's tree at the other end of s, or undefined. Asked only once the
+   * run's secret was shown: the walk reads /proc, and a stranger must not make the agent do it.
+   */
+  private async owner(s: net.Socket): Promise<number | undefined> {
     const root = this.h.root();
     if (root === undefined || !s.remoteAddress || !s.remotePort || !s.localAddress)
       return undefined;
@@ -157,8 +154,12 @@ export class ProxyServer {
     });
   }
 
+  private block(reason: string, target: string, details: Record<string, string | number | null>) {
+    return this.h.record('proxy.block', 'deny', target, reason, details).catch(() => undefined);
+  }
+
   /** Reads the first request of a connection and hands the connection to what it asks for. */
-  private serve(s: net.Socket, pid: number): void {
+  private serve(s: net.Socket): void {
     const framer = new RequestFramer();
     const onData = (chunk: Buffer) => {
       let events: FrameEvent[];
@@ -172,53 +173,42 @@ export class ProxyServer {
       if (!head) return;
       s.off('data', onData);
       s.pause();
+      s.setTimeout(0);
       if (head.type !== 'head') return answer(s, 400, 'a malformed request');
       if (!this.authorized(head.headers)) {
-        void this.h
-          .record(
-            'proxy.block',
-            'deny',
-            'proxy',
-            'a request without the run\u2019s proxy credentials',
-            {
-              pid,
-            },
-          )
-          .catch(() => undefined);
+        void this.block('a request without the run\u2019s proxy credentials', 'proxy', {
+          peerPort: s.remotePort ?? null,
+        });
         return answer(s, 407, 'proxy credentials required', [
           'Proxy-Authenticate: Basic realm="keyward"',
         ]);
       }
-      const rest = events.slice(1);
-      const run =
-        head.method === 'CONNECT'
-          ? this.connect(s, pid, head, rest)
-          : this.plainHttp(s, pid, head, rest, framer);
-      run.catch((e: unknown) => answer(s, 502, e instanceof Error ? e.message : 'error'));
+      void this.owner(s)
+        .then((pid) => {
+          if (pid === undefined) {
+            void this.block('a connection from outside the run\u2019s process tree', 'proxy', {
+              peerPort: s.remotePort ?? null,
+            });
+            return answer(s, 403, 'this proxy serves only the processes of its own run');
+          }
+          const rest = events.slice(1);
+          return head.method === 'CONNECT'
+            ? this.connect(s, pid, head, rest)
+            : this.plainHttp(s, pid, head, rest, framer);
+        })
+        .catch((e: unknown) => answer(s, 502, e instanceof Error ? e.message : 'error'));
     };
     s.on('data', onData);
   }
 
   /** Refuses with a record of why. */
-  private async refuse(
-    s: net.Socket | tls.TLSSocket,
-    r: Refusal,
-    host: string,
-    pid: number,
-    extra: Record<string, string | number | null> = {},
-  ): Promise<void> {
-    await this.h
-      .record('proxy.block', 'deny', r.secret ?? host, r.reason, { host, pid, ...extra })
-      .catch(() => undefined);
+  private async refuse(s: Sock, r: Refusal, host: string, pid: number): Promise<void> {
+    await this.block(r.reason, r.secret ?? host, { host, pid });
     answer(s, r.status, r.reason);
   }
 
   /** Takes one request from host's rate limit; answers 429 (recorded) when there is none. */
-  private async limited(
-    s: net.Socket | tls.TLSSocket,
-    host: string,
-    pid: number,
-  ): Promise<boolean> {
+  private async limited(s: Sock, host: string, pid: number): Promise<boolean> {
     const wait = this.h.limit(host);
     if (wait === undefined) return false;
     const seconds = Math.max(1, Math.ceil(wait / 1000));
@@ -233,17 +223,19 @@ export class ProxyServer {
     return true;
   }
 
-  private async connect(
-    s: net.Socket,
-    pid: number,
-    head: Extract<FrameEvent, { type: 'head' }>,
-    rest: FrameEvent[],
-  ): Promise<void> {
+  private bound(host: string, port: number): boolean {
+    return this.bindings.some((b) => b.hosts.get(host)?.port === port);
+  }
+
+  private async connect(s: net.Socket, pid: number, head: Head, rest: FrameEvent[]): Promise<void> {
     const a = authority(head.target);
-    if (!a) return answer(s, 400, 'a CONNECT needs host:port');
-    // A placeholder in the name asked for (a DNS lookup of it, or SNI) carries it out too.
+    const host = a && canonicalHost(a.host);
+    if (!a || !host) return answer(s, 400, 'a CONNECT needs host:port');
+    // A placeholder in the name asked for (a DNS lookup of it, or SNI) carries it out too; a
+    // resolver lowercases names, so case doesn't hide it.
+    const target = head.target.toLowerCase();
     for (const b of this.bindings)
-      if (head.target.includes(b.placeholder.toString('latin1')))
+      if (target.includes(b.placeholder.toString('latin1').toLowerCase()))
         return this.refuse(
           s,
           {
@@ -256,33 +248,32 @@ export class ProxyServer {
         );
     const early = Buffer.concat(rest.map((e) => ('bytes' in e ? e.bytes : Buffer.alloc(0))));
     if (early.length > 0) return answer(s, 400, 'data was sent before the tunnel was set up');
-    const bound = this.bindings.some((b) => b.hosts.has(a.host));
+    const bound = this.bound(host, a.port);
     if (!bound && this.h.defaultAction === 'deny')
       return this.refuse(
         s,
         {
           status: 403,
-          reason: `${a.host} is not a host of the proxy policy (default: deny)`,
+          reason: `${host}:${a.port} is not a host of the proxy policy (default: deny)`,
           secret: undefined,
         },
-        a.host,
+        host,
         pid,
       );
     // An intercepted host counts each request inside the tunnel; any other, the tunnel itself.
-    if (bound) return this.intercept(s, pid, a.host, a.port);
-    if (await this.limited(s, a.host, pid)) return;
-    const up = net.connect({ host: a.host, port: a.port });
+    if (bound) return this.intercept(s, pid, host, a.port);
+    if (await this.limited(s, host, pid)) return;
+    const up = net.connect({ host, port: a.port });
+    s.on('close', () => up.destroy());
     up.setTimeout(CONNECT_TIMEOUT_MS, () => up.destroy(new Error('timed out')));
-    up.once('error', (e) => answer(s, 502, `cannot reach ${a.host}:${a.port}: ${e.message}`));
+    up.once('error', (e) => answer(s, 502, `cannot reach ${host}:${a.port}: ${e.message}`));
     up.once('connect', () => {
       up.setTimeout(0);
       up.removeAllListeners('error');
       up.on('error', () => s.destroy());
-      s.on('close', () => up.destroy());
       s.write('HTTP/1.1 200 Connection established\r\n\r\n');
       s.pipe(up);
       up.pipe(s);
-      s.resume();
     });
   }
 
@@ -320,7 +311,7 @@ export class ProxyServer {
     child.on('error', () => up.destroy());
     child.on('close', () => up.destroy());
     up.on('close', () => child.destroy());
-    up.pipe(child);
+    this.answersTo(child, up, host, pid);
     const framer = new RequestFramer();
     let work = Promise.resolve();
     child.on('data', (chunk: Buffer) => {
@@ -334,7 +325,7 @@ export class ProxyServer {
       }
       child.pause();
       work = work
-        .then(() => this.forward(child, up, pid, host, events))
+        .then(() => this.forward(child, up, pid, host, port, events))
         .then(
           (go) => {
             if (go) child.resume();
@@ -346,12 +337,44 @@ export class ProxyServer {
     });
   }
 
+  /** The server's answers to the child, watched: one that holds a value ends the connection. */
+  private answersTo(child: tls.TLSSocket, up: tls.TLSSocket, host: string, pid: number): void {
+    const watch = new EchoWatch(this.h.forms);
+    let flush: NodeJS.Immediate | undefined;
+    up.on('data', (chunk: Buffer) => {
+      clearImmediate(flush);
+      const out = watch.push(chunk);
+      if (out === undefined) {
+        void this.block(`${host} sent a value back in its answer; the connection was ended`, host, {
+          host,
+          pid,
+        });
+        up.destroy();
+        child.destroy();
+        return;
+      }
+      if (out.length > 0 && !child.write(out)) {
+        up.pause();
+        child.once('drain', () => up.resume());
+      }
+      flush = setImmediate(() => {
+        const rest = watch.flush();
+        if (rest.length > 0) child.write(rest);
+      });
+    });
+    up.on('end', () => {
+      clearImmediate(flush);
+      child.end(watch.flush());
+    });
+  }
+
   /** Sends what the child sent on to up, values in; false when it refused (and answered). */
   private async forward(
     child: tls.TLSSocket,
     up: tls.TLSSocket,
     pid: number,
     host: string,
+    port: number,
     events: FrameEvent[],
   ): Promise<boolean> {
     for (const e of events) {
@@ -362,7 +385,7 @@ export class ProxyServer {
         continue;
       }
       if (await this.limited(child, host, pid)) return (up.destroy(), false);
-      const p = plan(e.bytes, host, this.bindings, false);
+      const p = plan(e.bytes, host, port, this.bindings, false);
       if (!('used' in p)) return (await this.refuse(child, p, host, pid), up.destroy(), false);
       const length = Number(
         e.headers.find(([k]) => k.toLowerCase() === 'content-length')?.[1] ?? 0,
@@ -382,6 +405,7 @@ export class ProxyServer {
         p.used.map((b) =>
           this.h.record('proxy.substitute', 'allow', b.name, undefined, {
             host,
+            port,
             method: p.method,
             path: p.path,
             in: p.where.get(b.name) ?? null,
@@ -390,7 +414,7 @@ export class ProxyServer {
           }),
         ),
       );
-      if (this.locked) {
+      if (this.locked && p.used.length > 0) {
         await this.refuse(
           child,
           { status: 403, reason: 'the agent is locked', secret: p.used[0]?.name },
@@ -412,7 +436,7 @@ export class ProxyServer {
   private async plainHttp(
     s: net.Socket,
     pid: number,
-    head: Extract<FrameEvent, { type: 'head' }>,
+    head: Head,
     rest: FrameEvent[],
     framer: RequestFramer,
   ): Promise<void> {
@@ -423,23 +447,25 @@ export class ProxyServer {
       return answer(s, 400, 'a proxy request needs an absolute http:// URL');
     }
     if (url.protocol !== 'http:') return answer(s, 400, 'only http:// URLs go as plain requests');
-    const host = url.hostname.toLowerCase().replace(/^\[|\]$/g, '');
-    const p = plan(head.bytes, host, this.bindings, true);
+    const host = canonicalHost(url.hostname);
+    if (!host) return answer(s, 400, 'a malformed host');
+    const port = Number(url.port || 80);
+    const p = plan(head.bytes, host, port, this.bindings, true);
     if (!('used' in p)) return this.refuse(s, p, host, pid);
-    const bound = this.bindings.some((b) => b.hosts.has(host));
-    if (!bound && this.h.defaultAction === 'deny')
+    if (!this.bound(host, port) && this.h.defaultAction === 'deny')
       return this.refuse(
         s,
         {
           status: 403,
-          reason: `${host} is not a host of the proxy policy (default: deny)`,
+          reason: `${host}:${port} is not a host of the proxy policy (default: deny)`,
           secret: undefined,
         },
         host,
         pid,
       );
     if (await this.limited(s, host, pid)) return;
-    const up = net.connect({ host, port: Number(url.port || 80) });
+    const up = net.connect({ host, port });
+    s.on('close', () => up.destroy());
     up.setTimeout(CONNECT_TIMEOUT_MS, () => up.destroy(new Error('timed out')));
     await new Promise<void>((resolve, reject) => {
       up.once('connect', resolve);
@@ -447,7 +473,6 @@ export class ProxyServer {
     });
     up.setTimeout(0);
     up.on('error', () => s.destroy());
-    s.on('close', () => up.destroy());
     up.write(originHead(head.bytes, url));
     let done = false;
     const pass = (events: FrameEvent[]) => {

@@ -14,6 +14,7 @@
  * any other process of the user. What this can't tell apart is in THREAT-MODEL.md.
  */
 import fs from 'node:fs';
+import fsp from 'node:fs/promises';
 
 /** The most processes a tree walk visits (a fork bomb can't make each connection cost more). */
 const MAX_TREE = 4096;
@@ -55,22 +56,43 @@ export function socketOf(
   return undefined;
 }
 
-/** The processes of the tree under root, root first (at most MAX_TREE). */
-export function treeOf(root: number): number[] {
-  const seen = new Set<number>([root]);
-  const queue = [root];
+/** The most descriptors a lookup reads (a tree that holds more is refused, not walked). */
+const MAX_FDS = 65_536;
+
+/** A process pinned by its start time (field 22 of /proc/PID/stat): a reused pid is not it. */
+export interface Pinned {
+  pid: number;
+  start: string;
+}
+
+/** pid's start time, or undefined when it is gone. */
+export function startTime(pid: number): string | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    // The command name (field 2) is in parentheses and may hold spaces: count after the last ).
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19];
+  } catch {
+    return undefined;
+  }
+}
+
+/** The processes of the tree under root, root first (at most MAX_TREE); none if root is gone. */
+export async function treeOf(root: Pinned): Promise<number[]> {
+  if (startTime(root.pid) !== root.start) return [];
+  const seen = new Set<number>([root.pid]);
+  const queue = [root.pid];
   for (let i = 0; i < queue.length && seen.size < MAX_TREE; i++) {
     const pid = queue[i] as number;
     let tasks: string[];
     try {
-      tasks = fs.readdirSync(`/proc/${pid}/task`);
+      tasks = await fsp.readdir(`/proc/${pid}/task`);
     } catch {
       continue; // gone
     }
     for (const t of tasks) {
       let kids: string;
       try {
-        kids = fs.readFileSync(`/proc/${pid}/task/${t}/children`, 'latin1');
+        kids = await fsp.readFile(`/proc/${pid}/task/${t}/children`, 'latin1');
       } catch {
         continue;
       }
@@ -86,19 +108,24 @@ export function treeOf(root: number): number[] {
   return queue;
 }
 
-/** The process of root's tree that holds the socket with this inode, or undefined. */
-export function holderInTree(root: number, inode: number): number | undefined {
+/**
+ * The process of root's tree that holds the socket with this inode, or undefined. Read without
+ * blocking the agent, and bounded: a tree of very many descriptors is refused, not walked.
+ */
+export async function holderInTree(root: Pinned, inode: number): Promise<number | undefined> {
   const want = `socket:[${inode}]`;
-  for (const pid of treeOf(root)) {
+  let visited = 0;
+  for (const pid of await treeOf(root)) {
     let fds: string[];
     try {
-      fds = fs.readdirSync(`/proc/${pid}/fd`);
+      fds = await fsp.readdir(`/proc/${pid}/fd`);
     } catch {
       continue;
     }
     for (const fd of fds) {
+      if (++visited > MAX_FDS) return undefined;
       try {
-        if (fs.readlinkSync(`/proc/${pid}/fd/${fd}`) === want) return pid;
+        if ((await fsp.readlink(`/proc/${pid}/fd/${fd}`)) === want) return pid;
       } catch {
         // closed meanwhile
       }
