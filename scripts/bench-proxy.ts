@@ -6,11 +6,13 @@
  * (throughput). Through the proxy each request is framed, checked, its substitution made durable
  * in the audit log (an fsync: rule 4) and re-encrypted; direct, it is only TLS.
  */
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
 import type net from 'node:net';
 import path from 'node:path';
+import { upstreamCertificates } from '../test/upstream-ca.js';
 import { benchHome } from './bench-home.js';
 
 /** The client: N requests over C keep-alive TLS connections, direct or through HTTPS_PROXY. */
@@ -62,57 +64,19 @@ interface Measure {
 export async function proxyBench(root: string): Promise<void> {
   const home = benchHome(root, 'proxy', 'version: 1\n');
   const { dir, bin, env, kw } = home;
-  const o = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
-  o([
-    'req',
-    '-x509',
-    ...ec,
-    '-keyout',
-    'ca.key',
-    '-out',
-    'ca.pem',
-    '-days',
-    '1',
-    '-subj',
-    '/CN=bench CA',
-  ]);
-  o(['req', ...ec, '-keyout', 'srv.key', '-out', 'srv.csr', '-subj', '/CN=bench']);
-  fs.writeFileSync(path.join(dir, 'ext.cnf'), 'subjectAltName=IP:127.0.0.1\n');
-  o([
-    'x509',
-    '-req',
-    '-in',
-    'srv.csr',
-    '-CA',
-    'ca.pem',
-    '-CAkey',
-    'ca.key',
-    '-CAcreateserial',
-    '-out',
-    'srv.pem',
-    '-days',
-    '1',
-    '-extfile',
-    'ext.cnf',
-  ]);
-  const policy = path.join(dir, 'proxy-policy.yaml');
-  fs.writeFileSync(
-    policy,
-    `version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\nproxy:\n  upstream_ca: ${path.join(dir, 'ca.pem')}\n  hosts:\n    127.0.0.1: { secret: bench/token }\n`,
-  );
-  kw(['policy', 'apply', policy]);
+  const certs = upstreamCertificates(dir, ['127.0.0.1']);
   kw(['secret', 'set', 'bench/token'], 'ghp_BenchmarkTokenValue0123456789abcdef');
-  const server = https.createServer(
-    {
-      key: fs.readFileSync(path.join(dir, 'srv.key')),
-      cert: fs.readFileSync(path.join(dir, 'srv.pem')),
-    },
-    (_req, res) => res.end('ok'),
-  );
+  const server = https.createServer(certs.good, (_req, res) => res.end('ok'));
   server.keepAliveTimeout = 60_000;
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   const port = (server.address() as net.AddressInfo).port;
+  const policy = path.join(dir, 'proxy-policy.yaml');
+  const sha = createHash('sha256').update(fs.readFileSync(certs.ca)).digest('hex');
+  fs.writeFileSync(
+    policy,
+    `version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\nproxy:\n  upstream_ca: ${certs.ca}\n  upstream_ca_sha256: ${sha}\n  hosts:\n    127.0.0.1: { secret: bench/token, port: ${port} }\n`,
+  );
+  kw(['policy', 'apply', policy]);
   const client = path.join(dir, 'client.mjs');
   fs.writeFileSync(client, CLIENT);
   await home.startAgent();

@@ -25,6 +25,7 @@ import {
   type AgentHome,
 } from './agent-helpers.js';
 import { eventually, kw, ROOT, rootTests } from './helpers.js';
+import { upstreamCertificates } from './upstream-ca.js';
 
 const TOKEN = 'ghp_RealTokenValue0123456789abcdefghijklmn';
 const OTHER = 'sk-other-real-secret-value-0123456789';
@@ -38,70 +39,6 @@ interface Seen {
   url: string;
   authorization: string | undefined;
   raw: string;
-}
-
-/** A CA, a server certificate for 127.0.0.1-7 signed by it, and a self-signed one (openssl). */
-function certificates(dir: string) {
-  const o = (args: string[]) => execFileSync('openssl', args, { cwd: dir, stdio: 'ignore' });
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes'];
-  o([
-    'req',
-    '-x509',
-    ...ec,
-    '-keyout',
-    'ca.key',
-    '-out',
-    'ca.pem',
-    '-days',
-    '2',
-    '-subj',
-    '/CN=upstream test CA',
-  ]);
-  o(['req', ...ec, '-keyout', 'srv.key', '-out', 'srv.csr', '-subj', '/CN=upstream']);
-  const sans = [1, 2, 3, 4, 5, 6, 7, 8].map((i) => `IP:127.0.0.${i}`).join(',');
-  fs.writeFileSync(
-    path.join(dir, 'ext.cnf'),
-    `subjectAltName=${sans}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n`,
-  );
-  o([
-    'x509',
-    '-req',
-    '-in',
-    'srv.csr',
-    '-CA',
-    'ca.pem',
-    '-CAkey',
-    'ca.key',
-    '-CAcreateserial',
-    '-out',
-    'srv.pem',
-    '-days',
-    '2',
-    '-extfile',
-    'ext.cnf',
-  ]);
-  // Valid for the same names, but signed by nobody the proxy trusts.
-  o([
-    'req',
-    '-x509',
-    ...ec,
-    '-keyout',
-    'self.key',
-    '-out',
-    'self.pem',
-    '-days',
-    '2',
-    '-subj',
-    '/CN=impostor',
-    '-addext',
-    `subjectAltName=${sans}`,
-  ]);
-  const r = (f: string) => fs.readFileSync(path.join(dir, f));
-  return {
-    ca: path.join(dir, 'ca.pem'),
-    good: { key: r('srv.key'), cert: r('srv.pem') },
-    self: { key: r('self.key'), cert: r('self.pem') },
-  };
 }
 
 describe('the credential proxy (keyward run --proxy)', { skip }, () => {
@@ -145,7 +82,10 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
     `${scheme}://${ip}:${ports.get(name)}${p}`;
 
   before(async () => {
-    const c = certificates(dir);
+    const c = upstreamCertificates(
+      dir,
+      [1, 2, 3, 4, 5, 6, 7, 8].map((i) => `127.0.0.${i}`),
+    );
     await upstream('a', '127.0.0.1', c.good);
     await upstream('b', '127.0.0.2', c.good);
     await upstream('plain', '127.0.0.2', undefined);
@@ -215,6 +155,25 @@ rate_limits:
       ['run', '--proxy', '--env', 'GITHUB_TOKEN=gh/token', ...extra, '--', 'sh', '-c', script],
       { ...h.env, PATH: process.env['PATH'] },
     );
+
+  /**
+   * A run that makes one request, lets the test change something (between), then makes another:
+   * the output says "before CODE" and "after CODE".
+   */
+  async function beforeAndAfter(label: string, between: () => void) {
+    const fifo = path.join(dir, `hold-${label}`);
+    const ready = path.join(dir, `${label}-ready`);
+    execFileSync('mkfifo', [fifo]);
+    const request = (when: string) =>
+      `${CURL} -sS -o /dev/null -w '${when} %{http_code}\\n' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', `/${when}-${label}`)}'`;
+    const run = proxied(
+      [request('before'), `echo > '${ready}'`, `read x < '${fifo}'`, request('after')].join('; '),
+    );
+    await eventually(() => fs.existsSync(ready), 'the first request is done');
+    between();
+    fs.writeFileSync(fifo, 'go\n');
+    return run;
+  }
 
   test('curl, Node fetch and Python urllib in the child reach the upstream with the real token; the child holds only the placeholder', async () => {
     const envFile = path.join(dir, 'child-env');
@@ -556,33 +515,21 @@ open(sys.argv[3]).read()
   });
 
   test('a policy applied during the run that denies the secret stops its substitution at the next request', async () => {
-    const fifo = path.join(dir, 'hold-policy');
-    const ready = path.join(dir, 'policy-ready');
-    execFileSync('mkfifo', [fifo]);
-    const run = proxied(
-      [
-        `${CURL} -sS -o /dev/null -w 'before %{http_code}\\n' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/before-policy')}'`,
-        `echo > '${ready}'`,
-        `read x < '${fifo}'`,
-        `${CURL} -sS -o /dev/null -w 'after %{http_code}\\n' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/after-policy')}'`,
-      ].join('; '),
-    );
-    await eventually(() => fs.existsSync(ready), 'the first request is done');
     const apply = (text: string) => {
       const f = path.join(dir, 'policy.yaml');
       fs.writeFileSync(f, text);
       const r = kw(['policy', 'apply', f], { env: h.env });
       assert.equal(r.code, 0, r.stderr);
     };
-    apply(
-      policy.replace(
-        'rules:\n',
-        'rules:\n  - { name: stop-gh, targets: [gh/token], decision: deny }\n',
-      ),
-    );
     try {
-      fs.writeFileSync(fifo, 'go\n');
-      const r = await run;
+      const r = await beforeAndAfter('policy', () =>
+        apply(
+          policy.replace(
+            'rules:\n',
+            'rules:\n  - { name: stop-gh, targets: [gh/token], decision: deny }\n',
+          ),
+        ),
+      );
       assert.match(r.stdout, /before 200/);
       assert.match(r.stdout, /after 403/);
     } finally {
@@ -711,20 +658,7 @@ open(sys.argv[3]).read()
   });
 
   test('once the agent locks, a request that needs the token is refused; the run itself goes on', async () => {
-    const fifo = path.join(dir, 'hold-lock');
-    const ready = path.join(dir, 'lock-ready');
-    execFileSync('mkfifo', [fifo]);
-    const run = proxied(
-      [
-        `${CURL} -sS -o /dev/null -w 'before %{http_code}\\n' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/before-lock')}'`,
-        `echo > '${ready}'`,
-        `read x < '${fifo}'`,
-        `${CURL} -sS -o /dev/null -w 'after %{http_code}\\n' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/after-lock')}'`,
-      ].join('; '),
-    );
-    await eventually(() => fs.existsSync(ready), 'the first request is done');
-    assert.equal(kw(['lock'], { env: h.env }).code, 0);
-    fs.writeFileSync(fifo, 'go\n');
+    const run = beforeAndAfter('lock', () => assert.equal(kw(['lock'], { env: h.env }).code, 0));
     const r = await run;
     assert.match(r.stdout, /before 200/);
     assert.match(r.stdout, /after 403/);
