@@ -237,7 +237,7 @@ export class RunService {
       delivered = req.wanted;
       stillHere();
       if (req.masking) for (const value of values.values()) forms.push(...maskingForms(value));
-      const started: { pid?: number | undefined; pin?: Pinned | undefined } = {};
+      const started: { pin?: Pinned | undefined } = {};
       if (policy) {
         proxy = await this.proxyFor(conn, v, policy, values, rules, program, () => started.pin);
         if (req.masking)
@@ -269,7 +269,6 @@ export class RunService {
         pty: terminal !== undefined,
         path: pathVar,
       });
-      started.pid = child.pid;
       // The proxy serves the tree under the child while the child lives: once it exits, its pid
       // could be another process's, and the proxy takes no new connection.
       const start = child.pid === undefined ? undefined : startTime(child.pid);
@@ -280,21 +279,27 @@ export class RunService {
       if (!proxy) for (const value of values.values()) secureFree(value);
       values.clear();
       secureFree(f.raw);
-      for (const w of req.wanted) {
-        if (cached.has(w.name) || proxy) continue; // kept by the rule's cache, or by the proxy
-        void this.host
-          .record({
-            type: 'credential.drop',
-            decision: 'info',
-            target: w.name,
-            actor: this.host.actor(conn.id),
-            reason: req.masking
-              ? 'delivered to the child; the agent keeps only its masking forms until the run ends'
-              : 'delivered to the child; the agent kept no copy',
-            details: { pid: child.pid ?? null, masking: req.masking },
-          })
-          .catch(() => undefined);
-      }
+      const dropped = (names: string[], reason: string) => {
+        for (const name of names)
+          void this.host
+            .record({
+              type: 'credential.drop',
+              decision: 'info',
+              target: name,
+              actor: this.host.actor(conn.id),
+              reason,
+              details: { pid: child.pid ?? null, masking: req.masking },
+            })
+            .catch(() => undefined);
+      };
+      // Kept by the rule's cache (evicted when idle), or by the proxy (dropped at the run's end).
+      if (!proxy)
+        dropped(
+          req.wanted.map((w) => w.name).filter((n) => !cached.has(n)),
+          req.masking
+            ? 'delivered to the child; the agent keeps only its masking forms until the run ends'
+            : 'delivered to the child; the agent kept no copy',
+        );
       for (let i = 0; i < req.wanted.length; i++) this.host.counted();
       const master = terminal?.master;
       if (terminal) closeFd(terminal.slave);
@@ -318,17 +323,10 @@ export class RunService {
           (() => {
             this.proxies.delete(running);
             running.close();
-            for (const w of req.wanted)
-              void this.host
-                .record({
-                  type: 'credential.drop',
-                  decision: 'info',
-                  target: w.name,
-                  actor: this.host.actor(conn.id),
-                  reason: 'the run ended: its proxy dropped the value',
-                  details: { pid: started.pid ?? null },
-                })
-                .catch(() => undefined);
+            dropped(
+              req.wanted.map((w) => w.name),
+              'the run ended: its proxy dropped the value',
+            );
           }),
       );
       forms = [];
