@@ -208,6 +208,7 @@ export const COMMAND_HELP: Readonly<
       'keyward run --env GITHUB_TOKEN=github/token -- gh repo list',
       'keyward run --fd 3=deploy/key -- ./deploy.sh    # the secret on descriptor 3',
       'keyward run --project -- npm test    # every value of the nearest .keyward.env',
+      'keyward run --proxy --env GITHUB_TOKEN=github/token -- gh repo list    # a placeholder; the proxy puts the token in',
     ],
   },
   mcp: {
