@@ -138,6 +138,51 @@ describe('schema errors name the line, column and field', () => {
     );
   });
 
+  test('the proxy section: hosts and domains in the one spelling the proxy compares, a pinned CA, headers it owns refused', () => {
+    const ok = policy(
+      'version: 1\nproxy:\n  upstream_ca: /etc/ca.pem\n  upstream_ca_sha256: ' +
+        'a'.repeat(64) +
+        '\n  hosts:\n    api.github.com: { secret: gh/token }\n    10.0.0.7: { secret: x, port: 8443, headers: [X-Api-Key] }\n' +
+        'rate_limits:\n  domains:\n    "*.github.com": { requests_per_minute: 60, burst: 10 }\n    "*": { requests_per_minute: 600, burst: 100 }\n',
+    );
+    assert.deepEqual(ok.proxy?.hosts['api.github.com'], {
+      secret: 'gh/token',
+      port: 443,
+      in: ['headers'],
+      headers: ['Authorization'],
+    });
+    const problems = (text: string) => {
+      const r = parsePolicy(`version: 1\n${text}`);
+      return r.ok ? [] : r.problems.map((p) => `${p.path}: ${p.message}`);
+    };
+    for (const host of [
+      '127.1',
+      '2130706433',
+      '0x7f000001',
+      '010.0.0.1',
+      'API.github.com',
+      'a.com.',
+    ])
+      assert.equal(problems(`proxy:\n  hosts:\n    "${host}": { secret: x }\n`).length, 1, host);
+    assert.equal(
+      problems('rate_limits:\n  domains:\n    "127.1": { requests_per_minute: 1, burst: 1 }\n')
+        .length,
+      1,
+    );
+    assert.match(
+      problems('proxy:\n  upstream_ca: /etc/ca.pem\n').join(),
+      /upstream_ca and upstream_ca_sha256 go together/,
+    );
+    assert.match(
+      problems('proxy:\n  hosts:\n    a.com: { secret: x, headers: [Host] }\n').join(),
+      /a header the proxy owns/,
+    );
+    assert.match(
+      problems('proxy:\n  hosts:\n    a.com: { secret: x, format: "Bearer {}" }\n').join(),
+      /format goes with header/,
+    );
+  });
+
   test('duplicate rule names are refused', () => {
     const r = parsePolicy(
       'version: 1\nrules:\n  - { name: a, targets: [x], decision: deny }\n  - { name: a, targets: [y], decision: deny }\n',

@@ -6,7 +6,7 @@
  * only the placeholder.
  */
 import assert from 'node:assert/strict';
-import { execFile, execFileSync } from 'node:child_process';
+import { execFile, execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -45,6 +45,7 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
   const homes: AgentHome[] = [];
   const servers: net.Server[] = [];
   const seen: Seen[] = [];
+  const slow: Array<() => void> = [];
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-proxy-'));
   const ports = new Map<string, number>();
   let h: AgentHome;
@@ -69,6 +70,11 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
         });
         // A server that echoes what it was sent: a debugging endpoint, or CORS reflecting Origin.
         if (req.url?.startsWith('/echo')) res.setHeader('X-Echo', req.headers.authorization ?? '');
+        // The same, answering only when the test says (to lock the agent in between).
+        if (req.url?.startsWith('/slow-echo')) {
+          slow.push(() => res.end(`echo ${req.headers.authorization ?? ''}\n`));
+          return;
+        }
         res.end(`upstream ${name} saw ${req.url}\n`);
       });
     };
@@ -375,7 +381,8 @@ rate_limits:
           (_e, stdout, stderr) => resolve(stdout + stderr),
         ),
       );
-      assert.match(other, /403/);
+      // Dropped at once, unanswered: it never gets as far as a request.
+      assert.match(other, /^000/);
     }
     fs.writeFileSync(fifo, 'go\n');
     const r = await run;
@@ -555,6 +562,67 @@ open(sys.argv[3]).read()
       .at(-1);
     assert.match(String(last?.reason), /127\.0\.0\.4 sent a value back in its answer/);
   });
+
+  test('a lock ends the answers on their way, which could hold a value the watch no longer knows', async () => {
+    const out = path.join(dir, 'slow-out');
+    const run = proxied(
+      `${CURL} -sS -o '${out}' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/slow-echo')}'; echo "exit $?"`,
+      ['--no-masking'],
+    );
+    await eventually(() => slow.length > 0, 'the request reached the upstream');
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    try {
+      for (const answer of slow.splice(0)) answer();
+      const r = await run;
+      assert.match(r.stdout, /exit (52|56|35|18)/, r.stdout + r.stderr);
+      assert.ok(!fs.existsSync(out) || !fs.readFileSync(out, 'latin1').includes(TOKEN));
+    } finally {
+      assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    }
+  });
+
+  test(
+    'another uid flooding the port holds no slot: the run still gets through (root: setpriv)',
+    { skip: !rootTests && 'needs root for setpriv' },
+    async () => {
+      const fifo = path.join(dir, 'hold-flood');
+      const portFile = path.join(dir, 'flood-port');
+      execFileSync('mkfifo', [fifo]);
+      const run = proxied(
+        [
+          `echo "\${HTTPS_PROXY##*:}" > '${portFile}.tmp'; mv '${portFile}.tmp' '${portFile}'`,
+          `read x < '${fifo}'`,
+          `${CURL} -sS -o /dev/null -w 'run %{http_code}\\n' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/after-flood')}'`,
+        ].join('; '),
+      );
+      await eventually(() => fs.existsSync(portFile), 'the run says its port');
+      const port = fs.readFileSync(portFile, 'utf8').trim();
+      // 300 connections from another uid, each kept open without a word while the run asks.
+      const flood = `import socket, sys
+socks = [socket.create_connection(("127.0.0.1", ${port})) for _ in range(300)]
+print("connected", flush=True)
+sys.stdin.read()`;
+      const attacker = spawn(
+        'setpriv',
+        ['--reuid=43210', '--regid=43210', '--clear-groups', '/usr/bin/python3', '-c', flood],
+        { stdio: ['pipe', 'pipe', 'inherit'] },
+      );
+      try {
+        await new Promise<void>((resolve, reject) => {
+          attacker.stdout.on('data', (d: Buffer) => {
+            if (d.toString().includes('connected')) resolve();
+          });
+          attacker.once('exit', () => reject(new Error('the flood did not connect')));
+        });
+        fs.writeFileSync(fifo, 'go\n');
+        const r = await run;
+        assert.match(r.stdout, /run 200/, r.stdout + r.stderr);
+      } finally {
+        attacker.stdin.end();
+        await new Promise((done) => attacker.once('exit', done));
+      }
+    },
+  );
 
   test('a placeholder in a header the policy does not name, TRACE, another Host, an absolute URL or another port never gets the value', async () => {
     const before = seen.length;

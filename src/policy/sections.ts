@@ -150,6 +150,18 @@ export function operatorsSection(
 export const PROXY_HOST_RE =
   /^(?=.{1,253}$)(([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*)$/;
 const HEADER_NAME = /^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,64}$/;
+const DOTTED_QUAD = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
+
+/**
+ * A host as the proxy writes it: a name whose last label is a number (127.1, 2130706433,
+ * 0x7f000001) is an IPv4 address to a client, so it must be the dotted quad it means; a key in
+ * another spelling would never match (a binding) or never apply (a rate limit).
+ */
+export function proxyHost(h: string): boolean {
+  if (!PROXY_HOST_RE.test(h)) return false;
+  const last = h.slice(h.lastIndexOf('.') + 1);
+  return !/^(0x[0-9a-f]*|\d+)$/.test(last) || DOTTED_QUAD.test(h);
+}
 /** Headers the proxy never sets for a binding: framing, routing and the proxy's own. */
 const FRAMING_HEADERS = new Set([
   'host',
@@ -218,8 +230,8 @@ export function proxySections(z: typeof Zod) {
   const Host = z
     .string()
     .refine(
-      (h) => PROXY_HOST_RE.test(h),
-      'a lowercase host name or IPv4 address, without port or scheme',
+      (h) => proxyHost(h),
+      'a lowercase host name or IPv4 address as a dotted quad, without port or scheme',
     );
   const Proxy = z
     .object({
@@ -246,7 +258,7 @@ export function proxySections(z: typeof Zod) {
   const Domain = z
     .string()
     .refine(
-      (d) => d === '*' || PROXY_HOST_RE.test(d.startsWith('*.') ? d.slice(2) : d),
+      (d) => d === '*' || proxyHost(d.startsWith('*.') ? d.slice(2) : d),
       'a host name, *.domain, or *',
     );
   const RateLimits = z

@@ -8,6 +8,7 @@
  */
 import type { SecureBuffer } from '../lib/secure.js';
 import { substitute } from './placeholder.js';
+import { canonicalHost } from './wire.js';
 
 export type Part = 'headers' | 'url';
 
@@ -107,8 +108,13 @@ export function plan(
         400,
       );
     const hostHeaders = headers.filter((h) => h.lower === 'host');
-    const value = hostHeaders[0]?.line.slice(5).trim().toLowerCase();
-    if (hostHeaders.length !== 1 || (value !== host && value !== `${host}:${port}`))
+    const m = /^([^:]*)(?::(\d{1,5}))?$/.exec(hostHeaders[0]?.line.slice(5).trim() ?? '');
+    const named = m && canonicalHost(m[1] ?? '');
+    if (
+      hostHeaders.length !== 1 ||
+      named !== host ||
+      (m?.[2] !== undefined && Number(m[2]) !== port)
+    )
       return refuse(`the request's Host must be ${host} (the host of its tunnel)`, undefined, 400);
   }
   for (const b of bindings) {

@@ -32,7 +32,7 @@ export type ProxyEventType = 'proxy.substitute' | 'proxy.block' | 'proxy.limit';
 
 /** The most connections one run's proxy holds at once. */
 const MAX_CONNECTIONS = 256;
-/** How long a connection may take to send its first request head. */
+/** How long a connection may take to send its whole first request head (not between bytes). */
 const HEAD_TIMEOUT_MS = 30_000;
 
 export interface ProxyHooks {
@@ -105,6 +105,8 @@ export class ProxyServer {
   /** The agent locked: the values are dropped; a request that needs one is refused from now on. */
   lock(): void {
     this.locked = true;
+    // An answer on its way may hold a value, and the watch's forms go now: every connection ends.
+    for (const c of this.conns) c.destroy();
     for (const b of this.bindings) secureFree(b.value);
     for (const f of this.h.forms) secureFree(f);
   }
@@ -119,27 +121,36 @@ export class ProxyServer {
   private accept(s: net.Socket): void {
     s.on('error', () => undefined);
     if (this.conns.size >= MAX_CONNECTIONS) return void s.destroy();
+    // Another user's connection is dropped at once (one read of /proc/net/tcp): it can never
+    // use the proxy, and must not hold the slots the run needs.
+    const peer = this.peerSocket(s);
+    if (!peer || peer.uid !== this.uid) return void s.destroy();
     this.conns.add(s);
-    s.on('close', () => this.conns.delete(s));
+    const deadline = setTimeout(() => s.destroy(), HEAD_TIMEOUT_MS);
+    s.on('close', () => {
+      clearTimeout(deadline);
+      this.conns.delete(s);
+    });
     s.setNoDelay(true);
-    s.setTimeout(HEAD_TIMEOUT_MS, () => s.destroy());
-    this.serve(s);
+    this.serve(s, peer.inode, () => clearTimeout(deadline));
   }
 
   /**
-   * The process of the run's tree at the other end of s, or undefined. Asked only once the
-   * run's secret was shown: the walk reads /proc, and a stranger must not make the agent do it.
+   * The process of the run's tree that holds the client socket (its inode), or undefined. Asked
+   * only once the run's secret was shown: the walk reads /proc, and a stranger must not cause it.
    */
-  private async owner(s: net.Socket): Promise<number | undefined> {
+  private async owner(inode: number): Promise<number | undefined> {
     const root = this.h.root();
-    if (root === undefined || !s.remoteAddress || !s.remotePort || !s.localAddress)
-      return undefined;
-    const sock = socketOf(
+    return root === undefined ? undefined : holderInTree(root, inode);
+  }
+
+  /** The client end of s in /proc/net/tcp: its owner's uid and its inode. */
+  private peerSocket(s: net.Socket): { inode: number; uid: number } | undefined {
+    if (!s.remoteAddress || !s.remotePort || !s.localAddress) return undefined;
+    return socketOf(
       { ip: s.remoteAddress, port: s.remotePort },
       { ip: s.localAddress, port: s.localPort ?? 0 },
     );
-    if (!sock || sock.uid !== this.uid) return undefined;
-    return holderInTree(root, sock.inode);
   }
 
   private authorized(headers: Array<[string, string]>): boolean {
@@ -159,7 +170,7 @@ export class ProxyServer {
   }
 
   /** Reads the first request of a connection and hands the connection to what it asks for. */
-  private serve(s: net.Socket): void {
+  private serve(s: net.Socket, inode: number, known: () => void): void {
     const framer = new RequestFramer();
     const onData = (chunk: Buffer) => {
       let events: FrameEvent[];
@@ -173,7 +184,6 @@ export class ProxyServer {
       if (!head) return;
       s.off('data', onData);
       s.pause();
-      s.setTimeout(0);
       if (head.type !== 'head') return answer(s, 400, 'a malformed request');
       if (!this.authorized(head.headers)) {
         void this.block('a request without the run\u2019s proxy credentials', 'proxy', {
@@ -183,7 +193,8 @@ export class ProxyServer {
           'Proxy-Authenticate: Basic realm="keyward"',
         ]);
       }
-      void this.owner(s)
+      known();
+      void this.owner(inode)
         .then((pid) => {
           if (pid === undefined) {
             void this.block('a connection from outside the run\u2019s process tree', 'proxy', {

@@ -28,6 +28,7 @@ export function answer(
 ): void {
   if (s.destroyed) return;
   const body = `keyward proxy: ${message}\n`;
+  // Closed for good once the answer is out: a peer that keeps its half open holds no slot.
   s.end(
     [
       `HTTP/1.1 ${status} ${STATUS[status] ?? 'Error'}`,
@@ -38,6 +39,7 @@ export function answer(
       '',
       body,
     ].join('\r\n'),
+    () => s.destroy(),
   );
 }
 
