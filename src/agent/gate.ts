@@ -8,7 +8,6 @@
  * it has nothing to release until authorize() resolved.
  */
 import {
-  askpass,
   Broker,
   Grants,
   mayApprove,
@@ -34,6 +33,7 @@ import {
   type RequestKind,
 } from '../policy/index.js';
 import { FactorCheck } from './factors.js';
+import { askLocally } from './gate-local.js';
 import { liveIn, OperatorDesk } from './operator-desk.js';
 import { alsoDetails, coversText, grantHolder, requesterOf } from './gate-caller.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
@@ -357,7 +357,8 @@ export class Gate {
         // A requester that hangs up (killed, Ctrl-C) takes its request with it: nobody is shown
         // a request whose answer would go nowhere.
         caller.abandon = () => this.broker.settle(pending.id, 'denied', { reason: GONE });
-        if (a.mode === 'confirm') this.askLocally(pending.id, prompt, a.timeoutMs, base);
+        if (a.mode === 'confirm')
+          askLocally(this.host, this.broker, pending.id, prompt, a.timeoutMs, base);
         const { outcome, how } = await pending.outcome.finally(() => (caller.abandon = undefined));
         if (outcome !== 'granted') {
           await this.host.record({
@@ -411,41 +412,6 @@ export class Gate {
     if (gone) return refuse(gone, 'POLICY_DENIED');
     if (!w.isOpen) throw locked();
     return { rule: decision.rule };
-  }
-
-  /**
-   * A confirm request, asked where this agent can ask by itself: the askpass program, else its
-   * terminal. An askpass program that fails (can't be run, killed, silent) is recorded with its
-   * reason; the request then waits for the console, or is denied when there is none.
-   */
-  private askLocally(
-    id: string,
-    prompt: string,
-    timeoutMs: number,
-    base: { target: string; actor: NonNullable<AuditRecord['actor']> },
-  ): void {
-    if (this.host.askpass) {
-      void askpass(this.host.askpass, prompt, timeoutMs, this.host.env).then(async (a) => {
-        if (a.failure === undefined) {
-          this.broker.settle(id, a.ok ? 'granted' : 'denied', { via: 'askpass' });
-          return;
-        }
-        await this.host
-          .record({
-            ...base,
-            type: 'approval.askpass_failed',
-            decision: 'error',
-            reason: `the askpass program ${a.failure}`,
-            details: { program: this.host.askpass ?? null, request: id },
-          })
-          .catch(() => undefined);
-        if (!this.host.console) this.broker.settle(id, 'denied', { askpass: a.failure });
-      });
-    } else if (this.host.terminal) {
-      void this.host.terminal
-        .ask(prompt, timeoutMs)
-        .then((ok) => this.broker.settle(id, ok ? 'granted' : 'denied', { via: 'terminal' }));
-    }
   }
 
   /**

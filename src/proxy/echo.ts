@@ -9,6 +9,7 @@
  * defence in depth: the first defence is that placeholders are replaced only in the headers the
  * policy names, and never in a request that echoes itself (TRACE).
  */
+import type tls from 'node:tls';
 import type { SecureBuffer } from '../lib/secure.js';
 
 export class EchoWatch {
@@ -35,4 +36,41 @@ export class EchoWatch {
     this.held = Buffer.alloc(0);
     return out;
   }
+}
+
+/**
+ * Passes a bound host's answers (up) to the child, watched: one that holds a value destroys both
+ * connections and calls echoed. What was held back goes on at the next turn of the event loop,
+ * or when the answer ends.
+ */
+export function watchAnswers(
+  up: tls.TLSSocket,
+  child: tls.TLSSocket,
+  forms: readonly SecureBuffer[],
+  echoed: () => void,
+): void {
+  const watch = new EchoWatch(forms);
+  let flush: NodeJS.Immediate | undefined;
+  up.on('data', (chunk: Buffer) => {
+    clearImmediate(flush);
+    const out = watch.push(chunk);
+    if (out === undefined) {
+      echoed();
+      up.destroy();
+      child.destroy();
+      return;
+    }
+    if (out.length > 0 && !child.write(out)) {
+      up.pause();
+      child.once('drain', () => up.resume());
+    }
+    flush = setImmediate(() => {
+      const rest = watch.flush();
+      if (rest.length > 0) child.write(rest);
+    });
+  });
+  up.on('end', () => {
+    clearImmediate(flush);
+    child.end(watch.flush());
+  });
 }

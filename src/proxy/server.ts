@@ -21,7 +21,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { RunCa } from './ca.js';
-import { EchoWatch } from './echo.js';
+import { watchAnswers } from './echo.js';
 import { FramingError, RequestFramer, type FrameEvent } from './framer.js';
 import { randomBase62 } from './placeholder.js';
 import { originHead, plan, withValues, type Binding, type Refusal } from './request.js';
@@ -322,7 +322,12 @@ export class ProxyServer {
     child.on('error', () => up.destroy());
     child.on('close', () => up.destroy());
     up.on('close', () => child.destroy());
-    this.answersTo(child, up, host, pid);
+    watchAnswers(up, child, this.h.forms, () => {
+      void this.block(`${host} sent a value back in its answer; the connection was ended`, host, {
+        host,
+        pid,
+      });
+    });
     const framer = new RequestFramer();
     let work = Promise.resolve();
     child.on('data', (chunk: Buffer) => {
@@ -345,37 +350,6 @@ export class ProxyServer {
             child.destroy();
           },
         );
-    });
-  }
-
-  /** The server's answers to the child, watched: one that holds a value ends the connection. */
-  private answersTo(child: tls.TLSSocket, up: tls.TLSSocket, host: string, pid: number): void {
-    const watch = new EchoWatch(this.h.forms);
-    let flush: NodeJS.Immediate | undefined;
-    up.on('data', (chunk: Buffer) => {
-      clearImmediate(flush);
-      const out = watch.push(chunk);
-      if (out === undefined) {
-        void this.block(`${host} sent a value back in its answer; the connection was ended`, host, {
-          host,
-          pid,
-        });
-        up.destroy();
-        child.destroy();
-        return;
-      }
-      if (out.length > 0 && !child.write(out)) {
-        up.pause();
-        child.once('drain', () => up.resume());
-      }
-      flush = setImmediate(() => {
-        const rest = watch.flush();
-        if (rest.length > 0) child.write(rest);
-      });
-    });
-    up.on('end', () => {
-      clearImmediate(flush);
-      child.end(watch.flush());
     });
   }
 
