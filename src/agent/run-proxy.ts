@@ -126,7 +126,8 @@ export async function startRunProxy(o: {
   dir: string;
   hooks: Omit<ProxyHooks, 'defaultAction' | 'trust' | 'forms'>;
 }): Promise<RunProxy> {
-  let trust = systemTrust();
+  const system = systemTrust();
+  let trust = system;
   const extra = o.policy.proxy?.upstream_ca;
   if (extra !== undefined) {
     let pem: Buffer;
@@ -179,7 +180,7 @@ export async function startRunProxy(o: {
     });
     fs.mkdirSync(o.dir, { recursive: true, mode: 0o700 });
     writeFileAtomic(files[0] as string, [Buffer.from(ca.certPem)]);
-    writeFileAtomic(files[1] as string, [Buffer.from(`${systemTrust()}\n${ca.certPem}`)]);
+    writeFileAtomic(files[1] as string, [Buffer.from(`${system}\n${ca.certPem}`)]);
     const url = Buffer.from(server.url);
     // Loopback stays direct, except a bound host (a test's upstream, a local gateway).
     const noProxy = Buffer.from(
