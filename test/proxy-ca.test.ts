@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import tls from 'node:tls';
-import { RunCa } from '../src/proxy/index.js';
+import { createRunCa, type RunCa } from '../src/proxy/index.js';
 
 const CURL = ['/usr/bin/curl', '/usr/local/bin/curl'].find((p) => fs.existsSync(p));
 const skip = CURL || process.env['CI'] ? false : 'curl is not installed (CI installs it: .ci/run)';
@@ -37,7 +37,7 @@ describe('the per-run certificate authority', { skip }, () => {
   let ipPort = 0;
 
   before(async () => {
-    ca = await RunCa.create(['localhost', '127.0.0.1']);
+    ca = await createRunCa(['localhost', '127.0.0.1']);
     fs.writeFileSync(caFile, ca.certPem);
     port = await serve('localhost');
     ipPort = await serve('127.0.0.1');

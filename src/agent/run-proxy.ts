@@ -17,7 +17,7 @@ import { TokenBucket } from '../policy/index.js';
 import {
   makePlaceholder,
   ProxyServer,
-  RunCa,
+  createRunCa,
   type Binding,
   type HostRule,
   type Pinned,
@@ -171,7 +171,7 @@ export async function startRunProxy(o: {
   let server: ProxyServer | undefined;
   try {
     const hosts = [...new Set(bindings.flatMap((b) => [...b.hosts.keys()]))];
-    const ca = await RunCa.create(hosts);
+    const ca = await createRunCa(hosts);
     server = await ProxyServer.start(bindings, ca, {
       ...o.hooks,
       defaultAction: o.policy.proxy?.default ?? 'tunnel',

@@ -4,9 +4,18 @@
  * tokens and their substitution in secure memory, the framing of the requests a child sends, the
  * check that a connection comes from the run's process tree, and the proxy server itself.
  */
-export { RunCa, type Leaf } from './ca.js';
+import type { RunCa as RunCaT } from './ca.js';
+export type { Leaf, RunCa } from './ca.js';
 export { makePlaceholder, substitute } from './placeholder.js';
 export { FramingError, MAX_HEAD, RequestFramer, type FrameEvent } from './framer.js';
 export { type Binding, type HostRule, type Part } from './request.js';
 export { ProxyServer, type ProxyEventType, type ProxyHooks } from './server.js';
 export { startTime, treeOf, type Pinned } from './tree.js';
+
+/**
+ * A new run's certificate authority (ca.ts). Loaded on first use: @peculiar/x509 and its ASN.1
+ * modules are about a fifth of an agent's start-up, and only a proxied run needs them.
+ */
+export async function createRunCa(hosts: readonly string[]): Promise<RunCaT> {
+  return (await import('./ca.js')).RunCa.create(hosts);
+}
