@@ -8,20 +8,20 @@ process.on('SIGUSR1', () => {});
 // another process can read or steer. keyward refuses to run so, unless the user passed
 // --allow-debugger (docs/THREAT-MODEL.md, "A debuggable keyward process"; docs/ARCHITECTURE.md
 // says why this is a check in place and not a re-exec).
-const guard = await import('../dist/src/lib/runtime-guard.js');
+const guard = await import('../dist/src/bundle/runtime-guard.js');
 const argv = process.argv.slice(2);
 guard.runtimeState.exposure = guard.debugExposure(guard.currentRuntime());
 guard.runtimeState.allowed = guard.allowsDebugger(argv);
 if (guard.runtimeState.exposure.length > 0 && !guard.runtimeState.allowed) {
   guard.closeInspector();
-  const { refuseExposure } = await import('../dist/src/cli/report.js');
+  const { refuseExposure } = await import('../dist/src/bundle/report.js');
   process.exit(refuseExposure(guard.runtimeState.exposure));
 }
 
 // `keyward read NAME` through an agent needs no command-line parser (src/cli/quick-read.ts).
-const quick = await (await import('../dist/src/cli/quick-read.js')).quickRead(argv);
+const quick = await (await import('../dist/src/bundle/quick-read.js')).quickRead(argv);
 if (quick !== undefined) process.exitCode = quick;
 else {
-  const { main } = await import('../dist/src/cli/main.js');
+  const { main } = await import('../dist/src/bundle/main.js');
   process.exitCode = await main(argv);
 }

@@ -140,3 +140,37 @@ test('lib/ is shared helpers: it imports no domain', () => {
     [],
   );
 });
+
+test('bin/keyward.js runs the bundle (scripts/bundle.ts), built from what tsc compiled last', async () => {
+  const { BUNDLE_ENTRIES } = await import('../scripts/bundle.js');
+  const bin = fs.readFileSync(path.join(ROOT, 'bin/keyward.js'), 'utf8');
+  const loaded = [...bin.matchAll(/import\('([^']+)'\)/g)].map((m) => m[1]);
+  assert.ok(loaded.length > 0);
+  for (const spec of loaded) {
+    assert.match(spec ?? '', /^\.\.\/dist\/src\/bundle\/[a-z-]+\.js$/, `bin imports ${spec}`);
+    const name = path.basename(spec ?? '');
+    assert.ok(
+      BUNDLE_ENTRIES.some((e) => path.basename(e) === name),
+      `${name} is an entry of the bundle`,
+    );
+  }
+  // A bundle older than a file it joins runs code the tests don't see: after editing dist/src by
+  // hand, run `node dist/scripts/bundle.js`.
+  const dist = path.join(ROOT, 'dist/src');
+  const bundled = path.join(dist, 'bundle');
+  const built = Math.min(
+    ...BUNDLE_ENTRIES.map((e) => fs.statSync(path.join(bundled, path.basename(e))).mtimeMs),
+  );
+  const compiled = (dir: string): string[] =>
+    fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => {
+      const p = path.join(dir, d.name);
+      if (p === bundled) return [];
+      return d.isDirectory() ? compiled(p) : p.endsWith('.js') ? [p] : [];
+    });
+  const newer = compiled(dist).filter((f) => fs.statSync(f).mtimeMs > built);
+  assert.deepEqual(
+    newer.map((f) => path.relative(dist, f)),
+    [],
+    'compiled after the bundle was built',
+  );
+});

@@ -1,0 +1,52 @@
+/**
+ * The second half of `npm run build`: bundles what bin/keyward.js runs (docs/ARCHITECTURE.md,
+ * "How the command starts"). Node 20 loads an ES module graph a file at a time, each read through
+ * the thread pool: the agent's ~150 modules cost it ~40 ms of its start, and every command a few.
+ * esbuild joins tsc's output (dist/src) into dist/src/bundle: one file per entry and shared chunks,
+ * with every dynamic import kept a split point, so a command still loads only its own code, and a
+ * module shared by two paths is one instance. npm packages stay outside (loaded from
+ * node_modules as before). The library (dist/src/*) is unchanged: tests and other programs import
+ * it as they did.
+ *
+ * The bundle sits at the same depth as dist/src/cli, so the paths modules find beside themselves
+ * (`../../../bin/keyward.js`, the console's web directory, `./exec-helper.js`, itself an entry)
+ * are the same from either place.
+ */
+import { build } from 'esbuild';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const SRC = path.join(ROOT, 'dist/src');
+const OUT = path.join(SRC, 'bundle');
+
+/** What bin/keyward.js imports, and the exec step `keyward run` starts as a script of its own. */
+export const BUNDLE_ENTRIES = [
+  'lib/runtime-guard.js',
+  'cli/report.js',
+  'cli/quick-read.js',
+  'cli/main.js',
+  'run/exec-helper.js',
+];
+
+export async function bundle(): Promise<void> {
+  fs.rmSync(OUT, { recursive: true, force: true });
+  await build({
+    entryPoints: BUNDLE_ENTRIES.map((e) => path.join(SRC, e)),
+    outdir: OUT,
+    bundle: true,
+    splitting: true,
+    format: 'esm',
+    platform: 'node',
+    target: 'node20',
+    packages: 'external',
+    entryNames: '[name]',
+    chunkNames: 'chunk-[hash]',
+    logLevel: 'warning',
+    // tsc's output is already what Node runs: keep names (errors print them) and the code as is.
+    keepNames: true,
+  });
+}
+
+if (process.argv[1] === fileURLToPath(import.meta.url)) await bundle();
