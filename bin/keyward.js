@@ -18,8 +18,13 @@ if (guard.runtimeState.exposure.length > 0 && !guard.runtimeState.allowed) {
   process.exit(refuseExposure(guard.runtimeState.exposure));
 }
 
-// `keyward read NAME` through an agent needs no command-line parser (src/cli/quick-read.ts).
-const quick = await (await import('../dist/src/bundle/quick-read.js')).quickRead(argv);
+// `keyward read NAME` through an agent needs no command-line parser (src/cli/quick-read.ts). Its
+// module is loaded only for that shape (quickRead checks it again): every other command would pay
+// for loading the agent client and libsodium before it even parsed its arguments.
+const readShape = argv.length === 2 && argv[0] === 'read' && !argv[1].startsWith('-');
+const quick = readShape
+  ? await (await import('../dist/src/bundle/quick-read.js')).quickRead(argv)
+  : undefined;
 if (quick !== undefined) process.exitCode = quick;
 else {
   const { main } = await import('../dist/src/bundle/main.js');
