@@ -291,3 +291,22 @@ for (const [dir, format] of [
     // Each outcome the claim names was reached, or the mutations exercised less than they seem to.
     assert.ok(seen.opened > 0 && seen.corrupt > 0 && seen.passphrase > 0, JSON.stringify(seen));
   });
+
+test('libsodium is loaded by its fixed path on Linux, and is the library its own resolver finds', async () => {
+  const { sodium, sodiumPreloaded } = await import('../src/lib/sodium.js');
+  assert.equal(sodiumPreloaded, process.platform === 'linux');
+  // The package's own resolver, in a process of its own, gives the same library: the same
+  // functions, the same BLAKE2b of the same bytes.
+  const { execFileSync } = await import('node:child_process');
+  const other = execFileSync(
+    process.execPath,
+    [
+      '-e',
+      "const s = require('sodium-native'); const o = Buffer.alloc(32); s.crypto_generichash(o, Buffer.from('keyward')); process.stdout.write(Object.keys(s).length + ' ' + o.toString('hex'))",
+    ],
+    { cwd: path.resolve(VECTORS, '../..'), encoding: 'utf8' },
+  );
+  const out = Buffer.alloc(32);
+  sodium.crypto_generichash(out, Buffer.from('keyward'));
+  assert.equal(`${Object.keys(sodium).length} ${out.toString('hex')}`, other);
+});
