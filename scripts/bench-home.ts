@@ -6,6 +6,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { AGENT_NODE_OPTIONS } from '../src/lib/process.js';
 
 export interface BenchHome {
   dir: string;
@@ -57,7 +58,7 @@ export function benchHome(root: string, label: string, policy: string): BenchHom
       const prof = process.env.BENCH_PROFILE;
       const args = prof
         ? ['--cpu-prof', `--cpu-prof-dir=${prof}`, bin, '--allow-debugger', 'agent', 'run']
-        : [bin, 'agent', 'run'];
+        : [...AGENT_NODE_OPTIONS, bin, 'agent', 'run'];
       agent = spawn(process.execPath, args, { env, stdio: 'ignore' });
       // A benchmark that fails midway must not leave its agent running.
       const a = agent;

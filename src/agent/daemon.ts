@@ -16,7 +16,7 @@ import { agentStatus } from './client.js';
 import { printable } from '../lib/text.js';
 import type { Agent as AgentType } from './server.js';
 import { prepareSocketDir, socketPaths } from './socketdir.js';
-import { mallocCacheOff, withoutMallocCache } from '../lib/process.js';
+import { AGENT_NODE_OPTIONS, mallocCacheOff, withoutMallocCache } from '../lib/process.js';
 
 /** How long `agent start` waits for an agent that neither says it listens nor exits. */
 const START_TIMEOUT_MS = 30_000;
@@ -173,12 +173,14 @@ export async function startAgent(
     fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_APPEND | fs.constants.O_NOFOLLOW,
     0o600,
   );
-  // A fixed command line (no node flags) and, unless the user allowed debugging, an
-  // environment without NODE_OPTIONS or the loader variables: the agent starts clean even from
-  // a shell that sets them. Descriptor 3 is a pipe on which it says when it listens.
+  // A fixed command line (its one node option a memory limit, AGENT_NODE_OPTIONS) and, unless
+  // the user allowed debugging, an environment without NODE_OPTIONS or the loader variables: the
+  // agent starts clean even from a shell that sets them. Descriptor 3 is a pipe on which it says
+  // when it listens.
   const child = spawn(
     process.execPath,
     [
+      ...AGENT_NODE_OPTIONS,
       bin,
       ...(allowDebugger ? ['--allow-debugger'] : []),
       'agent',
