@@ -83,6 +83,19 @@ export function writeReport(root: string): string {
       met: ratio === undefined ? undefined : ratio >= target,
     });
   }
+  {
+    const k = num(at(sign, 'ed25519-cpu', 'keywardMsPerSignature'));
+    const s = num(at(sign, 'ed25519-cpu', 'sshAgentMsPerSignature'));
+    rows.push({
+      when: dateOf(sign, 'sign'),
+      work: 'agent CPU per ed25519 signature (user + system, both concurrencies)',
+      keyward: `${fmt(k, 3)} ms`,
+      reference: `OpenSSH ssh-agent ${fmt(s, 3)} ms`,
+      ratio: k !== undefined && s ? k / s : undefined,
+      target: '<= 0.5 ms',
+      met: k === undefined ? undefined : k <= 0.5,
+    });
+  }
   for (const [writers, key, target] of [
     ['1 writer', 'appendOneWriterDurable', 3000],
     ['8 writers', 'appendEightWritersGroupCommit', 20000],

@@ -149,6 +149,14 @@ export async function signBench(root: string): Promise<void> {
     `reference  libsodium ed25519 sign in-process: ${libsodiumRate.toLocaleString()} /s`,
     `reference  bare Node Unix-socket request/reply, conc 1: ${floor.perSecond.toLocaleString()} /s (p50 ${floor.p50} ms)`,
   ];
+  // CPU a process has used (user + system), in ms, from /proc: the agent's cost per signature,
+  // against ssh-agent's, over the same signatures (both concurrencies).
+  const tick = 1000 / Number(must('getconf', ['CLK_TCK']).trim());
+  const cpuMs = (pid: number | undefined) => {
+    const f = fs.readFileSync(`/proc/${pid ?? 0}/stat`, 'utf8');
+    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return (Number(rest[11]) + Number(rest[12])) * tick;
+  };
   for (const k of keys) {
     const blob = Buffer.from(
       fs.readFileSync(path.join(dir, `${k.name}.pub`), 'utf8').split(' ')[1] ?? '',
@@ -158,15 +166,30 @@ export async function signBench(root: string): Promise<void> {
     flags.writeUInt32BE(k.flags);
     const body = Buffer.concat([Buffer.of(13), str(blob), str(data), flags]);
     const req = str(body);
+    const cpu = { keyward: 0, sshAgent: 0, signatures: 0 };
     for (const conc of [1, 8]) {
+      let c0 = cpuMs(sshAgent.pid);
       const ssh = await timed(sshSock, req, conc, k.n);
+      cpu.sshAgent += cpuMs(sshAgent.pid) - c0;
+      c0 = cpuMs(home.agentPid());
       const keyward = await timed(kwSock, req, conc, k.n);
+      cpu.keyward += cpuMs(home.agentPid()) - c0;
+      cpu.signatures += k.n + conc; // the warm-up sends one a connection
       const ratio = keyward.perSecond / ssh.perSecond;
       results[`${k.name}-concurrency${conc}`] = { sshAgent: ssh, keyward, throughputRatio: ratio };
       lines.push(
         `sign ${k.name.padEnd(10)} conc ${conc}: ssh-agent ${ssh.perSecond.toLocaleString()} /s (p50 ${ssh.p50} ms, p99 ${ssh.p99} ms) | keyward ${keyward.perSecond.toLocaleString()} /s (p50 ${keyward.p50} ms, p99 ${keyward.p99} ms) | ratio ${ratio.toFixed(2)}x`,
       );
     }
+    const per = (ms: number) => Math.round((ms / cpu.signatures) * 1000) / 1000;
+    results[`${k.name}-cpu`] = {
+      keywardMsPerSignature: per(cpu.keyward),
+      sshAgentMsPerSignature: per(cpu.sshAgent),
+      signatures: cpu.signatures,
+    };
+    lines.push(
+      `sign ${k.name.padEnd(10)} CPU per signature: keyward agent ${per(cpu.keyward)} ms | ssh-agent ${per(cpu.sshAgent)} ms (${cpu.signatures} signatures, /proc/PID/stat)`,
+    );
   }
   sshAgent.kill('SIGTERM');
   await home.stop();
