@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import type { Actor } from '../audit/index.js';
 import { pidfdAlive } from '../lib/libc.js';
-import { readFdToSecure, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { withFdInSecure } from '../lib/secure.js';
 import { quote, quoteAll } from '../lib/text.js';
 import { ExeHash, executable } from './exe-hash.js';
 import type { Caller } from '../policy/index.js';
@@ -69,37 +69,33 @@ function loaderVariables(
   } catch {
     return undefined;
   }
-  let env: SecureBuffer;
   try {
-    env = readFdToSecure(fd, MAX_ENVIRON);
+    return withFdInSecure(fd, MAX_ENVIRON, (env) => {
+      const found: Array<{ name: string; value: string | undefined }> = [];
+      let at = 0;
+      while (at < env.length && found.length < MAX_LOADER_VARIABLES) {
+        let end = env.indexOf(0, at);
+        if (end < 0) end = env.length;
+        // '=' within this entry only: a search to the end of the buffer for every entry would
+        // make a crafted environment cost quadratic time in the agent.
+        const eq = env.subarray(at, Math.min(end, at + 65)).indexOf(0x3d);
+        if (eq > 0) {
+          const name = env.subarray(at, at + eq).toString('latin1');
+          if (LOADER_VARIABLES.test(name)) {
+            const value = SHOWN_VALUES.test(name)
+              ? env.subarray(at + eq + 1, Math.min(end, at + eq + 1 + 4096)).toString('utf8')
+              : undefined;
+            found.push({ name, value });
+          }
+        }
+        at = end + 1;
+      }
+      return found;
+    });
   } catch {
     return undefined;
   } finally {
     fs.closeSync(fd);
-  }
-  try {
-    const found: Array<{ name: string; value: string | undefined }> = [];
-    let at = 0;
-    while (at < env.length && found.length < MAX_LOADER_VARIABLES) {
-      let end = env.indexOf(0, at);
-      if (end < 0) end = env.length;
-      // '=' within this entry only: a search to the end of the buffer for every entry would
-      // make a crafted environment cost quadratic time in the agent.
-      const eq = env.subarray(at, Math.min(end, at + 65)).indexOf(0x3d);
-      if (eq > 0) {
-        const name = env.subarray(at, at + eq).toString('latin1');
-        if (LOADER_VARIABLES.test(name)) {
-          const value = SHOWN_VALUES.test(name)
-            ? env.subarray(at + eq + 1, Math.min(end, at + eq + 1 + 4096)).toString('utf8')
-            : undefined;
-          found.push({ name, value });
-        }
-      }
-      at = end + 1;
-    }
-    return found;
-  } finally {
-    secureFree(env);
   }
 }
 function readlink(p: string): string | undefined {
@@ -111,10 +107,22 @@ function readlink(p: string): string | undefined {
 }
 
 /** ppid and start time from /proc/PID/stat (the command name may hold spaces and parentheses). */
+/** /proc/PID/stat is one line of at most ~700 bytes (a 16-byte name and 52 numbers). */
+const statBuf = Buffer.alloc(1024);
+
+/**
+ * A process's parent and start time. Read for the caller and each ancestor at every connection:
+ * one open, read and close into a reused buffer (readFileSync adds an fstat and a second read).
+ */
 function stat(pid: number): { ppid: number; startTime: string } | undefined {
   let text: string;
   try {
-    text = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fd = fs.openSync(`/proc/${pid}/stat`, 'r');
+    try {
+      text = statBuf.toString('latin1', 0, fs.readSync(fd, statBuf, 0, statBuf.length, 0));
+    } finally {
+      fs.closeSync(fd);
+    }
   } catch {
     return undefined;
   }

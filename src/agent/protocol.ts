@@ -12,7 +12,14 @@
  * frame is a ProtocolError (an error reply, then the connection is closed), never an exception
  * that reaches the daemon.
  */
-import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.js';
+import {
+  secureAlloc,
+  secureFree,
+  securePooled,
+  secureRelease,
+  zero,
+  type SecureBuffer,
+} from '../lib/secure.js';
 import { inFlight } from './inflight.js';
 
 export const PROTOCOL_VERSION = 1;
@@ -113,6 +120,12 @@ export function frameHead(type: number, meta: Record<string, unknown>, rawLength
   return Buffer.concat([h, m]);
 }
 
+/** A reader's buffer back to the pool if it is of the pooled size, else freed (both zero it). */
+function giveBack(buf: SecureBuffer): void {
+  if (buf.length === SMALL) secureRelease(buf);
+  else secureFree(buf);
+}
+
 /**
  * Accumulates socket chunks into frames. Each chunk is copied into secure memory and zeroed at
  * once (an unzeroed socket chunk is one of the copies a memory scan finds).
@@ -207,10 +220,13 @@ export class FrameReader {
     const size = Math.max(SMALL, Math.min(Math.max(n, have * 2), 4 + this.total));
     if (!inFlight.reserve(size - have))
       throw new ProtocolError('the agent is holding too much request data: try again shortly');
-    const bigger = secureAlloc(size);
+    // A connection's first buffer is of one size (SMALL), taken from the pool and given back to
+    // it: a new connection per request (every command line) no longer pays an mmap, mprotect
+    // and mlock, and their undoing, for it.
+    const bigger = size === SMALL ? securePooled(size) : secureAlloc(size);
     if (this.buf) {
       this.buf.copy(bigger, 0, 0, this.used);
-      secureFree(this.buf);
+      giveBack(this.buf);
     }
     this.buf = bigger;
     return bigger;
@@ -219,7 +235,7 @@ export class FrameReader {
   private drop(): void {
     if (!this.buf) return;
     inFlight.release(this.buf.length);
-    secureFree(this.buf);
+    giveBack(this.buf);
     this.buf = undefined;
   }
 
