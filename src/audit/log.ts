@@ -5,10 +5,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import {
-  assertPrivate,
   ensurePrivateDir,
   fsyncDir,
   HeldLock,
+  problemOf,
+  refuseIfProblem,
   withFileLock,
   withFileLockAsync,
 } from '../lib/files.js';
@@ -219,11 +220,12 @@ export class AuditLog {
     });
   }
 
+  /** The log's directory is there and private (one lstat: this runs at every batch). */
   private checkDir(): void {
-    assertPrivate(this.paths.dir, 'dir');
-    if (!fs.existsSync(this.paths.dir)) {
+    const st = fs.lstatSync(this.paths.dir, { throwIfNoEntry: false });
+    if (st === undefined)
       throw unavailable(`no audit log at ${this.paths.dir}`, 'run: keyward audit init');
-    }
+    refuseIfProblem(this.paths.dir, 'dir', problemOf(st, 'dir'));
   }
 
   /** Under the lock: recover, evolve, rotate, write. The caller makes the last write durable. */

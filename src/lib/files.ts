@@ -96,18 +96,19 @@ export function sweepTempFiles(target: string): string[] {
 
 /** Why a path is not private to this user ("it is ..."), or undefined when it is. */
 export function permissionProblem(p: string, kind: 'dir' | 'file'): string | undefined {
-  let st: fs.Stats;
-  try {
-    st = fs.lstatSync(p);
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
-    throw e;
-  }
+  const st = fs.lstatSync(p, { throwIfNoEntry: false });
+  return st === undefined ? undefined : problemOf(st, kind);
+}
+
+/** The effective uid, read once: keyward never changes its own. */
+const EUID = process.geteuid?.() ?? -1;
+
+/** What is wrong with an entry's type, owner or mode for a private dir or file (lstat's stats). */
+export function problemOf(st: fs.Stats, kind: 'dir' | 'file'): string | undefined {
   if (st.isSymbolicLink()) return 'it is a symbolic link';
   if (kind === 'dir' && !st.isDirectory()) return 'it is not a directory';
   if (kind === 'file' && !st.isFile()) return 'it is not a regular file';
-  const uid = process.geteuid?.() ?? -1;
-  if (st.uid !== uid) return `it is owned by uid ${st.uid}, not by you (uid ${uid})`;
+  if (st.uid !== EUID) return `it is owned by uid ${st.uid}, not by you (uid ${EUID})`;
   const loose = st.mode & 0o077;
   if (loose !== 0) {
     const mode = (st.mode & 0o777).toString(8).padStart(3, '0');
@@ -118,7 +119,15 @@ export function permissionProblem(p: string, kind: 'dir' | 'file'): string | und
 
 /** Fails closed when `p` exists and others could read or change it. */
 export function assertPrivate(p: string, kind: 'dir' | 'file'): void {
-  const problem = permissionProblem(p, kind);
+  refuseIfProblem(p, kind, permissionProblem(p, kind));
+}
+
+/** Throws INSECURE_PERMISSIONS for p when there is a problem (problemOf, permissionProblem). */
+export function refuseIfProblem(
+  p: string,
+  kind: 'dir' | 'file',
+  problem: string | undefined,
+): void {
   if (problem !== undefined) {
     const wanted = kind === 'dir' ? '700' : '600';
     throw new IntegrityError('INSECURE_PERMISSIONS', `refusing to use ${p}: ${problem}`, {
