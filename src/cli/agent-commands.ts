@@ -2,7 +2,8 @@
  * agent run | start | stop, unlock, lock, status, approvals, approve, deny.
  */
 import { fileURLToPath } from 'node:url';
-import { InvalidArgumentError, Option, type Command } from 'commander';
+import type { Command } from 'commander';
+import { InvalidArgumentError, Option } from './commander.js';
 import {
   agentApprovals,
   agentApprove,

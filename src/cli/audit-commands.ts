@@ -3,7 +3,8 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { type Command, InvalidArgumentError } from 'commander';
+import type { Command } from 'commander';
+import { InvalidArgumentError } from './commander.js';
 import { agentStatus, call, jsonBody } from '../agent/index.js';
 import {
   acknowledge,

@@ -2,7 +2,7 @@
  * The keyward command line: a thin layer over the library. It parses arguments, calls one
  * library operation, prints names and metadata, and maps errors through reportError.
  */
-import { Command, CommanderError } from 'commander';
+import { Command, CommanderError } from './commander.js';
 import { EXIT, UsageError, type ExitCode } from '../errors.js';
 import { hardenProcess } from '../lib/libc.js';
 import { commandEpilogue, helpEpilogue } from './manual.js';

@@ -1,7 +1,8 @@
 /**
  * init, whoami, secret set / list / rm, passwd, rekey (read: read-command.ts).
  */
-import { type Command, InvalidArgumentError } from 'commander';
+import type { Command } from 'commander';
+import { InvalidArgumentError } from './commander.js';
 import { UsageError } from '../errors.js';
 import { socketDir } from '../lib/paths.js';
 import { askOnTerminal } from '../lib/tty.js';
