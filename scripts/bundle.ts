@@ -9,7 +9,8 @@
  * it as they did.
  *
  * The bundle sits at the same depth as dist/src/cli, so the paths modules find beside themselves
- * (`../../../bin/keyward.js`, the console's web directory, `./exec-helper.js`, itself an entry)
+ * (`../../../bin/keyward.js`, the console's web directory, `./exec-helper.js` and
+ * `./parse-worker.js`, entries themselves)
  * are the same from either place.
  */
 import { build } from 'esbuild';
@@ -21,13 +22,17 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '.
 const SRC = path.join(ROOT, 'dist/src');
 const OUT = path.join(SRC, 'bundle');
 
-/** What bin/keyward.js imports, and the exec step `keyward run` starts as a script of its own. */
+/**
+ * What bin/keyward.js imports, the exec step `keyward run` starts as a script of its own, and the
+ * agent's policy-parsing worker.
+ */
 export const BUNDLE_ENTRIES = [
   'lib/runtime-guard.js',
   'cli/report.js',
   'cli/quick-read.js',
   'cli/main.js',
   'run/exec-helper.js',
+  'policy/parse-worker.js',
 ];
 
 export async function bundle(): Promise<void> {

@@ -497,3 +497,48 @@ rules:
     );
   });
 });
+
+test('the agent parses policies in a worker thread: the same results, and zod and yaml never load in its own', async () => {
+  const { execFileSync } = await import('node:child_process');
+  const path = await import('node:path');
+  const { ROOT } = await import('./helpers.js');
+  const index = path.join(ROOT, 'dist/src/policy/index.js');
+  const script = `
+    import { createRequire } from 'node:module';
+    const p = await import(${JSON.stringify(index)});
+    const texts = [
+      'version: 1\\nrules:\\n  - { name: a, targets: ["x/*"], decision: allow }\\n',
+      'version: 1\\nrules:\\n  - { name: a, targets: ["x/*"], decision: maybe }\\n',
+    ];
+    const here = texts.map((t) => p.parsePolicy(t));
+    const loaded = () => Object.keys(createRequire(import.meta.url).cache).filter((k) => /node_modules\\/(zod|yaml)\\//.test(k)).length;
+    const before = loaded();
+    p.parsePoliciesInWorker(true);
+    const there = p.parsePolicies(texts);
+    const again = p.parsePolicy(texts[0]);
+    process.stdout.write(JSON.stringify({ here, there, again, before }));
+  `;
+  // In a fresh process, the worker's parse first (nothing loaded), then the in-thread one.
+  const workerFirst = `
+    import { createRequire } from 'node:module';
+    const p = await import(${JSON.stringify(index)});
+    p.parsePoliciesInWorker(true);
+    const r = p.parsePolicy('version: 1\\nrules: []\\n');
+    const loaded = Object.keys(createRequire(import.meta.url).cache).filter((k) => /node_modules\\/(zod|yaml)\\//.test(k));
+    process.stdout.write(JSON.stringify({ ok: r.ok, loaded }));
+  `;
+  const run = (s: string) =>
+    JSON.parse(
+      execFileSync(process.execPath, ['--input-type=module', '-e', s], { encoding: 'utf8' }),
+    );
+  const a = run(script);
+  assert.ok(a.before > 0, 'the in-thread parse loads zod and yaml');
+  assert.deepEqual(a.there, a.here);
+  assert.deepEqual(a.again, a.here[0]);
+  assert.equal(a.here[0].ok, true);
+  assert.equal(a.here[1].ok, false);
+  assert.match(JSON.stringify(a.there[1].problems), /"line":3/);
+  const b = run(workerFirst);
+  assert.equal(b.ok, true);
+  assert.deepEqual(b.loaded, [], 'zod or yaml loaded in the main thread');
+});

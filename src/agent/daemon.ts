@@ -14,6 +14,7 @@ import {
 } from '../lib/runtime-guard.js';
 import { agentStatus } from './client.js';
 import { printable } from '../lib/text.js';
+import { parsePoliciesInWorker } from '../policy/index.js';
 import type { Agent as AgentType } from './server.js';
 import { prepareSocketDir, socketPaths } from './socketdir.js';
 import { AGENT_NODE_OPTIONS, mallocCacheOff, withoutMallocCache } from '../lib/process.js';
@@ -95,6 +96,8 @@ export async function runAgent(o: RunOptions): Promise<void> {
   }
   if (exposure.length > 0)
     o.log(`WARNING: this agent can be debugged (--allow-debugger): ${exposure.join('; ')}`);
+  // Policies are parsed in a worker thread, so zod and yaml never stay in the agent's heap.
+  parsePoliciesInWorker(true);
   if (!secureHeap)
     o.log(
       'WARNING: OpenSSL could not make its secure heap: ECDSA keys are parsed at each signature',

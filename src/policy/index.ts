@@ -6,7 +6,6 @@ export {
   cacheIdleMs,
   CACHE_IDLE_DEFAULT_MS,
   durationMs,
-  parsePolicy,
   POLICY_MAX_BYTES,
   type ApprovalMode,
   type ParseResult,
@@ -17,6 +16,7 @@ export {
   type ProxyPolicy,
   type RateLimitPolicy,
 } from './schema.js';
+export { parsePolicies, parsePolicy, parsePoliciesInWorker } from './parse-thread.js';
 export {
   evaluate,
   withChannels,

@@ -321,8 +321,11 @@ function atStart(message: string): ParseResult {
   return { ok: false, problems: [{ line: 1, column: 1, path: '', message }] };
 }
 
-/** Parses and validates policy text. Never throws on bad input. */
-export function parsePolicy(text: string): ParseResult {
+/**
+ * Parses and validates policy text in this thread (loading zod and yaml). Never throws on bad
+ * input. Callers use parsePolicy (parse-thread.ts), which in the agent runs this in a worker.
+ */
+export function parsePolicyHere(text: string): ParseResult {
   if (Buffer.byteLength(text, 'utf8') > POLICY_MAX_BYTES) {
     return atStart(`the policy is larger than ${POLICY_MAX_BYTES} bytes`);
   }

@@ -9,7 +9,8 @@ import { IntegrityError, KeywardError } from '../errors.js';
 import { ensurePrivateDir, writeFileAtomic } from '../lib/files.js';
 import { secureFree, secureTake } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
-import { parsePolicy, type Policy, type PolicyProblem } from './schema.js';
+import { parsePolicies, parsePolicy } from './parse-thread.js';
+import type { ParseResult, Policy, PolicyProblem } from './schema.js';
 
 export const DEFAULT_POLICY = `# keyward policy (docs/POLICY.md). The first matching rule decides; nothing matching is deny.
 # The default: no secret or key is released silently. Every one needs a person's confirmation,
@@ -136,16 +137,19 @@ export function readHistory(home: string): HistoryEntry[] {
   } catch {
     return [];
   }
-  return names.map((n) => {
-    const file = path.join(p.history, n);
-    const text = fs.readFileSync(file, 'utf8');
-    const parsed = parsePolicy(text);
+  const files = names.map((n) => path.join(p.history, n));
+  const texts = files.map((f) => fs.readFileSync(f, 'utf8'));
+  const parsed = parsePolicies(texts);
+  return names.map((n, i) => {
+    const file = files[i] as string;
+    const text = texts[i] as string;
+    const r = parsed[i] as ParseResult;
     return {
       version: Number(n.slice(0, 6)),
       file,
       sha256: sha256Hex(text),
       appliedAt: fs.statSync(file).mtime.toISOString(),
-      rules: parsed.ok ? parsed.policy.rules.length : -1,
+      rules: r.ok ? r.policy.rules.length : -1,
     };
   });
 }
