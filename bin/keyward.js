@@ -18,12 +18,15 @@ if (guard.runtimeState.exposure.length > 0 && !guard.runtimeState.allowed) {
   process.exit(refuseExposure(guard.runtimeState.exposure));
 }
 
-// `keyward read NAME` through an agent needs no command-line parser (src/cli/quick-read.ts). Its
-// module is loaded only for that shape (quickRead checks it again): every other command would pay
-// for loading the agent client and libsodium before it even parsed its arguments.
-const readShape = argv.length === 2 && argv[0] === 'read' && !argv[1].startsWith('-');
-const quick = readShape
-  ? await (await import('../dist/src/bundle/quick-read.js')).quickRead(argv)
+// `keyward read NAME`, `lock` and `agent stop` need no command-line parser (src/cli/quick.ts).
+// Its module is loaded only for those shapes (quick() checks them again): every other command
+// would pay for loading the agent client and libsodium before it even parsed its arguments.
+const quickShape =
+  (argv.length === 2 && argv[0] === 'read' && !argv[1].startsWith('-')) ||
+  (argv.length === 1 && argv[0] === 'lock') ||
+  (argv.length === 2 && argv[0] === 'agent' && argv[1] === 'stop');
+const quick = quickShape
+  ? await (await import('../dist/src/bundle/quick.js')).quick(argv)
   : undefined;
 if (quick !== undefined) process.exitCode = quick;
 else {

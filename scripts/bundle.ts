@@ -29,7 +29,7 @@ const OUT = path.join(SRC, 'bundle');
 export const BUNDLE_ENTRIES = [
   'lib/runtime-guard.js',
   'cli/report.js',
-  'cli/quick-read.js',
+  'cli/quick.js',
   'cli/main.js',
   'run/exec-helper.js',
   'policy/parse-worker.js',

@@ -12,7 +12,6 @@ import {
   call,
   runAgent,
   startAgent,
-  stopAgent,
 } from '../agent/index.js';
 import { KeywardError } from '../errors.js';
 import { keywardHome, socketDir } from '../lib/paths.js';
@@ -20,6 +19,7 @@ import { runtimeState } from '../lib/runtime-guard.js';
 import { printable } from '../lib/text.js';
 import { note, type Io } from './report.js';
 import { agentSocket, passphraseFile } from './places.js';
+import { agentStopCommand, lockCommand } from './quick.js';
 
 const BIN = fileURLToPath(new URL('../../../bin/keyward.js', import.meta.url));
 
@@ -78,13 +78,7 @@ export function registerAgentCommands(program: Command, io: Io): void {
   agent
     .command('stop')
     .description('stop the agent (wipes keys)')
-    .action(async () => {
-      io.stdout(
-        (await stopAgent(socketDir()))
-          ? 'keyward agent stopped\n'
-          : 'no keyward agent was running\n',
-      );
-    });
+    .action(() => agentStopCommand(io));
 
   program
     .command('unlock')
@@ -109,10 +103,7 @@ export function registerAgentCommands(program: Command, io: Io): void {
   program
     .command('lock')
     .description('close the unlock window: wipes keys and remembered approvals')
-    .action(async () => {
-      await call(agentSocket(), 'lock');
-      io.stdout('locked\n');
-    });
+    .action(() => lockCommand(io));
 
   program
     .command('status')

@@ -1,7 +1,7 @@
 /**
  * What every keyward command sets up before it talks to anyone: EPIPE is a quiet end, the
  * process hardens once the agent greeted it, and a request that waits for a person says so.
- * Shared by main.ts and quick-read.ts (which runs without the command-line parser).
+ * Shared by main.ts and quick.ts (which runs without the command-line parser).
  */
 import { onAgentHello, onApprovalPending, type PendingNotice } from '../agent/index.js';
 import { EXIT } from '../errors.js';
