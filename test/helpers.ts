@@ -11,6 +11,17 @@ export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '
 export const BIN = path.join(ROOT, 'bin/keyward.js');
 export const VECTORS = path.join(ROOT, 'test/vectors');
 
+/**
+ * Every temporary directory a test file makes (its homes, vaults, sockets; its children's too,
+ * through TMPDIR) goes under one directory, removed when the file's process exits: a run leaves
+ * no test vault or key behind in /tmp. 0711: a process of another uid (setpriv) can reach a
+ * directory a test opened to it, and list none.
+ */
+const TEST_TMP = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-tests-'));
+fs.chmodSync(TEST_TMP, 0o711);
+process.env['TMPDIR'] = TEST_TMP;
+process.on('exit', () => fs.rmSync(TEST_TMP, { recursive: true, force: true }));
+
 /** The minimum argon2id cost, so tests that init many vaults stay fast. */
 /**
  * Tests that need root (setpriv, /proc/PID/mem, chown) run as root, and always under CI=true: CI
