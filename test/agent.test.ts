@@ -882,3 +882,18 @@ test('ssh-env says on stderr when ssh will find no keys: no agent, or a locked o
   assert.equal(r.stderr, '');
   assert.match(r.stdout, /^export SSH_AUTH_SOCK=/);
 });
+
+test("the agent's malloc settings are in force however GLIBC_TUNABLES set them before: the last setting of a name wins", async () => {
+  const { mallocCacheOff } = await import('../src/lib/process.js');
+  const want = 'glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1';
+  assert.equal(mallocCacheOff({})['GLIBC_TUNABLES'], want);
+  const set = { GLIBC_TUNABLES: 'glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1' };
+  assert.equal(mallocCacheOff(set), set);
+  // A later setting turns the cache back on: the agent's go after it again.
+  const undone = 'glibc.malloc.tcache_count=0:glibc.malloc.arena_max=1:glibc.malloc.tcache_count=7';
+  assert.equal(mallocCacheOff({ GLIBC_TUNABLES: undone })['GLIBC_TUNABLES'], `${undone}:${want}`);
+  assert.equal(
+    mallocCacheOff({ GLIBC_TUNABLES: 'glibc.malloc.check=3' })['GLIBC_TUNABLES'],
+    `glibc.malloc.check=3:${want}`,
+  );
+});

@@ -542,3 +542,39 @@ test('the agent parses policies in a worker thread: the same results, and zod an
   assert.equal(b.ok, true);
   assert.deepEqual(b.loaded, [], 'zod or yaml loaded in the main thread');
 });
+
+test('after an upgrade in place (its worker file replaced), the agent parses with the schema it started with, in its own thread', async () => {
+  const { execFileSync } = await import('node:child_process');
+  const fs = await import('node:fs');
+  const os = await import('node:os');
+  const path = await import('node:path');
+  const { ROOT } = await import('./helpers.js');
+  // A copy of the build, so the worker file can be replaced without touching the real one.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-upgrade-'));
+  fs.cpSync(path.join(ROOT, 'dist/src'), path.join(dir, 'src'), { recursive: true });
+  fs.symlinkSync(path.join(ROOT, 'node_modules'), path.join(dir, 'node_modules'));
+  const worker = path.join(dir, 'src/policy/parse-worker.js');
+  // The "new build" accepts anything: a worker of it would hand back a policy with no rules.
+  const forged = `import { workerData } from 'node:worker_threads';
+    workerData.port.postMessage({ results: workerData.texts.map(() => ({ ok: true, policy: { version: 1, rules: [] } })) });
+    const f = new Int32Array(workerData.flag); Atomics.store(f, 0, 1); Atomics.notify(f, 0);`;
+  const script = `
+    import fs from 'node:fs';
+    const p = await import(${JSON.stringify(path.join(dir, 'src/policy/index.js'))});
+    p.parsePoliciesInWorker(true);
+    const text = (n) => 'version: 1\\nrules:\\n  - { name: r' + n + ', targets: ["x/*"], decision: allow }\\n';
+    const before = p.parsePolicy(text(1));
+    fs.rmSync(${JSON.stringify(worker)});
+    fs.writeFileSync(${JSON.stringify(worker)}, ${JSON.stringify(forged)});
+    const after = p.parsePolicy(text(2));
+    process.stdout.write(JSON.stringify({ before: before.policy.rules.length, after: after.policy.rules.length }));
+  `;
+  try {
+    const out = JSON.parse(
+      execFileSync(process.execPath, ['--input-type=module', '-e', script], { encoding: 'utf8' }),
+    );
+    assert.deepEqual(out, { before: 1, after: 1 });
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});

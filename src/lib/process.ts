@@ -128,9 +128,14 @@ export function openPty(rows: number, cols: number): { master: number; slave: nu
  */
 const AGENT_TUNABLES = ['glibc.malloc.tcache_count=0', 'glibc.malloc.arena_max=1'];
 
+/** Whether each of the agent's tunables is in force: the last setting of its name is its value. */
 function hasAgentTunables(value: string | undefined): boolean {
-  const have = value?.split(':') ?? [];
-  return AGENT_TUNABLES.every((t) => have.includes(t));
+  const last = new Map<string, string>();
+  for (const t of value?.split(':') ?? []) {
+    const eq = t.indexOf('=');
+    if (eq > 0) last.set(t.slice(0, eq), t);
+  }
+  return AGENT_TUNABLES.every((t) => last.get(t.slice(0, t.indexOf('='))) === t);
 }
 
 /**

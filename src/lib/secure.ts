@@ -165,15 +165,19 @@ const POOLED_READ = 16 * 1024;
  * tenth of the agent's work per connection.
  */
 export function withFdInSecure<T>(fd: number, maxBytes: number, fn: (b: SecureBuffer) => T): T {
-  let buf = securePooled(Math.min(POOLED_READ, maxBytes + 1));
+  const first = securePooled(Math.min(POOLED_READ, maxBytes + 1));
+  let buf = first;
   let used = 0;
+  // Only the first buffer goes back to the pool: a larger one (a long environment) is freed, so
+  // it never fills the pool with sizes no read starts with.
+  const done = (b: SecureBuffer) => (b === first ? secureRelease(b) : secureFree(b));
   try {
     for (;;) {
       if (used === buf.length) {
         if (buf.length >= maxBytes + 1) throw new RangeError('too large');
         const bigger = secureAlloc(Math.min(buf.length * 2, maxBytes + 1));
         buf.copy(bigger, 0, 0, used);
-        secureRelease(buf);
+        done(buf);
         buf = bigger;
       }
       const n = readSyncRetrying(fd, buf, used, buf.length - used);
@@ -183,7 +187,7 @@ export function withFdInSecure<T>(fd: number, maxBytes: number, fn: (b: SecureBu
     if (used > maxBytes) throw new RangeError('too large');
     return fn(buf.subarray(0, used) as SecureBuffer);
   } finally {
-    secureRelease(buf);
+    done(buf);
   }
 }
 

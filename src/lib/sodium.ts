@@ -20,6 +20,9 @@ const require = createRequire(import.meta.url);
  * package's own resolver to decide, as before; the result is the same library either way
  * (test/crypto.test.ts checks the fast path is the one taken here).
  */
+const BINDING_JS =
+  "require.addon = require('require-addon')\nmodule.exports = require.addon('.', __filename)\n";
+
 function preloadAddon(): boolean {
   try {
     const dir = path.dirname(require.resolve('sodium-native'));
@@ -30,7 +33,15 @@ function preloadAddon(): boolean {
       `${process.platform}-${process.arch}`,
       'sodium-native.node',
     );
-    if (process.platform !== 'linux' || require.cache[binding] || !fs.existsSync(addon))
+    if (
+      process.platform !== 'linux' ||
+      require.cache[binding] ||
+      // Alpine's musl: the package's resolver looks for a -musl build; let it.
+      fs.existsSync('/etc/alpine-release') ||
+      // binding.js as this was written against: it only hands back the addon.
+      fs.readFileSync(binding, 'utf8') !== BINDING_JS ||
+      !fs.existsSync(addon)
+    )
       return false;
     const m = new Module(binding);
     m.filename = binding;
