@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { kwAsync, stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
@@ -173,7 +174,7 @@ describe('durability by syscall order (strace)', { skip }, () => {
 
   /** The agent's calls (and its children's) while `during` runs: strace attached by pid. */
   async function tracedAgent<T>(h: AgentHome, during: () => Promise<T>): Promise<[T, Call[]]> {
-    const out = path.join(fs.mkdtempSync('/tmp/keyward-strace-'), 'trace');
+    const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-strace-')), 'trace');
     const tracer = spawn(
       STRACE,
       ['-f', '-y', '-s', '4096', '-e', `${TRACED},execve`, '-o', out, '-p', String(h.agentPid)],

@@ -8,6 +8,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { parsePolicy } from '../src/policy/index.js';
@@ -120,7 +121,7 @@ describe('the operators beyond this machine, over TLS', () => {
 
   before(async () => {
     port = await freePort();
-    const dir = fs.mkdtempSync(path.join(fs.realpathSync('/tmp'), 'keyward-tls-'));
+    const dir = fs.mkdtempSync(path.join(fs.realpathSync(os.tmpdir()), 'keyward-tls-'));
     const made = makeCertificates(dir);
     ca = made.ca;
     key = made.key;

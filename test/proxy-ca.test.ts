@@ -44,6 +44,7 @@ describe('the per-run certificate authority', { skip }, () => {
   });
   after(async () => {
     for (const s of servers) await new Promise<void>((r) => s.close(() => r()));
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 
   /** curl, run without blocking this process (its TLS server answers from here). */
