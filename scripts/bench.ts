@@ -38,12 +38,23 @@ function rate(count: number, ms: number): number {
   return Math.round((count / ms) * 1000);
 }
 
+/** The bench's own temporary directories, removed when it exits (it leaves nothing in /tmp). */
+const scratch: string[] = [];
+process.on('exit', () => {
+  for (const d of scratch) fs.rmSync(d, { recursive: true, force: true });
+});
+function scratchDir(): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-bench-'));
+  scratch.push(d);
+  return d;
+}
+
 function freshLog(keep = false): {
   log: AuditLog;
   seed: ReturnType<typeof secureTake>;
   home: string;
 } {
-  const home = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-bench-'));
+  const home = scratchDir();
   fs.chmodSync(home, 0o700);
   const seed = secureTake(randomBytes(32));
   const log = new AuditLog(home, { keep });
@@ -84,7 +95,7 @@ async function main(): Promise<void> {
   // The physical limit: a line appended and fsynced, from Node, on the same disk, the way the
   // agent does it (the fsync on libuv's thread pool).
   const n1 = Number(process.env['BENCH_APPENDS'] ?? 1000);
-  const rawFile = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-bench-')), 'raw');
+  const rawFile = path.join(scratchDir(), 'raw');
   const rawFd = fs.openSync(rawFile, 'a', 0o600);
   const rawLine = Buffer.alloc(lineBytes, 0x61);
   for (let i = 0; i < WARM_APPENDS; i++) {
