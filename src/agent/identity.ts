@@ -106,13 +106,13 @@ function readlink(p: string): string | undefined {
   }
 }
 
-/** ppid and start time from /proc/PID/stat (the command name may hold spaces and parentheses). */
 /** /proc/PID/stat is one line of at most ~700 bytes (a 16-byte name and 52 numbers). */
 const statBuf = Buffer.alloc(1024);
 
 /**
- * A process's parent and start time. Read for the caller and each ancestor at every connection:
- * one open, read and close into a reused buffer (readFileSync adds an fstat and a second read).
+ * ppid and start time from /proc/PID/stat (the command name may hold spaces and parentheses).
+ * Read for the caller and each ancestor at every connection: one open, read and close into a
+ * reused buffer (readFileSync adds an fstat and a second read).
  */
 function stat(pid: number): { ppid: number; startTime: string } | undefined {
   let text: string;

@@ -159,10 +159,10 @@ const POOLED_READ = 16 * 1024;
 /**
  * Reads a descriptor to its end into secure memory (at most maxBytes; more is a RangeError),
  * growing by doubling (each outgrown buffer zeroed), and runs fn on exactly the bytes read, which
- * fn must not keep: afterwards they are zeroed, and the
- * memory is kept for the next read (securePooled). For a read made at every request (a caller's
- * environment, at each connection), where a buffer allocated, copied and freed each time was a
- * tenth of the agent's work per connection.
+ * fn must not keep: afterwards they are zeroed, and the first buffer is kept for the next read
+ * (securePooled). For a read made at every request (a caller's environment, at each connection),
+ * where a buffer allocated, copied and freed each time was a tenth of the agent's work per
+ * connection.
  */
 export function withFdInSecure<T>(fd: number, maxBytes: number, fn: (b: SecureBuffer) => T): T {
   const first = securePooled(Math.min(POOLED_READ, maxBytes + 1));

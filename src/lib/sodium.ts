@@ -11,6 +11,10 @@ import type Sodium from 'sodium-native';
 
 const require = createRequire(import.meta.url);
 
+/** sodium-native's binding.js as the fast path below knows it: it only hands back the addon. */
+const BINDING_JS =
+  "require.addon = require('require-addon')\nmodule.exports = require.addon('.', __filename)\n";
+
 /**
  * sodium-native finds its compiled addon through a general resolver (require-addon and
  * bare-addon-resolve: package files read, conditions matched), about 6 ms of every process that
@@ -18,11 +22,8 @@ const require = createRequire(import.meta.url);
  * Linux, where that file is there, keyward loads it itself and gives it to the package as its
  * `binding.js` would have. Anything unexpected (another layout, a failed load) leaves the
  * package's own resolver to decide, as before; the result is the same library either way
- * (test/crypto.test.ts checks the fast path is the one taken here).
+ * (test/vectors.test.ts checks the fast path is the one taken here).
  */
-const BINDING_JS =
-  "require.addon = require('require-addon')\nmodule.exports = require.addon('.', __filename)\n";
-
 function preloadAddon(): boolean {
   try {
     const dir = path.dirname(require.resolve('sodium-native'));
@@ -38,7 +39,7 @@ function preloadAddon(): boolean {
       require.cache[binding] ||
       // Alpine's musl: the package's resolver looks for a -musl build; let it.
       fs.existsSync('/etc/alpine-release') ||
-      // binding.js as this was written against: it only hands back the addon.
+      // Another binding.js may do more than hand back the addon.
       fs.readFileSync(binding, 'utf8') !== BINDING_JS ||
       !fs.existsSync(addon)
     )
