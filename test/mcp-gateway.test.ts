@@ -6,6 +6,7 @@
  * 15) a process life like the server's own.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
@@ -324,6 +325,101 @@ describe('keyward mcp wrap: hardening found in review', () => {
     });
     assert.equal(r.isError, true);
     assert.match(textOf(r), /no NUL characters/);
+  });
+});
+
+describe('keyward mcp wrap: every call the server sees is in the audit log', () => {
+  /** The records of calls (without pins and leaks): a call, then its end when it has one. */
+  const callsOf = (h: Parameters<typeof mcpEvents>[0], server: string) =>
+    mcpEvents(h).filter(
+      (e) =>
+        e.details['server'] === server &&
+        (e.details['event'] === undefined || e.details['event'] === 'result'),
+    );
+  const argsHash = (args: unknown) =>
+    createHash('sha256').update(JSON.stringify(args)).digest('hex');
+
+  test('a call is recorded before the server has it: a gateway killed mid-call (SIGKILL) leaves its record', async () => {
+    const h = await agentWith('  leak_blocking: false\n');
+    const file = toolsFile(h, [tool('ask', 'Ask the model.')]);
+    const gw = rawGateway(h, 'midcall', [process.execPath, CHANGING], { MCP_TOOLS: file });
+    gw.send({ ...INIT, params: { ...INIT.params, capabilities: { sampling: {} } } });
+    await gw.waitFor((l) => l.includes('"id":1'));
+    gw.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+    const args = { text: 'mid-call' };
+    gw.send({
+      jsonrpc: '2.0',
+      id: 2,
+      method: 'tools/call',
+      params: { name: 'ask', arguments: args },
+    });
+    // The server has the call: it asks the client for a sampling answer before it answers.
+    await gw.waitFor((l) => l.includes('sampling/createMessage'));
+    // A process of the same user ends the gateway before the answer can come.
+    gw.g.kill('SIGKILL');
+    await gw.exited;
+    const calls = callsOf(h, 'midcall');
+    assert.deepEqual(
+      calls.map((e) => [e.decision, e.details['event'] ?? null, e.details['argsSha256']]),
+      [['allow', null, argsHash(args)]],
+    );
+  });
+
+  test('a call whose server dies before answering is recorded, and so is its end (error)', async () => {
+    const h = await agentWith('  leak_blocking: false\n');
+    const file = toolsFile(h, [tool('search', 'Search.')]);
+    const dying = await through(h, 'dying', [process.execPath, CHANGING], {
+      MCP_TOOLS: file,
+      MCP_MODE: 'die',
+    });
+    await assert.rejects(
+      dying.callTool({ name: 'search', arguments: { text: 'last words' } }),
+      /MCP server dying exited/,
+    );
+    const calls = callsOf(h, 'dying');
+    assert.deepEqual(
+      calls.map((e) => [e.details['tool'], e.decision, e.details['event'] ?? null]),
+      [
+        ['search', 'allow', null],
+        ['search', 'error', 'result'],
+      ],
+    );
+    assert.match(String(calls[1]?.reason), /exited/);
+    assert.equal(calls[1]?.details['argsSha256'], argsHash({ text: 'last words' }));
+  });
+
+  test('an answer that is an error, or had a value concealed, is recorded as the end of its call; a plain one is not', async () => {
+    const h = await agentWith('  leak_blocking: true\n');
+    assert.equal(
+      kw(['secret', 'set', 'leak/token'], { env: h.env, input: 'ghp_endOfCallToken789' }).code,
+      0,
+    );
+    assert.equal(kw(['read', 'leak/token'], { env: h.env }).code, 0);
+    const file = toolsFile(h, [tool('search', 'Search.'), tool('fail', 'Fail.')]);
+    const plain = await through(h, 'plain', [process.execPath, CHANGING], { MCP_TOOLS: file });
+    await plain.callTool({ name: 'search', arguments: { text: 'plain' } });
+    const leaky = await through(h, 'leaky', [process.execPath, CHANGING], {
+      MCP_TOOLS: file,
+      MCP_LEAK: 'the server says ghp_endOfCallToken789',
+    });
+    assert.match(
+      textOf(await leaky.callTool({ name: 'search', arguments: { text: 'q' } })),
+      /concealed by keyward/,
+    );
+    await assert.rejects(leaky.callTool({ name: 'fail', arguments: {} }), /it failed/);
+    const of = (server: string) =>
+      callsOf(h, server).map((e) => [e.details['tool'], e.decision, e.details['event'] ?? null]);
+    assert.deepEqual(of('plain'), [['search', 'allow', null]]);
+    assert.deepEqual(of('leaky'), [
+      ['search', 'allow', null],
+      ['search', 'allow', 'result'],
+      ['fail', 'allow', null],
+      ['fail', 'error', 'result'],
+    ]);
+    const concealed = mcpEvents(h).find(
+      (e) => e.details['server'] === 'leaky' && e.details['event'] === 'result',
+    );
+    assert.equal(concealed?.details['redacted'], 'leak/token');
   });
 });
 

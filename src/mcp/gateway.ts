@@ -170,10 +170,44 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     } catch (e) {
       return refuse(`the arguments could not be checked for secrets (${message(e)}): fail closed`);
     }
+    // The call is durable in the audit log before the server has it: a gateway ended mid-call,
+    // or a server that never answers, still leaves its record. Unrecorded, it is not sent.
+    try {
+      guard.auditStrict({
+        target: name,
+        decision: 'allow',
+        details: { server: name, tool, argsSha256: argsHash },
+      });
+    } catch (e) {
+      return refuse(`the call could not be recorded in the audit log (${message(e)}): fail closed`);
+    }
     const ourId = newId();
     pending.set(ourId, { clientId: id, method: 'tools/call', tool, argsHash });
     toServer({ ...m, id: ourId });
   };
+
+  /**
+   * The end of a call, when it is more than its answer: an error (the server's, or keyward's
+   * when it withheld the answer or could not check it), concealed values, a server gone.
+   */
+  const callEnded = (
+    req: Req,
+    decision: 'allow' | 'deny' | 'error',
+    reason: string,
+    redacted: string[] = [],
+  ) =>
+    audit({
+      target: name,
+      decision,
+      reason,
+      details: {
+        server: name,
+        tool: req.tool ?? null,
+        argsSha256: req.argsHash ?? null,
+        event: 'result',
+        redacted: redacted.join(',') || null,
+      },
+    });
 
   /** Any other request from the client: scanned, then forwarded under a new id. */
   const request = async (m: Json, id: Id, method: string) => {
@@ -251,11 +285,14 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   const answer = async (m: Json, req: Req) => {
     const id = req.clientId;
     m = { ...m, id };
+    const call = req.method === 'tools/call';
     try {
       m = await guardAnswer(m, req);
       const s = await scan(m, true, UNSCANNED_FROM_SERVER.has(req.method));
       if (s.withheld) {
-        guard.leakAudit(req.method, s.found, 'deny', 'an answer held a released value; withheld');
+        if (call) callEnded(req, 'deny', 'the answer held a released value; withheld', s.found);
+        else
+          guard.leakAudit(req.method, s.found, 'deny', 'an answer held a released value; withheld');
         m = {
           jsonrpc: '2.0',
           id,
@@ -264,30 +301,24 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
             message: `keyward: the answer held the value of ${s.found.join(', ')} in a form that can't be concealed: withheld`,
           },
         };
-      } else if (s.found.length > 0) {
-        m = s.out;
-        if (req.method !== 'tools/call')
+      } else {
+        if (s.found.length > 0) m = s.out;
+        // Durable before the client has the answer. A plain answer adds nothing to the call's
+        // own record.
+        if (call && m['error'])
+          callEnded(req, 'error', 'the server answered with an error', s.found);
+        else if (call && s.found.length > 0)
+          callEnded(req, 'allow', 'released values concealed in the answer', s.found);
+        else if (s.found.length > 0)
           guard.leakAudit(req.method, s.found, 'info', 'released values concealed in an answer');
       }
-      if (req.method === 'tools/call')
-        audit({
-          target: name,
-          decision: m['error'] ? 'error' : 'allow',
-          details: {
-            server: name,
-            tool: req.tool ?? null,
-            argsSha256: req.argsHash ?? null,
-            redacted: s.found.join(',') || null,
-          },
-        });
     } catch (e) {
+      const why = `the answer could not be checked (${message(e)})`;
+      if (call) callEnded(req, 'deny', `${why}; withheld`);
       m = {
         jsonrpc: '2.0',
         id,
-        error: {
-          code: ERR_REFUSED,
-          message: `keyward: the answer could not be checked (${message(e)}): withheld`,
-        },
+        error: { code: ERR_REFUSED, message: `keyward: ${why}: withheld` },
       };
     }
     toClient(m);
@@ -428,8 +459,10 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       if (serverGone) return;
       serverGone = why;
       o.log(`keyward mcp wrap: the MCP server ${name} ${why}`);
-      for (const [, req] of pending)
+      for (const [, req] of pending) {
+        if (req.method === 'tools/call') callEnded(req, 'error', `the MCP server ${name} ${why}`);
         errorReply(req.clientId, ERR_SERVER_GONE, `keyward: the MCP server ${name} ${why}`);
+      }
       pending.clear();
     });
   };

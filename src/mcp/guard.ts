@@ -87,6 +87,12 @@ export class Guard {
     }
   }
 
+  /** An mcp.call record, durable when this returns; throws when it can't be written. */
+  auditStrict(r: Omit<AuditRecord, 'type'>): void {
+    this.record({ type: 'mcp.call', ...r });
+  }
+
+  /** An mcp.call record; one that can't be written is said on stderr, not thrown. */
   audit(r: Omit<AuditRecord, 'type'>): void {
     try {
       this.record({ type: 'mcp.call', ...r });
