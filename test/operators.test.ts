@@ -492,6 +492,47 @@ rules:
       assert.equal(last?.decision, 'deny');
     });
 
+    test('a token that opened a session opens no other: not after a policy change, not after the agent starts anew', async () => {
+      const { idToken } = await idp.login('alice');
+      const loginWith = (token: string) =>
+        api(url, 'POST', '/api/operator/login/oidc', { json: { token } });
+      assert.equal((await loginWith(idToken)).status, 200);
+      // A rule added (the issuer and groups the same): the policy in force is another one.
+      const file = path.join(h.dir, 'one-more-rule.yaml');
+      fs.writeFileSync(
+        file,
+        `version: 1
+operators:
+  oidc:
+    issuer: "${idp.issuer}"
+    client_id: ${CLIENT_ID}
+    audience: "${RESOURCE}"
+    allowed_groups: [sre-team]
+rules:
+  - name: prod
+    targets: ["prod/**"]
+    decision: approve
+    high_value: true
+    approve: { mode: operator, groups: [sre-team], count: 2, timeout: 10m }
+  - { name: notes, targets: ["notes/**"], decision: allow }
+`,
+      );
+      assert.equal(kw(['policy', 'apply', file], { env: h.env }).code, 0);
+      const afterChange = await loginWith(idToken);
+      assert.equal(afterChange.status, 403);
+      assert.match(String(afterChange.json['error']), /this token was used to log in already/);
+      // An agent started anew remembers no login of the last one: a token issued before it
+      // started opens nothing, and a new login does.
+      await stopAgent(h);
+      await startAgent(h);
+      assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+      url = consoleUrl(h);
+      const afterRestart = await loginWith(idToken);
+      assert.equal(afterRestart.status, 403);
+      assert.match(String(afterRestart.json['error']), /issued .* before this agent started/);
+      assert.equal((await loginWith((await idp.login('alice')).idToken)).status, 200);
+    });
+
     test('an OIDC session ends when the policy no longer allows its group', async () => {
       const r = await api(url, 'POST', '/api/operator/login/oidc', {
         json: { token: (await idp.login('alice')).idToken },

@@ -105,13 +105,18 @@ function signIns(h: ConsoleLinkHost): (redirectUri: string) => Promise<OidcLogin
 
 /**
  * The operator an OIDC token names, by the issuer the policy in force trusts; the verifier (and
- * its cache of the issuer's keys) lives while that policy is in force.
+ * its cache of the issuer's keys) lives while that policy is in force. The logins it remembers
+ * against replay live as long as the agent: a policy change must not let a used token open a
+ * second session, and a token issued before the agent started is refused (the agent can't
+ * know whether it opened one then).
  */
 function tokenOperators(h: ConsoleLinkHost): (token: string) => Promise<OperatorIdentity> {
   let held: { sha256: string; v: Promise<OidcVerifier> } | undefined;
+  const remembered = { used: new Map<string, number>(), rememberedSince: performance.timeOrigin };
   return async (token) => {
     const { loaded, oidc } = oidcInForce(h);
-    if (held?.sha256 !== loaded.sha256) held = { sha256: loaded.sha256, v: oidcVerifier(oidc) };
+    if (held?.sha256 !== loaded.sha256)
+      held = { sha256: loaded.sha256, v: oidcVerifier(oidc, remembered) };
     return (await held.v).verifyOnce(token);
   };
 }

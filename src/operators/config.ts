@@ -5,7 +5,7 @@
 import { durationMs, type Policy } from '../policy/index.js';
 import type { OidcSettings } from './types.js';
 import type { OidcLogin } from './login.js';
-import type { OidcVerifier } from './oidc.js';
+import type { OidcVerifier, OidcVerifierOptions } from './oidc.js';
 
 export type PolicyOidc = NonNullable<NonNullable<Policy['operators']>['oidc']>;
 
@@ -25,9 +25,12 @@ export function oidcSettings(o: PolicyOidc): OidcSettings {
 }
 
 /** A verifier for the issuer (jose loads with it, on first use, not with every agent). */
-export async function oidcVerifier(o: PolicyOidc): Promise<OidcVerifier> {
+export async function oidcVerifier(
+  o: PolicyOidc,
+  options?: OidcVerifierOptions,
+): Promise<OidcVerifier> {
   const { OidcVerifier } = await import('./oidc.js');
-  return new OidcVerifier(oidcSettings(o));
+  return new OidcVerifier(oidcSettings(o), options);
 }
 
 /** The console's sign-in with the issuer (openid-client loads with it, on first use). */

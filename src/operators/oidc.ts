@@ -24,6 +24,16 @@ export interface OidcVerifierOptions {
   now?: () => number;
   /** Least time between two JWKS fetches caused by an unknown kid (default 30_000 ms; tests pass 0). */
   jwksCooldownMs?: number;
+  /**
+   * The logins remembered against replay (verifyOnce), kept by the caller: a verifier made anew
+   * (a policy change) must not forget them. Default: the verifier's own.
+   */
+  used?: Map<string, number>;
+  /**
+   * Milliseconds since the epoch when the remembered logins began (the agent's start): a token
+   * issued before then may have opened a session no one remembers, so verifyOnce refuses it.
+   */
+  rememberedSince?: number;
 }
 
 /** Asymmetric only: with HS*, the issuer's public key would become a shared secret (RFC 8725 3.1). */
@@ -126,7 +136,8 @@ export class OidcVerifier {
   readonly #discoveryUrl: string;
   #discovered: Discovered | undefined;
   /** Tokens that opened a session, until they expire (verifyOnce). */
-  readonly #used = new Map<string, number>();
+  readonly #used: Map<string, number>;
+  readonly #rememberedSince: number | undefined;
   #pending: Promise<Discovered> | undefined;
 
   constructor(settings: OidcSettings, options: OidcVerifierOptions = {}) {
@@ -134,6 +145,8 @@ export class OidcVerifier {
     this.#settings = settings;
     this.#now = options.now ?? Date.now;
     this.#cooldownMs = options.jwksCooldownMs ?? 30_000;
+    this.#used = options.used ?? new Map();
+    this.#rememberedSince = options.rememberedSince;
     // OpenID Connect Discovery 1.0, 4: a trailing slash is removed before the path is appended.
     this.#discoveryUrl = `${settings.issuer.replace(/\/$/, '')}/.well-known/openid-configuration`;
   }
@@ -215,17 +228,31 @@ export class OidcVerifier {
 
   /**
    * verify(), and the token may open one session only: a token copied from a login (a proxy's
-   * log, a shell history) can't open another while it is still valid. Remembered by its `jti`,
-   * else its SHA-256, until it expires.
+   * log, a shell history) can't open another while it is still valid. Remembered by its issuer
+   * and `jti`, else its SHA-256, until it expires; a token issued before the logins remembered
+   * began (rememberedSince) is refused, as one that may have been used.
    */
   async verifyOnce(token: string): Promise<OperatorIdentity> {
     const payload = await this.#check(token);
     const identity = this.#identity(payload);
+    const since = this.#rememberedSince;
+    if (since !== undefined) {
+      // Whole seconds, as iat is: a token of the very second the agent started passes.
+      const sinceSec = Math.floor(since / 1000);
+      if (typeof payload.iat !== 'number')
+        throw refuse(
+          "the token says not when it was issued (no iat), so it can't be told from one used before this agent started: log in again",
+        );
+      if (payload.iat < sinceSec)
+        throw refuse(
+          `the token was issued at ${time(payload.iat)}, before this agent started (${time(sinceSec)}): a login it opened then is not remembered, so it opens none now: log in again`,
+        );
+    }
     const now = this.#now();
     for (const [k, until] of this.#used) if (until <= now) this.#used.delete(k);
     const key =
       typeof payload.jti === 'string'
-        ? `jti:${payload.jti}`
+        ? `jti:${JSON.stringify([payload.iss ?? '', payload.jti])}`
         : createHash('sha256').update(token).digest('base64url');
     if (this.#used.has(key)) throw refuse('this token was used to log in already: log in again');
     if (this.#used.size >= MAX_REMEMBERED)
