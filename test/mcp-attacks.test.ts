@@ -302,6 +302,58 @@ describe('leak blocking on every message, in more forms', () => {
     return h;
   };
 
+  test('a value read from a sealed project file is looked for too, also after a lock: blocked in arguments, concealed in answers', async () => {
+    const h = await agentWith('  leak_blocking: true\n');
+    const value = 'tok_project_leak_value_0123456789';
+    const ranWith = 'tok_project_run_value_9876543210';
+    const env = path.join(h.dir, '.env');
+    fs.writeFileSync(env, `API_TOKEN=${value}\nRUN_TOKEN=${ranWith}\n`);
+    const sealed = kw(['seal', env, '--project', 'example.com/leaky'], { env: h.env });
+    assert.equal(sealed.code, 0, sealed.stderr);
+    fs.rmSync(env);
+    const read = kw(
+      ['read', '--project', 'API_TOKEN', '--file', path.join(h.dir, '.keyward.env')],
+      {
+        env: h.env,
+      },
+    );
+    assert.equal(read.stdout, value, read.stderr);
+    const file = toolsFile(h, [tool('search', 'Search.')]);
+    const c = await through(h, 'project', [process.execPath, CHANGING], {
+      MCP_TOOLS: file,
+      MCP_LEAK: `the server says ${value}`,
+    });
+    const named = /hold the value of project:example\.com\/leaky\/API_TOKEN/;
+    await assert.rejects(
+      c.callTool({ name: 'search', arguments: { text: `token ${value}` } }),
+      named,
+    );
+    const r = await c.callTool({ name: 'search', arguments: { text: 'harmless' } });
+    assert.match(textOf(r), /the server says <concealed by keyward>/);
+    assert.ok(!JSON.stringify(r).includes(value));
+    // A value a run got from the file, as its environment, is looked for as well.
+    await c.callTool({ name: 'search', arguments: { text: `before ${ranWith}` } });
+    const ran = kw(['run', '--project', path.join(h.dir, '.keyward.env'), '--', 'true'], {
+      env: h.env,
+    });
+    assert.equal(ran.code, 0, ran.stderr);
+    await assert.rejects(
+      c.callTool({ name: 'search', arguments: { text: `after ${ranWith}` } }),
+      /hold the value of project:example\.com\/leaky\/RUN_TOKEN/,
+    );
+    // A lock wipes what a scan keeps; after the unlock the value is looked for again, though
+    // nothing holds it but the sealed file the agent saw.
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    await assert.rejects(
+      c.callTool({
+        name: 'search',
+        arguments: { text: Buffer.from(value).toString('base64') },
+      }),
+      named,
+    );
+  });
+
   test('resources, prompts and log messages are scanned both ways', async () => {
     const h = await leakyAgent();
     const file = toolsFile(h, [tool('search', 'Search.')]);

@@ -20,6 +20,7 @@ import { actorOf } from './identity.js';
 import { SCAN_MIN_BYTES, ScanViews } from './leak-scan.js';
 import { readPinRecord, reviewPins, writePinRecord, type ReviewRequest } from './mcp-pins.js';
 import type { Peer } from './peer.js';
+import type { ProjectRelease } from './project-releases.js';
 import { ProtocolError, str, type Frame } from './protocol.js';
 import type { Reply } from './release.js';
 import { jsonRaw } from './replies.js';
@@ -28,8 +29,18 @@ import type { UnlockWindow } from './unlock.js';
 export interface McpHost {
   window: UnlockWindow;
   record(r: AuditRecord): Promise<unknown>;
-  /** Names released since the unlock: the values a scan looks for. */
+  /** Names released since the agent started: the vault's values a scan looks for. */
   released(): Iterable<string>;
+  /** Values released from sealed project files: looked for too. */
+  projectReleased(): Iterable<ProjectRelease>;
+}
+
+/** A released value a scan looks for: its name, what its forms are kept by, and the value. */
+interface Watched {
+  key: string;
+  name: string;
+  id: string;
+  reveal(): SecureBuffer;
 }
 
 const DEFAULT_MCP: McpPolicy = {
@@ -73,16 +84,27 @@ export class McpService {
     this.forms.clear();
   }
 
-  /** name's value and forms, from what is kept when its record is the same; else built now. */
-  private formsOf(
-    v: Vault,
-    name: string,
-  ): { value: SecureBuffer | undefined; forms: SecureBuffer[] } {
-    const id = v.recordId(name) ?? '';
-    const kept = this.forms.get(name);
+  /**
+   * What a scan looks for: each vault name released (kept by name, changed with its record) and
+   * each value released from a sealed project file (kept by file and target).
+   */
+  private watched(v: Vault): Watched[] {
+    const out: Watched[] = [];
+    for (const name of this.host.released())
+      if (v.has(name))
+        out.push({ key: name, name, id: v.recordId(name) ?? '', reveal: () => v.reveal(name) });
+    for (const p of this.host.projectReleased())
+      out.push({ key: `${p.id} ${p.target}`, name: p.target, id: p.id, reveal: () => p.open(v) });
+    return out;
+  }
+
+  /** A value and its forms, from what is kept when its record is the same; else built now. */
+  private formsOf(w: Watched): { value: SecureBuffer | undefined; forms: SecureBuffer[] } {
+    const { id } = w;
+    const kept = this.forms.get(w.key);
     if (kept?.id === id) return kept;
     if (kept) wipe(kept);
-    const value = v.reveal(name);
+    const value = w.reveal();
     let entry: { id: string; value: SecureBuffer | undefined; forms: SecureBuffer[] };
     if (value.length < SCAN_MIN_BYTES) {
       // Too short to look for (leak-scan.ts): not found, and not concealed either, so the
@@ -92,7 +114,7 @@ export class McpService {
     } else {
       entry = { id, value, forms: maskingForms(value) };
     }
-    this.forms.set(name, entry);
+    this.forms.set(w.key, entry);
     return entry;
   }
 
@@ -163,15 +185,16 @@ export class McpService {
    */
   private scan(asker: Peer, v: Vault, f: Frame): Reply {
     const data = f.raw ?? Buffer.alloc(0);
-    const names = [...this.host.released()].filter((n) => v.has(n));
-    for (const [name, kept] of this.forms) {
-      if (!names.includes(name)) {
+    const watched = this.watched(v);
+    const keys = new Set(watched.map((w) => w.key));
+    for (const [key, kept] of this.forms) {
+      if (!keys.has(key)) {
         wipe(kept);
-        this.forms.delete(name);
+        this.forms.delete(key);
       }
     }
     // Nothing released, nothing to find: no budget spent, no view built.
-    if (names.length === 0) return { meta: { found: [], hidden: [] } };
+    if (watched.length === 0) return { meta: { found: [], hidden: [] } };
     let bucket = this.scanBuckets.get(asker);
     if (!bucket) this.scanBuckets.set(asker, (bucket = new TokenBucket(6000, 1000, Date.now())));
     if (!bucket.take(Date.now(), 1 + Math.floor(data.length / SCAN_TOKEN_BYTES)))
@@ -196,13 +219,15 @@ export class McpService {
     const views = new ScanViews(parts);
     let after: ScanViews | undefined;
     try {
-      for (const name of names) {
-        const { value, forms } = this.formsOf(v, name);
+      for (const w of watched) {
+        const { value, forms } = this.formsOf(w);
         if (!value) continue;
+        const { name } = w;
         values.push({ name, value, forms });
         const where = views.find(value, forms);
-        if (where) found.push(name);
-        if (where === 'hidden') hidden.push(name);
+        // One name may stand for values of two versions of a sealed file: said once.
+        if (where && !found.includes(name)) found.push(name);
+        if (where === 'hidden' && !hidden.includes(name)) hidden.push(name);
       }
       if (!redact || found.length === 0 || hidden.length > 0) return { meta: { found, hidden } };
       // Concealed where the forms stand, in the message and in its strings; then every view is
@@ -219,7 +244,8 @@ export class McpService {
         }
       });
       after = new ScanViews(concealed);
-      for (const x of values) if (after.find(x.value, x.forms)) hidden.push(x.name);
+      for (const x of values)
+        if (after.find(x.value, x.forms) && !hidden.includes(x.name)) hidden.push(x.name);
       for (const c of concealed.slice(1)) secureFree(c);
       const out = concealed[0];
       if (hidden.length > 0 || !out) {

@@ -32,6 +32,8 @@ export interface ProjectHost {
   window: UnlockWindow;
   gate: Gate;
   record(r: AuditRecord): Promise<unknown>;
+  /** A value of a sealed file was released: the MCP gateway's scans look for it from now on. */
+  released(id: string, file: Uint8Array, target: string, name: string): void;
 }
 
 /** A value's target in policy, prompts and the audit log. */
@@ -80,6 +82,11 @@ function openProject(v: Vault, file: ProjectFile): OpenedProject {
  */
 function trial(opened: OpenedProject, names: readonly string[]): void {
   for (const n of names) secureFree(opened.value(n));
+}
+
+/** The value of name in a sealed file's bytes, decrypted again (the caller frees it). */
+export function reopenValue(v: Vault, file: Uint8Array, name: string): SecureBuffer {
+  return valueOf(v, parseProject(file), name);
 }
 
 /** One value of a file, opened and closed again: the caller frees it. */
@@ -164,6 +171,7 @@ export class ProjectService {
       secureFree(value);
       throw e;
     }
+    this.host.released(opened.id, raw, target, name);
     w.counted();
     return { meta: { name: target }, raw: value };
   }
@@ -239,6 +247,11 @@ export class ProjectRun {
 
   has(target: string): boolean {
     return this.targets.has(target);
+  }
+
+  /** What the MCP gateway's scans need to look for target's value: the file and the name in it. */
+  source(target: string): { id: string; file: Uint8Array; name: string } {
+    return { id: this.fileId, file: this.bytes, name: this.targets.get(target) ?? '' };
   }
 
   /** The value behind a target (the caller frees it); the file is opened once, until close(). */

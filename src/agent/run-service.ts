@@ -78,6 +78,8 @@ export interface RunHost {
     name: string,
     rule: string | undefined,
   ): { value: SecureBuffer; cached: boolean };
+  /** A value of a sealed file goes to a run: the MCP gateway's scans look for it from now on. */
+  projectReleased(id: string, file: Uint8Array, target: string, name: string): void;
   record(r: AuditRecord): Promise<unknown>;
   actor(id: ProcessIdentity): Actor;
   counted(): void;
@@ -199,6 +201,10 @@ export class RunService {
       const cached = new Set<string>();
       const sizes = new Map<string, number>();
       for (const w of req.wanted) {
+        if (project?.has(w.name)) {
+          const { id, file, name } = project.source(w.name);
+          this.host.projectReleased(id, file, w.name, name);
+        }
         const got = project?.has(w.name)
           ? project.take(v, w.name)
           : this.host.fetch(conn, v, w.name, rules.get(w.name) ?? undefined);

@@ -15,7 +15,8 @@ import { Gate } from './gate.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
 import { McpService } from './mcp.js';
 import type { Peer } from './peer.js';
-import { ProjectService } from './projects.js';
+import { ProjectReleases } from './project-releases.js';
+import { ProjectService, reopenValue } from './projects.js';
 import { Releases } from './release.js';
 import { RunService } from './run-service.js';
 import type { AgentOptions } from './server.js';
@@ -86,7 +87,13 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
   });
   const views = new Views({ home: o.home, window, gate: theGate, record });
   const releases = new Releases({ window, gate: theGate, cache: h.cache, record });
-  const mcp = new McpService({ window, record, released: () => releases.releasedNames() });
+  const fromProjects = new ProjectReleases(reopenValue);
+  const mcp = new McpService({
+    window,
+    record,
+    released: () => releases.releasedNames(),
+    projectReleased: () => fromProjects.released(),
+  });
   const runs: RunService = new RunService({
     vault: () => window.unlocked(),
     stillOpen: (v) => window.stillOpen(v),
@@ -116,6 +123,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     },
     proxyDir: path.join(o.socketDir, 'proxy'),
     fetch: (conn, v, name, rule) => releases.fetch(conn.id, v, name, rule),
+    projectReleased: (id, file, target, name) => fromProjects.note(id, file, target, name),
     record,
     actor: actorOf,
     counted: () => window.counted(),
@@ -150,7 +158,12 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
       await window.open({ passphrase }, by, 'passphrase', 'ssh-agent');
     },
   });
-  const projects = new ProjectService({ window, gate: theGate, record });
+  const projects = new ProjectService({
+    window,
+    gate: theGate,
+    record,
+    released: (id, file, target, name) => fromProjects.note(id, file, target, name),
+  });
   return {
     window,
     gate: theGate,
