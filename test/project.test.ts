@@ -253,6 +253,40 @@ describe('the sealed project file', { skip }, () => {
     }
   });
 
+  test('a recipient who wraps the key for one more, unlisted, makes a file that opens for no one', () => {
+    const text = seal();
+    // alice, a recipient, writes the file by hand: she has the data key, so she can wrap it for
+    // eve as well and compute every MAC again; the recipient lines still say alice and bob.
+    const keyLine = /^key: (\S+)$/m.exec(text)?.[1] ?? '';
+    const dataKey = ageDecrypt(Buffer.from(keyLine, 'base64url'), alice.id);
+    assert.ok(dataKey);
+    const rewrap = (to: Array<{ recipient: string }>) => {
+      const pks = to.map((p) => decodeRecipient(p.recipient) ?? Buffer.alloc(0));
+      const key = ageEncrypt(dataKey, pks).toString('base64url');
+      const signed = text.slice(0, text.lastIndexOf('mac: ')).replace(keyLine, key);
+      const macKey = Buffer.alloc(32);
+      sodium.crypto_kdf_derive_from_key(macKey, 2, Buffer.from('kwproj01'), dataKey);
+      const mac = Buffer.alloc(32);
+      sodium.crypto_auth(mac, Buffer.from(signed), macKey);
+      return `${signed}mac: ${mac.toString('base64url')}\n`;
+    };
+    try {
+      // The control: the same work for the listed recipients opens for them.
+      const same = rewrap([alice, bob]);
+      assert.deepEqual(openAs(same, bob), values);
+      const hidden = rewrap([alice, bob, eve]);
+      for (const who of [alice, bob, eve]) assert.equal(openAs(hidden, who), 'PROJECT_TAMPERED');
+      // One listed recipient's wrap given to eve instead: the one left out finds out at its
+      // next read, as a file that lists bob and opens for no key of his (which the agent and
+      // the CLI report as PROJECT_TAMPERED).
+      const swapped = rewrap([alice, eve]);
+      assert.equal(openAs(swapped, bob), 'not a recipient');
+      assert.ok(parseProject(Buffer.from(swapped)).recipients.includes(bob.recipient));
+    } finally {
+      secureFree(dataKey);
+    }
+  });
+
   test('names and recipients are checked when sealing', () => {
     const v = secureTake(Buffer.from('x'));
     try {

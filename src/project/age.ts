@@ -175,6 +175,24 @@ function corrupt(why: string): IntegrityError {
 }
 
 /**
+ * The kind of each stanza of an age file's header (`X25519`...), read without a key: who the
+ * file key is wrapped for, counted. A header without its end: PROJECT_TAMPERED.
+ */
+export function stanzaKinds(file: Uint8Array): string[] {
+  const buf = Buffer.from(file.buffer, file.byteOffset, file.length);
+  const end = buf.indexOf('\n---', INTRO.length - 1);
+  // eslint-disable-next-line no-restricted-syntax -- the format's public first line
+  if (end < 0 || !buf.subarray(0, INTRO.length).equals(Buffer.from(INTRO, 'ascii')))
+    throw corrupt('its key is not an age file');
+  // A stanza begins with "-> "; its body lines are base64, which never begins so.
+  return buf
+    .toString('latin1', INTRO.length, end + 1)
+    .split('\n')
+    .filter((l) => l.startsWith('-> '))
+    .map((l) => l.slice(3).split(' ')[0] ?? '');
+}
+
+/**
  * The payload of an age file, for this identity (32-byte X25519 secret), in secure memory;
  * undefined when no stanza is for it. A malformed or tampered file: PROJECT_TAMPERED.
  */

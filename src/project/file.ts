@@ -17,7 +17,7 @@ import {
   type SecureBuffer,
 } from '../lib/secure.js';
 import { sodium } from '../lib/sodium.js';
-import { ageDecrypt, ageEncrypt, decodeRecipient } from './age.js';
+import { ageDecrypt, ageEncrypt, decodeRecipient, stanzaKinds } from './age.js';
 
 export const FIRST_LINE =
   '# keyward sealed project file: safe to commit; its values open only through keyward (docs/PROJECT-FILES.md)';
@@ -227,6 +227,16 @@ export function parseProject(text: Uint8Array): ProjectFile {
   const km = /^key: ([A-Za-z0-9_-]+)$/.exec(at(i));
   const keyFile = km ? Buffer.from(km[1] ?? '', 'base64url') : undefined;
   if (!keyFile || b64url(keyFile) !== km?.[1]) throw tampered(`line ${i + 1} is not its key`);
+  // keyward wraps the key once for each recipient it lists, and for no one else: a recipient who
+  // writes the file by hand can't add an unlisted one without taking a listed one's place (who
+  // then can't open it, and is told the file was tampered with).
+  const kinds = stanzaKinds(keyFile);
+  if (kinds.some((k) => k !== 'X25519'))
+    throw tampered('its key is wrapped for a kind of recipient keyward never writes');
+  if (kinds.length !== recipients.length)
+    throw tampered(
+      `its key is wrapped for ${kinds.length} recipients, but it lists ${recipients.length}`,
+    );
   i++;
   const entries: ProjectFile['entries'] = [];
   const seenNames = new Set<string>();
