@@ -9,7 +9,7 @@ import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { peerCredentials } from '../lib/libc.js';
 import { runtimeState } from '../lib/runtime-guard.js';
 import { printable } from '../lib/text.js';
-import { socketFd } from './peer.js';
+import { socketFd } from '../lib/socket-fd.js';
 import {
   FrameReader,
   frameHead,

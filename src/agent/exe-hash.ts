@@ -18,8 +18,9 @@
  * The descriptor belongs to the program handle (peer.ts): it closes with the handle's last
  * holder, when no connection of the program is left to ask.
  */
-import { createHash } from 'node:crypto';
+import type * as Crypto from 'node:crypto';
 import fs from 'node:fs';
+import { createRequire } from 'node:module';
 import { KeywardError } from '../errors.js';
 import { closeFd } from '../lib/libc.js';
 
@@ -27,8 +28,14 @@ const hashCache = new Map<string, string>();
 /** Executables hashed and remembered at once; past it the cache starts over. */
 const HASH_CACHE_MAX = 512;
 
-/** One buffer for every executable read (public bytes): no 100 MB allocation per first sight. */
-const chunk = Buffer.allocUnsafe(1 << 20);
+/**
+ * One buffer for every executable read (public bytes): no 100 MB allocation per first sight.
+ * Made at the first hash, as node:crypto is loaded then: every command imports this module (the
+ * agent's entry), and only the agent hashes.
+ */
+let chunk: Buffer | undefined;
+let sha256: typeof Crypto.createHash | undefined;
+const require = createRequire(import.meta.url);
 
 function keyOf(st: fs.BigIntStats): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
@@ -36,10 +43,12 @@ function keyOf(st: fs.BigIntStats): string {
 
 /** SHA-256 of an open file from its start, a chunk at a time. */
 function hashFd(fd: number): string {
-  const h = createHash('sha256');
+  sha256 ??= (require('node:crypto') as typeof Crypto).createHash;
+  const buf = (chunk ??= Buffer.allocUnsafe(1 << 20));
+  const h = sha256('sha256');
   let at = 0;
-  for (let n; (n = fs.readSync(fd, chunk, 0, chunk.length, at)) > 0; at += n)
-    h.update(chunk.subarray(0, n));
+  for (let n; (n = fs.readSync(fd, buf, 0, buf.length, at)) > 0; at += n)
+    h.update(buf.subarray(0, n));
   return h.digest('hex');
 }
 

@@ -23,6 +23,7 @@ import type net from 'node:net';
 import type { Pending } from '../approval/index.js';
 import type { AuditRecord } from '../audit/index.js';
 import { closeFd, dupFd, peerCredentials, peerPidfd, pidfdOpen } from '../lib/libc.js';
+import { socketFd } from '../lib/socket-fd.js';
 import type { ExeHash } from './exe-hash.js';
 import {
   bindExeHash,
@@ -205,12 +206,6 @@ export class ProcessRegistry {
   clear(): void {
     for (const key of [...this.known.keys()]) this.forget(key);
   }
-}
-
-/** The descriptor under a net.Socket (Node keeps it on the handle). */
-export function socketFd(socket: net.Socket): number | undefined {
-  const fd = (socket as unknown as { _handle?: { fd?: number } })._handle?.fd;
-  return fd === undefined || fd < 0 ? undefined : fd;
 }
 
 /**

@@ -9,7 +9,7 @@ import { KeywardError } from '../errors.js';
 import { closeFd } from '../lib/libc.js';
 import { EAGAIN, sendWithFd } from '../lib/unix.js';
 import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
-import { socketFd } from './peer.js';
+import { socketFd } from '../lib/socket-fd.js';
 import {
   frameHead,
   ProtocolError,

@@ -18,14 +18,8 @@ import { flock, LOCK_EX, LOCK_NB, queuedBytes } from '../lib/libc.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { ProcessIdentity } from './identity.js';
 import { actorOf } from './identity.js';
-import {
-  changedSince,
-  closePeer,
-  identifyPeer,
-  ProcessRegistry,
-  socketFd,
-  type Peer,
-} from './peer.js';
+import { changedSince, closePeer, identifyPeer, ProcessRegistry, type Peer } from './peer.js';
+import { socketFd } from '../lib/socket-fd.js';
 import {
   FrameReader,
   frameHead,
