@@ -173,4 +173,16 @@ test('bin/keyward.js runs the bundle (scripts/bundle.ts), built from what tsc co
     [],
     'compiled after the bundle was built',
   );
+  // The single-file entries load no chunk: only the runtime guard beside them, so its state is
+  // the one bin/keyward.js set.
+  const { SINGLE_FILE_ENTRIES } = await import('../scripts/bundle.js');
+  for (const e of SINGLE_FILE_ENTRIES) {
+    const text = fs.readFileSync(path.join(bundled, path.basename(e)), 'utf8');
+    const local = [...text.matchAll(/(?:from|import)\s*\(?\s*"(\.[^"]+)"/g)].map((m) => m[1]);
+    assert.deepEqual(
+      [...new Set(local)],
+      ['./runtime-guard.js'],
+      `${e} imports ${local.join(' ')}`,
+    );
+  }
 });

@@ -5,6 +5,7 @@
  */
 import { createRequire } from 'node:module';
 import type Koffi from 'koffi';
+import { processWide } from './once.js';
 
 // With require: an ESM import of this CommonJS package costs its export scan (~10 ms a process).
 const koffi = createRequire(import.meta.url)('koffi') as typeof Koffi;
@@ -70,7 +71,10 @@ export interface Msghdr {
 let cached: Libc | undefined;
 
 export function libc(): Libc {
-  if (cached) return cached;
+  return (cached ??= processWide('libc', bind));
+}
+
+function bind(): Libc {
   const lib = koffi.load('libc.so.6');
   const Rlimit = koffi.struct('keyward_rlimit', { cur: 'uint64', max: 'uint64' });
   koffi.struct('keyward_iovec', { base: 'void *', len: 'size_t' });
@@ -83,7 +87,7 @@ export function libc(): Libc {
     controllen: 'size_t',
     flags: 'int',
   });
-  cached = {
+  return {
     flock: lib.func('int flock(int, int)'),
     prctl: lib.func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)'),
     setrlimit: lib.func('setrlimit', 'int', ['int', koffi.pointer(Rlimit)]),
@@ -117,5 +121,4 @@ export function libc(): Libc {
     errno: () => koffi.errno(),
     renameat2: lib.func('int renameat2(int, const char *, int, const char *, unsigned int)'),
   };
-  return cached;
 }

@@ -18,6 +18,7 @@
  */
 import { createRequire } from 'node:module';
 import type Koffi from 'koffi';
+import { processWide } from './once.js';
 
 const koffi = createRequire(import.meta.url)('koffi') as typeof Koffi;
 
@@ -78,7 +79,10 @@ interface Crypto {
 let cached: Crypto | undefined;
 
 function openssl(): Crypto {
-  if (cached) return cached;
+  return (cached ??= processWide('openssl', bind));
+}
+
+function bind(): Crypto {
   const lib = koffi.load(null);
   koffi.opaque('keyward_EVP_PKEY');
   koffi.opaque('keyward_BIO');
@@ -88,7 +92,7 @@ function openssl(): Crypto {
   const sha384 = lib.func('const keyward_EVP_MD *EVP_sha384(void)');
   const sha512 = lib.func('const keyward_EVP_MD *EVP_sha512(void)');
   const fetch = lib.func('keyward_EVP_MD *EVP_MD_fetch(void *, const char *, const char *)');
-  cached = {
+  return {
     secureMallocInit: lib.func('int CRYPTO_secure_malloc_init(size_t, size_t)'),
     secureMallocInitialized: lib.func('int CRYPTO_secure_malloc_initialized(void)'),
     bioNewMemBuf: lib.func('keyward_BIO *BIO_new_mem_buf(const uint8_t *, int)'),
@@ -116,7 +120,6 @@ function openssl(): Crypto {
       'void *HMAC(const keyward_EVP_MD *, const uint8_t *, int, const uint8_t *, size_t, _Out_ uint8_t *, _Inout_ unsigned int *)',
     ),
   };
-  return cached;
 }
 
 /**
