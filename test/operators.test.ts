@@ -377,10 +377,9 @@ describe(
     let idp: OidcProvider;
     let h: AgentHome;
     let url: string;
-    before(async () => {
-      idp = await OidcProvider.start([await generateSigningKey()]);
-      h = await unlockedAgent(
-        `version: 1
+    /** The policy of these tests, with more rules after its own. */
+    const hybrid = (more = '') =>
+      `version: 1
 operators:
   oidc:
     issuer: "${idp.issuer}"
@@ -393,9 +392,10 @@ rules:
     decision: approve
     high_value: true
     approve: { mode: operator, groups: [sre-team], count: 2, timeout: 10m }
-`,
-        homes,
-      );
+${more}`;
+    before(async () => {
+      idp = await OidcProvider.start([await generateSigningKey()]);
+      h = await unlockedAgent(hybrid(), homes);
       url = consoleUrl(h);
       assert.equal(kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'hybrid-value' }).code, 0);
     });
@@ -501,21 +501,7 @@ rules:
       const file = path.join(h.dir, 'one-more-rule.yaml');
       fs.writeFileSync(
         file,
-        `version: 1
-operators:
-  oidc:
-    issuer: "${idp.issuer}"
-    client_id: ${CLIENT_ID}
-    audience: "${RESOURCE}"
-    allowed_groups: [sre-team]
-rules:
-  - name: prod
-    targets: ["prod/**"]
-    decision: approve
-    high_value: true
-    approve: { mode: operator, groups: [sre-team], count: 2, timeout: 10m }
-  - { name: notes, targets: ["notes/**"], decision: allow }
-`,
+        hybrid('  - { name: notes, targets: ["notes/**"], decision: allow }\n'),
       );
       assert.equal(kw(['policy', 'apply', file], { env: h.env }).code, 0);
       const afterChange = await loginWith(idToken);
