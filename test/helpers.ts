@@ -106,6 +106,16 @@ export function sleep(ms: number): Promise<void> {
 }
 
 /**
+ * Resolves once the clock's second is past the one `at` (ms) fell in. An agent refuses an OIDC
+ * token issued (iat, whole seconds) in its first second, as one that may be from before it
+ * started: a test that logs in right after starting one waits for this (the clock's tick is the
+ * event; load only makes it come later).
+ */
+export async function pastSecondOf(at: number): Promise<void> {
+  while (Math.floor(Date.now() / 1000) <= Math.floor(at / 1000)) await sleep(20);
+}
+
+/**
  * Waits until probe() is true, checked again every 25 ms: for a state nothing signals to the
  * test. The bound is two minutes, far past any load, so only a broken feature reaches it; a test
  * that waits a fixed time instead passes or fails with the machine's load.

@@ -11,7 +11,7 @@ import { after, before, describe, test } from 'node:test';
 import type { Browser } from 'playwright-core';
 import { auditEntries, stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
 import { CHROMIUM, consoleUrl, launch, rawRequest, waitingCommand } from './console-helpers.js';
-import { kw } from './helpers.js';
+import { kw, pastSecondOf } from './helpers.js';
 import { CLIENT_ID, generateSigningKey, OidcProvider, skip as oidcSkip } from './oidc-helpers.js';
 
 const skip = CHROMIUM ? oidcSkip : 'chromium is not installed (CI installs it: .ci/run)';
@@ -35,6 +35,7 @@ describe('an operator signs in with the identity provider in the browser', { ski
     // The agent first (its console's port is the redirect URI's), then the provider, then the
     // policy that trusts the provider, applied to the running agent.
     h = await unlockedAgent(`version: 1\n${RULES}`, homes);
+    const started = Date.now();
     port = new URL(consoleUrl(h)).port;
     idp = await OidcProvider.start(
       [await generateSigningKey()],
@@ -59,6 +60,7 @@ ${RULES}`,
       0,
     );
     browser = await launch();
+    await pastSecondOf(started);
   });
   after(async () => {
     await browser?.close();

@@ -237,15 +237,16 @@ export class OidcVerifier {
     const identity = this.#identity(payload);
     const since = this.#rememberedSince;
     if (since !== undefined) {
-      // Whole seconds, as iat is: a token of the very second the agent started passes.
+      // Whole seconds, as iat is: a token of the very second the agent started may be from
+      // before it, so it is refused too (a fresh login a second later passes).
       const sinceSec = Math.floor(since / 1000);
       if (typeof payload.iat !== 'number')
         throw refuse(
           "the token says not when it was issued (no iat), so it can't be told from one used before this agent started: log in again",
         );
-      if (payload.iat < sinceSec)
+      if (payload.iat <= sinceSec)
         throw refuse(
-          `the token was issued at ${time(payload.iat)}, before this agent started (${time(sinceSec)}): a login it opened then is not remembered, so it opens none now: log in again`,
+          `the token was issued at ${time(payload.iat)}, not after this agent started (${time(since / 1000)}): a login it opened before is not remembered, so it opens none now: log in again`,
         );
     }
     const now = this.#now();
