@@ -13,7 +13,7 @@
  * `./parse-worker.js`, entries themselves)
  * are the same from either place.
  */
-import { build } from 'esbuild';
+import { build, type Plugin } from 'esbuild';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -46,11 +46,9 @@ export const BUNDLE_ENTRIES = [
 export const SINGLE_FILE_ENTRIES = ['cli/quick.js'];
 
 /** Imports of the runtime guard, resolved to the bundle's own entry (one instance). */
-const guardExternal = {
+const guardExternal: Plugin = {
   name: 'runtime-guard-external',
-  setup(b: {
-    onResolve: (o: { filter: RegExp }, f: () => { path: string; external: boolean }) => void;
-  }) {
+  setup(b) {
     b.onResolve({ filter: /\/runtime-guard\.js$/ }, () => ({
       path: './runtime-guard.js',
       external: true,

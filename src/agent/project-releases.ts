@@ -39,10 +39,8 @@ export class ProjectReleases {
     else f = { bytes: Buffer.from(file), names: new Map() };
     f.names.set(target, name);
     this.files.set(id, f);
-    for (const old of this.files.keys()) {
-      if (this.files.size <= MAX_FILES) break;
-      this.files.delete(old);
-    }
+    const oldest = this.files.keys().next().value;
+    if (this.files.size > MAX_FILES && oldest !== undefined) this.files.delete(oldest);
   }
 
   *released(): Iterable<ProjectRelease> {

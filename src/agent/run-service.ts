@@ -201,13 +201,12 @@ export class RunService {
       const cached = new Set<string>();
       const sizes = new Map<string, number>();
       for (const w of req.wanted) {
+        let got: { value: SecureBuffer; cached: boolean };
         if (project?.has(w.name)) {
           const { id, file, name } = project.source(w.name);
           this.host.projectReleased(id, file, w.name, name);
-        }
-        const got = project?.has(w.name)
-          ? project.take(v, w.name)
-          : this.host.fetch(conn, v, w.name, rules.get(w.name) ?? undefined);
+          got = project.take(v, w.name);
+        } else got = this.host.fetch(conn, v, w.name, rules.get(w.name) ?? undefined);
         values.set(w.name, got.value);
         sizes.set(w.name, got.value.length);
         if (got.cached) cached.add(w.name);

@@ -88,6 +88,8 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
   const views = new Views({ home: o.home, window, gate: theGate, record });
   const releases = new Releases({ window, gate: theGate, cache: h.cache, record });
   const fromProjects = new ProjectReleases(reopenValue);
+  const noteProject = (id: string, file: Uint8Array, target: string, name: string) =>
+    fromProjects.note(id, file, target, name);
   const mcp = new McpService({
     window,
     record,
@@ -123,7 +125,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     },
     proxyDir: path.join(o.socketDir, 'proxy'),
     fetch: (conn, v, name, rule) => releases.fetch(conn.id, v, name, rule),
-    projectReleased: (id, file, target, name) => fromProjects.note(id, file, target, name),
+    projectReleased: noteProject,
     record,
     actor: actorOf,
     counted: () => window.counted(),
@@ -162,7 +164,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     window,
     gate: theGate,
     record,
-    released: (id, file, target, name) => fromProjects.note(id, file, target, name),
+    released: noteProject,
   });
   return {
     window,

@@ -175,20 +175,32 @@ function corrupt(why: string): IntegrityError {
 }
 
 /**
+ * An age file's header: where its `---` line begins and its stanza lines (read without a key,
+ * not yet checked). One that does not begin as age's or has no end: PROJECT_TAMPERED.
+ */
+function headerOf(buf: Buffer): { end: number; lines: string[] } {
+  // eslint-disable-next-line no-restricted-syntax -- the format's public first line
+  if (!buf.subarray(0, INTRO.length).equals(Buffer.from(INTRO, 'ascii')))
+    throw corrupt('it does not begin as an age file');
+  const end = buf.indexOf('\n---', INTRO.length - 1);
+  if (end < 0) throw corrupt('its header has no end');
+  return {
+    end,
+    lines: buf
+      .toString('latin1', INTRO.length, end + 1)
+      .split('\n')
+      .slice(0, -1),
+  };
+}
+
+/**
  * The kind of each stanza of an age file's header (`X25519`...), read without a key: who the
- * file key is wrapped for, counted. A header without its end: PROJECT_TAMPERED.
+ * file key is wrapped for, counted. A stanza begins with "-> "; its body lines are base64, which
+ * never begins so.
  */
 export function stanzaKinds(file: Uint8Array): string[] {
-  const buf = Buffer.from(file.buffer, file.byteOffset, file.length);
-  const end = buf.indexOf('\n---', INTRO.length - 1);
-  // eslint-disable-next-line no-restricted-syntax -- the format's public first line
-  if (end < 0 || !buf.subarray(0, INTRO.length).equals(Buffer.from(INTRO, 'ascii')))
-    throw corrupt('its key is not an age file');
-  // A stanza begins with "-> "; its body lines are base64, which never begins so.
-  return buf
-    .toString('latin1', INTRO.length, end + 1)
-    .split('\n')
-    .filter((l) => l.startsWith('-> '))
+  return headerOf(Buffer.from(file.buffer, file.byteOffset, file.length))
+    .lines.filter((l) => l.startsWith('-> '))
     .map((l) => l.slice(3).split(' ')[0] ?? '');
 }
 
@@ -198,15 +210,9 @@ export function stanzaKinds(file: Uint8Array): string[] {
  */
 export function ageDecrypt(file: Uint8Array, identity: SecureBuffer): SecureBuffer | undefined {
   const buf = Buffer.from(file.buffer, file.byteOffset, file.length);
-  // eslint-disable-next-line no-restricted-syntax -- the format's public first line
-  if (!buf.subarray(0, INTRO.length).equals(Buffer.from(INTRO, 'ascii')))
-    throw corrupt('it does not begin as an age file');
-  const end = buf.indexOf('\n---', INTRO.length - 1);
-  if (end < 0) throw corrupt('its header has no end');
+  const { end, lines } = headerOf(buf);
   const macLineEnd = buf.indexOf(0x0a, end + 4);
   if (macLineEnd < 0 || buf[end + 4] !== 0x20) throw corrupt('its header MAC is missing');
-  const headerText = buf.toString('latin1', INTRO.length, end + 1);
-  const lines = headerText.split('\n').slice(0, -1);
   let fileKey: SecureBuffer | undefined;
   try {
     for (let i = 0; i < lines.length;) {
