@@ -71,21 +71,24 @@ test('other domains reach a domain only through its entry file (index.ts)', () =
 });
 
 test("only the vault, the keys, the audit key and body modules, the project files' age layer and lib/secure touch sodium-native (secret cryptography lives there)", () => {
-  // sodium-native loads in one place (lib/sodium.ts, with require: faster than an ESM import),
-  // and only these modules import that one.
+  // sodium-native loads in one place (lib/sodium-addon.ts, with require: faster than an ESM
+  // import), and only these modules import it or lib/sodium.ts.
   const SODIUM = path.join(SRC, 'lib', 'sodium.ts');
+  const ADDON = path.join(SRC, 'lib', 'sodium-addon.ts');
   const loaders = sources.filter(
     (f) =>
-      f !== SODIUM &&
+      f !== ADDON &&
       /require\(\s*'sodium-native'\s*\)|from 'sodium-native'/.test(
         fs.readFileSync(f, 'utf8').replace(/import type [^;]+;/g, ''),
       ),
   );
   assert.deepEqual(loaders.map(rel), []);
   const users = imports
-    .filter((i) => i.spec === 'sodium-native' || i.target === SODIUM)
+    .filter((i) => i.spec === 'sodium-native' || i.target === SODIUM || i.target === ADDON)
     .map((i) => rel(i.from))
-    .filter((f) => f !== path.join('lib', 'sodium.ts'));
+    .filter(
+      (f) => f !== path.join('lib', 'sodium.ts') && f !== path.join('lib', 'sodium-addon.ts'),
+    );
   const allowed = (f: string) =>
     f.startsWith(`vault${path.sep}`) ||
     f.startsWith(`keys${path.sep}`) ||
@@ -107,6 +110,7 @@ test('cli/ holds no secret bytes: it imports neither sodium-native nor the secur
       (i.spec === 'sodium-native' ||
         i.target === path.join(SRC, 'lib/secure.ts') ||
         i.target === path.join(SRC, 'lib/sodium.ts') ||
+        i.target === path.join(SRC, 'lib/sodium-addon.ts') ||
         i.spec === 'node:crypto'),
   );
   // The demo draws a throwaway passphrase for a throwaway vault; that is not a user secret.

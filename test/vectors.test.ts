@@ -310,3 +310,48 @@ test('libsodium is loaded by its fixed path on Linux, and is the library its own
   sodium.crypto_generichash(out, Buffer.from('keyward'));
   assert.equal(`${Object.keys(sodium).length} ${out.toString('hex')}`, other);
 });
+
+test("secure memory comes from libsodium's addon directly on Linux, and is the package's own: either frees the other's buffers", async () => {
+  const { secureMemory, memoryFromAddon, sodiumPackage } =
+    await import('../src/lib/sodium-addon.js');
+  assert.equal(memoryFromAddon, process.platform === 'linux');
+  const whole = sodiumPackage();
+  // A buffer from the direct path is one the package recognises as its own, and the other way
+  // round: the package's sodium_free ignores a buffer without its mark, which would leave a
+  // secret mapped until the collector ran.
+  const a = secureMemory.sodium_malloc(100);
+  a.fill(7);
+  whole.sodium_memzero(a);
+  assert.ok(a.every((b) => b === 0));
+  whole.sodium_free(a);
+  assert.equal(a.length, 0, 'the package freed (detached) a buffer from the direct path');
+  const b = whole.sodium_malloc(100);
+  b.fill(9);
+  secureMemory.sodium_memzero(b);
+  assert.ok(b.every((x) => x === 0));
+  secureMemory.sodium_free(b);
+  assert.equal(b.length, 0, 'the direct path freed a buffer from the package');
+  // A plain Buffer is not freed (the package's rule): its memory is not libsodium's.
+  const plain = Buffer.alloc(100, 1);
+  secureMemory.sodium_free(plain);
+  assert.equal(plain.length, 100);
+  assert.throws(() => secureMemory.sodium_malloc(-1));
+});
+
+test("koffi's build is loaded by its fixed place on glibc Linux, and is the build the package's loader picks", async () => {
+  const { koffi, koffiDirect } = await import('../src/lib/koffi.js');
+  assert.equal(koffiDirect, process.platform === 'linux');
+  const { execFileSync } = await import('node:child_process');
+  const other = execFileSync(
+    process.execPath,
+    [
+      '-e',
+      "const k = require('koffi'); process.stdout.write(k.version + ' ' + k.load('libc.so.6').func('int getpid()')())",
+    ],
+    { cwd: path.resolve(VECTORS, '../..'), encoding: 'utf8' },
+  );
+  const [version, pid] = other.split(' ');
+  assert.equal(koffi.version, version);
+  assert.ok(Number(pid) > 0);
+  assert.equal(koffi.load('libc.so.6').func('int getpid()')(), process.pid);
+});

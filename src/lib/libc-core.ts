@@ -3,12 +3,8 @@
  * call. Loaded lazily so that commands that need none of them (help, version) start without the
  * FFI.
  */
-import { createRequire } from 'node:module';
-import type Koffi from 'koffi';
+import { koffi } from './koffi.js';
 import { processWide } from './once.js';
-
-// With require: an ESM import of this CommonJS package costs its export scan (~10 ms a process).
-const koffi = createRequire(import.meta.url)('koffi') as typeof Koffi;
 
 export interface Libc {
   flock: (fd: number, op: number) => number;

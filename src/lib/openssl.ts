@@ -16,11 +16,8 @@
  * for each signature and freed after it, because OpenSSL would cache the Montgomery forms of p and
  * q in its ordinary heap for as long as the key is held. docs/THREAT-MODEL.md says what remains.
  */
-import { createRequire } from 'node:module';
-import type Koffi from 'koffi';
+import { koffi } from './koffi.js';
 import { processWide } from './once.js';
-
-const koffi = createRequire(import.meta.url)('koffi') as typeof Koffi;
 
 /** OpenSSL's secure heap: 1 MiB (a power of two), blocks of at least 32 bytes. */
 const SECURE_HEAP_BYTES = 1 << 20;

@@ -8,14 +8,14 @@
  * never turned into a string, and is freed (which zeroes it) as soon as it has been used.
  */
 import fs from 'node:fs';
-import { sodium } from './sodium.js';
+import { secureMemory as memory, sodiumPackage } from './sodium-addon.js';
 
 /** A Buffer whose memory came from sodium_malloc. The brand stops a plain Buffer passing as one. */
 export type SecureBuffer = Buffer & { readonly __secure: true };
 
 export function secureAlloc(size: number): SecureBuffer {
   // sodium_malloc(0) is legal but pointless; a zero-length secure buffer keeps callers uniform.
-  const buf = sodium.sodium_malloc(Math.max(size, 0)) as SecureBuffer;
+  const buf = memory.sodium_malloc(Math.max(size, 0)) as SecureBuffer;
   // libsodium fills new allocations with 0xdb (to catch use of uninitialised memory); code that
   // writes a short value right-aligned (a scalar without its leading zero bytes) must see zeros.
   buf.fill(0);
@@ -29,8 +29,8 @@ export function secureAlloc(size: number): SecureBuffer {
  */
 export function secureFree(buf: SecureBuffer | undefined): void {
   if (buf !== undefined && buf.length > 0) {
-    sodium.sodium_memzero(buf);
-    sodium.sodium_free(buf);
+    memory.sodium_memzero(buf);
+    memory.sodium_free(buf);
   }
 }
 
@@ -65,7 +65,7 @@ export function secureRelease(buf: SecureBuffer | undefined): void {
     secureFree(buf);
     return;
   }
-  sodium.sodium_memzero(buf);
+  memory.sodium_memzero(buf);
   if (order.length >= POOL_BUFFERS) {
     const oldest = order.shift() as SecureBuffer;
     const list = pool.get(oldest.length) ?? [];
@@ -99,7 +99,7 @@ export function secureTake(source: Uint8Array | number[]): SecureBuffer {
     source.fill(0);
   } else {
     out.set(source);
-    sodium.sodium_memzero(source);
+    memory.sodium_memzero(source);
   }
   return out;
 }
@@ -113,11 +113,11 @@ export function secureSlice(source: SecureBuffer, start: number, end: number): S
 
 /** Constant-time comparison of secret bytes. Never compare secrets with `===` or Buffer#equals. */
 export function secureEqual(a: Uint8Array, b: Uint8Array): boolean {
-  return a.length === b.length && sodium.sodium_memcmp(a, b);
+  return a.length === b.length && sodiumPackage().sodium_memcmp(a, b);
 }
 
 export function zero(buf: Uint8Array): void {
-  sodium.sodium_memzero(buf);
+  memory.sodium_memzero(buf);
 }
 
 /**
@@ -126,21 +126,21 @@ export function zero(buf: Uint8Array): void {
  */
 export function secretSha256(data: Uint8Array): Buffer {
   const out = Buffer.alloc(32);
-  sodium.crypto_hash_sha256(out, data);
+  sodiumPackage().crypto_hash_sha256(out, data);
   return out;
 }
 
 /** n random bytes straight into secure memory: for keys, never randomBytes. */
 export function secureRandom(n: number): SecureBuffer {
   const b = secureAlloc(n);
-  sodium.randombytes_buf(b);
+  sodiumPackage().randombytes_buf(b);
   return b;
 }
 
 /** Random bytes for public values (ids, nonces, file names). Keys use secureRandom. */
 export function randomBytes(n: number): Buffer {
   const b = Buffer.alloc(n);
-  sodium.randombytes_buf(b);
+  sodiumPackage().randombytes_buf(b);
   return b;
 }
 

@@ -1,0 +1,57 @@
+/**
+ * koffi (the FFI that reaches libc and Node's own libcrypto), loaded once for the process. Its
+ * package's loader picks the build for this machine by reading Node's ELF program headers (glibc
+ * or musl) and wraps a few functions for deprecation notices: ~5 ms of every keyward process that
+ * uses it, against ~1.6 ms for the addon itself (docs/PERFORMANCE.md, "keyward read"). On glibc
+ * Linux, where the build's place is fixed (`@koromix/koffi-linux-ARCH/linux_ARCH/koffi.node`),
+ * keyward loads it itself; anything unexpected (another layout, a version that is not the
+ * package's, a failed load) leaves the package's loader to decide, as before.
+ */
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import type Koffi from 'koffi';
+import { processWide } from './once.js';
+
+const require = createRequire(import.meta.url);
+
+function direct(): typeof Koffi | undefined {
+  try {
+    const arch = process.arch;
+    if (
+      process.platform !== 'linux' ||
+      (arch !== 'x64' && arch !== 'arm64') ||
+      // musl: the package's loader tells it apart and picks its build; let it.
+      fs.existsSync('/etc/alpine-release')
+    )
+      return undefined;
+    const main = require.resolve('koffi');
+    const pkgFile = path.join(path.dirname(main), 'package.json');
+    const version = (JSON.parse(fs.readFileSync(pkgFile, 'utf8')) as { version?: unknown }).version;
+    const build = path.join(
+      path.dirname(createRequire(main).resolve(`@koromix/koffi-linux-${arch}/package.json`)),
+      `linux_${arch}`,
+      'koffi.node',
+    );
+    const native = require(build) as typeof Koffi & { version?: unknown };
+    return typeof version === 'string' && native.version === version ? native : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+interface Loaded {
+  koffi: typeof Koffi;
+  direct: boolean;
+}
+
+const loaded = processWide<Loaded>('koffi', () => {
+  const d = direct();
+  return d
+    ? { koffi: d, direct: true }
+    : { koffi: require('koffi') as typeof Koffi, direct: false };
+});
+
+export const koffi = loaded.koffi;
+/** Whether the build was loaded without the package's loader (for the test). */
+export const koffiDirect = loaded.direct;

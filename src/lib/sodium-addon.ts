@@ -1,0 +1,128 @@
+/**
+ * libsodium's compiled addon, and the three functions of secure memory taken from it directly
+ * (docs/PERFORMANCE.md, "keyward read"). The package's JavaScript index (3,000 lines that check
+ * each function's arguments, with node:assert) costs ~6 ms of a process's start; a command that
+ * only holds bytes in secure memory (`keyward read` through the agent) needs none of the rest.
+ * lib/sodium.ts loads the whole package, on the same addon, for everything else.
+ */
+import fs from 'node:fs';
+import Module, { createRequire } from 'node:module';
+import path from 'node:path';
+import type Sodium from 'sodium-native';
+
+const require = createRequire(import.meta.url);
+
+/** sodium-native's binding.js as the fast path below knows it: it only hands back the addon. */
+const BINDING_JS =
+  "require.addon = require('require-addon')\nmodule.exports = require.addon('.', __filename)\n";
+
+/**
+ * The package's own wrappers of the three memory functions, as secureMemory below repeats them:
+ * the addon's calling convention is the package's internal affair, so the fast path is taken only
+ * while the package's index still calls the addon exactly so.
+ */
+const MEMORY_WRAPPERS = [
+  'binding.sodium_memzero(buf)\n',
+  'const buf = Buffer.from(binding.sodium_malloc(size))\n  buf.secure = true\n  return buf\n',
+  'if (!buf || !buf.secure) return\n\n  binding.sodium_free(buf.buffer)\n',
+];
+
+interface Addon {
+  sodium_malloc(size: number): ArrayBuffer;
+  sodium_free(ab: ArrayBufferLike): void;
+  sodium_memzero(buf: Uint8Array): void;
+}
+
+/**
+ * sodium-native finds its compiled addon through a general resolver (require-addon and
+ * bare-addon-resolve: package files read, conditions matched), about 6 ms of every process that
+ * loads it, for a file whose place is fixed: `prebuilds/PLATFORM-ARCH/sodium-native.node`. On
+ * Linux, where that file is there, keyward loads it itself and gives it to the package as its
+ * `binding.js` would have. Anything unexpected (another layout, a failed load) leaves the
+ * package's own resolver to decide, as before; the result is the same library either way
+ * (test/vectors.test.ts checks the fast path is the one taken here).
+ */
+function preloadAddon(): { addon: Addon; index: string } | undefined {
+  try {
+    const dir = path.dirname(require.resolve('sodium-native'));
+    const binding = path.join(dir, 'binding.js');
+    const addon = path.join(
+      dir,
+      'prebuilds',
+      `${process.platform}-${process.arch}`,
+      'sodium-native.node',
+    );
+    if (
+      process.platform !== 'linux' ||
+      require.cache[binding] ||
+      // Alpine's musl: the package's resolver looks for a -musl build; let it.
+      fs.existsSync('/etc/alpine-release') ||
+      // Another binding.js may do more than hand back the addon.
+      fs.readFileSync(binding, 'utf8') !== BINDING_JS ||
+      !fs.existsSync(addon)
+    )
+      return undefined;
+    const m = new Module(binding);
+    m.filename = binding;
+    m.exports = require(addon);
+    m.loaded = true;
+    require.cache[binding] = m;
+    return { addon: m.exports as Addon, index: path.join(dir, 'index.js') };
+  } catch {
+    return undefined;
+  }
+}
+
+const preloaded = preloadAddon();
+
+/** Whether the addon was loaded without the package's resolver (for the test). */
+export const sodiumPreloaded = preloaded !== undefined;
+
+let whole: typeof Sodium | undefined;
+
+/** The whole package, loaded at the first call (on the addon loaded above, where it was). */
+export function sodiumPackage(): typeof Sodium {
+  return (whole ??= require('sodium-native') as typeof Sodium);
+}
+
+export interface SecureMemory {
+  sodium_malloc(size: number): Buffer;
+  sodium_free(buf: Buffer): void;
+  sodium_memzero(buf: Uint8Array): void;
+}
+
+/** The addon's memory functions wrapped as the package's index wraps them, or undefined. */
+function fromAddon(): SecureMemory | undefined {
+  if (!preloaded) return undefined;
+  try {
+    const index = fs.readFileSync(preloaded.index, 'utf8');
+    if (!MEMORY_WRAPPERS.every((w) => index.includes(w))) return undefined;
+  } catch {
+    return undefined;
+  }
+  const { addon } = preloaded;
+  return {
+    sodium_malloc(size) {
+      if (!(size >= 0)) throw new RangeError('invalid size');
+      const buf = Buffer.from(addon.sodium_malloc(size)) as Buffer & { secure?: boolean };
+      buf.secure = true;
+      return buf;
+    },
+    sodium_free(buf) {
+      if (!(buf as Buffer & { secure?: boolean }).secure) return;
+      addon.sodium_free(buf.buffer);
+    },
+    sodium_memzero(buf) {
+      if (!ArrayBuffer.isView(buf)) throw new TypeError('buf must be a typed array');
+      addon.sodium_memzero(buf);
+    },
+  };
+}
+
+const direct = fromAddon();
+
+/** Whether secure memory comes straight from the addon (for the test). */
+export const memoryFromAddon = direct !== undefined;
+
+/** sodium_malloc, sodium_free and sodium_memzero: the package's own where the check failed. */
+export const secureMemory: SecureMemory = direct ?? sodiumPackage();
