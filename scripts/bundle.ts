@@ -23,34 +23,40 @@ const SRC = path.join(ROOT, 'dist/src');
 const OUT = path.join(SRC, 'bundle');
 
 /**
- * What bin/keyward.js imports, the exec step `keyward run` starts as a script of its own, and the
- * agent's policy-parsing worker.
+ * What bin/keyward.js imports when the command is not one of the quick ones, the exec step `keyward
+ * run` starts as a script of its own, and the agent's policy-parsing worker: ES modules, with
+ * shared chunks.
  */
 export const BUNDLE_ENTRIES = [
   'lib/runtime-guard.js',
   'cli/report.js',
-  'cli/quick.js',
   'cli/main.js',
   'run/exec-helper.js',
   'policy/parse-worker.js',
 ];
 
 /**
- * Entries built as one file each, not from the shared chunks: `read NAME`, `lock` and `agent
- * stop` (cli/quick.ts) load one file instead of sixteen, 8 ms of a ~80 ms `keyward read`
- * (docs/PERFORMANCE.md). Their modules are then a second instance beside main.js's when quick()
- * hands the command to main.ts (no agent answered): the runtime guard's state is shared (it stays
- * external), and what holds process-wide resources (libc's and OpenSSL's koffi bindings) keeps
- * them in one place for every instance (lib/once.ts).
+ * Entries built as one CommonJS file each (`NAME.cjs`), which bin/keyward.js loads with require:
+ * the runtime guard it runs first, and `read NAME`, `lock` and `agent stop` (cli/quick.ts). Node 20
+ * loads an ES module through its asynchronous loader, each file read through the thread pool; a
+ * CommonJS file is read and compiled at once (docs/PERFORMANCE.md, "keyward read"). The quick
+ * path's modules are then a second instance beside main.js's when quick() hands the command to
+ * main.ts (no agent answered): the runtime guard's state is one object for the process whichever
+ * copy reads it, and what holds process-wide resources (libc's and OpenSSL's koffi bindings) keeps
+ * them in one place for every instance (lib/once.ts). quick.cjs requires the guard beside it
+ * rather than a copy of its own.
  */
-export const SINGLE_FILE_ENTRIES = ['cli/quick.js'];
+export const CJS_ENTRIES = ['lib/runtime-guard.js', 'cli/quick.js'];
 
-/** Imports of the runtime guard, resolved to the bundle's own entry (one instance). */
+/** The file an entry of CJS_ENTRIES becomes. */
+export const cjsName = (entry: string): string => path.basename(entry).replace(/\.js$/, '.cjs');
+
+/** Imports of the runtime guard, resolved to the guard's own CommonJS file (one instance). */
 const guardExternal: Plugin = {
   name: 'runtime-guard-external',
   setup(b) {
     b.onResolve({ filter: /\/runtime-guard\.js$/ }, () => ({
-      path: './runtime-guard.js',
+      path: './runtime-guard.cjs',
       external: true,
     }));
   },
@@ -58,23 +64,29 @@ const guardExternal: Plugin = {
 
 export async function bundle(): Promise<void> {
   fs.rmSync(OUT, { recursive: true, force: true });
-  for (const e of SINGLE_FILE_ENTRIES)
+  for (const e of CJS_ENTRIES)
     await build({
       entryPoints: [path.join(SRC, e)],
-      outfile: path.join(OUT, path.basename(e)),
+      outfile: path.join(OUT, cjsName(e)),
       bundle: true,
-      format: 'esm',
+      format: 'cjs',
       platform: 'node',
       target: 'node20',
       packages: 'external',
       logLevel: 'warning',
       keepNames: true,
-      plugins: [guardExternal],
+      // createRequire(import.meta.url) and the paths modules find beside themselves: the file's
+      // own URL, as an ES module would have it.
+      define: { 'import.meta.url': '__keywardModuleUrl' },
+      // "use strict" first: tsc's modules are strict, and a banner before esbuild's own directive
+      // would make it a plain string.
+      banner: {
+        js: "'use strict';\nconst __keywardModuleUrl = require('node:url').pathToFileURL(__filename).href;",
+      },
+      plugins: e === 'lib/runtime-guard.js' ? [] : [guardExternal],
     });
   await build({
-    entryPoints: BUNDLE_ENTRIES.filter((e) => !SINGLE_FILE_ENTRIES.includes(e)).map((e) =>
-      path.join(SRC, e),
-    ),
+    entryPoints: BUNDLE_ENTRIES.map((e) => path.join(SRC, e)),
     outdir: OUT,
     bundle: true,
     splitting: true,

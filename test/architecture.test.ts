@@ -146,25 +146,24 @@ test('lib/ is shared helpers: it imports no domain', () => {
 });
 
 test('bin/keyward.js runs the bundle (scripts/bundle.ts), built from what tsc compiled last', async () => {
-  const { BUNDLE_ENTRIES } = await import('../scripts/bundle.js');
+  const { BUNDLE_ENTRIES, CJS_ENTRIES, cjsName } = await import('../scripts/bundle.js');
+  const outputs = [
+    ...BUNDLE_ENTRIES.map((e) => path.basename(e)),
+    ...CJS_ENTRIES.map((e) => cjsName(e)),
+  ];
   const bin = fs.readFileSync(path.join(ROOT, 'bin/keyward.js'), 'utf8');
-  const loaded = [...bin.matchAll(/import\('([^']+)'\)/g)].map((m) => m[1]);
+  const loaded = [...bin.matchAll(/(?:import|require)\('(\.[^']+)'\)/g)].map((m) => m[1]);
   assert.ok(loaded.length > 0);
   for (const spec of loaded) {
-    assert.match(spec ?? '', /^\.\.\/dist\/src\/bundle\/[a-z-]+\.js$/, `bin imports ${spec}`);
+    assert.match(spec ?? '', /^\.\.\/dist\/src\/bundle\/[a-z-]+\.c?js$/, `bin loads ${spec}`);
     const name = path.basename(spec ?? '');
-    assert.ok(
-      BUNDLE_ENTRIES.some((e) => path.basename(e) === name),
-      `${name} is an entry of the bundle`,
-    );
+    assert.ok(outputs.includes(name), `${name} is an entry of the bundle`);
   }
   // A bundle older than a file it joins runs code the tests don't see: after editing dist/src by
   // hand, run `node dist/scripts/bundle.js`.
   const dist = path.join(ROOT, 'dist/src');
   const bundled = path.join(dist, 'bundle');
-  const built = Math.min(
-    ...BUNDLE_ENTRIES.map((e) => fs.statSync(path.join(bundled, path.basename(e))).mtimeMs),
-  );
+  const built = Math.min(...outputs.map((o) => fs.statSync(path.join(bundled, o)).mtimeMs));
   const compiled = (dir: string): string[] =>
     fs.readdirSync(dir, { withFileTypes: true }).flatMap((d) => {
       const p = path.join(dir, d.name);
@@ -177,16 +176,17 @@ test('bin/keyward.js runs the bundle (scripts/bundle.ts), built from what tsc co
     [],
     'compiled after the bundle was built',
   );
-  // The single-file entries load no chunk: only the runtime guard beside them, so its state is
-  // the one bin/keyward.js set.
-  const { SINGLE_FILE_ENTRIES } = await import('../scripts/bundle.js');
-  for (const e of SINGLE_FILE_ENTRIES) {
-    const text = fs.readFileSync(path.join(bundled, path.basename(e)), 'utf8');
-    const local = [...text.matchAll(/(?:from|import)\s*\(?\s*"(\.[^"]+)"/g)].map((m) => m[1]);
+  // The CommonJS entries load nothing of keyward's but the runtime guard beside them, so its
+  // state is the one bin/keyward.js set; the guard loads nothing of keyward's at all.
+  for (const e of CJS_ENTRIES) {
+    const text = fs.readFileSync(path.join(bundled, cjsName(e)), 'utf8');
+    const local = [...text.matchAll(/(?:from|import|require)\s*\(?\s*["'](\.[^"']+)["']/g)].map(
+      (m) => m[1],
+    );
     assert.deepEqual(
       [...new Set(local)],
-      ['./runtime-guard.js'],
-      `${e} imports ${local.join(' ')}`,
+      e === 'lib/runtime-guard.js' ? [] : ['./runtime-guard.cjs'],
+      `${e} loads ${local.join(' ')}`,
     );
   }
 });

@@ -10,8 +10,10 @@
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type Koffi from 'koffi';
 import { processWide } from './once.js';
+import { packageDir } from './package-dir.js';
 
 const require = createRequire(import.meta.url);
 
@@ -25,14 +27,15 @@ function direct(): typeof Koffi | undefined {
       fs.existsSync('/etc/alpine-release')
     )
       return undefined;
-    const main = require.resolve('koffi');
-    const pkgFile = path.join(path.dirname(main), 'package.json');
-    const version = (JSON.parse(fs.readFileSync(pkgFile, 'utf8')) as { version?: unknown }).version;
-    const build = path.join(
-      path.dirname(createRequire(main).resolve(`@koromix/koffi-linux-${arch}/package.json`)),
-      `linux_${arch}`,
-      'koffi.node',
-    );
+    const dir = packageDir('koffi', path.dirname(fileURLToPath(import.meta.url)));
+    // The build is an optional dependency of koffi's: found from koffi's directory, as its loader
+    // finds it.
+    const builds = dir && packageDir(`@koromix/koffi-linux-${arch}`, dir);
+    if (!dir || !builds) return undefined;
+    const version = (
+      JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8')) as { version?: unknown }
+    ).version;
+    const build = path.join(builds, `linux_${arch}`, 'koffi.node');
     const native = require(build) as typeof Koffi & { version?: unknown };
     return typeof version === 'string' && native.version === version ? native : undefined;
   } catch {

@@ -70,6 +70,10 @@ export function libc(): Libc {
   return (cached ??= processWide('libc', bind));
 }
 
+/**
+ * Each function is declared at its first use: a declaration parses its C prototype, and a
+ * command uses a few of the ~30 (`keyward read` three), ~0.5 ms of its start for all of them.
+ */
 function bind(): Libc {
   const lib = koffi.load('libc.so.6');
   const Rlimit = koffi.struct('keyward_rlimit', { cur: 'uint64', max: 'uint64' });
@@ -83,38 +87,53 @@ function bind(): Libc {
     controllen: 'size_t',
     flags: 'int',
   });
-  return {
-    flock: lib.func('int flock(int, int)'),
-    prctl: lib.func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)'),
-    setrlimit: lib.func('setrlimit', 'int', ['int', koffi.pointer(Rlimit)]),
-    getrlimit: lib.func('getrlimit', 'int', ['int', koffi.out(koffi.pointer(Rlimit))]),
-    tcgetattr: lib.func('int tcgetattr(int, _Out_ uint8_t *)'),
-    tcsetattr: lib.func('int tcsetattr(int, int, const uint8_t *)'),
-    tcgetpgrp: lib.func('int tcgetpgrp(int)'),
-    getpgrp: lib.func('int getpgrp(void)'),
-    getsockopt: lib.func('int getsockopt(int, int, int, _Out_ uint8_t *, _Inout_ uint32_t *)'),
-    syscall4: lib.func('long syscall(long, int, int, void *, unsigned int)'),
-    close: lib.func('int close(int)'),
-    mallopt: lib.func('int mallopt(int, int)'),
-    memfdCreate: lib.func('int memfd_create(const char *, unsigned int)'),
-    fcntl: lib.func('int fcntl(int, int, int)'),
-    lseek: lib.func('int64_t lseek(int, int64_t, int)'),
-    execvpe: lib.func('int execvpe(const char *, const char **, uint8_t **)'),
-    setsid: lib.func('int setsid(void)'),
-    ioctl: lib.func('int ioctl(int, unsigned long, int)'),
-    ioctlBuf: lib.func('ioctl', 'int', ['int', 'unsigned long', 'uint8_t *']),
-    posixOpenpt: lib.func('int posix_openpt(int)'),
-    signal: lib.func('void *signal(int, void *)'),
-    closeRange: lib.func('int close_range(unsigned int, unsigned int, int)'),
-    grantpt: lib.func('int grantpt(int)'),
-    unlockpt: lib.func('int unlockpt(int)'),
-    ptsnameR: lib.func('int ptsname_r(int, _Out_ uint8_t *, size_t)'),
-    sendmsg: lib.func('long sendmsg(int, const keyward_msghdr *, int)'),
-    recvmsg: lib.func('long recvmsg(int, _Inout_ keyward_msghdr *, int)'),
-    socket: lib.func('int socket(int, int, int)'),
-    connect: lib.func('int connect(int, const uint8_t *, uint32_t)'),
-    sendto: lib.func('long sendto(int, const uint8_t *, size_t, int, const uint8_t *, uint32_t)'),
-    errno: () => koffi.errno(),
-    renameat2: lib.func('int renameat2(int, const char *, int, const char *, unsigned int)'),
+  const declare: { [K in keyof Libc]: () => Libc[K] } = {
+    flock: () => lib.func('int flock(int, int)'),
+    prctl: () =>
+      lib.func('int prctl(int, unsigned long, unsigned long, unsigned long, unsigned long)'),
+    setrlimit: () => lib.func('setrlimit', 'int', ['int', koffi.pointer(Rlimit)]),
+    getrlimit: () => lib.func('getrlimit', 'int', ['int', koffi.out(koffi.pointer(Rlimit))]),
+    tcgetattr: () => lib.func('int tcgetattr(int, _Out_ uint8_t *)'),
+    tcsetattr: () => lib.func('int tcsetattr(int, int, const uint8_t *)'),
+    tcgetpgrp: () => lib.func('int tcgetpgrp(int)'),
+    getpgrp: () => lib.func('int getpgrp(void)'),
+    getsockopt: () =>
+      lib.func('int getsockopt(int, int, int, _Out_ uint8_t *, _Inout_ uint32_t *)'),
+    syscall4: () => lib.func('long syscall(long, int, int, void *, unsigned int)'),
+    close: () => lib.func('int close(int)'),
+    mallopt: () => lib.func('int mallopt(int, int)'),
+    memfdCreate: () => lib.func('int memfd_create(const char *, unsigned int)'),
+    fcntl: () => lib.func('int fcntl(int, int, int)'),
+    lseek: () => lib.func('int64_t lseek(int, int64_t, int)'),
+    execvpe: () => lib.func('int execvpe(const char *, const char **, uint8_t **)'),
+    setsid: () => lib.func('int setsid(void)'),
+    ioctl: () => lib.func('int ioctl(int, unsigned long, int)'),
+    ioctlBuf: () => lib.func('ioctl', 'int', ['int', 'unsigned long', 'uint8_t *']),
+    posixOpenpt: () => lib.func('int posix_openpt(int)'),
+    signal: () => lib.func('void *signal(int, void *)'),
+    closeRange: () => lib.func('int close_range(unsigned int, unsigned int, int)'),
+    grantpt: () => lib.func('int grantpt(int)'),
+    unlockpt: () => lib.func('int unlockpt(int)'),
+    ptsnameR: () => lib.func('int ptsname_r(int, _Out_ uint8_t *, size_t)'),
+    sendmsg: () => lib.func('long sendmsg(int, const keyward_msghdr *, int)'),
+    recvmsg: () => lib.func('long recvmsg(int, _Inout_ keyward_msghdr *, int)'),
+    socket: () => lib.func('int socket(int, int, int)'),
+    connect: () => lib.func('int connect(int, const uint8_t *, uint32_t)'),
+    sendto: () =>
+      lib.func('long sendto(int, const uint8_t *, size_t, int, const uint8_t *, uint32_t)'),
+    errno: () => () => koffi.errno(),
+    renameat2: () => lib.func('int renameat2(int, const char *, int, const char *, unsigned int)'),
   };
+  const out = {} as Libc;
+  for (const k of Object.keys(declare) as Array<keyof Libc>)
+    Object.defineProperty(out, k, {
+      configurable: true,
+      enumerable: true,
+      get() {
+        const f = declare[k]();
+        Object.defineProperty(out, k, { value: f, enumerable: true, writable: false });
+        return f;
+      },
+    });
+  return out;
 }

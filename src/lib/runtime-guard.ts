@@ -147,12 +147,13 @@ export function cleanEnvironment(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
 
 /**
  * What bin/keyward.js found at start, for the rest of the process: the reasons this process is
- * exposed (empty when clean) and whether the user allowed it with --allow-debugger.
+ * exposed (empty when clean) and whether the user allowed it with --allow-debugger. One object
+ * for the process, whichever copy of this module asks: the quick commands run a CommonJS copy of
+ * it beside the ES module the rest of the command line imports (scripts/bundle.ts).
  */
-export const runtimeState: { exposure: string[]; allowed: boolean } = {
-  exposure: [],
-  allowed: false,
-};
+export const runtimeState: { exposure: string[]; allowed: boolean } = ((
+  globalThis as unknown as Record<symbol, { exposure: string[]; allowed: boolean } | undefined>
+)[Symbol.for('keyward.runtimeState')] ??= { exposure: [], allowed: false });
 
 /** Whether argv (before a `--`) holds --allow-debugger. */
 export function allowsDebugger(argv: readonly string[]): boolean {

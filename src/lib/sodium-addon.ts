@@ -8,7 +8,9 @@
 import fs from 'node:fs';
 import Module, { createRequire } from 'node:module';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import type Sodium from 'sodium-native';
+import { packageDir } from './package-dir.js';
 
 const require = createRequire(import.meta.url);
 
@@ -44,7 +46,8 @@ interface Addon {
  */
 function preloadAddon(): { addon: Addon; index: string } | undefined {
   try {
-    const dir = path.dirname(require.resolve('sodium-native'));
+    const dir = packageDir('sodium-native', path.dirname(fileURLToPath(import.meta.url)));
+    if (dir === undefined) return undefined;
     const binding = path.join(dir, 'binding.js');
     const addon = path.join(
       dir,
@@ -80,9 +83,12 @@ export const sodiumPreloaded = preloaded !== undefined;
 
 let whole: typeof Sodium | undefined;
 
-/** The whole package, loaded at the first call (on the addon loaded above, where it was). */
+/**
+ * The whole package, loaded at the first call: where the addon was loaded above, the index beside
+ * it (so the memory functions below and the package's are one libsodium, never two copies).
+ */
 export function sodiumPackage(): typeof Sodium {
-  return (whole ??= require('sodium-native') as typeof Sodium);
+  return (whole ??= require(preloaded?.index ?? 'sodium-native') as typeof Sodium);
 }
 
 export interface SecureMemory {
