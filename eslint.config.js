@@ -42,6 +42,12 @@ export default tseslint.config(
     files: ['**/*.js', '**/*.mjs'],
     languageOptions: { globals: { process: 'readonly', console: 'readonly' } },
   },
+  {
+    // The command's entry is CommonJS (bin/package.json): require is how it loads keyward.
+    files: ['bin/**/*.js'],
+    languageOptions: { sourceType: 'commonjs', globals: { require: 'readonly' } },
+    rules: { '@typescript-eslint/no-require-imports': 'off' },
+  },
   { files: ['src/**/*.ts'], rules: secretRules },
   {
     // The console's page runs in the browser, as a classic script.
