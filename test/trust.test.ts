@@ -119,6 +119,50 @@ describe('a keyward process can never be debugged unless the user says so', () =
     assert.equal(r.code, 0, r.stderr);
   });
 
+  test('an inspector opened before keyward ran a line, with no option that says so, is found: whether stdio are files or sockets', () => {
+    // node:inspector is asked only when the process holds a socket (an inspector listens on
+    // one); this is the case the shortcut must not miss: the inspector's socket the only one.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-inspector-'));
+    try {
+      const wrapper = path.join(dir, 'opened-first.cjs');
+      fs.writeFileSync(
+        wrapper,
+        `require('node:inspector').open(0, '127.0.0.1');\nprocess.argv = [process.argv[0], ${JSON.stringify(BIN)}, 'read', 'app/token'];\nrequire(${JSON.stringify(BIN)});\n`,
+      );
+      const env: NodeJS.ProcessEnv = { ...process.env, KEYWARD_HOME: path.join(dir, 'home') };
+      delete env['NODE_OPTIONS'];
+      const errFile = path.join(dir, 'stderr');
+      const err = fs.openSync(errFile, 'w');
+      const files = spawnSync(process.execPath, [wrapper], {
+        env,
+        stdio: ['ignore', 'ignore', err],
+      });
+      fs.closeSync(err);
+      assert.equal(files.status, 8, fs.readFileSync(errFile, 'utf8'));
+      assert.match(fs.readFileSync(errFile, 'utf8'), /refuses to run .*a Node inspector is open/);
+      const sockets = spawnSync(process.execPath, [wrapper], { env, encoding: 'utf8' });
+      assert.equal(sockets.status, 8, sockets.stderr);
+      assert.match(sockets.stderr, /a Node inspector is open/);
+      // And the question itself: no socket in a process whose stdio are files; one once it
+      // listens.
+      const probe = path.join(dir, 'probe.mjs');
+      fs.writeFileSync(
+        probe,
+        `import net from 'node:net';\nimport fs from 'node:fs';\nconst { holdsSocket } = await import(${JSON.stringify(path.join(ROOT, 'dist/src/lib/runtime-guard.js'))});\nconst before = holdsSocket();\nconst s = net.createServer().listen(0, '127.0.0.1', () => { fs.writeSync(1, JSON.stringify([before, holdsSocket()])); s.close(); });\n`,
+      );
+      const outFile = path.join(dir, 'out');
+      const out = fs.openSync(outFile, 'w');
+      const probed = spawnSync(process.execPath, [probe], {
+        env,
+        stdio: ['ignore', out, 'ignore'],
+      });
+      fs.closeSync(out);
+      assert.equal(probed.status, 0);
+      assert.deepEqual(JSON.parse(fs.readFileSync(outFile, 'utf8')), [false, true]);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
   test('agent run refuses LD_PRELOAD; agent start gives the agent a clean environment', async () => {
     const h = agentHome();
     const lib = ['/lib/x86_64-linux-gnu/libm.so.6', '/lib/aarch64-linux-gnu/libm.so.6'].find((p) =>

@@ -9,9 +9,11 @@
  * new code-loading or heap-dumping option in a later Node release is refused too.
  *
  * This module is loaded by bin/keyward.js before anything else of keyward's: keep it free of
- * imports beyond node:inspector.
+ * imports beyond Node's own modules.
  */
-import inspector from 'node:inspector';
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import type Inspector from 'node:inspector';
 
 /**
  * Options that change limits, warnings or TLS defaults and never load code, open a port, or
@@ -103,8 +105,43 @@ export interface RuntimeFacts {
   inspectorUrl: string | undefined;
 }
 
+/** node:inspector, loaded when needed: it loads worker_threads and more, ~2.3 ms. */
+let inspectorModule: typeof Inspector | undefined;
+const inspector = (): typeof Inspector =>
+  (inspectorModule ??= createRequire(import.meta.url)('node:inspector') as typeof Inspector);
+
+/**
+ * Whether this process holds a socket. An inspector listens on a TCP socket of this process, so
+ * a process that holds none has no inspector open, and node:inspector need not be loaded to ask
+ * (a command's stdio is a terminal, a pipe or a file; Node's child processes get socket pairs,
+ * and those take the full question). Any doubt (no /proc) counts as a socket.
+ */
+export function holdsSocket(): boolean {
+  let fds: string[];
+  try {
+    fds = fs.readdirSync('/proc/self/fd');
+  } catch {
+    return true;
+  }
+  for (const fd of fds) {
+    let target: string;
+    try {
+      target = fs.readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      // The directory's own descriptor, closed once it was read.
+      continue;
+    }
+    if (target.startsWith('socket:')) return true;
+  }
+  return false;
+}
+
 export function currentRuntime(): RuntimeFacts {
-  return { execArgv: process.execArgv, env: process.env, inspectorUrl: inspector.url() };
+  return {
+    execArgv: process.execArgv,
+    env: process.env,
+    inspectorUrl: holdsSocket() ? inspector().url() : undefined,
+  };
 }
 
 /**
@@ -166,5 +203,5 @@ export function allowsDebugger(argv: readonly string[]): boolean {
 
 /** Closes an inspector Node opened before keyward ran a line (NODE_OPTIONS=--inspect). */
 export function closeInspector(): void {
-  if (inspector.url() !== undefined) inspector.close();
+  if (inspector().url() !== undefined) inspector().close();
 }
