@@ -188,5 +188,7 @@ test('bin/keyward.js runs the bundle (scripts/bundle.ts), built from what tsc co
       e === 'lib/runtime-guard.js' ? [] : ['./runtime-guard.cjs'],
       `${e} loads ${local.join(' ')}`,
     );
+    // Node's modules are used in place, not copied a property at a time (scripts/bundle.ts).
+    assert.doesNotMatch(text, /__toESM\(require\("node:/, `${e} copies a Node module`);
   }
 });
