@@ -25,12 +25,14 @@ export async function cliBench(root: string): Promise<void> {
     ['keyward read NAME (agent)', process.execPath, [bin, 'read', 'bench/token']],
   ];
   const results: Record<string, number> = {};
-  for (const [name, cmd, args] of cases) {
-    timeOne(cmd, args, env); // warm the page cache
-    const times: number[] = [];
-    for (let i = 0; i < n; i++) times.push(timeOne(cmd, args, env));
-    results[name] = Math.round(median(times) * 10) / 10;
-  }
+  // The cases in turns, not one after the other: a machine that speeds up or slows down during
+  // the runs (as a shared one does, minutes after a build) moves every case alike, and the
+  // ratios to `node -e 0` stay what they are.
+  for (const [, cmd, args] of cases) timeOne(cmd, args, env); // warm the page cache
+  const times = cases.map((): number[] => []);
+  for (let i = 0; i < n; i++)
+    cases.forEach(([, cmd, args], c) => times[c]?.push(timeOne(cmd, args, env)));
+  cases.forEach(([name], c) => (results[name] = Math.round(median(times[c] ?? []) * 10) / 10));
   // Agent start and stop (each a CLI process waiting for the agent), against OpenSSH's ssh-agent
   // started and killed the same way, from a shell.
   kw(['agent', 'stop']);
