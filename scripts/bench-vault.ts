@@ -35,12 +35,17 @@ export async function vaultBench(root: string): Promise<void> {
   const runs = Number(process.env['BENCH_VAULT_RUNS'] ?? 11);
   const results: Record<string, { medianMs: number; fileBytes: number }> = {};
   const lines: string[] = [];
-  for (const n of SIZES) {
-    const home = benchHome(root, `vault${n}`, 'version: 1\nrules: []\n');
-    try {
-      fill(home.env['KEYWARD_HOME'] ?? '', home.env['KEYWARD_PASSPHRASE_FILE'] ?? '', n);
-      const times: number[] = [];
-      for (let i = 0; i <= runs; i++) {
+  // Every vault filled first, then their runs in turns: a machine that drifts during the runs
+  // moves each size alike, and the ratio between them stays what it is.
+  const homes = SIZES.map((n) => benchHome(root, `vault${n}`, 'version: 1\nrules: []\n'));
+  try {
+    SIZES.forEach((n, k) => {
+      const env = homes[k]?.env ?? {};
+      fill(env['KEYWARD_HOME'] ?? '', env['KEYWARD_PASSPHRASE_FILE'] ?? '', n);
+    });
+    const times = SIZES.map((): number[] => []);
+    for (let i = 0; i <= runs; i++)
+      homes.forEach((home, k) => {
         const t = performance.now();
         const r = spawnSync(process.execPath, [home.bin, 'secret', 'set', `bench/new-${i}`], {
           env: home.env,
@@ -49,16 +54,18 @@ export async function vaultBench(root: string): Promise<void> {
         });
         const ms = performance.now() - t;
         if (r.status !== 0) throw new Error(`secret set exited ${r.status}: ${String(r.stderr)}`);
-        if (i > 0) times.push(ms); // the first warms the page cache
-      }
-      const fileBytes = fs.statSync(path.join(home.env['KEYWARD_HOME'] ?? '', 'vault.kw')).size;
-      results[String(n)] = { medianMs: Math.round(median(times) * 10) / 10, fileBytes };
+        if (i > 0) times[k]?.push(ms); // the first warms the page cache
+      });
+    SIZES.forEach((n, k) => {
+      const home = homes[k]?.env['KEYWARD_HOME'] ?? '';
+      const fileBytes = fs.statSync(path.join(home, 'vault.kw')).size;
+      results[String(n)] = { medianMs: Math.round(median(times[k] ?? []) * 10) / 10, fileBytes };
       lines.push(
         `vault  secret set on ${n.toLocaleString('en')} secrets: median ${results[String(n)]?.medianMs} ms (vault.kw ${fileBytes.toLocaleString('en')} bytes)`,
       );
-    } finally {
-      await home.stop();
-    }
+    });
+  } finally {
+    for (const home of homes) await home.stop();
   }
   const first = results[String(SIZES[0])]?.medianMs ?? 1;
   const last = results[String(SIZES[SIZES.length - 1])]?.medianMs ?? 0;
