@@ -25,6 +25,8 @@ const quickShape =
   (argv.length === 2 && argv[0] === 'read' && !argv[1].startsWith('-')) ||
   (argv.length === 1 && argv[0] === 'lock') ||
   (argv.length === 2 && argv[0] === 'agent' && argv[1] === 'stop');
+// `agent start` likewise, from a file of its own (src/cli/quick-start.ts).
+const startShape = argv.length === 2 && argv[0] === 'agent' && argv[1] === 'start';
 
 async function run() {
   if (guard.runtimeState.exposure.length > 0 && !guard.runtimeState.allowed) {
@@ -32,7 +34,11 @@ async function run() {
     const { refuseExposure } = await import('../dist/src/bundle/report.js');
     process.exit(refuseExposure(guard.runtimeState.exposure));
   }
-  const quick = quickShape ? await require('../dist/src/bundle/quick.cjs').quick(argv) : undefined;
+  const quick = quickShape
+    ? await require('../dist/src/bundle/quick.cjs').quick(argv)
+    : startShape
+      ? await require('../dist/src/bundle/quick-start.cjs').quickStart(argv)
+      : undefined;
   if (quick !== undefined) process.exitCode = quick;
   else {
     const { main } = await import('../dist/src/bundle/main.js');

@@ -37,7 +37,8 @@ export const BUNDLE_ENTRIES = [
 
 /**
  * Entries built as one CommonJS file each (`NAME.cjs`), which bin/keyward.js loads with require:
- * the runtime guard it runs first, and `read NAME`, `lock` and `agent stop` (cli/quick.ts). Node 20
+ * the runtime guard it runs first, `read NAME`, `lock` and `agent stop` (cli/quick.ts), and `agent
+ * start` (cli/quick-start.ts, a file of its own: it spawns, and the read path loads none of it). Node 20
  * loads an ES module through its asynchronous loader, each file read through the thread pool; a
  * CommonJS file is read and compiled at once (docs/PERFORMANCE.md, "keyward read"). The quick
  * path's modules are then a second instance beside main.js's when quick() hands the command to
@@ -46,7 +47,7 @@ export const BUNDLE_ENTRIES = [
  * them in one place for every instance (lib/once.ts). quick.cjs requires the guard beside it
  * rather than a copy of its own.
  */
-export const CJS_ENTRIES = ['lib/runtime-guard.js', 'cli/quick.js'];
+export const CJS_ENTRIES = ['lib/runtime-guard.js', 'cli/quick.js', 'cli/quick-start.js'];
 
 /** The file an entry of CJS_ENTRIES becomes. */
 export const cjsName = (entry: string): string => path.basename(entry).replace(/\.js$/, '.cjs');

@@ -7,9 +7,16 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import {
+  agentHome,
+  auditEntries,
+  startAgent,
+  stopAgent,
+  unlockedAgent,
+  type AgentHome,
+} from './agent-helpers.js';
 import { waitingCommand } from './console-helpers.js';
-import { eventually, kw } from './helpers.js';
+import { eventually, kw, straced } from './helpers.js';
 
 const homes: AgentHome[] = [];
 after(async () => {
@@ -131,4 +138,41 @@ test('a requester that goes away takes its request with it', async () => {
   await gone(h, id);
   const denied = auditEntries(h).find((e) => e.type === 'approval.denied');
   assert.equal(denied?.details['reason'], 'the requester went away');
+});
+
+test('read NAME, lock, agent start and agent stop load no command-line parser: their own file, never main.js or commander', async () => {
+  const h = await unlockedAgent(
+    'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    homes,
+  );
+  assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'quick-value' }).code, 0);
+  // The files the CLI process opens (the agent it talks to is another process, untraced).
+  const opened = (args: string[]) => {
+    const r = straced(['-e', 'trace=openat,open'], args, h.env);
+    const files = [...r.trace.matchAll(/open(?:at)?\([^"]*"([^"]+)"/g)].map((m) => m[1] ?? '');
+    const bundled = (f: string) => files.some((x) => x.endsWith(`/dist/src/bundle/${f}`));
+    return { ...r, files, bundled };
+  };
+  const shapes: Array<[string[], string, number]> = [
+    [['read', 'app/token'], 'quick.cjs', 0],
+    // An agent already answers: the command refuses before it spawns anything to trace.
+    [['agent', 'start'], 'quick-start.cjs', 5],
+    [['lock'], 'quick.cjs', 0],
+    [['agent', 'stop'], 'quick.cjs', 0],
+  ];
+  for (const [args, own, code] of shapes) {
+    const r = opened(args);
+    const what = args.join(' ');
+    assert.equal(r.code, code, `${what}: ${r.stderr}`);
+    assert.ok(r.bundled(own), `${what} opened ${own}`);
+    assert.ok(!r.bundled('main.js'), `${what} loaded main.js`);
+    assert.ok(!r.files.some((f) => f.includes('/commander/')), `${what} loaded commander`);
+  }
+  assert.equal(kw(['status'], { env: h.env }).code, 5, 'agent stop stopped it');
+  // The same command with an option goes the long way, and says the same.
+  await startAgent(h);
+  const long = opened(['agent', 'start', '--no-console']);
+  assert.equal(long.code, 5);
+  assert.ok(long.bundled('main.js'));
+  assert.match(long.stderr, /an agent already answers on/);
 });

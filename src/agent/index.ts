@@ -2,7 +2,8 @@
  * The agent domain's public surface (docs/PROTOCOL.md).
  */
 // Types only: the daemon's code loads when an agent runs (daemon.ts), not with every client.
-import type { RunOptions, startAgent as StartAgent } from './daemon.js';
+import type { RunOptions } from './daemon.js';
+import type { startAgent as StartAgent } from './start.js';
 export type { Agent, AgentOptions } from './server.js';
 export {
   agentApprovals,
@@ -41,7 +42,7 @@ export async function runAgent(o: RunOptions): Promise<void> {
 export async function startAgent(
   ...args: Parameters<typeof StartAgent>
 ): ReturnType<typeof StartAgent> {
-  return (await import('./daemon.js')).startAgent(...args);
+  return (await import('./start.js')).startAgent(...args);
 }
 export { checkAgentSocket, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
 export {

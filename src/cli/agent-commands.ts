@@ -1,7 +1,6 @@
 /**
  * agent run | start | stop, unlock, lock, status, approvals, approve, deny.
  */
-import { fileURLToPath } from 'node:url';
 import type { Command } from 'commander';
 import { InvalidArgumentError, Option } from './commander.js';
 import {
@@ -11,7 +10,6 @@ import {
   agentUnlock,
   call,
   runAgent,
-  startAgent,
 } from '../agent/index.js';
 import { KeywardError } from '../errors.js';
 import { keywardHome, socketDir } from '../lib/paths.js';
@@ -20,8 +18,7 @@ import { printable } from '../lib/text.js';
 import { note, type Io } from './report.js';
 import { agentSocket, passphraseFile } from './places.js';
 import { agentStopCommand, lockCommand } from './quick.js';
-
-const BIN = fileURLToPath(new URL('../../../bin/keyward.js', import.meta.url));
+import { agentStartCommand } from './quick-start.js';
 
 function ms(n: unknown): string {
   const s = Math.round(Number(n) / 1000);
@@ -66,13 +63,7 @@ export function registerAgentCommands(program: Command, io: Io): void {
     .description('start in the background')
     .option('--no-console', 'do not serve the web console')
     .action(async function (this: Command) {
-      const web = this.opts<{ console: boolean }>().console;
-      const started = await startAgent(BIN, socketDir(), runtimeState.allowed, process.env, web);
-      io.stdout(
-        `keyward agent started (pid ${started.pid}), socket ${agentSocket()}; it is locked: keyward unlock\n`,
-      );
-      if (started.console)
-        io.stdout(`console: ${printable(started.console, 200)} (approve requests there)\n`);
+      await agentStartCommand(io, this.opts<{ console: boolean }>().console);
     });
 
   agent
