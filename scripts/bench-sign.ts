@@ -15,6 +15,9 @@ import { benchHome } from './bench-home.js';
 
 type Timing = { p50: number; p99: number; perSecond: number };
 
+/** Rounds of each agent, in turns. */
+const ROUNDS = 4;
+
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
 }
@@ -52,12 +55,15 @@ async function connection(
   };
 }
 
-async function timed(
+/** One round's latencies and wall time. */
+type Round = { lat: number[]; ms: number; total: number };
+
+async function timedRound(
   sock: string,
   req: Buffer,
   concurrency: number,
   total: number,
-): Promise<Timing> {
+): Promise<Round> {
   const conns = await Promise.all(Array.from({ length: concurrency }, () => connection(sock)));
   for (const { send } of conns) await send(req); // warm up (and load keys)
   const lat: number[] = [];
@@ -73,7 +79,13 @@ async function timed(
   );
   const ms = performance.now() - t0;
   for (const c of conns) c.close();
-  lat.sort((a, b) => a - b);
+  return { lat, ms, total };
+}
+
+function timing(rounds: Round[]): Timing {
+  const lat = rounds.flatMap((r) => r.lat).sort((a, b) => a - b);
+  const ms = rounds.reduce((a, r) => a + r.ms, 0);
+  const total = rounds.reduce((a, r) => a + r.total, 0);
   const r3 = (x: number) => Math.round(x * 1000) / 1000;
   return {
     p50: r3(percentile(lat, 0.5)),
@@ -137,7 +149,7 @@ export async function signBench(root: string): Promise<void> {
   );
   await new Promise<void>((r) => echo.listen(echoPath, r));
   const probe = str(Buffer.concat([Buffer.of(13), Buffer.alloc(150, 2)]));
-  const floor = await timed(echoPath, probe, 1, 5000);
+  const floor = timing([await timedRound(echoPath, probe, 1, 5000)]);
   echo.close();
 
   const results: Record<string, unknown> = {
@@ -168,13 +180,22 @@ export async function signBench(root: string): Promise<void> {
     const req = str(body);
     const cpu = { keyward: 0, sshAgent: 0, signatures: 0 };
     for (const conc of [1, 8]) {
-      let c0 = cpuMs(sshAgent.pid);
-      const ssh = await timed(sshSock, req, conc, k.n);
-      cpu.sshAgent += cpuMs(sshAgent.pid) - c0;
-      c0 = cpuMs(home.agentPid());
-      const keyward = await timed(kwSock, req, conc, k.n);
-      cpu.keyward += cpuMs(home.agentPid()) - c0;
-      cpu.signatures += k.n + conc; // the warm-up sends one a connection
+      // The two agents in turns, four rounds each: a machine that drifts during the runs moves
+      // both alike, and the ratio stays what it is.
+      const sshRounds: Round[] = [];
+      const kwRounds: Round[] = [];
+      const per = Math.ceil(k.n / ROUNDS / conc) * conc;
+      for (let r = 0; r < ROUNDS; r++) {
+        let c0 = cpuMs(sshAgent.pid);
+        sshRounds.push(await timedRound(sshSock, req, conc, per));
+        cpu.sshAgent += cpuMs(sshAgent.pid) - c0;
+        c0 = cpuMs(home.agentPid());
+        kwRounds.push(await timedRound(kwSock, req, conc, per));
+        cpu.keyward += cpuMs(home.agentPid()) - c0;
+        cpu.signatures += per + conc; // the warm-up sends one a connection
+      }
+      const ssh = timing(sshRounds);
+      const keyward = timing(kwRounds);
       const ratio = keyward.perSecond / ssh.perSecond;
       results[`${k.name}-concurrency${conc}`] = { sshAgent: ssh, keyward, throughputRatio: ratio };
       lines.push(
