@@ -292,19 +292,22 @@ for (const [dir, format] of [
     assert.ok(seen.opened > 0 && seen.corrupt > 0 && seen.passphrase > 0, JSON.stringify(seen));
   });
 
+/** What a script says in a process of its own that loads the packages their own way. */
+async function packageSays(script: string): Promise<string> {
+  const { execFileSync } = await import('node:child_process');
+  return execFileSync(process.execPath, ['-e', script], {
+    cwd: path.resolve(VECTORS, '../..'),
+    encoding: 'utf8',
+  });
+}
+
 test('libsodium is loaded by its fixed path on Linux, and is the library its own resolver finds', async () => {
   const { sodium, sodiumPreloaded } = await import('../src/lib/sodium.js');
   assert.equal(sodiumPreloaded, process.platform === 'linux');
   // The package's own resolver, in a process of its own, gives the same library: the same
   // functions, the same BLAKE2b of the same bytes.
-  const { execFileSync } = await import('node:child_process');
-  const other = execFileSync(
-    process.execPath,
-    [
-      '-e',
-      "const s = require('sodium-native'); const o = Buffer.alloc(32); s.crypto_generichash(o, Buffer.from('keyward')); process.stdout.write(Object.keys(s).length + ' ' + o.toString('hex'))",
-    ],
-    { cwd: path.resolve(VECTORS, '../..'), encoding: 'utf8' },
+  const other = await packageSays(
+    "const s = require('sodium-native'); const o = Buffer.alloc(32); s.crypto_generichash(o, Buffer.from('keyward')); process.stdout.write(Object.keys(s).length + ' ' + o.toString('hex'))",
   );
   const out = Buffer.alloc(32);
   sodium.crypto_generichash(out, Buffer.from('keyward'));
@@ -341,14 +344,8 @@ test("secure memory comes from libsodium's addon directly on Linux, and is the p
 test("koffi's build is loaded by its fixed place on glibc Linux, and is the build the package's loader picks", async () => {
   const { koffi, koffiDirect } = await import('../src/lib/koffi.js');
   assert.equal(koffiDirect, process.platform === 'linux');
-  const { execFileSync } = await import('node:child_process');
-  const other = execFileSync(
-    process.execPath,
-    [
-      '-e',
-      "const k = require('koffi'); process.stdout.write(k.version + ' ' + k.load('libc.so.6').func('int getpid()')())",
-    ],
-    { cwd: path.resolve(VECTORS, '../..'), encoding: 'utf8' },
+  const other = await packageSays(
+    "const k = require('koffi'); process.stdout.write(k.version + ' ' + k.load('libc.so.6').func('int getpid()')())",
   );
   const [version, pid] = other.split(' ');
   assert.equal(koffi.version, version);

@@ -7,7 +7,7 @@ import { onAgentHello, onApprovalPending, type PendingNotice } from '../agent/in
 import { EXIT } from '../errors.js';
 import { hardenProcess } from '../lib/libc.js';
 import { quote } from '../lib/text.js';
-import { processIo, type Io } from './report.js';
+import { processIo, reportError, type Io } from './report.js';
 
 /**
  * Said on stderr the moment a request waits for a person: which request, how long it waits, and
@@ -47,4 +47,21 @@ export function setUpProcess(io: Io): void {
   }
   onAgentHello(hardenProcess);
   onApprovalPending((n) => io.stderr(pendingLines(n)));
+}
+
+/**
+ * A command run without the command-line parser (quick.ts, quick-start.ts): set up as every
+ * command is, run, and its exit code; an error reported as main.ts reports one. Undefined hands
+ * the command to main.ts.
+ */
+export async function runQuick(
+  io: Io,
+  run: () => Promise<number | undefined>,
+): Promise<number | undefined> {
+  setUpProcess(io);
+  try {
+    return await run();
+  } catch (e) {
+    return reportError(e, io);
+  }
 }

@@ -11,8 +11,8 @@ import { runtimeState } from '../lib/runtime-guard.js';
 import { printable } from '../lib/text.js';
 import { socketDir } from '../lib/paths.js';
 import { agentSocket } from './places.js';
-import { setUpProcess } from './process-setup.js';
-import { processIo, reportError, type Io } from './report.js';
+import { runQuick } from './process-setup.js';
+import { processIo, type Io } from './report.js';
 
 const BIN = fileURLToPath(new URL('../../../bin/keyward.js', import.meta.url));
 
@@ -37,11 +37,8 @@ export async function quickStart(
   io: Io = processIo,
 ): Promise<number | undefined> {
   if (!isQuickStart(argv)) return undefined;
-  setUpProcess(io);
-  try {
+  return runQuick(io, async () => {
     await agentStartCommand(io, true);
     return EXIT.OK;
-  } catch (e) {
-    return reportError(e, io);
-  }
+  });
 }

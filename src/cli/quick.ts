@@ -12,8 +12,8 @@ import { EXIT } from '../errors.js';
 import { assertValidName } from '../lib/names.js';
 import { socketDir } from '../lib/paths.js';
 import { agentSocket } from './places.js';
-import { setUpProcess } from './process-setup.js';
-import { processIo, reportError, type Io } from './report.js';
+import { runQuick } from './process-setup.js';
+import { processIo, type Io } from './report.js';
 
 /** Whether argv is one of the shapes quick() takes (bin/keyward.js loads this module only then). */
 export function isQuick(argv: readonly string[]): boolean {
@@ -43,8 +43,7 @@ export async function quick(
   io: Io = processIo,
 ): Promise<number | undefined> {
   if (!isQuick(argv)) return undefined;
-  setUpProcess(io);
-  try {
+  return runQuick(io, async () => {
     if (argv[0] === 'lock') await lockCommand(io);
     else if (argv[0] === 'agent') await agentStopCommand(io);
     else {
@@ -54,7 +53,5 @@ export async function quick(
       if (!read) return undefined;
     }
     return EXIT.OK;
-  } catch (e) {
-    return reportError(e, io);
-  }
+  });
 }
