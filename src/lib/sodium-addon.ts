@@ -10,6 +10,7 @@ import Module, { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type Sodium from 'sodium-native';
+import { processWide } from './once.js';
 import { packageDir } from './package-dir.js';
 
 const require = createRequire(import.meta.url);
@@ -46,6 +47,8 @@ interface Addon {
  */
 function preloadAddon(): { addon: Addon; index: string } | undefined {
   try {
+    // Alpine's musl: the package's resolver looks for a -musl build; let it.
+    if (process.platform !== 'linux' || fs.existsSync('/etc/alpine-release')) return undefined;
     const dir = packageDir('sodium-native', path.dirname(fileURLToPath(import.meta.url)));
     if (dir === undefined) return undefined;
     const binding = path.join(dir, 'binding.js');
@@ -56,10 +59,7 @@ function preloadAddon(): { addon: Addon; index: string } | undefined {
       'sodium-native.node',
     );
     if (
-      process.platform !== 'linux' ||
       require.cache[binding] ||
-      // Alpine's musl: the package's resolver looks for a -musl build; let it.
-      fs.existsSync('/etc/alpine-release') ||
       // Another binding.js may do more than hand back the addon.
       fs.readFileSync(binding, 'utf8') !== BINDING_JS ||
       !fs.existsSync(addon)
@@ -76,7 +76,12 @@ function preloadAddon(): { addon: Addon; index: string } | undefined {
   }
 }
 
-const preloaded = preloadAddon();
+/**
+ * Once per process, whichever copy of this module asks (the quick path's file and main.js's
+ * chunks each hold one, scripts/bundle.ts): the second copy finds the addon the first loaded, and
+ * the same package index beside it, instead of a binding it did not load itself.
+ */
+const preloaded = processWide('sodium-addon', preloadAddon);
 
 /** Whether the addon was loaded without the package's resolver (for the test). */
 export const sodiumPreloaded = preloaded !== undefined;
