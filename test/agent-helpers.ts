@@ -104,7 +104,8 @@ export function kwAsync(
     c.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
     c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     c.stdin.end(input);
-    c.on('exit', (code) => resolve({ code, stdout, stderr }));
+    // 'close', not 'exit': the output may still be in the pipe when the process has exited.
+    c.on('close', (code) => resolve({ code, stdout, stderr }));
   });
 }
 

@@ -86,7 +86,8 @@ export function waitingCommand(args: string[], env: NodeJS.ProcessEnv, cwd?: str
     if (m?.[1]) found(m[1]);
   });
   const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
-    c.on('exit', (code) => {
+    // 'close', not 'exit': the output may still be in the pipe when the process has exited.
+    c.on('close', (code) => {
       found('(exited)');
       resolve({ code, stdout, stderr });
     }),

@@ -37,7 +37,7 @@ function drivePty(h: AgentHome, argv: string[], steps: string[][]): Promise<stri
     ]);
     let out = '';
     d.stdout.on('data', (b: Buffer) => (out += b.toString()));
-    d.on('exit', () => resolve(out));
+    d.on('close', () => resolve(out));
   });
 }
 
@@ -92,7 +92,8 @@ function run(
     });
     c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
     c.stdin.end(o.input ?? '');
-    c.on('exit', (code) => resolve({ code, stdout, stderr, pid: c.pid ?? 0 }));
+    // 'close', not 'exit': the output may still be in the pipe when the process has exited.
+    c.on('close', (code) => resolve({ code, stdout, stderr, pid: c.pid ?? 0 }));
   });
 }
 
@@ -704,7 +705,7 @@ describe('hardening found in review', () => {
       ]);
       let o = '';
       d.stdout.on('data', (b: Buffer) => (o += b.toString()));
-      d.on('exit', () => resolve(o));
+      d.on('close', () => resolve(o));
     });
     assert.ok(out.includes(MARK), out);
     assert.ok(!out.includes('line-two-of-the-key'), out);
