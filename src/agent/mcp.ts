@@ -12,7 +12,7 @@
  */
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
+import { secureFree, secureRelease, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { TokenBucket, type McpPolicy } from '../policy/index.js';
 import { Masker, maskingForms } from '../run/index.js';
 import type { Vault } from '../vault/index.js';
@@ -136,7 +136,7 @@ export class McpService {
       }
       throw new ProtocolError(`unknown mcp operation ${op ?? ''}`);
     } finally {
-      secureFree(f.raw);
+      secureRelease(f.raw);
     }
   }
 

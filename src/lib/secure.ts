@@ -13,6 +13,9 @@ import { secureMemory as memory, sodiumPackage } from './sodium-addon.js';
 /** A Buffer whose memory came from sodium_malloc. The brand stops a plain Buffer passing as one. */
 export type SecureBuffer = Buffer & { readonly __secure: true };
 
+/** A view handed out by securePooled, to the class buffer it is the start of. */
+const classOf = new WeakMap<Buffer, SecureBuffer>();
+
 export function secureAlloc(size: number): SecureBuffer {
   // sodium_malloc(0) is legal but pointless; a zero-length secure buffer keeps callers uniform.
   const buf = memory.sodium_malloc(Math.max(size, 0)) as SecureBuffer;
@@ -28,44 +31,65 @@ export function secureAlloc(size: number): SecureBuffer {
  * garbage collector finalizes it. So the zeroing happens here, at once.
  */
 export function secureFree(buf: SecureBuffer | undefined): void {
-  if (buf !== undefined && buf.length > 0) {
-    memory.sodium_memzero(buf);
-    memory.sodium_free(buf);
-  }
+  if (buf === undefined || buf.length === 0) return;
+  // A view from securePooled: the class buffer behind it goes (its bytes past the view too).
+  const b = classOf.get(buf) ?? buf;
+  classOf.delete(buf);
+  memory.sodium_memzero(b);
+  memory.sodium_free(b);
 }
 
 /**
- * Secure buffers kept for reuse, by exact length: a hot path that takes and gives back buffers
- * of the same few sizes (an SSH agent's requests, a scan's views) pays sodium_malloc's mmap,
- * mprotect and mlock, and its munmap, once instead of per request (~8% of the agent's CPU under
- * the signing benchmark). A buffer given back is zeroed at once; at most POOL_BUFFERS of at most
- * POOL_MAX_BYTES each are kept.
+ * Secure buffers kept for reuse: a hot path that takes and gives back buffers (an SSH agent's
+ * requests, a frame's bytes, a scan's views) pays sodium_malloc's mmap, mprotect and mlock, and
+ * their undoing at free, once instead of per request. Those are about ten system calls that
+ * change the process's memory map, each a TLB shootdown across its threads (~8% of the agent's
+ * CPU under the signing benchmark; a third of a leak scan's). Kept by size class (a power of
+ * two, at least 64 bytes): a request of another length takes a view of the start of a class
+ * buffer, so messages whose lengths vary still reuse buffers. A buffer given back is zeroed whole
+ * at once; at most POOL_BUFFERS of at most POOL_MAX_BYTES each are kept.
  */
 const pool = new Map<number, SecureBuffer[]>();
 /** Every pooled buffer, oldest first: a full pool frees its oldest to keep the newest. */
 const order: SecureBuffer[] = [];
 const POOL_BUFFERS = 64;
 const POOL_MAX_BYTES = 64 * 1024;
+const SMALLEST_CLASS = 64;
 
-/** A zeroed secure buffer of exactly size bytes, reused when one was given back. */
+const sizeClass = (size: number): number =>
+  size <= SMALLEST_CLASS ? SMALLEST_CLASS : 2 ** Math.ceil(Math.log2(size));
+
+/**
+ * A zeroed secure buffer of exactly size bytes (a view of a class buffer when size is not a
+ * class size), reused when one was given back. Give it back with secureRelease, or free it with
+ * secureFree: either frees or keeps the whole class buffer behind it.
+ */
 export function securePooled(size: number): SecureBuffer {
-  const b = pool.get(size)?.pop();
-  if (!b) return secureAlloc(size);
-  order.splice(order.indexOf(b), 1);
-  return b;
+  if (size <= 0 || size > POOL_MAX_BYTES) return secureAlloc(size);
+  const cls = sizeClass(size);
+  let whole = pool.get(cls)?.pop();
+  if (whole) order.splice(order.indexOf(whole), 1);
+  else whole = secureAlloc(cls);
+  if (size === cls) return whole;
+  const view = whole.subarray(0, size) as SecureBuffer;
+  classOf.set(view, whole);
+  return view;
 }
 
 /**
  * Gives back a buffer from securePooled (or secureAlloc): zeroed now, kept for reuse or freed.
- * The caller must hold no other reference to it: the next securePooled of its size returns it.
+ * The caller must hold no other reference to it: the next securePooled of its class returns it.
  */
 export function secureRelease(buf: SecureBuffer | undefined): void {
   if (buf === undefined || buf.length === 0) return;
-  if (buf.length > POOL_MAX_BYTES) {
-    secureFree(buf);
+  const whole = classOf.get(buf);
+  if (whole) classOf.delete(buf);
+  const b = whole ?? buf;
+  if (b.length > POOL_MAX_BYTES || b.length !== sizeClass(b.length)) {
+    secureFree(b);
     return;
   }
-  memory.sodium_memzero(buf);
+  memory.sodium_memzero(b);
   if (order.length >= POOL_BUFFERS) {
     const oldest = order.shift() as SecureBuffer;
     const list = pool.get(oldest.length) ?? [];
@@ -73,10 +97,10 @@ export function secureRelease(buf: SecureBuffer | undefined): void {
     if (list.length === 0) pool.delete(oldest.length);
     secureFree(oldest);
   }
-  const list = pool.get(buf.length) ?? [];
-  list.push(buf);
-  pool.set(buf.length, list);
-  order.push(buf);
+  const list = pool.get(b.length) ?? [];
+  list.push(b);
+  pool.set(b.length, list);
+  order.push(b);
 }
 
 /** Runs fn with buf and frees buf afterwards, whatever happens. */
@@ -92,8 +116,8 @@ export function withSecure<T>(buf: SecureBuffer, fn: (b: SecureBuffer) => T): T 
  * Copies bytes into a new secure buffer and zeroes the source. Use on every buffer that held
  * secret bytes but did not come from sodium_malloc (a socket chunk, a keyring answer).
  */
-export function secureTake(source: Uint8Array | number[]): SecureBuffer {
-  const out = secureAlloc(source.length);
+export function secureTake(source: Uint8Array | number[], pooled = false): SecureBuffer {
+  const out = pooled ? securePooled(source.length) : secureAlloc(source.length);
   if (Array.isArray(source)) {
     for (let i = 0; i < source.length; i++) out[i] = source[i] ?? 0;
     source.fill(0);

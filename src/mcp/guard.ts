@@ -6,7 +6,7 @@
 import { jsonBody } from '../agent/index.js';
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
+import { secureRelease, secureTake, type SecureBuffer } from '../lib/secure.js';
 import type { McpPolicy } from '../policy/index.js';
 import type { AgentLink } from './agent-link.js';
 import { definitionHash, loadDefinitions, recordDefinitions, toolDefinition } from './pins.js';
@@ -124,7 +124,7 @@ export class Guard {
       stringsOf(m, true).join(''),
     ].map((t) => Buffer.from(t, 'utf8'));
     const parts = pieces.map((b) => b.length);
-    const raw = secureTake(Buffer.concat(pieces));
+    const raw = secureTake(Buffer.concat(pieces), true);
     for (const b of pieces) b.fill(0);
     let f;
     try {
@@ -151,7 +151,7 @@ export class Guard {
         ? { out: m, found, withheld: true }
         : { out, found, withheld: false };
     } finally {
-      secureFree(f.raw);
+      secureRelease(f.raw);
     }
   }
 

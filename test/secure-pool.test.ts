@@ -1,0 +1,80 @@
+/**
+ * The secure-buffer pool (lib/secure.ts): hot paths (a frame's bytes, a leak scan's views, SSH
+ * messages) reuse sodium_malloc'd buffers by size class instead of mapping and unmapping memory
+ * per request. What must hold: a buffer handed out is zeroed and exactly as long as asked; one
+ * given back is zeroed whole (past the view's end too) before anyone can have it again; freeing
+ * a view frees its class buffer; and requests of varying lengths do not add memory mappings.
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import { test } from 'node:test';
+import {
+  secureAlloc,
+  secureFree,
+  securePooled,
+  secureRelease,
+  type SecureBuffer,
+} from '../src/lib/secure.js';
+
+/** The whole allocation behind a buffer (a view of a class buffer starts at its beginning). */
+const whole = (b: Buffer) => new Uint8Array(b.buffer, b.byteOffset, b.buffer.byteLength);
+const mappings = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').length;
+
+test('a pooled buffer is zeroed and exactly as long as asked, at every length up to the pool limit', () => {
+  for (const n of [1, 31, 64, 65, 100, 600, 1023, 1024, 1025, 40_000, 65_536]) {
+    const b = securePooled(n);
+    assert.equal(b.length, n);
+    assert.ok(b.every((x) => x === 0));
+    b.fill(0xaa);
+    secureRelease(b);
+  }
+  // Past the pool's limit: an allocation of its own, freed when given back.
+  const big = securePooled(65_537);
+  assert.equal(big.length, 65_537);
+  secureRelease(big);
+  assert.equal(big.length, 0);
+});
+
+test('a buffer given back is zeroed whole, past the end of the view it was, before it is handed out again', () => {
+  const a = securePooled(100); // a view of a 128-byte class buffer
+  whole(a).fill(0x5a); // secret bytes in the view and past its end
+  const memory = a.buffer;
+  secureRelease(a);
+  assert.ok(
+    whole(Buffer.from(memory)).every((x) => x === 0),
+    'zeroed at release',
+  );
+  // Another length of the same class gets the same memory, zeroed.
+  const b = securePooled(120);
+  assert.equal(b.buffer, memory, 'the class buffer is reused');
+  assert.ok(whole(b).every((x) => x === 0));
+  secureRelease(b);
+});
+
+test('freeing a view frees the class buffer behind it; freeing or giving back twice does nothing', () => {
+  const a = securePooled(300);
+  a.fill(1);
+  secureFree(a);
+  assert.equal(a.length, 0);
+  assert.equal(a.buffer.byteLength, 0, 'the whole class buffer is released');
+  secureFree(a);
+  secureRelease(a);
+  // A buffer from secureAlloc of a class size is pooled when given back; of another size, freed.
+  const odd = secureAlloc(100) as SecureBuffer;
+  secureRelease(odd);
+  assert.equal(odd.length, 0);
+});
+
+test('ten thousand takes and gives back, at lengths that vary, add no memory mappings', () => {
+  // Warm every class first: the pool keeps one buffer of each.
+  for (let n = 1; n <= 8192; n *= 2) secureRelease(securePooled(n));
+  const before = mappings();
+  for (let i = 0; i < 10_000; i++) {
+    const b = securePooled(1 + ((i * 7919) % 8000));
+    b[0] = 1;
+    secureRelease(b);
+  }
+  // sodium_malloc maps each allocation with guard pages, unmapped only at GC: ten thousand
+  // allocations would add thousands of mappings.
+  assert.ok(mappings() - before < 50, `${mappings() - before} new mappings`);
+});
