@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { ERROR_CODES, KeywardError, type ErrorCode } from '../errors.js';
-import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import { secureFree, secureRelease, type SecureBuffer } from '../lib/secure.js';
 import { peerCredentials } from '../lib/libc.js';
 import { runtimeState } from '../lib/runtime-guard.js';
 import { printable } from '../lib/text.js';
@@ -13,6 +13,7 @@ import { socketFd } from '../lib/socket-fd.js';
 import {
   FrameReader,
   frameHead,
+  inOneWrite,
   REQ,
   RES_ERROR,
   RES_HELLO,
@@ -233,9 +234,13 @@ export class AgentConnection {
       secureFree(raw);
       return;
     }
-    this.socket.write(frameHead(type, { ...meta, notify: true }, raw?.length ?? 0));
-    if (raw && raw.length > 0) this.socket.write(raw, () => secureFree(raw));
-    else secureFree(raw);
+    const s = this.socket;
+    inOneWrite(s, () => {
+      s.write(frameHead(type, { ...meta, notify: true }, raw?.length ?? 0));
+      // Given back to the pool once the kernel has it (lib/secure.ts): freed if not pooled.
+      if (raw && raw.length > 0) s.write(raw, () => secureRelease(raw));
+      else secureFree(raw);
+    });
   }
 
   /** The next frame from the agent; an error reply rejects with its KeywardError. */

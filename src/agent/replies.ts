@@ -12,6 +12,7 @@ import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { socketFd } from '../lib/socket-fd.js';
 import {
   frameHead,
+  inOneWrite,
   ProtocolError,
   RES_ERROR,
   RES_OK,
@@ -93,16 +94,18 @@ export function reply(
     secureFree(raw);
     throw e;
   }
-  s.write(head);
-  if (raw && raw.length > 0) {
-    s.write(raw, () => {
+  inOneWrite(s, () => {
+    s.write(head);
+    if (raw && raw.length > 0) {
+      s.write(raw, () => {
+        secureFree(raw);
+        done?.();
+      });
+    } else {
       secureFree(raw);
-      done?.();
-    });
-  } else {
-    secureFree(raw);
-    if (done) s.write(Buffer.alloc(0), () => done());
-  }
+      if (done) s.write(Buffer.alloc(0), () => done());
+    }
+  });
 }
 
 /**

@@ -11,6 +11,7 @@ import { AgentConnection, call, errorFrom, jsonBody, malformed } from './client.
 import type { ServerRecord } from './mcp-pins.js';
 import {
   frameHead,
+  inOneWrite,
   REQ,
   RES_ERROR,
   RUN_SIGNALS,
@@ -281,8 +282,10 @@ export async function agentRun(
     let settled = false;
     const send = (type: number, meta: Record<string, unknown>, data?: Buffer) => {
       if (s.destroyed) return;
-      s.write(frameHead(type, meta, data?.length ?? 0));
-      if (data && data.length > 0) s.write(data);
+      inOneWrite(s, () => {
+        s.write(frameHead(type, meta, data?.length ?? 0));
+        if (data && data.length > 0) s.write(data);
+      });
     };
     const onSignal = (sig: NodeJS.Signals) => send(STREAM.signal, { signal: sig });
     const onResize = () =>
@@ -369,7 +372,9 @@ export async function agentRun(
         secureFree(n.frame.raw);
       }
     });
-    s.write(frameHead(REQ.run, { ...meta, notify: true }, raw.length));
-    if (raw.length > 0) s.write(raw, () => secureFree(raw));
+    inOneWrite(s, () => {
+      s.write(frameHead(REQ.run, { ...meta, notify: true }, raw.length));
+      if (raw.length > 0) s.write(raw, () => secureFree(raw));
+    });
   });
 }

@@ -12,7 +12,7 @@ import { setWindowSize } from '../lib/process.js';
 import { secureFree, zero, type SecureBuffer } from '../lib/secure.js';
 import { Masker } from '../run/index.js';
 import type { ProcessIdentity } from './identity.js';
-import { frameHead, RUN_SIGNALS, str, STREAM, type Frame } from './protocol.js';
+import { frameHead, inOneWrite, RUN_SIGNALS, str, STREAM, type Frame } from './protocol.js';
 import type { RunRequestSpec, Wanted } from './run-request.js';
 import type { RunConn } from './run-service.js';
 
@@ -60,8 +60,10 @@ export function relay(
   const maskers = forms.length > 0 ? [new Masker(forms), new Masker(forms)] : undefined;
   const send = (type: number, meta: Record<string, unknown>, data?: Buffer) => {
     if (s.destroyed) return;
-    s.write(frameHead(type, meta, data?.length ?? 0));
-    if (data && data.length > 0) s.write(data);
+    inOneWrite(s, () => {
+      s.write(frameHead(type, meta, data?.length ?? 0));
+      if (data && data.length > 0) s.write(data);
+    });
   };
   const paused = new Set<NodeJS.ReadableStream>();
   const relayChunk = (chunk: Buffer, type: number, masker?: Masker) => {
