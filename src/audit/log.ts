@@ -86,6 +86,8 @@ interface Known {
     stamp: string;
     head: Head;
     tail: Tail;
+    /** The type of the last line (this writer's): not parsed again at the next append. */
+    lastType: string;
     first: { time: number | undefined } | undefined;
   };
 }
@@ -276,12 +278,28 @@ export class AuditLog {
   private headKnown(segment: number): {
     head: Head;
     tail: Tail;
+    lastType: string | undefined;
     first: { time: number | undefined } | undefined;
+    /** The segment's lstat, when it showed the file as this writer left it. */
+    seen?: fs.BigIntStats;
   } {
     const seg = this.known?.seg;
-    if (seg?.segment === segment && seg.stamp === stampOf(this.segmentPath(segment)))
-      return { head: { ...seg.head }, tail: { ...seg.tail }, first: seg.first };
-    return { ...this.headOf(segment), first: undefined };
+    const seen =
+      seg?.segment === segment
+        ? fs.lstatSync(this.segmentPath(segment), { bigint: true, throwIfNoEntry: false })
+        : undefined;
+    if (seg && seen && seg.stamp === stampFrom(seen))
+      return {
+        head: { ...seg.head },
+        tail: { ...seg.tail },
+        lastType: seg.lastType,
+        first: seg.first,
+        seen,
+      };
+    const read = this.headOf(segment);
+    const lastType =
+      read.tail.lastLine === undefined ? undefined : parseLine(read.tail.lastLine)?.type;
+    return { ...read, lastType, first: undefined };
   }
 
   /** Points new bodies at a new box public key (audit rekey), under the log's lock. */
@@ -363,7 +381,8 @@ export class AuditLog {
   private appendLocked(st: AuditState, records: readonly AuditRecord[]): Head {
     const now = this.o.now();
     const segment = st.segment;
-    let { head, tail, first } = this.headKnown(segment);
+    const known = this.headKnown(segment);
+    let { head, tail, first } = known;
     const pending: AuditRecord[] = [];
     if (tail.tornBytes > 0) {
       // A writer died mid-line. Cut the torn bytes and say so in the log itself: never silently.
@@ -371,8 +390,7 @@ export class AuditLog {
       tail = { ...tail, size: tail.size - tail.tornBytes, tornBytes: 0 };
     }
     let rotation: ShippedEntry[] = [];
-    const lastWasRotation =
-      tail.lastLine !== undefined && parseLine(tail.lastLine)?.type === 'audit.rotated';
+    const lastWasRotation = tail.lastLine !== undefined && known.lastType === 'audit.rotated';
     if (lastWasRotation) {
       // The closing entry is written but the state did not advance (a crash in between).
       this.evolve(st, true);
@@ -398,11 +416,14 @@ export class AuditLog {
         head = { ...head, segment: st.segment, written: [] };
       }
     }
+    const same = st.segment === segment;
     const h = this.writeLines(
       st,
       head,
       [...pending, ...records],
-      st.segment === segment ? first : undefined,
+      same ? first : undefined,
+      // Nothing written since headKnown's lstat: the segment is still the file it saw.
+      same && rotation.length === 0 && pending.length === 0 ? known.seen : undefined,
     );
     return { ...h, written: [...rotation, ...(h.written ?? [])] };
   }
@@ -412,6 +433,7 @@ export class AuditLog {
     head: Head,
     records: readonly AuditRecord[],
     first?: { time: number | undefined },
+    seen?: fs.BigIntStats,
   ): Head {
     let { seq, hash } = head;
     const time = this.o.now().toISOString();
@@ -445,7 +467,7 @@ export class AuditLog {
       });
       hash = e.hash;
     }
-    const { fd, created } = this.files.open(st.segment);
+    const { fd, created } = this.files.open(st.segment, seen);
     let end: number;
     let stamp: string;
     try {
@@ -468,6 +490,7 @@ export class AuditLog {
         stamp,
         head: { seq, hash, segment: st.segment },
         tail: { size: end, lastLine: last.slice(0, -1), tornBytes: 0 },
+        lastType: records.at(-1)?.type ?? '',
         first: created ? { time: Date.parse(time) } : first,
       };
     }

@@ -14,9 +14,9 @@ export class SegmentFiles {
    * The segment, open for appending: the one held if the path still names that file, else
    * opened now (and held).
    */
-  open(n: number): { fd: number; created: boolean } {
+  open(n: number, seen?: fs.BigIntStats): { fd: number; created: boolean } {
     const file = this.pathOf(n);
-    const held = this.held(n);
+    const held = this.held(n, seen);
     if (held !== undefined) return { fd: held, created: false };
     this.close();
     const created = !fs.existsSync(file);
@@ -30,11 +30,14 @@ export class SegmentFiles {
     return { fd, created };
   }
 
-  /** The held descriptor of segment n, if the path still names the file it has open. */
-  held(n: number): number | undefined {
+  /**
+   * The held descriptor of segment n, if the path still names the file it has open. seen: the
+   * path's lstat, taken by the caller under the same lock a moment before (not taken again).
+   */
+  held(n: number, seen?: fs.BigIntStats): number | undefined {
     const held = this.segment;
     if (held?.n !== n) return undefined;
-    const now = fs.lstatSync(this.pathOf(n), { bigint: true, throwIfNoEntry: false });
+    const now = seen ?? fs.lstatSync(this.pathOf(n), { bigint: true, throwIfNoEntry: false });
     return now?.isFile() && now.dev === held.dev && now.ino === held.ino ? held.fd : undefined;
   }
 
