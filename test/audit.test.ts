@@ -499,6 +499,57 @@ describe('group commit', () => {
     assert.equal(r.ok && r.entries, 200);
   });
 
+  test("a lone record is fsynced on the writer's thread only while appends are fast; a batch, or a slow disk, goes to the thread pool", async () => {
+    // Counted, and done: the real fsyncs, on a real file.
+    const counts = { blocking: 0, pool: 0 };
+    const { fsyncSync, fsync } = fs;
+    fs.fsyncSync = (fd) => {
+      // A segment's, not its directory's (made durable when a segment is created).
+      if (fs.fstatSync(fd).isFile()) counts.blocking += 1;
+      fsyncSync(fd);
+    };
+    fs.fsync = ((fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
+      counts.pool += 1;
+      fsync(fd, cb);
+    }) as typeof fs.fsync;
+    try {
+      const rec = (i: number) => ({
+        type: 'key.sign' as const,
+        target: `k${i}`,
+        decision: 'allow' as const,
+      });
+      const run = async (blockingBelowMs: number) => {
+        const { log, seed } = makeLog({ keep: true });
+        const gc = new GroupCommitter(log, blockingBelowMs);
+        counts.blocking = 0;
+        counts.pool = 0;
+        // Sixteen appends say how fast the disk is; then lone records, then a batch.
+        for (let i = 0; i < 40; i++) await gc.record(rec(i));
+        const lone = { ...counts };
+        await Promise.all(Array.from({ length: 5 }, (_, i) => gc.record(rec(100 + i))));
+        const r = verifySegments(listSegments(log.paths.dir), { seed });
+        assert.equal(r.ok && r.entries, 45);
+        log.close();
+        return {
+          lone,
+          batch: { blocking: counts.blocking - lone.blocking, pool: counts.pool - lone.pool },
+        };
+      };
+      // Any disk counts as fast: after the first sixteen, every lone record blocks; the batch
+      // (five records at once) does not.
+      const fast = await run(Number.POSITIVE_INFINITY);
+      assert.deepEqual(fast.lone, { blocking: 40 - 16, pool: 16 });
+      assert.deepEqual(fast.batch, { blocking: 0, pool: 1 });
+      // No disk counts as fast (a slow one): nothing ever blocks the thread.
+      const slow = await run(0);
+      assert.deepEqual(slow.lone, { blocking: 0, pool: 40 });
+      assert.equal(slow.batch.blocking, 0);
+    } finally {
+      fs.fsyncSync = fsyncSync;
+      fs.fsync = fsync;
+    }
+  });
+
   test('a failed batch rejects every waiter in it: nobody is told a record is durable when it is not', async () => {
     const { log, dir } = makeLog();
     fs.rmSync(path.join(dir, 'state'));

@@ -196,8 +196,14 @@ export class AuditLog {
   /**
    * The same, without blocking the event loop on the fsync. Used by GroupCommitter: while one
    * batch waits for its fsync, the next batch gathers, so concurrent writers share fsyncs.
+   * blocking: the fsync on this thread instead (GroupCommitter asks it for a lone record while
+   * fsyncs are fast: the thread pool's two wake-ups cost more than the wait they free).
    */
-  async appendAsync(records: readonly AuditRecord[], expect?: Head): Promise<Head> {
+  async appendAsync(
+    records: readonly AuditRecord[],
+    expect?: Head,
+    blocking = false,
+  ): Promise<Head> {
     this.checkDir();
     const locked = <T>(fn: () => Promise<T>) =>
       this.o.keep
@@ -212,9 +218,16 @@ export class AuditLog {
       // fsync flushes the file, whichever descriptor asks: one trip to the thread pool.
       const { fd, own } = this.files.syncTarget(head.segment);
       try {
-        await new Promise<void>((resolve, reject) =>
-          fs.fsync(fd, (e) => (e ? reject(unwritable(e)) : resolve())),
-        );
+        if (blocking) {
+          try {
+            fs.fsyncSync(fd);
+          } catch (e) {
+            throw unwritable(e);
+          }
+        } else
+          await new Promise<void>((resolve, reject) =>
+            fs.fsync(fd, (e) => (e ? reject(unwritable(e)) : resolve())),
+          );
       } finally {
         if (own) fs.closeSync(fd);
       }
