@@ -400,8 +400,9 @@ export class SshAgentService {
     // The key may have been removed, expired or wiped (lock) while a person decided.
     if (held.key.wiped || !this.host.isUnlocked()) return message(SSH.FAILURE);
     this.signatures += 1;
-    // The record is written and fsynced on the thread pool while the signature is computed
-    // here; the signature leaves only once the record is durable (as a release does).
+    // The record is written at the next turn and fsynced on the thread pool while the signature
+    // is computed here (or, alone while fsyncs are fast, on this thread first: audit/group.ts);
+    // the signature leaves only once the record is durable (as a release does).
     const durable = this.host.record({
       target: held.target,
       actor: this.host.actor(who.id),
