@@ -65,6 +65,27 @@ test('freeing a view frees the class buffer behind it; freeing or giving back tw
   assert.equal(odd.length, 0);
 });
 
+test('a take given back and then freed (an error path after a release), or given back twice, never unmaps a pooled buffer or touches the next holder\'s', () => {
+  for (const n of [64, 100, 128, 4096]) {
+    const a = securePooled(n);
+    secureRelease(a);
+    secureFree(a);
+    secureRelease(a);
+    // The class buffer is still in the pool, whole and usable, and goes to one holder only.
+    const b = securePooled(n);
+    const c = securePooled(n);
+    assert.equal(b.length, n);
+    assert.notEqual(b.buffer, c.buffer, 'two holders never share a buffer');
+    b.fill(0x77);
+    // The first holder's late free names its own take: the new holder's bytes stay.
+    secureFree(a);
+    secureRelease(a);
+    assert.ok(b.every((x) => x === 0x77));
+    secureRelease(b);
+    secureRelease(c);
+  }
+});
+
 test('ten thousand takes and gives back, at lengths that vary, add no memory mappings', () => {
   // Warm every class first: the pool keeps one buffer of each.
   for (let n = 1; n <= 8192; n *= 2) secureRelease(securePooled(n));

@@ -136,7 +136,9 @@ export class McpService {
       }
       throw new ProtocolError(`unknown mcp operation ${op ?? ''}`);
     } finally {
+      // Given back once: the caller's error path (server.ts) frees what is left in f.raw.
       secureRelease(f.raw);
+      f.raw = undefined;
     }
   }
 

@@ -15,6 +15,13 @@ export type SecureBuffer = Buffer & { readonly __secure: true };
 
 /** A view handed out by securePooled, to the class buffer it is the start of. */
 const classOf = new WeakMap<Buffer, SecureBuffer>();
+/**
+ * Buffers (and views) already given back: a second give-back or free of one is ignored. Without
+ * this, a buffer released by one path and freed by another (an error path that frees what it
+ * received) would be unmapped while the pool lists it, or zero the start of a buffer another
+ * holder has taken since.
+ */
+const givenBack = new WeakSet<Buffer>();
 
 export function secureAlloc(size: number): SecureBuffer {
   // sodium_malloc(0) is legal but pointless; a zero-length secure buffer keeps callers uniform.
@@ -31,10 +38,14 @@ export function secureAlloc(size: number): SecureBuffer {
  * garbage collector finalizes it. So the zeroing happens here, at once.
  */
 export function secureFree(buf: SecureBuffer | undefined): void {
-  if (buf === undefined || buf.length === 0) return;
+  if (buf === undefined || buf.length === 0 || givenBack.has(buf)) return;
   // A view from securePooled: the class buffer behind it goes (its bytes past the view too).
   const b = classOf.get(buf) ?? buf;
   classOf.delete(buf);
+  freeNow(b);
+}
+
+function freeNow(b: SecureBuffer): void {
   memory.sodium_memzero(b);
   memory.sodium_free(b);
 }
@@ -45,9 +56,10 @@ export function secureFree(buf: SecureBuffer | undefined): void {
  * their undoing at free, once instead of per request. Those are about ten system calls that
  * change the process's memory map, each a TLB shootdown across its threads (~8% of the agent's
  * CPU under the signing benchmark; a third of a leak scan's). Kept by size class (a power of
- * two, at least 64 bytes): a request of another length takes a view of the start of a class
- * buffer, so messages whose lengths vary still reuse buffers. A buffer given back is zeroed whole
- * at once; at most POOL_BUFFERS of at most POOL_MAX_BYTES each are kept.
+ * two, at least 64 bytes): every take is a view of the start of a class buffer, so messages
+ * whose lengths vary still reuse buffers. A buffer given back is zeroed whole at once, and a
+ * second give-back or free of the same take is ignored; at most POOL_BUFFERS of at most
+ * POOL_MAX_BYTES each are kept.
  */
 const pool = new Map<number, SecureBuffer[]>();
 /** Every pooled buffer, oldest first: a full pool frees its oldest to keep the newest. */
@@ -60,8 +72,8 @@ const sizeClass = (size: number): number =>
   size <= SMALLEST_CLASS ? SMALLEST_CLASS : 2 ** Math.ceil(Math.log2(size));
 
 /**
- * A zeroed secure buffer of exactly size bytes (a view of a class buffer when size is not a
- * class size), reused when one was given back. Give it back with secureRelease, or free it with
+ * A zeroed secure buffer of exactly size bytes (a view of a class buffer), reused when one was
+ * given back. Give it back with secureRelease, or free it with
  * secureFree: either frees or keeps the whole class buffer behind it.
  */
 export function securePooled(size: number): SecureBuffer {
@@ -70,7 +82,8 @@ export function securePooled(size: number): SecureBuffer {
   let whole = pool.get(cls)?.pop();
   if (whole) order.splice(order.indexOf(whole), 1);
   else whole = secureAlloc(cls);
-  if (size === cls) return whole;
+  // Always a view, a new object at each take: a holder that gives back or frees twice names
+  // its own handout, never the next holder's.
   const view = whole.subarray(0, size) as SecureBuffer;
   classOf.set(view, whole);
   return view;
@@ -81,26 +94,29 @@ export function securePooled(size: number): SecureBuffer {
  * The caller must hold no other reference to it: the next securePooled of its class returns it.
  */
 export function secureRelease(buf: SecureBuffer | undefined): void {
-  if (buf === undefined || buf.length === 0) return;
+  if (buf === undefined || buf.length === 0 || givenBack.has(buf)) return;
   const whole = classOf.get(buf);
   if (whole) classOf.delete(buf);
   const b = whole ?? buf;
   if (b.length > POOL_MAX_BYTES || b.length !== sizeClass(b.length)) {
-    secureFree(b);
+    freeNow(b);
     return;
   }
+  // A view stays attached while its class buffer waits in the pool: marked, so it is never used.
+  if (whole) givenBack.add(buf);
   memory.sodium_memzero(b);
   if (order.length >= POOL_BUFFERS) {
     const oldest = order.shift() as SecureBuffer;
     const list = pool.get(oldest.length) ?? [];
     list.splice(list.indexOf(oldest), 1);
     if (list.length === 0) pool.delete(oldest.length);
-    secureFree(oldest);
+    freeNow(oldest);
   }
   const list = pool.get(b.length) ?? [];
   list.push(b);
   pool.set(b.length, list);
   order.push(b);
+  givenBack.add(b);
 }
 
 /** Runs fn with buf and frees buf afterwards, whatever happens. */
