@@ -27,8 +27,10 @@ export class GroupCommitter {
   onGap: ((reason: string) => void) | undefined;
   /** How many batches (so fsyncs) were written: for tests and the benchmark. */
   batches = 0;
-  /** The slowest of the last batches' appends (ms): a lone record blocks only while it is low. */
+  /** The last batches' appends (ms; a failed one infinite): a lone record blocks while all are low. */
   private recent: number[] = [];
+  /** Whether the log is on a local disk file system (asked once). */
+  private local: boolean | undefined;
 
   /**
    * blockingBelowMs: how fast the last RECENT appends must each have been for a lone record's
@@ -54,22 +56,24 @@ export class GroupCommitter {
     while (this.queue.length > 0) {
       const batch = this.queue.splice(0);
       this.batches += 1;
+      const started = performance.now();
+      // A lone record on a local disk, while appends take well under a millisecond: its fsync
+      // on this thread (~70 us sooner than through the thread pool). A batch (concurrent
+      // writers), a network or FUSE file system, or a disk slow or failing even once in the
+      // last RECENT appends goes to the pool.
+      const blocking =
+        batch.length === 1 &&
+        this.recent.length === RECENT &&
+        Math.max(...this.recent) < this.blockingBelowMs &&
+        (this.local ??= this.log.onLocalDisk());
+      let took = Number.POSITIVE_INFINITY;
       try {
-        const started = performance.now();
-        // A lone record, while appends take well under a millisecond: its fsync on this thread
-        // (~70 us sooner than through the thread pool). A slow disk (or a batch: concurrent
-        // writers) goes to the pool, so the agent never stalls on it.
-        const blocking =
-          batch.length === 1 &&
-          this.recent.length === RECENT &&
-          Math.max(...this.recent) < this.blockingBelowMs;
         const head = await this.log.appendAsync(
           batch.map((w) => w.record),
           this.last,
           blocking,
         );
-        this.recent.push(performance.now() - started);
-        if (this.recent.length > RECENT) this.recent.shift();
+        took = performance.now() - started;
         this.last = head;
         // Before any waiter goes on: the agent locks, so nothing is released after a cut.
         if (head.gap !== undefined) this.onGap?.(head.gap);
@@ -78,6 +82,10 @@ export class GroupCommitter {
         this.log.ship(head);
       } catch (e) {
         for (const w of batch) w.reject(e);
+      } finally {
+        // A failed append counts as a slow one: the next RECENT go to the pool.
+        this.recent.push(took);
+        if (this.recent.length > RECENT) this.recent.shift();
       }
     }
     this.running = false;

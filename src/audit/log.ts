@@ -102,6 +102,18 @@ function stampOf(file: string): string | undefined {
   return s === undefined ? undefined : stampFrom(s);
 }
 
+/** statfs f_type of local disk file systems (linux/magic.h). */
+const LOCAL_FILE_SYSTEMS = new Set([
+  0xef53, // ext2, ext3, ext4
+  0x58465342, // XFS
+  0x9123683e, // Btrfs
+  0xf2f52010, // F2FS
+  0x2fc12fc1, // ZFS
+  0xca451a4e, // bcachefs
+  0x01021994, // tmpfs
+  0x794c7630, // overlayfs
+]);
+
 export class AuditLog {
   readonly paths: AuditPaths;
   private readonly o: Required<Omit<AuditOptions, 'now'>> & { now: () => Date };
@@ -233,6 +245,19 @@ export class AuditLog {
       }
       return head;
     });
+  }
+
+  /**
+   * Whether the log's directory is on a local disk's file system (ext2-4, XFS, Btrfs, F2FS, ZFS,
+   * bcachefs, tmpfs, overlayfs), where an fsync takes a fraction of a millisecond; not on NFS,
+   * SMB, FUSE or anything else, where it can take seconds. False when it can't be told.
+   */
+  onLocalDisk(): boolean {
+    try {
+      return LOCAL_FILE_SYSTEMS.has(Number(fs.statfsSync(this.paths.dir).type));
+    } catch {
+      return false;
+    }
   }
 
   /** The log's directory is there and private (one lstat: this runs at every batch). */

@@ -49,9 +49,9 @@ const droppedFile = (p: AuditPaths) => path.join(p.dir, 'ship-dropped');
 export function readShipFile(p: AuditPaths): ShipConfig {
   // Asked at every append of a writer without the policy (the MCP gateway's, each call): no
   // file is the usual case, and an exception for it costs more than the rest of the check.
-  if (fs.statSync(shipFile(p), { throwIfNoEntry: false }) === undefined) return NO_SHIPPING;
   let text: string;
   try {
+    if (fs.statSync(shipFile(p), { throwIfNoEntry: false }) === undefined) return NO_SHIPPING;
     text = fs.readFileSync(shipFile(p), 'utf8');
   } catch {
     return NO_SHIPPING;
