@@ -65,7 +65,7 @@ test('freeing a view frees the class buffer behind it; freeing or giving back tw
   assert.equal(odd.length, 0);
 });
 
-test('a take given back and then freed (an error path after a release), or given back twice, never unmaps a pooled buffer or touches the next holder\'s', () => {
+test("a take given back and then freed (an error path after a release), or given back twice, never unmaps a pooled buffer or touches the next holder's", () => {
   for (const n of [64, 100, 128, 4096]) {
     const a = securePooled(n);
     secureRelease(a);
