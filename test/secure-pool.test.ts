@@ -2,11 +2,14 @@
  * The secure-buffer pool (lib/secure.ts): hot paths (a frame's bytes, a leak scan's views, SSH
  * messages) reuse sodium_malloc'd buffers by size class instead of mapping and unmapping memory
  * per request. What must hold: a buffer handed out is zeroed and exactly as long as asked; one
- * given back is zeroed whole (past the view's end too) before anyone can have it again; freeing
+ * given back is zeroed whole (outside the view too) before anyone can have it again; freeing
  * a view frees its class buffer; and requests of varying lengths do not add memory mappings.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { test } from 'node:test';
 import {
   secureAlloc,
@@ -15,9 +18,12 @@ import {
   secureRelease,
   type SecureBuffer,
 } from '../src/lib/secure.js';
+import { ROOT } from './helpers.js';
 
-/** The whole allocation behind a buffer (a view of a class buffer starts at its beginning). */
-const whole = (b: Buffer) => new Uint8Array(b.buffer, b.byteOffset, b.buffer.byteLength);
+const secureModule = pathToFileURL(path.join(ROOT, 'dist/src/lib/secure.js')).href;
+
+/** The whole allocation behind a buffer (a take is a view of a class buffer's end). */
+const whole = (b: Buffer) => new Uint8Array(b.buffer);
 const mappings = () => fs.readFileSync('/proc/self/maps', 'utf8').split('\n').length;
 
 test('a pooled buffer is zeroed and exactly as long as asked, at every length up to the pool limit', () => {
@@ -35,9 +41,9 @@ test('a pooled buffer is zeroed and exactly as long as asked, at every length up
   assert.equal(big.length, 0);
 });
 
-test('a buffer given back is zeroed whole, past the end of the view it was, before it is handed out again', () => {
+test('a buffer given back is zeroed whole, outside the view it was too, before it is handed out again', () => {
   const a = securePooled(100); // a view of a 128-byte class buffer
-  whole(a).fill(0x5a); // secret bytes in the view and past its end
+  whole(a).fill(0x5a); // secret bytes in the view and in the rest of its class buffer
   const memory = a.buffer;
   secureRelease(a);
   assert.ok(
@@ -49,6 +55,33 @@ test('a buffer given back is zeroed whole, past the end of the view it was, befo
   assert.equal(b.buffer, memory, 'the class buffer is reused');
   assert.ok(whole(b).every((x) => x === 0));
   secureRelease(b);
+});
+
+test('a native write one byte past a take faults on the guard page, as on a buffer of its own', () => {
+  // In a child (no core file): libc's memset through koffi, over a take of a length that is no
+  // class size, and then over one byte more.
+  const child = (size: number, extra: number) =>
+    spawnSync(
+      '/bin/sh',
+      [
+        '-c',
+        'ulimit -c 0; exec "$0" --input-type=module -e "$1"',
+        process.execPath,
+        `const { securePooled } = await import(${JSON.stringify(secureModule)});
+         const { default: koffi } = await import('koffi');
+         const memset = koffi.load('libc.so.6').func('void *memset(void *s, int c, size_t n)');
+         const b = securePooled(${size});
+         memset(b, 0x41, ${size + extra});
+         if (!b.every((x) => x === 0x41)) process.exit(3);`,
+      ],
+      { cwd: ROOT, encoding: 'utf8' },
+    );
+  for (const size of [100, 3000]) {
+    const inside = child(size, 0);
+    assert.equal(inside.status, 0, inside.stderr);
+    const past = child(size, 1);
+    assert.equal(past.signal, 'SIGSEGV', `${size}: exit ${past.status}, ${past.signal}`);
+  }
 });
 
 test('freeing a view frees the class buffer behind it; freeing or giving back twice does nothing', () => {

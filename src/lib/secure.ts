@@ -56,8 +56,9 @@ function freeNow(b: SecureBuffer): void {
  * their undoing at free, once instead of per request. Those are about ten system calls that
  * change the process's memory map, each a TLB shootdown across its threads (~8% of the agent's
  * CPU under the signing benchmark; a third of a leak scan's). Kept by size class (a power of
- * two, at least 64 bytes): every take is a view of the start of a class buffer, so messages
- * whose lengths vary still reuse buffers. A buffer given back is zeroed whole at once, and a
+ * two, at least 64 bytes): every take is a view of the end of a class buffer, so messages
+ * whose lengths vary still reuse buffers, and the take's last byte is still followed by
+ * sodium_malloc's guard page (a native write past it faults, as it would on a buffer of its own). A buffer given back is zeroed whole at once, and a
  * second give-back or free of the same take is ignored; at most POOL_BUFFERS of at most
  * POOL_MAX_BYTES each are kept.
  */
@@ -84,7 +85,7 @@ export function securePooled(size: number): SecureBuffer {
   else whole = secureAlloc(cls);
   // Always a view, a new object at each take: a holder that gives back or frees twice names
   // its own handout, never the next holder's.
-  const view = whole.subarray(0, size) as SecureBuffer;
+  const view = whole.subarray(cls - size) as SecureBuffer;
   classOf.set(view, whole);
   return view;
 }
