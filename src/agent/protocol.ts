@@ -120,6 +120,19 @@ export function inOneWrite(s: { cork(): void; uncork(): void }, fn: () => void):
   }
 }
 
+/** A frame whose bytes need nothing done once written (a run's streams): in one writev. */
+export function writeFrame(
+  s: { cork(): void; uncork(): void; write(b: Uint8Array): unknown },
+  type: number,
+  meta: Record<string, unknown>,
+  data?: Uint8Array,
+): void {
+  inOneWrite(s, () => {
+    s.write(frameHead(type, meta, data?.length ?? 0));
+    if (data && data.length > 0) s.write(data);
+  });
+}
+
 /** The header and meta of a frame; the raw part is written after it, from secure memory. */
 export function frameHead(type: number, meta: Record<string, unknown>, rawLength: number): Buffer {
   const m = Buffer.from(JSON.stringify(meta), 'utf8');

@@ -16,6 +16,7 @@ import {
   RES_ERROR,
   RUN_SIGNALS,
   STREAM,
+  writeFrame,
   type Frame,
   type RequestType,
 } from './protocol.js';
@@ -281,11 +282,7 @@ export async function agentRun(
     let started = false;
     let settled = false;
     const send = (type: number, meta: Record<string, unknown>, data?: Buffer) => {
-      if (s.destroyed) return;
-      inOneWrite(s, () => {
-        s.write(frameHead(type, meta, data?.length ?? 0));
-        if (data && data.length > 0) s.write(data);
-      });
+      if (!s.destroyed) writeFrame(s, type, meta, data);
     };
     const onSignal = (sig: NodeJS.Signals) => send(STREAM.signal, { signal: sig });
     const onResize = () =>

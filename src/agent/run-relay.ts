@@ -12,7 +12,7 @@ import { setWindowSize } from '../lib/process.js';
 import { secureFree, zero, type SecureBuffer } from '../lib/secure.js';
 import { Masker } from '../run/index.js';
 import type { ProcessIdentity } from './identity.js';
-import { frameHead, inOneWrite, RUN_SIGNALS, str, STREAM, type Frame } from './protocol.js';
+import { RUN_SIGNALS, str, STREAM, writeFrame, type Frame } from './protocol.js';
 import type { RunRequestSpec, Wanted } from './run-request.js';
 import type { RunConn } from './run-service.js';
 
@@ -59,11 +59,7 @@ export function relay(
   let ended = false;
   const maskers = forms.length > 0 ? [new Masker(forms), new Masker(forms)] : undefined;
   const send = (type: number, meta: Record<string, unknown>, data?: Buffer) => {
-    if (s.destroyed) return;
-    inOneWrite(s, () => {
-      s.write(frameHead(type, meta, data?.length ?? 0));
-      if (data && data.length > 0) s.write(data);
-    });
+    if (!s.destroyed) writeFrame(s, type, meta, data);
   };
   const paused = new Set<NodeJS.ReadableStream>();
   const relayChunk = (chunk: Buffer, type: number, masker?: Masker) => {

@@ -4,7 +4,7 @@
 import type { AuditRecord } from './events.js';
 import type { AuditLog, Head } from './log.js';
 
-/** How many recent appends say whether fsyncs are fast. */
+/** How many fast appends in a row say that fsyncs are fast. */
 const RECENT = 16;
 
 interface Waiter {
@@ -27,8 +27,8 @@ export class GroupCommitter {
   onGap: ((reason: string) => void) | undefined;
   /** How many batches (so fsyncs) were written: for tests and the benchmark. */
   batches = 0;
-  /** The last batches' appends (ms; a failed one infinite): a lone record blocks while all are low. */
-  private recent: number[] = [];
+  /** Appends in a row, up to now, that took under blockingBelowMs (a failed one ends a run). */
+  private fastInARow = 0;
   /** Whether the log is on a local disk file system (asked once). */
   private local: boolean | undefined;
 
@@ -62,10 +62,7 @@ export class GroupCommitter {
       // writers), a network or FUSE file system, or a disk slow or failing even once in the
       // last RECENT appends goes to the pool.
       const blocking =
-        batch.length === 1 &&
-        this.recent.length === RECENT &&
-        Math.max(...this.recent) < this.blockingBelowMs &&
-        (this.local ??= this.log.onLocalDisk());
+        batch.length === 1 && this.fastInARow >= RECENT && (this.local ??= this.log.onLocalDisk());
       let took = Number.POSITIVE_INFINITY;
       try {
         const head = await this.log.appendAsync(
@@ -84,8 +81,7 @@ export class GroupCommitter {
         for (const w of batch) w.reject(e);
       } finally {
         // A failed append counts as a slow one: the next RECENT go to the pool.
-        this.recent.push(took);
-        if (this.recent.length > RECENT) this.recent.shift();
+        this.fastInARow = took < this.blockingBelowMs ? this.fastInARow + 1 : 0;
       }
     }
     this.running = false;

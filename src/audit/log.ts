@@ -227,21 +227,17 @@ export class AuditLog {
       const cut = expect && !this.stillThere(expect) ? this.cutBehind(expect) : undefined;
       const head = this.writeLocked(cut ? [cut.record, ...records] : records);
       if (cut) head.gap = cut.reason;
-      // fsync flushes the file, whichever descriptor asks: one trip to the thread pool.
-      const { fd, own } = this.files.syncTarget(head.segment);
-      try {
-        if (blocking) {
-          try {
-            fs.fsyncSync(fd);
-          } catch (e) {
-            throw unwritable(e);
-          }
-        } else
+      if (blocking) this.files.sync(head.segment);
+      else {
+        // fsync flushes the file, whichever descriptor asks: one trip to the thread pool.
+        const { fd, own } = this.files.syncTarget(head.segment);
+        try {
           await new Promise<void>((resolve, reject) =>
             fs.fsync(fd, (e) => (e ? reject(unwritable(e)) : resolve())),
           );
-      } finally {
-        if (own) fs.closeSync(fd);
+        } finally {
+          if (own) fs.closeSync(fd);
+        }
       }
       return head;
     });
