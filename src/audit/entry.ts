@@ -4,6 +4,7 @@
  * JSON.parse, so a malformed line is a reported finding and never an exception.
  */
 import type { SecureBuffer } from '../lib/secure.js';
+import { sha256Public } from '../lib/openssl.js';
 import { mac, sha256 } from './keys.js';
 
 export const ZERO_HASH = '0'.repeat(64);
@@ -32,11 +33,35 @@ function signedPart(f: EntryFields): string {
   );
 }
 
+const MAC_OPEN = ',"mac":"';
+/** The MAC's and the hash's bytes, each read out as hex at once (both public). */
+const scratch = Buffer.alloc(32);
+const CLOSE = '"}\n';
+
+/**
+ * The line's bytes, with its newline, and its hash (of the line without the newline). The text
+ * is encoded once: the MAC is taken over the first part of the buffer, its hex written after it,
+ * and the chain hash taken over the whole (the line is public: OpenSSL's SHA-256, as verify).
+ */
+export function encodeLineBytes(
+  f: EntryFields,
+  key: SecureBuffer,
+): { bytes: Buffer; hash: string } {
+  const signed = signedPart(f);
+  const n = Buffer.byteLength(signed, 'utf8');
+  const bytes = Buffer.alloc(n + MAC_OPEN.length + 64 + CLOSE.length);
+  bytes.write(signed, 0, 'utf8');
+  let at = n + bytes.write(MAC_OPEN, n, 'latin1');
+  at += bytes.write(mac(key, bytes.subarray(0, n), scratch).toString('hex'), at, 'latin1');
+  at += bytes.write(CLOSE, at, 'latin1');
+  const hash = sha256Public(bytes.subarray(0, at - 1), scratch).toString('hex');
+  return { bytes, hash };
+}
+
 /** The line (without newline) and its hash. */
 export function encodeLine(f: EntryFields, key: SecureBuffer): { line: string; hash: string } {
-  const signed = signedPart(f);
-  const line = `${signed},"mac":"${mac(key, Buffer.from(signed, 'utf8')).toString('hex')}"}`;
-  return { line, hash: sha256(Buffer.from(line, 'utf8')).toString('hex') };
+  const { bytes, hash } = encodeLineBytes(f, key);
+  return { line: bytes.toString('utf8', 0, bytes.length - 1), hash };
 }
 
 /**

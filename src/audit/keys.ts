@@ -67,8 +67,7 @@ export function epochKeyFromSeed(seed: SecureBuffer, epoch: number): SecureBuffe
   return walk.take();
 }
 
-export function mac(key: SecureBuffer, data: Uint8Array): Buffer {
-  const out = Buffer.alloc(MAC_BYTES);
+export function mac(key: SecureBuffer, data: Uint8Array, out = Buffer.alloc(MAC_BYTES)): Buffer {
   sodium.crypto_auth(out, data, key);
   return out;
 }

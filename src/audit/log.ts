@@ -14,7 +14,7 @@ import {
   withFileLockAsync,
 } from '../lib/files.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
-import { encodeLine, parseLine, ZERO_HASH } from './entry.js';
+import { encodeLineBytes, parseLine, ZERO_HASH } from './entry.js';
 import { gapRecord } from './checkpoint.js';
 import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
 import { cutTorn, firstLineTime, lineStillThere, readTail, type Tail } from './tail.js';
@@ -471,7 +471,7 @@ export class AuditLog {
   ): Head {
     let { seq, hash } = head;
     const time = this.o.now().toISOString();
-    const lines: string[] = [];
+    const lines: Buffer[] = [];
     const written: ShippedEntry[] = [];
     for (const r of records) {
       const body = {
@@ -485,11 +485,11 @@ export class AuditLog {
       const sealed = this.sealer
         .seal(Buffer.from(JSON.stringify(body), 'utf8'), st.boxPublicKey)
         .toString('base64');
-      const e = encodeLine(
+      const e = encodeLineBytes(
         { seq, time, type: r.type, epoch: st.epoch, prev: hash, body: sealed },
         st.key,
       );
-      lines.push(`${e.line}\n`);
+      lines.push(e.bytes);
       written.push({
         seq,
         time,
@@ -505,7 +505,7 @@ export class AuditLog {
     let end: number;
     let stamp: string;
     try {
-      const data = Buffer.from(lines.join(''), 'utf8');
+      const data = lines.length === 1 ? (lines[0] as Buffer) : Buffer.concat(lines);
       let off = 0;
       while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off);
       const stat = fs.fstatSync(fd, { bigint: true });
@@ -523,7 +523,7 @@ export class AuditLog {
         segment: st.segment,
         stamp,
         head: { seq, hash, segment: st.segment },
-        tail: { size: end, lastLine: last.slice(0, -1), tornBytes: 0 },
+        tail: { size: end, lastLine: last.toString('utf8', 0, last.length - 1), tornBytes: 0 },
         lastType: records.at(-1)?.type ?? '',
         first: created ? { time: Date.parse(time) } : first,
       };
@@ -533,7 +533,7 @@ export class AuditLog {
       hash,
       segment: st.segment,
       written,
-      ...(last === undefined ? {} : { end, length: Buffer.byteLength(last, 'utf8') }),
+      ...(last === undefined ? {} : { end, length: last.length }),
     };
   }
 }

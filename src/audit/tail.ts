@@ -6,6 +6,7 @@
 import fs from 'node:fs';
 import type { AuditRecord } from './events.js';
 import { sha256 } from './keys.js';
+import { sha256Public } from '../lib/openssl.js';
 
 const TAIL_WINDOW = 256 * 1024;
 
@@ -158,7 +159,8 @@ export function lineStillThere(
     const buf = Buffer.alloc(h.length);
     const n = fs.readSync(fd, buf, 0, h.length, h.end - h.length);
     if (n !== h.length || buf[h.length - 1] !== 0x0a) return false;
-    return sha256(buf.subarray(0, h.length - 1)).toString('hex') === h.hash;
+    // The line is public: OpenSSL's SHA-256, as the writer's own (encodeLineBytes).
+    return sha256Public(buf.subarray(0, h.length - 1), Buffer.alloc(32)).toString('hex') === h.hash;
   } finally {
     if (held === undefined) fs.closeSync(fd);
   }
