@@ -891,6 +891,39 @@ test("key: an RSA record from OpenSSL's key gives OpenSSL's exact PKCS #1 DER (C
   });
 });
 
+test("key: an RSA signature made on the thread pool (signAsync) is sign()'s, whatever happens to the key meanwhile", async () => {
+  const [, n, e, d, p, q, , , iqmp] = readSequence(rsaDer).map(readInteger);
+  assert.ok(n && e && d && p && q && iqmp);
+  const rec = agentRecord(['ssh-rsa', ...[n, e, d, iqmp, p, q].map((mpint) => ({ mpint }))]);
+  const k = SigningKey.fromRecord(rec);
+  try {
+    const msgs = Array.from({ length: 5 }, (_, i) => Buffer.from(`rsa ${i}`));
+    const flags = [SIGN_FLAG_RSA_SHA2_256, SIGN_FLAG_RSA_SHA2_512] as const;
+    const expected = msgs.flatMap((m) => flags.map((f) => hex(k.sign(m, f))));
+    // More at once than the pool takes (two): the rest wait for a place, and each is the
+    // signature sign() makes (PKCS #1 v1.5 is deterministic).
+    const pending = msgs.flatMap((m) => flags.map((f) => k.signAsync(m, f)));
+    // A wipe (the agent locking) while they are computed: each was parsed from the key before
+    // its call returned, and signs with its own copy in OpenSSL, freed after it.
+    k.wipe();
+    assert.deepEqual((await Promise.all(pending)).map(hex), expected);
+    // Once wiped, nothing more is signed.
+    await assert.rejects(k.signAsync(msgs[0] ?? Buffer.alloc(0), SIGN_FLAG_RSA_SHA2_256), {
+      code: 'AGENT_LOCKED',
+    });
+    // SHA-1 RSA stays refused on this path too.
+    const again = SigningKey.fromRecord(rec);
+    try {
+      await assert.rejects(again.signAsync(Buffer.from('x'), 0), /SHA-1 RSA/);
+    } finally {
+      again.wipe();
+    }
+  } finally {
+    k.wipe();
+    secureFree(rec);
+  }
+});
+
 /** An OpenSSL EC key (SEC 1 DER) whose scalar's first byte passes `keep`. */
 function ecKey(
   namedCurve: 'P-256' | 'P-384' | 'P-521',

@@ -402,7 +402,8 @@ export class SshAgentService {
     this.signatures += 1;
     // The record is written at the next turn and fsynced on the thread pool while the signature
     // is computed here (or, alone while fsyncs are fast, on this thread first: audit/group.ts);
-    // the signature leaves only once the record is durable (as a release does).
+    // an RSA signature is computed on the thread pool meanwhile (Key.signAsync). The signature
+    // leaves only once the record is durable (as a release does).
     const durable = this.host.record({
       target: held.target,
       actor: this.host.actor(who.id),
@@ -419,10 +420,10 @@ export class SshAgentService {
     // Handled from the start: a failed write must reach the await below, not crash the agent as
     // an unhandled rejection while the signature is computed.
     durable.catch(() => undefined);
-    await new Promise((r) => setImmediate(r));
+    if (held.key.type !== 'ssh-rsa') await new Promise((r) => setImmediate(r));
     let signature: Buffer;
     try {
-      signature = held.key.sign(data, flags);
+      signature = await held.key.signAsync(data, flags);
     } catch (e) {
       await durable.catch(() => undefined);
       await this.host

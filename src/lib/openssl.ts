@@ -46,6 +46,15 @@ interface Crypto {
     tbs: Uint8Array,
     tbsLen: number,
   ) => number;
+  /** EVP_DigestSign on libuv's thread pool: the RSA signature off the agent's event loop. */
+  digestSignAsync: (
+    ctx: Pointer,
+    sig: Buffer,
+    len: number[],
+    tbs: Uint8Array,
+    tbsLen: number,
+    done: (err: unknown, ok: number) => void,
+  ) => void;
   digest: (name: 'sha256' | 'sha384' | 'sha512') => Pointer;
   errClear: () => void;
   /** EVP_Digest: a one-shot hash of public data. */
@@ -75,6 +84,35 @@ interface Crypto {
 
 let cached: Crypto | undefined;
 
+/**
+ * Signatures on the thread pool at once. libuv's pool has four threads and the audit log's
+ * fsyncs run there too (audit/group.ts): two signers leave them two, and two match the cores
+ * a signature could use on the machines keyward targets.
+ */
+const ASYNC_SIGNERS = 2;
+
+/** A counting semaphore: take() waits for a place, give() frees one (first come, first served). */
+class Places {
+  private free: number;
+  private readonly waiting: (() => void)[] = [];
+  constructor(n: number) {
+    this.free = n;
+  }
+  take(): Promise<void> {
+    if (this.free > 0) {
+      this.free -= 1;
+      return Promise.resolve();
+    }
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+  give(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.free += 1;
+  }
+}
+const signers = new Places(ASYNC_SIGNERS);
+
 function openssl(): Crypto {
   return (cached ??= processWide('openssl', bind));
 }
@@ -89,6 +127,9 @@ function bind(): Crypto {
   const sha384 = lib.func('const keyward_EVP_MD *EVP_sha384(void)');
   const sha512 = lib.func('const keyward_EVP_MD *EVP_sha512(void)');
   const fetch = lib.func('keyward_EVP_MD *EVP_MD_fetch(void *, const char *, const char *)');
+  const digestSign = lib.func(
+    'int EVP_DigestSign(keyward_EVP_MD_CTX *, _Out_ uint8_t *, _Inout_ size_t *, const uint8_t *, size_t)',
+  );
   return {
     secureMallocInit: lib.func('int CRYPTO_secure_malloc_init(size_t, size_t)'),
     secureMallocInitialized: lib.func('int CRYPTO_secure_malloc_initialized(void)'),
@@ -103,9 +144,8 @@ function bind(): Crypto {
     digestSignInit: lib.func(
       'int EVP_DigestSignInit(keyward_EVP_MD_CTX *, void *, const keyward_EVP_MD *, void *, keyward_EVP_PKEY *)',
     ),
-    digestSign: lib.func(
-      'int EVP_DigestSign(keyward_EVP_MD_CTX *, _Out_ uint8_t *, _Inout_ size_t *, const uint8_t *, size_t)',
-    ),
+    digestSign,
+    digestSignAsync: digestSign.async,
     digest: (name) => (name === 'sha256' ? sha256() : name === 'sha384' ? sha384() : sha512()),
     errClear: lib.func('void ERR_clear_error(void)'),
     oneShot: lib.func(
@@ -215,6 +255,42 @@ export class OpensslKey {
       return sig.subarray(0, Number(len[0]));
     } finally {
       c.mdCtxFree(ctx);
+    }
+  }
+
+  /**
+   * sign(), with the signature computed on libuv's thread pool (at most ASYNC_SIGNERS at once, so
+   * the pool keeps threads for the audit log's fsyncs). For RSA, whose signature is ~2 ms of
+   * CPU: the event loop goes on meanwhile. The key must not be freed before this settles (the
+   * caller owns it: a key parsed for one signature); `data` must not change meanwhile.
+   */
+  async signAsync(hash: 'sha256' | 'sha384' | 'sha512', data: Uint8Array): Promise<Buffer> {
+    if (this.pkey === undefined) throw new Error('the key was freed');
+    await signers.take();
+    const c = openssl();
+    const ctx = c.mdCtxNew();
+    try {
+      if (!ctx) throw new Error('OpenSSL could not make a signing context');
+      if (c.digestSignInit(ctx, null, c.digest(hash), null, this.pkey) !== 1) {
+        c.errClear();
+        throw new Error('OpenSSL refused to start the signature');
+      }
+      const sig = Buffer.alloc(this.maxSig);
+      const len = [sig.length];
+      const ok = await new Promise<number>((resolve, reject) =>
+        c.digestSignAsync(ctx, sig, len, data, data.length, (err, r) =>
+          err
+            ? reject(err instanceof Error ? err : new Error('OpenSSL could not sign'))
+            : resolve(r),
+        ),
+      );
+      // A failure leaves OpenSSL's error entries in the pool thread's queue (it is per thread):
+      // memory only, since every call's own status is what is read.
+      if (ok !== 1) throw new Error('OpenSSL refused to sign');
+      return sig.subarray(0, Number(len[0]));
+    } finally {
+      if (ctx) c.mdCtxFree(ctx);
+      signers.give();
     }
   }
 
