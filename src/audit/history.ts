@@ -2,7 +2,7 @@
  * Questions about what the log already holds, read from its end without a key: the hash at a
  * seq (checkpoints), and the breaks recorded since the last acknowledgement.
  */
-import { parseLine } from './entry.js';
+import { parseLine, scanLine } from './entry.js';
 import { scanBack } from './tail.js';
 import { listSegments } from './verify.js';
 
@@ -12,10 +12,16 @@ export function hashAt(dir: string, seq: number): string | undefined {
   for (const file of listSegments(dir).reverse()) {
     let passed = false;
     scanBack(file, (line) => {
-      const e = parseLine(line);
-      if (!e) return false;
-      if (e.seq === seq) found = e.hash;
-      passed = e.seq <= seq;
+      // Every line's shape is checked (a malformed one is passed over, as before), but only the
+      // one at seq is hashed: the walk back to a checkpoint at lock and unlock covers every
+      // entry since it (4.5 -> ~1 us a line).
+      const v = scanLine(Buffer.from(line, 'utf8'));
+      if (!v) return false;
+      if (v.seq === seq) {
+        const e = parseLine(line);
+        if (e) found = e.hash;
+      }
+      passed = v.seq <= seq;
       return passed;
     });
     if (passed) break;
