@@ -24,8 +24,12 @@ const classOf = new WeakMap<Buffer, SecureBuffer>();
 const givenBack = new WeakSet<Buffer>();
 
 export function secureAlloc(size: number): SecureBuffer {
-  // sodium_malloc(0) is legal but pointless; a zero-length secure buffer keeps callers uniform.
-  const buf = memory.sodium_malloc(Math.max(size, 0)) as SecureBuffer;
+  // An empty buffer holds nothing to protect: an ordinary one, so callers stay uniform. (From
+  // sodium_malloc it was a page between guard pages, three or four mappings that secureFree,
+  // passing over empty buffers, left to a collection: a caller that sent empty values could run
+  // the agent into the kernel's limit on mappings, and it aborted.)
+  if (size <= 0) return Buffer.alloc(0) as SecureBuffer;
+  const buf = memory.sodium_malloc(size) as SecureBuffer;
   // libsodium fills new allocations with 0xdb (to catch use of uninitialised memory); code that
   // writes a short value right-aligned (a scalar without its leading zero bytes) must see zeros.
   buf.fill(0);
