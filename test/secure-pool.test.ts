@@ -13,6 +13,7 @@ import { pathToFileURL } from 'node:url';
 import { test } from 'node:test';
 import {
   secureAlloc,
+  secureFootprint,
   secureFree,
   securePooled,
   secureRelease,
@@ -147,4 +148,23 @@ test('empty secure buffers (an empty value, an empty age payload) add no memory 
   // sodium_malloc(0) maps a page between guard pages, and secureFree passed over an empty
   // buffer: each one stayed mapped until a collection.
   assert.ok(mappings() - before < 50, `${mappings() - before} new mappings`);
+});
+
+test("a take's footprint is the secure memory behind it (its class buffer), what the agent's budget counts", () => {
+  for (const [size, held] of [
+    [1, 64],
+    [64, 64],
+    [65, 128],
+    [32 * 1024 + 1, 64 * 1024],
+    [64 * 1024, 64 * 1024],
+    [64 * 1024 + 1, 64 * 1024 + 1], // past the pool: a buffer of its own
+  ] as const) {
+    const b = securePooled(size);
+    assert.equal(b.length, size);
+    assert.equal(secureFootprint(b), held, `a take of ${size}`);
+    secureRelease(b);
+  }
+  const own = secureAlloc(100);
+  assert.equal(secureFootprint(own), 100);
+  secureFree(own);
 });

@@ -17,7 +17,13 @@ import {
   u32,
   vaultKeyNames,
 } from '../keys/index.js';
-import { secureAlloc, secureFree, secureRelease, type SecureBuffer } from '../lib/secure.js';
+import {
+  secureAlloc,
+  secureFootprint,
+  secureFree,
+  secureRelease,
+  type SecureBuffer,
+} from '../lib/secure.js';
 import { quote } from '../lib/text.js';
 import type { Vault } from '../vault/index.js';
 import type { ProcessIdentity } from './identity.js';
@@ -114,13 +120,15 @@ export class SshAgentService {
       queued += msgs.length;
       // Each waiting request holds secure memory (locked pages): a flood is dropped, whether on
       // one connection (more than 16 waiting) or across many (the agent's in-flight budget).
-      const bytes = msgs.reduce((n, m) => n + m.length, 0);
+      // Counted as the secure memory they hold: a pooled message holds its whole size class.
+      const held = msgs.map(secureFootprint);
+      const bytes = held.reduce((n, b) => n + b, 0);
       if (queued > MAX_QUEUED || !inFlight.reserve(bytes)) {
         for (const m of msgs) secureRelease(m);
         socket.destroy();
         return;
       }
-      for (const msg of msgs) {
+      for (const [i, msg] of msgs.entries()) {
         // Requests on one connection are answered in order.
         busy = busy.then(async () => {
           let reply: Buffer;
@@ -129,7 +137,7 @@ export class SshAgentService {
           } catch {
             reply = message(SSH.FAILURE);
           } finally {
-            inFlight.release(msg.length);
+            inFlight.release(held[i] ?? msg.length);
             // Zeroed and kept for the next request of its size (lib/secure.ts); no view of it
             // outlives handle().
             secureRelease(msg);

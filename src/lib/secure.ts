@@ -94,6 +94,11 @@ export function securePooled(size: number): SecureBuffer {
   return view;
 }
 
+/** The bytes of secure memory behind buf: a pooled take holds its whole class buffer. */
+export function secureFootprint(buf: SecureBuffer): number {
+  return classOf.get(buf)?.length ?? buf.length;
+}
+
 /**
  * Gives back a buffer from securePooled (or secureAlloc): zeroed now, kept for reuse or freed.
  * The caller must hold no other reference to it: the next securePooled of its class returns it.
