@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import {
@@ -17,6 +18,7 @@ import {
 import { encodeLine, parseLine } from '../src/audit/entry.js';
 import { epochKeyFromSeed } from '../src/audit/keys.js';
 import { readState } from '../src/audit/state.js';
+import { scanBack, scanBackFor } from '../src/audit/tail.js';
 import { BATCH_KEY_MS, BodyOpener, BodySealer, sealBodyOnce } from '../src/audit/body.js';
 import { secureAlloc, secureTake } from '../src/lib/secure.js';
 import { sodium } from '../src/lib/sodium.js';
@@ -724,4 +726,57 @@ describe('bodies (docs/AUDIT.md, "Bodies")', () => {
     sealer.close();
     assert.ok(!sealer.holdsKey(), 'close() frees the batch key');
   });
+});
+
+test('scanBackFor sees the lines scanBack sees that hold the needle, in the same order, across chunks, long lines and a torn end', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-scanback-'));
+  try {
+    const file = path.join(dir, 'seg');
+    const needle = Buffer.from('"type":"audit.', 'latin1');
+    // Deterministic lines: most without the needle, some with it, some far longer than a chunk
+    // (1 MiB), some empty; the needle at a line's start, middle and end.
+    let x = 7;
+    const next = () => (x = (x * 1103515245 + 12345) % 2 ** 31);
+    const shapes = (): string[] => {
+      const out: string[] = [];
+      for (let i = 0; i < 1500; i++) {
+        const r = next() % 400;
+        const pad = 'a'.repeat(next() % 700);
+        if (r < 12) out.push(`"type":"audit.${i}${pad}`);
+        else if (r < 24) out.push(`${pad}"type":"audit.${i}`);
+        else if (r < 26) out.push(`${pad}"type":"audit.${i}${'b'.repeat(1_100_000)}`);
+        else if (r < 28) out.push('');
+        else if (r < 30) out.push(`${i}${'c'.repeat(1_100_000)}`);
+        else out.push(`${pad}"type":"secret.${i}`);
+      }
+      return out;
+    };
+    for (const torn of [false, true]) {
+      const body = shapes().join('\n') + (torn ? '\n"type":"audit.torn' : '\n');
+      fs.writeFileSync(file, body);
+      // Every visit, to the end; then one that stops half way.
+      for (const stopAt of [Number.POSITIVE_INFINITY, 40]) {
+        const seen: string[] = [];
+        const seenFor: string[] = [];
+        const r1 = scanBack(file, (line) => {
+          if (!line.includes('"type":"audit.')) return false;
+          seen.push(line);
+          return seen.length >= stopAt;
+        });
+        const r2 = scanBackFor(file, needle, (line) => {
+          seenFor.push(line);
+          return seenFor.length >= stopAt;
+        });
+        assert.equal(r2, r1);
+        assert.ok(seen.length >= Math.min(stopAt, 60), `${seen.length} lines with the needle`);
+        assert.deepEqual(
+          seenFor.map((l) => l.slice(0, 40) + l.length),
+          seen.map((l) => l.slice(0, 40) + l.length),
+        );
+        assert.deepEqual(seenFor, seen);
+      }
+    }
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
 });

@@ -3,7 +3,7 @@
  * seq (checkpoints), and the breaks recorded since the last acknowledgement.
  */
 import { parseLine, scanLine } from './entry.js';
-import { scanBack } from './tail.js';
+import { scanBack, scanBackFor } from './tail.js';
 import { listSegments } from './verify.js';
 
 /** The hash of the entry at seq, looked for from the end; undefined when there is none. */
@@ -29,6 +29,9 @@ export function hashAt(dir: string, seq: number): string | undefined {
   return found;
 }
 
+/** What every line of an `audit.*` type holds (the types are in the clear). */
+const AUDIT_TYPE = Buffer.from('"type":"audit.', 'latin1');
+
 /**
  * The seqs of recorded breaks (`audit.gap`) since the last acknowledgement, oldest first.
  * The types are in the clear, so this needs no key.
@@ -36,8 +39,7 @@ export function hashAt(dir: string, seq: number): string | undefined {
 export function unacknowledgedGaps(dir: string): number[] {
   const gaps: number[] = [];
   for (const file of listSegments(dir).reverse()) {
-    const stop = scanBack(file, (line) => {
-      if (!line.includes('"type":"audit.')) return false;
+    const stop = scanBackFor(file, AUDIT_TYPE, (line) => {
       const e = parseLine(line);
       if (e?.type === 'audit.acknowledged') return true;
       if (e?.type === 'audit.gap') gaps.push(e.seq);

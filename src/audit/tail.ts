@@ -138,6 +138,75 @@ export function cutTorn(file: string, tail: Tail, segment: string): AuditRecord 
   }
 }
 
+/** Reads len bytes at pos into the start of buf (fewer only at the file's end); how many. */
+function readSyncFully(fd: number, buf: Buffer, len: number, pos: number): number {
+  let got = 0;
+  while (got < len) {
+    const n = fs.readSync(fd, buf, got, len - got, pos + got);
+    if (n === 0) break;
+    got += n;
+  }
+  return got;
+}
+
+/**
+ * scanBack, but visit sees only the lines that contain `needle` (which holds no newline), found
+ * natively in each chunk: a line without it is never made a string. What a visitor that passes
+ * over every other line sees is the same, at the cost of reading the file (a walk through a
+ * whole log for its rare `audit.*` entries: ~10x less time than scanBack).
+ */
+export function scanBackFor(
+  file: string,
+  needle: Uint8Array,
+  visit: (line: string) => boolean,
+): boolean {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  // The matching lines of `lines` (whole lines, the last one's newline optional), last first.
+  const visitIn = (lines: Buffer): boolean => {
+    for (let at = lines.lastIndexOf(needle); at >= 0;) {
+      const start = lines.lastIndexOf(0x0a, at) + 1;
+      const nl = lines.indexOf(0x0a, at);
+      if (visit(lines.toString('utf8', start, nl < 0 ? lines.length : nl))) return true;
+      at = start === 0 ? -1 : lines.lastIndexOf(needle, start - 1);
+    }
+    return false;
+  };
+  try {
+    let end = fs.fstatSync(fd).size;
+    const CHUNK = 1024 * 1024;
+    // One buffer for the walk (the log's own bytes, public): a chunk, then the start of the line
+    // the chunk after it began with (`carry` bytes), moved up behind it before each read.
+    let buf = Buffer.allocUnsafe(Math.min(end, 2 * CHUNK));
+    let carry = 0;
+    while (end > 0) {
+      const start = Math.max(0, end - CHUNK);
+      const len = end - start;
+      if (buf.length < len + carry) {
+        const bigger = Buffer.allocUnsafe(len + carry);
+        buf.copy(bigger, len, 0, carry);
+        buf = bigger;
+      } else buf.copy(buf, len, 0, carry);
+      // The file shrank under the walk: nothing more to see.
+      if (readSyncFully(fd, buf, len, start) < len) return false;
+      const here = buf.subarray(0, len + carry);
+      if (start === 0) return visitIn(here);
+      // The chunk's first line may have begun before it: it waits for the next read.
+      const first = here.indexOf(0x0a);
+      if (first >= 0 && visitIn(here.subarray(first + 1))) return true;
+      carry = first >= 0 ? first + 1 : len + carry;
+      end = start;
+    }
+    return false;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /**
  * Whether the line a writer wrote (its hash, where it ended and its length) is still in its
  * segment: read through the descriptor the writer holds when the path still names its file
