@@ -16,7 +16,7 @@
 import crypto from 'node:crypto';
 import { sodium } from '../lib/sodium.js';
 import { KeywardError } from '../errors.js';
-import { OpensslKey, secureHeapActive } from '../lib/openssl.js';
+import { OpensslKey, withSigningPlace, secureHeapActive } from '../lib/openssl.js';
 import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.js';
 import { oddMinusOneInto, modInto } from './bignum.js';
 import {
@@ -378,23 +378,28 @@ export class SigningKey {
 
   /**
    * sign(), with an RSA signature (~2 ms of CPU) computed off the event loop, on libuv's thread
-   * pool: the key is parsed here, from secure memory, for this signature alone and freed once it
-   * is made, whatever happens to this key meanwhile (a wipe at lock). Other keys sign in place
-   * (tens of microseconds: a trip to the pool would cost more).
+   * pool, three at most at once (withSigningPlace): the key is parsed from secure memory once this
+   * signature has its place, for it alone, and freed once it is made, whatever happens to this key
+   * meanwhile (a wipe at lock). Other keys sign in place (tens of microseconds: a trip to the pool
+   * would cost more).
    */
   async signAsync(data: Uint8Array, flags = 0): Promise<Buffer> {
     if (this.type !== 'ssh-rsa' || this.held) return this.sign(data, flags);
     if (this.signing.length === 0) throw new KeywardError('AGENT_LOCKED', 'the key was wiped');
     const alg = this.algorithm(flags);
     if (alg === undefined) return this.sign(data, flags); // the refusal, as sign() words it
-    const k = OpensslKey.parse(this.signing, 'rsa');
-    if (!k) throw badKey('OpenSSL could not read it');
-    try {
-      const sig = await k.signAsync(alg === 'rsa-sha2-512' ? 'sha512' : 'sha256', data);
-      return Buffer.concat([sshString(alg), sshString(sig)]);
-    } finally {
-      k.free();
-    }
+    return withSigningPlace(async () => {
+      // Wiped while this waited (a lock, ssh-add -D): nothing is parsed or signed.
+      if (this.signing.length === 0) throw new KeywardError('AGENT_LOCKED', 'the key was wiped');
+      const k = OpensslKey.parse(this.signing, 'rsa');
+      if (!k) throw badKey('OpenSSL could not read it');
+      try {
+        const sig = await k.signAsync(alg === 'rsa-sha2-512' ? 'sha512' : 'sha256', data);
+        return Buffer.concat([sshString(alg), sshString(sig)]);
+      } finally {
+        k.free();
+      }
+    });
   }
 
   /** Runs fn with the key held in OpenSSL, or with one parsed for this call and freed after it. */

@@ -48,11 +48,27 @@ interface Loaded {
   direct: boolean;
 }
 
+/**
+ * koffi runs an asynchronous call (an RSA signature: lib/openssl.ts) on a stack and heap of its
+ * own, and keeps up to eight such blocks for the next calls: what a signature left on its stack
+ * (OpenSSL's Montgomery arithmetic with the primes) would stay there until a later call reused
+ * the block. With none kept, each call maps fresh blocks and unmaps them after it (the kernel
+ * hands out zeroed pages): two mappings a signature of ~2 ms. Only settable before a library is
+ * loaded; a process that loaded one already (none of keyward's) keeps koffi's default.
+ */
+function keepNoAsyncBlocks(k: typeof Koffi): void {
+  try {
+    k.config({ resident_async_pools: 0 });
+  } catch {
+    // Too late to change: the default stays (docs/THREAT-MODEL.md, "ECDSA and RSA keys").
+  }
+}
+
 const loaded = processWide<Loaded>('koffi', () => {
   const d = direct();
-  return d
-    ? { koffi: d, direct: true }
-    : { koffi: require('koffi') as typeof Koffi, direct: false };
+  const k = d ?? (require('koffi') as typeof Koffi);
+  keepNoAsyncBlocks(k);
+  return { koffi: k, direct: d !== undefined };
 });
 
 export const koffi = loaded.koffi;
