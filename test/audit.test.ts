@@ -18,7 +18,7 @@ import {
 import { encodeLine, parseLine } from '../src/audit/entry.js';
 import { epochKeyFromSeed } from '../src/audit/keys.js';
 import { readState } from '../src/audit/state.js';
-import { scanBack, scanBackFor } from '../src/audit/tail.js';
+import { scanBack, scanBackFor, scanBackLines } from '../src/audit/tail.js';
 import { BATCH_KEY_MS, BodyOpener, BodySealer, sealBodyOnce } from '../src/audit/body.js';
 import { secureAlloc, secureTake } from '../src/lib/secure.js';
 import { sodium } from '../src/lib/sodium.js';
@@ -728,7 +728,7 @@ describe('bodies (docs/AUDIT.md, "Bodies")', () => {
   });
 });
 
-test('scanBackFor sees the lines scanBack sees that hold the needle, in the same order, across chunks, long lines and a torn end', () => {
+test('scanBackFor and scanBackLines see the lines scanBack sees (those that hold the needle; every one), in the same order, across chunks, long lines and a torn end', () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-scanback-'));
   try {
     const file = path.join(dir, 'seg');
@@ -774,6 +774,16 @@ test('scanBackFor sees the lines scanBack sees that hold the needle, in the same
           seen.map((l) => l.slice(0, 40) + l.length),
         );
         assert.deepEqual(seenFor, seen);
+      }
+      // scanBackLines: every non-empty line, as bytes, the order and stop of scanBack.
+      for (const stopAt of [Number.POSITIVE_INFINITY, 700]) {
+        const all: string[] = [];
+        const bytes: string[] = [];
+        const r1 = scanBack(file, (line) => all.push(line) >= stopAt);
+        const r2 = scanBackLines(file, (line) => bytes.push(line.toString('utf8')) >= stopAt);
+        assert.equal(r2, r1);
+        assert.ok(all.length >= Math.min(stopAt, 1000), `${all.length} lines`);
+        assert.deepEqual(bytes, all);
       }
     }
   } finally {

@@ -150,37 +150,22 @@ function readSyncFully(fd: number, buf: Buffer, len: number, pos: number): numbe
 }
 
 /**
- * scanBack, but visit sees only the lines that contain `needle` (which holds no newline), found
- * natively in each chunk: a line without it is never made a string. What a visitor that passes
- * over every other line sees is the same, at the cost of reading the file (a walk through a
- * whole log for its rare `audit.*` entries: ~10x less time than scanBack).
+ * The walk under scanBackFor and scanBackLines: the file read from its end in chunks of 1 MiB into
+ * one buffer (the log's own bytes, public), each chunk's whole lines handed to `lines` (a view,
+ * valid only during the call; the last line's newline optional) until it returns true.
  */
-export function scanBackFor(
-  file: string,
-  needle: Uint8Array,
-  visit: (line: string) => boolean,
-): boolean {
+function walkBack(file: string, lines: (whole: Buffer) => boolean): boolean {
   let fd: number;
   try {
     fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
   } catch {
     return false;
   }
-  // The matching lines of `lines` (whole lines, the last one's newline optional), last first.
-  const visitIn = (lines: Buffer): boolean => {
-    for (let at = lines.lastIndexOf(needle); at >= 0;) {
-      const start = lines.lastIndexOf(0x0a, at) + 1;
-      const nl = lines.indexOf(0x0a, at);
-      if (visit(lines.toString('utf8', start, nl < 0 ? lines.length : nl))) return true;
-      at = start === 0 ? -1 : lines.lastIndexOf(needle, start - 1);
-    }
-    return false;
-  };
   try {
     let end = fs.fstatSync(fd).size;
     const CHUNK = 1024 * 1024;
-    // One buffer for the walk (the log's own bytes, public): a chunk, then the start of the line
-    // the chunk after it began with (`carry` bytes), moved up behind it before each read.
+    // A chunk, then the start of the line the chunk after it began with (`carry` bytes), moved
+    // up behind it before each read.
     let buf = Buffer.allocUnsafe(Math.min(end, 2 * CHUNK));
     let carry = 0;
     while (end > 0) {
@@ -194,10 +179,10 @@ export function scanBackFor(
       // The file shrank under the walk: nothing more to see.
       if (readSyncFully(fd, buf, len, start) < len) return false;
       const here = buf.subarray(0, len + carry);
-      if (start === 0) return visitIn(here);
+      if (start === 0) return lines(here);
       // The chunk's first line may have begun before it: it waits for the next read.
       const first = here.indexOf(0x0a);
-      if (first >= 0 && visitIn(here.subarray(first + 1))) return true;
+      if (first >= 0 && lines(here.subarray(first + 1))) return true;
       carry = first >= 0 ? first + 1 : len + carry;
       end = start;
     }
@@ -205,6 +190,47 @@ export function scanBackFor(
   } finally {
     fs.closeSync(fd);
   }
+}
+
+/**
+ * scanBack, but visit sees only the lines that contain `needle` (which holds no newline), found
+ * natively in each chunk: a line without it is never made a string. What a visitor that passes
+ * over every other line sees is the same, at the cost of reading the file (a walk through a
+ * whole log for its rare `audit.*` entries: ~3x less time than scanBack).
+ */
+export function scanBackFor(
+  file: string,
+  needle: Uint8Array,
+  visit: (line: string) => boolean,
+): boolean {
+  return walkBack(file, (lines) => {
+    for (let at = lines.lastIndexOf(needle); at >= 0;) {
+      const start = lines.lastIndexOf(0x0a, at) + 1;
+      const nl = lines.indexOf(0x0a, at);
+      if (visit(lines.toString('utf8', start, nl < 0 ? lines.length : nl))) return true;
+      at = start === 0 ? -1 : lines.lastIndexOf(needle, start - 1);
+    }
+    return false;
+  });
+}
+
+/**
+ * scanBack over bytes: visit gets each non-empty line, last first, as a view of the walk's buffer
+ * (without its newline), valid only during the call. No line is made a string.
+ */
+export function scanBackLines(file: string, visit: (line: Buffer) => boolean): boolean {
+  return walkBack(file, (lines) => {
+    let end = lines.length;
+    // A last line with its newline: the newline is not a line's start.
+    if (end > 0 && lines[end - 1] === 0x0a) end -= 1;
+    while (end >= 0) {
+      const start = end === 0 ? 0 : lines.lastIndexOf(0x0a, end - 1) + 1;
+      if (end > start && visit(lines.subarray(start, end))) return true;
+      if (start === 0) break;
+      end = start - 1;
+    }
+    return false;
+  });
 }
 
 /**
