@@ -166,12 +166,13 @@ rate_limits:
    * A run that makes one request, lets the test change something (between), then makes another:
    * the output says "before CODE" and "after CODE".
    */
-  async function beforeAndAfter(label: string, between: () => void) {
+  async function beforeAndAfter(label: string, between: () => void, token = true) {
     const fifo = path.join(dir, `hold-${label}`);
     const ready = path.join(dir, `${label}-ready`);
     execFileSync('mkfifo', [fifo]);
+    const auth = token ? `-H "Authorization: token $GITHUB_TOKEN" ` : '';
     const request = (when: string) =>
-      `${CURL} -sS -o /dev/null -w '${when} %{http_code}\\n' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', `/${when}-${label}`)}'`;
+      `${CURL} -sS -o /dev/null -w '${when} %{http_code}\\n' ${auth}'${url('a', '127.0.0.1', `/${when}-${label}`)}'`;
     const run = proxied(
       [request('before'), `echo > '${ready}'`, `read x < '${fifo}'`, request('after')].join('; '),
     );
@@ -723,6 +724,28 @@ sys.stdin.read()`;
     assert.equal(r2.code, 2, r2.stderr);
     assert.match(r2.stderr, /--proxy sets HTTPS_PROXY itself/);
     assert.ok(!(r1.stderr + r2.stderr).includes(TOKEN));
+  });
+
+  test('once the agent locks, with its policy file edited meanwhile, a request that needs no value still goes', async () => {
+    const f = path.join(h.home, 'policy.yaml');
+    const was = fs.readFileSync(f, 'utf8');
+    const run = beforeAndAfter(
+      'lock-drift',
+      () => {
+        assert.equal(kw(['lock'], { env: h.env }).code, 0);
+        // Drift: the agent, locked, must not read the (closed) vault again for it.
+        fs.appendFileSync(f, '# edited while locked\n');
+      },
+      false,
+    );
+    try {
+      const r = await run;
+      assert.match(r.stdout, /before 200/);
+      assert.match(r.stdout, /after 200/, r.stderr);
+    } finally {
+      fs.writeFileSync(f, was);
+      assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    }
   });
 
   test('once the agent locks, a request that needs the token is refused; the run itself goes on', async () => {

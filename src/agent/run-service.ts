@@ -415,7 +415,9 @@ export class RunService {
             ...(reason === undefined ? {} : { reason }),
             details,
           }),
-        limit: (host) => this.limits.take(this.host.policy(v), host),
+        // Once locked, the policy the run started under (the vault is closed: not read again).
+        limit: (host) =>
+          this.limits.take(this.host.stillOpen(v) ? this.host.policy(v) : policy, host),
       },
     });
     this.proxies.add(p);
