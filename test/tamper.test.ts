@@ -15,6 +15,8 @@ import {
   unlockedAgent,
   type AgentHome,
 } from './agent-helpers.js';
+import { withFileLock } from '../src/lib/files.js';
+import { vaultPaths } from '../src/vault/index.js';
 import { kw } from './helpers.js';
 
 const homes: AgentHome[] = [];
@@ -182,6 +184,50 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
       new RegExp(`1 recorded break\\(s\\), acknowledged: audit\\.gap at seq ${gap.seq}`),
     );
     assert.ok(auditEntries(h).some((e) => e.type === 'audit.acknowledged'));
+  });
+
+  test("what an agent released is not erased by deleting the checkpoint file and cutting the log after it stops: the vault's own checkpoint moved at its lock", async () => {
+    const h = await unlocked(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    // The vault's last change: its own checkpoint is sealed here (a save).
+    assert.equal(
+      kw(['secret', 'set', 'app/token'], { env: h.env, input: 'erased-release' }).code,
+      0,
+    );
+    const before = logLines(h).length;
+    // Releases through the agent, then the window ends (a lock) and the agent stops.
+    for (let i = 0; i < 3; i++)
+      assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'erased-release');
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    await stopAgent(h);
+    // The attacker (the same user): the sealed checkpoint file goes, and every line since the
+    // vault's last save with it, the releases among them.
+    fs.rmSync(path.join(h.home, 'audit', 'checkpoint'));
+    const cut = cutTail(h, logLines(h).length - before);
+    assert.ok(cut.filter((e) => e.type === 'secret.read').length >= 3);
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(v.code, 8, v.stdout + v.stderr);
+    assert.match(v.stderr, /the checkpoint sealed in the vault says seq \d+: entries were deleted/);
+  });
+
+  test("a lock while another process holds the vault's lock still locks, leaving the vault's checkpoint where it was", async () => {
+    const h = await unlocked(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'busy-vault' }).code, 0);
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).code, 0);
+    const vaultFile = vaultPaths(h.home).file;
+    const size = fs.statSync(vaultFile).size;
+    // A writer holds the vault (here, this test) for as long as the lock takes.
+    const r = withFileLock(vaultPaths(h.home).lock, 5_000, () => kw(['lock'], { env: h.env }));
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(kw(['status'], { env: h.env }).code, 5, 'locked');
+    assert.equal(fs.statSync(vaultFile).size, size, 'the vault was not written');
+    // With the vault free, a lock moves its checkpoint: one record appended.
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    assert.ok(fs.statSync(vaultFile).size > size, 'the vault holds the new checkpoint');
   });
 
   test('a cut behind the running agent is recorded in its next batch, and the agent locks before releasing anything', async () => {

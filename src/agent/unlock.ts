@@ -4,9 +4,9 @@
  * the vault's keys; the agent clears everything derived from them at the same time.
  */
 import fs from 'node:fs';
-import { AuditLog, auditSink, writeCheckpoint, type AuditRecord } from '../audit/index.js';
+import { AuditLog, auditSink, checkpointAtLock, type AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
-import { withFileLockAsync } from '../lib/files.js';
+import { withFileLock, withFileLockAsync } from '../lib/files.js';
 import { durationMs, loadPolicy, policyStamp, type Loaded } from '../policy/index.js';
 import { Vault, vaultPaths, type Unlock, type VaultPaths } from '../vault/index.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
@@ -26,6 +26,11 @@ export interface WindowHost {
 
 /** How long a write by the agent waits for another process's vault lock. */
 const VAULT_LOCK_MS = 10_000;
+/**
+ * How long a lock waits for the vault's lock to move the vault's checkpoint (it holds the event
+ * loop meanwhile): a writer's save takes milliseconds; past this the checkpoint stays.
+ */
+const ANCHOR_LOCK_MS = 250;
 
 export const locked = (): KeywardError =>
   new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
@@ -246,9 +251,19 @@ export class UnlockWindow {
     this.vault = undefined;
     if (!v) return false;
     try {
-      writeCheckpoint(new AuditLog(this.host.home), v);
+      // The vault's checkpoint too, when its lock is free soon: a lock that waits for a writer
+      // no longer than that leaves it where the vault's last save put it.
+      checkpointAtLock(new AuditLog(this.host.home), v, (save) =>
+        withFileLock(this.vp.lock, ANCHOR_LOCK_MS, () => {
+          v.refresh();
+          // As write() does: the policy held stays the one in force, only the generation moved.
+          const policyWasCurrent = this.policyStamp === this.stampOfPolicy(v);
+          save();
+          if (policyWasCurrent) this.policyStamp = this.stampOfPolicy(v);
+        }),
+      );
     } catch {
-      // the checkpoint is a defence in depth; lock must happen regardless
+      // the checkpoints are a defence in depth; lock must happen regardless
     }
     v.close();
     return true;

@@ -45,6 +45,7 @@ export {
   auditInitHooks,
   auditSink,
   breakWarning,
+  checkpointAtLock,
   headOf,
   initOrRepair,
   lenientAuditSink,

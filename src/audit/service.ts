@@ -128,6 +128,27 @@ export function writeCheckpoint(log: AuditLog, v: Vault): void {
   sealCheckpoint(log, v, 'a checkpoint');
 }
 
+/**
+ * The end of an agent's unlock window (lock, stop, idle): the head sealed in the checkpoint file
+ * and, through `underVaultLock`, in the vault itself (one record appended to vault.kw). The file
+ * is the user's to delete; the vault's checkpoint moved only at the vault's own saves, so what an
+ * agent released since the last `secret set` could be cut from the log, with the file, and
+ * nothing would say so. Nothing is sealed over a break (recorded instead).
+ */
+export function checkpointAtLock(
+  log: AuditLog,
+  v: Vault,
+  underVaultLock: (save: () => void) => void,
+): void {
+  if (sealCheckpoint(log, v, 'a checkpoint')) return;
+  // The caller takes the vault's lock and reads the vault again (another process may have saved
+  // it since), then saves through this.
+  underVaultLock(() => {
+    setAnchor(log, v);
+    v.save();
+  });
+}
+
 /** The sink the CLI hands to vault sessions: every record durable, or the operation fails. */
 export function auditSink(home: string, options?: AuditOptions): AuditSink {
   const log = new AuditLog(home, options);
