@@ -224,10 +224,39 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(r.code, 0, r.stderr);
     assert.equal(kw(['status'], { env: h.env }).code, 5, 'locked');
     assert.equal(fs.statSync(vaultFile).size, size, 'the vault was not written');
+    // The lock's own entry says so.
+    const locked = auditEntries(h)
+      .filter((e) => e.type === 'vault.lock')
+      .at(-1);
+    assert.match(String(locked?.details['checkpoints']), /the vault's not moved/);
     // With the vault free, a lock moves its checkpoint: one record appended.
     assert.equal(kw(['unlock'], { env: h.env }).code, 0);
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
     assert.ok(fs.statSync(vaultFile).size > size, 'the vault holds the new checkpoint');
+  });
+
+  test('a cut made while the agent runs is a break at its lock: recorded once, and no checkpoint is sealed over it', async () => {
+    const h = await unlocked(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'cut-at-lock' }).code, 0);
+    const before = logLines(h).length;
+    for (let i = 0; i < 3; i++)
+      assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'cut-at-lock');
+    // While the agent runs: the checkpoint file goes, and the log back to the vault's last save.
+    const checkpointFile = path.join(h.home, 'audit', 'checkpoint');
+    fs.rmSync(checkpointFile);
+    cutTail(h, logLines(h).length - before);
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    // The log as it is now extends the vault's checkpoint, but not the agent's last entry: the
+    // lock seals neither place over the cut, and the agent's next entry records it, once.
+    assert.ok(!fs.existsSync(checkpointFile), 'no checkpoint file sealed over the cut');
+    const entries = auditEntries(h);
+    assert.equal(entries.filter((e) => e.type === 'audit.gap').length, 1);
+    const locked = entries.filter((e) => e.type === 'vault.lock').at(-1);
+    assert.match(String(locked?.details['checkpoints']), /no checkpoint sealed/);
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(v.code, 8, v.stdout + v.stderr);
   });
 
   test('a cut behind the running agent is recorded in its next batch, and the agent locks before releasing anything', async () => {

@@ -446,12 +446,14 @@ export class Agent {
     this.runs.lockProxies();
     this.cache.clear('the agent locked');
     this.mcp.forget();
-    if (!this.window.close()) return;
+    const checkpoints = this.window.close(this.audit.lastWritten);
+    if (checkpoints === undefined) return;
     await this.record({
       type: 'vault.lock',
       decision: 'info',
       reason,
       ...(by ? { actor: actorOf(by) } : {}),
+      details: { checkpoints },
     }).catch(() => undefined);
     this.o.log?.(`locked: ${reason}`);
   }

@@ -41,6 +41,8 @@ export class UnlockWindow {
   private vault: Vault | undefined;
   private policy: Loaded | undefined;
   private readonly vp: VaultPaths;
+  /** write() calls under way (they hold or wait for the vault's lock). */
+  private writing = 0;
   private unlockedAt = 0;
   private usedInWindow = 0;
   private idleTimer: NodeJS.Timeout | undefined;
@@ -105,6 +107,18 @@ export class UnlockWindow {
    */
   async write<T>(fn: (v: Vault) => { result: T; save: boolean }): Promise<T> {
     const v = this.unlocked();
+    this.writing += 1;
+    try {
+      return await this.writeLocked(v, fn);
+    } finally {
+      this.writing -= 1;
+    }
+  }
+
+  private async writeLocked<T>(
+    v: Vault,
+    fn: (v: Vault) => { result: T; save: boolean },
+  ): Promise<T> {
     return withFileLockAsync(this.vp.lock, VAULT_LOCK_MS, async () => {
       if (!this.stillOpen(v)) throw locked();
       this.unlocked();
@@ -239,34 +253,39 @@ export class UnlockWindow {
   }
 
   /**
-   * Ends the window: timers stop, the checkpoint is sealed and the vault's keys are wiped.
-   * Returns whether a vault was open.
+   * Ends the window: timers stop, the checkpoints are sealed and the vault's keys are wiped.
+   * Returns what became of the checkpoints (for the lock's record), or undefined when no vault
+   * was open. `agentLast` is the agent's last audit entry: a log cut behind it seals nothing.
    */
-  close(): boolean {
+  close(agentLast?: { seq: number; hash: string }): string | undefined {
     clearTimeout(this.idleTimer);
     clearTimeout(this.capTimer);
     this.idleTimer = this.capTimer = undefined;
     this.gen += 1;
     const v = this.vault;
     this.vault = undefined;
-    if (!v) return false;
+    if (!v) return undefined;
+    let checkpoints: string;
     try {
-      // The vault's checkpoint too, when its lock is free soon: a lock that waits for a writer
-      // no longer than that leaves it where the vault's last save put it.
-      checkpointAtLock(new AuditLog(this.host.home), v, (save) =>
+      checkpoints = checkpointAtLock(new AuditLog(this.host.home), v, agentLast, (save) => {
+        // A lock from inside this agent's own write() would wait for its own lock.
+        if (this.writing > 0) throw new Error('the agent was writing the vault');
+        // The vault's lock, when it is free soon: past that the vault's checkpoint stays where
+        // its last save put it.
         withFileLock(this.vp.lock, ANCHOR_LOCK_MS, () => {
           v.refresh();
           // As write() does: the policy held stays the one in force, only the generation moved.
           const policyWasCurrent = this.policyStamp === this.stampOfPolicy(v);
           save();
           if (policyWasCurrent) this.policyStamp = this.stampOfPolicy(v);
-        }),
-      );
-    } catch {
-      // the checkpoints are a defence in depth; lock must happen regardless
+        });
+      });
+    } catch (e) {
+      // The checkpoints are a defence in depth; the lock happens regardless.
+      checkpoints = `no checkpoint sealed (${e instanceof Error ? e.message : 'failed'})`;
     }
     v.close();
-    return true;
+    return checkpoints;
   }
 
   /** What `status` shows of the window. */

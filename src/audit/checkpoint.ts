@@ -152,7 +152,11 @@ export function sealFile(log: AuditLog, v: Vault, cp: Checkpoint): void {
 export function setAnchor(log: AuditLog, v: Vault, force = false): void {
   if (!log.exists()) return;
   if (!force && findBreak(log, readCheckpoints(log, v)) !== undefined) return;
-  const head = log.head();
+  anchorAt(v, log.head());
+}
+
+/** Puts this head into the vault (before a save), checked by the caller. */
+export function anchorAt(v: Vault, head: Checkpoint): void {
   const value = secureTake(encode(head));
   try {
     v.setInternal(ANCHOR, value);

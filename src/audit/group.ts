@@ -42,6 +42,11 @@ export class GroupCommitter {
     private readonly blockingBelowMs = 1,
   ) {}
 
+  /** The last entry this writer made (the agent's lock checks the log still holds it). */
+  get lastWritten(): Head | undefined {
+    return this.last;
+  }
+
   record(record: AuditRecord): Promise<Head> {
     return new Promise((resolve, reject) => {
       this.queue.push({ record, resolve, reject });

@@ -23,13 +23,20 @@ import {
   acknowledgeBreaks,
   findBreak,
   readCheckpoints,
+  anchorAt,
   recordBreakOnce,
   sealCheckpoint,
   sealFile,
   setAnchor,
   type Break,
 } from './checkpoint.js';
-import { listSegments, MAX_EPOCH_STEP, verifySegments, type VerifyResult } from './verify.js';
+import {
+  listSegments,
+  MAX_EPOCH_STEP,
+  verifySegments,
+  type Checkpoint,
+  type VerifyResult,
+} from './verify.js';
 import { BOX_SECRET, rebuildState, SEED, seedOf, storeNewKeys } from './vault-keys.js';
 
 /** The hooks `init` passes to the vault: keys go in before the first save, the log starts after. */
@@ -133,20 +140,47 @@ export function writeCheckpoint(log: AuditLog, v: Vault): void {
  * and, through `underVaultLock`, in the vault itself (one record appended to vault.kw). The file
  * is the user's to delete; the vault's checkpoint moved only at the vault's own saves, so what an
  * agent released since the last `secret set` could be cut from the log, with the file, and
- * nothing would say so. Nothing is sealed over a break (recorded instead).
+ * nothing would say so. `agentLast` is the last entry the agent wrote: a log cut behind it is a
+ * break too. On a break nothing is sealed (it is recorded). Each place is tried on its own; what
+ * became of them is returned, for the lock's own record.
  */
 export function checkpointAtLock(
   log: AuditLog,
   v: Vault,
+  agentLast: Checkpoint | undefined,
   underVaultLock: (save: () => void) => void,
-): void {
-  if (sealCheckpoint(log, v, 'a checkpoint')) return;
-  // The caller takes the vault's lock and reads the vault again (another process may have saved
-  // it since), then saves through this.
-  underVaultLock(() => {
-    setAnchor(log, v);
-    v.save();
-  });
+): string {
+  const checkpoints = readCheckpoints(log, v);
+  if (agentLast) checkpoints.push({ ...agentLast, where: 'agent' });
+  const b = findBreak(log, checkpoints);
+  if (b) {
+    // A cut behind the agent's own last entry is recorded by the agent's next write (its lock's
+    // entry, next), as at any batch; one against the sealed checkpoints, here.
+    if (b.checkpoint.where !== 'agent') recordBreakOnce(log, b, 'the agent at lock');
+    return `no checkpoint sealed: ${b.reason}`;
+  }
+  const head = log.head();
+  const why = (e: unknown) => (e instanceof Error ? e.message : 'failed');
+  let file = `the checkpoint file at seq ${head.seq}`;
+  try {
+    sealFile(log, v, head);
+  } catch (e) {
+    file = `the checkpoint file not sealed (${why(e)})`;
+  }
+  let vault = `the vault's at seq ${head.seq}`;
+  try {
+    // The caller takes the vault's lock and reads the vault again (another process may have
+    // saved it since), then saves through this.
+    underVaultLock(() => {
+      // The head sealed above is still there: a short walk from the end, not the whole since.
+      if (log.hashAt(head.seq) !== head.hash) throw new Error('the log changed under the lock');
+      anchorAt(v, head);
+      v.save();
+    });
+  } catch (e) {
+    vault = `the vault's not moved (${why(e)})`;
+  }
+  return `${file}; ${vault}`;
 }
 
 /** The sink the CLI hands to vault sessions: every record durable, or the operation fails. */
