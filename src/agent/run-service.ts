@@ -415,7 +415,9 @@ export class RunService {
             ...(reason === undefined ? {} : { reason }),
             details,
           }),
-        // Once locked, the policy the run started under (the vault is closed: not read again).
+        // Once locked, the policy the run started under (the vault is closed: not read again),
+        // for the rest of the run, a later unlock included; requests that carry a value are
+        // decided again by mayUse, which a lock refuses.
         limit: (host) =>
           this.limits.take(this.host.stillOpen(v) ? this.host.policy(v) : policy, host),
       },
