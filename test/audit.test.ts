@@ -2,7 +2,7 @@
  * The audit log: tamper matrix, forward security, crash recovery, rotation (docs/AUDIT.md).
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -789,4 +789,81 @@ test('scanBackFor and scanBackLines see the lines scanBack sees (those that hold
   } finally {
     fs.rmSync(dir, { recursive: true, force: true });
   }
+});
+
+test('the breaks found in rotated segments are read once, and again whenever a segment changes', async () => {
+  const { log, dir } = makeLog({ segmentMaxBytes: 3000 });
+  // What the search answered before segments were remembered: the whole log, every time.
+  const reference = (): number[] => {
+    const gaps: number[] = [];
+    for (const file of listSegments(dir).reverse()) {
+      const stop = scanBack(file, (line) => {
+        const e = parseLine(line);
+        if (e?.type === 'audit.acknowledged') return true;
+        if (e?.type === 'audit.gap') gaps.push(e.seq);
+        return false;
+      });
+      if (stop) break;
+    }
+    return gaps.reverse();
+  };
+  const gap = { type: 'audit.gap' as const, decision: 'error' as const, reason: 'test' };
+  const ack = { type: 'audit.acknowledged' as const, decision: 'info' as const };
+  fill(log, 10, 5);
+  log.append([gap]);
+  fill(log, 10, 5);
+  log.append([ack]);
+  fill(log, 10, 5);
+  log.append([gap]);
+  fill(log, 20, 5);
+  log.append([gap]);
+  assert.ok(listSegments(dir).length >= 4, `${listSegments(dir).length} segments`);
+  assert.deepEqual(log.unacknowledgedGaps(), reference());
+  assert.equal(log.unacknowledgedGaps().length, 2);
+  const holding = (type: string) =>
+    listSegments(dir)
+      .slice(0, -1)
+      .find((f) => fs.readFileSync(f, 'latin1').includes(`"type":"${type}"`));
+  // An edit of a closed segment moves its change time; wait until the clock shows a new one.
+  const afterTick = async (file: string) => {
+    const was = fs.statSync(file, { bigint: true }).ctimeNs;
+    const probe = path.join(dir, '..', 'tick');
+    await eventually(() => {
+      fs.writeFileSync(probe, 'x');
+      return fs.statSync(probe, { bigint: true }).ctimeNs !== was;
+    }, 'the clock to move past the segment change time');
+    fs.rmSync(probe);
+  };
+  // The attacker takes the acknowledgement out of its (closed) segment: the earlier gap counts.
+  const withAck = holding('audit.acknowledged');
+  assert.ok(withAck);
+  await afterTick(withAck);
+  fs.writeFileSync(
+    withAck,
+    fs
+      .readFileSync(withAck, 'latin1')
+      .split('\n')
+      .filter((l) => !l.includes('"type":"audit.acknowledged"'))
+      .join('\n'),
+    'latin1',
+  );
+  assert.deepEqual(log.unacknowledgedGaps(), reference());
+  assert.equal(log.unacknowledgedGaps().length, 3);
+  // A gap made another type in place, same length (size kept, times put back): seen again.
+  const withGap = holding('audit.gap');
+  assert.ok(withGap);
+  const mtime = fs.statSync(withGap, { bigint: true }).mtimeNs;
+  await afterTick(withGap);
+  fs.writeFileSync(
+    withGap,
+    fs.readFileSync(withGap, 'latin1').replace('"type":"audit.gap"', '"type":"audit.gaz"'),
+    'latin1',
+  );
+  // The modification time put back to the nanosecond (touch sets it exactly): only the change
+  // time, which no one but the clock sets, still tells.
+  const ns = (mtime % 1_000_000_000n).toString().padStart(9, '0');
+  execFileSync('touch', ['-m', '-d', `@${mtime / 1_000_000_000n}.${ns}`, withGap]);
+  assert.equal(fs.statSync(withGap, { bigint: true }).mtimeNs, mtime);
+  assert.deepEqual(log.unacknowledgedGaps(), reference());
+  assert.equal(log.unacknowledgedGaps().length, 2);
 });

@@ -2,6 +2,7 @@
  * Questions about what the log already holds, read from its end without a key: the hash at a
  * seq (checkpoints), and the breaks recorded since the last acknowledgement.
  */
+import fs from 'node:fs';
 import { sha256Public } from '../lib/openssl.js';
 import { parseLine, scanLine } from './entry.js';
 import { scanBackFor, scanBackLines } from './tail.js';
@@ -29,20 +30,56 @@ export function hashAt(dir: string, seq: number): string | undefined {
 /** What every line of an `audit.*` type holds (the types are in the clear). */
 const AUDIT_TYPE = Buffer.from('"type":"audit.', 'latin1');
 
+/** What one segment holds of breaks: whether it has an acknowledgement, and the gaps after it. */
+interface SegmentBreaks {
+  acknowledged: boolean;
+  /** `audit.gap` seqs after the segment's last acknowledgement (all of them if none), in order. */
+  gaps: number[];
+}
+
+function breaksIn(file: string): SegmentBreaks {
+  const gaps: number[] = [];
+  const acknowledged = scanBackFor(file, AUDIT_TYPE, (line) => {
+    const e = parseLine(line);
+    if (e?.type === 'audit.acknowledged') return true;
+    if (e?.type === 'audit.gap') gaps.push(e.seq);
+    return false;
+  });
+  return { acknowledged, gaps: gaps.reverse() };
+}
+
+/**
+ * What closed segments (all but the last) hold of breaks, by path, while the file's stamp (device,
+ * inode, size, modification and change times) holds: a long-running process (the agent, at every
+ * lock and unlock) reads a rotated segment once, not at every search through the whole log. Any
+ * write to a segment moves its change time, which its owner can't set back.
+ */
+const closedBreaks = new Map<string, { stamp: string; breaks: SegmentBreaks }>();
+
+function closedSegmentBreaks(file: string): SegmentBreaks {
+  // The stamp is taken before the read: a change in between is read again next time.
+  const st = fs.lstatSync(file, { bigint: true, throwIfNoEntry: false });
+  const stamp = st ? `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}` : '-';
+  const known = closedBreaks.get(file);
+  if (known && known.stamp === stamp) return known.breaks;
+  const breaks = breaksIn(file);
+  if (st?.isFile()) closedBreaks.set(file, { stamp, breaks });
+  else closedBreaks.delete(file);
+  return breaks;
+}
+
 /**
  * The seqs of recorded breaks (`audit.gap`) since the last acknowledgement, oldest first.
  * The types are in the clear, so this needs no key.
  */
 export function unacknowledgedGaps(dir: string): number[] {
-  const gaps: number[] = [];
-  for (const file of listSegments(dir).reverse()) {
-    const stop = scanBackFor(file, AUDIT_TYPE, (line) => {
-      const e = parseLine(line);
-      if (e?.type === 'audit.acknowledged') return true;
-      if (e?.type === 'audit.gap') gaps.push(e.seq);
-      return false;
-    });
-    if (stop) break;
+  const found: number[][] = [];
+  const files = listSegments(dir);
+  for (let i = files.length - 1; i >= 0; i--) {
+    const file = files[i] as string;
+    const b = i === files.length - 1 ? breaksIn(file) : closedSegmentBreaks(file);
+    found.push(b.gaps);
+    if (b.acknowledged) break;
   }
-  return gaps.reverse();
+  return found.reverse().flat();
 }
