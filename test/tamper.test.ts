@@ -259,6 +259,27 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(v.code, 8, v.stdout + v.stderr);
   });
 
+  test('a rekey while the agent is unlocked: its lock leaves the checkpoint file the rekey sealed', async () => {
+    const h = await unlocked(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'rekeyed' }).code, 0);
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'rekeyed');
+    const r = kw(['rekey'], { env: withoutAgent(h) });
+    assert.equal(r.code, 0, r.stderr);
+    const checkpointFile = path.join(h.home, 'audit', 'checkpoint');
+    const sealedByRekey = fs.readFileSync(checkpointFile);
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    // Sealed with the agent's stale keys, it would open under no key and count as absent.
+    assert.deepEqual(fs.readFileSync(checkpointFile), sealedByRekey);
+    const locked = auditEntries(h)
+      .filter((e) => e.type === 'vault.lock')
+      .at(-1);
+    assert.match(String(locked?.details['checkpoints']), /left as the rekey sealed it/);
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(v.code, 0, v.stdout + v.stderr);
+  });
+
   test('a cut behind the running agent is recorded in its next batch, and the agent locks before releasing anything', async () => {
     const h = await unlocked(
       'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n' +

@@ -161,13 +161,8 @@ export function checkpointAtLock(
   }
   const head = log.head();
   const why = (e: unknown) => (e instanceof Error ? e.message : 'failed');
-  let file = `the checkpoint file at seq ${head.seq}`;
-  try {
-    sealFile(log, v, head);
-  } catch (e) {
-    file = `the checkpoint file not sealed (${why(e)})`;
-  }
   let vault = `the vault's at seq ${head.seq}`;
+  let rekeyed = false;
   try {
     // The caller takes the vault's lock and reads the vault again (another process may have
     // saved it since), then saves through this.
@@ -179,6 +174,18 @@ export function checkpointAtLock(
     });
   } catch (e) {
     vault = `the vault's not moved (${why(e)})`;
+    rekeyed = e instanceof KeywardError && e.code === 'KEYRING_KEY_MISMATCH';
+  }
+  // After a rekey this vault's keys are stale: a file sealed with them would not open, and would
+  // take the place of the one the rekey sealed.
+  let file = `the checkpoint file at seq ${head.seq}`;
+  if (rekeyed) file = 'the checkpoint file left as the rekey sealed it';
+  else {
+    try {
+      sealFile(log, v, head);
+    } catch (e) {
+      file = `the checkpoint file not sealed (${why(e)})`;
+    }
   }
   return `${file}; ${vault}`;
 }
