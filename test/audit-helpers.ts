@@ -50,3 +50,50 @@ export function lines(file: string): string[] {
 export function writeLines(file: string, ls: string[]): void {
   fs.writeFileSync(file, ls.length === 0 ? '' : `${ls.join('\n')}\n`);
 }
+
+/**
+ * The line-by-line walk from a file's end that src/audit/tail.ts had before scanBackFor and
+ * scanBackLines (64 KiB chunks, a string per line), kept as the reference they are compared with:
+ * visit gets each complete line, last first, until it returns true.
+ */
+export function scanBack(file: string, visit: (line: string) => boolean): boolean {
+  let fd: number;
+  try {
+    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  } catch {
+    return false;
+  }
+  // The newline that ends the line before the last one of b (never a negative offset, which
+  // would count from the end).
+  const before = (b: Buffer) => (b.length >= 2 ? b.lastIndexOf(0x0a, b.length - 2) : -1);
+  const text = (b: Buffer) => {
+    const t = b.toString('utf8');
+    return t.endsWith('\n') ? t.slice(0, -1) : t;
+  };
+  try {
+    let end = fs.fstatSync(fd).size;
+    let carry = Buffer.alloc(0);
+    const CHUNK = 64 * 1024;
+    while (end > 0) {
+      const start = Math.max(0, end - CHUNK);
+      const chunk = Buffer.alloc(end - start);
+      fs.readSync(fd, chunk, 0, chunk.length, start);
+      let buf = Buffer.concat([chunk, carry]);
+      // A line is whole once the newline before it is in: or at the very start of the file.
+      for (let nl = before(buf); nl >= 0; nl = before(buf)) {
+        const line = text(buf.subarray(nl + 1));
+        if (line && visit(line)) return true;
+        buf = buf.subarray(0, nl + 1);
+      }
+      if (start === 0) {
+        const line = text(buf);
+        return line !== '' && visit(line);
+      }
+      carry = buf;
+      end = start;
+    }
+    return false;
+  } finally {
+    fs.closeSync(fd);
+  }
+}

@@ -18,11 +18,11 @@ import {
 import { encodeLine, parseLine } from '../src/audit/entry.js';
 import { epochKeyFromSeed } from '../src/audit/keys.js';
 import { readState } from '../src/audit/state.js';
-import { scanBack, scanBackFor, scanBackLines } from '../src/audit/tail.js';
+import { scanBackFor, scanBackLines } from '../src/audit/tail.js';
 import { BATCH_KEY_MS, BodyOpener, BodySealer, sealBodyOnce } from '../src/audit/body.js';
 import { secureAlloc, secureTake } from '../src/lib/secure.js';
 import { sodium } from '../src/lib/sodium.js';
-import { copySegments, fill, lines, makeLog, writeLines } from './audit-helpers.js';
+import { copySegments, fill, lines, makeLog, scanBack, writeLines } from './audit-helpers.js';
 import { eventually, ROOT } from './helpers.js';
 
 function failsAt(r: VerifyResult, line: number, why?: RegExp): void {

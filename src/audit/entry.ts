@@ -5,7 +5,7 @@
  */
 import type { SecureBuffer } from '../lib/secure.js';
 import { sha256Public } from '../lib/openssl.js';
-import { mac, sha256 } from './keys.js';
+import { mac } from './keys.js';
 
 export const ZERO_HASH = '0'.repeat(64);
 
@@ -33,15 +33,20 @@ function signedPart(f: EntryFields): string {
   );
 }
 
+/** The chain hash of a line without its newline (the next entry's prev), hex: public bytes. */
+export function lineHash(line: Uint8Array): string {
+  return sha256Public(line, Buffer.alloc(32)).toString('hex');
+}
+
 const MAC_OPEN = ',"mac":"';
-/** The MAC's and the hash's bytes, each read out as hex at once (both public). */
+/** The MAC's bytes, read out as hex at once (public). */
 const scratch = Buffer.alloc(32);
 const CLOSE = '"}\n';
 
 /**
  * The line's bytes, with its newline, and its hash (of the line without the newline). The text
  * is encoded once: the MAC is taken over the first part of the buffer, its hex written after it,
- * and the chain hash taken over the whole (the line is public: OpenSSL's SHA-256, as verify).
+ * and the chain hash taken over the whole (lineHash).
  */
 export function encodeLineBytes(
   f: EntryFields,
@@ -54,7 +59,7 @@ export function encodeLineBytes(
   let at = n + bytes.write(MAC_OPEN, n, 'latin1');
   at += bytes.write(mac(key, bytes.subarray(0, n), scratch).toString('hex'), at, 'latin1');
   at += bytes.write(CLOSE, at, 'latin1');
-  const hash = sha256Public(bytes.subarray(0, at - 1), scratch).toString('hex');
+  const hash = lineHash(bytes.subarray(0, at - 1));
   return { bytes, hash };
 }
 
@@ -216,6 +221,6 @@ export function parseLine(line: string): ParsedLine | undefined {
     body: b.toString('latin1', v.bodyAt, v.bodyEnd),
     signed: b.subarray(0, v.signedEnd),
     mac: Buffer.from(b.toString('latin1', v.macAt, v.macAt + 64), 'hex'),
-    hash: sha256(b).toString('hex'),
+    hash: lineHash(b),
   };
 }

@@ -3,8 +3,8 @@
  * seq (checkpoints), and the breaks recorded since the last acknowledgement.
  */
 import fs from 'node:fs';
-import { sha256Public } from '../lib/openssl.js';
-import { parseLine, scanLine } from './entry.js';
+import { lineHash, parseLine, scanLine } from './entry.js';
+import { stampFrom } from './segment-files.js';
 import { scanBackFor, scanBackLines } from './tail.js';
 import { listSegments } from './verify.js';
 
@@ -18,7 +18,7 @@ export function hashAt(dir: string, seq: number): string | undefined {
     scanBackLines(file, (line) => {
       const v = scanLine(line);
       if (!v) return false;
-      if (v.seq === seq) found = sha256Public(line, Buffer.alloc(32)).toString('hex');
+      if (v.seq === seq) found = lineHash(line);
       passed = v.seq <= seq;
       return passed;
     });
@@ -59,7 +59,7 @@ const closedBreaks = new Map<string, { stamp: string; breaks: SegmentBreaks }>()
 function closedSegmentBreaks(file: string): SegmentBreaks {
   // The stamp is taken before the read: a change in between is read again next time.
   const st = fs.lstatSync(file, { bigint: true, throwIfNoEntry: false });
-  const stamp = st ? `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}` : '-';
+  const stamp = st ? stampFrom(st) : '-';
   const known = closedBreaks.get(file);
   if (known && known.stamp === stamp) return known.breaks;
   const breaks = breaksIn(file);

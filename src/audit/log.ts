@@ -21,7 +21,7 @@ import { cutTorn, firstLineTime, lineStillThere, readTail, type Tail } from './t
 import { hashAt, unacknowledgedGaps } from './history.js';
 import type { AuditRecord } from './events.js';
 import { currentProcessActor } from './actor.js';
-import { SegmentFiles } from './segment-files.js';
+import { SegmentFiles, stampFrom } from './segment-files.js';
 import { BodySealer } from './body.js';
 import { epochZeroKey, nextEpochKey } from './keys.js';
 import {
@@ -90,11 +90,6 @@ interface Known {
     lastType: string;
     first: { time: number | undefined } | undefined;
   };
-}
-
-/** Device, inode, size, and modification and change times (ns): what any write changes. */
-function stampFrom(s: fs.BigIntStats): string {
-  return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
 }
 
 function stampOf(file: string): string | undefined {

@@ -5,6 +5,11 @@
 import fs from 'node:fs';
 import { unwritable } from './state.js';
 
+/** Device, inode, size, and modification and change times (ns): what any write changes. */
+export function stampFrom(s: fs.BigIntStats): string {
+  return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
+}
+
 export class SegmentFiles {
   private segment: { n: number; fd: number; dev: bigint; ino: bigint } | undefined;
 

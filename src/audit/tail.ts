@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import type { AuditRecord } from './events.js';
 import { sha256 } from './keys.js';
-import { sha256Public } from '../lib/openssl.js';
+import { lineHash } from './entry.js';
 
 const TAIL_WINDOW = 256 * 1024;
 
@@ -49,52 +49,6 @@ export function readTail(file: string): Tail {
       const tornBytes = len - lastNl - 1;
       return { size, lastLine: buf.subarray(prevNl + 1, lastNl).toString('utf8'), tornBytes };
     }
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/**
- * Calls visit with each complete line of file, last first, until it returns true. Reads from the
- * end in chunks, so finding a recent entry costs what is after it, not the whole segment.
- */
-export function scanBack(file: string, visit: (line: string) => boolean): boolean {
-  let fd: number;
-  try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
-  } catch {
-    return false;
-  }
-  // The newline that ends the line before the last one of b (never a negative offset, which
-  // would count from the end).
-  const before = (b: Buffer) => (b.length >= 2 ? b.lastIndexOf(0x0a, b.length - 2) : -1);
-  const text = (b: Buffer) => {
-    const t = b.toString('utf8');
-    return t.endsWith('\n') ? t.slice(0, -1) : t;
-  };
-  try {
-    let end = fs.fstatSync(fd).size;
-    let carry = Buffer.alloc(0);
-    const CHUNK = 64 * 1024;
-    while (end > 0) {
-      const start = Math.max(0, end - CHUNK);
-      const chunk = Buffer.alloc(end - start);
-      fs.readSync(fd, chunk, 0, chunk.length, start);
-      let buf = Buffer.concat([chunk, carry]);
-      // A line is whole once the newline before it is in: or at the very start of the file.
-      for (let nl = before(buf); nl >= 0; nl = before(buf)) {
-        const line = text(buf.subarray(nl + 1));
-        if (line && visit(line)) return true;
-        buf = buf.subarray(0, nl + 1);
-      }
-      if (start === 0) {
-        const line = text(buf);
-        return line !== '' && visit(line);
-      }
-      carry = buf;
-      end = start;
-    }
-    return false;
   } finally {
     fs.closeSync(fd);
   }
@@ -193,10 +147,9 @@ function walkBack(file: string, lines: (whole: Buffer) => boolean): boolean {
 }
 
 /**
- * scanBack, but visit sees only the lines that contain `needle` (which holds no newline), found
- * natively in each chunk: a line without it is never made a string. What a visitor that passes
- * over every other line sees is the same, at the cost of reading the file (a walk through a
- * whole log for its rare `audit.*` entries: ~3x less time than scanBack).
+ * Calls visit with the lines of file that contain `needle` (which holds no newline), found
+ * natively in each chunk: a line without it is never made a string (a walk through a whole log for
+ * its rare `audit.*` entries).
  */
 export function scanBackFor(
   file: string,
@@ -215,7 +168,7 @@ export function scanBackFor(
 }
 
 /**
- * scanBack over bytes: visit gets each non-empty line, last first, as a view of the walk's buffer
+ * Calls visit with each non-empty line of file, last first, until it returns true: as a view of the walk's buffer
  * (without its newline), valid only during the call. No line is made a string.
  */
 export function scanBackLines(file: string, visit: (line: Buffer) => boolean): boolean {
@@ -254,8 +207,7 @@ export function lineStillThere(
     const buf = Buffer.alloc(h.length);
     const n = fs.readSync(fd, buf, 0, h.length, h.end - h.length);
     if (n !== h.length || buf[h.length - 1] !== 0x0a) return false;
-    // The line is public: OpenSSL's SHA-256, as the writer's own (encodeLineBytes).
-    return sha256Public(buf.subarray(0, h.length - 1), Buffer.alloc(32)).toString('hex') === h.hash;
+    return lineHash(buf.subarray(0, h.length - 1)) === h.hash;
   } finally {
     if (held === undefined) fs.closeSync(fd);
   }
