@@ -12,7 +12,7 @@ import { KeywardError } from '../src/errors.js';
 import { secureAlloc, secureFree, secureTake, type SecureBuffer } from '../src/lib/secure.js';
 import { bcryptPbkdf } from '../src/keys/bcrypt.js';
 import { koffi } from '../src/lib/koffi.js';
-import { ASYNC_SIGNERS, OpensslKey } from '../src/lib/openssl.js';
+import { ASYNC_SIGNERS, OpensslKey, rsaHoldable, secureHeapReady } from '../src/lib/openssl.js';
 import { modInto, oddMinusOneInto } from '../src/keys/bignum.js';
 import {
   encodedLength,
@@ -952,6 +952,58 @@ test("key: RSA signatures on the thread pool (signAsync) are sign()'s, parse at 
     } finally {
       again.wipe();
     }
+  } finally {
+    OpensslKey.parse = parse;
+    k.wipe();
+    secureFree(rec);
+  }
+});
+
+test('key: an RSA key held between signatures (as the agent holds one) signs on the thread pool without a parse, and a wipe while signatures run frees it only after the last', async () => {
+  // As the agent starts: OpenSSL's secure heap, then RSA keys that cache nothing of p and q.
+  assert.equal(secureHeapReady(), true);
+  assert.equal(rsaHoldable(), true);
+  const [, n, e, d, p, q, , , iqmp] = readSequence(rsaDer).map(readInteger);
+  assert.ok(n && e && d && p && q && iqmp);
+  const rec = agentRecord(['ssh-rsa', ...[n, e, d, iqmp, p, q].map((mpint) => ({ mpint }))]);
+  const pub = crypto.createPublicKey({ key: rsaDer, format: 'der', type: 'pkcs1' });
+  const parse = OpensslKey.parse.bind(OpensslKey);
+  let parsed = 0;
+  let held: OpensslKey | undefined;
+  OpensslKey.parse = (der, kind) => {
+    parsed += 1;
+    return (held = parse(der, kind));
+  };
+  const k = SigningKey.fromRecord(rec);
+  try {
+    parsed = 0;
+    k.holdParsed();
+    assert.equal(parsed, 1);
+    const msgs = Array.from({ length: 12 }, (_, i) => Buffer.from(`held ${i}`));
+    const sigs = await Promise.all(msgs.map((m) => k.signAsync(m, SIGN_FLAG_RSA_SHA2_256)));
+    assert.equal(parsed, 1, 'no parse per signature');
+    msgs.forEach((m, i) => {
+      const s = sigParts(sigs[i] as Buffer);
+      assert.equal(crypto.verify('sha256', m, pub, s.sig), true);
+    });
+    // Wiped (a lock) while signatures run on the pool's threads with the held key: they end
+    // with good signatures (the key was not freed under them), those that waited are refused,
+    // and the key is freed once the last running one ends.
+    const pending = msgs.map((m) => k.signAsync(m, SIGN_FLAG_RSA_SHA2_512));
+    k.wipe();
+    const running = held as unknown as { pkey: unknown };
+    assert.notEqual(running.pkey, undefined, 'freed under running signatures');
+    const settled = await Promise.allSettled(pending);
+    const done = settled.filter((r) => r.status === 'fulfilled');
+    assert.equal(done.length, ASYNC_SIGNERS);
+    done.forEach((r, i) => {
+      const s = sigParts((r as PromiseFulfilledResult<Buffer>).value);
+      assert.equal(crypto.verify('sha512', msgs[i] as Buffer, pub, s.sig), true);
+    });
+    for (const r of settled.slice(done.length))
+      assert.equal((r as PromiseRejectedResult).reason.code, 'AGENT_LOCKED');
+    assert.equal(running.pkey, undefined, 'freed after the last');
+    assert.equal(parsed, 1);
   } finally {
     OpensslKey.parse = parse;
     k.wipe();

@@ -620,6 +620,56 @@ test(
 );
 
 test(
+  'an RSA key the agent holds keeps its private numbers in locked memory: while unlocked, after signatures made concurrently on the thread pool, no fragment of p, q, d or the CRT exponents is in any mapping that is not locked (root: /proc/PID/mem)',
+  { skip: skip || (!rootTests && 'needs root to read /proc/PID/mem') },
+  async () => {
+    // The agent keeps RSA keys parsed by OpenSSL between signatures (rsaHoldable): OpenSSL would
+    // cache the Montgomery forms of p and q with a key, in its ordinary heap, for as long as it is
+    // held, which the agent turns off. Signatures run three at once on the pool's threads.
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const key = sshKeygen(h.dir, 'h-rsa', ['-t', 'rsa', '-b', '3072', '-N', '', '-m', 'PEM']);
+    const jwk = crypto.createPrivateKey(fs.readFileSync(key)).export({ format: 'jwk' }) as Record<
+      string,
+      string
+    >;
+    const names = ['p', 'q', 'd', 'dp', 'dq', 'qi'];
+    const forms = names.flatMap((n) => {
+      const v = Buffer.from(jwk[n] ?? '', 'base64url');
+      assert.ok(v.length >= 128, n);
+      return [v, Buffer.from(v).reverse()];
+    });
+    assert.equal(run('ssh-add', [key], env).status, 0);
+    // Six signers at once (ssh-keygen signs standard input), so the agent's pool threads sign
+    // with the one held key concurrently.
+    const signers = Array.from(
+      { length: 6 },
+      (_, i) =>
+        new Promise<{ status: number | null; out: string }>((resolve) => {
+          const c = spawn('ssh-keygen', ['-Y', 'sign', '-n', 'file', '-f', `${key}.pub`], { env });
+          let out = '';
+          c.stdout.on('data', (d: Buffer) => (out += d.toString()));
+          c.stderr.on('data', (d: Buffer) => (out += d.toString()));
+          c.on('close', (status) => resolve({ status, out }));
+          c.stdin.end(`message ${i}\n`);
+        }),
+    );
+    for (const r of await Promise.all(signers)) {
+      assert.equal(r.status, 0, r.out);
+      assert.match(r.out, /BEGIN SSH SIGNATURE/);
+    }
+    signAndVerify(h.dir, `${key}.pub`, env);
+    const pid = h.agentPid ?? 0;
+    // Positive control: OpenSSL's (reversed) form of p is found, in the locked secure heap.
+    const found = scanWindows(pid, forms);
+    assert.ok(found.includes(1), `OpenSSL's form of p is held: ${found}`);
+    const loose = scanWindows(pid, forms, 12, unlockedMappings).map(
+      (i) => `${names[i >> 1]}${i % 2 ? " (OpenSSL's form)" : ''}`,
+    );
+    assert.deepEqual(loose, [], 'a fragment of an RSA private number in unlocked memory');
+  },
+);
+
+test(
   'ECDSA keys gone by expiry, by replacement, and vault keys after a lock leave no fragment of their scalars, in either byte order (root: /proc/PID/mem)',
   { skip: skip || (!rootTests && 'needs root to read /proc/PID/mem') },
   async () => {

@@ -35,8 +35,10 @@ export async function runAgent(o: RunOptions): Promise<void> {
   // overwrites every block OpenSSL frees (lib/libc.ts).
   withoutMallocCache(o.readyFd === undefined ? [] : [o.readyFd]);
   // OpenSSL's secure heap before any key: private numbers OpenSSL parses go there (lib/openssl.ts).
-  const { secureHeapReady } = await import('../lib/openssl.js');
+  // And RSA keys that cache nothing of their primes, so that the agent may hold them (rsaHoldable).
+  const { secureHeapReady, rsaHoldable } = await import('../lib/openssl.js');
   const secureHeap = secureHeapReady();
+  if (secureHeap) rsaHoldable();
   const tracer = tracerPid();
   if (tracer !== 0 && !o.allowDebugger) {
     throw new KeywardError(

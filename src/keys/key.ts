@@ -9,14 +9,15 @@
  *
  * ed25519 signs with libsodium from secure memory. ECDSA and RSA sign with OpenSSL called
  * directly (lib/openssl.ts), handed the DER from secure memory: parsed for one signature and freed
- * (cleared) right after it, or, for an ECDSA key the agent keeps (holdParsed), parsed once into
- * OpenSSL's secure heap and freed by wipe(). No KeyObject is made and nothing reaches the JS heap.
+ * (cleared) right after it, or, for a key the agent keeps (holdParsed), parsed once into
+ * OpenSSL's secure heap and freed by wipe() (an RSA key only where OpenSSL caches no Montgomery
+ * forms of its primes: rsaHoldable). No KeyObject is made and nothing reaches the JS heap.
  * docs/THREAT-MODEL.md says what each leaves and the test that checks it.
  */
 import crypto from 'node:crypto';
 import { sodium } from '../lib/sodium.js';
 import { KeywardError } from '../errors.js';
-import { OpensslKey, withSigningPlace, secureHeapActive } from '../lib/openssl.js';
+import { OpensslKey, withSigningPlace, secureHeapActive, rsaHoldable } from '../lib/openssl.js';
 import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.js';
 import { oddMinusOneInto, modInto } from './bignum.js';
 import {
@@ -117,18 +118,21 @@ export class SigningKey {
     private readonly signing: SecureBuffer,
   ) {}
 
-  /** An ECDSA key parsed once into OpenSSL's secure heap (holdParsed), freed by wipe(). */
+  /** An ECDSA or RSA key parsed once into OpenSSL's secure heap (holdParsed), freed by wipe(). */
   private held: OpensslKey | undefined;
 
   /**
-   * For a key the agent keeps (a vault key while unlocked, one added by ssh-add): an ECDSA key is
-   * parsed once into OpenSSL's secure heap instead of at every signature (lib/openssl.ts), when
-   * the process has one. RSA and ed25519 keys are unchanged.
+   * For a key the agent keeps (a vault key while unlocked, one added by ssh-add): an ECDSA or RSA
+   * key is parsed once into OpenSSL's secure heap instead of at every signature (lib/openssl.ts),
+   * when the process has one, and for RSA when OpenSSL caches nothing of the primes with the key
+   * (rsaHoldable). ed25519 keys are unchanged (libsodium signs from secure memory).
    */
   holdParsed(): void {
     // Held only where OpenSSL has a secure heap to hold it in; else parsed at each signature.
-    if (this.held || !CURVES[this.type] || this.signing.length === 0 || !secureHeapActive()) return;
-    this.held = OpensslKey.parse(this.signing, 'ec');
+    if (this.held || this.signing.length === 0 || !secureHeapActive()) return;
+    if (CURVES[this.type]) this.held = OpensslKey.parse(this.signing, 'ec');
+    else if (this.type === 'ssh-rsa' && rsaHoldable())
+      this.held = OpensslKey.parse(this.signing, 'rsa');
   }
 
   /**
@@ -377,27 +381,31 @@ export class SigningKey {
   }
 
   /**
-   * sign(), with an RSA signature (~2 ms of CPU) computed off the event loop, on libuv's thread
-   * pool, three at most at once (withSigningPlace): the key is parsed from secure memory once this
-   * signature has its place, for it alone, and freed once it is made, whatever happens to this key
-   * meanwhile (a wipe at lock). Other keys sign in place (tens of microseconds: a trip to the pool
-   * would cost more).
+   * sign(), with an RSA signature (~1.4 ms of CPU) computed off the event loop, on libuv's thread
+   * pool, three at most at once (withSigningPlace). A held key (holdParsed) signs there and is
+   * freed by a wipe once its running signatures end; otherwise the key is parsed from secure
+   * memory once this signature has its place, for it alone, and freed once it is made, whatever
+   * happens to this key meanwhile (a wipe at lock). Other keys sign in place (tens of
+   * microseconds: a trip to the pool would cost more).
    */
   async signAsync(data: Uint8Array, flags = 0): Promise<Buffer> {
-    if (this.type !== 'ssh-rsa' || this.held) return this.sign(data, flags);
+    if (this.type !== 'ssh-rsa') return this.sign(data, flags);
     if (this.signing.length === 0) throw new KeywardError('AGENT_LOCKED', 'the key was wiped');
     const alg = this.algorithm(flags);
     if (alg === undefined) return this.sign(data, flags); // the refusal, as sign() words it
+    const hash = alg === 'rsa-sha2-512' ? 'sha512' : 'sha256';
     return withSigningPlace(async () => {
       // Wiped while this waited (a lock, ssh-add -D): nothing is parsed or signed.
       if (this.signing.length === 0) throw new KeywardError('AGENT_LOCKED', 'the key was wiped');
-      const k = OpensslKey.parse(this.signing, 'rsa');
+      // A held key is freed by a wipe once the signatures running with it end (OpensslKey.free).
+      const held = this.held;
+      const k = held ?? OpensslKey.parse(this.signing, 'rsa');
       if (!k) throw badKey('OpenSSL could not read it');
       try {
-        const sig = await k.signAsync(alg === 'rsa-sha2-512' ? 'sha512' : 'sha256', data);
+        const sig = await k.signAsync(hash, data);
         return Buffer.concat([sshString(alg), sshString(sig)]);
       } finally {
-        k.free();
+        if (!held) k.free();
       }
     });
   }
