@@ -12,7 +12,14 @@ import { KeywardError } from '../src/errors.js';
 import { secureAlloc, secureFree, secureTake, type SecureBuffer } from '../src/lib/secure.js';
 import { bcryptPbkdf } from '../src/keys/bcrypt.js';
 import { koffi } from '../src/lib/koffi.js';
-import { ASYNC_SIGNERS, OpensslKey, rsaHoldable, secureHeapReady } from '../src/lib/openssl.js';
+import {
+  ASYNC_SIGNERS,
+  OpensslKey,
+  SECURE_HEAP_HOLD_BUDGET,
+  rsaHoldable,
+  secureHeapReady,
+  secureHeapUsed,
+} from '../src/lib/openssl.js';
 import { modInto, oddMinusOneInto } from '../src/keys/bignum.js';
 import {
   encodedLength,
@@ -1007,6 +1014,41 @@ test('key: an RSA key held between signatures (as the agent holds one) signs on 
   } finally {
     OpensslKey.parse = parse;
     k.wipe();
+    secureFree(rec);
+  }
+});
+
+test("key: held keys take at most half of OpenSSL's secure heap; past it keys are parsed for each signature, which still has room", () => {
+  // ssh-add may add 256 keys of up to 16,384 bits, and a vault any number: held, they would
+  // fill the fixed 1 MiB heap, and OpenSSL 3 then fails every parse (every RSA signature).
+  assert.equal(secureHeapReady(), true);
+  assert.equal(rsaHoldable(), true);
+  const [, n, e, d, p, q, , , iqmp] = readSequence(rsaDer).map(readInteger);
+  assert.ok(n && e && d && p && q && iqmp);
+  const rec = agentRecord(['ssh-rsa', ...[n, e, d, iqmp, p, q].map((mpint) => ({ mpint }))]);
+  const keys: SigningKey[] = [];
+  try {
+    const start = secureHeapUsed();
+    let held = 0;
+    for (let i = 0; i < 2000; i++) {
+      const k = SigningKey.fromRecord(rec);
+      keys.push(k);
+      k.holdParsed();
+      if (!k.holdsParsed) break;
+      held += 1;
+    }
+    assert.ok(held > 100, `${held} RSA-2048 keys held from ${start} bytes in use`);
+    assert.ok(held < 2000, 'holding stopped');
+    assert.ok(secureHeapUsed() <= SECURE_HEAP_HOLD_BUDGET, `${secureHeapUsed()} bytes in use`);
+    // The key that was not held signs, parsed for its signature.
+    const last = keys.at(-1) as SigningKey;
+    assert.equal(last.holdsParsed, false);
+    const pub = crypto.createPublicKey({ key: rsaDer, format: 'der', type: 'pkcs1' });
+    const msg = Buffer.from('past the budget');
+    const s = sigParts(last.sign(msg, SIGN_FLAG_RSA_SHA2_256));
+    assert.equal(crypto.verify('sha256', msg, pub, s.sig), true);
+  } finally {
+    for (const k of keys) k.wipe();
     secureFree(rec);
   }
 });

@@ -17,7 +17,14 @@
 import crypto from 'node:crypto';
 import { sodium } from '../lib/sodium.js';
 import { KeywardError } from '../errors.js';
-import { OpensslKey, withSigningPlace, secureHeapActive, rsaHoldable } from '../lib/openssl.js';
+import {
+  OpensslKey,
+  SECURE_HEAP_HOLD_BUDGET,
+  rsaHoldable,
+  secureHeapActive,
+  secureHeapUsed,
+  withSigningPlace,
+} from '../lib/openssl.js';
 import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.js';
 import { oddMinusOneInto, modInto } from './bignum.js';
 import {
@@ -130,9 +137,22 @@ export class SigningKey {
   holdParsed(): void {
     // Held only where OpenSSL has a secure heap to hold it in; else parsed at each signature.
     if (this.held || this.signing.length === 0 || !secureHeapActive()) return;
-    if (CURVES[this.type]) this.held = OpensslKey.parse(this.signing, 'ec');
-    else if (this.type === 'ssh-rsa' && rsaHoldable())
-      this.held = OpensslKey.parse(this.signing, 'rsa');
+    const kind = CURVES[this.type] ? 'ec' : this.type === 'ssh-rsa' && rsaHoldable() ? 'rsa' : '';
+    if (!kind) return;
+    const k = OpensslKey.parse(this.signing, kind);
+    if (!k) return;
+    // Not held past the budget (the heap is fixed, and full it fails every parse), nor an RSA
+    // key outside the default provider (another provider's method caches p and q's forms).
+    if (secureHeapUsed() > SECURE_HEAP_HOLD_BUDGET || (kind === 'rsa' && !k.inDefaultProvider())) {
+      k.free();
+      return;
+    }
+    this.held = k;
+  }
+
+  /** Whether the key is held parsed by OpenSSL (holdParsed), for tests and the docs' claims. */
+  get holdsParsed(): boolean {
+    return this.held !== undefined;
   }
 
   /**

@@ -32,6 +32,12 @@ type Pointer = unknown;
 interface Crypto {
   secureMallocInit: (size: number, min: number) => number;
   secureMallocInitialized: () => number;
+  secureUsed: () => number | bigint;
+  /** The provider a key lives in, and its name ("default", "fips", ...). */
+  pkeyProvider: (pkey: Pointer) => Pointer;
+  providerName: (prov: Pointer) => string;
+  /** ENGINE_get_default_RSA, where this libcrypto has engines: an engine's RSA method wins. */
+  engineDefaultRsa: (() => Pointer) | undefined;
   bioNewMemBuf: (buf: Uint8Array, len: number) => Pointer;
   bioFree: (bio: Pointer) => number;
   d2iPrivateKeyBio: (bio: Pointer, out: null) => Pointer;
@@ -150,6 +156,12 @@ function bind(): Crypto {
   const digestSign = lib.func(
     'int EVP_DigestSign(keyward_EVP_MD_CTX *, _Out_ uint8_t *, _Inout_ size_t *, const uint8_t *, size_t)',
   );
+  let engineDefaultRsa: Crypto['engineDefaultRsa'];
+  try {
+    engineDefaultRsa = lib.func('void *ENGINE_get_default_RSA(void)');
+  } catch {
+    engineDefaultRsa = undefined; // built without engines: none can be the default
+  }
   let rsaMethod: Crypto['rsaMethod'];
   try {
     koffi.opaque('keyward_RSA_METHOD');
@@ -166,6 +178,10 @@ function bind(): Crypto {
   return {
     secureMallocInit: lib.func('int CRYPTO_secure_malloc_init(size_t, size_t)'),
     secureMallocInitialized: lib.func('int CRYPTO_secure_malloc_initialized(void)'),
+    secureUsed: lib.func('size_t CRYPTO_secure_used(void)'),
+    pkeyProvider: lib.func('const void *EVP_PKEY_get0_provider(const keyward_EVP_PKEY *)'),
+    providerName: lib.func('const char *OSSL_PROVIDER_get0_name(const void *)'),
+    engineDefaultRsa,
     bioNewMemBuf: lib.func('keyward_BIO *BIO_new_mem_buf(const uint8_t *, int)'),
     bioFree: lib.func('int BIO_free(keyward_BIO *)'),
     d2iPrivateKeyBio: lib.func('keyward_EVP_PKEY *d2i_PrivateKey_bio(keyward_BIO *, void *)'),
@@ -228,6 +244,19 @@ export function hmacSha1(key: Uint8Array, data: Uint8Array, out: Buffer): Buffer
   return out;
 }
 
+/** Bytes of OpenSSL's secure heap in use (its blocks, rounded up to powers of two). */
+export function secureHeapUsed(): number {
+  return Number(openssl().secureUsed());
+}
+
+/**
+ * What keys held for the unlock may take of the secure heap (half of it): the rest is for the
+ * keys parsed for one signature (three RSA at most at once) and anything else OpenSSL parses
+ * there. Past it, keys are parsed for each signature (SigningKey.holdParsed): OpenSSL 3 does not
+ * fall back to its ordinary heap when the secure one is full, it fails every parse.
+ */
+export const SECURE_HEAP_HOLD_BUDGET = SECURE_HEAP_BYTES / 2;
+
 /** Whether this process has OpenSSL's secure heap (the agent makes it at start). */
 export function secureHeapActive(): boolean {
   return openssl().secureMallocInitialized() === 1;
@@ -243,10 +272,12 @@ let rsaHold: boolean | undefined;
  * as it did when keyward parsed the key for each signature; the private numbers themselves stay
  * in the secure heap. Measured (RSA-3072, 200 signatures): a held key signs in 1.37 ms with or
  * without the cache, against 2.0 ms parsed for each; the Montgomery forms are not what a held key
- * saves (its blinding values, from n, are). False, and RSA keys stay parsed for each signature,
+ * saves (the parse, and the blinding values made at its first signature, are). False, and RSA keys stay parsed for each signature,
  * where the secure heap is not running, a call is missing, or the default method is another's
- * (an engine's). Process-wide (the agent's own only: node:crypto's RSA keys then cache nothing
- * either), and set before the agent parses any key.
+ * (an engine's, or an engine set as RSA's default). A key in another provider (FIPS) has that
+ * provider's method: SigningKey.holdParsed holds only keys of the default provider
+ * (OpensslKey.inDefaultProvider). Process-wide (the agent's own only: node:crypto's RSA keys
+ * then cache nothing either), and set before the agent parses any key.
  */
 export function rsaHoldable(): boolean {
   if (rsaHold !== undefined) return rsaHold;
@@ -254,6 +285,8 @@ export function rsaHoldable(): boolean {
   const m = c.rsaMethod;
   rsaHold = false;
   if (!m || !secureHeapActive()) return false;
+  // An engine set as RSA's default gives new keys its method instead of the default one.
+  if (c.engineDefaultRsa?.()) return false;
   const current = m.defaultMethod();
   const own = m.openssl();
   if (!current || !own || koffi.address(current) !== koffi.address(own)) return false;
@@ -300,6 +333,14 @@ export class OpensslKey {
     } finally {
       c.bioFree(bio);
     }
+  }
+
+  /** Whether OpenSSL's default provider holds the key (where rsaHoldable's method applies). */
+  inDefaultProvider(): boolean {
+    if (this.pkey === undefined) return false;
+    const c = openssl();
+    const prov = c.pkeyProvider(this.pkey);
+    return prov !== null && c.providerName(prov) === 'default';
   }
 
   /**
