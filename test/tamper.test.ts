@@ -18,6 +18,8 @@ import {
 import { withFileLock } from '../src/lib/files.js';
 import { vaultPaths } from '../src/vault/index.js';
 import { kw } from './helpers.js';
+import { koffi } from '../src/lib/koffi.js';
+import { POLICY_FULL_CHECK_EVERY } from '../src/policy/store.js';
 
 const homes: AgentHome[] = [];
 after(async () => {
@@ -96,6 +98,46 @@ describe('a policy that cannot be downgraded', () => {
       drift.at(-1)?.reason ?? '',
       /the policy history ends at version \d+ \(\w+\), not at the applied version \d+/,
     );
+  });
+});
+
+describe('policy drift seen by a running agent', () => {
+  test('an edit of policy.yaml through a hard link made elsewhere is recorded at the next request; one through a shared mapping (no inotify event) within POLICY_FULL_CHECK_EVERY', async () => {
+    const h = await unlocked(ALLOW_GITHUB);
+    assert.equal(kw(['secret', 'set', 'github/token'], { env: h.env, input: 'ghp_x' }).code, 0);
+    const read = () => assert.equal(kw(['read', 'github/token'], { env: h.env }).code, 0);
+    const drifts = () => auditEntries(h).filter((e) => e.type === 'policy.drift').length;
+    read();
+    assert.equal(drifts(), 0);
+    // The agent watches its policy directories; the attacker edits the file through a link in
+    // a directory it does not watch.
+    const file = path.join(h.home, 'policy.yaml');
+    const link = path.join(h.dir, 'elsewhere.yaml');
+    fs.linkSync(file, link);
+    fs.appendFileSync(link, '# edited through another link\n');
+    read();
+    assert.equal(drifts(), 1, 'recorded at the next request');
+    // A write through a shared mapping: the content and the file's times change, no event. The
+    // mapping stays (the last release of a file open for writing is an event: closing it, or
+    // unmapping it once closed), and the agent answers a request after it is made, so the write
+    // itself is all that is left to see.
+    const libc = koffi.load('libc.so.6');
+    const mmap = libc.func('void *mmap(void *, size_t, int, int, int, int64_t)');
+    const munmap = libc.func('int munmap(void *, size_t)');
+    const fd = fs.openSync(file, 'r+');
+    const map = mmap(null, 1, 3 /* PROT_READ|PROT_WRITE */, 1 /* MAP_SHARED */, fd, 0);
+    fs.closeSync(fd);
+    try {
+      read();
+      const before = fs.statSync(file, { bigint: true });
+      koffi.encode(map, 'uint8_t', 0x23); // '#': the file's first line becomes a comment
+      const after = fs.statSync(file, { bigint: true });
+      assert.notEqual(after.mtimeNs, before.mtimeNs, 'the file system dated the write');
+      for (let i = 0; i <= POLICY_FULL_CHECK_EVERY; i++) read();
+      assert.equal(drifts(), 2, 'recorded by the full check');
+    } finally {
+      munmap(map, 1);
+    }
   });
 });
 

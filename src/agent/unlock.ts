@@ -4,9 +4,11 @@
  * the vault's keys; the agent clears everything derived from them at the same time.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import { AuditLog, auditSink, checkpointAtLock, type AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { withFileLock, withFileLockAsync } from '../lib/files.js';
+import { WatchedStamp } from '../lib/watch.js';
 import { durationMs, loadPolicy, policyStamp, type Loaded } from '../policy/index.js';
 import { Vault, vaultPaths, type Unlock, type VaultPaths } from '../vault/index.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
@@ -50,6 +52,8 @@ export class UnlockWindow {
   private vaultStamp = '';
   /** The stamp was compared in this synchronous run (cleared by a microtask): no second stat. */
   private stampFresh = false;
+  /** The vault file's stamp, taken again when its watch reports a change (unlocked()). */
+  private vaultWatch: WatchedStamp | undefined;
   private policyStamp = '';
   /** Bumped at every unlock, lock and vault re-read: caches of vault contents key on it. */
   gen = 0;
@@ -80,8 +84,9 @@ export class UnlockWindow {
     // One request asks several times in one synchronous run (gate, channels, keys): the file
     // can change between runs, not within one, as far as this process can tell.
     if (this.stampFresh) return v;
-    const st = fs.statSync(this.vp.file, { throwIfNoEntry: false });
-    const stamp = st ? `${st.ino}:${st.size}:${st.mtimeMs}` : '';
+    // Stat-ed again only when the watch on vault.kw and its directory saw a change (another
+    // process's save renames over it), and every 64th time (lib/watch.ts).
+    const stamp = (this.vaultWatch ??= this.watchVault()).get();
     if (stamp !== this.vaultStamp) {
       try {
         v.refresh();
@@ -149,6 +154,17 @@ export class UnlockWindow {
       }
       return result;
     });
+  }
+
+  private watchVault(): WatchedStamp {
+    const file = this.vp.file;
+    return new WatchedStamp(
+      () => [path.dirname(file), file].filter((f) => fs.existsSync(f)),
+      () => {
+        const st = fs.statSync(file, { throwIfNoEntry: false });
+        return st ? `${st.ino}:${st.size}:${st.mtimeMs}` : '';
+      },
+    );
   }
 
   private stampOfPolicy(v: Vault): string {
@@ -264,6 +280,8 @@ export class UnlockWindow {
     this.gen += 1;
     const v = this.vault;
     this.vault = undefined;
+    this.vaultWatch?.close();
+    this.vaultWatch = undefined;
     if (!v) return undefined;
     let checkpoints: string;
     try {

@@ -45,6 +45,9 @@ export interface Libc {
     addrLen: number,
   ) => number | bigint;
   errno: () => number;
+  inotifyInit1: (flags: number) => number;
+  inotifyAddWatch: (fd: number, path: string, mask: number) => number;
+  read: (fd: number, buf: Buffer, len: number) => number | bigint;
   renameat2: (
     olddir: number,
     oldpath: string,
@@ -122,6 +125,9 @@ function bind(): Libc {
     sendto: () =>
       lib.func('long sendto(int, const uint8_t *, size_t, int, const uint8_t *, uint32_t)'),
     errno: () => () => koffi.errno(),
+    inotifyInit1: () => lib.func('int inotify_init1(int)'),
+    inotifyAddWatch: () => lib.func('int inotify_add_watch(int, const char *, uint32_t)'),
+    read: () => lib.func('long read(int, _Out_ uint8_t *, size_t)'),
     renameat2: () => lib.func('int renameat2(int, const char *, int, const char *, unsigned int)'),
   };
   const out = {} as Libc;

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError, KeywardError } from '../errors.js';
 import { ensurePrivateDir, writeFileAtomic } from '../lib/files.js';
+import { WatchedStamp } from '../lib/watch.js';
 import { secureFree, secureTake } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
 import { parsePolicies, parsePolicy } from './parse-thread.js';
@@ -467,7 +468,42 @@ const lastSeen = new Map<
   { dir: string; last: { version: number; file: string } | undefined }
 >();
 
+/**
+ * Calls between full checks while the policy directories' watch is quiet: what inotify can't see
+ * (a write through a shared mapping, an ancestor directory renamed) is seen within this many.
+ */
+export const POLICY_FULL_CHECK_EVERY = 64;
+
+/** Per home: the policy files' stamp, taken again when its watch reports a change. */
+const watched = new Map<string, WatchedStamp>();
+
+/**
+ * The policy files' stamp (for drift: the vault decides). While the watch (lib/watch.ts) on what
+ * the stamp is made of (policy.yaml, the history's last entry, the history directory) and on
+ * the directories above them up to home has seen nothing, the last stamp stands, and every
+ * POLICY_FULL_CHECK_EVERY-th call stats all the same; three stats a request were ~10% of the
+ * agent's time at concurrency 8.
+ */
 export function policyStamp(home: string): string {
+  let w = watched.get(home);
+  if (!w) {
+    const p = policyPaths(home);
+    w = new WatchedStamp(
+      () => {
+        const last = lastSeen.get(home)?.last?.file;
+        return [home, p.dir, p.history, p.file, ...(last ? [last] : [])].filter((f) =>
+          fs.existsSync(f),
+        );
+      },
+      () => statPolicy(home),
+      POLICY_FULL_CHECK_EVERY,
+    );
+    watched.set(home, w);
+  }
+  return w.get();
+}
+
+function statPolicy(home: string): string {
   const p = policyPaths(home);
   // ctime too: touch can set mtime back, not ctime.
   const stamp = (f: string) => {

@@ -1,0 +1,141 @@
+/**
+ * lib/watch.ts: the inotify watch that spares the agent its policy files' stats while nothing
+ * changed. What it must see, what it can't (a write through a shared mapping, or through another
+ * hard link of an entry whose file is not watched itself), and that any doubt answers "changed".
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { test } from 'node:test';
+import { koffi } from '../src/lib/koffi.js';
+import { PathWatch } from '../src/lib/watch.js';
+
+function dirs(): { root: string; a: string; b: string } {
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-watch-'));
+  const a = path.join(root, 'a');
+  const b = path.join(a, 'b');
+  fs.mkdirSync(b, { recursive: true });
+  fs.writeFileSync(path.join(a, 'f'), 'one\n');
+  fs.writeFileSync(path.join(b, 'g'), 'two\n');
+  return { root, a, b };
+}
+
+test('watch: each kind of change to a watched file or an entry of a watched directory is reported once; nothing else is', () => {
+  const { root, a, b } = dirs();
+  const w = PathWatch.open([a, b, path.join(a, 'f')]);
+  assert.ok(w, 'inotify is available here');
+  try {
+    assert.equal(w.changed(), false, 'quiet after opening');
+    const f = path.join(a, 'f');
+    const g = path.join(b, 'g');
+    const changes: [string, () => void][] = [
+      ['a write', () => fs.appendFileSync(f, 'more\n')],
+      ['a truncation', () => fs.truncateSync(f, 0)],
+      ['chmod', () => fs.chmodSync(f, 0o600)],
+      ['utimes (touch setting the time back)', () => fs.utimesSync(f, 1, 1)],
+      ['a hard link made elsewhere', () => fs.linkSync(f, path.join(root, 'f-link'))],
+      ['a write through that link', () => fs.appendFileSync(path.join(root, 'f-link'), 'x')],
+      ['a file made', () => fs.writeFileSync(path.join(a, 'new'), 'x')],
+      ['a file removed', () => fs.rmSync(path.join(a, 'new'))],
+      ['another file made', () => fs.writeFileSync(path.join(a, 'y'), 'y')],
+      ['and another', () => fs.writeFileSync(path.join(a, 'x0'), 'x0')],
+      ['a rename within', () => fs.renameSync(path.join(a, 'y'), path.join(a, 'y2'))],
+      ['a rename over an entry', () => fs.renameSync(path.join(a, 'y2'), path.join(a, 'x0'))],
+      ['a rename in from outside', () => fs.writeFileSync(path.join(root, 'x'), 'x')],
+      ['(then moved in)', () => fs.renameSync(path.join(root, 'x'), path.join(a, 'x'))],
+      ['a write in the second directory', () => fs.writeFileSync(g, 'three\n')],
+    ];
+    for (const [what, change] of changes) {
+      if (what.startsWith('a rename in from outside')) {
+        change();
+        assert.equal(w.changed(), false, 'a file made outside the watched directories');
+        continue;
+      }
+      change();
+      assert.equal(w.changed(), true, what);
+      assert.equal(w.changed(), false, `${what}: reported once`);
+    }
+    // An entry changed through a hard link outside: seen only when the file itself is watched
+    // (the agent watches each file its stamp is made of).
+    fs.linkSync(g, path.join(root, 'g-link'));
+    assert.equal(w.changed(), false, 'g is not watched itself: its new link is not seen');
+    fs.appendFileSync(path.join(root, 'g-link'), 'x');
+    assert.equal(w.changed(), false, 'nor a write through it');
+    // A directory below a watched one is not watched (the caller names every directory).
+    fs.mkdirSync(path.join(b, 'c'));
+    assert.equal(w.changed(), true, 'the directory made in b');
+    fs.writeFileSync(path.join(b, 'c', 'h'), 'x');
+    assert.equal(w.changed(), false, 'an entry of an unwatched subdirectory');
+    assert.ok(w.open);
+  } finally {
+    w.close();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('watch: a watched directory moved or removed, or the watch closed, answers "changed" from then on', () => {
+  for (const end of ['moved', 'removed', 'closed'] as const) {
+    const { root, a, b } = dirs();
+    const w = PathWatch.open([a, b]);
+    assert.ok(w);
+    try {
+      if (end === 'moved') fs.renameSync(b, path.join(root, 'elsewhere'));
+      if (end === 'removed') fs.rmSync(b, { recursive: true });
+      if (end === 'closed') w.close();
+      assert.equal(w.changed(), true, end);
+      assert.equal(w.open, false, `${end}: no longer watching`);
+      assert.equal(w.changed(), true, `${end}: and stays "changed"`);
+    } finally {
+      w.close();
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  }
+  // A watched file removed or renamed away: the same.
+  for (const end of ['rmSync', 'renameSync'] as const) {
+    const { root, a } = dirs();
+    const f = path.join(a, 'f');
+    const w = PathWatch.open([f]);
+    assert.ok(w);
+    if (end === 'rmSync') fs.rmSync(f);
+    else fs.renameSync(f, path.join(root, 'g'));
+    assert.equal(w.changed(), true, end);
+    assert.equal(w.open, false, end);
+    w.close();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+  // A missing path: no watch (the caller stats every time).
+  const { root } = dirs();
+  assert.equal(PathWatch.open([path.join(root, 'missing')]), undefined);
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+test('watch: a write through a shared mapping makes no event (why the policy files are still stat-ed every so often)', () => {
+  const { root, a } = dirs();
+  const f = path.join(a, 'f');
+  const w = PathWatch.open([a, f]);
+  assert.ok(w);
+  const libc = koffi.load('libc.so.6');
+  const mmap = libc.func('void *mmap(void *, size_t, int, int, int, int64_t)');
+  const munmap = libc.func('int munmap(void *, size_t)');
+  const fd = fs.openSync(f, 'r+');
+  try {
+    assert.equal(w.changed(), false, 'an open is not an event');
+    const before = fs.statSync(f, { bigint: true });
+    const map = mmap(null, 4, 3 /* PROT_READ|PROT_WRITE */, 1 /* MAP_SHARED */, fd, 0);
+    koffi.encode(map, 'uint8_t[4]', [0x4f, 0x4e, 0x45, 0x0a]); // "ONE\n" over "one\n"
+    munmap(map, 4);
+    assert.equal(fs.readFileSync(f, 'utf8'), 'ONE\n', 'the file changed');
+    assert.equal(w.changed(), false, 'with no inotify event');
+    const after = fs.statSync(f, { bigint: true });
+    // What the periodic full check sees: the time the kernel gave the write.
+    assert.ok(
+      after.mtimeNs !== before.mtimeNs || after.ctimeNs !== before.ctimeNs,
+      'the stamp moved',
+    );
+  } finally {
+    fs.closeSync(fd);
+    w.close();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
