@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { test } from 'node:test';
 import { koffi } from '../src/lib/koffi.js';
-import { PathWatch } from '../src/lib/watch.js';
+import { PathWatch, WatchedStamp } from '../src/lib/watch.js';
 
 function dirs(): { root: string; a: string; b: string } {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-watch-'));
@@ -135,6 +135,153 @@ test('watch: a write through a shared mapping makes no event (why the policy fil
     );
   } finally {
     fs.closeSync(fd);
+    w.close();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+/** A WatchedStamp over dir/f (and dir), counting its stats. */
+function stamped(dir: string, every = 64): { w: WatchedStamp; stats: () => number } {
+  let stats = 0;
+  const f = path.join(dir, 'f');
+  const w = new WatchedStamp(
+    () => [dir, f].filter((p) => fs.existsSync(p)),
+    () => {
+      stats += 1;
+      const st = fs.statSync(f, { throwIfNoEntry: false, bigint: true });
+      return st ? `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}` : '-';
+    },
+    every,
+  );
+  return { w, stats: () => stats };
+}
+
+test('watched stamp: quiet calls stat nothing; a change is stat-ed at the next call; every Nth call stats all the same', () => {
+  const { root, a } = dirs();
+  const { w, stats } = stamped(a, 8);
+  try {
+    const first = w.get();
+    assert.equal(stats(), 1);
+    for (let i = 0; i < 7; i++) assert.equal(w.get(), first);
+    assert.equal(stats(), 1, 'quiet: no stat');
+    w.get();
+    assert.equal(stats(), 2, 'the 8th quiet call stats all the same');
+    fs.appendFileSync(path.join(a, 'f'), 'x');
+    assert.notEqual(w.get(), first, 'the change, at the next call');
+  } finally {
+    w.close();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('watched stamp: after the file is renamed over (its old inode kept by another link), or an ancestor is renamed and replaced, the watch follows the paths, and the next change is seen at once', () => {
+  // Renamed over: the directory reports the rename, and the stat that follows watches the new
+  // file, not the old inode another link still keeps.
+  {
+    const { root, a } = dirs();
+    const f = path.join(a, 'f');
+    const { w } = stamped(a);
+    try {
+      w.get();
+      fs.linkSync(f, path.join(root, 'old-link'));
+      fs.writeFileSync(path.join(a, 'new'), 'new\n');
+      fs.renameSync(path.join(a, 'new'), f);
+      const after = w.get();
+      fs.linkSync(f, path.join(root, 'new-link'));
+      const linked = w.get(); // the link count moved
+      assert.notEqual(linked, after);
+      fs.appendFileSync(path.join(root, 'new-link'), 'through a link elsewhere\n');
+      assert.notEqual(w.get(), linked, 'a write through a link outside, at the next call');
+    } finally {
+      w.close();
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  }
+  // An ancestor renamed and another tree put in its place: nothing the watch can report, so the
+  // full check (the 4th call here) sees it, and watches the new tree from then on.
+  {
+    const { root, a } = dirs();
+    const { w, stats } = stamped(a, 4);
+    try {
+      w.get();
+      fs.renameSync(a, path.join(root, 'a.old'));
+      fs.mkdirSync(a);
+      fs.writeFileSync(path.join(a, 'f'), 'the other tree\n');
+      const before = stats();
+      let calls = 0;
+      while (stats() === before) {
+        w.get();
+        calls += 1;
+        assert.ok(calls <= 4, 'seen by the 4th call');
+      }
+      const now = w.get();
+      fs.appendFileSync(path.join(a, 'f'), 'x');
+      assert.notEqual(w.get(), now, "the new tree's change, at the next call");
+    } finally {
+      w.close();
+      fs.rmSync(root, { recursive: true, force: true });
+    }
+  }
+});
+
+test('watched stamp: a path that appears is watched from the next call; where the kernel refuses a watch every call stats', () => {
+  const { root, a } = dirs();
+  fs.rmSync(path.join(a, 'f'));
+  const { w, stats } = stamped(a);
+  try {
+    assert.equal(w.get(), '-');
+    fs.writeFileSync(path.join(a, 'f'), 'appeared\n'); // an event of the directory
+    const made = w.get();
+    assert.notEqual(made, '-');
+    fs.linkSync(path.join(a, 'f'), path.join(root, 'link'));
+    const linked = w.get();
+    assert.notEqual(linked, made, 'the new file is watched itself: its link count');
+    fs.appendFileSync(path.join(root, 'link'), 'x');
+    assert.notEqual(w.get(), linked, 'and a write through the link');
+  } finally {
+    w.close();
+  }
+  // No watch (a path that vanished between the check and the watch, the kernel's limits): every
+  // call stats, as with no watch at all.
+  const gone = path.join(root, 'gone');
+  let n = 0;
+  const w2 = new WatchedStamp(
+    () => [gone],
+    () => String((n += 1)),
+  );
+  for (let i = 0; i < 5; i++) w2.get();
+  assert.equal(n, 5);
+  w2.close();
+  assert.ok(stats() >= 4);
+  fs.rmSync(root, { recursive: true, force: true });
+});
+
+test("watched stamp: a path the stat itself finds (a history's new last entry) is watched from the next call", () => {
+  const { root, a } = dirs();
+  const f = path.join(a, 'f');
+  let known: string | undefined;
+  let stats = 0;
+  const w = new WatchedStamp(
+    () => [a, ...(known ? [known] : [])],
+    () => {
+      stats += 1;
+      known = f; // as statPolicy learns the history's last entry
+      const st = fs.statSync(f, { bigint: true });
+      return `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+    },
+  );
+  try {
+    w.get();
+    w.get();
+    assert.equal(stats, 2, 'the second call watches f, so it stats again');
+    const now = w.get();
+    assert.equal(stats, 2);
+    fs.linkSync(f, path.join(root, 'link'));
+    const linked = w.get();
+    assert.notEqual(linked, now, 'a link made elsewhere: f is watched itself');
+    fs.appendFileSync(path.join(root, 'link'), 'x');
+    assert.notEqual(w.get(), linked, 'a write through it');
+  } finally {
     w.close();
     fs.rmSync(root, { recursive: true, force: true });
   }

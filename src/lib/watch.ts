@@ -12,11 +12,13 @@
  * What inotify does not see, and the caller must check some other way: writes through a shared
  * mapping (no event), an entry of a watched directory changed through another hard link of it
  * (unless the entry is watched too), a rename of any ancestor of a watched path (it changes what
- * the paths mean, with no event here). The caller therefore still stats everything every so often
- * (policy/store.ts: every 64th call). Any doubt (a watched inode moved, removed or dropped by the
- * kernel, an overflowed queue, an error) answers "changed", and from then on the watch answers
- * "changed" until it is opened again.
+ * the paths mean, with no event here), changes on file systems other than local disks and tmpfs
+ * (where no watch is opened). WatchedStamp therefore stats everything every 64th call all the
+ * same, and opens its watch again at each stat, on the inodes the paths name then. Any doubt (a
+ * watched inode moved, removed or dropped by the kernel, an overflowed queue, an error) answers
+ * "changed", and from then on the watch answers "changed" until it is opened again.
  */
+import fs from 'node:fs';
 import { libc } from './libc-core.js';
 
 const IN_NONBLOCK = 0o4000;
@@ -47,6 +49,16 @@ const MASK =
   IN_MOVE_SELF;
 const EAGAIN = 11;
 const EINTR = 4;
+/** File systems whose every change inotify reports (statfs f_type): local disks and tmpfs. */
+const WATCHABLE = new Set([
+  0xef53, // ext2, ext3, ext4
+  0x58465342, // XFS
+  0x9123683e, // Btrfs
+  0xf2f52010, // F2FS
+  0x2fc12fc1, // ZFS
+  0xca451a4e, // bcachefs
+  0x01021994, // tmpfs
+]);
 /** struct inotify_event: wd, mask, cookie, len (4 bytes each), then len bytes of name. */
 const EVENT_HEAD = 16;
 
@@ -59,6 +71,16 @@ export class PathWatch {
    * kernel refuses (no inotify, the watch limit, a missing path): the caller then stats always.
    */
   static open(paths: string[]): PathWatch | undefined {
+    // Only where every change goes through this kernel's file system code: not NFS, SMB, FUSE,
+    // 9p or virtiofs (another machine or process writes them), nor overlayfs (a write to its
+    // upper directory changes what the overlay shows with no event on the overlay's inode).
+    for (const p of paths) {
+      try {
+        if (!WATCHABLE.has(Number(fs.statfsSync(p).type))) return undefined;
+      } catch {
+        return undefined;
+      }
+    }
     const l = libc();
     const fd = l.inotifyInit1(IN_NONBLOCK | IN_CLOEXEC);
     if (fd < 0) return undefined;
@@ -132,15 +154,16 @@ export class WatchedStamp {
   ) {}
 
   get(): string {
-    if (this.watch?.open && this.quiet < this.fullEvery && !this.watch.changed()) {
+    if (this.watch?.open && this.quiet < this.fullEvery - 1 && !this.watch.changed()) {
       this.quiet += 1;
       return this.stamp;
     }
-    // The watch before the stats: a change made after them is an event for the next call.
+    // Opened again at every stat, before it (a change made after the stats is an event for the
+    // next call): the paths may name other inodes than the ones watched (a file renamed over, an
+    // ancestor renamed), with nothing the old watch could report. Not opened again while the
+    // kernel refuses it for the same paths (then every call stats, as with no watch).
     const key = this.paths().join('\0');
-    // Opened again when the paths changed or the watch lost one; not when the kernel refused it
-    // for the same paths (then every call stats, as with no watch).
-    if (this.watched !== key || (this.watch !== undefined && !this.watch.open)) {
+    if (this.watch !== undefined || this.watched !== key) {
       this.watch?.close();
       this.watch = PathWatch.open(key.split('\0'));
       this.watched = key;
