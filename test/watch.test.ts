@@ -74,24 +74,20 @@ test('watch: each kind of change to a watched file or an entry of a watched dire
   }
 });
 
-test('watch: a watched directory moved or removed, or the watch closed, answers "changed" from then on', () => {
-  for (const end of ['moved', 'removed', 'closed'] as const) {
+test('watch: a watched directory or file moved or removed is a change; a closed watch answers "changed" from then on; aim() follows the paths, and refuses what it cannot watch', () => {
+  for (const end of ['moved', 'removed'] as const) {
     const { root, a, b } = dirs();
     const w = PathWatch.open([a, b]);
     assert.ok(w);
     try {
       if (end === 'moved') fs.renameSync(b, path.join(root, 'elsewhere'));
       if (end === 'removed') fs.rmSync(b, { recursive: true });
-      if (end === 'closed') w.close();
       assert.equal(w.changed(), true, end);
-      assert.equal(w.open, false, `${end}: no longer watching`);
-      assert.equal(w.changed(), true, `${end}: and stays "changed"`);
     } finally {
       w.close();
       fs.rmSync(root, { recursive: true, force: true });
     }
   }
-  // A watched file removed or renamed away: the same.
   for (const end of ['rmSync', 'renameSync'] as const) {
     const { root, a } = dirs();
     const f = path.join(a, 'f');
@@ -100,11 +96,39 @@ test('watch: a watched directory moved or removed, or the watch closed, answers 
     if (end === 'rmSync') fs.rmSync(f);
     else fs.renameSync(f, path.join(root, 'g'));
     assert.equal(w.changed(), true, end);
-    assert.equal(w.open, false, end);
     w.close();
     fs.rmSync(root, { recursive: true, force: true });
   }
-  // A missing path: no watch (the caller stats every time).
+  {
+    const { root, a } = dirs();
+    const w = PathWatch.open([a]);
+    assert.ok(w);
+    w.close();
+    assert.equal(w.open, false);
+    assert.equal(w.changed(), true, 'closed');
+    assert.equal(w.changed(), true, 'and stays "changed"');
+    assert.equal(w.aim([a]), false, 'a closed watch aims at nothing');
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+  // Aimed again: the old path's watch goes (its inode's changes are no longer reported).
+  {
+    const { root, a, b } = dirs();
+    const w = PathWatch.open([a]);
+    assert.ok(w);
+    assert.equal(w.aim([b]), true);
+    w.changed(); // the removed watch's own notice
+    fs.writeFileSync(path.join(a, 'f'), 'no longer watched\n');
+    assert.equal(w.changed(), false, 'a is no longer watched');
+    fs.writeFileSync(path.join(b, 'g'), 'watched\n');
+    assert.equal(w.changed(), true, 'b is');
+    // A missing path: refused, and the watch then watches nothing.
+    assert.equal(w.aim([b, path.join(root, 'missing')]), false);
+    w.changed();
+    fs.writeFileSync(path.join(b, 'g'), 'not watched now\n');
+    assert.equal(w.changed(), false);
+    w.close();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
   const { root } = dirs();
   assert.equal(PathWatch.open([path.join(root, 'missing')]), undefined);
   fs.rmSync(root, { recursive: true, force: true });
@@ -281,6 +305,45 @@ test("watched stamp: a path the stat itself finds (a history's new last entry) i
     assert.notEqual(linked, now, 'a link made elsewhere: f is watched itself');
     fs.appendFileSync(path.join(root, 'link'), 'x');
     assert.notEqual(w.get(), linked, 'a write through it');
+  } finally {
+    w.close();
+    fs.rmSync(root, { recursive: true, force: true });
+  }
+});
+
+test('watched stamp: one inotify descriptor for its life, aimed again in place (closing one waits for the kernel, milliseconds, at a request)', () => {
+  const inotifyFds = () =>
+    fs
+      .readdirSync('/proc/self/fd')
+      .filter((fd) => {
+        try {
+          return fs.readlinkSync(`/proc/self/fd/${fd}`) === 'anon_inode:inotify';
+        } catch {
+          return false;
+        }
+      })
+      .sort();
+  const before = inotifyFds();
+  const { root, a } = dirs();
+  const { w, stats } = stamped(a, 8);
+  try {
+    w.get();
+    const mine = inotifyFds().filter((fd) => !before.includes(fd));
+    assert.equal(mine.length, 1);
+    for (let i = 0; i < 100; i++) {
+      if (i % 3 === 0) fs.appendFileSync(path.join(a, 'f'), 'x');
+      if (i % 7 === 0) {
+        fs.writeFileSync(path.join(a, 'n'), 'n');
+        fs.renameSync(path.join(a, 'n'), path.join(a, 'f'));
+      }
+      w.get();
+    }
+    assert.ok(stats() > 40);
+    assert.deepEqual(
+      inotifyFds().filter((fd) => !before.includes(fd)),
+      mine,
+      'the same descriptor',
+    );
   } finally {
     w.close();
     fs.rmSync(root, { recursive: true, force: true });

@@ -52,7 +52,10 @@ export class UnlockWindow {
   private vaultStamp = '';
   /** The stamp was compared in this synchronous run (cleared by a microtask): no second stat. */
   private stampFresh = false;
-  /** The vault file's stamp, taken again when its watch reports a change (unlocked()). */
+  /**
+   * The vault file's stamp, taken again when its watch reports a change (unlocked()). Kept for
+   * the agent's life: closing an inotify descriptor waits for the kernel (lib/watch.ts).
+   */
   private vaultWatch: WatchedStamp | undefined;
   private policyStamp = '';
   /** Bumped at every unlock, lock and vault re-read: caches of vault contents key on it. */
@@ -280,8 +283,6 @@ export class UnlockWindow {
     this.gen += 1;
     const v = this.vault;
     this.vault = undefined;
-    this.vaultWatch?.close();
-    this.vaultWatch = undefined;
     if (!v) return undefined;
     let checkpoints: string;
     try {

@@ -47,6 +47,7 @@ export interface Libc {
   errno: () => number;
   inotifyInit1: (flags: number) => number;
   inotifyAddWatch: (fd: number, path: string, mask: number) => number;
+  inotifyRmWatch: (fd: number, wd: number) => number;
   read: (fd: number, buf: Buffer, len: number) => number | bigint;
   renameat2: (
     olddir: number,
@@ -127,6 +128,7 @@ function bind(): Libc {
     errno: () => () => koffi.errno(),
     inotifyInit1: () => lib.func('int inotify_init1(int)'),
     inotifyAddWatch: () => lib.func('int inotify_add_watch(int, const char *, uint32_t)'),
+    inotifyRmWatch: () => lib.func('int inotify_rm_watch(int, int)'),
     read: () => lib.func('long read(int, _Out_ uint8_t *, size_t)'),
     renameat2: () => lib.func('int renameat2(int, const char *, int, const char *, unsigned int)'),
   };

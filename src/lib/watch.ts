@@ -13,10 +13,15 @@
  * mapping (no event), an entry of a watched directory changed through another hard link of it
  * (unless the entry is watched too), a rename of any ancestor of a watched path (it changes what
  * the paths mean, with no event here), changes on file systems other than local disks and tmpfs
- * (where no watch is opened). WatchedStamp therefore stats everything every 64th call all the
- * same, and opens its watch again at each stat, on the inodes the paths name then. Any doubt (a
- * watched inode moved, removed or dropped by the kernel, an overflowed queue, an error) answers
- * "changed", and from then on the watch answers "changed" until it is opened again.
+ * (where nothing is watched). WatchedStamp therefore stats everything every 64th call all the
+ * same, and aims its watch again at each stat, at the inodes the paths name then. Any event at
+ * all (a watched inode moved or removed, the kernel dropping a watch, an overflowed queue) answers
+ * "changed"; an error ends the watch, and every later call says "changed".
+ *
+ * The descriptor is kept for the process's life and aimed again with inotify_add_watch and
+ * inotify_rm_watch (tens of microseconds): closing an inotify descriptor waits for the kernel's
+ * grace period over its marks, 0.7 ms here and up to ~25 ms on a busy machine, which the agent's
+ * requests would have waited for (a benchmark's p99 went from 5 to 25 ms).
  */
 import fs from 'node:fs';
 import { libc } from './libc-core.js';
@@ -32,11 +37,6 @@ const IN_CREATE = 0x100;
 const IN_DELETE = 0x200;
 const IN_DELETE_SELF = 0x400;
 const IN_MOVE_SELF = 0x800;
-/** Events that mean the watch itself is gone or incomplete: answer "changed" from then on. */
-const IN_UNMOUNT = 0x2000;
-const IN_Q_OVERFLOW = 0x4000;
-const IN_IGNORED = 0x8000;
-const BROKEN = IN_DELETE_SELF | IN_MOVE_SELF | IN_UNMOUNT | IN_Q_OVERFLOW | IN_IGNORED;
 const MASK =
   IN_MODIFY |
   IN_ATTRIB |
@@ -59,44 +59,67 @@ const WATCHABLE = new Set([
   0xca451a4e, // bcachefs
   0x01021994, // tmpfs
 ]);
-/** struct inotify_event: wd, mask, cookie, len (4 bytes each), then len bytes of name. */
-const EVENT_HEAD = 16;
 
 export class PathWatch {
   private readonly buf = Buffer.alloc(4096);
+  /** The watch descriptors of the paths last aimed at. */
+  private wds = new Set<number>();
   private constructor(private fd: number) {}
 
-  /**
-   * Watches each path (a directory: its entries, not what is below them). Undefined when the
-   * kernel refuses (no inotify, the watch limit, a missing path): the caller then stats always.
-   */
+  /** A watch on nothing yet (aim() gives it paths); undefined when the kernel refuses one. */
+  static create(): PathWatch | undefined {
+    const fd = libc().inotifyInit1(IN_NONBLOCK | IN_CLOEXEC);
+    return fd < 0 ? undefined : new PathWatch(fd);
+  }
+
+  /** A watch on paths (create, then aim); undefined when any can't be watched. */
   static open(paths: string[]): PathWatch | undefined {
-    // Only where every change goes through this kernel's file system code: not NFS, SMB, FUSE,
-    // 9p or virtiofs (another machine or process writes them), nor overlayfs (a write to its
-    // upper directory changes what the overlay shows with no event on the overlay's inode).
-    for (const p of paths) {
-      try {
-        if (!WATCHABLE.has(Number(fs.statfsSync(p).type))) return undefined;
-      } catch {
-        return undefined;
-      }
+    const w = PathWatch.create();
+    if (w && !w.aim(paths)) {
+      w.close();
+      return undefined;
     }
+    return w;
+  }
+
+  /**
+   * Watches exactly the inodes these paths name now (a directory: its entries, not what is
+   * below them), and no longer those it watched before that they don't name. False when one
+   * can't be watched (a missing path, the kernel's limit, a file system whose changes inotify
+   * can't vouch for): the caller must then stat at every call; the watch watches nothing.
+   */
+  aim(paths: string[]): boolean {
+    if (this.fd < 0) return false;
     const l = libc();
-    const fd = l.inotifyInit1(IN_NONBLOCK | IN_CLOEXEC);
-    if (fd < 0) return undefined;
+    const wds = new Set<number>();
+    let ok = true;
     for (const p of paths) {
-      if (l.inotifyAddWatch(fd, p, MASK) < 0) {
-        l.close(fd);
-        return undefined;
+      // Only where every change goes through this kernel's file system code: not NFS, SMB,
+      // FUSE, 9p or virtiofs (another machine or process writes them), nor overlayfs (a write
+      // to its upper directory changes what the overlay shows with no event on its inode).
+      let local: boolean;
+      try {
+        local = WATCHABLE.has(Number(fs.statfsSync(p).type));
+      } catch {
+        local = false;
       }
+      const wd = local ? l.inotifyAddWatch(this.fd, p, MASK) : -1;
+      if (wd < 0) {
+        ok = false;
+        break;
+      }
+      wds.add(wd);
     }
-    return new PathWatch(fd);
+    if (!ok) wds.clear();
+    for (const wd of this.wds) if (!wds.has(wd)) l.inotifyRmWatch(this.fd, wd);
+    this.wds = wds;
+    return ok;
   }
 
   /**
    * Whether anything watched may have changed since the last call: the queue is read to its end
-   * (so a change is reported once), and any doubt is "changed". Once a watch is gone (a watched
-   * directory moved or removed, the queue overflowed, an error) every later call says "changed".
+   * (so a change is reported once), and any event is "changed". An error ends the watch: every
+   * later call says "changed".
    */
   changed(): boolean {
     if (this.fd < 0) return true;
@@ -106,11 +129,6 @@ export class PathWatch {
       const n = Number(l.read(this.fd, this.buf, this.buf.length));
       if (n > 0) {
         any = true;
-        for (let at = 0; at + EVENT_HEAD <= n; at += EVENT_HEAD + this.buf.readUInt32LE(at + 12))
-          if ((this.buf.readUInt32LE(at + 4) & BROKEN) !== 0) {
-            this.close();
-            return true;
-          }
         continue;
       }
       if (n < 0) {
@@ -124,26 +142,29 @@ export class PathWatch {
     }
   }
 
-  /** Whether the watch still watches (false once it has lost a directory or been closed). */
+  /** Whether the watch can still watch (false once an error ended it, or closed). */
   get open(): boolean {
     return this.fd >= 0;
   }
 
+  /** Ends the watch (the close waits for the kernel: not for a request's path). */
   close(): void {
     if (this.fd >= 0) libc().close(this.fd);
     this.fd = -1;
+    this.wds.clear();
   }
 }
 
 /**
  * A stamp of some files (from `stat`, the caller's) taken again only when the watch on `paths`
  * reports a change, or every `fullEvery`-th call whatever it reports (for what inotify can't
- * see). `paths` is asked again after each stat: when it names other paths than the watched ones
- * (a file that appeared, a history's new last entry), the next call watches those.
+ * see). Each stat aims the watch again, first, at what `paths` names then; when the stat makes
+ * `paths` name other paths (a history's new last entry), the next call stats and aims again.
  */
 export class WatchedStamp {
-  private watch: PathWatch | undefined;
-  private watched: string | undefined;
+  private readonly watch = PathWatch.create();
+  /** Whether the watch covers every path (else every call stats). */
+  private aimed = false;
   private stamp = '';
   private quiet = 0;
 
@@ -154,30 +175,26 @@ export class WatchedStamp {
   ) {}
 
   get(): string {
-    if (this.watch?.open && this.quiet < this.fullEvery - 1 && !this.watch.changed()) {
+    if (this.aimed && this.quiet < this.fullEvery - 1 && this.watch?.changed() === false) {
       this.quiet += 1;
       return this.stamp;
     }
-    // Opened again at every stat, before it (a change made after the stats is an event for the
-    // next call): the paths may name other inodes than the ones watched (a file renamed over, an
-    // ancestor renamed), with nothing the old watch could report. Not opened again while the
-    // kernel refuses it for the same paths (then every call stats, as with no watch).
-    const key = this.paths().join('\0');
-    if (this.watch !== undefined || this.watched !== key) {
-      this.watch?.close();
-      this.watch = PathWatch.open(key.split('\0'));
-      this.watched = key;
-    }
+    // The watch is aimed before the stats: a change made after them is an event for the next
+    // call. Aimed at every stat: the paths may name other inodes than the ones watched (a file
+    // renamed over, a directory above renamed and replaced) with nothing a watch could report.
+    const key = this.paths();
+    this.aimed = this.watch?.aim(key) ?? false;
+    // Events of before the aim are answered by the stats below.
+    this.watch?.changed();
     this.stamp = this.stat();
     this.quiet = 0;
-    // What the stats found asks for other paths: watched from the next call on.
-    if (this.paths().join('\0') !== key) this.watch?.close();
+    // What the stats found asks for other paths: stat-ed and watched at the next call.
+    if (this.paths().join('\0') !== key.join('\0')) this.aimed = false;
     return this.stamp;
   }
 
   close(): void {
     this.watch?.close();
-    this.watch = undefined;
-    this.watched = undefined;
+    this.aimed = false;
   }
 }
