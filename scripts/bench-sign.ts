@@ -23,7 +23,14 @@ const ROUNDS = 4;
  * and what is compared is how each serves once running, not a fresh Node process's first
  * compilations (the audit's appends are measured after a warm-up for the same reason).
  */
-const WARM_UP = 1000;
+const WARM_UP = Number(process.env['BENCH_SIGN_WARMUP'] ?? 1000);
+/**
+ * Signatures in a round of ed25519 and ECDSA (a fifth of it for RSA). BENCH_SIGN_WARMUP=0
+ * BENCH_SIGN_ROUND=500 measures as the bench did before 2026-12-05.
+ */
+const ROUND = Number(process.env['BENCH_SIGN_ROUND'] ?? 2000);
+/** Runs of a new `ssh-keygen -Y sign` process per signature, for each agent. */
+const COLD_RUNS = Number(process.env['BENCH_SIGN_COLD'] ?? 100);
 
 function percentile(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))] ?? 0;
@@ -38,7 +45,7 @@ const str = (b: Buffer) => {
 /** One agent connection that sends sign requests one after another. */
 async function connection(
   sock: string,
-): Promise<{ send: (req: Buffer) => Promise<void>; close: () => void }> {
+): Promise<{ send: (req: Buffer) => Promise<void>; close: () => Promise<void> }> {
   const c = net.connect(sock);
   await new Promise<void>((r, j) => c.once('connect', r).once('error', j));
   let buf = Buffer.alloc(0);
@@ -57,8 +64,13 @@ async function connection(
         waiting = (ok) => (ok ? resolve() : reject(new Error('the agent refused to sign')));
         c.write(req);
       }),
-    // Open connections would keep the benchmark process alive after it is done.
-    close: () => c.end(),
+    // Open connections would keep the benchmark process alive after it is done. Waited for, so
+    // that what an agent does at a connection's end is counted in its round's CPU.
+    close: () =>
+      new Promise<void>((resolve) => {
+        c.once('close', () => resolve());
+        c.end();
+      }),
   };
 }
 
@@ -85,7 +97,7 @@ async function timedRound(
     }),
   );
   const ms = performance.now() - t0;
-  for (const c of conns) c.close();
+  await Promise.all(conns.map((c) => c.close()));
   return { lat, ms, total };
 }
 
@@ -117,9 +129,9 @@ export async function signBench(root: string): Promise<void> {
     // Rounds of 2,000 (400 for RSA): rounds of 500 lasted ~70 ms at concurrency 8, and their
     // start (eight connections sending at once) and end (connections finishing one by one) were
     // a tenth of them.
-    { name: 'ed25519', args: ['-t', 'ed25519'], flags: 0, n: 8000 },
-    { name: 'ecdsa-p256', args: ['-t', 'ecdsa', '-b', '256'], flags: 0, n: 8000 },
-    { name: 'rsa-3072', args: ['-t', 'rsa', '-b', '3072'], flags: 4, n: 1600 },
+    { name: 'ed25519', args: ['-t', 'ed25519'], flags: 0, n: ROUND * ROUNDS },
+    { name: 'ecdsa-p256', args: ['-t', 'ecdsa', '-b', '256'], flags: 0, n: ROUND * ROUNDS },
+    { name: 'rsa-3072', args: ['-t', 'rsa', '-b', '3072'], flags: 4, n: (ROUND * ROUNDS) / 5 },
   ];
   for (const k of keys) {
     must('ssh-keygen', ['-q', '-N', '', '-C', k.name, '-f', path.join(dir, k.name), ...k.args]);
@@ -189,7 +201,7 @@ export async function signBench(root: string): Promise<void> {
     const body = Buffer.concat([Buffer.of(13), str(blob), str(data), flags]);
     const req = str(body);
     const cpu = { keyward: 0, sshAgent: 0, signatures: 0 };
-    for (const sock of [sshSock, kwSock]) await timedRound(sock, req, 8, WARM_UP);
+    if (WARM_UP > 0) for (const sock of [sshSock, kwSock]) await timedRound(sock, req, 8, WARM_UP);
     for (const conc of [1, 8]) {
       // The two agents in turns, four rounds each: a machine that drifts during the runs moves
       // both alike, and the ratio stays what it is.
@@ -223,6 +235,40 @@ export async function signBench(root: string): Promise<void> {
       `sign ${k.name.padEnd(10)} CPU per signature: keyward agent ${per(cpu.keyward)} ms | ssh-agent ${per(cpu.sshAgent)} ms (${cpu.signatures} signatures, /proc/PID/stat)`,
     );
   }
+  // What a real SSH client pays: a new process and a new connection for each signature
+  // (`ssh-keygen -Y sign` asks the agent for its keys, then signs once), each agent in turns.
+  {
+    const pub = path.join(dir, 'ed25519.pub');
+    const cold = { sshAgent: [] as number[], keyward: [] as number[] };
+    const once = (sock: string) => {
+      const t = performance.now();
+      must('ssh-keygen', ['-Y', 'sign', '-n', 'file', '-f', pub], {
+        ...process.env,
+        SSH_AUTH_SOCK: sock,
+      });
+      return performance.now() - t;
+    };
+    for (let i = 0; i < COLD_RUNS; i++) {
+      cold.sshAgent.push(once(sshSock));
+      cold.keyward.push(once(kwSock));
+    }
+    const p = (a: number[], q: number) =>
+      Math.round(
+        percentile(
+          [...a].sort((x, y) => x - y),
+          q,
+        ) * 1000,
+      ) / 1000;
+    results['ed25519-new-process'] = {
+      runs: COLD_RUNS,
+      sshAgent: { p50: p(cold.sshAgent, 0.5), p99: p(cold.sshAgent, 0.99) },
+      keyward: { p50: p(cold.keyward, 0.5), p99: p(cold.keyward, 0.99) },
+    };
+    lines.push(
+      `sign ed25519    a new ssh-keygen -Y sign per signature (${COLD_RUNS} runs): ssh-agent p50 ${p(cold.sshAgent, 0.5)} ms | keyward p50 ${p(cold.keyward, 0.5)} ms`,
+    );
+  }
+  results['method'] = { warmUp: WARM_UP, round: ROUND, rounds: ROUNDS };
   sshAgent.kill('SIGTERM');
   await home.stop();
   const out = path.join(root, 'bench/results');
