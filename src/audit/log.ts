@@ -4,6 +4,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { LOCAL_FILE_SYSTEMS, OVERLAYFS } from '../lib/file-systems.js';
 import {
   ensurePrivateDir,
   fsyncDir,
@@ -96,18 +97,6 @@ function stampOf(file: string): string | undefined {
   const s = fs.lstatSync(file, { bigint: true, throwIfNoEntry: false });
   return s === undefined ? undefined : stampFrom(s);
 }
-
-/** statfs f_type of local disk file systems (linux/magic.h). */
-const LOCAL_FILE_SYSTEMS = new Set([
-  0xef53, // ext2, ext3, ext4
-  0x58465342, // XFS
-  0x9123683e, // Btrfs
-  0xf2f52010, // F2FS
-  0x2fc12fc1, // ZFS
-  0xca451a4e, // bcachefs
-  0x01021994, // tmpfs
-  0x794c7630, // overlayfs
-]);
 
 export class AuditLog {
   readonly paths: AuditPaths;
@@ -245,7 +234,8 @@ export class AuditLog {
    */
   onLocalDisk(): boolean {
     try {
-      return LOCAL_FILE_SYSTEMS.has(Number(fs.statfsSync(this.paths.dir).type));
+      const type = Number(fs.statfsSync(this.paths.dir).type);
+      return LOCAL_FILE_SYSTEMS.has(type) || type === OVERLAYFS;
     } catch {
       return false;
     }

@@ -24,6 +24,7 @@
  * requests would have waited for (a benchmark's p99 went from 5 to 25 ms).
  */
 import fs from 'node:fs';
+import { LOCAL_FILE_SYSTEMS } from './file-systems.js';
 import { libc } from './libc-core.js';
 
 const IN_NONBLOCK = 0o4000;
@@ -49,16 +50,6 @@ const MASK =
   IN_MOVE_SELF;
 const EAGAIN = 11;
 const EINTR = 4;
-/** File systems whose every change inotify reports (statfs f_type): local disks and tmpfs. */
-const WATCHABLE = new Set([
-  0xef53, // ext2, ext3, ext4
-  0x58465342, // XFS
-  0x9123683e, // Btrfs
-  0xf2f52010, // F2FS
-  0x2fc12fc1, // ZFS
-  0xca451a4e, // bcachefs
-  0x01021994, // tmpfs
-]);
 
 export class PathWatch {
   private readonly buf = Buffer.alloc(4096);
@@ -99,7 +90,7 @@ export class PathWatch {
       // to its upper directory changes what the overlay shows with no event on its inode).
       let local: boolean;
       try {
-        local = WATCHABLE.has(Number(fs.statfsSync(p).type));
+        local = LOCAL_FILE_SYSTEMS.has(Number(fs.statfsSync(p).type));
       } catch {
         local = false;
       }
