@@ -3,6 +3,7 @@
  * files deleted or put back to an older version, an audit log deleted, truncated or healed.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -98,6 +99,40 @@ describe('a policy that cannot be downgraded', () => {
       drift.at(-1)?.reason ?? '',
       /the policy history ends at version \d+ \(\w+\), not at the applied version \d+/,
     );
+  });
+});
+
+describe('vault.kw changed under a running agent', () => {
+  test('rewritten in place at the same size with its modification time put back: the agent re-reads it at the next request (and locks, the file being damaged)', async () => {
+    const h = await unlocked(ALLOW_GITHUB);
+    assert.equal(kw(['secret', 'set', 'github/token'], { env: h.env, input: 'ghp_x' }).code, 0);
+    assert.equal(kw(['read', 'github/token'], { env: h.env }).code, 0);
+    const file = vaultPaths(h.home).file;
+    const before = fs.statSync(file, { bigint: true });
+    // The times kept on another file, to the nanosecond, and put back with touch -r.
+    const times = path.join(h.dir, 'times');
+    fs.writeFileSync(times, '');
+    assert.equal(spawnSync('touch', ['-r', file, times]).status, 0);
+    const fd = fs.openSync(file, 'r+');
+    try {
+      // One byte of the header (the vault's id), in place: same inode, same size.
+      const at = 12;
+      const b = Buffer.alloc(1);
+      fs.readSync(fd, b, 0, 1, at);
+      b[0] = (b[0] ?? 0) ^ 0xff;
+      fs.writeSync(fd, b, 0, 1, at);
+    } finally {
+      fs.closeSync(fd);
+    }
+    assert.equal(spawnSync('touch', ['-r', times, file]).status, 0);
+    const after = fs.statSync(file, { bigint: true });
+    assert.equal(after.mtimeNs, before.mtimeNs, 'the time put back');
+    assert.equal(after.size, before.size);
+    assert.equal(after.ino, before.ino);
+    const r = kw(['read', 'github/token'], { env: h.env });
+    assert.notEqual(r.code, 0, 'served from the vault read before the change');
+    assert.equal(r.stdout, '');
+    assert.match(kw(['status'], { env: h.env }).stdout, /locked/);
   });
 });
 

@@ -150,8 +150,7 @@ export class UnlockWindow {
         throw e;
       }
       if (save) {
-        const st = fs.statSync(this.vp.file, { throwIfNoEntry: false });
-        this.vaultStamp = st ? `${st.ino}:${st.size}:${st.mtimeMs}` : '';
+        this.vaultStamp = vaultFileStamp(this.vp.file);
         // The policy in the vault is the one loaded: only the generation moved.
         if (policyWasCurrent) this.policyStamp = this.stampOfPolicy(v);
       }
@@ -163,10 +162,7 @@ export class UnlockWindow {
     const file = this.vp.file;
     return new WatchedStamp(
       () => [path.dirname(file), file].filter((f) => fs.existsSync(f)),
-      () => {
-        const st = fs.statSync(file, { throwIfNoEntry: false });
-        return st ? `${st.ino}:${st.size}:${st.mtimeMs}` : '';
-      },
+      () => vaultFileStamp(file),
     );
   }
 
@@ -320,4 +316,14 @@ export class UnlockWindow {
       usesLeft: u.max_uses === undefined ? null : Math.max(0, u.max_uses - this.usedInWindow),
     };
   }
+}
+
+/**
+ * vault.kw's stamp: its inode, size and times. The change time too: a rewrite in place at the
+ * same size with the modification time put back (touch -r) still moves it, and its owner can't
+ * set it back.
+ */
+function vaultFileStamp(file: string): string {
+  const st = fs.statSync(file, { throwIfNoEntry: false, bigint: true });
+  return st ? `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}` : '';
 }
