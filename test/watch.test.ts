@@ -126,6 +126,11 @@ test('watch: a watched directory or file moved or removed is a change; a closed 
     w.changed();
     fs.writeFileSync(path.join(b, 'g'), 'not watched now\n');
     assert.equal(w.changed(), false);
+    // Nor a path it added in the same call before the one it could not watch.
+    assert.equal(w.aim([a, path.join(root, 'missing')]), false);
+    w.changed();
+    fs.writeFileSync(path.join(a, 'f'), 'added, then given up\n');
+    assert.equal(w.changed(), false, 'a stays unwatched');
     w.close();
     fs.rmSync(root, { recursive: true, force: true });
   }

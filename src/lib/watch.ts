@@ -101,9 +101,11 @@ export class PathWatch {
       }
       wds.add(wd);
     }
-    if (!ok) wds.clear();
-    for (const wd of this.wds) if (!wds.has(wd)) l.inotifyRmWatch(this.fd, wd);
-    this.wds = wds;
+    // Refused: nothing stays watched, neither what was nor what this call added before it failed.
+    const keep = ok ? wds : new Set<number>();
+    for (const wd of new Set([...this.wds, ...wds]))
+      if (!keep.has(wd)) l.inotifyRmWatch(this.fd, wd);
+    this.wds = keep;
     return ok;
   }
 
