@@ -3,7 +3,8 @@
  * and out (a value) stay in secure memory here and never reach the CLI.
  */
 import fs from 'node:fs';
-import net from 'node:net';
+import { createRequire } from 'node:module';
+import type net from 'node:net';
 import { ERROR_CODES, KeywardError, type ErrorCode } from '../errors.js';
 import { secureFree, secureRelease, type SecureBuffer } from '../lib/secure.js';
 import { peerCredentials } from '../lib/libc.js';
@@ -23,6 +24,10 @@ import {
 } from './protocol.js';
 import { checkAgentSocket, socketPaths } from './socketdir.js';
 
+const require = createRequire(import.meta.url);
+/** node:net, loaded at first use: `keyward read` talks to the agent without it (read-blocking.ts). */
+const nodeNet = (): typeof net => require('node:net') as typeof net;
+
 /** Longer than the first identification of a new executable (hashing it) on a busy machine. */
 const HELLO_TIMEOUT_MS = 30_000;
 
@@ -30,6 +35,11 @@ const HELLO_TIMEOUT_MS = 30_000;
 let afterHello: () => void = () => undefined;
 export function onAgentHello(f: () => void): void {
   afterHello = f;
+}
+
+/** The hook onAgentHello set, for a client that talks without AgentConnection (read-blocking.ts). */
+export function greeted(): void {
+  afterHello();
 }
 
 /** What the agent says while a request waits for a person (RES_PENDING). */
@@ -46,6 +56,12 @@ export interface PendingNotice {
 let onPending: (n: PendingNotice) => void = () => undefined;
 export function onApprovalPending(f: (n: PendingNotice) => void): void {
   onPending = f;
+}
+
+/** A RES_PENDING frame, told to the hook onApprovalPending set; its bytes are freed. */
+export function notePending(f: Frame): void {
+  secureFree(f.raw);
+  onPending(pendingNotice(f));
 }
 
 function pendingNotice(f: Frame): PendingNotice {
@@ -117,7 +133,7 @@ export class AgentConnection {
       // The agent never sends two frames at once outside a run, but a client has no reason to
       // refuse it: the one-request-at-a-time rule protects the agent.
       reader.many = true;
-      const s = net.createConnection(path);
+      const s = nodeNet().createConnection(path);
       let conn: AgentConnection | undefined;
       let settled = false;
       const fail = (e: unknown) => {

@@ -45,6 +45,7 @@ export async function startAgent(
   return (await import('./start.js')).startAgent(...args);
 }
 export { checkAgentSocket, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
+export { agentReadBlocking } from './read-blocking.js';
 export {
   FrameReader,
   frameHead,

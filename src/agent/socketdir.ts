@@ -3,10 +3,15 @@
  * symlink; anything else is refused with a hint (fail closed).
  */
 import fs from 'node:fs';
-import net from 'node:net';
+import { createRequire } from 'node:module';
+import type net from 'node:net';
 import path from 'node:path';
 import { KeywardError } from '../errors.js';
 import { assertPrivate } from '../lib/files.js';
+
+const require = createRequire(import.meta.url);
+/** node:net, loaded at first use: `keyward read` talks to the agent without it (read-blocking.ts). */
+const nodeNet = (): typeof net => require('node:net') as typeof net;
 
 export interface SocketPaths {
   dir: string;
@@ -40,7 +45,7 @@ export function prepareSocketDir(dir: string): void {
 /** Whether something answers on the socket path. */
 export function socketAnswers(p: string): Promise<boolean> {
   return new Promise((resolve) => {
-    const c = net.createConnection(p);
+    const c = nodeNet().createConnection(p);
     c.once('connect', () => {
       c.destroy();
       resolve(true);
@@ -128,7 +133,7 @@ export async function listenPrivate(
   onConnection: (s: net.Socket) => void,
 ): Promise<net.Server> {
   await clearStaleSocket(path);
-  const server = net.createServer({ pauseOnConnect: true }, onConnection);
+  const server = nodeNet().createServer({ pauseOnConnect: true }, onConnection);
   server.maxConnections = MAX_CONNECTIONS;
   const old = process.umask(0o177);
   try {

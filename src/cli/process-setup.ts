@@ -35,8 +35,10 @@ export function pendingLines(n: PendingNotice): string {
 
 let stdoutGuarded = false;
 
-export function setUpProcess(io: Io): void {
-  if (io === processIo && !stdoutGuarded) {
+export function setUpProcess(io: Io, o: { stdout?: boolean } = {}): void {
+  // `read` writes its value to descriptor 1 itself: process.stdout, which would load node:net
+  // for a pipe (~1.5 ms), is not made for it.
+  if (io === processIo && !stdoutGuarded && o.stdout !== false) {
     stdoutGuarded = true;
     // The reader went away (`keyward audit export | head`): what it wanted it has; stop quietly
     // instead of dying on an unhandled EPIPE with a stack trace.
@@ -57,8 +59,9 @@ export function setUpProcess(io: Io): void {
 export async function runQuick(
   io: Io,
   run: () => Promise<number | undefined>,
+  o: { stdout?: boolean } = {},
 ): Promise<number | undefined> {
-  setUpProcess(io);
+  setUpProcess(io, o);
   try {
     return await run();
   } catch (e) {

@@ -6,9 +6,9 @@
  * passphrase), goes through main.ts; its commands call the same functions below, so both paths
  * do and print the same.
  */
-import tty from 'node:tty';
-import { agentRead, call, stopAgent } from '../agent/index.js';
+import { agentReadBlocking, call, stopAgent } from '../agent/index.js';
 import { EXIT } from '../errors.js';
+import { isTerminal } from '../lib/libc.js';
 import { assertValidName } from '../lib/names.js';
 import { socketDir } from '../lib/paths.js';
 import { agentSocket } from './places.js';
@@ -43,15 +43,21 @@ export async function quick(
   io: Io = processIo,
 ): Promise<number | undefined> {
   if (!isQuick(argv)) return undefined;
-  return runQuick(io, async () => {
-    if (argv[0] === 'lock') await lockCommand(io);
-    else if (argv[0] === 'agent') await agentStopCommand(io);
-    else {
-      const name = argv[1] as string;
-      assertValidName(name);
-      const read = await agentRead(agentSocket(), name, 1, tty.isatty(1));
-      if (!read) return undefined;
-    }
-    return EXIT.OK;
-  });
+  const read = argv[0] === 'read';
+  return runQuick(
+    io,
+    async () => {
+      if (argv[0] === 'lock') await lockCommand(io);
+      else if (argv[0] === 'agent') await agentStopCommand(io);
+      else {
+        const name = argv[1] as string;
+        assertValidName(name);
+        // Blocking, without node:net (agent/read-blocking.ts): one request, nothing to overlap.
+        if (!agentReadBlocking(agentSocket(), name, 1, isTerminal(1))) return undefined;
+      }
+      return EXIT.OK;
+    },
+    // The value goes to descriptor 1 directly; errors still go through process.stderr.
+    { stdout: !read },
+  );
 }

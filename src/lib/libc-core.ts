@@ -48,6 +48,10 @@ export interface Libc {
   inotifyInit1: (flags: number) => number;
   inotifyAddWatch: (fd: number, path: string, mask: number) => number;
   inotifyRmWatch: (fd: number, wd: number) => number;
+  /** recv(2) into buf's own memory (a pointer, no copy: it may be secure memory). */
+  recvInto: (fd: number, buf: Buffer, len: number, flags: number) => number | bigint;
+  setsockopt: (fd: number, level: number, name: number, val: Buffer, len: number) => number;
+  isatty: (fd: number) => number;
   read: (fd: number, buf: Buffer, len: number) => number | bigint;
   renameat2: (
     olddir: number,
@@ -129,6 +133,9 @@ function bind(): Libc {
     inotifyInit1: () => lib.func('int inotify_init1(int)'),
     inotifyAddWatch: () => lib.func('int inotify_add_watch(int, const char *, uint32_t)'),
     inotifyRmWatch: () => lib.func('int inotify_rm_watch(int, int)'),
+    recvInto: () => lib.func('long recv(int, void *, size_t, int)'),
+    setsockopt: () => lib.func('int setsockopt(int, int, int, const uint8_t *, uint32_t)'),
+    isatty: () => lib.func('int isatty(int)'),
     read: () => lib.func('long read(int, _Out_ uint8_t *, size_t)'),
     renameat2: () => lib.func('int renameat2(int, const char *, int, const char *, unsigned int)'),
   };

@@ -60,6 +60,14 @@ export function coreLimit(): { soft: bigint; hard: bigint } {
   return { soft: BigInt(out.cur), hard: BigInt(out.max) };
 }
 
+/**
+ * Whether fd is a terminal, as tty.isatty says, without node:tty (which loads node:net: the read
+ * path loads neither).
+ */
+export function isTerminal(fd: number): boolean {
+  return libc().isatty(fd) === 1;
+}
+
 // struct termios on Linux/glibc (x86_64 and aarch64): four 32-bit flag words, c_line, c_cc[32],
 // then the two speeds: 60 bytes. We only touch c_lflag and two c_cc slots.
 const TERMIOS_SIZE = 60;
