@@ -10,7 +10,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
-import { BIN, kw } from './helpers.js';
+import { BIN, initHome, kw } from './helpers.js';
+import { koffi } from '../src/lib/koffi.js';
+import { unixConnect } from '../src/lib/unix.js';
 
 const homes: AgentHome[] = [];
 after(async () => {
@@ -54,4 +56,45 @@ test('read through the agent loads no node:net, through a pipe as through a file
   const missing = kw(['read', 'app/none'], { env: h.env });
   assert.equal(missing.code, 3, missing.stderr);
   assert.match(missing.stderr, /no secret named app\/none/);
+});
+
+test('read against a listener of your own that never accepts (its queue full) is refused at once, not waited for', () => {
+  const h = initHome();
+  const run = path.join(h.dir, 'run');
+  fs.mkdirSync(run, { mode: 0o700 });
+  const sockPath = path.join(run, 'agent.sock');
+  const libc = koffi.load('libc.so.6');
+  const socket = libc.func('int socket(int, int, int)');
+  const bind = libc.func('int bind(int, const uint8_t *, uint32_t)');
+  const listen = libc.func('int listen(int, int)');
+  const close = libc.func('int close(int)');
+  const addr = Buffer.alloc(110);
+  addr.writeUInt16LE(1, 0); // AF_UNIX
+  Buffer.from(sockPath).copy(addr, 2);
+  const listener = socket(1, 1, 0) as number;
+  const held: number[] = [listener];
+  try {
+    assert.equal(bind(listener, addr, 2 + Buffer.byteLength(sockPath) + 1), 0);
+    assert.equal(listen(listener, 0), 0);
+    // Fill its queue: connections it never accepts (a queue of 0 still takes one).
+    for (;;) {
+      try {
+        held.push(unixConnect(sockPath));
+      } catch (e) {
+        assert.equal((e as NodeJS.ErrnoException).code, 'EAGAIN');
+        break;
+      }
+      assert.ok(held.length < 10, 'the queue filled');
+    }
+    const r = spawnSync(process.execPath, [BIN, 'read', 'app/token'], {
+      env: { ...h.env, KEYWARD_SOCKET_DIR: run },
+      encoding: 'utf8',
+      timeout: 120_000, // a safety net only: the read must end on its own, at once
+    });
+    assert.equal(r.signal, null, 'the read waited on the connect');
+    assert.notEqual(r.status, 0);
+    assert.match(r.stderr, /takes no connection \(its queue is full\)/);
+  } finally {
+    for (const fd of held) close(fd);
+  }
 });

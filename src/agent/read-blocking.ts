@@ -10,7 +10,7 @@
 import { KeywardError } from '../errors.js';
 import { libc } from '../lib/libc-core.js';
 import { closeFd, peerCredentials } from '../lib/libc.js';
-import { secureAlloc, secureFree, writeAllSync } from '../lib/secure.js';
+import { secureAlloc, secureFree, writeAllSync, type SecureBuffer } from '../lib/secure.js';
 import { unixConnect } from '../lib/unix.js';
 import { errorFrom, greeted, malformed, notePending } from './client.js';
 import {
@@ -25,25 +25,45 @@ import {
 import { checkAgentSocket } from './socketdir.js';
 
 /** As the async client: longer than the first identification of a new executable. */
-const HELLO_TIMEOUT_S = 30;
+const HELLO_TIMEOUT_MS = 30_000;
 const SOL_SOCKET = 1;
 const SO_RCVTIMEO = 20;
 const EINTR = 4;
+/** Also what a receive says once its timeout has passed. */
 const EAGAIN = 11;
 const MSG_NOSIGNAL = 0x4000;
 
-/** How long a receive may wait (0: for ever, as a request waiting for a person may). */
-function receiveTimeout(sock: number, seconds: number): void {
+/** How long the next receive may wait, in ms (0: for ever, as a request waiting for a person). */
+function receiveTimeout(sock: number, ms: number): void {
   const tv = Buffer.alloc(16); // struct timeval: tv_sec, tv_usec (64-bit each)
-  tv.writeBigInt64LE(BigInt(seconds), 0);
+  tv.writeBigInt64LE(BigInt(Math.floor(ms / 1000)), 0);
+  tv.writeBigInt64LE(BigInt(Math.floor(ms % 1000) * 1000), 8);
   if (libc().setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, tv, tv.length) !== 0)
     throw new Error(`setsockopt failed (errno ${libc().errno()})`);
 }
 
+/** The socket, connected; undefined where no agent listens (ENOENT, ECONNREFUSED). */
+function connect(path: string): number | undefined {
+  try {
+    return unixConnect(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ECONNREFUSED') return undefined;
+    // A listener that never accepts: refused at once, as node:net does, not waited for.
+    if (code === 'EAGAIN')
+      throw new KeywardError(
+        'AGENT_UNAVAILABLE',
+        `what listens on ${path} takes no connection (its queue is full)`,
+      );
+    throw e;
+  }
+}
+
 /**
  * Reads NAME through the agent at path and writes it to fd (a newline after it when asked).
- * False when no agent answers there (the caller reads the vault itself); a refusal throws its
- * KeywardError, as agentRead does.
+ * False when no agent answers there (the caller reads the vault itself), where agentRead said
+ * so too: no socket, nobody listening, no greeting (closed first, or none in 30 s). A refusal
+ * throws its KeywardError, as agentRead does.
  */
 export function agentReadBlocking(
   path: string,
@@ -57,17 +77,10 @@ export function agentReadBlocking(
     if (e instanceof KeywardError && e.code === 'AGENT_UNAVAILABLE') return false;
     throw e;
   }
-  let sock: number;
-  try {
-    sock = unixConnect(path);
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ECONNREFUSED') return false;
-    throw e;
-  }
-  const reader = new FrameReader();
-  reader.many = true;
-  const chunk = secureAlloc(64 * 1024);
+  const sock = connect(path);
+  if (sock === undefined) return false;
+  let reader: FrameReader | undefined;
+  let chunk: SecureBuffer | undefined;
   const frames: Frame[] = [];
   try {
     const me = process.geteuid?.() ?? -1;
@@ -83,33 +96,38 @@ export function agentReadBlocking(
         `the process listening on ${path} runs as uid ${peer ?? 'unknown'}, not as you (${me})`,
         { hint: 'keyward sends nothing to it; find out who started it' },
       );
-    receiveTimeout(sock, HELLO_TIMEOUT_S);
+    const r = (reader = new FrameReader());
+    r.many = true;
+    const buf = (chunk = secureAlloc(64 * 1024));
+    // The greeting has one deadline, whatever arrives or interrupts meanwhile (a byte now and
+    // then, a signal): each receive waits only what is left of it. None after the greeting.
+    let deadline: number | undefined = Date.now() + HELLO_TIMEOUT_MS;
     const next = (): Frame => {
       for (;;) {
         const f = frames.shift();
         if (f) return f;
-        const n = Number(libc().recvInto(sock, chunk, chunk.length, 0));
+        if (deadline !== undefined) {
+          const left = deadline - Date.now();
+          if (left <= 0)
+            throw new KeywardError('AGENT_UNAVAILABLE', `the agent on ${path} did not answer`);
+          receiveTimeout(sock, Math.max(1, left));
+        }
+        const n = Number(libc().recvInto(sock, buf, buf.length, 0));
         if (n < 0) {
           const err = libc().errno();
-          if (err === EINTR) continue;
-          if (err === EAGAIN)
-            throw new KeywardError('AGENT_UNAVAILABLE', `the agent on ${path} did not answer`);
-          throw new KeywardError(
-            'AGENT_UNAVAILABLE',
-            `the connection to ${path} failed (errno ${err})`,
-          );
+          if (err === EINTR || err === EAGAIN) continue; // the deadline above decides
+          // As node:net's error event: the errno, not "no agent" (that is a close, or no time).
+          throw new Error(`the connection to ${path} failed (errno ${err})`);
         }
         if (n === 0) throw new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection');
         try {
-          frames.push(...reader.push(chunk.subarray(0, n)));
+          frames.push(...r.push(buf.subarray(0, n)));
         } catch (e) {
           throw malformed(e);
         }
       }
     };
     // Nothing is sent before the agent has greeted (docs/PROTOCOL.md, "Trusting the agent").
-    // No greeting (closed, or none in time) is no agent, as for agentRead: the caller reads the
-    // vault itself.
     let hello: Frame;
     try {
       hello = next();
@@ -122,6 +140,7 @@ export function agentReadBlocking(
       throw new KeywardError('PROTOCOL_ERROR', `what answers on ${path} is not a keyward agent`);
     greeted();
     // A request may wait for a person (its approval's timeout, 10 minutes at most).
+    deadline = undefined;
     receiveTimeout(sock, 0);
     const req = frameHead(REQ.read, { name, notify: true }, 0);
     for (let off = 0; off < req.length;) {
@@ -129,8 +148,7 @@ export function agentReadBlocking(
         libc().sendto(sock, req.subarray(off), req.length - off, MSG_NOSIGNAL, Buffer.alloc(0), 0),
       );
       if (n < 0) {
-        const err = libc().errno();
-        if (err === EINTR) continue;
+        if (libc().errno() === EINTR) continue;
         throw new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection');
       }
       off += n;
@@ -155,7 +173,7 @@ export function agentReadBlocking(
     }
   } finally {
     for (const f of frames.splice(0)) secureFree(f.raw);
-    reader.destroy();
+    reader?.destroy();
     secureFree(chunk);
     closeFd(sock);
   }

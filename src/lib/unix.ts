@@ -72,13 +72,20 @@ export function recvWithFd(sock: number, buf: Buffer): { n: number; fd: number |
   return { n, fd };
 }
 
-/** A connected Unix stream socket (close-on-exec), or throws with errno. */
+/**
+ * A connected Unix stream socket (close-on-exec, blocking), or throws with errno. The connect
+ * itself does not wait: a listener whose queue is full (one that never accepts) is EAGAIN at
+ * once, as node:net says, where a blocking connect would wait for ever.
+ */
 export function unixConnect(path: string): number {
   const l = libc();
   const AF_UNIX = 1;
   const SOCK_STREAM = 1;
   const SOCK_CLOEXEC = 0o2000000;
-  const fd = l.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  const SOCK_NONBLOCK = 0o4000;
+  const F_GETFL = 3;
+  const F_SETFL = 4;
+  const fd = l.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) throw new Error(`socket failed (errno ${l.errno()})`);
   const p = Buffer.from(path, 'utf8');
   if (p.length >= 108) {
@@ -92,8 +99,16 @@ export function unixConnect(path: string): number {
     const err = l.errno();
     l.close(fd);
     const e = new Error(`connect failed (errno ${err})`) as NodeJS.ErrnoException;
-    e.code = err === 2 ? 'ENOENT' : err === 111 ? 'ECONNREFUSED' : 'EIO';
+    e.code =
+      err === 2 ? 'ENOENT' : err === 111 ? 'ECONNREFUSED' : err === EAGAIN ? 'EAGAIN' : 'EIO';
     throw e;
+  }
+  // Connected (a Unix socket's connect completes at once or fails): blocking from here.
+  const flags = l.fcntl(fd, F_GETFL, 0);
+  if (flags < 0 || l.fcntl(fd, F_SETFL, flags & ~SOCK_NONBLOCK) !== 0) {
+    const err = l.errno();
+    l.close(fd);
+    throw new Error(`fcntl failed (errno ${err})`);
   }
   return fd;
 }
