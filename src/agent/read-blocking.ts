@@ -10,7 +10,7 @@
 import { KeywardError } from '../errors.js';
 import { libc } from '../lib/libc-core.js';
 import { closeFd, peerCredentials } from '../lib/libc.js';
-import { secureAlloc, secureFree, writeAllSync, type SecureBuffer } from '../lib/secure.js';
+import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 import { unixConnect } from '../lib/unix.js';
 import { errorFrom, greeted, malformed, notePending } from './client.js';
 import {
@@ -22,6 +22,7 @@ import {
   RES_PENDING,
   type Frame,
 } from './protocol.js';
+import { writeReleased } from './requests.js';
 import { checkAgentSocket } from './socketdir.js';
 
 /** As the async client: longer than the first identification of a new executable. */
@@ -163,12 +164,7 @@ export function agentReadBlocking(
         secureFree(f.raw);
         throw errorFrom(f);
       }
-      try {
-        if (f.raw) writeAllSync(fd, f.raw);
-        if (newline) writeAllSync(fd, Buffer.from('\n'));
-      } finally {
-        secureFree(f.raw);
-      }
+      writeReleased(f, fd, newline);
       return true;
     }
   } finally {

@@ -155,13 +155,7 @@ export async function agentRead(
   }
   try {
     conn.send(REQ.read, { name });
-    const f = await conn.next();
-    try {
-      if (f.raw) writeAllSync(fd, f.raw);
-      if (newline) writeAllSync(fd, Buffer.from('\n'));
-    } finally {
-      secureFree(f.raw);
-    }
+    writeReleased(await conn.next(), fd, newline);
     return true;
   } finally {
     conn.close();
@@ -180,7 +174,15 @@ export async function agentProjectRead(
   fd: number,
   newline: boolean,
 ): Promise<void> {
-  const f = await call(path, 'project', { op: 'read', name }, secureTake(Buffer.from(file)));
+  writeReleased(
+    await call(path, 'project', { op: 'read', name }, secureTake(Buffer.from(file))),
+    fd,
+    newline,
+  );
+}
+
+/** A released value written to fd from secure memory (a newline after it when asked), then freed. */
+export function writeReleased(f: Frame, fd: number, newline: boolean): void {
   try {
     if (f.raw) writeAllSync(fd, f.raw);
     if (newline) writeAllSync(fd, Buffer.from('\n'));
