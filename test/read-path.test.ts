@@ -5,12 +5,13 @@
  * "keyward read").
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, test } from 'node:test';
 import { stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
 import { BIN, initHome, kw } from './helpers.js';
+import { agentReadBlocking } from '../src/agent/index.js';
 import { koffi } from '../src/lib/koffi.js';
 import { unixConnect } from '../src/lib/unix.js';
 
@@ -96,5 +97,38 @@ test('read against a listener of your own that never accepts (its queue full) is
     assert.match(r.stderr, /takes no connection \(its queue is full\)/);
   } finally {
     for (const fd of held) close(fd);
+  }
+});
+
+test("the greeting's 30 s are one deadline: a listener of your own that sends a byte now and then does not hold the read past it", async () => {
+  const h = initHome();
+  const run = path.join(h.dir, 'run');
+  fs.mkdirSync(run, { mode: 0o700 });
+  const sockPath = path.join(run, 'agent.sock');
+  const sent = path.join(h.dir, 'sent');
+  // The trickler, in a process of its own (the read below blocks this one): accepts, then sends
+  // one byte every 8 s of a frame that never ends (4,096 bytes long), eight in all, counting them
+  // in a file.
+  const trickler = spawn(
+    process.execPath,
+    [
+      '-e',
+      `const net = require('node:net'); const fs = require('node:fs'); let n = 0;
+       net.createServer((c) => { c.on('error', () => {});
+         const bytes = [0, 0, 16, 0, 1, 2, 3, 4]; const t = setInterval(() => { c.write(Buffer.of(bytes[n] ?? 0)); fs.writeFileSync(${JSON.stringify(sent)}, String(++n)); if (n === 8) clearInterval(t); }, 8000);
+         c.on('close', () => clearInterval(t)); }).listen(${JSON.stringify(sockPath)}, () => process.stdout.write('ready\\n'));`,
+    ],
+    { stdio: ['ignore', 'pipe', 'inherit'] },
+  );
+  try {
+    await new Promise<void>((resolve) => trickler.stdout.once('data', () => resolve()));
+    // No greeting in 30 s: no agent, as agentRead said (the caller reads the vault itself).
+    assert.equal(agentReadBlocking(sockPath, 'app/token', 1, false), false);
+    const n = fs.existsSync(sent) ? Number(fs.readFileSync(sent, 'utf8')) : 0;
+    // Bytes did come meanwhile; per receive, each would have started 30 s again, and the read
+    // would have ended only 30 s after the last (the eighth, at 64 s).
+    assert.ok(n >= 1 && n < 8, `${n} bytes sent while the read waited`);
+  } finally {
+    trickler.kill('SIGKILL');
   }
 });
