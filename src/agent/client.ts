@@ -29,7 +29,7 @@ const require = createRequire(import.meta.url);
 const nodeNet = (): typeof net => require('node:net') as typeof net;
 
 /** Longer than the first identification of a new executable (hashing it) on a busy machine. */
-const HELLO_TIMEOUT_MS = 30_000;
+export const HELLO_TIMEOUT_MS = 30_000;
 
 /** Called once this process has been greeted by an agent (the CLI hardens itself there). */
 let afterHello: () => void = () => undefined;
@@ -103,6 +103,15 @@ function unavailable(path: string): KeywardError {
   });
 }
 
+/** The refusal of a listener that does not run as this user (SO_PEERCRED). */
+export function notMine(path: string, peer: number | undefined, me: number): KeywardError {
+  return new KeywardError(
+    'AGENT_UNTRUSTED',
+    `the process listening on ${path} runs as uid ${peer ?? 'unknown'}, not as you (${me})`,
+    { hint: 'keyward sends nothing to it; find out who started it' },
+  );
+}
+
 /** A frame the client got, or the end of the connection. */
 type Next = { frame: Frame } | { error: unknown };
 
@@ -158,14 +167,7 @@ export class AgentConnection {
         } catch {
           peer = undefined;
         }
-        if (peer !== me)
-          fail(
-            new KeywardError(
-              'AGENT_UNTRUSTED',
-              `the process listening on ${path} runs as uid ${peer ?? 'unknown'}, not as you (${me})`,
-              { hint: 'keyward sends nothing to it; find out who started it' },
-            ),
-          );
+        if (peer !== me) fail(notMine(path, peer, me));
       });
       s.on('data', (chunk: Buffer) => {
         let frames: Frame[];

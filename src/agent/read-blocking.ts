@@ -8,11 +8,10 @@
  * into secure memory and zeroed there once framed; the value is written to fd from it.
  */
 import { KeywardError } from '../errors.js';
-import { libc } from '../lib/libc-core.js';
 import { closeFd, peerCredentials } from '../lib/libc.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
-import { unixConnect } from '../lib/unix.js';
-import { errorFrom, greeted, malformed, notePending } from './client.js';
+import { EAGAIN, setReceiveTimeout, unixConnect, unixRecv, unixSendAll } from '../lib/unix.js';
+import { errorFrom, greeted, HELLO_TIMEOUT_MS, malformed, notMine, notePending } from './client.js';
 import {
   FrameReader,
   frameHead,
@@ -24,24 +23,6 @@ import {
 } from './protocol.js';
 import { writeReleased } from './requests.js';
 import { checkAgentSocket } from './socketdir.js';
-
-/** As the async client: longer than the first identification of a new executable. */
-const HELLO_TIMEOUT_MS = 30_000;
-const SOL_SOCKET = 1;
-const SO_RCVTIMEO = 20;
-const EINTR = 4;
-/** Also what a receive says once its timeout has passed. */
-const EAGAIN = 11;
-const MSG_NOSIGNAL = 0x4000;
-
-/** How long the next receive may wait, in ms (0: for ever, as a request waiting for a person). */
-function receiveTimeout(sock: number, ms: number): void {
-  const tv = Buffer.alloc(16); // struct timeval: tv_sec, tv_usec (64-bit each)
-  tv.writeBigInt64LE(BigInt(Math.floor(ms / 1000)), 0);
-  tv.writeBigInt64LE(BigInt(Math.floor(ms % 1000) * 1000), 8);
-  if (libc().setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, tv, tv.length) !== 0)
-    throw new Error(`setsockopt failed (errno ${libc().errno()})`);
-}
 
 /** The socket, connected; undefined where no agent listens (ENOENT, ECONNREFUSED). */
 function connect(path: string): number | undefined {
@@ -91,12 +72,7 @@ export function agentReadBlocking(
     } catch {
       peer = undefined;
     }
-    if (peer !== me)
-      throw new KeywardError(
-        'AGENT_UNTRUSTED',
-        `the process listening on ${path} runs as uid ${peer ?? 'unknown'}, not as you (${me})`,
-        { hint: 'keyward sends nothing to it; find out who started it' },
-      );
+    if (peer !== me) throw notMine(path, peer, me);
     const r = (reader = new FrameReader());
     r.many = true;
     const buf = (chunk = secureAlloc(64 * 1024));
@@ -111,15 +87,12 @@ export function agentReadBlocking(
           const left = deadline - Date.now();
           if (left <= 0)
             throw new KeywardError('AGENT_UNAVAILABLE', `the agent on ${path} did not answer`);
-          receiveTimeout(sock, Math.max(1, left));
+          setReceiveTimeout(sock, Math.max(1, left));
         }
-        const n = Number(libc().recvInto(sock, buf, buf.length, 0));
-        if (n < 0) {
-          const err = libc().errno();
-          if (err === EINTR || err === EAGAIN) continue; // the deadline above decides
-          // As node:net's error event: the errno, not "no agent" (that is a close, or no time).
-          throw new Error(`the connection to ${path} failed (errno ${err})`);
-        }
+        const n = unixRecv(sock, buf);
+        if (n === -EAGAIN) continue; // the deadline above decides
+        // As node:net's error event: the errno, not "no agent" (that is a close, or no time).
+        if (n < 0) throw new Error(`the connection to ${path} failed (errno ${-n})`);
         if (n === 0) throw new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection');
         try {
           frames.push(...r.push(buf.subarray(0, n)));
@@ -142,18 +115,9 @@ export function agentReadBlocking(
     greeted();
     // A request may wait for a person (its approval's timeout, 10 minutes at most).
     deadline = undefined;
-    receiveTimeout(sock, 0);
-    const req = frameHead(REQ.read, { name, notify: true }, 0);
-    for (let off = 0; off < req.length;) {
-      const n = Number(
-        libc().sendto(sock, req.subarray(off), req.length - off, MSG_NOSIGNAL, Buffer.alloc(0), 0),
-      );
-      if (n < 0) {
-        if (libc().errno() === EINTR) continue;
-        throw new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection');
-      }
-      off += n;
-    }
+    setReceiveTimeout(sock, 0);
+    if (!unixSendAll(sock, frameHead(REQ.read, { name, notify: true }, 0)))
+      throw new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection');
     for (;;) {
       const f = next();
       if (f.type === RES_PENDING) {

@@ -72,6 +72,26 @@ export function recvWithFd(sock: number, buf: Buffer): { n: number; fd: number |
   return { n, fd };
 }
 
+const AF_UNIX = 1;
+const SOCK_STREAM = 1;
+const SOCK_DGRAM = 2;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const SO_RCVTIMEO = 20;
+const EINTR = 4;
+
+/** struct sockaddr_un for path, and its length; undefined when the path is too long for one. */
+function sockaddrUn(path: string): { addr: Buffer; len: number } | undefined {
+  const p = Buffer.from(path, 'utf8');
+  if (p.length >= 108) return undefined;
+  const addr = Buffer.alloc(110);
+  addr.writeUInt16LE(AF_UNIX, 0);
+  p.copy(addr, 2);
+  return { addr, len: 2 + p.length + 1 };
+}
+
 /**
  * A connected Unix stream socket (close-on-exec, blocking), or throws with errno. The connect
  * itself does not wait: a listener whose queue is full (one that never accepts) is EAGAIN at
@@ -79,23 +99,14 @@ export function recvWithFd(sock: number, buf: Buffer): { n: number; fd: number |
  */
 export function unixConnect(path: string): number {
   const l = libc();
-  const AF_UNIX = 1;
-  const SOCK_STREAM = 1;
-  const SOCK_CLOEXEC = 0o2000000;
-  const SOCK_NONBLOCK = 0o4000;
-  const F_GETFL = 3;
-  const F_SETFL = 4;
   const fd = l.socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) throw new Error(`socket failed (errno ${l.errno()})`);
-  const p = Buffer.from(path, 'utf8');
-  if (p.length >= 108) {
+  const to = sockaddrUn(path);
+  if (!to) {
     l.close(fd);
     throw new Error('socket path too long');
   }
-  const addr = Buffer.alloc(110);
-  addr.writeUInt16LE(AF_UNIX, 0);
-  p.copy(addr, 2);
-  if (l.connect(fd, addr, 2 + p.length + 1) !== 0) {
+  if (l.connect(fd, to.addr, to.len) !== 0) {
     const err = l.errno();
     l.close(fd);
     const e = new Error(`connect failed (errno ${err})`) as NodeJS.ErrnoException;
@@ -113,10 +124,43 @@ export function unixConnect(path: string): number {
   return fd;
 }
 
-const AF_UNIX = 1;
-const SOCK_DGRAM = 2;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
+/** How long the next receive on a blocking socket may wait, in ms (0: for ever). */
+export function setReceiveTimeout(sock: number, ms: number): void {
+  const tv = Buffer.alloc(16); // struct timeval: tv_sec, tv_usec (64-bit each)
+  tv.writeBigInt64LE(BigInt(Math.floor(ms / 1000)), 0);
+  tv.writeBigInt64LE(BigInt(Math.floor(ms % 1000) * 1000), 8);
+  if (libc().setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, tv, tv.length) !== 0)
+    throw new Error(`setsockopt failed (errno ${libc().errno()})`);
+}
+
+/**
+ * One blocking receive into buf's own memory (no copy: it may be secure memory): the bytes read,
+ * 0 at the end of the stream, or -errno (-EAGAIN once a receive timeout passed); EINTR is retried.
+ */
+export function unixRecv(sock: number, buf: Buffer): number {
+  const l = libc();
+  for (;;) {
+    const n = Number(l.recvInto(sock, buf, buf.length, 0));
+    if (n >= 0) return n;
+    const err = l.errno();
+    if (err !== EINTR) return -err;
+  }
+}
+
+/** Sends all of data on a connected stream socket (blocking); false when the peer is gone. */
+export function unixSendAll(sock: number, data: Buffer): boolean {
+  const l = libc();
+  const none = Buffer.alloc(0);
+  for (let off = 0; off < data.length;) {
+    const n = Number(l.sendto(sock, data.subarray(off), data.length - off, MSG_NOSIGNAL, none, 0));
+    if (n < 0) {
+      if (l.errno() === EINTR) continue;
+      return false;
+    }
+    off += n;
+  }
+  return true;
+}
 
 /** A non-blocking, close-on-exec Unix datagram socket (the system log's kind). */
 export function unixDatagramSocket(): number {
@@ -132,11 +176,8 @@ export function unixDatagramSocket(): number {
  */
 export function sendDatagram(fd: number, path: string, data: Buffer): number {
   const l = libc();
-  const p = Buffer.from(path, 'utf8');
-  if (p.length >= 108) return 36; // ENAMETOOLONG
-  const addr = Buffer.alloc(110);
-  addr.writeUInt16LE(AF_UNIX, 0);
-  p.copy(addr, 2);
-  const n = l.sendto(fd, data, data.length, MSG_DONTWAIT, addr, 2 + p.length + 1);
+  const to = sockaddrUn(path);
+  if (!to) return 36; // ENAMETOOLONG
+  const n = l.sendto(fd, data, data.length, MSG_DONTWAIT, to.addr, to.len);
   return Number(n) === data.length ? 0 : l.errno();
 }

@@ -50,6 +50,11 @@ const MASK =
   IN_MOVE_SELF;
 const EAGAIN = 11;
 const EINTR = 4;
+/**
+ * Calls of a WatchedStamp between full stats while its watch is quiet: what inotify can't see (a
+ * write through a shared mapping, an ancestor directory renamed) is seen within this many.
+ */
+export const FULL_CHECK_EVERY = 64;
 
 export class PathWatch {
   private readonly buf = Buffer.alloc(4096);
@@ -164,7 +169,7 @@ export class WatchedStamp {
   constructor(
     private readonly paths: () => string[],
     private readonly stat: () => string,
-    private readonly fullEvery = 64,
+    private readonly fullEvery = FULL_CHECK_EVERY,
   ) {}
 
   get(): string {

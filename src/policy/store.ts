@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError, KeywardError } from '../errors.js';
 import { ensurePrivateDir, writeFileAtomic } from '../lib/files.js';
-import { WatchedStamp } from '../lib/watch.js';
+import { FULL_CHECK_EVERY, WatchedStamp } from '../lib/watch.js';
 import { secureFree, secureTake } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
 import { parsePolicies, parsePolicy } from './parse-thread.js';
@@ -468,11 +468,8 @@ const lastSeen = new Map<
   { dir: string; last: { version: number; file: string } | undefined }
 >();
 
-/**
- * Calls between full checks while the policy directories' watch is quiet: what inotify can't see
- * (a write through a shared mapping, an ancestor directory renamed) is seen within this many.
- */
-export const POLICY_FULL_CHECK_EVERY = 64;
+/** What the tests attack: the watch's own full-check interval (lib/watch.ts). */
+export const POLICY_FULL_CHECK_EVERY = FULL_CHECK_EVERY;
 
 /** Per home: the policy files' stamp, taken again when its watch reports a change. */
 const watched = new Map<string, WatchedStamp>();
@@ -496,7 +493,6 @@ export function policyStamp(home: string): string {
         );
       },
       () => statPolicy(home),
-      POLICY_FULL_CHECK_EVERY,
     );
     watched.set(home, w);
   }
