@@ -217,21 +217,36 @@ export async function signBench(root: string): Promise<void> {
     const socks = withFloor ? [sshSock, kwSock, floorSock] : [sshSock, kwSock];
     if (WARM_UP > 0) for (const sock of socks) await timedRound(sock, req, 8, WARM_UP);
     for (const conc of [1, 8]) {
-      // The two agents in turns, four rounds each: a machine that drifts during the runs moves
-      // both alike, and the ratio stays what it is.
+      // The agents (and the floor) in turns, four rounds each: a machine that drifts during the
+      // runs moves all alike, and the ratios stay what they are.
       const sshRounds: Round[] = [];
       const kwRounds: Round[] = [];
       const floorRounds: Round[] = [];
       const per = Math.ceil(k.n / ROUNDS / conc) * conc;
+      // Each round runs the agents in another order (ssh-agent, keyward, the floor; then
+      // keyward first; ...): none is always the one that runs right after another's burst.
+      const runs: Array<() => Promise<void>> = [
+        async () => {
+          const c0 = cpuMs(sshAgent.pid);
+          sshRounds.push(await timedRound(sshSock, req, conc, per));
+          cpu.sshAgent += cpuMs(sshAgent.pid) - c0;
+        },
+        async () => {
+          const c0 = cpuMs(home.agentPid());
+          kwRounds.push(await timedRound(kwSock, req, conc, per));
+          cpu.keyward += cpuMs(home.agentPid()) - c0;
+        },
+        ...(withFloor
+          ? [
+              async () => {
+                floorRounds.push(await timedRound(floorSock, req, conc, per));
+              },
+            ]
+          : []),
+      ];
       for (let r = 0; r < ROUNDS; r++) {
-        let c0 = cpuMs(sshAgent.pid);
-        sshRounds.push(await timedRound(sshSock, req, conc, per));
-        cpu.sshAgent += cpuMs(sshAgent.pid) - c0;
-        c0 = cpuMs(home.agentPid());
-        kwRounds.push(await timedRound(kwSock, req, conc, per));
-        cpu.keyward += cpuMs(home.agentPid()) - c0;
+        for (let i = 0; i < runs.length; i++) await runs[(r + i) % runs.length]?.();
         cpu.signatures += per + conc; // the warm-up sends one a connection
-        if (withFloor) floorRounds.push(await timedRound(floorSock, req, conc, per));
       }
       const ssh = timing(sshRounds);
       const keyward = timing(kwRounds);
