@@ -104,10 +104,12 @@ function openMaps(pid: number): number | undefined {
  * exec'd another program since. Undefined when it is still the same.
  */
 export function changedSince(p: Peer): string | undefined {
+  // With a program handle, its maps' read and its pidfd's signal say both at once: the handle is
+  // of the same process as p.pidfd (the registry keys handles by pid and start time, and
+  // identifyPeer checked it against this pidfd). Which of the two, only when one failed.
+  if (p.program ? sameProgram(p.program) : stillSameProcess(p.pidfd)) return undefined;
   if (!stillSameProcess(p.pidfd)) return 'the requesting process is gone';
-  if (p.program && !sameProgram(p.program))
-    return 'the requesting process ran another program (exec) since it connected';
-  return undefined;
+  return 'the requesting process ran another program (exec) since it connected';
 }
 
 const SWEEP_AT = 64;

@@ -79,6 +79,12 @@ export interface Head {
  * while the file's stamp is unchanged: anything another writer (or anyone) does to a file changes
  * its stamp, and the file is read again, exactly as without this.
  */
+/** A segment's lstat taken under the lock, to be used again in the same append. */
+interface SegmentSeen {
+  segment: number;
+  stat: fs.BigIntStats | undefined;
+}
+
 interface Known {
   stateStamp: string;
   st: AuditState;
@@ -208,8 +214,15 @@ export class AuditLog {
     return locked(async () => {
       // A long-running writer knows the last line it wrote: it must still be there, as it was.
       // If not, the log was cut behind it; the first line of this batch says so.
-      const cut = expect && !this.stillThere(expect) ? this.cutBehind(expect) : undefined;
-      const head = this.writeLocked(cut ? [cut.record, ...records] : records);
+      // The segment's lstat, once: the check that the line is still there and the head's stamp
+      // below both use it (under the same lock, a moment apart).
+      const seen = expect && { segment: expect.segment, stat: this.segmentStat(expect.segment) };
+      const cut =
+        expect && !this.stillThere(expect, seen?.stat) ? this.cutBehind(expect) : undefined;
+      const head = this.writeLocked(
+        cut ? [cut.record, ...records] : records,
+        cut ? undefined : seen,
+      );
       if (cut) head.gap = cut.reason;
       if (blocking) this.files.sync(head.segment);
       else {
@@ -250,9 +263,9 @@ export class AuditLog {
   }
 
   /** Under the lock: recover, evolve, rotate, write. The caller makes the last write durable. */
-  private writeLocked(records: readonly AuditRecord[]): Head {
+  private writeLocked(records: readonly AuditRecord[], seen?: SegmentSeen): Head {
     try {
-      const head = this.appendLocked(this.currentState(), records);
+      const head = this.appendLocked(this.currentState(), records, seen);
       if (!this.o.keep) this.forget();
       return head;
     } catch (e) {
@@ -294,7 +307,10 @@ export class AuditLog {
    * The segment's head as this writer left it, when the segment's stamp says no one has written
    * to it, cut it or replaced it since; else read from the file.
    */
-  private headKnown(segment: number): {
+  private headKnown(
+    segment: number,
+    given?: SegmentSeen,
+  ): {
     head: Head;
     tail: Tail;
     lastType: string | undefined;
@@ -305,7 +321,9 @@ export class AuditLog {
     const seg = this.known?.seg;
     const seen =
       seg?.segment === segment
-        ? fs.lstatSync(this.segmentPath(segment), { bigint: true, throwIfNoEntry: false })
+        ? given?.segment === segment && given.stat !== undefined
+          ? given.stat
+          : this.segmentStat(segment)
         : undefined;
     if (seg && seen && seg.stamp === stampFrom(seen))
       return {
@@ -334,8 +352,13 @@ export class AuditLog {
   }
 
   /** Whether the line a writer wrote (seq, hash, where it ended) is still in its segment. */
-  private stillThere(h: Head): boolean {
-    return lineStillThere(this.files.held(h.segment), this.segmentPath(h.segment), h);
+  private stillThere(h: Head, seen?: fs.BigIntStats): boolean {
+    return lineStillThere(this.files.held(h.segment, seen), this.segmentPath(h.segment), h);
+  }
+
+  /** The segment's lstat (undefined when there is none). */
+  private segmentStat(segment: number): fs.BigIntStats | undefined {
+    return fs.lstatSync(this.segmentPath(segment), { bigint: true, throwIfNoEntry: false });
   }
 
   private cutBehind(expected: Head): { record: AuditRecord; reason: string } {
@@ -397,10 +420,10 @@ export class AuditLog {
     if (this.known?.st === st) this.known.stateStamp = stampOf(this.paths.state) ?? '';
   }
 
-  private appendLocked(st: AuditState, records: readonly AuditRecord[]): Head {
+  private appendLocked(st: AuditState, records: readonly AuditRecord[], seen?: SegmentSeen): Head {
     const now = this.o.now();
     const segment = st.segment;
-    const known = this.headKnown(segment);
+    const known = this.headKnown(segment, seen);
     let { head, tail, first } = known;
     const pending: AuditRecord[] = [];
     if (tail.tornBytes > 0) {

@@ -127,6 +127,8 @@ export class SigningKey {
 
   /** An ECDSA or RSA key parsed once into OpenSSL's secure heap (holdParsed), freed by wipe(). */
   private held: OpensslKey | undefined;
+  /** The public blob's fingerprint, once asked for (public). */
+  private fp: string | undefined;
 
   /**
    * For a key the agent keeps (a vault key while unlocked, one added by ssh-add): an ECDSA or RSA
@@ -361,8 +363,9 @@ export class SigningKey {
     return this.recordBytes;
   }
 
+  /** SHA256:... of the public blob: asked at every signature (its record), taken once. */
   get fingerprint(): string {
-    return fingerprint(this.publicBlob);
+    return (this.fp ??= fingerprint(this.publicBlob));
   }
 
   /** The algorithm a signature with these flags uses, or undefined when keyward refuses it. */
