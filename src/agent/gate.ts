@@ -241,10 +241,11 @@ export class Gate {
               },
       };
     }
-    const decision = withChannels(
-      evaluated,
-      this.channels(evaluated.decision === 'approve' ? evaluated.approval.mode : undefined),
-    );
+    // Only an approval depends on the channels at hand (withChannels keeps any other decision).
+    const decision =
+      evaluated.decision === 'approve'
+        ? withChannels(evaluated, this.channels(evaluated.approval.mode))
+        : evaluated;
     const refuse = async (
       message: string,
       code: 'POLICY_DENIED' | 'APPROVAL_REJECTED' | 'APPROVAL_TIMEOUT',
