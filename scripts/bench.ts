@@ -340,14 +340,15 @@ async function agentBench(): Promise<void> {
   process.stdout.write(`${lines.join('\n')}\nwritten to bench/results/agent.json\n`);
 }
 
-// BENCH_ONLY=cli|audit|agent|sign|run|mcp|vault|proxy runs one part.
-const only = process.env['BENCH_ONLY'];
-if (!only || only === 'cli') await cliBench(ROOT);
-if (!only || only === 'audit') await main();
-if (!only || only === 'agent') await agentBench();
-if (!only || only === 'sign') await signBench(ROOT);
-if (!only || only === 'run') await runBench(ROOT);
-if (!only || only === 'mcp') await mcpBench(ROOT);
-if (!only || only === 'vault') await vaultBench(ROOT);
-if (!only || only === 'proxy') await proxyBench(ROOT);
+// BENCH_ONLY=cli|audit|agent|sign|run|mcp|vault|proxy runs one part (or several: cli,audit).
+const only = process.env['BENCH_ONLY']?.split(',');
+const runs = (part: string) => only === undefined || only.includes(part);
+if (runs('cli')) await cliBench(ROOT);
+if (runs('audit')) await main();
+if (runs('agent')) await agentBench();
+if (runs('sign')) await signBench(ROOT);
+if (runs('run')) await runBench(ROOT);
+if (runs('mcp')) await mcpBench(ROOT);
+if (runs('vault')) await vaultBench(ROOT);
+if (runs('proxy')) await proxyBench(ROOT);
 process.stdout.write(`written ${writeReport(ROOT)}\n`);
