@@ -96,10 +96,10 @@ async function main(): Promise<void> {
   // agent does it (the fsync on libuv's thread pool); and for eight writers in lockstep, eight
   // lines appended in one write and fsynced together, as a batch of eight is (a larger write
   // makes a slower fsync than one line's). The limits and the agent's appends are measured in
-  // turns, three rounds each, and each row is its median: one round lasts a fraction of a
+  // turns, five rounds each, and each row is its median: one round lasts a fraction of a
   // second, and this machine's neighbours move single rounds by a third.
-  const n1 = Number(process.env['BENCH_APPENDS'] ?? 1000);
-  const rounds = 3;
+  const n1 = Number(process.env['BENCH_APPENDS'] ?? 2000);
+  const rounds = 5;
   const per = Math.ceil(n1 / rounds);
   const rawFile = path.join(scratchDir(), 'raw');
   const rawFd = fs.openSync(rawFile, 'a', 0o600);
