@@ -15,13 +15,13 @@ import {
   withFileLockAsync,
 } from '../lib/files.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
-import { encodeLineBytes, parseLine, ZERO_HASH } from './entry.js';
+import { parseLine, ZERO_HASH } from './entry.js';
+import { encodeBatch } from './batch.js';
 import { gapRecord } from './checkpoint.js';
 import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
 import { cutTorn, firstLineTime, lineStillThere, readTail, type Tail } from './tail.js';
 import { hashAt, unacknowledgedGaps } from './history.js';
 import type { AuditRecord } from './events.js';
-import { currentProcessActor } from './actor.js';
 import { SegmentFiles, stampFrom } from './segment-files.js';
 import { BodySealer } from './body.js';
 import { epochZeroKey, nextEpochKey } from './keys.js';
@@ -477,38 +477,8 @@ export class AuditLog {
     first?: { time: number | undefined },
     seen?: fs.BigIntStats,
   ): Head {
-    let { seq, hash } = head;
     const time = this.o.now().toISOString();
-    const lines: Buffer[] = [];
-    const written: ShippedEntry[] = [];
-    for (const r of records) {
-      const body = {
-        actor: r.actor ?? currentProcessActor(),
-        target: r.target ?? null,
-        decision: r.decision ?? 'info',
-        reason: r.reason ?? null,
-        details: r.details ?? {},
-      };
-      seq += 1;
-      const sealed = this.sealer
-        .seal(Buffer.from(JSON.stringify(body), 'utf8'), st.boxPublicKey)
-        .toString('base64');
-      const e = encodeLineBytes(
-        { seq, time, type: r.type, epoch: st.epoch, prev: hash, body: sealed },
-        st.key,
-      );
-      lines.push(e.bytes);
-      written.push({
-        seq,
-        time,
-        type: r.type,
-        epoch: st.epoch,
-        decision: body.decision,
-        hash: e.hash,
-        prev: hash,
-      });
-      hash = e.hash;
-    }
+    const { lines, written, seq, hash } = encodeBatch(records, head, time, st, this.sealer);
     const { fd, created } = this.files.open(st.segment, seen);
     let end: number;
     let stamp: string;
