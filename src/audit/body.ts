@@ -93,12 +93,16 @@ export class BodySealer {
       this.renew(publicKey, t);
     const key = this.key as SecureBuffer;
     this.uses += 1;
-    const out = Buffer.alloc(HEAD + plain.length + ABYTES);
+    // Public bytes, every one written below (the tag, the ephemeral key, the whole nonce, the
+    // ciphertext and its tag): a slice of Node's pool will do, unzeroed.
+    const out = Buffer.allocUnsafe(HEAD + plain.length + ABYTES);
     out[0] = TAG;
     this.epk.copy(out, 1);
     const nonce = out.subarray(1 + PK, HEAD);
-    // The count of bodies sealed under this key before this one (uses was just incremented).
-    nonce.writeBigUInt64LE(BigInt(this.uses - 1), 0);
+    // The count of bodies sealed under this key before this one (uses was just incremented),
+    // 64 bits little-endian (below BATCH_KEY_USES: its high half is 0), then zeros.
+    nonce.writeUInt32LE(this.uses - 1, 0);
+    nonce.fill(0, 4);
     sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
       out.subarray(HEAD),
       plain,
