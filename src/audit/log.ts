@@ -73,18 +73,18 @@ export interface Head {
   written?: ShippedEntry[];
 }
 
-/**
- * A writer's knowledge of the log: the state (epoch key included, in secure memory) and its
- * segment's head, each with the stamp of the file it came from. Used only under the lock and only
- * while the file's stamp is unchanged: anything another writer (or anyone) does to a file changes
- * its stamp, and the file is read again, exactly as without this.
- */
 /** A segment's lstat taken under the lock, to be used again in the same append. */
 interface SegmentSeen {
   segment: number;
   stat: fs.BigIntStats | undefined;
 }
 
+/**
+ * A writer's knowledge of the log: the state (epoch key included, in secure memory) and its
+ * segment's head, each with the stamp of the file it came from. Used only under the lock and only
+ * while the file's stamp is unchanged: anything another writer (or anyone) does to a file changes
+ * its stamp, and the file is read again, exactly as without this.
+ */
 interface Known {
   stateStamp: string;
   st: AuditState;
