@@ -6,6 +6,10 @@
 import { koffi } from './koffi.js';
 import { processWide } from './once.js';
 
+/** errno values the callers of these functions test for (asm-generic/errno-base.h). */
+export const EINTR = 4;
+export const EAGAIN = 11;
+
 export interface Libc {
   flock: (fd: number, op: number) => number;
   prctl: (option: number, a2: number, a3: number, a4: number, a5: number) => number;

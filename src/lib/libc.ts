@@ -3,13 +3,12 @@
  * terminal, peer credentials and pidfds, descriptors, renames. Starting programs, terminals and
  * glibc's malloc cache are in process.ts, Unix sockets with descriptors in unix.ts.
  */
-import { libc } from './libc-core.js';
+import { EINTR, libc } from './libc-core.js';
 
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
 export const LOCK_UN = 8;
 const EWOULDBLOCK = 11;
-const EINTR = 4;
 
 /** flock(2). Returns true when taken, false when LOCK_NB was asked and someone else holds it. */
 export function flock(fd: number, op: number): boolean {

@@ -2,7 +2,9 @@
  * Unix sockets beyond node:net: a descriptor passed with SCM_RIGHTS, a blocking connect, and
  * datagrams to the system log (through libc-core.ts).
  */
-import { libc, type Msghdr } from './libc-core.js';
+import { EAGAIN, EINTR, libc, type Msghdr } from './libc-core.js';
+
+export { EAGAIN };
 
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
@@ -10,7 +12,6 @@ const CMSG_SPACE_ONE_FD = 24; // CMSG_SPACE(sizeof(int)) on 64-bit Linux
 const MSG_DONTWAIT = 0x40;
 const MSG_NOSIGNAL = 0x4000;
 const MSG_CMSG_CLOEXEC = 0x40000000;
-export const EAGAIN = 11;
 
 /** A message header over one buffer and a control buffer, unnamed (a connected socket). */
 function msghdr(data: Buffer, control: Buffer): Msghdr {
@@ -80,7 +81,6 @@ const SOCK_CLOEXEC = 0o2000000;
 const F_GETFL = 3;
 const F_SETFL = 4;
 const SO_RCVTIMEO = 20;
-const EINTR = 4;
 
 /** struct sockaddr_un for path, and its length; undefined when the path is too long for one. */
 function sockaddrUn(path: string): { addr: Buffer; len: number } | undefined {

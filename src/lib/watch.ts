@@ -25,7 +25,7 @@
  */
 import fs from 'node:fs';
 import { LOCAL_FILE_SYSTEMS } from './file-systems.js';
-import { libc } from './libc-core.js';
+import { EAGAIN, EINTR, libc } from './libc-core.js';
 
 const IN_NONBLOCK = 0o4000;
 const IN_CLOEXEC = 0o2000000;
@@ -48,8 +48,6 @@ const MASK =
   IN_DELETE |
   IN_DELETE_SELF |
   IN_MOVE_SELF;
-const EAGAIN = 11;
-const EINTR = 4;
 /**
  * Calls of a WatchedStamp between full stats while its watch is quiet: what inotify can't see (a
  * write through a shared mapping, an ancestor directory renamed) is seen within this many.
