@@ -224,6 +224,8 @@ export interface AuditEntry {
   decision: string;
   reason: string | null;
   details: Record<string, unknown>;
+  /** Who did it: the process the writer saw (the agent's caller, or the CLI itself). */
+  actor?: { pid?: number; exe?: string; uid?: number };
 }
 
 /** The home's environment with no agent to be found: commands open the vault directly. */

@@ -13,6 +13,7 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { kwAsync, stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
 import { FAST_KDF, initHome, kw, makeHome, STRACE, straced } from './helpers.js';
+import { agentWith, CHANGING, INIT, rawGateway, tool, toolsFile } from './mcp-helpers.js';
 
 // CI installs strace (.ci/run); a developer without it is told, rather than a silent pass.
 const skip = !fs.existsSync(STRACE) && process.env['CI'] !== 'true' ? 'needs strace' : false;
@@ -172,12 +173,20 @@ describe('durability by syscall order (strace)', { skip }, () => {
       );
     });
 
-  /** The agent's calls (and its children's) while `during` runs: strace attached by pid. */
-  async function tracedAgent<T>(h: AgentHome, during: () => Promise<T>): Promise<[T, Call[]]> {
+  /**
+   * The agent's calls (and its children's, and those of the other processes in `also`) while
+   * `during` runs: strace attached by pid, one trace, so the order holds across the processes.
+   */
+  async function tracedAgent<T>(
+    h: AgentHome,
+    during: () => Promise<T>,
+    also: number[] = [],
+  ): Promise<[T, Call[]]> {
     const out = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-strace-')), 'trace');
+    const pids = [h.agentPid, ...also].flatMap((pid) => ['-p', String(pid)]);
     const tracer = spawn(
       STRACE,
-      ['-f', '-y', '-s', '4096', '-e', `${TRACED},execve`, '-o', out, '-p', String(h.agentPid)],
+      ['-f', '-y', '-s', '4096', '-e', `${TRACED},execve`, '-o', out, ...pids],
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     // strace says when it has attached (to every thread): an event, not a delay.
@@ -185,7 +194,11 @@ describe('durability by syscall order (strace)', { skip }, () => {
       let said = '';
       tracer.stderr.on('data', (d: Buffer) => {
         said += d.toString();
-        if (/attached/.test(said)) resolve();
+        // Each process named: "Process PID attached" (with its threads, under -f).
+        const all = [h.agentPid, ...also].every((pid) =>
+          new RegExp(`Process ${pid} attached`).test(said),
+        );
+        if (all) resolve();
       });
       tracer.once('exit', () => reject(new Error(`strace exited: ${said}`)));
     });
@@ -239,4 +252,68 @@ describe('durability by syscall order (strace)', { skip }, () => {
       `the child started (call ${started.index}) before credential.deliver was synced (call ${synced.index})`,
     );
   });
+
+  for (const leak of [true, false])
+    test(`a tools/call through the gateway (leak_blocking: ${leak}): the agent syncs its mcp.call line before the gateway writes the call to the server`, async () => {
+      const h = await agentWith(`  leak_blocking: ${leak}\n`);
+      if (leak) {
+        // A released value, so the arguments are really scanned.
+        assert.equal(
+          kw(['secret', 'set', 'dur/mcp'], { env: h.env, input: 'durable-mcp-value-1' }).code,
+          0,
+        );
+        assert.equal(kw(['read', 'dur/mcp'], { env: h.env }).code, 0);
+      }
+      const file = toolsFile(h, [tool('search', 'Search.')]);
+      const gw = rawGateway(h, 'durable', [process.execPath, CHANGING], { MCP_TOOLS: file });
+      gw.send(INIT);
+      await gw.waitFor((l) => l.includes('"id":1'));
+      gw.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+      // A first call lists and pins the tools (records of their own): the traced call is alone.
+      gw.send({
+        jsonrpc: '2.0',
+        id: 2,
+        method: 'tools/call',
+        params: { name: 'search', arguments: { text: 'first' } },
+      });
+      await gw.waitFor((l) => l.includes('"id":2'));
+      const marker = `durable-mcp-call-${leak}`;
+      const pid = gw.g.pid ?? 0;
+      const [, calls] = await tracedAgent(h, async () => {
+        gw.send({
+          jsonrpc: '2.0',
+          id: 3,
+          method: 'tools/call',
+          params: { name: 'search', arguments: { text: marker } },
+        });
+        return gw.waitFor((l) => l.includes('"id":3'));
+      }, [pid]);
+      gw.g.stdin.end();
+      await gw.exited;
+      // The server's stdin is a socket pair, like the agent's connection: the call written to
+      // it is the one under the gateway's own id (the scan sent to the agent keeps the client's).
+      const forwarded = first(calls, 'the call written to the server', -1, (c) => {
+        return (
+          c.pid === pid &&
+          WRITES.has(c.name) &&
+          c.args.includes('tools/call') &&
+          c.args.includes(marker) &&
+          !/\\"id\\":3[,}]/.test(c.args)
+        );
+      });
+      const lines = calls.filter(
+        (c) => WRITES.has(c.name) && isLog(c) && c.args.includes('mcp.call'),
+      );
+      // One record for the call, and the agent's: the gateway writes none of its own.
+      assert.deepEqual(
+        lines.map((c) => c.pid),
+        [h.agentPid],
+        'the mcp.call line is written once, by the agent',
+      );
+      const synced = auditSynced(calls, 'mcp.call');
+      assert.ok(
+        synced.index < forwarded.index,
+        `the call reached the server (call ${forwarded.index}) before its mcp.call line was synced (call ${synced.index})`,
+      );
+    });
 });

@@ -7,7 +7,10 @@
  *   vault lock, and audited with the asker's identity;
  * - pins: the pins of one server or all, for `keyward mcp pins list` and `diff`;
  * - scan: which released values a message holds (docs/MCP.md, "Leak blocking"), with a copy in
- *   which the verbatim ones are concealed. Values never leave the agent.
+ *   which the verbatim ones are concealed. Values never leave the agent;
+ * - call: a tools/call about to be forwarded: its arguments scanned (when the gateway sends
+ *   them: leak blocking on) and, when they hold no released value, its mcp.call record made
+ *   durable here, with the asker's identity as the actor, before the answer.
  * No request returns a keyed hash or anything else only the vault could make.
  */
 import type { AuditRecord } from '../audit/index.js';
@@ -124,7 +127,8 @@ export class McpService {
     try {
       const v = w.unlocked();
       if (op === 'policy') return { meta: { mcp: w.currentPolicy(v).mcp ?? DEFAULT_MCP } };
-      if (op === 'scan') return this.scan(asker, v, f);
+      if (op === 'scan') return this.scan(asker, v, f, f.meta['redact'] === true);
+      if (op === 'call') return await this.call(asker, v, f);
       if (op === 'review') return await this.review(asker, v, f);
       if (op === 'pins') {
         const all = readPinRecord(v).servers;
@@ -181,11 +185,41 @@ export class McpService {
   }
 
   /**
+   * A tools/call the gateway will forward once this answers: recorded: true when its record is
+   * durable. Arguments that hold a released value are not recorded here (found says which; the
+   * gateway refuses the call and records that). The record is the agent's, so its actor is the
+   * gateway as the agent identified it, and it rides the agent's group commit.
+   */
+  private async call(asker: Peer, v: Vault, f: Frame): Promise<Reply> {
+    const server = str(f.meta, 'server') ?? '';
+    if (!SERVER_NAME.test(server)) throw new ProtocolError('call: a server name');
+    const tool = f.meta['tool'];
+    if (typeof tool !== 'string' || tool.length > 1024)
+      throw new ProtocolError('call: a tool name');
+    const argsSha256 = f.meta['argsSha256'];
+    if (typeof argsSha256 !== 'string' || !HEX64.test(argsSha256))
+      throw new ProtocolError('call: argsSha256, a SHA-256 in hex');
+    // Without raw, nothing to scan: the policy has leak blocking off.
+    if (f.raw) {
+      const { meta } = this.scan(asker, v, f, false);
+      if ((meta['found'] as string[]).length > 0) return { meta: { ...meta, recorded: false } };
+    }
+    await this.host.record({
+      type: 'mcp.call',
+      target: server,
+      actor: actorOf(asker.id),
+      decision: 'allow',
+      details: { server, tool, argsSha256 },
+    });
+    return { meta: { found: [], hidden: [], recorded: true } };
+  }
+
+  /**
    * raw: the message as it will be sent, then (meta.parts gives the lengths) the concatenation
    * of its strings. found: the names whose values it holds; hidden: those found only in a
    * transformed form, which can't be concealed in place (the gateway withholds the message).
    */
-  private scan(asker: Peer, v: Vault, f: Frame): Reply {
+  private scan(asker: Peer, v: Vault, f: Frame, redact: boolean): Reply {
     const data = f.raw ?? Buffer.alloc(0);
     const watched = this.watched(v);
     const keys = new Set(watched.map((w) => w.key));
@@ -213,7 +247,6 @@ export class McpService {
       at += n;
     }
     if (at !== data.length) throw new ProtocolError('scan: parts must add up to the bytes sent');
-    const redact = f.meta['redact'] === true;
     const found: string[] = [];
     const hidden: string[] = [];
     // Kept by this service (formsOf): not freed here.

@@ -163,23 +163,17 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       );
     const limited = limits.take(p, tool);
     if (limited) return refuse(limited);
+    // The call is durable in the audit log before the server has it: a gateway ended mid-call,
+    // or a server that never answers, still leaves its record. The agent scans the arguments and
+    // records the call in one round trip; unchecked or unrecorded, it is not sent.
     try {
-      const { found } = await scan(m, false);
+      const found = await guard.call(m, tool, argsHash);
       if (found.length > 0)
         return refuse(`the arguments hold the value of ${found.join(', ')}; not sent`);
     } catch (e) {
-      return refuse(`the arguments could not be checked for secrets (${message(e)}): fail closed`);
-    }
-    // The call is durable in the audit log before the server has it: a gateway ended mid-call,
-    // or a server that never answers, still leaves its record. Unrecorded, it is not sent.
-    try {
-      guard.auditStrict({
-        target: name,
-        decision: 'allow',
-        details: { server: name, tool, argsSha256: argsHash },
-      });
-    } catch (e) {
-      return refuse(`the call could not be recorded in the audit log (${message(e)}): fail closed`);
+      return refuse(
+        `the call could not be checked for secrets and recorded (${message(e)}): fail closed`,
+      );
     }
     const ourId = newId();
     pending.set(ourId, { clientId: id, method: 'tools/call', tool, argsHash });

@@ -51,6 +51,20 @@ function stringsOf(value: unknown, keys: boolean, out: string[] = []): string[] 
   return out;
 }
 
+/**
+ * What the agent scans of a message: the message as sent, its strings joined, its strings and
+ * keys joined (meta.parts gives their lengths), in secure memory.
+ */
+function scanBody(m: Json): { parts: number[]; raw: SecureBuffer } {
+  const pieces = [JSON.stringify(m), stringsOf(m, false).join(''), stringsOf(m, true).join('')].map(
+    (t) => Buffer.from(t, 'utf8'),
+  );
+  const parts = pieces.map((b) => b.length);
+  const raw = secureTake(Buffer.concat(pieces), true);
+  for (const b of pieces) b.fill(0);
+  return { parts, raw };
+}
+
 /** A JSON body for an agent request, in secure memory like any raw bytes. */
 const body = (o: unknown): SecureBuffer => secureTake(Buffer.from(JSON.stringify(o), 'utf8'));
 
@@ -87,9 +101,34 @@ export class Guard {
     }
   }
 
-  /** An mcp.call record, durable when this returns; throws when it can't be written. */
-  auditStrict(r: Omit<AuditRecord, 'type'>): void {
-    this.record({ type: 'mcp.call', ...r });
+  /**
+   * A tools/call about to be forwarded, in one round trip to the agent: its arguments scanned
+   * (with leak blocking) and, when they hold no released value, its mcp.call record made durable
+   * by the agent. Returns the names found (then nothing was recorded); throws when the call could
+   * not be checked or recorded.
+   */
+  async call(m: Json, tool: string, argsSha256: string): Promise<string[]> {
+    const p = await this.policy();
+    if ('error' in p) throw new Error(`the gateway policy could not be read (${p.error})`);
+    const meta = { op: 'call', server: this.name, tool, argsSha256 };
+    let f;
+    try {
+      if (p.leak_blocking) {
+        const { parts, raw } = scanBody(m);
+        f = await this.link.mcp({ ...meta, parts }, raw);
+      } else f = await this.link.mcp(meta);
+    } catch (e) {
+      if (e instanceof KeywardError && /unknown mcp operation/.test(e.message))
+        throw new Error(
+          'the agent is older than this keyward; restart it (keyward agent stop, then keyward agent start)',
+          { cause: e },
+        );
+      throw e;
+    }
+    const found = (f.meta['found'] ?? []) as string[];
+    if (found.length > 0) return found;
+    if (f.meta['recorded'] !== true) throw new Error('the agent did not record the call');
+    return [];
   }
 
   /** An mcp.call record; one that can't be written is said on stderr, not thrown. */
@@ -118,14 +157,7 @@ export class Guard {
     const clean = { out: m, found: [], withheld: false };
     const p = await this.policy();
     if (!('error' in p) && !p.leak_blocking) return clean;
-    const pieces = [
-      JSON.stringify(m),
-      stringsOf(m, false).join(''),
-      stringsOf(m, true).join(''),
-    ].map((t) => Buffer.from(t, 'utf8'));
-    const parts = pieces.map((b) => b.length);
-    const raw = secureTake(Buffer.concat(pieces), true);
-    for (const b of pieces) b.fill(0);
+    const { parts, raw } = scanBody(m);
     let f;
     try {
       f = await this.link.mcp({ op: 'scan', parts, redact }, raw);
