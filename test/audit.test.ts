@@ -506,6 +506,14 @@ describe('group commit', () => {
     // fails with EIO, as a dying disk's would.
     const counts = { blocking: 0, pool: 0 };
     let failNext = false;
+    // slowNext: the next fsync (either way) takes SLOW_MS longer, as a disk's hiccup would.
+    let slowNext = false;
+    const SLOW_MS = 300;
+    const stall = () => {
+      if (!slowNext) return;
+      slowNext = false;
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, SLOW_MS);
+    };
     const { fsyncSync, fsync } = fs;
     fs.fsyncSync = (fd) => {
       // A segment's, not its directory's (made durable when a segment is created).
@@ -515,11 +523,13 @@ describe('group commit', () => {
           failNext = false;
           throw Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
         }
+        stall();
       }
       fsyncSync(fd);
     };
     fs.fsync = ((fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
       counts.pool += 1;
+      stall();
       fsync(fd, cb);
     }) as typeof fs.fsync;
     const rec = (i: number) => ({
@@ -561,6 +571,25 @@ describe('group commit', () => {
         // The refused record's line was written before its fsync failed: the chain holds it.
         const r = verifySegments(listSegments(log.paths.dir), { seed });
         assert.equal(r.ok && r.entries, local ? 63 : 45);
+        log.close();
+      }
+      // A disk whose appends take under 200 ms (here: every one, but for a hiccup of SLOW_MS):
+      // one slow append among the last sixteen is a hiccup and lone records go on blocking; a
+      // second sends them to the pool until sixteen fast ones follow.
+      {
+        const { log } = makeLog({ keep: true });
+        if (log.onLocalDisk()) {
+          const gc = new GroupCommitter(log, 200);
+          assert.deepEqual(await lone(gc, 16), { blocking: 0, pool: 16 });
+          slowNext = true;
+          assert.deepEqual(await lone(gc, 4), { blocking: 4, pool: 0 });
+          slowNext = true;
+          assert.deepEqual(await lone(gc, 1), { blocking: 1, pool: 0 });
+          // Two slow ones (appends 17 and 21) in the last sixteen: the pool, until the first of
+          // them leaves the window (after append 33).
+          assert.deepEqual(await lone(gc, 12), { blocking: 0, pool: 12 });
+          assert.deepEqual(await lone(gc, 1), { blocking: 1, pool: 0 });
+        }
         log.close();
       }
       // No disk counts as fast (a slow one): nothing ever blocks the thread.

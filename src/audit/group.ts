@@ -27,15 +27,20 @@ export class GroupCommitter {
   onGap: ((reason: string) => void) | undefined;
   /** How many batches (so fsyncs) were written: for tests and the benchmark. */
   batches = 0;
-  /** Appends in a row, up to now, that took under blockingBelowMs (a failed one ends a run). */
-  private fastInARow = 0;
+  /** Appends since the last failed one (all of them, when none failed). */
+  private sinceFailure = 0;
+  /** Whether each of the last RECENT appends took blockingBelowMs or more (a ring). */
+  private readonly slow: boolean[] = [];
+  private slowCount = 0;
   /** Whether the log is on a local disk file system (asked once). */
   private local: boolean | undefined;
 
   /**
-   * blockingBelowMs: how fast the last RECENT appends must each have been for a lone record's
-   * fsync to block the thread (1 ms: an fsync of a local disk takes 0.1-0.5; a network or busy
-   * disk, milliseconds, and then it never blocks).
+   * blockingBelowMs: how fast the last RECENT appends must have been for a lone record's fsync to
+   * block the thread (1 ms: an fsync of a local disk takes 0.1-0.5; a network or busy disk,
+   * milliseconds, and then it never blocks). One slow append among RECENT is a local disk's
+   * hiccup (under load, ~3% of fsyncs here pass 1 ms) and is let through; a second, or any
+   * failure, sends lone records to the pool until RECENT fast ones follow.
    */
   constructor(
     private readonly log: AuditLog,
@@ -63,11 +68,14 @@ export class GroupCommitter {
       this.batches += 1;
       const started = performance.now();
       // A lone record on a local disk, while appends take well under a millisecond: its fsync
-      // on this thread (~70 us sooner than through the thread pool). A batch (concurrent
-      // writers), a network or FUSE file system, or a disk slow or failing even once in the
-      // last RECENT appends goes to the pool.
+      // on this thread (~70-90 us sooner than through the thread pool). A batch (concurrent
+      // writers), a network or FUSE file system, a disk slow twice in the last RECENT appends,
+      // or one that failed in them, goes to the pool.
       const blocking =
-        batch.length === 1 && this.fastInARow >= RECENT && (this.local ??= this.log.onLocalDisk());
+        batch.length === 1 &&
+        this.sinceFailure >= RECENT &&
+        this.slowCount <= 1 &&
+        (this.local ??= this.log.onLocalDisk());
       let took = Number.POSITIVE_INFINITY;
       try {
         const head = await this.log.appendAsync(
@@ -85,10 +93,18 @@ export class GroupCommitter {
       } catch (e) {
         for (const w of batch) w.reject(e);
       } finally {
-        // A failed append counts as a slow one: the next RECENT go to the pool.
-        this.fastInARow = took < this.blockingBelowMs ? this.fastInARow + 1 : 0;
+        // A failed append: the next RECENT go to the pool, whatever their speed.
+        this.sinceFailure = Number.isFinite(took) ? this.sinceFailure + 1 : 0;
+        this.noteSpeed(took >= this.blockingBelowMs);
       }
     }
     this.running = false;
+  }
+
+  /** The last RECENT appends' speeds, as a ring: slowCount says how many were slow. */
+  private noteSpeed(wasSlow: boolean): void {
+    this.slow.push(wasSlow);
+    if (wasSlow) this.slowCount += 1;
+    if (this.slow.length > RECENT && this.slow.shift()) this.slowCount -= 1;
   }
 }
