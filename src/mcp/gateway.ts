@@ -22,6 +22,16 @@ import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { AgentLink } from './agent-link.js';
 import { Guard, message } from './guard.js';
+import {
+  ERR_REFUSED,
+  ERR_SERVER_GONE,
+  ERR_UNKNOWN_TOOL,
+  readClientLine,
+  serialQueue,
+  UNSCANNED_FROM_CLIENT,
+  UNSCANNED_FROM_SERVER,
+  type Id,
+} from './messages.js';
 import { definitionHash, toolDefinition } from './pins.js';
 import { checkServerUrl, httpUpstream, resolveHeaders, type HeaderTemplate } from './remote.js';
 import { allowedByPolicy, RateLimits } from './tools.js';
@@ -42,7 +52,6 @@ export interface WrapOptions {
   ready?: Promise<void>;
 }
 
-type Id = string | number;
 interface Req {
   clientId: Id;
   method: string;
@@ -51,23 +60,10 @@ interface Req {
   paged?: boolean;
 }
 
-const ERR_REFUSED = -32001;
-const ERR_SERVER_GONE = -32002;
-/** The JSON-RPC code the MCP spec gives a call to an unknown tool. */
-const ERR_UNKNOWN_TOOL = -32602;
 const ASK_TIMEOUT_MS = 10_000;
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
-/** What may pass while the agent can't scan (locked, or not running): nothing a model writes. */
-const UNSCANNED_FROM_CLIENT = new Set([
-  'initialize',
-  'ping',
-  'tools/list',
-  'notifications/initialized',
-  'notifications/cancelled',
-]);
-const UNSCANNED_FROM_SERVER = new Set(['initialize', 'ping', 'tools/list']);
 export async function wrapMcp(o: WrapOptions): Promise<number> {
   if (!o.command?.length && !o.url)
     throw new KeywardError('USAGE', 'mcp wrap needs the server command after --, or --url');
@@ -371,57 +367,23 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   };
 
   // Messages are handled one at a time per direction, in order.
-  const queue = <T>(handle: (item: T) => Promise<void>) => {
-    let chain = Promise.resolve();
-    const push = (item: T) => {
-      chain = chain
-        .then(() => handle(item))
-        .catch((e: unknown) => o.log(`keyward mcp wrap: ${message(e)}`));
-    };
-    /** Resolves once everything queued so far is handled. */
-    push.drained = () => chain;
-    return push;
-  };
+  const queue = <T>(handle: (item: T) => Promise<void>) =>
+    serialQueue(handle, (e) => o.log(`keyward mcp wrap: ${message(e)}`));
 
   const fromClient = queue<string>(async (line) => {
-    if (line.trim() === '') return;
-    let m: Json;
-    try {
-      m = JSON.parse(line) as Json;
-    } catch {
-      return toClient({
-        jsonrpc: '2.0',
-        id: null,
-        error: { code: -32700, message: 'keyward: parse error' },
-      });
+    const c = readClientLine(line);
+    switch (c.kind) {
+      case 'empty':
+        return;
+      case 'error':
+        return toClient(c.reply);
+      case 'dropped':
+        return o.log(`keyward mcp wrap: ${c.why}`);
+      case 'request':
+        return c.method === 'tools/call' ? toolCall(c.m) : request(c.m, c.id, c.method);
+      default:
+        return passUp(c.m);
     }
-    // One JSON-RPC object per line: batches and anything else are refused, not forwarded.
-    if (m === null || typeof m !== 'object' || Array.isArray(m))
-      return toClient({
-        jsonrpc: '2.0',
-        id: null,
-        error: { code: -32600, message: 'keyward: one JSON-RPC request object per message' },
-      });
-    const method = typeof m['method'] === 'string' ? m['method'] : undefined;
-    const id = m['id'] as Id | undefined;
-    if (method !== undefined && id === undefined) {
-      // A request without an id (tools/call as a notification, say) would skip every check.
-      if (!method.startsWith('notifications/'))
-        return o.log(`keyward mcp wrap: dropped a ${method} sent without an id`);
-      return passUp(m);
-    }
-    if (method !== undefined) {
-      if (typeof id !== 'string' && typeof id !== 'number')
-        return toClient({
-          jsonrpc: '2.0',
-          id: null,
-          error: { code: -32600, message: 'keyward: a request id is a string or a number' },
-        });
-      if (method === 'tools/call') return toolCall(m);
-      return request(m, id, method);
-    }
-    // An answer to a request the server made (sampling, elicitation, roots, ping).
-    return passUp(m);
   });
 
   const serverQueue = queue<() => Promise<void>>(async (job) => job());

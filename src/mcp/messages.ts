@@ -1,0 +1,77 @@
+/**
+ * The JSON-RPC side of the gateway (gateway.ts): the error codes it answers with, which methods
+ * carry nothing a model wrote, how a client's line is read into one message (or refused), and
+ * the serial queue each direction is handled in.
+ */
+import type { Json } from './upstream.js';
+
+export type Id = string | number;
+
+export const ERR_REFUSED = -32001;
+export const ERR_SERVER_GONE = -32002;
+/** The JSON-RPC code the MCP spec gives a call to an unknown tool. */
+export const ERR_UNKNOWN_TOOL = -32602;
+
+/** What may pass while the agent can't scan (locked, or not running): nothing a model writes. */
+export const UNSCANNED_FROM_CLIENT = new Set([
+  'initialize',
+  'ping',
+  'tools/list',
+  'notifications/initialized',
+  'notifications/cancelled',
+]);
+export const UNSCANNED_FROM_SERVER = new Set(['initialize', 'ping', 'tools/list']);
+
+/** A line from the client, read: a request, a notification or an answer; or why it is refused. */
+export type ClientMessage =
+  | { kind: 'request'; m: Json; method: string; id: Id }
+  | { kind: 'notification' | 'answer'; m: Json }
+  | { kind: 'error'; reply: Json }
+  | { kind: 'dropped'; why: string }
+  | { kind: 'empty' };
+
+const invalid = (code: number, message: string): ClientMessage => ({
+  kind: 'error',
+  reply: { jsonrpc: '2.0', id: null, error: { code, message } },
+});
+
+export function readClientLine(line: string): ClientMessage {
+  if (line.trim() === '') return { kind: 'empty' };
+  let m: Json;
+  try {
+    m = JSON.parse(line) as Json;
+  } catch {
+    return invalid(-32700, 'keyward: parse error');
+  }
+  // One JSON-RPC object per line: batches and anything else are refused, not forwarded.
+  if (m === null || typeof m !== 'object' || Array.isArray(m))
+    return invalid(-32600, 'keyward: one JSON-RPC request object per message');
+  const method = typeof m['method'] === 'string' ? m['method'] : undefined;
+  const id = m['id'] as Id | undefined;
+  // An answer to a request the server made (sampling, elicitation, roots, ping).
+  if (method === undefined) return { kind: 'answer', m };
+  if (id === undefined) {
+    // A request without an id (tools/call as a notification, say) would skip every check.
+    if (!method.startsWith('notifications/'))
+      return { kind: 'dropped', why: `dropped a ${method} sent without an id` };
+    return { kind: 'notification', m };
+  }
+  if (typeof id !== 'string' && typeof id !== 'number')
+    return invalid(-32600, 'keyward: a request id is a string or a number');
+  return { kind: 'request', m, method, id };
+}
+
+/**
+ * Items handled one at a time, in order; a handler's failure is logged and the next goes on.
+ * drained() resolves once everything queued so far is handled.
+ */
+export function serialQueue<T>(
+  handle: (item: T) => Promise<void>,
+  log: (e: unknown) => void,
+): ((item: T) => void) & { drained: () => Promise<void> } {
+  let chain = Promise.resolve();
+  const push = (item: T) => {
+    chain = chain.then(() => handle(item)).catch(log);
+  };
+  return Object.assign(push, { drained: () => chain });
+}
