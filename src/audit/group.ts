@@ -6,6 +6,8 @@ import type { AuditLog, Head } from './log.js';
 
 /** How many fast appends in a row say that fsyncs are fast. */
 const RECENT = 16;
+/** A slow append up to this many times blockingBelowMs may be a hiccup; longer, it is not. */
+const HICCUP = 5;
 
 interface Waiter {
   record: AuditRecord;
@@ -38,9 +40,10 @@ export class GroupCommitter {
   /**
    * blockingBelowMs: how fast the last RECENT appends must have been for a lone record's fsync to
    * block the thread (1 ms: an fsync of a local disk takes 0.1-0.5; a network or busy disk,
-   * milliseconds, and then it never blocks). One slow append among RECENT is a local disk's
-   * hiccup (under load, ~3% of fsyncs here pass 1 ms) and is let through; a second, or any
-   * failure, sends lone records to the pool until RECENT fast ones follow.
+   * milliseconds, and then it never blocks). One slow append among RECENT, under HICCUP times
+   * the limit, is a local disk's hiccup (under load, ~3% of fsyncs here pass 1 ms) and is let
+   * through, though never the append right after it; a second, a longer one, or any failure
+   * sends lone records to the pool until RECENT appends have followed.
    */
   constructor(
     private readonly log: AuditLog,
@@ -75,6 +78,7 @@ export class GroupCommitter {
         batch.length === 1 &&
         this.sinceFailure >= RECENT &&
         this.slowCount <= 1 &&
+        !this.slow[this.slow.length - 1] &&
         (this.local ??= this.log.onLocalDisk());
       let took = Number.POSITIVE_INFINITY;
       try {
@@ -93,9 +97,11 @@ export class GroupCommitter {
       } catch (e) {
         for (const w of batch) w.reject(e);
       } finally {
-        // A failed append: the next RECENT go to the pool, whatever their speed.
-        this.sinceFailure = Number.isFinite(took) ? this.sinceFailure + 1 : 0;
+        // A failed append, a second slow one in RECENT, or one slow past a hiccup's length
+        // (HICCUP times the limit): the next RECENT go to the pool, whatever their speed.
         this.noteSpeed(took >= this.blockingBelowMs);
+        const failed = !Number.isFinite(took) || took >= HICCUP * this.blockingBelowMs;
+        this.sinceFailure = failed || this.slowCount >= 2 ? 0 : this.sinceFailure + 1;
       }
     }
     this.running = false;
