@@ -154,6 +154,9 @@ export class McpService {
     } catch {
       throw new ProtocolError('review: the body is not JSON');
     }
+    // Parsed: the bytes go before anything waits (the vault's lock, the audit log's).
+    secureRelease(f.raw);
+    f.raw = undefined;
     const req = parseReview({ ...(body as Record<string, unknown>), ...f.meta });
     const w = this.host.window;
     const pinning = (w.currentPolicy(v).mcp ?? DEFAULT_MCP).version_pinning;
@@ -199,11 +202,24 @@ export class McpService {
     const argsSha256 = f.meta['argsSha256'];
     if (typeof argsSha256 !== 'string' || !HEX64.test(argsSha256))
       throw new ProtocolError('call: argsSha256, a SHA-256 in hex');
-    // Without raw, nothing to scan: the policy has leak blocking off.
     if (f.raw) {
       const { meta } = this.scan(asker, v, f, false);
       if ((meta['found'] as string[]).length > 0) return { meta: { ...meta, recorded: false } };
+    } else {
+      // Without raw, nothing to scan: only while the policy has leak blocking off; and each
+      // record costs the asker a token all the same (no free flood of appends).
+      if ((this.host.window.currentPolicy(v).mcp ?? DEFAULT_MCP).leak_blocking)
+        throw new KeywardError(
+          'POLICY_DENIED',
+          'leak blocking is on: a call is recorded only with its arguments, scanned',
+        );
+      if (!this.bucket(asker).take(Date.now(), 1))
+        throw new KeywardError('POLICY_DENIED', 'too many calls recorded; try again in a moment');
     }
+    // The scanned bytes go now, not after the record: a record that waits (the log's lock held
+    // by another process, up to its timeout) must not keep secure memory pinned.
+    secureRelease(f.raw);
+    f.raw = undefined;
     await this.host.record({
       type: 'mcp.call',
       target: server,
@@ -219,6 +235,13 @@ export class McpService {
    * of its strings. found: the names whose values it holds; hidden: those found only in a
    * transformed form, which can't be concealed in place (the gateway withholds the message).
    */
+  /** The asker's budget of scans (and of calls recorded without one). */
+  private bucket(asker: Peer): TokenBucket {
+    let bucket = this.scanBuckets.get(asker);
+    if (!bucket) this.scanBuckets.set(asker, (bucket = new TokenBucket(6000, 1000, Date.now())));
+    return bucket;
+  }
+
   private scan(asker: Peer, v: Vault, f: Frame, redact: boolean): Reply {
     const data = f.raw ?? Buffer.alloc(0);
     const watched = this.watched(v);
@@ -231,9 +254,7 @@ export class McpService {
     }
     // Nothing released, nothing to find: no budget spent, no view built.
     if (watched.length === 0) return { meta: { found: [], hidden: [] } };
-    let bucket = this.scanBuckets.get(asker);
-    if (!bucket) this.scanBuckets.set(asker, (bucket = new TokenBucket(6000, 1000, Date.now())));
-    if (!bucket.take(Date.now(), 1 + Math.floor(data.length / SCAN_TOKEN_BYTES)))
+    if (!this.bucket(asker).take(Date.now(), 1 + Math.floor(data.length / SCAN_TOKEN_BYTES)))
       throw new KeywardError('POLICY_DENIED', 'too many leak scans; try again in a moment');
     const lengths = Array.isArray(f.meta['parts']) ? (f.meta['parts'] as unknown[]) : [data.length];
     // The message, its strings, its strings with keys: never more.
