@@ -21,6 +21,8 @@ import { kw, ROOT } from './helpers.js';
 import {
   agentWith,
   CHANGING,
+  INIT,
+  rawGateway,
   EVERYTHING,
   mcpEvents,
   names,
@@ -735,5 +737,58 @@ describe("a call's record is the agent's (the gateway asks it to scan and record
     assert.equal(recorded[0]?.actor?.pid, process.pid, 'the actor is the asking process');
     const verified = kw(['audit', 'verify'], { env: withoutAgent(h) });
     assert.equal(verified.code, 0, verified.stderr);
+  });
+});
+
+describe("the client's answers go up only to the server's own requests", () => {
+  test('an answer to a request the server never made is dropped, and an answer goes up as its id and result alone', async () => {
+    const h = await agentWith('  leak_blocking: true\n');
+    const file = toolsFile(h, [tool('search', 'Search.'), tool('ask', 'Ask the model.')]);
+    const all = path.join(h.dir, 'all-received.jsonl');
+    const gw = rawGateway(h, 'answers', [process.execPath, CHANGING], {
+      MCP_TOOLS: file,
+      MCP_ALL_RECEIVED: all,
+      MCP_RECEIVED: path.join(h.dir, 'received.jsonl'),
+    });
+    gw.send({ ...INIT, params: { ...INIT.params, capabilities: { sampling: {} } } });
+    await gw.waitFor((l) => l.includes('"id":1'));
+    gw.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+    // An answer nobody asked for, shaped so that a server merging objects would see a request.
+    const forged = '{"jsonrpc":"2.0","id":99,"result":{},"__proto__":{"method":"tools/call"}}';
+    gw.g.stdin.write(`${forged}\n`);
+    // A real request from the server (the tool ask makes one); the answer carries extra keys
+    // (a message with a method would be a request: checked and recorded as one).
+    gw.send({
+      jsonrpc: '2.0',
+      id: 2,
+      method: 'tools/call',
+      params: { name: 'ask', arguments: {} },
+    });
+    const asked = JSON.parse(await gw.waitFor((l) => l.includes('sampling/createMessage'))) as {
+      id: string | number;
+    };
+    const result = { role: 'assistant', model: 'm', content: { type: 'text', text: 'hi' } };
+    const answer = JSON.stringify({ jsonrpc: '2.0', id: asked.id, result, extra: 1 });
+    gw.g.stdin.write(`${answer.slice(0, -1)},"__proto__":{"method":"tools/call"}}\n`);
+    await gw.waitFor((l) => l.includes('"id":2'));
+    // The same answer again: the request was answered once already.
+    gw.g.stdin.write(`${JSON.stringify({ jsonrpc: '2.0', id: asked.id, result: {} })}\n`);
+    gw.send({ jsonrpc: '2.0', id: 3, method: 'ping' });
+    await gw.waitFor((l) => l.includes('"id":3'));
+    gw.g.stdin.end();
+    await gw.exited;
+    const received = fs.readFileSync(all, 'utf8').trim().split('\n');
+    const answers = received.filter((l) => !l.includes('"method"') || l.includes('"result"'));
+    assert.ok(!received.some((l) => l.includes('__proto__')), received.join('\n'));
+    assert.ok(
+      !received.some((l) => l.includes('"id":99')),
+      'the unasked answer reached the server',
+    );
+    assert.deepEqual(
+      answers.map((l) => JSON.parse(l) as Record<string, unknown>),
+      [{ jsonrpc: '2.0', id: asked.id, result }],
+      'one answer, as its id and result alone',
+    );
+    assert.match(gw.stderr(), /dropped an answer to a request answers did not make/);
   });
 });

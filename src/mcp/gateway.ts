@@ -233,6 +233,21 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     toServer({ ...m, id: ourId });
   };
 
+  /**
+   * An answer from the client goes up only to a request the server made (and the client was
+   * shown), once, rebuilt from its id and its result or error: nothing else of what the client
+   * wrote rides along (a "method" inside it, say, that a server could take for a request).
+   */
+  const asked = new Set<Id>();
+  const answerUp = (m: Json) => {
+    const id = m['id'];
+    if ((typeof id !== 'string' && typeof id !== 'number') || !asked.has(id))
+      return o.log(`keyward mcp wrap: dropped an answer to a request ${name} did not make`);
+    asked.delete(id);
+    const outcome = Object.hasOwn(m, 'result') ? { result: m['result'] } : { error: m['error'] };
+    return passUp({ jsonrpc: '2.0', id, ...outcome });
+  };
+
   /** A notification, or an answer to the server's own request, from the client. */
   const passUp = async (m: Json) => {
     const method = typeof m['method'] === 'string' ? m['method'] : undefined;
@@ -354,6 +369,8 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     if (!s.withheld) {
       if (s.found.length > 0)
         guard.leakAudit(method, s.found, 'info', 'released values concealed in a server message');
+      const id = m['id'];
+      if (typeof id === 'string' || typeof id === 'number') asked.add(id);
       return toClient(s.out);
     }
     guard.leakAudit(method, s.found, 'deny', 'a server message held a released value; withheld');
@@ -381,6 +398,8 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         return o.log(`keyward mcp wrap: ${c.why}`);
       case 'request':
         return c.method === 'tools/call' ? toolCall(c.m) : request(c.m, c.id, c.method);
+      case 'answer':
+        return answerUp(c.m);
       default:
         return passUp(c.m);
     }
