@@ -33,7 +33,6 @@ export class GroupCommitter {
   private sinceFailure = 0;
   /** Whether each of the last RECENT appends took blockingBelowMs or more (a ring). */
   private readonly slow: boolean[] = [];
-  private slowCount = 0;
   /** Whether the log is on a local disk file system (asked once). */
   private local: boolean | undefined;
 
@@ -77,7 +76,7 @@ export class GroupCommitter {
       const blocking =
         batch.length === 1 &&
         this.sinceFailure >= RECENT &&
-        this.slowCount <= 1 &&
+        this.slowCount() <= 1 &&
         !this.slow[this.slow.length - 1] &&
         (this.local ??= this.log.onLocalDisk());
       let took = Number.POSITIVE_INFINITY;
@@ -101,16 +100,20 @@ export class GroupCommitter {
         // (HICCUP times the limit): the next RECENT go to the pool, whatever their speed.
         this.noteSpeed(took >= this.blockingBelowMs);
         const failed = !Number.isFinite(took) || took >= HICCUP * this.blockingBelowMs;
-        this.sinceFailure = failed || this.slowCount >= 2 ? 0 : this.sinceFailure + 1;
+        this.sinceFailure = failed || this.slowCount() >= 2 ? 0 : this.sinceFailure + 1;
       }
     }
     this.running = false;
   }
 
-  /** The last RECENT appends' speeds, as a ring: slowCount says how many were slow. */
+  /** The last RECENT appends' speeds, as a ring. */
   private noteSpeed(wasSlow: boolean): void {
     this.slow.push(wasSlow);
-    if (wasSlow) this.slowCount += 1;
-    if (this.slow.length > RECENT && this.slow.shift()) this.slowCount -= 1;
+    if (this.slow.length > RECENT) this.slow.shift();
+  }
+
+  /** How many of the last RECENT appends were slow. */
+  private slowCount(): number {
+    return this.slow.filter(Boolean).length;
   }
 }
