@@ -16,11 +16,11 @@ import {
   type VerifyResult,
 } from '../src/audit/index.js';
 import { encodeLine, parseLine } from '../src/audit/entry.js';
-import { epochKeyFromSeed } from '../src/audit/keys.js';
+import { epochKeyFromSeed, TagChecker } from '../src/audit/keys.js';
 import { readState } from '../src/audit/state.js';
 import { scanBackFor, scanBackLines } from '../src/audit/tail.js';
 import { BATCH_KEY_MS, BodyOpener, BodySealer, sealBodyOnce } from '../src/audit/body.js';
-import { secureAlloc, secureTake } from '../src/lib/secure.js';
+import { secureAlloc, secureFree, secureTake } from '../src/lib/secure.js';
 import { sodium } from '../src/lib/sodium.js';
 import { copySegments, fill, lines, makeLog, scanBack, writeLines } from './audit-helpers.js';
 import { eventually, ROOT } from './helpers.js';
@@ -366,6 +366,45 @@ describe('forward security', () => {
       0,
       'the state file holds exactly K(epoch) derived from the seed',
     );
+  });
+});
+
+describe("the verifier's tag check", () => {
+  test("OpenSSL's SHA-512 from the key's precomputed states makes libsodium's tags, at every length around SHA-512's blocks, and refuses any change", () => {
+    const tags = TagChecker.create();
+    // On this machine the fast path is the one under test (a fallback would pass trivially).
+    assert.equal(tags.precomputed, true, "Node's libcrypto has no usable SHA-512 here");
+    const keys = [secureAlloc(32), secureAlloc(32)] as const;
+    for (const k of keys) sodium.randombytes_buf(k);
+    const lengths = [0, 1, 63, 64, 111, 112, 113, 127, 128, 129, 239, 240, 255, 256, 480, 4099];
+    try {
+      for (const [i, key] of keys.entries()) {
+        tags.setKey(key);
+        for (const n of lengths) {
+          const data = Buffer.alloc(n);
+          sodium.randombytes_buf(data);
+          const tag = Buffer.alloc(32);
+          sodium.crypto_auth(tag, data, key);
+          assert.equal(tags.ok(data, tag), true, `length ${n}, key ${i}`);
+          const other = Buffer.alloc(32);
+          sodium.crypto_auth(other, data, keys[1 - i] ?? key);
+          assert.equal(tags.ok(data, other), false, `another key's tag, length ${n}`);
+          for (const at of [0, 31]) {
+            const bad = Buffer.from(tag);
+            bad[at] = (bad[at] ?? 0) ^ 0x80;
+            assert.equal(tags.ok(data, bad), false, `tag byte ${at} changed, length ${n}`);
+          }
+          if (n > 0) {
+            data[n - 1] = (data[n - 1] ?? 0) ^ 1;
+            assert.equal(tags.ok(data, tag), false, `last data byte changed, length ${n}`);
+          }
+          assert.equal(tags.ok(data, tag.subarray(0, 31)), false, 'a short tag');
+        }
+      }
+    } finally {
+      tags.free();
+      for (const k of keys) secureFree(k);
+    }
   });
 });
 

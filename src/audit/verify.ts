@@ -7,7 +7,8 @@ import path from 'node:path';
 import type { SecureBuffer } from '../lib/secure.js';
 import { asciiBytes, scanLine, typeIs, ZERO_HASH } from './entry.js';
 import { sha256Public } from '../lib/openssl.js';
-import { EpochKeys, macOk } from './keys.js';
+import { EpochKeys, TagChecker } from './keys.js';
+
 import { segmentName } from './state.js';
 
 /**
@@ -108,6 +109,9 @@ export function verifySegments(
   standalone = false,
 ): VerifyResult {
   const keys = opts.seed ? new EpochKeys(opts.seed) : undefined;
+  // Tags are checked under one epoch's key at a time: set again when the epoch moves.
+  const tags = keys ? TagChecker.create() : undefined;
+  let tagEpoch = -1;
   const macsChecked = keys !== undefined;
   let entries = 0;
   let prev: Prior | undefined;
@@ -126,6 +130,7 @@ export function verifySegments(
   let done = 0;
   const fail = (file: string, line: number, reason: string, seq?: number): VerifyResult => {
     keys?.free();
+    tags?.free();
     const finding: Finding =
       seq === undefined ? { file, line, reason } : { file, line, seq, reason };
     return { ok: false, entries, finding, macsChecked, gaps };
@@ -194,10 +199,11 @@ export function verifySegments(
           if (prev.rotated && j !== 0)
             return fail(base, lineNo, 'entries follow a rotation entry in the same segment', e.seq);
         }
-        if (
-          keys &&
-          !macOk(keys.at(e.epoch), line.subarray(0, e.signedEnd), unhex(line, e.macAt, tag))
-        ) {
+        if (keys && tags && e.epoch !== tagEpoch) {
+          tags.setKey(keys.at(e.epoch));
+          tagEpoch = e.epoch;
+        }
+        if (tags && !tags.ok(line.subarray(0, e.signedEnd), unhex(line, e.macAt, tag))) {
           return fail(
             base,
             lineNo,
@@ -247,6 +253,7 @@ export function verifySegments(
       }
     }
     keys?.free();
+    tags?.free();
     return {
       ok: true,
       entries,
@@ -258,6 +265,7 @@ export function verifySegments(
     };
   } catch (e) {
     keys?.free();
+    tags?.free();
     throw e;
   }
 }
