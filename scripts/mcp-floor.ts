@@ -2,10 +2,10 @@
  * The floor of the MCP gateway's design, for `npm run bench` (bench-mcp.ts): a stdio relay that
  * does, per tools/call, only what the design requires of any gateway and nothing of keyward's
  * own, in Node like the gateway: the request parsed, one round trip over a unix socket to
- * another process (the agent's scan), a line appended and fsynced (the call's durable record),
- * the call sent on; the answer parsed, a second round trip (the answer's scan), sent back. The
- * other process echoes. What keyward adds above this is its own cost; this is the distance no
- * implementation of the design on this machine can close.
+ * another process (the agent's scan), a line of a record's size appended and fsynced (the
+ * call's durable record), the call sent on; the answer parsed, a second round trip (the
+ * answer's scan), sent back. The other process echoes. What keyward adds above this is its own
+ * cost; this is the distance no implementation of the design on this machine can close.
  *
  * Usage: node mcp-floor.js LOGFILE SERVER-COMMAND ARGS...
  */
@@ -34,6 +34,14 @@ const roundTrip = (s: string) =>
     peer.write(s);
   });
 const log = fs.openSync(logFile, 'a', 0o600);
+/**
+ * The record's line is of the size of keyward's mcp.call entry (935 bytes here: its sealed body
+ * names the server, the tool, the arguments' hash and the gateway as identified): the file grows
+ * by as much a call. (Until 2026-12-05 the floor wrote ~12 bytes a call.)
+ */
+const LINE_BYTES = Number(process.env['BENCH_MCP_FLOOR_LINE'] ?? 935);
+const record = Buffer.alloc(LINE_BYTES, 0x20);
+record[LINE_BYTES - 1] = 0x0a;
 const server = spawn(command, args, { stdio: ['pipe', 'pipe', 'ignore'] });
 
 // Client messages in order, as the gateway takes them.
@@ -43,7 +51,8 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
     const m = JSON.parse(line) as { method?: string; id?: unknown };
     if (m.method === 'tools/call') {
       await roundTrip(JSON.stringify(m));
-      fs.writeSync(log, `${JSON.stringify({ call: m.id })}\n`);
+      record.write(JSON.stringify({ call: m.id }), 0, 'latin1');
+      fs.writeSync(log, record);
       fs.fsyncSync(log);
     }
     server.stdin.write(`${JSON.stringify(m)}\n`);
