@@ -146,11 +146,14 @@ export function writeReport(root: string): string {
   });
   const addP50 = num(at(mcp, 'addedMs', 'p50'));
   const addP99 = num(at(mcp, 'addedMs', 'p99'));
+  // A difference of two percentiles: the floor's p99 can come out below the direct one's.
+  const signed = (x: number | undefined) =>
+    x === undefined ? fmt(x) : `${x < 0 ? '-' : '+'}${fmt(Math.abs(x))}`;
   rows.push({
     when: dateOf(mcp, 'mcp'),
     work: 'MCP `tools/call` added by `mcp wrap`, p50 / p99',
-    keyward: `+${fmt(addP50)} / +${fmt(addP99)} ms`,
-    reference: `direct ${fmt(num(at(mcp, 'directMs', 'p50')))} / ${fmt(num(at(mcp, 'directMs', 'p99')))} ms; the design's floor here +${fmt(num(at(mcp, 'floorAddedMs', 'p50')))} / +${fmt(num(at(mcp, 'floorAddedMs', 'p99')))} ms (a relay: two socket round trips and one append+fsync a call)`,
+    keyward: `${signed(addP50)} / ${signed(addP99)} ms`,
+    reference: `direct ${fmt(num(at(mcp, 'directMs', 'p50')))} / ${fmt(num(at(mcp, 'directMs', 'p99')))} ms; the design's floor here ${signed(num(at(mcp, 'floorAddedMs', 'p50')))} / ${signed(num(at(mcp, 'floorAddedMs', 'p99')))} ms (a relay: two socket round trips and one append+fsync a call)`,
     ratio: undefined,
     target: '<= +0.5 / +3 ms',
     met: addP50 === undefined || addP99 === undefined ? undefined : addP50 <= 0.5 && addP99 <= 3,
