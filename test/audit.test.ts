@@ -210,6 +210,23 @@ describe('tamper matrix over a log of 1,000 entries', () => {
     assert.ok(file2);
     writeLines(file2, again);
     failsAt(verifySegments([file2], { seed }), 10, /epoch \d+ after epoch \d+/);
+    // A segment verified on its own (--path) takes its first entry's seq and prev as given, and
+    // its epoch too, up to a bound: past it, a finding, not an hour of keys.
+    const alone = lines(copySegments(log.paths.dir)[0] ?? '').slice(4);
+    const fifth = parseLine(alone[0] ?? '');
+    assert.ok(fifth && fifth.seq === 5);
+    alone[0] = encodeLine({ ...fifth, epoch: 9_999_999_999 }, epochKeyFromSeed(seed, 0)).line;
+    const [file3] = copySegments(log.paths.dir);
+    assert.ok(file3);
+    writeLines(file3, alone);
+    failsAt(
+      verifySegments([file3], { seed }, true),
+      1,
+      /epoch 9999999999 at the segment's first entry/,
+    );
+    // Within the bound, the segment is checked from there (its MACs under the walked key).
+    writeLines(file3, lines(copySegments(log.paths.dir)[0] ?? '').slice(4));
+    assert.equal(verifySegments([file3], { seed }, true).ok, true);
   });
 
   test('a malformed line gives a finding, never an exception', () => {
@@ -370,40 +387,76 @@ describe('forward security', () => {
 });
 
 describe("the verifier's tag check", () => {
-  test("OpenSSL's SHA-512 from the key's precomputed states makes libsodium's tags, at every length around SHA-512's blocks, and refuses any change", () => {
-    const tags = TagChecker.create();
-    // On this machine the fast path is the one under test (a fallback would pass trivially).
-    assert.equal(tags.precomputed, true, "Node's libcrypto has no usable SHA-512 here");
-    const keys = [secureAlloc(32), secureAlloc(32)] as const;
-    for (const k of keys) sodium.randombytes_buf(k);
-    const lengths = [0, 1, 63, 64, 111, 112, 113, 127, 128, 129, 239, 240, 255, 256, 480, 4099];
-    try {
-      for (const [i, key] of keys.entries()) {
-        tags.setKey(key);
-        for (const n of lengths) {
-          const data = Buffer.alloc(n);
-          sodium.randombytes_buf(data);
-          const tag = Buffer.alloc(32);
-          sodium.crypto_auth(tag, data, key);
-          assert.equal(tags.ok(data, tag), true, `length ${n}, key ${i}`);
-          const other = Buffer.alloc(32);
-          sodium.crypto_auth(other, data, keys[1 - i] ?? key);
-          assert.equal(tags.ok(data, other), false, `another key's tag, length ${n}`);
-          for (const at of [0, 31]) {
-            const bad = Buffer.from(tag);
-            bad[at] = (bad[at] ?? 0) ^ 0x80;
-            assert.equal(tags.ok(data, bad), false, `tag byte ${at} changed, length ${n}`);
+  for (const fast of [true, false])
+    test(`${fast ? "OpenSSL's SHA-512 from the key's precomputed states" : 'libsodium (the fallback)'} makes libsodium's tags, at every length around SHA-512's blocks, and refuses any change`, () => {
+      const tags = TagChecker.create(fast);
+      // On this machine the fast path is the one under test (a fallback would pass trivially).
+      assert.equal(tags.precomputed, fast, "the checker's path");
+      const keys = [secureAlloc(32), secureAlloc(32)] as const;
+      for (const k of keys) sodium.randombytes_buf(k);
+      const lengths = [0, 1, 63, 64, 111, 112, 113, 127, 128, 129, 239, 240, 255, 256, 480, 4099];
+      try {
+        for (const [i, key] of keys.entries()) {
+          tags.setKey(key);
+          // The checker keeps its own copy: the walk of epoch keys zeroes the one it was given.
+          const given = Buffer.from(key);
+          sodium.sodium_memzero(key);
+          for (const n of lengths) {
+            const data = Buffer.alloc(n);
+            sodium.randombytes_buf(data);
+            const tag = Buffer.alloc(32);
+            sodium.crypto_auth(tag, data, given);
+            assert.equal(tags.ok(data, tag), true, `length ${n}, key ${i}`);
+            const other = Buffer.alloc(32);
+            sodium.crypto_auth(other, data, keys[1 - i] ?? key);
+            assert.equal(tags.ok(data, other), false, `another key's tag, length ${n}`);
+            for (const at of [0, 31]) {
+              const bad = Buffer.from(tag);
+              bad[at] = (bad[at] ?? 0) ^ 0x80;
+              assert.equal(tags.ok(data, bad), false, `tag byte ${at} changed, length ${n}`);
+            }
+            if (n > 0) {
+              data[n - 1] = (data[n - 1] ?? 0) ^ 1;
+              assert.equal(tags.ok(data, tag), false, `last data byte changed, length ${n}`);
+            }
+            assert.equal(tags.ok(data, tag.subarray(0, 31)), false, 'a short tag');
           }
-          if (n > 0) {
-            data[n - 1] = (data[n - 1] ?? 0) ^ 1;
-            assert.equal(tags.ok(data, tag), false, `last data byte changed, length ${n}`);
-          }
-          assert.equal(tags.ok(data, tag.subarray(0, 31)), false, 'a short tag');
+          key.set(given);
         }
+        assert.throws(() => tags.setKey(secureAlloc(16)), /32 bytes/);
+        // A refused key leaves the checker unkeyed: nothing verifies.
+        const data = Buffer.from('a line');
+        const tag = Buffer.alloc(32);
+        sodium.crypto_auth(tag, data, keys[0]);
+        assert.equal(tags.ok(data, tag), false, 'a tag verified after a refused key');
+        tags.setKey(keys[0]);
+        assert.equal(tags.ok(data, tag), true);
+        tags.free();
+        assert.equal(tags.ok(data, tag), false, 'a tag verified after free()');
+      } finally {
+        tags.free();
+        for (const k of keys) secureFree(k);
       }
-    } finally {
-      tags.free();
-      for (const k of keys) secureFree(k);
+    });
+
+  test('verify finds the same tampering whichever path checks the MACs', () => {
+    const { log, seed } = makeLog({ epochMs: 0 }); // a new epoch (and key) at every append
+    fill(log, 12, 1);
+    for (const tagCheck of [undefined, 'libsodium'] as const) {
+      assert.equal(verifySegments(listSegments(log.paths.dir), { seed, tagCheck }).ok, true);
+      const [file] = copySegments(log.paths.dir);
+      assert.ok(file);
+      const ls = lines(file);
+      const seventh = parseLine(ls[6] ?? '');
+      assert.ok(seventh);
+      // Another type, MACed under the previous epoch's key (one a thief of old state holds):
+      // only the MAC tells, at that line.
+      ls[6] = encodeLine(
+        { ...seventh, type: 'vault.lock' },
+        epochKeyFromSeed(seed, seventh.epoch - 1),
+      ).line;
+      writeLines(file, ls);
+      failsAt(verifySegments([file], { seed, tagCheck }), 7, /the MAC does not verify/);
     }
   });
 });

@@ -107,9 +107,15 @@ export function boxPublicOf(secretKey: SecureBuffer): Buffer {
  * SHA-512 calls, a result that differs) leaves libsodium to check them, as before.
  *
  * The two states are as good as the key (they make tags), so they live where it does: in one
- * secure allocation with the working state and the inner hash, zeroed and freed by free().
- * OpenSSL works only in that memory (SHA512_CTX is a plain struct, 216 bytes on 64-bit
- * platforms; each slot here is 256).
+ * secure allocation with a copy of the key (for libsodium, when the fast path can't be used), the
+ * working state and the inner hash, zeroed and freed by free(). The states are computed by
+ * libsodium's SHA-512 (it zeroes its temporaries) and their eight words copied into OpenSSL's
+ * SHA512_CTX: OpenSSL's block function leaves its message schedule on the stack it runs on
+ * (koffi's, neither locked nor cleared), and the padded key must never be its message. What it
+ * hashes is the line and the inner hash, neither of which gives the key; free() hashes a block
+ * of zeros last, over the same stack. SHA512_CTX is a plain struct (216 bytes on 64-bit
+ * platforms: h[8], then the bit count's low and high words); each slot here is 256, and the
+ * self-test checks the layout with everything else.
  */
 const SLOT = 256;
 const BLOCK = 128;
@@ -138,32 +144,52 @@ function bindSha512(): Sha512 | undefined {
 
 /** Whether this process's SHA-512 made libsodium's tag, checked once on a random key and line. */
 let agrees: boolean | undefined;
+/** libsodium's crypto_hash_sha512_state: h[8] (native words) first. */
+const SODIUM_STATE = sodium.crypto_hash_sha512_STATEBYTES;
+/** SHA512_CTX: h[8], then Nl (the bit count's low word). */
+const CTX_NL = 64;
+const ZEROS = new Uint8Array(BLOCK);
 
-/** Checks tags under one key at a time; setKey again for another. Free it when done. */
+/**
+ * Checks tags under one key at a time; setKey again for another. Free it when done. Every tag
+ * is checked by libsodium instead when the fast path is off (create(false)), could not be
+ * verified in this process, or fails a call.
+ */
 export class TagChecker {
   private readonly mem: SecureBuffer;
   private readonly inner: Buffer;
   private readonly outer: Buffer;
   private readonly work: Buffer;
   private readonly digest: Buffer;
-  private key: SecureBuffer | undefined;
+  private readonly key: Buffer;
+  private readonly pad: Buffer;
+  private readonly sodiumState: Buffer;
+  private keyed = false;
+  private fast: Sha512 | undefined;
 
-  private constructor(private readonly fast: Sha512 | undefined) {
-    this.mem = secureAlloc(3 * SLOT + 64 + BLOCK);
-    this.inner = this.mem.subarray(0, SLOT);
-    this.outer = this.mem.subarray(SLOT, 2 * SLOT);
-    this.work = this.mem.subarray(2 * SLOT, 3 * SLOT);
-    this.digest = this.mem.subarray(3 * SLOT, 3 * SLOT + 64);
+  private constructor(fast: Sha512 | undefined) {
+    this.fast = fast;
+    this.mem = secureAlloc(3 * SLOT + 64 + KEY_BYTES + BLOCK + SODIUM_STATE);
+    let at = 0;
+    const take = (n: number) => this.mem.subarray(at, (at += n));
+    this.inner = take(SLOT);
+    this.outer = take(SLOT);
+    this.work = take(SLOT);
+    this.digest = take(64);
+    this.key = take(KEY_BYTES);
+    this.pad = take(BLOCK);
+    this.sodiumState = take(SODIUM_STATE);
   }
 
-  static create(): TagChecker {
-    const fast = processWide('sha512', bindSha512);
-    if (fast && agrees === undefined) {
-      const probe = new TagChecker(fast);
+  /** A checker; fast false: libsodium checks every tag (as writers make them). */
+  static create(fast = true): TagChecker {
+    const f = fast ? processWide('sha512', bindSha512) : undefined;
+    if (f && agrees === undefined) {
+      const probe = new TagChecker(f);
       agrees = probe.selfTest();
       probe.free();
     }
-    return new TagChecker(agrees === true ? fast : undefined);
+    return new TagChecker(agrees === true ? f : undefined);
   }
 
   /** Whether tags are checked with the states (false: by libsodium). */
@@ -171,38 +197,56 @@ export class TagChecker {
     return this.fast !== undefined;
   }
 
-  /** The key tags are checked under from now on (held by the caller, not copied). */
+  /** The key tags are checked under from now on (copied: the caller's buffer may change). */
   setKey(key: SecureBuffer): void {
-    this.key = key;
+    this.keyed = false;
+    if (key.length !== KEY_BYTES) throw new Error(`an audit MAC key is ${KEY_BYTES} bytes`);
+    this.key.set(key);
     const f = this.fast;
-    if (!f) return;
-    const pad = this.mem.subarray(3 * SLOT + 64);
-    for (const [state, byte] of [
-      [this.inner, 0x36],
-      [this.outer, 0x5c],
-    ] as const) {
-      pad.fill(byte);
-      for (let i = 0; i < key.length && i < BLOCK; i++) pad[i] = (key[i] ?? 0) ^ byte;
-      if (f.init(state) !== 1 || f.update(state, pad, BLOCK) !== 1)
-        throw new Error('SHA-512 failed');
+    if (f && !this.states(f)) this.fast = undefined;
+    this.keyed = true;
+  }
+
+  /** The inner and outer states from libsodium's SHA-512 of the padded key; false on a failure. */
+  private states(f: Sha512): boolean {
+    const { pad, sodiumState } = this;
+    try {
+      for (const [ctx, byte] of [
+        [this.inner, 0x36],
+        [this.outer, 0x5c],
+      ] as const) {
+        pad.fill(byte);
+        for (let i = 0; i < KEY_BYTES; i++) pad[i] = (this.key[i] ?? 0) ^ byte;
+        sodium.crypto_hash_sha512_init(sodiumState);
+        sodium.crypto_hash_sha512_update(sodiumState, pad);
+        if (f.init(ctx) !== 1) return false;
+        ctx.set(sodiumState.subarray(0, 64));
+        ctx.writeBigUInt64LE(BigInt(BLOCK * 8), CTX_NL);
+      }
+      return true;
+    } finally {
+      sodium.sodium_memzero(pad);
+      sodium.sodium_memzero(sodiumState);
     }
-    sodium.sodium_memzero(pad);
   }
 
   /** Whether tag (32 bytes) is data's under the key. */
   ok(data: Uint8Array, tag: Uint8Array): boolean {
-    const key = this.key;
-    if (!key || tag.length !== TAG) return false;
+    if (!this.keyed || tag.length !== TAG) return false;
     const f = this.fast;
-    return f ? this.tagMatches(f, data, tag) : sodium.crypto_auth_verify(tag, data, key);
+    const verdict = f ? this.tagMatches(f, data, tag) : undefined;
+    // A call that failed is no verdict: libsodium decides, from here on.
+    if (verdict === undefined) this.fast = undefined;
+    return verdict ?? sodium.crypto_auth_verify(tag, data, this.key);
   }
 
-  private tagMatches(f: Sha512, data: Uint8Array, tag: Uint8Array): boolean {
+  /** The tag check through OpenSSL; undefined when a call failed. */
+  private tagMatches(f: Sha512, data: Uint8Array, tag: Uint8Array): boolean | undefined {
     const { work, digest } = this;
     work.set(this.inner);
-    if (f.update(work, data, data.length) !== 1 || f.final(digest, work) !== 1) return false;
+    if (f.update(work, data, data.length) !== 1 || f.final(digest, work) !== 1) return undefined;
     work.set(this.outer);
-    if (f.update(work, digest, 64) !== 1 || f.final(digest, work) !== 1) return false;
+    if (f.update(work, digest, 64) !== 1 || f.final(digest, work) !== 1) return undefined;
     return f.memcmp(digest, tag, TAG) === 0;
   }
 
@@ -210,7 +254,7 @@ export class TagChecker {
   private selfTest(): boolean {
     const f = this.fast;
     if (!f) return false;
-    const key = secureAlloc(TAG);
+    const key = secureAlloc(KEY_BYTES);
     try {
       sodium.randombytes_buf(key);
       const data = Buffer.alloc(3 * BLOCK + 17);
@@ -218,19 +262,29 @@ export class TagChecker {
       const tag = Buffer.alloc(TAG);
       sodium.crypto_auth(tag, data, key);
       this.setKey(key);
+      if (!this.fast) return false;
       const good = this.tagMatches(f, data, tag);
       tag[0] = (tag[0] ?? 0) ^ 1;
-      return good && !this.tagMatches(f, data, tag);
+      return good === true && this.tagMatches(f, data, tag) === false;
     } catch {
       return false;
     } finally {
-      this.key = undefined;
       secureFree(key);
     }
   }
 
   free(): void {
-    this.key = undefined;
+    const f = this.fast;
+    // What OpenSSL's block function left on koffi's stack, overwritten with a hash of zeros.
+    if (
+      f &&
+      this.mem.length > 0 &&
+      f.init(this.work) === 1 &&
+      f.update(this.work, ZEROS, BLOCK) === 1
+    )
+      f.final(this.digest, this.work);
+    this.keyed = false;
+    this.fast = undefined;
     secureFree(this.mem);
   }
 }

@@ -15,9 +15,15 @@ import { segmentName } from './state.js';
  * How far the epoch may rise from one entry to the next, and past 0 at the log's first entry.
  * A writer advances it at most twice per append (an hour passed; a rotation), more only after
  * crashes between the state and the line; this bounds the keys a forged epoch makes the
- * verifier derive (about 50 µs each) before its MAC can be checked.
+ * verifier derive (0.35 us each here) before its MAC can be checked.
  */
 export const MAX_EPOCH_STEP = 10_000;
+/**
+ * The highest epoch a segment verified on its own (--path) may start at: over a thousand years
+ * of hourly epochs, and at most ~4 s of keys to derive. Without it, a file whose first line
+ * claims epoch 9,999,999,999 kept the verifier deriving keys for about an hour.
+ */
+export const MAX_STANDALONE_EPOCH = 10_000_000;
 const ZERO_BYTES = Buffer.alloc(32);
 
 export interface Checkpoint {
@@ -30,6 +36,8 @@ export interface VerifyOptions {
   seed?: SecureBuffer | undefined;
   /** Sealed heads (the checkpoint file's, the vault's): the log must reach and hold each. */
   checkpoints?: readonly Checkpoint[] | undefined;
+  /** 'libsodium': every MAC checked as writers make them, not through OpenSSL (tests). */
+  tagCheck?: 'libsodium' | undefined;
   onProgress?: ((bytesDone: number, bytesTotal: number) => void) | undefined;
 }
 
@@ -109,8 +117,25 @@ export function verifySegments(
   standalone = false,
 ): VerifyResult {
   const keys = opts.seed ? new EpochKeys(opts.seed) : undefined;
+  let tags: TagChecker | undefined;
+  // Whatever happens in the walk (a finding, an exception), the keys and states go.
+  try {
+    tags = keys ? TagChecker.create(opts.tagCheck !== 'libsodium') : undefined;
+    return walk(files, opts, standalone, keys, tags);
+  } finally {
+    tags?.free();
+    keys?.free();
+  }
+}
+
+function walk(
+  files: readonly string[],
+  opts: VerifyOptions,
+  standalone: boolean,
+  keys: EpochKeys | undefined,
+  tags: TagChecker | undefined,
+): VerifyResult {
   // Tags are checked under one epoch's key at a time: set again when the epoch moves.
-  const tags = keys ? TagChecker.create() : undefined;
   let tagEpoch = -1;
   const macsChecked = keys !== undefined;
   let entries = 0;
@@ -129,143 +154,136 @@ export function verifySegments(
   );
   let done = 0;
   const fail = (file: string, line: number, reason: string, seq?: number): VerifyResult => {
-    keys?.free();
-    tags?.free();
     const finding: Finding =
       seq === undefined ? { file, line, reason } : { file, line, seq, reason };
     return { ok: false, entries, finding, macsChecked, gaps };
   };
-  try {
-    for (const [i, file] of files.entries()) {
-      const base = path.basename(file);
-      if (!standalone && base !== segmentName(i + 1)) {
-        return fail(base, 0, `segment ${segmentName(i + 1)} is missing (found ${base})`);
-      }
-      const bytes = fs.readFileSync(file);
-      if (bytes.length > 0 && bytes[bytes.length - 1] !== 0x0a) {
-        let lines = 1;
-        for (let at = bytes.indexOf(0x0a); at >= 0; at = bytes.indexOf(0x0a, at + 1)) lines++;
-        return fail(base, lines, 'the last line is torn (no newline)');
-      }
-      if (!standalone && i < files.length - 1 && bytes.length === 0)
-        return fail(base, 0, 'a closed segment is empty');
-      for (let start = 0, j = 0; start < bytes.length; j++) {
-        const end = bytes.indexOf(0x0a, start);
-        const line = bytes.subarray(start, end);
-        const last = end === bytes.length - 1;
-        start = end + 1;
-        const lineNo = j + 1;
-        const e = scanLine(line);
-        if (!e)
+  for (const [i, file] of files.entries()) {
+    const base = path.basename(file);
+    if (!standalone && base !== segmentName(i + 1)) {
+      return fail(base, 0, `segment ${segmentName(i + 1)} is missing (found ${base})`);
+    }
+    const bytes = fs.readFileSync(file);
+    if (bytes.length > 0 && bytes[bytes.length - 1] !== 0x0a) {
+      let lines = 1;
+      for (let at = bytes.indexOf(0x0a); at >= 0; at = bytes.indexOf(0x0a, at + 1)) lines++;
+      return fail(base, lines, 'the last line is torn (no newline)');
+    }
+    if (!standalone && i < files.length - 1 && bytes.length === 0)
+      return fail(base, 0, 'a closed segment is empty');
+    for (let start = 0, j = 0; start < bytes.length; j++) {
+      const end = bytes.indexOf(0x0a, start);
+      const line = bytes.subarray(start, end);
+      const last = end === bytes.length - 1;
+      start = end + 1;
+      const lineNo = j + 1;
+      const e = scanLine(line);
+      if (!e)
+        return fail(base, lineNo, 'not a well-formed audit entry', prev ? prev.seq + 1 : undefined);
+      const linkedTo = unhex(line, e.prevAt, prevBytes);
+      if (prev === undefined && (!standalone || e.seq === 1)) {
+        if (e.seq !== 1)
           return fail(
             base,
             lineNo,
-            'not a well-formed audit entry',
-            prev ? prev.seq + 1 : undefined,
-          );
-        const linkedTo = unhex(line, e.prevAt, prevBytes);
-        if (prev === undefined && (!standalone || e.seq === 1)) {
-          if (e.seq !== 1)
-            return fail(
-              base,
-              lineNo,
-              `the log starts at seq ${e.seq}, not 1 (entries before it are missing)`,
-              e.seq,
-            );
-          // eslint-disable-next-line no-restricted-syntax -- hashes of public lines
-          if (!linkedTo.equals(ZERO_BYTES))
-            return fail(base, lineNo, 'the first entry does not start the chain', e.seq);
-          if (e.epoch > MAX_EPOCH_STEP)
-            return fail(base, lineNo, `epoch ${e.epoch} at the first entry`, e.seq);
-        }
-        if (prev) {
-          if (e.seq !== prev.seq + 1)
-            return fail(
-              base,
-              lineNo,
-              `seq ${e.seq} follows seq ${prev.seq} (an entry is missing, reordered or inserted)`,
-              e.seq,
-            );
-          // eslint-disable-next-line no-restricted-syntax -- hashes of public lines
-          if (!linkedTo.equals(prev.hash))
-            return fail(
-              base,
-              lineNo,
-              "prev does not match the previous entry's hash (an entry was changed, removed or reordered)",
-              e.seq,
-            );
-          if (e.epoch < prev.epoch || e.epoch - prev.epoch > MAX_EPOCH_STEP)
-            return fail(base, lineNo, `epoch ${e.epoch} after epoch ${prev.epoch}`, e.seq);
-          if (prev.rotated && j !== 0)
-            return fail(base, lineNo, 'entries follow a rotation entry in the same segment', e.seq);
-        }
-        if (keys && tags && e.epoch !== tagEpoch) {
-          tags.setKey(keys.at(e.epoch));
-          tagEpoch = e.epoch;
-        }
-        if (tags && !tags.ok(line.subarray(0, e.signedEnd), unhex(line, e.macAt, tag))) {
-          return fail(
-            base,
-            lineNo,
-            'the MAC does not verify (the entry was changed or forged)',
+            `the log starts at seq ${e.seq}, not 1 (entries before it are missing)`,
             e.seq,
           );
-        }
-        const rotated = typeIs(line, e, ROTATED);
-        if (!standalone && last && i < files.length - 1 && !rotated) {
-          return fail(base, lineNo, 'a closed segment does not end with its rotation entry', e.seq);
-        }
-        // Breaks recorded by writers are reported every time, until a person acknowledges them.
-        if (typeIs(line, e, GAP)) gaps.push({ seq: e.seq, acknowledged: false });
-        if (typeIs(line, e, ACKNOWLEDGED)) for (const g of gaps) g.acknowledged = true;
-        // SHA-256 of the (public) line, through OpenSSL (lib/openssl.ts says why).
-        const hash = sha256Public(line, prev?.hash === hashes[0] ? hashes[1] : hashes[0]);
-        if (wanted.has(e.seq)) atCheckpoint.set(e.seq, hash.toString('hex'));
-        // One record of the previous entry, rewritten in place (no allocation per line).
-        if (prev) {
-          prev.seq = e.seq;
-          prev.epoch = e.epoch;
-          prev.rotated = rotated;
-          prev.hash = hash;
-        } else prev = { seq: e.seq, epoch: e.epoch, rotated, hash };
-        entries += 1;
+        // eslint-disable-next-line no-restricted-syntax -- hashes of public lines
+        if (!linkedTo.equals(ZERO_BYTES))
+          return fail(base, lineNo, 'the first entry does not start the chain', e.seq);
+        if (e.epoch > MAX_EPOCH_STEP)
+          return fail(base, lineNo, `epoch ${e.epoch} at the first entry`, e.seq);
       }
-      done += bytes.length;
-      opts.onProgress?.(done, total);
-    }
-    for (const cp of checkpoints.sort((x, y) => y.seq - x.seq)) {
-      if (!prev || prev.seq < cp.seq) {
-        const last = files.at(-1);
+      // A segment on its own, its first entry taken as given: its epoch is bounded all the same.
+      if (prev === undefined && e.epoch > MAX_STANDALONE_EPOCH)
         return fail(
-          last ? path.basename(last) : '(none)',
-          0,
-          `the log ends at seq ${prev?.seq ?? 0} but the checkpoint sealed in the vault says seq ${cp.seq}: entries were deleted from the end`,
+          base,
+          lineNo,
+          `epoch ${e.epoch} at the segment's first entry (more than ${MAX_STANDALONE_EPOCH.toLocaleString('en-US')}: no log reaches it)`,
+          e.seq,
+        );
+      if (prev) {
+        if (e.seq !== prev.seq + 1)
+          return fail(
+            base,
+            lineNo,
+            `seq ${e.seq} follows seq ${prev.seq} (an entry is missing, reordered or inserted)`,
+            e.seq,
+          );
+        // eslint-disable-next-line no-restricted-syntax -- hashes of public lines
+        if (!linkedTo.equals(prev.hash))
+          return fail(
+            base,
+            lineNo,
+            "prev does not match the previous entry's hash (an entry was changed, removed or reordered)",
+            e.seq,
+          );
+        if (e.epoch < prev.epoch || e.epoch - prev.epoch > MAX_EPOCH_STEP)
+          return fail(base, lineNo, `epoch ${e.epoch} after epoch ${prev.epoch}`, e.seq);
+        if (prev.rotated && j !== 0)
+          return fail(base, lineNo, 'entries follow a rotation entry in the same segment', e.seq);
+      }
+      if (keys && tags && e.epoch !== tagEpoch) {
+        tags.setKey(keys.at(e.epoch));
+        tagEpoch = e.epoch;
+      }
+      if (tags && !tags.ok(line.subarray(0, e.signedEnd), unhex(line, e.macAt, tag))) {
+        return fail(
+          base,
+          lineNo,
+          'the MAC does not verify (the entry was changed or forged)',
+          e.seq,
         );
       }
-      // The hash at the checkpoint's seq, taken on the way.
-      if (atCheckpoint.get(cp.seq) !== cp.hash) {
-        return fail(
-          '(checkpoint)',
-          0,
-          `the entry at seq ${cp.seq} differs from the one the vault's checkpoint sealed (the log was cut there and written again)`,
-          cp.seq,
-        );
+      const rotated = typeIs(line, e, ROTATED);
+      if (!standalone && last && i < files.length - 1 && !rotated) {
+        return fail(base, lineNo, 'a closed segment does not end with its rotation entry', e.seq);
       }
+      // Breaks recorded by writers are reported every time, until a person acknowledges them.
+      if (typeIs(line, e, GAP)) gaps.push({ seq: e.seq, acknowledged: false });
+      if (typeIs(line, e, ACKNOWLEDGED)) for (const g of gaps) g.acknowledged = true;
+      // SHA-256 of the (public) line, through OpenSSL (lib/openssl.ts says why).
+      const hash = sha256Public(line, prev?.hash === hashes[0] ? hashes[1] : hashes[0]);
+      if (wanted.has(e.seq)) atCheckpoint.set(e.seq, hash.toString('hex'));
+      // One record of the previous entry, rewritten in place (no allocation per line).
+      if (prev) {
+        prev.seq = e.seq;
+        prev.epoch = e.epoch;
+        prev.rotated = rotated;
+        prev.hash = hash;
+      } else prev = { seq: e.seq, epoch: e.epoch, rotated, hash };
+      entries += 1;
     }
-    keys?.free();
-    tags?.free();
-    return {
-      ok: true,
-      entries,
-      headSeq: prev?.seq ?? 0,
-      headHash: prev ? prev.hash.toString('hex') : ZERO_HASH,
-      macsChecked,
-      segments: files.length,
-      gaps,
-    };
-  } catch (e) {
-    keys?.free();
-    tags?.free();
-    throw e;
+    done += bytes.length;
+    opts.onProgress?.(done, total);
   }
+  for (const cp of checkpoints.sort((x, y) => y.seq - x.seq)) {
+    if (!prev || prev.seq < cp.seq) {
+      const last = files.at(-1);
+      return fail(
+        last ? path.basename(last) : '(none)',
+        0,
+        `the log ends at seq ${prev?.seq ?? 0} but the checkpoint sealed in the vault says seq ${cp.seq}: entries were deleted from the end`,
+      );
+    }
+    // The hash at the checkpoint's seq, taken on the way.
+    if (atCheckpoint.get(cp.seq) !== cp.hash) {
+      return fail(
+        '(checkpoint)',
+        0,
+        `the entry at seq ${cp.seq} differs from the one the vault's checkpoint sealed (the log was cut there and written again)`,
+        cp.seq,
+      );
+    }
+  }
+  return {
+    ok: true,
+    entries,
+    headSeq: prev?.seq ?? 0,
+    headHash: prev ? prev.hash.toString('hex') : ZERO_HASH,
+    macsChecked,
+    segments: files.length,
+    gaps,
+  };
 }

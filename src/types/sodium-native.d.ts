@@ -70,6 +70,9 @@ declare module 'sodium-native' {
     crypto_hash_sha256_update(state: Uint8Array, input: Uint8Array): void;
     crypto_hash_sha256_final(state: Uint8Array, out: Uint8Array): void;
     crypto_hash_sha256_STATEBYTES: number;
+    crypto_hash_sha512_init(state: Uint8Array): void;
+    crypto_hash_sha512_update(state: Uint8Array, input: Uint8Array): void;
+    crypto_hash_sha512_STATEBYTES: number;
 
     crypto_box_keypair(pk: Uint8Array, sk: Uint8Array): void;
     crypto_box_seed_keypair(pk: Uint8Array, sk: Uint8Array, seed: Uint8Array): void;
