@@ -161,13 +161,23 @@ function vmFlags(pid: number): Map<string, string[]> {
 /** Mappings that are not locked in memory (no `lo` VmFlag): ordinary heap, stacks, files. */
 export const unlockedMappings = (f: string[]): boolean => !f.includes('lo');
 
-export function scanMemory(pid: number, needles: Buffer[]): Buffer[] {
+/** Which needles occur in pid's readable memory (only: in the mappings whose VmFlags pass). */
+export function scanMemory(
+  pid: number,
+  needles: Buffer[],
+  only?: (vmFlags: string[]) => boolean,
+): Buffer[] {
   const found: Buffer[] = [];
   const overlap = Math.max(0, ...needles.map((n) => n.length - 1));
-  forEachChunk(pid, overlap, (view) => {
-    for (const needle of needles)
-      if (!found.includes(needle) && view.indexOf(needle) !== -1) found.push(needle);
-  });
+  forEachChunk(
+    pid,
+    overlap,
+    (view) => {
+      for (const needle of needles)
+        if (!found.includes(needle) && view.indexOf(needle) !== -1) found.push(needle);
+    },
+    only,
+  );
   return found;
 }
 

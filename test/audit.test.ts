@@ -23,7 +23,8 @@ import { BATCH_KEY_MS, BodyOpener, BodySealer, sealBodyOnce } from '../src/audit
 import { secureAlloc, secureFree, secureTake } from '../src/lib/secure.js';
 import { sodium } from '../src/lib/sodium.js';
 import { copySegments, fill, lines, makeLog, scanBack, writeLines } from './audit-helpers.js';
-import { eventually, ROOT } from './helpers.js';
+import { scanMemory, unlockedMappings } from './agent-helpers.js';
+import { eventually, rootTests, ROOT } from './helpers.js';
 
 function failsAt(r: VerifyResult, line: number, why?: RegExp): void {
   assert.equal(r.ok, false, 'tampering went undetected');
@@ -438,6 +439,75 @@ describe("the verifier's tag check", () => {
         for (const k of keys) secureFree(k);
       }
     });
+
+  test(
+    "the key never passes through OpenSSL's SHA-512: no word of the padded key's message schedule outside secure memory, keyed or freed (root: /proc/PID/mem)",
+    { skip: !rootTests && 'needs root to read another process memory' },
+    async () => {
+      // A process keys a checker (scanned then, before a tag's hash overwrites the stack), checks
+      // tags and frees it (scanned again). OpenSSL's block function keeps
+      // its message schedule (W[t], and W[t] + K[t]) on koffi's stack, which is neither locked
+      // nor cleared: the schedule of K ^ ipad or K ^ opad there gives the key back.
+      const child = spawn(
+        process.execPath,
+        [
+          '--input-type=module',
+          '-e',
+          `const { TagChecker } = await import(${JSON.stringify(path.join(ROOT, 'dist/src/audit/keys.js'))});
+const { secureAlloc } = await import(${JSON.stringify(path.join(ROOT, 'dist/src/lib/secure.js'))});
+const { sodium } = await import(${JSON.stringify(path.join(ROOT, 'dist/src/lib/sodium.js'))});
+const tags = TagChecker.create();
+const key = secureAlloc(32);
+sodium.randombytes_buf(key);
+process.stdout.write(Buffer.from(key).toString('hex') + (tags.precomputed ? ' fast' : ' slow') + '\\n');
+tags.setKey(key);
+process.stdout.write('keyed\\n');
+process.stdin.once('data', () => {
+  for (let i = 0; i < 50; i++) {
+    const data = Buffer.alloc(100 + i * 37, i);
+    const tag = Buffer.alloc(32);
+    sodium.crypto_auth(tag, data, key);
+    if (!tags.ok(data, tag)) process.exit(3);
+  }
+  tags.free();
+  sodium.sodium_memzero(key);
+  process.stdout.write('freed\\n');
+  process.stdin.once('data', () => process.exit(0));
+});`,
+        ],
+        { stdio: ['pipe', 'pipe', 'inherit'] },
+      );
+      let out = '';
+      child.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      const said = (what: string) => eventually(() => out.includes(what), `the child said ${what}`);
+      try {
+        await said('keyed');
+        const [hex, path_] = out.split('\n')[0]?.split(' ') ?? [];
+        assert.equal(path_, 'fast', 'the fast path is the one under test');
+        const key = Buffer.from(hex ?? '', 'hex');
+        assert.equal(key.length, 32);
+        const needles = scheduleWords(key);
+        const pid = child.pid ?? 0;
+        // Keyed: the key and its states live in secure (locked) memory only. (Before a934f6b
+        // 68 schedule words of K ^ opad were on koffi's stack here.)
+        assert.deepEqual(
+          scanMemory(pid, needles, unlockedMappings).map((b) => b.toString('hex')),
+          [],
+          'key-derived words outside secure memory while keyed',
+        );
+        child.stdin.write('free\n');
+        await said('freed');
+        assert.deepEqual(
+          scanMemory(pid, needles).map((b) => b.toString('hex')),
+          [],
+          'key-derived words anywhere after free()',
+        );
+      } finally {
+        child.stdin.end('end\n');
+        child.kill();
+      }
+    },
+  );
 
   test('verify finds the same tampering whichever path checks the MACs', () => {
     const { log, seed } = makeLog({ epochMs: 0 }); // a new epoch (and key) at every append
@@ -990,3 +1060,125 @@ test('the breaks found in rotated segments are read once, and again whenever a s
   assert.deepEqual(log.unacknowledgedGaps(), reference());
   assert.equal(log.unacknowledgedGaps().length, 2);
 });
+
+/** SHA-512's round constants (FIPS 180-4), for the schedule words below. */
+const SHA512_K = [
+  '428a2f98d728ae22',
+  '7137449123ef65cd',
+  'b5c0fbcfec4d3b2f',
+  'e9b5dba58189dbbc',
+  '3956c25bf348b538',
+  '59f111f1b605d019',
+  '923f82a4af194f9b',
+  'ab1c5ed5da6d8118',
+  'd807aa98a3030242',
+  '12835b0145706fbe',
+  '243185be4ee4b28c',
+  '550c7dc3d5ffb4e2',
+  '72be5d74f27b896f',
+  '80deb1fe3b1696b1',
+  '9bdc06a725c71235',
+  'c19bf174cf692694',
+  'e49b69c19ef14ad2',
+  'efbe4786384f25e3',
+  '0fc19dc68b8cd5b5',
+  '240ca1cc77ac9c65',
+  '2de92c6f592b0275',
+  '4a7484aa6ea6e483',
+  '5cb0a9dcbd41fbd4',
+  '76f988da831153b5',
+  '983e5152ee66dfab',
+  'a831c66d2db43210',
+  'b00327c898fb213f',
+  'bf597fc7beef0ee4',
+  'c6e00bf33da88fc2',
+  'd5a79147930aa725',
+  '06ca6351e003826f',
+  '142929670a0e6e70',
+  '27b70a8546d22ffc',
+  '2e1b21385c26c926',
+  '4d2c6dfc5ac42aed',
+  '53380d139d95b3df',
+  '650a73548baf63de',
+  '766a0abb3c77b2a8',
+  '81c2c92e47edaee6',
+  '92722c851482353b',
+  'a2bfe8a14cf10364',
+  'a81a664bbc423001',
+  'c24b8b70d0f89791',
+  'c76c51a30654be30',
+  'd192e819d6ef5218',
+  'd69906245565a910',
+  'f40e35855771202a',
+  '106aa07032bbd1b8',
+  '19a4c116b8d2d0c8',
+  '1e376c085141ab53',
+  '2748774cdf8eeb99',
+  '34b0bcb5e19b48a8',
+  '391c0cb3c5c95a63',
+  '4ed8aa4ae3418acb',
+  '5b9cca4f7763e373',
+  '682e6ff3d6b2b8a3',
+  '748f82ee5defb2fc',
+  '78a5636f43172f60',
+  '84c87814a1f0ab72',
+  '8cc702081a6439ec',
+  '90befffa23631e28',
+  'a4506cebde82bde9',
+  'bef9a3f7b2c67915',
+  'c67178f2e372532b',
+  'ca273eceea26619c',
+  'd186b8c721c0c207',
+  'eada7dd6cde0eb1e',
+  'f57d4f7fee6ed178',
+  '06f067aa72176fba',
+  '0a637dc5a2c898a6',
+  '113f9804bef90dae',
+  '1b710b35131c471b',
+  '28db77f523047d84',
+  '32caab7b40c72493',
+  '3c9ebe0a15c9bebc',
+  '431d67c49c100d4c',
+  '4cc5d4becb3e42b6',
+  '597f299cfc657e2a',
+  '5fcb6fab3ad6faec',
+  '6c44198c4a475817',
+].map((h) => BigInt(`0x${h}`));
+
+/**
+ * The words SHA-512's block function computes from the HMAC key's two padded blocks (K ^ 0x36..,
+ * K ^ 0x5c..): each W[t] that depends on the key, and W[t] + K[t], as 8 bytes in either order;
+ * and the padded blocks' key-dependent bytes themselves.
+ */
+function scheduleWords(key: Buffer): Buffer[] {
+  const M = (1n << 64n) - 1n;
+  const rotr = (x: bigint, n: bigint) => ((x >> n) | (x << (64n - n))) & M;
+  const words: Buffer[] = [];
+  const push = (v: bigint) => {
+    const b = Buffer.alloc(8);
+    b.writeBigUInt64BE(v);
+    words.push(b, Buffer.from(b).reverse());
+  };
+  for (const byte of [0x36, 0x5c]) {
+    const block = Buffer.alloc(128, byte);
+    for (let i = 0; i < 32; i++) block[i] = (key[i] ?? 0) ^ byte;
+    words.push(block.subarray(0, 32));
+    const w: bigint[] = [];
+    for (let t = 0; t < 80; t++) {
+      if (t < 16) w.push(block.readBigUInt64BE(8 * t));
+      else {
+        const a = w[t - 15] ?? 0n;
+        const b = w[t - 2] ?? 0n;
+        const s0 = rotr(a, 1n) ^ rotr(a, 8n) ^ (a >> 7n);
+        const s1 = rotr(b, 19n) ^ rotr(b, 61n) ^ (b >> 6n);
+        w.push((s1 + (w[t - 7] ?? 0n) + s0 + (w[t - 16] ?? 0n)) & M);
+      }
+      // W[4..15] are the pad's constant bytes: nothing of the key.
+      if (t < 4 || t >= 16) {
+        push(w[t] ?? 0n);
+        push(((w[t] ?? 0n) + (SHA512_K[t] ?? 0n)) & M);
+      }
+    }
+  }
+  return words;
+}
