@@ -29,6 +29,7 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     POLICY_TAMPERED: 8,
     REQUEST_NOT_FOUND: 3,
     AGENT_UNAVAILABLE: 5,
+    OUTPUT_FAILED: 5,
     AGENT_LOCKED: 5,
     AGENT_RUNNING: 5,
     POLICY_DENIED: 6,

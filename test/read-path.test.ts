@@ -7,11 +7,13 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import { after, test } from 'node:test';
-import { stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
+import { kwAsync, stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
 import { BIN, initHome, kw } from './helpers.js';
 import { agentReadBlocking } from '../src/agent/index.js';
+import { frameHead, RES_ERROR, RES_HELLO, RES_OK } from '../src/agent/protocol.js';
 import { koffi } from '../src/lib/koffi.js';
 import { unixConnect } from '../src/lib/unix.js';
 
@@ -130,5 +132,156 @@ test("the greeting's 30 s are one deadline: a listener of your own that sends a 
     assert.ok(n >= 1 && n < 8, `${n} bytes sent while the read waited`);
   } finally {
     trickler.kill('SIGKILL');
+  }
+});
+
+/** A listener of the user's own at DIR/agent.sock; conn is given each connection. */
+async function ownListener(
+  dir: string,
+  conn: (s: net.Socket) => void,
+): Promise<{ sock: string; close: () => void }> {
+  fs.mkdirSync(dir, { mode: 0o700, recursive: true });
+  const sock = path.join(dir, 'agent.sock');
+  const server = net.createServer((s) => {
+    s.on('error', () => undefined);
+    conn(s);
+  });
+  await new Promise<void>((resolve) => server.listen(sock, resolve));
+  return { sock, close: () => server.close() };
+}
+
+const greeting = () =>
+  frameHead(RES_HELLO, { agent: 'keyward', pid: process.pid, debuggable: [] }, 0);
+
+test('a fake agent of your own: its error is shown escaped and never crashes the read, a value it sends unasked or a second greeting is refused, nothing printed', async () => {
+  const h = initHome();
+  const run = path.join(h.dir, 'run');
+  const env = { ...h.env, KEYWARD_SOCKET_DIR: run };
+  let mode = '';
+  const fake = await ownListener(run, (s) => {
+    if (mode === 'value with the greeting') {
+      // A value before the request is sent: it answers nothing.
+      s.write(
+        Buffer.concat([
+          greeting(),
+          frameHead(RES_OK, { name: 'app/token' }, 5),
+          Buffer.from('fake!'),
+        ]),
+      );
+      return;
+    }
+    s.write(greeting());
+    s.once('data', () => {
+      if (mode === 'greeting again') s.write(greeting());
+      else
+        s.write(
+          frameHead(
+            RES_ERROR,
+            {
+              // In ERROR_CODES through its prototype only; its exit code was no number.
+              code: mode,
+              message: 'refused \x1b]0;owned\x07\x1b[2J here',
+              hint: 'run \x1b[8mhidden\x1b[0m now',
+            },
+            0,
+          ),
+        );
+    });
+  });
+  try {
+    for (const code of ['__proto__', 'toString', 'constructor']) {
+      mode = code;
+      const r = await kwAsync(['read', 'app/token'], env);
+      assert.equal(r.code, 1, `${code}: ${r.stderr}`);
+      assert.equal(r.stdout, '');
+      assert.equal(r.stderr.includes('\x1b'), false, 'a terminal escape reached stderr');
+      assert.doesNotMatch(r.stderr, /^\s+at /m, 'a stack trace');
+      assert.match(r.stderr, /refused \\u\{1b\}\]0;owned\\u\{7\}\\u\{1b\}\[2J here/);
+      assert.match(r.stderr, /hint: run \\u\{1b\}\[8mhidden/);
+    }
+    for (const [m, why] of [
+      ['value with the greeting', /spoke before it was asked/],
+      ['greeting again', /answered with frame type 130/],
+    ] as const) {
+      mode = m;
+      const r = await kwAsync(['read', 'app/token'], env);
+      assert.equal(r.code, 8, `${m}: ${r.stderr}`);
+      assert.equal(r.stdout, '', `${m}: printed as the value`);
+      assert.match(r.stderr, why);
+    }
+  } finally {
+    fake.close();
+  }
+});
+
+test('a listener that never greets holds the read 30 s once, whatever signals arrive meanwhile; then the vault is read directly', async () => {
+  const h = initHome();
+  assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'direct-1' }).code, 0);
+  const run = path.join(h.dir, 'run');
+  const silent = await ownListener(run, () => undefined);
+  const sent = path.join(h.dir, 'signals');
+  const reader = spawn(process.execPath, [BIN, 'read', 'app/token'], {
+    env: { ...h.env, KEYWARD_SOCKET_DIR: run },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  // SIGUSR1 (bin/keyward.js handles it) every 2 s, 40 in all, counted in a file: each one made
+  // the receive start its 30 s again, and the read waited until they stopped.
+  const signaler = spawn(
+    process.execPath,
+    [
+      '-e',
+      `const fs = require('node:fs'); let n = 0; const t = setInterval(() => {
+         try { process.kill(${reader.pid ?? 0}, 'SIGUSR1'); } catch { clearInterval(t); return; }
+         fs.writeFileSync(${JSON.stringify(sent)}, String(++n)); if (n === 40) clearInterval(t); }, 2000);`,
+    ],
+    { stdio: 'ignore' },
+  );
+  let stdout = '';
+  let stderr = '';
+  reader.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  reader.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  try {
+    const code = await new Promise<number | null>((resolve) => reader.on('close', resolve));
+    const n = fs.existsSync(sent) ? Number(fs.readFileSync(sent, 'utf8')) : 0;
+    assert.equal(code, 0, stderr);
+    assert.equal(stdout, 'direct-1');
+    // Done while signals still came, and before a second 30 s wait (the async client's, after
+    // the blocking one's) could have ended: that one would have read 30 or more.
+    assert.ok(n >= 5 && n < 28, `${n} signals sent while the read waited`);
+  } finally {
+    signaler.kill('SIGKILL');
+    silent.close();
+  }
+});
+
+test("a value whose reader went away is a quiet end (exit 0); one that can't be written is OUTPUT_FAILED, not a bug", async () => {
+  const h = await unlockedAgent(ALLOW_APP, homes);
+  assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'tok-456' }).code, 0);
+  const direct = initHome();
+  assert.equal(kw(['secret', 'set', 'app/token'], { env: direct.env, input: 'tok-789' }).code, 0);
+  for (const [label, env] of [
+    ['through the agent', h.env],
+    ['directly', direct.env],
+  ] as const) {
+    // The reader's end of the pipe closed before the value comes: EPIPE.
+    const gone = spawn(process.execPath, [BIN, 'read', 'app/token'], {
+      env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    gone.stdout.destroy();
+    let stderr = '';
+    gone.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const code = await new Promise<number | null>((resolve) => gone.on('close', resolve));
+    assert.equal(code, 0, `${label}: ${stderr}`);
+    assert.equal(stderr, '', label);
+    // A full device: ENOSPC, said as such.
+    const full = spawnSync(process.execPath, [BIN, 'read', 'app/token'], {
+      env,
+      stdio: ['ignore', fs.openSync('/dev/full', 'w'), 'pipe'],
+      encoding: 'utf8',
+    });
+    assert.equal(full.status, 5, `${label}: ${full.stderr}`);
+    assert.match(full.stderr, /could not write to standard output \(ENOSPC\)/);
+    assert.doesNotMatch(full.stderr, /internal error|bug in keyward/);
   }
 });

@@ -10,6 +10,7 @@ import { secureFree, secureRelease, type SecureBuffer } from '../lib/secure.js';
 import { peerCredentials } from '../lib/libc.js';
 import { runtimeState } from '../lib/runtime-guard.js';
 import { printable } from '../lib/text.js';
+import { processWide } from '../lib/once.js';
 import { socketFd } from '../lib/socket-fd.js';
 import {
   FrameReader,
@@ -79,16 +80,27 @@ function pendingNotice(f: Frame): PendingNotice {
 
 /** The KeywardError an error reply carries (its code, message and hint). */
 export function errorFrom(f: Frame): KeywardError {
-  const code =
-    typeof f.meta['code'] === 'string' && f.meta['code'] in ERROR_CODES
-      ? (f.meta['code'] as ErrorCode)
-      : 'INTERNAL';
-  const hint = typeof f.meta['hint'] === 'string' ? f.meta['hint'] : undefined;
+  const { code, message, hint } = f.meta;
+  // Own keys only: 'toString' or '__proto__' is in ERROR_CODES through its prototype, and its
+  // exit code then no number (the command died with a stack trace). What the agent says is
+  // shown with its control characters escaped: no terminal escape reaches the user's screen.
   return new KeywardError(
-    code,
-    String(f.meta['message'] ?? 'the agent refused'),
-    hint === undefined ? {} : { hint },
+    typeof code === 'string' && Object.hasOwn(ERROR_CODES, code) ? (code as ErrorCode) : 'INTERNAL',
+    typeof message === 'string' ? printable(message, 2000) : 'the agent refused',
+    typeof hint === 'string' ? { hint: printable(hint, 2000) } : {},
   );
+}
+
+/**
+ * Whether this process already found no agent answering at path (mark: it did). The blocking
+ * read (read-blocking.ts) and main.ts's read are two copies of this module in one process (the
+ * read path is a bundle of its own), so the mark is process-wide: a listener that never greeted
+ * is waited for once, not twice.
+ */
+export function noAgentAt(path: string, mark = false): boolean {
+  const set = processWide('noAgentAt', () => new Set<string>());
+  if (mark) set.add(path);
+  return set.has(path);
 }
 
 export const malformed = (e: unknown) =>

@@ -10,8 +10,23 @@
 import { KeywardError } from '../errors.js';
 import { closeFd, peerCredentials } from '../lib/libc.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
-import { EAGAIN, setReceiveTimeout, unixConnect, unixRecv, unixSendAll } from '../lib/unix.js';
-import { errorFrom, greeted, HELLO_TIMEOUT_MS, malformed, notMine, notePending } from './client.js';
+import {
+  EAGAIN,
+  EINTR,
+  setReceiveTimeout,
+  unixConnect,
+  unixRecv,
+  unixSendAll,
+} from '../lib/unix.js';
+import {
+  errorFrom,
+  greeted,
+  HELLO_TIMEOUT_MS,
+  malformed,
+  noAgentAt,
+  notMine,
+  notePending,
+} from './client.js';
 import {
   FrameReader,
   frameHead,
@@ -30,7 +45,9 @@ function connect(path: string): number | undefined {
     return unixConnect(path);
   } catch (e) {
     const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT' || code === 'ECONNREFUSED') return undefined;
+    // No agent can be reached at a path too long for an address (the async client falls back
+    // to the vault there too).
+    if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'ENAMETOOLONG') return undefined;
     // A listener that never accepts: refused at once, as node:net does, not waited for.
     if (code === 'EAGAIN')
       throw new KeywardError(
@@ -89,8 +106,8 @@ export function agentReadBlocking(
             throw new KeywardError('AGENT_UNAVAILABLE', `the agent on ${path} did not answer`);
           setReceiveTimeout(sock, Math.max(1, left));
         }
-        const n = unixRecv(sock, buf);
-        if (n === -EAGAIN) continue; // the deadline above decides
+        const n = unixRecv(sock, buf, deadline !== undefined);
+        if (n === -EAGAIN || n === -EINTR) continue; // the deadline above decides
         // As node:net's error event: the errno, not "no agent" (that is a close, or no time).
         if (n < 0) throw new Error(`the connection to ${path} failed (errno ${-n})`);
         if (n === 0) throw new KeywardError('AGENT_UNAVAILABLE', 'the agent closed the connection');
@@ -106,9 +123,16 @@ export function agentReadBlocking(
     try {
       hello = next();
     } catch (e) {
-      if (e instanceof KeywardError && e.code === 'AGENT_UNAVAILABLE') return false;
+      if (e instanceof KeywardError && e.code === 'AGENT_UNAVAILABLE') {
+        // The command goes on without an agent (main.ts): it must not wait for this one again.
+        noAgentAt(path, true);
+        return false;
+      }
       throw e;
     }
+    // What came with the greeting came before the request: it answers nothing.
+    if (frames.length > 0)
+      throw new KeywardError('PROTOCOL_ERROR', `what answers on ${path} spoke before it was asked`);
     secureFree(hello.raw);
     if (hello.type !== RES_HELLO || hello.meta['agent'] !== 'keyward')
       throw new KeywardError('PROTOCOL_ERROR', `what answers on ${path} is not a keyward agent`);

@@ -5,15 +5,22 @@
  */
 import os from 'node:os';
 import { KeywardError } from '../errors.js';
-import { secureFree, secureTake, writeAllSync, type SecureBuffer } from '../lib/secure.js';
+import {
+  secureFree,
+  secureTake,
+  writeAllSync,
+  writeValueSync,
+  type SecureBuffer,
+} from '../lib/secure.js';
 import type { PassphraseSource } from '../vault/index.js';
-import { AgentConnection, call, errorFrom, jsonBody, malformed } from './client.js';
+import { AgentConnection, call, errorFrom, jsonBody, malformed, noAgentAt } from './client.js';
 import type { ServerRecord } from './mcp-pins.js';
 import {
   frameHead,
   inOneWrite,
   REQ,
   RES_ERROR,
+  RES_OK,
   RUN_SIGNALS,
   STREAM,
   writeFrame,
@@ -146,6 +153,8 @@ export async function agentRead(
   fd: number,
   newline: boolean,
 ): Promise<boolean> {
+  // The blocking read (quick.ts) waited for a greeting there already, and none came.
+  if (noAgentAt(path)) return false;
   let conn: AgentConnection;
   try {
     conn = await AgentConnection.open(path, { sendsSecret: false });
@@ -184,8 +193,11 @@ export async function agentProjectRead(
 /** A released value written to fd from secure memory (a newline after it when asked), then freed. */
 export function writeReleased(f: Frame, fd: number, newline: boolean): void {
   try {
-    if (f.raw) writeAllSync(fd, f.raw);
-    if (newline) writeAllSync(fd, Buffer.from('\n'));
+    // Only a value answers a request: a second greeting, or any other frame, is not one.
+    if (f.type !== RES_OK)
+      throw new KeywardError('PROTOCOL_ERROR', `the agent answered with frame type ${f.type}`);
+    const whole = !f.raw || writeValueSync(fd, f.raw);
+    if (whole && newline) writeValueSync(fd, Buffer.from('\n'));
   } finally {
     secureFree(f.raw);
   }

@@ -8,6 +8,7 @@
  * never turned into a string, and is freed (which zeroes it) as soon as it has been used.
  */
 import fs from 'node:fs';
+import { KeywardError } from '../errors.js';
 import { secureMemory as memory, sodiumPackage } from './sodium-addon.js';
 
 /** A Buffer whose memory came from sodium_malloc. The brand stops a plain Buffer passing as one. */
@@ -261,6 +262,27 @@ export function readSyncRetrying(fd: number, buf: Buffer, offset: number, length
 }
 
 /** Writes all of buf to fd, retrying short writes and EAGAIN. */
+/**
+ * A released value (or anything a command prints from secure memory) written to fd whole. False
+ * when the reader went away (EPIPE: `keyward read X | true`), which, as for every command, is a
+ * quiet end; any other failure (no space, an I/O error, a closed descriptor) is OUTPUT_FAILED,
+ * never an internal error.
+ */
+export function writeValueSync(fd: number, buf: Uint8Array): boolean {
+  try {
+    writeAllSync(fd, buf);
+    return true;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'EPIPE') return false;
+    const where = fd === 1 ? 'standard output' : fd === 2 ? 'standard error' : `descriptor ${fd}`;
+    throw new KeywardError(
+      'OUTPUT_FAILED',
+      `could not write to ${where} (${code ?? 'unknown error'})`,
+    );
+  }
+}
+
 export function writeAllSync(fd: number, buf: Uint8Array): void {
   let off = 0;
   while (off < buf.length) {

@@ -4,7 +4,7 @@
  */
 import { EAGAIN, EINTR, libc, type Msghdr } from './libc-core.js';
 
-export { EAGAIN };
+export { EAGAIN, EINTR };
 
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
@@ -104,7 +104,9 @@ export function unixConnect(path: string): number {
   const to = sockaddrUn(path);
   if (!to) {
     l.close(fd);
-    throw new Error('socket path too long');
+    const e = new Error('socket path too long') as NodeJS.ErrnoException;
+    e.code = 'ENAMETOOLONG';
+    throw e;
   }
   if (l.connect(fd, to.addr, to.len) !== 0) {
     const err = l.errno();
@@ -135,15 +137,17 @@ export function setReceiveTimeout(sock: number, ms: number): void {
 
 /**
  * One blocking receive into buf's own memory (no copy: it may be secure memory): the bytes read,
- * 0 at the end of the stream, or -errno (-EAGAIN once a receive timeout passed); EINTR is retried.
+ * 0 at the end of the stream, or -errno (-EAGAIN once a receive timeout passed). EINTR is retried,
+ * unless interruptible: a caller with a deadline gets -EINTR and sets what is left of it (a
+ * receive timeout starts whole again at every call, so signals would otherwise outlast it).
  */
-export function unixRecv(sock: number, buf: Buffer): number {
+export function unixRecv(sock: number, buf: Buffer, interruptible = false): number {
   const l = libc();
   for (;;) {
     const n = Number(l.recvInto(sock, buf, buf.length, 0));
     if (n >= 0) return n;
     const err = l.errno();
-    if (err !== EINTR) return -err;
+    if (err !== EINTR || interruptible) return -err;
   }
 }
 

@@ -1,4 +1,4 @@
-import { secureFree, writeAllSync, type SecureBuffer } from '../lib/secure.js';
+import { secureFree, writeValueSync, type SecureBuffer } from '../lib/secure.js';
 
 /**
  * Writes a revealed value to a file descriptor straight from secure memory, then frees (zeroes)
@@ -6,7 +6,7 @@ import { secureFree, writeAllSync, type SecureBuffer } from '../lib/secure.js';
  */
 export function writeSecretTo(fd: number, value: SecureBuffer): void {
   try {
-    writeAllSync(fd, value);
+    writeValueSync(fd, value);
   } finally {
     secureFree(value);
   }
