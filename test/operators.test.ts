@@ -5,6 +5,7 @@
  * side is test/operators-oidc.test.ts (a real OpenID Provider).
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -18,7 +19,7 @@ import {
   type AgentHome,
 } from './agent-helpers.js';
 import { consoleUrl, rawRequest, waitingCommand } from './console-helpers.js';
-import { everyByteUnder, kw, pastSecondOf } from './helpers.js';
+import { BIN, everyByteUnder, kw, pastSecondOf } from './helpers.js';
 import {
   CLIENT_ID,
   generateSigningKey,
@@ -184,6 +185,24 @@ describe('operator API keys and approvals, through a real agent', () => {
     const again = kw(['operator', 'key', 'create', 'alice', '--groups', 'x'], { env: h.env });
     assert.equal(again.code, 2);
     assert.match(again.stderr, /an operator key named alice exists already/);
+    // A key that can't be shown (standard output a full device) is said to be unshown, with what
+    // to do: it exists, and nobody has it.
+    const full = spawnSync(
+      process.execPath,
+      [BIN, 'operator', 'key', 'create', 'dora', '--groups', 'x'],
+      { env: h.env, stdio: ['ignore', fs.openSync('/dev/full', 'w'), 'pipe'], encoding: 'utf8' },
+    );
+    assert.equal(full.status, 5, full.stderr);
+    assert.match(
+      full.stderr,
+      /the new key dora was not shown \(could not write to standard output \(ENOSPC\)\)/,
+    );
+    assert.match(
+      full.stderr,
+      /hint: nobody has it: revoke it \(keyward operator key revoke dora\)/,
+    );
+    assert.doesNotMatch(full.stderr, /internal error|bug in keyward/);
+    assert.equal(kw(['operator', 'key', 'revoke', 'dora'], { env: h.env }).code, 0);
   });
 
   test('an operator rule waits for an operator of its group; no local factor approves it', async () => {

@@ -62,7 +62,7 @@ export function registerOperatorCommands(program: Command, io: Io): void {
           ops.showKeyOnce(made, undefined);
           throw e;
         }
-        ops.showKeyOnce(made, 1);
+        ops.showKeyOnce(made, 1, name);
       });
       note(
         io,

@@ -17,7 +17,7 @@ import {
   secureFree,
   secureRandom,
   secureTake,
-  writeAllSync,
+  writeValueSync,
   type SecureBuffer,
 } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
@@ -228,12 +228,25 @@ export function keyIdOf(presented: SecureBuffer): string | undefined {
   return /^[0-9a-f]{16}$/.test(id) ? id : undefined;
 }
 
-/** Writes a new key and a newline to fd (shown once), and frees it; no fd: only frees it. */
-export function showKeyOnce(key: SecureBuffer, fd: number | undefined): void {
+/**
+ * Writes a new key and a newline to fd (shown once), and frees it; no fd: only frees it. A key
+ * that could not be shown whole (the reader went away, no space) is OUTPUT_FAILED: it exists,
+ * and nobody has it.
+ */
+export function showKeyOnce(key: SecureBuffer, fd: number | undefined, name = ''): void {
   try {
     if (fd === undefined) return;
-    writeAllSync(fd, key);
-    writeAllSync(fd, Buffer.from('\n'));
+    let why: string;
+    try {
+      if (writeValueSync(fd, key) && writeValueSync(fd, Buffer.from('\n'))) return;
+      why = 'the reader went away';
+    } catch (e) {
+      if (!(e instanceof KeywardError)) throw e;
+      why = e.message;
+    }
+    throw new KeywardError('OUTPUT_FAILED', `the new key ${name} was not shown (${why})`, {
+      hint: `nobody has it: revoke it (keyward operator key revoke ${name}) and create another`,
+    });
   } finally {
     secureFree(key);
   }
