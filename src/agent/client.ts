@@ -9,7 +9,7 @@ import { ERROR_CODES, KeywardError, type ErrorCode } from '../errors.js';
 import { secureFree, secureRelease, type SecureBuffer } from '../lib/secure.js';
 import { peerCredentials } from '../lib/libc.js';
 import { runtimeState } from '../lib/runtime-guard.js';
-import { printable } from '../lib/text.js';
+import { asciiShown, printable } from '../lib/text.js';
 import { processWide } from '../lib/once.js';
 import { socketFd } from '../lib/socket-fd.js';
 import {
@@ -86,8 +86,8 @@ export function errorFrom(f: Frame): KeywardError {
   // shown with its control characters escaped: no terminal escape reaches the user's screen.
   return new KeywardError(
     typeof code === 'string' && Object.hasOwn(ERROR_CODES, code) ? (code as ErrorCode) : 'INTERNAL',
-    typeof message === 'string' ? printable(message, 2000) : 'the agent refused',
-    typeof hint === 'string' ? { hint: printable(hint, 2000) } : {},
+    typeof message === 'string' ? asciiShown(message) : 'the agent refused',
+    typeof hint === 'string' ? { hint: asciiShown(hint) } : {},
   );
 }
 

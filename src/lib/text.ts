@@ -19,6 +19,22 @@ export function printable(s: string, max = 200): string {
 }
 
 /**
+ * Text keyward writes in another process (the agent's refusals and hints), shown as it came but
+ * for anything outside printable ASCII, which becomes a \u{...} escape: a process posing as the
+ * agent can't reach the terminal with an escape sequence. Backslashes stay as they are: the
+ * agent's messages quote caller-controlled values with quote(), whose escapes must read the same.
+ */
+export function asciiShown(s: string, max = 2000): string {
+  let out = '';
+  for (const ch of s) {
+    const cp = ch.codePointAt(0) ?? 0;
+    out += cp >= 0x20 && cp < 0x7f ? ch : `\\u{${cp.toString(16)}}`;
+    if (out.length > max) return `${out.slice(0, max)}...`;
+  }
+  return out;
+}
+
+/**
  * A value a caller controls (an argument, a path, a name, an ssh-add comment), as a person reads
  * it in a prompt: in double quotes, with `"` and `\` escaped and anything outside printable ASCII
  * as a \u{...} escape, so it can never end its quotes and write a sentence of its own. A value

@@ -23,7 +23,7 @@ export interface OperatorRules {
 export type Authority = { groups: string[] } | { refused: string };
 
 const list = (xs: readonly string[]) =>
-  xs.length === 0 ? '(none)' : xs.slice(0, 8).join(', ') + (xs.length > 8 ? ', …' : '');
+  xs.length === 0 ? '(none)' : xs.slice(0, 8).join(', ') + (xs.length > 8 ? ', ...' : '');
 
 /** The operator's groups that let it approve a request of rule `rule`, or why none does. */
 export function authorityOf(
