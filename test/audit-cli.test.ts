@@ -10,6 +10,7 @@ import { createRequire } from 'node:module';
 import { describe, test } from 'node:test';
 import { agentHome, auditEntries, startAgent, stopAgent, withoutAgent } from './agent-helpers.js';
 import { FAST_KDF, initHome, kw, rootTests, type Home, type Run } from './helpers.js';
+import { parseLine } from '../src/audit/entry.js';
 
 interface Row {
   seq: number;
@@ -362,5 +363,112 @@ describe('keyward audit', () => {
       h: number,
     ) => { data: string } | null;
     assert.equal(jsQR(px, w, hgt)?.data, hex);
+  });
+});
+
+describe('audit verify --against a copy off the machine (the copy is untrusted input)', () => {
+  /** The copy's lines for every entry of h's log, as the collector's template writes them. */
+  const shipped = (h: Home): string[] =>
+    fs
+      .readFileSync(segment(h), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => {
+        const e = parseLine(l);
+        assert.ok(e);
+        const sd = `[keyward@32473 seq="${e.seq}" type="${e.type}" epoch="${e.epoch}" decision="info" hash="${e.hash}" prev="${e.prev}"]`;
+        return `keyward 4242 ${e.type} ${sd} keyward audit seq=${e.seq} type=${e.type} decision=info hash=${e.hash}`;
+      });
+  const against = (h: Home, copy: string | Buffer, extra: string[] = []) => {
+    const file = path.join(h.dir, `copy-${Math.random().toString(36).slice(2)}`);
+    fs.writeFileSync(file, copy);
+    return kw(['audit', 'verify', '--chain-only', '--against', file, ...extra], { env: h.env });
+  };
+
+  test('a log rolled back and written again past the copy is caught: the copy holds two entries at those seqs', () => {
+    const h = initHome();
+    assert.equal(kw(['secret', 'set', 'svc/a'], { env: h.env, input: 'v1' }).code, 0);
+    const snapshot = path.join(h.dir, 'snapshot');
+    fs.cpSync(h.home, snapshot, { recursive: true });
+    // What an attacker wants gone: two reads, shipped as they happened.
+    for (let i = 0; i < 2; i++) assert.equal(kw(['read', 'svc/a'], { env: h.env }).code, 0);
+    const before = shipped(h);
+    // The older home put back (vault, log and checkpoint together), then ordinary use writes
+    // the same seqs again (reads too: other times, other processes) and ships them.
+    fs.rmSync(h.home, { recursive: true });
+    fs.cpSync(snapshot, h.home, { recursive: true });
+    for (let i = 0; i < 2; i++) assert.equal(kw(['read', 'svc/a'], { env: h.env }).code, 0);
+    const after = shipped(h);
+    assert.ok(after.length >= before.length, 'the rewritten log reaches as far');
+    const copy = [...new Set([...before, ...after])].join('\n');
+    const r = against(h, `${copy}\n`);
+    assert.equal(r.code, 8, r.stdout + r.stderr);
+    assert.match(r.stderr, /two or more different entries at \d+ seqs \(the log was rolled back/);
+    // Each alone would pass: the local log matches what was shipped after the rollback.
+    assert.equal(against(h, `${after.join('\n')}\n`).code, 0);
+  });
+
+  test('lines forged into the system log never make a changed entry pass; look-alikes and foreign journal entries are not counted', () => {
+    const h = initHome();
+    assert.equal(kw(['secret', 'set', 'svc/a'], { env: h.env, input: 'v1' }).code, 0);
+    const lines = shipped(h);
+    const last = parseLine(fs.readFileSync(segment(h), 'utf8').trim().split('\n').at(-1) ?? '');
+    assert.ok(last);
+    const other = 'f'.repeat(64);
+    // A full forgery of the last entry (`logger -t keyward ...`): two entries at one seq.
+    const forged = `keyward 999 x.y [keyward@32473 seq="${last.seq}" type="secret.set" epoch="0" decision="allow" hash="${other}" prev="${other}"] keyward audit`;
+    let r = against(h, `${[...lines, forged].join('\n')}\n`);
+    assert.equal(r.code, 8, r.stdout + r.stderr);
+    assert.match(r.stderr, new RegExp(`different entries at 1 seqs .*: seq ${last.seq}`));
+    // Another program's message carrying keyward's bracket (an ssh user name fits 96 bytes of
+    // it): not keyward's shape, said and not counted; a CRLF, a byte-order mark, a record
+    // separator and a journald line from another uid change nothing.
+    const sshd = `sshd 31 - - Invalid user [keyward@32473 seq="${last.seq}" hash="${other}"] from 10.0.0.1`;
+    const foreign = JSON.stringify({
+      SYSLOG_IDENTIFIER: 'keyward',
+      KEYWARD_SEQ: String(last.seq),
+      KEYWARD_HASH: other,
+      _UID: String((process.getuid?.() ?? 0) + 1),
+    });
+    const numeric = JSON.stringify({
+      SYSLOG_IDENTIFIER: 'keyward',
+      KEYWARD_SEQ: 1,
+      KEYWARD_HASH: other,
+    });
+    const [first, ...rest] = lines;
+    r = against(h, `\uFEFF${first}\r\n${rest.join('\n')}\n${sshd}\n${foreign}\n\u001e${numeric}\n`);
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, new RegExp(`the copy holds ${lines.length} entries`));
+    assert.match(
+      r.stdout,
+      /2 lines of the copy look like keyward's entries and can't be read: line \d+, \d+/,
+    );
+    assert.match(
+      r.stdout,
+      /1 keyward-like journal entries come from another user's processes: not counted/,
+    );
+    assert.match(r.stdout, /every entry of the copy is here, unchanged/);
+  });
+
+  test('a copy with no entry is no evidence, and one that is not a file is said to be so', () => {
+    const h = initHome();
+    for (const [what, copy] of [
+      ['an empty file', ''],
+      ['another file', fs.readFileSync('/etc/passwd')],
+      ['journalctl -o json-pretty', '{\n  "KEYWARD_SEQ" : "1"\n}\n'],
+    ] as const) {
+      const r = against(h, copy);
+      assert.equal(r.code, 2, `${what}: ${r.stdout}${r.stderr}`);
+      assert.match(r.stderr, /holds no keyward audit entry/, what);
+    }
+    const dir = kw(['audit', 'verify', '--chain-only', '--against', h.dir], { env: h.env });
+    assert.equal(dir.code, 2, dir.stderr);
+    assert.match(dir.stderr, /is not a file or a pipe/);
+    assert.doesNotMatch(dir.stderr, /internal error/);
+    // A long line of brackets that never close: read in one pass (the old pattern scanned to
+    // the line's end from each, quadratic: a 2 MiB line took 24 s).
+    const long = `${'[keyward@32473 seq="1" '.repeat(200_000)}\n${shipped(h).join('\n')}\n`;
+    const r = against(h, long);
+    assert.equal(r.code, 0, r.stderr);
   });
 });

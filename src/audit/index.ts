@@ -26,7 +26,6 @@ export {
   readShipFile,
   sameShipping,
   shipConfigOf,
-  type CopyComparison,
   writeShipFile,
   type ShipConfig,
   type ShippedEntry,
@@ -61,3 +60,4 @@ export {
   type ReadEntry,
   type VerifyRequest,
 } from './service.js';
+export type { CopyComparison } from './copy.js';

@@ -18,7 +18,7 @@ import { isEventType } from './events.js';
 import { BodyOpener } from './body.js';
 import { boxKeypair, boxPublicOf } from './keys.js';
 import { AuditLog, type AuditOptions, type Head } from './log.js';
-import { compareWithCopy, parseCopy, type CopyComparison } from './ship.js';
+import { compareWithCopy, readCopy, type CopyComparison } from './copy.js';
 import {
   acknowledgeBreaks,
   findBreak,
@@ -550,7 +550,9 @@ export function headOf(home: string): Head {
 
 /** `audit verify --against FILE`: the local log against a copy shipped off the machine. */
 export function verifyAgainst(home: string, copyFile: string): CopyComparison {
+  // The copy first: a file that is no copy is said before the local log is read.
+  const copy = readCopy(copyFile);
   const local = new Map<number, string>();
   for (const e of readEntries(home)) local.set(e.seq, e.hash);
-  return compareWithCopy(local, parseCopy(fs.readFileSync(copyFile, 'utf8')));
+  return compareWithCopy(local, copy);
 }

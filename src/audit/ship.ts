@@ -84,7 +84,7 @@ export interface ShippedEntry {
 const SEVERITY: Record<string, number> = { allow: 6, info: 6, deny: 5, error: 4 };
 const FACILITY_AUTHPRIV = 10;
 /** An enterprise number for the structured data's name (RFC 5424 section 7.2.2 form). */
-const SD_ID = 'keyward@32473';
+export const SD_ID = 'keyward@32473';
 
 /** RFC 5424: `<PRI>1 TIME HOST keyward PID TYPE [keyward@32473 seq="" ...] MESSAGE`. */
 export function formatSyslog(e: ShippedEntry, pid = process.pid): Buffer {
@@ -174,65 +174,4 @@ export class Shipper {
       }
     }
   }
-}
-
-/** What a copy off the machine says against the local log (`audit verify --against`). */
-export interface CopyComparison {
-  /** Entries the copy holds. */
-  inCopy: number;
-  /** Seqs the copy holds that the local log does not: deleted here. */
-  missingLocally: number[];
-  /** Seqs whose hash differs between the copy and the local log: changed here. */
-  changed: number[];
-  /** Local entries the copy lacks (not shipped, or dropped on the way). */
-  notShipped: number[];
-}
-
-/**
- * The seq and hash of every keyward entry in a collector's file: RFC 5424 lines with keyward's
- * structured data, or journald's JSON export (journalctl -o json). The file is untrusted input:
- * what does not match is skipped.
- */
-export function parseCopy(text: string): Map<number, string> {
-  const out = new Map<number, string>();
-  for (const line of text.split('\n')) {
-    const sd = /\[keyward@32473 seq="(\d{1,15})"[^\]]*? hash="([0-9a-f]{64})"/.exec(line);
-    if (sd) {
-      out.set(Number(sd[1]), sd[2] ?? '');
-      continue;
-    }
-    if (line.startsWith('{') && line.includes('KEYWARD_SEQ')) {
-      try {
-        const o = JSON.parse(line) as Record<string, unknown>;
-        const seq = Number(o['KEYWARD_SEQ']);
-        const hash = o['KEYWARD_HASH'];
-        if (Number.isInteger(seq) && typeof hash === 'string' && /^[0-9a-f]{64}$/.test(hash))
-          out.set(seq, hash);
-      } catch {
-        // not JSON after all
-      }
-    }
-  }
-  return out;
-}
-
-export function compareWithCopy(
-  local: ReadonlyMap<number, string>,
-  copy: ReadonlyMap<number, string>,
-): CopyComparison {
-  const missingLocally: number[] = [];
-  const changed: number[] = [];
-  for (const [seq, hash] of copy) {
-    const here = local.get(seq);
-    if (here === undefined) missingLocally.push(seq);
-    else if (here !== hash) changed.push(seq);
-  }
-  const notShipped = [...local.keys()].filter((s) => !copy.has(s));
-  const byNumber = (a: number, b: number) => a - b;
-  return {
-    inCopy: copy.size,
-    missingLocally: missingLocally.sort(byNumber),
-    changed: changed.sort(byNumber),
-    notShipped: notShipped.sort(byNumber),
-  };
 }

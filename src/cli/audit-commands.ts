@@ -103,11 +103,25 @@ function againstCopy(io: Io, file: string): void {
   const list = (xs: number[]) =>
     xs.length <= 12 ? xs.join(', ') : `${xs.slice(0, 12).join(', ')} and ${xs.length - 12} more`;
   io.stdout(`the copy holds ${c.inCopy} entries\n`);
+  if (c.unreadable.length > 0)
+    io.stdout(
+      `${c.unreadable.length} lines of the copy look like keyward's entries and can't be read: line ${list(c.unreadable)}\n`,
+    );
+  if (c.foreign > 0)
+    io.stdout(
+      `${c.foreign} keyward-like journal entries come from another user's processes: not counted\n`,
+    );
   if (c.notShipped.length > 0)
     io.stdout(
       `${c.notShipped.length} local entries are not in the copy (not shipped, or dropped on the way): seq ${list(c.notShipped)}\n`,
     );
   const problems: string[] = [];
+  // Before the rest: a rollback written past again leaves both entries in the copy, and so does
+  // a line forged into the system log; either way one of them is not the local one.
+  if (c.conflicting.length > 0)
+    problems.push(
+      `the copy holds two or more different entries at ${c.conflicting.length} seqs (the log was rolled back and written again from there, or lines were forged into the system log): seq ${list(c.conflicting)}`,
+    );
   if (c.missingLocally.length > 0)
     problems.push(
       `${c.missingLocally.length} entries of the copy are missing here (deleted): seq ${list(c.missingLocally)}`,
