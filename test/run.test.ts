@@ -255,6 +255,36 @@ describe('keyward run: the agent starts the child with the secret', () => {
     assert.match(out, /EXIT=42/);
   });
 
+  test('on a terminal, a grandchild that holds it silently never freezes the agent: the run ends, and the agent answers meanwhile', async () => {
+    // The child leaves a detached grandchild on the terminal (its own session, so no hang-up
+    // reaches it) and exits; after 2 s without output the run ends and the agent reads what is
+    // left. A blocking read of the master there waited for the grandchild: every client of the
+    // agent, its timers and its stop with it.
+    const h = await running();
+    const dir = fs.mkdtempSync(path.join(h.home, 'held-'));
+    const gpid = path.join(dir, 'gpid');
+    const script = `setsid sh -c 'echo $$ > ${gpid}; exec sleep 120' & while [ ! -s ${gpid} ]; do sleep 0.05; done; echo started; exit 0`;
+    const out = drivePty(h, ['--', 'sh', '-c', script], []);
+    const text = await out;
+    const holder = Number(await until(() => fs.readFileSync(gpid, 'utf8').trim() || undefined));
+    try {
+      assert.match(text, /started/);
+      assert.match(text, /EXIT=0/, text.slice(-200));
+      // The run ended while the grandchild still held the terminal, and the agent answers.
+      // (Not gone, nor a zombie: the agent, a subreaper, may not have reaped it yet.)
+      const state = fs.readFileSync(`/proc/${holder}/stat`, 'utf8').replace(/^.*\) /s, '')[0];
+      assert.notEqual(state, 'Z', 'the run ended only once the holder had exited');
+      const st = kw(['status'], { env: h.env });
+      assert.equal(st.code, 0, st.stderr);
+    } finally {
+      try {
+        process.kill(holder, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  });
+
   test('on a terminal, what the child wrote just before it exited all arrives, however late the agent reads it', async () => {
     // The agent is stopped while the child writes and exits, so it finds the terminal hung up
     // with more waiting than one read returns (4 KB; libuv took that for the end: the tail was

@@ -103,7 +103,11 @@ export function openPty(rows: number, cols: number): { master: number; slave: nu
   const O_RDWR = 2;
   const O_NOCTTY = 0o400;
   const O_CLOEXEC = 0o2000000;
-  const master = l.posixOpenpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+  // Non-blocking: the agent reads what is left in the master synchronously when a run ends
+  // (run-relay.ts), and a grandchild holding the terminal silently made that read wait for it,
+  // with the whole agent (libuv leaves a pty master's blocking mode as it finds it).
+  const O_NONBLOCK = 0o4000;
+  const master = l.posixOpenpt(O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
   if (master < 0) throw new Error(`posix_openpt failed (errno ${l.errno()})`);
   try {
     if (l.grantpt(master) !== 0 || l.unlockpt(master) !== 0)
