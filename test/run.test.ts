@@ -713,31 +713,44 @@ describe('hardening found in review', () => {
       'token-123456789abcdef',
     ]);
     assert.equal(r.stdout, `${MARK}\n`);
-    setSecret(h, 'o/pem', 'line-one-of-the-key\nline-two-of-the-key');
-    const out = await new Promise<string>((resolve) => {
-      const d = spawn('python3', [
-        path.join(ROOT, 'test/pty-driver.py'),
-        JSON.stringify({
-          argv: [
-            process.execPath,
-            BIN,
-            'run',
-            '--env',
-            'P=o/pem',
-            '--',
-            'sh',
-            '-c',
-            'printf "%s\\n" "$P"',
-          ],
-          env: h.env,
-          steps: [],
-        }),
-      ]);
-      let o = '';
-      d.stdout.on('data', (b: Buffer) => (o += b.toString()));
-      d.on('close', () => resolve(o));
-    });
-    assert.ok(out.includes(MARK), out);
-    assert.ok(!out.includes('line-two-of-the-key'), out);
+    // Multi-line values as a terminal prints them (each \n as \r\n): with \n line ends, with
+    // \r\n ones (shown as \r\r\n: it leaked), and one over 64 KiB (only its own bytes were
+    // masked, which a terminal never shows: all of it leaked).
+    const big = Array.from({ length: 1100 }, (_, i) => `bundle-line-${i}-${'c'.repeat(50)}`).join(
+      '\n',
+    );
+    for (const [name, value, tell] of [
+      ['o/pem', 'line-one-of-the-key\nline-two-of-the-key', 'line-two-of-the-key'],
+      ['o/crlf', 'crlf-line-one-of-it\r\ncrlf-line-two-of-it\r\nend', 'crlf-line-two-of-it'],
+      ['o/big', big, 'bundle-line-1099-'],
+    ] as const) {
+      setSecret(h, name, value);
+      const out = await new Promise<string>((resolve) => {
+        const d = spawn('python3', [
+          path.join(ROOT, 'test/pty-driver.py'),
+          JSON.stringify({
+            argv: [
+              process.execPath,
+              BIN,
+              'run',
+              '--env',
+              `P=${name}`,
+              '--',
+              'sh',
+              '-c',
+              'printf "%s\\n" "$P"',
+            ],
+            env: h.env,
+            steps: [],
+          }),
+        ]);
+        let o = '';
+        d.stdout.on('data', (b: Buffer) => (o += b.toString()));
+        d.on('close', () => resolve(o));
+      });
+      assert.ok(out.includes(MARK), `${name}: ${out.slice(0, 300)}`);
+      assert.ok(!out.includes(tell), `${name} leaked: ${out.slice(0, 300)}`);
+      assert.match(out, /EXIT=0/, name);
+    }
   });
 });

@@ -124,14 +124,17 @@ function jsonEscaped(v: Uint8Array): SecureBuffer {
   return out;
 }
 
+/**
+ * The value as a terminal prints it: every \n as \r\n (the pty's ONLCR), whatever precedes it,
+ * so a value stored with \r\n line ends shows as \r\r\n.
+ */
 function crlf(v: Uint8Array): SecureBuffer {
   let n = 0;
-  for (let i = 0; i < v.length; i++) if (v[i] === 0x0a && v[i - 1] !== 0x0d) n++;
+  for (const b of v) if (b === 0x0a) n++;
   const out = secureAlloc(v.length + n);
   let o = 0;
-  for (let i = 0; i < v.length; i++) {
-    const b = v[i] ?? 0;
-    if (b === 0x0a && v[i - 1] !== 0x0d) out[o++] = 0x0d;
+  for (const b of v) {
+    if (b === 0x0a) out[o++] = 0x0d;
     out[o++] = b;
   }
   return out;
@@ -168,11 +171,12 @@ export function maskingForms(value: Uint8Array): SecureBuffer[] {
   if (value.length < MASK_MIN_BYTES) return [];
   const candidates: SecureBuffer[] = [secureAlloc(value.length)];
   candidates[0]?.set(value);
-  // Large values (certificates, bundles): the bytes as they are only; thirteen encoded copies
-  // of a megabyte would be a lot of locked memory (docs/RUN.md).
-  if (value.length > MASK_FORMS_MAX_BYTES) return candidates;
-  // A terminal turns \n into \r\n: a multi-line value printed under a pty looks like this.
+  // A terminal turns \n into \r\n: a multi-line value printed under a pty looks like this
+  // (large ones too: a bundle of certificates is one).
   if (value.includes(0x0a)) candidates.push(crlf(value));
+  // Large values (certificates, bundles): no encoded copies; thirteen of a megabyte would be a
+  // lot of locked memory (docs/RUN.md).
+  if (value.length > MASK_FORMS_MAX_BYTES) return dedupe(candidates);
   candidates.push(hex(value, HEX_LOWER), hex(value, HEX_UPPER));
   for (const alphabet of [B64, B64URL]) {
     candidates.push(base64Whole(value, alphabet, true));
@@ -181,6 +185,11 @@ export function maskingForms(value: Uint8Array): SecureBuffer[] {
   candidates.push(percent(value, false), percent(value, true), jsonEscaped(value));
   // Form encoding (application/x-www-form-urlencoded) writes a space as +.
   if (value.includes(0x20)) candidates.push(formEncoded(value));
+  return dedupe(candidates);
+}
+
+/** The candidates long enough and distinct; the others freed. */
+function dedupe(candidates: SecureBuffer[]): SecureBuffer[] {
   const forms: SecureBuffer[] = [];
   for (const c of candidates) {
     if (c.length < MASK_MIN_BYTES || forms.some((f) => same(f, c))) secureFree(c);
