@@ -312,6 +312,23 @@ describe('keyward run: the agent starts the child with the secret', () => {
     assert.match(text, /EXIT=0/);
   });
 
+  test('a run whose reader went away ends as a pipeline does: the child gets SIGPIPE, no stack trace', async () => {
+    const h = await running();
+    setSecret(h, 'p/t', 'pipe-secret-value');
+    const c = spawn(
+      process.execPath,
+      [BIN, 'run', '--env', 'T=p/t', '--', 'sh', '-c', 'while :; do echo "line $T"; done'],
+      { env: h.env, stdio: ['ignore', 'pipe', 'pipe'], cwd: h.dir },
+    );
+    let stderr = '';
+    c.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    // `keyward run ... | head -1`: the reader takes a line and goes.
+    c.stdout.once('data', () => c.stdout.destroy());
+    const code = await new Promise<number | null>((resolve) => c.on('close', resolve));
+    assert.equal(code, 128 + 13, stderr); // the child's end by SIGPIPE, as a shell reports it
+    assert.doesNotMatch(stderr, /internal error|EPIPE|^\s+at /m);
+  });
+
   test('--fd 3=NAME: the child reads the value from descriptor 3; it is not in its environment', async () => {
     const h = await running();
     setSecret(h, 'fd/secret', 'value-on-a-descriptor-42');

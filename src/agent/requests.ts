@@ -5,13 +5,7 @@
  */
 import os from 'node:os';
 import { KeywardError } from '../errors.js';
-import {
-  secureFree,
-  secureTake,
-  writeAllSync,
-  writeValueSync,
-  type SecureBuffer,
-} from '../lib/secure.js';
+import { secureFree, secureTake, writeValueSync, type SecureBuffer } from '../lib/secure.js';
 import type { PassphraseSource } from '../vault/index.js';
 import { AgentConnection, call, errorFrom, jsonBody, malformed, noAgentAt } from './client.js';
 import type { ServerRecord } from './mcp-pins.js';
@@ -305,6 +299,8 @@ export async function agentRun(
     const rawTerminal = !sinks && req.pty !== undefined && process.stdin.isTTY;
     let timer: NodeJS.Timeout | undefined;
     let restored = false;
+    let stdoutGone = false;
+    let stderrGone = false;
     const restore = () => {
       if (rawTerminal && !restored) {
         restored = true;
@@ -358,10 +354,15 @@ export async function agentRun(
         process.stdin.on('error', onStdinEnd);
       } else if (f.type === STREAM.stdout && f.raw) {
         if (sinks) sinks.stdout(Buffer.from(f.raw));
-        else writeAllSync(1, f.raw);
+        else if (!stdoutGone && !writeValueSync(1, f.raw)) {
+          // The reader went away (`keyward run ... | head`): the child gets SIGPIPE, as it would
+          // have writing to that pipe itself, and what else it writes is dropped.
+          stdoutGone = true;
+          send(STREAM.signal, { signal: 'SIGPIPE' });
+        }
       } else if (f.type === STREAM.stderr && f.raw) {
         if (sinks) sinks.stderr(Buffer.from(f.raw));
-        else writeAllSync(2, f.raw);
+        else if (!stderrGone) stderrGone = !writeValueSync(2, f.raw);
       } else if (f.type === STREAM.exit) {
         const code = f.meta['code'];
         const signal = f.meta['signal'];
@@ -379,6 +380,9 @@ export async function agentRun(
       }
       try {
         if (!settled) onFrame(n.frame);
+      } catch (e) {
+        // Output that could not be written (no space, an I/O error): the run's error.
+        finish(e);
       } finally {
         secureFree(n.frame.raw);
       }

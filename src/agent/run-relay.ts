@@ -19,7 +19,8 @@ import type { RunConn } from './run-service.js';
 /** Output the client hasn't taken yet before the child's output is paused. */
 const HIGH_WATER = 1 << 20;
 /** What a signal frame may ask for: what the client forwards, and a window resize. */
-const SIGNALS = new Set<string>([...RUN_SIGNALS, 'SIGWINCH']);
+/** SIGPIPE: the client's reader went away (`keyward run ... | head`). */
+const SIGNALS = new Set<string>([...RUN_SIGNALS, 'SIGWINCH', 'SIGPIPE']);
 
 export interface RelayHost {
   /** The running children (agent stop ends them). */
