@@ -522,6 +522,33 @@ describe('caching and eviction', () => {
     },
   );
 
+  test(
+    'what passes the masker (a prefix of a value the child printed) is not left in the agent (root: /proc/PID/mem)',
+    { skip: !rootTests && 'needs root to read /proc/PID/mem' },
+    async () => {
+      const h = await running();
+      const value = randomBytes(28).toString('base64url'); // 38 characters
+      setSecret(h, 'm/tok', value);
+      // Tools print the first characters of a token: no form of the value, so it passes.
+      const prefix = value.slice(0, 25);
+      const r = await run(h, [
+        '--env',
+        'T=m/tok',
+        '--',
+        'sh',
+        '-c',
+        'for i in 1 2 3 4 5 6 7 8 9 10; do printf "%sX\\n" "$(printf %s "$T" | cut -c1-25)"; done',
+      ]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout.split(`${prefix}X`).length - 1, 10, 'the prefix is printed');
+      assert.deepEqual(
+        scanMemory(h.agentPid ?? 0, [Buffer.from(prefix)]).map(String),
+        [],
+        'the printed prefix is still in the agent',
+      );
+    },
+  );
+
   test('a high_value secret needs a fresh passphrase approval for every run', async () => {
     const h = await running(
       'version: 1\nrules:\n  - name: hv\n    targets: ["hv/**"]\n    decision: approve\n    high_value: true\n    approve: { mode: passphrase }\n',

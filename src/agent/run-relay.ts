@@ -66,7 +66,12 @@ export function relay(
   const relayChunk = (chunk: Buffer, type: number, masker?: Masker) => {
     if (masker) {
       const out = masker.push(chunk); // zeroes chunk
-      if (out.length > 0) send(type, {}, out);
+      if (out.length > 0) {
+        send(type, {}, out);
+        // What passed the masker may still hold part of a value (a prefix the child printed):
+        // zeroed once written, as the unmasked path's copy is.
+        s.write(Buffer.alloc(0), () => zero(out));
+      }
     } else {
       // --no-masking: the bytes go as they are; this copy is zeroed once written.
       send(type, {}, chunk);

@@ -115,7 +115,10 @@ export class Masker {
     }
     const end = Math.max(pos, keep);
     if (end > pos) parts.push(Buffer.from(data.subarray(pos, end)));
-    return { out: Buffer.concat(parts), consumed: end };
+    const out = Buffer.concat(parts);
+    // The pieces are copies of what passed (a prefix of a value, say): zeroed, not left to GC.
+    for (const p of parts) if (p !== MASK_MARKER) zero(p);
+    return { out, consumed: end };
   }
 
   /** The length of the longest suffix of data that is a proper prefix of some form. */
