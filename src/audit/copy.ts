@@ -4,9 +4,10 @@
  * any process of the machine could put lines into it (`logger -t keyward`; for journald, any
  * process of the user): so a line counts only in keyward's exact shape, two different entries at
  * one seq are a finding (a rollback rewritten past, or a forgery: never "the last one wins"), a
- * line that looks like keyward's and can't be read is a finding, and a copy with no entry at all
- * is no evidence. Forged lines can make the check fail (seqs "missing here"); they can't make a
- * deleted or changed entry pass while the copy holds its real line.
+ * line that looks like keyward's and can't be read is listed (its seq, if its entry is here, is
+ * then "not in the copy"), and a copy with no entry at all is no evidence: an error. Forged lines
+ * can make the check fail (seqs "missing here"); they can't make a deleted or changed entry pass
+ * while the copy holds its real line.
  */
 import fs from 'node:fs';
 import { KeywardError } from '../errors.js';
@@ -35,6 +36,8 @@ export interface Copy {
   entries: Map<number, Set<string>>;
   unreadable: number[];
   foreign: number;
+  /** Lines read. */
+  lines: number;
 }
 
 /** The longest line looked at (a line past it is read as its first part). */
@@ -146,20 +149,11 @@ export function readCopy(file: string, uid = process.getuid?.()): Copy {
     const st = fs.fstatSync(fd);
     if (!st.isFile() && !st.isFIFO())
       throw new KeywardError('USAGE', `the copy ${file} is not a file or a pipe`);
-    let lines = 0;
-    const copy = parseLines(
-      (function* () {
-        for (const l of linesOf(fd)) {
-          lines += 1;
-          yield l;
-        }
-      })(),
-      uid,
-    );
+    const copy = parseLines(linesOf(fd), uid);
     if (copy.entries.size === 0)
       throw new KeywardError(
         'USAGE',
-        `the copy ${file} holds no keyward audit entry (${lines} lines read${copy.unreadable.length > 0 ? `, ${copy.unreadable.length} like keyward's that can't be read` : ''})`,
+        `the copy ${file} holds no keyward audit entry (${copy.lines} lines read${copy.unreadable.length > 0 ? `, ${copy.unreadable.length} like keyward's that can't be read` : ''})`,
         { hint: "give the collector's file of RFC 5424 lines, or `journalctl -o json` output" },
       );
     return copy;
@@ -174,9 +168,8 @@ export function readCopy(file: string, uid = process.getuid?.()): Copy {
 
 /** The entries of a copy given as lines of text. */
 export function parseLines(lines: Iterable<string>, uid = process.getuid?.()): Copy {
-  const copy: Copy = { entries: new Map(), unreadable: [], foreign: 0 };
-  let n = 0;
-  for (const line of lines) readLine(copy, line, ++n, uid);
+  const copy: Copy = { entries: new Map(), unreadable: [], foreign: 0, lines: 0 };
+  for (const line of lines) readLine(copy, line, ++copy.lines, uid);
   return copy;
 }
 

@@ -8,7 +8,6 @@ import type { SecureBuffer } from '../lib/secure.js';
 import { asciiBytes, scanLine, typeIs, ZERO_HASH } from './entry.js';
 import { sha256Public } from '../lib/openssl.js';
 import { EpochKeys, TagChecker } from './keys.js';
-
 import { segmentName } from './state.js';
 
 /**
