@@ -4,8 +4,7 @@
  * bodies. All through libsodium, but for the verifier's tag check (TagChecker, below: OpenSSL's
  * SHA-512 from states made once per key); keys stay in secure memory.
  */
-import { koffi } from '../lib/koffi.js';
-import { processWide } from '../lib/once.js';
+import { sha512Calls, type Sha512Calls as Sha512 } from '../lib/openssl.js';
 import { sodium } from '../lib/sodium.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 
@@ -121,27 +120,6 @@ const SLOT = 256;
 const BLOCK = 128;
 const TAG = 32;
 
-interface Sha512 {
-  init: (ctx: Uint8Array) => number;
-  update: (ctx: Uint8Array, data: Uint8Array, len: number) => number;
-  final: (md: Uint8Array, ctx: Uint8Array) => number;
-  memcmp: (a: Uint8Array, b: Uint8Array, len: number) => number;
-}
-
-function bindSha512(): Sha512 | undefined {
-  try {
-    const lib = koffi.load(null);
-    return {
-      init: lib.func('int SHA512_Init(uint8_t *)'),
-      update: lib.func('int SHA512_Update(uint8_t *, const uint8_t *, size_t)'),
-      final: lib.func('int SHA512_Final(uint8_t *, uint8_t *)'),
-      memcmp: lib.func('int CRYPTO_memcmp(const uint8_t *, const uint8_t *, size_t)'),
-    };
-  } catch {
-    return undefined; // a libcrypto without them: libsodium checks every tag
-  }
-}
-
 /** Whether this process's SHA-512 made libsodium's tag, checked once on a random key and line. */
 let agrees: boolean | undefined;
 /** libsodium's crypto_hash_sha512_state: h[8] (native words) first. */
@@ -183,7 +161,7 @@ export class TagChecker {
 
   /** A checker; fast false: libsodium checks every tag (as writers make them). */
   static create(fast = true): TagChecker {
-    const f = fast ? processWide('sha512', bindSha512) : undefined;
+    const f = fast ? sha512Calls() : undefined;
     if (f && agrees === undefined) {
       const probe = new TagChecker(f);
       agrees = probe.selfTest();

@@ -92,6 +92,11 @@ interface Crypto {
         setDefault: (m: Pointer) => void;
       }
     | undefined;
+  /**
+   * SHA-512's low-level calls on a caller's SHA512_CTX, and a constant-time compare: the audit
+   * verifier's tag check (audit/keys.ts, TagChecker). Undefined where this libcrypto lacks them.
+   */
+  sha512Low: Sha512Calls | undefined;
   /** HMAC: a one-shot MAC, the key read in place (OpenSSL clears its copy when it frees it). */
   hmac: (
     md: Pointer,
@@ -102,6 +107,13 @@ interface Crypto {
     out: Buffer,
     outLen: number[],
   ) => Pointer;
+}
+
+export interface Sha512Calls {
+  init: (ctx: Uint8Array) => number;
+  update: (ctx: Uint8Array, data: Uint8Array, len: number) => number;
+  final: (md: Uint8Array, ctx: Uint8Array) => number;
+  memcmp: (a: Uint8Array, b: Uint8Array, len: number) => number;
 }
 
 let cached: Crypto | undefined;
@@ -175,7 +187,19 @@ function bind(): Crypto {
   } catch {
     rsaMethod = undefined; // a libcrypto built without the deprecated calls: RSA keys not held
   }
+  let sha512Low: Sha512Calls | undefined;
+  try {
+    sha512Low = {
+      init: lib.func('int SHA512_Init(uint8_t *)'),
+      update: lib.func('int SHA512_Update(uint8_t *, const uint8_t *, size_t)'),
+      final: lib.func('int SHA512_Final(uint8_t *, uint8_t *)'),
+      memcmp: lib.func('int CRYPTO_memcmp(const uint8_t *, const uint8_t *, size_t)'),
+    };
+  } catch {
+    sha512Low = undefined; // a libcrypto without them: libsodium checks every tag
+  }
   return {
+    sha512Low,
     secureMallocInit: lib.func('int CRYPTO_secure_malloc_init(size_t, size_t)'),
     secureMallocInitialized: lib.func('int CRYPTO_secure_malloc_initialized(void)'),
     secureUsed: lib.func('size_t CRYPTO_secure_used(void)'),
@@ -242,6 +266,11 @@ export function hmacSha1(key: Uint8Array, data: Uint8Array, out: Buffer): Buffer
   if (out.length < 20 || !c.sha1 || !c.hmac(c.sha1, key, key.length, data, data.length, out, len))
     throw new Error('OpenSSL could not compute an HMAC');
   return out;
+}
+
+/** SHA-512's low-level calls (TagChecker), where this libcrypto has them. */
+export function sha512Calls(): Sha512Calls | undefined {
+  return openssl().sha512Low;
 }
 
 /** Bytes of OpenSSL's secure heap in use (its blocks, rounded up to powers of two). */
