@@ -4,7 +4,7 @@
  * and memory scans of the agent and the CLI (root).
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -21,6 +21,7 @@ import {
   stopAgent,
   withoutAgent,
 } from './agent-helpers.js';
+import { maskingForms } from '../src/run/index.js';
 import { BIN, eventually, kw, ROOT, rootTests, sleep } from './helpers.js';
 
 const ALLOW_ALL = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n';
@@ -97,6 +98,58 @@ function run(
   });
 }
 
+describe('masking forms', () => {
+  test('each is what the encoder writes, byte for byte: astral characters, U+2028, DEL, control characters, invalid UTF-8', () => {
+    const values = [
+      'emoji \u{1F600} key/\u2260',
+      'line\u2028sep <&> x',
+      'del\x7Fchar ctrl\x01\t',
+      'plain-ascii-token',
+    ];
+    // Python's encoders (and PHP's and Go's JSON, made exactly from Python's), run for real.
+    const py = spawnSync(
+      'python3',
+      [
+        '-c',
+        [
+          'import json, sys, urllib.parse',
+          'for v in json.loads(sys.stdin.read()):',
+          '  g = json.dumps(v, ensure_ascii=False)[1:-1]',
+          "  for a, b in (('<', '\\u003c'), ('>', '\\u003e'), ('&', '\\u0026'), ('\u2028', '\\u2028')): g = g.replace(a, b)",
+          "  forms = [json.dumps(v)[1:-1], json.dumps(v)[1:-1].replace('/', '\\/'), g, urllib.parse.quote(v), urllib.parse.quote_plus(v)]",
+          "  print(json.dumps([f.encode('utf-8').hex() for f in forms]))",
+        ].join('\n'),
+      ],
+      { input: JSON.stringify(values), encoding: 'utf8' },
+    );
+    assert.equal(py.status, 0, py.stderr);
+    const fromPython = py.stdout
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as string[]);
+    for (const [i, v] of values.entries()) {
+      const forms = maskingForms(Buffer.from(v)).map((f) => Buffer.from(f).toString('hex'));
+      const expected = [
+        ...(fromPython[i] ?? []),
+        Buffer.from(JSON.stringify(v).slice(1, -1)).toString('hex'),
+        Buffer.from(encodeURIComponent(v)).toString('hex'),
+        Buffer.from(new URLSearchParams({ v }).toString().slice(2)).toString('hex'),
+      ];
+      for (const e of expected)
+        assert.ok(
+          forms.includes(e),
+          `${JSON.stringify(v)}: ${Buffer.from(e, 'hex').toString()} is not a form`,
+        );
+    }
+    // Not UTF-8: no JSON form with \u escapes (the bytes are no string to those encoders); the
+    // others are still made.
+    const bytes = Buffer.from([0x61, 0x62, 0xff, 0x63, 0x64, 0x65, 0x2f]);
+    const forms = maskingForms(bytes).map((f) => Buffer.from(f).toString('latin1'));
+    assert.ok(forms.includes('ab%FFcde%2F') && forms.includes('ab%FFcde/'), forms.join(' '));
+    assert.ok(!forms.some((f) => f.includes('\\u')), forms.join(' '));
+  });
+});
+
 describe('keyward run: the agent starts the child with the secret', () => {
   test('--env puts the value in the child environment; stdout and stderr are masked; the exit code passes through', async () => {
     const h = await running();
@@ -151,6 +204,46 @@ describe('keyward run: the agent starts the child with the secret', () => {
     }
     assert.equal(lines.length, Object.keys(forms).length + 1);
     assert.ok(!r.stdout.includes('w0rd'), 'no piece of the value');
+  });
+
+  test("other encoders' forms are masked: Python's json and urllib, PHP's and Go's JSON, URLSearchParams, lowercase percent-encoding", async () => {
+    const h = await running();
+    // Every character some encoder writes its own way: non-ASCII, a slash, a space, HTML's
+    // three, and the marks that encoders keep or escape differently.
+    const value = 'pä/ss <w&rd> ~*x+y!';
+    setSecret(h, 'enc/other', value);
+    // The encoders themselves, in the child: Python's standard library, and the JSON of PHP
+    // (json_encode: \u escapes and an escaped slash) and Go (json.Marshal: HTML's characters
+    // escaped), which CI has no interpreter for, made exactly from Python's.
+    const python = [
+      'import json, os, urllib.parse',
+      "v = os.environb[b'V'].decode('utf-8')",
+      'forms = {',
+      "  'pyjson': json.dumps(v)[1:-1],",
+      "  'quote': urllib.parse.quote(v),",
+      "  'quoteplus': urllib.parse.quote_plus(v),",
+      "  'quotelower': ''.join(chr(b) if chr(b).isalnum() and b < 128 or chr(b) in '-._~' else '%%%02x' % b for b in v.encode()),",
+      "  'php': json.dumps(v)[1:-1].replace('/', '\\\\/'),",
+      "  'go': json.dumps(v, ensure_ascii=False)[1:-1].replace('<', '\\\\u003c').replace('>', '\\\\u003e').replace('&', '\\\\u0026'),",
+      '}',
+      "for k, f in forms.items(): print(k + '=' + f, flush=True)",
+    ].join('\n');
+    const py = await run(h, ['--env', 'V=enc/other', '--', 'python3', '-c', python]);
+    assert.equal(py.code, 0, py.stderr);
+    const node = await run(h, [
+      '--env',
+      'V=enc/other',
+      '--',
+      process.execPath,
+      '-e',
+      `const v = process.env.V;
+       console.log('usp=' + new URLSearchParams({ v }).toString().slice(2));
+       console.log('urilower=' + encodeURIComponent(v).replace(/%[0-9A-F]{2}/g, (s) => s.toLowerCase()));`,
+    ]);
+    assert.equal(node.code, 0, node.stderr);
+    const lines = `${py.stdout}${node.stdout}`.trim().split('\n');
+    assert.equal(lines.length, 8, `${py.stdout}${node.stdout}`);
+    for (const line of lines) assert.match(line, new RegExp(`^[a-z]+=${MARK}$`), line);
   });
 
   test('--no-masking passes the output as it is; values shorter than 6 bytes are never masked', async () => {
