@@ -471,4 +471,12 @@ describe('audit verify --against a copy off the machine (the copy is untrusted i
     const r = against(h, long);
     assert.equal(r.code, 0, r.stderr);
   });
+
+  test("--against with --path is refused: the copy is compared with the home's log, not with that file", () => {
+    const h = initHome();
+    const r = against(h, `${shipped(h).join('\n')}\n`, ['--path', segment(h)]);
+    assert.equal(r.code, 2, r.stdout + r.stderr);
+    assert.match(r.stderr, /--against compares the copy with this home's log: not with --path/);
+    assert.equal(r.stdout, '');
+  });
 });

@@ -242,6 +242,14 @@ export function registerAuditCommands(program: Command, io: Io): void {
         chainOnly?: boolean;
         against?: string;
       }>();
+      // The copy is compared with the home's log: with --path it would seem to be compared
+      // with that file, and pass or fail for another log than the one named.
+      if (o.against !== undefined && o.path !== undefined)
+        throw new UsageError(
+          'USAGE',
+          "--against compares the copy with this home's log: not with --path",
+          { hint: 'run the two apart: audit verify --path FILE, and audit verify --against COPY' },
+        );
       if (o.against !== undefined) againstCopy(io, o.against);
       const file = o.path === undefined ? undefined : path.resolve(o.path);
       if (file !== undefined && !fs.existsSync(file))
