@@ -678,6 +678,9 @@ describe("a call's record is the agent's (the gateway asks it to scan and record
       [{ server: 'ok', tool: 'x'.repeat(1025), argsSha256: HASH }, /a tool name/],
       [{ server: 'ok', tool: 't', argsSha256: 'ABC' }, /argsSha256/],
       [{ server: 'ok', tool: 't' }, /argsSha256/],
+      [{ server: 'ok', tool: 't', argsSha256: HASH, call: 'a"b' }, /call: the id/],
+      [{ server: 'ok', tool: 't', argsSha256: HASH, call: 'x'.repeat(65) }, /call: the id/],
+      [{ server: 'ok', tool: 't', argsSha256: HASH, call: 7 }, /call: the id/],
     ] as const)
       await assert.rejects(call(h.sock, 'mcp', { op: 'call', ...meta }), why);
     assert.equal(mcpEvents(h).length, before, 'nothing recorded for a malformed call');

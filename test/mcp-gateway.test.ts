@@ -386,6 +386,9 @@ describe('keyward mcp wrap: every call the server sees is in the audit log', () 
     );
     assert.match(String(calls[1]?.reason), /exited/);
     assert.equal(calls[1]?.details['argsSha256'], argsHash({ text: 'last words' }));
+    // The end names the call it ends: the id the server had it under, in both records.
+    assert.match(String(calls[0]?.details['call']), /^[A-Za-z0-9_-]+-\d+$/);
+    assert.equal(calls[1]?.details['call'], calls[0]?.details['call']);
   });
 
   test('an answer that is an error, or had a value concealed, is recorded as the end of its call; a plain one is not', async () => {
@@ -416,6 +419,15 @@ describe('keyward mcp wrap: every call the server sees is in the audit log', () 
       ['fail', 'allow', null],
       ['fail', 'error', 'result'],
     ]);
+    // Each end names its own call (with leak blocking on, the agent records the call).
+    const ids = callsOf(h, 'leaky').map((e) => e.details['call']);
+    assert.equal(ids[1], ids[0]);
+    assert.equal(ids[3], ids[2]);
+    assert.notEqual(ids[0], ids[2]);
+    assert.ok(
+      ids.every((id) => typeof id === 'string' && id.length > 0),
+      String(ids),
+    );
     const concealed = mcpEvents(h).find(
       (e) => e.details['server'] === 'leaky' && e.details['event'] === 'result',
     );

@@ -57,6 +57,8 @@ const DEFAULT_MCP: McpPolicy = {
 
 const SERVER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const HEX64 = /^[0-9a-f]{64}$/;
+/** The id a gateway forwards a call under (base64url and digits): recorded with the call. */
+const CALL_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** A scan costs a token per 64 KiB looked at (at least one). */
 const SCAN_TOKEN_BYTES = 64 * 1024;
@@ -202,6 +204,10 @@ export class McpService {
     const argsSha256 = f.meta['argsSha256'];
     if (typeof argsSha256 !== 'string' || !HEX64.test(argsSha256))
       throw new ProtocolError('call: argsSha256, a SHA-256 in hex');
+    // Optional (a gateway of an older keyward sends none).
+    const callId = f.meta['call'];
+    if (callId !== undefined && (typeof callId !== 'string' || !CALL_ID.test(callId)))
+      throw new ProtocolError('call: the id, up to 64 of A-Z a-z 0-9 _ -');
     if (f.raw) {
       const { meta } = this.scan(asker, v, f, false);
       if ((meta['found'] as string[]).length > 0) return { meta: { ...meta, recorded: false } };
@@ -225,7 +231,7 @@ export class McpService {
       target: server,
       actor: actorOf(asker.id),
       decision: 'allow',
-      details: { server, tool, argsSha256 },
+      details: { server, tool, argsSha256, ...(callId === undefined ? {} : { call: callId }) },
     });
     return { meta: { found: [], hidden: [], recorded: true } };
   }

@@ -55,6 +55,8 @@ export interface WrapOptions {
 interface Req {
   clientId: Id;
   method: string;
+  /** The id the server has a tools/call under: its records name it (docs/MCP.md, "Audit"). */
+  callId?: string;
   tool?: string;
   argsHash?: string;
   paged?: boolean;
@@ -162,8 +164,9 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     // The call is durable in the audit log before the server has it: a gateway ended mid-call,
     // or a server that never answers, still leaves its record. The agent scans the arguments and
     // records the call in one round trip; unchecked or unrecorded, it is not sent.
+    const ourId = newId();
     try {
-      const found = await guard.call(m, tool, argsHash);
+      const found = await guard.call(m, tool, argsHash, ourId);
       if (found.length > 0)
         return refuse(`the arguments hold the value of ${found.join(', ')}; not sent`);
     } catch (e) {
@@ -171,8 +174,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         `the call could not be checked for secrets and recorded (${message(e)}): fail closed`,
       );
     }
-    const ourId = newId();
-    pending.set(ourId, { clientId: id, method: 'tools/call', tool, argsHash });
+    pending.set(ourId, { clientId: id, method: 'tools/call', tool, argsHash, callId: ourId });
     toServer({ ...m, id: ourId });
   };
 
@@ -194,6 +196,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         server: name,
         tool: req.tool ?? null,
         argsSha256: req.argsHash ?? null,
+        call: req.callId ?? null,
         event: 'result',
         redacted: redacted.join(',') || null,
       },
