@@ -235,7 +235,7 @@ export interface AuditEntry {
   reason: string | null;
   details: Record<string, unknown>;
   /** Who did it: the process the writer saw (the agent's caller, or the CLI itself). */
-  actor?: { pid?: number; exe?: string; uid?: number };
+  actor?: { pid?: number; exe?: string; uid?: number; cmdline?: string[] };
 }
 
 /** The home's environment with no agent to be found: commands open the vault directly. */

@@ -199,6 +199,51 @@ describe('approving from another terminal', () => {
     assert.equal(r.stdout, '');
   });
 
+  test('wrong passphrases are recorded with the process that gave them; the third denies the request; an approval names its approver', async () => {
+    const h = await running(PASSPHRASE_RULE);
+    assert.equal(kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' }).code, 0);
+    const wrong = path.join(h.dir, 'wrong');
+    fs.writeFileSync(wrong, 'not the passphrase!\n', { mode: 0o600 });
+    const reader = kwAsync(['read', 's'], h.env);
+    const id = await pendingId(h);
+    for (const n of [1, 2]) {
+      const a = kw(['approve', id, '--passphrase-file', wrong], { env: h.env });
+      assert.equal(a.code, 4, a.stderr);
+      assert.match(a.stderr, /wrong passphrase; the request is still pending/, `try ${n}`);
+    }
+    const third = kw(['approve', id, '--passphrase-file', wrong], { env: h.env });
+    assert.equal(third.code, 4, third.stderr);
+    assert.match(third.stderr, /wrong passphrase: 3 wrong answers, the request is denied/);
+    const r = await reader;
+    assert.equal(r.code, 6, r.stderr);
+    assert.equal(r.stdout, '');
+    const failed = auditEntries(h).filter((e) => e.type === 'approval.factor_failed');
+    assert.deepEqual(
+      failed.map((e) => [
+        e.details['request'],
+        e.details['factor'],
+        e.details['wrong'],
+        e.details['denied'],
+      ]),
+      [
+        [id, 'passphrase', 1, false],
+        [id, 'passphrase', 2, false],
+        [id, 'passphrase', 3, true],
+      ],
+    );
+    // The actor is the process that gave the passphrase (keyward approve), not the requester.
+    for (const e of failed)
+      assert.ok(e.actor?.cmdline?.includes('approve'), JSON.stringify(e.actor));
+    // A right one: the approval names the process that gave it.
+    const reader2 = kwAsync(['read', 's'], h.env);
+    const id2 = await pendingId(h);
+    assert.equal(kw(['approve', id2], { env: h.env }).code, 0);
+    assert.equal((await reader2).stdout, 'approved-value');
+    const granted = auditEntries(h).find((e) => e.type === 'approval.granted');
+    assert.match(String(granted?.details['approverPid']), /^\d+$/);
+    assert.notEqual(Number(granted?.details['approverPid']), granted?.actor?.pid);
+  });
+
   test('an approval cannot be replayed: the same id again is not found (exit 3)', async () => {
     const h = await running(PASSPHRASE_RULE);
     assert.equal(kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' }).code, 0);

@@ -34,7 +34,7 @@ function failsAt(r: VerifyResult, line: number, why?: RegExp): void {
 }
 
 test('the event type list is pinned', () => {
-  assert.equal(EVENT_TYPES.length, 52);
+  assert.equal(EVENT_TYPES.length, 53);
   for (const t of [
     'secret.read',
     'vault.unlock_failed',
@@ -48,6 +48,7 @@ test('the event type list is pinned', () => {
     'operator.login',
     'operator.key',
     'approval.operator',
+    'approval.factor_failed',
   ]) {
     assert.ok((EVENT_TYPES as readonly string[]).includes(t), t);
   }

@@ -201,7 +201,7 @@ test(
     const reader = kwAsync(['read', 'prod/db'], to.env);
     const id = await pendingId(a);
     const code = run('oathtool', ['--totp', '-b', totp]).stdout.trim();
-    const ok = kw(['approve', id, '--code', code], { env: to.env });
+    const ok = kw(['approve', id, '--code', '-'], { env: to.env, input: `${code}\n` });
     assert.equal(ok.code, 0, ok.stderr);
     assert.equal((await reader).stdout, 'prod-password');
     await stopAgent(a);

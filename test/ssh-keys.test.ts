@@ -333,6 +333,27 @@ test(
 );
 
 test(
+  'ssh-add -t longer than a timer can wait (24.8 days) keeps the key: it was gone at once',
+  { skip },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const f = sshKeygen(h.dir, 't-long', ['-t', 'ed25519', '-N', '']);
+    const add = run('ssh-add', ['-t', '3000000', f], env);
+    assert.equal(add.status, 0, add.stderr);
+    // Node fires a timer of more than 2^31 - 1 ms after 1 ms: a request that takes many turns of
+    // the agent's loop (a status through the CLI) comes after it would have fired.
+    assert.equal(kw(['status'], { env: h.env }).code, 0);
+    assert.match(run('ssh-add', ['-l'], env).stdout, /t-long/);
+    const added = kw(['audit', 'tail', '--json', '-n', '20'], { env: withoutAgent(h) })
+      .stdout.trim()
+      .split('\n')
+      .map((x) => JSON.parse(x) as { type: string; body: { details?: Record<string, unknown> } })
+      .find((r) => r.type === 'key.add');
+    assert.equal(added?.body.details?.['lifetimeS'], 3_000_000);
+  },
+);
+
+test(
   'ssh-add -x locks keyward and wipes added keys; ssh-add -X unlocks only with the vault passphrase',
   { skip },
   async () => {
@@ -509,6 +530,36 @@ test(
     assert.ok(grew < 150, `the agent grew by ${grew.toFixed(0)} MiB`);
     const after = spawnSync('ssh-add', ['-l'], { env, encoding: 'utf8' });
     assert.match(after.stdout, /no identities/, 'the agent still answers');
+  },
+);
+
+test(
+  'connections that once sent a large message and stay idle do not hold the in-flight budget: lock still gets in',
+  { skip },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const sock = env['SSH_AUTH_SOCK'] ?? '';
+    // A request for the identities, padded to the largest message (256 KiB), on each of 250
+    // connections kept open: the agent answers each, and used to keep its 256 KiB-plus buffer
+    // charged to the budget (48 MiB) for as long as the connection lived.
+    const msg = Buffer.alloc(4 + 256 * 1024);
+    msg.writeUInt32BE(256 * 1024, 0);
+    msg[4] = 11;
+    const open: net.Socket[] = [];
+    for (let i = 0; i < 250; i++) {
+      const s = net.connect(sock);
+      open.push(s);
+      const answered = await new Promise<boolean>((resolve) => {
+        s.once('data', () => resolve(true));
+        s.once('close', () => resolve(false));
+        s.once('error', () => resolve(false));
+        s.on('connect', () => s.write(msg));
+      });
+      assert.ok(answered, `connection ${i} was refused: the budget was held by the idle ones`);
+    }
+    const lock = kw(['lock'], { env: h.env });
+    assert.equal(lock.code, 0, lock.stderr);
+    await closeAll(open);
   },
 );
 

@@ -14,7 +14,8 @@ import {
   stopAgent,
   type AgentHome,
 } from './agent-helpers.js';
-import { kw } from './helpers.js';
+import path from 'node:path';
+import { BIN, kw, ROOT } from './helpers.js';
 
 const RFC_SECRET = () => secureTake(Buffer.from('12345678901234567890'));
 
@@ -91,9 +92,31 @@ test(
 
     const reader = kwAsync(['read', 'prod/db'], h.env);
     const id = await pendingId(h);
-    assert.equal(kw(['approve', id, '--code', '000000'], { env: h.env }).code, 4, 'a wrong code');
+    const approve = (reqId: string, c: string) =>
+      kw(['approve', reqId, '--code', '-'], { env: h.env, input: `${c}\n` });
+    assert.equal(approve(id, '000000').code, 4, 'a wrong code');
     const c = code();
-    const ok = kw(['approve', id, '--code', c], { env: h.env });
+    // On the command line the code is refused before it is sent: any process of the user can
+    // read a command line (/proc/PID/cmdline) and spend the code on its own request first.
+    const onArgv = kw(['approve', id, '--code', c], { env: h.env });
+    assert.equal(onArgv.code, 2, onArgv.stderr);
+    assert.match(onArgv.stderr, /a TOTP code on the command line can be read by any process/);
+    assert.equal(await pendingId(h), id, 'still pending, the code unspent');
+    // On a terminal, --code alone asks for it.
+    const typed = spawnSync(
+      'python3',
+      [
+        path.join(ROOT, 'test/pty-driver.py'),
+        JSON.stringify({
+          argv: [process.execPath, BIN, 'approve', id, '--code'],
+          env: h.env,
+          steps: [[`TOTP code to approve ${id}: `, `${c}\r`]],
+        }),
+      ],
+      { encoding: 'utf8' },
+    );
+    assert.match(typed.stdout, /approved [0-9a-f]+\s+EXIT=0\s*$/, typed.stdout + typed.stderr);
+    const ok = { code: 0, stderr: '' };
     assert.equal(ok.code, 0, ok.stderr);
     const r = await reader;
     assert.equal(r.stdout, 'prod-db-password');
@@ -101,7 +124,7 @@ test(
     // high_value: never remembered, so the next read asks again; the same code is spent.
     const reader2 = kwAsync(['read', 'prod/db'], h.env);
     const id2 = await pendingId(h);
-    const again = kw(['approve', id2, '--code', c], { env: h.env });
+    const again = approve(id2, c);
     assert.equal(again.code, 4);
     assert.match(again.stderr, /already used/);
     assert.equal(kw(['deny', id2], { env: h.env }).code, 0);

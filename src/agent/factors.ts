@@ -5,7 +5,7 @@
  * accepted once: the last accepted step is kept.
  */
 import { TOTP_SECRET, verifyTotp, type Factor, type How, type Pending } from '../approval/index.js';
-import type { AuditRecord } from '../audit/index.js';
+import type { Actor, AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { secureFree } from '../lib/secure.js';
 import type { OperatorRules } from '../operators/index.js';
@@ -20,10 +20,51 @@ export interface FactorHost {
   noteDenial: () => void;
 }
 
+/** Wrong passphrases or codes given for one request before it is denied. */
+const WRONG_PER_REQUEST = 3;
+
 export class FactorCheck {
   private lastTotpStep = -1;
+  /** Wrong factors given per pending request (gone with the request). */
+  private readonly wrong = new WeakMap<Pending, number>();
 
   constructor(private readonly host: FactorHost) {}
+
+  /**
+   * check(), with a wrong passphrase or code recorded (approval.factor_failed, with `by`, the
+   * process that gave it) and counted: guessing leaves evidence, and the WRONG_PER_REQUEST-th
+   * wrong answer for one request denies it (deny); a person who mistypes asks again.
+   */
+  async checkCounted(
+    p: Pending,
+    factor: Factor,
+    via: string,
+    by: Actor | undefined,
+    deny: (reason: string) => void,
+  ): Promise<How> {
+    try {
+      return await this.check(p, factor);
+    } catch (e) {
+      if (!(e instanceof KeywardError) || e.code !== 'VAULT_BAD_PASSPHRASE') throw e;
+      const wrong = (this.wrong.get(p) ?? 0) + 1;
+      this.wrong.set(p, wrong);
+      const last = wrong >= WRONG_PER_REQUEST;
+      await this.host.record({
+        type: 'approval.factor_failed',
+        decision: 'deny',
+        target: p.target,
+        reason: e.message,
+        ...(by ? { actor: by } : {}),
+        details: { request: p.id, factor: factor.kind, via, wrong, denied: last },
+      });
+      if (!last) throw e;
+      deny(`${wrong} wrong ${factor.kind} answers`);
+      throw new KeywardError(
+        'VAULT_BAD_PASSPHRASE',
+        `${e.message.replace(/; the request is still pending$/, '')}: ${wrong} wrong answers, the request is denied`,
+      );
+    }
+  }
 
   /** Whether factor approves request p; throws (and counts a denial) when it doesn't. */
   async check(p: Pending, factor: Factor): Promise<How> {
@@ -31,7 +72,7 @@ export class FactorCheck {
       new KeywardError('USAGE', `this request needs ${p.mode} approval, not ${factor.kind}`, {
         hint:
           p.mode === 'totp'
-            ? 'keyward approve ID --code CODE'
+            ? 'keyward approve ID --code (it asks for the code)'
             : p.mode === 'webauthn'
               ? 'approve it in the console (keyward console) with your security key'
               : p.mode === 'operator'

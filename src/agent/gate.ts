@@ -42,6 +42,7 @@ import { locked, type UnlockWindow } from './unlock.js';
 
 const BREAKER_DENIALS = 5;
 const GONE = 'the requester went away';
+const LOCKED = 'the agent was locked';
 const BREAKER_WINDOW_MS = 60_000;
 
 export interface GateHost {
@@ -90,6 +91,13 @@ export interface GateRequest {
   together?: { targets: readonly string[]; approved: Map<string, Set<string>> };
   /** For keyward run --proxy: the value goes to the run's proxy, never to a process. */
   proxied?: boolean;
+  /**
+   * What a remembered approval is bound to besides the action and the target: a later request
+   * is covered only when this is the same. A run's is everything its prompt showed (program,
+   * arguments, directory, proxied or not), a signature's the kind of data signed (an SSHSIG
+   * namespace, a login's user and server); a read's is the target alone.
+   */
+  grantScope?: string;
 }
 
 export class Gate {
@@ -125,7 +133,8 @@ export class Gate {
    */
   reset(): void {
     this.denials = [];
-    this.broker.denyAll();
+    // Denied as ended by the lock: no probe, so not counted toward the next unlock's breaker.
+    this.broker.denyAll(LOCKED);
     this.grants.clear();
     this.uses.reset();
     this.buckets.clear();
@@ -312,11 +321,13 @@ export class Gate {
     if (decision.decision === 'approve') {
       const a = decision.approval;
       const who = grantHolder(a.remember.scope, caller);
+      // What the person approved: the action (a remembered run is not a remembered read), the
+      // target, and what else the prompt showed of the request (grantScope).
+      const approved = (t: string) => `${req.action}\u0000${t}\u0000${req.grantScope ?? ''}`;
       const grantKey =
         a.remember.scope === 'once' || who === undefined
           ? undefined
-          : // The action is part of what was approved: a remembered run is not a remembered read.
-            Grants.keyFor(decision.rule, `${req.action}\u0000${name}`, a.remember.scope, who);
+          : Grants.keyFor(decision.rule, approved(name), a.remember.scope, who);
       const together = decision.highValue ? undefined : req.together;
       const asked = together?.approved.get(decision.rule)?.has(name) === true;
       if (!asked && !(grantKey && !decision.highValue && this.grants.use(grantKey, Date.now()))) {
@@ -368,8 +379,9 @@ export class Gate {
             decision: 'deny',
             details: { rule: decision.rule, ...how },
           });
-          // A requester that hung up is not a probe: it doesn't count toward the breaker.
-          const hungUp = how['reason'] === GONE;
+          // A requester that hung up, or a request a lock ended, is not a probe: it doesn't
+          // count toward the breaker.
+          const hungUp = how['reason'] === GONE || how['reason'] === LOCKED;
           return outcome === 'expired'
             ? refuse('the approval request expired', 'APPROVAL_TIMEOUT')
             : refuse('the request was not approved', 'APPROVAL_REJECTED', undefined, !hungUp);
@@ -380,15 +392,13 @@ export class Gate {
           decision: 'allow',
           details: { rule: decision.rule, mode: a.mode, ...how, ...alsoDetails(also) },
         });
+        // Locked while the grant was recorded (and perhaps unlocked again since): the approval
+        // was of the window that lock ended, and every grant ends at lock.
+        if (!w.stillOpen(v)) throw locked();
         if (grantKey && who !== undefined && !decision.highValue && a.remember.scope !== 'once') {
           // Remembered for every target the person saw, as each would have been on its own.
           for (const t of [name, ...also]) {
-            const key = Grants.keyFor(
-              decision.rule,
-              `${req.action}\u0000${t}`,
-              a.remember.scope,
-              who,
-            );
+            const key = Grants.keyFor(decision.rule, approved(t), a.remember.scope, who);
             this.grants.remember(key, a.remember.forMs, a.remember.uses, Date.now());
           }
         }
@@ -449,9 +459,18 @@ export class Gate {
           },
         );
       }
-      const how = await this.factors.check(p, factor);
+      const how = await this.factors.checkCounted(
+        p,
+        factor,
+        via,
+        approver && actorOf(approver),
+        (reason) => this.broker.settle(reqId, 'denied', { via, reason }),
+      );
       if (factor.kind === 'operator') return await this.desk.vote(p, factor.operator, how);
-      if (!this.broker.settle(reqId, 'granted', { via, ...how }))
+      const approvedBy = approver
+        ? { approverPid: String(approver.pid), approverExe: approver.exe ?? null }
+        : {};
+      if (!this.broker.settle(reqId, 'granted', { via, ...how, ...approvedBy }))
         throw new KeywardError('REQUEST_NOT_FOUND', `request ${reqId} is no longer pending`);
       return { approved: reqId };
     } finally {

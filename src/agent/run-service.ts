@@ -60,6 +60,8 @@ export interface RunHost {
       exists?: boolean;
       together?: { targets: readonly string[]; approved: Map<string, Set<string>> };
       proxied?: boolean;
+      /** What a remembered approval of the run is bound to (gate.ts, GateRequest.grantScope). */
+      grantScope?: string;
     },
   ): Promise<{ rule: string | undefined }>;
   /** The policy in force for the open vault. */
@@ -168,6 +170,19 @@ export class RunService {
         targets: req.wanted.map((w) => w.name),
         approved: new Map<string, Set<string>>(),
       };
+      // A remembered approval covers a later run of this same command only (gate.ts), as its
+      // prompt showed it: program and hash, arguments, directory, proxied or not, the MCP client
+      // and the sealed file; never another command of the same process.
+      const grantScope = JSON.stringify([
+        policy ? 'proxied' : 'plain',
+        program,
+        programSha ?? null,
+        req.argv,
+        req.cwd,
+        notable,
+        req.mcp ?? null,
+        project?.fileId ?? null,
+      ]);
       for (const w of req.wanted) {
         const where = w.as.map((a) => ('var' in a ? `$${a.var}` : `descriptor ${a.fd}`)).join(', ');
         // Program, arguments, directory and MCP client come from the caller: quoted, each
@@ -184,6 +199,7 @@ export class RunService {
             (req.mcp ? `; asked by the MCP client ${quote(req.mcp)}` : '') +
             fromFile,
           together,
+          grantScope,
           ...(project?.has(w.name) ? { exists: true } : {}),
           ...(policy ? { proxied: true } : {}),
         });

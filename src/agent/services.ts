@@ -109,6 +109,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
         exists: req.exists ?? window.unlocked().has(req.target),
         ...(req.together ? { together: req.together } : {}),
         ...(req.proxied ? { proxied: true } : {}),
+        ...(req.grantScope === undefined ? {} : { grantScope: req.grantScope }),
       }),
     policy: (v) => window.currentPolicy(v),
     decide: (conn, target) => {
@@ -149,6 +150,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
         action: 'sign',
         auditType: 'key.sign',
         what: req.what,
+        grantScope: req.grantScope,
         exists: true,
         confirmEachUse: req.confirmEachUse,
       }),

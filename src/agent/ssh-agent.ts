@@ -42,6 +42,8 @@ import {
 import { inFlight } from './inflight.js';
 
 const IDLE_CONNECTION_MS = 120_000;
+/** The longest delay a Node timer takes. */
+const MAX_TIMER_MS = 2 ** 31 - 1;
 /** Keys ssh-add may hold at once: each is guarded secure memory. */
 const MAX_ADDED_KEYS = 256;
 
@@ -58,7 +60,7 @@ export interface SshHost {
   limits(): { maxSignatures: number | undefined; keyLifetimeMs: number | undefined };
   authorize(
     who: Who,
-    req: { target: string; what: string; confirmEachUse: boolean },
+    req: { target: string; what: string; grantScope: string; confirmEachUse: boolean },
   ): Promise<{ rule: string | undefined }>;
   record(r: AuditRecord): Promise<unknown>;
   actor(id: ProcessIdentity): Actor;
@@ -102,8 +104,11 @@ export class SshAgentService {
     let queued = 0;
     socket.setTimeout(IDLE_CONNECTION_MS, () => socket.destroy());
     socket.on('error', () => socket.destroy());
+    let closed = false;
     socket.on('close', () => {
-      // An ssh client that hangs up takes its pending signature request with it.
+      // An ssh client that hangs up takes its pending signature request with it, and the ones
+      // queued behind it (below): nobody is asked about a request whose answer would go nowhere.
+      closed = true;
       who.abandon?.();
       this.sockets.delete(socket);
       reader.destroy();
@@ -133,7 +138,7 @@ export class SshAgentService {
         busy = busy.then(async () => {
           let reply: Buffer;
           try {
-            reply = await this.handle(who, msg);
+            reply = closed ? message(SSH.FAILURE) : await this.handle(who, msg);
           } catch {
             reply = message(SSH.FAILURE);
           } finally {
@@ -190,6 +195,15 @@ export class SshAgentService {
         });
       }
       this.vaultGeneration = this.host.generation();
+      // A key ssh-added and then put into the vault is the vault's now: its policy decides, not
+      // the ssh-add one's (an added key was looked up first).
+      for (const id of [...this.added.keys()]) {
+        const h = this.added.get(id);
+        if (h && this.vaultKeys.has(id)) {
+          this.drop(h);
+          this.added.delete(id);
+        }
+      }
     }
     return this.vaultKeys;
   }
@@ -296,7 +310,7 @@ export class SshAgentService {
         throw new KeywardError('USAGE', 'the key is in the vault');
       if (!this.added.has(id) && this.added.size >= MAX_ADDED_KEYS)
         throw new KeywardError('USAGE', 'too many keys added');
-      key.selfTest();
+      await key.selfTestAsync();
       const cap = this.host.limits().keyLifetimeMs;
       const lifetimeMs = Math.min(
         lifetimeS === undefined || lifetimeS === 0 ? Infinity : lifetimeS * 1000,
@@ -330,8 +344,15 @@ export class SshAgentService {
       if (old) this.drop(old);
       if (held.expiresAt !== undefined) {
         const h = held;
-        h.timer = setTimeout(() => void this.expire(id, h), lifetimeMs);
-        h.timer.unref();
+        // A timer takes at most 2^31 - 1 ms (24.8 days; longer, Node fires it at once): a longer
+        // lifetime is waited for in such steps.
+        const arm = () => {
+          const left = (h.expiresAt ?? 0) - Date.now();
+          if (left <= 0) return void this.expire(id, h);
+          h.timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
+          h.timer.unref();
+        };
+        arm();
       }
       key.holdParsed();
       this.added.set(id, held);
@@ -381,7 +402,7 @@ export class SshAgentService {
     const flags = r.remaining >= 4 ? r.u32() : 0;
     if (!this.host.isUnlocked()) return message(SSH.FAILURE);
     const id = keyOf(blob);
-    const held = this.added.get(id) ?? this.loadedVaultKeys().get(id);
+    const held = this.loadedVaultKeys().get(id) ?? this.added.get(id);
     if (!held) return message(SSH.FAILURE);
     const alg = held.key.algorithm(flags);
     const what = describeSignData(data);
@@ -403,6 +424,7 @@ export class SshAgentService {
     const { rule } = await this.host.authorize(who, {
       target: held.target,
       what: `sign with ${label}: ${what.text}`,
+      grantScope: what.scope,
       confirmEachUse: held.confirm,
     });
     // The key may have been removed, expired or wiped (lock) while a person decided.

@@ -90,6 +90,14 @@ export class SshFrameReader {
         this.buf.fill(0, this.used - (4 + len), this.used);
         this.used -= 4 + len;
       }
+      // A large message's buffer goes back to the budget once it is read: an idle connection
+      // holds at most 4 KiB of it (else a few hundred idle connections, each once sent a large
+      // message, held the budget that lock, approve and deny need).
+      if (this.used === 0 && this.buf.length > 4096) {
+        inFlight.release(this.buf.length);
+        secureFree(this.buf);
+        this.buf = secureAlloc(0);
+      }
       return out;
     } catch (e) {
       for (const m of out) secureRelease(m);
@@ -115,7 +123,12 @@ export class SshFrameReader {
  * means a git commit or tag), an SSH login (user, and the server's host key when the client
  * sends it), or else the SHA-256 of the data.
  */
-export function describeSignData(data: Buffer): { text: string; details: Record<string, string> } {
+export function describeSignData(data: Buffer): {
+  text: string;
+  details: Record<string, string>;
+  /** What a remembered approval of it covers (gate.ts): the kind of data, not the data. */
+  scope: string;
+} {
   const sha = createHash('sha256').update(data).digest('hex');
   try {
     if (data.subarray(0, 6).toString('latin1') === 'SSHSIG') {
@@ -131,6 +144,7 @@ export function describeSignData(data: Buffer): { text: string; details: Record<
       return {
         text: `an SSHSIG signature (${what}) over data with ${alg} ${hash.slice(0, 32)}...`,
         details: { kind: 'sshsig', namespace, hashAlg, hash },
+        scope: JSON.stringify(['sshsig', namespace]),
       };
     }
     // A login's data starts with the session id (a string) and then byte 50; anything else is
@@ -151,6 +165,7 @@ export function describeSignData(data: Buffer): { text: string; details: Record<
         return {
           text: `an SSH login as ${quote(user)} (${quote(service)})${hostKey ? `, server host key ${hostKey}` : ''}`,
           details: { kind: 'ssh-login', user, ...(hostKey ? { hostKey } : {}) },
+          scope: JSON.stringify(['ssh-login', user, service, hostKey]),
         };
       }
     }
@@ -160,5 +175,6 @@ export function describeSignData(data: Buffer): { text: string; details: Record<
   return {
     text: `data with SHA-256 ${sha.slice(0, 32)}...`,
     details: { kind: 'data', sha256: sha },
+    scope: JSON.stringify(['data']),
   };
 }

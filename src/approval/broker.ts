@@ -212,8 +212,9 @@ export class Broker {
   }
 
   /** Denies everything pending (lock, stop). */
-  denyAll(): void {
-    for (const id of [...this.pending.keys()]) this.settle(id, 'denied');
+  denyAll(reason?: string): void {
+    for (const id of [...this.pending.keys()])
+      this.settle(id, 'denied', reason === undefined ? {} : { reason });
   }
 }
 

@@ -20,6 +20,7 @@ export const EVENT_TYPES = [
   'approval.denied',
   'approval.expired',
   'approval.askpass_failed',
+  'approval.factor_failed',
   'approval.operator',
   'credential.fetch',
   'credential.deliver',

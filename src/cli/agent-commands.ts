@@ -1,6 +1,7 @@
 /**
  * agent run | start | stop, unlock, lock, status, approvals, approve, deny.
  */
+import fs from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidArgumentError, Option } from './commander.js';
 import {
@@ -15,6 +16,7 @@ import { KeywardError } from '../errors.js';
 import { keywardHome, socketDir } from '../lib/paths.js';
 import { runtimeState } from '../lib/runtime-guard.js';
 import { printable } from '../lib/text.js';
+import { askOnTerminal } from '../lib/tty.js';
 import { note, type Io } from './report.js';
 import { agentSocket, passphraseFile } from './places.js';
 import { agentStopCommand, lockCommand } from './quick.js';
@@ -173,13 +175,17 @@ export function registerAgentCommands(program: Command, io: Io): void {
     .description(
       'approve a pending request; needs the passphrase or a TOTP code, and never from the requesting process',
     )
-    .option('--code <code>', 'a TOTP code (after keyward totp enroll) instead of the passphrase')
+    .option(
+      '--code [-]',
+      'with a TOTP code (after keyward totp enroll) instead of the passphrase: asked on the terminal, or read from standard input with --code -',
+    )
     .action(async function (this: Command, id: string) {
+      const code = this.opts<{ code?: string | true }>().code;
       await agentApprove(
         agentSocket(),
         id,
         { file: passphraseFile(this) },
-        this.opts<{ code?: string }>().code,
+        code === undefined ? undefined : totpCode(code, id),
       );
       io.stdout(`approved ${id}\n`);
     });
@@ -207,7 +213,7 @@ export function registerAgentCommands(program: Command, io: Io): void {
       });
       note(
         io,
-        'scan it (or type the secret) into your authenticator; approve with: keyward approve ID --code CODE',
+        'scan it (or type the secret) into your authenticator; approve with: keyward approve ID --code (it asks for the code)',
       );
     });
 
@@ -219,4 +225,54 @@ export function registerAgentCommands(program: Command, io: Io): void {
       await call(agentSocket(), 'deny', { id });
       io.stdout(`denied ${id}\n`);
     });
+}
+
+/**
+ * The TOTP code for `approve ID --code`: asked on the terminal, or one line of standard input
+ * (`--code -`, or no terminal). Never from the command line: every process of the user can read
+ * a command line (/proc/PID/cmdline) while the CLI starts, and spend the code on a request of its
+ * own first (a code is accepted once).
+ */
+function totpCode(given: string | true, id: string): string {
+  if (given !== true && given !== '-')
+    throw new KeywardError(
+      'USAGE',
+      'a TOTP code on the command line can be read by any process of yours and spent on its own request first',
+      {
+        hint: `keyward approve ${id} --code (asks for it), or: keyward approve ${id} --code - < FILE`,
+      },
+    );
+  const asked =
+    given === true ? askOnTerminal(`TOTP code to approve ${printable(id, 40)}: `) : undefined;
+  const line = asked ?? firstLineOfStdin();
+  if (!/^\d{6,8}$/.test(line))
+    throw new KeywardError('USAGE', 'that is not a TOTP code (6 to 8 digits)', {
+      hint: 'the code your authenticator shows now',
+    });
+  return line;
+}
+
+/** The first line of standard input (at most 64 bytes: a code is 6 to 8). */
+function firstLineOfStdin(): string {
+  const buf = Buffer.alloc(65);
+  let len = 0;
+  for (;;) {
+    let n: number;
+    try {
+      n = fs.readSync(0, buf, len, buf.length - len, null);
+    } catch (e) {
+      if (
+        (e as NodeJS.ErrnoException).code === 'EAGAIN' ||
+        (e as NodeJS.ErrnoException).code === 'EINTR'
+      )
+        continue;
+      if ((e as NodeJS.ErrnoException).code === 'EOF') break;
+      throw e;
+    }
+    if (n === 0) break;
+    len += n;
+    if (buf.subarray(0, len).includes(0x0a) || len >= 64) break;
+  }
+  const text = buf.subarray(0, len).toString('utf8');
+  return (text.split('\n')[0] ?? '').trim();
 }

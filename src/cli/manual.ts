@@ -179,7 +179,11 @@ export const COMMAND_HELP: Readonly<
   approvals: { exits: ASKS_AGENT, examples: ['keyward approvals', 'keyward approvals --json'] },
   approve: {
     exits: [2, 3, 4, 5, 8],
-    examples: ['keyward approve 7f3a', 'keyward approve 7f3a --code 123456'],
+    examples: [
+      'keyward approve 7f3a',
+      'keyward approve 7f3a --code',
+      'oathtool --totp -b SECRET | keyward approve 7f3a --code -',
+    ],
   },
   deny: { exits: [2, 3, 5, 8], examples: ['keyward deny 7f3a'] },
   totp: { exits: OPENS_VAULT, examples: ['keyward totp enroll'] },

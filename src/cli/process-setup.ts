@@ -17,7 +17,7 @@ export function pendingLines(n: PendingNotice): string {
   const left = Math.round(n.timeoutMs / 1000);
   const how =
     n.mode === 'totp'
-      ? `keyward approve ${n.id} --code CODE`
+      ? `keyward approve ${n.id} --code`
       : n.mode === 'webauthn'
         ? undefined
         : `keyward approve ${n.id}`;
