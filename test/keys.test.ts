@@ -20,7 +20,7 @@ import {
   secureHeapReady,
   secureHeapUsed,
 } from '../src/lib/openssl.js';
-import { modInto, oddMinusOneInto } from '../src/keys/bignum.js';
+import { compareMagnitudes, modInto, mulInto, oddMinusOneInto } from '../src/keys/bignum.js';
 import {
   encodedLength,
   encodeInto,
@@ -272,6 +272,57 @@ test("bignum: d mod (p - 1) and d mod (q - 1) equal OpenSSL's CRT exponents", ()
     assert.equal(hex(stripZeros(got)), hex(stripZeros(want)));
     assert.equal(toBig(got), toBig(d) % (toBig(prime) - 1n));
   }
+});
+
+test('bignum mulInto and compareMagnitudes agree with BigInt on random inputs', () => {
+  for (let i = 0; i < 200; i++) {
+    const a = stripZeros(crypto.randomBytes(1 + (i % 97)));
+    const b = stripZeros(crypto.randomBytes(1 + ((i * 7) % 131)));
+    const out = Buffer.alloc(a.length + b.length, 0xee);
+    mulInto(a, b, out);
+    assert.equal(toBig(out), toBig(a) * toBig(b));
+    const want = toBig(a) < toBig(b) ? -1 : toBig(a) > toBig(b) ? 1 : 0;
+    assert.equal(compareMagnitudes(a, b), want);
+    assert.equal(compareMagnitudes(a, a), 0);
+  }
+});
+
+test('an RSA key added over the agent protocol is refused before OpenSSL sees it when its shape is wrong (d >= n, primes not of n, iqmp >= p): such a key made OpenSSL exponentiate by all of d', () => {
+  const [, n, e, d, p, q, , , iqmp] = readSequence(rsaDer).map(readInteger);
+  assert.ok(n && e && d && p && q && iqmp);
+  const agentKey = (o: Partial<Record<'n' | 'd' | 'p' | 'q' | 'iqmp', Uint8Array>>) => {
+    const parts = [o.n ?? n, e, o.d ?? d, o.iqmp ?? iqmp, o.p ?? p, o.q ?? q].map((x) =>
+      stripZeros(x),
+    );
+    const size =
+      SshWriter.sizeOf(['ssh-rsa']) + parts.reduce((t, x) => t + SshWriter.mpintSize(x), 0);
+    const buf = secureAlloc(size);
+    const w = new SshWriter(buf).string('ssh-rsa');
+    for (const x of parts) w.mpint(x);
+    return () => SigningKey.read(new SshReader(buf));
+  };
+  const key = agentKey({})();
+  assert.equal(key.type, 'ssh-rsa');
+  key.selfTest();
+  key.wipe();
+  const odd = (len: number) => {
+    const b = crypto.randomBytes(len);
+    b[0] = (b[0] ?? 0) | 0x40;
+    b[len - 1] = (b[len - 1] ?? 0) | 1;
+    return b;
+  };
+  // A d of 16 KB (OpenSSL's fallback took 6.4 s over it, 250 KB 90 s), and d = n.
+  throwsCode(agentKey({ d: odd(16_384) }), 'PROTOCOL_ERROR', /bad RSA parameters/, 'a huge d');
+  throwsCode(agentKey({ d: n }), 'PROTOCOL_ERROR', /bad RSA parameters/, 'd = n');
+  throwsCode(agentKey({ iqmp: p }), 'PROTOCOL_ERROR', /bad RSA parameters/, 'iqmp = p');
+  // Primes of the right size that are not n's, and one far too large.
+  throwsCode(
+    agentKey({ p: Buffer.concat([Buffer.of(0xff), odd(p.length - 1)]) }),
+    'PROTOCOL_ERROR',
+    /not its modulus's/,
+    'another p',
+  );
+  throwsCode(agentKey({ q: odd(512) }), 'PROTOCOL_ERROR', /bad RSA primes/, 'a huge q');
 });
 
 // ---------------------------------------------------------------------------------------------

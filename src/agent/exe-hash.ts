@@ -25,6 +25,12 @@ import { KeywardError } from '../errors.js';
 import { closeFd } from '../lib/libc.js';
 
 const hashCache = new Map<string, string>();
+/**
+ * Larger executables are not hashed (a refusal wherever a hash is needed): the hash is read on
+ * the agent's thread, and a sparse file of a terabyte (truncate -s 1T) held it for the better
+ * part of an hour. node is 99 MB, the largest common programs a few hundred.
+ */
+const EXE_HASH_MAX_BYTES = 512 * 1024 * 1024;
 /** Executables hashed and remembered at once; past it the cache starts over. */
 const HASH_CACHE_MAX = 512;
 
@@ -100,8 +106,12 @@ export class ExeHash {
       throw refused(this.failure ?? 'was not hashed while it could be');
     const fd = this.fd;
     let h: string | undefined;
+    let why = 'changed on disk (or could not be read) after it connected';
     try {
-      if (keyOf(fs.fstatSync(fd, { bigint: true })) === this.key) {
+      const st = fs.fstatSync(fd, { bigint: true });
+      if (st.size > BigInt(EXE_HASH_MAX_BYTES))
+        why = `is larger than ${EXE_HASH_MAX_BYTES / 1024 / 1024} MiB, too large to hash`;
+      else if (keyOf(st) === this.key) {
         const hashed = hashFd(fd);
         // The file did not change while it was read.
         if (keyOf(fs.fstatSync(fd, { bigint: true })) === this.key) h = hashed;
@@ -112,7 +122,7 @@ export class ExeHash {
       this.close();
     }
     if (h === undefined) {
-      this.failure = 'changed on disk (or could not be read) after it connected';
+      this.failure = why;
       throw refused(this.failure);
     }
     if (hashCache.size >= HASH_CACHE_MAX) hashCache.clear();

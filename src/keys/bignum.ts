@@ -47,3 +47,35 @@ export function oddMinusOneInto(a: Uint8Array, out: Uint8Array): void {
   const last = out.length - 1;
   out[last] = (out[last] ?? 1) & 0xfe;
 }
+
+/**
+ * -1, 0 or 1 as a < b, a = b or a > b, for big-endian magnitudes without leading zero bytes.
+ * Used on an RSA key's shape when it is added (once), not per signature.
+ */
+export function compareMagnitudes(a: Uint8Array, b: Uint8Array): number {
+  if (a.length !== b.length) return a.length < b.length ? -1 : 1;
+  for (let i = 0; i < a.length; i++) {
+    const x = a[i] ?? 0;
+    const y = b[i] ?? 0;
+    if (x !== y) return x < y ? -1 : 1;
+  }
+  return 0;
+}
+
+/** out = a * b, big-endian magnitudes; out has a.length + b.length bytes (schoolbook). */
+export function mulInto(a: Uint8Array, b: Uint8Array, out: Uint8Array): void {
+  if (out.length !== a.length + b.length) throw new RangeError('mulInto sizes');
+  out.fill(0);
+  for (let i = a.length - 1; i >= 0; i--) {
+    const x = a[i] ?? 0;
+    let carry = 0;
+    // a[i] * b lands at out[i + 1 .. i + b.length], the carry at out[i].
+    for (let j = b.length - 1; j >= 0; j--) {
+      const k = i + j + 1;
+      const v = (out[k] ?? 0) + x * (b[j] ?? 0) + carry;
+      out[k] = v & 0xff;
+      carry = v >>> 8;
+    }
+    out[i] = carry;
+  }
+}
