@@ -944,6 +944,37 @@ describe('prompts a caller cannot write', () => {
   });
 });
 
+describe('found in review: loader variables past the first sixteen', () => {
+  test('twenty GIT_CONFIG_KEY_n before NODE_OPTIONS do not push it out of the prompt and the record; what is left out is counted', async () => {
+    const h = await agentOf(
+      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+      { user: false },
+    );
+    setSecret(h, 'app/token', 'loader-var-value', false);
+    h.answer('no');
+    const padding = Object.fromEntries(
+      Array.from({ length: 20 }, (_, i) => [`GIT_CONFIG_KEY_${i}`, 'core.pager']),
+    );
+    const r = kw(['read', 'app/token'], {
+      env: { ...h.env, ...padding, NODE_OPTIONS: '--no-warnings' },
+    });
+    assert.equal(r.code, 6, r.stderr);
+    const prompt = h.prompts()[0] ?? '';
+    assert.match(
+      prompt,
+      /, with NODE_OPTIONS="--no-warnings" GIT_CONFIG_KEY_0 \(value not shown\)/,
+    );
+    assert.match(
+      prompt,
+      /GIT_CONFIG_KEY_15 \(value not shown\) \(4 more loader variables\) wants to read/,
+    );
+    const asked = auditEntries(h).find((e) => e.type === 'approval.requested');
+    const vars = (asked?.actor as { loaderVars?: string[] } | undefined)?.loaderVars ?? [];
+    assert.equal(vars[0], 'NODE_OPTIONS');
+    assert.equal(vars.at(-1), '(4 more loader variables)');
+  });
+});
+
 describe('found in review: borrowed identities, code-loading variables, prompt fields, loader grants', () => {
   test('a request written before the greeting is refused: a program cannot connect, queue a request and exec a trusted one', async () => {
     const h = await agentOf(

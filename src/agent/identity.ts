@@ -54,6 +54,33 @@ const SHOWN_VALUES =
   /^(LD_PRELOAD|LD_AUDIT|LD_LIBRARY_PATH|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PERL5LIB|RUBYLIB|GIT_EXEC_PATH|DYLD_\w+)$/;
 /** Loader variables kept per caller: a caller can't bury its request under thousands. */
 const MAX_LOADER_VARIABLES = 16;
+/**
+ * The variables that load code into the most programs: kept however many others come first
+ * (up to MAX_CODE_LOADERS), so sixteen GIT_CONFIG_KEY_n can't push NODE_OPTIONS out of the
+ * prompt and the record.
+ */
+const CODE_LOADERS = new Set([
+  'LD_PRELOAD',
+  'LD_AUDIT',
+  'LD_LIBRARY_PATH',
+  'NODE_OPTIONS',
+  'NODE_PATH',
+  'BASH_ENV',
+  'ENV',
+  'PYTHONSTARTUP',
+  'PYTHONPATH',
+  'PYTHONHOME',
+  'PERL5OPT',
+  'PERL5LIB',
+  'RUBYOPT',
+  'RUBYLIB',
+  'JAVA_TOOL_OPTIONS',
+  '_JAVA_OPTIONS',
+  'GIT_EXEC_PATH',
+  'GIT_SSH_COMMAND',
+  'GIT_CONFIG',
+]);
+const MAX_CODE_LOADERS = 32;
 
 /**
  * The loader variables of a process's initial environment, or undefined when it can't be read
@@ -71,9 +98,11 @@ function loaderVariables(
   }
   try {
     return withFdInSecure(fd, MAX_ENVIRON, (env) => {
-      const found: Array<{ name: string; value: string | undefined }> = [];
+      const loaders: Array<{ name: string; value: string | undefined }> = [];
+      const others: Array<{ name: string; value: string | undefined }> = [];
+      let more = 0;
       let at = 0;
-      while (at < env.length && found.length < MAX_LOADER_VARIABLES) {
+      while (at < env.length) {
         let end = env.indexOf(0, at);
         if (end < 0) end = env.length;
         // '=' within this entry only: a search to the end of the buffer for every entry would
@@ -82,15 +111,20 @@ function loaderVariables(
         if (eq > 0) {
           const name = env.subarray(at, at + eq).toString('latin1');
           if (LOADER_VARIABLES.test(name)) {
-            const value = SHOWN_VALUES.test(name)
-              ? env.subarray(at + eq + 1, Math.min(end, at + eq + 1 + 4096)).toString('utf8')
-              : undefined;
-            found.push({ name, value });
+            const list = CODE_LOADERS.has(name) ? loaders : others;
+            if (list.length < (list === loaders ? MAX_CODE_LOADERS : MAX_LOADER_VARIABLES)) {
+              const value = SHOWN_VALUES.test(name)
+                ? env.subarray(at + eq + 1, Math.min(end, at + eq + 1 + 4096)).toString('utf8')
+                : undefined;
+              list.push({ name, value });
+            } else more += 1;
           }
         }
         at = end + 1;
       }
-      return found;
+      // What was left out is said, never silently dropped.
+      if (more > 0) others.push({ name: `(${more} more loader variables)`, value: undefined });
+      return [...loaders, ...others];
     });
   } catch {
     return undefined;
@@ -215,7 +249,11 @@ export function describeCaller(id: ProcessIdentity): string {
   const where = id.cwd === undefined ? '' : ` in ${quote(id.cwd)}`;
   const loaders = (id.loaderVars ?? [])
     .map((v) =>
-      v.value === undefined ? `${v.name} (value not shown)` : `${v.name}=${quote(v.value)}`,
+      v.name.startsWith('(')
+        ? v.name
+        : v.value === undefined
+          ? `${v.name} (value not shown)`
+          : `${v.name}=${quote(v.value)}`,
     )
     .join(' ');
   return `${who} running ${quoteAll(id.cmdline)}${where}${chain ? `, started by ${chain}` : ''}${loaders ? `, with ${loaders}` : ''}`;
