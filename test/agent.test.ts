@@ -197,6 +197,10 @@ describe('approving from another terminal', () => {
     const r = await reader;
     assert.equal(r.code, 6);
     assert.equal(r.stdout, '');
+    // The denial names the process that denied (keyward deny needs no factor).
+    const denied = auditEntries(h).find((e) => e.type === 'approval.denied');
+    assert.match(String(denied?.details['denierPid']), /^\d+$/);
+    assert.notEqual(Number(denied?.details['denierPid']), denied?.actor?.pid);
   });
 
   test('wrong passphrases are recorded with the process that gave them; the third denies the request; an approval names its approver', async () => {

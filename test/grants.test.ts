@@ -3,7 +3,7 @@
  * user (test/fixtures/one-process.ts) asks for several things in turn after one was approved.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import readline from 'node:readline';
@@ -15,7 +15,10 @@ const REMEMBER =
   'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }\n';
 
 const homes: AgentHome[] = [];
+/** The fixtures started: ended after the tests, however a test ended (a failed assertion too). */
+const fixtures: ChildProcessWithoutNullStreams[] = [];
 after(async () => {
+  for (const f of fixtures) f.kill('SIGKILL');
   for (const h of homes) await stopAgent(h);
 });
 
@@ -36,6 +39,7 @@ function oneProcess(
     ],
     { env: h.env, cwd: h.dir },
   );
+  fixtures.push(p);
   const answers = readline.createInterface({ input: p.stdout })[Symbol.asyncIterator]();
   return {
     ask: async (step) => {
@@ -108,6 +112,139 @@ describe('a remembered approval covers what the person saw', () => {
     assert.equal(h.prompts().length, 2, 'another namespace is asked');
     assert.match(h.prompts()[1] ?? '', /a git commit or tag/);
     p.end();
+  });
+});
+
+describe('found attacking the grants: what else the person was shown', () => {
+  test('a run with another environment (GIT_SSH, a changed NODE_OPTIONS) is another run', async () => {
+    const h = await agentWith(REMEMBER);
+    const p = oneProcess(h);
+    const env = [{ var: 'V', name: 'app/token' }];
+    const step = (environ: Record<string, string>) => ({
+      op: 'run',
+      argv: ['sh', '-c', 'echo ran'],
+      env,
+      environ,
+    });
+    h.answer('yes');
+    assert.deepEqual(await p.ask(step({ NODE_OPTIONS: '--max-old-space-size=64' })), {
+      ok: true,
+      code: 0,
+      stdout: 'ran\n',
+    });
+    h.answer('no');
+    assert.deepEqual(await p.ask(step({ NODE_OPTIONS: '--max-old-space-size=64' })), {
+      ok: true,
+      code: 0,
+      stdout: 'ran\n',
+    });
+    assert.equal(h.prompts().length, 1, 'the same run is remembered');
+    for (const environ of [
+      { NODE_OPTIONS: '--require /tmp/evil.js' },
+      { NODE_OPTIONS: '--max-old-space-size=64', GIT_SSH: '/tmp/fake-ssh' },
+    ])
+      assert.deepEqual(await p.ask(step(environ)), { ok: false, code: 'APPROVAL_REJECTED' });
+    assert.equal(h.prompts().length, 3, 'each other environment was asked about');
+    p.end();
+  });
+
+  test('a signature with another ssh-added key of the same comment, or over other data of no known shape, is asked again', async () => {
+    const h = await agentWith(REMEMBER);
+    // Two keys with ssh-keygen's default comment shape, added with the real ssh-add.
+    const env = { ...h.env, SSH_AUTH_SOCK: path.join(h.sockDir, 'ssh-agent.sock') };
+    h.answer('yes');
+    for (const k of ['key-work', 'key-laptop']) {
+      const f = path.join(h.dir, k);
+      const g = spawnSync('ssh-keygen', [
+        '-q',
+        '-t',
+        'ed25519',
+        '-N',
+        '',
+        '-C',
+        'me@laptop',
+        '-f',
+        f,
+      ]);
+      assert.equal(g.status, 0, String(g.stderr));
+      const a = spawnSync('ssh-add', [f], { env });
+      assert.equal(a.status, 0, `${String(a.stdout)} ${String(a.stderr)}`);
+    }
+    const base = h.prompts().length;
+    const p = oneProcess(h);
+    assert.deepEqual(await p.ask({ op: 'sshsig', namespace: 'file', data: 'a', key: 0 }), {
+      ok: true,
+    });
+    h.answer('no');
+    assert.deepEqual(await p.ask({ op: 'sshsig', namespace: 'file', data: 'b', key: 0 }), {
+      ok: true,
+    });
+    assert.equal(h.prompts().length, base + 1);
+    assert.deepEqual(await p.ask({ op: 'sshsig', namespace: 'file', data: 'c', key: 1 }), {
+      ok: false,
+    });
+    assert.equal(h.prompts().length, base + 2, 'the other key was asked about');
+    // Data of no known shape (a certificate to sign): the person saw its hash, nothing more.
+    h.answer('yes');
+    assert.deepEqual(await p.ask({ op: 'sign', data: 'opaque one', key: 0 }), { ok: true });
+    h.answer('no');
+    assert.deepEqual(await p.ask({ op: 'sign', data: 'opaque two', key: 0 }), { ok: false });
+    assert.equal(h.prompts().length, base + 4);
+    p.end();
+  });
+
+  test('an environment too large to read (over 4 MiB) is said in the prompt, and no grant holds for it', async () => {
+    const h = await agentWith(REMEMBER);
+    h.answer('no');
+    // Forty variables of 120 KiB (a variable's limit) under a raised stack limit, as any user can.
+    const script = [
+      'ulimit -s unlimited',
+      'v=$(head -c 122880 /dev/zero | tr "\\0" x)',
+      'for i in $(seq 1 40); do export "PAD_$i=$v"; done',
+      `exec '${process.execPath}' '${BIN}' read app/token`,
+    ].join('\n');
+    const r = spawnSync('bash', ['-c', script], {
+      env: { ...h.env, LD_PRELOAD: '' },
+      encoding: 'utf8',
+    });
+    assert.equal(r.status, 6, r.stderr);
+    assert.match(h.prompts()[0] ?? '', /, whose environment could not be read wants to read/);
+  });
+
+  test('forty copies of a harmless LD_PRELOAD before the one that loads do not hide it', async () => {
+    const h = await agentWith(REMEMBER);
+    h.answer('no');
+    // execve with an environment of our own making (duplicates: ld.so takes the last).
+    const lib = ['/lib/x86_64-linux-gnu/libm.so.6', '/lib/aarch64-linux-gnu/libm.so.6'].find((x) =>
+      fs.existsSync(x),
+    ) as string;
+    const loads = path.join(h.dir, 'loads.so');
+    fs.copyFileSync(lib, loads);
+    const envp = [
+      ...Object.entries(h.env).map(([k, v]) => `${k}=${v ?? ''}`),
+      ...Array.from({ length: 40 }, () => `LD_PRELOAD=${lib}`),
+      `LD_PRELOAD=${loads}`,
+    ];
+    const argv = [process.execPath, BIN, 'read', 'app/token'];
+    const r = spawnSync(
+      'python3',
+      [
+        '-c',
+        [
+          'import ctypes, json, sys',
+          'a, e = json.loads(sys.argv[1]), json.loads(sys.argv[2])',
+          'arr = lambda xs: (ctypes.c_char_p * (len(xs) + 1))(*[x.encode() for x in xs], None)',
+          'ctypes.CDLL(None).execve(a[0].encode(), arr(a), arr(e))',
+        ].join('\n'),
+        JSON.stringify(argv),
+        JSON.stringify(envp),
+      ],
+      { encoding: 'utf8' },
+    );
+    assert.equal(r.status, 6, r.stderr);
+    const prompt = h.prompts()[0] ?? '';
+    assert.match(prompt, new RegExp(`LD_PRELOAD="${loads.replace(/[/.]/g, '\\$&')}"`));
+    assert.equal(prompt.split('LD_PRELOAD=').length - 1, 1, 'one LD_PRELOAD: the one that loads');
   });
 });
 

@@ -20,7 +20,9 @@ export function grantHolder(
   caller: Peer,
 ): string | undefined {
   const { id } = caller;
-  if (scope === 'once' || id.hidden || id.exeSha256 === undefined) return undefined;
+  // An environment that could not be read may hold any loader variable: no grant holds for it.
+  if (scope === 'once' || id.hidden || id.exeSha256 === undefined || id.loaderVars === undefined)
+    return undefined;
   // The loader variables are part of what was approved: a grant to a clean git is not a grant
   // to git started with LD_PRELOAD.
   const loaders = (id.loaderVars ?? []).map((v) => `${v.name}=${v.value ?? ''}`).join('\u0000');

@@ -493,9 +493,16 @@ export class Gate {
   }
 
   /** `keyward deny ID`, or Deny in the console. */
-  deny(reqId: string, via: 'cli' | 'console' = 'cli'): Record<string, unknown> {
+  deny(
+    reqId: string,
+    via: 'cli' | 'console' = 'cli',
+    by?: ProcessIdentity,
+  ): Record<string, unknown> {
     const p = this.broker.get(reqId);
-    if (!p || !this.broker.settle(reqId, 'denied', { via }))
+    // Who denied, as for an approval: `keyward deny` needs no factor, so any process of the user
+    // can deny (a documented denial of service); the record says which one did.
+    const denier = by ? { denierPid: String(by.pid), denierExe: by.exe ?? null } : {};
+    if (!p || !this.broker.settle(reqId, 'denied', { via, ...denier }))
       throw new KeywardError('REQUEST_NOT_FOUND', `no pending request ${reqId}`);
     return { denied: reqId };
   }

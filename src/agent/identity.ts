@@ -42,7 +42,7 @@ const MAX_ANCESTORS = 32;
  * and recorded; a rule can match on them (callers.loader_vars, docs/POLICY.md).
  */
 export const LOADER_VARIABLES =
-  /^(LD_\w+|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PERL5OPT|PERL5LIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|GIT_EXEC_PATH|GIT_SSH_COMMAND|GIT_CONFIG_\w+|GIT_CONFIG|DYLD_\w+)$/;
+  /^(LD_\w+|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PYTHONUSERBASE|PERL5OPT|PERL5LIB|PERLLIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|JDK_JAVA_OPTIONS|GCONV_PATH|GIT_EXEC_PATH|GIT_SSH_COMMAND|GIT_SSH|GIT_PROXY_COMMAND|GIT_CONFIG_\w+|GIT_CONFIG|DYLD_\w+)$/;
 const MAX_ENVIRON = 4 << 20;
 /**
  * Loader variables whose value is a path or Node's options: shown in prompts. The others
@@ -51,7 +51,7 @@ const MAX_ENVIRON = 4 << 20;
  * those only the name is kept, and the value never becomes a string here.
  */
 const SHOWN_VALUES =
-  /^(LD_PRELOAD|LD_AUDIT|LD_LIBRARY_PATH|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PERL5LIB|RUBYLIB|GIT_EXEC_PATH|DYLD_\w+)$/;
+  /^(LD_PRELOAD|LD_AUDIT|LD_LIBRARY_PATH|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PYTHONUSERBASE|PERL5LIB|PERLLIB|RUBYLIB|GCONV_PATH|GIT_EXEC_PATH|DYLD_\w+)$/;
 /** Loader variables kept per caller: a caller can't bury its request under thousands. */
 const MAX_LOADER_VARIABLES = 16;
 /**
@@ -79,6 +79,12 @@ const CODE_LOADERS = new Set([
   'GIT_EXEC_PATH',
   'GIT_SSH_COMMAND',
   'GIT_CONFIG',
+  'PYTHONUSERBASE',
+  'PERLLIB',
+  'JDK_JAVA_OPTIONS',
+  'GCONV_PATH',
+  'GIT_SSH',
+  'GIT_PROXY_COMMAND',
 ]);
 const MAX_CODE_LOADERS = 32;
 
@@ -98,8 +104,10 @@ function loaderVariables(
   }
   try {
     return withFdInSecure(fd, MAX_ENVIRON, (env) => {
-      const loaders: Array<{ name: string; value: string | undefined }> = [];
-      const others: Array<{ name: string; value: string | undefined }> = [];
+      // By name, the last occurrence's value (ld.so and shells take the last): thirty copies of
+      // a harmless LD_PRELOAD can't hide the one that loads.
+      const loaders = new Map<string, string | undefined>();
+      const others = new Map<string, string | undefined>();
       let more = 0;
       let at = 0;
       while (at < env.length) {
@@ -112,19 +120,22 @@ function loaderVariables(
           const name = env.subarray(at, at + eq).toString('latin1');
           if (LOADER_VARIABLES.test(name)) {
             const list = CODE_LOADERS.has(name) ? loaders : others;
-            if (list.length < (list === loaders ? MAX_CODE_LOADERS : MAX_LOADER_VARIABLES)) {
+            const max = list === loaders ? MAX_CODE_LOADERS : MAX_LOADER_VARIABLES;
+            if (list.has(name) || list.size < max) {
               const value = SHOWN_VALUES.test(name)
                 ? env.subarray(at + eq + 1, Math.min(end, at + eq + 1 + 4096)).toString('utf8')
                 : undefined;
-              list.push({ name, value });
+              list.delete(name);
+              list.set(name, value);
             } else more += 1;
           }
         }
         at = end + 1;
       }
+      const found = [...loaders, ...others].map(([name, value]) => ({ name, value }));
       // What was left out is said, never silently dropped.
-      if (more > 0) others.push({ name: `(${more} more loader variables)`, value: undefined });
-      return [...loaders, ...others];
+      if (more > 0) found.push({ name: `(${more} more loader variables)`, value: undefined });
+      return found;
     });
   } catch {
     return undefined;
@@ -256,7 +267,10 @@ export function describeCaller(id: ProcessIdentity): string {
           : `${v.name}=${quote(v.value)}`,
     )
     .join(' ');
-  return `${who} running ${quoteAll(id.cmdline)}${where}${chain ? `, started by ${chain}` : ''}${loaders ? `, with ${loaders}` : ''}`;
+  // Unread (too large, or it changed as it was read): said, never shown as a clean one.
+  const unread =
+    id.loaderVars === undefined && !id.hidden ? ', whose environment could not be read' : '';
+  return `${who} running ${quoteAll(id.cmdline)}${where}${chain ? `, started by ${chain}` : ''}${loaders ? `, with ${loaders}` : ''}${unread}`;
 }
 
 /** Who did it, as the audit log records a caller. */

@@ -7,7 +7,8 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
-import type { SecureBuffer } from '../lib/secure.js';
+import { secureAlloc, secureFree, secureRandom, type SecureBuffer } from '../lib/secure.js';
+import { sodium } from '../lib/sodium.js';
 import { assertVarName, MAX_CHILD_FD, type EnvPiece } from '../run/index.js';
 import { assertValidName } from '../vault/index.js';
 import { str } from './protocol.js';
@@ -155,3 +156,33 @@ export function sha256File(p: string): string | undefined {
 
 export const argvHash = (argv: readonly string[]) =>
   createHash('sha256').update(JSON.stringify(argv)).digest('hex');
+
+/** A key for envDigest, drawn once per agent: a digest can't be checked against a guess elsewhere. */
+let digestKey: SecureBuffer | undefined;
+
+/**
+ * A keyed BLAKE2b digest of the environment the caller gives the child (names and values, in
+ * order), for what a remembered approval of the run covers: the same command with GIT_SSH or
+ * NODE_OPTIONS set otherwise is another run. Made in secure memory; only the digest leaves.
+ */
+export function envDigest(env: readonly EnvPiece[]): string {
+  digestKey ??= secureRandom(32);
+  let n = 0;
+  for (const e of env) n += e.name.length + 2 + e.value.length;
+  const all = secureAlloc(Math.max(n, 1));
+  try {
+    let o = 0;
+    for (const e of env) {
+      o += all.write(e.name, o, 'latin1');
+      all[o++] = 0x3d;
+      all.set(e.value, o);
+      o += e.value.length;
+      all[o++] = 0;
+    }
+    const out = Buffer.alloc(32);
+    sodium.crypto_generichash(out, all.subarray(0, o), digestKey);
+    return out.toString('hex');
+  } finally {
+    secureFree(all);
+  }
+}

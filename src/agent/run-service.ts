@@ -21,6 +21,7 @@ import type { Peer } from './peer.js';
 import {
   argvHash,
   parseMeta,
+  envDigest,
   parseRaw,
   resolveProgram,
   sha256File,
@@ -179,7 +180,9 @@ export class RunService {
         programSha ?? null,
         req.argv,
         req.cwd,
-        notable,
+        // The whole environment (a digest): the same command with GIT_SSH set is another run.
+        envDigest(env),
+        req.wanted.map((w) => [w.name, w.as]),
         req.mcp ?? null,
         project?.fileId ?? null,
       ]);

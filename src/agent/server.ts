@@ -388,7 +388,7 @@ export class Agent {
         };
       case 'deny':
         secureFree(f.raw);
-        return { meta: this.gate.deny(str(f.meta, 'id') ?? '') };
+        return { meta: this.gate.deny(str(f.meta, 'id') ?? '', 'cli', conn.id) };
     }
   }
 

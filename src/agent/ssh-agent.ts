@@ -424,7 +424,9 @@ export class SshAgentService {
     const { rule } = await this.host.authorize(who, {
       target: held.target,
       what: `sign with ${label}: ${what.text}`,
-      grantScope: what.scope,
+      // The key is part of what was shown: ssh-added keys share a target when they share a
+      // comment (ssh-keygen's default is user@host).
+      grantScope: JSON.stringify([fp, what.scope]),
       confirmEachUse: held.confirm,
     });
     // The key may have been removed, expired or wiped (lock) while a person decided.

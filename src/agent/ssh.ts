@@ -165,7 +165,8 @@ export function describeSignData(data: Buffer): {
         return {
           text: `an SSH login as ${quote(user)} (${quote(service)})${hostKey ? `, server host key ${hostKey}` : ''}`,
           details: { kind: 'ssh-login', user, ...(hostKey ? { hostKey } : {}) },
-          scope: JSON.stringify(['ssh-login', user, service, hostKey]),
+          // A client that doesn't say the host: this login only (its session id is in the data).
+          scope: JSON.stringify(['ssh-login', user, service, hostKey || sha]),
         };
       }
     }
@@ -175,6 +176,8 @@ export function describeSignData(data: Buffer): {
   return {
     text: `data with SHA-256 ${sha.slice(0, 32)}...`,
     details: { kind: 'data', sha256: sha },
-    scope: JSON.stringify(['data']),
+    // Data of no known shape (a certificate to sign, say): the person saw only its hash, so a
+    // grant covers these bytes alone.
+    scope: JSON.stringify(['data', sha]),
   };
 }

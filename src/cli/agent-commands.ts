@@ -252,6 +252,8 @@ function totpCode(given: string | true, id: string): string {
   return line;
 }
 
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
 /** The first line of standard input (at most 64 bytes: a code is 6 to 8). */
 function firstLineOfStdin(): string {
   const buf = Buffer.alloc(65);
@@ -261,13 +263,12 @@ function firstLineOfStdin(): string {
     try {
       n = fs.readSync(0, buf, len, buf.length - len, null);
     } catch (e) {
-      if (
-        (e as NodeJS.ErrnoException).code === 'EAGAIN' ||
-        (e as NodeJS.ErrnoException).code === 'EINTR'
-      )
-        continue;
-      if ((e as NodeJS.ErrnoException).code === 'EOF') break;
-      throw e;
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EOF') break;
+      if (code !== 'EAGAIN' && code !== 'EINTR') throw e;
+      // A non-blocking stdin with nothing yet: wait a little, not spin.
+      Atomics.wait(pause, 0, 0, 20);
+      continue;
     }
     if (n === 0) break;
     len += n;
