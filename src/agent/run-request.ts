@@ -7,8 +7,13 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
-import { secureAlloc, secureFree, secureRandom, type SecureBuffer } from '../lib/secure.js';
-import { sodium } from '../lib/sodium.js';
+import {
+  secretKeyedDigest,
+  secureAlloc,
+  secureFree,
+  secureRandom,
+  type SecureBuffer,
+} from '../lib/secure.js';
 import { assertVarName, MAX_CHILD_FD, type EnvPiece } from '../run/index.js';
 import { assertValidName } from '../vault/index.js';
 import { str } from './protocol.js';
@@ -179,9 +184,7 @@ export function envDigest(env: readonly EnvPiece[]): string {
       o += e.value.length;
       all[o++] = 0;
     }
-    const out = Buffer.alloc(32);
-    sodium.crypto_generichash(out, all.subarray(0, o), digestKey);
-    return out.toString('hex');
+    return secretKeyedDigest(all.subarray(0, o), digestKey).toString('hex');
   } finally {
     secureFree(all);
   }

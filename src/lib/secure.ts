@@ -181,6 +181,16 @@ export function secretSha256(data: Uint8Array): Buffer {
   return out;
 }
 
+/**
+ * A keyed BLAKE2b-256 digest of secret bytes (libsodium: no state left behind). With a key of
+ * the caller's that never leaves the process, the digest can't be checked against a guess.
+ */
+export function secretKeyedDigest(data: Uint8Array, key: Uint8Array): Buffer {
+  const out = Buffer.alloc(32);
+  sodiumPackage().crypto_generichash(out, data, key);
+  return out;
+}
+
 /** n random bytes straight into secure memory: for keys, never randomBytes. */
 export function secureRandom(n: number): SecureBuffer {
   const b = secureAlloc(n);
