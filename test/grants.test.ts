@@ -287,6 +287,24 @@ describe('every grant ends at lock', () => {
   });
 });
 
+describe('the askpass program is the one the agent started with', () => {
+  test('one replaced by `exit 0` after the agent started approves nothing: it is not run, and that is recorded', async () => {
+    // A short timeout: with the askpass failed, the request waits for the console, then expires.
+    const h = await agentWith(REMEMBER.replace('mode: confirm,', 'mode: confirm, timeout: 1s,'));
+    const pwned = path.join(h.dir, 'ran-the-replacement');
+    // Any process of the user can write the program; the file is replaced, not edited.
+    const fresh = `${h.askpass}.new`;
+    fs.writeFileSync(fresh, `#!/bin/sh\ntouch '${pwned}'\nexit 0\n`, { mode: 0o700 });
+    fs.renameSync(fresh, h.askpass);
+    const r = kw(['read', 'app/token'], { env: h.env });
+    assert.equal(r.code, 7, r.stderr);
+    assert.equal(r.stdout, '');
+    assert.equal(fs.existsSync(pwned), false, 'the replacement never ran');
+    const failed = auditEntries(h).find((e) => e.type === 'approval.askpass_failed');
+    assert.match(String(failed?.reason), /changed since the agent started: not run/);
+  });
+});
+
 describe("the caller's executable", () => {
   test("one too large to hash (a sparse file of 600 MiB) is refused at once where a hash is needed, not read on the agent's thread", async () => {
     const h = await agentWith(REMEMBER);

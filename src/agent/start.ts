@@ -26,12 +26,13 @@ export async function askpassFrom(env: NodeJS.ProcessEnv): Promise<string | unde
   const program = env[name] || undefined;
   if (program === undefined) return undefined;
   // The approval domain loads with the agent (and for this check), not with `agent stop`.
-  const { askpassProblem } = await import('../approval/index.js');
+  const { askpassPin, askpassProblem } = await import('../approval/index.js');
   const problem = askpassProblem(program, env['PATH']);
   if (problem)
     throw new KeywardError('USAGE', `${name}=${printable(program, 200)}: ${problem}`, {
       hint: `install it, point ${name} at an approval program, or unset it and approve in the console (keyward console)`,
     });
+  askpassPin(program, env['PATH']);
   return program;
 }
 

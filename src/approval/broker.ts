@@ -294,9 +294,18 @@ export function askpass(
         resolve(a);
       }
     };
+    // A program pinned at the agent's start runs only as it was then (askpassPin).
+    const pin = pinned.get(program);
+    if (pin && contentHash(pin.path) !== pin.sha256) {
+      finish({
+        ok: false,
+        failure: `${pin.path} changed since the agent started: not run (restart the agent to use the new one)`,
+      });
+      return;
+    }
     let child;
     try {
-      child = spawn(program, [prompt], {
+      child = spawn(pin?.path ?? program, [prompt], {
         env: { ...env, SSH_ASKPASS_PROMPT: 'confirm' },
         stdio: ['ignore', 'ignore', 'ignore'],
       });
@@ -319,6 +328,42 @@ export function askpass(
       else finish({ ok: false, failure: `exited with status ${code}` });
     });
   });
+}
+
+/** Askpass programs pinned at the agent's start: where each was found, and its content's hash. */
+const pinned = new Map<string, { path: string; sha256: string }>();
+
+/** SHA-256 of a file's content, or undefined when it can't be read (public bytes). */
+function contentHash(file: string): string | undefined {
+  try {
+    return createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Pins the askpass program as it is at the agent's start: found once on PATH (not again at each
+ * prompt), and its content hashed. A program replaced or edited since (by any process of the
+ * user: `exit 0` approves everything) is not run, and the request is not approved by it.
+ */
+export function askpassPin(program: string, envPath: string | undefined): void {
+  const found = program.includes('/')
+    ? path.resolve(program)
+    : (envPath ?? '')
+        .split(':')
+        .filter((d) => d !== '')
+        .map((d) => path.resolve(d, program))
+        .find((c) => {
+          try {
+            fs.accessSync(c, fs.constants.X_OK);
+            return fs.statSync(c).isFile();
+          } catch {
+            return false;
+          }
+        });
+  const sha256 = found === undefined ? undefined : contentHash(found);
+  if (found !== undefined && sha256 !== undefined) pinned.set(program, { path: found, sha256 });
 }
 
 /**

@@ -4,6 +4,7 @@
  */
 export {
   askpass,
+  askpassPin,
   askpassProblem,
   Broker,
   Grants,
