@@ -125,7 +125,6 @@ function loaderVariables(
               const value = SHOWN_VALUES.test(name)
                 ? env.subarray(at + eq + 1, Math.min(end, at + eq + 1 + 4096)).toString('utf8')
                 : undefined;
-              list.delete(name);
               list.set(name, value);
             } else more += 1;
           }

@@ -7,13 +7,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
-import {
-  secretKeyedDigest,
-  secureAlloc,
-  secureFree,
-  secureRandom,
-  type SecureBuffer,
-} from '../lib/secure.js';
+import { secretKeyedDigest, secureRandom, type SecureBuffer } from '../lib/secure.js';
 import { assertVarName, MAX_CHILD_FD, type EnvPiece } from '../run/index.js';
 import { assertValidName } from '../vault/index.js';
 import { str } from './protocol.js';
@@ -44,9 +38,14 @@ const bad = (m: string) => new UsageError('USAGE', m);
  * The raw part of a run request: u32 argc, argc NUL-terminated arguments, then the caller's
  * environment as NAME=VALUE entries, NUL-separated. Arguments become strings (they are shown
  * to a person and recorded); environment values stay views into raw (secure memory: a caller's
- * environment often holds tokens of its own); names become strings.
+ * environment often holds tokens of its own); names become strings. environ: the environment's
+ * bytes as they came (a view), for envDigest.
  */
-export function parseRaw(raw: SecureBuffer | undefined): { argv: string[]; env: EnvPiece[] } {
+export function parseRaw(raw: SecureBuffer | undefined): {
+  argv: string[];
+  env: EnvPiece[];
+  environ: Uint8Array;
+} {
   if (!raw || raw.length < 4) throw bad('run needs a command: keyward run [options] -- COMMAND');
   const argc = raw.readUInt32BE(0);
   if (argc === 0 || argc > MAX_ARGS)
@@ -60,6 +59,7 @@ export function parseRaw(raw: SecureBuffer | undefined): { argv: string[]; env: 
     at = end + 1;
   }
   const env: EnvPiece[] = [];
+  const environ = raw.subarray(at);
   while (at < raw.length) {
     let end = raw.indexOf(0, at);
     if (end < 0) end = raw.length;
@@ -73,7 +73,7 @@ export function parseRaw(raw: SecureBuffer | undefined): { argv: string[]; env: 
     }
     at = end + 1;
   }
-  return { argv, env };
+  return { argv, env, environ };
 }
 
 /** Reads and checks the request's metadata: where, and which secret goes where. */
@@ -166,26 +166,11 @@ export const argvHash = (argv: readonly string[]) =>
 let digestKey: SecureBuffer | undefined;
 
 /**
- * A keyed BLAKE2b digest of the environment the caller gives the child (names and values, in
- * order), for what a remembered approval of the run covers: the same command with GIT_SSH or
- * NODE_OPTIONS set otherwise is another run. Made in secure memory; only the digest leaves.
+ * A keyed BLAKE2b digest of the environment the caller gives the child (its bytes as sent), for
+ * what a remembered approval of the run covers: the same command with GIT_SSH or NODE_OPTIONS
+ * set otherwise is another run. Only the digest leaves secure memory.
  */
-export function envDigest(env: readonly EnvPiece[]): string {
+export function envDigest(environ: Uint8Array): string {
   digestKey ??= secureRandom(32);
-  let n = 0;
-  for (const e of env) n += e.name.length + 2 + e.value.length;
-  const all = secureAlloc(Math.max(n, 1));
-  try {
-    let o = 0;
-    for (const e of env) {
-      o += all.write(e.name, o, 'latin1');
-      all[o++] = 0x3d;
-      all.set(e.value, o);
-      o += e.value.length;
-      all[o++] = 0;
-    }
-    return secretKeyedDigest(all.subarray(0, o), digestKey).toString('hex');
-  } finally {
-    secureFree(all);
-  }
+  return secretKeyedDigest(environ, digestKey).toString('hex');
 }

@@ -111,7 +111,7 @@ export class RunService {
     try {
       const split = ProjectRun.split(f.meta, f.raw);
       project = split.project;
-      const { argv, env } = parseRaw(split.head);
+      const { argv, env, environ } = parseRaw(split.head);
       const req = parseMeta(f.meta, argv);
       const pathEntry = env.filter((e) => e.name === 'PATH').at(-1);
       // PATH is no secret: it is how the program is found, as the caller's shell would.
@@ -181,7 +181,7 @@ export class RunService {
         req.argv,
         req.cwd,
         // The whole environment (a digest): the same command with GIT_SSH set is another run.
-        envDigest(env),
+        envDigest(environ),
         req.wanted.map((w) => [w.name, w.as]),
         req.mcp ?? null,
         project?.fileId ?? null,

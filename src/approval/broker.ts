@@ -342,28 +342,34 @@ function contentHash(file: string): string | undefined {
   }
 }
 
+/** Where a program (a path, or a name on PATH) is: its first executable regular file. */
+function locate(program: string, envPath: string | undefined): string | undefined {
+  const candidates = program.includes('/')
+    ? [program]
+    : (envPath ?? '')
+        .split(':')
+        .filter((d) => d !== '')
+        .map((d) => path.join(d, program));
+  return candidates.find((c) => {
+    try {
+      fs.accessSync(c, fs.constants.X_OK);
+      return fs.statSync(c).isFile();
+    } catch {
+      return false;
+    }
+  });
+}
+
 /**
  * Pins the askpass program as it is at the agent's start: found once on PATH (not again at each
  * prompt), and its content hashed. A program replaced or edited since (by any process of the
  * user: `exit 0` approves everything) is not run, and the request is not approved by it.
  */
 export function askpassPin(program: string, envPath: string | undefined): void {
-  const found = program.includes('/')
-    ? path.resolve(program)
-    : (envPath ?? '')
-        .split(':')
-        .filter((d) => d !== '')
-        .map((d) => path.resolve(d, program))
-        .find((c) => {
-          try {
-            fs.accessSync(c, fs.constants.X_OK);
-            return fs.statSync(c).isFile();
-          } catch {
-            return false;
-          }
-        });
+  const found = locate(program, envPath);
   const sha256 = found === undefined ? undefined : contentHash(found);
-  if (found !== undefined && sha256 !== undefined) pinned.set(program, { path: found, sha256 });
+  if (found !== undefined && sha256 !== undefined)
+    pinned.set(program, { path: path.resolve(found), sha256 });
 }
 
 /**
@@ -371,22 +377,9 @@ export function askpassPin(program: string, envPath: string | undefined): void {
  * an executable regular file. Checked at agent start and by doctor.
  */
 export function askpassProblem(program: string, envPath: string | undefined): string | undefined {
-  const candidates = program.includes('/')
-    ? [program]
-    : (envPath ?? '')
-        .split(':')
-        .filter((d) => d !== '')
-        .map((d) => path.join(d, program));
-  if (candidates.length === 0) return `${program} is not a path and there is no PATH`;
-  for (const c of candidates) {
-    try {
-      if (!fs.statSync(c).isFile()) continue;
-      fs.accessSync(c, fs.constants.X_OK);
-      return undefined;
-    } catch {
-      continue;
-    }
-  }
+  if (!program.includes('/') && !(envPath ?? '').split(':').some((d) => d !== ''))
+    return `${program} is not a path and there is no PATH`;
+  if (locate(program, envPath) !== undefined) return undefined;
   return program.includes('/')
     ? `${program} is not an executable file`
     : `${program} was not found on PATH`;

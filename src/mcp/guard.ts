@@ -104,8 +104,8 @@ export class Guard {
   /**
    * A tools/call about to be forwarded (under callId, which its records name), in one round
    * trip to the agent: its arguments scanned (with leak blocking) and, when they hold no
-   * released value, its mcp.call record made durable by the agent. Returns the names found (then nothing was recorded); throws when the call could
-   * not be checked or recorded.
+   * released value, its mcp.call record made durable by the agent. Returns the names found
+   * (then nothing was recorded); throws when the call could not be checked or recorded.
    */
   async call(m: Json, tool: string, argsSha256: string, callId: string): Promise<string[]> {
     const p = await this.policy();
