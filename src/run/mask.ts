@@ -19,6 +19,12 @@ export class Masker {
    */
   private work: SecureBuffer = secureAlloc(64 * 1024);
   private heldLen = 0;
+  /**
+   * How many of the held bytes a marker already stands for: the end of a masked range that a
+   * form beginning inside it may run on past (into the next chunk). The next scan masks such a
+   * form as part of that marker, as it would have had the chunk not been cut there.
+   */
+  private heldMasked = 0;
   private readonly forms: SecureBuffer[];
   private readonly maxLen: number;
 
@@ -45,9 +51,10 @@ export class Masker {
     chunk.copy(this.work, this.heldLen);
     zero(chunk);
     const data = this.work.subarray(0, total) as SecureBuffer;
-    const { out, consumed } = this.scan(data, false);
+    const { out, consumed, masked } = this.scan(data, false, this.heldMasked);
     this.work.copy(this.work, 0, consumed, total);
     this.heldLen = total - consumed;
+    this.heldMasked = masked;
     this.work.fill(0, this.heldLen, total);
     return out;
   }
@@ -55,9 +62,10 @@ export class Masker {
   /** The held-back bytes at the end of the stream (they are no form: the stream ended). */
   flush(): Buffer {
     const data = this.work.subarray(0, this.heldLen) as SecureBuffer;
-    const { out } = this.scan(data, true);
+    const { out } = this.scan(data, true, this.heldMasked);
     this.work.fill(0, 0, this.heldLen);
     this.heldLen = 0;
+    this.heldMasked = 0;
     return out;
   }
 
@@ -66,6 +74,7 @@ export class Masker {
     this.forms.length = 0;
     secureFree(this.work);
     this.heldLen = 0;
+    this.heldMasked = 0;
   }
 
   /**
@@ -73,12 +82,21 @@ export class Masker {
    * final, stops before the earliest position from which a form could still begin (a suffix of
    * data that is a proper prefix of a form). Each form is searched once per position it falls
    * behind, so the work is about (forms x data), not (matches x forms x data).
+   *
+   * masked: how many of data's first bytes the last marker written already stands for; a form
+   * that begins in them is part of that marker. Returned: where the bytes to hold begin
+   * (consumed), and how many of those the markers written stand for (masked): the end of a
+   * masked range that a form begun inside it may still run past, once more data comes.
    */
-  private scan(data: SecureBuffer, final: boolean): { out: Buffer; consumed: number } {
+  private scan(
+    data: SecureBuffer,
+    final: boolean,
+    masked: number,
+  ): { out: Buffer; consumed: number; masked: number } {
     const keep = final ? data.length : data.length - this.partialTail(data);
     const next = this.forms.map((f) => data.indexOf(f));
     const parts: Buffer[] = [];
-    let pos = 0;
+    let pos = masked;
     for (;;) {
       let best = -1;
       for (let i = 0; i < this.forms.length; i++) {
@@ -105,8 +123,10 @@ export class Masker {
           next[i] = at;
         }
       }
-      parts.push(Buffer.from(data.subarray(pos, best)), MASK_MARKER);
-      pos = end;
+      // Begun inside what the last marker stands for (held from the chunk before): that marker
+      // covers it. Otherwise the bytes before it, and a marker of its own.
+      if (best >= pos) parts.push(Buffer.from(data.subarray(pos, best)), MASK_MARKER);
+      pos = Math.max(pos, end);
       for (let i = 0; i < this.forms.length; i++) {
         const f = this.forms[i];
         const at = next[i] ?? -1;
@@ -118,7 +138,11 @@ export class Masker {
     const out = Buffer.concat(parts);
     // The pieces are copies of what passed (a prefix of a value, say): zeroed, not left to GC.
     for (const p of parts) if (p !== MASK_MARKER) zero(p);
-    return { out, consumed: end };
+    // A form may begin inside the last masked range and go on past data's end (one value's end
+    // is another's start): partialTail found its start (keep) before the range's end. Those
+    // bytes are held, as masked, so the next chunk's part of that form is masked too.
+    if (keep < pos) return { out, consumed: keep, masked: pos - keep };
+    return { out, consumed: end, masked: 0 };
   }
 
   /** The length of the longest suffix of data that is a proper prefix of some form. */
