@@ -4,7 +4,7 @@
  */
 import { askpass, type Broker } from '../approval/index.js';
 import type { AuditRecord } from '../audit/index.js';
-import type { GateHost } from './gate.js';
+import type { GateHost } from './gate-types.js';
 
 /**
  * Asks through the askpass program, else the terminal, and settles the request with the answer.

@@ -51,13 +51,11 @@ export {
   rekeyBox,
   readEntries,
   type EntrySelection,
-  readSeedFile,
   verifyAgainst,
   verifyLog,
   writeCheckpoint,
-  writeSeedHex,
-  writeSeedQr,
   type ReadEntry,
   type VerifyRequest,
 } from './service.js';
+export { readSeedFile, writeSeedHex, writeSeedQr } from './seed.js';
 export type { CopyComparison } from './copy.js';
