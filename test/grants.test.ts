@@ -9,6 +9,7 @@ import path from 'node:path';
 import readline from 'node:readline';
 import { after, describe, test } from 'node:test';
 import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import { agentStatus } from '../src/agent/client.js';
 import { BIN, kw, ROOT } from './helpers.js';
 
 const REMEMBER =
@@ -306,6 +307,35 @@ describe('the askpass program is the one the agent started with', () => {
 });
 
 describe("the caller's executable", () => {
+  test('one being hashed (node, sparse to 500 MiB) does not hold the agent: others are answered while it is read', async () => {
+    const h = await agentWith(REMEMBER);
+    const big = path.join(h.dir, 'big-node');
+    fs.copyFileSync(process.execPath, big);
+    fs.truncateSync(big, 500 * 1024 * 1024);
+    fs.chmodSync(big, 0o755);
+    const pid = h.agentPid;
+    assert.ok(pid !== undefined);
+    // What the agent has read so far (every read and pread counts): its progress through the file.
+    const readBytes = () =>
+      Number(/^rchar: (\d+)$/m.exec(fs.readFileSync(`/proc/${pid}/io`, 'utf8'))?.[1]);
+    const before = readBytes();
+    const p = oneProcess(h, big);
+    h.answer('yes');
+    // The read needs the hash (a grant remembered per process).
+    const asked = p.ask({ op: 'read', name: 'app/token' });
+    while (readBytes() < before + 16 * 1024 * 1024) await new Promise((r) => setImmediate(r));
+    // Another client, while the hash is being taken.
+    const status = await agentStatus(h.sock);
+    assert.equal(status?.['locked'], false);
+    const atStatus = readBytes();
+    assert.deepEqual(await asked, { ok: true, value: 'remembered-value' });
+    assert.ok(
+      readBytes() - atStatus > 128 * 1024 * 1024,
+      'the hash went on after the other client was answered',
+    );
+    p.end();
+  });
+
   test("one too large to hash (a sparse file of 600 MiB) is refused at once where a hash is needed, not read on the agent's thread", async () => {
     const h = await agentWith(REMEMBER);
     // node, made sparse to 600 MiB: it still runs (the zeros follow the ELF image), and its hash

@@ -26,9 +26,10 @@ import { closeFd } from '../lib/libc.js';
 
 const hashCache = new Map<string, string>();
 /**
- * Larger executables are not hashed (a refusal wherever a hash is needed): the hash is read on
- * the agent's thread, and a sparse file of a terabyte (truncate -s 1T) held it for the better
- * part of an hour. node is 99 MB, the largest common programs a few hundred.
+ * Larger executables are not hashed (a refusal wherever a hash is needed): a sparse file of a
+ * terabyte (truncate -s 1T) took the better part of an hour to hash, then on the agent's thread;
+ * off it now (prepare()), it would still keep a core busy that long. node is 99 MB, the largest
+ * common programs a few hundred.
  */
 const EXE_HASH_MAX_BYTES = 512 * 1024 * 1024;
 /** Executables hashed and remembered at once; past it the cache starts over. */
@@ -45,6 +46,20 @@ const require = createRequire(import.meta.url);
 
 function keyOf(st: fs.BigIntStats): string {
   return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+/** The same, each chunk read on libuv's thread pool (a buffer of its own: several may run). */
+async function hashFdAsync(fd: number): Promise<string> {
+  sha256 ??= (require('node:crypto') as typeof Crypto).createHash;
+  const buf = Buffer.allocUnsafe(1 << 20);
+  const h = sha256('sha256');
+  const read = (at: number) =>
+    new Promise<number>((resolve, reject) =>
+      fs.read(fd, buf, 0, buf.length, at, (e, n) => (e ? reject(e) : resolve(n))),
+    );
+  let at = 0;
+  for (let n; (n = await read(at)) > 0; at += n) h.update(buf.subarray(0, n));
+  return h.digest('hex');
 }
 
 /** SHA-256 of an open file from its start, a chunk at a time. */
@@ -76,6 +91,8 @@ export class ExeHash {
   private value: string | undefined;
   private fd: number | undefined;
   private failure: string | undefined;
+  /** The hash being taken off the thread (prepare()); its end closes the descriptor. */
+  private taking: Promise<void> | undefined;
 
   constructor(
     private readonly key: string,
@@ -102,6 +119,8 @@ export class ExeHash {
    */
   get(): string {
     if (this.value !== undefined) return this.value;
+    // While prepare() reads the file, a caller that can't wait hashes it here (positioned reads:
+    // the two don't disturb each other), and the descriptor stays open until both are done.
     if (this.failure !== undefined || this.fd === undefined)
       throw refused(this.failure ?? 'was not hashed while it could be');
     const fd = this.fd;
@@ -131,8 +150,56 @@ export class ExeHash {
     return h;
   }
 
+  /**
+   * Takes the hash without holding the agent's thread: the file is read a chunk at a time on
+   * libuv's thread pool and hashed between other work, so a large executable (node is 99 MB)
+   * delays only its own requests. get() then answers at once. The same checks as get(): the
+   * file's stat before and after, the size limit; a failure is kept as get()'s.
+   */
+  prepare(): Promise<void> {
+    if (this.value !== undefined || this.failure !== undefined || this.fd === undefined)
+      return Promise.resolve();
+    const cached = hashCache.get(this.key);
+    if (cached !== undefined) {
+      this.value = cached;
+      this.close();
+      return Promise.resolve();
+    }
+    return (this.taking ??= this.take(this.fd));
+  }
+
+  private async take(fd: number): Promise<void> {
+    let h: string | undefined;
+    let why = 'changed on disk (or could not be read) after it connected';
+    try {
+      const st = fs.fstatSync(fd, { bigint: true });
+      if (st.size > BigInt(EXE_HASH_MAX_BYTES))
+        why = `is larger than ${EXE_HASH_MAX_BYTES / 1024 / 1024} MiB, too large to hash`;
+      else if (keyOf(st) === this.key) {
+        const hashed = await hashFdAsync(fd);
+        if (keyOf(fs.fstatSync(fd, { bigint: true })) === this.key) h = hashed;
+      }
+    } catch {
+      h = undefined;
+    }
+    this.taking = undefined;
+    // get() may have answered meanwhile, on the thread (a hash or a refusal): that answer stands.
+    if (this.value === undefined && this.failure === undefined) {
+      if (h === undefined) this.failure = why;
+      else {
+        if (hashCache.size >= HASH_CACHE_MAX) hashCache.clear();
+        hashCache.set(this.key, h);
+        this.value = h;
+      }
+    }
+    this.close();
+  }
+
   /** Gives the descriptor back; a hash not taken by now is refused from here on. */
   close(): void {
+    // Not while a read of it is on the thread pool (the number could name another file by
+    // then): the hash's end closes it.
+    if (this.taking !== undefined) return;
     if (this.fd !== undefined) closeFd(this.fd);
     this.fd = undefined;
     if (this.value === undefined) this.failure ??= 'was not hashed while it could be';

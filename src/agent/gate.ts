@@ -33,7 +33,7 @@ import { FactorCheck } from './factors.js';
 import { askLocally } from './gate-local.js';
 import { liveIn, OperatorDesk } from './operator-desk.js';
 import { alsoDetails, coversText, grantHolder, requesterOf } from './gate-caller.js';
-import { actorOf, type ProcessIdentity } from './identity.js';
+import { actorOf, exeHashOf, type ProcessIdentity } from './identity.js';
 import { changedSince, type Peer } from './peer.js';
 import type { GateHost, GateRequest } from './gate-types.js';
 import { locked } from './unlock.js';
@@ -154,6 +154,9 @@ export class Gate {
    */
   async authorize(caller: Peer, req: GateRequest): Promise<{ rule: string | undefined }> {
     const { id } = caller;
+    // The executable's hash is read off the thread first (a large one delays this request, not
+    // the agent); what the vault and the policy are is read after it.
+    await exeHashOf(id)?.prepare();
     const w = this.host.window;
     const v = w.unlocked();
     const policy = w.currentPolicy(v);
