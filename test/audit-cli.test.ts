@@ -4,6 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
@@ -11,6 +12,7 @@ import { describe, test } from 'node:test';
 import { agentHome, auditEntries, startAgent, stopAgent, withoutAgent } from './agent-helpers.js';
 import { FAST_KDF, initHome, kw, rootTests, type Home, type Run } from './helpers.js';
 import { parseLine } from '../src/audit/entry.js';
+import { AuditLog } from '../src/audit/log.js';
 
 interface Row {
   seq: number;
@@ -18,6 +20,7 @@ interface Row {
   body: {
     target: string | null;
     decision: string;
+    reason?: string;
     actor: { pid: number; cmdline: string[] };
     details: Record<string, unknown>;
   };
@@ -363,6 +366,117 @@ describe('keyward audit', () => {
       h: number,
     ) => { data: string } | null;
     assert.equal(jsQR(px, w, hgt)?.data, hex);
+  });
+});
+
+/**
+ * The state file names the key every body is sealed to (bytes 56-88): a process of the user can
+ * write its own there, and with it read who asked for what from then on.
+ */
+function swapBoxKey(h: Home): Buffer {
+  const file = path.join(auditDir(h), 'state');
+  const st = fs.readFileSync(file);
+  const original = Buffer.from(st.subarray(56, 88));
+  randomBytes(32).copy(st, 56);
+  fs.writeFileSync(`${file}.new`, st, { mode: 0o600 });
+  fs.renameSync(`${file}.new`, file);
+  return original;
+}
+
+describe("the box key in the audit state is the vault's", () => {
+  test('one swapped in by another process is found by the next command that holds the vault: recorded as a break, set back, and no body is sealed to it', () => {
+    const h = initHome();
+    assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);
+    const original = swapBoxKey(h);
+    assert.equal(kw(['secret', 'set', 'b'], { env: h.env, input: 'value-bbbb' }).code, 0);
+    const all = rows(h);
+    for (const r of all) assert.equal(typeof r.body, 'object', `seq ${r.seq}: ${String(r.body)}`);
+    assert.ok(all.some((r) => r.type === 'secret.set' && r.body.target === 'b'));
+    const gap = all.find((r) => r.type === 'audit.gap');
+    assert.match(String(gap?.body.reason), /box key that is not this vault's/);
+    const st = fs.readFileSync(path.join(auditDir(h), 'state'));
+    assert.deepEqual(st.subarray(56, 88), original, "the state names the vault's key again");
+    const v = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(v.code, 8, v.stdout + v.stderr);
+    assert.match(v.stderr, /not acknowledged: audit.gap at seq \d+/);
+  });
+
+  test('one swapped in under a running, unlocked agent: the agent records the break and locks; the body of the request that found it opens', async () => {
+    const h = agentHome(
+      'version: 1\nrules:\n  - { name: allow, targets: ["**"], kind: secret, decision: allow }\n',
+    );
+    assert.equal(kw(['secret', 'set', 'api/token'], { env: h.env, input: 'value-aaaa' }).code, 0);
+    await startAgent(h);
+    try {
+      assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+      assert.equal(kw(['read', 'api/token'], { env: h.env }).code, 0);
+      swapBoxKey(h);
+      const r = kw(['read', 'api/token'], { env: h.env });
+      assert.notEqual(r.code, 0, 'nothing is released once the log was tampered with');
+      assert.equal(r.stdout, '');
+      const status = kw(['status'], { env: h.env });
+      assert.match(status.stdout, /locked/);
+    } finally {
+      await stopAgent(h);
+    }
+    const entries = auditEntries(h);
+    const gap = entries.find((e) => e.type === 'audit.gap');
+    assert.match(String(gap?.reason), /box key that is not this vault's/);
+    assert.equal(
+      entries.filter((e) => e.type === 'secret.read' && e.target === 'api/token').length,
+      2,
+      'both reads recorded, and their bodies open with the vault',
+    );
+  });
+});
+
+describe("an acknowledgement is the passphrase holder's", () => {
+  test('one appended by another process (the state file holds the key that MACs new entries) does not silence a recorded break', async () => {
+    const h = agentHome(
+      'version: 1\nrules:\n  - { name: allow, targets: ["**"], kind: secret, decision: allow }\n',
+    );
+    assert.equal(kw(['secret', 'set', 'api/token'], { env: h.env, input: 'value-aaaa' }).code, 0);
+    await startAgent(h);
+    try {
+      assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+      for (let i = 0; i < 3; i++) assert.equal(kw(['read', 'api/token'], { env: h.env }).code, 0);
+      // The newest entries cut behind the running agent: its next write records the break.
+      const ls = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
+      fs.writeFileSync(segment(h), `${ls.slice(0, ls.length - 3).join('\n')}\n`);
+      assert.notEqual(kw(['read', 'api/token'], { env: h.env }).code, 0);
+    } finally {
+      await stopAgent(h);
+    }
+    const before = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(before.code, 8, before.stdout + before.stderr);
+    assert.match(before.stderr, /not acknowledged: audit\.gap at seq \d+/);
+    // The attacker writes a well-formed, MACed acknowledgement with nothing but the log's files.
+    new AuditLog(h.home).append([
+      {
+        type: 'audit.acknowledged',
+        decision: 'info',
+        reason: 'the person acknowledged 1 recorded break(s) of the audit log',
+        details: { gaps: null, unrecordedBreak: null },
+      },
+    ]);
+    const forged = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(forged.code, 8, forged.stdout + forged.stderr);
+    assert.match(forged.stderr, /audit\.acknowledged .*not made with this vault/);
+    // Without the vault, verify can't tell, and says so.
+    const chain = kw(['audit', 'verify', '--chain-only'], { env: withoutAgent(h) });
+    assert.match(chain.stdout + chain.stderr, /acknowledgements not checked/);
+  });
+
+  test("the person's acknowledgement ends the report of the breaks before it", () => {
+    const h = initHome();
+    for (const n of ['a', 'b', 'c']) kw(['secret', 'set', n], { env: h.env, input: 'value-aaaa' });
+    const ls = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
+    fs.writeFileSync(segment(h), `${ls.slice(0, ls.length - 2).join('\n')}\n`);
+    assert.equal(kw(['audit', 'verify'], { env: h.env }).code, 8);
+    assert.equal(kw(['audit', 'acknowledge'], { env: h.env }).code, 0);
+    const r = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /recorded break\(s\), acknowledged: audit.gap at seq \d+/);
   });
 });
 

@@ -118,11 +118,13 @@ export class Agent {
     // The agent is the log's long-running writer: it keeps the state and segment between appends.
     this.auditLog = new AuditLog(o.home, { keep: true });
     this.audit = new GroupCommitter(this.auditLog);
+    // While unlocked, bodies are sealed to the vault's box key, whatever audit/state names.
+    this.auditLog.trustBoxKeys(() => this.window.boxTrust());
     // The log was cut behind the agent (its last entry is gone or changed): the batch that found
     // it begins with audit.gap, and the agent locks before anything of that batch is released.
     this.audit.onGap = (reason) => {
-      this.o.log?.(`the audit log was cut: ${reason}`);
-      void this.lock(`the audit log was cut: ${reason}`);
+      this.o.log?.(`the audit log was tampered with: ${reason}`);
+      void this.lock(`the audit log was tampered with: ${reason}`);
     };
     const services = makeServices(o, {
       record: (r) => this.record(r),

@@ -5,7 +5,14 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { AuditLog, auditSink, checkpointAtLock, type AuditRecord } from '../audit/index.js';
+import {
+  AuditLog,
+  auditSink,
+  boxTrustOf,
+  checkpointAtLock,
+  type AuditRecord,
+  type BoxTrust,
+} from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { withFileLock, withFileLockAsync } from '../lib/files.js';
 import { WatchedStamp } from '../lib/watch.js';
@@ -60,9 +67,26 @@ export class UnlockWindow {
   private policyStamp = '';
   /** Bumped at every unlock, lock and vault re-read: caches of vault contents key on it. */
   gen = 0;
+  private box: { gen: number; trust: BoxTrust | undefined } | undefined;
 
   constructor(private readonly host: WindowHost) {
     this.vp = vaultPaths(host.home);
+  }
+
+  /**
+   * The open vault's audit box keys, for the agent's writer (AuditLog.trustBoxKeys): worked out
+   * again when the vault was (a rekey changes them); none while locked.
+   */
+  boxTrust(): BoxTrust | undefined {
+    if (!this.vault) return undefined;
+    let v: Vault;
+    try {
+      v = this.unlocked();
+    } catch {
+      return undefined;
+    }
+    if (this.box?.gen !== this.gen) this.box = { gen: this.gen, trust: boxTrustOf(v, 'the agent') };
+    return this.box.trust;
   }
 
   get isOpen(): boolean {

@@ -22,6 +22,15 @@ import type { Checkpoint } from './verify.js';
 
 const CHECKPOINT_LABEL = 'audit-checkpoint';
 const ANCHOR = '@audit/checkpoint';
+/**
+ * The acknowledgements the person made (seq and hash of each `audit.acknowledged`), kept in the
+ * vault: the state file holds the key that MACs new entries, so any process of the user can
+ * write one that verifies. verify honours only those the vault knows, and those at or before its
+ * first seq (the log as it was when this vault began keeping them: written by keyward before).
+ */
+const ACKS = '@audit/acknowledged';
+/** Acknowledgements kept by seq; past this, the oldest are folded into the first seq. */
+const ACKS_KEPT = 4096;
 
 export interface SealedCheckpoint extends Checkpoint {
   /** Where it was kept: the checkpoint file, the vault, or the memory of the agent that wrote it. */
@@ -43,6 +52,68 @@ function decode(plain: Uint8Array, where: string): Checkpoint {
     );
   const b = Buffer.from(plain);
   return { seq: Number(b.readBigUInt64BE(0)), hash: b.subarray(8).toString('hex') };
+}
+
+interface Acks {
+  /** Acknowledgements at or before this seq are honoured (the log before the vault kept them). */
+  through: number;
+  made: Checkpoint[];
+}
+
+function readAcks(v: Vault): Acks | undefined {
+  const raw = v.revealInternal(ACKS);
+  if (!raw) return undefined;
+  try {
+    const b = Buffer.from(raw);
+    if (b.length < 8 || (b.length - 8) % 40 !== 0)
+      throw new IntegrityError(
+        'AUDIT_CHAIN_BROKEN',
+        "the vault's record of audit acknowledgements is malformed",
+      );
+    const made: Checkpoint[] = [];
+    for (let at = 8; at < b.length; at += 40) made.push(decode(b.subarray(at, at + 40), 'vault'));
+    return { through: Number(b.readBigUInt64BE(0)), made };
+  } finally {
+    secureFree(raw);
+  }
+}
+
+function writeAcks(v: Vault, a: Acks): void {
+  const b = Buffer.alloc(8 + 40 * a.made.length);
+  b.writeBigUInt64BE(BigInt(a.through), 0);
+  a.made.forEach((m, i) => encode(m).copy(b, 8 + 40 * i));
+  const value = secureTake(b);
+  try {
+    v.setInternal(ACKS, value);
+  } finally {
+    secureFree(value);
+  }
+}
+
+/**
+ * Whether an `audit.acknowledged` entry is one the person made (verify, with the vault);
+ * undefined when the vault keeps no record yet (made before keyward kept them: any save starts
+ * one), and they can't be told apart.
+ */
+export function acknowledgedBy(v: Vault): ((seq: number, hash: string) => boolean) | undefined {
+  const a = readAcks(v);
+  if (!a) return undefined;
+  const made = new Set(a.made.map((m) => `${m.seq}:${m.hash}`));
+  return (seq, hash) => seq <= a.through || made.has(`${seq}:${hash}`);
+}
+
+/** Starts the vault's record of acknowledgements (before a save): the log so far is keyward's. */
+export function startAcks(v: Vault, head: number): void {
+  const had = v.revealInternal(ACKS);
+  if (had) secureFree(had);
+  else writeAcks(v, { through: head, made: [] });
+}
+
+function noteAck(v: Vault, ack: Checkpoint, head: number): void {
+  const a = readAcks(v) ?? { through: head - 1, made: [] };
+  a.made.push(ack);
+  while (a.made.length > ACKS_KEPT) a.through = Math.max(a.through, a.made.shift()?.seq ?? 0);
+  writeAcks(v, a);
 }
 
 /** Every checkpoint this vault and log have: the file's and the vault's, when present. */
@@ -151,6 +222,7 @@ export function sealFile(log: AuditLog, v: Vault, cp: Checkpoint): void {
 /** Puts the head into the vault (before a save): only when it extends what the vault had. */
 export function setAnchor(log: AuditLog, v: Vault, force = false): void {
   if (!log.exists()) return;
+  startAcks(v, log.head().seq);
   if (!force && findBreak(log, readCheckpoints(log, v)) !== undefined) return;
   anchorAt(v, log.head());
 }
@@ -186,7 +258,7 @@ export function sealCheckpoint(log: AuditLog, v: Vault, by: string): Break | und
 export function acknowledgeBreaks(log: AuditLog, v: Vault): number[] {
   const gaps = log.unacknowledgedGaps();
   const b = findBreak(log, readCheckpoints(log, v));
-  log.append([
+  const ack = log.append([
     {
       type: 'audit.acknowledged',
       decision: 'info',
@@ -200,6 +272,8 @@ export function acknowledgeBreaks(log: AuditLog, v: Vault): number[] {
       },
     },
   ]);
+  // The vault knows this one is the person's (the caller saves it).
+  noteAck(v, { seq: ack.seq, hash: ack.hash }, ack.seq);
   sealFile(log, v, log.head());
   setAnchor(log, v, true);
   return gaps;

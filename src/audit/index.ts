@@ -59,3 +59,5 @@ export {
 } from './service.js';
 export { readSeedFile, writeSeedHex, writeSeedQr } from './seed.js';
 export type { CopyComparison } from './copy.js';
+export { boxTrustOf } from './vault-keys.js';
+export type { BoxTrust } from './log.js';

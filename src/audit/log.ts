@@ -73,6 +73,17 @@ export interface Head {
   written?: ShippedEntry[];
 }
 
+/**
+ * The box keys a writer that holds the vault knows (docs/AUDIT.md, "Keys"): bodies are sealed to
+ * `current`; `retired` (audit rekey's earlier keys) still open with the vault.
+ */
+export interface BoxTrust {
+  current: Buffer;
+  retired(): Buffer[];
+  /** Who found a wrong key, for the record: "the agent", "the command line". */
+  by: string;
+}
+
 /** A segment's lstat taken under the lock, to be used again in the same append. */
 interface SegmentSeen {
   segment: number;
@@ -111,6 +122,7 @@ export class AuditLog {
   private shipOverride: ShipConfig | undefined;
   /** What this writer knows of the log since it last wrote, while the files' stamps hold. */
   private known: Known | undefined;
+  private boxTrust: (() => BoxTrust | undefined) | undefined;
   /** A keeping writer's lock file, held open. */
   private lock: HeldLock | undefined;
   /** The segment this writer appends to, held open (closed by forget()). */
@@ -262,10 +274,78 @@ export class AuditLog {
     refuseIfProblem(this.paths.dir, 'dir', problemOf(st, 'dir'));
   }
 
+  /**
+   * The vault's box keys, for a writer that holds the vault: every append checks that the state
+   * names the vault's key before it seals a body to it (undefined: no vault to check against).
+   */
+  trustBoxKeys(keys: (() => BoxTrust | undefined) | undefined): void {
+    this.boxTrust = keys;
+  }
+
+  /**
+   * Under the lock, before anything is sealed: the state's box key is the vault's, or it is set
+   * back to it. Anyone who can write the state can name a key of their own there (the file is the
+   * user's), and would open every body sealed to it. A key the vault holds (a retired one, left
+   * by a rekey that stopped between its two writes) is set back silently: those bodies open. Any
+   * other is recorded as a break.
+   */
+  private boxChecked(st: AuditState): { record: AuditRecord; reason: string } | undefined {
+    const trust = this.boxTrust?.();
+    // eslint-disable-next-line no-restricted-syntax -- public keys
+    if (trust === undefined || st.boxPublicKey.equals(trust.current)) return undefined;
+    // eslint-disable-next-line no-restricted-syntax -- public keys
+    const ours = trust.retired().some((k) => k.equals(st.boxPublicKey));
+    st.boxPublicKey = Buffer.from(trust.current);
+    writeState(this.paths, st);
+    if (this.known?.st === st) this.known.stateStamp = stampOf(this.paths.state) ?? '';
+    if (ours) return undefined;
+    const reason =
+      "the audit state named a box key that is not this vault's: bodies sealed to it open only with that key's owner; the state names the vault's key again";
+    return {
+      record: {
+        type: 'audit.gap',
+        decision: 'error',
+        reason,
+        details: { checkpoint: 'box key', detectedBy: trust.by },
+      },
+      reason,
+    };
+  }
+
+  /**
+   * Checks the state's box key now (trustBoxKeys), recording a wrong one before anything else
+   * is written: a command that holds the vault does this when it begins. Returns the break's
+   * reason when there was one.
+   */
+  checkBoxKey(): string | undefined {
+    if (this.boxTrust === undefined) return undefined;
+    this.checkDir();
+    const found = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
+      try {
+        const st = this.currentState();
+        const box = this.boxChecked(st);
+        if (box === undefined) return undefined;
+        const head = this.appendLocked(st, [box.record]);
+        this.files.sync(head.segment);
+        return { head, reason: box.reason };
+      } catch (e) {
+        this.forget();
+        throw unwritable(e);
+      } finally {
+        if (!this.o.keep) this.forget();
+      }
+    });
+    if (found) this.ship(found.head);
+    return found?.reason;
+  }
+
   /** Under the lock: recover, evolve, rotate, write. The caller makes the last write durable. */
   private writeLocked(records: readonly AuditRecord[], seen?: SegmentSeen): Head {
     try {
-      const head = this.appendLocked(this.currentState(), records, seen);
+      const st = this.currentState();
+      const box = this.boxChecked(st);
+      const head = this.appendLocked(st, box ? [box.record, ...records] : records, seen);
+      if (box) head.gap = box.reason;
       if (!this.o.keep) this.forget();
       return head;
     } catch (e) {

@@ -14,6 +14,7 @@ import { AuditLog, type AuditOptions, type Head } from './log.js';
 import { compareWithCopy, readCopy, type CopyComparison } from './copy.js';
 import {
   acknowledgeBreaks,
+  acknowledgedBy,
   findBreak,
   readCheckpoints,
   anchorAt,
@@ -30,7 +31,7 @@ import {
   type Checkpoint,
   type VerifyResult,
 } from './verify.js';
-import { BOX_SECRET, rebuildState, SEED, seedOf, storeNewKeys } from './vault-keys.js';
+import { BOX_SECRET, boxTrustOf, rebuildState, SEED, seedOf, storeNewKeys } from './vault-keys.js';
 import { readSeedFile } from './seed.js';
 
 /** The hooks `init` passes to the vault: keys go in before the first save, the log starts after. */
@@ -199,8 +200,11 @@ export function auditSink(home: string, options?: AuditOptions): AuditSink {
       // Before this session writes anything: a log cut short since the last checkpoint is
       // recorded now, chained from the last entry that is there, and said.
       if (!log.exists()) return undefined;
+      // Bodies are sealed to the vault's box key, whatever the state file names (log.ts).
+      log.trustBoxKeys(() => boxTrustOf(v, 'the command line'));
+      const boxed = log.checkBoxKey();
       const b = findBreak(log, readCheckpoints(log, v));
-      if (!b) return undefined;
+      if (!b) return boxed === undefined ? undefined : boxWarning(boxed);
       recordBreakOnce(log, b, 'the command line');
       return breakWarning(b);
     },
@@ -222,6 +226,10 @@ export function auditSink(home: string, options?: AuditOptions): AuditSink {
       };
     },
   };
+}
+
+export function boxWarning(reason: string): string {
+  return `WARNING: the audit log was tampered with: ${reason}. It is recorded as audit.gap; see keyward audit verify, then keyward audit acknowledge`;
 }
 
 export function breakWarning(b: Break): string {
@@ -326,7 +334,9 @@ export interface VerifyRequest {
 }
 
 /** Every mode of `audit verify`: with the vault, with an exported key, or the chain only. */
-export function verifyLog(req: VerifyRequest): VerifyResult & { checkpointChecked: boolean } {
+export function verifyLog(
+  req: VerifyRequest,
+): VerifyResult & { checkpointChecked: boolean; acknowledgementsChecked: boolean } {
   const log = new AuditLog(req.home);
   const files = req.file !== undefined ? [req.file] : listSegments(log.paths.dir);
   const standalone = req.file !== undefined;
@@ -348,6 +358,7 @@ export function verifyLog(req: VerifyRequest): VerifyResult & { checkpointChecke
         macsChecked: seed !== undefined,
         gaps: [],
         checkpointChecked: true,
+        acknowledgementsChecked: false,
         finding: {
           file: log.paths.dir,
           line: 0,
@@ -355,8 +366,17 @@ export function verifyLog(req: VerifyRequest): VerifyResult & { checkpointChecke
         },
       };
     }
-    const r = verifySegments(files, { seed, checkpoints, onProgress: req.onProgress }, standalone);
-    return { ...r, checkpointChecked: checkpoints.length > 0 };
+    const acknowledged = req.vault ? acknowledgedBy(req.vault) : undefined;
+    const r = verifySegments(
+      files,
+      { seed, checkpoints, acknowledged, onProgress: req.onProgress },
+      standalone,
+    );
+    return {
+      ...r,
+      checkpointChecked: checkpoints.length > 0,
+      acknowledgementsChecked: acknowledged !== undefined,
+    };
   } finally {
     secureFree(seed);
   }

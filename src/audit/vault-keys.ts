@@ -10,7 +10,7 @@ import type { Vault } from '../vault/index.js';
 import { parseLine } from './entry.js';
 import type { AuditRecord } from './events.js';
 import { boxKeypair, boxPublicOf, epochKeyFromSeed } from './keys.js';
-import type { AuditLog } from './log.js';
+import type { AuditLog, BoxTrust } from './log.js';
 import { writeState } from './state.js';
 import { listSegments } from './verify.js';
 
@@ -27,6 +27,26 @@ export function storeNewKeys(v: Vault): void {
     secureFree(seed);
     secureFree(secretKey);
   }
+}
+
+/** The vault's box keys, for a writer that holds it (AuditLog.trustBoxKeys); none without one. */
+export function boxTrustOf(v: Vault, by: string): BoxTrust | undefined {
+  const publicOf = (name: string): Buffer[] => {
+    const sk = v.revealInternal(name as `@${string}`);
+    if (!sk) return [];
+    try {
+      return [boxPublicOf(sk)];
+    } finally {
+      secureFree(sk);
+    }
+  };
+  const [current] = publicOf(BOX_SECRET);
+  if (current === undefined) return undefined;
+  return {
+    current,
+    retired: () => v.internalNames(`${BOX_SECRET}.`).flatMap(publicOf),
+    by,
+  };
 }
 
 export function seedOf(v: Vault): SecureBuffer {

@@ -35,6 +35,11 @@ export interface VerifyOptions {
   seed?: SecureBuffer | undefined;
   /** Sealed heads (the checkpoint file's, the vault's): the log must reach and hold each. */
   checkpoints?: readonly Checkpoint[] | undefined;
+  /**
+   * Whether an `audit.acknowledged` entry is the person's (the vault's record); without it every
+   * one is taken as it is (no vault to ask).
+   */
+  acknowledged?: ((seq: number, hash: string) => boolean) | undefined;
   /** 'libsodium': every MAC checked as writers make them, not through OpenSSL (tests). */
   tagCheck?: 'libsodium' | undefined;
   onProgress?: ((bytesDone: number, bytesTotal: number) => void) | undefined;
@@ -239,11 +244,20 @@ function walk(
       if (!standalone && last && i < files.length - 1 && !rotated) {
         return fail(base, lineNo, 'a closed segment does not end with its rotation entry', e.seq);
       }
-      // Breaks recorded by writers are reported every time, until a person acknowledges them.
-      if (typeIs(line, e, GAP)) gaps.push({ seq: e.seq, acknowledged: false });
-      if (typeIs(line, e, ACKNOWLEDGED)) for (const g of gaps) g.acknowledged = true;
       // SHA-256 of the (public) line, through OpenSSL (lib/openssl.ts says why).
       const hash = sha256Public(line, prev?.hash === hashes[0] ? hashes[1] : hashes[0]);
+      // Breaks recorded by writers are reported every time, until a person acknowledges them.
+      if (typeIs(line, e, GAP)) gaps.push({ seq: e.seq, acknowledged: false });
+      if (typeIs(line, e, ACKNOWLEDGED)) {
+        if (opts.acknowledged && !opts.acknowledged(e.seq, hash.toString('hex')))
+          return fail(
+            base,
+            lineNo,
+            'an audit.acknowledged entry not made with this vault (acknowledging takes the passphrase; a process that can write the log wrote this one)',
+            e.seq,
+          );
+        for (const g of gaps) g.acknowledged = true;
+      }
       if (wanted.has(e.seq)) atCheckpoint.set(e.seq, hash.toString('hex'));
       // One record of the previous entry, rewritten in place (no allocation per line).
       if (prev) {

@@ -56,6 +56,15 @@ function progress(io: Io, label: string): ((done: number, total: number) => void
   };
 }
 
+/**
+ * Said when breaks were acknowledged and nothing could tell whether the person did it: any
+ * process that can write the log can write an acknowledgement (docs/AUDIT.md).
+ */
+function acksLine(r: VerifyResult & { acknowledgementsChecked?: boolean }): string[] {
+  if (r.acknowledgementsChecked === true || !r.gaps.some((g) => g.acknowledged)) return [];
+  return ["acknowledgements not checked (needs the vault: only it knows which are the person's)"];
+}
+
 function report(io: Io, r: VerifyResult, extra: string[]): void {
   const open = r.gaps.filter((g) => !g.acknowledged).map((g) => g.seq);
   const recorded =
@@ -261,12 +270,15 @@ export function registerAuditCommands(program: Command, io: Io): void {
         onProgress: progress(io, 'verifying'),
       };
       if (o.keyFile === undefined && o.chainOnly !== true && file === undefined) {
-        const r = await viaAgent<VerifyResult & { checkpointChecked: boolean }>({ op: 'verify' });
+        const r = await viaAgent<
+          VerifyResult & { checkpointChecked: boolean; acknowledgementsChecked?: boolean }
+        >({ op: 'verify' });
         if (r) {
           report(io, r, [
             r.checkpointChecked
               ? 'checkpoint sealed in the vault matches (checked by the agent)'
               : 'checkpoint not checked (needs the vault)',
+            ...acksLine(r),
           ]);
           return;
         }
@@ -283,6 +295,7 @@ export function registerAuditCommands(program: Command, io: Io): void {
         r.checkpointChecked
           ? 'checkpoint sealed in the vault matches'
           : 'checkpoint not checked (needs the vault)',
+        ...acksLine(r),
       ]);
     });
 
