@@ -6,8 +6,11 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
+import { secureFree, secureTake } from '../src/lib/secure.js';
 import { DEFAULT_POLICY } from '../src/policy/index.js';
-import { initHome, kw, type Home } from './helpers.js';
+import { readApplied } from '../src/policy/store.js';
+import { vaultPaths, withVaultWrite } from '../src/vault/index.js';
+import { initHome, kw, PASSPHRASE, type Home } from './helpers.js';
 
 const GOOD = `version: 1
 rules:
@@ -160,6 +163,51 @@ test("a history file changed behind keyward's back is caught against the policy 
     /keyward: error: the policy files differ from the applied policy kept in the vault: the policy history ends at version 1 \(\w+\), not at the applied version 1 \(\w+\); policy.yaml differs from the applied version/,
   );
   assert.equal(r.stdout, DEFAULT_POLICY, 'what is in force: the applied version');
+});
+
+/** The shape a vault from before the applied policy was kept in it has: a sealed hash file only. */
+function legacyShape(h: Home): void {
+  const pass = secureTake(Buffer.from(PASSPHRASE));
+  try {
+    withVaultWrite(vaultPaths(h.home), { passphrase: pass }, (v) => {
+      const a = readApplied(v);
+      assert.ok(a);
+      v.remove('@policy/applied');
+      fs.writeFileSync(
+        path.join(h.home, 'policy/applied'),
+        v.sealState('policy-applied', Buffer.from(`${a.version}\n${a.sha256}`)),
+        { mode: 0o600 },
+      );
+      v.save();
+    });
+  } finally {
+    secureFree(pass);
+  }
+}
+
+test('a vault from before the applied policy was kept in it: its sealed record deleted is tampering, never the default policy (exit 8)', () => {
+  for (const alsoHistory of [false, true]) {
+    const h = initHome();
+    const deny = write(
+      h,
+      'deny.yaml',
+      'version: 1\nrules:\n  - { name: deny-prod, targets: ["prod/**"], decision: deny }\n',
+    );
+    assert.equal(kw(['policy', 'apply', deny], { env: h.env }).code, 0);
+    legacyShape(h);
+    const intact = kw(['policy', 'show', '--verify'], { env: h.env });
+    assert.equal(intact.code, 0, intact.stderr);
+    assert.match(intact.stdout, /deny-prod/);
+    fs.rmSync(path.join(h.home, 'policy/applied'));
+    if (alsoHistory) fs.rmSync(path.join(h.home, 'policy/history'), { recursive: true });
+    const r = kw(['policy', 'show', '--verify'], { env: h.env });
+    assert.equal(r.code, 8, r.stdout + r.stderr);
+    assert.match(r.stderr, /keyward: error: .*policy\/applied.* is missing/);
+    assert.doesNotMatch(r.stdout, /default-secrets/, 'the default policy is not in force');
+    // The way on: apply a policy with the passphrase.
+    assert.equal(kw(['policy', 'apply', deny], { env: h.env }).code, 0);
+    assert.equal(kw(['policy', 'show', '--verify'], { env: h.env }).code, 0);
+  }
 });
 
 test('explain says which rule decided and why earlier ones did not match', () => {

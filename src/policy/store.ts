@@ -224,8 +224,9 @@ function openApplied(p: PolicyPaths, v: Vault): { version: number; sha256: strin
   let sealed: Buffer;
   try {
     sealed = fs.readFileSync(p.applied);
-  } catch {
-    return undefined;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw tampered(`the sealed record of the applied policy (${p.applied}) can't be read`);
   }
   const plain = v.openState(SEAL_LABEL, sealed);
   const m = plain ? /^(\d+)\n([0-9a-f]{64})$/.exec(plain.toString('utf8')) : null;
@@ -350,7 +351,8 @@ function differences(home: string, applied: { version: number; sha256: string })
 /**
  * The policy in force. With the vault open: the applied policy kept in it, whatever the files
  * say; files that differ (edited, replaced by an older version, deleted) change no decision and
- * are reported as drift (`policy.drift`). Only a vault that never had a policy gets the default.
+ * are reported as drift (`policy.drift`). A vault with neither its applied policy nor (from
+ * before it kept one) the sealed record of it is refused: never the default in its place.
  * Without the vault (commands that need no passphrase): the files, unverified. Every load is
  * recorded.
  */
@@ -389,13 +391,13 @@ export function loadPolicy(
       }
     }
     if (v && !legacy) {
-      // This vault never had a policy applied: the default. Policy files beside it were not
-      // applied with its passphrase, so they count for nothing.
-      const reasons =
-        last || fs.existsSync(p.file)
-          ? ['policy files exist that were never applied with this vault']
-          : [];
-      loaded = defaultLoaded(reasons, true);
+      // A vault keeps the policy applied with it (init applies the default); one from before
+      // that kept its hash in policy/applied. Neither here means that file was deleted (or the
+      // vault is older than any policy): the default would put a deny rule's secrets behind a
+      // confirmation. Refused; applying a policy with the passphrase is the way on.
+      throw tampered(
+        `this vault keeps no applied policy, and the sealed record of one (${p.applied}) is missing`,
+      );
     } else if (last) {
       const text = fs.readFileSync(last.file, 'utf8');
       const live = readOptional(p.file);
