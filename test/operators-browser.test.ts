@@ -128,6 +128,18 @@ ${RULES}`,
     await page.context().close();
   });
 
+  test('the page shows no text a link puts in its address (a phishing line in the fragment)', async () => {
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(
+      `http://127.0.0.1:${port}/operator#error=${encodeURIComponent('Your key expired: paste it at https://keyward-ops.example/renew')}`,
+    );
+    // The page has read its fragment (it takes it out of the address bar, then acts on it).
+    await page.waitForFunction('window.location.hash === ""');
+    assert.doesNotMatch((await page.locator('#message').textContent()) ?? '', /expired|renew/);
+    await context.close();
+  });
+
   test('a callback this console did not start, or a handle claimed twice, is refused', async () => {
     const url = `http://127.0.0.1:${port}/`;
     const forged = await rawRequest(url, {
@@ -137,10 +149,16 @@ ${RULES}`,
     assert.equal(forged.status, 302);
     const to = new URL(String(forged.headers.location), url);
     assert.equal(to.pathname, '/operator');
-    assert.match(
-      new URLSearchParams(to.hash.slice(1)).get('error') ?? '',
-      /^this sign-in was not started here/,
-    );
+    // Why it was refused comes from the agent, by a one-use handle: never as text in the URL.
+    assert.doesNotMatch(to.hash, /not started here/);
+    const why = await rawRequest(url, {
+      method: 'POST',
+      path: '/api/operator/oidc/claim',
+      headers: { Host: `127.0.0.1:${port}`, 'Content-Type': 'application/json' },
+      body: JSON.stringify({ handle: new URLSearchParams(to.hash.slice(1)).get('handle') }),
+    });
+    assert.equal(why.status, 403);
+    assert.match(why.body, /the sign-in was refused: this sign-in was not started here/);
     // alice's page claimed its handle; claimed again, or made up, it opens nothing.
     assert.ok(claimed.length > 0, 'a handle was claimed');
     for (const handle of [claimed[0], 'made-up']) {

@@ -32,6 +32,7 @@ function settings(issuer: string): OidcSettings {
     issuer,
     clientId: CLIENT_ID,
     audience: [RESOURCE],
+    allowedClients: [CLIENT_ID],
     jwksCacheTtlMs: 600_000,
     claimMappings: { operatorId: 'sub', groups: 'groups' },
     allowedGroups: ['sre-team'],
@@ -67,6 +68,7 @@ describe('operators signing in with OpenID Connect', { skip, timeout: 120_000 },
   const claims = (over: JWTPayload = {}): JWTPayload => ({
     iss: idp.issuer,
     aud: RESOURCE,
+    client_id: CLIENT_ID,
     sub: 'alice',
     groups: ['sre-team'],
     iat: now(),
@@ -123,6 +125,33 @@ describe('operators signing in with OpenID Connect', { skip, timeout: 120_000 },
   test('a token issued in the future beyond the skew is refused', async () => {
     const token = await mint(key, claims({ iat: now() + 600, exp: now() + 900 }));
     await refused(verifier(idp.issuer), token, /^the token was issued in the future/);
+  });
+
+  test('an access token for the shared audience that the provider issued to another application is refused; allowed_clients can name it', async () => {
+    // Okta's default server puts its audience (api://default) on every client's access tokens:
+    // the wiki's token, from its backend or its logs, must not log anyone in as an operator.
+    const wiki = await mint(key, claims({ client_id: 'wiki-app', scp: ['wiki.read'] }));
+    await refused(
+      verifier(idp.issuer),
+      wiki,
+      /^the token was issued to the client "wiki-app", not to one operators.oidc allows \(keyward-console\)/,
+    );
+    // Okta names the client cid; Keycloak, azp.
+    await refused(
+      verifier(idp.issuer),
+      await mint(key, claims({ client_id: undefined, cid: 'wiki-app' })),
+      /issued to the client "wiki-app"/,
+    );
+    await refused(
+      verifier(idp.issuer),
+      await mint(key, claims({ client_id: undefined })),
+      /^the token names no client it was issued to/,
+    );
+    const allowing = new OidcVerifier(
+      { ...settings(idp.issuer), allowedClients: [CLIENT_ID, 'wiki-app'] },
+      { jwksCooldownMs: 0 },
+    );
+    assert.equal((await allowing.verify(wiki)).id, 'alice');
   });
 
   test("a token for another audience, signed with the provider's key, is refused", async () => {

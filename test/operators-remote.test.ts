@@ -199,15 +199,56 @@ rules:
     assert.equal(cross.status, 403);
   });
 
-  test('it closes at lock and opens again at unlock', async () => {
+  test('at lock it serves nothing but keeps its port, so no other process can stand there with the certificate; at unlock it serves again', async () => {
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
-    assert.equal((await request(port, ca, { path: '/operator' })).status, 0);
+    const locked = await request(port, ca, { path: '/operator' });
+    assert.equal(locked.status, 503);
+    assert.match(locked.body, /the agent is locked/);
     assert.equal(status()['operatorListen'], null);
+    // Another process of the user, with the user's certificate and key, tries to take the port.
+    const squat = net.createServer();
+    const taken = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+      squat.once('error', (e: NodeJS.ErrnoException) => resolve(e));
+      squat.listen({ host: '127.0.0.1', port, exclusive: true }, () => resolve(undefined));
+    });
+    if (taken === undefined) await new Promise<void>((r) => squat.close(() => r()));
+    assert.equal(taken?.code, 'EADDRINUSE', 'the port was free to take while locked');
     assert.equal(kw(['unlock'], { env: h.env }).code, 0);
     await eventually(
       async () => (await request(port, ca, { path: '/operator' })).status === 200,
       'the listener again',
     );
+  });
+
+  test('0.0.0.0 is listened on for both families: the IPv6 side of the port is not left for another process to take', async () => {
+    const dir = fs.mkdtempSync(path.join(fs.realpathSync(os.tmpdir()), 'keyward-tls-'));
+    const made = makeCertificates(dir);
+    const wide = await freePort();
+    const w = await unlockedAgent(
+      `version: 1
+operators:
+  listen: { address: 0.0.0.0, port: ${wide}, cert: ${made.cert}, key: ${made.key}, origin: "https://127.0.0.1:${wide}" }
+rules:
+  - { name: prod, targets: ["prod/**"], decision: approve, approve: { mode: operator, groups: [sre-team] } }
+`,
+      homes,
+    );
+    const st = () =>
+      JSON.parse(kw(['status', '--json'], { env: w.env }).stdout) as Record<string, unknown>;
+    await eventually(() => st()['operatorListen'] === `https://127.0.0.1:${wide}`, 'TLS');
+    assert.equal((await request(wide, made.ca, { path: '/operator' })).status, 200);
+    const squat = net.createServer();
+    const taken = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+      squat.once('error', (e: NodeJS.ErrnoException) => resolve(e));
+      squat.listen({ host: '::', port: wide, ipv6Only: true, exclusive: true }, () =>
+        resolve(undefined),
+      );
+    });
+    if (taken === undefined) await new Promise<void>((r) => squat.close(() => r()));
+    // A machine without IPv6 has no such side.
+    if (taken?.code !== 'EAFNOSUPPORT' && taken?.code !== 'EADDRNOTAVAIL')
+      assert.equal(taken?.code, 'EADDRINUSE', '[::]:PORT was free to take');
+    await stopAgent(w);
   });
 
   test('a private key others can read is refused: the listener stays down and says why', async () => {

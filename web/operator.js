@@ -120,12 +120,12 @@
     signedOut();
   });
 
-  // Back from the identity provider: a handle to claim, or why it failed. The fragment goes
-  // from the address bar (and history) at once.
+  // Back from the identity provider: a handle to claim, for the session or for why the sign-in
+  // was refused (the agent's words: never text from the URL, which any link can set). The
+  // fragment goes from the address bar (and history) at once.
   const back = new URLSearchParams(window.location.hash.slice(1));
   history.replaceState(null, '', '/operator');
   signedOut();
-  if (back.get('error')) say(back.get('error'), true);
   if (back.get('handle'))
     api('POST', '/api/operator/oidc/claim', { handle: back.get('handle') })
       .then(signedIn)

@@ -441,9 +441,9 @@ export class Agent {
   async lock(reason: string, by?: ProcessIdentity): Promise<void> {
     this.gate.reset();
     this.console?.endSessions();
-    // Nothing answers operators from elsewhere while locked (it closes at once; no await here,
-    // so nothing is served between the reset above and the window's close below).
-    void this.console?.remote.close();
+    // Nothing answers operators from elsewhere while locked (its connections end at once, and
+    // it answers 503 until the next unlock), but it keeps its port (console/remote.ts).
+    this.console?.remote.pause();
     this.ssh.wipeAll();
     this.runs.lockProxies();
     this.cache.clear('the agent locked');

@@ -40,6 +40,7 @@ export async function routeOperator(
   if (post && p === '/api/operator/oidc/claim') {
     const s = c.operatorSessions.claim((await readJson(req))['handle'], now);
     if (!s) throw new HttpError(403, 'no such sign-in (each is claimed once, within a minute)');
+    if ('refusal' in s) throw new HttpError(403, `the sign-in was refused: ${s.refusal}`);
     return sendJson(res, 200, { token: s.token, operator: s.operator });
   }
   let s = c.operatorSessions.find(req.headers.authorization, now);
@@ -165,7 +166,7 @@ async function signInFinish(
   } catch (e) {
     if (!(e instanceof KeywardError && e.code === 'OPERATOR_REFUSED')) throw e;
     await refused(c, 'oidc', e.message, { via: 'sign-in' }).catch(() => undefined);
-    return back({ error: e.message.slice(0, 300) });
+    return back({ handle: c.operatorSessions.handOffRefusal(e.message.slice(0, 300), now) });
   }
   await c.audit({
     type: 'operator.login',

@@ -16,6 +16,7 @@ export function oidcSettings(o: PolicyOidc): OidcSettings {
     issuer: o.issuer,
     clientId: o.client_id,
     audience: [...new Set([...audience, o.client_id])],
+    allowedClients: [...new Set(o.allowed_clients ?? [o.client_id])],
     jwksCacheTtlMs: durationMs(o.jwks_cache_ttl),
     claimMappings: { operatorId: o.claim_mappings.operator_id, groups: o.claim_mappings.groups },
     allowedGroups: [...o.allowed_groups],

@@ -220,6 +220,19 @@ export class OidcVerifier {
         `the token was issued to ${shown(payload['azp'] ?? '(no azp)')}, not to ${s.clientId}`,
       );
     }
+    // A token for one of `audience` and not for keyward itself: an access token for an API,
+    // which the issuer gives any application that asks for that audience (Okta's default server
+    // puts api://default on all of them). It must have been issued to a client policy allows.
+    if (!aud.includes(s.clientId)) {
+      const issuedTo = payload['client_id'] ?? payload['cid'] ?? payload['azp'];
+      if (typeof issuedTo !== 'string' || !s.allowedClients.includes(issuedTo)) {
+        throw refuse(
+          typeof issuedTo === 'string'
+            ? `the token was issued to the client ${shown(issuedTo)}, not to one operators.oidc allows (${s.allowedClients.join(', ')}): set allowed_clients to accept it`
+            : "the token names no client it was issued to (client_id, cid or azp): an access token for a shared audience could be any application's",
+        );
+      }
+    }
     if (typeof payload.iat === 'number' && payload.iat > this.#now() / 1000 + s.clockSkewSec) {
       throw refuse(`the token was issued in the future (iat ${time(payload.iat)})`);
     }

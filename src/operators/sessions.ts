@@ -22,7 +22,10 @@ export interface OperatorSession {
 
 export class OperatorSessions {
   private readonly byToken = new Map<string, OperatorSession>();
-  private readonly handoffs = new Map<string, { token: string; expiresAt: number }>();
+  private readonly handoffs = new Map<
+    string,
+    { token: string; expiresAt: number } | { refusal: string; expiresAt: number }
+  >();
 
   /**
    * A one-use handle for a session made by a sign-in in the browser: the redirect back to the
@@ -36,12 +39,27 @@ export class OperatorSessions {
     return handle;
   }
 
-  /** The session a handle was made for, once; undefined when unknown, used or late. */
-  claim(handle: unknown, now: number): OperatorSession | undefined {
+  /**
+   * A one-use handle for why a sign-in was refused: the page shows only what the agent said,
+   * claimed like a session, never text from its URL (a link could put any there).
+   */
+  handOffRefusal(why: string, now: number): string {
+    for (const [h, x] of this.handoffs) if (x.expiresAt <= now) this.handoffs.delete(h);
+    const handle = randomBytes(32).toString('base64url');
+    this.handoffs.set(handle, { refusal: why, expiresAt: now + HANDOFF_MS });
+    return handle;
+  }
+
+  /**
+   * The session a handle was made for, or the refusal, once; undefined when unknown, used or
+   * late.
+   */
+  claim(handle: unknown, now: number): OperatorSession | { refusal: string } | undefined {
     if (typeof handle !== 'string') return undefined;
     const x = this.handoffs.get(handle);
     this.handoffs.delete(handle);
     if (!x || x.expiresAt <= now) return undefined;
+    if ('refusal' in x) return { refusal: x.refusal };
     return this.byToken.get(x.token);
   }
 

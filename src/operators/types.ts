@@ -24,6 +24,11 @@ export interface OidcSettings {
   clientId: string;
   /** Audiences a token may carry (aud); a token must name at least one. */
   audience: string[];
+  /**
+   * The clients an access token matched through `audience` may have been issued to (its
+   * client_id, RFC 9068; Okta's cid; azp): by default the console's client id alone.
+   */
+  allowedClients: string[];
   /** How long the issuer's keys (JWKS) are cached before they are fetched again. */
   jwksCacheTtlMs: number;
   claimMappings: { operatorId: string; groups: string };

@@ -96,6 +96,9 @@ export function operatorsSection(
           audience: z
             .union([z.string().min(1).max(256), z.array(z.string().min(1).max(256)).min(1)])
             .optional(),
+          // The clients whose access tokens (matched through `audience`) may log in; default
+          // client_id. An audience is often shared by every application of the issuer.
+          allowed_clients: z.array(z.string().min(1).max(256)).min(1).max(64).optional(),
           jwks_cache_ttl: maxDuration(24 * 3_600_000, '24h').default('10m'),
           clock_skew: maxDuration(300_000, '5m').default('30s'),
           claim_mappings: z
