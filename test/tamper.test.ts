@@ -18,7 +18,7 @@ import {
 } from './agent-helpers.js';
 import { withFileLock } from '../src/lib/files.js';
 import { vaultPaths } from '../src/vault/index.js';
-import { kw } from './helpers.js';
+import { BIN, initHome, kw } from './helpers.js';
 import { koffi } from '../src/lib/koffi.js';
 import { POLICY_FULL_CHECK_EVERY } from '../src/policy/store.js';
 
@@ -194,6 +194,44 @@ function cutTail(h: { home: string }, n: number): Array<{ seq: number; type: str
   fs.writeFileSync(segmentOf(h), `${ls.slice(0, ls.length - n).join('\n')}\n`);
   return ls.slice(ls.length - n).map((l) => JSON.parse(l) as { seq: number; type: string });
 }
+
+/** A command, ended if it hangs: a FIFO that holds the agent's thread would hold it for ever. */
+function bounded(args: string[], h: AgentHome) {
+  const r = spawnSync(process.execPath, [BIN, ...args], {
+    env: h.env,
+    input: '',
+    timeout: 120_000,
+    killSignal: 'SIGKILL',
+  });
+  return { code: r.status, stderr: r.stderr.toString() };
+}
+
+describe('a FIFO or a directory where a state file belongs', () => {
+  test('a FIFO in place of policy.yaml, a history file or the audit checkpoint holds nothing: requests are answered and the agent locks', async () => {
+    for (const where of ['policy.yaml', 'policy/history/000002.yaml', 'audit/checkpoint']) {
+      const h = await unlocked(ALLOW_GITHUB);
+      assert.equal(kw(['secret', 'set', 'github/token'], { env: h.env, input: 'v-1234' }).code, 0);
+      const file = path.join(h.home, where);
+      fs.rmSync(file);
+      // Opening a FIFO for reading waits for a writer: none ever comes.
+      assert.equal(spawnSync('mkfifo', ['-m', '600', file]).status, 0);
+      const read = bounded(['read', 'github/token'], h);
+      assert.notEqual(read.code, null, `${where}: the read hung`);
+      const lock = bounded(['lock'], h);
+      assert.equal(lock.code, 0, `${where}: ${lock.stderr}`);
+      await stopAgent(h);
+    }
+  });
+
+  test("a directory with a temporary file's name makes a write refuse with a reason, not an internal error", () => {
+    const h = initHome();
+    fs.mkdirSync(path.join(h.home, '.vault.kw.tmp-zz'));
+    const r = kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' });
+    assert.notEqual(r.code, 0);
+    assert.doesNotMatch(r.stderr, /internal error|this is a bug/);
+    assert.match(r.stderr, /\.vault\.kw\.tmp-zz.*not a regular file/);
+  });
+});
 
 describe('an audit log that cannot be deleted, truncated or healed', () => {
   test('rm -rf audit: verify says the log is missing (exit 8), and audit init starts the new log with that fact', () => {

@@ -11,9 +11,8 @@
  * entry that is there) and never seals a new checkpoint over it: ordinary use can't heal the log.
  * Only `keyward audit acknowledge`, with the passphrase and recorded, seals the log as it now is.
  */
-import fs from 'node:fs';
 import { IntegrityError } from '../errors.js';
-import { writeFileAtomic } from '../lib/files.js';
+import { readOwnFile, writeFileAtomic } from '../lib/files.js';
 import { secureFree, secureTake } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
 import type { AuditRecord } from './events.js';
@@ -121,7 +120,7 @@ export function readCheckpoints(log: AuditLog, v: Vault): SealedCheckpoint[] {
   const out: SealedCheckpoint[] = [];
   let sealed: Buffer | undefined;
   try {
-    sealed = fs.readFileSync(log.paths.checkpoint);
+    sealed = readOwnFile(log.paths.checkpoint);
   } catch {
     sealed = undefined;
   }

@@ -4,6 +4,7 @@
  */
 import fs from 'node:fs';
 import { unwritable } from './state.js';
+import { openOwnFile } from '../lib/files.js';
 
 /** Device, inode, size, and modification and change times (ns): what any write changes. */
 export function stampFrom(s: fs.BigIntStats): string {
@@ -25,9 +26,9 @@ export class SegmentFiles {
     if (held !== undefined) return { fd: held, created: false };
     this.close();
     const created = !fs.existsSync(file);
-    const fd = fs.openSync(
+    const fd = openOwnFile(
       file,
-      fs.constants.O_RDWR | fs.constants.O_APPEND | fs.constants.O_CREAT | fs.constants.O_NOFOLLOW,
+      fs.constants.O_RDWR | fs.constants.O_APPEND | fs.constants.O_CREAT,
       0o600,
     );
     const st = fs.fstatSync(fd, { bigint: true });
@@ -61,7 +62,7 @@ export class SegmentFiles {
   /** A descriptor to fsync segment n with: the held one, or one opened for it (own: close it). */
   syncTarget(n: number): { fd: number; own: boolean } {
     if (this.segment?.n === n) return { fd: this.segment.fd, own: false };
-    const fd = fs.openSync(this.pathOf(n), fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    const fd = openOwnFile(this.pathOf(n));
     return { fd, own: true };
   }
 

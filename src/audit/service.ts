@@ -33,6 +33,7 @@ import {
 } from './verify.js';
 import { BOX_SECRET, boxTrustOf, rebuildState, SEED, seedOf, storeNewKeys } from './vault-keys.js';
 import { readSeedFile } from './seed.js';
+import { readOwnFile } from '../lib/files.js';
 
 /** The hooks `init` passes to the vault: keys go in before the first save, the log starts after. */
 export function auditInitHooks(
@@ -435,7 +436,7 @@ export function readEntries(
   const total = files.reduce((n, f) => n + fs.statSync(f).size, 0);
   let done = 0;
   for (const f of files) {
-    const text = fs.readFileSync(f, 'utf8');
+    const text = readOwnFile(f).toString('utf8');
     for (const line of text.split('\n')) {
       const e = parseLine(line);
       if (!e) continue;

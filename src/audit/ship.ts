@@ -14,7 +14,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { writeFileAtomic } from '../lib/files.js';
+import { readOwnFile, writeFileAtomic } from '../lib/files.js';
 import { sendDatagram, unixDatagramSocket } from '../lib/unix.js';
 import type { AuditPaths } from './state.js';
 
@@ -52,7 +52,7 @@ export function readShipFile(p: AuditPaths): ShipConfig {
   let text: string;
   try {
     if (fs.statSync(shipFile(p), { throwIfNoEntry: false }) === undefined) return NO_SHIPPING;
-    text = fs.readFileSync(shipFile(p), 'utf8');
+    text = readOwnFile(shipFile(p)).toString('utf8');
   } catch {
     return NO_SHIPPING;
   }
@@ -133,7 +133,7 @@ function notice(kind: Exclude<ShipKind, 'none'>, dropped: number): Buffer {
 
 function readDropped(p: AuditPaths): number {
   try {
-    const n = Number(fs.readFileSync(droppedFile(p), 'utf8').trim());
+    const n = Number(readOwnFile(droppedFile(p)).toString('utf8').trim());
     return Number.isInteger(n) && n > 0 ? n : 0;
   } catch {
     return 0;

@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError, KeywardError } from '../errors.js';
-import { writeFileAtomic } from '../lib/files.js';
+import { openOwnFile, writeFileAtomic } from '../lib/files.js';
 import { readFdToSecure, secureFree, secureSlice, type SecureBuffer } from '../lib/secure.js';
 import { BOX_PK_BYTES, KEY_BYTES } from './keys.js';
 
@@ -75,7 +75,7 @@ export function unwritable(e: unknown): unknown {
 export function readState(p: AuditPaths): AuditState {
   let fd: number;
   try {
-    fd = fs.openSync(p.state, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    fd = openOwnFile(p.state);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
       throw unavailable(`the audit log has no state file (${p.state})`, 'run: keyward audit init');

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import type { AuditRecord } from './events.js';
 import { sha256 } from './keys.js';
 import { lineHash } from './entry.js';
+import { openOwnFile } from '../lib/files.js';
 
 const TAIL_WINDOW = 256 * 1024;
 
@@ -24,7 +25,7 @@ export interface Tail {
 export function readTail(file: string): Tail {
   let fd: number;
   try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    fd = openOwnFile(file);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT')
       return { size: 0, lastLine: undefined, tornBytes: 0 };
@@ -56,7 +57,7 @@ export function readTail(file: string): Tail {
 
 export function firstLineTime(file: string): number | undefined {
   try {
-    const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    const fd = openOwnFile(file);
     try {
       const buf = Buffer.alloc(4096);
       const n = fs.readSync(fd, buf, 0, buf.length, 0);
@@ -75,7 +76,7 @@ export function firstLineTime(file: string): number | undefined {
  * returns the record that says so in the log itself: never silently.
  */
 export function cutTorn(file: string, tail: Tail, segment: string): AuditRecord {
-  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_NOFOLLOW);
+  const fd = openOwnFile(file, fs.constants.O_RDWR);
   try {
     const cut = Buffer.alloc(tail.tornBytes);
     fs.readSync(fd, cut, 0, cut.length, tail.size - tail.tornBytes);
@@ -111,7 +112,7 @@ function readSyncFully(fd: number, buf: Buffer, len: number, pos: number): numbe
 function walkBack(file: string, lines: (whole: Buffer) => boolean): boolean {
   let fd: number;
   try {
-    fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    fd = openOwnFile(file);
   } catch {
     return false;
   }
@@ -199,7 +200,7 @@ export function lineStillThere(
   if (h.end === undefined || h.length === undefined) return true;
   let fd: number;
   try {
-    fd = held ?? fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    fd = held ?? openOwnFile(file);
   } catch {
     return false;
   }

@@ -3,7 +3,6 @@
  * state from them: after a lost state file (audit init) and after a restore, which never carries
  * the state file (it holds the current epoch key in the clear; docs/BACKUP.md).
  */
-import fs from 'node:fs';
 import { IntegrityError, KeywardError } from '../errors.js';
 import { secureFree, secureRandom, type SecureBuffer } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
@@ -13,6 +12,7 @@ import { boxKeypair, boxPublicOf, epochKeyFromSeed } from './keys.js';
 import type { AuditLog, BoxTrust } from './log.js';
 import { writeState } from './state.js';
 import { listSegments } from './verify.js';
+import { readOwnFile } from '../lib/files.js';
 
 export const SEED = '@audit/seed';
 export const BOX_SECRET = '@audit/box-secret';
@@ -71,7 +71,7 @@ export function rebuildState(log: AuditLog, v: Vault, record: AuditRecord, step 
   const segments = listSegments(log.paths.dir);
   const last = segments.at(-1);
   if (!last) throw new KeywardError('AUDIT_UNAVAILABLE', 'the audit log has no segment');
-  const lines = fs.readFileSync(last, 'utf8').trimEnd().split('\n');
+  const lines = readOwnFile(last).toString('utf8').trimEnd().split('\n');
   const head = parseLine(lines.at(-1) ?? '');
   if (!head)
     throw new IntegrityError(

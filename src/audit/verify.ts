@@ -9,6 +9,7 @@ import { asciiBytes, scanLine, typeIs, ZERO_HASH } from './entry.js';
 import { sha256Public } from '../lib/openssl.js';
 import { EpochKeys, TagChecker } from './keys.js';
 import { segmentName } from './state.js';
+import { readOwnFile } from '../lib/files.js';
 
 /**
  * How far the epoch may rise from one entry to the next, and past 0 at the log's first entry.
@@ -167,7 +168,7 @@ function walk(
     if (!standalone && base !== segmentName(i + 1)) {
       return fail(base, 0, `segment ${segmentName(i + 1)} is missing (found ${base})`);
     }
-    const bytes = fs.readFileSync(file);
+    const bytes = readOwnFile(file);
     if (bytes.length > 0 && bytes[bytes.length - 1] !== 0x0a) {
       let lines = 1;
       for (let at = bytes.indexOf(0x0a); at >= 0; at = bytes.indexOf(0x0a, at + 1)) lines++;

@@ -16,6 +16,58 @@ function tempName(target: string): string {
   return path.join(dir, `.${base}${TMP_MARK}${process.pid}-${randomBytes(6).toString('hex')}`);
 }
 
+/**
+ * Opens one of keyward's own files: never through a symbolic link (O_NOFOLLOW), and never
+ * waiting (O_NONBLOCK): a FIFO put where the file belongs would have the open wait for a writer,
+ * holding the thread (the agent's: every request, the lock, the unlock window's end) for as
+ * long as none comes. Anything but a regular file is refused, and says what it is. ENOENT and
+ * other errors of the open pass as they are.
+ */
+export function openOwnFile(
+  file: string,
+  flags: number = fs.constants.O_RDONLY,
+  mode = 0o600,
+): number {
+  const fd = fs.openSync(file, flags | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK, mode);
+  let st: fs.Stats;
+  try {
+    st = fs.fstatSync(fd);
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
+  }
+  if (!st.isFile()) {
+    fs.closeSync(fd);
+    throw notRegular(file, st);
+  }
+  return fd;
+}
+
+/** The whole of one of keyward's own files (openOwnFile's checks). */
+export function readOwnFile(file: string): Buffer {
+  const fd = openOwnFile(file);
+  try {
+    return fs.readFileSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+function notRegular(file: string, st: fs.Stats): IntegrityError {
+  const what = st.isFIFO()
+    ? 'a FIFO'
+    : st.isDirectory()
+      ? 'a directory'
+      : st.isSocket()
+        ? 'a socket'
+        : 'a device';
+  return new IntegrityError(
+    'INSECURE_PERMISSIONS',
+    `refusing to use ${file}: it is not a regular file (it is ${what})`,
+    { hint: 'keyward did not put it there: look at what it is, then remove it' },
+  );
+}
+
 /** Makes a directory entry change (create, rename) durable. */
 export function fsyncDir(dir: string): void {
   const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
@@ -87,7 +139,11 @@ export function sweepTempFiles(target: string): string[] {
   const removed: string[] = [];
   for (const name of fs.readdirSync(dir)) {
     if (name.startsWith(prefix)) {
-      fs.rmSync(path.join(dir, name), { force: true });
+      const entry = path.join(dir, name);
+      const st = fs.lstatSync(entry, { throwIfNoEntry: false });
+      // Only what a write of keyward's leaves (a file); anything else is not ours to remove.
+      if (st && !st.isFile() && !st.isSymbolicLink()) throw notRegular(entry, st);
+      fs.rmSync(entry, { force: true });
       removed.push(name);
     }
   }

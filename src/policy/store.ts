@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError, KeywardError } from '../errors.js';
-import { ensurePrivateDir, writeFileAtomic } from '../lib/files.js';
+import { ensurePrivateDir, readOwnFile, writeFileAtomic } from '../lib/files.js';
 import { FULL_CHECK_EVERY, WatchedStamp } from '../lib/watch.js';
 import { secureFree, secureTake } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
@@ -139,7 +139,7 @@ export function readHistory(home: string): HistoryEntry[] {
     return [];
   }
   const files = names.map((n) => path.join(p.history, n));
-  const texts = files.map((f) => fs.readFileSync(f, 'utf8'));
+  const texts = files.map((f) => readOwnFile(f).toString('utf8'));
   const parsed = parsePolicies(texts);
   return names.map((n, i) => {
     const file = files[i] as string;
@@ -223,7 +223,7 @@ export function readApplied(v: Vault): SealedPolicy | undefined {
 function openApplied(p: PolicyPaths, v: Vault): { version: number; sha256: string } | undefined {
   let sealed: Buffer;
   try {
-    sealed = fs.readFileSync(p.applied);
+    sealed = readOwnFile(p.applied);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw tampered(`the sealed record of the applied policy (${p.applied}) can't be read`);
@@ -270,7 +270,7 @@ export function applyPolicy(
   const previous = inVault
     ? parsePolicy(inVault.text)
     : last
-      ? parsePolicy(fs.readFileSync(last.file, 'utf8'))
+      ? parsePolicy(readOwnFile(last.file).toString('utf8'))
       : undefined;
   const diff = previous?.ok
     ? diffPolicies(previous.policy, next)
@@ -323,7 +323,7 @@ export interface Loaded {
 
 function readOptional(file: string): string | undefined {
   try {
-    return fs.readFileSync(file, 'utf8');
+    return readOwnFile(file).toString('utf8');
   } catch {
     return undefined;
   }
@@ -399,7 +399,7 @@ export function loadPolicy(
         `this vault keeps no applied policy, and the sealed record of one (${p.applied}) is missing`,
       );
     } else if (last) {
-      const text = fs.readFileSync(last.file, 'utf8');
+      const text = readOwnFile(last.file).toString('utf8');
       const live = readOptional(p.file);
       const reasons =
         live === undefined

@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { KeywardError } from '../errors.js';
-import { assertPrivate } from '../lib/files.js';
+import { assertPrivate, openOwnFile } from '../lib/files.js';
 import type { KdfParams } from './crypto.js';
 import {
   corruptError,
@@ -64,7 +64,7 @@ export function readVaultFile(paths: VaultPaths): VaultFile {
   checkPlaces(paths);
   let fd: number;
   try {
-    fd = fs.openSync(paths.file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+    fd = openOwnFile(paths.file);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') throw notFound(paths);
     throw e;

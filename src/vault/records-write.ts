@@ -4,6 +4,7 @@
  * write and when; this file writes it.
  */
 import fs from 'node:fs';
+import { openOwnFile } from '../lib/files.js';
 import { sodium } from '../lib/sodium.js';
 import type { IntegrityError } from '../errors.js';
 import type { SecureBuffer } from '../lib/secure.js';
@@ -98,7 +99,7 @@ export function encodeFrames(
  */
 export function appendFrames(file: string, disk: Disk, data: Buffer): void {
   const end = disk.end;
-  const fd = fs.openSync(file, fs.constants.O_WRONLY | fs.constants.O_NOFOLLOW);
+  const fd = openOwnFile(file, fs.constants.O_WRONLY);
   try {
     const st = fs.fstatSync(fd);
     if (st.dev !== disk.dev || st.ino !== disk.ino || st.size !== disk.size)
