@@ -159,6 +159,14 @@ ${RULES}`,
     });
     assert.equal(why.status, 403);
     assert.match(why.body, /the sign-in was refused: this sign-in was not started here/);
+    // Anyone can send such a callback (a web page, in a browser that lets it reach loopback):
+    // recorded, but not counted toward the circuit breaker, which it could trip from afar.
+    for (let i = 0; i < 6; i++)
+      await rawRequest(url, {
+        path: `/api/operator/oidc/callback?code=x&state=not-issued-${i}`,
+        headers: { Host: `127.0.0.1:${port}` },
+      });
+    assert.match(kw(['status'], { env: h.env }).stdout, /unlocked/);
     // alice's page claimed its handle; claimed again, or made up, it opens nothing.
     assert.ok(claimed.length > 0, 'a handle was claimed');
     for (const handle of [claimed[0], 'made-up']) {

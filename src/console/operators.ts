@@ -13,6 +13,7 @@ import {
   keyIdOf,
   type OperatorIdentity,
   type OperatorSession,
+  NOT_STARTED_HERE,
 } from '../operators/index.js';
 import { HttpError, readJson, readSecret, sendJson } from './http.js';
 import type { ConsoleServer } from './server.js';
@@ -165,7 +166,10 @@ async function signInFinish(
     op = await c.host.operatorByToken(await login.finish(callback, now));
   } catch (e) {
     if (!(e instanceof KeywardError && e.code === 'OPERATOR_REFUSED')) throw e;
-    await refused(c, 'oidc', e.message, { via: 'sign-in' }).catch(() => undefined);
+    // A callback this console did not start is anyone's to send (a web page's too): recorded,
+    // not counted toward the circuit breaker, which a page could otherwise trip from afar.
+    const counted = e.message !== NOT_STARTED_HERE;
+    await refused(c, 'oidc', e.message, { via: 'sign-in' }, counted).catch(() => undefined);
     return back({ handle: c.operatorSessions.handOffRefusal(e.message.slice(0, 300), now) });
   }
   await c.audit({
@@ -199,8 +203,9 @@ async function refused(
   method: 'oidc' | 'key',
   reason: string,
   details: Record<string, string | null>,
+  counted = true,
 ): Promise<never> {
-  c.host.noteDenial();
+  if (counted) c.host.noteDenial();
   await c.audit({
     type: 'operator.login',
     decision: 'deny',

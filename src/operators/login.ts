@@ -8,9 +8,11 @@
 import type * as Client from 'openid-client';
 import { KeywardError } from '../errors.js';
 import type { OidcSettings } from './types.js';
+import { NOT_STARTED_HERE } from './types.js';
 
 /** How long a sign-in may take at the provider (a person typing a password, a second factor). */
 export const LOGIN_MS = 5 * 60_000;
+
 const MAX_PENDING = 16;
 const FETCH_TIMEOUT_S = 5;
 
@@ -95,8 +97,7 @@ export class OidcLogin {
   async finish(callback: URL, now: number): Promise<string> {
     const state = callback.searchParams.get('state') ?? '';
     const w = this.waiting.get(state);
-    if (!w || w.expiresAt <= now)
-      throw refuse('this sign-in was not started here, was used already, or took too long');
+    if (!w || w.expiresAt <= now) throw refuse(NOT_STARTED_HERE);
     this.waiting.delete(state);
     const error = callback.searchParams.get('error');
     if (error !== null)

@@ -39,3 +39,10 @@ export interface OidcSettings {
   /** What the console's sign-in asks for (openid at least). */
   scopes: string[];
 }
+
+/**
+ * A sign-in callback with a state this console never issued (or used, or let expire): anyone
+ * can send one, a web page too, so it is recorded but not counted toward the circuit breaker.
+ */
+export const NOT_STARTED_HERE =
+  'this sign-in was not started here, was used already, or took too long';
