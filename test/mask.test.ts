@@ -66,6 +66,45 @@ describe('masking: where the stream splits changes nothing', () => {
     });
   });
 
+  test('a value that holds another and ends with its start: no split of three copies shows any of the shorter one', () => {
+    const S = 'Q7vK29xE';
+    withForms([S, `${S}${S}Q7`], (forms) => {
+      const text = `${S}${S}${S}`;
+      const whole = masked(forms, [text]);
+      assert.equal(whole, MARK);
+      for (let i = 1; i < text.length; i++)
+        for (let j = i + 1; j < text.length; j++) {
+          const out = masked(forms, [text.slice(0, i), text.slice(i, j), text.slice(j)]);
+          assert.equal(out, whole, `split at ${i},${j}: ${out}`);
+        }
+    });
+    withForms(['ba', 'babab'], (forms) => {
+      const pieces = ['aaba', 'bbab', 'a', 'ba', 'b', 'a', 'aaa'];
+      assert.equal(masked(forms, pieces), masked(forms, [pieces.join('')]));
+    });
+  });
+
+  test('random values, random writes of one to four bytes: the unsplit output, and nothing held past the longest value', () => {
+    const r = rng(41);
+    const word = (min: number, max: number) =>
+      Array.from({ length: min + Math.floor(r() * (max - min + 1)) }, () =>
+        r() < 0.5 ? 'a' : 'b',
+      ).join('');
+    for (let c = 0; c < 3000; c++) {
+      const values = Array.from({ length: 1 + Math.floor(r() * 4) }, () => word(2, 7));
+      const text = word(5, 40);
+      const pieces: string[] = [];
+      for (let i = 0; i < text.length;) {
+        const n = 1 + Math.floor(r() * 4);
+        pieces.push(text.slice(i, i + n));
+        i += n;
+      }
+      withForms(values, (forms) =>
+        assert.equal(masked(forms, pieces), masked(forms, [text]), `${values} ${pieces.join('|')}`),
+      );
+    }
+  });
+
   test('random values over a two-letter alphabet: every split into two or three writes gives the unsplit output', () => {
     const r = rng(17);
     const word = (min: number, max: number) =>

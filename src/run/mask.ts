@@ -96,7 +96,9 @@ export class Masker {
     const keep = final ? data.length : data.length - this.partialTail(data);
     const next = this.forms.map((f) => data.indexOf(f));
     const parts: Buffer[] = [];
-    let pos = masked;
+    // What the last marker stands for (held from the chunk before) goes on over every form that
+    // begins in it, as the range it ended would have grown had the chunk not been cut there.
+    let pos = masked > 0 ? this.grow(data, next, 0, masked) : 0;
     for (;;) {
       let best = -1;
       for (let i = 0; i < this.forms.length; i++) {
@@ -105,28 +107,9 @@ export class Masker {
       }
       // A whole form that starts before `keep` is replaced even if it runs past it.
       if (best < 0 || best >= keep) break;
-      // Grow the masked range over every form occurrence that overlaps it.
-      let end = best;
-      for (let grown = true; grown;) {
-        grown = false;
-        for (let i = 0; i < this.forms.length; i++) {
-          const f = this.forms[i];
-          let at = next[i] ?? -1;
-          if (!f || at < 0) continue;
-          while (at >= 0 && (at < end || at === best) && at >= best) {
-            if (at + f.length > end) {
-              end = at + f.length;
-              grown = true;
-            }
-            at = data.indexOf(f, at + 1);
-          }
-          next[i] = at;
-        }
-      }
-      // Begun inside what the last marker stands for (held from the chunk before): that marker
-      // covers it. Otherwise the bytes before it, and a marker of its own.
-      if (best >= pos) parts.push(Buffer.from(data.subarray(pos, best)), MASK_MARKER);
-      pos = Math.max(pos, end);
+      const end = this.grow(data, next, best, best);
+      parts.push(Buffer.from(data.subarray(pos, best)), MASK_MARKER);
+      pos = end;
       for (let i = 0; i < this.forms.length; i++) {
         const f = this.forms[i];
         const at = next[i] ?? -1;
@@ -143,6 +126,31 @@ export class Masker {
     // bytes are held, as masked, so the next chunk's part of that form is masked too.
     if (keep < pos) return { out, consumed: keep, masked: pos - keep };
     return { out, consumed: end, masked: 0 };
+  }
+
+  /**
+   * Grows the masked range [start, end) over every form occurrence that begins in it (or at
+   * start), and over those that begin in what that adds, until none does; returns its end.
+   * next[i] moves past the occurrences taken.
+   */
+  private grow(data: SecureBuffer, next: number[], start: number, end: number): number {
+    for (let grown = true; grown;) {
+      grown = false;
+      for (let i = 0; i < this.forms.length; i++) {
+        const f = this.forms[i];
+        let at = next[i] ?? -1;
+        if (!f || at < 0) continue;
+        while (at >= 0 && (at < end || at === start) && at >= start) {
+          if (at + f.length > end) {
+            end = at + f.length;
+            grown = true;
+          }
+          at = data.indexOf(f, at + 1);
+        }
+        next[i] = at;
+      }
+    }
+    return end;
   }
 
   /** The length of the longest suffix of data that is a proper prefix of some form. */
