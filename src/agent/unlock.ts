@@ -7,7 +7,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   AuditLog,
-  auditSink,
   boxTrustOf,
   checkpointAtLock,
   type AuditRecord,
@@ -17,7 +16,7 @@ import { KeywardError } from '../errors.js';
 import { withFileLock, withFileLockAsync } from '../lib/files.js';
 import { WatchedStamp } from '../lib/watch.js';
 import { durationMs, loadPolicy, policyStamp, type Loaded } from '../policy/index.js';
-import { Vault, vaultPaths, type Unlock, type VaultPaths } from '../vault/index.js';
+import { Vault, vaultPaths, type AuditSink, type Unlock, type VaultPaths } from '../vault/index.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
 
 export interface WindowHost {
@@ -194,6 +193,19 @@ export class UnlockWindow {
     return `${v.fileGeneration}|${policyStamp(this.host.home)}`;
   }
 
+  /**
+   * The policy load's records go through the agent's own writer (group commit, not awaited):
+   * a second writer in this process would wait on this thread for the audit lock the first
+   * holds across its fsync, which can't end while the thread waits: every request stalled for
+   * the lock's 10 s, and failed ("another keyward process holds audit/lock").
+   */
+  private readonly policySink: AuditSink = {
+    record: (r) => {
+      this.host.record(r as AuditRecord).catch(() => undefined);
+    },
+    checkpoint: () => undefined,
+  };
+
   /** The policy in force, re-loaded (and re-verified against the vault) after `policy apply`. */
   currentPolicy(v: Vault): Loaded['policy'] {
     // The vault (re-read when it changed: a policy apply) holds the applied policy; the files
@@ -202,7 +214,7 @@ export class UnlockWindow {
     if (!this.policy || stamp !== this.policyStamp) {
       // A new policy may cache less, or differently: what the old one cached goes.
       if (this.policy) this.host.changed('the policy changed');
-      this.policy = loadPolicy(this.host.home, v, auditSink(this.host.home));
+      this.policy = loadPolicy(this.host.home, v, this.policySink);
       this.policyStamp = stamp;
       this.host.policyLoaded?.(this.policy);
     }
