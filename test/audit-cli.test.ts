@@ -369,6 +369,17 @@ describe('keyward audit', () => {
   });
 });
 
+/** An unlocked agent whose policy allows every read, with one secret (api/token) to read. */
+async function allowingAgent() {
+  const h = agentHome(
+    'version: 1\nrules:\n  - { name: allow, targets: ["**"], kind: secret, decision: allow }\n',
+  );
+  assert.equal(kw(['secret', 'set', 'api/token'], { env: h.env, input: 'value-aaaa' }).code, 0);
+  await startAgent(h);
+  assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  return h;
+}
+
 /**
  * The state file names the key every body is sealed to (bytes 56-88): a process of the user can
  * write its own there, and with it read who asked for what from then on.
@@ -402,13 +413,8 @@ describe("the box key in the audit state is the vault's", () => {
   });
 
   test('one swapped in under a running, unlocked agent: the agent records the break and locks; the body of the request that found it opens', async () => {
-    const h = agentHome(
-      'version: 1\nrules:\n  - { name: allow, targets: ["**"], kind: secret, decision: allow }\n',
-    );
-    assert.equal(kw(['secret', 'set', 'api/token'], { env: h.env, input: 'value-aaaa' }).code, 0);
-    await startAgent(h);
+    const h = await allowingAgent();
     try {
-      assert.equal(kw(['unlock'], { env: h.env }).code, 0);
       assert.equal(kw(['read', 'api/token'], { env: h.env }).code, 0);
       swapBoxKey(h);
       const r = kw(['read', 'api/token'], { env: h.env });
@@ -432,13 +438,8 @@ describe("the box key in the audit state is the vault's", () => {
 
 describe("an acknowledgement is the passphrase holder's", () => {
   test('one appended by another process (the state file holds the key that MACs new entries) does not silence a recorded break', async () => {
-    const h = agentHome(
-      'version: 1\nrules:\n  - { name: allow, targets: ["**"], kind: secret, decision: allow }\n',
-    );
-    assert.equal(kw(['secret', 'set', 'api/token'], { env: h.env, input: 'value-aaaa' }).code, 0);
-    await startAgent(h);
+    const h = await allowingAgent();
     try {
-      assert.equal(kw(['unlock'], { env: h.env }).code, 0);
       for (let i = 0; i < 3; i++) assert.equal(kw(['read', 'api/token'], { env: h.env }).code, 0);
       // The newest entries cut behind the running agent: its next write records the break.
       const ls = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');

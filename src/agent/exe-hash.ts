@@ -73,6 +73,8 @@ function hashFd(fd: number): string {
   return h.digest('hex');
 }
 
+const CHANGED = 'changed on disk (or could not be read) after it connected';
+
 const refused = (why: string): KeywardError =>
   new KeywardError(
     'POLICY_DENIED',
@@ -125,15 +127,13 @@ export class ExeHash {
       throw refused(this.failure ?? 'was not hashed while it could be');
     const fd = this.fd;
     let h: string | undefined;
-    let why = 'changed on disk (or could not be read) after it connected';
+    let why = CHANGED;
     try {
-      const st = fs.fstatSync(fd, { bigint: true });
-      if (st.size > BigInt(EXE_HASH_MAX_BYTES))
-        why = `is larger than ${EXE_HASH_MAX_BYTES / 1024 / 1024} MiB, too large to hash`;
-      else if (keyOf(st) === this.key) {
+      const no = this.unhashable(fd);
+      if (no !== undefined) why = no;
+      else {
         const hashed = hashFd(fd);
-        // The file did not change while it was read.
-        if (keyOf(fs.fstatSync(fd, { bigint: true })) === this.key) h = hashed;
+        if (this.unchanged(fd)) h = hashed;
       }
     } catch {
       h = undefined;
@@ -170,14 +170,13 @@ export class ExeHash {
 
   private async take(fd: number): Promise<void> {
     let h: string | undefined;
-    let why = 'changed on disk (or could not be read) after it connected';
+    let why = CHANGED;
     try {
-      const st = fs.fstatSync(fd, { bigint: true });
-      if (st.size > BigInt(EXE_HASH_MAX_BYTES))
-        why = `is larger than ${EXE_HASH_MAX_BYTES / 1024 / 1024} MiB, too large to hash`;
-      else if (keyOf(st) === this.key) {
+      const no = this.unhashable(fd);
+      if (no !== undefined) why = no;
+      else {
         const hashed = await hashFdAsync(fd);
-        if (keyOf(fs.fstatSync(fd, { bigint: true })) === this.key) h = hashed;
+        if (this.unchanged(fd)) h = hashed;
       }
     } catch {
       h = undefined;
@@ -193,6 +192,22 @@ export class ExeHash {
       }
     }
     this.close();
+  }
+
+  /**
+   * Why the file can't be hashed (larger than the limit), or CHANGED when its stat is not the
+   * one seen at identification; undefined when it can be read now.
+   */
+  private unhashable(fd: number): string | undefined {
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (st.size > BigInt(EXE_HASH_MAX_BYTES))
+      return `is larger than ${EXE_HASH_MAX_BYTES / 1024 / 1024} MiB, too large to hash`;
+    return keyOf(st) === this.key ? undefined : CHANGED;
+  }
+
+  /** The file did not change while it was read (its stat is still identification's). */
+  private unchanged(fd: number): boolean {
+    return keyOf(fs.fstatSync(fd, { bigint: true })) === this.key;
   }
 
   /** Gives the descriptor back; a hash not taken by now is refused from here on. */
