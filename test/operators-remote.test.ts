@@ -4,7 +4,7 @@
  * (docs/OPERATORS.md, "Reaching it from elsewhere"). Certificates are made by Debian's openssl.
  */
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
@@ -14,7 +14,7 @@ import { after, before, describe, test } from 'node:test';
 import { parsePolicy } from '../src/policy/index.js';
 import { stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
 import { waitingCommand } from './console-helpers.js';
-import { eventually, kw } from './helpers.js';
+import { BIN, eventually, kw } from './helpers.js';
 
 /** A CA, and a server certificate for 127.0.0.1 it signed; the server key 0600. */
 function makeCertificates(dir: string): { ca: Buffer; cert: string; key: string } {
@@ -55,6 +55,17 @@ function makeCertificates(dir: string): { ca: Buffer; cert: string; key: string 
   );
   fs.chmodSync(f('server.key'), 0o600);
   return { ca: fs.readFileSync(f('ca.pem')), cert: f('server.pem'), key: f('server.key') };
+}
+
+/** Whether another process could listen on host:port now: undefined if it could, else why not. */
+async function takes(host: string, port: number, ipv6Only = false): Promise<string | undefined> {
+  const s = net.createServer();
+  const e = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
+    s.once('error', (err: NodeJS.ErrnoException) => resolve(err));
+    s.listen({ host, port, ipv6Only, exclusive: true }, () => resolve(undefined));
+  });
+  if (e === undefined) await new Promise<void>((r) => s.close(() => r()));
+  return e?.code ?? (e ? 'error' : undefined);
 }
 
 async function freePort(): Promise<number> {
@@ -114,7 +125,16 @@ describe('the operators beyond this machine, over TLS', () => {
   let h: AgentHome;
   let ca: Buffer;
   let key: string;
+  let certFile: string;
   let port: number;
+  /** A command of this home, ended if it hangs (a FIFO that held the agent would hold it). */
+  const bounded = (args: string[]) =>
+    spawnSync(process.execPath, [BIN, ...args], {
+      env: h.env,
+      input: '',
+      timeout: 120_000,
+      killSignal: 'SIGKILL',
+    }).status;
   const homes: AgentHome[] = [];
   const status = () =>
     JSON.parse(kw(['status', '--json'], { env: h.env }).stdout) as Record<string, unknown>;
@@ -125,6 +145,7 @@ describe('the operators beyond this machine, over TLS', () => {
     const made = makeCertificates(dir);
     ca = made.ca;
     key = made.key;
+    certFile = made.cert;
     h = await unlockedAgent(
       `version: 1
 operators:
@@ -206,13 +227,7 @@ rules:
     assert.match(locked.body, /the agent is locked/);
     assert.equal(status()['operatorListen'], null);
     // Another process of the user, with the user's certificate and key, tries to take the port.
-    const squat = net.createServer();
-    const taken = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
-      squat.once('error', (e: NodeJS.ErrnoException) => resolve(e));
-      squat.listen({ host: '127.0.0.1', port, exclusive: true }, () => resolve(undefined));
-    });
-    if (taken === undefined) await new Promise<void>((r) => squat.close(() => r()));
-    assert.equal(taken?.code, 'EADDRINUSE', 'the port was free to take while locked');
+    assert.equal(await takes('127.0.0.1', port), 'EADDRINUSE', 'the port was free while locked');
     assert.equal(kw(['unlock'], { env: h.env }).code, 0);
     await eventually(
       async () => (await request(port, ca, { path: '/operator' })).status === 200,
@@ -237,31 +252,60 @@ rules:
       JSON.parse(kw(['status', '--json'], { env: w.env }).stdout) as Record<string, unknown>;
     await eventually(() => st()['operatorListen'] === `https://127.0.0.1:${wide}`, 'TLS');
     assert.equal((await request(wide, made.ca, { path: '/operator' })).status, 200);
-    const squat = net.createServer();
-    const taken = await new Promise<NodeJS.ErrnoException | undefined>((resolve) => {
-      squat.once('error', (e: NodeJS.ErrnoException) => resolve(e));
-      squat.listen({ host: '::', port: wide, ipv6Only: true, exclusive: true }, () =>
-        resolve(undefined),
-      );
-    });
-    if (taken === undefined) await new Promise<void>((r) => squat.close(() => r()));
+    const taken = await takes('::', wide, true);
     // A machine without IPv6 has no such side.
-    if (taken?.code !== 'EAFNOSUPPORT' && taken?.code !== 'EADDRNOTAVAIL')
-      assert.equal(taken?.code, 'EADDRINUSE', '[::]:PORT was free to take');
+    if (taken !== 'EAFNOSUPPORT' && taken !== 'EADDRNOTAVAIL')
+      assert.equal(taken, 'EADDRINUSE', '[::]:PORT was free to take');
     await stopAgent(w);
   });
 
-  test('a private key others can read is refused: the listener stays down and says why', async () => {
+  test('a private key others can read is refused: nothing is served, it says why, and the port is kept (a chmod is no way to have it let go)', async () => {
     fs.chmodSync(key, 0o644);
     try {
       assert.equal(kw(['lock'], { env: h.env }).code, 0);
       assert.equal(kw(['unlock'], { env: h.env }).code, 0);
       await eventually(() => typeof status()['operatorListenError'] === 'string', 'the error');
       assert.match(String(status()['operatorListenError']), /mode 644, so others can read it/);
-      assert.equal((await request(port, ca, { path: '/operator' })).status, 0);
+      assert.equal((await request(port, ca, { path: '/operator' })).status, 503);
+      assert.equal(await takes('127.0.0.1', port), 'EADDRINUSE');
     } finally {
       fs.chmodSync(key, 0o600);
     }
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    await eventually(
+      async () => (await request(port, ca, { path: '/operator' })).status === 200,
+      'served again',
+    );
+  });
+
+  test("one address (127.0.0.1): the port's IPv6 side is held too, so localhost taken to ::1 finds no one else", async () => {
+    const code = await takes('::', port, true);
+    // A machine without IPv6 has no such side.
+    if (code !== 'EAFNOSUPPORT' && code !== 'EADDRNOTAVAIL') assert.equal(code, 'EADDRINUSE');
+  });
+
+  test('a FIFO in place of the certificate holds nothing: the unlock ends, says why, and the port is kept', async () => {
+    const saved = fs.readFileSync(certFile);
+    fs.rmSync(certFile);
+    assert.equal(spawnSync('mkfifo', ['-m', '600', certFile]).status, 0);
+    try {
+      assert.equal(bounded(['lock']), 0);
+      // Opening a FIFO waits for a writer: none comes. The unlock must end all the same.
+      assert.equal(bounded(['unlock']), 0);
+      await eventually(() => typeof status()['operatorListenError'] === 'string', 'the error');
+      assert.match(String(status()['operatorListenError']), /not a regular file \(it is a FIFO\)/);
+      assert.equal((await request(port, ca, { path: '/operator' })).status, 503);
+    } finally {
+      fs.rmSync(certFile);
+      fs.writeFileSync(certFile, saved);
+    }
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    await eventually(
+      async () => (await request(port, ca, { path: '/operator' })).status === 200,
+      'served again',
+    );
   });
 
   test('the policy takes TLS only: an https origin, an IP address, a certificate and a key', () => {

@@ -126,6 +126,11 @@
   const back = new URLSearchParams(window.location.hash.slice(1));
   history.replaceState(null, '', '/operator');
   signedOut();
+  if (back.get('refused') === 'not-started')
+    say(
+      'This sign-in was not started here, was used already, or took too long: sign in again.',
+      true,
+    );
   if (back.get('handle'))
     api('POST', '/api/operator/oidc/claim', { handle: back.get('handle') })
       .then(signedIn)

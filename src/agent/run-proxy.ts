@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
 import { KeywardError } from '../errors.js';
-import { writeFileAtomic } from '../lib/files.js';
+import { readOwnFile, writeFileAtomic } from '../lib/files.js';
 import { randomBytes, secureFree, secureSlice, type SecureBuffer } from '../lib/secure.js';
 import type { Policy } from '../policy/index.js';
 import { TokenBucket } from '../policy/index.js';
@@ -132,7 +132,7 @@ export async function startRunProxy(o: {
   if (extra !== undefined) {
     let pem: Buffer;
     try {
-      pem = fs.readFileSync(extra);
+      pem = readOwnFile(extra, { follow: true, maxBytes: 16 * 1024 * 1024 });
     } catch (e) {
       throw new KeywardError(
         'POLICY_DENIED',

@@ -9,6 +9,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { readOwnFile } from '../lib/files.js';
 import type { SecureBuffer } from '../lib/secure.js';
 import type { OperatorIdentity, OperatorNeed } from '../operators/index.js';
 
@@ -330,13 +331,18 @@ export function askpass(
   });
 }
 
+/** Larger askpass programs are not pinned (so not run): ssh-askpass is tens of KB. */
+const ASKPASS_MAX_BYTES = 64 * 1024 * 1024;
+
 /** Askpass programs pinned at the agent's start: where each was found, and its content's hash. */
 const pinned = new Map<string, { path: string; sha256: string }>();
 
 /** SHA-256 of a file's content, or undefined when it can't be read (public bytes). */
 function contentHash(file: string): string | undefined {
   try {
-    return createHash('sha256').update(fs.readFileSync(file)).digest('hex');
+    // A FIFO put there would hold the agent's thread; a huge file, its memory.
+    const bytes = readOwnFile(file, { follow: true, maxBytes: ASKPASS_MAX_BYTES });
+    return createHash('sha256').update(bytes).digest('hex');
   } catch {
     return undefined;
   }

@@ -2,7 +2,7 @@
  * The console's API behind a login (server.ts has checked the source, the session and its CSRF
  * token before any of this runs): pending approvals, live; credentials; the audit log; policy.
  */
-import fs from 'node:fs';
+import { readOwnFile } from '../lib/files.js';
 import { readEntries } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { secureFree } from '../lib/secure.js';
@@ -297,11 +297,11 @@ function policyVersion(c: ConsoleServer, n: number): Record<string, unknown> {
   const i = history.findIndex((h) => h.version === n);
   const h = history[i];
   if (!h) throw new HttpError(404, `no applied policy version ${n}`);
-  const text = fs.readFileSync(h.file, 'utf8');
+  const text = readOwnFile(h.file).toString('utf8');
   const prev = history[i - 1];
   let diff: unknown = null;
   if (prev) {
-    const a = parsePolicy(fs.readFileSync(prev.file, 'utf8'));
+    const a = parsePolicy(readOwnFile(prev.file).toString('utf8'));
     const b = parsePolicy(text);
     if (a.ok && b.ok) diff = { against: prev.version, ...diffPolicies(a.policy, b.policy) };
   }

@@ -170,6 +170,8 @@ async function signInFinish(
     // not counted toward the circuit breaker, which a page could otherwise trip from afar.
     const counted = e.message !== NOT_STARTED_HERE;
     await refused(c, 'oidc', e.message, { via: 'sign-in' }, counted).catch(() => undefined);
+    // Not started here: a fixed word the page knows (anyone can send these: no handle kept).
+    if (!counted) return back({ refused: 'not-started' });
     return back({ handle: c.operatorSessions.handOffRefusal(e.message.slice(0, 300), now) });
   }
   await c.audit({

@@ -11,11 +11,11 @@
  * What it leaves: node:tls parses the private key into OpenSSL (its secure heap, which the agent
  * starts first thing, holds the private numbers); the file's bytes are zeroed once parsed.
  */
-import fs from 'node:fs';
 import type http from 'node:http';
 import https from 'node:https';
+import net, { isIPv6 } from 'node:net';
 import { KeywardError } from '../errors.js';
-import { assertPrivate } from '../lib/files.js';
+import { readOwnFile } from '../lib/files.js';
 
 export interface RemoteListen {
   address: string;
@@ -30,7 +30,9 @@ type Handler = (req: http.IncomingMessage, res: http.ServerResponse, origin: str
 
 export class RemoteOperators {
   /** The listener, and the configuration it was started with. */
-  private up: { config: string; origin: string; server: https.Server } | undefined;
+  private up:
+    | { config: string; origin: string; server: https.Server; guard: net.Server | undefined }
+    | undefined;
   /** Why the listener is not up, when the policy asked for one. */
   error: string | undefined;
 
@@ -59,9 +61,11 @@ export class RemoteOperators {
           tls.key.fill(0);
         }
         this.paused = false;
+        this.error = undefined;
         return;
       } catch (e) {
-        await this.close();
+        // Still paused, and still holding the port: a certificate or key made unusable (a
+        // chmod, a rename) must not be a way to have the port let go for another to take.
         this.error = e instanceof Error ? e.message : String(e);
         return;
       }
@@ -69,12 +73,12 @@ export class RemoteOperators {
     await this.close();
     if (!cfg || config === undefined) return;
     try {
-      const server = await listen(cfg, (req, res) => {
+      const { server, guard } = await listen(cfg, (req, res) => {
         if (!this.paused) return this.handle(req, res, cfg.origin);
         res.writeHead(503, { 'Content-Type': 'application/json', Connection: 'close' });
         res.end(JSON.stringify({ error: 'the agent is locked' }));
       });
-      this.up = { config, origin: cfg.origin, server };
+      this.up = { config, origin: cfg.origin, server, guard };
     } catch (e) {
       this.error = e instanceof Error ? e.message : String(e);
     }
@@ -88,7 +92,9 @@ export class RemoteOperators {
 
   async close(): Promise<void> {
     const s = this.up?.server;
+    const guard = this.up?.guard;
     this.up = undefined;
+    guard?.close();
     this.error = undefined;
     this.paused = false;
     if (!s) return;
@@ -97,13 +103,25 @@ export class RemoteOperators {
   }
 }
 
-/** The certificate and key from their files (the key the user's alone), for a TLS context. */
+/** Certificates and keys are a few KB; a chain of several, tens. */
+const TLS_FILE_MAX = 1024 * 1024;
+
+/**
+ * The certificate and key from their files, for a TLS context: regular files only (a FIFO would
+ * hold the agent's unlock for as long as nothing writes to it), and the key the user's alone, as
+ * the vault is (fail closed otherwise).
+ */
 function tlsOptions(cfg: RemoteListen): { key: Buffer; cert: Buffer } {
-  // The private key must be the user's alone, as the vault is (fail closed otherwise).
-  assertPrivate(cfg.key, 'file');
   try {
-    return { key: fs.readFileSync(cfg.key), cert: fs.readFileSync(cfg.cert) };
+    const key = readOwnFile(cfg.key, { private: true, maxBytes: TLS_FILE_MAX });
+    try {
+      return { key, cert: readOwnFile(cfg.cert, { maxBytes: TLS_FILE_MAX }) };
+    } catch (e) {
+      key.fill(0);
+      throw e;
+    }
   } catch (e) {
+    if (e instanceof KeywardError) throw e;
     throw new KeywardError(
       'USAGE',
       `the operator listener's certificate or key can't be read: ${(e as Error).message}`,
@@ -111,7 +129,10 @@ function tlsOptions(cfg: RemoteListen): { key: Buffer; cert: Buffer } {
   }
 }
 
-async function listen(cfg: RemoteListen, handler: http.RequestListener): Promise<https.Server> {
+async function listen(
+  cfg: RemoteListen,
+  handler: http.RequestListener,
+): Promise<{ server: https.Server; guard: net.Server | undefined }> {
   const { key, cert } = tlsOptions(cfg);
   let server: https.Server;
   try {
@@ -129,28 +150,46 @@ async function listen(cfg: RemoteListen, handler: http.RequestListener): Promise
   server.requestTimeout = 30_000;
   server.keepAliveTimeout = 5_000;
   server.maxConnections = 64;
-  const on = (host: string, ipv6Only: boolean) =>
+  const on = (s: net.Server, host: string, ipv6Only: boolean) =>
     new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ host, port: cfg.port, exclusive: true, ipv6Only }, () => {
-        server.off('error', reject);
+      s.once('error', reject);
+      s.listen({ host, port: cfg.port, exclusive: true, ipv6Only }, () => {
+        s.off('error', reject);
         resolve();
       });
     });
+  const noFamily = (e: NodeJS.ErrnoException) =>
+    e.code === 'EAFNOSUPPORT' || e.code === 'EADDRNOTAVAIL';
   try {
     // Every address: both families in one socket, so neither side of the port is free for
     // another process to stand on. A machine without IPv6 has only the one.
     if (cfg.address === '0.0.0.0' || cfg.address === '::')
-      await on('::', false).catch((e: NodeJS.ErrnoException) => {
-        if (e.code !== 'EAFNOSUPPORT' && e.code !== 'EADDRNOTAVAIL') throw e;
-        return on('0.0.0.0', false);
+      await on(server, '::', false).catch((e: NodeJS.ErrnoException) => {
+        if (!noFamily(e)) throw e;
+        return on(server, '0.0.0.0', false);
       });
-    else await on(cfg.address, false);
+    else await on(server, cfg.address, false);
   } catch (e) {
     throw new KeywardError(
       'USAGE',
       `the operator listener can't listen on ${cfg.address}:${cfg.port}: ${(e as Error).message}`,
     );
   }
-  return server;
+  if (cfg.address === '0.0.0.0' || cfg.address === '::') return { server, guard: undefined };
+  // One address: the port's side in the other family is held too, answering nothing, so a name
+  // that resolves to both (localhost, a host with an AAAA record) can't lead an operator to
+  // another process standing there with this certificate.
+  const other = isIPv6(cfg.address) ? '0.0.0.0' : '::';
+  const guard = net.createServer((socket) => socket.destroy());
+  try {
+    await on(guard, other, other === '::');
+    return { server, guard };
+  } catch (e) {
+    if (noFamily(e as NodeJS.ErrnoException)) return { server, guard: undefined };
+    server.close();
+    throw new KeywardError(
+      'USAGE',
+      `the operator listener's port ${cfg.port} is taken on ${other === '::' ? '[::]' : '0.0.0.0'} by another process, which could stand there with this certificate: ${(e as Error).message}`,
+    );
+  }
 }

@@ -27,8 +27,10 @@ export function openOwnFile(
   file: string,
   flags: number = fs.constants.O_RDONLY,
   mode = 0o600,
+  follow = false,
 ): number {
-  const fd = fs.openSync(file, flags | fs.constants.O_NOFOLLOW | fs.constants.O_NONBLOCK, mode);
+  const nofollow = follow ? 0 : fs.constants.O_NOFOLLOW;
+  const fd = fs.openSync(file, flags | nofollow | fs.constants.O_NONBLOCK, mode);
   let st: fs.Stats;
   try {
     st = fs.fstatSync(fd);
@@ -43,10 +45,27 @@ export function openOwnFile(
   return fd;
 }
 
-/** The whole of one of keyward's own files (openOwnFile's checks). */
-export function readOwnFile(file: string): Buffer {
-  const fd = openOwnFile(file);
+/**
+ * The whole of one of keyward's own files (openOwnFile's checks). private: the file must also be
+ * the user's alone (checked on the descriptor read, not on a path that could change between);
+ * maxBytes: a larger one is refused before it is read; follow: a symbolic link is followed (a
+ * file keyward reads but does not own: an askpass program, a CA bundle), still never to a FIFO.
+ */
+export function readOwnFile(
+  file: string,
+  o: { private?: boolean; maxBytes?: number; follow?: boolean } = {},
+): Buffer {
+  const fd = openOwnFile(file, fs.constants.O_RDONLY, 0o600, o.follow === true);
   try {
+    if (o.private === true || o.maxBytes !== undefined) {
+      const st = fs.fstatSync(fd);
+      if (o.private === true) refuseIfProblem(file, 'file', problemOf(st, 'file'));
+      if (o.maxBytes !== undefined && st.size > o.maxBytes)
+        throw new KeywardError(
+          'USAGE',
+          `refusing to read ${file}: it is ${st.size} bytes, more than ${o.maxBytes}`,
+        );
+    }
     return fs.readFileSync(fd);
   } finally {
     fs.closeSync(fd);

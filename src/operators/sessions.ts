@@ -10,6 +10,8 @@ import type { OperatorIdentity } from './types.js';
 export const OPERATOR_IDLE_MS = 10 * 60_000;
 export const OPERATOR_MAX_MS = 60 * 60_000;
 const MAX_SESSIONS = 64;
+/** Sign-ins waiting for their page to claim them (each page claims its own at once). */
+const MAX_HANDOFFS = 256;
 /** A sign-in's session waits this long for its page to claim it (the page does at once). */
 export const HANDOFF_MS = 60_000;
 
@@ -33,7 +35,7 @@ export class OperatorSessions {
    * for the bearer token. The token itself is never in a URL.
    */
   handOff(s: OperatorSession, now: number): string {
-    for (const [h, x] of this.handoffs) if (x.expiresAt <= now) this.handoffs.delete(h);
+    this.sweepHandoffs(now);
     const handle = randomBytes(32).toString('base64url');
     this.handoffs.set(handle, { token: s.token, expiresAt: now + HANDOFF_MS });
     return handle;
@@ -44,10 +46,19 @@ export class OperatorSessions {
    * claimed like a session, never text from its URL (a link could put any there).
    */
   handOffRefusal(why: string, now: number): string {
-    for (const [h, x] of this.handoffs) if (x.expiresAt <= now) this.handoffs.delete(h);
+    this.sweepHandoffs(now);
     const handle = randomBytes(32).toString('base64url');
     this.handoffs.set(handle, { refusal: why, expiresAt: now + HANDOFF_MS });
     return handle;
+  }
+
+  /** Drops handles past their minute, and the oldest beyond MAX_HANDOFFS. */
+  private sweepHandoffs(now: number): void {
+    for (const [h, x] of this.handoffs) if (x.expiresAt <= now) this.handoffs.delete(h);
+    for (const h of this.handoffs.keys()) {
+      if (this.handoffs.size < MAX_HANDOFFS) break;
+      this.handoffs.delete(h);
+    }
   }
 
   /**
