@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import {
   AuditLog,
+  auditPaths,
   boxTrustOf,
   checkpointAtLock,
   type AuditRecord,
@@ -84,7 +85,11 @@ export class UnlockWindow {
     } catch {
       return undefined;
     }
-    if (this.box?.gen !== this.gen) this.box = { gen: this.gen, trust: boxTrustOf(v, 'the agent') };
+    if (this.box?.gen !== this.gen)
+      this.box = {
+        gen: this.gen,
+        trust: boxTrustOf(v, auditPaths(this.host.home).dir, 'the agent'),
+      };
     return this.box.trust;
   }
 

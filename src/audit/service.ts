@@ -31,7 +31,15 @@ import {
   type Checkpoint,
   type VerifyResult,
 } from './verify.js';
-import { BOX_SECRET, boxTrustOf, rebuildState, SEED, seedOf, storeNewKeys } from './vault-keys.js';
+import {
+  BOX_SECRET,
+  boxTrustOf,
+  rebuildState,
+  rememberBoxKey,
+  SEED,
+  seedOf,
+  storeNewKeys,
+} from './vault-keys.js';
 import { readSeedFile } from './seed.js';
 import { readOwnFile } from '../lib/files.js';
 
@@ -58,7 +66,10 @@ function startLog(log: AuditLog, v: Vault): void {
   const sk = v.revealInternal(BOX_SECRET);
   try {
     if (!sk) throw new KeywardError('AUDIT_UNAVAILABLE', 'this vault has no audit box key');
-    log.create(seed, boxPublicOf(sk));
+    const pk = boxPublicOf(sk);
+    log.create(seed, pk);
+    // Beside the log, sealed: what the next writer checks the state's key against at once.
+    rememberBoxKey(v, log.paths.dir, pk);
   } finally {
     secureFree(seed);
     secureFree(sk);
@@ -202,7 +213,7 @@ export function auditSink(home: string, options?: AuditOptions): AuditSink {
       // recorded now, chained from the last entry that is there, and said.
       if (!log.exists()) return undefined;
       // Bodies are sealed to the vault's box key, whatever the state file names (log.ts).
-      log.trustBoxKeys(() => boxTrustOf(v, 'the command line'));
+      log.trustBoxKeys(() => boxTrustOf(v, log.paths.dir, 'the command line'));
       const boxed = log.checkBoxKey();
       const b = findBreak(log, readCheckpoints(log, v));
       if (!b) return boxed === undefined ? undefined : boxWarning(boxed);
@@ -318,6 +329,7 @@ export function rekeyBox(home: string, v: Vault): number {
   }
   v.save();
   log.replaceBoxKey(publicKey);
+  rememberBoxKey(v, log.paths.dir, publicKey);
   log.append([{ type: 'audit.rekeyed', decision: 'info', details: { retiredKeys: retired } }]);
   writeCheckpoint(log, v);
   return retired;

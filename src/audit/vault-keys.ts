@@ -3,6 +3,7 @@
  * state from them: after a lost state file (audit init) and after a restore, which never carries
  * the state file (it holds the current epoch key in the clear; docs/BACKUP.md).
  */
+import path from 'node:path';
 import { IntegrityError, KeywardError } from '../errors.js';
 import { secureFree, secureRandom, type SecureBuffer } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
@@ -12,7 +13,7 @@ import { boxKeypair, boxPublicOf, epochKeyFromSeed } from './keys.js';
 import type { AuditLog, BoxTrust } from './log.js';
 import { writeState } from './state.js';
 import { listSegments } from './verify.js';
-import { readOwnFile } from '../lib/files.js';
+import { readOwnFile, writeFileAtomic } from '../lib/files.js';
 
 export const SEED = '@audit/seed';
 export const BOX_SECRET = '@audit/box-secret';
@@ -29,8 +30,33 @@ export function storeNewKeys(v: Vault): void {
   }
 }
 
-/** The vault's box keys, for a writer that holds it (AuditLog.trustBoxKeys); none without one. */
-export function boxTrustOf(v: Vault, by: string): BoxTrust | undefined {
+/** The box public key sealed beside the log with the vault's state key (audit/box). */
+const BOX_LABEL = 'audit-box-key';
+
+function boxFile(dir: string): string {
+  return path.join(dir, 'box');
+}
+
+/** The box key audit/box holds, when it opens with this vault; else undefined. */
+function knownBoxKey(v: Vault, dir: string): Buffer | undefined {
+  try {
+    const plain = v.openState(BOX_LABEL, readOwnFile(boxFile(dir), { maxBytes: 4096 }));
+    return plain?.length === 32 ? Buffer.from(plain) : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Seals the vault's current box public key beside the log (audit/box), for the next writer. */
+export function rememberBoxKey(v: Vault, dir: string, current: Buffer): void {
+  writeFileAtomic(boxFile(dir), [v.sealState(BOX_LABEL, current)]);
+}
+
+/**
+ * The vault's box keys, for a writer that holds it (AuditLog.trustBoxKeys), with the log's
+ * directory (where the copy sealed beside the log is); none without a box secret.
+ */
+export function boxTrustOf(v: Vault, dir: string, by: string): BoxTrust {
   const publicOf = (name: string): Buffer[] => {
     const sk = v.revealInternal(name as `@${string}`);
     if (!sk) return [];
@@ -40,13 +66,24 @@ export function boxTrustOf(v: Vault, by: string): BoxTrust | undefined {
       secureFree(sk);
     }
   };
-  const [current] = publicOf(BOX_SECRET);
-  if (current === undefined) return undefined;
-  return {
-    current,
-    retired: () => v.internalNames(`${BOX_SECRET}.`).flatMap(publicOf),
+  const trust: BoxTrust = {
+    known: knownBoxKey(v, dir),
+    confirm: () => {
+      const [current] = publicOf(BOX_SECRET);
+      if (current === undefined) return undefined;
+      return { current, retired: v.internalNames(`${BOX_SECRET}.`).flatMap(publicOf) };
+    },
+    remember: (current) => {
+      trust.known = current;
+      try {
+        rememberBoxKey(v, dir, current);
+      } catch {
+        // Only a cache: the next writer asks the vault again.
+      }
+    },
     by,
   };
+  return trust;
 }
 
 export function seedOf(v: Vault): SecureBuffer {
@@ -84,13 +121,15 @@ export function rebuildState(log: AuditLog, v: Vault, record: AuditRecord, step 
   const key = epochKeyFromSeed(seed, epoch);
   try {
     if (!sk) throw new KeywardError('AUDIT_UNAVAILABLE', 'this vault has no audit box key');
+    const boxPublicKey = boxPublicOf(sk);
     writeState(log.paths, {
       epoch,
       epochStartMs: Date.now(),
       segment: segments.length,
       key,
-      boxPublicKey: boxPublicOf(sk),
+      boxPublicKey,
     });
+    rememberBoxKey(v, log.paths.dir, boxPublicKey);
   } finally {
     secureFree(seed);
     secureFree(sk);
