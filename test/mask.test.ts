@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { secureFree, secureTake, type SecureBuffer } from '../src/lib/secure.js';
+import { securePooled, secureRelease, type SecureBuffer } from '../src/lib/secure.js';
 import { MASK_MARKER, Masker } from '../src/run/mask.js';
 
 const MARK = MASK_MARKER.toString();
@@ -19,12 +19,20 @@ function masked(forms: readonly SecureBuffer[], pieces: readonly string[]): stri
   return out.join('');
 }
 
+/**
+ * The values' forms in secure memory from the pool: thousands of cases each with buffers of
+ * their own would leave a mapping each until a GC, past the kernel's limit on mappings.
+ */
 function withForms<T>(values: readonly string[], fn: (forms: SecureBuffer[]) => T): T {
-  const forms = values.map((v) => secureTake(Buffer.from(v)));
+  const forms = values.map((v) => {
+    const f = securePooled(Buffer.byteLength(v));
+    f.write(v);
+    return f;
+  });
   try {
     return fn(forms);
   } finally {
-    for (const f of forms) secureFree(f);
+    for (const f of forms) secureRelease(f);
   }
 }
 

@@ -7,7 +7,13 @@
  * whether they are; everything else goes out at once, so interactive programs don't stall. What
  * push() returns holds no form of any value, so it can be written anywhere.
  */
-import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.js';
+import {
+  secureAlloc,
+  securePooled,
+  secureRelease,
+  zero,
+  type SecureBuffer,
+} from '../lib/secure.js';
 
 export const MASK_MARKER = Buffer.from('<concealed by keyward>');
 
@@ -15,9 +21,11 @@ export class Masker {
   /**
    * One secure work buffer, reused: held-back bytes at its start, the new chunk after them. It
    * only grows (a secure allocation costs guard pages and a mapping, released at GC), so a
-   * chatty child costs no allocation per chunk.
+   * chatty child costs no allocation per chunk. The first is the pool's (lib/secure.ts): a
+   * masker per scan (the MCP gateway's) would otherwise leave a mapping each until a GC, and
+   * thousands of them run a process into the kernel's limit on mappings.
    */
-  private work: SecureBuffer = secureAlloc(64 * 1024);
+  private work: SecureBuffer = securePooled(64 * 1024);
   private heldLen = 0;
   /**
    * How many of the held bytes a marker already stands for: the end of a masked range that a
@@ -45,7 +53,7 @@ export class Masker {
     if (total > this.work.length) {
       const bigger = secureAlloc(Math.max(total, this.work.length * 2));
       this.work.copy(bigger, 0, 0, this.heldLen);
-      secureFree(this.work);
+      secureRelease(this.work);
       this.work = bigger;
     }
     chunk.copy(this.work, this.heldLen);
@@ -72,7 +80,7 @@ export class Masker {
   /** Wipes the work buffer; the forms are the caller's to free. */
   destroy(): void {
     this.forms.length = 0;
-    secureFree(this.work);
+    secureRelease(this.work);
     this.heldLen = 0;
     this.heldMasked = 0;
   }
