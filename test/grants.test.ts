@@ -306,13 +306,22 @@ describe('the askpass program is the one the agent started with', () => {
   });
 });
 
+/**
+ * node, made sparse to mib MiB: it still runs (the zeros follow the ELF image), and its hash
+ * reads every byte.
+ */
+function sparseNode(h: AgentHome, mib: number): string {
+  const big = path.join(h.dir, 'big-node');
+  fs.copyFileSync(process.execPath, big);
+  fs.truncateSync(big, mib * 1024 * 1024);
+  fs.chmodSync(big, 0o755);
+  return big;
+}
+
 describe("the caller's executable", () => {
   test('one being hashed (node, sparse to 500 MiB) does not hold the agent: others are answered while it is read', async () => {
     const h = await agentWith(REMEMBER);
-    const big = path.join(h.dir, 'big-node');
-    fs.copyFileSync(process.execPath, big);
-    fs.truncateSync(big, 500 * 1024 * 1024);
-    fs.chmodSync(big, 0o755);
+    const big = sparseNode(h, 500);
     const pid = h.agentPid;
     assert.ok(pid !== undefined);
     // What the agent has read so far (every read and pread counts): its progress through the file.
@@ -338,13 +347,9 @@ describe("the caller's executable", () => {
 
   test("one too large to hash (a sparse file of 600 MiB) is refused at once where a hash is needed, not read on the agent's thread", async () => {
     const h = await agentWith(REMEMBER);
-    // node, made sparse to 600 MiB: it still runs (the zeros follow the ELF image), and its hash
-    // (needed for a grant remembered per process) would take the agent's thread for seconds;
-    // a terabyte, for most of an hour.
-    const big = path.join(h.dir, 'big-node');
-    fs.copyFileSync(process.execPath, big);
-    fs.truncateSync(big, 600 * 1024 * 1024);
-    fs.chmodSync(big, 0o755);
+    // Its hash (needed for a grant remembered per process) would take a core for seconds; a
+    // terabyte's, for most of an hour.
+    const big = sparseNode(h, 600);
     const p = oneProcess(h, big);
     h.answer('yes');
     assert.deepEqual(await p.ask({ op: 'read', name: 'app/token' }), {

@@ -221,9 +221,10 @@ export function sealFile(log: AuditLog, v: Vault, cp: Checkpoint): void {
 /** Puts the head into the vault (before a save): only when it extends what the vault had. */
 export function setAnchor(log: AuditLog, v: Vault, force = false): void {
   if (!log.exists()) return;
-  startAcks(v, log.head().seq);
+  const head = log.head();
+  startAcks(v, head.seq);
   if (!force && findBreak(log, readCheckpoints(log, v)) !== undefined) return;
-  anchorAt(v, log.head());
+  anchorAt(v, head);
 }
 
 /** Puts this head into the vault (before a save), checked by the caller. */

@@ -301,12 +301,11 @@ export class AuditLog {
     // Not the key sealed beside the log (or none is): asked of the vault itself.
     const vault = trust.confirm();
     if (vault === undefined) return undefined;
+    // The copy beside the log differed from the state's key, or was missing: one of them was not
+    // the vault's, so the copy is sealed again either way.
+    trust.remember(vault.current);
     // eslint-disable-next-line no-restricted-syntax -- public keys
-    const right = st.boxPublicKey.equals(vault.current);
-    // eslint-disable-next-line no-restricted-syntax -- public keys
-    if (!right || trust.known === undefined || !trust.known.equals(vault.current))
-      trust.remember(vault.current);
-    if (right) return undefined;
+    if (st.boxPublicKey.equals(vault.current)) return undefined;
     // eslint-disable-next-line no-restricted-syntax -- public keys
     const ours = vault.retired.some((k) => k.equals(st.boxPublicKey));
     st.boxPublicKey = Buffer.from(vault.current);

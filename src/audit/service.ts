@@ -213,7 +213,8 @@ export function auditSink(home: string, options?: AuditOptions): AuditSink {
       // recorded now, chained from the last entry that is there, and said.
       if (!log.exists()) return undefined;
       // Bodies are sealed to the vault's box key, whatever the state file names (log.ts).
-      log.trustBoxKeys(() => boxTrustOf(v, log.paths.dir, 'the command line'));
+      const trust = boxTrustOf(v, log.paths.dir, 'the command line');
+      log.trustBoxKeys(() => trust);
       const boxed = log.checkBoxKey();
       const b = findBreak(log, readCheckpoints(log, v));
       if (!b) return boxed === undefined ? undefined : boxWarning(boxed);

@@ -160,10 +160,11 @@ async function listen(
     });
   const noFamily = (e: NodeJS.ErrnoException) =>
     e.code === 'EAFNOSUPPORT' || e.code === 'EADDRNOTAVAIL';
+  const everywhere = cfg.address === '0.0.0.0' || cfg.address === '::';
   try {
     // Every address: both families in one socket, so neither side of the port is free for
     // another process to stand on. A machine without IPv6 has only the one.
-    if (cfg.address === '0.0.0.0' || cfg.address === '::')
+    if (everywhere)
       await on(server, '::', false).catch((e: NodeJS.ErrnoException) => {
         if (!noFamily(e)) throw e;
         return on(server, '0.0.0.0', false);
@@ -175,7 +176,7 @@ async function listen(
       `the operator listener can't listen on ${cfg.address}:${cfg.port}: ${(e as Error).message}`,
     );
   }
-  if (cfg.address === '0.0.0.0' || cfg.address === '::') return { server, guard: undefined };
+  if (everywhere) return { server, guard: undefined };
   // One address: the port's side in the other family is held too, answering nothing, so a name
   // that resolves to both (localhost, a host with an AAAA record) can't lead an operator to
   // another process standing there with this certificate.

@@ -29,6 +29,16 @@ export function openOwnFile(
   mode = 0o600,
   follow = false,
 ): number {
+  return openRegular(file, flags, mode, follow).fd;
+}
+
+/** openOwnFile, with the stat it took of the descriptor. */
+function openRegular(
+  file: string,
+  flags: number,
+  mode: number,
+  follow: boolean,
+): { fd: number; st: fs.Stats } {
   const nofollow = follow ? 0 : fs.constants.O_NOFOLLOW;
   const fd = fs.openSync(file, flags | nofollow | fs.constants.O_NONBLOCK, mode);
   let st: fs.Stats;
@@ -42,7 +52,7 @@ export function openOwnFile(
     fs.closeSync(fd);
     throw notRegular(file, st);
   }
-  return fd;
+  return { fd, st };
 }
 
 /**
@@ -55,17 +65,14 @@ export function readOwnFile(
   file: string,
   o: { private?: boolean; maxBytes?: number; follow?: boolean } = {},
 ): Buffer {
-  const fd = openOwnFile(file, fs.constants.O_RDONLY, 0o600, o.follow === true);
+  const { fd, st } = openRegular(file, fs.constants.O_RDONLY, 0o600, o.follow === true);
   try {
-    if (o.private === true || o.maxBytes !== undefined) {
-      const st = fs.fstatSync(fd);
-      if (o.private === true) refuseIfProblem(file, 'file', problemOf(st, 'file'));
-      if (o.maxBytes !== undefined && st.size > o.maxBytes)
-        throw new KeywardError(
-          'USAGE',
-          `refusing to read ${file}: it is ${st.size} bytes, more than ${o.maxBytes}`,
-        );
-    }
+    if (o.private === true) refuseIfProblem(file, 'file', problemOf(st, 'file'));
+    if (o.maxBytes !== undefined && st.size > o.maxBytes)
+      throw new KeywardError(
+        'USAGE',
+        `refusing to read ${file}: it is ${st.size} bytes, more than ${o.maxBytes}`,
+      );
     return fs.readFileSync(fd);
   } finally {
     fs.closeSync(fd);
