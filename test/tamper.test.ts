@@ -3,13 +3,14 @@
  * files deleted or put back to an older version, an audit log deleted, truncated or healed.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import {
   agentHome,
   auditEntries,
+  kwAsync,
   withoutAgent,
   startAgent,
   stopAgent,
@@ -372,6 +373,50 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.match(String(locked?.details['checkpoints']), /no checkpoint sealed/);
     const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
     assert.equal(v.code, 8, v.stdout + v.stderr);
+  });
+
+  test('a break found at lock while another process holds the audit lock: the agent answers meanwhile, and records the break once the lock is free', async () => {
+    const h = await unlocked(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'held-lock' }).code, 0);
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'held-lock');
+    // A command without the agent writes after the agent's last entry and seals the checkpoint
+    // file there; the attacker cuts those lines, back to exactly the agent's last entry.
+    const agentEnd = logLines(h).length;
+    assert.equal(kw(['secret', 'set', 'app/other'], { env: h.env, input: 'x-1234' }).code, 0);
+    cutTail(h, logLines(h).length - agentEnd);
+    // The attacker holds the audit lock (any process of the user can).
+    const holder = spawn('/usr/bin/flock', [
+      path.join(h.home, 'audit', 'lock'),
+      'sh',
+      '-c',
+      'echo held; read x',
+    ]);
+    try {
+      await new Promise<void>((r) => holder.stdout.once('data', () => r()));
+      const locking = kwAsync(['lock'], h.env);
+      // The agent's thread is not held by the lock's wait: it answers another client meanwhile
+      // (locked already: the window closes before the lock's records are written).
+      const st = spawnSync(process.execPath, [BIN, 'status'], {
+        env: h.env,
+        input: '',
+        timeout: 120_000,
+      });
+      assert.equal(st.status, 5, st.stderr.toString());
+      holder.stdin.end('\n');
+      const l = await locking;
+      assert.equal(l.code, 0, l.stderr);
+    } finally {
+      holder.kill('SIGKILL');
+    }
+    const entries = auditEntries(h);
+    const gaps = entries.filter((e) => e.type === 'audit.gap');
+    assert.equal(gaps.length, 1, 'the break against the checkpoint file is recorded');
+    assert.equal(gaps[0]?.details['checkpoint'], 'file');
+    assert.equal(gaps[0]?.details['detectedBy'], 'the agent at lock');
+    const locked = entries.filter((e) => e.type === 'vault.lock').at(-1);
+    assert.match(String(locked?.details['checkpoints']), /no checkpoint sealed: the log ends at/);
   });
 
   test('a rekey while the agent is unlocked: its lock leaves the checkpoint file the rekey sealed', async () => {

@@ -448,8 +448,11 @@ export class Agent {
     this.runs.lockProxies();
     this.cache.clear('the agent locked');
     this.mcp.forget();
-    const checkpoints = this.window.close(this.audit.lastWritten);
-    if (checkpoints === undefined) return;
+    const closed = this.window.close(this.audit.lastWritten);
+    if (closed === undefined) return;
+    const { checkpoints, gap } = closed;
+    // A break the lock found is recorded first, through the agent's own writer.
+    if (gap) await this.record(gap).catch(() => undefined);
     await this.record({
       type: 'vault.lock',
       decision: 'info',

@@ -310,10 +310,14 @@ export class UnlockWindow {
 
   /**
    * Ends the window: timers stop, the checkpoints are sealed and the vault's keys are wiped.
-   * Returns what became of the checkpoints (for the lock's record), or undefined when no vault
-   * was open. `agentLast` is the agent's last audit entry: a log cut behind it seals nothing.
+   * Returns what became of the checkpoints (for the lock's record) and the record of a break
+   * found (for the agent to write), or undefined when no vault was open. `agentLast` is the
+   * agent's last audit entry: a log cut behind it seals nothing.
    */
-  close(agentLast?: { seq: number; hash: string }): string | undefined {
+  close(agentLast?: {
+    seq: number;
+    hash: string;
+  }): { checkpoints: string; gap?: AuditRecord } | undefined {
     clearTimeout(this.idleTimer);
     clearTimeout(this.capTimer);
     this.idleTimer = this.capTimer = undefined;
@@ -321,9 +325,9 @@ export class UnlockWindow {
     const v = this.vault;
     this.vault = undefined;
     if (!v) return undefined;
-    let checkpoints: string;
+    let done: { checkpoints: string; gap?: AuditRecord };
     try {
-      checkpoints = checkpointAtLock(new AuditLog(this.host.home), v, agentLast, (save) => {
+      done = checkpointAtLock(new AuditLog(this.host.home), v, agentLast, (save) => {
         // A lock from inside this agent's own write() would wait for its own lock.
         if (this.writing > 0) throw new Error('the agent was writing the vault');
         // The vault's lock, when it is free soon: past that the vault's checkpoint stays where
@@ -338,10 +342,12 @@ export class UnlockWindow {
       });
     } catch (e) {
       // The checkpoints are a defence in depth; the lock happens regardless.
-      checkpoints = `no checkpoint sealed (${e instanceof Error ? e.message : 'failed'})`;
+      done = {
+        checkpoints: `no checkpoint sealed (${e instanceof Error ? e.message : 'failed'})`,
+      };
     }
     v.close();
-    return checkpoints;
+    return done;
   }
 
   /** What `status` shows of the window. */

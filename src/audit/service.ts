@@ -7,7 +7,7 @@ import { KeywardError } from '../errors.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
 import { parseLine } from './entry.js';
-import { isEventType } from './events.js';
+import { isEventType, type AuditRecord } from './events.js';
 import { BodyOpener } from './body.js';
 import { boxKeypair, boxPublicOf } from './keys.js';
 import { AuditLog, type AuditOptions, type Head } from './log.js';
@@ -16,6 +16,7 @@ import {
   acknowledgeBreaks,
   acknowledgedBy,
   findBreak,
+  gapRecord,
   readCheckpoints,
   anchorAt,
   recordBreakOnce,
@@ -148,7 +149,9 @@ export function writeCheckpoint(log: AuditLog, v: Vault): void {
  * is the user's to delete; the vault's checkpoint moved only at the vault's own saves, so what an
  * agent released since the last `secret set` could be cut from the log, with the file, and
  * nothing would say so. `agentLast` is the last entry the agent wrote: a log cut behind it is a
- * break too. On a break nothing is sealed (it is recorded). Each place is tried on its own; what
+ * break too. On a break nothing is sealed, and its record is returned for the agent to write
+ * (through its own writer: `log` takes no lock here, so the agent's thread never waits for the
+ * audit lock its group committer may hold across an fsync). Each place is tried on its own; what
  * became of them is returned, for the lock's own record.
  */
 export function checkpointAtLock(
@@ -156,15 +159,18 @@ export function checkpointAtLock(
   v: Vault,
   agentLast: Checkpoint | undefined,
   underVaultLock: (save: () => void) => void,
-): string {
+): { checkpoints: string; gap?: AuditRecord } {
   const checkpoints = readCheckpoints(log, v);
   if (agentLast) checkpoints.push({ ...agentLast, where: 'agent' });
   const b = findBreak(log, checkpoints);
   if (b) {
+    const checkpoints = `no checkpoint sealed: ${b.reason}`;
     // A cut behind the agent's own last entry is recorded by the agent's next write (its lock's
-    // entry, next), as at any batch; one against the sealed checkpoints, here.
-    if (b.checkpoint.where !== 'agent') recordBreakOnce(log, b, 'the agent at lock');
-    return `no checkpoint sealed: ${b.reason}`;
+    // entry, next), as at any batch; one against the sealed checkpoints by the record returned,
+    // once (none when a break is recorded and not acknowledged yet).
+    if (b.checkpoint.where === 'agent' || log.unacknowledgedGaps().length > 0)
+      return { checkpoints };
+    return { checkpoints, gap: gapRecord(b, 'the agent at lock') };
   }
   const head = log.head();
   const why = (e: unknown) => (e instanceof Error ? e.message : 'failed');
@@ -194,7 +200,7 @@ export function checkpointAtLock(
       file = `the checkpoint file not sealed (${why(e)})`;
     }
   }
-  return `${file}; ${vault}`;
+  return { checkpoints: `${file}; ${vault}` };
 }
 
 /** The sink the CLI hands to vault sessions: every record durable, or the operation fails. */
