@@ -187,6 +187,22 @@ export function findBreak(
   return undefined;
 }
 
+/** A long-running writer's last line is not where it wrote it: the break's record. */
+export function cutBehindRecord(
+  expected: Checkpoint,
+  now: Checkpoint,
+): { record: AuditRecord; reason: string } {
+  const b = {
+    checkpoint: { seq: expected.seq, hash: expected.hash, where: 'agent' as const },
+    found: { seq: now.seq, hash: now.hash },
+    reason:
+      now.seq < expected.seq
+        ? `the log ends at seq ${now.seq}, but the agent wrote seq ${expected.seq}: ${expected.seq - now.seq} entries are missing`
+        : `the entry at seq ${expected.seq} is not the one the agent wrote: the log was cut there and written again`,
+  };
+  return { record: gapRecord(b, 'the agent'), reason: b.reason };
+}
+
 /** The record of a break, as the log keeps it. */
 export function gapRecord(b: Break, by: string): AuditRecord {
   return {

@@ -60,4 +60,4 @@ export {
 export { readSeedFile, writeSeedHex, writeSeedQr } from './seed.js';
 export type { CopyComparison } from './copy.js';
 export { boxTrustOf } from './vault-keys.js';
-export type { BoxTrust } from './log.js';
+export type { BoxTrust } from './box.js';

@@ -15,15 +15,27 @@ import {
   withFileLockAsync,
 } from '../lib/files.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
-import { parseLine, ZERO_HASH } from './entry.js';
+import { parseLine } from './entry.js';
 import { encodeBatch } from './batch.js';
-import { gapRecord } from './checkpoint.js';
+import { cutBehindRecord } from './checkpoint.js';
 import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
-import { cutTorn, firstLineTime, lineStillThere, readTail, type Tail } from './tail.js';
+import { cutTorn, firstLineTime, headOfSegment, lineStillThere, type Tail } from './tail.js';
 import { hashAt, unacknowledgedGaps } from './history.js';
 import type { AuditRecord } from './events.js';
 import { SegmentFiles, stampFrom } from './segment-files.js';
 import { BodySealer } from './body.js';
+import {
+  DEFAULTS,
+  LOCK_TIMEOUT_MS,
+  stampOf,
+  type AuditOptions,
+  type Head,
+  type Known,
+  type SegmentSeen,
+} from './log-types.js';
+
+export type { AuditOptions, Head } from './log-types.js';
+import { checkBox, type BoxGap, type BoxTrust } from './box.js';
 import { epochZeroKey, nextEpochKey } from './keys.js';
 import {
   auditPaths,
@@ -35,90 +47,6 @@ import {
   type AuditPaths,
   type AuditState,
 } from './state.js';
-
-export interface AuditOptions {
-  /** Rotate a segment past this size (default 16 MiB). */
-  segmentMaxBytes?: number;
-  /** Rotate a segment whose first entry is older than this (default 30 days). */
-  segmentMaxAgeMs?: number;
-  /** Advance the epoch key at least this often (default 1 hour). */
-  epochMs?: number;
-  now?: () => Date;
-  /**
-   * A long-running writer (the agent): keeps the state (the epoch key in secure memory) and the
-   * current segment open between appends, and trusts them only while the files' stamps say no
-   * one else changed them, checked under the lock each time. close() wipes and closes them.
-   */
-  keep?: boolean;
-}
-
-const DEFAULTS = {
-  keep: false,
-  segmentMaxBytes: 16 * 1024 * 1024,
-  segmentMaxAgeMs: 30 * 24 * 3600 * 1000,
-  epochMs: 3600 * 1000,
-};
-const LOCK_TIMEOUT_MS = 10_000;
-
-export interface Head {
-  seq: number;
-  hash: string;
-  segment: number;
-  /** Where the last line ends in its segment, and its length with the newline (when written). */
-  end?: number;
-  length?: number;
-  /** Set when this append found the log cut behind the writer and recorded it (audit.gap). */
-  gap?: string;
-  /** What this append wrote, as the system log gets it (ship.ts). */
-  written?: ShippedEntry[];
-}
-
-/**
- * The box keys a writer that holds the vault knows (docs/AUDIT.md, "Keys"). `known`: the key as
- * the vault last sealed it beside the log (audit/box: one decryption; undefined when absent or
- * not the vault's). `confirm()`: the vault's own, from its box secret (reading that record
- * authenticates every later one of the vault: a few hundred ms in a vault of 100,000), with the
- * keys audit rekey retired, which still open with the vault. `remember()` seals the current one
- * beside the log again.
- */
-export interface BoxTrust {
-  known: Buffer | undefined;
-  confirm(): { current: Buffer; retired: Buffer[] } | undefined;
-  remember(current: Buffer): void;
-  /** Who found a wrong key, for the record: "the agent", "the command line". */
-  by: string;
-}
-
-/** A segment's lstat taken under the lock, to be used again in the same append. */
-interface SegmentSeen {
-  segment: number;
-  stat: fs.BigIntStats | undefined;
-}
-
-/**
- * A writer's knowledge of the log: the state (epoch key included, in secure memory) and its
- * segment's head, each with the stamp of the file it came from. Used only under the lock and only
- * while the file's stamp is unchanged: anything another writer (or anyone) does to a file changes
- * its stamp, and the file is read again, exactly as without this.
- */
-interface Known {
-  stateStamp: string;
-  st: AuditState;
-  seg?: {
-    segment: number;
-    stamp: string;
-    head: Head;
-    tail: Tail;
-    /** The type of the last line (this writer's): not parsed again at the next append. */
-    lastType: string;
-    first: { time: number | undefined } | undefined;
-  };
-}
-
-function stampOf(file: string): string | undefined {
-  const s = fs.lstatSync(file, { bigint: true, throwIfNoEntry: false });
-  return s === undefined ? undefined : stampFrom(s);
-}
 
 export class AuditLog {
   readonly paths: AuditPaths;
@@ -287,42 +215,12 @@ export class AuditLog {
     this.boxTrust = keys;
   }
 
-  /**
-   * Under the lock, before anything is sealed: the state's box key is the vault's, or it is set
-   * back to it. Anyone who can write the state can name a key of their own there (the file is the
-   * user's), and would open every body sealed to it. A key the vault holds (a retired one, left
-   * by a rekey that stopped between its two writes) is set back silently: those bodies open. Any
-   * other is recorded as a break.
-   */
-  private boxChecked(st: AuditState): { record: AuditRecord; reason: string } | undefined {
-    const trust = this.boxTrust?.();
-    // eslint-disable-next-line no-restricted-syntax -- public keys
-    if (trust === undefined || trust.known?.equals(st.boxPublicKey)) return undefined;
-    // Not the key sealed beside the log (or none is): asked of the vault itself.
-    const vault = trust.confirm();
-    if (vault === undefined) return undefined;
-    // The copy beside the log differed from the state's key, or was missing: one of them was not
-    // the vault's, so the copy is sealed again either way.
-    trust.remember(vault.current);
-    // eslint-disable-next-line no-restricted-syntax -- public keys
-    if (st.boxPublicKey.equals(vault.current)) return undefined;
-    // eslint-disable-next-line no-restricted-syntax -- public keys
-    const ours = vault.retired.some((k) => k.equals(st.boxPublicKey));
-    st.boxPublicKey = Buffer.from(vault.current);
-    writeState(this.paths, st);
-    if (this.known?.st === st) this.known.stateStamp = stampOf(this.paths.state) ?? '';
-    if (ours) return undefined;
-    const reason =
-      "the audit state named a box key that is not this vault's: bodies sealed to it open only with that key's owner; the state names the vault's key again";
-    return {
-      record: {
-        type: 'audit.gap',
-        decision: 'error',
-        reason,
-        details: { checkpoint: 'box key', detectedBy: trust.by },
-      },
-      reason,
-    };
+  /** Under the lock, before anything is sealed: the state names the vault's box key (box.ts). */
+  private boxChecked(st: AuditState): BoxGap | undefined {
+    const checked = checkBox(this.boxTrust?.(), st, this.paths);
+    if (checked.wrote && this.known?.st === st)
+      this.known.stateStamp = stampOf(this.paths.state) ?? '';
+    return checked.gap;
   }
 
   /**
@@ -457,16 +355,7 @@ export class AuditLog {
   private cutBehind(expected: Head): { record: AuditRecord; reason: string } {
     const st = readState(this.paths);
     secureFree(st.key);
-    const now = this.headOf(st.segment).head;
-    const b = {
-      checkpoint: { seq: expected.seq, hash: expected.hash, where: 'agent' as const },
-      found: { seq: now.seq, hash: now.hash },
-      reason:
-        now.seq < expected.seq
-          ? `the log ends at seq ${now.seq}, but the agent wrote seq ${expected.seq}: ${expected.seq - now.seq} entries are missing`
-          : `the entry at seq ${expected.seq} is not the one the agent wrote: the log was cut there and written again`,
-    };
-    return { record: gapRecord(b, 'the agent'), reason: b.reason };
+    return cutBehindRecord(expected, this.headOf(st.segment).head);
   }
 
   /** The hash of the entry at seq, looked for from the end; undefined when there is none. */
@@ -487,19 +376,7 @@ export class AuditLog {
   }
 
   private headOf(segment: number): { head: Head; tail: Tail } {
-    const tail = readTail(this.segmentPath(segment));
-    if (tail.lastLine !== undefined) {
-      const p = parseLine(tail.lastLine);
-      if (!p) {
-        throw unavailable(
-          `the last entry of ${segmentName(segment)} is malformed, so nothing can be chained to it`,
-          'run: keyward audit verify',
-        );
-      }
-      return { head: { seq: p.seq, hash: p.hash, segment }, tail };
-    }
-    if (segment > 1) return { head: { ...this.headOf(segment - 1).head, segment }, tail };
-    return { head: { seq: 0, hash: ZERO_HASH, segment }, tail };
+    return headOfSegment((n) => this.segmentPath(n), segment);
   }
 
   private evolve(st: AuditState, nextSegment: boolean): void {

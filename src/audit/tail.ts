@@ -6,7 +6,8 @@
 import fs from 'node:fs';
 import type { AuditRecord } from './events.js';
 import { sha256 } from './keys.js';
-import { lineHash } from './entry.js';
+import { lineHash, parseLine, ZERO_HASH } from './entry.js';
+import { segmentName, unavailable } from './state.js';
 import { openOwnFile } from '../lib/files.js';
 
 const TAIL_WINDOW = 256 * 1024;
@@ -212,4 +213,24 @@ export function lineStillThere(
   } finally {
     if (held === undefined) fs.closeSync(fd);
   }
+}
+
+/** A segment's last entry (seq, hash) and its tail; an empty segment takes the one before's. */
+export function headOfSegment(
+  pathOf: (segment: number) => string,
+  segment: number,
+): { head: { seq: number; hash: string; segment: number }; tail: Tail } {
+  const tail = readTail(pathOf(segment));
+  if (tail.lastLine !== undefined) {
+    const p = parseLine(tail.lastLine);
+    if (!p) {
+      throw unavailable(
+        `the last entry of ${segmentName(segment)} is malformed, so nothing can be chained to it`,
+        'run: keyward audit verify',
+      );
+    }
+    return { head: { seq: p.seq, hash: p.hash, segment }, tail };
+  }
+  if (segment > 1) return { head: { ...headOfSegment(pathOf, segment - 1).head, segment }, tail };
+  return { head: { seq: 0, hash: ZERO_HASH, segment }, tail };
 }

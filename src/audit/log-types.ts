@@ -1,0 +1,74 @@
+/** The audit writer's options and what it knows between appends (log.ts). */
+import fs from 'node:fs';
+import type { ShippedEntry } from './ship.js';
+import { stampFrom } from './segment-files.js';
+import type { AuditState } from './state.js';
+import type { Tail } from './tail.js';
+
+export interface AuditOptions {
+  /** Rotate a segment past this size (default 16 MiB). */
+  segmentMaxBytes?: number;
+  /** Rotate a segment whose first entry is older than this (default 30 days). */
+  segmentMaxAgeMs?: number;
+  /** Advance the epoch key at least this often (default 1 hour). */
+  epochMs?: number;
+  now?: () => Date;
+  /**
+   * A long-running writer (the agent): keeps the state (the epoch key in secure memory) and the
+   * current segment open between appends, and trusts them only while the files' stamps say no
+   * one else changed them, checked under the lock each time. close() wipes and closes them.
+   */
+  keep?: boolean;
+}
+
+export const DEFAULTS = {
+  keep: false,
+  segmentMaxBytes: 16 * 1024 * 1024,
+  segmentMaxAgeMs: 30 * 24 * 3600 * 1000,
+  epochMs: 3600 * 1000,
+};
+export const LOCK_TIMEOUT_MS = 10_000;
+
+export interface Head {
+  seq: number;
+  hash: string;
+  segment: number;
+  /** Where the last line ends in its segment, and its length with the newline (when written). */
+  end?: number;
+  length?: number;
+  /** Set when this append found the log cut behind the writer and recorded it (audit.gap). */
+  gap?: string;
+  /** What this append wrote, as the system log gets it (ship.ts). */
+  written?: ShippedEntry[];
+}
+
+/** A segment's lstat taken under the lock, to be used again in the same append. */
+export interface SegmentSeen {
+  segment: number;
+  stat: fs.BigIntStats | undefined;
+}
+
+/**
+ * A writer's knowledge of the log: the state (epoch key included, in secure memory) and its
+ * segment's head, each with the stamp of the file it came from. Used only under the lock and only
+ * while the file's stamp is unchanged: anything another writer (or anyone) does to a file changes
+ * its stamp, and the file is read again, exactly as without this.
+ */
+export interface Known {
+  stateStamp: string;
+  st: AuditState;
+  seg?: {
+    segment: number;
+    stamp: string;
+    head: Head;
+    tail: Tail;
+    /** The type of the last line (this writer's): not parsed again at the next append. */
+    lastType: string;
+    first: { time: number | undefined } | undefined;
+  };
+}
+
+export function stampOf(file: string): string | undefined {
+  const s = fs.lstatSync(file, { bigint: true, throwIfNoEntry: false });
+  return s === undefined ? undefined : stampFrom(s);
+}
