@@ -49,14 +49,11 @@ export {
   initOrRepair,
   lenientAuditSink,
   rekeyBox,
-  readEntries,
-  type EntrySelection,
-  verifyAgainst,
   verifyLog,
   writeCheckpoint,
-  type ReadEntry,
   type VerifyRequest,
 } from './service.js';
+export { readEntries, verifyAgainst, type EntrySelection, type ReadEntry } from './read.js';
 export { readSeedFile, writeSeedHex, writeSeedQr } from './seed.js';
 export type { CopyComparison } from './copy.js';
 export { boxTrustOf } from './vault-keys.js';

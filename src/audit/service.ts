@@ -2,16 +2,12 @@
  * The audit log as the rest of keyward uses it: start it with a vault, record events durably,
  * seal checkpoints, verify, and read entries back with the vault's key.
  */
-import fs from 'node:fs';
 import { KeywardError } from '../errors.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
-import { parseLine } from './entry.js';
 import { isEventType, type AuditRecord } from './events.js';
-import { BodyOpener } from './body.js';
 import { boxKeypair, boxPublicOf } from './keys.js';
 import { AuditLog, type AuditOptions, type Head } from './log.js';
-import { compareWithCopy, readCopy, type CopyComparison } from './copy.js';
 import {
   acknowledgeBreaks,
   acknowledgedBy,
@@ -42,7 +38,6 @@ import {
   storeNewKeys,
 } from './vault-keys.js';
 import { readSeedFile } from './seed.js';
-import { readOwnFile } from '../lib/files.js';
 
 /** The hooks `init` passes to the vault: keys go in before the first save, the log starts after. */
 export function auditInitHooks(
@@ -410,106 +405,6 @@ export function acknowledge(home: string, v: Vault): number[] {
   return acknowledgeBreaks(new AuditLog(home), v);
 }
 
-export interface ReadEntry {
-  seq: number;
-  time: string;
-  type: string;
-  epoch: number;
-  hash: string;
-  /** The decrypted body, when the vault was open. */
-  body?: unknown;
-  line: string;
-}
-
-/**
- * Which entries readEntries returns: the last `last` (the newest within `maxBytes` of log lines),
- * or those after seq `after` (the oldest within `maxBytes`); at least one when there is one.
- * Only those are opened.
- */
-export interface EntrySelection {
-  last?: number;
-  after?: number;
-  maxBytes?: number;
-}
-
-/** How many entries from the start of `list` fit in `max` bytes of log lines (at least one). */
-function fitting(list: ReadonlyArray<{ line: string }>, max: number): number {
-  let bytes = 0;
-  const n = list.findIndex((e, i) => (bytes += e.line.length + 1) > max && i > 0);
-  return n < 0 ? list.length : n;
-}
-
-/**
- * The entries of the log in order (all, or a selection); bodies opened when a vault is given.
- * Malformed lines are skipped.
- */
-export function readEntries(
-  home: string,
-  v?: Vault,
-  onProgress?: (done: number, total: number) => void,
-  which: EntrySelection = {},
-): ReadEntry[] {
-  const log = new AuditLog(home);
-  let out: Array<ReadEntry & { sealed: string }> = [];
-  const files = listSegments(log.paths.dir);
-  const total = files.reduce((n, f) => n + fs.statSync(f).size, 0);
-  let done = 0;
-  for (const f of files) {
-    const text = readOwnFile(f).toString('utf8');
-    for (const line of text.split('\n')) {
-      const e = parseLine(line);
-      if (!e) continue;
-      const { seq, time, type, epoch, hash } = e;
-      out.push({ seq, time, type, epoch, hash, line, sealed: e.body });
-    }
-    done += Buffer.byteLength(text);
-    onProgress?.(done, total);
-  }
-  const max = which.maxBytes;
-  if (which.last !== undefined) {
-    out = out.slice(Math.max(0, out.length - which.last));
-    // The newest entries within max bytes.
-    if (max !== undefined) out = out.slice(out.length - fitting([...out].reverse(), max));
-  }
-  if (which.after !== undefined) {
-    const after = which.after;
-    out = out.filter((e) => e.seq > after);
-    // The oldest entries within max bytes.
-    if (max !== undefined) out = out.slice(0, fitting(out, max));
-  }
-  const keys: Array<{ publicKey: Buffer; secretKey: SecureBuffer }> = [];
-  const names = v ? [BOX_SECRET, ...v.internalNames(`${BOX_SECRET}.`)] : [];
-  for (const n of names) {
-    const sk = v?.revealInternal(n as `@${string}`);
-    if (sk) keys.push({ publicKey: boxPublicOf(sk), secretKey: sk });
-  }
-  const opener = new BodyOpener(keys);
-  try {
-    return out.map(({ sealed, ...entry }) => {
-      if (keys.length === 0) return entry;
-      const plain = opener.open(Buffer.from(sealed, 'base64'));
-      return {
-        ...entry,
-        body: plain
-          ? (JSON.parse(plain.toString('utf8')) as unknown)
-          : '(body does not open with this vault)',
-      };
-    });
-  } finally {
-    opener.close();
-    for (const k of keys) secureFree(k.secretKey);
-  }
-}
-
 export function headOf(home: string): Head {
   return new AuditLog(home).head();
-}
-
-/** `audit verify --against FILE`: the local log against a copy shipped off the machine. */
-export function verifyAgainst(home: string, copyFile: string): CopyComparison {
-  // The copy first: a file that is no copy is said before the local log is read.
-  const copy = readCopy(copyFile);
-  const local = new Map<number, string>();
-  for (const e of readEntries(home)) local.set(e.seq, e.hash);
-  return compareWithCopy(local, copy);
 }
