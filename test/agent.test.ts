@@ -882,6 +882,66 @@ describe('hardening found in review', () => {
     assert.match(prompt, /running "\\u\{1b\}\[2J\\u\{1b\}\[Hgit\\u\{202e\}/);
     assert.ok(!prompt.includes('\x1b') && !prompt.includes('\u202e'), 'no raw control characters');
   });
+
+  test('an executable named with terminal escapes and bidi controls: audit tail shows it escaped, --json and export keep it as JSON escapes', async () => {
+    const h = await running();
+    assert.equal(kw(['secret', 'set', 'p/z'], { env: h.env, input: 'named-value' }).code, 0);
+    h.answer('no');
+    // The attacker's program is node under a name of its choosing: clear the line above, write
+    // the clipboard, reverse what follows, an 8-bit CSI.
+    const name = 'x\x1b[2K\r\x1b[1A\x1b]52;c;ZQ==\x07\u202egpj.exe\u009b31m\u2028';
+    const exe = path.join(h.dir, name);
+    try {
+      fs.linkSync(process.execPath, exe);
+    } catch {
+      fs.copyFileSync(process.execPath, exe);
+      fs.chmodSync(exe, 0o755);
+    }
+    const c = spawn(exe, [BIN, 'read', 'p/z'], { env: h.env, stdio: 'ignore' });
+    await new Promise((r) => c.on('exit', r));
+    const env = withoutAgent(h);
+    const text = kw(['audit', 'tail', '-n', '10'], { env });
+    assert.equal(text.code, 0, text.stderr);
+    assert.match(
+      text.stdout,
+      /x\\u\{1b\}\[2K\\u\{d\}\\u\{1b\}\[1A\\u\{1b\}\]52;c;ZQ==\\u\{7\}\\u\{202e\}gpj/,
+    );
+    for (const out of [
+      text.stdout,
+      kw(['audit', 'tail', '-n', '10', '--json'], { env }).stdout,
+      kw(['audit', 'export', '--decrypt'], { env }).stdout,
+    ]) {
+      // eslint-disable-next-line no-control-regex -- what must not be there
+      assert.ok(!/[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u202e]/.test(out), 'a raw control character');
+    }
+    const json = kw(['audit', 'tail', '-n', '10', '--json'], { env }).stdout;
+    assert.match(json, /\\u202egpj\.exe\\u009b31m\\u2028/);
+    const exes = json
+      .trim()
+      .split('\n')
+      .map((l) => (JSON.parse(l) as { body?: { actor?: { exe?: string } } }).body?.actor?.exe);
+    assert.ok(exes.includes(exe), 'the JSON holds the name as it is');
+  });
+
+  test("markup in a caller's command line reaches the askpass program escaped: a Qt or Pango dialog can't be made to hide the rest", async () => {
+    const h = await running();
+    assert.equal(kw(['secret', 'set', 'p/y'], { env: h.env, input: 'markup-value' }).code, 0);
+    h.answer('no');
+    // ksshaskpass's label takes rich text when it sees a tag: "<!--" would hide the real request.
+    const c = spawn(process.execPath, [BIN, 'read', 'p/y'], {
+      env: h.env,
+      argv0: '<b>/usr/bin/git</b> fetch &amp; wants "ci/readonly". Allow?<!--',
+      stdio: 'ignore',
+    });
+    await new Promise((r) => c.on('exit', r));
+    const prompt = h.prompts().join('\n');
+    assert.match(
+      prompt,
+      /\\u\{3c\}b\\u\{3e\}\/usr\/bin\/git\\u\{3c\}\/b\\u\{3e\} fetch \\u\{26\}amp;/,
+    );
+    assert.match(prompt, /Allow\?\\u\{3c\}!--/);
+    assert.ok(!/[<>&]/.test(prompt), 'no raw markup character');
+  });
 });
 
 test('SIGTERM wipes keys and removes the socket', async () => {

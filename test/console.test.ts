@@ -836,21 +836,27 @@ test(
   },
 );
 
-test('caller text shows its control and direction characters as escapes', { skip }, async () => {
-  await ready();
-  await page.goto(`${url}#/approvals`);
-  const dir = path.join(h.dir, 'my-\u202eproject');
-  fs.mkdirSync(dir, { recursive: true });
-  const c = waitingCommand(['read', 'plain/one'], h.env, dir);
-  const id = await c.id;
-  const item = page.locator(`.request[data-id="${id}"]`);
-  await item.waitFor();
-  const text = (await item.textContent()) ?? '';
-  assert.ok(!text.includes('\u202e'), 'a raw right-to-left override reached the page');
-  assert.match(text, /my-\\u\{202e\}project/);
-  await item.locator('.deny').click();
-  assert.equal((await c.done).code, 6);
-});
+test(
+  'caller text shows its control and direction characters, and look-alike letters, as escapes',
+  { skip },
+  async () => {
+    await ready();
+    await page.goto(`${url}#/approvals`);
+    // A right-to-left override, and a Cyrillic i that reads as a Latin one.
+    const dir = path.join(h.dir, 'my-\u202eproj\u0456ect');
+    fs.mkdirSync(dir, { recursive: true });
+    const c = waitingCommand(['read', 'plain/one'], h.env, dir);
+    const id = await c.id;
+    const item = page.locator(`.request[data-id="${id}"]`);
+    await item.waitFor();
+    const text = (await item.textContent()) ?? '';
+    assert.ok(!text.includes('\u202e'), 'a raw right-to-left override reached the page');
+    assert.ok(!text.includes('\u0456'), 'a look-alike letter reached the page');
+    assert.match(text, /my-\\u\{202e\}proj\\u\{456\}ect/);
+    await item.locator('.deny').click();
+    assert.equal((await c.done).code, 6);
+  },
+);
 
 test(
   'renaming or revoking a security key in the console takes the passphrase',

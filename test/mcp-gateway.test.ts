@@ -506,7 +506,7 @@ describe('keyward mcp wrap behaves like the server it wraps', () => {
     gw.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
     for (const [id, name, why] of [
       [2, 'secret_tool', /not allowed by the policy/],
-      [3, 'no_such_tool', /no tool no_such_tool on hide/],
+      [3, 'no_such_tool', /no tool "no_such_tool" on hide/],
     ] as const) {
       gw.send({ jsonrpc: '2.0', id, method: 'tools/call', params: { name, arguments: {} } });
       const m = JSON.parse(await gw.waitFor((l) => l.includes(`"id":${id}`))) as {

@@ -214,6 +214,62 @@ test('a fake agent of your own: its error is shown escaped and never crashes the
   }
 });
 
+test('a fake agent that answers status and list with terminal escapes: doctor shows them escaped, secret list and key list refuse the list, nothing raw reaches the terminal', async () => {
+  const h = initHome();
+  const run = path.join(h.dir, 'run');
+  const env = { ...h.env, KEYWARD_SOCKET_DIR: run };
+  // Clear the line above, write the clipboard (OSC 52), and show a line of its own.
+  const evil = '\x1b[2K\r\x1b[1A\x1b[2KOK    everything fine\x1b]52;c;ZXZpbA==\x07';
+  const body = Buffer.from(
+    JSON.stringify({
+      entries: [{ name: `aws/prod${evil}`, size: 1, created: evil, updated: evil }],
+      keys: [{ name: `deploy${evil}`, type: 'ssh-ed25519', bits: 256, publicBlob: '' }],
+    }),
+  );
+  const fake = await ownListener(run, (s) => {
+    s.write(greeting());
+    s.once('data', () => {
+      s.write(
+        Buffer.concat([
+          frameHead(
+            RES_OK,
+            {
+              unlocked: true,
+              locked: false,
+              console: `http://127.0.0.1:1/${evil}`,
+              debuggable: [evil],
+              policy: { version: 1, drift: [evil] },
+            },
+            body.length,
+          ),
+          body,
+        ]),
+      );
+    });
+  });
+  try {
+    const d = await kwAsync(['doctor'], env);
+    assert.equal(d.stdout.includes('\x1b') || d.stderr.includes('\x1b'), false, d.stdout);
+    assert.match(d.stdout, /the agent's console: http:\/\/127\.0\.0\.1:1\/\\u\{1b\}\[2K/);
+    assert.match(d.stdout, /differ from the applied policy.*\\u\{1b\}\]52;c;ZXZpbA==\\u\{7\}/);
+    for (const args of [
+      ['secret', 'list'],
+      ['key', 'list'],
+    ]) {
+      const r = await kwAsync(args, env);
+      assert.equal(r.code, 8, `${args.join(' ')}: ${r.stderr}`);
+      assert.equal(r.stdout, '', `${args.join(' ')} printed the list`);
+      assert.equal(r.stderr.includes('\x1b'), false);
+      assert.match(
+        r.stderr,
+        /the agent sent a malformed frame \(a listed (entry is not a secret|key is not a key)\)/,
+      );
+    }
+  } finally {
+    fake.close();
+  }
+});
+
 test('a listener that never greets holds the read 30 s once, whatever signals arrive meanwhile; then the vault is read directly', async () => {
   const h = initHome();
   assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'direct-1' }).code, 0);

@@ -16,7 +16,7 @@
   let skew = 0;
   let streaming = false;
 
-  const { clean, el, say } = window.keywardDom;
+  const { ascii, clean, el, say } = window.keywardDom;
 
   async function api(method, path, body, secret) {
     const headers = { 'X-Keyward-CSRF': csrf || '' };
@@ -223,20 +223,20 @@
       if (v === undefined || v === null || v === '') return;
       dl.append(el('dt', { text: k }), el('dd', { text: String(v) }));
     };
-    row('executable', r.hidden ? '(hidden: it made itself unreadable)' : r.exe);
+    row('executable', r.hidden ? '(hidden: it made itself unreadable)' : r.exe && ascii(r.exe));
     row('sha-256', r.exeSha256);
     row('pid', r.pid);
-    row('command line', (r.cmdline || []).map((a) => JSON.stringify(a)).join(' '));
-    row('directory', r.cwd);
+    row('command line', (r.cmdline || []).map((a) => ascii(JSON.stringify(a))).join(' '));
+    row('directory', r.cwd && ascii(r.cwd));
     row(
       'started by',
       (r.parents || [])
         .slice(0, 6)
-        .map((a) => `${a.exe || '(hidden)'} [${a.pid}]`)
+        .map((a) => `${a.exe ? ascii(a.exe) : '(hidden)'} [${a.pid}]`)
         .join(' ← '),
     );
     const loaders = (r.loaderVars || []).map(
-      (v) => `${v.name}=${v.value === null ? '(not shown)' : v.value}`,
+      (v) => `${v.name}=${v.value === null ? '(not shown)' : ascii(v.value)}`,
     );
     row('loader variables', loaders.join(' '));
     row('rule', p.rule);

@@ -14,6 +14,13 @@
     );
   }
 
+  // A path or an argument the caller chose (an executable, a directory, a command line): as the
+  // agent's prompts show them, anything outside printable ASCII as \u{...}, so a look-alike
+  // letter (a Cyrillic i in "git") or a combining mark can't pass for another program.
+  function ascii(v) {
+    return String(v).replace(/[^\x20-\x7e]/gu, (ch) => `\\u{${ch.codePointAt(0).toString(16)}}`);
+  }
+
   function el(tag, attrs, ...children) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -35,5 +42,5 @@
     m.hidden = !text;
   }
 
-  Object.defineProperty(window, 'keywardDom', { value: Object.freeze({ clean, el, say }) });
+  Object.defineProperty(window, 'keywardDom', { value: Object.freeze({ ascii, clean, el, say }) });
 })();

@@ -5,6 +5,7 @@
  */
 import os from 'node:os';
 import { KeywardError } from '../errors.js';
+import { isValidName } from '../lib/names.js';
 import { secureFree, secureTake, writeValueSync, type SecureBuffer } from '../lib/secure.js';
 import type { PassphraseSource } from '../vault/index.js';
 import { AgentConnection, call, errorFrom, jsonBody, malformed, noAgentAt } from './client.js';
@@ -100,12 +101,25 @@ export async function agentList(
   path: string,
   meta: Record<string, unknown> = {},
 ): Promise<Array<{ name: string; size: number; created: string; updated: string }>> {
-  return (
+  const entries =
     jsonBody<{
       entries?: Array<{ name: string; size: number; created: string; updated: string }>;
-    }>(await call(path, 'list', meta)).entries ?? []
-  );
+    }>(await call(path, 'list', meta)).entries ?? [];
+  // What a process posing as the agent says goes to the terminal: only what the vault can hold.
+  for (const e of entries) {
+    if (
+      !isValidName(e.name) ||
+      !Number.isSafeInteger(e.size) ||
+      !isTimestamp(e.created) ||
+      !isTimestamp(e.updated)
+    )
+      throw malformed(new Error('a listed entry is not a secret'));
+  }
+  return entries;
 }
+
+const isTimestamp = (t: unknown): t is string =>
+  typeof t === 'string' && /^\d{4}-\d\d-\d\dT[\d:.]+Z$/.test(t);
 
 /**
  * The vault's signing keys (names and public halves), from the agent. `quiet`: only if the
@@ -123,6 +137,16 @@ export async function agentKeys(
   const keys =
     jsonBody<{ keys?: Array<{ name: string; type: string; bits: number; publicBlob: string }> }>(f)
       .keys ?? [];
+  for (const k of keys) {
+    if (
+      !isValidName(k.name) ||
+      typeof k.type !== 'string' ||
+      !/^[a-z0-9@.-]{1,64}$/.test(k.type) ||
+      !Number.isSafeInteger(k.bits) ||
+      typeof k.publicBlob !== 'string'
+    )
+      throw malformed(new Error('a listed key is not a key'));
+  }
   return keys.map((k) => ({ ...k, publicBlob: Buffer.from(k.publicBlob, 'base64') }));
 }
 

@@ -11,6 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { readOwnFile } from '../lib/files.js';
 import type { SecureBuffer } from '../lib/secure.js';
+import { markupFree } from '../lib/text.js';
 import type { OperatorIdentity, OperatorNeed } from '../operators/index.js';
 
 export type Outcome = 'granted' | 'denied' | 'expired';
@@ -306,7 +307,7 @@ export function askpass(
     }
     let child;
     try {
-      child = spawn(pin?.path ?? program, [prompt], {
+      child = spawn(pin?.path ?? program, [markupFree(prompt)], {
         env: { ...env, SSH_ASKPASS_PROMPT: 'confirm' },
         stdio: ['ignore', 'ignore', 'ignore'],
       });

@@ -15,7 +15,7 @@ import {
 import { KeywardError } from '../errors.js';
 import { keywardHome, socketDir } from '../lib/paths.js';
 import { runtimeState } from '../lib/runtime-guard.js';
-import { printable } from '../lib/text.js';
+import { jsonText, printable } from '../lib/text.js';
 import { askOnTerminal } from '../lib/tty.js';
 import { note, type Io } from './report.js';
 import { agentSocket, passphraseFile } from './places.js';
@@ -106,7 +106,7 @@ export function registerAgentCommands(program: Command, io: Io): void {
     .option('--json', 'machine-readable output')
     .action(async function (this: Command) {
       const s = (await agentStatus(agentSocket())) ?? { running: false };
-      if (this.opts<{ json?: boolean }>().json) io.stdout(`${JSON.stringify(s, null, 2)}\n`);
+      if (this.opts<{ json?: boolean }>().json) io.stdout(`${jsonText(s, 2)}\n`);
       else if (!s['running']) io.stdout('agent: not running\n');
       else {
         io.stdout(
@@ -148,7 +148,7 @@ export function registerAgentCommands(program: Command, io: Io): void {
     .action(async function (this: Command) {
       const pending = await agentApprovals(agentSocket());
       if (this.opts<{ json?: boolean }>().json) {
-        io.stdout(`${JSON.stringify(pending, null, 2)}\n`);
+        io.stdout(`${jsonText(pending, 2)}\n`);
         return;
       }
       if (pending.length === 0) io.stdout('no pending requests\n');

@@ -31,6 +31,7 @@ import {
 } from '../vault/index.js';
 import { note, type Io } from './report.js';
 import { agentSocket, auth, passphraseFile, paths } from './context.js';
+import { jsonText, printable } from '../lib/text.js';
 
 /** A vault can be opened without hanging: a passphrase file, a keyring slot, or a terminal. */
 function canUnlock(cmd: Command): boolean {
@@ -178,11 +179,16 @@ function describe(e: Shown): string {
       }
     | string
     | undefined;
-  const head = `${String(e.seq).padStart(6)}  ${e.time}  ${e.type.padEnd(20)}`;
+  // A body holds what callers controlled (an executable's name, a tool's, an ssh-add comment):
+  // every field is shown printable, so none can move the cursor or forge a line of its own.
+  const head = `${String(e.seq).padStart(6)}  ${printable(e.time)}  ${printable(e.type).padEnd(20)}`;
   if (b === undefined) return `${head}  (sealed)`;
-  if (typeof b === 'string') return `${head}  ${b}`;
-  const actor = b.actor ? `pid ${b.actor.pid ?? '?'} ${path.basename(b.actor.exe ?? '?')}` : '';
-  return `${head}  ${(b.decision ?? '').padEnd(5)}  ${b.target ?? '-'}  ${actor}${b.reason ? `  (${b.reason})` : ''}`;
+  if (typeof b !== 'object' || b === null) return `${head}  ${printable(String(b))}`;
+  const actor = b.actor
+    ? `pid ${printable(String(b.actor.pid ?? '?'))} ${printable(path.basename(String(b.actor.exe ?? '?')))}`
+    : '';
+  const reason = b.reason ? `  (${printable(String(b.reason), 400)})` : '';
+  return `${head}  ${printable(String(b.decision ?? '')).padEnd(5)}  ${printable(String(b.target ?? '-'))}  ${actor}${reason}`;
 }
 
 /**
@@ -331,7 +337,7 @@ export function registerAuditCommands(program: Command, io: Io): void {
       const print = (e: Shown) =>
         io.stdout(
           o.json
-            ? `${JSON.stringify({ seq: e.seq, time: e.time, type: e.type, epoch: e.epoch, hash: e.hash, body: e.body })}\n`
+            ? `${jsonText({ seq: e.seq, time: e.time, type: e.type, epoch: e.epoch, hash: e.hash, body: e.body })}\n`
             : `${describe(e)}\n`,
         );
       let last = 0;
@@ -384,7 +390,7 @@ export function registerAuditCommands(program: Command, io: Io): void {
       }
       const out = (e: Shown) =>
         io.stdout(
-          `${JSON.stringify({ seq: e.seq, time: e.time, type: e.type, epoch: e.epoch, hash: e.hash, body: e.body })}\n`,
+          `${jsonText({ seq: e.seq, time: e.time, type: e.type, epoch: e.epoch, hash: e.hash, body: e.body })}\n`,
         );
       // Through a running agent a page at a time, up to where the log ended when the export
       // began: its own reads (audit.read) don't keep it going.

@@ -5,7 +5,7 @@
 import type { Command } from 'commander';
 import { agentConsole, agentStatus } from '../agent/index.js';
 import { KeywardError } from '../errors.js';
-import { printable } from '../lib/text.js';
+import { jsonText, printable } from '../lib/text.js';
 import { agentSocket, passphraseFile } from './context.js';
 import { note, type Io } from './report.js';
 
@@ -45,7 +45,7 @@ export function registerConsoleCommands(program: Command, io: Io): void {
         ? (m['credentials'] as Array<Record<string, unknown>>)
         : [];
       if (this.opts<{ json?: boolean }>().json) {
-        io.stdout(`${JSON.stringify(list, null, 2)}\n`);
+        io.stdout(`${jsonText(list, 2)}\n`);
         return;
       }
       if (list.length === 0)

@@ -6,6 +6,7 @@ import { approvalChecks, policyChecks, runDoctor, runtimeChecks } from '../docto
 import { runtimeState } from '../lib/runtime-guard.js';
 import { agentSocket } from './context.js';
 import type { Io } from './report.js';
+import { asciiShown, jsonText } from '../lib/text.js';
 
 export function registerDoctorCommand(program: Command, io: Io): void {
   program
@@ -21,11 +22,15 @@ export function registerDoctorCommand(program: Command, io: Io): void {
         ...approvalChecks(process.env, agent),
       ];
       if (this.opts<{ json?: boolean }>().json) {
-        io.stdout(`${JSON.stringify(checks, null, 2)}\n`);
+        io.stdout(`${jsonText(checks, 2)}\n`);
       } else {
         for (const c of checks) {
-          io.stdout(`${c.status.toUpperCase().padEnd(4)}  ${c.id.padEnd(18)} ${c.message}\n`);
-          if (c.hint !== undefined) io.stdout(`      ${''.padEnd(18)} hint: ${c.hint}\n`);
+          // Paths and what the agent said are in these: shown as ASCII, whatever slipped through.
+          io.stdout(
+            `${c.status.toUpperCase().padEnd(4)}  ${c.id.padEnd(18)} ${asciiShown(c.message)}\n`,
+          );
+          if (c.hint !== undefined)
+            io.stdout(`      ${''.padEnd(18)} hint: ${asciiShown(c.hint)}\n`);
         }
       }
       const failed = checks.filter((c) => c.status === 'fail');

@@ -18,6 +18,7 @@ import { socketDir } from '../lib/paths.js';
 import { useVault } from '../vault/index.js';
 import { agentSocket, auth, paths } from './context.js';
 import type { Io } from './report.js';
+import { jsonText } from '../lib/text.js';
 
 /**
  * The vault's keys from the agent when one runs (no passphrase asked), or undefined when none
@@ -114,7 +115,7 @@ export function registerKeyCommands(program: Command, io: Io): void {
         publicKey: publicKeyLine(k.publicBlob, k.name),
       }));
       if (this.opts<{ json?: boolean }>().json) {
-        io.stdout(`${JSON.stringify(keys, null, 2)}\n`);
+        io.stdout(`${jsonText(keys, 2)}\n`);
         return;
       }
       if (keys.length === 0)

@@ -4,7 +4,7 @@
  * request): an API key lets someone approve, so adding one takes what opening the vault takes.
  */
 import type { Command } from 'commander';
-import { printable } from '../lib/text.js';
+import { jsonText, printable } from '../lib/text.js';
 import { note, type Io } from './report.js';
 
 /** --groups a,b --groups c: every group once, in order. */
@@ -90,7 +90,7 @@ export function registerOperatorCommands(program: Command, io: Io): void {
         })),
       );
       if (this.opts<{ json?: boolean }>().json) {
-        io.stdout(`${JSON.stringify(keys, null, 2)}\n`);
+        io.stdout(`${jsonText(keys, 2)}\n`);
         return;
       }
       if (keys.length === 0) io.stdout('no operator API key (keyward operator key create)\n');

@@ -18,7 +18,7 @@ import {
 } from '../agent/index.js';
 import { KeywardError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
-import { printable } from '../lib/text.js';
+import { jsonText, printable } from '../lib/text.js';
 import { useVault } from '../vault/index.js';
 import { agentSocket, auth, paths } from './context.js';
 import type { Io } from './report.js';
@@ -52,7 +52,7 @@ export function registerPinCommands(mcp: Command, io: Io): void {
       const servers =
         server === undefined ? all : Object.hasOwn(all, server) ? { [server]: all[server] } : {};
       if (this.opts<{ json?: boolean }>().json) {
-        io.stdout(`${JSON.stringify(servers, null, 2)}\n`);
+        io.stdout(`${jsonText(servers, 2)}\n`);
         return;
       }
       const names = Object.keys(servers).sort();

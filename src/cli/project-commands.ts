@@ -8,7 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { AuthError, KeywardError, UsageError } from '../errors.js';
-import { printable } from '../lib/text.js';
+import { jsonText, printable } from '../lib/text.js';
 import { note, type Io } from './report.js';
 
 export const DEFAULT_SEALED = '.keyward.env';
@@ -345,7 +345,7 @@ export function registerProjectCommands(program: Command, io: Io): void {
       const mac = recipient ? 'verified' : 'unchecked';
       if (this.opts<{ json?: boolean }>().json) {
         io.stdout(
-          `${JSON.stringify({ file: target, project: p.project, recipient, mac, recipients: p.recipients, names }, null, 2)}\n`,
+          `${jsonText({ file: target, project: p.project, recipient, mac, recipients: p.recipients, names }, 2)}\n`,
         );
       } else {
         io.stdout(

@@ -27,6 +27,7 @@ import { installDefaultPolicy } from '../policy/index.js';
 import { note, type Io } from './report.js';
 import { agentList, agentStatus } from '../agent/index.js';
 import { agentSocket, auth, passphraseFile, paths } from './context.js';
+import { jsonText } from '../lib/text.js';
 
 function intOption(min: number, max: number) {
   return (v: string): number => {
@@ -148,7 +149,7 @@ export function registerVaultCommands(program: Command, io: Io): void {
           socketDir: sock,
           agent: agentState,
         };
-        io.stdout(`${JSON.stringify(facts, null, 2)}\n`);
+        io.stdout(`${jsonText(facts, 2)}\n`);
         return;
       }
       io.stdout(`home:       ${p.home}\n`);
@@ -205,7 +206,7 @@ export function registerVaultCommands(program: Command, io: Io): void {
         ? await agentList(agentSocket())
         : listSecrets(paths(), auth(this, io));
       if (this.opts<{ json?: boolean }>().json) {
-        io.stdout(`${JSON.stringify(entries, null, 2)}\n`);
+        io.stdout(`${jsonText(entries, 2)}\n`);
         return;
       }
       if (entries.length === 0) {

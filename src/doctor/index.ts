@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { coreLimit } from '../lib/libc.js';
 import { permissionProblem } from '../lib/files.js';
+import { printable } from '../lib/text.js';
 import { askpassProblem } from '../approval/index.js';
 import { vaultPaths } from '../vault/index.js';
 
@@ -160,7 +161,7 @@ export function runtimeChecks(own: readonly string[], agent: unknown): Check[] {
         : {
             id: 'agent-runtime',
             status: 'fail',
-            message: `the agent can be debugged (started with --allow-debugger): ${agent.map((a) => String(a).slice(0, 300)).join('; ')}`,
+            message: `the agent can be debugged (started with --allow-debugger): ${agent.map((a) => printable(String(a), 300)).join('; ')}`,
             hint: 'keyward agent stop, then keyward agent start from a clean shell',
           },
     );
@@ -183,7 +184,7 @@ export function policyChecks(agentPolicy: unknown): Check[] {
       : {
           id: 'policy',
           status: 'warn',
-          message: `the policy files differ from the applied policy, which stays in force: ${drift.map((d) => String(d).slice(0, 200)).join('; ')}`,
+          message: `the policy files differ from the applied policy, which stays in force: ${drift.map((d) => printable(String(d))).join('; ')}`,
           hint: 'find out who changed them; keyward policy show --verify prints what is in force',
         },
   ];
@@ -204,17 +205,19 @@ export function approvalChecks(
     const problem = askpassProblem(program, env['PATH']);
     checks.push(
       problem === undefined
-        ? { id: 'askpass', status: 'ok', message: `${name}=${program.slice(0, 200)} can be run` }
+        ? { id: 'askpass', status: 'ok', message: `${name}=${printable(program)} can be run` }
         : {
             id: 'askpass',
             status: 'fail',
-            message: `${name}=${program.slice(0, 200)}: ${problem}; agent start refuses it`,
+            message: `${name}=${printable(program)}: ${problem}; agent start refuses it`,
             hint: `install it, point ${name} at an approval program, or unset it and approve in the console`,
           },
     );
   }
   if (agent) {
-    const url = typeof agent['console'] === 'string' ? agent['console'].slice(0, 200) : undefined;
+    // What the agent says is shown printable: a process posing as the agent can't reach the
+    // terminal with an escape sequence.
+    const url = typeof agent['console'] === 'string' ? printable(agent['console']) : undefined;
     checks.push(
       url
         ? { id: 'console', status: 'ok', message: `the agent's console: ${url}` }

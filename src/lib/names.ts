@@ -8,6 +8,16 @@ export const NAME_MAX_BYTES = 128;
 const NAME_HINT =
   'names are 1-128 ASCII characters: letters, digits, . _ - and / between parts, e.g. github/token';
 
+/** Whether name is a valid secret or key name (what the vault holds and lists). */
+export function isValidName(name: unknown): name is string {
+  return (
+    typeof name === 'string' &&
+    name.length > 0 &&
+    Buffer.byteLength(name, 'utf8') <= NAME_MAX_BYTES &&
+    NAME_RE.test(name)
+  );
+}
+
 /** Throws INVALID_NAME with the reason; the offending name is shown escaped, never raw. */
 export function assertValidName(name: string): void {
   if (name.length === 0)

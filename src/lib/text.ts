@@ -80,3 +80,44 @@ export function quoteAll(values: readonly string[], budget = 600, each = 200): s
   }
   return parts.join(' ');
 }
+
+/**
+ * Code points JSON.stringify leaves as they are that a terminal or an editor acts on: C1
+ * controls (U+009B is an 8-bit CSI), invisible and bidirectional formatting, line and paragraph
+ * separators, the byte order mark.
+ */
+const JSON_UNSHOWN =
+  /[\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u206f\ufeff]/g;
+
+/**
+ * JSON for the terminal: what a caller controlled (an executable's path, a tool's name) can't
+ * move the cursor or reorder what a person reads, and the output is the same JSON value.
+ */
+export function jsonText(value: unknown, indent?: number): string {
+  return JSON.stringify(value, null, indent).replace(
+    JSON_UNSHOWN,
+    (c) => `\\u${(c.codePointAt(0) ?? 0).toString(16).padStart(4, '0')}`,
+  );
+}
+
+/**
+ * A prompt for a program that may read markup (ksshaskpass's Qt label takes rich text when it
+ * sees a tag; zenity reads Pango): `<`, `>` and `&` become \u{...} escapes, so a value a caller
+ * controls can't hide the rest of the sentence in a comment or restyle it.
+ */
+export function markupFree(s: string): string {
+  return s.replace(/[<>&]/g, (c) => `\\u{${(c.codePointAt(0) ?? 0).toString(16)}}`);
+}
+
+/**
+ * A text file as a person reads it on a terminal (a policy): lines and tabs kept, every control,
+ * invisible or direction character (a carriage return but before a newline) as a \u{...} escape,
+ * so no line can erase or reorder another.
+ */
+export function textShown(s: string): string {
+  return s.replace(
+    // eslint-disable-next-line no-control-regex -- these are what is escaped
+    /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]|\r(?!\n)/gu,
+    (c) => `\\u{${(c.codePointAt(0) ?? 0).toString(16)}}`,
+  );
+}

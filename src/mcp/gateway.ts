@@ -20,6 +20,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
+import { quote } from '../lib/text.js';
 import { AgentLink } from './agent-link.js';
 import { Guard, message } from './guard.js';
 import {
@@ -152,11 +153,14 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     if ('error' in p)
       return refuse(`the gateway policy could not be read (${p.error}): fail closed`);
     if (!guard.visible.has(tool))
-      return refuse(guard.refused.get(tool) ?? `no tool ${tool} on ${name}`, ERR_UNKNOWN_TOOL);
+      return refuse(
+        guard.refused.get(tool) ?? `no tool ${quote(tool)} on ${name}`,
+        ERR_UNKNOWN_TOOL,
+      );
     // The policy may have changed since the tool was listed.
     if (!allowedByPolicy(p, name, tool, guard.visible.get(tool) ?? ''))
       return refuse(
-        `tool ${tool} is not allowed by the policy (mcp.${p.tool_policy})`,
+        `tool ${quote(tool)} is not allowed by the policy (mcp.${p.tool_policy})`,
         ERR_UNKNOWN_TOOL,
       );
     const limited = limits.take(p, tool);

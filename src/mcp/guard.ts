@@ -7,6 +7,7 @@ import { jsonBody } from '../agent/index.js';
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { secureRelease, secureTake, type SecureBuffer } from '../lib/secure.js';
+import { quote } from '../lib/text.js';
 import type { McpPolicy } from '../policy/index.js';
 import type { AgentLink } from './agent-link.js';
 import { definitionHash, loadDefinitions, recordDefinitions, toolDefinition } from './pins.js';
@@ -248,15 +249,16 @@ export class Guard {
       if (!d) continue;
       const v = verdicts && Object.hasOwn(verdicts, d.name) ? verdicts[d.name] : undefined;
       let why: string | undefined;
+      // The server names its tools: quoted, so a name can't write a sentence of its own.
+      const tn = quote(d.name);
       if (failed || !v || 'error' in p) why = `${failed ?? 'no verdict on the tool'}: fail closed`;
       else if (v.state === 'untrusted')
-        why = `tool ${d.name} is not trusted yet: keyward mcp pins trust ${name} ${d.name}`;
+        why = `tool ${tn} is not trusted yet: keyward mcp pins trust ${name} ${tn}`;
       else if (v.blocked)
-        why = `tool ${d.name} was blocked: ${v.what ?? v.state} (keyward mcp pins diff ${name} ${d.name})`;
+        why = `tool ${tn} was blocked: ${v.what ?? v.state} (keyward mcp pins diff ${name} ${tn})`;
       else if (!allowedByPolicy(p, name, d.name, d.sha256))
-        why = `tool ${d.name} is not allowed by the policy (mcp.${p.tool_policy})`;
-      if (!why && v?.alert)
-        this.log(`keyward mcp wrap: ${name}: tool ${d.name} ${v.what ?? v.state}`);
+        why = `tool ${tn} is not allowed by the policy (mcp.${p.tool_policy})`;
+      if (!why && v?.alert) this.log(`keyward mcp wrap: ${name}: tool ${tn} ${v.what ?? v.state}`);
       if (why) nextRefused.set(d.name, why);
       else {
         nextVisible.set(d.name, d.sha256);
