@@ -47,6 +47,9 @@ kw init --keyring ${FAST_KDF.join(' ')} || exit 10
 unset KEYWARD_PASSPHRASE_FILE
 printf 'keyring-held-value' | kw secret set kr/token || exit 11
 echo "READ1=$(kw read kr/token)"
+# installing a policy is a person's act: the keyring (any process of the user) does not do it
+kw policy show > "$HOME/p.yaml" 2>/dev/null
+kw policy apply "$HOME/p.yaml" </dev/null; echo "APPLY=$?"
 id=$(kw whoami --json | sed -n 's/.*"vaultId": "\\([0-9a-f]*\\)".*/\\1/p')
 echo "ITEM=$(secret-tool lookup service keyward username vault-$id | wc -c)"
 echo "UNLOCK=$(kw whoami | grep 'unlock by')"
@@ -61,6 +64,7 @@ echo "READ3=$(KEYWARD_PASSPHRASE_FILE='${h.passFile}' kw read kr/token)"
     const r = inKeyringSession(script, h.env);
     assert.equal(r.code, 0, `${r.out}\n${r.err}`);
     assert.match(r.out, /^READ1=keyring-held-value$/m);
+    assert.match(r.out, /^APPLY=2$/m, 'policy apply opened the vault with the keyring');
     assert.match(r.out, /^ITEM=32$/m, 'the keyring holds a 32-byte key for this vault');
     assert.match(r.out, /^UNLOCK=unlock by: +passphrase \(argon2id.*\), keyring$/m);
     assert.match(r.out, /^READ2=keyring-held-value$/m);

@@ -116,7 +116,7 @@ test('apply installs a new version, keeps history, and records policy.changed wi
   const d = kw(['policy', 'diff', '1', '2'], { env: h.env });
   assert.match(
     d.stdout,
-    /^\+ git-signs\n\+ agent-denied\n- default-keys\n- default-lists\n- default-audit-verify\n- default-audit\n~ default-secrets\n/,
+    /^- rule default-keys\n- rule default-lists\n- rule default-audit-verify\n- rule default-audit\n\+ rule git-signs: \{.*\}\n\+ rule agent-denied: \{.*\}\n~ rule default-secrets\./,
   );
   assert.equal(kw(['policy', 'show'], { env: h.env }).stdout, GOOD);
 });

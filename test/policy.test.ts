@@ -445,6 +445,93 @@ test('diff summarises added, removed, modified and reordered rules', () => {
   assert.equal(d.summary, '+2 rules, -1 rule, ~1 modified, order changed (first match decides)');
 });
 
+test('diff shows every change, section by section and field by field: the proxy and the operators too, values escaped', () => {
+  const a = policy('version: 1\nrules:\n  - { name: a, targets: [x], decision: deny }\n');
+  const b = policy(
+    'version: 1\nrules:\n  - { name: a, targets: [x], decision: allow }\n' +
+      'proxy:\n  hosts:\n    attacker.example: { secret: github/token }\n' +
+      'operators:\n  oidc:\n    issuer: https://evil.example/\n    client_id: "k\\u001b[2K"\n    allowed_groups: [sre]\n',
+  );
+  const d = diffPolicies(a, b);
+  assert.deepEqual(d.sections, ['operators', 'proxy']);
+  assert.equal(d.summary, '+0 rules, -0 rules, ~1 modified, operators, proxy changed');
+  assert.ok(d.changes.includes('~ rule a.decision: "deny" -> "allow"'), d.changes.join('\n'));
+  assert.ok(
+    d.changes.includes('~ proxy.hosts.attacker.example.secret: (none) -> "github/token"'),
+    d.changes.join('\n'),
+  );
+  assert.ok(
+    d.changes.includes('~ operators.oidc.issuer: (none) -> "https://evil.example/"'),
+    d.changes.join('\n'),
+  );
+  assert.ok(
+    d.changes.includes('~ operators.oidc.client_id: (none) -> "k\\\\u001b[2K"'),
+    d.changes.join('\n'),
+  );
+  assert.ok(!d.changes.join('').includes('\x1b'), 'a raw escape in what a person reads');
+});
+
+describe('what is valid but does not do what it reads as is refused at check and apply (lint)', () => {
+  const lint = (text: string) => {
+    const r = parsePolicy(text);
+    assert.ok(r.ok, JSON.stringify(r));
+    return r.lint.map((p) => `${p.line}:${p.column} ${p.path} ${p.message}`);
+  };
+  const rule = (targets: string, extra = '') =>
+    `version: 1\nrules:\n  - { name: r, targets: ${targets}, decision: deny${extra} }\n  - { name: rest, targets: ["**"], decision: allow }\n`;
+  test('a control character hiding a rule from the screen, a bidi override, a lone carriage return', () => {
+    for (const bad of ['# \x1b[2K\x1b[1A', '# \u202e', '# a\rb', '# \u200b']) {
+      const l = lint(
+        `version: 1\n${bad}\nrules:\n  - { name: rest, targets: ["**"], decision: allow }\n`,
+      );
+      assert.ok(l.length >= 1, JSON.stringify(bad));
+      assert.match(l[0] ?? '', /^2:\d+ +a control or formatting character \(U\+/);
+    }
+    // Windows line ends and a byte order mark at the start are text.
+    assert.deepEqual(
+      lint(
+        '\ufeffversion: 1\r\nrules:\r\n  - { name: rest, targets: ["**"], decision: allow }\r\n',
+      ),
+      [],
+    );
+  });
+  test('a %YAML 1.1 directive (merge keys, yes/no booleans)', () => {
+    const l = lint(`%YAML 1.1\n---\n${rule('["x"]')}`);
+    assert.match(l.join('\n'), /a %YAML or %TAG directive/);
+  });
+  test('targets no name can match, and a ** that crosses no /', () => {
+    assert.match(
+      lint(rule('["pr\u043ed/**"]')).join(),
+      /rules\[0\]\.targets\[0\] a target outside printable ASCII/,
+    );
+    assert.match(lint(rule('["prod/\\u200b**"]')).join(), /outside printable ASCII/);
+    assert.match(lint(rule('["deploy**"]')).join(), /\*\* crosses \/ only as a whole part/);
+    assert.match(
+      lint(rule('["ssh-add:**"]', ', kind: key')).join(),
+      /\*\* crosses \/ only as a whole part/,
+    );
+    assert.match(lint(rule('["prod/"]')).join(), /ending in \/ matches nothing/);
+    assert.match(
+      lint(rule('["x"]', ', callers: { ancestor: "/opt/claude**" }')).join(),
+      /rules\[0\]\.callers\.ancestor \*\* crosses/,
+    );
+    assert.deepEqual(lint(rule('["prod/**", "**/x", "a/**/b", "**", "ssh-add:*"]')), []);
+  });
+});
+
+test("a cwd condition: a directory named '..repo' inside is inside, '../x' is not", () => {
+  const p = policy(
+    'version: 1\nrules:\n  - { name: untrusted, targets: ["**"], callers: { cwd: /home/me/untrusted }, decision: deny }\n  - { name: rest, targets: ["**"], decision: allow }\n',
+  );
+  const at = (cwd: string) =>
+    evaluate(p, { target: 'dev/token', kind: 'secret', action: 'read' }, { cwd }).decision;
+  assert.equal(at('/home/me/untrusted/..repo'), 'deny');
+  assert.equal(at('/home/me/untrusted/repo'), 'deny');
+  assert.equal(at('/home/me/untrusted'), 'deny');
+  assert.equal(at('/home/me/other'), 'allow');
+  assert.equal(at('/home/me/untrusted-not'), 'allow');
+});
+
 describe('properties (fast-check)', () => {
   const NO_ALLOW = `version: 1
 unlock: { idle_timeout: 15m, max_lifetime: 4h }

@@ -4,11 +4,13 @@
  */
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { auditEntries } from './agent-helpers.js';
 import { BIN, FAST_KDF, kw, makeHome, PASSPHRASE, ROOT, type Home } from './helpers.js';
+import { DEFAULT_POLICY } from '../src/policy/index.js';
 
 const DRIVER = path.join(ROOT, 'test/pty-driver.py');
 
@@ -205,4 +207,57 @@ test('on a terminal, argon2id above the interactive cost shows "deriving key…"
   ]);
   assert.equal(q.exit, 0, q.out);
   assert.doesNotMatch(q.out, /deriving key/);
+});
+
+test('policy apply on a terminal shows every change against the policy in force, the proxy and operators too, before it asks; no applies nothing, yes applies', () => {
+  const h = makeHome();
+  assert.equal(kw(['init', ...FAST_KDF], { env: h.env }).code, 0);
+  // What a process of the user appended to the person's own edit: a proxy binding that sends
+  // github/token to its host, and its own sign-in provider for operators.
+  const edited = path.join(h.dir, 'policy.yaml');
+  fs.writeFileSync(
+    edited,
+    `${DEFAULT_POLICY}\nproxy:\n  hosts:\n    attacker.example: { secret: github/token }\noperators:\n  oidc:\n    issuer: https://evil.example/\n    client_id: keyward\n    allowed_groups: [sre]\n`,
+  );
+  const before = kw(['policy', 'history', '--json'], { env: h.env }).stdout;
+  const no = onTerminal(h, `kw policy apply '${edited}'; echo "RC=$?"`, [
+    ['keyward passphrase: ', `${PASSPHRASE}\r`],
+    ['Apply these changes? [y/N] ', 'n\r'],
+  ]);
+  // Shown before the question, in full.
+  const asked = no.out.indexOf('Apply these changes?');
+  const proxy = no.out.indexOf('~ proxy.hosts.attacker.example.secret: (none) -> "github/token"');
+  const issuer = no.out.indexOf('~ operators.oidc.issuer: (none) -> "https://evil.example/"');
+  assert.ok(proxy > 0 && proxy < asked, no.out);
+  assert.ok(issuer > 0 && issuer < asked, no.out);
+  assert.match(no.out, /not applied: the answer was no/);
+  assert.match(no.out, /RC=6/);
+  assert.equal(
+    kw(['policy', 'history', '--json'], { env: h.env }).stdout,
+    before,
+    'nothing applied',
+  );
+  const yes = onTerminal(h, `kw policy apply '${edited}'; echo "RC=$?"`, [
+    ['keyward passphrase: ', `${PASSPHRASE}\r`],
+    ['Apply these changes? [y/N] ', 'y\r'],
+  ]);
+  assert.match(
+    yes.out,
+    /Applied policy version 2 .*: \+0 rules, -0 rules, ~0 modified, operators, proxy changed/,
+  );
+  assert.match(yes.out, /RC=0/);
+});
+
+test('--sha256 binds policy apply to the text reviewed', () => {
+  const h = makeHome();
+  assert.equal(kw(['init', ...FAST_KDF], { env: h.env }).code, 0);
+  const f = path.join(h.dir, 'p.yaml');
+  fs.writeFileSync(f, `${DEFAULT_POLICY}# reviewed\n`);
+  const wrong = kw(['policy', 'apply', f, '--sha256', 'a'.repeat(64)], { env: h.env });
+  assert.equal(wrong.code, 2, wrong.stderr);
+  assert.match(wrong.stderr, /is not the text --sha256 names/);
+  const sha = createHash('sha256').update(fs.readFileSync(f)).digest('hex');
+  const ok = kw(['policy', 'apply', f, '--sha256', sha], { env: h.env });
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.match(ok.stderr, /Changes to the policy in force/);
 });

@@ -7,12 +7,16 @@ import type { Command } from 'commander';
 import { InvalidArgumentError } from './commander.js';
 import { agentStatus, call, jsonBody } from '../agent/index.js';
 import { auditPaths, auditSink, shipConfigOf, writeShipFile } from '../audit/index.js';
-import { IntegrityError, UsageError } from '../errors.js';
+import { IntegrityError, KeywardError, UsageError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
 import {
   applyPolicy,
   checkPolicyText,
   diffPolicies,
+  inForceSha,
+  POLICY_MAX_BYTES,
+  previewApply,
+  sha256Hex,
   evaluate,
   loadPolicy,
   PolicyInvalidError,
@@ -22,14 +26,19 @@ import {
   type Policy,
   type PolicyRequest,
 } from '../policy/index.js';
-import { requireVault, useVault, type Vault } from '../vault/index.js';
+import { lookThenWrite, requireVault, useVault, type Vault } from '../vault/index.js';
+import { readOwnFile } from '../lib/files.js';
+import { askOnTerminal } from '../lib/tty.js';
 import { note, type Io } from './report.js';
 import { agentSocket, auth, paths } from './context.js';
+import { jsonText, textShown } from '../lib/text.js';
 
 function readPolicyFile(file: string): string {
   try {
-    return fs.readFileSync(file, 'utf8');
+    // A regular file (a FIFO or /dev/zero would hold or fill this process), of a policy's size.
+    return readOwnFile(file, { follow: true, maxBytes: POLICY_MAX_BYTES }).toString('utf8');
   } catch (e) {
+    if (e instanceof KeywardError) throw e;
     throw new UsageError(
       'USAGE',
       `cannot read ${file} (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
@@ -112,15 +121,56 @@ export function registerPolicyCommands(program: Command, io: Io): void {
   policy
     .command('apply')
     .argument('<file>', 'a policy file')
-    .description('validate and install (asks the passphrase; recorded as policy.changed)')
+    .description(
+      'validate, show every change against the policy in force, ask, and install (asks the passphrase; recorded as policy.changed)',
+    )
+    .option('--yes', 'install without asking (the changes are still shown)')
+    .option(
+      '--sha256 <hex>',
+      'install only if FILE is this text (its sha256, as policy history shows)',
+    )
     .action(function (this: Command, file: string) {
+      const o = this.opts<{ yes?: boolean; sha256?: string }>();
+      if (o.sha256 !== undefined && !/^[0-9a-f]{64}$/.test(o.sha256))
+        throw new UsageError('USAGE', '--sha256 takes 64 lowercase hex digits');
       const text = readPolicyFile(file);
       const policy = checked(io, text, file);
-      const a = auth(this, io);
-      // A write: the applied policy is kept in the vault itself.
-      const r = useVault(paths(), a, 'write', (v) =>
-        applyPolicy(keywardHome(), text, file, v, a.audit),
+      if (o.sha256 !== undefined && sha256Hex(text) !== o.sha256)
+        throw new KeywardError('POLICY_INVALID', `${file} is not the text --sha256 names`, {
+          hint: `its sha256 is ${sha256Hex(text)}`,
+        });
+      // A person, not a key any process of the user could fetch from the keyring: installing a
+      // policy changes what every later request is allowed.
+      const a = { ...auth(this, io), passphraseOnly: true };
+      const home = keywardHome();
+      // The changes are worked out against the vault's copy (the files could say anything), shown
+      // in full, and the person asked before anything is written; the write is bound to the
+      // policy that was in force when they were shown.
+      const r = lookThenWrite(
+        paths(),
+        a,
+        (v) => previewApply(home, text, file, v),
+        (seen) => {
+          io.stderr(`Changes to the policy in force (sha256 ${sha256Hex(text)}):\n`);
+          for (const c of seen.diff.changes) io.stderr(`  ${c}\n`);
+          if (seen.diff.changes.length === 0) io.stderr('  (none)\n');
+          // Not typed at a terminal (a script, input from a pipe): it applies what it was given,
+          // as it always could; the changes are on stderr all the same.
+          if (o.yes === true || o.sha256 !== undefined || !process.stdin.isTTY) return true;
+          const answer = askOnTerminal('Apply these changes? [y/N] ');
+          return answer === undefined || /^y(es)?$/i.test(answer);
+        },
+        (v, seen) => {
+          if (inForceSha(home, v) !== seen.inForce)
+            throw new KeywardError(
+              'CANCELLED',
+              'the policy in force changed while the changes were shown: nothing applied',
+              { hint: `run keyward policy apply ${file} again` },
+            );
+          return applyPolicy(home, text, file, v, a.audit);
+        },
       );
+      if (r === undefined) throw new KeywardError('CANCELLED', 'not applied: the answer was no');
       // Writers that can't read the policy (locked ones) ship by this; the agent checks it.
       writeShipFile(auditPaths(keywardHome()), shipConfigOf(policy.audit));
       io.stdout(`Applied policy version ${r.version} (sha256 ${r.sha256}): ${r.summary}\n`);
@@ -138,10 +188,12 @@ export function registerPolicyCommands(program: Command, io: Io): void {
       const loaded = verify
         ? useVault(paths(), auth(this, io), 'read', (v) => inForce(io, v))
         : inForce(io, undefined);
+      // As text a person reads: a control character in it (one applied before they were
+      // refused) can't erase a rule from the screen.
       io.stdout(
         loaded.version === undefined
-          ? `# no policy applied yet: the built-in default is in force\n${loaded.text}`
-          : loaded.text,
+          ? `# no policy applied yet: the built-in default is in force\n${textShown(loaded.text)}`
+          : textShown(loaded.text),
       );
       if (!verify)
         note(io, 'read from the files, unverified: keyward policy show --verify checks the vault');
@@ -165,7 +217,7 @@ export function registerPolicyCommands(program: Command, io: Io): void {
         file: path.basename(file),
       }));
       if (this.opts<{ json?: boolean }>().json) {
-        io.stdout(`${JSON.stringify(h, null, 2)}\n`);
+        io.stdout(`${jsonText(h, 2)}\n`);
         return;
       }
       for (const e of h)
@@ -181,9 +233,7 @@ export function registerPolicyCommands(program: Command, io: Io): void {
     .description('rules added, removed, modified between two policies')
     .action((a: string, b: string) => {
       const d = diffPolicies(resolve(io, a), resolve(io, b));
-      for (const n of d.added) io.stdout(`+ ${n}\n`);
-      for (const n of d.removed) io.stdout(`- ${n}\n`);
-      for (const n of d.modified) io.stdout(`~ ${n}\n`);
+      for (const c of d.changes) io.stdout(`${c}\n`);
       io.stdout(`${d.summary}\n`);
     });
 
@@ -225,12 +275,20 @@ export function registerPolicyCommands(program: Command, io: Io): void {
       if (kind !== 'secret' && kind !== 'key' && kind !== 'list' && kind !== 'audit')
         throw new UsageError('USAGE', '--kind is secret, key, list or audit');
       const request: PolicyRequest = { target: o.target, kind, action: 'explain' };
+      // As the agent sees a program: the file the kernel runs, after symbolic links.
+      const real = (p: string) => {
+        try {
+          return fs.realpathSync(p);
+        } catch {
+          return p;
+        }
+      };
       const caller: Caller = {
-        exe: o.exe,
+        exe: o.exe === undefined ? undefined : real(o.exe),
         exeSha256: o.exeSha256,
         uid: o.uid,
         cwd: o.cwd,
-        ancestors: o.ancestor.map((exe) => ({ exe })),
+        ancestors: o.ancestor.map((exe) => ({ exe: real(exe) })),
         loaderVars: o.loaderVar.map((name) => ({ name })),
       };
       let d: Decision;

@@ -121,7 +121,8 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
   }
   if (w.cwd !== undefined) {
     const rel = c.cwd === undefined ? '..' : path.relative(w.cwd, c.cwd);
-    if (rel.startsWith('..') || path.isAbsolute(rel))
+    // Outside: '..' or '../x'; a directory named '..repo' inside is inside.
+    if (rel === '..' || rel.startsWith(`..${path.sep}`) || path.isAbsolute(rel))
       return `the caller's directory ${c.cwd ?? '(unknown)'} is not under ${w.cwd}`;
   }
   return undefined;

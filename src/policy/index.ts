@@ -28,11 +28,13 @@ export {
   type Remember,
 } from './evaluate.js';
 export { TokenBucket, UseCounter } from './limits.js';
+export { diffPolicies, type PolicyDiff } from './diff.js';
 export {
   applyPolicy,
   checkPolicyText,
+  inForceSha,
+  previewApply,
   DEFAULT_POLICY,
-  diffPolicies,
   installDefaultPolicy,
   loadPolicy,
   PolicyInvalidError,
@@ -44,6 +46,5 @@ export {
   type Applied,
   type HistoryEntry,
   type Loaded,
-  type PolicyDiff,
   type SealedPolicy,
 } from './store.js';

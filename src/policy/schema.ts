@@ -281,7 +281,13 @@ export interface PolicyProblem {
   message: string;
 }
 
-export type ParseResult = { ok: true; policy: Policy } | { ok: false; problems: PolicyProblem[] };
+/**
+ * `lint`: what a valid policy holds that does not do what it reads as (a target no name can match,
+ * a `**` that crosses no `/`, a character a terminal acts on, a YAML directive). Refused by
+ * `policy check` and `policy apply`; a policy already applied is enforced as it was.
+ */
+export type ParseResult =
+  { ok: true; policy: Policy; lint: PolicyProblem[] } | { ok: false; problems: PolicyProblem[] };
 
 export const POLICY_MAX_BYTES = 1024 * 1024;
 
@@ -358,7 +364,7 @@ export function parsePolicyHere(text: string): ParseResult {
     return atStart(e instanceof Error ? e.message : 'unreadable YAML');
   }
   const r = policySchema().safeParse(data);
-  if (r.success) return { ok: true, policy: r.data };
+  if (r.success) return { ok: true, policy: r.data, lint: lintPolicy(text, doc, lc, r.data) };
   return {
     ok: false,
     problems: r.error.issues.map((i) => {
@@ -370,4 +376,73 @@ export function parsePolicyHere(text: string): ParseResult {
       return { ...positionOf(doc, lc, path), path: pathText(path), message: i.message };
     }),
   };
+}
+
+/**
+ * Characters a terminal or an editor acts on instead of showing: C0 controls but tab and newline
+ * (a carriage return only before a newline), DEL, C1 controls, invisible and bidirectional
+ * formatting, line and paragraph separators, a byte order mark past the start. In a policy they
+ * let what a person reads differ from what is enforced (a rule erased from the screen).
+ */
+const UNSHOWN =
+  // eslint-disable-next-line no-control-regex -- these are what is refused
+  /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]|\r(?!\n)/gu;
+
+/** A `**` that is not a whole part of a glob (deploy**, **x): picomatch reads it as `*`. */
+const PARTIAL_GLOBSTAR = /[^/]\*\*|\*\*[^/]/;
+
+function lintPolicy(
+  text: string,
+  doc: Document,
+  lc: LineCounterT,
+  policy: Policy,
+): PolicyProblem[] {
+  const out: PolicyProblem[] = [];
+  for (const m of text.matchAll(UNSHOWN)) {
+    if (m.index === 0 && m[0] === '\ufeff') continue;
+    const p = lc.linePos(m.index);
+    const cp = (m[0].codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0');
+    out.push({
+      line: p.line,
+      column: p.col,
+      path: '',
+      message: `a control or formatting character (U+${cp}): a terminal acts on it instead of showing it, so what a person reads is not what is enforced`,
+    });
+    if (out.length >= 5) break;
+  }
+  const d = doc.directives;
+  if (d?.yaml.explicit || Object.keys(d?.tags ?? {}).some((t) => t !== '!!'))
+    out.push({
+      line: 1,
+      column: 1,
+      path: '',
+      message:
+        'a %YAML or %TAG directive: it changes how the rest is read (YAML 1.1 merge keys and yes/no booleans); policies are YAML 1.2 without directives',
+    });
+  const at = (path: PropertyKey[], message: string) =>
+    out.push({ ...positionOf(doc, lc, path), path: pathText(path), message });
+  policy.rules.forEach((r, i) => {
+    r.targets.forEach((t, j) => {
+      const path = ['rules', i, 'targets', j];
+      // ssh-add:COMMENT targets take any printable ASCII; names are narrower still.
+      if (/[^\x20-\x7e]/u.test(t))
+        at(path, 'a target outside printable ASCII matches nothing: names are ASCII');
+      else if (PARTIAL_GLOBSTAR.test(t))
+        at(
+          path,
+          '** crosses / only as a whole part (a/**, a/**/b, **/b); here it matches as * does, within one part',
+        );
+      else if (t.endsWith('/') && !t.startsWith('ssh-add:'))
+        at(path, 'a target ending in / matches nothing: no name ends in /');
+    });
+    for (const k of ['exe', 'ancestor'] as const) {
+      const g = r.callers[k];
+      if (g !== undefined && PARTIAL_GLOBSTAR.test(g))
+        at(
+          ['rules', i, 'callers', k],
+          '** crosses / only as a whole part (**/claude, /opt/**); here it matches as * does, within one part',
+        );
+    }
+  });
+  return out;
 }

@@ -12,6 +12,7 @@ import { secureFree, secureTake } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
 import { parsePolicies, parsePolicy } from './parse-thread.js';
 import type { ParseResult, Policy, PolicyProblem } from './schema.js';
+import { diffPolicies, type PolicyDiff } from './diff.js';
 
 export const DEFAULT_POLICY = `# keyward policy (docs/POLICY.md). The first matching rule decides; nothing matching is deny.
 # The default: no secret or key is released silently. Every one needs a person's confirmation,
@@ -103,6 +104,8 @@ export class PolicyInvalidError extends KeywardError {
 export function checkPolicyText(text: string, source: string): Policy {
   const r = parsePolicy(text);
   if (!r.ok) throw new PolicyInvalidError(source, r.problems);
+  // What is valid but would not do what it reads as is refused here, where a person applies it.
+  if (r.lint.length > 0) throw new PolicyInvalidError(source, r.lint);
   return r.policy;
 }
 
@@ -153,36 +156,6 @@ export function readHistory(home: string): HistoryEntry[] {
       rules: r.ok ? r.policy.rules.length : -1,
     };
   });
-}
-
-export interface PolicyDiff {
-  added: string[];
-  removed: string[];
-  modified: string[];
-  reordered: boolean;
-  unlockChanged: boolean;
-  summary: string;
-}
-
-export function diffPolicies(a: Policy, b: Policy): PolicyDiff {
-  const byName = (p: Policy) => new Map(p.rules.map((r) => [r.name, JSON.stringify(r)]));
-  const A = byName(a);
-  const B = byName(b);
-  const added = [...B.keys()].filter((n) => !A.has(n));
-  const removed = [...A.keys()].filter((n) => !B.has(n));
-  const modified = [...B.keys()].filter((n) => A.has(n) && A.get(n) !== B.get(n));
-  const common = (p: Policy) => p.rules.map((r) => r.name).filter((n) => A.has(n) && B.has(n));
-  const reordered = common(a).join('\n') !== common(b).join('\n');
-  const unlockChanged = JSON.stringify(a.unlock) !== JSON.stringify(b.unlock);
-  const plural = (n: number, w: string) => `${n} ${w}${n === 1 ? '' : 's'}`;
-  const parts = [
-    `+${plural(added.length, 'rule')}`,
-    `-${plural(removed.length, 'rule')}`,
-    `~${modified.length} modified`,
-  ];
-  if (reordered) parts.push('order changed (first match decides)');
-  if (unlockChanged) parts.push('unlock window changed');
-  return { added, removed, modified, reordered, unlockChanged, summary: parts.join(', ') };
 }
 
 /** The applied policy as kept in the vault: its version, hash and text. */
@@ -248,6 +221,57 @@ export interface Applied {
 }
 
 /**
+ * What is in force before an apply: the vault's copy (whatever the files say), or before the
+ * first apply the newest history file. Versions are numbered from the vault when it holds one:
+ * a history file planted with a high number moves nothing.
+ */
+function inForce(
+  home: string,
+  v: Vault,
+): { policy: Policy | undefined; sha256: string | null; version: number } {
+  const inVault = readApplied(v);
+  if (inVault) {
+    const r = parsePolicy(inVault.text);
+    return {
+      policy: r.ok ? r.policy : undefined,
+      sha256: inVault.sha256,
+      version: inVault.version,
+    };
+  }
+  const last = lastHistory(home);
+  const text = last ? readOptional(last.file) : undefined;
+  const r = text === undefined ? undefined : parsePolicy(text);
+  return {
+    policy: r?.ok ? r.policy : undefined,
+    sha256: text === undefined ? null : sha256Hex(text),
+    version: last?.version ?? 0,
+  };
+}
+
+/**
+ * What `policy apply` would change, against the policy in force (the vault's copy): shown to the
+ * person before anything is written. `inForce` binds the write to what was shown.
+ */
+export function previewApply(
+  home: string,
+  text: string,
+  source: string,
+  v: Vault,
+): { diff: PolicyDiff; inForce: string | null } {
+  const next = checkPolicyText(text, source);
+  const before = inForce(home, v);
+  return {
+    diff: diffPolicies(before.policy ?? { ...next, rules: [] }, next),
+    inForce: before.sha256,
+  };
+}
+
+/** The sha256 of the policy in force (the vault's copy), or null before the first apply. */
+export function inForceSha(home: string, v: Vault): string | null {
+  return inForce(home, v).sha256;
+}
+
+/**
  * Installs a policy: validated, recorded as policy.changed, kept verbatim as the next history
  * version and in policy.yaml, and stored in the vault, which is saved: the caller holds the
  * vault's write lock (useVault 'write', or init). The vault's copy is what is in force.
@@ -263,20 +287,11 @@ export function applyPolicy(
   const p = policyPaths(home);
   ensurePrivateDir(p.dir);
   ensurePrivateDir(p.history);
-  const history = readHistory(home);
-  const last = history.at(-1);
-  const inVault = readApplied(v);
-  // The diff is against what was in force: the vault's copy, whatever the files say.
-  const previous = inVault
-    ? parsePolicy(inVault.text)
-    : last
-      ? parsePolicy(readOwnFile(last.file).toString('utf8'))
-      : undefined;
-  const diff = previous?.ok
-    ? diffPolicies(previous.policy, next)
-    : diffPolicies({ ...next, rules: [] }, next);
-  // Numbered past both the files and the vault: a deleted history never reuses a number.
-  const version = Math.max(last?.version ?? 0, inVault?.version ?? 0) + 1;
+  const before = inForce(home, v);
+  const diff = diffPolicies(before.policy ?? { ...next, rules: [] }, next);
+  const version = before.version + 1;
+  if (version > 999_999)
+    throw new KeywardError('POLICY_INVALID', 'the policy history has reached version 999999');
   const sha = sha256Hex(text);
   audit.record({
     type: 'policy.changed',
@@ -285,7 +300,7 @@ export function applyPolicy(
     details: {
       version,
       sha256: sha,
-      previousSha256: inVault?.sha256 ?? last?.sha256 ?? null,
+      previousSha256: before.sha256,
       source: path.basename(source),
     },
   });
@@ -300,7 +315,7 @@ export function applyPolicy(
   return {
     version,
     sha256: sha,
-    previousSha256: inVault?.sha256 ?? last?.sha256,
+    previousSha256: before.sha256 ?? undefined,
     summary: diff.summary,
   };
 }

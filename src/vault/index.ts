@@ -56,6 +56,7 @@ export {
   storeSecret,
   TERMINAL_TRIES,
   useVault,
+  lookThenWrite,
   type Auth,
   type AuditSink,
 } from './session.js';

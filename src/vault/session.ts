@@ -116,7 +116,18 @@ function unlockAnd<T>(paths: VaultPaths, auth: Auth, fn: (u: Unlock) => T): T {
  * the audit log afterwards.
  */
 function openAnd<T>(paths: VaultPaths, auth: Auth, write: boolean, fn: (v: Vault) => T): T {
-  return unlockAnd(paths, auth, (u) => {
+  return unlockAnd(paths, auth, (u) => openWith(paths, auth, u, write, fn));
+}
+
+/** openAnd with the vault's key already at hand (one passphrase for several opens). */
+function openWith<T>(
+  paths: VaultPaths,
+  auth: Auth,
+  u: Unlock,
+  write: boolean,
+  fn: (v: Vault) => T,
+): T {
+  {
     const method = 'passphrase' in u ? 'passphrase' : 'keyring';
     const run = (v: Vault): T => {
       const warning = auth.audit.attach?.(v);
@@ -147,6 +158,25 @@ function openAnd<T>(paths: VaultPaths, auth: Auth, write: boolean, fn: (v: Vault
       }
       throw e;
     }
+  }
+}
+
+/**
+ * Looks at the vault (read), asks a person with what it saw (no lock held while they read), then
+ * writes: one passphrase for both. `write` gets what `look` saw and must check that what it
+ * binds to still holds. Undefined when the person said no.
+ */
+export function lookThenWrite<P, T>(
+  paths: VaultPaths,
+  auth: Auth,
+  look: (v: Vault) => P,
+  ask: (seen: P) => boolean,
+  write: (v: Vault, seen: P) => T,
+): T | undefined {
+  return unlockAnd(paths, auth, (u) => {
+    const seen = openWith(paths, auth, u, false, look);
+    if (!ask(seen)) return undefined;
+    return openWith(paths, auth, u, true, (v) => write(v, seen));
   });
 }
 
