@@ -519,6 +519,25 @@ describe('what is valid but does not do what it reads as is refused at check and
   });
 });
 
+test('a key repeated in any spelling is refused, also one that only the object it becomes repeats (1 and "1")', () => {
+  for (const [text, line] of [
+    ['version: 1\nrules: []\nversion: 1\n', 3],
+    [
+      'version: 1\nrules:\n  - name: a\n    targets: [x]\n    decision: deny\n    "decisio\\u006e": allow\n',
+      6,
+    ],
+    ['version: 1\nrules: []\nproxy:\n  hosts:\n    1: { secret: a }\n    "1": { secret: b }\n', 6],
+  ] as const) {
+    const r = parsePolicy(text);
+    assert.ok(!r.ok, text);
+    assert.deepEqual(
+      r.problems.map((p) => [p.line, p.message]),
+      [[line, 'Map keys must be unique']],
+      text,
+    );
+  }
+});
+
 test("a cwd condition: a directory named '..repo' inside is inside, '../x' is not", () => {
   const p = policy(
     'version: 1\nrules:\n  - { name: untrusted, targets: ["**"], callers: { cwd: /home/me/untrusted }, decision: deny }\n  - { name: rest, targets: ["**"], decision: allow }\n',
