@@ -3,6 +3,7 @@
  * show, diff, explain, and an edit behind keyward's back.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
@@ -116,7 +117,7 @@ test('apply installs a new version, keeps history, and records policy.changed wi
   const d = kw(['policy', 'diff', '1', '2'], { env: h.env });
   assert.match(
     d.stdout,
-    /^- rule default-keys\n- rule default-lists\n- rule default-audit-verify\n- rule default-audit\n\+ rule git-signs: \{.*\}\n\+ rule agent-denied: \{.*\}\n~ rule default-secrets\./,
+    /^- rule default-keys\n- rule default-lists\n- rule default-audit-verify\n- rule default-audit\n\+ rule git-signs \(1 of 3, before agent-denied\): \{.*\}\n\+ rule agent-denied \(2 of 3, before default-secrets\): \{.*\}\n~ rule default-secrets\./,
   );
   assert.equal(kw(['policy', 'show'], { env: h.env }).stdout, GOOD);
 });
@@ -238,4 +239,56 @@ test('explain says which rule decided and why earlier ones did not match', () =>
       '',
     ].join('\n'),
   );
+});
+
+test("a vault from before the policy was kept in it, its history rewritten: apply shows every field against the defaults, not against the attacker's files", () => {
+  const h = initHome();
+  const deny = write(
+    h,
+    'deny.yaml',
+    'version: 1\nrules:\n  - { name: deny-prod, targets: ["prod/**"], decision: deny }\n',
+  );
+  assert.equal(kw(['policy', 'apply', deny], { env: h.env }).code, 0);
+  legacyShape(h);
+  // The attacker: its policy over the newest history file and policy.yaml, so the files agree.
+  const evil =
+    'version: 1\nrules:\n  - { name: deny-prod, targets: ["prod/**"], decision: deny }\n' +
+    'proxy:\n  hosts:\n    attacker.example: { secret: prod/db }\n';
+  const newest = fs.readdirSync(path.join(h.home, 'policy/history')).sort().at(-1) ?? '';
+  fs.writeFileSync(path.join(h.home, 'policy/history', newest), evil);
+  fs.writeFileSync(path.join(h.home, 'policy.yaml'), evil);
+  const r = kw(['policy', 'apply', path.join(h.home, 'policy.yaml')], { env: h.env });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /the policy in force could not be verified/);
+  assert.match(r.stderr, /~ proxy\.hosts\.attacker\.example\.secret: \(none\) -> "prod\/db"/);
+  assert.match(r.stderr, /\+ rule deny-prod \(1 of 1, last\)/);
+});
+
+test('a policy applied before apply refused what does not do what it reads as is still enforced as it was', () => {
+  const h = initHome();
+  // As an older keyward applied it: a ** that is not a whole part.
+  const text =
+    'version: 1\nrules:\n  - { name: old, targets: ["deploy**"], decision: deny }\n  - { name: rest, targets: ["**"], decision: allow }\n';
+  const sha = createHash('sha256').update(text).digest('hex');
+  const pass = secureTake(Buffer.from(PASSPHRASE));
+  try {
+    withVaultWrite(vaultPaths(h.home), { passphrase: pass }, (v) => {
+      const a = readApplied(v);
+      assert.ok(a);
+      const record = secureTake(Buffer.from(`keyward-policy 1\n${a.version + 1}\n${sha}\n${text}`));
+      v.setInternal('@policy/applied', record);
+      secureFree(record);
+      v.save();
+    });
+  } finally {
+    secureFree(pass);
+  }
+  const show = kw(['policy', 'show', '--verify'], { env: h.env });
+  assert.match(show.stdout, /deploy\*\*/, show.stderr);
+  assert.doesNotMatch(show.stderr, /not a valid policy/);
+  // A new apply of the same text is refused, and says why.
+  const f = write(h, 'again.yaml', text);
+  const again = kw(['policy', 'apply', f], { env: h.env });
+  assert.equal(again.code, 2);
+  assert.match(again.stderr, /\*\* crosses \/ only as a whole part/);
 });

@@ -510,7 +510,21 @@ describe('what is valid but does not do what it reads as is refused at check and
       lint(rule('["ssh-add:**"]', ', kind: key')).join(),
       /\*\* crosses \/ only as a whole part/,
     );
-    assert.match(lint(rule('["prod/"]')).join(), /ending in \/ matches nothing/);
+    for (const t of ['prod/', '/prod/x', 'prod//x', 'prod/x ', ' prod/x'])
+      assert.match(
+        lint(rule(JSON.stringify([t]))).join(),
+        /a leading or trailing \/ or an empty part matches nothing/,
+        t,
+      );
+    // A value made of escapes in quotes: plain ASCII in the file, a control character in force.
+    assert.match(
+      lint(rule('["x"]', ', callers: { exe: "/usr/bin/\\e[1A\\e[2K\\rOK" }')).join(),
+      /rules\[0\]\.callers\.exe a control or formatting character \(U\+001B\) in a value/,
+    );
+    assert.match(
+      lint(rule('["x"]', ', callers: { cwd: "/home/\\u202eevil" }')).join(),
+      /U\+202E\) in a value/,
+    );
     assert.match(
       lint(rule('["x"]', ', callers: { ancestor: "/opt/claude**" }')).join(),
       /rules\[0\]\.callers\.ancestor \*\* crosses/,

@@ -220,7 +220,7 @@ test('a fake agent that answers status and list with terminal escapes: doctor sh
   const env = { ...h.env, KEYWARD_SOCKET_DIR: run };
   // Clear the line above, write the clipboard (OSC 52), and show a line of its own.
   const evil = '\x1b[2K\r\x1b[1A\x1b[2KOK    everything fine\x1b]52;c;ZXZpbA==\x07';
-  const body = Buffer.from(
+  let body = Buffer.from(
     JSON.stringify({
       entries: [{ name: `aws/prod${evil}`, size: 1, created: evil, updated: evil }],
       keys: [{ name: `deploy${evil}`, type: 'ssh-ed25519', bits: 256, publicBlob: '' }],
@@ -265,6 +265,23 @@ test('a fake agent that answers status and list with terminal escapes: doctor sh
         /the agent sent a malformed frame \(a listed (entry is not a secret|key is not a key)\)/,
       );
     }
+    // A pending request whose caller description would clear the screen's last line.
+    body = Buffer.from(
+      JSON.stringify([
+        {
+          id: 'r1',
+          action: 'read',
+          target: 'app/token',
+          rule: 'ask',
+          mode: 'confirm',
+          expiresAt: Date.now() + 60_000,
+          requester: { description: `pid 1 ${evil}` },
+        },
+      ]),
+    );
+    const a = await kwAsync(['approvals'], env);
+    assert.equal(a.stdout.includes('\x1b'), false, a.stdout);
+    assert.match(a.stdout, /by pid 1 \\u\{1b\}\[2K/);
   } finally {
     fake.close();
   }

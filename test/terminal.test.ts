@@ -222,10 +222,10 @@ test('policy apply on a terminal shows every change against the policy in force,
   const before = kw(['policy', 'history', '--json'], { env: h.env }).stdout;
   const no = onTerminal(h, `kw policy apply '${edited}'; echo "RC=$?"`, [
     ['keyward passphrase: ', `${PASSPHRASE}\r`],
-    ['Apply these changes? [y/N] ', 'n\r'],
+    ['operators, proxy changed)? [y/N] ', 'n\r'],
   ]);
   // Shown before the question, in full.
-  const asked = no.out.indexOf('Apply these changes?');
+  const asked = no.out.indexOf('Apply these changes (');
   const proxy = no.out.indexOf('~ proxy.hosts.attacker.example.secret: (none) -> "github/token"');
   const issuer = no.out.indexOf('~ operators.oidc.issuer: (none) -> "https://evil.example/"');
   assert.ok(proxy > 0 && proxy < asked, no.out);
@@ -237,9 +237,22 @@ test('policy apply on a terminal shows every change against the policy in force,
     before,
     'nothing applied',
   );
+  // Input from the terminal, but no terminal of its own to ask on (a new session): refused.
+  const away = onTerminal(
+    h,
+    `KEYWARD_PASSPHRASE_FILE='${writePass(h, PASSPHRASE)}' setsid -w '${process.execPath}' '${BIN}' policy apply '${edited}'; echo "RC=$?"`,
+    [],
+  );
+  assert.match(away.out, /can not ask on this terminal/);
+  assert.match(away.out, /RC=2/);
+  assert.equal(
+    kw(['policy', 'history', '--json'], { env: h.env }).stdout,
+    before,
+    'nothing applied',
+  );
   const yes = onTerminal(h, `kw policy apply '${edited}'; echo "RC=$?"`, [
     ['keyward passphrase: ', `${PASSPHRASE}\r`],
-    ['Apply these changes? [y/N] ', 'y\r'],
+    ['operators, proxy changed)? [y/N] ', 'y\r'],
   ]);
   assert.match(
     yes.out,

@@ -15,7 +15,7 @@ import {
 import { KeywardError } from '../errors.js';
 import { keywardHome, socketDir } from '../lib/paths.js';
 import { runtimeState } from '../lib/runtime-guard.js';
-import { jsonText, printable } from '../lib/text.js';
+import { asciiShown, jsonText, printable } from '../lib/text.js';
 import { askOnTerminal } from '../lib/tty.js';
 import { note, type Io } from './report.js';
 import { agentSocket, passphraseFile } from './places.js';
@@ -153,9 +153,11 @@ export function registerAgentCommands(program: Command, io: Io): void {
       }
       if (pending.length === 0) io.stdout('no pending requests\n');
       for (const p of pending) {
-        const who = (p['requester'] as { description?: string } | undefined)?.description ?? '?';
-        // Targets can hold requester text (an ssh-add comment): escaped. The agent escapes the
-        // caller description itself.
+        // The agent escapes the caller description itself; shown as ASCII all the same (a process
+        // posing as the agent). Targets can hold requester text (an ssh-add comment): escaped.
+        const who = asciiShown(
+          String((p['requester'] as { description?: string } | undefined)?.description ?? '?'),
+        );
         const f = (v: unknown) => printable(String(v), 300);
         const left = Math.max(0, Math.round((Number(p['expiresAt']) - Date.now()) / 1000));
         io.stdout(

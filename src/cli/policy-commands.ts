@@ -31,7 +31,7 @@ import { readOwnFile } from '../lib/files.js';
 import { askOnTerminal } from '../lib/tty.js';
 import { note, type Io } from './report.js';
 import { agentSocket, auth, paths } from './context.js';
-import { jsonText, textShown } from '../lib/text.js';
+import { asciiShown, jsonText, printable, textShown } from '../lib/text.js';
 
 function readPolicyFile(file: string): string {
   try {
@@ -52,9 +52,10 @@ function checked(io: Io, text: string, source: string): Policy {
     return checkPolicyText(text, source);
   } catch (e) {
     if (e instanceof PolicyInvalidError) {
+      // The path and the message can hold the file's own keys and values: shown as ASCII.
       for (const p of e.problems)
         io.stderr(
-          `${source}:${p.line}:${p.column}: ${p.path === '' ? '' : `${p.path}: `}${p.message}\n`,
+          `${printable(source)}:${p.line}:${p.column}: ${asciiShown(`${p.path === '' ? '' : `${p.path}: `}${p.message}`)}\n`,
         );
     }
     throw e;
@@ -151,14 +152,31 @@ export function registerPolicyCommands(program: Command, io: Io): void {
         a,
         (v) => previewApply(home, text, file, v),
         (seen) => {
-          io.stderr(`Changes to the policy in force (sha256 ${sha256Hex(text)}):\n`);
-          for (const c of seen.diff.changes) io.stderr(`  ${c}\n`);
-          if (seen.diff.changes.length === 0) io.stderr('  (none)\n');
+          const shown = [
+            `Changes to the policy in force (applying sha256 ${sha256Hex(text)}):`,
+            ...(seen.unknown === undefined
+              ? []
+              : [`  note: ${seen.unknown}: every field is shown against the defaults`]),
+            ...(seen.diff.changes.length === 0
+              ? ['  (none)']
+              : seen.diff.changes.map((c) => `  ${c}`)),
+            `  in all: ${seen.diff.summary}`,
+          ].join('\n');
+          io.stderr(`${shown}\n`);
           // Not typed at a terminal (a script, input from a pipe): it applies what it was given,
           // as it always could; the changes are on stderr all the same.
           if (o.yes === true || o.sha256 !== undefined || !process.stdin.isTTY) return true;
-          const answer = askOnTerminal('Apply these changes? [y/N] ');
-          return answer === undefined || /^y(es)?$/i.test(answer);
+          // The question goes to the terminal: the changes with it, when stderr goes elsewhere.
+          const answer = askOnTerminal(
+            `${process.stderr.isTTY ? '' : `${shown}\n`}Apply these changes (${seen.diff.summary})? [y/N] `,
+          );
+          if (answer === undefined)
+            throw new UsageError(
+              'CONFIRMATION_REQUIRED',
+              'policy apply can not ask on this terminal (a background job, or no terminal of its own): nothing applied',
+              { hint: 'run it in the foreground, or pass --yes after reading the changes above' },
+            );
+          return /^y(es)?$/i.test(answer);
         },
         (v, seen) => {
           if (inForceSha(home, v) !== seen.inForce)
@@ -329,6 +347,7 @@ export function registerPolicyCommands(program: Command, io: Io): void {
           ? ` (${d.approval.mode}${d.highValue ? ', high value' : ''}, remember ${d.approval.remember.scope})`
           : '';
       io.stdout(`${d.decision}${how}${d.rule ? ` by rule ${d.rule}` : ''}\n`);
-      for (const line of d.explanation) io.stdout(`  ${line}\n`);
+      // The explanation quotes the policy's own values (an exe, a cwd): shown as ASCII.
+      for (const line of d.explanation) io.stdout(`  ${asciiShown(line)}\n`);
     });
 }

@@ -87,7 +87,7 @@ export function quoteAll(values: readonly string[], budget = 600, each = 200): s
  * separators, the byte order mark.
  */
 const JSON_UNSHOWN =
-  /[\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u206f\ufeff]/g;
+  /[\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u206f\ufeff\u{e0000}-\u{e007f}]/gu;
 
 /**
  * JSON for the terminal: what a caller controlled (an executable's path, a tool's name) can't
@@ -96,7 +96,11 @@ const JSON_UNSHOWN =
 export function jsonText(value: unknown, indent?: number): string {
   return JSON.stringify(value, null, indent).replace(
     JSON_UNSHOWN,
-    (c) => `\\u${(c.codePointAt(0) ?? 0).toString(16).padStart(4, '0')}`,
+    // Per UTF-16 unit: a tag character (past U+FFFF) is its two surrogates' escapes in JSON.
+    (c) =>
+      [...Array(c.length).keys()]
+        .map((i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`)
+        .join(''),
   );
 }
 
@@ -117,7 +121,7 @@ export function markupFree(s: string): string {
 export function textShown(s: string): string {
   return s.replace(
     // eslint-disable-next-line no-control-regex -- these are what is escaped
-    /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]|\r(?!\n)/gu,
+    /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u{e0000}-\u{e007f}]|\r(?!\n)/gu,
     (c) => `\\u{${(c.codePointAt(0) ?? 0).toString(16)}}`,
   );
 }

@@ -60,12 +60,18 @@ export function diffPolicies(a: Policy, b: Policy): PolicyDiff {
   const unlockChanged = JSON.stringify(a.unlock) !== JSON.stringify(b.unlock);
   const changes: string[] = [];
   for (const n of removed) changes.push(`- rule ${n}`);
-  for (const n of added) changes.push(`+ rule ${n}: ${shown(B.get(n))}`);
+  // Where a rule lands decides what it shadows (the first match decides): each added rule says
+  // its place, and the whole order follows any change to it.
+  const names = b.rules.map((r) => r.name);
+  for (const n of added) {
+    const i = names.indexOf(n);
+    const next = names[i + 1];
+    const place = `${i + 1} of ${names.length}, ${next === undefined ? 'last' : `before ${next}`}`;
+    changes.push(`+ rule ${n} (${place}): ${shown(B.get(n))}`);
+  }
   for (const n of modified) walk(`rule ${n}`, A.get(n), B.get(n), changes);
-  if (reordered)
-    changes.push(
-      `~ the order of rules (first match decides): ${b.rules.map((r) => r.name).join(', ')}`,
-    );
+  if (reordered || added.length > 0 || removed.length > 0)
+    changes.push(`~ the order of rules (first match decides): ${names.join(', ')}`);
   const ja = asJson(a) as { [k: string]: Json };
   const jb = asJson(b) as { [k: string]: Json };
   const sections = [

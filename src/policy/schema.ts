@@ -8,6 +8,7 @@ import type { Document, LineCounter as LineCounterT } from 'yaml';
 import type * as ZodModule from 'zod';
 import type { z as Zod } from 'zod';
 import { mcpSection, operatorsSection, proxySections } from './sections.js';
+import { printable } from '../lib/text.js';
 
 // zod and yaml cost about 60 ms to load; most commands never read a policy, so they load on
 // first use (both ship CommonJS builds).
@@ -399,7 +400,26 @@ export function parsePolicyHere(text: string): ParseResult {
  */
 const UNSHOWN =
   // eslint-disable-next-line no-control-regex -- these are what is refused
-  /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff]|\r(?!\n)/gu;
+  /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u{e0000}-\u{e007f}]|\r(?!\n)/gu;
+
+/**
+ * The same in a value, however it was written (a double-quoted "\e[2K" or "\u202e" is plain ASCII
+ * in the file): a carriage return or a newline too, which no field needs.
+ */
+const UNSHOWN_VALUE =
+  // eslint-disable-next-line no-control-regex -- these are what is refused
+  /[\x00-\x08\x0a-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u{e0000}-\u{e007f}]/u;
+
+/** Every string in a parsed policy (keys too), with its path. */
+function* stringsOf(v: unknown, path: PropertyKey[] = []): Generator<[PropertyKey[], string]> {
+  if (typeof v === 'string') yield [path, v];
+  else if (Array.isArray(v)) for (const [i, x] of v.entries()) yield* stringsOf(x, [...path, i]);
+  else if (v !== null && typeof v === 'object')
+    for (const [k, x] of Object.entries(v)) {
+      yield [[...path, k], k];
+      yield* stringsOf(x, [...path, k]);
+    }
+}
 
 /** A `**` that is not a whole part of a glob (deploy**, **x): picomatch reads it as `*`. */
 const PARTIAL_GLOBSTAR = /[^/]\*\*|\*\*[^/]/;
@@ -433,7 +453,18 @@ function lintPolicy(
         'a %YAML or %TAG directive: it changes how the rest is read (YAML 1.1 merge keys and yes/no booleans); policies are YAML 1.2 without directives',
     });
   const at = (path: PropertyKey[], message: string) =>
-    out.push({ ...positionOf(doc, lc, path), path: pathText(path), message });
+    out.push({ ...positionOf(doc, lc, path), path: printable(pathText(path)), message });
+  if (out.length === 0)
+    for (const [path, str] of stringsOf(policy)) {
+      const m = UNSHOWN_VALUE.exec(str);
+      if (!m) continue;
+      const cp = (m[0].codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0');
+      at(
+        path,
+        `a control or formatting character (U+${cp}) in a value (an escape in quotes makes one): what a person reads of it is not what it is`,
+      );
+      if (out.length >= 5) break;
+    }
   policy.rules.forEach((r, i) => {
     r.targets.forEach((t, j) => {
       const path = ['rules', i, 'targets', j];
@@ -445,8 +476,11 @@ function lintPolicy(
           path,
           '** crosses / only as a whole part (a/**, a/**/b, **/b); here it matches as * does, within one part',
         );
-      else if (t.endsWith('/') && !t.startsWith('ssh-add:'))
-        at(path, 'a target ending in / matches nothing: no name ends in /');
+      else if (!t.startsWith('ssh-add:') && /^\/|\/$|\/\/|\s/.test(t))
+        at(
+          path,
+          'a target with a space, a leading or trailing / or an empty part matches nothing: names have none',
+        );
     });
     for (const k of ['exe', 'ancestor'] as const) {
       const g = r.callers[k];

@@ -101,11 +101,12 @@ export class PolicyInvalidError extends KeywardError {
 }
 
 /** Parses or throws PolicyInvalidError carrying every problem with its position. */
-export function checkPolicyText(text: string, source: string): Policy {
+export function checkPolicyText(text: string, source: string, lint = true): Policy {
   const r = parsePolicy(text);
   if (!r.ok) throw new PolicyInvalidError(source, r.problems);
-  // What is valid but would not do what it reads as is refused here, where a person applies it.
-  if (r.lint.length > 0) throw new PolicyInvalidError(source, r.lint);
+  // What is valid but would not do what it reads as is refused where a person applies or checks
+  // it; a policy applied before (loaded with lint false) is enforced as it was.
+  if (lint && r.lint.length > 0) throw new PolicyInvalidError(source, r.lint);
   return r.policy;
 }
 
@@ -221,31 +222,57 @@ export interface Applied {
 }
 
 /**
- * What is in force before an apply: the vault's copy (whatever the files say), or before the
- * first apply the newest history file. Versions are numbered from the vault when it holds one:
- * a history file planted with a high number moves nothing.
+ * What is in force before an apply, as far as it can be verified: the vault's copy (whatever the
+ * files say); for a vault from before the policy was kept in it, the newest history file only
+ * when it is the version and hash sealed then. Anything else is not known (`policy` undefined):
+ * the changes are then shown against the defaults, every field. Versions are numbered from what
+ * the vault holds: a history file planted with a high number moves nothing.
  */
 function inForce(
   home: string,
   v: Vault,
-): { policy: Policy | undefined; sha256: string | null; version: number } {
+): { policy: Policy | undefined; sha256: string | null; version: number; why?: string } {
   const inVault = readApplied(v);
   if (inVault) {
     const r = parsePolicy(inVault.text);
-    return {
-      policy: r.ok ? r.policy : undefined,
-      sha256: inVault.sha256,
-      version: inVault.version,
-    };
+    return r.ok
+      ? { policy: r.policy, sha256: inVault.sha256, version: inVault.version }
+      : {
+          policy: undefined,
+          sha256: inVault.sha256,
+          version: inVault.version,
+          why: 'the policy in force does not parse with this version of keyward',
+        };
+  }
+  let legacy: { version: number; sha256: string } | undefined;
+  try {
+    legacy = openApplied(policyPaths(home), v);
+  } catch {
+    legacy = undefined;
   }
   const last = lastHistory(home);
   const text = last ? readOptional(last.file) : undefined;
-  const r = text === undefined ? undefined : parsePolicy(text);
+  if (legacy && last && text !== undefined && last.version === legacy.version) {
+    const sha = sha256Hex(text);
+    const r = sha === legacy.sha256 ? parsePolicy(text) : undefined;
+    if (r?.ok) return { policy: r.policy, sha256: sha, version: legacy.version };
+  }
+  // Numbered past the files too: the new version must be the history's newest, or the files
+  // would disagree with the vault from the start.
+  const files = last !== undefined && last.version < 999_999 ? last.version : 0;
   return {
-    policy: r?.ok ? r.policy : undefined,
-    sha256: text === undefined ? null : sha256Hex(text),
-    version: last?.version ?? 0,
+    policy: undefined,
+    sha256: null,
+    version: Math.max(legacy?.version ?? 0, files),
+    why: 'the policy in force could not be verified (the vault keeps none, or the history is not what was sealed)',
   };
+}
+
+/** The baseline when nothing in force is known: every field of the new policy is a change. */
+function nothingKnown(): Policy {
+  const r = parsePolicy('version: 1\nrules: []\n');
+  if (!r.ok) throw new Error('the empty policy does not parse');
+  return r.policy;
 }
 
 /**
@@ -257,12 +284,13 @@ export function previewApply(
   text: string,
   source: string,
   v: Vault,
-): { diff: PolicyDiff; inForce: string | null } {
+): { diff: PolicyDiff; inForce: string | null; unknown?: string } {
   const next = checkPolicyText(text, source);
   const before = inForce(home, v);
   return {
-    diff: diffPolicies(before.policy ?? { ...next, rules: [] }, next),
+    diff: diffPolicies(before.policy ?? nothingKnown(), next),
     inForce: before.sha256,
+    ...(before.why === undefined ? {} : { unknown: before.why }),
   };
 }
 
@@ -288,7 +316,7 @@ export function applyPolicy(
   ensurePrivateDir(p.dir);
   ensurePrivateDir(p.history);
   const before = inForce(home, v);
-  const diff = diffPolicies(before.policy ?? { ...next, rules: [] }, next);
+  const diff = diffPolicies(before.policy ?? nothingKnown(), next);
   const version = before.version + 1;
   if (version > 999_999)
     throw new KeywardError('POLICY_INVALID', 'the policy history has reached version 999999');
@@ -382,7 +410,7 @@ export function loadPolicy(
   if (sealed) {
     const reasons = differences(home, sealed);
     loaded = {
-      policy: checkPolicyText(sealed.text, 'the applied policy kept in the vault'),
+      policy: checkPolicyText(sealed.text, 'the applied policy kept in the vault', false),
       text: sealed.text,
       version: sealed.version,
       sha256: sealed.sha256,
@@ -423,7 +451,7 @@ export function loadPolicy(
             ? ['policy.yaml differs from the applied version']
             : [];
       loaded = {
-        policy: checkPolicyText(text, last.file),
+        policy: checkPolicyText(text, last.file, false),
         text,
         version: last.version,
         sha256: last.sha256,
