@@ -101,4 +101,30 @@ describe('keyward mcp serve', () => {
     assert.equal(denied.isError, true);
     assert.match(textOf(denied), /denied by policy/);
   });
+
+  test('a value a run stashed comes back from no later run, nor split between stdout and stderr', async () => {
+    const { h, client } = await setup();
+    const stash = `${h.dir}/stash`;
+    // Run 1 writes its secret to a file; its own output is nothing.
+    await client.callTool({
+      name: 'run_with_credentials',
+      arguments: { command: ['sh', '-c', `printf %s "$T" > '${stash}'`], env: { T: 'mcp/secret' } },
+    });
+    // Run 2 has another secret only, and prints the file; run 3 splits its own value in two.
+    const later = await client.callTool({
+      name: 'run_with_credentials',
+      arguments: { command: ['cat', stash], env: { S: 'mcp/shareable' } },
+    });
+    const split = await client.callTool({
+      name: 'run_with_credentials',
+      arguments: {
+        command: ['sh', '-c', 'printf %s "$T" | head -c 9; printf %s "$T" | tail -c +10 >&2'],
+        env: { T: 'mcp/secret' },
+      },
+    });
+    for (const r of [later, split]) {
+      assert.ok(!textOf(r).includes('never-shown-value-2'), textOf(r));
+      assert.match(textOf(r), new RegExp(`${MARK}|held a value released earlier`));
+    }
+  });
 });

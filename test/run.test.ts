@@ -836,6 +836,53 @@ describe('hardening found in review', () => {
     assert.match(prompt, /its environment sets NODE_OPTIONS/);
   });
 
+  test('a secret never goes into BASH_ENV, LD_PRELOAD or PATH: a value the caller knows would name a file of its own to run', async () => {
+    const h = await running();
+    setSecret(h, 'cfg/pub', 'payload.sh');
+    // The caller's file, named by a value it knows (one released to it before, say).
+    fs.writeFileSync(path.join(h.dir, 'payload.sh'), 'echo PAYLOAD-RAN\n');
+    for (const v of ['BASH_ENV', 'LD_PRELOAD', 'NODE_OPTIONS', 'PATH', 'GIT_SSH_COMMAND']) {
+      const r = await run(h, ['--env', `${v}=cfg/pub`, '--', 'bash', '-c', 'echo hello']);
+      assert.equal(r.code, 2, `${v}: ${r.stderr}`);
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `--env ${v}: a secret never goes into a variable that makes a program load or run code`,
+        ),
+      );
+      assert.doesNotMatch(r.stdout, /PAYLOAD-RAN|hello/);
+    }
+  });
+
+  test('every prompt of a run names every variable it sets, from which secret, and every other secret its approval gives', async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: pub, targets: ["cfg/**"], decision: allow }\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+    );
+    setSecret(h, 'cfg/pub', 'public-value-1');
+    setSecret(h, 'gh/token', 'gh-token-value-1');
+    setSecret(h, 'gh/other', 'gh-other-value-1');
+    h.answer('no');
+    const r = await run(h, [
+      '--env',
+      'T=gh/token',
+      '--env',
+      'O=gh/other',
+      '--env',
+      'X=cfg/pub',
+      '--',
+      'true',
+    ]);
+    assert.equal(r.code, 6, r.stderr);
+    const prompt = h.prompts().join('\n');
+    // The secret allowed outright is in the run all the same, and said.
+    assert.match(
+      prompt,
+      /in all the run sets \$T from "gh\/token", \$O from "gh\/other", \$X from "cfg\/pub"/,
+    );
+    // One approval for the rule's two secrets: the other one is named whole.
+    assert.match(prompt, /This approval also gives it "gh\/(other|token)"\./);
+  });
+
   test('overlapping secrets and multi-line values under a pty are masked whole', async () => {
     const h = await running();
     setSecret(h, 'o/a', 'token-123456');

@@ -53,7 +53,11 @@ export function requesterOf(id: ProcessIdentity): RequesterRef {
 /** What one approval of a run also gives, said in its prompt: the first 20 named, and how many. */
 export function coversText(also: readonly string[]): string {
   if (also.length === 0) return '';
-  const named = also.slice(0, 20).map(quote).join(', ');
+  // Not .map(quote): map's index would be quote's length limit (the first name cut to nothing).
+  const named = also
+    .slice(0, 20)
+    .map((t) => quote(t))
+    .join(', ');
   return ` This approval also gives it ${also.length > 20 ? `${also.length} more, among them ` : ''}${named}.`;
 }
 

@@ -11,6 +11,26 @@ import { secretKeyedDigest, secureRandom, type SecureBuffer } from '../lib/secur
 import { assertVarName, MAX_CHILD_FD, type EnvPiece } from '../run/index.js';
 import { assertValidName } from '../vault/index.js';
 import { str } from './protocol.js';
+import { LOADER_VARIABLES } from './identity.js';
+
+/** Besides the loader variables: those a shell or libc reads to find or run code. */
+const CODE_VARIABLES = new Set([
+  'PATH',
+  'IFS',
+  'CDPATH',
+  'PROMPT_COMMAND',
+  'PS4',
+  'SHELLOPTS',
+  'BASHOPTS',
+  'HOME',
+  'SHELL',
+  'TMPDIR',
+  'LOCPATH',
+  'NLSPATH',
+  'HOSTALIASES',
+  'RESOLV_HOST_CONF',
+  'MALLOC_TRACE',
+]);
 
 const MAX_ARGS = 65_536;
 const MAX_SECRETS = 64;
@@ -94,6 +114,15 @@ export function parseMeta(meta: Record<string, unknown>, argv: string[]): RunReq
     const o = (e ?? {}) as Record<string, unknown>;
     const v = typeof o['var'] === 'string' ? o['var'] : '';
     assertVarName(v, '--env');
+    // A secret in a variable that makes a program load or run code (BASH_ENV, LD_PRELOAD, PATH)
+    // runs whatever file the value names: the caller knows the values of the secrets it may
+    // have, so it could name a file of its own. Never: a secret goes into a plain variable.
+    if (LOADER_VARIABLES.test(v) || CODE_VARIABLES.has(v))
+      throw new UsageError(
+        'USAGE',
+        `--env ${v}: a secret never goes into a variable that makes a program load or run code`,
+        { hint: 'choose another variable name' },
+      );
     if (vars.has(v)) throw bad(`--env ${v} is given twice`);
     vars.add(v);
     want(o['name'], { var: v });

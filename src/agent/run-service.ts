@@ -161,6 +161,15 @@ export class RunService {
         }
       }
       const notable = [...new Set(env.map((e) => e.name).filter((n) => LOADER_VARIABLES.test(n)))];
+      // Every prompt of the run says every variable and descriptor it sets, and from which secret,
+      // whatever rule each secret falls under (one allowed outright is still in the run).
+      const places = req.wanted.flatMap((w) =>
+        w.as.map((a) => `${'var' in a ? `$${a.var}` : `descriptor ${a.fd}`} from ${quote(w.name)}`),
+      );
+      const sets =
+        places.length > 1
+          ? `; in all the run sets ${places.slice(0, 30).join(', ')}${places.length > 30 ? ` and ${places.length - 30} more` : ''}`
+          : '';
       // Every prompt of the run says what the sealed file sets, whichever secret it asks for.
       const fromFile = project
         ? `; the sealed project file of ${quote(project.project)} sets ${project.names.length > 20 ? `${project.names.length} variables, among them ` : ''}${project.names.slice(0, 20).join(', ')}`
@@ -198,6 +207,7 @@ export class RunService {
             (policy
               ? `held by keyward's proxy and put only into its requests to ${(boundTo.get(w.name) ?? []).map((h) => quote(h)).join(', ')} (the command gets a placeholder as ${where})`
               : `as ${where}`) +
+            sets +
             (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : '') +
             (req.mcp ? `; asked by the MCP client ${quote(req.mcp)}` : '') +
             fromFile,

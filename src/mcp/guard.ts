@@ -69,6 +69,46 @@ function scanBody(m: Json): { parts: number[]; raw: SecureBuffer } {
 /** A JSON body for an agent request, in secure memory like any raw bytes. */
 const body = (o: unknown): SecureBuffer => secureTake(Buffer.from(JSON.stringify(o), 'utf8'));
 
+/**
+ * Which released values m holds, as the agent scans it (with redact, a concealed copy, scanned
+ * again as it will be sent: a copy split across fields beside a verbatim one is still there after
+ * concealing). unscanned: m carries nothing a model wrote, and may pass when the agent can't scan.
+ */
+export async function scanWith(
+  link: AgentLink,
+  m: Json,
+  redact: boolean,
+  unscanned = false,
+): Promise<Scanned> {
+  const clean = { out: m, found: [], withheld: false };
+  const { parts, raw } = scanBody(m);
+  let f;
+  try {
+    f = await link.mcp({ op: 'scan', parts, redact }, raw);
+  } catch (e) {
+    if (unscanned && cannotScan(e)) return clean;
+    throw e;
+  }
+  const found = (f.meta['found'] ?? []) as string[];
+  const hidden = (f.meta['hidden'] ?? []) as string[];
+  try {
+    if (found.length === 0) return clean;
+    if (!redact || hidden.length > 0 || !f.raw) return { out: m, found, withheld: true };
+    let out: Json;
+    try {
+      out = JSON.parse(f.raw.toString('utf8')) as Json;
+    } catch {
+      return { out: m, found, withheld: true };
+    }
+    const again = await scanWith(link, out, false);
+    return again.found.length > 0
+      ? { out: m, found, withheld: true }
+      : { out, found, withheld: false };
+  } finally {
+    secureRelease(f.raw);
+  }
+}
+
 export class Guard {
   /** Tools the client may see and call, by name (with their hash), with why others may not. */
   visible = new Map<string, string>();
@@ -155,37 +195,9 @@ export class Guard {
    * unscanned: m carries nothing a model wrote, and may pass when the agent can't scan.
    */
   async scan(m: Json, redact: boolean, unscanned = false): Promise<Scanned> {
-    const clean = { out: m, found: [], withheld: false };
     const p = await this.policy();
-    if (!('error' in p) && !p.leak_blocking) return clean;
-    const { parts, raw } = scanBody(m);
-    let f;
-    try {
-      f = await this.link.mcp({ op: 'scan', parts, redact }, raw);
-    } catch (e) {
-      if (unscanned && cannotScan(e)) return clean;
-      throw e;
-    }
-    const found = (f.meta['found'] ?? []) as string[];
-    const hidden = (f.meta['hidden'] ?? []) as string[];
-    try {
-      if (found.length === 0) return clean;
-      if (!redact || hidden.length > 0 || !f.raw) return { out: m, found, withheld: true };
-      let out: Json;
-      try {
-        out = JSON.parse(f.raw.toString('utf8')) as Json;
-      } catch {
-        return { out: m, found, withheld: true };
-      }
-      // The concealed message, scanned again as it will be sent (its strings joined anew): a
-      // copy split across fields beside a verbatim one is still there after concealing.
-      const again = await this.scan(out, false);
-      return again.found.length > 0
-        ? { out: m, found, withheld: true }
-        : { out, found, withheld: false };
-    } finally {
-      secureRelease(f.raw);
-    }
+    if (!('error' in p) && !p.leak_blocking) return { out: m, found: [], withheld: false };
+    return scanWith(this.link, m, redact, unscanned);
   }
 
   /** Hashes an older keyward pinned for this server: they can only restrict. */

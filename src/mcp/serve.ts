@@ -17,6 +17,8 @@ import { agentList, agentRun, call } from '../agent/index.js';
 import type { AuditSink } from '../vault/index.js';
 import { KeywardError } from '../errors.js';
 import { secureFree } from '../lib/secure.js';
+import { AgentLink } from './agent-link.js';
+import { scanWith } from './guard.js';
 
 /** Output returned to the model is cut here (masked already; this is about context size). */
 const MAX_OUTPUT = 100 * 1024;
@@ -47,6 +49,8 @@ export async function serveMcp(o: ServeOptions): Promise<void> {
         'get_credential returns a value only where the user allowed it.',
     },
   );
+  // The agent's leak scan, for what runs print (one connection, kept).
+  const link = new AgentLink(o.agentSocket);
   const client = () => {
     const v = server.server.getClientVersion();
     return v ? `${v.name} ${v.version}` : 'unknown client';
@@ -192,7 +196,17 @@ export async function serveMcp(o: ServeOptions): Promise<void> {
             timeoutMs: (timeout_seconds ?? DEFAULT_TIMEOUT_S) * 1000,
           },
         );
-        return text(JSON.stringify({ exitCode: code, stdout, stderr }, null, 2), code !== 0);
+        // Its own secrets are masked by the agent as the output comes. A value released before
+        // (to an earlier run, which could have stashed it in a file) is not among them: the
+        // whole answer is scanned for every value released in this unlock, and concealed.
+        const answer = { exitCode: code, stdout, stderr };
+        const s = await scanWith(link, answer, true);
+        if (s.withheld)
+          return text(
+            `the command's output held a value released earlier (${s.found.join(', ')}): withheld`,
+            true,
+          );
+        return text(JSON.stringify(s.out, null, 2), code !== 0);
       }),
   );
 
@@ -203,4 +217,5 @@ export async function serveMcp(o: ServeOptions): Promise<void> {
   });
   await server.connect(transport);
   await closed;
+  link.close();
 }
