@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { after, describe, test } from 'node:test';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
-import { kw } from './helpers.js';
+import { BIN, kw } from './helpers.js';
 import { serveClient } from './mcp-helpers.js';
 
 const MARK = '<concealed by keyward>';
@@ -100,6 +100,22 @@ describe('keyward mcp serve', () => {
     });
     assert.equal(denied.isError, true);
     assert.match(textOf(denied), /denied by policy/);
+  });
+
+  test('a keyward read inside a run reads for the MCP client: refused where the rule lacks mcp_inline', async () => {
+    const { h, client } = await setup();
+    const r = await client.callTool({
+      name: 'run_with_credentials',
+      arguments: {
+        command: [process.execPath, BIN, 'read', 'mcp/secret'],
+        env: { S: 'mcp/shareable' },
+      },
+    });
+    assert.ok(!textOf(r).includes('never-shown-value-2'), textOf(r));
+    assert.match(textOf(r), /does not release mcp\/secret inline to MCP clients/);
+    const read = auditEntries(h).find((e) => e.type === 'secret.read' && e.target === 'mcp/secret');
+    assert.equal(read?.decision, 'deny');
+    assert.equal(read?.details['mcpClient'], 'keyward-test 1.2.3');
   });
 
   test('a value a run stashed comes back from no later run, nor split between stdout and stderr', async () => {

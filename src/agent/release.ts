@@ -21,6 +21,8 @@ export interface ReleaseHost {
   gate: Gate;
   cache: CredentialCache;
   record(r: AuditRecord): Promise<unknown>;
+  /** The MCP client whose run the caller is part of (run-service.ts), if any. */
+  insideMcpRun?: (id: Peer['id']) => string | undefined;
 }
 
 export interface Reply {
@@ -51,6 +53,9 @@ export class Releases {
     assertValidName(name);
     const w = this.host.window;
     const v = w.unlocked();
+    // A `keyward read` inside a run an MCP client asked for reads for that client: its output
+    // goes back to the model like the run's.
+    mcp ??= this.host.insideMcpRun?.(asker.id);
     if (mcp !== undefined) {
       // Inline to an MCP client means into a model's context: only where the deciding rule says
       // so. Checked before any approval, so nobody is asked to approve what will be refused.

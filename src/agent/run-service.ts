@@ -90,6 +90,8 @@ export interface RunHost {
 
 export class RunService {
   private readonly children = new Set<ChildProcess>();
+  /** The live children of runs an MCP client asked for (by pid, pinned by start time): client. */
+  private readonly mcpRuns = new Map<number, { start: string; client: string }>();
   private readonly proxies = new Set<RunProxy>();
   private readonly limits = new DomainLimits();
 
@@ -307,7 +309,13 @@ export class RunService {
       // could be another process's, and the proxy takes no new connection.
       const start = child.pid === undefined ? undefined : startTime(child.pid);
       if (child.pid !== undefined && start !== undefined) started.pin = { pid: child.pid, start };
-      child.once('exit', () => (started.pin = undefined));
+      const pid = child.pid;
+      if (req.mcp !== undefined && pid !== undefined && start !== undefined)
+        this.mcpRuns.set(pid, { start, client: req.mcp });
+      child.once('exit', () => {
+        started.pin = undefined;
+        if (pid !== undefined) this.mcpRuns.delete(pid);
+      });
       // The child has everything (the memfds are written and closed): the agent's copies go now
       // (under --proxy these are the placeholders; the proxy holds the values).
       if (!proxy) for (const value of values.values()) secureFree(value);
@@ -465,6 +473,19 @@ export class RunService {
       const root = p.root();
       if (root && (await treeOf(root)).includes(pid))
         return `${target} is held by the proxy of the run of ${quote(p.program)} (pid ${root.pid}): a process of that run gets it only through the proxy`;
+    }
+    return undefined;
+  }
+
+  /**
+   * The MCP client whose run the caller is part of (the run's child, or a process under it), or
+   * undefined. A command a model had run is still the model's: what it asks of the agent is
+   * asked for that client (a value inline only where a rule says mcp_inline).
+   */
+  insideMcpRun(id: ProcessIdentity): string | undefined {
+    for (const pid of [id.pid, ...id.ancestors.map((a) => a.pid)]) {
+      const r = this.mcpRuns.get(pid);
+      if (r && startTime(pid) === r.start) return r.client;
     }
     return undefined;
   }

@@ -86,7 +86,13 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
         : undefined,
   });
   const views = new Views({ home: o.home, window, gate: theGate, record });
-  const releases = new Releases({ window, gate: theGate, cache: h.cache, record });
+  const releases = new Releases({
+    window,
+    gate: theGate,
+    cache: h.cache,
+    record,
+    insideMcpRun: (id) => runs.insideMcpRun(id),
+  });
   const fromProjects = new ProjectReleases(reopenValue);
   const noteProject = (id: string, file: Uint8Array, target: string, name: string) =>
     fromProjects.note(id, file, target, name);
