@@ -102,6 +102,24 @@ describe('keyward mcp serve', () => {
     assert.match(textOf(denied), /denied by policy/);
   });
 
+  test('timeout_seconds ends a command that ignores SIGTERM: SIGKILL follows', async () => {
+    const { client } = await setup();
+    const r = await client.callTool(
+      {
+        name: 'run_with_credentials',
+        arguments: {
+          command: ['sh', '-c', 'trap "" TERM; while :; do sleep 1; done'],
+          env: { S: 'mcp/shareable' },
+          timeout_seconds: 1,
+        },
+      },
+      undefined,
+      { timeout: 600_000 },
+    );
+    const out = JSON.parse(textOf(r)) as { exitCode: number };
+    assert.equal(out.exitCode, 128 + 9, textOf(r));
+  });
+
   test('a keyward read inside a run reads for the MCP client: refused where the rule lacks mcp_inline', async () => {
     const { h, client } = await setup();
     const r = await client.callTool({

@@ -883,6 +883,51 @@ describe('hardening found in review', () => {
     assert.match(prompt, /This approval also gives it "gh\/(other|token)"\./);
   });
 
+  test('a command line too long for the prompt says it is cut, and the pending request holds it whole', async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: hv, targets: ["**"], decision: approve, approve: { mode: passphrase } }\n',
+    );
+    setSecret(h, 'p/long', 'long-command-value');
+    // What follows the padding is what the cut prompt would not show.
+    const script = `echo status${' '.repeat(300)}; echo HIDDEN-PART`;
+    const waiting = run(h, ['--env', 'T=p/long', '--', 'sh', '-c', script]);
+    const id = await pendingId(h);
+    const pending = JSON.parse(kw(['approvals', '--json'], { env: h.env }).stdout) as Array<{
+      id: string;
+      what?: string;
+      command?: string[];
+    }>;
+    const p = pending.find((x) => x.id === id);
+    assert.match(p?.what ?? '', /\(cut here; the whole command: keyward approvals --json\)/);
+    assert.doesNotMatch(p?.what ?? '', /HIDDEN-PART/);
+    assert.deepEqual(p?.command, ['sh', '-c', script]);
+    assert.equal(kw(['deny', id], { env: h.env }).code, 0);
+    assert.equal((await waiting).code, 6);
+  });
+
+  test('a program replaced while the person reads its prompt is not run: the hash approved is the program run', async () => {
+    const h = agentHome(
+      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+    );
+    homes.push(h);
+    const tool = path.join(h.dir, 'tool');
+    fs.writeFileSync(tool, '#!/bin/sh\necho BENIGN\n', { mode: 0o755 });
+    // The attacker swaps the program while the prompt is up, then the person says yes.
+    fs.writeFileSync(
+      h.askpass,
+      `#!/bin/sh\nprintf '#!/bin/sh\\necho SWAPPED\\n' > '${tool}'\nexit 0\n`,
+      { mode: 0o700 },
+    );
+    await startAgent(h);
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    setSecret(h, 'p/token', 'swap-token-value');
+    const r = await run(h, ['--env', 'T=p/token', '--', tool]);
+    assert.notEqual(r.code, 0, r.stdout);
+    assert.doesNotMatch(r.stdout, /SWAPPED/);
+    assert.match(r.stderr, /changed after it was hashed for the approval: not run/);
+    assert.match(fs.readFileSync(tool, 'utf8'), /SWAPPED/, 'the swap did happen');
+  });
+
   test('overlapping secrets and multi-line values under a pty are masked whole', async () => {
     const h = await running();
     setSecret(h, 'o/a', 'token-123456');

@@ -239,6 +239,9 @@
       (v) => `${v.name}=${v.value === null ? '(not shown)' : ascii(v.value)}`,
     );
     row('loader variables', loaders.join(' '));
+    // A run's command line the prompt had to cut: here whole.
+    if (Array.isArray(p.command))
+      row('the whole command', p.command.map((a) => ascii(JSON.stringify(a))).join(' '));
     row('rule', p.rule);
     row(
       'approval',

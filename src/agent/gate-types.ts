@@ -40,6 +40,8 @@ export interface GateRequest {
    * with quote() around every part the caller controls: it goes into the prompt as it is.
    */
   what: string;
+  /** A run's whole command line: `what` may cut a long one; the pending request keeps it all. */
+  command?: readonly string[];
   exists: boolean;
   /** ssh-add -c: every use is confirmed by a person, whatever the policy would remember. */
   confirmEachUse?: boolean;

@@ -309,6 +309,7 @@ export class Gate {
             ...(a.operators ? { operators: a.operators } : {}),
             ...(also.length > 0 ? { also } : {}),
             what: req.what,
+            ...(req.command ? { command: [...req.command] } : {}),
           },
           a.timeoutMs,
         );

@@ -82,7 +82,7 @@ export class Releases {
       kind: 'secret',
       action: 'read',
       auditType: 'secret.read',
-      what: `read the secret ${quote(name)}${mcp ? ` for the MCP client ${quote(mcp)}` : ''}`,
+      what: `read the secret ${quote(name)}${mcp ? ` for an MCP client that calls itself ${quote(mcp)}` : ''}`,
       exists: v.has(name),
     });
     if (!w.stillOpen(v)) throw locked();

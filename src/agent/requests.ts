@@ -83,6 +83,9 @@ export async function agentUnlock(
 }
 
 /** The pending approval requests, whole (`keyward approvals`). */
+/** After a run's time limit: SIGTERM, this long, SIGKILL, this long, then the call ends. */
+const KILL_GRACE_MS = 5_000;
+
 export async function agentApprovals(path: string): Promise<Array<Record<string, unknown>>> {
   const f = await call(path, 'approvals');
   try {
@@ -365,8 +368,25 @@ export async function agentRun(
         if (sinks) {
           // No input; a time limit if asked.
           send(STREAM.stdinEnd, {});
+          // At the limit SIGTERM; a command that ignores it gets SIGKILL; one that left its
+          // process group (setsid) no longer holds the call.
           if (sinks.timeoutMs !== undefined)
-            timer = setTimeout(() => onSignal('SIGTERM'), sinks.timeoutMs);
+            timer = setTimeout(() => {
+              onSignal('SIGTERM');
+              timer = setTimeout(() => {
+                onSignal('SIGKILL');
+                timer = setTimeout(
+                  () =>
+                    finish(
+                      new KeywardError(
+                        'CANCELLED',
+                        'the command did not end at its time limit, nor when killed',
+                      ),
+                    ),
+                  KILL_GRACE_MS,
+                );
+              }, KILL_GRACE_MS);
+            }, sinks.timeoutMs);
           return;
         }
         // From here Ctrl-C and friends go to the child, as if it were this process.

@@ -20,7 +20,8 @@ import type { RunConn } from './run-service.js';
 const HIGH_WATER = 1 << 20;
 /** What a signal frame may ask for: what the client forwards, and a window resize. */
 /** SIGPIPE: the client's reader went away (`keyward run ... | head`). */
-const SIGNALS = new Set<string>([...RUN_SIGNALS, 'SIGWINCH', 'SIGPIPE']);
+// SIGKILL: a caller's time limit (mcp serve's timeout_seconds) ends a command that ignores SIGTERM.
+const SIGNALS = new Set<string>([...RUN_SIGNALS, 'SIGWINCH', 'SIGPIPE', 'SIGKILL']);
 
 export interface RelayHost {
   /** The running children (agent stop ends them). */

@@ -180,11 +180,46 @@ export function resolveProgram(file: string, cwd: string, pathVar: string): stri
   return undefined;
 }
 
-export function sha256File(p: string): string | undefined {
+/** A file as it was when hashed: it must still be this one when it is run. */
+export const fileStamp = (st: fs.BigIntStats): string =>
+  `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+
+/**
+ * The program's hash and the stamp of the file the hash was read from (one descriptor): what a
+ * person approved. Undefined when it can't be read.
+ */
+export function hashedProgram(p: string): { sha256: string; stamp: string } | undefined {
+  let fd: number;
   try {
-    return createHash('sha256').update(fs.readFileSync(p)).digest('hex');
+    fd = fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
   } catch {
     return undefined;
+  }
+  try {
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (!st.isFile()) return undefined;
+    const h = createHash('sha256');
+    const buf = Buffer.alloc(1 << 20);
+    for (;;) {
+      const n = fs.readSync(fd, buf, 0, buf.length, null);
+      if (n === 0) break;
+      h.update(buf.subarray(0, n));
+    }
+    return { sha256: h.digest('hex'), stamp: fileStamp(st) };
+  } catch {
+    return undefined;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Whether path still names the file stamped (exec follows links, as stat does). */
+export function stillTheProgram(p: string, stamp: string | undefined): boolean {
+  if (stamp === undefined) return true;
+  try {
+    return fileStamp(fs.statSync(p, { bigint: true })) === stamp;
+  } catch {
+    return false;
   }
 }
 

@@ -24,7 +24,8 @@ import {
   envDigest,
   parseRaw,
   resolveProgram,
-  sha256File,
+  hashedProgram,
+  stillTheProgram,
   type Wanted,
 } from './run-request.js';
 import { ProjectRun } from './projects.js';
@@ -58,6 +59,8 @@ export interface RunHost {
     req: {
       target: string;
       what: string;
+      /** The whole command line, when `what` had to cut it. */
+      command?: readonly string[];
       exists?: boolean;
       together?: { targets: readonly string[]; approved: Map<string, Set<string>> };
       proxied?: boolean;
@@ -137,7 +140,8 @@ export class RunService {
         });
         return { pid: null, masking: req.masking, pty: false };
       }
-      const programSha = sha256File(program);
+      const hashed = hashedProgram(program);
+      const programSha = hashed?.sha256;
       const v = this.host.vault();
       project?.addTo(v, req.wanted);
       const policy = req.proxy ? this.host.policy(v) : undefined;
@@ -197,6 +201,14 @@ export class RunService {
         req.mcp ?? null,
         project?.fileId ?? null,
       ]);
+      // A command line too long for a prompt is cut there, and says where it is whole: the
+      // pending request keeps it (keyward approvals --json, the console).
+      const argvShown = quoteAll(req.argv);
+      const cut =
+        argvShown !== quoteAll(req.argv, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
+      const shownArgv = cut
+        ? `${argvShown} (cut here; the whole command: keyward approvals --json)`
+        : argvShown;
       for (const w of req.wanted) {
         const where = w.as.map((a) => ('var' in a ? `$${a.var}` : `descriptor ${a.fd}`)).join(', ');
         // Program, arguments, directory and MCP client come from the caller: quoted, each
@@ -204,15 +216,16 @@ export class RunService {
         const { rule } = await this.host.authorize(conn, {
           target: w.name,
           what:
-            `run ${quote(program)}${programSha ? ` (sha256 ${programSha.slice(0, 16)})` : ''} as: ${quoteAll(req.argv)}, ` +
+            `run ${quote(program)}${programSha ? ` (sha256 ${programSha.slice(0, 16)})` : ''} as: ${shownArgv}, ` +
             `in ${quote(req.cwd)}, with the secret ${quote(w.name)} ` +
             (policy
               ? `held by keyward's proxy and put only into its requests to ${(boundTo.get(w.name) ?? []).map((h) => quote(h)).join(', ')} (the command gets a placeholder as ${where})`
               : `as ${where}`) +
             sets +
             (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : '') +
-            (req.mcp ? `; asked by the MCP client ${quote(req.mcp)}` : '') +
+            (req.mcp ? `; asked by an MCP client that calls itself ${quote(req.mcp)}` : '') +
             fromFile,
+          ...(cut ? { command: req.argv } : {}),
           together,
           grantScope,
           ...(project?.has(w.name) ? { exists: true } : {}),
@@ -294,6 +307,15 @@ export class RunService {
         }
       }
       // The caller's stdout is a terminal: the child gets one too (colours, full-screen programs).
+      // The program the person approved (its hash) must be the one run: replaced while they
+      // read the prompt, it is refused. (The instant between this check and the exec remains:
+      // THREAT-MODEL.md.)
+      if (!stillTheProgram(program, hashed?.stamp))
+        throw new KeywardError(
+          'POLICY_DENIED',
+          `${quote(program)} changed after it was hashed for the approval: not run`,
+          { hint: 'run it again: the new program is hashed and asked for anew' },
+        );
       if (req.pty) terminal = openPty(req.pty.rows, req.pty.cols);
       const child = startChild({
         argv: [program, ...req.argv.slice(1)],

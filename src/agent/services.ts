@@ -112,6 +112,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
         action: 'run',
         auditType: 'credential.deliver',
         what: req.what,
+        ...(req.command ? { command: req.command } : {}),
         exists: req.exists ?? window.unlocked().has(req.target),
         ...(req.together ? { together: req.together } : {}),
         ...(req.proxied ? { proxied: true } : {}),

@@ -85,6 +85,8 @@ export interface Pending {
    * ..."): built by the agent with every part the requester controls quoted.
    */
   what?: string;
+  /** A run's whole command line, as the agent will run it: `what` may cut a long one. */
+  command?: string[];
   /**
    * SHA-256 (hex) over everything above: what a WebAuthn approval's challenge is bound to, so an
    * assertion made for one request can't approve another (docs/PROTOCOL.md, "Approvals").
@@ -121,6 +123,8 @@ export function requestDigest(p: Omit<Pending, 'digest' | 'votes'>): string {
     JSON.stringify(r.parents ?? []),
     JSON.stringify(r.loaderVars ?? []),
     r.description,
+    // Only when there is one: older requests' digests are as they were.
+    ...(p.command ? [JSON.stringify(p.command)] : []),
   ];
   return createHash('sha256').update(JSON.stringify(fields)).digest('hex');
 }
