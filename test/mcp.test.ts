@@ -3,6 +3,7 @@
  * agent: the tools, policy (mcp_inline), masking of run output, and the audit of every call.
  */
 import assert from 'node:assert/strict';
+import fs from 'node:fs';
 import { after, describe, test } from 'node:test';
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
@@ -134,6 +135,50 @@ describe('keyward mcp serve', () => {
     const read = auditEntries(h).find((e) => e.type === 'secret.read' && e.target === 'mcp/secret');
     assert.equal(read?.decision, 'deny');
     assert.equal(read?.details['mcpClient'], 'keyward-test 1.2.3');
+  });
+
+  test("however deep it is nested, and through a nested keyward run, what runs inside an MCP run is the MCP client's", async () => {
+    const { h, client } = await setup();
+    // 40 shells deep (each waits for the next): past the 32 parents an identity keeps.
+    const deep = `${h.dir}/deep.sh`;
+    fs.writeFileSync(
+      deep,
+      '#!/bin/sh\nn=$1; shift\nif [ "$n" -gt 0 ]; then sh "$0" $((n - 1)) "$@"; else "$@"; fi\n',
+      { mode: 0o755 },
+    );
+    const r = await client.callTool({
+      name: 'run_with_credentials',
+      arguments: {
+        command: [deep, '40', process.execPath, BIN, 'read', 'mcp/secret'],
+        env: { S: 'mcp/shareable' },
+      },
+    });
+    assert.ok(!textOf(r).includes('never-shown-value-2'), textOf(r));
+    assert.match(textOf(r), /does not release mcp\/secret inline to MCP clients/);
+    // A nested keyward run: masked whatever it asks, its records name the client.
+    const nested = await client.callTool({
+      name: 'run_with_credentials',
+      arguments: {
+        command: [
+          process.execPath,
+          BIN,
+          'run',
+          '--no-masking',
+          '--env',
+          'T=mcp/secret',
+          '--',
+          'sh',
+          '-c',
+          'printf %s "$T"',
+        ],
+        env: { S: 'mcp/shareable' },
+      },
+    });
+    assert.ok(!textOf(nested).includes('never-shown-value-2'), textOf(nested));
+    const delivered = auditEntries(h).filter(
+      (e) => e.type === 'credential.deliver' && e.target === 'mcp/secret',
+    );
+    assert.equal(delivered.at(-1)?.details['mcpClient'], 'keyward-test 1.2.3');
   });
 
   test('a value a run stashed comes back from no later run, nor split between stdout and stderr', async () => {

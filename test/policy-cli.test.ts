@@ -186,16 +186,22 @@ function legacyShape(h: Home): void {
   }
 }
 
+/** A vault with a deny policy applied, put back into the shape of one from before 0.2. */
+function legacyDenyHome(): { h: Home; deny: string } {
+  const h = initHome();
+  const deny = write(
+    h,
+    'deny.yaml',
+    'version: 1\nrules:\n  - { name: deny-prod, targets: ["prod/**"], decision: deny }\n',
+  );
+  assert.equal(kw(['policy', 'apply', deny], { env: h.env }).code, 0);
+  legacyShape(h);
+  return { h, deny };
+}
+
 test('a vault from before the applied policy was kept in it: its sealed record deleted is tampering, never the default policy (exit 8)', () => {
   for (const alsoHistory of [false, true]) {
-    const h = initHome();
-    const deny = write(
-      h,
-      'deny.yaml',
-      'version: 1\nrules:\n  - { name: deny-prod, targets: ["prod/**"], decision: deny }\n',
-    );
-    assert.equal(kw(['policy', 'apply', deny], { env: h.env }).code, 0);
-    legacyShape(h);
+    const { h, deny } = legacyDenyHome();
     const intact = kw(['policy', 'show', '--verify'], { env: h.env });
     assert.equal(intact.code, 0, intact.stderr);
     assert.match(intact.stdout, /deny-prod/);
@@ -242,14 +248,7 @@ test('explain says which rule decided and why earlier ones did not match', () =>
 });
 
 test("a vault from before the policy was kept in it, its history rewritten: apply shows every field against the defaults, not against the attacker's files", () => {
-  const h = initHome();
-  const deny = write(
-    h,
-    'deny.yaml',
-    'version: 1\nrules:\n  - { name: deny-prod, targets: ["prod/**"], decision: deny }\n',
-  );
-  assert.equal(kw(['policy', 'apply', deny], { env: h.env }).code, 0);
-  legacyShape(h);
+  const { h } = legacyDenyHome();
   // The attacker: its policy over the newest history file and policy.yaml, so the files agree.
   const evil =
     'version: 1\nrules:\n  - { name: deny-prod, targets: ["prod/**"], decision: deny }\n' +

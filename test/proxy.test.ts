@@ -722,7 +722,8 @@ sys.stdin.read()`;
       h.env,
     );
     assert.equal(r2.code, 2, r2.stderr);
-    assert.match(r2.stderr, /--proxy sets HTTPS_PROXY itself/);
+    // A proxy variable never takes a secret, --proxy or not (it would send the traffic elsewhere).
+    assert.match(r2.stderr, /--env HTTPS_PROXY: a secret never goes into a variable/);
     assert.ok(!(r1.stderr + r2.stderr).includes(TOKEN));
   });
 

@@ -841,7 +841,20 @@ describe('hardening found in review', () => {
     setSecret(h, 'cfg/pub', 'payload.sh');
     // The caller's file, named by a value it knows (one released to it before, say).
     fs.writeFileSync(path.join(h.dir, 'payload.sh'), 'echo PAYLOAD-RAN\n');
-    for (const v of ['BASH_ENV', 'LD_PRELOAD', 'NODE_OPTIONS', 'PATH', 'GIT_SSH_COMMAND']) {
+    for (const v of [
+      'BASH_ENV',
+      'LD_PRELOAD',
+      'NODE_OPTIONS',
+      'PATH',
+      'GIT_SSH_COMMAND',
+      'GIT_DIR',
+      'ZDOTDIR',
+      'EDITOR',
+      'OPENSSL_CONF',
+      'npm_config_script_shell',
+      'XDG_CONFIG_HOME',
+      'HTTPS_PROXY',
+    ]) {
       const r = await run(h, ['--env', `${v}=cfg/pub`, '--', 'bash', '-c', 'echo hello']);
       assert.equal(r.code, 2, `${v}: ${r.stderr}`);
       assert.match(
@@ -852,6 +865,9 @@ describe('hardening found in review', () => {
       );
       assert.doesNotMatch(r.stdout, /PAYLOAD-RAN|hello/);
     }
+    // A name that says it is a credential is what a secret is for, family or not.
+    const ok = await run(h, ['--env', 'NODE_AUTH_TOKEN=cfg/pub', '--', 'true']);
+    assert.equal(ok.code, 0, ok.stderr);
   });
 
   test('every prompt of a run names every variable it sets, from which secret, and every other secret its approval gives', async () => {

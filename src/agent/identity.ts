@@ -34,7 +34,7 @@ export interface ProcessIdentity extends Caller {
   hidden?: boolean;
 }
 
-const MAX_ANCESTORS = 32;
+export const MAX_ANCESTORS = 32;
 
 /**
  * Variables that make a program run or load code it did not ask for, or change what it runs:
@@ -158,7 +158,7 @@ const statBuf = Buffer.alloc(1024);
  * Read for the caller and each ancestor at every connection: one open, read and close into a
  * reused buffer (readFileSync adds an fstat and a second read).
  */
-function stat(pid: number): { ppid: number; startTime: string } | undefined {
+export function procStat(pid: number): { ppid: number; startTime: string } | undefined {
   let text: string;
   try {
     const fd = fs.openSync(`/proc/${pid}/stat`, 'r');
@@ -191,7 +191,7 @@ export function bindExeHash(id: ProcessIdentity, hash: ExeHash | undefined): voi
 }
 
 export function identify(pid: number, uid: number): ProcessIdentity {
-  const s = stat(pid);
+  const s = procStat(pid);
   const exe = executable(pid);
   try {
     let cmdline: string[];
@@ -205,7 +205,7 @@ export function identify(pid: number, uid: number): ProcessIdentity {
     let next = s?.ppid;
     while (next !== undefined && next > 0 && ancestors.length < MAX_ANCESTORS) {
       ancestors.push({ pid: next, exe: readlink(`/proc/${next}/exe`) });
-      next = next === 1 ? undefined : stat(next)?.ppid;
+      next = next === 1 ? undefined : procStat(next)?.ppid;
     }
     const id: ProcessIdentity = {
       pid,

@@ -23,6 +23,7 @@ import {
 import type { Vault } from '../vault/index.js';
 import type { Gate } from './gate.js';
 import { actorOf, LOADER_VARIABLES } from './identity.js';
+import { refuseUnlessInline } from './release.js';
 import type { Peer } from './peer.js';
 import { str } from './protocol.js';
 import type { Reply } from './release.js';
@@ -34,6 +35,8 @@ export interface ProjectHost {
   record(r: AuditRecord): Promise<unknown>;
   /** A value of a sealed file was released: the MCP gateway's scans look for it from now on. */
   released(id: string, file: Uint8Array, target: string, name: string): void;
+  /** The MCP client whose run the caller is part of (run-service.ts), if any. */
+  insideMcpRun?: (id: Peer['id']) => string | undefined;
 }
 
 /** A value's target in policy, prompts and the audit log. */
@@ -147,12 +150,16 @@ export class ProjectService {
       opened.close();
     }
     const target = projectTarget(file, name);
+    // Inside a run an MCP client asked for, the value would go back to the model: as a read of
+    // the vault's, only where a rule says mcp_inline.
+    const mcp = this.host.insideMcpRun?.(asker.id);
+    if (mcp !== undefined) await refuseUnlessInline(this.host, v, asker, target, mcp);
     const { rule } = await this.host.gate.authorize(asker, {
       target,
       kind: 'secret',
       action: 'read',
       auditType: 'secret.read',
-      what: `read ${quote(name)} from the sealed project file of ${quote(file.project)}`,
+      what: `read ${quote(name)} from the sealed project file of ${quote(file.project)}${mcp ? ` for an MCP client that calls itself ${quote(mcp)}` : ''}`,
       exists: file.entries.some((e) => e.name === name),
     });
     if (!w.stillOpen(v)) throw locked();
@@ -164,7 +171,13 @@ export class ProjectService {
         actor: actorOf(asker.id),
         type: 'secret.read',
         decision: 'allow',
-        details: { rule: rule ?? null, bytes: value.length, via: 'inline', file: opened.id },
+        details: {
+          rule: rule ?? null,
+          bytes: value.length,
+          via: 'inline',
+          file: opened.id,
+          mcpClient: mcp ?? null,
+        },
       });
       if (!w.stillOpen(v)) throw locked();
     } catch (e) {

@@ -56,27 +56,7 @@ export class Releases {
     // A `keyward read` inside a run an MCP client asked for reads for that client: its output
     // goes back to the model like the run's.
     mcp ??= this.host.insideMcpRun?.(asker.id);
-    if (mcp !== undefined) {
-      // Inline to an MCP client means into a model's context: only where the deciding rule says
-      // so. Checked before any approval, so nobody is asked to approve what will be refused.
-      const policy = w.currentPolicy(v);
-      const decided = evaluate(policy, { target: name, kind: 'secret', action: 'read' }, asker.id);
-      const r = policy.rules.find((x) => x.name === decided.rule);
-      if (decided.decision !== 'deny' && !r?.mcp_inline) {
-        const message = `the policy does not release ${name} inline to MCP clients (rule ${decided.rule ?? 'none'} lacks mcp_inline: true)`;
-        await this.host.record({
-          target: name,
-          actor: actorOf(asker.id),
-          type: 'secret.read',
-          decision: 'deny',
-          reason: message,
-          details: { rule: decided.rule ?? null, mcpClient: mcp },
-        });
-        throw new KeywardError('POLICY_DENIED', message, {
-          hint: 'use run_with_credentials, which never returns the value',
-        });
-      }
-    }
+    if (mcp !== undefined) await refuseUnlessInline(this.host, v, asker, name, mcp);
     const { rule } = await this.host.gate.authorize(asker, {
       target: name,
       kind: 'secret',
@@ -180,4 +160,35 @@ export class Releases {
   releasedNames(): Iterable<string> {
     return this.released;
   }
+}
+
+/**
+ * Inline to an MCP client means into a model's context: only where the deciding rule says so.
+ * Checked before any approval, so nobody is asked to approve what will be refused; the refusal is
+ * recorded. `target` is what the policy matches (a project file's `project:NAME/VAR` too).
+ */
+export async function refuseUnlessInline(
+  host: Pick<ReleaseHost, 'window' | 'record'>,
+  v: Vault,
+  asker: Peer,
+  name: string,
+  mcp: string,
+): Promise<void> {
+  const w = host.window;
+  const policy = w.currentPolicy(v);
+  const decided = evaluate(policy, { target: name, kind: 'secret', action: 'read' }, asker.id);
+  const r = policy.rules.find((x) => x.name === decided.rule);
+  if (decided.decision === 'deny' || r?.mcp_inline) return;
+  const message = `the policy does not release ${name} inline to MCP clients (rule ${decided.rule ?? 'none'} lacks mcp_inline: true)`;
+  await host.record({
+    target: name,
+    actor: actorOf(asker.id),
+    type: 'secret.read',
+    decision: 'deny',
+    reason: message,
+    details: { rule: decided.rule ?? null, mcpClient: mcp },
+  });
+  throw new KeywardError('POLICY_DENIED', message, {
+    hint: 'use run_with_credentials, which never returns the value',
+  });
 }

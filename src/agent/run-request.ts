@@ -12,25 +12,23 @@ import { assertVarName, MAX_CHILD_FD, type EnvPiece } from '../run/index.js';
 import { assertValidName } from '../vault/index.js';
 import { str } from './protocol.js';
 import { LOADER_VARIABLES } from './identity.js';
+import { reservedName } from '../project/index.js';
 
-/** Besides the loader variables: those a shell or libc reads to find or run code. */
-const CODE_VARIABLES = new Set([
-  'PATH',
-  'IFS',
-  'CDPATH',
-  'PROMPT_COMMAND',
-  'PS4',
-  'SHELLOPTS',
-  'BASHOPTS',
-  'HOME',
-  'SHELL',
-  'TMPDIR',
-  'LOCPATH',
-  'NLSPATH',
-  'HOSTALIASES',
-  'RESOLV_HOST_CONF',
-  'MALLOC_TRACE',
-]);
+/**
+ * Names that say they carry a credential (`NODE_AUTH_TOKEN`, `DOCKER_PASSWORD`): what a secret is
+ * for, never code to load, even where a family below would take them.
+ */
+const CREDENTIAL_NAME = /_(TOKEN|PASSWORD|PASSWD|PASS|SECRET|API_KEY|KEY|PAT|AUTH)$/i;
+
+/**
+ * Whether a secret may not go into variable v: the loader variables, and every name a sealed
+ * project file may not set (project/file.ts: the shell's and libc's, interpreters' and tools'
+ * options and config paths, editors and pagers, trust and proxies, whole families;
+ * case-insensitive), but names that say they are credentials.
+ */
+function codeVariable(v: string): boolean {
+  return LOADER_VARIABLES.test(v) || (reservedName(v) !== undefined && !CREDENTIAL_NAME.test(v));
+}
 
 const MAX_ARGS = 65_536;
 const MAX_SECRETS = 64;
@@ -117,10 +115,10 @@ export function parseMeta(meta: Record<string, unknown>, argv: string[]): RunReq
     // A secret in a variable that makes a program load or run code (BASH_ENV, LD_PRELOAD, PATH)
     // runs whatever file the value names: the caller knows the values of the secrets it may
     // have, so it could name a file of its own. Never: a secret goes into a plain variable.
-    if (LOADER_VARIABLES.test(v) || CODE_VARIABLES.has(v))
+    if (codeVariable(v))
       throw new UsageError(
         'USAGE',
-        `--env ${v}: a secret never goes into a variable that makes a program load or run code`,
+        `--env ${v}: a secret never goes into a variable that makes a program load or run code, trust another certificate or send its traffic elsewhere`,
         { hint: 'choose another variable name' },
       );
     if (vars.has(v)) throw bad(`--env ${v} is given twice`);
@@ -213,9 +211,19 @@ export function hashedProgram(p: string): { sha256: string; stamp: string } | un
   }
 }
 
+/** The stamp of the file path names (following links, as exec does), or undefined. */
+export function statStamp(p: string): string | undefined {
+  try {
+    return fileStamp(fs.statSync(p, { bigint: true }));
+  } catch {
+    return undefined;
+  }
+}
+
 /** Whether path still names the file stamped (exec follows links, as stat does). */
 export function stillTheProgram(p: string, stamp: string | undefined): boolean {
-  if (stamp === undefined) return true;
+  // No stamp: the file could not be looked at when it was asked about; never run unseen.
+  if (stamp === undefined) return false;
   try {
     return fileStamp(fs.statSync(p, { bigint: true })) === stamp;
   } catch {

@@ -16,7 +16,7 @@ import type { Policy } from '../policy/index.js';
 import { startTime, treeOf, type Pinned } from '../proxy/index.js';
 import { maskingForms, startChild } from '../run/index.js';
 import type { Vault } from '../vault/index.js';
-import { LOADER_VARIABLES, type ProcessIdentity } from './identity.js';
+import { LOADER_VARIABLES, MAX_ANCESTORS, procStat, type ProcessIdentity } from './identity.js';
 import type { Peer } from './peer.js';
 import {
   argvHash,
@@ -25,6 +25,7 @@ import {
   parseRaw,
   resolveProgram,
   hashedProgram,
+  statStamp,
   stillTheProgram,
   type Wanted,
 } from './run-request.js';
@@ -117,7 +118,11 @@ export class RunService {
       const split = ProjectRun.split(f.meta, f.raw);
       project = split.project;
       const { argv, env, environ } = parseRaw(split.head);
-      const req = parseMeta(f.meta, argv);
+      const asked = parseMeta(f.meta, argv);
+      // A `keyward run` inside a run an MCP client asked for is that client's too: named in its
+      // prompts and records, and its output masked whatever it asked.
+      const within = asked.mcp === undefined ? this.insideMcpRun(conn.id) : undefined;
+      const req = within === undefined ? asked : { ...asked, mcp: within, masking: true };
       const pathEntry = env.filter((e) => e.name === 'PATH').at(-1);
       // PATH is no secret: it is how the program is found, as the caller's shell would.
       const pathVar = pathEntry ? Buffer.from(pathEntry.value).toString('utf8') : DEFAULT_PATH;
@@ -142,6 +147,9 @@ export class RunService {
       }
       const hashed = hashedProgram(program);
       const programSha = hashed?.sha256;
+      // One that can't be read (execute-only) has no hash: its stamp still binds the run, and a
+      // remembered approval of it, to the file as it was when asked about.
+      const programStamp = hashed?.stamp ?? statStamp(program);
       const v = this.host.vault();
       project?.addTo(v, req.wanted);
       const policy = req.proxy ? this.host.policy(v) : undefined;
@@ -192,7 +200,7 @@ export class RunService {
       const grantScope = JSON.stringify([
         policy ? 'proxied' : 'plain',
         program,
-        programSha ?? null,
+        programSha ?? programStamp ?? null,
         req.argv,
         req.cwd,
         // The whole environment (a digest): the same command with GIT_SSH set is another run.
@@ -310,7 +318,7 @@ export class RunService {
       // The program the person approved (its hash) must be the one run: replaced while they
       // read the prompt, it is refused. (The instant between this check and the exec remains:
       // THREAT-MODEL.md.)
-      if (!stillTheProgram(program, hashed?.stamp))
+      if (!stillTheProgram(program, programStamp))
         throw new KeywardError(
           'POLICY_DENIED',
           `${quote(program)} changed after it was hashed for the approval: not run`,
@@ -505,9 +513,24 @@ export class RunService {
    * asked for that client (a value inline only where a rule says mcp_inline).
    */
   insideMcpRun(id: ProcessIdentity): string | undefined {
-    for (const pid of [id.pid, ...id.ancestors.map((a) => a.pid)]) {
+    if (this.mcpRuns.size === 0) return undefined;
+    const inside = (pid: number) => {
       const r = this.mcpRuns.get(pid);
-      if (r && startTime(pid) === r.start) return r.client;
+      return r && startTime(pid) === r.start ? r.client : undefined;
+    };
+    const chain = [id.pid, ...id.ancestors.map((a) => a.pid)];
+    for (const pid of chain) {
+      const c = inside(pid);
+      if (c !== undefined) return c;
+    }
+    // The identity keeps MAX_ANCESTORS parents: a caller nested deeper is followed on up to init
+    // (a process tree is never deeper than the pids there are).
+    if (id.ancestors.length < MAX_ANCESTORS) return undefined;
+    let next = procStat(chain.at(-1) ?? 1)?.ppid;
+    for (let n = 0; next !== undefined && next > 1 && n < 1 << 22; n++) {
+      const c = inside(next);
+      if (c !== undefined) return c;
+      next = procStat(next)?.ppid;
     }
     return undefined;
   }

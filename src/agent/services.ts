@@ -174,6 +174,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     gate: theGate,
     record,
     released: noteProject,
+    insideMcpRun: (id) => runs.insideMcpRun(id),
   });
   return {
     window,
