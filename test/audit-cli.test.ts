@@ -433,7 +433,9 @@ describe("the box key in the audit state is the vault's", () => {
     assert.equal(
       entries.filter((e) => e.type === 'secret.read' && e.target === 'api/token').length,
       2,
-      'both reads recorded, and their bodies open with the vault',
+      `both reads recorded, and their bodies open with the vault: ${JSON.stringify(
+        entries.map((e) => [e.type, e.target, e.decision, e.reason]),
+      )}`,
     );
   });
 });

@@ -541,6 +541,11 @@ test('a key repeated in any spelling is refused, also one that only the object i
       6,
     ],
     ['version: 1\nrules: []\nproxy:\n  hosts:\n    1: { secret: a }\n    "1": { secret: b }\n', 6],
+    // An alias stands for its anchor's key: decision, said twice.
+    [
+      'version: 1\nrules:\n  - name: a\n    targets: [x]\n    &d decision: deny\n    *d : allow\n',
+      6,
+    ],
   ] as const) {
     const r = parsePolicy(text);
     assert.ok(!r.ok, text);

@@ -21,7 +21,8 @@ import {
   type AgentHome,
 } from './agent-helpers.js';
 import { sodium } from '../src/lib/sodium.js';
-import { eventually, everyByteUnder, kw, rootTests } from './helpers.js';
+import { BIN, eventually, everyByteUnder, kw, rootTests } from './helpers.js';
+import { serveClient } from './mcp-helpers.js';
 
 const AGE_KEYGEN = ['/usr/bin/age-keygen', '/usr/local/bin/age-keygen'].find((p) =>
   fs.existsSync(p),
@@ -398,5 +399,37 @@ rules:
     const refused = kw(['unseal', sealed, '--output', `${out}.bob`], { env: withoutAgent(bob) });
     assert.equal(refused.code, 4, refused.stderr);
     assert.ok(!fs.existsSync(`${out}.bob`));
+  });
+
+  test("a read of the sealed file inside a run an MCP client asked for is the client's: refused where the rule lacks mcp_inline", async () => {
+    // The run needs a vault secret of its own: a rule for it, after the project's.
+    const p = path.join(alice.dir, 'with-mcp.yaml');
+    fs.writeFileSync(
+      p,
+      `${POLICY}  - { name: run-secret, targets: ["mcp/run"], decision: allow }\n`,
+    );
+    assert.equal(kw(['policy', 'apply', p], { env: alice.env }).code, 0);
+    assert.equal(
+      kw(['secret', 'set', 'mcp/run'], { env: alice.env, input: 'run-value-1' }).code,
+      0,
+    );
+    const client = await serveClient(alice.env, 'project-test', '1.0');
+    try {
+      const r = await client.callTool({
+        name: 'run_with_credentials',
+        arguments: {
+          command: [process.execPath, BIN, 'read', '--project', 'API_TOKEN', '--file', sealed],
+          env: { S: 'mcp/run' },
+        },
+      });
+      const text = (r as { content: Array<{ text?: string }> }).content[0]?.text ?? '';
+      assert.ok(!text.includes(VALUES['API_TOKEN'] ?? '-'), text);
+      assert.match(
+        text,
+        /does not release project:github\.com\/acme\/api\/API_TOKEN inline to MCP clients/,
+      );
+    } finally {
+      await client.close();
+    }
   });
 });

@@ -158,7 +158,9 @@ const statBuf = Buffer.alloc(1024);
  * Read for the caller and each ancestor at every connection: one open, read and close into a
  * reused buffer (readFileSync adds an fstat and a second read).
  */
-export function procStat(pid: number): { ppid: number; startTime: string } | undefined {
+export function procStat(
+  pid: number,
+): { ppid: number; session: number; startTime: string } | undefined {
   let text: string;
   try {
     const fd = fs.openSync(`/proc/${pid}/stat`, 'r');
@@ -171,10 +173,13 @@ export function procStat(pid: number): { ppid: number; startTime: string } | und
     return undefined;
   }
   const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
-  // fields[0] is field 3 (state): ppid is field 4, starttime field 22.
+  // fields[0] is field 3 (state): ppid is field 4, session field 6, starttime field 22.
   const ppid = Number(fields[1]);
+  const session = Number(fields[3]);
   const startTime = fields[19];
-  return Number.isInteger(ppid) && startTime !== undefined ? { ppid, startTime } : undefined;
+  return Number.isInteger(ppid) && Number.isInteger(session) && startTime !== undefined
+    ? { ppid, session, startTime }
+    : undefined;
 }
 
 const exeHashes = new WeakMap<ProcessIdentity, ExeHash>();

@@ -45,6 +45,9 @@ async function withPassphrase(
   }
 }
 
+/** After a run's time limit: SIGTERM, this long, SIGKILL, this long, then the call ends. */
+const KILL_GRACE_MS = 5_000;
+
 /**
  * The console request (docs/PROTOCOL.md): credentials answers as it is; rename and revoke carry
  * the passphrase, asked here.
@@ -83,9 +86,6 @@ export async function agentUnlock(
 }
 
 /** The pending approval requests, whole (`keyward approvals`). */
-/** After a run's time limit: SIGTERM, this long, SIGKILL, this long, then the call ends. */
-const KILL_GRACE_MS = 5_000;
-
 export async function agentApprovals(path: string): Promise<Array<Record<string, unknown>>> {
   const f = await call(path, 'approvals');
   try {

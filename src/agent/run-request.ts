@@ -178,6 +178,9 @@ export function resolveProgram(file: string, cwd: string, pathVar: string): stri
   return undefined;
 }
 
+/** The largest program hashed for a run's prompt (node is ~100 MiB). */
+export const MAX_HASHED_PROGRAM = 256 * 1024 * 1024;
+
 /** A file as it was when hashed: it must still be this one when it is run. */
 export const fileStamp = (st: fs.BigIntStats): string =>
   `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
@@ -186,7 +189,9 @@ export const fileStamp = (st: fs.BigIntStats): string =>
  * The program's hash and the stamp of the file the hash was read from (one descriptor): what a
  * person approved. Undefined when it can't be read.
  */
-export function hashedProgram(p: string): { sha256: string; stamp: string } | undefined {
+export function hashedProgram(
+  p: string,
+): { sha256: string | undefined; stamp: string } | undefined {
   let fd: number;
   try {
     fd = fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
@@ -196,6 +201,9 @@ export function hashedProgram(p: string): { sha256: string; stamp: string } | un
   try {
     const st = fs.fstatSync(fd, { bigint: true });
     if (!st.isFile()) return undefined;
+    // Hashed on the agent's thread: a larger one (a sparse terabyte) would hold every other
+    // client for minutes. Bound to its stamp only, and the prompt says it was not hashed.
+    if (st.size > BigInt(MAX_HASHED_PROGRAM)) return { sha256: undefined, stamp: fileStamp(st) };
     const h = createHash('sha256');
     const buf = Buffer.alloc(1 << 20);
     for (;;) {

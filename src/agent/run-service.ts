@@ -16,7 +16,8 @@ import type { Policy } from '../policy/index.js';
 import { startTime, treeOf, type Pinned } from '../proxy/index.js';
 import { maskingForms, startChild } from '../run/index.js';
 import type { Vault } from '../vault/index.js';
-import { LOADER_VARIABLES, MAX_ANCESTORS, procStat, type ProcessIdentity } from './identity.js';
+import { LOADER_VARIABLES, type ProcessIdentity } from './identity.js';
+import { McpRuns } from './mcp-runs.js';
 import type { Peer } from './peer.js';
 import {
   argvHash,
@@ -94,8 +95,8 @@ export interface RunHost {
 
 export class RunService {
   private readonly children = new Set<ChildProcess>();
-  /** The live children of runs an MCP client asked for (by pid, pinned by start time): client. */
-  private readonly mcpRuns = new Map<number, { start: string; client: string }>();
+  /** The runs MCP clients asked for, by session (mcp-runs.ts). */
+  private readonly mcpRuns = new McpRuns();
   private readonly proxies = new Set<RunProxy>();
   private readonly limits = new DomainLimits();
 
@@ -121,7 +122,8 @@ export class RunService {
       const asked = parseMeta(f.meta, argv);
       // A `keyward run` inside a run an MCP client asked for is that client's too: named in its
       // prompts and records, and its output masked whatever it asked.
-      const within = asked.mcp === undefined ? this.insideMcpRun(conn.id) : undefined;
+      // Whatever the request says of itself: a command inside an MCP run can speak the protocol.
+      const within = this.insideMcpRun(conn.id);
       const req = within === undefined ? asked : { ...asked, mcp: within, masking: true };
       const pathEntry = env.filter((e) => e.name === 'PATH').at(-1);
       // PATH is no secret: it is how the program is found, as the caller's shell would.
@@ -224,7 +226,7 @@ export class RunService {
         const { rule } = await this.host.authorize(conn, {
           target: w.name,
           what:
-            `run ${quote(program)}${programSha ? ` (sha256 ${programSha.slice(0, 16)})` : ''} as: ${shownArgv}, ` +
+            `run ${quote(program)}${programSha ? ` (sha256 ${programSha.slice(0, 16)})` : ' (not hashed: unreadable, or larger than 256 MiB)'} as: ${shownArgv}, ` +
             `in ${quote(req.cwd)}, with the secret ${quote(w.name)} ` +
             (policy
               ? `held by keyward's proxy and put only into its requests to ${(boundTo.get(w.name) ?? []).map((h) => quote(h)).join(', ')} (the command gets a placeholder as ${where})`
@@ -241,6 +243,8 @@ export class RunService {
         });
         rules.set(w.name, rule ?? null);
       }
+      // Replaced while the person read the prompt: refused before any value is fetched.
+      if (!stillTheProgram(program, programStamp)) throw programChanged(program);
       const stillHere = () => {
         if (!this.host.stillOpen(v))
           throw new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
@@ -314,16 +318,10 @@ export class RunService {
           else fds.push({ fd: a.fd, value });
         }
       }
+      // The program the person approved (its hash) must be the one run, checked again last.
+      // (The instant between this check and the exec remains: THREAT-MODEL.md.)
+      if (!stillTheProgram(program, programStamp)) throw programChanged(program);
       // The caller's stdout is a terminal: the child gets one too (colours, full-screen programs).
-      // The program the person approved (its hash) must be the one run: replaced while they
-      // read the prompt, it is refused. (The instant between this check and the exec remains:
-      // THREAT-MODEL.md.)
-      if (!stillTheProgram(program, programStamp))
-        throw new KeywardError(
-          'POLICY_DENIED',
-          `${quote(program)} changed after it was hashed for the approval: not run`,
-          { hint: 'run it again: the new program is hashed and asked for anew' },
-        );
       if (req.pty) terminal = openPty(req.pty.rows, req.pty.cols);
       const child = startChild({
         argv: [program, ...req.argv.slice(1)],
@@ -339,13 +337,9 @@ export class RunService {
       // could be another process's, and the proxy takes no new connection.
       const start = child.pid === undefined ? undefined : startTime(child.pid);
       if (child.pid !== undefined && start !== undefined) started.pin = { pid: child.pid, start };
-      const pid = child.pid;
-      if (req.mcp !== undefined && pid !== undefined && start !== undefined)
-        this.mcpRuns.set(pid, { start, client: req.mcp });
-      child.once('exit', () => {
-        started.pin = undefined;
-        if (pid !== undefined) this.mcpRuns.delete(pid);
-      });
+      if (req.mcp !== undefined && child.pid !== undefined)
+        this.mcpRuns.started(child.pid, req.mcp);
+      child.once('exit', () => (started.pin = undefined));
       // The child has everything (the memfds are written and closed): the agent's copies go now
       // (under --proxy these are the placeholders; the proxy holds the values).
       if (!proxy) for (const value of values.values()) secureFree(value);
@@ -513,26 +507,7 @@ export class RunService {
    * asked for that client (a value inline only where a rule says mcp_inline).
    */
   insideMcpRun(id: ProcessIdentity): string | undefined {
-    if (this.mcpRuns.size === 0) return undefined;
-    const inside = (pid: number) => {
-      const r = this.mcpRuns.get(pid);
-      return r && startTime(pid) === r.start ? r.client : undefined;
-    };
-    const chain = [id.pid, ...id.ancestors.map((a) => a.pid)];
-    for (const pid of chain) {
-      const c = inside(pid);
-      if (c !== undefined) return c;
-    }
-    // The identity keeps MAX_ANCESTORS parents: a caller nested deeper is followed on up to init
-    // (a process tree is never deeper than the pids there are).
-    if (id.ancestors.length < MAX_ANCESTORS) return undefined;
-    let next = procStat(chain.at(-1) ?? 1)?.ppid;
-    for (let n = 0; next !== undefined && next > 1 && n < 1 << 22; n++) {
-      const c = inside(next);
-      if (c !== undefined) return c;
-      next = procStat(next)?.ppid;
-    }
-    return undefined;
+    return this.mcpRuns.clientOf(id);
   }
 
   /** The agent locked: every run's proxy drops its values and refuses what would need one. */
@@ -558,4 +533,12 @@ export class RunService {
       setTimeout(() => kill('SIGKILL'), STOP_GRACE_MS).unref();
     }
   }
+}
+
+function programChanged(program: string): KeywardError {
+  return new KeywardError(
+    'POLICY_DENIED',
+    `${quote(program)} changed after it was hashed for the approval: not run`,
+    { hint: 'run it again: the new program is hashed and asked for anew' },
+  );
 }

@@ -450,9 +450,14 @@ export class Agent {
     this.mcp.forget();
     const closed = this.window.close(this.audit.lastWritten);
     if (closed === undefined) return;
-    const { checkpoints, gap } = closed;
-    // A break the lock found is recorded first, through the agent's own writer.
-    if (gap) await this.record(gap).catch(() => undefined);
+    const { gap } = closed;
+    let { checkpoints } = closed;
+    // A break the lock found is recorded first, through the agent's own writer; one that can't
+    // be is said in the lock's own record.
+    if (gap)
+      await this.record(gap).catch((e: unknown) => {
+        checkpoints += `; the break was not recorded (${e instanceof Error ? e.message : 'failed'})`;
+      });
     await this.record({
       type: 'vault.lock',
       decision: 'info',

@@ -320,7 +320,11 @@ export const COMMAND_HELP: Readonly<
     examples: ['keyward policy check policy.yaml', 'keyward policy apply policy.yaml'],
   },
   'policy check': { exits: [2, 8], examples: ['keyward policy check ~/.keyward/policy.yaml'] },
-  'policy apply': { exits: OPENS_VAULT, examples: ['keyward policy apply ~/.keyward/policy.yaml'] },
+  'policy apply': {
+    // 6: the person said no, or the policy in force changed while they were shown the changes.
+    exits: [...OPENS_VAULT, 6],
+    examples: ['keyward policy apply ~/.keyward/policy.yaml'],
+  },
   'policy show': { exits: [2, 3, 8], examples: ['keyward policy show'] },
   'policy history': { exits: [2, 3, 8], examples: ['keyward policy history'] },
   'policy diff': { exits: [2, 3, 8], examples: ['keyward policy diff 3 4'] },

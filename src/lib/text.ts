@@ -82,12 +82,19 @@ export function quoteAll(values: readonly string[], budget = 600, each = 200): s
 }
 
 /**
- * Code points JSON.stringify leaves as they are that a terminal or an editor acts on: C1
- * controls (U+009B is an 8-bit CSI), invisible and bidirectional formatting, line and paragraph
- * separators, the byte order mark.
+ * Characters a terminal or an editor acts on instead of showing: C0 controls but tab and newline,
+ * DEL and C1 controls (U+009B is an 8-bit CSI), invisible and bidirectional formatting, line and
+ * paragraph separators, a byte order mark, tag characters. One list, for every place that shows
+ * or refuses them.
  */
-const JSON_UNSHOWN =
-  /[\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u206f\ufeff\u{e0000}-\u{e007f}]/gu;
+const UNSHOWN_CLASS =
+  '\\x00-\\x08\\x0b\\x0c\\x0e-\\x1f\\x7f-\\x9f\\xad\\u061c\\u180e\\u200b-\\u200f\\u2028\\u2029\\u202a-\\u202e\\u2060-\\u206f\\ufeff\\u{e0000}-\\u{e007f}';
+/** In a text of lines: those, and a carriage return but before a newline. */
+export const UNSHOWN_IN_TEXT = new RegExp(`[${UNSHOWN_CLASS}]|\\r(?!\\n)`, 'gu');
+/** In a value (a name, a path): those, and any line end. */
+export const UNSHOWN_IN_VALUE = new RegExp(`[${UNSHOWN_CLASS}\\n\\r]`, 'u');
+/** In JSON.stringify's output (which escapes C0 itself). */
+const JSON_UNSHOWN = new RegExp(`[${UNSHOWN_CLASS}]`, 'gu');
 
 /**
  * JSON for the terminal: what a caller controlled (an executable's path, a tool's name) can't
@@ -119,9 +126,5 @@ export function markupFree(s: string): string {
  * so no line can erase or reorder another.
  */
 export function textShown(s: string): string {
-  return s.replace(
-    // eslint-disable-next-line no-control-regex -- these are what is escaped
-    /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u{e0000}-\u{e007f}]|\r(?!\n)/gu,
-    (c) => `\\u{${(c.codePointAt(0) ?? 0).toString(16)}}`,
-  );
+  return s.replace(UNSHOWN_IN_TEXT, (c) => `\\u{${(c.codePointAt(0) ?? 0).toString(16)}}`);
 }

@@ -200,7 +200,16 @@ export async function serveMcp(o: ServeOptions): Promise<void> {
         // (to an earlier run, which could have stashed it in a file) is not among them: the
         // whole answer is scanned for every value released in this unlock, and concealed.
         const answer = { exitCode: code, stdout, stderr };
-        const s = await scanWith(link, answer, true);
+        let s;
+        try {
+          s = await scanWith(link, answer, true);
+        } catch (e) {
+          // The command ran: its exit code is said, its output is not (it could not be checked).
+          return text(
+            `the command exited ${code}; its output was withheld: it could not be checked for released values (${e instanceof Error ? e.message : 'error'})`,
+            true,
+          );
+        }
         if (s.withheld)
           return text(
             `the command's output held a value released earlier (${s.found.join(', ')}): withheld`,

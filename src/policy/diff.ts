@@ -63,8 +63,9 @@ export function diffPolicies(a: Policy, b: Policy): PolicyDiff {
   // Where a rule lands decides what it shadows (the first match decides): each added rule says
   // its place, and the whole order follows any change to it.
   const names = b.rules.map((r) => r.name);
+  const at = new Map(names.map((n, i) => [n, i]));
   for (const n of added) {
-    const i = names.indexOf(n);
+    const i = at.get(n) ?? 0;
     const next = names[i + 1];
     const place = `${i + 1} of ${names.length}, ${next === undefined ? 'last' : `before ${next}`}`;
     changes.push(`+ rule ${n} (${place}): ${shown(B.get(n))}`);

@@ -3,17 +3,16 @@
  * PolicyProblem with a line, a column and the field path, never an exception.
  */
 import { createRequire } from 'node:module';
-import type * as YamlModule from 'yaml';
-import type { Document, LineCounter as LineCounterT } from 'yaml';
+import type { Document } from 'yaml';
 import type * as ZodModule from 'zod';
 import type { z as Zod } from 'zod';
 import { mcpSection, operatorsSection, proxySections } from './sections.js';
-import { printable } from '../lib/text.js';
+import { firstDuplicateKey, lintPolicy } from './lint.js';
+import { pathText, positionOf, yaml } from './yaml-doc.js';
 
 // zod and yaml cost about 60 ms to load; most commands never read a policy, so they load on
 // first use (both ship CommonJS builds).
 const require = createRequire(import.meta.url);
-const yaml = (): typeof YamlModule => require('yaml') as typeof YamlModule;
 
 const DURATION_RE = /^([1-9][0-9]{0,8})(ms|s|m|h|d)$/;
 const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
@@ -292,38 +291,6 @@ export type ParseResult =
 
 export const POLICY_MAX_BYTES = 1024 * 1024;
 
-function pathText(path: ReadonlyArray<PropertyKey>): string {
-  return path
-    .map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i === 0 ? '' : '.'}${String(p)}`))
-    .join('');
-}
-
-/** The position of the deepest node that exists along path (a missing field points at its parent). */
-function positionOf(
-  doc: Document,
-  lc: LineCounterT,
-  path: ReadonlyArray<PropertyKey>,
-): { line: number; column: number } {
-  for (let n = path.length; n >= 0; n--) {
-    const node = doc.getIn(path.slice(0, n) as unknown[], true) as
-      { range?: [number, number, number] } | undefined;
-    if (node && typeof node === 'object' && node.range) {
-      const p = lc.linePos(node.range[0]);
-      return { line: p.line, column: p.col };
-    }
-    if (
-      n === 0 &&
-      doc.contents &&
-      (yaml().isMap(doc.contents) || yaml().isSeq(doc.contents)) &&
-      doc.contents.range
-    ) {
-      const p = lc.linePos(doc.contents.range[0]);
-      return { line: p.line, column: p.col };
-    }
-  }
-  return { line: 1, column: 1 };
-}
-
 function atStart(message: string): ParseResult {
   return { ok: false, problems: [{ line: 1, column: 1, path: '', message }] };
 }
@@ -390,132 +357,4 @@ export function parsePolicyHere(text: string): ParseResult {
       return { ...positionOf(doc, lc, path), path: pathText(path), message: i.message };
     }),
   };
-}
-
-/**
- * Characters a terminal or an editor acts on instead of showing: C0 controls but tab and newline
- * (a carriage return only before a newline), DEL, C1 controls, invisible and bidirectional
- * formatting, line and paragraph separators, a byte order mark past the start. In a policy they
- * let what a person reads differ from what is enforced (a rule erased from the screen).
- */
-const UNSHOWN =
-  // eslint-disable-next-line no-control-regex -- these are what is refused
-  /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u{e0000}-\u{e007f}]|\r(?!\n)/gu;
-
-/**
- * The same in a value, however it was written (a double-quoted "\e[2K" or "\u202e" is plain ASCII
- * in the file): a carriage return or a newline too, which no field needs.
- */
-const UNSHOWN_VALUE =
-  // eslint-disable-next-line no-control-regex -- these are what is refused
-  /[\x00-\x08\x0a-\x1f\x7f-\x9f\xad\u061c\u180e\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\u2066-\u2069\ufeff\u{e0000}-\u{e007f}]/u;
-
-/** Every string in a parsed policy (keys too), with its path. */
-function* stringsOf(v: unknown, path: PropertyKey[] = []): Generator<[PropertyKey[], string]> {
-  if (typeof v === 'string') yield [path, v];
-  else if (Array.isArray(v)) for (const [i, x] of v.entries()) yield* stringsOf(x, [...path, i]);
-  else if (v !== null && typeof v === 'object')
-    for (const [k, x] of Object.entries(v)) {
-      yield [[...path, k], k];
-      yield* stringsOf(x, [...path, k]);
-    }
-}
-
-/** A `**` that is not a whole part of a glob (deploy**, **x): picomatch reads it as `*`. */
-const PARTIAL_GLOBSTAR = /[^/]\*\*|\*\*[^/]/;
-
-function lintPolicy(
-  text: string,
-  doc: Document,
-  lc: LineCounterT,
-  policy: Policy,
-): PolicyProblem[] {
-  const out: PolicyProblem[] = [];
-  for (const m of text.matchAll(UNSHOWN)) {
-    if (m.index === 0 && m[0] === '\ufeff') continue;
-    const p = lc.linePos(m.index);
-    const cp = (m[0].codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0');
-    out.push({
-      line: p.line,
-      column: p.col,
-      path: '',
-      message: `a control or formatting character (U+${cp}): a terminal acts on it instead of showing it, so what a person reads is not what is enforced`,
-    });
-    if (out.length >= 5) break;
-  }
-  const d = doc.directives;
-  if (d?.yaml.explicit || Object.keys(d?.tags ?? {}).some((t) => t !== '!!'))
-    out.push({
-      line: 1,
-      column: 1,
-      path: '',
-      message:
-        'a %YAML or %TAG directive: it changes how the rest is read (YAML 1.1 merge keys and yes/no booleans); policies are YAML 1.2 without directives',
-    });
-  const at = (path: PropertyKey[], message: string) =>
-    out.push({ ...positionOf(doc, lc, path), path: printable(pathText(path)), message });
-  if (out.length === 0)
-    for (const [path, str] of stringsOf(policy)) {
-      const m = UNSHOWN_VALUE.exec(str);
-      if (!m) continue;
-      const cp = (m[0].codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0');
-      at(
-        path,
-        `a control or formatting character (U+${cp}) in a value (an escape in quotes makes one): what a person reads of it is not what it is`,
-      );
-      if (out.length >= 5) break;
-    }
-  policy.rules.forEach((r, i) => {
-    r.targets.forEach((t, j) => {
-      const path = ['rules', i, 'targets', j];
-      // ssh-add:COMMENT targets take any printable ASCII; names are narrower still.
-      if (/[^\x20-\x7e]/u.test(t))
-        at(path, 'a target outside printable ASCII matches nothing: names are ASCII');
-      else if (PARTIAL_GLOBSTAR.test(t))
-        at(
-          path,
-          '** crosses / only as a whole part (a/**, a/**/b, **/b); here it matches as * does, within one part',
-        );
-      else if (!t.startsWith('ssh-add:') && /^\/|\/$|\/\/|\s/.test(t))
-        at(
-          path,
-          'a target with a space, a leading or trailing / or an empty part matches nothing: names have none',
-        );
-    });
-    for (const k of ['exe', 'ancestor'] as const) {
-      const g = r.callers[k];
-      if (g !== undefined && PARTIAL_GLOBSTAR.test(g))
-        at(
-          ['rules', i, 'callers', k],
-          '** crosses / only as a whole part (**/claude, /opt/**); here it matches as * does, within one part',
-        );
-    }
-  });
-  return out;
-}
-
-/**
- * Where the first key that repeats one before it in the same map begins. Keys are compared as the
- * object they become (`1` and `"1"` are one key there), so none silently replaces another.
- */
-function firstDuplicateKey(doc: Document): number | undefined {
-  const { isMap, isScalar, visit } = yaml();
-  let found: number | undefined;
-  visit(doc, {
-    Map(_, map) {
-      if (!isMap(map)) return undefined;
-      const seen = new Set<string>();
-      for (const pair of map.items) {
-        const k = pair.key as { range?: [number, number, number] } | null;
-        const name = isScalar(k) ? String(k.value) : JSON.stringify(k);
-        if (seen.has(name)) {
-          found = k?.range?.[0] ?? map.range?.[0] ?? 0;
-          return yaml().visit.BREAK;
-        }
-        seen.add(name);
-      }
-      return undefined;
-    },
-  });
-  return found;
 }

@@ -259,7 +259,9 @@ function inForce(
   }
   // Numbered past the files too: the new version must be the history's newest, or the files
   // would disagree with the vault from the start.
-  const files = last !== undefined && last.version < 999_999 ? last.version : 0;
+  // A file planted near the last number would leave no room for the next apply: then the
+  // files are drift, and the number comes from the sealed record alone.
+  const files = last !== undefined && last.version < 900_000 ? last.version : 0;
   return {
     policy: undefined,
     sha256: null,
@@ -296,7 +298,7 @@ export function previewApply(
 
 /** The sha256 of the policy in force (the vault's copy), or null before the first apply. */
 export function inForceSha(home: string, v: Vault): string | null {
-  return inForce(home, v).sha256;
+  return readApplied(v)?.sha256 ?? inForce(home, v).sha256;
 }
 
 /**

@@ -1,0 +1,127 @@
+/**
+ * What a valid policy holds that does not do what it reads as (docs/POLICY.md, "Refused at
+ * apply"), and keys a map repeats: found in the parsed document, with a line and a column.
+ */
+import type { Document, LineCounter as LineCounterT } from 'yaml';
+import { printable, UNSHOWN_IN_TEXT, UNSHOWN_IN_VALUE } from '../lib/text.js';
+import type { Policy, PolicyProblem } from './schema.js';
+import { pathText, positionOf, yaml } from './yaml-doc.js';
+
+/** Every string in a parsed policy (keys too), with its path. */
+function* stringsOf(v: unknown, path: PropertyKey[] = []): Generator<[PropertyKey[], string]> {
+  if (typeof v === 'string') yield [path, v];
+  else if (Array.isArray(v)) for (const [i, x] of v.entries()) yield* stringsOf(x, [...path, i]);
+  else if (v !== null && typeof v === 'object')
+    for (const [k, x] of Object.entries(v)) {
+      yield [[...path, k], k];
+      yield* stringsOf(x, [...path, k]);
+    }
+}
+
+/** A `**` that is not a whole part of a glob (deploy**, **x): picomatch reads it as `*`. */
+const PARTIAL_GLOBSTAR = /[^/]\*\*|\*\*[^/]/;
+
+export function lintPolicy(
+  text: string,
+  doc: Document,
+  lc: LineCounterT,
+  policy: Policy,
+): PolicyProblem[] {
+  const out: PolicyProblem[] = [];
+  // UNSHOWN_IN_TEXT (lib/text.ts): what lets a person read otherwise than is enforced (a rule
+  // erased from the screen).
+  for (const m of text.matchAll(UNSHOWN_IN_TEXT)) {
+    if (m.index === 0 && m[0] === '\ufeff') continue;
+    const p = lc.linePos(m.index);
+    const cp = (m[0].codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0');
+    out.push({
+      line: p.line,
+      column: p.col,
+      path: '',
+      message: `a control or formatting character (U+${cp}): a terminal acts on it instead of showing it, so what a person reads is not what is enforced`,
+    });
+    if (out.length >= 5) break;
+  }
+  const d = doc.directives;
+  if (d?.yaml.explicit || Object.keys(d?.tags ?? {}).some((t) => t !== '!!'))
+    out.push({
+      line: 1,
+      column: 1,
+      path: '',
+      message:
+        'a %YAML or %TAG directive: it changes how the rest is read (YAML 1.1 merge keys and yes/no booleans); policies are YAML 1.2 without directives',
+    });
+  const at = (path: PropertyKey[], message: string) =>
+    out.push({ ...positionOf(doc, lc, path), path: printable(pathText(path)), message });
+  if (out.length === 0)
+    for (const [path, str] of stringsOf(policy)) {
+      // However it was written (a double-quoted "\\e[2K" is plain ASCII in the file).
+      const m = UNSHOWN_IN_VALUE.exec(str);
+      if (!m) continue;
+      const cp = (m[0].codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0');
+      at(
+        path,
+        `a control or formatting character (U+${cp}) in a value (an escape in quotes makes one): what a person reads of it is not what it is`,
+      );
+      if (out.length >= 5) break;
+    }
+  policy.rules.forEach((r, i) => {
+    r.targets.forEach((t, j) => {
+      const path = ['rules', i, 'targets', j];
+      // ssh-add:COMMENT targets take any printable ASCII; names are narrower still.
+      if (/[^\x20-\x7e]/u.test(t))
+        at(path, 'a target outside printable ASCII matches nothing: names are ASCII');
+      else if (PARTIAL_GLOBSTAR.test(t))
+        at(
+          path,
+          '** crosses / only as a whole part (a/**, a/**/b, **/b); here it matches as * does, within one part',
+        );
+      else if (!t.startsWith('ssh-add:') && /^\/|\/$|\/\/|\s/.test(t))
+        at(
+          path,
+          'a target with a space, a leading or trailing / or an empty part matches nothing: names have none',
+        );
+    });
+    for (const k of ['exe', 'ancestor'] as const) {
+      const g = r.callers[k];
+      if (g !== undefined && PARTIAL_GLOBSTAR.test(g))
+        at(
+          ['rules', i, 'callers', k],
+          '** crosses / only as a whole part (**/claude, /opt/**); here it matches as * does, within one part',
+        );
+    }
+  });
+  return out;
+}
+
+/**
+ * Where the first key that repeats one before it in the same map begins. Keys are compared as the
+ * object they become (`1` and `"1"` are one key there), so none silently replaces another.
+ */
+export function firstDuplicateKey(doc: Document): number | undefined {
+  const { isAlias, isMap, isScalar, visit } = yaml();
+  let found: number | undefined;
+  visit(doc, {
+    Map(_, map) {
+      if (!isMap(map)) return undefined;
+      const seen = new Set<string>();
+      for (const pair of map.items) {
+        const k = pair.key as { range?: [number, number, number] } | null;
+        // An alias stands for its anchor's key; a null key (~) becomes "" as toJS makes it.
+        const key = isAlias(k) ? k.resolve(doc) : k;
+        const name = isScalar(key)
+          ? key.value === null
+            ? ''
+            : String(key.value)
+          : JSON.stringify((key as { toJSON?: () => unknown } | null)?.toJSON?.() ?? key);
+        if (seen.has(name)) {
+          found = k?.range?.[0] ?? map.range?.[0] ?? 0;
+          return yaml().visit.BREAK;
+        }
+        seen.add(name);
+      }
+      return undefined;
+    },
+  });
+  return found;
+}
