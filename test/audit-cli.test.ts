@@ -10,7 +10,7 @@ import path from 'node:path';
 import { createRequire } from 'node:module';
 import { describe, test } from 'node:test';
 import { agentHome, auditEntries, startAgent, stopAgent, withoutAgent } from './agent-helpers.js';
-import { FAST_KDF, initHome, kw, rootTests, type Home, type Run } from './helpers.js';
+import { eventually, FAST_KDF, initHome, kw, rootTests, type Home, type Run } from './helpers.js';
 import { parseLine } from '../src/audit/entry.js';
 import { AuditLog } from '../src/audit/log.js';
 
@@ -418,6 +418,12 @@ describe("the box key in the audit state is the vault's", () => {
     const h = await allowingAgent();
     try {
       assert.equal(kw(['read', 'api/token'], { env: h.env }).code, 0);
+      // The first read's last record (its copy dropped) is written after the reader has the
+      // value: the swap comes after it, so the next request is the one that finds it.
+      await eventually(
+        () => fs.readFileSync(segment(h), 'utf8').includes('"type":"credential.drop"'),
+        "the first read's credential.drop",
+      );
       swapBoxKey(h);
       const r = kw(['read', 'api/token'], { env: h.env });
       assert.notEqual(r.code, 0, 'nothing is released once the log was tampered with');
