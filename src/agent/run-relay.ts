@@ -12,7 +12,7 @@ import { setWindowSize } from '../lib/process.js';
 import { secureFree, zero, type SecureBuffer } from '../lib/secure.js';
 import { Masker } from '../run/index.js';
 import type { ProcessIdentity } from './identity.js';
-import { RUN_SIGNALS, str, STREAM, writeFrame, type Frame } from './protocol.js';
+import { frameHead, RUN_SIGNALS, str, STREAM, writeFrame, type Frame } from './protocol.js';
 import type { RunRequestSpec, Wanted } from './run-request.js';
 import type { RunConn } from './run-service.js';
 
@@ -245,5 +245,20 @@ export function relay(
     paused.clear();
     if (exited) end(...exited);
     else child.once('exit', (code, signal) => end(code, signal));
+  });
+}
+
+/** `keyward run` of a command not found: said as a shell says it, with its status (127). */
+export function commandNotFound(conn: RunConn, name: string): void {
+  conn.reader.many = true;
+  conn.stream = (fr: Frame) => secureFree(fr.raw);
+  setImmediate(() => {
+    const s = conn.socket;
+    if (s.destroyed) return;
+    const msg = Buffer.from(`keyward run: ${JSON.stringify(name)}: command not found\n`);
+    s.write(frameHead(STREAM.stderr, {}, msg.length));
+    s.write(msg);
+    s.write(frameHead(STREAM.exit, { code: 127, signal: null }, 0));
+    s.end();
   });
 }

@@ -6,7 +6,8 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { UsageError } from '../errors.js';
+import { KeywardError, UsageError } from '../errors.js';
+import { quote } from '../lib/text.js';
 import { secretKeyedDigest, secureRandom, type SecureBuffer } from '../lib/secure.js';
 import { assertVarName, MAX_CHILD_FD, type EnvPiece } from '../run/index.js';
 import { assertValidName } from '../vault/index.js';
@@ -253,4 +254,13 @@ let digestKey: SecureBuffer | undefined;
 export function envDigest(environ: Uint8Array): string {
   digestKey ??= secureRandom(32);
   return secretKeyedDigest(environ, digestKey).toString('hex');
+}
+
+/** The program changed after it was hashed for the approval. */
+export function programChanged(program: string): KeywardError {
+  return new KeywardError(
+    'POLICY_DENIED',
+    `${quote(program)} changed after it was hashed for the approval: not run`,
+    { hint: 'run it again: the new program is hashed and asked for anew' },
+  );
 }

@@ -11,13 +11,15 @@ import { KeywardError, UsageError } from '../errors.js';
 import { closeFd } from '../lib/libc.js';
 import { openPty } from '../lib/process.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
-import { quote, quoteAll } from '../lib/text.js';
+import { quote } from '../lib/text.js';
 import type { Policy } from '../policy/index.js';
 import { startTime, treeOf, type Pinned } from '../proxy/index.js';
 import { maskingForms, startChild } from '../run/index.js';
 import type { Vault } from '../vault/index.js';
-import { LOADER_VARIABLES, type ProcessIdentity } from './identity.js';
+import type { ProcessIdentity } from './identity.js';
 import { McpRuns } from './mcp-runs.js';
+import { runPrompt } from './run-prompt.js';
+import { commandNotFound } from './run-relay.js';
 import type { Peer } from './peer.js';
 import {
   argvHash,
@@ -26,6 +28,7 @@ import {
   parseRaw,
   resolveProgram,
   hashedProgram,
+  programChanged,
   statStamp,
   stillTheProgram,
   type Wanted,
@@ -39,7 +42,7 @@ import {
   type RunProxy,
 } from './run-proxy.js';
 import { relay } from './run-relay.js';
-import { frameHead, STREAM, type Frame, type FrameReader } from './protocol.js';
+import type { Frame, FrameReader } from './protocol.js';
 
 const DEFAULT_PATH = '/usr/local/bin:/usr/bin:/bin';
 /** After SIGTERM at agent stop, how long a child gets before SIGKILL. */
@@ -132,19 +135,7 @@ export class RunService {
       if (program === undefined) {
         // As a shell says it, with its status (127); no secret was asked for.
         secureFree(f.raw);
-        conn.reader.many = true;
-        conn.stream = (fr: Frame) => secureFree(fr.raw);
-        setImmediate(() => {
-          const s = conn.socket;
-          if (s.destroyed) return;
-          const msg = Buffer.from(
-            `keyward run: ${JSON.stringify(argv[0] ?? '')}: command not found\n`,
-          );
-          s.write(frameHead(STREAM.stderr, {}, msg.length));
-          s.write(msg);
-          s.write(frameHead(STREAM.exit, { code: 127, signal: null }, 0));
-          s.end();
-        });
+        commandNotFound(conn, argv[0] ?? '');
         return { pid: null, masking: req.masking, pty: false };
       }
       const hashed = hashedProgram(program);
@@ -176,20 +167,6 @@ export class RunService {
           boundTo.set(w.name, hosts);
         }
       }
-      const notable = [...new Set(env.map((e) => e.name).filter((n) => LOADER_VARIABLES.test(n)))];
-      // Every prompt of the run says every variable and descriptor it sets, and from which secret,
-      // whatever rule each secret falls under (one allowed outright is still in the run).
-      const places = req.wanted.flatMap((w) =>
-        w.as.map((a) => `${'var' in a ? `$${a.var}` : `descriptor ${a.fd}`} from ${quote(w.name)}`),
-      );
-      const sets =
-        places.length > 1
-          ? `; in all the run sets ${places.slice(0, 30).join(', ')}${places.length > 30 ? ` and ${places.length - 30} more` : ''}`
-          : '';
-      // Every prompt of the run says what the sealed file sets, whichever secret it asks for.
-      const fromFile = project
-        ? `; the sealed project file of ${quote(project.project)} sets ${project.names.length > 20 ? `${project.names.length} variables, among them ` : ''}${project.names.slice(0, 20).join(', ')}`
-        : '';
       const rules = new Map<string, string | null>();
       // One approval per rule for the whole run, naming every secret that rule gives it.
       const together = {
@@ -211,31 +188,22 @@ export class RunService {
         req.mcp ?? null,
         project?.fileId ?? null,
       ]);
-      // A command line too long for a prompt is cut there, and says where it is whole: the
-      // pending request keeps it (keyward approvals --json, the console).
-      const argvShown = quoteAll(req.argv);
-      const cut =
-        argvShown !== quoteAll(req.argv, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
-      const shownArgv = cut
-        ? `${argvShown} (cut here; the whole command: keyward approvals --json)`
-        : argvShown;
+      // What every prompt of the run says of it (run-prompt.ts).
+      const prompt = runPrompt({
+        program,
+        programSha,
+        argv: req.argv,
+        cwd: req.cwd,
+        wanted: req.wanted,
+        environ: env.map((e) => e.name),
+        mcp: req.mcp,
+        project,
+      });
       for (const w of req.wanted) {
-        const where = w.as.map((a) => ('var' in a ? `$${a.var}` : `descriptor ${a.fd}`)).join(', ');
-        // Program, arguments, directory and MCP client come from the caller: quoted, each
-        // argument on its own, so argument boundaries and the sentence can't be forged.
         const { rule } = await this.host.authorize(conn, {
           target: w.name,
-          what:
-            `run ${quote(program)}${programSha ? ` (sha256 ${programSha.slice(0, 16)})` : ' (not hashed: unreadable, or larger than 256 MiB)'} as: ${shownArgv}, ` +
-            `in ${quote(req.cwd)}, with the secret ${quote(w.name)} ` +
-            (policy
-              ? `held by keyward's proxy and put only into its requests to ${(boundTo.get(w.name) ?? []).map((h) => quote(h)).join(', ')} (the command gets a placeholder as ${where})`
-              : `as ${where}`) +
-            sets +
-            (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : '') +
-            (req.mcp ? `; asked by an MCP client that calls itself ${quote(req.mcp)}` : '') +
-            fromFile,
-          ...(cut ? { command: req.argv } : {}),
+          what: prompt.what(w, policy ? (boundTo.get(w.name) ?? []) : undefined),
+          ...(prompt.cut ? { command: req.argv } : {}),
           together,
           grantScope,
           ...(project?.has(w.name) ? { exists: true } : {}),
@@ -274,7 +242,7 @@ export class RunService {
         programSha256: programSha ?? null,
         argvSha256: argvHash(req.argv),
         cwd: req.cwd,
-        notableEnv: notable.join(',') || null,
+        notableEnv: prompt.notable.join(',') || null,
         bytes: sizes.get(w.name) ?? 0,
         cached: cached.has(w.name),
         masking: req.masking,
@@ -533,12 +501,4 @@ export class RunService {
       setTimeout(() => kill('SIGKILL'), STOP_GRACE_MS).unref();
     }
   }
-}
-
-function programChanged(program: string): KeywardError {
-  return new KeywardError(
-    'POLICY_DENIED',
-    `${quote(program)} changed after it was hashed for the approval: not run`,
-    { hint: 'run it again: the new program is hashed and asked for anew' },
-  );
 }

@@ -31,11 +31,14 @@ export { TokenBucket, UseCounter } from './limits.js';
 export { diffPolicies, type PolicyDiff } from './diff.js';
 export {
   applyPolicy,
-  checkPolicyText,
   inForceSha,
-  previewApply,
-  DEFAULT_POLICY,
   installDefaultPolicy,
+  previewApply,
+  type Applied,
+} from './apply.js';
+export {
+  checkPolicyText,
+  DEFAULT_POLICY,
   loadPolicy,
   PolicyInvalidError,
   policyPaths,
@@ -43,7 +46,6 @@ export {
   readApplied,
   readHistory,
   sha256Hex,
-  type Applied,
   type HistoryEntry,
   type Loaded,
   type SealedPolicy,

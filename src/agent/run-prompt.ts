@@ -1,0 +1,72 @@
+/**
+ * What the approval prompt of a run says (docs/RUN.md): the program the agent will run and its
+ * hash, the command line (cut when too long, and saying where it is whole), the directory, where
+ * this secret goes, every variable the run sets, loader variables in the caller's environment,
+ * the MCP client and the sealed file. Everything the caller controls is quoted, each argument on
+ * its own, so argument boundaries and the sentence can't be forged.
+ */
+import { quote, quoteAll } from '../lib/text.js';
+import { LOADER_VARIABLES } from './identity.js';
+import type { Wanted } from './run-request.js';
+
+export interface RunPromptFacts {
+  program: string;
+  programSha: string | undefined;
+  argv: readonly string[];
+  cwd: string;
+  wanted: readonly Wanted[];
+  /** The names of the variables in the caller's environment (the child's). */
+  environ: readonly string[];
+  mcp: string | undefined;
+  project: { project: string; names: readonly string[] } | undefined;
+}
+
+const placeOf = (a: { var: string } | { fd: number }) =>
+  'var' in a ? `$${a.var}` : `descriptor ${a.fd}`;
+
+export function runPrompt(f: RunPromptFacts): {
+  /** The sentence for one secret; `proxiedTo`: the hosts its proxy puts it into (--proxy). */
+  what: (w: Wanted, proxiedTo: readonly string[] | undefined) => string;
+  /** Whether the command line was cut (the pending request then carries it whole). */
+  cut: boolean;
+  /** Loader variables in the caller's environment (said in every prompt, and recorded). */
+  notable: string[];
+} {
+  const notable = [...new Set(f.environ.filter((n) => LOADER_VARIABLES.test(n)))];
+  // Every variable and descriptor the run sets, and from which secret, whatever rule each
+  // secret falls under (one allowed outright is still in the run).
+  const places = f.wanted.flatMap((w) => w.as.map((a) => `${placeOf(a)} from ${quote(w.name)}`));
+  const sets =
+    places.length > 1
+      ? `; in all the run sets ${places.slice(0, 30).join(', ')}${places.length > 30 ? ` and ${places.length - 30} more` : ''}`
+      : '';
+  // What the sealed file sets, whichever secret the prompt asks for.
+  const p = f.project;
+  const fromFile = p
+    ? `; the sealed project file of ${quote(p.project)} sets ${p.names.length > 20 ? `${p.names.length} variables, among them ` : ''}${p.names.slice(0, 20).join(', ')}`
+    : '';
+  // A command line too long for a prompt is cut there, and says where it is whole.
+  const shown = quoteAll(f.argv);
+  const cut = shown !== quoteAll(f.argv, Number.MAX_SAFE_INTEGER, Number.MAX_SAFE_INTEGER);
+  const argv = cut ? `${shown} (cut here; the whole command: keyward approvals --json)` : shown;
+  const hash = f.programSha
+    ? ` (sha256 ${f.programSha.slice(0, 16)})`
+    : ' (not hashed: unreadable, or larger than 256 MiB)';
+  return {
+    cut,
+    notable,
+    what: (w, proxiedTo) => {
+      const where = w.as.map(placeOf).join(', ');
+      return (
+        `run ${quote(f.program)}${hash} as: ${argv}, in ${quote(f.cwd)}, with the secret ${quote(w.name)} ` +
+        (proxiedTo
+          ? `held by keyward's proxy and put only into its requests to ${proxiedTo.map((h) => quote(h)).join(', ')} (the command gets a placeholder as ${where})`
+          : `as ${where}`) +
+        sets +
+        (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : '') +
+        (f.mcp ? `; asked by an MCP client that calls itself ${quote(f.mcp)}` : '') +
+        fromFile
+      );
+    },
+  };
+}
