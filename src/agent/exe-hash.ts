@@ -22,6 +22,7 @@ import type * as Crypto from 'node:crypto';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import { KeywardError } from '../errors.js';
+import { fileKey } from '../lib/files.js';
 import { closeFd } from '../lib/libc.js';
 
 const hashCache = new Map<string, string>();
@@ -43,10 +44,6 @@ const HASH_CACHE_MAX = 512;
 let chunk: Buffer | undefined;
 let sha256: typeof Crypto.createHash | undefined;
 const require = createRequire(import.meta.url);
-
-function keyOf(st: fs.BigIntStats): string {
-  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-}
 
 /** The same, each chunk read on libuv's thread pool (a buffer of its own: several may run). */
 async function hashFdAsync(fd: number): Promise<string> {
@@ -202,12 +199,12 @@ export class ExeHash {
     const st = fs.fstatSync(fd, { bigint: true });
     if (st.size > BigInt(EXE_HASH_MAX_BYTES))
       return `is larger than ${EXE_HASH_MAX_BYTES / 1024 / 1024} MiB, too large to hash`;
-    return keyOf(st) === this.key ? undefined : CHANGED;
+    return fileKey(st) === this.key ? undefined : CHANGED;
   }
 
   /** The file did not change while it was read (its stat is still identification's). */
   private unchanged(fd: number): boolean {
-    return keyOf(fs.fstatSync(fd, { bigint: true })) === this.key;
+    return fileKey(fs.fstatSync(fd, { bigint: true })) === this.key;
   }
 
   /** Gives the descriptor back; a hash not taken by now is refused from here on. */
@@ -232,7 +229,7 @@ export function executable(pid: number): { file: string; hash: ExeHash } | undef
   try {
     const st = fs.statSync(path, { bigint: true });
     const file = `${st.dev}:${st.ino}`;
-    const key = keyOf(st);
+    const key = fileKey(st);
     const cached = hashCache.get(key);
     if (cached !== undefined) return { file, hash: new ExeHash(key, cached, undefined) };
     try {
@@ -242,7 +239,7 @@ export function executable(pid: number): { file: string; hash: ExeHash } | undef
       return { file, hash: ExeHash.unreadable('can not be read (execute-only, or no descriptor)') };
     }
     // The descriptor is of the file stat saw (the process did not exec in between).
-    if (keyOf(fs.fstatSync(fd, { bigint: true })) !== key) {
+    if (fileKey(fs.fstatSync(fd, { bigint: true })) !== key) {
       closeFd(fd);
       return { file, hash: ExeHash.unreadable('changed while it was identified') };
     }
@@ -250,5 +247,47 @@ export function executable(pid: number): { file: string; hash: ExeHash } | undef
   } catch {
     if (fd !== undefined) closeFd(fd);
     return undefined;
+  }
+}
+
+/**
+ * A program a run will exec (docs/RUN.md): the key of the file at path (following links, as exec
+ * does) and, when it can be read and is at most maxBytes, its hash, read on libuv's thread pool
+ * and remembered by key like an executable's. Undefined when path names no regular file.
+ */
+export async function programHash(
+  path: string,
+  maxBytes: number,
+): Promise<{ sha256: string | undefined; stamp: string } | undefined> {
+  let fd: number;
+  try {
+    fd = fs.openSync(path, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
+  } catch {
+    // Execute-only: no hash, but its stat still binds the run to the file as it was.
+    try {
+      const st = fs.statSync(path, { bigint: true });
+      return st.isFile() ? { sha256: undefined, stamp: fileKey(st) } : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  try {
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (!st.isFile()) return undefined;
+    const key = fileKey(st);
+    const cached = hashCache.get(key);
+    if (cached !== undefined) return { sha256: cached, stamp: key };
+    if (st.size > BigInt(maxBytes)) return { sha256: undefined, stamp: key };
+    const h = await hashFdAsync(fd);
+    // Changed while it was read: not this file's hash (and the stamp no longer holds).
+    if (fileKey(fs.fstatSync(fd, { bigint: true })) !== key)
+      return { sha256: undefined, stamp: key };
+    if (hashCache.size >= HASH_CACHE_MAX) hashCache.clear();
+    hashCache.set(key, h);
+    return { sha256: h, stamp: key };
+  } catch {
+    return undefined;
+  } finally {
+    closeFd(fd);
   }
 }

@@ -7,6 +7,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { KeywardError, UsageError } from '../errors.js';
+import { fileKey } from '../lib/files.js';
 import { quote } from '../lib/text.js';
 import { secretKeyedDigest, secureRandom, type SecureBuffer } from '../lib/secure.js';
 import { assertVarName, MAX_CHILD_FD, type EnvPiece } from '../run/index.js';
@@ -182,59 +183,12 @@ export function resolveProgram(file: string, cwd: string, pathVar: string): stri
 /** The largest program hashed for a run's prompt (node is ~100 MiB). */
 export const MAX_HASHED_PROGRAM = 256 * 1024 * 1024;
 
-/** A file as it was when hashed: it must still be this one when it is run. */
-export const fileStamp = (st: fs.BigIntStats): string =>
-  `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
-
-/**
- * The program's hash and the stamp of the file the hash was read from (one descriptor): what a
- * person approved. Undefined when it can't be read.
- */
-export function hashedProgram(
-  p: string,
-): { sha256: string | undefined; stamp: string } | undefined {
-  let fd: number;
-  try {
-    fd = fs.openSync(p, fs.constants.O_RDONLY | fs.constants.O_NONBLOCK);
-  } catch {
-    return undefined;
-  }
-  try {
-    const st = fs.fstatSync(fd, { bigint: true });
-    if (!st.isFile()) return undefined;
-    // Hashed on the agent's thread: a larger one (a sparse terabyte) would hold every other
-    // client for minutes. Bound to its stamp only, and the prompt says it was not hashed.
-    if (st.size > BigInt(MAX_HASHED_PROGRAM)) return { sha256: undefined, stamp: fileStamp(st) };
-    const h = createHash('sha256');
-    const buf = Buffer.alloc(1 << 20);
-    for (;;) {
-      const n = fs.readSync(fd, buf, 0, buf.length, null);
-      if (n === 0) break;
-      h.update(buf.subarray(0, n));
-    }
-    return { sha256: h.digest('hex'), stamp: fileStamp(st) };
-  } catch {
-    return undefined;
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
-/** The stamp of the file path names (following links, as exec does), or undefined. */
-export function statStamp(p: string): string | undefined {
-  try {
-    return fileStamp(fs.statSync(p, { bigint: true }));
-  } catch {
-    return undefined;
-  }
-}
-
 /** Whether path still names the file stamped (exec follows links, as stat does). */
 export function stillTheProgram(p: string, stamp: string | undefined): boolean {
   // No stamp: the file could not be looked at when it was asked about; never run unseen.
   if (stamp === undefined) return false;
   try {
-    return fileStamp(fs.statSync(p, { bigint: true })) === stamp;
+    return fileKey(fs.statSync(p, { bigint: true })) === stamp;
   } catch {
     return false;
   }

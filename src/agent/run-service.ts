@@ -18,18 +18,18 @@ import { maskingForms, startChild } from '../run/index.js';
 import type { Vault } from '../vault/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { McpRuns } from './mcp-runs.js';
+import { programHash } from './exe-hash.js';
 import { runPrompt } from './run-prompt.js';
 import { commandNotFound } from './run-relay.js';
 import type { Peer } from './peer.js';
 import {
   argvHash,
+  MAX_HASHED_PROGRAM,
   parseMeta,
   envDigest,
   parseRaw,
   resolveProgram,
-  hashedProgram,
   programChanged,
-  statStamp,
   stillTheProgram,
   type Wanted,
 } from './run-request.js';
@@ -138,11 +138,12 @@ export class RunService {
         commandNotFound(conn, argv[0] ?? '');
         return { pid: null, masking: req.masking, pty: false };
       }
-      const hashed = hashedProgram(program);
-      const programSha = hashed?.sha256;
-      // One that can't be read (execute-only) has no hash: its stamp still binds the run, and a
+      // Off the agent's thread, and once per file (exe-hash.ts). One that can't be read
+      // (execute-only) or is too large has no hash: its stamp still binds the run, and a
       // remembered approval of it, to the file as it was when asked about.
-      const programStamp = hashed?.stamp ?? statStamp(program);
+      const hashed = await programHash(program, MAX_HASHED_PROGRAM);
+      const programSha = hashed?.sha256;
+      const programStamp = hashed?.stamp;
       const v = this.host.vault();
       project?.addTo(v, req.wanted);
       const policy = req.proxy ? this.host.policy(v) : undefined;

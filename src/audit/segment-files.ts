@@ -7,9 +7,7 @@ import { unwritable } from './state.js';
 import { openOwnFile } from '../lib/files.js';
 
 /** Device, inode, size, and modification and change times (ns): what any write changes. */
-export function stampFrom(s: fs.BigIntStats): string {
-  return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
-}
+export { fileKey as stampFrom } from '../lib/files.js';
 
 export class SegmentFiles {
   private segment: { n: number; fd: number; dev: bigint; ino: bigint } | undefined;

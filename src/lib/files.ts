@@ -17,6 +17,15 @@ function tempName(target: string): string {
 }
 
 /**
+ * A file as stat saw it: device, inode, size, modification and change times (touch can set
+ * mtime, not ctime). Two equal keys are the same file with the same contents, short of a write
+ * through a shared mapping (THREAT-MODEL.md).
+ */
+export function fileKey(st: fs.BigIntStats): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}`;
+}
+
+/**
  * Opens one of keyward's own files: never through a symbolic link (O_NOFOLLOW), and never
  * waiting (O_NONBLOCK): a FIFO put where the file belongs would have the open wait for a writer,
  * holding the thread (the agent's: every request, the lock, the unlock window's end) for as

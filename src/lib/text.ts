@@ -105,8 +105,9 @@ export function jsonText(value: unknown, indent?: number): string {
     JSON_UNSHOWN,
     // Per UTF-16 unit: a tag character (past U+FFFF) is its two surrogates' escapes in JSON.
     (c) =>
-      [...Array(c.length).keys()]
-        .map((i) => `\\u${c.charCodeAt(i).toString(16).padStart(4, '0')}`)
+      c
+        .split('')
+        .map((u) => `\\u${u.charCodeAt(0).toString(16).padStart(4, '0')}`)
         .join(''),
   );
 }
