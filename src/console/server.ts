@@ -93,6 +93,7 @@ const STATIC: Record<string, { file: string; type: string }> = {
   '/app.js': { file: path.join(WEB, 'app.js'), type: 'text/javascript; charset=utf-8' },
   '/app.css': { file: path.join(WEB, 'app.css'), type: 'text/css; charset=utf-8' },
   '/dom.js': { file: path.join(WEB, 'dom.js'), type: 'text/javascript; charset=utf-8' },
+  '/draw.js': { file: path.join(WEB, 'draw.js'), type: 'text/javascript; charset=utf-8' },
   '/operator': { file: path.join(WEB, 'operator.html'), type: 'text/html; charset=utf-8' },
   '/operator.js': { file: path.join(WEB, 'operator.js'), type: 'text/javascript; charset=utf-8' },
   '/vendor/webauthn.js': {
