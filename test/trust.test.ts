@@ -718,6 +718,126 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
   );
 
   test(
+    'an executable of the user rewritten through a shared mapping, its stat unchanged, is hashed again: never known by the hash of the bytes it had',
+    { skip: !rootTests && 'needs root for setpriv' },
+    async () => {
+      // The attacker's copy of python3 on tmpfs, where a write through a shared mapping to a
+      // page read first changes no time, size or inode. Allowed by its hash once; rewritten
+      // (its last byte, in the section headers no loader reads: it still runs); run again.
+      const shm = fs.mkdtempSync('/dev/shm/kw-exe-');
+      after(() => fs.rmSync(shm, { recursive: true, force: true }));
+      fs.chmodSync(shm, 0o755);
+      const copy = path.join(shm, 'python3');
+      fs.copyFileSync(fs.realpathSync(PYTHON), copy);
+      fs.chownSync(copy, OTHER_UID, OTHER_UID);
+      const digest = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
+      const h = await agentOf(
+        'version: 1\nrules:\n' +
+          `  - { name: this-build, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: allow }\n`,
+        { user: true },
+      );
+      setSecret(h, 'app/token', 'mapped-exe-value', true);
+      const ask = () =>
+        runLines([copy, RAW_CLIENT, h.sock, 'app/token'], { env: { ...h.env }, user: true })[0];
+      assert.equal(ask(), 'value:mapped-exe-value', 'the copy as it was is allowed by its hash');
+      const stamp = () => {
+        const s = fs.statSync(copy, { bigint: true });
+        return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
+      };
+      const before = stamp();
+      runLines(
+        [
+          PYTHON,
+          '-c',
+          [
+            'import mmap, os, sys',
+            'fd = os.open(sys.argv[1], os.O_RDWR)',
+            'm = mmap.mmap(fd, 0, mmap.MAP_SHARED)',
+            'os.close(fd)',
+            'for i in range(0, len(m), 4096): m[i]',
+            'm[len(m) - 1] ^= 0xff',
+            'm.close()',
+          ].join('\n'),
+          copy,
+        ],
+        { env: {}, user: true },
+      );
+      assert.equal(stamp(), before, 'the rewrite left the stat as it was');
+      assert.notEqual(createHash('sha256').update(fs.readFileSync(copy)).digest('hex'), digest);
+      assert.match(ask() ?? '', /^error:POLICY_DENIED:/, 'the rewritten copy is not this build');
+    },
+  );
+
+  test(
+    "a run's program, hashed for a request the policy refuses, lends that hash to no caller once rewritten through pages mapped before",
+    { skip: !rootTests && 'needs root for setpriv' },
+    async () => {
+      // On ext4 a write fault updates the times once; pages dirtied through a mapping made
+      // before the agent's stat stay writable, and later writes through them update nothing.
+      // The attacker has the agent hash its copy for a run (refused: the CLI is no caller the
+      // rule allows), then rewrites it and runs it as a caller: never the hash of before.
+      const { copy, digest } = attackerPython();
+      const h = await agentOf(
+        'version: 1\nrules:\n' +
+          `  - { name: this-build, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: allow }\n`,
+        { user: true },
+      );
+      setSecret(h, 'app/token', 'mapped-run-value', true);
+      const [cmd, ...pre] = asUser as [string, ...string[]];
+      const mapper = spawn(
+        cmd,
+        [
+          ...pre,
+          PYTHON,
+          '-c',
+          [
+            'import mmap, os, sys',
+            'fd = os.open(sys.argv[1], os.O_RDWR)',
+            'm = mmap.mmap(fd, 0, mmap.MAP_SHARED)',
+            'os.close(fd)',
+            'for i in range(0, len(m), 4096): m[i] = m[i]',
+            "print('mapped', flush=True)",
+            'sys.stdin.readline()',
+            'm[len(m) - 1] ^= 0xff',
+            'm.close()',
+            "print('rewritten', flush=True)",
+          ].join('\n'),
+          copy,
+        ],
+        { stdio: ['pipe', 'pipe', 'inherit'] },
+      );
+      let out = '';
+      const said = (word: string) =>
+        new Promise<void>((resolve, reject) => {
+          const look = () => (out.includes(word) ? resolve() : undefined);
+          mapper.stdout.on('data', (d: Buffer) => {
+            out += d.toString();
+            look();
+          });
+          mapper.once('exit', () => (out.includes(word) ? resolve() : reject(new Error(out))));
+          look();
+        });
+      await said('mapped');
+      const stamp = () => {
+        const s = fs.statSync(copy, { bigint: true });
+        return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
+      };
+      const before = stamp();
+      const run = kwAs(['run', '--env', 'T=app/token', '--', copy, '-c', 'pass'], { ...h.env });
+      assert.match(run.stderr, /POLICY_DENIED|no rule/i, run.stderr);
+      mapper.stdin.write('go\n');
+      await said('rewritten');
+      assert.equal(stamp(), before, 'the rewrite left the stat as it was');
+      assert.notEqual(createHash('sha256').update(fs.readFileSync(copy)).digest('hex'), digest);
+      const lines = runLines([copy, RAW_CLIENT, h.sock, 'app/token'], {
+        env: { ...h.env },
+        user: true,
+      });
+      assert.match(lines[0] ?? '', /^error:POLICY_DENIED:/, 'the rewritten copy is not this build');
+    },
+  );
+
+  test(
     'an execute-only executable, seen but unreadable, is refused where its hash is needed, never let past a deny rule on it',
     { skip: !rootTests && 'needs root for setpriv' },
     async () => {

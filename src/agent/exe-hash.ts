@@ -22,10 +22,59 @@ import type * as Crypto from 'node:crypto';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import { KeywardError } from '../errors.js';
+import { LOCAL_FILE_SYSTEMS, OVERLAYFS } from '../lib/file-systems.js';
 import { fileKey } from '../lib/files.js';
 import { closeFd } from '../lib/libc.js';
 
+/**
+ * Hashes by file key (device, inode, size, mtime, ctime), for files no process of this user can
+ * change (sealedFromUser): for any other, a key is not its bytes. A write through a shared
+ * mapping changes none of the key's fields on tmpfs (a page read first is mapped writable, and
+ * no fault updates a time), nor on ext4 through pages made writable before the key was taken;
+ * such a file is hashed again wherever its hash is needed.
+ */
 const hashCache = new Map<string, string>();
+
+/**
+ * File systems whose files change only through this kernel's own writes to them: a file of
+ * another user there is as fixed for this one as its permissions say. Not FUSE (its server, which
+ * may be this user's, answers each read as it likes) nor network file systems (another machine
+ * writes).
+ */
+const FIXED_FILE_SYSTEMS: ReadonlySet<number> = new Set([
+  ...LOCAL_FILE_SYSTEMS,
+  OVERLAYFS,
+  0x73717368, // squashfs
+  0xe0f5e1e2, // EROFS
+]);
+
+/**
+ * Whether no process of this user can change the bytes of the file open at fd (stat: its
+ * fstat): owned by another user (so its mode can't be changed by this one), not writable by this
+ * one (access(2) as the agent, which is the user: mode, groups and ACLs), on a file system of
+ * FIXED_FILE_SYSTEMS. Only such a file's hash may be known later by its key alone.
+ */
+function sealedFromUser(fd: number, stat: fs.BigIntStats): boolean {
+  if (stat.uid === BigInt(process.getuid?.() ?? -1)) return false;
+  const self = `/proc/self/fd/${fd}`;
+  try {
+    fs.accessSync(self, fs.constants.W_OK);
+    return false;
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM') return false;
+  }
+  try {
+    return FIXED_FILE_SYSTEMS.has(Number(fs.statfsSync(self).type));
+  } catch {
+    return false;
+  }
+}
+
+function remember(key: string, hash: string): void {
+  if (hashCache.size >= HASH_CACHE_MAX) hashCache.clear();
+  hashCache.set(key, hash);
+}
 /**
  * Larger executables are not hashed (a refusal wherever a hash is needed): a sparse file of a
  * terabyte (truncate -s 1T) took the better part of an hour to hash, then on the agent's thread;
@@ -93,11 +142,16 @@ export class ExeHash {
   /** The hash being taken off the thread (prepare()); its end closes the descriptor. */
   private taking: Promise<void> | undefined;
 
+  /**
+   * key: the file's key at identification; sealed: no process of this user can change the
+   * file (sealedFromUser), so its hash may be remembered by key and taken from what was.
+   */
   constructor(
     private readonly key: string,
     known: string | undefined,
     fd: number | undefined,
     failure?: string,
+    private readonly sealed = false,
   ) {
     this.value = known;
     this.fd = known === undefined ? fd : undefined;
@@ -141,8 +195,7 @@ export class ExeHash {
       this.failure = why;
       throw refused(this.failure);
     }
-    if (hashCache.size >= HASH_CACHE_MAX) hashCache.clear();
-    hashCache.set(this.key, h);
+    if (this.sealed) remember(this.key, h);
     this.value = h;
     return h;
   }
@@ -156,7 +209,7 @@ export class ExeHash {
   prepare(): Promise<void> {
     if (this.value !== undefined || this.failure !== undefined || this.fd === undefined)
       return Promise.resolve();
-    const cached = hashCache.get(this.key);
+    const cached = this.sealed ? hashCache.get(this.key) : undefined;
     if (cached !== undefined) {
       this.value = cached;
       this.close();
@@ -183,8 +236,7 @@ export class ExeHash {
     if (this.value === undefined && this.failure === undefined) {
       if (h === undefined) this.failure = why;
       else {
-        if (hashCache.size >= HASH_CACHE_MAX) hashCache.clear();
-        hashCache.set(this.key, h);
+        if (this.sealed) remember(this.key, h);
         this.value = h;
       }
     }
@@ -219,9 +271,10 @@ export class ExeHash {
 }
 
 /**
- * The executable behind /proc/PID/exe: its file (device and inode) and its hash, known at once
- * when this file was hashed before (cached by device, inode, size, mtime and ctime: touch -m can
- * fake mtime, not ctime), else taken on first use from a descriptor opened now.
+ * The executable behind /proc/PID/exe: its file (device and inode) and its hash, taken on first
+ * use from a descriptor opened now; known at once when the file is one no process of this user
+ * can change (sealedFromUser) and was hashed before with the same key (device, inode, size,
+ * mtime, ctime: touch -m can fake mtime, not ctime).
  */
 export function executable(pid: number): { file: string; hash: ExeHash } | undefined {
   const path = `/proc/${pid}/exe`;
@@ -230,8 +283,6 @@ export function executable(pid: number): { file: string; hash: ExeHash } | undef
     const st = fs.statSync(path, { bigint: true });
     const file = `${st.dev}:${st.ino}`;
     const key = fileKey(st);
-    const cached = hashCache.get(key);
-    if (cached !== undefined) return { file, hash: new ExeHash(key, cached, undefined) };
     try {
       fd = fs.openSync(path, fs.constants.O_RDONLY);
     } catch {
@@ -239,11 +290,18 @@ export function executable(pid: number): { file: string; hash: ExeHash } | undef
       return { file, hash: ExeHash.unreadable('can not be read (execute-only, or no descriptor)') };
     }
     // The descriptor is of the file stat saw (the process did not exec in between).
-    if (fileKey(fs.fstatSync(fd, { bigint: true })) !== key) {
+    const opened = fs.fstatSync(fd, { bigint: true });
+    if (fileKey(opened) !== key) {
       closeFd(fd);
       return { file, hash: ExeHash.unreadable('changed while it was identified') };
     }
-    return { file, hash: new ExeHash(key, undefined, fd) };
+    const sealed = sealedFromUser(fd, opened);
+    const cached = sealed ? hashCache.get(key) : undefined;
+    if (cached !== undefined) {
+      closeFd(fd);
+      return { file, hash: new ExeHash(key, cached, undefined) };
+    }
+    return { file, hash: new ExeHash(key, undefined, fd, undefined, sealed) };
   } catch {
     if (fd !== undefined) closeFd(fd);
     return undefined;
@@ -253,7 +311,8 @@ export function executable(pid: number): { file: string; hash: ExeHash } | undef
 /**
  * A program a run will exec (docs/RUN.md): the key of the file at path (following links, as exec
  * does) and, when it can be read and is at most maxBytes, its hash, read on libuv's thread pool
- * and remembered by key like an executable's. Undefined when path names no regular file.
+ * and remembered by key like an executable's (only for a file this user can't change).
+ * Undefined when path names no regular file.
  */
 export async function programHash(
   path: string,
@@ -275,15 +334,16 @@ export async function programHash(
     const st = fs.fstatSync(fd, { bigint: true });
     if (!st.isFile()) return undefined;
     const key = fileKey(st);
-    const cached = hashCache.get(key);
+    // A file this user can change is hashed at every run: its key is not its bytes.
+    const sealed = sealedFromUser(fd, st);
+    const cached = sealed ? hashCache.get(key) : undefined;
     if (cached !== undefined) return { sha256: cached, stamp: key };
     if (st.size > BigInt(maxBytes)) return { sha256: undefined, stamp: key };
     const h = await hashFdAsync(fd);
     // Changed while it was read: not this file's hash (and the stamp no longer holds).
     if (fileKey(fs.fstatSync(fd, { bigint: true })) !== key)
       return { sha256: undefined, stamp: key };
-    if (hashCache.size >= HASH_CACHE_MAX) hashCache.clear();
-    hashCache.set(key, h);
+    if (sealed) remember(key, h);
     return { sha256: h, stamp: key };
   } catch {
     return undefined;
