@@ -891,12 +891,11 @@ describe('hardening found in review', () => {
     // the clipboard, reverse what follows, an 8-bit CSI.
     const name = 'x\x1b[2K\r\x1b[1A\x1b]52;c;ZQ==\x07\u202egpj.exe\u009b31m\u2028';
     const exe = path.join(h.dir, name);
-    try {
-      fs.linkSync(process.execPath, exe);
-    } catch {
-      fs.copyFileSync(process.execPath, exe);
-      fs.chmodSync(exe, 0o755);
-    }
+    // A copy, never a hard link: a link (and its removal at the end) changes the change time of
+    // node's own inode, and an agent of another test file that identified a node process before
+    // and hashes it after refuses that request ("changed on disk"), as it must.
+    fs.copyFileSync(process.execPath, exe);
+    fs.chmodSync(exe, 0o755);
     const c = spawn(exe, [BIN, 'read', 'p/z'], { env: h.env, stdio: 'ignore' });
     await new Promise((r) => c.on('exit', r));
     const env = withoutAgent(h);

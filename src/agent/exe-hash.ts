@@ -126,7 +126,7 @@ const refused = (why: string): KeywardError =>
     'POLICY_DENIED',
     `the caller's executable ${why}: its hash is not the program's`,
     {
-      hint: 'connect again',
+      hint: 'start the program again: this process stays refused (its hash could not be taken)',
     },
   );
 
