@@ -380,6 +380,34 @@ function attackerPython(): { dir: string; copy: string; digest: string } {
 const noCopyRule = (digest: string): string =>
   `  - { name: no-copy, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: deny }\n`;
 
+/** A policy allowing app/** to the executable with this hash, and nothing else. */
+const thisBuildOnly = (digest: string): string =>
+  'version: 1\nrules:\n' +
+  `  - { name: this-build, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: allow }\n`;
+
+/** What a write through a shared mapping must leave as it was: the stat the agent keys on. */
+function statKey(file: string): string {
+  const s = fs.statSync(file, { bigint: true });
+  return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
+}
+
+/**
+ * A python3 script (as OTHER_UID) that maps its first argument shared and writable, runs
+ * `touch` on each page (`m[i]`: read it; `m[i] = m[i]`: dirty it), then `then`, and flips the
+ * file's last byte (in the section headers, which no loader reads: the program still runs).
+ */
+const mappedRewrite = (touch: string, then: string[] = []): string =>
+  [
+    'import mmap, os, sys',
+    'fd = os.open(sys.argv[1], os.O_RDWR)',
+    'm = mmap.mmap(fd, 0, mmap.MAP_SHARED)',
+    'os.close(fd)',
+    `for i in range(0, len(m), 4096): ${touch}`,
+    ...then,
+    'm[len(m) - 1] ^= 0xff',
+    'm.close()',
+  ].join('\n');
+
 /** The CLI as OTHER_UID (not root: root reads every process, hidden or not). */
 function kwAs(args: string[], env: NodeJS.ProcessEnv, input = ''): ReturnType<typeof kw> {
   const [cmd, ...pre] = asUser as [string, ...string[]];
@@ -731,38 +759,14 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       fs.copyFileSync(fs.realpathSync(PYTHON), copy);
       fs.chownSync(copy, OTHER_UID, OTHER_UID);
       const digest = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
-      const h = await agentOf(
-        'version: 1\nrules:\n' +
-          `  - { name: this-build, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: allow }\n`,
-        { user: true },
-      );
+      const h = await agentOf(thisBuildOnly(digest), { user: true });
       setSecret(h, 'app/token', 'mapped-exe-value', true);
       const ask = () =>
         runLines([copy, RAW_CLIENT, h.sock, 'app/token'], { env: { ...h.env }, user: true })[0];
       assert.equal(ask(), 'value:mapped-exe-value', 'the copy as it was is allowed by its hash');
-      const stamp = () => {
-        const s = fs.statSync(copy, { bigint: true });
-        return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
-      };
-      const before = stamp();
-      runLines(
-        [
-          PYTHON,
-          '-c',
-          [
-            'import mmap, os, sys',
-            'fd = os.open(sys.argv[1], os.O_RDWR)',
-            'm = mmap.mmap(fd, 0, mmap.MAP_SHARED)',
-            'os.close(fd)',
-            'for i in range(0, len(m), 4096): m[i]',
-            'm[len(m) - 1] ^= 0xff',
-            'm.close()',
-          ].join('\n'),
-          copy,
-        ],
-        { env: {}, user: true },
-      );
-      assert.equal(stamp(), before, 'the rewrite left the stat as it was');
+      const before = statKey(copy);
+      runLines([PYTHON, '-c', mappedRewrite('m[i]'), copy], { env: {}, user: true });
+      assert.equal(statKey(copy), before, 'the rewrite left the stat as it was');
       assert.notEqual(createHash('sha256').update(fs.readFileSync(copy)).digest('hex'), digest);
       assert.match(ask() ?? '', /^error:POLICY_DENIED:/, 'the rewritten copy is not this build');
     },
@@ -777,11 +781,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       // The attacker has the agent hash its copy for a run (refused: the CLI is no caller the
       // rule allows), then rewrites it and runs it as a caller: never the hash of before.
       const { copy, digest } = attackerPython();
-      const h = await agentOf(
-        'version: 1\nrules:\n' +
-          `  - { name: this-build, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: allow }\n`,
-        { user: true },
-      );
+      const h = await agentOf(thisBuildOnly(digest), { user: true });
       setSecret(h, 'app/token', 'mapped-run-value', true);
       const [cmd, ...pre] = asUser as [string, ...string[]];
       const mapper = spawn(
@@ -790,18 +790,8 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
           ...pre,
           PYTHON,
           '-c',
-          [
-            'import mmap, os, sys',
-            'fd = os.open(sys.argv[1], os.O_RDWR)',
-            'm = mmap.mmap(fd, 0, mmap.MAP_SHARED)',
-            'os.close(fd)',
-            'for i in range(0, len(m), 4096): m[i] = m[i]',
-            "print('mapped', flush=True)",
-            'sys.stdin.readline()',
-            'm[len(m) - 1] ^= 0xff',
-            'm.close()',
-            "print('rewritten', flush=True)",
-          ].join('\n'),
+          mappedRewrite('m[i] = m[i]', ["print('mapped', flush=True)", 'sys.stdin.readline()']) +
+            "\nprint('rewritten', flush=True)",
           copy,
         ],
         { stdio: ['pipe', 'pipe', 'inherit'] },
@@ -818,16 +808,12 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
           look();
         });
       await said('mapped');
-      const stamp = () => {
-        const s = fs.statSync(copy, { bigint: true });
-        return `${s.dev}:${s.ino}:${s.size}:${s.mtimeNs}:${s.ctimeNs}`;
-      };
-      const before = stamp();
+      const before = statKey(copy);
       const run = kwAs(['run', '--env', 'T=app/token', '--', copy, '-c', 'pass'], { ...h.env });
       assert.match(run.stderr, /POLICY_DENIED|no rule/i, run.stderr);
       mapper.stdin.write('go\n');
       await said('rewritten');
-      assert.equal(stamp(), before, 'the rewrite left the stat as it was');
+      assert.equal(statKey(copy), before, 'the rewrite left the stat as it was');
       assert.notEqual(createHash('sha256').update(fs.readFileSync(copy)).digest('hex'), digest);
       const lines = runLines([copy, RAW_CLIENT, h.sock, 'app/token'], {
         env: { ...h.env },
