@@ -824,6 +824,94 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
   );
 
   test(
+    "another user's program this user can write (its group), run through a read-only bind of its own, is never known by a hash of before",
+    { skip: !rootTests && 'needs root for setpriv' },
+    async () => {
+      // A teammate's program in a shared group directory, on tmpfs: owned by another uid, the
+      // attacker's group may write it. In a user and mount namespace of its own the attacker
+      // binds the directory read-only over itself and runs the program from there (so writing
+      // through the agent's descriptor of it would be EROFS); then rewrites it through the
+      // writable path by a shared mapping (no stat change) and runs it from the bind again.
+      const dir = fs.mkdtempSync('/dev/shm/kw-grp-');
+      after(() => fs.rmSync(dir, { recursive: true, force: true }));
+      const copy = path.join(dir, 'python3');
+      fs.copyFileSync(fs.realpathSync(PYTHON), copy);
+      const digest = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
+      fs.chownSync(dir, OTHER_UID + 1, OTHER_UID);
+      fs.chmodSync(dir, 0o2775);
+      fs.chownSync(copy, OTHER_UID + 1, OTHER_UID);
+      fs.chmodSync(copy, 0o775);
+      const h = await agentOf(thisBuildOnly(digest), { user: true });
+      setSecret(h, 'app/token', 'bind-exe-value', true);
+      const throughBind = () =>
+        runLines(
+          [
+            'unshare',
+            '-Urm',
+            'sh',
+            '-c',
+            'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" && exec "$1/python3" "$2" "$3" app/token',
+            'sh',
+            dir,
+            RAW_CLIENT,
+            h.sock,
+          ],
+          { env: { ...h.env }, user: true },
+        )[0];
+      assert.equal(throughBind(), 'value:bind-exe-value', 'the program as it was is allowed');
+      const before = statKey(copy);
+      runLines([PYTHON, '-c', mappedRewrite('m[i]'), copy], { env: {}, user: true });
+      assert.equal(statKey(copy), before, 'the rewrite left the stat as it was');
+      assert.match(throughBind() ?? '', /^error:POLICY_DENIED:/, 'the rewritten program is not it');
+    },
+  );
+
+  test(
+    'a program run from a memfd and rewritten while it runs is refused where its hash is needed, never hashed as what it became',
+    { skip: !rootTests && 'needs root for setpriv' },
+    async () => {
+      // A memfd's writers write on while a process runs it (no ETXTBSY), and a shared mapping
+      // changes nothing of its stat. The attacker runs python3 from a memfd; once the agent has
+      // identified it, makes the memfd's bytes those of the build the rule allows (python3 with
+      // its last byte flipped), and only then asks.
+      const py = fs.readFileSync(fs.realpathSync(PYTHON));
+      const allowed = Buffer.from(py);
+      allowed[allowed.length - 1] = (allowed[allowed.length - 1] ?? 0) ^ 0xff;
+      const h = await agentOf(thisBuildOnly(createHash('sha256').update(allowed).digest('hex')), {
+        user: true,
+      });
+      setSecret(h, 'app/token', 'memfd-exe-value', true);
+      const launcher = [
+        'import mmap, os, subprocess, sys',
+        'py, raw, sock = sys.argv[1:4]',
+        "fd = os.memfd_create('python3', 0)",
+        "os.write(fd, open(py, 'rb').read())",
+        "p = subprocess.Popen([f'/proc/self/fd/{fd}', raw, sock, 'app/token', '--wait-after-hello'],",
+        '    pass_fds=(fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE)',
+        "assert p.stdout.readline().strip() == b'hello'",
+        'm = mmap.mmap(fd, 0, mmap.MAP_SHARED)',
+        'for i in range(0, len(m), 4096): m[i]',
+        'm[len(m) - 1] ^= 0xff',
+        'm.close()',
+        "p.stdin.write(b'go\\n'); p.stdin.flush()",
+        'print(p.stdout.readline().decode().strip(), flush=True)',
+        'p.wait()',
+      ].join('\n');
+      const lines = runLines(
+        [PYTHON, '-c', launcher, fs.realpathSync(PYTHON), RAW_CLIENT, h.sock],
+        {
+          env: { ...h.env },
+          user: true,
+        },
+      );
+      assert.match(
+        lines.at(-1) ?? '',
+        /^error:POLICY_DENIED:the caller's executable is a memfd not sealed against writing/,
+      );
+    },
+  );
+
+  test(
     'an execute-only executable, seen but unreadable, is refused where its hash is needed, never let past a deny rule on it',
     { skip: !rootTests && 'needs root for setpriv' },
     async () => {

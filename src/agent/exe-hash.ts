@@ -11,9 +11,10 @@
  * size, mtime, ctime: a write between changes ctime). A process that makes itself unreadable
  * after identification changes nothing: the descriptor was opened while it could be read.
  *
- * A file that changed since, or can't be read at all (execute-only), refuses every request that
- * needs the hash, for as long as the identity lives: an unknown hash would let a caller step
- * around a rule that denies its executable.
+ * A file that changed since, can't be read at all (execute-only), or can change while it runs (a
+ * memfd not sealed against writing) refuses every request that needs the hash, for as long as
+ * the identity lives: an unknown hash would let a caller step around a rule that denies its
+ * executable.
  *
  * The descriptor belongs to the program handle (peer.ts): it closes with the handle's last
  * holder, when no connection of the program is left to ask.
@@ -24,22 +25,21 @@ import { createRequire } from 'node:module';
 import { KeywardError } from '../errors.js';
 import { LOCAL_FILE_SYSTEMS, OVERLAYFS } from '../lib/file-systems.js';
 import { fileKey } from '../lib/files.js';
-import { closeFd } from '../lib/libc.js';
+import { closeFd, F_SEAL_WRITE, memfdSeals } from '../lib/libc.js';
 
 /**
  * Hashes by file key (device, inode, size, mtime, ctime), for files no process of this user can
- * change (sealedFromUser): for any other, a key is not its bytes. A write through a shared
- * mapping changes none of the key's fields on tmpfs (a page read first is mapped writable, and
- * no fault updates a time), nor on ext4 through pages made writable before the key was taken;
- * such a file is hashed again wherever its hash is needed.
+ * change (fixedForUser): for any other, a key is not its bytes. A write through a shared mapping
+ * changes none of the key's fields on tmpfs (a page read first is mapped writable, and no fault
+ * updates a time), nor on ext4 through pages made writable before the key was taken; such a file
+ * is hashed again wherever its hash is needed.
  */
 const hashCache = new Map<string, string>();
 
 /**
  * File systems whose files change only through this kernel's own writes to them: a file of
- * another user there is as fixed for this one as its permissions say. Not FUSE (its server, which
- * may be this user's, answers each read as it likes) nor network file systems (another machine
- * writes).
+ * root's there is as fixed for a user as its mode says. Not FUSE (its server, which may be this
+ * user's, answers each read as it likes) nor network file systems (another machine writes).
  */
 const FIXED_FILE_SYSTEMS: ReadonlySet<number> = new Set([
   ...LOCAL_FILE_SYSTEMS,
@@ -50,25 +50,52 @@ const FIXED_FILE_SYSTEMS: ReadonlySet<number> = new Set([
 
 /**
  * Whether no process of this user can change the bytes of the file open at fd (stat: its
- * fstat): owned by another user (so its mode can't be changed by this one), not writable by this
- * one (access(2) as the agent, which is the user: mode, groups and ACLs), on a file system of
- * FIXED_FILE_SYSTEMS. Only such a file's hash may be known later by its key alone.
+ * fstat): the agent is not root, the file is root's, its mode lets neither its group nor others
+ * write (with an ACL, the group bits are its mask: no named entry can grant writing either), and
+ * it is on a file system of FIXED_FILE_SYSTEMS. By the inode, never by access(2): a read-only
+ * mount the user made says nothing of the file's other paths, and another user's file may be
+ * one the user controls (the uids of its /etc/subuid range, in a namespace of its own). Only
+ * such a file's hash may be known later by its key alone.
  */
-function sealedFromUser(fd: number, stat: fs.BigIntStats): boolean {
-  if (stat.uid === BigInt(process.getuid?.() ?? -1)) return false;
-  const self = `/proc/self/fd/${fd}`;
-  try {
-    fs.accessSync(self, fs.constants.W_OK);
+function fixedForUser(fd: number, stat: fs.BigIntStats): boolean {
+  if ((process.getuid?.() ?? 0) === 0 || stat.uid !== 0n || (stat.mode & 0o022n) !== 0n)
     return false;
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code !== 'EACCES' && code !== 'EROFS' && code !== 'EPERM') return false;
-  }
   try {
-    return FIXED_FILE_SYSTEMS.has(Number(fs.statfsSync(self).type));
+    return FIXED_FILE_SYSTEMS.has(Number(fs.statfsSync(`/proc/self/fd/${fd}`).type));
   } catch {
     return false;
   }
+}
+
+/**
+ * Why the running executable open at fd could change while its hash is read, or undefined. A
+ * file a process runs can't be opened for writing (ETXTBSY), and exec refuses a file open for
+ * writing or mapped writable, so its bytes are the ones running. Not a memfd's (its writers
+ * write on while it runs) unless it is sealed against writing; a memfd is told by its name,
+ * `/memfd:NAME (deleted)` (its seals are a tmpfs file's until sealed, and its mode is its
+ * maker's to change). A file the agent can open for writing now is not held either.
+ */
+function writableWhileRunning(fd: number): string | undefined {
+  const self = `/proc/self/fd/${fd}`;
+  let name: string;
+  try {
+    name = fs.readlinkSync(self);
+  } catch {
+    return 'can not be examined';
+  }
+  if (name.startsWith('/memfd:'))
+    return ((memfdSeals(fd) ?? 0) & F_SEAL_WRITE) === 0
+      ? 'is a memfd not sealed against writing (F_SEAL_WRITE): it can change while it runs'
+      : undefined;
+  let w: number;
+  try {
+    w = fs.openSync(self, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+  } catch {
+    // ETXTBSY (running, as it should be), or not the agent's to write (EACCES, EROFS).
+    return undefined;
+  }
+  closeFd(w);
+  return 'can be opened for writing while it runs';
 }
 
 function remember(key: string, hash: string): void {
@@ -144,7 +171,7 @@ export class ExeHash {
 
   /**
    * key: the file's key at identification; sealed: no process of this user can change the
-   * file (sealedFromUser), so its hash may be remembered by key and taken from what was.
+   * file (fixedForUser), so its hash may be remembered by key and taken from what was.
    */
   constructor(
     private readonly key: string,
@@ -244,14 +271,16 @@ export class ExeHash {
   }
 
   /**
-   * Why the file can't be hashed (larger than the limit), or CHANGED when its stat is not the
-   * one seen at identification; undefined when it can be read now.
+   * Why the file can't be hashed (larger than the limit, or writable while it runs), or CHANGED
+   * when its stat is not the one seen at identification; undefined when it can be read now.
    */
   private unhashable(fd: number): string | undefined {
     const st = fs.fstatSync(fd, { bigint: true });
     if (st.size > BigInt(EXE_HASH_MAX_BYTES))
       return `is larger than ${EXE_HASH_MAX_BYTES / 1024 / 1024} MiB, too large to hash`;
-    return fileKey(st) === this.key ? undefined : CHANGED;
+    if (fileKey(st) !== this.key) return CHANGED;
+    // A hash remembered for the file needs no such check: only a file fixedForUser is.
+    return this.sealed ? undefined : writableWhileRunning(fd);
   }
 
   /** The file did not change while it was read (its stat is still identification's). */
@@ -273,7 +302,7 @@ export class ExeHash {
 /**
  * The executable behind /proc/PID/exe: its file (device and inode) and its hash, taken on first
  * use from a descriptor opened now; known at once when the file is one no process of this user
- * can change (sealedFromUser) and was hashed before with the same key (device, inode, size,
+ * can change (fixedForUser) and was hashed before with the same key (device, inode, size,
  * mtime, ctime: touch -m can fake mtime, not ctime).
  */
 export function executable(pid: number): { file: string; hash: ExeHash } | undefined {
@@ -295,7 +324,7 @@ export function executable(pid: number): { file: string; hash: ExeHash } | undef
       closeFd(fd);
       return { file, hash: ExeHash.unreadable('changed while it was identified') };
     }
-    const sealed = sealedFromUser(fd, opened);
+    const sealed = fixedForUser(fd, opened);
     const cached = sealed ? hashCache.get(key) : undefined;
     if (cached !== undefined) {
       closeFd(fd);
@@ -335,7 +364,7 @@ export async function programHash(
     if (!st.isFile()) return undefined;
     const key = fileKey(st);
     // A file this user can change is hashed at every run: its key is not its bytes.
-    const sealed = sealedFromUser(fd, st);
+    const sealed = fixedForUser(fd, st);
     const cached = sealed ? hashCache.get(key) : undefined;
     if (cached !== undefined) return { sha256: cached, stamp: key };
     if (st.size > BigInt(maxBytes)) return { sha256: undefined, stamp: key };

@@ -1,3 +1,8 @@
+/** Whether a rule of the policy decides by the caller's executable hash. */
+function needsHash(policy: Policy): boolean {
+  return policy.rules.some((r) => r.callers.exe_sha256 !== undefined);
+}
+
 /**
  * The gate: the one path every release and signature takes (docs/PROTOCOL.md, "The request
  * path"): identity -> policy -> limits -> approval -> the go-ahead. The caller then makes its
@@ -154,32 +159,43 @@ export class Gate {
    */
   async authorize(caller: Peer, req: GateRequest): Promise<{ rule: string | undefined }> {
     const { id } = caller;
-    // The executable's hash is read off the thread first (a large one delays this request, not
-    // the agent); what the vault and the policy are is read after it.
-    await exeHashOf(id)?.prepare();
+    const name = req.target;
+    const request = { target: name, kind: req.kind, action: req.action };
+    // The executable's hash, when this request needs it (a rule on exe_sha256, or an approval:
+    // its grants and its prompt), is read off the thread first (a large one delays this
+    // request, not the agent); what the vault and the policy are is read after it.
+    const before = this.host.window.currentPolicy(this.host.window.unlocked());
+    if (
+      needsHash(before) ||
+      req.confirmEachUse ||
+      evaluate(before, request, id).decision === 'approve'
+    )
+      await exeHashOf(id)?.prepare();
     const w = this.host.window;
     const v = w.unlocked();
     const policy = w.currentPolicy(v);
-    const name = req.target;
-    const request = { target: name, kind: req.kind, action: req.action };
     const base = { target: name, actor: actorOf(id) };
-    // The caller's executable hash first (agent/exe-hash.ts): every rule and grant below sees
-    // it, and one that can't be taken (the file changed or can't be read) is a recorded denial
-    // that counts toward the lock, never an unknown hash that leaves a deny rule unmatched.
-    try {
-      void id.exeSha256;
-    } catch (e) {
-      if (!(e instanceof KeywardError)) throw e;
-      await this.host.record({
-        ...base,
-        type: req.auditType,
-        decision: 'deny',
-        reason: e.message,
-        details: { rule: null },
-      });
-      this.noteDenial();
-      throw e;
-    }
+    // The caller's executable hash before anything reads it (agent/exe-hash.ts): one that can't
+    // be taken (the file changed, can't be read, or can change while it runs) is a recorded
+    // denial that counts toward the lock, never an unknown hash that leaves a deny rule
+    // unmatched. Taken here, on the thread, only when the policy changed during the wait.
+    const hashed = async (): Promise<void> => {
+      try {
+        void id.exeSha256;
+      } catch (e) {
+        if (!(e instanceof KeywardError)) throw e;
+        await this.host.record({
+          ...base,
+          type: req.auditType,
+          decision: 'deny',
+          reason: e.message,
+          details: { rule: null },
+        });
+        this.noteDenial();
+        throw e;
+      }
+    };
+    if (needsHash(policy)) await hashed();
     let evaluated = evaluate(policy, request, id);
     if (req.confirmEachUse && evaluated.decision !== 'deny') {
       evaluated = {
@@ -267,6 +283,7 @@ export class Gate {
         return refuse(`rate limit of rule ${rule.name} reached`, 'POLICY_DENIED', 'wait a little');
     }
     if (decision.decision === 'approve') {
+      await hashed();
       const a = decision.approval;
       const who = grantHolder(a.remember.scope, caller);
       // What the person approved: the action (a remembered run is not a remembered read), the
