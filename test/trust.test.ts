@@ -742,6 +742,17 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
             e.body.decision === 'deny' && /executable changed on disk/.test(e.body.reason ?? ''),
         );
       assert.equal(refusals.length, 2);
+      // Asked for an MCP client (inline): the same refusal, recorded and counted, not one
+      // thrown by the inline check before the gate.
+      const mcp = run('--chmod-exe-after-hello', '--mcp', 'a-client', '--repeat', '2');
+      assert.match(mcp[0] ?? '', changed);
+      assert.match(mcp[1] ?? '', changed);
+      const after2 = kwAs(['audit', 'export', '--decrypt'], withoutAgent(h)).stdout;
+      assert.equal(
+        after2.match(/executable changed on disk/g)?.length,
+        4,
+        'four refusals recorded',
+      );
     },
   );
 
@@ -824,14 +835,15 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
   );
 
   test(
-    "another user's program this user can write (its group), run through a read-only bind of its own, is never known by a hash of before",
+    "another user's program this user can write (its group), run through a read-only bind of its own, is refused where its hash is needed, before and after a rewrite",
     { skip: !rootTests && 'needs root for setpriv' },
     async () => {
       // A teammate's program in a shared group directory, on tmpfs: owned by another uid, the
       // attacker's group may write it. In a user and mount namespace of its own the attacker
       // binds the directory read-only over itself and runs the program from there (so writing
       // through the agent's descriptor of it would be EROFS); then rewrites it through the
-      // writable path by a shared mapping (no stat change) and runs it from the bind again.
+      // writable path by a shared mapping (no stat change) and runs it from the bind again. A
+      // mount outside the agent's namespace is one the user may have made: never hashed.
       const dir = fs.mkdtempSync('/dev/shm/kw-grp-');
       after(() => fs.rmSync(dir, { recursive: true, force: true }));
       const copy = path.join(dir, 'python3');
@@ -858,22 +870,88 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
           ],
           { env: { ...h.env }, user: true },
         )[0];
-      assert.equal(throughBind(), 'value:bind-exe-value', 'the program as it was is allowed');
+      const outside =
+        /^error:POLICY_DENIED:the caller's executable is reached through a mount outside/;
+      assert.match(throughBind() ?? '', outside, 'the program as it was, through the bind');
       const before = statKey(copy);
       runLines([PYTHON, '-c', mappedRewrite('m[i]'), copy], { env: {}, user: true });
       assert.equal(statKey(copy), before, 'the rewrite left the stat as it was');
-      assert.match(throughBind() ?? '', /^error:POLICY_DENIED:/, 'the rewritten program is not it');
+      assert.match(throughBind() ?? '', outside, 'the rewritten program, through the bind');
+      // The same file run by its own path (the agent's mounts) is hashed as what it is now.
+      assert.match(
+        runLines([copy, RAW_CLIENT, h.sock, 'app/token'], { env: { ...h.env }, user: true })[0] ??
+          '',
+        /^error:POLICY_DENIED:denied by policy/,
+      );
     },
   );
 
   test(
-    'a program run from a memfd and rewritten while it runs is refused where its hash is needed, never hashed as what it became',
+    'a program run through an overlay the user mounted, its lower file rewritten while it runs, is refused where its hash is needed',
+    { skip: !rootTests && 'needs root for setpriv' },
+    async () => {
+      // In a user and mount namespace of its own the attacker mounts an overlay whose lower
+      // directory is its own, and runs python3 from the merged one: the running (overlay) file
+      // is held against writing, the lower one it reads from is not. Once the agent has
+      // identified the process, the lower file becomes the build the rule allows.
+      const py = fs.readFileSync(fs.realpathSync(PYTHON));
+      const allowed = Buffer.from(py);
+      allowed[allowed.length - 1] = (allowed[allowed.length - 1] ?? 0) ^ 0xff;
+      const base = fs.mkdtempSync('/dev/shm/kw-ovl-');
+      after(() => fs.rmSync(base, { recursive: true, force: true }));
+      for (const d of ['lower', 'upper', 'work', 'merged']) {
+        fs.mkdirSync(path.join(base, d));
+        fs.chownSync(path.join(base, d), OTHER_UID, OTHER_UID);
+      }
+      fs.chownSync(base, OTHER_UID, OTHER_UID);
+      const lower = path.join(base, 'lower', 'python3');
+      fs.writeFileSync(lower, py, { mode: 0o755 });
+      fs.chownSync(lower, OTHER_UID, OTHER_UID);
+      const h = await agentOf(thisBuildOnly(createHash('sha256').update(allowed).digest('hex')), {
+        user: true,
+      });
+      setSecret(h, 'app/token', 'overlay-exe-value', true);
+      const launcher = [
+        'import mmap, os, subprocess, sys',
+        'base, raw, sock = sys.argv[1:4]',
+        "subprocess.run(['mount', '-t', 'overlay', 'overlay', '-o',",
+        "    f'lowerdir={base}/lower,upperdir={base}/upper,workdir={base}/work', f'{base}/merged'],",
+        '    check=True)',
+        "p = subprocess.Popen([f'{base}/merged/python3', raw, sock, 'app/token', '--wait-after-hello'],",
+        '    stdin=subprocess.PIPE, stdout=subprocess.PIPE)',
+        "assert p.stdout.readline().strip() == b'hello'",
+        "fd = os.open(f'{base}/lower/python3', os.O_RDWR)",
+        'm = mmap.mmap(fd, 0, mmap.MAP_SHARED)',
+        'for i in range(0, len(m), 4096): m[i]',
+        'm[len(m) - 1] ^= 0xff',
+        'm.close()',
+        "p.stdin.write(b'go\\n'); p.stdin.flush()",
+        'print(p.stdout.readline().decode().strip(), flush=True)',
+        'p.wait()',
+      ].join('\n');
+      const lines = runLines(
+        ['unshare', '-Urm', PYTHON, '-c', launcher, base, RAW_CLIENT, h.sock],
+        {
+          env: { ...h.env },
+          user: true,
+        },
+      );
+      assert.match(
+        lines.at(-1) ?? '',
+        /^error:POLICY_DENIED:the caller's executable is reached through a mount outside/,
+      );
+    },
+  );
+
+  test(
+    'a program run from a memfd and rewritten while it runs, then sealed, is refused where its hash is needed, never hashed as what it became',
     { skip: !rootTests && 'needs root for setpriv' },
     async () => {
       // A memfd's writers write on while a process runs it (no ETXTBSY), and a shared mapping
       // changes nothing of its stat. The attacker runs python3 from a memfd; once the agent has
       // identified it, makes the memfd's bytes those of the build the rule allows (python3 with
-      // its last byte flipped), and only then asks.
+      // its last byte flipped), seals it against writing (a seal says nothing of the bytes it
+      // ran before), and only then asks.
       const py = fs.readFileSync(fs.realpathSync(PYTHON));
       const allowed = Buffer.from(py);
       allowed[allowed.length - 1] = (allowed[allowed.length - 1] ?? 0) ^ 0xff;
@@ -884,7 +962,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       const launcher = [
         'import mmap, os, subprocess, sys',
         'py, raw, sock = sys.argv[1:4]',
-        "fd = os.memfd_create('python3', 0)",
+        "fd = os.memfd_create('python3', os.MFD_ALLOW_SEALING)",
         "os.write(fd, open(py, 'rb').read())",
         "p = subprocess.Popen([f'/proc/self/fd/{fd}', raw, sock, 'app/token', '--wait-after-hello'],",
         '    pass_fds=(fd,), stdin=subprocess.PIPE, stdout=subprocess.PIPE)',
@@ -893,6 +971,8 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
         'for i in range(0, len(m), 4096): m[i]',
         'm[len(m) - 1] ^= 0xff',
         'm.close()',
+        'import fcntl',
+        'fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW)',
         "p.stdin.write(b'go\\n'); p.stdin.flush()",
         'print(p.stdout.readline().decode().strip(), flush=True)',
         'p.wait()',
@@ -906,7 +986,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       );
       assert.match(
         lines.at(-1) ?? '',
-        /^error:POLICY_DENIED:the caller's executable is a memfd not sealed against writing/,
+        /^error:POLICY_DENIED:the caller's executable is a memfd, whose bytes can change while it runs/,
       );
     },
   );

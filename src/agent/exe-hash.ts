@@ -11,8 +11,8 @@
  * size, mtime, ctime: a write between changes ctime). A process that makes itself unreadable
  * after identification changes nothing: the descriptor was opened while it could be read.
  *
- * A file that changed since, can't be read at all (execute-only), or can change while it runs (a
- * memfd not sealed against writing) refuses every request that needs the hash, for as long as
+ * A file that changed since, can't be read at all (execute-only), or whose bytes may change while
+ * it runs (a memfd, a mount the user made: notHeldWhileRunning) refuses every request that needs the hash, for as long as
  * the identity lives: an unknown hash would let a caller step around a rule that denies its
  * executable.
  *
@@ -25,7 +25,7 @@ import { createRequire } from 'node:module';
 import { KeywardError } from '../errors.js';
 import { LOCAL_FILE_SYSTEMS, OVERLAYFS } from '../lib/file-systems.js';
 import { fileKey } from '../lib/files.js';
-import { closeFd, F_SEAL_WRITE, memfdSeals } from '../lib/libc.js';
+import { closeFd } from '../lib/libc.js';
 
 /**
  * Hashes by file key (device, inode, size, mtime, ctime), for files no process of this user can
@@ -67,26 +67,43 @@ function fixedForUser(fd: number, stat: fs.BigIntStats): boolean {
   }
 }
 
+/** Whether the mount a descriptor was opened through is one of the agent's mount namespace. */
+function inAgentsMounts(fd: number): boolean {
+  const m = /^mnt_id:\s*(\d+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+  if (!m) return false;
+  const id = `${m[1]} `;
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((line) => line.startsWith(id));
+}
+
 /**
- * Why the running executable open at fd could change while its hash is read, or undefined. A
- * file a process runs can't be opened for writing (ETXTBSY), and exec refuses a file open for
- * writing or mapped writable, so its bytes are the ones running. Not a memfd's (its writers
- * write on while it runs) unless it is sealed against writing; a memfd is told by its name,
- * `/memfd:NAME (deleted)` (its seals are a tmpfs file's until sealed, and its mode is its
- * maker's to change). A file the agent can open for writing now is not held either.
+ * Why the bytes of the running executable open at fd may not be the ones it runs, or undefined
+ * when they are. A file a process runs can't be opened for writing (ETXTBSY), and exec refuses
+ * a file open for writing or mapped writable, so from the exec on its bytes are the running
+ * ones, on a local file system reached through a mount of the agent's own namespace. Not:
+ * - a memfd, sealed or not: its writers write on while it runs, and a seal added after a
+ *   rewrite says nothing of the bytes it started with (told by its name, `/memfd:NAME`: its
+ *   seals are a tmpfs file's until sealed);
+ * - a file system whose bytes another party serves or writes (FUSE, NFS, SMB, 9p, virtiofs);
+ * - a mount the user may have made, in a user and mount namespace of its own: an overlay there
+ *   runs a lower file the user writes through another path, which no ETXTBSY covers;
+ * - a file the agent can open for writing now (not running it, or not held).
  */
-function writableWhileRunning(fd: number): string | undefined {
+function notHeldWhileRunning(fd: number): string | undefined {
   const self = `/proc/self/fd/${fd}`;
-  let name: string;
   try {
-    name = fs.readlinkSync(self);
+    if (fs.readlinkSync(self).startsWith('/memfd:'))
+      return 'is a memfd, whose bytes can change while it runs';
+    const type = Number(fs.statfsSync(self).type);
+    if (!FIXED_FILE_SYSTEMS.has(type))
+      return `is on a file system whose bytes can change while it runs (type 0x${type.toString(16)})`;
+    if (!inAgentsMounts(fd))
+      return "is reached through a mount outside the agent's mount namespace (one its user may have made)";
   } catch {
     return 'can not be examined';
   }
-  if (name.startsWith('/memfd:'))
-    return ((memfdSeals(fd) ?? 0) & F_SEAL_WRITE) === 0
-      ? 'is a memfd not sealed against writing (F_SEAL_WRITE): it can change while it runs'
-      : undefined;
   let w: number;
   try {
     w = fs.openSync(self, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
@@ -280,7 +297,7 @@ export class ExeHash {
       return `is larger than ${EXE_HASH_MAX_BYTES / 1024 / 1024} MiB, too large to hash`;
     if (fileKey(st) !== this.key) return CHANGED;
     // A hash remembered for the file needs no such check: only a file fixedForUser is.
-    return this.sealed ? undefined : writableWhileRunning(fd);
+    return this.sealed ? undefined : notHeldWhileRunning(fd);
   }
 
   /** The file did not change while it was read (its stat is still identification's). */

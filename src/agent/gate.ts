@@ -1,5 +1,5 @@
 /** Whether a rule of the policy decides by the caller's executable hash. */
-function needsHash(policy: Policy): boolean {
+export function needsHash(policy: Policy): boolean {
   return policy.rules.some((r) => r.callers.exe_sha256 !== undefined);
 }
 

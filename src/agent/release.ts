@@ -11,8 +11,8 @@ import { quote } from '../lib/text.js';
 import { cacheIdleMs, evaluate } from '../policy/index.js';
 import { assertValidName, type Vault } from '../vault/index.js';
 import type { CredentialCache } from './cache.js';
-import type { Gate } from './gate.js';
-import { actorOf, type ProcessIdentity } from './identity.js';
+import { needsHash, type Gate } from './gate.js';
+import { actorOf, exeHashOf, type ProcessIdentity } from './identity.js';
 import type { Peer } from './peer.js';
 import { locked, type UnlockWindow } from './unlock.js';
 
@@ -174,9 +174,20 @@ export async function refuseUnlessInline(
   name: string,
   mcp: string,
 ): Promise<void> {
-  const w = host.window;
-  const policy = w.currentPolicy(v);
-  const decided = evaluate(policy, { target: name, kind: 'secret', action: 'read' }, asker.id);
+  let policy = host.window.currentPolicy(v);
+  // A rule on the executable's hash: the hash off the thread first, and one that can't be taken
+  // is left to the gate, which records the refusal and counts it.
+  if (needsHash(policy)) {
+    await exeHashOf(asker.id)?.prepare();
+    policy = host.window.currentPolicy(host.window.unlocked());
+  }
+  let decided: ReturnType<typeof evaluate>;
+  try {
+    decided = evaluate(policy, { target: name, kind: 'secret', action: 'read' }, asker.id);
+  } catch (e) {
+    if (e instanceof KeywardError) return;
+    throw e;
+  }
   const r = policy.rules.find((x) => x.name === decided.rule);
   if (decided.decision === 'deny' || r?.mcp_inline) return;
   const message = `the policy does not release ${name} inline to MCP clients (rule ${decided.rule ?? 'none'} lacks mcp_inline: true)`;

@@ -181,16 +181,6 @@ export function dupFd(fd: number): number | undefined {
   return d >= 0 ? d : undefined;
 }
 
-const F_GET_SEALS = 1034;
-/** The seal that keeps a memfd's bytes as they are (F_SEAL_WRITE). */
-export const F_SEAL_WRITE = 8;
-
-/** A memfd's seals (F_GET_SEALS), or undefined when fd is not a memfd (or can't be asked). */
-export function memfdSeals(fd: number): number | undefined {
-  const seals = libc().fcntl(fd, F_GET_SEALS, 0);
-  return seals >= 0 ? seals : undefined;
-}
-
 export function closeFd(fd: number): void {
   libc().close(fd);
 }
