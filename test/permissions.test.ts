@@ -98,3 +98,25 @@ test('doctor warns that a passphrase file makes the vault only as safe as that f
     /^WARN +passphrase-file .*only as safe as this file, and any process that can read it can answer a passphrase approval/m,
   );
 });
+
+test('doctor warns while unprivileged user namespaces are on: any process can make its executable look like another', () => {
+  const h = initHome();
+  const proc = (p: string) => {
+    try {
+      return fs.readFileSync(p, 'utf8').trim();
+    } catch {
+      return undefined;
+    }
+  };
+  const off =
+    proc('/proc/sys/user/max_user_namespaces') === '0' ||
+    proc('/proc/sys/kernel/unprivileged_userns_clone') === '0' ||
+    proc('/proc/sys/kernel/apparmor_restrict_unprivileged_userns') === '1';
+  const r = kw(['doctor'], { env: h.env });
+  assert.match(
+    r.stdout,
+    off
+      ? /^OK +user-namespaces/m
+      : /^WARN +user-namespaces .*exe, exe_sha256 and ancestor rules are evidence, not proof/m,
+  );
+});

@@ -944,6 +944,48 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
   );
 
   test(
+    'a program on a loop mount over an image its user owns is refused where its hash is needed: its blocks are written past the running file',
+    { skip: !rootTests && 'needs root for setpriv and mount' },
+    async (t) => {
+      // As udisks mounts an image for the active session: ext4 on a loop device over a file the
+      // user owns, mounted in the agent's namespace. The user can rewrite a running file's
+      // blocks through the image and drop its page cache; the agent must not hash it.
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kw-loop-'));
+      const img = path.join(dir, 'image');
+      const mnt = path.join(dir, 'mnt');
+      fs.mkdirSync(mnt);
+      fs.writeFileSync(img, '');
+      fs.truncateSync(img, 32 << 20);
+      assert.equal(spawnSync('mkfs.ext4', ['-q', '-F', img]).status, 0);
+      if (spawnSync('mount', ['-o', 'loop', img, mnt]).status !== 0) {
+        fs.rmSync(dir, { recursive: true, force: true });
+        t.skip('no loop device here');
+        return;
+      }
+      after(() => {
+        spawnSync('umount', ['-l', mnt]);
+        fs.rmSync(dir, { recursive: true, force: true });
+      });
+      fs.chownSync(img, OTHER_UID, OTHER_UID);
+      fs.chmodSync(dir, 0o755);
+      const copy = path.join(mnt, 'python3');
+      fs.copyFileSync(fs.realpathSync(PYTHON), copy);
+      fs.chownSync(copy, OTHER_UID, OTHER_UID);
+      const digest = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
+      const h = await agentOf(thisBuildOnly(digest), { user: true });
+      setSecret(h, 'app/token', 'loop-exe-value', true);
+      const lines = runLines([copy, RAW_CLIENT, h.sock, 'app/token'], {
+        env: { ...h.env },
+        user: true,
+      });
+      assert.match(
+        lines[0] ?? '',
+        /^error:POLICY_DENIED:the caller's executable is on a loop \(or nbd\) device over an image its user can write/,
+      );
+    },
+  );
+
+  test(
     'a program run from a memfd and rewritten while it runs, then sealed, is refused where its hash is needed, never hashed as what it became',
     { skip: !rootTests && 'needs root for setpriv' },
     async () => {

@@ -101,6 +101,31 @@ function ptrace(): Check {
     : { id: 'ptrace-scope', status: 'ok', message: `kernel.yama.ptrace_scope is ${scope}` };
 }
 
+/**
+ * Unprivileged user namespaces give every process of the user CAP_CHECKPOINT_RESTORE in a
+ * namespace of its own, enough for prctl(PR_SET_MM_MAP) to make its /proc/PID/exe name any
+ * program without running it: rules on `exe`, `exe_sha256` and `ancestor` are then evidence, not
+ * proof (docs/THREAT-MODEL.md, "Not protected").
+ */
+function userNamespaces(): Check {
+  const max = readProc('/proc/sys/user/max_user_namespaces')?.trim();
+  const debian = readProc('/proc/sys/kernel/unprivileged_userns_clone')?.trim();
+  const apparmor = readProc('/proc/sys/kernel/apparmor_restrict_unprivileged_userns')?.trim();
+  if (max === '0' || debian === '0' || apparmor === '1')
+    return {
+      id: 'user-namespaces',
+      status: 'ok',
+      message: 'unprivileged user namespaces are off or restricted',
+    };
+  return {
+    id: 'user-namespaces',
+    status: 'warn',
+    message:
+      'unprivileged user namespaces are on: any process of yours can make its executable look like another program (exe, exe_sha256 and ancestor rules are evidence, not proof)',
+    hint: 'ask a person (decision: approve) for what matters; or sysctl user.max_user_namespaces=0 (rootless containers and some sandboxes need them)',
+  };
+}
+
 function tracer(): Check {
   const status = readProc('/proc/self/status') ?? '';
   const m = /^TracerPid:\s*(\d+)/m.exec(status);
@@ -135,6 +160,7 @@ export function runDoctor(home: string, env: NodeJS.ProcessEnv = process.env): C
     ...passphraseFile(env),
     ...coreDumps(),
     ptrace(),
+    userNamespaces(),
     tracer(),
   ];
 }

@@ -1,0 +1,150 @@
+/**
+ * When an executable's bytes, read by the agent, are the bytes a process runs (exe-hash.ts hashes
+ * a caller's executable for `exe_sha256` rules, grants and prompts): fixedForUser, a file no
+ * process of this user can change, whose hash may be remembered by its stat; and
+ * notHeldWhileRunning, why a running file's bytes may not be the running ones. Each case here is
+ * one an attack showed (docs/THREAT-MODEL.md, the `exe_sha256` row).
+ */
+import fs from 'node:fs';
+import path from 'node:path';
+import { LOCAL_FILE_SYSTEMS, OVERLAYFS } from '../lib/file-systems.js';
+import { closeFd } from '../lib/libc.js';
+
+/**
+ * File systems whose files change only through this kernel's own writes to them: a file of
+ * root's there is as fixed for a user as its mode says. Not FUSE (its server, which may be this
+ * user's, answers each read as it likes) nor network file systems (another machine writes).
+ */
+const FIXED_FILE_SYSTEMS: ReadonlySet<number> = new Set([
+  ...LOCAL_FILE_SYSTEMS,
+  OVERLAYFS,
+  0x73717368, // squashfs
+  0xe0f5e1e2, // EROFS
+]);
+
+/**
+ * Whether no process of this user can change the bytes of the file open at fd (stat: its
+ * fstat): the agent is not root, the file is root's, its mode lets neither its group nor others
+ * write (with an ACL, the group bits are its mask: no named entry can grant writing either), and
+ * it is on a file system of FIXED_FILE_SYSTEMS. By the inode, never by access(2): a read-only
+ * mount the user made says nothing of the file's other paths, and another user's file may be
+ * one the user controls (the uids of its /etc/subuid range, in a namespace of its own). Only
+ * such a file's hash may be known later by its key alone.
+ */
+export function fixedForUser(fd: number, stat: fs.BigIntStats): boolean {
+  if ((process.getuid?.() ?? 0) === 0 || stat.uid !== 0n || (stat.mode & 0o022n) !== 0n)
+    return false;
+  try {
+    return FIXED_FILE_SYSTEMS.has(Number(fs.statfsSync(`/proc/self/fd/${fd}`).type));
+  } catch {
+    return false;
+  }
+}
+
+/** Whether the mount a descriptor was opened through is one of the agent's mount namespace. */
+function inAgentsMounts(fd: number): boolean {
+  const m = /^mnt_id:\s*(\d+)$/m.exec(fs.readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+  if (!m) return false;
+  const id = `${m[1]} `;
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .some((line) => line.startsWith(id));
+}
+
+/** A sysfs file's text, or undefined. */
+function sysText(p: string): string | undefined {
+  try {
+    return fs.readFileSync(p, 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
+
+/** nbd: a block device whose blocks a process serves. */
+const NBD_MAJOR = 43;
+
+/**
+ * Whether the block device dir (in /sys/devices), or its disk, or a device it is stacked on
+ * (device-mapper's slaves), is a loop device over an image that is not root's alone (its user may
+ * write the blocks of a running file there, past the file's deny-write), or an nbd device.
+ */
+function usersBlocks(dir: string, depth = 0): boolean {
+  if (depth > 8) return true;
+  for (const d of [dir, path.dirname(dir)]) {
+    const dev = sysText(`${d}/dev`);
+    if (dev !== undefined && Number(dev.split(':')[0]) === NBD_MAJOR) return true;
+    const backing = sysText(`${d}/loop/backing_file`);
+    if (backing !== undefined) {
+      try {
+        const st = fs.statSync(backing.replace(/ \(deleted\)$/, ''));
+        if (st.uid !== 0 || (st.mode & 0o022) !== 0) return true;
+      } catch {
+        return true;
+      }
+    }
+    let slaves: string[];
+    try {
+      slaves = fs.readdirSync(`${d}/slaves`);
+    } catch {
+      slaves = [];
+    }
+    for (const slave of slaves)
+      if (usersBlocks(fs.realpathSync(`${d}/slaves/${slave}`), depth + 1)) return true;
+  }
+  return false;
+}
+
+/** Whether the file system of a file with this st_dev sits on blocks its user may write. */
+function onUsersBlocks(dev: bigint): boolean {
+  const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
+  const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
+  // No block device (tmpfs, overlayfs; btrfs's devices are not traced: THREAT-MODEL.md).
+  if (major === 0) return false;
+  try {
+    return usersBlocks(fs.realpathSync(`/sys/dev/block/${major}:${minor}`));
+  } catch {
+    return true;
+  }
+}
+
+/**
+ * Why the bytes of the running executable open at fd may not be the ones it runs, or undefined
+ * when they are. A file a process runs can't be opened for writing (ETXTBSY), and exec refuses
+ * a file open for writing or mapped writable, so from the exec on its bytes are the running
+ * ones, on a local file system reached through a mount of the agent's own namespace. Not:
+ * - a memfd, sealed or not: its writers write on while it runs, and a seal added after a
+ *   rewrite says nothing of the bytes it started with (told by its name, `/memfd:NAME`: its
+ *   seals are a tmpfs file's until sealed);
+ * - a file system whose bytes another party serves or writes (FUSE, NFS, SMB, 9p, virtiofs);
+ * - a mount the user may have made, in a user and mount namespace of its own: an overlay there
+ *   runs a lower file the user writes through another path, which no ETXTBSY covers;
+ * - a file system on a loop device over an image that is not root's (or an nbd device): its
+ *   user writes the running file's blocks through the image;
+ * - a file the agent can open for writing now (not running it, or not held).
+ */
+export function notHeldWhileRunning(fd: number): string | undefined {
+  const self = `/proc/self/fd/${fd}`;
+  try {
+    if (fs.readlinkSync(self).startsWith('/memfd:'))
+      return 'is a memfd, whose bytes can change while it runs';
+    const type = Number(fs.statfsSync(self).type);
+    if (!FIXED_FILE_SYSTEMS.has(type))
+      return `is on a file system whose bytes can change while it runs (type 0x${type.toString(16)})`;
+    if (!inAgentsMounts(fd))
+      return "is reached through a mount outside the agent's mount namespace (one its user may have made)";
+    if (onUsersBlocks(fs.fstatSync(fd, { bigint: true }).dev))
+      return 'is on a loop (or nbd) device over an image its user can write, past the running file';
+  } catch {
+    return 'can not be examined';
+  }
+  let w: number;
+  try {
+    w = fs.openSync(self, fs.constants.O_WRONLY | fs.constants.O_NONBLOCK);
+  } catch {
+    // ETXTBSY (running, as it should be), or not the agent's to write (EACCES, EROFS).
+    return undefined;
+  }
+  closeFd(w);
+  return 'can be opened for writing while it runs';
+}
