@@ -359,6 +359,10 @@ describe('a client checks whom it talks to before it sends anything secret', () 
 });
 
 const asUser = ['setpriv', `--reuid=${OTHER_UID}`, `--regid=${OTHER_UID}`, '--clear-groups'];
+/** Whether OTHER_UID may make a user and mount namespace of its own (unprivileged ones on). */
+const userNamespaces =
+  rootTests &&
+  spawnSync(asUser[0] as string, [...asUser.slice(1), 'unshare', '-Urm', 'true']).status === 0;
 const RAW_CLIENT = path.join(ROOT, 'test/fixtures/raw-client.py');
 const PYTHON = '/usr/bin/python3';
 
@@ -836,7 +840,9 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
 
   test(
     "another user's program this user can write (its group), run through a read-only bind of its own, is refused where its hash is needed, before and after a rewrite",
-    { skip: !rootTests && 'needs root for setpriv' },
+    {
+      skip: !userNamespaces && 'needs root for setpriv, and unprivileged user namespaces',
+    },
     async () => {
       // A teammate's program in a shared group directory, on tmpfs: owned by another uid, the
       // attacker's group may write it. In a user and mount namespace of its own the attacker
@@ -888,7 +894,9 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
 
   test(
     'a program run through an overlay the user mounted, its lower file rewritten while it runs, is refused where its hash is needed',
-    { skip: !rootTests && 'needs root for setpriv' },
+    {
+      skip: !userNamespaces && 'needs root for setpriv, and unprivileged user namespaces',
+    },
     async () => {
       // In a user and mount namespace of its own the attacker mounts an overlay whose lower
       // directory is its own, and runs python3 from the merged one: the running (overlay) file
