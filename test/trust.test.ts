@@ -370,8 +370,8 @@ const PYTHON = '/usr/bin/python3';
  * The attacker's own copy of python3, in a directory of its own, owned by OTHER_UID (so it can
  * chmod it), and the copy's SHA-256; removed after the file's tests.
  */
-function attackerPython(): { dir: string; copy: string; digest: string } {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kw-exe-'));
+function attackerPython(where = os.tmpdir()): { dir: string; copy: string; digest: string } {
+  const dir = fs.mkdtempSync(path.join(where, 'kw-exe-'));
   after(() => fs.rmSync(dir, { recursive: true, force: true }));
   const copy = path.join(dir, 'python3');
   fs.copyFileSync(fs.realpathSync(PYTHON), copy);
@@ -388,6 +388,14 @@ const noCopyRule = (digest: string): string =>
 const thisBuildOnly = (digest: string): string =>
   'version: 1\nrules:\n' +
   `  - { name: this-build, targets: ["app/**"], callers: { exe_sha256: "${digest}" }, decision: allow }\n`;
+
+/** python3's bytes, and the hash of the build an attacker makes them into (its last byte flipped). */
+function flippedPython(): { py: Buffer; flipped: string } {
+  const py = fs.readFileSync(fs.realpathSync(PYTHON));
+  const allowed = Buffer.from(py);
+  allowed[allowed.length - 1] = (allowed[allowed.length - 1] ?? 0) ^ 0xff;
+  return { py, flipped: createHash('sha256').update(allowed).digest('hex') };
+}
 
 /** What a write through a shared mapping must leave as it was: the stat the agent keys on. */
 function statKey(file: string): string {
@@ -767,13 +775,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       // The attacker's copy of python3 on tmpfs, where a write through a shared mapping to a
       // page read first changes no time, size or inode. Allowed by its hash once; rewritten
       // (its last byte, in the section headers no loader reads: it still runs); run again.
-      const shm = fs.mkdtempSync('/dev/shm/kw-exe-');
-      after(() => fs.rmSync(shm, { recursive: true, force: true }));
-      fs.chmodSync(shm, 0o755);
-      const copy = path.join(shm, 'python3');
-      fs.copyFileSync(fs.realpathSync(PYTHON), copy);
-      fs.chownSync(copy, OTHER_UID, OTHER_UID);
-      const digest = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
+      const { copy, digest } = attackerPython('/dev/shm');
       const h = await agentOf(thisBuildOnly(digest), { user: true });
       setSecret(h, 'app/token', 'mapped-exe-value', true);
       const ask = () =>
@@ -902,9 +904,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       // directory is its own, and runs python3 from the merged one: the running (overlay) file
       // is held against writing, the lower one it reads from is not. Once the agent has
       // identified the process, the lower file becomes the build the rule allows.
-      const py = fs.readFileSync(fs.realpathSync(PYTHON));
-      const allowed = Buffer.from(py);
-      allowed[allowed.length - 1] = (allowed[allowed.length - 1] ?? 0) ^ 0xff;
+      const { py, flipped } = flippedPython();
       const base = fs.mkdtempSync('/dev/shm/kw-ovl-');
       after(() => fs.rmSync(base, { recursive: true, force: true }));
       for (const d of ['lower', 'upper', 'work', 'merged']) {
@@ -915,9 +915,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       const lower = path.join(base, 'lower', 'python3');
       fs.writeFileSync(lower, py, { mode: 0o755 });
       fs.chownSync(lower, OTHER_UID, OTHER_UID);
-      const h = await agentOf(thisBuildOnly(createHash('sha256').update(allowed).digest('hex')), {
-        user: true,
-      });
+      const h = await agentOf(thisBuildOnly(flipped), { user: true });
       setSecret(h, 'app/token', 'overlay-exe-value', true);
       const launcher = [
         'import mmap, os, subprocess, sys',
@@ -976,10 +974,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       });
       fs.chownSync(img, OTHER_UID, OTHER_UID);
       fs.chmodSync(dir, 0o755);
-      const copy = path.join(mnt, 'python3');
-      fs.copyFileSync(fs.realpathSync(PYTHON), copy);
-      fs.chownSync(copy, OTHER_UID, OTHER_UID);
-      const digest = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
+      const { copy, digest } = attackerPython(mnt);
       const h = await agentOf(thisBuildOnly(digest), { user: true });
       setSecret(h, 'app/token', 'loop-exe-value', true);
       const lines = runLines([copy, RAW_CLIENT, h.sock, 'app/token'], {
@@ -1002,12 +997,8 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       // identified it, makes the memfd's bytes those of the build the rule allows (python3 with
       // its last byte flipped), seals it against writing (a seal says nothing of the bytes it
       // ran before), and only then asks.
-      const py = fs.readFileSync(fs.realpathSync(PYTHON));
-      const allowed = Buffer.from(py);
-      allowed[allowed.length - 1] = (allowed[allowed.length - 1] ?? 0) ^ 0xff;
-      const h = await agentOf(thisBuildOnly(createHash('sha256').update(allowed).digest('hex')), {
-        user: true,
-      });
+      const { flipped } = flippedPython();
+      const h = await agentOf(thisBuildOnly(flipped), { user: true });
       setSecret(h, 'app/token', 'memfd-exe-value', true);
       const launcher = [
         'import mmap, os, subprocess, sys',
