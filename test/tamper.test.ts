@@ -19,7 +19,7 @@ import {
 } from './agent-helpers.js';
 import { withFileLock } from '../src/lib/files.js';
 import { vaultPaths } from '../src/vault/index.js';
-import { BIN, initHome, kw } from './helpers.js';
+import { BIN, eventually, initHome, kw } from './helpers.js';
 import { koffi } from '../src/lib/koffi.js';
 import { POLICY_FULL_CHECK_EVERY } from '../src/policy/store.js';
 
@@ -191,9 +191,15 @@ const segmentOf = (h: { home: string }) => {
 const logLines = (h: { home: string }) =>
   fs.readFileSync(segmentOf(h), 'utf8').trimEnd().split('\n');
 function cutTail(h: { home: string }, n: number): Array<{ seq: number; type: string }> {
-  const ls = logLines(h);
-  fs.writeFileSync(segmentOf(h), `${ls.slice(0, ls.length - n).join('\n')}\n`);
-  return ls.slice(ls.length - n).map((l) => JSON.parse(l) as { seq: number; type: string });
+  // Under the log's lock, as its writers take it: an entry the agent still has queued (a read's
+  // credential.drop, recorded after the value is sent) lands before the cut or after it, never
+  // between the truncation and the rewrite (where it would chain from an empty file). An
+  // attacker who races it is found by the agent's next write, which checks its last line.
+  return withFileLock(path.join(h.home, 'audit', 'lock'), 10_000, () => {
+    const ls = logLines(h);
+    fs.writeFileSync(segmentOf(h), `${ls.slice(0, ls.length - n).join('\n')}\n`);
+    return ls.slice(ls.length - n).map((l) => JSON.parse(l) as { seq: number; type: string });
+  });
 }
 
 /** A command, ended if it hangs: a FIFO that holds the agent's thread would hold it for ever. */
@@ -381,6 +387,12 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     );
     assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'held-lock' }).code, 0);
     assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'held-lock');
+    // The read's last entry (credential.drop) is written after the value is sent: the agent's
+    // last entry is that one.
+    await eventually(
+      () => logLines(h).some((l) => l.includes('"credential.drop"')),
+      "the read's credential.drop",
+    );
     // A command without the agent writes after the agent's last entry and seals the checkpoint
     // file there; the attacker cuts those lines, back to exactly the agent's last entry.
     const agentEnd = logLines(h).length;
