@@ -12,9 +12,9 @@
  * after identification changes nothing: the descriptor was opened while it could be read.
  *
  * A file that changed since, can't be read at all (execute-only), or whose bytes may change while
- * it runs (a memfd, a mount the user made: notHeldWhileRunning) refuses every request that needs the hash, for as long as
- * the identity lives: an unknown hash would let a caller step around a rule that denies its
- * executable.
+ * it runs (a memfd, a mount the user made: notHeldWhileRunning, exe-trust.ts) refuses every
+ * request that needs the hash, for as long as the identity lives: an unknown hash would let a
+ * caller step around a rule that denies its executable.
  *
  * The descriptor belongs to the program handle (peer.ts): it closes with the handle's last
  * holder, when no connection of the program is left to ask.
@@ -40,6 +40,7 @@ function remember(key: string, hash: string): void {
   if (hashCache.size >= HASH_CACHE_MAX) hashCache.clear();
   hashCache.set(key, hash);
 }
+
 /**
  * Larger executables are not hashed (a refusal wherever a hash is needed): a sparse file of a
  * terabyte (truncate -s 1T) took the better part of an hour to hash, then on the agent's thread;
@@ -218,7 +219,7 @@ export class ExeHash {
       return `is larger than ${EXE_HASH_MAX_BYTES / 1024 / 1024} MiB, too large to hash`;
     if (fileKey(st) !== this.key) return CHANGED;
     // A hash remembered for the file needs no such check: only a file fixedForUser is.
-    return this.sealed ? undefined : notHeldWhileRunning(fd);
+    return this.sealed ? undefined : notHeldWhileRunning(fd, st);
   }
 
   /** The file did not change while it was read (its stat is still identification's). */

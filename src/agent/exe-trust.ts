@@ -109,10 +109,11 @@ function onUsersBlocks(dev: bigint): boolean {
 }
 
 /**
- * Why the bytes of the running executable open at fd may not be the ones it runs, or undefined
- * when they are. A file a process runs can't be opened for writing (ETXTBSY), and exec refuses
- * a file open for writing or mapped writable, so from the exec on its bytes are the running
- * ones, on a local file system reached through a mount of the agent's own namespace. Not:
+ * Why the bytes of the running executable open at fd (stat: its fstat) may not be the ones it
+ * runs, or undefined when they are. A file a process runs can't be opened for writing (ETXTBSY),
+ * and exec refuses a file open for writing or mapped writable, so from the exec on its bytes are
+ * the running ones, on a local file system reached through a mount of the agent's own
+ * namespace. Not:
  * - a memfd, sealed or not: its writers write on while it runs, and a seal added after a
  *   rewrite says nothing of the bytes it started with (told by its name, `/memfd:NAME`: its
  *   seals are a tmpfs file's until sealed);
@@ -123,7 +124,7 @@ function onUsersBlocks(dev: bigint): boolean {
  *   user writes the running file's blocks through the image;
  * - a file the agent can open for writing now (not running it, or not held).
  */
-export function notHeldWhileRunning(fd: number): string | undefined {
+export function notHeldWhileRunning(fd: number, stat: fs.BigIntStats): string | undefined {
   const self = `/proc/self/fd/${fd}`;
   try {
     if (fs.readlinkSync(self).startsWith('/memfd:'))
@@ -133,7 +134,7 @@ export function notHeldWhileRunning(fd: number): string | undefined {
       return `is on a file system whose bytes can change while it runs (type 0x${type.toString(16)})`;
     if (!inAgentsMounts(fd))
       return "is reached through a mount outside the agent's mount namespace (one its user may have made)";
-    if (onUsersBlocks(fs.fstatSync(fd, { bigint: true }).dev))
+    if (onUsersBlocks(stat.dev))
       return 'is on a loop (or nbd) device over an image its user can write, past the running file';
   } catch {
     return 'can not be examined';

@@ -1,8 +1,3 @@
-/** Whether a rule of the policy decides by the caller's executable hash. */
-export function needsHash(policy: Policy): boolean {
-  return policy.rules.some((r) => r.callers.exe_sha256 !== undefined);
-}
-
 /**
  * The gate: the one path every release and signature takes (docs/PROTOCOL.md, "The request
  * path"): identity -> policy -> limits -> approval -> the go-ahead. The caller then makes its
@@ -44,6 +39,11 @@ import type { GateHost, GateRequest } from './gate-types.js';
 import { locked } from './unlock.js';
 
 export type { GateHost, GateRequest } from './gate-types.js';
+
+/** Whether a rule of the policy decides by the caller's executable hash. */
+export function needsHash(policy: Policy): boolean {
+  return policy.rules.some((r) => r.callers.exe_sha256 !== undefined);
+}
 
 const BREAKER_DENIALS = 5;
 const GONE = 'the requester went away';
@@ -161,19 +161,20 @@ export class Gate {
     const { id } = caller;
     const name = req.target;
     const request = { target: name, kind: req.kind, action: req.action };
+    const w = this.host.window;
+    let v = w.unlocked();
+    let policy = w.currentPolicy(v);
     // The executable's hash, when this request needs it (a rule on exe_sha256, or an approval:
     // its grants and its prompt), is read off the thread first (a large one delays this
-    // request, not the agent); what the vault and the policy are is read after it.
-    const before = this.host.window.currentPolicy(this.host.window.unlocked());
-    if (
-      needsHash(before) ||
-      req.confirmEachUse ||
-      evaluate(before, request, id).decision === 'approve'
-    )
+    // request, not the agent); what the vault and the policy are is read again after it. A
+    // policy that names no hash is evaluated without it, once, when no wait came between.
+    let first = needsHash(policy) ? undefined : evaluate(policy, request, id);
+    if (first === undefined || req.confirmEachUse || first.decision === 'approve') {
       await exeHashOf(id)?.prepare();
-    const w = this.host.window;
-    const v = w.unlocked();
-    const policy = w.currentPolicy(v);
+      v = w.unlocked();
+      policy = w.currentPolicy(v);
+      first = undefined;
+    }
     const base = { target: name, actor: actorOf(id) };
     // The caller's executable hash before anything reads it (agent/exe-hash.ts): one that can't
     // be taken (the file changed, can't be read, or can change while it runs) is a recorded
@@ -196,7 +197,7 @@ export class Gate {
       }
     };
     if (needsHash(policy)) await hashed();
-    let evaluated = evaluate(policy, request, id);
+    let evaluated = first ?? evaluate(policy, request, id);
     if (req.confirmEachUse && evaluated.decision !== 'deny') {
       evaluated = {
         decision: 'approve',
