@@ -22,6 +22,7 @@ import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { quote } from '../lib/text.js';
 import { AgentLink } from './agent-link.js';
+import { untilEnded } from './gateway-life.js';
 import { Guard, message } from './guard.js';
 import {
   ERR_REFUSED,
@@ -36,7 +37,7 @@ import {
 import { definitionHash, toolDefinition } from './pins.js';
 import { checkServerUrl, httpUpstream, resolveHeaders, type HeaderTemplate } from './remote.js';
 import { allowedByPolicy, RateLimits } from './tools.js';
-import { readLines, stdioUpstream, type Json, type Upstream } from './upstream.js';
+import { stdioUpstream, type Json, type Upstream } from './upstream.js';
 
 export interface WrapOptions {
   name: string;
@@ -459,49 +460,12 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     const headers = await resolveHeaders(o.agentSocket, o.headers ?? []);
     upstream = await httpUpstream(name, url, headers, events);
   }
-  const server = upstream;
 
-  return new Promise<number>((resolve) => {
-    let ending = false;
-    let exitSignal: NodeJS.Signals | undefined;
-    const end = (how: 'input' | 'signal', signal?: NodeJS.Signals) => {
-      exitSignal ??= signal;
-      if (ending) {
-        // A signal during a gentle stop: the server's group goes now, and so does the gateway.
-        if (signal) void server.stop('signal');
-        return;
-      }
-      ending = true;
-      // What the client sent before its input ended still reaches the server, and what the server
-      // answers before it exits still reaches the client; a signal doesn't wait for either.
-      const sent = how === 'input' ? fromClient.drained() : Promise.resolve();
-      void sent
-        .then(() => server.stop(how))
-        .then(() => (how === 'input' ? serverQueue.drained() : undefined))
-        .finally(() => {
-          link.close();
-          if (exitSignal) {
-            // Exit as the signal would have: whoever waits for the gateway sees it.
-            process.removeAllListeners(exitSignal);
-            process.kill(process.pid, exitSignal);
-          }
-          resolve(0);
-        });
-    };
-    for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const)
-      process.on(sig, () => end('signal', sig));
-    readLines(
-      process.stdin,
-      fromClient,
-      () =>
-        toClient({
-          jsonrpc: '2.0',
-          id: null,
-          error: { code: -32600, message: 'keyward: message too large' },
-        }),
-      // The client closed its end, or died: the server is stopped the way the MCP spec says.
-      () => end('input'),
-    );
-    process.stdout.on('error', () => end('input'));
+  return untilEnded({
+    server: upstream,
+    fromClient,
+    serverDrained: () => serverQueue.drained(),
+    toClient,
+    close: () => link.close(),
   });
 }
