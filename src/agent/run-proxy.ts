@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import tls from 'node:tls';
-import { KeywardError } from '../errors.js';
+import { KeywardError, UsageError } from '../errors.js';
 import { readOwnFile, writeFileAtomic } from '../lib/files.js';
 import { randomBytes, secureFree, secureSlice, type SecureBuffer } from '../lib/secure.js';
 import type { Policy } from '../policy/index.js';
@@ -24,6 +24,8 @@ import {
   type ProxyHooks,
 } from '../proxy/index.js';
 import { maskingForms, type EnvPiece } from '../run/index.js';
+import { quote } from '../lib/text.js';
+import type { Wanted } from './run-request.js';
 
 /** Where the system's trust store usually is (Debian, Fedora, Alpine and macOS-like layouts). */
 const SYSTEM_BUNDLES = [
@@ -73,6 +75,31 @@ export function hostsFor(policy: Policy, name: string): Map<string, HostRule> {
         format: b.format,
       });
   return out;
+}
+
+/**
+ * A proxied run's secrets and the hosts the policy binds each to (the only requests the proxy
+ * puts it into). Refuses a run that holds nothing back, an --env that names one of the proxy's
+ * own variables, and a secret no host is bound to.
+ */
+export function proxyBindings(policy: Policy, wanted: readonly Wanted[]): Map<string, string[]> {
+  if (wanted.length === 0)
+    throw new UsageError('USAGE', '--proxy needs a secret to hold back: --env VAR=NAME');
+  const boundTo = new Map<string, string[]>();
+  for (const w of wanted) {
+    for (const a of w.as)
+      if ('var' in a && (PROXY_VARIABLES as readonly string[]).includes(a.var))
+        throw new UsageError('USAGE', `--proxy sets ${a.var} itself: choose another --env name`);
+    const hosts = [...hostsFor(policy, w.name).keys()];
+    if (hosts.length === 0)
+      throw new KeywardError(
+        'POLICY_DENIED',
+        `--proxy: the policy binds no host to ${quote(w.name)} (proxy.hosts), so nothing would put it into a request`,
+        { hint: 'docs/PROXY.md, "The policy"' },
+      );
+    boundTo.set(w.name, hosts);
+  }
+  return boundTo;
 }
 
 /** Agent-wide per-domain buckets (rate_limits.domains): one per pattern, reset when it changes. */

@@ -7,7 +7,7 @@
 import type { ChildProcess } from 'node:child_process';
 import type net from 'node:net';
 import type { Actor, AuditRecord } from '../audit/index.js';
-import { KeywardError, UsageError } from '../errors.js';
+import { KeywardError } from '../errors.js';
 import { closeFd } from '../lib/libc.js';
 import { openPty } from '../lib/process.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
@@ -36,8 +36,8 @@ import {
 import { ProjectRun } from './projects.js';
 import {
   DomainLimits,
-  hostsFor,
   PROXY_VARIABLES,
+  proxyBindings,
   startRunProxy,
   type RunProxy,
 } from './run-proxy.js';
@@ -147,27 +147,8 @@ export class RunService {
       const v = this.host.vault();
       project?.addTo(v, req.wanted);
       const policy = req.proxy ? this.host.policy(v) : undefined;
-      const boundTo = new Map<string, string[]>();
-      if (policy) {
-        if (req.wanted.length === 0)
-          throw new UsageError('USAGE', '--proxy needs a secret to hold back: --env VAR=NAME');
-        for (const w of req.wanted) {
-          for (const a of w.as)
-            if ('var' in a && (PROXY_VARIABLES as readonly string[]).includes(a.var))
-              throw new UsageError(
-                'USAGE',
-                `--proxy sets ${a.var} itself: choose another --env name`,
-              );
-          const hosts = [...hostsFor(policy, w.name).keys()];
-          if (hosts.length === 0)
-            throw new KeywardError(
-              'POLICY_DENIED',
-              `--proxy: the policy binds no host to ${quote(w.name)} (proxy.hosts), so nothing would put it into a request`,
-              { hint: 'docs/PROXY.md, "The policy"' },
-            );
-          boundTo.set(w.name, hosts);
-        }
-      }
+      // Each secret's hosts: the only requests the proxy puts it into.
+      const boundTo = policy ? proxyBindings(policy, req.wanted) : new Map<string, string[]>();
       const rules = new Map<string, string | null>();
       // One approval per rule for the whole run, naming every secret that rule gives it.
       const together = {
