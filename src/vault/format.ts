@@ -7,7 +7,7 @@
  * damaged disk). Every length is checked before it is used, so malformed bytes end in a
  * VAULT_CORRUPT IntegrityError and never in a RangeError or a huge allocation.
  */
-import { IntegrityError } from '../errors.js';
+import { IntegrityError, KeywardError } from '../errors.js';
 import {
   blake2b256,
   KEY_ID_BYTES,
@@ -219,3 +219,18 @@ export function recordAd(vaultId: Buffer, entryId: Buffer, name: string): Buffer
 }
 
 export { corrupt as corruptError };
+
+/** The associated data of a state record the vault seals for others (sealState). */
+export function stateAd(vaultId: Buffer, label: string): Buffer {
+  return Buffer.concat([
+    Buffer.from('keyward state v1', 'ascii'),
+    vaultId,
+    Buffer.from(label, 'utf8'),
+  ]);
+}
+
+export function secretNotFound(name: string): KeywardError {
+  return new KeywardError('SECRET_NOT_FOUND', `no secret named ${name}`, {
+    hint: 'see the names with: keyward secret list',
+  });
+}

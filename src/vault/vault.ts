@@ -4,7 +4,7 @@
  * records to vault.kw (format 2), or replaces the file atomically when it must be rewritten.
  */
 import { sodium } from '../lib/sodium.js';
-import { AuthError, IntegrityError, KeywardError, UsageError } from '../errors.js';
+import { AuthError, IntegrityError, UsageError } from '../errors.js';
 import { hardenProcess } from '../lib/libc.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 import { backupSealer, type BackupSealer } from './backup-key.js';
@@ -24,9 +24,11 @@ import {
 import {
   corruptError,
   recordAd,
+  secretNotFound,
   SLOT_KEYRING,
   SLOT_PASSPHRASE,
   slotAd,
+  stateAd,
   type Slot,
 } from './format.js';
 import { parseLog } from './log-format.js';
@@ -487,17 +489,3 @@ export class Vault {
 }
 
 const isInternal = (name: string) => name.startsWith('@');
-
-function stateAd(vaultId: Buffer, label: string): Buffer {
-  return Buffer.concat([
-    Buffer.from('keyward state v1', 'ascii'),
-    vaultId,
-    Buffer.from(label, 'utf8'),
-  ]);
-}
-
-function secretNotFound(name: string): KeywardError {
-  return new KeywardError('SECRET_NOT_FOUND', `no secret named ${name}`, {
-    hint: 'see the names with: keyward secret list',
-  });
-}
