@@ -17,7 +17,7 @@
   let streaming = false;
 
   const { clean, el, say } = window.keywardDom;
-  const { auditRows, callerRows, diffView, qr, timeline } = window.keywardDraw;
+  const { auditRows, callerRows, pinCard, qr, timeline } = window.keywardDraw;
 
   async function api(method, path, body, secret) {
     const headers = { 'X-Keyward-CSRF': csrf || '' };
@@ -437,67 +437,23 @@
     }
   });
 
-  // MCP pins: a word diff of each waiting definition (draw.js), and Trust (bound to the hash
-  // shown).
+  // MCP pins: each server's card (draw.js), Trust bound to the hash shown.
   async function loadPins() {
     const d = await api('GET', '/api/pins');
     $('no-pins').hidden = d.servers.length > 0;
     $('pins').replaceChildren(
-      ...d.servers.map((s) => {
-        const box = el(
-          'div',
-          { class: 'card wide', 'data-server': s.server },
-          el('h3', { text: s.server }),
-        );
-        for (const w of s.waiting) {
-          const pass = el('input', {
-            type: 'password',
-            class: 'factor',
-            placeholder: 'vault passphrase',
-          });
-          const trust = el('button', {
-            class: 'trust',
-            type: 'button',
-            text: 'Trust this definition',
-          });
-          trust.addEventListener('click', async () => {
-            const v = pass.value;
-            pass.value = '';
-            const q = new URLSearchParams({ server: s.server, tool: w.tool, hash: w.sha256 });
-            try {
-              await api('POST', `/api/pins/trust?${q}`, undefined, v);
-              say(`trusted ${s.server} ${w.tool}`);
-              loadPins();
-            } catch (e) {
-              say(e.message, true);
-            }
-          });
-          box.append(
-            el(
-              'div',
-              { class: 'waiting', 'data-tool': w.tool },
-              el('p', {
-                class: 'warn',
-                text: `${w.tool}: waiting since ${w.at} (sha-256 ${w.sha256.slice(0, 16)}…)`,
-              }),
-              w.diff === null
-                ? el('p', { class: 'hint', text: 'the definition is not on file' })
-                : diffView(w.diff),
-              el('div', { class: 'row' }, pass, trust),
-            ),
-          );
-        }
-        box.append(
-          el(
-            'ul',
-            { class: 'pinned' },
-            ...s.pinned.map((p) =>
-              el('li', { text: `${p.tool} — ${p.sha256.slice(0, 16)}…, pinned ${p.at}` }),
-            ),
-          ),
-        );
-        return box;
-      }),
+      ...d.servers.map((s) =>
+        pinCard(s, async (w, v) => {
+          const q = new URLSearchParams({ server: s.server, tool: w.tool, hash: w.sha256 });
+          try {
+            await api('POST', `/api/pins/trust?${q}`, undefined, v);
+            say(`trusted ${s.server} ${w.tool}`);
+            loadPins();
+          } catch (e) {
+            say(e.message, true);
+          }
+        }),
+      ),
     );
   }
 

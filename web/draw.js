@@ -1,7 +1,7 @@
 // What the console's page (app.js) draws from the agent's answers, as functions of the data
-// alone: a request's caller, the audit timeline and rows, a definition's word diff, the TOTP
-// code. Built with dom.js's el (textContent, escapes), so nothing here reads or writes the page's
-// state. Loaded after dom.js, before app.js, as window.keywardDraw.
+// alone: a request's caller, the audit timeline and rows, a definition's word diff, an MCP
+// server's pins, the TOTP code. Built with dom.js's el (textContent, escapes), so nothing here
+// reads or writes the page's state. Loaded after dom.js, before app.js, as window.keywardDraw.
 'use strict';
 
 (function () {
@@ -163,7 +163,54 @@
     return size;
   }
 
+  // An MCP server's pins: each waiting definition with its word diff and a Trust button (bound to
+  // the hash shown: onTrust(waiting, passphrase), the field emptied first), then what is pinned.
+  function pinCard(s, onTrust) {
+    const box = el(
+      'div',
+      { class: 'card wide', 'data-server': s.server },
+      el('h3', { text: s.server }),
+    );
+    for (const w of s.waiting) {
+      const pass = el('input', {
+        type: 'password',
+        class: 'factor',
+        placeholder: 'vault passphrase',
+      });
+      const trust = el('button', { class: 'trust', type: 'button', text: 'Trust this definition' });
+      trust.addEventListener('click', () => {
+        const v = pass.value;
+        pass.value = '';
+        return onTrust(w, v);
+      });
+      box.append(
+        el(
+          'div',
+          { class: 'waiting', 'data-tool': w.tool },
+          el('p', {
+            class: 'warn',
+            text: `${w.tool}: waiting since ${w.at} (sha-256 ${w.sha256.slice(0, 16)}…)`,
+          }),
+          w.diff === null
+            ? el('p', { class: 'hint', text: 'the definition is not on file' })
+            : diffView(w.diff),
+          el('div', { class: 'row' }, pass, trust),
+        ),
+      );
+    }
+    box.append(
+      el(
+        'ul',
+        { class: 'pinned' },
+        ...s.pinned.map((p) =>
+          el('li', { text: `${p.tool} — ${p.sha256.slice(0, 16)}…, pinned ${p.at}` }),
+        ),
+      ),
+    );
+    return box;
+  }
+
   Object.defineProperty(window, 'keywardDraw', {
-    value: Object.freeze({ auditRows, callerRows, diffView, qr, timeline }),
+    value: Object.freeze({ auditRows, callerRows, diffView, pinCard, qr, timeline }),
   });
 })();
