@@ -3,7 +3,7 @@
  * durable record, no value ever reaches the log, and `keyward audit ...` works end to end.
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -443,6 +443,56 @@ describe("the box key in the audit state is the vault's", () => {
         entries.map((e) => [e.type, e.target, e.decision, e.reason]),
       )}`,
     );
+  });
+
+  test("one written through a shared mapping under a running, unlocked agent, the file's stat unchanged, is found at the next request all the same", async () => {
+    const h = await allowingAgent();
+    const file = path.join(auditDir(h), 'state');
+    // A process of the user maps the state file and writes a byte back as it was: that first
+    // write moves the file's times (ext4), and the agent reads the file again at its next
+    // request. Writes through the same mapping after that move no time (the page stays dirty
+    // and writable; on tmpfs no time ever moves), so the file's stamp stays the agent's.
+    const mapper = spawn(
+      'python3',
+      [
+        '-c',
+        [
+          'import mmap, os, sys',
+          'f = open(sys.argv[1], "r+b")',
+          'm = mmap.mmap(f.fileno(), 0)',
+          'm[60] = m[60]',
+          'print("touched", flush=True)',
+          'sys.stdin.readline()',
+          'm[56:88] = os.urandom(32)',
+          'print("swapped", flush=True)',
+          'sys.stdin.readline()',
+        ].join('\n'),
+        file,
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    const lines: string[] = [];
+    mapper.stdout.on('data', (d: Buffer) => lines.push(...d.toString().trim().split('\n')));
+    try {
+      await eventually(() => lines.includes('touched'), 'the mapping written once');
+      assert.equal(kw(['read', 'api/token'], { env: h.env }).code, 0);
+      await eventually(
+        () =>
+          fs.readFileSync(segment(h), 'utf8').split('"type":"credential.drop"').length - 1 === 1,
+        "the read's credential.drop",
+      );
+      mapper.stdin.write('swap\n');
+      await eventually(() => lines.includes('swapped'), 'the box key swapped through the mapping');
+      const r = kw(['read', 'api/token'], { env: h.env });
+      assert.notEqual(r.code, 0, 'nothing is released once the state was tampered with');
+      assert.equal(r.stdout, '');
+      assert.match(kw(['status'], { env: h.env }).stdout, /locked/);
+    } finally {
+      mapper.kill('SIGKILL');
+      await stopAgent(h);
+    }
+    const gap = auditEntries(h).find((e) => e.type === 'audit.gap');
+    assert.match(String(gap?.reason), /box key that is not this vault's/);
   });
 });
 

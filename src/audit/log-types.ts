@@ -2,7 +2,7 @@
 import fs from 'node:fs';
 import type { ShippedEntry } from './ship.js';
 import { stampFrom } from './segment-files.js';
-import type { AuditState } from './state.js';
+import type { AuditState, HeldState } from './state.js';
 import type { Tail } from './tail.js';
 
 export interface AuditOptions {
@@ -51,12 +51,16 @@ export interface SegmentSeen {
 /**
  * A writer's knowledge of the log: the state (epoch key included, in secure memory) and its
  * segment's head, each with the stamp of the file it came from. Used only under the lock and only
- * while the file's stamp is unchanged: anything another writer (or anyone) does to a file changes
- * its stamp, and the file is read again, exactly as without this.
+ * while the file's stamp is unchanged: anything another writer does to a file through write(2)
+ * or rename changes its stamp, and the file is read again, exactly as without this. A write
+ * through a shared mapping may change no stamp: the state's bytes are compared at every batch
+ * through a descriptor held on the file (HeldState), and the segment's last line is read back
+ * (tail.ts, lineStillThere).
  */
 export interface Known {
-  stateStamp: string;
   st: AuditState;
+  /** The state file st was read from, held: its stamp and bytes checked at each batch. */
+  held: HeldState;
   seg?: {
     segment: number;
     stamp: string;

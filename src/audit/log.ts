@@ -40,6 +40,8 @@ import { epochZeroKey, nextEpochKey } from './keys.js';
 import {
   auditPaths,
   readState,
+  HeldState,
+  readStateHeld,
   segmentName,
   unavailable,
   unwritable,
@@ -218,8 +220,7 @@ export class AuditLog {
   /** Under the lock, before anything is sealed: the state names the vault's box key (box.ts). */
   private boxChecked(st: AuditState): BoxGap | undefined {
     const checked = checkBox(this.boxTrust?.(), st, this.paths);
-    if (checked.wrote && this.known?.st === st)
-      this.known.stateStamp = stampOf(this.paths.state) ?? '';
+    if (checked.wrote) this.stateWritten(st);
     return checked.gap;
   }
 
@@ -272,16 +273,26 @@ export class AuditLog {
   private currentState(): AuditState {
     // The stamp is taken before the read: a change in between is read again next time.
     const stamp = stampOf(this.paths.state);
-    if (this.known && stamp !== undefined && this.known.stateStamp === stamp) return this.known.st;
+    if (this.known?.held.still(stamp, this.known.st)) return this.known.st;
     this.forget();
-    const st = readState(this.paths);
-    this.known = { stateStamp: stamp ?? '', st };
-    return st;
+    // The stamp of the file read, and its descriptor, held: the bytes compared at the next
+    // batches are that file's, and the path's stamp says whether it still names it.
+    const read = readStateHeld(this.paths);
+    this.known = { st: read.st, held: new HeldState(read.stamp, read.fd) };
+    return read.st;
+  }
+
+  /** After this writer replaced the state file with st. */
+  private stateWritten(st: AuditState): void {
+    if (this.known?.st === st) this.known.held.rewritten(this.paths.state);
   }
 
   /** Drops what this writer knew of the log: wipes the epoch key, closes the segment. */
   forget(): void {
-    if (this.known) secureFree(this.known.st.key);
+    if (this.known) {
+      secureFree(this.known.st.key);
+      this.known.held.close();
+    }
     this.known = undefined;
     this.files.close();
     this.sealer.close();
@@ -387,7 +398,7 @@ export class AuditLog {
     st.epochStartMs = this.o.now().getTime();
     if (nextSegment) st.segment += 1;
     writeState(this.paths, st);
-    if (this.known?.st === st) this.known.stateStamp = stampOf(this.paths.state) ?? '';
+    this.stateWritten(st);
   }
 
   private appendLocked(st: AuditState, records: readonly AuditRecord[], seen?: SegmentSeen): Head {

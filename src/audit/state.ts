@@ -4,8 +4,16 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError, KeywardError } from '../errors.js';
-import { openOwnFile, writeFileAtomic } from '../lib/files.js';
-import { readFdToSecure, secureFree, secureSlice, type SecureBuffer } from '../lib/secure.js';
+import { fileKey, openOwnFile, writeFileAtomic } from '../lib/files.js';
+import {
+  readFdToSecure,
+  secureAlloc,
+  secureEqual,
+  secureFree,
+  secureSlice,
+  zero,
+  type SecureBuffer,
+} from '../lib/secure.js';
 import { BOX_PK_BYTES, KEY_BYTES } from './keys.js';
 
 const MAGIC = Buffer.from('KWAUDST1', 'ascii');
@@ -73,6 +81,17 @@ export function unwritable(e: unknown): unknown {
 }
 
 export function readState(p: AuditPaths): AuditState {
+  const held = readStateHeld(p);
+  fs.closeSync(held.fd);
+  return held.st;
+}
+
+/**
+ * The state, with the descriptor it was read through (the caller closes it) and that file's
+ * stamp, taken before the read: the file a later check of the path's stamp and of these bytes
+ * is about.
+ */
+export function readStateHeld(p: AuditPaths): { st: AuditState; fd: number; stamp: string } {
   let fd: number;
   try {
     fd = openOwnFile(p.state);
@@ -83,24 +102,29 @@ export function readState(p: AuditPaths): AuditState {
     throw e;
   }
   let raw: SecureBuffer;
+  let stamp: string;
   try {
+    stamp = fileKey(fs.fstatSync(fd, { bigint: true }));
     raw = readFdToSecure(fd, STATE_BYTES);
   } catch (e) {
+    fs.closeSync(fd);
     if (e instanceof RangeError) throw badState(p);
     throw e;
-  } finally {
-    fs.closeSync(fd);
   }
   try {
     // eslint-disable-next-line no-restricted-syntax -- the magic is public
     if (raw.length !== STATE_BYTES || !raw.subarray(0, 8).equals(MAGIC)) throw badState(p);
-    return {
+    const st = {
       epoch: raw.readUInt32BE(8),
       epochStartMs: Number(raw.readBigUInt64BE(12)),
       segment: raw.readUInt32BE(20),
       key: secureSlice(raw, 24, 24 + KEY_BYTES),
       boxPublicKey: Buffer.from(raw.subarray(24 + KEY_BYTES)),
     };
+    return { st, fd, stamp };
+  } catch (e) {
+    fs.closeSync(fd);
+    throw e;
   } finally {
     secureFree(raw);
   }
@@ -110,6 +134,84 @@ function badState(p: AuditPaths): IntegrityError {
   return new IntegrityError('AUDIT_CHAIN_BROKEN', `the audit state file ${p.state} is damaged`, {
     hint: 'nothing was released; restore it from a backup or run keyward audit verify',
   });
+}
+
+/**
+ * The state file a long-running writer read (readStateHeld), held open: its stamp (the path's
+ * must still be it) and its bytes (they must still be the state the writer keeps) are checked at
+ * each batch, so neither a write(2), a rename nor a write through a shared mapping goes unseen.
+ */
+export class HeldState {
+  private scratch: SecureBuffer | undefined;
+
+  constructor(
+    private stamp: string,
+    private fd: number | undefined,
+  ) {}
+
+  /** Whether the path's stamp is the held file's, and the file still holds st. */
+  still(pathStamp: string | undefined, st: AuditState): boolean {
+    return (
+      pathStamp !== undefined &&
+      pathStamp === this.stamp &&
+      this.fd !== undefined &&
+      stateStill(this.fd, st, (this.scratch ??= secureAlloc(STATE_BYTES + 1)))
+    );
+  }
+
+  /**
+   * After the writer replaced the file: the stamp and the descriptor are the new file's, both of
+   * one open (a file put in its place since is another stamp, or other bytes). Neither when it
+   * can't be opened: the state is read again at the next batch.
+   */
+  rewritten(file: string): void {
+    this.closeFd();
+    this.stamp = '';
+    try {
+      this.fd = openOwnFile(file);
+      this.stamp = fileKey(fs.fstatSync(this.fd, { bigint: true }));
+    } catch {
+      // Read again at the next batch.
+    }
+  }
+
+  close(): void {
+    this.closeFd();
+    secureFree(this.scratch);
+    this.scratch = undefined;
+  }
+
+  private closeFd(): void {
+    if (this.fd !== undefined) fs.closeSync(this.fd);
+    this.fd = undefined;
+  }
+}
+
+/**
+ * Whether the state file open at fd still holds s, byte for byte (read into scratch, of
+ * STATE_BYTES + 1 bytes in secure memory, zeroed after): a write through a shared mapping changes
+ * the bytes without the file's stat (tmpfs; ext4 once its page is dirty), so a writer that knows
+ * the state by its stamp checks the bytes too, at every batch.
+ */
+function stateStill(fd: number, s: AuditState, scratch: SecureBuffer): boolean {
+  try {
+    const n = fs.readSync(fd, scratch, 0, scratch.length, 0);
+    return (
+      n === STATE_BYTES &&
+      // eslint-disable-next-line no-restricted-syntax -- the magic is public
+      scratch.subarray(0, 8).equals(MAGIC) &&
+      scratch.readUInt32BE(8) === s.epoch &&
+      Number(scratch.readBigUInt64BE(12)) === s.epochStartMs &&
+      scratch.readUInt32BE(20) === s.segment &&
+      secureEqual(scratch.subarray(24, 24 + KEY_BYTES), s.key) &&
+      // eslint-disable-next-line no-restricted-syntax -- a public key
+      scratch.subarray(24 + KEY_BYTES, STATE_BYTES).equals(s.boxPublicKey)
+    );
+  } catch {
+    return false;
+  } finally {
+    zero(scratch);
+  }
 }
 
 /** Writes the state atomically; the previous key is gone from the file once this returns. */
