@@ -66,6 +66,46 @@ async function agentWith(policy: string, askpass?: (h: AgentHome) => string): Pr
   return h;
 }
 
+describe('an answer is to the policy that asked', () => {
+  test('a policy applied while the person reads the prompt decides: one that now denies the caller is a refusal, whatever the answer', async () => {
+    // The askpass says its prompt, then waits for the test's word before it answers.
+    const h = await agentWith(
+      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+      (a) => {
+        const go = path.join(a.dir, 'go');
+        return `#!/bin/sh\nprintf '%s\\n' "$1" >> '${path.join(a.dir, 'prompts')}'\nwhile [ ! -e '${go}' ]; do sleep 0.05; done\n[ "$(cat '${path.join(a.dir, 'answer')}')" = yes ]\n`;
+      },
+    );
+    const reader = spawn(process.execPath, [BIN, 'read', 'app/token'], {
+      env: h.env,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let stdout = '';
+    let stderr = '';
+    reader.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+    reader.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const code = new Promise<number | null>((resolve) => reader.on('close', resolve));
+    while (h.prompts().length === 0) await new Promise((r) => setTimeout(r, 20));
+    const denying = path.join(h.dir, 'denying.yaml');
+    fs.writeFileSync(
+      denying,
+      'version: 1\nrules:\n  - { name: no-app, targets: ["app/**"], decision: deny }\n',
+    );
+    const applied = kw(['policy', 'apply', denying], { env: h.env });
+    assert.equal(applied.code, 0, applied.stderr);
+    h.answer('yes');
+    fs.writeFileSync(path.join(h.dir, 'go'), '');
+    assert.notEqual(await code, 0, "the old question's yes releases nothing");
+    assert.equal(stdout, '');
+    assert.match(stderr, /the policy changed while the request waited/);
+    const entries = auditEntries(h);
+    assert.ok(entries.some((e) => e.type === 'approval.granted'));
+    const denied = entries.find((e) => e.type === 'secret.read' && e.decision === 'deny');
+    assert.match(String(denied?.reason), /the policy changed while the request waited/);
+    assert.ok(!entries.some((e) => e.type === 'secret.read' && e.decision === 'allow'));
+  });
+});
+
 describe('a remembered approval covers what the person saw', () => {
   test('a run: the same command again, never another command of the same process', async () => {
     const h = await agentWith(REMEMBER);
@@ -345,20 +385,32 @@ describe("the caller's executable", () => {
     p.end();
   });
 
-  test("one too large to hash (a sparse file of 600 MiB) is refused at once where a hash is needed, not read on the agent's thread", async () => {
+  test("one too large to hash (a sparse file of 600 MiB) is asked about with its hash said unknown, never read on the agent's thread, and nothing is remembered", async () => {
     const h = await agentWith(REMEMBER);
-    // Its hash (needed for a grant remembered per process) would take a core for seconds; a
-    // terabyte's, for most of an hour.
+    // Its hash (a grant remembered per process needs it) would take a core for seconds; a
+    // terabyte's, for most of an hour. The person is asked, told the hash is unknown and why.
     const big = sparseNode(h, 600);
     const p = oneProcess(h, big);
     h.answer('yes');
     assert.deepEqual(await p.ask({ op: 'read', name: 'app/token' }), {
-      ok: false,
-      code: 'POLICY_DENIED',
+      ok: true,
+      value: 'remembered-value',
     });
-    assert.equal(h.prompts().length, 0, 'nobody was asked');
-    const denied = auditEntries(h).find((e) => e.type === 'secret.read' && e.decision === 'deny');
-    assert.match(String(denied?.reason), /is larger than 512 MiB, too large to hash/);
+    assert.equal(h.prompts().length, 1);
+    assert.match(
+      h.prompts()[0] ?? '',
+      /its program's sha-256 is unknown: the caller's executable is larger than 512 MiB, too large to hash.*; this approval is for this request only\) wants to read/,
+    );
+    // REMEMBER keeps an answer for the process: not this one, whose program has no hash.
+    h.answer('no');
+    assert.deepEqual(await p.ask({ op: 'read', name: 'app/token' }), {
+      ok: false,
+      code: 'APPROVAL_REJECTED',
+    });
+    assert.equal(h.prompts().length, 2, 'asked again: nothing was remembered');
+    const requested = auditEntries(h).filter((e) => e.type === 'approval.requested');
+    assert.equal(requested.length, 2);
+    assert.match(String(requested[0]?.details?.['exeUnknown']), /too large to hash/);
     p.end();
   });
 });

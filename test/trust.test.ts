@@ -1033,6 +1033,51 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
   );
 
   test(
+    'a program run from a memfd is asked about with its hash said unknown, under a policy that names no hash, and nothing of the answer is remembered',
+    { skip: !rootTests && 'needs root for setpriv' },
+    async () => {
+      // An AppImage's FUSE mount, an NFS home, a memfd: the agent can't hold the bytes to the
+      // running ones. No rule needs the hash here, so the person is asked (not refused), told
+      // the hash is unknown and why; a grant per process would be bound to a hash nobody knows,
+      // so each request asks again.
+      const h = await agentOf(
+        'version: 1\nrules:\n' +
+          '  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }\n',
+        { user: true },
+      );
+      setSecret(h, 'app/token', 'memfd-asked-value', true);
+      h.answer('yes');
+      const launcher = [
+        'import os, subprocess, sys',
+        'py, raw, sock = sys.argv[1:4]',
+        "fd = os.memfd_create('python3')",
+        "os.write(fd, open(py, 'rb').read())",
+        "p = subprocess.run([f'/proc/self/fd/{fd}', raw, sock, 'app/token', '--repeat', '2'],",
+        '    pass_fds=(fd,), stdout=subprocess.PIPE)',
+        'print(p.stdout.decode().strip(), flush=True)',
+      ].join('\n');
+      const lines = runLines(
+        [PYTHON, '-c', launcher, fs.realpathSync(PYTHON), RAW_CLIENT, h.sock],
+        { env: { ...h.env }, user: true },
+      );
+      assert.deepEqual(lines, ['value:memfd-asked-value', 'value:memfd-asked-value']);
+      const prompts = h.prompts();
+      assert.equal(prompts.length, 2, 'asked for each request: nothing was remembered');
+      assert.match(
+        prompts[0] ?? '',
+        /its program's sha-256 is unknown: the caller's executable is a memfd, whose bytes can change while it runs.*; this approval is for this request only\) wants to read the secret "app\/token"/,
+      );
+      const exported = kwAs(['audit', 'export', '--decrypt'], withoutAgent(h));
+      assert.equal(exported.code, 0, exported.stderr);
+      const requested = exported.stdout
+        .split('\n')
+        .filter((l) => l.includes('"approval.requested"'));
+      assert.equal(requested.length, 2, exported.stdout);
+      assert.match(requested[0] ?? '', /"exeUnknown":"the caller's executable is a memfd/);
+    },
+  );
+
+  test(
     'an execute-only executable, seen but unreadable, is refused where its hash is needed, never let past a deny rule on it',
     { skip: !rootTests && 'needs root for setpriv' },
     async () => {

@@ -17,7 +17,7 @@
       dl.append(el('dt', { text: k }), el('dd', { text: String(v) }));
     };
     row('executable', r.hidden ? '(hidden: it made itself unreadable)' : r.exe && ascii(r.exe));
-    row('sha-256', r.exeSha256);
+    row('sha-256', r.exeSha256 || (r.exeUnknown && `unknown: ${r.exeUnknown}`));
     row('pid', r.pid);
     row('command line', (r.cmdline || []).map((a) => ascii(JSON.stringify(a))).join(' '));
     row('directory', r.cwd && ascii(r.cwd));

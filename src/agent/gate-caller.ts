@@ -1,8 +1,11 @@
 /**
  * The caller as the gate's approvals see it (gate.ts): whom a remembered approval belongs to, how
- * a waiting request describes who asks, and what else one approval of a run covers.
+ * a waiting request describes who asks (its hash, or why it has none), what else one approval of
+ * a run covers, and whether a yes still stands under a policy applied while it was asked.
  */
 import type { RequesterRef } from '../approval/index.js';
+import { KeywardError } from '../errors.js';
+import { evaluate, type Policy, type PolicyRequest } from '../policy/index.js';
 import { describeCaller, type ProcessIdentity } from './identity.js';
 import { quote } from '../lib/text.js';
 import type { Peer } from './peer.js';
@@ -33,18 +36,71 @@ export function grantHolder(
   return `${id.pid}:${id.startTime}:${id.exeFile}:${id.exeSha256}:${caller.program.serial}:${loaders}`;
 }
 
-/** The requester of a waiting request: the description, and every value it had to cut, whole. */
-export function requesterOf(id: ProcessIdentity): RequesterRef {
+/** Whether a rule of the policy decides by the caller's executable hash. */
+export function needsHash(policy: Policy): boolean {
+  return policy.rules.some((r) => r.callers.exe_sha256 !== undefined);
+}
+
+/**
+ * Why a person's yes, given to the question `asked` put (its rule `rule`), no longer stands
+ * under the policy in force `now`, or undefined: a policy applied while the prompt waited that
+ * denies the request, gives it by another rule, or names a hash the caller's program has none of.
+ * An allow stands (the person's yes gives no more than the policy now gives without one).
+ */
+export function answerOverruled(
+  now: Policy,
+  asked: Policy,
+  request: PolicyRequest,
+  id: ProcessIdentity,
+  rule: string | undefined,
+): string | undefined {
+  if (now === asked) return undefined;
+  const why = needsHash(now) ? unvouchedHash(id) : undefined;
+  const again = why === undefined ? evaluate(now, request, id) : undefined;
+  if (
+    again !== undefined &&
+    again.decision !== 'deny' &&
+    (again.decision === 'allow' || again.rule === rule)
+  )
+    return undefined;
+  return `the policy changed while the request waited, and no longer gives it by rule ${rule ?? '(none)'}${why === undefined ? '' : ` (${why})`}`;
+}
+
+/**
+ * Why the caller's executable has no hash the agent can vouch for (exe-hash.ts: the file changed
+ * since it connected, can't be read, is too large, or may change while it runs), or undefined.
+ */
+export function unvouchedHash(id: ProcessIdentity): string | undefined {
+  try {
+    void id.exeSha256;
+    return undefined;
+  } catch (e) {
+    if (e instanceof KeywardError) return e.message;
+    throw e;
+  }
+}
+
+/**
+ * The requester of a waiting request: the description, and every value it had to cut, whole.
+ * unvouched: why its executable has no hash (unvouchedHash), said in the description itself, so
+ * every place that shows the request says it.
+ */
+export function requesterOf(id: ProcessIdentity, unvouched?: string): RequesterRef {
+  const description = describeCaller(id);
   return {
     pid: id.pid,
     startTime: id.startTime,
-    description: describeCaller(id),
+    description:
+      unvouched === undefined
+        ? description
+        : `${description} (its program's sha-256 is unknown: ${unvouched}; this approval is for this request only)`,
     // Whole, for `keyward approvals --json`: what the description had to cut is here.
     exe: id.exe ?? null,
     cmdline: id.cmdline,
     cwd: id.cwd ?? null,
     hidden: id.hidden === true,
-    exeSha256: id.exeSha256 ?? null,
+    exeSha256: unvouched === undefined ? (id.exeSha256 ?? null) : null,
+    ...(unvouched === undefined ? {} : { exeUnknown: unvouched }),
     parents: id.ancestors.map((x) => ({ pid: x.pid, exe: x.exe ?? null })),
     loaderVars: (id.loaderVars ?? []).map((x) => ({ name: x.name, value: x.value ?? null })),
   };

@@ -32,7 +32,15 @@ import {
 import { FactorCheck } from './factors.js';
 import { askLocally } from './gate-local.js';
 import { liveIn, OperatorDesk } from './operator-desk.js';
-import { alsoDetails, coversText, grantHolder, requesterOf } from './gate-caller.js';
+import {
+  alsoDetails,
+  answerOverruled,
+  coversText,
+  grantHolder,
+  needsHash,
+  requesterOf,
+  unvouchedHash,
+} from './gate-caller.js';
 import { actorOf, exeHashOf, type ProcessIdentity } from './identity.js';
 import { changedSince, type Peer } from './peer.js';
 import type { GateHost, GateRequest } from './gate-types.js';
@@ -40,10 +48,7 @@ import { locked } from './unlock.js';
 
 export type { GateHost, GateRequest } from './gate-types.js';
 
-/** Whether a rule of the policy decides by the caller's executable hash. */
-export function needsHash(policy: Policy): boolean {
-  return policy.rules.some((r) => r.callers.exe_sha256 !== undefined);
-}
+export { needsHash } from './gate-caller.js';
 
 const BREAKER_DENIALS = 5;
 const GONE = 'the requester went away';
@@ -284,9 +289,12 @@ export class Gate {
         return refuse(`rate limit of rule ${rule.name} reached`, 'POLICY_DENIED', 'wait a little');
     }
     if (decision.decision === 'approve') {
-      await hashed();
+      // A hash the agent can't vouch for (a policy that names none: one that does was refused
+      // above) is no reason to refuse a person the question: the prompt says the hash is
+      // unknown and why, and nothing of the answer is remembered.
+      const unvouched = unvouchedHash(id);
       const a = decision.approval;
-      const who = grantHolder(a.remember.scope, caller);
+      const who = unvouched === undefined ? grantHolder(a.remember.scope, caller) : undefined;
       // What the person approved: the action (a remembered run is not a remembered read), the
       // target, and what else the prompt showed of the request (grantScope).
       const approved = (t: string) => `${req.action}\u0000${t}\u0000${req.grantScope ?? ''}`;
@@ -297,7 +305,7 @@ export class Gate {
       const together = decision.highValue ? undefined : req.together;
       const asked = together?.approved.get(decision.rule)?.has(name) === true;
       if (!asked && !(grantKey && !decision.highValue && this.grants.use(grantKey, Date.now()))) {
-        const requester = requesterOf(id);
+        const requester = requesterOf(id, unvouched);
         const { description } = requester;
         const also = (together?.targets ?? []).filter(
           (t) =>
@@ -307,7 +315,12 @@ export class Gate {
           ...base,
           type: 'approval.requested',
           decision: 'info',
-          details: { rule: decision.rule, mode: a.mode, ...alsoDetails(also) },
+          details: {
+            rule: decision.rule,
+            mode: a.mode,
+            ...alsoDetails(also),
+            ...(unvouched === undefined ? {} : { exeUnknown: unvouched }),
+          },
         });
         // Command lines, paths, names, SSH user names and SSHSIG namespaces come from the
         // requester: each is quoted where it is put into the sentence (quote()), so quotes,
@@ -357,11 +370,22 @@ export class Gate {
           ...base,
           type: 'approval.granted',
           decision: 'allow',
-          details: { rule: decision.rule, mode: a.mode, ...how, ...alsoDetails(also) },
+          details: {
+            rule: decision.rule,
+            mode: a.mode,
+            ...how,
+            ...alsoDetails(also),
+            ...(unvouched === undefined ? {} : { exeUnknown: unvouched }),
+          },
         });
         // Locked while the grant was recorded (and perhaps unlocked again since): the approval
         // was of the window that lock ended, and every grant ends at lock.
         if (!w.stillOpen(v)) throw locked();
+        // A policy applied while the person read the prompt: the answer was to the question the
+        // old one asked. The policy in force now decides: this rule's approval still (or an
+        // allow), and a hash where it names one, or the request is refused and asks again.
+        const overruled = answerOverruled(w.currentPolicy(v), policy, request, id, decision.rule);
+        if (overruled !== undefined) return refuse(overruled, 'POLICY_DENIED', 'ask again', false);
         if (grantKey && who !== undefined && !decision.highValue && a.remember.scope !== 'once') {
           // Remembered for every target the person saw, as each would have been on its own.
           for (const t of [name, ...also]) {

@@ -59,6 +59,8 @@ export interface RequesterRef {
   cwd?: string | null;
   hidden?: boolean;
   exeSha256?: string | null;
+  /** Why exeSha256 is null for a program that has one: its bytes can't be vouched for. */
+  exeUnknown?: string;
   parents?: Array<{ pid: number; exe: string | null }>;
   loaderVars?: Array<{ name: string; value: string | null }>;
 }
