@@ -67,43 +67,50 @@ async function agentWith(policy: string, askpass?: (h: AgentHome) => string): Pr
 }
 
 describe('an answer is to the policy that asked', () => {
-  test('a policy applied while the person reads the prompt decides: one that now denies the caller is a refusal, whatever the answer', async () => {
-    // The askpass says its prompt, then waits for the test's word before it answers.
-    const h = await agentWith(
-      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
-      (a) => {
-        const go = path.join(a.dir, 'go');
-        return `#!/bin/sh\nprintf '%s\\n' "$1" >> '${path.join(a.dir, 'prompts')}'\nwhile [ ! -e '${go}' ]; do sleep 0.05; done\n[ "$(cat '${path.join(a.dir, 'answer')}')" = yes ]\n`;
-      },
-    );
-    const reader = spawn(process.execPath, [BIN, 'read', 'app/token'], {
-      env: h.env,
-      stdio: ['ignore', 'pipe', 'pipe'],
+  for (const [label, later] of [
+    [
+      'one that now denies the caller',
+      '  - { name: no-app, targets: ["app/**"], decision: deny }\n',
+    ],
+    [
+      'one whose rule of the same name now asks for the passphrase',
+      '  - { name: ask, targets: ["**"], decision: approve, approve: { mode: passphrase } }\n',
+    ],
+  ] as const)
+    test(`a policy applied while the person reads the prompt decides: ${label} is a refusal, whatever the answer`, async () => {
+      // The askpass says its prompt, then waits for the test's word before it answers.
+      const h = await agentWith(
+        'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+        (a) => {
+          const go = path.join(a.dir, 'go');
+          return `#!/bin/sh\nprintf '%s\\n' "$1" >> '${path.join(a.dir, 'prompts')}'\nwhile [ ! -e '${go}' ]; do sleep 0.05; done\n[ "$(cat '${path.join(a.dir, 'answer')}')" = yes ]\n`;
+        },
+      );
+      const reader = spawn(process.execPath, [BIN, 'read', 'app/token'], {
+        env: h.env,
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let stdout = '';
+      let stderr = '';
+      reader.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      reader.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const code = new Promise<number | null>((resolve) => reader.on('close', resolve));
+      while (h.prompts().length === 0) await new Promise((r) => setTimeout(r, 20));
+      const denying = path.join(h.dir, 'denying.yaml');
+      fs.writeFileSync(denying, `version: 1\nrules:\n${later}`);
+      const applied = kw(['policy', 'apply', denying], { env: h.env });
+      assert.equal(applied.code, 0, applied.stderr);
+      h.answer('yes');
+      fs.writeFileSync(path.join(h.dir, 'go'), '');
+      assert.notEqual(await code, 0, "the old question's yes releases nothing");
+      assert.equal(stdout, '');
+      assert.match(stderr, /the policy changed while the request waited/);
+      const entries = auditEntries(h);
+      assert.ok(entries.some((e) => e.type === 'approval.granted'));
+      const denied = entries.find((e) => e.type === 'secret.read' && e.decision === 'deny');
+      assert.match(String(denied?.reason), /the policy changed while the request waited/);
+      assert.ok(!entries.some((e) => e.type === 'secret.read' && e.decision === 'allow'));
     });
-    let stdout = '';
-    let stderr = '';
-    reader.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
-    reader.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
-    const code = new Promise<number | null>((resolve) => reader.on('close', resolve));
-    while (h.prompts().length === 0) await new Promise((r) => setTimeout(r, 20));
-    const denying = path.join(h.dir, 'denying.yaml');
-    fs.writeFileSync(
-      denying,
-      'version: 1\nrules:\n  - { name: no-app, targets: ["app/**"], decision: deny }\n',
-    );
-    const applied = kw(['policy', 'apply', denying], { env: h.env });
-    assert.equal(applied.code, 0, applied.stderr);
-    h.answer('yes');
-    fs.writeFileSync(path.join(h.dir, 'go'), '');
-    assert.notEqual(await code, 0, "the old question's yes releases nothing");
-    assert.equal(stdout, '');
-    assert.match(stderr, /the policy changed while the request waited/);
-    const entries = auditEntries(h);
-    assert.ok(entries.some((e) => e.type === 'approval.granted'));
-    const denied = entries.find((e) => e.type === 'secret.read' && e.decision === 'deny');
-    assert.match(String(denied?.reason), /the policy changed while the request waited/);
-    assert.ok(!entries.some((e) => e.type === 'secret.read' && e.decision === 'allow'));
-  });
 });
 
 describe('a remembered approval covers what the person saw', () => {

@@ -44,7 +44,8 @@ export function needsHash(policy: Policy): boolean {
 /**
  * Why a person's yes, given to the question `asked` put (its rule `rule`), no longer stands
  * under the policy in force `now`, or undefined: a policy applied while the prompt waited that
- * denies the request, gives it by another rule, or names a hash the caller's program has none of.
+ * denies the request, gives it by another rule (or by a rule of the same name that now says
+ * something else), or names a hash the caller's program has none of.
  * An allow stands (the person's yes gives no more than the policy now gives without one).
  */
 export function answerOverruled(
@@ -57,10 +58,13 @@ export function answerOverruled(
   if (now === asked) return undefined;
   const why = needsHash(now) ? unvouchedHash(id) : undefined;
   const again = why === undefined ? evaluate(now, request, id) : undefined;
+  // The same rule, word for word: a rule of that name that now asks for another factor (or none
+  // of the person's) is another question.
+  const same = (p: Policy) => JSON.stringify(p.rules.find((r) => r.name === rule) ?? null);
   if (
     again !== undefined &&
-    again.decision !== 'deny' &&
-    (again.decision === 'allow' || again.rule === rule)
+    (again.decision === 'allow' ||
+      (again.decision === 'approve' && again.rule === rule && same(now) === same(asked)))
   )
     return undefined;
   return `the policy changed while the request waited, and no longer gives it by rule ${rule ?? '(none)'}${why === undefined ? '' : ` (${why})`}`;
