@@ -113,6 +113,35 @@ describe('an answer is to the policy that asked', () => {
     });
 });
 
+describe('a policy applied ends what the old one remembered', () => {
+  test('an approval remembered under a rule is not used once a policy is applied, even one with a rule of that name', async () => {
+    const h = await agentWith(REMEMBER);
+    const p = oneProcess(h);
+    h.answer('yes');
+    assert.deepEqual(await p.ask({ op: 'read', name: 'app/token' }), {
+      ok: true,
+      value: 'remembered-value',
+    });
+    assert.deepEqual(await p.ask({ op: 'read', name: 'app/token' }), {
+      ok: true,
+      value: 'remembered-value',
+    });
+    assert.equal(h.prompts().length, 1, 'remembered for the process');
+    // The owner makes the rule of that name stricter; a confirm remembered under the old one
+    // must not stand in for it.
+    const stricter = path.join(h.dir, 'stricter.yaml');
+    fs.writeFileSync(stricter, REMEMBER.replace('mode: confirm', 'mode: confirm, message: "now"'));
+    assert.equal(kw(['policy', 'apply', stricter], { env: h.env }).code, 0);
+    h.answer('no');
+    assert.deepEqual(await p.ask({ op: 'read', name: 'app/token' }), {
+      ok: false,
+      code: 'APPROVAL_REJECTED',
+    });
+    assert.equal(h.prompts().length, 2, 'asked again under the new policy');
+    p.end();
+  });
+});
+
 describe('a remembered approval covers what the person saw', () => {
   test('a run: the same command again, never another command of the same process', async () => {
     const h = await agentWith(REMEMBER);

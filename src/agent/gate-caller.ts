@@ -5,7 +5,7 @@
  */
 import type { RequesterRef } from '../approval/index.js';
 import { KeywardError } from '../errors.js';
-import { evaluate, type Policy, type PolicyRequest } from '../policy/index.js';
+import { evaluate, type Decision, type Policy, type PolicyRequest } from '../policy/index.js';
 import { describeCaller, type ProcessIdentity } from './identity.js';
 import { quote } from '../lib/text.js';
 import type { Peer } from './peer.js';
@@ -34,6 +34,24 @@ export function grantHolder(
   // The handle's serial: a program exec'd in the same process gets a new handle, even when it
   // is the same interpreter running another script.
   return `${id.pid}:${id.startTime}:${id.exeFile}:${id.exeSha256}:${caller.program.serial}:${loaders}`;
+}
+
+/**
+ * A key added with confirm (ssh-add -c): whatever the policy decided but a denial, a person is
+ * asked, and the answer is for this use only.
+ */
+export function confirmEachUse(evaluated: Decision): Decision {
+  if (evaluated.decision === 'deny') return evaluated;
+  return {
+    decision: 'approve',
+    rule: evaluated.rule,
+    explanation: [...evaluated.explanation, 'the key was added with confirm (ssh-add -c)'],
+    highValue: evaluated.decision === 'approve' && evaluated.highValue,
+    approval:
+      evaluated.decision === 'approve'
+        ? { ...evaluated.approval, remember: { scope: 'once' } }
+        : { mode: 'confirm', remember: { scope: 'once' }, timeoutMs: 60_000, message: undefined },
+  };
 }
 
 /** Whether a rule of the policy decides by the caller's executable hash. */

@@ -35,6 +35,7 @@ import { liveIn, OperatorDesk } from './operator-desk.js';
 import {
   alsoDetails,
   answerOverruled,
+  confirmEachUse,
   coversText,
   grantHolder,
   needsHash,
@@ -93,6 +94,14 @@ export class Gate {
     this.grants.clear();
     this.uses.reset();
     this.buckets.clear();
+  }
+
+  /**
+   * A policy was applied: what the old one's rules remembered ends (a request pending is decided
+   * again when answered: answerOverruled).
+   */
+  policyChanged(): void {
+    this.grants.clear();
   }
 
   pending(): Pending[] {
@@ -203,23 +212,7 @@ export class Gate {
     };
     if (needsHash(policy)) await hashed();
     let evaluated = first ?? evaluate(policy, request, id);
-    if (req.confirmEachUse && evaluated.decision !== 'deny') {
-      evaluated = {
-        decision: 'approve',
-        rule: evaluated.rule,
-        explanation: [...evaluated.explanation, 'the key was added with confirm (ssh-add -c)'],
-        highValue: evaluated.decision === 'approve' && evaluated.highValue,
-        approval:
-          evaluated.decision === 'approve'
-            ? { ...evaluated.approval, remember: { scope: 'once' } }
-            : {
-                mode: 'confirm',
-                remember: { scope: 'once' },
-                timeoutMs: 60_000,
-                message: undefined,
-              },
-      };
-    }
+    if (req.confirmEachUse) evaluated = confirmEachUse(evaluated);
     // Only an approval depends on the channels at hand (withChannels keeps any other decision).
     const decision =
       evaluated.decision === 'approve'

@@ -58,7 +58,10 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     record,
     lock: (reason) => h.lock(reason),
     noteDenial: () => theGate.noteDenial(),
-    changed: (what) => h.clearCache(what),
+    changed: (what) => {
+      if (what === 'the policy changed') theGate.policyChanged();
+      h.clearCache(what);
+    },
     policyLoaded: (loaded) => h.policyLoaded(loaded),
   });
   const consoleLink: ConsoleLinkHost = {
