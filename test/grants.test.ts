@@ -73,6 +73,10 @@ describe('an answer is to the policy that asked', () => {
       '  - { name: no-app, targets: ["app/**"], decision: deny }\n',
     ],
     [
+      'one that now allows it only through the proxy (an allow with limits the request never met)',
+      '  - { name: proxied, targets: ["**"], decision: allow, proxy_only: true }\n',
+    ],
+    [
       'one whose rule of the same name now asks for the passphrase',
       '  - { name: ask, targets: ["**"], decision: approve, approve: { mode: passphrase } }\n',
     ],

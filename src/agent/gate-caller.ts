@@ -54,6 +54,12 @@ export function confirmEachUse(evaluated: Decision): Decision {
   };
 }
 
+/** Whether the rule named `rule` is the same in both policies, word for word (or in neither). */
+export function sameRule(a: Policy, b: Policy, rule: string | undefined): boolean {
+  const text = (p: Policy) => JSON.stringify(p.rules.find((r) => r.name === rule) ?? null);
+  return a === b || text(a) === text(b);
+}
+
 /** Whether a rule of the policy decides by the caller's executable hash. */
 export function needsHash(policy: Policy): boolean {
   return policy.rules.some((r) => r.callers.exe_sha256 !== undefined);
@@ -63,8 +69,8 @@ export function needsHash(policy: Policy): boolean {
  * Why a person's yes, given to the question `asked` put (its rule `rule`), no longer stands
  * under the policy in force `now`, or undefined: a policy applied while the prompt waited that
  * denies the request, gives it by another rule (or by a rule of the same name that now says
- * something else), or names a hash the caller's program has none of.
- * An allow stands (the person's yes gives no more than the policy now gives without one).
+ * something else), allows it (under limits of its own this request never met), or names a hash
+ * the caller's program has none of.
  */
 export function answerOverruled(
   now: Policy,
@@ -76,14 +82,10 @@ export function answerOverruled(
   if (now === asked) return undefined;
   const why = needsHash(now) ? unvouchedHash(id) : undefined;
   const again = why === undefined ? evaluate(now, request, id) : undefined;
-  // The same rule, word for word: a rule of that name that now asks for another factor (or none
-  // of the person's) is another question.
-  const same = (p: Policy) => JSON.stringify(p.rules.find((r) => r.name === rule) ?? null);
-  if (
-    again !== undefined &&
-    (again.decision === 'allow' ||
-      (again.decision === 'approve' && again.rule === rule && same(now) === same(asked)))
-  )
+  // The same rule, word for word: a rule of that name that now asks for another factor is
+  // another question. So is an allow: its own limits (proxy_only, uses, rate, mcp_inline) were
+  // never checked for this request; asked again, the new policy decides it whole.
+  if (again?.decision === 'approve' && again.rule === rule && sameRule(now, asked, rule))
     return undefined;
   return `the policy changed while the request waited, and no longer gives it by rule ${rule ?? '(none)'}${why === undefined ? '' : ` (${why})`}`;
 }

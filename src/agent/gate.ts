@@ -377,7 +377,13 @@ export class Gate {
         // A policy applied while the person read the prompt: the answer was to the question the
         // old one asked. The policy in force now decides: this rule's approval still (or an
         // allow), and a hash where it names one, or the request is refused and asks again.
-        const overruled = answerOverruled(w.currentPolicy(v), policy, request, id, decision.rule);
+        const overruled = answerOverruled(
+          w.currentPolicy(w.unlocked()),
+          policy,
+          request,
+          id,
+          decision.rule,
+        );
         if (overruled !== undefined) return refuse(overruled, 'POLICY_DENIED', 'ask again', false);
         if (grantKey && who !== undefined && !decision.highValue && a.remember.scope !== 'once') {
           // Remembered for every target the person saw, as each would have been on its own.

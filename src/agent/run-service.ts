@@ -21,6 +21,7 @@ import { McpRuns } from './mcp-runs.js';
 import { programHash } from './exe-hash.js';
 import { runPrompt } from './run-prompt.js';
 import { commandNotFound } from './run-relay.js';
+import { sameRule } from './gate-caller.js';
 import type { Peer } from './peer.js';
 import {
   argvHash,
@@ -400,7 +401,10 @@ export class RunService {
           const d = this.host.decide(conn, name);
           if (d.decision === 'deny')
             return `the policy now denies ${name} (${d.rule ?? 'no rule'})`;
-          if ((d.rule ?? null) !== (rules.get(name) ?? null))
+          if (
+            (d.rule ?? null) !== (rules.get(name) ?? null) ||
+            !sameRule(this.host.policy(v), policy, d.rule)
+          )
             return `the policy changed: rule ${d.rule ?? '(none)'} decides ${name} now; run the command again`;
           if (d.decision === 'approve' && d.highValue) {
             try {
