@@ -522,41 +522,44 @@ open(sys.argv[3]).read()
     );
   });
 
-  test('a policy applied during the run that denies the secret stops its substitution at the next request', async () => {
-    const apply = (text: string) => {
-      const f = path.join(dir, 'policy.yaml');
-      fs.writeFileSync(f, text);
-      const r = kw(['policy', 'apply', f], { env: h.env });
-      assert.equal(r.code, 0, r.stderr);
-    };
+  const apply = (text: string) => {
+    const f = path.join(dir, 'policy.yaml');
+    fs.writeFileSync(f, text);
+    const r = kw(['policy', 'apply', f], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+  };
+
+  /**
+   * A policy applied between a run's two requests: the first goes out, the second is blocked at
+   * the proxy and recorded with a reason that matches.
+   */
+  async function blockedByApply(label: string, later: string, reason: RegExp) {
     try {
-      const r = await beforeAndAfter('policy', () =>
-        apply(
-          policy.replace(
-            'rules:\n',
-            'rules:\n  - { name: stop-gh, targets: [gh/token], decision: deny }\n',
-          ),
-        ),
-      );
+      const r = await beforeAndAfter(label, () => apply(later));
       assert.match(r.stdout, /before 200/);
       assert.match(r.stdout, /after 403/);
     } finally {
       apply(policy);
     }
-    assert.ok(!seen.some((x) => x.url === '/after-policy'));
+    assert.ok(!seen.some((x) => x.url === `/after-${label}`));
     const last = auditEntries(h)
       .filter((e) => e.type === 'proxy.block')
       .at(-1);
-    assert.match(String(last?.reason), /the policy now denies gh\/token \(stop-gh\)/);
+    assert.match(String(last?.reason), reason);
+  }
+
+  test('a policy applied during the run that denies the secret stops its substitution at the next request', async () => {
+    await blockedByApply(
+      'policy',
+      policy.replace(
+        'rules:\n',
+        'rules:\n  - { name: stop-gh, targets: [gh/token], decision: deny }\n',
+      ),
+      /the policy now denies gh\/token \(stop-gh\)/,
+    );
   });
 
   test("a policy applied during the run that keeps the rule's name but changes it stops its substitution at the next request", async () => {
-    const apply = (text: string) => {
-      const f = path.join(dir, 'policy.yaml');
-      fs.writeFileSync(f, text);
-      const r = kw(['policy', 'apply', f], { env: h.env });
-      assert.equal(r.code, 0, r.stderr);
-    };
     // The rule that gave the run gh/token now wants a person's passphrase for it: the run was
     // never approved so, and its proxy must not go on as if it had been.
     const stricter = policy.replace(
@@ -564,18 +567,11 @@ open(sys.argv[3]).read()
       '  - name: tokens\n    targets: ["gh/*", "unbound/*"]\n    decision: approve\n    approve: { mode: passphrase, timeout: 5m }\n',
     );
     assert.notEqual(stricter, policy);
-    try {
-      const r = await beforeAndAfter('renamed-rule', () => apply(stricter));
-      assert.match(r.stdout, /before 200/);
-      assert.match(r.stdout, /after 403/);
-    } finally {
-      apply(policy);
-    }
-    assert.ok(!seen.some((x) => x.url === '/after-renamed-rule'));
-    const last = auditEntries(h)
-      .filter((e) => e.type === 'proxy.block')
-      .at(-1);
-    assert.match(String(last?.reason), /the policy changed: rule tokens decides gh\/token now/);
+    await blockedByApply(
+      'renamed-rule',
+      stricter,
+      /the policy changed: rule tokens decides gh\/token now/,
+    );
   });
 
   test('what a bound host echoes back ends the connection before the value reaches the child', async () => {

@@ -495,6 +495,14 @@ async function agentOf(policy: string, o: { user: boolean }): Promise<AgentHome>
   return h;
 }
 
+/** Runs a python3 launcher (its argv: python3's path, raw-client.py, the socket) as the user. */
+function launched(h: AgentHome, launcher: string): string[] {
+  return runLines([PYTHON, '-c', launcher, fs.realpathSync(PYTHON), RAW_CLIENT, h.sock], {
+    env: { ...h.env },
+    user: true,
+  });
+}
+
 function setSecret(h: AgentHome, name: string, value: string, user: boolean): void {
   const r = user
     ? kwAs(['secret', 'set', name], h.env, value)
@@ -1018,13 +1026,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
         'print(p.stdout.readline().decode().strip(), flush=True)',
         'p.wait()',
       ].join('\n');
-      const lines = runLines(
-        [PYTHON, '-c', launcher, fs.realpathSync(PYTHON), RAW_CLIENT, h.sock],
-        {
-          env: { ...h.env },
-          user: true,
-        },
-      );
+      const lines = launched(h, launcher);
       assert.match(
         lines.at(-1) ?? '',
         /^error:POLICY_DENIED:the caller's executable is a memfd, whose bytes can change while it runs/,
@@ -1056,10 +1058,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
         '    pass_fds=(fd,), stdout=subprocess.PIPE)',
         'print(p.stdout.decode().strip(), flush=True)',
       ].join('\n');
-      const lines = runLines(
-        [PYTHON, '-c', launcher, fs.realpathSync(PYTHON), RAW_CLIENT, h.sock],
-        { env: { ...h.env }, user: true },
-      );
+      const lines = launched(h, launcher);
       assert.deepEqual(lines, ['value:memfd-asked-value', 'value:memfd-asked-value']);
       const prompts = h.prompts();
       assert.equal(prompts.length, 2, 'asked for each request: nothing was remembered');
