@@ -117,7 +117,94 @@ describe('an answer is to the policy that asked', () => {
     });
 });
 
+describe("a run's approvals stand under the policy that asked them", () => {
+  const TWO_RULES =
+    'version: 1\nrules:\n' +
+    '  - { name: ask, targets: ["app/a", "app/b"], decision: approve, approve: { mode: confirm } }\n' +
+    '  - { name: mid, targets: ["app/c"], decision: approve, approve: { mode: confirm } }\n';
+  for (const [label, later, wanted] of [
+    [
+      'a secret approved before is denied by a policy applied while a later one is asked',
+      '  - { name: no, targets: ["app/a", "app/b"], decision: deny }\n' +
+        TWO_RULES.split('rules:\n')[1],
+      ['A=app/a', 'C=app/c'],
+    ],
+    [
+      'the rule secrets were approved under keeps its name but asks for the passphrase now',
+      TWO_RULES.split('rules:\n')[1]?.replace('{ mode: confirm } }', '{ mode: passphrase } }'),
+      ['A=app/a', 'B=app/b', 'C=app/c'],
+    ],
+    [
+      'a secret shown with an earlier approval is asked again once its rule changed, keeping its name',
+      TWO_RULES.split('rules:\n')[1]?.replace(
+        '{ mode: confirm } }',
+        '{ mode: confirm, message: "rule ask changed" } }',
+      ),
+      ['A=app/a', 'C=app/c', 'B=app/b'],
+    ],
+  ] as const)
+    test(`a run is refused, nothing delivered, when ${label}`, async () => {
+      // The askpass answers yes at once, but for rule mid's prompt, which waits for the test.
+      const h = await agentWith(TWO_RULES, (a) => {
+        const go = path.join(a.dir, 'go');
+        return `#!/bin/sh\nprintf '%s\\n' "$1" >> '${path.join(a.dir, 'prompts')}'\ncase "$1" in *"(rule mid)"*) while [ ! -e '${go}' ]; do sleep 0.05; done;; esac\nexit 0\n`;
+      });
+      for (const n of ['app/a', 'app/b', 'app/c'])
+        assert.equal(kw(['secret', 'set', n], { env: h.env, input: `value-of-${n}` }).code, 0);
+      const env = wanted.flatMap((w) => ['--env', w]);
+      const run = spawn(
+        process.execPath,
+        [BIN, 'run', '--no-masking', ...env, '--', 'sh', '-c', 'echo "A=$A B=$B C=$C"'],
+        { env: h.env, stdio: ['ignore', 'pipe', 'pipe'] },
+      );
+      let stdout = '';
+      let stderr = '';
+      run.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+      run.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+      const code = new Promise<number | null>((resolve) => run.on('close', resolve));
+      while (!h.prompts().some((p) => p.includes('(rule mid)')))
+        await new Promise((r) => setTimeout(r, 20));
+      const f = path.join(h.dir, 'later.yaml');
+      assert.ok(later !== undefined);
+      fs.writeFileSync(f, `version: 1\nrules:\n${later}`);
+      const applied = kw(['policy', 'apply', f], { env: h.env });
+      assert.equal(applied.code, 0, applied.stderr);
+      fs.writeFileSync(path.join(h.dir, 'go'), '');
+      assert.notEqual(await code, 0, stdout);
+      assert.ok(!stdout.includes('value-of'), stdout);
+      assert.match(stderr, /the policy changed while the (run|request) waited/);
+      const delivered = auditEntries(h).filter(
+        (e) => e.type === 'credential.deliver' && e.decision === 'allow',
+      );
+      assert.deepEqual(delivered, [], 'nothing delivered');
+      if (later?.includes('rule ask changed'))
+        assert.ok(
+          h.prompts().some((p) => /"app\/b".*rule ask changed/.test(p)),
+          `app/b asked again under the changed rule: ${h.prompts().join('\n')}`,
+        );
+    });
+});
+
 describe('a policy applied ends what the old one remembered', () => {
+  test('a write to the vault that leaves the policy as it was ends nothing remembered', async () => {
+    const h = await agentWith(REMEMBER);
+    const p = oneProcess(h);
+    h.answer('yes');
+    assert.deepEqual(await p.ask({ op: 'read', name: 'app/token' }), {
+      ok: true,
+      value: 'remembered-value',
+    });
+    // Another process's save: the vault file changes, the policy in it does not.
+    assert.equal(kw(['secret', 'set', 'app/other'], { env: h.env, input: 'x' }).code, 0);
+    h.answer('no');
+    assert.deepEqual(await p.ask({ op: 'read', name: 'app/token' }), {
+      ok: true,
+      value: 'remembered-value',
+    });
+    assert.equal(h.prompts().length, 1, 'still remembered');
+    p.end();
+  });
+
   test('an approval remembered under a rule is not used once a policy is applied, even one with a rule of that name', async () => {
     const h = await agentWith(REMEMBER);
     const p = oneProcess(h);

@@ -9,6 +9,7 @@ import { evaluate, type Decision, type Policy, type PolicyRequest } from '../pol
 import { describeCaller, type ProcessIdentity } from './identity.js';
 import { quote } from '../lib/text.js';
 import type { Peer } from './peer.js';
+import type { GateRequest } from './gate-types.js';
 
 /**
  * Whom a remembered approval belongs to, or undefined when it can't be remembered for this
@@ -54,10 +55,58 @@ export function confirmEachUse(evaluated: Decision): Decision {
   };
 }
 
+/** The rule named `rule` as text, to compare word for word ("null" when the policy has none). */
+export function ruleText(p: Policy, rule: string | undefined): string {
+  return JSON.stringify(p.rules.find((r) => r.name === rule) ?? null);
+}
+
 /** Whether the rule named `rule` is the same in both policies, word for word (or in neither). */
 export function sameRule(a: Policy, b: Policy, rule: string | undefined): boolean {
-  const text = (p: Policy) => JSON.stringify(p.rules.find((r) => r.name === rule) ?? null);
-  return a === b || text(a) === text(b);
+  return a === b || ruleText(a, rule) === ruleText(b, rule);
+}
+
+/**
+ * Why approvals given one rule at a time (a run's secrets: `rules`, each secret's deciding rule
+ * then) no longer stand under the policy in force `now`, or undefined: a secret now denied,
+ * decided by another rule, or by its rule changed since `asked` (word for word).
+ */
+export function rulesMoved(
+  now: Policy,
+  asked: Policy,
+  rules: ReadonlyMap<string, string | null>,
+  decide: (name: string) => { decision: string; rule: string | undefined },
+): string | undefined {
+  if (now === asked) return undefined;
+  for (const [name, rule] of rules) {
+    const d = decide(name);
+    if (d.decision === 'deny' || (d.rule ?? null) !== rule || !sameRule(now, asked, d.rule))
+      return `the policy changed while the run waited, and no longer gives ${quote(name)} by rule ${rule ?? '(none)'}`;
+  }
+  return undefined;
+}
+
+/** Whether target was shown to the person with an approval of a run under this very rule. */
+export function shownTogether(
+  together: GateRequest['together'],
+  rule: string,
+  target: string,
+  policy: Policy,
+): boolean {
+  return (
+    together?.approved.get(rule)?.has(target) === true &&
+    together.texts?.get(rule) === ruleText(policy, rule)
+  );
+}
+
+/** A run's approval under rule given: the targets the person was shown, and the rule's text. */
+export function noteShown(
+  together: NonNullable<GateRequest['together']>,
+  rule: string,
+  shown: readonly string[],
+  policy: Policy,
+): void {
+  together.approved.set(rule, new Set([...(together.approved.get(rule) ?? []), ...shown]));
+  (together.texts ??= new Map()).set(rule, ruleText(policy, rule));
 }
 
 /** Whether a rule of the policy decides by the caller's executable hash. */

@@ -51,7 +51,12 @@ export interface GateRequest {
    * rule decides (`also`); a later value is not asked again only when it was one of those shown
    * (a policy applied during the wait can't widen an approval). A high_value rule asks for each.
    */
-  together?: { targets: readonly string[]; approved: Map<string, Set<string>> };
+  together?: {
+    targets: readonly string[];
+    approved: Map<string, Set<string>>;
+    /** Each approved rule's text as the person's answer found it (a rule changed since asks). */
+    texts?: Map<string, string>;
+  };
   /** For keyward run --proxy: the value goes to the run's proxy, never to a process. */
   proxied?: boolean;
   /**

@@ -39,7 +39,9 @@ import {
   coversText,
   grantHolder,
   needsHash,
+  noteShown,
   requesterOf,
+  shownTogether,
   unvouchedHash,
 } from './gate-caller.js';
 import { actorOf, exeHashOf, type ProcessIdentity } from './identity.js';
@@ -296,7 +298,8 @@ export class Gate {
           ? undefined
           : Grants.keyFor(decision.rule, approved(name), a.remember.scope, who);
       const together = decision.highValue ? undefined : req.together;
-      const asked = together?.approved.get(decision.rule)?.has(name) === true;
+      // Shown under this very rule, word for word (a policy applied since may keep its name).
+      const asked = shownTogether(together, decision.rule, name, policy);
       if (!asked && !(grantKey && !decision.highValue && this.grants.use(grantKey, Date.now()))) {
         const requester = requesterOf(id, unvouched);
         const { description } = requester;
@@ -392,10 +395,7 @@ export class Gate {
             this.grants.remember(key, a.remember.forMs, a.remember.uses, Date.now());
           }
         }
-        together?.approved.set(
-          decision.rule,
-          new Set([...(together.approved.get(decision.rule) ?? []), name, ...also]),
-        );
+        if (together) noteShown(together, decision.rule, [name, ...also], policy);
       }
     }
     if (

@@ -21,7 +21,7 @@ import { McpRuns } from './mcp-runs.js';
 import { programHash } from './exe-hash.js';
 import { runPrompt } from './run-prompt.js';
 import { commandNotFound } from './run-relay.js';
-import { sameRule } from './gate-caller.js';
+import { rulesMoved, sameRule } from './gate-caller.js';
 import type { Peer } from './peer.js';
 import {
   argvHash,
@@ -151,6 +151,10 @@ export class RunService {
       // Each secret's hosts: the only requests the proxy puts it into.
       const boundTo = policy ? proxyBindings(policy, req.wanted) : new Map<string, string[]>();
       const rules = new Map<string, string | null>();
+      // The policy the approvals begin under: every secret's rule must still be its rule, word
+      // for word, when the values are fetched and when they go (a run's approvals are asked one
+      // rule at a time, and a policy may be applied between them).
+      const askedUnder = this.host.policy(v);
       // One approval per rule for the whole run, naming every secret that rule gives it.
       const together = {
         targets: req.wanted.map((w) => w.name),
@@ -203,6 +207,11 @@ export class RunService {
           });
         if (conn.socket.destroyed)
           throw new KeywardError('CANCELLED', 'keyward run went away before its command started');
+        const moved = rulesMoved(this.host.policy(v), askedUnder, rules, (name) =>
+          this.host.decide(conn, name),
+        );
+        if (moved)
+          throw new KeywardError('POLICY_DENIED', moved, { hint: 'run the command again' });
       };
       stillHere();
       const cached = new Set<string>();

@@ -58,10 +58,8 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     record,
     lock: (reason) => h.lock(reason),
     noteDenial: () => theGate.noteDenial(),
-    changed: (what) => {
-      if (what === 'the policy changed') theGate.policyChanged();
-      h.clearCache(what);
-    },
+    changed: (what) => h.clearCache(what),
+    policyReplaced: () => theGate.policyChanged(),
     policyLoaded: (loaded) => h.policyLoaded(loaded),
   });
   const consoleLink: ConsoleLinkHost = {

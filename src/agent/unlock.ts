@@ -31,6 +31,8 @@ export interface WindowHost {
   changed(what: 'the vault changed' | 'the policy changed'): void;
   /** The policy was (re)loaded: what depends on it (audit shipping) follows. */
   policyLoaded?(loaded: Loaded): void;
+  /** Another policy than the one in force was loaded (its text differs): remembered grants end. */
+  policyReplaced?(): void;
 }
 
 /** How long a write by the agent waits for another process's vault lock. */
@@ -219,8 +221,12 @@ export class UnlockWindow {
     if (!this.policy || stamp !== this.policyStamp) {
       // A new policy may cache less, or differently: what the old one cached goes.
       if (this.policy) this.host.changed('the policy changed');
+      const before = this.policy?.sha256;
       this.policy = loadPolicy(this.host.home, v, this.policySink);
       this.policyStamp = stamp;
+      // Another policy (not the same one read again after a write to the vault): what the old
+      // one's rules remembered ends.
+      if (before !== undefined && before !== this.policy.sha256) this.host.policyReplaced?.();
       this.host.policyLoaded?.(this.policy);
     }
     return this.policy.policy;
