@@ -186,7 +186,8 @@ describe("a run's approvals stand under the policy that asked them", () => {
 });
 
 describe('a policy applied ends what the old one remembered', () => {
-  test('a write to the vault that leaves the policy as it was ends nothing remembered', async () => {
+  /** An agent under REMEMBER, and a process of the user whose read was approved once. */
+  async function readOnceApproved() {
     const h = await agentWith(REMEMBER);
     const p = oneProcess(h);
     h.answer('yes');
@@ -194,6 +195,11 @@ describe('a policy applied ends what the old one remembered', () => {
       ok: true,
       value: 'remembered-value',
     });
+    return { h, p };
+  }
+
+  test('a write to the vault that leaves the policy as it was ends nothing remembered', async () => {
+    const { h, p } = await readOnceApproved();
     // Another process's save: the vault file changes, the policy in it does not.
     assert.equal(kw(['secret', 'set', 'app/other'], { env: h.env, input: 'x' }).code, 0);
     h.answer('no');
@@ -206,13 +212,7 @@ describe('a policy applied ends what the old one remembered', () => {
   });
 
   test('an approval remembered under a rule is not used once a policy is applied, even one with a rule of that name', async () => {
-    const h = await agentWith(REMEMBER);
-    const p = oneProcess(h);
-    h.answer('yes');
-    assert.deepEqual(await p.ask({ op: 'read', name: 'app/token' }), {
-      ok: true,
-      value: 'remembered-value',
-    });
+    const { h, p } = await readOnceApproved();
     assert.deepEqual(await p.ask({ op: 'read', name: 'app/token' }), {
       ok: true,
       value: 'remembered-value',
