@@ -574,6 +574,17 @@ open(sys.argv[3]).read()
     );
   });
 
+  test('a policy applied during the run that unbinds the host stops its substitution at the next request', async () => {
+    // The rule is as it was; the proxy section no longer sends gh/token to this host.
+    const unbound = policy.replace(/ {4}127\.0\.0\.1: \{ secret: gh\/token[^\n]*\n/, '');
+    assert.notEqual(unbound, policy);
+    await blockedByApply(
+      'unbound-host',
+      unbound,
+      /its proxy section is not the one the run started under/,
+    );
+  });
+
   test('what a bound host echoes back ends the connection before the value reaches the child', async () => {
     const r = await proxied(
       `${CURL} -sS -D - '${url('inject', '127.0.0.4', '/echo')}'; echo "exit $?"`,

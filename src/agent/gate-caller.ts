@@ -109,6 +109,31 @@ export function noteShown(
   (together.texts ??= new Map()).set(rule, ruleText(policy, rule));
 }
 
+/**
+ * Where the deciding rule binds its value, and this request is not there, or undefined: a
+ * `proxy_only` rule gives it to a run's proxy only, and a value going back to an MCP client needs
+ * `mcp_inline` (checked before the gate too, release.ts; again here, under the policy this
+ * decision is of: one applied while the caller's hash was taken may have another rule).
+ */
+export function boundRefusal(
+  rule: Policy['rules'][number] | undefined,
+  req: GateRequest,
+  name: string,
+  decided: string | undefined,
+): { message: string; hint: string } | undefined {
+  if (rule?.proxy_only && !req.proxied)
+    return {
+      message: `rule ${rule.name} gives ${name} only through keyward run --proxy, never to a process`,
+      hint: 'keyward run --proxy --env VAR=NAME -- COMMAND (docs/PROXY.md)',
+    };
+  if (req.mcpInline && !rule?.mcp_inline)
+    return {
+      message: `the policy does not release ${name} inline to MCP clients (rule ${decided ?? 'none'} lacks mcp_inline: true)`,
+      hint: 'use run_with_credentials, which never returns the value',
+    };
+  return undefined;
+}
+
 /** Whether a rule of the policy decides by the caller's executable hash. */
 export function needsHash(policy: Policy): boolean {
   return policy.rules.some((r) => r.callers.exe_sha256 !== undefined);

@@ -59,6 +59,8 @@ export interface GateRequest {
   };
   /** For keyward run --proxy: the value goes to the run's proxy, never to a process. */
   proxied?: boolean;
+  /** The value goes back to an MCP client (its model): only a rule with mcp_inline gives it. */
+  mcpInline?: boolean;
   /**
    * What a remembered approval is bound to besides the action and the target: a later request
    * is covered only when this is the same. A run's is everything its prompt showed (program,

@@ -35,6 +35,7 @@ import { liveIn, OperatorDesk } from './operator-desk.js';
 import {
   alsoDetails,
   answerOverruled,
+  boundRefusal,
   confirmEachUse,
   coversText,
   grantHolder,
@@ -261,12 +262,8 @@ export class Gate {
       throw new KeywardError('SECRET_NOT_FOUND', `no ${req.kind} named ${name}`);
     }
     const rule = policy.rules.find((r) => r.name === decision.rule);
-    if (rule?.proxy_only && !req.proxied)
-      return refuse(
-        `rule ${rule.name} gives ${name} only through keyward run --proxy, never to a process`,
-        'POLICY_DENIED',
-        'keyward run --proxy --env VAR=NAME -- COMMAND (docs/PROXY.md)',
-      );
+    const bound = boundRefusal(rule, req, name, decision.rule);
+    if (bound) return refuse(bound.message, 'POLICY_DENIED', bound.hint);
     if (req.kind === 'secret' && !req.proxied) {
       // A process of a proxied run asking for what its proxy holds: the run was approved on the
       // promise that its processes never hold the value.

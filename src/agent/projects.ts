@@ -161,6 +161,7 @@ export class ProjectService {
       auditType: 'secret.read',
       what: `read ${quote(name)} from the sealed project file of ${quote(file.project)}${mcp ? ` for an MCP client that calls itself ${quote(mcp)}` : ''}`,
       exists: file.entries.some((e) => e.name === name),
+      ...(mcp === undefined ? {} : { mcpInline: true }),
     });
     if (!w.stillOpen(v)) throw locked();
     const value = valueOf(v, file, name);

@@ -64,6 +64,7 @@ export class Releases {
       auditType: 'secret.read',
       what: `read the secret ${quote(name)}${mcp ? ` for an MCP client that calls itself ${quote(mcp)}` : ''}`,
       exists: v.has(name),
+      ...(mcp === undefined ? {} : { mcpInline: true }),
     });
     if (!w.stillOpen(v)) throw locked();
     const { value, cached } = this.fetch(asker.id, v, name, rule);

@@ -102,6 +102,20 @@ export function proxyBindings(policy: Policy, wanted: readonly Wanted[]): Map<st
   return boundTo;
 }
 
+/**
+ * Why a proxied run may no longer go on under the policy in force, or undefined: its `proxy`
+ * section (which hosts get which secret, how, and whose certificate is trusted) is not, word
+ * for word, the one the run started under.
+ */
+export function proxyMoved(now: Policy, started: Policy): string | undefined {
+  if (
+    now === started ||
+    JSON.stringify(now.proxy ?? null) === JSON.stringify(started.proxy ?? null)
+  )
+    return undefined;
+  return 'the policy changed: its proxy section is not the one the run started under; run the command again';
+}
+
 /** Agent-wide per-domain buckets (rate_limits.domains): one per pattern, reset when it changes. */
 export class DomainLimits {
   private readonly buckets = new Map<string, { key: string; bucket: TokenBucket }>();

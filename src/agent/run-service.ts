@@ -39,6 +39,7 @@ import {
   DomainLimits,
   PROXY_VARIABLES,
   proxyBindings,
+  proxyMoved,
   startRunProxy,
   type RunProxy,
 } from './run-proxy.js';
@@ -147,14 +148,12 @@ export class RunService {
       const programStamp = hashed?.stamp;
       const v = this.host.vault();
       project?.addTo(v, req.wanted);
-      const policy = req.proxy ? this.host.policy(v) : undefined;
-      // Each secret's hosts: the only requests the proxy puts it into.
+      // The policy the approvals begin under: each secret's rule (and a proxy's section) must be
+      // the same, word for word, when the values are fetched and when they go (stillHere).
+      const askedUnder = this.host.policy(v);
+      const policy = req.proxy ? askedUnder : undefined;
       const boundTo = policy ? proxyBindings(policy, req.wanted) : new Map<string, string[]>();
       const rules = new Map<string, string | null>();
-      // The policy the approvals begin under: every secret's rule must still be its rule, word
-      // for word, when the values are fetched and when they go (a run's approvals are asked one
-      // rule at a time, and a policy may be applied between them).
-      const askedUnder = this.host.policy(v);
       // One approval per rule for the whole run, naming every secret that rule gives it.
       const together = {
         targets: req.wanted.map((w) => w.name),
@@ -207,9 +206,10 @@ export class RunService {
           });
         if (conn.socket.destroyed)
           throw new KeywardError('CANCELLED', 'keyward run went away before its command started');
-        const moved = rulesMoved(this.host.policy(v), askedUnder, rules, (name) =>
-          this.host.decide(conn, name),
-        );
+        const now = this.host.policy(this.host.vault()); // the vault read again if it changed
+        const moved =
+          rulesMoved(now, askedUnder, rules, (name) => this.host.decide(conn, name)) ??
+          (policy ? proxyMoved(now, policy) : undefined);
         if (moved)
           throw new KeywardError('POLICY_DENIED', moved, { hint: 'run the command again' });
       };
@@ -407,6 +407,8 @@ export class RunService {
         root,
         mayUse: async (name, r) => {
           if (!this.host.stillOpen(v)) return 'the agent is locked';
+          const moved = proxyMoved(this.host.policy(this.host.vault()), policy); // read again
+          if (moved) return moved;
           const d = this.host.decide(conn, name);
           if (d.decision === 'deny')
             return `the policy now denies ${name} (${d.rule ?? 'no rule'})`;
