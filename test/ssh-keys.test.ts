@@ -412,6 +412,69 @@ test('unlock.max_signatures: the agent locks when the signatures are spent', { s
   );
 });
 
+/** One SSH agent request on its own connection: the reply's body (type byte first). */
+function agentRequest(sock: string, body: Buffer): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const c = net.connect(sock);
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(body.length);
+    let got = Buffer.alloc(0);
+    c.on('data', (d: Buffer) => {
+      got = Buffer.concat([got, d]);
+      if (got.length >= 4 && got.length >= 4 + got.readUInt32BE(0)) {
+        c.end();
+        resolve(got.subarray(4, 4 + got.readUInt32BE(0)));
+      }
+    });
+    c.on('error', reject);
+    c.write(Buffer.concat([len, body]));
+  });
+}
+
+for (const limit of ['max_signatures', 'max_uses'] as const)
+  test(
+    `unlock.${limit}: requests sent together, each waiting in the gate, get no more than the limit`,
+    { skip },
+    async () => {
+      // A rule on a hash makes every request wait for its caller's hash (this test's node: large)
+      // before it is decided: all four wait together, past a check made before the wait.
+      const { h, env } = await agentWith(
+        'version: 1\nrules:\n' +
+          `  - { name: not-this, targets: ["other"], kind: key, callers: { exe_sha256: "${'0'.repeat(64)}" }, decision: deny }\n` +
+          '  - { name: keys, targets: ["**"], kind: key, decision: allow }\n' +
+          `unlock:\n  idle_timeout: 15m\n  max_lifetime: 4h\n  ${limit}: 1\n`,
+      );
+      assert.equal(kw(['key', 'generate', 'm'], { env: h.env }).code, 0);
+      const sock = env['SSH_AUTH_SOCK'] ?? '';
+      const ids = await agentRequest(sock, Buffer.from([11]));
+      assert.equal(ids[0], 12);
+      const blob = ids.subarray(9, 9 + ids.readUInt32BE(5));
+      const sshString = (b: Buffer) => {
+        const l = Buffer.alloc(4);
+        l.writeUInt32BE(b.length);
+        return Buffer.concat([l, b]);
+      };
+      const sign = (i: number) =>
+        agentRequest(
+          sock,
+          Buffer.concat([
+            Buffer.from([13]),
+            sshString(blob),
+            sshString(Buffer.from(`data ${i}`)),
+            Buffer.alloc(4),
+          ]),
+        );
+      const replies = await Promise.all([0, 1, 2, 3].map(sign));
+      assert.equal(
+        replies.filter((r) => r[0] === 14).length,
+        1,
+        'one signature, as the limit says',
+      );
+      const signed = auditEntries(h).filter((e) => e.type === 'key.sign' && e.decision === 'allow');
+      assert.equal(signed.length, 1);
+    },
+  );
+
 test(
   'the SSH socket answers extensions and smartcard requests it does not support with SSH_AGENT_FAILURE, and drops oversized messages',
   { skip },

@@ -27,7 +27,7 @@ import { refuseUnlessInline } from './release.js';
 import type { Peer } from './peer.js';
 import { str } from './protocol.js';
 import type { Reply } from './release.js';
-import { locked, type UnlockWindow } from './unlock.js';
+import { locked, usesSpent, type UnlockWindow } from './unlock.js';
 
 export interface ProjectHost {
   window: UnlockWindow;
@@ -164,6 +164,7 @@ export class ProjectService {
       ...(mcp === undefined ? {} : { mcpInline: true }),
     });
     if (!w.stillOpen(v)) throw locked();
+    if (!w.take()) throw usesSpent();
     const value = valueOf(v, file, name);
     try {
       // Rule 4: durable in the audit log before the value leaves.

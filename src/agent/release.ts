@@ -14,7 +14,7 @@ import type { CredentialCache } from './cache.js';
 import { needsHash, type Gate } from './gate.js';
 import { actorOf, exeHashOf, type ProcessIdentity } from './identity.js';
 import type { Peer } from './peer.js';
-import { locked, type UnlockWindow } from './unlock.js';
+import { locked, usesSpent, type UnlockWindow } from './unlock.js';
 
 export interface ReleaseHost {
   window: UnlockWindow;
@@ -67,6 +67,7 @@ export class Releases {
       ...(mcp === undefined ? {} : { mcpInline: true }),
     });
     if (!w.stillOpen(v)) throw locked();
+    if (!w.take()) throw usesSpent();
     const { value, cached } = this.fetch(asker.id, v, name, rule);
     try {
       // Rule 4: durable in the audit log before the value leaves.

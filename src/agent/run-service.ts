@@ -44,6 +44,7 @@ import {
   type RunProxy,
 } from './run-proxy.js';
 import { relay } from './run-relay.js';
+import { usesSpent } from './unlock.js';
 import type { Frame, FrameReader } from './protocol.js';
 
 const DEFAULT_PATH = '/usr/local/bin:/usr/bin:/bin';
@@ -95,6 +96,8 @@ export interface RunHost {
   projectReleased(id: string, file: Uint8Array, target: string, name: string): void;
   record(r: AuditRecord): Promise<unknown>;
   actor(id: ProcessIdentity): Actor;
+  /** Takes n uses of the unlock window (false: its max_uses would be passed). */
+  take(n: number): boolean;
   counted(): void;
 }
 
@@ -214,6 +217,7 @@ export class RunService {
           throw new KeywardError('POLICY_DENIED', moved, { hint: 'run the command again' });
       };
       stillHere();
+      if (!this.host.take(req.wanted.length)) throw usesSpent();
       const cached = new Set<string>();
       const sizes = new Map<string, number>();
       for (const w of req.wanted) {

@@ -137,6 +137,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     projectReleased: noteProject,
     record,
     actor: actorOf,
+    take: (n?: number) => window.take(n),
     counted: () => window.counted(),
   });
   const ssh = new SshAgentService({
@@ -164,6 +165,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
       }),
     record,
     actor: actorOf,
+    take: (n?: number) => window.take(n),
     counted: () => window.counted(),
     lock: (reason, by) => h.lock(reason, by),
     unlock: async (passphrase, by) => {

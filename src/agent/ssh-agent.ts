@@ -64,6 +64,8 @@ export interface SshHost {
   ): Promise<{ rule: string | undefined }>;
   record(r: AuditRecord): Promise<unknown>;
   actor(id: ProcessIdentity): Actor;
+  /** Takes a use of the unlock window (false: its max_uses are spent). */
+  take(): boolean;
   counted(): void;
   lock(reason: string, by: ProcessIdentity): Promise<void>;
   /** Unlocks with the vault passphrase; throws when it is wrong. */
@@ -431,6 +433,11 @@ export class SshAgentService {
     });
     // The key may have been removed, expired or wiped (lock) while a person decided.
     if (held.key.wiped || !this.host.isUnlocked()) return message(SSH.FAILURE);
+    // The limits checked again, and taken, in one synchronous step: requests that waited in
+    // authorize together can't all pass the check made before it (a policy may have lowered them).
+    const maxNow = this.host.limits().maxSignatures;
+    if (maxNow !== undefined && this.signatures >= maxNow) return message(SSH.FAILURE);
+    if (!this.host.take()) return message(SSH.FAILURE);
     this.signatures += 1;
     // The record is written at the next turn and fsynced on the thread pool while the signature
     // is computed here (or, alone while fsyncs are fast, on this thread first: audit/group.ts);
@@ -472,7 +479,7 @@ export class SshAgentService {
     // Locked while the record was made durable: the unlock that allowed it is over.
     if (held.key.wiped || !this.host.isUnlocked()) return message(SSH.FAILURE);
     this.host.counted();
-    if (max !== undefined && this.signatures >= max)
+    if (maxNow !== undefined && this.signatures >= maxNow)
       setImmediate(() => void this.host.lock('maximum signatures per unlock reached', who.id));
     return message(SSH.SIGN_RESPONSE, sshString(signature));
   }

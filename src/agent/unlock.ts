@@ -48,6 +48,13 @@ export const locked = (): KeywardError =>
     hint: 'keyward unlock',
   });
 
+/** A release refused because the unlock's uses are spent (the window locks). */
+export function usesSpent(): KeywardError {
+  return new KeywardError('AGENT_LOCKED', "the unlock's maximum uses are spent: the agent locks", {
+    hint: 'keyward unlock',
+  });
+}
+
 export class UnlockWindow {
   private vault: Vault | undefined;
   private policy: Loaded | undefined;
@@ -305,10 +312,21 @@ export class UnlockWindow {
     }
   }
 
-  /** Counts a release against the window and slides the idle timeout. */
+  /**
+   * Takes n uses of the window for a release, in the same synchronous step as the check (right
+   * after its authorization, before any wait): false when `max_uses` would be passed, and the
+   * release is refused. Concurrent requests can't all pass a check made before their waits.
+   */
+  take(n = 1): boolean {
+    const max = this.policy?.policy.unlock?.max_uses;
+    if (max !== undefined && this.usedInWindow + n > max) return false;
+    this.usedInWindow += n;
+    return true;
+  }
+
+  /** After a release (its uses taken): slides the idle timeout, or locks once they are spent. */
   counted(): void {
     const u = this.policy?.policy.unlock;
-    this.usedInWindow += 1;
     if (u?.max_uses !== undefined && this.usedInWindow >= u.max_uses)
       setImmediate(() => void this.host.lock('maximum uses per unlock reached'));
     else this.arm();
