@@ -457,12 +457,21 @@ export class ConsoleServer {
     return s;
   }
 
-  /** Records a credential's new signature counter and last use in the vault. */
+  /**
+   * Records a credential's new signature counter and last use in the vault. Under the vault's
+   * lock, so against the credentials as they are now: one revoked since its assertion was
+   * verified, or whose counter another use has moved as far since, is refused (403).
+   */
   async used(id: string, counter: number, now: number): Promise<void> {
     await this.host.write((v) => {
       const r = readCredentials(v);
       const c = r.credentials.find((x) => x.id === id);
-      if (!c) return { result: undefined, save: false };
+      if (!c) throw new HttpError(403, 'the security key was revoked while it was being used');
+      if (counter !== 0 && c.counter >= counter)
+        throw new HttpError(
+          403,
+          "the security key's signature counter did not move past its last use",
+        );
       c.counter = counter;
       c.lastUsed = new Date(now).toISOString();
       writeCredentials(v, r);
