@@ -10,7 +10,7 @@ import readline from 'node:readline';
 import { after, describe, test } from 'node:test';
 import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
 import { agentStatus } from '../src/agent/client.js';
-import { BIN, kw, ROOT } from './helpers.js';
+import { BIN, eventually, kw, ROOT } from './helpers.js';
 
 const REMEMBER =
   'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }\n';
@@ -99,7 +99,7 @@ describe('an answer is to the policy that asked', () => {
       reader.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
       reader.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       const code = new Promise<number | null>((resolve) => reader.on('close', resolve));
-      while (h.prompts().length === 0) await new Promise((r) => setTimeout(r, 20));
+      await eventually(() => h.prompts().length > 0, 'the prompt');
       const denying = path.join(h.dir, 'denying.yaml');
       fs.writeFileSync(denying, `version: 1\nrules:\n${later}`);
       const applied = kw(['policy', 'apply', denying], { env: h.env });
@@ -162,8 +162,10 @@ describe("a run's approvals stand under the policy that asked them", () => {
       run.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
       run.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
       const code = new Promise<number | null>((resolve) => run.on('close', resolve));
-      while (!h.prompts().some((p) => p.includes('(rule mid)')))
-        await new Promise((r) => setTimeout(r, 20));
+      await eventually(
+        () => h.prompts().some((p) => p.includes('(rule mid)')),
+        "rule mid's prompt",
+      );
       const f = path.join(h.dir, 'later.yaml');
       assert.ok(later !== undefined);
       fs.writeFileSync(f, `version: 1\nrules:\n${later}`);

@@ -375,8 +375,8 @@ export class Gate {
         // was of the window that lock ended, and every grant ends at lock.
         if (!w.stillOpen(v)) throw locked();
         // A policy applied while the person read the prompt: the answer was to the question the
-        // old one asked. The policy in force now decides: this rule's approval still (or an
-        // allow), and a hash where it names one, or the request is refused and asks again.
+        // old one asked. It stands only for this very rule, word for word (and a hash where the
+        // new policy names one); anything else is refused and asks again (answerOverruled).
         const overruled = answerOverruled(
           w.currentPolicy(w.unlocked()),
           policy,
