@@ -409,13 +409,15 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
       await new Promise<void>((r) => holder.stdout.once('data', () => r()));
       const locking = kwAsync(['lock'], h.env);
       // The agent's thread is not held by the lock's wait: it answers another client meanwhile
-      // (locked already: the window closes before the lock's records are written).
-      const st = spawnSync(process.execPath, [BIN, 'status'], {
-        env: h.env,
-        input: '',
-        timeout: 120_000,
-      });
-      assert.equal(st.status, 5, st.stderr.toString());
+      // (locked already: the window closes before the lock's records are written). Asked until
+      // the lock has reached the agent (the two commands start side by side: either may be
+      // first); a held thread would answer none of them.
+      await eventually(
+        () =>
+          spawnSync(process.execPath, [BIN, 'status'], { env: h.env, input: '', timeout: 120_000 })
+            .status === 5,
+        'a status answered, locked, while the lock waits for the audit lock',
+      );
       holder.stdin.end('\n');
       const l = await locking;
       assert.equal(l.code, 0, l.stderr);
