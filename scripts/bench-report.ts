@@ -78,11 +78,18 @@ export function writeReport(root: string): string {
     const f = num(at(sign, `${key}-${conc}`, 'floor', 'perSecond'));
     const floor =
       f !== undefined && s ? `; the design's floor ${fmt(f, 0)} /s (${(f / s).toFixed(2)}x)` : '';
+    // The physical limit at concurrency 1 (bench-sign.ts): one append+fsync, one bare round trip
+    // and one in-process signature, one after another.
+    const l = num(at(sign, `${key}-${conc}`, 'limit', 'perSecond'));
+    const limit =
+      l !== undefined && s
+        ? `; the physical limit ${fmt(l, 0)} /s (${(l / s).toFixed(2)}x: fsync ${fmt(num(at(sign, `${key}-${conc}`, 'limit', 'fsyncMs')), 3)} + round trip ${fmt(num(at(sign, `${key}-${conc}`, 'limit', 'roundTripMs')), 3)} + signature ${fmt(num(at(sign, `${key}-${conc}`, 'limit', 'signMs')), 3)} ms)`
+        : '';
     rows.push({
       when: dateOf(sign, 'sign'),
       work: `${key} signatures over the SSH socket, ${conc.replace('concurrency', 'concurrency ')}`,
       keyward: `${fmt(k, 0)} /s`,
-      reference: `OpenSSH ssh-agent ${fmt(s, 0)} /s${floor}`,
+      reference: `OpenSSH ssh-agent ${fmt(s, 0)} /s${floor}${limit}`,
       ratio,
       target: `>= ${target}x`,
       met: ratio === undefined ? undefined : ratio >= target,
@@ -262,8 +269,11 @@ export function writeReport(root: string): string {
     "start-up, which every keyward command pays; the MCP gateway's floor is a relay that does only",
     'what its design requires (two round trips to another process and a durable record a call);',
     "the signing agent's floor (ed25519 and ECDSA rows) is an SSH agent in Node that only frames a",
-    'request, appends a line durably (group commit, as the agent) and signs: no identification,',
-    'policy, MAC or tamper checks (scripts/sign-floor.ts).',
+    'request, appends a line durably (group commit, a lone line fsynced on its own thread, as the',
+    'agent) and signs: no identification, policy, MAC or tamper checks (scripts/sign-floor.ts).',
+    'The physical limit of a concurrency-1 signature row is one raw append+fsync of a line (timed',
+    'in turns with the agents), one bare socket round trip and one in-process signature, one',
+    'after another: what an agent that records each signature durably first could reach at best.',
     '',
     'Reproduce: `npm run bench` (or `BENCH_ONLY=cli npm run bench` for one part), then read this',
     'file. Results of each part are in `bench/results/`.',

@@ -7,7 +7,7 @@
  * the benchmark keys. Ratios are keyward / ssh-agent from this run.
  */
 import { spawn, spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { generateKeyPairSync, randomBytes, sign as nodeSign } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
@@ -183,18 +183,47 @@ export async function signBench(root: string): Promise<void> {
   );
   await new Promise<void>((r) => echo.listen(echoPath, r));
   const probe = str(Buffer.concat([Buffer.of(13), Buffer.alloc(150, 2)]));
-  const floor = timing([await timedRound(echoPath, probe, 1, 5000)]);
+  const floor0 = timing([await timedRound(echoPath, probe, 1, 5000)]);
   echo.close();
+
+  // ECDSA P-256 signing in one process, through OpenSSL (node:crypto: the bench's own key, never
+  // the agent's): the signing part of the ECDSA rows' physical limit.
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
+  const nEc = 5_000;
+  const tEc = performance.now();
+  for (let i = 0; i < nEc; i++) nodeSign('sha256', data, ec);
+  const opensslP256Rate = Math.round((nEc / (performance.now() - tEc)) * 1000);
 
   const results: Record<string, unknown> = {
     when: new Date().toISOString(),
     libsodiumEd25519PerSecond: libsodiumRate,
-    nodeSocketFloor: floor,
+    opensslP256PerSecond: opensslP256Rate,
+    nodeSocketFloor: floor0,
   };
   const lines: string[] = [
     `reference  libsodium ed25519 sign in-process: ${libsodiumRate.toLocaleString()} /s`,
-    `reference  bare Node Unix-socket request/reply, conc 1: ${floor.perSecond.toLocaleString()} /s (p50 ${floor.p50} ms)`,
+    `reference  OpenSSL ECDSA P-256 sign in-process: ${opensslP256Rate.toLocaleString()} /s`,
+    `reference  bare Node Unix-socket request/reply, conc 1: ${floor0.perSecond.toLocaleString()} /s (p50 ${floor0.p50} ms)`,
   ];
+  // The physical limit at concurrency 1: a signature that is durable in a log first waits for one
+  // append and fsync, one round trip and one signature, one after another. The append+fsync is
+  // timed in turns with the agents' rounds (a line of an audit entry's size, to a file beside
+  // theirs), the round trip is the bare socket's p50 above, the signature the in-process rate.
+  const rawLog = fs.openSync(path.join(dir, 'raw.log'), 'a', 0o600);
+  const rawLine = Buffer.alloc(580, 0x20);
+  rawLine[rawLine.length - 1] = 0x0a;
+  const rawAppends = (n: number): number => {
+    const t0 = performance.now();
+    for (let i = 0; i < n; i++) {
+      fs.writeSync(rawLog, rawLine);
+      fs.fsyncSync(rawLog);
+    }
+    return performance.now() - t0;
+  };
+  const signMs: Record<string, number> = {
+    ed25519: 1000 / libsodiumRate,
+    'ecdsa-p256': 1000 / opensslP256Rate,
+  };
   // CPU a process has used (user + system), in ms, from /proc: the agent's cost per signature,
   // against ssh-agent's, over the same signatures (both concurrencies).
   const tick = 1000 / Number(must('getconf', ['CLK_TCK']).trim());
@@ -222,6 +251,7 @@ export async function signBench(root: string): Promise<void> {
       const sshRounds: Round[] = [];
       const kwRounds: Round[] = [];
       const floorRounds: Round[] = [];
+      const raw = { ms: 0, n: 0 };
       const per = Math.ceil(k.n / ROUNDS / conc) * conc;
       // Each round runs the agents in another order (ssh-agent, keyward, the floor; then
       // keyward first; ...): none is always the one that runs right after another's burst.
@@ -243,6 +273,14 @@ export async function signBench(root: string): Promise<void> {
               },
             ]
           : []),
+        ...(conc === 1 && signMs[k.name] !== undefined
+          ? [
+              async () => {
+                raw.ms += rawAppends(per);
+                raw.n += per;
+              },
+            ]
+          : []),
       ];
       for (let r = 0; r < ROUNDS; r++) {
         for (let i = 0; i < runs.length; i++) await runs[(r + i) % runs.length]?.();
@@ -252,16 +290,36 @@ export async function signBench(root: string): Promise<void> {
       const keyward = timing(kwRounds);
       const ratio = keyward.perSecond / ssh.perSecond;
       const floor = withFloor ? timing(floorRounds) : undefined;
+      const sMs = signMs[k.name];
+      const r3 = (x: number) => Math.round(x * 1000) / 1000;
+      const limit =
+        raw.n > 0 && sMs !== undefined
+          ? (() => {
+              const fsyncMs = raw.ms / raw.n;
+              const perSecond = Math.round(1000 / (fsyncMs + floor0.p50 + sMs));
+              return {
+                fsyncMs: r3(fsyncMs),
+                roundTripMs: floor0.p50,
+                signMs: r3(sMs),
+                perSecond,
+                ratio: perSecond / ssh.perSecond,
+              };
+            })()
+          : undefined;
       results[`${k.name}-concurrency${conc}`] = {
         sshAgent: ssh,
         keyward,
         throughputRatio: ratio,
         ...(floor ? { floor, floorRatio: floor.perSecond / ssh.perSecond } : {}),
+        ...(limit ? { limit } : {}),
       };
       lines.push(
         `sign ${k.name.padEnd(10)} conc ${conc}: ssh-agent ${ssh.perSecond.toLocaleString()} /s (p50 ${ssh.p50} ms, p99 ${ssh.p99} ms) | keyward ${keyward.perSecond.toLocaleString()} /s (p50 ${keyward.p50} ms, p99 ${keyward.p99} ms) | ratio ${ratio.toFixed(2)}x` +
           (floor
             ? ` | the design's floor ${floor.perSecond.toLocaleString()} /s (p50 ${floor.p50} ms): ${(floor.perSecond / ssh.perSecond).toFixed(2)}x`
+            : '') +
+          (limit
+            ? ` | the physical limit ${limit.perSecond.toLocaleString()} /s (fsync ${limit.fsyncMs} + round trip ${limit.roundTripMs} + sign ${limit.signMs} ms): ${limit.ratio.toFixed(2)}x`
             : ''),
       );
     }
@@ -311,6 +369,7 @@ export async function signBench(root: string): Promise<void> {
   results['method'] = { warmUp: WARM_UP, round: ROUND, rounds: ROUNDS };
   sshAgent.kill('SIGTERM');
   floorAgent.kill('SIGTERM');
+  fs.closeSync(rawLog);
   await home.stop();
   const out = path.join(root, 'bench/results');
   fs.mkdirSync(out, { recursive: true });
