@@ -585,6 +585,52 @@ open(sys.argv[3]).read()
     );
   });
 
+  test("a policy applied while a high_value request's approval waits, that unbinds the host, stops that request", async () => {
+    // The person is asked about this request; meanwhile the host loses its binding. The yes
+    // answers the question asked under the old proxy section, not one the new policy would ask.
+    const run = kwAsync(
+      [
+        'run',
+        '--proxy',
+        '--env',
+        'T=gh/high',
+        '--',
+        'sh',
+        '-c',
+        `${CURL} -sS -o /dev/null -w 'got %{http_code}\n' -H "Authorization: token $T" '${url('hv', '127.0.0.7', '/hv-unbound')}'`,
+      ],
+      h.env,
+    );
+    const unbound = policy.replace(/ {4}127\.0\.0\.7: \{ secret: gh\/high[^\n]*\n/, '');
+    assert.notEqual(unbound, policy);
+    try {
+      const first = await pendingId(h);
+      assert.equal((await kwAsync(['approve', first], h.env)).code, 0);
+      // The request's own question.
+      let second = '';
+      await eventually(() => {
+        const list = JSON.parse(kw(['approvals', '--json'], { env: h.env }).stdout) as Array<{
+          id: string;
+          what: string;
+        }>;
+        second = list.find((p) => p.id !== first && p.what.includes('/hv-unbound'))?.id ?? '';
+        return second !== '';
+      }, "the request's approval is asked");
+      apply(unbound);
+      const a = await kwAsync(['approve', second], h.env);
+      assert.equal(a.code, 0, a.stderr);
+      const r = await run;
+      assert.match(r.stdout, /got 403/);
+    } finally {
+      apply(policy);
+    }
+    assert.ok(!seen.some((x) => x.url === '/hv-unbound'));
+    const last = auditEntries(h)
+      .filter((e) => e.type === 'proxy.block')
+      .at(-1);
+    assert.match(String(last?.reason), /its proxy section is not the one the run started under/);
+  });
+
   test('what a bound host echoes back ends the connection before the value reaches the child', async () => {
     const r = await proxied(
       `${CURL} -sS -D - '${url('inject', '127.0.0.4', '/echo')}'; echo "exit $?"`,

@@ -25,6 +25,7 @@ import {
 } from '../proxy/index.js';
 import { maskingForms, type EnvPiece } from '../run/index.js';
 import { quote } from '../lib/text.js';
+import { sameRule } from './gate-caller.js';
 import type { Wanted } from './run-request.js';
 
 /** Where the system's trust store usually is (Debian, Fedora, Alpine and macOS-like layouts). */
@@ -114,6 +115,69 @@ export function proxyMoved(now: Policy, started: Policy): string | undefined {
   )
     return undefined;
   return 'the policy changed: its proxy section is not the one the run started under; run the command again';
+}
+
+/** What a proxied run's requests are checked against, each time one would carry a value. */
+export interface ProxyUse {
+  /** The policy the run started under, and each secret's deciding rule then. */
+  started: Policy;
+  rules: ReadonlyMap<string, string | null>;
+  program: string;
+  stillOpen(): boolean;
+  /** The policy in force, read again, and the one of the run's vault. */
+  now(): Policy;
+  inForce(): Policy;
+  decide(name: string): {
+    decision: 'allow' | 'approve' | 'deny';
+    rule: string | undefined;
+    highValue: boolean;
+  };
+  authorize(req: { proxied: true; target: string; what: string; exists: true }): Promise<unknown>;
+}
+
+/**
+ * The proxy's mayUse hook: why a request may not carry name's value now, or undefined. A
+ * high_value rule asks a person for every request; the answer stands only if the policy still
+ * gives the value here after it (the gate checks the rule of the answer, not the proxy section).
+ */
+export function proxyMayUse(
+  u: ProxyUse,
+): (
+  name: string,
+  r: { host: string; method: string; path: string },
+) => Promise<string | undefined> {
+  const moved = (name: string) => {
+    if (!u.stillOpen()) return { why: 'the agent is locked' };
+    const why = proxyMoved(u.now(), u.started);
+    if (why) return { why };
+    const d = u.decide(name);
+    if (d.decision === 'deny')
+      return { why: `the policy now denies ${name} (${d.rule ?? 'no rule'})` };
+    if (
+      (d.rule ?? null) !== (u.rules.get(name) ?? null) ||
+      !sameRule(u.inForce(), u.started, d.rule)
+    )
+      return {
+        why: `the policy changed: rule ${d.rule ?? '(none)'} decides ${name} now; run the command again`,
+      };
+    return { d };
+  };
+  return async (name, r) => {
+    const now = moved(name);
+    if (now.why !== undefined) return now.why;
+    if (now.d?.decision !== 'approve' || !now.d.highValue) return undefined;
+    try {
+      await u.authorize({
+        proxied: true,
+        target: name,
+        what: `send the secret ${quote(name)} to ${quote(r.host)} in ${quote(r.method)} ${quote(r.path)}, through the proxy of the run of ${quote(u.program)}`,
+        exists: true,
+      });
+    } catch (e) {
+      return e instanceof Error ? e.message : 'refused';
+    }
+    return moved(name).why;
+  };
 }
 
 /** Agent-wide per-domain buckets (rate_limits.domains): one per pattern, reset when it changes. */

@@ -21,7 +21,7 @@ import { McpRuns } from './mcp-runs.js';
 import { programHash } from './exe-hash.js';
 import { runPrompt } from './run-prompt.js';
 import { commandNotFound } from './run-relay.js';
-import { rulesMoved, sameRule } from './gate-caller.js';
+import { rulesMoved } from './gate-caller.js';
 import type { Peer } from './peer.js';
 import {
   argvHash,
@@ -39,6 +39,7 @@ import {
   DomainLimits,
   PROXY_VARIABLES,
   proxyBindings,
+  proxyMayUse,
   proxyMoved,
   startRunProxy,
   type RunProxy,
@@ -409,33 +410,16 @@ export class RunService {
       dir: this.host.proxyDir,
       hooks: {
         root,
-        mayUse: async (name, r) => {
-          if (!this.host.stillOpen(v)) return 'the agent is locked';
-          const moved = proxyMoved(this.host.policy(this.host.vault()), policy); // read again
-          if (moved) return moved;
-          const d = this.host.decide(conn, name);
-          if (d.decision === 'deny')
-            return `the policy now denies ${name} (${d.rule ?? 'no rule'})`;
-          if (
-            (d.rule ?? null) !== (rules.get(name) ?? null) ||
-            !sameRule(this.host.policy(v), policy, d.rule)
-          )
-            return `the policy changed: rule ${d.rule ?? '(none)'} decides ${name} now; run the command again`;
-          if (d.decision === 'approve' && d.highValue) {
-            try {
-              // A high_value rule asks for every use: here, every request that carries it.
-              await this.host.authorize(conn, {
-                proxied: true,
-                target: name,
-                what: `send the secret ${quote(name)} to ${quote(r.host)} in ${quote(r.method)} ${quote(r.path)}, through the proxy of the run of ${quote(program)}`,
-                exists: true,
-              });
-            } catch (e) {
-              return e instanceof Error ? e.message : 'refused';
-            }
-          }
-          return undefined;
-        },
+        mayUse: proxyMayUse({
+          started: policy,
+          rules,
+          program,
+          stillOpen: () => this.host.stillOpen(v),
+          now: () => this.host.policy(this.host.vault()), // read again
+          inForce: () => this.host.policy(v),
+          decide: (name) => this.host.decide(conn, name),
+          authorize: (req) => this.host.authorize(conn, req),
+        }),
         record: (type, decision, target, reason, details) =>
           this.host.record({
             type,
