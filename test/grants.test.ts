@@ -235,6 +235,31 @@ describe('a policy applied ends what the old one remembered', () => {
   });
 });
 
+describe("a policy applied is in force at once, its rules' limits too", () => {
+  test('a tighter rate limit holds from the next request, and an apply never fills a bucket again', async () => {
+    const limited = (per: number, burst: number) =>
+      `version: 1\nrules:\n  - { name: r, targets: ["**"], decision: allow, rate_limit: { per_minute: ${per}, burst: ${burst} } }\n`;
+    const h = await agentWith(limited(600, 50));
+    const read = () => kw(['read', 'app/token'], { env: h.env });
+    assert.equal(read().code, 0);
+    const apply = (text: string) => {
+      const f = path.join(h.dir, 'limits.yaml');
+      fs.writeFileSync(f, text);
+      assert.equal(kw(['policy', 'apply', f], { env: h.env }).code, 0);
+    };
+    // Tightened: the one request the new burst holds, then refusals (a minute's refill is 1).
+    apply(limited(1, 1));
+    const codes = [read(), read(), read()].map((r) => r.code);
+    assert.equal(codes[0], 0);
+    assert.notEqual(codes[1], 0);
+    assert.notEqual(codes[2], 0);
+    assert.match(read().stderr, /rate limit of rule r reached/);
+    // Loosened again: the bucket is as spent as it was, not refilled by the apply.
+    apply(limited(1, 5));
+    assert.match(read().stderr, /rate limit of rule r reached/);
+  });
+});
+
 describe('a remembered approval covers what the person saw', () => {
   test('a run: the same command again, never another command of the same process', async () => {
     const h = await agentWith(REMEMBER);

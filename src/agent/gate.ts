@@ -271,11 +271,14 @@ export class Gate {
       if (held !== undefined) return refuse(held, 'POLICY_DENIED');
     }
     if (rule?.rate_limit) {
+      // A bucket a rule name, under the limits in force: a policy applied that changes them
+      // carries what is left over (TokenBucket.under), never a full bucket.
+      const { per_minute: per, burst } = rule.rate_limit;
       let b = this.buckets.get(rule.name);
-      if (!b)
+      if (!b?.limits(per, burst))
         this.buckets.set(
           rule.name,
-          (b = new TokenBucket(rule.rate_limit.per_minute, rule.rate_limit.burst, Date.now())),
+          (b = b ? b.under(per, burst, Date.now()) : new TokenBucket(per, burst, Date.now())),
         );
       if (!b.take(Date.now()))
         return refuse(`rate limit of rule ${rule.name} reached`, 'POLICY_DENIED', 'wait a little');

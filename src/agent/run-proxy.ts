@@ -180,9 +180,9 @@ export function proxyMayUse(
   };
 }
 
-/** Agent-wide per-domain buckets (rate_limits.domains): one per pattern, reset when it changes. */
+/** Agent-wide per-domain buckets (rate_limits.domains): one per pattern. */
 export class DomainLimits {
-  private readonly buckets = new Map<string, { key: string; bucket: TokenBucket }>();
+  private readonly buckets = new Map<string, TokenBucket>();
 
   /** undefined: one request taken; else ms until the domain's limit has room. */
   take(policy: Policy, host: string): number | undefined {
@@ -196,13 +196,14 @@ export class DomainLimits {
     if (pattern === undefined) return undefined;
     const l = domains[pattern];
     if (!l) return undefined;
-    const key = `${l.requests_per_minute}/${l.burst}`;
+    // Under changed limits, what is left over is carried (never a full bucket: TokenBucket.under).
+    const per = l.requests_per_minute;
     let b = this.buckets.get(pattern);
-    if (!b || b.key !== key) {
-      b = { key, bucket: new TokenBucket(l.requests_per_minute, l.burst, Date.now()) };
+    if (!b?.limits(per, l.burst)) {
+      b = b ? b.under(per, l.burst, Date.now()) : new TokenBucket(per, l.burst, Date.now());
       this.buckets.set(pattern, b);
     }
-    return b.bucket.take(Date.now()) ? undefined : Math.max(1, b.bucket.waitMs());
+    return b.take(Date.now()) ? undefined : Math.max(1, b.waitMs());
   }
 }
 

@@ -45,11 +45,14 @@ export class RateLimits {
   /** Takes a token for a call of tool; the reason when over a limit. */
   take(p: McpPolicy, tool: string): string | undefined {
     const now = Date.now();
-    // Keyed with the limits too: a policy that changes them starts a fresh bucket.
+    // A policy that changes the limits carries what is left over (never a full bucket).
     const bucket = (key: string, per: number, burst: number) => {
-      const k = `${key}\u0000${per}\u0000${burst}`;
-      let b = this.buckets.get(k);
-      if (!b) this.buckets.set(k, (b = new TokenBucket(per, burst, now)));
+      let b = this.buckets.get(key);
+      if (!b?.limits(per, burst))
+        this.buckets.set(
+          key,
+          (b = b ? b.under(per, burst, now) : new TokenBucket(per, burst, now)),
+        );
       return b;
     };
     const g = p.rate_limits.global;

@@ -25,6 +25,22 @@ export class TokenBucket {
     return true;
   }
 
+  /**
+   * The bucket under other limits: the tokens left now, never more than the new burst. A policy
+   * that changes a limit never fills its bucket again (a loosened one refills at its new rate).
+   */
+  under(perMinute: number, burst: number, now: number): TokenBucket {
+    this.take(now, 0);
+    const b = new TokenBucket(perMinute, burst, now);
+    b.tokens = Math.min(burst, this.tokens);
+    return b;
+  }
+
+  /** Whether its limits are these. */
+  limits(perMinute: number, burst: number): boolean {
+    return this.perMinute === perMinute && this.burst === burst;
+  }
+
   /** How long until one token is there (0: now), as of the last take. */
   waitMs(): number {
     return this.tokens >= 1 ? 0 : Math.ceil(((1 - this.tokens) * 60_000) / this.perMinute);
