@@ -117,6 +117,38 @@ describe('an answer is to the policy that asked', () => {
     });
 });
 
+describe('an answer stands where nothing changed', () => {
+  test('ssh-add -c under an allow rule: a yes stands across a write to the vault that leaves the policy as it was', async () => {
+    // The askpass says its prompt, then waits for the test's word before it answers.
+    const h = await agentWith(
+      'version: 1\nrules:\n  - { name: keys, kind: key, targets: ["**"], decision: allow }\n',
+      (a) => {
+        const go = path.join(a.dir, 'go');
+        return `#!/bin/sh\nprintf '%s\\n' "$1" >> '${path.join(a.dir, 'prompts')}'\nwhile [ ! -e '${go}' ]; do sleep 0.05; done\n[ "$(cat '${path.join(a.dir, 'answer')}')" = yes ]\n`;
+      },
+    );
+    const env = { ...h.env, SSH_AUTH_SOCK: path.join(h.sockDir, 'ssh-agent.sock') };
+    const key = path.join(h.dir, 'confirmed');
+    const made = spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-f', key]);
+    assert.equal(made.status, 0, String(made.stderr));
+    const added = spawnSync('ssh-add', ['-c', key], { env });
+    assert.equal(added.status, 0, String(added.stderr));
+    fs.writeFileSync(path.join(h.dir, 'msg'), 'data\n');
+    const signer = spawn(
+      'ssh-keygen',
+      ['-Y', 'sign', '-n', 'file', '-f', `${key}.pub`, path.join(h.dir, 'msg')],
+      { env, stdio: 'ignore' },
+    );
+    const code = new Promise<number | null>((resolve) => signer.on('close', resolve));
+    await eventually(() => h.prompts().length > 0, 'the prompt');
+    // Another process's save: the vault file changes, the policy in it does not.
+    assert.equal(kw(['secret', 'set', 'app/other'], { env: h.env, input: 'x' }).code, 0);
+    h.answer('yes');
+    fs.writeFileSync(path.join(h.dir, 'go'), '');
+    assert.equal(await code, 0, 'the yes to the confirmation signs');
+  });
+});
+
 describe("a run's approvals stand under the policy that asked them", () => {
   const TWO_RULES =
     'version: 1\nrules:\n' +

@@ -152,10 +152,13 @@ export function answerOverruled(
   request: PolicyRequest,
   id: ProcessIdentity,
   rule: string | undefined,
+  confirmEach = false,
 ): string | undefined {
   if (now === asked) return undefined;
   const why = needsHash(now) ? unvouchedHash(id) : undefined;
-  const again = why === undefined ? evaluate(now, request, id) : undefined;
+  // Evaluated as the question was: a key added with confirm asks under an allow rule too.
+  const evaluated = why === undefined ? evaluate(now, request, id) : undefined;
+  const again = evaluated && confirmEach ? confirmEachUse(evaluated) : evaluated;
   // The same rule, word for word: a rule of that name that now asks for another factor is
   // another question. So is an allow: its own limits (proxy_only, uses, rate, mcp_inline) were
   // never checked for this request; asked again, the new policy decides it whole.

@@ -386,6 +386,7 @@ export class Gate {
           request,
           id,
           decision.rule,
+          req.confirmEachUse,
         );
         if (overruled !== undefined) return refuse(overruled, 'POLICY_DENIED', 'ask again', false);
         if (grantKey && who !== undefined && !decision.highValue && a.remember.scope !== 'once') {

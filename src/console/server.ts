@@ -460,14 +460,16 @@ export class ConsoleServer {
   /**
    * Records a credential's new signature counter and last use in the vault. Under the vault's
    * lock, so against the credentials as they are now: one revoked since its assertion was
-   * verified, or whose counter another use has moved as far since, is refused (403).
+   * verified, or whose counter another use has moved as far since, is refused (403). The rule is
+   * the assertion check's (a counter of 0 is a key that keeps none, and stands only while the
+   * stored one is 0 too): two uses verified together can't set a counter back.
    */
   async used(id: string, counter: number, now: number): Promise<void> {
     await this.host.write((v) => {
       const r = readCredentials(v);
       const c = r.credentials.find((x) => x.id === id);
       if (!c) throw new HttpError(403, 'the security key was revoked while it was being used');
-      if (counter !== 0 && c.counter >= counter)
+      if ((counter > 0 || c.counter > 0) && c.counter >= counter)
         throw new HttpError(
           403,
           "the security key's signature counter did not move past its last use",
