@@ -671,6 +671,9 @@ describe("a call's record is the agent's (the gateway asks it to scan and record
     assert.equal(kw(['secret', 'set', 'leak/token'], { env: h.env, input: TOKEN }).code, 0);
     assert.equal(kw(['read', 'leak/token'], { env: h.env }).code, 0);
     const before = mcpEvents(h).length;
+    // The mcp section in force, as the gateway reads it: a call names the one it was decided under.
+    const policy = (await call(h.sock, 'mcp', { op: 'policy' })).meta['mcpSha256'];
+    assert.match(String(policy), /^[0-9a-f]{64}$/);
     // Malformed fields are refused, and nothing is recorded for them.
     for (const [meta, why] of [
       [{ server: 'bad name"', tool: 't', argsSha256: HASH }, /a server name/],
@@ -681,15 +684,27 @@ describe("a call's record is the agent's (the gateway asks it to scan and record
       [{ server: 'ok', tool: 't', argsSha256: HASH, call: 'a"b' }, /call: the id/],
       [{ server: 'ok', tool: 't', argsSha256: HASH, call: 'x'.repeat(65) }, /call: the id/],
       [{ server: 'ok', tool: 't', argsSha256: HASH, call: 7 }, /call: the id/],
+      [{ server: 'ok', tool: 't', argsSha256: HASH }, /call: policy/],
+      [{ server: 'ok', tool: 't', argsSha256: HASH, policy: 'x' }, /call: policy/],
     ] as const)
       await assert.rejects(call(h.sock, 'mcp', { op: 'call', ...meta }), why);
+    // A call decided under another mcp section than the one in force: not recorded, said stale.
+    const stale = await call(h.sock, 'mcp', {
+      op: 'call',
+      server: 'ok',
+      tool: 't',
+      argsSha256: HASH,
+      policy: 'b'.repeat(64),
+    });
+    assert.equal(stale.meta['stale'], true);
+    assert.equal(stale.meta['recorded'], false);
     assert.equal(mcpEvents(h).length, before, 'nothing recorded for a malformed call');
     // Arguments that hold a released value: found, and not recorded as allowed.
     const args = JSON.stringify({ name: 't', arguments: { text: TOKEN } });
     const leaked = await call(
       h.sock,
       'mcp',
-      { op: 'call', server: 'forged', tool: 't', argsSha256: HASH, parts: [args.length] },
+      { op: 'call', server: 'forged', tool: 't', argsSha256: HASH, policy, parts: [args.length] },
       secureTake(Buffer.from(args)),
     );
     assert.deepEqual(leaked.meta['found'], ['leak/token']);
@@ -714,6 +729,7 @@ describe("a call's record is the agent's (the gateway asks it to scan and record
       server: 'forged',
       tool: hostile,
       argsSha256: HASH,
+      policy,
       actor: { pid: 1, exe: '/usr/bin/ssh' },
     };
     // With leak blocking on, a call comes with its arguments to scan, or is not recorded.

@@ -22,6 +22,7 @@ import {
   INIT,
   mcpEvents,
   names,
+  policyWith,
   rawGateway,
   serveClient,
   textOf,
@@ -131,6 +132,32 @@ describe('keyward mcp wrap', () => {
     assert.equal(kw(['mcp', 'pins', 'trust', 'fresh', 'search'], { env: h.env }).code, 0);
     c = await through(h, 'fresh', [process.execPath, CHANGING], { MCP_TOOLS: file });
     assert.deepEqual(await names(c), ['search']);
+  });
+
+  test('a policy applied that denies a tool refuses the very next call to it', async () => {
+    const h = await agentWith('  tool_policy: denylist\n');
+    const file = toolsFile(h, [tool('search', 'Search.')]);
+    const c = await through(h, 'now', [process.execPath, CHANGING], { MCP_TOOLS: file });
+    await c.callTool({ name: 'search', arguments: { text: 'a' } });
+    // The gateway read the policy for that call; the owner denies the tool right after. The
+    // agent decides each call under the policy in force, whatever the gateway last read.
+    const denying = path.join(h.dir, 'denying.yaml');
+    fs.writeFileSync(
+      denying,
+      policyWith('  tool_policy: denylist\n  denied_tools:\n    - { server: now, tool: search }\n'),
+    );
+    assert.equal(kw(['policy', 'apply', denying], { env: h.env }).code, 0);
+    await assert.rejects(
+      c.callTool({ name: 'search', arguments: { text: 'b' } }),
+      /not allowed by the policy/,
+    );
+    const calls = mcpEvents(h).filter(
+      (e) => e.details['tool'] === 'search' && e.details['event'] === undefined,
+    );
+    assert.deepEqual(
+      calls.map((e) => e.decision),
+      ['allow', 'deny'],
+    );
   });
 
   test('rate limits refuse calls beyond the bucket with a clear error', async () => {

@@ -13,6 +13,7 @@
  *   durable here, with the asker's identity as the actor, before the answer.
  * No request returns a keyed hash or anything else only the vault could make.
  */
+import { createHash } from 'node:crypto';
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { secureFree, secureRelease, secureTake, type SecureBuffer } from '../lib/secure.js';
@@ -62,6 +63,18 @@ const CALL_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
 /** A scan costs a token per 64 KiB looked at (at least one). */
 const SCAN_TOKEN_BYTES = 64 * 1024;
+
+const mcpShas = new WeakMap<object, string>();
+
+/** The SHA-256 of an mcp section as the agent sends it (op policy): what a call names. */
+function mcpSha256(mcp: McpPolicy): string {
+  let sha = mcpShas.get(mcp);
+  if (sha === undefined) {
+    sha = createHash('sha256').update(JSON.stringify(mcp)).digest('hex');
+    mcpShas.set(mcp, sha);
+  }
+  return sha;
+}
 
 export class McpService {
   /**
@@ -128,7 +141,10 @@ export class McpService {
     const op = str(f.meta, 'op');
     try {
       const v = w.unlocked();
-      if (op === 'policy') return { meta: { mcp: w.currentPolicy(v).mcp ?? DEFAULT_MCP } };
+      if (op === 'policy') {
+        const mcp = w.currentPolicy(v).mcp ?? DEFAULT_MCP;
+        return { meta: { mcp, mcpSha256: mcpSha256(mcp) } };
+      }
       if (op === 'scan') return this.scan(asker, v, f, f.meta['redact'] === true);
       if (op === 'call') return await this.call(asker, v, f);
       if (op === 'review') return await this.review(asker, v, f);
@@ -208,6 +224,17 @@ export class McpService {
     const callId = f.meta['call'];
     if (callId !== undefined && (typeof callId !== 'string' || !CALL_ID.test(callId)))
       throw new ProtocolError('call: the id, up to 64 of A-Z a-z 0-9 _ -');
+    // The mcp section the gateway decided the call under (op policy's mcpSha256): a call decided
+    // under another than the one in force is not recorded; the gateway reads it again and
+    // decides again (its copy may be up to a second old).
+    const decidedUnder = f.meta['policy'];
+    if (typeof decidedUnder !== 'string' || !HEX64.test(decidedUnder))
+      throw new ProtocolError(
+        'call: policy, the SHA-256 of the mcp section the call was decided under',
+      );
+    const inForce = this.host.window.currentPolicy(v).mcp ?? DEFAULT_MCP;
+    if (decidedUnder !== mcpSha256(inForce))
+      return { meta: { found: [], hidden: [], recorded: false, stale: true } };
     if (f.raw) {
       const { meta } = this.scan(asker, v, f, false);
       if ((meta['found'] as string[]).length > 0) return { meta: { ...meta, recorded: false } };

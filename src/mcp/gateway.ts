@@ -150,37 +150,45 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     };
     if (serverGone) return gone(id);
     await (listed ?? relist());
-    const p = await policy();
-    if ('error' in p)
-      return refuse(`the gateway policy could not be read (${p.error}): fail closed`);
-    if (!guard.visible.has(tool))
-      return refuse(
-        guard.refused.get(tool) ?? `no tool ${quote(tool)} on ${name}`,
-        ERR_UNKNOWN_TOOL,
-      );
-    // The policy may have changed since the tool was listed.
-    if (!allowedByPolicy(p, name, tool, guard.visible.get(tool) ?? ''))
-      return refuse(
-        `tool ${quote(tool)} is not allowed by the policy (mcp.${p.tool_policy})`,
-        ERR_UNKNOWN_TOOL,
-      );
-    const limited = limits.take(p, tool);
-    if (limited) return refuse(limited);
-    // The call is durable in the audit log before the server has it: a gateway ended mid-call,
-    // or a server that never answers, still leaves its record. The agent scans the arguments and
-    // records the call in one round trip; unchecked or unrecorded, it is not sent.
     const ourId = newId();
-    try {
-      const found = await guard.call(m, tool, argsHash, ourId);
+    // Decided under the policy the agent has in force: a copy read before an apply is stale,
+    // and the call is decided again under one read now (twice stale: refused).
+    for (let attempt = 0; attempt < 3; attempt++) {
+      const p = attempt === 0 ? await policy() : await guard.policy(true);
+      if ('error' in p)
+        return refuse(`the gateway policy could not be read (${p.error}): fail closed`);
+      if (!guard.visible.has(tool))
+        return refuse(
+          guard.refused.get(tool) ?? `no tool ${quote(tool)} on ${name}`,
+          ERR_UNKNOWN_TOOL,
+        );
+      // The policy may have changed since the tool was listed.
+      if (!allowedByPolicy(p, name, tool, guard.visible.get(tool) ?? ''))
+        return refuse(
+          `tool ${quote(tool)} is not allowed by the policy (mcp.${p.tool_policy})`,
+          ERR_UNKNOWN_TOOL,
+        );
+      const limited = limits.take(p, tool);
+      if (limited) return refuse(limited);
+      // The call is durable in the audit log before the server has it: a gateway ended
+      // mid-call, or a server that never answers, still leaves its record. The agent scans the
+      // arguments and records the call in one round trip; unchecked or unrecorded, it is not sent.
+      let found: string[] | 'stale';
+      try {
+        found = await guard.call(m, tool, argsHash, ourId, p);
+      } catch (e) {
+        return refuse(
+          `the call could not be checked for secrets and recorded (${message(e)}): fail closed`,
+        );
+      }
+      if (found === 'stale') continue;
       if (found.length > 0)
         return refuse(`the arguments hold the value of ${found.join(', ')}; not sent`);
-    } catch (e) {
-      return refuse(
-        `the call could not be checked for secrets and recorded (${message(e)}): fail closed`,
-      );
+      pending.set(ourId, { clientId: id, method: 'tools/call', tool, argsHash, callId: ourId });
+      toServer({ ...m, id: ourId });
+      return;
     }
-    pending.set(ourId, { clientId: id, method: 'tools/call', tool, argsHash, callId: ourId });
-    toServer({ ...m, id: ourId });
+    refuse('the policy changed again each time the call was decided: fail closed');
   };
 
   /**

@@ -116,6 +116,8 @@ export class Guard {
   /** The client's capabilities (from initialize): which tools a server lists depends on them. */
   clientCaps: string[] = [];
   private cachedPolicy: { at: number; p: McpPolicy } | undefined;
+  /** Each policy read's SHA-256 as the agent gave it: a call names the one it was decided under. */
+  private readonly shas = new WeakMap<McpPolicy, string>();
 
   constructor(
     private readonly name: string,
@@ -126,14 +128,23 @@ export class Guard {
   ) {}
 
   /**
-   * The policy's mcp section, from the agent (it is the verified policy), at most a second old:
-   * a policy change or a lock takes effect within a second. Errors are never cached.
+   * The policy's mcp section, from the agent (it is the verified policy), at most a second old
+   * (fresh: read now). A call is decided under the one in force all the same: the agent refuses
+   * to record one decided under another (call, stale), and the gateway decides it again. A list,
+   * and whether a message is scanned, follow a copy at most a second old. Errors are never cached.
    */
-  async policy(): Promise<McpPolicy | { error: string }> {
+  async policy(fresh = false): Promise<McpPolicy | { error: string }> {
     const c = this.cachedPolicy;
-    if (c && Date.now() - c.at < POLICY_TTL_MS) return c.p;
+    if (!fresh && c && Date.now() - c.at < POLICY_TTL_MS) return c.p;
     try {
-      const p = (await this.link.mcp({ op: 'policy' })).meta['mcp'] as McpPolicy;
+      const { meta } = await this.link.mcp({ op: 'policy' });
+      const p = meta['mcp'] as McpPolicy;
+      const sha = meta['mcpSha256'];
+      if (typeof sha !== 'string')
+        throw new Error(
+          'the agent is older than this keyward; restart it (keyward agent stop, then keyward agent start)',
+        );
+      this.shas.set(p, sha);
       this.cachedPolicy = { at: Date.now(), p };
       return p;
     } catch (e) {
@@ -148,10 +159,21 @@ export class Guard {
    * released value, its mcp.call record made durable by the agent. Returns the names found
    * (then nothing was recorded); throws when the call could not be checked or recorded.
    */
-  async call(m: Json, tool: string, argsSha256: string, callId: string): Promise<string[]> {
-    const p = await this.policy();
-    if ('error' in p) throw new Error(`the gateway policy could not be read (${p.error})`);
-    const meta = { op: 'call', server: this.name, tool, argsSha256, call: callId };
+  async call(
+    m: Json,
+    tool: string,
+    argsSha256: string,
+    callId: string,
+    p: McpPolicy,
+  ): Promise<string[] | 'stale'> {
+    const meta = {
+      op: 'call',
+      server: this.name,
+      tool,
+      argsSha256,
+      call: callId,
+      policy: this.shas.get(p) ?? '',
+    };
     let f;
     try {
       if (p.leak_blocking) {
@@ -166,6 +188,7 @@ export class Guard {
         );
       throw e;
     }
+    if (f.meta['stale'] === true) return 'stale';
     const found = (f.meta['found'] ?? []) as string[];
     if (found.length > 0) return found;
     if (f.meta['recorded'] !== true) throw new Error('the agent did not record the call');
