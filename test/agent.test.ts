@@ -551,6 +551,33 @@ describe('the unlock window', () => {
     }
   });
 
+  test('a policy applied with a shorter max_lifetime ends a window already older than it at the next request', async () => {
+    const h = await running(allow('{ idle_timeout: 1h, max_lifetime: 4h }'));
+    assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);
+    assert.equal(kw(['read', 'a'], { env: h.env }).code, 0);
+    const unlocked = auditEntries(h)
+      .filter((e) => e.type === 'vault.unlock')
+      .at(-1);
+    assert.ok(unlocked);
+    // The window is older than the new limit once it is applied (waited for: the clock moves).
+    await eventually(() => Date.now() - unlocked.time > 2500, 'the window to pass two seconds');
+    const f = path.join(h.dir, 'shorter.yaml');
+    fs.writeFileSync(f, allow('{ idle_timeout: 2s, max_lifetime: 2s }'));
+    assert.equal(kw(['policy', 'apply', f], { env: h.env }).code, 0);
+    // Neither a status (which said "unlocked, 0s left") nor a read finds it open.
+    assert.equal(kw(['status'], { env: h.env }).code, 5);
+    assert.equal(kw(['read', 'a'], { env: h.env }).code, 5);
+    const lock = auditEntries(h)
+      .filter((e) => e.type === 'vault.lock')
+      .at(-1);
+    assert.equal(lock?.reason, 'absolute unlock limit');
+    assert.ok(
+      !auditEntries(h).some(
+        (e) => e.type === 'secret.read' && e.decision === 'allow' && e.time > (lock?.time ?? 0),
+      ),
+    );
+  });
+
   test('maximum uses per unlock locks the agent', async () => {
     const h = await running(allow('{ idle_timeout: 1h, max_lifetime: 4h, max_uses: 2 }'));
     assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);

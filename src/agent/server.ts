@@ -399,6 +399,8 @@ export class Agent {
   }
 
   status(): Record<string, unknown> {
+    // First: it reads a policy applied since, which may end the window (a shorter max_lifetime).
+    const window = this.window.status(Date.now());
     return {
       running: true,
       pid: process.pid,
@@ -409,7 +411,7 @@ export class Agent {
       // The operators' TLS listener: its origin, or why the policy's is not up.
       operatorListen: this.console?.remote.origin ?? null,
       ...(this.console?.remote.error ? { operatorListenError: this.console.remote.error } : {}),
-      ...this.window.status(Date.now()),
+      ...window,
     };
   }
 

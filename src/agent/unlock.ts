@@ -235,6 +235,17 @@ export class UnlockWindow {
       // one's rules remembered ends.
       if (before !== undefined && before !== this.policy.sha256) this.host.policyReplaced?.();
       this.host.policyLoaded?.(this.policy);
+      // Its unlock limits hold from now, the absolute one counted from the unlock: a shorter
+      // one already past locks, and this request is refused.
+      if (before !== undefined && this.vault) {
+        clearTimeout(this.capTimer);
+        this.capTimer = undefined;
+        if (this.capLeftMs() <= 0) {
+          void this.host.lock('absolute unlock limit');
+          throw locked();
+        }
+        this.arm();
+      }
     }
     return this.policy.policy;
   }
@@ -306,10 +317,16 @@ export class UnlockWindow {
     if (!this.capTimer) {
       this.capTimer = setTimeout(
         () => void this.host.lock('absolute unlock limit'),
-        durationMs(u.max_lifetime),
+        Math.max(0, this.capLeftMs()),
       );
       this.capTimer.unref();
     }
+  }
+
+  /** What is left of the window under the policy's max_lifetime, counted from the unlock. */
+  private capLeftMs(): number {
+    const u = this.policy?.policy.unlock;
+    return u ? this.unlockedAt + durationMs(u.max_lifetime) - Date.now() : Infinity;
   }
 
   /**
@@ -374,8 +391,15 @@ export class UnlockWindow {
     return done;
   }
 
-  /** What `status` shows of the window. */
+  /** What `status` shows of the window (under the policy in force: read again if applied). */
   status(now: number): Record<string, unknown> {
+    if (this.vault) {
+      try {
+        this.currentPolicy(this.unlocked());
+      } catch {
+        return {}; // locked by it (a shorter max_lifetime already past), or the vault unreadable
+      }
+    }
     const u = this.policy?.policy.unlock;
     if (!this.vault || !u) return {};
     const p = this.policy;
