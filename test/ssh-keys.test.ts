@@ -333,6 +333,39 @@ test(
 );
 
 test(
+  'a key_lifetime applied while keys are added ends those older than it and caps the next, with only the SSH socket asked',
+  { skip },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const a = sshKeygen(h.dir, 'p-a', ['-t', 'ed25519', '-N', '']);
+    const b = sshKeygen(h.dir, 'p-b', ['-t', 'ed25519', '-N', '']);
+    assert.equal(run('ssh-add', [a], env).status, 0);
+    const listed = () => run('ssh-add', ['-l'], env).stdout;
+    const addedAt = Date.now();
+    await eventually(() => Date.now() - addedAt > 2500, 'p-a to be older than two seconds');
+    const f = path.join(h.dir, 'lifetime.yaml');
+    fs.writeFileSync(
+      f,
+      `${ALLOW_KEYS}unlock:\n  idle_timeout: 15m\n  max_lifetime: 4h\n  key_lifetime: 2s\n`,
+    );
+    assert.equal(kw(['policy', 'apply', f], { env: h.env }).code, 0);
+    // Nothing but ssh-add from here: the agent reads the policy in force all the same.
+    assert.equal(run('ssh-add', [b], env).status, 0);
+    await eventually(() => !/p-a/.test(listed()), 'p-a, added before, to go');
+    await eventually(() => !/p-b/.test(listed()), 'p-b to go after two seconds');
+    const adds = kw(['audit', 'tail', '--json', '-n', '40'], { env: withoutAgent(h) })
+      .stdout.trim()
+      .split('\n')
+      .map((x) => JSON.parse(x) as { type: string; body: { details?: Record<string, unknown> } })
+      .filter((r) => r.type === 'key.add');
+    assert.deepEqual(
+      adds.map((r) => r.body.details?.['lifetimeS']),
+      [null, 2],
+    );
+  },
+);
+
+test(
   'ssh-add -t longer than a timer can wait (24.8 days) keeps the key: it was gone at once',
   { skip },
   async () => {

@@ -60,7 +60,12 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     noteDenial: () => theGate.noteDenial(),
     changed: (what) => h.clearCache(what),
     policyReplaced: () => theGate.policyChanged(),
-    policyLoaded: (loaded) => h.policyLoaded(loaded),
+    policyLoaded: (loaded) => {
+      h.policyLoaded(loaded);
+      // ssh-added keys live no longer than the key_lifetime in force, counted from their add.
+      const u = loaded.policy.unlock;
+      ssh.capLifetimes(u?.key_lifetime === undefined ? undefined : durationMs(u.key_lifetime));
+    },
   });
   const consoleLink: ConsoleLinkHost = {
     home: o.home,
@@ -146,7 +151,9 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     isUnlocked: () => window.isOpen,
     generation: () => window.gen,
     limits: () => {
-      const u = window.loaded?.policy.unlock;
+      // The policy in force (read again when one was applied: the SSH socket may be the only one
+      // the agent is asked on).
+      const u = window.isOpen ? window.currentPolicy(window.unlocked()).unlock : undefined;
       return {
         maxSignatures: u?.max_signatures,
         keyLifetimeMs: u?.key_lifetime === undefined ? undefined : durationMs(u.key_lifetime),

@@ -82,6 +82,7 @@ interface Held {
   target: string;
   source: 'vault' | 'ssh-add';
   confirm: boolean;
+  addedAt?: number;
   expiresAt?: number;
   timer?: NodeJS.Timeout;
 }
@@ -325,6 +326,7 @@ export class SshAgentService {
         target: `ssh-add:${comment}`,
         source: 'ssh-add',
         confirm,
+        addedAt: Date.now(),
         ...(Number.isFinite(lifetimeMs) ? { expiresAt: Date.now() + lifetimeMs } : {}),
       };
       await this.host.record({
@@ -344,24 +346,33 @@ export class SshAgentService {
       if (!this.host.isUnlocked()) throw new KeywardError('AGENT_LOCKED', 'locked meanwhile');
       const old = this.added.get(id);
       if (old) this.drop(old);
-      if (held.expiresAt !== undefined) {
-        const h = held;
-        // A timer takes at most 2^31 - 1 ms (24.8 days; longer, Node fires it at once): a longer
-        // lifetime is waited for in such steps.
-        const arm = () => {
-          const left = (h.expiresAt ?? 0) - Date.now();
-          if (left <= 0) return void this.expire(id, h);
-          h.timer = setTimeout(arm, Math.min(left, MAX_TIMER_MS));
-          h.timer.unref();
-        };
-        arm();
-      }
+      if (held.expiresAt !== undefined) this.armExpiry(id, held);
       key.holdParsed();
       this.added.set(id, held);
       return message(SSH.SUCCESS);
     } catch (e) {
       if (!held || this.added.get(keyOf(blob)) !== held) key.wipe();
       throw e;
+    }
+  }
+
+  /** Ends h at its expiresAt (a timer takes at most 2^31 - 1 ms: longer, in such steps). */
+  private armExpiry(id: string, h: Held): void {
+    clearTimeout(h.timer);
+    const left = (h.expiresAt ?? 0) - Date.now();
+    if (left <= 0) return void this.expire(id, h);
+    h.timer = setTimeout(() => this.armExpiry(id, h), Math.min(left, MAX_TIMER_MS));
+    h.timer.unref();
+  }
+
+  /** A policy's key_lifetime, applied to the keys added before it: none outlives it. */
+  capLifetimes(capMs: number | undefined): void {
+    if (capMs === undefined) return;
+    for (const [id, h] of this.added) {
+      const end = (h.addedAt ?? Date.now()) + capMs;
+      if (h.expiresAt !== undefined && h.expiresAt <= end) continue;
+      h.expiresAt = end;
+      this.armExpiry(id, h);
     }
   }
 
