@@ -127,10 +127,18 @@ describe('pins only a person can trust', () => {
     assert.match(again.stdout, /evil\.example/);
     const now = /--hash ([0-9a-f]{64})/.exec(again.stdout)?.[1] ?? '';
     assert.notEqual(now, seen);
+    // With the agent locked nothing waiting can be shown first: a trust without --hash is
+    // refused (it would trust whatever waits, unseen); one by the hash pins diff gave stands.
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    const unseen = kw(['mcp', 'pins', 'trust', 'docs'], { env: h.env });
+    assert.notEqual(unseen.code, 0);
+    assert.match(unseen.stderr, /could not be shown/);
+    assert.doesNotMatch(unseen.stdout, /trusted/);
     assert.equal(
       kw(['mcp', 'pins', 'trust', 'docs', 'search', '--hash', now], { env: h.env }).code,
       0,
     );
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
     assert.deepEqual(await session(h, 'docs', file), ['search']);
   });
 

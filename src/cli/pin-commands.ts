@@ -123,6 +123,15 @@ export function registerPinCommands(mcp: Command, io: Io): void {
         );
       // What waits, shown before the passphrase is asked: the trust is bound to what was shown.
       const shown = await waitingNow(server, tool);
+      // Nothing trusted unseen: without the agent's answer, only a definition named by its hash.
+      if (!shown && hash === undefined)
+        throw new KeywardError(
+          'USAGE',
+          `what waits for ${safe(server)} could not be shown (the agent is not running, or locked), so nothing is trusted`,
+          {
+            hint: 'keyward unlock, then run this again; or trust one definition by the hash keyward mcp pins diff SERVER TOOL prints',
+          },
+        );
       if (shown)
         for (const [n, h] of shown) io.stderr(`to trust: ${safe(server)} ${safe(n)} ${h}\n`);
       // A person, not a key any process of the user could fetch from the keyring.
