@@ -150,10 +150,13 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     vault: () => window.unlocked(),
     isUnlocked: () => window.isOpen,
     generation: () => window.gen,
-    limits: () => {
-      // The policy in force (read again when one was applied: the SSH socket may be the only one
-      // the agent is asked on).
-      const u = window.isOpen ? window.currentPolicy(window.unlocked()).unlock : undefined;
+    limits: (fresh) => {
+      // fresh: the policy in force, read again when one was applied (the SSH socket may be the
+      // only one the agent is asked on); else as last read (a signature's authorization read it).
+      const u =
+        fresh && window.isOpen
+          ? window.currentPolicy(window.unlocked()).unlock
+          : window.loaded?.policy.unlock;
       return {
         maxSignatures: u?.max_signatures,
         keyLifetimeMs: u?.key_lifetime === undefined ? undefined : durationMs(u.key_lifetime),

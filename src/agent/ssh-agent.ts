@@ -57,7 +57,8 @@ export interface SshHost {
   isUnlocked(): boolean;
   /** Changes whenever the agent locks, unlocks or re-reads the vault. */
   generation(): number;
-  limits(): { maxSignatures: number | undefined; keyLifetimeMs: number | undefined };
+  /** fresh: read the policy in force again first (else the one the last request read). */
+  limits(fresh?: boolean): { maxSignatures: number | undefined; keyLifetimeMs: number | undefined };
   authorize(
     who: Who,
     req: { target: string; what: string; grantScope: string; confirmEachUse: boolean },
@@ -314,7 +315,7 @@ export class SshAgentService {
       if (!this.added.has(id) && this.added.size >= MAX_ADDED_KEYS)
         throw new KeywardError('USAGE', 'too many keys added');
       await key.selfTestAsync();
-      const cap = this.host.limits().keyLifetimeMs;
+      const cap = this.host.limits(true).keyLifetimeMs;
       const lifetimeMs = Math.min(
         lifetimeS === undefined || lifetimeS === 0 ? Infinity : lifetimeS * 1000,
         cap ?? Infinity,
