@@ -472,24 +472,18 @@ open(sys.argv[3]).read()
     );
   });
 
+  /** keyward run --proxy with gh/high (a high_value rule) as T, a shell script. */
+  const highValueRun = (script: string) =>
+    kwAsync(['run', '--proxy', '--env', 'T=gh/high', '--', 'sh', '-c', script], h.env);
+
   test('a high_value rule asks again for every request that would carry its secret', async () => {
-    const run = kwAsync(
-      [
-        'run',
-        '--proxy',
-        '--env',
-        'T=gh/high',
-        '--',
-        'sh',
-        '-c',
-        [1, 2]
-          .map(
-            (i) =>
-              `${CURL} -sS --fail-with-body -H "Authorization: token $T" '${url('hv', '127.0.0.7', `/h${i}`)}'`,
-          )
-          .join(' && '),
-      ],
-      h.env,
+    const run = highValueRun(
+      [1, 2]
+        .map(
+          (i) =>
+            `${CURL} -sS --fail-with-body -H "Authorization: token $T" '${url('hv', '127.0.0.7', `/h${i}`)}'`,
+        )
+        .join(' && '),
     );
     // The run itself, then each of its two requests.
     const asked: string[] = [];
@@ -588,18 +582,8 @@ open(sys.argv[3]).read()
   test("a policy applied while a high_value request's approval waits, that unbinds the host, stops that request", async () => {
     // The person is asked about this request; meanwhile the host loses its binding. The yes
     // answers the question asked under the old proxy section, not one the new policy would ask.
-    const run = kwAsync(
-      [
-        'run',
-        '--proxy',
-        '--env',
-        'T=gh/high',
-        '--',
-        'sh',
-        '-c',
-        `${CURL} -sS -o /dev/null -w 'got %{http_code}\n' -H "Authorization: token $T" '${url('hv', '127.0.0.7', '/hv-unbound')}'`,
-      ],
-      h.env,
+    const run = highValueRun(
+      `${CURL} -sS -o /dev/null -w 'got %{http_code}\n' -H "Authorization: token $T" '${url('hv', '127.0.0.7', '/hv-unbound')}'`,
     );
     const unbound = policy.replace(/ {4}127\.0\.0\.7: \{ secret: gh\/high[^\n]*\n/, '');
     assert.notEqual(unbound, policy);

@@ -56,6 +56,17 @@ async function agentWith(
   return { h, env: { ...h.env, SSH_AUTH_SOCK: sock } };
 }
 
+/** The last n audit records, read with the vault (not through the agent), types and bodies. */
+function tailOf(
+  h: AgentHome,
+  n: number,
+): Array<{ type: string; body: { details?: Record<string, unknown> } }> {
+  return kw(['audit', 'tail', '--json', '-n', String(n)], { env: withoutAgent(h) })
+    .stdout.trim()
+    .split('\n')
+    .map((x) => JSON.parse(x) as { type: string; body: { details?: Record<string, unknown> } });
+}
+
 /** ssh-keygen -Y sign with the agent's key for pub, then -Y verify against pub. */
 function signAndVerify(dir: string, pub: string, env: NodeJS.ProcessEnv): void {
   const msg = path.join(dir, `msg-${crypto.randomUUID()}`);
@@ -268,11 +279,7 @@ test(
     assert.equal(empty.status, 1);
     assert.match(empty.stdout, /The agent has no identities/);
 
-    const tail = kw(['audit', 'tail', '--json', '-n', '40'], { env: withoutAgent(h) }).stdout;
-    const rows = tail
-      .trim()
-      .split('\n')
-      .map((x) => JSON.parse(x) as { type: string; body: { details?: Record<string, unknown> } });
+    const rows = tailOf(h, 40);
     assert.equal(rows.filter((r) => r.type === 'key.add').length, files.length);
     assert.ok(
       rows.some((r) => r.type === 'key.remove' && r.body.details?.['reason'] === 'ssh-add -D'),
@@ -353,11 +360,7 @@ test(
     assert.equal(run('ssh-add', [b], env).status, 0);
     await eventually(() => !/p-a/.test(listed()), 'p-a, added before, to go');
     await eventually(() => !/p-b/.test(listed()), 'p-b to go after two seconds');
-    const adds = kw(['audit', 'tail', '--json', '-n', '40'], { env: withoutAgent(h) })
-      .stdout.trim()
-      .split('\n')
-      .map((x) => JSON.parse(x) as { type: string; body: { details?: Record<string, unknown> } })
-      .filter((r) => r.type === 'key.add');
+    const adds = tailOf(h, 40).filter((r) => r.type === 'key.add');
     assert.deepEqual(
       adds.map((r) => r.body.details?.['lifetimeS']),
       [null, 2],
@@ -377,11 +380,7 @@ test(
     // the agent's loop (a status through the CLI) comes after it would have fired.
     assert.equal(kw(['status'], { env: h.env }).code, 0);
     assert.match(run('ssh-add', ['-l'], env).stdout, /t-long/);
-    const added = kw(['audit', 'tail', '--json', '-n', '20'], { env: withoutAgent(h) })
-      .stdout.trim()
-      .split('\n')
-      .map((x) => JSON.parse(x) as { type: string; body: { details?: Record<string, unknown> } })
-      .find((r) => r.type === 'key.add');
+    const added = tailOf(h, 20).find((r) => r.type === 'key.add');
     assert.equal(added?.body.details?.['lifetimeS'], 3_000_000);
   },
 );
