@@ -347,9 +347,10 @@ export class SshAgentService {
       if (!this.host.isUnlocked()) throw new KeywardError('AGENT_LOCKED', 'locked meanwhile');
       const old = this.added.get(id);
       if (old) this.drop(old);
-      if (held.expiresAt !== undefined) this.armExpiry(id, held);
       key.holdParsed();
       this.added.set(id, held);
+      // Once listed: a lifetime already over ends it at once (expire finds it).
+      if (held.expiresAt !== undefined) this.armExpiry(id, held);
       return message(SSH.SUCCESS);
     } catch (e) {
       if (!held || this.added.get(keyOf(blob)) !== held) key.wipe();
