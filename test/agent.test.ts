@@ -578,6 +578,29 @@ describe('the unlock window', () => {
     );
   });
 
+  test('touching the policy file (the same policy read again) never slides the idle timeout', async () => {
+    const h = await running(allow('{ idle_timeout: 2s, max_lifetime: 1h }'));
+    const unlocked = auditEntries(h)
+      .filter((e) => e.type === 'vault.unlock')
+      .at(-1);
+    assert.ok(unlocked);
+    // Any process of the user can touch the file: the agent reads it again, and finds the
+    // policy it has. A status (no use of the window) after each touch.
+    const file = path.join(h.home, 'policy.yaml');
+    let code = 0;
+    while (code === 0) {
+      const now = new Date();
+      fs.utimesSync(file, now, now);
+      code = kw(['status'], { env: h.env }).code ?? -1;
+      assert.ok(Date.now() - unlocked.time < 60_000, 'the idle timeout never locked');
+    }
+    assert.equal(code, 5);
+    const lock = auditEntries(h)
+      .filter((e) => e.type === 'vault.lock')
+      .at(-1);
+    assert.equal(lock?.reason, 'idle timeout');
+  });
+
   test('maximum uses per unlock locks the agent', async () => {
     const h = await running(allow('{ idle_timeout: 1h, max_lifetime: 4h, max_uses: 2 }'));
     assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);

@@ -235,9 +235,10 @@ export class UnlockWindow {
       // one's rules remembered ends.
       if (before !== undefined && before !== this.policy.sha256) this.host.policyReplaced?.();
       this.host.policyLoaded?.(this.policy);
-      // Its unlock limits hold from now, the absolute one counted from the unlock: a shorter
-      // one already past locks, and this request is refused.
-      if (before !== undefined && this.vault) {
+      // Another policy's unlock limits hold from now, the absolute one counted from the unlock:
+      // a shorter one already past locks, and this request is refused. (The same policy read
+      // again, after a touch of its files, changes nothing: it must not slide the idle timeout.)
+      if (before !== undefined && before !== this.policy.sha256 && this.vault) {
         clearTimeout(this.capTimer);
         this.capTimer = undefined;
         if (this.capLeftMs() <= 0) {
