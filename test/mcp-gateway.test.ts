@@ -174,6 +174,29 @@ describe('keyward mcp wrap', () => {
     );
   });
 
+  test('a call decided again after a policy apply takes one token, not one per decision', async () => {
+    const limits =
+      '  rate_limits:\n    per_tool:\n      - { server: rl2, tool: search, per_minute: 1, burst: 2 }\n';
+    const h = await agentWith(`  tool_policy: denylist\n${limits}`);
+    const file = toolsFile(h, [tool('search', 'Search.')]);
+    const c = await through(h, 'rl2', [process.execPath, CHANGING], { MCP_TOOLS: file });
+    await c.callTool({ name: 'search', arguments: { text: 'a' } });
+    // Another part of the mcp section changes: the gateway's copy is stale at the next call.
+    const other = path.join(h.dir, 'other.yaml');
+    fs.writeFileSync(
+      other,
+      policyWith(
+        `  tool_policy: denylist\n  denied_tools:\n    - { server: rl2, tool: other }\n${limits}`,
+      ),
+    );
+    assert.equal(kw(['policy', 'apply', other], { env: h.env }).code, 0);
+    await c.callTool({ name: 'search', arguments: { text: 'b' } });
+    await assert.rejects(
+      c.callTool({ name: 'search', arguments: { text: 'c' } }),
+      /rate limit: at most 1 calls a minute of search/,
+    );
+  });
+
   test('a released secret in tool arguments is blocked; in a tool result it is redacted', async () => {
     const h = await agentWith('  leak_blocking: true\n');
     assert.equal(

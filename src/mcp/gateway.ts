@@ -169,7 +169,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
           ERR_UNKNOWN_TOOL,
         );
       const limited = limits.take(p, tool);
-      if (limited) return refuse(limited);
+      if ('why' in limited) return refuse(limited.why);
       // The call is durable in the audit log before the server has it: a gateway ended
       // mid-call, or a server that never answers, still leaves its record. The agent scans the
       // arguments and records the call in one round trip; unchecked or unrecorded, it is not sent.
@@ -181,7 +181,10 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
           `the call could not be checked for secrets and recorded (${message(e)}): fail closed`,
         );
       }
-      if (found === 'stale') continue;
+      if (found === 'stale') {
+        limited.giveBack(); // decided again: one call takes one token
+        continue;
+      }
       if (found.length > 0)
         return refuse(`the arguments hold the value of ${found.join(', ')}; not sent`);
       pending.set(ourId, { clientId: id, method: 'tools/call', tool, argsHash, callId: ourId });

@@ -42,9 +42,17 @@ export class RateLimits {
 
   constructor(private readonly server: string) {}
 
-  /** Takes a token for a call of tool; the reason when over a limit. */
-  take(p: McpPolicy, tool: string): string | undefined {
+  /**
+   * Takes a token for a call of tool from every bucket that counts it: the reason when one is
+   * spent (then none is taken), else a way to give them back (a call decided under a stale
+   * policy, decided again: one call, one token).
+   */
+  take(p: McpPolicy, tool: string): { why: string } | { giveBack: () => void } {
     const now = Date.now();
+    const taken: TokenBucket[] = [];
+    const giveBack = () => {
+      for (const b of taken.splice(0)) b.refund();
+    };
     // A policy that changes the limits carries what is left over (never a full bucket).
     const bucket = (key: string, per: number, burst: number) => {
       let b = this.buckets.get(key);
@@ -55,15 +63,20 @@ export class RateLimits {
         );
       return b;
     };
+    const spend = (b: TokenBucket) => b.take(now) && taken.push(b) > 0;
     const g = p.rate_limits.global;
-    if (g && !bucket('*', g.per_minute, g.burst).take(now))
-      return `rate limit: at most ${g.per_minute} tool calls a minute (burst ${g.burst})`;
+    if (g && !spend(bucket('*', g.per_minute, g.burst)))
+      return { why: `rate limit: at most ${g.per_minute} tool calls a minute (burst ${g.burst})` };
     for (const r of p.rate_limits.per_tool) {
       if (glob(r.server)(this.server) && glob(r.tool)(tool)) {
-        if (!bucket(`${r.server}\u0000${r.tool}`, r.per_minute, r.burst).take(now))
-          return `rate limit: at most ${r.per_minute} calls a minute of ${tool} (burst ${r.burst})`;
+        if (!spend(bucket(`${r.server}\u0000${r.tool}`, r.per_minute, r.burst))) {
+          giveBack();
+          return {
+            why: `rate limit: at most ${r.per_minute} calls a minute of ${tool} (burst ${r.burst})`,
+          };
+        }
       }
     }
-    return undefined;
+    return { giveBack };
   }
 }

@@ -36,6 +36,11 @@ export class TokenBucket {
     return b;
   }
 
+  /** Gives back n tokens taken for something that did not happen (never past the burst). */
+  refund(n = 1): void {
+    this.tokens = Math.min(this.burst, this.tokens + n);
+  }
+
   /** Whether its limits are these. */
   limits(perMinute: number, burst: number): boolean {
     return this.perMinute === perMinute && this.burst === burst;
