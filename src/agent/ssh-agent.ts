@@ -40,10 +40,9 @@ import {
   SshFrameReader,
 } from './ssh.js';
 import { inFlight } from './inflight.js';
+import { armExpiry, capTo, keyOf, type Held } from './ssh-held.js';
 
 const IDLE_CONNECTION_MS = 120_000;
-/** The longest delay a Node timer takes. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
 /** Keys ssh-add may hold at once: each is guarded secure memory. */
 const MAX_ADDED_KEYS = 256;
 
@@ -72,23 +71,6 @@ export interface SshHost {
   /** Unlocks with the vault passphrase; throws when it is wrong. */
   unlock(passphrase: SecureBuffer, by: ProcessIdentity): Promise<void>;
 }
-
-interface Held {
-  key: SigningKey;
-  /** The blob it is listed and asked for under: an OpenSSH certificate's, else the key's. */
-  blob?: Buffer;
-  /** The comment ssh-add -l shows: the vault key's name, or what ssh-add sent. */
-  comment: string;
-  /** The name policy rules match: the vault key's name, or `ssh-add:COMMENT`. */
-  target: string;
-  source: 'vault' | 'ssh-add';
-  confirm: boolean;
-  addedAt?: number;
-  expiresAt?: number;
-  timer?: NodeJS.Timeout;
-}
-
-const keyOf = (blob: Uint8Array) => Buffer.from(blob).toString('base64');
 
 export class SshAgentService {
   private readonly added = new Map<string, Held>();
@@ -345,12 +327,15 @@ export class SshAgentService {
         },
       });
       if (!this.host.isUnlocked()) throw new KeywardError('AGENT_LOCKED', 'locked meanwhile');
+      // A policy loaded while the record was written capped the keys listed then, not this one.
+      capTo(held, this.host.limits().keyLifetimeMs);
       const old = this.added.get(id);
       if (old) this.drop(old);
       key.holdParsed();
       this.added.set(id, held);
       // Once listed: a lifetime already over ends it at once (expire finds it).
-      if (held.expiresAt !== undefined) this.armExpiry(id, held);
+      const h = held;
+      if (h.expiresAt !== undefined) armExpiry(h, () => void this.expire(id, h));
       return message(SSH.SUCCESS);
     } catch (e) {
       if (!held || this.added.get(keyOf(blob)) !== held) key.wipe();
@@ -358,24 +343,10 @@ export class SshAgentService {
     }
   }
 
-  /** Ends h at its expiresAt (a timer takes at most 2^31 - 1 ms: longer, in such steps). */
-  private armExpiry(id: string, h: Held): void {
-    clearTimeout(h.timer);
-    const left = (h.expiresAt ?? 0) - Date.now();
-    if (left <= 0) return void this.expire(id, h);
-    h.timer = setTimeout(() => this.armExpiry(id, h), Math.min(left, MAX_TIMER_MS));
-    h.timer.unref();
-  }
-
   /** A policy's key_lifetime, applied to the keys added before it: none outlives it. */
   capLifetimes(capMs: number | undefined): void {
-    if (capMs === undefined) return;
-    for (const [id, h] of this.added) {
-      const end = (h.addedAt ?? Date.now()) + capMs;
-      if (h.expiresAt !== undefined && h.expiresAt <= end) continue;
-      h.expiresAt = end;
-      this.armExpiry(id, h);
-    }
+    for (const [id, h] of this.added)
+      if (capTo(h, capMs)) armExpiry(h, () => void this.expire(id, h));
   }
 
   private async expire(id: string, h: Held): Promise<void> {
