@@ -27,6 +27,9 @@ import {
 import { BIN, eventually, kw, PASSPHRASE, ROOT, rootTests } from './helpers.js';
 import { readHeader, subkeys, unwrapDk } from './independent/vault.js';
 
+/** libfaketime (Debian's faketime package): a process's wall clock moved, its monotonic one not. */
+const FAKETIME = '/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1';
+
 const homes: AgentHome[] = [];
 after(async () => {
   for (const h of homes) await stopAgent(h);
@@ -600,6 +603,62 @@ describe('the unlock window', () => {
       .at(-1);
     assert.equal(lock?.reason, 'idle timeout');
   });
+
+  test(
+    'a sleep the timers never counted (the wall clock moved, the monotonic one did not) ends added keys and the window at the next request',
+    {
+      skip: fs.existsSync(FAKETIME)
+        ? false
+        : 'libfaketime is not installed (apt-get install faketime; CI installs it)',
+    },
+    async () => {
+      // libfaketime moves the agent's wall clock, not its monotonic one: what a suspended
+      // laptop's agent sees at resume. Node's timers (monotonic) have not fired.
+      const h = agentHome(
+        `version: 1\nunlock: { idle_timeout: 12h, max_lifetime: 24h }\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n`,
+      );
+      homes.push(h);
+      const clock = path.join(h.dir, 'clock');
+      fs.writeFileSync(clock, '+0\n');
+      // A preloaded library: the agent runs only when told to, and says so (--allow-debugger).
+      await startAgent(
+        h,
+        {
+          LD_PRELOAD: FAKETIME,
+          FAKETIME_TIMESTAMP_FILE: clock,
+          FAKETIME_NO_CACHE: '1',
+          DONT_FAKE_MONOTONIC: '1',
+        },
+        ['--allow-debugger'],
+      );
+      const kwd = (args: string[], input?: string) =>
+        kw(['--allow-debugger', ...args], {
+          env: h.env,
+          ...(input === undefined ? {} : { input }),
+        });
+      assert.equal(kwd(['unlock']).code, 0);
+      assert.equal(kwd(['secret', 'set', 'a'], 'value-aaaa').code, 0);
+      const env = { ...h.env, SSH_AUTH_SOCK: path.join(h.sockDir, 'ssh-agent.sock') };
+      const key = path.join(h.dir, 'slept');
+      assert.equal(
+        spawnSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', '', '-C', 'slept', '-f', key]).status,
+        0,
+      );
+      assert.equal(spawnSync('ssh-add', ['-t', '3600', key], { env }).status, 0);
+      assert.match(String(spawnSync('ssh-add', ['-l'], { env }).stdout), /slept/);
+      // Two hours asleep: the key's hour is over, the window's twelve idle hours are not.
+      fs.writeFileSync(clock, '+2h\n');
+      assert.doesNotMatch(String(spawnSync('ssh-add', ['-l'], { env }).stdout), /slept/);
+      assert.equal(kwd(['read', 'a']).code, 0);
+      // Thirteen hours more: the window's idle time is over.
+      fs.writeFileSync(clock, '+15h\n');
+      assert.equal(kwd(['read', 'a']).code, 5);
+      const lock = auditEntries(h)
+        .filter((e) => e.type === 'vault.lock')
+        .at(-1);
+      assert.equal(lock?.reason, 'idle timeout');
+    },
+  );
 
   test('maximum uses per unlock locks the agent', async () => {
     const h = await running(allow('{ idle_timeout: 1h, max_lifetime: 4h, max_uses: 2 }'));

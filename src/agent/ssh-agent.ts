@@ -196,7 +196,22 @@ export class SshAgentService {
 
   private identities(): Held[] {
     if (!this.host.isUnlocked()) return [];
-    return [...this.loadedVaultKeys().values(), ...this.added.values()];
+    return [...this.loadedVaultKeys().values(), ...this.live()];
+  }
+
+  /**
+   * Whether an added key's lifetime is not over by the wall clock (its timer runs on the
+   * monotonic clock, which stands still while the machine sleeps); one that is over ends now.
+   */
+  private alive(id: string, h: Held): boolean {
+    if (h.expiresAt === undefined || Date.now() < h.expiresAt) return true;
+    void this.expire(id, h);
+    return false;
+  }
+
+  /** The added keys still alive. */
+  private live(): Held[] {
+    return [...this.added].filter(([id, h]) => this.alive(id, h)).map(([, h]) => h);
   }
 
   private async handle(who: Who, msg: SecureBuffer): Promise<Buffer> {
@@ -388,7 +403,9 @@ export class SshAgentService {
     const flags = r.remaining >= 4 ? r.u32() : 0;
     if (!this.host.isUnlocked()) return message(SSH.FAILURE);
     const id = keyOf(blob);
-    const held = this.loadedVaultKeys().get(id) ?? this.added.get(id);
+    const added = this.added.get(id);
+    const held =
+      this.loadedVaultKeys().get(id) ?? (added && this.alive(id, added) ? added : undefined);
     if (!held) return message(SSH.FAILURE);
     const alg = held.key.algorithm(flags);
     const what = describeSignData(data);

@@ -62,6 +62,8 @@ export class UnlockWindow {
   /** write() calls under way (they hold or wait for the vault's lock). */
   private writing = 0;
   private unlockedAt = 0;
+  /** When the idle timeout last slid (wall clock, as unlockedAt). */
+  private lastUse = 0;
   private usedInWindow = 0;
   private idleTimer: NodeJS.Timeout | undefined;
   private capTimer: NodeJS.Timeout | undefined;
@@ -124,6 +126,13 @@ export class UnlockWindow {
     // One request asks several times in one synchronous run (gate, channels, keys): the file
     // can change between runs, not within one, as far as this process can tell.
     if (this.stampFresh) return v;
+    // The timers run on the monotonic clock, which stands still while the machine sleeps: the
+    // window's deadlines are compared with the wall clock too, at every request.
+    const over = this.overdue(Date.now());
+    if (over !== undefined) {
+      void this.host.lock(over);
+      throw locked();
+    }
     // Stat-ed again only when the watch on vault.kw and its directory saw a change (another
     // process's save renames over it), and every 64th time (lib/watch.ts).
     const stamp = (this.vaultWatch ??= this.watchVault()).get();
@@ -294,7 +303,7 @@ export class UnlockWindow {
     this.vault = v;
     this.vaultStamp = '';
     this.gen += 1;
-    this.unlockedAt = Date.now();
+    this.unlockedAt = this.lastUse = Date.now();
     this.usedInWindow = 0;
     await this.host.record({
       type: 'vault.unlock',
@@ -305,10 +314,20 @@ export class UnlockWindow {
     this.arm();
   }
 
+  /** Why the window is over by the wall clock (a sleep the timers did not count), if it is. */
+  private overdue(now: number): string | undefined {
+    const u = this.policy?.policy.unlock;
+    if (!u) return undefined;
+    if (now - this.unlockedAt >= durationMs(u.max_lifetime)) return 'absolute unlock limit';
+    if (now - this.lastUse >= durationMs(u.idle_timeout)) return 'idle timeout';
+    return undefined;
+  }
+
   /** Slides the idle timeout; starts the absolute cap once. */
   private arm(): void {
     const u = this.policy?.policy.unlock;
     if (!u) return;
+    this.lastUse = Date.now();
     clearTimeout(this.idleTimer);
     this.idleTimer = setTimeout(
       () => void this.host.lock('idle timeout'),
