@@ -602,6 +602,11 @@ describe('the unlock window', () => {
       .filter((e) => e.type === 'vault.lock')
       .at(-1);
     assert.equal(lock?.reason, 'idle timeout');
+    // Nor does each touch grow the audit log: the same load is recorded once a window.
+    const reloads = auditEntries(h).filter(
+      (e) => e.type === 'policy.loaded' && e.time > unlocked.time,
+    );
+    assert.deepEqual(reloads, []);
   });
 
   test(

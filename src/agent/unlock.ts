@@ -224,10 +224,17 @@ export class UnlockWindow {
    */
   private readonly policySink: AuditSink = {
     record: (r) => {
+      // The same load said again (a touch of a policy file makes the agent read it again, and
+      // any process of the user can touch it): recorded once a window, not at every touch.
+      const said = JSON.stringify([r.type, r.reason, r.details]);
+      if (this.policySaid.get(r.type) === said) return;
+      this.policySaid.set(r.type, said);
       this.host.record(r as AuditRecord).catch(() => undefined);
     },
     checkpoint: () => undefined,
   };
+  /** What the policy's loads last recorded, by record type, in this window. */
+  private readonly policySaid = new Map<string, string>();
 
   /** The policy in force, re-loaded (and re-verified against the vault) after `policy apply`. */
   currentPolicy(v: Vault): Loaded['policy'] {
@@ -295,6 +302,7 @@ export class UnlockWindow {
     }
     try {
       this.policy = undefined;
+      this.policySaid.clear();
       this.currentPolicy(v);
     } catch (e) {
       v.close();
