@@ -16,7 +16,13 @@ import {
 import { KeywardError } from '../errors.js';
 import { withFileLock, withFileLockAsync } from '../lib/files.js';
 import { WatchedStamp } from '../lib/watch.js';
-import { durationMs, loadPolicy, policyStamp, type Loaded } from '../policy/index.js';
+import {
+  durationMs,
+  loadPolicy,
+  policyFilesDigest,
+  policyStamp,
+  type Loaded,
+} from '../policy/index.js';
 import { Vault, vaultPaths, type AuditSink, type Unlock, type VaultPaths } from '../vault/index.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
 
@@ -225,8 +231,9 @@ export class UnlockWindow {
   private readonly policySink: AuditSink = {
     record: (r) => {
       // The same load said again (a touch of a policy file makes the agent read it again, and
-      // any process of the user can touch it): recorded once a window, not at every touch.
-      const said = JSON.stringify([r.type, r.reason, r.details]);
+      // any process of the user can touch it): recorded once a window, not at every touch. An
+      // edit of the files' bytes is said again, whatever the record's words.
+      const said = JSON.stringify([r.type, r.reason, r.details, policyFilesDigest(this.host.home)]);
       if (this.policySaid.get(r.type) === said) return;
       this.policySaid.set(r.type, said);
       this.host.record(r as AuditRecord).catch(() => undefined);

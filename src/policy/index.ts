@@ -42,6 +42,7 @@ export {
   loadPolicy,
   PolicyInvalidError,
   policyPaths,
+  policyFilesDigest,
   policyStamp,
   readApplied,
   readHistory,

@@ -130,6 +130,35 @@ export function lastHistory(home: string): { version: number; file: string } | u
   return last ? { version: Number(last.slice(0, 6)), file: path.join(p.history, last) } : undefined;
 }
 
+/**
+ * A digest of what the policy files hold now (policy.yaml, the history's names and its last
+ * file): two loads that found the same drift in the same bytes say the same thing.
+ */
+export function policyFilesDigest(home: string): string {
+  const p = policyPaths(home);
+  const h = createHash('sha256');
+  const add = (f: string | undefined) => {
+    try {
+      // Never a FIFO or a device in a file's place (readOwnFile refuses them: '-' then).
+      h.update(f === undefined ? '-' : readOwnFile(f, { maxBytes: 1 << 20 }));
+    } catch {
+      h.update('-');
+    }
+    h.update('\0');
+  };
+  add(p.file);
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(p.history).sort();
+  } catch {
+    // none
+  }
+  h.update(names.join('/'));
+  h.update('\0');
+  add(lastHistory(home)?.file);
+  return h.digest('hex');
+}
+
 export function readHistory(home: string): HistoryEntry[] {
   const p = policyPaths(home);
   let names: string[];
