@@ -636,6 +636,10 @@ describe('the unlock window', () => {
         },
         ['--allow-debugger'],
       );
+      // libfaketime's shared memory (named by the pid), which Node's exit leaves behind: its
+      // names go now (the agent keeps what it mapped).
+      for (const f of [`faketime_shm_${h.agentPid}`, `sem.faketime_sem_${h.agentPid}`])
+        fs.rmSync(path.join('/dev/shm', f), { force: true });
       const kwd = (args: string[], input?: string) =>
         kw(['--allow-debugger', ...args], {
           env: h.env,
