@@ -53,6 +53,12 @@ function oneProcess(
   };
 }
 
+/** An askpass that says its prompt, then waits for the file `go` before it answers. */
+function heldAskpass(a: AgentHome): string {
+  const go = path.join(a.dir, 'go');
+  return `#!/bin/sh\nprintf '%s\\n' "$1" >> '${path.join(a.dir, 'prompts')}'\nwhile [ ! -e '${go}' ]; do sleep 0.05; done\n[ "$(cat '${path.join(a.dir, 'answer')}')" = yes ]\n`;
+}
+
 async function agentWith(policy: string, askpass?: (h: AgentHome) => string): Promise<AgentHome> {
   const h = agentHome(policy);
   homes.push(h);
@@ -85,10 +91,7 @@ describe('an answer is to the policy that asked', () => {
       // The askpass says its prompt, then waits for the test's word before it answers.
       const h = await agentWith(
         'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
-        (a) => {
-          const go = path.join(a.dir, 'go');
-          return `#!/bin/sh\nprintf '%s\\n' "$1" >> '${path.join(a.dir, 'prompts')}'\nwhile [ ! -e '${go}' ]; do sleep 0.05; done\n[ "$(cat '${path.join(a.dir, 'answer')}')" = yes ]\n`;
-        },
+        heldAskpass,
       );
       const reader = spawn(process.execPath, [BIN, 'read', 'app/token'], {
         env: h.env,
@@ -122,10 +125,7 @@ describe('an answer stands where nothing changed', () => {
     // The askpass says its prompt, then waits for the test's word before it answers.
     const h = await agentWith(
       'version: 1\nrules:\n  - { name: keys, kind: key, targets: ["**"], decision: allow }\n',
-      (a) => {
-        const go = path.join(a.dir, 'go');
-        return `#!/bin/sh\nprintf '%s\\n' "$1" >> '${path.join(a.dir, 'prompts')}'\nwhile [ ! -e '${go}' ]; do sleep 0.05; done\n[ "$(cat '${path.join(a.dir, 'answer')}')" = yes ]\n`;
-      },
+      heldAskpass,
     );
     const env = { ...h.env, SSH_AUTH_SOCK: path.join(h.sockDir, 'ssh-agent.sock') };
     const key = path.join(h.dir, 'confirmed');

@@ -233,7 +233,7 @@ export class UnlockWindow {
       // The same load said again (a touch of a policy file makes the agent read it again, and
       // any process of the user can touch it): recorded once a window, not at every touch. An
       // edit of the files' bytes is said again, whatever the record's words.
-      const said = JSON.stringify([r.type, r.reason, r.details, policyFilesDigest(this.host.home)]);
+      const said = JSON.stringify([r.type, r.reason, r.details, this.policyFiles]);
       if (this.policySaid.get(r.type) === said) return;
       this.policySaid.set(r.type, said);
       this.host.record(r as AuditRecord).catch(() => undefined);
@@ -242,6 +242,8 @@ export class UnlockWindow {
   };
   /** What the policy's loads last recorded, by record type, in this window. */
   private readonly policySaid = new Map<string, string>();
+  /** The policy files' digest, taken once for the load under way (its records share it). */
+  private policyFiles = '';
 
   /** The policy in force, re-loaded (and re-verified against the vault) after `policy apply`. */
   currentPolicy(v: Vault): Loaded['policy'] {
@@ -252,6 +254,7 @@ export class UnlockWindow {
       // A new policy may cache less, or differently: what the old one cached goes.
       if (this.policy) this.host.changed('the policy changed');
       const before = this.policy?.sha256;
+      this.policyFiles = policyFilesDigest(this.host.home);
       this.policy = loadPolicy(this.host.home, v, this.policySink);
       this.policyStamp = stamp;
       // Another policy (not the same one read again after a write to the vault): what the old
