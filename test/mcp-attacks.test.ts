@@ -16,7 +16,7 @@ import {
 } from '@modelcontextprotocol/sdk/types.js';
 import { AgentConnection, call, REQ } from '../src/agent/index.js';
 import { secureTake } from '../src/lib/secure.js';
-import { auditEntries, withoutAgent, type AgentHome } from './agent-helpers.js';
+import { auditEntries, scanMemory, withoutAgent, type AgentHome } from './agent-helpers.js';
 import { kw, ROOT } from './helpers.js';
 import {
   agentWith,
@@ -516,6 +516,64 @@ describe('leak blocking: what review found', () => {
       c.readResource({ uri: `test://docs/${TOKEN}` }),
       /holds the value of leak\/token/,
     );
+  });
+
+  test('a value released and then rotated or removed by another process is still looked for until the lock', async () => {
+    const h = await agentWith('  leak_blocking: true\n');
+    const GONE = 'sk_removedValue_0987654321';
+    assert.equal(kw(['secret', 'set', 'leak/token'], { env: h.env, input: TOKEN }).code, 0);
+    assert.equal(kw(['secret', 'set', 'leak/gone'], { env: h.env, input: GONE }).code, 0);
+    assert.equal(kw(['read', 'leak/token'], { env: h.env }).stdout, TOKEN);
+    assert.equal(kw(['read', 'leak/gone'], { env: h.env }).stdout, GONE);
+    const file = toolsFile(h, [tool('search', 'Search.')]);
+    const c = await through(h, 'rotated', [process.execPath, CHANGING], { MCP_TOOLS: file });
+    // One scan before the rotation (the agent then holds leak/token's forms), none for leak/gone.
+    await c.callTool({ name: 'search', arguments: { text: 'harmless' } });
+    // The user rotates the token and removes the other (as after a suspected leak): whoever got
+    // the old values may still hold them, and the old token may still be valid upstream.
+    assert.equal(
+      kw(['secret', 'set', 'leak/token'], { env: h.env, input: 'ghp_secondTokenValue456' }).code,
+      0,
+    );
+    assert.equal(kw(['secret', 'rm', 'leak/gone'], { env: h.env }).code, 0);
+    await assert.rejects(
+      c.callTool({ name: 'search', arguments: { text: `old ${TOKEN}` } }),
+      /the arguments hold the value of leak\/token/,
+    );
+    await assert.rejects(
+      c.callTool({ name: 'search', arguments: { text: Buffer.from(GONE).toString('base64') } }),
+      /the arguments hold the value of leak\/gone/,
+    );
+    // And the new value, the name's current one, as before.
+    await assert.rejects(
+      c.callTool({ name: 'search', arguments: { text: 'ghp_secondTokenValue456' } }),
+      /the arguments hold the value of leak\/token/,
+    );
+    // A second rotation, and another gateway session (whose first sight of its server the agent
+    // writes to the vault): the value between the two is looked for too.
+    assert.equal(
+      kw(['secret', 'set', 'leak/token'], { env: h.env, input: 'ghp_thirdTokenValue789' }).code,
+      0,
+    );
+    await c.close();
+    const again = await through(h, 'second', [process.execPath, CHANGING], { MCP_TOOLS: file });
+    await assert.rejects(
+      again.callTool({ name: 'search', arguments: { text: 'ghp_secondTokenValue456' } }),
+      /the arguments hold the value of leak\/token/,
+    );
+    await again.close();
+    // Kept in secure memory until the lock, which wipes them with every other value and form.
+    if (process.geteuid?.() === 0) {
+      const old = Buffer.from(TOKEN);
+      assert.ok(scanMemory(h.agentPid ?? 0, [old]).length > 0, 'the scanner finds it');
+      assert.equal(kw(['lock'], { env: h.env }).code, 0);
+      const forms = [old, Buffer.from(GONE)].flatMap((v) => [
+        v,
+        Buffer.from(v.toString('base64')),
+        Buffer.from(v.toString('hex')),
+      ]);
+      assert.deepEqual(scanMemory(h.agentPid ?? 0, forms).map(String), []);
+    }
   });
 
   test('a value too short to look for is not looked for: the scan is no oracle for a 6-digit code', async () => {

@@ -19,7 +19,7 @@ import { KeywardError } from '../errors.js';
 import { secureFree, secureRelease, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { TokenBucket, type McpPolicy } from '../policy/index.js';
 import { Masker, maskingForms } from '../run/index.js';
-import type { Vault } from '../vault/index.js';
+import type { Replaced, Vault } from '../vault/index.js';
 import { actorOf } from './identity.js';
 import { SCAN_MIN_BYTES, ScanViews } from './leak-scan.js';
 import { readPinRecord, reviewPins, writePinRecord, type ReviewRequest } from './mcp-pins.js';
@@ -61,6 +61,9 @@ const HEX64 = /^[0-9a-f]{64}$/;
 /** The id a gateway forwards a call under (base64url and digits): recorded with the call. */
 const CALL_ID = /^[A-Za-z0-9_-]{1,64}$/;
 
+/** Replaced values (rotated or removed since released) looked for at most, until a lock. */
+export const MAX_REPLACED = 256;
+
 /** A scan costs a token per 64 KiB looked at (at least one). */
 const SCAN_TOKEN_BYTES = 64 * 1024;
 
@@ -94,12 +97,44 @@ export class McpService {
     { id: string; value: SecureBuffer | undefined; forms: SecureBuffer[] }
   >();
 
+  /**
+   * Released values the vault no longer holds (replaced), by their key in `forms`: the name and
+   * the id of the record they were. Oldest first; at most MAX_REPLACED.
+   */
+  private readonly replacedValues = new Map<string, { name: string; id: string }>();
+
   constructor(private readonly host: McpHost) {}
 
   /** Wipes every kept value and form (the agent locked). */
   forget(): void {
     for (const k of this.forms.values()) wipe(k);
     this.forms.clear();
+    this.replacedValues.clear();
+  }
+
+  /**
+   * Released values that a re-read of the vault found replaced or removed (a rotation, a
+   * `secret rm`), taken over (freed here): still looked for under their names until the agent
+   * locks. Whoever received one may hold it still, and a rotated token may still be valid where
+   * it came from. Past MAX_REPLACED, the oldest is no longer looked for.
+   */
+  replaced(values: Replaced[]): void {
+    for (const r of values) {
+      const key = `replaced ${r.id}`;
+      if (this.forms.has(key) || r.value.length < SCAN_MIN_BYTES) {
+        secureFree(r.value);
+        continue;
+      }
+      this.forms.set(key, { id: r.id, value: r.value, forms: maskingForms(r.value) });
+      this.replacedValues.set(key, { name: r.name, id: r.id });
+    }
+    for (const key of this.replacedValues.keys()) {
+      if (this.replacedValues.size <= MAX_REPLACED) break;
+      const kept = this.forms.get(key);
+      if (kept) wipe(kept);
+      this.forms.delete(key);
+      this.replacedValues.delete(key);
+    }
   }
 
   /**
@@ -113,6 +148,9 @@ export class McpService {
         out.push({ key: name, name, id: v.recordId(name) ?? '', reveal: () => v.reveal(name) });
     for (const p of this.host.projectReleased())
       out.push({ key: `${p.id} ${p.target}`, name: p.target, id: p.id, reveal: () => p.open(v) });
+    // Kept since they were replaced (formsOf finds them by their id): nothing to reveal again.
+    for (const [key, { name, id }] of this.replacedValues)
+      out.push({ key, name, id, reveal: () => secureTake(Buffer.alloc(0)) });
     return out;
   }
 

@@ -60,6 +60,9 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     noteDenial: () => theGate.noteDenial(),
     changed: (what) => h.clearCache(what),
     policyReplaced: () => theGate.policyChanged(),
+    // A released value rotated or removed is still looked for by the leak scans until a lock.
+    released: (): Iterable<string> => releases.releasedNames(),
+    replaced: (values): void => mcp.replaced(values),
     policyLoaded: (loaded) => {
       h.policyLoaded(loaded);
       // ssh-added keys live no longer than the key_lifetime in force, counted from their add.

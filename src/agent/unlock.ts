@@ -16,6 +16,7 @@ import {
 import { KeywardError } from '../errors.js';
 import { withFileLock, withFileLockAsync } from '../lib/files.js';
 import { WatchedStamp } from '../lib/watch.js';
+import { secureFree } from '../lib/secure.js';
 import {
   durationMs,
   loadPolicy,
@@ -23,7 +24,14 @@ import {
   policyStamp,
   type Loaded,
 } from '../policy/index.js';
-import { Vault, vaultPaths, type AuditSink, type Unlock, type VaultPaths } from '../vault/index.js';
+import {
+  Vault,
+  vaultPaths,
+  type AuditSink,
+  type Replaced,
+  type Unlock,
+  type VaultPaths,
+} from '../vault/index.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
 
 export interface WindowHost {
@@ -39,6 +47,13 @@ export interface WindowHost {
   policyLoaded?(loaded: Loaded): void;
   /** Another policy than the one in force was loaded (its text differs): remembered grants end. */
   policyReplaced?(): void;
+  /** Names of the secrets released since the agent started (the leak scans look for them). */
+  released?(): Iterable<string>;
+  /**
+   * Their values as they were, when a re-read of the vault found their records replaced or
+   * removed (the host takes them over and frees them).
+   */
+  replaced?(values: Replaced[]): void;
 }
 
 /** How long a write by the agent waits for another process's vault lock. */
@@ -144,7 +159,7 @@ export class UnlockWindow {
     const stamp = (this.vaultWatch ??= this.watchVault()).get();
     if (stamp !== this.vaultStamp) {
       try {
-        v.refresh();
+        this.refresh(v);
         this.host.changed('the vault changed');
       } catch (e) {
         void this.host.lock(
@@ -184,7 +199,7 @@ export class UnlockWindow {
       this.unlocked();
       // Read again under the lock whatever the file's stamp says: a write must start from the
       // vault as it is, or it would undo another process's.
-      v.refresh();
+      this.refresh(v);
       const policyWasCurrent = this.policyStamp === this.stampOfPolicy(v);
       let result: T;
       let save: boolean;
@@ -208,6 +223,14 @@ export class UnlockWindow {
       }
       return result;
     });
+  }
+
+  /** v read again; released values it no longer holds go to the host (the leak scans). */
+  private refresh(v: Vault): void {
+    const replaced = v.refresh(this.host.released?.() ?? []);
+    if (replaced.length === 0) return;
+    if (this.host.replaced) this.host.replaced(replaced);
+    else for (const r of replaced) secureFree(r.value);
   }
 
   private watchVault(): WatchedStamp {

@@ -1,7 +1,7 @@
 /**
  * The vault domain's public surface. Other domains import from here only (test/architecture.test.ts).
  */
-export { Vault, type EntryMeta } from './vault.js';
+export { Vault, type EntryMeta, type Replaced } from './vault.js';
 export { VALUE_MAX_BYTES } from './values.js';
 export {
   headerInfoOf,

@@ -57,6 +57,14 @@ import { assertValueSize } from './values.js';
 export type { Unlock } from './slots.js';
 import { assertValidName } from '../lib/names.js';
 
+/** A released secret's value as it was before a refresh replaced or removed its record. */
+export interface Replaced {
+  name: string;
+  /** The replaced record's id (public). */
+  id: string;
+  value: SecureBuffer;
+}
+
 export interface EntryMeta {
   name: string;
   created: string;
@@ -434,9 +442,19 @@ export class Vault {
    * while the agent is unlocked). The file must still be under this key: after a rekey the
    * holder has to unlock again. What was appended since this vault last saw the file is
    * authenticated record by record; anything else is read and checked in full, as at open.
+   *
+   * `keep` names secrets whose values were released (the agent's leak scans look for them):
+   * returned are the values of those whose record the new file replaced or removed, as they
+   * were (secure memory: the caller frees them), since whoever received one may still hold it.
    */
-  refresh(): void {
+  refresh(keep: Iterable<string> = []): Replaced[] {
     this.live();
+    // The records as they are now (a refresh may update the same object in place).
+    const before: { name: string; was: Entry }[] = [];
+    for (const name of keep) {
+      const was = name.startsWith('@') ? undefined : this.records.get(name, true);
+      if (was) before.push({ name, was });
+    }
     const file = readVaultFile(this.paths);
     const p = headerFacts(file.bytes);
     // eslint-disable-next-line no-restricted-syntax -- ids are public
@@ -462,6 +480,25 @@ export class Vault {
       ? this.records.refreshed(file.bytes, file.stat, layout)
       : this.readRecords(file, p);
     this.slots = p.slots;
+    const replaced: Replaced[] = [];
+    try {
+      for (const { name, was } of before) {
+        const now = this.records.get(name);
+        // eslint-disable-next-line no-restricted-syntax -- ids are public
+        if (now && now.id.equals(was.id)) continue;
+        const value = open(
+          this.subkey('secrets'),
+          was.box,
+          recordAd(this.vaultId, was.id, was.name),
+        );
+        if (!value) throw corruptError(`vault record of ${name} failed authentication`);
+        replaced.push({ name, id: was.id.toString('hex'), value });
+      }
+    } catch (e) {
+      for (const r of replaced) secureFree(r.value);
+      throw e;
+    }
+    return replaced;
   }
   /**
    * checkPassphrase with argon2id on libuv's thread pool (the agent: approvals and console
