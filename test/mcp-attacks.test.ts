@@ -14,6 +14,7 @@ import {
   CreateMessageRequestSchema,
   LoggingMessageNotificationSchema,
 } from '@modelcontextprotocol/sdk/types.js';
+import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { AgentConnection, call, REQ } from '../src/agent/index.js';
 import { secureTake } from '../src/lib/secure.js';
 import { auditEntries, scanMemory, withoutAgent, type AgentHome } from './agent-helpers.js';
@@ -518,62 +519,65 @@ describe('leak blocking: what review found', () => {
     );
   });
 
-  test('a value released and then rotated or removed by another process is still looked for until the lock', async () => {
+  test('a value released and then rotated or removed by another process is still looked for, also after a lock', async () => {
     const h = await agentWith('  leak_blocking: true\n');
     const GONE = 'sk_removedValue_0987654321';
-    assert.equal(kw(['secret', 'set', 'leak/token'], { env: h.env, input: TOKEN }).code, 0);
-    assert.equal(kw(['secret', 'set', 'leak/gone'], { env: h.env, input: GONE }).code, 0);
+    const [V2, V3, V4] = [
+      'ghp_secondTokenValue456',
+      'ghp_thirdTokenValue789',
+      'ghp_fourthTokenValue012',
+    ];
+    const set = (name: string, value: string) =>
+      assert.equal(kw(['secret', 'set', name], { env: h.env, input: value }).code, 0);
+    set('leak/token', TOKEN);
+    set('leak/gone', GONE);
     assert.equal(kw(['read', 'leak/token'], { env: h.env }).stdout, TOKEN);
     assert.equal(kw(['read', 'leak/gone'], { env: h.env }).stdout, GONE);
     const file = toolsFile(h, [tool('search', 'Search.')]);
+    const blocked = async (c: Client, text: string, name: string) =>
+      assert.rejects(
+        c.callTool({ name: 'search', arguments: { text } }),
+        new RegExp(`the arguments hold the value of ${name.replace('/', '\\/')}`),
+      );
     const c = await through(h, 'rotated', [process.execPath, CHANGING], { MCP_TOOLS: file });
     // One scan before the rotation (the agent then holds leak/token's forms), none for leak/gone.
     await c.callTool({ name: 'search', arguments: { text: 'harmless' } });
     // The user rotates the token and removes the other (as after a suspected leak): whoever got
     // the old values may still hold them, and the old token may still be valid upstream.
-    assert.equal(
-      kw(['secret', 'set', 'leak/token'], { env: h.env, input: 'ghp_secondTokenValue456' }).code,
-      0,
-    );
+    set('leak/token', V2);
     assert.equal(kw(['secret', 'rm', 'leak/gone'], { env: h.env }).code, 0);
-    await assert.rejects(
-      c.callTool({ name: 'search', arguments: { text: `old ${TOKEN}` } }),
-      /the arguments hold the value of leak\/token/,
-    );
-    await assert.rejects(
-      c.callTool({ name: 'search', arguments: { text: Buffer.from(GONE).toString('base64') } }),
-      /the arguments hold the value of leak\/gone/,
-    );
-    // And the new value, the name's current one, as before.
-    await assert.rejects(
-      c.callTool({ name: 'search', arguments: { text: 'ghp_secondTokenValue456' } }),
-      /the arguments hold the value of leak\/token/,
-    );
-    // A second rotation, and another gateway session (whose first sight of its server the agent
-    // writes to the vault): the value between the two is looked for too.
-    assert.equal(
-      kw(['secret', 'set', 'leak/token'], { env: h.env, input: 'ghp_thirdTokenValue789' }).code,
-      0,
-    );
+    await blocked(c, `old ${TOKEN}`, 'leak/token');
+    await blocked(c, Buffer.from(GONE).toString('base64'), 'leak/gone');
+    // The name's current value, as before (looked for whether or not it was released).
+    await blocked(c, V2, 'leak/token');
+    // A value the name had but that was never released is not kept once rotated away: the
+    // values kept are the ones that went out, not every value a name had since.
+    set('leak/token', V3);
+    await c.callTool({ name: 'search', arguments: { text: V2 } });
+    await blocked(c, TOKEN, 'leak/token');
     await c.close();
-    const again = await through(h, 'second', [process.execPath, CHANGING], { MCP_TOOLS: file });
-    await assert.rejects(
-      again.callTool({ name: 'search', arguments: { text: 'ghp_secondTokenValue456' } }),
-      /the arguments hold the value of leak\/token/,
-    );
-    await again.close();
-    // Kept in secure memory until the lock, which wipes them with every other value and form.
+    // A lock, which any process of the user can cause, does not make the scans forget: the kept
+    // values are sealed with the vault's key at the lock and opened again after the unlock. A
+    // rotation made just before the lock, that no request of the agent saw, is kept too.
+    assert.equal(kw(['read', 'leak/token'], { env: h.env }).stdout, V3);
+    set('leak/token', V4);
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
     if (process.geteuid?.() === 0) {
-      const old = Buffer.from(TOKEN);
-      assert.ok(scanMemory(h.agentPid ?? 0, [old]).length > 0, 'the scanner finds it');
-      assert.equal(kw(['lock'], { env: h.env }).code, 0);
-      const forms = [old, Buffer.from(GONE)].flatMap((v) => [
-        v,
-        Buffer.from(v.toString('base64')),
-        Buffer.from(v.toString('hex')),
+      // Sealed, so no copy of a kept value in the locked agent's memory, in any form.
+      const forms = [TOKEN, GONE, V3].flatMap((v) => [
+        Buffer.from(v),
+        Buffer.from(Buffer.from(v).toString('base64')),
+        Buffer.from(Buffer.from(v).toString('hex')),
       ]);
       assert.deepEqual(scanMemory(h.agentPid ?? 0, forms).map(String), []);
     }
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    const again = await through(h, 'second', [process.execPath, CHANGING], { MCP_TOOLS: file });
+    await blocked(again, TOKEN, 'leak/token');
+    await blocked(again, GONE, 'leak/gone');
+    await blocked(again, V3, 'leak/token');
+    await blocked(again, V4, 'leak/token');
+    await again.close();
   });
 
   test('a value too short to look for is not looked for: the scan is no oracle for a 6-digit code', async () => {

@@ -18,33 +18,21 @@ import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { secureFree, secureRelease, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { TokenBucket, type McpPolicy } from '../policy/index.js';
-import { Masker, maskingForms } from '../run/index.js';
+import { Masker } from '../run/index.js';
 import type { Replaced, Vault } from '../vault/index.js';
 import { actorOf } from './identity.js';
-import { SCAN_MIN_BYTES, ScanViews } from './leak-scan.js';
+import { ScanViews } from './leak-scan.js';
+import { ReleasedValues, type ReleasedHost } from './mcp-released.js';
 import { readPinRecord, reviewPins, writePinRecord, type ReviewRequest } from './mcp-pins.js';
 import type { Peer } from './peer.js';
-import type { ProjectRelease } from './project-releases.js';
 import { ProtocolError, str, type Frame } from './protocol.js';
 import type { Reply } from './release.js';
 import { jsonRaw } from './replies.js';
 import type { UnlockWindow } from './unlock.js';
 
-export interface McpHost {
+export interface McpHost extends ReleasedHost {
   window: UnlockWindow;
   record(r: AuditRecord): Promise<unknown>;
-  /** Names released since the agent started: the vault's values a scan looks for. */
-  released(): Iterable<string>;
-  /** Values released from sealed project files: looked for too. */
-  projectReleased(): Iterable<ProjectRelease>;
-}
-
-/** A released value a scan looks for: its name, what its forms are kept by, and the value. */
-interface Watched {
-  key: string;
-  name: string;
-  id: string;
-  reveal(): SecureBuffer;
 }
 
 const DEFAULT_MCP: McpPolicy = {
@@ -60,9 +48,6 @@ const SERVER_NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
 const HEX64 = /^[0-9a-f]{64}$/;
 /** The id a gateway forwards a call under (base64url and digits): recorded with the call. */
 const CALL_ID = /^[A-Za-z0-9_-]{1,64}$/;
-
-/** Replaced values (rotated or removed since released) looked for at most, until a lock. */
-export const MAX_REPLACED = 256;
 
 /** A scan costs a token per 64 KiB looked at (at least one). */
 const SCAN_TOKEN_BYTES = 64 * 1024;
@@ -87,91 +72,21 @@ export class McpService {
    */
   private readonly scanBuckets = new WeakMap<Peer, TokenBucket>();
 
-  /**
-   * Each released value with its masking forms, built at its first scan and kept (secure memory)
-   * while it stays released and its record unchanged: a scan costs no decryption and no
-   * encoding. Wiped when the agent locks (forget) or the name is no longer released.
-   */
-  private readonly forms = new Map<
-    string,
-    { id: string; value: SecureBuffer | undefined; forms: SecureBuffer[] }
-  >();
+  /** The released values a scan looks for, and their forms (mcp-released.ts). */
+  private readonly values: ReleasedValues;
 
-  /**
-   * Released values the vault no longer holds (replaced), by their key in `forms`: the name and
-   * the id of the record they were. Oldest first; at most MAX_REPLACED.
-   */
-  private readonly replacedValues = new Map<string, { name: string; id: string }>();
-
-  constructor(private readonly host: McpHost) {}
-
-  /** Wipes every kept value and form (the agent locked). */
-  forget(): void {
-    for (const k of this.forms.values()) wipe(k);
-    this.forms.clear();
-    this.replacedValues.clear();
+  constructor(private readonly host: McpHost) {
+    this.values = new ReleasedValues(host);
   }
 
-  /**
-   * Released values that a re-read of the vault found replaced or removed (a rotation, a
-   * `secret rm`), taken over (freed here): still looked for under their names until the agent
-   * locks. Whoever received one may hold it still, and a rotated token may still be valid where
-   * it came from. Past MAX_REPLACED, the oldest is no longer looked for.
-   */
+  /** Wipes every kept value and form (the agent locks); see ReleasedValues.forget. */
+  forget(v?: Vault): void {
+    this.values.forget(v);
+  }
+
+  /** Released values a re-read of the vault replaced or removed (ReleasedValues.replaced). */
   replaced(values: Replaced[]): void {
-    for (const r of values) {
-      const key = `replaced ${r.id}`;
-      if (this.forms.has(key) || r.value.length < SCAN_MIN_BYTES) {
-        secureFree(r.value);
-        continue;
-      }
-      this.forms.set(key, { id: r.id, value: r.value, forms: maskingForms(r.value) });
-      this.replacedValues.set(key, { name: r.name, id: r.id });
-    }
-    for (const key of this.replacedValues.keys()) {
-      if (this.replacedValues.size <= MAX_REPLACED) break;
-      const kept = this.forms.get(key);
-      if (kept) wipe(kept);
-      this.forms.delete(key);
-      this.replacedValues.delete(key);
-    }
-  }
-
-  /**
-   * What a scan looks for: each vault name released (kept by name, changed with its record) and
-   * each value released from a sealed project file (kept by file and target).
-   */
-  private watched(v: Vault): Watched[] {
-    const out: Watched[] = [];
-    for (const name of this.host.released())
-      if (v.has(name))
-        out.push({ key: name, name, id: v.recordId(name) ?? '', reveal: () => v.reveal(name) });
-    for (const p of this.host.projectReleased())
-      out.push({ key: `${p.id} ${p.target}`, name: p.target, id: p.id, reveal: () => p.open(v) });
-    // Kept since they were replaced (formsOf finds them by their id): nothing to reveal again.
-    for (const [key, { name, id }] of this.replacedValues)
-      out.push({ key, name, id, reveal: () => secureTake(Buffer.alloc(0)) });
-    return out;
-  }
-
-  /** A value and its forms, from what is kept when its record is the same; else built now. */
-  private formsOf(w: Watched): { value: SecureBuffer | undefined; forms: SecureBuffer[] } {
-    const { id } = w;
-    const kept = this.forms.get(w.key);
-    if (kept?.id === id) return kept;
-    if (kept) wipe(kept);
-    const value = w.reveal();
-    let entry: { id: string; value: SecureBuffer | undefined; forms: SecureBuffer[] };
-    if (value.length < SCAN_MIN_BYTES) {
-      // Too short to look for (leak-scan.ts): not found, and not concealed either, so the
-      // concealed copy can't point at one.
-      secureFree(value);
-      entry = { id, value: undefined, forms: [] };
-    } else {
-      entry = { id, value, forms: maskingForms(value) };
-    }
-    this.forms.set(w.key, entry);
-    return entry;
+    this.values.replaced(values);
   }
 
   async handle(asker: Peer, f: Frame): Promise<Reply> {
@@ -315,14 +230,7 @@ export class McpService {
 
   private scan(asker: Peer, v: Vault, f: Frame, redact: boolean): Reply {
     const data = f.raw ?? Buffer.alloc(0);
-    const watched = this.watched(v);
-    const keys = new Set(watched.map((w) => w.key));
-    for (const [key, kept] of this.forms) {
-      if (!keys.has(key)) {
-        wipe(kept);
-        this.forms.delete(key);
-      }
-    }
+    const watched = this.values.current(v);
     // Nothing released, nothing to find: no budget spent, no view built.
     if (watched.length === 0) return { meta: { found: [], hidden: [] } };
     if (!this.bucket(asker).take(Date.now(), 1 + Math.floor(data.length / SCAN_TOKEN_BYTES)))
@@ -347,7 +255,7 @@ export class McpService {
     let after: ScanViews | undefined;
     try {
       for (const w of watched) {
-        const { value, forms } = this.formsOf(w);
+        const { value, forms } = this.values.formsOf(w);
         if (!value) continue;
         const { name } = w;
         values.push({ name, value, forms });
@@ -385,12 +293,6 @@ export class McpService {
       after?.destroy();
     }
   }
-}
-
-function wipe(k: { value: SecureBuffer | undefined; forms: SecureBuffer[] }): void {
-  secureFree(k.value);
-  for (const f of k.forms) secureFree(f);
-  k.forms.length = 0;
 }
 
 function parseReview(meta: Record<string, unknown>): ReviewRequest {

@@ -39,6 +39,8 @@ export class Releases {
    * (which needs no authentication) must not switch the scan off.
    */
   private readonly released = new Set<string>();
+  /** The records released, as `name NUL id` (public ids): which values a rotation replaced. */
+  private readonly releasedRecords = new Set<string>();
 
   constructor(private readonly host: ReleaseHost) {}
 
@@ -130,6 +132,8 @@ export class Releases {
     const rule = w.currentPolicy(v).rules.find((r) => r.name === ruleName);
     const idle = cacheIdleMs(rule);
     this.released.add(name);
+    const record = v.recordId(name);
+    if (record !== undefined) this.releasedRecords.add(`${name}\0${record}`);
     const hit = idle === undefined || !rule ? undefined : this.host.cache.take(rule.name, name);
     if (hit) return { value: hit, cached: true };
     const value = v.reveal(name);
@@ -161,6 +165,14 @@ export class Releases {
   /** Names released since the agent started: what the MCP gateway's scans look for. */
   releasedNames(): Iterable<string> {
     return this.released;
+  }
+
+  /**
+   * Whether the record `id` of name was released (a value rotated away is looked for only if
+   * it was, not every value the name had since).
+   */
+  releasedRecord(name: string, id: string): boolean {
+    return this.releasedRecords.has(`${name}\0${id}`);
   }
 }
 

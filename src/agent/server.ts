@@ -449,7 +449,9 @@ export class Agent {
     this.ssh.wipeAll();
     this.runs.lockProxies();
     this.cache.clear('the agent locked');
-    this.mcp.forget();
+    // The vault read a last time (a rotation not seen yet is kept too), then the values the scans
+    // keep after a rotation sealed with its key, for after the next unlock.
+    this.mcp.forget(this.window.lastLook());
     const closed = this.window.close(this.audit.lastWritten);
     if (closed === undefined) return;
     const { gap } = closed;

@@ -109,6 +109,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     window,
     record,
     released: () => releases.releasedNames(),
+    releasedRecord: (name, id) => releases.releasedRecord(name, id),
     projectReleased: () => fromProjects.released(),
   });
   const runs: RunService = new RunService({

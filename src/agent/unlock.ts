@@ -225,6 +225,22 @@ export class UnlockWindow {
     });
   }
 
+  /**
+   * At a lock, before anything is wiped: the open vault read a last time (released values a
+   * rotation replaced go to the host, as at any re-read), or undefined when locked. A read that
+   * fails is let go: the lock goes on.
+   */
+  lastLook(): Vault | undefined {
+    const v = this.vault;
+    if (!v) return undefined;
+    try {
+      this.refresh(v);
+    } catch {
+      // Locking anyway; what could not be read is not kept.
+    }
+    return v;
+  }
+
   /** v read again; released values it no longer holds go to the host (the leak scans). */
   private refresh(v: Vault): void {
     const replaced = v.refresh(this.host.released?.() ?? []);
