@@ -819,6 +819,8 @@ test(
     const idb = await b.id;
     const itemB = page.locator(`.request[data-id="${idb}"]`);
     await itemB.waitFor();
+    // Each shows the id its command printed (two requests alike in all else differ there).
+    assert.match((await itemB.textContent()) ?? '', new RegExp(`request ${idb}`));
     // The pointer rests on B's Approve; A's requester goes away.
     await itemB.locator('.approve').hover();
     const before = await itemB.boundingBox();

@@ -180,3 +180,83 @@ ${RULES}`,
     assert.equal(api.status, 403);
   });
 });
+
+describe(
+  'the operator page, as the console page, never slides a request under a click',
+  {
+    skip: CHROMIUM ? undefined : 'chromium is not installed (CI installs it: .ci/run)',
+  },
+  () => {
+    let h: AgentHome;
+    let browser: Browser;
+    const homes: AgentHome[] = [];
+
+    before(async () => {
+      h = await unlockedAgent(
+        `version: 1
+operators:
+  group_policy_map:
+    sre-team: [prod]
+rules:
+  - name: prod
+    targets: ["prod/**"]
+    decision: approve
+    approve: { mode: operator, groups: [sre-team], timeout: 10m }
+`,
+        homes,
+      );
+      assert.equal(kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'the-value' }).code, 0);
+      browser = await launch();
+    });
+    after(async () => {
+      await browser?.close();
+      for (const x of homes) await stopAgent(x);
+    });
+
+    test("a request another process denies stays in place, greyed, under the operator's pointer; each shows its id", async () => {
+      const created = kw(['operator', 'key', 'create', 'bob', '--groups', 'sre-team'], {
+        env: h.env,
+      });
+      assert.equal(created.code, 0, created.stderr);
+      const context = await browser.newContext();
+      context.setDefaultTimeout(120_000);
+      const page = await context.newPage();
+      await page.goto(`${consoleUrl(h)}operator`);
+      await page.locator('#api-key').fill(created.stdout.trim());
+      await page.locator('#login-key').click();
+      await page.locator('#who').filter({ hasText: 'key:bob' }).waitFor();
+      // The developer's request, then a copy of it by an attacker (the same command, the same
+      // directory): the page says which is which by the id each command printed.
+      const mine = waitingCommand(['read', 'prod/db'], h.env);
+      const myId = await mine.id;
+      const item = page.locator(`li.request[data-id="${myId}"]`);
+      await item.waitFor();
+      const copy = waitingCommand(['read', 'prod/db'], h.env);
+      const copyId = await copy.id;
+      const other = page.locator(`li.request[data-id="${copyId}"]`);
+      await other.waitFor();
+      assert.match((await item.textContent()) ?? '', new RegExp(`request ${myId}`));
+      assert.match((await other.textContent()) ?? '', new RegExp(`request ${copyId}`));
+      // The operator's pointer rests on the developer's Approve; the attacker denies that request
+      // (any process of the user may deny one) so that its copy would slide under the click.
+      await item.locator('button.approve').hover();
+      const before = await item.boundingBox();
+      const denied = kw(['deny', myId], { env: h.env });
+      assert.equal(denied.code, 0, denied.stderr);
+      await page.locator(`li.request.gone[data-id="${myId}"]`).waitFor();
+      assert.deepEqual(await item.boundingBox(), before, 'the denied request did not move');
+      assert.equal(await item.locator('button.approve').isDisabled(), true);
+      assert.deepEqual(await other.boundingBox().then((b) => b !== null), true);
+      // A click there now approves nothing.
+      await item.locator('button.approve').click({ force: true });
+      assert.equal((await mine.done).code, 6);
+      // The pointer leaves: what ended goes; the copy is still waiting, unapproved.
+      await page.mouse.move(0, 0);
+      await item.waitFor({ state: 'detached' });
+      assert.equal(await other.locator('button.approve').isDisabled(), false);
+      copy.kill();
+      await copy.done;
+      await context.close();
+    });
+  },
+);

@@ -267,6 +267,8 @@
       'li',
       { class: 'request', 'data-id': p.id },
       left,
+      // The id the waiting command printed: two requests alike in all else differ here.
+      el('p', { class: 'request-id', text: `request ${p.id}` }),
       el('h3', { text: `${p.action} ${p.target}` }),
       ...(p.also && p.also.length > 0
         ? [el('p', { class: 'also', text: `and also ${p.also.join(', ')}` })]

@@ -33,6 +33,8 @@
   function signedOut() {
     token = null;
     clearInterval(timer);
+    for (const item of shown.values()) item.li.remove();
+    shown.clear();
     $('nav').hidden = true;
     $('view-requests').hidden = true;
     $('view-login').hidden = false;
@@ -50,35 +52,102 @@
     timer = setInterval(refresh, 2000);
   }
 
-  function render(list) {
-    const ul = $('pending');
-    ul.replaceChildren(
-      ...list.map((p) => {
-        const votes = (p.votes || []).map((v) => v.operator).join(', ') || 'none yet';
-        const actions = el('div', { class: 'actions' });
-        if (p.mayApprove) {
-          const approve = el('button', { class: 'approve', type: 'button', text: 'Approve' });
-          const deny = el('button', { class: 'deny danger', type: 'button', text: 'Deny' });
-          approve.addEventListener('click', () => decide(p.id, 'approve'));
-          deny.addEventListener('click', () => decide(p.id, 'deny'));
-          actions.append(approve, deny);
-        } else actions.append(el('p', { class: 'warn', text: `You can't decide this: ${p.why}` }));
-        return el(
-          'li',
-          { class: 'request', 'data-id': p.id },
-          el('h3', { text: `${p.action} ${p.target}` }),
-          ...(p.also && p.also.length > 0
-            ? [el('p', { class: 'also', text: `and also ${p.also.join(', ')}` })]
-            : []),
-          ...(p.what ? [el('p', { class: 'what', text: `to ${p.what}` })] : []),
-          el('p', { class: 'who', text: p.requester.description || '' }),
-          el('p', {
-            text: `rule ${p.rule}: ${p.operators.count} operator(s) of ${p.operators.groups.join(', ')}; approved so far: ${votes}`,
-          }),
-          actions,
-        );
-      }),
+  // As on the console page (app.js), the list never moves under the pointer: a new request is
+  // added at the end, one that ends stays in place (greyed, its buttons off) until the pointer
+  // leaves the list, a new request's Approve works only after a moment, and a request's own
+  // lines change in place. A request can't be slid under a click (any process of the user can
+  // deny one). Each shows its id, which the waiting command printed.
+  const shown = new Map();
+  let pointerInList = false;
+  const ARM_MS = 1000;
+
+  function sweep() {
+    for (const [id, item] of shown)
+      if (item.li.classList.contains('gone')) {
+        item.li.remove();
+        shown.delete(id);
+      }
+  }
+
+  $('pending').addEventListener('pointerenter', () => (pointerInList = true));
+  $('pending').addEventListener('pointerleave', () => {
+    pointerInList = false;
+    sweep();
+  });
+
+  const votesOf = (p) =>
+    `rule ${p.rule}: ${p.operators.count} operator(s) of ${p.operators.groups.join(', ')}; approved so far: ${(p.votes || []).map((v) => v.operator).join(', ') || 'none yet'}`;
+
+  function requestItem(p) {
+    const actions = el('div', { class: 'actions' });
+    const status = el('p', {
+      class: 'status',
+      text: p.mayApprove ? '' : `You can't decide this: ${p.why}`,
+    });
+    const approve = el('button', {
+      class: 'approve',
+      type: 'button',
+      text: 'Approve',
+      disabled: '',
+    });
+    const deny = el('button', { class: 'deny danger', type: 'button', text: 'Deny' });
+    setTimeout(() => {
+      if (!approve.closest('.gone') && !approve.dataset.off) approve.disabled = false;
+    }, ARM_MS);
+    approve.addEventListener('click', () => decide(p.id, 'approve'));
+    deny.addEventListener('click', () => decide(p.id, 'deny'));
+    actions.append(approve, deny);
+    const votes = el('p', { class: 'votes', text: votesOf(p) });
+    const li = el(
+      'li',
+      { class: 'request', 'data-id': p.id },
+      el('p', { class: 'request-id', text: `request ${p.id}` }),
+      el('h3', { text: `${p.action} ${p.target}` }),
+      ...(p.also && p.also.length > 0
+        ? [el('p', { class: 'also', text: `and also ${p.also.join(', ')}` })]
+        : []),
+      ...(p.what ? [el('p', { class: 'what', text: `to ${p.what}` })] : []),
+      el('p', { class: 'who', text: p.requester.description || '' }),
+      votes,
+      status,
+      actions,
     );
+    const item = { li, votes, status, approve, deny };
+    mayDecide(item, p);
+    return item;
+  }
+
+  // Whether this operator may still decide p (not once they approved it): said in place.
+  function mayDecide(item, p) {
+    if (p.mayApprove) return;
+    item.approve.dataset.off = '1';
+    item.approve.disabled = true;
+    item.deny.disabled = true;
+    item.status.textContent = `You can't decide this: ${p.why}`;
+  }
+
+  function render(list) {
+    const ids = new Set(list.map((p) => p.id));
+    for (const [id, item] of shown)
+      if (!ids.has(id) && !item.li.classList.contains('gone')) {
+        item.li.classList.add('gone');
+        for (const b of item.li.querySelectorAll('button')) b.disabled = true;
+        item.status.textContent = 'no longer pending';
+      }
+    for (const p of list) {
+      const item = shown.get(p.id);
+      if (item) {
+        if (!item.li.classList.contains('gone')) {
+          item.votes.textContent = votesOf(p);
+          mayDecide(item, p);
+        }
+        continue;
+      }
+      const fresh = requestItem(p);
+      shown.set(p.id, fresh);
+      $('pending').append(fresh.li);
+    }
+    if (!pointerInList) sweep();
     $('no-pending').hidden = list.length > 0;
   }
 
