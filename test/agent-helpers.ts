@@ -85,7 +85,8 @@ export async function unlockedAgent(
 
 export async function stopAgent(h: AgentHome): Promise<void> {
   const c = h.agent;
-  if (!c || c.exitCode !== null) return;
+  // Gone already: it exited, or a signal ended it (its 'exit' came and will not come again).
+  if (!c || c.exitCode !== null || c.signalCode !== null) return;
   const done = new Promise((r) => c.once('exit', r));
   c.kill('SIGTERM');
   await done;

@@ -16,10 +16,30 @@
   let skew = 0;
   let streaming = false;
 
-  const { clean, el, say } = window.keywardDom;
+  const { clean, el, say, sameAgent } = window.keywardDom;
   const { auditRows, callerRows, pinCard, qr, timeline } = window.keywardDraw;
 
+  // This agent's key, from the login's answer (page memory only), and whether what answers at
+  // this address could not prove it holds it: then this tab is done for good (dom.js).
+  let agentKey = null;
+  let gone = false;
+
+  /** Throws, and ends this tab, unless whatever answers is the agent this tab logged in to. */
+  async function checkAgent() {
+    if (gone) throw new Error('this page is done: open the address keyward console prints');
+    if (!agentKey) return; // the first login: the address keyward printed is the trust
+    if (await sameAgent(agentKey, '/api/hello')) return;
+    gone = true;
+    csrf = null;
+    $('nav').hidden = true;
+    for (const sec of document.querySelectorAll('main > section')) sec.hidden = true;
+    $('gone').hidden = false;
+    throw new Error('what answers here is not the agent this page logged in to');
+  }
+
   async function api(method, path, body, secret) {
+    // A passphrase or a code goes only to the agent this tab logged in to (tab-proof.ts).
+    if (gone || secret !== undefined || (body && body.code !== undefined)) await checkAgent();
     const headers = { 'X-Keyward-CSRF': csrf || '' };
     let payload;
     if (secret !== undefined) {
@@ -65,6 +85,12 @@
 
   async function showLogin() {
     $('nav').hidden = true;
+    // A tab that logged in before shows a login again only to its own agent (after a lock).
+    try {
+      await checkAgent();
+    } catch (e) {
+      return;
+    }
     show('login');
     try {
       const s = await (await fetch('/api/state', { credentials: 'same-origin' })).json();
@@ -75,7 +101,8 @@
     }
   }
 
-  function loggedIn(data) {
+  async function loggedIn(data) {
+    if (!agentKey && data.agentKey) agentKey = await window.keywardDom.agentKeyOf(data.agentKey);
     csrf = data.csrf;
     say('');
     route();
@@ -101,7 +128,7 @@
     const value = p.value;
     p.value = '';
     try {
-      loggedIn(await api('POST', '/api/login/passphrase', undefined, value));
+      await loggedIn(await api('POST', '/api/login/passphrase', undefined, value));
     } catch (e) {
       say(e.message, true);
     }
@@ -114,7 +141,7 @@
     try {
       const { handle, options } = await api('POST', '/api/login/options', {});
       const response = await W.startAuthentication({ optionsJSON: options });
-      loggedIn(await api('POST', '/api/login/webauthn', { handle, response }));
+      await loggedIn(await api('POST', '/api/login/webauthn', { handle, response }));
     } catch (e) {
       say(e.message, true);
     }
@@ -131,6 +158,7 @@
 
   // Pending approvals, live: server-sent events read through fetch (the CSRF header goes along).
   async function stream() {
+    if (gone) return;
     streaming = true;
     try {
       const res = await fetch('/api/events', {

@@ -42,5 +42,59 @@
     m.hidden = !text;
   }
 
-  Object.defineProperty(window, 'keywardDom', { value: Object.freeze({ ascii, clean, el, say }) });
+  // The agent's key a login gave this tab (src/console/tab-proof.ts), as a key WebCrypto holds
+  // (not extractable): HMAC-SHA-512, of which the agent's proof is the first 32 bytes.
+  function agentKeyOf(b64url) {
+    return crypto.subtle.importKey(
+      'raw',
+      fromB64url(b64url),
+      { name: 'HMAC', hash: 'SHA-512' },
+      false,
+      ['sign'],
+    );
+  }
+
+  function fromB64url(v) {
+    const b = atob(String(v).replace(/-/g, '+').replace(/_/g, '/'));
+    return Uint8Array.from(b, (c) => c.charCodeAt(0));
+  }
+
+  function toB64url(bytes) {
+    return btoa(String.fromCharCode(...bytes))
+      .replace(/\+/g, '-')
+      .replace(/\//g, '_')
+      .replace(/=+$/, '');
+  }
+
+  // Whether what answers at this address holds the agent's key: its proof over a nonce this tab
+  // chose. Anything else (no answer, a wrong proof) is false.
+  async function sameAgent(key, path) {
+    try {
+      const nonce = crypto.getRandomValues(new Uint8Array(32));
+      const res = await fetch(path, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json' },
+        body: JSON.stringify({ nonce: toB64url(nonce) }),
+        credentials: 'omit',
+      });
+      if (!res.ok) return false;
+      const { proof } = await res.json();
+      const label = new TextEncoder().encode('keyward console hello\0');
+      const input = new Uint8Array(label.length + nonce.length);
+      input.set(label);
+      input.set(nonce, label.length);
+      const mac = new Uint8Array(await crypto.subtle.sign('HMAC', key, input)).slice(0, 32);
+      const got = fromB64url(proof);
+      if (got.length !== 32) return false;
+      let diff = 0;
+      for (let i = 0; i < 32; i++) diff |= mac[i] ^ got[i];
+      return diff === 0;
+    } catch (e) {
+      return false;
+    }
+  }
+
+  Object.defineProperty(window, 'keywardDom', {
+    value: Object.freeze({ agentKeyOf, ascii, clean, el, sameAgent, say }),
+  });
 })();

@@ -10,9 +10,29 @@
   let token = null;
   let timer = null;
 
-  const { clean, el, say } = window.keywardDom;
+  const { agentKeyOf, clean, el, sameAgent, say } = window.keywardDom;
+
+  // This agent's key, from the sign-in's answer (page memory only): an API key goes, and the
+  // sign-in form comes back, only where the agent this page signed in to answers
+  // (src/console/tab-proof.ts). Otherwise this page is done for good.
+  let agentKey = null;
+  let gone = false;
+
+  async function checkAgent() {
+    if (gone) throw new Error('this page is done: open the address keyward console prints');
+    if (!agentKey || (await sameAgent(agentKey, '/api/operator/hello'))) return;
+    gone = true;
+    token = null;
+    clearInterval(timer);
+    $('nav').hidden = true;
+    $('view-requests').hidden = true;
+    $('view-login').hidden = true;
+    $('gone').hidden = false;
+    throw new Error('what answers here is not the agent this page signed in to');
+  }
 
   async function api(method, path, body, raw) {
+    if (gone || raw !== undefined) await checkAgent();
     const headers = {};
     if (token) headers['Authorization'] = `Bearer ${token}`;
     let payload;
@@ -25,22 +45,29 @@
     }
     const res = await fetch(path, { method, headers, body: payload, credentials: 'omit' });
     const data = await res.json().catch(() => ({}));
-    if (res.status === 401) signedOut();
+    if (res.status === 401) void signedOut();
     if (!res.ok) throw new Error(data.error || `HTTP ${res.status}`);
     return data;
   }
 
-  function signedOut() {
+  async function signedOut() {
     token = null;
     clearInterval(timer);
     for (const item of shown.values()) item.li.remove();
     shown.clear();
     $('nav').hidden = true;
     $('view-requests').hidden = true;
+    // The sign-in form again only where this page's agent answers.
+    try {
+      await checkAgent();
+    } catch (e) {
+      return;
+    }
     $('view-login').hidden = false;
   }
 
-  function signedIn(answer) {
+  async function signedIn(answer) {
+    if (!agentKey && answer.agentKey) agentKey = await agentKeyOf(answer.agentKey);
     token = answer.token;
     const op = answer.operator;
     $('who').textContent = clean(`${op.id} (${op.method}; ${op.groups.join(', ')})`);
@@ -176,7 +203,7 @@
   $('login-key').addEventListener('click', async () => {
     const input = $('api-key');
     try {
-      signedIn(await api('POST', '/api/operator/login/key', undefined, input.value.trim()));
+      await signedIn(await api('POST', '/api/operator/login/key', undefined, input.value.trim()));
       say('');
     } catch (e) {
       say(e.message, true);
@@ -186,7 +213,7 @@
   });
   $('logout').addEventListener('click', async () => {
     await api('POST', '/api/operator/logout', {}).catch(() => undefined);
-    signedOut();
+    await signedOut();
   });
 
   // Back from the identity provider: a handle to claim, for the session or for why the sign-in
@@ -194,7 +221,7 @@
   // fragment goes from the address bar (and history) at once.
   const back = new URLSearchParams(window.location.hash.slice(1));
   history.replaceState(null, '', '/operator');
-  signedOut();
+  void signedOut();
   if (back.get('refused') === 'not-started')
     say(
       'This sign-in was not started here, was used already, or took too long: sign in again.',

@@ -32,6 +32,8 @@ export async function routeOperator(
   const redirectUri = `${base}/api/operator/oidc/callback`;
   const p = url.pathname;
   const post = req.method === 'POST';
+  if (post && p === '/api/operator/hello')
+    return sendJson(res, 200, c.tabProof.answer(await readJson(req)));
   if (post && p === '/api/operator/login/key') return loginKey(c, req, res, now);
   if (post && p === '/api/operator/login/oidc') return loginOidc(c, req, res, now);
   if (req.method === 'GET' && p === '/api/operator/oidc/start')
@@ -42,7 +44,11 @@ export async function routeOperator(
     const s = c.operatorSessions.claim((await readJson(req))['handle'], now);
     if (!s) throw new HttpError(403, 'no such sign-in (each is claimed once, within a minute)');
     if ('refusal' in s) throw new HttpError(403, `the sign-in was refused: ${s.refusal}`);
-    return sendJson(res, 200, { token: s.token, operator: s.operator });
+    return sendJson(res, 200, {
+      token: s.token,
+      operator: s.operator,
+      agentKey: c.tabProof.forTab,
+    });
   }
   let s = c.operatorSessions.find(req.headers.authorization, now);
   // A session lasts only as long as the trust it was opened with: a revoked key, an issuer the
@@ -197,7 +203,7 @@ async function loggedIn(
     details: { operator: op.id, method: op.method, groups: op.groups.join(','), ...details },
   });
   const s = c.operatorSessions.create(op, now);
-  sendJson(res, 200, { token: s.token, operator: op });
+  sendJson(res, 200, { token: s.token, operator: op, agentKey: c.tabProof.forTab });
 }
 
 async function refused(

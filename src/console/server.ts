@@ -33,6 +33,7 @@ import {
   sendJson,
 } from './http.js';
 import { Sessions, type Session } from './sessions.js';
+import { TabProof } from './tab-proof.js';
 import { assertionOptions, verifyAssertion } from './webauthn.js';
 
 export interface ConsoleHost {
@@ -146,6 +147,8 @@ export class ConsoleServer {
   private port = 0;
   readonly sessions = new Sessions();
   readonly operatorSessions = new OperatorSessions();
+  /** This agent's key, given to a tab at its login, and the proofs a tab asks for. */
+  readonly tabProof = new TabProof();
   /** The operator page and API beyond this machine, over TLS, when the policy names it. */
   readonly remote = new RemoteOperators(
     (req, res, origin) => void this.handleRemote(req, res, origin),
@@ -384,6 +387,10 @@ export class ConsoleServer {
       return true;
     }
     if (req.method !== 'POST') return false;
+    if (route === '/api/hello') {
+      sendJson(res, 200, this.tabProof.answer(await readJson(req)));
+      return true;
+    }
     if (route === '/api/login/passphrase') {
       await this.passphrase(req, { type: 'console.login', details: { method: 'passphrase' } });
       const s = this.startSession(res, 'passphrase', null, now);
@@ -392,7 +399,7 @@ export class ConsoleServer {
         decision: 'allow',
         details: { method: 'passphrase' },
       });
-      sendJson(res, 200, { csrf: s.csrf, login: s.login });
+      sendJson(res, 200, { csrf: s.csrf, login: s.login, agentKey: this.tabProof.forTab });
       return true;
     }
     if (route === '/api/login/options') {
@@ -436,7 +443,7 @@ export class ConsoleServer {
         decision: 'allow',
         details: { method: 'webauthn', credential: a.credential.id, userVerified: a.userVerified },
       });
-      sendJson(res, 200, { csrf: s.csrf, login: s.login });
+      sendJson(res, 200, { csrf: s.csrf, login: s.login, agentKey: this.tabProof.forTab });
       return true;
     }
     return false;
