@@ -4,9 +4,12 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
 import net from 'node:net';
-import { describe, test } from 'node:test';
-import { holderInTree, socketOf, startTime, treeOf } from '../src/proxy/tree.js';
+import os from 'node:os';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import { holderAmong, holderInTree, socketOf, startTime, treeOf } from '../src/proxy/tree.js';
 import { canonicalHost } from '../src/proxy/wire.js';
 
 describe('the process tree a proxy serves', () => {
@@ -70,5 +73,45 @@ describe('the process tree a proxy serves', () => {
     for (const [raw, want] of same) assert.equal(canonicalHost(raw), want, raw);
     for (const bad of ['a b', 'a%00b', '[::1', 'x:y', ''])
       assert.equal(canonicalHost(bad), undefined, bad);
+  });
+});
+
+describe('a pid the walk listed, taken since by a process outside the tree', () => {
+  // An attack review won this race: a process of the user outside the run's tree connected,
+  // killed a process of the tree and forked until its own child got the dead one's pid, between
+  // the walk (which listed that pid) and the read of the pid's descriptors; the child, holding
+  // the connection, passed for the tree's, and the proxy put the real token in its request. The
+  // walk is given here with the outsider's pid in it, as that race leaves it.
+  test('a process outside the tree holding the connection is not the tree, even when the walk listed its pid', async () => {
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    after(() => server.close());
+    const port = (server.address() as net.AddressInfo).port;
+    const accepted = new Promise<net.Socket>((r) => server.once('connection', r));
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-tests-'));
+    after(() => fs.rmSync(dir, { recursive: true, force: true }));
+    const hold = path.join(dir, 'hold.cjs');
+    fs.writeFileSync(
+      hold,
+      'require("net").connect(Number(process.argv[2]), "127.0.0.1"); setInterval(() => {}, 1e9);\n',
+    );
+    // The run: a shell whose child holds nothing. The outsider: holds the connection.
+    const tree = spawn('sh', ['-c', 'sleep 600 & wait'], { stdio: 'ignore', detached: true });
+    const outsider = spawn(process.execPath, [hold, String(port)], { stdio: 'ignore' });
+    after(() => {
+      outsider.kill('SIGKILL');
+      if (tree.pid) process.kill(-tree.pid, 'SIGKILL');
+    });
+    const s = await accepted;
+    const sock = socketOf(
+      { ip: s.remoteAddress ?? '', port: s.remotePort ?? 0 },
+      { ip: '127.0.0.1', port },
+    );
+    assert.ok(sock, 'the client socket is in /proc/net/tcp');
+    const pid = tree.pid ?? 0;
+    const root = { pid, start: startTime(pid) ?? '' };
+    assert.equal(await holderAmong([pid, outsider.pid ?? 0], root, sock.inode), undefined);
+    // The same connection, its holder listed as the tree's root itself: not the root either.
+    assert.equal(await holderAmong([outsider.pid ?? 0], root, sock.inode), undefined);
   });
 });

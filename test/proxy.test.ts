@@ -629,6 +629,25 @@ open(sys.argv[3]).read()
     assert.match(String(last?.reason), /127\.0\.0\.4 sent a value back in its answer/);
   });
 
+  test('a request that carries a value asks for an answer the watch can read: no compressed echo', async () => {
+    const before = seen.length;
+    const r = await proxied(
+      `${CURL} -sS --fail-with-body -H 'Accept-Encoding: gzip, br' '${url('inject', '127.0.0.4', '/compressed')}'`,
+      ['--env', 'OTHER=gh/other'],
+    );
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    const got = seen.slice(before).find((x) => x.url === '/compressed');
+    assert.equal(got?.authorization, `Bearer ${OTHER}`);
+    const headers = JSON.parse(got?.raw.slice(0, got.raw.lastIndexOf(']') + 1) ?? '[]') as string[];
+    assert.deepEqual(
+      headers.flatMap((v, i) =>
+        i % 2 === 0 && /^accept-encoding$/i.test(v) ? [headers[i + 1]] : [],
+      ),
+      ['identity'],
+      JSON.stringify(headers),
+    );
+  });
+
   test('a lock ends the answers on their way, which could hold a value the watch no longer knows', async () => {
     const out = path.join(dir, 'slow-out');
     const run = proxied(

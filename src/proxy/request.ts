@@ -119,7 +119,14 @@ export function plan(
   }
   for (const b of bindings) {
     const ph = b.placeholder.toString('latin1');
-    const inUrl = requestLine.includes(ph);
+    const inUrl = target.includes(ph);
+    // In the method or the version: no place for a value (a server may echo an unknown method).
+    if (!inUrl && requestLine.includes(ph))
+      return refuse(
+        `the placeholder of ${b.name} is in the request line outside its target`,
+        b.name,
+        400,
+      );
     const inHeaders = headers.filter((h) => h.line.includes(ph));
     if (!inUrl && inHeaders.length === 0) continue;
     const rule = ruleOf(b);
@@ -161,6 +168,14 @@ export function plan(
     if (!used.includes(b)) used.push(b);
     where.set(b.name, `header ${rule.header}`);
   }
+  // An answer the echo watch can read: a compressed one would carry an echoed value past it.
+  if (used.length > 0)
+    out = [
+      ...out.filter(
+        (l, i) => i === 0 || l.slice(0, l.indexOf(':')).toLowerCase() !== 'accept-encoding',
+      ),
+      'Accept-Encoding: identity',
+    ];
   let path = target.startsWith('/') ? target : safePath(target);
   path = path.split('?')[0] ?? '';
   for (const b of bindings) path = path.split(b.placeholder.toString('latin1')).join(`{${b.name}}`);

@@ -108,14 +108,55 @@ export async function treeOf(root: Pinned): Promise<number[]> {
   return queue;
 }
 
+/** pid's parent, or undefined when it is gone. */
+function parentOf(pid: number): number | undefined {
+  try {
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'latin1');
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    return Number.isInteger(ppid) ? ppid : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether pid descends from root now: its parents, read after its descriptors were, lead to root
+ * (pinned by its start time). A pid the walk listed may have been taken since by another
+ * process (the listed one exited, and the pid was handed out again to a process of the user
+ * outside the tree, which then held a connection of its own): that process's parents are its
+ * own, not the tree's.
+ */
+export function descendsFrom(pid: number, root: Pinned): boolean {
+  let p = pid;
+  for (let i = 0; i < MAX_TREE; i++) {
+    if (p === root.pid) return startTime(root.pid) === root.start;
+    const parent = parentOf(p);
+    if (parent === undefined || parent <= 1) return false;
+    p = parent;
+  }
+  return false;
+}
+
 /**
  * The process of root's tree that holds the socket with this inode, or undefined. Read without
  * blocking the agent, and bounded: a tree of very many descriptors is refused, not walked.
  */
 export async function holderInTree(root: Pinned, inode: number): Promise<number | undefined> {
+  return holderAmong(await treeOf(root), root, inode);
+}
+
+/**
+ * The process among pids (a walk of root's tree) that holds the socket, if it still descends
+ * from root once its descriptors are read (descendsFrom), or undefined.
+ */
+export async function holderAmong(
+  pids: readonly number[],
+  root: Pinned,
+  inode: number,
+): Promise<number | undefined> {
   const want = `socket:[${inode}]`;
   let visited = 0;
-  for (const pid of await treeOf(root)) {
+  for (const pid of pids) {
     let fds: string[];
     try {
       fds = await fsp.readdir(`/proc/${pid}/fd`);
@@ -125,7 +166,8 @@ export async function holderInTree(root: Pinned, inode: number): Promise<number 
     for (const fd of fds) {
       if (++visited > MAX_FDS) return undefined;
       try {
-        if ((await fsp.readlink(`/proc/${pid}/fd/${fd}`)) === want) return pid;
+        if ((await fsp.readlink(`/proc/${pid}/fd/${fd}`)) === want)
+          return descendsFrom(pid, root) ? pid : undefined;
       } catch {
         // closed meanwhile
       }
