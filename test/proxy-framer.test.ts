@@ -150,6 +150,16 @@ describe('request framing', () => {
         400,
       ],
       [
+        'a bare CR in a trailer (a server that takes CR alone for a line end reads a request there)',
+        `POST / HTTP/1.1${CRLF}Transfer-Encoding: chunked${CRLF}${CRLF}0${CRLF}X: a\rGET /smuggled HTTP/1.1${CRLF}${CRLF}`,
+        400,
+      ],
+      [
+        'a bare CR in a chunk size line',
+        `POST / HTTP/1.1${CRLF}Transfer-Encoding: chunked${CRLF}${CRLF}1;a\rb${CRLF}x${CRLF}0${CRLF}${CRLF}`,
+        400,
+      ],
+      [
         'a malformed chunk size',
         `POST / HTTP/1.1${CRLF}Transfer-Encoding: chunked${CRLF}${CRLF}zz${CRLF}`,
         400,

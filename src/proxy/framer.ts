@@ -108,7 +108,8 @@ export class RequestFramer {
       const line = this.take(eol + 2);
       events.push({ type: 'body', bytes: line });
       const text = line.subarray(0, eol).toString('latin1');
-      if (text.includes('\n')) throw bad('a bare LF in chunked framing');
+      if (text.includes('\n') || text.includes('\r'))
+        throw bad('a bare CR or LF in chunked framing');
       if (st.s === 'chunk-size') {
         const m = /^([0-9A-Fa-f]{1,8})(;[\t !-~]*)?$/.exec(text);
         if (!m) throw bad('a malformed chunk size');
