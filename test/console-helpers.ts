@@ -15,6 +15,21 @@ export const CHROMIUM = ['/usr/bin/chromium', '/usr/bin/chromium-browser'].find(
 );
 export const ARTIFACTS = path.join(ROOT, 'test-artifacts', 'console');
 
+/** A rule that gives prod/** to operators of the group sre-team (ten minutes to decide). */
+export const PROD_OPERATOR_RULE = `rules:
+  - name: prod
+    targets: ["prod/**"]
+    decision: approve
+    approve: { mode: operator, groups: [sre-team], timeout: 10m }
+`;
+
+/** A policy of that rule, with API-key operators of sre-team mapped to it. */
+export const OPERATOR_POLICY = `version: 1
+operators:
+  group_policy_map:
+    sre-team: [prod]
+${PROD_OPERATOR_RULE}`;
+
 export function consoleUrl(h: AgentHome): string {
   const r = kw(['status', '--json'], { env: h.env });
   const s = JSON.parse(r.stdout) as { console?: string | null };

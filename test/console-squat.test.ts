@@ -6,6 +6,7 @@
  * (a key the agent gave the tab at the login, in page memory only). docs/CONSOLE.md.
  */
 import assert from 'node:assert/strict';
+import { createHmac } from 'node:crypto';
 import http from 'node:http';
 import { after, before, test } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
@@ -15,6 +16,8 @@ import {
   consoleUrl,
   launch,
   loginWithPassphrase,
+  OPERATOR_POLICY,
+  rawRequest,
   waitingCommand,
 } from './console-helpers.js';
 import { kw, PASSPHRASE } from './helpers.js';
@@ -57,13 +60,22 @@ after(async () => {
  * and answers a proof of identity with made-up bytes.
  * Returns what it was sent.
  */
-async function squat(port: number): Promise<Array<{ path: string; body: string }>> {
+async function squat(
+  port: number,
+  o: { holdEvents?: boolean } = {},
+): Promise<Array<{ path: string; body: string }>> {
   const seen: Array<{ path: string; body: string }> = [];
   const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
     let body = '';
     req.on('data', (d: Buffer) => (body += d.toString()));
     req.on('end', () => {
       seen.push({ path: req.url ?? '', body });
+      // Keeps the tab's stream open, so that the tab goes on as if still logged in.
+      if (o.holdEvents && req.url === '/api/events') {
+        res.writeHead(200, { 'Content-Type': 'text/event-stream' });
+        res.write(': hello\n\n');
+        return;
+      }
       res.setHeader('Content-Type', 'application/json');
       if (req.url === '/api/state') res.end('{"locked":true,"webauthn":false}');
       else if (req.url?.endsWith('/hello')) res.end(`{"proof":"${'A'.repeat(43)}"}`);
@@ -134,16 +146,7 @@ test(
   "an operator's page whose agent is gone asks for no key again, whatever takes the port",
   { skip },
   async () => {
-    const o = agentHome(`version: 1
-operators:
-  group_policy_map:
-    sre-team: [prod]
-rules:
-  - name: prod
-    targets: ["prod/**"]
-    decision: approve
-    approve: { mode: operator, groups: [sre-team], timeout: 10m }
-`);
+    const o = agentHome(OPERATOR_POLICY);
     await startAgent(o, { KEYWARD_ASKPASS: '', SSH_ASKPASS: '' });
     try {
       assert.equal(kw(['unlock'], { env: o.env }).code, 0);
@@ -175,6 +178,93 @@ rules:
       await p.close();
     } finally {
       await stopAgent(o);
+    }
+  },
+);
+
+test(
+  'a tab kept seemingly logged in by whatever took the port sends no passphrase for a TOTP enrolment',
+  { skip },
+  async () => {
+    const t = agentHome(POLICY);
+    await startAgent(t, { KEYWARD_ASKPASS: '', SSH_ASKPASS: '' });
+    try {
+      assert.equal(kw(['unlock'], { env: t.env }).code, 0);
+      const url = consoleUrl(t);
+      const p = await browser.newPage();
+      p.setDefaultTimeout(120_000);
+      await loginWithPassphrase(p, url, PASSPHRASE);
+      await p.locator('nav a[data-view="credentials"]').click();
+      await p.locator('#totp-passphrase').waitFor();
+      const exited = new Promise((resolve) => t.agent?.once('exit', resolve));
+      t.agent?.kill('SIGKILL');
+      await exited;
+      // The squatter answers the tab's stream with one that never ends: no 403, no login form,
+      // the tab's pages as they were.
+      const seen = await squat(Number(new URL(url).port), { holdEvents: true });
+      await p.locator('#totp-passphrase').fill(PASSPHRASE);
+      await p.locator('#totp-enroll').click();
+      await p.locator('#gone').waitFor({ state: 'visible' });
+      assert.deepEqual(
+        seen.filter((x) => x.body.includes(PASSPHRASE)).map((x) => x.path),
+        [],
+      );
+      assert.ok(seen.some((x) => x.path === '/api/hello'));
+      await p.close();
+    } finally {
+      await stopAgent(t);
+    }
+  },
+);
+
+test(
+  "a tab's key is its own: a proof is given only for an id this agent gave, under that id's key",
+  { skip },
+  async () => {
+    const k = agentHome(POLICY);
+    await startAgent(k, { KEYWARD_ASKPASS: '', SSH_ASKPASS: '' });
+    try {
+      assert.equal(kw(['unlock'], { env: k.env }).code, 0);
+      const url = consoleUrl(k);
+      const host = new URL(url).host;
+      const origin = `http://${host}`;
+      const login = async () => {
+        const r = await rawRequest(url, {
+          method: 'POST',
+          path: '/api/login/passphrase',
+          headers: { Host: host, Origin: origin, 'Content-Type': 'application/octet-stream' },
+          body: PASSPHRASE,
+        });
+        assert.equal(r.status, 200, r.body);
+        return JSON.parse(r.body) as { agentKeyId: string; agentKey: string };
+      };
+      const a = await login();
+      const b = await login();
+      assert.notEqual(a.agentKeyId, b.agentKeyId);
+      assert.notEqual(a.agentKey, b.agentKey);
+      const nonce = Buffer.alloc(32, 7);
+      const hello = (id: string) =>
+        rawRequest(url, {
+          method: 'POST',
+          path: '/api/hello',
+          headers: { Host: host, Origin: origin, 'Content-Type': 'application/json' },
+          body: JSON.stringify({ id, nonce: nonce.toString('base64url') }),
+        });
+      const proofOf = async (id: string) =>
+        (JSON.parse((await hello(id)).body) as { proof: string }).proof;
+      const expected = (id: string, key: string) =>
+        createHmac('sha512', Buffer.from(key, 'base64url'))
+          .update(Buffer.concat([Buffer.from(`keyward console hello\0${id}\0`), nonce]))
+          .digest()
+          .subarray(0, 32)
+          .toString('base64url');
+      assert.equal(await proofOf(a.agentKeyId), expected(a.agentKeyId, a.agentKey));
+      // b's proof is under b's key: one who holds a's key can't make it, nor check it.
+      assert.equal(await proofOf(b.agentKeyId), expected(b.agentKeyId, b.agentKey));
+      assert.notEqual(await proofOf(b.agentKeyId), expected(b.agentKeyId, a.agentKey));
+      assert.equal((await hello('A'.repeat(22))).status, 404);
+    } finally {
+      await stopAgent(k);
     }
   },
 );

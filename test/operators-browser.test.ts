@@ -10,18 +10,21 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import type { Browser } from 'playwright-core';
 import { auditEntries, stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
-import { CHROMIUM, consoleUrl, launch, rawRequest, waitingCommand } from './console-helpers.js';
+import {
+  CHROMIUM,
+  consoleUrl,
+  launch,
+  OPERATOR_POLICY,
+  PROD_OPERATOR_RULE,
+  rawRequest,
+  waitingCommand,
+} from './console-helpers.js';
 import { kw, pastSecondOf } from './helpers.js';
 import { CLIENT_ID, generateSigningKey, OidcProvider, skip as oidcSkip } from './oidc-helpers.js';
 
 const skip = CHROMIUM ? oidcSkip : 'chromium is not installed (CI installs it: .ci/run)';
 
-const RULES = `rules:
-  - name: prod
-    targets: ["prod/**"]
-    decision: approve
-    approve: { mode: operator, groups: [sre-team], timeout: 10m }
-`;
+const RULES = PROD_OPERATOR_RULE;
 
 describe('an operator signs in with the identity provider in the browser', { skip }, () => {
   let h: AgentHome;
@@ -192,19 +195,7 @@ describe(
     const homes: AgentHome[] = [];
 
     before(async () => {
-      h = await unlockedAgent(
-        `version: 1
-operators:
-  group_policy_map:
-    sre-team: [prod]
-rules:
-  - name: prod
-    targets: ["prod/**"]
-    decision: approve
-    approve: { mode: operator, groups: [sre-team], timeout: 10m }
-`,
-        homes,
-      );
+      h = await unlockedAgent(OPERATOR_POLICY, homes);
       assert.equal(kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'the-value' }).code, 0);
       browser = await launch();
     });

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { parsePolicy } from '../src/policy/index.js';
 import { stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
-import { waitingCommand } from './console-helpers.js';
+import { PROD_OPERATOR_RULE, waitingCommand } from './console-helpers.js';
 import { BIN, eventually, kw } from './helpers.js';
 
 /** A CA, and a server certificate for 127.0.0.1 it signed; the server key 0600. */
@@ -155,12 +155,7 @@ operators:
     cert: ${made.cert}
     key: ${made.key}
     origin: "https://127.0.0.1:${port}"
-rules:
-  - name: prod
-    targets: ["prod/**"]
-    decision: approve
-    approve: { mode: operator, groups: [sre-team], timeout: 10m }
-`,
+${PROD_OPERATOR_RULE}`,
       homes,
     );
     assert.equal(kw(['secret', 'set', 'prod/db'], { env: h.env, input: 'over-tls' }).code, 0);

@@ -22,13 +22,14 @@
   // This agent's key, from the login's answer (page memory only), and whether what answers at
   // this address could not prove it holds it: then this tab is done for good (dom.js).
   let agentKey = null;
+  let agentKeyId = null;
   let gone = false;
 
   /** Throws, and ends this tab, unless whatever answers is the agent this tab logged in to. */
   async function checkAgent() {
     if (gone) throw new Error('this page is done: open the address keyward console prints');
     if (!agentKey) return; // the first login: the address keyward printed is the trust
-    if (await sameAgent(agentKey, '/api/hello')) return;
+    if (await sameAgent(agentKey, agentKeyId, '/api/hello')) return;
     gone = true;
     csrf = null;
     $('nav').hidden = true;
@@ -102,7 +103,10 @@
   }
 
   async function loggedIn(data) {
-    if (!agentKey && data.agentKey) agentKey = await window.keywardDom.agentKeyOf(data.agentKey);
+    if (!agentKey && data.agentKey) {
+      agentKey = await window.keywardDom.agentKeyOf(data.agentKey);
+      agentKeyId = data.agentKeyId;
+    }
     csrf = data.csrf;
     say('');
     route();
@@ -493,6 +497,8 @@
     const v = p.value;
     p.value = '';
     try {
+      // The passphrase goes only to the agent this tab logged in to (as through api()).
+      await checkAgent();
       const res = await fetch('/api/totp', {
         method: 'POST',
         headers: { 'X-Keyward-CSRF': csrf || '', 'Content-Type': 'application/octet-stream' },

@@ -68,18 +68,18 @@
 
   // Whether what answers at this address holds the agent's key: its proof over a nonce this tab
   // chose. Anything else (no answer, a wrong proof) is false.
-  async function sameAgent(key, path) {
+  async function sameAgent(key, id, path) {
     try {
       const nonce = crypto.getRandomValues(new Uint8Array(32));
       const res = await fetch(path, {
         method: 'POST',
         headers: { 'Content-Type': 'application/json' },
-        body: JSON.stringify({ nonce: toB64url(nonce) }),
+        body: JSON.stringify({ id, nonce: toB64url(nonce) }),
         credentials: 'omit',
       });
       if (!res.ok) return false;
       const { proof } = await res.json();
-      const label = new TextEncoder().encode('keyward console hello\0');
+      const label = new TextEncoder().encode(`keyward console hello\0${id}\0`);
       const input = new Uint8Array(label.length + nonce.length);
       input.set(label);
       input.set(nonce, label.length);

@@ -16,11 +16,12 @@
   // sign-in form comes back, only where the agent this page signed in to answers
   // (src/console/tab-proof.ts). Otherwise this page is done for good.
   let agentKey = null;
+  let agentKeyId = null;
   let gone = false;
 
   async function checkAgent() {
     if (gone) throw new Error('this page is done: open the address keyward console prints');
-    if (!agentKey || (await sameAgent(agentKey, '/api/operator/hello'))) return;
+    if (!agentKey || (await sameAgent(agentKey, agentKeyId, '/api/operator/hello'))) return;
     gone = true;
     token = null;
     clearInterval(timer);
@@ -67,7 +68,10 @@
   }
 
   async function signedIn(answer) {
-    if (!agentKey && answer.agentKey) agentKey = await agentKeyOf(answer.agentKey);
+    if (!agentKey && answer.agentKey) {
+      agentKey = await agentKeyOf(answer.agentKey);
+      agentKeyId = answer.agentKeyId;
+    }
     token = answer.token;
     const op = answer.operator;
     $('who').textContent = clean(`${op.id} (${op.method}; ${op.groups.join(', ')})`);
@@ -124,7 +128,7 @@
     approve.addEventListener('click', () => decide(p.id, 'approve'));
     deny.addEventListener('click', () => decide(p.id, 'deny'));
     actions.append(approve, deny);
-    const votes = el('p', { class: 'votes', text: votesOf(p) });
+    const votes = el('p', { class: 'votes', text: votesOf(p), title: votesOf(p) });
     const li = el(
       'li',
       { class: 'request', 'data-id': p.id },
@@ -150,7 +154,7 @@
     item.approve.dataset.off = '1';
     item.approve.disabled = true;
     item.deny.disabled = true;
-    item.status.textContent = `You can't decide this: ${p.why}`;
+    item.status.textContent = item.status.title = `You can't decide this: ${p.why}`;
   }
 
   function render(list) {
@@ -165,7 +169,7 @@
       const item = shown.get(p.id);
       if (item) {
         if (!item.li.classList.contains('gone')) {
-          item.votes.textContent = votesOf(p);
+          item.votes.textContent = item.votes.title = votesOf(p);
           mayDecide(item, p);
         }
         continue;
@@ -197,7 +201,13 @@
     refresh();
   }
 
-  $('sso').addEventListener('click', () => {
+  $('sso').addEventListener('click', async () => {
+    // Not to a sign-in page of whatever took this address (a page whose agent went away).
+    try {
+      await checkAgent();
+    } catch (e) {
+      return;
+    }
     window.location.assign('/api/operator/oidc/start');
   });
   $('login-key').addEventListener('click', async () => {

@@ -47,7 +47,7 @@ export async function routeOperator(
     return sendJson(res, 200, {
       token: s.token,
       operator: s.operator,
-      agentKey: c.tabProof.forTab,
+      ...c.tabProof.issue(),
     });
   }
   let s = c.operatorSessions.find(req.headers.authorization, now);
@@ -203,7 +203,7 @@ async function loggedIn(
     details: { operator: op.id, method: op.method, groups: op.groups.join(','), ...details },
   });
   const s = c.operatorSessions.create(op, now);
-  sendJson(res, 200, { token: s.token, operator: op, agentKey: c.tabProof.forTab });
+  sendJson(res, 200, { token: s.token, operator: op, ...c.tabProof.issue() });
 }
 
 async function refused(

@@ -147,7 +147,7 @@ export class ConsoleServer {
   private port = 0;
   readonly sessions = new Sessions();
   readonly operatorSessions = new OperatorSessions();
-  /** This agent's key, given to a tab at its login, and the proofs a tab asks for. */
+  /** A key for each tab that logs in, and the proofs a tab asks for (tab-proof.ts). */
   readonly tabProof = new TabProof();
   /** The operator page and API beyond this machine, over TLS, when the policy names it. */
   readonly remote = new RemoteOperators(
@@ -399,7 +399,7 @@ export class ConsoleServer {
         decision: 'allow',
         details: { method: 'passphrase' },
       });
-      sendJson(res, 200, { csrf: s.csrf, login: s.login, agentKey: this.tabProof.forTab });
+      sendJson(res, 200, { csrf: s.csrf, login: s.login, ...this.tabProof.issue() });
       return true;
     }
     if (route === '/api/login/options') {
@@ -443,7 +443,7 @@ export class ConsoleServer {
         decision: 'allow',
         details: { method: 'webauthn', credential: a.credential.id, userVerified: a.userVerified },
       });
-      sendJson(res, 200, { csrf: s.csrf, login: s.login, agentKey: this.tabProof.forTab });
+      sendJson(res, 200, { csrf: s.csrf, login: s.login, ...this.tabProof.issue() });
       return true;
     }
     return false;

@@ -52,6 +52,8 @@ export interface Plan {
 }
 
 const CRLF = '\r\n';
+/** Headers dropped from a request that carries a value: they ask for an answer not whole. */
+const WHOLE_ANSWER = new Set(['accept-encoding', 'te', 'range', 'if-range']);
 
 /** Methods that send the request back to the client: a value in it would come back too. */
 const ECHOING = new Set(['TRACE', 'TRACK', 'CONNECT']);
@@ -168,11 +170,12 @@ export function plan(
     if (!used.includes(b)) used.push(b);
     where.set(b.name, `header ${rule.header}`);
   }
-  // An answer the echo watch can read: a compressed one would carry an echoed value past it.
+  // An answer the echo watch can read whole: a compressed one, or one in ranges (each a part of
+  // an echoed value), would carry the value past it.
   if (used.length > 0)
     out = [
       ...out.filter(
-        (l, i) => i === 0 || l.slice(0, l.indexOf(':')).toLowerCase() !== 'accept-encoding',
+        (l, i) => i === 0 || !WHOLE_ANSWER.has(l.slice(0, l.indexOf(':')).toLowerCase()),
       ),
       'Accept-Encoding: identity',
     ];
