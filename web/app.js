@@ -16,7 +16,7 @@
   let skew = 0;
   let streaming = false;
 
-  const { clean, el, say, sameAgent } = window.keywardDom;
+  const { agentKeyOf, clean, el, sameAgent, say } = window.keywardDom;
   const { auditRows, callerRows, pinCard, qr, timeline } = window.keywardDraw;
 
   // This agent's key, from the login's answer (page memory only), and whether what answers at
@@ -104,7 +104,7 @@
 
   async function loggedIn(data) {
     if (!agentKey && data.agentKey) {
-      agentKey = await window.keywardDom.agentKeyOf(data.agentKey);
+      agentKey = await agentKeyOf(data.agentKey);
       agentKeyId = data.agentKeyId;
     }
     csrf = data.csrf;
