@@ -54,6 +54,28 @@ after(async () => {
   if (h) await stopAgent(h);
 });
 
+/** An agent of its own for fn, started, unlocked and (whatever fn did to it) stopped after. */
+async function withAgent(
+  policy: string,
+  fn: (a: AgentHome, url: string) => Promise<void>,
+): Promise<void> {
+  const a = agentHome(policy);
+  await startAgent(a, { KEYWARD_ASKPASS: '', SSH_ASKPASS: '' });
+  try {
+    assert.equal(kw(['unlock'], { env: a.env }).code, 0);
+    await fn(a, consoleUrl(a));
+  } finally {
+    await stopAgent(a);
+  }
+}
+
+/** What a process of the user does first: the agent killed, and gone. */
+async function kill(a: AgentHome): Promise<void> {
+  const exited = new Promise((resolve) => a.agent?.once('exit', resolve));
+  a.agent?.kill('SIGKILL');
+  await exited;
+}
+
 /**
  * The attacker's server at the console's port: it says the session ended (as the agent does
  * after a lock: 403 to the console's page, 401 to the operator page), that the agent is locked,
@@ -112,9 +134,7 @@ test(
     const input = page.locator(`.request[data-id="${id}"] input.factor`);
     await input.waitFor();
     // The attacker kills the agent and takes its port before the tab notices.
-    const exited = new Promise((resolve) => h.agent?.once('exit', resolve));
-    h.agent?.kill('SIGKILL');
-    await exited;
+    await kill(h);
     await w.done;
     const seen = await squat(port);
     // The person, not knowing, types the passphrase into the input they see and approves.
@@ -146,25 +166,19 @@ test(
   "an operator's page whose agent is gone asks for no key again, whatever takes the port",
   { skip },
   async () => {
-    const o = agentHome(OPERATOR_POLICY);
-    await startAgent(o, { KEYWARD_ASKPASS: '', SSH_ASKPASS: '' });
-    try {
-      assert.equal(kw(['unlock'], { env: o.env }).code, 0);
+    await withAgent(OPERATOR_POLICY, async (o, url) => {
       const created = kw(['operator', 'key', 'create', 'bob', '--groups', 'sre-team'], {
         env: o.env,
       });
       assert.equal(created.code, 0, created.stderr);
       const apiKey = created.stdout.trim();
-      const url = consoleUrl(o);
       const p = await browser.newPage();
       p.setDefaultTimeout(120_000);
       await p.goto(`${url}operator`);
       await p.locator('#api-key').fill(apiKey);
       await p.locator('#login-key').click();
       await p.locator('#who').filter({ hasText: 'key:bob' }).waitFor();
-      const exited = new Promise((resolve) => o.agent?.once('exit', resolve));
-      o.agent?.kill('SIGKILL');
-      await exited;
+      await kill(o);
       const seen = await squat(Number(new URL(url).port));
       // The page's next refresh finds a 401 there (as when a session ends): it would ask for the
       // key again; it asks for the proof first, and is done.
@@ -176,9 +190,7 @@ test(
         [],
       );
       await p.close();
-    } finally {
-      await stopAgent(o);
-    }
+    });
   },
 );
 
@@ -186,19 +198,13 @@ test(
   'a tab kept seemingly logged in by whatever took the port sends no passphrase for a TOTP enrolment',
   { skip },
   async () => {
-    const t = agentHome(POLICY);
-    await startAgent(t, { KEYWARD_ASKPASS: '', SSH_ASKPASS: '' });
-    try {
-      assert.equal(kw(['unlock'], { env: t.env }).code, 0);
-      const url = consoleUrl(t);
+    await withAgent(POLICY, async (t, url) => {
       const p = await browser.newPage();
       p.setDefaultTimeout(120_000);
       await loginWithPassphrase(p, url, PASSPHRASE);
       await p.locator('nav a[data-view="credentials"]').click();
       await p.locator('#totp-passphrase').waitFor();
-      const exited = new Promise((resolve) => t.agent?.once('exit', resolve));
-      t.agent?.kill('SIGKILL');
-      await exited;
+      await kill(t);
       // The squatter answers the tab's stream with one that never ends: no 403, no login form,
       // the tab's pages as they were.
       const seen = await squat(Number(new URL(url).port), { holdEvents: true });
@@ -211,9 +217,7 @@ test(
       );
       assert.ok(seen.some((x) => x.path === '/api/hello'));
       await p.close();
-    } finally {
-      await stopAgent(t);
-    }
+    });
   },
 );
 
@@ -221,11 +225,7 @@ test(
   "a tab's key is its own: a proof is given only for an id this agent gave, under that id's key",
   { skip },
   async () => {
-    const k = agentHome(POLICY);
-    await startAgent(k, { KEYWARD_ASKPASS: '', SSH_ASKPASS: '' });
-    try {
-      assert.equal(kw(['unlock'], { env: k.env }).code, 0);
-      const url = consoleUrl(k);
+    await withAgent(POLICY, async (_k, url) => {
       const host = new URL(url).host;
       const origin = `http://${host}`;
       const login = async () => {
@@ -263,8 +263,6 @@ test(
       assert.equal(await proofOf(b.agentKeyId), expected(b.agentKeyId, b.agentKey));
       assert.notEqual(await proofOf(b.agentKeyId), expected(b.agentKeyId, a.agentKey));
       assert.equal((await hello('A'.repeat(22))).status, 404);
-    } finally {
-      await stopAgent(k);
-    }
+    });
   },
 );
