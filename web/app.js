@@ -16,31 +16,17 @@
   let skew = 0;
   let streaming = false;
 
-  const { agentKeyOf, clean, el, sameAgent, say } = window.keywardDom;
+  const { agentCheck, clean, el, say } = window.keywardDom;
   const { auditRows, callerRows, pinCard, qr, timeline } = window.keywardDraw;
 
-  // This agent's key, from the login's answer (page memory only), and whether what answers at
-  // this address could not prove it holds it: then this tab is done for good (dom.js).
-  let agentKey = null;
-  let agentKeyId = null;
-  let gone = false;
-
-  /** Throws, and ends this tab, unless whatever answers is the agent this tab logged in to. */
-  async function checkAgent() {
-    if (gone) throw new Error('this page is done: open the address keyward console prints');
-    if (!agentKey) return; // the first login: the address keyward printed is the trust
-    if (await sameAgent(agentKey, agentKeyId, '/api/hello')) return;
-    gone = true;
-    csrf = null;
-    $('nav').hidden = true;
-    for (const sec of document.querySelectorAll('main > section')) sec.hidden = true;
-    $('gone').hidden = false;
-    throw new Error('what answers here is not the agent this page logged in to');
-  }
+  // Whether what answers at this address is the agent this tab logged in to (dom.js): asked
+  // before a passphrase or a code goes, and before a login form comes back.
+  const agent = agentCheck('/api/hello', () => (csrf = null));
+  const checkAgent = () => agent.check();
 
   async function api(method, path, body, secret) {
     // A passphrase or a code goes only to the agent this tab logged in to (tab-proof.ts).
-    if (gone || secret !== undefined || (body && body.code !== undefined)) await checkAgent();
+    if (agent.gone || secret !== undefined || (body && body.code !== undefined)) await checkAgent();
     const headers = { 'X-Keyward-CSRF': csrf || '' };
     let payload;
     if (secret !== undefined) {
@@ -103,10 +89,7 @@
   }
 
   async function loggedIn(data) {
-    if (!agentKey && data.agentKey) {
-      agentKey = await agentKeyOf(data.agentKey);
-      agentKeyId = data.agentKeyId;
-    }
+    await agent.remember(data);
     csrf = data.csrf;
     say('');
     route();
@@ -162,7 +145,7 @@
 
   // Pending approvals, live: server-sent events read through fetch (the CSRF header goes along).
   async function stream() {
-    if (gone) return;
+    if (agent.gone) return;
     streaming = true;
     try {
       const res = await fetch('/api/events', {

@@ -94,7 +94,38 @@
     }
   }
 
+  // A page's check, before it sends a passphrase, a code or a key, or shows a sign-in form again,
+  // that what answers at its address is the agent it logged in to (src/console/tab-proof.ts):
+  // remember() takes the key from a login's answer (the first login trusts the address keyward
+  // printed); check() throws unless the proof holds, and then the page is done for good: every
+  // view hidden, the #gone line shown, and onGone told (to drop its session).
+  function agentCheck(path, onGone) {
+    let key = null;
+    let id = null;
+    let gone = false;
+    return {
+      get gone() {
+        return gone;
+      },
+      async remember(answer) {
+        if (key || !answer.agentKey) return;
+        key = await agentKeyOf(answer.agentKey);
+        id = answer.agentKeyId;
+      },
+      async check() {
+        if (gone) throw new Error('this page is done: open the address keyward console prints');
+        if (!key || (await sameAgent(key, id, path))) return;
+        gone = true;
+        onGone();
+        document.getElementById('nav').hidden = true;
+        for (const sec of document.querySelectorAll('main > section')) sec.hidden = true;
+        document.getElementById('gone').hidden = false;
+        throw new Error('what answers here is not the agent this page logged in to');
+      },
+    };
+  }
+
   Object.defineProperty(window, 'keywardDom', {
-    value: Object.freeze({ agentKeyOf, ascii, clean, el, sameAgent, say }),
+    value: Object.freeze({ agentCheck, ascii, clean, el, say }),
   });
 })();

@@ -10,30 +10,18 @@
   let token = null;
   let timer = null;
 
-  const { agentKeyOf, clean, el, sameAgent, say } = window.keywardDom;
+  const { agentCheck, clean, el, say } = window.keywardDom;
 
-  // This agent's key, from the sign-in's answer (page memory only): an API key goes, and the
-  // sign-in form comes back, only where the agent this page signed in to answers
-  // (src/console/tab-proof.ts). Otherwise this page is done for good.
-  let agentKey = null;
-  let agentKeyId = null;
-  let gone = false;
-
-  async function checkAgent() {
-    if (gone) throw new Error('this page is done: open the address keyward console prints');
-    if (!agentKey || (await sameAgent(agentKey, agentKeyId, '/api/operator/hello'))) return;
-    gone = true;
+  // Whether what answers at this address is the agent this page signed in to (dom.js): asked
+  // before an API key goes, before the sign-in form comes back, and before the identity provider.
+  const agent = agentCheck('/api/operator/hello', () => {
     token = null;
     clearInterval(timer);
-    $('nav').hidden = true;
-    $('view-requests').hidden = true;
-    $('view-login').hidden = true;
-    $('gone').hidden = false;
-    throw new Error('what answers here is not the agent this page signed in to');
-  }
+  });
+  const checkAgent = () => agent.check();
 
   async function api(method, path, body, raw) {
-    if (gone || raw !== undefined) await checkAgent();
+    if (agent.gone || raw !== undefined) await checkAgent();
     const headers = {};
     if (token) headers['Authorization'] = `Bearer ${token}`;
     let payload;
@@ -68,10 +56,7 @@
   }
 
   async function signedIn(answer) {
-    if (!agentKey && answer.agentKey) {
-      agentKey = await agentKeyOf(answer.agentKey);
-      agentKeyId = answer.agentKeyId;
-    }
+    await agent.remember(answer);
     token = answer.token;
     const op = answer.operator;
     $('who').textContent = clean(`${op.id} (${op.method}; ${op.groups.join(', ')})`);
