@@ -454,6 +454,59 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(v.code, 0, v.stdout + v.stderr);
   });
 
+  test('a state file pointed at a segment no rotation began (one named past six digits), then back: nothing is released unseen, and verify finds it', async () => {
+    const h = await unlocked(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n' +
+        '  - { name: logs, kind: audit, targets: ["**"], decision: allow }\n',
+    );
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'stray-value' }).code, 0);
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'stray-value');
+    const dir = path.join(h.home, 'audit');
+    // The attacker's state: the same bytes, the segment number (bytes 20-24) changed, put in
+    // place by rename; with `plant`, the new segment starts with a copy of the real last line,
+    // so what is written there chains.
+    const pointAt = (segment: number, plant: boolean) =>
+      withFileLock(path.join(dir, 'lock'), 10_000, () => {
+        const st = fs.readFileSync(path.join(dir, 'state'));
+        if (plant) {
+          const last = logLines(h).at(-1) ?? '';
+          fs.writeFileSync(path.join(dir, `log-${segment}.jsonl`), `${last}\n`);
+        }
+        st.writeUInt32BE(segment, 20);
+        fs.writeFileSync(path.join(dir, 'state.attacker'), st);
+        fs.renameSync(path.join(dir, 'state.attacker'), path.join(dir, 'state'));
+      });
+    pointAt(1_000_000, true);
+    const r = kw(['read', 'app/token'], { env: h.env });
+    assert.equal(r.stdout, '', 'nothing released into a segment the agent did not rotate to');
+    assert.notEqual(r.code, 0);
+    // While that file is there, verify lists it, whatever its name's length.
+    const v1 = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(v1.code, 8, v1.stdout + v1.stderr);
+    // The agent put the state back and recorded the break in the log verify reads: deleting
+    // the stray file loses nothing.
+    fs.rmSync(path.join(dir, 'log-1000000.jsonl'));
+    assert.equal(fs.readFileSync(path.join(dir, 'state')).readUInt32BE(20), 1);
+    const u = kw(['unlock'], { env: h.env });
+    assert.equal(u.code, 0, u.stderr);
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'stray-value');
+    const v2 = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(v2.code, 8, v2.stdout + v2.stderr);
+    const gaps = auditEntries(h).filter((e) => e.type === 'audit.gap');
+    assert.match(String(gaps[0]?.reason), /the audit state named log-1000000\.jsonl/);
+    // A cut behind the agent while it is locked is found by the unlock's own record: it says why
+    // it locked again at once, and the next unlock goes on.
+    kw(['lock'], { env: h.env });
+    cutTail(h, 1);
+    const again = kw(['unlock'], { env: h.env });
+    assert.equal(again.code, 5, again.stderr);
+    assert.match(
+      again.stderr,
+      /locked again at once: the audit log was tampered with \(the log ends at seq/,
+    );
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  });
+
   test('a cut behind the running agent is recorded in its next batch, and the agent locks before releasing anything', async () => {
     const h = await unlocked(
       'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n' +

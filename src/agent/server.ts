@@ -96,6 +96,8 @@ export class Agent {
   private readonly registry = new ProcessRegistry();
   private readonly uid = process.geteuid?.() ?? -1;
   private stopping: Promise<void> | undefined;
+  /** The last break the agent's writer found (it locked then): an unlock it ends says why. */
+  private lastBreak: string | undefined;
 
   private readonly window: UnlockWindow;
   private readonly gate: Gate;
@@ -123,6 +125,7 @@ export class Agent {
     // The log was cut behind the agent (its last entry is gone or changed): the batch that found
     // it begins with audit.gap, and the agent locks before anything of that batch is released.
     this.audit.onGap = (reason) => {
+      this.lastBreak = reason;
       this.o.log?.(`the audit log was tampered with: ${reason}`);
       void this.lock(`the audit log was tampered with: ${reason}`);
     };
@@ -421,6 +424,7 @@ export class Agent {
       if (!keyring && (!f.raw || f.raw.length === 0))
         throw new KeywardError('USAGE', 'unlock needs a passphrase');
       if (this.window.isOpen) return { alreadyUnlocked: true };
+      this.lastBreak = undefined;
       await this.window.open(
         keyring ? { keyring: true } : { passphrase: f.raw as SecureBuffer },
         conn.id,
@@ -430,6 +434,16 @@ export class Agent {
     } finally {
       secureFree(f.raw);
     }
+    // The unlock's own record found a break (the log changed behind the agent): the break is
+    // recorded and the agent locked again. The next unlock goes on; the break stays reported.
+    if (!this.window.isOpen)
+      throw new KeywardError(
+        'AGENT_LOCKED',
+        `the agent locked again at once: the audit log was tampered with (${this.lastBreak ?? 'a break its writer found'}); the break is recorded`,
+        {
+          hint: 'keyward unlock again; keyward audit verify reports the break until it is acknowledged',
+        },
+      );
     return {
       unlocked: true,
       drift: this.window.loaded?.drift === true,

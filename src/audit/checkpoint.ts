@@ -203,6 +203,24 @@ export function cutBehindRecord(
   return { record: gapRecord(b, 'the agent'), reason: b.reason };
 }
 
+/**
+ * A long-running writer found the state file naming a segment its own last one did not rotate
+ * to (a state file rewritten by someone else): the break's record. The writer puts the state
+ * back and writes this first, after its own last entry: nothing it knows of is missing.
+ */
+export function strayStateRecord(
+  expected: Checkpoint,
+  from: string,
+  to: string,
+): { record: AuditRecord; reason: string } {
+  const b = {
+    checkpoint: { seq: expected.seq, hash: expected.hash, where: 'agent' as const },
+    found: { seq: expected.seq, hash: expected.hash },
+    reason: `the audit state named ${to}, but the agent's last entry (seq ${expected.seq}) is in ${from}, which did not rotate to it: the state file was changed (put back; anything written in ${to} is not in the log)`,
+  };
+  return { record: gapRecord(b, 'the agent'), reason: b.reason };
+}
+
 /** The record of a break, as the log keeps it. */
 export function gapRecord(b: Break, by: string): AuditRecord {
   return {

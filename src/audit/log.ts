@@ -17,9 +17,16 @@ import {
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { parseLine } from './entry.js';
 import { encodeBatch } from './batch.js';
-import { cutBehindRecord } from './checkpoint.js';
+import { cutBehindRecord, strayStateRecord } from './checkpoint.js';
 import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
-import { cutTorn, firstLineTime, headOfSegment, lineStillThere, type Tail } from './tail.js';
+import {
+  cutTorn,
+  firstLineTime,
+  headOfSegment,
+  lineStillThere,
+  rotatedBetween,
+  type Tail,
+} from './tail.js';
 import { hashAt, unacknowledgedGaps } from './history.js';
 import type { AuditRecord } from './events.js';
 import { SegmentFiles, stampFrom } from './segment-files.js';
@@ -169,6 +176,7 @@ export class AuditLog {
       const head = this.writeLocked(
         cut ? [cut.record, ...records] : records,
         cut ? undefined : seen,
+        cut ? undefined : expect,
       );
       if (cut) head.gap = cut.reason;
       if (blocking) this.files.sync(head.segment);
@@ -252,12 +260,23 @@ export class AuditLog {
   }
 
   /** Under the lock: recover, evolve, rotate, write. The caller makes the last write durable. */
-  private writeLocked(records: readonly AuditRecord[], seen?: SegmentSeen): Head {
+  private writeLocked(records: readonly AuditRecord[], seen?: SegmentSeen, after?: Head): Head {
     try {
       const st = this.currentState();
+      // A long-running writer goes on only in the segment it last wrote, or in one its rotations
+      // lead to: a state file pointed elsewhere would have its entries chain past the log. It
+      // puts the state back, and the break's record goes first into the log readers list.
+      const stray = after && st.segment !== after.segment ? this.stray(after, st) : undefined;
+      if (stray) {
+        st.segment = after?.segment ?? st.segment;
+        writeState(this.paths, st);
+        this.stateWritten(st);
+      }
       const box = this.boxChecked(st);
-      const head = this.appendLocked(st, box ? [box.record, ...records] : records, seen);
-      if (box) head.gap = box.reason;
+      const first = [stray?.record, box?.record].filter((r) => r !== undefined);
+      const head = this.appendLocked(st, first.length > 0 ? [...first, ...records] : records, seen);
+      const gap = stray?.reason ?? box?.reason;
+      if (gap !== undefined) head.gap = gap;
       if (!this.o.keep) this.forget();
       return head;
     } catch (e) {
@@ -361,6 +380,12 @@ export class AuditLog {
   /** The segment's lstat (undefined when there is none). */
   private segmentStat(segment: number): fs.BigIntStats | undefined {
     return fs.lstatSync(this.segmentPath(segment), { bigint: true, throwIfNoEntry: false });
+  }
+
+  /** Undefined when other writers' rotations lead from after's segment to the state's; else the break. */
+  private stray(after: Head, st: AuditState): { record: AuditRecord; reason: string } | undefined {
+    if (rotatedBetween((n) => this.segmentPath(n), after.segment, st.segment)) return undefined;
+    return strayStateRecord(after, segmentName(after.segment), segmentName(st.segment));
   }
 
   private cutBehind(expected: Head): { record: AuditRecord; reason: string } {

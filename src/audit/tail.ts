@@ -215,22 +215,58 @@ export function lineStillThere(
   }
 }
 
-/** A segment's last entry (seq, hash) and its tail; an empty segment takes the one before's. */
+/**
+ * A segment's last entry (seq, hash) and its tail. An empty (or missing) segment is the one a
+ * rotation just began: it takes the entry before it, which must be the rotation entry that ends
+ * the segment before. Anything else (a state file that names a segment no rotation began) is
+ * refused: what a writer put there would chain past entries no reader lists.
+ */
 export function headOfSegment(
   pathOf: (segment: number) => string,
   segment: number,
 ): { head: { seq: number; hash: string; segment: number }; tail: Tail } {
   const tail = readTail(pathOf(segment));
-  if (tail.lastLine !== undefined) {
-    const p = parseLine(tail.lastLine);
-    if (!p) {
+  const last = (t: Tail, n: number) => {
+    const p = t.lastLine === undefined ? undefined : parseLine(t.lastLine);
+    if (!p)
       throw unavailable(
-        `the last entry of ${segmentName(segment)} is malformed, so nothing can be chained to it`,
+        `the last entry of ${segmentName(n)} is malformed, so nothing can be chained to it`,
         'run: keyward audit verify',
       );
-    }
+    return p;
+  };
+  if (tail.lastLine !== undefined) {
+    const p = last(tail, segment);
     return { head: { seq: p.seq, hash: p.hash, segment }, tail };
   }
-  if (segment > 1) return { head: { ...headOfSegment(pathOf, segment - 1).head, segment }, tail };
-  return { head: { seq: 0, hash: ZERO_HASH, segment }, tail };
+  if (segment <= 1) return { head: { seq: 0, hash: ZERO_HASH, segment }, tail };
+  const before = readTail(pathOf(segment - 1));
+  const p = before.lastLine === undefined ? undefined : last(before, segment - 1);
+  if (p?.type !== 'audit.rotated')
+    throw unavailable(
+      `the audit state names ${segmentName(segment)}, but ${segmentName(segment - 1)} does not end with the rotation that would begin it`,
+      'nothing was written; run: keyward audit verify',
+    );
+  return { head: { seq: p.seq, hash: p.hash, segment }, tail };
+}
+
+/** Rotations behind a long-running writer's back past which its segment is not taken as reached. */
+export const MAX_ROTATIONS_BEHIND = 1000;
+
+/**
+ * Whether segment `to` is one rotations lead to from segment `from`: it comes later (by at most
+ * MAX_ROTATIONS_BEHIND), and each segment from `from` up to it ends with its rotation entry.
+ * Only then may a writer whose last entry is in `from` go on in `to`.
+ */
+export function rotatedBetween(
+  pathOf: (segment: number) => string,
+  from: number,
+  to: number,
+): boolean {
+  if (!(to > from && to - from <= MAX_ROTATIONS_BEHIND)) return false;
+  for (let k = from; k < to; k++) {
+    const line = readTail(pathOf(k)).lastLine;
+    if (line === undefined || parseLine(line)?.type !== 'audit.rotated') return false;
+  }
+  return true;
 }

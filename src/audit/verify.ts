@@ -79,10 +79,13 @@ export function listSegments(dir: string): string[] {
   } catch {
     return [];
   }
+  // Every name a writer could make, however many digits (segmentName pads to six, no more):
+  // a file past log-999999 is listed, and, like any name that is not the next segment's, found.
   return names
-    .filter((n) => /^log-\d{6}\.jsonl$/.test(n))
-    .sort()
-    .map((n) => path.join(dir, n));
+    .filter((n) => /^log-\d+\.jsonl$/.test(n))
+    .map((n) => ({ n, at: Number(n.slice(4, -6)) }))
+    .sort((a, b) => a.at - b.at || (a.n < b.n ? -1 : a.n > b.n ? 1 : 0))
+    .map(({ n }) => path.join(dir, n));
 }
 
 /** Hex digit values by byte; -1 for anything else (only lowercase reaches here: scanLine). */
