@@ -4,7 +4,8 @@
  * file is the user's), and would open every body sealed to it.
  */
 import type { AuditRecord } from './events.js';
-import { writeState, type AuditPaths, type AuditState } from './state.js';
+import { readState, writeState, type AuditPaths, type AuditState } from './state.js';
+import { secureFree } from '../lib/secure.js';
 
 /**
  * The box keys a writer that holds the vault knows (docs/AUDIT.md, "Keys"). `known`: the key as
@@ -68,4 +69,14 @@ export function checkBox(
       reason,
     },
   };
+}
+
+/** The state pointed at a new box public key (audit rekey); the caller holds the log's lock. */
+export function replaceBoxKey(paths: AuditPaths, publicKey: Buffer): void {
+  const st = readState(paths);
+  try {
+    writeState(paths, { ...st, boxPublicKey: publicKey });
+  } finally {
+    secureFree(st.key);
+  }
 }

@@ -4,13 +4,11 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { LOCAL_FILE_SYSTEMS, OVERLAYFS } from '../lib/file-systems.js';
+import { onLocalDisk } from '../lib/file-systems.js';
 import {
   ensurePrivateDir,
   fsyncDir,
   HeldLock,
-  problemOf,
-  refuseIfProblem,
   withFileLock,
   withFileLockAsync,
 } from '../lib/files.js';
@@ -42,15 +40,15 @@ import {
 } from './log-types.js';
 
 export type { AuditOptions, Head } from './log-types.js';
-import { checkBox, type BoxGap, type BoxTrust } from './box.js';
+import { checkBox, replaceBoxKey, type BoxGap, type BoxTrust } from './box.js';
 import { epochZeroKey, nextEpochKey } from './keys.js';
 import {
   auditPaths,
+  checkAuditDir,
   readState,
   HeldState,
   readStateHeld,
   segmentName,
-  unavailable,
   unwritable,
   writeState,
   type AuditPaths,
@@ -195,26 +193,14 @@ export class AuditLog {
     });
   }
 
-  /**
-   * Whether the log's directory is on a local disk's file system (ext2-4, XFS, Btrfs, F2FS, ZFS,
-   * bcachefs, tmpfs, overlayfs), where an fsync takes a fraction of a millisecond; not on NFS,
-   * SMB, FUSE or anything else, where it can take seconds. False when it can't be told.
-   */
+  /** Whether the log's directory is on a local disk's file system (lib/file-systems.ts). */
   onLocalDisk(): boolean {
-    try {
-      const type = Number(fs.statfsSync(this.paths.dir).type);
-      return LOCAL_FILE_SYSTEMS.has(type) || type === OVERLAYFS;
-    } catch {
-      return false;
-    }
+    return onLocalDisk(this.paths.dir);
   }
 
   /** The log's directory is there and private (one lstat: this runs at every batch). */
   private checkDir(): void {
-    const st = fs.lstatSync(this.paths.dir, { throwIfNoEntry: false });
-    if (st === undefined)
-      throw unavailable(`no audit log at ${this.paths.dir}`, 'run: keyward audit init');
-    refuseIfProblem(this.paths.dir, 'dir', problemOf(st, 'dir'));
+    checkAuditDir(this.paths.dir);
   }
 
   /**
@@ -362,14 +348,7 @@ export class AuditLog {
 
   /** Points new bodies at a new box public key (audit rekey), under the log's lock. */
   replaceBoxKey(publicKey: Buffer): void {
-    withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
-      const st = readState(this.paths);
-      try {
-        writeState(this.paths, { ...st, boxPublicKey: publicKey });
-      } finally {
-        secureFree(st.key);
-      }
-    });
+    withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => replaceBoxKey(this.paths, publicKey));
   }
 
   /** Whether the line a writer wrote (seq, hash, where it ended) is still in its segment. */

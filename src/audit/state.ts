@@ -4,7 +4,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError, KeywardError } from '../errors.js';
-import { fileKey, openOwnFile, writeFileAtomic } from '../lib/files.js';
+import { fileKey, openOwnFile, problemOf, refuseIfProblem, writeFileAtomic } from '../lib/files.js';
 import {
   readFdToSecure,
   secureAlloc,
@@ -222,4 +222,11 @@ export function writeState(p: AuditPaths, s: AuditState): void {
   head.writeBigUInt64BE(BigInt(s.epochStartMs), 12);
   head.writeUInt32BE(s.segment, 20);
   writeFileAtomic(p.state, [head, s.key, s.boxPublicKey]);
+}
+
+/** The log's directory is there and private (one lstat: a writer checks it at every batch). */
+export function checkAuditDir(dir: string): void {
+  const st = fs.lstatSync(dir, { throwIfNoEntry: false });
+  if (st === undefined) throw unavailable(`no audit log at ${dir}`, 'run: keyward audit init');
+  refuseIfProblem(dir, 'dir', problemOf(st, 'dir'));
 }
