@@ -122,6 +122,41 @@ test('apply installs a new version, keeps history, and records policy.changed wi
   assert.equal(kw(['policy', 'show'], { env: h.env }).stdout, GOOD);
 });
 
+test('check and apply say which allow rules name no caller they can trust: by cwd or ancestor alone, or an interpreter', () => {
+  const h = initHome();
+  const weak = `version: 1
+rules:
+  - { name: under-git, targets: ["a/*"], callers: { ancestor: "**/git" }, decision: allow }
+  - { name: in-repo, targets: ["b/*"], callers: { cwd: /home/me/repo }, decision: allow }
+  - { name: node-here, targets: ["c/*"], callers: { exe: /usr/bin/node, cwd: /home/me/repo }, decision: allow }
+  - { name: git, targets: ["d/*"], callers: { exe: /usr/bin/git }, decision: allow }
+  - { name: ask-under-git, targets: ["e/*"], callers: { ancestor: "**/git" }, decision: approve, approve: { mode: confirm } }
+`;
+  const f = write(h, 'weak.yaml', weak);
+  const c = kw(['policy', 'check', f], { env: h.env });
+  assert.equal(c.code, 0, c.stderr);
+  const notes = c.stderr.split('\n').filter((l) => l.startsWith('keyward: note: '));
+  assert.equal(notes.length, 3, c.stderr);
+  assert.match(
+    notes[0] ?? '',
+    /rule under-git allows by ancestor alone: an ancestor can be gained/,
+  );
+  assert.match(
+    notes[1] ?? '',
+    /rule in-repo allows by cwd alone: any process of yours can change to that directory first/,
+  );
+  assert.match(
+    notes[2] ?? '',
+    /rule node-here allows the interpreter \/usr\/bin\/node: every script it runs/,
+  );
+  const a = kw(['policy', 'apply', '--yes', f], { env: h.env });
+  assert.equal(a.code, 0, a.stderr);
+  assert.equal(a.stderr.match(/^ {2}note: rule /gm)?.length, 3, a.stderr);
+  // The default policy has none.
+  const d = kw(['policy', 'check', write(h, 'default.yaml', DEFAULT_POLICY)], { env: h.env });
+  assert.doesNotMatch(d.stderr, /note:/);
+});
+
 test('an invalid policy is never applied (exit 2)', () => {
   const h = initHome();
   const r = kw(['policy', 'apply', write(h, 'bad.yaml', 'version: 1\nrules: nope\n')], {

@@ -295,6 +295,20 @@ rules:
     ],
     ['git signs with its key', key('git-signing'), { exe: '/usr/bin/git' }, 'allow', 'git-signs'],
     [
+      "a program a mount of the caller's own names /usr/bin/git does not get git's allow",
+      key('git-signing'),
+      { exe: '/usr/bin/git', exeElsewhere: true },
+      'approve',
+      'everything-else',
+    ],
+    [
+      'an ancestor by a path that is not its running file is still denied by an ancestor deny rule',
+      secret('prod/db'),
+      { exe: '/usr/bin/psql', ancestors: [{ exe: '/opt/x/claude', elsewhere: true }] },
+      'deny',
+      'deny-prod-for-agent',
+    ],
+    [
       "another program asking for git's key falls through to approve",
       key('git-signing'),
       { exe: '/usr/bin/python3' },

@@ -903,6 +903,42 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
   );
 
   test(
+    "an `exe` rule is not passed by another program that a bind mount of the caller's own gives the rule's path",
+    {
+      skip: !userNamespaces && 'needs root for setpriv, and unprivileged user namespaces',
+    },
+    async () => {
+      // In a user and mount namespace of its own, the attacker binds python3 over /usr/bin/true
+      // and runs it by that path: /proc/PID/exe reads /usr/bin/true (the caller's view), while
+      // in the agent's view that path is another file than the one running.
+      const trueExe = fs.realpathSync('/bin/true');
+      const h = await agentOf(
+        'version: 1\nrules:\n' +
+          `  - { name: only-true, targets: ["app/*"], kind: secret, callers: { exe: ${trueExe} }, decision: allow }\n` +
+          '  - { name: rest, targets: ["**"], decision: deny }\n',
+        { user: true },
+      );
+      setSecret(h, 'app/token', 'bound-exe-value', true);
+      const lines = runLines(
+        [
+          'unshare',
+          '-Urm',
+          'sh',
+          '-c',
+          'mount --bind "$1" "$2" && exec "$2" "$3" "$4" app/token',
+          'sh',
+          fs.realpathSync(PYTHON),
+          trueExe,
+          RAW_CLIENT,
+          h.sock,
+        ],
+        { env: { ...h.env }, user: true },
+      );
+      assert.match(lines[0] ?? '', /^error:POLICY_DENIED:denied by policy/, lines.join('\n'));
+    },
+  );
+
+  test(
     'a program run through an overlay the user mounted, its lower file rewritten while it runs, is refused where its hash is needed',
     {
       skip: !userNamespaces && 'needs root for setpriv, and unprivileged user namespaces',

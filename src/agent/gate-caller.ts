@@ -197,12 +197,17 @@ export function requesterOf(id: ProcessIdentity, unvouched?: string): RequesterR
         : `${description} (its program's sha-256 is unknown: ${unvouched}; this approval is for this request only)`,
     // Whole, for `keyward approvals --json`: what the description had to cut is here.
     exe: id.exe ?? null,
+    ...(id.exeElsewhere ? { exeElsewhere: true } : {}),
     cmdline: id.cmdline,
     cwd: id.cwd ?? null,
     hidden: id.hidden === true,
     exeSha256: unvouched === undefined ? (id.exeSha256 ?? null) : null,
     ...(unvouched === undefined ? {} : { exeUnknown: unvouched }),
-    parents: id.ancestors.map((x) => ({ pid: x.pid, exe: x.exe ?? null })),
+    parents: id.ancestors.map((x) => ({
+      pid: x.pid,
+      exe: x.exe ?? null,
+      ...(x.elsewhere ? { elsewhere: true } : {}),
+    })),
     loaderVars: (id.loaderVars ?? []).map((x) => ({ name: x.name, value: x.value ?? null })),
   };
 }

@@ -18,7 +18,7 @@ export interface ProcessIdentity extends Caller {
   startTime: string | undefined;
   cmdline: string[];
   ppid: number | undefined;
-  ancestors: Array<{ pid: number; exe: string | undefined }>;
+  ancestors: Array<{ pid: number; exe: string | undefined; elsewhere?: boolean }>;
   /**
    * Loader variables in its environment (LD_PRELOAD...), with the value where it is a path or
    * Node's options; undefined when the environment can't be read.
@@ -142,6 +142,27 @@ function loaderVariables(
     fs.closeSync(fd);
   }
 }
+/** A file's device and inode ("dev:ino"), following links; undefined when it can't be stat'ed. */
+function fileOf(p: string): string | undefined {
+  try {
+    const st = fs.statSync(p, { bigint: true });
+    return `${st.dev}:${st.ino}`;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Whether an executable's path, as /proc shows it, names another file in the agent's own view
+ * than the one running (`file`, the dev:ino of /proc/PID/exe), or one that can't be told: /proc
+ * gives the path in the caller's mount namespace, where a mount of its own (a bind in a
+ * namespace it made) gives any program a trusted path. A deleted executable's path is such too.
+ */
+function elsewhere(path: string | undefined, file: string | undefined): boolean {
+  if (path === undefined) return false;
+  return file === undefined || fileOf(path) !== file;
+}
+
 function readlink(p: string): string | undefined {
   try {
     return fs.readlinkSync(p);
@@ -206,16 +227,23 @@ export function identify(pid: number, uid: number): ProcessIdentity {
     } catch {
       cmdline = [];
     }
-    const ancestors: Array<{ pid: number; exe: string | undefined }> = [];
+    const ancestors: ProcessIdentity['ancestors'] = [];
     let next = s?.ppid;
     while (next !== undefined && next > 0 && ancestors.length < MAX_ANCESTORS) {
-      ancestors.push({ pid: next, exe: readlink(`/proc/${next}/exe`) });
+      const a = readlink(`/proc/${next}/exe`);
+      ancestors.push({
+        pid: next,
+        exe: a,
+        ...(elsewhere(a, fileOf(`/proc/${next}/exe`)) ? { elsewhere: true } : {}),
+      });
       next = next === 1 ? undefined : procStat(next)?.ppid;
     }
+    const exePath = readlink(`/proc/${pid}/exe`);
     const id: ProcessIdentity = {
       pid,
       uid,
-      exe: readlink(`/proc/${pid}/exe`),
+      exe: exePath,
+      ...(elsewhere(exePath, exe?.file) ? { exeElsewhere: true } : {}),
       exeFile: exe?.file,
       loaderVars: loaderVariables(pid),
       cwd: readlink(`/proc/${pid}/cwd`),
@@ -247,6 +275,9 @@ export function stillSameProcess(pidfd: number): boolean {
   return pidfdAlive(pidfd);
 }
 
+/** Said after a path that is not the running file in the agent's view (elsewhere()). */
+const ELSEWHERE = " (not the running file by that path in the agent's view)";
+
 /**
  * Who asks, as a person reads it in a prompt and in `keyward approvals`. Everything in it that
  * the caller controls (executable path, arguments, directory) is quoted by quote(): it can't end
@@ -256,11 +287,14 @@ export function stillSameProcess(pidfd: number): boolean {
 export function describeCaller(id: ProcessIdentity): string {
   const chain = id.ancestors
     .slice(0, 4)
-    .map((a) => `${a.exe === undefined ? '(hidden)' : quote(a.exe)}[${a.pid}]`)
+    .map(
+      (a) =>
+        `${a.exe === undefined ? '(hidden)' : quote(a.exe)}${a.elsewhere ? ELSEWHERE : ''}[${a.pid}]`,
+    )
     .join(' <- ');
   const who = id.hidden
     ? `a process that hid its identity (pid ${id.pid}: its executable, directory and environment can't be read)`
-    : `${id.exe === undefined ? '(unknown executable)' : quote(id.exe)} (pid ${id.pid})`;
+    : `${id.exe === undefined ? '(unknown executable)' : quote(id.exe)}${id.exeElsewhere ? ELSEWHERE : ''} (pid ${id.pid})`;
   const where = id.cwd === undefined ? '' : ` in ${quote(id.cwd)}`;
   const loaders = (id.loaderVars ?? [])
     .map((v) =>

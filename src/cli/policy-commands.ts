@@ -25,6 +25,7 @@ import {
   type Decision,
   type Policy,
   type PolicyRequest,
+  weakAllows,
 } from '../policy/index.js';
 import { lookThenWrite, requireVault, useVault, type Vault } from '../vault/index.js';
 import { readOwnFile } from '../lib/files.js';
@@ -117,6 +118,7 @@ export function registerPolicyCommands(program: Command, io: Io): void {
     .action((file: string) => {
       const p = checked(io, readPolicyFile(file), file);
       io.stdout(`ok: ${file} is a valid policy with ${p.rules.length} rule(s)\n`);
+      for (const n of weakAllows(p)) io.stderr(`keyward: note: ${n}\n`);
     });
 
   policy
@@ -157,6 +159,7 @@ export function registerPolicyCommands(program: Command, io: Io): void {
             ...(seen.unknown === undefined
               ? []
               : [`  note: ${seen.unknown}: every field is shown against the defaults`]),
+            ...weakAllows(policy).map((n) => `  note: ${n}`),
             ...(seen.diff.changes.length === 0
               ? ['  (none)']
               : seen.diff.changes.map((c) => `  ${c}`)),

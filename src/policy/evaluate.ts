@@ -11,10 +11,17 @@ export interface Caller {
   uid?: number | undefined;
   pid?: number | undefined;
   exe?: string | undefined;
+  /**
+   * The executable's path names another file than the running one in the agent's own view (a
+   * mount of the caller's own can give a program any path): no `exe` condition matches it.
+   */
+  exeElsewhere?: boolean | undefined;
   exeSha256?: string | undefined;
   cwd?: string | undefined;
-  /** Parent first, then grandparent, and so on. */
-  ancestors?: ReadonlyArray<{ pid?: number | undefined; exe?: string | undefined }> | undefined;
+  /** Parent first, then grandparent, and so on (elsewhere: as exeElsewhere, for that process). */
+  ancestors?:
+    | ReadonlyArray<{ pid?: number | undefined; exe?: string | undefined; elsewhere?: boolean }>
+    | undefined;
   /** Loader variables its environment sets (LD_PRELOAD...); undefined when it can't be read. */
   loaderVars?: ReadonlyArray<{ name: string }> | undefined;
 }
@@ -99,13 +106,23 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
   if (w.exe !== undefined && (c.exe === undefined || !glob(w.exe)(c.exe))) {
     return `the caller's executable ${c.exe ?? '(unknown)'} does not match ${w.exe}`;
   }
+  // A path that is not the running file in the agent's view (a mount of the caller's own can
+  // give a program any path) still matches a deny or approve rule, never an allow: what it
+  // claims can't make a caller less restricted (as unknown loader variables, below).
+  const allows = r.decision === 'allow';
+  if (w.exe !== undefined && c.exeElsewhere === true && allows) {
+    return `the caller's executable path ${c.exe ?? '(unknown)'} is not the running file in the agent's view, and an allow needs it to be`;
+  }
   if (w.exe_sha256 !== undefined && c.exeSha256 !== w.exe_sha256) {
     return `the caller's executable hash ${c.exeSha256 ?? '(unknown)'} is not ${w.exe_sha256}`;
   }
   if (w.ancestor !== undefined) {
     const m = glob(w.ancestor);
-    if (!(c.ancestors ?? []).some((a) => a.exe !== undefined && m(a.exe)))
-      return `no ancestor's executable matches ${w.ancestor}`;
+    const all = c.ancestors ?? [];
+    if (!all.some((a) => a.exe !== undefined && !(a.elsewhere === true && allows) && m(a.exe)))
+      return all.some((a) => a.exe !== undefined && a.elsewhere === true && m(a.exe))
+        ? `the ancestor's executable path that matches ${w.ancestor} is not the running file in the agent's view, and an allow needs it to be`
+        : `no ancestor's executable matches ${w.ancestor}`;
   }
   if (w.loader_vars !== undefined) {
     // Unknown (the caller hid its environment) counts as present: a deny rule on them catches

@@ -28,6 +28,7 @@ export {
   type Remember,
 } from './evaluate.js';
 export { TokenBucket, UseCounter } from './limits.js';
+export { weakAllows } from './lint.js';
 export { diffPolicies, type PolicyDiff } from './diff.js';
 export {
   applyPolicy,

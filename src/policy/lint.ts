@@ -94,6 +94,40 @@ export function lintPolicy(
   return out;
 }
 
+/** Interpreters by their file's name: a rule that allows one allows every script it runs. */
+const INTERPRETER =
+  /^(node|nodejs|deno|bun|python[0-9.]*|pypy[0-9.]*|ruby[0-9.]*|perl[0-9.]*|php[0-9.]*|bash|sh|dash|zsh|fish|ksh|busybox|java|osascript|pwsh|lua[0-9.]*|tclsh[0-9.]*|env)$/;
+
+/**
+ * Allow rules that name no caller they can trust (docs/POLICY.md, "Callers"): valid, applied,
+ * and said at check and apply. A `cwd` is the caller's to choose, an `ancestor` can be gained (a
+ * process forks its child, then execs the named program; the named program runs your commands),
+ * and an interpreter is every script it runs.
+ */
+export function weakAllows(policy: Policy): string[] {
+  const out: string[] = [];
+  for (const r of policy.rules) {
+    if (r.decision !== 'allow') continue;
+    const c = r.callers;
+    const exe = c.exe?.split('/').at(-1);
+    if (c.exe === undefined && c.exe_sha256 === undefined && (c.cwd ?? c.ancestor) !== undefined) {
+      const why = [
+        c.cwd === undefined ? '' : 'any process of yours can change to that directory first',
+        c.ancestor === undefined
+          ? ''
+          : 'an ancestor can be gained (a process forks a child, then execs the program named; that program runs commands of yours as its children)',
+      ].filter(Boolean);
+      out.push(
+        `rule ${printable(r.name)} allows by ${c.cwd === undefined ? 'ancestor' : c.ancestor === undefined ? 'cwd' : 'cwd and ancestor'} alone: ${why.join('; ')}. Name the program (exe_sha256) or ask (approve)`,
+      );
+    } else if (exe !== undefined && INTERPRETER.test(exe) && c.exe_sha256 === undefined)
+      out.push(
+        `rule ${printable(r.name)} allows the interpreter ${printable(c.exe ?? '')}: every script it runs, any process's, is that caller; name the program (exe_sha256 of one that is not an interpreter) or ask (approve)`,
+      );
+  }
+  return out;
+}
+
 /**
  * Where the first key that repeats one before it in the same map begins. Keys are compared as the
  * object they become (`1` and `"1"` are one key there), so none silently replaces another.
