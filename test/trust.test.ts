@@ -939,6 +939,37 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
   );
 
   test(
+    "the real program, started in a mount namespace of the caller's own, gets no allow by its path or hash: there its root may load a library of the caller's",
+    {
+      skip: !userNamespaces && 'needs root for setpriv, and unprivileged user namespaces',
+    },
+    async () => {
+      // The review's shape: pivot_root into a root of its own whose /etc/ld.so.preload names the
+      // attacker's library, then exec the real /usr/bin/git (same file, same hash). Shown here
+      // with the step that makes it possible: the caller runs in a mount namespace of its own.
+      const py = fs.realpathSync(PYTHON);
+      const digest = createHash('sha256').update(fs.readFileSync(py)).digest('hex');
+      const h = await agentOf(
+        'version: 1\nrules:\n' +
+          `  - { name: this-python, targets: ["app/*"], kind: secret, callers: { exe: ${py}, exe_sha256: "${digest}" }, decision: allow }\n` +
+          '  - { name: rest, targets: ["**"], decision: deny }\n',
+        { user: true },
+      );
+      setSecret(h, 'app/token', 'own-namespace-value', true);
+      const direct = runLines([py, RAW_CLIENT, h.sock, 'app/token'], {
+        env: { ...h.env },
+        user: true,
+      });
+      assert.equal(direct[0], 'value:own-namespace-value', 'the rule allows the program itself');
+      const inOwn = runLines(['unshare', '-Urm', py, RAW_CLIENT, h.sock, 'app/token'], {
+        env: { ...h.env },
+        user: true,
+      });
+      assert.match(inOwn[0] ?? '', /^error:POLICY_DENIED:denied by policy/, inOwn.join('\n'));
+    },
+  );
+
+  test(
     'a program run through an overlay the user mounted, its lower file rewritten while it runs, is refused where its hash is needed',
     {
       skip: !userNamespaces && 'needs root for setpriv, and unprivileged user namespaces',

@@ -152,14 +152,25 @@ function fileOf(p: string): string | undefined {
   }
 }
 
+/** The agent's own mount namespace and root directory, read once. */
+let own: { mnt: string | undefined; root: string | undefined } | undefined;
+
 /**
- * Whether an executable's path, as /proc shows it, names another file in the agent's own view
- * than the one running (`file`, the dev:ino of /proc/PID/exe), or one that can't be told: /proc
- * gives the path in the caller's mount namespace, where a mount of its own (a bind in a
- * namespace it made) gives any program a trusted path. A deleted executable's path is such too.
+ * Whether what /proc says of process pid's executable can't be taken as the agent would read it:
+ * the process runs in a mount namespace or under a root of its own (a namespace it made, a
+ * pivot_root or chroot there: its /usr/bin/git is the real file, loading a library its own
+ * /etc/ld.so.preload names), or its executable's path (`path`, the caller's view) names, in the
+ * agent's view, another file than the one running (`file`, the dev:ino of /proc/PID/exe: a bind
+ * mount of its own gives any program a trusted path), or can't be told. A deleted executable's
+ * path is such too.
  */
-function elsewhere(path: string | undefined, file: string | undefined): boolean {
+function elsewhere(pid: number, path: string | undefined, file: string | undefined): boolean {
   if (path === undefined) return false;
+  own ??= { mnt: readlink('/proc/self/ns/mnt'), root: fileOf('/') };
+  const mnt = readlink(`/proc/${pid}/ns/mnt`);
+  if (mnt === undefined || mnt !== own.mnt) return true;
+  const root = fileOf(`/proc/${pid}/root`);
+  if (root === undefined || root !== own.root) return true;
   return file === undefined || fileOf(path) !== file;
 }
 
@@ -234,7 +245,7 @@ export function identify(pid: number, uid: number): ProcessIdentity {
       ancestors.push({
         pid: next,
         exe: a,
-        ...(elsewhere(a, fileOf(`/proc/${next}/exe`)) ? { elsewhere: true } : {}),
+        ...(elsewhere(next, a, fileOf(`/proc/${next}/exe`)) ? { elsewhere: true } : {}),
       });
       next = next === 1 ? undefined : procStat(next)?.ppid;
     }
@@ -243,7 +254,7 @@ export function identify(pid: number, uid: number): ProcessIdentity {
       pid,
       uid,
       exe: exePath,
-      ...(elsewhere(exePath, exe?.file) ? { exeElsewhere: true } : {}),
+      ...(elsewhere(pid, exePath, exe?.file) ? { exeElsewhere: true } : {}),
       exeFile: exe?.file,
       loaderVars: loaderVariables(pid),
       cwd: readlink(`/proc/${pid}/cwd`),
@@ -275,8 +286,9 @@ export function stillSameProcess(pidfd: number): boolean {
   return pidfdAlive(pidfd);
 }
 
-/** Said after a path that is not the running file in the agent's view (elsewhere()). */
-const ELSEWHERE = " (not the running file by that path in the agent's view)";
+/** Said after an executable the agent can't take as it reads it (elsewhere()). */
+const ELSEWHERE =
+  " (which the agent can't vouch for: a mount namespace or root of the caller's own, or another file by that path)";
 
 /**
  * Who asks, as a person reads it in a prompt and in `keyward approvals`. Everything in it that

@@ -12,8 +12,9 @@ export interface Caller {
   pid?: number | undefined;
   exe?: string | undefined;
   /**
-   * The executable's path names another file than the running one in the agent's own view (a
-   * mount of the caller's own can give a program any path): no `exe` condition matches it.
+   * The agent can't take the executable as it reads it: the caller runs in a mount namespace or
+   * root of its own, or the path names another file in the agent's view. No allow rule on
+   * `exe`, `exe_sha256` or `ancestor` matches it; deny and approve rules still do.
    */
   exeElsewhere?: boolean | undefined;
   exeSha256?: string | undefined;
@@ -106,12 +107,13 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
   if (w.exe !== undefined && (c.exe === undefined || !glob(w.exe)(c.exe))) {
     return `the caller's executable ${c.exe ?? '(unknown)'} does not match ${w.exe}`;
   }
-  // A path that is not the running file in the agent's view (a mount of the caller's own can
-  // give a program any path) still matches a deny or approve rule, never an allow: what it
-  // claims can't make a caller less restricted (as unknown loader variables, below).
+  // An executable the agent can't take as it reads it (a mount namespace or root of the
+  // caller's own, where the real file may run a library of its choosing, or a path that names
+  // another file) still matches a deny or approve rule, never an allow: what it claims can't
+  // make a caller less restricted (as unknown loader variables, below).
   const allows = r.decision === 'allow';
-  if (w.exe !== undefined && c.exeElsewhere === true && allows) {
-    return `the caller's executable path ${c.exe ?? '(unknown)'} is not the running file in the agent's view, and an allow needs it to be`;
+  if ((w.exe ?? w.exe_sha256) !== undefined && c.exeElsewhere === true && allows) {
+    return `the caller's executable ${c.exe ?? '(unknown)'} runs where the agent can't vouch for it (a mount namespace or root of its own, or another file by that path), and an allow needs it to`;
   }
   if (w.exe_sha256 !== undefined && c.exeSha256 !== w.exe_sha256) {
     return `the caller's executable hash ${c.exeSha256 ?? '(unknown)'} is not ${w.exe_sha256}`;
@@ -121,7 +123,7 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
     const all = c.ancestors ?? [];
     if (!all.some((a) => a.exe !== undefined && !(a.elsewhere === true && allows) && m(a.exe)))
       return all.some((a) => a.exe !== undefined && a.elsewhere === true && m(a.exe))
-        ? `the ancestor's executable path that matches ${w.ancestor} is not the running file in the agent's view, and an allow needs it to be`
+        ? `the ancestor that matches ${w.ancestor} runs where the agent can't vouch for it (a mount namespace or root of its own, or another file by that path), and an allow needs it to`
         : `no ancestor's executable matches ${w.ancestor}`;
   }
   if (w.loader_vars !== undefined) {
