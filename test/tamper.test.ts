@@ -18,6 +18,9 @@ import {
   type AgentHome,
 } from './agent-helpers.js';
 import { withFileLock } from '../src/lib/files.js';
+import { encodeLine, parseLine } from '../src/audit/entry.js';
+import { auditPaths, readState } from '../src/audit/state.js';
+import { secureFree } from '../src/lib/secure.js';
 import { vaultPaths } from '../src/vault/index.js';
 import { BIN, eventually, initHome, kw } from './helpers.js';
 import { koffi } from '../src/lib/koffi.js';
@@ -256,6 +259,31 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     r = kw(['audit', 'verify'], { env: h.env });
     assert.equal(r.code, 8, r.stdout + r.stderr);
     assert.match(r.stderr, /audit\.gap at seq 1/);
+  });
+
+  test('a state file naming segment 0, or an empty first segment while another exists, makes a writer refuse: nothing released, no chain begun apart', () => {
+    const h = agentHome();
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'seg-value' }).code, 0);
+    const dir = path.join(h.home, 'audit');
+    const setSegment = (n: number) => {
+      const st = fs.readFileSync(path.join(dir, 'state'));
+      st.writeUInt32BE(n, 20);
+      fs.writeFileSync(path.join(dir, 'state.attacker'), st);
+      fs.renameSync(path.join(dir, 'state.attacker'), path.join(dir, 'state'));
+    };
+    setSegment(0);
+    let r = kw(['read', 'app/token'], { env: h.env });
+    assert.equal(r.stdout, '', 'nothing released');
+    assert.match(r.stderr, /segments begin at 1/);
+    assert.equal(fs.existsSync(path.join(dir, 'log-000000.jsonl')), false);
+    // The log moved to the second segment's name: the first is empty, so a writer would begin a
+    // new chain there at seq 1.
+    setSegment(1);
+    fs.renameSync(path.join(dir, 'log-000001.jsonl'), path.join(dir, 'log-000002.jsonl'));
+    r = kw(['read', 'app/token'], { env: h.env });
+    assert.equal(r.stdout, '', 'nothing released');
+    assert.match(r.stderr, /which is empty, but the log has other segments/);
+    assert.equal(fs.existsSync(path.join(dir, 'log-000001.jsonl')), false);
   });
 
   test('a deleted last entry is recorded by the next ordinary command, never healed by later ones, and stays reported until acknowledged', () => {
@@ -505,6 +533,59 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
       /locked again at once: the audit log was tampered with \(the log ends at seq/,
     );
     assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  });
+
+  test("a line put after the agent's release that chains to a forged history is a break at its next batch, or at its lock, where nothing is sealed over it", async () => {
+    const policy =
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n' +
+      '  - { name: logs, kind: audit, targets: ["**"], decision: allow }\n';
+    // The attacker's line: the next seq, a valid MAC with the epoch key any process of the user
+    // can read from audit/state, and a prev that is the hash of a forged entry it means to put
+    // in place of the release later (here any other hash).
+    const forge = (h: AgentHome) =>
+      withFileLock(path.join(h.home, 'audit', 'lock'), 10_000, () => {
+        const last = parseLine(logLines(h).at(-1) ?? '');
+        assert.ok(last);
+        const st = readState(auditPaths(h.home));
+        try {
+          const { line } = encodeLine(
+            { ...last, seq: last.seq + 1, prev: 'f'.repeat(64), epoch: st.epoch },
+            st.key,
+          );
+          fs.appendFileSync(segmentOf(h), `${line}\n`);
+        } finally {
+          secureFree(st.key);
+        }
+      });
+    // At the next batch.
+    const h = await unlocked(policy);
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'fork-value' }).code, 0);
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'fork-value');
+    forge(h);
+    const r = kw(['read', 'app/token'], { env: h.env });
+    assert.equal(r.stdout, '', 'nothing released on a forked log');
+    assert.equal(kw(['status'], { env: h.env }).code, 5, 'the agent locked');
+    const gap = auditEntries(h).find((e) => e.type === 'audit.gap');
+    assert.match(String(gap?.reason), /does not link to seq \d+ before it/);
+    // The break stays reported: the line that records it follows the forged one, and what
+    // follows it is sealed at the lock, so it can be neither changed nor removed unseen.
+    const v1 = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(v1.code, 8, v1.stdout + v1.stderr);
+    // At the lock, when no batch came between.
+    const h2 = await unlocked(policy);
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h2.env, input: 'fork-value' }).code, 0);
+    assert.equal(kw(['read', 'app/token'], { env: h2.env }).stdout, 'fork-value');
+    forge(h2);
+    assert.equal(kw(['lock'], { env: h2.env }).code, 0);
+    const lock2 = auditEntries(h2)
+      .filter((e) => e.type === 'vault.lock')
+      .at(-1);
+    assert.match(
+      String(lock2?.details['checkpoints']),
+      /^no checkpoint sealed: .*do not link back/,
+    );
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h2) });
+    assert.equal(v.code, 8, v.stdout + v.stderr);
   });
 
   test('a cut behind the running agent is recorded in its next batch, and the agent locks before releasing anything', async () => {

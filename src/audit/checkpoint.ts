@@ -163,7 +163,11 @@ export function findBreak(
   if (checkpoints.length === 0) return undefined;
   const head = log.exists() ? log.head() : { seq: 0, hash: '', segment: 0 };
   const found = { seq: head.seq, hash: head.hash };
-  for (const cp of [...checkpoints].sort((a, b) => b.seq - a.seq)) {
+  // The latest checkpoint is reached from the head through the links (chain.ts): a line put
+  // after it that chains to a forged history is a break before anything is sealed over it. The
+  // earlier ones by their seq (the links between them were walked when the later was sealed).
+  const sorted = [...checkpoints].sort((a, b) => b.seq - a.seq);
+  for (const cp of sorted) {
     const where =
       cp.where === 'vault'
         ? 'the vault'
@@ -176,7 +180,15 @@ export function findBreak(
         found,
         reason: `the log ends at seq ${head.seq}, but ${where} sealed seq ${cp.seq}: ${cp.seq - head.seq} entries are missing`,
       };
-    const at = log.hashAt(cp.seq);
+    const walk: { found?: string | undefined; broken?: string } =
+      cp === sorted[0] ? log.chainBackTo(cp.seq) : { found: log.hashAt(cp.seq) };
+    if (walk.broken !== undefined)
+      return {
+        checkpoint: cp,
+        found,
+        reason: `the entries after seq ${cp.seq}, which ${where} sealed, do not link back to it (${walk.broken}): a line was put after it that chains to something else`,
+      };
+    const at = walk.found;
     if (at !== cp.hash)
       return {
         checkpoint: cp,
@@ -204,21 +216,20 @@ export function cutBehindRecord(
 }
 
 /**
- * A long-running writer found the state file naming a segment its own last one did not rotate
- * to (a state file rewritten by someone else): the break's record. The writer puts the state
- * back and writes this first, after its own last entry: nothing it knows of is missing.
+ * A long-running writer found that what follows its last entry does not link to it (a line put
+ * after it that chains to something else, or a state file naming a segment no rotation leads
+ * to): the break's record, written before anything is built on the log.
  */
-export function strayStateRecord(
+export function strayRecord(
   expected: Checkpoint,
-  from: string,
-  to: string,
+  reason: string,
 ): { record: AuditRecord; reason: string } {
   const b = {
     checkpoint: { seq: expected.seq, hash: expected.hash, where: 'agent' as const },
     found: { seq: expected.seq, hash: expected.hash },
-    reason: `the audit state named ${to}, but the agent's last entry (seq ${expected.seq}) is in ${from}, which did not rotate to it: the state file was changed (put back; anything written in ${to} is not in the log)`,
+    reason,
   };
-  return { record: gapRecord(b, 'the agent'), reason: b.reason };
+  return { record: gapRecord(b, 'the agent'), reason };
 }
 
 /** The record of a break, as the log keeps it. */

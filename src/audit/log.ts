@@ -15,16 +15,10 @@ import {
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { parseLine } from './entry.js';
 import { encodeBatch } from './batch.js';
-import { cutBehindRecord, strayStateRecord } from './checkpoint.js';
+import { breakAfter, chainBackTo } from './chain.js';
+import { cutBehindRecord, strayRecord } from './checkpoint.js';
 import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
-import {
-  cutTorn,
-  firstLineTime,
-  headOfSegment,
-  lineStillThere,
-  rotatedBetween,
-  type Tail,
-} from './tail.js';
+import { cutTorn, firstLineTime, headOfSegment, lineStillThere, type Tail } from './tail.js';
 import { hashAt, unacknowledgedGaps } from './history.js';
 import type { AuditRecord } from './events.js';
 import { SegmentFiles, stampFrom } from './segment-files.js';
@@ -249,12 +243,14 @@ export class AuditLog {
   private writeLocked(records: readonly AuditRecord[], seen?: SegmentSeen, after?: Head): Head {
     try {
       const st = this.currentState();
-      // A long-running writer goes on only in the segment it last wrote, or in one its rotations
-      // lead to: a state file pointed elsewhere would have its entries chain past the log. It
-      // puts the state back, and the break's record goes first into the log readers list.
-      const stray = after && st.segment !== after.segment ? this.stray(after, st) : undefined;
-      if (stray) {
-        st.segment = after?.segment ?? st.segment;
+      // A long-running writer builds only on what follows from its own last entry (chain.ts);
+      // else it records the break first, putting back a state that names a segment no rotation
+      // leads to, and the agent locks.
+      const b =
+        after && breakAfter((n) => this.segmentPath(n), after, seen?.stat?.size, st.segment);
+      const stray = after && b && strayRecord(after, b.reason);
+      if (b?.stateChanged && after) {
+        st.segment = after.segment;
         writeState(this.paths, st);
         this.stateWritten(st);
       }
@@ -361,12 +357,6 @@ export class AuditLog {
     return fs.lstatSync(this.segmentPath(segment), { bigint: true, throwIfNoEntry: false });
   }
 
-  /** Undefined when other writers' rotations lead from after's segment to the state's; else the break. */
-  private stray(after: Head, st: AuditState): { record: AuditRecord; reason: string } | undefined {
-    if (rotatedBetween((n) => this.segmentPath(n), after.segment, st.segment)) return undefined;
-    return strayStateRecord(after, segmentName(after.segment), segmentName(st.segment));
-  }
-
   private cutBehind(expected: Head): { record: AuditRecord; reason: string } {
     const st = readState(this.paths);
     secureFree(st.key);
@@ -376,6 +366,11 @@ export class AuditLog {
   /** The hash of the entry at seq, looked for from the end; undefined when there is none. */
   hashAt(seq: number): string | undefined {
     return hashAt(this.paths.dir, seq);
+  }
+
+  /** The hash at seq reached from the head through the links, or where a link failed (chain.ts). */
+  chainBackTo(seq: number): { found?: string; broken?: string } {
+    return chainBackTo(this.paths.dir, seq);
   }
 
   /** The seqs of recorded breaks (`audit.gap`) since the last acknowledgement, oldest first. */

@@ -4,11 +4,13 @@
  * checks a writer makes at the end: cutting a torn line, and finding its own last line again.
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import type { AuditRecord } from './events.js';
 import { sha256 } from './keys.js';
 import { lineHash, parseLine, ZERO_HASH } from './entry.js';
 import { segmentName, unavailable } from './state.js';
 import { openOwnFile } from '../lib/files.js';
+import { listSegments } from './verify.js';
 
 const TAIL_WINDOW = 256 * 1024;
 
@@ -239,7 +241,20 @@ export function headOfSegment(
     const p = last(tail, segment);
     return { head: { seq: p.seq, hash: p.hash, segment }, tail };
   }
-  if (segment <= 1) return { head: { seq: 0, hash: ZERO_HASH, segment }, tail };
+  // Segments begin at 1, and an empty first one is a new log only when it is the only one.
+  if (segment < 1)
+    throw unavailable(
+      `the audit state names segment ${segment}; segments begin at 1: the state file was changed`,
+      'nothing was written; run: keyward audit verify',
+    );
+  if (segment === 1) {
+    if (listSegments(path.dirname(pathOf(1))).some((f) => path.basename(f) !== segmentName(1)))
+      throw unavailable(
+        `the audit state names ${segmentName(1)}, which is empty, but the log has other segments: the state file was changed`,
+        'nothing was written; run: keyward audit verify',
+      );
+    return { head: { seq: 0, hash: ZERO_HASH, segment }, tail };
+  }
   const before = readTail(pathOf(segment - 1));
   const p = before.lastLine === undefined ? undefined : last(before, segment - 1);
   if (p?.type !== 'audit.rotated')
@@ -248,25 +263,4 @@ export function headOfSegment(
       'nothing was written; run: keyward audit verify',
     );
   return { head: { seq: p.seq, hash: p.hash, segment }, tail };
-}
-
-/** Rotations behind a long-running writer's back past which its segment is not taken as reached. */
-export const MAX_ROTATIONS_BEHIND = 1000;
-
-/**
- * Whether segment `to` is one rotations lead to from segment `from`: it comes later (by at most
- * MAX_ROTATIONS_BEHIND), and each segment from `from` up to it ends with its rotation entry.
- * Only then may a writer whose last entry is in `from` go on in `to`.
- */
-export function rotatedBetween(
-  pathOf: (segment: number) => string,
-  from: number,
-  to: number,
-): boolean {
-  if (!(to > from && to - from <= MAX_ROTATIONS_BEHIND)) return false;
-  for (let k = from; k < to; k++) {
-    const line = readTail(pathOf(k)).lastLine;
-    if (line === undefined || parseLine(line)?.type !== 'audit.rotated') return false;
-  }
-  return true;
 }
