@@ -122,7 +122,7 @@ test('apply installs a new version, keeps history, and records policy.changed wi
   assert.equal(kw(['policy', 'show'], { env: h.env }).stdout, GOOD);
 });
 
-test('check and apply say which allow rules name no caller they can trust: by cwd or ancestor alone, or an interpreter', () => {
+test('check and apply say which allow rules name no caller they can trust: by cwd or ancestor alone, an interpreter, or a program whatever loader variables it carries', () => {
   const h = initHome();
   const weak = `version: 1
 rules:
@@ -136,22 +136,31 @@ rules:
   const c = kw(['policy', 'check', f], { env: h.env });
   assert.equal(c.code, 0, c.stderr);
   const notes = c.stderr.split('\n').filter((l) => l.startsWith('keyward: note: '));
-  assert.equal(notes.length, 3, c.stderr);
+  const about = (rule: string) => notes.filter((n) => n.startsWith(`keyward: note: rule ${rule} `));
+  assert.equal(notes.length, 5, c.stderr);
+  assert.match(about('under-git')[0] ?? '', /allows by ancestor alone: an ancestor can be gained/);
   assert.match(
-    notes[0] ?? '',
-    /rule under-git allows by ancestor alone: an ancestor can be gained/,
+    about('in-repo')[0] ?? '',
+    /allows by cwd alone: any process of yours can change to that directory first/,
   );
   assert.match(
-    notes[1] ?? '',
-    /rule in-repo allows by cwd alone: any process of yours can change to that directory first/,
+    about('node-here').join('\n'),
+    /allows the interpreter \/usr\/bin\/node: every script/,
   );
-  assert.match(
-    notes[2] ?? '',
-    /rule node-here allows the interpreter \/usr\/bin\/node: every script it runs/,
-  );
+  // A program allowed by its path or hash, whatever loader variables it carries.
+  assert.match(about('git')[0] ?? '', /whatever loader variables it carries/);
+  assert.equal(about('ask-under-git').length, 0);
   const a = kw(['policy', 'apply', '--yes', f], { env: h.env });
   assert.equal(a.code, 0, a.stderr);
-  assert.equal(a.stderr.match(/^ {2}note: rule /gm)?.length, 3, a.stderr);
+  assert.equal(a.stderr.match(/^ {2}note: rule /gm)?.length, 5, a.stderr);
+  // A rule before it that denies callers with loader variables: no note on that.
+  const guarded = `version: 1
+rules:
+  - { name: no-loaders, targets: ["**"], callers: { loader_vars: present }, decision: deny }
+  - { name: git, targets: ["d/*"], callers: { exe: /usr/bin/git }, decision: allow }
+`;
+  const g = kw(['policy', 'check', write(h, 'guarded.yaml', guarded)], { env: h.env });
+  assert.doesNotMatch(g.stderr, /note:/);
   // The default policy has none.
   const d = kw(['policy', 'check', write(h, 'default.yaml', DEFAULT_POLICY)], { env: h.env });
   assert.doesNotMatch(d.stderr, /note:/);

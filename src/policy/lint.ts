@@ -106,9 +106,19 @@ const INTERPRETER =
  */
 export function weakAllows(policy: Policy): string[] {
   const out: string[] = [];
+  // A rule before that denies or asks for callers with loader variables (any targets: a note
+  // says what to look at, it does not decide).
+  let loadersRuledOut = false;
   for (const r of policy.rules) {
-    if (r.decision !== 'allow') continue;
+    if (r.decision !== 'allow') {
+      if (r.callers.loader_vars === 'present') loadersRuledOut = true;
+      continue;
+    }
     const c = r.callers;
+    if ((c.exe ?? c.exe_sha256) !== undefined && c.loader_vars !== 'absent' && !loadersRuledOut)
+      out.push(
+        `rule ${printable(r.name)} allows a program by ${c.exe_sha256 === undefined ? 'exe' : 'exe_sha256'} whatever loader variables it carries: the same program started with LD_PRELOAD or NODE_OPTIONS runs code of the caller's choosing. Add loader_vars: absent to it, or a rule before it that denies (or asks for) loader_vars: present`,
+      );
     const exe = c.exe?.split('/').at(-1);
     if (c.exe === undefined && c.exe_sha256 === undefined && (c.cwd ?? c.ancestor) !== undefined) {
       const why = [
