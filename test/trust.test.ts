@@ -966,6 +966,17 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
         user: true,
       });
       assert.match(inOwn[0] ?? '', /^error:POLICY_DENIED:denied by policy/, inOwn.join('\n'));
+      // A user namespace alone (the agent's mounts) lets it chroot into a root of its own, exec
+      // the real program there, and come back under / before it asks.
+      const inOwnUser = runLines(['unshare', '-Ur', py, RAW_CLIENT, h.sock, 'app/token'], {
+        env: { ...h.env },
+        user: true,
+      });
+      assert.match(
+        inOwnUser[0] ?? '',
+        /^error:POLICY_DENIED:denied by policy/,
+        inOwnUser.join('\n'),
+      );
     },
   );
 
@@ -1367,6 +1378,35 @@ describe('prompts a caller cannot write', () => {
       { env: h.env },
     );
     assert.match(explain.stdout, /^deny by rule no-loaders/);
+  });
+});
+
+describe('found in review: loader variables OpenSSL reads', () => {
+  test('OPENSSL_CONF, which loads a provider into any program that links OpenSSL, is a loader variable: a rule on them catches it', async () => {
+    const h = await agentOf(
+      'version: 1\nrules:\n' +
+        '  - { name: no-loaders, targets: ["**"], callers: { loader_vars: present }, decision: deny }\n' +
+        '  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+      { user: false },
+    );
+    setSecret(h, 'app/token', 'openssl-conf-value', false);
+    h.answer('yes');
+    const clean = runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token'], {
+      env: { ...h.env },
+      user: false,
+    });
+    assert.equal(clean[0], 'value:openssl-conf-value', 'asked, and approved');
+    for (const name of ['OPENSSL_CONF', 'OPENSSL_MODULES']) {
+      const lines = runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token'], {
+        env: { ...h.env, [name]: '/dev/null' },
+        user: false,
+      });
+      assert.match(
+        lines[0] ?? '',
+        /^error:POLICY_DENIED:denied by policy/,
+        `${name}: ${lines.join('\n')}`,
+      );
+    }
   });
 });
 

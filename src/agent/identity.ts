@@ -42,7 +42,7 @@ export const MAX_ANCESTORS = 32;
  * and recorded; a rule can match on them (callers.loader_vars, docs/POLICY.md).
  */
 export const LOADER_VARIABLES =
-  /^(LD_\w+|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PYTHONUSERBASE|PERL5OPT|PERL5LIB|PERLLIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|JDK_JAVA_OPTIONS|GCONV_PATH|GIT_EXEC_PATH|GIT_SSH_COMMAND|GIT_SSH|GIT_PROXY_COMMAND|GIT_CONFIG_\w+|GIT_CONFIG|DYLD_\w+)$/;
+  /^(LD_\w+|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PYTHONUSERBASE|PERL5OPT|PERL5LIB|PERLLIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|JDK_JAVA_OPTIONS|GCONV_PATH|OPENSSL_CONF|OPENSSL_CONF_INCLUDE|OPENSSL_MODULES|OPENSSL_ENGINES|KRB5_CONFIG|GIT_EXEC_PATH|GIT_SSH_COMMAND|GIT_SSH|GIT_PROXY_COMMAND|GIT_CONFIG_\w+|GIT_CONFIG|DYLD_\w+)$/;
 const MAX_ENVIRON = 4 << 20;
 /**
  * Loader variables whose value is a path or Node's options: shown in prompts. The others
@@ -51,7 +51,7 @@ const MAX_ENVIRON = 4 << 20;
  * those only the name is kept, and the value never becomes a string here.
  */
 const SHOWN_VALUES =
-  /^(LD_PRELOAD|LD_AUDIT|LD_LIBRARY_PATH|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PYTHONUSERBASE|PERL5LIB|PERLLIB|RUBYLIB|GCONV_PATH|GIT_EXEC_PATH|DYLD_\w+)$/;
+  /^(LD_PRELOAD|LD_AUDIT|LD_LIBRARY_PATH|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PYTHONUSERBASE|PERL5LIB|PERLLIB|RUBYLIB|GCONV_PATH|OPENSSL_CONF|OPENSSL_CONF_INCLUDE|OPENSSL_MODULES|OPENSSL_ENGINES|KRB5_CONFIG|GIT_EXEC_PATH|DYLD_\w+)$/;
 /** Loader variables kept per caller: a caller can't bury its request under thousands. */
 const MAX_LOADER_VARIABLES = 16;
 /**
@@ -76,6 +76,8 @@ const CODE_LOADERS = new Set([
   'RUBYLIB',
   'JAVA_TOOL_OPTIONS',
   '_JAVA_OPTIONS',
+  'OPENSSL_CONF',
+  'OPENSSL_MODULES',
   'GIT_EXEC_PATH',
   'GIT_SSH_COMMAND',
   'GIT_CONFIG',
@@ -152,12 +154,13 @@ function fileOf(p: string): string | undefined {
   }
 }
 
-/** The agent's own mount namespace and root directory, read once. */
-let own: { mnt: string | undefined; root: string | undefined } | undefined;
+/** The agent's own mount and user namespaces and root directory, read once. */
+let own:
+  { mnt: string | undefined; user: string | undefined; root: string | undefined } | undefined;
 
 /**
  * Whether what /proc says of process pid's executable can't be taken as the agent would read it:
- * the process runs in a mount namespace or under a root of its own (a namespace it made, a
+ * the process runs in a mount or user namespace or under a root of its own (a namespace it made, a
  * pivot_root or chroot there: its /usr/bin/git is the real file, loading a library its own
  * /etc/ld.so.preload names), or its executable's path (`path`, the caller's view) names, in the
  * agent's view, another file than the one running (`file`, the dev:ino of /proc/PID/exe: a bind
@@ -166,9 +169,17 @@ let own: { mnt: string | undefined; root: string | undefined } | undefined;
  */
 function elsewhere(pid: number, path: string | undefined, file: string | undefined): boolean {
   if (path === undefined) return false;
-  own ??= { mnt: readlink('/proc/self/ns/mnt'), root: fileOf('/') };
+  own ??= {
+    mnt: readlink('/proc/self/ns/mnt'),
+    user: readlink('/proc/self/ns/user'),
+    root: fileOf('/'),
+  };
   const mnt = readlink(`/proc/${pid}/ns/mnt`);
   if (mnt === undefined || mnt !== own.mnt) return true;
+  // A user namespace of its own lets a process chroot (into a root whose /etc/ld.so.preload
+  // loads its library, exec the real program) and come back under / before it asks.
+  const user = readlink(`/proc/${pid}/ns/user`);
+  if (user === undefined || user !== own.user) return true;
   const root = fileOf(`/proc/${pid}/root`);
   if (root === undefined || root !== own.root) return true;
   return file === undefined || fileOf(path) !== file;
