@@ -286,6 +286,34 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(fs.existsSync(path.join(dir, 'log-000001.jsonl')), false);
   });
 
+  test('a segment file past the one the state names (a copy of the log) is a break for a writer that seals: said, recorded, nothing sealed over it', () => {
+    const h = agentHome();
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'copy-value' }).code, 0);
+    const dir = path.join(h.home, 'audit');
+    // Readers that start from the highest-numbered file would walk the copy, not the log.
+    fs.copyFileSync(path.join(dir, 'log-000001.jsonl'), path.join(dir, 'log-999999.jsonl'));
+    const r = kw(['secret', 'set', 'other/x'], { env: h.env, input: 'x' });
+    assert.match(r.stderr, /holds log-000002\.jsonl|holds log-999999\.jsonl/, r.stderr);
+    const own = fs.readFileSync(path.join(dir, 'log-000001.jsonl'), 'utf8');
+    assert.match(own, /"type":"audit\.gap"/, 'the break is recorded in the log itself');
+  });
+
+  test('bytes with no line end put after the entries (more than a tail read holds) make a writer refuse, never begin a new chain there', async () => {
+    const h = await unlocked(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n' +
+        '  - { name: logs, kind: audit, targets: ["**"], decision: allow }\n',
+    );
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'junk-value' }).code, 0);
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'junk-value');
+    withFileLock(path.join(h.home, 'audit', 'lock'), 10_000, () =>
+      fs.appendFileSync(segmentOf(h), 'x'.repeat(300_000)),
+    );
+    const r = kw(['read', 'app/token'], { env: h.env });
+    assert.equal(r.stdout, '', 'nothing released');
+    assert.match(r.stderr, /hold no line end/);
+    assert.doesNotMatch(fs.readFileSync(segmentOf(h), 'latin1'), /x\{"v":1,"seq":1,/);
+  });
+
   test('a deleted last entry is recorded by the next ordinary command, never healed by later ones, and stays reported until acknowledged', () => {
     const h = agentHome();
     assert.equal(

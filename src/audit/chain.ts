@@ -10,7 +10,7 @@ import { openOwnFile } from '../lib/files.js';
 import { asciiBytes, lineHash, scanLine, typeIs } from './entry.js';
 import { segmentName } from './state.js';
 import { scanBackLines } from './tail.js';
-import { listSegments } from './verify.js';
+import { listSegments, segmentNumber } from './verify.js';
 
 /** Rotations behind a long-running writer's back past which its segment is not taken as reached. */
 export const MAX_ROTATIONS_BEHIND = 1000;
@@ -20,8 +20,17 @@ const ROTATED = asciiBytes('audit.rotated');
 /** A line's prev, as hex. */
 const prevOf = (line: Buffer, prevAt: number) => line.toString('latin1', prevAt, prevAt + 64);
 
-/** A file's bytes from offset on, to its last newline (a torn end is not a line yet). */
-function linesFrom(file: string, offset: number): Buffer {
+/**
+ * What a long-running writer reads after its own last entry at most (others' lines, in all
+ * segments): more has no honest writer between two of its batches, and is a break.
+ */
+export const MAX_BYTES_AFTER = 64 * 1024 * 1024;
+
+/**
+ * A file's bytes from offset on, to its last newline (a torn end is not a line yet); undefined
+ * past `most` bytes.
+ */
+function linesFrom(file: string, offset: number, most: number): Buffer | undefined {
   let fd: number;
   try {
     fd = openOwnFile(file);
@@ -32,6 +41,7 @@ function linesFrom(file: string, offset: number): Buffer {
   try {
     const size = fs.fstatSync(fd).size;
     if (size <= offset) return Buffer.alloc(0);
+    if (size - offset > most) return undefined;
     const buf = Buffer.alloc(size - offset);
     const n = fs.readSync(fd, buf, 0, buf.length, offset);
     return buf.subarray(0, buf.lastIndexOf(0x0a, n - 1) + 1);
@@ -68,13 +78,20 @@ export function chainsOn(
   let seq = from.seq;
   let hash = from.hash;
   let rotated = false;
+  let budget = MAX_BYTES_AFTER;
   for (let k = from.segment; k <= to; k++) {
     if (k > from.segment && !rotated)
       return {
         reason: `the audit state named ${segmentName(to)}, but ${segmentName(k - 1)} does not end with the rotation to ${segmentName(k)} after ${where}: the state file was changed`,
         stateChanged: true,
       };
-    const bytes = linesFrom(pathOf(k), k === from.segment ? from.end : 0);
+    const bytes = linesFrom(pathOf(k), k === from.segment ? from.end : 0, budget);
+    if (bytes === undefined)
+      return {
+        reason: `more than ${MAX_BYTES_AFTER / (1024 * 1024)} MiB were put after ${where} since its last batch: not a log it builds on`,
+        stateChanged: false,
+      };
+    budget -= bytes.length;
     rotated = false;
     for (let start = 0; start < bytes.length;) {
       const end = bytes.indexOf(0x0a, start);
@@ -122,10 +139,16 @@ export function breakAfter(
  * when the walk reached no entry at seq (a shorter log); `broken` says where a link failed
  * before it. Hashes every line from the end back to seq.
  */
-export function chainBackTo(dir: string, seq: number): { found?: string; broken?: string } {
+export function chainBackTo(
+  dir: string,
+  seq: number,
+  head: number,
+): { found?: string; broken?: string } {
   let want: { seq: number; hash: string } | undefined;
   let out: { found?: string; broken?: string } = {};
-  for (const file of listSegments(dir).reverse()) {
+  // From the segment the head is in (the state's): a file numbered past it is no part of the log.
+  const files = listSegments(dir).filter((f) => segmentNumber(f) <= head);
+  for (const file of files.reverse()) {
     const done = scanBackLines(file, (line) => {
       const v = scanLine(line);
       if (!v) {
@@ -150,4 +173,21 @@ export function chainBackTo(dir: string, seq: number): { found?: string; broken?
     if (done) break;
   }
   return out;
+}
+
+/**
+ * Why the log's directory is not segments 1 to `head` (the one the state names; it may not exist
+ * yet, right after a rotation), or undefined: a file past it, or out of its place, is no part of
+ * the log a writer seals, and readers that start from the highest file would read it as one.
+ */
+export function segmentsOutOfPlace(dir: string, head: number): string | undefined {
+  const files = listSegments(dir);
+  for (const [i, f] of files.entries()) {
+    const name = f.split('/').at(-1) ?? f;
+    if (name !== segmentName(i + 1))
+      return `the log's directory holds ${name} where ${segmentName(i + 1)} belongs`;
+    if (i + 1 > head)
+      return `the log's directory holds ${name}, past ${segmentName(head)}, which the audit state names`;
+  }
+  return undefined;
 }

@@ -181,7 +181,7 @@ export function findBreak(
         reason: `the log ends at seq ${head.seq}, but ${where} sealed seq ${cp.seq}: ${cp.seq - head.seq} entries are missing`,
       };
     const walk: { found?: string | undefined; broken?: string } =
-      cp === sorted[0] ? log.chainBackTo(cp.seq) : { found: log.hashAt(cp.seq) };
+      cp === sorted[0] ? log.chainBackTo(cp.seq, head.segment) : { found: log.hashAt(cp.seq) };
     if (walk.broken !== undefined)
       return {
         checkpoint: cp,

@@ -15,7 +15,7 @@ import {
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { parseLine } from './entry.js';
 import { encodeBatch } from './batch.js';
-import { breakAfter, chainBackTo } from './chain.js';
+import { breakAfter, chainBackTo, segmentsOutOfPlace } from './chain.js';
 import { cutBehindRecord, strayRecord } from './checkpoint.js';
 import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
 import { cutTorn, firstLineTime, headOfSegment, lineStillThere, type Tail } from './tail.js';
@@ -368,9 +368,13 @@ export class AuditLog {
     return hashAt(this.paths.dir, seq);
   }
 
-  /** The hash at seq reached from the head through the links, or where a link failed (chain.ts). */
-  chainBackTo(seq: number): { found?: string; broken?: string } {
-    return chainBackTo(this.paths.dir, seq);
+  /**
+   * The hash at seq reached from the head (in segment `head`) through the links, or where a link
+   * failed, or a segment out of place (chain.ts).
+   */
+  chainBackTo(seq: number, head: number): { found?: string; broken?: string } {
+    const odd = segmentsOutOfPlace(this.paths.dir, head);
+    return odd === undefined ? chainBackTo(this.paths.dir, seq, head) : { broken: odd };
   }
 
   /** The seqs of recorded breaks (`audit.gap`) since the last acknowledgement, oldest first. */

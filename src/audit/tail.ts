@@ -13,6 +13,8 @@ import { openOwnFile } from '../lib/files.js';
 import { listSegments } from './verify.js';
 
 const TAIL_WINDOW = 256 * 1024;
+/** Longer than any entry a writer makes (its details are bounded): a walk carries no more. */
+export const MAX_LINE_BYTES = 1024 * 1024;
 
 export interface Tail {
   size: number;
@@ -45,7 +47,15 @@ export function readTail(file: string): Tail {
       const lastNl = buf.lastIndexOf(0x0a);
       if (lastNl === -1) {
         if (!last) continue;
-        return { size, lastLine: undefined, tornBytes: whole ? size : 0 };
+        // A file whose last TAIL_WINDOW bytes hold no line end is no log a writer can chain to
+        // (an entry is far shorter): never taken for an empty segment, where a new chain would
+        // begin apart.
+        if (!whole)
+          throw unavailable(
+            `the last ${TAIL_WINDOW / 1024} KiB of ${file.split('/').at(-1) ?? file} hold no line end: bytes were put after its entries`,
+            'nothing was written; run: keyward audit verify',
+          );
+        return { size, lastLine: undefined, tornBytes: size };
       }
       const prevNl = lastNl === 0 ? -1 : buf.lastIndexOf(0x0a, lastNl - 1);
       // The line before the last one must start inside the window (or the file must start there).
@@ -127,6 +137,9 @@ function walkBack(file: string, lines: (whole: Buffer) => boolean): boolean {
     let buf = Buffer.allocUnsafe(Math.min(end, 2 * CHUNK));
     let carry = 0;
     while (end > 0) {
+      // A run longer than any line (bytes someone put there): the walk ends, as at the start of
+      // the file, instead of carrying it whole from chunk to chunk.
+      if (carry > MAX_LINE_BYTES) return false;
       const start = Math.max(0, end - CHUNK);
       const len = end - start;
       if (buf.length < len + carry) {

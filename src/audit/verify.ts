@@ -71,6 +71,9 @@ export type VerifyResult =
     }
   | { ok: false; entries: number; finding: Finding; macsChecked: boolean; gaps: RecordedGap[] };
 
+/** A segment file's number, from its name (log-N.jsonl). */
+export const segmentNumber = (file: string): number => Number(path.basename(file).slice(4, -6));
+
 /** The segment files of a log directory, in order. Gaps are reported by verifySegments. */
 export function listSegments(dir: string): string[] {
   let names: string[];
