@@ -1065,6 +1065,25 @@ test('the breaks found in rotated segments are read once, and again whenever a s
   assert.equal(log.unacknowledgedGaps().length, 2);
 });
 
+test('an acknowledgement in a file past the log (a name no writer makes there) hides no recorded break', () => {
+  const { log, dir, home } = makeLog();
+  const other = makeLog();
+  try {
+    fill(log, 5, 5);
+    log.append([{ type: 'audit.gap', decision: 'error', reason: 'test' }]);
+    other.log.append([{ type: 'audit.acknowledged', decision: 'info' }]);
+    assert.equal(log.unacknowledgedGaps().length, 1);
+    // The attacker's file, numbered past the log: readers that start from the highest file
+    // would meet the acknowledgement first.
+    fs.copyFileSync(path.join(other.dir, 'log-000001.jsonl'), path.join(dir, 'log-999999.jsonl'));
+    assert.equal(log.unacknowledgedGaps().length, 1);
+    assert.equal(log.chainBackTo(1, 1).broken?.includes('log-999999.jsonl'), true);
+  } finally {
+    fs.rmSync(home, { recursive: true, force: true });
+    fs.rmSync(other.home, { recursive: true, force: true });
+  }
+});
+
 /** SHA-512's round constants (FIPS 180-4), for the schedule words below. */
 const SHA512_K = [
   '428a2f98d728ae22',

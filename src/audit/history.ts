@@ -7,11 +7,23 @@ import { lineHash, parseLine, scanLine } from './entry.js';
 import { stampFrom } from './segment-files.js';
 import { scanBackFor, scanBackLines } from './tail.js';
 import { listSegments } from './verify.js';
+import { segmentName } from './state.js';
+
+/**
+ * The log's segments as writers made them: log-000001 on, each the next, up to the first file
+ * out of place (a copy put past the log, a name no writer makes). What is past it is a break
+ * that verify and a sealing writer report (chain.ts); these questions are about the log.
+ */
+function logSegments(dir: string): string[] {
+  const files = listSegments(dir);
+  const n = files.findIndex((f, i) => !f.endsWith(`/${segmentName(i + 1)}`));
+  return n < 0 ? files : files.slice(0, n);
+}
 
 /** The hash of the entry at seq, looked for from the end; undefined when there is none. */
 export function hashAt(dir: string, seq: number): string | undefined {
   let found: string | undefined;
-  for (const file of listSegments(dir).reverse()) {
+  for (const file of logSegments(dir).reverse()) {
     let passed = false;
     // Every line's shape is checked in place (a malformed one is passed over) and only the one
     // at seq hashed: the walk back to a checkpoint at lock and unlock covers every entry since.
@@ -74,7 +86,7 @@ function closedSegmentBreaks(file: string): SegmentBreaks {
  */
 export function unacknowledgedGaps(dir: string): number[] {
   const found: number[][] = [];
-  const files = listSegments(dir);
+  const files = logSegments(dir);
   for (let i = files.length - 1; i >= 0; i--) {
     const file = files[i] as string;
     const b = i === files.length - 1 ? breaksIn(file) : closedSegmentBreaks(file);
