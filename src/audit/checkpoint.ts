@@ -159,9 +159,11 @@ export interface Break {
 export function findBreak(
   log: AuditLog,
   checkpoints: readonly SealedCheckpoint[],
+  // The head a caller will seal when there is no break: the walk starts from it, so a line
+  // appended after it is never sealed unwalked.
+  head = log.exists() ? log.head() : { seq: 0, hash: '', segment: 0 },
 ): Break | undefined {
   if (checkpoints.length === 0) return undefined;
-  const head = log.exists() ? log.head() : { seq: 0, hash: '', segment: 0 };
   const found = { seq: head.seq, hash: head.hash };
   // The latest checkpoint is reached from the head through the links (chain.ts): a line put
   // after it that chains to a forged history is a break before anything is sealed over it. The
@@ -268,7 +270,7 @@ export function setAnchor(log: AuditLog, v: Vault, force = false): void {
   if (!log.exists()) return;
   const head = log.head();
   startAcks(v, head.seq);
-  if (!force && findBreak(log, readCheckpoints(log, v)) !== undefined) return;
+  if (!force && findBreak(log, readCheckpoints(log, v), head) !== undefined) return;
   anchorAt(v, head);
 }
 
@@ -287,12 +289,13 @@ export function anchorAt(v: Vault, head: Checkpoint): void {
  * has: then the break is recorded (once) and nothing is sealed. Returns the break, if any.
  */
 export function sealCheckpoint(log: AuditLog, v: Vault, by: string): Break | undefined {
-  const b = findBreak(log, readCheckpoints(log, v));
+  const head = log.head();
+  const b = findBreak(log, readCheckpoints(log, v), head);
   if (b) {
     recordBreakOnce(log, b, by);
     return b;
   }
-  sealFile(log, v, log.head());
+  sealFile(log, v, head);
   return undefined;
 }
 

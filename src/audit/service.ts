@@ -157,7 +157,11 @@ export function checkpointAtLock(
 ): { checkpoints: string; gap?: AuditRecord } {
   const checkpoints = readCheckpoints(log, v);
   if (agentLast) checkpoints.push({ ...agentLast, where: 'agent' });
-  const b = findBreak(log, checkpoints);
+  // The head sealed below is the one the walk started from: a line appended meanwhile (racing
+  // this lock) stays after what is sealed, where it can't take a release's place unseen.
+  const exists = log.exists();
+  const head = exists ? log.head() : { seq: 0, hash: '', segment: 0 };
+  const b = findBreak(log, checkpoints, head);
   if (b) {
     const checkpoints = `no checkpoint sealed: ${b.reason}`;
     // A cut behind the agent's own last entry is recorded by the agent's next write (its lock's
@@ -167,7 +171,7 @@ export function checkpointAtLock(
       return { checkpoints };
     return { checkpoints, gap: gapRecord(b, 'the agent at lock') };
   }
-  const head = log.head();
+  if (!exists) return { checkpoints: 'no checkpoint sealed (no audit log)' };
   const why = (e: unknown) => (e instanceof Error ? e.message : 'failed');
   let vault = `the vault's at seq ${head.seq}`;
   let rekeyed = false;
