@@ -314,6 +314,18 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.doesNotMatch(fs.readFileSync(segmentOf(h), 'latin1'), /x\{"v":1,"seq":1,/);
   });
 
+  test('a torn last line (a writer killed mid-line) is no break: the next command cuts it and says so, and records no audit.gap', () => {
+    const h = agentHome();
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'torn-value' }).code, 0);
+    fs.appendFileSync(segmentOf(h), '{"v":1,"seq":');
+    const r = kw(['secret', 'set', 'other/x'], { env: h.env, input: 'x' });
+    assert.equal(r.code, 0, r.stderr);
+    assert.doesNotMatch(r.stderr, /tamper|break/i);
+    const own = fs.readFileSync(segmentOf(h), 'utf8');
+    assert.doesNotMatch(own, /"type":"audit\.gap"/);
+    assert.equal(kw(['audit', 'verify'], { env: h.env }).code, 0);
+  });
+
   test('a deleted last entry is recorded by the next ordinary command, never healed by later ones, and stays reported until acknowledged', () => {
     const h = agentHome();
     assert.equal(

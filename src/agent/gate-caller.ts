@@ -17,7 +17,7 @@ import type { GateRequest } from './gate-types.js';
  * start time) running that very executable (file and hash) in that very program run (its
  * program handle, peer.ts). After an exec, into anything (the same interpreter with another
  * script included), the grant is not the new program's; a process that hid before the agent
- * saw it gets no grant at all.
+ * saw it, or whose executable it can't vouch for (identity.ts elsewhere), gets no grant at all.
  */
 export function grantHolder(
   scope: 'once' | 'process' | 'executable',
@@ -25,7 +25,15 @@ export function grantHolder(
 ): string | undefined {
   const { id } = caller;
   // An environment that could not be read may hold any loader variable: no grant holds for it.
-  if (scope === 'once' || id.hidden || id.exeSha256 === undefined || id.loaderVars === undefined)
+  // Nor for an executable the agent can't vouch for as it reads it (a namespace or root of the
+  // caller's own, where the same file may run a library of its choosing): a grant is an allow.
+  if (
+    scope === 'once' ||
+    id.hidden ||
+    id.exeElsewhere === true ||
+    id.exeSha256 === undefined ||
+    id.loaderVars === undefined
+  )
     return undefined;
   // The loader variables are part of what was approved: a grant to a clean git is not a grant
   // to git started with LD_PRELOAD.

@@ -256,7 +256,10 @@ export function identify(pid: number, uid: number): ProcessIdentity {
       ancestors.push({
         pid: next,
         exe: a,
-        ...(elsewhere(next, a, fileOf(`/proc/${next}/exe`)) ? { elsewhere: true } : {}),
+        // An unreadable link (root's processes, init, sshd) names nothing to vouch for.
+        ...(a !== undefined && elsewhere(next, a, fileOf(`/proc/${next}/exe`))
+          ? { elsewhere: true }
+          : {}),
       });
       next = next === 1 ? undefined : procStat(next)?.ppid;
     }
@@ -299,7 +302,7 @@ export function stillSameProcess(pidfd: number): boolean {
 
 /** Said after an executable the agent can't take as it reads it (elsewhere()). */
 const ELSEWHERE =
-  " (which the agent can't vouch for: a mount namespace or root of the caller's own, or another file by that path)";
+  " (which the agent can't vouch for: a mount or user namespace or root of the caller's own, or another file by that path)";
 
 /**
  * Who asks, as a person reads it in a prompt and in `keyward approvals`. Everything in it that

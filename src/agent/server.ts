@@ -437,13 +437,17 @@ export class Agent {
     // The unlock's own record found a break (the log changed behind the agent): the break is
     // recorded and the agent locked again. The next unlock goes on; the break stays reported.
     if (!this.window.isOpen)
-      throw new KeywardError(
-        'AGENT_LOCKED',
-        `the agent locked again at once: the audit log was tampered with (${this.lastBreak ?? 'a break its writer found'}); the break is recorded`,
-        {
-          hint: 'keyward unlock again; keyward audit verify reports the break until it is acknowledged',
-        },
-      );
+      throw this.lastBreak === undefined
+        ? new KeywardError('AGENT_LOCKED', 'the agent was locked again meanwhile', {
+            hint: 'keyward unlock',
+          })
+        : new KeywardError(
+            'AGENT_LOCKED',
+            `the agent locked again at once: the audit log was tampered with (${this.lastBreak}); the break is recorded`,
+            {
+              hint: 'keyward unlock again; keyward audit verify reports the break until it is acknowledged',
+            },
+          );
     return {
       unlocked: true,
       drift: this.window.loaded?.drift === true,

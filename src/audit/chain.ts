@@ -133,6 +133,24 @@ export function breakAfter(
   return chainsOn(pathOf, { ...after, end: after.end }, segment);
 }
 
+/** Whether file's last byte is not a line end (undefined and empty files are not torn). */
+function endsTorn(file: string | undefined): boolean {
+  if (file === undefined) return false;
+  let fd: number;
+  try {
+    fd = openOwnFile(file);
+  } catch {
+    return false;
+  }
+  try {
+    const size = fs.fstatSync(fd).size;
+    const b = Buffer.alloc(1);
+    return size > 0 && fs.readSync(fd, b, 0, 1, size - 1) === 1 && b[0] !== 0x0a;
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 /**
  * The hash of the entry at seq, reached from the log's last entry through the links (each line's
  * prev is the hash of the line before it, each seq one less): `found` is that hash, or undefined
@@ -148,8 +166,15 @@ export function chainBackTo(
   let out: { found?: string; broken?: string } = {};
   // From the segment the head is in (the state's): a file numbered past it is no part of the log.
   const files = listSegments(dir).filter((f) => segmentNumber(f) <= head);
+  // Bytes after the last line end (a writer killed mid-line, or one writing now) are no line
+  // yet: the next append cuts them and says so; they are no break.
+  let torn = endsTorn(files.at(-1));
   for (const file of files.reverse()) {
     const done = scanBackLines(file, (line) => {
+      if (torn) {
+        torn = false;
+        return false;
+      }
       const v = scanLine(line);
       if (!v) {
         out = { broken: `a malformed line in ${file.split('/').at(-1) ?? file}` };

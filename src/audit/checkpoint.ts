@@ -159,8 +159,8 @@ export interface Break {
 export function findBreak(
   log: AuditLog,
   checkpoints: readonly SealedCheckpoint[],
-  // The head a caller will seal when there is no break: the walk starts from it, so a line
-  // appended after it is never sealed unwalked.
+  // The head a caller will seal when there is no break, read before the walk (which goes back
+  // from the file's end, past it): a line appended after it stays after what is sealed.
   head = log.exists() ? log.head() : { seq: 0, hash: '', segment: 0 },
 ): Break | undefined {
   if (checkpoints.length === 0) return undefined;

@@ -6,19 +6,7 @@ import fs from 'node:fs';
 import { lineHash, parseLine, scanLine } from './entry.js';
 import { stampFrom } from './segment-files.js';
 import { scanBackFor, scanBackLines } from './tail.js';
-import { listSegments } from './verify.js';
-import { segmentName } from './state.js';
-
-/**
- * The log's segments as writers made them: log-000001 on, each the next, up to the first file
- * out of place (a copy put past the log, a name no writer makes). What is past it is a break
- * that verify and a sealing writer report (chain.ts); these questions are about the log.
- */
-function logSegments(dir: string): string[] {
-  const files = listSegments(dir);
-  const n = files.findIndex((f, i) => !f.endsWith(`/${segmentName(i + 1)}`));
-  return n < 0 ? files : files.slice(0, n);
-}
+import { logSegments } from './verify.js';
 
 /** The hash of the entry at seq, looked for from the end; undefined when there is none. */
 export function hashAt(dir: string, seq: number): string | undefined {

@@ -8,7 +8,7 @@ import { compareWithCopy, readCopy, type CopyComparison } from './copy.js';
 import { parseLine } from './entry.js';
 import { boxPublicOf } from './keys.js';
 import { auditPaths } from './state.js';
-import { listSegments } from './verify.js';
+import { logSegments } from './verify.js';
 import { BOX_SECRET } from './vault-keys.js';
 
 export interface ReadEntry {
@@ -51,7 +51,7 @@ export function readEntries(
   which: EntrySelection = {},
 ): ReadEntry[] {
   let out: Array<ReadEntry & { sealed: string }> = [];
-  const files = listSegments(auditPaths(home).dir);
+  const files = logSegments(auditPaths(home).dir);
   const total = files.reduce((n, f) => n + fs.statSync(f).size, 0);
   let done = 0;
   for (const f of files) {

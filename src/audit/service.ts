@@ -157,8 +157,9 @@ export function checkpointAtLock(
 ): { checkpoints: string; gap?: AuditRecord } {
   const checkpoints = readCheckpoints(log, v);
   if (agentLast) checkpoints.push({ ...agentLast, where: 'agent' });
-  // The head sealed below is the one the walk started from: a line appended meanwhile (racing
-  // this lock) stays after what is sealed, where it can't take a release's place unseen.
+  // The head sealed below is read before the walk (which goes back from the file's end, past
+  // it): a line appended meanwhile (racing this lock) stays after what is sealed, where it
+  // can't take a release's place unseen.
   const exists = log.exists();
   const head = exists ? log.head() : { seq: 0, hash: '', segment: 0 };
   const b = findBreak(log, checkpoints, head);

@@ -13,7 +13,7 @@ import { boxKeypair, boxPublicOf, epochKeyFromSeed } from './keys.js';
 import type { AuditLog } from './log.js';
 import type { BoxTrust } from './box.js';
 import { writeState } from './state.js';
-import { listSegments } from './verify.js';
+import { logSegments } from './verify.js';
 import { readOwnFile, writeFileAtomic } from '../lib/files.js';
 
 export const SEED = '@audit/seed';
@@ -106,7 +106,7 @@ export function seedOf(v: Vault): SecureBuffer {
  * allows (MAX_EPOCH_STEP) after a restore, whose backup's home may have gone on for a long time.
  */
 export function rebuildState(log: AuditLog, v: Vault, record: AuditRecord, step = 1): void {
-  const segments = listSegments(log.paths.dir);
+  const segments = logSegments(log.paths.dir);
   const last = segments.at(-1);
   if (!last) throw new KeywardError('AUDIT_UNAVAILABLE', 'the audit log has no segment');
   const lines = readOwnFile(last).toString('utf8').trimEnd().split('\n');

@@ -91,6 +91,17 @@ export function listSegments(dir: string): string[] {
     .map(({ n }) => path.join(dir, n));
 }
 
+/**
+ * The log's segments as writers made them: log-000001 on, each the next, up to the first file
+ * out of place (a copy put past the log, a name no writer makes). What is past it is a break
+ * that verify and a sealing writer report (chain.ts); these questions are about the log.
+ */
+export function logSegments(dir: string): string[] {
+  const files = listSegments(dir);
+  const n = files.findIndex((f, i) => !f.endsWith(`/${segmentName(i + 1)}`));
+  return n < 0 ? files : files.slice(0, n);
+}
+
 /** Hex digit values by byte; -1 for anything else (only lowercase reaches here: scanLine). */
 const HEX = Int8Array.from({ length: 256 }, (_, c) =>
   c >= 0x30 && c <= 0x39 ? c - 0x30 : c >= 0x61 && c <= 0x66 ? c - 0x61 + 10 : -1,

@@ -107,13 +107,13 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
   if (w.exe !== undefined && (c.exe === undefined || !glob(w.exe)(c.exe))) {
     return `the caller's executable ${c.exe ?? '(unknown)'} does not match ${w.exe}`;
   }
-  // An executable the agent can't take as it reads it (a mount namespace or root of the
-  // caller's own, where the real file may run a library of its choosing, or a path that names
+  // An executable the agent can't take as it reads it (a mount or user namespace or root of
+  // the caller's own, where the real file may run a library of its choosing, or a path that names
   // another file) still matches a deny or approve rule, never an allow: what it claims can't
   // make a caller less restricted (as unknown loader variables, below).
   const allows = r.decision === 'allow';
   if ((w.exe ?? w.exe_sha256) !== undefined && c.exeElsewhere === true && allows) {
-    return `the caller's executable ${c.exe ?? '(unknown)'} runs where the agent can't vouch for it (a mount namespace or root of its own, or another file by that path), and an allow needs it to`;
+    return `the caller's executable ${c.exe ?? '(unknown)'} runs where the agent can't vouch for it (a mount or user namespace or root of its own, or another file by that path), and an allow needs it to`;
   }
   if (w.exe_sha256 !== undefined && c.exeSha256 !== w.exe_sha256) {
     return `the caller's executable hash ${c.exeSha256 ?? '(unknown)'} is not ${w.exe_sha256}`;
@@ -123,7 +123,7 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
     const all = c.ancestors ?? [];
     if (!all.some((a) => a.exe !== undefined && !(a.elsewhere === true && allows) && m(a.exe)))
       return all.some((a) => a.exe !== undefined && a.elsewhere === true && m(a.exe))
-        ? `the ancestor that matches ${w.ancestor} runs where the agent can't vouch for it (a mount namespace or root of its own, or another file by that path), and an allow needs it to`
+        ? `the ancestor that matches ${w.ancestor} runs where the agent can't vouch for it (a mount or user namespace or root of its own, or another file by that path), and an allow needs it to`
         : `no ancestor's executable matches ${w.ancestor}`;
   }
   if (w.loader_vars !== undefined) {

@@ -106,12 +106,15 @@ const INTERPRETER =
  */
 export function weakAllows(policy: Policy): string[] {
   const out: string[] = [];
-  // A rule before that denies or asks for callers with loader variables (any targets: a note
-  // says what to look at, it does not decide).
+  // A rule before that denies or asks for every caller with loader variables: all targets, no
+  // other condition on the caller.
   let loadersRuledOut = false;
   for (const r of policy.rules) {
     if (r.decision !== 'allow') {
-      if (r.callers.loader_vars === 'present') loadersRuledOut = true;
+      const c = r.callers;
+      const only = Object.entries(c).every(([k, v]) => k === 'loader_vars' || v === undefined);
+      if (c.loader_vars === 'present' && only && r.kind === 'any' && r.targets.includes('**'))
+        loadersRuledOut = true;
       continue;
     }
     const c = r.callers;
