@@ -40,6 +40,17 @@ const ALLOW_GITHUB =
 
 const unlocked = (policy: string) => unlockedAgent(policy, homes);
 
+/** An unlocked agent that allows every secret and the audit log, after one release of app/token. */
+async function releasedOnce(value: string): Promise<AgentHome> {
+  const h = await unlocked(
+    'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n' +
+      '  - { name: logs, kind: audit, targets: ["**"], decision: allow }\n',
+  );
+  assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: value }).code, 0);
+  assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, value);
+  return h;
+}
+
 function relock(h: AgentHome): void {
   assert.equal(kw(['lock'], { env: h.env }).code, 0);
   const u = kw(['unlock'], { env: h.env });
@@ -299,12 +310,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
   });
 
   test('bytes with no line end put after the entries (more than a tail read holds) make a writer refuse, never begin a new chain there', async () => {
-    const h = await unlocked(
-      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n' +
-        '  - { name: logs, kind: audit, targets: ["**"], decision: allow }\n',
-    );
-    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'junk-value' }).code, 0);
-    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'junk-value');
+    const h = await releasedOnce('junk-value');
     withFileLock(path.join(h.home, 'audit', 'lock'), 10_000, () =>
       fs.appendFileSync(segmentOf(h), 'x'.repeat(300_000)),
     );
@@ -523,12 +529,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
   });
 
   test('a state file pointed at a segment no rotation began (one named past six digits), then back: nothing is released unseen, and verify finds it', async () => {
-    const h = await unlocked(
-      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n' +
-        '  - { name: logs, kind: audit, targets: ["**"], decision: allow }\n',
-    );
-    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'stray-value' }).code, 0);
-    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'stray-value');
+    const h = await releasedOnce('stray-value');
     const dir = path.join(h.home, 'audit');
     // The attacker's state: the same bytes, the segment number (bytes 20-24) changed, put in
     // place by rename; with `plant`, the new segment starts with a copy of the real last line,

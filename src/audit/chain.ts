@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import { openOwnFile } from '../lib/files.js';
 import { asciiBytes, lineHash, scanLine, typeIs } from './entry.js';
 import { segmentName } from './state.js';
-import { scanBackLines } from './tail.js';
+import { scanBackLines, withOwnFile } from './tail.js';
 import { listSegments, segmentNumber } from './verify.js';
 
 /** Rotations behind a long-running writer's back past which its segment is not taken as reached. */
@@ -136,19 +136,11 @@ export function breakAfter(
 /** Whether file's last byte is not a line end (undefined and empty files are not torn). */
 function endsTorn(file: string | undefined): boolean {
   if (file === undefined) return false;
-  let fd: number;
-  try {
-    fd = openOwnFile(file);
-  } catch {
-    return false;
-  }
-  try {
+  return withOwnFile(file, false, (fd) => {
     const size = fs.fstatSync(fd).size;
     const b = Buffer.alloc(1);
     return size > 0 && fs.readSync(fd, b, 0, 1, size - 1) === 1 && b[0] !== 0x0a;
-  } finally {
-    fs.closeSync(fd);
-  }
+  });
 }
 
 /**

@@ -206,15 +206,27 @@ export function cutBehindRecord(
   expected: Checkpoint,
   now: Checkpoint,
 ): { record: AuditRecord; reason: string } {
+  return agentBreak(
+    expected,
+    now,
+    now.seq < expected.seq
+      ? `the log ends at seq ${now.seq}, but the agent wrote seq ${expected.seq}: ${expected.seq - now.seq} entries are missing`
+      : `the entry at seq ${expected.seq} is not the one the agent wrote: the log was cut there and written again`,
+  );
+}
+
+/** A break the agent found against its own last entry, as the log records it. */
+function agentBreak(
+  expected: Checkpoint,
+  found: Checkpoint,
+  reason: string,
+): { record: AuditRecord; reason: string } {
   const b = {
     checkpoint: { seq: expected.seq, hash: expected.hash, where: 'agent' as const },
-    found: { seq: now.seq, hash: now.hash },
-    reason:
-      now.seq < expected.seq
-        ? `the log ends at seq ${now.seq}, but the agent wrote seq ${expected.seq}: ${expected.seq - now.seq} entries are missing`
-        : `the entry at seq ${expected.seq} is not the one the agent wrote: the log was cut there and written again`,
+    found: { seq: found.seq, hash: found.hash },
+    reason,
   };
-  return { record: gapRecord(b, 'the agent'), reason: b.reason };
+  return { record: gapRecord(b, 'the agent'), reason };
 }
 
 /**
@@ -226,12 +238,7 @@ export function strayRecord(
   expected: Checkpoint,
   reason: string,
 ): { record: AuditRecord; reason: string } {
-  const b = {
-    checkpoint: { seq: expected.seq, hash: expected.hash, where: 'agent' as const },
-    found: { seq: expected.seq, hash: expected.hash },
-    reason,
-  };
-  return { record: gapRecord(b, 'the agent'), reason };
+  return agentBreak(expected, expected, reason);
 }
 
 /** The record of a break, as the log keeps it. */

@@ -123,13 +123,7 @@ function readSyncFully(fd: number, buf: Buffer, len: number, pos: number): numbe
  * valid only during the call; the last line's newline optional) until it returns true.
  */
 function walkBack(file: string, lines: (whole: Buffer) => boolean): boolean {
-  let fd: number;
-  try {
-    fd = openOwnFile(file);
-  } catch {
-    return false;
-  }
-  try {
+  return withOwnFile(file, false, (fd) => {
     let end = fs.fstatSync(fd).size;
     const CHUNK = 1024 * 1024;
     // A chunk, then the start of the line the chunk after it began with (`carry` bytes), moved
@@ -158,6 +152,19 @@ function walkBack(file: string, lines: (whole: Buffer) => boolean): boolean {
       end = start;
     }
     return false;
+  });
+}
+
+/** fn with file opened (the user's own: openOwnFile), closed after; `otherwise` when it can't be. */
+export function withOwnFile<T>(file: string, otherwise: T, fn: (fd: number) => T): T {
+  let fd: number;
+  try {
+    fd = openOwnFile(file);
+  } catch {
+    return otherwise;
+  }
+  try {
+    return fn(fd);
   } finally {
     fs.closeSync(fd);
   }
