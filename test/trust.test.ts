@@ -829,7 +829,8 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
             out += d.toString();
             look();
           });
-          mapper.once('exit', () => (out.includes(word) ? resolve() : reject(new Error(out))));
+          // 'close', not 'exit': a process's last output may come after its exit event.
+          mapper.once('close', () => (out.includes(word) ? resolve() : reject(new Error(out))));
           look();
         });
       await said('mapped');

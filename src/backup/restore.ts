@@ -123,7 +123,10 @@ function extract(dir: string, files: readonly HomeFile[]): void {
       try {
         let off = 0;
         while (off < f.bytes.length) off += fs.writeSync(fd, f.bytes, off, f.bytes.length - off);
-        fs.futimesSync(fd, f.mtimeMs / 1000, f.mtimeMs / 1000);
+        // On its millisecond, as Node rounds a time to one (policy history's appliedAt): seconds
+        // as a double lose a few hundred nanoseconds, which must not move it to the next.
+        const t = Math.round(f.mtimeMs) / 1000;
+        fs.futimesSync(fd, t, t);
         fs.fsyncSync(fd);
       } finally {
         fs.closeSync(fd);
