@@ -9,8 +9,8 @@ import fs from 'node:fs';
 import { openOwnFile } from '../lib/files.js';
 import { asciiBytes, lineHash, scanLine, typeIs } from './entry.js';
 import { segmentName } from './state.js';
-import { scanBackLines, withOwnFile } from './tail.js';
-import { listSegments, segmentNumber } from './verify.js';
+import { scanBackLines } from './tail.js';
+import { inPlace, listSegments, segmentNumber } from './verify.js';
 
 /** Rotations behind a long-running writer's back past which its segment is not taken as reached. */
 export const MAX_ROTATIONS_BEHIND = 1000;
@@ -133,16 +133,6 @@ export function breakAfter(
   return chainsOn(pathOf, { ...after, end: after.end }, segment);
 }
 
-/** Whether file's last byte is not a line end (undefined and empty files are not torn). */
-function endsTorn(file: string | undefined): boolean {
-  if (file === undefined) return false;
-  return withOwnFile(file, false, (fd) => {
-    const size = fs.fstatSync(fd).size;
-    const b = Buffer.alloc(1);
-    return size > 0 && fs.readSync(fd, b, 0, 1, size - 1) === 1 && b[0] !== 0x0a;
-  });
-}
-
 /**
  * The hash of the entry at seq, reached from the log's last entry through the links (each line's
  * prev is the hash of the line before it, each seq one less): `found` is that hash, or undefined
@@ -158,35 +148,35 @@ export function chainBackTo(
   let out: { found?: string; broken?: string } = {};
   // From the segment the head is in (the state's): a file numbered past it is no part of the log.
   const files = listSegments(dir).filter((f) => segmentNumber(f) <= head);
-  // Bytes after the last line end (a writer killed mid-line, or one writing now) are no line
-  // yet: the next append cuts them and says so; they are no break.
-  let torn = endsTorn(files.at(-1));
+  const last = files.at(-1);
   for (const file of files.reverse()) {
-    const done = scanBackLines(file, (line) => {
-      if (torn) {
-        torn = false;
+    // Bytes after the head's last line end (a writer killed mid-line, or one writing now) are
+    // no line yet: the next append cuts them and says so; they are no break.
+    const done = scanBackLines(
+      file,
+      (line) => {
+        const v = scanLine(line);
+        if (!v) {
+          out = { broken: `a malformed line in ${file.split('/').at(-1) ?? file}` };
+          return true;
+        }
+        const hash = lineHash(line);
+        if (want && (v.seq !== want.seq || hash !== want.hash)) {
+          out = {
+            broken: `the entry at seq ${want.seq + 1} does not link to the entry before it (seq ${v.seq} is there, another line)`,
+          };
+          return true;
+        }
+        if (v.seq === seq) {
+          out = { found: hash };
+          return true;
+        }
+        if (v.seq < seq) return true;
+        want = { seq: v.seq - 1, hash: prevOf(line, v.prevAt) };
         return false;
-      }
-      const v = scanLine(line);
-      if (!v) {
-        out = { broken: `a malformed line in ${file.split('/').at(-1) ?? file}` };
-        return true;
-      }
-      const hash = lineHash(line);
-      if (want && (v.seq !== want.seq || hash !== want.hash)) {
-        out = {
-          broken: `the entry at seq ${want.seq + 1} does not link to the entry before it (seq ${v.seq} is there, another line)`,
-        };
-        return true;
-      }
-      if (v.seq === seq) {
-        out = { found: hash };
-        return true;
-      }
-      if (v.seq < seq) return true;
-      want = { seq: v.seq - 1, hash: prevOf(line, v.prevAt) };
-      return false;
-    });
+      },
+      file === last,
+    );
     if (done) break;
   }
   return out;
@@ -199,12 +189,11 @@ export function chainBackTo(
  */
 export function segmentsOutOfPlace(dir: string, head: number): string | undefined {
   const files = listSegments(dir);
-  for (const [i, f] of files.entries()) {
-    const name = f.split('/').at(-1) ?? f;
-    if (name !== segmentName(i + 1))
-      return `the log's directory holds ${name} where ${segmentName(i + 1)} belongs`;
-    if (i + 1 > head)
-      return `the log's directory holds ${name}, past ${segmentName(head)}, which the audit state names`;
-  }
+  const n = inPlace(files);
+  const name = (f: string | undefined) => (f ?? '').split('/').at(-1) ?? '';
+  if (n > head)
+    return `the log's directory holds ${name(files[head])}, past ${segmentName(head)}, which the audit state names`;
+  if (n < files.length)
+    return `the log's directory holds ${name(files[n])} where ${segmentName(n + 1)} belongs`;
   return undefined;
 }

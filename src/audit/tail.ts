@@ -123,7 +123,13 @@ function readSyncFully(fd: number, buf: Buffer, len: number, pos: number): numbe
  * valid only during the call; the last line's newline optional) until it returns true.
  */
 function walkBack(file: string, lines: (whole: Buffer) => boolean): boolean {
-  return withOwnFile(file, false, (fd) => {
+  let fd: number;
+  try {
+    fd = openOwnFile(file);
+  } catch {
+    return false;
+  }
+  try {
     let end = fs.fstatSync(fd).size;
     const CHUNK = 1024 * 1024;
     // A chunk, then the start of the line the chunk after it began with (`carry` bytes), moved
@@ -152,19 +158,6 @@ function walkBack(file: string, lines: (whole: Buffer) => boolean): boolean {
       end = start;
     }
     return false;
-  });
-}
-
-/** fn with file opened (the user's own: openOwnFile), closed after; `otherwise` when it can't be. */
-export function withOwnFile<T>(file: string, otherwise: T, fn: (fd: number) => T): T {
-  let fd: number;
-  try {
-    fd = openOwnFile(file);
-  } catch {
-    return otherwise;
-  }
-  try {
-    return fn(fd);
   } finally {
     fs.closeSync(fd);
   }
@@ -193,13 +186,22 @@ export function scanBackFor(
 
 /**
  * Calls visit with each non-empty line of file, last first, until it returns true: as a view of the walk's buffer
- * (without its newline), valid only during the call. No line is made a string.
+ * (without its newline), valid only during the call. No line is made a string. With
+ * `wholeOnly`, bytes after the file's last line end (a torn write) are no line.
  */
-export function scanBackLines(file: string, visit: (line: Buffer) => boolean): boolean {
+export function scanBackLines(
+  file: string,
+  visit: (line: Buffer) => boolean,
+  wholeOnly = false,
+): boolean {
+  // The walk's first buffer ends where the file does.
+  let atEnd = true;
   return walkBack(file, (lines) => {
     let end = lines.length;
     // A last line with its newline: the newline is not a line's start.
     if (end > 0 && lines[end - 1] === 0x0a) end -= 1;
+    else if (atEnd && wholeOnly) end = lines.lastIndexOf(0x0a);
+    atEnd = false;
     while (end >= 0) {
       const start = end === 0 ? 0 : lines.lastIndexOf(0x0a, end - 1) + 1;
       if (end > start && visit(lines.subarray(start, end))) return true;

@@ -98,8 +98,13 @@ export function listSegments(dir: string): string[] {
  */
 export function logSegments(dir: string): string[] {
   const files = listSegments(dir);
+  return files.slice(0, inPlace(files));
+}
+
+/** How many of listed segment files, from the first, are log-000001 on, each the next. */
+export function inPlace(files: readonly string[]): number {
   const n = files.findIndex((f, i) => !f.endsWith(`/${segmentName(i + 1)}`));
-  return n < 0 ? files : files.slice(0, n);
+  return n < 0 ? files.length : n;
 }
 
 /** Hex digit values by byte; -1 for anything else (only lowercase reaches here: scanLine). */
