@@ -982,6 +982,32 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
   );
 
   test(
+    'a remembered executable grant is no grant for the same program run in a user namespace of its own',
+    {
+      skip: !userNamespaces && 'needs root for setpriv, and unprivileged user namespaces',
+    },
+    async () => {
+      const py = fs.realpathSync(PYTHON);
+      const h = await agentOf(
+        'version: 1\nrules:\n  - { name: remember-exe, targets: ["**"], decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }\n',
+        { user: true },
+      );
+      setSecret(h, 'app/token', 'ns-grant-value', true);
+      h.answer('yes');
+      const ask = (argv: string[]) =>
+        runLines([...argv, py, RAW_CLIENT, h.sock, 'app/token'], { env: { ...h.env }, user: true });
+      assert.equal(ask([])[0], 'value:ns-grant-value');
+      assert.equal(ask([])[0], 'value:ns-grant-value');
+      assert.equal(h.prompts().length, 1, 'the executable grant serves the second read');
+      h.answer('no');
+      const inOwn = ask(['unshare', '-Ur']);
+      assert.match(inOwn[0] ?? '', /^error:/, inOwn.join('\n'));
+      assert.equal(h.prompts().length, 2, 'asked again, in a namespace of its own');
+      assert.match(h.prompts()[1] ?? '', /which the agent can't vouch for/);
+    },
+  );
+
+  test(
     'a program run through an overlay the user mounted, its lower file rewritten while it runs, is refused where its hash is needed',
     {
       skip: !userNamespaces && 'needs root for setpriv, and unprivileged user namespaces',
