@@ -18,7 +18,7 @@ import {
   type AgentHome,
 } from './agent-helpers.js';
 import { withFileLock } from '../src/lib/files.js';
-import { encodeLine, parseLine } from '../src/audit/entry.js';
+import { encodeLine, lineHash, parseLine } from '../src/audit/entry.js';
 import { auditPaths, readState } from '../src/audit/state.js';
 import { secureFree } from '../src/lib/secure.js';
 import { vaultPaths } from '../src/vault/index.js';
@@ -196,6 +196,9 @@ describe('policy drift seen by a running agent', () => {
     }
   });
 });
+
+/** The chain hash of a line of text (without its newline). */
+const lineHashOf = (line: string) => lineHash(Buffer.from(line, 'utf8'));
 
 const segmentOf = (h: { home: string }) => {
   const dir = path.join(h.home, 'audit');
@@ -386,6 +389,52 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
       new RegExp(`1 recorded break\\(s\\), acknowledged: audit\\.gap at seq ${gap.seq}`),
     );
     assert.ok(auditEntries(h).some((e) => e.type === 'audit.acknowledged'));
+  });
+
+  test('an acknowledgement seals no line that chains to a forged history: the release it would let an attacker replace stays evidence', () => {
+    const h = agentHome();
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'forked-value' }).code, 0);
+    // A break the person will look at and acknowledge: the log's last entry cut, recorded by the
+    // next command.
+    cutTail(h, 1);
+    assert.equal(kw(['secret', 'list'], { env: h.env }).code, 0);
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'forked-value');
+    const release = logLines(h).at(-1) ?? '';
+    const r = parseLine(release);
+    assert.equal(r?.type, 'secret.read', 'the release is the last entry');
+    assert.ok(r);
+    // The attacker's plan: put a forged entry in the release's place later. Now, just before the
+    // person acknowledges, a line after the release that chains to the forged entry (MACed with
+    // the epoch key, which any process of the user reads from audit/state).
+    const st = readState(auditPaths(h.home));
+    let forged: string;
+    try {
+      forged = encodeLine({ ...r, type: 'secret.list', body: r.body }, st.key).line;
+      const fork = encodeLine(
+        { ...r, seq: r.seq + 1, type: 'secret.list', prev: lineHashOf(forged) },
+        st.key,
+      ).line;
+      fs.appendFileSync(segmentOf(h), `${fork}\n`);
+    } finally {
+      secureFree(st.key);
+    }
+    // The person acknowledges the break they saw. The broken link is not theirs to seal.
+    const ack = kw(['audit', 'acknowledge'], { env: h.env });
+    assert.equal(ack.code, 8, ack.stdout + ack.stderr);
+    assert.match(ack.stderr, new RegExp(`seq ${r.seq + 1}.*prev does not match`));
+    assert.doesNotMatch(ack.stdout, /sealed/);
+    const seen = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(seen.code, 8);
+    assert.match(seen.stderr, /prev does not match/);
+    assert.match(seen.stderr, /a broken link or MAC is not acknowledged/);
+    // The attacker swaps the release for the forged entry: every link holds now.
+    fs.writeFileSync(
+      segmentOf(h),
+      fs.readFileSync(segmentOf(h), 'utf8').replace(`${release}\n`, `${forged}\n`),
+    );
+    const v = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(v.code, 8, 'the swap is found: nothing was sealed over the fork');
+    assert.doesNotMatch(v.stdout, /^ok:/m);
   });
 
   test("what an agent released is not erased by deleting the checkpoint file and cutting the log after it stops: the vault's own checkpoint moved at its lock", async () => {

@@ -16,7 +16,7 @@ import { readOwnFile, writeFileAtomic } from '../lib/files.js';
 import { secureFree, secureTake } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
 import type { AuditRecord } from './events.js';
-import type { AuditLog } from './log.js';
+import type { AuditLog, Head } from './log.js';
 import type { Checkpoint } from './verify.js';
 
 const CHECKPOINT_LABEL = 'audit-checkpoint';
@@ -308,11 +308,12 @@ export function sealCheckpoint(log: AuditLog, v: Vault, by: string): Break | und
 
 /**
  * `keyward audit acknowledge`: the person has seen the breaks. Recorded (with the breaks it
- * covers), then the log as it now is sealed in the file and, at the caller's save, the vault.
+ * covers), right after `checked` (the head whose chain the caller checked), then that record
+ * sealed in the file and, at the caller's save, the vault.
  */
-export function acknowledgeBreaks(log: AuditLog, v: Vault): number[] {
+export function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): number[] {
   const gaps = log.unacknowledgedGaps();
-  const b = findBreak(log, readCheckpoints(log, v));
+  const b = findBreak(log, readCheckpoints(log, v), checked);
   const ack = log.append([
     {
       type: 'audit.acknowledged',
@@ -327,9 +328,21 @@ export function acknowledgeBreaks(log: AuditLog, v: Vault): number[] {
       },
     },
   ]);
+  // The acknowledgement follows the head whose chain was checked, or nothing is sealed: a line
+  // slipped in between (by a process that ignores the log's lock) would be sealed unchecked.
+  // Left unknown to the vault, the acknowledgement is then itself a finding for verify.
+  const walk = log.chainBackTo(checked.seq, ack.segment);
+  if (ack.seq !== checked.seq + 1 || walk.broken !== undefined || walk.found !== checked.hash)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing acknowledged: a line was put in the log while it was acknowledged (after seq ${checked.seq})`,
+      { hint: 'keep a copy of the log as evidence; run keyward audit verify' },
+    );
   // The vault knows this one is the person's (the caller saves it).
   noteAck(v, { seq: ack.seq, hash: ack.hash }, ack.seq);
-  sealFile(log, v, log.head());
-  setAnchor(log, v, true);
+  // What is sealed is the acknowledgement itself, not whatever the log's end is by then.
+  sealFile(log, v, ack);
+  startAcks(v, ack.seq);
+  anchorAt(v, ack);
   return gaps;
 }

@@ -2,7 +2,7 @@
  * The audit log as the rest of keyward uses it: start it with a vault, record events durably,
  * seal checkpoints, verify, and read entries back with the vault's key.
  */
-import { KeywardError } from '../errors.js';
+import { IntegrityError, KeywardError } from '../errors.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
 import { isEventType, type AuditRecord } from './events.js';
@@ -383,6 +383,7 @@ export function verifyLog(
           file: log.paths.dir,
           line: 0,
           reason: `the log is missing: the vault's checkpoint says it reached seq ${reached}, so ${reached} entries are gone`,
+          checkpoint: true,
         },
       };
     }
@@ -405,9 +406,38 @@ export function verifyLog(
 /**
  * `keyward audit acknowledge`: records that the person saw the recorded breaks and seals the
  * log as it is now (file and vault; the caller saves the vault). Returns the breaks covered.
+ *
+ * Only while the log's own chain holds (every link and MAC from seq 1, every acknowledgement
+ * the vault's): what a person acknowledges is a recorded break (a cut, a deleted log), never a
+ * link. A line that chains to a forged entry, sealed here, would let its writer put that entry
+ * in place of the one it follows (a release) later, and every link would hold again.
  */
 export function acknowledge(home: string, v: Vault): number[] {
-  return acknowledgeBreaks(new AuditLog(home), v);
+  const log = new AuditLog(home);
+  // The head read first: a line appended while the chain is checked is not taken as checked.
+  const head = log.head();
+  const seed = seedOf(v);
+  let r: VerifyResult;
+  try {
+    r = verifySegments(listSegments(log.paths.dir), { seed, acknowledged: acknowledgedBy(v) });
+  } finally {
+    secureFree(seed);
+  }
+  if (!r.ok)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing acknowledged: the log's chain is broken at ${r.finding.file} line ${r.finding.line}${r.finding.seq === undefined ? '' : ` (seq ${r.finding.seq})`}: ${r.finding.reason}`,
+      {
+        hint: 'an acknowledgement covers recorded breaks (audit.gap), not a broken link, which sealed would let its writer replace the entry before it unseen; keep a copy of the log as evidence',
+      },
+    );
+  if (r.headSeq !== head.seq || r.headHash !== head.hash)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing acknowledged: the log changed while its chain was checked (seq ${head.seq} became ${r.headSeq})`,
+      { hint: 'run keyward audit verify, then keyward audit acknowledge again' },
+    );
+  return acknowledgeBreaks(log, v, head);
 }
 
 export function headOf(home: string): Head {

@@ -51,6 +51,9 @@ export interface Finding {
   line: number;
   seq?: number;
   reason: string;
+  /** The log does not extend a checkpoint (a cut): a break `audit acknowledge` can cover, where
+   * a broken link or MAC is not one. */
+  checkpoint?: true;
 }
 
 /** A break a writer found and recorded (audit.gap), and whether a person acknowledged it since. */
@@ -180,9 +183,16 @@ function walk(
     0,
   );
   let done = 0;
-  const fail = (file: string, line: number, reason: string, seq?: number): VerifyResult => {
+  const fail = (
+    file: string,
+    line: number,
+    reason: string,
+    seq?: number,
+    checkpoint?: true,
+  ): VerifyResult => {
     const finding: Finding =
       seq === undefined ? { file, line, reason } : { file, line, seq, reason };
+    if (checkpoint) finding.checkpoint = true;
     return { ok: false, entries, finding, macsChecked, gaps };
   };
   for (const [i, file] of files.entries()) {
@@ -301,6 +311,8 @@ function walk(
         last ? path.basename(last) : '(none)',
         0,
         `the log ends at seq ${prev?.seq ?? 0} but the checkpoint sealed in the vault says seq ${cp.seq}: entries were deleted from the end`,
+        undefined,
+        true,
       );
     }
     // The hash at the checkpoint's seq, taken on the way.
@@ -310,6 +322,7 @@ function walk(
         0,
         `the entry at seq ${cp.seq} differs from the one the vault's checkpoint sealed (the log was cut there and written again)`,
         cp.seq,
+        true,
       );
     }
   }

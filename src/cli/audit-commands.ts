@@ -79,7 +79,9 @@ function report(io: Io, r: VerifyResult, extra: string[]): void {
       'AUDIT_CHAIN_BROKEN',
       `audit log broken at ${where}: ${f.reason}.${recorded}`,
       {
-        hint: `${r.entries} entries before it verified; keep a copy of the log as evidence before changing anything; keyward audit acknowledge once you have looked`,
+        hint: f.checkpoint
+          ? `${r.entries} entries before it verified; keep a copy of the log as evidence before changing anything; keyward audit acknowledge once you have looked`
+          : `${r.entries} entries before it verified; keep a copy of the log as evidence before changing anything; a broken link or MAC is not acknowledged (docs/AUDIT.md): it stays reported`,
       },
     );
   }
