@@ -197,6 +197,15 @@ describe('policy drift seen by a running agent', () => {
   });
 });
 
+/** The head `audit verify` shows the person (SEQ:SHA256), from its hint to acknowledge. */
+function headShown(h: { env: NodeJS.ProcessEnv }): string {
+  const v = kw(['audit', 'verify'], { env: h.env });
+  assert.equal(v.code, 8, v.stdout + v.stderr);
+  const m = /keyward audit acknowledge --head (\d+:[0-9a-f]{64})/.exec(v.stderr);
+  assert.ok(m, v.stderr);
+  return m[1] as string;
+}
+
 /** The chain hash of a line of text (without its newline). */
 const lineHashOf = (line: string) => lineHash(Buffer.from(line, 'utf8'));
 
@@ -376,7 +385,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     const gone = auditEntries(h).find((e) => e.type === 'audit.gap');
     assert.equal(gone?.details['expectedSeq'], cut?.seq);
     // The person looks, then acknowledges (with the passphrase, recorded).
-    const ack = kw(['audit', 'acknowledge'], { env: h.env });
+    const ack = kw(['audit', 'acknowledge', '--head', headShown(h)], { env: h.env });
     assert.equal(ack.code, 0, ack.stderr);
     assert.match(
       ack.stdout,
@@ -395,9 +404,11 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     const h = agentHome();
     assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'forked-value' }).code, 0);
     // A break the person will look at and acknowledge: the log's last entry cut, recorded by the
-    // next command.
+    // next command. The person looks.
     cutTail(h, 1);
     assert.equal(kw(['secret', 'list'], { env: h.env }).code, 0);
+    const seen = headShown(h);
+    // A release after the person looked.
     assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'forked-value');
     const release = logLines(h).at(-1) ?? '';
     const r = parseLine(release);
@@ -419,14 +430,22 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
       secureFree(st.key);
     }
     // The person acknowledges the break they saw. The broken link is not theirs to seal.
-    const ack = kw(['audit', 'acknowledge'], { env: h.env });
+    const ack = kw(['audit', 'acknowledge', '--head', seen], { env: h.env });
     assert.equal(ack.code, 8, ack.stdout + ack.stderr);
-    assert.match(ack.stderr, new RegExp(`seq ${r.seq + 1}.*prev does not match`));
+    assert.match(ack.stderr, /nothing acknowledged/);
     assert.doesNotMatch(ack.stdout, /sealed/);
-    const seen = kw(['audit', 'verify'], { env: h.env });
-    assert.equal(seen.code, 8);
-    assert.match(seen.stderr, /prev does not match/);
-    assert.match(seen.stderr, /a broken link or MAC is not acknowledged/);
+    // Nor with the head verify shows now: a broken link is never acknowledged.
+    const again = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(again.code, 8);
+    assert.match(again.stderr, /prev does not match/);
+    assert.match(again.stderr, /a broken link or MAC is not acknowledged/);
+    const head = kw(['audit', 'tail', '--sealed', '--json', '-n', '1'], { env: h.env });
+    const last = JSON.parse(head.stdout) as { seq: number; hash: string };
+    const ack2 = kw(['audit', 'acknowledge', '--head', `${last.seq}:${last.hash}`], {
+      env: h.env,
+    });
+    assert.equal(ack2.code, 8, ack2.stdout + ack2.stderr);
+    assert.match(ack2.stderr, new RegExp(`seq ${r.seq + 1}.*prev does not match`));
     // The attacker swaps the release for the forged entry: every link holds now.
     fs.writeFileSync(
       segmentOf(h),
@@ -435,6 +454,48 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     const v = kw(['audit', 'verify'], { env: h.env });
     assert.equal(v.code, 8, 'the swap is found: nothing was sealed over the fork');
     assert.doesNotMatch(v.stdout, /^ok:/m);
+  });
+
+  test('an acknowledgement covers the log the person looked at: one rewritten since, every link made to hold again, is refused', () => {
+    const h = agentHome();
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'looked-value' }).code, 0);
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'looked-value');
+    assert.equal(kw(['secret', 'set', 'other'], { env: h.env, input: 'other-value' }).code, 0);
+    // A break, recorded; the person looks at it.
+    cutTail(h, 1);
+    assert.equal(kw(['secret', 'list'], { env: h.env }).code, 0);
+    const seen = headShown(h);
+    // Then the attacker rewrites the release and every line after it (each MACed with the epoch
+    // key from audit/state, each linked to the one before): the chain holds, and the break
+    // verify reports reads as it did.
+    withFileLock(path.join(h.home, 'audit', 'lock'), 10_000, () => {
+      const st = readState(auditPaths(h.home));
+      try {
+        const lines = logLines(h);
+        const at = lines.findIndex((l) => l.includes('"type":"secret.read"'));
+        assert.ok(at > 0, 'the release is in the log');
+        let prev = parseLine(lines[at - 1] ?? '')?.hash ?? '';
+        for (let i = at; i < lines.length; i++) {
+          const e = parseLine(lines[i] ?? '');
+          assert.ok(e);
+          const out = encodeLine(
+            { ...e, type: i === at ? 'secret.list' : e.type, prev, epoch: st.epoch },
+            st.key,
+          );
+          lines[i] = out.line;
+          prev = out.hash;
+        }
+        fs.writeFileSync(segmentOf(h), `${lines.join('\n')}\n`);
+      } finally {
+        secureFree(st.key);
+      }
+    });
+    assert.ok(!logLines(h).some((l) => l.includes('"type":"secret.read"')), 'the release is gone');
+    const ack = kw(['audit', 'acknowledge', '--head', seen], { env: h.env });
+    assert.equal(ack.code, 8, ack.stdout + ack.stderr);
+    assert.match(ack.stderr, /does not extend the head you looked at/);
+    const v = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(v.code, 8, 'nothing was acknowledged');
   });
 
   test("what an agent released is not erased by deleting the checkpoint file and cutting the log after it stops: the vault's own checkpoint moved at its lock", async () => {

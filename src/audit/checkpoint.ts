@@ -195,7 +195,7 @@ export function findBreak(
       return {
         checkpoint: cp,
         found,
-        reason: `the entry at seq ${cp.seq} is not the one ${where} sealed: the log was cut there and written again`,
+        reason: `the entry at seq ${cp.seq} is not the one ${where} sealed: the log was changed at or before it (cut there and written again, or rewritten from an earlier entry)`,
       };
   }
   return undefined;
@@ -211,7 +211,7 @@ export function cutBehindRecord(
     now,
     now.seq < expected.seq
       ? `the log ends at seq ${now.seq}, but the agent wrote seq ${expected.seq}: ${expected.seq - now.seq} entries are missing`
-      : `the entry at seq ${expected.seq} is not the one the agent wrote: the log was cut there and written again`,
+      : `the entry at seq ${expected.seq} is not the one the agent wrote: the log was changed at or before it (cut there and written again, or rewritten from an earlier entry)`,
   );
 }
 
@@ -311,7 +311,11 @@ export function sealCheckpoint(log: AuditLog, v: Vault, by: string): Break | und
  * covers), right after `checked` (the head whose chain the caller checked), then that record
  * sealed in the file and, at the caller's save, the vault.
  */
-export function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): number[] {
+export function acknowledgeBreaks(
+  log: AuditLog,
+  v: Vault,
+  checked: Head,
+): { gaps: number[]; unsealed?: string } {
   const gaps = log.unacknowledgedGaps();
   const b = findBreak(log, readCheckpoints(log, v), checked);
   const ack = log.append([
@@ -328,21 +332,22 @@ export function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): numbe
       },
     },
   ]);
-  // The acknowledgement follows the head whose chain was checked, or nothing is sealed: a line
-  // slipped in between (by a process that ignores the log's lock) would be sealed unchecked.
-  // Left unknown to the vault, the acknowledgement is then itself a finding for verify.
-  const walk = log.chainBackTo(checked.seq, ack.segment);
-  if (ack.seq !== checked.seq + 1 || walk.broken !== undefined || walk.found !== checked.hash)
-    throw new IntegrityError(
-      'AUDIT_CHAIN_BROKEN',
-      `nothing acknowledged: a line was put in the log while it was acknowledged (after seq ${checked.seq})`,
-      { hint: 'keep a copy of the log as evidence; run keyward audit verify' },
-    );
-  // The vault knows this one is the person's (the caller saves it).
+  // The vault knows this one is the person's (the caller saves it), whatever follows: left
+  // unknown, it would read as one another process wrote.
   noteAck(v, { seq: ack.seq, hash: ack.hash }, ack.seq);
+  // The acknowledgement is reached from the head whose chain was checked, through the links
+  // (its own append may have rotated the segment first), or nothing is sealed: a line slipped
+  // in between that links elsewhere (a process that ignores the log's lock) would be sealed
+  // unchecked.
+  const walk = log.chainBackTo(checked.seq, ack.segment);
+  if (walk.broken !== undefined || walk.found !== checked.hash)
+    return {
+      gaps,
+      unsealed: `a line that links elsewhere was put in the log while it was acknowledged (after seq ${checked.seq})`,
+    };
   // What is sealed is the acknowledgement itself, not whatever the log's end is by then.
   sealFile(log, v, ack);
   startAcks(v, ack.seq);
   anchorAt(v, ack);
-  return gaps;
+  return { gaps };
 }

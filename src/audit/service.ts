@@ -405,17 +405,34 @@ export function verifyLog(
 
 /**
  * `keyward audit acknowledge`: records that the person saw the recorded breaks and seals the
- * log as it is now (file and vault; the caller saves the vault). Returns the breaks covered.
+ * log as it is now (file and vault; the caller saves the vault, also when nothing was sealed).
+ * Returns the breaks covered, and why nothing was sealed when that is so.
  *
- * Only while the log's own chain holds (every link and MAC from seq 1, every acknowledgement
- * the vault's): what a person acknowledges is a recorded break (a cut, a deleted log), never a
+ * Only the log the person looked at: `seen` is the head `audit verify` showed them, and a log
+ * that no longer extends it (anything up to it changed, or a line after it that links
+ * elsewhere) is refused. And only
+ * while the log's own chain holds (every link and MAC from seq 1, every acknowledgement the
+ * vault's): what a person acknowledges is a recorded break (a cut, a deleted log), never a
  * link. A line that chains to a forged entry, sealed here, would let its writer put that entry
  * in place of the one it follows (a release) later, and every link would hold again.
  */
-export function acknowledge(home: string, v: Vault): number[] {
+export function acknowledge(
+  home: string,
+  v: Vault,
+  seen: Checkpoint,
+): { gaps: number[]; unsealed?: string } {
   const log = new AuditLog(home);
   // The head read first: a line appended while the chain is checked is not taken as checked.
   const head = log.head();
+  // What came after it (this command's own records, an agent's) must link to it, and the entry
+  // the person saw must still be the same line: a change of anything up to it changes its hash.
+  const walk = head.seq < seen.seq ? {} : log.chainBackTo(seen.seq, head.segment);
+  if (walk.broken !== undefined || walk.found !== seen.hash)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing acknowledged: the log does not extend the head you looked at (seq ${seen.seq}, sha256 ${seen.hash}): it changed since${walk.broken === undefined ? '' : ` (${walk.broken})`}`,
+      { hint: 'run keyward audit verify again and look at what it reports before you acknowledge' },
+    );
   const seed = seedOf(v);
   let r: VerifyResult;
   try {
@@ -435,7 +452,7 @@ export function acknowledge(home: string, v: Vault): number[] {
     throw new IntegrityError(
       'AUDIT_CHAIN_BROKEN',
       `nothing acknowledged: the log changed while its chain was checked (seq ${head.seq} became ${r.headSeq})`,
-      { hint: 'run keyward audit verify, then keyward audit acknowledge again' },
+      { hint: 'run keyward audit verify again and look at what it reports before you acknowledge' },
     );
   return acknowledgeBreaks(log, v, head);
 }

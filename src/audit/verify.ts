@@ -72,7 +72,16 @@ export type VerifyResult =
       segments: number;
       gaps: RecordedGap[];
     }
-  | { ok: false; entries: number; finding: Finding; macsChecked: boolean; gaps: RecordedGap[] };
+  | {
+      ok: false;
+      entries: number;
+      finding: Finding;
+      macsChecked: boolean;
+      gaps: RecordedGap[];
+      /** The log's last entry, when the whole chain was read (a checkpoint's finding). */
+      headSeq?: number;
+      headHash?: string;
+    };
 
 /** A segment file's number, from its name (log-N.jsonl). */
 export const segmentNumber = (file: string): number => Number(path.basename(file).slice(4, -6));
@@ -192,8 +201,12 @@ function walk(
   ): VerifyResult => {
     const finding: Finding =
       seq === undefined ? { file, line, reason } : { file, line, seq, reason };
-    if (checkpoint) finding.checkpoint = true;
-    return { ok: false, entries, finding, macsChecked, gaps };
+    if (!checkpoint) return { ok: false, entries, finding, macsChecked, gaps };
+    finding.checkpoint = true;
+    // Read whole: what `audit acknowledge --head` names.
+    const headSeq = prev?.seq ?? 0;
+    const headHash = prev ? prev.hash.toString('hex') : ZERO_HASH;
+    return { ok: false, entries, finding, macsChecked, gaps, headSeq, headHash };
   };
   for (const [i, file] of files.entries()) {
     const base = path.basename(file);
@@ -320,7 +333,7 @@ function walk(
       return fail(
         '(checkpoint)',
         0,
-        `the entry at seq ${cp.seq} differs from the one the vault's checkpoint sealed (the log was cut there and written again)`,
+        `the entry at seq ${cp.seq} differs from the one the vault's checkpoint sealed: the log was changed at or before it (cut there and written again, or rewritten from an earlier entry), and no entry up to it can be vouched for`,
         cp.seq,
         true,
       );

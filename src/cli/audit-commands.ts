@@ -80,7 +80,7 @@ function report(io: Io, r: VerifyResult, extra: string[]): void {
       `audit log broken at ${where}: ${f.reason}.${recorded}`,
       {
         hint: f.checkpoint
-          ? `${r.entries} entries before it verified; keep a copy of the log as evidence before changing anything; keyward audit acknowledge once you have looked`
+          ? `${r.entries} entries before it verified; keep a copy of the log as evidence before changing anything; once you have looked: keyward audit acknowledge${r.headSeq === undefined ? '' : ` --head ${r.headSeq}:${r.headHash}`}`
           : `${r.entries} entries before it verified; keep a copy of the log as evidence before changing anything; a broken link or MAC is not acknowledged (docs/AUDIT.md): it stays reported`,
       },
     );
@@ -90,7 +90,7 @@ function report(io: Io, r: VerifyResult, extra: string[]): void {
       'AUDIT_CHAIN_BROKEN',
       `the log records ${open.length} break(s) a writer found (entries deleted or cut), not acknowledged: audit.gap at seq ${open.join(', ')}`,
       {
-        hint: 'read them with keyward audit tail; keep a copy of the log as evidence; then keyward audit acknowledge',
+        hint: `read them with keyward audit tail; keep a copy of the log as evidence; then keyward audit acknowledge --head ${r.headSeq}:${r.headHash}`,
       },
     );
   const done = r.gaps.map((g) => g.seq);
@@ -160,6 +160,16 @@ function sinceOption(v: string): number {
       'expected a date or time, e.g. 2026-11-22 or 2026-11-22T15:00:00Z',
     );
   return t;
+}
+
+/** `--head SEQ:SHA256`, as `audit verify` prints it. */
+function headOption(v: string): { seq: number; hash: string } {
+  const m = /^(\d{1,15}):([0-9a-f]{64})$/.exec(v);
+  if (!m)
+    throw new InvalidArgumentError(
+      'expected SEQ:SHA256 (the head keyward audit verify prints, such as 12:3f0a...)',
+    );
+  return { seq: Number(m[1]), hash: m[2] as string };
 }
 
 function countOption(v: string): number {
@@ -312,13 +322,25 @@ export function registerAuditCommands(program: Command, io: Io): void {
     .description(
       'after you have looked at recorded breaks (audit.gap): record that, and seal the log as it is now (asks the passphrase)',
     )
+    .requiredOption(
+      '--head <seq:sha256>',
+      'the head `keyward audit verify` showed you: nothing is acknowledged unless the log still extends it',
+      headOption,
+    )
     .action(function (this: Command) {
+      const { head } = this.opts<{ head: { seq: number; hash: string } }>();
       const a = auth(this, io);
-      const gaps = useVault(paths(), a, 'write', (v) => {
-        const covered = acknowledge(keywardHome(), v);
+      const { gaps, unsealed } = useVault(paths(), a, 'write', (v) => {
+        const covered = acknowledge(keywardHome(), v, head);
+        // Saved also when nothing was sealed: the vault knows the acknowledgement is the
+        // person's, so verify does not take it for another process's.
         v.save();
         return covered;
       });
+      if (unsealed !== undefined)
+        throw new IntegrityError('AUDIT_CHAIN_BROKEN', `nothing sealed: ${unsealed}`, {
+          hint: 'keep a copy of the log as evidence; run keyward audit verify',
+        });
       io.stdout(
         gaps.length > 0
           ? `acknowledged ${gaps.length} recorded break(s) (audit.gap at seq ${gaps.join(', ')}); the log is sealed as it is now\n`

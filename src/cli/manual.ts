@@ -300,7 +300,10 @@ export const COMMAND_HELP: Readonly<
     exits: VIEWS,
     examples: ['keyward audit verify', 'keyward audit verify --chain-only'],
   },
-  'audit acknowledge': { exits: OPENS_VAULT, examples: ['keyward audit acknowledge'] },
+  'audit acknowledge': {
+    exits: OPENS_VAULT,
+    examples: ['keyward audit verify', 'keyward audit acknowledge --head SEQ:SHA256'],
+  },
   'audit tail': {
     exits: VIEWS,
     examples: ['keyward audit tail -n 50', 'keyward audit tail --sealed --follow'],
