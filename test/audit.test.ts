@@ -4,6 +4,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import { KeywardError } from '../src/errors.js';
 import os from 'node:os';
 import path from 'node:path';
 import { describe, test } from 'node:test';
@@ -1205,3 +1206,24 @@ function scheduleWords(key: Buffer): Buffer[] {
   }
   return words;
 }
+
+test('an append that must follow an entry writes nothing after any other (acknowledge: its record commits to the history it checked)', () => {
+  const { log } = makeLog();
+  const rec = { type: 'secret.read' as const, target: 'a/b', decision: 'allow' as const };
+  const first = log.append([rec]);
+  const second = log.append([rec]);
+  const size = fs.statSync(log.segmentPath(second.segment)).size;
+  // The entry checked is no longer the last one (another line came, or another file was put in
+  // the segment's place): refused, nothing written.
+  assert.throws(
+    () => log.append([rec], { seq: first.seq, hash: first.hash }),
+    (e: unknown) => e instanceof KeywardError && e.code === 'AUDIT_CHAIN_BROKEN',
+  );
+  assert.throws(() => log.append([rec], { seq: second.seq, hash: first.hash }));
+  assert.equal(fs.statSync(log.segmentPath(second.segment)).size, size);
+  // The last one: written, linked to it.
+  const third = log.append([rec], { seq: second.seq, hash: second.hash });
+  assert.equal(third.seq, second.seq + 1);
+  const last = parseLine(lines(log.segmentPath(third.segment)).at(-1) ?? '');
+  assert.equal(last?.prev, second.hash);
+});

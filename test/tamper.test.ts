@@ -197,6 +197,37 @@ describe('policy drift seen by a running agent', () => {
   });
 });
 
+/**
+ * The attacker's rewrite: the first release (`secret.read`) made a `secret.list`, and every line
+ * after it linked again to the one before and MACed with the epoch key from audit/state.
+ */
+function rewriteRelease(h: { home: string }, nth = 0): void {
+  withFileLock(path.join(h.home, 'audit', 'lock'), 10_000, () => {
+    const st = readState(auditPaths(h.home));
+    try {
+      const lines = logLines(h);
+      const at = lines
+        .map((l, i) => (l.includes('"type":"secret.read"') ? i : -1))
+        .filter((i) => i >= 0)[nth];
+      assert.ok(at !== undefined && at > 0, 'the release is in the log');
+      let prev = parseLine(lines[at - 1] ?? '')?.hash ?? '';
+      for (let i = at; i < lines.length; i++) {
+        const e = parseLine(lines[i] ?? '');
+        assert.ok(e);
+        const out = encodeLine(
+          { ...e, type: i === at ? 'secret.list' : e.type, prev, epoch: st.epoch },
+          st.key,
+        );
+        lines[i] = out.line;
+        prev = out.hash;
+      }
+      fs.writeFileSync(segmentOf(h), `${lines.join('\n')}\n`);
+    } finally {
+      secureFree(st.key);
+    }
+  });
+}
+
 /** The head `audit verify` shows the person (SEQ:SHA256), from its hint to acknowledge. */
 function headShown(h: { env: NodeJS.ProcessEnv }): string {
   const v = kw(['audit', 'verify'], { env: h.env });
@@ -468,34 +499,55 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     // Then the attacker rewrites the release and every line after it (each MACed with the epoch
     // key from audit/state, each linked to the one before): the chain holds, and the break
     // verify reports reads as it did.
-    withFileLock(path.join(h.home, 'audit', 'lock'), 10_000, () => {
-      const st = readState(auditPaths(h.home));
-      try {
-        const lines = logLines(h);
-        const at = lines.findIndex((l) => l.includes('"type":"secret.read"'));
-        assert.ok(at > 0, 'the release is in the log');
-        let prev = parseLine(lines[at - 1] ?? '')?.hash ?? '';
-        for (let i = at; i < lines.length; i++) {
-          const e = parseLine(lines[i] ?? '');
-          assert.ok(e);
-          const out = encodeLine(
-            { ...e, type: i === at ? 'secret.list' : e.type, prev, epoch: st.epoch },
-            st.key,
-          );
-          lines[i] = out.line;
-          prev = out.hash;
-        }
-        fs.writeFileSync(segmentOf(h), `${lines.join('\n')}\n`);
-      } finally {
-        secureFree(st.key);
-      }
-    });
+    rewriteRelease(h);
     assert.ok(!logLines(h).some((l) => l.includes('"type":"secret.read"')), 'the release is gone');
     const ack = kw(['audit', 'acknowledge', '--head', seen], { env: h.env });
     assert.equal(ack.code, 8, ack.stdout + ack.stderr);
     assert.match(ack.stderr, /does not extend the head you looked at/);
     const v = kw(['audit', 'verify'], { env: h.env });
     assert.equal(v.code, 8, 'nothing was acknowledged');
+  });
+
+  test('a release written after a recorded break stays kept: rewritten before anyone looks, it is a break of its own', () => {
+    const h = agentHome();
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'kept-value' }).code, 0);
+    // A break, recorded by the next command; nobody looks at it yet.
+    cutTail(h, 1);
+    assert.equal(kw(['secret', 'list'], { env: h.env }).code, 0);
+    assert.equal(logLines(h).filter((l) => l.includes('"type":"audit.gap"')).length, 1);
+    // A release after it.
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'kept-value');
+    // The attacker rewrites the release and every line after it, each linked to the one before
+    // and MACed with the epoch key from audit/state: every link holds.
+    rewriteRelease(h);
+    // The next command finds it against what was sealed after the first break, and records it.
+    const next = kw(['secret', 'list'], { env: h.env });
+    assert.equal(next.code, 0, next.stderr);
+    assert.match(next.stderr, /WARNING: the audit log was cut/);
+    assert.equal(
+      logLines(h).filter((l) => l.includes('"type":"audit.gap"')).length,
+      2,
+      'the rewrite is a break of its own',
+    );
+    const v = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(v.code, 8);
+    assert.match(v.stderr, /2 break\(s\) a writer found/);
+  });
+
+  test('an acknowledgement covers no break recorded after the head the person looked at: a release of theirs rewritten since is looked at first', () => {
+    const h = agentHome();
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'later-value' }).code, 0);
+    cutTail(h, 1);
+    assert.equal(kw(['secret', 'list'], { env: h.env }).code, 0);
+    const seen = headShown(h);
+    // The person's own release, after they looked; the attacker rewrites it before they
+    // acknowledge.
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'later-value');
+    rewriteRelease(h);
+    const ack = kw(['audit', 'acknowledge', '--head', seen], { env: h.env });
+    assert.equal(ack.code, 8, ack.stdout + ack.stderr);
+    assert.match(ack.stderr, /a break was recorded after the head you looked at/);
+    assert.equal(kw(['audit', 'verify'], { env: h.env }).code, 8);
   });
 
   test("what an agent released is not erased by deleting the checkpoint file and cutting the log after it stops: the vault's own checkpoint moved at its lock", async () => {

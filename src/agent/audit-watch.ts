@@ -6,6 +6,7 @@ import {
   AuditLog,
   breakWarning,
   findBreak,
+  recordedBreaks,
   gapRecord,
   readCheckpoints,
   readShipFile,
@@ -46,12 +47,12 @@ export async function auditWarningAtUnlock(
   record: Record_,
 ): Promise<string | undefined> {
   const log = new AuditLog(home);
-  const b = findBreak(log, readCheckpoints(log, v));
-  const recorded = log.unacknowledgedGaps();
-  if (b) {
-    if (recorded.length === 0) await record(gapRecord(b, 'the agent at unlock'));
+  const b = findBreak(log, readCheckpoints(log, v), undefined, recordedBreaks(log, v));
+  if (b && !b.recorded) {
+    await record(gapRecord(b, 'the agent at unlock'));
     return breakWarning(b);
   }
+  const recorded = log.unacknowledgedGaps();
   // Breaks found earlier (by this agent while it ran, say) are said at every unlock until a
   // person acknowledges them.
   return recorded.length > 0

@@ -17,6 +17,7 @@ import { secureFree, secureTake } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
 import type { AuditRecord } from './events.js';
 import type { AuditLog, Head } from './log.js';
+import { openBodies } from './read.js';
 import type { Checkpoint } from './verify.js';
 
 const CHECKPOINT_LABEL = 'audit-checkpoint';
@@ -153,52 +154,130 @@ export interface Break {
   /** The log's last entry now (seq 0 when empty or gone). */
   found: Checkpoint;
   reason: string;
+  /**
+   * 'cut': the log no longer holds the checkpoint's entry. 'fork': it does, but what follows it
+   * does not link back to it (a line that chains to a forged history).
+   */
+  kind: 'cut' | 'fork';
+  /** Other checkpoints the log fails to extend, not recorded either (one record names all). */
+  others?: Checkpoint[];
+  /** A recorded fork (findBreak returns one only when no unrecorded break is left). */
+  recorded?: true;
 }
 
-/** The first checkpoint the log fails to extend, or undefined when it extends them all. */
+/** Whether a recorded break (an `audit.gap` not acknowledged yet) names this checkpoint. */
+export type Recorded = (cp: Checkpoint) => boolean;
+
+/**
+ * The first checkpoint the log fails to extend that no recorded break names (`recorded`), with
+ * the others of the same kind; else a recorded fork (flagged `recorded`); else undefined.
+ *
+ * A recorded cut no longer stops anything being sealed: the checkpoint's entry is gone, so it
+ * vouches for nothing more; the record is the evidence, and a checkpoint after it keeps the
+ * record, and whatever follows, from being changed unseen. A fork, recorded or not, still stops
+ * it: the checkpoint's entry is there, and what it pins (up to the entry a forged one would
+ * replace) stays checked until a person acknowledges.
+ */
 export function findBreak(
   log: AuditLog,
   checkpoints: readonly SealedCheckpoint[],
   // The head a caller will seal when there is no break, read before the walk (which goes back
   // from the file's end, past it): a line appended after it stays after what is sealed.
   head = log.exists() ? log.head() : { seq: 0, hash: '', segment: 0 },
+  recorded?: Recorded,
 ): Break | undefined {
-  if (checkpoints.length === 0) return undefined;
-  const found = { seq: head.seq, hash: head.hash };
   // The latest checkpoint is reached from the head through the links (chain.ts): a line put
   // after it that chains to a forged history is a break before anything is sealed over it. The
   // earlier ones by their seq (the links between them were walked when the later was sealed).
   const sorted = [...checkpoints].sort((a, b) => b.seq - a.seq);
-  for (const cp of sorted) {
-    const where =
-      cp.where === 'vault'
-        ? 'the vault'
-        : cp.where === 'agent'
-          ? 'the agent (its last entry)'
-          : 'the checkpoint file';
-    if (head.seq < cp.seq)
-      return {
-        checkpoint: cp,
-        found,
-        reason: `the log ends at seq ${head.seq}, but ${where} sealed seq ${cp.seq}: ${cp.seq - head.seq} entries are missing`,
-      };
-    const walk: { found?: string | undefined; broken?: string } =
-      cp === sorted[0] ? log.chainBackTo(cp.seq, head.segment) : { found: log.hashAt(cp.seq) };
-    if (walk.broken !== undefined)
-      return {
-        checkpoint: cp,
-        found,
-        reason: `the entries after seq ${cp.seq}, which ${where} sealed, do not link back to it (${walk.broken}): a line was put after it that chains to something else`,
-      };
-    const at = walk.found;
-    if (at !== cp.hash)
-      return {
-        checkpoint: cp,
-        found,
-        reason: `the entry at seq ${cp.seq} is not the one ${where} sealed: the log was changed at or before it (cut there and written again, or rewritten from an earlier entry)`,
-      };
+  let first: Break | undefined;
+  let fork: Break | undefined;
+  for (const [i, cp] of sorted.entries()) {
+    const b = breakOf(log, cp, head, i === 0);
+    if (b === undefined) continue;
+    if (recorded?.(cp) === true) {
+      if (b.kind === 'fork') fork ??= { ...b, recorded: true };
+      continue;
+    }
+    if (first === undefined) first = b;
+    else (first.others ??= []).push({ seq: cp.seq, hash: cp.hash });
   }
+  return first ?? fork;
+}
+
+/** Why the log does not extend one checkpoint (walked back to from the head, or by its seq). */
+function breakOf(
+  log: AuditLog,
+  cp: SealedCheckpoint,
+  head: Checkpoint & { segment: number },
+  walked: boolean,
+): Break | undefined {
+  const found = { seq: head.seq, hash: head.hash };
+  const where =
+    cp.where === 'vault'
+      ? 'the vault'
+      : cp.where === 'agent'
+        ? 'the agent (its last entry)'
+        : 'the checkpoint file';
+  if (head.seq < cp.seq)
+    return {
+      checkpoint: cp,
+      found,
+      kind: 'cut',
+      reason: `the log ends at seq ${head.seq}, but ${where} sealed seq ${cp.seq}: ${cp.seq - head.seq} entries are missing`,
+    };
+  const walk: { found?: string | undefined; broken?: string } = walked
+    ? log.chainBackTo(cp.seq, head.segment)
+    : { found: log.hashAt(cp.seq) };
+  if (walk.broken !== undefined)
+    return {
+      checkpoint: cp,
+      found,
+      // Whether the checkpoint's entry is still there decides the kind: a cut made behind it
+      // also leaves lines that do not link to it.
+      kind: log.hashAt(cp.seq) === cp.hash ? 'fork' : 'cut',
+      reason: `the entries after seq ${cp.seq}, which ${where} sealed, do not link back to it (${walk.broken}): a line was put after it that chains to something else`,
+    };
+  if (walk.found !== cp.hash)
+    return {
+      checkpoint: cp,
+      found,
+      kind: 'cut',
+      reason: `the entry at seq ${cp.seq} is not the one ${where} sealed: the log was changed at or before it (cut there and written again, or rewritten from an earlier entry)`,
+    };
   return undefined;
+}
+
+/**
+ * Which checkpoints the recorded breaks name: each `audit.gap` since the last acknowledgement,
+ * its body opened with the vault's box keys (asked only of a checkpoint the log fails to
+ * extend; read once). A gap any process could forge names nothing that verify stops reporting:
+ * every one is reported until a person acknowledges it.
+ */
+export function recordedBreaks(log: AuditLog, v: Vault): Recorded {
+  let named: Set<string> | undefined;
+  return (cp) => {
+    named ??= namedByGaps(log, v);
+    return named.has(`${cp.seq}:${cp.hash}`);
+  };
+}
+
+function namedByGaps(log: AuditLog, v: Vault): Set<string> {
+  const named = new Set<string>();
+  const gaps = log.exists() ? log.unacknowledgedGapLines() : [];
+  if (gaps.length === 0) return named;
+  for (const body of openBodies(
+    v,
+    gaps.map((g) => g.body),
+  ) ?? []) {
+    const d = (body as { details?: Record<string, unknown> } | undefined)?.details;
+    if (d === undefined) continue;
+    if (typeof d['expectedSeq'] === 'number' && typeof d['expectedHash'] === 'string')
+      named.add(`${d['expectedSeq']}:${d['expectedHash']}`);
+    if (typeof d['alsoExpected'] === 'string')
+      for (const c of d['alsoExpected'].split(',')) named.add(c);
+  }
+  return named;
 }
 
 /** A long-running writer's last line is not where it wrote it: the break's record. */
@@ -221,9 +300,10 @@ function agentBreak(
   found: Checkpoint,
   reason: string,
 ): { record: AuditRecord; reason: string } {
-  const b = {
-    checkpoint: { seq: expected.seq, hash: expected.hash, where: 'agent' as const },
+  const b: Break = {
+    checkpoint: { seq: expected.seq, hash: expected.hash, where: 'agent' },
     found: { seq: found.seq, hash: found.hash },
+    kind: 'cut',
     reason,
   };
   return { record: gapRecord(b, 'the agent'), reason };
@@ -254,30 +334,31 @@ export function gapRecord(b: Break, by: string): AuditRecord {
       foundSeq: b.found.seq,
       foundHash: b.found.hash,
       detectedBy: by,
+      // The other checkpoints the same break leaves unextended (a record names them all).
+      alsoExpected: b.others?.map((c) => `${c.seq}:${c.hash}`).join(',') ?? null,
     },
   };
 }
 
-/**
- * Records a break once: a break already recorded (an `audit.gap` after the last
- * acknowledgement) is not recorded again at every command. Returns whether it wrote one.
- */
-export function recordBreakOnce(log: AuditLog, b: Break, by: string): boolean {
-  if (log.exists() && log.unacknowledgedGaps().length > 0) return false;
-  log.append([gapRecord(b, by)]);
-  return true;
+/** Records a break that no recorded one names (findBreak with `recorded`); returns the head. */
+export function recordBreak(log: AuditLog, b: Break, by: string): Head {
+  return log.append([gapRecord(b, by)]);
 }
 
 export function sealFile(log: AuditLog, v: Vault, cp: Checkpoint): void {
   writeFileAtomic(log.paths.checkpoint, [v.sealState(CHECKPOINT_LABEL, encode(cp))]);
 }
 
-/** Puts the head into the vault (before a save): only when it extends what the vault had. */
+/**
+ * Puts the head into the vault (before a save): only when it extends what the vault had, or
+ * every break it finds is recorded.
+ */
 export function setAnchor(log: AuditLog, v: Vault, force = false): void {
   if (!log.exists()) return;
   const head = log.head();
   startAcks(v, head.seq);
-  if (!force && findBreak(log, readCheckpoints(log, v), head) !== undefined) return;
+  if (!force && findBreak(log, readCheckpoints(log, v), head, recordedBreaks(log, v)) !== undefined)
+    return;
   anchorAt(v, head);
 }
 
@@ -292,62 +373,58 @@ export function anchorAt(v: Vault, head: Checkpoint): void {
 }
 
 /**
- * Seals the log's head in the checkpoint file, unless the log does not extend the checkpoints it
- * has: then the break is recorded (once) and nothing is sealed. Returns the break, if any.
+ * Seals the log's head in the checkpoint file. A break no record names yet is recorded first
+ * (`audit.gap`, chained from the last entry there), and then its record is what is sealed: from
+ * it on the log is kept as any other, and verify reports the break until a person acknowledges
+ * it. Returns the break recorded, if any.
  */
 export function sealCheckpoint(log: AuditLog, v: Vault, by: string): Break | undefined {
   const head = log.head();
-  const b = findBreak(log, readCheckpoints(log, v), head);
-  if (b) {
-    recordBreakOnce(log, b, by);
-    return b;
+  const recorded = recordedBreaks(log, v);
+  const b = findBreak(log, readCheckpoints(log, v), head, recorded);
+  if (b === undefined) {
+    sealFile(log, v, head);
+    return undefined;
   }
-  sealFile(log, v, head);
-  return undefined;
+  const after = b.recorded ? head : recordBreak(log, b, by);
+  // A fork stops the seal (findBreak); a cut, once recorded, does not, unless a fork is left.
+  const left = findBreak(log, readCheckpoints(log, v), after, recordedBreaks(log, v));
+  if (left === undefined) sealFile(log, v, after);
+  return b;
 }
 
 /**
  * `keyward audit acknowledge`: the person has seen the breaks. Recorded (with the breaks it
- * covers), right after `checked` (the head whose chain the caller checked), then that record
- * sealed in the file and, at the caller's save, the vault.
+ * covers) as the entry right after `checked` (the head whose chain the caller checked: the
+ * append refuses any other last entry, so the record's hash commits to that history whatever
+ * the files hold later), then that record sealed in the file and, at the caller's save, the
+ * vault.
  */
-export function acknowledgeBreaks(
-  log: AuditLog,
-  v: Vault,
-  checked: Head,
-): { gaps: number[]; unsealed?: string } {
+export function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): number[] {
   const gaps = log.unacknowledgedGaps();
-  const b = findBreak(log, readCheckpoints(log, v), checked);
-  const ack = log.append([
-    {
-      type: 'audit.acknowledged',
-      decision: 'info',
-      reason:
-        gaps.length > 0
-          ? `the person acknowledged ${gaps.length} recorded break(s) of the audit log`
-          : 'the person acknowledged the log as it is',
-      details: {
-        gaps: gaps.join(',') || null,
-        unrecordedBreak: b ? b.reason : null,
+  const b = findBreak(log, readCheckpoints(log, v), checked, recordedBreaks(log, v));
+  const ack = log.append(
+    [
+      {
+        type: 'audit.acknowledged',
+        decision: 'info',
+        reason:
+          gaps.length > 0
+            ? `the person acknowledged ${gaps.length} recorded break(s) of the audit log`
+            : 'the person acknowledged the log as it is',
+        details: {
+          gaps: gaps.join(',') || null,
+          unrecordedBreak: b && !b.recorded ? b.reason : null,
+        },
       },
-    },
-  ]);
-  // The vault knows this one is the person's (the caller saves it), whatever follows: left
-  // unknown, it would read as one another process wrote.
+    ],
+    checked,
+  );
+  // The vault knows this one is the person's (the caller saves it).
   noteAck(v, { seq: ack.seq, hash: ack.hash }, ack.seq);
-  // The acknowledgement is reached from the head whose chain was checked, through the links
-  // (its own append may have rotated the segment first), or nothing is sealed: a line slipped
-  // in between that links elsewhere (a process that ignores the log's lock) would be sealed
-  // unchecked.
-  const walk = log.chainBackTo(checked.seq, ack.segment);
-  if (walk.broken !== undefined || walk.found !== checked.hash)
-    return {
-      gaps,
-      unsealed: `a line that links elsewhere was put in the log while it was acknowledged (after seq ${checked.seq})`,
-    };
   // What is sealed is the acknowledgement itself, not whatever the log's end is by then.
   sealFile(log, v, ack);
   startAcks(v, ack.seq);
   anchorAt(v, ack);
-  return { gaps };
+  return gaps;
 }

@@ -30,19 +30,25 @@ export function hashAt(dir: string, seq: number): string | undefined {
 /** What every line of an `audit.*` type holds (the types are in the clear). */
 const AUDIT_TYPE = Buffer.from('"type":"audit.', 'latin1');
 
+/** A recorded break: its seq and its sealed body (base64: public bytes). */
+export interface GapLine {
+  seq: number;
+  body: string;
+}
+
 /** What one segment holds of breaks: whether it has an acknowledgement, and the gaps after it. */
 interface SegmentBreaks {
   acknowledged: boolean;
-  /** `audit.gap` seqs after the segment's last acknowledgement (all of them if none), in order. */
-  gaps: number[];
+  /** `audit.gap` entries after the segment's last acknowledgement (all if none), in order. */
+  gaps: GapLine[];
 }
 
 function breaksIn(file: string): SegmentBreaks {
-  const gaps: number[] = [];
+  const gaps: GapLine[] = [];
   const acknowledged = scanBackFor(file, AUDIT_TYPE, (line) => {
     const e = parseLine(line);
     if (e?.type === 'audit.acknowledged') return true;
-    if (e?.type === 'audit.gap') gaps.push(e.seq);
+    if (e?.type === 'audit.gap') gaps.push({ seq: e.seq, body: e.body });
     return false;
   });
   return { acknowledged, gaps: gaps.reverse() };
@@ -73,7 +79,12 @@ function closedSegmentBreaks(file: string): SegmentBreaks {
  * The types are in the clear, so this needs no key.
  */
 export function unacknowledgedGaps(dir: string): number[] {
-  const found: number[][] = [];
+  return unacknowledgedGapLines(dir).map((g) => g.seq);
+}
+
+/** The recorded breaks since the last acknowledgement, oldest first, with their sealed bodies. */
+export function unacknowledgedGapLines(dir: string): GapLine[] {
+  const found: GapLine[][] = [];
   const files = logSegments(dir);
   for (let i = files.length - 1; i >= 0; i--) {
     const file = files[i] as string;

@@ -34,6 +34,7 @@ export {
   findBreak,
   gapRecord,
   readCheckpoints,
+  recordedBreaks,
   type Break,
   type SealedCheckpoint,
 } from './checkpoint.js';

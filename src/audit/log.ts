@@ -4,6 +4,7 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
+import { IntegrityError } from '../errors.js';
 import { onLocalDisk } from '../lib/file-systems.js';
 import {
   ensurePrivateDir,
@@ -14,12 +15,13 @@ import {
 } from '../lib/files.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { parseLine } from './entry.js';
+import type { Checkpoint } from './verify.js';
 import { encodeBatch } from './batch.js';
 import { breakAfter, chainBackTo, segmentsOutOfPlace } from './chain.js';
 import { cutBehindRecord, strayRecord } from './checkpoint.js';
 import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
 import { cutTorn, firstLineTime, headOfSegment, lineStillThere, type Tail } from './tail.js';
-import { hashAt, unacknowledgedGaps } from './history.js';
+import { hashAt, unacknowledgedGapLines, unacknowledgedGaps, type GapLine } from './history.js';
 import type { AuditRecord } from './events.js';
 import { SegmentFiles, stampFrom } from './segment-files.js';
 import { BodySealer } from './body.js';
@@ -105,11 +107,16 @@ export class AuditLog {
     return moved;
   }
 
-  /** Appends records durably (written and fsynced) and returns the new head. */
-  append(records: readonly AuditRecord[]): Head {
+  /**
+   * Appends records durably (written and fsynced) and returns the new head. `follows`: the
+   * first line written must link to that entry (the segment's last line when it is read under
+   * the lock), or nothing is written (AUDIT_CHAIN_BROKEN): what the new lines' hashes commit to
+   * is then that entry's history, whatever the files hold later.
+   */
+  append(records: readonly AuditRecord[], follows?: Checkpoint): Head {
     this.checkDir();
     const head = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
-      const h = this.writeLocked(records);
+      const h = this.writeLocked(records, undefined, undefined, follows);
       this.files.sync(h.segment);
       return h;
     });
@@ -240,7 +247,12 @@ export class AuditLog {
   }
 
   /** Under the lock: recover, evolve, rotate, write. The caller makes the last write durable. */
-  private writeLocked(records: readonly AuditRecord[], seen?: SegmentSeen, after?: Head): Head {
+  private writeLocked(
+    records: readonly AuditRecord[],
+    seen?: SegmentSeen,
+    after?: Head,
+    follows?: Checkpoint,
+  ): Head {
     try {
       const st = this.currentState();
       // A long-running writer builds only on what follows from its own last entry (chain.ts);
@@ -256,7 +268,12 @@ export class AuditLog {
       }
       const box = this.boxChecked(st);
       const first = [stray?.record, box?.record].filter((r) => r !== undefined);
-      const head = this.appendLocked(st, first.length > 0 ? [...first, ...records] : records, seen);
+      const head = this.appendLocked(
+        st,
+        first.length > 0 ? [...first, ...records] : records,
+        seen,
+        follows,
+      );
       const gap = stray?.reason ?? box?.reason;
       if (gap !== undefined) head.gap = gap;
       if (!this.o.keep) this.forget();
@@ -382,6 +399,11 @@ export class AuditLog {
     return unacknowledgedGaps(this.paths.dir);
   }
 
+  /** The same, with each entry's sealed body (what it found, opened with the vault). */
+  unacknowledgedGapLines(): GapLine[] {
+    return unacknowledgedGapLines(this.paths.dir);
+  }
+
   /** The last entry's sequence and hash, without writing. */
   head(): Head {
     const st = readState(this.paths);
@@ -404,11 +426,22 @@ export class AuditLog {
     this.stateWritten(st);
   }
 
-  private appendLocked(st: AuditState, records: readonly AuditRecord[], seen?: SegmentSeen): Head {
+  private appendLocked(
+    st: AuditState,
+    records: readonly AuditRecord[],
+    seen?: SegmentSeen,
+    follows?: Checkpoint,
+  ): Head {
     const now = this.o.now();
     const segment = st.segment;
     const known = this.headKnown(segment, seen);
     let { head, tail, first } = known;
+    if (follows !== undefined && (head.seq !== follows.seq || head.hash !== follows.hash))
+      throw new IntegrityError(
+        'AUDIT_CHAIN_BROKEN',
+        `nothing written: the log's last entry is seq ${head.seq}, not the one checked (seq ${follows.seq}): it changed meanwhile`,
+        { hint: 'keep a copy of the log as evidence; run keyward audit verify' },
+      );
     const pending: AuditRecord[] = [];
     if (tail.tornBytes > 0) {
       // A writer died mid-line. Cut the torn bytes and say so in the log itself: never silently.

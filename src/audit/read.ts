@@ -77,23 +77,42 @@ export function readEntries(
     // The oldest entries within max bytes.
     if (max !== undefined) out = out.slice(0, fitting(out, max));
   }
+  const bodies = v
+    ? openBodies(
+        v,
+        out.map((e) => e.sealed),
+      )
+    : undefined;
+  if (!bodies) return out.map(({ sealed: _sealed, ...entry }) => entry);
+  return out.map(({ sealed: _sealed, ...entry }, i) => ({
+    ...entry,
+    body: bodies[i] ?? '(body does not open with this vault)',
+  }));
+}
+
+/**
+ * Entries' bodies (base64, as the lines hold them) opened with the vault's box keys, the current
+ * one and those it replaced: each parsed, or undefined when none opens it; undefined for all
+ * when the vault holds no box key.
+ */
+export function openBodies(v: Vault, sealed: readonly string[]): Array<unknown> | undefined {
   const keys: Array<{ publicKey: Buffer; secretKey: SecureBuffer }> = [];
-  const names = v ? [BOX_SECRET, ...v.internalNames(`${BOX_SECRET}.`)] : [];
-  for (const n of names) {
-    const sk = v?.revealInternal(n as `@${string}`);
+  for (const n of [BOX_SECRET, ...v.internalNames(`${BOX_SECRET}.`)]) {
+    const sk = v.revealInternal(n as `@${string}`);
     if (sk) keys.push({ publicKey: boxPublicOf(sk), secretKey: sk });
   }
+  if (keys.length === 0) return undefined;
   const opener = new BodyOpener(keys);
   try {
-    return out.map(({ sealed, ...entry }) => {
-      if (keys.length === 0) return entry;
-      const plain = opener.open(Buffer.from(sealed, 'base64'));
-      return {
-        ...entry,
-        body: plain
-          ? (JSON.parse(plain.toString('utf8')) as unknown)
-          : '(body does not open with this vault)',
-      };
+    return sealed.map((b) => {
+      const plain = opener.open(Buffer.from(b, 'base64'));
+      if (!plain) return undefined;
+      // A body sealed to the public box key by anyone: not JSON is no body.
+      try {
+        return JSON.parse(plain.toString('utf8')) as unknown;
+      } catch {
+        return undefined;
+      }
     });
   } finally {
     opener.close();

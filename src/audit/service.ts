@@ -15,7 +15,8 @@ import {
   gapRecord,
   readCheckpoints,
   anchorAt,
-  recordBreakOnce,
+  recordBreak,
+  recordedBreaks,
   sealCheckpoint,
   sealFile,
   setAnchor,
@@ -100,8 +101,8 @@ export function initOrRepair(
     startLog(log, v);
     // A vault whose checkpoint says its log had entries: the log was deleted, not never made.
     // The new log starts with that fact.
-    const b = findBreak(log, readCheckpoints(log, v));
-    if (b) recordBreakOnce(log, b, 'audit init');
+    const b = findBreak(log, readCheckpoints(log, v), undefined, recordedBreaks(log, v));
+    if (b && !b.recorded) recordBreak(log, b, 'audit init');
     return 'created';
   }
   rebuildState(log, v, {
@@ -162,14 +163,15 @@ export function checkpointAtLock(
   // can't take a release's place unseen.
   const exists = log.exists();
   const head = exists ? log.head() : { seq: 0, hash: '', segment: 0 };
-  const b = findBreak(log, checkpoints, head);
+  // A recorded cut does not stop the seal (checkpoint.ts, findBreak): what follows its record
+  // is kept from then on.
+  const b = findBreak(log, checkpoints, head, recordedBreaks(log, v));
   if (b) {
     const checkpoints = `no checkpoint sealed: ${b.reason}`;
     // A cut behind the agent's own last entry is recorded by the agent's next write (its lock's
-    // entry, next), as at any batch; one against the sealed checkpoints by the record returned,
-    // once (none when a break is recorded and not acknowledged yet).
-    if (b.checkpoint.where === 'agent' || log.unacknowledgedGaps().length > 0)
-      return { checkpoints };
+    // entry, next), as at any batch; one against the sealed checkpoints by the record returned
+    // (none when a record names it already).
+    if (b.checkpoint.where === 'agent' || b.recorded) return { checkpoints };
     return { checkpoints, gap: gapRecord(b, 'the agent at lock') };
   }
   if (!exists) return { checkpoints: 'no checkpoint sealed (no audit log)' };
@@ -222,9 +224,9 @@ export function auditSink(home: string, options?: AuditOptions): AuditSink {
       const trust = boxTrustOf(v, log.paths.dir, 'the command line');
       log.trustBoxKeys(() => trust);
       const boxed = log.checkBoxKey();
-      const b = findBreak(log, readCheckpoints(log, v));
+      const b = findBreak(log, readCheckpoints(log, v), undefined, recordedBreaks(log, v));
       if (!b) return boxed === undefined ? undefined : boxWarning(boxed);
-      recordBreakOnce(log, b, 'the command line');
+      if (!b.recorded) recordBreak(log, b, 'the command line');
       return breakWarning(b);
     },
     beforeSave(v) {
@@ -405,22 +407,17 @@ export function verifyLog(
 
 /**
  * `keyward audit acknowledge`: records that the person saw the recorded breaks and seals the
- * log as it is now (file and vault; the caller saves the vault, also when nothing was sealed).
- * Returns the breaks covered, and why nothing was sealed when that is so.
+ * log as it is now (file and vault; the caller saves the vault). Returns the breaks covered.
  *
  * Only the log the person looked at: `seen` is the head `audit verify` showed them, and a log
  * that no longer extends it (anything up to it changed, or a line after it that links
- * elsewhere) is refused. And only
+ * elsewhere), or that records a break after it, is refused. And only
  * while the log's own chain holds (every link and MAC from seq 1, every acknowledgement the
  * vault's): what a person acknowledges is a recorded break (a cut, a deleted log), never a
  * link. A line that chains to a forged entry, sealed here, would let its writer put that entry
  * in place of the one it follows (a release) later, and every link would hold again.
  */
-export function acknowledge(
-  home: string,
-  v: Vault,
-  seen: Checkpoint,
-): { gaps: number[]; unsealed?: string } {
+export function acknowledge(home: string, v: Vault, seen: Checkpoint): number[] {
   const log = new AuditLog(home);
   // The head read first: a line appended while the chain is checked is not taken as checked.
   const head = log.head();
@@ -431,6 +428,15 @@ export function acknowledge(
     throw new IntegrityError(
       'AUDIT_CHAIN_BROKEN',
       `nothing acknowledged: the log does not extend the head you looked at (seq ${seen.seq}, sha256 ${seen.hash}): it changed since${walk.broken === undefined ? '' : ` (${walk.broken})`}`,
+      { hint: 'run keyward audit verify again and look at what it reports before you acknowledge' },
+    );
+  // Breaks recorded after it are not what the person saw (a rewrite since, found against a
+  // checkpoint sealed after the head they looked at).
+  const later = log.unacknowledgedGaps().filter((g) => g > seen.seq);
+  if (later.length > 0)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing acknowledged: a break was recorded after the head you looked at (audit.gap at seq ${later.join(', ')})`,
       { hint: 'run keyward audit verify again and look at what it reports before you acknowledge' },
     );
   const seed = seedOf(v);
