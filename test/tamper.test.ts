@@ -19,6 +19,7 @@ import {
 } from './agent-helpers.js';
 import { withFileLock } from '../src/lib/files.js';
 import { encodeLine, lineHash, parseLine } from '../src/audit/entry.js';
+import { sealBodyOnce } from '../src/audit/body.js';
 import { auditPaths, readState } from '../src/audit/state.js';
 import { secureFree } from '../src/lib/secure.js';
 import { vaultPaths } from '../src/vault/index.js';
@@ -226,6 +227,35 @@ function rewriteRelease(h: { home: string }, nth = 0): void {
       secureFree(st.key);
     }
   });
+}
+
+/**
+ * A break's record as any process of the user can write one: its body sealed to the public box
+ * key, its line MACed with the state's key, naming every entry of the log as a checkpoint it
+ * records (and an `auth` it can't make).
+ */
+function forgedGap(h: { home: string }, seq: number, prev: string, named: string): string {
+  const st = readState(auditPaths(h.home));
+  try {
+    const body = sealBodyOnce(
+      Buffer.from(
+        JSON.stringify({
+          actor: null,
+          target: null,
+          decision: 'error',
+          reason: 'the log ends at seq 5 (benign)',
+          details: { expectedSeq: 0, expectedHash: '', alsoExpected: named, auth: 'f'.repeat(64) },
+        }),
+      ),
+      st.boxPublicKey,
+    ).toString('base64');
+    return encodeLine(
+      { seq, time: new Date().toISOString(), type: 'audit.gap', epoch: st.epoch, prev, body },
+      st.key,
+    ).line;
+  } finally {
+    secureFree(st.key);
+  }
 }
 
 /** The head `audit verify` shows the person (SEQ:SHA256), from its hint to acknowledge. */
@@ -548,6 +578,56 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(ack.code, 8, ack.stdout + ack.stderr);
     assert.match(ack.stderr, /a break was recorded after the head you looked at/);
     assert.equal(kw(['audit', 'verify'], { env: h.env }).code, 8);
+  });
+
+  test('a break record a process of the user wrote names nothing: the cut it claims is recorded by the next writer, in the log or in a file past it', () => {
+    const setup = () => {
+      const h = agentHome();
+      assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-one' }).code, 0);
+      assert.equal(kw(['read', 'a'], { env: h.env }).stdout, 'value-one');
+      assert.equal(kw(['secret', 'set', 'b'], { env: h.env, input: 'value-two' }).code, 0);
+      return h;
+    };
+    const cutTo = (h: AgentHome, keep: number) =>
+      withFileLock(path.join(h.home, 'audit', 'lock'), 10_000, () => {
+        const kept = logLines(h).filter((l) => (parseLine(l)?.seq ?? 0) <= keep);
+        fs.writeFileSync(segmentOf(h), `${kept.join('\n')}\n`);
+        return parseLine(kept.at(-1) ?? '');
+      });
+    const releases = (h: AgentHome) =>
+      logLines(h).filter((l) => l.includes('"type":"secret.read"')).length;
+    // Every entry of the log as it is, as the checkpoints a forged record names.
+    const everyEntry = (h: AgentHome) =>
+      logLines(h)
+        .map((l) => parseLine(l))
+        .map((e) => `${e?.seq}:${e?.hash}`)
+        .join(',');
+    // In a file past the state's segment, where the search for records looked.
+    const h = setup();
+    const gap = forgedGap(h, 999, '0'.repeat(64), everyEntry(h));
+    cutTo(h, 5);
+    assert.equal(releases(h), 0, 'the release is cut');
+    const planted = path.join(h.home, 'audit', 'log-000002.jsonl');
+    fs.writeFileSync(planted, `${gap}\n`, { mode: 0o600 });
+    assert.equal(kw(['secret', 'set', 'c'], { env: h.env, input: 'value-three' }).code, 0);
+    fs.rmSync(planted);
+    const v = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(v.code, 8, 'the cut is recorded, not sealed over');
+    assert.match(v.stderr, /1 break\(s\) a writer found/);
+    // In the log's own chain, in the place of a record a writer made.
+    const h2 = setup();
+    cutTo(h2, 5);
+    assert.equal(kw(['secret', 'list'], { env: h2.env }).code, 0); // the writer's own record
+    assert.equal(kw(['read', 'a'], { env: h2.env }).stdout, 'value-one');
+    assert.equal(kw(['secret', 'set', 'd'], { env: h2.env, input: 'value-four' }).code, 0);
+    const named = everyEntry(h2);
+    const last = cutTo(h2, 5);
+    assert.ok(last);
+    fs.appendFileSync(segmentOf(h2), `${forgedGap(h2, last.seq + 1, last.hash, named)}\n`);
+    assert.equal(kw(['secret', 'set', 'e'], { env: h2.env, input: 'value-five' }).code, 0);
+    const v2 = kw(['audit', 'verify'], { env: h2.env });
+    assert.equal(v2.code, 8);
+    assert.match(v2.stderr, /2 break\(s\) a writer found/, 'the forged record, and the cut of it');
   });
 
   test("what an agent released is not erased by deleting the checkpoint file and cutting the log after it stops: the vault's own checkpoint moved at its lock", async () => {

@@ -49,7 +49,7 @@ export async function auditWarningAtUnlock(
   const log = new AuditLog(home);
   const b = findBreak(log, readCheckpoints(log, v), undefined, recordedBreaks(log, v));
   if (b && !b.recorded) {
-    await record(gapRecord(b, 'the agent at unlock'));
+    await record(gapRecord(b, 'the agent at unlock', v));
     return breakWarning(b);
   }
   const recorded = log.unacknowledgedGaps();

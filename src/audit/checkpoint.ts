@@ -13,11 +13,13 @@
  */
 import { IntegrityError } from '../errors.js';
 import { readOwnFile, writeFileAtomic } from '../lib/files.js';
-import { secureFree, secureTake } from '../lib/secure.js';
+import { secureFree, secureTake, type SecureBuffer } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
 import type { AuditRecord } from './events.js';
 import type { AuditLog, Head } from './log.js';
 import { openBodies } from './read.js';
+import { gapAuth, gapAuthOk, gapKey } from './keys.js';
+import { seedOf } from './vault-keys.js';
 import type { Checkpoint } from './verify.js';
 
 const CHECKPOINT_LABEL = 'audit-checkpoint';
@@ -233,9 +235,9 @@ function breakOf(
     return {
       checkpoint: cp,
       found,
-      // Whether the checkpoint's entry is still there decides the kind: a cut made behind it
-      // also leaves lines that do not link to it.
-      kind: log.hashAt(cp.seq) === cp.hash ? 'fork' : 'cut',
+      // Lines that do not link back (or a segment out of place): never a cut a record can
+      // pass, whatever entry a search by seq finds (a forged line can carry any seq).
+      kind: 'fork',
       reason: `the entries after seq ${cp.seq}, which ${where} sealed, do not link back to it (${walk.broken}): a line was put after it that chains to something else`,
     };
   if (walk.found !== cp.hash)
@@ -249,35 +251,55 @@ function breakOf(
 }
 
 /**
- * Which checkpoints the recorded breaks name: each `audit.gap` since the last acknowledgement,
- * its body opened with the vault's box keys (asked only of a checkpoint the log fails to
- * extend; read once). A gap any process could forge names nothing that verify stops reporting:
- * every one is reported until a person acknowledges it.
+ * Which checkpoints the recorded breaks name: each `audit.gap` since the last acknowledgement in
+ * the log's own segments up to the head's, its body opened with the vault's box keys, counted
+ * only when its `auth` (a MAC under a key derived from the vault's seed, which the state file
+ * does not hold) verifies over what it names. Anyone can seal a body to the public box key and
+ * MAC a line with the state's key: a gap they write names nothing here (verify still reports
+ * it). Asked only of a checkpoint the log fails to extend; read once.
  */
-export function recordedBreaks(log: AuditLog, v: Vault): Recorded {
+export function recordedBreaks(log: AuditLog, v: Vault, upTo?: number): Recorded {
   let named: Set<string> | undefined;
   return (cp) => {
-    named ??= namedByGaps(log, v);
+    named ??= namedByGaps(log, v, upTo);
     return named.has(`${cp.seq}:${cp.hash}`);
   };
 }
 
-function namedByGaps(log: AuditLog, v: Vault): Set<string> {
+function namedByGaps(log: AuditLog, v: Vault, upTo?: number): Set<string> {
   const named = new Set<string>();
-  const gaps = log.exists() ? log.unacknowledgedGapLines() : [];
+  const gaps = log.exists() ? log.unacknowledgedGapLines(upTo ?? log.head().segment) : [];
   if (gaps.length === 0) return named;
-  for (const body of openBodies(
+  const bodies = openBodies(
     v,
     gaps.map((g) => g.body),
-  ) ?? []) {
-    const d = (body as { details?: Record<string, unknown> } | undefined)?.details;
-    if (d === undefined) continue;
-    if (typeof d['expectedSeq'] === 'number' && typeof d['expectedHash'] === 'string')
-      named.add(`${d['expectedSeq']}:${d['expectedHash']}`);
-    if (typeof d['alsoExpected'] === 'string')
-      for (const c of d['alsoExpected'].split(',')) named.add(c);
+  );
+  if (!bodies) return named;
+  const key = gapAuthKey(v);
+  try {
+    for (const body of bodies) {
+      const d = (body as { details?: Record<string, unknown> } | undefined)?.details;
+      if (d === undefined) continue;
+      const { expectedSeq: seq, expectedHash: hash, alsoExpected: also, auth } = d;
+      if (typeof seq !== 'number' || typeof hash !== 'string' || typeof auth !== 'string') continue;
+      const others = typeof also === 'string' ? also : '';
+      if (!gapAuthOk(key, `${seq}:${hash}:${others}`, auth)) continue;
+      named.add(`${seq}:${hash}`);
+      for (const c of others.split(',')) if (c !== '') named.add(c);
+    }
+  } finally {
+    secureFree(key);
   }
   return named;
+}
+
+function gapAuthKey(v: Vault): SecureBuffer {
+  const seed = seedOf(v);
+  try {
+    return gapKey(seed);
+  } finally {
+    secureFree(seed);
+  }
 }
 
 /** A long-running writer's last line is not where it wrote it: the break's record. */
@@ -321,8 +343,21 @@ export function strayRecord(
   return agentBreak(expected, expected, reason);
 }
 
-/** The record of a break, as the log keeps it. */
-export function gapRecord(b: Break, by: string): AuditRecord {
+/**
+ * The record of a break, as the log keeps it. With the vault, what it names is authenticated
+ * (recordedBreaks counts it); without (the agent's own batches), it is reported all the same.
+ */
+export function gapRecord(b: Break, by: string, v?: Vault): AuditRecord {
+  const others = b.others?.map((c) => `${c.seq}:${c.hash}`).join(',') ?? '';
+  let auth: string | null = null;
+  if (v) {
+    const key = gapAuthKey(v);
+    try {
+      auth = gapAuth(key, `${b.checkpoint.seq}:${b.checkpoint.hash}:${others}`);
+    } finally {
+      secureFree(key);
+    }
+  }
   return {
     type: 'audit.gap',
     decision: 'error',
@@ -335,14 +370,15 @@ export function gapRecord(b: Break, by: string): AuditRecord {
       foundHash: b.found.hash,
       detectedBy: by,
       // The other checkpoints the same break leaves unextended (a record names them all).
-      alsoExpected: b.others?.map((c) => `${c.seq}:${c.hash}`).join(',') ?? null,
+      alsoExpected: others === '' ? null : others,
+      auth,
     },
   };
 }
 
 /** Records a break that no recorded one names (findBreak with `recorded`); returns the head. */
-export function recordBreak(log: AuditLog, b: Break, by: string): Head {
-  return log.append([gapRecord(b, by)]);
+export function recordBreak(log: AuditLog, v: Vault, b: Break, by: string): Head {
+  return log.append([gapRecord(b, by, v)]);
 }
 
 export function sealFile(log: AuditLog, v: Vault, cp: Checkpoint): void {
@@ -386,7 +422,7 @@ export function sealCheckpoint(log: AuditLog, v: Vault, by: string): Break | und
     sealFile(log, v, head);
     return undefined;
   }
-  const after = b.recorded ? head : recordBreak(log, b, by);
+  const after = b.recorded ? head : recordBreak(log, v, b, by);
   // A fork stops the seal (findBreak); a cut, once recorded, does not, unless a fork is left.
   const left = findBreak(log, readCheckpoints(log, v), after, recordedBreaks(log, v));
   if (left === undefined) sealFile(log, v, after);

@@ -83,9 +83,11 @@ export function unacknowledgedGaps(dir: string): number[] {
 }
 
 /** The recorded breaks since the last acknowledgement, oldest first, with their sealed bodies. */
-export function unacknowledgedGapLines(dir: string): GapLine[] {
+export function unacknowledgedGapLines(dir: string, upTo?: number): GapLine[] {
   const found: GapLine[][] = [];
-  const files = logSegments(dir);
+  const all = logSegments(dir);
+  // The log's own segments, up to the head's: a file past it is no part of what is sealed.
+  const files = upTo === undefined ? all : all.slice(0, upTo);
   for (let i = files.length - 1; i >= 0; i--) {
     const file = files[i] as string;
     const b = i === files.length - 1 ? breaksIn(file) : closedSegmentBreaks(file);

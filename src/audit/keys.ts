@@ -20,6 +20,28 @@ export function epochZeroKey(seed: SecureBuffer): SecureBuffer {
   return k;
 }
 
+/**
+ * The key that authenticates what a break's record names (checkpoint.ts): derived from the seed,
+ * so only a holder of the vault (or of an exported audit key) has it; the state file does not.
+ */
+export function gapKey(seed: SecureBuffer): SecureBuffer {
+  const k = secureAlloc(KEY_BYTES);
+  sodium.crypto_kdf_derive_from_key(k, 3, CONTEXT, seed);
+  return k;
+}
+
+/** The MAC (hex) over what a break's record names, under gapKey. */
+export function gapAuth(key: SecureBuffer, named: string): string {
+  return mac(key, Buffer.from(`audit.gap:${named}`, 'utf8')).toString('hex');
+}
+
+/** Whether a record's `auth` is the MAC over what it names (compared in constant time). */
+export function gapAuthOk(key: SecureBuffer, named: string, auth: string): boolean {
+  const want = Buffer.from(gapAuth(key, named), 'latin1');
+  const got = Buffer.from(auth, 'latin1');
+  return got.length === want.length && sodium.sodium_memcmp(got, want);
+}
+
 /** K(n+1) from K(n). One-way: K(n+1) tells nothing about K(n). The caller frees K(n). */
 export function nextEpochKey(key: SecureBuffer, into?: SecureBuffer): SecureBuffer {
   const k = into ?? secureAlloc(KEY_BYTES);

@@ -400,8 +400,8 @@ export class AuditLog {
   }
 
   /** The same, with each entry's sealed body (what it found, opened with the vault). */
-  unacknowledgedGapLines(): GapLine[] {
-    return unacknowledgedGapLines(this.paths.dir);
+  unacknowledgedGapLines(upTo?: number): GapLine[] {
+    return unacknowledgedGapLines(this.paths.dir, upTo);
   }
 
   /** The last entry's sequence and hash, without writing. */

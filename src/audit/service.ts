@@ -102,7 +102,7 @@ export function initOrRepair(
     // A vault whose checkpoint says its log had entries: the log was deleted, not never made.
     // The new log starts with that fact.
     const b = findBreak(log, readCheckpoints(log, v), undefined, recordedBreaks(log, v));
-    if (b && !b.recorded) recordBreak(log, b, 'audit init');
+    if (b && !b.recorded) recordBreak(log, v, b, 'audit init');
     return 'created';
   }
   rebuildState(log, v, {
@@ -172,7 +172,7 @@ export function checkpointAtLock(
     // entry, next), as at any batch; one against the sealed checkpoints by the record returned
     // (none when a record names it already).
     if (b.checkpoint.where === 'agent' || b.recorded) return { checkpoints };
-    return { checkpoints, gap: gapRecord(b, 'the agent at lock') };
+    return { checkpoints, gap: gapRecord(b, 'the agent at lock', v) };
   }
   if (!exists) return { checkpoints: 'no checkpoint sealed (no audit log)' };
   const why = (e: unknown) => (e instanceof Error ? e.message : 'failed');
@@ -226,7 +226,7 @@ export function auditSink(home: string, options?: AuditOptions): AuditSink {
       const boxed = log.checkBoxKey();
       const b = findBreak(log, readCheckpoints(log, v), undefined, recordedBreaks(log, v));
       if (!b) return boxed === undefined ? undefined : boxWarning(boxed);
-      if (!b.recorded) recordBreak(log, b, 'the command line');
+      if (!b.recorded) recordBreak(log, v, b, 'the command line');
       return breakWarning(b);
     },
     beforeSave(v) {
