@@ -679,7 +679,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.ok(fs.statSync(vaultFile).size > size, 'the vault holds the new checkpoint');
   });
 
-  test('a cut made while the agent runs is a break at its lock: recorded once, and no checkpoint is sealed over it', async () => {
+  test('a cut made while the agent runs is a break at its lock: recorded once, with the vault, and sealed over, so the window is not cut away once the agent stops', async () => {
     const h = await unlocked(
       'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
     );
@@ -693,14 +693,26 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     cutTail(h, logLines(h).length - before);
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
     // The log as it is now extends the vault's checkpoint, but not the agent's last entry: the
-    // lock seals neither place over the cut, and the agent's next entry records it, once.
-    assert.ok(!fs.existsSync(checkpointFile), 'no checkpoint file sealed over the cut');
+    // lock records the cut (its record authenticated with the vault), once, and seals both
+    // places over the record.
+    assert.ok(fs.existsSync(checkpointFile), 'the checkpoint file sealed over the record');
     const entries = auditEntries(h);
-    assert.equal(entries.filter((e) => e.type === 'audit.gap').length, 1);
+    const gaps = entries.filter((e) => e.type === 'audit.gap');
+    assert.equal(gaps.length, 1);
+    assert.match(String(gaps[0]?.details['auth']), /^[0-9a-f]{64}$/);
     const locked = entries.filter((e) => e.type === 'vault.lock').at(-1);
-    assert.match(String(locked?.details['checkpoints']), /no checkpoint sealed/);
+    assert.match(String(locked?.details['checkpoints']), /a cut recorded at seq \d+/);
+    assert.match(String(locked?.details['checkpoints']), /the checkpoint file at seq \d+/);
     const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
     assert.equal(v.code, 8, v.stdout + v.stderr);
+    // The agent stops; the attacker cuts the log back to the vault's last save again, taking
+    // the releases, the record of the cut and the lock: the checkpoints sealed at the lock say so.
+    await stopAgent(h);
+    cutTail(h, logLines(h).length - before);
+    assert.ok(!logLines(h).some((l) => l.includes('"type":"secret.read"')));
+    const after = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(after.code, 8, after.stdout + after.stderr);
+    assert.match(after.stderr, /entries were deleted from the end/);
   });
 
   test('a break found at lock while another process holds the audit lock: the agent answers meanwhile, and records the break once the lock is free', async () => {

@@ -472,8 +472,11 @@ export class Agent {
     this.mcp.forget(this.window.lastLook());
     const closed = this.window.close(this.audit.lastWritten);
     if (closed === undefined) return;
-    const { gap } = closed;
+    const { gap, recordedAt } = closed;
     let { checkpoints } = closed;
+    // A cut the lock recorded (and sealed over): the agent's writer goes on from that record,
+    // not reporting the same cut again.
+    if (recordedAt) this.audit.adopt(recordedAt);
     // A break the lock found is recorded first, through the agent's own writer; one that can't
     // be is said in the lock's own record.
     if (gap)

@@ -194,11 +194,16 @@ export function findBreak(
   const sorted = [...checkpoints].sort((a, b) => b.seq - a.seq);
   let first: Break | undefined;
   let fork: Break | undefined;
-  for (const [i, cp] of sorted.entries()) {
-    const b = breakOf(log, cp, head, i === 0);
-    if (b === undefined) continue;
+  // The walk goes to the latest checkpoint that is not a recorded cut (a cut's entry is gone:
+  // the links below it, to the next one, are walked instead).
+  let walked = false;
+  for (const cp of sorted) {
+    const b = breakOf(log, cp, head, !walked);
+    const skipped = b?.kind === 'cut' && recorded?.(cp) === true;
+    if (!skipped) walked = true;
+    if (b === undefined || skipped) continue;
     if (recorded?.(cp) === true) {
-      if (b.kind === 'fork') fork ??= { ...b, recorded: true };
+      fork ??= { ...b, recorded: true };
       continue;
     }
     if (first === undefined) first = b;
@@ -377,8 +382,14 @@ export function gapRecord(b: Break, by: string, v?: Vault): AuditRecord {
 }
 
 /** Records a break that no recorded one names (findBreak with `recorded`); returns the head. */
-export function recordBreak(log: AuditLog, v: Vault, b: Break, by: string): Head {
-  return log.append([gapRecord(b, by, v)]);
+export function recordBreak(
+  log: AuditLog,
+  v: Vault,
+  b: Break,
+  by: string,
+  lockWaitMs?: number,
+): Head {
+  return log.append([gapRecord(b, by, v)], undefined, lockWaitMs);
 }
 
 export function sealFile(log: AuditLog, v: Vault, cp: Checkpoint): void {

@@ -54,6 +54,14 @@ export class GroupCommitter {
     return this.last;
   }
 
+  /**
+   * Goes on from an entry written for this writer by another (the lock's record of a cut behind
+   * it, made with the vault): the next batch checks that one is still there, as written.
+   */
+  adopt(head: Head): void {
+    this.last = head;
+  }
+
   record(record: AuditRecord): Promise<Head> {
     return new Promise((resolve, reject) => {
       this.queue.push({ record, resolve, reject });

@@ -139,40 +139,61 @@ export function writeCheckpoint(log: AuditLog, v: Vault): void {
   sealCheckpoint(log, v, 'a checkpoint');
 }
 
+/** How long the agent's lock waits for the log's lock to record a cut it found (its thread). */
+const RECORD_LOCK_MS = 250;
+
 /**
  * The end of an agent's unlock window (lock, stop, idle): the head sealed in the checkpoint file
  * and, through `underVaultLock`, in the vault itself (one record appended to vault.kw). The file
  * is the user's to delete; the vault's checkpoint moved only at the vault's own saves, so what an
  * agent released since the last `secret set` could be cut from the log, with the file, and
  * nothing would say so. `agentLast` is the last entry the agent wrote: a log cut behind it is a
- * break too. On a break nothing is sealed, and its record is returned for the agent to write
- * (through its own writer: `log` takes no lock here, so the agent's thread never waits for the
- * audit lock its group committer may hold across an fsync). Each place is tried on its own; what
- * became of them is returned, for the lock's own record.
+ * break too. A cut no record names is recorded here, with the vault, when the log's lock comes
+ * free within RECORD_LOCK_MS (the agent's thread waits no longer: its group committer may hold
+ * that lock across an fsync), and sealed over (`recordedAt`, for the agent's writer to go on
+ * from). Otherwise, and for a fork, nothing is sealed and the break's record is returned for the
+ * agent to write through its own writer. Each place is tried on its own; what became of them is
+ * returned, for the lock's own record.
  */
+
 export function checkpointAtLock(
   log: AuditLog,
   v: Vault,
   agentLast: Checkpoint | undefined,
   underVaultLock: (save: () => void) => void,
-): { checkpoints: string; gap?: AuditRecord } {
+): { checkpoints: string; gap?: AuditRecord; recordedAt?: Head } {
   const checkpoints = readCheckpoints(log, v);
   if (agentLast) checkpoints.push({ ...agentLast, where: 'agent' });
   // The head sealed below is read before the walk (which goes back from the file's end, past
   // it): a line appended meanwhile (racing this lock) stays after what is sealed, where it
   // can't take a release's place unseen.
   const exists = log.exists();
-  const head = exists ? log.head() : { seq: 0, hash: '', segment: 0 };
+  let head = exists ? log.head() : { seq: 0, hash: '', segment: 0 };
   // A recorded cut does not stop the seal (checkpoint.ts, findBreak): what follows its record
-  // is kept from then on.
-  const b = findBreak(log, checkpoints, head, recordedBreaks(log, v));
+  // is kept from then on. A cut no record names (behind the agent's own last entry, or the
+  // sealed checkpoints) is recorded here, with the vault (its record authenticated), and sealed
+  // over: left unsealed, the whole window could be cut back to the last save once the agent
+  // stopped, its record with it.
+  let b = findBreak(log, checkpoints, head, recordedBreaks(log, v));
+  let recorded = '';
+  let recordedAt: Head | undefined;
+  if (b?.kind === 'cut' && !b.recorded) {
+    // On the agent's thread: the log's lock, when it is free soon (as the vault's, below); else
+    // the record goes through the agent's own writer, and nothing is sealed over it.
+    try {
+      head = recordedAt = recordBreak(log, v, b, 'the agent at lock', RECORD_LOCK_MS);
+      recorded = `a cut recorded at seq ${head.seq} (${b.reason}); `;
+      b = findBreak(log, checkpoints, head, recordedBreaks(log, v));
+    } catch {
+      // b stands: returned below, for the agent to write.
+    }
+  }
   if (b) {
-    const checkpoints = `no checkpoint sealed: ${b.reason}`;
-    // A cut behind the agent's own last entry is recorded by the agent's next write (its lock's
-    // entry, next), as at any batch; one against the sealed checkpoints by the record returned
-    // (none when a record names it already).
-    if (b.checkpoint.where === 'agent' || b.recorded) return { checkpoints };
-    return { checkpoints, gap: gapRecord(b, 'the agent at lock', v) };
+    const checkpoints = `${recorded}no checkpoint sealed: ${b.reason}`;
+    const at = recordedAt ? { recordedAt } : {};
+    // A fork, recorded by the record returned (none when a record names it already).
+    if (b.recorded) return { checkpoints, ...at };
+    return { checkpoints, gap: gapRecord(b, 'the agent at lock', v), ...at };
   }
   if (!exists) return { checkpoints: 'no checkpoint sealed (no audit log)' };
   const why = (e: unknown) => (e instanceof Error ? e.message : 'failed');
@@ -202,7 +223,7 @@ export function checkpointAtLock(
       file = `the checkpoint file not sealed (${why(e)})`;
     }
   }
-  return { checkpoints: `${file}; ${vault}` };
+  return { checkpoints: `${recorded}${file}; ${vault}`, ...(recordedAt ? { recordedAt } : {}) };
 }
 
 /** The sink the CLI hands to vault sessions: every record durable, or the operation fails. */
