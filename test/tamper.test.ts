@@ -679,7 +679,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.ok(fs.statSync(vaultFile).size > size, 'the vault holds the new checkpoint');
   });
 
-  test('a cut made while the agent runs is a break at its lock: recorded once, with the vault, and sealed over, so the window is not cut away once the agent stops', async () => {
+  test('a cut made while the agent runs is a break at its lock: recorded once, with the vault, and the newest checkpoint kept, so the window is not cut away once the agent stops', async () => {
     const h = await unlocked(
       'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
     );
@@ -693,22 +693,29 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     cutTail(h, logLines(h).length - before);
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
     // The log as it is now extends the vault's checkpoint, but not the agent's last entry: the
-    // lock records the cut (its record authenticated with the vault), once, and seals both
-    // places over the record.
-    assert.ok(fs.existsSync(checkpointFile), 'the checkpoint file sealed over the record');
+    // lock seals that entry, which the log no longer holds, in both places, and records the cut
+    // (its record authenticated with the vault), once.
+    assert.ok(
+      fs.existsSync(checkpointFile),
+      "the checkpoint file sealed at the agent's last entry",
+    );
     const entries = auditEntries(h);
     const gaps = entries.filter((e) => e.type === 'audit.gap');
     assert.equal(gaps.length, 1);
     assert.match(String(gaps[0]?.details['auth']), /^[0-9a-f]{64}$/);
     const locked = entries.filter((e) => e.type === 'vault.lock').at(-1);
-    assert.match(String(locked?.details['checkpoints']), /a cut recorded at seq \d+/);
-    assert.match(String(locked?.details['checkpoints']), /the checkpoint file at seq \d+/);
+    assert.match(
+      String(locked?.details['checkpoints']),
+      /sealed at the newest checkpoint, seq \d+, which the log no longer holds: the checkpoint file at seq \d+; the vault's at seq \d+/,
+    );
     const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
     assert.equal(v.code, 8, v.stdout + v.stderr);
     // The agent stops; the attacker cuts the log back to the vault's last save again, taking
-    // the releases, the record of the cut and the lock: the checkpoints sealed at the lock say so.
+    // the releases, the record of the cut and the lock, and deletes the checkpoint file: the
+    // vault's checkpoint says so.
     await stopAgent(h);
     cutTail(h, logLines(h).length - before);
+    fs.rmSync(checkpointFile);
     assert.ok(!logLines(h).some((l) => l.includes('"type":"secret.read"')));
     const after = kw(['audit', 'verify'], { env: withoutAgent(h) });
     assert.equal(after.code, 8, after.stdout + after.stderr);
@@ -764,7 +771,17 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(gaps[0]?.details['checkpoint'], 'file');
     assert.equal(gaps[0]?.details['detectedBy'], 'the agent at lock');
     const locked = entries.filter((e) => e.type === 'vault.lock').at(-1);
-    assert.match(String(locked?.details['checkpoints']), /no checkpoint sealed: the log ends at/);
+    assert.match(
+      String(locked?.details['checkpoints']),
+      /the log ends at .*sealed at the newest checkpoint/,
+    );
+    // Holding the log's lock kept nothing from the vault: once the agent is gone, the window cut
+    // away with the record and the checkpoint file is still a break.
+    await stopAgent(h);
+    cutTail(h, logLines(h).length - agentEnd);
+    fs.rmSync(path.join(h.home, 'audit', 'checkpoint'), { force: true });
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(v.code, 8, v.stdout + v.stderr);
   });
 
   test('a rekey while the agent is unlocked: its lock leaves the checkpoint file the rekey sealed', async () => {

@@ -56,6 +56,6 @@ export async function auditWarningAtUnlock(
   // Breaks found earlier (by this agent while it ran, say) are said at every unlock until a
   // person acknowledges them.
   return recorded.length > 0
-    ? `WARNING: the audit log records ${recorded.length} break(s) not acknowledged (audit.gap at seq ${recorded.join(', ')}); see keyward audit verify, then keyward audit acknowledge`
+    ? `WARNING: the audit log records ${recorded.length} break(s) not acknowledged (audit.gap at seq ${recorded.join(', ')}); see keyward audit verify (it prints the command that acknowledges it)`
     : undefined;
 }

@@ -472,11 +472,11 @@ export class Agent {
     this.mcp.forget(this.window.lastLook());
     const closed = this.window.close(this.audit.lastWritten);
     if (closed === undefined) return;
-    const { gap, recordedAt } = closed;
+    const { gap } = closed;
     let { checkpoints } = closed;
-    // A cut the lock recorded (and sealed over): the agent's writer goes on from that record,
-    // not reporting the same cut again.
-    if (recordedAt) this.audit.adopt(recordedAt);
+    // The lock's record of a break names the agent's last entry when the cut took it: its writer
+    // goes on from the log as it is, not recording the same cut a second time.
+    if (gap) this.audit.forgetLast();
     // A break the lock found is recorded first, through the agent's own writer; one that can't
     // be is said in the lock's own record.
     if (gap)

@@ -12,7 +12,6 @@ import {
   checkpointAtLock,
   type AuditRecord,
   type BoxTrust,
-  type Head,
 } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { withFileLock, withFileLockAsync } from '../lib/files.js';
@@ -436,7 +435,7 @@ export class UnlockWindow {
   close(agentLast?: {
     seq: number;
     hash: string;
-  }): { checkpoints: string; gap?: AuditRecord; recordedAt?: Head } | undefined {
+  }): { checkpoints: string; gap?: AuditRecord } | undefined {
     clearTimeout(this.idleTimer);
     clearTimeout(this.capTimer);
     this.idleTimer = this.capTimer = undefined;
@@ -444,7 +443,7 @@ export class UnlockWindow {
     const v = this.vault;
     this.vault = undefined;
     if (!v) return undefined;
-    let done: { checkpoints: string; gap?: AuditRecord; recordedAt?: Head };
+    let done: { checkpoints: string; gap?: AuditRecord };
     try {
       done = checkpointAtLock(new AuditLog(this.host.home), v, agentLast, (save) => {
         // A lock from inside this agent's own write() would wait for its own lock.

@@ -157,8 +157,8 @@ export interface Break {
   found: Checkpoint;
   reason: string;
   /**
-   * 'cut': the log no longer holds the checkpoint's entry. 'fork': it does, but what follows it
-   * does not link back to it (a line that chains to a forged history).
+   * 'cut': the log no longer holds the checkpoint's entry. 'fork': what follows it does not link
+   * back to it (a line that chains to a forged history), or a segment file is out of place.
    */
   kind: 'cut' | 'fork';
   /** Other checkpoints the log fails to extend, not recorded either (one record names all). */
@@ -263,17 +263,17 @@ function breakOf(
  * MAC a line with the state's key: a gap they write names nothing here (verify still reports
  * it). Asked only of a checkpoint the log fails to extend; read once.
  */
-export function recordedBreaks(log: AuditLog, v: Vault, upTo?: number): Recorded {
+export function recordedBreaks(log: AuditLog, v: Vault): Recorded {
   let named: Set<string> | undefined;
   return (cp) => {
-    named ??= namedByGaps(log, v, upTo);
+    named ??= namedByGaps(log, v);
     return named.has(`${cp.seq}:${cp.hash}`);
   };
 }
 
-function namedByGaps(log: AuditLog, v: Vault, upTo?: number): Set<string> {
+function namedByGaps(log: AuditLog, v: Vault): Set<string> {
   const named = new Set<string>();
-  const gaps = log.exists() ? log.unacknowledgedGapLines(upTo ?? log.head().segment) : [];
+  const gaps = log.exists() ? log.unacknowledgedGapLines(log.head().segment) : [];
   if (gaps.length === 0) return named;
   const bodies = openBodies(
     v,
@@ -382,14 +382,8 @@ export function gapRecord(b: Break, by: string, v?: Vault): AuditRecord {
 }
 
 /** Records a break that no recorded one names (findBreak with `recorded`); returns the head. */
-export function recordBreak(
-  log: AuditLog,
-  v: Vault,
-  b: Break,
-  by: string,
-  lockWaitMs?: number,
-): Head {
-  return log.append([gapRecord(b, by, v)], undefined, lockWaitMs);
+export function recordBreak(log: AuditLog, v: Vault, b: Break, by: string): Head {
+  return log.append([gapRecord(b, by, v)]);
 }
 
 export function sealFile(log: AuditLog, v: Vault, cp: Checkpoint): void {

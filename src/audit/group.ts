@@ -55,11 +55,11 @@ export class GroupCommitter {
   }
 
   /**
-   * Goes on from an entry written for this writer by another (the lock's record of a cut behind
-   * it, made with the vault): the next batch checks that one is still there, as written.
+   * Forgets the last entry this writer made: the lock found it cut and records that itself (the
+   * next batch then builds on the log as it is, and remembers its own last entry again).
    */
-  adopt(head: Head): void {
-    this.last = head;
+  forgetLast(): void {
+    this.last = undefined;
   }
 
   record(record: AuditRecord): Promise<Head> {

@@ -113,13 +113,9 @@ export class AuditLog {
    * the lock), or nothing is written (AUDIT_CHAIN_BROKEN): what the new lines' hashes commit to
    * is then that entry's history, whatever the files hold later.
    */
-  append(
-    records: readonly AuditRecord[],
-    follows?: Checkpoint,
-    lockWaitMs = LOCK_TIMEOUT_MS,
-  ): Head {
+  append(records: readonly AuditRecord[], follows?: Checkpoint): Head {
     this.checkDir();
-    const head = withFileLock(this.paths.lock, lockWaitMs, () => {
+    const head = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
       const h = this.writeLocked(records, undefined, undefined, follows);
       this.files.sync(h.segment);
       return h;

@@ -139,63 +139,68 @@ export function writeCheckpoint(log: AuditLog, v: Vault): void {
   sealCheckpoint(log, v, 'a checkpoint');
 }
 
-/** How long the agent's lock waits for the log's lock to record a cut it found (its thread). */
-const RECORD_LOCK_MS = 250;
-
 /**
  * The end of an agent's unlock window (lock, stop, idle): the head sealed in the checkpoint file
  * and, through `underVaultLock`, in the vault itself (one record appended to vault.kw). The file
  * is the user's to delete; the vault's checkpoint moved only at the vault's own saves, so what an
  * agent released since the last `secret set` could be cut from the log, with the file, and
  * nothing would say so. `agentLast` is the last entry the agent wrote: a log cut behind it is a
- * break too. A cut no record names is recorded here, with the vault, when the log's lock comes
- * free within RECORD_LOCK_MS (the agent's thread waits no longer: its group committer may hold
- * that lock across an fsync), and sealed over (`recordedAt`, for the agent's writer to go on
- * from). Otherwise, and for a fork, nothing is sealed and the break's record is returned for the
- * agent to write through its own writer. Each place is tried on its own; what became of them is
- * returned, for the lock's own record.
+ * break too. On a cut, both places keep the newest checkpoint there is (the agent's last entry,
+ * or one a command sealed after it): the log no longer holds it, so verify reports the cut
+ * whatever becomes of the log once the agent is gone, and the next writer with the vault
+ * records it. On a break the record is returned for
+ * the agent to write (through its own writer: `log` takes no lock here, so the agent's thread
+ * never waits for the audit lock its group committer may hold across an fsync). Each place is
+ * tried on its own; what became of them is returned, for the lock's own record.
  */
-
 export function checkpointAtLock(
   log: AuditLog,
   v: Vault,
   agentLast: Checkpoint | undefined,
   underVaultLock: (save: () => void) => void,
-): { checkpoints: string; gap?: AuditRecord; recordedAt?: Head } {
+): { checkpoints: string; gap?: AuditRecord } {
   const checkpoints = readCheckpoints(log, v);
   if (agentLast) checkpoints.push({ ...agentLast, where: 'agent' });
   // The head sealed below is read before the walk (which goes back from the file's end, past
   // it): a line appended meanwhile (racing this lock) stays after what is sealed, where it
   // can't take a release's place unseen.
   const exists = log.exists();
-  let head = exists ? log.head() : { seq: 0, hash: '', segment: 0 };
+  const head = exists ? log.head() : { seq: 0, hash: '', segment: 0 };
   // A recorded cut does not stop the seal (checkpoint.ts, findBreak): what follows its record
-  // is kept from then on. A cut no record names (behind the agent's own last entry, or the
-  // sealed checkpoints) is recorded here, with the vault (its record authenticated), and sealed
-  // over: left unsealed, the whole window could be cut back to the last save once the agent
-  // stopped, its record with it.
-  let b = findBreak(log, checkpoints, head, recordedBreaks(log, v));
-  let recorded = '';
-  let recordedAt: Head | undefined;
-  if (b?.kind === 'cut' && !b.recorded) {
-    // On the agent's thread: the log's lock, when it is free soon (as the vault's, below); else
-    // the record goes through the agent's own writer, and nothing is sealed over it.
-    try {
-      head = recordedAt = recordBreak(log, v, b, 'the agent at lock', RECORD_LOCK_MS);
-      recorded = `a cut recorded at seq ${head.seq} (${b.reason}); `;
-      b = findBreak(log, checkpoints, head, recordedBreaks(log, v));
-    } catch {
-      // b stands: returned below, for the agent to write.
-    }
-  }
+  // is kept from then on.
+  const b = findBreak(log, checkpoints, head, recordedBreaks(log, v));
   if (b) {
-    const checkpoints = `${recorded}no checkpoint sealed: ${b.reason}`;
-    const at = recordedAt ? { recordedAt } : {};
-    // A fork, recorded by the record returned (none when a record names it already).
-    if (b.recorded) return { checkpoints, ...at };
-    return { checkpoints, gap: gapRecord(b, 'the agent at lock', v), ...at };
+    if (b.recorded) return { checkpoints: `no checkpoint sealed: ${b.reason}` };
+    const gap = gapRecord(b, 'the agent at lock', v);
+    // A cut: both places keep the newest checkpoint there is (the agent's last entry, or the
+    // one a command sealed after it), which the log no longer holds. Its record, returned, may
+    // never be written (the log's lock held, the agent stopped), and what is written after the
+    // seal can be cut with the rest; the newest checkpoint in the vault still says so.
+    const newest = [...checkpoints].sort((x, y) => y.seq - x.seq)[0];
+    if (b.kind !== 'cut' || newest === undefined)
+      return { checkpoints: `no checkpoint sealed: ${b.reason}`, gap };
+    const at = { seq: newest.seq, hash: newest.hash };
+    return {
+      checkpoints: `${b.reason}; sealed at the newest checkpoint, seq ${at.seq}, which the log no longer holds: ${sealBoth(log, v, at, false, underVaultLock)}`,
+      gap,
+    };
   }
   if (!exists) return { checkpoints: 'no checkpoint sealed (no audit log)' };
+  return { checkpoints: sealBoth(log, v, head, true, underVaultLock) };
+}
+
+/**
+ * Seals `head` in the vault (through `underVaultLock`) and in the checkpoint file; says where
+ * each went, or why not. `inLog`: the head must still be the log's entry at its seq (a short walk
+ * from the end); false for the agent's last entry after a cut.
+ */
+function sealBoth(
+  log: AuditLog,
+  v: Vault,
+  head: Checkpoint,
+  inLog: boolean,
+  underVaultLock: (save: () => void) => void,
+): string {
   const why = (e: unknown) => (e instanceof Error ? e.message : 'failed');
   let vault = `the vault's at seq ${head.seq}`;
   let rekeyed = false;
@@ -203,8 +208,8 @@ export function checkpointAtLock(
     // The caller takes the vault's lock and reads the vault again (another process may have
     // saved it since), then saves through this.
     underVaultLock(() => {
-      // The head sealed above is still there: a short walk from the end, not the whole since.
-      if (log.hashAt(head.seq) !== head.hash) throw new Error('the log changed under the lock');
+      if (inLog && log.hashAt(head.seq) !== head.hash)
+        throw new Error('the log changed under the lock');
       anchorAt(v, head);
       v.save();
     });
@@ -223,7 +228,7 @@ export function checkpointAtLock(
       file = `the checkpoint file not sealed (${why(e)})`;
     }
   }
-  return { checkpoints: `${recorded}${file}; ${vault}`, ...(recordedAt ? { recordedAt } : {}) };
+  return `${file}; ${vault}`;
 }
 
 /** The sink the CLI hands to vault sessions: every record durable, or the operation fails. */
@@ -271,11 +276,11 @@ export function auditSink(home: string, options?: AuditOptions): AuditSink {
 }
 
 export function boxWarning(reason: string): string {
-  return `WARNING: the audit log was tampered with: ${reason}. It is recorded as audit.gap; see keyward audit verify, then keyward audit acknowledge`;
+  return `WARNING: the audit log was tampered with: ${reason}. It is recorded as audit.gap; see keyward audit verify (it prints the command that acknowledges it)`;
 }
 
 export function breakWarning(b: Break): string {
-  return `WARNING: the audit log was cut: ${b.reason}. It is recorded as audit.gap; see keyward audit verify, then keyward audit acknowledge`;
+  return `WARNING: the audit log was cut: ${b.reason}. It is recorded as audit.gap; see keyward audit verify (it prints the command that acknowledges it)`;
 }
 
 /**
@@ -426,6 +431,11 @@ export function verifyLog(
   }
 }
 
+/** What a refused acknowledgement asks of the person. */
+const LOOK_AGAIN = {
+  hint: 'run keyward audit verify again and look at what it reports before you acknowledge',
+};
+
 /**
  * `keyward audit acknowledge`: records that the person saw the recorded breaks and seals the
  * log as it is now (file and vault; the caller saves the vault). Returns the breaks covered.
@@ -449,7 +459,7 @@ export function acknowledge(home: string, v: Vault, seen: Checkpoint): number[] 
     throw new IntegrityError(
       'AUDIT_CHAIN_BROKEN',
       `nothing acknowledged: the log does not extend the head you looked at (seq ${seen.seq}, sha256 ${seen.hash}): it changed since${walk.broken === undefined ? '' : ` (${walk.broken})`}`,
-      { hint: 'run keyward audit verify again and look at what it reports before you acknowledge' },
+      LOOK_AGAIN,
     );
   // Breaks recorded after it are not what the person saw (a rewrite since, found against a
   // checkpoint sealed after the head they looked at).
@@ -458,7 +468,7 @@ export function acknowledge(home: string, v: Vault, seen: Checkpoint): number[] 
     throw new IntegrityError(
       'AUDIT_CHAIN_BROKEN',
       `nothing acknowledged: a break was recorded after the head you looked at (audit.gap at seq ${later.join(', ')})`,
-      { hint: 'run keyward audit verify again and look at what it reports before you acknowledge' },
+      LOOK_AGAIN,
     );
   const seed = seedOf(v);
   let r: VerifyResult;
@@ -479,7 +489,7 @@ export function acknowledge(home: string, v: Vault, seen: Checkpoint): number[] 
     throw new IntegrityError(
       'AUDIT_CHAIN_BROKEN',
       `nothing acknowledged: the log changed while its chain was checked (seq ${head.seq} became ${r.headSeq})`,
-      { hint: 'run keyward audit verify again and look at what it reports before you acknowledge' },
+      LOOK_AGAIN,
     );
   return acknowledgeBreaks(log, v, head);
 }

@@ -80,7 +80,7 @@ function report(io: Io, r: VerifyResult, extra: string[]): void {
       `audit log broken at ${where}: ${f.reason}.${recorded}`,
       {
         hint: f.checkpoint
-          ? `${r.entries} entries before it verified; keep a copy of the log as evidence before changing anything; once you have looked: keyward audit acknowledge${r.headSeq === undefined ? '' : ` --head ${r.headSeq}:${r.headHash}`}`
+          ? `${r.entries} entries before it verified; keep a copy of the log as evidence before changing anything; ${r.headSeq === undefined ? 'keyward audit init starts a new log that records the loss' : `once you have looked: keyward audit acknowledge --head ${r.headSeq}:${r.headHash}`}`
           : `${r.entries} entries before it verified; keep a copy of the log as evidence before changing anything; a broken link or MAC is not acknowledged (docs/AUDIT.md): it stays reported`,
       },
     );
