@@ -679,7 +679,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.ok(fs.statSync(vaultFile).size > size, 'the vault holds the new checkpoint');
   });
 
-  test('a cut made while the agent runs is a break at its lock: recorded once, with the vault, and the newest checkpoint kept, so the window is not cut away once the agent stops', async () => {
+  test("a cut made while the agent runs is a break at its lock: recorded once, with the vault, and the vault keeps the agent's last entry, so the window is not cut away once the agent stops", async () => {
     const h = await unlocked(
       'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
     );
@@ -693,12 +693,9 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     cutTail(h, logLines(h).length - before);
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
     // The log as it is now extends the vault's checkpoint, but not the agent's last entry: the
-    // lock seals that entry, which the log no longer holds, in both places, and records the cut
-    // (its record authenticated with the vault), once.
-    assert.ok(
-      fs.existsSync(checkpointFile),
-      "the checkpoint file sealed at the agent's last entry",
-    );
+    // lock seals nothing over the cut, the vault keeps that entry (which the log no longer
+    // holds), and the cut is recorded once, its record authenticated with the vault.
+    assert.ok(!fs.existsSync(checkpointFile), 'no checkpoint file sealed over the cut');
     const entries = auditEntries(h);
     const gaps = entries.filter((e) => e.type === 'audit.gap');
     assert.equal(gaps.length, 1);
@@ -706,20 +703,51 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     const locked = entries.filter((e) => e.type === 'vault.lock').at(-1);
     assert.match(
       String(locked?.details['checkpoints']),
-      /sealed at the newest checkpoint, seq \d+, which the log no longer holds: the checkpoint file at seq \d+; the vault's at seq \d+/,
+      /no checkpoint sealed: .*; the vault keeps the agent's last entry, seq \d+/,
     );
     const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
     assert.equal(v.code, 8, v.stdout + v.stderr);
     // The agent stops; the attacker cuts the log back to the vault's last save again, taking
-    // the releases, the record of the cut and the lock, and deletes the checkpoint file: the
-    // vault's checkpoint says so.
+    // the releases, the record of the cut and the lock: the vault's checkpoint says so.
     await stopAgent(h);
     cutTail(h, logLines(h).length - before);
-    fs.rmSync(checkpointFile);
     assert.ok(!logLines(h).some((l) => l.includes('"type":"secret.read"')));
     const after = kw(['audit', 'verify'], { env: withoutAgent(h) });
     assert.equal(after.code, 8, after.stdout + after.stderr);
     assert.match(after.stderr, /entries were deleted from the end/);
+  });
+
+  test("a fork over a cut window, sealed by the person's own command while the agent runs, is no checkpoint the lock keeps: the window stays a break once the agent stops", async () => {
+    const h = await unlocked(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'fork-at-lock' }).code, 0);
+    const before = logLines(h).length;
+    for (let i = 0; i < 3; i++)
+      assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'fork-at-lock');
+    await eventually(
+      () => (logLines(h).at(-1) ?? '').includes('"type":"credential.drop"'),
+      "the last read's last record",
+    );
+    const agentEnd = logLines(h).length;
+    // The attacker cuts the window, then pads the log past the agent's last seq with genuine
+    // entries (commands given a wrong passphrase record their failed unlock).
+    cutTail(h, logLines(h).length - before);
+    const wrong = path.join(h.dir, 'wrong-passphrase');
+    fs.writeFileSync(wrong, 'not the passphrase at all\n', { mode: 0o600 });
+    const direct = withoutAgent(h);
+    while (logLines(h).length <= agentEnd)
+      kw(['secret', 'list'], { env: { ...direct, KEYWARD_PASSPHRASE_FILE: wrong } });
+    // The person's own command, directly: both checkpoints are extended, so it seals the fork.
+    assert.equal(kw(['secret', 'set', 'app/other'], { env: direct, input: 'other-1' }).code, 0);
+    const forkEnd = logLines(h).length;
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    await stopAgent(h);
+    // The lock's record and the record of the cut go too.
+    cutTail(h, logLines(h).length - forkEnd);
+    assert.ok(!logLines(h).some((l) => l.includes('"type":"secret.read"')));
+    const v = kw(['audit', 'verify'], { env: direct });
+    assert.equal(v.code, 8, v.stdout + v.stderr);
   });
 
   test('a break found at lock while another process holds the audit lock: the agent answers meanwhile, and records the break once the lock is free', async () => {
@@ -771,10 +799,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(gaps[0]?.details['checkpoint'], 'file');
     assert.equal(gaps[0]?.details['detectedBy'], 'the agent at lock');
     const locked = entries.filter((e) => e.type === 'vault.lock').at(-1);
-    assert.match(
-      String(locked?.details['checkpoints']),
-      /the log ends at .*sealed at the newest checkpoint/,
-    );
+    assert.match(String(locked?.details['checkpoints']), /no checkpoint sealed: the log ends at/);
     // Holding the log's lock kept nothing from the vault: once the agent is gone, the window cut
     // away with the record and the checkpoint file is still a break.
     await stopAgent(h);
@@ -886,6 +911,8 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(v1.code, 8, v1.stdout + v1.stderr);
     // At the lock, when no batch came between.
     const h2 = await releasedOnce('fork-value');
+    // Lines up to the vault's last save (the secret set), before the read's.
+    const released = logLines(h2).findIndex((l) => l.includes('"type":"secret.read"')) - 1;
     forge(h2);
     assert.equal(kw(['lock'], { env: h2.env }).code, 0);
     const lock2 = auditEntries(h2)
@@ -897,6 +924,13 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     );
     const v = kw(['audit', 'verify'], { env: withoutAgent(h2) });
     assert.equal(v.code, 8, v.stdout + v.stderr);
+    // Once the agent is gone, the window cut away with the fork and the checkpoint file: the
+    // vault kept the agent's last entry at the lock.
+    await stopAgent(h2);
+    cutTail(h2, logLines(h2).length - released);
+    fs.rmSync(path.join(h2.home, 'audit', 'checkpoint'), { force: true });
+    const gone = kw(['audit', 'verify'], { env: withoutAgent(h2) });
+    assert.equal(gone.code, 8, gone.stdout + gone.stderr);
   });
 
   test('a cut behind the running agent is recorded in its next batch, and the agent locks before releasing anything', async () => {

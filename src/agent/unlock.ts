@@ -9,6 +9,7 @@ import {
   AuditLog,
   auditPaths,
   boxTrustOf,
+  agentAtBreak,
   checkpointAtLock,
   type AuditRecord,
   type BoxTrust,
@@ -443,25 +444,28 @@ export class UnlockWindow {
     const v = this.vault;
     this.vault = undefined;
     if (!v) return undefined;
+    const underVault = (save: () => void): void => {
+      // A lock from inside this agent's own write() would wait for its own lock.
+      if (this.writing > 0) throw new Error('the agent was writing the vault');
+      // The vault's lock, when it is free soon: past that the vault's checkpoint stays where
+      // its last save put it.
+      withFileLock(this.vp.lock, ANCHOR_LOCK_MS, () => {
+        v.refresh();
+        // As write() does: the policy held stays the one in force, only the generation moved.
+        const policyWasCurrent = this.policyStamp === this.stampOfPolicy(v);
+        save();
+        if (policyWasCurrent) this.policyStamp = this.stampOfPolicy(v);
+      });
+    };
     let done: { checkpoints: string; gap?: AuditRecord };
     try {
-      done = checkpointAtLock(new AuditLog(this.host.home), v, agentLast, (save) => {
-        // A lock from inside this agent's own write() would wait for its own lock.
-        if (this.writing > 0) throw new Error('the agent was writing the vault');
-        // The vault's lock, when it is free soon: past that the vault's checkpoint stays where
-        // its last save put it.
-        withFileLock(this.vp.lock, ANCHOR_LOCK_MS, () => {
-          v.refresh();
-          // As write() does: the policy held stays the one in force, only the generation moved.
-          const policyWasCurrent = this.policyStamp === this.stampOfPolicy(v);
-          save();
-          if (policyWasCurrent) this.policyStamp = this.stampOfPolicy(v);
-        });
-      });
+      done = checkpointAtLock(new AuditLog(this.host.home), v, agentLast, underVault);
     } catch (e) {
-      // The checkpoints are a defence in depth; the lock happens regardless.
+      // The checkpoints are a defence in depth; the lock happens regardless. The log could not
+      // be looked at (made unreadable, say): the vault keeps the agent's last entry, as at a
+      // break, when its own checkpoint is older.
       done = {
-        checkpoints: `no checkpoint sealed (${e instanceof Error ? e.message : 'failed'})`,
+        checkpoints: `no checkpoint sealed (${e instanceof Error ? e.message : 'failed'})${agentAtBreak(v, agentLast, false, underVault)}`,
       };
     }
     v.close();

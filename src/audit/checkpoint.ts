@@ -403,6 +403,17 @@ export function setAnchor(log: AuditLog, v: Vault, force = false): void {
   anchorAt(v, head);
 }
 
+/** The vault's own checkpoint (the log's head at its last save or agent lock), if it has one. */
+export function vaultAnchor(v: Vault): Checkpoint | undefined {
+  const anchor = v.revealInternal(ANCHOR);
+  if (!anchor) return undefined;
+  try {
+    return decode(anchor, 'vault');
+  } finally {
+    secureFree(anchor);
+  }
+}
+
 /** Puts this head into the vault (before a save), checked by the caller. */
 export function anchorAt(v: Vault, head: Checkpoint): void {
   const value = secureTake(encode(head));

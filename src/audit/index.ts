@@ -41,6 +41,7 @@ export {
 export { auditPaths } from './state.js';
 export {
   acknowledge,
+  agentAtBreak,
   resumeRestoredLog,
   auditInitHooks,
   auditSink,

@@ -15,6 +15,7 @@ import {
   gapRecord,
   readCheckpoints,
   anchorAt,
+  vaultAnchor,
   recordBreak,
   recordedBreaks,
   sealCheckpoint,
@@ -144,14 +145,15 @@ export function writeCheckpoint(log: AuditLog, v: Vault): void {
  * and, through `underVaultLock`, in the vault itself (one record appended to vault.kw). The file
  * is the user's to delete; the vault's checkpoint moved only at the vault's own saves, so what an
  * agent released since the last `secret set` could be cut from the log, with the file, and
- * nothing would say so. `agentLast` is the last entry the agent wrote: a log cut behind it is a
- * break too. On a cut, both places keep the newest checkpoint there is (the agent's last entry,
- * or one a command sealed after it): the log no longer holds it, so verify reports the cut
- * whatever becomes of the log once the agent is gone, and the next writer with the vault
- * records it. On a break the record is returned for
- * the agent to write (through its own writer: `log` takes no lock here, so the agent's thread
- * never waits for the audit lock its group committer may hold across an fsync). Each place is
- * tried on its own; what became of them is returned, for the lock's own record.
+ * nothing would say so. `agentLast` is the last entry the agent wrote: a log cut behind it, or
+ * forked after it, is a break too.
+ *
+ * On a break nothing is sealed over it, and its record is returned for the agent to write
+ * (through its own writer: `log` takes no lock here, so the agent's thread never waits for the
+ * audit lock its group committer may hold across an fsync). The vault keeps the agent's last
+ * entry then (agentAtBreak): the window's entries are at or before it, so cutting them away once
+ * the agent is gone is a break whatever becomes of the log, its record and the checkpoint file.
+ * Each place is tried on its own; what became of them is returned, for the lock's own record.
  */
 export function checkpointAtLock(
   log: AuditLog,
@@ -170,35 +172,58 @@ export function checkpointAtLock(
   // is kept from then on.
   const b = findBreak(log, checkpoints, head, recordedBreaks(log, v));
   if (b) {
-    if (b.recorded) return { checkpoints: `no checkpoint sealed: ${b.reason}` };
-    const gap = gapRecord(b, 'the agent at lock', v);
-    // A cut: both places keep the newest checkpoint there is (the agent's last entry, or the
-    // one a command sealed after it), which the log no longer holds. Its record, returned, may
-    // never be written (the log's lock held, the agent stopped), and what is written after the
-    // seal can be cut with the rest; the newest checkpoint in the vault still says so.
-    const newest = [...checkpoints].sort((x, y) => y.seq - x.seq)[0];
-    if (b.kind !== 'cut' || newest === undefined)
-      return { checkpoints: `no checkpoint sealed: ${b.reason}`, gap };
-    const at = { seq: newest.seq, hash: newest.hash };
-    return {
-      checkpoints: `${b.reason}; sealed at the newest checkpoint, seq ${at.seq}, which the log no longer holds: ${sealBoth(log, v, at, false, underVaultLock)}`,
-      gap,
-    };
+    const named = [b.checkpoint, ...(b.others ?? [])];
+    const ownBroken =
+      agentLast !== undefined &&
+      named.some((c) => c.seq === agentLast.seq && c.hash === agentLast.hash);
+    const kept = agentAtBreak(v, agentLast, ownBroken, underVaultLock);
+    const checkpoints = `no checkpoint sealed: ${b.reason}${kept}`;
+    if (b.recorded) return { checkpoints };
+    return { checkpoints, gap: gapRecord(b, 'the agent at lock', v) };
   }
   if (!exists) return { checkpoints: 'no checkpoint sealed (no audit log)' };
-  return { checkpoints: sealBoth(log, v, head, true, underVaultLock) };
+  return { checkpoints: sealBoth(log, v, head, underVaultLock) };
+}
+
+/**
+ * At a lock that found a break, or could not look (the log unreadable): the vault keeps the
+ * agent's last entry, which its memory vouches for. Always when the break is against that entry
+ * (the log cut behind it, or forked after it: a newer checkpoint is then one sealed over the
+ * cut); otherwise only when the vault's checkpoint is older (a newer one is evidence of its
+ * own). The checkpoint file is left as it is. Returns what it did, for the lock's record.
+ */
+export function agentAtBreak(
+  v: Vault,
+  agentLast: Checkpoint | undefined,
+  ownBroken: boolean,
+  underVaultLock: (save: () => void) => void,
+): string {
+  if (agentLast === undefined) return '';
+  try {
+    let kept = false;
+    underVaultLock(() => {
+      const anchor = vaultAnchor(v);
+      if (!ownBroken && anchor !== undefined && anchor.seq >= agentLast.seq) return;
+      anchorAt(v, agentLast);
+      v.save();
+      kept = true;
+    });
+    return kept
+      ? `; the vault keeps the agent's last entry, seq ${agentLast.seq}`
+      : "; the vault's checkpoint left where it is (newer than the agent's last entry)";
+  } catch (e) {
+    return `; the vault's checkpoint not moved (${e instanceof Error ? e.message : 'failed'})`;
+  }
 }
 
 /**
  * Seals `head` in the vault (through `underVaultLock`) and in the checkpoint file; says where
- * each went, or why not. `inLog`: the head must still be the log's entry at its seq (a short walk
- * from the end); false for the agent's last entry after a cut.
+ * each went, or why not.
  */
 function sealBoth(
   log: AuditLog,
   v: Vault,
   head: Checkpoint,
-  inLog: boolean,
   underVaultLock: (save: () => void) => void,
 ): string {
   const why = (e: unknown) => (e instanceof Error ? e.message : 'failed');
@@ -208,8 +233,8 @@ function sealBoth(
     // The caller takes the vault's lock and reads the vault again (another process may have
     // saved it since), then saves through this.
     underVaultLock(() => {
-      if (inLog && log.hashAt(head.seq) !== head.hash)
-        throw new Error('the log changed under the lock');
+      // The head sealed above is still there: a short walk from the end, not the whole since.
+      if (log.hashAt(head.seq) !== head.hash) throw new Error('the log changed under the lock');
       anchorAt(v, head);
       v.save();
     });
