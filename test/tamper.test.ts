@@ -717,7 +717,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.match(after.stderr, /entries were deleted from the end/);
   });
 
-  test("a fork over a cut window, sealed by the person's own command while the agent runs, is no checkpoint the lock keeps: the window stays a break once the agent stops", async () => {
+  test("a fork over a cut window, sealed by the person's own command while the agent runs, is no checkpoint the lock keeps, even with a copy of the agent's last line put under it: the window stays a break once the agent stops", async () => {
     const h = await unlocked(
       'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
     );
@@ -730,6 +730,8 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
       "the last read's last record",
     );
     const agentEnd = logLines(h).length;
+    const agentLastLine = logLines(h).at(-1) ?? '';
+    const agentLastSeq = parseLine(agentLastLine)?.seq ?? 0;
     // The attacker cuts the window, then pads the log past the agent's last seq with genuine
     // entries (commands given a wrong passphrase record their failed unlock).
     cutTail(h, logLines(h).length - before);
@@ -740,11 +742,26 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
       kw(['secret', 'list'], { env: { ...direct, KEYWARD_PASSPHRASE_FILE: wrong } });
     // The person's own command, directly: both checkpoints are extended, so it seals the fork.
     assert.equal(kw(['secret', 'set', 'app/other'], { env: direct, input: 'other-1' }).code, 0);
+    // And a copy of the agent's last line, put under the person's entries, where a search by seq
+    // finds it first.
+    const copy = withFileLock(path.join(h.home, 'audit', 'lock'), 10_000, () => {
+      const ls = logLines(h);
+      const at = ls.findIndex((l) => parseLine(l)?.seq === agentLastSeq + 1);
+      assert.ok(at > 0);
+      ls.splice(at, 0, agentLastLine);
+      fs.writeFileSync(segmentOf(h), `${ls.join('\n')}\n`);
+      return at;
+    });
     const forkEnd = logLines(h).length;
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
     await stopAgent(h);
-    // The lock's record and the record of the cut go too.
+    // The lock's record, the record of the cut and the copied line go too.
     cutTail(h, logLines(h).length - forkEnd);
+    withFileLock(path.join(h.home, 'audit', 'lock'), 10_000, () => {
+      const ls = logLines(h);
+      ls.splice(copy, 1);
+      fs.writeFileSync(segmentOf(h), `${ls.join('\n')}\n`);
+    });
     assert.ok(!logLines(h).some((l) => l.includes('"type":"secret.read"')));
     const v = kw(['audit', 'verify'], { env: direct });
     assert.equal(v.code, 8, v.stdout + v.stderr);

@@ -198,7 +198,10 @@ export function findBreak(
   // the links below it, to the next one, are walked instead).
   let walked = false;
   for (const cp of sorted) {
-    const b = breakOf(log, cp, head, !walked);
+    // The agent's own last entry is always walked to: no seal of a later checkpoint checked the
+    // links down to it (a command that sealed one never knew it), and a search by seq finds a
+    // copy of its line put anywhere below the end.
+    const b = breakOf(log, cp, head, !walked || cp.where === 'agent');
     const skipped = b?.kind === 'cut' && recorded?.(cp) === true;
     if (!skipped) walked = true;
     if (b === undefined || skipped) continue;
