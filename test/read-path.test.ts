@@ -296,15 +296,19 @@ test('a listener that never greets holds the read 30 s once, whatever signals ar
   let readerPid = 0;
   // SIGUSR1 (bin/keyward.js handles it) every 2 s, 40 in all, counted in a file, from the moment
   // the read connects (so every one lands in its wait): each one made the receive start its 30 s
-  // again, and the read waited until they stopped.
+  // again, and the read waited until they stopped. They come at odd seconds (1, 3, ... 29, 31)
+  // and stop once the value is out: while a process exits, Node has already put SIGUSR1 back to
+  // its default (an end by the signal), and one at 30 s came in that moment once.
   const startSignals = () => {
     signaler ??= spawn(
       process.execPath,
       [
         '-e',
-        `const fs = require('node:fs'); let n = 0; const t = setInterval(() => {
+        `const fs = require('node:fs'); let n = 0; let t;
+         const tick = () => {
            try { process.kill(${readerPid}, 'SIGUSR1'); } catch { clearInterval(t); return; }
-           fs.writeFileSync(${JSON.stringify(sent)}, String(++n)); if (n === 40) clearInterval(t); }, 2000);`,
+           fs.writeFileSync(${JSON.stringify(sent)}, String(++n)); if (n === 40) clearInterval(t); };
+         setTimeout(() => { tick(); t = setInterval(tick, 2000); }, 1000);`,
       ],
       { stdio: 'ignore' },
     );
@@ -317,7 +321,10 @@ test('a listener that never greets holds the read 30 s once, whatever signals ar
   readerPid = reader.pid ?? 0;
   let stdout = '';
   let stderr = '';
-  reader.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  reader.stdout.on('data', (d: Buffer) => {
+    stdout += d.toString();
+    signaler?.kill('SIGKILL');
+  });
   reader.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
   try {
     const code = await new Promise<number | null>((resolve) => reader.on('close', resolve));
