@@ -375,6 +375,29 @@ describe('found attacking the grants: what else the person was shown', () => {
     p.end();
   });
 
+  test('a run approved with its output masked is asked again unmasked, and the prompt says which', async () => {
+    const h = await agentWith(REMEMBER);
+    const p = oneProcess(h);
+    const step = (masking: boolean) => ({
+      op: 'run',
+      argv: ['sh', '-c', 'printf %s "$V"'],
+      env: [{ var: 'V', name: 'app/token' }],
+      masking,
+    });
+    h.answer('yes');
+    const masked = (await p.ask(step(true))) as { ok: boolean; stdout: string };
+    assert.equal(masked.ok, true);
+    assert.doesNotMatch(masked.stdout, /remembered-value/, 'the value was masked');
+    assert.equal(h.prompts().length, 1);
+    assert.doesNotMatch(h.prompts()[0] ?? '', /not masked/);
+    h.answer('no');
+    // The same command with masking off prints the value: not what the person approved.
+    assert.deepEqual(await p.ask(step(false)), { ok: false, code: 'APPROVAL_REJECTED' });
+    assert.equal(h.prompts().length, 2, 'the unmasked run was asked about');
+    assert.match(h.prompts()[1] ?? '', /its output not masked/);
+    p.end();
+  });
+
   test('a signature with another ssh-added key of the same comment, or over other data of no known shape, is asked again', async () => {
     const h = await agentWith(REMEMBER);
     // Two keys with ssh-keygen's default comment shape, added with the real ssh-add.

@@ -2,7 +2,7 @@
  * What the approval prompt of a run says (docs/RUN.md): the program the agent will run and its
  * hash, the command line (cut when too long, and saying where it is whole), the directory, where
  * this secret goes, every variable the run sets, loader variables in the caller's environment,
- * the MCP client and the sealed file. Everything the caller controls is quoted, each argument on
+ * the MCP client, the sealed file, and that its output is not masked when it is not. Everything the caller controls is quoted, each argument on
  * its own, so argument boundaries and the sentence can't be forged.
  */
 import { quote, quoteAll } from '../lib/text.js';
@@ -19,6 +19,8 @@ export interface RunPromptFacts {
   environ: readonly string[];
   mcp: string | undefined;
   project: { project: string; names: readonly string[] } | undefined;
+  /** Whether the run's output is masked (said when it is not). */
+  masking: boolean;
 }
 
 const placeOf = (a: { var: string } | { fd: number }) =>
@@ -65,7 +67,8 @@ export function runPrompt(f: RunPromptFacts): {
         sets +
         (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : '') +
         (f.mcp ? `; asked by an MCP client that calls itself ${quote(f.mcp)}` : '') +
-        fromFile
+        fromFile +
+        (f.masking ? '' : '; its output not masked')
       );
     },
   };

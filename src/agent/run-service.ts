@@ -164,8 +164,9 @@ export class RunService {
         approved: new Map<string, Set<string>>(),
       };
       // A remembered approval covers a later run of this same command only (gate.ts), as its
-      // prompt showed it: program and hash, arguments, directory, proxied or not, the MCP client
-      // and the sealed file; never another command of the same process.
+      // prompt showed it: program and hash, arguments, directory, proxied or not, the MCP client,
+      // the sealed file and whether its output is masked; never another command of the same
+      // process.
       const grantScope = JSON.stringify([
         policy ? 'proxied' : 'plain',
         program,
@@ -177,6 +178,8 @@ export class RunService {
         req.wanted.map((w) => [w.name, w.as]),
         req.mcp ?? null,
         project?.fileId ?? null,
+        // Masked or not: the prompt says so, and an unmasked run prints what a masked one hid.
+        req.masking ? 'masked' : 'unmasked',
       ]);
       // What every prompt of the run says of it (run-prompt.ts).
       const prompt = runPrompt({
@@ -188,6 +191,7 @@ export class RunService {
         environ: env.map((e) => e.name),
         mcp: req.mcp,
         project,
+        masking: req.masking,
       });
       for (const w of req.wanted) {
         const { rule } = await this.host.authorize(conn, {
