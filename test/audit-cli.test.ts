@@ -517,7 +517,7 @@ describe("an acknowledgement is the passphrase holder's", () => {
         type: 'audit.acknowledged',
         decision: 'info',
         reason: 'the person acknowledged 1 recorded break(s) of the audit log',
-        details: { gaps: null, unrecordedBreak: null },
+        details: { gaps: null },
       },
     ]);
     const forged = kw(['audit', 'verify'], { env: withoutAgent(h) });

@@ -21,9 +21,10 @@ import { withFileLock } from '../src/lib/files.js';
 import { encodeLine, lineHash, parseLine } from '../src/audit/entry.js';
 import { sealBodyOnce } from '../src/audit/body.js';
 import { auditPaths, readState } from '../src/audit/state.js';
-import { secureFree } from '../src/lib/secure.js';
-import { vaultPaths } from '../src/vault/index.js';
-import { BIN, eventually, initHome, kw } from './helpers.js';
+import { secureFree, secureTake } from '../src/lib/secure.js';
+import { Vault, vaultPaths } from '../src/vault/index.js';
+import { acknowledge } from '../src/audit/index.js';
+import { BIN, eventually, initHome, kw, PASSPHRASE, ROOT } from './helpers.js';
 import { koffi } from '../src/lib/koffi.js';
 import { POLICY_FULL_CHECK_EVERY } from '../src/policy/store.js';
 
@@ -580,6 +581,41 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(kw(['audit', 'verify'], { env: h.env }).code, 8);
   });
 
+  test('an acknowledgement covers no break made after its command checked the log: a cut landing between that check and the seal is refused', () => {
+    const h = agentHome();
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'raced-value' }).code, 0);
+    cutTail(h, 1);
+    assert.equal(kw(['secret', 'list'], { env: h.env }).code, 0);
+    const seen = headShown(h);
+    const [seq, hash] = seen.split(':') as [string, string];
+    // Releases after the person looked, each command sealing the checkpoints over them.
+    for (let i = 0; i < 2; i++)
+      assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'raced-value');
+    // The acknowledging command checks the log when it opens the vault (a cut found then is
+    // recorded, and refused as a break after the head). The attacker's cut lands just after
+    // that check, back to the head the person saw: here, the command's library call on a vault
+    // opened without the check, at that instant.
+    withFileLock(path.join(h.home, 'audit', 'lock'), 10_000, () => {
+      const kept = logLines(h).filter((l) => (parseLine(l)?.seq ?? 0) <= Number(seq));
+      fs.writeFileSync(segmentOf(h), `${kept.join('\n')}\n`);
+    });
+    assert.ok(
+      !logLines(h).some((l) => l.includes('"type":"secret.read"')),
+      'the releases are gone',
+    );
+    const v = Vault.open(vaultPaths(h.home), { passphrase: secureTake(Buffer.from(PASSPHRASE)) });
+    try {
+      assert.throws(
+        () => acknowledge(h.home, v, { seq: Number(seq), hash }),
+        /nothing acknowledged: the log changed while this command ran \(the log ends at seq/,
+      );
+    } finally {
+      v.close();
+    }
+    const after = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(after.code, 8, 'the cut of the releases is still a break');
+  });
+
   test('a break record a process of the user wrote names nothing: the cut it claims is recorded by the next writer, in the log or in a file past it', () => {
     const setup = () => {
       const h = agentHome();
@@ -677,6 +713,52 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(kw(['unlock'], { env: h.env }).code, 0);
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
     assert.ok(fs.statSync(vaultFile).size > size, 'the vault holds the new checkpoint');
+  });
+
+  test("a log changed while the lock waits for the vault's lock keeps the agent's last entry in the vault", async () => {
+    const h = await unlocked(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'under-lock' }).code, 0);
+    const before = logLines(h).length;
+    for (let i = 0; i < 3; i++)
+      assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'under-lock');
+    // The attacker holds the vault's lock, and the instant the agent's lock opens it (after the
+    // log was walked and found whole) cuts the log's last line and lets the vault go: well
+    // within the agent's wait for it.
+    const attacker = spawn(
+      process.execPath,
+      [
+        path.join(ROOT, 'dist/test/fixtures/cut-under-lock.js'),
+        vaultPaths(h.home).lock,
+        path.join(h.home, 'audit'),
+        '1',
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    let said = '';
+    const ready = new Promise<void>((resolve) =>
+      attacker.stdout.on('data', (d: Buffer) => {
+        said += d.toString();
+        if (said.includes('ready')) resolve();
+      }),
+    );
+    const ended = new Promise((resolve) => attacker.on('close', resolve));
+    await ready;
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    assert.equal(await ended, 0);
+    assert.match(said, /cut/);
+    const locked = auditEntries(h)
+      .filter((e) => e.type === 'vault.lock')
+      .at(-1);
+    assert.match(String(locked?.details['checkpoints']), /the vault keeps the agent's last entry/);
+    await stopAgent(h);
+    // Then the window goes: the checkpoint file, and the log back to the vault's last save.
+    fs.rmSync(path.join(h.home, 'audit', 'checkpoint'), { force: true });
+    const cut = cutTail(h, logLines(h).length - before);
+    assert.ok(cut.filter((e) => e.type === 'secret.read').length >= 2);
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(v.code, 8, v.stdout + v.stderr);
   });
 
   test("a cut made while the agent runs is a break at its lock: recorded once, with the vault, and the vault keeps the agent's last entry, so the window is not cut away once the agent stops", async () => {

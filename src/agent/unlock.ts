@@ -463,9 +463,9 @@ export class UnlockWindow {
     } catch (e) {
       // The checkpoints are a defence in depth; the lock happens regardless. The log could not
       // be looked at (made unreadable, say): the vault keeps the agent's last entry, as at a
-      // break, when its own checkpoint is older.
+      // break against it (whether the agent's entries are still there can't be told).
       done = {
-        checkpoints: `no checkpoint sealed (${e instanceof Error ? e.message : 'failed'})${agentAtBreak(v, agentLast, false, underVault)}`,
+        checkpoints: `no checkpoint sealed (${e instanceof Error ? e.message : 'failed'})${agentAtBreak(v, agentLast, true, underVault)}`,
       };
     }
     v.close();

@@ -448,6 +448,11 @@ export function sealCheckpoint(log: AuditLog, v: Vault, by: string): Break | und
   return b;
 }
 
+/** The hint of every refused acknowledgement but a broken link's. */
+export const LOOK_AGAIN = {
+  hint: 'run keyward audit verify again and look at what it reports before you acknowledge',
+};
+
 /**
  * `keyward audit acknowledge`: the person has seen the breaks. Recorded (with the breaks it
  * covers) as the entry right after `checked` (the head whose chain the caller checked: the
@@ -457,7 +462,16 @@ export function sealCheckpoint(log: AuditLog, v: Vault, by: string): Break | und
  */
 export function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): number[] {
   const gaps = log.unacknowledgedGaps();
+  // Every break there is must be one recorded (the command records what it finds when it opens
+  // the vault, and the person looks before acknowledging). One that is not came after that: a
+  // cut of what was sealed since the person looked, which sealed here would go unseen.
   const b = findBreak(log, readCheckpoints(log, v), checked, recordedBreaks(log, v));
+  if (b !== undefined && !b.recorded)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing acknowledged: the log changed while this command ran (${b.reason})`,
+      LOOK_AGAIN,
+    );
   const ack = log.append(
     [
       {
@@ -467,10 +481,7 @@ export function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): numbe
           gaps.length > 0
             ? `the person acknowledged ${gaps.length} recorded break(s) of the audit log`
             : 'the person acknowledged the log as it is',
-        details: {
-          gaps: gaps.join(',') || null,
-          unrecordedBreak: b && !b.recorded ? b.reason : null,
-        },
+        details: { gaps: gaps.join(',') || null },
       },
     ],
     checked,

@@ -10,6 +10,7 @@ import { boxKeypair, boxPublicOf } from './keys.js';
 import { AuditLog, type AuditOptions, type Head } from './log.js';
 import {
   acknowledgeBreaks,
+  LOOK_AGAIN,
   acknowledgedBy,
   findBreak,
   gapRecord,
@@ -182,15 +183,16 @@ export function checkpointAtLock(
     return { checkpoints, gap: gapRecord(b, 'the agent at lock', v) };
   }
   if (!exists) return { checkpoints: 'no checkpoint sealed (no audit log)' };
-  return { checkpoints: sealBoth(log, v, head, underVaultLock) };
+  return { checkpoints: sealBoth(log, v, head, agentLast, underVaultLock) };
 }
 
 /**
  * At a lock that found a break, or could not look (the log unreadable): the vault keeps the
  * agent's last entry, which its memory vouches for. Always when the break is against that entry
  * (the log cut behind it, or forked after it: a newer checkpoint is then one sealed over the
- * cut); otherwise only when the vault's checkpoint is older (a newer one is evidence of its
- * own). The checkpoint file is left as it is. Returns what it did, for the lock's record.
+ * cut), or when what broke can't be told (the log unreadable); otherwise only when the vault's
+ * checkpoint is older (a newer one is evidence of its own). The checkpoint file is left as it
+ * is. Returns what it did, for the lock's record.
  */
 export function agentAtBreak(
   v: Vault,
@@ -218,23 +220,39 @@ export function agentAtBreak(
 
 /**
  * Seals `head` in the vault (through `underVaultLock`) and in the checkpoint file; says where
- * each went, or why not.
+ * each went, or why not. A log no longer holding `head` once the vault's lock is taken (changed
+ * since the walk) is a break found late: nothing is sealed, and the vault keeps the agent's
+ * last entry, as agentAtBreak does when the break is against it (what changed can't be told).
  */
 function sealBoth(
   log: AuditLog,
   v: Vault,
   head: Checkpoint,
+  agentLast: Checkpoint | undefined,
   underVaultLock: (save: () => void) => void,
 ): string {
   const why = (e: unknown) => (e instanceof Error ? e.message : 'failed');
   let vault = `the vault's at seq ${head.seq}`;
   let rekeyed = false;
+  let changed = false;
   try {
     // The caller takes the vault's lock and reads the vault again (another process may have
     // saved it since), then saves through this.
     underVaultLock(() => {
       // The head sealed above is still there: a short walk from the end, not the whole since.
-      if (log.hashAt(head.seq) !== head.hash) throw new Error('the log changed under the lock');
+      let same: boolean;
+      try {
+        same = log.hashAt(head.seq) === head.hash;
+      } catch {
+        same = false;
+      }
+      if (!same) {
+        changed = true;
+        if (agentLast === undefined) return;
+        anchorAt(v, agentLast);
+        v.save();
+        return;
+      }
       anchorAt(v, head);
       v.save();
     });
@@ -242,6 +260,14 @@ function sealBoth(
     vault = `the vault's not moved (${why(e)})`;
     rekeyed = e instanceof KeywardError && e.code === 'KEYRING_KEY_MISMATCH';
   }
+  if (changed)
+    return `no checkpoint sealed: the log changed under the lock${
+      agentLast === undefined
+        ? ''
+        : vault.startsWith("the vault's not moved")
+          ? `; ${vault}`
+          : `; the vault keeps the agent's last entry, seq ${agentLast.seq}`
+    }`;
   // After a rekey this vault's keys are stale: a file sealed with them would not open, and would
   // take the place of the one the rekey sealed.
   let file = `the checkpoint file at seq ${head.seq}`;
@@ -457,10 +483,6 @@ export function verifyLog(
 }
 
 /** What a refused acknowledgement asks of the person. */
-const LOOK_AGAIN = {
-  hint: 'run keyward audit verify again and look at what it reports before you acknowledge',
-};
-
 /**
  * `keyward audit acknowledge`: records that the person saw the recorded breaks and seals the
  * log as it is now (file and vault; the caller saves the vault). Returns the breaks covered.
