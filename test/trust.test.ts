@@ -1437,6 +1437,28 @@ describe('found in review: loader variables OpenSSL reads', () => {
   });
 });
 
+describe('found in review: a variable that turns an editor into Node', () => {
+  test('ELECTRON_RUN_AS_NODE, which makes an Electron program (an editor a rule trusts by its exe) run any script as plain Node, is a loader variable', async () => {
+    const h = await agentOf(
+      'version: 1\nrules:\n' +
+        '  - { name: no-loaders, targets: ["**"], callers: { loader_vars: present }, decision: deny }\n' +
+        '  - { name: allow, targets: ["**"], decision: allow }\n',
+      { user: false },
+    );
+    setSecret(h, 'app/token', 'electron-value', false);
+    const clean = runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token'], {
+      env: { ...h.env },
+      user: false,
+    });
+    assert.equal(clean[0], 'value:electron-value');
+    const lines = runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token'], {
+      env: { ...h.env, ELECTRON_RUN_AS_NODE: '1' },
+      user: false,
+    });
+    assert.match(lines[0] ?? '', /^error:POLICY_DENIED:denied by policy/, lines.join('\n'));
+  });
+});
+
 describe('found in review: loader variables past the first sixteen', () => {
   test('twenty GIT_CONFIG_KEY_n before NODE_OPTIONS do not push it out of the prompt and the record; what is left out is counted', async () => {
     const h = await agentOf(
