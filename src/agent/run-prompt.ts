@@ -2,8 +2,9 @@
  * What the approval prompt of a run says (docs/RUN.md): the program the agent will run and its
  * hash, the command line (cut when too long, and saying where it is whole), the directory, where
  * this secret goes, every variable the run sets, loader variables in the caller's environment,
- * the MCP client, the sealed file, and that its output is not masked when it is not. Everything the caller controls is quoted, each argument on
- * its own, so argument boundaries and the sentence can't be forged.
+ * the MCP client, the sealed file, and that its output is not masked when it is not. Everything
+ * the caller controls is quoted, each argument on its own, so argument boundaries and the
+ * sentence can't be forged.
  */
 import { quote, quoteAll } from '../lib/text.js';
 import { LOADER_VARIABLES } from './identity.js';
