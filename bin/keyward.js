@@ -42,7 +42,7 @@ async function run() {
   // A quick command has finished all its work and written everything synchronously (the value
   // to descriptor 1 itself; process.stdout and process.stderr write synchronously on Linux to
   // files, pipes and terminals), and holds nothing open: exit now, without Node tearing down
-  // its environment first (~2 ms of a 34 ms read; docs/PERFORMANCE.md).
+  // its environment first (1-2 ms of a ~34 ms read; docs/PERFORMANCE.md).
   if (quick !== undefined) process.exit(quick);
   else {
     const { main } = await import('../dist/src/bundle/main.js');
