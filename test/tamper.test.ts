@@ -24,6 +24,7 @@ import { auditPaths, readState } from '../src/audit/state.js';
 import { secureFree, secureTake } from '../src/lib/secure.js';
 import { Vault, vaultPaths } from '../src/vault/index.js';
 import { acknowledge } from '../src/audit/index.js';
+import { call } from '../src/agent/index.js';
 import { BIN, eventually, initHome, kw, PASSPHRASE, ROOT } from './helpers.js';
 import { koffi } from '../src/lib/koffi.js';
 import { POLICY_FULL_CHECK_EVERY } from '../src/policy/store.js';
@@ -757,6 +758,63 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     fs.rmSync(path.join(h.home, 'audit', 'checkpoint'), { force: true });
     const cut = cutTail(h, logLines(h).length - before);
     assert.ok(cut.filter((e) => e.type === 'secret.read').length >= 2);
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(v.code, 8, v.stdout + v.stderr);
+  });
+
+  test("a write of the agent's own waiting for the vault's lock does not keep the lock from sealing the vault", async () => {
+    const h = await unlocked(
+      'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    assert.equal(
+      kw(['secret', 'set', 'app/token'], { env: h.env, input: 'pending-write' }).code,
+      0,
+    );
+    const before = logLines(h).length;
+    for (let i = 0; i < 3; i++)
+      assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'pending-write');
+    // The attacker holds the vault's lock, has the agent start a write of its own (a review
+    // that pins a new MCP server's instructions), which waits for it, and lets the lock go as
+    // the agent's lock reads the checkpoint file, before it seals.
+    const attacker = spawn(
+      process.execPath,
+      [
+        path.join(ROOT, 'dist/test/fixtures/hold-until-open.js'),
+        vaultPaths(h.home).lock,
+        path.join(h.home, 'audit', 'checkpoint'),
+      ],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    let said = '';
+    const saying = (what: string) =>
+      new Promise<void>((resolve) => {
+        const check = () => said.includes(what) && resolve();
+        attacker.stdout.on('data', (d: Buffer) => {
+          said += d.toString();
+          check();
+        });
+        check();
+      });
+    const ended = new Promise((resolve) => attacker.on('close', resolve));
+    await saying('ready');
+    const review = call(
+      h.sock,
+      'mcp',
+      { op: 'review', server: 'pending', caps: [] },
+      secureTake(Buffer.from(JSON.stringify({ instructions: 'a'.repeat(64), tools: [] }))),
+    ).catch((e: unknown) => e);
+    await saying('waited');
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    assert.equal(await ended, 0);
+    await review;
+    const locked = auditEntries(h)
+      .filter((e) => e.type === 'vault.lock')
+      .at(-1);
+    assert.match(String(locked?.details['checkpoints']), /the vault's at seq \d+/);
+    await stopAgent(h);
+    fs.rmSync(path.join(h.home, 'audit', 'checkpoint'), { force: true });
+    const cut = cutTail(h, logLines(h).length - before);
+    assert.ok(cut.filter((e) => e.type === 'secret.read').length >= 3);
     const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
     assert.equal(v.code, 8, v.stdout + v.stderr);
   });

@@ -82,7 +82,8 @@ export class UnlockWindow {
   private policy: Loaded | undefined;
   private readonly vp: VaultPaths;
   /** write() calls under way (they hold or wait for the vault's lock). */
-  private writing = 0;
+  /** Whether this agent holds the vault's flock (inside writeLocked). */
+  private holding = false;
   private unlockedAt = 0;
   /** When the idle timeout last slid (wall clock, as unlockedAt). */
   private lastUse = 0;
@@ -183,12 +184,7 @@ export class UnlockWindow {
    */
   async write<T>(fn: (v: Vault) => { result: T; save: boolean }): Promise<T> {
     const v = this.unlocked();
-    this.writing += 1;
-    try {
-      return await this.writeLocked(v, fn);
-    } finally {
-      this.writing -= 1;
-    }
+    return this.writeLocked(v, fn);
   }
 
   private async writeLocked<T>(
@@ -196,34 +192,45 @@ export class UnlockWindow {
     fn: (v: Vault) => { result: T; save: boolean },
   ): Promise<T> {
     return withFileLockAsync(this.vp.lock, VAULT_LOCK_MS, async () => {
-      if (!this.stillOpen(v)) throw locked();
-      this.unlocked();
-      // Read again under the lock whatever the file's stamp says: a write must start from the
-      // vault as it is, or it would undo another process's.
-      this.refresh(v);
-      const policyWasCurrent = this.policyStamp === this.stampOfPolicy(v);
-      let result: T;
-      let save: boolean;
+      // Nothing below awaits: the flock is held only for this synchronous stretch, and a lock
+      // can run inside it only from here (a failed write's own lock, below).
+      this.holding = true;
       try {
-        ({ result, save } = fn(v));
-        if (save) v.save();
-      } catch (e) {
-        // What fn changed in memory and could not be saved goes: the vault as it is on disk
-        // (or, if even that can't be read back, the whole unlock).
-        try {
-          v.refresh();
-        } catch {
-          void this.host.lock('the vault could not be re-read after a failed write');
-        }
-        throw e;
+        return this.writeHeld(v, fn);
+      } finally {
+        this.holding = false;
       }
-      if (save) {
-        this.vaultStamp = vaultFileStamp(this.vp.file);
-        // The policy in the vault is the one loaded: only the generation moved.
-        if (policyWasCurrent) this.policyStamp = this.stampOfPolicy(v);
-      }
-      return result;
     });
+  }
+
+  private writeHeld<T>(v: Vault, fn: (v: Vault) => { result: T; save: boolean }): T {
+    if (!this.stillOpen(v)) throw locked();
+    this.unlocked();
+    // Read again under the lock whatever the file's stamp says: a write must start from the
+    // vault as it is, or it would undo another process's.
+    this.refresh(v);
+    const policyWasCurrent = this.policyStamp === this.stampOfPolicy(v);
+    let result: T;
+    let save: boolean;
+    try {
+      ({ result, save } = fn(v));
+      if (save) v.save();
+    } catch (e) {
+      // What fn changed in memory and could not be saved goes: the vault as it is on disk
+      // (or, if even that can't be read back, the whole unlock).
+      try {
+        v.refresh();
+      } catch {
+        void this.host.lock('the vault could not be re-read after a failed write');
+      }
+      throw e;
+    }
+    if (save) {
+      this.vaultStamp = vaultFileStamp(this.vp.file);
+      // The policy in the vault is the one loaded: only the generation moved.
+      if (policyWasCurrent) this.policyStamp = this.stampOfPolicy(v);
+    }
+    return result;
   }
 
   /**
@@ -445,8 +452,10 @@ export class UnlockWindow {
     this.vault = undefined;
     if (!v) return undefined;
     const underVault = (save: () => void): void => {
-      // A lock from inside this agent's own write() would wait for its own lock.
-      if (this.writing > 0) throw new Error('the agent was writing the vault');
+      // A lock from inside this agent's own write() would wait for its own lock; only while it
+      // holds the flock: a write still waiting for it (one any process of the
+      // user can start, an MCP review's pin) ends on stillOpen once it has it.
+      if (this.holding) throw new Error('the agent was writing the vault');
       // The vault's lock, when it is free soon: past that the vault's checkpoint stays where
       // its last save put it.
       withFileLock(this.vp.lock, ANCHOR_LOCK_MS, () => {
