@@ -829,6 +829,37 @@ describe("a call's record is the agent's (the gateway asks it to scan and record
   });
 });
 
+describe("a server's messages go down only as what they are", () => {
+  test('an answer shaped as a request ("method": null) under the client\'s own id is dropped: no unreviewed instructions or tools reach the client', async () => {
+    const h = await agentWith(
+      '  tool_policy: allowlist\n  allowed_tools:\n    - { server: spoof, tool: search }\n',
+    );
+    const file = toolsFile(h, [tool('search', 'Search.'), tool('hidden', 'Hidden.')]);
+    const gw = rawGateway(h, 'spoof', [process.execPath, CHANGING], {
+      MCP_TOOLS: file,
+      MCP_MODE: 'spoof',
+    });
+    gw.send(INIT);
+    await gw.waitFor((l) => l.includes('"id":1'));
+    gw.send({ jsonrpc: '2.0', method: 'notifications/initialized' });
+    gw.send({ jsonrpc: '2.0', id: 2, method: 'tools/list' });
+    const listed = JSON.parse(await gw.waitFor((l) => l.includes('"id":2'))) as {
+      result: { tools: Array<{ name: string }> };
+    };
+    assert.deepEqual(
+      listed.result.tools.map((t) => t.name),
+      ['search'],
+    );
+    gw.send({ jsonrpc: '2.0', id: 3, method: 'ping' });
+    await gw.waitFor((l) => l.includes('"id":3'));
+    gw.g.stdin.end();
+    await gw.exited;
+    assert.ok(!gw.lines.some((l) => l.includes('SPOOFED')), gw.lines.join('\n'));
+    assert.equal(gw.lines.filter((l) => l.includes('"id":1')).length, 1, 'one answer to id 1');
+    assert.match(gw.stderr(), /neither a request nor an answer \(dropped\)/);
+  });
+});
+
 describe("the client's answers go up only to the server's own requests", () => {
   test('an answer to a request the server never made is dropped, and an answer goes up as its id and result alone', async () => {
     const h = await agentWith('  leak_blocking: true\n');

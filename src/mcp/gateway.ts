@@ -29,6 +29,7 @@ import {
   ERR_SERVER_GONE,
   ERR_UNKNOWN_TOOL,
   readClientLine,
+  readServerMessage,
   serialQueue,
   UNSCANNED_FROM_CLIENT,
   UNSCANNED_FROM_SERVER,
@@ -427,19 +428,20 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
   const serverQueue = queue<() => Promise<void>>(async (job) => job());
   /** Messages from the server: the gateway's own answers at once (a queued handler may be
    * waiting for one), everything else in order. */
-  const fromServer = (m: Json) => {
-    const id = m['id'] as Id | undefined;
-    const isAnswer = m['method'] === undefined && id !== undefined;
-    if (isAnswer && typeof id === 'string' && own.has(id)) {
-      own.get(id)?.(m);
-      own.delete(id);
+  const fromServer = (raw: Json) => {
+    const r = readServerMessage(raw);
+    if (r.kind === 'dropped') return o.log(`keyward mcp wrap: ${name} sent ${r.why} (dropped)`);
+    const { m } = r;
+    if (r.kind === 'answer' && typeof r.id === 'string' && own.has(r.id)) {
+      own.get(r.id)?.(m);
+      own.delete(r.id);
       return;
     }
     serverQueue(async () => {
-      if (!isAnswer) return passDown(m);
-      const req = typeof id === 'string' ? pending.get(id) : undefined;
+      if (r.kind === 'request') return passDown(m);
+      const req = typeof r.id === 'string' ? pending.get(r.id) : undefined;
       if (!req) return o.log(`keyward mcp wrap: ${name} answered an id nobody asked (dropped)`);
-      pending.delete(id as string);
+      pending.delete(r.id as string);
       return answer(m, req);
     });
   };

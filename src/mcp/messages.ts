@@ -61,6 +61,50 @@ export function readClientLine(line: string): ClientMessage {
   return { kind: 'request', m, method, id };
 }
 
+/** A message from the server, read: what the client may get of it, rebuilt from known fields. */
+export type ServerMessage =
+  | { kind: 'request'; m: Json }
+  | { kind: 'answer'; m: Json; id: Id }
+  | { kind: 'dropped'; why: string };
+
+/**
+ * Sorts a server's message by its shape, strictly, and rebuilds it from the fields JSON-RPC
+ * defines: a request or notification has a string method and neither result nor error; an
+ * answer has no method, an id, and a result or an error. Anything else is dropped: a message
+ * with `"method": null` and a result, passed on as a request, reached clients that take it for
+ * the answer to their own request, past the review of tools and instructions.
+ */
+export function readServerMessage(m: Json): ServerMessage {
+  const has = (k: string) => Object.hasOwn(m, k);
+  const id = m['id'];
+  const idOk = typeof id === 'string' || typeof id === 'number';
+  if (has('method')) {
+    const method = m['method'];
+    if (typeof method !== 'string' || has('result') || has('error'))
+      return { kind: 'dropped', why: 'a message that is neither a request nor an answer' };
+    if (has('id') && !idOk) return { kind: 'dropped', why: `a ${method} with an invalid id` };
+    return {
+      kind: 'request',
+      m: {
+        jsonrpc: '2.0',
+        ...(has('id') ? { id } : {}),
+        method,
+        ...(has('params') ? { params: m['params'] } : {}),
+      },
+    };
+  }
+  if (!idOk) return { kind: 'dropped', why: 'an answer without a valid id' };
+  if (has('result') === has('error'))
+    return { kind: 'dropped', why: 'an answer with neither a result nor an error, or both' };
+  return {
+    kind: 'answer',
+    id,
+    m: has('result')
+      ? { jsonrpc: '2.0', id, result: m['result'] }
+      : { jsonrpc: '2.0', id, error: m['error'] },
+  };
+}
+
 /**
  * Items handled one at a time, in order; a handler's failure is logged and the next goes on.
  * drained() resolves once everything queued so far is handled.
