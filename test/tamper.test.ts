@@ -819,6 +819,71 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(v.code, 8, v.stdout + v.stderr);
   });
 
+  test("a window that ends inside the agent's own write (its idle deadline found there) still seals the vault", async () => {
+    const h = await unlocked(
+      'version: 1\nunlock: { idle_timeout: 8s, max_lifetime: 1h }\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
+    );
+    assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'idle-inside' }).code, 0);
+    const before = logLines(h).length;
+    for (let i = 0; i < 3; i++)
+      assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'idle-inside');
+    // The attacker holds the vault's lock and has the agent start a write of its own (a review
+    // that pins a new server's instructions), which waits for it. Then it stops the agent
+    // (SIGSTOP), lets the lock go, and lets the agent run again once its idle deadline has
+    // passed: the write's next try, due first, takes the lock and finds the deadline there,
+    // so the window ends inside the write, with the vault's lock this agent's own.
+    const attacker = spawn(
+      process.execPath,
+      [path.join(ROOT, 'dist/test/fixtures/hold-until-open.js'), vaultPaths(h.home).lock, '-'],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    let said = '';
+    const saying = (what: string) =>
+      new Promise<void>((resolve) => {
+        const check = () => said.includes(what) && resolve();
+        attacker.stdout.on('data', (d: Buffer) => {
+          said += d.toString();
+          check();
+        });
+        check();
+      });
+    const ended = new Promise((resolve) => attacker.on('close', resolve));
+    await saying('ready');
+    const review = call(
+      h.sock,
+      'mcp',
+      { op: 'review', server: 'idle', caps: [] },
+      secureTake(Buffer.from(JSON.stringify({ instructions: 'b'.repeat(64), tools: [] }))),
+    ).catch((e: unknown) => e);
+    await saying('waited');
+    // The review was the agent's last use, before its write began to wait.
+    const lastUse = Date.now();
+    const pid = h.agent?.pid ?? 0;
+    process.kill(pid, 'SIGSTOP');
+    try {
+      attacker.stdin.end('go\n');
+      assert.equal(await ended, 0);
+      await eventually(() => Date.now() > lastUse + 8_500, 'the idle deadline to pass');
+    } finally {
+      process.kill(pid, 'SIGCONT');
+    }
+    await review;
+    await eventually(
+      () => auditEntries(h).some((e) => e.type === 'vault.lock'),
+      'the lock at the idle deadline',
+    );
+    const locked = auditEntries(h)
+      .filter((e) => e.type === 'vault.lock')
+      .at(-1);
+    assert.match(String(locked?.details['checkpoints']), /the vault's at seq \d+/);
+    await stopAgent(h);
+    fs.rmSync(path.join(h.home, 'audit', 'checkpoint'), { force: true });
+    const cut = cutTail(h, logLines(h).length - before);
+    assert.ok(cut.filter((e) => e.type === 'secret.read').length >= 3);
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(v.code, 8, v.stdout + v.stderr);
+  });
+
   test("a cut made while the agent runs is a break at its lock: recorded once, with the vault, and the vault keeps the agent's last entry, so the window is not cut away once the agent stops", async () => {
     const h = await unlocked(
       'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',

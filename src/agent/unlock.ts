@@ -452,19 +452,21 @@ export class UnlockWindow {
     this.vault = undefined;
     if (!v) return undefined;
     const underVault = (save: () => void): void => {
-      // A lock from inside this agent's own write() would wait for its own lock; only while it
-      // holds the flock: a write still waiting for it (one any process of the
-      // user can start, an MCP review's pin) ends on stillOpen once it has it.
-      if (this.holding) throw new Error('the agent was writing the vault');
-      // The vault's lock, when it is free soon: past that the vault's checkpoint stays where
-      // its last save put it.
-      withFileLock(this.vp.lock, ANCHOR_LOCK_MS, () => {
+      const sealed = () => {
         v.refresh();
         // As write() does: the policy held stays the one in force, only the generation moved.
         const policyWasCurrent = this.policyStamp === this.stampOfPolicy(v);
         save();
         if (policyWasCurrent) this.policyStamp = this.stampOfPolicy(v);
-      });
+      };
+      // A lock that starts inside this agent's own write (its deadline found there, or a failed
+      // read) runs in the write's synchronous stretch, under the flock this process already
+      // holds: the seal is made under it (a second flock of its own would wait for it). A write
+      // still waiting for the lock holds nothing, and ends on stillOpen once it has it.
+      if (this.holding) return sealed();
+      // The vault's lock, when it is free soon: past that the vault's checkpoint stays where
+      // its last save put it.
+      withFileLock(this.vp.lock, ANCHOR_LOCK_MS, sealed);
     };
     let done: { checkpoints: string; gap?: AuditRecord };
     try {
