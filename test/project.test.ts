@@ -287,6 +287,61 @@ describe('the sealed project file', { skip }, () => {
     }
   });
 
+  test('a sealed file never sets a compiler, a build tool, or a variable naming a program another tool runs', () => {
+    // Found in review: CC, which make, autotools, node-gyp, cgo and pip's builds run as a shell
+    // command, was sealed and ran the sealer's command in a teammate's `run --project -- make`.
+    const v = secureTake(Buffer.from('sh -c id'));
+    try {
+      for (const name of [
+        'CC',
+        'cxx',
+        'CPP',
+        'LD',
+        'AR',
+        'AS',
+        'MAKE',
+        'MAKEFILES',
+        'CMAKE_C_COMPILER_LAUNCHER',
+        'CCACHE_PREFIX',
+        'DISTCC_HOSTS',
+        'PKG_CONFIG',
+        'PKG_CONFIG_PATH',
+        'CPATH',
+        'LIBRARY_PATH',
+        'SUDO_ASKPASS',
+        'SUDO_EDITOR',
+        'KUBE_EDITOR',
+        'FCEDIT',
+        'GH_PAGER',
+        'SYSTEMD_PAGER',
+        'RSYNC_RSH',
+        'CVS_RSH',
+        'SVN_SSH',
+        'VIMINIT',
+        'EXINIT',
+        'MYVIMRC',
+        'HGRCPATH',
+        'HGEDITOR',
+        'AWKPATH',
+        'R_PROFILE_USER',
+        'R_LIBS_USER',
+        'PUPPETEER_EXECUTABLE_PATH',
+        'ELECTRON_RUN_AS_NODE',
+        'SHELLOPTS',
+      ])
+        assert.throws(
+          () => sealProject('p', [{ name, value: v }], [alice.recipient]),
+          /may change what a program loads or runs/,
+          name,
+        );
+      // Names a project file is for stay sealable.
+      for (const name of ['DATABASE_URL', 'API_TOKEN', 'STRIPE_KEY', 'CARD_NUMBER', 'ADDRESS'])
+        assert.doesNotThrow(() => sealProject('p', [{ name, value: v }], [alice.recipient]), name);
+    } finally {
+      secureFree(v);
+    }
+  });
+
   test('names and recipients are checked when sealing', () => {
     const v = secureTake(Buffer.from('x'));
     try {
