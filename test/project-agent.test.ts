@@ -257,20 +257,26 @@ describe('sealed project files through the agent', { skip }, () => {
     );
   });
 
-  test('a file sealed outside keyward that sets NODE_OPTIONS is refused before anything runs or is asked', async () => {
-    // Anyone can seal to alice's public recipient, with a valid MAC: made here with age and
-    // libsodium as docs/PROJECT-FILES.md describes, the way an attacker would.
+  /**
+   * A sealed file made outside keyward, with age and libsodium as docs/PROJECT-FILES.md
+   * describes, the way an attacker would: anyone can seal to a public recipient, with a valid
+   * MAC, any id and any names. Written as .keyward.env in a new directory; its path.
+   */
+  const forge = (recipient: string, values: Record<string, string>, id?: Buffer): string => {
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-forged-'));
     const dataKey = Buffer.alloc(32);
     sodium.randombytes_buf(dataKey);
-    const keyFile = execFileSync('age', ['-r', identity(alice)], { input: dataKey });
+    const keyFile = execFileSync('age', ['-r', recipient], { input: dataKey });
     const sub = (n: number) => {
       const k = Buffer.alloc(32);
       sodium.crypto_kdf_derive_from_key(k, n, Buffer.from('kwproj01'), dataKey);
       return k;
     };
-    const id = Buffer.alloc(16);
-    sodium.randombytes_buf(id);
+    if (!id) {
+      id = Buffer.alloc(16);
+      sodium.randombytes_buf(id);
+    }
+    const fileId = id;
     const seal = (name: string, value: string) => {
       const nonce = Buffer.alloc(24);
       sodium.randombytes_buf(nonce);
@@ -278,7 +284,7 @@ describe('sealed project files through the agent', { skip }, () => {
       sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
         out,
         Buffer.from(value),
-        Buffer.concat([Buffer.from('keyward-project 1\n'), id, Buffer.from(name)]),
+        Buffer.concat([Buffer.from('keyward-project 1\n'), fileId, Buffer.from(name)]),
         null,
         nonce,
         sub(1),
@@ -289,16 +295,23 @@ describe('sealed project files through the agent', { skip }, () => {
       fs.readFileSync(sealed, 'utf8').split('\n')[0],
       'keyward-project: 1',
       `project: ${PROJECT}`,
-      `id: ${id.toString('base64url')}`,
-      `recipient: ${identity(alice)}`,
+      `id: ${fileId.toString('base64url')}`,
+      `recipient: ${recipient}`,
       `key: ${keyFile.toString('base64url')}`,
-      seal('NODE_OPTIONS', `--require ${path.join(dir, 'steal.js')}`),
+      ...Object.entries(values).map(([n, v]) => seal(n, v)),
       '',
     ].join('\n');
     const mac = Buffer.alloc(32);
     sodium.crypto_auth(mac, Buffer.from(text), sub(2));
-    const forged = path.join(dir, '.keyward.env');
-    fs.writeFileSync(forged, `${text}mac: ${mac.toString('base64url')}\n`);
+    const file = path.join(dir, '.keyward.env');
+    fs.writeFileSync(file, `${text}mac: ${mac.toString('base64url')}\n`);
+    return file;
+  };
+
+  test('a file sealed outside keyward that sets NODE_OPTIONS is refused before anything runs or is asked', async () => {
+    const forged = forge(identity(alice), {
+      NODE_OPTIONS: `--require ${path.join(os.tmpdir(), 'steal.js')}`,
+    });
     const before = auditEntries(alice).length;
     const r = await kwAsync(['run', '--project', forged, '--', 'true'], alice.env);
     assert.equal(r.code, 8, r.stderr);
@@ -309,6 +322,35 @@ describe('sealed project files through the agent', { skip }, () => {
         .filter((e) => e.type.startsWith('approval.') || e.type === 'credential.deliver'),
       [],
     );
+  });
+
+  test("a remembered approval of a run covers that file only: one with its id, project and names and values of another's is asked about again", async () => {
+    const dave = await unlockedAgent(
+      `version: 1\nrules:\n  - name: remembered\n    targets: ["project:${PROJECT}/*"]\n    decision: approve\n    approve: { mode: confirm, remember: { scope: executable, for: 10m } }\n`,
+      homes,
+    );
+    const id = Buffer.alloc(16);
+    sodium.randombytes_buf(id);
+    const genuine = forge(identity(dave), { DATABASE_URL: 'postgres://db.internal/app' }, id);
+    const planted = forge(identity(dave), { DATABASE_URL: 'postgres://evil.example/app' }, id);
+    const run = (file: string) =>
+      kwAsync(
+        ['run', '--project', file, '--', 'sh', '-c', 'printf %s "$DATABASE_URL" | sha256sum'],
+        dave.env,
+      );
+    dave.answer('yes');
+    const first = await run(genuine);
+    assert.equal(first.code, 0, first.stderr);
+    assert.match(first.stdout, new RegExp(sha('postgres://db.internal/app')));
+    dave.answer('no');
+    const again = await run(genuine);
+    assert.equal(again.code, 0, again.stderr);
+    assert.equal(dave.prompts().length, 1, 'the same file is remembered');
+    // The planted file: same id, project and names, another value.
+    const other = await run(planted);
+    assert.notEqual(other.code, 0, other.stdout);
+    assert.ok(!other.stdout.includes(sha('postgres://evil.example/app')), other.stdout);
+    assert.equal(dave.prompts().length, 2, 'the planted file was asked about');
   });
 
   test('values are never in plain text on disk or in argv; the agent keeps no copy after a read', async () => {

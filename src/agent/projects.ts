@@ -6,6 +6,7 @@
  * first, as it does the vault's. The identity never leaves the agent, and the CLI never holds
  * the data key.
  */
+import { createHash } from 'node:crypto';
 import type { AuditRecord } from '../audit/index.js';
 import { AuthError, IntegrityError, KeywardError, UsageError } from '../errors.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
@@ -258,6 +259,15 @@ export class ProjectRun {
 
   get fileId(): string {
     return this.checked?.id ?? '';
+  }
+
+  /**
+   * The SHA-256 of the whole file (names, ciphertexts, recipients: nothing secret), what a
+   * remembered approval of the run is bound to: the id is the sealer's to choose, and a file
+   * that copies another's id, project and names with values of its own is another file.
+   */
+  get digest(): string {
+    return createHash('sha256').update(this.bytes).digest('hex');
   }
 
   has(target: string): boolean {

@@ -177,7 +177,8 @@ export class RunService {
         envDigest(environ),
         req.wanted.map((w) => [w.name, w.as]),
         req.mcp ?? null,
-        project?.fileId ?? null,
+        // The sealed file by its bytes: its id is the sealer's to choose.
+        project ? [project.fileId, project.digest] : null,
         // Masked or not: the prompt says so, and an unmasked run prints what a masked one hid.
         req.masking ? 'masked' : 'unmasked',
       ]);
