@@ -581,7 +581,7 @@ interface CraftedFile {
 }
 
 test(
-  'a crafted container is refused (exit 8): a log cut without its checkpoint file, a head or vault generation the files disagree with, a state file planted',
+  'a crafted container is refused (exit 8): a log cut without its checkpoint file, a head or vault generation the files disagree with, a state file planted, a file under a lock file or under another file',
   { skip: noAge },
   () => {
     const h = initHome();
@@ -645,6 +645,28 @@ test(
           });
         }),
         /audit\/state, which no backup holds/,
+      ],
+      ...(['vault.lock/x', 'audit/lock/x', 'audit/state/x'] as const).map(
+        (p): [string, Buffer, RegExp] => [
+          `a file under ${p.slice(0, -2)}, which would make it a directory`,
+          craft(good, (m) => {
+            m.files.push({ path: p, size: 0, sha256: '', mtimeMs: 0, bytes: Buffer.from('x') });
+          }),
+          /which no backup holds/,
+        ],
+      ),
+      [
+        'a file under another file',
+        craft(good, (m) => {
+          m.files.push({
+            path: 'vault.kw/x',
+            size: 0,
+            sha256: '',
+            mtimeMs: 0,
+            bytes: Buffer.from('x'),
+          });
+        }),
+        /vault\.kw is a file and a directory/,
       ],
     ];
     assert.equal(

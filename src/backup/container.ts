@@ -60,9 +60,8 @@ export interface HomeFile {
  */
 export function leftOut(rel: string): boolean {
   return (
-    rel === 'vault.lock' ||
-    rel === 'audit/lock' ||
-    rel === 'audit/state' ||
+    // Or anything under them: a restore would make the lock file a directory.
+    /^(vault\.lock|audit\/lock|audit\/state)(\/|$)/.test(rel) ||
     /(^|\/)\.[^/]*\.tmp-[^/]*$/.test(rel)
   );
 }
@@ -131,6 +130,12 @@ export function unpackContainer(bytes: Uint8Array): {
   let at = end + 1;
   for (const f of manifest.files) {
     if (seen.has(f.path)) throw corrupt(`${f.path} is listed twice`);
+    // A path that is a file here and a directory there (vault.kw and vault.kw/x).
+    for (const other of seen)
+      if (other.startsWith(`${f.path}/`) || f.path.startsWith(`${other}/`)) {
+        const file = other.length < f.path.length ? other : f.path;
+        throw corrupt(`${file} is a file and a directory`);
+      }
     if (leftOut(f.path)) throw corrupt(`it holds ${f.path}, which no backup holds`);
     seen.add(f.path);
     if (at + f.size > b.length) throw corrupt(`${f.path} is cut short`);
