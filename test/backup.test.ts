@@ -309,7 +309,7 @@ const epochsOf = (home: string) =>
 const stateEpoch = (home: string) =>
   fs.readFileSync(path.join(home, 'audit', 'state')).readUInt32BE(8);
 
-test('restore --force moves the home in use aside, whole, and the backup takes its place; the restored log starts past every epoch the old one used', () => {
+test('restore --force moves the home in use aside, whole, and the backup takes its place, saying the backup is older than that home; the restored log starts past every epoch the old one used', () => {
   const h = initHome();
   assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-one' }).code, 0);
   const out = path.join(h.dir, 'b.kwbackup');
@@ -330,6 +330,16 @@ test('restore --force moves the home in use aside, whole, and the backup takes i
   assert.equal(r.code, 0, r.stderr);
   const aside = /now (\S+before-restore-\S+) \(/.exec(r.stdout)?.[1];
   assert.ok(aside, r.stdout);
+  // A rollback of the same vault, said whatever date the manifest claims: the generation and
+  // the audit head are what the files say.
+  assert.match(
+    r.stdout,
+    /it held vault \S+ \(the same vault\), generation \d+ \(the backup's: \d+\)/,
+  );
+  assert.match(
+    r.stderr,
+    /warning: the restored backup is older than the home it replaced \(vault generation (\d+) against (\d+), audit head seq \d+ against \d+\)/,
+  );
   assert.equal(digest(aside), before, 'the old home, byte for byte');
   assert.equal(kw(['read', 'a/b'], { env: h.env }).stdout, 'value-one');
   const v = kw(['audit', 'verify'], { env: h.env });

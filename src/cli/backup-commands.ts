@@ -12,7 +12,7 @@ const collect = (v: string, prev: string[]) => [...prev, v];
 function describeRestore(io: Io, r: RestoreReport, verifyOnly: boolean): void {
   const m = r.manifest;
   const lines = [
-    `backup of vault ${m.vault.id}, taken ${m.created} by keyward ${m.keyward}`,
+    `backup of vault ${m.vault.id}, taken ${m.created} by keyward ${m.keyward} (as its manifest says)`,
     `  ${m.files.length} files, every SHA-256 matches (manifest sha256 ${r.manifestSha256})`,
     `  the vault opens with the passphrase: ${r.secrets} secret${r.secrets === 1 ? '' : 's'}`,
     `  the audit log verifies: ${r.auditEntries} entries${m.audit ? `, head seq ${m.audit.seq}` : ''}, checkpoints match`,
@@ -21,20 +21,35 @@ function describeRestore(io: Io, r: RestoreReport, verifyOnly: boolean): void {
   const held = c.vaultId
     ? `vault ${c.vaultId}${c.vaultId === m.vault.id ? ' (the same vault)' : ' (another vault)'}`
     : 'files but no vault';
+  const holds = `${held}${c.generation !== undefined ? `, generation ${c.generation} (the backup's: ${m.vault.generation})` : ''}${c.auditHead !== undefined ? `, audit head seq ${c.auditHead} (the backup's: ${m.audit?.seq ?? 0})` : ''}`;
   const where =
     c.state === 'in use'
-      ? `${c.path}, which holds ${held}${c.generation !== undefined ? `, generation ${c.generation} (the backup's: ${m.vault.generation})` : ''}${c.auditHead !== undefined ? `, audit head seq ${c.auditHead}` : ''}`
+      ? `${c.path}, which holds ${holds}`
       : `${c.path} (${c.state === 'absent' ? 'not there yet' : 'empty'})`;
   lines.push(verifyOnly ? `would restore into ${where}` : `restored into ${c.path}`);
   if (verifyOnly && c.state === 'in use')
     lines.push(
       '  restore --force would move it aside (never deleting it) and put the backup there',
     );
-  if (r.movedAside)
+  if (r.movedAside) {
     lines.push(`the home it replaced is now ${r.movedAside} (keyward never deletes it)`);
+    lines.push(`  it held ${holds}`);
+  }
   if (!verifyOnly)
     lines.push("the audit log goes on with audit.restored, linking the backup's head");
   io.stdout(`${lines.join('\n')}\n`);
+  // The date above is the manifest's own word; the generation and the audit head are what the
+  // files say. A restore over a newer home of the same vault is a rollback: said, every time.
+  const back =
+    c.state === 'in use' &&
+    c.vaultId === m.vault.id &&
+    ((c.generation !== undefined && c.generation > m.vault.generation) ||
+      (c.auditHead !== undefined && c.auditHead > (m.audit?.seq ?? 0)));
+  if (back)
+    note(
+      io,
+      `warning: ${verifyOnly ? 'this backup is' : 'the restored backup is'} older than the home ${verifyOnly ? 'there' : 'it replaced'} (vault generation ${m.vault.generation} against ${c.generation ?? '?'}, audit head seq ${m.audit?.seq ?? 0} against ${c.auditHead ?? '?'}): what was saved since ${verifyOnly ? 'would be' : 'is'} only in the home moved aside`,
+    );
   for (const l of r.leftovers)
     note(
       io,
