@@ -191,9 +191,10 @@ export class UnlockWindow {
     v: Vault,
     fn: (v: Vault) => { result: T; save: boolean },
   ): Promise<T> {
-    return withFileLockAsync(this.vp.lock, VAULT_LOCK_MS, async () => {
-      // Nothing below awaits: the flock is held only for this synchronous stretch, and a lock
-      // can run inside it only from here (a failed write's own lock, below).
+    return withFileLockAsync(this.vp.lock, VAULT_LOCK_MS, () => {
+      // Synchronous: the flock is taken, used and let go in this one run, with `holding` true
+      // exactly while it is held; a lock can run inside it only from here (its deadline found
+      // in unlocked(), a failed write's own lock).
       this.holding = true;
       try {
         return this.writeHeld(v, fn);

@@ -257,7 +257,7 @@ function busy(lockPath: string): KeywardError {
 export async function withFileLockAsync<T>(
   lockPath: string,
   timeoutMs: number,
-  fn: () => Promise<T>,
+  fn: () => T | Promise<T>,
 ): Promise<T> {
   const fd = openLockFile(lockPath);
   try {
@@ -267,7 +267,9 @@ export async function withFileLockAsync<T>(
       await new Promise((r) => setTimeout(r, 2));
     }
     try {
-      return await fn();
+      // A synchronous fn's lock ends in the same run as fn: nothing else runs while it is held.
+      const r = fn();
+      return r instanceof Promise ? await r : r;
     } finally {
       flock(fd, LOCK_UN);
     }
