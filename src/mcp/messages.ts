@@ -68,14 +68,17 @@ export type ServerMessage =
   | { kind: 'dropped'; why: string };
 
 /**
- * Sorts a server's message by its shape, strictly, and rebuilds it from the fields JSON-RPC
- * defines: a request or notification has a string method and neither result nor error; an
+ * Sorts a server's message by its shape, strictly, and keeps only the fields JSON-RPC defines
+ * (in the server's order): a request or notification has a string method and neither result nor error; an
  * answer has no method, an id, and a result or an error. Anything else is dropped: a message
  * with `"method": null` and a result, passed on as a request, reached clients that take it for
  * the answer to their own request, past the review of tools and instructions.
  */
 export function readServerMessage(m: Json): ServerMessage {
   const has = (k: string) => Object.hasOwn(m, k);
+  // The fields kept, in the order the server wrote them (the gateway changes nothing else).
+  const only = (...keys: string[]): Json =>
+    Object.fromEntries(Object.entries(m).filter(([k]) => keys.includes(k)));
   const id = m['id'];
   const idOk = typeof id === 'string' || typeof id === 'number';
   if (has('method')) {
@@ -83,26 +86,12 @@ export function readServerMessage(m: Json): ServerMessage {
     if (typeof method !== 'string' || has('result') || has('error'))
       return { kind: 'dropped', why: 'a message that is neither a request nor an answer' };
     if (has('id') && !idOk) return { kind: 'dropped', why: `a ${method} with an invalid id` };
-    return {
-      kind: 'request',
-      m: {
-        jsonrpc: '2.0',
-        ...(has('id') ? { id } : {}),
-        method,
-        ...(has('params') ? { params: m['params'] } : {}),
-      },
-    };
+    return { kind: 'request', m: only('jsonrpc', 'id', 'method', 'params') };
   }
   if (!idOk) return { kind: 'dropped', why: 'an answer without a valid id' };
   if (has('result') === has('error'))
     return { kind: 'dropped', why: 'an answer with neither a result nor an error, or both' };
-  return {
-    kind: 'answer',
-    id,
-    m: has('result')
-      ? { jsonrpc: '2.0', id, result: m['result'] }
-      : { jsonrpc: '2.0', id, error: m['error'] },
-  };
+  return { kind: 'answer', id, m: only('jsonrpc', 'id', 'result', 'error') };
 }
 
 /**
