@@ -39,10 +39,9 @@ async function run() {
     : startShape
       ? await require('../dist/src/bundle/quick-start.cjs').quickStart(argv)
       : undefined;
-  // A quick command has finished all its work and written everything synchronously (the value
-  // to descriptor 1 itself; process.stdout and process.stderr write synchronously on Linux to
-  // files, pipes and terminals), and holds nothing open: exit now, without Node tearing down
-  // its environment first (1-2 ms of a ~34 ms read; docs/PERFORMANCE.md).
+  // A quick command has finished all its work, and what it wrote is out (the value written to
+  // descriptor 1 itself; its other output waited for in runQuick): exit now, without Node
+  // tearing down its environment first (1-2 ms of a ~34 ms read; docs/PERFORMANCE.md).
   if (quick !== undefined) process.exit(quick);
   else {
     const { main } = await import('../dist/src/bundle/main.js');

@@ -7,7 +7,7 @@ import { onAgentHello, onApprovalPending, type PendingNotice } from '../agent/in
 import { EXIT } from '../errors.js';
 import { hardenProcess } from '../lib/libc.js';
 import { quote } from '../lib/text.js';
-import { processIo, reportError, type Io } from './report.js';
+import { flushed, processIo, reportError, type Io } from './report.js';
 
 /**
  * Said on stderr the moment a request waits for a person: which request, how long it waits, and
@@ -62,9 +62,13 @@ export async function runQuick(
   o: { stdout?: boolean } = {},
 ): Promise<number | undefined> {
   setUpProcess(io, o);
+  let code: number | undefined;
   try {
-    return await run();
+    code = await run();
   } catch (e) {
-    return reportError(e, io);
+    code = reportError(e, io);
   }
+  // bin/keyward.js exits at once after a quick command: what it wrote goes out first.
+  await flushed();
+  return code;
 }

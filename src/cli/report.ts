@@ -9,10 +9,28 @@ export interface Io {
   stderr: (s: string) => void;
 }
 
-export const processIo: Io = {
-  stdout: (s) => process.stdout.write(s),
-  stderr: (s) => process.stderr.write(s),
+/** Writes through processIo not yet handed to the kernel, and who waits for none to be left. */
+let unflushed = 0;
+const waiting: Array<() => void> = [];
+const tracked = (stream: () => NodeJS.WriteStream) => (s: string) => {
+  unflushed += 1;
+  // A pipe's write may be queued (Node writes pipes asynchronously on POSIX): counted until
+  // it is out, or failed.
+  return stream().write(s, () => {
+    unflushed -= 1;
+    if (unflushed === 0) for (const w of waiting.splice(0)) w();
+  });
 };
+
+export const processIo: Io = {
+  stdout: tracked(() => process.stdout),
+  stderr: tracked(() => process.stderr),
+};
+
+/** Resolves once everything written through processIo is out (before a process.exit). */
+export function flushed(): Promise<void> {
+  return unflushed === 0 ? Promise.resolve() : new Promise((r) => waiting.push(r));
+}
 
 export function reportError(e: unknown, io: Io): ExitCode {
   if (isKeywardError(e)) {
