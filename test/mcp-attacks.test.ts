@@ -17,6 +17,7 @@ import {
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { AgentConnection, call, REQ } from '../src/agent/index.js';
 import { secureTake } from '../src/lib/secure.js';
+import { readServerMessage } from '../src/mcp/messages.js';
 import { auditEntries, scanMemory, withoutAgent, type AgentHome } from './agent-helpers.js';
 import { kw, ROOT } from './helpers.js';
 import {
@@ -858,6 +859,37 @@ describe("a server's messages go down only as what they are", () => {
     assert.equal(gw.lines.filter((l) => l.includes('"id":1')).length, 1, 'one answer to id 1');
     assert.match(gw.stderr(), /neither a request nor an answer \(dropped\)/);
   });
+});
+
+test("a server's answer with neither a result nor an error is an error for its request; a notification's null id is dropped from it, and the rest kept in order", () => {
+  assert.deepEqual(readServerMessage({ jsonrpc: '2.0', id: 'k1' }), {
+    kind: 'answer',
+    id: 'k1',
+    m: {
+      jsonrpc: '2.0',
+      id: 'k1',
+      error: {
+        code: -32001,
+        message: 'keyward: the server answered with neither a result nor an error, or both',
+      },
+    },
+  });
+  assert.equal(
+    (readServerMessage({ id: 'k2', result: {}, error: {} }) as { m: { error?: unknown } }).m
+      .error !== undefined,
+    true,
+  );
+  assert.deepEqual(
+    readServerMessage({ method: 'notifications/progress', id: null, params: { p: 1 }, x: 1 }),
+    { kind: 'request', m: { method: 'notifications/progress', params: { p: 1 } } },
+  );
+  assert.deepEqual(
+    Object.keys(
+      (readServerMessage({ result: null, id: 0, jsonrpc: '2.0', extra: 1 }) as { m: object }).m,
+    ),
+    ['result', 'id', 'jsonrpc'],
+  );
+  assert.equal(readServerMessage({ method: 'tools/list', id: null }).kind, 'dropped');
 });
 
 describe("the client's answers go up only to the server's own requests", () => {

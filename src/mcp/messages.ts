@@ -69,10 +69,12 @@ export type ServerMessage =
 
 /**
  * Sorts a server's message by its shape, strictly, and keeps only the fields JSON-RPC defines
- * (in the server's order): a request or notification has a string method and neither result nor error; an
- * answer has no method, an id, and a result or an error. Anything else is dropped: a message
- * with `"method": null` and a result, passed on as a request, reached clients that take it for
- * the answer to their own request, past the review of tools and instructions.
+ * (in the server's order): a request or notification has a string method and neither result
+ * nor error (a notification's `"id": null` is dropped from it); an answer has no method and an
+ * id. Anything else is dropped: a message with `"method": null` and a result, passed on as a
+ * request, reached clients that take it for the answer to their own request, past the review
+ * of tools and instructions. An answer with neither a result nor an error, or both, becomes an
+ * error for the request it answers, which would wait for ever otherwise.
  */
 export function readServerMessage(m: Json): ServerMessage {
   const has = (k: string) => Object.hasOwn(m, k);
@@ -85,12 +87,25 @@ export function readServerMessage(m: Json): ServerMessage {
     const method = m['method'];
     if (typeof method !== 'string' || has('result') || has('error'))
       return { kind: 'dropped', why: 'a message that is neither a request nor an answer' };
+    if (id === null && method.startsWith('notifications/'))
+      return { kind: 'request', m: only('jsonrpc', 'method', 'params') };
     if (has('id') && !idOk) return { kind: 'dropped', why: `a ${method} with an invalid id` };
     return { kind: 'request', m: only('jsonrpc', 'id', 'method', 'params') };
   }
   if (!idOk) return { kind: 'dropped', why: 'an answer without a valid id' };
   if (has('result') === has('error'))
-    return { kind: 'dropped', why: 'an answer with neither a result nor an error, or both' };
+    return {
+      kind: 'answer',
+      id,
+      m: {
+        jsonrpc: '2.0',
+        id,
+        error: {
+          code: ERR_REFUSED,
+          message: 'keyward: the server answered with neither a result nor an error, or both',
+        },
+      },
+    };
   return { kind: 'answer', id, m: only('jsonrpc', 'id', 'result', 'error') };
 }
 
