@@ -335,7 +335,17 @@ describe('the sealed project file', { skip }, () => {
           name,
         );
       // Names a project file is for stay sealable.
-      for (const name of ['DATABASE_URL', 'API_TOKEN', 'STRIPE_KEY', 'CARD_NUMBER', 'ADDRESS'])
+      for (const name of [
+        'DATABASE_URL',
+        'API_TOKEN',
+        'STRIPE_KEY',
+        'CARD_NUMBER',
+        'ADDRESS',
+        'DEPLOY_SSH',
+        'CMS_EDITOR',
+        'PLAYWRIGHT_SERVICE_ACCESS_TOKEN',
+        'PAGERDUTY_TOKEN',
+      ])
         assert.doesNotThrow(() => sealProject('p', [{ name, value: v }], [alice.recipient]), name);
     } finally {
       secureFree(v);

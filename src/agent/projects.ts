@@ -239,7 +239,7 @@ export class ProjectRun {
       if (LOADER_VARIABLES.test(name) || reservedName(name))
         throw new IntegrityError(
           'PROJECT_TAMPERED',
-          `the sealed project file sets ${name}, which keyward never seals`,
+          `the sealed project file sets ${name}, which keyward never seals (it may change what a program runs); if it is yours, seal it again without ${name}`,
         );
       const target = projectTarget(opened.file, name);
       this.targets.set(target, name);

@@ -57,8 +57,9 @@ const RESERVED = new RegExp(
     'CC|CXX|CPP|LD|AR|AS|NM|RANLIB|STRIP|OBJCOPY|OBJDUMP|FC|F77|MAKE|MAKEFILES|MFLAGS',
     'CMAKE_\\w+|CCACHE_\\w+|DISTCC_\\w+|PKG_CONFIG\\w*|CPATH|C_INCLUDE_PATH|CPLUS_INCLUDE_PATH|LIBRARY_PATH',
     // programs other tools run, and editors' and tools' own start-up code
-    '\\w*ASKPASS|\\w*EDITOR|\\w*PAGER|FCEDIT|\\w*_RSH|\\w*_SSH|VIMINIT|EXINIT|MYVIMRC|HGRCPATH',
-    'AWKPATH|R_PROFILE\\w*|R_LIBS\\w*|R_ENVIRON\\w*|PUPPETEER_\\w+|PLAYWRIGHT_\\w+|ELECTRON_\\w+|SHELLOPTS|BASHOPTS',
+    '\\w*ASKPASS|\\w*PAGER|SUDO_EDITOR|KUBE_EDITOR|HGEDITOR|SVN_EDITOR|CVSEDITOR|GH_EDITOR|FCEDIT',
+    'RSYNC_RSH|CVS_RSH|SVN_SSH|VIMINIT|EXINIT|MYVIMRC|HGRCPATH|AWKPATH|R_PROFILE\\w*|R_LIBS\\w*|R_ENVIRON\\w*',
+    'PUPPETEER_EXECUTABLE_PATH|PLAYWRIGHT_BROWSERS_PATH|CHROME_PATH|CHROME_BIN|ELECTRON_RUN_AS_NODE|SHELLOPTS|BASHOPTS',
     // trust and traffic
     'OPENSSL_\\w+|SSLKEYLOGFILE|SSL_CERT_\\w+|\\w*CA_BUNDLE|\\w*CA_CERTS?|\\w*CAINFO|\\w*CAPATH',
     'HTTPS?_PROXY|ALL_PROXY|NO_PROXY|FTP_PROXY',
@@ -259,7 +260,11 @@ export function parseProject(text: Uint8Array): ProjectFile {
       throw tampered(`line ${i + 1} is not a sealed value`);
     if (seenNames.has(name)) throw tampered(`${name} is given twice`);
     if (entries.length >= MAX_ENTRIES) throw tampered(`it holds more than ${MAX_ENTRIES} values`);
-    if (reservedName(name)) throw tampered(`it sets ${name}, which keyward never seals`);
+    // A file sealed by an older keyward, before the name was on the list, says so too.
+    if (reservedName(name))
+      throw tampered(
+        `it sets ${name}, which keyward never seals (it may change what a program runs); if it is yours, seal it again without ${name}`,
+      );
     seenNames.add(name);
     entries.push({ name, sealed });
   }
