@@ -825,8 +825,6 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     );
     assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'idle-inside' }).code, 0);
     const before = logLines(h).length;
-    for (let i = 0; i < 3; i++)
-      assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'idle-inside');
     // The attacker holds the vault's lock and has the agent start a write of its own (a review
     // that pins a new server's instructions), which waits for it. Then it stops the agent
     // (SIGSTOP), lets the lock go, and lets the agent run again once its idle deadline has
@@ -849,6 +847,11 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
       });
     const ended = new Promise((resolve) => attacker.on('close', resolve));
     await saying('ready');
+    // The releases: the last is the agent's last use (its idle timer moves on releases), so
+    // the deadline is 8 s after it, whatever setup took before.
+    for (let i = 0; i < 3; i++)
+      assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'idle-inside');
+    const lastUse = Date.now();
     const review = call(
       h.sock,
       'mcp',
@@ -856,9 +859,8 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
       secureTake(Buffer.from(JSON.stringify({ instructions: 'b'.repeat(64), tools: [] }))),
     ).catch((e: unknown) => e);
     await saying('waited');
-    // The review was the agent's last use, before its write began to wait.
-    const lastUse = Date.now();
     const pid = h.agent?.pid ?? 0;
+    assert.ok(pid > 0, 'the agent is a child of this test');
     process.kill(pid, 'SIGSTOP');
     try {
       attacker.stdin.end('go\n');
