@@ -81,7 +81,6 @@ export class UnlockWindow {
   private vault: Vault | undefined;
   private policy: Loaded | undefined;
   private readonly vp: VaultPaths;
-  /** write() calls under way (they hold or wait for the vault's lock). */
   /** Whether this agent holds the vault's flock (inside writeLocked). */
   private holding = false;
   private unlockedAt = 0;

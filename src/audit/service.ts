@@ -10,11 +10,11 @@ import { boxKeypair, boxPublicOf } from './keys.js';
 import { AuditLog, type AuditOptions, type Head } from './log.js';
 import {
   acknowledgeBreaks,
-  LOOK_AGAIN,
   acknowledgedBy,
   findBreak,
   gapRecord,
   readCheckpoints,
+  LOOK_AGAIN,
   anchorAt,
   vaultAnchor,
   recordBreak,
@@ -261,7 +261,7 @@ function sealBoth(
     rekeyed = e instanceof KeywardError && e.code === 'KEYRING_KEY_MISMATCH';
   }
   if (changed)
-    return `no checkpoint sealed: the log changed under the lock${
+    return `no checkpoint sealed: the log changed, or could not be read, under the lock${
       agentLast === undefined
         ? ''
         : vault.startsWith("the vault's not moved")
@@ -482,7 +482,6 @@ export function verifyLog(
   }
 }
 
-/** What a refused acknowledgement asks of the person. */
 /**
  * `keyward audit acknowledge`: records that the person saw the recorded breaks and seals the
  * log as it is now (file and vault; the caller saves the vault). Returns the breaks covered.

@@ -126,16 +126,19 @@ export function unpackContainer(bytes: Uint8Array): {
   if (!m.success) throw corrupt(`its manifest is malformed (${m.error.issues[0]?.message ?? ''})`);
   const manifest = m.data;
   const seen = new Set<string>();
+  const dirs = new Set<string>();
   const files: HomeFile[] = [];
   let at = end + 1;
   for (const f of manifest.files) {
     if (seen.has(f.path)) throw corrupt(`${f.path} is listed twice`);
+    if (dirs.has(f.path)) throw corrupt(`${f.path} is a file and a directory`);
     // A path that is a file here and a directory there (vault.kw and vault.kw/x).
-    for (const other of seen)
-      if (other.startsWith(`${f.path}/`) || f.path.startsWith(`${other}/`)) {
-        const file = other.length < f.path.length ? other : f.path;
-        throw corrupt(`${file} is a file and a directory`);
-      }
+    const parts = f.path.split('/');
+    for (let i = 1; i < parts.length; i++) {
+      const dir = parts.slice(0, i).join('/');
+      if (seen.has(dir)) throw corrupt(`${dir} is a file and a directory`);
+      dirs.add(dir);
+    }
     if (leftOut(f.path)) throw corrupt(`it holds ${f.path}, which no backup holds`);
     seen.add(f.path);
     if (at + f.size > b.length) throw corrupt(`${f.path} is cut short`);
