@@ -297,6 +297,51 @@ function cutTail(h: { home: string }, n: number): Array<{ seq: number; type: str
   });
 }
 
+/**
+ * The attacker of test/fixtures/lock-holder.ts (it holds a lock file of keyward's and times its
+ * moves by inotify); `saying(what)` resolves once it has printed that.
+ */
+function lockHolder(args: string[]) {
+  const p = spawn(
+    process.execPath,
+    [path.join(ROOT, 'dist/test/fixtures/lock-holder.js'), ...args],
+    {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    },
+  );
+  let said = '';
+  const listeners = new Set<() => void>();
+  p.stdout.on('data', (d: Buffer) => {
+    said += d.toString();
+    for (const l of listeners) l();
+  });
+  const saying = (what: string) =>
+    new Promise<void>((resolve) => {
+      const check = () => {
+        if (!said.includes(what)) return;
+        listeners.delete(check);
+        resolve();
+      };
+      listeners.add(check);
+      check();
+    });
+  const ended = new Promise<number | null>((resolve) => p.on('close', resolve));
+  return { p, saying, ended, said: () => said };
+}
+
+/**
+ * After the agent stopped: the checkpoint file deleted and the log cut back to `before` lines
+ * (the vault's last save), the agent's releases among what goes; verify must find it.
+ */
+async function windowCutIsFound(h: AgentHome, before: number): Promise<void> {
+  await stopAgent(h);
+  fs.rmSync(path.join(h.home, 'audit', 'checkpoint'), { force: true });
+  const cut = cutTail(h, logLines(h).length - before);
+  assert.ok(cut.filter((e) => e.type === 'secret.read').length >= 2, 'releases were cut');
+  const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+  assert.equal(v.code, 8, v.stdout + v.stderr);
+}
+
 /** A command, ended if it hangs: a FIFO that holds the agent's thread would hold it for ever. */
 function bounded(args: string[], h: AgentHome) {
   const r = spawnSync(process.execPath, [BIN, ...args], {
@@ -727,39 +772,17 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     // The attacker holds the vault's lock, and the instant the agent's lock opens it (after the
     // log was walked and found whole) cuts the log's last line and lets the vault go: well
     // within the agent's wait for it.
-    const attacker = spawn(
-      process.execPath,
-      [
-        path.join(ROOT, 'dist/test/fixtures/cut-under-lock.js'),
-        vaultPaths(h.home).lock,
-        path.join(h.home, 'audit'),
-        '1',
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    let said = '';
-    const ready = new Promise<void>((resolve) =>
-      attacker.stdout.on('data', (d: Buffer) => {
-        said += d.toString();
-        if (said.includes('ready')) resolve();
-      }),
-    );
-    const ended = new Promise((resolve) => attacker.on('close', resolve));
-    await ready;
+    const attacker = lockHolder([vaultPaths(h.home).lock, 'cut', path.join(h.home, 'audit'), '1']);
+    await attacker.saying('ready');
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
-    assert.equal(await ended, 0);
-    assert.match(said, /cut/);
+    assert.equal(await attacker.ended, 0);
+    assert.match(attacker.said(), /cut/);
     const locked = auditEntries(h)
       .filter((e) => e.type === 'vault.lock')
       .at(-1);
     assert.match(String(locked?.details['checkpoints']), /the vault keeps the agent's last entry/);
-    await stopAgent(h);
     // Then the window goes: the checkpoint file, and the log back to the vault's last save.
-    fs.rmSync(path.join(h.home, 'audit', 'checkpoint'), { force: true });
-    const cut = cutTail(h, logLines(h).length - before);
-    assert.ok(cut.filter((e) => e.type === 'secret.read').length >= 2);
-    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
-    assert.equal(v.code, 8, v.stdout + v.stderr);
+    await windowCutIsFound(h, before);
   });
 
   test("a write of the agent's own waiting for the vault's lock does not keep the lock from sealing the vault", async () => {
@@ -776,26 +799,12 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     // The attacker holds the vault's lock, has the agent start a write of its own (a review
     // that pins a new MCP server's instructions), which waits for it, and lets the lock go as
     // the agent's lock reads the checkpoint file, before it seals.
-    const attacker = spawn(
-      process.execPath,
-      [
-        path.join(ROOT, 'dist/test/fixtures/hold-until-open.js'),
-        vaultPaths(h.home).lock,
-        path.join(h.home, 'audit', 'checkpoint'),
-      ],
-      { stdio: ['ignore', 'pipe', 'inherit'] },
-    );
-    let said = '';
-    const saying = (what: string) =>
-      new Promise<void>((resolve) => {
-        const check = () => said.includes(what) && resolve();
-        attacker.stdout.on('data', (d: Buffer) => {
-          said += d.toString();
-          check();
-        });
-        check();
-      });
-    const ended = new Promise((resolve) => attacker.on('close', resolve));
+    const attacker = lockHolder([
+      vaultPaths(h.home).lock,
+      'until-open',
+      path.join(h.home, 'audit', 'checkpoint'),
+    ]);
+    const { saying } = attacker;
     await saying('ready');
     const review = call(
       h.sock,
@@ -805,18 +814,13 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     ).catch((e: unknown) => e);
     await saying('waited');
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
-    assert.equal(await ended, 0);
+    assert.equal(await attacker.ended, 0);
     await review;
     const locked = auditEntries(h)
       .filter((e) => e.type === 'vault.lock')
       .at(-1);
     assert.match(String(locked?.details['checkpoints']), /the vault's at seq \d+/);
-    await stopAgent(h);
-    fs.rmSync(path.join(h.home, 'audit', 'checkpoint'), { force: true });
-    const cut = cutTail(h, logLines(h).length - before);
-    assert.ok(cut.filter((e) => e.type === 'secret.read').length >= 3);
-    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
-    assert.equal(v.code, 8, v.stdout + v.stderr);
+    await windowCutIsFound(h, before);
   });
 
   test("a window that ends inside the agent's own write (its idle deadline found there) still seals the vault", async () => {
@@ -830,22 +834,8 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     // (SIGSTOP), lets the lock go, and lets the agent run again once its idle deadline has
     // passed: the write's next try, due first, takes the lock and finds the deadline there,
     // so the window ends inside the write, with the vault's lock this agent's own.
-    const attacker = spawn(
-      process.execPath,
-      [path.join(ROOT, 'dist/test/fixtures/hold-until-open.js'), vaultPaths(h.home).lock, '-'],
-      { stdio: ['pipe', 'pipe', 'inherit'] },
-    );
-    let said = '';
-    const saying = (what: string) =>
-      new Promise<void>((resolve) => {
-        const check = () => said.includes(what) && resolve();
-        attacker.stdout.on('data', (d: Buffer) => {
-          said += d.toString();
-          check();
-        });
-        check();
-      });
-    const ended = new Promise((resolve) => attacker.on('close', resolve));
+    const attacker = lockHolder([vaultPaths(h.home).lock, 'until-stdin']);
+    const { saying } = attacker;
     await saying('ready');
     // The releases: the last is the agent's last use (its idle timer moves on releases), so
     // the deadline is 8 s after it, whatever setup took before.
@@ -863,8 +853,8 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.ok(pid > 0, 'the agent is a child of this test');
     process.kill(pid, 'SIGSTOP');
     try {
-      attacker.stdin.end('go\n');
-      assert.equal(await ended, 0);
+      attacker.p.stdin.end('go\n');
+      assert.equal(await attacker.ended, 0);
       await eventually(() => Date.now() > lastUse + 8_500, 'the idle deadline to pass');
     } finally {
       process.kill(pid, 'SIGCONT');
@@ -878,12 +868,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
       .filter((e) => e.type === 'vault.lock')
       .at(-1);
     assert.match(String(locked?.details['checkpoints']), /the vault's at seq \d+/);
-    await stopAgent(h);
-    fs.rmSync(path.join(h.home, 'audit', 'checkpoint'), { force: true });
-    const cut = cutTail(h, logLines(h).length - before);
-    assert.ok(cut.filter((e) => e.type === 'secret.read').length >= 3);
-    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
-    assert.equal(v.code, 8, v.stdout + v.stderr);
+    await windowCutIsFound(h, before);
   });
 
   test("a cut made while the agent runs is a break at its lock: recorded once, with the vault, and the vault keeps the agent's last entry, so the window is not cut away once the agent stops", async () => {
