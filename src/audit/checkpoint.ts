@@ -291,7 +291,7 @@ function namedByGaps(log: AuditLog, v: Vault): Set<string> {
       const { expectedSeq: seq, expectedHash: hash, alsoExpected: also, auth } = d;
       if (typeof seq !== 'number' || typeof hash !== 'string' || typeof auth !== 'string') continue;
       const others = typeof also === 'string' ? also : '';
-      if (!gapAuthOk(key, `${seq}:${hash}:${others}`, auth)) continue;
+      if (!gapAuthOk(key, gapSubject(seq, hash, others), auth)) continue;
       named.add(`${seq}:${hash}`);
       for (const c of others.split(',')) if (c !== '') named.add(c);
     }
@@ -300,6 +300,9 @@ function namedByGaps(log: AuditLog, v: Vault): Set<string> {
   }
   return named;
 }
+
+/** What a break's `auth` covers: the checkpoint it names, and the others (seq:hash,...). */
+const gapSubject = (seq: number, hash: string, others: string) => `${seq}:${hash}:${others}`;
 
 function gapAuthKey(v: Vault): SecureBuffer {
   const seed = seedOf(v);
@@ -361,7 +364,7 @@ export function gapRecord(b: Break, by: string, v?: Vault): AuditRecord {
   if (v) {
     const key = gapAuthKey(v);
     try {
-      auth = gapAuth(key, `${b.checkpoint.seq}:${b.checkpoint.hash}:${others}`);
+      auth = gapAuth(key, gapSubject(b.checkpoint.seq, b.checkpoint.hash, others));
     } finally {
       secureFree(key);
     }

@@ -221,8 +221,8 @@ export function agentAtBreak(
 /**
  * Seals `head` in the vault (through `underVaultLock`) and in the checkpoint file; says where
  * each went, or why not. A log no longer holding `head` once the vault's lock is taken (changed
- * since the walk) is a break found late: nothing is sealed, and the vault keeps the agent's
- * last entry, as agentAtBreak does when the break is against it (what changed can't be told).
+ * since the walk) is a break found late: nothing is sealed, and agentAtBreak keeps the agent's
+ * last entry, as for a break against it (what changed can't be told).
  */
 function sealBoth(
   log: AuditLog,
@@ -248,9 +248,6 @@ function sealBoth(
       }
       if (!same) {
         changed = true;
-        if (agentLast === undefined) return;
-        anchorAt(v, agentLast);
-        v.save();
         return;
       }
       anchorAt(v, head);
@@ -261,13 +258,7 @@ function sealBoth(
     rekeyed = e instanceof KeywardError && e.code === 'KEYRING_KEY_MISMATCH';
   }
   if (changed)
-    return `no checkpoint sealed: the log changed, or could not be read, under the lock${
-      agentLast === undefined
-        ? ''
-        : vault.startsWith("the vault's not moved")
-          ? `; ${vault}`
-          : `; the vault keeps the agent's last entry, seq ${agentLast.seq}`
-    }`;
+    return `no checkpoint sealed: the log changed, or could not be read, under the lock${agentAtBreak(v, agentLast, true, underVaultLock)}`;
   // After a rekey this vault's keys are stale: a file sealed with them would not open, and would
   // take the place of the one the rekey sealed.
   let file = `the checkpoint file at seq ${head.seq}`;
