@@ -329,6 +329,26 @@ function lockHolder(args: string[]) {
   return { p, saying, ended, said: () => said };
 }
 
+/** What the last lock's record says became of the checkpoints. */
+const lockCheckpoints = (h: AgentHome) =>
+  String(
+    auditEntries(h)
+      .filter((e) => e.type === 'vault.lock')
+      .at(-1)?.details['checkpoints'],
+  );
+
+/**
+ * A write of the agent's own, any process can start: a review that pins a new MCP server's
+ * instructions. Its answer or error (the write may wait for the vault's lock, or end locked).
+ */
+const pinWrite = (h: AgentHome, server: string) =>
+  call(
+    h.sock,
+    'mcp',
+    { op: 'review', server, caps: [] },
+    secureTake(Buffer.from(JSON.stringify({ instructions: 'a'.repeat(64), tools: [] }))),
+  ).catch((e: unknown) => e);
+
 /**
  * After the agent stopped: the checkpoint file deleted and the log cut back to `before` lines
  * (the vault's last save), the agent's releases among what goes; verify must find it.
@@ -751,10 +771,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(kw(['status'], { env: h.env }).code, 5, 'locked');
     assert.equal(fs.statSync(vaultFile).size, size, 'the vault was not written');
     // The lock's own entry says so.
-    const locked = auditEntries(h)
-      .filter((e) => e.type === 'vault.lock')
-      .at(-1);
-    assert.match(String(locked?.details['checkpoints']), /the vault's not moved/);
+    assert.match(lockCheckpoints(h), /the vault's not moved/);
     // With the vault free, a lock moves its checkpoint: one record appended.
     assert.equal(kw(['unlock'], { env: h.env }).code, 0);
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
@@ -777,10 +794,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
     assert.equal(await attacker.ended, 0);
     assert.match(attacker.said(), /cut/);
-    const locked = auditEntries(h)
-      .filter((e) => e.type === 'vault.lock')
-      .at(-1);
-    assert.match(String(locked?.details['checkpoints']), /the vault keeps the agent's last entry/);
+    assert.match(lockCheckpoints(h), /the vault keeps the agent's last entry/);
     // Then the window goes: the checkpoint file, and the log back to the vault's last save.
     await windowCutIsFound(h, before);
   });
@@ -806,20 +820,12 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     ]);
     const { saying } = attacker;
     await saying('ready');
-    const review = call(
-      h.sock,
-      'mcp',
-      { op: 'review', server: 'pending', caps: [] },
-      secureTake(Buffer.from(JSON.stringify({ instructions: 'a'.repeat(64), tools: [] }))),
-    ).catch((e: unknown) => e);
+    const review = pinWrite(h, 'pending');
     await saying('waited');
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
     assert.equal(await attacker.ended, 0);
     await review;
-    const locked = auditEntries(h)
-      .filter((e) => e.type === 'vault.lock')
-      .at(-1);
-    assert.match(String(locked?.details['checkpoints']), /the vault's at seq \d+/);
+    assert.match(lockCheckpoints(h), /the vault's at seq \d+/);
     await windowCutIsFound(h, before);
   });
 
@@ -842,12 +848,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     for (let i = 0; i < 3; i++)
       assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'idle-inside');
     const lastUse = Date.now();
-    const review = call(
-      h.sock,
-      'mcp',
-      { op: 'review', server: 'idle', caps: [] },
-      secureTake(Buffer.from(JSON.stringify({ instructions: 'b'.repeat(64), tools: [] }))),
-    ).catch((e: unknown) => e);
+    const review = pinWrite(h, 'idle');
     await saying('waited');
     const pid = h.agent?.pid ?? 0;
     assert.ok(pid > 0, 'the agent is a child of this test');
@@ -864,10 +865,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
       () => auditEntries(h).some((e) => e.type === 'vault.lock'),
       'the lock at the idle deadline',
     );
-    const locked = auditEntries(h)
-      .filter((e) => e.type === 'vault.lock')
-      .at(-1);
-    assert.match(String(locked?.details['checkpoints']), /the vault's at seq \d+/);
+    assert.match(lockCheckpoints(h), /the vault's at seq \d+/);
     await windowCutIsFound(h, before);
   });
 
@@ -1031,10 +1029,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
     // Sealed with the agent's stale keys, it would open under no key and count as absent.
     assert.deepEqual(fs.readFileSync(checkpointFile), sealedByRekey);
-    const locked = auditEntries(h)
-      .filter((e) => e.type === 'vault.lock')
-      .at(-1);
-    assert.match(String(locked?.details['checkpoints']), /left as the rekey sealed it/);
+    assert.match(lockCheckpoints(h), /left as the rekey sealed it/);
     const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
     assert.equal(v.code, 0, v.stdout + v.stderr);
   });
