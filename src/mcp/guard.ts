@@ -308,8 +308,15 @@ export class Guard {
   /** An initialize answer's instructions reach the model only as the pins trust them. */
   async reviewInstructions(m: Json): Promise<void> {
     const result = m['result'] as Json | undefined;
-    const text = result?.['instructions'];
-    if (typeof text !== 'string' || !result) return;
+    if (!result || typeof result !== 'object' || !('instructions' in result)) return;
+    const text = result['instructions'];
+    if (typeof text !== 'string') {
+      // Instructions are text (MCP's InitializeResult). Anything else is reviewed by no pin, and
+      // a client that turns it into text (or reads a list of them) would show it to the model.
+      this.log(`keyward mcp wrap: ${this.name}: instructions dropped (not text)`);
+      delete result['instructions'];
+      return;
+    }
     this.fileDefinitions([text]);
     try {
       const legacy = this.legacy().instructions;
