@@ -984,6 +984,83 @@ test(
   },
 );
 
+/** One SSH_AGENTC_SIGN_REQUEST for blob on the agent's socket: the reply's type (14: signed). */
+async function signRequestType(sock: string, blob: Buffer): Promise<number> {
+  const framed = (b: Buffer) => {
+    const out = Buffer.concat([Buffer.alloc(4), b]);
+    out.writeUInt32BE(b.length);
+    return out;
+  };
+  const body = Buffer.concat([
+    Buffer.from([13]),
+    framed(blob),
+    framed(Buffer.from('data a process wants signed')),
+    Buffer.alloc(4),
+  ]);
+  const c = net.connect(sock);
+  let got = Buffer.alloc(0);
+  return await new Promise<number>((resolve, reject) => {
+    c.on('error', reject);
+    c.on('data', (d: Buffer) => {
+      got = Buffer.concat([got, d]);
+      if (got.length >= 5 && got.length >= 4 + got.readUInt32BE(0)) {
+        c.destroy();
+        resolve(got[4] ?? -1);
+      }
+    });
+    c.write(framed(body));
+  });
+}
+
+test(
+  "a certificate of a key in the vault signs only as that key's policy says, and goes when the key leaves the vault",
+  { skip },
+  async () => {
+    // The vault's key `held` may not sign; keys ssh-added by the user may.
+    const { h, env } = await agentWith(
+      'version: 1\nrules:\n' +
+        '  - { name: added, targets: ["ssh-add:*", "ssh-add:*/**"], kind: key, decision: allow }\n' +
+        '  - { name: held-key, targets: [held], kind: key, decision: deny }\n',
+    );
+    const dir = h.dir;
+    const ca = sshKeygen(dir, 'vault_ca', ['-t', 'ed25519', '-N', '']);
+    const k = sshKeygen(dir, 'held', ['-t', 'ed25519', '-N', '']);
+    const s = run('ssh-keygen', ['-s', ca, '-I', 'held-id', '-n', 'deploy', `${k}.pub`], env);
+    assert.equal(s.status, 0, s.stderr);
+    assert.equal(kw(['key', 'import', k], { env: h.env }).code, 0);
+    const sock = env['SSH_AUTH_SOCK'] ?? '';
+    const certBlob = Buffer.from(
+      fs.readFileSync(`${k}-cert.pub`, 'utf8').split(' ')[1] ?? '',
+      'base64',
+    );
+    const keyBlob = Buffer.from(fs.readFileSync(`${k}.pub`, 'utf8').split(' ')[1] ?? '', 'base64');
+    // The user's ssh-add of the key file: the plain key is the vault's already; its certificate
+    // (KEY-cert.pub, sent with it) is listed, as the vault's key.
+    const add = run('ssh-add', [k], env);
+    assert.match(add.stderr, /Certificate added/, add.stderr);
+    // Any process asking for a signature by the certificate gets what the key's rule says: no.
+    assert.equal(await signRequestType(sock, keyBlob), 5);
+    assert.equal(await signRequestType(sock, certBlob), 5, 'the certificate signs as the key');
+    const last = tailOf(h, 5)
+      .filter((e) => e.type === 'key.sign')
+      .pop();
+    assert.match(JSON.stringify(last), /"decision":"deny"/);
+    assert.match(JSON.stringify(last), /"target":"held"/);
+    // The key leaves the vault: its certificate goes with it.
+    assert.equal(kw(['key', 'rm', 'held'], { env: h.env }).code, 0);
+    assert.equal(await signRequestType(sock, certBlob), 5);
+    assert.doesNotMatch(run('ssh-add', ['-L'], env).stdout, /cert-v01/);
+    // Added first, then imported: the certificate listed under ssh-add goes when the key becomes
+    // the vault's (ssh-add it again to list it as the vault's key).
+    const add2 = run('ssh-add', [k], env);
+    assert.equal(add2.status, 0, add2.stderr);
+    assert.equal(await signRequestType(sock, certBlob), 14, 'ssh-added, the certificate signs');
+    assert.equal(kw(['key', 'import', k, '--name', 'held'], { env: h.env }).code, 0);
+    assert.equal(await signRequestType(sock, certBlob), 5);
+    assert.doesNotMatch(run('ssh-add', ['-L'], env).stdout, /cert-v01/);
+  },
+);
+
 test(
   'an SSH login to a test sshd on 127.0.0.1 goes through keyward; the prompt names the user and the server host key',
   { skip: sshdSkip },

@@ -182,10 +182,12 @@ export class SshAgentService {
       }
       this.vaultGeneration = this.host.generation();
       // A key ssh-added and then put into the vault is the vault's now: its policy decides, not
-      // the ssh-add one's (an added key was looked up first).
-      for (const id of [...this.added.keys()]) {
-        const h = this.added.get(id);
-        if (h && this.vaultKeys.has(id)) {
+      // the ssh-add one's (an added key was looked up first). So is a certificate of it, which
+      // signs with the same key: listed under ssh-add, it goes (ssh-add lists it again, as the
+      // vault's key). A certificate listed as a vault key's goes when that key leaves the vault.
+      for (const [id, h] of [...this.added]) {
+        const v = this.vaultKeys.get(keyOf(h.key.publicBlob));
+        if (v ? h.source !== 'vault' || h.target !== v.target : h.source === 'vault') {
           this.drop(h);
           this.added.delete(id);
         }
@@ -307,22 +309,24 @@ export class SshAgentService {
       }
       if (r.remaining > 0) throw new KeywardError('PROTOCOL_ERROR', 'trailing bytes');
       const id = keyOf(blob);
-      if (this.loadedVaultKeys().has(id))
-        throw new KeywardError('USAGE', 'the key is in the vault');
-      if (!this.added.has(id) && this.added.size >= MAX_ADDED_KEYS)
-        throw new KeywardError('USAGE', 'too many keys added');
+      // By the key, whatever it is listed as: a certificate signs with the key it certifies.
+      const vaultKey = this.loadedVaultKeys().get(keyOf(key.publicBlob));
+      if (vaultKey && !cert) throw new KeywardError('USAGE', 'the key is in the vault');
+      const full = () => !this.added.has(id) && this.added.size >= MAX_ADDED_KEYS;
+      if (full()) throw new KeywardError('USAGE', 'too many keys added');
       await key.selfTestAsync();
       const cap = this.host.limits(true).keyLifetimeMs;
       const lifetimeMs = Math.min(
         lifetimeS === undefined || lifetimeS === 0 ? Infinity : lifetimeS * 1000,
         cap ?? Infinity,
       );
+      // A certificate of a vault key is that key's, to its policy and in its prompts.
       held = {
         key,
         ...(cert ? { blob } : {}),
-        comment,
-        target: `ssh-add:${comment}`,
-        source: 'ssh-add',
+        comment: vaultKey ? vaultKey.comment : comment,
+        target: vaultKey ? vaultKey.target : `ssh-add:${comment}`,
+        source: vaultKey ? 'vault' : 'ssh-add',
         confirm,
         addedAt: Date.now(),
         ...(Number.isFinite(lifetimeMs) ? { expiresAt: Date.now() + lifetimeMs } : {}),
@@ -342,6 +346,11 @@ export class SshAgentService {
         },
       });
       if (!this.host.isUnlocked()) throw new KeywardError('AGENT_LOCKED', 'locked meanwhile');
+      // Checked again: adds that waited together above can't all pass the check made before.
+      if (full()) throw new KeywardError('USAGE', 'too many keys added');
+      // The vault may have changed meanwhile (the key imported, or removed): checked again.
+      if (this.loadedVaultKeys().get(keyOf(key.publicBlob))?.target !== vaultKey?.target)
+        throw new KeywardError('USAGE', 'the vault changed meanwhile: add the key again');
       // A policy loaded while the record was written capped the keys listed then, not this one.
       capTo(held, this.host.limits().keyLifetimeMs);
       const old = this.added.get(id);
@@ -403,9 +412,10 @@ export class SshAgentService {
     const flags = r.remaining >= 4 ? r.u32() : 0;
     if (!this.host.isUnlocked()) return message(SSH.FAILURE);
     const id = keyOf(blob);
+    // The vault's keys first: loading them drops what became the vault's (a certificate too).
+    const vaultKeys = this.loadedVaultKeys();
     const added = this.added.get(id);
-    const held =
-      this.loadedVaultKeys().get(id) ?? (added && this.alive(id, added) ? added : undefined);
+    const held = vaultKeys.get(id) ?? (added && this.alive(id, added) ? added : undefined);
     if (!held) return message(SSH.FAILURE);
     const alg = held.key.algorithm(flags);
     const what = describeSignData(data);
@@ -471,7 +481,10 @@ export class SshAgentService {
           type: 'key.sign',
           decision: 'error',
           target: held.target,
+          // Whose signature it was, and of which key: it follows that request's allow record.
+          actor: this.host.actor(who.id),
           reason: e instanceof Error ? e.message : 'signing failed',
+          details: { algorithm: alg, fingerprint: fp, source: held.source },
         })
         .catch(() => undefined);
       throw e;
