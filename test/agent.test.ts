@@ -177,6 +177,14 @@ describe('approving from another terminal', () => {
     );
     const a = kw(['approve', id], { env: h.env });
     assert.equal(a.code, 0, a.stderr);
+    // What it approves is said before the factor is asked: an id alone tells the person nothing
+    // (another process can put its own request's id on the person's screen).
+    assert.match(
+      a.stderr,
+      new RegExp(
+        `^keyward: approving ${id}  read s  \\(rule needs-passphrase, passphrase, \\d+ s left\\)\\n    by .*node.*"read" "s"`,
+      ),
+    );
     const r = await reader;
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, 'approved-value');

@@ -152,23 +152,7 @@ export function registerAgentCommands(program: Command, io: Io): void {
         return;
       }
       if (pending.length === 0) io.stdout('no pending requests\n');
-      for (const p of pending) {
-        // The agent escapes the caller description itself; shown as ASCII all the same (a process
-        // posing as the agent). Targets can hold requester text (an ssh-add comment): escaped.
-        const who = asciiShown(
-          String((p['requester'] as { description?: string } | undefined)?.description ?? '?'),
-        );
-        const f = (v: unknown) => printable(String(v), 300);
-        const left = Math.max(0, Math.round((Number(p['expiresAt']) - Date.now()) / 1000));
-        io.stdout(
-          `${f(p['id'])}  ${f(p['action'])} ${f(p['target'])}  (rule ${f(p['rule'])}, ${f(p['mode'])}, ${left} s left)\n    by ${who}\n`,
-        );
-        // The request as its prompt says it: the command, the hosts, the method and path.
-        if (typeof p['what'] === 'string') io.stdout(`    to ${printable(p['what'], 1000)}\n`);
-        // One approval of a run covers every value its rule gives it: all of them are said.
-        const also = Array.isArray(p['also']) ? (p['also'] as unknown[]) : [];
-        if (also.length > 0) io.stdout(`    and also ${also.map(f).join(', ')}\n`);
-      }
+      for (const p of pending) io.stdout(pendingText(p));
     });
 
   program
@@ -183,6 +167,14 @@ export function registerAgentCommands(program: Command, io: Io): void {
     )
     .action(async function (this: Command, id: string) {
       const code = this.opts<{ code?: string | true }>().code;
+      // What is approved, said before the factor is asked: an id alone tells the person nothing,
+      // and any process of the user can put its own request's id on their screen.
+      const p = (await agentApprovals(agentSocket())).find((x) => x['id'] === id);
+      if (!p)
+        throw new KeywardError('REQUEST_NOT_FOUND', `no pending request ${printable(id, 40)}`, {
+          hint: 'see: keyward approvals',
+        });
+      io.stderr(`keyward: approving ${pendingText(p)}`);
       await agentApprove(
         agentSocket(),
         id,
@@ -227,6 +219,27 @@ export function registerAgentCommands(program: Command, io: Io): void {
       await call(agentSocket(), 'deny', { id });
       io.stdout(`denied ${id}\n`);
     });
+}
+
+/**
+ * A pending request as `keyward approvals` shows it, and `approve` before it asks: id, action,
+ * target, rule, who asks and what for. The agent escapes the caller's description itself; it is
+ * shown as ASCII all the same (a process posing as the agent). Targets can hold requester text
+ * (an ssh-add comment): escaped.
+ */
+function pendingText(p: Record<string, unknown>): string {
+  const who = asciiShown(
+    String((p['requester'] as { description?: string } | undefined)?.description ?? '?'),
+  );
+  const f = (v: unknown) => printable(String(v), 300);
+  const left = Math.max(0, Math.round((Number(p['expiresAt']) - Date.now()) / 1000));
+  let text = `${f(p['id'])}  ${f(p['action'])} ${f(p['target'])}  (rule ${f(p['rule'])}, ${f(p['mode'])}, ${left} s left)\n    by ${who}\n`;
+  // The request as its prompt says it: the command, the hosts, the method and path.
+  if (typeof p['what'] === 'string') text += `    to ${printable(p['what'], 1000)}\n`;
+  // One approval of a run covers every value its rule gives it: all of them are said.
+  const also = Array.isArray(p['also']) ? (p['also'] as unknown[]) : [];
+  if (also.length > 0) text += `    and also ${also.map(f).join(', ')}\n`;
+  return text;
 }
 
 /**
