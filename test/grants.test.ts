@@ -242,7 +242,32 @@ describe('a policy applied ends what the old one remembered', () => {
       value: 'remembered-value',
     });
     assert.equal(h.prompts().length, 1, 'still remembered');
+    // The prompt said what a yes would be remembered for.
+    assert.match(
+      h.prompts()[0] ?? '',
+      /\(rule ask\)\. A yes is remembered for 10 min, for this process only\. Allow\?$/,
+    );
     p.end();
+  });
+
+  test('a prompt whose yes is remembered for every process of a program says so, and names the program', async () => {
+    const h = await agentWith(
+      REMEMBER.replace('scope: process, for: 10m', 'scope: executable, for: 90s, uses: 3'),
+    );
+    const p = oneProcess(h);
+    h.answer('yes');
+    assert.deepEqual(await p.ask({ op: 'read', name: 'app/token' }), {
+      ok: true,
+      value: 'remembered-value',
+    });
+    p.end();
+    const exe = fs.realpathSync(process.execPath);
+    assert.ok(
+      (h.prompts()[0] ?? '').endsWith(
+        `(rule ask). A yes is remembered for 90 s (3 uses), for every process that runs "${exe}". Allow?`,
+      ),
+      h.prompts().join('\n'),
+    );
   });
 
   test('an approval remembered under a rule is not used once a policy is applied, even one with a rule of that name', async () => {

@@ -166,6 +166,29 @@ rules:
   assert.doesNotMatch(d.stderr, /note:/);
 });
 
+test("check says which approvals are remembered for every process of an interpreter, keyward's own commands' included", () => {
+  const h = initHome();
+  const remembered = `version: 1
+rules:
+  - { name: any-program, targets: ["a/*"], decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }
+  - { name: python, targets: ["b/*"], callers: { exe: /usr/bin/python3 }, decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }
+  - { name: git, targets: ["c/*"], callers: { exe: /usr/bin/git }, decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }
+  - { name: this-process, targets: ["d/*"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }
+`;
+  const c = kw(['policy', 'check', write(h, 'remembered.yaml', remembered)], { env: h.env });
+  assert.equal(c.code, 0, c.stderr);
+  const notes = c.stderr.split('\n').filter((l) => l.startsWith('keyward: note: '));
+  assert.equal(notes.length, 2, c.stderr);
+  assert.match(
+    notes[0] ?? '',
+    /^keyward: note: rule any-program remembers a yes for every process of the program that asked \(scope: executable\), and names no program: keyward's own commands run as node, so a yes to one covers every Node program of yours/,
+  );
+  assert.match(
+    notes[1] ?? '',
+    /^keyward: note: rule python remembers a yes for every process of the interpreter \/usr\/bin\/python3 \(scope: executable\): every script it runs, any process's/,
+  );
+});
+
 test('an invalid policy is never applied (exit 2)', () => {
   const h = initHome();
   const r = kw(['policy', 'apply', write(h, 'bad.yaml', 'version: 1\nrules: nope\n')], {

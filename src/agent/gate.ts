@@ -323,7 +323,12 @@ export class Gate {
         // control characters and look-alikes can't end it or write one of their own. The rule
         // name and message come from the applied policy.
         const covers = coversText(also);
-        const prompt = `keyward: ${this.host.warning ? `${this.host.warning} ` : ''}${description} wants to ${req.what} (rule ${decision.rule}).${covers}${a.message ? ` ${printable(a.message, 500)}` : ''} Allow?`;
+        // What a yes is remembered for, when it is: the person decides for those requests too.
+        const remembers =
+          grantKey && !decision.highValue && a.remember.scope !== 'once'
+            ? rememberedText(a.remember, id.exe)
+            : '';
+        const prompt = `keyward: ${this.host.warning ? `${this.host.warning} ` : ''}${description} wants to ${req.what} (rule ${decision.rule}).${covers}${a.message ? ` ${printable(a.message, 500)}` : ''}${remembers} Allow?`;
         const pending = this.broker.wait(
           {
             requester,
@@ -497,4 +502,19 @@ export class Gate {
       throw new KeywardError('REQUEST_NOT_FOUND', `no pending request ${reqId}`);
     return { denied: reqId };
   }
+}
+
+/** ` A yes is remembered for 10 min, for this process only.`: what an answer will cover. */
+function rememberedText(
+  r: { scope: 'process' | 'executable'; forMs: number; uses: number | undefined },
+  exe: string | undefined,
+): string {
+  const s = Math.round(r.forMs / 1000);
+  const time = s % 3600 === 0 ? `${s / 3600} h` : s % 60 === 0 ? `${s / 60} min` : `${s} s`;
+  const uses = r.uses === undefined ? '' : ` (${r.uses} ${r.uses === 1 ? 'use' : 'uses'})`;
+  const whom =
+    r.scope === 'process'
+      ? 'this process only'
+      : `every process that runs ${JSON.stringify(printable(exe ?? '?', 200))}`;
+  return ` A yes is remembered for ${time}${uses}, for ${whom}.`;
 }
