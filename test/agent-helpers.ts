@@ -236,7 +236,7 @@ export interface AuditEntry {
   reason: string | null;
   details: Record<string, unknown>;
   /** Who did it: the process the writer saw (the agent's caller, or the CLI itself). */
-  actor?: { pid?: number; exe?: string; uid?: number; cmdline?: string[] };
+  actor?: { pid?: number; exe?: string; uid?: number; cmdline?: string[]; unpinned?: boolean };
 }
 
 /** The home's environment with no agent to be found: commands open the vault directly. */

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
 import { FAST_KDF, initHome, kw, makeHome, rootTests } from './helpers.js';
+import { peerPidfdCheck } from '../src/doctor/index.js';
 
 function refused(env: NodeJS.ProcessEnv, why: RegExp): void {
   for (const args of [
@@ -119,4 +120,10 @@ test('doctor warns while unprivileged user namespaces are on: any process can ma
       ? /^OK +user-namespaces/m
       : /^WARN +user-namespaces .*exe, exe_sha256 and ancestor rules are evidence, not proof/m,
   );
+  // This kernel pins the process that connects (6.5 or later): said so.
+  assert.match(r.stdout, /^OK +peer-pidfd .*SO_PEERPIDFD/m);
+  // One before it: a warning, and what it costs.
+  const old = peerPidfdCheck('5.15.0-91-generic');
+  assert.equal(old.status, 'warn');
+  assert.match(old.message, /rules allow nobody by who they are/);
 });

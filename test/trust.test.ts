@@ -1640,3 +1640,91 @@ describe('found in review: borrowed identities, code-loading variables, prompt f
     },
   );
 });
+
+describe('found in review: a kernel that cannot pin the process that connected', () => {
+  /** An agent run as on a kernel whose getsockopt(SO_PEERPIDFD) fails with errno (a seccomp filter). */
+  async function agentWithout(errno: 'ENOPROTOOPT' | 'EINVAL', policy: string) {
+    const h = agentHome(policy);
+    homes.push(h);
+    const child = spawn(
+      process.execPath,
+      [
+        path.join(ROOT, 'dist/test/fixtures/no-peerpidfd.js'),
+        errno,
+        process.execPath,
+        BIN,
+        'agent',
+        'run',
+      ],
+      { env: { ...h.env, KEYWARD_ASKPASS: h.askpass }, stdio: ['ignore', 'ignore', 'pipe'] },
+    );
+    h.agent = child;
+    let said = '';
+    await new Promise<void>((resolve, reject) => {
+      child.stderr?.on('data', (d: Buffer) => {
+        said += d.toString();
+        if (/listening on/.test(said)) resolve();
+      });
+      child.once('exit', () => reject(new Error(`agent did not start: ${said}`)));
+    });
+    h.agentPid = child.pid;
+    return h;
+  }
+
+  test('without SO_PEERPIDFD (Linux before 6.5) a caller is never allowed for who it is, nor remembered; the prompt and the record say why', async () => {
+    const node = fs.realpathSync(process.execPath);
+    const h = await agentWithout(
+      'ENOPROTOOPT',
+      'version: 1\nrules:\n' +
+        `  - { name: this-node, targets: ["app/*"], callers: { exe: ${node}, loader_vars: absent }, decision: allow }\n` +
+        '  - { name: anyone, targets: ["open/*"], decision: allow }\n' +
+        '  - { name: ask, targets: ["ask/*"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }\n',
+    );
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    for (const n of ['app/token', 'open/token', 'ask/token'])
+      assert.equal(kw(['secret', 'set', n], { env: h.env, input: `value of ${n}` }).code, 0);
+    // A rule that names no caller still allows: the agent works.
+    const open = kw(['read', 'open/token'], { env: h.env });
+    assert.deepEqual([open.code, open.stdout], [0, 'value of open/token'], open.stderr);
+    // The allow by executable does not count: the process the agent read may not be the one
+    // that connected (it exited, and another got its pid).
+    const app = kw(['read', 'app/token'], { env: h.env });
+    assert.equal(app.code, 6, app.stderr);
+    assert.equal(app.stdout, '');
+    const denied = auditEntries(h).find(
+      (e) => e.type === 'secret.read' && e.target === 'app/token',
+    );
+    assert.equal(denied?.decision, 'deny');
+    assert.equal(denied?.actor?.unpinned, true);
+    // An approval is asked, says why, and is not remembered.
+    h.answer('yes');
+    for (let i = 0; i < 2; i++) {
+      const r = kw(['read', 'ask/token'], { env: h.env });
+      assert.equal(r.code, 0, r.stderr);
+    }
+    assert.equal(h.prompts().length, 2, 'asked each time');
+    assert.match(h.prompts()[0] ?? '', /which the kernel can't say is the process that connected/);
+    assert.doesNotMatch(h.prompts()[0] ?? '', /A yes is remembered/);
+  });
+
+  test('a SO_PEERPIDFD that fails for a peer that exited (Linux 6.5 to 6.15) refuses the connection, not a pid found again', async () => {
+    const h = await agentWithout('EINVAL', undefined as unknown as string);
+    const refused = await new Promise<string>((resolve, reject) => {
+      const c = net.connect(h.sock);
+      let got = '';
+      c.on('data', (d: Buffer) => (got += d.toString('latin1')));
+      c.on('close', () => resolve(got));
+      c.on('error', reject);
+    });
+    assert.equal(refused, '', 'no greeting');
+    await eventually(
+      () =>
+        auditEntries(h).some(
+          (e) =>
+            e.type === 'peer.rejected' &&
+            /it exited before it could be identified/.test(e.reason ?? ''),
+        ),
+      'the refusal recorded',
+    );
+  });
+});

@@ -31,6 +31,7 @@ export function grantHolder(
     scope === 'once' ||
     id.hidden ||
     id.exeElsewhere === true ||
+    id.unpinned === true ||
     id.exeSha256 === undefined ||
     id.loaderVars === undefined
   )
@@ -206,6 +207,7 @@ export function requesterOf(id: ProcessIdentity, unvouched?: string): RequesterR
     // Whole, for `keyward approvals --json`: what the description had to cut is here.
     exe: id.exe ?? null,
     ...(id.exeElsewhere ? { exeElsewhere: true } : {}),
+    ...(id.unpinned ? { unpinned: true } : {}),
     cmdline: id.cmdline,
     cwd: id.cwd ?? null,
     hidden: id.hidden === true,

@@ -301,6 +301,10 @@ export function stillSameProcess(pidfd: number): boolean {
   return pidfdAlive(pidfd);
 }
 
+/** Said after the pid of a caller the kernel could not pin (no SO_PEERPIDFD). */
+const UNPINNED =
+  ", which the kernel can't say is the process that connected: Linux before 6.5 has no SO_PEERPIDFD";
+
 /** Said after an executable the agent can't take as it reads it (elsewhere()). */
 const ELSEWHERE =
   " (which the agent can't vouch for: a mount or user namespace or root of the caller's own, or another file by that path)";
@@ -321,7 +325,7 @@ export function describeCaller(id: ProcessIdentity): string {
     .join(' <- ');
   const who = id.hidden
     ? `a process that hid its identity (pid ${id.pid}: its executable, directory and environment can't be read)`
-    : `${id.exe === undefined ? '(unknown executable)' : quote(id.exe)}${id.exeElsewhere ? ELSEWHERE : ''} (pid ${id.pid})`;
+    : `${id.exe === undefined ? '(unknown executable)' : quote(id.exe)}${id.exeElsewhere ? ELSEWHERE : ''} (pid ${id.pid}${id.unpinned ? UNPINNED : ''})`;
   const where = id.cwd === undefined ? '' : ` in ${quote(id.cwd)}`;
   const loaders = (id.loaderVars ?? [])
     .map((v) =>
@@ -350,5 +354,6 @@ export function actorOf(id: ProcessIdentity): Actor {
       ? { loaderVars: id.loaderVars.map((v) => v.name) }
       : {}),
     ...(id.hidden ? { hidden: true } : {}),
+    ...(id.unpinned ? { unpinned: true } : {}),
   };
 }

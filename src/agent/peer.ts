@@ -22,7 +22,7 @@ import fs from 'node:fs';
 import type net from 'node:net';
 import type { Pending } from '../approval/index.js';
 import type { AuditRecord } from '../audit/index.js';
-import { closeFd, dupFd, peerCredentials, peerPidfd, pidfdOpen } from '../lib/libc.js';
+import { closeFd, dupFd, ENOPROTOOPT, peerCredentials, peerPidfd, pidfdOpen } from '../lib/libc.js';
 import { socketFd } from '../lib/socket-fd.js';
 import type { ExeHash } from './exe-hash.js';
 import {
@@ -244,7 +244,18 @@ export function identifyPeer(
   if (cred.uid !== uid) return refused(`peer uid ${cred.uid} is not the agent's uid ${uid}`);
   // The pidfd first, /proc second, then the pidfd again: a peer that exited (its pid free for
   // reuse) before or while /proc was read is refused, never described as someone else.
-  const pidfd = peerPidfd(fd as number) ?? pidfdOpen(cred.pid);
+  const pinned = peerPidfd(fd as number);
+  // A kernel without SO_PEERPIDFD (before 6.5): pidfd_open names whatever process has the pid
+  // now, which may not be the one that connected (it exited and another got its pid, while the
+  // agent was slow or stopped by a signal). Such a peer is "unpinned": described as it reads,
+  // but no allow by who it is, and nothing remembered (policy/evaluate.ts, gate-caller.ts).
+  // Any other failure (6.5 to 6.15 say EINVAL for a peer that exited) refuses it.
+  if (typeof pinned !== 'number' && pinned.errno !== ENOPROTOOPT)
+    return refused(
+      `the kernel gave no pidfd for the peer (errno ${pinned.errno}): it exited before it could be identified`,
+    );
+  const unpinned = typeof pinned !== 'number';
+  const pidfd = typeof pinned === 'number' ? pinned : pidfdOpen(cred.pid);
   if (pidfd === undefined)
     return refused(
       'no pidfd for the peer: keyward needs Linux 5.3 or later (6.5 for SO_PEERPIDFD)',
@@ -253,6 +264,7 @@ export function identifyPeer(
   // reads nothing afterwards and the identity is not trusted.
   const maps = openMaps(cred.pid);
   const seen = identify(cred.pid, cred.uid);
+  if (unpinned) seen.unpinned = true;
   if (!stillSameProcess(pidfd)) {
     if (maps !== undefined) closeFd(maps);
     exeHashOf(seen)?.close();
@@ -274,7 +286,7 @@ export function identifyPeer(
   exeHashOf(seen)?.close();
   // Hidden now: who it was when it could be read, if it still runs that program.
   const known = registry.recall(cred.pid, seen.startTime);
-  if (known) return { id: known.id, pidfd, program: known };
+  if (known) return { id: unpinned ? { ...known.id, unpinned } : known.id, pidfd, program: known };
   // Whatever /proc showed between the handle and now (it may have exec'd or hidden midway)
   // is not trusted: only what anyone can read of any process stays.
   const hidden: ProcessIdentity = {
@@ -285,6 +297,7 @@ export function identifyPeer(
     ppid: seen.ppid,
     ancestors: seen.ancestors,
     hidden: true,
+    ...(unpinned ? { unpinned } : {}),
   };
   return { id: hidden, pidfd, program: undefined };
 }

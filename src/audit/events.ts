@@ -72,6 +72,8 @@ export interface Actor {
   loaderVars?: string[];
   /** It hid its executable, directory and environment from the agent. */
   hidden?: boolean;
+  /** The kernel could not say it is the process that connected (no SO_PEERPIDFD). */
+  unpinned?: boolean;
 }
 
 /** What a caller records. Never a secret value: names, decisions, and hashes only. */

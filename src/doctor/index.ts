@@ -3,6 +3,7 @@
  * what it found and what to do; a `fail` means keyward itself would refuse to run.
  */
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { coreLimit } from '../lib/libc.js';
 import { permissionProblem } from '../lib/files.js';
@@ -126,6 +127,27 @@ function userNamespaces(): Check {
   };
 }
 
+/**
+ * SO_PEERPIDFD (Linux 6.5) lets the agent pin the process that connected. Without it, callers
+ * are unpinned: no allow rule on who they are matches them (docs/POLICY.md, "Callers").
+ */
+export function peerPidfdCheck(release = os.release()): Check {
+  const m = /^(\d+)\.(\d+)/.exec(release);
+  const [major, minor] = [Number(m?.[1] ?? 0), Number(m?.[2] ?? 0)];
+  return major > 6 || (major === 6 && minor >= 5)
+    ? {
+        id: 'peer-pidfd',
+        status: 'ok',
+        message: `Linux ${printable(release, 60)} names the process that connects (SO_PEERPIDFD)`,
+      }
+    : {
+        id: 'peer-pidfd',
+        status: 'warn',
+        message: `Linux ${printable(release, 60)} has no SO_PEERPIDFD: the agent can't tell that the process it reads is the one that connected, so rules allow nobody by who they are (exe, exe_sha256, ancestor, cwd, loader_vars) and nothing is remembered`,
+        hint: 'Linux 6.5 or later; meanwhile such rules only ask (decision: approve) or deny',
+      };
+}
+
 function tracer(): Check {
   const status = readProc('/proc/self/status') ?? '';
   const m = /^TracerPid:\s*(\d+)/m.exec(status);
@@ -161,6 +183,7 @@ export function runDoctor(home: string, env: NodeJS.ProcessEnv = process.env): C
     ...coreDumps(),
     ptrace(),
     userNamespaces(),
+    peerPidfdCheck(),
     tracer(),
   ];
 }

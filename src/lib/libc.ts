@@ -126,14 +126,18 @@ export function peerCredentials(fd: number): { pid: number; uid: number; gid: nu
   return { pid: out.readInt32LE(0), uid: out.readUInt32LE(4), gid: out.readUInt32LE(8) };
 }
 
+/** getsockopt's answer for an option the kernel does not know (SO_PEERPIDFD before 6.5). */
+export const ENOPROTOOPT = 92;
+
 /**
  * A pidfd for the peer (Linux 6.5+), so that a later check can tell whether the process that
- * connected is still the one behind the pid. Undefined where the kernel has none.
+ * connected is still the one behind the pid; else the errno (ENOPROTOOPT where the kernel has no
+ * such option; EINVAL from 6.5 to 6.15 for a peer that already exited).
  */
-export function peerPidfd(fd: number): number | undefined {
+export function peerPidfd(fd: number): number | { errno: number } {
   const l = libc();
   const out = Buffer.alloc(4);
-  if (l.getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, out, [4]) !== 0) return undefined;
+  if (l.getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, out, [4]) !== 0) return { errno: l.errno() };
   return out.readInt32LE(0);
 }
 

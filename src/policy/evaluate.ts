@@ -17,6 +17,11 @@ export interface Caller {
    * `exe`, `exe_sha256` or `ancestor` matches it; deny and approve rules still do.
    */
   exeElsewhere?: boolean | undefined;
+  /**
+   * The kernel can't say this is the process that connected (no SO_PEERPIDFD: the agent read
+   * whatever process has its pid now). No allow rule on who asks matches it.
+   */
+  unpinned?: boolean | undefined;
   exeSha256?: string | undefined;
   cwd?: string | undefined;
   /** Parent first, then grandparent, and so on (elsewhere: as exeElsewhere, for that process). */
@@ -112,6 +117,10 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
   // another file) still matches a deny or approve rule, never an allow: what it claims can't
   // make a caller less restricted (as unknown loader variables, below).
   const allows = r.decision === 'allow';
+  const byWho = w.exe ?? w.exe_sha256 ?? w.ancestor ?? w.cwd ?? w.loader_vars;
+  if (byWho !== undefined && c.unpinned === true && allows) {
+    return "the kernel can't tell the agent which process connected (no SO_PEERPIDFD: Linux before 6.5), and an allow by who asks needs it to";
+  }
   if ((w.exe ?? w.exe_sha256) !== undefined && c.exeElsewhere === true && allows) {
     return `the caller's executable ${c.exe ?? '(unknown)'} runs where the agent can't vouch for it (a mount or user namespace or root of its own, or another file by that path), and an allow needs it to`;
   }
