@@ -21,6 +21,7 @@ import {
   stopAgent,
   withoutAgent,
 } from './agent-helpers.js';
+import { runPrompt } from '../src/agent/run-prompt.js';
 import { maskingForms } from '../src/run/index.js';
 import { BIN, eventually, kw, ROOT, rootTests, sleep } from './helpers.js';
 
@@ -998,4 +999,35 @@ describe('hardening found in review', () => {
       assert.match(out, /EXIT=0/, name);
     }
   });
+});
+
+test("a run's prompt says what matters first, whatever the caller's environment holds: 1,500 loader variables don't push \"not masked\" out of it", () => {
+  const environ = Array.from(
+    { length: 1500 },
+    (_, i) => `LD_PADDING_VARIABLE_${String(i).padStart(4, '0')}`,
+  );
+  environ.push(`LD_${'X'.repeat(5000)}`);
+  const p = runPrompt({
+    program: '/usr/bin/sh',
+    programSha: 'a'.repeat(64),
+    argv: ['sh', '-c', 'echo $TOKEN'],
+    cwd: '/tmp',
+    wanted: [{ name: 'api/token', as: [{ var: 'TOKEN' }] }],
+    environ,
+    mcp: 'an mcp client',
+    project: { project: 'demo', names: ['A', 'B'] },
+    masking: false,
+  });
+  const what = p.what({ name: 'api/token', as: [{ var: 'TOKEN' }] }, undefined);
+  assert.ok(what.length < 2000, `${what.length} characters`);
+  const loaders = what.indexOf('its environment sets');
+  assert.ok(loaders > 0, what);
+  for (const part of ['its output not masked', 'asked by an MCP client', 'the sealed project file'])
+    assert.ok(
+      what.indexOf(part) >= 0 && what.indexOf(part) < loaders,
+      `${part} before the lists: ${what}`,
+    );
+  assert.match(what, /and 1485 more$/);
+  // Every name is still recorded.
+  assert.equal(p.notable.length, 1501);
 });

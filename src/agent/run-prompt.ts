@@ -1,8 +1,9 @@
 /**
  * What the approval prompt of a run says (docs/RUN.md): the program the agent will run and its
  * hash, the command line (cut when too long, and saying where it is whole), the directory, where
- * this secret goes, every variable the run sets, loader variables in the caller's environment,
- * the MCP client, the sealed file, and that its output is not masked when it is not. Everything
+ * this secret goes, that its output is not masked when it is not, the MCP client, the sealed
+ * file, then every variable the run sets and loader variables in the caller's environment (lists
+ * a caller can make long: cut, and last, so nothing above is pushed out of sight). Everything
  * the caller controls is quoted, each argument on its own, so argument boundaries and the
  * sentence can't be forged.
  */
@@ -65,12 +66,20 @@ export function runPrompt(f: RunPromptFacts): {
         (proxiedTo
           ? `held by keyward's proxy and put only into its requests to ${proxiedTo.map((h) => quote(h)).join(', ')} (the command gets a placeholder as ${where})`
           : `as ${where}`) +
-        sets +
-        (notable.length > 0 ? `; its environment sets ${notable.join(', ')}` : '') +
+        // What matters to the answer first; the lists, which the caller can make long, last
+        // and cut (every name is still recorded).
+        (f.masking ? '' : '; its output not masked') +
         (f.mcp ? `; asked by an MCP client that calls itself ${quote(f.mcp)}` : '') +
         fromFile +
-        (f.masking ? '' : '; its output not masked')
+        sets +
+        (notable.length > 0 ? `; its environment sets ${loaderList(notable)}` : '')
       );
     },
   };
+}
+
+/** At most 16 loader variables' names, each at most 64 characters, then how many more. */
+function loaderList(names: readonly string[]): string {
+  const shown = names.slice(0, 16).map((n) => (n.length > 64 ? `${n.slice(0, 61)}...` : n));
+  return `${shown.join(', ')}${names.length > 16 ? ` and ${names.length - 16} more` : ''}`;
 }
