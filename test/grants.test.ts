@@ -648,3 +648,40 @@ describe("the caller's executable", () => {
     p.end();
   });
 });
+
+describe('found in review: a prompt ends with its request', () => {
+  test('a requester that hangs up takes its askpass dialog with it; the request is ended as gone, not left to expire', async () => {
+    const ASK =
+      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm, timeout: 10m } }\n';
+    const pids = (h: AgentHome) => path.join(h.dir, 'askpass-pids');
+    const h = await agentWith(
+      ASK,
+      (a) => `#!/bin/sh\necho $$ >> '${pids(a)}'\nwhile :; do sleep 0.05; done\n`,
+    );
+    const reader = spawn(process.execPath, [BIN, 'read', 'app/token'], {
+      env: h.env,
+      stdio: 'ignore',
+    });
+    const exited = new Promise((r) => reader.once('exit', r));
+    let pid = 0;
+    await eventually(() => {
+      pid = Number(fs.readFileSync(pids(h), { encoding: 'utf8', flag: 'a+' }).trim() || 0);
+      return pid > 0;
+    }, 'the askpass dialog');
+    reader.kill('SIGKILL');
+    await exited;
+    // The dialog is gone (a person can't answer a request whose answer would go nowhere).
+    await eventually(() => {
+      try {
+        process.kill(pid, 0);
+        return false;
+      } catch {
+        return true;
+      }
+    }, 'the askpass program ended');
+    const e = auditEntries(h).find((x) => x.type === 'approval.denied');
+    assert.match(JSON.stringify(e?.details), /the requester went away/);
+    // Nothing about it stays pending.
+    assert.match(kw(['approvals'], { env: h.env }).stdout, /no pending requests/);
+  });
+});

@@ -11,6 +11,8 @@ import { test } from 'node:test';
 import { auditEntries } from './agent-helpers.js';
 import { BIN, FAST_KDF, kw, makeHome, PASSPHRASE, ROOT, type Home } from './helpers.js';
 import { DEFAULT_POLICY } from '../src/policy/index.js';
+import { TerminalChannel } from '../src/approval/index.js';
+import { PassThrough } from 'node:stream';
 
 const DRIVER = path.join(ROOT, 'test/pty-driver.py');
 
@@ -273,4 +275,33 @@ test('--sha256 binds policy apply to the text reviewed', () => {
   const ok = kw(['policy', 'apply', f, '--sha256', sha], { env: h.env });
   assert.equal(ok.code, 0, ok.stderr);
   assert.match(ok.stderr, /Changes to the policy in force/);
+});
+
+test("the agent's terminal takes back a prompt whose request ended, and never shows one that ended while it waited its turn", async () => {
+  const input = new PassThrough();
+  const out: string[] = [];
+  const t = new TerminalChannel({ input, write: (x) => out.push(x) });
+  const first = new AbortController();
+  const second = new AbortController();
+  const a = t.ask('keyward: first request. Allow?', 600_000, first.signal);
+  const b = t.ask('keyward: second request. Allow?', 600_000, second.signal);
+  const c = t.ask('keyward: third request. Allow?', 600_000);
+  // The second ends while the first is on screen; then the first ends.
+  while (!out.join('').includes('first request')) await new Promise((r) => setImmediate(r));
+  second.abort();
+  first.abort();
+  assert.equal(await a, false);
+  assert.equal(await b, false);
+  const shown = out.join('');
+  assert.match(shown, /first request\. Allow\?[^]*that request has ended[^]*no longer asked/);
+  assert.doesNotMatch(shown, /second request/);
+  // The third is asked, and its own challenge still allows it.
+  while (!out.join('').includes('third request')) await new Promise((r) => setImmediate(r));
+  const challenge = /type (\w{4}) and Enter/.exec(
+    out.join('').split('third request')[1] ?? '',
+  )?.[1];
+  assert.ok(challenge, shown);
+  input.write(`${challenge}\n`);
+  assert.equal(await c, true);
+  assert.match(out.join(''), /allowed\.\n$/);
 });

@@ -2,7 +2,7 @@
  * A confirm request asked where the agent can ask by itself (gate.ts decides when): the askpass
  * program, else the agent's own terminal.
  */
-import { askpass, type Broker } from '../approval/index.js';
+import { askpass, ENDED, type Broker } from '../approval/index.js';
 import type { AuditRecord } from '../audit/index.js';
 import type { GateHost } from './gate-types.js';
 
@@ -18,9 +18,14 @@ export function askLocally(
   prompt: string,
   timeoutMs: number,
   base: { target: string; actor: NonNullable<AuditRecord['actor']> },
+  settled: Promise<unknown>,
 ): void {
+  // The question goes when its request ends, however it ends.
+  const ended = new AbortController();
+  void settled.finally(() => ended.abort());
   if (host.askpass) {
-    void askpass(host.askpass, prompt, timeoutMs, host.env).then(async (a) => {
+    void askpass(host.askpass, prompt, timeoutMs, host.env, ended.signal).then(async (a) => {
+      if (a.failure === ENDED) return;
       if (a.failure === undefined) {
         broker.settle(id, a.ok ? 'granted' : 'denied', { via: 'askpass' });
         return;
@@ -38,7 +43,7 @@ export function askLocally(
     });
   } else if (host.terminal) {
     void host.terminal
-      .ask(prompt, timeoutMs)
+      .ask(prompt, timeoutMs, ended.signal)
       .then((ok) => broker.settle(id, ok ? 'granted' : 'denied', { via: 'terminal' }));
   }
 }

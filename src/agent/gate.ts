@@ -350,8 +350,18 @@ export class Gate {
         // A requester that hangs up (killed, Ctrl-C) takes its request with it: nobody is shown
         // a request whose answer would go nowhere.
         caller.abandon = () => this.broker.settle(pending.id, 'denied', { reason: GONE });
-        if (a.mode === 'confirm')
-          askLocally(this.host, this.broker, pending.id, prompt, a.timeoutMs, base);
+        // It may have hung up while the request was being recorded, before abandon was set.
+        if (caller.gone) caller.abandon();
+        else if (a.mode === 'confirm')
+          askLocally(
+            this.host,
+            this.broker,
+            pending.id,
+            prompt,
+            a.timeoutMs,
+            base,
+            pending.outcome,
+          );
         const { outcome, how } = await pending.outcome.finally(() => (caller.abandon = undefined));
         if (outcome !== 'granted') {
           await this.host.record({

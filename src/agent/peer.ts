@@ -78,6 +78,8 @@ export interface Peer {
   notifyPending?: ((p: Pending) => void) | undefined;
   /** Set while a request of this peer waits: ends it when the peer goes away. */
   abandon?: (() => void) | undefined;
+  /** The peer's connection closed (a request still on its way through the gate ends as gone). */
+  gone?: boolean | undefined;
 }
 
 const probe = Buffer.alloc(1);

@@ -279,6 +279,7 @@ export class Agent {
     });
     socket.on('error', () => socket.destroy());
     socket.on('close', () => {
+      conn.gone = true;
       conn.abandon?.();
       clearTimeout(frameTimer);
       conn.reader.destroy();

@@ -95,6 +95,7 @@ export class SshAgentService {
       // An ssh client that hangs up takes its pending signature request with it, and the ones
       // queued behind it (below): nobody is asked about a request whose answer would go nowhere.
       closed = true;
+      who.gone = true;
       who.abandon?.();
       this.sockets.delete(socket);
       reader.destroy();

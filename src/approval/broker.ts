@@ -293,8 +293,13 @@ export function askpass(
   prompt: string,
   timeoutMs: number,
   env: NodeJS.ProcessEnv,
+  ended?: AbortSignal,
 ): Promise<AskpassAnswer> {
   return new Promise((resolve) => {
+    if (ended?.aborted) {
+      resolve({ ok: false, failure: ENDED });
+      return;
+    }
     let done = false;
     const finish = (a: AskpassAnswer) => {
       if (!done) {
@@ -325,6 +330,15 @@ export function askpass(
       child.kill('SIGKILL');
       finish({ ok: false, failure: `gave no answer within ${Math.round(timeoutMs / 1000)} s` });
     }, timeoutMs);
+    // Its request ended (its requester hung up, it was decided elsewhere, the agent locked):
+    // the dialog goes, so nobody answers a question whose answer would go nowhere.
+    const onEnded = () => {
+      clearTimeout(timer);
+      child.kill('SIGKILL');
+      finish({ ok: false, failure: ENDED });
+    };
+    ended?.addEventListener('abort', onEnded, { once: true });
+    child.on('exit', () => ended?.removeEventListener('abort', onEnded));
     child.on('error', (e: NodeJS.ErrnoException) => {
       clearTimeout(timer);
       finish({ ok: false, failure: `could not be run (${e.code ?? e.message})` });
@@ -337,6 +351,9 @@ export function askpass(
     });
   });
 }
+
+/** An askpass answer for a request that ended before the program answered (not a failure of it). */
+export const ENDED = 'was ended with its request';
 
 /** Larger askpass programs are not pinned (so not run): ssh-askpass is tens of KB. */
 const ASKPASS_MAX_BYTES = 64 * 1024 * 1024;

@@ -6,6 +6,7 @@ export {
   askpass,
   askpassPin,
   askpassProblem,
+  ENDED,
   Broker,
   Grants,
   mayApprove,

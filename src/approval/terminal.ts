@@ -18,14 +18,18 @@ export class TerminalChannel {
 
   constructor(private readonly io: TerminalIo) {}
 
-  /** Resolves true only when the person types this prompt's challenge before timeoutMs. */
-  ask(prompt: string, timeoutMs: number): Promise<boolean> {
-    const turn = this.queue.then(() => this.askNow(prompt, timeoutMs));
+  /**
+   * Resolves true only when the person types this prompt's challenge before timeoutMs. A prompt
+   * whose request ends first (`ended`) is not asked, or is taken back, and resolves false.
+   */
+  ask(prompt: string, timeoutMs: number, ended?: AbortSignal): Promise<boolean> {
+    const turn = this.queue.then(() => this.askNow(prompt, timeoutMs, ended));
     this.queue = turn.catch(() => undefined);
     return turn;
   }
 
-  private askNow(prompt: string, timeoutMs: number): Promise<boolean> {
+  private askNow(prompt: string, timeoutMs: number, ended?: AbortSignal): Promise<boolean> {
+    if (ended?.aborted) return Promise.resolve(false);
     const challenge = Array.from({ length: 4 }, () => ALPHABET[randomInt(ALPHABET.length)]).join(
       '',
     );
@@ -33,10 +37,16 @@ export class TerminalChannel {
       let buf = '';
       const done = (ok: boolean, note: string) => {
         clearTimeout(timer);
+        ended?.removeEventListener('abort', onEnded);
         this.io.input.removeListener('data', onData);
         this.io.write(`${note}\n`);
         resolve(ok);
       };
+      const onEnded = () =>
+        done(
+          false,
+          'keyward: that request has ended (it was decided elsewhere, or its requester left): no longer asked.',
+        );
       const onData = (d: Buffer | string) => {
         buf += d.toString();
         const nl = buf.search(/[\r\n]/);
@@ -54,6 +64,7 @@ export class TerminalChannel {
         `\n${prompt}\nkeyward: to allow, type ${challenge} and Enter (anything else denies): `,
       );
       this.io.input.on('data', onData);
+      ended?.addEventListener('abort', onEnded, { once: true });
     });
   }
 }
