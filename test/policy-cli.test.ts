@@ -166,6 +166,29 @@ rules:
   assert.doesNotMatch(d.stderr, /note:/);
 });
 
+test('check says which caller paths hold a look-alike letter: a deny rule so written denies nothing', () => {
+  const h = initHome();
+  const c = kw(
+    [
+      'policy',
+      'check',
+      write(
+        h,
+        'lookalike.yaml',
+        'version: 1\nrules:\n  - { name: no-claude, targets: ["**"], callers: { ancestor: "**/\u0441laude" }, decision: deny }\n  - { name: fine, targets: ["**"], callers: { exe: /usr/bin/claude }, decision: deny }\n',
+      ),
+    ],
+    { env: h.env },
+  );
+  assert.equal(c.code, 0, c.stderr);
+  const notes = c.stderr.split('\n').filter((l) => l.startsWith('keyward: note: '));
+  assert.equal(notes.length, 1, c.stderr);
+  assert.match(
+    notes[0] ?? '',
+    /rule no-claude's ancestor holds characters outside ASCII \(U\+0441\): a look-alike letter makes it name no program, and a deny rule so written denies nothing/,
+  );
+});
+
 test("check says which approvals are remembered for every process of an interpreter, keyward's own commands' included", () => {
   const h = initHome();
   const remembered = `version: 1

@@ -111,6 +111,16 @@ export function weakAllows(policy: Policy): string[] {
   // other condition on the caller.
   let loadersRuledOut = false;
   for (const r of policy.rules) {
+    // A path with a look-alike letter (a Cyrillic с for a Latin c) names no program: a deny rule
+    // so written denies nothing. Not refused (a path may be named in any script), but said.
+    for (const field of ['exe', 'ancestor', 'cwd'] as const) {
+      const v = r.callers[field];
+      const odd = v === undefined ? [] : [...v].filter((ch) => !/^[\x20-\x7e]$/.test(ch));
+      if (odd.length > 0)
+        out.push(
+          `rule ${printable(r.name)}'s ${field} holds characters outside ASCII (${[...new Set(odd)].map((ch) => `U+${(ch.codePointAt(0) ?? 0).toString(16).toUpperCase().padStart(4, '0')}`).join(', ')}): a look-alike letter makes it name no program, and a ${r.decision} rule so written ${r.decision === 'deny' ? 'denies' : r.decision === 'allow' ? 'allows' : 'asks for'} nothing. Check it is the path you meant`,
+        );
+    }
     // A yes remembered for a program's every process: an interpreter's is every script of yours.
     const remembered = r.approve?.remember;
     if (typeof remembered === 'object' && remembered.scope === 'executable') {
