@@ -52,8 +52,10 @@ export async function startAgent(
   h: AgentHome,
   extraEnv: NodeJS.ProcessEnv = {},
   args: string[] = [],
+  /** Node's arguments before keyward's (a fixture that sets the process up, then execs the rest). */
+  before: string[] = [],
 ): Promise<void> {
-  const child = spawn(process.execPath, [BIN, 'agent', 'run', ...args], {
+  const child = spawn(process.execPath, [...before, BIN, 'agent', 'run', ...args], {
     env: { ...h.env, KEYWARD_ASKPASS: h.askpass, ...extraEnv },
     stdio: ['ignore', 'ignore', 'pipe'],
   });

@@ -14,6 +14,7 @@ import { after, describe, test } from 'node:test';
 import {
   agentHome,
   auditEntries,
+  startAgent,
   stopAgent,
   withoutAgent,
   type AgentHome,
@@ -1643,31 +1644,11 @@ describe('found in review: borrowed identities, code-loading variables, prompt f
 
 describe('found in review: a kernel that cannot pin the process that connected', () => {
   /** An agent run as on a kernel whose getsockopt(SO_PEERPIDFD) fails with errno (a seccomp filter). */
-  async function agentWithout(errno: 'ENOPROTOOPT' | 'EINVAL', policy: string) {
+  async function agentWithout(errno: 'ENOPROTOOPT' | 'EINVAL', policy: string | undefined) {
     const h = agentHome(policy);
     homes.push(h);
-    const child = spawn(
-      process.execPath,
-      [
-        path.join(ROOT, 'dist/test/fixtures/no-peerpidfd.js'),
-        errno,
-        process.execPath,
-        BIN,
-        'agent',
-        'run',
-      ],
-      { env: { ...h.env, KEYWARD_ASKPASS: h.askpass }, stdio: ['ignore', 'ignore', 'pipe'] },
-    );
-    h.agent = child;
-    let said = '';
-    await new Promise<void>((resolve, reject) => {
-      child.stderr?.on('data', (d: Buffer) => {
-        said += d.toString();
-        if (/listening on/.test(said)) resolve();
-      });
-      child.once('exit', () => reject(new Error(`agent did not start: ${said}`)));
-    });
-    h.agentPid = child.pid;
+    const fixture = path.join(ROOT, 'dist/test/fixtures/no-peerpidfd.js');
+    await startAgent(h, {}, [], [fixture, errno, process.execPath]);
     return h;
   }
 
@@ -1708,7 +1689,7 @@ describe('found in review: a kernel that cannot pin the process that connected',
   });
 
   test('a SO_PEERPIDFD that fails for a peer that exited (Linux 6.5 to 6.15) refuses the connection, not a pid found again', async () => {
-    const h = await agentWithout('EINVAL', undefined as unknown as string);
+    const h = await agentWithout('EINVAL', undefined);
     const refused = await new Promise<string>((resolve, reject) => {
       const c = net.connect(h.sock);
       let got = '';
