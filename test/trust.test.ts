@@ -1458,6 +1458,31 @@ describe('found in review: a variable that turns an editor into Node', () => {
     });
     assert.match(lines[0] ?? '', /^error:POLICY_DENIED:denied by policy/, lines.join('\n'));
   });
+
+  test('PYTHONWARNINGS (a category names a module Python imports) and LUA_INIT (code Lua runs first) are loader variables', async () => {
+    const h = await agentOf(
+      'version: 1\nrules:\n' +
+        '  - { name: no-loaders, targets: ["**"], callers: { loader_vars: present }, decision: deny }\n' +
+        '  - { name: allow, targets: ["**"], decision: allow }\n',
+      { user: false },
+    );
+    setSecret(h, 'app/token', 'warned-value', false);
+    for (const [name, value] of [
+      ['PYTHONWARNINGS', 'ignore::evil.Category'],
+      ['LUA_INIT', '@/tmp/evil.lua'],
+      ['LUA_INIT_5_4', 'os.execute("id")'],
+    ] as const) {
+      const lines = runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token'], {
+        env: { ...h.env, [name]: value },
+        user: false,
+      });
+      assert.match(
+        lines[0] ?? '',
+        /^error:POLICY_DENIED:denied by policy/,
+        `${name}: ${lines.join('\n')}`,
+      );
+    }
+  });
 });
 
 describe('found in review: loader variables past the first sixteen', () => {
