@@ -1007,6 +1007,8 @@ test("a run's prompt says what matters first, whatever the caller's environment 
     (_, i) => `LD_PADDING_VARIABLE_${String(i).padStart(4, '0')}`,
   );
   environ.push(`LD_${'X'.repeat(5000)}`);
+  // What loads code into most programs comes last in the environment: shown all the same.
+  environ.push('LD_PRELOAD', 'NODE_OPTIONS');
   const p = runPrompt({
     program: '/usr/bin/sh',
     programSha: 'a'.repeat(64),
@@ -1027,7 +1029,8 @@ test("a run's prompt says what matters first, whatever the caller's environment 
       what.indexOf(part) >= 0 && what.indexOf(part) < loaders,
       `${part} before the lists: ${what}`,
     );
+  assert.match(what, /its environment sets LD_PRELOAD, NODE_OPTIONS, LD_PADDING_VARIABLE_0000, /);
   assert.match(what, /and 1485 more$/);
   // Every name is still recorded.
-  assert.equal(p.notable.length, 1501);
+  assert.equal(p.notable.length, 1503);
 });

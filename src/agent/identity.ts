@@ -59,7 +59,7 @@ const MAX_LOADER_VARIABLES = 16;
  * (up to MAX_CODE_LOADERS), so sixteen GIT_CONFIG_KEY_n can't push NODE_OPTIONS out of the
  * prompt and the record.
  */
-const CODE_LOADERS = new Set([
+export const CODE_LOADERS: ReadonlySet<string> = new Set([
   'LD_PRELOAD',
   'LD_AUDIT',
   'LD_LIBRARY_PATH',
@@ -88,6 +88,8 @@ const CODE_LOADERS = new Set([
   'GCONV_PATH',
   'GIT_SSH',
   'GIT_PROXY_COMMAND',
+  'PYTHONWARNINGS',
+  'LUA_INIT',
 ]);
 const MAX_CODE_LOADERS = 32;
 

@@ -8,7 +8,7 @@
  * sentence can't be forged.
  */
 import { quote, quoteAll } from '../lib/text.js';
-import { LOADER_VARIABLES } from './identity.js';
+import { CODE_LOADERS, LOADER_VARIABLES } from './identity.js';
 import type { Wanted } from './run-request.js';
 
 export interface RunPromptFacts {
@@ -78,8 +78,14 @@ export function runPrompt(f: RunPromptFacts): {
   };
 }
 
-/** At most 16 loader variables' names, each at most 64 characters, then how many more. */
+/**
+ * The loader variables: those that load code into most programs (CODE_LOADERS, a fixed set) all
+ * of them and first, wherever they are in the environment, so that no number of others hides
+ * LD_PRELOAD; then at most 16 others, each at most 64 characters, and how many more.
+ */
 function loaderList(names: readonly string[]): string {
-  const shown = names.slice(0, 16).map((n) => (n.length > 64 ? `${n.slice(0, 61)}...` : n));
-  return `${shown.join(', ')}${names.length > 16 ? ` and ${names.length - 16} more` : ''}`;
+  const first = names.filter((n) => CODE_LOADERS.has(n));
+  const rest = names.filter((n) => !CODE_LOADERS.has(n));
+  const shown = rest.slice(0, 16).map((n) => (n.length > 64 ? `${n.slice(0, 61)}...` : n));
+  return `${[...first, ...shown].join(', ')}${rest.length > 16 ? ` and ${rest.length - 16} more` : ''}`;
 }
