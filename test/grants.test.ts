@@ -656,7 +656,8 @@ describe('found in review: a prompt ends with its request', () => {
     const pids = (h: AgentHome) => path.join(h.dir, 'askpass-pids');
     const h = await agentWith(
       ASK,
-      (a) => `#!/bin/sh\necho $$ >> '${pids(a)}'\nwhile :; do sleep 0.05; done\n`,
+      // A wrapper whose dialog is its child (the dialog's pid is the one said).
+      (a) => `#!/bin/sh\nsleep 600 &\necho $! >> '${pids(a)}'\nwait\n`,
     );
     const reader = spawn(process.execPath, [BIN, 'read', 'app/token'], {
       env: h.env,
@@ -668,6 +669,13 @@ describe('found in review: a prompt ends with its request', () => {
       pid = Number(fs.readFileSync(pids(h), { encoding: 'utf8', flag: 'a+' }).trim() || 0);
       return pid > 0;
     }, 'the askpass dialog');
+    after(() => {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        // ended, as it should be
+      }
+    });
     reader.kill('SIGKILL');
     await exited;
     // The dialog is gone (a person can't answer a request whose answer would go nowhere).

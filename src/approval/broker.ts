@@ -326,15 +326,30 @@ export function askpass(
       finish({ ok: false, failure: `could not be run: ${(e as Error).message}` });
       return;
     }
+    const spawned = child;
+    // The program and whatever it started (a wrapper script's dialog is its child). Not a
+    // process group of its own: that needs a session of its own, and an askpass that asks on
+    // the terminal would lose it.
+    const end = () => {
+      const below = spawned.pid === undefined ? [] : descendants(spawned.pid);
+      spawned.kill('SIGKILL');
+      for (const pid of below) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          // gone already
+        }
+      }
+    };
     const timer = setTimeout(() => {
-      child.kill('SIGKILL');
+      end();
       finish({ ok: false, failure: `gave no answer within ${Math.round(timeoutMs / 1000)} s` });
     }, timeoutMs);
     // Its request ended (its requester hung up, it was decided elsewhere, the agent locked):
     // the dialog goes, so nobody answers a question whose answer would go nowhere.
     const onEnded = () => {
       clearTimeout(timer);
-      child.kill('SIGKILL');
+      end();
       finish({ ok: false, failure: ENDED });
     };
     ended?.addEventListener('abort', onEnded, { once: true });
@@ -350,6 +365,34 @@ export function askpass(
       else finish({ ok: false, failure: `exited with status ${code}` });
     });
   });
+}
+
+/** A process's descendants, from /proc (its threads' children lists), nearest first. */
+function descendants(pid: number): number[] {
+  const out: number[] = [];
+  const todo = [pid];
+  while (todo.length > 0 && out.length < 1024) {
+    const p = todo.shift() as number;
+    let tasks: string[];
+    try {
+      tasks = fs.readdirSync(`/proc/${p}/task`);
+    } catch {
+      continue;
+    }
+    for (const t of tasks) {
+      let kids: string;
+      try {
+        kids = fs.readFileSync(`/proc/${p}/task/${t}/children`, 'utf8');
+      } catch {
+        continue;
+      }
+      for (const k of kids.split(' ').filter((x) => /^\d+$/.test(x))) {
+        out.push(Number(k));
+        todo.push(Number(k));
+      }
+    }
+  }
+  return out;
 }
 
 /** An askpass answer for a request that ended before the program answered (not a failure of it). */
