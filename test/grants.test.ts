@@ -264,7 +264,7 @@ describe('a policy applied ends what the old one remembered', () => {
     const exe = fs.realpathSync(process.execPath);
     assert.ok(
       (h.prompts()[0] ?? '').endsWith(
-        `(rule ask). A yes is remembered for 90 s (3 uses), for every process that runs "${exe}". Allow?`,
+        `(rule ask). A yes is remembered for 90 s (3 uses), for every process of this program ("${exe}", by its SHA-256) with the same loader variables. Allow?`,
       ),
       h.prompts().join('\n'),
     );

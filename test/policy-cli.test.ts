@@ -197,11 +197,17 @@ rules:
   - { name: python, targets: ["b/*"], callers: { exe: /usr/bin/python3 }, decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }
   - { name: git, targets: ["c/*"], callers: { exe: /usr/bin/git }, decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }
   - { name: this-process, targets: ["d/*"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }
+  - { name: by-glob, targets: ["e/*"], callers: { exe: "/usr/bin/python3*" }, decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }
+  - { name: by-hash, targets: ["f/*"], callers: { exe_sha256: "${'a'.repeat(64)}" }, decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }
 `;
   const c = kw(['policy', 'check', write(h, 'remembered.yaml', remembered)], { env: h.env });
   assert.equal(c.code, 0, c.stderr);
   const notes = c.stderr.split('\n').filter((l) => l.startsWith('keyward: note: '));
-  assert.equal(notes.length, 2, c.stderr);
+  assert.equal(notes.length, 3, c.stderr);
+  assert.match(
+    notes[2] ?? '',
+    /^keyward: note: rule by-glob remembers a yes for every process of what the glob \/usr\/bin\/python3\* names, which may be an interpreter/,
+  );
   assert.match(
     notes[0] ?? '',
     /^keyward: note: rule any-program remembers a yes for every process of the program that asked \(scope: executable\), and names no program: keyward's own commands run as node, so a yes to one covers every Node program of yours/,

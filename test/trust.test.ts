@@ -1683,11 +1683,12 @@ describe('found in review: a kernel that cannot pin the process that connected',
       'ENOPROTOOPT',
       'version: 1\nrules:\n' +
         `  - { name: this-node, targets: ["app/*"], callers: { exe: ${node}, loader_vars: absent }, decision: allow }\n` +
+        '  - { name: no-git, targets: ["open/git-only"], callers: { exe: /usr/bin/git }, decision: deny }\n' +
         '  - { name: anyone, targets: ["open/*"], decision: allow }\n' +
         '  - { name: ask, targets: ["ask/*"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }\n',
     );
     assert.equal(kw(['unlock'], { env: h.env }).code, 0);
-    for (const n of ['app/token', 'open/token', 'ask/token'])
+    for (const n of ['app/token', 'open/token', 'ask/token', 'open/git-only'])
       assert.equal(kw(['secret', 'set', n], { env: h.env, input: `value of ${n}` }).code, 0);
     // A rule that names no caller still allows: the agent works.
     const open = kw(['read', 'open/token'], { env: h.env });
@@ -1702,6 +1703,14 @@ describe('found in review: a kernel that cannot pin the process that connected',
     );
     assert.equal(denied?.decision, 'deny');
     assert.equal(denied?.actor?.unpinned, true);
+    // A deny by who asks holds for whoever it may be: the process read may be another than the
+    // one that connected, so a deny on git is not passed by a caller that reads as node.
+    const gitOnly = kw(['read', 'open/git-only'], { env: h.env });
+    assert.equal(gitOnly.code, 6, gitOnly.stderr);
+    const byGit = auditEntries(h).find(
+      (e) => e.type === 'secret.read' && e.target === 'open/git-only',
+    );
+    assert.equal(byGit?.details['rule'], 'no-git');
     // An approval is asked, says why, and is not remembered.
     h.answer('yes');
     for (let i = 0; i < 2; i++) {
@@ -1728,7 +1737,7 @@ describe('found in review: a kernel that cannot pin the process that connected',
         auditEntries(h).some(
           (e) =>
             e.type === 'peer.rejected' &&
-            /it exited before it could be identified/.test(e.reason ?? ''),
+            /it can't be pinned, so it is not served/.test(e.reason ?? ''),
         ),
       'the refusal recorded',
     );

@@ -525,6 +525,6 @@ function rememberedText(
   const whom =
     r.scope === 'process'
       ? 'this process only'
-      : `every process that runs ${JSON.stringify(printable(exe ?? '?', 200))}`;
+      : `every process of this program (${JSON.stringify(printable(exe ?? '?', 200))}, by its SHA-256) with the same loader variables`;
   return ` A yes is remembered for ${time}${uses}, for ${whom}.`;
 }

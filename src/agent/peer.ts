@@ -254,7 +254,7 @@ export function identifyPeer(
   // Any other failure (6.5 to 6.15 say EINVAL for a peer that exited) refuses it.
   if (typeof pinned !== 'number' && pinned.errno !== ENOPROTOOPT)
     return refused(
-      `the kernel gave no pidfd for the peer (errno ${pinned.errno}): it exited before it could be identified`,
+      `the kernel gave no pidfd for the peer (errno ${pinned.errno}; EINVAL: it exited): it can't be pinned, so it is not served`,
     );
   const unpinned = typeof pinned !== 'number';
   const pidfd = typeof pinned === 'number' ? pinned : pidfdOpen(cred.pid);

@@ -235,7 +235,7 @@ function pendingText(p: Record<string, unknown>): string {
   const left = Math.max(0, Math.round((Number(p['expiresAt']) - Date.now()) / 1000));
   let text = `${f(p['id'])}  ${f(p['action'])} ${f(p['target'])}  (rule ${f(p['rule'])}, ${f(p['mode'])}, ${left} s left)\n    by ${who}\n`;
   // The request as its prompt says it: the command, the hosts, the method and path.
-  if (typeof p['what'] === 'string') text += `    to ${printable(p['what'], 1000)}\n`;
+  if (typeof p['what'] === 'string') text += `    to ${asciiShown(p['what'], 1000)}\n`;
   // One approval of a run covers every value its rule gives it: all of them are said.
   const also = Array.isArray(p['also']) ? (p['also'] as unknown[]) : [];
   if (also.length > 0) text += `    and also ${also.map(f).join(', ')}\n`;

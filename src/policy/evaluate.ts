@@ -109,6 +109,14 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
   const w = r.callers;
   if (w.uid !== undefined && c.uid !== w.uid)
     return `the caller's uid is ${c.uid ?? 'unknown'}, not ${w.uid}`;
+  // A caller the kernel can't pin (no SO_PEERPIDFD) may be another process than the one read:
+  // no allow by who it is, and every deny or approve by who it is holds for it (fail closed).
+  const allows = r.decision === 'allow';
+  const byWho = w.exe ?? w.exe_sha256 ?? w.ancestor ?? w.cwd ?? w.loader_vars;
+  if (byWho !== undefined && c.unpinned === true)
+    return allows
+      ? "the kernel can't tell the agent which process connected (no SO_PEERPIDFD: Linux before 6.5), and an allow by who asks needs it to"
+      : undefined;
   if (w.exe !== undefined && (c.exe === undefined || !glob(w.exe)(c.exe))) {
     return `the caller's executable ${c.exe ?? '(unknown)'} does not match ${w.exe}`;
   }
@@ -116,11 +124,6 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
   // the caller's own, where the real file may run a library of its choosing, or a path that names
   // another file) still matches a deny or approve rule, never an allow: what it claims can't
   // make a caller less restricted (as unknown loader variables, below).
-  const allows = r.decision === 'allow';
-  const byWho = w.exe ?? w.exe_sha256 ?? w.ancestor ?? w.cwd ?? w.loader_vars;
-  if (byWho !== undefined && c.unpinned === true && allows) {
-    return "the kernel can't tell the agent which process connected (no SO_PEERPIDFD: Linux before 6.5), and an allow by who asks needs it to";
-  }
   if ((w.exe ?? w.exe_sha256) !== undefined && c.exeElsewhere === true && allows) {
     return `the caller's executable ${c.exe ?? '(unknown)'} runs where the agent can't vouch for it (a mount or user namespace or root of its own, or another file by that path), and an allow needs it to`;
   }

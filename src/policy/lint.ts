@@ -99,9 +99,10 @@ const INTERPRETER =
   /^(node|nodejs|deno|bun|python[0-9.]*|pypy[0-9.]*|ruby[0-9.]*|perl[0-9.]*|php[0-9.]*|bash|sh|dash|zsh|fish|ksh|busybox|java|osascript|pwsh|lua[0-9.]*|tclsh[0-9.]*|env)$/;
 
 /**
- * Allow rules that name no caller they can trust (docs/POLICY.md, "Callers"), and approvals
- * remembered for every process of an interpreter (or of any program, keyward's own node): valid,
- * applied, and said at check and apply. A `cwd` is the caller's to choose, an `ancestor` can be gained (a
+ * Notes on a valid policy, said at check and apply: allow rules that name no caller they can
+ * trust (docs/POLICY.md, "Callers"), approvals remembered for every process of an interpreter
+ * (or of any program: keyward's own commands run as node), and caller paths with characters
+ * outside ASCII (a look-alike letter names no program). A `cwd` is the caller's to choose, an `ancestor` can be gained (a
  * process forks its child, then execs the named program; the named program runs your commands),
  * and an interpreter is every script it runs.
  */
@@ -125,13 +126,13 @@ export function weakAllows(policy: Policy): string[] {
     const remembered = r.approve?.remember;
     if (typeof remembered === 'object' && remembered.scope === 'executable') {
       const exe = r.callers.exe?.split('/').at(-1);
-      if (exe === undefined)
+      if (exe === undefined && r.callers.exe_sha256 === undefined)
         out.push(
           `rule ${printable(r.name)} remembers a yes for every process of the program that asked (scope: executable), and names no program: keyward's own commands run as node, so a yes to one covers every Node program of yours, and a yes to a script covers every script of its interpreter. Use scope: process, or name a program that is not an interpreter (exe)`,
         );
-      else if (INTERPRETER.test(exe))
+      else if (exe !== undefined && (INTERPRETER.test(exe) || /[*?[]/.test(exe)))
         out.push(
-          `rule ${printable(r.name)} remembers a yes for every process of the interpreter ${printable(r.callers.exe ?? '')} (scope: executable): every script it runs, any process's, is covered by one yes. Use scope: process`,
+          `rule ${printable(r.name)} remembers a yes for every process of ${INTERPRETER.test(exe) ? 'the interpreter' : 'what the glob'} ${printable(r.callers.exe ?? '')}${INTERPRETER.test(exe) ? '' : ' names, which may be an interpreter,'} (scope: executable): every script it runs, any process's, is covered by one yes. Use scope: process`,
         );
     }
     if (r.decision !== 'allow') {
