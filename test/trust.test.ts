@@ -1439,43 +1439,40 @@ describe('found in review: loader variables OpenSSL reads', () => {
 });
 
 describe('found in review: a variable that turns an editor into Node', () => {
-  test('ELECTRON_RUN_AS_NODE, which makes an Electron program (an editor a rule trusts by its exe) run any script as plain Node, is a loader variable', async () => {
+  /** An agent that denies callers with loader variables and allows the rest; app/token set. */
+  async function loadersDenied(value: string): Promise<AgentHome> {
     const h = await agentOf(
       'version: 1\nrules:\n' +
         '  - { name: no-loaders, targets: ["**"], callers: { loader_vars: present }, decision: deny }\n' +
         '  - { name: allow, targets: ["**"], decision: allow }\n',
       { user: false },
     );
-    setSecret(h, 'app/token', 'electron-value', false);
-    const clean = runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token'], {
-      env: { ...h.env },
+    setSecret(h, 'app/token', value, false);
+    return h;
+  }
+  /** What a raw client gets for app/token with these variables added to its environment. */
+  const readWith = (h: AgentHome, extra: Record<string, string>) =>
+    runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token'], {
+      env: { ...h.env, ...extra },
       user: false,
     });
+
+  test('ELECTRON_RUN_AS_NODE, which makes an Electron program (an editor a rule trusts by its exe) run any script as plain Node, is a loader variable', async () => {
+    const h = await loadersDenied('electron-value');
+    const clean = readWith(h, {});
     assert.equal(clean[0], 'value:electron-value');
-    const lines = runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token'], {
-      env: { ...h.env, ELECTRON_RUN_AS_NODE: '1' },
-      user: false,
-    });
+    const lines = readWith(h, { ELECTRON_RUN_AS_NODE: '1' });
     assert.match(lines[0] ?? '', /^error:POLICY_DENIED:denied by policy/, lines.join('\n'));
   });
 
   test('PYTHONWARNINGS (a category names a module Python imports) and LUA_INIT (code Lua runs first) are loader variables', async () => {
-    const h = await agentOf(
-      'version: 1\nrules:\n' +
-        '  - { name: no-loaders, targets: ["**"], callers: { loader_vars: present }, decision: deny }\n' +
-        '  - { name: allow, targets: ["**"], decision: allow }\n',
-      { user: false },
-    );
-    setSecret(h, 'app/token', 'warned-value', false);
+    const h = await loadersDenied('warned-value');
     for (const [name, value] of [
       ['PYTHONWARNINGS', 'ignore::evil.Category'],
       ['LUA_INIT', '@/tmp/evil.lua'],
       ['LUA_INIT_5_4', 'os.execute("id")'],
     ] as const) {
-      const lines = runLines([PYTHON, RAW_CLIENT, h.sock, 'app/token'], {
-        env: { ...h.env, [name]: value },
-        user: false,
-      });
+      const lines = readWith(h, { [name]: value });
       assert.match(
         lines[0] ?? '',
         /^error:POLICY_DENIED:denied by policy/,

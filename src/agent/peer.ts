@@ -252,12 +252,12 @@ export function identifyPeer(
   // agent was slow or stopped by a signal). Such a peer is "unpinned": described as it reads,
   // but no allow by who it is, and nothing remembered (policy/evaluate.ts, gate-caller.ts).
   // Any other failure (6.5 to 6.15 say EINVAL for a peer that exited) refuses it.
-  if (typeof pinned !== 'number' && pinned.errno !== ENOPROTOOPT)
+  const unpinned = typeof pinned !== 'number';
+  if (unpinned && pinned.errno !== ENOPROTOOPT)
     return refused(
       `the kernel gave no pidfd for the peer (errno ${pinned.errno}; EINVAL: it exited): it can't be pinned, so it is not served`,
     );
-  const unpinned = typeof pinned !== 'number';
-  const pidfd = typeof pinned === 'number' ? pinned : pidfdOpen(cred.pid);
+  const pidfd = unpinned ? pidfdOpen(cred.pid) : pinned;
   if (pidfd === undefined)
     return refused(
       'no pidfd for the peer: keyward needs Linux 5.3 or later (6.5 for SO_PEERPIDFD)',

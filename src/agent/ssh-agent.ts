@@ -311,7 +311,8 @@ export class SshAgentService {
       if (r.remaining > 0) throw new KeywardError('PROTOCOL_ERROR', 'trailing bytes');
       const id = keyOf(blob);
       // By the key, whatever it is listed as: a certificate signs with the key it certifies.
-      const vaultKey = this.loadedVaultKeys().get(keyOf(key.publicBlob));
+      const keyId = keyOf(key.publicBlob);
+      const vaultKey = this.loadedVaultKeys().get(keyId);
       if (vaultKey && !cert) throw new KeywardError('USAGE', 'the key is in the vault');
       const full = () => !this.added.has(id) && this.added.size >= MAX_ADDED_KEYS;
       if (full()) throw new KeywardError('USAGE', 'too many keys added');
@@ -350,7 +351,7 @@ export class SshAgentService {
       // Checked again: adds that waited together above can't all pass the check made before.
       if (full()) throw new KeywardError('USAGE', 'too many keys added');
       // The vault may have changed meanwhile (the key imported, or removed): checked again.
-      if (this.loadedVaultKeys().get(keyOf(key.publicBlob))?.target !== vaultKey?.target)
+      if (this.loadedVaultKeys().get(keyId)?.target !== vaultKey?.target)
         throw new KeywardError('USAGE', 'the vault changed meanwhile: add the key again');
       // A policy loaded while the record was written capped the keys listed then, not this one.
       capTo(held, this.host.limits().keyLifetimeMs);

@@ -19,7 +19,8 @@ export interface Caller {
   exeElsewhere?: boolean | undefined;
   /**
    * The kernel can't say this is the process that connected (no SO_PEERPIDFD: the agent read
-   * whatever process has its pid now). No allow rule on who asks matches it.
+   * whatever process has its pid now). No allow rule on who asks matches it; every deny or
+   * approve rule on who asks does.
    */
   unpinned?: boolean | undefined;
   exeSha256?: string | undefined;
