@@ -5,7 +5,8 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
 import { test } from 'node:test';
-import { FAST_KDF, initHome, kw, makeHome, rootTests } from './helpers.js';
+import { spawnSync } from 'node:child_process';
+import { BIN, FAST_KDF, initHome, kw, makeHome, ROOT, rootTests } from './helpers.js';
 import { peerPidfdCheck } from '../src/doctor/index.js';
 
 function refused(env: NodeJS.ProcessEnv, why: RegExp): void {
@@ -122,8 +123,31 @@ test('doctor warns while unprivileged user namespaces are on: any process can ma
   );
   // This kernel pins the process that connects (6.5 or later): said so.
   assert.match(r.stdout, /^OK +peer-pidfd .*SO_PEERPIDFD/m);
-  // One before it: a warning, and what it costs.
-  const old = peerPidfdCheck('5.15.0-91-generic');
-  assert.equal(old.status, 'warn');
-  assert.match(old.message, /rules allow nobody by who they are/);
+});
+
+test('doctor asks the kernel for SO_PEERPIDFD, not its version: unknown is a warning, blocked a failure', () => {
+  const h = initHome();
+  const fixture = path.join(ROOT, 'dist/test/fixtures/no-peerpidfd.js');
+  const under = (errno: string) =>
+    spawnSync(process.execPath, [fixture, errno, process.execPath, BIN, 'doctor'], {
+      env: h.env,
+      encoding: 'utf8',
+    });
+  // The option unknown, as before Linux 6.5, whatever os.release() says (here 6.5 or later):
+  // callers are unpinned, and doctor says what that costs.
+  const old = under('ENOPROTOOPT');
+  assert.match(
+    old.stdout,
+    /^WARN +peer-pidfd .*has no SO_PEERPIDFD: .*rules allow nobody by who they are/m,
+  );
+  // Any other failure (a filter, a security module): the agent would refuse every connection.
+  const blocked = under('EINVAL');
+  assert.match(
+    blocked.stdout,
+    /^FAIL +peer-pidfd .*SO_PEERPIDFD fails here \(errno 22\).*refuses every connection/m,
+  );
+  assert.notEqual(blocked.status, 0);
+  // The check's own words, for a kernel's answers this one can't give.
+  assert.equal(peerPidfdCheck(92, '5.15.0-91-generic').status, 'warn');
+  assert.equal(peerPidfdCheck(0).status, 'ok');
 });

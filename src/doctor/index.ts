@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { coreLimit } from '../lib/libc.js';
+import { coreLimit, ENOPROTOOPT, peerPidfdProbe } from '../lib/libc.js';
 import { permissionProblem } from '../lib/files.js';
 import { printable } from '../lib/text.js';
 import { askpassProblem } from '../approval/index.js';
@@ -129,23 +129,31 @@ function userNamespaces(): Check {
 
 /**
  * SO_PEERPIDFD (Linux 6.5) lets the agent pin the process that connected. Without it, callers
- * are unpinned: no allow rule on who they are matches them (docs/POLICY.md, "Callers").
+ * are unpinned: no allow rule on who they are matches them (docs/POLICY.md, "Callers"). Asked of
+ * the kernel itself (a socket pair's), not read from its version: a backported option, or a
+ * filter that blocks it, is what the agent will meet.
  */
-export function peerPidfdCheck(release = os.release()): Check {
-  const m = /^(\d+)\.(\d+)/.exec(release);
-  const [major, minor] = [Number(m?.[1] ?? 0), Number(m?.[2] ?? 0)];
-  return major > 6 || (major === 6 && minor >= 5)
-    ? {
-        id: 'peer-pidfd',
-        status: 'ok',
-        message: `Linux ${printable(release, 60)} names the process that connects (SO_PEERPIDFD)`,
-      }
-    : {
-        id: 'peer-pidfd',
-        status: 'warn',
-        message: `Linux ${printable(release, 60)} has no SO_PEERPIDFD: the agent can't tell that the process it reads is the one that connected, so rules allow nobody by who they are (exe, exe_sha256, ancestor, cwd, loader_vars) and nothing is remembered`,
-        hint: 'Linux 6.5 or later; meanwhile such rules only ask (decision: approve) or deny',
-      };
+export function peerPidfdCheck(errno = peerPidfdProbe(), release = os.release()): Check {
+  const linux = `Linux ${printable(release, 60)}`;
+  if (errno === 0)
+    return {
+      id: 'peer-pidfd',
+      status: 'ok',
+      message: `${linux} names the process that connects (SO_PEERPIDFD)`,
+    };
+  if (errno === ENOPROTOOPT)
+    return {
+      id: 'peer-pidfd',
+      status: 'warn',
+      message: `${linux} has no SO_PEERPIDFD: the agent can't tell that the process it reads is the one that connected, so rules allow nobody by who they are (exe, exe_sha256, ancestor, cwd, loader_vars) and nothing is remembered`,
+      hint: 'Linux 6.5 or later; meanwhile such rules only ask (decision: approve) or deny',
+    };
+  return {
+    id: 'peer-pidfd',
+    status: 'fail',
+    message: `SO_PEERPIDFD fails here (errno ${errno}) where ${linux} should answer it: the agent refuses every connection whose process it can't pin`,
+    hint: 'a seccomp filter or security module around keyward blocks it; run the agent outside it',
+  };
 }
 
 function tracer(): Check {

@@ -20,6 +20,7 @@ export interface Libc {
   tcgetpgrp: (fd: number) => number;
   getpgrp: () => number;
   getsockopt: (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
+  socketpair: (domain: number, type: number, protocol: number, sv: Buffer) => number;
   syscall4: (nr: number, a: number, b: number, c: null, d: number) => number;
   close: (fd: number) => number;
   mallopt: (param: number, value: number) => number;
@@ -111,6 +112,7 @@ function bind(): Libc {
     getpgrp: () => lib.func('int getpgrp(void)'),
     getsockopt: () =>
       lib.func('int getsockopt(int, int, int, _Out_ uint8_t *, _Inout_ uint32_t *)'),
+    socketpair: () => lib.func('int socketpair(int, int, int, _Out_ uint8_t *)'),
     syscall4: () => lib.func('long syscall(long, int, int, void *, unsigned int)'),
     close: () => lib.func('int close(int)'),
     mallopt: () => lib.func('int mallopt(int, int)'),

@@ -142,6 +142,28 @@ export function peerPidfd(fd: number): number | { errno: number } {
 }
 
 /**
+ * Whether this kernel answers SO_PEERPIDFD: asked of a socket pair of this process's own, so
+ * what the agent will get from its peers, on this kernel and under any filter this process runs
+ * under. 0 when it works; else the errno (ENOPROTOOPT: the kernel has no such option).
+ */
+export function peerPidfdProbe(): number {
+  const l = libc();
+  const sv = Buffer.alloc(8);
+  // AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC.
+  if (l.socketpair(1, 1 | 0o2000000, 0, sv) !== 0) return l.errno();
+  const [a, b] = [sv.readInt32LE(0), sv.readInt32LE(4)];
+  try {
+    const pinned = peerPidfd(a);
+    if (typeof pinned !== 'number') return pinned.errno;
+    l.close(pinned);
+    return 0;
+  } finally {
+    l.close(a);
+    l.close(b);
+  }
+}
+
+/**
  * pidfd_open(2) (Linux 5.3+): a pidfd for whatever process has this pid now. Weaker than
  * SO_PEERPIDFD, which names the process that connected; used only where the kernel lacks it.
  */
