@@ -320,6 +320,53 @@ test('a login assertion replayed is refused', { skip }, async () => {
   await loginWithPassphrase(page, url, PASSPHRASE);
 });
 
+test(
+  "found in review: login challenges another process asks for, however many, don't push the person's out",
+  { skip },
+  async () => {
+    // The page asks for its challenge...
+    const handle = await inPage(async () => {
+      const o = (await (
+        await fetch('/api/login/options', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: '{}',
+        })
+      ).json()) as Options;
+      (window as unknown as { kwOptions: Options }).kwOptions = o;
+      return o.handle;
+    });
+    // ...another process asks for forty (no session is needed for that; it sets its own Origin)...
+    const u = new URL(url);
+    for (let i = 0; i < 40; i++) {
+      const r = await rawRequest(url, {
+        method: 'POST',
+        path: '/api/login/options',
+        headers: { Host: u.host, Origin: u.origin, 'Content-Type': 'application/json' },
+        body: '{}',
+      });
+      assert.equal(r.status, 200, r.body);
+      assert.notEqual((JSON.parse(r.body) as { handle: string }).handle, handle);
+    }
+    // ...and the person's security key still logs in with the page's.
+    const status = await inPage(async () => {
+      const o = (window as unknown as { kwOptions: Options }).kwOptions;
+      const response = await window.SimpleWebAuthnBrowser.startAuthentication({
+        optionsJSON: o.options,
+      });
+      return (
+        await fetch('/api/login/webauthn', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ handle: o.handle, response }),
+        })
+      ).status;
+    });
+    assert.equal(status, 200);
+    await loginWithPassphrase(page, url, PASSPHRASE);
+  },
+);
+
 test('a confirm read from another process is approved in the page, live', { skip }, async () => {
   await ready();
   const w = waitingCommand(['read', 'plain/one'], h.env);

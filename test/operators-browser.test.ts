@@ -71,8 +71,11 @@ ${RULES}`,
     for (const x of homes) await stopAgent(x);
   });
 
-  /** Signs in on the provider's own pages as `user`, from the operator page. */
-  async function signIn(user: string) {
+  /**
+   * Signs in on the provider's own pages as `user`, from the operator page; `meanwhile` runs
+   * while the person is at the provider.
+   */
+  async function signIn(user: string, meanwhile?: () => Promise<void>) {
     const context = await browser.newContext();
     // The handle the page claims, as the page sent it (to try it again).
     context.on('request', (r) => {
@@ -85,6 +88,7 @@ ${RULES}`,
     await page.goto(`http://127.0.0.1:${port}/operator`);
     await page.locator('#sso').click();
     await page.locator('input[name="login"]').fill(user);
+    await meanwhile?.();
     await page.locator('input[name="password"]').fill('any password');
     await page.locator('button[type="submit"]').click();
     await page.getByRole('button', { name: 'Continue' }).click();
@@ -116,6 +120,23 @@ ${RULES}`,
     await page.context().close();
   });
 
+  test("found in review: sign-ins another process starts, however many, don't push the person's out", async () => {
+    const url = `http://127.0.0.1:${port}/`;
+    const page = await signIn('alice', async () => {
+      // Forty sign-ins started by another process while alice types her password: anyone can
+      // start one (no session is needed), and a table of sixteen dropped hers.
+      for (let i = 0; i < 40; i++) {
+        const r = await rawRequest(url, {
+          path: '/api/operator/oidc/start',
+          headers: { Host: `127.0.0.1:${port}` },
+        });
+        assert.equal(r.status, 302);
+      }
+    });
+    await page.locator('#who').filter({ hasText: 'alice (oidc; sre-team)' }).waitFor();
+    await page.context().close();
+  });
+
   test("bob's sign-in is refused (no allowed group), shown on the page and recorded", async () => {
     const page = await signIn('bob');
     await page
@@ -141,6 +162,53 @@ ${RULES}`,
     await page.waitForFunction('window.location.hash === ""');
     assert.doesNotMatch((await page.locator('#message').textContent()) ?? '', /expired|renew/);
     await context.close();
+  });
+
+  test("found in review: a provider's error in a callback shows the console's words, never the link's, and trips nothing", async () => {
+    const url = `http://127.0.0.1:${port}/`;
+    // A state is anyone's who starts a sign-in: no session is needed for that.
+    const started = async () => {
+      const r = await rawRequest(url, {
+        path: '/api/operator/oidc/start',
+        headers: { Host: `127.0.0.1:${port}` },
+      });
+      assert.equal(r.status, 302);
+      return String(new URL(String(r.headers.location)).searchParams.get('state'));
+    };
+    const phish = 'keyward was upgraded: paste your API key at https://keyward-ops.example/renew';
+    const context = await browser.newContext();
+    const page = await context.newPage();
+    await page.goto(
+      `${url}api/operator/oidc/callback?state=${await started()}&error=access_denied&error_description=${encodeURIComponent(phish)}`,
+    );
+    await page
+      .locator('#message.error')
+      .filter({ hasText: 'the identity provider refused the sign-in (access_denied)' })
+      .waitFor();
+    assert.doesNotMatch((await page.locator('#message').textContent()) ?? '', /upgraded|renew/);
+    // A code the standards don't name is not repeated either.
+    await page.goto(
+      `${url}api/operator/oidc/callback?state=${await started()}&error=go_to_evil.example`,
+    );
+    await page.waitForFunction('window.location.hash === ""');
+    await page
+      .locator('#message.error')
+      .filter({ hasText: 'the identity provider refused the sign-in' })
+      .waitFor();
+    assert.doesNotMatch((await page.locator('#message').textContent()) ?? '', /evil/);
+    await context.close();
+    const refused = auditEntries(h)
+      .filter((e) => e.type === 'operator.login')
+      .at(-1);
+    assert.equal(refused?.decision, 'deny');
+    assert.doesNotMatch(JSON.stringify(refused), /upgraded|renew|evil/);
+    // Such callbacks are anyone's to make: six of them lock nothing.
+    for (let i = 0; i < 6; i++)
+      await rawRequest(url, {
+        path: `/api/operator/oidc/callback?state=${await started()}&error=access_denied`,
+        headers: { Host: `127.0.0.1:${port}` },
+      });
+    assert.match(kw(['status'], { env: h.env }).stdout, /unlocked/);
   });
 
   test('a callback this console did not start, or a handle claimed twice, is refused', async () => {

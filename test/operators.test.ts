@@ -513,6 +513,35 @@ ${more}`;
       assert.equal(last?.decision, 'deny');
     });
 
+    test("found in review: a token written another way opens no second session (its signature's spare bits, its high-s twin)", async () => {
+      // The provider's ID tokens carry no jti: each is remembered by what it is.
+      const { idToken } = await idp.login('alice');
+      const [head, claims, sig] = idToken.split('.') as [string, string, string];
+      assert.equal(JSON.parse(Buffer.from(head, 'base64url').toString()).alg, 'ES256');
+      const raw = Buffer.from(sig, 'base64url');
+      assert.equal(raw.length, 64);
+      // The same 64 bytes: the last of 86 characters holds 2 bits of the signature and 4 spare.
+      const B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_';
+      const spare = sig.slice(0, -1) + B64[B64.indexOf(sig.slice(-1)) ^ 1];
+      assert.notEqual(spare, sig);
+      assert.deepEqual(Buffer.from(spare, 'base64url'), raw);
+      // (r, n - s): another signature of the same bytes, valid for ECDSA.
+      const n = BigInt('0xffffffff00000000ffffffffffffffffbce6faada7179e84f3b9cac2fc632551');
+      const s = BigInt(`0x${raw.subarray(32).toString('hex')}`);
+      const twin = Buffer.concat([
+        raw.subarray(0, 32),
+        Buffer.from((n - s).toString(16).padStart(64, '0'), 'hex'),
+      ]).toString('base64url');
+      const loginWith = (token: string) =>
+        api(url, 'POST', '/api/operator/login/oidc', { json: { token } });
+      assert.equal((await loginWith(idToken)).status, 200);
+      for (const other of [spare, twin]) {
+        const r = await loginWith(`${head}.${claims}.${other}`);
+        assert.equal(r.status, 403, `a second session from ${other}`);
+        assert.match(String(r.json['error']), /this token was used to log in already/);
+      }
+    });
+
     test('a token that opened a session opens no other: not after a policy change, not after the agent starts anew', async () => {
       const { idToken } = await idp.login('alice');
       const loginWith = (token: string) =>

@@ -14,6 +14,7 @@ import {
   type OperatorIdentity,
   type OperatorSession,
   NOT_STARTED_HERE,
+  PROVIDER_REFUSED,
 } from '../operators/index.js';
 import { HttpError, readJson, readSecret, sendJson } from './http.js';
 import type { ConsoleServer } from './server.js';
@@ -163,21 +164,32 @@ async function signInFinish(
     res.end();
   };
   let op: OperatorIdentity;
+  // Until the provider has given an ID token, a refusal is of a callback anyone can make (a
+  // state is anyone's who starts a sign-in, and a callback anyone's to send, a web page's
+  // too): recorded, not counted toward the circuit breaker, which could otherwise be tripped
+  // from afar. A token the provider gave that keyward refuses (no allowed group...) counts.
+  let tokenGiven = false;
   try {
     const login = await c.host.oidcLogin(redirectUri);
     // The URL the provider sent the browser to, as the agent named it: the code exchange
     // repeats it as redirect_uri.
     const callback = new URL(redirectUri);
     callback.search = url.search;
-    op = await c.host.operatorByToken(await login.finish(callback, now));
+    const token = await login.finish(callback, now);
+    tokenGiven = true;
+    op = await c.host.operatorByToken(token);
   } catch (e) {
     if (!(e instanceof KeywardError && e.code === 'OPERATOR_REFUSED')) throw e;
-    // A callback this console did not start is anyone's to send (a web page's too): recorded,
-    // not counted toward the circuit breaker, which a page could otherwise trip from afar.
-    const counted = e.message !== NOT_STARTED_HERE;
-    await refused(c, 'oidc', e.message, { via: 'sign-in' }, counted).catch(() => undefined);
-    // Not started here: a fixed word the page knows (anyone can send these: no handle kept).
-    if (!counted) return back({ refused: 'not-started' });
+    await refused(c, 'oidc', e.message, { via: 'sign-in' }, tokenGiven).catch(() => undefined);
+    // Before a token: fixed words the page knows, and no handle kept (anyone can make these, and
+    // a flood of handles would push a person's sign-in out of the table that holds them).
+    if (!tokenGiven) {
+      if (e.message === NOT_STARTED_HERE) return back({ refused: 'not-started' });
+      const code = /^the identity provider refused the sign-in \(([a-z_]+)\)$/.exec(e.message)?.[1];
+      if (e.message.startsWith(PROVIDER_REFUSED))
+        return back({ refused: 'provider', ...(code ? { code } : {}) });
+      return back({ refused: 'not-completed' });
+    }
     return back({ handle: c.operatorSessions.handOffRefusal(e.message.slice(0, 300), now) });
   }
   await c.audit({

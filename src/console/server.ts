@@ -420,8 +420,10 @@ export class ConsoleServer {
     }
     if (route === '/api/login/webauthn') {
       const body = await readJson(req);
-      const challenge = this.sessions.takeLogin(body['handle'], now);
-      if (!challenge) throw new HttpError(403, 'no such login challenge (each is used once)');
+      const handle = body['handle'];
+      const challenge = this.sessions.loginChallenge(handle, now);
+      if (typeof handle !== 'string' || !challenge)
+        throw new HttpError(403, 'no such login challenge (each is used once)');
       const record = readCredentials(this.host.vault());
       let a;
       try {
@@ -436,6 +438,9 @@ export class ConsoleServer {
         });
         throw e;
       }
+      // Marked before anything is awaited: one assertion, sent twice at once, logs in once.
+      if (!this.sessions.useLogin(handle, now))
+        throw new HttpError(403, 'no such login challenge (each is used once)');
       await this.used(a.credential.id, a.newCounter, now);
       const s = this.startSession(res, 'webauthn', a.credential.id, now);
       await this.audit({

@@ -8,13 +8,34 @@
  * only this console's own origin ever received.
  */
 import { randomBytes } from 'node:crypto';
-import { secureEqual } from '../lib/secure.js';
+import { processWide } from '../lib/once.js';
+import { secureEqual, secureRandom, type SecureBuffer } from '../lib/secure.js';
+import { sodium } from '../lib/sodium.js';
 
 export const SESSION_IDLE_MS = 10 * 60_000;
 export const SESSION_MAX_MS = 60 * 60_000;
 export const CHALLENGE_MS = 2 * 60_000;
 const MAX_SESSIONS = 16;
-const MAX_LOGIN_CHALLENGES = 16;
+
+/**
+ * The key login challenges are made under. A login challenge is given to anyone who asks (no
+ * session yet), so it is kept nowhere: its handle is its own proof (random bytes, when it
+ * expires, and their MAC), and the challenge is derived from the handle. A table of 16, the
+ * oldest pushed out, let any process keep a person's security-key login from ever finishing.
+ */
+const loginKey = (): SecureBuffer => processWide('console-login-key', () => secureRandom(32));
+const HANDLE_BODY = 16 + 8;
+const TAG = 32;
+
+function loginTag(label: string, data: Uint8Array): Buffer {
+  const out = Buffer.alloc(TAG);
+  sodium.crypto_auth(
+    out,
+    Buffer.concat([Buffer.from(`keyward-login-${label}\n`), data]),
+    loginKey(),
+  );
+  return out;
+}
 
 export type LoginMethod = 'passphrase' | 'webauthn';
 
@@ -42,7 +63,8 @@ const expired = (s: Session, now: number): boolean =>
 
 export class Sessions {
   private readonly sessions = new Map<string, Session>();
-  private readonly loginChallenges = new Map<string, Challenge>();
+  /** Login handles an assertion was accepted for, until they expire: each logs in once. */
+  private readonly usedLogins = new Map<string, number>();
 
   create(login: LoginMethod, credential: string | null, now: number): Session {
     this.sweep(now);
@@ -90,35 +112,49 @@ export class Sessions {
     return live;
   }
 
-  /** Every session ends (the agent locked: whoever logged in logs in again). */
+  /**
+   * Every session ends (the agent locked: whoever logged in logs in again). The used login
+   * handles stay until they expire: an accepted assertion never logs in twice.
+   */
   clear(): void {
     this.sessions.clear();
-    this.loginChallenges.clear();
   }
 
-  /** A challenge for a login that has no session yet, keyed by a random handle. */
+  /** A challenge for a login that has no session yet, and the handle that proves it (kept nowhere). */
   issueLogin(now: number): { handle: string; challenge: string } {
-    this.sweep(now);
-    if (this.loginChallenges.size >= MAX_LOGIN_CHALLENGES) {
-      const first = this.loginChallenges.keys().next().value;
-      if (first !== undefined) this.loginChallenges.delete(first);
-    }
-    const handle = randomBytes(16).toString('base64url');
-    const challenge = randomBytes(32).toString('base64url');
-    this.loginChallenges.set(handle, {
-      challenge,
-      purpose: 'login',
-      expiresAt: now + CHALLENGE_MS,
-    });
-    return { handle, challenge };
+    const body = Buffer.alloc(HANDLE_BODY);
+    sodium.randombytes_buf(body.subarray(0, 16));
+    body.writeBigUInt64BE(BigInt(now + CHALLENGE_MS), 16);
+    const handle = Buffer.concat([body, loginTag('handle', body)]).toString('base64url');
+    return { handle, challenge: loginTag('challenge', Buffer.from(handle)).toString('base64url') };
   }
 
-  /** Takes a login challenge: it is gone whatever the assertion turns out to be. */
-  takeLogin(handle: unknown, now: number): string | undefined {
+  /** The challenge of a login handle this console issued, unexpired and not used to log in yet. */
+  loginChallenge(handle: unknown, now: number): string | undefined {
     if (typeof handle !== 'string') return undefined;
-    const c = this.loginChallenges.get(handle);
-    this.loginChallenges.delete(handle);
-    return c && c.expiresAt > now ? c.challenge : undefined;
+    for (const [h, until] of this.usedLogins) if (until <= now) this.usedLogins.delete(h);
+    const raw = Buffer.from(handle, 'base64url');
+    const body = raw.subarray(0, HANDLE_BODY);
+    if (
+      raw.length !== HANDLE_BODY + TAG ||
+      raw.toString('base64url') !== handle ||
+      !secureEqual(raw.subarray(HANDLE_BODY), loginTag('handle', body)) ||
+      Number(body.readBigUInt64BE(16)) <= now ||
+      this.usedLogins.has(handle)
+    )
+      return undefined;
+    return loginTag('challenge', Buffer.from(handle)).toString('base64url');
+  }
+
+  /**
+   * Marks a handle used once its assertion was accepted; false if it was already (two logins
+   * with one assertion, at once): checked and marked in one step, with nothing awaited between.
+   */
+  useLogin(handle: string, now: number): boolean {
+    if (this.usedLogins.has(handle)) return false;
+    const raw = Buffer.from(handle, 'base64url');
+    this.usedLogins.set(handle, raw.length >= HANDLE_BODY ? Number(raw.readBigUInt64BE(16)) : now);
+    return true;
   }
 
   /** Sets a session's challenge for a purpose (replacing one not yet used). */
@@ -135,7 +171,5 @@ export class Sessions {
 
   private sweep(now: number): void {
     for (const [k, s] of this.sessions) if (expired(s, now)) this.sessions.delete(k);
-    for (const [k, c] of this.loginChallenges)
-      if (c.expiresAt <= now) this.loginChallenges.delete(k);
   }
 }

@@ -22,4 +22,4 @@ export type { OidcLogin } from './login.js';
 export type { OidcVerifier } from './oidc.js';
 export { OperatorSessions, type OperatorSession } from './sessions.js';
 export type { OidcSettings, OperatorIdentity } from './types.js';
-export { NOT_STARTED_HERE } from './types.js';
+export { NOT_STARTED_HERE, PROVIDER_REFUSED } from './types.js';

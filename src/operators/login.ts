@@ -7,20 +7,46 @@
  */
 import type * as Client from 'openid-client';
 import { KeywardError } from '../errors.js';
+import { processWide } from '../lib/once.js';
+import { secureRandom, type SecureBuffer } from '../lib/secure.js';
+import { sodium } from '../lib/sodium.js';
 import type { OidcSettings } from './types.js';
-import { NOT_STARTED_HERE } from './types.js';
+import { NOT_STARTED_HERE, PROVIDER_REFUSED } from './types.js';
+
+/** The error codes of an authorization response (RFC 6749 4.1.2.1; OpenID Connect Core 3.1.2.6). */
+const PROVIDER_ERRORS = new Set([
+  'invalid_request',
+  'unauthorized_client',
+  'access_denied',
+  'unsupported_response_type',
+  'invalid_scope',
+  'server_error',
+  'temporarily_unavailable',
+  'interaction_required',
+  'login_required',
+  'account_selection_required',
+  'consent_required',
+  'invalid_request_uri',
+  'invalid_request_object',
+  'request_not_supported',
+  'request_uri_not_supported',
+  'registration_not_supported',
+]);
 
 /** How long a sign-in may take at the provider (a person typing a password, a second factor). */
 export const LOGIN_MS = 5 * 60_000;
 
-const MAX_PENDING = 16;
 const FETCH_TIMEOUT_S = 5;
 
-interface Waiting {
-  verifier: string;
-  nonce: string;
-  expiresAt: number;
-}
+/**
+ * The key this agent's states are made under. A state is its own proof (random bytes, when it
+ * expires, and their MAC), and the PKCE verifier and the nonce are derived from it: nothing is
+ * kept per sign-in, so no number of sign-ins started by others (anyone can start one) can push
+ * a person's out, as a table of 16 did.
+ */
+const stateKey = (): SecureBuffer => processWide('oidc-state-key', () => secureRandom(32));
+const STATE_BODY = 16 + 8;
+const TAG = 32;
 
 const refuse = (message: string, cause?: unknown) =>
   new KeywardError('OPERATOR_REFUSED', message, cause === undefined ? {} : { cause });
@@ -40,7 +66,8 @@ function why(e: unknown): string {
 
 export class OidcLogin {
   private config: Promise<Client.Configuration> | undefined;
-  private readonly waiting = new Map<string, Waiting>();
+  /** States whose code was exchanged, until they expire: each completes one sign-in. */
+  private readonly done = new Map<string, number>();
 
   constructor(
     private readonly settings: OidcSettings,
@@ -66,19 +93,39 @@ export class OidcLogin {
     }
   }
 
-  /** The provider's authorization URL for a new sign-in; its state is kept for LOGIN_MS. */
+  /**
+   * A MAC under the state key of data, bound to this console's redirect URI and provider (a
+   * state made for one can't finish a sign-in at another).
+   */
+  private tag(label: string, data: Uint8Array): Buffer {
+    const out = Buffer.alloc(TAG);
+    sodium.crypto_auth(out, this.bound(label, data), stateKey());
+    return out;
+  }
+
+  private bound(label: string, data: Uint8Array): Buffer {
+    const { issuer, clientId } = this.settings;
+    const head = `keyward-oidc-${label}\n${this.redirectUri}\n${issuer}\n${clientId}\n`;
+    return Buffer.concat([Buffer.from(head, 'utf8'), data]);
+  }
+
+  /** The PKCE verifier (43 characters) and the nonce of a state. */
+  private secretsOf(state: string): { verifier: string; nonce: string } {
+    const bytes = Buffer.from(state, 'ascii');
+    return {
+      verifier: this.tag('pkce', bytes).toString('base64url'),
+      nonce: this.tag('nonce', bytes).toString('base64url'),
+    };
+  }
+
+  /** The provider's authorization URL for a new sign-in; its state holds for LOGIN_MS. */
   async start(now: number): Promise<URL> {
     const { c, config } = await this.client();
-    for (const [state, w] of this.waiting) if (w.expiresAt <= now) this.waiting.delete(state);
-    while (this.waiting.size >= MAX_PENDING) {
-      const oldest = this.waiting.keys().next().value;
-      if (oldest === undefined) break;
-      this.waiting.delete(oldest);
-    }
-    const state = c.randomState();
-    const verifier = c.randomPKCECodeVerifier();
-    const nonce = c.randomNonce();
-    this.waiting.set(state, { verifier, nonce, expiresAt: now + LOGIN_MS });
+    const body = Buffer.alloc(STATE_BODY);
+    sodium.randombytes_buf(body.subarray(0, 16));
+    body.writeBigUInt64BE(BigInt(now + LOGIN_MS), 16);
+    const state = Buffer.concat([body, this.tag('state', body)]).toString('base64url');
+    const { verifier, nonce } = this.secretsOf(state);
     return c.buildAuthorizationUrl(config, {
       redirect_uri: this.redirectUri,
       scope: this.settings.scopes.join(' '),
@@ -96,14 +143,23 @@ export class OidcLogin {
    */
   async finish(callback: URL, now: number): Promise<string> {
     const state = callback.searchParams.get('state') ?? '';
-    const w = this.waiting.get(state);
-    if (!w || w.expiresAt <= now) throw refuse(NOT_STARTED_HERE);
-    this.waiting.delete(state);
+    const raw = Buffer.from(state, 'base64url');
+    const body = raw.subarray(0, STATE_BODY);
+    for (const [s, until] of this.done) if (until <= now) this.done.delete(s);
+    if (
+      raw.length !== STATE_BODY + TAG ||
+      raw.toString('base64url') !== state ||
+      !sodium.crypto_auth_verify(raw.subarray(STATE_BODY), this.bound('state', body), stateKey()) ||
+      Number(body.readBigUInt64BE(16)) <= now ||
+      this.done.has(state)
+    )
+      throw refuse(NOT_STARTED_HERE);
+    const w = { ...this.secretsOf(state), expiresAt: Number(body.readBigUInt64BE(16)) };
     const error = callback.searchParams.get('error');
+    // Only a code the standards name is repeated; error_description never is: the callback's
+    // address is anyone's to write, and the operator page would show it as the console's word.
     if (error !== null)
-      throw refuse(
-        `the identity provider refused: ${error.slice(0, 100)}${callback.searchParams.get('error_description') ? ` (${(callback.searchParams.get('error_description') ?? '').slice(0, 200)})` : ''}`,
-      );
+      throw refuse(`${PROVIDER_REFUSED}${PROVIDER_ERRORS.has(error) ? ` (${error})` : ''}`);
     const { c, config } = await this.client();
     let tokens: Awaited<ReturnType<typeof c.authorizationCodeGrant>>;
     try {
@@ -116,6 +172,8 @@ export class OidcLogin {
     } catch (e) {
       throw refuse(`the sign-in could not be completed: ${why(e)}`, e);
     }
+    // Kept only once the provider took the code: a state finishes one sign-in.
+    this.done.set(state, w.expiresAt);
     if (typeof tokens.id_token !== 'string') throw refuse('the provider gave no ID token');
     return tokens.id_token;
   }

@@ -242,7 +242,8 @@ export class OidcVerifier {
   /**
    * verify(), and the token may open one session only: a token copied from a login (a proxy's
    * log, a shell history) can't open another while it is still valid. Remembered by its issuer
-   * and `jti`, else its SHA-256, until it expires; a token issued before the logins remembered
+   * and `jti`, else the SHA-256 of what was signed (not of the signature's encoding), until it
+   * expires; a token issued before the logins remembered
    * began (rememberedSince) is refused, as one that may have been used.
    */
   async verifyOnce(token: string): Promise<OperatorIdentity> {
@@ -264,10 +265,15 @@ export class OidcVerifier {
     }
     const now = this.#now();
     for (const [k, until] of this.#used) if (until <= now) this.#used.delete(k);
+    // Without a jti, by what was signed (the header and the claims as encoded), never the whole
+    // string: one signature can be written several ways that all verify (the spare bits of its
+    // last base64url character; an ECDSA signature's s and n - s), and each would open a session.
     const key =
       typeof payload.jti === 'string'
         ? `jti:${JSON.stringify([payload.iss ?? '', payload.jti])}`
-        : createHash('sha256').update(token).digest('base64url');
+        : createHash('sha256')
+            .update(token.slice(0, token.lastIndexOf('.')))
+            .digest('base64url');
     if (this.#used.has(key)) throw refuse('this token was used to log in already: log in again');
     if (this.#used.size >= MAX_REMEMBERED)
       throw refuse('too many logins are remembered: try again when some have expired');

@@ -46,3 +46,10 @@ export interface OidcSettings {
  */
 export const NOT_STARTED_HERE =
   'this sign-in was not started here, was used already, or took too long';
+
+/**
+ * A callback that carries the provider's error: anyone can make one too (a state is given out
+ * to whoever starts a sign-in), so it is not counted toward the circuit breaker, and the page
+ * says this and a code from the standards' list, never text the link carries.
+ */
+export const PROVIDER_REFUSED = 'the identity provider refused the sign-in';
