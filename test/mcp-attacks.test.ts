@@ -17,6 +17,9 @@ import {
 import type { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { AgentConnection, call, REQ } from '../src/agent/index.js';
 import { secureTake } from '../src/lib/secure.js';
+import { sodium } from '../src/lib/sodium.js';
+import { ageEncrypt, decodeRecipient } from '../src/project/age.js';
+import { FIRST_LINE } from '../src/project/file.js';
 import { readServerMessage } from '../src/mcp/messages.js';
 import { auditEntries, scanMemory, withoutAgent, type AgentHome } from './agent-helpers.js';
 import { kw, ROOT } from './helpers.js';
@@ -33,6 +36,48 @@ import {
   tool,
   toolsFile,
 } from './mcp-helpers.js';
+
+/**
+ * A sealed project file with an id of the caller's choosing, made as anyone can make one (the
+ * format is public, docs/FORMAT.md, and the recipient is in every committed file).
+ */
+function sealWithId(project: string, id: string, recipient: string, name: string, value: string) {
+  const dataKey = Buffer.alloc(32);
+  sodium.randombytes_buf(dataKey);
+  const sub = (which: number) => {
+    const k = Buffer.alloc(32);
+    sodium.crypto_kdf_derive_from_key(k, which, Buffer.from('kwproj01'), dataKey);
+    return k;
+  };
+  const pk = decodeRecipient(recipient);
+  assert.ok(pk, recipient);
+  const idBytes = Buffer.from(id, 'base64url');
+  const nonce = Buffer.alloc(24);
+  sodium.randombytes_buf(nonce);
+  const sealed = Buffer.alloc(value.length + 16);
+  const aad = Buffer.concat([Buffer.from('keyward-project 1\n'), idBytes, Buffer.from(name)]);
+  sodium.crypto_aead_xchacha20poly1305_ietf_encrypt(
+    sealed,
+    Buffer.from(value),
+    aad,
+    null,
+    nonce,
+    sub(1),
+  );
+  const lines = [
+    FIRST_LINE,
+    'keyward-project: 1',
+    `project: ${project}`,
+    `id: ${id}`,
+    `recipient: ${recipient}`,
+    `key: ${Buffer.from(ageEncrypt(secureTake(Buffer.from(dataKey)), [pk])).toString('base64url')}`,
+    `${name}=kw:${Buffer.concat([nonce, sealed]).toString('base64url')}`,
+  ];
+  const signed = Buffer.from(`${lines.join('\n')}\n`, 'ascii');
+  const mac = Buffer.alloc(32);
+  sodium.crypto_auth(mac, signed, sub(2));
+  return `${signed.toString('ascii')}mac: ${mac.toString('base64url')}\n`;
+}
 
 const pinning = (extra = '') =>
   `  version_pinning: { enabled: true, on_change: block, auto_trust_first: true${extra} }\n`;
@@ -363,6 +408,43 @@ describe('leak blocking on every message, in more forms', () => {
         arguments: { text: Buffer.from(value).toString('base64') },
       }),
       named,
+    );
+  });
+
+  test("found in review: a file sealed by anyone under a released file's id does not take its place in the scans", async () => {
+    const h = await agentWith('  leak_blocking: true\n');
+    const value = 'tok_project_leak_value_0123456789';
+    const env = path.join(h.dir, '.env');
+    fs.writeFileSync(env, `API_TOKEN=${value}\n`);
+    assert.equal(kw(['seal', env, '--project', 'example.com/leaky'], { env: h.env }).code, 0);
+    fs.rmSync(env);
+    const genuine = path.join(h.dir, '.keyward.env');
+    // The attacker needs no passphrase: the id and the recipient are in the committed file, and
+    // the format is public. Its file: the same project, id and name, a value of its own.
+    const text = fs.readFileSync(genuine, 'ascii');
+    const line = (key: string) => new RegExp(`^${key}: (.+)$`, 'm').exec(text)?.[1] ?? '';
+    const forged = path.join(h.dir, 'forged.env');
+    fs.writeFileSync(
+      forged,
+      sealWithId(
+        'example.com/leaky',
+        line('id'),
+        line('recipient'),
+        'API_TOKEN',
+        'attacker_junk_value_00000',
+      ),
+    );
+    const read = (file: string) =>
+      kw(['read', '--project', 'API_TOKEN', '--file', file], { env: h.env });
+    assert.equal(read(forged).stdout, 'attacker_junk_value_00000', read(forged).stderr);
+    assert.equal(read(genuine).stdout, value);
+    const file = toolsFile(h, [tool('search', 'Search.')]);
+    const c = await through(h, 'project-forged', [process.execPath, CHANGING], {
+      MCP_TOOLS: file,
+    });
+    await assert.rejects(
+      c.callTool({ name: 'search', arguments: { text: `token ${value}` } }),
+      /hold the value of project:example\.com\/leaky\/API_TOKEN/,
     );
   });
 

@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { after, describe, test } from 'node:test';
@@ -23,7 +24,7 @@ import {
 } from './agent-helpers.js';
 import { runPrompt } from '../src/agent/run-prompt.js';
 import { maskingForms } from '../src/run/index.js';
-import { BIN, eventually, kw, ROOT, rootTests, sleep } from './helpers.js';
+import { BIN, eventually, kw, ROOT, rootTests, sleep, STRACE } from './helpers.js';
 
 const ALLOW_ALL = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n';
 const MARK = '<concealed by keyward>';
@@ -78,11 +79,16 @@ function setSecret(h: AgentHome, name: string, value: string | Buffer): void {
 function run(
   h: AgentHome,
   args: string[],
-  o: { input?: string; onStdout?: (all: string, pid: number) => void; cwd?: string } = {},
+  o: {
+    input?: string;
+    onStdout?: (all: string, pid: number) => void;
+    cwd?: string;
+    env?: NodeJS.ProcessEnv;
+  } = {},
 ): Promise<{ code: number | null; stdout: string; stderr: string; pid: number }> {
   return new Promise((resolve) => {
     const c = spawn(process.execPath, [BIN, 'run', ...args], {
-      env: h.env,
+      env: { ...h.env, ...o.env },
       stdio: ['pipe', 'pipe', 'pipe'],
       cwd: o.cwd ?? h.dir,
     });
@@ -444,6 +450,46 @@ describe('keyward run: the agent starts the child with the secret', () => {
       sealed: true,
     });
   });
+
+  test(
+    'found in review: the exec step gets the values only after it is not dumpable (another process of the user could read its descriptors until then)',
+    { skip: !fs.existsSync(STRACE) && 'needs strace' },
+    async () => {
+      const h = await running();
+      setSecret(h, 'fd/step', 'value-for-the-exec-step-7');
+      // strace on the running agent, and on whatever it starts from now on.
+      const trace = path.join(h.dir, 'agent.trace');
+      const st = spawn(
+        STRACE,
+        ['-f', '-y', '-e', 'trace=prctl,write', '-o', trace, '-p', String(h.agentPid)],
+        { stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      const ended = new Promise((r) => st.once('exit', r));
+      let said = '';
+      await new Promise<void>((resolve, reject) => {
+        st.stderr.on('data', (d: Buffer) => {
+          said += d.toString();
+          if (/attached/.test(said)) resolve();
+        });
+        st.once('exit', () => reject(new Error(`strace: ${said}`)));
+      });
+      const r = await run(h, ['--env', 'T=fd/step', '--fd', '5=fd/step', '--', 'true']);
+      st.kill('SIGINT');
+      await ended;
+      assert.equal(r.code, 0, r.stderr);
+      const lines = fs.readFileSync(trace, 'utf8').split('\n');
+      const hardenedAt = lines.findIndex((l) =>
+        /prctl\(PR_SET_DUMPABLE, (SUID_DUMP_DISABLE|0)/.test(l),
+      );
+      const filledAt = lines.findIndex((l) => /write\(\d+<\/memfd:keyward-(exec|fd-5)/.test(l));
+      assert.ok(hardenedAt >= 0, 'the exec step made itself not dumpable');
+      assert.ok(filledAt >= 0, 'the agent wrote the memfds');
+      assert.ok(
+        hardenedAt < filledAt,
+        `the values went in before the exec step hardened:\n${lines[filledAt]}\n${lines[hardenedAt]}`,
+      );
+    },
+  );
 
   test('keyward/client: a running program gets the value on a descriptor (SCM_RIGHTS) into secure memory, or inline; refusals are KeywardErrors', async () => {
     const h = await running(
@@ -900,6 +946,54 @@ describe('hardening found in review', () => {
     assert.match(prompt, /This approval also gives it "gh\/(other|token)"\./);
   });
 
+  test("found in review: a run's prompt names the caller's variables that send traffic elsewhere or change what is trusted, and the record keeps them", async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+    );
+    setSecret(h, 'gh/token', 'gh-token-value-2');
+    // The caller's own proxy and certificate authority, set for an approved `curl` to use: the
+    // token would go to the caller's proxy, under the caller's certificate.
+    const evil = {
+      HTTPS_PROXY: 'http://127.0.0.1:18666',
+      https_proxy: 'http://127.0.0.1:18666',
+      SSL_CERT_FILE: path.join(h.dir, 'evil-ca.pem'),
+      NODE_TLS_REJECT_UNAUTHORIZED: '0',
+      CURL_HOME: h.dir,
+      // The user's own (the test's home sets another).
+      HOME: os.userInfo().homedir,
+    };
+    h.answer('yes');
+    const r = await run(h, ['--env', 'GITHUB_TOKEN=gh/token', '--', 'true'], { env: evil });
+    assert.equal(r.code, 0, r.stderr);
+    const prompt = h.prompts().join('\n');
+    assert.match(
+      prompt,
+      /its environment may send its traffic elsewhere or change what it trusts: HTTPS_PROXY, https_proxy, SSL_CERT_FILE, NODE_TLS_REJECT_UNAUTHORIZED, CURL_HOME/,
+    );
+    // Names only: a proxy's address may hold its password.
+    assert.doesNotMatch(prompt, /18666|evil-ca/);
+    const released = auditEntries(h)
+      .filter((e) => e.details?.['notableEnv'] !== undefined)
+      .at(-1);
+    assert.equal(
+      released?.details?.['notableEnv'],
+      'HTTPS_PROXY,https_proxy,SSL_CERT_FILE,NODE_TLS_REJECT_UNAUTHORIZED,CURL_HOME',
+    );
+    // A HOME that is not the user's: where curl, git and gh read their proxies and hosts.
+    h.answer('no');
+    const moved = await run(h, ['--env', 'GITHUB_TOKEN=gh/token', '--', 'true'], {
+      env: { HOME: h.dir },
+    });
+    assert.equal(moved.code, 6, moved.stderr);
+    assert.match(h.prompts().join('\n'), /change what it trusts: HOME/);
+    // The user's own HOME says nothing.
+    h.answer('no');
+    await run(h, ['--env', 'GITHUB_TOKEN=gh/token', '--', 'true'], {
+      env: { HOME: os.userInfo().homedir },
+    });
+    assert.doesNotMatch(h.prompts().at(-1) ?? '', /change what it trusts/);
+  });
+
   test('a command line too long for the prompt says it is cut, and the pending request holds it whole', async () => {
     const h = await running(
       'version: 1\nrules:\n  - { name: hv, targets: ["**"], decision: approve, approve: { mode: passphrase } }\n',
@@ -1019,6 +1113,7 @@ test("a run's prompt says what matters first, whatever the caller's environment 
     mcp: 'an mcp client',
     project: { project: 'demo', names: ['A', 'B'] },
     masking: false,
+    homeMoved: false,
   });
   const what = p.what({ name: 'api/token', as: [{ var: 'TOKEN' }] }, undefined);
   assert.ok(what.length < 2000, `${what.length} characters`);

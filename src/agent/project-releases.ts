@@ -5,6 +5,7 @@
  * file the value came from (public: it is committed) and the value's name in it; a scan opens
  * the file again with this vault's project identity, so no value outlives a lock here.
  */
+import { sha256Public } from '../lib/openssl.js';
 import type { SecureBuffer } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
 
@@ -17,22 +18,27 @@ const MAX_FILES = 1000;
 export interface ProjectRelease {
   /** The value's target (`project:NAME/VAR`): what a scan reports. */
   target: string;
-  /** Changes when the file does: a scan builds the value's forms again. */
+  /** The file's SHA-256: changes when the file does, and a scan builds the value's forms again. */
   id: string;
   /** The value, decrypted again from the file (the caller frees it). */
   open(v: Vault): SecureBuffer;
 }
 
 export class ProjectReleases {
-  /** By the file's id (its MAC: one per content), oldest release first. */
+  /**
+   * By the file's SHA-256, oldest release first. Not by its `id:` line: that is the sealer's to
+   * choose, so a file sealed by anyone (the recipient is public) under a released file's id
+   * would take its place here, and the scans would look for its value instead.
+   */
   private readonly files = new Map<string, { bytes: Buffer; names: Map<string, string> }>();
 
   constructor(
     private readonly reopen: (v: Vault, file: Uint8Array, name: string) => SecureBuffer,
   ) {}
 
-  /** The value of name in the file (id, bytes) was released as target. */
-  note(id: string, file: Uint8Array, target: string, name: string): void {
+  /** The value of name in the file (its bytes) was released as target. */
+  note(file: Uint8Array, target: string, name: string): void {
+    const id = sha256Public(file, Buffer.alloc(32)).toString('hex');
     let f = this.files.get(id);
     if (f) this.files.delete(id);
     // A copy: the request's buffer is freed when it is answered. The file is public.

@@ -35,7 +35,7 @@ export interface ProjectHost {
   gate: Gate;
   record(r: AuditRecord): Promise<unknown>;
   /** A value of a sealed file was released: the MCP gateway's scans look for it from now on. */
-  released(id: string, file: Uint8Array, target: string, name: string): void;
+  released(file: Uint8Array, target: string, name: string): void;
   /** The MCP client whose run the caller is part of (run-service.ts), if any. */
   insideMcpRun?: (id: Peer['id']) => string | undefined;
 }
@@ -187,7 +187,7 @@ export class ProjectService {
       secureFree(value);
       throw e;
     }
-    this.host.released(opened.id, raw, target, name);
+    this.host.released(raw, target, name);
     w.counted();
     return { meta: { name: target }, raw: value };
   }
@@ -275,8 +275,8 @@ export class ProjectRun {
   }
 
   /** What the MCP gateway's scans need to look for target's value: the file and the name in it. */
-  source(target: string): { id: string; file: Uint8Array; name: string } {
-    return { id: this.fileId, file: this.bytes, name: this.targets.get(target) ?? '' };
+  source(target: string): { file: Uint8Array; name: string } {
+    return { file: this.bytes, name: this.targets.get(target) ?? '' };
   }
 
   /** The value behind a target (the caller frees it); the file is opened once, until close(). */

@@ -7,6 +7,7 @@
  * the caller controls is quoted, each argument on its own, so argument boundaries and the
  * sentence can't be forged.
  */
+import os from 'node:os';
 import { quote, quoteAll } from '../lib/text.js';
 import { CODE_LOADERS, LOADER_VARIABLES } from './identity.js';
 import type { Wanted } from './run-request.js';
@@ -23,6 +24,44 @@ export interface RunPromptFacts {
   project: { project: string; names: readonly string[] } | undefined;
   /** Whether the run's output is masked (said when it is not). */
   masking: boolean;
+  /** Whether the environment's HOME is not the user's home (where most programs read config). */
+  homeMoved: boolean;
+}
+
+/**
+ * Variables that change where a program's traffic goes, which certificates it trusts, or where
+ * it reads the configuration that says so (case-insensitive: http_proxy is as common): with one
+ * of them, an approved `curl` or `gh` can send the secret to whoever set it. Named in every
+ * prompt of a run, before the other lists, and recorded. Their values are not shown (a proxy's
+ * address may carry its password).
+ */
+export const TRAFFIC_VARIABLES = new RegExp(
+  `^(${[
+    'HTTPS?_PROXY|ALL_PROXY|FTP_PROXY|\\w+_PROXY_URL',
+    'SSL_CERT_FILE|SSL_CERT_DIR|\\w*CA_BUNDLE|\\w*CA_CERTS?|\\w*CAINFO|\\w*CAPATH|\\w*_CA_FILE',
+    'NODE_TLS_REJECT_UNAUTHORIZED|GIT_SSL_\\w+|PYTHONHTTPSVERIFY|SSLKEYLOGFILE|GRPC_DEFAULT_SSL_ROOTS_FILE_PATH',
+    'HOSTALIASES|RES_OPTIONS|LOCALDOMAIN',
+    'XDG_CONFIG_HOME|CURL_HOME|NETRC|WGETRC|GH_CONFIG_DIR|GH_HOST|GITHUB_API_URL',
+    'NPM_CONFIG_\\w+|YARN_\\w+|PIP_\\w+|CARGO_HOME|GOPROXY|DOCKER_CONFIG|DOCKER_HOST|KUBECONFIG',
+    'AWS_CONFIG_FILE|AWS_SHARED_CREDENTIALS_FILE|AWS_ENDPOINT_URL\\w*|AWS_CA_BUNDLE|CLOUDSDK_CONFIG',
+  ].join('|')})$`,
+  'i',
+);
+
+/**
+ * Whether a HOME the environment sets (any of them: libc takes the first, others the last) is
+ * not the user's home in the password database: a program then reads its configuration (its
+ * proxy, its hosts, its certificates) from wherever the caller chose. Unknown is moved.
+ */
+export function homeMoved(env: ReadonlyArray<{ name: string; value: Uint8Array }>): boolean {
+  let own: Buffer | undefined;
+  try {
+    own = Buffer.from(os.userInfo().homedir);
+  } catch {
+    own = undefined;
+  }
+  // eslint-disable-next-line no-restricted-syntax -- a directory's path, not a secret
+  return env.some((e) => e.name === 'HOME' && (own === undefined || !own.equals(e.value)));
 }
 
 const placeOf = (a: { var: string } | { fd: number }) =>
@@ -33,10 +72,18 @@ export function runPrompt(f: RunPromptFacts): {
   what: (w: Wanted, proxiedTo: readonly string[] | undefined) => string;
   /** Whether the command line was cut (the pending request then carries it whole). */
   cut: boolean;
-  /** Loader variables in the caller's environment (said in every prompt, and recorded). */
+  /**
+   * Traffic and trust variables (HOME when moved), then loader variables, in the caller's
+   * environment (said in every prompt, and recorded).
+   */
   notable: string[];
 } {
-  const notable = [...new Set(f.environ.filter((n) => LOADER_VARIABLES.test(n)))];
+  const loaders = [...new Set(f.environ.filter((n) => LOADER_VARIABLES.test(n)))];
+  const traffic = [
+    ...(f.homeMoved ? ['HOME'] : []),
+    ...new Set(f.environ.filter((n) => TRAFFIC_VARIABLES.test(n) && !LOADER_VARIABLES.test(n))),
+  ];
+  const notable = [...traffic, ...loaders];
   // Every variable and descriptor the run sets, and from which secret, whatever rule each
   // secret falls under (one allowed outright is still in the run).
   const places = f.wanted.flatMap((w) => w.as.map((a) => `${placeOf(a)} from ${quote(w.name)}`));
@@ -69,10 +116,13 @@ export function runPrompt(f: RunPromptFacts): {
         // What matters to the answer first; the lists, which the caller can make long, last
         // and cut (every name is still recorded).
         (f.masking ? '' : '; its output not masked') +
+        (traffic.length > 0
+          ? `; its environment may send its traffic elsewhere or change what it trusts: ${shortList(traffic, 16)}`
+          : '') +
         (f.mcp ? `; asked by an MCP client that calls itself ${quote(f.mcp)}` : '') +
         fromFile +
         sets +
-        (notable.length > 0 ? `; its environment sets ${loaderList(notable)}` : '')
+        (loaders.length > 0 ? `; its environment sets ${loaderList(loaders)}` : '')
       );
     },
   };
@@ -86,6 +136,11 @@ export function runPrompt(f: RunPromptFacts): {
 function loaderList(names: readonly string[]): string {
   const first = names.filter((n) => CODE_LOADERS.has(n));
   const rest = names.filter((n) => !CODE_LOADERS.has(n));
-  const shown = rest.slice(0, 16).map((n) => (n.length > 64 ? `${n.slice(0, 61)}...` : n));
-  return `${[...first, ...shown].join(', ')}${rest.length > 16 ? ` and ${rest.length - 16} more` : ''}`;
+  return shortList(rest, 16, first);
+}
+
+/** At most `max` names after `first`, each at most 64 characters, and how many more. */
+function shortList(names: readonly string[], max: number, first: readonly string[] = []): string {
+  const shown = names.slice(0, max).map((n) => (n.length > 64 ? `${n.slice(0, 61)}...` : n));
+  return `${[...first, ...shown].join(', ')}${names.length > max ? ` and ${names.length - max} more` : ''}`;
 }

@@ -19,7 +19,7 @@ import type { Vault } from '../vault/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { McpRuns } from './mcp-runs.js';
 import { programHash } from './exe-hash.js';
-import { runPrompt } from './run-prompt.js';
+import { homeMoved, runPrompt } from './run-prompt.js';
 import { commandNotFound } from './run-relay.js';
 import { rulesMoved } from './gate-caller.js';
 import type { Peer } from './peer.js';
@@ -94,7 +94,7 @@ export interface RunHost {
     rule: string | undefined,
   ): { value: SecureBuffer; cached: boolean };
   /** A value of a sealed file goes to a run: the MCP gateway's scans look for it from now on. */
-  projectReleased(id: string, file: Uint8Array, target: string, name: string): void;
+  projectReleased(file: Uint8Array, target: string, name: string): void;
   record(r: AuditRecord): Promise<unknown>;
   actor(id: ProcessIdentity): Actor;
   /** Takes n uses of the unlock window (false: its max_uses would be passed). */
@@ -193,6 +193,7 @@ export class RunService {
         mcp: req.mcp,
         project,
         masking: req.masking,
+        homeMoved: homeMoved(env),
       });
       for (const w of req.wanted) {
         const { rule } = await this.host.authorize(conn, {
@@ -229,8 +230,8 @@ export class RunService {
       for (const w of req.wanted) {
         let got: { value: SecureBuffer; cached: boolean };
         if (project?.has(w.name)) {
-          const { id, file, name } = project.source(w.name);
-          this.host.projectReleased(id, file, w.name, name);
+          const { file, name } = project.source(w.name);
+          this.host.projectReleased(file, w.name, name);
           got = project.take(v, w.name);
         } else got = this.host.fetch(conn, v, w.name, rules.get(w.name) ?? undefined);
         values.set(w.name, got.value);
@@ -293,7 +294,7 @@ export class RunService {
       if (!stillTheProgram(program, programStamp)) throw programChanged(program);
       // The caller's stdout is a terminal: the child gets one too (colours, full-screen programs).
       if (req.pty) terminal = openPty(req.pty.rows, req.pty.cols);
-      const child = startChild({
+      const child = await startChild({
         argv: [program, ...req.argv.slice(1)],
         argv0: req.argv[0] ?? program,
         cwd: req.cwd,

@@ -103,8 +103,8 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     insideMcpRun: (id) => runs.insideMcpRun(id),
   });
   const fromProjects = new ProjectReleases(reopenValue);
-  const noteProject = (id: string, file: Uint8Array, target: string, name: string) =>
-    fromProjects.note(id, file, target, name);
+  const noteProject = (file: Uint8Array, target: string, name: string) =>
+    fromProjects.note(file, target, name);
   const mcp = new McpService({
     window,
     record,

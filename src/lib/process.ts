@@ -8,37 +8,62 @@ import { libc } from './libc-core.js';
 const MFD_CLOEXEC = 1;
 const MFD_ALLOW_SEALING = 2;
 const F_SETFD = 2;
+const F_GETFL = 3;
+const F_SETFL = 4;
+const O_NONBLOCK = 0o4000;
 const F_ADD_SEALS = 1033;
 const F_SEAL_SEAL = 1;
 const F_SEAL_SHRINK = 2;
 const F_SEAL_GROW = 4;
 const F_SEAL_WRITE = 8;
 
-/**
- * An anonymous file holding exactly these bytes, sealed: nobody (the receiver included) can
- * change, grow or shrink it afterwards. Close-on-exec in this process; a child gets it only where
- * it is handed over explicitly (spawn's stdio). Written with write(2) from the caller's buffers,
- * so secret bytes go from secure memory to the kernel without a copy in this process.
- */
-export function sealedMemfd(name: string, pieces: readonly Uint8Array[]): number {
+/** An empty anonymous file that can be sealed later (fillAndSeal); close-on-exec here. */
+export function memfd(name: string): number {
   const l = libc();
   const fd = l.memfdCreate(name, MFD_CLOEXEC | MFD_ALLOW_SEALING);
   if (fd < 0) throw new Error(`memfd_create failed (errno ${l.errno()})`);
+  return fd;
+}
+
+/**
+ * Writes these bytes into a memfd and seals it: nobody (a receiver that shares it included) can
+ * change, grow or shrink it afterwards. Written with write(2) from the caller's buffers, so
+ * secret bytes go from secure memory to the kernel without a copy in this process.
+ */
+export function fillAndSeal(fd: number, pieces: readonly Uint8Array[]): void {
+  const l = libc();
+  for (const p of pieces) {
+    let off = 0;
+    while (off < p.length) off += fs.writeSync(fd, p, off, p.length - off);
+  }
+  const seals = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
+  if (l.fcntl(fd, F_ADD_SEALS, seals) !== 0)
+    throw new Error(`sealing the memfd failed (errno ${l.errno()})`);
+  // The receiver shares this file offset: it reads from the start.
+  if (l.lseek(fd, 0, 0) !== 0) throw new Error(`lseek failed (errno ${l.errno()})`);
+}
+
+/**
+ * An anonymous file holding exactly these bytes, sealed (fillAndSeal). Close-on-exec in this
+ * process; a child gets it only where it is handed over explicitly (spawn's stdio).
+ */
+export function sealedMemfd(name: string, pieces: readonly Uint8Array[]): number {
+  const fd = memfd(name);
   try {
-    for (const p of pieces) {
-      let off = 0;
-      while (off < p.length) off += fs.writeSync(fd, p, off, p.length - off);
-    }
-    const seals = F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE;
-    if (l.fcntl(fd, F_ADD_SEALS, seals) !== 0)
-      throw new Error(`sealing the memfd failed (errno ${l.errno()})`);
-    // The receiver shares this file offset: it reads from the start.
-    if (l.lseek(fd, 0, 0) !== 0) throw new Error(`lseek failed (errno ${l.errno()})`);
+    fillAndSeal(fd, pieces);
     return fd;
   } catch (e) {
     fs.closeSync(fd);
     throw e;
   }
+}
+
+/** Makes reads of fd wait (clears O_NONBLOCK, which a descriptor inherited from Node may carry). */
+export function blocking(fd: number): void {
+  const l = libc();
+  const flags = l.fcntl(fd, F_GETFL, 0);
+  if (flags < 0 || l.fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) !== 0)
+    throw new Error(`fcntl(${fd}) failed (errno ${l.errno()})`);
 }
 
 /** Clears FD_CLOEXEC, so the descriptor survives an exec (Node marks even 0, 1 and 2). */

@@ -7,7 +7,7 @@
  */
 import fs from 'node:fs';
 import { hardenProcess } from '../lib/libc.js';
-import { cleanForExec, execvpe, keepAcrossExec, newSession } from '../lib/process.js';
+import { blocking, cleanForExec, execvpe, keepAcrossExec, newSession } from '../lib/process.js';
 import { FLAG_PTY, parseControl } from './control.js';
 
 const ENOENT = 2;
@@ -23,6 +23,14 @@ function main(): void {
   hardenProcess();
   const controlFd = Number(process.argv[2]);
   if (!Number.isInteger(controlFd) || controlFd < 3) fail('no control descriptor', 126);
+  // Not dumpable now: say so, and wait until the agent has filled the memfds (exec.ts).
+  const hs = Number(process.argv[3]);
+  if (!Number.isInteger(hs) || hs <= controlFd) fail('no handshake descriptor', 126);
+  blocking(hs);
+  fs.writeSync(hs, Buffer.from([0x68]));
+  const go = Buffer.alloc(1);
+  if (fs.readSync(hs, go, 0, 1, null) !== 1 || go[0] !== 0x67) fail('the agent went away', 126);
+  fs.closeSync(hs);
   const size = fs.fstatSync(controlFd).size;
   const data = Buffer.alloc(size);
   const block = Buffer.alloc(size);

@@ -3,11 +3,17 @@
  * environment as JS strings: it writes the control data (control.ts), secret values straight from
  * secure memory, into a sealed memfd, and starts the exec step (exec-helper.ts) with it. Values
  * for `--fd N` go into their own sealed memfds, which the child gets as descriptor N.
+ *
+ * The exec step is a new Node process, and any process of the user can read it (its
+ * descriptors, its memory) until it makes itself not dumpable, which it does first. So it gets
+ * the memfds empty, says when it has hardened (a byte on a socket pair), and only then are they
+ * filled and sealed: nothing of a value is in a process of keyward's that another can read.
  */
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import fs from 'node:fs';
+import type net from 'node:net';
 import { fileURLToPath } from 'node:url';
-import { sealedMemfd } from '../lib/process.js';
+import { fillAndSeal, memfd } from '../lib/process.js';
 import { controlPieces, FLAG_PTY, type EnvPiece } from './control.js';
 
 const HELPER = fileURLToPath(new URL('./exec-helper.js', import.meta.url));
@@ -31,8 +37,11 @@ export interface ChildSpec {
 
 export const MAX_CHILD_FD = 255;
 
-/** Starts the child; the memfds are closed here once the child has them. */
-export function startChild(spec: ChildSpec): ChildProcess {
+/**
+ * Starts the child; resolves once the exec step has hardened and has the values (the memfds are
+ * closed here then); rejects, the exec step killed, if it ends or fails before.
+ */
+export async function startChild(spec: ChildSpec): Promise<ChildProcess> {
   const [file] = spec.argv;
   if (file === undefined) throw new Error('no command');
   // Environment: last one of a name wins (injected values come after the caller's own).
@@ -44,34 +53,75 @@ export function startChild(spec: ChildSpec): ChildProcess {
   const opened: number[] = [];
   try {
     const fdMap = new Map<number, number>();
+    const fills: Array<{ fd: number; pieces: Uint8Array[] }> = [];
     for (const f of spec.fds) {
-      const m = sealedMemfd(`keyward-fd-${f.fd}`, [f.value]);
+      const m = memfd(`keyward-fd-${f.fd}`);
       opened.push(m);
       fdMap.set(f.fd, m);
+      fills.push({ fd: m, pieces: [f.value] });
     }
     const controlAt = Math.max(3, ...spec.fds.map((f) => f.fd + 1));
-    const control = sealedMemfd('keyward-exec', [
-      ...controlPieces({
+    const control = memfd('keyward-exec');
+    opened.push(control);
+    fills.push({
+      fd: control,
+      pieces: controlPieces({
         flags: spec.pty ? FLAG_PTY : 0,
         file,
         argv: [spec.argv0 ?? file, ...spec.argv.slice(1)],
         env: [...byName.values()],
         fds: spec.fds.map((f) => f.fd),
       }),
-    ]);
-    opened.push(control);
+    });
+    // The exec step's own socket for the handshake, past the child's descriptors.
+    const handshakeAt = controlAt + 1;
     const stdio: StdioOptions = [];
-    for (let i = 0; i <= controlAt; i++) {
+    for (let i = 0; i <= handshakeAt; i++) {
       if (i < 3) stdio.push(spec.stdio);
       else if (i === controlAt) stdio.push(control);
+      else if (i === handshakeAt) stdio.push('pipe');
       else stdio.push(fdMap.get(i) ?? 'ignore');
     }
-    return spawn(process.execPath, [HELPER, String(controlAt)], {
+    const child = spawn(process.execPath, [HELPER, String(controlAt), String(handshakeAt)], {
       cwd: spec.cwd,
       env: { PATH: spec.path },
       stdio,
     });
+    const hs = child.stdio[handshakeAt] as net.Socket;
+    try {
+      await hardened(child, hs);
+      for (const f of fills) fillAndSeal(f.fd, f.pieces);
+      hs.end(GO);
+    } catch (e) {
+      child.kill('SIGKILL');
+      hs.destroy();
+      throw e;
+    }
+    return child;
   } finally {
     for (const fd of opened) fs.closeSync(fd);
   }
+}
+
+/** What the exec step sends once it is not dumpable, and what it waits for then. */
+const HARDENED = 0x68;
+const GO = Buffer.from([0x67]);
+
+function hardened(child: ChildProcess, hs: net.Socket): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const done = (e?: Error) => {
+      hs.off('data', onData);
+      hs.off('close', onClose);
+      child.off('error', onError);
+      if (e) reject(e);
+      else resolve();
+    };
+    const onData = (d: Buffer) =>
+      done(d[0] === HARDENED ? undefined : new Error('the exec step said something else'));
+    const onClose = () => done(new Error('the exec step ended before it hardened'));
+    const onError = (e: Error) => done(e);
+    hs.on('data', onData);
+    hs.once('close', onClose);
+    child.once('error', onError);
+  });
 }
