@@ -3,7 +3,7 @@
  * command, and SIGKILL at every fsync and rename of a restore (strace's fault injection).
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -20,7 +20,17 @@ import {
 import { AuditLog } from '../src/audit/index.js';
 import { hkdfSha256, hmacSha256 } from '../src/vault/age-identity.js';
 import { CHANGING, names, through, tool, toolsFile } from './mcp-helpers.js';
-import { everyByteUnder, initHome, kw, STRACE, straced, type Home } from './helpers.js';
+import { asUser, chownTree, kwAs, OTHER_UID } from './as-user.js';
+import {
+  BIN,
+  everyByteUnder,
+  initHome,
+  kw,
+  rootTests,
+  STRACE,
+  straced,
+  type Home,
+} from './helpers.js';
 
 const has = (cmd: string, arg: string) => spawnSync(cmd, [arg]).status === 0;
 const noAge = !has('age', '--version') && 'needs the age command (apt-get install age)';
@@ -727,6 +737,45 @@ test('restore refuses a home that is a link (exit 8) or a file (exit 2), a home 
   await stopAgent(h);
   untouched(h, vault);
 });
+
+test(
+  'found in review: for a user who is not root, an agent of another socket directory still holds the home (its descriptors hidden: not dumpable); restore refuses (exit 5)',
+  { skip: !rootTests && 'needs root (setpriv)' },
+  async () => {
+    const h = agentHome(POLICY);
+    homes.push(h);
+    const out = path.join(h.dir, 'b.kwbackup');
+    assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+    chownTree(h.dir, OTHER_UID);
+    const [cmd, ...pre] = asUser as [string, ...string[]];
+    const agent = spawn(cmd, [...pre, process.execPath, BIN, 'agent', 'run'], {
+      env: { ...h.env, KEYWARD_SOCKET_DIR: path.join(h.dir, 'elsewhere') },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    const exited = new Promise((r) => agent.once('exit', r));
+    try {
+      let err = '';
+      await new Promise<void>((resolve, reject) => {
+        agent.stderr.on('data', (d: Buffer) => {
+          err += d.toString();
+          if (/keyward agent \d+ listening on/.test(err)) resolve();
+        });
+        agent.once('exit', () => reject(new Error(`the agent exited: ${err}`)));
+      });
+      // The same user can't list its descriptors: nothing of /proc says it holds the home.
+      const ls = spawnSync(cmd, [...pre, 'ls', `/proc/${agent.pid}/fd`], { encoding: 'utf8' });
+      assert.match(ls.stderr, /Permission denied/);
+      const vault = fs.readFileSync(h.vaultFile);
+      const r = kwAs(['restore', '--input', out, '--force'], h.env);
+      assert.equal(r.code, 5, r.stderr);
+      assert.match(r.stderr, new RegExp(`pid ${agent.pid} \\(keyward, not dumpable`));
+      untouched(h, vault);
+    } finally {
+      agent.kill('SIGTERM');
+      await exited;
+    }
+  },
+);
 
 test(
   'where the filesystem can not swap directories in one step, restore --force says so (exit 2) and changes nothing',

@@ -21,6 +21,7 @@ import {
 } from './agent-helpers.js';
 import { describeSignData } from '../src/agent/ssh.js';
 import { BIN, eventually, kw, PASSPHRASE, ROOT, rootTests, straced } from './helpers.js';
+import { asUser, chownTree, kwAs, OTHER_UID } from './as-user.js';
 
 const homes: AgentHome[] = [];
 after(async () => {
@@ -249,8 +250,6 @@ describe('a keyward process can never be debugged unless the user says so', () =
 const writesOf = (args: string[], env: NodeJS.ProcessEnv) =>
   straced(['-xx', '-s', '1000000', '-e', 'trace=connect,write,writev,sendto,sendmsg'], args, env);
 
-const OTHER_UID = 43210;
-
 interface Fake {
   dir: string;
   events: () => Array<{ event: string; bytes?: number }>;
@@ -359,7 +358,6 @@ describe('a client checks whom it talks to before it sends anything secret', () 
   }
 });
 
-const asUser = ['setpriv', `--reuid=${OTHER_UID}`, `--regid=${OTHER_UID}`, '--clear-groups'];
 /** Whether OTHER_UID may make a user and mount namespace of its own (unprivileged ones on). */
 const userNamespaces =
   rootTests &&
@@ -421,19 +419,6 @@ const mappedRewrite = (touch: string, then: string[] = []): string =>
     'm.close()',
   ].join('\n');
 
-/** The CLI as OTHER_UID (not root: root reads every process, hidden or not). */
-function kwAs(args: string[], env: NodeJS.ProcessEnv, input = ''): ReturnType<typeof kw> {
-  const [cmd, ...pre] = asUser as [string, ...string[]];
-  const r = spawnSync(cmd, [...pre, process.execPath, BIN, ...args], { env, input });
-  return {
-    code: r.status,
-    signal: r.signal,
-    stdout: r.stdout.toString(),
-    stderr: r.stderr.toString(),
-    stdoutBytes: r.stdout,
-  };
-}
-
 /** A program as OTHER_UID, or as this user, with its output lines. */
 function runLines(argv: string[], o: { env: NodeJS.ProcessEnv; user: boolean }): string[] {
   const full = o.user ? [...asUser, ...argv] : argv;
@@ -460,12 +445,6 @@ function ptraceAs(pid: number): string {
     "print('attached')",
   ].join('\n');
   return runLines([PYTHON, '-c', script, String(pid)], { env: {}, user: true })[0] ?? '';
-}
-
-function chownTree(p: string, uid: number): void {
-  fs.lchownSync(p, uid, uid);
-  if (fs.lstatSync(p).isDirectory())
-    for (const e of fs.readdirSync(p)) chownTree(path.join(p, e), uid);
 }
 
 /**
