@@ -620,6 +620,27 @@ describe('keyward seal, project identity, project check', { skip }, () => {
     assert.equal(pad.code, 2);
     assert.match(pad.stderr, /bare\.env:2: the value is only = signs/);
     assert.ok(!pad.stderr.includes('dGhpc2lz'), pad.stderr);
+    // Found in review: with one = of padding it read as a name with an empty value, and was
+    // committed in plain text. Refused too, and not said; an empty value is written quoted.
+    for (const token of [
+      'dGhpc0lzQVNlY3JldFRva2VuVmFsdWUxMjM0NTY3OA=',
+      'ghp_abcdefSECRETTOKEN0123456789= #',
+    ]) {
+      fs.writeFileSync(bare, `DB=x\n${token}\n`);
+      const one = kw(['seal', bare, '--no-self', '--recipient', bob.recipient], { env: h.env });
+      assert.equal(one.code, 2, token);
+      assert.match(
+        one.stderr,
+        /bare\.env:2: nothing after =, and the text before it looks like a token/,
+      );
+      assert.ok(!one.stderr.includes(token.slice(0, 8)), one.stderr);
+    }
+    fs.writeFileSync(bare, 'DEBUG=\nNEXT_PUBLIC_apiKey2=""\n');
+    const empty = kw(
+      ['seal', bare, '--no-self', '--recipient', bob.recipient, '--output', `${bare}.sealed`],
+      { env: h.env },
+    );
+    assert.equal(empty.code, 0, empty.stderr);
     // Names that change what a program runs or trusts are never sealed.
     const loader = path.join(dir, 'loader.env');
     fs.writeFileSync(loader, 'NODE_OPTIONS=--require /tmp/x.js\n');

@@ -632,7 +632,7 @@ open(sys.argv[3]).read()
   test('a request that carries a value asks for an answer the watch can read whole: no compressed echo, no ranges', async () => {
     const before = seen.length;
     const r = await proxied(
-      `${CURL} -sS --fail-with-body -H 'Accept-Encoding: gzip, br' -H 'TE: gzip' -H 'Range: bytes=0-10' -H 'If-Range: "x"' '${url('inject', '127.0.0.4', '/compressed')}'`,
+      `${CURL} -sS --fail-with-body -H 'Accept-Encoding: gzip, br' -H 'TE: gzip' -H 'Range: bytes=0-10' -H 'If-Range: "x"' -H 'Sec-WebSocket-Extensions: permessage-deflate' '${url('inject', '127.0.0.4', '/compressed')}'`,
       ['--env', 'OTHER=gh/other'],
     );
     assert.equal(r.code, 0, r.stderr + r.stdout);
@@ -646,11 +646,25 @@ open(sys.argv[3]).read()
       ['identity'],
       JSON.stringify(headers),
     );
-    // Nor an answer in ranges, each a part of an echoed value.
+    // Nor an answer in ranges, each a part of an echoed value, nor compressed WebSocket messages
+    // (found in review: a WebSocket echo, deflated, passed the watch).
     assert.deepEqual(
-      headers.filter((v, i) => i % 2 === 0 && /^(te|range|if-range)$/i.test(v)),
+      headers.filter(
+        (v, i) => i % 2 === 0 && /^(te|range|if-range|sec-websocket-extensions)$/i.test(v),
+      ),
       [],
     );
+    // Nor another protocol (HTTP/2's headers are compressed): the request is refused.
+    const h2c = await proxied(
+      `${CURL} -sS --fail-with-body -H 'Connection: Upgrade' -H 'Upgrade: h2c' '${url('inject', '127.0.0.4', '/h2c')}'; echo "exit $?"`,
+      ['--env', 'OTHER=gh/other'],
+    );
+    assert.match(
+      h2c.stdout,
+      /may upgrade only to a WebSocket[\s\S]*exit 22/,
+      h2c.stdout + h2c.stderr,
+    );
+    assert.equal(seen.slice(before).filter((x) => x.url === '/h2c').length, 0);
   });
 
   test('a lock ends the answers on their way, which could hold a value the watch no longer knows', async () => {

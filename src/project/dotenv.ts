@@ -26,6 +26,21 @@ const SP = 0x20;
 const TAB = 0x09;
 const blank = (c: number | undefined) => c === SP || c === TAB;
 
+/** Known token prefixes (GitHub, GitLab, Slack, Stripe, Google). */
+const TOKEN_PREFIX =
+  /^(gh[pousr]_|github_pat_|glpat|xox[abprs]|sk_(live|test)|rk_(live|test)|AIza|ya29)/;
+
+/**
+ * Whether a name is more likely a token's body than a variable's name: a known prefix, or 16
+ * characters or more with lower case, upper case and digits (names are written in capitals).
+ */
+function looksLikeToken(name: string): boolean {
+  return (
+    TOKEN_PREFIX.test(name) ||
+    (name.length >= 16 && /[a-z]/.test(name) && /[A-Z]/.test(name) && /\d/.test(name))
+  );
+}
+
 export interface EnvEntry {
   name: string;
   value: SecureBuffer;
@@ -158,6 +173,13 @@ export function parseEnv(bytes: SecureBuffer, where: string): EnvEntry[] {
         // own, which would be committed in plain text as a name. Refused, and not said.
         if (n > 0 && scratch.subarray(0, n).every((c) => c === 0x3d))
           fail(lineNo, 'the value is only = signs: is this line a base64 token on its own?');
+        // `TOKENBODY=` (one = of padding) reads as a name with an empty value. An empty value
+        // after a name that looks like a token must be written quoted.
+        if (n === 0 && i === stop && looksLikeToken(name))
+          fail(
+            lineNo,
+            'nothing after =, and the text before it looks like a token: is this line a base64 token on its own? (an empty value: NAME="")',
+          );
       }
       if (entries.some((e) => e.name === name)) fail(lineNo, `${name} is given twice`);
       if (entries.length >= MAX_ENTRIES) fail(lineNo, `more than ${MAX_ENTRIES} values`);

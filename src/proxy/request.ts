@@ -52,8 +52,17 @@ export interface Plan {
 }
 
 const CRLF = '\r\n';
-/** Headers dropped from a request that carries a value: they ask for an answer not whole. */
-const WHOLE_ANSWER = new Set(['accept-encoding', 'te', 'range', 'if-range']);
+/**
+ * Headers dropped from a request that carries a value: they ask for an answer not whole (a
+ * compressed one, one in ranges, or WebSocket messages compressed by permessage-deflate).
+ */
+const WHOLE_ANSWER = new Set([
+  'accept-encoding',
+  'te',
+  'range',
+  'if-range',
+  'sec-websocket-extensions',
+]);
 
 /** Methods that send the request back to the client: a value in it would come back too. */
 const ECHOING = new Set(['TRACE', 'TRACK', 'CONNECT']);
@@ -171,7 +180,17 @@ export function plan(
     where.set(b.name, `header ${rule.header}`);
   }
   // An answer the echo watch can read whole: a compressed one, or one in ranges (each a part of
-  // an echoed value), would carry the value past it.
+  // an echoed value), would carry the value past it. So would HTTP/2 after an h2c upgrade (its
+  // headers compressed by HPACK): refused, as no API needs it.
+  if (
+    used.length > 0 &&
+    headers.some((h) => h.lower === 'upgrade' && !/^\s*websocket\s*$/i.test(h.line.slice(8)))
+  )
+    return refuse(
+      'a request that carries a value may upgrade only to a WebSocket (another protocol, h2c say, could echo it compressed)',
+      used[0]?.name,
+      400,
+    );
   if (used.length > 0)
     out = [
       ...out.filter(
