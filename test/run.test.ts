@@ -24,7 +24,8 @@ import {
 } from './agent-helpers.js';
 import { runPrompt } from '../src/agent/run-prompt.js';
 import { maskingForms } from '../src/run/index.js';
-import { BIN, eventually, kw, ROOT, rootTests, sleep, STRACE } from './helpers.js';
+import { BIN, eventually, kw, ROOT, rootTests, sleep } from './helpers.js';
+import { asUser } from './as-user.js';
 
 const ALLOW_ALL = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n';
 const MARK = '<concealed by keyward>';
@@ -452,42 +453,31 @@ describe('keyward run: the agent starts the child with the secret', () => {
   });
 
   test(
-    'found in review: the exec step gets the values only after it is not dumpable (another process of the user could read its descriptors until then)',
-    { skip: !fs.existsSync(STRACE) && 'needs strace' },
-    async () => {
-      const h = await running();
-      setSecret(h, 'fd/step', 'value-for-the-exec-step-7');
-      // strace on the running agent, and on whatever it starts from now on.
-      const trace = path.join(h.dir, 'agent.trace');
-      const st = spawn(
-        STRACE,
-        ['-f', '-y', '-e', 'trace=prctl,write', '-o', trace, '-p', String(h.agentPid)],
-        { stdio: ['ignore', 'ignore', 'pipe'] },
-      );
-      const ended = new Promise((r) => st.once('exit', r));
-      let said = '';
-      await new Promise<void>((resolve, reject) => {
-        st.stderr.on('data', (d: Buffer) => {
-          said += d.toString();
-          if (/attached/.test(said)) resolve();
-        });
-        st.once('exit', () => reject(new Error(`strace: ${said}`)));
+    'found in review: the exec step gets no descriptor of a value until no other process of the user can list its own; it dying then, or the run stopped then, ends only the run',
+    { skip: !rootTests && 'needs root (setpriv)' },
+    () => {
+      // As another user, so the step is that user's and this process sees it as that user's
+      // other processes would.
+      const fixture = path.join(ROOT, 'dist/test/fixtures/exec-step.js');
+      const as = (mode: string) => {
+        const [cmd, ...pre] = asUser as [string, ...string[]];
+        const r = spawnSync(cmd, [...pre, process.execPath, fixture, mode], { encoding: 'utf8' });
+        assert.equal(r.status, 0, `${mode}: ${r.stderr}`);
+        return JSON.parse(r.stdout) as Record<string, unknown>;
+      };
+      // When the values are about to go, the step is not dumpable: its descriptors can't be
+      // listed (nor opened through /proc) by the user's other processes; and it gets them.
+      const value = 'value-for-the-exec-step-7';
+      assert.deepEqual(as('deliver'), { listed: 'EACCES', stdout: `${value}${value}` });
+      // Killed once it said it hardened: the run fails, said as such; this process lives on.
+      const died = as('die');
+      assert.match(String(died['error']), /the command did not start: the exec step went away/);
+      // Stopped there (a lock while the step started): the step is killed, nothing delivered.
+      assert.deepEqual(as('stop'), {
+        listed: 'EACCES',
+        error: 'stopped before the values went',
+        stepKilled: true,
       });
-      const r = await run(h, ['--env', 'T=fd/step', '--fd', '5=fd/step', '--', 'true']);
-      st.kill('SIGINT');
-      await ended;
-      assert.equal(r.code, 0, r.stderr);
-      const lines = fs.readFileSync(trace, 'utf8').split('\n');
-      const hardenedAt = lines.findIndex((l) =>
-        /prctl\(PR_SET_DUMPABLE, (SUID_DUMP_DISABLE|0)/.test(l),
-      );
-      const filledAt = lines.findIndex((l) => /write\(\d+<\/memfd:keyward-(exec|fd-5)/.test(l));
-      assert.ok(hardenedAt >= 0, 'the exec step made itself not dumpable');
-      assert.ok(filledAt >= 0, 'the agent wrote the memfds');
-      assert.ok(
-        hardenedAt < filledAt,
-        `the values went in before the exec step hardened:\n${lines[filledAt]}\n${lines[hardenedAt]}`,
-      );
     },
   );
 
@@ -1128,4 +1118,40 @@ test("a run's prompt says what matters first, whatever the caller's environment 
   assert.match(what, /and 1485 more$/);
   // Every name is still recorded.
   assert.equal(p.notable.length, 1503);
+});
+
+test("found in review: a run's prompt names proxies and trust first, in any tool's spelling, however many other such variables come first", () => {
+  const environ = [
+    ...Array.from({ length: 16 }, (_, i) => `PIP_OPT${i}`),
+    'OPENAI_BASE_URL',
+    'CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE',
+    'CLOUDSDK_AUTH_DISABLE_SSL_VALIDATION',
+    'CLOUDSDK_PROXY_ADDRESS',
+    'VAULT_ADDR',
+    'DENO_CERT',
+    'wss_proxy',
+    'NO_PROXY',
+    'DBUS_SESSION_BUS_ADDRESS',
+    'JAVA_HOME',
+  ];
+  const p = runPrompt({
+    program: '/usr/bin/gcloud',
+    programSha: 'a'.repeat(64),
+    argv: ['gcloud', 'storage', 'ls'],
+    cwd: '/tmp',
+    wanted: [{ name: 'gcp/token', as: [{ fd: 3 }] }],
+    environ,
+    mcp: undefined,
+    project: undefined,
+    masking: true,
+    homeMoved: false,
+  });
+  const what = p.what({ name: 'gcp/token', as: [{ fd: 3 }] }, undefined);
+  assert.match(
+    what,
+    /change what it trusts: CLOUDSDK_PROXY_ADDRESS, wss_proxy, CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE, DENO_CERT, CLOUDSDK_AUTH_DISABLE_SSL_VALIDATION, OPENAI_BASE_URL, VAULT_ADDR, PIP_OPT0, /,
+  );
+  // What neither sends traffic elsewhere nor changes trust is not named.
+  assert.doesNotMatch(what, /NO_PROXY|DBUS_SESSION_BUS_ADDRESS|JAVA_HOME/);
+  assert.equal(p.notable.length, 23);
 });

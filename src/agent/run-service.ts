@@ -303,6 +303,12 @@ export class RunService {
         stdio: terminal ? terminal.slave : 'pipe',
         pty: terminal !== undefined,
         path: pathVar,
+        // The exec step took its time to start: everything checked before the values go is
+        // checked again (a lock, the caller gone, the policy moved, the program replaced).
+        ready: () => {
+          stillHere();
+          if (!stillTheProgram(program, programStamp)) throw programChanged(program);
+        },
       });
       // The proxy serves the tree under the child while the child lives: once it exits, its pid
       // could be another process's, and the proxy takes no new connection.

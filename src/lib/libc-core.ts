@@ -21,6 +21,7 @@ export interface Libc {
   getpgrp: () => number;
   getsockopt: (fd: number, level: number, name: number, out: Buffer, len: number[]) => number;
   socketpair: (domain: number, type: number, protocol: number, sv: Buffer) => number;
+  dup3: (oldfd: number, newfd: number, flags: number) => number;
   syscall4: (nr: number, a: number, b: number, c: null, d: number) => number;
   close: (fd: number) => number;
   mallopt: (param: number, value: number) => number;
@@ -113,6 +114,7 @@ function bind(): Libc {
     getsockopt: () =>
       lib.func('int getsockopt(int, int, int, _Out_ uint8_t *, _Inout_ uint32_t *)'),
     socketpair: () => lib.func('int socketpair(int, int, int, _Out_ uint8_t *)'),
+    dup3: () => lib.func('int dup3(int, int, int)'),
     syscall4: () => lib.func('long syscall(long, int, int, void *, unsigned int)'),
     close: () => lib.func('int close(int)'),
     mallopt: () => lib.func('int mallopt(int, int)'),

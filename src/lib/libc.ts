@@ -4,6 +4,7 @@
  * glibc's malloc cache are in process.ts, Unix sockets with descriptors in unix.ts.
  */
 import { EINTR, libc } from './libc-core.js';
+import { socketPair } from './unix.js';
 
 export const LOCK_EX = 2;
 export const LOCK_NB = 4;
@@ -148,10 +149,13 @@ export function peerPidfd(fd: number): number | { errno: number } {
  */
 export function peerPidfdProbe(): number {
   const l = libc();
-  const sv = Buffer.alloc(8);
-  // AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC.
-  if (l.socketpair(1, 1 | 0o2000000, 0, sv) !== 0) return l.errno();
-  const [a, b] = [sv.readInt32LE(0), sv.readInt32LE(4)];
+  let a: number;
+  let b: number;
+  try {
+    [a, b] = socketPair();
+  } catch {
+    return l.errno();
+  }
   try {
     const pinned = peerPidfd(a);
     if (typeof pinned !== 'number') return pinned.errno;

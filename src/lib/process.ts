@@ -66,6 +66,14 @@ export function blocking(fd: number): void {
     throw new Error(`fcntl(${fd}) failed (errno ${l.errno()})`);
 }
 
+/** Puts descriptor `from` at number `to` (dup3, no close-on-exec) and closes `from`. */
+export function moveFd(from: number, to: number): void {
+  const l = libc();
+  if (l.dup3(from, to, 0) !== to)
+    throw new Error(`dup3(${from}, ${to}) failed (errno ${l.errno()})`);
+  l.close(from);
+}
+
 /** Clears FD_CLOEXEC, so the descriptor survives an exec (Node marks even 0, 1 and 2). */
 export function keepAcrossExec(fd: number): void {
   const l = libc();

@@ -42,15 +42,19 @@ export function sendWithFd(sock: number, data: Buffer, fd: number): number {
 }
 
 /**
- * One non-blocking recvmsg into buf: the bytes read (0 at end of stream, -errno on error, so
- * -EAGAIN when nothing is there yet) and the descriptor that came with them, if any (close-on-
- * exec). Descriptors beyond the first are closed.
+ * One recvmsg into buf, non-blocking unless `wait`: the bytes read (0 at end of stream, -errno
+ * on error, so -EAGAIN when nothing is there yet) and the descriptor that came with them, if any
+ * (close-on-exec). Descriptors beyond the first are closed.
  */
-export function recvWithFd(sock: number, buf: Buffer): { n: number; fd: number | undefined } {
+export function recvWithFd(
+  sock: number,
+  buf: Buffer,
+  wait = false,
+): { n: number; fd: number | undefined } {
   const l = libc();
   const control = Buffer.alloc(64);
   const msg = msghdr(buf, control);
-  const n = Number(l.recvmsg(sock, msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC));
+  const n = Number(l.recvmsg(sock, msg, (wait ? 0 : MSG_DONTWAIT) | MSG_CMSG_CLOEXEC));
   if (n < 0) return { n: -l.errno(), fd: undefined };
   let fd: number | undefined;
   let off = 0;
@@ -81,6 +85,15 @@ const SOCK_CLOEXEC = 0o2000000;
 const F_GETFL = 3;
 const F_SETFL = 4;
 const SO_RCVTIMEO = 20;
+
+/** A connected pair of Unix stream sockets, close-on-exec. */
+export function socketPair(): [number, number] {
+  const l = libc();
+  const sv = Buffer.alloc(8);
+  if (l.socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) !== 0)
+    throw new Error(`socketpair failed (errno ${l.errno()})`);
+  return [sv.readInt32LE(0), sv.readInt32LE(4)];
+}
 
 /** struct sockaddr_un for path, and its length; undefined when the path is too long for one. */
 function sockaddrUn(path: string): { addr: Buffer; len: number } | undefined {

@@ -101,3 +101,11 @@ export function parseControl(data: Buffer, block: Buffer): Control {
   if (o !== data.length) throw new Error('trailing control data');
   return { flags, file, argv, env, fds };
 }
+
+/**
+ * The exec step's handshake (exec.ts): the byte it sends once it is hardened, and the bytes that
+ * come with each descriptor the agent then passes (the last with GO).
+ */
+export const HARDENED = 0x68;
+export const MORE = 0x66;
+export const GO = 0x67;

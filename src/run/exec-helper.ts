@@ -7,8 +7,16 @@
  */
 import fs from 'node:fs';
 import { hardenProcess } from '../lib/libc.js';
-import { blocking, cleanForExec, execvpe, keepAcrossExec, newSession } from '../lib/process.js';
-import { FLAG_PTY, parseControl } from './control.js';
+import {
+  blocking,
+  cleanForExec,
+  execvpe,
+  keepAcrossExec,
+  moveFd,
+  newSession,
+} from '../lib/process.js';
+import { recvWithFd } from '../lib/unix.js';
+import { FLAG_PTY, GO, HARDENED, MORE, parseControl } from './control.js';
 
 const ENOENT = 2;
 
@@ -21,16 +29,28 @@ function main(): void {
   // No inspector on SIGUSR1 while this process holds the child's environment.
   process.on('SIGUSR1', () => undefined);
   hardenProcess();
-  const controlFd = Number(process.argv[2]);
-  if (!Number.isInteger(controlFd) || controlFd < 3) fail('no control descriptor', 126);
-  // Not dumpable now: say so, and wait until the agent has filled the memfds (exec.ts).
+  const controlAt = Number(process.argv[2]);
   const hs = Number(process.argv[3]);
-  if (!Number.isInteger(hs) || hs <= controlFd) fail('no handshake descriptor', 126);
+  if (!Number.isInteger(controlAt) || controlAt < 3 || hs !== controlAt + 1)
+    fail('no control descriptor', 126);
+  // A tracer that attached before this process hardened keeps its hold: no values then.
+  if (!/^TracerPid:\s*0$/m.test(fs.readFileSync('/proc/self/status', 'latin1')))
+    fail('a debugger is attached to the exec step', 126);
+  // Not dumpable, not traced: say so; the agent then passes the memfds (exec.ts), the control
+  // data first, then each --fd value, the last with GO.
   blocking(hs);
-  fs.writeSync(hs, Buffer.from([0x68]));
-  const go = Buffer.alloc(1);
-  if (fs.readSync(hs, go, 0, 1, null) !== 1 || go[0] !== 0x67) fail('the agent went away', 126);
+  fs.writeSync(hs, Buffer.from([HARDENED]));
+  const got: number[] = [];
+  const one = Buffer.alloc(1);
+  for (;;) {
+    const r = recvWithFd(hs, one, true);
+    if (r.n !== 1 || r.fd === undefined || (one[0] !== MORE && one[0] !== GO))
+      fail('the agent went away', 126);
+    got.push(r.fd);
+    if (one[0] === GO) break;
+  }
   fs.closeSync(hs);
+  const [controlFd, ...valueFds] = got as [number, ...number[]];
   const size = fs.fstatSync(controlFd).size;
   const data = Buffer.alloc(size);
   const block = Buffer.alloc(size);
@@ -46,6 +66,10 @@ function main(): void {
     const c = parseControl(data, block);
     file = c.file;
     data.fill(0);
+    if (c.fds.length !== valueFds.length) throw new Error('the descriptors do not match');
+    // Each value's memfd to its number (every number up to the handshake's was taken at
+    // spawn, so those received are all above them).
+    c.fds.forEach((fd, i) => moveFd(valueFds[i] as number, fd));
     cleanForExec();
     for (const fd of [0, 1, 2, ...c.fds]) keepAcrossExec(fd);
     newSession((c.flags & FLAG_PTY) !== 0);

@@ -4,17 +4,21 @@
  * secure memory, into a sealed memfd, and starts the exec step (exec-helper.ts) with it. Values
  * for `--fd N` go into their own sealed memfds, which the child gets as descriptor N.
  *
- * The exec step is a new Node process, and any process of the user can read it (its
- * descriptors, its memory) until it makes itself not dumpable, which it does first. So it gets
- * the memfds empty, says when it has hardened (a byte on a socket pair), and only then are they
- * filled and sealed: nothing of a value is in a process of keyward's that another can read.
+ * The exec step is a new Node process, and any process of the user can read it (its memory, its
+ * descriptors, and through /proc/PID/fd/N open its files for itself) until it makes itself not
+ * dumpable, which it does first. So it is started with none of them: once it is not dumpable
+ * (and no tracer holds it), it says so with a byte on a socket pair of its own, and only then
+ * does the agent make, fill and seal the memfds and pass them over that socket (SCM_RIGHTS).
  */
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import fs from 'node:fs';
-import type net from 'node:net';
+import net from 'node:net';
 import { fileURLToPath } from 'node:url';
+import { KeywardError } from '../errors.js';
+import { closeFd, dupFd } from '../lib/libc.js';
 import { fillAndSeal, memfd } from '../lib/process.js';
-import { controlPieces, FLAG_PTY, type EnvPiece } from './control.js';
+import { EAGAIN, sendWithFd, socketPair } from '../lib/unix.js';
+import { controlPieces, FLAG_PTY, GO, HARDENED, MORE, type EnvPiece } from './control.js';
 
 const HELPER = fileURLToPath(new URL('./exec-helper.js', import.meta.url));
 
@@ -33,13 +37,21 @@ export interface ChildSpec {
   pty: boolean;
   /** PATH used to find the program (the caller's). */
   path: string;
+  /**
+   * Called once the exec step is ready for the values (hardened), just before they go: throws
+   * (or rejects) to stop the run there (the agent locked, the caller gone, while it started).
+   */
+  ready?: (step: ChildProcess) => void | Promise<void>;
 }
 
 export const MAX_CHILD_FD = 255;
 
+/** How long the exec step may take to start and harden before the run is given up. */
+export const EXEC_STEP_START_MS = 60_000;
+
 /**
- * Starts the child; resolves once the exec step has hardened and has the values (the memfds are
- * closed here then); rejects, the exec step killed, if it ends or fails before.
+ * Starts the child; resolves once the exec step has hardened and has the values; rejects, the
+ * exec step killed, if it ends or fails before, or if `ready` throws.
  */
 export async function startChild(spec: ChildSpec): Promise<ChildProcess> {
   const [file] = spec.argv;
@@ -50,21 +62,10 @@ export async function startChild(spec: ChildSpec): Promise<ChildProcess> {
     byName.delete(e.name);
     byName.set(e.name, e);
   }
-  const opened: number[] = [];
-  try {
-    const fdMap = new Map<number, number>();
-    const fills: Array<{ fd: number; pieces: Uint8Array[] }> = [];
-    for (const f of spec.fds) {
-      const m = memfd(`keyward-fd-${f.fd}`);
-      opened.push(m);
-      fdMap.set(f.fd, m);
-      fills.push({ fd: m, pieces: [f.value] });
-    }
-    const controlAt = Math.max(3, ...spec.fds.map((f) => f.fd + 1));
-    const control = memfd('keyward-exec');
-    opened.push(control);
-    fills.push({
-      fd: control,
+  // What goes to the exec step, in this order: the control data, then each --fd value.
+  const fills = [
+    {
+      name: 'keyward-exec',
       pieces: controlPieces({
         flags: spec.pty ? FLAG_PTY : 0,
         file,
@@ -72,44 +73,64 @@ export async function startChild(spec: ChildSpec): Promise<ChildProcess> {
         env: [...byName.values()],
         fds: spec.fds.map((f) => f.fd),
       }),
-    });
-    // The exec step's own socket for the handshake, past the child's descriptors.
-    const handshakeAt = controlAt + 1;
+    },
+    ...spec.fds.map((f) => ({ name: `keyward-fd-${f.fd}`, pieces: [f.value] })),
+  ];
+  const controlAt = Math.max(3, ...spec.fds.map((f) => f.fd + 1));
+  const handshakeAt = controlAt + 1;
+  const [mine, theirs] = socketPair();
+  // Every number up to the handshake's is taken in the exec step (/dev/null where nothing
+  // else is), so what it receives lands above them all, and each value's memfd goes to its
+  // number without taking another's place.
+  const devNull = fs.openSync('/dev/null', 'r');
+  let hs: net.Socket | undefined;
+  let theirsOpen = true;
+  try {
     const stdio: StdioOptions = [];
-    for (let i = 0; i <= handshakeAt; i++) {
-      if (i < 3) stdio.push(spec.stdio);
-      else if (i === controlAt) stdio.push(control);
-      else if (i === handshakeAt) stdio.push('pipe');
-      else stdio.push(fdMap.get(i) ?? 'ignore');
-    }
+    for (let i = 0; i <= handshakeAt; i++)
+      stdio.push(i < 3 ? spec.stdio : i === handshakeAt ? theirs : devNull);
     const child = spawn(process.execPath, [HELPER, String(controlAt), String(handshakeAt)], {
       cwd: spec.cwd,
       env: { PATH: spec.path },
       stdio,
     });
-    const hs = child.stdio[handshakeAt] as net.Socket;
+    // Only the step holds the other end now: when it goes, so does the socket.
+    closeFd(theirs);
+    theirsOpen = false;
+    // node:net reads the step's word from a copy of our end, and closes that copy when it
+    // likes (the step gone): the values go over `mine`, which stays ours until the end, so a
+    // descriptor number node:net freed (and the agent reused) is never written to.
+    const copy = dupFd(mine);
+    if (copy === undefined) throw stepError('no descriptor left for the exec step');
+    hs = new net.Socket({ fd: copy, readable: true, writable: false });
+    // For its whole life: a step that dies mid-way resets it, and that is the run's failure,
+    // never an uncaught error in the agent.
+    hs.on('error', () => undefined);
     try {
       await hardened(child, hs);
-      for (const f of fills) fillAndSeal(f.fd, f.pieces);
-      hs.end(GO);
+      await spec.ready?.(child);
+      await handOver(mine, fills);
     } catch (e) {
       child.kill('SIGKILL');
-      hs.destroy();
       throw e;
     }
     return child;
   } finally {
-    for (const fd of opened) fs.closeSync(fd);
+    if (theirsOpen) closeFd(theirs);
+    fs.closeSync(devNull);
+    hs?.destroy();
+    closeFd(mine);
   }
 }
 
-/** What the exec step sends once it is not dumpable, and what it waits for then. */
-const HARDENED = 0x68;
-const GO = Buffer.from([0x67]);
-
 function hardened(child: ChildProcess, hs: net.Socket): Promise<void> {
   return new Promise((resolve, reject) => {
+    const timer = setTimeout(
+      () => done(stepError(`the exec step did not start within ${EXEC_STEP_START_MS / 1000} s`)),
+      EXEC_STEP_START_MS,
+    );
     const done = (e?: Error) => {
+      clearTimeout(timer);
       hs.off('data', onData);
       hs.off('close', onClose);
       child.off('error', onError);
@@ -117,11 +138,36 @@ function hardened(child: ChildProcess, hs: net.Socket): Promise<void> {
       else resolve();
     };
     const onData = (d: Buffer) =>
-      done(d[0] === HARDENED ? undefined : new Error('the exec step said something else'));
-    const onClose = () => done(new Error('the exec step ended before it hardened'));
-    const onError = (e: Error) => done(e);
+      done(d[0] === HARDENED ? undefined : stepError('the exec step said something else'));
+    const onClose = () => done(stepError('the exec step ended before it started the command'));
+    const onError = (e: Error) => done(stepError(e.message));
     hs.on('data', onData);
     hs.once('close', onClose);
     child.once('error', onError);
   });
+}
+
+/** Makes, fills and seals each memfd, and passes it with its byte; ours are closed as they go. */
+async function handOver(sock: number, fills: Array<{ name: string; pieces: Uint8Array[] }>) {
+  for (const [i, f] of fills.entries()) {
+    const fd = memfd(f.name);
+    try {
+      fillAndSeal(fd, f.pieces);
+      const byte = Buffer.from([i === fills.length - 1 ? GO : MORE]);
+      for (;;) {
+        const n = sendWithFd(sock, byte, fd);
+        if (n === 1) break;
+        // The socket's buffer is full (many --fd): the step is reading; try again shortly.
+        if (n === -EAGAIN) await new Promise((r) => setImmediate(r));
+        else throw stepError(`the exec step went away (errno ${-n})`);
+      }
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+}
+
+/** A run whose command could not be started: said as such, never as an internal error. */
+function stepError(message: string): KeywardError {
+  return new KeywardError('INTERNAL', `the command did not start: ${message}`);
 }
