@@ -625,6 +625,8 @@ describe('keyward seal, project identity, project check', { skip }, () => {
     for (const token of [
       'dGhpc0lzQVNlY3JldFRva2VuVmFsdWUxMjM0NTY3OA=',
       'ghp_abcdefSECRETTOKEN0123456789= #',
+      // A base32 TOTP seed (found by the final review).
+      'JBSWY3DPEHPK3PXPJBSWY3DPEHPK3PX=',
     ]) {
       fs.writeFileSync(bare, `DB=x\n${token}\n`);
       const one = kw(['seal', bare, '--no-self', '--recipient', bob.recipient], { env: h.env });

@@ -30,23 +30,26 @@ export interface RunPromptFacts {
 
 /**
  * Variables that change where a program's traffic goes, which certificates it trusts, or where
- * it reads the configuration that says so (case-insensitive: http_proxy is as common): with one
- * of them, an approved `curl` or `gh` can send the secret to whoever set it. Named in every
- * prompt of a run, before the other lists, and recorded. Their values are not shown (a proxy's
- * address may carry its password).
+ * it reads the configuration that says so: with one of them, an approved `curl`, `gh` or
+ * `gcloud` can send the secret to whoever set it. Shapes, not a list of names (every tool has
+ * its own: CLOUDSDK_PROXY_ADDRESS, OPENAI_BASE_URL, VAULT_ADDR...), case-insensitive
+ * (http_proxy is as common), in the order a prompt names them: proxies, then trust, then
+ * endpoints, then configuration. A name matched by mistake only makes the prompt longer.
  */
-export const TRAFFIC_VARIABLES = new RegExp(
-  `^(${[
-    'HTTPS?_PROXY|ALL_PROXY|FTP_PROXY|\\w+_PROXY_URL',
-    'SSL_CERT_FILE|SSL_CERT_DIR|\\w*CA_BUNDLE|\\w*CA_CERTS?|\\w*CAINFO|\\w*CAPATH|\\w*_CA_FILE',
-    'NODE_TLS_REJECT_UNAUTHORIZED|GIT_SSL_\\w+|PYTHONHTTPSVERIFY|SSLKEYLOGFILE|GRPC_DEFAULT_SSL_ROOTS_FILE_PATH',
-    'HOSTALIASES|RES_OPTIONS|LOCALDOMAIN',
-    'XDG_CONFIG_HOME|CURL_HOME|NETRC|WGETRC|GH_CONFIG_DIR|GH_HOST|GITHUB_API_URL',
-    'NPM_CONFIG_\\w+|YARN_\\w+|PIP_\\w+|CARGO_HOME|GOPROXY|DOCKER_CONFIG|DOCKER_HOST|KUBECONFIG',
-    'AWS_CONFIG_FILE|AWS_SHARED_CREDENTIALS_FILE|AWS_ENDPOINT_URL\\w*|AWS_CA_BUNDLE|CLOUDSDK_CONFIG',
-  ].join('|')})$`,
-  'i',
-);
+const TRAFFIC_SHAPES: readonly RegExp[] = [
+  /PROXY/i,
+  /CA_?CERT|CERT_?(FILE|DIR|PATH)|CAINFO|CA_?BUNDLE|CA_?PATH|CA_?FILE|^\w+_CERT$|SSLKEYLOG/i,
+  /(SSL|TLS|HTTPS)_?(VALIDATION|VERIF|NO_?VERIFY|REJECT_UNAUTHORIZED)|STRICT_SSL|INSECURE/i,
+  /ENDPOINT|(^|_)(BASE_URL|API_URL|API_BASE|ADDR|HOST|REGISTRY|REPOSITORY_URL|PUBLISH_URL|INDEX_URL)$|^(HOSTALIASES|RES_OPTIONS|LOCALDOMAIN)$/i,
+  /^(XDG_CONFIG_HOME|CURL_HOME|NETRC|\w*WGETRC|KUBECONFIG|GH_CONFIG_DIR|CARGO_HOME|GNUPGHOME)$|CONFIG_FILE|_CONFIG$|CONFIG_DIR|CREDENTIALS|^(CLOUDSDK|NPM_CONFIG|YARN|PIP|GIT_SSL)_/i,
+];
+
+/** The rank of a traffic or trust variable (TRAFFIC_SHAPES), or undefined. */
+export function trafficRank(name: string): number | undefined {
+  if (/^NO_PROXY$/i.test(name)) return undefined;
+  const rank = TRAFFIC_SHAPES.findIndex((shape) => shape.test(name));
+  return rank < 0 ? undefined : rank;
+}
 
 /**
  * Whether a HOME the environment sets (any of them: libc takes the first, others the last) is
@@ -79,10 +82,12 @@ export function runPrompt(f: RunPromptFacts): {
   notable: string[];
 } {
   const loaders = [...new Set(f.environ.filter((n) => LOADER_VARIABLES.test(n)))];
-  const traffic = [
-    ...(f.homeMoved ? ['HOME'] : []),
-    ...new Set(f.environ.filter((n) => TRAFFIC_VARIABLES.test(n) && !LOADER_VARIABLES.test(n))),
-  ];
+  // Proxies and trust first, so no number of others pushes them out of the prompt's cut.
+  const ranked = [...new Set(f.environ)]
+    .map((n) => ({ n, rank: LOADER_VARIABLES.test(n) ? undefined : trafficRank(n) }))
+    .filter((x): x is { n: string; rank: number } => x.rank !== undefined)
+    .sort((a, b) => a.rank - b.rank);
+  const traffic = [...(f.homeMoved ? ['HOME'] : []), ...ranked.map((x) => x.n)];
   const notable = [...traffic, ...loaders];
   // Every variable and descriptor the run sets, and from which secret, whatever rule each
   // secret falls under (one allowed outright is still in the run).

@@ -185,9 +185,7 @@ async function signInFinish(
     // a flood of handles would push a person's sign-in out of the table that holds them).
     if (!tokenGiven) {
       if (e.message === NOT_STARTED_HERE) return back({ refused: 'not-started' });
-      const code = /^the identity provider refused the sign-in \(([a-z_]+)\)$/.exec(e.message)?.[1];
-      if (e.message.startsWith(PROVIDER_REFUSED))
-        return back({ refused: 'provider', ...(code ? { code } : {}) });
+      if (e.message.startsWith(PROVIDER_REFUSED)) return back({ refused: 'provider' });
       return back({ refused: 'not-completed' });
     }
     return back({ handle: c.operatorSessions.handOffRefusal(e.message.slice(0, 300), now) });

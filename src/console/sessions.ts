@@ -9,8 +9,13 @@
  */
 import { randomBytes } from 'node:crypto';
 import { processWide } from '../lib/once.js';
-import { secureEqual, secureRandom, type SecureBuffer } from '../lib/secure.js';
-import { sodium } from '../lib/sodium.js';
+import {
+  randomBytes as publicRandom,
+  secretKeyedDigest,
+  secureEqual,
+  secureRandom,
+  type SecureBuffer,
+} from '../lib/secure.js';
 
 export const SESSION_IDLE_MS = 10 * 60_000;
 export const SESSION_MAX_MS = 60 * 60_000;
@@ -20,21 +25,19 @@ const MAX_SESSIONS = 16;
 /**
  * The key login challenges are made under. A login challenge is given to anyone who asks (no
  * session yet), so it is kept nowhere: its handle is its own proof (random bytes, when it
- * expires, and their MAC), and the challenge is derived from the handle. A table of 16, the
+ * expires, and their MAC: keyed BLAKE2b), and the challenge is derived from the handle. A table of 16, the
  * oldest pushed out, let any process keep a person's security-key login from ever finishing.
  */
 const loginKey = (): SecureBuffer => processWide('console-login-key', () => secureRandom(32));
 const HANDLE_BODY = 16 + 8;
 const TAG = 32;
 
+/** The MAC (keyed BLAKE2b) of data under the login key, for one use (label). */
 function loginTag(label: string, data: Uint8Array): Buffer {
-  const out = Buffer.alloc(TAG);
-  sodium.crypto_auth(
-    out,
+  return secretKeyedDigest(
     Buffer.concat([Buffer.from(`keyward-login-${label}\n`), data]),
     loginKey(),
   );
-  return out;
 }
 
 export type LoginMethod = 'passphrase' | 'webauthn';
@@ -122,8 +125,7 @@ export class Sessions {
 
   /** A challenge for a login that has no session yet, and the handle that proves it (kept nowhere). */
   issueLogin(now: number): { handle: string; challenge: string } {
-    const body = Buffer.alloc(HANDLE_BODY);
-    sodium.randombytes_buf(body.subarray(0, 16));
+    const body = Buffer.concat([publicRandom(16), Buffer.alloc(8)]);
     body.writeBigUInt64BE(BigInt(now + CHALLENGE_MS), 16);
     const handle = Buffer.concat([body, loginTag('handle', body)]).toString('base64url');
     return { handle, challenge: loginTag('challenge', Buffer.from(handle)).toString('base64url') };

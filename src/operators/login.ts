@@ -8,8 +8,13 @@
 import type * as Client from 'openid-client';
 import { KeywardError } from '../errors.js';
 import { processWide } from '../lib/once.js';
-import { secureRandom, type SecureBuffer } from '../lib/secure.js';
-import { sodium } from '../lib/sodium.js';
+import {
+  randomBytes,
+  secretKeyedDigest,
+  secureEqual,
+  secureRandom,
+  type SecureBuffer,
+} from '../lib/secure.js';
 import type { OidcSettings } from './types.js';
 import { NOT_STARTED_HERE, PROVIDER_REFUSED } from './types.js';
 
@@ -40,7 +45,7 @@ const FETCH_TIMEOUT_S = 5;
 
 /**
  * The key this agent's states are made under. A state is its own proof (random bytes, when it
- * expires, and their MAC), and the PKCE verifier and the nonce are derived from it: nothing is
+ * expires, and their MAC: keyed BLAKE2b), and the PKCE verifier and the nonce are derived from it: nothing is
  * kept per sign-in, so no number of sign-ins started by others (anyone can start one) can push
  * a person's out, as a table of 16 did.
  */
@@ -98,9 +103,7 @@ export class OidcLogin {
    * state made for one can't finish a sign-in at another).
    */
   private tag(label: string, data: Uint8Array): Buffer {
-    const out = Buffer.alloc(TAG);
-    sodium.crypto_auth(out, this.bound(label, data), stateKey());
-    return out;
+    return secretKeyedDigest(this.bound(label, data), stateKey());
   }
 
   private bound(label: string, data: Uint8Array): Buffer {
@@ -121,8 +124,7 @@ export class OidcLogin {
   /** The provider's authorization URL for a new sign-in; its state holds for LOGIN_MS. */
   async start(now: number): Promise<URL> {
     const { c, config } = await this.client();
-    const body = Buffer.alloc(STATE_BODY);
-    sodium.randombytes_buf(body.subarray(0, 16));
+    const body = Buffer.concat([randomBytes(16), Buffer.alloc(8)]);
     body.writeBigUInt64BE(BigInt(now + LOGIN_MS), 16);
     const state = Buffer.concat([body, this.tag('state', body)]).toString('base64url');
     const { verifier, nonce } = this.secretsOf(state);
@@ -149,7 +151,7 @@ export class OidcLogin {
     if (
       raw.length !== STATE_BODY + TAG ||
       raw.toString('base64url') !== state ||
-      !sodium.crypto_auth_verify(raw.subarray(STATE_BODY), this.bound('state', body), stateKey()) ||
+      !secureEqual(raw.subarray(STATE_BODY), this.tag('state', body)) ||
       Number(body.readBigUInt64BE(16)) <= now ||
       this.done.has(state)
     )

@@ -31,13 +31,15 @@ const TOKEN_PREFIX =
   /^(gh[pousr]_|github_pat_|glpat|xox[abprs]|sk_(live|test)|rk_(live|test)|AIza|ya29)/;
 
 /**
- * Whether a name is more likely a token's body than a variable's name: a known prefix, or 16
- * characters or more with lower case, upper case and digits (names are written in capitals).
+ * Whether a name is more likely a token's body than a variable's name: a known prefix; 16
+ * characters or more with lower case, upper case and digits (names are written in capitals); or
+ * 16 or more capitals and digits with no _ between words (base32, as a TOTP seed is written).
  */
 function looksLikeToken(name: string): boolean {
   return (
     TOKEN_PREFIX.test(name) ||
-    (name.length >= 16 && /[a-z]/.test(name) && /[A-Z]/.test(name) && /\d/.test(name))
+    (name.length >= 16 && /[a-z]/.test(name) && /[A-Z]/.test(name) && /\d/.test(name)) ||
+    (/^[A-Z0-9]{16,}$/.test(name) && /\d/.test(name) && /[A-Z]/.test(name))
   );
 }
 
