@@ -183,17 +183,25 @@ ${RULES}`,
     );
     await page
       .locator('#message.error')
-      .filter({ hasText: 'the identity provider refused the sign-in (access_denied)' })
+      .filter({ hasText: 'The identity provider refused the sign-in' })
       .waitFor();
     assert.doesNotMatch((await page.locator('#message').textContent()) ?? '', /upgraded|renew/);
-    // A code the standards don't name is not repeated either.
+    // The record keeps the code, a word the standards name.
+    const first = auditEntries(h)
+      .filter((e) => e.type === 'operator.login')
+      .at(-1);
+    assert.match(
+      String(first?.reason),
+      /the identity provider refused the sign-in \(access_denied\)/,
+    );
+    // A code the standards don't name is not repeated anywhere.
     await page.goto(
       `${url}api/operator/oidc/callback?state=${await started()}&error=go_to_evil.example`,
     );
     await page.waitForFunction('window.location.hash === ""');
     await page
       .locator('#message.error')
-      .filter({ hasText: 'the identity provider refused the sign-in' })
+      .filter({ hasText: 'The identity provider refused the sign-in' })
       .waitFor();
     assert.doesNotMatch((await page.locator('#message').textContent()) ?? '', /evil/);
     await context.close();

@@ -211,26 +211,6 @@
     await signedOut();
   });
 
-  // The error codes of an authorization response (RFC 6749 4.1.2.1, OpenID Connect Core
-  // 3.1.2.6), as src/operators/login.ts has them.
-  const PROVIDER_ERRORS = new Set([
-    'invalid_request',
-    'unauthorized_client',
-    'access_denied',
-    'unsupported_response_type',
-    'invalid_scope',
-    'server_error',
-    'temporarily_unavailable',
-    'interaction_required',
-    'login_required',
-    'account_selection_required',
-    'consent_required',
-    'invalid_request_uri',
-    'invalid_request_object',
-    'request_not_supported',
-    'request_uri_not_supported',
-    'registration_not_supported',
-  ]);
   // Back from the identity provider: a handle to claim, for the session or for why the sign-in
   // was refused (the agent's words: never text from the URL, which any link can set). The
   // fragment goes from the address bar (and history) at once.
@@ -243,11 +223,9 @@
       'This sign-in was not started here, was used already, or took too long: sign in again.',
       true,
     );
-  // The provider's error code, when it is one the standards name (the agent checked it); never
-  // any other text from the address, which any link can set.
-  const code = PROVIDER_ERRORS.has(back.get('code') ?? '') ? ` (${back.get('code')})` : '';
+  // Fixed words: the provider's error code, if any, is in the audit log (a link could set one).
   if (refused === 'provider')
-    say(`The sign-in was refused: the identity provider refused the sign-in${code}.`, true);
+    say('The identity provider refused the sign-in (its error is in the audit log).', true);
   if (refused === 'not-completed')
     say(
       'The sign-in could not be completed with the identity provider: sign in again (the reason is in the audit log).',
