@@ -3,7 +3,7 @@
  * command, and SIGKILL at every fsync and rename of a restore (strace's fault injection).
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -20,17 +20,8 @@ import {
 import { AuditLog } from '../src/audit/index.js';
 import { hkdfSha256, hmacSha256 } from '../src/vault/age-identity.js';
 import { CHANGING, names, through, tool, toolsFile } from './mcp-helpers.js';
-import { asUser, chownTree, kwAs, OTHER_UID } from './as-user.js';
-import {
-  BIN,
-  everyByteUnder,
-  initHome,
-  kw,
-  rootTests,
-  STRACE,
-  straced,
-  type Home,
-} from './helpers.js';
+import { agentRunning, asUser, chownTree, kwAs, OTHER_UID } from './as-user.js';
+import { everyByteUnder, initHome, kw, rootTests, STRACE, straced, type Home } from './helpers.js';
 
 const has = (cmd: string, arg: string) => spawnSync(cmd, [arg]).status === 0;
 const noAge = !has('age', '--version') && 'needs the age command (apt-get install age)';
@@ -747,22 +738,14 @@ test(
     const out = path.join(h.dir, 'b.kwbackup');
     assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
     chownTree(h.dir, OTHER_UID);
-    const [cmd, ...pre] = asUser as [string, ...string[]];
-    const agent = spawn(cmd, [...pre, process.execPath, BIN, 'agent', 'run'], {
-      env: { ...h.env, KEYWARD_SOCKET_DIR: path.join(h.dir, 'elsewhere') },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
+    const agent = await agentRunning(
+      { ...h.env, KEYWARD_SOCKET_DIR: path.join(h.dir, 'elsewhere') },
+      true,
+    );
     const exited = new Promise((r) => agent.once('exit', r));
     try {
-      let err = '';
-      await new Promise<void>((resolve, reject) => {
-        agent.stderr.on('data', (d: Buffer) => {
-          err += d.toString();
-          if (/keyward agent \d+ listening on/.test(err)) resolve();
-        });
-        agent.once('exit', () => reject(new Error(`the agent exited: ${err}`)));
-      });
       // The same user can't list its descriptors: nothing of /proc says it holds the home.
+      const [cmd, ...pre] = asUser as [string, ...string[]];
       const ls = spawnSync(cmd, [...pre, 'ls', `/proc/${agent.pid}/fd`], { encoding: 'utf8' });
       assert.match(ls.stderr, /Permission denied/);
       const vault = fs.readFileSync(h.vaultFile);

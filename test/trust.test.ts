@@ -21,7 +21,7 @@ import {
 } from './agent-helpers.js';
 import { describeSignData } from '../src/agent/ssh.js';
 import { BIN, eventually, kw, PASSPHRASE, ROOT, rootTests, straced } from './helpers.js';
-import { asUser, chownTree, kwAs, OTHER_UID } from './as-user.js';
+import { agentRunning, asUser, chownTree, kwAs, OTHER_UID } from './as-user.js';
 
 const homes: AgentHome[] = [];
 after(async () => {
@@ -455,21 +455,7 @@ async function agentOf(policy: string, o: { user: boolean }): Promise<AgentHome>
   const h = agentHome(policy);
   homes.push(h);
   if (o.user) chownTree(h.dir, OTHER_UID);
-  const argv = [process.execPath, BIN, 'agent', 'run'];
-  const full = o.user ? [...asUser, ...argv] : argv;
-  const child = spawn(full[0] as string, full.slice(1), {
-    env: { ...h.env, KEYWARD_ASKPASS: h.askpass },
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  h.agent = child;
-  let err = '';
-  await new Promise<void>((resolve, reject) => {
-    child.stderr.on('data', (d: Buffer) => {
-      err += d.toString();
-      if (/keyward agent \d+ listening on/.test(err)) resolve();
-    });
-    child.once('exit', () => reject(new Error(`the agent exited: ${err}`)));
-  });
+  h.agent = await agentRunning({ ...h.env, KEYWARD_ASKPASS: h.askpass }, o.user);
   const u = o.user ? kwAs(['unlock'], h.env) : kw(['unlock'], { env: h.env });
   assert.equal(u.code, 0, u.stderr);
   return h;
