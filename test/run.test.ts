@@ -472,6 +472,13 @@ describe('keyward run: the agent starts the child with the secret', () => {
       // Killed once it said it hardened: the run fails, said as such; this process lives on.
       const died = as('die');
       assert.match(String(died['error']), /the command did not start: the exec step went away/);
+      // Found by the re-attack: another process of the user takes the step's handshake socket
+      // before the step hardens and answers in its place: its answer is not taken, nothing
+      // goes to it, and the step is killed.
+      const impostor = as('impostor');
+      assert.match(String(impostor['error']), /the exec step's answer came from another process/);
+      assert.equal(impostor['stepKilled'], true);
+      assert.ok(Number(impostor['got']) <= 0, `the impostor got ${String(impostor['got'])}`);
       // Stopped there (a lock while the step started): the step is killed, nothing delivered.
       assert.deepEqual(as('stop'), {
         listed: 'EACCES',
@@ -1121,37 +1128,58 @@ test("a run's prompt says what matters first, whatever the caller's environment 
 });
 
 test("found in review: a run's prompt names proxies and trust first, in any tool's spelling, however many other such variables come first", () => {
-  const environ = [
-    ...Array.from({ length: 16 }, (_, i) => `PIP_OPT${i}`),
+  const prompt = (environ: string[]) =>
+    runPrompt({
+      program: '/usr/bin/gcloud',
+      programSha: 'a'.repeat(64),
+      argv: ['gcloud', 'storage', 'ls'],
+      cwd: '/tmp',
+      wanted: [{ name: 'gcp/token', as: [{ fd: 3 }] }],
+      environ,
+      mcp: undefined,
+      project: undefined,
+      masking: true,
+      homeMoved: false,
+    });
+  const what = (environ: string[]) =>
+    prompt(environ).what({ name: 'gcp/token', as: [{ fd: 3 }] }, undefined);
+  const tools = [
     'OPENAI_BASE_URL',
     'CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE',
     'CLOUDSDK_AUTH_DISABLE_SSL_VALIDATION',
     'CLOUDSDK_PROXY_ADDRESS',
     'VAULT_ADDR',
+    'VAULT_SKIP_VERIFY',
     'DENO_CERT',
     'wss_proxy',
+    'GIT_DIR',
+    'GIT_TRACE_CURL',
+    'GOFLAGS',
+    'CARGO_REGISTRIES_EVIL_INDEX',
     'NO_PROXY',
+    'npm_config_noproxy',
     'DBUS_SESSION_BUS_ADDRESS',
+    'XDG_CONFIG_DIRS',
     'JAVA_HOME',
+    'HOST',
+    'AWS_SDK_LOAD_CONFIG',
+    'EDITOR',
   ];
-  const p = runPrompt({
-    program: '/usr/bin/gcloud',
-    programSha: 'a'.repeat(64),
-    argv: ['gcloud', 'storage', 'ls'],
-    cwd: '/tmp',
-    wanted: [{ name: 'gcp/token', as: [{ fd: 3 }] }],
-    environ,
-    mcp: undefined,
-    project: undefined,
-    masking: true,
-    homeMoved: false,
-  });
-  const what = p.what({ name: 'gcp/token', as: [{ fd: 3 }] }, undefined);
+  const named = what(tools);
   assert.match(
-    what,
-    /change what it trusts: CLOUDSDK_PROXY_ADDRESS, wss_proxy, CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE, DENO_CERT, CLOUDSDK_AUTH_DISABLE_SSL_VALIDATION, OPENAI_BASE_URL, VAULT_ADDR, PIP_OPT0, /,
+    named,
+    /change what it trusts: GIT_DIR, CLOUDSDK_PROXY_ADDRESS, wss_proxy, CLOUDSDK_CORE_CUSTOM_CA_CERTS_FILE, CLOUDSDK_AUTH_DISABLE_SSL_VALIDATION, VAULT_SKIP_VERIFY, DENO_CERT, GIT_TRACE_CURL, GOFLAGS, OPENAI_BASE_URL, VAULT_ADDR, CARGO_REGISTRIES_EVIL_INDEX$/,
   );
   // What neither sends traffic elsewhere nor changes trust is not named.
-  assert.doesNotMatch(what, /NO_PROXY|DBUS_SESSION_BUS_ADDRESS|JAVA_HOME/);
-  assert.equal(p.notable.length, 23);
+  assert.doesNotMatch(
+    named,
+    /NO_PROXY|noproxy|DBUS_SESSION_BUS_ADDRESS|XDG_CONFIG_DIRS|JAVA_HOME|HOST,|AWS_SDK_LOAD_CONFIG|EDITOR/,
+  );
+  assert.equal(prompt(tools).notable.length, 12);
+  // Found by the re-attack: sixteen made-up proxies before the real ones hide nothing.
+  const decoys = Array.from({ length: 20 }, (_, i) => `CORP_PROXY_BYPASS_${i}`);
+  assert.match(
+    what([...decoys, 'HTTPS_PROXY', 'NODE_TLS_REJECT_UNAUTHORIZED', 'SSL_CERT_FILE']),
+    /change what it trusts: HTTPS_PROXY, NODE_TLS_REJECT_UNAUTHORIZED, SSL_CERT_FILE, CORP_PROXY_BYPASS_0, .* and 4 more$/,
+  );
 });

@@ -29,24 +29,50 @@ export interface RunPromptFacts {
 }
 
 /**
- * Variables that change where a program's traffic goes, which certificates it trusts, or where
- * it reads the configuration that says so: with one of them, an approved `curl`, `gh` or
- * `gcloud` can send the secret to whoever set it. Shapes, not a list of names (every tool has
- * its own: CLOUDSDK_PROXY_ADDRESS, OPENAI_BASE_URL, VAULT_ADDR...), case-insensitive
- * (http_proxy is as common), in the order a prompt names them: proxies, then trust, then
- * endpoints, then configuration. A name matched by mistake only makes the prompt longer.
+ * Variables that change where a program's traffic goes, which certificates it trusts, what it
+ * runs along the way, or where it reads the configuration that says so: with one of them, an
+ * approved `curl`, `git`, `gh` or `gcloud` can send the secret to whoever set it. Shapes, not a
+ * list of names (every tool has its own: CLOUDSDK_PROXY_ADDRESS, OPENAI_BASE_URL, VAULT_ADDR,
+ * GIT_DIR...), case-insensitive (http_proxy is as common), in the order a prompt names them:
+ * proxies, trust, what runs or records the traffic, endpoints, configuration. A name matched by
+ * mistake only makes the prompt longer.
  */
 const TRAFFIC_SHAPES: readonly RegExp[] = [
   /PROXY/i,
-  /CA_?CERT|CERT_?(FILE|DIR|PATH)|CAINFO|CA_?BUNDLE|CA_?PATH|CA_?FILE|^\w+_CERT$|SSLKEYLOG/i,
-  /(SSL|TLS|HTTPS)_?(VALIDATION|VERIF|NO_?VERIFY|REJECT_UNAUTHORIZED)|STRICT_SSL|INSECURE/i,
-  /ENDPOINT|(^|_)(BASE_URL|API_URL|API_BASE|ADDR|HOST|REGISTRY|REPOSITORY_URL|PUBLISH_URL|INDEX_URL)$|^(HOSTALIASES|RES_OPTIONS|LOCALDOMAIN)$/i,
-  /^(XDG_CONFIG_HOME|CURL_HOME|NETRC|\w*WGETRC|KUBECONFIG|GH_CONFIG_DIR|CARGO_HOME|GNUPGHOME)$|CONFIG_FILE|_CONFIG$|CONFIG_DIR|CREDENTIALS|^(CLOUDSDK|NPM_CONFIG|YARN|PIP|GIT_SSL)_/i,
+  /CA_?CERT|CERT_?(FILE|DIR|PATH)|CAINFO|CA_?BUNDLE|CA_?PATH|CA_?FILE|^\w+_CERT$|SSLKEYLOG|(SSL|TLS|HTTPS)_?(VALIDATION|VERIF|NO_?VERIFY|REJECT_UNAUTHORIZED)|STRICT_SSL|INSECURE|SKIP_VERIFY|CONNECTION_VERIFICATION/i,
+  /^GIT_(DIR|WORK_TREE|COMMON_DIR|TRACE\w*|CURL_VERBOSE|EXTERNAL_DIFF|ASKPASS|PAGER|EDITOR)$|^(SSH|SUDO)_ASKPASS$|^GO(ENV|SUMDB|NOSUMDB|NOSUMCHECK|PRIVATE|FLAGS|AUTH|TOOLCHAIN)$|^TF_(CLI_ARGS\w*|DATA_DIR)$|^DOCKER_CONTEXT$|^GH_REPO$/i,
+  /ENDPOINT|REGISTR(Y|IES)|_(BASE_URL|API_URL|API_BASE|ADDR|HOST|REPOSITORY_URL|PUBLISH_URL|INDEX_URL|INDEX|DIST_SERVER)$|_REPOSITORIES_\w+_URL$|^UV_(DEFAULT_)?INDEX\w*$|^(HOSTALIASES|RES_OPTIONS|LOCALDOMAIN)$/i,
+  /^(XDG_CONFIG_HOME|CURL_HOME|NETRC|\w*WGETRC|KUBECONFIG|CARGO_HOME|GNUPGHOME|DOCKER_CONFIG|CLOUDSDK_CONFIG|BOTO_CONFIG)$|CONFIG_FILE|_CONFIG_DIR$|CREDENTIALS|^NPM_CONFIG_(USERCONFIG|GLOBALCONFIG|CAFILE|CA|CERT)$|^PIP_(TRUSTED_HOST|CERT|CLIENT_CERT|FIND_LINKS)$|^GIT_SSL_/i,
 ];
+
+/**
+ * The names that most often carry such an attack, shown first and whole whatever else the
+ * environment holds: no number of made-up names with PROXY in them can push these out of the
+ * prompt's cut.
+ */
+const FIRST_SHOWN: ReadonlySet<string> = new Set([
+  'HTTPS_PROXY',
+  'https_proxy',
+  'HTTP_PROXY',
+  'http_proxy',
+  'ALL_PROXY',
+  'all_proxy',
+  'SSL_CERT_FILE',
+  'SSL_CERT_DIR',
+  'NODE_EXTRA_CA_CERTS',
+  'NODE_TLS_REJECT_UNAUTHORIZED',
+  'REQUESTS_CA_BUNDLE',
+  'CURL_CA_BUNDLE',
+  'GIT_SSL_NO_VERIFY',
+  'GIT_SSL_CAINFO',
+  'GIT_DIR',
+  'SSLKEYLOGFILE',
+]);
 
 /** The rank of a traffic or trust variable (TRAFFIC_SHAPES), or undefined. */
 export function trafficRank(name: string): number | undefined {
-  if (/^NO_PROXY$/i.test(name)) return undefined;
+  // Names that turn a proxy off send nothing elsewhere (NO_PROXY, npm's noproxy).
+  if (/NO_?PROXY$/i.test(name)) return undefined;
   const rank = TRAFFIC_SHAPES.findIndex((shape) => shape.test(name));
   return rank < 0 ? undefined : rank;
 }
@@ -88,6 +114,7 @@ export function runPrompt(f: RunPromptFacts): {
     .filter((x): x is { n: string; rank: number } => x.rank !== undefined)
     .sort((a, b) => a.rank - b.rank);
   const traffic = [...(f.homeMoved ? ['HOME'] : []), ...ranked.map((x) => x.n)];
+  const trafficFirst = traffic.filter((n) => n === 'HOME' || FIRST_SHOWN.has(n));
   const notable = [...traffic, ...loaders];
   // Every variable and descriptor the run sets, and from which secret, whatever rule each
   // secret falls under (one allowed outright is still in the run).
@@ -122,7 +149,11 @@ export function runPrompt(f: RunPromptFacts): {
         // and cut (every name is still recorded).
         (f.masking ? '' : '; its output not masked') +
         (traffic.length > 0
-          ? `; its environment may send its traffic elsewhere or change what it trusts: ${shortList(traffic, 16)}`
+          ? `; its environment may send its traffic elsewhere or change what it trusts: ${shortList(
+              traffic.filter((n) => !trafficFirst.includes(n)),
+              16,
+              trafficFirst,
+            )}`
           : '') +
         (f.mcp ? `; asked by an MCP client that calls itself ${quote(f.mcp)}` : '') +
         fromFile +

@@ -309,6 +309,13 @@ export class RunService {
           stillHere();
           if (!stillTheProgram(program, programStamp)) throw programChanged(program);
         },
+        // Meanwhile, a lock or the caller gone ends the run at once: the values go with it.
+        cancelled: () =>
+          !this.host.stillOpen(v)
+            ? 'the agent was locked while the command started'
+            : conn.socket.destroyed
+              ? 'keyward run went away before its command started'
+              : undefined,
       });
       // The proxy serves the tree under the child while the child lives: once it exits, its pid
       // could be another process's, and the proxy takes no new connection.

@@ -8,9 +8,6 @@ import { libc } from './libc-core.js';
 const MFD_CLOEXEC = 1;
 const MFD_ALLOW_SEALING = 2;
 const F_SETFD = 2;
-const F_GETFL = 3;
-const F_SETFL = 4;
-const O_NONBLOCK = 0o4000;
 const F_ADD_SEALS = 1033;
 const F_SEAL_SEAL = 1;
 const F_SEAL_SHRINK = 2;
@@ -56,14 +53,6 @@ export function sealedMemfd(name: string, pieces: readonly Uint8Array[]): number
     fs.closeSync(fd);
     throw e;
   }
-}
-
-/** Makes reads of fd wait (clears O_NONBLOCK, which a descriptor inherited from Node may carry). */
-export function blocking(fd: number): void {
-  const l = libc();
-  const flags = l.fcntl(fd, F_GETFL, 0);
-  if (flags < 0 || l.fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) !== 0)
-    throw new Error(`fcntl(${fd}) failed (errno ${l.errno()})`);
 }
 
 /** Puts descriptor `from` at number `to` (dup3, no close-on-exec) and closes `from`. */

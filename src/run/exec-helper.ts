@@ -7,15 +7,8 @@
  */
 import fs from 'node:fs';
 import { hardenProcess } from '../lib/libc.js';
-import {
-  blocking,
-  cleanForExec,
-  execvpe,
-  keepAcrossExec,
-  moveFd,
-  newSession,
-} from '../lib/process.js';
-import { recvWithFd } from '../lib/unix.js';
+import { cleanForExec, execvpe, keepAcrossExec, moveFd, newSession } from '../lib/process.js';
+import { recvWithFd, sendWithFd, socketPair } from '../lib/unix.js';
 import { FLAG_PTY, GO, HARDENED, MORE, parseControl } from './control.js';
 
 const ENOENT = 2;
@@ -33,23 +26,25 @@ function main(): void {
   const hs = Number(process.argv[3]);
   if (!Number.isInteger(controlAt) || controlAt < 3 || hs !== controlAt + 1)
     fail('no control descriptor', 126);
-  // A tracer that attached before this process hardened keeps its hold: no values then.
-  if (!/^TracerPid:\s*0$/m.test(fs.readFileSync('/proc/self/status', 'latin1')))
-    fail('a debugger is attached to the exec step', 126);
-  // Not dumpable, not traced: say so; the agent then passes the memfds (exec.ts), the control
-  // data first, then each --fd value, the last with GO.
-  blocking(hs);
-  fs.writeSync(hs, Buffer.from([HARDENED]));
+  // Not dumpable now: say so, with one end of a socket pair made now (no other
+  // process can take it from this one any more; the first socket another may have). The agent
+  // passes the memfds over it (exec.ts): the control data first, then each --fd value, the
+  // last with GO.
+  const [mine, theirs] = socketPair();
+  const said = sendWithFd(hs, Buffer.from([HARDENED]), theirs);
+  fs.closeSync(theirs);
+  fs.closeSync(hs);
+  if (said !== 1) fail('the agent went away', 126);
   const got: number[] = [];
   const one = Buffer.alloc(1);
   for (;;) {
-    const r = recvWithFd(hs, one, true);
+    const r = recvWithFd(mine, one, true);
     if (r.n !== 1 || r.fd === undefined || (one[0] !== MORE && one[0] !== GO))
       fail('the agent went away', 126);
     got.push(r.fd);
     if (one[0] === GO) break;
   }
-  fs.closeSync(hs);
+  fs.closeSync(mine);
   const [controlFd, ...valueFds] = got as [number, ...number[]];
   const size = fs.fstatSync(controlFd).size;
   const data = Buffer.alloc(size);

@@ -5,19 +5,22 @@
  * for `--fd N` go into their own sealed memfds, which the child gets as descriptor N.
  *
  * The exec step is a new Node process, and any process of the user can read it (its memory, its
- * descriptors, and through /proc/PID/fd/N open its files for itself) until it makes itself not
- * dumpable, which it does first. So it is started with none of them: once it is not dumpable
- * (and no tracer holds it), it says so with a byte on a socket pair of its own, and only then
- * does the agent make, fill and seal the memfds and pass them over that socket (SCM_RIGHTS).
+ * descriptors: opened through /proc/PID/fd/N or taken with pidfd_getfd) until it makes itself
+ * not dumpable, which it does first. So it is started with none of them, and with nothing the
+ * values could go through: once it is not dumpable, it makes a new
+ * socket pair and passes one end back over the first socket; the agent takes only an end made
+ * by the step's own process (SO_PEERCRED), and only then makes, fills and seals the memfds and
+ * passes them over it (SCM_RIGHTS). Where ptrace is not restricted (no Yama), a process of the
+ * user can still attach to the step, or write into its memory, before it hardens, and keep that
+ * hold: docs/THREAT-MODEL.md says so (the command it runs is as open to that process).
  */
 import { spawn, type ChildProcess, type StdioOptions } from 'node:child_process';
 import fs from 'node:fs';
-import net from 'node:net';
 import { fileURLToPath } from 'node:url';
 import { KeywardError } from '../errors.js';
-import { closeFd, dupFd } from '../lib/libc.js';
+import { closeFd, peerCredentials } from '../lib/libc.js';
 import { fillAndSeal, memfd } from '../lib/process.js';
-import { EAGAIN, sendWithFd, socketPair } from '../lib/unix.js';
+import { EAGAIN, recvWithFd, sendWithFd, socketPair } from '../lib/unix.js';
 import { controlPieces, FLAG_PTY, GO, HARDENED, MORE, type EnvPiece } from './control.js';
 
 const HELPER = fileURLToPath(new URL('./exec-helper.js', import.meta.url));
@@ -42,6 +45,11 @@ export interface ChildSpec {
    * (or rejects) to stop the run there (the agent locked, the caller gone, while it started).
    */
   ready?: (step: ChildProcess) => void | Promise<void>;
+  /**
+   * Asked while the exec step starts: why the run should end now (the agent locked, the caller
+   * gone), or undefined. The values are not held a moment longer than the run lives.
+   */
+  cancelled?: (step: ChildProcess) => string | undefined;
 }
 
 export const MAX_CHILD_FD = 255;
@@ -83,8 +91,8 @@ export async function startChild(spec: ChildSpec): Promise<ChildProcess> {
   // else is), so what it receives lands above them all, and each value's memfd goes to its
   // number without taking another's place.
   const devNull = fs.openSync('/dev/null', 'r');
-  let hs: net.Socket | undefined;
   let theirsOpen = true;
+  let channel: number | undefined;
   try {
     const stdio: StdioOptions = [];
     for (let i = 0; i <= handshakeAt; i++)
@@ -97,19 +105,16 @@ export async function startChild(spec: ChildSpec): Promise<ChildProcess> {
     // Only the step holds the other end now: when it goes, so does the socket.
     closeFd(theirs);
     theirsOpen = false;
-    // node:net reads the step's word from a copy of our end, and closes that copy when it
-    // likes (the step gone): the values go over `mine`, which stays ours until the end, so a
-    // descriptor number node:net freed (and the agent reused) is never written to.
-    const copy = dupFd(mine);
-    if (copy === undefined) throw stepError('no descriptor left for the exec step');
-    hs = new net.Socket({ fd: copy, readable: true, writable: false });
-    // For its whole life: a step that dies mid-way resets it, and that is the run's failure,
-    // never an uncaught error in the agent.
-    hs.on('error', () => undefined);
+    // The step's process can be read, and its descriptors taken (pidfd_getfd), until it
+    // hardens: the handshake socket may be another's by then. So the values never go over it:
+    // the step makes a new socket pair once it is hardened and passes one end back, and only
+    // an end its own process made (SO_PEERCRED: the pid that made the pair) is taken.
+    const exited = new Promise<void>((r) => child.once('exit', () => r()));
+    child.once('error', () => undefined);
     try {
-      await hardened(child, hs);
+      channel = await hardened(mine, child, exited, spec.cancelled);
       await spec.ready?.(child);
-      await handOver(mine, fills);
+      await handOver(channel, fills);
     } catch (e) {
       child.kill('SIGKILL');
       throw e;
@@ -118,33 +123,56 @@ export async function startChild(spec: ChildSpec): Promise<ChildProcess> {
   } finally {
     if (theirsOpen) closeFd(theirs);
     fs.closeSync(devNull);
-    hs?.destroy();
+    if (channel !== undefined) closeFd(channel);
     closeFd(mine);
   }
 }
 
-function hardened(child: ChildProcess, hs: net.Socket): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(
-      () => done(stepError(`the exec step did not start within ${EXEC_STEP_START_MS / 1000} s`)),
-      EXEC_STEP_START_MS,
-    );
-    const done = (e?: Error) => {
-      clearTimeout(timer);
-      hs.off('data', onData);
-      hs.off('close', onClose);
-      child.off('error', onError);
-      if (e) reject(e);
-      else resolve();
-    };
-    const onData = (d: Buffer) =>
-      done(d[0] === HARDENED ? undefined : stepError('the exec step said something else'));
-    const onClose = () => done(stepError('the exec step ended before it started the command'));
-    const onError = (e: Error) => done(stepError(e.message));
-    hs.on('data', onData);
-    hs.once('close', onClose);
-    child.once('error', onError);
-  });
+/** How often the agent looks for the step's word while it starts (a non-blocking recvmsg). */
+const LOOK_MS = 2;
+
+/**
+ * Waits for the step's word: HARDENED, with an end of a socket pair its own process made. No
+ * node:net here: it would read the byte and drop the descriptor that comes with it.
+ */
+async function hardened(
+  sock: number,
+  child: ChildProcess,
+  exited: Promise<void>,
+  cancelled: ((step: ChildProcess) => string | undefined) | undefined,
+): Promise<number> {
+  let gone = false;
+  void exited.then(() => (gone = true));
+  const buf = Buffer.alloc(1);
+  const until = Date.now() + EXEC_STEP_START_MS;
+  for (;;) {
+    const r = recvWithFd(sock, buf);
+    if (r.n === 1) {
+      const fd = r.fd;
+      if (buf[0] !== HARDENED || fd === undefined) {
+        if (fd !== undefined) closeFd(fd);
+        throw stepError('the exec step said something else');
+      }
+      let maker: number | undefined;
+      try {
+        maker = peerCredentials(fd).pid;
+      } catch {
+        maker = undefined;
+      }
+      if (maker !== child.pid) {
+        closeFd(fd);
+        throw stepError("the exec step's answer came from another process");
+      }
+      return fd;
+    }
+    if (r.n !== -EAGAIN) throw stepError('the exec step ended before it started the command');
+    if (gone) throw stepError('the exec step ended before it started the command');
+    const why = cancelled?.(child);
+    if (why !== undefined) throw stepError(why);
+    if (Date.now() > until)
+      throw stepError(`the exec step did not start within ${EXEC_STEP_START_MS / 1000} s`);
+    await new Promise((r) => setTimeout(r, LOOK_MS));
+  }
 }
 
 /** Makes, fills and seals each memfd, and passes it with its byte; ours are closed as they go. */
