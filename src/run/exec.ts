@@ -177,6 +177,7 @@ async function hardened(
 
 /** Makes, fills and seals each memfd, and passes it with its byte; ours are closed as they go. */
 async function handOver(sock: number, fills: Array<{ name: string; pieces: Uint8Array[] }>) {
+  const until = Date.now() + EXEC_STEP_START_MS;
   for (const [i, f] of fills.entries()) {
     const fd = memfd(f.name);
     try {
@@ -185,9 +186,11 @@ async function handOver(sock: number, fills: Array<{ name: string; pieces: Uint8
       for (;;) {
         const n = sendWithFd(sock, byte, fd);
         if (n === 1) break;
-        // The socket's buffer is full (many --fd): the step is reading; try again shortly.
-        if (n === -EAGAIN) await new Promise((r) => setImmediate(r));
-        else throw stepError(`the exec step went away (errno ${-n})`);
+        if (n !== -EAGAIN) throw stepError(`the exec step went away (errno ${-n})`);
+        // The socket's buffer is full (many --fd, a small wmem): the step reads as it can. A
+        // step that stops reading (stopped) fails the run in time, not the agent's CPU.
+        if (Date.now() > until) throw stepError('the exec step stopped taking its descriptors');
+        await new Promise((r) => setTimeout(r, LOOK_MS));
       }
     } finally {
       fs.closeSync(fd);
