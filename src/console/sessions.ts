@@ -25,8 +25,9 @@ const MAX_SESSIONS = 16;
 /**
  * The key login challenges are made under. A login challenge is given to anyone who asks (no
  * session yet), so it is kept nowhere: its handle is its own proof (random bytes, when it
- * expires, and their MAC: keyed BLAKE2b), and the challenge is derived from the handle. A table of 16, the
- * oldest pushed out, let any process keep a person's security-key login from ever finishing.
+ * expires, and their MAC: keyed BLAKE2b), and the challenge is derived from the handle. A
+ * table of 16, the oldest pushed out, let any process keep a person's security-key login from
+ * ever finishing.
  */
 const loginKey = (): SecureBuffer => processWide('console-login-key', () => secureRandom(32));
 const HANDLE_BODY = 16 + 8;
@@ -45,8 +46,8 @@ export type LoginMethod = 'passphrase' | 'webauthn';
 export interface Challenge {
   /** base64url, as it went into the options. */
   challenge: string;
-  /** What it was issued for: login, registration, or the approval of one request. */
-  purpose: 'login' | 'register' | `approve:${string}`;
+  /** What it was issued for: a registration, or the approval of one request. */
+  purpose: 'register' | `approve:${string}`;
   expiresAt: number;
 }
 
