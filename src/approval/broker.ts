@@ -10,6 +10,7 @@ import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { readOwnFile } from '../lib/files.js';
+import { processTree } from '../lib/proc-tree.js';
 import type { SecureBuffer } from '../lib/secure.js';
 import { markupFree } from '../lib/text.js';
 import type { OperatorIdentity, OperatorNeed } from '../operators/index.js';
@@ -330,16 +331,20 @@ export function askpass(
     // The program and whatever it started (a wrapper script's dialog is its child). Not a
     // process group of its own: that needs a session of its own, and an askpass that asks on
     // the terminal would lose it.
+    // Walked before the kill: once the program is gone, what it started belongs to init.
     const end = () => {
-      const below = spawned.pid === undefined ? [] : descendants(spawned.pid);
-      spawned.kill('SIGKILL');
-      for (const pid of below) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          // gone already
+      void (
+        spawned.pid === undefined ? Promise.resolve([]) : processTree(spawned.pid, ASKPASS_TREE)
+      ).then((tree) => {
+        spawned.kill('SIGKILL');
+        for (const pid of tree.slice(1)) {
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            // gone already
+          }
         }
-      }
+      });
     };
     const timer = setTimeout(() => {
       end();
@@ -367,33 +372,8 @@ export function askpass(
   });
 }
 
-/** A process's descendants, from /proc (its threads' children lists), nearest first. */
-function descendants(pid: number): number[] {
-  const out: number[] = [];
-  const todo = [pid];
-  while (todo.length > 0 && out.length < 1024) {
-    const p = todo.shift() as number;
-    let tasks: string[];
-    try {
-      tasks = fs.readdirSync(`/proc/${p}/task`);
-    } catch {
-      continue;
-    }
-    for (const t of tasks) {
-      let kids: string;
-      try {
-        kids = fs.readFileSync(`/proc/${p}/task/${t}/children`, 'utf8');
-      } catch {
-        continue;
-      }
-      for (const k of kids.split(' ').filter((x) => /^\d+$/.test(x))) {
-        out.push(Number(k));
-        todo.push(Number(k));
-      }
-    }
-  }
-  return out;
-}
+/** The most processes of an askpass program's tree ended with it. */
+const ASKPASS_TREE = 1024;
 
 /** An askpass answer for a request that ended before the program answered (not a failure of it). */
 export const ENDED = 'was ended with its request';

@@ -15,6 +15,7 @@
  */
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
+import { processTree } from '../lib/proc-tree.js';
 
 /** The most processes a tree walk visits (a fork bomb can't make each connection cost more). */
 const MAX_TREE = 4096;
@@ -79,33 +80,7 @@ export function startTime(pid: number): string | undefined {
 /** The processes of the tree under root, root first (at most MAX_TREE); none if root is gone. */
 export async function treeOf(root: Pinned): Promise<number[]> {
   if (startTime(root.pid) !== root.start) return [];
-  const seen = new Set<number>([root.pid]);
-  const queue = [root.pid];
-  for (let i = 0; i < queue.length && seen.size < MAX_TREE; i++) {
-    const pid = queue[i] as number;
-    let tasks: string[];
-    try {
-      tasks = await fsp.readdir(`/proc/${pid}/task`);
-    } catch {
-      continue; // gone
-    }
-    for (const t of tasks) {
-      let kids: string;
-      try {
-        kids = await fsp.readFile(`/proc/${pid}/task/${t}/children`, 'latin1');
-      } catch {
-        continue;
-      }
-      for (const k of kids.split(' ')) {
-        const n = Number(k);
-        if (k !== '' && Number.isInteger(n) && n > 0 && !seen.has(n)) {
-          seen.add(n);
-          queue.push(n);
-        }
-      }
-    }
-  }
-  return queue;
+  return processTree(root.pid, MAX_TREE);
 }
 
 /** pid's parent, or undefined when it is gone. */
