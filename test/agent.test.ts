@@ -19,12 +19,14 @@ import {
   pendingId,
   scanMemory,
   scanWindows,
+  unlockedMappings,
   startAgent,
   stopAgent,
   type AgentHome,
   withoutAgent,
 } from './agent-helpers.js';
 import { BIN, eventually, kw, PASSPHRASE, ROOT, rootTests } from './helpers.js';
+import { consoleUrl, loginOverHttp, rawRequest, waitingCommand } from './console-helpers.js';
 import { readHeader, subkeys, unwrapDk } from './independent/vault.js';
 
 /** libfaketime (Debian's faketime package): a process's wall clock moved, its monotonic one not. */
@@ -493,6 +495,41 @@ describe('lock wipes keys', () => {
       // positive control: this test process holds the value (a string), and it finds it.
       assert.deepEqual(scanWindows(process.pid, [Buffer.from(value)]), [0], 'the scanner works');
       assertWiped(h, value, 'after keyward lock');
+    },
+  );
+});
+
+describe('a passphrase given to the console', () => {
+  test(
+    "found in review: leaves no copy in the agent's ordinary memory (its login, an approval), before lock or after",
+    { skip: !rootTests && 'needs root to read /proc/PID/mem' },
+    async () => {
+      const h = await running(
+        'version: 1\nrules:\n  - { name: asked, targets: ["asked/**"], decision: approve, approve: { mode: passphrase, timeout: 5m } }\n',
+      );
+      assert.equal(kw(['secret', 'set', 'asked/one'], { env: h.env, input: 'v' }).code, 0);
+      const url = consoleUrl(h);
+      const headers = await loginOverHttp(url, PASSPHRASE);
+      const w = waitingCommand(['read', 'asked/one'], h.env);
+      const id = await w.id;
+      const approved = await rawRequest(url, {
+        method: 'POST',
+        path: `/api/approvals/${id}/approve`,
+        headers: { ...headers, 'Content-Type': 'application/octet-stream' },
+        body: PASSPHRASE,
+      });
+      assert.equal(approved.status, 200, approved.body);
+      assert.equal((await w.done).stdout, 'v');
+      const pid = h.agentPid ?? 0;
+      // Positive control: a request's own words, which node:http keeps as it parsed them.
+      assert.equal(scanMemory(pid, [Buffer.from(`/api/approvals/${id}/approve`)]).length, 1);
+      // Node's HTTP parser reads a socket into one buffer of its own, used again for every
+      // request and written over only as far as the next one reaches: a passphrase in a body
+      // stayed there, in the process's heap, until a longer request came.
+      const left = () => scanMemory(pid, [Buffer.from(PASSPHRASE)], unlockedMappings).map(String);
+      assert.deepEqual(left(), [], 'unlocked: a copy outside secure memory');
+      assert.equal(kw(['lock'], { env: h.env }).code, 0);
+      assert.deepEqual(scanMemory(pid, [Buffer.from(PASSPHRASE)]).map(String), [], 'after lock');
     },
   );
 });

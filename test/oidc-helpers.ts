@@ -123,10 +123,14 @@ export class OidcProvider {
     if (answer !== 'ok') throw new Error(`the OIDC provider refused the keys: ${answer}`);
   }
 
-  /** How often discovery and the JWKS were fetched from this provider. */
-  async stats(): Promise<{ discovery: number; jwks: number }> {
+  /** How often discovery and the JWKS were fetched from this provider, and codes exchanged. */
+  async stats(): Promise<{ discovery: number; jwks: number; token: number }> {
     const answer = await this.command('stats');
-    return JSON.parse(answer.replace(/^stats /, '')) as { discovery: number; jwks: number };
+    return JSON.parse(answer.replace(/^stats /, '')) as {
+      discovery: number;
+      jwks: number;
+      token: number;
+    };
   }
 
   /**

@@ -219,6 +219,62 @@ ${RULES}`,
     assert.match(kw(['status'], { env: h.env }).stdout, /unlocked/);
   });
 
+  test('found in review: one sign-in sent back twice at once reaches the provider once, and opens one session', async () => {
+    const url = `http://127.0.0.1:${port}/`;
+    // The provider's redirect back, taken before the browser follows it: a process that sees
+    // the address (a proxy log, a browser extension, the history) sends it twice, at once.
+    const context = await browser.newContext();
+    context.setDefaultTimeout(120_000);
+    let back = '';
+    // A redirect is not routed by itself: the provider's answers are, and the one that sends
+    // the browser back is kept, not followed.
+    const provider = new URL(idp.issuer).origin;
+    const taken = new Promise<void>((resolve) => {
+      void context.route(
+        (u) => u.origin === provider,
+        async (route) => {
+          // The provider's redirects are followed here (the context's cookies), up to the one
+          // that goes back to the console.
+          let answer = await route.fetch({ maxRedirects: 0 });
+          let at = route.request().url();
+          for (let hop = 0; hop < 10; hop++) {
+            const to = answer.headers()['location'];
+            const target = to === undefined ? undefined : new URL(to, at);
+            if (target?.pathname === '/api/operator/oidc/callback') {
+              back = target.href;
+              await route.fulfill({ status: 204 });
+              return resolve();
+            }
+            if (target?.origin !== provider) break;
+            at = target.href;
+            answer = await context.request.get(at, { maxRedirects: 0 });
+          }
+          await route.fulfill({ response: answer });
+        },
+      );
+    });
+    const page = await context.newPage();
+    await page.goto(`http://127.0.0.1:${port}/operator`);
+    await page.locator('#sso').click();
+    await page.locator('input[name="login"]').fill('alice');
+    await page.locator('input[name="password"]').fill('any password');
+    await page.locator('button[type="submit"]').click();
+    await page.getByRole('button', { name: 'Continue' }).click();
+    await taken;
+    await context.close();
+    const exchanged = (await idp.stats()).token;
+    const u = new URL(back);
+    const send = () =>
+      rawRequest(url, { path: `${u.pathname}${u.search}`, headers: { Host: `127.0.0.1:${port}` } });
+    const answers = await Promise.all([send(), send()]);
+    const fragments = answers.map((a) => new URL(String(a.headers.location), url).hash).sort();
+    assert.equal(fragments.filter((f) => f.startsWith('#handle=')).length, 1, fragments.join(' '));
+    // The other never reached the provider: a state finishes one sign-in from the moment its
+    // code is taken to the provider, not from the moment the provider answered.
+    assert.ok(fragments.includes('#refused=not-started'), fragments.join(' '));
+    assert.equal((await idp.stats()).token, exchanged + 1);
+  });
+
   test('a callback this console did not start, or a handle claimed twice, is refused', async () => {
     const url = `http://127.0.0.1:${port}/`;
     const forged = await rawRequest(url, {

@@ -4,6 +4,7 @@
  * and bodies read with a cap, a passphrase straight into secure memory.
  */
 import type http from 'node:http';
+import type net from 'node:net';
 import { KeywardError } from '../errors.js';
 import {
   securePooled,
@@ -162,6 +163,24 @@ export async function readJson(req: http.IncomingMessage): Promise<Record<string
   if (v === null || typeof v !== 'object' || Array.isArray(v))
     throw new HttpError(400, 'the body is not a JSON object');
   return v as Record<string, unknown>;
+}
+
+/**
+ * Every byte a connection of server reads is zeroed once node:http has parsed it. Left to
+ * itself, node:http reads a socket in native code into one buffer of its own, used again for
+ * every request and written over only as far as the next one reaches: a passphrase or an API
+ * key in a body stayed there, after the agent locked too. A `data` listener makes node:http read
+ * through JavaScript instead; it runs after the parser's own, which copied out what it keeps
+ * (the body's bytes are a copy: readSecret takes and zeroes those). `event` is the server's
+ * `connection` (http) or `secureConnection` (https), whose listener node:http added first.
+ */
+export function zeroReadBytes(
+  server: http.Server,
+  event: 'connection' | 'secureConnection' = 'connection',
+): void {
+  server.on(event, (socket: net.Socket) => {
+    socket.on('data', (chunk: Buffer) => zero(chunk));
+  });
 }
 
 /**

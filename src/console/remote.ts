@@ -16,6 +16,7 @@ import https from 'node:https';
 import net, { isIPv6 } from 'node:net';
 import { KeywardError } from '../errors.js';
 import { readOwnFile } from '../lib/files.js';
+import { zeroReadBytes } from './http.js';
 
 export interface RemoteListen {
   address: string;
@@ -150,6 +151,9 @@ async function listen(
   server.requestTimeout = 30_000;
   server.keepAliveTimeout = 5_000;
   server.maxConnections = 64;
+  // What TLS decrypts goes through JavaScript, zeroed once parsed (OpenSSL's own record
+  // buffers are beyond reach: THREAT-MODEL.md, "Not protected").
+  zeroReadBytes(server, 'secureConnection');
   const on = (s: net.Server, host: string, ipv6Only: boolean) =>
     new Promise<void>((resolve, reject) => {
       s.once('error', reject);

@@ -31,6 +31,7 @@ import {
   secureHeaders,
   sendError,
   sendJson,
+  zeroReadBytes,
 } from './http.js';
 import { Sessions, type Session } from './sessions.js';
 import { TabProof } from './tab-proof.js';
@@ -210,6 +211,7 @@ export class ConsoleServer {
     server.keepAliveTimeout = 5_000;
     // One person's browser needs a handful; a local process opening thousands gets no more.
     server.maxConnections = 64;
+    zeroReadBytes(server);
     return server;
   }
 

@@ -73,6 +73,8 @@ export class OidcLogin {
   private config: Promise<Client.Configuration> | undefined;
   /** States whose code was exchanged, until they expire: each completes one sign-in. */
   private readonly done = new Map<string, number>();
+  /** States whose code is with the provider now (finish, between its check and its answer). */
+  private readonly exchanging = new Set<string>();
 
   constructor(
     private readonly settings: OidcSettings,
@@ -153,7 +155,8 @@ export class OidcLogin {
       raw.toString('base64url') !== state ||
       !secureEqual(raw.subarray(STATE_BODY), this.tag('state', body)) ||
       Number(body.readBigUInt64BE(16)) <= now ||
-      this.done.has(state)
+      this.done.has(state) ||
+      this.exchanging.has(state)
     )
       throw refuse(NOT_STARTED_HERE);
     const w = { ...this.secretsOf(state), expiresAt: Number(body.readBigUInt64BE(16)) };
@@ -162,20 +165,28 @@ export class OidcLogin {
     // address is anyone's to write, and the operator page would show it as the console's word.
     if (error !== null)
       throw refuse(`${PROVIDER_REFUSED}${PROVIDER_ERRORS.has(error) ? ` (${error})` : ''}`);
-    const { c, config } = await this.client();
-    let tokens: Awaited<ReturnType<typeof c.authorizationCodeGrant>>;
+    // From here to the provider's answer, the state is taken: a second callback with it, sent
+    // at the same moment, is refused before it reaches the provider (a provider that took a
+    // code twice would otherwise open two sessions).
+    this.exchanging.add(state);
+    let tokens: Awaited<ReturnType<typeof Client.authorizationCodeGrant>>;
     try {
+      const { c, config } = await this.client();
       tokens = await c.authorizationCodeGrant(config, callback, {
         pkceCodeVerifier: w.verifier,
         expectedState: state,
         expectedNonce: w.nonce,
         idTokenExpected: true,
       });
+      // Kept once the provider took the code: a state finishes one sign-in.
+      this.done.set(state, w.expiresAt);
     } catch (e) {
-      throw refuse(`the sign-in could not be completed: ${why(e)}`, e);
+      throw e instanceof KeywardError
+        ? e
+        : refuse(`the sign-in could not be completed: ${why(e)}`, e);
+    } finally {
+      this.exchanging.delete(state);
     }
-    // Kept only once the provider took the code: a state finishes one sign-in.
-    this.done.set(state, w.expiresAt);
     if (typeof tokens.id_token !== 'string') throw refuse('the provider gave no ID token');
     return tokens.id_token;
   }
