@@ -243,6 +243,31 @@ test('vault.kw files keyward never writes are refused with a clear error, not an
       assert.doesNotMatch(r.stderr, /internal error/);
     }
   }
+  // Found in review: a format-1 file (the layout before the log) whose record count its bytes
+  // can't hold, each record empty: every four bytes became a Buffer before any key was used, and
+  // 128 MiB of them took the agent down (its heap's limit). Refused from the count.
+  const formatOne = (count: number, records: Buffer) => {
+    const head = Buffer.from(good.subarray(0, pos));
+    head.writeUInt8(1, 7); // the version, after KEYWARD
+    const index = Buffer.alloc(4 + 40 + 4);
+    index.writeUInt32BE(40, 0);
+    index.writeUInt32BE(count, 44);
+    const body = Buffer.concat([head, index, records]);
+    return Buffer.concat([body, blake2b256(body)]);
+  };
+  for (const [what, bytes, message] of [
+    ['empty records, more than fit', formatOne(2 ** 32 - 1, Buffer.alloc(1 << 20)), /record count/],
+    [
+      'a record shorter than its nonce and tag',
+      formatOne(1, Buffer.concat([Buffer.from([0, 0, 0, 4]), Buffer.alloc(40)])),
+      /record 1 is 4 bytes/,
+    ],
+  ] as const) {
+    fs.writeFileSync(h.vaultFile, bytes);
+    const r = kw(['read', 'z/x'], { env: h.env });
+    assert.equal(r.code, 8, `${what}: ${r.stderr}`);
+    assert.match(r.stderr, message, what);
+  }
   fs.writeFileSync(h.vaultFile, good);
   fs.truncateSync(h.vaultFile, 3 * 1024 ** 3); // sparse: 3 GiB
   const big = kw(['read', 'z/x'], { env: h.env });

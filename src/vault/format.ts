@@ -28,6 +28,8 @@ export const SLOT_PASSPHRASE = 1;
 export const SLOT_KEYRING = 2;
 export const ALG_ARGON2ID13 = 1;
 export const WRAPPED_BYTES = 32 + TAG_BYTES;
+/** The shortest sealed record of format 1: its nonce and tag around nothing. */
+const SEALED_MIN = NONCE_BYTES + TAG_BYTES;
 const PASSPHRASE_PARAMS_BYTES = 1 + 4 + 4 + SALT_BYTES; // 25
 export const PASSPHRASE_SLOT_BYTES = PASSPHRASE_PARAMS_BYTES + NONCE_BYTES + WRAPPED_BYTES; // 97
 export const KEYRING_SLOT_BYTES = NONCE_BYTES + WRAPPED_BYTES; // 72
@@ -145,10 +147,20 @@ export function parseVault(bytes: Buffer): ParsedVault {
   }
   const header = Buffer.from(bytes.subarray(0, r.offset));
   const indexRecord = Buffer.from(r.take(r.u32('index length'), 'index'));
+  if (indexRecord.length < SEALED_MIN)
+    throw corrupt('vault index is shorter than its nonce and tag');
   const count = r.u32('record count');
+  // Each record is its length and at least a nonce and a tag: a count the bytes left can't hold
+  // is refused before anything is made of it (found in review: four bytes a record, each made a
+  // Buffer, took a process to its heap's limit before any key was used).
+  if (count > (bodyEnd - r.offset) / (4 + SEALED_MIN))
+    throw corrupt(`vault file's record count (${count}) is more than its bytes hold`);
   const records: Buffer[] = [];
   for (let i = 0; i < count; i++) {
-    records.push(Buffer.from(r.take(r.u32('record length'), 'value record')));
+    const len = r.u32('record length');
+    if (len < SEALED_MIN)
+      throw corrupt(`vault record ${i + 1} is ${len} bytes, shorter than its nonce and tag`);
+    records.push(Buffer.from(r.take(len, 'value record')));
   }
   if (!r.atEnd()) throw corrupt('vault file has trailing bytes');
   return { version, vaultId, keyId, generation, slots, header, indexRecord, records };
