@@ -290,8 +290,8 @@ test('bignum mulInto and compareMagnitudes agree with BigInt on random inputs', 
 test('an RSA key added over the agent protocol is refused before OpenSSL sees it when its shape is wrong (d >= n, primes not of n, iqmp >= p): such a key made OpenSSL exponentiate by all of d', () => {
   const [, n, e, d, p, q, , , iqmp] = readSequence(rsaDer).map(readInteger);
   assert.ok(n && e && d && p && q && iqmp);
-  const agentKey = (o: Partial<Record<'n' | 'd' | 'p' | 'q' | 'iqmp', Uint8Array>>) => {
-    const parts = [o.n ?? n, e, o.d ?? d, o.iqmp ?? iqmp, o.p ?? p, o.q ?? q].map((x) =>
+  const agentKey = (o: Partial<Record<'n' | 'e' | 'd' | 'p' | 'q' | 'iqmp', Uint8Array>>) => {
+    const parts = [o.n ?? n, o.e ?? e, o.d ?? d, o.iqmp ?? iqmp, o.p ?? p, o.q ?? q].map((x) =>
       stripZeros(x),
     );
     const size =
@@ -323,6 +323,19 @@ test('an RSA key added over the agent protocol is refused before OpenSSL sees it
     'another p',
   );
   throwsCode(agentKey({ q: odd(512) }), 'PROTOCOL_ERROR', /bad RSA primes/, 'a huge q');
+  // Found in review: e = 1 with d = 1 passed every check and the self-test, and its
+  // "signature" is the padded message itself, which anyone can make. e must be odd and at least 3.
+  for (const [what, pub] of [
+    ['e = 1', Uint8Array.of(1)],
+    ['e = 2', Uint8Array.of(2)],
+    ['e = 65536', Uint8Array.of(1, 0, 0)],
+  ] as const)
+    throwsCode(
+      agentKey({ e: pub, d: Uint8Array.of(1) }),
+      'PROTOCOL_ERROR',
+      /public exponent/,
+      what,
+    );
 });
 
 // ---------------------------------------------------------------------------------------------

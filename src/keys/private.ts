@@ -146,6 +146,11 @@ export function readPrivate(r: SshReader): PrivateParts {
       throw badKey('bad RSA parameters');
     if (((p[p.length - 1] ?? 0) & 1) === 0 || ((q[q.length - 1] ?? 0) & 1) === 0)
       throw badKey('bad RSA primes');
+    // e = 1 (with d = 1) passes every other check and the self-test, and its signature is the
+    // padded message itself: anyone could make one. e is public (at most 8 bytes here).
+    const pub = BigInt(`0x${Buffer.from(e).toString('hex')}`);
+    if (pub < 3n || (pub & 1n) === 0n)
+      throw badKey('bad RSA public exponent: not odd and 3 or more');
     // The key's shape, before OpenSSL sees it: a d as large as it likes, or primes that are
     // not n's, make OpenSSL's check of the CRT result fail and fall back to m^d mod n over
     // all of d (a 250 KB d held the agent's thread for 90 s).
