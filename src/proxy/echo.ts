@@ -12,41 +12,87 @@
  * policy names, and never in a request that echoes itself (TRACE).
  */
 import type tls from 'node:tls';
-import type { SecureBuffer } from '../lib/secure.js';
+import { securePooled, secureRelease, zero, type SecureBuffer } from '../lib/secure.js';
 
 export class EchoWatch {
-  /** The last bytes seen (fewer than the longest form), whether sent on or not. */
-  private seen: Buffer = Buffer.alloc(0);
+  /**
+   * The last bytes seen (fewer than the longest form), whether sent on or not, in secure
+   * memory: a value's first bytes may be among them.
+   */
+  private readonly tail: SecureBuffer;
+  /** How many bytes of tail are in use. */
+  private seen = 0;
   /** How many of them, at its end, are not sent on yet. */
   private held = 0;
   private readonly keep: number;
+  private closed = false;
 
   /** forms: the values and their encodings (owned by the caller, read only while it lives). */
   constructor(private readonly forms: readonly SecureBuffer[]) {
     this.keep = Math.max(0, ...forms.map((f) => f.length - 1));
+    this.tail = securePooled(Math.max(1, this.keep));
   }
 
   /**
-   * What may go on now, or undefined: a value is in what came, with what came before it. The
-   * bytes sent on already are still looked through: a value whose first bytes went on (a flush,
-   * below) is found when the rest comes, and the connection ends before the rest goes on.
+   * What may go on now (a copy, for the caller to zero once written), or undefined: a value is
+   * in what came, with what came before it. The bytes sent on already are still looked through:
+   * a value whose first bytes went on (a flush, below) is found when the rest comes, and the
+   * connection ends before the rest goes on. The chunk is zeroed either way (found in review:
+   * the answer that held a value stayed in the agent's heap, after lock too).
    */
   push(chunk: Buffer): Buffer | undefined {
-    const all = this.seen.length === 0 ? chunk : Buffer.concat([this.seen, chunk]);
-    for (const f of this.forms) if (f.length > 0 && all.includes(f)) return undefined;
-    const from = all.length - chunk.length - this.held;
-    const cut = Math.max(from, all.length - this.keep);
-    this.seen = Buffer.from(all.subarray(Math.max(0, all.length - this.keep)));
-    this.held = all.length - cut;
-    return all.subarray(from, cut);
+    if (this.closed) {
+      zero(chunk);
+      return undefined;
+    }
+    const all = this.seen === 0 ? chunk : Buffer.concat([this.tail.subarray(0, this.seen), chunk]);
+    try {
+      for (const f of this.forms)
+        if (f.length > 0 && all.includes(f)) {
+          this.wipe();
+          return undefined;
+        }
+      const from = all.length - chunk.length - this.held;
+      const cut = Math.max(from, all.length - this.keep);
+      const start = Math.max(0, all.length - this.keep);
+      this.seen = all.copy(this.tail, 0, start);
+      this.held = all.length - cut;
+      return Buffer.from(all.subarray(from, cut));
+    } finally {
+      zero(all);
+      zero(chunk);
+    }
   }
 
-  /** The bytes held back (none of them a whole value), to go on now. */
+  /** The bytes held back (none of them a whole value), to go on now: a copy, as push's. */
   flush(): Buffer {
-    const out = Buffer.from(this.seen.subarray(this.seen.length - this.held));
+    if (this.closed) return Buffer.alloc(0);
+    const out = Buffer.from(this.tail.subarray(this.seen - this.held, this.seen));
     this.held = 0;
     return out;
   }
+
+  /** Forgets what it kept. */
+  wipe(): void {
+    if (this.closed) return;
+    zero(this.tail);
+    this.seen = 0;
+    this.held = 0;
+  }
+
+  /** Frees what it kept: the connection is over. */
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    secureRelease(this.tail);
+    this.seen = 0;
+    this.held = 0;
+  }
+}
+
+/** Writes bytes the watch let through, and zeroes them once the socket took them. */
+function pass(child: tls.TLSSocket, bytes: Buffer): boolean {
+  return child.write(bytes, () => zero(bytes));
 }
 
 /**
@@ -70,7 +116,7 @@ export function watchAnswers(
     flush = setImmediate(() => {
       if (up.isPaused() || up.readableLength > 0) return;
       const rest = watch.flush();
-      if (rest.length > 0) child.write(rest);
+      if (rest.length > 0) pass(child, rest);
     });
   };
   up.on('data', (chunk: Buffer) => {
@@ -82,7 +128,7 @@ export function watchAnswers(
       child.destroy();
       return;
     }
-    if (out.length > 0 && !child.write(out)) {
+    if (out.length > 0 && !pass(child, out)) {
       up.pause();
       child.once('drain', () => {
         up.resume();
@@ -93,6 +139,11 @@ export function watchAnswers(
   });
   up.on('end', () => {
     clearImmediate(flush);
-    child.end(watch.flush());
+    const rest = watch.flush();
+    child.end(rest, () => zero(rest));
+  });
+  up.on('close', () => {
+    clearImmediate(flush);
+    watch.close();
   });
 }
