@@ -21,6 +21,8 @@ import { fileURLToPath } from 'node:url';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const SRC = path.join(ROOT, 'dist/src');
 const OUT = path.join(SRC, 'bundle');
+/** The QR encoder the console's page loads (src/console/server.ts serves it as /vendor/qr.js). */
+const WEB_VENDOR_QR = path.join(OUT, 'console-qr.js');
 
 /**
  * What bin/keyward.js imports when the command is not one of the quick ones, the exec step `keyward
@@ -122,6 +124,23 @@ export async function bundle(): Promise<void> {
     logLevel: 'warning',
     // tsc's output is already what Node runs: keep names (errors print them) and the code as is.
     keepNames: true,
+  });
+  // The console page draws a TOTP enrolment's QR code itself, with the qrcode package's encoder
+  // (a global, keywardQr, for the page's plain scripts): the agent never runs the library, whose
+  // arrays would copy the secret into its heap (docs/THREAT-MODEL.md).
+  await build({
+    stdin: {
+      contents: "export { create } from 'qrcode/lib/core/qrcode.js';",
+      resolveDir: ROOT,
+      sourcefile: 'console-qr.js',
+    },
+    outfile: WEB_VENDOR_QR,
+    bundle: true,
+    format: 'iife',
+    globalName: 'keywardQr',
+    platform: 'browser',
+    target: 'es2020',
+    logLevel: 'warning',
   });
 }
 

@@ -13,7 +13,15 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
 import type { Browser, Page } from 'playwright-core';
-import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import {
+  agentHome,
+  auditEntries,
+  scanMemory,
+  startAgent,
+  stopAgent,
+  unlockedMappings,
+  type AgentHome,
+} from './agent-helpers.js';
 import {
   ARTIFACTS,
   CHROMIUM,
@@ -26,7 +34,7 @@ import {
   waitingCommand,
   type Authenticator,
 } from './console-helpers.js';
-import { kw, PASSPHRASE } from './helpers.js';
+import { kw, PASSPHRASE, rootTests } from './helpers.js';
 import { CHANGING, names, through, tool, toolsFile } from './mcp-helpers.js';
 
 const POLICY = `version: 1
@@ -687,6 +695,17 @@ test(
     ) => { data: string } | null;
     assert.equal(jsQR(Uint8ClampedArray.from(img.px), img.w, img.h)?.data, uri);
     assert.ok(auditEntries(h).some((e) => e.type === 'totp.enrolled'));
+    if (rootTests) {
+      // Found in review: the agent drew the code with a QR library that copied the URI into
+      // arrays of its own, in the agent's heap. The page draws it: the agent keeps the secret
+      // in secure memory only.
+      const left = scanMemory(
+        h.agentPid ?? 0,
+        [Buffer.from(secret), Buffer.from(uri)],
+        unlockedMappings,
+      ).map(String);
+      assert.deepEqual(left, [], 'the TOTP secret outside secure memory');
+    }
     // A totp request, approved in the page with a code from oathtool.
     const w = waitingCommand(['read', 'totp/one'], h.env);
     const id = await w.id;

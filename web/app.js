@@ -474,7 +474,7 @@
     );
   }
 
-  // TOTP enrolment: the answer is bytes (the QR matrix, then the otpauth URI), drawn here.
+  // TOTP enrolment: the answer is the otpauth URI's bytes; its QR code is drawn here.
   $('totp-enroll').addEventListener('click', async () => {
     const p = $('totp-passphrase');
     const v = p.value;
@@ -490,8 +490,8 @@
       });
       if (!res.ok) throw new Error((await res.json()).error || `HTTP ${res.status}`);
       const bytes = new Uint8Array(await res.arrayBuffer());
-      const size = qr($('totp-qr'), bytes);
-      $('totp-uri').textContent = new TextDecoder().decode(bytes.subarray(2 + size * size));
+      qr($('totp-qr'), bytes);
+      $('totp-uri').textContent = new TextDecoder().decode(bytes);
       bytes.fill(0);
       $('totp-result').hidden = false;
       say('TOTP enrolled: scan the code now; it is not shown again');

@@ -148,7 +148,11 @@
   // The TOTP enrolment's QR code: bytes are its size (two bytes) and its matrix (one a module).
   // Returns the size, so the caller finds what follows the matrix.
   function qr(canvas, bytes) {
-    const size = (bytes[0] << 8) | bytes[1];
+    // The qrcode package's encoder (/vendor/qr.js): byte mode, level M, as `keyward totp enroll`
+    // draws it on a terminal. Its matrix is cleared once drawn.
+    const code = keywardQr.create([{ data: bytes, mode: 'byte' }], { errorCorrectionLevel: 'M' });
+    const size = code.modules.size;
+    const modules = code.modules.data;
     const cell = 6;
     const quiet = 4;
     canvas.width = canvas.height = (size + 2 * quiet) * cell;
@@ -158,8 +162,9 @@
     g.fillStyle = '#000';
     for (let r = 0; r < size; r++)
       for (let c = 0; c < size; c++)
-        if (bytes[2 + r * size + c] === 1)
+        if (modules[r * size + c] === 1)
           g.fillRect((c + quiet) * cell, (r + quiet) * cell, cell, cell);
+    modules.fill(0);
     return size;
   }
 

@@ -19,8 +19,7 @@ import {
 } from '../console/index.js';
 import { newTotp } from '../approval/index.js';
 import { KeywardError } from '../errors.js';
-import { qrModules } from '../lib/qr.js';
-import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import {
   checkKey,
   oidcLogin,
@@ -204,17 +203,8 @@ async function enrollTotp(h: ConsoleLinkHost, passphrase: SecureBuffer): Promise
     result: newTotp(v, `vault-${v.id.slice(0, 8)}`),
     save: true,
   }));
-  let modules: SecureBuffer | undefined;
-  try {
-    modules = qrModules(uri);
-    const out = secureAlloc(modules.length + uri.length);
-    modules.copy(out, 0);
-    uri.copy(out, modules.length);
-    return out;
-  } finally {
-    secureFree(modules);
-    secureFree(uri);
-  }
+  // The URI alone: the page draws its QR code (a QR library here copied it into the heap).
+  return uri;
 }
 
 export async function consoleRequest(h: ConsoleLinkHost, asker: Peer, f: Frame): Promise<Reply> {

@@ -98,6 +98,11 @@ const STATIC: Record<string, { file: string; type: string }> = {
   '/draw.js': { file: path.join(WEB, 'draw.js'), type: 'text/javascript; charset=utf-8' },
   '/operator': { file: path.join(WEB, 'operator.html'), type: 'text/html; charset=utf-8' },
   '/operator.js': { file: path.join(WEB, 'operator.js'), type: 'text/javascript; charset=utf-8' },
+  // Built by scripts/bundle.ts from the qrcode package: the page draws a TOTP enrolment's code.
+  '/vendor/qr.js': {
+    file: path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bundle', 'console-qr.js'),
+    type: 'text/javascript; charset=utf-8',
+  },
   '/vendor/webauthn.js': {
     file: path.join(
       path.dirname(createRequire(import.meta.url).resolve('@simplewebauthn/browser')),

@@ -42,23 +42,3 @@ export function writeQr(data: SecureBuffer, fd: number): void {
     secureFree(out);
   }
 }
-
-/**
- * A QR code of secret bytes as its module matrix, in secure memory: a u16 (big-endian) side
- * length, then one byte per module (1 dark, 0 light), row by row. For a picture drawn elsewhere
- * (the console's page draws it on a canvas). The library's matrix is zeroed.
- */
-export function qrModules(data: SecureBuffer): SecureBuffer {
-  const QRCode = createRequire(import.meta.url)('qrcode') as typeof QRCodeT;
-  const qr = QRCode.create([{ data, mode: 'byte' }], { errorCorrectionLevel: 'M' });
-  const size = qr.modules.size;
-  const modules = qr.modules.data;
-  try {
-    const out = secureAlloc(2 + size * size);
-    out.writeUInt16BE(size, 0);
-    for (let i = 0; i < size * size; i++) out[2 + i] = modules[i] === 1 ? 1 : 0;
-    return out;
-  } finally {
-    modules.fill(0);
-  }
-}
