@@ -72,7 +72,7 @@ describe('the acceptance test: after unlock, a second process cannot read withou
     assert.equal(h.prompts().length, 1);
     assert.match(
       h.prompts()[0] ?? '',
-      /\(pid \d+\) running ".*" ".*keyward\.js" "read" "app\/token" in ".*", started by .* wants to read the secret "app\/token" \(rule default-secrets\)/,
+      /^keyward: a request to read the secret "app\/token" \(rule default-secrets\)\. Asked by .*\(pid \d+\) running ".*" ".*keyward\.js" "read" "app\/token" in ".*", started by .*\. Allow\?$/,
     );
     h.answer('yes');
     r = kw(['read', 'app/token'], { env: h.env });
@@ -119,7 +119,7 @@ describe('the acceptance test: after unlock, a second process cannot read withou
     assert.equal(second.code, 6, second.stderr);
     kw(['agent', 'stop'], { env: h.env });
     await driverDone;
-    assert.match(transcript, /wants to read the secret "app\/token"/);
+    assert.match(transcript, /a request to read the secret "app\/token"/);
     assert.match(transcript, /keyward: allowed\./);
     assert.match(transcript, /denied \(that was not the challenge\)/);
   });

@@ -483,7 +483,7 @@ describe('found attacking the grants: what else the person was shown', () => {
       encoding: 'utf8',
     });
     assert.equal(r.status, 6, r.stderr);
-    assert.match(h.prompts()[0] ?? '', /, whose environment could not be read wants to read/);
+    assert.match(h.prompts()[0] ?? '', /, whose environment could not be read\. Allow\?$/);
   });
 
   test('forty copies of a harmless LD_PRELOAD before the one that loads do not hide it', async () => {
@@ -633,7 +633,7 @@ describe("the caller's executable", () => {
     assert.equal(h.prompts().length, 1);
     assert.match(
       h.prompts()[0] ?? '',
-      /its program's sha-256 is unknown: the caller's executable is larger than 512 MiB, too large to hash.*; this approval is for this request only\) wants to read/,
+      / Asked by .*its program's sha-256 is unknown: the caller's executable is larger than 512 MiB, too large to hash.*; this approval is for this request only\)/,
     );
     // REMEMBER keeps an answer for the process: not this one, whose program has no hash.
     h.answer('no');

@@ -309,7 +309,7 @@ test(
     assert.notEqual(denied.status, 0);
     assert.match(
       h.prompts().at(-1) ?? '',
-      /wants to sign with the ssh-add key "c-ed25519" \(ED25519 SHA256:/,
+      /a request to sign with the ssh-add key "c-ed25519" \(ED25519 SHA256:/,
     );
     h.answer('yes');
     const n = h.prompts().length;
@@ -1087,7 +1087,7 @@ test(
     assert.match(
       prompt,
       new RegExp(
-        `ssh" \\(pid \\d+\\).* wants to sign with the key "login".*an SSH login as "${user}" \\("ssh-connection"\\)`,
+        `a request to sign with the key "login".*an SSH login as "${user}" \\("ssh-connection"\\).* Asked by .*ssh" \\(pid \\d+\\)`,
       ),
     );
     assert.ok(prompt.includes(`server host key ${hostFp}`), `${prompt} names ${hostFp}`);

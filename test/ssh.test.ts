@@ -156,7 +156,7 @@ test(
     const prompt = h.prompts().at(-1) ?? '';
     assert.match(
       prompt,
-      /ssh-keygen" \(pid \d+\).* wants to sign with the key "git-signing" \(ED25519 SHA256:\S+\): an SSHSIG signature \(a git commit or tag\)/,
+      /a request to sign with the key "git-signing" \(ED25519 SHA256:\S+\): an SSHSIG signature \(a git commit or tag\).* Asked by .*ssh-keygen" \(pid \d+\)/,
     );
     h.answer('yes');
     assert.equal(run('ssh-keygen', ['-Y', 'sign', '-n', 'git', '-f', pub, msg], env).status, 0);

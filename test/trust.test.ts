@@ -652,7 +652,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
         assert.match(hidden[0] ?? '', /^error:APPROVAL_REJECTED:/);
         assert.match(
           h.prompts()[0] ?? '',
-          /^keyward: a process that hid its identity \(pid \d+: its executable, directory and environment can't be read\) running "\/usr\/bin\/python3" ".*raw-client\.py" .* wants to read the secret "app\/token" \(rule ask\)/,
+          /^keyward: a request to read the secret "app\/token" \(rule ask\)\..* Asked by a process that hid its identity \(pid \d+: its executable, directory and environment can't be read\) running "\/usr\/bin\/python3" ".*raw-client\.py" /,
         );
       },
     );
@@ -1135,7 +1135,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       assert.equal(prompts.length, 2, 'asked for each request: nothing was remembered');
       assert.match(
         prompts[0] ?? '',
-        /its program's sha-256 is unknown: the caller's executable is a memfd, whose bytes can change while it runs.*; this approval is for this request only\) wants to read the secret "app\/token"/,
+        /^keyward: a request to read the secret "app\/token".* Asked by .*its program's sha-256 is unknown: the caller's executable is a memfd, whose bytes can change while it runs.*; this approval is for this request only\)/,
       );
       const exported = kwAs(['audit', 'export', '--decrypt'], withoutAgent(h));
       assert.equal(exported.code, 0, exported.stderr);
@@ -1244,7 +1244,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
     );
     assert.deepEqual(node, ['value:remembered-value', 'value:remembered-value']);
     assert.equal(h.prompts().length, 4, 'python3 was asked, then node after the exec');
-    assert.match(h.prompts()[3] ?? '', /^keyward: "\/usr\/bin\/node" \(pid \d+\)/);
+    assert.match(h.prompts()[3] ?? '', / Asked by "\/usr\/bin\/node" \(pid \d+\)/);
   });
 
   test('a connection carried across exec is refused: the program that asks is not the one that connected', async () => {
@@ -1355,7 +1355,7 @@ describe('prompts a caller cannot write', () => {
     assert.match(
       h.prompts()[0] ?? '',
       new RegExp(
-        `, with LD_PRELOAD="${lib.replace(/[/.]/g, '\\$&')}" NODE_OPTIONS="--no-warnings" wants to read`,
+        `, with LD_PRELOAD="${lib.replace(/[/.]/g, '\\$&')}" NODE_OPTIONS="--no-warnings"\\. Allow\\?$`,
       ),
     );
     const denied = kw(['read', 'strict/token'], { env: { ...h.env, LD_PRELOAD: lib } });
@@ -1447,6 +1447,36 @@ describe('found in review: a variable that turns an editor into Node', () => {
   });
 });
 
+describe('found in review: the question comes first', () => {
+  test("a caller's environment, directory and arguments, thousands of characters and a sentence of its own, come after keyward's question", async () => {
+    const h = await agentOf(
+      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+      { user: false },
+    );
+    setSecret(h, 'app/token', 'question-first-value', false);
+    h.answer('no');
+    // Loader variables that do nothing here (DYLD_* on Linux), each as long as a prompt shows
+    // one, and a directory whose name is a harmless question.
+    const padding = Object.fromEntries(
+      Array.from({ length: 16 }, (_, i) => [`DYLD_PAD_${i}`, 'x'.repeat(300)]),
+    );
+    const decoy = path.join(
+      h.dir,
+      'proj wants to list the names of the secrets (rule lists). Allow? ',
+    );
+    fs.mkdirSync(decoy);
+    const r = kw(['read', 'app/token'], { env: { ...h.env, ...padding }, cwd: decoy });
+    assert.equal(r.code, 6, r.stderr);
+    const prompt = h.prompts()[0] ?? '';
+    assert.ok(prompt.length > 3000, `the caller made it long: ${prompt.length}`);
+    assert.match(
+      prompt,
+      /^keyward: a request to read the secret "app\/token" \(rule ask\)\. Asked by /,
+    );
+    assert.ok(prompt.indexOf('wants to list') > prompt.indexOf(' Asked by '), 'the decoy after');
+  });
+});
+
 describe('found in review: loader variables past the first sixteen', () => {
   test('twenty GIT_CONFIG_KEY_n before NODE_OPTIONS do not push it out of the prompt and the record; what is left out is counted', async () => {
     const h = await agentOf(
@@ -1469,7 +1499,7 @@ describe('found in review: loader variables past the first sixteen', () => {
     );
     assert.match(
       prompt,
-      /GIT_CONFIG_KEY_15 \(value not shown\) \(4 more loader variables\) wants to read/,
+      /GIT_CONFIG_KEY_15 \(value not shown\) \(4 more loader variables\)\. Allow\?$/,
     );
     const asked = auditEntries(h).find((e) => e.type === 'approval.requested');
     const vars = (asked?.actor as { loaderVars?: string[] } | undefined)?.loaderVars ?? [];

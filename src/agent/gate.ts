@@ -328,7 +328,10 @@ export class Gate {
           grantKey && !decision.highValue && a.remember.scope !== 'once'
             ? rememberedText(a.remember, id.exe)
             : '';
-        const prompt = `keyward: ${this.host.warning ? `${this.host.warning} ` : ''}${description} wants to ${req.what} (rule ${decision.rule}).${covers}${a.message ? ` ${printable(a.message, 500)}` : ''}${remembers} Allow?`;
+        // The question first, in keyward's words; who asks after it (found in review: a caller's
+        // environment, directory and arguments, thousands of characters, pushed the question out
+        // of an askpass dialog's sight, behind a sentence of the caller's own).
+        const prompt = `keyward: ${this.host.warning ? `${this.host.warning} ` : ''}a request to ${req.what} (rule ${decision.rule}).${covers}${a.message ? ` ${printable(a.message, 500)}` : ''}${remembers} Asked by ${description}. Allow?`;
         const pending = this.broker.wait(
           {
             requester,
