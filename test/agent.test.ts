@@ -1068,6 +1068,9 @@ describe('hardening found in review', () => {
       text.stdout,
       /x\\u\{1b\}\[2K\\u\{d\}\\u\{1b\}\[1A\\u\{1b\}\]52;c;ZQ==\\u\{7\}\\u\{202e\}gpj/,
     );
+    // Found in review: by its path, never its last part alone (a copy of node at ./usr/bin/ssh
+    // read as ssh): the directory, or the cut's mark, comes before the name.
+    assert.match(text.stdout, /pid \d+ (\.\.\.|\S*\/)x\\u\{1b\}\[2K/);
     for (const out of [
       text.stdout,
       kw(['audit', 'tail', '-n', '10', '--json'], { env }).stdout,

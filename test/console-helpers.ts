@@ -83,9 +83,14 @@ export interface Waiting {
   kill(): void;
 }
 
-/** `keyward ARGS` in another process, whose request will wait for a person. */
-export function waitingCommand(args: string[], env: NodeJS.ProcessEnv, cwd?: string): Waiting {
-  const c = spawn(process.execPath, [BIN, ...args], {
+/** `keyward ARGS` in another process (run by node), whose request will wait for a person. */
+export function waitingCommand(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  cwd?: string,
+  node = process.execPath,
+): Waiting {
+  const c = spawn(node, [BIN, ...args], {
     env,
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(cwd ? { cwd } : {}),

@@ -909,7 +909,14 @@ test(
     // A right-to-left override, and a Cyrillic i that reads as a Latin one.
     const dir = path.join(h.dir, 'my-\u202eproj\u0456ect');
     fs.mkdirSync(dir, { recursive: true });
-    const c = waitingCommand(['read', 'plain/one'], h.env, dir);
+    // Found in review: the audit view showed the caller's program as it is. Node under a name
+    // with a Cyrillic i ("g\u0456t").
+    // A copy, never a hard link: a link changes the change time of node's own inode, which an
+    // agent of another test file checks (agent.test.ts says how).
+    const lookAlike = path.join(dir, 'g\u0456t');
+    fs.copyFileSync(process.execPath, lookAlike);
+    fs.chmodSync(lookAlike, 0o755);
+    const c = waitingCommand(['read', 'plain/one'], h.env, dir, lookAlike);
     const id = await c.id;
     const item = page.locator(`.request[data-id="${id}"]`);
     await item.waitFor();
@@ -919,6 +926,11 @@ test(
     assert.match(text, /my-\\u\{202e\}proj\\u\{456\}ect/);
     await item.locator('.deny').click();
     assert.equal((await c.done).code, 6);
+    await page.goto(`${url}#/audit`);
+    const row = page.locator('#audit-rows tr', { hasText: 'g\\u{456}t' }).first();
+    await row.waitFor();
+    const rows = (await page.locator('#audit-rows').textContent()) ?? '';
+    assert.ok(!rows.includes('\u0456') && !rows.includes('\u202e'), 'the audit view shows it raw');
   },
 );
 

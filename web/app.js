@@ -16,7 +16,7 @@
   let skew = 0;
   let streaming = false;
 
-  const { agentCheck, clean, el, say } = window.keywardDom;
+  const { agentCheck, clean, el, heading, say } = window.keywardDom;
   const { auditRows, callerRows, pinCard, qr, timeline } = window.keywardDraw;
 
   // Whether what answers at this address is the agent this tab logged in to (dom.js): asked
@@ -284,7 +284,7 @@
       left,
       // The id the waiting command printed: two requests alike in all else differ here.
       el('p', { class: 'request-id', text: `request ${p.id}` }),
-      el('h3', { text: `${p.action} ${p.target}` }),
+      el('h3', { text: heading(p) }),
       ...(p.also && p.also.length > 0
         ? [el('p', { class: 'also', text: `and also ${p.also.join(', ')}` })]
         : []),

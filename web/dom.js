@@ -21,6 +21,14 @@
     return String(v).replace(/[^\x20-\x7e]/gu, (ch) => `\\u{${ch.codePointAt(0).toString(16)}}`);
   }
 
+  // A request's heading: its action and target (an ssh-add key's comment is the caller's
+  // choosing) in ASCII as the prompts show it, cut at 200 characters (found in review: a
+  // look-alike letter in the heading read as another key's name).
+  function heading(p) {
+    const t = ascii(p.target);
+    return `${p.action} ${t.length > 200 ? `${t.slice(0, 200)}... +${t.length - 200} more` : t}`;
+  }
+
   function el(tag, attrs, ...children) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -126,6 +134,6 @@
   }
 
   Object.defineProperty(window, 'keywardDom', {
-    value: Object.freeze({ agentCheck, ascii, clean, el, say }),
+    value: Object.freeze({ agentCheck, ascii, clean, el, heading, say }),
   });
 })();

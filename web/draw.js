@@ -52,8 +52,8 @@
           el('td', { text: e.time.replace('T', ' ').replace(/\.\d+Z$/, 'Z') }),
           el('td', { text: e.type }),
           el('td', { class: e.decision || '', text: e.decision || '' }),
-          el('td', { text: e.target || '' }),
-          el('td', { text: e.caller || '' }),
+          el('td', { text: e.target ? ascii(e.target) : '' }),
+          el('td', { text: e.caller ? ascii(e.caller) : '' }),
           el('td', { text: e.reason || '' }),
         ),
       );

@@ -10,7 +10,7 @@
   let token = null;
   let timer = null;
 
-  const { agentCheck, clean, el, say } = window.keywardDom;
+  const { agentCheck, clean, el, heading, say } = window.keywardDom;
 
   // Whether what answers at this address is the agent this page signed in to (dom.js): asked
   // before an API key goes, before the sign-in form comes back, and before the identity provider.
@@ -118,7 +118,7 @@
       'li',
       { class: 'request', 'data-id': p.id },
       el('p', { class: 'request-id', text: `request ${p.id}` }),
-      el('h3', { text: `${p.action} ${p.target}` }),
+      el('h3', { text: heading(p) }),
       ...(p.also && p.also.length > 0
         ? [el('p', { class: 'also', text: `and also ${p.also.join(', ')}` })]
         : []),

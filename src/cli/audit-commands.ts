@@ -196,12 +196,18 @@ function describe(e: Shown): string {
   const head = `${String(e.seq).padStart(6)}  ${printable(e.time)}  ${printable(e.type).padEnd(20)}`;
   if (b === undefined) return `${head}  (sealed)`;
   if (typeof b !== 'object' || b === null) return `${head}  ${printable(String(b))}`;
+  // The program by its path, cut from the left when long (found in review: its last part alone
+  // made a copy of node at ./usr/bin/ssh read as /usr/bin/ssh).
+  const exe = printable(String(b.actor?.exe ?? '?'));
   const actor = b.actor
-    ? `pid ${printable(String(b.actor.pid ?? '?'))} ${printable(path.basename(String(b.actor.exe ?? '?')))}`
+    ? `pid ${printable(String(b.actor.pid ?? '?'))} ${exe.length > EXE_SHOWN ? `...${exe.slice(-(EXE_SHOWN - 3))}` : exe}`
     : '';
   const reason = b.reason ? `  (${printable(String(b.reason), 400)})` : '';
   return `${head}  ${printable(String(b.decision ?? '')).padEnd(5)}  ${printable(String(b.target ?? '-'))}  ${actor}${reason}`;
 }
+
+/** How much of a caller's program path a line of audit tail shows (its end). */
+const EXE_SHOWN = 80;
 
 /**
  * The audit log through a running agent (docs/CLI.md, "With an agent running"): it holds the
