@@ -245,7 +245,7 @@ describe('a policy applied ends what the old one remembered', () => {
     // The prompt said what a yes would be remembered for.
     assert.match(
       h.prompts()[0] ?? '',
-      /\(rule ask\)\. A yes is remembered for 10 min, for this process only\. Allow\?$/,
+      /\(rule ask\)\. A yes is remembered for 10 min, for this process only\. Asked by .*\. Allow\?$/,
     );
     p.end();
   });
@@ -263,8 +263,8 @@ describe('a policy applied ends what the old one remembered', () => {
     p.end();
     const exe = fs.realpathSync(process.execPath);
     assert.ok(
-      (h.prompts()[0] ?? '').endsWith(
-        `(rule ask). A yes is remembered for 90 s (3 uses), for every process of this program ("${exe}", by its SHA-256) with the same loader variables. Allow?`,
+      (h.prompts()[0] ?? '').includes(
+        `(rule ask). A yes is remembered for 90 s (3 uses), for every process of this program ("${exe}", by its SHA-256) with the same loader variables. Asked by `,
       ),
       h.prompts().join('\n'),
     );
