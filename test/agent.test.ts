@@ -520,6 +520,22 @@ describe('a passphrase given to the console', () => {
       });
       assert.equal(approved.status, 200, approved.body);
       assert.equal((await w.done).stdout, 'v');
+      // Found in the re-attack: a body the console refuses before it reads it (a session that
+      // ended, a wrong type, no Origin) was dropped by node:http unzeroed.
+      const u = new URL(url);
+      for (const [why, hs] of [
+        ['no session', { Host: u.host, Origin: `http://${u.host}` }],
+        ['a wrong type', { ...headers, 'Content-Type': 'text/plain' }],
+        ['no Origin', { Host: u.host, Cookie: headers['Cookie'] ?? '' }],
+      ] as const) {
+        const refused = await rawRequest(url, {
+          method: 'POST',
+          path: '/api/totp',
+          headers: { 'Content-Type': 'application/octet-stream', ...hs },
+          body: PASSPHRASE,
+        });
+        assert.ok(refused.status >= 400, `${why}: ${refused.status}`);
+      }
       const pid = h.agentPid ?? 0;
       // Positive control: a request's own words, which node:http keeps as it parsed them.
       assert.equal(scanMemory(pid, [Buffer.from(`/api/approvals/${id}/approve`)]).length, 1);

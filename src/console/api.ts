@@ -325,8 +325,8 @@ async function trustPin(c: ConsoleServer, x: Ctx): Promise<void> {
 
 /**
  * A new TOTP secret (replacing any other), for the passphrase. The answer is raw bytes from
- * secure memory (the QR module matrix, then the otpauth URI), freed once sent: the secret never
- * becomes a string in the agent. The page draws the code and shows the URI.
+ * secure memory (the otpauth URI), freed once sent: the secret never becomes a string in the
+ * agent, nor goes through a QR library there. The page draws the code and shows the URI.
  */
 async function enrollTotp(c: ConsoleServer, x: Ctx): Promise<void> {
   const body = await c.host.enrollTotp(await readSecret(x.req));

@@ -184,6 +184,18 @@ export function zeroReadBytes(
 }
 
 /**
+ * What is left of a request's body, zeroed: what is buffered now, and what comes until node:http
+ * drops the rest itself (once the answer is sent it stops handing body bytes to JavaScript; the
+ * socket's chunks are zeroed by zeroReadBytes). A body the console answered without reading (a
+ * session that ended, a wrong type, no Origin) was dropped unzeroed, a passphrase in it too.
+ */
+export function discardBody(req: http.IncomingMessage): void {
+  if (req.readableEnded || req.destroyed) return;
+  for (let c = req.read() as Buffer | null; c !== null; c = req.read() as Buffer | null) zero(c);
+  req.on('data', (c: Buffer) => zero(c));
+}
+
+/**
  * A secret body (a passphrase), as raw bytes straight into secure memory: each chunk is copied
  * out and zeroed, and the bytes never become a string. The caller frees the result.
  */
@@ -199,6 +211,8 @@ export async function readSecret(
     for await (const c of req as AsyncIterable<Buffer>) {
       if (n + c.length > MAX_SECRET) {
         zero(c);
+        // What is buffered behind it, before the loop's end drops it.
+        discardBody(req);
         throw new HttpError(413, `${what} is too long`);
       }
       c.copy(buf, n);

@@ -25,6 +25,7 @@ import {
   checkRemoteSource,
   checkSource,
   cookie,
+  discardBody,
   HttpError,
   readJson,
   readSecret,
@@ -274,6 +275,8 @@ export class ConsoleServer {
       await routeOperator(this, req, res, url, Date.now(), origin);
     } catch (e) {
       sendError(res, e);
+    } finally {
+      discardBody(req);
     }
   }
 
@@ -346,6 +349,9 @@ export class ConsoleServer {
       await routeApi(this, { req, res, url, now, session });
     } catch (e) {
       sendError(res, e);
+    } finally {
+      // A body answered without being read (refused first) is zeroed, never left to node:http.
+      discardBody(req);
     }
   }
 
