@@ -190,7 +190,11 @@ export function zeroReadBytes(
  * session that ended, a wrong type, no Origin) was dropped unzeroed, a passphrase in it too.
  */
 export function discardBody(req: http.IncomingMessage): void {
-  if (req.readableEnded || req.destroyed) return;
+  // A request that declares no body is left alone: reading it to its end would close it, and an
+  // event stream (api.ts) ends with its request's close.
+  const declared =
+    req.headers['transfer-encoding'] !== undefined || Number(req.headers['content-length']) > 0;
+  if (!declared || req.readableEnded || req.destroyed) return;
   for (let c = req.read() as Buffer | null; c !== null; c = req.read() as Buffer | null) zero(c);
   req.on('data', (c: Buffer) => zero(c));
 }
