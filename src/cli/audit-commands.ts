@@ -198,9 +198,8 @@ function describe(e: Shown): string {
   if (typeof b !== 'object' || b === null) return `${head}  ${printable(String(b))}`;
   // The program by its path, cut from the left when long (found in review: its last part alone
   // made a copy of node at ./usr/bin/ssh read as /usr/bin/ssh).
-  const exe = printable(String(b.actor?.exe ?? '?'));
   const actor = b.actor
-    ? `pid ${printable(String(b.actor.pid ?? '?'))} ${exe.length > EXE_SHOWN ? `...${exe.slice(-(EXE_SHOWN - 3))}` : exe}`
+    ? `pid ${printable(String(b.actor.pid ?? '?'))} ${shownExe(b.actor.exe)}`
     : '';
   const reason = b.reason ? `  (${printable(String(b.reason), 400)})` : '';
   return `${head}  ${printable(String(b.decision ?? '')).padEnd(5)}  ${printable(String(b.target ?? '-'))}  ${actor}${reason}`;
@@ -208,6 +207,12 @@ function describe(e: Shown): string {
 
 /** How much of a caller's program path a line of audit tail shows (its end). */
 const EXE_SHOWN = 80;
+
+/** A caller's program path, printable, its last EXE_SHOWN - 3 characters after `...` if longer. */
+function shownExe(exe: unknown): string {
+  const p = printable(String(exe ?? '?'));
+  return p.length > EXE_SHOWN ? `...${p.slice(-(EXE_SHOWN - 3))}` : p;
+}
 
 /**
  * The audit log through a running agent (docs/CLI.md, "With an agent running"): it holds the

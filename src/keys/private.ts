@@ -147,9 +147,8 @@ export function readPrivate(r: SshReader): PrivateParts {
     if (((p[p.length - 1] ?? 0) & 1) === 0 || ((q[q.length - 1] ?? 0) & 1) === 0)
       throw badKey('bad RSA primes');
     // e = 1 (with d = 1) passes every other check and the self-test, and its signature is the
-    // padded message itself: anyone could make one. e is public (at most 8 bytes here).
-    const pub = BigInt(`0x${Buffer.from(e).toString('hex')}`);
-    if (pub < 3n || (pub & 1n) === 0n)
+    // padded message itself: anyone could make one.
+    if (compareMagnitudes(e, Uint8Array.of(3)) < 0 || ((e[e.length - 1] ?? 0) & 1) === 0)
       throw badKey('bad RSA public exponent: not odd and 3 or more');
     // The key's shape, before OpenSSL sees it: a d as large as it likes, or primes that are
     // not n's, make OpenSSL's check of the CRT result fail and fall back to m^d mod n over

@@ -85,8 +85,6 @@ export class EchoWatch {
     if (this.closed) return;
     this.closed = true;
     secureRelease(this.tail);
-    this.seen = 0;
-    this.held = 0;
   }
 }
 
