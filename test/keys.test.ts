@@ -964,7 +964,7 @@ test("key: an RSA record from OpenSSL's key gives OpenSSL's exact PKCS #1 DER (C
   });
 });
 
-test("key: RSA signatures on the thread pool (signAsync) are sign()'s, parse at most ASYNC_SIGNERS keys at once, and none once the key is wiped", async () => {
+test("key: RSA signatures on the thread pool (signAsync) are sign()'s, parse at most ASYNC_SIGNERS keys at once, say when the queue is full, and none once the key is wiped", async () => {
   const [, n, e, d, p, q, , , iqmp] = readSequence(rsaDer).map(readInteger);
   assert.ok(n && e && d && p && q && iqmp);
   const rec = agentRecord(['ssh-rsa', ...[n, e, d, iqmp, p, q].map((mpint) => ({ mpint }))]);
@@ -1003,6 +1003,17 @@ test("key: RSA signatures on the thread pool (signAsync) are sign()'s, parse at 
     assert.equal(parsed, 40);
     assert.ok(most <= ASYNC_SIGNERS, `${most} parsed copies at once`);
     assert.equal(alive, 0);
+    // A full queue: ASYNC_SIGNERS places and 256 waiting. signingQueueFull, which the agent asks
+    // before it takes a use, says so exactly when the next signature would be refused.
+    const queued: Promise<Buffer>[] = [];
+    while (!k.signingQueueFull) queued.push(k.signAsync(msgs[0]!, SIGN_FLAG_RSA_SHA2_256));
+    assert.equal(queued.length, ASYNC_SIGNERS + 256);
+    await assert.rejects(
+      k.signAsync(msgs[1]!, SIGN_FLAG_RSA_SHA2_256),
+      /too many signatures are waiting/,
+    );
+    await Promise.all(queued);
+    assert.equal(k.signingQueueFull, false);
     // Wiped (the agent locking, ssh-add -D) while they wait: those that had their places (and
     // their copies) finish; none that waited is parsed or signed.
     parsed = 0;

@@ -450,6 +450,21 @@ export class SshAgentService {
     // authorize together can't all pass the check made before it (a policy may have lowered them).
     const maxNow = this.host.limits().maxSignatures;
     if (maxNow !== undefined && this.signatures >= maxNow) return message(SSH.FAILURE);
+    // A signature that would be refused a place on the thread pool (too many wait already) is
+    // refused here, before it takes a use or records an allow (found in review: a flood took
+    // uses, and left allow records for signatures never made). Nothing awaits from here to
+    // signAsync's queue for an RSA key, the only kind that queues: the answer holds.
+    if (held.key.signingQueueFull) {
+      await this.host.record({
+        type: 'key.sign',
+        decision: 'deny',
+        target: held.target,
+        actor: this.host.actor(who.id),
+        reason: 'too many signatures are waiting',
+        details: { algorithm: alg, fingerprint: fp, source: held.source },
+      });
+      return message(SSH.FAILURE);
+    }
     if (!this.host.take()) return message(SSH.FAILURE);
     this.signatures += 1;
     // The record is written at the next turn and fsynced on the thread pool while the signature

@@ -23,6 +23,7 @@ import {
   rsaHoldable,
   secureHeapActive,
   secureHeapUsed,
+  signingQueueFull,
   withSigningPlace,
 } from '../lib/openssl.js';
 import { secureAlloc, secureFree, zero, type SecureBuffer } from '../lib/secure.js';
@@ -230,6 +231,15 @@ export class SigningKey {
    * happens to this key meanwhile (a wipe at lock). Other keys sign in place (tens of
    * microseconds: a trip to the pool would cost more).
    */
+  /**
+   * Whether signAsync, called now, would be refused for too many signatures waiting for a place
+   * (only RSA signatures wait for one). Asked in the synchronous step that then calls signAsync,
+   * it is signAsync's own answer.
+   */
+  get signingQueueFull(): boolean {
+    return this.type === 'ssh-rsa' && signingQueueFull();
+  }
+
   async signAsync(data: Uint8Array, flags = 0): Promise<Buffer> {
     if (this.type !== 'ssh-rsa') return this.sign(data, flags);
     if (this.signing.length === 0) throw new KeywardError('AGENT_LOCKED', 'the key was wiped');

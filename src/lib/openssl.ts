@@ -151,6 +151,15 @@ export async function withSigningPlace<T>(fn: () => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * Whether a signature asked for now would be refused for too many waiting (withSigningPlace). The
+ * agent asks before it takes a use and records an allow: a caller that floods the queue is refused
+ * before either, in the same synchronous step that then enters the queue.
+ */
+export function signingQueueFull(): boolean {
+  return free === 0 && waiting.length >= MAX_WAITING;
+}
+
 function openssl(): Crypto {
   return (cached ??= processWide('openssl', bind));
 }
