@@ -331,6 +331,10 @@ test('restore --force moves the home in use aside, whole, and the backup takes i
   assert.equal(r.code, 0, r.stderr);
   const aside = /now (\S+before-restore-\S+) \(/.exec(r.stdout)?.[1];
   assert.ok(aside, r.stdout);
+  assert.match(
+    r.stdout,
+    /sealed with the vault's passphrase: only someone who knew it could have made it/,
+  );
   // A rollback of the same vault, said whatever date the manifest claims: the generation and
   // the audit head are what the files say.
   assert.match(
@@ -592,7 +596,7 @@ interface CraftedFile {
 }
 
 test(
-  'a crafted container is refused (exit 8): a log cut without its checkpoint file, a head or vault generation the files disagree with, a state file planted, a file under a lock file or under another file',
+  'a crafted container is refused (exit 8): a log cut without its checkpoint file, a head or vault generation the files disagree with, a state file planted, a file under a lock file or under another file, a version with escapes',
   { skip: noAge },
   () => {
     const h = initHome();
@@ -667,6 +671,15 @@ test(
         ],
       ),
       [
+        // Found in review: restore printed the version as it was, and an escape that hides
+        // text hid the rollback warning printed after it.
+        'a version with a line of its own and a terminal escape',
+        craft(good, (m) => {
+          (m as unknown as { keyward: string }).keyward = '0.1.0\n  backup is current\x1b[8m';
+        }),
+        /its manifest is malformed/,
+      ],
+      [
         'a file under another file',
         craft(good, (m) => {
           m.files.push({
@@ -693,6 +706,48 @@ test(
       assert.equal(r.code, 8, `${what}: ${r.stderr}`);
       assert.match(r.stderr, why, what);
       assert.equal(fs.existsSync(to.home), false, what);
+    }
+  },
+);
+
+test(
+  "found in review: a home whose vault header is damaged still gets a warning, with its audit head; a backup not sealed with the passphrase says its date is its own word; a leftover's name is quoted",
+  { skip: noAge },
+  () => {
+    const { h, idFile, recipient } = recipientHome();
+    const out = path.join(h.dir, 'old.age');
+    assert.equal(kw(['backup', '--output', out, '--recipient', recipient], { env: h.env }).code, 0);
+    const plain = path.join(h.dir, 'old.plain');
+    assert.equal(run('age', ['-d', '-i', idFile, '-o', plain, out]).status, 0);
+    // The home goes on past the backup; then its vault's header is damaged (a byte flipped),
+    // the state whose hint says "restore vault.kw from a backup".
+    assert.equal(kw(['secret', 'set', 'later'], { env: h.env, input: 'later-value' }).code, 0);
+    const head = Number(/head seq (\d+)/.exec(kw(['audit', 'verify'], { env: h.env }).stdout)?.[1]);
+    assert.ok(head > 0);
+    const vault = fs.readFileSync(h.vaultFile);
+    vault[10] = (vault[10] as number) ^ 0xff;
+    fs.writeFileSync(h.vaultFile, vault);
+    // A directory beside the home, named by anyone, as an interrupted restore's would be.
+    fs.mkdirSync(path.join(h.dir, `${path.basename(h.home)}.restoring-\x1b[8m`));
+    for (const [file, sealed] of [
+      [
+        plain,
+        /a plain container, not sealed with the vault's passphrase: .*its date is its own word/,
+      ],
+      [out, /encrypted to age recipients, not sealed with the vault's passphrase/],
+    ] as const) {
+      const r = kw(['restore', '--verify', '--input', file, '--identity', idFile], { env: h.env });
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stdout, sealed);
+      assert.match(r.stdout, /which holds a vault that can not be read/);
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `warning: the vault there could not be read \\(.+\\), so whether this backup is older than it is unknown; its audit log is at seq ${head} \\(the backup's: \\d+\\); the backup's date is its own word`,
+        ),
+      );
+      assert.match(r.stderr, /restoring-\\u\{1b\}\[8m" was left by an interrupted restore/);
+      assert.ok(!(r.stdout + r.stderr).includes('\x1b'), 'an escape printed as it is');
     }
   },
 );

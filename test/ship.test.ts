@@ -200,6 +200,34 @@ describe(
       );
     });
 
+    test("found in review: a restore ships its record by the restored vault's applied policy, not by an audit/ship planted before the backup, and makes that file again", async () => {
+      const policyLog = await rsyslog(path.join(agentHome().dir));
+      const planted = await rsyslog(path.join(agentHome().dir));
+      const h = agentHome(shipPolicy('syslog', policyLog.socket));
+      // The attacker (the same user) points the file that locked writers ship by elsewhere.
+      fs.writeFileSync(path.join(h.home, 'audit', 'ship'), `syslog ${planted.socket}\n`, {
+        mode: 0o600,
+      });
+      const out = path.join(h.dir, 'b.kwb');
+      assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+      const to = path.join(h.dir, 'restored');
+      const r = kw(['restore', '--input', out], { env: { ...h.env, KEYWARD_HOME: to } });
+      assert.equal(r.code, 0, r.stderr);
+      // Wherever the restore's record went, it arrives there: then see where.
+      const got = (f: string) =>
+        fs.existsSync(f) && fs.readFileSync(f, 'utf8').includes('type="audit.restored"');
+      const where = await until(() =>
+        got(policyLog.collected) ? 'policy' : got(planted.collected) ? 'planted' : undefined,
+      );
+      assert.equal(where, 'policy', 'the restore shipped its record where the planted file said');
+      assert.equal(
+        fs.readFileSync(path.join(to, 'audit', 'ship'), 'utf8'),
+        `syslog ${policyLog.socket}\n`,
+      );
+      policyLog.stop();
+      planted.stop();
+    });
+
     test(
       'journald: entries arrive through the native protocol with KEYWARD_ fields, and verify --against reads journalctl -o json',
       { skip: (!fs.existsSync(JOURNALD) || !rootTests) && 'needs systemd-journald and root' },

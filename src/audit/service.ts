@@ -41,6 +41,7 @@ import {
   storeNewKeys,
 } from './vault-keys.js';
 import { readSeedFile } from './seed.js';
+import type { ShipConfig } from './ship.js';
 
 /** The hooks `init` passes to the vault: keys go in before the first save, the log starts after. */
 export function auditInitHooks(
@@ -125,8 +126,10 @@ export function resumeRestoredLog(
   home: string,
   v: Vault,
   details: Record<string, string | number | boolean | null>,
+  ship: ShipConfig,
 ): void {
   const log = new AuditLog(home);
+  log.setShipping(ship);
   rebuildState(
     log,
     v,

@@ -68,12 +68,19 @@ function corrupt(why: string): IntegrityError {
  * reads (once, when the stanza is found). Returns the derivation that opened keyward's stanza,
  * if any: the caller owns its key (the vault takes it, or the caller frees it).
  */
+/**
+ * What made the backup's bytes: the vault's passphrase (its stanza: only someone who knew the
+ * passphrase), age recipients (anyone with a recipient's public key), or nothing (a plain
+ * container: anyone). Only the first vouches for the manifest's date and origin.
+ */
+export type SealedBy = 'passphrase' | 'recipient' | 'plain';
+
 export async function decryptBackup(
   bytes: Uint8Array,
   unlock: () => Unlock,
   identities: readonly SecureBuffer[] = [],
-): Promise<{ container: Uint8Array; opened?: Opened; vaultId?: string }> {
-  if (isContainer(bytes)) return { container: bytes };
+): Promise<{ container: Uint8Array; sealedBy: SealedBy; opened?: Opened; vaultId?: string }> {
+  if (isContainer(bytes)) return { container: bytes, sealedBy: 'plain' };
   const b = Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   // eslint-disable-next-line no-restricted-syntax -- the magic is public
   if (!b.subarray(0, AGE_MAGIC.length).equals(AGE_MAGIC))
@@ -116,7 +123,9 @@ export async function decryptBackup(
   d.addIdentity(identity);
   try {
     const container = await d.decrypt(b);
-    return found ? { container, opened: found.opened, vaultId: found.vaultId } : { container };
+    return found
+      ? { container, sealedBy: 'passphrase', opened: found.opened, vaultId: found.vaultId }
+      : { container, sealedBy: 'recipient' };
   } catch (e) {
     if (found) secureFree(found.opened.kek);
     if (e instanceof KeywardError) throw e;

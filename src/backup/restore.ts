@@ -11,9 +11,17 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { agentStatus, socketPaths } from '../agent/index.js';
-import { auditPaths, headOf, resumeRestoredLog, verifyLog } from '../audit/index.js';
+import {
+  auditPaths,
+  headOf,
+  resumeRestoredLog,
+  shipConfigOf,
+  verifyLog,
+  writeShipFile,
+} from '../audit/index.js';
 import { IntegrityError, KeywardError, UsageError } from '../errors.js';
 import { fsyncDir, withFileLock } from '../lib/files.js';
+import { loadPolicy } from '../policy/index.js';
 import { renameExchange } from '../lib/libc.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import {
@@ -28,7 +36,7 @@ import {
   type Unlock,
 } from '../vault/index.js';
 import { unpackContainer, type HomeFile, type Manifest } from './container.js';
-import { decryptBackup, type Opened } from './crypt.js';
+import { decryptBackup, type Opened, type SealedBy } from './crypt.js';
 import { holders } from './holders.js';
 
 export interface RestoreOptions {
@@ -47,12 +55,16 @@ export interface CurrentHome {
   state: 'absent' | 'empty' | 'in use';
   vaultId?: string;
   generation?: number;
+  /** Why the vault there could not be read (a damaged header): no comparison was possible. */
+  vaultUnread?: string;
   auditHead?: number;
 }
 
 export interface RestoreReport {
   manifest: Manifest;
   manifestSha256: string;
+  /** What made the backup's bytes: only the passphrase vouches for its date and origin. */
+  sealedBy: SealedBy;
   secrets: number;
   auditEntries: number;
   current: CurrentHome;
@@ -85,15 +97,22 @@ function describeCurrent(home: string): CurrentHome {
   if (fs.readdirSync(home).length === 0) return { path: home, state: 'empty' };
   const c: CurrentHome = { path: home, state: 'in use' };
   const vp = vaultPaths(home);
+  // A damaged home is still one to move aside; what could be read is reported, each part on its
+  // own (found in review: a damaged vault header hid the audit log's head, and with it the
+  // warning that the backup is older).
   try {
     if (vaultExists(vp)) {
       const info = readHeaderInfo(vp);
       c.vaultId = info.vaultId;
       c.generation = info.generation;
     }
+  } catch (e) {
+    c.vaultUnread = e instanceof KeywardError ? e.message : 'it could not be read';
+  }
+  try {
     c.auditHead = headOf(home).seq;
   } catch {
-    // A damaged home is still one to move aside; what could be read is reported.
+    // No head to compare with: said with the rest (describeRestore).
   }
   return c;
 }
@@ -263,20 +282,30 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
             `its manifest says the audit log ends at ${manifest.audit ? `seq ${manifest.audit.seq}` : 'nothing'}, the log it holds at ${head ? `seq ${head.seq}` : 'nothing'}`,
           );
         const secrets = v.list().length;
-        if (!o.verifyOnly)
-          resumeRestoredLog(tmp, v, {
+        if (o.verifyOnly) return { secrets, entries: r.entries };
+        // Where the log is shipped is the applied policy's word, not a file the backup held
+        // (madeAtRestore): the restore's own record goes there, and the file is made again.
+        const ship = shipConfigOf(loadPolicy(tmp, v, undefined).policy.audit);
+        writeShipFile(auditPaths(tmp), ship);
+        resumeRestoredLog(
+          tmp,
+          v,
+          {
             backupCreated: manifest.created,
             backupHeadSeq: manifest.audit?.seq ?? 0,
             backupHeadHash: manifest.audit?.hash ?? null,
             manifestSha256,
             replacedVault: current.vaultId ?? null,
             replacedHeadSeq: current.auditHead ?? null,
-          });
+          },
+          ship,
+        );
         return { secrets, entries: r.entries };
       });
       const report: RestoreReport = {
         manifest,
         manifestSha256,
+        sealedBy: d.sealedBy,
         secrets: seen.secrets,
         auditEntries: seen.entries,
         current,

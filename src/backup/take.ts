@@ -17,7 +17,13 @@ import {
   type BackupSealer,
   type VaultHeaderInfo,
 } from '../vault/index.js';
-import { leftOut, packContainer, type HomeFile, type Manifest } from './container.js';
+import {
+  leftOut,
+  madeAtRestore,
+  packContainer,
+  type HomeFile,
+  type Manifest,
+} from './container.js';
 import { checkRecipient, encryptBackup } from './crypt.js';
 
 const LOCK_MS = 10_000;
@@ -33,7 +39,7 @@ export function collectHome(home: string, skipDirs: readonly string[]): HomeFile
     for (const d of entries) {
       const abs = path.join(dir, d.name);
       const r = rel === '' ? d.name : `${rel}/${d.name}`;
-      if (skip.has(abs) || leftOut(r)) continue;
+      if (skip.has(abs) || leftOut(r) || madeAtRestore(r)) continue;
       if (d.isSymbolicLink())
         throw new IntegrityError(
           'INSECURE_PERMISSIONS',
@@ -56,10 +62,23 @@ export function collectHome(home: string, skipDirs: readonly string[]): HomeFile
   return out;
 }
 
+/**
+ * A file's bytes, opened without following a link and without waiting: a file swapped for a
+ * FIFO after the directory was read (found in review) would otherwise hold the backup, and the
+ * vault's and audit log's locks with it, until something wrote to the pipe.
+ */
 function readNoFollow(file: string): { bytes: Buffer; mtimeMs: number } {
-  const fd = fs.openSync(file, fs.constants.O_RDONLY | fs.constants.O_NOFOLLOW);
+  const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
+  const fd = fs.openSync(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
   try {
-    return { bytes: fs.readFileSync(fd), mtimeMs: fs.fstatSync(fd).mtimeMs };
+    const st = fs.fstatSync(fd);
+    if (!st.isFile())
+      throw new IntegrityError(
+        'INSECURE_PERMISSIONS',
+        `refusing to back up ${file}: it was replaced by something that is not a file while the backup read the home`,
+        { hint: 'look at what is there and why; then back up again' },
+      );
+    return { bytes: fs.readFileSync(fd), mtimeMs: st.mtimeMs };
   } finally {
     fs.closeSync(fd);
   }

@@ -4,15 +4,26 @@
 import type { Command } from 'commander';
 import { restoreBackup, takeBackup, type RestoreReport } from '../backup/index.js';
 import { keywardHome, socketDir } from '../lib/paths.js';
+import { quote } from '../lib/text.js';
 import { auth, passphraseFile } from './context.js';
 import { note, type Io } from './report.js';
 
 const collect = (v: string, prev: string[]) => [...prev, v];
 
+/** How the backup's bytes were made: only the vault's passphrase vouches for its manifest. */
+const SEALED: Record<RestoreReport['sealedBy'], string> = {
+  passphrase: "sealed with the vault's passphrase: only someone who knew it could have made it",
+  recipient:
+    "encrypted to age recipients, not sealed with the vault's passphrase: anyone with a recipient key could have made it from an older copy of the home, so its date is its own word",
+  plain:
+    "a plain container, not sealed with the vault's passphrase: anyone could have made it from an older copy of the home, so its date is its own word",
+};
+
 function describeRestore(io: Io, r: RestoreReport, verifyOnly: boolean): void {
   const m = r.manifest;
   const lines = [
     `backup of vault ${m.vault.id}, taken ${m.created} by keyward ${m.keyward} (as its manifest says)`,
+    `  ${SEALED[r.sealedBy]}`,
     `  ${m.files.length} files, every SHA-256 matches (manifest sha256 ${r.manifestSha256})`,
     `  the vault opens with the passphrase: ${r.secrets} secret${r.secrets === 1 ? '' : 's'}`,
     `  the audit log verifies: ${r.auditEntries} entries${m.audit ? `, head seq ${m.audit.seq}` : ''}, checkpoints match`,
@@ -20,7 +31,9 @@ function describeRestore(io: Io, r: RestoreReport, verifyOnly: boolean): void {
   const c = r.current;
   const held = c.vaultId
     ? `vault ${c.vaultId}${c.vaultId === m.vault.id ? ' (the same vault)' : ' (another vault)'}`
-    : 'files but no vault';
+    : c.vaultUnread !== undefined
+      ? 'a vault that can not be read'
+      : 'files but no vault';
   const holds = `${held}${c.generation !== undefined ? `, generation ${c.generation} (the backup's: ${m.vault.generation})` : ''}${c.auditHead !== undefined ? `, audit head seq ${c.auditHead} (the backup's: ${m.audit?.seq ?? 0})` : ''}`;
   const where =
     c.state === 'in use'
@@ -50,10 +63,19 @@ function describeRestore(io: Io, r: RestoreReport, verifyOnly: boolean): void {
       io,
       `warning: ${verifyOnly ? 'this backup is' : 'the restored backup is'} older than the home ${verifyOnly ? 'there' : 'it replaced'} (vault generation ${m.vault.generation} against ${c.generation ?? '?'}, audit head seq ${m.audit?.seq ?? 0} against ${c.auditHead ?? '?'}): what was saved since ${verifyOnly ? 'would be' : 'is'} only in the home moved aside`,
     );
+  // A home whose vault can't be read (a damaged header: the state keyward's own hint sends a
+  // person to restore from) gives nothing to compare the backup with: said, with the audit head
+  // when there is one (found in review: no warning at all, and the head went unreported).
+  if (c.state === 'in use' && c.vaultUnread !== undefined)
+    note(
+      io,
+      `warning: the vault ${verifyOnly ? 'there' : 'replaced'} could not be read (${c.vaultUnread}), so whether this backup is older than it is unknown${c.auditHead !== undefined ? `; its audit log ${verifyOnly ? 'is' : 'was'} at seq ${c.auditHead} (the backup's: ${m.audit?.seq ?? 0})` : ''}${r.sealedBy === 'passphrase' ? '' : "; the backup's date is its own word"}`,
+    );
+  // Names read from the directory beside the home: anyone's choosing, shown quoted.
   for (const l of r.leftovers)
     note(
       io,
-      `warning: ${l} was left by an interrupted restore (it may hold a previous home); keyward never deletes it`,
+      `warning: ${quote(l, 400)} was left by an interrupted restore (it may hold a previous home); keyward never deletes it`,
     );
 }
 
