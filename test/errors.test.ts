@@ -32,6 +32,7 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     OUTPUT_FAILED: 5,
     AGENT_LOCKED: 5,
     AGENT_RUNNING: 5,
+    MEMORY_NOT_LOCKED: 5,
     POLICY_DENIED: 6,
     APPROVAL_REJECTED: 6,
     SELF_APPROVAL: 6,

@@ -92,7 +92,14 @@ export async function runAgent(o: RunOptions): Promise<void> {
     debuggable: exposure,
     console: o.console !== false,
   });
-  await agent.start();
+  try {
+    await agent.start();
+  } catch (e) {
+    // A start that failed part of the way (secure memory that can't be locked, found in
+    // review) had its sockets listening: stopped, so nothing keeps a half-started agent running.
+    await agent.stop().catch(() => undefined);
+    throw e;
+  }
   o.log(`keyward agent ${process.pid} listening on ${agent.socketPath} (locked)`);
   if (agent.consoleUrl) o.log(`console: ${agent.consoleUrl} (approve requests there)`);
   if (o.readyFd !== undefined) {

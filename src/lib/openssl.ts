@@ -18,6 +18,7 @@
  * nothing (rsaHoldable), and where it can't, RSA keys are parsed for each signature and freed
  * after it. docs/THREAT-MODEL.md says what remains.
  */
+import { KeywardError } from '../errors.js';
 import { koffi } from './koffi.js';
 import { processWide } from './once.js';
 
@@ -248,8 +249,16 @@ function bind(): Crypto {
  */
 export function secureHeapReady(): boolean {
   if (secureHeapActive()) return true;
-  // 1: made and locked; 2: made, but mlock failed (still guarded, cleared and not dumped).
-  return openssl().secureMallocInit(SECURE_HEAP_BYTES, SECURE_HEAP_MIN) !== 0;
+  // 1: made and locked; 2: made, but mlock failed (still guarded, cleared and not dumped):
+  // refused, as secureAlloc refuses a small buffer it can't lock (a key would be held there).
+  const made = openssl().secureMallocInit(SECURE_HEAP_BYTES, SECURE_HEAP_MIN);
+  if (made === 2)
+    throw new KeywardError(
+      'MEMORY_NOT_LOCKED',
+      `refusing to start: OpenSSL's secure heap for private keys (${SECURE_HEAP_BYTES} bytes) could not be locked in memory (RLIMIT_MEMLOCK), so keys could be swapped to disk`,
+      { hint: 'raise the limit on locked memory (ulimit -l, or LimitMEMLOCK= in a systemd unit)' },
+    );
+  return made !== 0;
 }
 
 /**

@@ -24,6 +24,9 @@ const classOf = new WeakMap<Buffer, SecureBuffer>();
  */
 const givenBack = new WeakSet<Buffer>();
 
+/** Secure buffers up to this size are locked or refused (secureAlloc); the pool's largest class. */
+export const MUST_LOCK = 64 * 1024;
+
 export function secureAlloc(size: number): SecureBuffer {
   // An empty buffer holds nothing to protect: an ordinary one, so callers stay uniform. (From
   // sodium_malloc it was a page between guard pages, three or four mappings that secureFree,
@@ -31,6 +34,20 @@ export function secureAlloc(size: number): SecureBuffer {
   // the agent into the kernel's limit on mappings, and it aborted.)
   if (size <= 0) return Buffer.alloc(0) as SecureBuffer;
   const buf = memory.sodium_malloc(size) as SecureBuffer;
+  // sodium_malloc locks its pages where RLIMIT_MEMLOCK allows and goes on silently where it
+  // doesn't: a secret there could be swapped to disk. Any process of the user can lower the
+  // limit of a running keyward process (prlimit; found in review), so each allocation is locked
+  // again here (nothing to do where it is locked already), and one of at most MUST_LOCK bytes
+  // (every key, and values up to 64 KiB) is refused where it can't be. Larger values stay
+  // where libsodium put them, as THREAT-MODEL.md says: a limit of 8 MiB could not hold them.
+  try {
+    memory.sodium_mlock(buf);
+  } catch {
+    if (size <= MUST_LOCK) {
+      freeNow(buf);
+      throw notLocked(size);
+    }
+  }
   // libsodium fills new allocations with 0xdb (to catch use of uninitialised memory); code that
   // writes a short value right-aligned (a scalar without its leading zero bytes) must see zeros.
   buf.fill(0);
@@ -48,6 +65,28 @@ export function secureFree(buf: SecureBuffer | undefined): void {
   const b = classOf.get(buf) ?? buf;
   classOf.delete(buf);
   freeNow(b);
+}
+
+/** What the refusal says: the limit and what this process has locked, from /proc. */
+function notLocked(size: number): KeywardError {
+  let limit = 'unknown';
+  let locked = 'unknown';
+  try {
+    limit =
+      /^Max locked memory\s+(\S+)/m.exec(fs.readFileSync('/proc/self/limits', 'utf8'))?.[1] ??
+      limit;
+    locked =
+      /^VmLck:\s+(\d+ kB)/m.exec(fs.readFileSync('/proc/self/status', 'utf8'))?.[1] ?? locked;
+  } catch {
+    // The figures are for the message only.
+  }
+  return new KeywardError(
+    'MEMORY_NOT_LOCKED',
+    `refusing to hold ${size} bytes of secret memory that could be swapped to disk: the kernel would not lock it (the limit on locked memory, RLIMIT_MEMLOCK, is ${limit} bytes; this process has ${locked} locked)`,
+    {
+      hint: 'raise the limit (ulimit -l, or LimitMEMLOCK= in a systemd unit) and restart the agent; a process of yours may have lowered it (prlimit)',
+    },
+  );
 }
 
 function freeNow(b: SecureBuffer): void {
@@ -71,7 +110,7 @@ const pool = new Map<number, SecureBuffer[]>();
 /** Every pooled buffer, oldest first: a full pool frees its oldest to keep the newest. */
 const order: SecureBuffer[] = [];
 const POOL_BUFFERS = 64;
-const POOL_MAX_BYTES = 64 * 1024;
+const POOL_MAX_BYTES = MUST_LOCK;
 const SMALLEST_CLASS = 64;
 
 const sizeClass = (size: number): number =>

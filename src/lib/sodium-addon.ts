@@ -28,12 +28,14 @@ const MEMORY_WRAPPERS = [
   'binding.sodium_memzero(buf)\n',
   'const buf = Buffer.from(binding.sodium_malloc(size))\n  buf.secure = true\n  return buf\n',
   'if (!buf || !buf.secure) return\n\n  binding.sodium_free(buf.buffer)\n',
+  'const res = binding.sodium_mlock(buf)\n\n  if (res !== 0) ',
 ];
 
 interface Addon {
   sodium_malloc(size: number): ArrayBuffer;
   sodium_free(ab: ArrayBufferLike): void;
   sodium_memzero(buf: Uint8Array): void;
+  sodium_mlock(buf: Uint8Array): number;
 }
 
 /**
@@ -100,6 +102,8 @@ export interface SecureMemory {
   sodium_malloc(size: number): Buffer;
   sodium_free(buf: Buffer): void;
   sodium_memzero(buf: Uint8Array): void;
+  /** Locks buf's pages (and keeps them out of core dumps); throws when the kernel refuses. */
+  sodium_mlock(buf: Uint8Array): void;
 }
 
 /** The addon's memory functions wrapped as the package's index wraps them, or undefined. */
@@ -126,6 +130,10 @@ function fromAddon(): SecureMemory | undefined {
     sodium_memzero(buf) {
       if (!ArrayBuffer.isView(buf)) throw new TypeError('buf must be a typed array');
       addon.sodium_memzero(buf);
+    },
+    sodium_mlock(buf) {
+      if (!ArrayBuffer.isView(buf)) throw new TypeError('buf must be a typed array');
+      if (addon.sodium_mlock(buf) !== 0) throw new Error('memory lock failed');
     },
   };
 }

@@ -5,6 +5,7 @@ declare module 'sodium-native' {
     sodium_malloc(size: number): Buffer;
     sodium_free(buf: Buffer): void;
     sodium_memzero(buf: Uint8Array): void;
+    sodium_mlock(buf: Uint8Array): void;
     sodium_memcmp(a: Uint8Array, b: Uint8Array): boolean;
     randombytes_buf(buf: Uint8Array): void;
 
