@@ -97,7 +97,8 @@ export async function runAgent(o: RunOptions): Promise<void> {
   } catch (e) {
     // A start that failed part of the way (secure memory that can't be locked, found in
     // review) had its sockets listening: stopped, so nothing keeps a half-started agent running.
-    await agent.stop().catch(() => undefined);
+    // (One refused for another agent's lock touches nothing of that agent's.)
+    await agent.abandonStart().catch(() => undefined);
     throw e;
   }
   o.log(`keyward agent ${process.pid} listening on ${agent.socketPath} (locked)`);

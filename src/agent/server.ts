@@ -203,6 +203,14 @@ export class Agent {
     return this.console?.url;
   }
 
+  /**
+   * Undoes a start that failed part of the way: stopped when it held the socket directory's
+   * lock (its sockets are this agent's), left alone when it did not (they are another agent's).
+   */
+  async abandonStart(): Promise<void> {
+    if (this.lockFd !== undefined) await this.stop();
+  }
+
   /** Locks, refuses everything pending, closes the socket. Idempotent. */
   stop(): Promise<void> {
     this.stopping ??= (async () => {
