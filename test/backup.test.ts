@@ -680,6 +680,15 @@ test(
         /its manifest is malformed/,
       ],
       [
+        // Found in review: the parser's message named the key as it was, escapes and all.
+        'a key of its own, named with terminal escapes',
+        craft(good, (m) => {
+          (m as unknown as Record<string, string>)['\x1b[1A\x1b[2K\rkeyward: restore OK\x1b[8m'] =
+            '';
+        }),
+        /its manifest is malformed \(the manifest: Unrecognized key.*\\u\{1b\}\[1A/,
+      ],
+      [
         'a file under another file',
         craft(good, (m) => {
           m.files.push({
@@ -705,6 +714,7 @@ test(
       const r = kw(['restore', '--input', f], { env: to.env });
       assert.equal(r.code, 8, `${what}: ${r.stderr}`);
       assert.match(r.stderr, why, what);
+      assert.ok(!r.stderr.includes('\x1b'), `${what}: an escape reached the terminal`);
       assert.equal(fs.existsSync(to.home), false, what);
     }
   },
@@ -751,6 +761,25 @@ test(
     }
   },
 );
+
+test('found in review: a home whose audit log can not be read gets a warning that the backup was compared by the vault alone', () => {
+  const h = initHome();
+  assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-a' }).code, 0);
+  const out = path.join(h.dir, 'b.kwbackup');
+  assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+  // The home goes on: reads move the audit head, not the vault's generation.
+  for (let i = 0; i < 2; i++) assert.equal(kw(['read', 'a'], { env: h.env }).code, 0);
+  const log = path.join(h.home, 'audit', 'log-000001.jsonl');
+  fs.appendFileSync(log, 'garbage\n');
+  for (const args of [['--verify'], ['--force']]) {
+    const r = kw(['restore', '--input', out, ...args], { env: h.env });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(
+      r.stderr,
+      /warning: the audit log (there|replaced) could not be read \(.+\), so whether this backup is older than it is known only by the vault's generation \(\d+ there, the backup's \d+\)/,
+    );
+  }
+});
 
 test('restore refuses a home that is a link (exit 8) or a file (exit 2), a home held by an agent of another socket directory (exit 5); --verify writes nothing near the home', async () => {
   const h = agentHome(POLICY);

@@ -6,12 +6,11 @@
  * not limited: CAP_IPC_LOCK), so the agent and the attacker run as OTHER_UID.
  */
 import assert from 'node:assert/strict';
-import type { ChildProcess } from 'node:child_process';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { after, test } from 'node:test';
-import { agentHome, withoutAgent } from './agent-helpers.js';
+import { agentHome, scanWindows, unlockedMappings, withoutAgent } from './agent-helpers.js';
 import { agentRunning, asUser, chownTree, kwAs, OTHER_UID } from './as-user.js';
-import { BIN, rootTests } from './helpers.js';
+import { BIN, kw, rootTests, straced } from './helpers.js';
 
 const agents: ChildProcess[] = [];
 after(() => {
@@ -103,5 +102,136 @@ test(
       assert.match(r.stderr, said);
       assert.doesNotMatch(r.stderr, /listening on/);
     }
+  },
+);
+
+/**
+ * A program on a pseudo-terminal, as uid OTHER_UID: it waits for `prompt` and raw mode, types `typed`
+ * (no Enter), waits until the program has read every byte of it (the terminal's input queue
+ * empty, the program blocked reading it), prints the program's pid, and types Enter once a line
+ * comes on its standard input. Then it prints the program's output and exit status.
+ */
+const TYPIST = String.raw`
+import fcntl, json, os, select, sys, termios, time
+cfg = json.loads(sys.argv[1])
+master, slave = os.openpty()
+pid = os.fork()
+if pid == 0:
+    os.setsid()
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2): os.dup2(slave, fd)
+    os.close(master)
+    os.execvpe(cfg['argv'][0], cfg['argv'], cfg['env'])
+seen = b''
+while cfg['prompt'].encode() not in seen:
+    select.select([master], [], [])
+    seen += os.read(master, 4096)
+# The program asks, then puts the terminal in raw mode: typed before that, the line would be
+# flushed.
+while termios.tcgetattr(slave)[3] & termios.ICANON: select.select([], [], [], 0.01)
+os.write(master, cfg['typed'].encode())
+def consumed():
+    left = fcntl.ioctl(slave, termios.FIONREAD, b'\0\0\0\0')
+    if int.from_bytes(left, 'little') != 0: return False
+    with open('/proc/%d/stat' % pid) as f: return f.read().rsplit(')', 1)[1].split()[0] == 'S'
+while not consumed(): select.select([], [], [], 0.01)
+print(pid, flush=True)
+os.close(slave)  # else the program's end never reads as the end of its output
+sys.stdin.readline()
+os.write(master, b'\r')
+out = b''
+while True:
+    try: chunk = os.read(master, 4096)
+    except OSError: break
+    if not chunk: break
+    out += chunk
+_, status = os.waitpid(pid, 0)
+print(json.dumps({'out': out.decode('utf8', 'replace'), 'status': os.waitstatus_to_exitcode(status)}), flush=True)
+`;
+
+test(
+  'found in review: a value typed at the prompt is held in locked memory while it is typed, under the usual 8 MiB limit',
+  { skip },
+  async () => {
+    const h = agentHome(ALLOW);
+    chownTree(h.dir, OTHER_UID);
+    const typed = 'typed-value-5e8b1c04-not-swappable';
+    const env = { ...withoutAgent(h), PATH: process.env['PATH'] ?? '', TERM: 'dumb' };
+    const argv = [...asUser, 'prlimit', '--memlock=8388608:8388608', process.execPath, BIN];
+    const typist = spawn(
+      'python3',
+      [
+        '-c',
+        TYPIST,
+        JSON.stringify({
+          argv: [...argv, 'secret', 'set', 't/typed'],
+          env,
+          prompt: 'value',
+          typed,
+        }),
+      ],
+      { stdio: ['pipe', 'pipe', 'inherit'] },
+    );
+    const lines = readLines(typist);
+    const pid = Number(await lines.next());
+    assert.ok(pid > 0);
+    // Root reads the not-dumpable program's memory: the value only where it is locked.
+    const needle = [Buffer.from(typed)];
+    assert.deepEqual(scanWindows(pid, needle), [0], 'the typed value is in its memory');
+    assert.deepEqual(
+      scanWindows(pid, needle, 12, unlockedMappings),
+      [],
+      'in memory that is not locked',
+    );
+    typist.stdin.end('\n');
+    const done = JSON.parse(await lines.next()) as { out: string; status: number };
+    assert.equal(done.status, 0, done.out);
+    assert.equal(kwAs(['read', 't/typed'], withoutAgent(h)).stdout, typed);
+  },
+);
+
+/** The lines a child prints, one at a time as they come. */
+function readLines(child: ChildProcess): { next: () => Promise<string> } {
+  let buffered = '';
+  const waiting: Array<() => void> = [];
+  child.stdout?.on('data', (d: Buffer) => {
+    buffered += d.toString();
+    for (const w of waiting.splice(0)) w();
+  });
+  const next = async (): Promise<string> => {
+    for (;;) {
+      const at = buffered.indexOf('\n');
+      if (at >= 0) {
+        const line = buffered.slice(0, at);
+        buffered = buffered.slice(at + 1);
+        return line;
+      }
+      if (child.exitCode !== null) throw new Error(`the typist exited: ${buffered}`);
+      await new Promise<void>((r) => waiting.push(r));
+    }
+  };
+  child.on('exit', () => {
+    for (const w of waiting.splice(0)) w();
+  });
+  return { next };
+}
+
+test(
+  'found in review: rekey opens the small values into a scratch of their own size, which is locked, not into one as large as the largest value',
+  { skip },
+  () => {
+    const h = agentHome(ALLOW);
+    const env = withoutAgent(h);
+    assert.equal(kw(['secret', 'set', 'big'], { env, input: 'b'.repeat(200_000) }).code, 0);
+    assert.equal(kw(['secret', 'set', 'small'], { env, input: 's'.repeat(1000) }).code, 0);
+    const r = straced(['-e', 'trace=mlock'], ['rekey'], env);
+    assert.equal(r.code, 0, r.stderr);
+    const locked = [...r.trace.matchAll(/mlock\(0x[0-9a-f]+, (\d+)\)\s+= 0/g)].map((m) =>
+      Number(m[1]),
+    );
+    // A record is its value and 40 bytes (nonce and tag): the small one's scratch, and the large
+    // one's buffer of its own.
+    assert.ok(locked.includes(1040), `a scratch for the small values: ${locked.join(' ')}`);
+    assert.ok(locked.includes(200_040), 'the large value in a buffer of its own');
   },
 );

@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { z } from 'zod';
 import { IntegrityError } from '../errors.js';
+import { printable } from '../lib/text.js';
 
 export const CONTAINER_MAGIC = Buffer.from('keyward-backup 1\n', 'ascii');
 /** Paths are relative to KEYWARD_HOME: plain names, no `.` or `..` part, no leading slash. */
@@ -135,7 +136,14 @@ export function unpackContainer(bytes: Uint8Array): {
     throw corrupt('its manifest is not JSON');
   }
   const m = manifestSchema.safeParse(parsed);
-  if (!m.success) throw corrupt(`its manifest is malformed (${m.error.issues[0]?.message ?? ''})`);
+  if (!m.success) {
+    // Zod's words quote what the file holds (an unknown key's name): shown escaped.
+    const issue = m.error.issues[0];
+    const where = issue?.path.join('.') || 'the manifest';
+    throw corrupt(
+      `its manifest is malformed (${printable(where, 80)}: ${printable(issue?.message ?? '', 200)})`,
+    );
+  }
   const manifest = m.data;
   const seen = new Set<string>();
   const dirs = new Set<string>();

@@ -58,6 +58,8 @@ export interface CurrentHome {
   /** Why the vault there could not be read (a damaged header): no comparison was possible. */
   vaultUnread?: string;
   auditHead?: number;
+  /** Why its audit log's head could not be read (a damaged line): no comparison by the head. */
+  auditUnread?: string;
 }
 
 export interface RestoreReport {
@@ -111,8 +113,10 @@ function describeCurrent(home: string): CurrentHome {
   }
   try {
     c.auditHead = headOf(home).seq;
-  } catch {
-    // No head to compare with: said with the rest (describeRestore).
+  } catch (e) {
+    // No head to compare with: said with the rest (describeRestore; found in review: a line of
+    // garbage at the log's end took the warning away).
+    c.auditUnread = e instanceof KeywardError ? e.message : 'it could not be read';
   }
   return c;
 }

@@ -71,6 +71,11 @@ function describeRestore(io: Io, r: RestoreReport, verifyOnly: boolean): void {
       io,
       `warning: the vault ${verifyOnly ? 'there' : 'replaced'} could not be read (${c.vaultUnread}), so whether this backup is older than it is unknown${c.auditHead !== undefined ? `; its audit log ${verifyOnly ? 'is' : 'was'} at seq ${c.auditHead} (the backup's: ${m.audit?.seq ?? 0})` : ''}${r.sealedBy === 'passphrase' ? '' : "; the backup's date is its own word"}`,
     );
+  if (c.state === 'in use' && c.vaultUnread === undefined && c.auditUnread !== undefined)
+    note(
+      io,
+      `warning: the audit log ${verifyOnly ? 'there' : 'replaced'} could not be read (${quote(c.auditUnread, 300)}), so whether this backup is older than it is known only by the vault's generation${c.generation !== undefined ? ` (${c.generation} there, the backup's ${m.vault.generation})` : ''}`,
+    );
   // Names read from the directory beside the home: anyone's choosing, shown quoted.
   for (const l of r.leftovers)
     note(

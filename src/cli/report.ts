@@ -3,6 +3,7 @@
  * Messages never hold secret bytes: errors are built from names, paths and sizes only.
  */
 import { EXIT, isKeywardError, KeywardError, type ExitCode } from '../errors.js';
+import { textShown } from '../lib/text.js';
 
 export interface Io {
   stdout: (s: string) => void;
@@ -33,12 +34,15 @@ export function flushed(): Promise<void> {
 }
 
 export function reportError(e: unknown, io: Io): ExitCode {
+  // What a message quotes of a file or a caller is escaped where it is put in, with quote(); here,
+  // as a last guard, no control or direction character reaches the terminal as it is (found in
+  // review: a crafted backup's manifest key, in a parser's message, moved the cursor).
   if (isKeywardError(e)) {
-    io.stderr(`keyward: error: ${e.message}\n`);
-    if (e.hint !== undefined) io.stderr(`keyward: hint: ${e.hint}\n`);
+    io.stderr(`keyward: error: ${textShown(e.message)}\n`);
+    if (e.hint !== undefined) io.stderr(`keyward: hint: ${textShown(e.hint)}\n`);
     return e.exitCode;
   }
-  const message = e instanceof Error ? e.message : 'unknown failure';
+  const message = textShown(e instanceof Error ? e.message : 'unknown failure');
   io.stderr(`keyward: error: internal error: ${message}\n`);
   io.stderr(
     'keyward: hint: this is a bug in keyward; run again with KEYWARD_DEBUG=1 and report the output\n',
@@ -50,7 +54,7 @@ export function reportError(e: unknown, io: Io): ExitCode {
 }
 
 export function note(io: Io, message: string): void {
-  io.stderr(`keyward: ${message}\n`);
+  io.stderr(`keyward: ${textShown(message)}\n`);
 }
 
 /**

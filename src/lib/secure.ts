@@ -24,8 +24,12 @@ const classOf = new WeakMap<Buffer, SecureBuffer>();
  */
 const givenBack = new WeakSet<Buffer>();
 
-/** Secure buffers up to this size are locked or refused (secureAlloc); the pool's largest class. */
-export const MUST_LOCK = 64 * 1024;
+/**
+ * Secure buffers up to this size are locked or refused (secureAlloc): twice the 64 KiB a value
+ * may have and still be locked, so that what holds one (a frame with its meta, a read grown by
+ * doubling past its end) is locked too.
+ */
+export const MUST_LOCK = 128 * 1024;
 
 export function secureAlloc(size: number): SecureBuffer {
   // An empty buffer holds nothing to protect: an ordinary one, so callers stay uniform. (From
@@ -38,8 +42,8 @@ export function secureAlloc(size: number): SecureBuffer {
   // doesn't: a secret there could be swapped to disk. Any process of the user can lower the
   // limit of a running keyward process (prlimit; found in review), so each allocation is locked
   // again here (nothing to do where it is locked already), and one of at most MUST_LOCK bytes
-  // (every key, and values up to 64 KiB) is refused where it can't be. Larger values stay
-  // where libsodium put them, as THREAT-MODEL.md says: a limit of 8 MiB could not hold them.
+  // (every key, and what holds a value of up to 64 KiB) is refused where it can't be. Larger
+  // ones stay where libsodium put them, as THREAT-MODEL.md says: 8 MiB could not hold them.
   try {
     memory.sodium_mlock(buf);
   } catch {
@@ -110,7 +114,7 @@ const pool = new Map<number, SecureBuffer[]>();
 /** Every pooled buffer, oldest first: a full pool frees its oldest to keep the newest. */
 const order: SecureBuffer[] = [];
 const POOL_BUFFERS = 64;
-const POOL_MAX_BYTES = MUST_LOCK;
+const POOL_MAX_BYTES = 64 * 1024;
 const SMALLEST_CLASS = 64;
 
 const sizeClass = (size: number): number =>

@@ -62,6 +62,9 @@ const BACKSPACE = 0x08;
 const DEL = 0x7f;
 const CTRL_U = 0x15;
 
+/** A hidden line is read into a buffer of this size first, doubled as it fills. */
+const HIDDEN_LINE_START = 4096;
+
 /**
  * Reads one hidden line from the controlling terminal into secure memory, a byte at a time in
  * raw mode, so editing keys work and Ctrl-C cancels with the terminal restored.
@@ -71,7 +74,10 @@ export function readHiddenLine(prompt: string, maxBytes: number): SecureBuffer {
   hardenProcess();
   const fd = openTty();
   if (fd === undefined) throw noTerminal();
-  const buf = secureAlloc(maxBytes);
+  // Grown as the line grows, from a buffer small enough to be locked: one of maxBytes (16 MiB
+  // for a value) could not be locked under the usual limit, and secureAlloc lets a buffer that
+  // large stay unlocked (found in review: a short value typed here sat in swappable memory).
+  let buf = secureAlloc(Math.min(maxBytes, HIDDEN_LINE_START));
   let len = 0;
   let restore: (() => void) | undefined;
   try {
@@ -93,6 +99,12 @@ export function readHiddenLine(prompt: string, maxBytes: number): SecureBuffer {
       } else if (b >= 0x20) {
         if (len + 1 >= maxBytes)
           throw new UsageError('USAGE', `input is longer than ${maxBytes - 1} bytes`);
+        if (len + 1 >= buf.length) {
+          const bigger = secureAlloc(Math.min(maxBytes, buf.length * 2));
+          buf.copy(bigger, 0, 0, len);
+          secureFree(buf);
+          buf = bigger;
+        }
         buf[len++] = b;
       }
     }

@@ -6,7 +6,7 @@
 import { sodium } from '../lib/sodium.js';
 import { AuthError, IntegrityError, UsageError } from '../errors.js';
 import { hardenProcess } from '../lib/libc.js';
-import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { MUST_LOCK, secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 import { backupSealer, type BackupSealer } from './backup-key.js';
 import {
   deriveSubkey,
@@ -176,24 +176,33 @@ export class Vault {
    * Opens each entry's value under key, in order, into one secure scratch buffer (zeroed after
    * each): any number of records costs one secure allocation here, not one per record (each
    * holds memory mappings until the garbage collector runs, and a process has 65,530 of them).
+   * A record larger than MUST_LOCK opens into a buffer of its own: a scratch that large could be
+   * left unlocked (secureAlloc), and every small value would pass through it (found in review).
    */
   private eachValue(
     entries: readonly Entry[],
     key: SecureBuffer,
     fn: (e: Entry, plain: SecureBuffer, ad: Buffer) => void,
   ): void {
-    const longest = entries.reduce((m, e) => Math.max(m, e.box.length), 0);
+    const small = (e: Entry) => e.box.length <= MUST_LOCK;
+    const longest = entries.reduce((m, e) => (small(e) ? Math.max(m, e.box.length) : m), 0);
     const scratch = secureAlloc(longest);
     try {
       for (const [i, e] of entries.entries()) {
-        const ad = recordAd(this.vaultId, e.id, e.name);
-        const len = openInto(key, e.box, ad, scratch);
-        if (len === undefined)
-          throw corruptError(`vault record ${i + 1} failed authentication (tampered or damaged)`);
+        const own = small(e) ? undefined : secureAlloc(e.box.length);
+        const into = own ?? scratch;
         try {
-          fn(e, scratch.subarray(0, len) as SecureBuffer, ad);
+          const ad = recordAd(this.vaultId, e.id, e.name);
+          const len = openInto(key, e.box, ad, into);
+          if (len === undefined)
+            throw corruptError(`vault record ${i + 1} failed authentication (tampered or damaged)`);
+          try {
+            fn(e, into.subarray(0, len) as SecureBuffer, ad);
+          } finally {
+            into.fill(0, 0, len);
+          }
         } finally {
-          scratch.fill(0, 0, len);
+          secureFree(own);
         }
       }
     } finally {
