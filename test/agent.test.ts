@@ -316,6 +316,35 @@ describe('approving from another terminal', () => {
 });
 
 describe('peer identity and the socket', () => {
+  test('where Yama is absent or ptrace_scope is 0, the agent says at start that a command can be held before it hardens', async () => {
+    let scope: string | undefined;
+    try {
+      scope = fs.readFileSync('/proc/sys/kernel/yama/ptrace_scope', 'utf8').trim();
+    } catch {
+      scope = undefined;
+    }
+    const h = agentHome();
+    const agent = spawn(process.execPath, [BIN, 'agent', 'run', '--no-console'], {
+      env: h.env,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let said = '';
+    // All it said is read once its standard error closes, after it stops.
+    const exited = new Promise((r) => agent.once('close', r));
+    await new Promise<void>((resolve) =>
+      agent.stderr.on('data', (d: Buffer) => {
+        said += d.toString();
+        if (/listening on/.test(said)) resolve();
+      }),
+    );
+    assert.equal(kw(['agent', 'stop'], { env: h.env }).code, 0);
+    await exited;
+    const warned =
+      /before it hardens, and keep that hold \(sysctl kernel\.yama\.ptrace_scope=1 closes it\)/;
+    if (scope === undefined || scope === '0') assert.match(said, warned);
+    else assert.doesNotMatch(said, warned);
+  });
+
   test(
     'another uid is rejected before its request is read, and audited as peer.rejected',
     { skip: !rootTests && 'needs root for setpriv' },

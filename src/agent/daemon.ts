@@ -111,9 +111,12 @@ export async function runAgent(o: RunOptions): Promise<void> {
       // agent start went away; this agent runs on all the same.
     }
   }
-  if (!fs.existsSync('/proc/sys/kernel/yama/ptrace_scope')) {
+  const scope = yamaScope();
+  if (scope === undefined || scope === '0') {
+    // The agent itself is not dumpable from its start; the commands that ask it are dumpable
+    // until it has identified them, and a hold taken on one then lasts (THREAT-MODEL.md).
     o.log(
-      'warning: no Yama ptrace restriction on this kernel; the agent is non-dumpable, which closes ptrace to same-user processes',
+      `warning: ${scope === undefined ? 'no Yama ptrace restriction on this kernel' : 'kernel.yama.ptrace_scope is 0'}: the agent is non-dumpable, but any process of yours may attach to a keyward command, or open its memory, before it hardens, and keep that hold (sysctl kernel.yama.ptrace_scope=1 closes it)`,
     );
   }
   if (terminal)
@@ -132,4 +135,13 @@ export async function runAgent(o: RunOptions): Promise<void> {
     }, 200);
   });
   if (terminal) process.stdin.pause();
+}
+
+/** kernel.yama.ptrace_scope, or undefined without Yama. */
+function yamaScope(): string | undefined {
+  try {
+    return fs.readFileSync('/proc/sys/kernel/yama/ptrace_scope', 'utf8').trim();
+  } catch {
+    return undefined;
+  }
 }
