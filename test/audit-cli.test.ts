@@ -218,6 +218,22 @@ describe('keyward audit', () => {
     assert.match(r.stdout, /checkpoint sealed in the vault matches/);
   });
 
+  test('found in review: verify refuses an audit directory put in place as a link (exit 8), as every writer does, whatever the log it leads to holds', () => {
+    const h = initHome();
+    assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);
+    // The same user moves the log aside and leaves a link to it (a copy would do as well).
+    const dir = path.join(h.home, 'audit');
+    fs.renameSync(dir, `${dir}.elsewhere`);
+    fs.symlinkSync(`${dir}.elsewhere`, dir);
+    for (const args of [[], ['--chain-only']]) {
+      const r = kw(['audit', 'verify', ...args], { env: h.env });
+      assert.equal(r.code, 8, r.stdout + r.stderr);
+      assert.doesNotMatch(r.stdout, /^ok:/);
+      assert.match(r.stderr, /refusing to use .*audit: it is a symbolic link/);
+      assert.match(r.stderr, /hint: keyward makes no links there/);
+    }
+  });
+
   test('verify names the first bad entry and exits 8 when a line was edited', () => {
     const h = initHome();
     assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);

@@ -2,6 +2,7 @@
  * The audit log as the rest of keyward uses it: start it with a vault, record events durably,
  * seal checkpoints, verify, and read entries back with the vault's key.
  */
+import fs from 'node:fs';
 import { IntegrityError, KeywardError } from '../errors.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
@@ -41,6 +42,7 @@ import {
   storeNewKeys,
 } from './vault-keys.js';
 import { readSeedFile } from './seed.js';
+import { checkAuditDir } from './state.js';
 import type { ShipConfig } from './ship.js';
 
 /** The hooks `init` passes to the vault: keys go in before the first save, the log starts after. */
@@ -431,8 +433,13 @@ export function verifyLog(
   req: VerifyRequest,
 ): VerifyResult & { checkpointChecked: boolean; acknowledgementsChecked: boolean } {
   const log = new AuditLog(req.home);
-  const files = req.file !== undefined ? [req.file] : listSegments(log.paths.dir);
   const standalone = req.file !== undefined;
+  // The log's directory as its writers take it: a link (keyward makes none), or one others can
+  // change, is refused here too (found in review: verify read through a link and said ok, where
+  // every writer refuses it).
+  if (!standalone && fs.lstatSync(log.paths.dir, { throwIfNoEntry: false }))
+    checkAuditDir(log.paths.dir);
+  const files = req.file !== undefined ? [req.file] : listSegments(log.paths.dir);
   let seed: SecureBuffer | undefined;
   try {
     seed =

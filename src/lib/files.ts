@@ -221,9 +221,12 @@ export function refuseIfProblem(
 ): void {
   if (problem !== undefined) {
     const wanted = kind === 'dir' ? '700' : '600';
-    throw new IntegrityError('INSECURE_PERMISSIONS', `refusing to use ${p}: ${problem}`, {
-      hint: `if that is your own doing, run: chmod ${wanted} '${p}' (and check nobody else changed it)`,
-    });
+    // A link is no matter of modes: what it points to, and who made it, is.
+    const hint =
+      problem === 'it is a symbolic link'
+        ? `keyward makes no links there: look at what ${p} points to and who made it; put the real ${kind === 'dir' ? 'directory' : 'file'} back in its place`
+        : `if that is your own doing, run: chmod ${wanted} '${p}' (and check nobody else changed it)`;
+    throw new IntegrityError('INSECURE_PERMISSIONS', `refusing to use ${p}: ${problem}`, { hint });
   }
 }
 
