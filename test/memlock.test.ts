@@ -7,10 +7,13 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { after, test } from 'node:test';
 import { agentHome, scanWindows, unlockedMappings, withoutAgent } from './agent-helpers.js';
 import { agentRunning, asUser, chownTree, kwAs, OTHER_UID } from './as-user.js';
-import { BIN, kw, rootTests, straced } from './helpers.js';
+import { BIN, eventually, kw, ROOT, rootTests, straced } from './helpers.js';
 
 const agents: ChildProcess[] = [];
 after(() => {
@@ -233,5 +236,132 @@ test(
     // one's buffer of its own.
     assert.ok(locked.includes(1040), `a scratch for the small values: ${locked.join(' ')}`);
     assert.ok(locked.includes(200_040), 'the large value in a buffer of its own');
+  },
+);
+
+test(
+  "found in review: masking memory that can't be locked ends the run, not the agent",
+  { skip },
+  async () => {
+    const h = agentHome(ALLOW);
+    chownTree(h.dir, OTHER_UID);
+    // A value whose percent-encoded form (%2F a byte) is longer than the masker's first buffer.
+    assert.equal(kwAs(['secret', 'set', 'app/slashes'], h.env, '/'.repeat(30_000)).code, 0);
+    const agent = await agentRunning(h.env, true);
+    agents.push(agent);
+    assert.equal(kwAs(['unlock'], h.env).code, 0);
+    fs.mkdirSync(path.join(h.dir, 'flags'));
+    chownTree(path.join(h.dir, 'flags'), OTHER_UID);
+    // The child prints the form's first 65,536 bytes (all held back: they may be the form), says
+    // so, and once told prints one more byte of it: the masker must grow past 64 KiB.
+    const child = [
+      "const fs = require('fs');",
+      "const form = '%2F'.repeat(30000);",
+      'process.stdout.write(form.slice(0, 65536), () => {',
+      `  fs.writeFileSync(${JSON.stringify(path.join(h.dir, 'flags', 'ready'))}, '');`,
+      '  const t = setInterval(() => {',
+      `    if (!fs.existsSync(${JSON.stringify(path.join(h.dir, 'flags', 'go'))})) return;`,
+      '    clearInterval(t);',
+      '    process.stdout.write(form.slice(65536, 65537));',
+      '    setInterval(() => undefined, 1000);',
+      '  }, 5);',
+      '});',
+    ].join('\n');
+    const [cmd, ...pre] = asUser as [string, ...string[]];
+    const run = spawn(
+      cmd,
+      [
+        ...pre,
+        process.execPath,
+        BIN,
+        'run',
+        '--env',
+        'T=app/slashes',
+        '--',
+        process.execPath,
+        '-e',
+        child,
+      ],
+      { env: h.env, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let err = '';
+    run.stderr.on('data', (d: Buffer) => (err += d.toString()));
+    run.stdout.resume();
+    const ended = new Promise<number | null>((r) => run.once('close', (code) => r(code)));
+    await eventually(
+      () => fs.existsSync(path.join(h.dir, 'flags', 'ready')),
+      'the first part printed',
+    );
+    // The limit lowered to what the agent has locked and 64 KiB more: small requests still fit,
+    // the masker's next 128 KiB does not.
+    const vmLck = /VmLck:\s+(\d+) kB/.exec(
+      fs.readFileSync(`/proc/${agent.pid}/status`, 'utf8'),
+    )?.[1];
+    const limit = Number(vmLck) * 1024 + 64 * 1024;
+    lowerLimitAs(['--pid', String(agent.pid), `--memlock=${limit}:${limit}`]);
+    fs.writeFileSync(path.join(h.dir, 'flags', 'go'), '');
+    const code = await ended;
+    assert.notEqual(code, 0);
+    assert.match(err, /could be swapped to disk/);
+    // The agent goes on, and answers.
+    const s = kwAs(['status'], h.env);
+    assert.equal(s.code, 0, s.stderr);
+  },
+);
+
+test(
+  'found in review: the masking forms of a value of 64 KiB or less are locked or refused, however long the form',
+  { skip },
+  async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-forms-'));
+    fs.chmodSync(dir, 0o755);
+    // A program of the agent's user that makes the forms of 25,000 "é" (50,000 bytes; its
+    // JSON and percent forms are 150,000): it says what it has locked, waits while its limit is
+    // lowered to that and some, then makes them and says how that went.
+    const script = path.join(dir, 'forms.mjs');
+    fs.writeFileSync(
+      script,
+      [
+        `import { maskingForms } from ${JSON.stringify(path.join(ROOT, 'dist/src/run/index.js'))};`,
+        `import { secureAlloc } from ${JSON.stringify(path.join(ROOT, 'dist/src/lib/secure.js'))};`,
+        "import fs from 'node:fs';",
+        'const v = secureAlloc(50000);',
+        'for (let i = 0; i < 50000; i += 2) { v[i] = 0xc3; v[i + 1] = 0xa9; }',
+        "const locked = () => /VmLck:\\s+(\\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1];",
+        'process.stdout.write(`${locked()}\\n`);',
+        "process.stdin.once('data', () => {",
+        "  let said = 'made';",
+        '  try { globalThis.kept = maskingForms(v); } catch (e) { said = e.code; }',
+        '  process.stdout.write(`${said}\\n`);',
+        '});',
+      ].join('\n'),
+    );
+    const [cmd, ...pre] = asUser as [string, ...string[]];
+    const child = spawn(cmd, [...pre, process.execPath, script], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    agents.push(child);
+    const lines = readLines(child);
+    const vmLck = Number(await lines.next());
+    // Room for all but about a million of the 3.9 MB the forms and their scratch lock (each
+    // small one a page and more): where a form of 150,000 bytes stayed unlocked before the fix.
+    const limit = vmLck * 1024 + 2_950_000;
+    lowerLimitAs(['--pid', String(child.pid), `--memlock=${limit}:${limit}`]);
+    child.stdin.write('go\n');
+    const said = await lines.next();
+    assert.ok(said === 'made' || said === 'MEMORY_NOT_LOCKED', said);
+    // Root reads the program's memory: the JSON and percent forms nowhere unlocked.
+    const forms = ['\\u00e9'.repeat(20), '%C3%A9'.repeat(20), '%c3%a9'.repeat(20)].map((f) =>
+      Buffer.from(f),
+    );
+    if (said === 'made')
+      assert.deepEqual(
+        scanWindows(child.pid ?? 0, forms, 60),
+        [0, 1, 2],
+        'the forms are in its memory',
+      );
+    assert.deepEqual(scanWindows(child.pid ?? 0, forms, 60, unlockedMappings), [], said);
+    child.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
   },
 );

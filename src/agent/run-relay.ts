@@ -7,6 +7,7 @@ import type { ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import tty from 'node:tty';
 import type { Actor, AuditRecord } from '../audit/index.js';
+import { KeywardError } from '../errors.js';
 import { closeFd, dupFd } from '../lib/libc.js';
 import { setWindowSize } from '../lib/process.js';
 import { secureFree, zero, type SecureBuffer } from '../lib/secure.js';
@@ -65,8 +66,24 @@ export function relay(
   };
   const paused = new Set<NodeJS.ReadableStream>();
   const relayChunk = (chunk: Buffer, type: number, masker?: Masker) => {
+    if (ended) return zero(chunk);
     if (masker) {
-      const out = masker.push(chunk); // zeroes chunk
+      let out: Buffer;
+      try {
+        out = masker.push(chunk); // zeroes chunk
+      } catch (e) {
+        // Memory for masking that can't be locked (MEMORY_NOT_LOCKED), in a stream's handler:
+        // thrown from here it would end the agent (found in review). The run ends instead,
+        // its child's whole group killed, and the client told why.
+        zero(chunk);
+        signalChild('SIGKILL');
+        end(
+          null,
+          'SIGKILL',
+          e instanceof KeywardError ? e.message : 'its output could not be masked',
+        );
+        return;
+      }
       if (out.length > 0) {
         send(type, {}, out);
         // What passed the masker may still hold part of a value (a prefix the child printed):

@@ -31,7 +31,11 @@ const givenBack = new WeakSet<Buffer>();
  */
 export const MUST_LOCK = 128 * 1024;
 
-export function secureAlloc(size: number): SecureBuffer {
+/**
+ * mustLock: refused where it can't be locked whatever its size, for a buffer larger than
+ * MUST_LOCK that holds what is derived from a small value (its masking forms, a masker's work).
+ */
+export function secureAlloc(size: number, o?: { mustLock?: boolean }): SecureBuffer {
   // An empty buffer holds nothing to protect: an ordinary one, so callers stay uniform. (From
   // sodium_malloc it was a page between guard pages, three or four mappings that secureFree,
   // passing over empty buffers, left to a collection: a caller that sent empty values could run
@@ -47,7 +51,7 @@ export function secureAlloc(size: number): SecureBuffer {
   try {
     memory.sodium_mlock(buf);
   } catch {
-    if (size <= MUST_LOCK) {
+    if (size <= MUST_LOCK || o?.mustLock === true) {
       freeNow(buf);
       throw notLocked(size);
     }

@@ -7,12 +7,23 @@
  * Every form is written byte by byte into secure memory: an encoded secret is a secret, and
  * must not become a JS string any more than the value itself.
  */
-import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { secureAlloc as anyAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 
 /** Values (and forms) shorter than this are not masked: too many false matches (docs/RUN.md). */
 export const MASK_MIN_BYTES = 6;
 /** Above this size only the value's own bytes are masked, not its encodings. */
 export const MASK_FORMS_MAX_BYTES = 64 * 1024;
+
+/**
+ * Every buffer here holds a value or a form of one no larger than MASK_FORMS_MAX_BYTES (the
+ * copy of a larger value aside): locked, or refused (MEMORY_NOT_LOCKED), whatever its size (found
+ * in review: a form, or the JSON scratch of six bytes a byte, passed secureAlloc's 128 KiB and
+ * stayed unlocked).
+ */
+const secureAlloc = (size: number): SecureBuffer => anyAlloc(size, { mustLock: true });
+
+/** The longest form of a value of MASK_FORMS_MAX_BYTES (JSON's \\uXXXX, six bytes a byte). */
+export const MASK_FORMS_LONGEST = 6 * MASK_FORMS_MAX_BYTES;
 
 const HEX_LOWER = Buffer.from('0123456789abcdef');
 const HEX_UPPER = Buffer.from('0123456789ABCDEF');
@@ -234,7 +245,10 @@ function same(a: Uint8Array, b: Uint8Array): boolean {
  */
 export function maskingForms(value: Uint8Array): SecureBuffer[] {
   if (value.length < MASK_MIN_BYTES) return [];
-  const candidates: SecureBuffer[] = [secureAlloc(value.length)];
+  // The value itself: a large one (no forms made) is held as any large value is.
+  const candidates: SecureBuffer[] = [
+    value.length > MASK_FORMS_MAX_BYTES ? anyAlloc(value.length) : secureAlloc(value.length),
+  ];
   candidates[0]?.set(value);
   // A terminal turns \n into \r\n: a multi-line value printed under a pty looks like this
   // (large ones too: a bundle of certificates is one).

@@ -15,6 +15,8 @@ import {
   type SecureBuffer,
 } from '../lib/secure.js';
 
+import { MASK_FORMS_LONGEST } from './encode.js';
+
 export const MASK_MARKER = Buffer.from('<concealed by keyward>');
 
 export class Masker {
@@ -51,7 +53,10 @@ export class Masker {
   push(chunk: Buffer): Buffer {
     const total = this.heldLen + chunk.length;
     if (total > this.work.length) {
-      const bigger = secureAlloc(Math.max(total, this.work.length * 2));
+      // Holding a prefix of a form of a small value, the work is locked whatever its size.
+      const bigger = secureAlloc(Math.max(total, this.work.length * 2), {
+        mustLock: this.maxLen <= MASK_FORMS_LONGEST,
+      });
       this.work.copy(bigger, 0, 0, this.heldLen);
       secureRelease(this.work);
       this.work = bigger;
