@@ -21,7 +21,7 @@ import {
   stopAgent,
   withoutAgent,
 } from './agent-helpers.js';
-import { everyByteUnder, eventually, kw, PASSPHRASE, rootTests } from './helpers.js';
+import { BIN, everyByteUnder, eventually, kw, PASSPHRASE, rootTests } from './helpers.js';
 
 const homes: AgentHome[] = [];
 const cleanups: (() => void)[] = [];
@@ -1091,5 +1091,75 @@ test(
       ),
     );
     assert.ok(prompt.includes(`server host key ${hostFp}`), `${prompt} names ${hostFp}`);
+  },
+);
+
+test(
+  "found in review: key import of a passphrase-protected key leaves none of its private numbers in the CLI's ordinary memory (Node's decipher, OpenSSL's parse)",
+  { skip: skip || (!rootTests && 'needs root to read /proc/PID/mem') },
+  async () => {
+    const h = agentHome(undefined);
+    homes.push(h);
+    const rsa = sshKeygen(h.dir, 'imp-rsa', ['-t', 'rsa', '-b', '3072', '-N', '', '-m', 'PEM']);
+    const ec = sshKeygen(h.dir, 'imp-ec', ['-t', 'ecdsa', '-b', '256', '-N', '', '-m', 'PEM']);
+    const secrets = [rsa, ec].flatMap((f) => {
+      const jwk = crypto.createPrivateKey(fs.readFileSync(f)).export({ format: 'jwk' });
+      return ['d', 'p', 'q']
+        .map((n) => (jwk as Record<string, string | undefined>)[n])
+        .filter((v): v is string => v !== undefined)
+        .map((v) => Buffer.from(v, 'base64url'));
+    });
+    const keyPass = path.join(h.dir, 'key-pass');
+    fs.writeFileSync(keyPass, 'KeyPassAb12Cd34Ef56\n', { mode: 0o600 });
+    // In OpenSSH's format: the RSA key encrypted (aes256-ctr), the ECDSA key in the clear.
+    for (const [f, pass] of [
+      [rsa, 'KeyPassAb12Cd34Ef56'],
+      [ec, ''],
+    ] as const) {
+      const p = run('ssh-keygen', ['-q', '-p', '-P', '', '-N', pass, '-f', f], h.env);
+      assert.equal(p.status, 0, p.stderr);
+    }
+    for (const [file, extra] of [
+      [rsa, ['--key-passphrase-file', keyPass]],
+      [ec, []],
+    ] as const) {
+      // Held at its exit (strace delays exit_group) once it has said the key is imported.
+      const traced = spawn(
+        'strace',
+        [
+          '-f',
+          '-o',
+          '/dev/null',
+          '-e',
+          'trace=exit_group',
+          '-e',
+          'inject=exit_group:delay_enter=600000000',
+          process.execPath,
+          BIN,
+          'key',
+          'import',
+          file,
+          ...extra,
+        ],
+        { env: h.env, stdio: ['ignore', 'ignore', 'pipe'] },
+      );
+      let said = '';
+      await new Promise<void>((resolve, reject) => {
+        traced.stderr.on('data', (d: Buffer) => {
+          said += d.toString();
+          if (/imported/.test(said)) resolve();
+          else if (/keyward: error/.test(said)) reject(new Error(said));
+        });
+        traced.once('exit', () => reject(new Error(`key import ended: ${said}`)));
+      });
+      const pid = Number(
+        spawnSync('pgrep', ['-P', String(traced.pid)], { encoding: 'utf8' }).stdout.trim(),
+      );
+      assert.ok(pid > 0);
+      const found = scanWindows(pid, secrets, 12, unlockedMappings);
+      process.kill(pid, 'SIGKILL');
+      traced.kill('SIGKILL');
+      assert.deepEqual(found, [], `${path.basename(file)}: a private number in ordinary memory`);
+    }
   },
 );

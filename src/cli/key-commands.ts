@@ -14,7 +14,9 @@ import {
   typeLabel,
   type KeyType,
 } from '../keys/index.js';
+import { hardenProcess } from '../lib/libc.js';
 import { socketDir } from '../lib/paths.js';
+import { withoutMallocCache } from '../lib/process.js';
 import { useVault } from '../vault/index.js';
 import { agentSocket, auth, paths } from './context.js';
 import type { Io } from './report.js';
@@ -43,6 +45,17 @@ const TYPES: Record<string, KeyType> = {
   rsa: 'ssh-rsa',
 };
 
+/**
+ * A command about to parse a private key runs as the agent does: glibc's per-thread cache off
+ * (an exec of this same process, once) and M_PERTURB on, so what Node's decipher and OpenSSL's
+ * parse copy and free is overwritten when freed (found in review: an imported key's private
+ * numbers stayed in the CLI's heap; docs/THREAT-MODEL.md, "ECDSA and RSA keys").
+ */
+function asKeyHolder(): void {
+  withoutMallocCache();
+  hardenProcess();
+}
+
 export function registerKeyCommands(program: Command, io: Io): void {
   const key = program
     .command('key')
@@ -59,6 +72,7 @@ export function registerKeyCommands(program: Command, io: Io): void {
     )
     .option('--bits <n>', 'RSA modulus size: 2048 to 8192', '3072')
     .action(async function (this: Command, name: string) {
+      asKeyHolder();
       const o = this.opts<{ type: string; bits: string }>();
       const type = TYPES[o.type];
       if (!type) {
@@ -89,6 +103,7 @@ export function registerKeyCommands(program: Command, io: Io): void {
       "a file (mode 0600) holding the key file's passphrase; else it is asked on the terminal",
     )
     .action(function (this: Command, file: string) {
+      asKeyHolder();
       const o = this.opts<{ name?: string; keyPassphraseFile?: string }>();
       const k = importKey(paths(), auth(this, io), o.name, file, {
         keyPassphraseFile: o.keyPassphraseFile,
