@@ -4,7 +4,8 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
-import { BIN, FAST_KDF, kw, makeHome } from './helpers.js';
+import { asUser, chownTree, kwAs, OTHER_UID } from './as-user.js';
+import { BIN, FAST_KDF, kw, makeHome, rootTests } from './helpers.js';
 
 function have(cmd: string): boolean {
   return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
@@ -87,5 +88,29 @@ test(
     assert.equal(r.code, 5, r.stderr);
     assert.match(r.stderr, /keyward: error: the OS keyring is not available/);
     assert.equal(kw(['whoami', '--json'], { env }).stdout.includes('"initialized": false'), true);
+  },
+);
+
+test(
+  "found in review: without a Secret Service to take it, the key goes nowhere else: init --keyring leaves nothing in the kernel's keyring",
+  { skip: skip || (!rootTests && 'needs root (setpriv to another user)') },
+  () => {
+    // Another user, with no D-Bus session at all: the keyring library would fall back to the
+    // kernel's keyring (keyutils), and left the vault's key there though init failed.
+    const h = makeHome();
+    chownTree(h.dir, OTHER_UID);
+    const env = { ...h.env };
+    delete env['DBUS_SESSION_BUS_ADDRESS'];
+    const keys = () =>
+      spawnSync(asUser[0] as string, [...asUser.slice(1), 'cat', '/proc/keys'], {
+        encoding: 'utf8',
+      })
+        .stdout.split('\n')
+        .filter((l) => l.includes('@keyward'));
+    const before = keys();
+    const r = kwAs(['init', '--keyring', ...FAST_KDF], env);
+    assert.equal(r.code, 5, r.stderr);
+    assert.match(r.stderr, /the OS keyring is not available/);
+    assert.deepEqual(keys(), before, "a key left in the kernel's keyring");
   },
 );

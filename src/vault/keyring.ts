@@ -20,7 +20,11 @@ interface KeyringEntry {
   getSecret(): number[] | Uint8Array | null;
   deleteCredential(): boolean;
 }
-type EntryCtor = new (service: string, account: string) => KeyringEntry;
+type EntryCtor = new (
+  service: string,
+  account: string,
+  options?: { linux?: { store?: 'secret-service' | 'keyutils' } },
+) => KeyringEntry;
 
 let entryCtor: EntryCtor | undefined;
 
@@ -30,7 +34,12 @@ function entry(vaultId: Buffer): KeyringEntry {
     const require = createRequire(import.meta.url);
     entryCtor = (require('@napi-rs/keyring') as { Entry: EntryCtor }).Entry;
   }
-  return new entryCtor(SERVICE, `vault-${vaultId.toString('hex')}`);
+  // The Secret Service only: without one, the library would fall back, silently, to the kernel's
+  // keyring (keyutils), where the key is any process of the user's to read, outlives the Secret
+  // Service's lock, and went in even where the store then failed (found in review).
+  return new entryCtor(SERVICE, `vault-${vaultId.toString('hex')}`, {
+    linux: { store: 'secret-service' },
+  });
 }
 
 function unavailable(e: unknown): KeywardError {
