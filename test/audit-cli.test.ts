@@ -218,7 +218,7 @@ describe('keyward audit', () => {
     assert.match(r.stdout, /checkpoint sealed in the vault matches/);
   });
 
-  test('found in review: verify refuses an audit directory put in place as a link (exit 8), as every writer does, whatever the log it leads to holds', () => {
+  test('found in review: verify refuses an audit directory, or its state, put in place as a link (exit 8), as every writer does, whatever the log it leads to holds', () => {
     const h = initHome();
     assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-aaaa' }).code, 0);
     // The same user moves the log aside and leaves a link to it (a copy would do as well).
@@ -232,6 +232,21 @@ describe('keyward audit', () => {
       assert.match(r.stderr, /refusing to use .*audit: it is a symbolic link/);
       assert.match(r.stderr, /hint: keyward makes no links there/);
     }
+    // The directory put back; its writers' state replaced by a link to a copy of itself.
+    fs.rmSync(dir);
+    fs.renameSync(`${dir}.elsewhere`, dir);
+    const state = path.join(dir, 'state');
+    fs.copyFileSync(state, `${state}.copy`);
+    fs.rmSync(state);
+    fs.symlinkSync(`${state}.copy`, state);
+    const v = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(v.code, 8, v.stdout + v.stderr);
+    assert.match(v.stderr, /refusing to use .*state: it is a symbolic link/);
+    // A writer refuses it in the same words, not as an internal error.
+    const r = kw(['read', 'a'], { env: h.env });
+    assert.notEqual(r.code, 0);
+    assert.doesNotMatch(r.stderr, /internal error/);
+    assert.match(r.stderr, /state: it is a symbolic link/);
   });
 
   test('verify names the first bad entry and exits 8 when a line was edited', () => {

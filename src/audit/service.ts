@@ -4,6 +4,7 @@
  */
 import fs from 'node:fs';
 import { IntegrityError, KeywardError } from '../errors.js';
+import { refuseIfProblem } from '../lib/files.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
 import { isEventType, type AuditRecord } from './events.js';
@@ -437,8 +438,12 @@ export function verifyLog(
   // The log's directory as its writers take it: a link (keyward makes none), or one others can
   // change, is refused here too (found in review: verify read through a link and said ok, where
   // every writer refuses it).
-  if (!standalone && fs.lstatSync(log.paths.dir, { throwIfNoEntry: false }))
+  if (!standalone && fs.lstatSync(log.paths.dir, { throwIfNoEntry: false })) {
     checkAuditDir(log.paths.dir);
+    // And its writers' state, which they open without following a link.
+    if (fs.lstatSync(log.paths.state, { throwIfNoEntry: false })?.isSymbolicLink())
+      refuseIfProblem(log.paths.state, 'file', 'it is a symbolic link');
+  }
   const files = req.file !== undefined ? [req.file] : listSegments(log.paths.dir);
   let seed: SecureBuffer | undefined;
   try {

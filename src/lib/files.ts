@@ -49,7 +49,15 @@ function openRegular(
   follow: boolean,
 ): { fd: number; st: fs.Stats } {
   const nofollow = follow ? 0 : fs.constants.O_NOFOLLOW;
-  const fd = fs.openSync(file, flags | nofollow | fs.constants.O_NONBLOCK, mode);
+  let fd: number;
+  try {
+    fd = fs.openSync(file, flags | nofollow | fs.constants.O_NONBLOCK, mode);
+  } catch (e) {
+    // O_NOFOLLOW's refusal of a link, said as keyward's refusal, not as an internal error.
+    if ((e as NodeJS.ErrnoException).code === 'ELOOP' && !follow)
+      refuseIfProblem(file, 'file', 'it is a symbolic link');
+    throw e;
+  }
   let st: fs.Stats;
   try {
     st = fs.fstatSync(fd);
