@@ -781,6 +781,21 @@ test('found in review: a home whose audit log can not be read gets a warning tha
   }
 });
 
+test('found in review: a home whose vault is gone but whose audit log went on past the backup gets a warning', () => {
+  const h = initHome();
+  assert.equal(kw(['secret', 'set', 'a'], { env: h.env, input: 'value-a' }).code, 0);
+  const out = path.join(h.dir, 'b.kwbackup');
+  assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+  for (let i = 0; i < 2; i++) assert.equal(kw(['read', 'a'], { env: h.env }).code, 0);
+  fs.rmSync(h.vaultFile);
+  const r = kw(['restore', '--verify', '--input', out], { env: h.env });
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(
+    r.stderr,
+    /warning: the home there holds no vault, and its audit log is at seq (\d+), past the backup's (\d+): the backup may be older than what was there/,
+  );
+});
+
 test('restore refuses a home that is a link (exit 8) or a file (exit 2), a home held by an agent of another socket directory (exit 5); --verify writes nothing near the home', async () => {
   const h = agentHome(POLICY);
   homes.push(h);

@@ -71,6 +71,19 @@ function describeRestore(io: Io, r: RestoreReport, verifyOnly: boolean): void {
       io,
       `warning: the vault ${verifyOnly ? 'there' : 'replaced'} could not be read (${c.vaultUnread}), so whether this backup is older than it is unknown${c.auditHead !== undefined ? `; its audit log ${verifyOnly ? 'is' : 'was'} at seq ${c.auditHead} (the backup's: ${m.audit?.seq ?? 0})` : ''}${r.sealedBy === 'passphrase' ? '' : "; the backup's date is its own word"}`,
     );
+  // A home with a log and no vault (deleted, or a rename a crash cut short): the head is all there
+  // is to compare (found in review: nothing was said).
+  if (
+    c.state === 'in use' &&
+    c.vaultId === undefined &&
+    c.vaultUnread === undefined &&
+    c.auditHead !== undefined &&
+    c.auditHead > (m.audit?.seq ?? 0)
+  )
+    note(
+      io,
+      `warning: the home ${verifyOnly ? 'there' : 'replaced'} holds no vault, and its audit log ${verifyOnly ? 'is' : 'was'} at seq ${c.auditHead}, past the backup's ${m.audit?.seq ?? 0}: the backup may be older than what was there`,
+    );
   if (c.state === 'in use' && c.vaultUnread === undefined && c.auditUnread !== undefined)
     note(
       io,
