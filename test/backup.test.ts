@@ -794,6 +794,22 @@ test('found in review: a home whose vault is gone but whose audit log went on pa
     r.stderr,
     /warning: the home there holds no vault, and its audit log is at seq (\d+), past the backup's (\d+): the backup may be older than what was there/,
   );
+  // Its log damaged too: nothing could be compared, and it says so (not "by the generation").
+  fs.appendFileSync(path.join(h.home, 'audit', 'log-000001.jsonl'), 'garbage\n');
+  const d = kw(['restore', '--verify', '--input', out], { env: h.env });
+  assert.equal(d.code, 0, d.stderr);
+  assert.match(
+    d.stderr,
+    /warning: the home there holds no vault, and its audit log could not be read \(.+\): nothing of it could be compared with the backup/,
+  );
+  assert.doesNotMatch(d.stderr, /vault's generation/);
+  // No log at all, a vault as it is: no warning about a log.
+  const g = initHome();
+  assert.equal(kw(['backup', '--output', path.join(g.dir, 'g.kwb')], { env: g.env }).code, 0);
+  fs.rmSync(path.join(g.home, 'audit'), { recursive: true });
+  const n = kw(['restore', '--verify', '--input', path.join(g.dir, 'g.kwb')], { env: g.env });
+  assert.equal(n.code, 0, n.stderr);
+  assert.doesNotMatch(n.stderr, /audit log/);
 });
 
 test('restore refuses a home that is a link (exit 8) or a file (exit 2), a home held by an agent of another socket directory (exit 5); --verify writes nothing near the home', async () => {

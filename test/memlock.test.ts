@@ -285,8 +285,9 @@ test(
       { env: h.env, stdio: ['ignore', 'pipe', 'pipe'] },
     );
     let err = '';
+    let out = '';
     run.stderr.on('data', (d: Buffer) => (err += d.toString()));
-    run.stdout.resume();
+    run.stdout.on('data', (d: Buffer) => (out += d.toString()));
     const ended = new Promise<number | null>((r) => run.once('close', (code) => r(code)));
     await eventually(
       () => fs.existsSync(path.join(h.dir, 'flags', 'ready')),
@@ -303,6 +304,11 @@ test(
     const code = await ended;
     assert.notEqual(code, 0);
     assert.match(err, /could be swapped to disk/);
+    // What the masker held back (the form's start) was dropped, not let out unmasked.
+    assert.ok(
+      !out.includes('%2F'.repeat(22)),
+      `the form's start reached the client: ${out.length} bytes`,
+    );
     // The agent goes on, and answers.
     const s = kwAs(['status'], h.env);
     assert.equal(s.code, 0, s.stderr);
@@ -361,6 +367,55 @@ test(
         'the forms are in its memory',
       );
     assert.deepEqual(scanWindows(child.pid ?? 0, forms, 60, unlockedMappings), [], said);
+    child.kill('SIGKILL');
+    fs.rmSync(dir, { recursive: true, force: true });
+  },
+);
+
+test(
+  "found in review: what can't hold a value's forms is refused, and only that: a large chunk to mask and a large multi-line value's forms pass under a low limit",
+  { skip },
+  async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-masker-'));
+    fs.chmodSync(dir, 0o755);
+    const script = path.join(dir, 'masker.mjs');
+    fs.writeFileSync(
+      script,
+      [
+        `import { Masker, maskingForms } from ${JSON.stringify(path.join(ROOT, 'dist/src/run/index.js'))};`,
+        "import fs from 'node:fs';",
+        "const locked = () => /VmLck:\\s+(\\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1];",
+        'process.stdout.write(`${locked()}\\n`);',
+        "process.stdin.once('data', () => {",
+        '  const said = [];',
+        '  try {',
+        "    // A megabyte of output with a small value in it, masked as one chunk (a gateway's message).",
+        "    const m = new Masker(maskingForms(Buffer.from('small-value-4c1d')));",
+        "    const chunk = Buffer.concat([Buffer.alloc(600000, 0x61), Buffer.from('small-value-4c1d'), Buffer.alloc(600000, 0x62)]);",
+        '    const out = Buffer.concat([m.push(chunk), m.flush()]);',
+        "    said.push(out.includes('small-value-4c1d') ? 'unmasked' : out.includes('concealed') ? 'masked' : 'lost');",
+        '  } catch (e) { said.push(e.code); }',
+        '  try {',
+        '    // A multi-line value of a megabyte (a bundle of certificates): its forms, held as it is.',
+        '    const big = Buffer.alloc(1024 * 1024, 0x61); for (let i = 0; i < big.length; i += 64) big[i] = 0x0a;',
+        '    said.push(`${maskingForms(big).length} forms`);',
+        '  } catch (e) { said.push(e.code); }',
+        "  process.stdout.write(`${said.join(' ')}\\n`);",
+        '});',
+      ].join('\n'),
+    );
+    const [cmd, ...pre] = asUser as [string, ...string[]];
+    const child = spawn(cmd, [...pre, process.execPath, script], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    agents.push(child);
+    const lines = readLines(child);
+    const vmLck = Number(await lines.next());
+    // Room for a value's forms and a slice, not for a megabyte.
+    const limit = vmLck * 1024 + 768 * 1024;
+    lowerLimitAs(['--pid', String(child.pid), `--memlock=${limit}:${limit}`]);
+    child.stdin.write('go\n');
+    assert.equal(await lines.next(), 'masked 2 forms');
     child.kill('SIGKILL');
     fs.rmSync(dir, { recursive: true, force: true });
   },

@@ -74,13 +74,15 @@ export function relay(
       } catch (e) {
         // Memory for masking that can't be locked (MEMORY_NOT_LOCKED), in a stream's handler:
         // thrown from here it would end the agent (found in review). The run ends instead,
-        // its child's whole group killed, and the client told why.
+        // its child's whole group killed, and the client told why. What the maskers hold back
+        // is dropped, not flushed: it may be the start of a value whose end was in this chunk.
         zero(chunk);
         signalChild('SIGKILL');
         end(
           null,
           'SIGKILL',
           e instanceof KeywardError ? e.message : 'its output could not be masked',
+          true,
         );
         return;
       }
@@ -153,15 +155,21 @@ export function relay(
       if (sig !== undefined && SIGNALS.has(sig)) signalChild(sig as NodeJS.Signals);
     }
   };
-  const end = (code: number | null, signal: NodeJS.Signals | null, error?: string) => {
+  /** discard: what the maskers hold back is dropped, not flushed (a chunk after it was lost). */
+  const end = (
+    code: number | null,
+    signal: NodeJS.Signals | null,
+    error?: string,
+    discard = false,
+  ) => {
     if (ended) return;
     ended = true;
     conn.stream = (fr: Frame) => secureFree(fr.raw);
     h.children.delete(child);
     if (maskers) {
       const [o, e] = maskers;
-      const tailOut = o?.flush();
-      const tailErr = e?.flush();
+      const tailOut = discard ? undefined : o?.flush();
+      const tailErr = discard ? undefined : e?.flush();
       if (tailOut && tailOut.length > 0) send(STREAM.stdout, {}, tailOut);
       if (tailErr && tailErr.length > 0) send(STREAM.stderr, {}, tailErr);
       o?.destroy();

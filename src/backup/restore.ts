@@ -112,7 +112,8 @@ function describeCurrent(home: string): CurrentHome {
     c.vaultUnread = e instanceof KeywardError ? e.message : 'it could not be read';
   }
   try {
-    c.auditHead = headOf(home).seq;
+    // No log at all (a home from before it, or without one) is nothing to compare, not damage.
+    if (fs.existsSync(auditPaths(home).dir)) c.auditHead = headOf(home).seq;
   } catch (e) {
     // No head to compare with: said with the rest (describeRestore; found in review: a line of
     // garbage at the log's end took the warning away).

@@ -84,7 +84,17 @@ function describeRestore(io: Io, r: RestoreReport, verifyOnly: boolean): void {
       io,
       `warning: the home ${verifyOnly ? 'there' : 'replaced'} holds no vault, and its audit log ${verifyOnly ? 'is' : 'was'} at seq ${c.auditHead}, past the backup's ${m.audit?.seq ?? 0}: the backup may be older than what was there`,
     );
-  if (c.state === 'in use' && c.vaultUnread === undefined && c.auditUnread !== undefined)
+  if (
+    c.state === 'in use' &&
+    c.vaultId === undefined &&
+    c.vaultUnread === undefined &&
+    c.auditUnread !== undefined
+  )
+    note(
+      io,
+      `warning: the home ${verifyOnly ? 'there' : 'replaced'} holds no vault, and its audit log could not be read (${quote(c.auditUnread, 300)}): nothing of it could be compared with the backup`,
+    );
+  if (c.state === 'in use' && c.vaultId !== undefined && c.auditUnread !== undefined)
     note(
       io,
       `warning: the audit log ${verifyOnly ? 'there' : 'replaced'} could not be read (${quote(c.auditUnread, 300)}), so whether this backup is older than it is known only by the vault's generation${c.generation !== undefined ? ` (${c.generation} there, the backup's ${m.vault.generation})` : ''}`,

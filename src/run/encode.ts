@@ -22,6 +22,13 @@ export const MASK_FORMS_MAX_BYTES = 64 * 1024;
  */
 const secureAlloc = (size: number): SecureBuffer => anyAlloc(size, { mustLock: true });
 
+/**
+ * A form of value, size bytes: locked or refused for a value of MASK_FORMS_MAX_BYTES or less; a
+ * larger value's (itself, its \r\n form) held as any large value is, locked where the limit allows.
+ */
+const formOf = (value: Uint8Array, size: number): SecureBuffer =>
+  value.length > MASK_FORMS_MAX_BYTES ? anyAlloc(size) : secureAlloc(size);
+
 /** The longest form of a value of MASK_FORMS_MAX_BYTES (JSON's \\uXXXX, six bytes a byte). */
 export const MASK_FORMS_LONGEST = 6 * MASK_FORMS_MAX_BYTES;
 
@@ -224,7 +231,7 @@ function jsonEscaped(v: Uint8Array, style: JsonStyle = {}): SecureBuffer | undef
 function crlf(v: Uint8Array): SecureBuffer {
   let n = 0;
   for (const b of v) if (b === 0x0a) n++;
-  const out = secureAlloc(v.length + n);
+  const out = formOf(v, v.length + n);
   let o = 0;
   for (const b of v) {
     if (b === 0x0a) out[o++] = 0x0d;
@@ -246,9 +253,7 @@ function same(a: Uint8Array, b: Uint8Array): boolean {
 export function maskingForms(value: Uint8Array): SecureBuffer[] {
   if (value.length < MASK_MIN_BYTES) return [];
   // The value itself: a large one (no forms made) is held as any large value is.
-  const candidates: SecureBuffer[] = [
-    value.length > MASK_FORMS_MAX_BYTES ? anyAlloc(value.length) : secureAlloc(value.length),
-  ];
+  const candidates: SecureBuffer[] = [formOf(value, value.length)];
   candidates[0]?.set(value);
   // A terminal turns \n into \r\n: a multi-line value printed under a pty looks like this
   // (large ones too: a bundle of certificates is one).

@@ -17,6 +17,9 @@ import {
 
 import { MASK_FORMS_LONGEST } from './encode.js';
 
+/** What push() takes of a chunk at once (the work buffer's first size). */
+const SLICE = 64 * 1024;
+
 export const MASK_MARKER = Buffer.from('<concealed by keyward>');
 
 export class Masker {
@@ -49,8 +52,24 @@ export class Masker {
     return this.forms.length > 0;
   }
 
-  /** Masks a chunk (zeroing it); returns what can be written now. */
+  /**
+   * Masks a chunk (zeroing it); returns what can be written now. A chunk is taken SLICE bytes at
+   * a time, so the work buffer holds at most a form's length and a slice, whatever the chunk's
+   * size (a gateway's message of megabytes): locked, when it holds a small value's forms.
+   */
   push(chunk: Buffer): Buffer {
+    if (chunk.length <= SLICE) return this.pushSlice(chunk);
+    const outs: Buffer[] = [];
+    for (let at = 0; at < chunk.length; at += SLICE)
+      outs.push(this.pushSlice(chunk.subarray(at, Math.min(chunk.length, at + SLICE))));
+    const out = Buffer.concat(outs);
+    // Each slice's output may hold part of a value (a prefix that turned out no form): zeroed
+    // once copied, as the caller zeroes what it is given back once written.
+    for (const o of outs) zero(o);
+    return out;
+  }
+
+  private pushSlice(chunk: Buffer): Buffer {
     const total = this.heldLen + chunk.length;
     if (total > this.work.length) {
       // Holding a prefix of a form of a small value, the work is locked whatever its size.
