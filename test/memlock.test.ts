@@ -319,56 +319,31 @@ test(
   'found in review: the masking forms of a value of 64 KiB or less are locked or refused, however long the form',
   { skip },
   async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-forms-'));
-    fs.chmodSync(dir, 0o755);
-    // A program of the agent's user that makes the forms of 25,000 "é" (50,000 bytes; its
-    // JSON and percent forms are 150,000): it says what it has locked, waits while its limit is
-    // lowered to that and some, then makes them and says how that went.
-    const script = path.join(dir, 'forms.mjs');
-    fs.writeFileSync(
-      script,
+    // A program of the agent's user that makes the forms of 25,000 "é" (50,000 bytes; its JSON
+    // and percent forms are 150,000), under a limit with room for all but about a million of the
+    // 3.9 MB the forms and their scratch lock (each small one a page and more): where a form of
+    // 150,000 bytes stayed unlocked before the fix.
+    const { pid, said, stop } = await underLoweredLimit(
       [
         `import { maskingForms } from ${JSON.stringify(path.join(ROOT, 'dist/src/run/index.js'))};`,
         `import { secureAlloc } from ${JSON.stringify(path.join(ROOT, 'dist/src/lib/secure.js'))};`,
-        "import fs from 'node:fs';",
         'const v = secureAlloc(50000);',
         'for (let i = 0; i < 50000; i += 2) { v[i] = 0xc3; v[i + 1] = 0xa9; }',
-        "const locked = () => /VmLck:\\s+(\\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1];",
-        'process.stdout.write(`${locked()}\\n`);',
-        "process.stdin.once('data', () => {",
-        "  let said = 'made';",
-        '  try { globalThis.kept = maskingForms(v); } catch (e) { said = e.code; }',
-        '  process.stdout.write(`${said}\\n`);',
-        '});',
-      ].join('\n'),
+        'function run() {',
+        "  try { globalThis.kept = maskingForms(v); return 'made'; } catch (e) { return e.code; }",
+        '}',
+      ],
+      2_950_000,
     );
-    const [cmd, ...pre] = asUser as [string, ...string[]];
-    const child = spawn(cmd, [...pre, process.execPath, script], {
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
-    agents.push(child);
-    const lines = readLines(child);
-    const vmLck = Number(await lines.next());
-    // Room for all but about a million of the 3.9 MB the forms and their scratch lock (each
-    // small one a page and more): where a form of 150,000 bytes stayed unlocked before the fix.
-    const limit = vmLck * 1024 + 2_950_000;
-    lowerLimitAs(['--pid', String(child.pid), `--memlock=${limit}:${limit}`]);
-    child.stdin.write('go\n');
-    const said = await lines.next();
     assert.ok(said === 'made' || said === 'MEMORY_NOT_LOCKED', said);
     // Root reads the program's memory: the JSON and percent forms nowhere unlocked.
     const forms = ['\\u00e9'.repeat(20), '%C3%A9'.repeat(20), '%c3%a9'.repeat(20)].map((f) =>
       Buffer.from(f),
     );
     if (said === 'made')
-      assert.deepEqual(
-        scanWindows(child.pid ?? 0, forms, 60),
-        [0, 1, 2],
-        'the forms are in its memory',
-      );
-    assert.deepEqual(scanWindows(child.pid ?? 0, forms, 60, unlockedMappings), [], said);
-    child.kill('SIGKILL');
-    fs.rmSync(dir, { recursive: true, force: true });
+      assert.deepEqual(scanWindows(pid, forms, 60), [0, 1, 2], 'the forms are in its memory');
+    assert.deepEqual(scanWindows(pid, forms, 60, unlockedMappings), [], said);
+    stop();
   },
 );
 
@@ -376,17 +351,11 @@ test(
   "found in review: what can't hold a value's forms is refused, and only that: a large chunk to mask and a large multi-line value's forms pass under a low limit",
   { skip },
   async () => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-masker-'));
-    fs.chmodSync(dir, 0o755);
-    const script = path.join(dir, 'masker.mjs');
-    fs.writeFileSync(
-      script,
+    // Room for a value's forms and a slice, not for a megabyte.
+    const { said, stop } = await underLoweredLimit(
       [
         `import { Masker, maskingForms } from ${JSON.stringify(path.join(ROOT, 'dist/src/run/index.js'))};`,
-        "import fs from 'node:fs';",
-        "const locked = () => /VmLck:\\s+(\\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1];",
-        'process.stdout.write(`${locked()}\\n`);',
-        "process.stdin.once('data', () => {",
+        'function run() {',
         '  const said = [];',
         '  try {',
         "    // A megabyte of output with a small value in it, masked as one chunk (a gateway's message).",
@@ -400,23 +369,54 @@ test(
         '    const big = Buffer.alloc(1024 * 1024, 0x61); for (let i = 0; i < big.length; i += 64) big[i] = 0x0a;',
         '    said.push(`${maskingForms(big).length} forms`);',
         '  } catch (e) { said.push(e.code); }',
-        "  process.stdout.write(`${said.join(' ')}\\n`);",
-        '});',
-      ].join('\n'),
+        "  return said.join(' ');",
+        '}',
+      ],
+      768 * 1024,
     );
-    const [cmd, ...pre] = asUser as [string, ...string[]];
-    const child = spawn(cmd, [...pre, process.execPath, script], {
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
-    agents.push(child);
-    const lines = readLines(child);
-    const vmLck = Number(await lines.next());
-    // Room for a value's forms and a slice, not for a megabyte.
-    const limit = vmLck * 1024 + 768 * 1024;
-    lowerLimitAs(['--pid', String(child.pid), `--memlock=${limit}:${limit}`]);
-    child.stdin.write('go\n');
-    assert.equal(await lines.next(), 'masked 2 forms');
-    child.kill('SIGKILL');
-    fs.rmSync(dir, { recursive: true, force: true });
+    stop();
+    assert.equal(said, 'masked 2 forms');
   },
 );
+
+/**
+ * A program of the agent's user: `lines`, a module whose run() returns what it says. It says
+ * what it has locked, waits while its limit is lowered (as the same user) to that and `headroom`
+ * bytes more, runs, and says what run() returned. The caller stops it.
+ */
+async function underLoweredLimit(
+  lines: string[],
+  headroom: number,
+): Promise<{ pid: number; said: string; stop: () => void }> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-limit-'));
+  fs.chmodSync(dir, 0o755);
+  const script = path.join(dir, 'run.mjs');
+  fs.writeFileSync(
+    script,
+    [
+      "import fs from 'node:fs';",
+      ...lines,
+      "const locked = /VmLck:\\s+(\\d+) kB/.exec(fs.readFileSync('/proc/self/status', 'utf8'))[1];",
+      'process.stdout.write(`${locked}\\n`);',
+      "process.stdin.once('data', () => process.stdout.write(`${run()}\\n`));",
+    ].join('\n'),
+  );
+  const [cmd, ...pre] = asUser as [string, ...string[]];
+  const child = spawn(cmd, [...pre, process.execPath, script], {
+    stdio: ['pipe', 'pipe', 'inherit'],
+  });
+  agents.push(child);
+  const out = readLines(child);
+  const limit = Number(await out.next()) * 1024 + headroom;
+  lowerLimitAs(['--pid', String(child.pid), `--memlock=${limit}:${limit}`]);
+  child.stdin.write('go\n');
+  const said = await out.next();
+  return {
+    pid: child.pid ?? 0,
+    said,
+    stop: () => {
+      child.kill('SIGKILL');
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}

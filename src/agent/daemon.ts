@@ -7,7 +7,7 @@ import { closeInspector, currentRuntime, debugExposure } from '../lib/runtime-gu
 import { parsePoliciesInWorker } from '../policy/index.js';
 import type { Agent as AgentType } from './server.js';
 import { askpassFrom } from './start.js';
-import { withoutMallocCache } from '../lib/process.js';
+import { withoutMallocCache, yamaPtraceScope } from '../lib/process.js';
 
 export function tracerPid(): number {
   const m = /^TracerPid:\s*(\d+)/m.exec(fs.readFileSync('/proc/self/status', 'utf8'));
@@ -111,7 +111,7 @@ export async function runAgent(o: RunOptions): Promise<void> {
       // agent start went away; this agent runs on all the same.
     }
   }
-  const scope = yamaScope();
+  const scope = yamaPtraceScope();
   if (scope === undefined || scope === '0') {
     // The agent itself is not dumpable from its start; the commands that ask it are dumpable
     // until it has identified them, and a hold taken on one then lasts (THREAT-MODEL.md).
@@ -135,13 +135,4 @@ export async function runAgent(o: RunOptions): Promise<void> {
     }, 200);
   });
   if (terminal) process.stdin.pause();
-}
-
-/** kernel.yama.ptrace_scope, or undefined without Yama. */
-function yamaScope(): string | undefined {
-  try {
-    return fs.readFileSync('/proc/sys/kernel/yama/ptrace_scope', 'utf8').trim();
-  } catch {
-    return undefined;
-  }
 }

@@ -62,19 +62,19 @@ function corrupt(why: string): IntegrityError {
 }
 
 /**
- * The container inside a backup. A container given as it is (what `age -d` gives back from a
- * recipient backup) is returned unchanged. An age file is opened with the age identities given
- * (`--identity`: X25519 stanzas), or else with keyward's stanza and the passphrase `unlock()`
- * reads (once, when the stanza is found). Returns the derivation that opened keyward's stanza,
- * if any: the caller owns its key (the vault takes it, or the caller frees it).
- */
-/**
  * What made the backup's bytes: the vault's passphrase (its stanza: only someone who knew the
  * passphrase), age recipients (anyone with a recipient's public key), or nothing (a plain
  * container: anyone). Only the first vouches for the manifest's date and origin.
  */
 export type SealedBy = 'passphrase' | 'recipient' | 'plain';
 
+/**
+ * The container inside a backup. A container given as it is (what `age -d` gives back from a
+ * recipient backup) is returned unchanged. An age file is opened with the age identities given
+ * (`--identity`: X25519 stanzas), or else with keyward's stanza and the passphrase `unlock()`
+ * reads (once, when the stanza is found). Returns the derivation that opened keyward's stanza,
+ * if any: the caller owns its key (the vault takes it, or the caller frees it).
+ */
 export async function decryptBackup(
   bytes: Uint8Array,
   unlock: () => Unlock,

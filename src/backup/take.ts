@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError, UsageError } from '../errors.js';
-import { assertPrivate, stageFile, withFileLock } from '../lib/files.js';
+import { assertPrivate, openOwnFile, stageFile, withFileLock } from '../lib/files.js';
 import { auditPaths, auditSink, headOf } from '../audit/index.js';
 import {
   headerInfoOf,
@@ -63,22 +63,14 @@ export function collectHome(home: string, skipDirs: readonly string[]): HomeFile
 }
 
 /**
- * A file's bytes, opened without following a link and without waiting: a file swapped for a
- * FIFO after the directory was read (found in review) would otherwise hold the backup, and the
- * vault's and audit log's locks with it, until something wrote to the pipe.
+ * A file's bytes, opened as keyward opens its own (openOwnFile: no link, no waiting, a regular
+ * file only): a file swapped for a FIFO after the directory was read (found in review) would
+ * otherwise hold the backup, and the vault's and audit log's locks with it.
  */
 function readNoFollow(file: string): { bytes: Buffer; mtimeMs: number } {
-  const { O_RDONLY, O_NOFOLLOW, O_NONBLOCK } = fs.constants;
-  const fd = fs.openSync(file, O_RDONLY | O_NOFOLLOW | O_NONBLOCK);
+  const fd = openOwnFile(file);
   try {
-    const st = fs.fstatSync(fd);
-    if (!st.isFile())
-      throw new IntegrityError(
-        'INSECURE_PERMISSIONS',
-        `refusing to back up ${file}: it was replaced by something that is not a file while the backup read the home`,
-        { hint: 'look at what is there and why; then back up again' },
-      );
-    return { bytes: fs.readFileSync(fd), mtimeMs: st.mtimeMs };
+    return { bytes: fs.readFileSync(fd), mtimeMs: fs.fstatSync(fd).mtimeMs };
   } finally {
     fs.closeSync(fd);
   }

@@ -19,6 +19,50 @@ const SEALED: Record<RestoreReport['sealedBy'], string> = {
     "a plain container, not sealed with the vault's passphrase: anyone could have made it from an older copy of the home, so its date is its own word",
 };
 
+/**
+ * What the home a restore replaces says against the backup, as warnings. The manifest's date is
+ * its own word; the generation and the audit head are what the files say.
+ */
+function comparisonWarnings(r: RestoreReport, verifyOnly: boolean): string[] {
+  const { manifest: m, current: c } = r;
+  if (c.state !== 'in use') return [];
+  const place = verifyOnly ? 'there' : 'replaced';
+  const is = verifyOnly ? 'is' : 'was';
+  const backupSeq = m.audit?.seq ?? 0;
+  const out: string[] = [];
+  // A restore over a newer home of the same vault is a rollback: said, every time.
+  if (
+    c.vaultId === m.vault.id &&
+    ((c.generation !== undefined && c.generation > m.vault.generation) ||
+      (c.auditHead !== undefined && c.auditHead > backupSeq))
+  )
+    out.push(
+      `${verifyOnly ? 'this backup is' : 'the restored backup is'} older than the home ${verifyOnly ? 'there' : 'it replaced'} (vault generation ${m.vault.generation} against ${c.generation ?? '?'}, audit head seq ${backupSeq} against ${c.auditHead ?? '?'}): what was saved since ${verifyOnly ? 'would be' : 'is'} only in the home moved aside`,
+    );
+  if (c.vaultUnread !== undefined) {
+    // A damaged header (the state keyward's own hint sends a person to restore from) gives
+    // nothing to compare with: said, with the audit head when there is one (found in review).
+    out.push(
+      `the vault ${place} could not be read (${c.vaultUnread}), so whether this backup is older than it is unknown${c.auditHead !== undefined ? `; its audit log ${is} at seq ${c.auditHead} (the backup's: ${backupSeq})` : ''}${r.sealedBy === 'passphrase' ? '' : "; the backup's date is its own word"}`,
+    );
+  } else if (c.vaultId === undefined) {
+    // A log and no vault (deleted, or a rename a crash cut short): the head is all there is.
+    if (c.auditHead !== undefined && c.auditHead > backupSeq)
+      out.push(
+        `the home ${place} holds no vault, and its audit log ${is} at seq ${c.auditHead}, past the backup's ${backupSeq}: the backup may be older than what was there`,
+      );
+    if (c.auditUnread !== undefined)
+      out.push(
+        `the home ${place} holds no vault, and its audit log could not be read (${quote(c.auditUnread, 300)}): nothing of it could be compared with the backup`,
+      );
+  } else if (c.auditUnread !== undefined) {
+    out.push(
+      `the audit log ${place} could not be read (${quote(c.auditUnread, 300)}), so whether this backup is older than it is known only by the vault's generation${c.generation !== undefined ? ` (${c.generation} there, the backup's ${m.vault.generation})` : ''}`,
+    );
+  }
+  return out;
+}
+
 function describeRestore(io: Io, r: RestoreReport, verifyOnly: boolean): void {
   const m = r.manifest;
   const lines = [
@@ -51,54 +95,7 @@ function describeRestore(io: Io, r: RestoreReport, verifyOnly: boolean): void {
   if (!verifyOnly)
     lines.push("the audit log goes on with audit.restored, linking the backup's head");
   io.stdout(`${lines.join('\n')}\n`);
-  // The date above is the manifest's own word; the generation and the audit head are what the
-  // files say. A restore over a newer home of the same vault is a rollback: said, every time.
-  const back =
-    c.state === 'in use' &&
-    c.vaultId === m.vault.id &&
-    ((c.generation !== undefined && c.generation > m.vault.generation) ||
-      (c.auditHead !== undefined && c.auditHead > (m.audit?.seq ?? 0)));
-  if (back)
-    note(
-      io,
-      `warning: ${verifyOnly ? 'this backup is' : 'the restored backup is'} older than the home ${verifyOnly ? 'there' : 'it replaced'} (vault generation ${m.vault.generation} against ${c.generation ?? '?'}, audit head seq ${m.audit?.seq ?? 0} against ${c.auditHead ?? '?'}): what was saved since ${verifyOnly ? 'would be' : 'is'} only in the home moved aside`,
-    );
-  // A home whose vault can't be read (a damaged header: the state keyward's own hint sends a
-  // person to restore from) gives nothing to compare the backup with: said, with the audit head
-  // when there is one (found in review: no warning at all, and the head went unreported).
-  if (c.state === 'in use' && c.vaultUnread !== undefined)
-    note(
-      io,
-      `warning: the vault ${verifyOnly ? 'there' : 'replaced'} could not be read (${c.vaultUnread}), so whether this backup is older than it is unknown${c.auditHead !== undefined ? `; its audit log ${verifyOnly ? 'is' : 'was'} at seq ${c.auditHead} (the backup's: ${m.audit?.seq ?? 0})` : ''}${r.sealedBy === 'passphrase' ? '' : "; the backup's date is its own word"}`,
-    );
-  // A home with a log and no vault (deleted, or a rename a crash cut short): the head is all there
-  // is to compare (found in review: nothing was said).
-  if (
-    c.state === 'in use' &&
-    c.vaultId === undefined &&
-    c.vaultUnread === undefined &&
-    c.auditHead !== undefined &&
-    c.auditHead > (m.audit?.seq ?? 0)
-  )
-    note(
-      io,
-      `warning: the home ${verifyOnly ? 'there' : 'replaced'} holds no vault, and its audit log ${verifyOnly ? 'is' : 'was'} at seq ${c.auditHead}, past the backup's ${m.audit?.seq ?? 0}: the backup may be older than what was there`,
-    );
-  if (
-    c.state === 'in use' &&
-    c.vaultId === undefined &&
-    c.vaultUnread === undefined &&
-    c.auditUnread !== undefined
-  )
-    note(
-      io,
-      `warning: the home ${verifyOnly ? 'there' : 'replaced'} holds no vault, and its audit log could not be read (${quote(c.auditUnread, 300)}): nothing of it could be compared with the backup`,
-    );
-  if (c.state === 'in use' && c.vaultId !== undefined && c.auditUnread !== undefined)
-    note(
-      io,
-      `warning: the audit log ${verifyOnly ? 'there' : 'replaced'} could not be read (${quote(c.auditUnread, 300)}), so whether this backup is older than it is known only by the vault's generation${c.generation !== undefined ? ` (${c.generation} there, the backup's ${m.vault.generation})` : ''}`,
-    );
+  for (const w of comparisonWarnings(r, verifyOnly)) note(io, `warning: ${w}`);
   // Names read from the directory beside the home: anyone's choosing, shown quoted.
   for (const l of r.leftovers)
     note(

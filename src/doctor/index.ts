@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { coreLimit, ENOPROTOOPT, peerPidfdProbe } from '../lib/libc.js';
 import { permissionProblem } from '../lib/files.js';
+import { yamaPtraceScope } from '../lib/process.js';
 import { printable } from '../lib/text.js';
 import { askpassProblem } from '../approval/index.js';
 import { vaultPaths } from '../vault/index.js';
@@ -82,7 +83,7 @@ function coreDumps(): Check[] {
 }
 
 function ptrace(): Check {
-  const scope = readProc('/proc/sys/kernel/yama/ptrace_scope')?.trim();
+  const scope = yamaPtraceScope();
   if (scope === undefined) {
     return {
       id: 'ptrace-scope',

@@ -224,14 +224,6 @@ export class SigningKey {
   }
 
   /**
-   * sign(), with an RSA signature (~1.4 ms of CPU) computed off the event loop, on libuv's thread
-   * pool, three at most at once (withSigningPlace). A held key (holdParsed) signs there and is
-   * freed by a wipe once its running signatures end; otherwise the key is parsed from secure
-   * memory once this signature has its place, for it alone, and freed once it is made, whatever
-   * happens to this key meanwhile (a wipe at lock). Other keys sign in place (tens of
-   * microseconds: a trip to the pool would cost more).
-   */
-  /**
    * Whether signAsync, called now, would be refused for too many signatures waiting for a place
    * (only RSA signatures wait for one). Asked in the synchronous step that then calls signAsync,
    * it is signAsync's own answer.
@@ -240,6 +232,14 @@ export class SigningKey {
     return this.type === 'ssh-rsa' && signingQueueFull();
   }
 
+  /**
+   * sign(), with an RSA signature (~1.4 ms of CPU) computed off the event loop, on libuv's thread
+   * pool, three at most at once (withSigningPlace). A held key (holdParsed) signs there and is
+   * freed by a wipe once its running signatures end; otherwise the key is parsed from secure
+   * memory once this signature has its place, for it alone, and freed once it is made, whatever
+   * happens to this key meanwhile (a wipe at lock). Other keys sign in place (tens of
+   * microseconds: a trip to the pool would cost more).
+   */
   async signAsync(data: Uint8Array, flags = 0): Promise<Buffer> {
     if (this.type !== 'ssh-rsa') return this.sign(data, flags);
     if (this.signing.length === 0) throw new KeywardError('AGENT_LOCKED', 'the key was wiped');

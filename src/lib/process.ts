@@ -205,3 +205,12 @@ export function withoutMallocCache(keep: readonly number[] = []): void {
   );
   throw new Error(`could not start again without glibc's malloc cache (errno ${errno})`);
 }
+
+/** kernel.yama.ptrace_scope ('0' to '3'), or undefined on a kernel without Yama. */
+export function yamaPtraceScope(): string | undefined {
+  try {
+    return fs.readFileSync('/proc/sys/kernel/yama/ptrace_scope', 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+}
