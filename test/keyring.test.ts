@@ -114,3 +114,35 @@ test(
     assert.deepEqual(keys(), before, "a key left in the kernel's keyring");
   },
 );
+
+test(
+  'found in review: a rekey gives the keyring a new key, so a key read before it opens no later copy of the vault',
+  { skip },
+  () => {
+    // The attacker is any process of the user: while the keyring is unlocked it reads the item,
+    // keeps it, and later puts it back (or opens a later copy of vault.kw with it offline).
+    const h = makeHome();
+    const script = `
+kw init --keyring ${FAST_KDF.join(' ')} || exit 10
+unset KEYWARD_PASSPHRASE_FILE
+printf 'keyring-held-value' | kw secret set kr/token || exit 11
+id=$(kw whoami --json | sed -n 's/.*"vaultId": "\\([0-9a-f]*\\)".*/\\1/p')
+secret-tool lookup service keyward username vault-$id > "$HOME/stolen.key" || exit 12
+KEYWARD_PASSPHRASE_FILE='${h.passFile}' kw rekey || exit 13
+echo "READ=$(kw read kr/token)"
+secret-tool lookup service keyward username vault-$id > "$HOME/new.key" || exit 14
+echo "NEWLEN=$(wc -c < "$HOME/new.key")"
+cmp -s "$HOME/stolen.key" "$HOME/new.key"; echo "SAME=$?"
+# the stolen key put back: it must not open the rekeyed vault
+secret-tool store --label=keyward service keyward username vault-$id < "$HOME/stolen.key" || exit 15
+kw read kr/token; echo "STOLEN=$?"
+`;
+    const r = inKeyringSession(script, h.env);
+    assert.equal(r.code, 0, `${r.out}\n${r.err}`);
+    assert.match(r.out, /^READ=keyring-held-value$/m, 'the new key opens the rekeyed vault');
+    assert.match(r.out, /^NEWLEN=32$/m);
+    assert.match(r.out, /^SAME=1$/m, 'rekey kept the keyring key that was read before it');
+    assert.match(r.out, /^STOLEN=4$/m);
+    assert.match(r.err, /the OS keyring's key does not open this vault/);
+  },
+);

@@ -9,6 +9,7 @@ import {
   open,
   passphraseKek,
   passphraseKekAsync,
+  randomSecureKey,
   seal,
   SALT_BYTES,
   type KdfParams,
@@ -24,7 +25,7 @@ import {
   slotAd,
   type Slot,
 } from './format.js';
-import { keyringFetch } from './keyring.js';
+import { keyringFetch, keyringStore } from './keyring.js';
 
 /** How to open the vault. The passphrase stays the caller's to free. */
 /**
@@ -149,8 +150,8 @@ export function unwrapSlots(
 
 /**
  * The slots of a rekeyed vault: its passphrase slot (the one it was opened with, `kek` derived at
- * open) wrapping the new data key, and a keyring slot when the vault had one and the keyring
- * answers now; when it does not, the slot is dropped and that is said.
+ * open) wrapping the new data key, and a keyring slot, under a new keyring key, when the vault had
+ * one and the keyring holds its key now; when it does not, the slot is dropped and that is said.
  */
 export function rewrapSlots(
   vaultId: Buffer,
@@ -171,15 +172,28 @@ export function rewrapSlots(
     },
   ];
   if (!hadKeyring) return { slots, keyringSlot: 'none' };
-  let keyringKek: SecureBuffer | undefined;
+  // The slot is kept only where the keyring still holds a key for the vault (a person who deleted
+  // the item asked for the slot to go), and it is kept under a new key: a process that read the old
+  // one while the keyring was open must not open this vault, or a later copy of it, with it (found
+  // in review). The new key goes into the keyring before the file is written: if the write then
+  // fails, the old file's slot no longer opens and the passphrase does, as it always does.
+  let held: SecureBuffer | undefined;
   try {
-    keyringKek = keyringFetch(vaultId);
+    held = keyringFetch(vaultId);
   } catch {
-    keyringKek = undefined;
+    held = undefined;
   }
-  if (!keyringKek) return { slots, keyringSlot: 'dropped' };
-  slots.push(wrapKeyringSlot(vaultId, newDk, keyringKek, rng));
-  secureFree(keyringKek);
+  if (!held) return { slots, keyringSlot: 'dropped' };
+  secureFree(held);
+  const fresh = randomSecureKey(rng);
+  try {
+    keyringStore(vaultId, fresh);
+    slots.push(wrapKeyringSlot(vaultId, newDk, fresh, rng));
+  } catch {
+    return { slots, keyringSlot: 'dropped' };
+  } finally {
+    secureFree(fresh);
+  }
   return { slots, keyringSlot: 'kept' };
 }
 

@@ -385,7 +385,8 @@ export class Vault {
   /**
    * Draws a new data key and re-encrypts every record under it. Only a vault opened with the
    * passphrase can be rekeyed (its slot is rewrapped with the key derived at open). A keyring slot
-   * is rewrapped when the keyring answers, and dropped (reported) when it does not.
+   * is rewrapped under a new keyring key when the keyring holds one, and dropped (reported) when
+   * it does not.
    * Call save() to persist; until then the file on disk is the old one, whole.
    */
   rekey(): { keyringSlot: 'kept' | 'dropped' | 'none' } {
