@@ -3,7 +3,7 @@
  * command, and SIGKILL at every fsync and rename of a restore (strace's fault injection).
  */
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -21,7 +21,17 @@ import { AuditLog } from '../src/audit/index.js';
 import { hkdfSha256, hmacSha256 } from '../src/vault/age-identity.js';
 import { CHANGING, names, through, tool, toolsFile } from './mcp-helpers.js';
 import { agentRunning, asUser, chownTree, kwAs, OTHER_UID } from './as-user.js';
-import { everyByteUnder, initHome, kw, rootTests, STRACE, straced, type Home } from './helpers.js';
+import {
+  BIN,
+  eventually,
+  everyByteUnder,
+  initHome,
+  kw,
+  rootTests,
+  STRACE,
+  straced,
+  type Home,
+} from './helpers.js';
 
 const has = (cmd: string, arg: string) => spawnSync(cmd, [arg]).status === 0;
 const noAge = !has('age', '--version') && 'needs the age command (apt-get install age)';
@@ -479,6 +489,73 @@ test(
       }
     }
     assert.ok(sawOld > 0 && sawNew > 0, `old ${sawOld}, new ${sawNew}`);
+  },
+);
+
+test(
+  'found in review: a directory of the new home put in place as a link while the restore writes it is refused, and nothing is put in place',
+  { skip: !fs.existsSync(STRACE) && 'needs strace' },
+  async () => {
+    // The attacker is a process of the user that watches the home's parent for the restore's new
+    // directory and plants a link where a directory of it is about to be made. strace holds the
+    // restore at its first file's fsync (all but the first file still to be written) until the
+    // link is there; killing strace lets it go on.
+    const h = initHome();
+    assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-one' }).code, 0);
+    const out = path.join(h.dir, 'b.kwbackup');
+    assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+    const to = freshPlace(h);
+    const elsewhere = path.join(h.dir, 'elsewhere');
+    fs.mkdirSync(elsewhere, { mode: 0o700 });
+    const tracer = spawn(
+      STRACE,
+      [
+        '-f',
+        '-qq',
+        '-o',
+        '/dev/null',
+        '-e',
+        'trace=fsync',
+        '-e',
+        'inject=fsync:delay_exit=600000000:when=1',
+        process.execPath,
+        BIN,
+        'restore',
+        '--input',
+        out,
+      ],
+      { env: to.env, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stderr = '';
+    tracer.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const exited = new Promise<number | null>((res) => tracer.on('close', (code) => res(code)));
+    const parent = path.dirname(to.home);
+    const prefix = `${path.basename(to.home)}.restoring-`;
+    let tmp = '';
+    await eventually(() => {
+      const n = fs.readdirSync(parent).find((x) => x.startsWith(prefix));
+      if (n && fs.existsSync(path.join(parent, n, 'audit'))) tmp = path.join(parent, n);
+      return tmp !== '';
+    }, "the restore's new directory");
+    fs.symlinkSync(elsewhere, path.join(tmp, 'policy'));
+    // strace's tracee goes on when strace dies; its exit code is then the restore's own.
+    const traced = spawnSync('pgrep', ['-P', String(tracer.pid)], { encoding: 'utf8' });
+    const restorePid = Number(traced.stdout.trim().split('\n')[0]);
+    assert.ok(restorePid > 0, 'the restore runs under strace');
+    tracer.kill('SIGKILL');
+    await exited;
+    await eventually(() => !fs.existsSync(`/proc/${restorePid}`), 'the restore to end');
+    assert.equal(fs.existsSync(to.home), false, 'a home with a link in it was put in place');
+    assert.deepEqual(fs.readdirSync(elsewhere), [], 'the restore wrote through the link');
+    assert.match(
+      stderr,
+      /keyward: error: the restore's new home \S+ was changed while it was written: policy is a symbolic link/,
+    );
+    assert.deepEqual(
+      fs.readdirSync(parent).filter((x) => x.startsWith(prefix)),
+      [],
+      'the new directory is left behind',
+    );
   },
 );
 

@@ -132,37 +132,102 @@ function leftoversOf(home: string): string[] {
     .map((n) => path.join(dir, n));
 }
 
-/** Writes every file under `dir` (new, 0700), each fsynced with its mtime, then every directory. */
+/** A file or directory as extract made it, to find it again. */
+type Made = { rel: string; abs: string; dir: boolean; dev: number; ino: number };
+
+function changedUnder(dir: string, rel: string, what: string): IntegrityError {
+  return new IntegrityError(
+    'INSECURE_PERMISSIONS',
+    `the restore's new home ${dir} was changed while it was written: ${rel} ${what}`,
+    {
+      hint: 'a process of this user changed it; nothing was put in place. Find what did, then restore again',
+    },
+  );
+}
+
+/** The directory as made: a directory of its own, not a link (lstat), recorded. */
+function madeDir(dir: string, abs: string): Made {
+  const rel = path.relative(dir, abs) || '.';
+  const st = fs.lstatSync(abs);
+  if (!st.isDirectory())
+    throw changedUnder(dir, rel, st.isSymbolicLink() ? 'is a symbolic link' : 'is not a directory');
+  return { rel, abs, dir: true, dev: st.dev, ino: st.ino };
+}
+
+/**
+ * Writes every file under `dir` (new, 0700), each fsynced with its mtime, then every directory;
+ * then finds each again where it made it. A process of the user can swap a directory of the new
+ * home for a link while the files are written (Node has no openat): what the restore then checks
+ * and puts in place must be what it wrote, so a directory that is a link, or a file or directory
+ * that is not the one made, refuses the restore (found in review). A change after this check is
+ * a change to the home after the restore, which the log and the vault's own checks are for.
+ */
 function extract(dir: string, files: readonly HomeFile[]): void {
   fs.mkdirSync(dir, { mode: 0o700 });
-  const dirs = new Set<string>([dir]);
+  const made = new Map<string, Made>([[dir, madeDir(dir, dir)]]);
   const flags =
     fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
   for (const f of files) {
     const abs = path.join(dir, ...f.path.split('/'));
-    try {
-      for (let p = path.dirname(abs); !dirs.has(p); p = path.dirname(p)) dirs.add(p);
-      fs.mkdirSync(path.dirname(abs), { recursive: true, mode: 0o700 });
-      const fd = fs.openSync(abs, flags, 0o600);
+    let fd: number;
+    const fresh: string[] = [];
+    for (let p = path.dirname(abs); !made.has(p); p = path.dirname(p)) fresh.push(p);
+    // One directory at a time, each found as made before anything goes under it: a link planted
+    // where one is about to be made is never followed.
+    for (const p of fresh.reverse()) {
       try {
-        let off = 0;
-        while (off < f.bytes.length) off += fs.writeSync(fd, f.bytes, off, f.bytes.length - off);
-        // On its millisecond, as Node rounds a time to one (policy history's appliedAt): seconds
-        // as a double lose a few hundred nanoseconds, which must not move it to the next.
-        const t = Math.round(f.mtimeMs) / 1000;
-        fs.futimesSync(fd, t, t);
-        fs.fsyncSync(fd);
-      } finally {
-        fs.closeSync(fd);
+        fs.mkdirSync(p, { mode: 0o700 });
+      } catch (e) {
+        if ((e as NodeJS.ErrnoException).code !== 'EEXIST')
+          throw new IntegrityError(
+            'BACKUP_CORRUPT',
+            `the backup is damaged: ${f.path} can't be written where the manifest puts it (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
+          );
+        const st = fs.lstatSync(p);
+        throw changedUnder(
+          dir,
+          path.relative(dir, p),
+          st.isSymbolicLink() ? 'is a symbolic link' : 'was made by another process',
+        );
       }
+      made.set(p, madeDir(dir, p));
+    }
+    try {
+      fd = fs.openSync(abs, flags, 0o600);
     } catch (e) {
       throw new IntegrityError(
         'BACKUP_CORRUPT',
         `the backup is damaged: ${f.path} can't be written where the manifest puts it (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
       );
     }
+    try {
+      let off = 0;
+      while (off < f.bytes.length) off += fs.writeSync(fd, f.bytes, off, f.bytes.length - off);
+      // On its millisecond, as Node rounds a time to one (policy history's appliedAt): seconds
+      // as a double lose a few hundred nanoseconds, which must not move it to the next.
+      const t = Math.round(f.mtimeMs) / 1000;
+      fs.futimesSync(fd, t, t);
+      fs.fsyncSync(fd);
+      const st = fs.fstatSync(fd);
+      made.set(abs, { rel: f.path, abs, dir: false, dev: st.dev, ino: st.ino });
+    } finally {
+      fs.closeSync(fd);
+    }
   }
-  for (const d of [...dirs].sort((a, b) => b.length - a.length)) fsyncDir(d);
+  const dirs = [...made.values()].filter((m) => m.dir);
+  for (const d of dirs.sort((a, b) => b.abs.length - a.abs.length)) fsyncDir(d.abs);
+  // Shallowest first: a directory found as made before what is under it is looked at.
+  for (const m of [...made.values()].sort((a, b) => a.abs.length - b.abs.length)) {
+    let st: fs.Stats;
+    try {
+      st = fs.lstatSync(m.abs);
+    } catch {
+      throw changedUnder(dir, m.rel, 'is gone');
+    }
+    if (st.isSymbolicLink()) throw changedUnder(dir, m.rel, 'is a symbolic link');
+    if (st.isDirectory() !== m.dir || st.dev !== m.dev || st.ino !== m.ino)
+      throw changedUnder(dir, m.rel, 'is not what the restore wrote');
+  }
 }
 
 /**
