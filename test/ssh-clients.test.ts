@@ -74,7 +74,11 @@ test(
       'ssh-ed25519',
       'ssh-rsa',
     ];
-    assert.deepEqual(got.asyncssh.extensions, ['query'], 'the query reply parses');
+    assert.deepEqual(
+      got.asyncssh.extensions,
+      ['query', 'session-bind@openssh.com'],
+      'the query reply parses',
+    );
     for (const [lib, rep] of Object.entries(got)) {
       assert.deepEqual([...rep.keys].sort(), types, `${lib} lists every key`);
       for (const t of types) assert.equal(rep.signed[t], true, `${lib} verified a ${t} signature`);

@@ -524,6 +524,7 @@ test(
       l.writeUInt32BE(b.length);
       return Buffer.concat([l, b]);
     };
+    // A session-bind without its host key, session id, signature and flag.
     assert.deepEqual(
       await ask(Buffer.concat([Buffer.of(27), str('session-bind@openssh.com')])),
       Buffer.of(5),
@@ -531,7 +532,7 @@ test(
     // SUCCESS, then the names as strings to the end (no count: asyncssh and paramiko read it so).
     assert.deepEqual(
       await ask(Buffer.concat([Buffer.of(27), str('query')])),
-      Buffer.concat([Buffer.of(6), str('query')]),
+      Buffer.concat([Buffer.of(6), str('query'), str('session-bind@openssh.com')]),
     );
     assert.deepEqual(
       await ask(Buffer.concat([Buffer.of(20), str('id'), str('pin')])),
@@ -901,7 +902,12 @@ async function startSshd(
 const sshPorts = new Map<string, number>();
 
 /** ssh to the test sshd of dir as this user, running echo; BatchMode, no host key prompts. */
-function sshLogin(dir: string, env: NodeJS.ProcessEnv, extra: string[] = []) {
+function sshLogin(
+  dir: string,
+  env: NodeJS.ProcessEnv,
+  extra: string[] = [],
+  command = 'echo logged-in-through-keyward',
+) {
   return run(
     'ssh',
     [
@@ -917,7 +923,7 @@ function sshLogin(dir: string, env: NodeJS.ProcessEnv, extra: string[] = []) {
       `UserKnownHostsFile=${path.join(dir, 'known_hosts')}`,
       ...extra,
       `${os.userInfo().username}@127.0.0.1`,
-      'echo logged-in-through-keyward',
+      command,
     ],
     env,
   );
@@ -1161,5 +1167,67 @@ test(
       traced.kill('SIGKILL');
       assert.deepEqual(found, [], `${path.basename(file)}: a private number in ordinary memory`);
     }
+  },
+);
+
+test(
+  'found in review: a signature asked through an agent forwarded with ssh -A is not the local ssh asking: no rule on ssh allows it silently, a person is asked and told the host',
+  { skip: sshdSkip },
+  async () => {
+    // A rule a user writes for logins: the local ssh signs without asking. Through `ssh -A`, the
+    // requests of any process on the far host (or of a process of the user that runs ssh into an
+    // sshd of its own, as here) reach keyward on a connection of that same ssh process.
+    const { h, env } = await agentWith(
+      'version: 1\nrules:\n' +
+        '  - { name: ssh-logins-silent, targets: ["**"], kind: key, callers: { exe: /usr/bin/ssh, loader_vars: absent }, decision: allow }\n',
+    );
+    const g = kw(['key', 'generate', 'vk1'], { env: h.env });
+    assert.equal(g.code, 0, g.stderr);
+    const dir = h.dir;
+    const pub = path.join(dir, 'vk1.pub');
+    fs.writeFileSync(pub, g.stdout);
+    // The attacker logs in with a key of its own: no signature of keyward's is needed for that.
+    const own = sshKeygen(dir, 'attacker', ['-t', 'ed25519', '-N', '']);
+    fs.writeFileSync(path.join(dir, 'authorized_keys'), fs.readFileSync(`${own}.pub`), {
+      mode: 0o600,
+    });
+    const { hostKey, log } = await startSshd(dir, [
+      `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
+      'AllowAgentForwarding yes',
+    ]);
+    const payload = path.join(dir, 'payload');
+    fs.writeFileSync(payload, 'tree 0000\nauthor attacker\n\nnot the user\n');
+    const remote = `ssh-keygen -Y sign -n git -f '${pub}' '${payload}'`;
+    const signVia = () => {
+      fs.rmSync(`${payload}.sig`, { force: true });
+      return sshLogin(dir, env, ['-A', '-i', own, '-o', 'IdentitiesOnly=yes'], remote);
+    };
+    h.answer('no');
+    const refused = signVia();
+    assert.equal(
+      fs.existsSync(`${payload}.sig`),
+      false,
+      `signed silently: ${refused.stderr}\n${log()}`,
+    );
+    const prompt = h.prompts().at(-1) ?? '';
+    const hostFp = run('ssh-keygen', ['-lf', `${hostKey}.pub`], env).stdout.split(' ')[1] ?? '';
+    assert.match(prompt, /an SSHSIG signature \(a git commit or tag\)/);
+    assert.ok(
+      prompt.includes(`through an agent forwarded to the host with key ${hostFp}`),
+      `${prompt} names the forwarded host ${hostFp}`,
+    );
+    h.answer('yes');
+    const ok = signVia();
+    assert.equal(ok.status, 0, `${ok.stderr}\n${log()}`);
+    assert.equal(fs.existsSync(`${payload}.sig`), true);
+    // Approved once, for that use: the next request asks again (no grant for a forwarded agent).
+    h.answer('no');
+    const again = signVia();
+    assert.equal(fs.existsSync(`${payload}.sig`), false, `a grant was used: ${again.stderr}`);
+    const signs = tailOf(h, 20).filter((e) => e.type === 'key.sign');
+    assert.ok(
+      signs.some((e) => e.body.details?.['forwardedTo'] === hostFp),
+      `the record names the forwarded host: ${JSON.stringify(signs.at(-1))}`,
+    );
   },
 );

@@ -47,15 +47,15 @@ export function grantHolder(
 }
 
 /**
- * A key added with confirm (ssh-add -c): whatever the policy decided but a denial, a person is
- * asked, and the answer is for this use only.
+ * A use confirmed each time (a key added with ssh-add -c, a forwarded agent's request): whatever
+ * the policy decided but a denial, a person is asked, and the answer is for this use only.
  */
-export function confirmEachUse(evaluated: Decision): Decision {
+export function confirmEachUse(evaluated: Decision, why: string): Decision {
   if (evaluated.decision === 'deny') return evaluated;
   return {
     decision: 'approve',
     rule: evaluated.rule,
-    explanation: [...evaluated.explanation, 'the key was added with confirm (ssh-add -c)'],
+    explanation: [...evaluated.explanation, why],
     highValue: evaluated.decision === 'approve' && evaluated.highValue,
     approval:
       evaluated.decision === 'approve'
@@ -161,13 +161,14 @@ export function answerOverruled(
   request: PolicyRequest,
   id: ProcessIdentity,
   rule: string | undefined,
-  confirmEach = false,
+  confirmEach: string | undefined = undefined,
 ): string | undefined {
   if (now === asked) return undefined;
   const why = needsHash(now) ? unvouchedHash(id) : undefined;
   // Evaluated as the question was: a key added with confirm asks under an allow rule too.
   const evaluated = why === undefined ? evaluate(now, request, id) : undefined;
-  const again = evaluated && confirmEach ? confirmEachUse(evaluated) : evaluated;
+  const again =
+    evaluated && confirmEach !== undefined ? confirmEachUse(evaluated, confirmEach) : evaluated;
   // The same rule, word for word: a rule of that name that now asks for another factor is
   // another question. So is an allow: its own limits (proxy_only, uses, rate, mcp_inline) were
   // never checked for this request; asked again, the new policy decides it whole.

@@ -43,8 +43,12 @@ export interface GateRequest {
   /** A run's whole command line: `what` may cut a long one; the pending request keeps it all. */
   command?: readonly string[];
   exists: boolean;
-  /** ssh-add -c: every use is confirmed by a person, whatever the policy would remember. */
-  confirmEachUse?: boolean;
+  /**
+   * Every use is confirmed by a person, whatever the policy would allow or remember, and why (it
+   * joins the decision's explanation): a key added with ssh-add -c, a request through an agent
+   * forwarded to another host.
+   */
+  confirmEachUse?: string | undefined;
   /**
    * One request for several values (a run): all its targets, and the rules a person approved
    * for it so far (filled in here). A person is asked once per rule, shown every target that

@@ -186,7 +186,7 @@ export class Gate {
     // request, not the agent); what the vault and the policy are is read again after it. A
     // policy that names no hash is evaluated without it, once, when no wait came between.
     let first = needsHash(policy) ? undefined : evaluate(policy, request, id);
-    if (first === undefined || req.confirmEachUse || first.decision === 'approve') {
+    if (first === undefined || req.confirmEachUse !== undefined || first.decision === 'approve') {
       await exeHashOf(id)?.prepare();
       v = w.unlocked();
       policy = w.currentPolicy(v);
@@ -215,7 +215,7 @@ export class Gate {
     };
     if (needsHash(policy)) await hashed();
     let evaluated = first ?? evaluate(policy, request, id);
-    if (req.confirmEachUse) evaluated = confirmEachUse(evaluated);
+    if (req.confirmEachUse !== undefined) evaluated = confirmEachUse(evaluated, req.confirmEachUse);
     // Only an approval depends on the channels at hand (withChannels keeps any other decision).
     const decision =
       evaluated.decision === 'approve'

@@ -41,6 +41,7 @@ import {
 } from './ssh.js';
 import { inFlight } from './inflight.js';
 import { armExpiry, capTo, keyOf, type Held } from './ssh-held.js';
+import { confirmReason, SESSION_BIND, SessionBindings } from './ssh-bind.js';
 
 const IDLE_CONNECTION_MS = 120_000;
 /** Keys ssh-add may hold at once: each is guarded secure memory. */
@@ -60,7 +61,7 @@ export interface SshHost {
   limits(fresh?: boolean): { maxSignatures: number | undefined; keyLifetimeMs: number | undefined };
   authorize(
     who: Who,
-    req: { target: string; what: string; grantScope: string; confirmEachUse: boolean },
+    req: { target: string; what: string; grantScope: string; confirmEachUse: string | undefined },
   ): Promise<{ rule: string | undefined }>;
   record(r: AuditRecord): Promise<unknown>;
   actor(id: ProcessIdentity): Actor;
@@ -72,12 +73,22 @@ export interface SshHost {
   unlock(passphrase: SecureBuffer, by: ProcessIdentity): Promise<void>;
 }
 
+/** What a connection that serves a forwarded agent may not ask (ssh-bind.ts). */
+const FORWARDED_REFUSED = new Set<number>([
+  SSH.ADD_IDENTITY,
+  SSH.ADD_ID_CONSTRAINED,
+  SSH.REMOVE_IDENTITY,
+  SSH.REMOVE_ALL_IDENTITIES,
+  SSH.UNLOCK,
+]);
+
 export class SshAgentService {
   private readonly added = new Map<string, Held>();
   private vaultKeys = new Map<string, Held>();
   private vaultGeneration = -1;
   private signatures = 0;
   private readonly sockets = new Set<net.Socket>();
+  private readonly bindings = new SessionBindings();
 
   constructor(private readonly host: SshHost) {}
 
@@ -220,6 +231,10 @@ export class SshAgentService {
   private async handle(who: Who, msg: SecureBuffer): Promise<Buffer> {
     const r = new SshReader(msg);
     const type = r.byte();
+    // A far host, through an agent forwarded to it, changes nothing here: it neither adds nor
+    // removes keys, nor tries the vault's passphrase (ssh-bind.ts). Locking stays anyone's.
+    if (FORWARDED_REFUSED.has(type) && this.bindings.forwardedTo(who) !== undefined)
+      return message(SSH.FAILURE);
     switch (type) {
       case SSH.REQUEST_IDENTITIES: {
         // A locked agent, like a locked ssh-agent, has no identities to show.
@@ -278,7 +293,10 @@ export class SshAgentService {
         // "query" lists the extensions an agent supports: SUCCESS, then one string per name to
         // the end of the message, with no count (draft-miller-ssh-agent, "query"; asyncssh and
         // paramiko read it so; a count before the names read as a string of length 1 to them).
-        if (name === 'query') return message(SSH.SUCCESS, sshString('query'));
+        if (name === 'query')
+          return message(SSH.SUCCESS, sshString('query'), sshString(SESSION_BIND));
+        if (name === SESSION_BIND)
+          return message(this.bindings.bind(who, r) ? SSH.SUCCESS : SSH.FAILURE);
         return message(SSH.FAILURE);
       }
       default:
@@ -422,6 +440,7 @@ export class SshAgentService {
     const alg = held.key.algorithm(flags);
     const what = describeSignData(data);
     const fp = held.key.fingerprint;
+    const forwardedTo = this.bindings.forwardedTo(who);
     // An ssh-add comment is whatever the caller sent: quoted, like every caller-controlled part.
     const label = `${held.source === 'vault' ? 'the key' : 'the ssh-add key'} ${quote(held.comment)} (${typeLabel(held.key.type)} ${fp})`;
     if (alg === undefined) {
@@ -438,11 +457,11 @@ export class SshAgentService {
     if (max !== undefined && this.signatures >= max) return message(SSH.FAILURE);
     const { rule } = await this.host.authorize(who, {
       target: held.target,
-      what: `sign with ${label}: ${what.text}`,
+      what: `sign with ${label}: ${what.text}${forwardedTo === undefined ? '' : `, through an agent forwarded to the host with key ${forwardedTo}`}`,
       // The key is part of what was shown: ssh-added keys share a target when they share a
       // comment (ssh-keygen's default is user@host).
       grantScope: JSON.stringify([fp, what.scope]),
-      confirmEachUse: held.confirm,
+      confirmEachUse: confirmReason(held.confirm, forwardedTo),
     });
     // The key may have been removed, expired or wiped (lock) while a person decided.
     if (held.key.wiped || !this.host.isUnlocked()) return message(SSH.FAILURE);
@@ -482,6 +501,7 @@ export class SshAgentService {
         fingerprint: fp,
         source: held.source,
         ...what.details,
+        ...(forwardedTo === undefined ? {} : { forwardedTo }),
       },
     });
     // Handled from the start: a failed write must reach the await below, not crash the agent as

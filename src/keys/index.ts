@@ -4,6 +4,7 @@
  */
 export {
   blobType,
+  verifySshSignature,
   fingerprint,
   KEY_TYPES,
   publicKeyLine,

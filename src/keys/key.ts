@@ -276,53 +276,7 @@ export class SigningKey {
 
   /** Checks an SSH signature blob against this key's public half (public data only). */
   verify(data: Uint8Array, signature: Uint8Array): boolean {
-    const r = new SshReader(signature);
-    const alg = r.text();
-    const sig = r.string();
-    if (this.type === 'ssh-ed25519') {
-      return (
-        sig.length === 64 &&
-        sodium.crypto_sign_verify_detached(sig, data, this.publicBlob.subarray(19))
-      );
-    }
-    const pub = new SshReader(this.publicBlob);
-    pub.text();
-    const curve = CURVES[this.type];
-    if (curve) {
-      pub.text();
-      const q = pub.string();
-      const key = crypto.createPublicKey({
-        key: {
-          kty: 'EC',
-          crv: curve.jwk,
-          x: q.subarray(1, 1 + curve.size).toString('base64url'),
-          y: q.subarray(1 + curve.size).toString('base64url'),
-        },
-        format: 'jwk',
-      });
-      const s = new SshReader(sig);
-      const pad = (m: Uint8Array) => {
-        const out = Buffer.alloc(curve.size);
-        const v = stripZeros(m);
-        if (v.length > curve.size) throw new SshParseError('bad ECDSA signature');
-        out.set(v, curve.size - v.length);
-        return out;
-      };
-      const rs = Buffer.concat([pad(s.mpint()), pad(s.mpint())]);
-      return crypto.verify(curve.hash, data, { key, dsaEncoding: 'ieee-p1363' }, rs);
-    }
-    const e = pub.mpint();
-    const n = pub.mpint();
-    const key = crypto.createPublicKey({
-      key: {
-        kty: 'RSA',
-        n: Buffer.from(stripZeros(n)).toString('base64url'),
-        e: Buffer.from(stripZeros(e)).toString('base64url'),
-      },
-      format: 'jwk',
-    });
-    const hash = alg === 'rsa-sha2-512' ? 'sha512' : alg === 'rsa-sha2-256' ? 'sha256' : undefined;
-    return hash !== undefined && crypto.verify(hash, data, key, sig);
+    return verifySshSignature(this.publicBlob, data, signature);
   }
 
   /** Signs a random message and verifies it: a key whose halves disagree is refused. */
@@ -384,4 +338,72 @@ export function typeLabel(type: string): string {
 /** An OpenSSH public key line: `TYPE BASE64 COMMENT`. */
 export function publicKeyLine(blob: Uint8Array, comment: string): string {
   return `${blobType(blob)} ${Buffer.from(blob).toString('base64')}${comment ? ` ${comment}` : ''}`;
+}
+
+/**
+ * Checks an SSH signature blob (string algorithm, string signature) over data against a public
+ * key blob: ed25519, ECDSA P-256/P-384/P-521 or RSA (rsa-sha2-256/512 only). Public data only,
+ * so node:crypto may hold the key. False for a key or signature it can't read.
+ */
+export function verifySshSignature(
+  publicBlob: Uint8Array,
+  data: Uint8Array,
+  signature: Uint8Array,
+): boolean {
+  try {
+    return verifyOrThrow(publicBlob, data, signature);
+  } catch {
+    return false;
+  }
+}
+
+function verifyOrThrow(publicBlob: Uint8Array, data: Uint8Array, signature: Uint8Array): boolean {
+  const type = blobType(publicBlob);
+  const r = new SshReader(signature);
+  const alg = r.text();
+  const sig = r.string();
+  if (type === 'ssh-ed25519') {
+    return (
+      sig.length === 64 && sodium.crypto_sign_verify_detached(sig, data, publicBlob.subarray(19))
+    );
+  }
+  const pub = new SshReader(publicBlob);
+  pub.text();
+  const curve = CURVES[type as KeyType];
+  if (curve) {
+    pub.text();
+    const q = pub.string();
+    const key = crypto.createPublicKey({
+      key: {
+        kty: 'EC',
+        crv: curve.jwk,
+        x: q.subarray(1, 1 + curve.size).toString('base64url'),
+        y: q.subarray(1 + curve.size).toString('base64url'),
+      },
+      format: 'jwk',
+    });
+    const s = new SshReader(sig);
+    const pad = (m: Uint8Array) => {
+      const out = Buffer.alloc(curve.size);
+      const v = stripZeros(m);
+      if (v.length > curve.size) throw new SshParseError('bad ECDSA signature');
+      out.set(v, curve.size - v.length);
+      return out;
+    };
+    const rs = Buffer.concat([pad(s.mpint()), pad(s.mpint())]);
+    return crypto.verify(curve.hash, data, { key, dsaEncoding: 'ieee-p1363' }, rs);
+  }
+  if (type !== 'ssh-rsa') return false;
+  const e = pub.mpint();
+  const n = pub.mpint();
+  const key = crypto.createPublicKey({
+    key: {
+      kty: 'RSA',
+      n: Buffer.from(stripZeros(n)).toString('base64url'),
+      e: Buffer.from(stripZeros(e)).toString('base64url'),
+    },
+    format: 'jwk',
+  });
+  const hash = alg === 'rsa-sha2-512' ? 'sha512' : alg === 'rsa-sha2-256' ? 'sha256' : undefined;
+  return hash !== undefined && crypto.verify(hash, data, key, sig);
 }
