@@ -5,12 +5,14 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcessWithoutNullStreams } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import readline from 'node:readline';
 import { after, describe, test } from 'node:test';
 import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
 import { agentStatus } from '../src/agent/client.js';
-import { BIN, eventually, kw, ROOT } from './helpers.js';
+import { BIN, eventually, kw, rootTests, ROOT } from './helpers.js';
+import { agentRunning, chownTree, kwAs, OTHER_UID } from './as-user.js';
 
 const REMEMBER =
   'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }\n';
@@ -563,6 +565,96 @@ describe('every grant ends at lock', () => {
 });
 
 describe('the askpass program is the one the agent started with', () => {
+  /** A directory only root can write (and its parents: /tmp is sticky), for the askpass. */
+  const rootOwned = () => {
+    const d = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-askpass-'));
+    fs.chmodSync(d, 0o755);
+    cleanups.push(() => fs.rmSync(d, { recursive: true, force: true }));
+    return d;
+  };
+  const cleanups: Array<() => void> = [];
+  after(() => {
+    for (const c of cleanups) c();
+  });
+
+  test(
+    "found in review: what the askpass runs by name is looked up only where root alone can write, not in the user's own bin",
+    { skip: !rootTests && 'needs root (setpriv to another user)' },
+    async () => {
+      // A user who keeps the askpass where only root can write, as THREAT-MODEL.md advises: a
+      // wrapper that runs the dialog by name. The user's PATH has a directory of the user's own
+      // first (~/.local/bin): any process of the user can put a `kwdialog` there.
+      const h = agentHome(
+        REMEMBER.replace('remember: { scope: process, for: 10m }', 'timeout: 1s'),
+      );
+      assert.equal(
+        kw(['secret', 'set', 'app/token'], { env: h.env, input: 'askpass-held-value' }).code,
+        0,
+      );
+      const sys = rootOwned();
+      const answer = path.join(h.dir, 'answer');
+      fs.writeFileSync(path.join(sys, 'kw-askpass'), '#!/bin/sh\nexec kwdialog "$1"\n', {
+        mode: 0o755,
+      });
+      fs.writeFileSync(path.join(sys, 'kwdialog'), `#!/bin/sh\n[ "$(cat '${answer}')" = yes ]\n`, {
+        mode: 0o755,
+      });
+      const userBin = path.join(h.dir, 'bin');
+      fs.mkdirSync(userBin);
+      chownTree(h.dir, OTHER_UID);
+      const env = {
+        ...h.env,
+        KEYWARD_ASKPASS: path.join(sys, 'kw-askpass'),
+        PATH: `${userBin}:${sys}:/usr/bin:/bin`,
+      };
+      const agent = await agentRunning(env, true);
+      try {
+        assert.equal(kwAs(['unlock'], env).code, 0);
+        fs.writeFileSync(answer, 'yes');
+        const yes = kwAs(['read', 'app/token'], env);
+        assert.equal(yes.stdout, 'askpass-held-value', `the dialog answers: ${yes.stderr}`);
+        // The attacker, a process of the user: its own kwdialog, first on PATH.
+        const pwned = path.join(h.dir, 'attacker-ran');
+        const [cmd, ...pre] = [
+          'setpriv',
+          `--reuid=${OTHER_UID}`,
+          `--regid=${OTHER_UID}`,
+          '--clear-groups',
+        ];
+        const planted = spawnSync(cmd as string, [
+          ...pre,
+          'sh',
+          '-c',
+          `printf '#!/bin/sh\\ntouch ${pwned}\\nexit 0\\n' > '${userBin}/kwdialog' && chmod 755 '${userBin}/kwdialog'`,
+        ]);
+        assert.equal(planted.status, 0, String(planted.stderr));
+        fs.writeFileSync(answer, 'no');
+        const no = kwAs(['read', 'app/token'], env);
+        assert.equal(no.stdout, '', "released by the attacker's dialog");
+        assert.notEqual(no.code, 0);
+        assert.equal(fs.existsSync(pwned), false, "the attacker's kwdialog ran");
+      } finally {
+        agent.kill('SIGKILL');
+      }
+    },
+  );
+
+  test(
+    "found in review: an askpass program the agent can't read (to pin it) refuses the agent's start",
+    { skip: !rootTests && 'needs root (setpriv to another user)' },
+    async () => {
+      const h = agentHome(REMEMBER);
+      const sys = rootOwned();
+      // Runnable, not readable, by the user: the agent can't hash it, so can't tell it replaced.
+      const program = path.join(sys, 'kwask');
+      fs.copyFileSync('/bin/false', program);
+      fs.chmodSync(program, 0o711);
+      chownTree(h.dir, OTHER_UID);
+      const env = { ...h.env, KEYWARD_ASKPASS: program };
+      await assert.rejects(agentRunning(env, true), /KEYWARD_ASKPASS=\S*kwask: it can't be read/);
+    },
+  );
+
   test('one replaced by `exit 0` after the agent started approves nothing: it is not run, and that is recorded', async () => {
     // A short timeout: with the askpass failed, the request waits for the console, then expires.
     const h = await agentWith(REMEMBER.replace('mode: confirm,', 'mode: confirm, timeout: 1s,'));

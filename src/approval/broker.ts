@@ -308,9 +308,14 @@ export function askpass(
         resolve(a);
       }
     };
-    // A program pinned at the agent's start runs only as it was then (askpassPin).
+    // A program pinned at the agent's start runs only as it was then (askpassPin), and one that
+    // was not pinned never runs (found by name on PATH at each prompt, it could be anything).
     const pin = pinned.get(program);
-    if (pin && contentHash(pin.path) !== pin.sha256) {
+    if (!pin) {
+      finish({ ok: false, failure: `${program} was not pinned at the agent's start: not run` });
+      return;
+    }
+    if (contentHash(pin.path) !== pin.sha256) {
       finish({
         ok: false,
         failure: `${pin.path} changed since the agent started: not run (restart the agent to use the new one)`,
@@ -319,8 +324,11 @@ export function askpass(
     }
     let child;
     try {
-      child = spawn(pin?.path ?? program, [markupFree(prompt)], {
-        env: { ...env, SSH_ASKPASS_PROMPT: 'confirm' },
+      // What the program runs by name (a wrapper's dialog, env's interpreter) is looked up only
+      // where root alone can write: a directory of the user's own on PATH (~/.local/bin) would
+      // let any process of the user put its own `exit 0` there (found in review).
+      child = spawn(pin.path, [markupFree(prompt)], {
+        env: { ...env, PATH: rootOnlyPath(env['PATH']), SSH_ASKPASS_PROMPT: 'confirm' },
         stdio: ['ignore', 'ignore', 'ignore'],
       });
     } catch (e) {
@@ -395,6 +403,33 @@ function contentHash(file: string): string | undefined {
   }
 }
 
+/**
+ * The directories of a PATH that only root can change: absolute, every part of the way owned by
+ * root, none writable by group or others but a sticky one's entries (/tmp's, which root owns).
+ * A process of the user can put nothing in them, nor swap them for directories of its own.
+ */
+export function rootOnlyPath(envPath: string | undefined): string {
+  const kept: string[] = [];
+  for (const dir of (envPath ?? '').split(':')) {
+    if (!path.isAbsolute(dir) || kept.includes(dir)) continue;
+    try {
+      const real = fs.realpathSync(dir);
+      const parts = real.split('/').filter((x) => x !== '');
+      let ok = true;
+      for (let i = 0; i <= parts.length && ok; i++) {
+        const st = fs.statSync(`/${parts.slice(0, i).join('/')}`);
+        const last = i === parts.length;
+        const shared = (st.mode & 0o022) !== 0;
+        ok = st.isDirectory() && st.uid === 0 && (!shared || (!last && (st.mode & 0o1000) !== 0));
+      }
+      if (ok) kept.push(dir);
+    } catch {
+      // not there, or not to be read: not a place to look
+    }
+  }
+  return kept.join(':');
+}
+
 /** Where a program (a path, or a name on PATH) is: its first executable regular file. */
 function locate(program: string, envPath: string | undefined): string | undefined {
   const candidates = program.includes('/')
@@ -432,7 +467,11 @@ export function askpassPin(program: string, envPath: string | undefined): void {
 export function askpassProblem(program: string, envPath: string | undefined): string | undefined {
   if (!program.includes('/') && !(envPath ?? '').split(':').some((d) => d !== ''))
     return `${program} is not a path and there is no PATH`;
-  if (locate(program, envPath) !== undefined) return undefined;
+  const found = locate(program, envPath);
+  if (found !== undefined)
+    return contentHash(found) === undefined
+      ? `it can't be read (or is over ${ASKPASS_MAX_BYTES / 1024 / 1024} MiB): the agent pins an askpass program's content at its start, so that one replaced since is never run`
+      : undefined;
   return program.includes('/')
     ? `${program} is not an executable file`
     : `${program} was not found on PATH`;
