@@ -648,6 +648,43 @@ test(
 );
 
 test(
+  'found in review: a partial SSH message trickled a byte at a time is dropped at its deadline, not held while the bytes keep coming',
+  { skip },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const sock = env['SSH_AUTH_SOCK'] ?? '';
+    // 200 KiB of a message that declares 256 KiB, then one more byte every half second: each
+    // byte resets the idle limit, and the message stays incomplete. 200 such connections held
+    // the budget lock and approve need for as long as the trickle went on (days).
+    const s = net.connect(sock);
+    const head = Buffer.from([0, 4, 0, 0]);
+    let sent = 0;
+    let timer: NodeJS.Timeout | undefined;
+    const closed = await new Promise<boolean>((resolve) => {
+      s.on('close', () => resolve(true));
+      s.on('error', () => undefined);
+      s.on('connect', () => {
+        s.write(Buffer.concat([head, Buffer.alloc(200 * 1024, 0x20)]));
+        // Paced, not timed: the test waits for the agent to close; 120 bytes is a minute.
+        timer = setInterval(() => {
+          if (sent >= 120) {
+            resolve(false);
+            return;
+          }
+          sent++;
+          s.write(Buffer.of(0x20));
+        }, 500);
+      });
+    });
+    clearInterval(timer);
+    s.destroy();
+    assert.ok(closed, `the agent kept a message trickled for ${sent} bytes`);
+    const lock = kw(['lock'], { env: h.env });
+    assert.equal(lock.code, 0, lock.stderr);
+  },
+);
+
+test(
   'removing a key wipes it: no fragment of the ed25519, ECDSA or RSA private keys reaches the disk, or stays in the agent after ssh-add -D (root: /proc/PID/mem)',
   { skip: skip || (!rootTests && 'needs root to read /proc/PID/mem') },
   async () => {

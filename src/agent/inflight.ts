@@ -6,6 +6,12 @@
  */
 export const IN_FLIGHT_MAX = 48 * 1024 * 1024; // two of the largest frames (a 16 MiB value), and room
 
+/**
+ * How long a frame or SSH message may take to arrive, from its first byte: trickling bytes (each
+ * one resetting the idle limit) doesn't extend it, so a slow sender can't hold the budget.
+ */
+export const FRAME_TIMEOUT_MS = 5_000;
+
 class InFlight {
   private held = 0;
 

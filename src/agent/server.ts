@@ -47,8 +47,8 @@ import type { SshAgentService } from './ssh-agent.js';
 import type { UnlockWindow } from './unlock.js';
 import { makeServices } from './services.js';
 import type { Views } from './views.js';
+import { FRAME_TIMEOUT_MS } from './inflight.js';
 
-const FRAME_TIMEOUT_MS = 5_000;
 const IDLE_CONNECTION_MS = 120_000;
 
 export interface AgentOptions {

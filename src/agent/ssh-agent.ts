@@ -17,13 +17,7 @@ import {
   u32,
   vaultKeyNames,
 } from '../keys/index.js';
-import {
-  secureAlloc,
-  secureFootprint,
-  secureFree,
-  secureRelease,
-  type SecureBuffer,
-} from '../lib/secure.js';
+import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 import { quote } from '../lib/text.js';
 import type { Vault } from '../vault/index.js';
 import type { ProcessIdentity } from './identity.js';
@@ -34,16 +28,13 @@ import {
   CONSTRAIN_EXTENSION,
   CONSTRAIN_LIFETIME,
   describeSignData,
-  MAX_QUEUED,
   message,
   SSH,
-  SshFrameReader,
 } from './ssh.js';
-import { inFlight } from './inflight.js';
 import { armExpiry, capTo, keyOf, type Held } from './ssh-held.js';
 import { confirmReason, SESSION_BIND, SessionBindings } from './ssh-bind.js';
+import { serveSshConnection } from './ssh-conn.js';
 
-const IDLE_CONNECTION_MS = 120_000;
 /** Keys ssh-add may hold at once: each is guarded secure memory. */
 const MAX_ADDED_KEYS = 256;
 
@@ -95,62 +86,16 @@ export class SshAgentService {
   accept(socket: net.Socket): void {
     const who = this.host.peer(socket);
     if (!who) return;
-    const reader = new SshFrameReader();
     this.sockets.add(socket);
-    let busy = Promise.resolve();
-    let queued = 0;
-    socket.setTimeout(IDLE_CONNECTION_MS, () => socket.destroy());
-    socket.on('error', () => socket.destroy());
-    let closed = false;
-    socket.on('close', () => {
-      // An ssh client that hangs up takes its pending signature request with it, and the ones
-      // queued behind it (below): nobody is asked about a request whose answer would go nowhere.
-      closed = true;
-      who.gone = true;
-      who.abandon?.();
-      this.sockets.delete(socket);
-      reader.destroy();
-      closePeer(who);
-    });
-    socket.on('data', (chunk: Buffer) => {
-      let msgs: SecureBuffer[];
-      try {
-        msgs = reader.push(chunk);
-      } catch {
-        socket.destroy();
-        return;
-      }
-      queued += msgs.length;
-      // Each waiting request holds secure memory (locked pages): a flood is dropped, whether on
-      // one connection (more than 16 waiting) or across many (the agent's in-flight budget).
-      // Counted as the secure memory they hold: a pooled message holds its whole size class.
-      const held = msgs.map(secureFootprint);
-      const bytes = held.reduce((n, b) => n + b, 0);
-      if (queued > MAX_QUEUED || !inFlight.reserve(bytes)) {
-        for (const m of msgs) secureRelease(m);
-        socket.destroy();
-        return;
-      }
-      for (const [i, msg] of msgs.entries()) {
-        // Requests on one connection are answered in order.
-        busy = busy.then(async () => {
-          let reply: Buffer;
-          try {
-            reply = closed ? message(SSH.FAILURE) : await this.handle(who, msg);
-          } catch {
-            reply = message(SSH.FAILURE);
-          } finally {
-            inFlight.release(held[i] ?? msg.length);
-            // Zeroed and kept for the next request of its size (lib/secure.ts); no view of it
-            // outlives handle().
-            secureRelease(msg);
-            queued -= 1;
-          }
-          if (!socket.destroyed) socket.write(reply);
-        });
-      }
-    });
-    socket.resume();
+    serveSshConnection(
+      socket,
+      who,
+      (msg) => this.handle(who, msg),
+      () => {
+        this.sockets.delete(socket);
+        closePeer(who);
+      },
+    );
   }
 
   /** Closes every connection (stop). */
