@@ -38,15 +38,18 @@ function inKeyringSession(
   return { code: r.status, out: r.stdout, err: r.stderr };
 }
 
+/** A vault made with a keyring slot, one secret in it, and the passphrase file out of sight. */
+const KEYRING_VAULT = `
+kw init --keyring ${FAST_KDF.join(' ')} || exit 10
+unset KEYWARD_PASSPHRASE_FILE
+printf 'keyring-held-value' | kw secret set kr/token || exit 11`;
+
 test(
   'init --keyring stores a key in the Secret Service; later commands unlock with it and no passphrase',
   { skip },
   () => {
     const h = makeHome();
-    const script = `
-kw init --keyring ${FAST_KDF.join(' ')} || exit 10
-unset KEYWARD_PASSPHRASE_FILE
-printf 'keyring-held-value' | kw secret set kr/token || exit 11
+    const script = `${KEYRING_VAULT}
 echo "READ1=$(kw read kr/token)"
 # installing a policy is a person's act: the keyring (any process of the user) does not do it
 kw policy show > "$HOME/p.yaml" 2>/dev/null
@@ -122,10 +125,7 @@ test(
     // The attacker is any process of the user: while the keyring is unlocked it reads the item,
     // keeps it, and later puts it back (or opens a later copy of vault.kw with it offline).
     const h = makeHome();
-    const script = `
-kw init --keyring ${FAST_KDF.join(' ')} || exit 10
-unset KEYWARD_PASSPHRASE_FILE
-printf 'keyring-held-value' | kw secret set kr/token || exit 11
+    const script = `${KEYRING_VAULT}
 id=$(kw whoami --json | sed -n 's/.*"vaultId": "\\([0-9a-f]*\\)".*/\\1/p')
 secret-tool lookup service keyward username vault-$id > "$HOME/stolen.key" || exit 12
 KEYWARD_PASSPHRASE_FILE='${h.passFile}' kw rekey || exit 13
