@@ -4,14 +4,21 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import { secureFree, secureTake } from '../src/lib/secure.js';
 import { DEFAULT_POLICY } from '../src/policy/index.js';
 import { readApplied } from '../src/policy/store.js';
 import { vaultPaths, withVaultWrite } from '../src/vault/index.js';
-import { initHome, kw, PASSPHRASE, type Home } from './helpers.js';
+import { agentHome, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import { BIN, initHome, kw, PASSPHRASE, type Home } from './helpers.js';
+
+const agents: AgentHome[] = [];
+after(async () => {
+  for (const a of agents) await stopAgent(a);
+});
 
 const GOOD = `version: 1
 rules:
@@ -153,6 +160,24 @@ rules:
   const a = kw(['policy', 'apply', '--yes', f], { env: h.env });
   assert.equal(a.code, 0, a.stderr);
   assert.equal(a.stderr.match(/^ {2}note: rule /gm)?.length, 5, a.stderr);
+  // A glob may name an interpreter: said too (found in review).
+  const globbed = `version: 1
+rules:
+  - { name: pythons, targets: ["d/*"], callers: { exe: "/usr/bin/python3*", loader_vars: absent }, decision: allow }
+  - { name: either, targets: ["d/*"], callers: { exe: "/usr/bin/{git,perl}", loader_vars: absent }, decision: allow }
+`;
+  const gl = kw(['policy', 'check', write(h, 'globbed.yaml', globbed)], { env: h.env });
+  assert.equal(gl.code, 0, gl.stderr);
+  for (const [rule, pattern] of [
+    ['pythons', '/usr/bin/python3*'],
+    ['either', '/usr/bin/{git,perl}'],
+  ])
+    assert.ok(
+      gl.stderr.includes(
+        `keyward: note: rule ${rule} allows whatever the glob ${pattern} names, which may be an interpreter`,
+      ),
+      gl.stderr,
+    );
   // A rule before it that denies callers with loader variables: no note on that.
   const guarded = `version: 1
 rules:
@@ -194,7 +219,7 @@ test("check says which approvals are remembered for every process of an interpre
   const remembered = `version: 1
 rules:
   - { name: any-program, targets: ["a/*"], decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }
-  - { name: python, targets: ["b/*"], callers: { exe: /usr/bin/python3 }, decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }
+  - { name: perl, targets: ["b/*"], callers: { exe: /usr/bin/perl }, decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }
   - { name: git, targets: ["c/*"], callers: { exe: /usr/bin/git }, decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }
   - { name: this-process, targets: ["d/*"], decision: approve, approve: { mode: confirm, remember: { scope: process, for: 10m } } }
   - { name: by-glob, targets: ["e/*"], callers: { exe: "/usr/bin/python3*" }, decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }
@@ -214,7 +239,7 @@ rules:
   );
   assert.match(
     notes[1] ?? '',
-    /^keyward: note: rule python remembers a yes for every process of the interpreter \/usr\/bin\/python3 \(scope: executable\): every script it runs, any process's/,
+    /^keyward: note: rule perl remembers a yes for every process of the interpreter \/usr\/bin\/perl \(scope: executable\): every script it runs, any process's/,
   );
 });
 
@@ -386,4 +411,73 @@ test('a policy applied before apply refused what does not do what it reads as is
   const again = kw(['policy', 'apply', f], { env: h.env });
   assert.equal(again.code, 2);
   assert.match(again.stderr, /\*\* crosses \/ only as a whole part/);
+});
+
+test("found in review: a rule on a program's path that is a symbolic link matches nothing: check and apply refuse it, and explain answers for the file the link leads to, with an agent or without", async () => {
+  const h = agentHome();
+  agents.push(h);
+  const bin = path.join(h.dir, 'bin');
+  fs.mkdirSync(bin);
+  // As /usr/bin/python3 is a link to python3.11: the agent sees the file a process runs.
+  const link = path.join(bin, 'mypython');
+  fs.symlinkSync(process.execPath, link);
+  const real = fs.realpathSync(process.execPath);
+  const linked = `version: 1
+rules:
+  - { name: no-python, targets: ["**"], callers: { exe: ${JSON.stringify(link)} }, decision: deny }
+  - { name: rest, targets: ["**"], decision: allow }
+`;
+  const f = write(h, 'linked.yaml', linked);
+  for (const args of [
+    ['check', f],
+    ['apply', '--yes', f],
+  ]) {
+    const r = kw(['policy', ...args], { env: h.env });
+    assert.equal(r.code, 2, `${args[0]}: ${r.stderr}`);
+    assert.ok(
+      r.stderr.includes(`rule no-python's exe ${link} goes through a symbolic link to ${real}`),
+      r.stderr,
+    );
+  }
+  // The rule written for the file itself: explain, asked with the link's path, answers for it.
+  const f2 = write(h, 'real.yaml', linked.replace(JSON.stringify(link), JSON.stringify(real)));
+  assert.equal(kw(['policy', 'apply', '--yes', f2], { env: h.env }).code, 0);
+  const explain = () =>
+    kw(['policy', 'explain', '--target', 'a/b', '--exe', link, '--ancestor', link], {
+      env: h.env,
+    });
+  const without = explain();
+  assert.match(without.stdout, /^deny by rule no-python/, without.stderr);
+  await startAgent(h);
+  assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  const through = explain();
+  assert.match(through.stdout, /^deny by rule no-python/, `the agent's answer: ${through.stdout}`);
+});
+
+test("found in review: a deny rule on an ancestor holds when the ancestor's program is updated under it (its /proc path then ends in ' (deleted)')", async () => {
+  const h = agentHome(`version: 1
+rules:
+  - { name: nothing-for-the-agent, targets: ["**"], callers: { ancestor: "**/claude" }, decision: deny }
+  - { name: rest, targets: ["**"], decision: allow }
+`);
+  agents.push(h);
+  assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'ancestor-held' }).code, 0);
+  await startAgent(h);
+  assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+  const bin = path.join(h.dir, 'bin');
+  fs.mkdirSync(bin);
+  const claude = path.join(bin, 'claude');
+  fs.copyFileSync('/bin/bash', claude);
+  fs.chmodSync(claude, 0o755);
+  const read = `'${process.execPath}' '${BIN}' read a/b`;
+  const under = (script: string) =>
+    spawnSync(claude, ['-c', `${script}; exit $?`], { env: h.env, encoding: 'utf8' });
+  const plain = under(read);
+  assert.equal(plain.status, 6, `denied under claude: ${plain.stdout}${plain.stderr}`);
+  // An update in place, as an installer makes it: a new file renamed over the running one.
+  const updated = under(
+    `cp '${claude}' '${claude}.new' && mv '${claude}.new' '${claude}' && ${read}`,
+  );
+  assert.equal(updated.stdout, '', 'released under an updated claude');
+  assert.equal(updated.status, 6, updated.stderr);
 });

@@ -26,6 +26,7 @@ import {
   type Policy,
   type PolicyRequest,
   weakAllows,
+  linkedCallerPaths,
 } from '../policy/index.js';
 import { lookThenWrite, requireVault, useVault, type Vault } from '../vault/index.js';
 import { readOwnFile } from '../lib/files.js';
@@ -48,6 +49,24 @@ function readPolicyFile(file: string): string {
 }
 
 /** Validates, printing every problem with its position before the error itself. */
+/**
+ * A policy a person checks or applies here: valid, and naming no program by a path this machine
+ * resolves elsewhere (a rule that matches nothing: policy/paths.ts). Each problem on stderr.
+ */
+function checkedHere(io: Io, text: string, source: string): Policy {
+  const p = checked(io, text, source);
+  const linked = linkedCallerPaths(p);
+  if (linked.length > 0) {
+    for (const l of linked) io.stderr(`${printable(source)}: ${asciiShown(l)}\n`);
+    throw new KeywardError(
+      'POLICY_INVALID',
+      `${printable(source)} names ${linked.length === 1 ? 'a program' : 'programs'} by a path that goes through a symbolic link: ${linked.length === 1 ? 'its rule matches' : 'those rules match'} nothing`,
+      { hint: 'write the path of the file itself, as above' },
+    );
+  }
+  return p;
+}
+
 function checked(io: Io, text: string, source: string): Policy {
   try {
     return checkPolicyText(text, source);
@@ -116,7 +135,7 @@ export function registerPolicyCommands(program: Command, io: Io): void {
     .argument('<file>', 'a policy file')
     .description('validate; every problem with FILE:LINE:COLUMN (exit 2)')
     .action((file: string) => {
-      const p = checked(io, readPolicyFile(file), file);
+      const p = checkedHere(io, readPolicyFile(file), file);
       io.stdout(`ok: ${file} is a valid policy with ${p.rules.length} rule(s)\n`);
       for (const n of weakAllows(p)) io.stderr(`keyward: note: ${n}\n`);
     });
@@ -137,7 +156,7 @@ export function registerPolicyCommands(program: Command, io: Io): void {
       if (o.sha256 !== undefined && !/^[0-9a-f]{64}$/.test(o.sha256))
         throw new UsageError('USAGE', '--sha256 takes 64 lowercase hex digits');
       const text = readPolicyFile(file);
-      const policy = checked(io, text, file);
+      const policy = checkedHere(io, text, file);
       if (o.sha256 !== undefined && sha256Hex(text) !== o.sha256)
         throw new KeywardError('POLICY_INVALID', `${file} is not the text --sha256 names`, {
           hint: `its sha256 is ${sha256Hex(text)}`,
@@ -308,7 +327,7 @@ export function registerPolicyCommands(program: Command, io: Io): void {
         exe: o.exe === undefined ? undefined : real(o.exe),
         exeSha256: o.exeSha256,
         uid: o.uid,
-        cwd: o.cwd,
+        cwd: o.cwd === undefined ? undefined : real(o.cwd),
         ancestors: o.ancestor.map((exe) => ({ exe: real(exe) })),
         loaderVars: o.loaderVar.map((name) => ({ name })),
       };
@@ -321,12 +340,14 @@ export function registerPolicyCommands(program: Command, io: Io): void {
             op: 'explain',
             target: o.target,
             kind,
+            // The paths as resolved here, as the agent would see them run (found in review: the
+            // agent was sent a link's path, and said a rule on it matched).
             caller: {
-              ...(o.exe === undefined ? {} : { exe: o.exe }),
+              ...(caller.exe === undefined ? {} : { exe: caller.exe }),
               ...(o.exeSha256 === undefined ? {} : { exeSha256: o.exeSha256 }),
               ...(o.uid === undefined ? {} : { uid: o.uid }),
-              ...(o.cwd === undefined ? {} : { cwd: o.cwd }),
-              ancestors: o.ancestor,
+              ...(caller.cwd === undefined ? {} : { cwd: caller.cwd }),
+              ancestors: caller.ancestors?.map((a) => a.exe) ?? [],
               loaderVars: o.loaderVar,
             },
           }),

@@ -78,6 +78,9 @@ export type Decision =
     }
   | { decision: 'deny'; rule: string | undefined; explanation: string[] };
 
+/** What /proc says after a running program's file was replaced or removed. */
+const DELETED = ' (deleted)';
+
 const matchers = new Map<string, (s: string) => boolean>();
 function glob(pattern: string): (s: string) => boolean {
   let m = matchers.get(pattern);
@@ -118,7 +121,12 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
     return allows
       ? "the kernel can't tell the agent which process connected (no SO_PEERPIDFD: Linux before 6.5), and an allow by who asks needs it to"
       : undefined;
-  if (w.exe !== undefined && (c.exe === undefined || !glob(w.exe)(c.exe))) {
+  // A program updated under a running process (a new file renamed over it) shows in /proc as its
+  // path and " (deleted)": a deny or approve rule still names it (found in review: an AI tool's
+  // update turned off the rules on it). Never an allow: such a path is not vouched for (above).
+  const named = (m: (p: string) => boolean, p: string) =>
+    m(p) || (!allows && p.endsWith(DELETED) && m(p.slice(0, -DELETED.length)));
+  if (w.exe !== undefined && (c.exe === undefined || !named(glob(w.exe), c.exe))) {
     return `the caller's executable ${c.exe ?? '(unknown)'} does not match ${w.exe}`;
   }
   // An executable the agent can't take as it reads it (a mount or user namespace or root of
@@ -134,7 +142,9 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
   if (w.ancestor !== undefined) {
     const m = glob(w.ancestor);
     const all = c.ancestors ?? [];
-    if (!all.some((a) => a.exe !== undefined && !(a.elsewhere === true && allows) && m(a.exe)))
+    if (
+      !all.some((a) => a.exe !== undefined && !(a.elsewhere === true && allows) && named(m, a.exe))
+    )
       return all.some((a) => a.exe !== undefined && a.elsewhere === true && m(a.exe))
         ? `the ancestor that matches ${w.ancestor} runs where the agent can't vouch for it (a mount or user namespace or root of its own, or another file by that path), and an allow needs it to`
         : `no ancestor's executable matches ${w.ancestor}`;

@@ -29,6 +29,7 @@ export {
 } from './evaluate.js';
 export { TokenBucket, UseCounter } from './limits.js';
 export { weakAllows } from './lint.js';
+export { linkedCallerPaths } from './paths.js';
 export { diffPolicies, type PolicyDiff } from './diff.js';
 export {
   applyPolicy,

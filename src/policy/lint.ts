@@ -162,6 +162,12 @@ export function weakAllows(policy: Policy): string[] {
       out.push(
         `rule ${printable(r.name)} allows the interpreter ${printable(c.exe ?? '')}: every script it runs, any process's, is that caller; name the program (exe_sha256 of one that is not an interpreter) or ask (approve)`,
       );
+    else if (c.exe !== undefined && /[*?[{]/.test(c.exe) && c.exe_sha256 === undefined)
+      // A glob may name an interpreter ("/usr/bin/python3*", "/usr/bin/{git,perl}"): found in
+      // review, where the note above looked only at names without one.
+      out.push(
+        `rule ${printable(r.name)} allows whatever the glob ${printable(c.exe)} names, which may be an interpreter: every script it runs, any process's, is that caller; name each program (exe, or exe_sha256) or ask (approve)`,
+      );
   }
   return out;
 }
