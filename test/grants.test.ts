@@ -11,6 +11,7 @@ import readline from 'node:readline';
 import { after, describe, test } from 'node:test';
 import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
 import { agentStatus } from '../src/agent/client.js';
+import { askpassEnv } from '../src/approval/index.js';
 import { BIN, eventually, kw, rootTests, ROOT } from './helpers.js';
 import { agentRunning, chownTree, kwAs, OTHER_UID } from './as-user.js';
 
@@ -528,12 +529,13 @@ describe('found attacking the grants: what else the person was shown', () => {
 describe('every grant ends at lock', () => {
   test("a request a lock ends is no probe: it does not count toward the next unlock's breaker", async () => {
     // The askpass has the agent locked before it answers, as a process of the user that sends
-    // `lock` while a person decides: the lock ends the request.
+    // `lock` while a person decides: the lock ends the request. (The askpass gets none of the
+    // agent's KEYWARD_ variables: it names the socket directory itself.)
     const h = await agentWith(
       REMEMBER,
       (x) =>
         `#!/bin/sh\nprintf '%s\\n' "$1" >> '${path.join(x.dir, 'prompts')}'\n` +
-        `if [ -e '${path.join(x.dir, 'lock-first')}' ]; then rm -f '${path.join(x.dir, 'lock-first')}'; '${process.execPath}' '${BIN}' lock >/dev/null 2>&1; exit 0; fi\n` +
+        `if [ -e '${path.join(x.dir, 'lock-first')}' ]; then rm -f '${path.join(x.dir, 'lock-first')}'; KEYWARD_SOCKET_DIR='${x.sockDir}' '${process.execPath}' '${BIN}' lock >/dev/null 2>&1; exit 0; fi\n` +
         `[ "$(cat '${path.join(x.dir, 'answer')}' 2>/dev/null)" = yes ]\n`,
     );
     fs.writeFileSync(path.join(h.dir, 'lock-first'), '');
@@ -638,6 +640,89 @@ describe('the askpass program is the one the agent started with', () => {
       }
     },
   );
+
+  test(
+    "found in review: the askpass gets the display and the locale of the agent's environment, not what makes its programs run the user's code (BASH_ENV, Python's user site)",
+    { skip: !rootTests && 'needs root (setpriv to another user)' },
+    async () => {
+      const h = agentHome(
+        REMEMBER.replace('remember: { scope: process, for: 10m }', 'timeout: 1s'),
+      );
+      assert.equal(
+        kw(['secret', 'set', 'app/token'], { env: h.env, input: 'askpass-held-value' }).code,
+        0,
+      );
+      const sys = rootOwned();
+      const answer = path.join(h.dir, 'answer');
+      // A root-owned wrapper in bash that asks through Python, as many dialogs do.
+      const program = path.join(sys, 'kw-askpass');
+      fs.writeFileSync(
+        program,
+        `#!/bin/bash\nexec /usr/bin/python3 -c 'import sys; sys.exit(0 if open("${answer}").read().strip() == "yes" else 1)'\n`,
+        { mode: 0o755 },
+      );
+      const pwned = path.join(h.dir, 'attacker-ran');
+      const bashEnv = path.join(h.dir, 'bash-env.sh');
+      chownTree(h.dir, OTHER_UID);
+      // The user's shell exported BASH_ENV (a file of the user's) before it started the agent.
+      const env = { ...h.env, KEYWARD_ASKPASS: program, BASH_ENV: bashEnv, HOME: h.dir };
+      const agent = await agentRunning(env, true);
+      try {
+        assert.equal(kwAs(['unlock'], env).code, 0);
+        fs.writeFileSync(answer, 'yes');
+        assert.equal(kwAs(['read', 'app/token'], env).stdout, 'askpass-held-value');
+        // The attacker, a process of the user: BASH_ENV's file, and a usercustomize.py in its
+        // Python user site, each answering yes.
+        const site = spawnSync(
+          'setpriv',
+          [
+            `--reuid=${OTHER_UID}`,
+            `--regid=${OTHER_UID}`,
+            '--clear-groups',
+            '/usr/bin/python3',
+            '-c',
+            'import site; print(site.getusersitepackages())',
+          ],
+          { env: { HOME: h.dir }, encoding: 'utf8' },
+        ).stdout.trim();
+        assert.ok(site.startsWith(h.dir), site);
+        const plant = spawnSync(
+          'setpriv',
+          [
+            `--reuid=${OTHER_UID}`,
+            `--regid=${OTHER_UID}`,
+            '--clear-groups',
+            'sh',
+            '-c',
+            `mkdir -p '${site}' && printf 'import os\\nopen("${pwned}", "w")\\nos._exit(0)\\n' > '${site}/usercustomize.py' && printf 'touch ${pwned}; exit 0\\n' > '${bashEnv}'`,
+          ],
+          { encoding: 'utf8' },
+        );
+        assert.equal(plant.status, 0, plant.stderr);
+        fs.writeFileSync(answer, 'no');
+        const no = kwAs(['read', 'app/token'], env);
+        assert.equal(no.stdout, '', "released by the attacker's code in the askpass");
+        assert.equal(fs.existsSync(pwned), false, "the attacker's code ran in the askpass");
+      } finally {
+        agent.kill('SIGKILL');
+      }
+    },
+  );
+
+  test("found in review: the askpass's PATH names each root-only directory by its real path, and an empty one is no PATH", () => {
+    const sys = rootOwned();
+    const link = path.join(os.tmpdir(), `keyward-askpass-link-${process.pid}`);
+    fs.symlinkSync(sys, link);
+    cleanups.push(() => fs.rmSync(link, { force: true }));
+    // A link on the way (as ~/.nix-profile is) could be pointed elsewhere once checked.
+    assert.equal(
+      askpassEnv({ PATH: `${link}:relative:/usr/bin` })['PATH'],
+      `${fs.realpathSync(sys)}:/usr/bin`,
+    );
+    assert.equal(askpassEnv({ PATH: 'relative:' })['PATH'], '/nonexistent');
+    assert.equal(askpassEnv({ BASH_ENV: '/x', DISPLAY: ':0' })['BASH_ENV'], undefined);
+    assert.equal(askpassEnv({ BASH_ENV: '/x', DISPLAY: ':0' })['DISPLAY'], ':0');
+  });
 
   test(
     "found in review: an askpass program the agent can't read (to pin it) refuses the agent's start",

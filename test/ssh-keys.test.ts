@@ -1268,3 +1268,105 @@ test(
     );
   },
 );
+
+test(
+  "found in review: session-bind takes a session id of a hash's size only (a verified bind with a longer one is refused, and kept nowhere)",
+  { skip },
+  async () => {
+    const { env } = await agentWith(ALLOW_KEYS);
+    const sock = env['SSH_AUTH_SOCK'] ?? '';
+    const str = (b: Buffer) => {
+      const l = Buffer.alloc(4);
+      l.writeUInt32BE(b.length);
+      return Buffer.concat([l, b]);
+    };
+    // A host key of the test's own, signing whatever session id it likes, as an attacker's would.
+    const { publicKey, privateKey } = crypto.generateKeyPairSync('ed25519');
+    const raw = publicKey.export({ format: 'jwk' }).x ?? '';
+    const hostKey = Buffer.concat([
+      str(Buffer.from('ssh-ed25519')),
+      str(Buffer.from(raw, 'base64url')),
+    ]);
+    const bind = (sessionId: Buffer) => {
+      const sig = crypto.sign(null, sessionId, privateKey);
+      return Buffer.concat([
+        Buffer.of(27),
+        str(Buffer.from('session-bind@openssh.com')),
+        str(hostKey),
+        str(sessionId),
+        str(Buffer.concat([str(Buffer.from('ssh-ed25519')), str(sig)])),
+        Buffer.of(0),
+      ]);
+    };
+    assert.deepEqual(
+      await agentRequest(sock, bind(crypto.randomBytes(32))),
+      Buffer.of(6),
+      'a SHA-256 id',
+    );
+    assert.deepEqual(
+      await agentRequest(sock, bind(crypto.randomBytes(64))),
+      Buffer.of(6),
+      'a SHA-512 id',
+    );
+    assert.deepEqual(await agentRequest(sock, bind(crypto.randomBytes(65))), Buffer.of(5));
+    assert.deepEqual(await agentRequest(sock, bind(crypto.randomBytes(200_000))), Buffer.of(5));
+  },
+);
+
+test(
+  'found in review: a signature asked through ssh -R (the agent socket relayed by the local ssh, which names no session) is not the local ssh asking either',
+  { skip: sshdSkip },
+  async () => {
+    const { h, env } = await agentWith(
+      'version: 1\nrules:\n' +
+        '  - { name: ssh-logins-silent, targets: ["**"], kind: key, callers: { exe: /usr/bin/ssh, loader_vars: absent }, decision: allow }\n',
+    );
+    const g = kw(['key', 'generate', 'vk2'], { env: h.env });
+    assert.equal(g.code, 0, g.stderr);
+    const dir = h.dir;
+    const pub = path.join(dir, 'vk2.pub');
+    fs.writeFileSync(pub, g.stdout);
+    const own = sshKeygen(dir, 'attacker-r', ['-t', 'ed25519', '-N', '']);
+    fs.writeFileSync(path.join(dir, 'authorized_keys'), fs.readFileSync(`${own}.pub`), {
+      mode: 0o600,
+    });
+    const { log } = await startSshd(dir, [
+      `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
+      'AllowStreamLocalForwarding yes',
+    ]);
+    const payload = path.join(dir, 'payload-r');
+    fs.writeFileSync(payload, 'tree 0000\nauthor attacker\n\nnot the user either\n');
+    const relay = path.join(dir, 'relay.sock');
+    // The far side waits for the relayed socket, then signs through it: the local ssh connects
+    // to keyward's socket for each connection to it, and says nothing of a session.
+    const remote = `while [ ! -S '${relay}' ]; do sleep 0.1; done; SSH_AUTH_SOCK='${relay}' ssh-keygen -Y sign -n git -f '${pub}' '${payload}'`;
+    const signVia = () => {
+      fs.rmSync(`${payload}.sig`, { force: true });
+      fs.rmSync(relay, { force: true });
+      return sshLogin(
+        dir,
+        env,
+        ['-i', own, '-o', 'IdentitiesOnly=yes', '-R', `${relay}:${env['SSH_AUTH_SOCK'] ?? ''}`],
+        remote,
+      );
+    };
+    h.answer('no');
+    const refused = signVia();
+    assert.equal(
+      fs.existsSync(`${payload}.sig`),
+      false,
+      `signed silently: ${refused.stderr}\n${log()}`,
+    );
+    const prompt = h.prompts().at(-1) ?? '';
+    assert.match(prompt, /a connection of ssh that named no SSH session/);
+    h.answer('yes');
+    const ok = signVia();
+    assert.equal(ok.status, 0, `${ok.stderr}\n${log()}`);
+    assert.equal(fs.existsSync(`${payload}.sig`), true);
+    const signs = tailOf(h, 20).filter((e) => e.type === 'key.sign');
+    assert.ok(
+      signs.some((e) => e.body.details?.['relayed'] === true),
+      `the record says it was relayed: ${JSON.stringify(signs.at(-1))}`,
+    );
+  },
+);

@@ -385,6 +385,7 @@ export class SshAgentService {
     const alg = held.key.algorithm(flags);
     const what = describeSignData(data);
     const fp = held.key.fingerprint;
+    const relayed = this.bindings.relayed(who);
     const forwardedTo = this.bindings.forwardedTo(who);
     // An ssh-add comment is whatever the caller sent: quoted, like every caller-controlled part.
     const label = `${held.source === 'vault' ? 'the key' : 'the ssh-add key'} ${quote(held.comment)} (${typeLabel(held.key.type)} ${fp})`;
@@ -402,11 +403,11 @@ export class SshAgentService {
     if (max !== undefined && this.signatures >= max) return message(SSH.FAILURE);
     const { rule } = await this.host.authorize(who, {
       target: held.target,
-      what: `sign with ${label}: ${what.text}${forwardedTo === undefined ? '' : `, through an agent forwarded to the host with key ${forwardedTo}`}`,
+      what: `sign with ${label}: ${what.text}${relayed === undefined ? '' : `, through ${relayed}`}`,
       // The key is part of what was shown: ssh-added keys share a target when they share a
       // comment (ssh-keygen's default is user@host).
       grantScope: JSON.stringify([fp, what.scope]),
-      confirmEachUse: confirmReason(held.confirm, forwardedTo),
+      confirmEachUse: confirmReason(held.confirm, relayed),
     });
     // The key may have been removed, expired or wiped (lock) while a person decided.
     if (held.key.wiped || !this.host.isUnlocked()) return message(SSH.FAILURE);
@@ -447,6 +448,7 @@ export class SshAgentService {
         source: held.source,
         ...what.details,
         ...(forwardedTo === undefined ? {} : { forwardedTo }),
+        ...(relayed !== undefined && forwardedTo === undefined ? { relayed: true } : {}),
       },
     });
     // Handled from the start: a failed write must reach the await below, not crash the agent as

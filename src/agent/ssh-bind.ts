@@ -19,6 +19,8 @@ export const SESSION_BIND = 'session-bind@openssh.com';
 
 /** OpenSSH's agent keeps at most this many sessions a connection (AGENT_MAX_SESSION_IDS). */
 const MAX_SESSIONS = 16;
+/** A session id is a hash: SHA-512's 64 bytes at most. */
+const MAX_SESSION_ID = 64;
 
 interface Bound {
   sessions: Array<{ id: string; hostKey: string; forwarding: boolean }>;
@@ -26,8 +28,22 @@ interface Bound {
   forwardedTo?: string;
 }
 
+/** A program's file name, as /proc shows it (an updated one ends in " (deleted)"). */
+function fileName(exe: string | undefined): string | undefined {
+  return exe
+    ?.replace(/ \(deleted\)$/, '')
+    .split('/')
+    .at(-1);
+}
+
 export class SessionBindings {
   private readonly bound = new WeakMap<Peer, Bound>();
+
+  private of(who: Peer): Bound {
+    let b = this.bound.get(who);
+    if (!b) this.bound.set(who, (b = { sessions: [] }));
+    return b;
+  }
 
   /** Takes a session-bind's body (after its name); true when it is accepted (SUCCESS). */
   bind(who: Peer, r: SshReader): boolean {
@@ -35,15 +51,17 @@ export class SessionBindings {
     const sessionId = r.string();
     const signature = r.string();
     const forwarding = r.byte() !== 0;
-    let b = this.bound.get(who);
-    if (!b) this.bound.set(who, (b = { sessions: [] }));
-    const verified = verifySshSignature(hostKey, sessionId, signature);
+    const b = this.of(who);
     let fp: string;
     try {
       fp = fingerprint(hostKey);
     } catch {
       fp = 'of an unreadable host key';
     }
+    // A session id is a hash; ids of the message's size, kept 16 a connection over a thousand
+    // connections, were gigabytes the in-flight budget never saw (found in review).
+    const verified =
+      sessionId.length <= MAX_SESSION_ID && verifySshSignature(hostKey, sessionId, signature);
     if (forwarding && b.forwardedTo === undefined)
       b.forwardedTo = verified ? fp : `${fp} (its signature did not verify)`;
     if (!verified) return false;
@@ -58,6 +76,23 @@ export class SessionBindings {
     return true;
   }
 
+  /**
+   * Why this connection's requests are not its process's own, or undefined when they are: it
+   * serves an agent forwarded to a host (that host named), or it is ssh's and never said which
+   * session it serves. OpenSSH 8.9 and later bind every connection they make for themselves (a
+   * login) or for a forwarded agent before they sign; one of ssh's that never did relays the
+   * agent for something else: `ssh -R PATH:$SSH_AUTH_SOCK` (found in review), a ControlMaster's
+   * forward, or it is an ssh before 8.9, which is told apart from a relay no other way.
+   */
+  relayed(who: Peer): string | undefined {
+    const b = this.bound.get(who);
+    if (b?.forwardedTo !== undefined)
+      return `an agent forwarded to the host with key ${b.forwardedTo}`;
+    if (b === undefined && fileName(who.id.exe) === 'ssh')
+      return 'a connection of ssh that named no SSH session (a relay of the agent, as ssh -R makes, or an ssh before 8.9)';
+    return undefined;
+  }
+
   /** The host this connection's agent was forwarded to (its host key), or undefined. */
   forwardedTo(who: Peer): string | undefined {
     return this.bound.get(who)?.forwardedTo;
@@ -65,12 +100,10 @@ export class SessionBindings {
 }
 
 /** Why each use of a key is asked of a person, or undefined when the policy decides alone. */
-export function confirmReason(addedWithConfirm: boolean, forwardedTo: string | undefined) {
+export function confirmReason(addedWithConfirm: boolean, relayed: string | undefined) {
   const why = [
     ...(addedWithConfirm ? ['the key was added with confirm (ssh-add -c)'] : []),
-    ...(forwardedTo === undefined
-      ? []
-      : [`the request came through an agent forwarded to the host with key ${forwardedTo}`]),
+    ...(relayed === undefined ? [] : [`the request came through ${relayed}`]),
   ];
   return why.length === 0 ? undefined : why.join('; ');
 }

@@ -324,11 +324,8 @@ export function askpass(
     }
     let child;
     try {
-      // What the program runs by name (a wrapper's dialog, env's interpreter) is looked up only
-      // where root alone can write: a directory of the user's own on PATH (~/.local/bin) would
-      // let any process of the user put its own `exit 0` there (found in review).
       child = spawn(pin.path, [markupFree(prompt)], {
-        env: { ...env, PATH: rootOnlyPath(env['PATH']), SSH_ASKPASS_PROMPT: 'confirm' },
+        env: askpassEnv(env),
         stdio: ['ignore', 'ignore', 'ignore'],
       });
     } catch (e) {
@@ -403,17 +400,45 @@ function contentHash(file: string): string | undefined {
   }
 }
 
+/** What of the agent's environment an askpass program gets: what it needs to reach the person. */
+const ASKPASS_KEEPS =
+  /^(DISPLAY|WAYLAND_DISPLAY|XAUTHORITY|DBUS_SESSION_BUS_ADDRESS|XDG_RUNTIME_DIR|XDG_SESSION_TYPE|HOME|USER|LOGNAME|LANG|LANGUAGE|LC_\w+|TERM|TZ)$/;
+
+/**
+ * The askpass program's environment: the display, the session bus, the locale and who the user
+ * is, nothing else of the agent's (a BASH_ENV or PYTHONPATH there would make a wrapper run code of
+ * the user's). What it runs by name is looked up only where root alone can write: a directory of
+ * the user's own on PATH (~/.local/bin) would let any process of the user put its own `exit 0`
+ * there; and Python leaves out the user's site directory (~/.local/lib/python3.X), where a
+ * usercustomize.py runs first (both found in review). A program that reads its settings from the
+ * user's home (GTK's modules in ~/.config) is still the user's to change: THREAT-MODEL.md.
+ */
+export function askpassEnv(env: NodeJS.ProcessEnv): NodeJS.ProcessEnv {
+  const out: NodeJS.ProcessEnv = {};
+  for (const [k, v] of Object.entries(env)) if (ASKPASS_KEEPS.test(k)) out[k] = v;
+  return {
+    ...out,
+    PATH: rootOnlyPath(env['PATH']),
+    PYTHONNOUSERSITE: '1',
+    SSH_ASKPASS_PROMPT: 'confirm',
+  };
+}
+
 /**
  * The directories of a PATH that only root can change: absolute, every part of the way owned by
  * root, none writable by group or others but a sticky one's entries (/tmp's, which root owns).
- * A process of the user can put nothing in them, nor swap them for directories of its own.
+ * A process of the user can put nothing in them, nor swap them for directories of its own: each is
+ * kept as its real path (a link of the user's on the way, as ~/.nix-profile is, could be pointed
+ * elsewhere once checked: found in review). None such: a PATH that names nothing, never an empty
+ * one (which a shell reads as the working directory).
  */
 export function rootOnlyPath(envPath: string | undefined): string {
   const kept: string[] = [];
   for (const dir of (envPath ?? '').split(':')) {
-    if (!path.isAbsolute(dir) || kept.includes(dir)) continue;
+    if (!path.isAbsolute(dir)) continue;
     try {
       const real = fs.realpathSync(dir);
+      if (kept.includes(real)) continue;
       const parts = real.split('/').filter((x) => x !== '');
       let ok = true;
       for (let i = 0; i <= parts.length && ok; i++) {
@@ -422,12 +447,12 @@ export function rootOnlyPath(envPath: string | undefined): string {
         const shared = (st.mode & 0o022) !== 0;
         ok = st.isDirectory() && st.uid === 0 && (!shared || (!last && (st.mode & 0o1000) !== 0));
       }
-      if (ok) kept.push(dir);
+      if (ok) kept.push(real);
     } catch {
       // not there, or not to be read: not a place to look
     }
   }
-  return kept.join(':');
+  return kept.length > 0 ? kept.join(':') : '/nonexistent';
 }
 
 /** Where a program (a path, or a name on PATH) is: its first executable regular file. */

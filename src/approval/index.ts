@@ -4,6 +4,7 @@
  */
 export {
   askpass,
+  askpassEnv,
   askpassPin,
   askpassProblem,
   ENDED,
