@@ -11,6 +11,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { call } from '../src/agent/index.js';
+import { inFlight, IN_FLIGHT_RESERVED, SMALL_FRAME } from '../src/agent/inflight.js';
 import {
   agentHome,
   auditEntries,
@@ -1215,4 +1216,23 @@ test("the agent's malloc settings are in force however GLIBC_TUNABLES set them b
     mallocCacheOff({ GLIBC_TUNABLES: 'glibc.malloc.check=3' })['GLIBC_TUNABLES'],
     `glibc.malloc.check=3:${want}`,
   );
+});
+
+test('found in review: the in-flight budget keeps a part that only a small keyward frame (lock, approve, deny, status, stop) may take', () => {
+  // SSH messages queued behind a signature that waits for a person held the whole budget, and
+  // lock, approvals and agent stop were refused with it. The same budget object the agent uses.
+  const taken: number[] = [];
+  const chunk = 1024 * 1024;
+  while (inFlight.reserve(chunk)) taken.push(chunk);
+  try {
+    assert.ok(taken.length > 0);
+    assert.equal(inFlight.reserve(4096), false, 'an SSH message or a large frame');
+    assert.equal(inFlight.reserve(4096, true), true, 'a small frame: lock');
+    taken.push(4096);
+    assert.equal(inFlight.reserve(SMALL_FRAME, true), true, 'a small frame of the largest size');
+    taken.push(SMALL_FRAME);
+    assert.ok(IN_FLIGHT_RESERVED >= 64 * SMALL_FRAME, 'room for many at once');
+  } finally {
+    for (const n of taken) inFlight.release(n);
+  }
 });

@@ -648,6 +648,69 @@ test(
 );
 
 test(
+  'found in review: SSH messages queued behind a signature that waits for a person can fill the in-flight budget, and lock still gets in',
+  { skip },
+  async () => {
+    const h = agentHome(undefined); // the default policy: a signature asks a person
+    homes.push(h);
+    // An askpass that never answers: each signature waits (until the lock ends it).
+    fs.writeFileSync(h.askpass, '#!/bin/sh\nexec sleep 600\n', { mode: 0o700 });
+    await startAgent(h);
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+    assert.equal(kw(['key', 'generate', 'q'], { env: h.env }).code, 0);
+    const sock = /SSH_AUTH_SOCK=(\S+)/.exec(kw(['ssh-env'], { env: h.env }).stdout)?.[1] ?? '';
+    const ids = await agentRequest(sock, Buffer.from([11]));
+    const blob = ids.subarray(9, 9 + ids.readUInt32BE(5));
+    const frame = (body: Buffer) => {
+      const l = Buffer.alloc(4);
+      l.writeUInt32BE(body.length);
+      return Buffer.concat([l, body]);
+    };
+    const str = (b: Buffer) => frame(b);
+    const sign = frame(
+      Buffer.concat([Buffer.of(13), str(blob), str(Buffer.from('data')), Buffer.alloc(4)]),
+    );
+    // A connection: the signature, then fifteen complete messages of one size, which wait their
+    // turn behind it. Resolves once they are all written (or the agent refused the connection).
+    const conns: net.Socket[] = [];
+    const open = (size: number) =>
+      new Promise<boolean>((resolve) => {
+        const body = Buffer.alloc(size);
+        body[0] = 11;
+        const s = net.connect(sock);
+        conns.push(s);
+        s.on('error', () => undefined);
+        s.on('close', () => resolve(false));
+        s.on('connect', () =>
+          s.write(Buffer.concat([sign, ...Array.from({ length: 15 }, () => frame(body))]), () =>
+            resolve(true),
+          ),
+        );
+      });
+    // Whether a small request still finds room: answered, or the connection closed unanswered.
+    const room = () =>
+      new Promise<boolean>((resolve) => {
+        const s = net.connect(sock);
+        s.on('error', () => undefined);
+        s.once('data', () => {
+          s.destroy();
+          resolve(true);
+        });
+        s.on('close', () => resolve(false));
+        s.on('connect', () => s.write(frame(Buffer.of(11))));
+      });
+    // Filled as an attacker would, from the largest messages down to small ones, until not even
+    // a small request finds room.
+    for (const size of [256 * 1024, 64 * 1024, 16 * 1024, 4 * 1024, 1024, 128])
+      while ((await open(size)) && (await room()));
+    assert.equal(await room(), false, 'the budget was not filled');
+    const lock = kw(['lock'], { env: h.env });
+    await closeAll(conns);
+    assert.equal(lock.code, 0, lock.stderr);
+  },
+);
+
+test(
   'found in review: a partial SSH message trickled a byte at a time is dropped at its deadline, not held while the bytes keep coming',
   { skip },
   async () => {

@@ -12,13 +12,24 @@ export const IN_FLIGHT_MAX = 48 * 1024 * 1024; // two of the largest frames (a 1
  */
 export const FRAME_TIMEOUT_MS = 5_000;
 
+/**
+ * The part of the budget only a keyward frame of at most SMALL_FRAME bytes may take: `lock`,
+ * `approve`, `deny`, `status` and `agent stop` are such frames, and SSH messages queued behind a
+ * signature that waits for a person (or large frames) filled the rest (found in review).
+ */
+export const IN_FLIGHT_RESERVED = 8 * 1024 * 1024;
+export const SMALL_FRAME = 64 * 1024;
+
 class InFlight {
   private held = 0;
 
-  /** Takes n bytes of the budget; false (and nothing taken) when it would pass the maximum. */
-  reserve(n: number): boolean {
+  /**
+   * Takes n bytes of the budget; false (and nothing taken) when it would pass the maximum. A
+   * small keyward frame (`small`) may take the reserved part; anything else stops short of it.
+   */
+  reserve(n: number, small = false): boolean {
     if (n <= 0) return true;
-    if (this.held + n > IN_FLIGHT_MAX) return false;
+    if (this.held + n > IN_FLIGHT_MAX - (small ? 0 : IN_FLIGHT_RESERVED)) return false;
     this.held += n;
     return true;
   }

@@ -20,7 +20,7 @@ import {
   zero,
   type SecureBuffer,
 } from '../lib/secure.js';
-import { inFlight } from './inflight.js';
+import { inFlight, SMALL_FRAME } from './inflight.js';
 
 export const PROTOCOL_VERSION = 1;
 export const MAX_FRAME = 17 * 1024 * 1024; // a 16 MiB value plus headers
@@ -246,7 +246,7 @@ export class FrameReader {
     const have = this.buf?.length ?? 0;
     if (this.buf && n <= have) return this.buf;
     const size = Math.max(SMALL, Math.min(Math.max(n, have * 2), 4 + this.total));
-    if (!inFlight.reserve(size - have))
+    if (!inFlight.reserve(size - have, size <= SMALL_FRAME))
       throw new ProtocolError('the agent is holding too much request data: try again shortly');
     // A connection's first buffer is of one size (SMALL), taken from the pool and given back to
     // it: a new connection per request (every command line) no longer pays an mmap, mprotect
