@@ -60,6 +60,21 @@ async function releasedOnce(value: string): Promise<AgentHome> {
   return h;
 }
 
+/**
+ * Each of three reads' last records (credential.drop, written after the value is sent, off the
+ * client's path) is in the log after line `from`: what a test then cuts or puts after the log's
+ * end must come after them, not race them (a CI run under load cut before the last one landed).
+ */
+async function threeDrops(h: AgentHome, from: number): Promise<void> {
+  await eventually(
+    () =>
+      logLines(h)
+        .slice(from)
+        .filter((l) => l.includes('"type":"credential.drop"')).length === 3,
+    "the three reads' last records",
+  );
+}
+
 function relock(h: AgentHome): void {
   assert.equal(kw(['lock'], { env: h.env }).code, 0);
   const u = kw(['unlock'], { env: h.env });
@@ -877,6 +892,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     const before = logLines(h).length;
     for (let i = 0; i < 3; i++)
       assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'cut-at-lock');
+    await threeDrops(h, before);
     // While the agent runs: the checkpoint file goes, and the log back to the vault's last save.
     const checkpointFile = path.join(h.home, 'audit', 'checkpoint');
     fs.rmSync(checkpointFile);
@@ -915,10 +931,7 @@ describe('an audit log that cannot be deleted, truncated or healed', () => {
     const before = logLines(h).length;
     for (let i = 0; i < 3; i++)
       assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'fork-at-lock');
-    await eventually(
-      () => (logLines(h).at(-1) ?? '').includes('"type":"credential.drop"'),
-      "the last read's last record",
-    );
+    await threeDrops(h, before);
     const agentEnd = logLines(h).length;
     const agentLastLine = logLines(h).at(-1) ?? '';
     const agentLastSeq = parseLine(agentLastLine)?.seq ?? 0;
