@@ -709,7 +709,7 @@ describe('the askpass program is the one the agent started with', () => {
     },
   );
 
-  test("found in review: the askpass's PATH names each root-only directory by its real path, and an empty one is no PATH", () => {
+  test("found in review: the askpass's PATH names each root-only directory by its real path, and an empty one is no PATH", { skip: !rootTests && 'needs root (a directory only root can write)' }, () => {
     const sys = rootOwned();
     const link = path.join(os.tmpdir(), `keyward-askpass-link-${process.pid}`);
     fs.symlinkSync(sys, link);

@@ -165,6 +165,7 @@ rules:
 rules:
   - { name: pythons, targets: ["d/*"], callers: { exe: "/usr/bin/python3*", loader_vars: absent }, decision: allow }
   - { name: either, targets: ["d/*"], callers: { exe: "/usr/bin/{git,perl}", loader_vars: absent }, decision: allow }
+  - { name: logins, targets: ["**"], kind: key, callers: { exe: /usr/bin/ssh, loader_vars: absent }, decision: allow }
 `;
   const gl = kw(['policy', 'check', write(h, 'globbed.yaml', globbed)], { env: h.env });
   assert.equal(gl.code, 0, gl.stderr);
@@ -178,6 +179,11 @@ rules:
       ),
       gl.stderr,
     );
+  // ssh relays the agent for its far side (found in review: ssh -R).
+  assert.match(
+    gl.stderr,
+    /keyward: note: rule logins lets ssh sign without asking: ssh relays the agent/,
+  );
   // A rule before it that denies callers with loader variables: no note on that.
   const guarded = `version: 1
 rules:

@@ -1421,7 +1421,53 @@ test(
       `signed silently: ${refused.stderr}\n${log()}`,
     );
     const prompt = h.prompts().at(-1) ?? '';
-    assert.match(prompt, /a connection of ssh that named no SSH session/);
+    assert.match(prompt, /a connection of ssh asking for a signature ssh never asks for itself/);
+    // The far side binds a session of its own first (its own host key signs its own session
+    // id: a bind that verifies), then asks for a git signature: still not ssh's own.
+    const forger = path.join(dir, 'forged-bind.mjs');
+    fs.writeFileSync(
+      forger,
+      `import crypto from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+const [sock, pubFile] = process.argv.slice(2);
+const str = (b) => { const l = Buffer.alloc(4); l.writeUInt32BE(b.length); return Buffer.concat([l, b]); };
+const { publicKey, privateKey } = crypto.generateKeyPairSync('ed25519');
+const raw = Buffer.from(publicKey.export({ format: 'jwk' }).x, 'base64url');
+const hostKey = Buffer.concat([str(Buffer.from('ssh-ed25519')), str(raw)]);
+const sid = crypto.randomBytes(32);
+const sig = crypto.sign(null, sid, privateKey);
+const bind = Buffer.concat([Buffer.of(27), str(Buffer.from('session-bind@openssh.com')), str(hostKey), str(sid),
+  str(Buffer.concat([str(Buffer.from('ssh-ed25519')), str(sig)])), Buffer.of(0)]);
+const blob = Buffer.from(fs.readFileSync(pubFile, 'utf8').split(' ')[1], 'base64');
+const data = Buffer.concat([Buffer.from('SSHSIG'), str(Buffer.from('git')), str(Buffer.alloc(0)), str(Buffer.from('sha512')), str(crypto.randomBytes(64))]);
+const sign = Buffer.concat([Buffer.of(13), str(blob), str(data), Buffer.alloc(4)]);
+const c = net.connect(sock);
+let got = Buffer.alloc(0); const replies = [];
+c.on('data', (d) => { got = Buffer.concat([got, d]);
+  while (got.length >= 4 && got.length >= 4 + got.readUInt32BE(0)) { replies.push(got[4]); got = got.subarray(4 + got.readUInt32BE(0)); }
+  if (replies.length === 2) { console.log('REPLIES=' + replies.join(',')); c.end(); } });
+c.on('connect', () => c.write(Buffer.concat([str(bind), str(sign)])));
+`,
+    );
+    const forged = () => {
+      fs.rmSync(relay, { force: true });
+      return sshLogin(
+        dir,
+        env,
+        ['-i', own, '-o', 'IdentitiesOnly=yes', '-R', `${relay}:${env['SSH_AUTH_SOCK'] ?? ''}`],
+        `while [ ! -S '${relay}' ]; do sleep 0.1; done; '${process.execPath}' '${forger}' '${relay}' '${pub}'`,
+      );
+    };
+    const prompts = h.prompts().length;
+    const f = forged();
+    assert.match(
+      f.stdout,
+      /^REPLIES=6,5$/m,
+      `the bind taken, the signature refused: ${f.stdout}${f.stderr}`,
+    );
+    assert.match(h.prompts().at(-1) ?? '', /a signature ssh never asks for itself/);
+    assert.equal(h.prompts().length, prompts + 1);
     h.answer('yes');
     const ok = signVia();
     assert.equal(ok.status, 0, `${ok.stderr}\n${log()}`);

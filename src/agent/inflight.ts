@@ -13,9 +13,10 @@ export const IN_FLIGHT_MAX = 48 * 1024 * 1024; // two of the largest frames (a 1
 export const FRAME_TIMEOUT_MS = 5_000;
 
 /**
- * The part of the budget only a keyward frame of at most SMALL_FRAME bytes may take: `lock`,
- * `approve`, `deny`, `status` and `agent stop` are such frames, and SSH messages queued behind a
- * signature that waits for a person (or large frames) filled the rest (found in review).
+ * The part of the budget only a keyward frame of at most SMALL_FRAME bytes may take (`lock`,
+ * `approve`, `deny`, `status` and `agent stop` are such frames, as are other small requests):
+ * SSH messages queued behind a signature that waits for a person, or large frames, filled the
+ * rest and kept them out (found in review).
  */
 export const IN_FLIGHT_RESERVED = 8 * 1024 * 1024;
 export const SMALL_FRAME = 64 * 1024;

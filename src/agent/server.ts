@@ -271,10 +271,12 @@ export class Agent {
         return;
       }
       // The deadline runs from a frame's first byte: trickling bytes doesn't extend it.
-      if (!conn.reader.pending) {
+      // A chunk that completed a frame and began the next starts the next one's deadline.
+      if (!conn.reader.pending || frames.length > 0) {
         clearTimeout(frameTimer);
         frameTimer = undefined;
-      } else if (frameTimer === undefined) {
+      }
+      if (conn.reader.pending && frameTimer === undefined) {
         frameTimer = setTimeout(
           () => fail(conn, new ProtocolError('incomplete frame (slow client)')),
           FRAME_TIMEOUT_MS,

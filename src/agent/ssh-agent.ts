@@ -64,6 +64,9 @@ export interface SshHost {
   unlock(passphrase: SecureBuffer, by: ProcessIdentity): Promise<void>;
 }
 
+/** What a connection of ssh's that bound no session may not ask (ssh-bind.ts). */
+const RELAY_REFUSED = new Set<number>([SSH.REMOVE_IDENTITY, SSH.REMOVE_ALL_IDENTITIES, SSH.UNLOCK]);
+
 /** What a connection that serves a forwarded agent may not ask (ssh-bind.ts). */
 const FORWARDED_REFUSED = new Set<number>([
   SSH.ADD_IDENTITY,
@@ -180,6 +183,9 @@ export class SshAgentService {
     // removes keys, nor tries the vault's passphrase (ssh-bind.ts). Locking stays anyone's.
     if (FORWARDED_REFUSED.has(type) && this.bindings.forwardedTo(who) !== undefined)
       return message(SSH.FAILURE);
+    // ssh removes no key and unlocks nothing for itself: a connection of ssh's that bound no
+    // session relays another's (ssh -R). It may add (AddKeysToAgent connects without a bind).
+    if (RELAY_REFUSED.has(type) && this.bindings.unboundSsh(who)) return message(SSH.FAILURE);
     switch (type) {
       case SSH.REQUEST_IDENTITIES: {
         // A locked agent, like a locked ssh-agent, has no identities to show.
@@ -385,7 +391,10 @@ export class SshAgentService {
     const alg = held.key.algorithm(flags);
     const what = describeSignData(data);
     const fp = held.key.fingerprint;
-    const relayed = this.bindings.relayed(who);
+    const relayed = this.bindings.relayed(
+      who,
+      what.details['kind'] === 'ssh-login' ? data.subarray(4, 4 + data.readUInt32BE(0)) : undefined,
+    );
     const forwardedTo = this.bindings.forwardedTo(who);
     // An ssh-add comment is whatever the caller sent: quoted, like every caller-controlled part.
     const label = `${held.source === 'vault' ? 'the key' : 'the ssh-add key'} ${quote(held.comment)} (${typeLabel(held.key.type)} ${fp})`;

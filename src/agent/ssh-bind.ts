@@ -51,7 +51,6 @@ export class SessionBindings {
     const sessionId = r.string();
     const signature = r.string();
     const forwarding = r.byte() !== 0;
-    const b = this.of(who);
     let fp: string;
     try {
       fp = fingerprint(hostKey);
@@ -62,9 +61,14 @@ export class SessionBindings {
     // connections, were gigabytes the in-flight budget never saw (found in review).
     const verified =
       sessionId.length <= MAX_SESSION_ID && verifySshSignature(hostKey, sessionId, signature);
-    if (forwarding && b.forwardedTo === undefined)
-      b.forwardedTo = verified ? fp : `${fp} (its signature did not verify)`;
+    if (forwarding) {
+      const b = this.of(who);
+      b.forwardedTo ??= verified ? fp : `${fp} (its signature did not verify)`;
+    }
+    // Only a bind that verifies is kept (found in review: a bind with a bad signature made a
+    // relayed connection look bound).
     if (!verified) return false;
+    const b = this.of(who);
     // As OpenSSH's agent: a connection bound for a login takes no other session after it.
     const last = b.sessions.at(-1);
     if (last !== undefined && !last.forwarding) return false;
@@ -77,20 +81,33 @@ export class SessionBindings {
   }
 
   /**
-   * Why this connection's requests are not its process's own, or undefined when they are: it
-   * serves an agent forwarded to a host (that host named), or it is ssh's and never said which
-   * session it serves. OpenSSH 8.9 and later bind every connection they make for themselves (a
-   * login) or for a forwarded agent before they sign; one of ssh's that never did relays the
-   * agent for something else: `ssh -R PATH:$SSH_AUTH_SOCK` (found in review), a ControlMaster's
-   * forward, or it is an ssh before 8.9, which is told apart from a relay no other way.
+   * Why a signature on this connection is not its process's own, or undefined when it is: the
+   * connection serves an agent forwarded to a host (that host named), or it is ssh's and the
+   * signature is not one of ssh's own logins. ssh signs, for itself, only a login's request, and
+   * OpenSSH 8.9 and later first bind the login's session to the connection. So on a connection
+   * of ssh's, anything else (an SSHSIG signature, data), or a login of a session no bind named,
+   * comes from something ssh relays: `ssh -R PATH:$SSH_AUTH_SOCK`, a ControlMaster's forward
+   * (found in review), or it is an ssh before 8.9, which is told apart from a relay no other way.
+   * A bind proves nothing of who sent it (a relay's far side can sign a session of its own), so a
+   * login whose session a bind named still passes: THREAT-MODEL.md says what that leaves.
+   * `loginSession`: the session id a login's signed data starts with, or undefined for other data.
    */
-  relayed(who: Peer): string | undefined {
+  relayed(who: Peer, loginSession: Uint8Array | undefined): string | undefined {
     const b = this.bound.get(who);
     if (b?.forwardedTo !== undefined)
       return `an agent forwarded to the host with key ${b.forwardedTo}`;
-    if (b === undefined && fileName(who.id.exe) === 'ssh')
-      return 'a connection of ssh that named no SSH session (a relay of the agent, as ssh -R makes, or an ssh before 8.9)';
+    if (fileName(who.id.exe) !== 'ssh') return undefined;
+    if (loginSession === undefined)
+      return 'a connection of ssh asking for a signature ssh never asks for itself (a relay of the agent, as ssh -R makes)';
+    const id = Buffer.from(loginSession).toString('hex');
+    if (!b?.sessions.some((s) => s.id === id && !s.forwarding))
+      return 'a connection of ssh that named no SSH session for this login (a relay of the agent, as ssh -R makes, or an ssh before 8.9)';
     return undefined;
+  }
+
+  /** Whether this is a connection of ssh's that bound no session: it changes nothing. */
+  unboundSsh(who: Peer): boolean {
+    return fileName(who.id.exe) === 'ssh' && (this.bound.get(who)?.sessions.length ?? 0) === 0;
   }
 
   /** The host this connection's agent was forwarded to (its host key), or undefined. */

@@ -46,10 +46,12 @@ export function serveSshConnection(
       socket.destroy();
       return;
     }
-    if (!reader.pending) {
+    // A chunk that completed a message and began the next starts the next one's deadline.
+    if (!reader.pending || msgs.length > 0) {
       clearTimeout(messageTimer);
       messageTimer = undefined;
-    } else if (messageTimer === undefined) {
+    }
+    if (reader.pending && messageTimer === undefined) {
       messageTimer = setTimeout(() => socket.destroy(), FRAME_TIMEOUT_MS);
     }
     queued += msgs.length;

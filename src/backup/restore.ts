@@ -162,7 +162,7 @@ function madeDir(dir: string, abs: string): Made {
  * that is not the one made, refuses the restore (found in review). A change after this check is
  * a change to the home after the restore, which the log and the vault's own checks are for.
  */
-function extract(dir: string, files: readonly HomeFile[]): void {
+function extract(dir: string, files: readonly HomeFile[]): () => void {
   fs.mkdirSync(dir, { mode: 0o700 });
   const made = new Map<string, Made>([[dir, madeDir(dir, dir)]]);
   const flags =
@@ -173,16 +173,12 @@ function extract(dir: string, files: readonly HomeFile[]): void {
     const fresh: string[] = [];
     for (let p = path.dirname(abs); !made.has(p); p = path.dirname(p)) fresh.push(p);
     // One directory at a time, each found as made before anything goes under it: a link planted
-    // where one is about to be made is never followed.
-    for (const p of fresh.reverse()) {
-      try {
-        fs.mkdirSync(p, { mode: 0o700 });
-      } catch (e) {
-        if ((e as NodeJS.ErrnoException).code !== 'EEXIST')
-          throw new IntegrityError(
-            'BACKUP_CORRUPT',
-            `the backup is damaged: ${f.path} can't be written where the manifest puts it (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
-          );
+    // where one is about to be made is never followed. What is there already and was not made
+    // here, another process made (a path of the backup's own twice, or a file where it puts a
+    // directory, is the backup's damage: made holds it, or the error is not EEXIST).
+    const refuse = (p: string, e: unknown): never => {
+      const code = (e as NodeJS.ErrnoException).code;
+      if ((code === 'EEXIST' || code === 'ELOOP') && !made.has(p)) {
         const st = fs.lstatSync(p);
         throw changedUnder(
           dir,
@@ -190,15 +186,23 @@ function extract(dir: string, files: readonly HomeFile[]): void {
           st.isSymbolicLink() ? 'is a symbolic link' : 'was made by another process',
         );
       }
+      throw new IntegrityError(
+        'BACKUP_CORRUPT',
+        `the backup is damaged: ${f.path} can't be written where the manifest puts it (${code ?? 'error'})`,
+      );
+    };
+    for (const p of fresh.reverse()) {
+      try {
+        fs.mkdirSync(p, { mode: 0o700 });
+      } catch (e) {
+        refuse(p, e);
+      }
       made.set(p, madeDir(dir, p));
     }
     try {
       fd = fs.openSync(abs, flags, 0o600);
     } catch (e) {
-      throw new IntegrityError(
-        'BACKUP_CORRUPT',
-        `the backup is damaged: ${f.path} can't be written where the manifest puts it (${(e as NodeJS.ErrnoException).code ?? 'error'})`,
-      );
+      return refuse(abs, e);
     }
     try {
       let off = 0;
@@ -216,8 +220,17 @@ function extract(dir: string, files: readonly HomeFile[]): void {
   }
   const dirs = [...made.values()].filter((m) => m.dir);
   for (const d of dirs.sort((a, b) => b.abs.length - a.abs.length)) fsyncDir(d.abs);
+  foundAsMade(dir, [...made.values()]);
+  // Checked again just before the new home is put in place: the restore works in it meanwhile
+  // (the passphrase asked, the vault opened, the log verified and continued), and a directory
+  // swapped for a link then would be put in place too (found in review).
+  return () => foundAsMade(dir, dirs);
+}
+
+/** Each file and directory where extract made it, as it made it (not a link, the same inode). */
+function foundAsMade(dir: string, all: readonly Made[]): void {
   // Shallowest first: a directory found as made before what is under it is looked at.
-  for (const m of [...made.values()].sort((a, b) => a.abs.length - b.abs.length)) {
+  for (const m of [...all].sort((a, b) => a.abs.length - b.abs.length)) {
     let st: fs.Stats;
     try {
       st = fs.lstatSync(m.abs);
@@ -334,7 +347,7 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
       );
     }
     try {
-      extract(tmp, files);
+      const stillAsMade = extract(tmp, files);
       checkAgainstManifest(tmp, manifest, files);
       const u: Unlock = opened ? { derived: opened } : unlock();
       opened = undefined; // the vault owns the derivation now
@@ -386,6 +399,7 @@ export async function restoreBackup(o: RestoreOptions): Promise<RestoreReport> {
       // Again, now: an agent may have started while the passphrase was asked. The holders are
       // checked once more under the old home's locks, just before the swap (placeHome).
       await refuseIfHeld(home, o.socketDir);
+      stillAsMade();
       const movedAside = placeHome(tmp, home, current, () => (removeTmp = false));
       return movedAside ? { ...report, movedAside } : report;
     } finally {

@@ -48,7 +48,6 @@ function readPolicyFile(file: string): string {
   }
 }
 
-/** Validates, printing every problem with its position before the error itself. */
 /**
  * A policy a person checks or applies here: valid, and naming no program by a path this machine
  * resolves elsewhere (a rule that matches nothing: policy/paths.ts). Each problem on stderr.
@@ -60,13 +59,14 @@ function checkedHere(io: Io, text: string, source: string): Policy {
     for (const l of linked) io.stderr(`${printable(source)}: ${asciiShown(l)}\n`);
     throw new KeywardError(
       'POLICY_INVALID',
-      `${printable(source)} names ${linked.length === 1 ? 'a program' : 'programs'} by a path that goes through a symbolic link: ${linked.length === 1 ? 'its rule matches' : 'those rules match'} nothing`,
-      { hint: 'write the path of the file itself, as above' },
+      `${printable(source)} names ${linked.length === 1 ? 'a caller path' : 'caller paths'} that go${linked.length === 1 ? 'es' : ''} through a symbolic link: ${linked.length === 1 ? 'its rule matches' : 'those rules match'} nothing`,
+      { hint: 'write the path of the file itself, or a glob that matches it, as above' },
     );
   }
   return p;
 }
 
+/** Validates, printing every problem with its position before the error itself. */
 function checked(io: Io, text: string, source: string): Policy {
   try {
     return checkPolicyText(text, source);

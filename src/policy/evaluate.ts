@@ -123,7 +123,7 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
       : undefined;
   // A program updated under a running process (a new file renamed over it) shows in /proc as its
   // path and " (deleted)": a deny or approve rule still names it (found in review: an AI tool's
-  // update turned off the rules on it). Never an allow: such a path is not vouched for (above).
+  // update turned off the rules on it). Never an allow: such a path is not vouched for (exeElsewhere, below).
   const named = (m: (p: string) => boolean, p: string) =>
     m(p) || (!allows && p.endsWith(DELETED) && m(p.slice(0, -DELETED.length)));
   if (w.exe !== undefined && (c.exe === undefined || !named(glob(w.exe), c.exe))) {

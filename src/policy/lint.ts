@@ -162,7 +162,17 @@ export function weakAllows(policy: Policy): string[] {
       out.push(
         `rule ${printable(r.name)} allows the interpreter ${printable(c.exe ?? '')}: every script it runs, any process's, is that caller; name the program (exe_sha256 of one that is not an interpreter) or ask (approve)`,
       );
-    else if (c.exe !== undefined && /[*?[{]/.test(c.exe) && c.exe_sha256 === undefined)
+    // ssh relays the agent for its far side: found in review (ssh -R, with a bind of its own).
+    if (r.kind !== 'secret' && exe === 'ssh')
+      out.push(
+        `rule ${printable(r.name)} lets ssh sign without asking: ssh relays the agent for whatever is on its far side (ssh -A, ssh -R PATH:$SSH_AUTH_SOCK). keyward asks for what it can tell is relayed, but a relay's far side that names a login session of its own gets that login signed; ask (approve) for keys that reach other hosts`,
+      );
+    if (
+      c.exe !== undefined &&
+      /[*?[{]/.test(c.exe) &&
+      c.exe_sha256 === undefined &&
+      !(exe !== undefined && INTERPRETER.test(exe))
+    )
       // A glob may name an interpreter ("/usr/bin/python3*", "/usr/bin/{git,perl}"): found in
       // review, where the note above looked only at names without one.
       out.push(

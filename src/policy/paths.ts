@@ -1,6 +1,7 @@
 /**
  * Caller paths a policy names that this machine resolves elsewhere. The agent matches `exe` and
- * `ancestor` against the file a process runs (/proc/PID/exe: every symbolic link resolved), so a
+ * `ancestor` against the file a process runs (/proc/PID/exe: every symbolic link resolved), and
+ * `cwd` against /proc/PID/cwd (resolved too: /home is a link on some systems), so a
  * rule on `/usr/bin/python3`, a link to python3.11, matches no process at all: a deny so written
  * denies nothing (found in review). Checked where a person checks or applies a policy, on this
  * machine's files; the agent never reads the file system to decide.
@@ -12,11 +13,11 @@ import type { Policy } from './schema.js';
 /** A glob's characters: a pattern is not one path to resolve. */
 const GLOB = /[*?[\]{}!]/;
 
-/** One line per rule whose `exe` or `ancestor` is a path that is (or goes through) a link. */
+/** One line per rule whose `exe`, `ancestor` or `cwd` is a path that goes through a link. */
 export function linkedCallerPaths(policy: Policy): string[] {
   const out: string[] = [];
   for (const r of policy.rules)
-    for (const field of ['exe', 'ancestor'] as const) {
+    for (const field of ['exe', 'ancestor', 'cwd'] as const) {
       const p = r.callers[field];
       if (p === undefined || !p.startsWith('/') || GLOB.test(p)) continue;
       let real: string;
@@ -27,7 +28,7 @@ export function linkedCallerPaths(policy: Policy): string[] {
       }
       if (real !== p)
         out.push(
-          `rule ${printable(r.name)}'s ${field} ${printable(p)} goes through a symbolic link to ${printable(real)}: the agent matches the file a process runs, so this rule matches no process. Write ${printable(real)} (or a glob that matches it)`,
+          `rule ${printable(r.name)}'s ${field} ${printable(p)} goes through a symbolic link to ${printable(real)}: the agent sees ${field === 'cwd' ? 'the directory' : 'the file'} a process ${field === 'cwd' ? 'is in' : 'runs'}, so this rule matches no process. Write ${printable(real)}, or a glob that matches it (one that follows upgrades, such as /usr/bin/python3*, where the file's name has a version)`,
         );
     }
   return out;
