@@ -709,20 +709,24 @@ describe('the askpass program is the one the agent started with', () => {
     },
   );
 
-  test("found in review: the askpass's PATH names each root-only directory by its real path, and an empty one is no PATH", { skip: !rootTests && 'needs root (a directory only root can write)' }, () => {
-    const sys = rootOwned();
-    const link = path.join(os.tmpdir(), `keyward-askpass-link-${process.pid}`);
-    fs.symlinkSync(sys, link);
-    cleanups.push(() => fs.rmSync(link, { force: true }));
-    // A link on the way (as ~/.nix-profile is) could be pointed elsewhere once checked.
-    assert.equal(
-      askpassEnv({ PATH: `${link}:relative:/usr/bin` })['PATH'],
-      `${fs.realpathSync(sys)}:/usr/bin`,
-    );
-    assert.equal(askpassEnv({ PATH: 'relative:' })['PATH'], '/nonexistent');
-    assert.equal(askpassEnv({ BASH_ENV: '/x', DISPLAY: ':0' })['BASH_ENV'], undefined);
-    assert.equal(askpassEnv({ BASH_ENV: '/x', DISPLAY: ':0' })['DISPLAY'], ':0');
-  });
+  test(
+    "found in review: the askpass's PATH names each root-only directory by its real path, and an empty one is no PATH",
+    { skip: !rootTests && 'needs root (a directory only root can write)' },
+    () => {
+      const sys = rootOwned();
+      const link = path.join(os.tmpdir(), `keyward-askpass-link-${process.pid}`);
+      fs.symlinkSync(sys, link);
+      cleanups.push(() => fs.rmSync(link, { force: true }));
+      // A link on the way (as ~/.nix-profile is) could be pointed elsewhere once checked.
+      assert.equal(
+        askpassEnv({ PATH: `${link}:relative:/usr/bin` })['PATH'],
+        `${fs.realpathSync(sys)}:/usr/bin`,
+      );
+      assert.equal(askpassEnv({ PATH: 'relative:' })['PATH'], '/nonexistent');
+      assert.equal(askpassEnv({ BASH_ENV: '/x', DISPLAY: ':0' })['BASH_ENV'], undefined);
+      assert.equal(askpassEnv({ BASH_ENV: '/x', DISPLAY: ':0' })['DISPLAY'], ':0');
+    },
+  );
 
   test(
     "found in review: an askpass program the agent can't read (to pin it) refuses the agent's start",
