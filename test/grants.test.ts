@@ -579,6 +579,19 @@ describe('the askpass program is the one the agent started with', () => {
     for (const c of cleanups) c();
   });
 
+  /**
+   * A home whose confirm rule gives up after a second, app/token in its vault, a directory only
+   * root can write for the askpass, and the file the askpass reads its answer from.
+   */
+  const askpassCase = () => {
+    const h = agentHome(REMEMBER.replace('remember: { scope: process, for: 10m }', 'timeout: 1s'));
+    assert.equal(
+      kw(['secret', 'set', 'app/token'], { env: h.env, input: 'askpass-held-value' }).code,
+      0,
+    );
+    return { h, sys: rootOwned(), answer: path.join(h.dir, 'answer') };
+  };
+
   test(
     "found in review: what the askpass runs by name is looked up only where root alone can write, not in the user's own bin",
     { skip: !rootTests && 'needs root (setpriv to another user)' },
@@ -586,15 +599,7 @@ describe('the askpass program is the one the agent started with', () => {
       // A user who keeps the askpass where only root can write, as THREAT-MODEL.md advises: a
       // wrapper that runs the dialog by name. The user's PATH has a directory of the user's own
       // first (~/.local/bin): any process of the user can put a `kwdialog` there.
-      const h = agentHome(
-        REMEMBER.replace('remember: { scope: process, for: 10m }', 'timeout: 1s'),
-      );
-      assert.equal(
-        kw(['secret', 'set', 'app/token'], { env: h.env, input: 'askpass-held-value' }).code,
-        0,
-      );
-      const sys = rootOwned();
-      const answer = path.join(h.dir, 'answer');
+      const { h, sys, answer } = askpassCase();
       fs.writeFileSync(path.join(sys, 'kw-askpass'), '#!/bin/sh\nexec kwdialog "$1"\n', {
         mode: 0o755,
       });
@@ -645,15 +650,7 @@ describe('the askpass program is the one the agent started with', () => {
     "found in review: the askpass gets the display and the locale of the agent's environment, not what makes its programs run the user's code (BASH_ENV, Python's user site)",
     { skip: !rootTests && 'needs root (setpriv to another user)' },
     async () => {
-      const h = agentHome(
-        REMEMBER.replace('remember: { scope: process, for: 10m }', 'timeout: 1s'),
-      );
-      assert.equal(
-        kw(['secret', 'set', 'app/token'], { env: h.env, input: 'askpass-held-value' }).code,
-        0,
-      );
-      const sys = rootOwned();
-      const answer = path.join(h.dir, 'answer');
+      const { h, sys, answer } = askpassCase();
       // A root-owned wrapper in bash that asks through Python, as many dialogs do.
       const program = path.join(sys, 'kw-askpass');
       fs.writeFileSync(

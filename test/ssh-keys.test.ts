@@ -1270,6 +1270,33 @@ test(
   },
 );
 
+/**
+ * An agent whose one rule lets /usr/bin/ssh sign without asking (a rule a user writes for logins),
+ * a vault key `vk` (its public key in `pub`), and a test sshd (this extra line in its config) that
+ * lets the attacker log in with a key of its own (`own`): no signature of keyward's is needed
+ * for that.
+ */
+async function sshOnlyAllowed(sshdLine: string) {
+  const { h, env } = await agentWith(
+    'version: 1\nrules:\n' +
+      '  - { name: ssh-logins-silent, targets: ["**"], kind: key, callers: { exe: /usr/bin/ssh, loader_vars: absent }, decision: allow }\n',
+  );
+  const g = kw(['key', 'generate', 'vk'], { env: h.env });
+  assert.equal(g.code, 0, g.stderr);
+  const dir = h.dir;
+  const pub = path.join(dir, 'vk.pub');
+  fs.writeFileSync(pub, g.stdout);
+  const own = sshKeygen(dir, 'attacker', ['-t', 'ed25519', '-N', '']);
+  fs.writeFileSync(path.join(dir, 'authorized_keys'), fs.readFileSync(`${own}.pub`), {
+    mode: 0o600,
+  });
+  const sshd = await startSshd(dir, [
+    `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
+    sshdLine,
+  ]);
+  return { h, env, dir, pub, own, ...sshd };
+}
+
 test(
   'found in review: a signature asked through an agent forwarded with ssh -A is not the local ssh asking: no rule on ssh allows it silently, a person is asked and told the host',
   { skip: sshdSkip },
@@ -1277,24 +1304,9 @@ test(
     // A rule a user writes for logins: the local ssh signs without asking. Through `ssh -A`, the
     // requests of any process on the far host (or of a process of the user that runs ssh into an
     // sshd of its own, as here) reach keyward on a connection of that same ssh process.
-    const { h, env } = await agentWith(
-      'version: 1\nrules:\n' +
-        '  - { name: ssh-logins-silent, targets: ["**"], kind: key, callers: { exe: /usr/bin/ssh, loader_vars: absent }, decision: allow }\n',
-    );
-    const g = kw(['key', 'generate', 'vk1'], { env: h.env });
-    assert.equal(g.code, 0, g.stderr);
-    const dir = h.dir;
-    const pub = path.join(dir, 'vk1.pub');
-    fs.writeFileSync(pub, g.stdout);
-    // The attacker logs in with a key of its own: no signature of keyward's is needed for that.
-    const own = sshKeygen(dir, 'attacker', ['-t', 'ed25519', '-N', '']);
-    fs.writeFileSync(path.join(dir, 'authorized_keys'), fs.readFileSync(`${own}.pub`), {
-      mode: 0o600,
-    });
-    const { hostKey, log } = await startSshd(dir, [
-      `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
+    const { h, env, dir, pub, own, hostKey, log } = await sshOnlyAllowed(
       'AllowAgentForwarding yes',
-    ]);
+    );
     const payload = path.join(dir, 'payload');
     fs.writeFileSync(payload, 'tree 0000\nauthor attacker\n\nnot the user\n');
     const remote = `ssh-keygen -Y sign -n git -f '${pub}' '${payload}'`;
@@ -1380,23 +1392,7 @@ test(
   'found in review: a signature asked through ssh -R (the agent socket relayed by the local ssh, which names no session) is not the local ssh asking either',
   { skip: sshdSkip },
   async () => {
-    const { h, env } = await agentWith(
-      'version: 1\nrules:\n' +
-        '  - { name: ssh-logins-silent, targets: ["**"], kind: key, callers: { exe: /usr/bin/ssh, loader_vars: absent }, decision: allow }\n',
-    );
-    const g = kw(['key', 'generate', 'vk2'], { env: h.env });
-    assert.equal(g.code, 0, g.stderr);
-    const dir = h.dir;
-    const pub = path.join(dir, 'vk2.pub');
-    fs.writeFileSync(pub, g.stdout);
-    const own = sshKeygen(dir, 'attacker-r', ['-t', 'ed25519', '-N', '']);
-    fs.writeFileSync(path.join(dir, 'authorized_keys'), fs.readFileSync(`${own}.pub`), {
-      mode: 0o600,
-    });
-    const { log } = await startSshd(dir, [
-      `AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`,
-      'AllowStreamLocalForwarding yes',
-    ]);
+    const { h, env, dir, pub, own, log } = await sshOnlyAllowed('AllowStreamLocalForwarding yes');
     const payload = path.join(dir, 'payload-r');
     fs.writeFileSync(payload, 'tree 0000\nauthor attacker\n\nnot the user either\n');
     const relay = path.join(dir, 'relay.sock');
