@@ -9,6 +9,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { LOCAL_FILE_SYSTEMS, OVERLAYFS } from '../lib/file-systems.js';
 import { closeFd } from '../lib/libc.js';
+import { undeleted } from '../lib/paths.js';
 
 /**
  * File systems whose files change only through this kernel's own writes to them: a file of
@@ -77,7 +78,7 @@ function usersBlocks(dir: string, depth = 0): boolean {
     const backing = sysText(`${d}/loop/backing_file`);
     if (backing !== undefined) {
       try {
-        const st = fs.statSync(backing.replace(/ \(deleted\)$/, ''));
+        const st = fs.statSync(undeleted(backing));
         if (st.uid !== 0 || (st.mode & 0o022) !== 0) return true;
       } catch {
         return true;

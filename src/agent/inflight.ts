@@ -12,6 +12,31 @@ export const IN_FLIGHT_MAX = 48 * 1024 * 1024; // two of the largest frames (a 1
  */
 export const FRAME_TIMEOUT_MS = 5_000;
 
+/** A connection that asks nothing for this long is closed (either socket). */
+export const IDLE_CONNECTION_MS = 120_000;
+
+/**
+ * A connection's deadline for the frame (or SSH message) it is receiving, from that frame's first
+ * byte. Told after each chunk whether a frame is still incomplete and whether the chunk completed
+ * any: a chunk that completed one and began the next starts the next one's deadline.
+ */
+export class FrameDeadline {
+  private timer: NodeJS.Timeout | undefined;
+
+  constructor(private readonly expired: () => void) {}
+
+  update(pending: boolean, completed: number): void {
+    if (!pending || completed > 0) this.clear();
+    if (pending && this.timer === undefined)
+      this.timer = setTimeout(this.expired, FRAME_TIMEOUT_MS);
+  }
+
+  clear(): void {
+    clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+}
+
 /**
  * The part of the budget only a keyward frame of at most SMALL_FRAME bytes may take (`lock`,
  * `approve`, `deny`, `status` and `agent stop` are such frames, as are other small requests):

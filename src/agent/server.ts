@@ -47,9 +47,7 @@ import type { SshAgentService } from './ssh-agent.js';
 import type { UnlockWindow } from './unlock.js';
 import { makeServices } from './services.js';
 import type { Views } from './views.js';
-import { FRAME_TIMEOUT_MS } from './inflight.js';
-
-const IDLE_CONNECTION_MS = 120_000;
+import { FrameDeadline, IDLE_CONNECTION_MS } from './inflight.js';
 
 export interface AgentOptions {
   home: string;
@@ -260,7 +258,9 @@ export class Agent {
     socket.write(
       frameHead(RES_HELLO, { agent: 'keyward', pid: process.pid, debuggable: this.debuggable }, 0),
     );
-    let frameTimer: NodeJS.Timeout | undefined;
+    const deadline = new FrameDeadline(() =>
+      fail(conn, new ProtocolError('incomplete frame (slow client)')),
+    );
     socket.setTimeout(IDLE_CONNECTION_MS, () => socket.destroy());
     socket.on('data', (chunk: Buffer) => {
       let frames: Frame[];
@@ -271,17 +271,7 @@ export class Agent {
         return;
       }
       // The deadline runs from a frame's first byte: trickling bytes doesn't extend it.
-      // A chunk that completed a frame and began the next starts the next one's deadline.
-      if (!conn.reader.pending || frames.length > 0) {
-        clearTimeout(frameTimer);
-        frameTimer = undefined;
-      }
-      if (conn.reader.pending && frameTimer === undefined) {
-        frameTimer = setTimeout(
-          () => fail(conn, new ProtocolError('incomplete frame (slow client)')),
-          FRAME_TIMEOUT_MS,
-        );
-      }
+      deadline.update(conn.reader.pending, frames.length);
       for (const f of frames) {
         if (conn.stream) conn.stream(f);
         else void this.serve(conn, f);
@@ -291,7 +281,7 @@ export class Agent {
     socket.on('close', () => {
       conn.gone = true;
       conn.abandon?.();
-      clearTimeout(frameTimer);
+      deadline.clear();
       conn.reader.destroy();
       closePeer(conn);
       this.conns.delete(conn);

@@ -11,8 +11,8 @@
  * A claim of forwarding counts whether its signature verifies or not: it can only make the
  * connection's requests ask.
  */
-import type { SshReader } from '../keys/index.js';
-import { fingerprint, verifySshSignature } from '../keys/index.js';
+import { fingerprint, verifySshSignature, type SshReader } from '../keys/index.js';
+import { undeleted } from '../lib/paths.js';
 import type { Peer } from './peer.js';
 
 export const SESSION_BIND = 'session-bind@openssh.com';
@@ -28,12 +28,9 @@ interface Bound {
   forwardedTo?: string;
 }
 
-/** A program's file name, as /proc shows it (an updated one ends in " (deleted)"). */
+/** A program's file name, as /proc shows it (an updated one too). */
 function fileName(exe: string | undefined): string | undefined {
-  return exe
-    ?.replace(/ \(deleted\)$/, '')
-    .split('/')
-    .at(-1);
+  return exe === undefined ? undefined : undeleted(exe).split('/').at(-1);
 }
 
 export class SessionBindings {

@@ -5,12 +5,9 @@
  */
 import type net from 'node:net';
 import { secureFootprint, secureRelease, type SecureBuffer } from '../lib/secure.js';
-import { FRAME_TIMEOUT_MS, inFlight } from './inflight.js';
+import { FrameDeadline, IDLE_CONNECTION_MS, inFlight } from './inflight.js';
 import type { Peer } from './peer.js';
 import { MAX_QUEUED, message, SSH, SshFrameReader } from './ssh.js';
-
-/** A connection that asks nothing for this long is closed. */
-const IDLE_CONNECTION_MS = 120_000;
 
 export function serveSshConnection(
   socket: net.Socket,
@@ -25,14 +22,14 @@ export function serveSshConnection(
   // A message's deadline runs from its first byte, as a keyward frame's does (server.ts): a
   // trickle of bytes resets the idle limit, and held the in-flight budget for days (found in
   // review).
-  let messageTimer: NodeJS.Timeout | undefined;
+  const deadline = new FrameDeadline(() => socket.destroy());
   socket.setTimeout(IDLE_CONNECTION_MS, () => socket.destroy());
   socket.on('error', () => socket.destroy());
   socket.on('close', () => {
     // An ssh client that hangs up takes its pending signature request with it, and the ones
     // queued behind it (below): nobody is asked about a request whose answer would go nowhere.
     ended = true;
-    clearTimeout(messageTimer);
+    deadline.clear();
     who.gone = true;
     who.abandon?.();
     reader.destroy();
@@ -46,14 +43,7 @@ export function serveSshConnection(
       socket.destroy();
       return;
     }
-    // A chunk that completed a message and began the next starts the next one's deadline.
-    if (!reader.pending || msgs.length > 0) {
-      clearTimeout(messageTimer);
-      messageTimer = undefined;
-    }
-    if (reader.pending && messageTimer === undefined) {
-      messageTimer = setTimeout(() => socket.destroy(), FRAME_TIMEOUT_MS);
-    }
+    deadline.update(reader.pending, msgs.length);
     queued += msgs.length;
     // Each waiting request holds secure memory (locked pages): a flood is dropped, whether on
     // one connection (more than 16 waiting) or across many (the agent's in-flight budget).

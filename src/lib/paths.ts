@@ -14,3 +14,11 @@ export function socketDir(env: NodeJS.ProcessEnv = process.env): string {
   if (xdg !== undefined && xdg !== '') return path.join(path.resolve(xdg), 'keyward');
   return path.join(keywardHome(env), 'run');
 }
+
+/**
+ * A path as /proc names the file of a running program (or a loop device's backing file) once
+ * the file was replaced or removed, without the " (deleted)" the kernel puts after it.
+ */
+export function undeleted(p: string): string {
+  return p.endsWith(' (deleted)') ? p.slice(0, -' (deleted)'.length) : p;
+}

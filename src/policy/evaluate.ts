@@ -4,6 +4,7 @@
  */
 import path from 'node:path';
 import picomatch from 'picomatch';
+import { undeleted } from '../lib/paths.js';
 import { durationMs, type ApprovalMode, type Policy, type PolicyRule } from './schema.js';
 
 /** What keyward knows about the calling process. A fact it could not establish is undefined. */
@@ -78,9 +79,6 @@ export type Decision =
     }
   | { decision: 'deny'; rule: string | undefined; explanation: string[] };
 
-/** What /proc says after a running program's file was replaced or removed. */
-const DELETED = ' (deleted)';
-
 const matchers = new Map<string, (s: string) => boolean>();
 function glob(pattern: string): (s: string) => boolean {
   let m = matchers.get(pattern);
@@ -125,7 +123,7 @@ function mismatch(r: PolicyRule, req: PolicyRequest, c: Caller): string | undefi
   // path and " (deleted)": a deny or approve rule still names it (found in review: an AI tool's
   // update turned off the rules on it). Never an allow: such a path is not vouched for (exeElsewhere, below).
   const named = (m: (p: string) => boolean, p: string) =>
-    m(p) || (!allows && p.endsWith(DELETED) && m(p.slice(0, -DELETED.length)));
+    m(p) || (!allows && undeleted(p) !== p && m(undeleted(p)));
   if (w.exe !== undefined && (c.exe === undefined || !named(glob(w.exe), c.exe))) {
     return `the caller's executable ${c.exe ?? '(unknown)'} does not match ${w.exe}`;
   }

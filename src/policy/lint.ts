@@ -4,7 +4,7 @@
  */
 import type { Document, LineCounter as LineCounterT } from 'yaml';
 import { printable, UNSHOWN_IN_TEXT, UNSHOWN_IN_VALUE } from '../lib/text.js';
-import type { Policy, PolicyProblem } from './schema.js';
+import { isGlob, type Policy, type PolicyProblem } from './schema.js';
 import { pathText, positionOf, yaml } from './yaml-doc.js';
 
 /** Every string in a parsed policy (keys too), with its path. */
@@ -169,7 +169,7 @@ export function weakAllows(policy: Policy): string[] {
       );
     if (
       c.exe !== undefined &&
-      /[*?[{]/.test(c.exe) &&
+      isGlob(c.exe) &&
       c.exe_sha256 === undefined &&
       !(exe !== undefined && INTERPRETER.test(exe))
     )

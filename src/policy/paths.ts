@@ -8,10 +8,7 @@
  */
 import fs from 'node:fs';
 import { printable } from '../lib/text.js';
-import type { Policy } from './schema.js';
-
-/** A glob's characters: a pattern is not one path to resolve. */
-const GLOB = /[*?[\]{}!]/;
+import { isGlob, type Policy } from './schema.js';
 
 /** One line per rule whose `exe`, `ancestor` or `cwd` is a path that goes through a link. */
 export function linkedCallerPaths(policy: Policy): string[] {
@@ -19,7 +16,7 @@ export function linkedCallerPaths(policy: Policy): string[] {
   for (const r of policy.rules)
     for (const field of ['exe', 'ancestor', 'cwd'] as const) {
       const p = r.callers[field];
-      if (p === undefined || !p.startsWith('/') || GLOB.test(p)) continue;
+      if (p === undefined || !p.startsWith('/') || isGlob(p)) continue;
       let real: string;
       try {
         real = fs.realpathSync(p);

@@ -17,6 +17,11 @@ const require = createRequire(import.meta.url);
 const DURATION_RE = /^([1-9][0-9]{0,8})(ms|s|m|h|d)$/;
 const UNIT_MS = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 } as const;
 
+/** Whether a policy's pattern is a glob (picomatch's characters), not one name or path. */
+export function isGlob(s: string): boolean {
+  return /[*?[\]{}!]/.test(s);
+}
+
 export function durationMs(s: string): number {
   const m = DURATION_RE.exec(s);
   if (!m) throw new Error(`not a duration: ${s}`);
@@ -233,7 +238,7 @@ function build(z: typeof Zod) {
       // A name in group_policy_map that is no glob must name a rule: a typo would approve nothing.
       for (const [group, entries] of Object.entries(p.operators?.group_policy_map ?? {}))
         entries.forEach((e, i) => {
-          if (!/[*?[\]{}!]/.test(e) && !seen.has(e))
+          if (!isGlob(e) && !seen.has(e))
             ctx.addIssue({
               code: 'custom',
               path: ['operators', 'group_policy_map', group, i],
