@@ -367,7 +367,10 @@ describe('an unlocked agent and a vault.kw written by others', () => {
     body.writeBigUInt64BE(1000n, 40);
     fs.writeFileSync(h.vaultFile, Buffer.concat([body, blake2b256(body)]));
     const r = kw(['read', 'h/x'], { env: h.env });
-    assert.equal(r.code, 8, r.stderr);
+    // The read finds it itself (exit 8), or the agent found it first and locked (refusedFor: a
+    // CI run under load had the agent's watch reload the vault before the read came).
+    assert.equal(r.stdout, '', 'nothing released');
+    assert.ok(r.code === 8 || (r.code === 5 && /the agent is locked/.test(r.stderr)), r.stderr);
     lockedNow(h);
   });
 
