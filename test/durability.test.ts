@@ -91,15 +91,27 @@ function first(calls: Call[], what: string, from: number, pred: (c: Call) => boo
 }
 
 const isLog = (c: Call) => /\/audit\/log-\d+\.jsonl$/.test(c.fd ?? '');
+const isJournal = (c: Call) => /\/audit\/journal$/.test(c.fd ?? '');
 
-/** The fsync that made the audit line of `event` durable: its write to a segment, then the sync. */
+/**
+ * The sync that made the audit line of `event` durable: its write to a segment, then the
+ * segment's sync; or, in the agent (docs/AUDIT.md, "The journal"), the same line written to the
+ * journal after it, then the journal's sync.
+ */
 function auditSynced(calls: Call[], event: string): Call {
   const line = first(calls, `audit write of ${event}`, -1, (c) => {
     return WRITES.has(c.name) && isLog(c) && c.args.includes(event);
   });
-  return first(calls, `sync of the audit log after ${event}`, line.index, (c) => {
-    return SYNCS.has(c.name) && c.fd === line.fd;
+  const sync = first(calls, `sync of the audit log after ${event}`, line.index, (c) => {
+    return SYNCS.has(c.name) && (c.fd === line.fd || isJournal(c));
   });
+  if (isJournal(sync)) {
+    const entry = first(calls, `journal entry of ${event}`, line.index, (c) => {
+      return WRITES.has(c.name) && isJournal(c) && c.args.includes(event);
+    });
+    assert.ok(entry.index < sync.index, `the journal was synced before ${event} was written to it`);
+  }
+  return sync;
 }
 
 describe('durability by syscall order (strace)', { skip }, () => {

@@ -116,7 +116,7 @@ export class Agent {
   constructor(private readonly o: AgentOptions) {
     this.sp = socketPaths(o.socketDir);
     // The agent is the log's long-running writer: it keeps the state and segment between appends.
-    this.auditLog = new AuditLog(o.home, { keep: true });
+    this.auditLog = new AuditLog(o.home, { keep: true, journal: true });
     this.audit = new GroupCommitter(this.auditLog);
     // While unlocked, bodies are sealed to the vault's box key, whatever audit/state names.
     this.auditLog.trustBoxKeys(() => this.window.boxTrust());

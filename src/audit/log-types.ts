@@ -1,5 +1,6 @@
 /** The audit writer's options and what it knows between appends (log.ts). */
 import fs from 'node:fs';
+import type { FileIdentity } from '../lib/libc.js';
 import type { ShippedEntry } from './ship.js';
 import { stampFrom } from './segment-files.js';
 import type { AuditState, HeldState } from './state.js';
@@ -19,10 +20,16 @@ export interface AuditOptions {
    * one else changed them, checked under the lock each time. close() wipes and closes them.
    */
   keep?: boolean;
+  /**
+   * Make batches durable through the journal (journal.ts) rather than an fsync of the segment:
+   * for the agent alone, the one writer that holds the journal while it runs.
+   */
+  journal?: boolean;
 }
 
 export const DEFAULTS = {
   keep: false,
+  journal: false,
   segmentMaxBytes: 16 * 1024 * 1024,
   segmentMaxAgeMs: 30 * 24 * 3600 * 1000,
   epochMs: 3600 * 1000,
@@ -42,10 +49,10 @@ export interface Head {
   written?: ShippedEntry[];
 }
 
-/** A segment's lstat taken under the lock, to be used again in the same append. */
+/** A segment's identity (no times) taken under the lock, to be used again in the same append. */
 export interface SegmentSeen {
   segment: number;
-  stat: fs.BigIntStats | undefined;
+  stat: FileIdentity | undefined;
 }
 
 /**

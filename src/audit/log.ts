@@ -23,7 +23,9 @@ import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './shi
 import { cutTorn, firstLineTime, headOfSegment, lineStillThere, type Tail } from './tail.js';
 import { hashAt, unacknowledgedGapLines, unacknowledgedGaps, type GapLine } from './history.js';
 import type { AuditRecord } from './events.js';
-import { SegmentFiles, stampFrom } from './segment-files.js';
+import { SegmentFiles, segmentIdentity, segmentStamp } from './segment-files.js';
+import { Journal, replayJournal, type Replayed } from './journal.js';
+import { statWithoutTimes, type FileIdentity } from '../lib/libc.js';
 import { BodySealer } from './body.js';
 import {
   DEFAULTS,
@@ -65,6 +67,16 @@ export class AuditLog {
   private readonly files = new SegmentFiles((n) => this.segmentPath(n));
   /** Seals bodies under a batch key it renews every second (body.ts); forget() frees it. */
   private readonly sealer = new BodySealer();
+  /** The journal this writer holds (AuditOptions.journal), once its first batch opened it. */
+  private journal: Journal | undefined;
+  /** Whether this writer has looked for a journal to replay (once, at its first batch). */
+  private journalSeen = false;
+  /** The segment this writer's journal has entries for, not yet fsynced. */
+  private journaledSegment: number | undefined;
+  /** The last lines a batch wrote, where, not yet durable: what the journal's entry holds. */
+  private lastWrite: { segment: number; offset: number; data: Buffer } | undefined;
+  /** The journal was replaced under this writer: the next one it opens replays nothing. */
+  private reopenJournal = false;
 
   constructor(home: string, options: AuditOptions = {}) {
     this.paths = auditPaths(home);
@@ -178,13 +190,27 @@ export class AuditLog {
         cut ? undefined : expect,
       );
       if (cut) head.gap = cut.reason;
-      if (blocking) this.files.sync(head.segment);
-      else {
+      // Durable through the journal (an fdatasync of a file that does not grow), or else by the
+      // segment's own fsync.
+      const journal = this.journalEntry();
+      if (journal === 'durable') return head;
+      if (blocking) {
+        if (journal === undefined) this.files.sync(head.segment);
+        else
+          try {
+            fs.fdatasyncSync(journal);
+          } catch (e) {
+            throw unwritable(e);
+          }
+      } else {
         // fsync flushes the file, whichever descriptor asks: one trip to the thread pool.
-        const { fd, own } = this.files.syncTarget(head.segment);
+        const { fd, own } =
+          journal === undefined ? this.files.syncTarget(head.segment) : { fd: journal, own: false };
         try {
           await new Promise<void>((resolve, reject) =>
-            fs.fsync(fd, (e) => (e ? reject(unwritable(e)) : resolve())),
+            (journal === undefined ? fs.fsync : fs.fdatasync)(fd, (e) =>
+              e ? reject(unwritable(e)) : resolve(),
+            ),
           );
         } finally {
           if (own) fs.closeSync(fd);
@@ -192,6 +218,55 @@ export class AuditLog {
       }
       return head;
     });
+  }
+
+  /**
+   * Writes the batch's lines (lastWrite) to the journal, when this writer holds one: returns
+   * the descriptor to fdatasync; 'durable' when the segment was fsynced instead (the journal
+   * replaced under the writer, or a batch too large for it); undefined without a journal.
+   */
+  private journalEntry(): number | 'durable' | undefined {
+    const w = this.lastWrite;
+    this.lastWrite = undefined;
+    const j = this.journal;
+    if (j === undefined || w === undefined) return undefined;
+    try {
+      if (!j.still()) {
+        // Removed or replaced under the writer: this batch is made durable in the segment, and
+        // the next batch makes a new journal (whatever is at the path then is set aside).
+        this.files.sync(w.segment);
+        this.journaledSegment = undefined;
+        this.journal = undefined;
+        this.journalSeen = false;
+        this.reopenJournal = true;
+        j.close();
+        return 'durable';
+      }
+      // A journal full wraps, and a batch larger than it is not journaled: the segment's entries
+      // there were needed only until the segment is fsynced, which is done first.
+      const fd = j.write(w.segment, w.offset, w.data, () => this.files.sync(w.segment));
+      if (fd < 0) return 'durable';
+      this.journaledSegment = w.segment;
+      return fd;
+    } catch (e) {
+      throw unwritable(e);
+    }
+  }
+
+  /**
+   * At a writer's first batch, under the lock: replays a journal a writer before left in use
+   * (journal.ts), and, for a journaling writer, opens its own. The record says what was put back.
+   */
+  private replayOnce(st: AuditState): Replayed | undefined {
+    if (this.journalSeen) return undefined;
+    this.journalSeen = true;
+    const segPath = this.segmentPath(st.segment);
+    if (!this.o.journal) return replayJournal(this.paths.dir, st.segment, segPath);
+    const replay = !this.reopenJournal;
+    this.reopenJournal = false;
+    const { journal, replayed } = Journal.open(this.paths.dir, st.segment, segPath, replay);
+    this.journal = journal;
+    return replayed;
   }
 
   /** Whether the log's directory is on a local disk's file system (lib/file-systems.ts). */
@@ -230,11 +305,15 @@ export class AuditLog {
     const found = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
       try {
         const st = this.currentState();
+        const replayed = this.replayOnce(st);
         const box = this.boxChecked(st);
-        if (box === undefined) return undefined;
-        const head = this.appendLocked(st, [box.record]);
+        if (box === undefined && replayed === undefined) return undefined;
+        const head = this.appendLocked(
+          st,
+          [replayed?.record, box?.record].filter((r) => r !== undefined),
+        );
         this.files.sync(head.segment);
-        return { head, reason: box.reason };
+        return box === undefined ? { head } : { head, reason: box.reason };
       } catch (e) {
         this.forget();
         throw unwritable(e);
@@ -253,13 +332,17 @@ export class AuditLog {
     after?: Head,
     follows?: Checkpoint,
   ): Head {
+    this.lastWrite = undefined;
     try {
       const st = this.currentState();
+      const replayed = this.replayOnce(st);
+      // Lines put back into the segment: what was seen of it before is not what it is now.
+      const seenNow = replayed !== undefined && replayed.restored > 0 ? undefined : seen;
       // A long-running writer builds only on what follows from its own last entry (chain.ts);
       // else it records the break first, putting back a state that names a segment no rotation
       // leads to, and the agent locks.
       const b =
-        after && breakAfter((n) => this.segmentPath(n), after, seen?.stat?.size, st.segment);
+        after && breakAfter((n) => this.segmentPath(n), after, seenNow?.stat?.size, st.segment);
       const stray = after && b && strayRecord(after, b.reason);
       if (b?.stateChanged && after) {
         st.segment = after.segment;
@@ -267,11 +350,11 @@ export class AuditLog {
         this.stateWritten(st);
       }
       const box = this.boxChecked(st);
-      const first = [stray?.record, box?.record].filter((r) => r !== undefined);
+      const first = [replayed?.record, stray?.record, box?.record].filter((r) => r !== undefined);
       const head = this.appendLocked(
         st,
         first.length > 0 ? [...first, ...records] : records,
-        seen,
+        seenNow,
         follows,
       );
       const gap = stray?.reason ?? box?.reason;
@@ -318,6 +401,18 @@ export class AuditLog {
 
   /** The end of a long-running writer (agent stop). */
   close(): void {
+    const j = this.journal;
+    this.journal = undefined;
+    if (j !== undefined) {
+      // The segment durable first; only then is the journal not needed, and marked so. If the
+      // fsync fails, the journal stays in use, for the next writer to replay.
+      try {
+        if (this.journaledSegment !== undefined) this.files.sync(this.journaledSegment);
+        j.close();
+      } catch {
+        // Left in use: the next writer replays it.
+      }
+    }
     this.forget();
     this.lock?.close();
     this.lock = undefined;
@@ -335,8 +430,8 @@ export class AuditLog {
     tail: Tail;
     lastType: string | undefined;
     first: { time: number | undefined } | undefined;
-    /** The segment's lstat, when it showed the file as this writer left it. */
-    seen?: fs.BigIntStats;
+    /** The segment's identity, when it showed the file as this writer left it. */
+    seen?: FileIdentity;
   } {
     const seg = this.known?.seg;
     const seen =
@@ -345,7 +440,7 @@ export class AuditLog {
           ? given.stat
           : this.segmentStat(segment)
         : undefined;
-    if (seg && seen && seg.stamp === stampFrom(seen))
+    if (seg && seen && seg.stamp === segmentStamp(seen))
       return {
         head: { ...seg.head },
         tail: { ...seg.tail },
@@ -365,13 +460,13 @@ export class AuditLog {
   }
 
   /** Whether the line a writer wrote (seq, hash, where it ended) is still in its segment. */
-  private stillThere(h: Head, seen?: fs.BigIntStats): boolean {
+  private stillThere(h: Head, seen?: FileIdentity): boolean {
     return lineStillThere(this.files.held(h.segment, seen), this.segmentPath(h.segment), h);
   }
 
-  /** The segment's lstat (undefined when there is none). */
-  private segmentStat(segment: number): fs.BigIntStats | undefined {
-    return fs.lstatSync(this.segmentPath(segment), { bigint: true, throwIfNoEntry: false });
+  /** The segment's identity, without its times (undefined when there is none). */
+  private segmentStat(segment: number): FileIdentity | undefined {
+    return segmentIdentity(this.segmentPath(segment));
   }
 
   private cutBehind(expected: Head): { record: AuditRecord; reason: string } {
@@ -492,7 +587,7 @@ export class AuditLog {
     head: Head,
     records: readonly AuditRecord[],
     first?: { time: number | undefined },
-    seen?: fs.BigIntStats,
+    seen?: FileIdentity,
   ): Head {
     const time = this.o.now().toISOString();
     const { lines, written, seq, hash } = encodeBatch(records, head, time, st, this.sealer);
@@ -503,9 +598,11 @@ export class AuditLog {
       const data = lines.length === 1 ? (lines[0] as Buffer) : Buffer.concat(lines);
       let off = 0;
       while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off);
-      const stat = fs.fstatSync(fd, { bigint: true });
+      const stat = statWithoutTimes(fd);
+      if (stat === undefined) throw new Error('the segment has no size');
       end = Number(stat.size);
-      stamp = stampFrom(stat);
+      stamp = segmentStamp(stat);
+      this.lastWrite = { segment: st.segment, offset: end - data.length, data };
     } catch (e) {
       this.forget();
       throw e;

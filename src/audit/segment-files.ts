@@ -5,9 +5,25 @@
 import fs from 'node:fs';
 import { unwritable } from './state.js';
 import { openOwnFile } from '../lib/files.js';
+import { statWithoutTimes, type FileIdentity } from '../lib/libc.js';
 
 /** Device, inode, size, and modification and change times (ns): what any write changes. */
 export { fileKey as stampFrom } from '../lib/files.js';
+
+/**
+ * A segment's stamp: device, inode and size, taken without asking its times (statWithoutTimes:
+ * asking them would cost the journal's fdatasync its speed). Another writer's append changes
+ * the size and a replaced file the inode; a write in place that keeps the size changes neither,
+ * and is found by the last line's read-back (tail.ts, lineStillThere) and by verify's MACs.
+ */
+export function segmentStamp(id: FileIdentity): string {
+  return `${id.dev}:${id.ino}:${id.size}`;
+}
+
+/** A segment's identity by its path, without its times (undefined when there is none). */
+export function segmentIdentity(file: string): FileIdentity | undefined {
+  return statWithoutTimes(file);
+}
 
 export class SegmentFiles {
   private segment: { n: number; fd: number; dev: bigint; ino: bigint } | undefined;
@@ -18,7 +34,7 @@ export class SegmentFiles {
    * The segment, open for appending: the one held if the path still names that file, else
    * opened now (and held).
    */
-  open(n: number, seen?: fs.BigIntStats): { fd: number; created: boolean } {
+  open(n: number, seen?: FileIdentity): { fd: number; created: boolean } {
     const file = this.pathOf(n);
     const held = this.held(n, seen);
     if (held !== undefined) return { fd: held, created: false };
@@ -38,11 +54,11 @@ export class SegmentFiles {
    * The held descriptor of segment n, if the path still names the file it has open. seen: the
    * path's lstat, taken by the caller under the same lock a moment before (not taken again).
    */
-  held(n: number, seen?: fs.BigIntStats): number | undefined {
+  held(n: number, seen?: FileIdentity): number | undefined {
     const held = this.segment;
     if (held?.n !== n) return undefined;
-    const now = seen ?? fs.lstatSync(this.pathOf(n), { bigint: true, throwIfNoEntry: false });
-    return now?.isFile() && now.dev === held.dev && now.ino === held.ino ? held.fd : undefined;
+    const now = seen ?? statWithoutTimes(this.pathOf(n));
+    return now?.isFile && now.dev === held.dev && now.ino === held.ino ? held.fd : undefined;
   }
 
   /** fsyncs segment n, blocking (the CLI's append, a rotation). */

@@ -59,12 +59,15 @@ export interface HomeFile {
  * Files a backup leaves out, and a restore refuses to find in one: the lock files (empty; made
  * again on first use), temp files of a writer in progress, and the audit writer's state, which
  * holds the current epoch key in the clear: a restore makes a new one from the vault, so a
- * backup's holder gets no key to the log and a crafted one can't plant one.
+ * backup's holder gets no key to the log and a crafted one can't plant one. The agent's journal
+ * (audit/journal.ts) too: the backup is taken under the log's lock, so the segments hold every
+ * line the journal does, and a journal restored beside older segments would have lines to put
+ * back that are not theirs.
  */
 export function leftOut(rel: string): boolean {
   return (
     // Or anything under them: a restore would make the lock file a directory.
-    /^(vault\.lock|audit\/lock|audit\/state)(\/|$)/.test(rel) ||
+    /^(vault\.lock|audit\/lock|audit\/state|audit\/journal)(\/|$)/.test(rel) ||
     /(^|\/)\.[^/]*\.tmp-[^/]*$/.test(rel)
   );
 }

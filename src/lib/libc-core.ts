@@ -58,6 +58,7 @@ export interface Libc {
   recvInto: (fd: number, buf: Buffer, len: number, flags: number) => number | bigint;
   setsockopt: (fd: number, level: number, name: number, val: Buffer, len: number) => number;
   isatty: (fd: number) => number;
+  statx: (dirfd: number, path: string, flags: number, mask: number, out: Buffer) => number;
   read: (fd: number, buf: Buffer, len: number) => number | bigint;
   renameat2: (
     olddir: number,
@@ -146,6 +147,7 @@ function bind(): Libc {
     isatty: () => lib.func('int isatty(int)'),
     read: () => lib.func('long read(int, _Out_ uint8_t *, size_t)'),
     renameat2: () => lib.func('int renameat2(int, const char *, int, const char *, unsigned int)'),
+    statx: () => lib.func('int statx(int, const char *, int, unsigned int, _Out_ uint8_t *)'),
   };
   const out = {} as Libc;
   for (const k of Object.keys(declare) as Array<keyof Libc>)

@@ -214,3 +214,54 @@ export function dupFd(fd: number): number | undefined {
 export function closeFd(fd: number): void {
   libc().close(fd);
 }
+
+/** What statWithoutTimes gives: a file's identity, kind and size. */
+export interface FileIdentity {
+  dev: bigint;
+  ino: bigint;
+  size: bigint;
+  isFile: boolean;
+}
+
+const AT_SYMLINK_NOFOLLOW = 0x100;
+const AT_EMPTY_PATH = 0x1000;
+// STATX_TYPE | STATX_MODE | STATX_NLINK | STATX_INO | STATX_SIZE: no times.
+const STATX_NO_TIMES = 0x1 | 0x2 | 0x4 | 0x100 | 0x200;
+const ENOENT = 2;
+const statxOut = Buffer.alloc(256);
+
+/**
+ * A file's device, inode, size and kind, by statx(2) with a mask that asks for no times: the
+ * path itself (never followed), or an open descriptor when file is a number. Undefined when the
+ * path names nothing. Why no times: on this kernel (multigrain timestamps, Linux 6.13 on) a
+ * query of a file's change time makes its next write take a fine-grained one, which dirties the
+ * inode, and a later fdatasync then writes the inode too: node:fs asks for every field, and cost
+ * the audit journal a third of its speed (docs/PERFORMANCE.md, 2026-12-07 (eleventh session)).
+ */
+export function statWithoutTimes(file: string | number): FileIdentity | undefined {
+  const l = libc();
+  const r =
+    typeof file === 'number'
+      ? l.statx(file, '', AT_EMPTY_PATH, STATX_NO_TIMES, statxOut)
+      : l.statx(AT_FDCWD, file, AT_SYMLINK_NOFOLLOW, STATX_NO_TIMES, statxOut);
+  if (r !== 0) {
+    const err = l.errno();
+    if (err === ENOENT) return undefined;
+    throw Object.assign(new Error(`statx failed (errno ${err})`), { errno: err });
+  }
+  // struct statx (linux/stat.h): mode at 28, ino at 32, size at 40, dev major and minor at 136.
+  const mode = statxOut.readUInt16LE(28);
+  const major = BigInt(statxOut.readUInt32LE(136));
+  const minor = BigInt(statxOut.readUInt32LE(140));
+  return {
+    // glibc's makedev, as node:fs reports st_dev: the same number for the same device.
+    dev:
+      (minor & 0xffn) |
+      ((major & 0xfffn) << 8n) |
+      ((minor & ~0xffn) << 12n) |
+      ((major & ~0xfffn) << 32n),
+    ino: statxOut.readBigUInt64LE(32),
+    size: statxOut.readBigUInt64LE(40),
+    isFile: (mode & 0o170000) === 0o100000,
+  };
+}

@@ -1,0 +1,169 @@
+/**
+ * The agent's journal (src/audit/journal.ts; docs/AUDIT.md, "The journal"): a batch is durable in
+ * it before anything of the batch is released, so a crash of the system that loses the segment's
+ * unsynced tail loses no record. Tried as the crash would leave the disk (the tail cut, or its
+ * blocks zeros) and as a process of the user would try it (the segment changed, the journal
+ * replaced by its own file or a link).
+ */
+import assert from 'node:assert/strict';
+import fs from 'node:fs';
+import path from 'node:path';
+import { after, describe, test } from 'node:test';
+import {
+  auditEntries,
+  stopAgent,
+  unlockedAgent,
+  withoutAgent,
+  type AgentHome,
+} from './agent-helpers.js';
+import { eventually, kw } from './helpers.js';
+
+const homes: AgentHome[] = [];
+after(async () => {
+  for (const h of homes) await stopAgent(h);
+});
+
+const ALLOW =
+  'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n' +
+  '  - { name: logs, kind: audit, targets: ["**"], decision: allow }\n';
+
+const auditDir = (h: AgentHome) => path.join(h.home, 'audit');
+const segment = (h: AgentHome) => path.join(auditDir(h), 'log-000001.jsonl');
+const journal = (h: AgentHome) => path.join(auditDir(h), 'journal');
+const setAside = (h: AgentHome) =>
+  fs.readdirSync(auditDir(h)).filter((n) => n.startsWith('journal.damaged-'));
+const lines = (h: AgentHome) => fs.readFileSync(segment(h), 'utf8').split('\n');
+const drops = (h: AgentHome) =>
+  lines(h).filter((l) => l.includes('"type":"credential.drop"')).length;
+
+/** An unlocked agent with app/token set, and the segment's size once that is recorded. */
+async function agentWithSecret(): Promise<{ h: AgentHome; before: number }> {
+  const h = await unlockedAgent(ALLOW, homes);
+  assert.equal(kw(['secret', 'set', 'app/token'], { env: h.env, input: 'v-journal' }).code, 0);
+  return { h, before: fs.statSync(segment(h)).size };
+}
+
+/** n reads through the agent, and their last records (written after the value) in the log. */
+async function reads(h: AgentHome, n: number): Promise<void> {
+  const had = drops(h);
+  for (let i = 0; i < n; i++)
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'v-journal');
+  await eventually(() => drops(h) >= had + n, "the reads' last records");
+}
+
+/** Ends the agent at once, as a crash of the system ends it: nothing of its own runs after. */
+async function crash(h: AgentHome): Promise<void> {
+  const c = h.agent;
+  assert.ok(c);
+  const done = new Promise((r) => c.once('exit', r));
+  c.kill('SIGKILL');
+  await done;
+}
+
+const readsOf = (h: AgentHome) =>
+  auditEntries(h).filter((e) => e.type === 'secret.read' && e.target === 'app/token');
+
+describe('the journal', () => {
+  test('a crash that loses the segment’s tail after releases loses none of them: the journal puts the lines back, and the log says so', async () => {
+    const { h, before } = await agentWithSecret();
+    await reads(h, 3);
+    const after = fs.statSync(segment(h)).size;
+    assert.ok(after > before);
+    await crash(h);
+    // What the disk may hold after a crash: the segment as it was before the reads (its size
+    // never written), the page cache's lines gone.
+    fs.truncateSync(segment(h), before);
+    // Any writer that comes next (here the CLI, no agent running) puts them back first.
+    const entries = readsOf(h);
+    assert.equal(entries.length, 3, 'the three releases are in the log');
+    const recovered = auditEntries(h).filter(
+      (e) => e.type === 'audit.recovered' && /put back from the journal/.test(e.reason ?? ''),
+    );
+    assert.equal(recovered.length, 1);
+    assert.equal(recovered[0]?.details['restoredBytes'], after - before);
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(v.code, 0, v.stderr);
+  });
+
+  test('a crash that left the tail’s blocks zeros (the size written, the data not): the journal writes the lines over the zeros', async () => {
+    const { h, before } = await agentWithSecret();
+    await reads(h, 2);
+    const size = fs.statSync(segment(h)).size;
+    await crash(h);
+    const fd = fs.openSync(segment(h), 'r+');
+    fs.writeSync(fd, Buffer.alloc(size - before), 0, size - before, before);
+    fs.closeSync(fd);
+    assert.equal(readsOf(h).length, 2);
+    assert.equal(fs.statSync(segment(h)).size > size, true, 'the next writer went on after them');
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(v.code, 0, v.stderr);
+  });
+
+  test('a segment that holds other bytes than the journal where it is short keeps them: nothing is written over them, and the journal is kept aside as evidence', async () => {
+    const { h, before } = await agentWithSecret();
+    await reads(h, 2);
+    await crash(h);
+    // A process of the user's: the segment cut, and a line of its own where the reads were (a
+    // copy of the last one before them, which a writer takes for the log's head).
+    fs.truncateSync(segment(h), before);
+    const copy = `${lines(h).at(-2) ?? ''}\n`;
+    fs.appendFileSync(segment(h), copy);
+    const forgedAt = before + Buffer.byteLength(copy);
+    // The next writer (the CLI, no agent running) finds the journal at odds with the segment.
+    kw(['secret', 'set', 'app/other'], { env: withoutAgent(h), input: 'v2' });
+    const kept = setAside(h);
+    assert.equal(kept.length, 1, 'the journal is kept aside');
+    assert.equal(fs.statSync(path.join(auditDir(h), kept[0] as string)).size, 4096 + (1 << 20));
+    const seg = fs.readFileSync(segment(h));
+    assert.equal(seg.subarray(before, forgedAt).toString(), copy, 'not written over');
+    assert.ok(
+      lines(h).some((l) => l.includes('"type":"audit.recovered"')),
+      'the log says the journal was not replayed',
+    );
+    assert.equal(readsOf(h).length, 0, 'nothing of the journal was put back');
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.notEqual(v.code, 0, 'the copied line is found');
+  });
+
+  test('a journal replaced by another file, or a link, while the agent runs is set aside, never written through, and a new one begins', async () => {
+    const { h } = await agentWithSecret();
+    await reads(h, 1);
+    const victim = path.join(h.dir, 'victim');
+    fs.writeFileSync(victim, 'the user’s own file\n');
+    // A link where the journal was: the agent's next batch finds it (no times asked), makes that
+    // batch durable in the segment, and its next batch sets the link aside and makes a journal.
+    fs.rmSync(journal(h));
+    fs.symlinkSync(victim, journal(h));
+    await reads(h, 2);
+    assert.equal(fs.readFileSync(victim, 'utf8'), 'the user’s own file\n');
+    const kept = setAside(h);
+    assert.equal(kept.length, 1);
+    assert.ok(fs.lstatSync(path.join(auditDir(h), kept[0] as string)).isSymbolicLink());
+    assert.ok(fs.lstatSync(journal(h)).isFile());
+    // The new journal holds what comes after: a crash after one more read loses nothing.
+    const before = fs.statSync(segment(h)).size;
+    await reads(h, 1);
+    await crash(h);
+    fs.truncateSync(segment(h), before);
+    assert.equal(readsOf(h).length, 4);
+    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+    assert.equal(v.code, 0, v.stderr);
+  });
+
+  test('an agent stopped as it should be leaves nothing to replay: the segment fsynced, the journal marked not in use', async () => {
+    const { h } = await agentWithSecret();
+    await reads(h, 1);
+    await stopAgent(h);
+    const header = Buffer.alloc(5);
+    const fd = fs.openSync(journal(h), 'r');
+    fs.readSync(fd, header, 0, 5, 0);
+    fs.closeSync(fd);
+    assert.equal(header.subarray(0, 4).toString(), 'KWJ1');
+    assert.equal(header[4], 0, 'not in use');
+    assert.equal(
+      auditEntries(h).filter((e) => e.type === 'audit.recovered').length,
+      0,
+      'nothing was put back',
+    );
+  });
+});
