@@ -2,7 +2,7 @@
  * The floor of the MCP gateway's design, for `npm run bench` (bench-mcp.ts): a stdio relay that
  * does, per tools/call, only what the design requires of any gateway and nothing of keyward's
  * own, in Node like the gateway: the request parsed, one round trip over a unix socket to
- * another process (the agent's scan), a line of a record's size appended and fsynced (the
+ * another process (the agent's scan), a line of a record's size written and synced (the
  * call's durable record), the call sent on; the answer parsed, a second round trip (the
  * answer's scan), sent back. The other process echoes. What keyward adds above this is its own
  * cost; this is the distance no implementation of the design on this machine can close.
@@ -33,11 +33,17 @@ const roundTrip = (s: string) =>
     waiting.push(r);
     peer.write(s);
   });
-const log = fs.openSync(logFile, 'a', 0o600);
+// Written over a file of fixed size and fdatasynced, as the agent's journal (docs/AUDIT.md, "The
+// journal"; until 2026-12-07 appended and fsynced, as the agent did then).
+const LOG_BYTES = 4 << 20;
+const log = fs.openSync(logFile, 'w+', 0o600);
+fs.writeSync(log, Buffer.alloc(LOG_BYTES), 0, LOG_BYTES, 0);
+fs.fsyncSync(log);
+let logPos = 0;
 /**
  * The record's line is of the size of keyward's mcp.call entry (935 bytes here: its sealed body
- * names the server, the tool, the arguments' hash and the gateway as identified): the file grows
- * by as much a call. (Until 2026-12-05 the floor wrote ~12 bytes a call.)
+ * names the server, the tool, the arguments' hash and the gateway as identified). (Until
+ * 2026-12-05 the floor wrote ~12 bytes a call.)
  */
 const LINE_BYTES = Number(process.env['BENCH_MCP_FLOOR_LINE'] ?? 935);
 const record = Buffer.alloc(LINE_BYTES, 0x20);
@@ -52,8 +58,10 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
     if (m.method === 'tools/call') {
       await roundTrip(JSON.stringify(m));
       record.write(JSON.stringify({ call: m.id }), 0, 'latin1');
-      fs.writeSync(log, record);
-      fs.fsyncSync(log);
+      if (logPos + record.length > LOG_BYTES) logPos = 0;
+      fs.writeSync(log, record, 0, record.length, logPos);
+      logPos += record.length;
+      fs.fdatasyncSync(log);
     }
     server.stdin.write(`${JSON.stringify(m)}\n`);
   });

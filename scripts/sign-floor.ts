@@ -2,7 +2,7 @@
  * The floor of the signing agent's design, for `npm run bench` (bench-sign.ts): an SSH agent in
  * Node that does, per signature, only what the design requires of any agent that keeps rule 4
  * (a release durable in the audit log before it leaves) and nothing of keyward's own: the
- * request framed and its key found, a line of an audit entry's size appended and fsynced
+ * request framed and its key found, a line of an audit entry's size written and fdatasynced
  * (group commit: the requests that arrive while one batch's fsync runs share the next; a batch's
  * fsync on libuv's thread pool and a lone record's on the event loop's thread, as the agent's
  * are while its disk is fast), then the signature made and sent. It does
@@ -56,8 +56,14 @@ function signBlob(type: string, data: Buffer): Buffer | undefined {
   return undefined;
 }
 
-// Group commit, as the agent's: one write and one fsync for the requests that came meanwhile.
-const log = fs.openSync(logFile, 'a', 0o600);
+// Group commit, as the agent's: one write and one sync for the requests that came meanwhile. The
+// lines go over a file of fixed size and are fdatasynced, as the agent's journal is (docs/AUDIT.md,
+// "The journal"; until 2026-12-07 appended and fsynced, as the agent did then).
+const LOG_BYTES = 8 << 20;
+const log = fs.openSync(logFile, 'w+', 0o600);
+fs.writeSync(log, Buffer.alloc(LOG_BYTES), 0, LOG_BYTES, 0);
+fs.fsyncSync(log);
+let logPos = 0;
 type Pending = { line: Buffer; done: () => void };
 let queue: Pending[] = [];
 let running = false;
@@ -77,7 +83,10 @@ function drain(): void {
   }
   const batch = queue;
   queue = [];
-  fs.writeSync(log, Buffer.concat(batch.map((p) => p.line)));
+  const lines = Buffer.concat(batch.map((p) => p.line));
+  if (logPos + lines.length > LOG_BYTES) logPos = 0;
+  fs.writeSync(log, lines, 0, lines.length, logPos);
+  logPos += lines.length;
   const synced = (): void => {
     for (const p of batch) p.done();
     drain();
@@ -85,11 +94,11 @@ function drain(): void {
   // A lone record's fsync on this thread, sooner than through the pool (audit/group.ts); until
   // 2026-12-06 the floor sent every fsync to the pool, and so sat lower than keyward's own choice.
   if (batch.length === 1) {
-    fs.fsyncSync(log);
+    fs.fdatasyncSync(log);
     synced();
     return;
   }
-  fs.fsync(log, (e) => {
+  fs.fdatasync(log, (e) => {
     if (e) throw e;
     synced();
   });

@@ -24,7 +24,7 @@ import { cutTorn, firstLineTime, headOfSegment, lineStillThere, type Tail } from
 import { hashAt, unacknowledgedGapLines, unacknowledgedGaps, type GapLine } from './history.js';
 import type { AuditRecord } from './events.js';
 import { SegmentFiles, segmentIdentity, segmentStamp } from './segment-files.js';
-import { Journal, replayJournal, type Replayed } from './journal.js';
+import { JournalUse } from './journal-use.js';
 import { statWithoutTimes, type FileIdentity } from '../lib/libc.js';
 import { BodySealer } from './body.js';
 import {
@@ -67,21 +67,14 @@ export class AuditLog {
   private readonly files = new SegmentFiles((n) => this.segmentPath(n));
   /** Seals bodies under a batch key it renews every second (body.ts); forget() frees it. */
   private readonly sealer = new BodySealer();
-  /** The journal this writer holds (AuditOptions.journal), once its first batch opened it. */
-  private journal: Journal | undefined;
-  /** Whether this writer has looked for a journal to replay (once, at its first batch). */
-  private journalSeen = false;
-  /** The segment this writer's journal has entries for, not yet fsynced. */
-  private journaledSegment: number | undefined;
-  /** The last lines a batch wrote, where, not yet durable: what the journal's entry holds. */
-  private lastWrite: { segment: number; offset: number; data: Buffer } | undefined;
-  /** The journal was replaced under this writer: the next one it opens replays nothing. */
-  private reopenJournal = false;
+  /** The agent's journal, or a replay of one left in use (journal.ts). */
+  private readonly journal: JournalUse;
 
   constructor(home: string, options: AuditOptions = {}) {
     this.paths = auditPaths(home);
     this.o = { ...DEFAULTS, now: () => new Date(), ...options };
     this.shipper = new Shipper(this.paths);
+    this.journal = new JournalUse(this.paths.dir, this.files, this.o.journal);
   }
 
   segmentPath(n: number): string {
@@ -190,83 +183,9 @@ export class AuditLog {
         cut ? undefined : expect,
       );
       if (cut) head.gap = cut.reason;
-      // Durable through the journal (an fdatasync of a file that does not grow), or else by the
-      // segment's own fsync.
-      const journal = this.journalEntry();
-      if (journal === 'durable') return head;
-      if (blocking) {
-        if (journal === undefined) this.files.sync(head.segment);
-        else
-          try {
-            fs.fdatasyncSync(journal);
-          } catch (e) {
-            throw unwritable(e);
-          }
-      } else {
-        // fsync flushes the file, whichever descriptor asks: one trip to the thread pool.
-        const { fd, own } =
-          journal === undefined ? this.files.syncTarget(head.segment) : { fd: journal, own: false };
-        try {
-          await new Promise<void>((resolve, reject) =>
-            (journal === undefined ? fs.fsync : fs.fdatasync)(fd, (e) =>
-              e ? reject(unwritable(e)) : resolve(),
-            ),
-          );
-        } finally {
-          if (own) fs.closeSync(fd);
-        }
-      }
+      await this.journal.durable(head.segment, blocking);
       return head;
     });
-  }
-
-  /**
-   * Writes the batch's lines (lastWrite) to the journal, when this writer holds one: returns
-   * the descriptor to fdatasync; 'durable' when the segment was fsynced instead (the journal
-   * replaced under the writer, or a batch too large for it); undefined without a journal.
-   */
-  private journalEntry(): number | 'durable' | undefined {
-    const w = this.lastWrite;
-    this.lastWrite = undefined;
-    const j = this.journal;
-    if (j === undefined || w === undefined) return undefined;
-    try {
-      if (!j.still()) {
-        // Removed or replaced under the writer: this batch is made durable in the segment, and
-        // the next batch makes a new journal (whatever is at the path then is set aside).
-        this.files.sync(w.segment);
-        this.journaledSegment = undefined;
-        this.journal = undefined;
-        this.journalSeen = false;
-        this.reopenJournal = true;
-        j.close();
-        return 'durable';
-      }
-      // A journal full wraps, and a batch larger than it is not journaled: the segment's entries
-      // there were needed only until the segment is fsynced, which is done first.
-      const fd = j.write(w.segment, w.offset, w.data, () => this.files.sync(w.segment));
-      if (fd < 0) return 'durable';
-      this.journaledSegment = w.segment;
-      return fd;
-    } catch (e) {
-      throw unwritable(e);
-    }
-  }
-
-  /**
-   * At a writer's first batch, under the lock: replays a journal a writer before left in use
-   * (journal.ts), and, for a journaling writer, opens its own. The record says what was put back.
-   */
-  private replayOnce(st: AuditState): Replayed | undefined {
-    if (this.journalSeen) return undefined;
-    this.journalSeen = true;
-    const segPath = this.segmentPath(st.segment);
-    if (!this.o.journal) return replayJournal(this.paths.dir, st.segment, segPath);
-    const replay = !this.reopenJournal;
-    this.reopenJournal = false;
-    const { journal, replayed } = Journal.open(this.paths.dir, st.segment, segPath, replay);
-    this.journal = journal;
-    return replayed;
   }
 
   /** Whether the log's directory is on a local disk's file system (lib/file-systems.ts). */
@@ -305,7 +224,7 @@ export class AuditLog {
     const found = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
       try {
         const st = this.currentState();
-        const replayed = this.replayOnce(st);
+        const replayed = this.journal.replayOnce(st.segment, this.segmentPath(st.segment));
         const box = this.boxChecked(st);
         if (box === undefined && replayed === undefined) return undefined;
         const head = this.appendLocked(
@@ -332,10 +251,10 @@ export class AuditLog {
     after?: Head,
     follows?: Checkpoint,
   ): Head {
-    this.lastWrite = undefined;
+    this.journal.begin();
     try {
       const st = this.currentState();
-      const replayed = this.replayOnce(st);
+      const replayed = this.journal.replayOnce(st.segment, this.segmentPath(st.segment));
       // Lines put back into the segment: what was seen of it before is not what it is now.
       const seenNow = replayed !== undefined && replayed.restored > 0 ? undefined : seen;
       // A long-running writer builds only on what follows from its own last entry (chain.ts);
@@ -401,18 +320,7 @@ export class AuditLog {
 
   /** The end of a long-running writer (agent stop). */
   close(): void {
-    const j = this.journal;
-    this.journal = undefined;
-    if (j !== undefined) {
-      // The segment durable first; only then is the journal not needed, and marked so. If the
-      // fsync fails, the journal stays in use, for the next writer to replay.
-      try {
-        if (this.journaledSegment !== undefined) this.files.sync(this.journaledSegment);
-        j.close();
-      } catch {
-        // Left in use: the next writer replays it.
-      }
-    }
+    this.journal.close();
     this.forget();
     this.lock?.close();
     this.lock = undefined;
@@ -602,7 +510,7 @@ export class AuditLog {
       if (stat === undefined) throw new Error('the segment has no size');
       end = Number(stat.size);
       stamp = segmentStamp(stat);
-      this.lastWrite = { segment: st.segment, offset: end - data.length, data };
+      this.journal.wrote(st.segment, end - data.length, data);
     } catch (e) {
       this.forget();
       throw e;
