@@ -11,6 +11,7 @@ import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import {
   auditEntries,
+  startAgent,
   stopAgent,
   unlockedAgent,
   withoutAgent,
@@ -60,6 +61,14 @@ async function crash(h: AgentHome): Promise<void> {
   await done;
 }
 
+/** The agent of h started again and unlocked. */
+async function unlockedAgentOn(h: AgentHome): Promise<AgentHome> {
+  await startAgent(h);
+  const u = kw(['unlock'], { env: h.env });
+  assert.equal(u.code, 0, u.stderr);
+  return h;
+}
+
 const readsOf = (h: AgentHome) =>
   auditEntries(h).filter((e) => e.type === 'secret.read' && e.target === 'app/token');
 
@@ -77,7 +86,7 @@ describe('the journal', () => {
     const entries = readsOf(h);
     assert.equal(entries.length, 3, 'the three releases are in the log');
     const recovered = auditEntries(h).filter(
-      (e) => e.type === 'audit.recovered' && /put back from the journal/.test(e.reason ?? ''),
+      (e) => e.type === 'audit.recovered' && /were put back from the journal/.test(e.reason ?? ''),
     );
     assert.equal(recovered.length, 1);
     assert.equal(recovered[0]?.details['restoredBytes'], after - before);
@@ -125,29 +134,98 @@ describe('the journal', () => {
     assert.notEqual(v.code, 0, 'the copied line is found');
   });
 
-  test('a journal replaced by another file, or a link, while the agent runs is set aside, never written through, and a new one begins', async () => {
+  test('a journal replaced by a link while the agent runs is never written through: it is set aside, the break recorded, and the agent locks', async () => {
     const { h } = await agentWithSecret();
     await reads(h, 1);
     const victim = path.join(h.dir, 'victim');
     fs.writeFileSync(victim, 'the user’s own file\n');
-    // A link where the journal was: the agent's next batch finds it (no times asked), makes that
-    // batch durable in the segment, and its next batch sets the link aside and makes a journal.
+    // A link where the journal was: the agent's next batch finds it (no times asked) and makes
+    // that batch durable in the segment; the next sets the link aside and records the break.
     fs.rmSync(journal(h));
     fs.symlinkSync(victim, journal(h));
-    await reads(h, 2);
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).stdout, 'v-journal');
+    await eventually(
+      () => lines(h).some((l) => l.includes('"type":"audit.gap"')),
+      'the break recorded',
+    );
+    assert.equal(kw(['read', 'app/token'], { env: h.env }).code, 5, 'the agent locked');
     assert.equal(fs.readFileSync(victim, 'utf8'), 'the user’s own file\n');
     const kept = setAside(h);
     assert.equal(kept.length, 1);
     assert.ok(fs.lstatSync(path.join(auditDir(h), kept[0] as string)).isSymbolicLink());
     assert.ok(fs.lstatSync(journal(h)).isFile());
-    // The new journal holds what comes after: a crash after one more read loses nothing.
+    const gaps = auditEntries(h).filter((e) => e.type === 'audit.gap');
+    assert.match(gaps.at(-1)?.reason ?? '', /journal was removed or replaced while the agent ran/);
+    // Unlocked again, the new journal holds what comes after: a crash after one more read loses
+    // nothing.
+    assert.equal(kw(['unlock'], { env: h.env }).code, 0);
     const before = fs.statSync(segment(h)).size;
     await reads(h, 1);
     await crash(h);
     fs.truncateSync(segment(h), before);
-    assert.equal(readsOf(h).length, 4);
-    const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
-    assert.equal(v.code, 0, v.stderr);
+    assert.equal(readsOf(h).length, 3);
+  });
+
+  test('found in review: a copy of the journal put back under a running agent, for a writer without the agent to replay over a cut, is a break the agent records, and it locks', async () => {
+    const { h } = await agentWithSecret();
+    await reads(h, 1);
+    const before = fs.statSync(segment(h)).size;
+    await reads(h, 1);
+    // The cut the agent would find at its next batch ...
+    fs.truncateSync(segment(h), before);
+    // ... undone by a writer that replays a copy of the journal (a new file, which no flock of
+    // the agent's holds), so that the agent finds its last line where it left it.
+    const copy = fs.readFileSync(journal(h));
+    fs.rmSync(journal(h));
+    fs.writeFileSync(journal(h), copy, { mode: 0o600 });
+    assert.equal(kw(['secret', 'set', 'app/other'], { env: withoutAgent(h), input: 'v2' }).code, 0);
+    const r1 = kw(['read', 'app/token'], { env: h.env });
+    const r2 = kw(['read', 'app/token'], { env: h.env });
+    assert.equal(r2.code, 5, `the agent locked (${r1.code}, ${r2.stderr})`);
+    const gaps = auditEntries(h).filter((e) => e.type === 'audit.gap');
+    assert.ok(
+      gaps.some((g) => /journal was removed or replaced while the agent ran/.test(g.reason ?? '')),
+      'the break is in the log',
+    );
+  });
+
+  test('found in review: a hard link at the journal’s path is set aside before a byte of it is read or written', async () => {
+    const { h } = await agentWithSecret();
+    await stopAgent(h);
+    // A file of the user's, of a journal's size, linked in where the journal is.
+    const victim = path.join(h.dir, 'victim.img');
+    const bytes = Buffer.alloc(4096 + (1 << 20));
+    bytes.write('the user’s own data', 8192);
+    fs.writeFileSync(victim, bytes, { mode: 0o600 });
+    fs.rmSync(journal(h));
+    fs.linkSync(victim, journal(h));
+    const again = await unlockedAgentOn(h);
+    await reads(again, 2);
+    assert.ok(fs.readFileSync(victim).equals(bytes), 'the linked file is as it was');
+    assert.equal(setAside(h).length, 1);
+    assert.equal(fs.statSync(journal(h)).nlink, 1);
+  });
+
+  test('found in review: a replay checks every entry before it writes one: a segment that contradicts a later entry gets none of them', async () => {
+    const { h, before } = await agentWithSecret();
+    await reads(h, 1);
+    const mid = fs.statSync(segment(h)).size;
+    await reads(h, 1);
+    await crash(h);
+    // Zeros where the first read's lines were (as a crash leaves them) and a byte of the
+    // user's in the second's.
+    const fd = fs.openSync(segment(h), 'r+');
+    fs.writeSync(fd, Buffer.alloc(mid - before), 0, mid - before, before);
+    fs.writeSync(fd, Buffer.from('X'), 0, 1, mid + 10);
+    fs.closeSync(fd);
+    kw(['secret', 'set', 'app/other'], { env: withoutAgent(h), input: 'v2' });
+    const seg = fs.readFileSync(segment(h));
+    assert.ok(
+      seg.subarray(before, mid).every((b) => b === 0),
+      'nothing was written before the refusal',
+    );
+    assert.equal(setAside(h).length, 1);
+    assert.ok(lines(h).some((l) => l.includes('"type":"audit.recovered"')));
   });
 
   test('an agent stopped as it should be leaves nothing to replay: the segment fsynced, the journal marked not in use', async () => {

@@ -34,11 +34,27 @@ export class JournalUse {
     if (this.seen) return undefined;
     this.seen = true;
     if (!this.journals) return replayJournal(this.dir, segment, segmentPath);
-    const replay = !this.reopen;
+    const reopen = this.reopen;
     this.reopen = false;
-    const { journal, replayed } = Journal.open(this.dir, segment, segmentPath, replay);
+    const { journal, replayed } = Journal.open(this.dir, segment, segmentPath, !reopen);
     this.journal = journal;
-    return replayed;
+    if (!reopen) return replayed;
+    // No one but this writer touches its journal while it runs. Another file at its path (or
+    // none) is a break of the log: another writer could have replayed that file meanwhile, and
+    // undone a cut this writer would have found (found in review). Recorded as one; the agent
+    // locks.
+    const kept = replayed?.record.details?.['journal'];
+    const reason = `the audit journal was removed or replaced while the agent ran${typeof kept === 'string' ? ` (what took its place is kept as ${kept})` : ''}`;
+    return {
+      restored: 0,
+      gap: reason,
+      record: {
+        type: 'audit.gap',
+        decision: 'error',
+        reason,
+        details: { checkpoint: 'journal', ...(typeof kept === 'string' ? { journal: kept } : {}) },
+      },
+    };
   }
 
   /** A batch begins: nothing of it is written yet. */

@@ -26,7 +26,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { KeywardError } from '../errors.js';
-import { openOwnFile, writeFileAtomic } from '../lib/files.js';
+import { openOwnFile, problemOf, writeFileAtomic } from '../lib/files.js';
 import { flock, LOCK_EX, LOCK_NB, LOCK_UN, statWithoutTimes } from '../lib/libc.js';
 import type { AuditRecord } from './events.js';
 
@@ -62,6 +62,8 @@ export interface Replayed {
   record: AuditRecord;
   /** Bytes written into the segment (0 when it could not replay). */
   restored: number;
+  /** Set when what was found is a break of the log (audit.gap): the agent then locks. */
+  gap?: string;
 }
 
 /** The journal a writer holds: open, flocked, in use under its own generation. */
@@ -139,6 +141,7 @@ export class Journal {
     return (
       now !== undefined &&
       now.isFile &&
+      now.nlink === 1 &&
       now.ino === this.ino &&
       now.dev === this.dev &&
       now.size === BigInt(SIZE)
@@ -235,13 +238,28 @@ export function replayJournal(
  * says so, for the log).
  */
 function openIfThere(file: string, dir: string): { fd?: number; aside?: Replayed } {
+  let fd: number;
   try {
-    return { fd: openOwnFile(file, fs.constants.O_RDWR) };
+    fd = openOwnFile(file, fs.constants.O_RDWR);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return {};
     if (!(e instanceof KeywardError)) throw e;
     return { aside: setAside(file, dir, e.message) };
   }
+  // Before a byte is read or written: the user's own file, private, of a journal's size, and
+  // linked nowhere else (a hard link from outside the log's directory would have the agent
+  // write the log's lines into that file: found in review).
+  const st = fs.fstatSync(fd);
+  const problem =
+    problemOf(st, 'file') ??
+    (st.nlink !== 1
+      ? `it has ${st.nlink} names (a hard link)`
+      : st.size !== SIZE
+        ? `it is ${st.size} bytes, not ${SIZE}`
+        : undefined);
+  if (problem === undefined) return { fd };
+  fs.closeSync(fd);
+  return { aside: setAside(file, dir, problem) };
 }
 
 /** Moves the file at the journal's path aside, never deleting it, and says so for the log. */
@@ -311,7 +329,7 @@ function replayHeld(
         type: 'audit.recovered',
         decision: 'info',
         reason:
-          'lines the segment had lost (a crash of the system, or a cut while no agent ran) were put back from the journal',
+          'lines the segment lacked (after a crash of the system, or a cut of the segment) were put back from the journal a writer left in use',
         details: { segment: name, fromOffset: put.from ?? 0, restoredBytes: put.restored },
       },
     },
@@ -407,8 +425,9 @@ function putBack(
         restored: 0,
         refused: `${path.basename(segmentPath)} ends at ${size}, before the journal's first entry (${first.offset})`,
       };
-    let restored = 0;
-    let from: number | undefined;
+    // Every entry checked before any is written (found in review: a refusal after some were
+    // written left them there, unsynced, under a record that said nothing was put back).
+    const writes: Entry[] = [];
     for (const e of chain) {
       const have = Buffer.alloc(Math.max(0, Math.min(e.data.length, size - e.offset)));
       if (have.length > 0) fs.readSync(fd, have, 0, have.length, e.offset);
@@ -417,16 +436,19 @@ function putBack(
         if (have[i] === e.data[i]) continue;
         if (have[i] !== 0)
           return {
-            restored,
+            restored: 0,
             refused: `${path.basename(segmentPath)} holds other bytes than the journal at offset ${e.offset + i}`,
           };
         differs = true;
       }
-      if (!differs) continue;
+      if (differs) writes.push(e);
+    }
+    let restored = 0;
+    for (const e of writes) {
       writeAll(fd, e.data, e.offset);
-      from ??= e.offset;
       restored += e.data.length;
     }
+    const from = writes[0]?.offset;
     // Whatever was put back, the segment is made durable now: the entries are dropped after this
     // (a new generation, or the journal marked not in use), and they may have been all that held
     // lines the page cache has and the disk not yet (a writer killed, the system up).

@@ -276,7 +276,7 @@ export class AuditLog {
         seenNow,
         follows,
       );
-      const gap = stray?.reason ?? box?.reason;
+      const gap = replayed?.gap ?? stray?.reason ?? box?.reason;
       if (gap !== undefined) head.gap = gap;
       if (!this.o.keep) this.forget();
       return head;

@@ -220,6 +220,7 @@ export interface FileIdentity {
   dev: bigint;
   ino: bigint;
   size: bigint;
+  nlink: number;
   isFile: boolean;
 }
 
@@ -249,7 +250,8 @@ export function statWithoutTimes(file: string | number): FileIdentity | undefine
     if (err === ENOENT) return undefined;
     throw Object.assign(new Error(`statx failed (errno ${err})`), { errno: err });
   }
-  // struct statx (linux/stat.h): mode at 28, ino at 32, size at 40, dev major and minor at 136.
+  // struct statx (linux/stat.h): nlink at 16, mode at 28, ino at 32, size at 40, dev major and
+  // minor at 136.
   const mode = statxOut.readUInt16LE(28);
   const major = BigInt(statxOut.readUInt32LE(136));
   const minor = BigInt(statxOut.readUInt32LE(140));
@@ -262,6 +264,7 @@ export function statWithoutTimes(file: string | number): FileIdentity | undefine
       ((major & ~0xfffn) << 32n),
     ino: statxOut.readBigUInt64LE(32),
     size: statxOut.readBigUInt64LE(40),
+    nlink: statxOut.readUInt32LE(16),
     isFile: (mode & 0o170000) === 0o100000,
   };
 }
