@@ -116,7 +116,10 @@ export class Journal {
     }
     if (fd === undefined) {
       try {
-        writeFileAtomic(file, [Buffer.alloc(SIZE)]);
+        // Zeros from one small buffer, written again and again: a buffer of the journal's size
+        // stayed in the agent's memory until a collection.
+        const zeros = Buffer.alloc(HEADER);
+        writeFileAtomic(file, Array<Buffer>(SIZE / HEADER).fill(zeros));
       } catch {
         // No room for a journal (a full disk, a quota): this writer fsyncs the segment instead,
         // as every other writer does, for as long as it runs.
