@@ -184,7 +184,7 @@ export function writeReport(root: string): string {
   rows.push({
     when: dateOf(agent, 'agent'),
     work: 'agent RSS idle / after 10,000 requests',
-    keyward: idle === undefined ? 'not measured yet' : `${fmt(idle, 0)} / ${fmt(after, 0)} MiB`,
+    keyward: idle === undefined ? 'not measured yet' : `${fmt(idle, 1)} / ${fmt(after, 1)} MiB`,
     reference: idle === undefined ? '' : "the issue's figure: 64 / 111 MB",
     ratio: idle !== undefined && after !== undefined && idle > 0 ? after / idle : undefined,
     target: 'no growth past 64 / 111 MB',
