@@ -232,7 +232,8 @@ export class AuditLog {
           [replayed?.record, box?.record].filter((r) => r !== undefined),
         );
         this.files.sync(head.segment);
-        return box === undefined ? { head } : { head, reason: box.reason };
+        const reason = replayed?.gap ?? box?.reason;
+        return reason === undefined ? { head } : { head, reason };
       } catch (e) {
         this.forget();
         throw unwritable(e);
