@@ -6,6 +6,7 @@
  * replaced by its own file or a link).
  */
 import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
@@ -204,6 +205,39 @@ describe('the journal', () => {
     assert.ok(fs.readFileSync(victim).equals(bytes), 'the linked file is as it was');
     assert.equal(setAside(h).length, 1);
     assert.equal(fs.statSync(journal(h)).nlink, 1);
+  });
+
+  test('found in review: a directory, or a file another process holds locked, at the journal’s path is set aside and the agent journals in a file of its own', async () => {
+    const { h } = await agentWithSecret();
+    await stopAgent(h);
+    fs.rmSync(journal(h));
+    fs.mkdirSync(journal(h), { mode: 0o700 });
+    await unlockedAgentOn(h);
+    await reads(h, 1);
+    assert.ok(fs.lstatSync(journal(h)).isFile(), 'a journal of its own');
+    assert.equal(setAside(h).length, 1);
+    await stopAgent(h);
+    // A process of the user's holds the journal's lock as the agent begins.
+    const holder = spawn('flock', ['-n', journal(h), 'sleep', '600'], { stdio: 'ignore' });
+    await eventually(() => {
+      const r = spawnSync('flock', ['-n', journal(h), 'true']);
+      return r.status !== 0;
+    }, 'the lock held');
+    try {
+      await unlockedAgentOn(h);
+      await reads(h, 1);
+      assert.equal(setAside(h).length, 2, 'the held file is set aside');
+      // The agent's own journal is locked by the agent: no other writer can replay it.
+      assert.notEqual(spawnSync('flock', ['-n', journal(h), 'true']).status, 0);
+      // And it is the agent's journal: a crash after a read loses nothing.
+      const before = fs.statSync(segment(h)).size;
+      await reads(h, 1);
+      await crash(h);
+      fs.truncateSync(segment(h), before);
+      assert.equal(readsOf(h).length, 3);
+    } finally {
+      holder.kill('SIGKILL');
+    }
   });
 
   test('found in review: a replay checks every entry before it writes one: a segment that contradicts a later entry gets none of them', async () => {

@@ -26,7 +26,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { KeywardError } from '../errors.js';
-import { openOwnFile, problemOf, writeFileAtomic } from '../lib/files.js';
+import { fsyncDir, openOwnFile, problemOf } from '../lib/files.js';
 import { flock, LOCK_EX, LOCK_NB, LOCK_UN, statWithoutTimes } from '../lib/libc.js';
 import type { AuditRecord } from './events.js';
 
@@ -97,8 +97,13 @@ export class Journal {
     let replayed = found.aside;
     let fd = found.fd;
     if (fd !== undefined && !flock(fd, LOCK_EX | LOCK_NB)) {
+      // Only the agent journals, and one agent runs for a home: a process that holds the
+      // journal's lock as the agent begins is not keyward's. Its file is set aside and the
+      // agent makes its own (found in review: the agent had gone on without a journal, and
+      // without checking the path, for as long as it ran).
       fs.closeSync(fd);
-      return { journal: undefined, replayed: undefined };
+      fd = undefined;
+      replayed = setAside(file, dir, 'another process held its lock as the agent began');
     }
     if (fd !== undefined && !replay) {
       // Found in place of this writer's own journal as it ran: not its to replay.
@@ -115,21 +120,10 @@ export class Journal {
       }
     }
     if (fd === undefined) {
-      try {
-        // Zeros from one small buffer, written again and again: a buffer of the journal's size
-        // stayed in the agent's memory until a collection.
-        const zeros = Buffer.alloc(HEADER);
-        writeFileAtomic(file, Array<Buffer>(SIZE / HEADER).fill(zeros));
-      } catch {
-        // No room for a journal (a full disk, a quota): this writer fsyncs the segment instead,
-        // as every other writer does, for as long as it runs.
-        return { journal: undefined, replayed };
-      }
-      fd = openOwnFile(file, fs.constants.O_RDWR);
-      if (!flock(fd, LOCK_EX | LOCK_NB)) {
-        fs.closeSync(fd);
-        return { journal: undefined, replayed };
-      }
+      fd = makeJournal(file, dir);
+      // No room for a journal (a full disk, a quota), or its path taken as it was made: this
+      // writer fsyncs the segment instead, as every other writer does, for as long as it runs.
+      if (fd === undefined) return { journal: undefined, replayed };
     }
     const id = statWithoutTimes(fd);
     if (id === undefined) throw new Error('the journal vanished as it was opened');
@@ -246,8 +240,13 @@ function openIfThere(file: string, dir: string): { fd?: number; aside?: Replayed
     fd = openOwnFile(file, fs.constants.O_RDWR);
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return {};
-    if (!(e instanceof KeywardError)) throw e;
-    return { aside: setAside(file, dir, e.message) };
+    // A link, a FIFO, a directory, a file it may not open (found in review: a directory there
+    // stopped the agent's start): whatever it is, it is not a journal to use.
+    const why =
+      e instanceof KeywardError
+        ? e.message
+        : `it could not be opened (${(e as NodeJS.ErrnoException).code ?? 'error'})`;
+    return { aside: setAside(file, dir, why) };
   }
   // Before a byte is read or written: the user's own file, private, of a journal's size, and
   // linked nowhere else (a hard link from outside the log's directory would have the agent
@@ -278,6 +277,55 @@ function setAside(file: string, dir: string, why: string): Replayed {
       details: { journal: name },
     },
   };
+}
+
+/**
+ * Makes a journal: a new file (O_EXCL, never through a link) filled with zeros, fsynced, locked,
+ * then renamed into place and the directory fsynced. The descriptor returned is that file's, kept
+ * from its making: the path is never opened again (found in review: a reopen by path after the
+ * rename could be raced by a hard link renamed over it, and the header written into a file
+ * outside the log's directory). Undefined when it could not be made, or the path names another
+ * file once it is in place (then never written to).
+ */
+function makeJournal(file: string, dir: string): number | undefined {
+  const tmp = path.join(dir, `.journal.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
+  let fd: number;
+  try {
+    fd = fs.openSync(
+      tmp,
+      fs.constants.O_RDWR | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW,
+      0o600,
+    );
+  } catch {
+    return undefined;
+  }
+  try {
+    // Zeros from one small buffer, written again and again: a buffer of the journal's size
+    // stayed in the agent's memory until a collection.
+    const zeros = Buffer.alloc(HEADER);
+    for (let at = 0; at < SIZE; at += HEADER) writeAll(fd, zeros, at);
+    fs.fsyncSync(fd);
+    if (!flock(fd, LOCK_EX | LOCK_NB)) throw new Error('a new journal was locked by another');
+    fs.renameSync(tmp, file);
+    fsyncDir(dir);
+  } catch {
+    fs.closeSync(fd);
+    fs.rmSync(tmp, { force: true });
+    return undefined;
+  }
+  const mine = statWithoutTimes(fd);
+  const named = statWithoutTimes(file);
+  if (
+    mine === undefined ||
+    named === undefined ||
+    named.ino !== mine.ino ||
+    named.dev !== mine.dev ||
+    named.nlink !== 1
+  ) {
+    fs.closeSync(fd);
+    return undefined;
+  }
+  return fd;
 }
 
 function writeAll(fd: number, data: Buffer, at: number): void {
