@@ -11,6 +11,8 @@ import { unwritable } from './state.js';
 export class JournalUse {
   /** The journal this writer holds, once its first batch opened it. */
   private journal: Journal | undefined;
+  /** A journal no longer written (a write or sync of it failed), held until close(). */
+  private retired: Journal | undefined;
   /** Whether this writer has looked for a journal to replay (once, at its first batch). */
   private seen = false;
   /** The journal was replaced under this writer: the next one it opens replays nothing. */
@@ -28,21 +30,22 @@ export class JournalUse {
 
   /**
    * At a writer's first batch, under the lock: replays a journal a writer before left in use,
-   * and, for a journaling writer, opens its own. The record says what was put back.
+   * and, for a journaling writer, opens its own. The record says what was put back. Counted as
+   * done only once it succeeded: a replay that failed is tried again at the next batch, which
+   * fails too until it succeeds (found in review: a failed one was never tried again).
    */
   replayOnce(segment: number, segmentPath: string): Replayed | undefined {
     if (this.seen) return undefined;
+    if (!this.journals) {
+      const r = replayJournal(this.dir, segment, segmentPath);
+      this.seen = true;
+      return r;
+    }
+    const { journal, replayed } = Journal.open(this.dir, segment, segmentPath, !this.reopen);
     this.seen = true;
-    if (!this.journals) return replayJournal(this.dir, segment, segmentPath);
-    const reopen = this.reopen;
-    this.reopen = false;
-    const { journal, replayed } = Journal.open(this.dir, segment, segmentPath, !reopen);
     this.journal = journal;
-    if (!reopen) return replayed;
-    // No one but this writer touches its journal while it runs. Another file at its path (or
-    // none) is a break of the log: another writer could have replayed that file meanwhile, and
-    // undone a cut this writer would have found (found in review). Recorded as one; the agent
-    // locks.
+    if (!this.reopen) return replayed;
+    this.reopen = false;
     const kept = replayed?.record.details?.['journal'];
     const reason = `the audit journal was removed or replaced while the agent ran${typeof kept === 'string' ? ` (what took its place is kept as ${kept})` : ''}`;
     return {
@@ -57,9 +60,15 @@ export class JournalUse {
     };
   }
 
-  /** A batch begins: nothing of it is written yet. */
+  /**
+   * A batch begins: nothing of it is written yet. Lines a batch before wrote to the segment and
+   * never journaled (it failed between the two) are fsynced in the segment first: the journal's
+   * chain of entries has a hole there, and no replay would reach past it (found in review).
+   */
   begin(): void {
+    const w = this.lastWrite;
     this.lastWrite = undefined;
+    if (w !== undefined && this.journal !== undefined) this.files.sync(w.segment);
   }
 
   /** A batch's lines went to the segment at offset, not yet durable. */
@@ -70,64 +79,91 @@ export class JournalUse {
   /**
    * Makes the batch just written durable: through the journal (an fdatasync of a file that does
    * not grow), or else by the segment's own fsync. blocking: on this thread, not the pool's.
+   * Returns a break to record (the journal removed or replaced under the writer): the caller
+   * sets it on the head, so the agent locks before any waiter of this batch goes on.
    */
-  async durable(segment: number, blocking: boolean): Promise<void> {
+  async durable(segment: number, blocking: boolean): Promise<string | undefined> {
     const journal = this.entry();
-    if (journal === 'durable') return;
-    if (blocking) {
-      if (journal === undefined) this.files.sync(segment);
-      else
-        try {
-          fs.fdatasyncSync(journal);
-        } catch (e) {
-          throw unwritable(e);
-        }
-      return;
-    }
-    // fsync flushes the file, whichever descriptor asks: one trip to the thread pool.
-    const { fd, own } =
-      journal === undefined ? this.files.syncTarget(segment) : { fd: journal, own: false };
+    if (journal === 'durable') return undefined;
+    if (typeof journal === 'string') return journal;
     try {
-      await new Promise<void>((resolve, reject) =>
-        (journal === undefined ? fs.fsync : fs.fdatasync)(fd, (e) =>
-          e ? reject(unwritable(e)) : resolve(),
-        ),
-      );
-    } finally {
-      if (own) fs.closeSync(fd);
+      if (blocking) {
+        if (journal === undefined) this.files.sync(segment);
+        else fs.fdatasyncSync(journal);
+        return undefined;
+      }
+      // fsync flushes the file, whichever descriptor asks: one trip to the thread pool.
+      const { fd, own } =
+        journal === undefined ? this.files.syncTarget(segment) : { fd: journal, own: false };
+      try {
+        await new Promise<void>((resolve, reject) =>
+          (journal === undefined ? fs.fsync : fs.fdatasync)(fd, (e) => (e ? reject(e) : resolve())),
+        );
+      } finally {
+        if (own) fs.closeSync(fd);
+      }
+      return undefined;
+    } catch (e) {
+      // A failed fdatasync may leave the journal's page marked clean and not on the disk: this
+      // writer stops journaling (its batches fsync the segment from now on).
+      if (journal !== undefined) this.stopJournaling();
+      throw unwritable(e);
     }
   }
 
   /**
-   * Writes the batch's lines to the journal, when this writer holds one: returns the descriptor
-   * to fdatasync; 'durable' when the segment was fsynced instead (the journal replaced under
-   * the writer, or a batch too large for it); undefined without a journal.
+   * Writes the batch's lines (lastWrite) to the journal, when this writer holds one: returns the
+   * descriptor to fdatasync; 'durable' when the segment was fsynced instead (a batch too large
+   * for the journal); the break's reason when the journal was removed or replaced under the
+   * writer (the batch fsynced in the segment); undefined without a journal.
    */
-  private entry(): number | 'durable' | undefined {
+  private entry(): number | 'durable' | string | undefined {
     const w = this.lastWrite;
     this.lastWrite = undefined;
     const j = this.journal;
     if (j === undefined || w === undefined) return undefined;
     try {
       if (!j.still()) {
-        // Removed or replaced under the writer: this batch is made durable in the segment, and
-        // the next batch makes a new journal (whatever is at the path then is set aside).
+        // No one but this writer touches its journal while it runs. Another file at its path
+        // (or none) is a break of the log: another writer could have replayed that file and
+        // undone a cut this writer would have found (found in review). This batch is made
+        // durable in the segment, and is a break: the agent locks before any of its waiters
+        // goes on. The next batch sets aside what is at the path, records the break, and makes
+        // a new journal.
         this.files.sync(w.segment);
         this.segment = undefined;
         this.journal = undefined;
         this.seen = false;
         this.reopen = true;
         j.close();
-        return 'durable';
+        return 'the audit journal was removed or replaced while the agent ran';
       }
       // A journal full wraps, and a batch larger than it is not journaled: the segment's entries
       // there were needed only until the segment is fsynced, which is done first.
       const fd = j.write(w.segment, w.offset, w.data, () => this.files.sync(w.segment));
-      if (fd < 0) return 'durable';
+      if (fd === undefined) return 'durable';
       this.segment = w.segment;
       return fd;
     } catch (e) {
+      // The entry may be half written: the batch is made durable in the segment if it can be,
+      // and this writer stops journaling.
+      this.stopJournaling(w.segment);
       throw unwritable(e);
+    }
+  }
+
+  /**
+   * After a journal's write or sync failed: the segment fsynced, the journal no longer written.
+   * It stays open and locked, in use as it is (no other writer replays it while this one runs),
+   * and close() ends it as it ends one in use.
+   */
+  private stopJournaling(segment = this.segment): void {
+    this.retired ??= this.journal;
+    this.journal = undefined;
+    try {
+      if (segment !== undefined) this.files.sync(segment);
+    } catch {
+      // The segment's own fsync failing too: the batch fails, as any failed append does.
     }
   }
 
@@ -137,14 +173,25 @@ export class JournalUse {
    * replay. Call before the segment is closed.
    */
   close(): void {
-    const j = this.journal;
+    const j = this.journal ?? this.retired;
     this.journal = undefined;
+    this.retired = undefined;
     if (j === undefined) return;
+    let synced = false;
     try {
       if (this.segment !== undefined) this.files.sync(this.segment);
+      synced = true;
+    } catch {
+      // Left in use, unmarked: the next writer replays it.
+    }
+    if (!synced) {
+      j.abandon();
+      return;
+    }
+    try {
       j.close();
     } catch {
-      // Left in use: the next writer replays it.
+      // Its mark not written: left in use, and the next writer finds nothing to put back.
     }
   }
 }

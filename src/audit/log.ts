@@ -172,7 +172,7 @@ export class AuditLog {
     return locked(async () => {
       // A long-running writer knows the last line it wrote: it must still be there, as it was.
       // If not, the log was cut behind it; the first line of this batch says so.
-      // The segment's lstat, once: the check that the line is still there and the head's stamp
+      // The segment's statx (no times), once: the check that the line is still there and the head's stamp
       // below both use it (under the same lock, a moment apart).
       const seen = expect && { segment: expect.segment, stat: this.segmentStat(expect.segment) };
       const cut =
@@ -183,7 +183,9 @@ export class AuditLog {
         cut ? undefined : expect,
       );
       if (cut) head.gap = cut.reason;
-      await this.journal.durable(head.segment, blocking);
+      const broken = await this.journal.durable(head.segment, blocking);
+      // Set before any waiter goes on: the agent locks first (group.ts).
+      if (broken !== undefined) head.gap ??= broken;
       return head;
     });
   }
@@ -485,7 +487,7 @@ export class AuditLog {
       head,
       [...pending, ...records],
       same ? first : undefined,
-      // Nothing written since headKnown's lstat: the segment is still the file it saw.
+      // Nothing written since headKnown's statx: the segment is still the file it saw.
       same && rotation.length === 0 && pending.length === 0 ? known.seen : undefined,
     );
     return { ...h, written: [...rotation, ...(h.written ?? [])] };

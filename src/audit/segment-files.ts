@@ -52,7 +52,7 @@ export class SegmentFiles {
 
   /**
    * The held descriptor of segment n, if the path still names the file it has open. seen: the
-   * path's lstat, taken by the caller under the same lock a moment before (not taken again).
+   * path's statx (no times), taken by the caller under the same lock a moment before (not taken again).
    */
   held(n: number, seen?: FileIdentity): number | undefined {
     const held = this.segment;

@@ -205,6 +205,18 @@ export function renameExchange(a: string, b: string): void {
     throw new Error(`renameat2(${a}, ${b}, RENAME_EXCHANGE) failed: errno ${l.errno()}`);
 }
 
+const RENAME_NOREPLACE = 1;
+
+/**
+ * Renames a to b only if nothing is at b (renameat2 RENAME_NOREPLACE): what appears at b between
+ * a check and the rename is never replaced, and so never lost. Throws with the errno (EEXIST).
+ */
+export function renameNoReplace(a: string, b: string): void {
+  const l = libc();
+  if (l.renameat2(AT_FDCWD, a, AT_FDCWD, b, RENAME_NOREPLACE) !== 0)
+    throw new Error(`renameat2(${a}, ${b}, RENAME_NOREPLACE) failed: errno ${l.errno()}`);
+}
+
 /** A close-on-exec duplicate of fd, or undefined. */
 export function dupFd(fd: number): number | undefined {
   const d = libc().fcntl(fd, F_DUPFD_CLOEXEC, 3);
