@@ -8,6 +8,7 @@
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import {
@@ -18,7 +19,7 @@ import {
   withoutAgent,
   type AgentHome,
 } from './agent-helpers.js';
-import { eventually, kw } from './helpers.js';
+import { eventually, kw, ROOT } from './helpers.js';
 
 const homes: AgentHome[] = [];
 after(async () => {
@@ -277,6 +278,64 @@ describe('the journal', () => {
     );
     assert.equal(setAside(h).length, 1);
     assert.ok(notReplayed(h), 'recorded as a break');
+  });
+
+  test('a journal that wrapped (the segment fsynced before its entries were written over) still puts back what a crash took after the wrap', async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-journal-wrap-'));
+    fs.chmodSync(dir, 0o700);
+    const seedFile = path.join(dir, 'seed');
+    // A writer of its own process (as the agent is): more lines than the journal holds, then the
+    // size of its segment, ten more batches, and an end with no close (its lock let go, the
+    // journal left in use), as a crash ends it.
+    const script = `
+      import fs from 'node:fs';
+      import { randomBytes } from 'node:crypto';
+      const D = ${JSON.stringify(path.join(ROOT, 'dist/src'))};
+      const { AuditLog } = await import(D + '/audit/log.js');
+      const { GroupCommitter } = await import(D + '/audit/group.js');
+      const { secureTake } = await import(D + '/lib/secure.js');
+      const { boxKeypair } = await import(D + '/audit/keys.js');
+      const { NO_SHIPPING } = await import(D + '/audit/ship.js');
+      const seed = randomBytes(32);
+      fs.writeFileSync(${JSON.stringify(seedFile)}, seed, { mode: 0o600 });
+      const log = new AuditLog(${JSON.stringify(dir)}, { keep: true, journal: true });
+      log.create(secureTake(Buffer.from(seed)), boxKeypair().publicKey);
+      log.setShipping(NO_SHIPPING);
+      const gc = new GroupCommitter(log);
+      const rec = (i) => ({ type: 'secret.read', target: 'wrap/item-' + i, decision: 'allow' });
+      for (let i = 0; i < 2200; i++) await gc.record(rec(i));
+      const seg = ${JSON.stringify(path.join(dir, 'audit', 'log-000001.jsonl'))};
+      process.stdout.write(String(fs.statSync(seg).size) + '\\n');
+      for (let i = 2200; i < 2210; i++) await gc.record(rec(i));
+      process.exit(0);
+    `;
+    const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      encoding: 'utf8',
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const before = Number(r.stdout.trim());
+    assert.ok(before > 1 << 20, 'more lines than the journal holds: it wrapped');
+    const seg = path.join(dir, 'audit', 'log-000001.jsonl');
+    fs.truncateSync(seg, before);
+    // The next writer (no journal of its own) puts the ten back, then writes its own.
+    const { AuditLog } = await import('../src/audit/log.js');
+    const { listSegments, verifySegments } = await import('../src/audit/verify.js');
+    const { secureTake } = await import('../src/lib/secure.js');
+    const log = new AuditLog(dir);
+    log.append([{ type: 'vault.list', decision: 'info' }]);
+    const text = fs.readFileSync(seg, 'utf8');
+    const all = text.trim().split('\n');
+    assert.ok(
+      all.some((l) => l.includes('"type":"audit.recovered"')),
+      'the put-back is recorded',
+    );
+    const v = verifySegments(listSegments(path.join(dir, 'audit')), {
+      seed: secureTake(fs.readFileSync(seedFile)),
+    });
+    assert.ok(v.ok, v.ok ? '' : v.finding.reason);
+    // Every line of the writer's is there, the ten after the wrap among them.
+    assert.equal(all.filter((l) => l.includes('"type":"secret.read"')).length, 2210);
+    fs.rmSync(dir, { recursive: true, force: true });
   });
 
   test('an agent stopped as it should be leaves nothing to replay: the segment fsynced, the journal marked not in use', async () => {
