@@ -13,6 +13,7 @@ import net from 'node:net';
 import path from 'node:path';
 import sodium from 'sodium-native';
 import { benchHome } from './bench-home.js';
+import { overwriteLog } from './overwrite-log.js';
 
 type Timing = { p50: number; p99: number; perSecond: number };
 
@@ -211,20 +212,14 @@ export async function signBench(root: string): Promise<void> {
   // theirs), the round trip is the bare socket's p50 above, the signature the in-process rate.
   // Since 2026-12-07 the line is written over a file of fixed size and fdatasynced, as the
   // agent's journal does (docs/AUDIT.md, "The journal"); before, appended and fsynced.
-  const RAW_BYTES = 4 << 20;
-  const rawLog = fs.openSync(path.join(dir, 'raw.log'), 'w+', 0o600);
-  fs.writeSync(rawLog, Buffer.alloc(RAW_BYTES), 0, RAW_BYTES, 0);
-  fs.fsyncSync(rawLog);
-  let rawPos = 0;
+  const rawLog = overwriteLog(path.join(dir, 'raw.log'), 4 << 20);
   const rawLine = Buffer.alloc(580, 0x20);
   rawLine[rawLine.length - 1] = 0x0a;
   const rawAppends = (n: number): number => {
     const t0 = performance.now();
     for (let i = 0; i < n; i++) {
-      if (rawPos + rawLine.length > RAW_BYTES) rawPos = 0;
-      fs.writeSync(rawLog, rawLine, 0, rawLine.length, rawPos);
-      rawPos += rawLine.length;
-      fs.fdatasyncSync(rawLog);
+      rawLog.write(rawLine);
+      fs.fdatasyncSync(rawLog.fd);
     }
     return performance.now() - t0;
   };
@@ -378,7 +373,7 @@ export async function signBench(root: string): Promise<void> {
   results['method'] = { warmUp: WARM_UP, round: ROUND, rounds: ROUNDS };
   sshAgent.kill('SIGTERM');
   floorAgent.kill('SIGTERM');
-  fs.closeSync(rawLog);
+  fs.closeSync(rawLog.fd);
   await home.stop();
   const out = path.join(root, 'bench/results');
   fs.mkdirSync(out, { recursive: true });

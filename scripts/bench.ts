@@ -26,6 +26,7 @@ import {
 import { boxKeypair } from '../src/audit/keys.js';
 import { secureTake } from '../src/lib/secure.js';
 import { mcpBench } from './bench-mcp.js';
+import { overwriteLog } from './overwrite-log.js';
 import { proxyBench } from './bench-proxy.js';
 import { runBench } from './bench-run.js';
 import { benchHome } from './bench-home.js';
@@ -113,17 +114,10 @@ async function main(): Promise<void> {
   for (let i = 0; i < WARM_APPENDS; i++) await rawAppend(rawLine);
   // The agent's way since 2026-12-07 (docs/AUDIT.md, "The journal"): lines written over a file of
   // fixed size and fdatasynced, which writes no inode. Its raw form is this row's limit now.
-  const OVER_BYTES = 8 << 20;
-  const overFile = path.join(scratchDir(), 'over');
-  const overFd = fs.openSync(overFile, 'w+', 0o600);
-  fs.writeSync(overFd, Buffer.alloc(OVER_BYTES), 0, OVER_BYTES, 0);
-  fs.fsyncSync(overFd);
-  let overPos = 0;
+  const over = overwriteLog(path.join(scratchDir(), 'over'));
   const rawOver = async (data: Buffer) => {
-    if (overPos + data.length > OVER_BYTES) overPos = 0;
-    fs.writeSync(overFd, data, 0, data.length, overPos);
-    overPos += data.length;
-    await new Promise<void>((res, rej) => fs.fdatasync(overFd, (e) => (e ? rej(e) : res())));
+    over.write(data);
+    await new Promise<void>((res, rej) => fs.fdatasync(over.fd, (e) => (e ? rej(e) : res())));
   };
   for (let i = 0; i < WARM_APPENDS; i++) await rawOver(rawLine);
 
@@ -181,7 +175,7 @@ async function main(): Promise<void> {
     eightBatches += gc.batches - batchesBefore;
   }
   fs.closeSync(rawFd);
-  fs.closeSync(overFd);
+  fs.closeSync(over.fd);
   one.log.close();
   const fsyncRate = median(fsyncRates);
   const fsyncBatchRate = median(fsyncBatchRates);

@@ -14,6 +14,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
 import readline from 'node:readline';
+import { overwriteLog } from './overwrite-log.js';
 
 const [logFile, command, ...args] = process.argv.slice(2);
 if (!logFile || !command) {
@@ -35,11 +36,7 @@ const roundTrip = (s: string) =>
   });
 // Written over a file of fixed size and fdatasynced, as the agent's journal (docs/AUDIT.md, "The
 // journal"; until 2026-12-07 appended and fsynced, as the agent did then).
-const LOG_BYTES = 4 << 20;
-const log = fs.openSync(logFile, 'w+', 0o600);
-fs.writeSync(log, Buffer.alloc(LOG_BYTES), 0, LOG_BYTES, 0);
-fs.fsyncSync(log);
-let logPos = 0;
+const log = overwriteLog(logFile, 4 << 20);
 /**
  * The record's line is of the size of keyward's mcp.call entry (935 bytes here: its sealed body
  * names the server, the tool, the arguments' hash and the gateway as identified). (Until
@@ -58,10 +55,8 @@ readline.createInterface({ input: process.stdin }).on('line', (line) => {
     if (m.method === 'tools/call') {
       await roundTrip(JSON.stringify(m));
       record.write(JSON.stringify({ call: m.id }), 0, 'latin1');
-      if (logPos + record.length > LOG_BYTES) logPos = 0;
-      fs.writeSync(log, record, 0, record.length, logPos);
-      logPos += record.length;
-      fs.fdatasyncSync(log);
+      log.write(record);
+      fs.fdatasyncSync(log.fd);
     }
     server.stdin.write(`${JSON.stringify(m)}\n`);
   });

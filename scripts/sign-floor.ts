@@ -18,6 +18,7 @@ import { generateKeyPairSync, sign as nodeSign } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import sodium from 'sodium-native';
+import { overwriteLog } from './overwrite-log.js';
 
 const [sock, logFile] = process.argv.slice(2);
 if (!sock || !logFile) {
@@ -59,11 +60,7 @@ function signBlob(type: string, data: Buffer): Buffer | undefined {
 // Group commit, as the agent's: one write and one sync for the requests that came meanwhile. The
 // lines go over a file of fixed size and are fdatasynced, as the agent's journal is (docs/AUDIT.md,
 // "The journal"; until 2026-12-07 appended and fsynced, as the agent did then).
-const LOG_BYTES = 8 << 20;
-const log = fs.openSync(logFile, 'w+', 0o600);
-fs.writeSync(log, Buffer.alloc(LOG_BYTES), 0, LOG_BYTES, 0);
-fs.fsyncSync(log);
-let logPos = 0;
+const log = overwriteLog(logFile);
 type Pending = { line: Buffer; done: () => void };
 let queue: Pending[] = [];
 let running = false;
@@ -83,10 +80,7 @@ function drain(): void {
   }
   const batch = queue;
   queue = [];
-  const lines = Buffer.concat(batch.map((p) => p.line));
-  if (logPos + lines.length > LOG_BYTES) logPos = 0;
-  fs.writeSync(log, lines, 0, lines.length, logPos);
-  logPos += lines.length;
+  log.write(Buffer.concat(batch.map((p) => p.line)));
   const synced = (): void => {
     for (const p of batch) p.done();
     drain();
@@ -94,11 +88,11 @@ function drain(): void {
   // A lone record's fsync on this thread, sooner than through the pool (audit/group.ts); until
   // 2026-12-06 the floor sent every fsync to the pool, and so sat lower than keyward's own choice.
   if (batch.length === 1) {
-    fs.fdatasyncSync(log);
+    fs.fdatasyncSync(log.fd);
     synced();
     return;
   }
-  fs.fdatasync(log, (e) => {
+  fs.fdatasync(log.fd, (e) => {
     if (e) throw e;
     synced();
   });

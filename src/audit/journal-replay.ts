@@ -41,10 +41,8 @@ export function replayJournal(
     if (!flock(fd, LOCK_EX | LOCK_NB)) return undefined;
     const r = replayHeld(fd, file, dir, segment, segmentPath);
     if (!r.movedAside && r.inUse) {
-      const header = Buffer.alloc(5);
-      fs.readSync(fd, header, 0, 5, 0);
-      header[4] = 0;
-      writeAll(fd, header, 0);
+      // Not in use any more: the header's one byte that says so.
+      writeAll(fd, Buffer.from([0]), 4);
       fs.fdatasyncSync(fd);
     }
     return r.replayed;
@@ -72,21 +70,20 @@ export function replayHeld(
   });
   const notInUse = { replayed: undefined, inUse: false, movedAside: false };
   // The header first: a journal not in use (the usual case for a writer that doesn't journal)
-  // costs one small read.
+  // costs one small read; the entries are read only when it is in use.
   const header = Buffer.alloc(HEADER);
   const got = fs.readSync(fd, header, 0, HEADER, 0);
-  if (got === HEADER && same(header.subarray(0, 4), FILE_MAGIC) && header[4] !== IN_USE)
-    return notInUse;
+  if (got !== HEADER) return aside(`it is shorter than its header`);
+  if (!same(header.subarray(0, 4), FILE_MAGIC)) {
+    // A journal made but never used is all zeros: nothing to replay.
+    if (header.every((b) => b === 0)) return notInUse;
+    return aside('its header is not a journal’s');
+  }
+  if (header[4] !== IN_USE) return notInUse;
   const buf = Buffer.alloc(SIZE);
   const n = readAll(fd, buf);
   if (n !== SIZE) return aside(`it is ${n} bytes, not ${SIZE}`);
-  if (!same(buf.subarray(0, 4), FILE_MAGIC)) {
-    // A journal made but never used is all zeros: nothing to replay.
-    if (buf.subarray(0, HEADER).every((b) => b === 0)) return notInUse;
-    return aside('its header is not a journal’s');
-  }
-  if (buf[4] !== IN_USE) return notInUse;
-  const gen = buf.subarray(8, 16);
+  const gen = header.subarray(8, 16);
   const chain = chainOf(entriesOf(buf, gen), segment);
   if (chain.length === 0) return { replayed: undefined, inUse: true, movedAside: false };
   const put = putBack(segmentPath, chain);

@@ -84,8 +84,7 @@ export class JournalUse {
    */
   async durable(segment: number, blocking: boolean): Promise<string | undefined> {
     const journal = this.entry();
-    if (journal === 'durable') return undefined;
-    if (typeof journal === 'string') return journal;
+    if (typeof journal === 'object') return journal.gap;
     try {
       if (blocking) {
         if (journal === undefined) this.files.sync(segment);
@@ -113,11 +112,11 @@ export class JournalUse {
 
   /**
    * Writes the batch's lines (lastWrite) to the journal, when this writer holds one: returns the
-   * descriptor to fdatasync; 'durable' when the segment was fsynced instead (a batch too large
-   * for the journal); the break's reason when the journal was removed or replaced under the
-   * writer (the batch fsynced in the segment); undefined without a journal.
+   * descriptor to fdatasync; `durable` when the segment was fsynced instead (a batch too large
+   * for the journal, or the journal removed or replaced under the writer: then with the break
+   * as `gap`); undefined without a journal.
    */
-  private entry(): number | 'durable' | string | undefined {
+  private entry(): number | { durable: true; gap?: string } | undefined {
     const w = this.lastWrite;
     this.lastWrite = undefined;
     const j = this.journal;
@@ -136,12 +135,15 @@ export class JournalUse {
         this.seen = false;
         this.reopen = true;
         j.close();
-        return 'the audit journal was removed or replaced while the agent ran';
+        return {
+          durable: true,
+          gap: 'the audit journal was removed or replaced while the agent ran',
+        };
       }
       // A journal full wraps, and a batch larger than it is not journaled: the segment's entries
       // there were needed only until the segment is fsynced, which is done first.
       const fd = j.write(w.segment, w.offset, w.data, () => this.files.sync(w.segment));
-      if (fd === undefined) return 'durable';
+      if (fd === undefined) return { durable: true };
       this.segment = w.segment;
       return fd;
     } catch (e) {

@@ -125,6 +125,12 @@ export class Journal {
       const id = statWithoutTimes(fd);
       if (id === undefined) throw new Error('the journal vanished as it was opened');
       const j = new Journal(file, fd, id.ino, id.dev);
+      if (!j.still()) {
+        // The path names another file (or this one under two names) once it is in place: never
+        // written to; this writer fsyncs the segment instead, for as long as it runs.
+        fs.closeSync(fd);
+        return { journal: undefined, replayed };
+      }
       j.markInUse(true);
       return { journal: j, replayed };
     } catch (e) {
@@ -217,8 +223,8 @@ export class Journal {
  * then renamed into place and the directory fsynced. The descriptor returned is that file's, kept
  * from its making: the path is never opened again (found in review: a reopen by path after the
  * rename could be raced by a hard link renamed over it, and the header written into a file
- * outside the log's directory). Undefined when it could not be made, or the path names another
- * file once it is in place (then never written to).
+ * outside the log's directory). Undefined when it could not be made; whether the path still
+ * names it once it is in place, Journal.open asks (still()) before a byte is written.
  */
 function makeJournal(file: string, dir: string): number | undefined {
   const tmp = path.join(dir, `.journal.tmp-${process.pid}-${randomBytes(6).toString('hex')}`);
@@ -246,18 +252,6 @@ function makeJournal(file: string, dir: string): number | undefined {
   } catch {
     fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });
-    return undefined;
-  }
-  const mine = statWithoutTimes(fd);
-  const named = statWithoutTimes(file);
-  if (
-    mine === undefined ||
-    named === undefined ||
-    named.ino !== mine.ino ||
-    named.dev !== mine.dev ||
-    named.nlink !== 1
-  ) {
-    fs.closeSync(fd);
     return undefined;
   }
   return fd;

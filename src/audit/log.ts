@@ -23,7 +23,7 @@ import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './shi
 import { cutTorn, firstLineTime, headOfSegment, lineStillThere, type Tail } from './tail.js';
 import { hashAt, unacknowledgedGapLines, unacknowledgedGaps, type GapLine } from './history.js';
 import type { AuditRecord } from './events.js';
-import { SegmentFiles, segmentIdentity, segmentStamp } from './segment-files.js';
+import { SegmentFiles, segmentStamp } from './segment-files.js';
 import { JournalUse } from './journal-use.js';
 import { statWithoutTimes, type FileIdentity } from '../lib/libc.js';
 import { BodySealer } from './body.js';
@@ -377,7 +377,7 @@ export class AuditLog {
 
   /** The segment's identity, without its times (undefined when there is none). */
   private segmentStat(segment: number): FileIdentity | undefined {
-    return segmentIdentity(this.segmentPath(segment));
+    return statWithoutTimes(this.segmentPath(segment));
   }
 
   private cutBehind(expected: Head): { record: AuditRecord; reason: string } {

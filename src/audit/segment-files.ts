@@ -20,11 +20,6 @@ export function segmentStamp(id: FileIdentity): string {
   return `${id.dev}:${id.ino}:${id.size}`;
 }
 
-/** A segment's identity by its path, without its times (undefined when there is none). */
-export function segmentIdentity(file: string): FileIdentity | undefined {
-  return statWithoutTimes(file);
-}
-
 export class SegmentFiles {
   private segment: { n: number; fd: number; dev: bigint; ino: bigint } | undefined;
 
