@@ -27,6 +27,10 @@ const quickShape =
   (argv.length === 2 && argv[0] === 'agent' && argv[1] === 'stop');
 // `agent start` likewise, from a file of its own (src/cli/quick-start.ts).
 const startShape = argv.length === 2 && argv[0] === 'agent' && argv[1] === 'start';
+// The agent itself, as `agent start` runs it: without the parser, whose code would stay in its
+// memory for as long as it runs (src/cli/agent-run.ts checks the whole shape).
+const at = argv[0] === '--allow-debugger' ? 1 : 0;
+const agentRunShape = argv[at] === 'agent' && argv[at + 1] === 'run';
 
 async function run() {
   if (guard.runtimeState.exposure.length > 0 && !guard.runtimeState.allowed) {
@@ -43,6 +47,10 @@ async function run() {
   // descriptor 1 itself; its other output waited for in runQuick): exit now, without Node
   // tearing down its environment first (1-2 ms of a ~34 ms read; docs/PERFORMANCE.md).
   if (quick !== undefined) process.exit(quick);
+  const agent = agentRunShape
+    ? await (await import('../dist/src/bundle/agent-run.js')).agentRun(argv)
+    : undefined;
+  if (agent !== undefined) process.exitCode = agent;
   else {
     const { main } = await import('../dist/src/bundle/main.js');
     process.exitCode = await main(argv);

@@ -25,14 +25,15 @@ const OUT = path.join(SRC, 'bundle');
 const WEB_VENDOR_QR = path.join(OUT, 'console-qr.js');
 
 /**
- * What bin/keyward.js imports when the command is not one of the quick ones, the exec step `keyward
- * run` starts as a script of its own, and the agent's policy-parsing worker: ES modules, with
- * shared chunks.
+ * What bin/keyward.js imports when the command is not one of the quick ones, the agent itself in
+ * the shapes `agent start` runs it (cli/agent-run.ts), the exec step `keyward run` starts as a
+ * script of its own, and the agent's policy-parsing worker: ES modules, with shared chunks.
  */
 export const BUNDLE_ENTRIES = [
   'lib/runtime-guard.js',
   'cli/report.js',
   'cli/main.js',
+  'cli/agent-run.js',
   'run/exec-helper.js',
   'policy/parse-worker.js',
 ];

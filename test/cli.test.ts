@@ -438,3 +438,42 @@ describe('start-up', () => {
       }
   });
 });
+
+describe('agent run without the parser', () => {
+  test('only the exact shapes `agent start` spawns skip the parser; every other spelling goes through it', async () => {
+    const { agentRunShape } = await import('../src/cli/agent-run.js');
+    assert.deepEqual(agentRunShape(['agent', 'run']), { readyFd: undefined, console: true });
+    assert.deepEqual(agentRunShape(['agent', 'run', '--ready-fd', '3']), {
+      readyFd: 3,
+      console: true,
+    });
+    assert.deepEqual(
+      agentRunShape(['--allow-debugger', 'agent', 'run', '--ready-fd', '3', '--no-console']),
+      { readyFd: 3, console: false },
+    );
+    for (const argv of [
+      ['agent', 'run', '--ready-fd', 'x'],
+      ['agent', 'run', '--ready-fd'],
+      ['agent', 'run', '--ready-fd', '12345'],
+      ['agent', 'run', '--no-console', '--ready-fd', '3'],
+      ['agent', 'run', '--help'],
+      ['agent', 'run', 'extra'],
+      ['agent', 'run', '--no-console', '--no-console'],
+      ['--passphrase-file', 'p', 'agent', 'run'],
+      ['run', 'agent'],
+      ['agent', 'start'],
+    ])
+      assert.equal(agentRunShape(argv), undefined, argv.join(' '));
+  });
+
+  test('a shape it does not take is the parser’s: a bad descriptor is a usage error, --help is help', () => {
+    const h = makeHome();
+    const bad = kw(['agent', 'run', '--ready-fd', 'x'], { env: h.env });
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /keyward: error: .*a descriptor number/);
+    assert.doesNotMatch(bad.stderr, /\n\s+at /);
+    const help = kw(['agent', 'run', '--help'], { env: h.env });
+    assert.equal(help.code, 0);
+    assert.match(help.stdout, /--no-console/);
+  });
+});

@@ -1,6 +1,6 @@
 /**
  * Who is on the other end of a proxy connection (src/proxy/tree.ts), and which host a request
- * names (canonicalHost in src/proxy/wire.ts): real processes and sockets, no mocks.
+ * names (canonicalHost in src/proxy/host.ts): real processes and sockets, no mocks.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { holderAmong, holderInTree, socketOf, startTime, treeOf } from '../src/proxy/tree.js';
-import { canonicalHost } from '../src/proxy/wire.js';
+import { canonicalHost } from '../src/proxy/host.js';
 
 describe('the process tree a proxy serves', () => {
   test('a connection is traced to the process of the tree that holds it, and a reused pid is not the root', async () => {

@@ -8,7 +8,6 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import tls from 'node:tls';
 import { KeywardError, UsageError } from '../errors.js';
 import { readOwnFile, writeFileAtomic } from '../lib/files.js';
 import { randomBytes, secureFree, secureSlice, type SecureBuffer } from '../lib/secure.js';
@@ -16,7 +15,8 @@ import type { Policy } from '../policy/index.js';
 import { TokenBucket } from '../policy/index.js';
 import {
   makePlaceholder,
-  ProxyServer,
+  startProxyServer,
+  type ProxyServer,
   createRunCa,
   type Binding,
   type HostRule,
@@ -51,8 +51,11 @@ export const PROXY_VARIABLES = [
   'GIT_SSL_CAINFO',
 ] as const;
 
-/** The system's trust store as PEM text: the first bundle found, else Node's own list. */
-export function systemTrust(): string {
+/**
+ * The system's trust store as PEM text: the first bundle found, else Node's own list (node:tls
+ * loaded then: an idle agent does without it).
+ */
+export async function systemTrust(): Promise<string> {
   for (const f of SYSTEM_BUNDLES) {
     try {
       return fs.readFileSync(f, 'utf8');
@@ -60,7 +63,7 @@ export function systemTrust(): string {
       // the next
     }
   }
-  return tls.rootCertificates.join('\n');
+  return (await import('node:tls')).rootCertificates.join('\n');
 }
 
 /** The hosts the policy binds to name, with how. */
@@ -232,7 +235,7 @@ export async function startRunProxy(o: {
   dir: string;
   hooks: Omit<ProxyHooks, 'defaultAction' | 'trust' | 'forms'>;
 }): Promise<RunProxy> {
-  const system = systemTrust();
+  const system = await systemTrust();
   let trust = system;
   const extra = o.policy.proxy?.upstream_ca;
   if (extra !== undefined) {
@@ -278,7 +281,7 @@ export async function startRunProxy(o: {
   try {
     const hosts = [...new Set(bindings.flatMap((b) => [...b.hosts.keys()]))];
     const ca = await createRunCa(hosts);
-    server = await ProxyServer.start(bindings, ca, {
+    server = await startProxyServer(bindings, ca, {
       ...o.hooks,
       defaultAction: o.policy.proxy?.default ?? 'tunnel',
       trust: [trust],

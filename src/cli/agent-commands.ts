@@ -4,23 +4,15 @@
 import fs from 'node:fs';
 import type { Command } from 'commander';
 import { InvalidArgumentError, Option } from './commander.js';
-import {
-  agentApprovals,
-  agentApprove,
-  agentStatus,
-  agentUnlock,
-  call,
-  runAgent,
-} from '../agent/index.js';
+import { agentApprovals, agentApprove, agentStatus, agentUnlock, call } from '../agent/index.js';
 import { KeywardError } from '../errors.js';
-import { keywardHome, socketDir } from '../lib/paths.js';
-import { runtimeState } from '../lib/runtime-guard.js';
 import { asciiShown, jsonText, printable } from '../lib/text.js';
 import { askOnTerminal } from '../lib/tty.js';
 import { note, type Io } from './report.js';
 import { agentSocket, passphraseFile } from './places.js';
 import { agentStopCommand, lockCommand } from './quick.js';
 import { agentStartCommand } from './quick-start.js';
+import { agentRunCommand } from './agent-run.js';
 
 function ms(n: unknown): string {
   const s = Math.round(Number(n) / 1000);
@@ -49,15 +41,8 @@ export function registerAgentCommands(program: Command, io: Io): void {
         .hideHelp(),
     )
     .action(async function (this: Command) {
-      await runAgent({
-        readyFd: this.opts<{ readyFd?: number }>().readyFd,
-        home: keywardHome(),
-        socketDir: socketDir(),
-        allowDebugger: runtimeState.allowed,
-        env: process.env,
-        log: (l) => io.stderr(`keyward agent: ${l}\n`),
-        console: this.opts<{ console: boolean }>().console,
-      });
+      const o = this.opts<{ readyFd?: number; console: boolean }>();
+      await agentRunCommand(io, { readyFd: o.readyFd, console: o.console });
     });
 
   agent

@@ -12,7 +12,7 @@
  * starts first thing, holds the private numbers); the file's bytes are zeroed once parsed.
  */
 import type http from 'node:http';
-import https from 'node:https';
+import type https from 'node:https';
 import net, { isIPv6 } from 'node:net';
 import { KeywardError } from '../errors.js';
 import { readOwnFile } from '../lib/files.js';
@@ -134,11 +134,15 @@ async function listen(
   cfg: RemoteListen,
   handler: http.RequestListener,
 ): Promise<{ server: https.Server; guard: net.Server | undefined }> {
+  // Loaded here, not with the console: node:https and node:tls are ~1 MiB of an idle agent's
+  // memory, which an agent without an operator listener does without. Before the key is read,
+  // so that nothing awaits while its bytes are held.
+  const { createServer } = await import('node:https');
   const { key, cert } = tlsOptions(cfg);
   let server: https.Server;
   try {
     // The context is made here, from the bytes: after this, they are not needed.
-    server = https.createServer({ key, cert, minVersion: 'TLSv1.2' }, handler);
+    server = createServer({ key, cert, minVersion: 'TLSv1.2' }, handler);
   } catch (e) {
     throw new KeywardError(
       'USAGE',

@@ -8,7 +8,7 @@
  */
 import type { SecureBuffer } from '../lib/secure.js';
 import { substitute } from './placeholder.js';
-import { canonicalHost } from './wire.js';
+import { canonicalHost } from './host.js';
 
 export type Part = 'headers' | 'url';
 

@@ -26,7 +26,8 @@ import { FramingError, RequestFramer, type FrameEvent } from './framer.js';
 import { randomBase62 } from './placeholder.js';
 import { originHead, plan, withValues, type Binding, type Refusal } from './request.js';
 import { holderInTree, socketOf, type Pinned } from './tree.js';
-import { answer, authority, canonicalHost, CONNECT_TIMEOUT_MS, upstreamTls } from './wire.js';
+import { canonicalHost } from './host.js';
+import { answer, authority, CONNECT_TIMEOUT_MS, upstreamTls } from './wire.js';
 
 export type ProxyEventType = 'proxy.substitute' | 'proxy.block' | 'proxy.limit';
 
