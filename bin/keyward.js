@@ -28,9 +28,18 @@ const quickShape =
 // `agent start` likewise, from a file of its own (src/cli/quick-start.ts).
 const startShape = argv.length === 2 && argv[0] === 'agent' && argv[1] === 'start';
 // The agent itself, as `agent start` runs it: without the parser, whose code would stay in its
-// memory for as long as it runs (src/cli/agent-run.ts checks the whole shape).
-const at = argv[0] === '--allow-debugger' ? 1 : 0;
-const agentRunShape = argv[at] === 'agent' && argv[at + 1] === 'run';
+// memory for as long as it runs (agentRun() checks the shape again).
+const agentRunShape = (() => {
+  let i = argv[0] === '--allow-debugger' ? 1 : 0;
+  if (argv[i] !== 'agent' || argv[i + 1] !== 'run') return false;
+  i += 2;
+  if (argv[i] === '--ready-fd') {
+    if (!/^\d{1,4}$/.test(argv[i + 1] ?? '')) return false;
+    i += 2;
+  }
+  if (argv[i] === '--no-console') i += 1;
+  return i === argv.length;
+})();
 
 async function run() {
   if (guard.runtimeState.exposure.length > 0 && !guard.runtimeState.allowed) {

@@ -455,6 +455,8 @@ describe('agent run without the parser', () => {
       ['agent', 'run', '--ready-fd', 'x'],
       ['agent', 'run', '--ready-fd'],
       ['agent', 'run', '--ready-fd', '12345'],
+      ['agent', 'run', '--ready-fd', '2'],
+      ['agent', 'run', '--ready-fd', '0'],
       ['agent', 'run', '--no-console', '--ready-fd', '3'],
       ['agent', 'run', '--help'],
       ['agent', 'run', 'extra'],
@@ -468,10 +470,12 @@ describe('agent run without the parser', () => {
 
   test('a shape it does not take is the parser’s: a bad descriptor is a usage error, --help is help', () => {
     const h = makeHome();
-    const bad = kw(['agent', 'run', '--ready-fd', 'x'], { env: h.env });
-    assert.equal(bad.code, 2);
-    assert.match(bad.stderr, /keyward: error: .*a descriptor number/);
-    assert.doesNotMatch(bad.stderr, /\n\s+at /);
+    for (const fd of ['x', '2']) {
+      const bad = kw(['agent', 'run', '--ready-fd', fd], { env: h.env });
+      assert.equal(bad.code, 2);
+      assert.match(bad.stderr, /keyward: error: .*a descriptor number of 3 or more/);
+      assert.doesNotMatch(bad.stderr, /\n\s+at /);
+    }
     const help = kw(['agent', 'run', '--help'], { env: h.env });
     assert.equal(help.code, 0);
     assert.match(help.stdout, /--no-console/);

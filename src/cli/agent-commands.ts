@@ -12,7 +12,7 @@ import { note, type Io } from './report.js';
 import { agentSocket, passphraseFile } from './places.js';
 import { agentStopCommand, lockCommand } from './quick.js';
 import { agentStartCommand } from './quick-start.js';
-import { agentRunCommand } from './agent-run.js';
+import { agentRunCommand, readyFdOf } from './agent-run.js';
 
 function ms(n: unknown): string {
   const s = Math.round(Number(n) / 1000);
@@ -35,8 +35,9 @@ export function registerAgentCommands(program: Command, io: Io): void {
     .addOption(
       new Option('--ready-fd <fd>', 'say "ready PID URL" on this descriptor once listening')
         .argParser((v) => {
-          if (!/^\d{1,4}$/.test(v)) throw new InvalidArgumentError('a descriptor number');
-          return Number(v);
+          const fd = readyFdOf(v);
+          if (fd === undefined) throw new InvalidArgumentError('a descriptor number of 3 or more');
+          return fd;
         })
         .hideHelp(),
     )

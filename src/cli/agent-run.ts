@@ -32,6 +32,14 @@ export async function agentRunCommand(io: Io, o: AgentRunOptions): Promise<void>
 }
 
 /**
+ * `--ready-fd`'s value as a descriptor, or undefined: 3 or more (0, 1 and 2 are the agent's
+ * standard streams, which it would close after saying it is ready there).
+ */
+export function readyFdOf(v: string): number | undefined {
+  return /^\d{1,4}$/.test(v) && Number(v) >= 3 ? Number(v) : undefined;
+}
+
+/**
  * The options of argv when it is exactly `[--allow-debugger] agent run [--ready-fd N]
  * [--no-console]`, in that order; undefined for any other command line.
  */
@@ -42,7 +50,7 @@ export function agentRunShape(argv: readonly string[]): AgentRunOptions | undefi
   let readyFd: number | undefined;
   if (argv[i] === '--ready-fd') {
     const v = argv[i + 1] ?? '';
-    if (!/^\d{1,4}$/.test(v)) return undefined;
+    if (readyFdOf(v) === undefined) return undefined;
     readyFd = Number(v);
     i += 2;
   }
