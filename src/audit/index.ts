@@ -40,7 +40,6 @@ export {
 } from './checkpoint.js';
 export { auditPaths } from './state.js';
 export {
-  acknowledge,
   agentAtBreak,
   resumeRestoredLog,
   auditInitHooks,
@@ -51,10 +50,9 @@ export {
   initOrRepair,
   lenientAuditSink,
   rekeyBox,
-  verifyLog,
   writeCheckpoint,
-  type VerifyRequest,
 } from './service.js';
+export { acknowledge, verifyLog, type VerifyRequest } from './review.js';
 export { readEntries, verifyAgainst, type EntrySelection, type ReadEntry } from './read.js';
 export { readSeedFile, writeSeedHex, writeSeedQr } from './seed.js';
 export type { CopyComparison } from './copy.js';

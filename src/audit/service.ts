@@ -1,22 +1,17 @@
 /**
- * The audit log as the rest of keyward uses it: start it with a vault, record events durably,
- * seal checkpoints, verify, and read entries back with the vault's key.
+ * The audit log as the rest of keyward uses it: start it with a vault, record events durably, and
+ * seal checkpoints (verify and acknowledge: review.ts; reading entries back: read.ts).
  */
-import fs from 'node:fs';
-import { IntegrityError, KeywardError } from '../errors.js';
-import { refuseIfProblem } from '../lib/files.js';
-import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import { KeywardError } from '../errors.js';
+import { secureFree } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
 import { isEventType, type AuditRecord } from './events.js';
 import { boxKeypair, boxPublicOf } from './keys.js';
 import { AuditLog, type AuditOptions, type Head } from './log.js';
 import {
-  acknowledgeBreaks,
-  acknowledgedBy,
   findBreak,
   gapRecord,
   readCheckpoints,
-  LOOK_AGAIN,
   anchorAt,
   vaultAnchor,
   recordBreak,
@@ -26,13 +21,7 @@ import {
   setAnchor,
   type Break,
 } from './checkpoint.js';
-import {
-  listSegments,
-  MAX_EPOCH_STEP,
-  verifySegments,
-  type Checkpoint,
-  type VerifyResult,
-} from './verify.js';
+import { listSegments, MAX_EPOCH_STEP, type Checkpoint } from './verify.js';
 import {
   BOX_SECRET,
   boxTrustOf,
@@ -42,8 +31,6 @@ import {
   seedOf,
   storeNewKeys,
 } from './vault-keys.js';
-import { readSeedFile } from './seed.js';
-import { checkAuditDir } from './state.js';
 import type { ShipConfig } from './ship.js';
 
 /** The hooks `init` passes to the vault: keys go in before the first save, the log starts after. */
@@ -416,134 +403,6 @@ export function rekeyBox(home: string, v: Vault): number {
   log.append([{ type: 'audit.rekeyed', decision: 'info', details: { retiredKeys: retired } }]);
   writeCheckpoint(log, v);
   return retired;
-}
-
-export interface VerifyRequest {
-  home: string;
-  /** An open vault: its seed checks the MACs and its sealed checkpoint the tail. */
-  vault?: Vault | undefined;
-  /** An exported audit key (hex) instead of the vault: MACs checked, checkpoint not. */
-  keyFile?: string | undefined;
-  /** One segment file on its own (--path) instead of the whole log. */
-  file?: string | undefined;
-  onProgress?: ((done: number, total: number) => void) | undefined;
-}
-
-/** Every mode of `audit verify`: with the vault, with an exported key, or the chain only. */
-export function verifyLog(
-  req: VerifyRequest,
-): VerifyResult & { checkpointChecked: boolean; acknowledgementsChecked: boolean } {
-  const log = new AuditLog(req.home);
-  const standalone = req.file !== undefined;
-  // The log's directory as its writers take it: a link (keyward makes none), or one others can
-  // change, is refused here too (found in review: verify read through a link and said ok, where
-  // every writer refuses it).
-  if (!standalone && fs.lstatSync(log.paths.dir, { throwIfNoEntry: false })) {
-    checkAuditDir(log.paths.dir);
-    // And its writers' state, which they open without following a link.
-    if (fs.lstatSync(log.paths.state, { throwIfNoEntry: false })?.isSymbolicLink())
-      refuseIfProblem(log.paths.state, 'file', 'it is a symbolic link');
-  }
-  const files = req.file !== undefined ? [req.file] : listSegments(log.paths.dir);
-  let seed: SecureBuffer | undefined;
-  try {
-    seed =
-      req.keyFile !== undefined
-        ? readSeedFile(req.keyFile)
-        : req.vault
-          ? seedOf(req.vault)
-          : undefined;
-    const checkpoints = req.vault && !standalone ? readCheckpoints(log, req.vault) : [];
-    const reached = Math.max(0, ...checkpoints.map((c) => c.seq));
-    if (files.length === 0 && reached > 0) {
-      // The checkpoints live in the vault too: a deleted log is not an empty one.
-      return {
-        ok: false,
-        entries: 0,
-        macsChecked: seed !== undefined,
-        gaps: [],
-        checkpointChecked: true,
-        acknowledgementsChecked: false,
-        finding: {
-          file: log.paths.dir,
-          line: 0,
-          reason: `the log is missing: the vault's checkpoint says it reached seq ${reached}, so ${reached} entries are gone`,
-          checkpoint: true,
-        },
-      };
-    }
-    const acknowledged = req.vault ? acknowledgedBy(req.vault) : undefined;
-    const r = verifySegments(
-      files,
-      { seed, checkpoints, acknowledged, onProgress: req.onProgress },
-      standalone,
-    );
-    return {
-      ...r,
-      checkpointChecked: checkpoints.length > 0,
-      acknowledgementsChecked: acknowledged !== undefined,
-    };
-  } finally {
-    secureFree(seed);
-  }
-}
-
-/**
- * `keyward audit acknowledge`: records that the person saw the recorded breaks and seals the
- * log as it is now (file and vault; the caller saves the vault). Returns the breaks covered.
- *
- * Only the log the person looked at: `seen` is the head `audit verify` showed them, and a log
- * that no longer extends it (anything up to it changed, or a line after it that links
- * elsewhere), or that records a break after it, is refused. And only
- * while the log's own chain holds (every link and MAC from seq 1, every acknowledgement the
- * vault's): what a person acknowledges is a recorded break (a cut, a deleted log), never a
- * link. A line that chains to a forged entry, sealed here, would let its writer put that entry
- * in place of the one it follows (a release) later, and every link would hold again.
- */
-export function acknowledge(home: string, v: Vault, seen: Checkpoint): number[] {
-  const log = new AuditLog(home);
-  // The head read first: a line appended while the chain is checked is not taken as checked.
-  const head = log.head();
-  // What came after it (this command's own records, an agent's) must link to it, and the entry
-  // the person saw must still be the same line: a change of anything up to it changes its hash.
-  const walk = head.seq < seen.seq ? {} : log.chainBackTo(seen.seq, head.segment);
-  if (walk.broken !== undefined || walk.found !== seen.hash)
-    throw new IntegrityError(
-      'AUDIT_CHAIN_BROKEN',
-      `nothing acknowledged: the log does not extend the head you looked at (seq ${seen.seq}, sha256 ${seen.hash}): it changed since${walk.broken === undefined ? '' : ` (${walk.broken})`}`,
-      LOOK_AGAIN,
-    );
-  // Breaks recorded after it are not what the person saw (a rewrite since, found against a
-  // checkpoint sealed after the head they looked at).
-  const later = log.unacknowledgedGaps().filter((g) => g > seen.seq);
-  if (later.length > 0)
-    throw new IntegrityError(
-      'AUDIT_CHAIN_BROKEN',
-      `nothing acknowledged: a break was recorded after the head you looked at (audit.gap at seq ${later.join(', ')})`,
-      LOOK_AGAIN,
-    );
-  const seed = seedOf(v);
-  let r: VerifyResult;
-  try {
-    r = verifySegments(listSegments(log.paths.dir), { seed, acknowledged: acknowledgedBy(v) });
-  } finally {
-    secureFree(seed);
-  }
-  if (!r.ok)
-    throw new IntegrityError(
-      'AUDIT_CHAIN_BROKEN',
-      `nothing acknowledged: the log's chain is broken at ${r.finding.file} line ${r.finding.line}${r.finding.seq === undefined ? '' : ` (seq ${r.finding.seq})`}: ${r.finding.reason}`,
-      {
-        hint: 'an acknowledgement covers recorded breaks (audit.gap), not a broken link, which sealed would let its writer replace the entry before it unseen; keep a copy of the log as evidence',
-      },
-    );
-  if (r.headSeq !== head.seq || r.headHash !== head.hash)
-    throw new IntegrityError(
-      'AUDIT_CHAIN_BROKEN',
-      `nothing acknowledged: the log changed while its chain was checked (seq ${head.seq} became ${r.headSeq})`,
-      LOOK_AGAIN,
-    );
-  return acknowledgeBreaks(log, v, head);
 }
 
 export function headOf(home: string): Head {

@@ -1,0 +1,143 @@
+/**
+ * What a person checks of the audit log (docs/AUDIT.md): `audit verify` in each of its modes, and
+ * `audit acknowledge`, which seals the log as verified once its recorded breaks were seen.
+ */
+import fs from 'node:fs';
+import { IntegrityError } from '../errors.js';
+import { refuseIfProblem } from '../lib/files.js';
+import { secureFree, type SecureBuffer } from '../lib/secure.js';
+import type { Vault } from '../vault/index.js';
+import { acknowledgeBreaks, acknowledgedBy, LOOK_AGAIN, readCheckpoints } from './checkpoint.js';
+import { AuditLog } from './log.js';
+import { readSeedFile } from './seed.js';
+import { checkAuditDir } from './state.js';
+import { seedOf } from './vault-keys.js';
+import { listSegments, verifySegments, type Checkpoint, type VerifyResult } from './verify.js';
+
+export interface VerifyRequest {
+  home: string;
+  /** An open vault: its seed checks the MACs and its sealed checkpoint the tail. */
+  vault?: Vault | undefined;
+  /** An exported audit key (hex) instead of the vault: MACs checked, checkpoint not. */
+  keyFile?: string | undefined;
+  /** One segment file on its own (--path) instead of the whole log. */
+  file?: string | undefined;
+  onProgress?: ((done: number, total: number) => void) | undefined;
+}
+
+/** Every mode of `audit verify`: with the vault, with an exported key, or the chain only. */
+export function verifyLog(
+  req: VerifyRequest,
+): VerifyResult & { checkpointChecked: boolean; acknowledgementsChecked: boolean } {
+  const log = new AuditLog(req.home);
+  const standalone = req.file !== undefined;
+  // The log's directory as its writers take it: a link (keyward makes none), or one others can
+  // change, is refused here too (found in review: verify read through a link and said ok, where
+  // every writer refuses it).
+  if (!standalone && fs.lstatSync(log.paths.dir, { throwIfNoEntry: false })) {
+    checkAuditDir(log.paths.dir);
+    // And its writers' state, which they open without following a link.
+    if (fs.lstatSync(log.paths.state, { throwIfNoEntry: false })?.isSymbolicLink())
+      refuseIfProblem(log.paths.state, 'file', 'it is a symbolic link');
+  }
+  const files = req.file !== undefined ? [req.file] : listSegments(log.paths.dir);
+  let seed: SecureBuffer | undefined;
+  try {
+    seed =
+      req.keyFile !== undefined
+        ? readSeedFile(req.keyFile)
+        : req.vault
+          ? seedOf(req.vault)
+          : undefined;
+    const checkpoints = req.vault && !standalone ? readCheckpoints(log, req.vault) : [];
+    const reached = Math.max(0, ...checkpoints.map((c) => c.seq));
+    if (files.length === 0 && reached > 0) {
+      // The checkpoints live in the vault too: a deleted log is not an empty one.
+      return {
+        ok: false,
+        entries: 0,
+        macsChecked: seed !== undefined,
+        gaps: [],
+        checkpointChecked: true,
+        acknowledgementsChecked: false,
+        finding: {
+          file: log.paths.dir,
+          line: 0,
+          reason: `the log is missing: the vault's checkpoint says it reached seq ${reached}, so ${reached} entries are gone`,
+          checkpoint: true,
+        },
+      };
+    }
+    const acknowledged = req.vault ? acknowledgedBy(req.vault) : undefined;
+    const r = verifySegments(
+      files,
+      { seed, checkpoints, acknowledged, onProgress: req.onProgress },
+      standalone,
+    );
+    return {
+      ...r,
+      checkpointChecked: checkpoints.length > 0,
+      acknowledgementsChecked: acknowledged !== undefined,
+    };
+  } finally {
+    secureFree(seed);
+  }
+}
+
+/**
+ * `keyward audit acknowledge`: records that the person saw the recorded breaks and seals the
+ * log as it is now (file and vault; the caller saves the vault). Returns the breaks covered.
+ *
+ * Only the log the person looked at: `seen` is the head `audit verify` showed them, and a log
+ * that no longer extends it (anything up to it changed, or a line after it that links
+ * elsewhere), or that records a break after it, is refused. And only
+ * while the log's own chain holds (every link and MAC from seq 1, every acknowledgement the
+ * vault's): what a person acknowledges is a recorded break (a cut, a deleted log), never a
+ * link. A line that chains to a forged entry, sealed here, would let its writer put that entry
+ * in place of the one it follows (a release) later, and every link would hold again.
+ */
+export function acknowledge(home: string, v: Vault, seen: Checkpoint): number[] {
+  const log = new AuditLog(home);
+  // The head read first: a line appended while the chain is checked is not taken as checked.
+  const head = log.head();
+  // What came after it (this command's own records, an agent's) must link to it, and the entry
+  // the person saw must still be the same line: a change of anything up to it changes its hash.
+  const walk = head.seq < seen.seq ? {} : log.chainBackTo(seen.seq, head.segment);
+  if (walk.broken !== undefined || walk.found !== seen.hash)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing acknowledged: the log does not extend the head you looked at (seq ${seen.seq}, sha256 ${seen.hash}): it changed since${walk.broken === undefined ? '' : ` (${walk.broken})`}`,
+      LOOK_AGAIN,
+    );
+  // Breaks recorded after it are not what the person saw (a rewrite since, found against a
+  // checkpoint sealed after the head they looked at).
+  const later = log.unacknowledgedGaps().filter((g) => g > seen.seq);
+  if (later.length > 0)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing acknowledged: a break was recorded after the head you looked at (audit.gap at seq ${later.join(', ')})`,
+      LOOK_AGAIN,
+    );
+  const seed = seedOf(v);
+  let r: VerifyResult;
+  try {
+    r = verifySegments(listSegments(log.paths.dir), { seed, acknowledged: acknowledgedBy(v) });
+  } finally {
+    secureFree(seed);
+  }
+  if (!r.ok)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing acknowledged: the log's chain is broken at ${r.finding.file} line ${r.finding.line}${r.finding.seq === undefined ? '' : ` (seq ${r.finding.seq})`}: ${r.finding.reason}`,
+      {
+        hint: 'an acknowledgement covers recorded breaks (audit.gap), not a broken link, which sealed would let its writer replace the entry before it unseen; keep a copy of the log as evidence',
+      },
+    );
+  if (r.headSeq !== head.seq || r.headHash !== head.hash)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing acknowledged: the log changed while its chain was checked (seq ${head.seq} became ${r.headSeq})`,
+      LOOK_AGAIN,
+    );
+  return acknowledgeBreaks(log, v, head);
+}
