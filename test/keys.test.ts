@@ -5,6 +5,7 @@
  * the end-to-end part). Every value here is test data, so comparing hex is fine.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import { test } from 'node:test';
 import bcrypt from 'bcrypt-pbkdf';
@@ -1371,5 +1372,48 @@ test("bcrypt_pbkdf matches OpenBSD's bcrypt_pbkdf regress vectors", () => {
     const p = Buffer.from(pass, 'latin1');
     const s = Buffer.from(salt, 'latin1');
     assert.equal(ours(p, s, rounds, want.length / 2), want, JSON.stringify([pass, salt, rounds]));
+  }
+});
+
+test('key: a held EC key signs on one context of its own, valid for each curve and digest, and freeing it returns every byte of the secure heap', () => {
+  // OpensslKey keeps an EVP_PKEY_CTX with the key (src/lib/openssl.ts, signEc): the digest set
+  // on it changes with the hash asked for, and free() frees it before the key. The keys come
+  // from the openssl command: node:crypto's own keys hold secure heap until a collection.
+  assert.equal(secureHeapReady(), true);
+  const curves = { 'P-256': 'prime256v1', 'P-384': 'secp384r1', 'P-521': 'secp521r1' } as const;
+  const keyOf = (name: string) => {
+    const der = execFileSync('openssl', [
+      'ecparam',
+      '-name',
+      name,
+      '-genkey',
+      '-noout',
+      '-outform',
+      'DER',
+    ]);
+    const pub = execFileSync('openssl', ['ec', '-inform', 'DER', '-pubout', '-outform', 'DER'], {
+      input: der,
+      stdio: ['pipe', 'pipe', 'ignore'],
+    });
+    return { der, publicKey: { key: pub, format: 'der', type: 'spki' } as const };
+  };
+  // OpenSSL's first signature in a process keeps a block of the heap for its random generator.
+  const first = OpensslKey.parse(keyOf('prime256v1').der, 'ec');
+  first?.sign('sha256', Buffer.from('first'));
+  first?.free();
+  for (const [curve, name] of Object.entries(curves)) {
+    const { der, publicKey } = keyOf(name);
+    const start = secureHeapUsed();
+    const k = OpensslKey.parse(der, 'ec');
+    assert.ok(k, curve);
+    for (const hash of ['sha256', 'sha512', 'sha384', 'sha256'] as const)
+      for (const data of [Buffer.alloc(0), Buffer.from(`${curve} ${hash}`)]) {
+        const sig = k.sign(hash, data);
+        assert.equal(crypto.verify(hash, data, publicKey, sig), true, `${curve} ${hash}`);
+      }
+    assert.ok(secureHeapUsed() > start, `${curve}: held in the secure heap`);
+    k.free();
+    assert.equal(secureHeapUsed(), start, `${curve}: the key and its context freed`);
+    assert.throws(() => k.sign('sha256', Buffer.from('after free')), /the key was freed/);
   }
 });

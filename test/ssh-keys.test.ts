@@ -831,6 +831,7 @@ test(
     const keys = [
       sshKeygen(h.dir, 'h-p256', ['-t', 'ecdsa', '-b', '256', '-N', '', '-m', 'PEM']),
       sshKeygen(h.dir, 'h-p384', ['-t', 'ecdsa', '-b', '384', '-N', '', '-m', 'PEM']),
+      sshKeygen(h.dir, 'h-p521', ['-t', 'ecdsa', '-b', '521', '-N', '', '-m', 'PEM']),
     ];
     const scalars = keys.map((f) =>
       Buffer.from(

@@ -153,28 +153,26 @@ function bind(): Crypto {
   let pkeySign: Crypto['pkeySign'];
   try {
     koffi.opaque('keyward_EVP_PKEY_CTX');
+    // The calls first: the digests are fetched (and kept) only once every call is there.
+    const calls = {
+      ctxNew: lib.func('keyward_EVP_PKEY_CTX *EVP_PKEY_CTX_new(keyward_EVP_PKEY *, void *)'),
+      ctxFree: lib.func('void EVP_PKEY_CTX_free(keyward_EVP_PKEY_CTX *)'),
+      init: lib.func('int EVP_PKEY_sign_init(keyward_EVP_PKEY_CTX *)'),
+      setMd: lib.func(
+        'int EVP_PKEY_CTX_set_signature_md(keyward_EVP_PKEY_CTX *, const keyward_EVP_MD *)',
+      ),
+      sign: lib.func(
+        'int EVP_PKEY_sign(keyward_EVP_PKEY_CTX *, _Out_ uint8_t *, _Inout_ size_t *, const uint8_t *, size_t)',
+      ),
+    };
     const md = {
       sha256: fetch(null, 'SHA256', null),
       sha384: fetch(null, 'SHA384', null),
       sha512: fetch(null, 'SHA512', null),
     };
-    pkeySign =
-      md.sha256 && md.sha384 && md.sha512
-        ? {
-            ctxNew: lib.func('keyward_EVP_PKEY_CTX *EVP_PKEY_CTX_new(keyward_EVP_PKEY *, void *)'),
-            ctxFree: lib.func('void EVP_PKEY_CTX_free(keyward_EVP_PKEY_CTX *)'),
-            init: lib.func('int EVP_PKEY_sign_init(keyward_EVP_PKEY_CTX *)'),
-            setMd: lib.func(
-              'int EVP_PKEY_CTX_set_signature_md(keyward_EVP_PKEY_CTX *, const keyward_EVP_MD *)',
-            ),
-            sign: lib.func(
-              'int EVP_PKEY_sign(keyward_EVP_PKEY_CTX *, _Out_ uint8_t *, _Inout_ size_t *, const uint8_t *, size_t)',
-            ),
-            md,
-          }
-        : undefined;
+    pkeySign = md.sha256 && md.sha384 && md.sha512 ? { ...calls, md } : undefined;
   } catch {
-    pkeySign = undefined; // an OpenSSL 1.1 (the md call a macro there): EVP_DigestSign each time
+    pkeySign = undefined; // a libcrypto without one of the calls: EVP_DigestSign each time
   }
   let sha512Low: Sha512Calls | undefined;
   try {
