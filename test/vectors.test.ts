@@ -303,7 +303,7 @@ async function packageSays(script: string): Promise<string> {
 
 test('libsodium is loaded by its fixed path on Linux, and is the library its own resolver finds', async () => {
   const { sodium, sodiumPreloaded } = await import('../src/lib/sodium.js');
-  assert.equal(sodiumPreloaded, process.platform === 'linux');
+  assert.equal(sodiumPreloaded(), process.platform === 'linux');
   // The package's own resolver, in a process of its own, gives the same library: the same
   // functions, the same BLAKE2b of the same bytes.
   const other = await packageSays(
@@ -317,12 +317,12 @@ test('libsodium is loaded by its fixed path on Linux, and is the library its own
 test("secure memory comes from libsodium's addon directly on Linux, and is the package's own: either frees the other's buffers", async () => {
   const { secureMemory, memoryFromAddon, sodiumPackage } =
     await import('../src/lib/sodium-addon.js');
-  assert.equal(memoryFromAddon, process.platform === 'linux');
+  assert.equal(memoryFromAddon(), process.platform === 'linux');
   const whole = sodiumPackage();
   // A buffer from the direct path is one the package recognises as its own, and the other way
   // round: the package's sodium_free ignores a buffer without its mark, which would leave a
   // secret mapped until the collector ran.
-  const a = secureMemory.sodium_malloc(100);
+  const a = secureMemory().sodium_malloc(100);
   a.fill(7);
   whole.sodium_memzero(a);
   assert.ok(a.every((b) => b === 0));
@@ -330,15 +330,15 @@ test("secure memory comes from libsodium's addon directly on Linux, and is the p
   assert.equal(a.length, 0, 'the package freed (detached) a buffer from the direct path');
   const b = whole.sodium_malloc(100);
   b.fill(9);
-  secureMemory.sodium_memzero(b);
+  secureMemory().sodium_memzero(b);
   assert.ok(b.every((x) => x === 0));
-  secureMemory.sodium_free(b);
+  secureMemory().sodium_free(b);
   assert.equal(b.length, 0, 'the direct path freed a buffer from the package');
   // A plain Buffer is not freed (the package's rule): its memory is not libsodium's.
   const plain = Buffer.alloc(100, 1);
-  secureMemory.sodium_free(plain);
+  secureMemory().sodium_free(plain);
   assert.equal(plain.length, 100);
-  assert.throws(() => secureMemory.sodium_malloc(-1));
+  assert.throws(() => secureMemory().sodium_malloc(-1));
 });
 
 test("koffi's build is loaded by its fixed place on glibc Linux, and is the build the package's loader picks", async () => {

@@ -41,7 +41,7 @@ export function secureAlloc(size: number, o?: { mustLock?: boolean }): SecureBuf
   // passing over empty buffers, left to a collection: a caller that sent empty values could run
   // the agent into the kernel's limit on mappings, and it aborted.)
   if (size <= 0) return Buffer.alloc(0) as SecureBuffer;
-  const buf = memory.sodium_malloc(size) as SecureBuffer;
+  const buf = memory().sodium_malloc(size) as SecureBuffer;
   // sodium_malloc locks its pages where RLIMIT_MEMLOCK allows and goes on silently where it
   // doesn't: a secret there could be swapped to disk. Any process of the user can lower the
   // limit of a running keyward process (prlimit; found in review), so each allocation is locked
@@ -49,7 +49,7 @@ export function secureAlloc(size: number, o?: { mustLock?: boolean }): SecureBuf
   // (every key, and what holds a value of up to 64 KiB) is refused where it can't be. Larger
   // ones stay where libsodium put them, as THREAT-MODEL.md says: 8 MiB could not hold them.
   try {
-    memory.sodium_mlock(buf);
+    memory().sodium_mlock(buf);
   } catch {
     if (size <= MUST_LOCK || o?.mustLock === true) {
       freeNow(buf);
@@ -98,8 +98,8 @@ function notLocked(size: number): KeywardError {
 }
 
 function freeNow(b: SecureBuffer): void {
-  memory.sodium_memzero(b);
-  memory.sodium_free(b);
+  memory().sodium_memzero(b);
+  memory().sodium_free(b);
 }
 
 /**
@@ -162,7 +162,7 @@ export function secureRelease(buf: SecureBuffer | undefined): void {
   }
   // A view stays attached while its class buffer waits in the pool: marked, so it is never used.
   if (whole) givenBack.add(buf);
-  memory.sodium_memzero(b);
+  memory().sodium_memzero(b);
   if (order.length >= POOL_BUFFERS) {
     const oldest = order.shift() as SecureBuffer;
     const list = pool.get(oldest.length) ?? [];
@@ -197,7 +197,7 @@ export function secureTake(source: Uint8Array | number[], pooled = false): Secur
     source.fill(0);
   } else {
     out.set(source);
-    memory.sodium_memzero(source);
+    memory().sodium_memzero(source);
   }
   return out;
 }
@@ -215,7 +215,7 @@ export function secureEqual(a: Uint8Array, b: Uint8Array): boolean {
 }
 
 export function zero(buf: Uint8Array): void {
-  memory.sodium_memzero(buf);
+  memory().sodium_memzero(buf);
 }
 
 /**

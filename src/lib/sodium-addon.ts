@@ -83,10 +83,14 @@ function preloadAddon(): { addon: Addon; index: string } | undefined {
  * chunks each hold one, scripts/bundle.ts): the second copy finds the addon the first loaded, and
  * the same package index beside it, instead of a binding it did not load itself.
  */
-const preloaded = processWide('sodium-addon', preloadAddon);
+function preloaded(): { addon: Addon; index: string } | undefined {
+  return processWide('sodium-addon', () => ({ found: preloadAddon() })).found;
+}
 
 /** Whether the addon was loaded without the package's resolver (for the test). */
-export const sodiumPreloaded = preloaded !== undefined;
+export function sodiumPreloaded(): boolean {
+  return preloaded() !== undefined;
+}
 
 let whole: typeof Sodium | undefined;
 
@@ -95,7 +99,7 @@ let whole: typeof Sodium | undefined;
  * it (so the memory functions below and the package's are one libsodium, never two copies).
  */
 export function sodiumPackage(): typeof Sodium {
-  return (whole ??= require(preloaded?.index ?? 'sodium-native') as typeof Sodium);
+  return (whole ??= require(preloaded()?.index ?? 'sodium-native') as typeof Sodium);
 }
 
 export interface SecureMemory {
@@ -108,14 +112,15 @@ export interface SecureMemory {
 
 /** The addon's memory functions wrapped as the package's index wraps them, or undefined. */
 function fromAddon(): SecureMemory | undefined {
-  if (!preloaded) return undefined;
+  const found = preloaded();
+  if (!found) return undefined;
   try {
-    const index = fs.readFileSync(preloaded.index, 'utf8');
+    const index = fs.readFileSync(found.index, 'utf8');
     if (!MEMORY_WRAPPERS.every((w) => index.includes(w))) return undefined;
   } catch {
     return undefined;
   }
-  const { addon } = preloaded;
+  const { addon } = found;
   return {
     sodium_malloc(size) {
       if (!(size >= 0)) throw new RangeError('invalid size');
@@ -138,10 +143,23 @@ function fromAddon(): SecureMemory | undefined {
   };
 }
 
-const direct = fromAddon();
+let memory: { direct: boolean; calls: SecureMemory } | undefined;
+
+/**
+ * sodium_malloc, sodium_free and sodium_memzero: the package's own where the check failed. Made
+ * at the first call, not when this module loads: `keyward read` connects to the agent first, and
+ * the addon loads while the agent identifies it (docs/PERFORMANCE.md, "keyward read").
+ */
+export function secureMemory(): SecureMemory {
+  if (memory === undefined) {
+    const direct = fromAddon();
+    memory = { direct: direct !== undefined, calls: direct ?? sodiumPackage() };
+  }
+  return memory.calls;
+}
 
 /** Whether secure memory comes straight from the addon (for the test). */
-export const memoryFromAddon = direct !== undefined;
-
-/** sodium_malloc, sodium_free and sodium_memzero: the package's own where the check failed. */
-export const secureMemory: SecureMemory = direct ?? sodiumPackage();
+export function memoryFromAddon(): boolean {
+  secureMemory();
+  return memory?.direct === true;
+}
