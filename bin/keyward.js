@@ -34,7 +34,8 @@ const agentRunShape = (() => {
   if (argv[i] !== 'agent' || argv[i + 1] !== 'run') return false;
   i += 2;
   if (argv[i] === '--ready-fd') {
-    if (!/^\d{1,4}$/.test(argv[i + 1] ?? '')) return false;
+    const fd = argv[i + 1] ?? '';
+    if (!/^\d{1,4}$/.test(fd) || Number(fd) < 3) return false;
     i += 2;
   }
   if (argv[i] === '--no-console') i += 1;

@@ -140,7 +140,7 @@ test('a requester that goes away takes its request with it', async () => {
   assert.equal(denied?.details['reason'], 'the requester went away');
 });
 
-test('read NAME, lock, agent start and agent stop load no command-line parser: their own file, never main.js or commander', async () => {
+test('read NAME, lock, agent start, agent run and agent stop load no command-line parser: their own file, never main.js or commander', async () => {
   const h = await unlockedAgent(
     'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n',
     homes,
@@ -157,6 +157,9 @@ test('read NAME, lock, agent start and agent stop load no command-line parser: t
     [['read', 'app/token'], 'quick.cjs', 0],
     // An agent already answers: the command refuses before it spawns anything to trace.
     [['agent', 'start'], 'quick-start.cjs', 5],
+    // The agent itself, as `agent start` runs it: refused too (one agent a home; traced, it
+    // would refuse the tracer first, which --allow-debugger lets by).
+    [['--allow-debugger', 'agent', 'run', '--no-console'], 'agent-run.js', 5],
     [['lock'], 'quick.cjs', 0],
     [['agent', 'stop'], 'quick.cjs', 0],
   ];

@@ -1,6 +1,6 @@
 /**
  * `keyward agent run` in the shapes `agent start` spawns it with (src/agent/start.ts), without the
- * command-line parser: commander and main.ts's tables are ~1.5 MiB of an idle agent's resident
+ * command-line parser: commander and main.ts's tables are ~1 MiB of an idle agent's resident
  * memory (docs/PERFORMANCE.md, "Agent memory"). Every other shape (`agent run --help`, an option
  * spelled another way) goes through main.ts, whose command calls the same function below.
  */
@@ -49,9 +49,8 @@ export function agentRunShape(argv: readonly string[]): AgentRunOptions | undefi
   i += 2;
   let readyFd: number | undefined;
   if (argv[i] === '--ready-fd') {
-    const v = argv[i + 1] ?? '';
-    if (readyFdOf(v) === undefined) return undefined;
-    readyFd = Number(v);
+    readyFd = readyFdOf(argv[i + 1] ?? '');
+    if (readyFd === undefined) return undefined;
     i += 2;
   }
   let console = true;

@@ -134,7 +134,7 @@ async function listen(
   cfg: RemoteListen,
   handler: http.RequestListener,
 ): Promise<{ server: https.Server; guard: net.Server | undefined }> {
-  // Loaded here, not with the console: node:https and node:tls are ~1 MiB of an idle agent's
+  // Loaded here, not with the console: node:https and node:tls are ~0.5 MiB of an idle agent's
   // memory, which an agent without an operator listener does without. Before the key is read,
   // so that nothing awaits while its bytes are held.
   const { createServer } = await import('node:https');

@@ -24,7 +24,7 @@ export async function createRunCa(hosts: readonly string[]): Promise<RunCaT> {
 
 /**
  * A run's proxy server, listening (server.ts). Loaded on first use, like the authority: the
- * server and its wire bring node:tls, ~1 MiB of an idle agent's memory that only a proxied run
+ * server and its wire bring node:tls, with https ~0.5 MiB of an idle agent's memory that only a proxied run
  * needs (docs/PERFORMANCE.md, "Agent memory").
  */
 export async function startProxyServer(
