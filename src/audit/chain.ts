@@ -137,13 +137,16 @@ export function breakAfter(
  * The hash of the entry at seq, reached from the log's last entry through the links (each line's
  * prev is the hash of the line before it, each seq one less): `found` is that hash, or undefined
  * when the walk reached no entry at seq (a shorter log); `broken` says where a link failed
- * before it. Hashes every line from the end back to seq.
+ * before it, or names a segment out of place (segmentsOutOfPlace). Hashes every line from the
+ * end back to seq.
  */
 export function chainBackTo(
   dir: string,
   seq: number,
   head: number,
 ): { found?: string; broken?: string } {
+  const odd = segmentsOutOfPlace(dir, head);
+  if (odd !== undefined) return { broken: odd };
   let want: { seq: number; hash: string } | undefined;
   let out: { found?: string; broken?: string } = {};
   // From the segment the head is in (the state's): a file numbered past it is no part of the log.

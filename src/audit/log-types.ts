@@ -1,8 +1,9 @@
-/** The audit writer's options and what it knows between appends (log.ts). */
+/** The audit writer's options, and what it knows between appends and when it may trust it (log.ts). */
 import fs from 'node:fs';
 import type { FileIdentity } from '../lib/libc.js';
+import { parseLine } from './entry.js';
 import type { ShippedEntry } from './ship.js';
-import { stampFrom } from './segment-files.js';
+import { segmentStamp, stampFrom } from './segment-files.js';
 import type { AuditState, HeldState } from './state.js';
 import type { Tail } from './tail.js';
 
@@ -82,4 +83,45 @@ export interface Known {
 export function stampOf(file: string): string | undefined {
   const s = fs.lstatSync(file, { bigint: true, throwIfNoEntry: false });
   return s === undefined ? undefined : stampFrom(s);
+}
+
+/** A segment's head, and whether it came from what the writer knew (`seen`) or from the file. */
+export interface KnownHead {
+  head: Head;
+  tail: Tail;
+  lastType: string | undefined;
+  first: { time: number | undefined } | undefined;
+  /** The segment's identity, when it showed the file as this writer left it. */
+  seen?: FileIdentity;
+}
+
+/**
+ * The segment's head as this writer left it (`seg`), when the segment's stamp says no one has
+ * written to it, cut it or replaced it since; else read from the file. given: a statx of the
+ * segment already taken under the same lock.
+ */
+export function knownHead(
+  seg: Known['seg'],
+  segment: number,
+  given: SegmentSeen | undefined,
+  statOf: (segment: number) => FileIdentity | undefined,
+  read: (segment: number) => { head: Head; tail: Tail },
+): KnownHead {
+  const seen =
+    seg?.segment === segment
+      ? given?.segment === segment && given.stat !== undefined
+        ? given.stat
+        : statOf(segment)
+      : undefined;
+  if (seg && seen && seg.stamp === segmentStamp(seen))
+    return {
+      head: { ...seg.head },
+      tail: { ...seg.tail },
+      lastType: seg.lastType,
+      first: seg.first,
+      seen,
+    };
+  const r = read(segment);
+  const lastType = r.tail.lastLine === undefined ? undefined : parseLine(r.tail.lastLine)?.type;
+  return { ...r, lastType, first: undefined };
 }

@@ -6,20 +6,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError } from '../errors.js';
 import { onLocalDisk } from '../lib/file-systems.js';
-import {
-  ensurePrivateDir,
-  fsyncDir,
-  HeldLock,
-  withFileLock,
-  withFileLockAsync,
-} from '../lib/files.js';
+import { fsyncDir, HeldLock, withFileLock, withFileLockAsync } from '../lib/files.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
-import { parseLine } from './entry.js';
 import type { Checkpoint } from './verify.js';
 import { encodeBatch } from './batch.js';
-import { breakAfter, chainBackTo, segmentsOutOfPlace } from './chain.js';
+import { breakAfter, chainBackTo } from './chain.js';
 import { cutBehindRecord, strayRecord } from './checkpoint.js';
-import { readShipFile, Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
+import { Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
 import { cutTorn, firstLineTime, headOfSegment, lineStillThere, type Tail } from './tail.js';
 import { hashAt, unacknowledgedGapLines, unacknowledgedGaps, type GapLine } from './history.js';
 import type { AuditRecord } from './events.js';
@@ -29,17 +22,19 @@ import { statWithoutTimes, type FileIdentity } from '../lib/libc.js';
 import { BodySealer } from './body.js';
 import {
   DEFAULTS,
+  knownHead,
   LOCK_TIMEOUT_MS,
   stampOf,
   type AuditOptions,
   type Head,
   type Known,
+  type KnownHead,
   type SegmentSeen,
 } from './log-types.js';
 
 export type { AuditOptions, Head } from './log-types.js';
 import { checkBox, replaceBoxKey, type BoxGap, type BoxTrust } from './box.js';
-import { epochZeroKey, nextEpochKey } from './keys.js';
+import { nextEpochKey } from './keys.js';
 import {
   auditPaths,
   checkAuditDir,
@@ -47,6 +42,7 @@ import {
   HeldState,
   readStateHeld,
   segmentName,
+  startLog,
   unwritable,
   writeState,
   type AuditPaths,
@@ -57,7 +53,6 @@ export class AuditLog {
   readonly paths: AuditPaths;
   private readonly o: Required<Omit<AuditOptions, 'now'>> & { now: () => Date };
   private readonly shipper: Shipper;
-  private shipOverride: ShipConfig | undefined;
   /** What this writer knows of the log since it last wrote, while the files' stamps hold. */
   private known: Known | undefined;
   private boxTrust: (() => BoxTrust | undefined) | undefined;
@@ -86,30 +81,9 @@ export class AuditLog {
     return fs.existsSync(this.paths.state);
   }
 
-  /**
-   * Starts the log for a new vault: epoch 0 from the seed, no entries yet. Any log already in the
-   * directory is moved aside first (audit.bak-TIME), never deleted.
-   */
+  /** Starts the log for a new vault (startLog, state.ts). */
   create(seed: SecureBuffer, boxPublicKey: Buffer): string | undefined {
-    let moved: string | undefined;
-    if (fs.existsSync(this.paths.dir)) {
-      moved = `${this.paths.dir}.bak-${this.o.now().toISOString().replace(/[:.]/g, '-')}`;
-      fs.renameSync(this.paths.dir, moved);
-    }
-    ensurePrivateDir(this.paths.dir);
-    const key = epochZeroKey(seed);
-    try {
-      writeState(this.paths, {
-        epoch: 0,
-        epochStartMs: this.o.now().getTime(),
-        segment: 1,
-        key,
-        boxPublicKey,
-      });
-    } finally {
-      secureFree(key);
-    }
-    return moved;
+    return startLog(this.paths, seed, boxPublicKey, this.o.now());
   }
 
   /**
@@ -135,22 +109,17 @@ export class AuditLog {
    * what the last `policy apply` left in audit/ship.
    */
   shipping(): ShipConfig {
-    return this.shipOverride ?? readShipFile(this.paths);
+    return this.shipper.config();
   }
 
   /** The agent ships by its policy, whatever audit/ship says. */
   setShipping(cfg: ShipConfig): void {
-    this.shipOverride = cfg;
+    this.shipper.setConfig(cfg);
   }
 
   /** Sends what an append wrote to the system log, if shipping is on. Never throws. */
   ship(head: Head): void {
-    if (!head.written || head.written.length === 0) return;
-    try {
-      this.shipper.ship(this.shipping(), head.written);
-    } catch {
-      // The local log holds the entries durably; the copy is best effort.
-    }
+    this.shipper.shipWritten(head.written);
   }
 
   /**
@@ -329,40 +298,15 @@ export class AuditLog {
     this.lock = undefined;
   }
 
-  /**
-   * The segment's head as this writer left it, when the segment's stamp says no one has written
-   * to it, cut it or replaced it since; else read from the file.
-   */
-  private headKnown(
-    segment: number,
-    given?: SegmentSeen,
-  ): {
-    head: Head;
-    tail: Tail;
-    lastType: string | undefined;
-    first: { time: number | undefined } | undefined;
-    /** The segment's identity, when it showed the file as this writer left it. */
-    seen?: FileIdentity;
-  } {
-    const seg = this.known?.seg;
-    const seen =
-      seg?.segment === segment
-        ? given?.segment === segment && given.stat !== undefined
-          ? given.stat
-          : this.segmentStat(segment)
-        : undefined;
-    if (seg && seen && seg.stamp === segmentStamp(seen))
-      return {
-        head: { ...seg.head },
-        tail: { ...seg.tail },
-        lastType: seg.lastType,
-        first: seg.first,
-        seen,
-      };
-    const read = this.headOf(segment);
-    const lastType =
-      read.tail.lastLine === undefined ? undefined : parseLine(read.tail.lastLine)?.type;
-    return { ...read, lastType, first: undefined };
+  /** The segment's head as this writer left it, or read again (knownHead, log-types.ts). */
+  private headKnown(segment: number, given?: SegmentSeen): KnownHead {
+    return knownHead(
+      this.known?.seg,
+      segment,
+      given,
+      (n) => this.segmentStat(n),
+      (n) => this.headOf(n),
+    );
   }
 
   /** Points new bodies at a new box public key (audit rekey), under the log's lock. */
@@ -396,8 +340,7 @@ export class AuditLog {
    * failed, or a segment out of place (chain.ts).
    */
   chainBackTo(seq: number, head: number): { found?: string; broken?: string } {
-    const odd = segmentsOutOfPlace(this.paths.dir, head);
-    return odd === undefined ? chainBackTo(this.paths.dir, seq, head) : { broken: odd };
+    return chainBackTo(this.paths.dir, seq, head);
   }
 
   /** The seqs of recorded breaks (`audit.gap`) since the last acknowledgement, oldest first. */

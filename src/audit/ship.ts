@@ -143,8 +143,30 @@ function readDropped(p: AuditPaths): number {
 /** Sends entries to the system log; counts what it can't send. One socket per writer. */
 export class Shipper {
   private fd: number | undefined;
+  /** What the agent set from the policy it holds: in force over audit/ship. */
+  private override: ShipConfig | undefined;
 
   constructor(private readonly paths: AuditPaths) {}
+
+  /** The shipping in force: what the agent set, else what the last `policy apply` left. */
+  config(): ShipConfig {
+    return this.override ?? readShipFile(this.paths);
+  }
+
+  /** The agent ships by its policy, whatever audit/ship says. */
+  setConfig(cfg: ShipConfig): void {
+    this.override = cfg;
+  }
+
+  /** Sends what an append wrote, if shipping is on. Never throws: the local log holds it. */
+  shipWritten(entries: readonly ShippedEntry[] | undefined): void {
+    if (!entries || entries.length === 0) return;
+    try {
+      this.ship(this.config(), entries);
+    } catch {
+      // The local log holds the entries durably; the copy is best effort.
+    }
+  }
 
   ship(cfg: ShipConfig, entries: readonly ShippedEntry[]): void {
     if (cfg.kind === 'none' || entries.length === 0) return;

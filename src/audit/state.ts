@@ -4,7 +4,14 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError, KeywardError } from '../errors.js';
-import { fileKey, openOwnFile, problemOf, refuseIfProblem, writeFileAtomic } from '../lib/files.js';
+import {
+  ensurePrivateDir,
+  fileKey,
+  openOwnFile,
+  problemOf,
+  refuseIfProblem,
+  writeFileAtomic,
+} from '../lib/files.js';
 import {
   readFdToSecure,
   secureAlloc,
@@ -14,7 +21,7 @@ import {
   zero,
   type SecureBuffer,
 } from '../lib/secure.js';
-import { BOX_PK_BYTES, KEY_BYTES } from './keys.js';
+import { BOX_PK_BYTES, epochZeroKey, KEY_BYTES } from './keys.js';
 
 const MAGIC = Buffer.from('KWAUDST1', 'ascii');
 export const STATE_BYTES = 8 + 4 + 8 + 4 + KEY_BYTES + BOX_PK_BYTES; // 88
@@ -222,6 +229,31 @@ export function writeState(p: AuditPaths, s: AuditState): void {
   head.writeBigUInt64BE(BigInt(s.epochStartMs), 12);
   head.writeUInt32BE(s.segment, 20);
   writeFileAtomic(p.state, [head, s.key, s.boxPublicKey]);
+}
+
+/**
+ * Starts the log for a new vault: epoch 0 from the seed, no entries yet. Any log already in the
+ * directory is moved aside first (audit.bak-TIME), never deleted; returns where it went.
+ */
+export function startLog(
+  p: AuditPaths,
+  seed: SecureBuffer,
+  boxPublicKey: Buffer,
+  now: Date,
+): string | undefined {
+  let moved: string | undefined;
+  if (fs.existsSync(p.dir)) {
+    moved = `${p.dir}.bak-${now.toISOString().replace(/[:.]/g, '-')}`;
+    fs.renameSync(p.dir, moved);
+  }
+  ensurePrivateDir(p.dir);
+  const key = epochZeroKey(seed);
+  try {
+    writeState(p, { epoch: 0, epochStartMs: now.getTime(), segment: 1, key, boxPublicKey });
+  } finally {
+    secureFree(key);
+  }
+  return moved;
 }
 
 /** The log's directory is there and private (one lstat: a writer checks it at every batch). */
