@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const SRC = path.join(ROOT, 'dist/src');
 const OUT = path.join(SRC, 'bundle');
-/** The QR encoder the console's page loads (src/console/server.ts serves it as /vendor/qr.js). */
+/** The QR encoder the console's page loads (src/console/static.ts serves it as /vendor/qr.js). */
 const WEB_VENDOR_QR = path.join(OUT, 'console-qr.js');
 
 /**

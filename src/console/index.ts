@@ -2,7 +2,8 @@
  * The web console's public surface (docs/CONSOLE.md): the server the agent runs, and the
  * WebAuthn credentials kept in the vault.
  */
-export { ConsoleServer, type ConsoleHost, type PinView } from './server.js';
+export type { ConsoleHost, PinView } from './host.js';
+export { ConsoleServer } from './server.js';
 export {
   changeCredential,
   checkCredentialName,

@@ -8,15 +8,9 @@
  */
 import fs from 'node:fs';
 import http from 'node:http';
-import { createRequire } from 'node:module';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import type { Factor, Pending } from '../approval/index.js';
 import type { AuditRecord } from '../audit/index.js';
-import type { Loaded } from '../policy/index.js';
-import { secureFree, type SecureBuffer } from '../lib/secure.js';
-import type { Vault } from '../vault/index.js';
-import { OperatorSessions, type OidcLogin, type OperatorIdentity } from '../operators/index.js';
+import { secureFree } from '../lib/secure.js';
+import { OperatorSessions } from '../operators/index.js';
 import { routeApi } from './api.js';
 import { routeOperator } from './operators.js';
 import { RemoteOperators } from './remote.js';
@@ -36,100 +30,9 @@ import {
 } from './http.js';
 import { Sessions, type Session } from './sessions.js';
 import { TabProof } from './tab-proof.js';
+import type { ConsoleHost } from './host.js';
+import { operatorPage, STATIC } from './static.js';
 import { assertionOptions, verifyAssertion } from './webauthn.js';
-
-export interface ConsoleHost {
-  home: string;
-  /** The open vault; throws AGENT_LOCKED when the agent is locked. */
-  vault(): Vault;
-  /** Changes the open vault and saves it under the vault lock (UnlockWindow.write). */
-  write<T>(fn: (v: Vault) => { result: T; save: boolean }): Promise<T>;
-  policy(): Loaded | undefined;
-  pending(): Pending[];
-  onPendingChange(fn: () => void): () => void;
-  approve(id: string, factor: Factor): Promise<unknown>;
-  deny(id: string): void;
-  record(r: AuditRecord): Promise<unknown>;
-  /** A failed login or approval counts toward the agent's circuit breaker. */
-  noteDenial(): void;
-  /** MCP pins per server: what is trusted, and what waits with its word diff. */
-  pins(): Promise<PinView[]>;
-  /** Trusts one waiting definition, bound to the hash shown; needs the passphrase. */
-  trustPin(server: string, tool: string, sha256: string, passphrase: SecureBuffer): Promise<void>;
-  /**
-   * Enrols a new TOTP secret (replacing any other); needs the passphrase. Returns, in secure
-   * memory, the QR module matrix (u16 side, then a byte per module) and the otpauth URI.
-   */
-  enrollTotp(passphrase: SecureBuffer): Promise<SecureBuffer>;
-  /** The operator an OIDC token names (the issuer in policy); throws OPERATOR_REFUSED. */
-  operatorByToken(token: string): Promise<OperatorIdentity>;
-  /** The operator an API key names, or undefined (the key is read, not freed). */
-  operatorByKey(key: SecureBuffer): OperatorIdentity | undefined;
-  /**
-   * The operator as trusted now: a key still in the vault, an issuer the policy still names with
-   * the groups it still allows; undefined when that trust was withdrawn since the login.
-   */
-  operatorLive(op: OperatorIdentity): OperatorIdentity | undefined;
-  /** Whether an operator could log in at all: an issuer in policy, or an API key in the vault. */
-  hasOperators(): boolean;
-  /** The sign-in with the issuer in policy, coming back to redirectUri; OPERATOR_REFUSED without one. */
-  oidcLogin(redirectUri: string): Promise<OidcLogin>;
-  /** An operator denies a request its groups may decide. */
-  operatorDeny(id: string, operator: OperatorIdentity): Promise<void>;
-}
-
-export interface PinView {
-  server: string;
-  pinned: Array<{ tool: string; sha256: string; at: string }>;
-  /** The word diff as parts (never marker text a definition could forge). */
-  waiting: Array<{
-    tool: string;
-    sha256: string;
-    at: string;
-    diff: Array<{ op: '=' | '-' | '+'; text: string }> | null;
-  }>;
-}
-
-const WEB = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', '..', 'web');
-const STATIC: Record<string, { file: string; type: string }> = {
-  '/': { file: path.join(WEB, 'index.html'), type: 'text/html; charset=utf-8' },
-  '/app.js': { file: path.join(WEB, 'app.js'), type: 'text/javascript; charset=utf-8' },
-  '/app.css': { file: path.join(WEB, 'app.css'), type: 'text/css; charset=utf-8' },
-  '/dom.js': { file: path.join(WEB, 'dom.js'), type: 'text/javascript; charset=utf-8' },
-  '/draw.js': { file: path.join(WEB, 'draw.js'), type: 'text/javascript; charset=utf-8' },
-  '/operator': { file: path.join(WEB, 'operator.html'), type: 'text/html; charset=utf-8' },
-  '/operator.js': { file: path.join(WEB, 'operator.js'), type: 'text/javascript; charset=utf-8' },
-  // Built by scripts/bundle.ts from the qrcode package: the page draws a TOTP enrolment's code.
-  '/vendor/qr.js': {
-    file: path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'bundle', 'console-qr.js'),
-    type: 'text/javascript; charset=utf-8',
-  },
-  '/vendor/webauthn.js': {
-    file: path.join(
-      path.dirname(createRequire(import.meta.url).resolve('@simplewebauthn/browser')),
-      '..',
-      'dist',
-      'bundle',
-      'index.umd.min.js',
-    ),
-    type: 'text/javascript; charset=utf-8',
-  },
-};
-
-/**
- * What an operator's browser loads from 127.0.0.1 (where a provider's sign-in comes back, RFC
- * 8252): the operator page, its script and style, and the operator API. Nothing else answers there.
- */
-function operatorPage(url: string | undefined): boolean {
-  const p = (url ?? '').split('?')[0] ?? '';
-  return (
-    p === '/operator' ||
-    p === '/operator.js' ||
-    p === '/dom.js' ||
-    p === '/app.css' ||
-    p.startsWith('/api/operator/')
-  );
-}
 
 function listenOn(server: http.Server, host: string, port: number): Promise<void> {
   return new Promise<void>((resolve, reject) => {
