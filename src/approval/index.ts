@@ -8,11 +8,13 @@ export {
   askpassPin,
   askpassProblem,
   ENDED,
+  type AskpassAnswer,
+} from './askpass.js';
+export {
   Broker,
   Grants,
   mayApprove,
   requestDigest,
-  type AskpassAnswer,
   type Factor,
   type GrantScope,
   type How,
