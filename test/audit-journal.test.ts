@@ -335,6 +335,21 @@ describe('the journal', () => {
     assert.ok(v.ok, v.ok ? '' : v.finding.reason);
     // Every line of the writer's is there, the ten after the wrap among them.
     assert.equal(all.filter((l) => l.includes('"type":"secret.read"')).length, 2210);
+    // The wrap wrote within the journal, which stayed the one file, of its size, all along: a
+    // journal that grew past its size would have been a break and set aside (found when this
+    // test was first watched failing: with the wrap taken out, it passed on a new journal).
+    assert.equal(
+      all.some((l) => l.includes('"type":"audit.gap"')),
+      false,
+      'no break was recorded',
+    );
+    const audit = path.join(dir, 'audit');
+    assert.deepEqual(
+      fs.readdirSync(audit).filter((f) => f.startsWith('journal')),
+      ['journal'],
+      'no journal was set aside',
+    );
+    assert.equal(fs.statSync(path.join(audit, 'journal')).size, 4096 + (1 << 20));
     fs.rmSync(dir, { recursive: true, force: true });
   });
 
