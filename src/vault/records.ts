@@ -4,7 +4,8 @@
  * the records it touches), appending a save, and rewriting the file (compaction, a new header,
  * the migration from format 1). docs/FORMAT.md is the specification.
  *
- * Values stay sealed here (their boxes); only vault.ts opens them. Names and times are not secret.
+ * Values stay sealed here (their boxes); only vault.ts opens them (with record-values.ts and
+ * refresh.ts). Names and times are not secret.
  */
 import fs from 'node:fs';
 import type { IntegrityError } from '../errors.js';

@@ -88,6 +88,29 @@ export function passphraseSlot(s: { body: Buffer }): ReturnType<typeof parsePass
   return ps;
 }
 
+/**
+ * The key-encryption key of the passphrase slot a passphrase opens, derived with argon2id on
+ * libuv's thread pool (Vault.openAsync): an unlock Vault.open takes over.
+ */
+export async function derivedUnlock(
+  p: { vaultId: Buffer; slots: Slot[] },
+  passphrase: SecureBuffer,
+): Promise<Unlock> {
+  for (const [slotIndex, s] of p.slots.entries()) {
+    if (s.type !== SLOT_PASSPHRASE) continue;
+    const ps = passphraseSlot(s);
+    const kek = await passphraseKekAsync(passphrase, ps.salt, ps);
+    const dk = open(kek, ps.wrapped, slotAd(p.vaultId, SLOT_PASSPHRASE, ps.params));
+    if (!dk) {
+      secureFree(kek);
+      continue;
+    }
+    secureFree(dk);
+    return { derived: { slotIndex, kek } };
+  }
+  throw wrongPassphrase();
+}
+
 export function unwrapSlots(
   p: { vaultId: Buffer; slots: Slot[] },
   unlock: Unlock,

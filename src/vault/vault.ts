@@ -4,17 +4,15 @@
  * records to vault.kw (format 2), or replaces the file atomically when it must be rewritten.
  */
 import { sodium } from '../lib/sodium.js';
-import { AuthError, IntegrityError, UsageError } from '../errors.js';
+import { UsageError } from '../errors.js';
 import { hardenProcess } from '../lib/libc.js';
-import { MUST_LOCK, secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
+import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 import { backupSealer, type BackupSealer } from './backup-key.js';
 import {
   deriveSubkey,
   KDF_DEFAULT,
   keyIdOf,
   open,
-  openInto,
-  passphraseKekAsync,
   randomSecureKey,
   seal,
   systemRng,
@@ -27,11 +25,9 @@ import {
   secretNotFound,
   SLOT_KEYRING,
   SLOT_PASSPHRASE,
-  slotAd,
   stateAd,
   type Slot,
 } from './format.js';
-import { parseLog } from './log-format.js';
 import {
   headerFacts,
   readVaultFile,
@@ -39,15 +35,16 @@ import {
   type VaultFile,
   type VaultPaths,
 } from './file.js';
+import { eachValue } from './record-values.js';
 import { Records, sizeOf, type Entry, type RecordKeys } from './records.js';
+import { releasedRecords, replacedValues, rereadFile, type Replaced } from './refresh.js';
 import {
+  derivedUnlock,
   passphraseOpens,
   passphraseOpensAsync,
-  passphraseSlot,
   rewrapSlots,
   unwrapSlots,
   wrapPassphraseSlot,
-  wrongPassphrase,
   type Opened,
   type Unlock,
 } from './slots.js';
@@ -55,15 +52,8 @@ import { readIndex } from './v1.js';
 import { assertValueSize } from './values.js';
 
 export type { Unlock } from './slots.js';
+export type { Replaced } from './refresh.js';
 import { assertValidName } from '../lib/names.js';
-
-/** A released secret's value as it was before a refresh replaced or removed its record. */
-export interface Replaced {
-  name: string;
-  /** The replaced record's id (public). */
-  id: string;
-  value: SecureBuffer;
-}
 
 export interface EntryMeta {
   name: string;
@@ -115,19 +105,7 @@ export class Vault {
     if (!('passphrase' in unlock)) return Vault.open(paths, unlock, rng);
     hardenProcess();
     const p = headerFacts(readVaultFile(paths).bytes);
-    for (const [slotIndex, s] of p.slots.entries()) {
-      if (s.type !== SLOT_PASSPHRASE) continue;
-      const ps = passphraseSlot(s);
-      const kek = await passphraseKekAsync(unlock.passphrase, ps.salt, ps);
-      const dk = open(kek, ps.wrapped, slotAd(p.vaultId, SLOT_PASSPHRASE, ps.params));
-      if (!dk) {
-        secureFree(kek);
-        continue;
-      }
-      secureFree(dk);
-      return Vault.open(paths, { derived: { slotIndex, kek } }, rng);
-    }
-    throw wrongPassphrase();
+    return Vault.open(paths, await derivedUnlock(p, unlock.passphrase), rng);
   }
 
   /**
@@ -168,46 +146,8 @@ export class Vault {
   private readRecords(file: VaultFile, p: HeaderFacts, mode: 'all' | 'lazy' = 'all'): Records {
     if (!p.v1) return Records.fromLog(this.keys, file.bytes, file.stat, mode);
     const entries = readIndex(this.dk, p.v1);
-    this.eachValue(entries, this.subkey('secrets'), () => undefined);
+    eachValue(this.vaultId, entries, this.subkey('secrets'), () => undefined);
     return Records.fromV1(this.keys, p.v1.generation, entries);
-  }
-
-  /**
-   * Opens each entry's value under key, in order, into one secure scratch buffer (zeroed after
-   * each): any number of records costs one secure allocation here, not one per record (each
-   * holds memory mappings until the garbage collector runs, and a process has 65,530 of them).
-   * A record larger than MUST_LOCK opens into a buffer of its own: a scratch that large could be
-   * left unlocked (secureAlloc), and every small value would pass through it (found in review).
-   */
-  private eachValue(
-    entries: readonly Entry[],
-    key: SecureBuffer,
-    fn: (e: Entry, plain: SecureBuffer, ad: Buffer) => void,
-  ): void {
-    const small = (e: Entry) => e.box.length <= MUST_LOCK;
-    const longest = entries.reduce((m, e) => (small(e) ? Math.max(m, e.box.length) : m), 0);
-    const scratch = secureAlloc(longest);
-    try {
-      for (const [i, e] of entries.entries()) {
-        const own = small(e) ? undefined : secureAlloc(e.box.length);
-        const into = own ?? scratch;
-        try {
-          const ad = recordAd(this.vaultId, e.id, e.name);
-          const len = openInto(key, e.box, ad, into);
-          if (len === undefined)
-            throw corruptError(`vault record ${i + 1} failed authentication (tampered or damaged)`);
-          try {
-            fn(e, into.subarray(0, len) as SecureBuffer, ad);
-          } finally {
-            into.fill(0, 0, len);
-          }
-        } finally {
-          secureFree(own);
-        }
-      }
-    } finally {
-      secureFree(scratch);
-    }
   }
 
   /** A subkey of the data key, derived once while the vault is open (dropped with the key). */
@@ -401,7 +341,7 @@ export class Vault {
     const newKey = deriveSubkey(newDk, 'secrets');
     const entries: Entry[] = [];
     try {
-      this.eachValue(this.records.all(), this.subkey('secrets'), (e, plain, ad) => {
+      eachValue(this.vaultId, this.records.all(), this.subkey('secrets'), (e, plain, ad) => {
         entries.push({ ...e, box: seal(newKey, plain, ad, this.rng) });
       });
     } catch (e) {
@@ -460,55 +400,13 @@ export class Vault {
   refresh(keep: Iterable<string> = []): Replaced[] {
     this.live();
     // The records as they are now (a refresh may update the same object in place).
-    const before: { name: string; was: Entry }[] = [];
-    for (const name of keep) {
-      const was = name.startsWith('@') ? undefined : this.records.get(name, true);
-      if (was) before.push({ name, was });
-    }
-    const file = readVaultFile(this.paths);
-    const p = headerFacts(file.bytes);
-    // eslint-disable-next-line no-restricted-syntax -- ids are public
-    if (!p.vaultId.equals(this.vaultId) || !p.keyId.equals(keyIdOf(this.dk))) {
-      throw new AuthError(
-        'KEYRING_KEY_MISMATCH',
-        'the vault was rekeyed or replaced; unlock again',
-        { hint: 'keyward unlock' },
-      );
-    }
-    const layout = p.v1 ? undefined : parseLog(file.bytes);
-    const generation = layout
-      ? layout.header.base + BigInt(layout.starts.length)
-      : (p.v1?.generation ?? 0n);
-    if (generation < this.records.generation) {
-      // An older vault file put back under the open one: secrets removed or rotated since would
-      // come back. The caller locks; a fresh unlock reads the file as it is, on purpose.
-      throw new IntegrityError('VAULT_CORRUPT', 'the vault file went back to an older generation', {
-        hint: 'check who replaced vault.kw, then keyward unlock',
-      });
-    }
+    const before = releasedRecords(this.records, keep);
+    const { file, p, layout } = rereadFile(this.paths, this.vaultId, this.dk, this.records);
     this.records = layout
       ? this.records.refreshed(file.bytes, file.stat, layout)
       : this.readRecords(file, p);
     this.slots = p.slots;
-    const replaced: Replaced[] = [];
-    try {
-      for (const { name, was } of before) {
-        const now = this.records.get(name);
-        // eslint-disable-next-line no-restricted-syntax -- ids are public
-        if (now && now.id.equals(was.id)) continue;
-        const value = open(
-          this.subkey('secrets'),
-          was.box,
-          recordAd(this.vaultId, was.id, was.name),
-        );
-        if (!value) throw corruptError(`vault record of ${name} failed authentication`);
-        replaced.push({ name, id: was.id.toString('hex'), value });
-      }
-    } catch (e) {
-      for (const r of replaced) secureFree(r.value);
-      throw e;
-    }
-    return replaced;
+    return replacedValues(this.keys, this.records, before);
   }
   /**
    * checkPassphrase with argon2id on libuv's thread pool (the agent: approvals and console
