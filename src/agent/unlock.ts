@@ -3,20 +3,10 @@
  * for it, and the limits that close it (idle timeout, absolute cap, maximum uses). Closing wipes
  * the vault's keys; the agent clears everything derived from them at the same time.
  */
-import fs from 'node:fs';
-import path from 'node:path';
-import {
-  AuditLog,
-  auditPaths,
-  boxTrustOf,
-  agentAtBreak,
-  checkpointAtLock,
-  type AuditRecord,
-  type BoxTrust,
-} from '../audit/index.js';
+import { auditPaths, boxTrustOf, type AuditRecord, type BoxTrust } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { withFileLock, withFileLockAsync } from '../lib/files.js';
-import { WatchedStamp } from '../lib/watch.js';
+import type { WatchedStamp } from '../lib/watch.js';
 import { secureFree } from '../lib/secure.js';
 import {
   durationMs,
@@ -26,36 +16,17 @@ import {
   type Loaded,
 } from '../policy/index.js';
 import {
-  Vault,
   vaultPaths,
   type AuditSink,
-  type Replaced,
   type Unlock,
+  type Vault,
   type VaultPaths,
 } from '../vault/index.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
+import { locked, type WindowHost } from './window-host.js';
+import { openForWindow, sealAtLock, vaultFileStamp, watchVaultFile } from './window-vault.js';
 
-export interface WindowHost {
-  home: string;
-  record(r: AuditRecord): Promise<unknown>;
-  /** Locks the whole agent (timers and limits call it). */
-  lock(reason: string): Promise<void>;
-  /** A failed unlock counts toward the circuit breaker. */
-  noteDenial(): void;
-  /** vault.kw or the applied policy changed under an open window: derived caches go. */
-  changed(what: 'the vault changed' | 'the policy changed'): void;
-  /** The policy was (re)loaded: what depends on it (audit shipping) follows. */
-  policyLoaded?(loaded: Loaded): void;
-  /** Another policy than the one in force was loaded (its text differs): remembered grants end. */
-  policyReplaced?(): void;
-  /** Names of the secrets released since the agent started (the leak scans look for them). */
-  released?(): Iterable<string>;
-  /**
-   * Their values as they were, when a re-read of the vault found their records replaced or
-   * removed (the host takes them over and frees them).
-   */
-  replaced?(values: Replaced[]): void;
-}
+export { locked, usesSpent, type WindowHost } from './window-host.js';
 
 /** How long a write by the agent waits for another process's vault lock. */
 const VAULT_LOCK_MS = 10_000;
@@ -64,18 +35,6 @@ const VAULT_LOCK_MS = 10_000;
  * loop meanwhile): a writer's save takes milliseconds; past this the checkpoint stays.
  */
 const ANCHOR_LOCK_MS = 250;
-
-export const locked = (): KeywardError =>
-  new KeywardError('AGENT_LOCKED', 'the agent was locked while the request waited', {
-    hint: 'keyward unlock',
-  });
-
-/** A release refused because the unlock's uses are spent (the window locks). */
-export function usesSpent(): KeywardError {
-  return new KeywardError('AGENT_LOCKED', "the unlock's maximum uses are spent: the agent locks", {
-    hint: 'keyward unlock',
-  });
-}
 
 export class UnlockWindow {
   private vault: Vault | undefined;
@@ -157,7 +116,7 @@ export class UnlockWindow {
     }
     // Stat-ed again only when the watch on vault.kw and its directory saw a change (another
     // process's save renames over it), and every 64th time (lib/watch.ts).
-    const stamp = (this.vaultWatch ??= this.watchVault()).get();
+    const stamp = (this.vaultWatch ??= watchVaultFile(this.vp.file)).get();
     if (stamp !== this.vaultStamp) {
       try {
         this.refresh(v);
@@ -257,14 +216,6 @@ export class UnlockWindow {
     else for (const r of replaced) secureFree(r.value);
   }
 
-  private watchVault(): WatchedStamp {
-    const file = this.vp.file;
-    return new WatchedStamp(
-      () => [path.dirname(file), file].filter((f) => fs.existsSync(f)),
-      () => vaultFileStamp(file),
-    );
-  }
-
   private stampOfPolicy(v: Vault): string {
     return `${v.fileGeneration}|${policyStamp(this.host.home)}`;
   }
@@ -332,26 +283,7 @@ export class UnlockWindow {
     mode: 'agent' | 'ssh-agent',
   ): Promise<void> {
     if (this.vault) return;
-    let v: Vault;
-    try {
-      // argon2id off the event loop: other clients are answered meanwhile.
-      v = await Vault.openAsync(this.vp, unlock);
-    } catch (e) {
-      if (
-        e instanceof KeywardError &&
-        (e.code === 'VAULT_BAD_PASSPHRASE' || e.code === 'KEYRING_KEY_MISMATCH')
-      ) {
-        await this.host.record({
-          type: 'vault.unlock_failed',
-          decision: 'deny',
-          reason: e.message,
-          actor: actorOf(by),
-          details: { mode },
-        });
-        this.host.noteDenial();
-      }
-      throw e;
-    }
+    const v = await openForWindow(this.host, this.vp, unlock, by, mode);
     // Another unlock finished while this one derived its key: that one stands.
     if (this.vault) {
       v.close();
@@ -468,17 +400,7 @@ export class UnlockWindow {
       // its last save put it.
       withFileLock(this.vp.lock, ANCHOR_LOCK_MS, sealed);
     };
-    let done: { checkpoints: string; gap?: AuditRecord };
-    try {
-      done = checkpointAtLock(new AuditLog(this.host.home), v, agentLast, underVault);
-    } catch (e) {
-      // The checkpoints are a defence in depth; the lock happens regardless. The log could not
-      // be looked at (made unreadable, say): the vault keeps the agent's last entry, as at a
-      // break against it (whether the agent's entries are still there can't be told).
-      done = {
-        checkpoints: `no checkpoint sealed (${e instanceof Error ? e.message : 'failed'})${agentAtBreak(v, agentLast, true, underVault)}`,
-      };
-    }
+    const done = sealAtLock(this.host.home, v, agentLast, underVault);
     v.close();
     return done;
   }
@@ -503,14 +425,4 @@ export class UnlockWindow {
       usesLeft: u.max_uses === undefined ? null : Math.max(0, u.max_uses - this.usedInWindow),
     };
   }
-}
-
-/**
- * vault.kw's stamp: its inode, size and times. The change time too: a rewrite in place at the
- * same size with the modification time put back (touch -r) still moves it, and its owner can't
- * set it back.
- */
-function vaultFileStamp(file: string): string {
-  const st = fs.statSync(file, { throwIfNoEntry: false, bigint: true });
-  return st ? `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}` : '';
 }
