@@ -1,7 +1,8 @@
 /**
- * The caller as the gate's approvals see it (gate.ts): whom a remembered approval belongs to, how
- * a waiting request describes who asks (its hash, or why it has none), what else one approval of
- * a run covers, and whether a yes still stands under a policy applied while it was asked.
+ * The caller as the gate's approvals see it (gate.ts, gate-approval.ts): whom a remembered
+ * approval belongs to, how a waiting request describes who asks (its hash, or why it has none),
+ * what else one approval of a run covers, and whether a yes still stands under a policy applied
+ * while it was asked.
  */
 import type { RequesterRef } from '../approval/index.js';
 import { KeywardError } from '../errors.js';

@@ -1,6 +1,6 @@
 /**
- * A confirm request asked where the agent can ask by itself (gate.ts decides when): the askpass
- * program, else the agent's own terminal.
+ * A confirm request asked where the agent can ask by itself (gate-approval.ts decides when): the
+ * askpass program, else the agent's own terminal.
  */
 import { askpass, ENDED, type Broker } from '../approval/index.js';
 import type { AuditRecord } from '../audit/index.js';

@@ -16,7 +16,6 @@ import {
   type Pending,
 } from '../approval/index.js';
 import { KeywardError } from '../errors.js';
-import { printable } from '../lib/text.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import {
   evaluate,
@@ -30,21 +29,9 @@ import {
   type PolicyRequest,
 } from '../policy/index.js';
 import { FactorCheck } from './factors.js';
-import { askLocally } from './gate-local.js';
+import { askApproval, LOCKED } from './gate-approval.js';
 import { liveIn, OperatorDesk } from './operator-desk.js';
-import {
-  alsoDetails,
-  answerOverruled,
-  boundRefusal,
-  confirmEachUse,
-  coversText,
-  grantHolder,
-  needsHash,
-  noteShown,
-  requesterOf,
-  shownTogether,
-  unvouchedHash,
-} from './gate-caller.js';
+import { boundRefusal, confirmEachUse, needsHash } from './gate-caller.js';
 import { actorOf, exeHashOf, type ProcessIdentity } from './identity.js';
 import { changedSince, type Peer } from './peer.js';
 import type { GateHost, GateRequest } from './gate-types.js';
@@ -55,8 +42,6 @@ export type { GateHost, GateRequest } from './gate-types.js';
 export { needsHash } from './gate-caller.js';
 
 const BREAKER_DENIALS = 5;
-const GONE = 'the requester went away';
-const LOCKED = 'the agent was locked';
 const BREAKER_WINDOW_MS = 60_000;
 
 export class Gate {
@@ -283,140 +268,11 @@ export class Gate {
       if (!b.take(Date.now()))
         return refuse(`rate limit of rule ${rule.name} reached`, 'POLICY_DENIED', 'wait a little');
     }
-    if (decision.decision === 'approve') {
-      // A hash the agent can't vouch for (a policy that names none: one that does was refused
-      // above) is no reason to refuse a person the question: the prompt says the hash is
-      // unknown and why, and nothing of the answer is remembered.
-      const unvouched = unvouchedHash(id);
-      const a = decision.approval;
-      const who = unvouched === undefined ? grantHolder(a.remember.scope, caller) : undefined;
-      // What the person approved: the action (a remembered run is not a remembered read), the
-      // target, and what else the prompt showed of the request (grantScope).
-      const approved = (t: string) => `${req.action}\u0000${t}\u0000${req.grantScope ?? ''}`;
-      const grantKey =
-        a.remember.scope === 'once' || who === undefined
-          ? undefined
-          : Grants.keyFor(decision.rule, approved(name), a.remember.scope, who);
-      const together = decision.highValue ? undefined : req.together;
-      // Shown under this very rule, word for word (a policy applied since may keep its name).
-      const asked = shownTogether(together, decision.rule, name, policy);
-      if (!asked && !(grantKey && !decision.highValue && this.grants.use(grantKey, Date.now()))) {
-        const requester = requesterOf(id, unvouched);
-        const { description } = requester;
-        const also = (together?.targets ?? []).filter(
-          (t) =>
-            t !== name && evaluate(policy, { ...request, target: t }, id).rule === decision.rule,
-        );
-        await this.host.record({
-          ...base,
-          type: 'approval.requested',
-          decision: 'info',
-          details: {
-            rule: decision.rule,
-            mode: a.mode,
-            ...alsoDetails(also),
-            ...(unvouched === undefined ? {} : { exeUnknown: unvouched }),
-          },
-        });
-        // Command lines, paths, names, SSH user names and SSHSIG namespaces come from the
-        // requester: each is quoted where it is put into the sentence (quote()), so quotes,
-        // control characters and look-alikes can't end it or write one of their own. The rule
-        // name and message come from the applied policy.
-        const covers = coversText(also);
-        // What a yes is remembered for, when it is: the person decides for those requests too.
-        const remembers =
-          grantKey && !decision.highValue && a.remember.scope !== 'once'
-            ? rememberedText(a.remember, id.exe)
-            : '';
-        // The question first, in keyward's words; who asks after it (found in review: a caller's
-        // environment, directory and arguments, thousands of characters, pushed the question out
-        // of an askpass dialog's sight, behind a sentence of the caller's own).
-        const prompt = `keyward: ${this.host.warning ? `${this.host.warning} ` : ''}a request to ${req.what} (rule ${decision.rule}).${covers}${a.message ? ` ${printable(a.message, 500)}` : ''}${remembers} Asked by ${description}. Allow?`;
-        const pending = this.broker.wait(
-          {
-            requester,
-            action: req.action,
-            target: name,
-            rule: decision.rule,
-            mode: a.mode,
-            message: a.message,
-            ...(a.userVerification ? { userVerification: a.userVerification } : {}),
-            ...(a.operators ? { operators: a.operators } : {}),
-            ...(also.length > 0 ? { also } : {}),
-            what: req.what,
-            ...(req.command ? { command: [...req.command] } : {}),
-          },
-          a.timeoutMs,
-        );
-        // The requester hears at once that its request waits, and where a person can decide it.
-        caller.notifyPending?.(pending.pending);
-        // A requester that hangs up (killed, Ctrl-C) takes its request with it: nobody is shown
-        // a request whose answer would go nowhere.
-        caller.abandon = () => this.broker.settle(pending.id, 'denied', { reason: GONE });
-        // It may have hung up while the request was being recorded, before abandon was set.
-        if (caller.gone) caller.abandon();
-        else if (a.mode === 'confirm')
-          askLocally(
-            this.host,
-            this.broker,
-            pending.id,
-            prompt,
-            a.timeoutMs,
-            base,
-            pending.outcome,
-          );
-        const { outcome, how } = await pending.outcome.finally(() => (caller.abandon = undefined));
-        if (outcome !== 'granted') {
-          await this.host.record({
-            ...base,
-            type: outcome === 'expired' ? 'approval.expired' : 'approval.denied',
-            decision: 'deny',
-            details: { rule: decision.rule, ...how },
-          });
-          // A requester that hung up, or a request a lock ended, is not a probe: it doesn't
-          // count toward the breaker.
-          const hungUp = how['reason'] === GONE || how['reason'] === LOCKED;
-          return outcome === 'expired'
-            ? refuse('the approval request expired', 'APPROVAL_TIMEOUT')
-            : refuse('the request was not approved', 'APPROVAL_REJECTED', undefined, !hungUp);
-        }
-        await this.host.record({
-          ...base,
-          type: 'approval.granted',
-          decision: 'allow',
-          details: {
-            rule: decision.rule,
-            mode: a.mode,
-            ...how,
-            ...alsoDetails(also),
-            ...(unvouched === undefined ? {} : { exeUnknown: unvouched }),
-          },
-        });
-        // Locked while the grant was recorded (and perhaps unlocked again since): the approval
-        // was of the window that lock ended, and every grant ends at lock.
-        if (!w.stillOpen(v)) throw locked();
-        // A policy applied while the person read the prompt: the answer was to the question the
-        // old one asked. It stands only for this very rule, word for word (and a hash where the
-        // new policy names one); anything else is refused and asks again (answerOverruled).
-        const overruled = answerOverruled(
-          w.currentPolicy(w.unlocked()),
-          policy,
-          request,
-          id,
-          decision.rule,
-          req.confirmEachUse,
-        );
-        if (overruled !== undefined) return refuse(overruled, 'POLICY_DENIED', 'ask again', false);
-        if (grantKey && who !== undefined && !decision.highValue && a.remember.scope !== 'once') {
-          // Remembered for every target the person saw, as each would have been on its own.
-          for (const t of [name, ...also]) {
-            const key = Grants.keyFor(decision.rule, approved(t), a.remember.scope, who);
-            this.grants.remember(key, a.remember.forMs, a.remember.uses, Date.now());
-          }
-        }
-        if (together) noteShown(together, decision.rule, [name, ...also], policy);
-      }
-    }
+    if (decision.decision === 'approve')
+      await askApproval(
+        { host: this.host, broker: this.broker, grants: this.grants },
+        { caller, req, request, v, policy, decision, base, refuse },
+      );
     if (
       rule?.max_uses_per_unlock !== undefined &&
       !this.uses.use(`rule:${rule.name}`, rule.max_uses_per_unlock)
@@ -515,19 +371,4 @@ export class Gate {
       throw new KeywardError('REQUEST_NOT_FOUND', `no pending request ${reqId}`);
     return { denied: reqId };
   }
-}
-
-/** ` A yes is remembered for 10 min, for this process only.`: what an answer will cover. */
-function rememberedText(
-  r: { scope: 'process' | 'executable'; forMs: number; uses: number | undefined },
-  exe: string | undefined,
-): string {
-  const s = Math.round(r.forMs / 1000);
-  const time = s % 3600 === 0 ? `${s / 3600} h` : s % 60 === 0 ? `${s / 60} min` : `${s} s`;
-  const uses = r.uses === undefined ? '' : ` (${r.uses} ${r.uses === 1 ? 'use' : 'uses'})`;
-  const whom =
-    r.scope === 'process'
-      ? 'this process only'
-      : `every process of this program (${JSON.stringify(printable(exe ?? '?', 200))}, by its SHA-256) with the same loader variables`;
-  return ` A yes is remembered for ${time}${uses}, for ${whom}.`;
 }
