@@ -25,8 +25,10 @@ import {
 } from '../proxy/index.js';
 import { maskingForms, type EnvPiece } from '../run/index.js';
 import { quote } from '../lib/text.js';
+import type { Vault } from '../vault/index.js';
 import { sameRule } from './gate-caller.js';
 import type { Wanted } from './run-request.js';
+import type { RunConn, RunHost } from './run-types.js';
 
 /** Where the system's trust store usually is (Debian, Fedora, Alpine and macOS-like layouts). */
 const SYSTEM_BUNDLES = [
@@ -327,4 +329,55 @@ export async function startRunProxy(o: {
     for (const f of files) fs.rmSync(f, { force: true });
     throw e;
   }
+}
+
+/**
+ * The run's proxy, holding the values (taken from `values`, which then holds none), wired to the
+ * run service that asked for it (run-service.ts).
+ */
+export async function proxyFor(
+  service: { host: RunHost; limits: DomainLimits; proxies: Set<RunProxy> },
+  conn: RunConn,
+  v: Vault,
+  policy: Policy,
+  values: Map<string, SecureBuffer>,
+  rules: Map<string, string | null>,
+  program: string,
+  root: () => Pinned | undefined,
+): Promise<RunProxy> {
+  const p = await startRunProxy({
+    program,
+    policy,
+    values,
+    dir: service.host.proxyDir,
+    hooks: {
+      root,
+      mayUse: proxyMayUse({
+        started: policy,
+        rules,
+        program,
+        stillOpen: () => service.host.stillOpen(v),
+        now: () => service.host.policy(service.host.vault()), // read again
+        inForce: () => service.host.policy(v),
+        decide: (name) => service.host.decide(conn, name),
+        authorize: (req) => service.host.authorize(conn, req),
+      }),
+      record: (type, decision, target, reason, details) =>
+        service.host.record({
+          type,
+          decision,
+          target,
+          actor: service.host.actor(conn.id),
+          ...(reason === undefined ? {} : { reason }),
+          details,
+        }),
+      // Once locked, the policy the run started under (the vault is closed: not read again),
+      // for the rest of the run, a later unlock included; requests that carry a value are
+      // decided again by mayUse, which a lock refuses.
+      limit: (host) =>
+        service.limits.take(service.host.stillOpen(v) ? service.host.policy(v) : policy, host),
+    },
+  });
+  service.proxies.add(p);
+  return p;
 }

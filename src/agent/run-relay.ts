@@ -15,7 +15,7 @@ import { Masker } from '../run/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { frameHead, RUN_SIGNALS, str, STREAM, writeFrame, type Frame } from './protocol.js';
 import type { RunRequestSpec, Wanted } from './run-request.js';
-import type { RunConn } from './run-service.js';
+import type { RunConn } from './run-types.js';
 
 /** Output the client hasn't taken yet before the child's output is paused. */
 const HIGH_WATER = 1 << 20;

@@ -5,24 +5,19 @@
  * streams over the connection, masked. The CLI never holds a value.
  */
 import type { ChildProcess } from 'node:child_process';
-import type net from 'node:net';
-import type { Actor, AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { closeFd } from '../lib/libc.js';
 import { openPty } from '../lib/process.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import { quote } from '../lib/text.js';
-import type { Policy } from '../policy/index.js';
 import { startTime, treeOf, type Pinned } from '../proxy/index.js';
 import { maskingForms, startChild } from '../run/index.js';
-import type { Vault } from '../vault/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { McpRuns } from './mcp-runs.js';
 import { programHash } from './exe-hash.js';
 import { homeMoved, runPrompt } from './run-prompt.js';
 import { commandNotFound } from './run-relay.js';
 import { rulesMoved } from './gate-caller.js';
-import type { Peer } from './peer.js';
 import {
   argvHash,
   MAX_HASHED_PROGRAM,
@@ -39,68 +34,20 @@ import {
   DomainLimits,
   PROXY_VARIABLES,
   proxyBindings,
-  proxyMayUse,
+  proxyFor,
   proxyMoved,
-  startRunProxy,
   type RunProxy,
 } from './run-proxy.js';
 import { relay } from './run-relay.js';
 import { usesSpent } from './unlock.js';
-import type { Frame, FrameReader } from './protocol.js';
+import type { Frame } from './protocol.js';
+import type { RunConn, RunHost } from './run-types.js';
+
+export type { RunConn, RunHost } from './run-types.js';
 
 const DEFAULT_PATH = '/usr/local/bin:/usr/bin:/bin';
 /** After SIGTERM at agent stop, how long a child gets before SIGKILL. */
 const STOP_GRACE_MS = 5_000;
-export interface RunConn extends Peer {
-  socket: net.Socket;
-  reader: FrameReader;
-  /** Set once the run started: frames on this connection go to the run, not to requests. */
-  stream?: (f: Frame) => void;
-}
-
-export interface RunHost {
-  /** The open vault; throws AGENT_LOCKED. */
-  vault(): Vault;
-  /** Whether v is still the open vault (no lock or new unlock since). */
-  stillOpen(v: Vault): boolean;
-  authorize(
-    conn: RunConn,
-    req: {
-      target: string;
-      what: string;
-      /** The whole command line, when `what` had to cut it. */
-      command?: readonly string[];
-      exists?: boolean;
-      together?: { targets: readonly string[]; approved: Map<string, Set<string>> };
-      proxied?: boolean;
-      /** What a remembered approval of the run is bound to (gate.ts, GateRequest.grantScope). */
-      grantScope?: string;
-    },
-  ): Promise<{ rule: string | undefined }>;
-  /** The policy in force for the open vault. */
-  policy(v: Vault): Policy;
-  /** What the policy in force decides for the caller and a secret now (no approval asked). */
-  decide(
-    conn: RunConn,
-    target: string,
-  ): { decision: 'allow' | 'approve' | 'deny'; rule: string | undefined; highValue: boolean };
-  /** Where a proxied run's CA certificate files go (the agent's private directory). */
-  proxyDir: string;
-  /** A copy of the value (cache or vault; credential.fetch), the caller frees it. */
-  fetch(
-    conn: RunConn,
-    v: Vault,
-    name: string,
-    rule: string | undefined,
-  ): { value: SecureBuffer; cached: boolean };
-  /** A value of a sealed file goes to a run: the MCP gateway's scans look for it from now on. */
-  projectReleased(file: Uint8Array, target: string, name: string): void;
-  record(r: AuditRecord): Promise<unknown>;
-  actor(id: ProcessIdentity): Actor;
-  /** Takes n uses of the unlock window (false: its max_uses would be passed). */
-  take(n: number): boolean;
-  counted(): void;
-}
 
 export class RunService {
   private readonly children = new Set<ChildProcess>();
@@ -271,7 +218,16 @@ export class RunService {
       if (req.masking) for (const value of values.values()) forms.push(...maskingForms(value));
       const started: { pin?: Pinned | undefined } = {};
       if (policy) {
-        proxy = await this.proxyFor(conn, v, policy, values, rules, program, () => started.pin);
+        proxy = await proxyFor(
+          { host: this.host, limits: this.limits, proxies: this.proxies },
+          conn,
+          v,
+          policy,
+          values,
+          rules,
+          program,
+          () => started.pin,
+        );
         if (req.masking)
           for (const p of proxy.placeholders.values()) forms.push(...maskingForms(p));
         const ours = new Set<string>(PROXY_VARIABLES);
@@ -410,53 +366,6 @@ export class RunService {
         closeFd(terminal.master);
       }
     }
-  }
-
-  /** The run's proxy, holding the values (taken from `values`, which then holds none). */
-  private async proxyFor(
-    conn: RunConn,
-    v: Vault,
-    policy: Policy,
-    values: Map<string, SecureBuffer>,
-    rules: Map<string, string | null>,
-    program: string,
-    root: () => Pinned | undefined,
-  ): Promise<RunProxy> {
-    const p = await startRunProxy({
-      program,
-      policy,
-      values,
-      dir: this.host.proxyDir,
-      hooks: {
-        root,
-        mayUse: proxyMayUse({
-          started: policy,
-          rules,
-          program,
-          stillOpen: () => this.host.stillOpen(v),
-          now: () => this.host.policy(this.host.vault()), // read again
-          inForce: () => this.host.policy(v),
-          decide: (name) => this.host.decide(conn, name),
-          authorize: (req) => this.host.authorize(conn, req),
-        }),
-        record: (type, decision, target, reason, details) =>
-          this.host.record({
-            type,
-            decision,
-            target,
-            actor: this.host.actor(conn.id),
-            ...(reason === undefined ? {} : { reason }),
-            details,
-          }),
-        // Once locked, the policy the run started under (the vault is closed: not read again),
-        // for the rest of the run, a later unlock included; requests that carry a value are
-        // decided again by mayUse, which a lock refuses.
-        limit: (host) =>
-          this.limits.take(this.host.stillOpen(v) ? this.host.policy(v) : policy, host),
-      },
-    });
-    this.proxies.add(p);
-    return p;
   }
 
   /**
