@@ -961,8 +961,25 @@ const sshdSkip =
 async function startSshd(
   dir: string,
   extra: string[],
+  opts: { hostCertificate?: boolean } = {},
 ): Promise<{ port: number; hostKey: string; log: () => string }> {
   const hostKey = sshKeygen(dir, 'host_ed25519', ['-t', 'ed25519', '-N', '']);
+  if (opts.hostCertificate) {
+    // The host key certified by a CA of its own, which the client's known_hosts trusts: ssh then
+    // takes the certificate as the host's key.
+    const ca = sshKeygen(dir, 'host_ca', ['-t', 'ed25519', '-N', '']);
+    const c = spawnSync(
+      'ssh-keygen',
+      ['-q', '-s', ca, '-I', 'test-host', '-h', '-n', '127.0.0.1', `${hostKey}.pub`],
+      { encoding: 'utf8' },
+    );
+    assert.equal(c.status, 0, c.stderr);
+    extra = [...extra, `HostCertificate ${hostKey}-cert.pub`];
+    fs.writeFileSync(
+      path.join(dir, 'known_hosts'),
+      `@cert-authority * ${fs.readFileSync(`${ca}.pub`, 'utf8')}`,
+    );
+  }
   const port = await new Promise<number>((resolve) => {
     const s = net.createServer().listen(0, '127.0.0.1', () => {
       const p = (s.address() as net.AddressInfo).port;
@@ -1201,6 +1218,77 @@ test(
       ),
     );
     assert.ok(prompt.includes(`server host key ${hostFp}`), `${prompt} names ${hostFp}`);
+  },
+);
+
+test(
+  'a host certificate of each key type is read as the key it certifies (ssh-keygen -h), as ssh-keygen -l names it; anything else is left as it is',
+  { skip },
+  async () => {
+    const { certifiedKeyBlob, hostKeyFingerprint } = await import('../src/agent/ssh-cert.js');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-host-certs-'));
+    try {
+      const ca = sshKeygen(dir, 'ca', ['-t', 'ed25519', '-N', '']);
+      const blobOf = (file: string) =>
+        Buffer.from(fs.readFileSync(file, 'utf8').split(' ')[1] ?? '', 'base64');
+      for (const [name, args] of [
+        ['ed25519', ['-t', 'ed25519']],
+        ['p256', ['-t', 'ecdsa', '-b', '256']],
+        ['p384', ['-t', 'ecdsa', '-b', '384']],
+        ['p521', ['-t', 'ecdsa', '-b', '521']],
+        ['rsa', ['-t', 'rsa', '-b', '2048']],
+      ] as const) {
+        const key = sshKeygen(dir, `host-${name}`, [...args, '-N', '']);
+        const c = spawnSync('ssh-keygen', ['-q', '-s', ca, '-I', name, '-h', `${key}.pub`], {
+          encoding: 'utf8',
+        });
+        assert.equal(c.status, 0, c.stderr);
+        const cert = blobOf(`${key}-cert.pub`);
+        const plain = blobOf(`${key}.pub`);
+        assert.deepEqual(Buffer.from(certifiedKeyBlob(cert)), plain, name);
+        const fp = spawnSync('ssh-keygen', ['-lf', `${key}.pub`], { encoding: 'utf8' });
+        assert.equal(hostKeyFingerprint(cert), fp.stdout.split(' ')[1], name);
+        // A plain key, and a certificate cut short, are fingerprinted as they are.
+        assert.equal(certifiedKeyBlob(plain), plain);
+        const cut = cert.subarray(0, 40);
+        assert.equal(certifiedKeyBlob(cut), cut);
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  },
+);
+
+test(
+  'a login to an sshd that presents a host certificate binds its session (the certified key verifies it): a rule that lets ssh sign silently holds, and the record names the host key',
+  { skip: sshdSkip },
+  async () => {
+    const { h, env } = await agentWith(
+      'version: 1\nrules:\n' +
+        '  - { name: ssh-logins-silent, targets: ["**"], kind: key, callers: { exe: /usr/bin/ssh, loader_vars: absent }, decision: allow }\n',
+    );
+    const g = kw(['key', 'generate', 'login'], { env: h.env });
+    assert.equal(g.code, 0, g.stderr);
+    const dir = h.dir;
+    fs.writeFileSync(path.join(dir, 'authorized_keys'), g.stdout, { mode: 0o600 });
+    const { hostKey, log } = await startSshd(
+      dir,
+      [`AuthorizedKeysFile ${path.join(dir, 'authorized_keys')}`],
+      { hostCertificate: true },
+    );
+    // Any question is answered no: a login that needed a person fails.
+    h.answer('no');
+    const asked = h.prompts().length;
+    const ok = sshLogin(dir, env, ['-v']);
+    assert.match(ok.stderr, /Server host certificate: ssh-ed25519-cert-v01@openssh.com/);
+    assert.equal(ok.status, 0, `${ok.stderr}\n${log()}\n${h.prompts().at(-1) ?? ''}`);
+    assert.equal(h.prompts().length, asked, 'no one was asked');
+    // Named as ssh-keygen -l names the host's key (and as OpenSSH fingerprints a certificate).
+    const hostFp = run('ssh-keygen', ['-lf', `${hostKey}.pub`], env).stdout.split(' ')[1] ?? '';
+    const sign = tailOf(h, 10)
+      .filter((e) => e.type === 'key.sign')
+      .at(-1);
+    assert.equal(sign?.body.details?.['hostKey'], hostFp, JSON.stringify(sign));
   },
 );
 

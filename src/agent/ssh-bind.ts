@@ -14,6 +14,7 @@
 import { fingerprint, verifySshSignature, type SshReader } from '../keys/index.js';
 import { undeleted } from '../lib/paths.js';
 import type { Peer } from './peer.js';
+import { certifiedKeyBlob } from './ssh-cert.js';
 
 export const SESSION_BIND = 'session-bind@openssh.com';
 
@@ -48,16 +49,20 @@ export class SessionBindings {
     const sessionId = r.string();
     const signature = r.string();
     const forwarding = r.byte() !== 0;
+    // A host certificate: the server signs with the key it certifies, which names the host as
+    // ssh-keygen -l does (found in test: every login to a host with a certificate was taken for
+    // a relay, and asked of a person).
+    const key = certifiedKeyBlob(hostKey);
     let fp: string;
     try {
-      fp = fingerprint(hostKey);
+      fp = fingerprint(key);
     } catch {
       fp = 'of an unreadable host key';
     }
     // A session id is a hash; ids of the message's size, kept 16 a connection over a thousand
     // connections, were gigabytes the in-flight budget never saw (found in review).
     const verified =
-      sessionId.length <= MAX_SESSION_ID && verifySshSignature(hostKey, sessionId, signature);
+      sessionId.length <= MAX_SESSION_ID && verifySshSignature(key, sessionId, signature);
     if (forwarding) {
       const b = this.of(who);
       b.forwardedTo ??= verified ? fp : `${fp} (its signature did not verify)`;

@@ -7,7 +7,7 @@
  */
 import { KeywardError } from '../errors.js';
 import { secureAlloc, secureFree } from '../lib/secure.js';
-import { SigningKey, SshReader, SshWriter } from '../keys/index.js';
+import { fingerprint, SigningKey, SshReader, SshWriter, u32 } from '../keys/index.js';
 
 const CERT_SUFFIX = '-cert-v01@openssh.com';
 
@@ -80,4 +80,40 @@ function certifiesKey(cert: Buffer, publicBlob: Buffer): boolean {
   // RSA: the certificate holds e then n, the key blob e then n too (RFC 4253 "ssh-rsa").
   // eslint-disable-next-line no-restricted-syntax -- public keys
   return cert.subarray(at, at + rest.length).equals(rest);
+}
+
+/** How many public fields each certified key type has after its nonce (PROTOCOL.certkeys). */
+function publicFields(plain: string): number | undefined {
+  if (plain === 'ssh-ed25519') return 1; // pk
+  if (plain.startsWith('ecdsa-sha2-')) return 2; // curve, Q
+  if (plain === 'ssh-rsa') return 2; // e, n
+  return undefined;
+}
+
+/**
+ * The plain public key a certificate certifies (its type without the suffix, then the key's
+ * public fields as the certificate holds them), or the blob itself when it is not a certificate
+ * of a type keyward reads. Public data. A server that presents a host certificate signs with the
+ * certified key (session-bind@openssh.com, a hostbound login), and OpenSSH fingerprints a
+ * certificate by that key; the CA's signature is ssh's to check against known_hosts, not the
+ * agent's (as ssh-agent).
+ */
+export function certifiedKeyBlob(blob: Uint8Array): Uint8Array {
+  try {
+    const r = new SshReader(blob);
+    const plain = certifiedType(r.text());
+    const n = plain === undefined ? undefined : publicFields(plain);
+    if (plain === undefined || n === undefined) return blob;
+    r.string(); // nonce
+    const parts: Buffer[] = [Buffer.from(plain)];
+    for (let i = 0; i < n; i++) parts.push(r.string());
+    return Buffer.concat(parts.flatMap((p) => [u32(p.length), p]));
+  } catch {
+    return blob;
+  }
+}
+
+/** A server's host key as `ssh-keygen -l` names it: a certificate by the key it certifies. */
+export function hostKeyFingerprint(blob: Uint8Array): string {
+  return fingerprint(certifiedKeyBlob(blob));
 }

@@ -3,7 +3,7 @@
  * signature request is about, for the prompt and the audit log. The service is ssh-agent.ts.
  */
 import { createHash } from 'node:crypto';
-import { fingerprint, SshReader, u32 } from '../keys/index.js';
+import { SshReader, u32 } from '../keys/index.js';
 import {
   secureAlloc,
   secureFree,
@@ -14,6 +14,7 @@ import {
 } from '../lib/secure.js';
 import { quote } from '../lib/text.js';
 import { inFlight } from './inflight.js';
+import { hostKeyFingerprint } from './ssh-cert.js';
 
 export const SSH = {
   FAILURE: 5,
@@ -161,7 +162,9 @@ export function describeSignData(data: Buffer): {
         r.byte();
         r.string();
         r.string();
-        const hostKey = method.startsWith('publickey-hostbound') ? fingerprint(r.string()) : '';
+        const hostKey = method.startsWith('publickey-hostbound')
+          ? hostKeyFingerprint(r.string())
+          : '';
         return {
           text: `an SSH login as ${quote(user)} (${quote(service)})${hostKey ? `, server host key ${hostKey}` : ''}`,
           details: { kind: 'ssh-login', user, ...(hostKey ? { hostKey } : {}) },
