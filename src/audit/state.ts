@@ -1,5 +1,6 @@
 /**
- * The writer's state file (docs/AUDIT.md, "state"): binary, 88 bytes, replaced atomically.
+ * The writer's state file (docs/AUDIT.md, "state"): binary, 88 bytes, replaced atomically; and
+ * a new log's start (startLog), which moves a log already there aside first.
  */
 import fs from 'node:fs';
 import path from 'node:path';
