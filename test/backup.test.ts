@@ -493,6 +493,80 @@ test(
 );
 
 test(
+  'a directory of the new home swapped for another after it was written, while the restore works in it, is found by its inode before the swap: nothing is put in place',
+  { skip: !fs.existsSync(STRACE) && 'needs strace' },
+  async () => {
+    // After every file is written and found as made, the restore works in its new home (the
+    // passphrase, the vault, the log continued) and only then swaps it in. strace holds it at its
+    // first rename (the audit state rewritten: the home is written by then) while a process of
+    // the user swaps the policy directory for a copy of it, a directory that is no link and reads
+    // the same: only its inode tells it from the one the restore made.
+    const h = initHome();
+    assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-one' }).code, 0);
+    const out = path.join(h.dir, 'b.kwbackup');
+    assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+    const to = freshPlace(h);
+    const tracer = spawn(
+      STRACE,
+      [
+        '-f',
+        '-qq',
+        '-o',
+        '/dev/null',
+        '-e',
+        'trace=rename',
+        '-e',
+        'inject=rename:delay_enter=600000000:when=1',
+        process.execPath,
+        BIN,
+        'restore',
+        '--input',
+        out,
+      ],
+      { env: to.env, stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let stderr = '';
+    tracer.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    const exited = new Promise<number | null>((res) => tracer.on('close', (code) => res(code)));
+    const parent = path.dirname(to.home);
+    const prefix = `${path.basename(to.home)}.restoring-`;
+    let tmp = '';
+    // Held at the rename: the state's new file is written beside it, to be renamed over it.
+    await eventually(() => {
+      const n = fs.readdirSync(parent).find((x) => x.startsWith(prefix));
+      const audit = n === undefined ? undefined : path.join(parent, n, 'audit');
+      if (
+        audit &&
+        fs.existsSync(audit) &&
+        fs.readdirSync(audit).some((f) => f.startsWith('.state.tmp-'))
+      )
+        tmp = path.join(parent, n ?? '');
+      return tmp !== '';
+    }, 'the restore held at its first rename');
+    const policy = path.join(tmp, 'policy');
+    fs.cpSync(policy, `${policy}.copy`, { recursive: true, preserveTimestamps: true });
+    fs.renameSync(policy, path.join(h.dir, 'policy-made-by-the-restore'));
+    fs.renameSync(`${policy}.copy`, policy);
+    const traced = spawnSync('pgrep', ['-P', String(tracer.pid)], { encoding: 'utf8' });
+    const restorePid = Number(traced.stdout.trim().split('\n')[0]);
+    assert.ok(restorePid > 0, 'the restore runs under strace');
+    tracer.kill('SIGKILL');
+    await exited;
+    await eventually(() => !fs.existsSync(`/proc/${restorePid}`), 'the restore to end');
+    assert.equal(fs.existsSync(to.home), false, 'a home with a directory swapped was put in place');
+    assert.match(
+      stderr,
+      /keyward: error: the restore's new home \S+ was changed while it was written: policy is not what the restore wrote/,
+    );
+    assert.deepEqual(
+      fs.readdirSync(parent).filter((x) => x.startsWith(prefix)),
+      [],
+      'the new directory is left behind',
+    );
+  },
+);
+
+test(
   'found in review: a directory of the new home put in place as a link while the restore writes it is refused, and nothing is put in place',
   { skip: !fs.existsSync(STRACE) && 'needs strace' },
   async () => {
