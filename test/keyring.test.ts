@@ -146,3 +146,34 @@ kw read kr/token; echo "STOLEN=$?"
     assert.match(r.err, /the OS keyring's key does not open this vault/);
   },
 );
+
+test(
+  'a rekey whose vault.kw could not be written leaves the keyring with the key the old file opens with',
+  { skip: skip || (!have('strace') && 'needs strace') },
+  () => {
+    // The new keyring key goes in only once the rekeyed file is in place: a save that fails (here
+    // its rename, made to fail by strace) leaves the old file, and the old key that opens it.
+    const h = makeHome();
+    const script = `${KEYRING_VAULT}
+KEYWARD_PASSPHRASE_FILE='${h.passFile}' strace -qq -o /dev/null -e trace=rename -e inject=rename:error=EIO:when=1 node '${BIN}' rekey; echo "REKEY=$?"
+echo "READ=$(kw read kr/token)"
+KEYWARD_PASSPHRASE_FILE='${h.passFile}' kw rekey || exit 13
+echo "AFTER=$(kw read kr/token)"
+`;
+    const r = inKeyringSession(script, h.env);
+    assert.equal(r.code, 0, `${r.out}\n${r.err}`);
+    assert.doesNotMatch(r.out, /^REKEY=0$/m, 'the rekey failed');
+    // Its first rename is the one that puts the rekeyed vault.kw in place.
+    assert.match(r.err, /rename '\S+\/\.vault\.kw\.tmp-\S+' -> '\S+\/vault\.kw'/);
+    assert.match(
+      r.out,
+      /^READ=keyring-held-value$/m,
+      `the keyring still opens the vault: ${r.err}`,
+    );
+    assert.match(
+      r.out,
+      /^AFTER=keyring-held-value$/m,
+      'a rekey that succeeds keeps the keyring slot',
+    );
+  },
+);

@@ -255,6 +255,12 @@ export function registerVaultCommands(program: Command, io: Io): void {
           'warning: the OS keyring was not available, so its slot was removed; unlock now needs the passphrase',
         );
       }
+      if (r.keyringSlot === 'unstored') {
+        note(
+          io,
+          "warning: the OS keyring refused the vault's new key; unlock needs the passphrase until keyward rekey runs again with the keyring available",
+        );
+      }
     });
 }
 

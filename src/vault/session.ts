@@ -303,20 +303,34 @@ export function changePassphrase(
   });
 }
 
+/**
+ * `keyward rekey`. keyringSlot: kept (the keyring holds the new key), dropped (the keyring held
+ * none: the slot went), none, or unstored (the slot is in the file, and the keyring refused its
+ * key: only the passphrase opens the vault until a rekey with the keyring there).
+ */
 export function rekeyVault(
   paths: VaultPaths,
   auth: Auth,
-): { keyringSlot: 'kept' | 'dropped' | 'none' } {
+): { keyringSlot: 'kept' | 'dropped' | 'none' | 'unstored' } {
   return writeVault(paths, { ...auth, passphraseOnly: true }, (v) => {
     auth.audit.record({ type: 'vault.rekey', decision: 'allow' });
-    let r: { keyringSlot: 'kept' | 'dropped' | 'none' } | undefined;
+    const r: { done?: ReturnType<Vault['rekey']> } = {};
     const replace = () => {
-      r = v.rekey();
+      r.done = v.rekey();
     };
-    if (auth.audit.rekey) auth.audit.rekey(v, replace);
-    else replace();
-    v.save();
-    if (!r) throw new Error('rekey did not run');
-    return r;
+    try {
+      if (auth.audit.rekey) auth.audit.rekey(v, replace);
+      else replace();
+      v.save();
+    } catch (e) {
+      secureFree(r.done?.keyringKey);
+      throw e;
+    }
+    const { done } = r;
+    if (!done) throw new Error('rekey did not run');
+    // The keyring's new key goes in once the file its slot is in was written.
+    if (done.keyringKey !== undefined)
+      return { keyringSlot: v.giveKeyringKey(done.keyringKey) ? 'kept' : 'unstored' };
+    return { keyringSlot: done.keyringSlot };
   });
 }

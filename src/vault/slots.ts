@@ -183,7 +183,7 @@ export function rewrapSlots(
   newDk: SecureBuffer,
   hadKeyring: boolean,
   rng: Rng,
-): { slots: Slot[]; keyringSlot: 'kept' | 'dropped' | 'none' } {
+): { slots: Slot[]; keyringSlot: 'kept' | 'dropped' | 'none'; keyringKey?: SecureBuffer } {
   const ps = parsePassphraseSlot(passphraseBody);
   const slots: Slot[] = [
     {
@@ -198,8 +198,9 @@ export function rewrapSlots(
   // The slot is kept only where the keyring still holds a key for the vault (a person who deleted
   // the item asked for the slot to go), and it is kept under a new key: a process that read the old
   // one while the keyring was open must not open this vault, or a later copy of it, with it (found
-  // in review). The new key goes into the keyring before the file is written: if the write then
-  // fails, the old file's slot no longer opens and the passphrase does, as it always does.
+  // in review). The new key is returned, for the keyring once the file is written (storeKeyringKey):
+  // a write that fails leaves the old file, which the keyring's old key still opens (found in
+  // test: stored first, a failed write left a keyring that opened nothing).
   let held: SecureBuffer | undefined;
   try {
     held = keyringFetch(vaultId);
@@ -210,14 +211,28 @@ export function rewrapSlots(
   secureFree(held);
   const fresh = randomSecureKey(rng);
   try {
-    keyringStore(vaultId, fresh);
     slots.push(wrapKeyringSlot(vaultId, newDk, fresh, rng));
-  } catch {
-    return { slots, keyringSlot: 'dropped' };
-  } finally {
+  } catch (e) {
     secureFree(fresh);
+    throw e;
   }
-  return { slots, keyringSlot: 'kept' };
+  return { slots, keyringSlot: 'kept', keyringKey: fresh };
+}
+
+/**
+ * Gives the keyring the key a rekeyed vault's keyring slot opens with (rewrapSlots), once that
+ * vault is written; false when the keyring refused it (its old key then opens nothing, and the
+ * passphrase opens the vault, as always). Frees the key.
+ */
+export function storeKeyringKey(vaultId: Buffer, key: SecureBuffer): boolean {
+  try {
+    keyringStore(vaultId, key);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    secureFree(key);
+  }
 }
 
 /** The passphrase slots a passphrase is checked against (well-formed and in bounds). */

@@ -43,6 +43,7 @@ import {
   passphraseOpens,
   passphraseOpensAsync,
   rewrapSlots,
+  storeKeyringKey,
   unwrapSlots,
   wrapPassphraseSlot,
   type Opened,
@@ -327,9 +328,10 @@ export class Vault {
    * passphrase can be rekeyed (its slot is rewrapped with the key derived at open). A keyring slot
    * is rewrapped under a new keyring key when the keyring holds one, and dropped (reported) when
    * it does not.
-   * Call save() to persist; until then the file on disk is the old one, whole.
+   * Call save() to persist; until then the file on disk is the old one, whole. Then, for a slot
+   * kept, give the keyring its new key (giveKeyringKey); the caller frees it if the save failed.
    */
-  rekey(): { keyringSlot: 'kept' | 'dropped' | 'none' } {
+  rekey(): { keyringSlot: 'kept' | 'dropped' | 'none'; keyringKey?: SecureBuffer } {
     this.live();
     const openedSlot = this.slots[this.opened.slotIndex];
     if (openedSlot?.type !== SLOT_PASSPHRASE) {
@@ -350,7 +352,7 @@ export class Vault {
     } finally {
       secureFree(newKey);
     }
-    const { slots, keyringSlot } = rewrapSlots(
+    const { slots, keyringSlot, keyringKey } = rewrapSlots(
       this.vaultId,
       openedSlot.body,
       this.opened.kek,
@@ -364,7 +366,12 @@ export class Vault {
     this.records.replaceAll(entries);
     this.slots = slots;
     this.opened = { slotIndex: 0, kek: this.opened.kek };
-    return { keyringSlot };
+    return { keyringSlot, ...(keyringKey === undefined ? {} : { keyringKey }) };
+  }
+
+  /** After a rekey's save: the keyring gets its slot's new key (storeKeyringKey); frees it. */
+  giveKeyringKey(key: SecureBuffer): boolean {
+    return storeKeyringKey(this.vaultId, key);
   }
 
   /**
