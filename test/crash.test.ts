@@ -3,10 +3,11 @@
  * old content or the new, never neither.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import { test } from 'node:test';
-import { initHome, kw, kwSpawn, type Home } from './helpers.js';
+import { BIN, initHome, kw, kwSpawn, type Home } from './helpers.js';
 
 const VALUE_BYTES = 4 * 1024 * 1024; // large enough that encrypting and writing takes a while
 const ITERATIONS = Number(process.env['KEYWARD_CRASH_ITERATIONS'] ?? 40);
@@ -153,3 +154,41 @@ test('concurrent writers are serialised by the lock: no update is lost', async (
     names,
   );
 });
+
+test(
+  'a save the disk refuses (no space, an I/O error) says so, exit 5 with VAULT_UNWRITABLE, and the vault is as it was',
+  {
+    skip: !fs.existsSync('/usr/bin/strace') && 'needs strace',
+  },
+  () => {
+    const h = initHome();
+    assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-one' }).code, 0);
+    // strace makes the one system call that writes vault.kw fail: an append's pwrite, a
+    // replace's rename.
+    const failing = (inject: string, args: string[], input = '') =>
+      spawnSync(
+        '/usr/bin/strace',
+        ['-qq', '-o', '/dev/null', '-e', `inject=${inject}:when=1`, process.execPath, BIN, ...args],
+        { env: h.env, input, encoding: 'utf8' },
+      );
+    for (const [inject, args, errno] of [
+      ['pwrite64:error=ENOSPC', ['secret', 'set', 'a/c'], 'ENOSPC'],
+      ['rename:error=EIO', ['rekey'], 'EIO'],
+    ] as const) {
+      const r = failing(inject, [...args], 'value-two');
+      assert.equal(r.status, 5, `${args.join(' ')}: ${r.stderr}`);
+      assert.match(
+        r.stderr,
+        new RegExp(
+          `keyward: error: vault.kw could not be written \\(${errno}: [^)]+\\); the change was not saved`,
+        ),
+      );
+      assert.doesNotMatch(r.stderr, /internal error|a bug in keyward/);
+    }
+    const list = kw(['secret', 'list'], { env: h.env });
+    assert.equal(list.code, 0, list.stderr);
+    assert.match(list.stdout, /^a\/b /m);
+    assert.doesNotMatch(list.stdout, /a\/c/, 'the set that failed saved nothing');
+    assert.equal(kw(['read', 'a/b'], { env: h.env }).stdout, 'value-one');
+  },
+);

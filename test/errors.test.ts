@@ -20,6 +20,7 @@ test('the error code list is pinned: adding, removing or remapping a code is a v
     KEYRING_UNAVAILABLE: 5,
     VAULT_BUSY: 5,
     AUDIT_UNAVAILABLE: 5,
+    VAULT_UNWRITABLE: 5,
     CANCELLED: 6,
     VAULT_CORRUPT: 8,
     VAULT_UNSUPPORTED_VERSION: 8,

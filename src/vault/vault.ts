@@ -32,6 +32,7 @@ import {
   headerFacts,
   readVaultFile,
   type HeaderFacts,
+  unsaved,
   type VaultFile,
   type VaultPaths,
 } from './file.js';
@@ -390,7 +391,11 @@ export class Vault {
   save(): void {
     this.live();
     this.beforeSave?.();
-    this.records.save(this.paths.file, { keyId: keyIdOf(this.dk), slots: this.slots }, this.rng);
+    try {
+      this.records.save(this.paths.file, { keyId: keyIdOf(this.dk), slots: this.slots }, this.rng);
+    } catch (e) {
+      throw unsaved(e);
+    }
     this.afterSave?.();
   }
 
