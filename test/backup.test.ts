@@ -492,6 +492,76 @@ test(
   },
 );
 
+/** A home with one secret, its backup, and a fresh place to restore it to. */
+function backedUp(): { h: Home; out: string; to: { home: string; env: NodeJS.ProcessEnv } } {
+  const h = initHome();
+  assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-one' }).code, 0);
+  const out = path.join(h.dir, 'b.kwbackup');
+  assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
+  return { h, out, to: freshPlace(h) };
+}
+
+/**
+ * `keyward restore --input out` into `to`, held by strace at its first `syscall` (delayed ten
+ * minutes) until `ready` says the new directory is as that point leaves it. The attacker, a
+ * process of the user, then changes the directory; release() lets the restore go on (strace
+ * killed: its tracee goes on), waits for its end and gives its stderr.
+ */
+async function heldRestore(
+  out: string,
+  to: { home: string; env: NodeJS.ProcessEnv },
+  syscall: 'fsync' | 'rename',
+  ready: (tmp: string) => boolean,
+): Promise<{ tmp: string; release: () => Promise<string> }> {
+  const tracer = spawn(
+    STRACE,
+    [
+      '-f',
+      '-qq',
+      '-o',
+      '/dev/null',
+      '-e',
+      `trace=${syscall}`,
+      '-e',
+      `inject=${syscall}:delay_enter=600000000:when=1`,
+      process.execPath,
+      BIN,
+      'restore',
+      '--input',
+      out,
+    ],
+    { env: to.env, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stderr = '';
+  tracer.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const exited = new Promise<number | null>((res) => tracer.on('close', (code) => res(code)));
+  const parent = path.dirname(to.home);
+  const prefix = `${path.basename(to.home)}.restoring-`;
+  let tmp = '';
+  await eventually(() => {
+    const n = fs.readdirSync(parent).find((x) => x.startsWith(prefix));
+    if (
+      n !== undefined &&
+      fs.existsSync(path.join(parent, n, 'audit')) &&
+      ready(path.join(parent, n))
+    )
+      tmp = path.join(parent, n);
+    return tmp !== '';
+  }, `the restore held at its first ${syscall}`);
+  const traced = spawnSync('pgrep', ['-P', String(tracer.pid)], { encoding: 'utf8' });
+  const restorePid = Number(traced.stdout.trim().split('\n')[0]);
+  assert.ok(restorePid > 0, 'the restore runs under strace');
+  return {
+    tmp,
+    release: async () => {
+      tracer.kill('SIGKILL');
+      await exited;
+      await eventually(() => !fs.existsSync(`/proc/${restorePid}`), 'the restore to end');
+      return stderr;
+    },
+  };
+}
+
 test(
   'a directory of the new home swapped for another after it was written, while the restore works in it, is found by its inode before the swap: nothing is put in place',
   { skip: !fs.existsSync(STRACE) && 'needs strace' },
@@ -501,68 +571,22 @@ test(
     // first rename (the audit state rewritten: the home is written by then) while a process of
     // the user swaps the policy directory for a copy of it, a directory that is no link and reads
     // the same: only its inode tells it from the one the restore made.
-    const h = initHome();
-    assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-one' }).code, 0);
-    const out = path.join(h.dir, 'b.kwbackup');
-    assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
-    const to = freshPlace(h);
-    const tracer = spawn(
-      STRACE,
-      [
-        '-f',
-        '-qq',
-        '-o',
-        '/dev/null',
-        '-e',
-        'trace=rename',
-        '-e',
-        'inject=rename:delay_enter=600000000:when=1',
-        process.execPath,
-        BIN,
-        'restore',
-        '--input',
-        out,
-      ],
-      { env: to.env, stdio: ['ignore', 'pipe', 'pipe'] },
-    );
-    let stderr = '';
-    tracer.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    const exited = new Promise<number | null>((res) => tracer.on('close', (code) => res(code)));
-    const parent = path.dirname(to.home);
-    const prefix = `${path.basename(to.home)}.restoring-`;
-    let tmp = '';
+    const { h, out, to } = backedUp();
     // Held at the rename: the state's new file is written beside it, to be renamed over it.
-    await eventually(() => {
-      const n = fs.readdirSync(parent).find((x) => x.startsWith(prefix));
-      const audit = n === undefined ? undefined : path.join(parent, n, 'audit');
-      if (
-        audit &&
-        fs.existsSync(audit) &&
-        fs.readdirSync(audit).some((f) => f.startsWith('.state.tmp-'))
-      )
-        tmp = path.join(parent, n ?? '');
-      return tmp !== '';
-    }, 'the restore held at its first rename');
-    const policy = path.join(tmp, 'policy');
+    const held = await heldRestore(out, to, 'rename', (tmp) =>
+      fs.readdirSync(path.join(tmp, 'audit')).some((f) => f.startsWith('.state.tmp-')),
+    );
+    const policy = path.join(held.tmp, 'policy');
     fs.cpSync(policy, `${policy}.copy`, { recursive: true, preserveTimestamps: true });
     fs.renameSync(policy, path.join(h.dir, 'policy-made-by-the-restore'));
     fs.renameSync(`${policy}.copy`, policy);
-    const traced = spawnSync('pgrep', ['-P', String(tracer.pid)], { encoding: 'utf8' });
-    const restorePid = Number(traced.stdout.trim().split('\n')[0]);
-    assert.ok(restorePid > 0, 'the restore runs under strace');
-    tracer.kill('SIGKILL');
-    await exited;
-    await eventually(() => !fs.existsSync(`/proc/${restorePid}`), 'the restore to end');
+    const stderr = await held.release();
     assert.equal(fs.existsSync(to.home), false, 'a home with a directory swapped was put in place');
     assert.match(
       stderr,
       /keyward: error: the restore's new home \S+ was changed while it was written: policy is not what the restore wrote/,
     );
-    assert.deepEqual(
-      fs.readdirSync(parent).filter((x) => x.startsWith(prefix)),
-      [],
-      'the new directory is left behind',
-    );
+    assert.equal(fs.existsSync(held.tmp), false, 'the new directory is left behind');
   },
 );
 
@@ -574,62 +598,21 @@ test(
     // directory and plants a link where a directory of it is about to be made. strace holds the
     // restore at its first file's fsync (all but the first file still to be written) until the
     // link is there; killing strace lets it go on.
-    const h = initHome();
-    assert.equal(kw(['secret', 'set', 'a/b'], { env: h.env, input: 'value-one' }).code, 0);
-    const out = path.join(h.dir, 'b.kwbackup');
-    assert.equal(kw(['backup', '--output', out], { env: h.env }).code, 0);
-    const to = freshPlace(h);
+    const { h, out, to } = backedUp();
     const elsewhere = path.join(h.dir, 'elsewhere');
     fs.mkdirSync(elsewhere, { mode: 0o700 });
-    const tracer = spawn(
-      STRACE,
-      [
-        '-f',
-        '-qq',
-        '-o',
-        '/dev/null',
-        '-e',
-        'trace=fsync',
-        '-e',
-        'inject=fsync:delay_exit=600000000:when=1',
-        process.execPath,
-        BIN,
-        'restore',
-        '--input',
-        out,
-      ],
-      { env: to.env, stdio: ['ignore', 'pipe', 'pipe'] },
+    const held = await heldRestore(out, to, 'fsync', (tmp) =>
+      fs.existsSync(path.join(tmp, 'audit')),
     );
-    let stderr = '';
-    tracer.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-    const exited = new Promise<number | null>((res) => tracer.on('close', (code) => res(code)));
-    const parent = path.dirname(to.home);
-    const prefix = `${path.basename(to.home)}.restoring-`;
-    let tmp = '';
-    await eventually(() => {
-      const n = fs.readdirSync(parent).find((x) => x.startsWith(prefix));
-      if (n && fs.existsSync(path.join(parent, n, 'audit'))) tmp = path.join(parent, n);
-      return tmp !== '';
-    }, "the restore's new directory");
-    fs.symlinkSync(elsewhere, path.join(tmp, 'policy'));
-    // strace's tracee goes on when strace dies; its exit code is then the restore's own.
-    const traced = spawnSync('pgrep', ['-P', String(tracer.pid)], { encoding: 'utf8' });
-    const restorePid = Number(traced.stdout.trim().split('\n')[0]);
-    assert.ok(restorePid > 0, 'the restore runs under strace');
-    tracer.kill('SIGKILL');
-    await exited;
-    await eventually(() => !fs.existsSync(`/proc/${restorePid}`), 'the restore to end');
+    fs.symlinkSync(elsewhere, path.join(held.tmp, 'policy'));
+    const stderr = await held.release();
     assert.equal(fs.existsSync(to.home), false, 'a home with a link in it was put in place');
     assert.deepEqual(fs.readdirSync(elsewhere), [], 'the restore wrote through the link');
     assert.match(
       stderr,
       /keyward: error: the restore's new home \S+ was changed while it was written: policy is a symbolic link/,
     );
-    assert.deepEqual(
-      fs.readdirSync(parent).filter((x) => x.startsWith(prefix)),
-      [],
-      'the new directory is left behind',
-    );
+    assert.equal(fs.existsSync(held.tmp), false, 'the new directory is left behind');
   },
 );
 

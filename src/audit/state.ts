@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { IntegrityError, KeywardError } from '../errors.js';
 import {
+  diskFailure,
   ensurePrivateDir,
   fileKey,
   openOwnFile,
@@ -63,27 +64,17 @@ export function unavailable(message: string, hint?: string): KeywardError {
   });
 }
 
-/** The errors of a write or fsync that mean the log can't be written now, as a person reads them. */
-const UNWRITABLE: Partial<Record<string, string>> = {
-  ENOSPC: 'no space left on its filesystem',
-  EDQUOT: 'the disk quota is exhausted',
-  EROFS: 'its filesystem is read-only',
-  EIO: 'an I/O error',
-  EFBIG: 'the segment is too large for its filesystem',
-};
-
 /**
  * A failed write or fsync as the requester should hear it: the errno named (nothing of the
  * entry), and nothing released until the log can be written. Other errors pass unchanged.
  */
 export function unwritable(e: unknown): unknown {
   if (e instanceof KeywardError) return e;
-  const code = (e as NodeJS.ErrnoException | undefined)?.code;
-  const what = code === undefined ? undefined : UNWRITABLE[code];
-  if (what === undefined) return e;
+  const why = diskFailure(e);
+  if (why === undefined) return e;
   return new KeywardError(
     'AUDIT_UNAVAILABLE',
-    `the audit log cannot be written (${code}: ${what}); nothing was released`,
+    `the audit log cannot be written (${why}); nothing was released`,
     { hint: 'free space or fix the audit directory, then try again (keyward doctor)', cause: e },
   );
 }

@@ -121,6 +121,25 @@ export function fsyncDir(dir: string): void {
   }
 }
 
+/** The errors of a write, fsync or rename that mean a file can't be written now, as a person reads them. */
+const DISK_ERRORS: Partial<Record<string, string>> = {
+  ENOSPC: 'no space left on its filesystem',
+  EDQUOT: 'the disk quota is exhausted',
+  EROFS: 'its filesystem is read-only',
+  EIO: 'an I/O error',
+  EFBIG: 'the file is too large for its filesystem',
+};
+
+/**
+ * A failed write, fsync or rename that is the disk's doing (no space, a quota, read-only, an I/O
+ * error), named for a message: `CODE: what it means`. Undefined for any other error.
+ */
+export function diskFailure(e: unknown): string | undefined {
+  const code = (e as NodeJS.ErrnoException | undefined)?.code;
+  const what = code === undefined ? undefined : DISK_ERRORS[code];
+  return what === undefined ? undefined : `${code}: ${what}`;
+}
+
 /**
  * Replaces `target` with `chunks` so that a crash at any instant leaves either the old file or
  * the new one, never a mix and never neither: write a temp file in the same directory (same

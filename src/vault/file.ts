@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { KeywardError } from '../errors.js';
-import { assertPrivate, openOwnFile } from '../lib/files.js';
+import { assertPrivate, diskFailure, openOwnFile } from '../lib/files.js';
 import type { KdfParams } from './crypto.js';
 import {
   corruptError,
@@ -145,29 +145,19 @@ export function headerInfoOf(file: string, bytes: Buffer): VaultHeaderInfo {
   };
 }
 
-/** The errors of a write, fsync or rename that mean vault.kw can't be written now. */
-const UNWRITABLE: Partial<Record<string, string>> = {
-  ENOSPC: 'no space left on its filesystem',
-  EDQUOT: 'the disk quota is exhausted',
-  EROFS: 'its filesystem is read-only',
-  EIO: 'an I/O error',
-  EFBIG: 'the file is too large for its filesystem',
-};
-
 /**
  * A save that failed for the disk's reasons, as a person should hear it (found in test: an I/O
  * error said "internal error ... a bug in keyward"). The file is as it was: a replace leaves the
- * old file, and a save cut short is ignored by readers and cut off by the next writer. Other
- * errors pass unchanged.
+ * old file, and a save cut short is taken back, or ignored by readers and cut off by the next
+ * writer. Other errors pass unchanged.
  */
 export function unsaved(e: unknown): unknown {
   if (e instanceof KeywardError) return e;
-  const code = (e as NodeJS.ErrnoException | undefined)?.code;
-  const what = code === undefined ? undefined : UNWRITABLE[code];
-  if (what === undefined) return e;
+  const why = diskFailure(e);
+  if (why === undefined) return e;
   return new KeywardError(
     'VAULT_UNWRITABLE',
-    `vault.kw could not be written (${code}: ${what}); the change was not saved`,
+    `vault.kw could not be written (${why}); the change was not saved`,
     { hint: 'free space or fix the disk, then try again (keyward doctor)', cause: e },
   );
 }
