@@ -556,7 +556,15 @@ async function heldRestore(
     release: async () => {
       tracer.kill('SIGKILL');
       await exited;
-      await eventually(() => !fs.existsSync(`/proc/${restorePid}`), 'the restore to end');
+      // Ended, or a zombie of a parent that does not reap (PID 1 here is not always init).
+      const ended = () => {
+        try {
+          return /\) Z /.test(fs.readFileSync(`/proc/${restorePid}/stat`, 'utf8'));
+        } catch {
+          return true;
+        }
+      };
+      await eventually(ended, 'the restore to end');
       return stderr;
     },
   };
@@ -572,7 +580,8 @@ test(
     // the user swaps the policy directory for a copy of it, a directory that is no link and reads
     // the same: only its inode tells it from the one the restore made.
     const { h, out, to } = backedUp();
-    // Held at the rename: the state's new file is written beside it, to be renamed over it.
+    // The state's new file is made beside it: the rename that puts it in place is next, and held
+    // (the swap may land a moment before it; the last check comes after either way).
     const held = await heldRestore(out, to, 'rename', (tmp) =>
       fs.readdirSync(path.join(tmp, 'audit')).some((f) => f.startsWith('.state.tmp-')),
     );

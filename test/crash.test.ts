@@ -180,7 +180,7 @@ test(
       assert.match(
         r.stderr,
         new RegExp(
-          `keyward: error: vault.kw could not be written \\(${errno}: [^)]+\\); the change was not saved`,
+          `keyward: error: vault.kw could not be written safely \\(${errno}: [^)]+\\); the change may not have been saved`,
         ),
       );
       assert.doesNotMatch(r.stderr, /internal error|a bug in keyward/);

@@ -32,6 +32,7 @@ import {
   storeNewKeys,
 } from './vault-keys.js';
 import type { ShipConfig } from './ship.js';
+import { unwritable } from './state.js';
 
 /** The hooks `init` passes to the vault: keys go in before the first save, the log starts after. */
 export function auditInitHooks(
@@ -304,7 +305,13 @@ export function auditSink(home: string, options?: AuditOptions): AuditSink {
       const save = v.afterSave;
       v.afterSave = () => {
         save?.();
-        if (kept) sealFile(log, v, kept);
+        try {
+          if (kept) sealFile(log, v, kept);
+        } catch (e) {
+          // The vault is saved by now: a disk that refuses the checkpoint is the log's trouble,
+          // said as such (found in review: an ENOSPC here said "a bug in keyward").
+          throw unwritable(e);
+        }
       };
     },
   };

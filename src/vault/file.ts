@@ -147,9 +147,11 @@ export function headerInfoOf(file: string, bytes: Buffer): VaultHeaderInfo {
 
 /**
  * A save that failed for the disk's reasons, as a person should hear it (found in test: an I/O
- * error said "internal error ... a bug in keyward"). The file is as it was: a replace leaves the
- * old file, and a save cut short is taken back, or ignored by readers and cut off by the next
- * writer. Other errors pass unchanged.
+ * error said "internal error ... a bug in keyward"). Whether the change is in the file depends on
+ * where it failed: before the rename of a replace, or in an append that was taken back, the file
+ * is as it was; after the rename (the directory's fsync), or where an append could not be taken
+ * back, the change may be there, and may not survive a crash (found in review). So it says "may".
+ * Other errors pass unchanged.
  */
 export function unsaved(e: unknown): unknown {
   if (e instanceof KeywardError) return e;
@@ -157,7 +159,10 @@ export function unsaved(e: unknown): unknown {
   if (why === undefined) return e;
   return new KeywardError(
     'VAULT_UNWRITABLE',
-    `vault.kw could not be written (${why}); the change was not saved`,
-    { hint: 'free space or fix the disk, then try again (keyward doctor)', cause: e },
+    `vault.kw could not be written safely (${why}); the change may not have been saved`,
+    {
+      hint: 'free space or fix the disk, then look (keyward secret list) and try again',
+      cause: e,
+    },
   );
 }

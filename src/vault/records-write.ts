@@ -114,7 +114,8 @@ export function appendFrames(file: string, disk: Disk, data: Buffer): void {
       try {
         fs.ftruncateSync(fd, end);
       } catch {
-        // The uncommitted bytes stay; the next writer cuts them.
+        // The bytes stay: a frame cut short is cut by the next writer, but whole frames whose
+        // last commits them are the vault's from now on (the error says the change may be saved).
       }
       throw e;
     }

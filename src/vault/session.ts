@@ -323,7 +323,12 @@ export function rekeyVault(
       else replace();
       v.save();
     } catch (e) {
-      secureFree(r.done?.keyringKey);
+      // The keyring's new key goes in whenever the file its slot opens is on disk: a save can
+      // throw after its rename (the directory's fsync, the audit's checkpoint; found in review),
+      // and the keyring's old key would then open nothing.
+      const key = r.done?.keyringKey;
+      if (key !== undefined && v.fileUnderThisKey()) v.giveKeyringKey(key);
+      else secureFree(key);
       throw e;
     }
     const { done } = r;

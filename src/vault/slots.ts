@@ -198,9 +198,11 @@ export function rewrapSlots(
   // The slot is kept only where the keyring still holds a key for the vault (a person who deleted
   // the item asked for the slot to go), and it is kept under a new key: a process that read the old
   // one while the keyring was open must not open this vault, or a later copy of it, with it (found
-  // in review). The new key is returned, for the keyring once the file is written (storeKeyringKey):
-  // a write that fails leaves the old file, which the keyring's old key still opens (found in
-  // test: stored first, a failed write left a keyring that opened nothing).
+  // in review). The new key is returned, for the keyring once the file is on disk (storeKeyringKey,
+  // rekeyVault): a write that fails before the file is in place leaves the old file, which the
+  // keyring's old key still opens (found in test: stored first, a failed write left a keyring
+  // that opened nothing). A process killed between the two leaves a keyring that opens nothing,
+  // and the passphrase opens the vault.
   let held: SecureBuffer | undefined;
   try {
     held = keyringFetch(vaultId);

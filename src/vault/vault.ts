@@ -353,14 +353,22 @@ export class Vault {
     } finally {
       secureFree(newKey);
     }
-    const { slots, keyringSlot, keyringKey } = rewrapSlots(
-      this.vaultId,
-      openedSlot.body,
-      this.opened.kek,
-      newDk,
-      this.slots.some((x) => x.type === SLOT_KEYRING),
-      this.rng,
-    );
+    let rewrapped: ReturnType<typeof rewrapSlots>;
+    try {
+      rewrapped = rewrapSlots(
+        this.vaultId,
+        openedSlot.body,
+        this.opened.kek,
+        newDk,
+        this.slots.some((x) => x.type === SLOT_KEYRING),
+        this.rng,
+      );
+    } catch (e) {
+      // Found in review: the new data key was left to a collection.
+      secureFree(newDk);
+      throw e;
+    }
+    const { slots, keyringSlot, keyringKey } = rewrapped;
     this.dropSubkeys();
     secureFree(this.dk);
     this.dk = newDk;
@@ -373,6 +381,20 @@ export class Vault {
   /** After a rekey's save: the keyring gets its slot's new key (storeKeyringKey); frees it. */
   giveKeyringKey(key: SecureBuffer): boolean {
     return storeKeyringKey(this.vaultId, key);
+  }
+
+  /**
+   * Whether vault.kw on disk is under this vault's data key now: after a save that threw, whether
+   * the file was put in place all the same (a failure after its rename). False when it can't be
+   * read.
+   */
+  fileUnderThisKey(): boolean {
+    try {
+      // eslint-disable-next-line no-restricted-syntax -- key ids are public
+      return headerFacts(readVaultFile(this.paths).bytes).keyId.equals(keyIdOf(this.dk));
+    } catch {
+      return false;
+    }
   }
 
   /**
