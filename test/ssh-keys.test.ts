@@ -1526,6 +1526,52 @@ test(
 );
 
 test(
+  'session-bind with a host certificate verifies only with the key it certifies: a signature by another key is refused',
+  { skip },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const sock = env['SSH_AUTH_SOCK'] ?? '';
+    const str = (b: Buffer) => {
+      const l = Buffer.alloc(4);
+      l.writeUInt32BE(b.length);
+      return Buffer.concat([l, b]);
+    };
+    const ed25519 = () => {
+      const pair = crypto.generateKeyPairSync('ed25519');
+      const raw = Buffer.from(pair.publicKey.export({ format: 'jwk' }).x ?? '', 'base64url');
+      return { ...pair, blob: Buffer.concat([str(Buffer.from('ssh-ed25519')), str(raw)]) };
+    };
+    // The host's key (its public half certified by a CA, as ssh-keygen -h does), and another.
+    const host = ed25519();
+    const other = ed25519();
+    const pub = path.join(h.dir, 'host.pub');
+    fs.writeFileSync(pub, `ssh-ed25519 ${host.blob.toString('base64')} host\n`);
+    const ca = sshKeygen(h.dir, 'host-ca', ['-t', 'ed25519', '-N', '']);
+    const c = spawnSync('ssh-keygen', ['-q', '-s', ca, '-I', 'host', '-h', pub], {
+      encoding: 'utf8',
+    });
+    assert.equal(c.status, 0, c.stderr);
+    const cert = Buffer.from(
+      fs.readFileSync(path.join(h.dir, 'host-cert.pub'), 'utf8').split(' ')[1] ?? '',
+      'base64',
+    );
+    const bind = (signer: crypto.KeyObject) => {
+      const sid = crypto.randomBytes(32);
+      return Buffer.concat([
+        Buffer.of(27),
+        str(Buffer.from('session-bind@openssh.com')),
+        str(cert),
+        str(sid),
+        str(Buffer.concat([str(Buffer.from('ssh-ed25519')), str(crypto.sign(null, sid, signer))])),
+        Buffer.of(0),
+      ]);
+    };
+    assert.deepEqual(await agentRequest(sock, bind(host.privateKey)), Buffer.of(6), 'the host');
+    assert.deepEqual(await agentRequest(sock, bind(other.privateKey)), Buffer.of(5), 'another key');
+  },
+);
+
+test(
   'found in review: a signature asked through ssh -R (the agent socket relayed by the local ssh, which names no session) is not the local ssh asking either',
   { skip: sshdSkip },
   async () => {
