@@ -1526,6 +1526,63 @@ test(
 );
 
 test(
+  "found in review: a host-bound login on ssh's connection that names another host's key than its session bound is a relay's, asked of a person (as ssh-agent refuses it)",
+  { skip },
+  async () => {
+    const { h, env } = await agentWith(ALLOW_KEYS);
+    const g = kw(['key', 'generate', 'vk'], { env: h.env });
+    assert.equal(g.code, 0, g.stderr);
+    const keyBlob = Buffer.from(g.stdout.split(' ')[1] ?? '', 'base64');
+    // A copy of node named ssh: the agent takes its connection for ssh's, as it takes any
+    // program of that name (the stricter checks of a relay then apply).
+    const ssh = path.join(h.dir, 'ssh');
+    fs.copyFileSync(process.execPath, ssh);
+    fs.chmodSync(ssh, 0o755);
+    const script = `
+      const net = require('net');
+      const crypto = require('crypto');
+      const str = (b) => { const l = Buffer.alloc(4); l.writeUInt32BE(b.length); return Buffer.concat([l, b]); };
+      const ed = () => { const p = crypto.generateKeyPairSync('ed25519');
+        return { ...p, blob: Buffer.concat([str(Buffer.from('ssh-ed25519')), str(Buffer.from(p.publicKey.export({ format: 'jwk' }).x, 'base64url'))]) }; };
+      const bound = ed(), other = ed();
+      const sid = crypto.randomBytes(32);
+      const bind = Buffer.concat([Buffer.of(27), str(Buffer.from('session-bind@openssh.com')), str(bound.blob), str(sid),
+        str(Buffer.concat([str(Buffer.from('ssh-ed25519')), str(crypto.sign(null, sid, bound.privateKey))])), Buffer.of(0)]);
+      const key = Buffer.from(process.argv[1], 'base64');
+      const login = (hostKey) => Buffer.concat([str(sid), Buffer.of(50), str(Buffer.from('git')), str(Buffer.from('ssh-connection')),
+        str(Buffer.from('publickey-hostbound-v00@openssh.com')), Buffer.of(1), str(Buffer.from('ssh-ed25519')), str(key), str(hostKey)]);
+      const sign = (hostKey) => Buffer.concat([Buffer.of(13), str(key), str(login(hostKey)), Buffer.alloc(4)]);
+      const s = net.connect(process.env.SSH_AUTH_SOCK);
+      const asks = [bind, sign(bound.blob), sign(other.blob)];
+      const answers = [];
+      let buf = Buffer.alloc(0);
+      s.on('connect', () => s.write(str(asks[0])));
+      s.on('data', (d) => {
+        buf = Buffer.concat([buf, d]);
+        while (buf.length >= 4 && buf.length >= 4 + buf.readUInt32BE(0)) {
+          answers.push(buf[4]);
+          buf = buf.subarray(4 + buf.readUInt32BE(0));
+          if (answers.length === asks.length) { console.log(answers.join(' ')); s.end(); return; }
+          s.write(str(asks[answers.length]));
+        }
+      });
+    `;
+    h.answer('no');
+    const asked = h.prompts().length;
+    const r = spawnSync(ssh, ['-e', script, keyBlob.toString('base64')], {
+      env,
+      encoding: 'utf8',
+    });
+    assert.equal(r.status, 0, r.stderr);
+    // The bind is kept (6); the login to the bound host signs without asking (14); the one that
+    // names another host's key is asked, and the person said no (5).
+    assert.equal(r.stdout.trim(), '6 14 5');
+    assert.equal(h.prompts().length, asked + 1);
+    assert.match(h.prompts().at(-1) ?? '', /another host/);
+  },
+);
+
+test(
   'session-bind with a host certificate verifies only with the key it certifies: a signature by another key is refused',
   { skip },
   async () => {

@@ -391,9 +391,12 @@ export class SshAgentService {
     const alg = held.key.algorithm(flags);
     const what = describeSignData(data);
     const fp = held.key.fingerprint;
+    const login = what.details['kind'] === 'ssh-login';
+    const hostKey = what.details['hostKey'];
     const relayed = this.bindings.relayed(
       who,
-      what.details['kind'] === 'ssh-login' ? data.subarray(4, 4 + data.readUInt32BE(0)) : undefined,
+      login ? data.subarray(4, 4 + data.readUInt32BE(0)) : undefined,
+      login && typeof hostKey === 'string' ? hostKey : undefined,
     );
     const forwardedTo = this.bindings.forwardedTo(who);
     // An ssh-add comment is whatever the caller sent: quoted, like every caller-controlled part.

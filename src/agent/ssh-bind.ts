@@ -92,9 +92,14 @@ export class SessionBindings {
    * (found in review), or it is an ssh before 8.9, which is told apart from a relay no other way.
    * A bind proves nothing of who sent it (a relay's far side can sign a session of its own), so a
    * login whose session a bind named still passes: THREAT-MODEL.md says what that leaves.
-   * `loginSession`: the session id a login's signed data starts with, or undefined for other data.
+   * `loginSession`: the session id a login's signed data starts with, or undefined for other data;
+   * `loginHostKey`: the host key a host-bound login names (its fingerprint), when it names one.
    */
-  relayed(who: Peer, loginSession: Uint8Array | undefined): string | undefined {
+  relayed(
+    who: Peer,
+    loginSession: Uint8Array | undefined,
+    loginHostKey?: string,
+  ): string | undefined {
     const b = this.bound.get(who);
     if (b?.forwardedTo !== undefined)
       return `an agent forwarded to the host with key ${b.forwardedTo}`;
@@ -102,8 +107,13 @@ export class SessionBindings {
     if (loginSession === undefined)
       return 'a connection of ssh asking for a signature ssh never asks for itself (a relay of the agent, as ssh -R makes)';
     const id = Buffer.from(loginSession).toString('hex');
-    if (!b?.sessions.some((s) => s.id === id && !s.forwarding))
+    const session = b?.sessions.find((s) => s.id === id && !s.forwarding);
+    if (session === undefined)
       return 'a connection of ssh that named no SSH session for this login (a relay of the agent, as ssh -R makes, or an ssh before 8.9)';
+    // As ssh-agent: a login bound to a host names that host's key, the one its session was bound
+    // with (found in review: another host's key in the login's data passed).
+    if (loginHostKey !== undefined && loginHostKey !== session.hostKey)
+      return `a connection of ssh asking for a login to another host (key ${loginHostKey}) than the one its session was bound to (key ${session.hostKey})`;
     return undefined;
   }
 
