@@ -22,6 +22,7 @@ import { hkdfSha256, hmacSha256 } from '../src/vault/age-identity.js';
 import { CHANGING, names, through, tool, toolsFile } from './mcp-helpers.js';
 import { agentRunning, asUser, chownTree, kwAs, OTHER_UID } from './as-user.js';
 import {
+  alive,
   BIN,
   eventually,
   everyByteUnder,
@@ -556,15 +557,7 @@ async function heldRestore(
     release: async () => {
       tracer.kill('SIGKILL');
       await exited;
-      // Ended, or a zombie of a parent that does not reap (PID 1 here is not always init).
-      const ended = () => {
-        try {
-          return /\) Z /.test(fs.readFileSync(`/proc/${restorePid}/stat`, 'utf8'));
-        } catch {
-          return true;
-        }
-      };
-      await eventually(ended, 'the restore to end');
+      await eventually(() => !alive(restorePid), 'the restore to end');
       return stderr;
     },
   };

@@ -101,6 +101,16 @@ export function kwSpawn(args: string[], env: NodeJS.ProcessEnv) {
   return spawn(process.execPath, [BIN, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
 }
 
+/** Whether pid is a running process: a zombie its parent has not reaped (PID 1 here is not always init) is not. */
+export const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return !fs.readFileSync(`/proc/${pid}/stat`, 'utf8').match(/\) Z /);
+  } catch {
+    return false;
+  }
+};
+
 export function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms));
 }

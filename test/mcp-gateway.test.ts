@@ -12,10 +12,9 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
 import { scanMemory } from './agent-helpers.js';
-import { eventually, kw } from './helpers.js';
+import { alive, eventually, kw } from './helpers.js';
 import {
   agentWith,
-  alive,
   CHANGING,
   EVERYTHING,
   gone,

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StdioClientTransport } from '@modelcontextprotocol/sdk/client/stdio.js';
 import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
-import { BIN, kw, ROOT, sleep } from './helpers.js';
+import { alive, BIN, kw, ROOT, sleep } from './helpers.js';
 
 export const EVERYTHING = path.join(
   ROOT,
@@ -157,15 +157,6 @@ export const INIT = {
     capabilities: {},
     clientInfo: { name: 'raw', version: '1' },
   },
-};
-
-export const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return !fs.readFileSync(`/proc/${pid}/stat`, 'utf8').match(/\) Z /);
-  } catch {
-    return false;
-  }
 };
 
 /** Waits (on the processes, not a clock) until none of pids is left; false if they stay. */

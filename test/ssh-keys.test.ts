@@ -22,6 +22,7 @@ import {
   withoutAgent,
 } from './agent-helpers.js';
 import { BIN, everyByteUnder, eventually, kw, PASSPHRASE, rootTests } from './helpers.js';
+import { sshString } from '../src/keys/index.js';
 
 const homes: AgentHome[] = [];
 const cleanups: (() => void)[] = [];
@@ -40,6 +41,11 @@ const ALLOW_KEYS =
   // key list and audit tail through the agent (docs/POLICY.md, "Lists and the audit log").
   '  - { name: names, targets: [keys], kind: list, decision: allow }\n' +
   '  - { name: log, targets: [tail], kind: audit, decision: allow }\n';
+
+/** A rule a user writes for logins: /usr/bin/ssh signs without asking. */
+const SSH_LOGINS_SILENT =
+  'version: 1\nrules:\n' +
+  '  - { name: ssh-logins-silent, targets: ["**"], kind: key, callers: { exe: /usr/bin/ssh, loader_vars: absent }, decision: allow }\n';
 
 const run = (cmd: string, args: string[], env: NodeJS.ProcessEnv, input?: string) =>
   spawnSync(cmd, args, { env, encoding: 'utf8', input: input ?? '', timeout: 60_000 });
@@ -1308,10 +1314,7 @@ test(
   'a login to an sshd that presents a host certificate binds its session (the certified key verifies it): a rule that lets ssh sign silently holds, and the record names the host key',
   { skip: sshdSkip },
   async () => {
-    const { h, env } = await agentWith(
-      'version: 1\nrules:\n' +
-        '  - { name: ssh-logins-silent, targets: ["**"], kind: key, callers: { exe: /usr/bin/ssh, loader_vars: absent }, decision: allow }\n',
-    );
+    const { h, env } = await agentWith(SSH_LOGINS_SILENT);
     const g = kw(['key', 'generate', 'login'], { env: h.env });
     assert.equal(g.code, 0, g.stderr);
     const dir = h.dir;
@@ -1414,10 +1417,7 @@ test(
  * for that.
  */
 async function sshOnlyAllowed(sshdLine: string) {
-  const { h, env } = await agentWith(
-    'version: 1\nrules:\n' +
-      '  - { name: ssh-logins-silent, targets: ["**"], kind: key, callers: { exe: /usr/bin/ssh, loader_vars: absent }, decision: allow }\n',
-  );
+  const { h, env } = await agentWith(SSH_LOGINS_SILENT);
   const g = kw(['key', 'generate', 'vk'], { env: h.env });
   assert.equal(g.code, 0, g.stderr);
   const dir = h.dir;
@@ -1487,11 +1487,7 @@ test(
   async () => {
     const { env } = await agentWith(ALLOW_KEYS);
     const sock = env['SSH_AUTH_SOCK'] ?? '';
-    const str = (b: Buffer) => {
-      const l = Buffer.alloc(4);
-      l.writeUInt32BE(b.length);
-      return Buffer.concat([l, b]);
-    };
+    const str = sshString;
     // A host key of the test's own, signing whatever session id it likes, as an attacker's would.
     const { publicKey, privateKey } = crypto.generateKeyPairSync('ed25519');
     const raw = publicKey.export({ format: 'jwk' }).x ?? '';
@@ -1588,11 +1584,7 @@ test(
   async () => {
     const { h, env } = await agentWith(ALLOW_KEYS);
     const sock = env['SSH_AUTH_SOCK'] ?? '';
-    const str = (b: Buffer) => {
-      const l = Buffer.alloc(4);
-      l.writeUInt32BE(b.length);
-      return Buffer.concat([l, b]);
-    };
+    const str = sshString;
     const ed25519 = () => {
       const pair = crypto.generateKeyPairSync('ed25519');
       const raw = Buffer.from(pair.publicKey.export({ format: 'jwk' }).x ?? '', 'base64url');
