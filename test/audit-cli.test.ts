@@ -3,14 +3,24 @@
  * durable record, no value ever reaches the log, and `keyward audit ...` works end to end.
  */
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { describe, test } from 'node:test';
 import { agentHome, auditEntries, startAgent, stopAgent, withoutAgent } from './agent-helpers.js';
-import { eventually, FAST_KDF, initHome, kw, rootTests, type Home, type Run } from './helpers.js';
+import {
+  eventually,
+  FAST_KDF,
+  initHome,
+  kw,
+  kwSpawn,
+  rootTests,
+  STRACE,
+  type Home,
+  type Run,
+} from './helpers.js';
 import { parseLine } from '../src/audit/entry.js';
 import { AuditLog } from '../src/audit/log.js';
 
@@ -37,6 +47,20 @@ function rows(h: Home, n = 1000): Row[] {
 
 const auditDir = (h: Home) => path.join(h.home, 'audit');
 const segment = (h: Home) => path.join(auditDir(h), 'log-000001.jsonl');
+/** How many copies the agent has recorded as dropped (a read's last record). */
+const drops = (h: Home) =>
+  fs.readFileSync(segment(h), 'utf8').split('"type":"credential.drop"').length - 1;
+
+/** Whether pid's main thread is stopped in a write(2) to file (strace holds it there). */
+function writingTo(pid: number, file: string): boolean {
+  const [nr, fd] = fs.readFileSync(`/proc/${pid}/syscall`, 'utf8').split(' ');
+  if (nr !== '1' || fd === undefined) return false;
+  try {
+    return fs.readlinkSync(`/proc/${pid}/fd/${Number(fd)}`) === file;
+  } catch {
+    return false;
+  }
+}
 
 describe('events recorded by the CLI', () => {
   test('init, set, read, rm, passwd, rekey and a wrong passphrase each leave their entries, in order', () => {
@@ -507,11 +531,7 @@ describe("the box key in the audit state is the vault's", () => {
     try {
       await eventually(() => lines.includes('touched'), 'the mapping written once');
       assert.equal(kw(['read', 'api/token'], { env: h.env }).code, 0);
-      await eventually(
-        () =>
-          fs.readFileSync(segment(h), 'utf8').split('"type":"credential.drop"').length - 1 === 1,
-        "the read's credential.drop",
-      );
+      await eventually(() => drops(h) === 1, "the read's credential.drop");
       mapper.stdin.write('swap\n');
       await eventually(() => lines.includes('swapped'), 'the box key swapped through the mapping');
       const r = kw(['read', 'api/token'], { env: h.env });
@@ -531,7 +551,11 @@ describe("an acknowledgement is the passphrase holder's", () => {
   test('one appended by another process (the state file holds the key that MACs new entries) does not silence a recorded break', async () => {
     const h = await allowingAgent();
     try {
-      for (let i = 0; i < 3; i++) assert.equal(kw(['read', 'api/token'], { env: h.env }).code, 0);
+      for (let i = 1; i <= 3; i++) {
+        assert.equal(kw(['read', 'api/token'], { env: h.env }).code, 0);
+        // A read's last record (its copy dropped) is written after the reader has the value.
+        await eventually(() => drops(h) === i, `read ${i}'s credential.drop`);
+      }
       // The newest entries cut behind the running agent: its next write records the break.
       const ls = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
       fs.writeFileSync(segment(h), `${ls.slice(0, ls.length - 3).join('\n')}\n`);
@@ -574,6 +598,68 @@ describe("an acknowledgement is the passphrase holder's", () => {
     assert.equal(r.code, 0, r.stderr);
     assert.match(r.stderr, /recorded break\(s\), acknowledged: audit.gap at seq \d+/);
   });
+});
+
+describe('a cut made while the agent writes', () => {
+  test(
+    'one made after the agent checked that its last entry is there, before its batch lands, is found all the same: the agent records the break, locks and releases nothing',
+    { skip: !fs.existsSync(STRACE) && 'needs strace' },
+    async () => {
+      const h = await allowingAgent();
+      const pid = h.agentPid ?? 0;
+      let tracer: ChildProcess | undefined;
+      try {
+        for (let i = 1; i <= 3; i++) {
+          assert.equal(kw(['read', 'api/token'], { env: h.env }).code, 0);
+          await eventually(() => drops(h) === i, `read ${i}'s credential.drop`);
+        }
+        // strace holds the agent's main thread as it enters its next write to the segment: the
+        // next read's batch, its checks of the log done. The attacker cuts the log then.
+        tracer = spawn(
+          STRACE,
+          [
+            '-qq',
+            '-o',
+            '/dev/null',
+            '-p',
+            String(pid),
+            '-P',
+            segment(h),
+            '-e',
+            'trace=write',
+            '-e',
+            'inject=write:delay_enter=600000000:when=1',
+          ],
+          { stdio: 'ignore' },
+        );
+        await eventually(
+          () => /^TracerPid:\s+[1-9]/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8')),
+          'strace attached to the agent',
+        );
+        const reader = kwSpawn(['read', 'api/token'], h.env);
+        reader.stdin.end();
+        let out = '';
+        reader.stdout.on('data', (d: Buffer) => (out += d.toString()));
+        const code = new Promise<number | null>((res) => reader.on('close', (c) => res(c)));
+        await eventually(() => writingTo(pid, segment(h)), "the agent held at its batch's write");
+        const ls = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
+        fs.writeFileSync(segment(h), `${ls.slice(0, ls.length - 3).join('\n')}\n`);
+        tracer.kill('SIGKILL');
+        assert.notEqual(await code, 0, 'nothing is released once the log was cut');
+        assert.equal(out, '');
+        assert.match(kw(['status'], { env: h.env }).stdout, /locked/);
+      } finally {
+        tracer?.kill('SIGKILL');
+        await stopAgent(h);
+      }
+      const entries = auditEntries(h);
+      const gap = entries.find((e) => e.type === 'audit.gap');
+      assert.match(String(gap?.reason), /entries are missing/);
+      const v = kw(['audit', 'verify'], { env: withoutAgent(h) });
+      assert.equal(v.code, 8, v.stdout + v.stderr);
+      assert.match(v.stderr, /not acknowledged: audit\.gap at seq \d+/);
+    },
+  );
 });
 
 describe('audit verify --against a copy off the machine (the copy is untrusted input)', () => {

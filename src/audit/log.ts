@@ -16,7 +16,7 @@ import { Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
 import { cutTorn, firstLineTime, headOfSegment, lineStillThere, type Tail } from './tail.js';
 import { hashAt, unacknowledgedGapLines, unacknowledgedGaps, type GapLine } from './history.js';
 import type { AuditRecord } from './events.js';
-import { SegmentFiles, segmentStamp } from './segment-files.js';
+import { appendAt, checkedAgain, SegmentFiles, segmentStamp } from './segment-files.js';
 import { JournalUse } from './journal-use.js';
 import { statWithoutTimes, type FileIdentity } from '../lib/libc.js';
 import { BodySealer } from './body.js';
@@ -95,7 +95,7 @@ export class AuditLog {
   append(records: readonly AuditRecord[], follows?: Checkpoint): Head {
     this.checkDir();
     const head = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
-      const h = this.writeLocked(records, undefined, undefined, follows);
+      const h = checkedAgain(() => this.writeLocked(records, undefined, undefined, follows));
       this.files.sync(h.segment);
       return h;
     });
@@ -143,15 +143,18 @@ export class AuditLog {
       // If not, the log was cut behind it; the first line of this batch says so.
       // The segment's statx (no times), once: the check that the line is still there and the head's stamp
       // below both use it (under the same lock, a moment apart).
-      const seen = expect && { segment: expect.segment, stat: this.segmentStat(expect.segment) };
-      const cut =
-        expect && !this.stillThere(expect, seen?.stat) ? this.cutBehind(expect) : undefined;
-      const head = this.writeLocked(
-        cut ? [cut.record, ...records] : records,
-        cut ? undefined : seen,
-        cut ? undefined : expect,
-      );
-      if (cut) head.gap = cut.reason;
+      const head = checkedAgain(() => {
+        const seen = expect && { segment: expect.segment, stat: this.segmentStat(expect.segment) };
+        const cut =
+          expect && !this.stillThere(expect, seen?.stat) ? this.cutBehind(expect) : undefined;
+        const h = this.writeLocked(
+          cut ? [cut.record, ...records] : records,
+          cut ? undefined : seen,
+          cut ? undefined : expect,
+        );
+        if (cut) h.gap = cut.reason;
+        return h;
+      });
       const broken = await this.journal.durable(head.segment, blocking);
       // Set before any waiter goes on: the agent locks first (group.ts).
       if (broken !== undefined) head.gap ??= broken;
@@ -198,9 +201,11 @@ export class AuditLog {
         const replayed = this.journal.replayOnce(st.segment, this.segmentPath(st.segment));
         const box = this.boxChecked(st);
         if (box === undefined && replayed === undefined) return undefined;
-        const head = this.appendLocked(
-          st,
-          [replayed?.record, box?.record].filter((r) => r !== undefined),
+        const head = checkedAgain(() =>
+          this.appendLocked(
+            this.currentState(),
+            [replayed?.record, box?.record].filter((r) => r !== undefined),
+          ),
         );
         this.files.sync(head.segment);
         const reason = replayed?.gap ?? box?.reason;
@@ -410,7 +415,7 @@ export class AuditLog {
       const tooOld = started !== undefined && now.getTime() - started >= this.o.segmentMaxAgeMs;
       if (tail.size >= this.o.segmentMaxBytes || tooOld) {
         const next = segmentName(st.segment + 1);
-        head = this.writeLines(st, head, [
+        head = this.writeLines(st, head, tail.size, [
           {
             type: 'audit.rotated',
             decision: 'info',
@@ -428,6 +433,8 @@ export class AuditLog {
     const h = this.writeLines(
       st,
       head,
+      // A segment this batch begins (a rotation) is empty.
+      same ? tail.size : 0,
       [...pending, ...records],
       same ? first : undefined,
       // Nothing written since headKnown's statx: the segment is still the file it saw.
@@ -436,9 +443,11 @@ export class AuditLog {
     return { ...h, written: [...rotation, ...(h.written ?? [])] };
   }
 
+  /** Writes records after head, at byte `at` of st's segment (its length as read under the lock). */
   private writeLines(
     st: AuditState,
     head: Head,
+    at: number,
     records: readonly AuditRecord[],
     first?: { time: number | undefined },
     seen?: FileIdentity,
@@ -450,12 +459,9 @@ export class AuditLog {
     let stamp: string;
     try {
       const data = lines.length === 1 ? (lines[0] as Buffer) : Buffer.concat(lines);
-      let off = 0;
-      while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off);
-      const stat = statWithoutTimes(fd);
-      if (stat === undefined) throw new Error('the segment has no size');
-      end = Number(stat.size);
-      stamp = segmentStamp(stat);
+      const wrote = appendAt(st.segment, fd, data, at);
+      end = wrote.end;
+      stamp = segmentStamp(wrote.stat);
       this.journal.wrote(st.segment, end - data.length, data);
     } catch (e) {
       this.forget();

@@ -3,6 +3,7 @@
  * names the file the descriptor has (a segment replaced under the writer is opened anew).
  */
 import fs from 'node:fs';
+import { IntegrityError } from '../errors.js';
 import { unwritable } from './state.js';
 import { openOwnFile } from '../lib/files.js';
 import { statWithoutTimes, type FileIdentity } from '../lib/libc.js';
@@ -18,6 +19,69 @@ export { fileKey as stampFrom } from '../lib/files.js';
  */
 export function segmentStamp(id: FileIdentity): string {
   return `${id.dev}:${id.ino}:${id.size}`;
+}
+
+/**
+ * The segment's end moved between the writer's reading of it (its checks, its head) and its
+ * write: another process, which takes no lock, cut or wrote the file in that moment. The
+ * writer's lines were taken back; it goes through its checks again (AuditLog.appendOnce).
+ */
+export class SegmentMoved extends Error {
+  constructor(
+    readonly segment: number,
+    readonly expected: number,
+    readonly found: number,
+  ) {
+    super(`the segment's end moved while it was written (at byte ${expected}, now ${found})`);
+  }
+}
+
+/**
+ * Runs a writer's checks and its write under the log's lock, and once more when the segment
+ * moved under the write (SegmentMoved): the second time, the checks see what the other process
+ * left (a cut behind the agent is recorded as one). A second move refuses, writing nothing more.
+ */
+export function checkedAgain<T>(write: () => T): T {
+  try {
+    return write();
+  } catch (e) {
+    if (!(e instanceof SegmentMoved)) throw e;
+  }
+  try {
+    return write();
+  } catch (e) {
+    if (!(e instanceof SegmentMoved)) throw e;
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing written: the log's segment changed twice while this writer appended to it (${e.message}); another process writes it without the log's lock`,
+      { hint: 'keep a copy of the log as evidence; run keyward audit verify' },
+    );
+  }
+}
+
+/**
+ * Appends data to segment n's descriptor (O_APPEND), which the writer read as `at` bytes long:
+ * its new end and identity. When the lines did not land at `at`, the file changed after the
+ * writer's checks; they are cut off again and SegmentMoved thrown, so that what they link to
+ * is never taken for checked (an append after a cut would put the writer's own last line back
+ * where its next check looks, and the cut would pass unseen).
+ */
+export function appendAt(
+  n: number,
+  fd: number,
+  data: Buffer,
+  at: number,
+): { end: number; stat: FileIdentity } {
+  let off = 0;
+  while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off);
+  const stat = statWithoutTimes(fd);
+  if (stat === undefined) throw new Error('the segment has no size');
+  const end = Number(stat.size);
+  if (end - data.length !== at) {
+    fs.ftruncateSync(fd, end - data.length);
+    throw new SegmentMoved(n, at, end - data.length);
+  }
+  return { end, stat };
 }
 
 export class SegmentFiles {
