@@ -153,6 +153,7 @@ export function makeServices(o: AgentOptions, h: ServiceHooks): Services {
     peer: (s) => h.peer(s),
     vault: () => window.unlocked(),
     isUnlocked: () => window.isOpen,
+    stillOpen: (v) => window.stillOpen(v),
     generation: () => window.gen,
     limits: (fresh) => {
       // fresh: the policy in force, read again when one was applied (the SSH socket may be the

@@ -23,15 +23,8 @@ import type { Vault } from '../vault/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { closePeer, type Peer } from './peer.js';
 import { certifiedType, readCertifiedKey } from './ssh-cert.js';
-import {
-  CONSTRAIN_CONFIRM,
-  CONSTRAIN_EXTENSION,
-  CONSTRAIN_LIFETIME,
-  describeSignData,
-  message,
-  SSH,
-} from './ssh.js';
-import { armExpiry, capTo, keyOf, type Held } from './ssh-held.js';
+import { describeSignData, message, SSH } from './ssh.js';
+import { armExpiry, capTo, keyOf, readConstraints, type Held } from './ssh-held.js';
 import { confirmReason, SESSION_BIND, SessionBindings } from './ssh-bind.js';
 import { serveSshConnection } from './ssh-conn.js';
 
@@ -46,6 +39,8 @@ export interface SshHost {
   /** The open vault (re-read when it changed); throws AGENT_LOCKED when locked. */
   vault(): Vault;
   isUnlocked(): boolean;
+  /** Whether v is still the open vault: no lock, and no new unlock, since it was taken. */
+  stillOpen(v: Vault): boolean;
   /** Changes whenever the agent locks, unlocks or re-reads the vault. */
   generation(): number;
   /** fresh: read the policy in force again first (else the one the last request read). */
@@ -258,6 +253,9 @@ export class SshAgentService {
 
   private async add(who: Who, r: SshReader, constrained: boolean): Promise<Buffer> {
     if (!this.host.isUnlocked()) return message(SSH.FAILURE);
+    // The window the key is added to: a lock (which wipes every added key) and a new unlock
+    // while this waits must not carry the key into the new window.
+    const window = this.host.vault();
     // A certificate (ssh-add sends KEY-cert.pub after KEY) is listed under its own blob.
     const cert = certifiedType(r.peekText()) ? readCertifiedKey(r.text(), r) : undefined;
     const key = cert?.key ?? SigningKey.read(r);
@@ -265,19 +263,7 @@ export class SshAgentService {
     let held: Held | undefined;
     try {
       const comment = r.text();
-      let lifetimeS: number | undefined;
-      let confirm = false;
-      while (constrained && r.remaining > 0) {
-        const c = r.byte();
-        if (c === CONSTRAIN_LIFETIME) lifetimeS = r.u32();
-        else if (c === CONSTRAIN_CONFIRM) confirm = true;
-        else if (c === CONSTRAIN_EXTENSION) {
-          // e.g. restrict-destination-v00@openssh.com: a constraint keyward can't enforce is
-          // refused rather than ignored (as ssh-agent does).
-          throw new KeywardError('USAGE', `unsupported key constraint ${r.text()}`);
-        } else throw new KeywardError('USAGE', `unknown key constraint ${c}`);
-      }
-      if (r.remaining > 0) throw new KeywardError('PROTOCOL_ERROR', 'trailing bytes');
+      const { lifetimeS, confirm } = readConstraints(r, constrained);
       const id = keyOf(blob);
       // By the key, whatever it is listed as: a certificate signs with the key it certifies.
       const keyId = keyOf(key.publicBlob);
@@ -316,7 +302,7 @@ export class SshAgentService {
           lifetimeS: Number.isFinite(lifetimeMs) ? Math.round(lifetimeMs / 1000) : null,
         },
       });
-      if (!this.host.isUnlocked()) throw new KeywardError('AGENT_LOCKED', 'locked meanwhile');
+      if (!this.host.stillOpen(window)) throw new KeywardError('AGENT_LOCKED', 'locked meanwhile');
       // Checked again: adds that waited together above can't all pass the check made before.
       if (full()) throw new KeywardError('USAGE', 'too many keys added');
       // The vault may have changed meanwhile (the key imported, or removed): checked again.

@@ -3,7 +3,9 @@
  * lifetime of an added one: `ssh-add -t`, and the policy's `unlock.key_lifetime` counted from
  * its add (the one in force, applied to keys added before it too).
  */
-import type { SigningKey } from '../keys/index.js';
+import { KeywardError } from '../errors.js';
+import type { SigningKey, SshReader } from '../keys/index.js';
+import { CONSTRAIN_CONFIRM, CONSTRAIN_EXTENSION, CONSTRAIN_LIFETIME } from './ssh.js';
 
 /** The longest delay a Node timer takes. */
 const MAX_TIMER_MS = 2 ** 31 - 1;
@@ -41,4 +43,25 @@ export function armExpiry(h: Held, end: () => void): void {
   if (left <= 0) return end();
   h.timer = setTimeout(() => armExpiry(h, end), Math.min(left, MAX_TIMER_MS));
   h.timer.unref();
+}
+
+/** The constraints of an ADD_ID_CONSTRAINED message (none for ADD_IDENTITY), to its end. */
+export function readConstraints(
+  r: SshReader,
+  constrained: boolean,
+): { lifetimeS: number | undefined; confirm: boolean } {
+  let lifetimeS: number | undefined;
+  let confirm = false;
+  while (constrained && r.remaining > 0) {
+    const c = r.byte();
+    if (c === CONSTRAIN_LIFETIME) lifetimeS = r.u32();
+    else if (c === CONSTRAIN_CONFIRM) confirm = true;
+    else if (c === CONSTRAIN_EXTENSION) {
+      // e.g. restrict-destination-v00@openssh.com: a constraint keyward can't enforce is
+      // refused rather than ignored (as ssh-agent does).
+      throw new KeywardError('USAGE', `unsupported key constraint ${r.text()}`);
+    } else throw new KeywardError('USAGE', `unknown key constraint ${c}`);
+  }
+  if (r.remaining > 0) throw new KeywardError('PROTOCOL_ERROR', 'trailing bytes');
+  return { lifetimeS, confirm };
 }
