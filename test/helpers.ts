@@ -178,3 +178,60 @@ export function straced(
     fs.rmSync(dir, { recursive: true, force: true });
   }
 }
+
+/** System call numbers (x86-64) of the calls `holdAt` holds. */
+const SYSCALL_NR = { write: 1, fdatasync: 75 } as const;
+const WAIT4 = 61;
+
+/**
+ * Why `holdAt` can't run here, if it can't: it attaches strace to a running keyward process,
+ * which is not dumpable (only root may trace it), and reads syscall numbers of x86-64.
+ */
+export const cannotHold: string | false =
+  (!fs.existsSync(STRACE) && 'needs strace') ||
+  (process.geteuid?.() !== 0 && 'needs root: the agent is not dumpable') ||
+  (process.arch !== 'x64' && 'reads x86-64 system call numbers');
+
+/**
+ * strace attached to the running process pid (all its threads), holding for ten minutes the
+ * first `call` made on `file`; resolves once strace traces it (strace waits in wait4, the
+ * attach done). `held()` says whether a thread of pid is stopped in that call; `release()`
+ * kills strace, and the call goes on.
+ */
+export async function holdAt(
+  pid: number,
+  call: keyof typeof SYSCALL_NR,
+  file: string,
+): Promise<{ held: () => boolean; release: () => void }> {
+  const args = ['-f', '-qq', '-o', '/dev/null', '-p', String(pid), '-P', file];
+  const tracer = spawn(
+    STRACE,
+    [...args, '-e', `trace=${call}`, '-e', `inject=${call}:delay_enter=600000000:when=1`],
+    { stdio: 'ignore' },
+  );
+  let gone = false;
+  tracer.on('exit', () => (gone = true));
+  const syscallOf = (p: string) => {
+    try {
+      return fs.readFileSync(p, 'utf8').split(' ');
+    } catch {
+      return [];
+    }
+  };
+  await eventually(() => {
+    if (gone) throw new Error(`strace could not attach to ${pid}`);
+    const traced = /^TracerPid:\s+[1-9]/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return traced && syscallOf(`/proc/${tracer.pid}/syscall`)[0] === String(WAIT4);
+  }, `strace attached to ${pid}`);
+  const held = () =>
+    fs.readdirSync(`/proc/${pid}/task`).some((t) => {
+      const [nr, fd] = syscallOf(`/proc/${pid}/task/${t}/syscall`);
+      if (nr !== String(SYSCALL_NR[call]) || fd === undefined) return false;
+      try {
+        return fs.readlinkSync(`/proc/${pid}/fd/${Number(fd)}`) === file;
+      } catch {
+        return false;
+      }
+    });
+  return { held, release: () => void tracer.kill('SIGKILL') };
+}

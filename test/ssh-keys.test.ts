@@ -22,7 +22,16 @@ import {
   stopAgent,
   withoutAgent,
 } from './agent-helpers.js';
-import { BIN, everyByteUnder, eventually, kw, PASSPHRASE, rootTests, STRACE } from './helpers.js';
+import {
+  BIN,
+  cannotHold,
+  everyByteUnder,
+  eventually,
+  holdAt,
+  kw,
+  PASSPHRASE,
+  rootTests,
+} from './helpers.js';
 import { sshString } from '../src/keys/index.js';
 
 const homes: AgentHome[] = [];
@@ -432,61 +441,33 @@ test(
 
 test(
   'an ssh-add in flight when keyward locks and unlocks again is refused: the key never outlives the window it was added in',
-  { skip: skip || (!fs.existsSync(STRACE) && 'needs strace') },
+  { skip: skip || cannotHold },
   async () => {
     const { h, env } = await agentWith(ALLOW_KEYS);
     const f = sshKeygen(h.dir, 'late-ed25519', ['-t', 'ed25519', '-N', '']);
     const pid = h.agentPid ?? 0;
     const journal = path.join(h.home, 'audit', 'journal');
     // strace holds the journal's next fdatasync: the ssh-add's record (key.add), made durable in
-    // the thread pool while the agent's main thread goes on answering.
-    const tracer = spawn(
-      STRACE,
-      [
-        '-f',
-        '-qq',
-        '-o',
-        '/dev/null',
-        '-p',
-        String(pid),
-        '-P',
-        journal,
-        '-e',
-        'trace=fdatasync',
-        '-e',
-        'inject=fdatasync:delay_enter=600000000:when=1',
-      ],
-      { stdio: 'ignore' },
-    );
+    // the thread pool (a new agent's first appends go there: group.ts) while the agent's main
+    // thread goes on answering.
+    const hold = await holdAt(pid, 'fdatasync', journal);
     try {
-      await eventually(
-        () => /^TracerPid:\s+[1-9]/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8')),
-        'strace attached to the agent',
-      );
       const adding = new Promise<number | null>((res) =>
         spawn('ssh-add', [f], { env, stdio: 'ignore' }).on('close', (c) => res(c)),
       );
-      await eventually(
-        () =>
-          fs
-            .readdirSync(`/proc/${pid}/task`)
-            .some((t) =>
-              fs.readFileSync(`/proc/${pid}/task/${t}/syscall`, 'utf8').startsWith('75 '),
-            ),
-        "the key.add record's fdatasync held",
-      );
+      await eventually(hold.held, "the key.add record's fdatasync held");
       // The person locks, then unlocks, while the add waits for its record.
       const locking = kwAsync(['lock'], h.env);
       await eventually(() => kw(['status'], { env: h.env }).code !== 0, 'keyward locked');
       const unlocking = kwAsync(['unlock'], h.env);
       await eventually(() => kw(['status'], { env: h.env }).code === 0, 'keyward unlocked again');
-      tracer.kill('SIGKILL');
+      hold.release();
       assert.notEqual(await adding, 0, 'the add is refused');
       assert.equal((await locking).code, 0);
       assert.equal((await unlocking).code, 0);
       assert.doesNotMatch(run('ssh-add', ['-l'], env).stdout, /late-ed25519/);
     } finally {
-      tracer.kill('SIGKILL');
+      hold.release();
     }
   },
 );

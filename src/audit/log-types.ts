@@ -1,11 +1,15 @@
 /** The audit writer's options, and what it knows between appends and when it may trust it (log.ts). */
 import fs from 'node:fs';
+import { IntegrityError } from '../errors.js';
 import type { FileIdentity } from '../lib/libc.js';
 import { parseLine } from './entry.js';
 import type { ShippedEntry } from './ship.js';
 import { segmentStamp, stampFrom } from './segment-files.js';
 import type { AuditState, HeldState } from './state.js';
 import type { Tail } from './tail.js';
+import { gapRecord } from './checkpoint.js';
+import type { AuditRecord } from './events.js';
+import type { Checkpoint } from './verify.js';
 
 export interface AuditOptions {
   /** Rotate a segment past this size (default 16 MiB). */
@@ -124,4 +128,35 @@ export function knownHead(
   const r = read(segment);
   const lastType = r.tail.lastLine === undefined ? undefined : parseLine(r.tail.lastLine)?.type;
   return { ...r, lastType, first: undefined };
+}
+
+/**
+ * The line a batch follows, as appendAt checks it after the write: the head's own line, with its
+ * length (a head just written), or the tail's last line, which is the head's (a head read back).
+ */
+export function lastLineOf(head: Head, tail?: Tail): { hash: string; length: number } | undefined {
+  if (tail !== undefined)
+    return tail.lastLine === undefined
+      ? undefined
+      : { hash: head.hash, length: Buffer.byteLength(tail.lastLine) + 1 };
+  return head.length === undefined ? undefined : { hash: head.hash, length: head.length };
+}
+
+/**
+ * The record of a segment changed between a writer's checks and its write (appendAt): the
+ * entry its batch was built on is the last one the writer saw, whatever is before it now.
+ */
+export function movedRecord(built: Head, reason: string, by: string): AuditRecord {
+  const at = { seq: built.seq, hash: built.hash };
+  return gapRecord({ checkpoint: { ...at, where: 'agent' }, found: at, kind: 'cut', reason }, by);
+}
+
+/** A batch that must follow the entry `follows` (AuditLog.append) finds the log's head is it. */
+export function checkFollows(head: Head, follows: Checkpoint | undefined): void {
+  if (follows !== undefined && (head.seq !== follows.seq || head.hash !== follows.hash))
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing written: the log's last entry is seq ${head.seq}, not the one checked (seq ${follows.seq}): it changed meanwhile`,
+      { hint: 'keep a copy of the log as evidence; run keyward audit verify' },
+    );
 }

@@ -4,7 +4,6 @@
  */
 import fs from 'node:fs';
 import path from 'node:path';
-import { IntegrityError } from '../errors.js';
 import { onLocalDisk } from '../lib/file-systems.js';
 import { fsyncDir, HeldLock, withFileLock, withFileLockAsync } from '../lib/files.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
@@ -16,14 +15,17 @@ import { Shipper, type ShipConfig, type ShippedEntry } from './ship.js';
 import { cutTorn, firstLineTime, headOfSegment, lineStillThere, type Tail } from './tail.js';
 import { hashAt, unacknowledgedGapLines, unacknowledgedGaps, type GapLine } from './history.js';
 import type { AuditRecord } from './events.js';
-import { appendAt, checkedAgain, SegmentFiles, segmentStamp } from './segment-files.js';
+import { appendAt, SegmentFiles, segmentStamp } from './segment-files.js';
 import { JournalUse } from './journal-use.js';
 import { statWithoutTimes, type FileIdentity } from '../lib/libc.js';
 import { BodySealer } from './body.js';
 import {
   DEFAULTS,
+  checkFollows,
   knownHead,
+  lastLineOf,
   LOCK_TIMEOUT_MS,
+  movedRecord,
   stampOf,
   type AuditOptions,
   type Head,
@@ -95,7 +97,7 @@ export class AuditLog {
   append(records: readonly AuditRecord[], follows?: Checkpoint): Head {
     this.checkDir();
     const head = withFileLock(this.paths.lock, LOCK_TIMEOUT_MS, () => {
-      const h = checkedAgain(() => this.writeLocked(records, undefined, undefined, follows));
+      const h = this.writeLocked(records, undefined, undefined, follows);
       this.files.sync(h.segment);
       return h;
     });
@@ -143,18 +145,15 @@ export class AuditLog {
       // If not, the log was cut behind it; the first line of this batch says so.
       // The segment's statx (no times), once: the check that the line is still there and the head's stamp
       // below both use it (under the same lock, a moment apart).
-      const head = checkedAgain(() => {
-        const seen = expect && { segment: expect.segment, stat: this.segmentStat(expect.segment) };
-        const cut =
-          expect && !this.stillThere(expect, seen?.stat) ? this.cutBehind(expect) : undefined;
-        const h = this.writeLocked(
-          cut ? [cut.record, ...records] : records,
-          cut ? undefined : seen,
-          cut ? undefined : expect,
-        );
-        if (cut) h.gap = cut.reason;
-        return h;
-      });
+      const seen = expect && { segment: expect.segment, stat: this.segmentStat(expect.segment) };
+      const cut =
+        expect && !this.stillThere(expect, seen?.stat) ? this.cutBehind(expect) : undefined;
+      const head = this.writeLocked(
+        cut ? [cut.record, ...records] : records,
+        cut ? undefined : seen,
+        cut ? undefined : expect,
+      );
+      if (cut) head.gap = cut.reason;
       const broken = await this.journal.durable(head.segment, blocking);
       // Set before any waiter goes on: the agent locks first (group.ts).
       if (broken !== undefined) head.gap ??= broken;
@@ -201,14 +200,12 @@ export class AuditLog {
         const replayed = this.journal.replayOnce(st.segment, this.segmentPath(st.segment));
         const box = this.boxChecked(st);
         if (box === undefined && replayed === undefined) return undefined;
-        const head = checkedAgain(() =>
-          this.appendLocked(
-            this.currentState(),
-            [replayed?.record, box?.record].filter((r) => r !== undefined),
-          ),
+        const head = this.appendLocked(
+          st,
+          [replayed?.record, box?.record].filter((r) => r !== undefined),
         );
         this.files.sync(head.segment);
-        const reason = replayed?.gap ?? box?.reason;
+        const reason = replayed?.gap ?? box?.reason ?? head.gap;
         return reason === undefined ? { head } : { head, reason };
       } catch (e) {
         this.forget();
@@ -330,9 +327,7 @@ export class AuditLog {
   }
 
   private cutBehind(expected: Head): { record: AuditRecord; reason: string } {
-    const st = readState(this.paths);
-    secureFree(st.key);
-    return cutBehindRecord(expected, this.headOf(st.segment).head);
+    return cutBehindRecord(expected, this.head());
   }
 
   /** The hash of the entry at seq, looked for from the end; undefined when there is none. */
@@ -390,12 +385,7 @@ export class AuditLog {
     const segment = st.segment;
     const known = this.headKnown(segment, seen);
     let { head, tail, first } = known;
-    if (follows !== undefined && (head.seq !== follows.seq || head.hash !== follows.hash))
-      throw new IntegrityError(
-        'AUDIT_CHAIN_BROKEN',
-        `nothing written: the log's last entry is seq ${head.seq}, not the one checked (seq ${follows.seq}): it changed meanwhile`,
-        { hint: 'keep a copy of the log as evidence; run keyward audit verify' },
-      );
+    checkFollows(head, follows);
     const pending: AuditRecord[] = [];
     if (tail.tornBytes > 0) {
       // A writer died mid-line. Cut the torn bytes and say so in the log itself: never silently.
@@ -403,6 +393,8 @@ export class AuditLog {
       tail = { ...tail, size: tail.size - tail.tornBytes, tornBytes: 0 };
     }
     let rotation: ShippedEntry[] = [];
+    /** The write that landed elsewhere than the checks saw (appendAt), and what it followed. */
+    let moved: { reason: string; after: Head } | undefined;
     const lastWasRotation = tail.lastLine !== undefined && known.lastType === 'audit.rotated';
     if (lastWasRotation) {
       // The closing entry is written but the state did not advance (a crash in between).
@@ -415,18 +407,20 @@ export class AuditLog {
       const tooOld = started !== undefined && now.getTime() - started >= this.o.segmentMaxAgeMs;
       if (tail.size >= this.o.segmentMaxBytes || tooOld) {
         const next = segmentName(st.segment + 1);
-        head = this.writeLines(st, head, tail.size, [
-          {
-            type: 'audit.rotated',
-            decision: 'info',
-            reason: tooOld ? 'segment age limit' : 'segment size limit',
-            details: { next },
-          },
-        ]);
+        const reason = tooOld ? 'segment age limit' : 'segment size limit';
+        const closing: AuditRecord = {
+          type: 'audit.rotated',
+          decision: 'info',
+          reason,
+          details: { next },
+        };
+        const before = head;
+        head = this.writeLines(st, head, tail.size, lastLineOf(head, tail), [closing]);
         this.files.sync(st.segment);
         rotation = head.written ?? [];
+        if (head.gap !== undefined) moved = { reason: head.gap, after: before };
         this.evolve(st, true);
-        head = { ...head, segment: st.segment, written: [] };
+        head = { seq: head.seq, hash: head.hash, segment: st.segment, written: [] };
       }
     }
     const same = st.segment === segment;
@@ -435,19 +429,35 @@ export class AuditLog {
       head,
       // A segment this batch begins (a rotation) is empty.
       same ? tail.size : 0,
+      same ? lastLineOf(head, tail) : undefined,
       [...pending, ...records],
       same ? first : undefined,
       // Nothing written since headKnown's statx: the segment is still the file it saw.
       same && rotation.length === 0 && pending.length === 0 ? known.seen : undefined,
     );
-    return { ...h, written: [...rotation, ...(h.written ?? [])] };
+    if (h.gap !== undefined) moved ??= { reason: h.gap, after: head };
+    if (moved === undefined) return { ...h, written: [...rotation, ...(h.written ?? [])] };
+    // Another process changed the segment between the checks and the write (appendAt): the
+    // batch stands after what it left, made durable as it is, then the break is recorded after
+    // it, and the agent locks before anything of the batch is released (head.gap).
+    this.files.sync(st.segment);
+    const by = this.o.keep ? 'the agent' : 'a keyward command';
+    const gap = movedRecord(moved.after, moved.reason, by);
+    const g = this.writeLines(st, h, h.end ?? 0, lastLineOf(h), [gap]);
+    const written = [...rotation, ...(h.written ?? []), ...(g.written ?? [])];
+    return { ...g, gap: moved.reason, written };
   }
 
-  /** Writes records after head, at byte `at` of st's segment (its length as read under the lock). */
+  /**
+   * Writes records after head, at byte `at` of st's segment, after the line `before`: the end
+   * and the last line the writer read under the lock (appendAt). The head it gives has `gap`
+   * when the lines landed elsewhere.
+   */
   private writeLines(
     st: AuditState,
     head: Head,
     at: number,
+    before: { hash: string; length: number } | undefined,
     records: readonly AuditRecord[],
     first?: { time: number | undefined },
     seen?: FileIdentity,
@@ -455,25 +465,23 @@ export class AuditLog {
     const time = this.o.now().toISOString();
     const { lines, written, seq, hash } = encodeBatch(records, head, time, st, this.sealer);
     const { fd, created } = this.files.open(st.segment, seen);
-    let end: number;
-    let stamp: string;
+    let wrote: ReturnType<typeof appendAt>;
     try {
       const data = lines.length === 1 ? (lines[0] as Buffer) : Buffer.concat(lines);
-      const wrote = appendAt(st.segment, fd, data, at);
-      end = wrote.end;
-      stamp = segmentStamp(wrote.stat);
-      this.journal.wrote(st.segment, end - data.length, data);
+      wrote = appendAt(fd, data, at, before);
+      this.journal.wrote(st.segment, wrote.end - data.length, data);
     } catch (e) {
       this.forget();
       throw e;
     }
     if (created) fsyncDir(this.paths.dir);
     const last = lines.at(-1);
+    const { end, moved } = wrote;
     if (last !== undefined && this.known?.st === st) {
       // What the next append would read back from the file, while its stamp stays this one.
       this.known.seg = {
         segment: st.segment,
-        stamp,
+        stamp: segmentStamp(wrote.stat),
         head: { seq, hash, segment: st.segment },
         tail: { size: end, lastLine: last.toString('utf8', 0, last.length - 1), tornBytes: 0 },
         lastType: records.at(-1)?.type ?? '',
@@ -486,6 +494,7 @@ export class AuditLog {
       segment: st.segment,
       written,
       ...(last === undefined ? {} : { end, length: last.length }),
+      ...(moved === undefined ? {} : { gap: moved }),
     };
   }
 }

@@ -3,8 +3,8 @@
  * names the file the descriptor has (a segment replaced under the writer is opened anew).
  */
 import fs from 'node:fs';
-import { IntegrityError } from '../errors.js';
 import { unwritable } from './state.js';
+import { lineStillThere } from './tail.js';
 import { openOwnFile } from '../lib/files.js';
 import { statWithoutTimes, type FileIdentity } from '../lib/libc.js';
 
@@ -22,66 +22,32 @@ export function segmentStamp(id: FileIdentity): string {
 }
 
 /**
- * The segment's end moved between the writer's reading of it (its checks, its head) and its
- * write: another process, which takes no lock, cut or wrote the file in that moment. The
- * writer's lines were taken back; it goes through its checks again (AuditLog.appendOnce).
- */
-export class SegmentMoved extends Error {
-  constructor(
-    readonly segment: number,
-    readonly expected: number,
-    readonly found: number,
-  ) {
-    super(`the segment's end moved while it was written (at byte ${expected}, now ${found})`);
-  }
-}
-
-/**
- * Runs a writer's checks and its write under the log's lock, and once more when the segment
- * moved under the write (SegmentMoved): the second time, the checks see what the other process
- * left (a cut behind the agent is recorded as one). A second move refuses, writing nothing more.
- */
-export function checkedAgain<T>(write: () => T): T {
-  try {
-    return write();
-  } catch (e) {
-    if (!(e instanceof SegmentMoved)) throw e;
-  }
-  try {
-    return write();
-  } catch (e) {
-    if (!(e instanceof SegmentMoved)) throw e;
-    throw new IntegrityError(
-      'AUDIT_CHAIN_BROKEN',
-      `nothing written: the log's segment changed twice while this writer appended to it (${e.message}); another process writes it without the log's lock`,
-      { hint: 'keep a copy of the log as evidence; run keyward audit verify' },
-    );
-  }
-}
-
-/**
- * Appends data to segment n's descriptor (O_APPEND), which the writer read as `at` bytes long:
- * its new end and identity. When the lines did not land at `at`, the file changed after the
- * writer's checks; they are cut off again and SegmentMoved thrown, so that what they link to
- * is never taken for checked (an append after a cut would put the writer's own last line back
- * where its next check looks, and the cut would pass unseen).
+ * Appends data to a segment's descriptor (O_APPEND), which the writer read, under the log's
+ * lock, as `at` bytes long and ending in the line `before` (its hash and length with the
+ * newline; none in an empty segment). Gives the new end and identity, and `moved`: why the
+ * lines did not land where the writer's checks saw the end, if they did not. Another process,
+ * which takes no lock, can cut or rewrite the file between those checks and this write: the
+ * lines then follow what it left, and the writer's own last line would stand where its next
+ * check looks, the change unseen. Nothing is taken back (the bytes after `at` may be anyone's);
+ * the caller records the break.
  */
 export function appendAt(
-  n: number,
   fd: number,
   data: Buffer,
   at: number,
-): { end: number; stat: FileIdentity } {
+  before: { hash: string; length: number } | undefined,
+): { end: number; stat: FileIdentity; moved: string | undefined } {
   let off = 0;
   while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off);
   const stat = statWithoutTimes(fd);
   if (stat === undefined) throw new Error('the segment has no size');
   const end = Number(stat.size);
-  if (end - data.length !== at) {
-    fs.ftruncateSync(fd, end - data.length);
-    throw new SegmentMoved(n, at, end - data.length);
-  }
-  return { end, stat };
+  let moved: string | undefined;
+  if (end - data.length !== at)
+    moved = `the segment changed while a batch was written to it: it was ${at} bytes long when checked, ${end - data.length} when the batch's ${data.length} bytes went after it`;
+  else if (before !== undefined && !lineStillThere(fd, '', { ...before, end: at }))
+    moved = `the segment changed while a batch was written to it: the entry the batch follows, ending at byte ${at}, is not the one checked`;
+  return { end, stat, moved };
 }
 
 export class SegmentFiles {
