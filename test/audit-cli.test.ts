@@ -18,7 +18,9 @@ import {
   kwSpawn,
   rootTests,
   cannotHold,
+  commandHeldAt,
   holdAt,
+  STRACE,
   type Home,
   type Run,
 } from './helpers.js';
@@ -591,15 +593,31 @@ describe("an acknowledgement is the passphrase holder's", () => {
 });
 
 describe('a change made while the agent writes', () => {
-  const attacks: [string, (lines: string[]) => string[]][] = [
-    ['a cut of the last three entries', (ls) => ls.slice(0, ls.length - 3)],
+  const lines = (file: string) => fs.readFileSync(file, 'utf8').trimEnd().split('\n');
+  const text = (ls: string[]) => `${ls.join('\n')}\n`;
+  const attacks: [string, (file: string) => void][] = [
+    ['a cut of the last three entries', (f) => fs.writeFileSync(f, text(lines(f).slice(0, -3)))],
     [
       // The file keeps its length: only the line the batch follows shows it.
       'the last entry rewritten in place, its length kept',
-      (ls) => [
-        ...ls.slice(0, -1),
-        (ls.at(-1) ?? '').replace(/"prev":"(.)/, (_, c) => `"prev":"${c === '0' ? '1' : '0'}`),
-      ],
+      (f) => {
+        const ls = lines(f);
+        const last = (ls.at(-1) ?? '').replace(
+          /"prev":"(.)/,
+          (_, c) => `"prev":"${c === '0' ? '1' : '0'}`,
+        );
+        const changed = text([...ls.slice(0, -1), last]);
+        assert.equal(changed.length, fs.statSync(f).size, 'the length kept');
+        fs.writeFileSync(f, changed);
+      },
+    ],
+    [
+      // The file the agent holds open keeps its length and its last line: only the path shows it.
+      'a cut copy renamed over the segment',
+      (f) => {
+        fs.writeFileSync(`${f}.new`, text(lines(f).slice(0, -3)), { mode: 0o600 });
+        fs.renameSync(`${f}.new`, f);
+      },
     ],
   ];
   for (const [what, attack] of attacks)
@@ -624,11 +642,7 @@ describe('a change made while the agent writes', () => {
           reader.stdout.on('data', (d: Buffer) => (out += d.toString()));
           const code = new Promise<number | null>((res) => reader.on('close', (c) => res(c)));
           await eventually(hold.held, "the agent held at its batch's write");
-          const ls = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
-          const changed = `${attack(ls).join('\n')}\n`;
-          if (what.includes('length kept'))
-            assert.equal(changed.length, fs.statSync(segment(h)).size, 'the length kept');
-          fs.writeFileSync(segment(h), changed);
+          attack(segment(h));
           release();
           assert.notEqual(await code, 0, 'nothing is released once the log was changed');
           assert.equal(out, '');
@@ -647,6 +661,35 @@ describe('a change made while the agent writes', () => {
       },
     );
 });
+
+test(
+  'a keyward command whose record lands after another process cut the log fails, prints nothing, and the break is recorded',
+  { skip: (!fs.existsSync(STRACE) && 'needs strace') || (process.arch !== 'x64' && 'x86-64 only') },
+  async () => {
+    const h = initHome();
+    assert.equal(kw(['secret', 'set', 'api/token'], { env: h.env, input: 'value-aaaa' }).code, 0);
+    for (const n of ['b', 'c', 'd']) kw(['secret', 'set', n], { env: h.env, input: 'v' });
+    // No agent: the read opens the vault itself, and records the release before it prints.
+    const run = commandHeldAt(['read', 'api/token'], h.env, 'write', segment(h));
+    try {
+      await eventually(run.held, "the read held at its record's write");
+      const ls = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
+      fs.writeFileSync(segment(h), `${ls.slice(0, -3).join('\n')}\n`);
+    } finally {
+      run.release();
+    }
+    const r = await run.done;
+    assert.equal(r.code, 8, r.stderr);
+    assert.equal(r.stdout, '');
+    assert.match(r.stderr, /changed while this command wrote to it/);
+    // The break is the log's last entry, after the batch that landed after the cut.
+    const rows = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
+    assert.match(rows.at(-1) ?? '', /"type":"audit\.gap"/);
+    const v = kw(['audit', 'verify'], { env: h.env });
+    assert.equal(v.code, 8, v.stdout + v.stderr);
+    assert.match(v.stderr, /audit log broken at/);
+  },
+);
 
 describe('audit verify --against a copy off the machine (the copy is untrusted input)', () => {
   /** The copy's lines for every entry of h's log, as the collector's template writes them. */

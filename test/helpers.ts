@@ -211,27 +211,91 @@ export async function holdAt(
   );
   let gone = false;
   tracer.on('exit', () => (gone = true));
-  const syscallOf = (p: string) => {
-    try {
-      return fs.readFileSync(p, 'utf8').split(' ');
-    } catch {
-      return [];
-    }
-  };
-  await eventually(() => {
-    if (gone) throw new Error(`strace could not attach to ${pid}`);
-    const traced = /^TracerPid:\s+[1-9]/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-    return traced && syscallOf(`/proc/${tracer.pid}/syscall`)[0] === String(WAIT4);
-  }, `strace attached to ${pid}`);
-  const held = () =>
-    fs.readdirSync(`/proc/${pid}/task`).some((t) => {
-      const [nr, fd] = syscallOf(`/proc/${pid}/task/${t}/syscall`);
-      if (nr !== String(SYSCALL_NR[call]) || fd === undefined) return false;
-      try {
-        return fs.readlinkSync(`/proc/${pid}/fd/${Number(fd)}`) === file;
-      } catch {
-        return false;
-      }
-    });
+  try {
+    await eventually(() => {
+      if (gone) throw new Error(`strace could not attach to ${pid}`);
+      const traced = /^TracerPid:\s+[1-9]/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+      return traced && syscallOf(`/proc/${tracer.pid}/syscall`)[0] === String(WAIT4);
+    }, `strace attached to ${pid}`);
+  } catch (e) {
+    // Never left attached: it would hold the process's next such call for ten minutes.
+    tracer.kill('SIGKILL');
+    throw e;
+  }
+  const held = () => inCall(pid, call, file);
   return { held, release: () => void tracer.kill('SIGKILL') };
+}
+
+/** A file's first words, split at spaces ([] when it can't be read: the process is gone). */
+function syscallOf(file: string): string[] {
+  try {
+    return fs.readFileSync(file, 'utf8').split(' ');
+  } catch {
+    return [];
+  }
+}
+
+/** Whether a thread of pid is stopped in `call` on `file` (its first argument, a descriptor). */
+function inCall(pid: number, call: keyof typeof SYSCALL_NR, file: string): boolean {
+  let tasks: string[];
+  try {
+    tasks = fs.readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return false;
+  }
+  return tasks.some((t) => {
+    const [nr, fd] = syscallOf(`/proc/${pid}/task/${t}/syscall`);
+    if (nr !== String(SYSCALL_NR[call]) || fd === undefined) return false;
+    try {
+      return fs.readlinkSync(`/proc/${pid}/fd/${Number(fd)}`) === file;
+    } catch {
+      return false;
+    }
+  });
+}
+
+/**
+ * The CLI run under strace, which holds for ten minutes its first `call` on `file`. `held()`
+ * says whether it is stopped there; `release()` kills strace, and the command goes on; `done`
+ * is how it ended. The same limits as holdAt, but root: the CLI is strace's own child.
+ */
+export function commandHeldAt(
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  call: keyof typeof SYSCALL_NR,
+  file: string,
+): {
+  held: () => boolean;
+  release: () => void;
+  done: Promise<{ code: number | null; stdout: string; stderr: string }>;
+} {
+  const tracer = spawn(
+    STRACE,
+    [
+      ...['-f', '-qq', '-o', '/dev/null', '-P', file, '-e', `trace=${call}`],
+      ...['-e', `inject=${call}:delay_enter=600000000:when=1`],
+      // Through sh, which says the exit: strace, killed to let the command go on, can't.
+      ...['sh', '-c', '"$0" "$@"; echo "exit=$?" >&2', process.execPath, BIN, ...args],
+    ],
+    { env, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let stdout = '';
+  let stderr = '';
+  tracer.stdout.on('data', (d: Buffer) => (stdout += d.toString()));
+  tracer.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+  // 'close': every writer of the pipes (sh and the command, strace gone) has ended.
+  const done = new Promise<{ code: number | null; stdout: string; stderr: string }>((res) =>
+    tracer.on('close', () => {
+      const code = /exit=(\d+)\n$/.exec(stderr)?.[1];
+      res({ code: code === undefined ? null : Number(code), stdout, stderr });
+    }),
+  );
+  // The command is sh's child, sh strace's.
+  const under = (pid: number): number[] =>
+    spawnSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' })
+      .stdout.split('\n')
+      .filter((p) => p !== '')
+      .flatMap((p) => [Number(p), ...under(Number(p))]);
+  const held = () => under(tracer.pid ?? 0).some((p) => inCall(p, call, file));
+  return { held, release: () => void tracer.kill('SIGKILL'), done };
 }

@@ -50,6 +50,8 @@ export interface Head {
   length?: number;
   /** Set when this append found the log cut behind the writer and recorded it (audit.gap). */
   gap?: string;
+  /** Set when another process changed the segment while this append wrote to it (appendAt). */
+  moved?: string;
   /** What this append wrote, as the system log gets it (ship.ts). */
   written?: ShippedEntry[];
 }

@@ -445,7 +445,7 @@ export class AuditLog {
     const gap = movedRecord(moved.after, moved.reason, by);
     const g = this.writeLines(st, h, h.end ?? 0, lastLineOf(h), [gap]);
     const written = [...rotation, ...(h.written ?? []), ...(g.written ?? [])];
-    return { ...g, gap: moved.reason, written };
+    return { ...g, gap: moved.reason, moved: moved.reason, written };
   }
 
   /**
@@ -468,7 +468,7 @@ export class AuditLog {
     let wrote: ReturnType<typeof appendAt>;
     try {
       const data = lines.length === 1 ? (lines[0] as Buffer) : Buffer.concat(lines);
-      wrote = appendAt(fd, data, at, before);
+      wrote = appendAt(this.segmentPath(st.segment), fd, data, at, before);
       this.journal.wrote(st.segment, wrote.end - data.length, data);
     } catch (e) {
       this.forget();

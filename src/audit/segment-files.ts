@@ -28,10 +28,12 @@ export function segmentStamp(id: FileIdentity): string {
  * lines did not land where the writer's checks saw the end, if they did not. Another process,
  * which takes no lock, can cut or rewrite the file between those checks and this write: the
  * lines then follow what it left, and the writer's own last line would stand where its next
- * check looks, the change unseen. Nothing is taken back (the bytes after `at` may be anyone's);
- * the caller records the break.
+ * check looks, the change unseen; or, the file replaced or removed, they go to a file no longer
+ * in the log. Nothing is taken back (the bytes after `at` may be anyone's); the caller records
+ * the break.
  */
 export function appendAt(
+  file: string,
   fd: number,
   data: Buffer,
   at: number,
@@ -42,8 +44,12 @@ export function appendAt(
   const stat = statWithoutTimes(fd);
   if (stat === undefined) throw new Error('the segment has no size');
   const end = Number(stat.size);
+  // The path too: a file renamed over it, or its removal, leaves the descriptor's file as it was.
+  const named = statWithoutTimes(file);
   let moved: string | undefined;
-  if (end - data.length !== at)
+  if (named?.dev !== stat.dev || named.ino !== stat.ino)
+    moved = `the segment changed while a batch was written to it: the file was replaced or removed`;
+  else if (end - data.length !== at)
     moved = `the segment changed while a batch was written to it: it was ${at} bytes long when checked, ${end - data.length} when the batch's ${data.length} bytes went after it`;
   else if (before !== undefined && !lineStillThere(fd, '', { ...before, end: at }))
     moved = `the segment changed while a batch was written to it: the entry the batch follows, ending at byte ${at}, is not the one checked`;

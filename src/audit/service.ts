@@ -2,7 +2,7 @@
  * The audit log as the rest of keyward uses it: start it with a vault, record events durably, and
  * seal checkpoints (verify and acknowledge: review.ts; reading entries back: read.ts).
  */
-import { KeywardError } from '../errors.js';
+import { IntegrityError, KeywardError } from '../errors.js';
 import { secureFree } from '../lib/secure.js';
 import type { AuditSink, Vault } from '../vault/index.js';
 import { isEventType, type AuditRecord } from './events.js';
@@ -273,7 +273,15 @@ export function auditSink(home: string, options?: AuditOptions): AuditSink {
   return {
     record(r) {
       if (!isEventType(r.type)) throw new Error(`unknown audit event type ${r.type}`);
-      log.append([{ ...r, type: r.type }]);
+      const head = log.append([{ ...r, type: r.type }]);
+      // Another process changed the log while this was written (appendAt): recorded after it;
+      // the command goes no further, as the agent locks.
+      if (head.moved !== undefined)
+        throw new IntegrityError(
+          'AUDIT_CHAIN_BROKEN',
+          `the audit log was changed while this command wrote to it (${head.moved}); it is recorded as audit.gap, and nothing was released`,
+          { hint: 'keep a copy of the log as evidence; run keyward audit verify' },
+        );
     },
     checkpoint(v) {
       writeCheckpoint(log, v);
