@@ -180,7 +180,7 @@ export function straced(
 }
 
 /** System call numbers (x86-64) of the calls `holdAt` holds. */
-const SYSCALL_NR = { write: 1, fdatasync: 75 } as const;
+const SYSCALL_NR = { write: 1, fsync: 74, fdatasync: 75 } as const;
 const WAIT4 = 61;
 
 /**
@@ -264,6 +264,7 @@ export function commandHeldAt(
   env: NodeJS.ProcessEnv,
   call: keyof typeof SYSCALL_NR,
   file: string,
+  input = '',
 ): {
   held: () => boolean;
   release: () => void;
@@ -277,8 +278,9 @@ export function commandHeldAt(
       // Through sh, which says the exit: strace, killed to let the command go on, can't.
       ...['sh', '-c', '"$0" "$@"; echo "exit=$?" >&2', process.execPath, BIN, ...args],
     ],
-    { env, stdio: ['ignore', 'pipe', 'pipe'] },
+    { env, stdio: ['pipe', 'pipe', 'pipe'] },
   );
+  tracer.stdin.end(input);
   let stdout = '';
   let stderr = '';
   tracer.stdout.on('data', (d: Buffer) => (stdout += d.toString()));

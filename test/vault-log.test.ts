@@ -11,7 +11,7 @@ import { secureFree, secureTake } from '../src/lib/secure.js';
 import { Vault, vaultPaths, withVaultWrite } from '../src/vault/index.js';
 import { blake2b256 } from '../src/vault/crypto.js';
 import { stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
-import { initHome, kw, PASSPHRASE } from './helpers.js';
+import { commandHeldAt, eventually, initHome, kw, PASSPHRASE, STRACE } from './helpers.js';
 
 const pass = () => secureTake(Buffer.from(PASSPHRASE));
 const ALLOW_ALL = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n';
@@ -174,6 +174,29 @@ test('a writer appends only to the file it read: one replaced or grown under the
     secureFree(pw);
   }
 });
+
+test(
+  'a save whose vault.kw is replaced while it is written (after its check, before its fsync) fails, and says so: it never reports a change the vault file does not hold',
+  { skip: (!fs.existsSync(STRACE) && 'needs strace') || (process.arch !== 'x64' && 'x86-64 only') },
+  async () => {
+    const h = initHome();
+    assert.equal(kw(['secret', 'set', 'w/x'], { env: h.env, input: 'x-value' }).code, 0);
+    const p = vaultPaths(h.home);
+    // A copy of the vault as it is before the save: another process puts it back mid-save.
+    fs.copyFileSync(p.file, `${p.file}.old`);
+    const run = commandHeldAt(['secret', 'set', 'w/y'], h.env, 'fsync', p.file, 'y-value');
+    try {
+      await eventually(run.held, 'the save held at its fsync');
+      fs.renameSync(`${p.file}.old`, p.file);
+    } finally {
+      run.release();
+    }
+    const r = await run.done;
+    assert.equal(r.code, 8, r.stderr);
+    assert.match(r.stderr, /vault\.kw was replaced or removed while this change was saved to it/);
+    assert.doesNotMatch(kw(['secret', 'list'], { env: h.env }).stdout, /w\/y/);
+  },
+);
 
 test("a writer that reads a record gets its newest version: a later frame's name tag changed to hide it is refused", () => {
   const h = initHome();

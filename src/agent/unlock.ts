@@ -185,7 +185,11 @@ export class UnlockWindow {
       throw e;
     }
     if (save) {
-      this.vaultStamp = vaultFileStamp(this.vp.file);
+      // The stamp of the file this save wrote: a file put at the path since (renamed over it,
+      // or cut) differs from it, and the next request reads it (found in review).
+      const stamp = vaultFileStamp(this.vp.file);
+      const w = v.fileWritten();
+      if (w !== undefined && stamp.startsWith(`${w.ino}:${w.size}:`)) this.vaultStamp = stamp;
       // The policy in the vault is the one loaded: only the generation moved.
       if (policyWasCurrent) this.policyStamp = this.stampOfPolicy(v);
     }

@@ -55,6 +55,12 @@ function changedUnderLock(): IntegrityError {
   });
 }
 
+function replacedWhileSaved(): IntegrityError {
+  return corruptError('vault.kw was replaced or removed while this change was saved to it', {
+    hint: 'another program writes vault.kw without keyward; the file there now may not hold the change (keyward secret list)',
+  });
+}
+
 /** Frames for items, chained from prev at the sequence numbers after seq; the last commits. */
 export function encodeFrames(
   keys: RecordKeys,
@@ -119,6 +125,10 @@ export function appendFrames(file: string, disk: Disk, data: Buffer): void {
       }
       throw e;
     }
+    // A file renamed over vault.kw, or its removal, while this wrote: the frames went to a file
+    // that is no longer the vault's, and the change is not saved.
+    const named = fs.statSync(file, { throwIfNoEntry: false });
+    if (named?.dev !== st.dev || named.ino !== st.ino) throw replacedWhileSaved();
   } finally {
     fs.closeSync(fd);
   }

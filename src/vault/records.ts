@@ -445,6 +445,11 @@ export class Records {
     }
   }
 
+  /** The file this process last read or wrote (inode and length), for stamps taken after. */
+  written(): { ino: number; size: number } | undefined {
+    return this.disk && { ino: this.disk.ino, size: this.disk.size };
+  }
+
   private rewrite(file: string, h: { keyId: Buffer; slots: readonly Slot[] }, rng: Rng): void {
     const entries = this.all();
     const base = this.generation + 1n;

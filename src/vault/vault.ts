@@ -402,6 +402,11 @@ export class Vault {
    * no deletion of the audit directory takes away).
    */
   beforeSave: (() => void) | undefined;
+  /** vault.kw as this vault last read or wrote it: its inode and length. */
+  fileWritten(): { ino: number; size: number } | undefined {
+    return this.records.written();
+  }
+
   /** Called once save() has written the file. */
   afterSave: (() => void) | undefined;
 
