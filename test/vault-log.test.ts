@@ -175,28 +175,38 @@ test('a writer appends only to the file it read: one replaced or grown under the
   }
 });
 
-test(
-  'a save whose vault.kw is replaced while it is written (after its check, before its fsync) fails, and says so: it never reports a change the vault file does not hold',
-  { skip: (!fs.existsSync(STRACE) && 'needs strace') || (process.arch !== 'x64' && 'x86-64 only') },
-  async () => {
-    const h = initHome();
-    assert.equal(kw(['secret', 'set', 'w/x'], { env: h.env, input: 'x-value' }).code, 0);
-    const p = vaultPaths(h.home);
-    // A copy of the vault as it is before the save: another process puts it back mid-save.
-    fs.copyFileSync(p.file, `${p.file}.old`);
-    const run = commandHeldAt(['secret', 'set', 'w/y'], h.env, 'fsync', p.file, 'y-value');
-    try {
-      await eventually(run.held, 'the save held at its fsync');
-      fs.renameSync(`${p.file}.old`, p.file);
-    } finally {
-      run.release();
-    }
-    const r = await run.done;
-    assert.equal(r.code, 8, r.stderr);
-    assert.match(r.stderr, /vault\.kw was replaced or removed while this change was saved to it/);
-    assert.doesNotMatch(kw(['secret', 'list'], { env: h.env }).stdout, /w\/y/);
-  },
-);
+for (const [what, args, input, heldOn] of [
+  // An append: held at its fsync of vault.kw, the frames written.
+  ['an append (secret set)', ['secret', 'set', 'w/y'], 'y-value', 'file'],
+  // A rewrite: held at the directory's fsync, the new file renamed into place.
+  ['a rewrite (rekey)', ['rekey'], '', 'dir'],
+] as const)
+  test(
+    `a save whose vault.kw is replaced while it is written fails, and says so: ${what}`,
+    {
+      skip: (!fs.existsSync(STRACE) && 'needs strace') || (process.arch !== 'x64' && 'x86-64 only'),
+    },
+    async () => {
+      const h = initHome();
+      assert.equal(kw(['secret', 'set', 'w/x'], { env: h.env, input: 'x-value' }).code, 0);
+      const p = vaultPaths(h.home);
+      // A copy of the vault as it is before the save: another process puts it back mid-save.
+      fs.copyFileSync(p.file, `${p.file}.old`);
+      const at = heldOn === 'file' ? p.file : h.home;
+      const run = commandHeldAt([...args], h.env, 'fsync', at, input);
+      try {
+        await eventually(run.held, 'the save held at its fsync');
+        fs.renameSync(`${p.file}.old`, p.file);
+      } finally {
+        run.release();
+      }
+      const r = await run.done;
+      assert.equal(r.code, 8, r.stderr);
+      assert.match(r.stderr, /vault\.kw was replaced or removed while this change was saved to it/);
+      if (heldOn === 'file')
+        assert.doesNotMatch(kw(['secret', 'list'], { env: h.env }).stdout, /w\/y/);
+    },
+  );
 
 test("a writer that reads a record gets its newest version: a later frame's name tag changed to hide it is refused", () => {
   const h = initHome();

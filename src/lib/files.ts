@@ -146,8 +146,13 @@ export function diskFailure(e: unknown): string | undefined {
  * filesystem, so rename is atomic), fsync it, rename over the target, fsync the directory so the
  * rename itself is durable. Mode 0600 from creation (no window where the file is more open).
  */
-export function writeFileAtomic(target: string, chunks: readonly Uint8Array[]): void {
-  stageFile(target, chunks).commit();
+export function writeFileAtomic(
+  target: string,
+  chunks: readonly Uint8Array[],
+): { dev: number; ino: number } {
+  const staged = stageFile(target, chunks);
+  staged.commit();
+  return staged.written;
 }
 
 /**
@@ -158,7 +163,7 @@ export function writeFileAtomic(target: string, chunks: readonly Uint8Array[]): 
 export function stageFile(
   target: string,
   chunks: readonly Uint8Array[],
-): { commit(): void; discard(): void } {
+): { commit(): void; discard(): void; written: { dev: number; ino: number } } {
   const tmp = tempName(target);
   const flags =
     fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
@@ -174,8 +179,11 @@ export function stageFile(
     fs.rmSync(tmp, { force: true });
     throw e;
   }
+  // The file written, by its identity: whatever the path names later may be another's.
+  const { dev, ino } = fs.fstatSync(fd);
   fs.closeSync(fd);
   return {
+    written: { dev, ino },
     commit() {
       try {
         fs.renameSync(tmp, target);

@@ -9,13 +9,15 @@ import { sodium } from '../lib/sodium.js';
 import type { IntegrityError } from '../errors.js';
 import type { SecureBuffer } from '../lib/secure.js';
 import { blake2b256, seal, type Rng } from './crypto.js';
-import { corruptError } from './format.js';
-import type { KIND_DELETE, KIND_MARK } from './log-format.js';
+import { corruptError, type Slot } from './format.js';
+import type { KIND_DELETE } from './log-format.js';
 import {
   encodeFrame,
+  encodeLogHeader,
   encodeMeta,
   FLAG_COMMIT,
   frameAd,
+  KIND_MARK,
   KIND_PUT,
   NAME_TAG_BYTES,
 } from './log-format.js';
@@ -55,10 +57,41 @@ function changedUnderLock(): IntegrityError {
   });
 }
 
-function replacedWhileSaved(): IntegrityError {
-  return corruptError('vault.kw was replaced or removed while this change was saved to it', {
-    hint: 'another program writes vault.kw without keyward; the file there now may not hold the change (keyward secret list)',
-  });
+/**
+ * A whole new vault.kw: its header, then a mark (even a vault with no record has a frame that
+ * authenticates the header), then every entry, at the sequence numbers from base.
+ */
+export function encodeRewrite(
+  keys: RecordKeys,
+  entries: readonly Entry[],
+  base: bigint,
+  h: { keyId: Buffer; slots: readonly Slot[] },
+  rng: Rng,
+): { header: Buffer; sum: Buffer; chunks: Buffer[]; seq: bigint; prev: Buffer } {
+  const header = encodeLogHeader({ vaultId: keys.vaultId, keyId: h.keyId, base, slots: h.slots });
+  const sum = Buffer.from(header.subarray(header.length - 32));
+  const mark: Pending = { kind: KIND_MARK, name: '', at: 0, live: 0 };
+  const items = entries.map((e, i): Pending => ({
+    kind: KIND_PUT,
+    name: e.name,
+    entry: e,
+    at: e.updated,
+    live: i + 1,
+  }));
+  return { header, sum, ...encodeFrames(keys, [mark, ...items], base, sum, rng) };
+}
+
+/**
+ * The file a save wrote (`written`), once it is in place: the path must still name it, or the
+ * save fails (a file renamed over vault.kw, or its removal, after the save's checks).
+ */
+export function stillNamed<T extends { dev: number; ino: number }>(file: string, written: T): T {
+  const named = fs.statSync(file, { throwIfNoEntry: false });
+  if (named?.dev !== written.dev || named.ino !== written.ino)
+    throw corruptError('vault.kw was replaced or removed while this change was saved to it', {
+      hint: 'another program writes vault.kw without keyward; the file there now may not hold the change (keyward secret list)',
+    });
+  return written;
 }
 
 /** Frames for items, chained from prev at the sequence numbers after seq; the last commits. */
@@ -127,8 +160,7 @@ export function appendFrames(file: string, disk: Disk, data: Buffer): void {
     }
     // A file renamed over vault.kw, or its removal, while this wrote: the frames went to a file
     // that is no longer the vault's, and the change is not saved.
-    const named = fs.statSync(file, { throwIfNoEntry: false });
-    if (named?.dev !== st.dev || named.ino !== st.ino) throw replacedWhileSaved();
+    stillNamed(file, st);
   } finally {
     fs.closeSync(fd);
   }

@@ -7,7 +7,6 @@
  * Values stay sealed here (their boxes); only vault.ts opens them (with record-values.ts and
  * refresh.ts). Names and times are not secret.
  */
-import fs from 'node:fs';
 import type { IntegrityError } from '../errors.js';
 import { writeFileAtomic } from '../lib/files.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
@@ -16,11 +15,9 @@ import { corruptError, recordAd, type Slot } from './format.js';
 import {
   BOX_OVERHEAD,
   decodeMeta,
-  encodeLogHeader,
   frameAd,
   frameAt,
   KIND_DELETE,
-  KIND_MARK,
   KIND_PUT,
   NAME_TAG_BYTES,
   parseLog,
@@ -28,7 +25,15 @@ import {
   type LogLayout,
   type Meta,
 } from './log-format.js';
-import { appendFrames, encodeFrames, nameTag, type Disk, type Pending } from './records-write.js';
+import {
+  appendFrames,
+  encodeFrames,
+  encodeRewrite,
+  nameTag,
+  stillNamed,
+  type Disk,
+  type Pending,
+} from './records-write.js';
 
 export { nameTag } from './records-write.js';
 
@@ -453,25 +458,8 @@ export class Records {
   private rewrite(file: string, h: { keyId: Buffer; slots: readonly Slot[] }, rng: Rng): void {
     const entries = this.all();
     const base = this.generation + 1n;
-    const header = encodeLogHeader({
-      vaultId: this.keys.vaultId,
-      keyId: h.keyId,
-      base,
-      slots: h.slots,
-    });
-    const sum = Buffer.from(header.subarray(header.length - 32));
-    // A mark first: even a vault with no record has a frame that authenticates the header.
-    const mark: Pending = { kind: KIND_MARK, name: '', at: 0, live: 0 };
-    const items = entries.map((e, i): Pending => ({
-      kind: KIND_PUT,
-      name: e.name,
-      entry: e,
-      at: e.updated,
-      live: i + 1,
-    }));
-    const { chunks, seq, prev } = encodeFrames(this.keys, [mark, ...items], base, sum, rng);
-    writeFileAtomic(file, [header, ...chunks]);
-    const st = fs.statSync(file);
+    const { header, sum, chunks, seq, prev } = encodeRewrite(this.keys, entries, base, h, rng);
+    const st = stillNamed(file, writeFileAtomic(file, [header, ...chunks]));
     const size = chunks.reduce((n, c) => n + c.length, header.length);
     this.disk = { dev: st.dev, ino: st.ino, size, end: size, base, sum };
     this.generation = seq;
