@@ -20,7 +20,6 @@ import {
   cannotHold,
   commandHeldAt,
   holdAt,
-  STRACE,
   type Home,
   type Run,
 } from './helpers.js';
@@ -664,7 +663,7 @@ describe('a change made while the agent writes', () => {
 
 test(
   'a keyward command whose record lands after another process cut the log fails, prints nothing, and the break is recorded',
-  { skip: (!fs.existsSync(STRACE) && 'needs strace') || (process.arch !== 'x64' && 'x86-64 only') },
+  { skip: cannotHold },
   async () => {
     const h = initHome();
     assert.equal(kw(['secret', 'set', 'api/token'], { env: h.env, input: 'value-aaaa' }).code, 0);

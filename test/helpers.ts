@@ -226,7 +226,7 @@ export async function holdAt(
   return { held, release: () => void tracer.kill('SIGKILL') };
 }
 
-/** A file's first words, split at spaces ([] when it can't be read: the process is gone). */
+/** A file's words, split at spaces ([] when it can't be read: the process is gone). */
 function syscallOf(file: string): string[] {
   try {
     return fs.readFileSync(file, 'utf8').split(' ');
@@ -257,7 +257,8 @@ function inCall(pid: number, call: keyof typeof SYSCALL_NR, file: string): boole
 /**
  * The CLI run under strace, which holds for ten minutes its first `call` on `file`. `held()`
  * says whether it is stopped there; `release()` kills strace, and the command goes on; `done`
- * is how it ended. The same limits as holdAt, but root: the CLI is strace's own child.
+ * is how it ended. The same limits as holdAt (cannotHold): the CLI hardens itself (not
+ * dumpable) before it acts, so only root reads where it is stopped.
  */
 export function commandHeldAt(
   args: string[],
@@ -280,6 +281,8 @@ export function commandHeldAt(
     ],
     { env, stdio: ['pipe', 'pipe', 'pipe'] },
   );
+  // A command that ends before reading its input is no failure of the helper's.
+  tracer.stdin.on('error', () => undefined);
   tracer.stdin.end(input);
   let stdout = '';
   let stderr = '';
@@ -294,9 +297,8 @@ export function commandHeldAt(
   );
   // The command is sh's child, sh strace's.
   const under = (pid: number): number[] =>
-    spawnSync('pgrep', ['-P', String(pid)], { encoding: 'utf8' })
-      .stdout.split('\n')
-      .filter((p) => p !== '')
+    syscallOf(`/proc/${pid}/task/${pid}/children`)
+      .filter((p) => /^\d+$/.test(p))
       .flatMap((p) => [Number(p), ...under(Number(p))]);
   const held = () => under(tracer.pid ?? 0).some((p) => inCall(p, call, file));
   return { held, release: () => void tracer.kill('SIGKILL'), done };

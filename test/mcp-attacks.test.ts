@@ -22,7 +22,7 @@ import { ageEncrypt, decodeRecipient } from '../src/project/age.js';
 import { FIRST_LINE } from '../src/project/file.js';
 import { readServerMessage } from '../src/mcp/messages.js';
 import { auditEntries, scanMemory, withoutAgent, type AgentHome } from './agent-helpers.js';
-import { kw, ROOT } from './helpers.js';
+import { cannotHold, eventually, holdAt, kw, ROOT } from './helpers.js';
 import {
   agentWith,
   CHANGING,
@@ -349,6 +349,32 @@ describe('pins: what review found', () => {
     );
   });
 });
+
+test(
+  "an agent save whose vault.kw is renamed over while it is written (a first pin's) fails, and the agent locks: it takes no stamp of a file it did not write",
+  { skip: cannotHold },
+  async () => {
+    const h = await agentWith(pinning());
+    const file = path.join(h.home, 'vault.kw');
+    // An older copy, put back by another process while the agent saves the pin it learns.
+    fs.copyFileSync(file, `${file}.old`);
+    const hold = await holdAt(h.agentPid ?? 0, 'fsync', file);
+    try {
+      const listing = session(h, 'docs', toolsFile(h, [tool('search', 'Search.')])).catch(
+        (e: unknown) => e,
+      );
+      await eventually(hold.held, "the agent's save held at its fsync");
+      fs.renameSync(`${file}.old`, file);
+      hold.release();
+      await listing;
+    } finally {
+      hold.release();
+    }
+    await eventually(() => kw(['status'], { env: h.env }).code !== 0, 'the agent locked');
+    const lock = auditEntries(h).find((e) => e.type === 'vault.lock');
+    assert.match(String(lock?.reason), /vault/);
+  },
+);
 
 describe('leak blocking on every message, in more forms', () => {
   const TOKEN = 'ghp_leakyTokenValue123';

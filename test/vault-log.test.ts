@@ -11,7 +11,7 @@ import { secureFree, secureTake } from '../src/lib/secure.js';
 import { Vault, vaultPaths, withVaultWrite } from '../src/vault/index.js';
 import { blake2b256 } from '../src/vault/crypto.js';
 import { stopAgent, unlockedAgent, type AgentHome } from './agent-helpers.js';
-import { commandHeldAt, eventually, initHome, kw, PASSPHRASE, STRACE } from './helpers.js';
+import { cannotHold, commandHeldAt, eventually, initHome, kw, PASSPHRASE } from './helpers.js';
 
 const pass = () => secureTake(Buffer.from(PASSPHRASE));
 const ALLOW_ALL = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n';
@@ -183,9 +183,7 @@ for (const [what, args, input, heldOn] of [
 ] as const)
   test(
     `a save whose vault.kw is replaced while it is written fails, and says so: ${what}`,
-    {
-      skip: (!fs.existsSync(STRACE) && 'needs strace') || (process.arch !== 'x64' && 'x86-64 only'),
-    },
+    { skip: cannotHold },
     async () => {
       const h = initHome();
       assert.equal(kw(['secret', 'set', 'w/x'], { env: h.env, input: 'x-value' }).code, 0);

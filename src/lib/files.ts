@@ -168,19 +168,21 @@ export function stageFile(
   const flags =
     fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
   const fd = fs.openSync(tmp, flags, 0o600);
+  let dev: number;
+  let ino: number;
   try {
     for (const c of chunks) {
       let off = 0;
       while (off < c.length) off += fs.writeSync(fd, c, off, c.length - off);
     }
     fs.fsyncSync(fd);
+    // The file written, by its identity: whatever the path names later may be another's.
+    ({ dev, ino } = fs.fstatSync(fd));
   } catch (e) {
     fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });
     throw e;
   }
-  // The file written, by its identity: whatever the path names later may be another's.
-  const { dev, ino } = fs.fstatSync(fd);
   fs.closeSync(fd);
   return {
     written: { dev, ino },
