@@ -136,12 +136,21 @@ export function knownHead(
  * The line a batch follows, as appendAt checks it after the write: the head's own line, with its
  * length (a head just written), or the tail's last line, which is the head's (a head read back).
  */
-export function lastLineOf(head: Head, tail?: Tail): { hash: string; length: number } | undefined {
+export function lastLineOf(head: Head, tail?: Tail): LineBefore | undefined {
+  if (tail?.lastBytes !== undefined)
+    return { hash: head.hash, length: tail.lastBytes.length, bytes: tail.lastBytes };
   if (tail !== undefined)
     return tail.lastLine === undefined
       ? undefined
       : { hash: head.hash, length: Buffer.byteLength(tail.lastLine) + 1 };
   return head.length === undefined ? undefined : { hash: head.hash, length: head.length };
+}
+
+/** The line a batch follows: its hash and length, and its bytes when the writer wrote it. */
+export interface LineBefore {
+  hash: string;
+  length: number;
+  bytes?: Buffer;
 }
 
 /**
@@ -161,4 +170,10 @@ export function checkFollows(head: Head, follows: Checkpoint | undefined): void 
       `nothing written: the log's last entry is seq ${head.seq}, not the one checked (seq ${follows.seq}): it changed meanwhile`,
       { hint: 'keep a copy of the log as evidence; run keyward audit verify' },
     );
+}
+
+/** The tail of a segment of `size` bytes that ends in `line` (with its newline), just written. */
+export function tailEndingIn(size: number, line: Buffer): Tail {
+  const lastLine = line.toString('utf8', 0, line.length - 1);
+  return { size, lastLine, tornBytes: 0, lastBytes: line };
 }

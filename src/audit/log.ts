@@ -25,6 +25,7 @@ import {
   knownHead,
   lastLineOf,
   LOCK_TIMEOUT_MS,
+  tailEndingIn,
   movedRecord,
   stampOf,
   type AuditOptions,
@@ -475,15 +476,14 @@ export class AuditLog {
       throw e;
     }
     if (created) fsyncDir(this.paths.dir);
-    const last = lines.at(-1);
-    const { end, moved } = wrote;
+    const [last, { end, moved }] = [lines.at(-1), wrote];
     if (last !== undefined && this.known?.st === st) {
       // What the next append would read back from the file, while its stamp stays this one.
       this.known.seg = {
         segment: st.segment,
         stamp: segmentStamp(wrote.stat),
         head: { seq, hash, segment: st.segment },
-        tail: { size: end, lastLine: last.toString('utf8', 0, last.length - 1), tornBytes: 0 },
+        tail: tailEndingIn(end, last),
         lastType: records.at(-1)?.type ?? '',
         first: created ? { time: Date.parse(time) } : first,
       };

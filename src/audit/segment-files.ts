@@ -7,6 +7,7 @@ import { unwritable } from './state.js';
 import { lineStillThere } from './tail.js';
 import { openOwnFile } from '../lib/files.js';
 import { statWithoutTimes, type FileIdentity } from '../lib/libc.js';
+import type { LineBefore } from './log-types.js';
 
 /** Device, inode, size, and modification and change times (ns): what any write changes. */
 export { fileKey as stampFrom } from '../lib/files.js';
@@ -37,7 +38,7 @@ export function appendAt(
   fd: number,
   data: Buffer,
   at: number,
-  before: { hash: string; length: number } | undefined,
+  before: LineBefore | undefined,
 ): { end: number; stat: FileIdentity; moved: string | undefined } {
   let off = 0;
   while (off < data.length) off += fs.writeSync(fd, data, off, data.length - off);
@@ -51,9 +52,22 @@ export function appendAt(
     moved = `the segment changed while a batch was written to it: the file was replaced or removed`;
   else if (end - data.length !== at)
     moved = `the segment changed while a batch was written to it: it was ${at} bytes long when checked, ${end - data.length} when the batch's ${data.length} bytes went after it`;
-  else if (before !== undefined && !lineStillThere(fd, '', { ...before, end: at }))
+  else if (before !== undefined && !lineBeforeThere(fd, before, at))
     moved = `the segment changed while a batch was written to it: the entry the batch follows, ending at byte ${at}, is not the one checked`;
   return { end, stat, moved };
+}
+
+/** A kept buffer for the line read back after each write (no allocation a batch). */
+let readBack = Buffer.alloc(4096);
+
+/** Whether the line ending at byte `at` is `before`: its bytes compared, else its hash. */
+function lineBeforeThere(fd: number, before: LineBefore, at: number): boolean {
+  const want = before.bytes;
+  if (want === undefined) return lineStillThere(fd, '', { ...before, end: at });
+  if (want.length > readBack.length) readBack = Buffer.alloc(want.length);
+  const n = fs.readSync(fd, readBack, 0, want.length, at - want.length);
+  // eslint-disable-next-line no-restricted-syntax -- a line of the log: public bytes.
+  return n === want.length && readBack.subarray(0, n).equals(want);
 }
 
 export class SegmentFiles {

@@ -20,6 +20,8 @@ export interface Tail {
   size: number;
   lastLine: string | undefined;
   tornBytes: number;
+  /** The last line's bytes with its newline, when this writer wrote it (kept, not read). */
+  lastBytes?: Buffer;
 }
 
 /**
