@@ -215,7 +215,7 @@ export async function holdAt(
     await eventually(() => {
       if (gone) throw new Error(`strace could not attach to ${pid}`);
       const traced = /^TracerPid:\s+[1-9]/m.test(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-      return traced && syscallOf(`/proc/${tracer.pid}/syscall`)[0] === String(WAIT4);
+      return traced && wordsOf(`/proc/${tracer.pid}/syscall`)[0] === String(WAIT4);
     }, `strace attached to ${pid}`);
   } catch (e) {
     // Never left attached: it would hold the process's next such call for ten minutes.
@@ -227,7 +227,7 @@ export async function holdAt(
 }
 
 /** A file's words, split at spaces ([] when it can't be read: the process is gone). */
-function syscallOf(file: string): string[] {
+function wordsOf(file: string): string[] {
   try {
     return fs.readFileSync(file, 'utf8').split(' ');
   } catch {
@@ -244,7 +244,7 @@ function inCall(pid: number, call: keyof typeof SYSCALL_NR, file: string): boole
     return false;
   }
   return tasks.some((t) => {
-    const [nr, fd] = syscallOf(`/proc/${pid}/task/${t}/syscall`);
+    const [nr, fd] = wordsOf(`/proc/${pid}/task/${t}/syscall`);
     if (nr !== String(SYSCALL_NR[call]) || fd === undefined) return false;
     try {
       return fs.readlinkSync(`/proc/${pid}/fd/${Number(fd)}`) === file;
@@ -297,7 +297,7 @@ export function commandHeldAt(
   );
   // The command is sh's child, sh strace's.
   const under = (pid: number): number[] =>
-    syscallOf(`/proc/${pid}/task/${pid}/children`)
+    wordsOf(`/proc/${pid}/task/${pid}/children`)
       .filter((p) => /^\d+$/.test(p))
       .flatMap((p) => [Number(p), ...under(Number(p))]);
   const held = () => under(tracer.pid ?? 0).some((p) => inCall(p, call, file));

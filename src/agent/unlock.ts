@@ -24,7 +24,13 @@ import {
 } from '../vault/index.js';
 import { actorOf, type ProcessIdentity } from './identity.js';
 import { locked, type WindowHost } from './window-host.js';
-import { openForWindow, sealAtLock, vaultFileStamp, watchVaultFile } from './window-vault.js';
+import {
+  openForWindow,
+  sealAtLock,
+  stampIsOf,
+  vaultFileStamp,
+  watchVaultFile,
+} from './window-vault.js';
 
 export { locked, usesSpent, type WindowHost } from './window-host.js';
 
@@ -189,7 +195,7 @@ export class UnlockWindow {
       // or cut) differs from it, and the next request reads it (found in review).
       const stamp = vaultFileStamp(this.vp.file);
       const w = v.fileWritten();
-      if (w !== undefined && stamp.startsWith(`${w.ino}:${w.size}:`)) this.vaultStamp = stamp;
+      if (w !== undefined && stampIsOf(stamp, w)) this.vaultStamp = stamp;
       // The policy in the vault is the one loaded: only the generation moved.
       if (policyWasCurrent) this.policyStamp = this.stampOfPolicy(v);
     }

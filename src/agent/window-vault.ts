@@ -80,3 +80,8 @@ export function vaultFileStamp(file: string): string {
   const st = fs.statSync(file, { throwIfNoEntry: false, bigint: true });
   return st ? `${st.ino}:${st.size}:${st.mtimeNs}:${st.ctimeNs}` : '';
 }
+
+/** Whether a vaultFileStamp is of the file with this inode and length (the one a save wrote). */
+export function stampIsOf(stamp: string, file: { ino: number; size: number }): boolean {
+  return stamp.startsWith(`${file.ino}:${file.size}:`);
+}

@@ -476,14 +476,14 @@ export class AuditLog {
       throw e;
     }
     if (created) fsyncDir(this.paths.dir);
-    const [last, { end, moved }] = [lines.at(-1), wrote];
+    const last = lines.at(-1);
     if (last !== undefined && this.known?.st === st) {
       // What the next append would read back from the file, while its stamp stays this one.
       this.known.seg = {
         segment: st.segment,
         stamp: segmentStamp(wrote.stat),
         head: { seq, hash, segment: st.segment },
-        tail: tailEndingIn(end, last),
+        tail: tailEndingIn(wrote.end, last),
         lastType: records.at(-1)?.type ?? '',
         first: created ? { time: Date.parse(time) } : first,
       };
@@ -493,8 +493,8 @@ export class AuditLog {
       hash,
       segment: st.segment,
       written,
-      ...(last === undefined ? {} : { end, length: last.length }),
-      ...(moved === undefined ? {} : { gap: moved }),
+      ...(last === undefined ? {} : { end: wrote.end, length: last.length }),
+      ...(wrote.moved === undefined ? {} : { gap: wrote.moved }),
     };
   }
 }
