@@ -275,7 +275,7 @@ export function writeReport(root: string): string {
     "start-up, which every keyward command pays; the MCP gateway's floor is a relay that does only",
     'what its design requires (two round trips to another process and a durable record a call);',
     "the signing agent's floor (ed25519 and ECDSA rows) is an SSH agent in Node that only frames a",
-    'request, writes a line durably (group commit, a lone line synced on its own thread, as the',
+    'request, writes a line durably (group commit, each batch synced on its own thread, as the',
     'agent) and signs: no identification, policy, MAC or tamper checks (scripts/sign-floor.ts).',
     'The physical limit of a concurrency-1 signature row is one raw durable write of a line (timed',
     'in turns with the agents), one bare socket round trip and one in-process signature, one',

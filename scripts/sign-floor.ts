@@ -3,9 +3,9 @@
  * Node that does, per signature, only what the design requires of any agent that keeps rule 4
  * (a release durable in the audit log before it leaves) and nothing of keyward's own: the
  * request framed and its key found, a line of an audit entry's size written and fdatasynced
- * (group commit: the requests that arrive while one batch's fsync runs share the next; a batch's
- * fsync on libuv's thread pool and a lone record's on the event loop's thread, as the agent's
- * are while its disk is fast), then the signature made and sent. It does
+ * (group commit: the requests that arrive while one batch is written share the next; each
+ * batch's fsync on the event loop's thread, as the agent's is while its disk is fast), then the
+ * signature made and sent. It does
  * not identify its caller, decide by a policy, MAC, hash or seal the line, or check the log for
  * tampering: it is a lower bound. What keyward adds above it is its own cost; what the floor
  * itself misses a target by is the distance no agent of this design in Node closes here.
@@ -85,17 +85,12 @@ function drain(): void {
     for (const p of batch) p.done();
     drain();
   };
-  // A lone record's fsync on this thread, sooner than through the pool (audit/group.ts); until
-  // 2026-12-06 the floor sent every fsync to the pool, and so sat lower than keyward's own choice.
-  if (batch.length === 1) {
-    fs.fdatasyncSync(log.fd);
-    synced();
-    return;
-  }
-  fs.fdatasync(log.fd, (e) => {
-    if (e) throw e;
-    synced();
-  });
+  // Each batch's fsync on this thread, sooner than through the pool, as the agent's
+  // (audit/group.ts). Until 2026-12-06 the floor sent every fsync to the pool, and so sat lower
+  // than keyward's own choice; until 2026-12-07 (fifteenth session) a batch of two or more went
+  // to the pool, as the agent's did.
+  fs.fdatasyncSync(log.fd);
+  synced();
 }
 
 let seq = 0;

@@ -37,12 +37,12 @@ export class GroupCommitter {
   private local: boolean | undefined;
 
   /**
-   * blockingBelowMs: how fast the last RECENT appends must have been for a lone record's fsync to
+   * blockingBelowMs: how fast the last RECENT appends must have been for a batch's fsync to
    * block the thread (1 ms: an fsync of a local disk takes 0.1-0.5; a network or busy disk,
    * milliseconds, and then it never blocks). One slow append among RECENT, under HICCUP times
    * the limit, is a local disk's hiccup (under load, ~3% of fsyncs here pass 1 ms) and is let
    * through, though never the append right after it; a second, a longer one, or any failure
-   * sends lone records to the pool until RECENT appends have followed.
+   * sends batches to the pool until RECENT appends have followed.
    */
   constructor(
     private readonly log: AuditLog,
@@ -77,12 +77,13 @@ export class GroupCommitter {
       const batch = this.queue.splice(0);
       this.batches += 1;
       const started = performance.now();
-      // A lone record on a local disk, while appends take well under a millisecond: its fsync
-      // on this thread (~70-90 us sooner than through the thread pool). A batch (concurrent
-      // writers), a network or FUSE file system, a disk slow twice in the last RECENT appends,
-      // or one that failed in them, goes to the pool.
+      // A batch on a local disk, while appends take well under a millisecond: its fsync on this
+      // thread. The pool's two wake-ups cost ~70-90 us, more than the wait they free: whatever
+      // arrives meanwhile is read after it and goes into the next batch, as it would through the
+      // pool; a lone record gains, and so do concurrent writers (docs/PERFORMANCE.md,
+      // 2026-12-07, fifteenth session). A network or FUSE file system, a disk slow twice in the
+      // last RECENT appends, or one that failed in them, goes to the pool.
       const blocking =
-        batch.length === 1 &&
         this.sinceFailure >= RECENT &&
         this.slowCount() <= 1 &&
         !this.slow[this.slow.length - 1] &&
