@@ -81,16 +81,14 @@ function drain(): void {
   const batch = queue;
   queue = [];
   log.write(Buffer.concat(batch.map((p) => p.line)));
-  const synced = (): void => {
-    for (const p of batch) p.done();
-    drain();
-  };
-  // Each batch's fsync on this thread, sooner than through the pool, as the agent's
-  // (audit/group.ts). Until 2026-12-06 the floor sent every fsync to the pool, and so sat lower
-  // than keyward's own choice; until 2026-12-07 (fifteenth session) a batch of two or more went
-  // to the pool, as the agent's did.
+  // Each batch's fsync on this thread, sooner than through the pool, as the agent's while its
+  // disk is fast (audit/group.ts). Until 2026-12-06 the floor sent every fsync to the pool, and
+  // so sat lower than keyward's own choice; until 2026-12-07 (fifteenth session) a batch of two
+  // or more went to the pool, as the agent's did. The waiters go on after this turn: what they
+  // record meanwhile makes the next batch, at the next turn.
   fs.fdatasyncSync(log.fd);
-  synced();
+  for (const p of batch) p.done();
+  running = false;
 }
 
 let seq = 0;

@@ -710,6 +710,9 @@ describe('group commit', () => {
       phase(async () => {
         for (let i = 0; i < n; i++) await gc.record(rec(i));
       });
+    // Five records at once: one batch, one fsync.
+    const five = (gc: GroupCommitter) =>
+      phase(() => Promise.all(Array.from({ length: 5 }, (_, i) => gc.record(rec(100 + i)))));
     try {
       // Any disk counts as fast (on a local file system): after the first sixteen, every lone
       // record blocks, and so does a batch (five records at once).
@@ -721,20 +724,22 @@ describe('group commit', () => {
           await lone(gc, 40),
           local ? { blocking: 24, pool: 16 } : { blocking: 0, pool: 40 },
         );
-        const batch = await phase(() =>
-          Promise.all(Array.from({ length: 5 }, (_, i) => gc.record(rec(100 + i)))),
+        assert.deepEqual(
+          await five(gc),
+          local ? { blocking: 1, pool: 0 } : { blocking: 0, pool: 1 },
         );
-        assert.deepEqual(batch, local ? { blocking: 1, pool: 0 } : { blocking: 0, pool: 1 });
         if (local) {
-          // A failed fsync: its record is refused, and the next sixteen go to the pool.
+          // A failed fsync: its record is refused, and the next sixteen appends (a batch among
+          // them) go to the pool.
           failNext = true;
           await assert.rejects(gc.record(rec(200)), /EIO/);
-          assert.deepEqual(await lone(gc, 16), { blocking: 0, pool: 16 });
+          assert.deepEqual(await five(gc), { blocking: 0, pool: 1 });
+          assert.deepEqual(await lone(gc, 15), { blocking: 0, pool: 15 });
           assert.deepEqual(await lone(gc, 1), { blocking: 1, pool: 0 });
         }
         // The refused record's line was written before its fsync failed: the chain holds it.
         const r = verifySegments(listSegments(log.paths.dir), { seed });
-        assert.equal(r.ok && r.entries, local ? 63 : 45);
+        assert.equal(r.ok && r.entries, local ? 67 : 45);
         log.close();
       }
       // A disk whose appends take under 200 ms (here: every one, but for a hiccup of SLOW_MS):
@@ -751,9 +756,10 @@ describe('group commit', () => {
           assert.deepEqual(await lone(gc, 4), { blocking: 3, pool: 1 });
           slowNext = true;
           assert.deepEqual(await lone(gc, 1), { blocking: 1, pool: 0 });
-          // Two slow ones (appends 17 and 21) in the last sixteen: the pool until the first has
-          // left the window (after append 33) and sixteen more have followed.
-          assert.deepEqual(await lone(gc, 27), { blocking: 0, pool: 27 });
+          // Two slow ones (appends 17 and 21) in the last sixteen: the pool, a batch's fsync too,
+          // until the first has left the window (after append 33) and sixteen more have followed.
+          assert.deepEqual(await five(gc), { blocking: 0, pool: 1 });
+          assert.deepEqual(await lone(gc, 26), { blocking: 0, pool: 26 });
           assert.deepEqual(await lone(gc, 1), { blocking: 1, pool: 0 });
         }
         log.close();
@@ -763,6 +769,7 @@ describe('group commit', () => {
         const { log } = makeLog({ keep: true });
         const gc = new GroupCommitter(log, 0);
         assert.deepEqual(await lone(gc, 40), { blocking: 0, pool: 40 });
+        assert.deepEqual(await five(gc), { blocking: 0, pool: 1 });
         log.close();
       }
     } finally {

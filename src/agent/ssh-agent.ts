@@ -430,9 +430,9 @@ export class SshAgentService {
     }
     if (!this.host.take()) return message(SSH.FAILURE);
     this.signatures += 1;
-    // The record is written at the next turn and fsynced on the thread pool while the signature
-    // is computed here (or, alone while fsyncs are fast, on this thread first: audit/group.ts);
-    // an RSA signature is computed on the thread pool meanwhile (Key.signAsync). The signature
+    // The record is written at the next turn and fsynced there on this thread while fsyncs are
+    // fast (audit/group.ts), else on the thread pool while the signature is computed here; an
+    // RSA signature is computed on the thread pool meanwhile (Key.signAsync). The signature
     // leaves only once the record is durable (as a release does).
     const durable = this.host.record({
       target: held.target,

@@ -128,8 +128,8 @@ export class AuditLog {
   /**
    * The same, without blocking the event loop on the fsync. Used by GroupCommitter: while one
    * batch waits for its fsync, the next batch gathers, so concurrent writers share fsyncs.
-   * blocking: the fsync on this thread instead, the next batch gathering after it (GroupCommitter asks it while fsyncs are fast:
-   * the thread pool's two wake-ups cost more than the wait they free).
+   * blocking: the fsync on this thread instead, the next batch gathering after it
+   * (GroupCommitter asks it while fsyncs are fast: the pool's wake-ups cost more).
    */
   async appendAsync(
     records: readonly AuditRecord[],
