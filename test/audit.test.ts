@@ -678,7 +678,18 @@ describe('group commit', () => {
       slowNext = false;
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, SLOW_MS);
     };
-    const { fsyncSync, fsync } = fs;
+    const { fsyncSync, fsync, fdatasyncSync, fdatasync } = fs;
+    // The agent's own way: its batches fdatasync the journal (docs/AUDIT.md, "The journal").
+    fs.fdatasyncSync = (fd) => {
+      counts.blocking += 1;
+      stall();
+      fdatasyncSync(fd);
+    };
+    fs.fdatasync = ((fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
+      counts.pool += 1;
+      stall();
+      fdatasync(fd, cb);
+    }) as typeof fs.fdatasync;
     fs.fsyncSync = (fd) => {
       // A segment's, not its directory's (made durable when a segment is created).
       if (fs.fstatSync(fd).isFile()) {
@@ -772,9 +783,30 @@ describe('group commit', () => {
         assert.deepEqual(await five(gc), { blocking: 0, pool: 1 });
         log.close();
       }
+      // The agent's log, journaled: the same choice for its journal's fdatasync.
+      {
+        const { log } = makeLog({ keep: true, journal: true });
+        if (log.onLocalDisk()) {
+          const gc = new GroupCommitter(log, 200);
+          // The journal made at the first append, then fifteen more: sixteen fast appends.
+          await gc.record(rec(0));
+          assert.deepEqual(await lone(gc, 15), { blocking: 0, pool: 15 });
+          assert.deepEqual(await lone(gc, 1), { blocking: 1, pool: 0 });
+          assert.deepEqual(await five(gc), { blocking: 1, pool: 0 });
+          slowNext = true;
+          assert.deepEqual(await five(gc), { blocking: 1, pool: 0 });
+          slowNext = true;
+          assert.deepEqual(await lone(gc, 1), { blocking: 0, pool: 1 });
+          // Two slow ones in the last sixteen: batches go to the pool.
+          assert.deepEqual(await five(gc), { blocking: 0, pool: 1 });
+        }
+        log.close();
+      }
     } finally {
       fs.fsyncSync = fsyncSync;
       fs.fsync = fsync;
+      fs.fdatasyncSync = fdatasyncSync;
+      fs.fdatasync = fdatasync;
     }
   });
 
