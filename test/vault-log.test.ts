@@ -5,7 +5,10 @@
  * authenticating it, and refuses anything else that changed.
  */
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { after, describe, test } from 'node:test';
 import { secureFree, secureTake } from '../src/lib/secure.js';
 import { Vault, vaultPaths, withVaultWrite } from '../src/vault/index.js';
@@ -205,6 +208,75 @@ for (const [what, args, input, heldOn] of [
         assert.doesNotMatch(kw(['secret', 'list'], { env: h.env }).stdout, /w\/y/);
     },
   );
+
+/**
+ * A copy of dir on an overlay whose lower layer is a tmpfs, mounted with xino=on: a file of that
+ * layer has an inode number past 2^63 (the layer's index in the high bits), which it keeps when a
+ * write or a rename copies it up. Two such files differ only past a JS number's 53 bits. A string
+ * says why it can't be had here (not root, no overlay or xino in this kernel).
+ */
+function xinoOverlay(dir: string): { home: string; unmount: () => void } | string {
+  if (process.getuid?.() !== 0) return 'mounting an overlay needs root';
+  const base = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-xino-'));
+  const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((d) => {
+    fs.mkdirSync(path.join(base, d));
+    return path.join(base, d);
+  }) as [string, string, string, string];
+  const run = (...args: string[]) => spawnSync(args[0] as string, args.slice(1)).status === 0;
+  const unmount = () => {
+    run('umount', merged);
+    run('umount', lower);
+    fs.rmSync(base, { recursive: true, force: true });
+  };
+  if (!run('mount', '-t', 'tmpfs', 'tmpfs', lower)) {
+    unmount();
+    return 'no tmpfs mount here';
+  }
+  run('cp', '-a', dir, path.join(lower, 'home'));
+  const options = `lowerdir=${lower},upperdir=${upper},workdir=${work},xino=on`;
+  if (!run('mount', '-t', 'overlay', 'overlay', '-o', options, merged)) {
+    unmount();
+    return 'no overlay mount with xino here';
+  }
+  return { home: path.join(merged, 'home'), unmount };
+}
+
+test(
+  'a save whose vault.kw is replaced while it is written fails on an overlay whose inode numbers pass 2^53',
+  { skip: cannotHold },
+  async (t) => {
+    const h = initHome();
+    assert.equal(kw(['secret', 'set', 'w/x'], { env: h.env, input: 'x-value' }).code, 0);
+    const p = vaultPaths(h.home);
+    fs.copyFileSync(p.file, `${p.file}.old`);
+    const ov = xinoOverlay(h.home);
+    if (typeof ov === 'string') {
+      t.skip(ov);
+      return;
+    }
+    try {
+      const file = path.join(ov.home, 'vault.kw');
+      const env = { ...h.env, KEYWARD_HOME: ov.home };
+      // The premise: two files whose inode numbers are one JS number.
+      const [a, b] = [file, `${file}.old`].map((f) => fs.statSync(f, { bigint: true }).ino);
+      assert.notEqual(a, b);
+      assert.equal(Number(a), Number(b), 'inode numbers past 2^53 here');
+      const run = commandHeldAt(['secret', 'set', 'w/y'], env, 'fsync', file, 'y-value');
+      try {
+        await eventually(run.held, 'the save held at its fsync');
+        fs.renameSync(`${file}.old`, file);
+      } finally {
+        run.release();
+      }
+      const r = await run.done;
+      assert.equal(r.code, 8, r.stderr);
+      assert.match(r.stderr, /vault\.kw was replaced or removed while this change was saved to it/);
+      assert.doesNotMatch(kw(['secret', 'list'], { env }).stdout, /w\/y/);
+    } finally {
+      ov.unmount();
+    }
+  },
+);
 
 test("a writer that reads a record gets its newest version: a later frame's name tag changed to hide it is refused", () => {
   const h = initHome();

@@ -82,6 +82,6 @@ export function vaultFileStamp(file: string): string {
 }
 
 /** Whether a vaultFileStamp is of the file with this inode and length (the one a save wrote). */
-export function stampIsOf(stamp: string, file: { ino: number; size: number }): boolean {
+export function stampIsOf(stamp: string, file: { ino: bigint; size: number }): boolean {
   return stamp.startsWith(`${file.ino}:${file.size}:`);
 }

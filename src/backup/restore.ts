@@ -20,7 +20,7 @@ import {
   writeShipFile,
 } from '../audit/index.js';
 import { IntegrityError, KeywardError, UsageError } from '../errors.js';
-import { fsyncDir, withFileLock } from '../lib/files.js';
+import { fsyncDir, withFileLock, type FileId } from '../lib/files.js';
 import { loadPolicy } from '../policy/index.js';
 import { renameExchange } from '../lib/libc.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
@@ -133,7 +133,7 @@ function leftoversOf(home: string): string[] {
 }
 
 /** A file or directory as extract made it, to find it again. */
-type Made = { rel: string; abs: string; dir: boolean; dev: number; ino: number };
+type Made = { rel: string; abs: string; dir: boolean } & FileId;
 
 function changedUnder(dir: string, rel: string, what: string): IntegrityError {
   return new IntegrityError(
@@ -148,7 +148,7 @@ function changedUnder(dir: string, rel: string, what: string): IntegrityError {
 /** The directory as made: a directory of its own, not a link (lstat), recorded. */
 function madeDir(dir: string, abs: string): Made {
   const rel = path.relative(dir, abs) || '.';
-  const st = fs.lstatSync(abs);
+  const st = fs.lstatSync(abs, { bigint: true });
   if (!st.isDirectory())
     throw changedUnder(dir, rel, st.isSymbolicLink() ? 'is a symbolic link' : 'is not a directory');
   return { rel, abs, dir: true, dev: st.dev, ino: st.ino };
@@ -212,7 +212,7 @@ function extract(dir: string, files: readonly HomeFile[]): () => void {
       const t = Math.round(f.mtimeMs) / 1000;
       fs.futimesSync(fd, t, t);
       fs.fsyncSync(fd);
-      const st = fs.fstatSync(fd);
+      const st = fs.fstatSync(fd, { bigint: true });
       made.set(abs, { rel: f.path, abs, dir: false, dev: st.dev, ino: st.ino });
     } finally {
       fs.closeSync(fd);
@@ -231,9 +231,9 @@ function extract(dir: string, files: readonly HomeFile[]): () => void {
 function foundAsMade(dir: string, all: readonly Made[]): void {
   // Shallowest first: a directory found as made before what is under it is looked at.
   for (const m of [...all].sort((a, b) => a.abs.length - b.abs.length)) {
-    let st: fs.Stats;
+    let st: fs.BigIntStats;
     try {
-      st = fs.lstatSync(m.abs);
+      st = fs.lstatSync(m.abs, { bigint: true });
     } catch {
       throw changedUnder(dir, m.rel, 'is gone');
     }

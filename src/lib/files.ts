@@ -141,15 +141,22 @@ export function diskFailure(e: unknown): string | undefined {
 }
 
 /**
+ * A file's identity: its device and inode, as bigints. Inode numbers pass 2^53 on some file
+ * systems (an overlay's lower layers with xino: the layer's index in the high bits, kept when a
+ * file is copied up), where two files' numbers as JS numbers are one.
+ */
+export interface FileId {
+  dev: bigint;
+  ino: bigint;
+}
+
+/**
  * Replaces `target` with `chunks` so that a crash at any instant leaves either the old file or
  * the new one, never a mix and never neither: write a temp file in the same directory (same
  * filesystem, so rename is atomic), fsync it, rename over the target, fsync the directory so the
  * rename itself is durable. Mode 0600 from creation (no window where the file is more open).
  */
-export function writeFileAtomic(
-  target: string,
-  chunks: readonly Uint8Array[],
-): { dev: number; ino: number } {
+export function writeFileAtomic(target: string, chunks: readonly Uint8Array[]): FileId {
   const staged = stageFile(target, chunks);
   staged.commit();
   return staged.written;
@@ -163,13 +170,13 @@ export function writeFileAtomic(
 export function stageFile(
   target: string,
   chunks: readonly Uint8Array[],
-): { commit(): void; discard(): void; written: { dev: number; ino: number } } {
+): { commit(): void; discard(): void; written: FileId } {
   const tmp = tempName(target);
   const flags =
     fs.constants.O_WRONLY | fs.constants.O_CREAT | fs.constants.O_EXCL | fs.constants.O_NOFOLLOW;
   const fd = fs.openSync(tmp, flags, 0o600);
-  let dev: number;
-  let ino: number;
+  let dev: bigint;
+  let ino: bigint;
   try {
     for (const c of chunks) {
       let off = 0;
@@ -177,7 +184,7 @@ export function stageFile(
     }
     fs.fsyncSync(fd);
     // The file written, by its identity: whatever the path names later may be another's.
-    ({ dev, ino } = fs.fstatSync(fd));
+    ({ dev, ino } = fs.fstatSync(fd, { bigint: true }));
   } catch (e) {
     fs.closeSync(fd);
     fs.rmSync(tmp, { force: true });

@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { KeywardError } from '../errors.js';
-import { assertPrivate, diskFailure, openOwnFile } from '../lib/files.js';
+import { assertPrivate, diskFailure, openOwnFile, type FileId } from '../lib/files.js';
 import type { KdfParams } from './crypto.js';
 import {
   corruptError,
@@ -57,7 +57,7 @@ export function vaultExists(paths: VaultPaths): boolean {
 /** vault.kw's bytes, and the file they came from (an append goes only to that file). */
 export interface VaultFile {
   bytes: Buffer;
-  stat: { dev: number; ino: number };
+  stat: FileId;
 }
 
 export function readVaultFile(paths: VaultPaths): VaultFile {
@@ -70,7 +70,7 @@ export function readVaultFile(paths: VaultPaths): VaultFile {
     throw e;
   }
   try {
-    const st = fs.fstatSync(fd);
+    const st = fs.fstatSync(fd, { bigint: true });
     if (st.size > VAULT_MAX_BYTES) {
       throw corruptError(
         `vault.kw is ${st.size} bytes, more than keyward reads (${VAULT_MAX_BYTES}); it is not a vault keyward wrote`,

@@ -4,7 +4,7 @@
  * write and when; this file writes it.
  */
 import fs from 'node:fs';
-import { openOwnFile } from '../lib/files.js';
+import { openOwnFile, type FileId } from '../lib/files.js';
 import { sodium } from '../lib/sodium.js';
 import type { IntegrityError } from '../errors.js';
 import type { SecureBuffer } from '../lib/secure.js';
@@ -25,8 +25,8 @@ import type { Entry, RecordKeys } from './records.js';
 
 /** The file as this process last saw or wrote it: an append goes only to that file. */
 export interface Disk {
-  dev: number;
-  ino: number;
+  dev: bigint;
+  ino: bigint;
   /** Its length then (committed frames, and any write cut short after them). */
   size: number;
   /** Where its committed frames end. */
@@ -85,8 +85,8 @@ export function encodeRewrite(
  * The file a save wrote (`written`), once it is in place: the path must still name it, or the
  * save fails (a file renamed over vault.kw, or its removal, after the save's checks).
  */
-export function stillNamed<T extends { dev: number; ino: number }>(file: string, written: T): T {
-  const named = fs.statSync(file, { throwIfNoEntry: false });
+export function stillNamed<T extends FileId>(file: string, written: T): T {
+  const named = fs.statSync(file, { throwIfNoEntry: false, bigint: true });
   if (named?.dev !== written.dev || named.ino !== written.ino)
     throw corruptError('vault.kw was replaced or removed while this change was saved to it', {
       hint: 'another program writes vault.kw without keyward; the file there now may not hold the change (keyward secret list)',
@@ -140,8 +140,8 @@ export function appendFrames(file: string, disk: Disk, data: Buffer): void {
   const end = disk.end;
   const fd = openOwnFile(file, fs.constants.O_WRONLY);
   try {
-    const st = fs.fstatSync(fd);
-    if (st.dev !== disk.dev || st.ino !== disk.ino || st.size !== disk.size)
+    const st = fs.fstatSync(fd, { bigint: true });
+    if (st.dev !== disk.dev || st.ino !== disk.ino || st.size !== BigInt(disk.size))
       throw changedUnderLock();
     // A write cut short by a killed writer is not part of the vault: it goes.
     if (st.size > end) fs.ftruncateSync(fd, end);

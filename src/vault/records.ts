@@ -8,7 +8,7 @@
  * refresh.ts). Names and times are not secret.
  */
 import type { IntegrityError } from '../errors.js';
-import { writeFileAtomic } from '../lib/files.js';
+import { writeFileAtomic, type FileId } from '../lib/files.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
 import { blake2b256, open, openInto, type Rng } from './crypto.js';
 import { corruptError, recordAd, type Slot } from './format.js';
@@ -123,7 +123,7 @@ export class Records {
   static fromLog(
     keys: RecordKeys,
     bytes: Buffer,
-    stat: { dev: number; ino: number },
+    stat: FileId,
     mode: 'all' | 'lazy',
     layout = parseLog(bytes),
   ): Records {
@@ -132,7 +132,7 @@ export class Records {
     return r;
   }
 
-  private adopt(src: Source, stat: { dev: number; ino: number }, mode: 'all' | 'lazy'): void {
+  private adopt(src: Source, stat: FileId, mode: 'all' | 'lazy'): void {
     const h = src.layout.header;
     this.disk = {
       dev: stat.dev,
@@ -372,7 +372,7 @@ export class Records {
    * unchanged. Refused: the same file with a frame this vault saw changed or cut off (a history
    * written over), and another file whose base does not follow this vault's generation.
    */
-  refreshed(bytes: Buffer, stat: { dev: number; ino: number }, layout = parseLog(bytes)): Records {
+  refreshed(bytes: Buffer, stat: FileId, layout = parseLog(bytes)): Records {
     const src: Source = { bytes, layout };
     const d = this.disk;
     const n = layout.starts.length;
@@ -451,7 +451,7 @@ export class Records {
   }
 
   /** The file this process last read or wrote (inode and length), for stamps taken after. */
-  written(): { ino: number; size: number } | undefined {
+  written(): { ino: bigint; size: number } | undefined {
     return this.disk && { ino: this.disk.ino, size: this.disk.size };
   }
 

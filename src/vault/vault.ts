@@ -403,7 +403,7 @@ export class Vault {
    */
   beforeSave: (() => void) | undefined;
   /** vault.kw as this vault last read or wrote it: its inode and length. */
-  fileWritten(): { ino: number; size: number } | undefined {
+  fileWritten(): { ino: bigint; size: number } | undefined {
     return this.records.written();
   }
 
