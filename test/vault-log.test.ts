@@ -210,35 +210,54 @@ for (const [what, args, input, heldOn] of [
   );
 
 /**
- * A copy of dir on an overlay whose lower layer is a tmpfs, mounted with xino=on: a file of that
- * layer has an inode number past 2^63 (the layer's index in the high bits), which it keeps when a
- * write or a rename copies it up. Two such files differ only past a JS number's 53 bits. A string
- * says why it can't be had here (not root, no overlay or xino in this kernel).
+ * A copy of dir on an overlay whose lower layer is a tmpfs and whose upper layer another, mounted
+ * with xino=on: a file of the lower layer has an inode number past 2^63 (the layer's index in the
+ * high bits), which it keeps when a write or a rename copies it up. `premise`: two files of dir
+ * whose numbers must differ only past a JS number's 53 bits. A string says why it can't be had
+ * here (not root, no tmpfs, overlay or xino in this kernel, numbers that do not collide).
  */
-function xinoOverlay(dir: string): { home: string; unmount: () => void } | string {
+function xinoOverlay(
+  dir: string,
+  premise: [string, string],
+): { home: string; unmount: () => void } | string {
   if (process.getuid?.() !== 0) return 'mounting an overlay needs root';
   const base = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-xino-'));
-  const [lower, upper, work, merged] = ['lower', 'upper', 'work', 'merged'].map((d) => {
+  const [lower, top, merged] = ['lower', 'top', 'merged'].map((d) => {
     fs.mkdirSync(path.join(base, d));
     return path.join(base, d);
-  }) as [string, string, string, string];
+  }) as [string, string, string];
   const run = (...args: string[]) => spawnSync(args[0] as string, args.slice(1)).status === 0;
+  const mounted: string[] = [];
+  const mount = (...args: string[]) => {
+    const ok = run('mount', ...args);
+    if (ok) mounted.unshift(args[args.length - 1] as string);
+    return ok;
+  };
+  // Lazily where a process still works in it: detached at once, so the removal below never
+  // goes through a live mount.
   const unmount = () => {
-    run('umount', merged);
-    run('umount', lower);
+    for (const m of mounted.splice(0)) if (!run('umount', m)) run('umount', '-l', m);
     fs.rmSync(base, { recursive: true, force: true });
   };
-  if (!run('mount', '-t', 'tmpfs', 'tmpfs', lower)) {
+  const refuse = (why: string) => {
     unmount();
-    return 'no tmpfs mount here';
-  }
-  run('cp', '-a', dir, path.join(lower, 'home'));
+    return why;
+  };
+  if (!mount('-t', 'tmpfs', 'tmpfs', lower) || !mount('-t', 'tmpfs', 'tmpfs', top))
+    return refuse('no tmpfs mount here');
+  if (!run('cp', '-a', dir, path.join(lower, 'home'))) return refuse('the copy of the home failed');
+  const [upper, work] = ['upper', 'work'].map((d) => {
+    fs.mkdirSync(path.join(top, d));
+    return path.join(top, d);
+  }) as [string, string];
   const options = `lowerdir=${lower},upperdir=${upper},workdir=${work},xino=on`;
-  if (!run('mount', '-t', 'overlay', 'overlay', '-o', options, merged)) {
-    unmount();
-    return 'no overlay mount with xino here';
-  }
-  return { home: path.join(merged, 'home'), unmount };
+  if (!mount('-t', 'overlay', 'overlay', '-o', options, merged))
+    return refuse('no overlay mount with xino here');
+  const home = path.join(merged, 'home');
+  const [a, b] = premise.map((f) => fs.statSync(path.join(home, f), { bigint: true }).ino);
+  if (a === b || Number(a) !== Number(b))
+    return refuse(`inode numbers here do not collide as JS numbers (${a}, ${b})`);
+  return { home, unmount };
 }
 
 test(
@@ -249,19 +268,16 @@ test(
     assert.equal(kw(['secret', 'set', 'w/x'], { env: h.env, input: 'x-value' }).code, 0);
     const p = vaultPaths(h.home);
     fs.copyFileSync(p.file, `${p.file}.old`);
-    const ov = xinoOverlay(h.home);
+    // vault.kw and its copy: two files whose inode numbers are one JS number.
+    const ov = xinoOverlay(h.home, ['vault.kw', 'vault.kw.old']);
     if (typeof ov === 'string') {
       t.skip(ov);
       return;
     }
+    const file = path.join(ov.home, 'vault.kw');
+    const env = { ...h.env, KEYWARD_HOME: ov.home };
+    const run = commandHeldAt(['secret', 'set', 'w/y'], env, 'fsync', file, 'y-value');
     try {
-      const file = path.join(ov.home, 'vault.kw');
-      const env = { ...h.env, KEYWARD_HOME: ov.home };
-      // The premise: two files whose inode numbers are one JS number.
-      const [a, b] = [file, `${file}.old`].map((f) => fs.statSync(f, { bigint: true }).ino);
-      assert.notEqual(a, b);
-      assert.equal(Number(a), Number(b), 'inode numbers past 2^53 here');
-      const run = commandHeldAt(['secret', 'set', 'w/y'], env, 'fsync', file, 'y-value');
       try {
         await eventually(run.held, 'the save held at its fsync');
         fs.renameSync(`${file}.old`, file);
@@ -273,6 +289,8 @@ test(
       assert.match(r.stderr, /vault\.kw was replaced or removed while this change was saved to it/);
       assert.doesNotMatch(kw(['secret', 'list'], { env }).stdout, /w\/y/);
     } finally {
+      // The command ended before its files go.
+      await run.done;
       ov.unmount();
     }
   },

@@ -90,7 +90,13 @@ export class SegmentFiles {
       fs.constants.O_RDWR | fs.constants.O_APPEND | fs.constants.O_CREAT,
       0o600,
     );
-    const st = fs.fstatSync(fd, { bigint: true });
+    // By statx, as held() compares it: node:fs reads an inode past 2^63 as a negative bigint,
+    // statx as a positive one (an overlay's lower layer with xino), and asks for the times.
+    const st = statWithoutTimes(fd);
+    if (st === undefined) {
+      fs.closeSync(fd);
+      throw new Error(`the audit segment ${file} vanished as it was opened`);
+    }
     this.segment = { n, fd, dev: st.dev, ino: st.ino };
     return { fd, created };
   }
