@@ -679,17 +679,20 @@ describe('group commit', () => {
       Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, SLOW_MS);
     };
     const { fsyncSync, fsync, fdatasyncSync, fdatasync } = fs;
+    // On the thread pool, either kind.
+    const pooled = (real: typeof fs.fsync) =>
+      ((fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
+        counts.pool += 1;
+        stall();
+        real(fd, cb);
+      }) as typeof fs.fsync;
     // The agent's own way: its batches fdatasync the journal (docs/AUDIT.md, "The journal").
     fs.fdatasyncSync = (fd) => {
       counts.blocking += 1;
       stall();
       fdatasyncSync(fd);
     };
-    fs.fdatasync = ((fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
-      counts.pool += 1;
-      stall();
-      fdatasync(fd, cb);
-    }) as typeof fs.fdatasync;
+    fs.fdatasync = pooled(fdatasync);
     fs.fsyncSync = (fd) => {
       // A segment's, not its directory's (made durable when a segment is created).
       if (fs.fstatSync(fd).isFile()) {
@@ -702,11 +705,7 @@ describe('group commit', () => {
       }
       fsyncSync(fd);
     };
-    fs.fsync = ((fd: number, cb: (e: NodeJS.ErrnoException | null) => void) => {
-      counts.pool += 1;
-      stall();
-      fsync(fd, cb);
-    }) as typeof fs.fsync;
+    fs.fsync = pooled(fsync);
     const rec = (i: number) => ({
       type: 'key.sign' as const,
       target: `k${i}`,
