@@ -74,10 +74,6 @@ function record(line: Buffer): Promise<void> {
   });
 }
 function drain(): void {
-  if (queue.length === 0) {
-    running = false;
-    return;
-  }
   const batch = queue;
   queue = [];
   log.write(Buffer.concat(batch.map((p) => p.line)));

@@ -245,19 +245,25 @@ function xinoOverlay(
   };
   if (!mount('-t', 'tmpfs', 'tmpfs', lower) || !mount('-t', 'tmpfs', 'tmpfs', top))
     return refuse('no tmpfs mount here');
-  if (!run('cp', '-a', dir, path.join(lower, 'home'))) return refuse('the copy of the home failed');
-  const [upper, work] = ['upper', 'work'].map((d) => {
-    fs.mkdirSync(path.join(top, d));
-    return path.join(top, d);
-  }) as [string, string];
-  const options = `lowerdir=${lower},upperdir=${upper},workdir=${work},xino=on`;
-  if (!mount('-t', 'overlay', 'overlay', '-o', options, merged))
-    return refuse('no overlay mount with xino here');
-  const home = path.join(merged, 'home');
-  const [a, b] = premise.map((f) => fs.statSync(path.join(home, f), { bigint: true }).ino);
-  if (a === b || Number(a) !== Number(b))
-    return refuse(`inode numbers here do not collide as JS numbers (${a}, ${b})`);
-  return { home, unmount };
+  try {
+    if (!run('cp', '-a', dir, path.join(lower, 'home')))
+      return refuse('the copy of the home failed');
+    const [upper, work] = ['upper', 'work'].map((d) => {
+      fs.mkdirSync(path.join(top, d));
+      return path.join(top, d);
+    }) as [string, string];
+    const options = `lowerdir=${lower},upperdir=${upper},workdir=${work},xino=on`;
+    if (!mount('-t', 'overlay', 'overlay', '-o', options, merged))
+      return refuse('no overlay mount with xino here');
+    const home = path.join(merged, 'home');
+    const [a, b] = premise.map((f) => fs.statSync(path.join(home, f), { bigint: true }).ino);
+    if (a === b || Number(a) !== Number(b))
+      return refuse(`inode numbers here do not collide as JS numbers (${a}, ${b})`);
+    return { home, unmount };
+  } catch (e) {
+    unmount();
+    throw e;
+  }
 }
 
 test(

@@ -92,10 +92,13 @@ export class SegmentFiles {
     );
     // By statx, as held() compares it: node:fs reads an inode past 2^63 as a negative bigint,
     // statx as a positive one (an overlay's lower layer with xino), and asks for the times.
-    const st = statWithoutTimes(fd);
-    if (st === undefined) {
+    let st: FileIdentity | undefined;
+    try {
+      // A descriptor's statx never says ENOENT (undefined); an error closes it.
+      st = statWithoutTimes(fd) as FileIdentity;
+    } catch (e) {
       fs.closeSync(fd);
-      throw new Error(`the audit segment ${file} vanished as it was opened`);
+      throw e;
     }
     this.segment = { n, fd, dev: st.dev, ino: st.ino };
     return { fd, created };
