@@ -672,13 +672,17 @@ describe('group commit', () => {
     // fdatasyncs alone (the journal's), either way.
     let datasyncs = 0;
     let failNext = false;
-    // slowNext: the next fsync (either way) takes SLOW_MS longer, as a disk's hiccup would.
+    // The committers' clock: it moves only when an fsync is to look slow (slowNext: the next
+    // one, either way, takes SLOW_MS as a disk's hiccup would). Real fsyncs take no time by it,
+    // however loaded the machine.
+    let clockMs = 0;
+    const clock = () => clockMs;
     let slowNext = false;
     const SLOW_MS = 300;
     const stall = () => {
       if (!slowNext) return;
       slowNext = false;
-      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, SLOW_MS);
+      clockMs += SLOW_MS;
     };
     const { fsyncSync, fsync, fdatasyncSync, fdatasync } = fs;
     // On the thread pool, either kind.
@@ -733,7 +737,7 @@ describe('group commit', () => {
       {
         const { log, seed } = makeLog({ keep: true });
         const local = log.onLocalDisk();
-        const gc = new GroupCommitter(log, Number.POSITIVE_INFINITY);
+        const gc = new GroupCommitter(log, Number.POSITIVE_INFINITY, clock);
         assert.deepEqual(
           await lone(gc, 40),
           local ? { blocking: 24, pool: 16 } : { blocking: 0, pool: 40 },
@@ -756,13 +760,13 @@ describe('group commit', () => {
         assert.equal(r.ok && r.entries, local ? 67 : 45);
         log.close();
       }
-      // A disk whose appends take under 200 ms (here: every one, but for a hiccup of SLOW_MS):
+      // A disk whose appends take under 200 ms (by the clock: every one, but for a hiccup of SLOW_MS):
       // one slow append among the last sixteen is a hiccup and fsyncs go on blocking (not the one
       // right after it); a second sends them, a batch's too, to the pool.
       {
         const { log } = makeLog({ keep: true });
         if (log.onLocalDisk()) {
-          const gc = new GroupCommitter(log, 200);
+          const gc = new GroupCommitter(log, 200, clock);
           assert.deepEqual(await lone(gc, 16), { blocking: 0, pool: 16 });
           // A hiccup: it blocked (it was not known to be slow), the next goes to the pool, then
           // lone records block again.
@@ -781,7 +785,7 @@ describe('group commit', () => {
       // No disk counts as fast (a slow one): nothing ever blocks the thread.
       {
         const { log } = makeLog({ keep: true });
-        const gc = new GroupCommitter(log, 0);
+        const gc = new GroupCommitter(log, 0, clock);
         assert.deepEqual(await lone(gc, 40), { blocking: 0, pool: 40 });
         assert.deepEqual(await five(gc), { blocking: 0, pool: 1 });
         log.close();
@@ -791,7 +795,7 @@ describe('group commit', () => {
       {
         const { log } = makeLog({ keep: true, journal: true });
         if (log.onLocalDisk()) {
-          const gc = new GroupCommitter(log, Number.POSITIVE_INFINITY);
+          const gc = new GroupCommitter(log, Number.POSITIVE_INFINITY, clock);
           // The journal made at the first append, then fifteen more: sixteen fast appends.
           await gc.record(rec(0));
           const before = datasyncs;

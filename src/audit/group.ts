@@ -42,11 +42,13 @@ export class GroupCommitter {
    * milliseconds, and then it never blocks). One slow append among RECENT, under HICCUP times
    * the limit, is a local disk's hiccup (under load, ~3% of fsyncs here pass 1 ms) and is let
    * through, though never the append right after it; a second, a longer one, or any failure
-   * sends batches to the pool until RECENT appends have followed.
+   * sends batches to the pool until RECENT appends have followed. now: the clock appends are
+   * timed by (a test's own, which moves only when it says a disk was slow).
    */
   constructor(
     private readonly log: AuditLog,
     private readonly blockingBelowMs = 1,
+    private readonly now: () => number = () => performance.now(),
   ) {}
 
   /** The last entry this writer made (the agent's lock checks the log still holds it). */
@@ -76,7 +78,7 @@ export class GroupCommitter {
     while (this.queue.length > 0) {
       const batch = this.queue.splice(0);
       this.batches += 1;
-      const started = performance.now();
+      const started = this.now();
       // A batch on a local disk, while appends take well under a millisecond: its fsync on this
       // thread. The pool's two wake-ups cost ~70-90 us, more than the wait they free: whatever
       // arrives meanwhile is read after it and goes into the next batch, as it would through the
@@ -95,7 +97,7 @@ export class GroupCommitter {
           this.last,
           blocking,
         );
-        took = performance.now() - started;
+        took = this.now() - started;
         this.last = head;
         // Before any waiter goes on: the agent locks, so nothing is released after a cut.
         if (head.gap !== undefined) this.onGap?.(head.gap);
