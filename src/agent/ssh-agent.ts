@@ -452,6 +452,9 @@ export class SshAgentService {
     // Handled from the start: a failed write must reach the await below, not crash the agent as
     // an unhandled rejection while the signature is computed.
     durable.catch(() => undefined);
+    // A turn later, after the batch: signed at once, each signature would delay the batch its
+    // record is in, and fewer requests would share an fsync (docs/PERFORMANCE.md, 2026-12-07,
+    // fifteenth session: both rows at concurrency 8 were lower).
     if (held.key.type !== 'ssh-rsa') await new Promise((r) => setImmediate(r));
     let signature: Buffer;
     try {
