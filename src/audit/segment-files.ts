@@ -94,8 +94,8 @@ export class SegmentFiles {
     // statx as a positive one (an overlay's lower layer with xino), and asks for the times.
     let st: FileIdentity | undefined;
     try {
-      // A descriptor's statx never says ENOENT (undefined); an error closes it.
-      st = statWithoutTimes(fd) as FileIdentity;
+      st = statWithoutTimes(fd);
+      if (st === undefined) throw new Error('the segment has no identity');
     } catch (e) {
       fs.closeSync(fd);
       throw e;
