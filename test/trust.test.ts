@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { after, describe, test } from 'node:test';
+import { after, describe, test, type TestContext } from 'node:test';
 import {
   agentHome,
   auditEntries,
@@ -1028,43 +1028,62 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
     },
   );
 
+  /**
+   * A program on a loop mount over an image its user owns, the program the user's or root's
+   * (mode 0755, as in an image the user built offline: mkfs.ext4 -d and debugfs need no
+   * privilege). Found in review: root's was taken for a file no process of the user can change,
+   * and its hash was remembered by its stat, which a write through the image keeps.
+   */
+  async function onUsersImage(t: TestContext, owner: 'user' | 'root'): Promise<void> {
+    // As udisks mounts an image for the active session: ext4 on a loop device over a file the
+    // user owns, mounted in the agent's namespace. The user can rewrite a running file's blocks
+    // through the image and drop its page cache; the agent must not hash it, nor remember a
+    // hash of it.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kw-loop-'));
+    const img = path.join(dir, 'image');
+    const mnt = path.join(dir, 'mnt');
+    fs.mkdirSync(mnt);
+    fs.writeFileSync(img, '');
+    fs.truncateSync(img, 32 << 20);
+    assert.equal(spawnSync('mkfs.ext4', ['-q', '-F', img]).status, 0);
+    if (spawnSync('mount', ['-o', 'loop', img, mnt]).status !== 0) {
+      fs.rmSync(dir, { recursive: true, force: true });
+      t.skip('no loop device here');
+      return;
+    }
+    after(() => {
+      spawnSync('umount', ['-l', mnt]);
+      fs.rmSync(dir, { recursive: true, force: true });
+    });
+    fs.chownSync(img, OTHER_UID, OTHER_UID);
+    fs.chmodSync(dir, 0o755);
+    const { copy, digest } = attackerPython(mnt);
+    if (owner === 'root') {
+      fs.chownSync(copy, 0, 0);
+      fs.chmodSync(copy, 0o755);
+    }
+    const h = await agentOf(thisBuildOnly(digest), { user: true });
+    setSecret(h, 'app/token', 'loop-exe-value', true);
+    const lines = runLines([copy, RAW_CLIENT, h.sock, 'app/token'], {
+      env: { ...h.env },
+      user: true,
+    });
+    assert.match(
+      lines[0] ?? '',
+      /^error:POLICY_DENIED:the caller's executable is on a loop \(or nbd\) device over an image its user can write/,
+    );
+  }
+
   test(
-    'a program on a loop mount over an image its user owns is refused where its hash is needed: its blocks are written past the running file',
+    "a program on a loop mount over an image its user owns, the program its user's, is refused where its hash is needed: its blocks are written past the running file",
     { skip: !rootTests && 'needs root for setpriv and mount' },
-    async (t) => {
-      // As udisks mounts an image for the active session: ext4 on a loop device over a file the
-      // user owns, mounted in the agent's namespace. The user can rewrite a running file's
-      // blocks through the image and drop its page cache; the agent must not hash it.
-      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'kw-loop-'));
-      const img = path.join(dir, 'image');
-      const mnt = path.join(dir, 'mnt');
-      fs.mkdirSync(mnt);
-      fs.writeFileSync(img, '');
-      fs.truncateSync(img, 32 << 20);
-      assert.equal(spawnSync('mkfs.ext4', ['-q', '-F', img]).status, 0);
-      if (spawnSync('mount', ['-o', 'loop', img, mnt]).status !== 0) {
-        fs.rmSync(dir, { recursive: true, force: true });
-        t.skip('no loop device here');
-        return;
-      }
-      after(() => {
-        spawnSync('umount', ['-l', mnt]);
-        fs.rmSync(dir, { recursive: true, force: true });
-      });
-      fs.chownSync(img, OTHER_UID, OTHER_UID);
-      fs.chmodSync(dir, 0o755);
-      const { copy, digest } = attackerPython(mnt);
-      const h = await agentOf(thisBuildOnly(digest), { user: true });
-      setSecret(h, 'app/token', 'loop-exe-value', true);
-      const lines = runLines([copy, RAW_CLIENT, h.sock, 'app/token'], {
-        env: { ...h.env },
-        user: true,
-      });
-      assert.match(
-        lines[0] ?? '',
-        /^error:POLICY_DENIED:the caller's executable is on a loop \(or nbd\) device over an image its user can write/,
-      );
-    },
+    (t) => onUsersImage(t, 'user'),
+  );
+
+  test(
+    "a program on a loop mount over an image its user owns, the program root's, is refused where its hash is needed: its blocks are written past the running file",
+    { skip: !rootTests && 'needs root for setpriv and mount' },
+    (t) => onUsersImage(t, 'root'),
   );
 
   test(

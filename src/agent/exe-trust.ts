@@ -26,17 +26,25 @@ const FIXED_FILE_SYSTEMS: ReadonlySet<number> = new Set([
 /**
  * Whether no process of this user can change the bytes of the file open at fd (stat: its
  * fstat): the agent is not root, the file is root's, its mode lets neither its group nor others
- * write (with an ACL, the group bits are its mask: no named entry can grant writing either), and
- * it is on a file system of FIXED_FILE_SYSTEMS. By the inode, never by access(2): a read-only
- * mount the user made says nothing of the file's other paths, and another user's file may be
- * one the user controls (the uids of its /etc/subuid range, in a namespace of its own). Only
- * such a file's hash may be known later by its key alone.
+ * write (with an ACL, the group bits are its mask: no named entry can grant writing either), it
+ * is on a file system of FIXED_FILE_SYSTEMS, and not on blocks the user writes (through whatever
+ * mount: a mount of the user's own shows root's file as it is, and makes no loop device). By
+ * the inode, never by access(2): a read-only mount the user made says nothing of the file's
+ * other paths, and another user's file may be one the user controls (the uids of its
+ * /etc/subuid range, in a namespace of its own). Nor by its owner
+ * alone: a file of root's in an image the user built (mkfs.ext4 -d and debugfs need no
+ * privilege) and mounted through a loop device (udisks) is rewritten through the image, its stat
+ * unchanged (found in review). Only such a file's hash may be known later by its key alone; this
+ * is asked again at every lookup, since a loop device's number is its next image's too.
  */
 export function fixedForUser(fd: number, stat: fs.BigIntStats): boolean {
   if ((process.getuid?.() ?? 0) === 0 || stat.uid !== 0n || (stat.mode & 0o022n) !== 0n)
     return false;
   try {
-    return FIXED_FILE_SYSTEMS.has(Number(fs.statfsSync(`/proc/self/fd/${fd}`).type));
+    return (
+      FIXED_FILE_SYSTEMS.has(Number(fs.statfsSync(`/proc/self/fd/${fd}`).type)) &&
+      !onUsersBlocks(stat.dev)
+    );
   } catch {
     return false;
   }
