@@ -206,4 +206,23 @@ describe('keyward mcp serve', () => {
       assert.match(textOf(r), new RegExp(`${MARK}|held a value released earlier`));
     }
   });
+
+  test('found in review: a value split between stdout and stderr with a line between its halves, or stderr first, is withheld', async () => {
+    const { client } = await setup();
+    const halves = [
+      // echo ends each half with a line: the strings joined in order had "\n" between them.
+      'echo "$(printf %s "$T" | head -c 9)"; echo "$(printf %s "$T" | tail -c +10)" >&2',
+      // The first half to stderr, the second to stdout: the join in order is the wrong way round.
+      'printf %s "$T" | head -c 9 >&2; printf %s "$T" | tail -c +10',
+    ];
+    for (const script of halves) {
+      const r = await client.callTool({
+        name: 'run_with_credentials',
+        arguments: { command: ['sh', '-c', script], env: { T: 'mcp/secret' } },
+      });
+      assert.match(textOf(r), /held a value released earlier \(mcp\/secret\): withheld/, textOf(r));
+      assert.ok(!textOf(r).includes('never-sho'), textOf(r));
+      assert.ok(!textOf(r).includes('wn-value-2'), textOf(r));
+    }
+  });
 });

@@ -18,7 +18,7 @@ import type { AuditSink } from '../vault/index.js';
 import { KeywardError } from '../errors.js';
 import { secureFree } from '../lib/secure.js';
 import { AgentLink } from './agent-link.js';
-import { scanWith } from './guard.js';
+import { scanWith, type Scanned } from './guard.js';
 
 /** Output returned to the model is cut here (masked already; this is about context size). */
 const MAX_OUTPUT = 100 * 1024;
@@ -38,6 +38,25 @@ const text = (t: string, isError = false): ToolResult =>
     : { content: [{ type: 'text', text: t }] };
 
 const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
+
+/**
+ * A run's answer, concealed, searched again for a value split between its two streams: the
+ * answer's strings joined in order find stdout's half before stderr's only when nothing stands
+ * between them, and `echo` ends each half with a line (found in review). So both orders are
+ * searched, each stream's trailing whitespace dropped; a value found there can't be concealed
+ * in place, and the answer is withheld.
+ */
+async function splitBetweenStreams(link: AgentLink, s: Scanned): Promise<Scanned> {
+  const { stdout, stderr } = s.out as { stdout: string; stderr: string };
+  const joins = await scanWith(
+    link,
+    { outFirst: stdout.trimEnd() + stderr, errFirst: stderr.trimEnd() + stdout },
+    false,
+  );
+  return joins.found.length === 0
+    ? s
+    : { out: s.out, found: [...new Set([...s.found, ...joins.found])], withheld: true };
+}
 
 export async function serveMcp(o: ServeOptions): Promise<void> {
   const server = new McpServer(
@@ -203,6 +222,7 @@ export async function serveMcp(o: ServeOptions): Promise<void> {
         let s;
         try {
           s = await scanWith(link, answer, true);
+          if (!s.withheld) s = await splitBetweenStreams(link, s);
         } catch (e) {
           // The command ran: its exit code is said, its output is not (it could not be checked).
           return text(
