@@ -15,6 +15,7 @@ import {
   FAST_KDF,
   initHome,
   kw,
+  ROOT,
   kwSpawn,
   rootTests,
   cannotHold,
@@ -538,6 +539,52 @@ describe("the box key in the audit state is the vault's", () => {
   });
 });
 
+describe("audit verify takes nothing on the word of whatever answers on the agent's socket", () => {
+  test("found in review: a process of the user's own that answers in the agent's place does not make a changed log pass", async () => {
+    const h = initHome();
+    for (const n of ['a', 'b', 'c', 'd'])
+      kw(['secret', 'set', n], { env: h.env, input: 'value-aaaa' });
+    const run = path.join(h.dir, 'run');
+    const fake = spawn(process.execPath, [path.join(ROOT, 'test/fixtures/lying-agent.mjs'), run], {
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    try {
+      await new Promise<void>((resolve, reject) => {
+        fake.stdout.on('data', (d: Buffer) => d.toString().includes('listening') && resolve());
+        fake.once('exit', (c) => reject(new Error(`the impostor exited (${c})`)));
+      });
+      const withPass = { ...h.env, KEYWARD_SOCKET_DIR: run };
+      const noPass: NodeJS.ProcessEnv = { ...withPass };
+      delete noPass['KEYWARD_PASSPHRASE_FILE'];
+      // One digit of an entry's time changed: its length kept.
+      const change = (at: (n: number) => number) => {
+        const ls = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
+        const i = at(ls.length);
+        ls[i] = (ls[i] ?? '').replace(/"time":"2/, '"time":"3');
+        fs.writeFileSync(segment(h), `${ls.join('\n')}\n`);
+      };
+      // The last entry: only its MAC shows it. With a passphrase file the vault is opened here.
+      change((n) => n - 1);
+      const local = kw(['audit', 'verify'], { env: withPass });
+      assert.equal(local.code, 8, local.stdout + local.stderr);
+      assert.match(local.stderr, /audit log broken at .*MAC/);
+      // Without one the agent is asked, and the output says which part is its word.
+      const asked = kw(['audit', 'verify'], { env: noPass });
+      assert.match(
+        asked.stdout,
+        /the chain was checked here; the MACs and checkpoint by the agent/,
+      );
+      // An entry before the last: its link breaks, which this process sees by itself.
+      change(() => 1);
+      const chain = kw(['audit', 'verify'], { env: noPass });
+      assert.equal(chain.code, 8, chain.stdout + chain.stderr);
+      assert.match(chain.stderr, /audit log broken at /);
+    } finally {
+      fake.kill('SIGTERM');
+    }
+  });
+});
+
 describe("an acknowledgement is the passphrase holder's", () => {
   test('one appended by another process (the state file holds the key that MACs new entries) does not silence a recorded break', async () => {
     const h = await allowingAgent();
@@ -573,6 +620,42 @@ describe("an acknowledgement is the passphrase holder's", () => {
     const chain = kw(['audit', 'verify', '--chain-only'], { env: withoutAgent(h) });
     assert.match(chain.stdout + chain.stderr, /acknowledgements not checked/);
   });
+
+  test(
+    "found in review: an acknowledgement whose entry finds the log changed as it is written fails, and the vault takes nothing for the person's",
+    { skip: cannotHold },
+    async () => {
+      const h = initHome();
+      for (const n of ['a', 'b', 'c'])
+        kw(['secret', 'set', n], { env: h.env, input: 'value-aaaa' });
+      const seen = kw(['audit', 'verify'], { env: h.env });
+      assert.equal(seen.code, 0, seen.stderr);
+      const m = /head seq (\d+), sha256 ([0-9a-f]{64})/.exec(seen.stdout);
+      assert.ok(m, seen.stdout);
+      // Held at its second write to the log: its vault.unlock is the first, its entry the second.
+      const run = commandHeldAt(
+        ['audit', 'acknowledge', '--head', `${m[1]}:${m[2]}`],
+        h.env,
+        'write',
+        segment(h),
+        '',
+        2,
+      );
+      await eventually(() => run.held(), 'acknowledge held at the write of its entry');
+      // The entry it follows, cut while it is written.
+      const ls = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
+      fs.writeFileSync(segment(h), `${ls.slice(0, -1).join('\n')}\n`);
+      run.release();
+      const r = await run.done;
+      assert.equal(r.code, 8, r.stdout + r.stderr);
+      assert.match(
+        r.stderr,
+        /nothing acknowledged: the log changed while this command wrote its entry/,
+      );
+      const v = kw(['audit', 'verify'], { env: h.env });
+      assert.equal(v.code, 8, v.stdout + v.stderr);
+    },
+  );
 
   test("the person's acknowledgement ends the report of the breaks before it", () => {
     const h = initHome();

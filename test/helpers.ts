@@ -255,10 +255,10 @@ function inCall(pid: number, call: keyof typeof SYSCALL_NR, file: string): boole
 }
 
 /**
- * The CLI run under strace, which holds for ten minutes its first `call` on `file`. `held()`
- * says whether it is stopped there; `release()` kills strace, and the command goes on; `done`
- * is how it ended. The same limits as holdAt (cannotHold): the CLI hardens itself (not
- * dumpable) before it acts, so only root reads where it is stopped.
+ * The CLI run under strace, which holds for ten minutes its `nth` `call` on `file` (the first by
+ * default). `held()` says whether it is stopped there; `release()` kills strace, and the command
+ * goes on; `done` is how it ended. The same limits as holdAt (cannotHold): the CLI hardens itself
+ * (not dumpable) before it acts, so only root reads where it is stopped.
  */
 export function commandHeldAt(
   args: string[],
@@ -266,6 +266,7 @@ export function commandHeldAt(
   call: keyof typeof SYSCALL_NR,
   file: string,
   input = '',
+  nth = 1,
 ): {
   held: () => boolean;
   release: () => void;
@@ -275,7 +276,7 @@ export function commandHeldAt(
     STRACE,
     [
       ...['-f', '-qq', '-o', '/dev/null', '-P', file, '-e', `trace=${call}`],
-      ...['-e', `inject=${call}:delay_enter=600000000:when=1`],
+      ...['-e', `inject=${call}:delay_enter=600000000:when=${nth}`],
       // Through sh, which says the exit: strace, killed to let the command go on, can't.
       ...['sh', '-c', '"$0" "$@"; echo "exit=$?" >&2', process.execPath, BIN, ...args],
     ],

@@ -111,7 +111,7 @@ export function startAcks(v: Vault, head: number): void {
   if (!v.has(ACKS)) writeAcks(v, { through: head, made: [] });
 }
 
-function noteAck(v: Vault, ack: Checkpoint, head: number): void {
+export function noteAck(v: Vault, ack: Checkpoint, head: number): void {
   const a = readAcks(v) ?? { through: head - 1, made: [] };
   a.made.push(ack);
   while (a.made.length > ACKS_KEPT) a.through = Math.max(a.through, a.made.shift()?.seq ?? 0);
@@ -449,51 +449,4 @@ export function sealCheckpoint(log: AuditLog, v: Vault, by: string): Break | und
   const left = findBreak(log, readCheckpoints(log, v), after, recordedBreaks(log, v));
   if (left === undefined) sealFile(log, v, after);
   return b;
-}
-
-/** The hint of every refused acknowledgement but a broken link's. */
-export const LOOK_AGAIN = {
-  hint: 'run keyward audit verify again and look at what it reports before you acknowledge',
-};
-
-/**
- * `keyward audit acknowledge`: the person has seen the breaks. Recorded (with the breaks it
- * covers) as the entry right after `checked` (the head whose chain the caller checked: the
- * append refuses any other last entry, so the record's hash commits to that history whatever
- * the files hold later), then that record sealed in the file and, at the caller's save, the
- * vault.
- */
-export function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): number[] {
-  const gaps = log.unacknowledgedGaps();
-  // Every break there is must be one recorded (the command records what it finds when it opens
-  // the vault, and the person looks before acknowledging). One that is not came after that: a
-  // cut of what was sealed since the person looked, which sealed here would go unseen.
-  const b = findBreak(log, readCheckpoints(log, v), checked, recordedBreaks(log, v));
-  if (b !== undefined && !b.recorded)
-    throw new IntegrityError(
-      'AUDIT_CHAIN_BROKEN',
-      `nothing acknowledged: the log changed while this command ran (${b.reason})`,
-      LOOK_AGAIN,
-    );
-  const ack = log.append(
-    [
-      {
-        type: 'audit.acknowledged',
-        decision: 'info',
-        reason:
-          gaps.length > 0
-            ? `the person acknowledged ${gaps.length} recorded break(s) of the audit log`
-            : 'the person acknowledged the log as it is',
-        details: { gaps: gaps.join(',') || null },
-      },
-    ],
-    checked,
-  );
-  // The vault knows this one is the person's (the caller saves it).
-  noteAck(v, { seq: ack.seq, hash: ack.hash }, ack.seq);
-  // What is sealed is the acknowledgement itself, not whatever the log's end is by then.
-  sealFile(log, v, ack);
-  startAcks(v, ack.seq);
-  anchorAt(v, ack);
-  return gaps;
 }

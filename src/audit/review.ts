@@ -7,12 +7,26 @@ import { IntegrityError } from '../errors.js';
 import { refuseIfProblem } from '../lib/files.js';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { Vault } from '../vault/index.js';
-import { acknowledgeBreaks, acknowledgedBy, LOOK_AGAIN, readCheckpoints } from './checkpoint.js';
-import { AuditLog } from './log.js';
+import {
+  acknowledgedBy,
+  anchorAt,
+  findBreak,
+  noteAck,
+  readCheckpoints,
+  recordedBreaks,
+  sealFile,
+  startAcks,
+} from './checkpoint.js';
+import { AuditLog, type Head } from './log.js';
 import { readSeedFile } from './seed.js';
 import { checkAuditDir } from './state.js';
 import { seedOf } from './vault-keys.js';
 import { listSegments, verifySegments, type Checkpoint, type VerifyResult } from './verify.js';
+
+/** The hint of every refused acknowledgement but a broken link's. */
+export const LOOK_AGAIN = {
+  hint: 'run keyward audit verify again and look at what it reports before you acknowledge',
+};
 
 export interface VerifyRequest {
   home: string;
@@ -140,4 +154,55 @@ export function acknowledge(home: string, v: Vault, seen: Checkpoint): number[] 
       LOOK_AGAIN,
     );
   return acknowledgeBreaks(log, v, head);
+}
+
+/**
+ * `keyward audit acknowledge`: the person has seen the breaks. Recorded (with the breaks it
+ * covers) as the entry right after `checked` (the head whose chain the caller checked: the
+ * append refuses any other last entry, so the record's hash commits to that history whatever
+ * the files hold later), then that record sealed in the file and, at the caller's save, the
+ * vault.
+ */
+export function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): number[] {
+  const gaps = log.unacknowledgedGaps();
+  // Every break there is must be one recorded (the command records what it finds when it opens
+  // the vault, and the person looks before acknowledging). One that is not came after that: a
+  // cut of what was sealed since the person looked, which sealed here would go unseen.
+  const b = findBreak(log, readCheckpoints(log, v), checked, recordedBreaks(log, v));
+  if (b !== undefined && !b.recorded)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing acknowledged: the log changed while this command ran (${b.reason})`,
+      LOOK_AGAIN,
+    );
+  const ack = log.append(
+    [
+      {
+        type: 'audit.acknowledged',
+        decision: 'info',
+        reason:
+          gaps.length > 0
+            ? `the person acknowledged ${gaps.length} recorded break(s) of the audit log`
+            : 'the person acknowledged the log as it is',
+        details: { gaps: gaps.join(',') || null },
+      },
+    ],
+    checked,
+  );
+  // Another process changed the log while the entry was written: what was returned is the
+  // audit.gap recorded after it, which the vault must not take for the person's (found in
+  // review: the command said it acknowledged, and sealed the gap).
+  if (ack.moved !== undefined)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `nothing acknowledged: the log changed while this command wrote its entry (${ack.moved}); that is recorded as audit.gap after it`,
+      LOOK_AGAIN,
+    );
+  // The vault knows this one is the person's (the caller saves it).
+  noteAck(v, { seq: ack.seq, hash: ack.hash }, ack.seq);
+  // What is sealed is the acknowledgement itself, not whatever the log's end is by then.
+  sealFile(log, v, ack);
+  startAcks(v, ack.seq);
+  anchorAt(v, ack);
+  return gaps;
 }

@@ -217,9 +217,16 @@ function shownExe(exe: unknown): string {
 /**
  * The audit log through a running agent (docs/CLI.md, "With an agent running"): it holds the
  * vault, so nothing is derived here; the policy decides (kind audit) and the read is recorded.
- * Undefined when no agent runs. A locked one refuses (exit 5), as for read and list.
+ * Undefined when no agent runs, or when a passphrase file is given: then the vault is opened
+ * here, and nothing is taken on the word of whatever answers on the agent's socket (a process
+ * of the user's can listen there while no agent runs: found in review, a tampered log passed).
+ * A locked agent refuses (exit 5), as for read and list.
  */
-async function viaAgent<T extends object>(meta: Record<string, unknown>): Promise<T | undefined> {
+async function viaAgent<T extends object>(
+  cmd: Command,
+  meta: Record<string, unknown>,
+): Promise<T | undefined> {
+  if (passphraseFile(cmd) !== undefined) return undefined;
   const sock = agentSocket();
   if (!(await agentStatus(sock))) return undefined;
   return jsonBody<T>(await call(sock, 'audit', meta));
@@ -301,13 +308,18 @@ export function registerAuditCommands(program: Command, io: Io): void {
       if (o.keyFile === undefined && o.chainOnly !== true && file === undefined) {
         const r = await viaAgent<
           VerifyResult & { checkpointChecked: boolean; acknowledgementsChecked?: boolean }
-        >({ op: 'verify' });
+        >(this, { op: 'verify' });
         if (r) {
+          // The chain is read here too (it needs no key): a broken link is this process's own
+          // finding, whatever the agent's socket answered.
+          const chain = verifyLog(req);
+          if (!chain.ok) report(io, chain, []);
           report(io, r, [
             r.checkpointChecked
               ? 'checkpoint sealed in the vault matches (checked by the agent)'
               : 'checkpoint not checked (needs the vault)',
             ...acksLine(r),
+            'the chain was checked here; the MACs and checkpoint by the agent (--passphrase-file checks them here)',
           ]);
           return;
         }
@@ -372,7 +384,7 @@ export function registerAuditCommands(program: Command, io: Io): void {
       let last = 0;
       const opened = o.sealed
         ? undefined
-        : await viaAgent<{ entries: Shown[]; cut?: boolean }>({ op: 'tail', count: o.n });
+        : await viaAgent<{ entries: Shown[]; cut?: boolean }>(this, { op: 'tail', count: o.n });
       if (opened) {
         if (opened.cut)
           note(
@@ -422,9 +434,10 @@ export function registerAuditCommands(program: Command, io: Io): void {
           `${jsonText({ seq: e.seq, time: e.time, type: e.type, epoch: e.epoch, hash: e.hash, body: e.body })}\n`,
         );
       // Through a running agent a page at a time, up to where the log ended when the export
-      // began: its own reads (audit.read) don't keep it going.
+      // began: its own reads (audit.read) don't keep it going. With a passphrase file, here
+      // (as viaAgent says).
       const sock = agentSocket();
-      if (await agentStatus(sock)) {
+      if (passphraseFile(this) === undefined && (await agentStatus(sock))) {
         const end = readEntries(keywardHome()).at(-1)?.seq ?? 0;
         for (let after = 0; after < end;) {
           const { entries } = jsonBody<{ entries: Shown[] }>(
