@@ -306,6 +306,27 @@ describe('operators signing in with OpenID Connect', { skip, timeout: 120_000 },
       await mint(key, claims({ aud: ['other-client', CLIENT_ID], azp: 'other-client' })),
       /^the token was issued to "other-client", not to keyward-console$/,
     );
+    // Found in review: keyward's id as the only audience, another party named as the one it was
+    // issued to (a cross-client ID token, an access token for an API on keyward's registration).
+    for (const issuedTo of [
+      { azp: 'other-client' },
+      { cid: 'other-client' },
+      { client_id: 'other-client' },
+    ])
+      await refused(
+        v,
+        await mint(key, claims({ aud: CLIENT_ID, client_id: undefined, ...issuedTo })),
+        /^the token was issued to "other-client", not to keyward-console$/,
+      );
+    // keyward's own ID token (azp, if any, is keyward) logs in.
+    assert.equal(
+      (
+        await v.verify(
+          await mint(key, claims({ aud: CLIENT_ID, client_id: undefined, azp: CLIENT_ID })),
+        )
+      ).id,
+      'alice',
+    );
     await refused(
       v,
       await mint(key, claims({ sub: 'key:alice' })),

@@ -213,12 +213,19 @@ export class OidcVerifier {
         throw this.#refusal(new errors.JWSSignatureVerificationFailed(), kid, untrusted);
     }
     // An ID token for several audiences names the party it was issued to (OIDC Core 3.1.3.7):
-    // one of ours, when keyward's client id is among them.
+    // one of ours, when keyward's client id is among them. A token for keyward alone that names
+    // another party (azp, or an access token's client_id or cid) is that party's all the same:
+    // Google's cross-client ID tokens, an access token for an API on keyward's own registration
+    // (Entra ID), a mapper that adds keyward's id (Keycloak). Found in review: it logged in.
     const aud = Array.isArray(payload.aud) ? payload.aud : [payload.aud];
-    if (aud.includes(s.clientId) && aud.length > 1 && payload['azp'] !== s.clientId) {
-      throw refuse(
-        `the token was issued to ${shown(payload['azp'] ?? '(no azp)')}, not to ${s.clientId}`,
-      );
+    if (aud.includes(s.clientId)) {
+      const other = ['azp', 'client_id', 'cid']
+        .map((c) => payload[c])
+        .find((v) => v !== undefined && v !== s.clientId);
+      if (other !== undefined || (aud.length > 1 && payload['azp'] !== s.clientId))
+        throw refuse(
+          `the token was issued to ${shown(other ?? payload['azp'] ?? '(no azp)')}, not to ${s.clientId}`,
+        );
     }
     // A token for one of `audience` and not for keyward itself: an access token for an API,
     // which the issuer gives any application that asks for that audience (Okta's default server
