@@ -26,6 +26,7 @@ import {
 } from './helpers.js';
 import { parseLine } from '../src/audit/entry.js';
 import { AuditLog } from '../src/audit/log.js';
+import { entryHashAt } from '../src/audit/index.js';
 
 interface Row {
   seq: number;
@@ -540,47 +541,113 @@ describe("the box key in the audit state is the vault's", () => {
 });
 
 describe("audit verify takes nothing on the word of whatever answers on the agent's socket", () => {
-  test("found in review: a process of the user's own that answers in the agent's place does not make a changed log pass", async () => {
+  /** A home of four secrets, and an impostor on its agent's socket (fixtures/lying-agent.mjs). */
+  async function impostor(): Promise<{
+    h: Home;
+    withPass: NodeJS.ProcessEnv;
+    noPass: NodeJS.ProcessEnv;
+    says: (seq: number, hash: string | undefined) => void;
+    lastSeq: () => number;
+    change: (i: number) => void;
+    stop: () => void;
+  }> {
     const h = initHome();
     for (const n of ['a', 'b', 'c', 'd'])
       kw(['secret', 'set', n], { env: h.env, input: 'value-aaaa' });
     const run = path.join(h.dir, 'run');
-    const fake = spawn(process.execPath, [path.join(ROOT, 'test/fixtures/lying-agent.mjs'), run], {
-      stdio: ['ignore', 'pipe', 'inherit'],
+    const said = path.join(h.dir, 'said.json');
+    const says = (headSeq: number, headHash: string | undefined) =>
+      fs.writeFileSync(said, JSON.stringify({ headSeq, headHash }));
+    says(1, '0'.repeat(64));
+    const fake = spawn(
+      process.execPath,
+      [path.join(ROOT, 'test/fixtures/lying-agent.mjs'), run, said],
+      { stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    await new Promise<void>((resolve, reject) => {
+      fake.stdout.on('data', (d: Buffer) => d.toString().includes('listening') && resolve());
+      fake.once('exit', (c) => reject(new Error(`the impostor exited (${c})`)));
     });
-    try {
-      await new Promise<void>((resolve, reject) => {
-        fake.stdout.on('data', (d: Buffer) => d.toString().includes('listening') && resolve());
-        fake.once('exit', (c) => reject(new Error(`the impostor exited (${c})`)));
-      });
-      const withPass = { ...h.env, KEYWARD_SOCKET_DIR: run };
-      const noPass: NodeJS.ProcessEnv = { ...withPass };
-      delete noPass['KEYWARD_PASSPHRASE_FILE'];
-      // One digit of an entry's time changed: its length kept.
-      const change = (at: (n: number) => number) => {
-        const ls = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
-        const i = at(ls.length);
+    const withPass = { ...h.env, KEYWARD_SOCKET_DIR: run };
+    const noPass: NodeJS.ProcessEnv = { ...withPass };
+    delete noPass['KEYWARD_PASSPHRASE_FILE'];
+    const lines = () => fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
+    return {
+      h,
+      withPass,
+      noPass,
+      says,
+      lastSeq: () => lines().length,
+      // One digit of entry i's time changed: its length kept, the chain not rewritten.
+      change: (i) => {
+        const ls = lines();
         ls[i] = (ls[i] ?? '').replace(/"time":"2/, '"time":"3');
         fs.writeFileSync(segment(h), `${ls.join('\n')}\n`);
-      };
-      // The last entry: only its MAC shows it. With a passphrase file the vault is opened here.
-      change((n) => n - 1);
-      const local = kw(['audit', 'verify'], { env: withPass });
-      assert.equal(local.code, 8, local.stdout + local.stderr);
-      assert.match(local.stderr, /audit log broken at .*MAC/);
-      // Without one the agent is asked, and the output says which part is its word.
-      const asked = kw(['audit', 'verify'], { env: noPass });
+      },
+      stop: () => fake.kill('SIGTERM'),
+    };
+  }
+
+  test("found in review: a process of the user's own that answers in the agent's place does not make a changed log pass", async () => {
+    const f = await impostor();
+    try {
+      const n = f.lastSeq();
+      // It says it verified to the entry before the last, which is the log's.
+      f.says(n - 1, entryHashAt(f.h.home, n - 1));
+      // The last entry changed: only its MAC shows it. Without a passphrase file the impostor is
+      // asked, and the output says which part is its word, and how far.
+      f.change(n - 1);
+      const asked = kw(['audit', 'verify'], { env: f.noPass });
+      assert.equal(asked.code, 0, asked.stdout + asked.stderr);
+      assert.match(asked.stdout, new RegExp(`^ok: ${n} entries .*head seq ${n},`, 'm'));
       assert.match(
         asked.stdout,
-        /the chain was checked here; the MACs and checkpoint by the agent/,
+        new RegExp(`MACs verified with the audit key by the agent, to seq ${n - 1}`),
       );
+      assert.match(
+        asked.stdout,
+        /the chain was read here; the MACs, the checkpoint and the acknowledgements are the agent's word/,
+      );
+      // A head that is no entry of this log: whatever answered did not verify it.
+      f.says(1, '0'.repeat(64));
+      const elsewhere = kw(['audit', 'verify'], { env: f.noPass });
+      assert.equal(elsewhere.code, 8, elsewhere.stdout + elsewhere.stderr);
+      assert.match(
+        elsewhere.stderr,
+        /the agent says it verified the log to seq 1, .*this log holds no such entry/,
+      );
+      // With a passphrase file the vault is opened here, and the impostor is not asked.
+      const local = kw(['audit', 'verify'], { env: f.withPass });
+      assert.equal(local.code, 8, local.stdout + local.stderr);
+      assert.match(local.stderr, /audit log broken at .*MAC/);
       // An entry before the last: its link breaks, which this process sees by itself.
-      change(() => 1);
-      const chain = kw(['audit', 'verify'], { env: noPass });
+      f.change(1);
+      const chain = kw(['audit', 'verify'], { env: f.noPass });
       assert.equal(chain.code, 8, chain.stdout + chain.stderr);
       assert.match(chain.stderr, /audit log broken at /);
     } finally {
-      fake.kill('SIGTERM');
+      f.stop();
+    }
+  });
+
+  test('found in review: a break recorded in the log is reported whatever the agent says', async () => {
+    const f = await impostor();
+    try {
+      // The newest two entries cut; the next command that opens the vault records the break.
+      const ls = fs.readFileSync(segment(f.h), 'utf8').trimEnd().split('\n');
+      fs.writeFileSync(segment(f.h), `${ls.slice(0, -2).join('\n')}\n`);
+      kw(['secret', 'set', 'e'], { env: f.h.env, input: 'value-aaaa' });
+      assert.ok(
+        fs.readFileSync(segment(f.h), 'utf8').includes('"type":"audit.gap"'),
+        'the break is recorded',
+      );
+      const n = f.lastSeq();
+      f.says(n, entryHashAt(f.h.home, n));
+      const r = kw(['audit', 'verify'], { env: f.noPass });
+      assert.equal(r.code, 8, r.stdout + r.stderr);
+      assert.match(r.stderr, /not acknowledged: audit\.gap at seq \d+/);
+    } finally {
+      f.stop();
     }
   });
 });
@@ -641,7 +708,15 @@ describe("an acknowledgement is the passphrase holder's", () => {
         '',
         2,
       );
-      await eventually(() => run.held(), 'acknowledge held at the write of its entry');
+      // Its first entry in the log, then stopped in a write: the second.
+      const lastType = () =>
+        /"type":"([^"]+)"/.exec(
+          fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n').at(-1) ?? '',
+        )?.[1];
+      await eventually(
+        () => lastType() === 'vault.unlock' && run.held(),
+        'acknowledge held at the write of its entry',
+      );
       // The entry it follows, cut while it is written.
       const ls = fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
       fs.writeFileSync(segment(h), `${ls.slice(0, -1).join('\n')}\n`);

@@ -214,6 +214,8 @@ describe('keyward mcp serve', () => {
       'echo "$(printf %s "$T" | head -c 9)"; echo "$(printf %s "$T" | tail -c +10)" >&2',
       // The first half to stderr, the second to stdout: the join in order is the wrong way round.
       'printf %s "$T" | head -c 9 >&2; printf %s "$T" | tail -c +10',
+      // The second half's stream begins with a line's end.
+      'printf %s "$T" | head -c 9; printf "\\n%s" "$(printf %s "$T" | tail -c +10)" >&2',
     ];
     for (const script of halves) {
       const r = await client.callTool({

@@ -52,7 +52,7 @@ export {
   rekeyBox,
   writeCheckpoint,
 } from './service.js';
-export { acknowledge, verifyLog, type VerifyRequest } from './review.js';
+export { acknowledge, entryHashAt, verifyLog, type VerifyRequest } from './review.js';
 export { readEntries, verifyAgainst, type EntrySelection, type ReadEntry } from './read.js';
 export { readSeedFile, writeSeedHex, writeSeedQr } from './seed.js';
 export type { CopyComparison } from './copy.js';

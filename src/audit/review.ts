@@ -19,7 +19,8 @@ import {
 } from './checkpoint.js';
 import { AuditLog, type Head } from './log.js';
 import { readSeedFile } from './seed.js';
-import { checkAuditDir } from './state.js';
+import { hashAt } from './history.js';
+import { auditPaths, checkAuditDir } from './state.js';
 import { seedOf } from './vault-keys.js';
 import { listSegments, verifySegments, type Checkpoint, type VerifyResult } from './verify.js';
 
@@ -189,13 +190,14 @@ export function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): numbe
     ],
     checked,
   );
-  // Another process changed the log while the entry was written: what was returned is the
-  // audit.gap recorded after it, which the vault must not take for the person's (found in
-  // review: the command said it acknowledged, and sealed the gap).
-  if (ack.moved !== undefined)
+  // Anything written with the entry but the entry (a break this write found and recorded before
+  // it: a box key or journal changed since the vault was opened), or another process's change
+  // while it was written (recorded after it): the person saw none of it, and the vault must not
+  // take this entry for theirs (found in review: the command said it acknowledged, and sealed).
+  if (ack.gap !== undefined)
     throw new IntegrityError(
       'AUDIT_CHAIN_BROKEN',
-      `nothing acknowledged: the log changed while this command wrote its entry (${ack.moved}); that is recorded as audit.gap after it`,
+      `nothing acknowledged: the log changed while this command wrote its entry (${ack.gap}); that is recorded as audit.gap`,
       LOOK_AGAIN,
     );
   // The vault knows this one is the person's (the caller saves it).
@@ -205,4 +207,12 @@ export function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): numbe
   startAcks(v, ack.seq);
   anchorAt(v, ack);
   return gaps;
+}
+
+/**
+ * The hash of the log's entry at seq, as this process reads the log (no key needed); undefined
+ * when the log holds no such entry.
+ */
+export function entryHashAt(home: string, seq: number): string | undefined {
+  return hashAt(auditPaths(home).dir, seq);
 }
