@@ -932,7 +932,13 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
         env: { ...h.env },
         user: true,
       });
-      assert.match(inOwn[0] ?? '', /^error:POLICY_DENIED:denied by policy/, inOwn.join('\n'));
+      // Refused by the rule's namespace check, or before it: its program, reached through a
+      // mount of its own, has no hash the agent can vouch for.
+      assert.match(
+        inOwn[0] ?? '',
+        /^error:POLICY_DENIED:(denied by policy|the caller's executable is reached through a mount outside)/,
+        inOwn.join('\n'),
+      );
       // A user namespace alone (the agent's mounts) lets it chroot into a root of its own, exec
       // the real program there, and come back under / before it asks.
       const inOwnUser = runLines(['unshare', '-Ur', py, RAW_CLIENT, h.sock, 'app/token'], {
@@ -1034,7 +1040,11 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
    * privilege). Found in review: root's was taken for a file no process of the user can change,
    * and its hash was remembered by its stat, which a write through the image keeps.
    */
-  async function onUsersImage(t: TestContext, owner: 'user' | 'root'): Promise<void> {
+  async function onUsersImage(
+    t: TestContext,
+    owner: 'user' | 'root',
+    deleted = false,
+  ): Promise<void> {
     // As udisks mounts an image for the active session: ext4 on a loop device over a file the
     // user owns, mounted in the agent's namespace. The user can rewrite a running file's blocks
     // through the image and drop its page cache; the agent must not hash it, nor remember a
@@ -1062,6 +1072,12 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       fs.chownSync(copy, 0, 0);
       fs.chmodSync(copy, 0o755);
     }
+    // The image deleted while mounted, and its old path made to name a file of root's: what the
+    // device says it stands on now reads "(deleted)" (found in review: the path was followed).
+    if (deleted) {
+      fs.unlinkSync(img);
+      fs.symlinkSync(fs.realpathSync(PYTHON), img);
+    }
     const h = await agentOf(thisBuildOnly(digest), { user: true });
     setSecret(h, 'app/token', 'loop-exe-value', true);
     const lines = runLines([copy, RAW_CLIENT, h.sock, 'app/token'], {
@@ -1084,6 +1100,12 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
     "a program on a loop mount over an image its user owns, the program root's, is refused where its hash is needed: its blocks are written past the running file",
     { skip: !rootTests && 'needs root for setpriv and mount' },
     (t) => onUsersImage(t, 'root'),
+  );
+
+  test(
+    "a program on a loop mount over an image its user owns, the program root's and the image deleted, its path a link to a file of root's, is refused where its hash is needed",
+    { skip: !rootTests && 'needs root for setpriv and mount' },
+    (t) => onUsersImage(t, 'root', true),
   );
 
   test(

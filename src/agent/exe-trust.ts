@@ -9,7 +9,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { LOCAL_FILE_SYSTEMS, OVERLAYFS } from '../lib/file-systems.js';
 import { closeFd } from '../lib/libc.js';
-import { undeleted } from '../lib/paths.js';
 
 /**
  * File systems whose files change only through this kernel's own writes to them: a file of
@@ -27,15 +26,16 @@ const FIXED_FILE_SYSTEMS: ReadonlySet<number> = new Set([
  * Whether no process of this user can change the bytes of the file open at fd (stat: its
  * fstat): the agent is not root, the file is root's, its mode lets neither its group nor others
  * write (with an ACL, the group bits are its mask: no named entry can grant writing either), it
- * is on a file system of FIXED_FILE_SYSTEMS, and not on blocks the user writes (through whatever
- * mount: a mount of the user's own shows root's file as it is, and makes no loop device). By
- * the inode, never by access(2): a read-only mount the user made says nothing of the file's
- * other paths, and another user's file may be one the user controls (the uids of its
- * /etc/subuid range, in a namespace of its own). Nor by its owner
+ * is on a file system of FIXED_FILE_SYSTEMS, reached through a mount of the agent's namespace,
+ * and not on blocks the user writes. By the inode, never by access(2): a read-only mount the
+ * user made says nothing of the file's other paths, and another user's file may be one the user
+ * controls (the uids of its /etc/subuid range, in a namespace of its own). Nor by its owner
  * alone: a file of root's in an image the user built (mkfs.ext4 -d and debugfs need no
  * privilege) and mounted through a loop device (udisks) is rewritten through the image, its stat
- * unchanged (found in review). Only such a file's hash may be known later by its key alone; this
- * is asked again at every lookup, since a loop device's number is its next image's too.
+ * unchanged; and an overlay the user mounted over such an image, in a namespace of its own, has
+ * no block device to trace (both found in review). Only such a file's hash may be known later by
+ * its key alone; this is asked again at every lookup, since a loop device's number is its next
+ * image's too.
  */
 export function fixedForUser(fd: number, stat: fs.BigIntStats): boolean {
   if ((process.getuid?.() ?? 0) === 0 || stat.uid !== 0n || (stat.mode & 0o022n) !== 0n)
@@ -43,6 +43,7 @@ export function fixedForUser(fd: number, stat: fs.BigIntStats): boolean {
   try {
     return (
       FIXED_FILE_SYSTEMS.has(Number(fs.statfsSync(`/proc/self/fd/${fd}`).type)) &&
+      inAgentsMounts(fd) &&
       !onUsersBlocks(stat.dev)
     );
   } catch {
@@ -74,20 +75,42 @@ function sysText(p: string): string | undefined {
 const NBD_MAJOR = 43;
 
 /**
+ * Whether a loop device's backing file is root's alone: a regular file of root's that neither
+ * group nor others may write, reached from / through directories of root's that neither may
+ * write, with no link on the way. Anything else (a path the user could make name another file
+ * by a link or a directory of its own; an image deleted while mounted, whose old path may name
+ * anything now: found in review) is the user's.
+ */
+function rootsAlone(backing: string): boolean {
+  if (!path.isAbsolute(backing) || backing.endsWith(' (deleted)')) return false;
+  let at = '/';
+  const parts = backing.split('/').filter((x) => x !== '');
+  for (let i = 0; i <= parts.length; i++) {
+    const st = fs.lstatSync(at);
+    const last = i === parts.length;
+    if (st.uid !== 0 || (st.mode & 0o022) !== 0) return false;
+    if (last ? !st.isFile() : !st.isDirectory()) return false;
+    if (!last) at = path.join(at, parts[i] as string);
+  }
+  return true;
+}
+
+/**
  * Whether the block device dir (in /sys/devices), or its disk, or a device it is stacked on
  * (device-mapper's slaves), is a loop device over an image that is not root's alone (its user may
- * write the blocks of a running file there, past the file's deny-write), or an nbd device.
+ * write the blocks of a running file there, past the file's deny-write), or an nbd device. A loop
+ * device is told by its `loop` directory: one whose backing file can't be named (a path past a
+ * page, ENAMETOOLONG) is the user's too.
  */
 function usersBlocks(dir: string, depth = 0): boolean {
   if (depth > 8) return true;
   for (const d of [dir, path.dirname(dir)]) {
     const dev = sysText(`${d}/dev`);
     if (dev !== undefined && Number(dev.split(':')[0]) === NBD_MAJOR) return true;
-    const backing = sysText(`${d}/loop/backing_file`);
-    if (backing !== undefined) {
+    if (fs.existsSync(`${d}/loop`)) {
+      const backing = sysText(`${d}/loop/backing_file`);
       try {
-        const st = fs.statSync(undeleted(backing));
-        if (st.uid !== 0 || (st.mode & 0o022) !== 0) return true;
+        if (backing === undefined || !rootsAlone(backing)) return true;
       } catch {
         return true;
       }
@@ -111,7 +134,11 @@ function onUsersBlocks(dev: bigint): boolean {
   // No block device (tmpfs, overlayfs; btrfs's devices are not traced: THREAT-MODEL.md).
   if (major === 0) return false;
   try {
-    return usersBlocks(fs.realpathSync(`/sys/dev/block/${major}:${minor}`));
+    const dir = fs.realpathSync(`/sys/dev/block/${major}:${minor}`);
+    // A disk (or its partition) is named by its bus; loop, nbd, device-mapper, md and the like
+    // are virtual, and only they can stand on blocks a user writes. Asked for every root-owned
+    // program a new caller runs (fixedForUser): a disk's answer takes one realpath.
+    return dir.startsWith('/sys/devices/virtual/') && usersBlocks(dir);
   } catch {
     return true;
   }
