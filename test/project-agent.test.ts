@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -417,6 +417,22 @@ rules:
       { target: `project:${PROJECT}/DB_PASSWORD` },
       { target: `project:${PROJECT}/SIGNING_KEY` },
     ]);
+  });
+
+  test("found in review: what an unseal killed before its rename left beside the file is removed by the next, and a live writer's is not", () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'keyward-unseal-'));
+    const out = path.join(dir, '.env');
+    // A process that has exited, and one that runs (this test's).
+    const gone = spawnSync('true').pid;
+    const left = path.join(dir, `..env.tmp-${gone}-789d81235e6e`);
+    const live = path.join(dir, `..env.tmp-${process.pid}-0123456789ab`);
+    fs.writeFileSync(left, 'API_TOKEN="left-behind"\n', { mode: 0o600 });
+    fs.writeFileSync(live, 'API_TOKEN="being-written"\n', { mode: 0o600 });
+    const r = kw(['unseal', sealed, '--output', out], { env: withoutAgent(alice) });
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok(!fs.existsSync(left), 'the leftover of a process that is gone is removed');
+    assert.ok(fs.existsSync(live), "a running writer's file is left to it");
+    assert.ok(fs.existsSync(out));
   });
 
   test('unseal writes a plain file (0600) only with the passphrase, recorded; and a non-recipient is refused', () => {

@@ -81,6 +81,15 @@ describe('the pre-commit hook example', () => {
     }
   });
 
+  test("found in review: a file keyward left while writing (an unseal's temp file) is refused, whatever it is named", () => {
+    for (const name of ['..env.tmp-3481-789d81235e6e', 'config/.prod.env.tmp-12-ab']) {
+      const r = commit({ [name]: 'API_TOKEN="tok_hook_0123456789"\n' });
+      assert.notEqual(r.status, 0, `${name} was committed`);
+      assert.match(r.stderr, /a file keyward left while writing/, name);
+      assert.ok(!r.stderr.includes('tok_hook'), 'the value is not said');
+    }
+  });
+
   test('a sealed file with an unsealed value added, or changed by hand, is refused', () => {
     const lines = sealed.trimEnd().split('\n');
     const added = [...lines.slice(0, -1), 'DB_PASSWORD=hunter2', ...lines.slice(-1)];

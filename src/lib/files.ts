@@ -210,14 +210,19 @@ export function stageFile(
 
 /**
  * Removes temp files a killed writer left next to `target`. Call only while holding the
- * directory's lock, so a live writer's temp file is never taken away.
+ * directory's lock, so a live writer's temp file is never taken away; or with deadOnly, which
+ * takes only those of processes that are gone.
  */
-export function sweepTempFiles(target: string): string[] {
+export function sweepTempFiles(target: string, deadOnly = false): string[] {
   const dir = path.dirname(target);
   const prefix = `.${path.basename(target)}${TMP_MARK}`;
   const removed: string[] = [];
   for (const name of fs.readdirSync(dir)) {
     if (name.startsWith(prefix)) {
+      // deadOnly: a writer holds no lock here, so another may be writing now; only the temp of a
+      // process that is gone is a leftover (a pid reused since leaves one: it is swept later).
+      const pid = /^(\d+)-[0-9a-f]+$/.exec(name.slice(prefix.length))?.[1];
+      if (deadOnly && (pid === undefined || fs.existsSync(`/proc/${pid}`))) continue;
       const entry = path.join(dir, name);
       const st = fs.lstatSync(entry, { throwIfNoEntry: false });
       // Only what a write of keyward's leaves (a file); anything else is not ours to remove.

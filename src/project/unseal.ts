@@ -5,7 +5,7 @@
 import { IntegrityError, UsageError } from '../errors.js';
 import { encodeRecipient, publicKeyOf } from './age.js';
 import { secureAlloc, secureFree, type SecureBuffer } from '../lib/secure.js';
-import { writeFileAtomic } from '../lib/files.js';
+import { sweepTempFiles, writeFileAtomic } from '../lib/files.js';
 import type { Vault } from '../vault/index.js';
 import { OpenedProject, parseProject } from './file.js';
 import { IDENTITY_RECORD } from './identity.js';
@@ -70,6 +70,9 @@ export function unsealTo(
         secureFree(value);
       }
     }
+    // What an unseal killed before its rename left beside the file (every value, plain, under a
+    // name no ignore rule for .env files matches): found in review.
+    sweepTempFiles(out, true);
     writeFileAtomic(out, lines);
     return { project: opened.project, id: opened.id, names: opened.names };
   } finally {
