@@ -546,7 +546,7 @@ describe("audit verify takes nothing on the word of whatever answers on the agen
     h: Home;
     withPass: NodeJS.ProcessEnv;
     noPass: NodeJS.ProcessEnv;
-    says: (seq: number, hash: string | undefined) => void;
+    says: (seq: number | string, hash: string | undefined) => void;
     lastSeq: () => number;
     change: (i: number) => void;
     stop: () => void;
@@ -556,7 +556,7 @@ describe("audit verify takes nothing on the word of whatever answers on the agen
       kw(['secret', 'set', n], { env: h.env, input: 'value-aaaa' });
     const run = path.join(h.dir, 'run');
     const said = path.join(h.dir, 'said.json');
-    const says = (headSeq: number, headHash: string | undefined) =>
+    const says = (headSeq: number | string, headHash: string | undefined) =>
       fs.writeFileSync(said, JSON.stringify({ headSeq, headHash }));
     says(1, '0'.repeat(64));
     const fake = spawn(
@@ -615,6 +615,19 @@ describe("audit verify takes nothing on the word of whatever answers on the agen
       assert.match(
         elsewhere.stderr,
         /the agent says it verified the log to seq 1, .*this log holds no such entry/,
+      );
+      // A head the log does not hold, with no hash; a head of words for the terminal (review).
+      f.says(999999, undefined);
+      const none = kw(['audit', 'verify'], { env: f.noPass });
+      assert.equal(none.code, 8, none.stdout + none.stderr);
+      assert.match(none.stderr, /to seq 999999, sha256 \(none\): this log holds no such entry/);
+      f.says('\u001b[31mRED', undefined);
+      const words = kw(['audit', 'verify'], { env: f.noPass });
+      assert.equal(words.code, 8, words.stdout + words.stderr);
+      assert.match(words.stderr, /the agent's verify answer is not one keyward's agent gives/);
+      assert.ok(
+        !(words.stdout + words.stderr).includes('\u001b'),
+        'no escape reaches the terminal',
       );
       // With a passphrase file the vault is opened here, and the impostor is not asked.
       const local = kw(['audit', 'verify'], { env: f.withPass });

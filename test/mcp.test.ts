@@ -227,4 +227,23 @@ describe('keyward mcp serve', () => {
       assert.ok(!textOf(r).includes('wn-value-2'), textOf(r));
     }
   });
+
+  test('found in review: a value whose own space is where its halves meet, stderr first, is withheld', async () => {
+    const { h, client } = await setup();
+    assert.equal(
+      kw(['secret', 'set', 'mcp/spaced'], { env: h.env, input: 'never shown value 22' }).code,
+      0,
+    );
+    // "never shown" to stderr, " value 22" to stdout: trimmed where they meet, the space that is
+    // the value's own went too.
+    const r = await client.callTool({
+      name: 'run_with_credentials',
+      arguments: {
+        command: ['sh', '-c', 'printf %s "$T" | head -c 11 >&2; printf %s "$T" | tail -c +12'],
+        env: { T: 'mcp/spaced' },
+      },
+    });
+    assert.match(textOf(r), /held a value released earlier \(mcp\/spaced\): withheld/, textOf(r));
+    assert.ok(!textOf(r).includes('value 22'), textOf(r));
+  });
 });

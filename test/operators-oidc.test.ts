@@ -148,6 +148,14 @@ describe('operators signing in with OpenID Connect', { skip, timeout: 120_000 },
       await mint(key, claims({ client_id: undefined })),
       /^the token names no client it was issued to/,
     );
+    // Found in review: every claim that names a client must name an allowed one (keyward's
+    // client_id beside another's azp), and Entra ID v1 names it in appid alone.
+    for (const issuedTo of [{ azp: 'wiki-app' }, { client_id: undefined, appid: 'wiki-app' }])
+      await refused(
+        verifier(idp.issuer),
+        await mint(key, claims(issuedTo)),
+        /issued to the client "wiki-app"/,
+      );
     const allowing = new OidcVerifier(
       { ...settings(idp.issuer), allowedClients: [CLIENT_ID, 'wiki-app'] },
       { jwksCooldownMs: 0 },
@@ -312,6 +320,7 @@ describe('operators signing in with OpenID Connect', { skip, timeout: 120_000 },
       { azp: 'other-client' },
       { cid: 'other-client' },
       { client_id: 'other-client' },
+      { appid: 'other-client' },
     ])
       await refused(
         v,

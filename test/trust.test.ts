@@ -1109,6 +1109,56 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
   );
 
   test(
+    "a program on a loop image of root's that stands inside a loop image its user owns is refused where its hash is needed",
+    { skip: !rootTests && 'needs root for setpriv and mount' },
+    async (t) => {
+      // Found in review: the inner image is root's alone by its path (every directory from /
+      // root's, none writable by others), but its blocks are the outer image's, which the user
+      // writes. Made at / so that no sticky directory (/tmp) is on the way.
+      const base = fs.mkdtempSync('/kw-stack-');
+      fs.chmodSync(base, 0o755);
+      const outer = path.join(base, 'outer.img');
+      const outerMnt = path.join(base, 'outer');
+      const innerMnt = path.join(base, 'inner');
+      const mounted: string[] = [];
+      after(() => {
+        for (const m of mounted.reverse()) spawnSync('umount', ['-l', m]);
+        fs.rmSync(base, { recursive: true, force: true });
+      });
+      for (const d of [outerMnt, innerMnt]) fs.mkdirSync(d, { mode: 0o755 });
+      fs.writeFileSync(outer, '');
+      fs.truncateSync(outer, 96 << 20);
+      assert.equal(spawnSync('mkfs.ext4', ['-q', '-F', outer]).status, 0);
+      if (spawnSync('mount', ['-o', 'loop', outer, outerMnt]).status !== 0) {
+        t.skip('no loop device here');
+        return;
+      }
+      mounted.push(outerMnt);
+      fs.chownSync(outer, OTHER_UID, OTHER_UID);
+      const inner = path.join(outerMnt, 'inner.img');
+      fs.writeFileSync(inner, '', { mode: 0o644 });
+      fs.truncateSync(inner, 48 << 20);
+      assert.equal(spawnSync('mkfs.ext4', ['-q', '-F', inner]).status, 0);
+      assert.equal(spawnSync('mount', ['-o', 'loop', inner, innerMnt]).status, 0);
+      mounted.push(innerMnt);
+      const copy = path.join(innerMnt, 'python3');
+      fs.copyFileSync(fs.realpathSync(PYTHON), copy);
+      fs.chmodSync(copy, 0o755);
+      const digest = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
+      const h = await agentOf(thisBuildOnly(digest), { user: true });
+      setSecret(h, 'app/token', 'stacked-loop-value', true);
+      const lines = runLines([copy, RAW_CLIENT, h.sock, 'app/token'], {
+        env: { ...h.env },
+        user: true,
+      });
+      assert.match(
+        lines[0] ?? '',
+        /^error:POLICY_DENIED:the caller's executable is on a loop \(or nbd\) device over an image its user can write/,
+      );
+    },
+  );
+
+  test(
     'a program run from a memfd and rewritten while it runs, then sealed, is refused where its hash is needed, never hashed as what it became',
     { skip: !rootTests && 'needs root for setpriv' },
     async () => {

@@ -96,6 +96,17 @@ function rootsAlone(backing: string): boolean {
 }
 
 /**
+ * Whether a loop device's backing file, root's alone by its path, stands where the user writes
+ * all the same: a file system whose bytes another party serves (FUSE says what owner it likes),
+ * or blocks of the user's (an image of root's inside the user's own loop-mounted image: found in
+ * review). Traced down the stack, as far as usersBlocks goes.
+ */
+function standsOnUsers(backing: string, depth: number): boolean {
+  if (!FIXED_FILE_SYSTEMS.has(Number(fs.statfsSync(backing).type))) return true;
+  return onUsersBlocks(fs.statSync(backing, { bigint: true }).dev, depth + 1);
+}
+
+/**
  * Whether the block device dir (in /sys/devices), or its disk, or a device it is stacked on
  * (device-mapper's slaves), is a loop device over an image that is not root's alone (its user may
  * write the blocks of a running file there, past the file's deny-write), or an nbd device. A loop
@@ -110,7 +121,8 @@ function usersBlocks(dir: string, depth = 0): boolean {
     if (fs.existsSync(`${d}/loop`)) {
       const backing = sysText(`${d}/loop/backing_file`);
       try {
-        if (backing === undefined || !rootsAlone(backing)) return true;
+        if (backing === undefined || !rootsAlone(backing) || standsOnUsers(backing, depth))
+          return true;
       } catch {
         return true;
       }
@@ -128,7 +140,7 @@ function usersBlocks(dir: string, depth = 0): boolean {
 }
 
 /** Whether the file system of a file with this st_dev sits on blocks its user may write. */
-function onUsersBlocks(dev: bigint): boolean {
+function onUsersBlocks(dev: bigint, depth = 0): boolean {
   const major = Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn));
   const minor = Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn));
   // No block device (tmpfs, overlayfs; btrfs's devices are not traced: THREAT-MODEL.md).
@@ -138,7 +150,7 @@ function onUsersBlocks(dev: bigint): boolean {
     // A disk (or its partition) is named by its bus; loop, nbd, device-mapper, md and the like
     // are virtual, and only they can stand on blocks a user writes. Asked for every root-owned
     // program a new caller runs (fixedForUser): a disk's answer takes one realpath.
-    return dir.startsWith('/sys/devices/virtual/') && usersBlocks(dir);
+    return dir.startsWith('/sys/devices/virtual/') && usersBlocks(dir, depth);
   } catch {
     return true;
   }

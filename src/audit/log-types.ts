@@ -172,6 +172,23 @@ export function checkFollows(head: Head, follows: Checkpoint | undefined): void 
     );
 }
 
+/**
+ * Why nothing of a caller's that names the entry it `follows` was written: the write found a
+ * break first and recorded it alone (synced by `sync` first: the caller gets no head to sync).
+ */
+export function writtenAlone(
+  head: Head,
+  gap: string | undefined,
+  sync: () => void,
+): IntegrityError {
+  sync();
+  return new IntegrityError(
+    'AUDIT_CHAIN_BROKEN',
+    `nothing written: the log changed since it was checked (${gap ?? 'a break'}); that is recorded as audit.gap at seq ${head.seq}`,
+    { hint: 'run keyward audit verify again and look at what it reports' },
+  );
+}
+
 /** The tail of a segment of `size` bytes that ends in `line` (with its newline), just written. */
 export function tailEndingIn(size: number, line: Buffer): Tail {
   const lastLine = line.toString('utf8', 0, line.length - 1);

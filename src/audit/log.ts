@@ -27,6 +27,7 @@ import {
   LOCK_TIMEOUT_MS,
   tailEndingIn,
   movedRecord,
+  writtenAlone,
   stampOf,
   type AuditOptions,
   type Head,
@@ -245,15 +246,14 @@ export class AuditLog {
       }
       const box = this.boxChecked(st);
       const first = [replayed?.record, stray?.record, box?.record].filter((r) => r !== undefined);
-      const head = this.appendLocked(
-        st,
-        first.length > 0 ? [...first, ...records] : records,
-        seenNow,
-        follows,
-      );
+      // With `follows`, none of the caller's records goes behind a break this write found: what
+      // it checked had none (review: an acknowledgement covered one unseen).
+      const alone = follows !== undefined && first.length > 0;
+      const head = this.appendLocked(st, alone ? first : [...first, ...records], seenNow, follows);
       const gap = replayed?.gap ?? stray?.reason ?? box?.reason;
       if (gap !== undefined) head.gap = gap;
       if (!this.o.keep) this.forget();
+      if (alone) throw writtenAlone(head, gap, () => this.files.sync(head.segment));
       return head;
     } catch (e) {
       this.forget();

@@ -3,7 +3,12 @@
  * checked and by whom, and a comparison with a copy shipped off the machine.
  */
 import fs from 'node:fs';
-import { entryHashAt, verifyAgainst, type VerifyResult } from '../audit/index.js';
+import {
+  entryHashAt,
+  verifyAgainst,
+  type RecordedGap,
+  type VerifyResult,
+} from '../audit/index.js';
 import { IntegrityError, UsageError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
 import { printable } from '../lib/text.js';
@@ -63,6 +68,66 @@ function refuseFindings(r: VerifyResult): asserts r is Extract<VerifyResult, { o
     );
 }
 
+const NOT_VERIFIED =
+  "what answered on the agent's socket did not verify this log; check it here: keyward audit verify --passphrase-file FILE";
+
+type AgentsVerify = VerifyResult & {
+  checkpointChecked: boolean;
+  acknowledgementsChecked?: boolean;
+};
+
+const seqOrNone = (x: unknown): x is number | undefined =>
+  x === undefined || (typeof x === 'number' && Number.isSafeInteger(x) && x >= 0);
+
+/**
+ * An agent's verify answer, as keyward's agent gives one, its words made printable; anything
+ * else is refused (review: an impostor's head left out passed, and its text reached the
+ * terminal raw).
+ */
+function agentsVerify(x: unknown): AgentsVerify {
+  const o = (typeof x === 'object' && x !== null ? x : {}) as Record<string, unknown>;
+  const f = (
+    typeof o['finding'] === 'object' && o['finding'] !== null ? o['finding'] : {}
+  ) as Record<string, unknown>;
+  const gaps = Array.isArray(o['gaps']) ? (o['gaps'] as unknown[]) : undefined;
+  const wellFormed =
+    typeof o['ok'] === 'boolean' &&
+    typeof o['macsChecked'] === 'boolean' &&
+    typeof o['checkpointChecked'] === 'boolean' &&
+    (o['acknowledgementsChecked'] === undefined ||
+      typeof o['acknowledgementsChecked'] === 'boolean') &&
+    seqOrNone(o['entries']) &&
+    seqOrNone(o['headSeq']) &&
+    (o['headHash'] === undefined ||
+      (typeof o['headHash'] === 'string' && /^[0-9a-f]{64}$/.test(o['headHash']))) &&
+    gaps !== undefined &&
+    gaps.every(
+      (g) =>
+        typeof g === 'object' &&
+        g !== null &&
+        seqOrNone((g as RecordedGap).seq) &&
+        typeof (g as RecordedGap).acknowledged === 'boolean',
+    ) &&
+    (o['ok'] === true ||
+      (typeof f['file'] === 'string' &&
+        typeof f['reason'] === 'string' &&
+        seqOrNone(f['line']) &&
+        seqOrNone(f['seq'])));
+  if (!wellFormed)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      "the agent's verify answer is not one keyward's agent gives",
+      { hint: NOT_VERIFIED },
+    );
+  if (o['ok'] === false)
+    o['finding'] = {
+      ...f,
+      file: printable(String(f['file'])),
+      reason: printable(String(f['reason'])),
+    };
+  return o as unknown as AgentsVerify;
+}
+
 /**
  * An agent's verify, taken only for what this process can't check without the vault: the MACs,
  * the checkpoint, which acknowledgements are the person's. Whatever answers on the agent's
@@ -70,21 +135,24 @@ function refuseFindings(r: VerifyResult): asserts r is Extract<VerifyResult, { o
  * so the chain, its recorded breaks and its length are this process's own reading, and the
  * entry the agent says it verified to must be one of this chain's.
  */
-export function reportAgents(
-  io: Io,
-  home: string,
-  chain: VerifyResult,
-  agent: VerifyResult & { checkpointChecked: boolean; acknowledgementsChecked?: boolean },
-): void {
+export function reportAgents(io: Io, home: string, chain: VerifyResult, said: unknown): void {
   refuseFindings(chain);
+  const agent = agentsVerify(said);
   refuseFindings(agent);
-  if (agent.headSeq !== undefined && entryHashAt(home, agent.headSeq) !== agent.headHash)
+  // Its head must be an entry of this chain (review: a head it left out, or one the log does
+  // not hold without a hash, passed).
+  const found = agent.headSeq === undefined ? undefined : entryHashAt(home, agent.headSeq);
+  if (agent.headSeq !== chain.headSeq && (found === undefined || found !== agent.headHash))
     throw new IntegrityError(
       'AUDIT_CHAIN_BROKEN',
-      `the agent says it verified the log to seq ${agent.headSeq}, sha256 ${printable(String(agent.headHash))}: this log holds no such entry`,
-      {
-        hint: "what answered on the agent's socket did not verify this log; check it here: keyward audit verify --passphrase-file FILE",
-      },
+      `the agent says it verified the log to seq ${agent.headSeq ?? '(none)'}, sha256 ${agent.headHash ?? '(none)'}: this log holds no such entry`,
+      { hint: NOT_VERIFIED },
+    );
+  if (agent.headSeq === chain.headSeq && agent.headHash !== chain.headHash)
+    throw new IntegrityError(
+      'AUDIT_CHAIN_BROKEN',
+      `the agent says it verified the log to seq ${agent.headSeq}, sha256 ${agent.headHash ?? '(none)'}: this log's entry there is another`,
+      { hint: NOT_VERIFIED },
     );
   const macs = agent.macsChecked
     ? `MACs verified with the audit key by the agent, to seq ${agent.headSeq}`

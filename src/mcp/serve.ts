@@ -43,7 +43,7 @@ const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
  * A run's answer, concealed, searched again for a value split between its two streams: the
  * answer's strings joined in order find stdout's half before stderr's only when nothing stands
  * between them, and `echo` ends each half with a line (found in review). So both orders are
- * searched, the whitespace where the streams meet dropped; a value found there can't be
+ * searched, with and without the whitespace where the streams meet; a value found there can't be
  * concealed in place, and the answer is withheld. Only a value whose halves end one stream and
  * begin the other: other text between them, or three pieces, hide it (docs/MCP.md).
  */
@@ -51,9 +51,13 @@ async function splitBetweenStreams(link: AgentLink, s: Scanned): Promise<Scanned
   const { stdout, stderr } = s.out as { stdout: string; stderr: string };
   const joins = await scanWith(
     link,
+    // As they are (whitespace may be the value's own: review), and without the whitespace
+    // where they meet (echo's line end).
     {
-      outFirst: stdout.trimEnd() + stderr.trimStart(),
-      errFirst: stderr.trimEnd() + stdout.trimStart(),
+      outFirst: stdout + stderr,
+      errFirst: stderr + stdout,
+      outFirstTrimmed: stdout.trimEnd() + stderr.trimStart(),
+      errFirstTrimmed: stderr.trimEnd() + stdout.trimStart(),
     },
     false,
   );

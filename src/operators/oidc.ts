@@ -129,6 +129,13 @@ interface Discovered {
   keys: JWTVerifyGetKey;
 }
 
+/**
+ * The claims that name the client a token was issued to: OIDC's azp, RFC 9068's client_id,
+ * Okta's cid, Entra ID v1's appid (found in review: a v1 access token named its client there
+ * alone).
+ */
+const ISSUED_TO = ['azp', 'client_id', 'cid', 'appid'] as const;
+
 export class OidcVerifier {
   readonly #settings: OidcSettings;
   readonly #now: () => number;
@@ -219,9 +226,9 @@ export class OidcVerifier {
     // (Entra ID), a mapper that adds keyward's id (Keycloak). Found in review: it logged in.
     const aud = Array.isArray(payload.aud) ? payload.aud : [payload.aud];
     if (aud.includes(s.clientId)) {
-      const other = ['azp', 'client_id', 'cid']
-        .map((c) => payload[c])
-        .find((v) => v !== undefined && v !== s.clientId);
+      const other = ISSUED_TO.map((c) => payload[c]).find(
+        (v) => v !== undefined && v !== s.clientId,
+      );
       if (other !== undefined || (aud.length > 1 && payload['azp'] !== s.clientId))
         throw refuse(
           `the token was issued to ${shown(other ?? payload['azp'] ?? '(no azp)')}, not to ${s.clientId}`,
@@ -230,13 +237,16 @@ export class OidcVerifier {
     // A token for one of `audience` and not for keyward itself: an access token for an API,
     // which the issuer gives any application that asks for that audience (Okta's default server
     // puts api://default on all of them). It must have been issued to a client policy allows.
+    // Every claim that names one must name an allowed client (review: client_id keyward's and
+    // azp another's passed).
     if (!aud.includes(s.clientId)) {
-      const issuedTo = payload['client_id'] ?? payload['cid'] ?? payload['azp'];
-      if (typeof issuedTo !== 'string' || !s.allowedClients.includes(issuedTo)) {
+      const named = ISSUED_TO.map((c) => payload[c]).filter((v) => v !== undefined);
+      const issuedTo = named.find((v) => typeof v !== 'string' || !s.allowedClients.includes(v));
+      if (named.length === 0 || issuedTo !== undefined) {
         throw refuse(
-          typeof issuedTo === 'string'
+          issuedTo !== undefined
             ? `the token was issued to the client ${shown(issuedTo)}, not to one operators.oidc allows (${s.allowedClients.join(', ')}): set allowed_clients to accept it`
-            : "the token names no client it was issued to (client_id, cid or azp): an access token for a shared audience could be any application's",
+            : "the token names no client it was issued to (client_id, cid, azp or appid): an access token for a shared audience could be any application's",
         );
       }
     }
