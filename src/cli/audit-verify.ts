@@ -3,12 +3,7 @@
  * checked and by whom, and a comparison with a copy shipped off the machine.
  */
 import fs from 'node:fs';
-import {
-  entryHashAt,
-  verifyAgainst,
-  type RecordedGap,
-  type VerifyResult,
-} from '../audit/index.js';
+import { entryHashAt, verifyAgainst, type RecordedGap, type VerifyResult } from '../audit/index.js';
 import { IntegrityError, UsageError } from '../errors.js';
 import { keywardHome } from '../lib/paths.js';
 import { printable } from '../lib/text.js';
