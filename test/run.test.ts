@@ -856,13 +856,21 @@ describe('hardening found in review', () => {
     assert.equal(r.stdout.trim(), String(big.length), r.stderr);
   });
 
-  test('the approval prompt names the program that will run (resolved path), the cwd, and variables like LD_PRELOAD', async () => {
+  test('the approval prompt names the program that will run (resolved path), the cwd, and variables like LD_PRELOAD, MAKEFILES and SHELLOPTS', async () => {
     const h = await running(
       'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
     );
     setSecret(h, 'p/token', 'prompted-token-value');
     h.answer('no');
-    const env = { ...h.env, NODE_OPTIONS: '--no-warnings' };
+    // Found in review: MAKEFILES and SHELLOPTS (with PS4) make an approved make or bash script
+    // run code of the caller's, and the prompt said nothing of them.
+    const env = {
+      ...h.env,
+      NODE_OPTIONS: '--no-warnings',
+      MAKEFILES: '/tmp/evil.mk',
+      SHELLOPTS: 'xtrace',
+      KEYWARD_SOMETHING: 'x',
+    };
     const r = await new Promise<number | null>((resolve) => {
       const c = spawn(process.execPath, [BIN, 'run', '--env', 'T=p/token', '--', 'true', 'a b'], {
         env,
@@ -878,6 +886,11 @@ describe('hardening found in review', () => {
       /run "\/(usr\/)?bin\/true" \(sha256 [0-9a-f]{16}\) as: "true" "a b", in "\//,
     );
     assert.match(prompt, /its environment sets NODE_OPTIONS/);
+    assert.match(
+      prompt,
+      /its environment sets what programs run otherwise than your session does: (MAKEFILES, SHELLOPTS|SHELLOPTS, MAKEFILES)/,
+    );
+    assert.ok(!prompt.includes('KEYWARD_SOMETHING'), "keyward's own variables are not listed");
   });
 
   test('a secret never goes into BASH_ENV, LD_PRELOAD or PATH: a value the caller knows would name a file of its own to run', async () => {
@@ -1111,6 +1124,7 @@ test("a run's prompt says what matters first, whatever the caller's environment 
     project: { project: 'demo', names: ['A', 'B'] },
     masking: false,
     homeMoved: false,
+    codeSetters: [],
   });
   const what = p.what({ name: 'api/token', as: [{ var: 'TOKEN' }] }, undefined);
   assert.ok(what.length < 2000, `${what.length} characters`);
@@ -1140,6 +1154,7 @@ test("found in review: a run's prompt names proxies and trust first, in any tool
       project: undefined,
       masking: true,
       homeMoved: false,
+      codeSetters: [],
     });
   const what = (environ: string[]) =>
     prompt(environ).what({ name: 'gcp/token', as: [{ fd: 3 }] }, undefined);

@@ -9,6 +9,7 @@
  */
 import os from 'node:os';
 import { quote, quoteAll } from '../lib/text.js';
+import { reservedName } from '../project/index.js';
 import { CODE_LOADERS, LOADER_VARIABLES } from './identity.js';
 import type { Wanted } from './run-request.js';
 
@@ -26,6 +27,8 @@ export interface RunPromptFacts {
   masking: boolean;
   /** Whether the environment's HOME is not the user's home (where most programs read config). */
   homeMoved: boolean;
+  /** Variables that change what a program runs, set otherwise than in the agent's (codeSetters). */
+  codeSetters: readonly string[];
 }
 
 /**
@@ -93,6 +96,28 @@ export function homeMoved(env: ReadonlyArray<{ name: string; value: Uint8Array }
   return env.some((e) => e.name === 'HOME' && (own === undefined || !own.equals(e.value)));
 }
 
+/** What says which session a process is of (HOME is said apart), not what it runs: not listed. */
+const SESSION =
+  /^(HOME|KEYWARD_\w+|XDG_(RUNTIME_DIR|SESSION_\w+|SEAT\w*|VTNR|CURRENT_DESKTOP)|SSH_(CLIENT|CONNECTION|TTY|AUTH_SOCK|AGENT_PID))$/;
+
+/**
+ * The caller's variables that change what a program loads or runs (reservedName: the shell's
+ * SHELLOPTS and PS4, make's MAKEFILES and MAKEFLAGS, git's hooks and templates, editors and
+ * pagers...), where their value is not the agent's own: an approved `make deploy` with
+ * MAKEFILES set runs a makefile of the caller's first (found in review: the prompt said
+ * nothing). The agent's own values are the user's session's, said in no prompt.
+ */
+export function codeSetters(env: ReadonlyArray<{ name: string; value: Uint8Array }>): string[] {
+  const out = new Set<string>();
+  for (const e of env) {
+    if (reservedName(e.name) === undefined || SESSION.test(e.name)) continue;
+    const own = process.env[e.name];
+    // eslint-disable-next-line no-restricted-syntax -- equal or not is all that is kept
+    if (own === undefined || !Buffer.from(own).equals(e.value)) out.add(e.name);
+  }
+  return [...out];
+}
+
 const placeOf = (a: { var: string } | { fd: number }) =>
   'var' in a ? `$${a.var}` : `descriptor ${a.fd}`;
 
@@ -115,7 +140,10 @@ export function runPrompt(f: RunPromptFacts): {
     .sort((a, b) => a.rank - b.rank);
   const traffic = [...(f.homeMoved ? ['HOME'] : []), ...ranked.map((x) => x.n)];
   const trafficFirst = traffic.filter((n) => n === 'HOME' || FIRST_SHOWN.has(n));
-  const notable = [...traffic, ...loaders];
+  // The rest of what changes what runs, where the agent's own values don't say the same.
+  const listed = new Set([...traffic, ...loaders]);
+  const setters = f.codeSetters.filter((n) => !listed.has(n));
+  const notable = [...traffic, ...loaders, ...setters];
   // Every variable and descriptor the run sets, and from which secret, whatever rule each
   // secret falls under (one allowed outright is still in the run).
   const places = f.wanted.flatMap((w) => w.as.map((a) => `${placeOf(a)} from ${quote(w.name)}`));
@@ -158,7 +186,10 @@ export function runPrompt(f: RunPromptFacts): {
         (f.mcp ? `; asked by an MCP client that calls itself ${quote(f.mcp)}` : '') +
         fromFile +
         sets +
-        (loaders.length > 0 ? `; its environment sets ${loaderList(loaders)}` : '')
+        (loaders.length > 0 ? `; its environment sets ${loaderList(loaders)}` : '') +
+        (setters.length > 0
+          ? `; its environment sets what programs run otherwise than your session does: ${shortList(setters, 16, [])}`
+          : '')
       );
     },
   };

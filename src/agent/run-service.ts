@@ -15,7 +15,7 @@ import { maskingForms, startChild } from '../run/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { McpRuns } from './mcp-runs.js';
 import { programHash } from './exe-hash.js';
-import { homeMoved, runPrompt } from './run-prompt.js';
+import { codeSetters, homeMoved, runPrompt } from './run-prompt.js';
 import { commandNotFound } from './run-relay.js';
 import { rulesMoved } from './gate-caller.js';
 import {
@@ -141,6 +141,7 @@ export class RunService {
         project,
         masking: req.masking,
         homeMoved: homeMoved(env),
+        codeSetters: codeSetters(env),
       });
       for (const w of req.wanted) {
         const { rule } = await this.host.authorize(conn, {
