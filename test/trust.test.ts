@@ -1078,6 +1078,11 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       fs.unlinkSync(img);
       fs.symlinkSync(fs.realpathSync(PYTHON), img);
     }
+    await refusedOnUsersBlocks(copy, digest);
+  }
+
+  /** The program at copy, allowed by its hash, is refused: it stands on blocks its user writes. */
+  async function refusedOnUsersBlocks(copy: string, digest: string): Promise<void> {
     const h = await agentOf(thisBuildOnly(digest), { user: true });
     setSecret(h, 'app/token', 'loop-exe-value', true);
     const lines = runLines([copy, RAW_CLIENT, h.sock, 'app/token'], {
@@ -1144,16 +1149,9 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       const copy = path.join(innerMnt, 'python3');
       fs.copyFileSync(fs.realpathSync(PYTHON), copy);
       fs.chmodSync(copy, 0o755);
-      const digest = createHash('sha256').update(fs.readFileSync(copy)).digest('hex');
-      const h = await agentOf(thisBuildOnly(digest), { user: true });
-      setSecret(h, 'app/token', 'stacked-loop-value', true);
-      const lines = runLines([copy, RAW_CLIENT, h.sock, 'app/token'], {
-        env: { ...h.env },
-        user: true,
-      });
-      assert.match(
-        lines[0] ?? '',
-        /^error:POLICY_DENIED:the caller's executable is on a loop \(or nbd\) device over an image its user can write/,
+      await refusedOnUsersBlocks(
+        copy,
+        createHash('sha256').update(fs.readFileSync(copy)).digest('hex'),
       );
     },
   );
