@@ -245,5 +245,22 @@ describe('keyward mcp serve', () => {
     });
     assert.match(textOf(r), /held a value released earlier \(mcp\/spaced\): withheld/, textOf(r));
     assert.ok(!textOf(r).includes('value 22'), textOf(r));
+    // "never shown " and a line's end (echo) to stdout, "value 22" to stderr.
+    const echoed = await client.callTool({
+      name: 'run_with_credentials',
+      arguments: {
+        command: [
+          'sh',
+          '-c',
+          'echo "$(printf %s "$T" | head -c 12)"; printf %s "$T" | tail -c +13 >&2',
+        ],
+        env: { T: 'mcp/spaced' },
+      },
+    });
+    assert.match(
+      textOf(echoed),
+      /held a value released earlier \(mcp\/spaced\): withheld/,
+      textOf(echoed),
+    );
   });
 });

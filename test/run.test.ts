@@ -864,12 +864,16 @@ describe('hardening found in review', () => {
     h.answer('no');
     // Found in review: MAKEFILES and SHELLOPTS (with PS4) make an approved make or bash script
     // run code of the caller's, and the prompt said nothing of them.
+    // Twenty made-up names of the same families first can't push them out of sight; a name that
+    // only says which session this is (SSH_CONNECTION) is not listed.
+    const padding = Object.fromEntries(Array.from({ length: 20 }, (_, i) => [`PAD${i}_OPTS`, 'x']));
     const env = {
       ...h.env,
       NODE_OPTIONS: '--no-warnings',
+      ...padding,
       MAKEFILES: '/tmp/evil.mk',
       SHELLOPTS: 'xtrace',
-      KEYWARD_SOMETHING: 'x',
+      SSH_CONNECTION: '10.0.0.1 1 10.0.0.2 22',
     };
     const r = await new Promise<number | null>((resolve) => {
       const c = spawn(process.execPath, [BIN, 'run', '--env', 'T=p/token', '--', 'true', 'a b'], {
@@ -888,9 +892,9 @@ describe('hardening found in review', () => {
     assert.match(prompt, /its environment sets NODE_OPTIONS/);
     assert.match(
       prompt,
-      /its environment sets what programs run otherwise than your session does: (MAKEFILES, SHELLOPTS|SHELLOPTS, MAKEFILES)/,
+      /its environment sets what programs run otherwise than your session does: (MAKEFILES, SHELLOPTS|SHELLOPTS, MAKEFILES), PAD0_OPTS, .* and 4 more/,
     );
-    assert.ok(!prompt.includes('KEYWARD_SOMETHING'), "keyward's own variables are not listed");
+    assert.ok(!prompt.includes('SSH_CONNECTION'), 'what says which session this is, is not listed');
   });
 
   test('a secret never goes into BASH_ENV, LD_PRELOAD or PATH: a value the caller knows would name a file of its own to run', async () => {

@@ -98,7 +98,32 @@ export function homeMoved(env: ReadonlyArray<{ name: string; value: Uint8Array }
 
 /** What says which session a process is of (HOME is said apart), not what it runs: not listed. */
 const SESSION =
-  /^(HOME|KEYWARD_\w+|XDG_(RUNTIME_DIR|SESSION_\w+|SEAT\w*|VTNR|CURRENT_DESKTOP)|SSH_(CLIENT|CONNECTION|TTY|AUTH_SOCK|AGENT_PID))$/;
+  /^(HOME|XDG_(SESSION_\w+|SEAT\w*|VTNR|CURRENT_DESKTOP)|SSH_(CLIENT|CONNECTION|TTY|AGENT_PID))$/;
+
+/**
+ * The names that most often make an approved program run a caller's code, said first and whole
+ * however many others come before them (review: sixteen made-up `*_OPTS` pushed MAKEFILES out
+ * of the prompt's cut). KEYWARD_SOCKET_DIR and XDG_RUNTIME_DIR move a nested keyward's socket.
+ */
+const SETTERS_FIRST: ReadonlySet<string> = new Set([
+  'MAKEFILES',
+  'MAKEFLAGS',
+  'MFLAGS',
+  'SHELLOPTS',
+  'BASHOPTS',
+  'PS4',
+  'PROMPT_COMMAND',
+  'PATH',
+  'SHELL',
+  'EDITOR',
+  'VISUAL',
+  'PAGER',
+  'GIT_TEMPLATE_DIR',
+  'KEYWARD_SOCKET_DIR',
+  'KEYWARD_HOME',
+  'XDG_RUNTIME_DIR',
+  'SSH_AUTH_SOCK',
+]);
 
 /**
  * The caller's variables that change what a program loads or runs (reservedName: the shell's
@@ -188,7 +213,11 @@ export function runPrompt(f: RunPromptFacts): {
         sets +
         (loaders.length > 0 ? `; its environment sets ${loaderList(loaders)}` : '') +
         (setters.length > 0
-          ? `; its environment sets what programs run otherwise than your session does: ${shortList(setters, 16, [])}`
+          ? `; its environment sets what programs run otherwise than your session does: ${shortList(
+              setters.filter((n) => !SETTERS_FIRST.has(n)),
+              16,
+              setters.filter((n) => SETTERS_FIRST.has(n)),
+            )}`
           : '')
       );
     },

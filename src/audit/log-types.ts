@@ -173,8 +173,9 @@ export function checkFollows(head: Head, follows: Checkpoint | undefined): void 
 }
 
 /**
- * Why nothing of a caller's that names the entry it `follows` was written: the write found a
- * break first and recorded it alone (synced by `sync` first: the caller gets no head to sync).
+ * Why nothing of a caller's that names the entry it `follows` was written: the write found the
+ * log changed first (a break, or lines put back from the journal) and recorded that alone;
+ * `sync` makes it durable and ships it first (the caller gets no head to do either with).
  */
 export function writtenAlone(
   head: Head,
@@ -184,7 +185,7 @@ export function writtenAlone(
   sync();
   return new IntegrityError(
     'AUDIT_CHAIN_BROKEN',
-    `nothing written: the log changed since it was checked (${gap ?? 'a break'}); that is recorded as audit.gap at seq ${head.seq}`,
+    `nothing written: the log changed since it was checked (${gap ?? 'lines put back from the journal, or set aside'}); that is recorded, to seq ${head.seq}`,
     { hint: 'run keyward audit verify again and look at what it reports' },
   );
 }

@@ -149,7 +149,9 @@ export class AuditLog {
       // below both use it (under the same lock, a moment apart).
       const seen = expect && { segment: expect.segment, stat: this.segmentStat(expect.segment) };
       const cut =
-        expect && !this.stillThere(expect, seen?.stat) ? this.cutBehind(expect) : undefined;
+        expect && !this.stillThere(expect, seen?.stat)
+          ? cutBehindRecord(expect, this.head())
+          : undefined;
       const head = this.writeLocked(
         cut ? [cut.record, ...records] : records,
         cut ? undefined : seen,
@@ -246,14 +248,16 @@ export class AuditLog {
       }
       const box = this.boxChecked(st);
       const first = [replayed?.record, stray?.record, box?.record].filter((r) => r !== undefined);
-      // With `follows`, none of the caller's records goes behind a break this write found: what
-      // it checked had none (review: an acknowledgement covered one unseen).
+      // With `follows`, none of the caller's records goes behind what this write found first:
+      // those alone (no `follows`: lines put back pass it), then refused (review).
       const alone = follows !== undefined && first.length > 0;
-      const head = this.appendLocked(st, alone ? first : [...first, ...records], seenNow, follows);
+      const batch = alone ? first : [...first, ...records];
+      const head = this.appendLocked(st, batch, seenNow, alone ? undefined : follows);
       const gap = replayed?.gap ?? stray?.reason ?? box?.reason;
       if (gap !== undefined) head.gap = gap;
       if (!this.o.keep) this.forget();
-      if (alone) throw writtenAlone(head, gap, () => this.files.sync(head.segment));
+      if (alone)
+        throw writtenAlone(head, gap, () => (this.files.sync(head.segment), this.ship(head)));
       return head;
     } catch (e) {
       this.forget();
@@ -325,10 +329,6 @@ export class AuditLog {
   /** The segment's identity, without its times (undefined when there is none). */
   private segmentStat(segment: number): FileIdentity | undefined {
     return statWithoutTimes(this.segmentPath(segment));
-  }
-
-  private cutBehind(expected: Head): { record: AuditRecord; reason: string } {
-    return cutBehindRecord(expected, this.head());
   }
 
   /** The hash of the entry at seq, looked for from the end; undefined when there is none. */

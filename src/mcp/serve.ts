@@ -58,6 +58,9 @@ async function splitBetweenStreams(link: AgentLink, s: Scanned): Promise<Scanned
       errFirst: stderr + stdout,
       outFirstTrimmed: stdout.trimEnd() + stderr.trimStart(),
       errFirstTrimmed: stderr.trimEnd() + stdout.trimStart(),
+      // Only echo's line end dropped: a value's own space before it stays (review).
+      outFirstLine: stdout.replace(/[\r\n]+$/, '') + stderr,
+      errFirstLine: stderr.replace(/[\r\n]+$/, '') + stdout,
     },
     false,
   );
