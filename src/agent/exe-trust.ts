@@ -41,11 +41,7 @@ export function fixedForUser(fd: number, stat: fs.BigIntStats): boolean {
   if ((process.getuid?.() ?? 0) === 0 || stat.uid !== 0n || (stat.mode & 0o022n) !== 0n)
     return false;
   try {
-    return (
-      FIXED_FILE_SYSTEMS.has(Number(fs.statfsSync(`/proc/self/fd/${fd}`).type)) &&
-      inAgentsMounts(fd) &&
-      !onUsersBlocks(stat.dev)
-    );
+    return movable(fd, stat) === undefined;
   } catch {
     return false;
   }
@@ -157,6 +153,23 @@ function onUsersBlocks(dev: bigint, depth = 0): boolean {
 }
 
 /**
+ * Why the bytes of the file open at fd (stat: its fstat) may be changed by its user past its
+ * inode (a file system another party serves or writes, a mount of the user's own, blocks the
+ * user writes), or undefined: what fixedForUser and notHeldWhileRunning both ask. Throws when it
+ * can't tell (each caller refuses then).
+ */
+function movable(fd: number, stat: fs.BigIntStats): string | undefined {
+  const type = Number(fs.statfsSync(`/proc/self/fd/${fd}`).type);
+  if (!FIXED_FILE_SYSTEMS.has(type))
+    return `is on a file system whose bytes can change while it runs (type 0x${type.toString(16)})`;
+  if (!inAgentsMounts(fd))
+    return "is reached through a mount outside the agent's mount namespace (one its user may have made)";
+  if (onUsersBlocks(stat.dev))
+    return 'is on a loop (or nbd) device over an image its user can write, past the running file';
+  return undefined;
+}
+
+/**
  * Why the bytes of the running executable open at fd (stat: its fstat) may not be the ones it
  * runs, or undefined when they are. A file a process runs can't be opened for writing (ETXTBSY),
  * and exec refuses a file open for writing or mapped writable, so from the exec on its bytes are
@@ -177,13 +190,8 @@ export function notHeldWhileRunning(fd: number, stat: fs.BigIntStats): string | 
   try {
     if (fs.readlinkSync(self).startsWith('/memfd:'))
       return 'is a memfd, whose bytes can change while it runs';
-    const type = Number(fs.statfsSync(self).type);
-    if (!FIXED_FILE_SYSTEMS.has(type))
-      return `is on a file system whose bytes can change while it runs (type 0x${type.toString(16)})`;
-    if (!inAgentsMounts(fd))
-      return "is reached through a mount outside the agent's mount namespace (one its user may have made)";
-    if (onUsersBlocks(stat.dev))
-      return 'is on a loop (or nbd) device over an image its user can write, past the running file';
+    const why = movable(fd, stat);
+    if (why !== undefined) return why;
   } catch {
     return 'can not be examined';
   }

@@ -52,6 +52,8 @@ export interface Head {
   gap?: string;
   /** Set when another process changed the segment while this append wrote to it (appendAt). */
   moved?: string;
+  /** Set when a write with `follows` wrote only what it found first (writtenAlone). */
+  alone?: true;
   /** What this append wrote, as the system log gets it (ship.ts). */
   written?: ShippedEntry[];
 }
@@ -174,18 +176,12 @@ export function checkFollows(head: Head, follows: Checkpoint | undefined): void 
 
 /**
  * Why nothing of a caller's that names the entry it `follows` was written: the write found the
- * log changed first (a break, or lines put back from the journal) and recorded that alone;
- * `sync` makes it durable and ships it first (the caller gets no head to do either with).
+ * log changed first (a break, or lines put back from the journal) and recorded that alone.
  */
-export function writtenAlone(
-  head: Head,
-  gap: string | undefined,
-  sync: () => void,
-): IntegrityError {
-  sync();
+export function writtenAlone(head: Head): IntegrityError {
   return new IntegrityError(
     'AUDIT_CHAIN_BROKEN',
-    `nothing written: the log changed since it was checked (${gap ?? 'lines put back from the journal, or set aside'}); that is recorded, to seq ${head.seq}`,
+    `nothing written: the log changed since it was checked (${head.gap ?? 'lines put back from the journal, or set aside'}); that is recorded, to seq ${head.seq}`,
     { hint: 'run keyward audit verify again and look at what it reports' },
   );
 }

@@ -105,6 +105,7 @@ export class AuditLog {
     });
     // Durable first; then the copy off the machine, without waiting.
     this.ship(head);
+    if (head.alone) throw writtenAlone(head);
     return head;
   }
 
@@ -256,8 +257,7 @@ export class AuditLog {
       const gap = replayed?.gap ?? stray?.reason ?? box?.reason;
       if (gap !== undefined) head.gap = gap;
       if (!this.o.keep) this.forget();
-      if (alone)
-        throw writtenAlone(head, gap, () => (this.files.sync(head.segment), this.ship(head)));
+      if (alone) head.alone = true;
       return head;
     } catch (e) {
       this.forget();

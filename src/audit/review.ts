@@ -25,7 +25,7 @@ import { seedOf } from './vault-keys.js';
 import { listSegments, verifySegments, type Checkpoint, type VerifyResult } from './verify.js';
 
 /** The hint of every refused acknowledgement but a broken link's. */
-export const LOOK_AGAIN = {
+const LOOK_AGAIN = {
   hint: 'run keyward audit verify again and look at what it reports before you acknowledge',
 };
 
@@ -164,7 +164,7 @@ export function acknowledge(home: string, v: Vault, seen: Checkpoint): number[] 
  * the files hold later), then that record sealed in the file and, at the caller's save, the
  * vault.
  */
-export function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): number[] {
+function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): number[] {
   const gaps = log.unacknowledgedGaps();
   // Every break there is must be one recorded (the command records what it finds when it opens
   // the vault, and the person looks before acknowledging). One that is not came after that: a
@@ -190,10 +190,9 @@ export function acknowledgeBreaks(log: AuditLog, v: Vault, checked: Head): numbe
     ],
     checked,
   );
-  // Anything written with the entry but the entry (a break this write found and recorded before
-  // it: a box key or journal changed since the vault was opened), or another process's change
-  // while it was written (recorded after it): the person saw none of it, and the vault must not
-  // take this entry for theirs (found in review: the command said it acknowledged, and sealed).
+  // Another process's change while the entry was written (recorded after it; what the write
+  // found before it refused the append: writtenAlone): the vault must not take this entry for
+  // the person's (found in review: the command said it acknowledged, and sealed the gap).
   if (ack.gap !== undefined)
     throw new IntegrityError(
       'AUDIT_CHAIN_BROKEN',

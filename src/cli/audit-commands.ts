@@ -130,10 +130,15 @@ async function viaAgent<T extends object>(
   cmd: Command,
   meta: Record<string, unknown>,
 ): Promise<T | undefined> {
+  const sock = await agentToAsk(cmd);
+  return sock === undefined ? undefined : jsonBody<T>(await call(sock, 'audit', meta));
+}
+
+/** The running agent's socket, or undefined when none runs or a passphrase file is given. */
+async function agentToAsk(cmd: Command): Promise<string | undefined> {
   if (passphraseFile(cmd) !== undefined) return undefined;
   const sock = agentSocket();
-  if (!(await agentStatus(sock))) return undefined;
-  return jsonBody<T>(await call(sock, 'audit', meta));
+  return (await agentStatus(sock)) ? sock : undefined;
 }
 
 function withOptionalVault<T>(
@@ -330,8 +335,8 @@ export function registerAuditCommands(program: Command, io: Io): void {
       // Through a running agent a page at a time, up to where the log ended when the export
       // began: its own reads (audit.read) don't keep it going. With a passphrase file, here
       // (as viaAgent says).
-      const sock = agentSocket();
-      if (passphraseFile(this) === undefined && (await agentStatus(sock))) {
+      const sock = await agentToAsk(this);
+      if (sock !== undefined) {
         const end = readEntries(keywardHome()).at(-1)?.seq ?? 0;
         for (let after = 0; after < end;) {
           const { entries } = jsonBody<{ entries: Shown[] }>(

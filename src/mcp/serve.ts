@@ -51,10 +51,9 @@ async function splitBetweenStreams(link: AgentLink, s: Scanned): Promise<Scanned
   const { stdout, stderr } = s.out as { stdout: string; stderr: string };
   const joins = await scanWith(
     link,
-    // As they are (whitespace may be the value's own: review), and without the whitespace
-    // where they meet (echo's line end).
+    // As they are (whitespace may be the value's own: review; stdout first is the answer's own
+    // scan), and without the whitespace where they meet (echo's line end).
     {
-      outFirst: stdout + stderr,
       errFirst: stderr + stdout,
       outFirstTrimmed: stdout.trimEnd() + stderr.trimStart(),
       errFirstTrimmed: stderr.trimEnd() + stdout.trimStart(),
