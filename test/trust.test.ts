@@ -1718,6 +1718,33 @@ describe('found in review: borrowed identities, code-loading variables, prompt f
     assert.ok(!prompt.includes('ghp_notForOtherUsers123'), 'the token is not in the prompt');
   });
 
+  test('found in review: a remembered grant is not a grant for another value of a loader variable whose value is not shown, nor for one past the sixteenth', async () => {
+    const h = await agentOf(
+      'version: 1\nrules:\n  - { name: remember-exe, targets: ["**"], decision: approve, approve: { mode: confirm, remember: { scope: executable, for: 10m } } }\n',
+      { user: false },
+    );
+    setSecret(h, 'app/token', 'exe-grant-value', false);
+    h.answer('yes');
+    // Seventeen GIT_CONFIG_KEY_n: the last is past what a prompt names.
+    const keys = Object.fromEntries(
+      Array.from({ length: 17 }, (_, i) => [`GIT_CONFIG_KEY_${i}`, `core.k${i}`]),
+    );
+    const asked = { ...h.env, ...keys, JAVA_TOOL_OPTIONS: '-Xmx64m' };
+    assert.equal(kw(['read', 'app/token'], { env: asked }).code, 0);
+    assert.equal(kw(['read', 'app/token'], { env: asked }).code, 0);
+    assert.equal(h.prompts().length, 1, 'the executable grant serves the same environment');
+    h.answer('no');
+    for (const env of [
+      { ...asked, JAVA_TOOL_OPTIONS: '-javaagent:/tmp/not-what-was-approved.jar' },
+      { ...asked, GIT_CONFIG_KEY_16: 'core.sshCommand' },
+    ]) {
+      const r = kw(['read', 'app/token'], { env });
+      assert.notEqual(r.code, 0, 'asked again, and refused');
+      assert.equal(r.stdout, '');
+    }
+    assert.equal(h.prompts().length, 3, 'each other value asked again');
+  });
+
   test(
     'keyward mcp serve is non-dumpable before it relays anything, even with no agent',
     { skip: !rootTests && 'needs root for setpriv' },

@@ -38,8 +38,11 @@ export function grantHolder(
   )
     return undefined;
   // The loader variables are part of what was approved: a grant to a clean git is not a grant
-  // to git started with LD_PRELOAD.
-  const loaders = (id.loaderVars ?? []).map((v) => `${v.name}=${v.value ?? ''}`).join('\u0000');
+  // to git started with LD_PRELOAD, nor to a JAVA_TOOL_OPTIONS whose value the prompt did not
+  // show (found in review: the key held only the names of those), cut, or left out: the digest
+  // is of every one, whole.
+  if (id.loaderDigest === undefined) return undefined;
+  const loaders = id.loaderDigest;
   if (scope === 'executable') return `${id.exeSha256}:${loaders}`;
   if (!caller.program || id.startTime === undefined || id.exeFile === undefined) return undefined;
   // The handle's serial: a program exec'd in the same process gets a new handle, even when it

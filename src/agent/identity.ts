@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import type { Actor } from '../audit/index.js';
 import { pidfdAlive } from '../lib/libc.js';
-import { withFdInSecure } from '../lib/secure.js';
+import { secretKeyedDigestOf, secureRandom, withFdInSecure } from '../lib/secure.js';
 import { quote, quoteAll } from '../lib/text.js';
 import { ExeHash, executable } from './exe-hash.js';
 import type { Caller } from '../policy/index.js';
@@ -24,6 +24,12 @@ export interface ProcessIdentity extends Caller {
    * Node's options; undefined when the environment can't be read.
    */
   loaderVars?: Array<{ name: string; value: string | undefined }> | undefined;
+  /**
+   * A digest of every loader variable in the environment, whole (name and value, in order, none
+   * left out), keyed by this agent: a grant binds to it, so a value that is not shown, cut, or
+   * past the sixteenth is part of what was approved all the same. Never shown or recorded.
+   */
+  loaderDigest?: string | undefined;
   /** The executable's device and inode ("dev:ino"): a process grant binds to it. */
   exeFile?: string | undefined;
   /**
@@ -52,6 +58,10 @@ const MAX_ENVIRON = 4 << 20;
  */
 const SHOWN_VALUES =
   /^(LD_PRELOAD|LD_AUDIT|LD_LIBRARY_PATH|NODE_OPTIONS|NODE_PATH|BASH_ENV|ENV|PYTHONSTARTUP|PYTHONPATH|PYTHONHOME|PYTHONUSERBASE|PERL5LIB|PERLLIB|RUBYLIB|GCONV_PATH|OPENSSL_CONF|OPENSSL_CONF_INCLUDE|OPENSSL_MODULES|OPENSSL_ENGINES|KRB5_CONFIG|GIT_EXEC_PATH|ELECTRON_RUN_AS_NODE|DYLD_\w+)$/;
+/** The key of loader digests (ProcessIdentity.loaderDigest): this process's, made at first use. */
+let loaderKey: Uint8Array | undefined;
+const grantKey = (): Uint8Array => (loaderKey ??= secureRandom(32));
+
 /** Loader variables kept per caller: a caller can't bury its request under thousands. */
 const MAX_LOADER_VARIABLES = 16;
 /**
@@ -100,7 +110,7 @@ const MAX_CODE_LOADERS = 32;
  */
 function loaderVariables(
   pid: number,
-): Array<{ name: string; value: string | undefined }> | undefined {
+): { found: Array<{ name: string; value: string | undefined }>; digest: string } | undefined {
   let fd: number;
   try {
     fd = fs.openSync(`/proc/${pid}/environ`, 'r');
@@ -113,6 +123,7 @@ function loaderVariables(
       // a harmless LD_PRELOAD can't hide the one that loads.
       const loaders = new Map<string, string | undefined>();
       const others = new Map<string, string | undefined>();
+      const whole: Uint8Array[] = [];
       let more = 0;
       let at = 0;
       while (at < env.length) {
@@ -124,6 +135,8 @@ function loaderVariables(
         if (eq > 0) {
           const name = env.subarray(at, at + eq).toString('latin1');
           if (LOADER_VARIABLES.test(name)) {
+            // Views of the secure buffer, each entry with its NUL: nothing copied.
+            whole.push(env.subarray(at, Math.min(end + 1, env.length)));
             const list = CODE_LOADERS.has(name) ? loaders : others;
             const max = list === loaders ? MAX_CODE_LOADERS : MAX_LOADER_VARIABLES;
             if (list.has(name) || list.size < max) {
@@ -139,7 +152,7 @@ function loaderVariables(
       const found = [...loaders, ...others].map(([name, value]) => ({ name, value }));
       // What was left out is said, never silently dropped.
       if (more > 0) found.push({ name: `(${more} more loader variables)`, value: undefined });
-      return found;
+      return { found, digest: secretKeyedDigestOf(whole, grantKey()).toString('hex') };
     });
   } catch {
     return undefined;
@@ -267,13 +280,15 @@ export function identify(pid: number, uid: number): ProcessIdentity {
       next = next === 1 ? undefined : procStat(next)?.ppid;
     }
     const exePath = readlink(`/proc/${pid}/exe`);
+    const loaders = loaderVariables(pid);
     const id: ProcessIdentity = {
       pid,
       uid,
       exe: exePath,
       ...(elsewhere(pid, exePath, exe?.file) ? { exeElsewhere: true } : {}),
       exeFile: exe?.file,
-      loaderVars: loaderVariables(pid),
+      loaderVars: loaders?.found,
+      loaderDigest: loaders?.digest,
       cwd: readlink(`/proc/${pid}/cwd`),
       cmdline,
       startTime: s?.startTime,

@@ -238,6 +238,13 @@ export function secretKeyedDigest(data: Uint8Array, key: Uint8Array): Buffer {
   return out;
 }
 
+/** secretKeyedDigest of the pieces one after another, as if joined (nothing joined in memory). */
+export function secretKeyedDigestOf(pieces: Uint8Array[], key: Uint8Array): Buffer {
+  const out = Buffer.alloc(32);
+  sodiumPackage().crypto_generichash_batch(out, pieces, key);
+  return out;
+}
+
 /** n random bytes straight into secure memory: for keys, never randomBytes. */
 export function secureRandom(n: number): SecureBuffer {
   const b = secureAlloc(n);

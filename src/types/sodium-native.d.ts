@@ -62,6 +62,7 @@ declare module 'sodium-native' {
     crypto_kdf_CONTEXTBYTES: number;
 
     crypto_generichash(out: Uint8Array, input: Uint8Array, key?: Uint8Array): void;
+    crypto_generichash_batch(out: Uint8Array, inputs: Uint8Array[], key?: Uint8Array): void;
 
     crypto_auth(out: Uint8Array, input: Uint8Array, key: Uint8Array): void;
     crypto_auth_verify(mac: Uint8Array, input: Uint8Array, key: Uint8Array): boolean;
