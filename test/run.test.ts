@@ -1008,6 +1008,31 @@ describe('hardening found in review', () => {
     assert.doesNotMatch(h.prompts().at(-1) ?? '', /change what it trusts/);
   });
 
+  test("found in review: a run's prompt names libpq's PGHOST and PGPORT, a DATABASE_URL and a SOCKS server", async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+    );
+    setSecret(h, 'db/pass', 'db-pass-value-3');
+    // An approved `psql` with PGPASSWORD sends it to whatever PGHOST and PGPORT name.
+    h.answer('no');
+    const r = await run(h, ['--env', 'PGPASSWORD=db/pass', '--', 'true'], {
+      env: {
+        PGHOST: '127.0.0.1',
+        PGPORT: '5544',
+        PGSSLMODE: 'disable',
+        DATABASE_URL: 'postgres://127.0.0.1:5544/prod',
+        SOCKS5_SERVER: '127.0.0.1:1080',
+      },
+    });
+    assert.equal(r.code, 6, r.stderr);
+    assert.match(
+      h.prompts().at(-1) ?? '',
+      /may send its traffic elsewhere or change what it trusts: [^\n]*\bPGHOST\b/,
+    );
+    for (const name of ['PGPORT', 'PGSSLMODE', 'DATABASE_URL', 'SOCKS5_SERVER'])
+      assert.match(h.prompts().at(-1) ?? '', new RegExp(`\\b${name}\\b`), name);
+  });
+
   test('a command line too long for the prompt says it is cut, and the pending request holds it whole', async () => {
     const h = await running(
       'version: 1\nrules:\n  - { name: hv, targets: ["**"], decision: approve, approve: { mode: passphrase } }\n',
