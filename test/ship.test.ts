@@ -1,8 +1,9 @@
 /**
  * A copy of the audit log off the machine (docs/AUDIT.md, "Shipping"), through a real rsyslogd
  * and a real systemd-journald, each run by the test on a private socket: entries arrive in
- * order with the right fields, a cut of the local log is caught against the copy, and shipping
- * neither blocks nor loses count when the system log is away.
+ * order with the right fields, a cut of the local log is caught against the copy, shipping
+ * never stops a durable append and counts what the system log missed, and the agent releases
+ * nothing whose entry the system log did not take.
  */
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
@@ -10,7 +11,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { after, describe, test } from 'node:test';
-import { agentHome, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
+import { agentHome, auditEntries, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
 import { kw, rootTests } from './helpers.js';
 
 const RSYSLOGD = '/usr/sbin/rsyslogd';
@@ -35,7 +36,7 @@ async function until<T>(f: () => T | undefined): Promise<T> {
 /** rsyslogd, on a private socket, writing keyward's messages to a file. */
 async function rsyslog(
   dir: string,
-): Promise<{ socket: string; collected: string; stop: () => void }> {
+): Promise<{ socket: string; collected: string; stop: () => void; pid: number }> {
   const socket = path.join(dir, 'log.sock');
   const collected = path.join(dir, 'collected.log');
   fs.mkdirSync(path.join(dir, 'work'), { recursive: true });
@@ -57,7 +58,7 @@ async function rsyslog(
   const stop = () => child.kill('SIGTERM');
   daemons.push(stop);
   await until(() => (fs.existsSync(socket) ? true : undefined));
-  return { socket, collected, stop };
+  return { socket, collected, stop, pid: child.pid ?? 0 };
 }
 
 const shipPolicy = (kind: string, socket: string) =>
@@ -197,6 +198,60 @@ describe(
       assert.equal(
         fs.readFileSync(path.join(h.home, 'audit', 'ship'), 'utf8'),
         `syslog ${socket}\n`,
+      );
+    });
+
+    test('found in review: with shipping on, the agent releases nothing the system log did not take: its socket flooded and the count of what it missed made a directory, the agent locks and says why', async () => {
+      const h0 = agentHome();
+      const rs = await rsyslog(h0.dir);
+      const h = agentHome(shipPolicy('syslog', rs.socket));
+      homes.push(h);
+      assert.equal(
+        kw(['secret', 'set', 'app/token'], { env: h.env, input: 'flooded-value' }).code,
+        0,
+      );
+      await startAgent(h);
+      assert.equal(kw(['unlock'], { env: h.env }).code, 0);
+      const first = kw(['read', 'app/token'], { env: h.env });
+      assert.equal(first.stdout, 'flooded-value', first.stderr);
+      // The attacker: the count of what the system log missed can't be written, and the system
+      // log takes nothing more (a flood; here the daemon stopped, and its queue filled).
+      fs.mkdirSync(path.join(h.home, 'audit', 'ship-dropped'));
+      process.kill(rs.pid, 'SIGSTOP');
+      try {
+        const fill = spawnSync(
+          'python3',
+          [
+            '-c',
+            [
+              'import socket, sys',
+              's = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)',
+              's.setblocking(False)',
+              'n = 0',
+              'while True:',
+              '    try: s.sendto(b"<14>1 - - flood - - - x", sys.argv[1]); n += 1',
+              '    except BlockingIOError: break',
+              'print(n)',
+            ].join('\n'),
+            rs.socket,
+          ],
+          { encoding: 'utf8' },
+        );
+        assert.equal(fill.status, 0, fill.stderr);
+        const r = kw(['read', 'app/token'], { env: h.env });
+        assert.notEqual(r.code, 0, 'nothing released');
+        assert.equal(r.stdout, '');
+        assert.match(kw(['status'], { env: h.env }).stdout, /locked/);
+      } finally {
+        process.kill(rs.pid, 'SIGCONT');
+      }
+      await stopAgent(h);
+      const lock = auditEntries(h)
+        .filter((e) => e.type === 'vault.lock')
+        .at(-1);
+      assert.match(
+        String(lock?.reason),
+        /the system log \(syslog at .*\) did not take the copy of \d+ audit entr(y|ies); with shipping on, nothing is released that the copy lacks/,
       );
     });
 

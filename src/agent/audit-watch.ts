@@ -37,6 +37,12 @@ export function followShipping(log: AuditLog, loaded: Loaded, record: Record_): 
   }).catch(() => undefined);
 }
 
+/** Why the agent locks when the system log did not take the copies of `missed` entries. */
+export function unshippedReason(log: AuditLog, missed: number): string {
+  const cfg = log.shipping();
+  return `the system log (${cfg.kind} at ${cfg.socket}) did not take the copy of ${missed} audit entr${missed === 1 ? 'y' : 'ies'}; with shipping on, nothing is released that the copy lacks (is the system log running, or is its socket flooded?)`;
+}
+
 /**
  * At unlock, with the vault's checkpoints at hand: a log cut since them is recorded (once,
  * chained from the last entry there) and said to the person who unlocked.

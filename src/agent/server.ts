@@ -33,7 +33,7 @@ import {
 } from './protocol.js';
 import { listenPrivate, prepareSocketDir, socketPaths, type SocketPaths } from './socketdir.js';
 import type { ConsoleServer } from '../console/index.js';
-import { auditWarningAtUnlock, followShipping } from './audit-watch.js';
+import { auditWarningAtUnlock, followShipping, unshippedReason } from './audit-watch.js';
 import { CredentialCache } from './cache.js';
 import { consoleRequest, type ConsoleLinkHost } from './console-link.js';
 import type { Gate } from './gate.js';
@@ -116,7 +116,7 @@ export class Agent {
   constructor(private readonly o: AgentOptions) {
     this.sp = socketPaths(o.socketDir);
     // The agent is the log's long-running writer: it keeps the state and segment between appends.
-    this.auditLog = new AuditLog(o.home, { keep: true, journal: true });
+    this.auditLog = new AuditLog(o.home, { keep: true, journal: true, shipWaitMs: 1000 });
     this.audit = new GroupCommitter(this.auditLog);
     // While unlocked, bodies are sealed to the vault's box key, whatever audit/state names.
     this.auditLog.trustBoxKeys(() => this.window.boxTrust());
@@ -127,6 +127,7 @@ export class Agent {
       this.o.log?.(`the audit log was tampered with: ${reason}`);
       void this.lock(`the audit log was tampered with: ${reason}`);
     };
+    this.audit.onUnshipped = (n) => void this.lock(unshippedReason(this.auditLog, n));
     const services = makeServices(o, {
       record: (r) => this.record(r),
       lock: (reason, by) => this.lock(reason, by),

@@ -27,6 +27,8 @@ export class GroupCommitter {
   private last: Head | undefined;
   /** Told when a batch found the log cut behind this writer (and recorded it). */
   onGap: ((reason: string) => void) | undefined;
+  /** Called when the system log did not take the copies of `missed` entries of a batch. */
+  onUnshipped: ((missed: number) => void) | undefined;
   /** How many batches (so fsyncs) were written: for tests and the benchmark. */
   batches = 0;
   /** Appends since the last failed one (all of them, when none failed). */
@@ -101,9 +103,11 @@ export class GroupCommitter {
         this.last = head;
         // Before any waiter goes on: the agent locks, so nothing is released after a cut.
         if (head.gap !== undefined) this.onGap?.(head.gap);
+        // And nothing is released whose entry the system log did not take, shipping on: a
+        // count of what it missed is a file any process of the user can remove (ship.ts).
+        const missed = this.log.ship(head);
+        if (missed > 0) this.onUnshipped?.(missed);
         for (const w of batch) w.resolve(head);
-        // After the waiters: shipping never delays a release.
-        this.log.ship(head);
       } catch (e) {
         for (const w of batch) w.reject(e);
       } finally {

@@ -30,11 +30,17 @@ export interface AuditOptions {
    * for the agent alone, the one writer that holds the journal while it runs.
    */
   journal?: boolean;
+  /**
+   * How long an entry's copy may wait for room in the system log's queue when shipping is on
+   * (default 0: not at all). The agent's waits: it locks when a copy is still not taken.
+   */
+  shipWaitMs?: number;
 }
 
 export const DEFAULTS = {
   keep: false,
   journal: false,
+  shipWaitMs: 0,
   segmentMaxBytes: 16 * 1024 * 1024,
   segmentMaxAgeMs: 30 * 24 * 3600 * 1000,
   epochMs: 3600 * 1000,

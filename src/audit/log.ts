@@ -72,7 +72,7 @@ export class AuditLog {
   constructor(home: string, options: AuditOptions = {}) {
     this.paths = auditPaths(home);
     this.o = { ...DEFAULTS, now: () => new Date(), ...options };
-    this.shipper = new Shipper(this.paths);
+    this.shipper = new Shipper(this.paths, this.o.shipWaitMs);
     this.journal = new JournalUse(this.paths.dir, this.files, this.o.journal);
   }
 
@@ -122,9 +122,9 @@ export class AuditLog {
     this.shipper.setConfig(cfg);
   }
 
-  /** Sends what an append wrote to the system log, if shipping is on. Never throws. */
-  ship(head: Head): void {
-    this.shipper.shipWritten(head.written);
+  /** Ships what an append wrote, if shipping is on; how many were not taken. Never throws. */
+  ship(head: Head): number {
+    return this.shipper.shipWritten(head.written);
   }
 
   /**

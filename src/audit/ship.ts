@@ -7,15 +7,24 @@
  * What is shipped: seq, time, type, epoch, decision, the entry's hash and prev. Never a body
  * (who, what, why stay sealed) and never a secret.
  *
- * Shipping never slows or stops the durable append: datagrams are sent without waiting, after
- * the fsync. A datagram the system log can't take is dropped and counted (`ship-dropped`), and
- * the count itself is shipped with the next entry that goes through.
+ * Shipping never stops the durable append: datagrams are sent after the fsync. A datagram the
+ * system log can't take is dropped and counted (`ship-dropped`), and the count itself is shipped
+ * with the next entry that goes through. The agent, which releases without a passphrase, waits a
+ * while for room in the system log's queue, and locks when an entry's copy is still not taken
+ * (group.ts, onUnshipped): the count is a file any process of the user can remove, so a release
+ * the copy lacks would be one a flood of the system log's socket and a cut of the local log could
+ * hide (found in review, 2026-12-07).
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { readOwnFile, writeFileAtomic } from '../lib/files.js';
-import { sendDatagram, unixDatagramSocket } from '../lib/unix.js';
+import {
+  EAGAIN,
+  sendDatagram,
+  unixDatagramSocket,
+  unixDatagramSocketWaiting,
+} from '../lib/unix.js';
 import type { AuditPaths } from './state.js';
 
 export type ShipKind = 'none' | 'syslog' | 'journald';
@@ -143,10 +152,16 @@ function readDropped(p: AuditPaths): number {
 /** Sends entries to the system log; counts what it can't send. One socket per writer. */
 export class Shipper {
   private fd: number | undefined;
+  /** The socket whose sends wait for room (waitMs), made at the first full queue. */
+  private waitFd: number | undefined;
   /** What the agent set from the policy it holds: in force over audit/ship. */
   private override: ShipConfig | undefined;
 
-  constructor(private readonly paths: AuditPaths) {}
+  /** waitMs: how long a datagram may wait for room in the system log's queue (0: not at all). */
+  constructor(
+    private readonly paths: AuditPaths,
+    private readonly waitMs = 0,
+  ) {}
 
   /** The shipping in force: what the agent set, else what the last `policy apply` left. */
   config(): ShipConfig {
@@ -158,18 +173,25 @@ export class Shipper {
     this.override = cfg;
   }
 
-  /** Sends what an append wrote, if shipping is on. Never throws: the local log holds it. */
-  shipWritten(entries: readonly ShippedEntry[] | undefined): void {
-    if (!entries || entries.length === 0) return;
+  /**
+   * Sends what an append wrote, if shipping is on. Never throws: the local log holds it. Returns
+   * how many of the entries the system log did not take (0 with shipping off).
+   */
+  shipWritten(entries: readonly ShippedEntry[] | undefined): number {
+    if (!entries || entries.length === 0) return 0;
+    let cfg: ShipConfig = NO_SHIPPING;
     try {
-      this.ship(this.config(), entries);
+      cfg = this.config();
+      return this.ship(cfg, entries);
     } catch {
       // The local log holds the entries durably; the copy is best effort.
+      return cfg.kind === 'none' ? 0 : entries.length;
     }
   }
 
-  ship(cfg: ShipConfig, entries: readonly ShippedEntry[]): void {
-    if (cfg.kind === 'none' || entries.length === 0) return;
+  /** Sends entries to the system log; returns how many it did not take. */
+  ship(cfg: ShipConfig, entries: readonly ShippedEntry[]): number {
+    if (cfg.kind === 'none' || entries.length === 0) return 0;
     const kind = cfg.kind;
     let failed = 0;
     try {
@@ -177,7 +199,22 @@ export class Shipper {
     } catch {
       this.fd = undefined;
     }
-    const send = (b: Buffer) => (this.fd === undefined ? 1 : sendDatagram(this.fd, cfg.socket, b));
+    // A full queue (EAGAIN) is waited on once a batch, up to waitMs: past that, the rest of
+    // the batch is not waited for.
+    let mayWait = this.waitMs > 0;
+    const send = (b: Buffer): number => {
+      if (this.fd === undefined) return 1;
+      const err = sendDatagram(this.fd, cfg.socket, b);
+      if (err !== EAGAIN || !mayWait) return err;
+      try {
+        this.waitFd ??= unixDatagramSocketWaiting(this.waitMs);
+      } catch {
+        return err;
+      }
+      const waited = sendDatagram(this.waitFd, cfg.socket, b, true);
+      if (waited !== 0) mayWait = false;
+      return waited;
+    };
     const earlier = readDropped(this.paths);
     if (earlier > 0 && send(notice(kind, earlier)) === 0)
       fs.rmSync(droppedFile(this.paths), { force: true });
@@ -195,5 +232,6 @@ export class Shipper {
         // Counting is best effort: the entries themselves are durable in the local log.
       }
     }
+    return failed;
   }
 }

@@ -85,6 +85,7 @@ const SOCK_CLOEXEC = 0o2000000;
 const F_GETFL = 3;
 const F_SETFL = 4;
 const SO_RCVTIMEO = 20;
+const SO_SNDTIMEO = 21;
 
 /** A connected pair of Unix stream sockets, close-on-exec. */
 export function socketPair(): [number, number] {
@@ -188,13 +189,36 @@ export function unixDatagramSocket(): number {
 }
 
 /**
+ * A blocking, close-on-exec Unix datagram socket whose sends wait at most waitMs for room in
+ * the reader's queue (SO_SNDTIMEO), then fail with EAGAIN.
+ */
+export function unixDatagramSocketWaiting(waitMs: number): number {
+  const l = libc();
+  const fd = l.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new Error(`socket failed (errno ${l.errno()})`);
+  const tv = Buffer.alloc(16); // struct timeval: tv_sec, tv_usec (64-bit each)
+  tv.writeBigInt64LE(BigInt(Math.floor(waitMs / 1000)), 0);
+  tv.writeBigInt64LE(BigInt(Math.floor(waitMs % 1000) * 1000), 8);
+  if (l.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, tv, tv.length) !== 0) {
+    const err = l.errno();
+    l.close(fd);
+    throw new Error(`setsockopt failed (errno ${err})`);
+  }
+  return fd;
+}
+
+/**
  * Sends one datagram to the Unix socket at path without waiting. Returns 0 when sent, else the
  * errno (EAGAIN: the reader is behind; ENOENT or ECONNREFUSED: nobody listens there).
  */
-export function sendDatagram(fd: number, path: string, data: Buffer): number {
+export function sendDatagram(fd: number, path: string, data: Buffer, wait = false): number {
   const l = libc();
   const to = sockaddrUn(path);
   if (!to) return 36; // ENAMETOOLONG
-  const n = l.sendto(fd, data, data.length, MSG_DONTWAIT, to.addr, to.len);
-  return Number(n) === data.length ? 0 : l.errno();
+  for (;;) {
+    const n = l.sendto(fd, data, data.length, wait ? 0 : MSG_DONTWAIT, to.addr, to.len);
+    if (Number(n) === data.length) return 0;
+    const err = l.errno();
+    if (err !== EINTR || !wait) return err;
+  }
 }
