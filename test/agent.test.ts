@@ -341,7 +341,7 @@ describe('peer identity and the socket', () => {
     assert.equal(kw(['agent', 'stop'], { env: h.env }).code, 0);
     await exited;
     const warned =
-      /before it hardens, and keep that hold \(sysctl kernel\.yama\.ptrace_scope=1 closes it\)/;
+      /the memory of a keyward process, this agent's included, in the milliseconds before it hardens, and keep that hold \(sysctl kernel\.yama\.ptrace_scope=1 closes it\)/;
     if (scope === undefined || scope === '0') assert.match(said, warned);
     else assert.doesNotMatch(said, warned);
   });

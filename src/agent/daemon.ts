@@ -116,7 +116,7 @@ export async function runAgent(o: RunOptions): Promise<void> {
     // The agent itself is not dumpable from its start; the commands that ask it are dumpable
     // until it has identified them, and a hold taken on one then lasts (THREAT-MODEL.md).
     o.log(
-      `warning: ${scope === undefined ? 'no Yama ptrace restriction on this kernel' : 'kernel.yama.ptrace_scope is 0'}: the agent is non-dumpable, but any process of yours may attach to a keyward command, or open its memory, before it hardens, and keep that hold (sysctl kernel.yama.ptrace_scope=1 closes it)`,
+      `warning: ${scope === undefined ? 'no Yama ptrace restriction on this kernel' : 'kernel.yama.ptrace_scope is 0'}: any process of yours may open the memory of a keyward process, this agent's included, in the milliseconds before it hardens, and keep that hold (sysctl kernel.yama.ptrace_scope=1 closes it)`,
     );
   }
   if (terminal)
