@@ -442,6 +442,25 @@ function swapBoxKey(h: Home): Buffer {
   return original;
 }
 
+describe('a home others may enter', () => {
+  test('found in review: a home made 0777 under a running, unlocked agent is refused at its next release, and said; made private again, releases go on', async () => {
+    const h = await allowingAgent();
+    try {
+      assert.equal(kw(['read', 'api/token'], { env: h.env }).stdout, 'value-aaaa');
+      fs.chmodSync(h.home, 0o777);
+      const r = kw(['read', 'api/token'], { env: h.env });
+      assert.notEqual(r.code, 0, 'nothing released');
+      assert.equal(r.stdout, '');
+      assert.match(r.stderr, /has mode 777, so others can change it/);
+      fs.chmodSync(h.home, 0o700);
+      assert.equal(kw(['read', 'api/token'], { env: h.env }).stdout, 'value-aaaa');
+    } finally {
+      fs.chmodSync(h.home, 0o700);
+      await stopAgent(h);
+    }
+  });
+});
+
 describe("the box key in the audit state is the vault's", () => {
   test('one swapped in by another process is found by the next command that holds the vault: recorded as a break, set back, and no body is sealed to it', () => {
     const h = initHome();

@@ -250,6 +250,12 @@ export function startLog(
 
 /** The log's directory is there and private (one lstat: a writer checks it at every batch). */
 export function checkAuditDir(dir: string): void {
+  // The home first: a home others may enter is refused at every write, the agent's too, not
+  // only when a command opens it (found in review: an unlocked agent went on releasing from a
+  // home made 0777).
+  const home = path.dirname(dir);
+  const h = fs.lstatSync(home, { throwIfNoEntry: false });
+  if (h !== undefined) refuseIfProblem(home, 'dir', problemOf(h, 'dir'));
   const st = fs.lstatSync(dir, { throwIfNoEntry: false });
   if (st === undefined) throw unavailable(`no audit log at ${dir}`, 'run: keyward audit init');
   refuseIfProblem(dir, 'dir', problemOf(st, 'dir'));
