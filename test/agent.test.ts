@@ -73,8 +73,12 @@ describe('the acceptance test: after unlock, a second process cannot read withou
     assert.equal(h.prompts().length, 1);
     assert.match(
       h.prompts()[0] ?? '',
-      /^keyward: a request to read the secret "app\/token" \(rule default-secrets\)\..* Asked by .*\(pid \d+\) running ".*" ".*keyward\.js" "read" "app\/token" in ".*", started by .*\. Allow\?$/,
+      /^keyward, request [0-9a-f]{8}: a request to read the secret "app\/token" \(rule default-secrets\)\..* Asked by .*\(pid \d+\) running ".*" ".*keyward\.js" "read" "app\/token" in ".*", started by .*\. Allow\?$/,
     );
+    // The id the requesting command printed as it waited is the one the prompt shows.
+    const printed = /waiting for approval of request ([0-9a-f]{8})/.exec(r.stderr)?.[1];
+    assert.ok(printed, r.stderr);
+    assert.ok(h.prompts()[0]?.startsWith(`keyward, request ${printed}: `), h.prompts()[0]);
     h.answer('yes');
     r = kw(['read', 'app/token'], { env: h.env });
     assert.equal(r.code, 0, r.stderr);
@@ -215,6 +219,28 @@ describe('approving from another terminal', () => {
     const denied = auditEntries(h).find((e) => e.type === 'approval.denied');
     assert.match(String(denied?.details['denierPid']), /^\d+$/);
     assert.notEqual(Number(denied?.details['denierPid']), denied?.actor?.pid);
+  });
+
+  test('found in review: a request another process ends with keyward deny tells its requester which process did, and the request that reads the same after it has another id', async () => {
+    const h = await running(PASSPHRASE_RULE);
+    assert.equal(kw(['secret', 'set', 's'], { env: h.env, input: 'approved-value' }).code, 0);
+    const reader = kwAsync(['read', 's'], h.env);
+    const id = await pendingId(h);
+    // A process of the user ends the person's request, and sends the same command line.
+    assert.equal(kw(['deny', id], { env: h.env }).code, 0);
+    const copy = kwAsync(['read', 's'], h.env);
+    const r = await reader;
+    assert.equal(r.code, 6);
+    assert.equal(r.stdout, '');
+    assert.match(r.stderr, new RegExp(`waiting for approval of request ${id}`));
+    assert.match(
+      r.stderr,
+      /the request was denied by another process of yours \(pid \d+, ".*", keyward deny\): if that was not you, a program running as you did it/,
+    );
+    const other = await pendingId(h);
+    assert.notEqual(other, id, 'the copy waits under another id');
+    assert.equal(kw(['deny', other], { env: h.env }).code, 0);
+    assert.equal((await copy).code, 6);
   });
 
   test('wrong passphrases are recorded with the process that gave them; the third denies the request; an approval names its approver', async () => {

@@ -241,7 +241,7 @@ describe('a keyward process can never be debugged unless the user says so', () =
     assert.equal(kw(['read', 'app/token'], { env: h.env }).code, 6);
     assert.match(
       h.prompts()[0] ?? '',
-      /^keyward: WARNING: this agent can be debugged \(a Node inspector is open/,
+      /^keyward, request [0-9a-f]{8}: WARNING: this agent can be debugged \(a Node inspector is open/,
     );
   });
 });
@@ -652,7 +652,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
         assert.match(hidden[0] ?? '', /^error:APPROVAL_REJECTED:/);
         assert.match(
           h.prompts()[0] ?? '',
-          /^keyward: a request to read the secret "app\/token" \(rule ask\)\..* Asked by a process that hid its identity \(pid \d+: its executable, directory and environment can't be read\) running "\/usr\/bin\/python3" ".*raw-client\.py" /,
+          /^keyward, request [0-9a-f]{8}: a request to read the secret "app\/token" \(rule ask\)\..* Asked by a process that hid its identity \(pid \d+: its executable, directory and environment can't be read\) running "\/usr\/bin\/python3" ".*raw-client\.py" /,
         );
       },
     );
@@ -1224,7 +1224,7 @@ describe('caller identity that cannot be hidden, forged in a prompt, or carried 
       assert.equal(prompts.length, 2, 'asked for each request: nothing was remembered');
       assert.match(
         prompts[0] ?? '',
-        /^keyward: a request to read the secret "app\/token".* Asked by .*its program's sha-256 is unknown: the caller's executable is a memfd, whose bytes can change while it runs.*; this approval is for this request only\)/,
+        /^keyward, request [0-9a-f]{8}: a request to read the secret "app\/token".* Asked by .*its program's sha-256 is unknown: the caller's executable is a memfd, whose bytes can change while it runs.*; this approval is for this request only\)/,
       );
       const exported = kwAs(['audit', 'export', '--decrypt'], withoutAgent(h));
       assert.equal(exported.code, 0, exported.stderr);
@@ -1560,7 +1560,7 @@ describe('found in review: the question comes first', () => {
     assert.ok(prompt.length > 3000, `the caller made it long: ${prompt.length}`);
     assert.match(
       prompt,
-      /^keyward: a request to read the secret "app\/token" \(rule ask\)\. Asked by /,
+      /^keyward, request [0-9a-f]{8}: a request to read the secret "app\/token" \(rule ask\)\. Asked by /,
     );
     assert.ok(prompt.indexOf('wants to list') > prompt.indexOf(' Asked by '), 'the decoy after');
   });

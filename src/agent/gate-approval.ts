@@ -5,7 +5,7 @@
  */
 import { Grants, type Broker } from '../approval/index.js';
 import type { AuditRecord } from '../audit/index.js';
-import { printable } from '../lib/text.js';
+import { printable, quote } from '../lib/text.js';
 import { evaluate, type Decision, type Policy, type PolicyRequest } from '../policy/index.js';
 import type { Vault } from '../vault/index.js';
 import { askLocally } from './gate-local.js';
@@ -104,7 +104,6 @@ export async function askApproval(
     // The question first, in keyward's words; who asks after it (found in review: a caller's
     // environment, directory and arguments, thousands of characters, pushed the question out
     // of an askpass dialog's sight, behind a sentence of the caller's own).
-    const prompt = `keyward: ${host.warning ? `${host.warning} ` : ''}a request to ${req.what} (rule ${decision.rule}).${covers}${a.message ? ` ${printable(a.message, 500)}` : ''}${remembers} Asked by ${description}. Allow?`;
     const pending = broker.wait(
       {
         requester,
@@ -128,8 +127,13 @@ export async function askApproval(
     caller.abandon = () => broker.settle(pending.id, 'denied', { reason: GONE });
     // It may have hung up while the request was being recorded, before abandon was set.
     if (caller.gone) caller.abandon();
-    else if (a.mode === 'confirm')
+    else if (a.mode === 'confirm') {
+      // The request's id, which the requesting command prints as it waits: a process of the
+      // user that ends this request (keyward deny) and makes one that reads the same gets
+      // another id (found in review: a swapped request under the same words took the yes).
+      const prompt = `keyward, request ${pending.id}: ${host.warning ? `${host.warning} ` : ''}a request to ${req.what} (rule ${decision.rule}).${covers}${a.message ? ` ${printable(a.message, 500)}` : ''}${remembers} Asked by ${description}. Allow?`;
       askLocally(host, broker, pending.id, prompt, a.timeoutMs, base, pending.outcome);
+    }
     const { outcome, how } = await pending.outcome.finally(() => (caller.abandon = undefined));
     if (outcome !== 'granted') {
       await host.record({
@@ -143,7 +147,7 @@ export async function askApproval(
       const hungUp = how['reason'] === GONE || how['reason'] === LOCKED;
       return outcome === 'expired'
         ? refuse('the approval request expired', 'APPROVAL_TIMEOUT')
-        : refuse('the request was not approved', 'APPROVAL_REJECTED', undefined, !hungUp);
+        : refuse(notApproved(how), 'APPROVAL_REJECTED', undefined, !hungUp);
     }
     await host.record({
       ...base,
@@ -196,4 +200,16 @@ function rememberedText(
       ? 'this process only'
       : `every process of this program (${JSON.stringify(printable(exe ?? '?', 200))}, by its SHA-256) with the same loader variables`;
   return ` A yes is remembered for ${time}${uses}, for ${whom}.`;
+}
+
+/**
+ * Why a request was not approved, as its requester hears it: a denial by another process of the
+ * user (keyward deny) names that process, since it may be one that goes on to make a request
+ * that reads the same (found in review).
+ */
+function notApproved(how: Record<string, unknown>): string {
+  const pid = how['denierPid'];
+  if (typeof pid !== 'string') return 'the request was not approved';
+  const exe = typeof how['denierExe'] === 'string' ? `, ${quote(how['denierExe'])}` : '';
+  return `the request was denied by another process of yours (pid ${pid}${exe}, keyward deny): if that was not you, a program running as you did it, and the next request a prompt shows may be its own; compare the request id in the prompt with the one this command printed`;
 }
