@@ -180,7 +180,7 @@ export function straced(
 }
 
 /** System call numbers (x86-64) of the calls `holdAt` holds. */
-const SYSCALL_NR = { write: 1, fsync: 74, fdatasync: 75 } as const;
+const SYSCALL_NR = { read: 0, write: 1, fsync: 74, fdatasync: 75 } as const;
 const WAIT4 = 61;
 
 /**

@@ -13,7 +13,16 @@ import { DEFAULT_POLICY } from '../src/policy/index.js';
 import { readApplied } from '../src/policy/store.js';
 import { vaultPaths, withVaultWrite } from '../src/vault/index.js';
 import { agentHome, startAgent, stopAgent, type AgentHome } from './agent-helpers.js';
-import { BIN, initHome, kw, PASSPHRASE, type Home } from './helpers.js';
+import {
+  BIN,
+  cannotHold,
+  commandHeldAt,
+  eventually,
+  initHome,
+  kw,
+  PASSPHRASE,
+  type Home,
+} from './helpers.js';
 
 const agents: AgentHome[] = [];
 after(async () => {
@@ -343,6 +352,32 @@ test('a vault from before the applied policy was kept in it: its sealed record d
     assert.equal(kw(['policy', 'show', '--verify'], { env: h.env }).code, 0);
   }
 });
+
+test(
+  'found in review: a history file swapped between its check and its read is refused, not obeyed (a vault from before the applied policy was kept in it)',
+  { skip: cannotHold },
+  async () => {
+    const { h } = legacyDenyHome();
+    // The default applied at init is version 1, the deny policy version 2.
+    const hist = path.join(h.home, 'policy/history/000002.yaml');
+    // Held as it reads the history to check it against the sealed hash.
+    const run = commandHeldAt(['policy', 'show', '--verify'], h.env, 'read', hist, '', 1);
+    await eventually(() => run.held(), 'held at its read of the history');
+    // A process of the user puts its own policy in the file's place meanwhile.
+    const evil = path.join(h.dir, 'evil.yaml');
+    fs.writeFileSync(
+      evil,
+      'version: 1\nrules:\n  - { name: attacker-all, targets: ["**"], decision: allow }\n',
+      { mode: 0o600 },
+    );
+    fs.renameSync(evil, hist);
+    run.release();
+    const r = await run.done;
+    assert.doesNotMatch(r.stdout, /attacker-all/, 'the swapped text is not in force');
+    assert.equal(r.code, 8, r.stdout + r.stderr);
+    assert.match(r.stderr, /policy history version 2 changed while it was read/);
+  },
+);
 
 test('explain says which rule decided and why earlier ones did not match', () => {
   const h = initHome();

@@ -340,6 +340,11 @@ export function loadPolicy(
       );
     } else if (last) {
       const text = readOwnFile(last.file).toString('utf8');
+      // What is enforced is what was checked: the file, read again, must be the text hashed
+      // above (found in review: a file renamed in between, and back after, was obeyed while
+      // the record said the sealed hash was verified).
+      if (sha256Hex(text) !== last.sha256)
+        throw tampered(`policy history version ${last.version} changed while it was read`);
       const live = readOptional(p.file);
       const reasons =
         live === undefined
