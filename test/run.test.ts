@@ -1033,6 +1033,37 @@ describe('hardening found in review', () => {
       assert.match(h.prompts().at(-1) ?? '', new RegExp(`\\b${name}\\b`), name);
   });
 
+  test("found in review: a run's prompt names libldap's LDAPURI and LDAPTLS_REQCERT, gcloud's CLOUDSDK_PYTHON, and any other variable set otherwise than the session's", async () => {
+    const h = await running(
+      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
+    );
+    setSecret(h, 'ldap/admin', 'ldap-bind-value-4');
+    h.answer('no');
+    const r = await run(h, ['--fd', '3=ldap/admin', '--', 'true'], {
+      env: {
+        LDAPURI: 'ldap://127.0.0.1:3899',
+        LDAPTLS_REQCERT: 'never',
+        CLOUDSDK_PYTHON: '/tmp/not-python',
+        // A tool of its own whose names no shape knows.
+        ACME_TOOL_TARGET: 'evil.example',
+      },
+    });
+    assert.equal(r.code, 6, r.stderr);
+    const prompt = h.prompts().at(-1) ?? '';
+    assert.match(
+      prompt,
+      /may send its traffic elsewhere or change what it trusts: [^;]*\bLDAPURI\b/,
+    );
+    for (const name of ['LDAPTLS_REQCERT', 'CLOUDSDK_PYTHON'])
+      assert.match(prompt, new RegExp(`may send its traffic elsewhere[^;]*\\b${name}\\b`), name);
+    assert.match(
+      prompt,
+      /; and its environment sets otherwise than your session does: [^;]*\bACME_TOOL_TARGET\b/,
+    );
+    // What it shares with the session is not news.
+    assert.doesNotMatch(prompt, /otherwise than your session does: [^;]*\bKEYWARD_HOME\b/);
+  });
+
   test('a command line too long for the prompt says it is cut, and the pending request holds it whole', async () => {
     const h = await running(
       'version: 1\nrules:\n  - { name: hv, targets: ["**"], decision: approve, approve: { mode: passphrase } }\n',

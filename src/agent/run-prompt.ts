@@ -29,6 +29,8 @@ export interface RunPromptFacts {
   homeMoved: boolean;
   /** Variables that change what a program runs, set otherwise than in the agent's (codeSetters). */
   codeSetters: readonly string[];
+  /** Every other variable set otherwise than in the agent's (otherDiffering). */
+  otherDiffering?: readonly string[];
 }
 
 /**
@@ -42,9 +44,9 @@ export interface RunPromptFacts {
  */
 const TRAFFIC_SHAPES: readonly RegExp[] = [
   /PROXY/i,
-  /CA_?CERT|CERT_?(FILE|DIR|PATH)|CAINFO|CA_?BUNDLE|CA_?PATH|CA_?FILE|^\w+_CERT$|SSLKEYLOG|(SSL|TLS|HTTPS)_?(VALIDATION|VERIF|NO_?VERIFY|REJECT_UNAUTHORIZED)|STRICT_SSL|INSECURE|SKIP_VERIFY|CONNECTION_VERIFICATION/i,
-  /^GIT_(DIR|WORK_TREE|COMMON_DIR|TRACE\w*|CURL_VERBOSE|EXTERNAL_DIFF|ASKPASS|PAGER|EDITOR)$|^(SSH|SUDO)_ASKPASS$|^GO(ENV|SUMDB|NOSUMDB|NOSUMCHECK|PRIVATE|FLAGS|AUTH|TOOLCHAIN)$|^TF_(CLI_ARGS\w*|DATA_DIR)$|^DOCKER_CONTEXT$|^GH_REPO$/i,
-  /ENDPOINT|REGISTR(Y|IES)|_(BASE_URL|API_URL|API_BASE|ADDR|HOST|REPOSITORY_URL|PUBLISH_URL|INDEX_URL|INDEX|DIST_SERVER|URLS?|URIS?|DSN|PORT|SERVER)$|_REPOSITORIES_\w+_URL$|^UV_(DEFAULT_)?INDEX\w*$|^(HOSTALIASES|RES_OPTIONS|LOCALDOMAIN)$|^PG(HOST|HOSTADDR|PORT|SERVICE|SERVICEFILE|DATABASE|OPTIONS|TARGETSESSIONATTRS|SSL\w*|REQUIRESSL|GSSENCMODE|PASSFILE)$/i,
+  /CA_?CERT|CERT_?(FILE|DIR|PATH)|CAINFO|CA_?BUNDLE|CA_?PATH|CA_?FILE|^\w+_CERT$|SSLKEYLOG|REQCERT|ROOTS_FILE|HOST_KEY_CHECKING|_HTTP_SSL$|(SSL|TLS|HTTPS)_?(VALIDATION|VERIF|NO_?VERIFY|REJECT_UNAUTHORIZED)|STRICT_SSL|INSECURE|SKIP_VERIFY|CONNECTION_VERIFICATION/i,
+  /^GIT_(DIR|WORK_TREE|COMMON_DIR|TRACE\w*|CURL_VERBOSE|EXTERNAL_DIFF|ASKPASS|PAGER|EDITOR)$|^(SSH|SUDO)_ASKPASS$|^GO(ENV|SUMDB|NOSUMDB|NOSUMCHECK|PRIVATE|FLAGS|AUTH|TOOLCHAIN|MODCACHE)$|^TF_(CLI_ARGS\w*|DATA_DIR|PLUGIN_CACHE_DIR)$|^DOCKER_CONTEXT$|^GH_REPO$|^CLOUDSDK_PYTHON\w*$|_ARGS$|^(PSQLRC|PYENV_VERSION)$/i,
+  /ENDPOINT|REGISTR(Y|IES)|_(BASE_URL|API_URL|API_BASE|ADDR|HOSTS?|REPOSITORY_URL|PUBLISH_URL|INDEX_URL|INDEX|DIST_SERVER|URLS?|URIS?|DSN|PORT|SERVERS?|SITE|PROFILE|CLOUD|KUBEAPISERVER)$|^MC_HOST_|^LDAP\w+$|^(TWO_TASK|TNS_ADMIN|SQLCMDSERVER|DSQUERY|TDSQUERY|MYSQL_HOME|MYSQL_TEST_LOGIN_FILE|CONDARC|GEMRC|CONDA_CHANNEL_ALIAS|TWINE_REPOSITORY)$|_REPOSITORIES_\w+_URL$|^UV_(DEFAULT_)?INDEX\w*$|^(HOSTALIASES|RES_OPTIONS|LOCALDOMAIN)$|^PG(HOST|HOSTADDR|PORT|SERVICE|SERVICEFILE|DATABASE|OPTIONS|TARGETSESSIONATTRS|SSL\w*|REQUIRESSL|GSSENCMODE|PASSFILE)$/i,
   /^(XDG_CONFIG_HOME|CURL_HOME|NETRC|\w*WGETRC|KUBECONFIG|CARGO_HOME|GNUPGHOME|DOCKER_CONFIG|CLOUDSDK_CONFIG|BOTO_CONFIG)$|CONFIG_FILE|_CONFIG_DIR$|CREDENTIALS|^NPM_CONFIG_(USERCONFIG|GLOBALCONFIG|CAFILE|CA|CERT)$|^PIP_(TRUSTED_HOST|CERT|CLIENT_CERT|FIND_LINKS)$|^GIT_SSL_/i,
 ];
 
@@ -143,6 +145,27 @@ export function codeSetters(env: ReadonlyArray<{ name: string; value: Uint8Array
   return [...out];
 }
 
+/** Variables that differ from one process to the next of a session, and say nothing of what runs. */
+const NOISE =
+  /^(PWD|OLDPWD|SHLVL|_|COLUMNS|LINES|TERM|TERM_PROGRAM\w*|COLORTERM|WINDOWID|TMUX_PANE|STY|WINDOW|SSH_TTY|GPG_TTY)$/;
+
+/**
+ * Every variable of the caller's set otherwise than in the agent's environment (the user's
+ * session's), but those that only say which session or terminal it is: the shapes above are a
+ * list, and a tool whose names fit none of them (libldap's LDAPURI, gcloud's CLOUDSDK_PYTHON:
+ * found in review) is still named here, after them.
+ */
+export function otherDiffering(env: ReadonlyArray<{ name: string; value: Uint8Array }>): string[] {
+  const out = new Set<string>();
+  for (const e of env) {
+    if (SESSION.test(e.name) || NOISE.test(e.name)) continue;
+    const own = process.env[e.name];
+    // eslint-disable-next-line no-restricted-syntax -- equal or not is all that is kept
+    if (own === undefined || !Buffer.from(own).equals(e.value)) out.add(e.name);
+  }
+  return [...out];
+}
+
 const placeOf = (a: { var: string } | { fd: number }) =>
   'var' in a ? `$${a.var}` : `descriptor ${a.fd}`;
 
@@ -169,6 +192,8 @@ export function runPrompt(f: RunPromptFacts): {
   const listed = new Set([...traffic, ...loaders]);
   const setters = f.codeSetters.filter((n) => !listed.has(n));
   const notable = [...traffic, ...loaders, ...setters];
+  const noted = new Set(notable);
+  const others = (f.otherDiffering ?? []).filter((n) => !noted.has(n));
   // Every variable and descriptor the run sets, and from which secret, whatever rule each
   // secret falls under (one allowed outright is still in the run).
   const places = f.wanted.flatMap((w) => w.as.map((a) => `${placeOf(a)} from ${quote(w.name)}`));
@@ -218,6 +243,9 @@ export function runPrompt(f: RunPromptFacts): {
               16,
               setters.filter((n) => SETTERS_FIRST.has(n)),
             )}`
+          : '') +
+        (others.length > 0
+          ? `; and its environment sets otherwise than your session does: ${shortList(others, 16)}`
           : '')
       );
     },
