@@ -415,6 +415,9 @@ export function rekeyBox(home: string, v: Vault): number {
   v.save();
   log.replaceBoxKey(publicKey);
   rememberBoxKey(v, log.paths.dir, publicKey);
+  // Its own entry sealed to the vault's new key, whatever the state names by then (review).
+  const trust = boxTrustOf(v, log.paths.dir, 'audit rekey');
+  log.trustBoxKeys(() => trust);
   log.append([{ type: 'audit.rekeyed', decision: 'info', details: { retiredKeys: retired } }]);
   writeCheckpoint(log, v);
   return retired;
