@@ -7,27 +7,12 @@
  * last bytes of each piece are held back until the next piece (or until nothing more is there to
  * read), so a value split across two reads is still seen whole when both come at once; and what
  * went on is still looked through, so one whose first bytes went on is stopped before the rest
- * does; and before the answer ends, held bytes that may begin a value stay held (the child then
- * has fewer than PREFIX_HELD of a value's first bytes). This is
+ * does (the child then has fewer than all its bytes). This is
  * defence in depth: the first defence is that placeholders are replaced only in the headers the
  * policy names, and never in a request that echoes itself (TRACE).
  */
 import type tls from 'node:tls';
-import {
-  secureEqual,
-  securePooled,
-  secureRelease,
-  zero,
-  type SecureBuffer,
-} from '../lib/secure.js';
-
-/**
- * A form's first bytes shorter than this go on before the answer ends: fewer would hold the
- * last byte of an answer that merely ends as a value begins (a hex digit), and its client would
- * wait for it until the connection ends. A child learns at most that many of a form's first
- * bytes, whatever it pads.
- */
-const PREFIX_HELD = 4;
+import { securePooled, secureRelease, zero, type SecureBuffer } from '../lib/secure.js';
 
 export class EchoWatch {
   /**
@@ -87,34 +72,6 @@ export class EchoWatch {
     return out;
   }
 
-  /**
-   * The bytes held back that can't be the first of a value, to go on before the answer ends (a
-   * copy, as push's): what ends the tail and begins a form (PREFIX_HELD bytes of it or more),
-   * from its first byte whether that went on or not, stays held until more comes or the answer
-   * ends. Found in review: a flush once nothing was left to read let all but the last byte of a
-   * value go on when the child padded its header so the value straddled two TLS records, the
-   * second still on the network; one more request per character guessed the last.
-   */
-  flushUnlikeAValue(): Buffer {
-    if (this.closed) return Buffer.alloc(0);
-    const from = this.seen - this.held;
-    let stop = this.seen;
-    for (let p = 0; p <= this.seen - PREFIX_HELD; p += 1) {
-      const rest = this.tail.subarray(p, this.seen);
-      if (
-        this.forms.some(
-          (f) => f.length > rest.length && secureEqual(f.subarray(0, rest.length), rest),
-        )
-      ) {
-        stop = Math.max(from, p);
-        break;
-      }
-    }
-    const out = Buffer.from(this.tail.subarray(from, stop));
-    this.held = this.seen - stop;
-    return out;
-  }
-
   /** Forgets what it kept. */
   wipe(): void {
     if (this.closed) return;
@@ -156,7 +113,7 @@ export function watchAnswers(
     clearImmediate(flush);
     flush = setImmediate(() => {
       if (up.isPaused() || up.readableLength > 0) return;
-      const rest = watch.flushUnlikeAValue();
+      const rest = watch.flush();
       if (rest.length > 0) pass(child, rest);
     });
   };
