@@ -242,6 +242,11 @@ describe(
         assert.notEqual(r.code, 0, 'nothing released');
         assert.equal(r.stdout, '');
         assert.match(kw(['status'], { env: h.env }).stdout, /locked/);
+        // An unlock while the system log still takes nothing does not stand, and says so.
+        const u = kw(['unlock'], { env: h.env });
+        assert.notEqual(u.code, 0, u.stdout + u.stderr);
+        assert.match(u.stderr, /the agent was locked again meanwhile/);
+        assert.match(kw(['status'], { env: h.env }).stdout, /locked/);
       } finally {
         process.kill(rs.pid, 'SIGCONT');
       }

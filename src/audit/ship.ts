@@ -211,7 +211,7 @@ export class Shipper {
       } catch {
         return err;
       }
-      const waited = sendDatagram(this.waitFd, cfg.socket, b, true);
+      const waited = sendDatagram(this.waitFd, cfg.socket, b, this.waitMs);
       if (waited !== 0) mayWait = false;
       return waited;
     };

@@ -208,17 +208,22 @@ export function unixDatagramSocketWaiting(waitMs: number): number {
 }
 
 /**
- * Sends one datagram to the Unix socket at path without waiting. Returns 0 when sent, else the
- * errno (EAGAIN: the reader is behind; ENOENT or ECONNREFUSED: nobody listens there).
+ * Sends one datagram to the Unix socket at path: without waiting, or (waitMs, on a socket of
+ * unixDatagramSocketWaiting) up to waitMs in all for room. Returns 0 when sent, else the errno
+ * (EAGAIN: the reader is behind; ENOENT or ECONNREFUSED: nobody listens there).
  */
-export function sendDatagram(fd: number, path: string, data: Buffer, wait = false): number {
+export function sendDatagram(fd: number, path: string, data: Buffer, waitMs = 0): number {
   const l = libc();
   const to = sockaddrUn(path);
   if (!to) return 36; // ENAMETOOLONG
+  // A signal ends a blocking send early, and its timeout starts whole again at the next: one
+  // deadline across them, so signals can't make it wait for ever (found in review).
+  const deadline = Date.now() + waitMs;
   for (;;) {
-    const n = l.sendto(fd, data, data.length, wait ? 0 : MSG_DONTWAIT, to.addr, to.len);
+    const n = l.sendto(fd, data, data.length, waitMs > 0 ? 0 : MSG_DONTWAIT, to.addr, to.len);
     if (Number(n) === data.length) return 0;
     const err = l.errno();
-    if (err !== EINTR || !wait) return err;
+    if (err !== EINTR || waitMs <= 0) return err;
+    if (Date.now() >= deadline) return EAGAIN;
   }
 }
