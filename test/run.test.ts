@@ -1038,17 +1038,18 @@ describe('hardening found in review', () => {
       'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
     );
     setSecret(h, 'ldap/admin', 'ldap-bind-value-4');
-    h.answer('no');
+    h.answer('yes');
     const r = await run(h, ['--fd', '3=ldap/admin', '--', 'true'], {
       env: {
         LDAPURI: 'ldap://127.0.0.1:3899',
         LDAPTLS_REQCERT: 'never',
         CLOUDSDK_PYTHON: '/tmp/not-python',
-        // A tool of its own whose names no shape knows.
+        // A tool of its own whose names no shape knows, behind sixteen made-up names.
+        ...Object.fromEntries(Array.from({ length: 16 }, (_, n) => [`DECOY_${n}`, '1'])),
         ACME_TOOL_TARGET: 'evil.example',
       },
     });
-    assert.equal(r.code, 6, r.stderr);
+    assert.equal(r.code, 0, r.stderr);
     const prompt = h.prompts().at(-1) ?? '';
     assert.match(
       prompt,
@@ -1058,10 +1059,16 @@ describe('hardening found in review', () => {
       assert.match(prompt, new RegExp(`may send its traffic elsewhere[^;]*\\b${name}\\b`), name);
     assert.match(
       prompt,
-      /; and its environment sets otherwise than your session does: [^;]*\bACME_TOOL_TARGET\b/,
+      /; and its environment sets 17 other variables otherwise than your session does: DECOY_0, [^;]* and 1 more/,
     );
+    // Pushed out of the prompt's list, not out of the record.
+    const recorded = auditEntries(h)
+      .filter((e) => e.details?.['notableEnv'] !== undefined)
+      .at(-1);
+    assert.match(String(recorded?.details?.['notableEnv']), /\bLDAPURI\b.*\bACME_TOOL_TARGET\b/);
     // What it shares with the session is not news.
     assert.doesNotMatch(prompt, /otherwise than your session does: [^;]*\bKEYWARD_HOME\b/);
+    assert.doesNotMatch(String(recorded?.details?.['notableEnv']), /\bKEYWARD_HOME\b/);
   });
 
   test('a command line too long for the prompt says it is cut, and the pending request holds it whole', async () => {

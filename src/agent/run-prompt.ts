@@ -145,6 +145,9 @@ export function codeSetters(env: ReadonlyArray<{ name: string; value: Uint8Array
   return [...out];
 }
 
+/** How many of the other variables set otherwise than the session's a run's record names. */
+const MAX_OTHERS_RECORDED = 64;
+
 /** Variables that differ from one process to the next of a session, and say nothing of what runs. */
 const NOISE =
   /^(PWD|OLDPWD|SHLVL|_|COLUMNS|LINES|TERM|TERM_PROGRAM\w*|COLORTERM|WINDOWID|TMUX_PANE|STY|WINDOW|SSH_TTY|GPG_TTY)$/;
@@ -191,9 +194,17 @@ export function runPrompt(f: RunPromptFacts): {
   // The rest of what changes what runs, where the agent's own values don't say the same.
   const listed = new Set([...traffic, ...loaders]);
   const setters = f.codeSetters.filter((n) => !listed.has(n));
-  const notable = [...traffic, ...loaders, ...setters];
-  const noted = new Set(notable);
-  const others = (f.otherDiffering ?? []).filter((n) => !noted.has(n));
+  const named = new Set([...traffic, ...loaders, ...setters]);
+  const others = (f.otherDiffering ?? []).filter((n) => !named.has(n));
+  // Recorded too, up to MAX_OTHERS_RECORDED and how many more: sixteen made-up names push a
+  // seventeenth out of the prompt's list, not out of the record (found in review).
+  const notable = [
+    ...named,
+    ...others.slice(0, MAX_OTHERS_RECORDED),
+    ...(others.length > MAX_OTHERS_RECORDED
+      ? [`(${others.length - MAX_OTHERS_RECORDED} more)`]
+      : []),
+  ];
   // Every variable and descriptor the run sets, and from which secret, whatever rule each
   // secret falls under (one allowed outright is still in the run).
   const places = f.wanted.flatMap((w) => w.as.map((a) => `${placeOf(a)} from ${quote(w.name)}`));
@@ -224,7 +235,7 @@ export function runPrompt(f: RunPromptFacts): {
           ? `held by keyward's proxy and put only into its requests to ${proxiedTo.map((h) => quote(h)).join(', ')} (the command gets a placeholder as ${where})`
           : `as ${where}`) +
         // What matters to the answer first; the lists, which the caller can make long, last
-        // and cut (every name is still recorded).
+        // and cut (recorded: every name of the first three lists, and up to 64 of the others).
         (f.masking ? '' : '; its output not masked') +
         (traffic.length > 0
           ? `; its environment may send its traffic elsewhere or change what it trusts: ${shortList(
@@ -245,7 +256,7 @@ export function runPrompt(f: RunPromptFacts): {
             )}`
           : '') +
         (others.length > 0
-          ? `; and its environment sets otherwise than your session does: ${shortList(others, 16)}`
+          ? `; and its environment sets ${others.length} other variable${others.length === 1 ? '' : 's'} otherwise than your session does: ${shortList(others, 16)}`
           : '')
       );
     },
