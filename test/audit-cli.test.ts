@@ -442,6 +442,29 @@ function swapBoxKey(h: Home): Buffer {
   return original;
 }
 
+/**
+ * A home with three secrets set, and `audit acknowledge` of the head verify showed, run under
+ * strace and held at its nth write to the log.
+ */
+function acknowledgeHeldAtWrite(nth: number): { h: Home; run: ReturnType<typeof commandHeldAt> } {
+  const h = initHome();
+  for (const n of ['a', 'b', 'c']) kw(['secret', 'set', n], { env: h.env, input: 'value-aaaa' });
+  const seen = kw(['audit', 'verify'], { env: h.env });
+  assert.equal(seen.code, 0, seen.stderr);
+  const m = /head seq (\d+), sha256 ([0-9a-f]{64})/.exec(seen.stdout);
+  assert.ok(m, seen.stdout);
+  const head = `${m[1]}:${m[2]}`;
+  const run = commandHeldAt(
+    ['audit', 'acknowledge', '--head', head],
+    h.env,
+    'write',
+    segment(h),
+    '',
+    nth,
+  );
+  return { h, run };
+}
+
 describe('a home others may enter', () => {
   test('found in review: a home made 0777 under a running, unlocked agent is refused at its next release, and said; made private again, releases go on', async () => {
     const h = await allowingAgent();
@@ -724,22 +747,8 @@ describe("an acknowledgement is the passphrase holder's", () => {
     "found in review: an acknowledgement whose entry finds the log changed as it is written fails, and the vault takes nothing for the person's",
     { skip: cannotHold },
     async () => {
-      const h = initHome();
-      for (const n of ['a', 'b', 'c'])
-        kw(['secret', 'set', n], { env: h.env, input: 'value-aaaa' });
-      const seen = kw(['audit', 'verify'], { env: h.env });
-      assert.equal(seen.code, 0, seen.stderr);
-      const m = /head seq (\d+), sha256 ([0-9a-f]{64})/.exec(seen.stdout);
-      assert.ok(m, seen.stdout);
       // Held at its second write to the log: its vault.unlock is the first, its entry the second.
-      const run = commandHeldAt(
-        ['audit', 'acknowledge', '--head', `${m[1]}:${m[2]}`],
-        h.env,
-        'write',
-        segment(h),
-        '',
-        2,
-      );
+      const { h, run } = acknowledgeHeldAtWrite(2);
       // Its first entry in the log, then stopped in a write: the second.
       const lastType = () =>
         /"type":"([^"]+)"/.exec(
@@ -768,21 +777,7 @@ describe("an acknowledgement is the passphrase holder's", () => {
     'an acknowledgement whose write finds a break first (a box key swapped in as it is written) records that break alone, acknowledges nothing, and the break stays to be seen',
     { skip: cannotHold },
     async () => {
-      const h = initHome();
-      for (const n of ['a', 'b', 'c'])
-        kw(['secret', 'set', n], { env: h.env, input: 'value-aaaa' });
-      const seen = kw(['audit', 'verify'], { env: h.env });
-      assert.equal(seen.code, 0, seen.stderr);
-      const m = /head seq (\d+), sha256 ([0-9a-f]{64})/.exec(seen.stdout);
-      assert.ok(m, seen.stdout);
-      const run = commandHeldAt(
-        ['audit', 'acknowledge', '--head', `${m[1]}:${m[2]}`],
-        h.env,
-        'write',
-        segment(h),
-        '',
-        1,
-      );
+      const { h, run } = acknowledgeHeldAtWrite(1);
       const lines = () => fs.readFileSync(segment(h), 'utf8').trimEnd().split('\n');
       // Held at its first write to the log (its vault.unlock), after that write's checks.
       await eventually(() => run.held(), 'acknowledge held at its first write');
