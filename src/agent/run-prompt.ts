@@ -27,9 +27,9 @@ export interface RunPromptFacts {
   masking: boolean;
   /** Whether the environment's HOME is not the user's home (where most programs read config). */
   homeMoved: boolean;
-  /** Variables that change what a program runs, set otherwise than in the agent's (codeSetters). */
+  /** Variables that change what a program runs, set otherwise than in the agent's (setOtherwise). */
   codeSetters: readonly string[];
-  /** Every other variable set otherwise than in the agent's (otherDiffering). */
+  /** Every other variable set otherwise than in the agent's (setOtherwise). */
   otherDiffering?: readonly string[];
 }
 
@@ -127,46 +127,40 @@ const SETTERS_FIRST: ReadonlySet<string> = new Set([
   'SSH_AUTH_SOCK',
 ]);
 
-/**
- * The caller's variables that change what a program loads or runs (reservedName: the shell's
- * SHELLOPTS and PS4, make's MAKEFILES and MAKEFLAGS, git's hooks and templates, editors and
- * pagers...), where their value is not the agent's own: an approved `make deploy` with
- * MAKEFILES set runs a makefile of the caller's first (found in review: the prompt said
- * nothing). The agent's own values are the user's session's, said in no prompt.
- */
-export function codeSetters(env: ReadonlyArray<{ name: string; value: Uint8Array }>): string[] {
-  const out = new Set<string>();
-  for (const e of env) {
-    if (reservedName(e.name) === undefined || SESSION.test(e.name)) continue;
-    const own = process.env[e.name];
-    // eslint-disable-next-line no-restricted-syntax -- equal or not is all that is kept
-    if (own === undefined || !Buffer.from(own).equals(e.value)) out.add(e.name);
-  }
-  return [...out];
-}
-
-/** How many of the other variables set otherwise than the session's a run's record names. */
-const MAX_OTHERS_RECORDED = 64;
-
 /** Variables that differ from one process to the next of a session, and say nothing of what runs. */
 const NOISE =
   /^(PWD|OLDPWD|SHLVL|_|COLUMNS|LINES|TERM|TERM_PROGRAM\w*|COLORTERM|WINDOWID|TMUX_PANE|STY|WINDOW|SSH_TTY|GPG_TTY)$/;
 
+/** How many of the other variables set otherwise than the session's a run's record names. */
+const MAX_OTHERS_RECORDED = 64;
+
 /**
- * Every variable of the caller's set otherwise than in the agent's environment (the user's
- * session's), but those that only say which session or terminal it is: the shapes above are a
- * list, and a tool whose names fit none of them (libldap's LDAPURI, gcloud's CLOUDSDK_PYTHON:
- * found in review) is still named here, after them.
+ * The caller's variables whose value is not the agent's own (the agent's are the user's
+ * session's, said in no prompt), but those that only say which session it is, in one pass:
+ * - codeSetters: those that change what a program loads or runs (reservedName: the shell's
+ *   SHELLOPTS and PS4, make's MAKEFILES and MAKEFLAGS, git's hooks and templates, editors and
+ *   pagers...): an approved `make deploy` with MAKEFILES set runs a makefile of the caller's
+ *   first (found in review: the prompt said nothing);
+ * - otherDiffering: every one but those that only say which terminal or directory it is: the
+ *   shapes above are a list, and a tool whose names fit none of them (libldap's LDAPURI,
+ *   gcloud's CLOUDSDK_PYTHON: found in review) is still named, after them.
  */
-export function otherDiffering(env: ReadonlyArray<{ name: string; value: Uint8Array }>): string[] {
-  const out = new Set<string>();
+export function setOtherwise(env: ReadonlyArray<{ name: string; value: Uint8Array }>): {
+  codeSetters: string[];
+  otherDiffering: string[];
+} {
+  const differing = new Set<string>();
   for (const e of env) {
-    if (SESSION.test(e.name) || NOISE.test(e.name)) continue;
+    if (SESSION.test(e.name)) continue;
     const own = process.env[e.name];
     // eslint-disable-next-line no-restricted-syntax -- equal or not is all that is kept
-    if (own === undefined || !Buffer.from(own).equals(e.value)) out.add(e.name);
+    if (own === undefined || !Buffer.from(own).equals(e.value)) differing.add(e.name);
   }
-  return [...out];
+  const names = [...differing];
+  return {
+    codeSetters: names.filter((n) => reservedName(n) !== undefined),
+    otherDiffering: names.filter((n) => !NOISE.test(n)),
+  };
 }
 
 const placeOf = (a: { var: string } | { fd: number }) =>

@@ -15,7 +15,7 @@ import { maskingForms, startChild } from '../run/index.js';
 import type { ProcessIdentity } from './identity.js';
 import { McpRuns } from './mcp-runs.js';
 import { programHash } from './exe-hash.js';
-import { codeSetters, homeMoved, otherDiffering, runPrompt } from './run-prompt.js';
+import { homeMoved, runPrompt, setOtherwise } from './run-prompt.js';
 import { commandNotFound } from './run-relay.js';
 import { rulesMoved } from './gate-caller.js';
 import {
@@ -141,8 +141,7 @@ export class RunService {
         project,
         masking: req.masking,
         homeMoved: homeMoved(env),
-        codeSetters: codeSetters(env),
-        otherDiffering: otherDiffering(env),
+        ...setOtherwise(env),
       });
       for (const w of req.wanted) {
         const { rule } = await this.host.authorize(conn, {

@@ -21,7 +21,7 @@ import { AuditLog, type Head } from './log.js';
 import { readSeedFile } from './seed.js';
 import { hashAt } from './history.js';
 import { auditPaths, checkAuditDir } from './state.js';
-import { boxTrustOf, seedOf } from './vault-keys.js';
+import { seedOf, trustVaultBoxKeys } from './vault-keys.js';
 import { listSegments, verifySegments, type Checkpoint, type VerifyResult } from './verify.js';
 
 /** The hint of every refused acknowledgement but a broken link's. */
@@ -115,8 +115,7 @@ export function acknowledge(home: string, v: Vault, seen: Checkpoint): number[] 
   const log = new AuditLog(home);
   // Its entry's body is sealed to the vault's box key, whatever the state file names by then: a
   // key swapped in since the command opened the vault is a break found first (writtenAlone).
-  const trust = boxTrustOf(v, log.paths.dir, 'audit acknowledge');
-  log.trustBoxKeys(() => trust);
+  trustVaultBoxKeys(log, v, 'audit acknowledge');
   // The head read first: a line appended while the chain is checked is not taken as checked.
   const head = log.head();
   // What came after it (this command's own records, an agent's) must link to it, and the entry

@@ -24,12 +24,12 @@ import {
 import { listSegments, MAX_EPOCH_STEP, type Checkpoint } from './verify.js';
 import {
   BOX_SECRET,
-  boxTrustOf,
   rebuildState,
   rememberBoxKey,
   SEED,
   seedOf,
   storeNewKeys,
+  trustVaultBoxKeys,
 } from './vault-keys.js';
 import type { ShipConfig } from './ship.js';
 import { unwritable } from './state.js';
@@ -291,8 +291,7 @@ export function auditSink(home: string, options?: AuditOptions): AuditSink {
       // recorded now, chained from the last entry that is there, and said.
       if (!log.exists()) return undefined;
       // Bodies are sealed to the vault's box key, whatever the state file names (log.ts).
-      const trust = boxTrustOf(v, log.paths.dir, 'the command line');
-      log.trustBoxKeys(() => trust);
+      trustVaultBoxKeys(log, v, 'the command line');
       const boxed = log.checkBoxKey();
       const b = findBreak(log, readCheckpoints(log, v), undefined, recordedBreaks(log, v));
       if (!b) return boxed === undefined ? undefined : boxWarning(boxed);
@@ -416,8 +415,7 @@ export function rekeyBox(home: string, v: Vault): number {
   log.replaceBoxKey(publicKey);
   rememberBoxKey(v, log.paths.dir, publicKey);
   // Its own entry sealed to the vault's new key, whatever the state names by then (review).
-  const trust = boxTrustOf(v, log.paths.dir, 'audit rekey');
-  log.trustBoxKeys(() => trust);
+  trustVaultBoxKeys(log, v, 'audit rekey');
   log.append([{ type: 'audit.rekeyed', decision: 'info', details: { retiredKeys: retired } }]);
   writeCheckpoint(log, v);
   return retired;

@@ -87,6 +87,15 @@ export function boxTrustOf(v: Vault, dir: string, by: string): BoxTrust {
   return trust;
 }
 
+/**
+ * A writer that holds the vault seals every body to the vault's box keys, whatever the state
+ * file names by the time it writes (a key swapped in is a break it records first).
+ */
+export function trustVaultBoxKeys(log: AuditLog, v: Vault, by: string): void {
+  const trust = boxTrustOf(v, log.paths.dir, by);
+  log.trustBoxKeys(() => trust);
+}
+
 export function seedOf(v: Vault): SecureBuffer {
   const seed = v.revealInternal(SEED);
   if (!seed) {

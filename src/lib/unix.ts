@@ -140,11 +140,17 @@ export function unixConnect(path: string): number {
   return fd;
 }
 
-/** How long the next receive on a blocking socket may wait, in ms (0: for ever). */
-export function setReceiveTimeout(sock: number, ms: number): void {
-  const tv = Buffer.alloc(16); // struct timeval: tv_sec, tv_usec (64-bit each)
+/** A struct timeval of ms (tv_sec, tv_usec: 64-bit each), for SO_RCVTIMEO and SO_SNDTIMEO. */
+function timeval(ms: number): Buffer {
+  const tv = Buffer.alloc(16);
   tv.writeBigInt64LE(BigInt(Math.floor(ms / 1000)), 0);
   tv.writeBigInt64LE(BigInt(Math.floor(ms % 1000) * 1000), 8);
+  return tv;
+}
+
+/** How long the next receive on a blocking socket may wait, in ms (0: for ever). */
+export function setReceiveTimeout(sock: number, ms: number): void {
+  const tv = timeval(ms);
   if (libc().setsockopt(sock, SOL_SOCKET, SO_RCVTIMEO, tv, tv.length) !== 0)
     throw new Error(`setsockopt failed (errno ${libc().errno()})`);
 }
@@ -196,9 +202,7 @@ export function unixDatagramSocketWaiting(waitMs: number): number {
   const l = libc();
   const fd = l.socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) throw new Error(`socket failed (errno ${l.errno()})`);
-  const tv = Buffer.alloc(16); // struct timeval: tv_sec, tv_usec (64-bit each)
-  tv.writeBigInt64LE(BigInt(Math.floor(waitMs / 1000)), 0);
-  tv.writeBigInt64LE(BigInt(Math.floor(waitMs % 1000) * 1000), 8);
+  const tv = timeval(waitMs);
   if (l.setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, tv, tv.length) !== 0) {
     const err = l.errno();
     l.close(fd);
