@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { secureTake } from '../src/lib/secure.js';
+import { AnswerFramer } from '../src/proxy/answers.js';
 import { EchoWatch } from '../src/proxy/echo.js';
 
 const TOKEN = 'ghp_RealTokenValue0123456789abcdefghijklmn';
@@ -35,4 +36,106 @@ test('without a flush, pieces go on whole and in order, the last bytes held unti
   }
   out.push(w.flush());
   assert.equal(Buffer.concat(out).toString(), text);
+});
+
+/** Where each message ends, by AnswerFramer, for answers fed in pieces of every size. */
+function boundaries(methods: string[], answer: string, piece: number): number[] {
+  const f = new AnswerFramer();
+  for (const m of methods) f.expect(m);
+  const seen: number[] = [];
+  const bytes = Buffer.from(answer, 'latin1');
+  for (let i = 0; i < bytes.length; i += piece) {
+    f.push(Buffer.from(bytes.subarray(i, i + piece)));
+    if (seen.at(-1) !== f.boundary && f.boundary > 0) seen.push(f.boundary);
+  }
+  return seen;
+}
+
+test("an answer's end is read off its framing, whatever the pieces it comes in", () => {
+  const cl = 'HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Echo: a\r\n\r\nhello';
+  const chunked =
+    'HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, Chunked\r\n\r\n5;x=1\r\nhello\r\nA\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n';
+  const head = 'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n';
+  const cont = 'HTTP/1.1 100 Continue\r\n\r\n';
+  const none = 'HTTP/1.1 204 No Content\r\nContent-Length: 9\r\n\r\n';
+  const lf = 'HTTP/1.0 304 Not Modified\n\n';
+  for (const piece of [1, 2, 3, 7, 1000]) {
+    assert.deepEqual(boundaries(['GET'], cl, piece), [cl.length], `${piece}`);
+    assert.deepEqual(boundaries(['POST'], chunked, piece), [chunked.length], `${piece}`);
+    // Pipelined: a HEAD's answer has no body, whatever its Content-Length says. A piece that
+    // holds several ends shows its last.
+    const ends = [head, cont, cl, none, lf].map((_, i, all) => all.slice(0, i + 1).join('').length);
+    const seen = boundaries(['HEAD', 'GET', 'GET', 'GET'], head + cont + cl + none + lf, piece);
+    assert.deepEqual(seen, piece === 1 ? ends : seen.filter((b) => ends.includes(b)), `${piece}`);
+    assert.equal(seen.at(-1), ends.at(-1));
+  }
+});
+
+test('an answer the framer cannot read whole, or read at all, ends only with its connection', () => {
+  for (const answer of [
+    // No length: until the connection closes.
+    'HTTP/1.1 200 OK\r\n\r\nbody',
+    // A coding other than chunked last, a malformed or doubled length, not HTTP/1.
+    'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n',
+    'HTTP/1.1 200 OK\r\nContent-Length: 1, 1\r\n\r\nx',
+    'HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxx',
+    'HTTP/1.1 200 OK\r\nContent-Length:\r\n\r\n',
+    'HTTP/2 200\r\nContent-Length: 0\r\n\r\n',
+    'SSH-2.0-OpenSSH\r\n\r\n',
+    // A chunk with no size, or its data not ended by a line end.
+    'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n;x\r\n0\r\n\r\n',
+    'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nxy\r\n0\r\n\r\n',
+    // A switch to another protocol than a WebSocket, or a tunnel: a stream from there on.
+    'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocketx\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n',
+    'HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\n\r\n\x81\x00',
+  ])
+    for (const piece of [1, 5, 1000])
+      assert.deepEqual(boundaries(['GET'], answer, piece), [], JSON.stringify(answer));
+  assert.deepEqual(
+    boundaries(
+      ['CONNECT'],
+      'HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n',
+      3,
+    ),
+    [],
+  );
+});
+
+test("after a switch to a WebSocket, each frame's end is read off its length, whatever the pieces", () => {
+  const head =
+    'HTTP/1.1 101 Switching Protocols\r\nupgrade:  WebSocket \r\nConnection: Upgrade\r\n\r\n';
+  const frames = [
+    Buffer.from([0x81, 0x05, ...Buffer.from('hello')]),
+    Buffer.concat([Buffer.from([0x82, 126, 0x01, 0x2c]), Buffer.alloc(300, 7)]),
+    // Masked (a server must not, but one might), and a 64-bit length.
+    Buffer.concat([Buffer.from([0x81, 0x83, 1, 2, 3, 4]), Buffer.from('abc')]),
+    Buffer.concat([Buffer.from([0x82, 127, 0, 0, 0, 0, 0, 0, 0, 3]), Buffer.from('xyz')]),
+    Buffer.from([0x89, 0x00]),
+  ];
+  const all = Buffer.concat([Buffer.from(head, 'latin1'), ...frames]).toString('latin1');
+  const ends = [head.length];
+  for (const f of frames) ends.push((ends.at(-1) ?? 0) + f.length);
+  for (const piece of [1, 2, 3, 11, 5000]) {
+    const seen = boundaries(['GET'], all, piece);
+    assert.deepEqual(seen, piece === 1 ? ends : seen.filter((b) => ends.includes(b)), `${piece}`);
+    assert.equal(seen.at(-1), ends.at(-1));
+  }
+  // A frame longer than can be counted: a stream.
+  const huge = Buffer.concat([
+    Buffer.from(head, 'latin1'),
+    Buffer.from([0x82, 127, 0xff, 0, 0, 0, 0, 0, 0, 1]),
+  ]);
+  assert.deepEqual(boundaries(['GET'], huge.toString('latin1'), 1), [head.length]);
+});
+
+test("held bytes go on only up to the last answer's end; before it, only when more comes", () => {
+  const w = new EchoWatch([secureTake(Buffer.from(TOKEN))]);
+  const first = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok';
+  const second = `HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n${'x'.repeat(50)}`;
+  const out = [w.push(Buffer.from(first + second)) ?? Buffer.alloc(0)];
+  // Everything of the first answer goes; of the second, all but the last bytes.
+  out.push(w.flush(first.length), w.flush(first.length));
+  const sent = Buffer.concat(out).toString();
+  assert.ok(sent.startsWith(first), sent);
+  assert.equal(sent.length, (first + second).length - (TOKEN.length - 1));
 });

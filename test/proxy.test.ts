@@ -71,6 +71,22 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
         });
         // A server that echoes what it was sent: a debugging endpoint, or CORS reflecting Origin.
         if (req.url?.startsWith('/echo')) res.setHeader('X-Echo', req.headers.authorization ?? '');
+        // An echo whose value straddles two writes, the second when the test says: a first TLS
+        // record that ends inside the value while the rest is still on its way (a remote host's
+        // network). The answer's framing (Content-Length) says more is to come.
+        if (req.url?.startsWith('/split-echo')) {
+          const echo = `${'p'.repeat(2000)} echo ${req.headers.authorization ?? ''}\n`;
+          res.setHeader('Content-Length', Buffer.byteLength(echo));
+          res.write(echo.slice(0, -10));
+          slow.push(() => res.end(echo.slice(-10)));
+          return;
+        }
+        // Answers whose end only their framing tells, on a connection the host keeps open.
+        if (req.url?.startsWith('/no-content')) return void res.writeHead(204).end();
+        if (req.url?.startsWith('/chunked')) {
+          res.write(`${'c'.repeat(500)}\n`);
+          return void res.end(`upstream ${name} chunked\n`);
+        }
         // The same, answering only when the test says (to lock the agent in between).
         if (req.url?.startsWith('/slow-echo')) {
           slow.push(() => res.end(`echo ${req.headers.authorization ?? ''}\n`));
@@ -80,6 +96,9 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
       });
     };
     const s = tlsOpts ? https.createServer(tlsOpts, handler) : http.createServer(handler);
+    // Connections stay open until the client ends them: an answer the proxy held until its
+    // connection ends would never reach the child.
+    s.keepAliveTimeout = 0;
     servers.push(s);
     await new Promise<void>((r) => s.listen(0, ip, () => r()));
     ports.set(name, (s.address() as net.AddressInfo).port);
@@ -153,7 +172,10 @@ rate_limits:
 
   after(async () => {
     for (const x of homes) await stopAgent(x);
-    for (const s of servers) s.close();
+    for (const s of servers) {
+      s.close();
+      (s as http.Server).closeAllConnections();
+    }
   });
 
   /** keyward run --proxy with the token as GITHUB_TOKEN (and OTHER_TOKEN), a shell script. */
@@ -673,6 +695,53 @@ open(sys.argv[3]).read()
       h2c.stdout + h2c.stderr,
     );
     assert.equal(seen.slice(before).filter((x) => x.url === '/h2c').length, 0);
+  });
+
+  test("found in review: an echo whose value straddles two TLS records, the second still on its way, gives the child none of the value's bytes", async () => {
+    const out = path.join(dir, 'split-out');
+    const run = proxied(
+      `${CURL} -sS -N -o '${out}' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/split-echo')}'; echo "exit $?"`,
+      ['--no-masking'],
+    );
+    await eventually(() => slow.length > 0, 'the request reached the upstream');
+    // The answer's first bytes reach the child while the rest is on its way.
+    await eventually(
+      () => fs.existsSync(out) && fs.readFileSync(out, 'latin1').includes('p'.repeat(1000)),
+      'the answer up to the value',
+    );
+    assert.ok(!fs.readFileSync(out, 'latin1').includes(TOKEN.slice(0, 4)), 'none of the value');
+    for (const answer of slow.splice(0)) answer();
+    const r = await run;
+    assert.match(r.stdout, /exit (52|56|35|18)/, r.stdout + r.stderr);
+    assert.ok(!fs.readFileSync(out, 'latin1').includes(TOKEN.slice(0, 4)));
+    const last = auditEntries(h)
+      .filter((e) => e.type === 'proxy.block')
+      .at(-1);
+    assert.match(String(last?.reason), /127\.0\.0\.1 sent a value back in its answer/);
+  });
+
+  test('an answer goes on whole once its framing says it has come, on a connection the host keeps open: a HEAD, a 204, a 100 Continue, a chunked one', async () => {
+    const body = path.join(dir, 'continue-body');
+    fs.writeFileSync(body, 'b'.repeat(100));
+    const base = url('a', '127.0.0.1', '');
+    // A held answer never ends here (the host keeps its connection open): curl gives up, exit 28.
+    const c = `${CURL} -sS --max-time 120 -H "Authorization: token $GITHUB_TOKEN"`;
+    const r = await proxied(
+      [
+        `${c} -I '${base}/head'; echo "head $?"`,
+        `${c} -o /dev/null -w '%{http_code}' '${base}/no-content'; echo " no-content $?"`,
+        `${c} --expect100-timeout 1000 -H 'Expect: 100-continue' --data-binary @'${body}' '${base}/continue'; echo "continue $?"`,
+        `${c} '${base}/chunked' | tail -n 1; echo "chunked $?"`,
+      ].join('\n'),
+    );
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /HTTP\/1\.1 200 OK[\s\S]*head 0/);
+    assert.match(r.stdout, /204 no-content 0/);
+    assert.match(r.stdout, /upstream a saw \/continue\ncontinue 0/);
+    assert.match(r.stdout, /upstream a chunked\nchunked 0/);
+    const got = seen.filter((x) => x.ip === '127.0.0.1').map((x) => `${x.method} ${x.url}`);
+    for (const want of ['HEAD /head', 'GET /no-content', 'POST /continue', 'GET /chunked'])
+      assert.ok(got.includes(want), want);
   });
 
   test('a lock ends the answers on their way, which could hold a value the watch no longer knows', async () => {

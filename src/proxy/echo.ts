@@ -4,14 +4,15 @@
  * debugging endpoint) would hand the child the value; the proxy ends the connection instead.
  *
  * The value is looked for as it is and in the encoded forms masking knows (hex, base64...). The
- * last bytes of each piece are held back until the next piece (or until nothing more is there to
- * read), so a value split across two reads is still seen whole when both come at once; and what
- * went on is still looked through, so one whose first bytes went on is stopped before the rest
- * does (the child then has fewer than all its bytes). This is
+ * last bytes of each piece are held back until the next piece, or until the answer they belong to
+ * has come whole (by its HTTP framing, answers.ts), so a value split across two reads is seen
+ * whole however far apart they come; and what went on is still looked through, so one whose
+ * first bytes went on (before an answer's end) is stopped before the rest does. This is
  * defence in depth: the first defence is that placeholders are replaced only in the headers the
  * policy names, and never in a request that echoes itself (TRACE).
  */
 import type tls from 'node:tls';
+import { AnswerFramer } from './answers.js';
 import { securePooled, secureRelease, zero, type SecureBuffer } from '../lib/secure.js';
 
 export class EchoWatch {
@@ -24,6 +25,8 @@ export class EchoWatch {
   private seen = 0;
   /** How many of them, at its end, are not sent on yet. */
   private held = 0;
+  /** How many bytes came in all. */
+  private total = 0;
   private readonly keep: number;
   private closed = false;
 
@@ -52,6 +55,7 @@ export class EchoWatch {
           this.wipe();
           return undefined;
         }
+      this.total += chunk.length;
       const from = all.length - chunk.length - this.held;
       const cut = Math.max(from, all.length - this.keep);
       const start = Math.max(0, all.length - this.keep);
@@ -64,11 +68,16 @@ export class EchoWatch {
     }
   }
 
-  /** The bytes held back (none of them a whole value), to go on now: a copy, as push's. */
-  flush(): Buffer {
+  /**
+   * The bytes held back (none of them a whole value) that came before the offset upTo of the
+   * stream (all of them without it), to go on now: a copy, as push's.
+   */
+  flush(upTo = this.total): Buffer {
     if (this.closed) return Buffer.alloc(0);
-    const out = Buffer.from(this.tail.subarray(this.seen - this.held, this.seen));
-    this.held = 0;
+    const n = Math.max(0, Math.min(this.held, upTo - (this.total - this.held)));
+    const from = this.seen - this.held;
+    const out = Buffer.from(this.tail.subarray(from, from + n));
+    this.held -= n;
     return out;
   }
 
@@ -95,30 +104,36 @@ function pass(child: tls.TLSSocket, bytes: Buffer): boolean {
 
 /**
  * Passes a bound host's answers (up) to the child, watched: one that holds a value destroys both
- * connections and calls echoed. What was held back goes on once nothing more is there to read
- * (the upstream is not paused and has nothing buffered: the next turn of the event loop after
- * its last read), or when the answer ends. A child that reads slowly pauses the upstream; while
- * paused, nothing held goes on, so the next read is looked at with it (an attack review had the
- * whole value pass a watch that flushed while paused, straddling two TLS records).
+ * connections and calls echoed. What was held back goes on when the next read comes, or, up to
+ * where the last whole answer ended, once nothing more is there to read (the upstream is not
+ * paused and has nothing buffered: the next turn of the event loop after its last read), or when
+ * the connection ends. Never before an answer's end: a child that had a host echo a value
+ * straddling two TLS records, the second still on the network, got all but its last byte from
+ * a watch that let held bytes go whenever the upstream was idle (found in review, 2026-12-07).
+ * A child that reads slowly pauses the upstream; while paused, nothing held goes on, so the next
+ * read is looked at with it (an attack review had the whole value pass a watch that flushed
+ * while paused). Returns what the caller tells it of each request sent upstream, in order.
  */
 export function watchAnswers(
   up: tls.TLSSocket,
   child: tls.TLSSocket,
   forms: readonly SecureBuffer[],
   echoed: () => void,
-): void {
+): AnswerFramer {
   const watch = new EchoWatch(forms);
+  const framer = new AnswerFramer();
   let flush: NodeJS.Immediate | undefined;
   const later = () => {
     clearImmediate(flush);
     flush = setImmediate(() => {
       if (up.isPaused() || up.readableLength > 0) return;
-      const rest = watch.flush();
+      const rest = watch.flush(framer.boundary);
       if (rest.length > 0) pass(child, rest);
     });
   };
   up.on('data', (chunk: Buffer) => {
     clearImmediate(flush);
+    framer.push(chunk);
     const out = watch.push(chunk);
     if (out === undefined) {
       echoed();
@@ -144,4 +159,5 @@ export function watchAnswers(
     clearImmediate(flush);
     watch.close();
   });
+  return framer;
 }

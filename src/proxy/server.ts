@@ -21,6 +21,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import { secureFree, type SecureBuffer } from '../lib/secure.js';
 import type { RunCa } from './ca.js';
+import type { AnswerFramer } from './answers.js';
 import { watchAnswers } from './echo.js';
 import { FramingError, RequestFramer, type FrameEvent } from './framer.js';
 import { randomBase62 } from './placeholder.js';
@@ -323,7 +324,7 @@ export class ProxyServer {
     child.on('error', () => up.destroy());
     child.on('close', () => up.destroy());
     up.on('close', () => child.destroy());
-    watchAnswers(up, child, this.h.forms, () => {
+    const answers = watchAnswers(up, child, this.h.forms, () => {
       void this.block(`${host} sent a value back in its answer; the connection was ended`, host, {
         host,
         pid,
@@ -342,7 +343,7 @@ export class ProxyServer {
       }
       child.pause();
       work = work
-        .then(() => this.forward(child, up, pid, host, port, events))
+        .then(() => this.forward(child, up, pid, host, port, events, answers))
         .then(
           (go) => {
             if (go) child.resume();
@@ -362,6 +363,7 @@ export class ProxyServer {
     host: string,
     port: number,
     events: FrameEvent[],
+    answers: AnswerFramer,
   ): Promise<boolean> {
     for (const e of events) {
       if (child.destroyed || up.destroyed) return false;
@@ -411,6 +413,7 @@ export class ProxyServer {
         return false;
       }
       const out = withValues(p);
+      answers.expect(e.method);
       up.write(out, () => {
         if (out !== p.head) secureFree(out as SecureBuffer);
       });

@@ -1,0 +1,341 @@
+/**
+ * Where a bound host's answers end, read off their HTTP/1.1 framing (RFC 9112, 6.3), so the echo
+ * watch (echo.ts) lets the bytes it holds back go on only where a message ends: never in the
+ * middle of one, however long the rest of it takes to come. A watch that let them go "once
+ * nothing more is there to read" gave a child all but the last byte of a value it had a host
+ * echo, straddling two TLS records with the second still on the network (found in review,
+ * 2026-12-07). Where a message ends depends on the framing alone, never on whether the bytes
+ * could begin a value (a hold that did was an oracle for the value, and was taken back).
+ *
+ * The bytes are read one by one where they are framing (the status line, the headers, chunk
+ * lines) and skipped by count where they are body; nothing is kept but numbers, so an answer
+ * that holds a value leaves no copy here. What can't be read as an answer (a malformed status
+ * line or length, a coding other than chunked, no length at all, a tunnel, an upgrade to
+ * anything but a WebSocket) is a stream that ends with its connection: held back until then,
+ * never let go early. A WebSocket's frames end where their lengths say (RFC 6455, 5.2).
+ */
+
+/** The longest answer head read before the rest is taken as a stream. */
+const MAX_HEAD = 256 * 1024;
+const CONTENT_LENGTH = 'content-length';
+const TRANSFER_ENCODING = 'transfer-encoding';
+const CHUNKED = 'chunked';
+const UPGRADE = 'upgrade';
+const WEBSOCKET = 'websocket';
+const LF = 0x0a;
+const CR = 0x0d;
+const isOws = (c: number) => c === 0x20 || c === 0x09;
+const lower = (c: number) => (c >= 0x41 && c <= 0x5a ? c + 0x20 : c);
+
+type State =
+  | 'status'
+  | 'header'
+  | 'length'
+  | 'chunk-size'
+  | 'chunk-ext'
+  | 'chunk-data'
+  | 'chunk-cr'
+  | 'chunk-lf'
+  | 'trailers'
+  | 'ws-head'
+  | 'ws-data'
+  | 'stream';
+
+export class AnswerFramer {
+  private state: State = 'status';
+  /** Bytes read in all, and where the last whole message ended (offsets in the stream). */
+  private total = 0;
+  private ended = 0;
+  /** The methods of the requests sent on, oldest first: a HEAD's answer has no body. */
+  private readonly methods: string[] = [];
+
+  // The message being read.
+  private headBytes = 0;
+  private status = 0;
+  /** Where in the current line: its length so far. */
+  private col = 0;
+  /**
+   * The current header's name still matches these (bit 1: Content-Length, 2: Transfer-Encoding,
+   * 4: Upgrade).
+   */
+  private names = 0;
+  /** Reading the value of: -1 the name, 0 none (skipping), 1 Content-Length, 2 Transfer-Encoding, 4 Upgrade. */
+  private field = 0;
+  private length = -1;
+  private badLength = false;
+  private lineLength = -1;
+  private coded = false;
+  private chunked = false;
+  /** In a Transfer-Encoding value: how much of "chunked" the current coding matches, -1 none. */
+  private coding = 0;
+  private left = 0;
+  private digits = 0;
+  /** An Upgrade header says websocket (how much of it matches, -1 none). */
+  private websocket = -1;
+  /** In a WebSocket frame's head: bytes read of it, and how many it has. */
+  private wsAt = 0;
+  private wsHead = 2;
+  private wsLength = 0;
+
+  /** A request went on upstream with this method; its answer comes in turn. */
+  expect(method: string): void {
+    this.methods.push(method.toUpperCase());
+  }
+
+  /** Where the last whole message ended: no byte before it belongs to a message still coming. */
+  get boundary(): number {
+    return this.ended;
+  }
+
+  /** Bytes read in all. */
+  get read(): number {
+    return this.total;
+  }
+
+  /** Reads a chunk's framing; keeps nothing of it. */
+  push(chunk: Buffer): void {
+    let i = 0;
+    while (i < chunk.length) {
+      const st = this.state;
+      if (st === 'stream') break;
+      if (st === 'length' || st === 'chunk-data' || st === 'ws-data') {
+        const n = Math.min(this.left, chunk.length - i);
+        i += n;
+        this.left -= n;
+        if (this.left === 0) {
+          if (st === 'length') this.end(i);
+          else if (st === 'ws-data') this.wsEnd(i);
+          else this.state = 'chunk-cr';
+        }
+        continue;
+      }
+      this.byte(chunk[i] ?? 0, i + 1);
+      i++;
+    }
+    this.total += chunk.length;
+  }
+
+  /** One byte of framing; at is the chunk offset just past it. */
+  private byte(c: number, at: number): void {
+    switch (this.state) {
+      case 'status':
+      case 'header':
+        return this.headByte(c, at);
+      case 'chunk-size':
+        return this.chunkSizeByte(c);
+      case 'chunk-ext':
+        if (c === LF) this.chunkLineEnd();
+        return;
+      case 'ws-head':
+        return this.wsByte(c, at);
+      case 'chunk-cr':
+        this.state = c === CR ? 'chunk-lf' : c === LF ? 'chunk-size' : 'stream';
+        this.digits = 0;
+        return;
+      case 'chunk-lf':
+        this.state = c === LF ? 'chunk-size' : 'stream';
+        return;
+      case 'trailers':
+        if (c === LF) {
+          if (this.col === 0) return this.end(at);
+          this.col = 0;
+        } else if (c !== CR || this.col > 0) this.col++;
+        return;
+      default:
+        return;
+    }
+  }
+
+  private headByte(c: number, at: number): void {
+    if (++this.headBytes > MAX_HEAD) return void (this.state = 'stream');
+    if (this.state === 'status') {
+      if (c === LF) {
+        if (this.status < 100) return void (this.state = 'stream');
+        this.state = 'header';
+        this.col = 0;
+        return;
+      }
+      // "HTTP/1.x NNN": anything else is no answer this framer can read.
+      const n = this.col++;
+      const want = 'HTTP/1.'.charCodeAt(n);
+      if (n < 7) {
+        if (c !== want) this.state = 'stream';
+      } else if (n === 7) {
+        if (c !== 0x30 && c !== 0x31) this.state = 'stream';
+      } else if (n === 8) {
+        if (c !== 0x20) this.state = 'stream';
+      } else if (n < 12) {
+        if (c < 0x30 || c > 0x39) this.state = 'stream';
+        else this.status = this.status * 10 + (c - 0x30);
+      } else if (n === 12 && c !== 0x20 && c !== CR) this.state = 'stream';
+      return;
+    }
+    // A header line.
+    if (c === LF) {
+      if (this.col === 0) return this.headEnd(at);
+      this.fieldEnd();
+      this.col = 0;
+      return;
+    }
+    if (c === CR) return;
+    const n = this.col++;
+    if (n === 0) {
+      this.names = 7;
+      this.field = -1;
+    }
+    if (this.field === -1) {
+      // The name, matched as it comes against the two that frame a message.
+      if (c === 0x3a) {
+        this.field =
+          this.names & 1 && n === CONTENT_LENGTH.length
+            ? 1
+            : this.names & 2 && n === TRANSFER_ENCODING.length
+              ? 2
+              : this.names & 4 && n === UPGRADE.length
+                ? 4
+                : 0;
+        if (this.field === 4) this.websocket = 0;
+        if (this.field === 1) this.lineLength = -1;
+        if (this.field === 2) {
+          this.coded = true;
+          this.coding = 0;
+          this.chunked = false;
+        }
+        return;
+      }
+      if (lower(c) !== CONTENT_LENGTH.charCodeAt(n)) this.names &= ~1;
+      if (lower(c) !== TRANSFER_ENCODING.charCodeAt(n)) this.names &= ~2;
+      if (lower(c) !== UPGRADE.charCodeAt(n)) this.names &= ~4;
+      return;
+    }
+    if (this.field === 4) {
+      // "websocket" alone, any case, with space around it.
+      if (isOws(c)) {
+        if (this.websocket > 0 && this.websocket < WEBSOCKET.length) this.websocket = -1;
+      } else if (this.websocket >= 0 && this.websocket < WEBSOCKET.length)
+        this.websocket =
+          lower(c) === WEBSOCKET.charCodeAt(this.websocket) ? this.websocket + 1 : -1;
+      else this.websocket = -1;
+      return;
+    }
+    if (this.field === 1) {
+      if (isOws(c)) return;
+      if (c < 0x30 || c > 0x39 || this.lineLength > 1e14) this.badLength = true;
+      else this.lineLength = Math.max(0, this.lineLength) * 10 + (c - 0x30);
+    } else if (this.field === 2) {
+      if (c === 0x2c) {
+        this.coding = 0;
+        this.chunked = false;
+      } else if (isOws(c)) {
+        if (this.coding > 0 && this.coding < CHUNKED.length) this.coding = -1;
+      } else if (this.coding >= 0 && this.coding < CHUNKED.length) {
+        this.coding = lower(c) === CHUNKED.charCodeAt(this.coding) ? this.coding + 1 : -1;
+        this.chunked = this.coding === CHUNKED.length;
+      } else {
+        this.coding = -1;
+        this.chunked = false;
+      }
+    }
+  }
+
+  /** A header line ended: a Content-Length's value is taken (two that differ are malformed). */
+  private fieldEnd(): void {
+    if (this.field === 1) {
+      if (this.lineLength < 0) this.badLength = true;
+      else if (this.length >= 0 && this.length !== this.lineLength) this.badLength = true;
+      else this.length = this.lineLength;
+    }
+    if (this.field === -1) this.field = 0;
+  }
+
+  /** The blank line: where this message's body ends follows from its status, method and headers. */
+  private headEnd(at: number): void {
+    const status = this.status;
+    if (status >= 100 && status < 200) {
+      // 101: the connection is another protocol now, framed as a WebSocket's if it says so.
+      // Other 1xx: the final answer still comes.
+      if (status === 101) {
+        if (this.websocket !== WEBSOCKET.length) return void (this.state = 'stream');
+        return this.wsEnd(at);
+      }
+      return this.end(at);
+    }
+    const method = this.methods.shift() ?? 'GET';
+    if (method === 'HEAD' || status === 204 || status === 304) return this.end(at);
+    if (method === 'CONNECT' && status < 300) return void (this.state = 'stream');
+    if (this.coded) {
+      if (!this.chunked) return void (this.state = 'stream');
+      this.state = 'chunk-size';
+      this.digits = 0;
+      this.left = 0;
+      return;
+    }
+    if (this.badLength || this.length < 0) return void (this.state = 'stream');
+    if (this.length === 0) return this.end(at);
+    this.left = this.length;
+    this.state = 'length';
+  }
+
+  private chunkSizeByte(c: number): void {
+    const hex =
+      c >= 0x30 && c <= 0x39 ? c - 0x30 : lower(c) >= 0x61 && lower(c) <= 0x66 ? lower(c) - 87 : -1;
+    if (hex >= 0) {
+      if (++this.digits > 8) return void (this.state = 'stream');
+      this.left = this.left * 16 + hex;
+      return;
+    }
+    if (this.digits === 0) return void (this.state = 'stream');
+    if (c === LF) return this.chunkLineEnd();
+    if (c === 0x3b || c === CR || isOws(c)) this.state = 'chunk-ext';
+    else this.state = 'stream';
+  }
+
+  /** One byte of a WebSocket frame's head: its length, in 7, 16 or 64 bits, then a mask key. */
+  private wsByte(c: number, at: number): void {
+    const n = this.wsAt++;
+    if (n === 1) {
+      const len = c & 0x7f;
+      this.wsLength = len === 126 ? 2 : len === 127 ? 8 : 0;
+      this.wsHead = 2 + this.wsLength + (c & 0x80 ? 4 : 0);
+      this.left = this.wsLength === 0 ? len : 0;
+    } else if (n >= 2 && n < 2 + this.wsLength) {
+      // A longer length, most significant byte first (past 2^53 it can't be counted).
+      if (this.left >= 2 ** 45) return void (this.state = 'stream');
+      this.left = this.left * 256 + c;
+    }
+    if (this.wsAt < this.wsHead) return;
+    if (this.left === 0) return this.wsEnd(at);
+    this.state = 'ws-data';
+  }
+
+  /** A WebSocket frame ended at chunk offset at. */
+  private wsEnd(at: number): void {
+    this.ended = this.total + at;
+    this.state = 'ws-head';
+    this.wsAt = 0;
+    this.wsHead = 2;
+    this.left = 0;
+  }
+
+  private chunkLineEnd(): void {
+    if (this.left === 0) {
+      this.state = 'trailers';
+      this.col = 0;
+    } else this.state = 'chunk-data';
+  }
+
+  /** A message ended at chunk offset at (push adds the chunk to total after). */
+  private end(at: number): void {
+    this.ended = this.total + at;
+    this.state = 'status';
+    this.headBytes = 0;
+    this.status = 0;
+    this.col = 0;
+    this.field = 0;
+    this.length = -1;
+    this.badLength = false;
+    this.coded = false;
+    this.chunked = false;
+    this.websocket = -1;
+  }
+}
