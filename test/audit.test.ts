@@ -458,6 +458,7 @@ describe("the verifier's tag check", () => {
           `const { TagChecker } = await import(${JSON.stringify(path.join(ROOT, 'dist/src/audit/keys.js'))});
 const { secureAlloc } = await import(${JSON.stringify(path.join(ROOT, 'dist/src/lib/secure.js'))});
 const { sodium } = await import(${JSON.stringify(path.join(ROOT, 'dist/src/lib/sodium.js'))});
+globalThis.marker = 'a marker the scan must find';
 const tags = TagChecker.create();
 const key = secureAlloc(32);
 sodium.randombytes_buf(key);
@@ -488,20 +489,22 @@ process.stdin.once('data', () => {
         assert.equal(path_, 'fast', 'the fast path is the one under test');
         const key = Buffer.from(hex ?? '', 'hex');
         assert.equal(key.length, 32);
-        const needles = scheduleWords(key);
+        // The marker, in the child's heap, shows the scan finds what is there.
+        const marker = Buffer.from('a marker the scan must find');
+        const needles = [...scheduleWords(key), marker];
         const pid = child.pid ?? 0;
         // Keyed: the key and its states live in secure (locked) memory only. (Before a934f6b
         // 68 schedule words of K ^ opad were on koffi's stack here.)
         assert.deepEqual(
-          scanMemory(pid, needles, unlockedMappings).map((b) => b.toString('hex')),
-          [],
+          scanMemory(pid, needles, unlockedMappings).map((b) => b.toString()),
+          [marker.toString()],
           'key-derived words outside secure memory while keyed',
         );
         child.stdin.write('free\n');
         await said('freed');
         assert.deepEqual(
-          scanMemory(pid, needles).map((b) => b.toString('hex')),
-          [],
+          scanMemory(pid, needles).map((b) => b.toString()),
+          [marker.toString()],
           'key-derived words anywhere after free()',
         );
       } finally {
