@@ -6,7 +6,7 @@
  * only the placeholder.
  */
 import assert from 'node:assert/strict';
-import { execFile, execFileSync, spawn } from 'node:child_process';
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
@@ -51,6 +51,7 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
   const ports = new Map<string, number>();
   let h: AgentHome;
   let policy = '';
+  let py: ChildProcess | undefined;
 
   /** An upstream on ip that records each request and answers with what it got. */
   async function upstream(
@@ -81,7 +82,9 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
           slow.push(() => res.end(echo.slice(-10)));
           return;
         }
-        // Answers whose end only their framing tells, on a connection the host keeps open.
+        // Answers whose end only their framing tells, on a connection the host keeps open
+        // although the proxy asked it to close (as a server may).
+        if (/^\/(head|no-content|continue|chunked)/.test(req.url ?? '')) res.shouldKeepAlive = true;
         if (req.url?.startsWith('/no-content')) return void res.writeHead(204).end();
         if (req.url?.startsWith('/chunked')) {
           res.write(`${'c'.repeat(500)}\n`);
@@ -110,8 +113,18 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
   before(async () => {
     const c = upstreamCertificates(
       dir,
-      [1, 2, 3, 4, 5, 6, 7, 8].map((i) => `127.0.0.${i}`),
+      [1, 2, 3, 4, 5, 6, 7, 8, 9].map((i) => `127.0.0.${i}`),
     );
+    // Python's own http.server, which reads a body it leaves unread as the next request.
+    py = spawn(
+      'python3',
+      [path.join(ROOT, 'test/fixtures/py-upstream.py'), '127.0.0.9', 'srv.pem', 'srv.key'],
+      { cwd: dir, stdio: ['pipe', 'pipe', 'ignore'] },
+    );
+    const pyPort = await new Promise<number>((resolve) =>
+      py?.stdout?.once('data', (d: Buffer) => resolve(Number(d.toString().trim()))),
+    );
+    ports.set('py', pyPort);
     await upstream('a', '127.0.0.1', c.good);
     await upstream('b', '127.0.0.2', c.good);
     await upstream('plain', '127.0.0.2', undefined);
@@ -151,6 +164,7 @@ proxy:
     127.0.0.6: { secret: gh/confirmed, port: ${ports.get('confirm')} }
     127.0.0.7: { secret: gh/high, port: ${ports.get('hv')} }
     127.0.0.8: { secret: gh/only, port: ${ports.get('only')} }
+    127.0.0.9: { secret: gh/token, port: ${ports.get('py')} }
 rate_limits:
   domains:
     127.0.0.5: { requests_per_minute: 1, burst: 2 }
@@ -172,6 +186,7 @@ rate_limits:
 
   after(async () => {
     for (const x of homes) await stopAgent(x);
+    py?.kill();
     for (const s of servers) {
       s.close();
       (s as http.Server).closeAllConnections();
@@ -720,7 +735,25 @@ open(sys.argv[3]).read()
     assert.match(String(last?.reason), /127\.0\.0\.1 sent a value back in its answer/);
   });
 
+  test("found in review: a body Python's http.server leaves unread, read by it as a HEAD, puts no answer's end inside the echo that follows", async () => {
+    const out = path.join(dir, 'smuggle-out');
+    const r = await proxied(
+      `python3 '${path.join(ROOT, 'test/fixtures/smuggle-child.py')}' 127.0.0.9 ${ports.get('py')} '${out}' 33`,
+      ['--no-masking'],
+    );
+    // Whatever came (the proxy says Connection: close, so the server answers the first request
+    // only), none of the value: the held bytes went on only where the first answer ended.
+    py?.stdin?.write('go\n');
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(r.stdout, /done \d+/);
+    const got = fs.readFileSync(out, 'latin1');
+    assert.ok(got.includes('hello'), got);
+    assert.ok(!got.includes(TOKEN.slice(0, 4)), 'none of the value');
+    assert.ok(!got.includes(TOKEN.slice(4, 12)), 'none of the value');
+  });
+
   test('an answer goes on whole once its framing says it has come, on a connection the host keeps open: a HEAD, a 204, a 100 Continue, a chunked one', async () => {
+    // Each request the proxy sends says Connection: close; the host ignores it here.
     const body = path.join(dir, 'continue-body');
     fs.writeFileSync(body, 'b'.repeat(100));
     const base = url('a', '127.0.0.1', '');
@@ -742,6 +775,8 @@ open(sys.argv[3]).read()
     const got = seen.filter((x) => x.ip === '127.0.0.1').map((x) => `${x.method} ${x.url}`);
     for (const want of ['HEAD /head', 'GET /no-content', 'POST /continue', 'GET /chunked'])
       assert.ok(got.includes(want), want);
+    const chunked = seen.filter((x) => x.url === '/chunked').at(-1);
+    assert.match(chunked?.raw ?? '', /"Connection","close"/);
   });
 
   test('a lock ends the answers on their way, which could hold a value the watch no longer knows', async () => {

@@ -1,20 +1,29 @@
 /**
- * Where a bound host's answers end, read off their HTTP/1.1 framing (RFC 9112, 6.3), so the echo
- * watch (echo.ts) lets the bytes it holds back go on only where a message ends: never in the
+ * Where a bound host's answer ends, read off its HTTP/1.1 framing (RFC 9112, 6.3), so the echo
+ * watch (echo.ts) lets the bytes it holds back go on only where an answer ends: never in the
  * middle of one, however long the rest of it takes to come. A watch that let them go "once
  * nothing more is there to read" gave a child all but the last byte of a value it had a host
  * echo, straddling two TLS records with the second still on the network (found in review,
- * 2026-12-07). Where a message ends depends on the framing alone, never on whether the bytes
+ * 2026-12-07). Where an answer ends depends on the framing alone, never on whether the bytes
  * could begin a value (a hold that did was an oracle for the value, and was taken back).
+ *
+ * Only the first exchange of a connection is read: its interim (1xx) answers, its final answer,
+ * and after a switch to a WebSocket, each frame. Every request the proxy sends a bound host says
+ * `Connection: close` (request.ts), so that answer is the last. Which answer belongs to which
+ * request is for the server to say, and the child can make it read them otherwise than the
+ * proxy (a body the server leaves unread and takes as the next request, a method spelled in
+ * another case): a framer that followed the answers after the first put an answer's end inside
+ * the next, at a place the child chose (found in review of this framer, with Python's
+ * http.server and Go's net/http). So what comes after the first answer is a stream, with no end
+ * but its connection's.
  *
  * The bytes are read one by one where they are framing (the status line, the headers, chunk
  * lines) and skipped by count where they are body; nothing is kept but numbers, so an answer
  * that holds a value leaves no copy here. What can't be read as an answer (a malformed status
- * line or length, a coding other than chunked, no length at all, a tunnel, an upgrade to
- * anything but a WebSocket) is a stream that ends with its connection: held back until then,
- * never let go early. A WebSocket's frames end where their lengths say (RFC 6455, 5.2).
+ * line or length, a coding other than chunked, no length at all, a switch to anything but a
+ * WebSocket) is a stream too: held back until the next read or the connection's end, never let
+ * go early.
  */
-
 /** The longest answer head read before the rest is taken as a stream. */
 const MAX_HEAD = 256 * 1024;
 const CONTENT_LENGTH = 'content-length';
@@ -46,8 +55,8 @@ export class AnswerFramer {
   /** Bytes read in all, and where the last whole message ended (offsets in the stream). */
   private total = 0;
   private ended = 0;
-  /** The methods of the requests sent on, oldest first: a HEAD's answer has no body. */
-  private readonly methods: string[] = [];
+  /** The method of the connection's first request, as sent: a HEAD's answer has no body. */
+  private method: string | undefined;
 
   // The message being read.
   private headBytes = 0;
@@ -77,9 +86,9 @@ export class AnswerFramer {
   private wsHead = 2;
   private wsLength = 0;
 
-  /** A request went on upstream with this method; its answer comes in turn. */
+  /** A request went on upstream with this method (the first one is the one that counts). */
   expect(method: string): void {
-    this.methods.push(method.toUpperCase());
+    this.method ??= method;
   }
 
   /** Where the last whole message ended: no byte before it belongs to a message still coming. */
@@ -258,11 +267,12 @@ export class AnswerFramer {
         if (this.websocket !== WEBSOCKET.length) return void (this.state = 'stream');
         return this.wsEnd(at);
       }
-      return this.end(at);
+      return this.end(at, true);
     }
-    const method = this.methods.shift() ?? 'GET';
-    if (method === 'HEAD' || status === 204 || status === 304) return this.end(at);
-    if (method === 'CONNECT' && status < 300) return void (this.state = 'stream');
+    // An answer with no request sent: nothing to read it by. (Methods are case-sensitive: only
+    // HEAD is HEAD. A CONNECT never reaches a bound host.)
+    if (this.method === undefined || this.method === 'CONNECT') return void (this.state = 'stream');
+    if (this.method === 'HEAD' || status === 204 || status === 304) return this.end(at);
     if (this.coded) {
       if (!this.chunked) return void (this.state = 'stream');
       this.state = 'chunk-size';
@@ -324,10 +334,13 @@ export class AnswerFramer {
     } else this.state = 'chunk-data';
   }
 
-  /** A message ended at chunk offset at (push adds the chunk to total after). */
-  private end(at: number): void {
+  /**
+   * An answer ended at chunk offset at (push adds the chunk to total after): an interim one, and
+   * the final answer is read next; or the final one, and what follows is a stream.
+   */
+  private end(at: number, interim = false): void {
     this.ended = this.total + at;
-    this.state = 'status';
+    this.state = interim ? 'status' : 'stream';
     this.headBytes = 0;
     this.status = 0;
     this.col = 0;

@@ -5,8 +5,8 @@
  *
  * The value is looked for as it is and in the encoded forms masking knows (hex, base64...). The
  * last bytes of each piece are held back until the next piece, or until the answer they belong to
- * has come whole (by its HTTP framing, answers.ts), so a value split across two reads is seen
- * whole however far apart they come; and what went on is still looked through, so one whose
+ * has come whole (by its HTTP framing, the first answer of a connection only: answers.ts), or the
+ * connection ends, so a value split across two reads is seen whole however far apart they come; and what went on is still looked through, so one whose
  * first bytes went on (before an answer's end) is stopped before the rest does. This is
  * defence in depth: the first defence is that placeholders are replaced only in the headers the
  * policy names, and never in a request that echoes itself (TRACE).
