@@ -79,7 +79,9 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
           const echo = `${'p'.repeat(2000)} echo ${req.headers.authorization ?? ''}\n`;
           res.setHeader('Content-Length', Buffer.byteLength(echo));
           res.write(echo.slice(0, -10));
-          slow.push(() => res.end(echo.slice(-10)));
+          // ?cut: the rest never comes; the connection ends (a relay that cuts it, say).
+          if (req.url.includes('cut')) slow.push(() => req.socket.destroy());
+          else slow.push(() => res.end(echo.slice(-10)));
           return;
         }
         // Answers whose end only their framing tells, on a connection the host keeps open
@@ -733,6 +735,28 @@ open(sys.argv[3]).read()
       .filter((e) => e.type === 'proxy.block')
       .at(-1);
     assert.match(String(last?.reason), /127\.0\.0\.1 sent a value back in its answer/);
+  });
+
+  test('found in review: a connection cut inside an echoed value gives the child none of the value: what was held back is dropped', async () => {
+    const out = path.join(dir, 'cut-out');
+    const run = proxied(
+      `${CURL} -sS -N -o '${out}' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/split-echo?cut')}'; echo "exit $?"`,
+      ['--no-masking'],
+    );
+    await eventually(() => slow.length > 0, 'the request reached the upstream');
+    await eventually(
+      () => fs.existsSync(out) && fs.readFileSync(out, 'latin1').includes('p'.repeat(1000)),
+      'the answer up to the value',
+    );
+    for (const cut of slow.splice(0)) cut();
+    const r = await run;
+    // curl says the answer was cut short: it was.
+    assert.match(r.stdout, /exit (18|56|35)/, r.stdout + r.stderr);
+    assert.ok(!fs.readFileSync(out, 'latin1').includes(TOKEN.slice(0, 4)), 'none of the value');
+    const last = auditEntries(h)
+      .filter((e) => e.type === 'proxy.block')
+      .at(-1);
+    assert.match(String(last?.reason), /127\.0\.0\.1's connection ended before its answer did/);
   });
 
   test("found in review: a body Python's http.server leaves unread, read by it as a HEAD, puts no answer's end inside the echo that follows", async () => {

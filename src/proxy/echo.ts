@@ -81,6 +81,11 @@ export class EchoWatch {
     return out;
   }
 
+  /** How many bytes it holds back, not sent on yet. */
+  get holding(): number {
+    return this.closed ? 0 : this.held;
+  }
+
   /** Forgets what it kept. */
   wipe(): void {
     if (this.closed) return;
@@ -105,20 +110,26 @@ function pass(child: tls.TLSSocket, bytes: Buffer): boolean {
 /**
  * Passes a bound host's answers (up) to the child, watched: one that holds a value destroys both
  * connections and calls echoed. What was held back goes on when the next read comes, or, up to
- * where the last whole answer ended, once nothing more is there to read (the upstream is not
- * paused and has nothing buffered: the next turn of the event loop after its last read), or when
- * the connection ends. Never before an answer's end: a child that had a host echo a value
- * straddling two TLS records, the second still on the network, got all but its last byte from
- * a watch that let held bytes go whenever the upstream was idle (found in review, 2026-12-07).
- * A child that reads slowly pauses the upstream; while paused, nothing held goes on, so the next
- * read is looked at with it (an attack review had the whole value pass a watch that flushed
- * while paused). Returns what the caller tells it of each request sent upstream, in order.
+ * where the connection's answer ended by its framing (answers.ts), once nothing more is there to
+ * read (the upstream is not paused and has nothing buffered: the next turn of the event loop
+ * after its last read) or the connection ends. Never before the answer's end: a child that had
+ * a host echo a value straddling two TLS records, the second still on the network, got all but
+ * its last byte from a watch that let held bytes go whenever the upstream was idle; and one
+ * whose relay cut the connection after the first record got them from a watch that let them go
+ * when it ended (found in review, 2026-12-07: a FIN with no TLS close_notify ends a Node TLS
+ * socket as cleanly as one with it). A connection that ends with bytes held past the answer's
+ * end (cut short, or an answer with no length, whose end can't be told from a cut) ends the
+ * child's connection abruptly, without them, and calls cut with their count. A child that reads
+ * slowly pauses the upstream; while paused, nothing held goes on, so the next read is looked at
+ * with it (an attack review had the whole value pass a watch that flushed while paused).
+ * Returns what the caller tells it of each request sent upstream.
  */
 export function watchAnswers(
   up: tls.TLSSocket,
   child: tls.TLSSocket,
   forms: readonly SecureBuffer[],
   echoed: () => void,
+  cut: (held: number) => void,
 ): AnswerFramer {
   const watch = new EchoWatch(forms);
   const framer = new AnswerFramer();
@@ -152,8 +163,15 @@ export function watchAnswers(
   });
   up.on('end', () => {
     clearImmediate(flush);
-    const rest = watch.flush();
-    child.end(rest, () => zero(rest));
+    const rest = watch.flush(framer.boundary);
+    const held = watch.holding;
+    if (held === 0) return void child.end(rest, () => zero(rest));
+    watch.wipe();
+    cut(held);
+    child.write(rest, () => {
+      zero(rest);
+      child.destroy();
+    });
   });
   up.on('close', () => {
     clearImmediate(flush);

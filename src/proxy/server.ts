@@ -324,12 +324,24 @@ export class ProxyServer {
     child.on('error', () => up.destroy());
     child.on('close', () => up.destroy());
     up.on('close', () => child.destroy());
-    const answers = watchAnswers(up, child, this.h.forms, () => {
-      void this.block(`${host} sent a value back in its answer; the connection was ended`, host, {
-        host,
-        pid,
-      });
-    });
+    const answers = watchAnswers(
+      up,
+      child,
+      this.h.forms,
+      () => {
+        void this.block(`${host} sent a value back in its answer; the connection was ended`, host, {
+          host,
+          pid,
+        });
+      },
+      (held) => {
+        void this.block(
+          `${host}'s connection ended before its answer did (or the answer had no length, whose end can't be told from a cut); its last ${held} bytes were not passed on`,
+          host,
+          { host, pid },
+        );
+      },
+    );
     const framer = new RequestFramer();
     let work = Promise.resolve();
     child.on('data', (chunk: Buffer) => {
