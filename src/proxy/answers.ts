@@ -52,9 +52,14 @@ type State =
 
 export class AnswerFramer {
   private state: State = 'status';
-  /** Bytes read in all, and where the last whole message ended (offsets in the stream). */
+  /**
+   * Bytes read in all; where the last whole message ended; and where the last one the host
+   * can't have miscounted on the child's say ended: an interim answer or a WebSocket frame
+   * (offsets in the stream).
+   */
   private total = 0;
   private ended = 0;
+  private settled = 0;
   /** The method of the connection's first request, as sent: a HEAD's answer has no body. */
   private method: string | undefined;
 
@@ -91,9 +96,19 @@ export class AnswerFramer {
     this.method ??= method;
   }
 
-  /** Where the last whole message ended: no byte before it belongs to a message still coming. */
+  /** Where the last whole message ended, by its framing. */
   get boundary(): number {
     return this.ended;
+  }
+
+  /**
+   * Where the last interim answer or WebSocket frame ended: what may go on whatever came after it.
+   * Not a final answer's end: its length is the host's to count, and a host that counts it wrong
+   * on bytes the child sends (characters for UTF-8 bytes, say) puts it inside a value (found in
+   * review). A final answer goes on when its end is where the bytes end, no more come after it.
+   */
+  get safe(): number {
+    return this.settled;
   }
 
   /** Bytes read in all. */
@@ -321,6 +336,7 @@ export class AnswerFramer {
   /** A WebSocket frame ended at chunk offset at. */
   private wsEnd(at: number): void {
     this.ended = this.total + at;
+    this.settled = this.ended;
     this.state = 'ws-head';
     this.wsAt = 0;
     this.wsHead = 2;
@@ -340,6 +356,7 @@ export class AnswerFramer {
    */
   private end(at: number, interim = false): void {
     this.ended = this.total + at;
+    if (interim) this.settled = this.ended;
     this.state = interim ? 'status' : 'stream';
     this.headBytes = 0;
     this.status = 0;

@@ -109,20 +109,22 @@ function pass(child: tls.TLSSocket, bytes: Buffer): boolean {
 
 /**
  * Passes a bound host's answers (up) to the child, watched: one that holds a value destroys both
- * connections and calls echoed. What was held back goes on when the next read comes, or, up to
- * where the connection's answer ended by its framing (answers.ts), once nothing more is there to
- * read (the upstream is not paused and has nothing buffered: the next turn of the event loop
- * after its last read) or the connection ends. Never before the answer's end: a child that had
- * a host echo a value straddling two TLS records, the second still on the network, got all but
- * its last byte from a watch that let held bytes go whenever the upstream was idle; and one
- * whose relay cut the connection after the first record got them from a watch that let them go
- * when it ended (found in review, 2026-12-07: a FIN with no TLS close_notify ends a Node TLS
- * socket as cleanly as one with it). A connection that ends with bytes held past the answer's
- * end (cut short, or an answer with no length, whose end can't be told from a cut) ends the
- * child's connection abruptly, without them, and calls cut with their count. A child that reads
- * slowly pauses the upstream; while paused, nothing held goes on, so the next read is looked at
- * with it (an attack review had the whole value pass a watch that flushed while paused).
- * Returns what the caller tells it of each request sent upstream.
+ * connections and calls echoed. What was held back goes on when the next read comes; or, once
+ * nothing more is there to read (the upstream is not paused and has nothing buffered: the next
+ * turn of the event loop after its last read) or the connection ends: all of it if the answer's
+ * framing ends exactly where the bytes do, else up to where an interim answer or a WebSocket frame
+ * ended (answers.ts). Never sooner: a child that had a host echo a value straddling two TLS
+ * records, the second still on the network, got all but its last byte from a watch that let held
+ * bytes go whenever the upstream was idle; one whose relay cut the connection after the first
+ * record got them from a watch that let them go when it ended (a FIN with no TLS close_notify ends
+ * a Node TLS socket as cleanly as one with it); and one whose host counted its Content-Length short
+ * (characters for the UTF-8 bytes the child sent) got them at that length's end, the rest already
+ * come (all found in review, 2026-12-07). A connection that ends with bytes held that its framing
+ * doesn't account for (cut short, an answer with no length, more than its length) ends the child's
+ * connection abruptly, without them, and calls cut with their count. A child that reads slowly
+ * pauses the upstream; while paused, nothing held goes on, so the next read is looked at with it
+ * (an attack review had the whole value pass a watch that flushed while paused). Returns what the
+ * caller tells it of each request sent upstream.
  */
 export function watchAnswers(
   up: tls.TLSSocket,
@@ -138,7 +140,7 @@ export function watchAnswers(
     clearImmediate(flush);
     flush = setImmediate(() => {
       if (up.isPaused() || up.readableLength > 0) return;
-      const rest = watch.flush(framer.boundary);
+      const rest = watch.flush(framer.boundary === framer.read ? framer.read : framer.safe);
       if (rest.length > 0) pass(child, rest);
     });
   };
@@ -163,7 +165,8 @@ export function watchAnswers(
   });
   up.on('end', () => {
     clearImmediate(flush);
-    const rest = watch.flush(framer.boundary);
+    const whole = framer.boundary === framer.read;
+    const rest = watch.flush(whole ? framer.read : framer.safe);
     const held = watch.holding;
     if (held === 0) return void child.end(rest, () => zero(rest));
     watch.wipe();
