@@ -804,6 +804,23 @@ open(sys.argv[3]).read()
     assert.match(String(last?.reason), /127\.0\.0\.1 sent a value back in its answer/);
   });
 
+  test('an answer with no length, whose end a cut would look the same as, reaches the child cut short and said so: a reset, and a record', async () => {
+    const out = path.join(dir, 'nolength-out');
+    const r = await proxied(
+      `${CURL} -sS -o '${out}' -H "Authorization: token $GITHUB_TOKEN" 'https://127.0.0.9:${ports.get('py')}/nolength'; echo "exit $?"`,
+    );
+    // Not exit 0: the child's client is told the answer did not end well.
+    assert.match(r.stdout, /exit (18|56|35)/, r.stdout + r.stderr);
+    assert.ok(fs.readFileSync(out, 'latin1').length < 1000);
+    const last = auditEntries(h)
+      .filter((e) => e.type === 'proxy.block')
+      .at(-1);
+    assert.match(
+      String(last?.reason),
+      /127\.0\.0\.9's connection ended before its answer did \(or the answer had no length/,
+    );
+  });
+
   test('an answer goes on whole when its connection ends after it, and a 100 Continue as soon as it comes: a HEAD, a 204, a 100 Continue, a chunked one', async () => {
     const body = path.join(dir, 'continue-body');
     fs.writeFileSync(body, 'b'.repeat(100));

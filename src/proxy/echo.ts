@@ -120,8 +120,9 @@ function pass(child: tls.TLSSocket, bytes: Buffer): boolean {
  * a Node TLS socket as cleanly as one with it); and one whose host counted its Content-Length short
  * (characters for the UTF-8 bytes the child sent) got them at that length's end, the rest already
  * come (all found in review, 2026-12-07). A connection that ends with bytes held that its framing
- * doesn't account for (cut short, an answer with no length, more than its length) ends the child's
- * connection abruptly, without them, and calls cut with their count. A child that reads slowly
+ * doesn't account for (cut short, an answer with no length, more than its length) passes none of
+ * what it holds and calls cut with their count, to end the child's connection with a reset (a
+ * clean end would tell the child's client an answer with no length was whole). A child that reads slowly
  * pauses the upstream; while paused, nothing held goes on, so the next read is looked at with it
  * (an attack review had the whole value pass a watch that flushed while paused). Returns what the
  * caller tells it of each request sent upstream.
@@ -169,12 +170,9 @@ export function watchAnswers(
     const rest = watch.flush(whole ? framer.read : framer.safe);
     const held = watch.holding;
     if (held === 0) return void child.end(rest, () => zero(rest));
+    zero(rest);
     watch.wipe();
     cut(held);
-    child.write(rest, () => {
-      zero(rest);
-      child.destroy();
-    });
   });
   up.on('close', () => {
     clearImmediate(flush);

@@ -26,45 +26,17 @@ import { watchAnswers } from './echo.js';
 import { FramingError, RequestFramer, type FrameEvent } from './framer.js';
 import { randomBase62 } from './placeholder.js';
 import { originHead, plan, withValues, type Binding, type Refusal } from './request.js';
-import { holderInTree, socketOf, type Pinned } from './tree.js';
+import { holderInTree, socketOf } from './tree.js';
 import { canonicalHost } from './host.js';
 import { answer, authority, CONNECT_TIMEOUT_MS, upstreamTls } from './wire.js';
+import type { ProxyHooks } from './hooks.js';
 
-export type ProxyEventType = 'proxy.substitute' | 'proxy.block' | 'proxy.limit';
+export type { ProxyEventType, ProxyHooks } from './hooks.js';
 
 /** The most connections one run's proxy holds at once. */
 const MAX_CONNECTIONS = 256;
 /** How long a connection may take to send its whole first request head (not between bytes). */
 const HEAD_TIMEOUT_MS = 30_000;
-
-export interface ProxyHooks {
-  /** The run's first process (its tree's root), pinned, while it runs; undefined once it exits. */
-  root(): Pinned | undefined;
-  /**
-   * Whether the secret may go out now: undefined, or why not (the agent locked, the policy now
-   * denies it, a person refused). May wait for a person (a high_value rule asks each time).
-   */
-  mayUse(
-    name: string,
-    req: { host: string; method: string; path: string },
-  ): Promise<string | undefined>;
-  /** An audit record; a substitution is forwarded only once its record is durable. */
-  record(
-    type: ProxyEventType,
-    decision: 'allow' | 'deny',
-    target: string,
-    reason: string | undefined,
-    details: Record<string, string | number | boolean | null>,
-  ): Promise<unknown>;
-  /** undefined: the domain's limit has room (one is taken); else ms until it has. */
-  limit(host: string): number | undefined;
-  /** Hosts no binding names: tunnelled, or refused. */
-  defaultAction: 'tunnel' | 'deny';
-  /** Certificates (PEM) an upstream server's chain must end in. */
-  trust: string[];
-  /** The values and their encoded forms, watched for in what bound hosts send back. */
-  forms: readonly SecureBuffer[];
-}
 
 type Head = Extract<FrameEvent, { type: 'head' }>;
 type Sock = net.Socket | tls.TLSSocket;
@@ -340,6 +312,7 @@ export class ProxyServer {
           host,
           { host, pid },
         );
+        s.resetAndDestroy();
       },
     );
     const framer = new RequestFramer();
