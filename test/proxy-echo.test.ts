@@ -39,9 +39,9 @@ test('without a flush, pieces go on whole and in order, the last bytes held unti
 });
 
 /** Where each message ends, by AnswerFramer, for answers fed in pieces of every size. */
-function boundaries(methods: string[], answer: string, piece: number): number[] {
+function boundaries(methods: string[], answer: string, piece: number, webSocket = false): number[] {
   const f = new AnswerFramer();
-  for (const m of methods) f.expect(m);
+  for (const m of methods) f.expect(m, webSocket);
   const seen: number[] = [];
   const bytes = Buffer.from(answer, 'latin1');
   for (let i = 0; i < bytes.length; i += piece) {
@@ -131,8 +131,7 @@ test("after a switch to a WebSocket, each frame's end is read off its length, wh
   const frames = [
     Buffer.from([0x81, 0x05, ...Buffer.from('hello')]),
     Buffer.concat([Buffer.from([0x82, 126, 0x01, 0x2c]), Buffer.alloc(300, 7)]),
-    // Masked (a server must not, but one might), and a 64-bit length.
-    Buffer.concat([Buffer.from([0x81, 0x83, 1, 2, 3, 4]), Buffer.from('abc')]),
+    // A 64-bit length.
     Buffer.concat([Buffer.from([0x82, 127, 0, 0, 0, 0, 0, 0, 0, 3]), Buffer.from('xyz')]),
     Buffer.from([0x89, 0x00]),
   ];
@@ -140,16 +139,31 @@ test("after a switch to a WebSocket, each frame's end is read off its length, wh
   const ends = [head.length];
   for (const f of frames) ends.push((ends.at(-1) ?? 0) + f.length);
   for (const piece of [1, 2, 3, 11, 5000]) {
-    const seen = boundaries(['GET'], all, piece);
+    const seen = boundaries(['GET'], all, piece, true);
     assert.deepEqual(seen, piece === 1 ? ends : seen.filter((b) => ends.includes(b)), `${piece}`);
     assert.equal(seen.at(-1), ends.at(-1));
+    // A 101 to a request that did not ask for a WebSocket: a stream.
+    assert.deepEqual(boundaries(['GET'], all, piece), [], `${piece}`);
+  }
+  // A masked frame (a server's never are), a reserved bit, an unknown opcode: no frames to read.
+  for (const bad of [
+    [0x81, 0x83, 1, 2, 3, 4, 97, 98, 99],
+    [0xc1, 0x01, 97],
+    [0x83, 0x01, 97],
+  ]) {
+    const x = Buffer.concat([
+      Buffer.from(head, 'latin1'),
+      Buffer.from(bad),
+      frames[0] ?? Buffer.alloc(0),
+    ]);
+    assert.deepEqual(boundaries(['GET'], x.toString('latin1'), 1, true), [head.length]);
   }
   // A frame longer than can be counted: a stream.
   const huge = Buffer.concat([
     Buffer.from(head, 'latin1'),
     Buffer.from([0x82, 127, 0xff, 0, 0, 0, 0, 0, 0, 1]),
   ]);
-  assert.deepEqual(boundaries(['GET'], huge.toString('latin1'), 1), [head.length]);
+  assert.deepEqual(boundaries(['GET'], huge.toString('latin1'), 1, true), [head.length]);
 });
 
 test("held bytes go on only up to the last answer's end; before it, only when more comes", () => {

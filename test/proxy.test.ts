@@ -84,6 +84,13 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
           else slow.push(() => res.end(echo.slice(-10)));
           return;
         }
+        // An echo in two chunks (no length set: Node sends each write as one), split inside the
+        // value, as Go's net/http splits an answer in chunks of 2,048 bytes.
+        if (req.url?.startsWith('/chunk-echo')) {
+          const echo = `echo ${req.headers.authorization ?? ''}\n`;
+          res.write(echo.slice(0, 20));
+          return void setImmediate(() => res.end(echo.slice(20)));
+        }
         // An echo whose host counts its Content-Length short (characters, say, for the UTF-8
         // bytes the child sent): its framed end falls inside the value.
         if (req.url?.startsWith('/short-echo')) {
@@ -780,6 +787,20 @@ open(sys.argv[3]).read()
     assert.ok(got.includes('hello'), got);
     assert.ok(!got.includes(TOKEN.slice(0, 4)), 'none of the value');
     assert.ok(!got.includes(TOKEN.slice(4, 12)), 'none of the value');
+  });
+
+  test("found in review: an echo split by the answer's own chunks is seen in its content, and ends the connection", async () => {
+    const out = path.join(dir, 'chunk-out');
+    const r = await proxied(
+      `${CURL} -sS -N -o '${out}' -H "Authorization: token $GITHUB_TOKEN" '${url('a', '127.0.0.1', '/chunk-echo')}'; echo "exit $?"`,
+      ['--no-masking'],
+    );
+    assert.doesNotMatch(r.stdout, /exit 0/, r.stdout + r.stderr);
+    assert.ok(!fs.existsSync(out) || !fs.readFileSync(out, 'latin1').includes(TOKEN.slice(-8)));
+    const last = auditEntries(h)
+      .filter((e) => e.type === 'proxy.block')
+      .at(-1);
+    assert.match(String(last?.reason), /127\.0\.0\.1 sent a value back in its answer/);
   });
 
   test('found in review: a host that counts its Content-Length short, its end inside an echoed value, gives the child none of the value', async () => {

@@ -62,6 +62,8 @@ export class AnswerFramer {
   private settled = 0;
   /** The method of the connection's first request, as sent: a HEAD's answer has no body. */
   private method: string | undefined;
+  /** Whether that request asked to switch to a WebSocket (a 101 is read as one only then). */
+  private askedWebSocket = false;
 
   // The message being read.
   private headBytes = 0;
@@ -91,9 +93,14 @@ export class AnswerFramer {
   private wsHead = 2;
   private wsLength = 0;
 
-  /** A request went on upstream with this method (the first one is the one that counts). */
-  expect(method: string): void {
-    this.method ??= method;
+  /**
+   * A request went on upstream with this method, asking to switch to a WebSocket or not (the
+   * first one is the one that counts).
+   */
+  expect(method: string, webSocket: boolean): void {
+    if (this.method !== undefined) return;
+    this.method = method;
+    this.askedWebSocket = webSocket;
   }
 
   /** Where the last whole message ended, by its framing. */
@@ -116,14 +123,19 @@ export class AnswerFramer {
     return this.total;
   }
 
-  /** Reads a chunk's framing; keeps nothing of it. */
-  push(chunk: Buffer): void {
+  /**
+   * Reads a chunk's framing; keeps nothing of it. body is given each run of an answer's content
+   * as it comes, without its framing (the data of each chunk, the payload of each WebSocket
+   * frame): a subarray of the chunk, to read and not keep.
+   */
+  push(chunk: Buffer, body?: (bytes: Buffer) => void): void {
     let i = 0;
     while (i < chunk.length) {
       const st = this.state;
       if (st === 'stream') break;
       if (st === 'length' || st === 'chunk-data' || st === 'ws-data') {
         const n = Math.min(this.left, chunk.length - i);
+        if (st !== 'length' && n > 0) body?.(chunk.subarray(i, i + n));
         i += n;
         this.left -= n;
         if (this.left === 0) {
@@ -279,7 +291,8 @@ export class AnswerFramer {
       // 101: the connection is another protocol now, framed as a WebSocket's if it says so.
       // Other 1xx: the final answer still comes.
       if (status === 101) {
-        if (this.websocket !== WEBSOCKET.length) return void (this.state = 'stream');
+        if (this.websocket !== WEBSOCKET.length || !this.askedWebSocket)
+          return void (this.state = 'stream');
         return this.wsEnd(at);
       }
       return this.end(at, true);
@@ -315,13 +328,18 @@ export class AnswerFramer {
     else this.state = 'stream';
   }
 
-  /** One byte of a WebSocket frame's head: its length, in 7, 16 or 64 bits, then a mask key. */
+  /** One byte of a WebSocket frame's head: its length, in 7, 16 or 64 bits. */
   private wsByte(c: number, at: number): void {
     const n = this.wsAt++;
+    // No extension was agreed (the proxy drops Sec-WebSocket-Extensions), so no RSV bit; a known
+    // opcode; and a server's frames are never masked. Anything else is no frame to read.
+    if (n === 0 && ((c & 0x70) !== 0 || ![0, 1, 2, 8, 9, 10].includes(c & 0x0f)))
+      return void (this.state = 'stream');
+    if (n === 1 && c & 0x80) return void (this.state = 'stream');
     if (n === 1) {
       const len = c & 0x7f;
       this.wsLength = len === 126 ? 2 : len === 127 ? 8 : 0;
-      this.wsHead = 2 + this.wsLength + (c & 0x80 ? 4 : 0);
+      this.wsHead = 2 + this.wsLength;
       this.left = this.wsLength === 0 ? len : 0;
     } else if (n >= 2 && n < 2 + this.wsLength) {
       // A longer length, most significant byte first (past 2^53 it can't be counted).

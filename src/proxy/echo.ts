@@ -30,9 +30,15 @@ export class EchoWatch {
   private readonly keep: number;
   private closed = false;
 
-  /** forms: the values and their encodings (owned by the caller, read only while it lives). */
-  constructor(private readonly forms: readonly SecureBuffer[]) {
-    this.keep = Math.max(0, ...forms.map((f) => f.length - 1));
+  /**
+   * forms: the values and their encodings (owned by the caller, read only while it lives).
+   * slack: bytes held back beyond a form's length (framing that may fall inside a value).
+   */
+  constructor(
+    private readonly forms: readonly SecureBuffer[],
+    slack = 0,
+  ) {
+    this.keep = Math.max(0, ...forms.map((f) => f.length - 1)) + slack;
     this.tail = securePooled(Math.max(1, this.keep));
   }
 
@@ -65,6 +71,26 @@ export class EchoWatch {
     } finally {
       zero(all);
       zero(chunk);
+    }
+  }
+
+  /**
+   * Whether a value is in piece with what came before it; nothing goes on from here (this watch
+   * reads an answer's content without its framing, beside the one that passes the bytes). piece
+   * is read, not kept or zeroed: it is part of a chunk the other watch has yet to read.
+   */
+  scan(piece: Buffer): boolean {
+    if (this.closed) return false;
+    const all = Buffer.concat([this.tail.subarray(0, this.seen), piece]);
+    try {
+      if (this.forms.some((f) => f.length > 0 && all.includes(f))) {
+        this.wipe();
+        return true;
+      }
+      this.seen = all.copy(this.tail, 0, Math.max(0, all.length - this.keep));
+      return false;
+    } finally {
+      zero(all);
     }
   }
 
@@ -102,6 +128,12 @@ export class EchoWatch {
   }
 }
 
+/**
+ * How much longer than a value the bytes are held: a few chunk lines (up to 8 hex digits, 12
+ * bytes each with their line ends) or WebSocket frame heads (up to 10 bytes) inside one.
+ */
+const FRAMING_SLACK = 64;
+
 /** Writes bytes the watch let through, and zeroes them once the socket took them. */
 function pass(child: tls.TLSSocket, bytes: Buffer): boolean {
   return child.write(bytes, () => zero(bytes));
@@ -134,7 +166,10 @@ export function watchAnswers(
   echoed: () => void,
   cut: (held: number) => void,
 ): AnswerFramer {
-  const watch = new EchoWatch(forms);
+  // Held back a little longer than a value: a chunk's line or a WebSocket frame's head may fall
+  // inside one, which the content's own watch finds.
+  const watch = new EchoWatch(forms, FRAMING_SLACK);
+  const content = new EchoWatch(forms);
   const framer = new AnswerFramer();
   let flush: NodeJS.Immediate | undefined;
   const later = () => {
@@ -147,8 +182,19 @@ export function watchAnswers(
   };
   up.on('data', (chunk: Buffer) => {
     clearImmediate(flush);
-    framer.push(chunk);
-    const out = watch.push(chunk);
+    // The content without its framing: a host that sends its answer in chunks (Go's net/http,
+    // 2,048 bytes each, with no length set) or a WebSocket message in frames can split a value
+    // with a chunk's line or a frame's head, which the bytes as they come would not show (found
+    // in review).
+    let inContent = false;
+    framer.push(chunk, (piece) => {
+      inContent ||= content.scan(piece);
+    });
+    if (inContent) {
+      zero(chunk);
+      watch.wipe();
+    }
+    const out = inContent ? undefined : watch.push(chunk);
     if (out === undefined) {
       echoed();
       up.destroy();
@@ -177,6 +223,7 @@ export function watchAnswers(
   up.on('close', () => {
     clearImmediate(flush);
     watch.close();
+    content.close();
   });
   return framer;
 }

@@ -398,7 +398,10 @@ export class ProxyServer {
         return false;
       }
       const out = withValues(p);
-      answers.expect(e.method);
+      answers.expect(
+        e.method,
+        e.headers.some(([k, v]) => k.toLowerCase() === 'upgrade' && /^\s*websocket\s*$/i.test(v)),
+      );
       up.write(out, () => {
         if (out !== p.head) secureFree(out as SecureBuffer);
       });
