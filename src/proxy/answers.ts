@@ -75,7 +75,10 @@ export class AnswerFramer {
    * 4: Upgrade).
    */
   private names = 0;
-  /** Reading the value of: -1 the name, 0 none (skipping), 1 Content-Length, 2 Transfer-Encoding, 4 Upgrade. */
+  /**
+   * What the current header line is being read for: -1 its name; its value, 0 skipped,
+   * 1 Content-Length, 2 Transfer-Encoding, 4 Upgrade.
+   */
   private field = 0;
   private length = -1;
   private badLength = false;

@@ -6,8 +6,10 @@
  * The value is looked for as it is and in the encoded forms masking knows (hex, base64...). The
  * last bytes of each piece are held back until the next piece, or until the answer they belong to
  * has come whole (by its HTTP framing, the first answer of a connection only: answers.ts), or the
- * connection ends, so a value split across two reads is seen whole however far apart they come; and what went on is still looked through, so one whose
- * first bytes went on (before an answer's end) is stopped before the rest does. This is
+ * connection ends, so a value split across two reads is seen whole however far apart they come.
+ * What went on is still looked through, so one whose first bytes went on (in an earlier answer)
+ * is stopped before the rest does. The content is looked through too, without its framing (chunk
+ * lines, WebSocket frame heads), so a value the host splits with its own framing is seen. This is
  * defence in depth: the first defence is that placeholders are replaced only in the headers the
  * policy names, and never in a request that echoes itself (TRACE).
  */
@@ -154,10 +156,10 @@ function pass(child: tls.TLSSocket, bytes: Buffer): boolean {
  * come (all found in review, 2026-12-07). A connection that ends with bytes held that its framing
  * doesn't account for (cut short, an answer with no length, more than its length) passes none of
  * what it holds and calls cut with their count, to end the child's connection with a reset (a
- * clean end would tell the child's client an answer with no length was whole). A child that reads slowly
- * pauses the upstream; while paused, nothing held goes on, so the next read is looked at with it
- * (an attack review had the whole value pass a watch that flushed while paused). Returns what the
- * caller tells it of each request sent upstream.
+ * clean end would tell the child's client an answer with no length was whole). A child that
+ * reads slowly pauses the upstream; while paused, nothing held goes on, so the next read is looked
+ * at with it (an attack review had the whole value pass a watch that flushed while paused).
+ * Returns what the caller tells it of each request sent upstream.
  */
 export function watchAnswers(
   up: tls.TLSSocket,
