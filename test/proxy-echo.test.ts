@@ -166,6 +166,33 @@ test("after a switch to a WebSocket, each frame's end is read off its length, wh
   assert.deepEqual(boundaries(['GET'], huge.toString('latin1'), 1, true), [head.length]);
 });
 
+test('found in review: inside a WebSocket message sent in fragments, no frame ends it but its last, and a ping between them is not its content', () => {
+  const head =
+    'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n';
+  const frames = [
+    Buffer.from([0x01, 0x03, ...Buffer.from('abc')]), // text, not the last fragment
+    Buffer.from([0x89, 0x02, ...Buffer.from('PP')]), // a ping between fragments
+    Buffer.from([0x80, 0x03, ...Buffer.from('def')]), // the last fragment
+    Buffer.from([0x81, 0x02, ...Buffer.from('gh')]), // a whole message
+  ];
+  const all = Buffer.concat([Buffer.from(head, 'latin1'), ...frames]);
+  for (const piece of [1, 4, 1000]) {
+    const f = new AnswerFramer();
+    f.expect('GET', true);
+    const seen: number[] = [];
+    const content: Buffer[] = [];
+    for (let i = 0; i < all.length; i += piece) {
+      f.push(Buffer.from(all.subarray(i, i + piece)), (b) => content.push(Buffer.from(b)));
+      if (f.safe > 0 && seen.at(-1) !== f.safe) seen.push(f.safe);
+    }
+    assert.equal(Buffer.concat(content).toString(), 'abcdefgh', `${piece}`);
+    const message = head.length + 14;
+    const ends = [head.length, message, all.length];
+    assert.deepEqual(seen, piece === 1 ? ends : seen.filter((b) => ends.includes(b)), `${piece}`);
+    assert.equal(seen.at(-1), all.length);
+  }
+});
+
 test("held bytes go on only up to the last answer's end; before it, only when more comes", () => {
   const w = new EchoWatch([secureTake(Buffer.from(TOKEN))]);
   const first = 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok';

@@ -95,6 +95,11 @@ export class AnswerFramer {
   private wsAt = 0;
   private wsHead = 2;
   private wsLength = 0;
+  /** The frame being read is a message's data (not a ping, pong or close), and ends it (FIN). */
+  private wsData = false;
+  private wsFin = false;
+  /** A message sent in fragments is open: a frame's end is no message's end until its last. */
+  private wsOpen = false;
 
   /**
    * A request went on upstream with this method, asking to switch to a WebSocket or not (the
@@ -138,7 +143,8 @@ export class AnswerFramer {
       if (st === 'stream') break;
       if (st === 'length' || st === 'chunk-data' || st === 'ws-data') {
         const n = Math.min(this.left, chunk.length - i);
-        if (st !== 'length' && n > 0) body?.(chunk.subarray(i, i + n));
+        // Content: a chunk's data, a data frame's payload (a ping's between fragments is not).
+        if (n > 0 && (st === 'chunk-data' || this.wsData)) body?.(chunk.subarray(i, i + n));
         i += n;
         this.left -= n;
         if (this.left === 0) {
@@ -338,6 +344,10 @@ export class AnswerFramer {
     // opcode; and a server's frames are never masked. Anything else is no frame to read.
     if (n === 0 && ((c & 0x70) !== 0 || ![0, 1, 2, 8, 9, 10].includes(c & 0x0f)))
       return void (this.state = 'stream');
+    if (n === 0) {
+      this.wsData = (c & 0x0f) < 8;
+      this.wsFin = (c & 0x80) !== 0;
+    }
     if (n === 1 && c & 0x80) return void (this.state = 'stream');
     if (n === 1) {
       const len = c & 0x7f;
@@ -354,10 +364,19 @@ export class AnswerFramer {
     this.state = 'ws-data';
   }
 
-  /** A WebSocket frame ended at chunk offset at. */
+  /**
+   * A WebSocket frame (or the 101 before the first) ended at chunk offset at: a message's end
+   * when it is the last frame of one, or a control frame between messages. Inside a message sent
+   * in fragments, no frame's end is one (found in review: a value split across two fragments, the
+   * second held back by the network, went on up to the first's end).
+   */
   private wsEnd(at: number): void {
-    this.ended = this.total + at;
-    this.settled = this.ended;
+    if (this.wsData) this.wsOpen = !this.wsFin;
+    if (!this.wsOpen) {
+      this.ended = this.total + at;
+      this.settled = this.ended;
+    }
+    this.wsData = false;
     this.state = 'ws-head';
     this.wsAt = 0;
     this.wsHead = 2;

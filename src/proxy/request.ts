@@ -203,8 +203,12 @@ export function plan(
     ];
   // One answer per connection to a bound host: the echo watch reads where an answer ends only
   // for the first (answers.ts); a server that took a body it left unread as the next request
-  // would answer more than the proxy sent (found in review). An upgrade keeps its Connection.
-  if (anyBound && !plain && !headers.some((h) => h.lower === 'upgrade'))
+  // would answer more than the proxy sent (found in review). A WebSocket upgrade keeps its
+  // Connection; another upgrade does not (one answered without a switch kept the connection).
+  const webSocket = headers.some(
+    (h) => h.lower === 'upgrade' && /^\s*websocket\s*$/i.test(h.line.slice(8)),
+  );
+  if (anyBound && !plain && !webSocket)
     out = [
       ...out.filter((l, i) => i === 0 || !HOP.has(l.slice(0, l.indexOf(':')).toLowerCase())),
       'Connection: close',
