@@ -29,6 +29,8 @@ import { asUser } from './as-user.js';
 
 const ALLOW_ALL = 'version: 1\nrules:\n  - { name: all, targets: ["**"], decision: allow }\n';
 const MARK = '<concealed by keyward>';
+const CONFIRM_ALL =
+  'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n';
 
 const homes: AgentHome[] = [];
 
@@ -857,9 +859,7 @@ describe('hardening found in review', () => {
   });
 
   test('the approval prompt names the program that will run (resolved path), the cwd, and variables like LD_PRELOAD, MAKEFILES and SHELLOPTS', async () => {
-    const h = await running(
-      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
-    );
+    const h = await running(CONFIRM_ALL);
     setSecret(h, 'p/token', 'prompted-token-value');
     h.answer('no');
     // Found in review: MAKEFILES and SHELLOPTS (with PS4) make an approved make or bash script
@@ -961,9 +961,7 @@ describe('hardening found in review', () => {
   });
 
   test("found in review: a run's prompt names the caller's variables that send traffic elsewhere or change what is trusted, and the record keeps them", async () => {
-    const h = await running(
-      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
-    );
+    const h = await running(CONFIRM_ALL);
     setSecret(h, 'gh/token', 'gh-token-value-2');
     // The caller's own proxy and certificate authority, set for an approved `curl` to use: the
     // token would go to the caller's proxy, under the caller's certificate.
@@ -1009,9 +1007,7 @@ describe('hardening found in review', () => {
   });
 
   test("found in review: a run's prompt names libpq's PGHOST and PGPORT, a DATABASE_URL and a SOCKS server", async () => {
-    const h = await running(
-      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
-    );
+    const h = await running(CONFIRM_ALL);
     setSecret(h, 'db/pass', 'db-pass-value-3');
     // An approved `psql` with PGPASSWORD sends it to whatever PGHOST and PGPORT name.
     h.answer('no');
@@ -1034,9 +1030,7 @@ describe('hardening found in review', () => {
   });
 
   test("found in review: a run's prompt names libldap's LDAPURI and LDAPTLS_REQCERT, gcloud's CLOUDSDK_PYTHON, and any other variable set otherwise than the session's", async () => {
-    const h = await running(
-      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
-    );
+    const h = await running(CONFIRM_ALL);
     setSecret(h, 'ldap/admin', 'ldap-bind-value-4');
     h.answer('yes');
     const r = await run(h, ['--fd', '3=ldap/admin', '--', 'true'], {
@@ -1094,9 +1088,7 @@ describe('hardening found in review', () => {
   });
 
   test('a program replaced while the person reads its prompt is not run: the hash approved is the program run', async () => {
-    const h = agentHome(
-      'version: 1\nrules:\n  - { name: ask, targets: ["**"], decision: approve, approve: { mode: confirm } }\n',
-    );
+    const h = agentHome(CONFIRM_ALL);
     homes.push(h);
     const tool = path.join(h.dir, 'tool');
     fs.writeFileSync(tool, '#!/bin/sh\necho BENIGN\n', { mode: 0o755 });

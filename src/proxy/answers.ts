@@ -126,6 +126,14 @@ export class AnswerFramer {
     return this.settled;
   }
 
+  /**
+   * Where held bytes may go on up to now: all that came, when the last whole message ends
+   * exactly there; else where the last interim answer or WebSocket message ended.
+   */
+  get releasable(): number {
+    return this.ended === this.total ? this.total : this.settled;
+  }
+
   /** Bytes read in all. */
   get read(): number {
     return this.total;

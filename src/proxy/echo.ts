@@ -178,7 +178,7 @@ export function watchAnswers(
     clearImmediate(flush);
     flush = setImmediate(() => {
       if (up.isPaused() || up.readableLength > 0) return;
-      const rest = watch.flush(framer.boundary === framer.read ? framer.read : framer.safe);
+      const rest = watch.flush(framer.releasable);
       if (rest.length > 0) pass(child, rest);
     });
   };
@@ -214,8 +214,7 @@ export function watchAnswers(
   });
   up.on('end', () => {
     clearImmediate(flush);
-    const whole = framer.boundary === framer.read;
-    const rest = watch.flush(whole ? framer.read : framer.safe);
+    const rest = watch.flush(framer.releasable);
     const held = watch.holding;
     if (held === 0) return void child.end(rest, () => zero(rest));
     zero(rest);

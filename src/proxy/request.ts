@@ -47,6 +47,8 @@ export interface Plan {
   /** Where each used binding's value goes, for the record: url, headers, header NAME. */
   where: Map<string, string>;
   method: string;
+  /** Whether it asks to switch to a WebSocket (the one upgrade that keeps its connection). */
+  webSocket: boolean;
   /** The request's path without its query, placeholders named, not shown. */
   path: string;
 }
@@ -185,10 +187,11 @@ export function plan(
   // An answer the echo watch can read whole: a compressed one, or one in ranges (each a part of
   // an echoed value), would carry the value past it. So would HTTP/2 after an h2c upgrade (its
   // headers compressed by HPACK): refused, as no API needs it.
-  if (
-    used.length > 0 &&
-    headers.some((h) => h.lower === 'upgrade' && !/^\s*websocket\s*$/i.test(h.line.slice(8)))
-  )
+  const upgrades = headers
+    .filter((h) => h.lower === 'upgrade')
+    .map((h) => /^\s*websocket\s*$/i.test(h.line.slice(8)));
+  const webSocket = upgrades.includes(true);
+  if (used.length > 0 && upgrades.includes(false))
     return refuse(
       'a request that carries a value may upgrade only to a WebSocket (another protocol, h2c say, could echo it compressed)',
       used[0]?.name,
@@ -205,9 +208,6 @@ export function plan(
   // for the first (answers.ts); a server that took a body it left unread as the next request
   // would answer more than the proxy sent (found in review). A WebSocket upgrade keeps its
   // Connection; another upgrade does not (one answered without a switch kept the connection).
-  const webSocket = headers.some(
-    (h) => h.lower === 'upgrade' && /^\s*websocket\s*$/i.test(h.line.slice(8)),
-  );
   if (anyBound && !plain && !webSocket)
     out = [
       ...out.filter((l, i) => i === 0 || !HOP.has(l.slice(0, l.indexOf(':')).toLowerCase())),
@@ -221,6 +221,7 @@ export function plan(
     head: Buffer.from(out.join(CRLF) + CRLF + CRLF, 'latin1'),
     where,
     method,
+    webSocket,
     path: path.slice(0, 256),
   };
 }

@@ -398,10 +398,7 @@ export class ProxyServer {
         return false;
       }
       const out = withValues(p);
-      answers.expect(
-        e.method,
-        e.headers.some(([k, v]) => k.toLowerCase() === 'upgrade' && /^\s*websocket\s*$/i.test(v)),
-      );
+      answers.expect(e.method, p.webSocket);
       up.write(out, () => {
         if (out !== p.head) secureFree(out as SecureBuffer);
       });
