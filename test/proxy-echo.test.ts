@@ -204,3 +204,18 @@ test("held bytes go on only up to the last answer's end; before it, only when mo
   assert.ok(sent.startsWith(first), sent);
   assert.equal(sent.length, (first + second).length - (TOKEN.length - 1));
 });
+
+test('a watch holds every byte from where it is told the last of the content starts, and no more than it may', () => {
+  const w = new EchoWatch([secureTake(Buffer.from(TOKEN))], 200);
+  const head = 'HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n';
+  const first = `${head}1;${'e'.repeat(40)}\r\ng\r\n1;${'e'.repeat(40)}\r\nh\r\n`;
+  // The content's last bytes start at the g: all from there is held, more than a value's length.
+  const out = w.push(Buffer.from(first), head.length);
+  assert.equal(out?.toString(), head);
+  assert.equal(w.holding, first.length - head.length);
+  // Past that, the watch holds no more: it ends.
+  assert.equal(w.push(Buffer.from('x'.repeat(200)), head.length), undefined);
+  assert.ok(w.overflowed);
+  assert.equal(w.holding, 0);
+  w.close();
+});

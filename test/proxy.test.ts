@@ -60,6 +60,16 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
     tlsOpts: { key: Buffer; cert: Buffer } | undefined,
   ): Promise<void> {
     const handler = (req: http.IncomingMessage, res: http.ServerResponse) => {
+      // A body the upstream reads none of until the test says (Node's server then stops
+      // reading the connection).
+      if (req.url?.startsWith('/sink')) {
+        slow.push(() => {
+          let n = 0;
+          req.on('data', (d: Buffer) => (n += d.length));
+          req.on('end', () => res.end(`upstream ${name} got ${n}\n`));
+        });
+        return;
+      }
       let body = '';
       req.on('data', (d: Buffer) => (body += d.toString()));
       req.on('end', () => {
@@ -90,6 +100,19 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
           const echo = `echo ${req.headers.authorization ?? ''}\n`;
           res.write(echo.slice(0, 20));
           return void setImmediate(() => res.end(echo.slice(20)));
+        }
+        // An echo sent a byte a chunk (no length set: Node sends each write as one chunk), so
+        // there is more framing inside the value than the value's own length, the last bytes
+        // when the test says: a host that frames its answers in small pieces.
+        if (req.url?.startsWith('/tiny-chunk-echo')) {
+          const value = req.headers.authorization ?? '';
+          res.write(`${'p'.repeat(2000)} echo `);
+          for (const c of value.slice(0, -10)) res.write(c);
+          slow.push(() => {
+            for (const c of value.slice(-10)) res.write(c);
+            res.end('\n');
+          });
+          return;
         }
         // An echo whose host counts its Content-Length short (characters, say, for the UTF-8
         // bytes the child sent): its framed end falls inside the value.
@@ -784,6 +807,49 @@ open(sys.argv[3]).read()
     assert.ok(!got.includes(TOKEN.slice(4, 12)), 'none of the value');
   });
 
+  test('a request the child pipelines after the first in a bound tunnel goes nowhere: not sent, not recorded, its value never in', async () => {
+    const before = seen.length;
+    const out = path.join(dir, 'pipeline-out');
+    const r = await proxied(
+      `python3 '${path.join(ROOT, 'test/fixtures/pipeline-child.py')}' 127.0.0.1 ${ports.get('a')} '${out}'`,
+      ['--no-masking'],
+    );
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    // The first is answered; the host closes after it (Connection: close), and so does the tunnel.
+    assert.match(
+      fs.readFileSync(out, 'latin1'),
+      /^HTTP\/1\.1 200 OK[\s\S]*upstream a saw \/first\n$/,
+    );
+    assert.deepEqual(
+      seen.slice(before).map((x) => x.url),
+      ['/first'],
+    );
+    assert.ok(
+      !auditEntries(h).some(
+        (e) => e.type === 'proxy.substitute' && e.details['path'] === '/second',
+      ),
+    );
+  });
+
+  for (const mode of ['tunnel', 'plain'] as const)
+    test(`a child that sends faster than its upstream reads waits for it: the agent holds no more than a few buffers of it (${mode})`, async () => {
+      const status = path.join(dir, `flood-${mode}`);
+      const [ip, name] = mode === 'tunnel' ? ['127.0.0.1', 'a'] : ['127.0.0.2', 'plain'];
+      const run = proxied(
+        `python3 '${path.join(ROOT, 'test/fixtures/flood-child.py')}' ${mode} ${ip} ${ports.get(name)} '${status}'`,
+      );
+      await eventually(() => fs.existsSync(status), 'the child sent all or waited');
+      // It waited: the proxy read no more of it than the upstream could take.
+      const [what, n] = fs.readFileSync(status, 'utf8').trim().split(' ');
+      assert.equal(what, 'blocked');
+      assert.ok(Number(n) < 32 * 1024 * 1024, n);
+      await eventually(() => slow.length > 0, 'the request reached the upstream');
+      for (const release of slow.splice(0)) release();
+      const r = await run;
+      assert.equal(r.code, 0, r.stderr);
+      assert.equal(r.stdout, `upstream ${name} got ${64 * 1024 * 1024}\n`);
+    });
+
   test("found in review: an echo split by the answer's own chunks is seen in its content, and ends the connection", async () => {
     const out = path.join(dir, 'chunk-out');
     const r = await proxied(
@@ -796,6 +862,12 @@ open(sys.argv[3]).read()
       .filter((e) => e.type === 'proxy.block')
       .at(-1);
     assert.match(String(last?.reason), /127\.0\.0\.1 sent a value back in its answer/);
+  });
+
+  test('found in review: an echo the host sends a byte a chunk, more framing than value inside it, gives the child none of the value', async () => {
+    const r = await partEcho('/tiny-chunk-echo', 'tiny');
+    assert.doesNotMatch(r.output, /exit 0/, r.output);
+    assert.match(r.reason, /127\.0\.0\.1 sent a value back in its answer/);
   });
 
   test('found in review: a host that counts its Content-Length short, its end inside an echoed value, gives the child none of the value', async () => {
@@ -818,6 +890,31 @@ open(sys.argv[3]).read()
       String(last?.reason),
       /127\.0\.0\.9's connection ended before its answer did \(or the answer had no length/,
     );
+  });
+
+  test('an answer framed with more than the proxy holds among the last of its content ends its connection: a reset, and a record', async () => {
+    const out = path.join(dir, 'ext-out');
+    const r = await proxied(
+      `${CURL} -sS -N -o '${out}' -H "Authorization: token $GITHUB_TOKEN" 'https://127.0.0.9:${ports.get('py')}/ext-echo'; echo "exit $?"`,
+      ['--no-masking'],
+    );
+    assert.match(r.stdout, /exit (18|56|35)/, r.stdout + r.stderr);
+    // Nothing of its content may have come (no file).
+    assert.ok(!fs.existsSync(out) || !fs.readFileSync(out, 'latin1').includes(TOKEN.slice(0, 4)));
+    const last = auditEntries(h)
+      .filter((e) => e.type === 'proxy.block')
+      .at(-1);
+    assert.match(
+      String(last?.reason),
+      /127\.0\.0\.9 framed its answer with more than 16384 bytes among the last of its content/,
+    );
+  });
+
+  test('an answer sent whole before its host resets the connection reaches the child whole', async () => {
+    const r = await proxied(
+      `${CURL} -sS -H "Authorization: token $GITHUB_TOKEN" 'https://127.0.0.9:${ports.get('py')}/reset'; echo "exit $?"`,
+    );
+    assert.equal(r.stdout, `${'r'.repeat(500)} reset\nexit 0\n`, r.stdout + r.stderr);
   });
 
   test('an answer goes on whole when its connection ends after it, and a 100 Continue as soon as it comes: a HEAD, a 204, a 100 Continue, a chunked one', async () => {

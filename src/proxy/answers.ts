@@ -134,6 +134,14 @@ export class AnswerFramer {
     return this.ended === this.total ? this.total : this.settled;
   }
 
+  /**
+   * Whether an answer's content is coming in pieces with framing between them (chunks, or
+   * WebSocket frames), more of it to come.
+   */
+  get framed(): boolean {
+    return this.state.startsWith('chunk-') || this.state.startsWith('ws-');
+  }
+
   /** Bytes read in all. */
   get read(): number {
     return this.total;
@@ -142,9 +150,9 @@ export class AnswerFramer {
   /**
    * Reads a chunk's framing; keeps nothing of it. body is given each run of an answer's content
    * as it comes, without its framing (the data of each chunk, the payload of each WebSocket
-   * frame): a subarray of the chunk, to read and not keep.
+   * frame): a subarray of the chunk, to read and not keep, and where it starts in all that came.
    */
-  push(chunk: Buffer, body?: (bytes: Buffer) => void): void {
+  push(chunk: Buffer, body?: (bytes: Buffer, at: number) => void): void {
     let i = 0;
     while (i < chunk.length) {
       const st = this.state;
@@ -152,7 +160,8 @@ export class AnswerFramer {
       if (st === 'length' || st === 'chunk-data' || st === 'ws-data') {
         const n = Math.min(this.left, chunk.length - i);
         // Content: a chunk's data, a data frame's payload (a ping's between fragments is not).
-        if (n > 0 && (st === 'chunk-data' || this.wsData)) body?.(chunk.subarray(i, i + n));
+        if (n > 0 && (st === 'chunk-data' || this.wsData))
+          body?.(chunk.subarray(i, i + n), this.total + i);
         i += n;
         this.left -= n;
         if (this.left === 0) {

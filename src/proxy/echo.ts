@@ -17,12 +17,18 @@ import type tls from 'node:tls';
 import { AnswerFramer } from './answers.js';
 import { securePooled, secureRelease, zero, type SecureBuffer } from '../lib/secure.js';
 
+/**
+ * The most bytes a watch holds back: an answer whose framing puts more than this among the last
+ * bytes of a value's length of its content ends the connection (no honest host frames so).
+ */
+export const MAX_HOLD = 16 * 1024;
+
 export class EchoWatch {
   /**
-   * The last bytes seen (fewer than the longest form), whether sent on or not, in secure
-   * memory: a value's first bytes may be among them.
+   * The last bytes seen (at least the longest form's length less one, and all those held),
+   * whether sent on or not, in secure memory: a value's first bytes may be among them.
    */
-  private readonly tail: SecureBuffer;
+  private tail: SecureBuffer;
   /** How many bytes of tail are in use. */
   private seen = 0;
   /** How many of them, at its end, are not sent on yet. */
@@ -31,27 +37,29 @@ export class EchoWatch {
   private total = 0;
   private readonly keep: number;
   private closed = false;
+  /** push found it would have to hold more than maxHold bytes, and ended the watch. */
+  overflowed = false;
 
-  /**
-   * forms: the values and their encodings (owned by the caller, read only while it lives).
-   * slack: bytes held back beyond a form's length (framing that may fall inside a value).
-   */
+  /** forms: the values and their encodings (owned by the caller, read only while it lives). */
   constructor(
     private readonly forms: readonly SecureBuffer[],
-    slack = 0,
+    private readonly maxHold = MAX_HOLD,
   ) {
-    this.keep = Math.max(0, ...forms.map((f) => f.length - 1)) + slack;
+    this.keep = Math.max(0, ...forms.map((f) => f.length - 1));
     this.tail = securePooled(Math.max(1, this.keep));
   }
 
   /**
    * What may go on now (a copy, for the caller to zero once written), or undefined: a value is
-   * in what came, with what came before it. The bytes sent on already are still looked through:
-   * a value whose first bytes went on (a flush, below) is found when the rest comes, and the
+   * in what came, with what came before it (or overflowed: more than maxHold bytes to hold).
+   * Held back: the last bytes, fewer than a value's longest form, and all from holdFrom (an
+   * offset in the stream: where the last of the content that a value could be split in starts,
+   * framing between its pieces). The bytes sent on already are still looked through: a value
+   * whose first bytes went on (a flush, below) is found when the rest comes, and the
    * connection ends before the rest goes on. The chunk is zeroed either way (found in review:
    * the answer that held a value stayed in the agent's heap, after lock too).
    */
-  push(chunk: Buffer): Buffer | undefined {
+  push(chunk: Buffer, holdFrom = Infinity): Buffer | undefined {
     if (this.closed) {
       zero(chunk);
       return undefined;
@@ -63,17 +71,36 @@ export class EchoWatch {
           this.wipe();
           return undefined;
         }
+      // Where all starts in the stream.
+      const base = this.total - this.seen;
       this.total += chunk.length;
       const from = all.length - chunk.length - this.held;
-      const cut = Math.max(from, all.length - this.keep);
-      const start = Math.max(0, all.length - this.keep);
-      this.seen = all.copy(this.tail, 0, start);
+      const cut = Math.max(from, Math.min(all.length - this.keep, holdFrom - base));
+      if (all.length - cut > this.maxHold) {
+        this.overflowed = true;
+        this.wipe();
+        return undefined;
+      }
+      this.keepFrom(all, Math.max(0, Math.min(cut, all.length - this.keep)));
       this.held = all.length - cut;
       return Buffer.from(all.subarray(from, cut));
     } finally {
       zero(all);
       zero(chunk);
     }
+  }
+
+  /** Keeps all from start in tail, grown (and the old one given back) if it is too small. */
+  private keepFrom(all: Buffer, start: number): void {
+    const n = all.length - start;
+    if (n > this.tail.length) {
+      const bigger = securePooled(
+        Math.min(Math.max(n, 2 * this.tail.length), this.maxHold + this.keep),
+      );
+      secureRelease(this.tail);
+      this.tail = bigger;
+    }
+    this.seen = all.copy(this.tail, 0, start);
   }
 
   /**
@@ -131,10 +158,28 @@ export class EchoWatch {
 }
 
 /**
- * How much longer than a value the bytes are held: a few chunk lines (up to 8 hex digits, 12
- * bytes each with their line ends) or WebSocket frame heads (up to 10 bytes) inside one.
+ * Where the last bytes of an answer's content start in the stream, as few as a value's longest
+ * form less one, as its pieces (a chunk's data, a WebSocket frame's payload) come.
  */
-const FRAMING_SLACK = 64;
+class ContentTail {
+  private readonly pieces: Array<{ at: number; length: number }> = [];
+  private bytes = 0;
+
+  constructor(private readonly keep: number) {}
+
+  add(at: number, length: number): void {
+    this.pieces.push({ at, length });
+    this.bytes += length;
+    while (this.pieces.length > 1 && this.bytes - (this.pieces[0]?.length ?? 0) >= this.keep)
+      this.bytes -= this.pieces.shift()?.length ?? 0;
+  }
+
+  /** Where in the stream they start (Infinity: no content came). */
+  get from(): number {
+    const first = this.pieces[0];
+    return first === undefined ? Infinity : first.at + Math.max(0, this.bytes - this.keep);
+  }
+}
 
 /** Writes bytes the watch let through, and zeroes them once the socket took them. */
 function pass(child: tls.TLSSocket, bytes: Buffer): boolean {
@@ -166,12 +211,11 @@ export function watchAnswers(
   child: tls.TLSSocket,
   forms: readonly SecureBuffer[],
   echoed: () => void,
-  cut: (held: number) => void,
+  cut: (held: number, overflowed: boolean) => void,
 ): AnswerFramer {
-  // Held back a little longer than a value: a chunk's line or a WebSocket frame's head may fall
-  // inside one, which the content's own watch finds.
-  const watch = new EchoWatch(forms, FRAMING_SLACK);
+  const watch = new EchoWatch(forms);
   const content = new EchoWatch(forms);
+  const tail = new ContentTail(Math.max(0, ...forms.map((f) => f.length - 1)));
   const framer = new AnswerFramer();
   let flush: NodeJS.Immediate | undefined;
   const later = () => {
@@ -189,16 +233,21 @@ export function watchAnswers(
     // with a chunk's line or a frame's head, which the bytes as they come would not show (found
     // in review).
     let inContent = false;
-    framer.push(chunk, (piece) => {
+    framer.push(chunk, (piece, at) => {
       inContent ||= content.scan(piece);
+      tail.add(at, piece.length);
     });
     if (inContent) {
       zero(chunk);
       watch.wipe();
     }
-    const out = inContent ? undefined : watch.push(chunk);
+    // While the content comes in pieces, what came since its last bytes (a value's length less
+    // one) is held with them: a host that sends its answer a few bytes a chunk (or with long
+    // chunk extensions) puts more framing than that inside a value (found in review).
+    const out = inContent ? undefined : watch.push(chunk, framer.framed ? tail.from : Infinity);
     if (out === undefined) {
-      echoed();
+      if (watch.overflowed) cut(MAX_HOLD, true);
+      else echoed();
       up.destroy();
       child.destroy();
       return;
@@ -212,15 +261,22 @@ export function watchAnswers(
     }
     later();
   });
-  up.on('end', () => {
+  // The connection's end, or a reset (a server that closes with a request's body unread resets
+  // it, its answer already sent: found flaky in the suite, the answer lost).
+  let over = false;
+  const ended = () => {
     clearImmediate(flush);
+    if (over) return;
+    over = true;
     const rest = watch.flush(framer.releasable);
     const held = watch.holding;
     if (held === 0) return void child.end(rest, () => zero(rest));
     zero(rest);
     watch.wipe();
-    cut(held);
-  });
+    cut(held, false);
+  };
+  up.on('end', ended);
+  up.on('error', ended);
   up.on('close', () => {
     clearImmediate(flush);
     watch.close();

@@ -4,6 +4,7 @@
  */
 import net from 'node:net';
 import tls from 'node:tls';
+import type { FrameEvent, RequestFramer } from './framer.js';
 
 /** How long the proxy waits to reach an upstream server. */
 export const CONNECT_TIMEOUT_MS = 30_000;
@@ -74,4 +75,58 @@ export function upstreamTls(
       resolve(up);
     });
   });
+}
+
+/** Calls go once w has room for more (now, if it has). */
+export function afterDrain(w: net.Socket, go: () => void): void {
+  if (w.writableNeedDrain) w.once('drain', go);
+  else go();
+}
+
+/**
+ * Relays a plain HTTP request (no value in it: its checks are done) to host:port, head first,
+ * then its body (from rest, then what s sends, read by framer), and the answer back: one request
+ * a connection. s is read no faster than the upstream takes it.
+ */
+export async function relayPlain(
+  s: net.Socket,
+  host: string,
+  port: number,
+  head: Buffer,
+  rest: FrameEvent[],
+  framer: RequestFramer,
+): Promise<void> {
+  const up = net.connect({ host, port });
+  s.on('close', () => up.destroy());
+  up.setTimeout(CONNECT_TIMEOUT_MS, () => up.destroy(new Error('timed out')));
+  await new Promise<void>((resolve, reject) => {
+    up.once('connect', resolve);
+    up.once('error', reject);
+  });
+  up.setTimeout(0);
+  up.on('error', () => s.destroy());
+  up.write(head);
+  let done = false;
+  const pass = (events: FrameEvent[]) => {
+    for (const e of events) {
+      if (done) return;
+      if (e.type === 'end') done = true;
+      else if (e.type === 'body' || e.type === 'raw') up.write(e.bytes);
+      else done = true; // a pipelined request: this connection carries one
+    }
+  };
+  pass(rest);
+  s.on('data', (chunk: Buffer) => {
+    try {
+      pass(framer.push(chunk));
+    } catch {
+      done = true;
+    }
+    if (up.writableNeedDrain) {
+      s.pause();
+      afterDrain(up, () => s.resume());
+    }
+  });
+  up.pipe(s);
+  s.resume();
 }
