@@ -391,6 +391,16 @@ rules:
     ]);
   });
 
+  test('a ** part matches any number of parts, none included, as POLICY.md says: a/** matches a itself', () => {
+    const p = policy(
+      'version: 1\nrules:\n  - { name: under-a, targets: ["a/**", "**/b", "c/**/d"], decision: allow }\n',
+    );
+    for (const t of ['a', 'a/x', 'a/x/y', 'b', 'x/y/b', 'c/d', 'c/x/y/d'])
+      assert.equal(evaluate(p, secret(t), {}).decision, 'allow', t);
+    for (const t of ['ab', 'x/a', 'bb', 'c/dd', 'cd'])
+      assert.equal(evaluate(p, secret(t), {}).decision, 'deny', t);
+  });
+
   test('first match wins: an earlier broad rule shadows a later narrow one', () => {
     const p = policy(
       'version: 1\nrules:\n  - { name: broad, targets: ["**"], decision: deny }\n  - { name: narrow, targets: [x], decision: allow }\n',
