@@ -103,6 +103,23 @@ describe('request framing', () => {
     }
   });
 
+  test('found in review: once refused, a stream keeps nothing of what comes after', () => {
+    const f = new RequestFramer();
+    assert.equal(f.push(Buffer.from(`GET / HTTP/1.1${CRLF}Host: h${CRLF}${CRLF}`)).length, 2);
+    const piece = Buffer.alloc(64 * 1024, 'A');
+    let refused = 0;
+    for (let i = 0; i < 50; i++)
+      try {
+        f.push(Buffer.from(piece));
+      } catch (e) {
+        assert.ok(e instanceof FramingError && e.status === 431);
+        refused++;
+      }
+    // The head grew past its cap once; from then on every push is refused and nothing kept.
+    assert.equal(refused, 49);
+    assert.equal(f.holding, 0);
+  });
+
   test('what two servers could read two ways is refused, with the status to answer', () => {
     const cases: Array<[string, string, number]> = [
       [

@@ -116,6 +116,16 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
         }
         // An echo whose host counts its Content-Length short (characters, say, for the UTF-8
         // bytes the child sent): its framed end falls inside the value.
+        // The same, its first write ending exactly at that short end, the rest when the test says:
+        // a read that ends where the host's count does.
+        if (req.url?.startsWith('/short-end-echo')) {
+          const echo = `${'p'.repeat(2000)} echo ${req.headers.authorization ?? ''}\n`;
+          const length = Buffer.byteLength(echo) - 20;
+          res.setHeader('Content-Length', length);
+          res.write(echo.slice(0, length));
+          slow.push(() => res.end(echo.slice(length)));
+          return;
+        }
         if (req.url?.startsWith('/short-echo')) {
           const echo = `${'p'.repeat(2000)} echo ${req.headers.authorization ?? ''}\n`;
           res.setHeader('Content-Length', Buffer.byteLength(echo) - 20);
@@ -137,6 +147,24 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
       });
     };
     const s = tlsOpts ? https.createServer(tlsOpts, handler) : http.createServer(handler);
+    // A WebSocket: the handshake, then one text frame of the client's sent back with "echo ".
+    s.on('upgrade', (req: http.IncomingMessage, socket: net.Socket) => {
+      const accept = createHash('sha1')
+        .update(`${req.headers['sec-websocket-key'] ?? ''}258EAFA5-E914-47DA-95CA-C5AB0DC11B65`)
+        .digest('base64');
+      socket.write(
+        `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
+      );
+      let got = Buffer.alloc(0);
+      socket.on('data', (d: Buffer) => {
+        got = Buffer.concat([got, d]);
+        const n = (got[1] ?? 0) & 0x7f;
+        if (got.length < 6 + n) return;
+        const text = Buffer.from(got.subarray(6, 6 + n).map((b, i) => b ^ (got[2 + (i % 4)] ?? 0)));
+        const out = Buffer.from(`echo ${text.toString()}`);
+        socket.write(Buffer.concat([Buffer.from([0x81, out.length]), out]));
+      });
+    });
     // Connections stay open until the client ends them: an answer the proxy held until its
     // connection ends would never reach the child.
     s.keepAliveTimeout = 0;
@@ -850,6 +878,29 @@ open(sys.argv[3]).read()
       assert.equal(r.stdout, `upstream ${name} got ${64 * 1024 * 1024}\n`);
     });
 
+  test('a WebSocket to a bound host works through the proxy: the switch, a frame each way', async () => {
+    const r = await proxied(
+      `python3 '${path.join(ROOT, 'test/fixtures/ws-child.py')}' 127.0.0.1 ${ports.get('a')}`,
+    );
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.equal(r.stdout, 'echo hello\n');
+  });
+
+  test('found in review: what follows an upgrade request goes on only once the host switched to a WebSocket', async () => {
+    const before = seen.length;
+    const out = path.join(dir, 'upgrade-out');
+    const r = await proxied(
+      `python3 '${path.join(ROOT, 'test/fixtures/pipeline-child.py')}' 127.0.0.1 ${ports.get('a')} '${out}' upgrade`,
+      ['--no-masking'],
+    );
+    assert.equal(r.code, 0, r.stdout + r.stderr);
+    assert.match(fs.readFileSync(out, 'latin1'), /upstream a saw \/first\n$/);
+    assert.deepEqual(
+      seen.slice(before).map((x) => `${x.method} ${x.url}`),
+      ['GET /first'],
+    );
+  });
+
   test("found in review: an echo split by the answer's own chunks is seen in its content, and ends the connection", async () => {
     const out = path.join(dir, 'chunk-out');
     const r = await proxied(
@@ -872,6 +923,11 @@ open(sys.argv[3]).read()
 
   test('found in review: a host that counts its Content-Length short, its end inside an echoed value, gives the child none of the value', async () => {
     const r = await partEcho('/short-echo', 'short');
+    assert.match(r.reason, /127\.0\.0\.1 sent a value back in its answer/);
+  });
+
+  test('found in review: a host that counts its Content-Length short, a read ending exactly at that end inside an echoed value, gives the child none of the value', async () => {
+    const r = await partEcho('/short-end-echo', 'short-end');
     assert.match(r.reason, /127\.0\.0\.1 sent a value back in its answer/);
   });
 

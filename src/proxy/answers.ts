@@ -111,6 +111,27 @@ export class AnswerFramer {
     this.askedWebSocket = webSocket;
   }
 
+  /** Whether the first answer switched to a WebSocket, once its head is read. */
+  private switchedTo: boolean | undefined;
+  private readonly onSwitch: Array<(webSocket: boolean) => void> = [];
+
+  /**
+   * Whether the connection's first final answer switched it to a WebSocket (a 101 the framer
+   * reads as one), as soon as that answer's head has come: what a child sends after an upgrade
+   * request may go on only then (found in review: a host that ignored the upgrade read it as more
+   * requests, none of them planned or recorded).
+   */
+  switched(): Promise<boolean> {
+    if (this.switchedTo !== undefined) return Promise.resolve(this.switchedTo);
+    return new Promise((resolve) => this.onSwitch.push(resolve));
+  }
+
+  private decide(webSocket: boolean): void {
+    if (this.switchedTo !== undefined) return;
+    this.switchedTo = webSocket;
+    for (const f of this.onSwitch.splice(0)) f(webSocket);
+  }
+
   /** Where the last whole message ended, by its framing. */
   get boundary(): number {
     return this.ended;
@@ -175,6 +196,8 @@ export class AnswerFramer {
       i++;
     }
     this.total += chunk.length;
+    // An answer it could not read: no switch it can vouch for.
+    if (this.state === 'stream') this.decide(false);
   }
 
   /** One byte of framing; at is the chunk offset just past it. */
@@ -317,12 +340,14 @@ export class AnswerFramer {
       // 101: the connection is another protocol now, framed as a WebSocket's if it says so.
       // Other 1xx: the final answer still comes.
       if (status === 101) {
-        if (this.websocket !== WEBSOCKET.length || !this.askedWebSocket)
-          return void (this.state = 'stream');
+        const webSocket = this.websocket === WEBSOCKET.length && this.askedWebSocket;
+        this.decide(webSocket);
+        if (!webSocket) return void (this.state = 'stream');
         return this.wsEnd(at);
       }
       return this.end(at, true);
     }
+    this.decide(false);
     // An answer with no request sent: nothing to read it by. (Methods are case-sensitive: only
     // HEAD is HEAD. A CONNECT never reaches a bound host.)
     if (this.method === undefined || this.method === 'CONNECT') return void (this.state = 'stream');

@@ -222,7 +222,11 @@ export function watchAnswers(
     clearImmediate(flush);
     flush = setImmediate(() => {
       if (up.isPaused() || up.readableLength > 0) return;
-      const rest = watch.flush(framer.releasable);
+      // Not at a final answer's end, even where the bytes end exactly there: that end is the
+      // host's count, and a host that counts it short on the child's bytes puts it inside a value
+      // whose rest is still on its way (found in review: a read that ended right there gave the
+      // child all but one byte). Its last bytes go when the connection ends (Connection: close).
+      const rest = watch.flush(framer.safe);
       if (rest.length > 0) pass(child, rest);
     });
   };

@@ -55,8 +55,31 @@ export class RequestFramer {
   private state: State = { s: 'head' };
   private buf: Buffer = Buffer.alloc(0);
 
-  /** The events a chunk completes, in order. Throws FramingError; the stream is then done. */
+  /** What made the stream unreadable: every later push throws it again and keeps nothing. */
+  private failed: FramingError | undefined;
+
+  /**
+   * The events a chunk completes, in order. Throws FramingError; the stream is then done: what
+   * was held is let go, and what comes later is not kept (found in review: a child that sent on
+   * after its request grew the buffer without end, each chunk refused and kept).
+   */
   push(chunk: Buffer): FrameEvent[] {
+    if (this.failed) throw this.failed;
+    try {
+      return this.frame(chunk);
+    } catch (e) {
+      this.buf = Buffer.alloc(0);
+      if (e instanceof FramingError) this.failed = e;
+      throw e;
+    }
+  }
+
+  /** Bytes held, waiting for more to complete a head, a chunk line or trailers. */
+  get holding(): number {
+    return this.buf.length;
+  }
+
+  private frame(chunk: Buffer): FrameEvent[] {
     const events: FrameEvent[] = [];
     this.buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
     for (;;) {

@@ -382,6 +382,12 @@ export class ProxyServer {
     for (const e of events) {
       if (child.destroyed || up.destroyed) return false;
       if (e.type === 'end') continue;
+      // After an upgrade request: only once the host switched to a WebSocket (else what follows
+      // would reach a host that ignored the upgrade as requests no one planned or recorded).
+      if (e.type === 'raw' && !(await answers.switched())) {
+        tunnel.over = true;
+        return true;
+      }
       if (e.type !== 'head') {
         up.write(e.bytes);
         continue;
@@ -439,6 +445,15 @@ export class ProxyServer {
       up.write(out, () => {
         if (out !== p.head) secureFree(out as SecureBuffer);
       });
+      // A host that answers a WebSocket upgrade without switching may keep the connection (the
+      // request did not say close), and an answer's last bytes go only when it ends: nothing
+      // more goes to it, and it is told so.
+      if (p.webSocket)
+        void answers.switched().then((webSocket) => {
+          if (webSocket) return;
+          tunnel.over = true;
+          up.end();
+        });
     }
     return true;
   }

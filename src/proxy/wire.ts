@@ -117,6 +117,8 @@ export async function relayPlain(
   };
   pass(rest);
   s.on('data', (chunk: Buffer) => {
+    // After its one request, what the child sends goes nowhere and is kept nowhere.
+    if (done) return;
     try {
       pass(framer.push(chunk));
     } catch {
