@@ -562,6 +562,10 @@ describe('leak blocking on every message, in more forms', () => {
       'hex with colons': { text: hex.join(':') },
       'hex as \\x': { text: hex.map((x) => `\\x${x}`).join('') },
       'hex as 0x, comma': { text: hex.map((x) => `0x${x}`).join(', ') },
+      // Found in review: any punctuation between the bytes, not a list of it.
+      'hex with bars': { text: hex.join('|') },
+      'hex with slashes': { text: hex.join('/') },
+      'hex with plus signs and hashes': { text: hex.map((x) => `#${x}`).join('+') },
       reversed: { text: [...TOKEN].reverse().join('') },
     };
     for (const [form, args] of Object.entries(forms))
@@ -626,6 +630,43 @@ describe('leak blocking: what review found', () => {
       c.readResource({ uri: `test://docs/${TOKEN}` }),
       /holds the value of leak\/token/,
     );
+  });
+
+  test('found in review: while locked, what passes unscanned carries nothing the client wrote: no params, no extra field, no clientInfo, no listing', async () => {
+    const h = await agentWith('  leak_blocking: true\n');
+    assert.equal(kw(['secret', 'set', 'leak/token'], { env: h.env, input: TOKEN }).code, 0);
+    assert.equal(kw(['read', 'leak/token'], { env: h.env }).stdout, TOKEN);
+    const all = path.join(h.dir, 'all-received.jsonl');
+    const gw = rawGateway(h, 'blind', [process.execPath, CHANGING], {
+      MCP_TOOLS: toolsFile(h, [tool('search', 'Search.')]),
+      MCP_ALL_RECEIVED: all,
+    });
+    const answered = (id: number) =>
+      gw.waitFor((l) => (JSON.parse(l) as { id?: unknown }).id === id);
+    gw.send(INIT);
+    await answered(1);
+    // Unlocked, the same ping is refused.
+    gw.send({ jsonrpc: '2.0', id: 2, method: 'ping', params: { _meta: { note: TOKEN } } });
+    assert.match(await answered(2), /holds the value of leak\/token/);
+    assert.equal(kw(['lock'], { env: h.env }).code, 0);
+    const b64 = Buffer.from(TOKEN).toString('base64');
+    gw.send({ jsonrpc: '2.0', id: 3, method: 'ping', params: { _meta: { note: TOKEN } } });
+    gw.send({ jsonrpc: '2.0', id: 4, method: 'ping', x: `top-level ${TOKEN}` });
+    gw.send({ jsonrpc: '2.0', id: 5, method: 'tools/list', params: { cursor: b64 } });
+    gw.send({ jsonrpc: '2.0', method: 'notifications/initialized', params: { n: TOKEN } });
+    gw.send({
+      ...INIT,
+      id: 6,
+      params: { ...INIT.params, clientInfo: { name: TOKEN, version: b64 } },
+    });
+    gw.send({ jsonrpc: '2.0', id: 7, method: 'ping' });
+    for (const id of [3, 4, 6, 7]) await answered(id);
+    // Nothing is listed while locked, on any page.
+    assert.deepEqual(JSON.parse(await answered(5)).result, { tools: [] });
+    const got = fs.readFileSync(all, 'utf8');
+    assert.ok(!got.includes(TOKEN) && !got.includes(b64), got);
+    gw.g.stdin.end();
+    await gw.exited;
   });
 
   test('a value released and then rotated or removed by another process is still looked for, also after a lock', async () => {

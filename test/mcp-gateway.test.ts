@@ -11,7 +11,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import { ToolListChangedNotificationSchema } from '@modelcontextprotocol/sdk/types.js';
-import { scanMemory } from './agent-helpers.js';
+import { auditEntries, scanMemory } from './agent-helpers.js';
 import { alive, eventually, kw } from './helpers.js';
 import {
   agentWith,
@@ -566,6 +566,16 @@ describe('keyward mcp wrap behaves like the server it wraps', () => {
     }
     gw.g.stdin.end();
     await gw.exited;
+    // Found in review: a name no server listed is the client's text (a value, say): the record
+    // names it by its hash.
+    const denied = auditEntries(h).filter((e) => e.type === 'mcp.call' || e.target === 'hide');
+    const text = JSON.stringify(denied);
+    assert.ok(!text.includes('no_such_tool'), text);
+    const hash = createHash('sha256').update('no_such_tool').digest('hex');
+    assert.ok(
+      denied.some((e) => e.details['tool'] === `sha256:${hash}`),
+      text,
+    );
   });
 
   test('mcp serve: the cwd argument has a JSON Schema pattern, not a made-up format', async () => {

@@ -32,6 +32,7 @@ import {
   readServerMessage,
   serialQueue,
   UNSCANNED_FROM_CLIENT,
+  bare,
   UNSCANNED_FROM_SERVER,
   type Id,
 } from './messages.js';
@@ -140,12 +141,16 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     const params = (m['params'] ?? {}) as Json;
     const tool = String(params['name'] ?? '');
     const argsHash = sha256(JSON.stringify(params['arguments'] ?? {}));
-    const refuse = (why: string, code = ERR_REFUSED) => {
+    // A name the server never listed is the client's own text, which may hold a value: the
+    // record names it by its hash (found in review: a value as a tool's name went into a body).
+    const listedName = guard.visible.has(tool) || guard.refused.has(tool);
+    const label = listedName ? tool : `sha256:${sha256(tool)}`;
+    const refuse = (why: string, code = ERR_REFUSED, recorded = why) => {
       audit({
         target: name,
         decision: 'deny',
-        reason: why,
-        details: { server: name, tool, argsSha256: argsHash },
+        reason: recorded,
+        details: { server: name, tool: label, argsSha256: argsHash },
       });
       errorReply(id, code, `keyward: ${why}`);
     };
@@ -162,6 +167,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         return refuse(
           guard.refused.get(tool) ?? `no tool ${quote(tool)} on ${name}`,
           ERR_UNKNOWN_TOOL,
+          guard.refused.get(tool) ?? `no tool ${quote(label)} on ${name}`,
         );
       // The policy may have changed since the tool was listed.
       if (!allowedByPolicy(p, name, tool, guard.visible.get(tool) ?? ''))
@@ -226,8 +232,11 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       const caps = ((m['params'] as Json | undefined)?.['capabilities'] ?? {}) as Json;
       guard.clientCaps = typeof caps === 'object' && caps !== null ? Object.keys(caps).sort() : [];
     }
+    let blind: boolean;
     try {
-      const { found } = await scan(m, false, UNSCANNED_FROM_CLIENT.has(method));
+      const s = await scan(m, false, UNSCANNED_FROM_CLIENT.has(method));
+      const found = s.found;
+      blind = s.blind === true;
       if (found.length > 0) {
         guard.leakAudit(method, found, 'deny', 'a request held a released value; not sent');
         return errorReply(
@@ -243,14 +252,17 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         `keyward: the request could not be checked for secrets (${message(e)}): fail closed`,
       );
     }
+    // Unscanned, nothing is listed (nor paged through): answered here.
+    if (blind && method === 'tools/list')
+      return toClient({ jsonrpc: '2.0', id, result: { tools: [] } });
     const ourId = newId();
-    const params = m['params'] as Json | undefined;
+    const params = (blind ? bare(m, method) : m)['params'] as Json | undefined;
     pending.set(ourId, {
       clientId: id,
       method,
       paged: method === 'tools/list' && params?.['cursor'] !== undefined,
     });
-    toServer({ ...m, id: ourId });
+    toServer({ jsonrpc: '2.0', id: ourId, method, ...(params === undefined ? {} : { params }) });
   };
 
   /**
@@ -288,8 +300,8 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         });
     };
     try {
-      const { found } = await scan(m, false, UNSCANNED_FROM_CLIENT.has(method ?? ''));
-      if (found.length === 0) return toServer(m);
+      const { found, blind } = await scan(m, false, UNSCANNED_FROM_CLIENT.has(method ?? ''));
+      if (found.length === 0) return toServer(blind && method ? bare(m, method) : m);
       guard.leakAudit(
         method ?? 'answer',
         found,

@@ -27,6 +27,8 @@ export interface Scanned {
   found: string[];
   /** Found in a form that can't be concealed in place (or the result could not be read). */
   withheld: boolean;
+  /** Not scanned: the agent could not, and the message's method may pass so (unscanned). */
+  blind?: true;
 }
 
 const POLICY_TTL_MS = 1000;
@@ -86,7 +88,7 @@ export async function scanWith(
   try {
     f = await link.mcp({ op: 'scan', parts, redact }, raw);
   } catch (e) {
-    if (unscanned && cannotScan(e)) return clean;
+    if (unscanned && cannotScan(e)) return { ...clean, blind: true };
     throw e;
   }
   const found = (f.meta['found'] ?? []) as string[];

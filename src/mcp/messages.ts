@@ -22,6 +22,39 @@ export const UNSCANNED_FROM_CLIENT = new Set([
 ]);
 export const UNSCANNED_FROM_SERVER = new Set(['initialize', 'ping', 'tools/list']);
 
+/** The capabilities a client may declare that pass unscanned: flags only, no text of its own. */
+const CLIENT_CAPABILITIES = ['roots', 'sampling', 'elicitation'];
+
+/**
+ * A message of UNSCANNED_FROM_CLIENT as it may pass while the agent can't scan it: rebuilt with
+ * nothing the client wrote but its method, its id and the flags the protocol needs (found in
+ * review: a ping's params, a field beside them, an initialize's clientInfo carried a value to
+ * the server after any process of the user locked the agent). An initialize keeps its protocol
+ * version (a date) and capability flags; its clientInfo is the gateway's.
+ */
+export function bare(m: Json, method: string): Json {
+  const out: Json = { jsonrpc: '2.0', method };
+  if (m['id'] !== undefined) out['id'] = m['id'];
+  const params = (m['params'] ?? {}) as Json;
+  if (method === 'notifications/cancelled')
+    out['params'] = { requestId: params['requestId'] ?? null };
+  if (method !== 'initialize') return out;
+  const version = params['protocolVersion'];
+  const caps = (params['capabilities'] ?? {}) as Json;
+  const flags: Json = {};
+  for (const c of CLIENT_CAPABILITIES)
+    if (typeof caps[c] === 'object' && caps[c] !== null)
+      flags[c] =
+        c === 'roots' && (caps[c] as Json)['listChanged'] === true ? { listChanged: true } : {};
+  out['params'] = {
+    protocolVersion:
+      typeof version === 'string' && /^\d{4}-\d{2}-\d{2}$/.test(version) ? version : '2025-06-18',
+    capabilities: flags,
+    clientInfo: { name: 'keyward-mcp-gateway', version: '1' },
+  };
+  return out;
+}
+
 /** A line from the client, read: a request, a notification or an answer; or why it is refused. */
 export type ClientMessage =
   | { kind: 'request'; m: Json; method: string; id: Id }
