@@ -20,7 +20,11 @@ import { secureTake } from '../src/lib/secure.js';
 import { sodium } from '../src/lib/sodium.js';
 import { ageEncrypt, decodeRecipient } from '../src/project/age.js';
 import { FIRST_LINE } from '../src/project/file.js';
-import { readServerMessage } from '../src/mcp/messages.js';
+import { bare, methodLabel, PROTOCOL_VERSIONS, readServerMessage } from '../src/mcp/messages.js';
+import {
+  LATEST_PROTOCOL_VERSION,
+  SUPPORTED_PROTOCOL_VERSIONS,
+} from '@modelcontextprotocol/sdk/types.js';
 import { auditEntries, scanMemory, withoutAgent, type AgentHome } from './agent-helpers.js';
 import { cannotHold, eventually, holdAt, kw, ROOT } from './helpers.js';
 import {
@@ -566,6 +570,7 @@ describe('leak blocking on every message, in more forms', () => {
       'hex with bars': { text: hex.join('|') },
       'hex with slashes': { text: hex.join('/') },
       'hex with plus signs and hashes': { text: hex.map((x) => `#${x}`).join('+') },
+      'hex with no-break spaces': { text: hex.join('\u00a0') },
       reversed: { text: [...TOKEN].reverse().join('') },
     };
     for (const [form, args] of Object.entries(forms))
@@ -645,9 +650,13 @@ describe('leak blocking: what review found', () => {
       gw.waitFor((l) => (JSON.parse(l) as { id?: unknown }).id === id);
     gw.send(INIT);
     await answered(1);
-    // Unlocked, the same ping is refused.
+    // Unlocked, the same ping is refused; so is a method that holds the value, which its record
+    // names by its hash.
     gw.send({ jsonrpc: '2.0', id: 2, method: 'ping', params: { _meta: { note: TOKEN } } });
     assert.match(await answered(2), /holds the value of leak\/token/);
+    gw.send({ jsonrpc: '2.0', id: 8, method: `x/${TOKEN}` });
+    assert.match(await answered(8), /holds the value of leak\/token/);
+    assert.ok(!JSON.stringify(auditEntries(h)).includes(TOKEN));
     assert.equal(kw(['lock'], { env: h.env }).code, 0);
     const b64 = Buffer.from(TOKEN).toString('base64');
     gw.send({ jsonrpc: '2.0', id: 3, method: 'ping', params: { _meta: { note: TOKEN } } });
@@ -665,6 +674,10 @@ describe('leak blocking: what review found', () => {
     assert.deepEqual(JSON.parse(await answered(5)).result, { tools: [] });
     const got = fs.readFileSync(all, 'utf8');
     assert.ok(!got.includes(TOKEN) && !got.includes(b64), got);
+    // Each message that passes is bits the client chose: while locked a ping is answered by the
+    // gateway, and a second initialize is refused.
+    assert.ok(!got.includes('"ping"'), got);
+    assert.equal(got.split('"initialize"').length - 1, 1, got);
     gw.g.stdin.end();
     await gw.exited;
   });
@@ -1063,6 +1076,20 @@ test("a server's answer with neither a result nor an error is an error for its r
     ['result', 'id', 'jsonrpc'],
   );
   assert.equal(readServerMessage({ method: 'tools/list', id: null }).kind, 'dropped');
+});
+
+test('found in review: an initialize that passes unscanned names only a protocol version the SDK knows, and a method no specification has is named by its hash', () => {
+  assert.deepEqual(PROTOCOL_VERSIONS, SUPPORTED_PROTOCOL_VERSIONS);
+  const init = (protocolVersion: string) =>
+    (
+      bare({ ...INIT, params: { ...INIT.params, protocolVersion } }, 'initialize')['params'] as {
+        protocolVersion: string;
+      }
+    ).protocolVersion;
+  assert.equal(init('2025-06-18'), '2025-06-18');
+  assert.equal(init('0718-19-20'), LATEST_PROTOCOL_VERSION);
+  assert.equal(methodLabel('tools/call'), 'tools/call');
+  assert.match(methodLabel('x/ghp_aValueAsAMethod0123456789'), /^sha256:[0-9a-f]{64}$/);
 });
 
 describe("the client's answers go up only to the server's own requests", () => {

@@ -143,28 +143,38 @@ describe('the credential proxy (keyward run --proxy)', { skip }, () => {
           slow.push(() => res.end(`echo ${req.headers.authorization ?? ''}\n`));
           return;
         }
+        // A long answer in two writes (more than a TLS record each).
+        if (req.url?.startsWith('/big')) {
+          res.setHeader('Content-Length', 200_000);
+          res.write('b'.repeat(100_000));
+          return void setImmediate(() => res.end('B'.repeat(100_000)));
+        }
         res.end(`upstream ${name} saw ${req.url}\n`);
       });
     };
     const s = tlsOpts ? https.createServer(tlsOpts, handler) : http.createServer(handler);
-    // A WebSocket: the handshake, then one text frame of the client's sent back with "echo ".
-    s.on('upgrade', (req: http.IncomingMessage, socket: net.Socket) => {
-      const accept = createHash('sha1')
-        .update(`${req.headers['sec-websocket-key'] ?? ''}258EAFA5-E914-47DA-95CA-C5AB0DC11B65`)
-        .digest('base64');
-      socket.write(
-        `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
-      );
-      let got = Buffer.alloc(0);
-      socket.on('data', (d: Buffer) => {
-        got = Buffer.concat([got, d]);
-        const n = (got[1] ?? 0) & 0x7f;
-        if (got.length < 6 + n) return;
-        const text = Buffer.from(got.subarray(6, 6 + n).map((b, i) => b ^ (got[2 + (i % 4)] ?? 0)));
-        const out = Buffer.from(`echo ${text.toString()}`);
-        socket.write(Buffer.concat([Buffer.from([0x81, out.length]), out]));
+    // On 'only', a WebSocket: the handshake, then one text frame of the client's sent back with
+    // "echo ". (The others ignore an upgrade and answer as to any request.)
+    if (name === 'only')
+      s.on('upgrade', (req: http.IncomingMessage, socket: net.Socket) => {
+        const accept = createHash('sha1')
+          .update(`${req.headers['sec-websocket-key'] ?? ''}258EAFA5-E914-47DA-95CA-C5AB0DC11B65`)
+          .digest('base64');
+        socket.write(
+          `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
+        );
+        let got = Buffer.alloc(0);
+        socket.on('data', (d: Buffer) => {
+          got = Buffer.concat([got, d]);
+          const n = (got[1] ?? 0) & 0x7f;
+          if (got.length < 6 + n) return;
+          const text = Buffer.from(
+            got.subarray(6, 6 + n).map((b, i) => b ^ (got[2 + (i % 4)] ?? 0)),
+          );
+          const out = Buffer.from(`echo ${text.toString()}`);
+          socket.write(Buffer.concat([Buffer.from([0x81, out.length]), out]));
+        });
       });
-    });
     // Connections stay open until the client ends them: an answer the proxy held until its
     // connection ends would never reach the child.
     s.keepAliveTimeout = 0;
@@ -880,7 +890,8 @@ open(sys.argv[3]).read()
 
   test('a WebSocket to a bound host works through the proxy: the switch, a frame each way', async () => {
     const r = await proxied(
-      `python3 '${path.join(ROOT, 'test/fixtures/ws-child.py')}' 127.0.0.1 ${ports.get('a')}`,
+      `python3 '${path.join(ROOT, 'test/fixtures/ws-child.py')}' 127.0.0.8 ${ports.get('only')} ONLY`,
+      ['--env', 'ONLY=gh/only'],
     );
     assert.equal(r.code, 0, r.stdout + r.stderr);
     assert.equal(r.stdout, 'echo hello\n');
@@ -898,6 +909,19 @@ open(sys.argv[3]).read()
     assert.deepEqual(
       seen.slice(before).map((x) => `${x.method} ${x.url}`),
       ['GET /first'],
+    );
+    // Its answer comes whole, however long (found in review: a half-close at its head lost all
+    // but its first TLS record).
+    const big = path.join(dir, 'upgrade-big-out');
+    const b = await proxied(
+      `python3 '${path.join(ROOT, 'test/fixtures/pipeline-child.py')}' 127.0.0.1 ${ports.get('a')} '${big}' upgrade /big`,
+      ['--no-masking'],
+    );
+    assert.equal(b.code, 0, b.stdout + b.stderr);
+    const got = fs.readFileSync(big, 'latin1');
+    assert.ok(
+      got.endsWith(`\r\n\r\n${'b'.repeat(100_000)}${'B'.repeat(100_000)}`),
+      got.slice(0, 300),
     );
   });
 

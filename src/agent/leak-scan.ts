@@ -25,16 +25,17 @@ const isHex = (c: number) =>
   (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x46) || (c >= 0x61 && c <= 0x66);
 const hexVal = (c: number) => (c <= 0x39 ? c - 0x30 : (c | 0x20) - 0x61 + 10);
 /**
- * Characters that may stand between the bytes of a hex dump: whitespace, control characters and
+ * Characters that may stand between the bytes of a hex dump: whitespace, control characters,
  * every ASCII punctuation mark (found in review: `|`, `/`, `+` and `#` were not in a list of
- * them). Letters other than a-f break a run of digits.
+ * them) and every byte of a non-ASCII character (a no-break space, say). Letters other than a-f
+ * break a run of digits.
  */
 const isSeparator = (c: number) =>
   c <= 0x20 ||
   (c >= 0x21 && c <= 0x2f) ||
   (c >= 0x3a && c <= 0x40) ||
   (c >= 0x5b && c <= 0x60) ||
-  (c >= 0x7b && c <= 0x7f);
+  c >= 0x7b;
 
 /**
  * Every %XX decoded; other bytes as they are. Undefined when there is no %XX at all. Two passes

@@ -33,6 +33,9 @@ import {
   serialQueue,
   UNSCANNED_FROM_CLIENT,
   bare,
+  blindAnswer,
+  type Req,
+  methodLabel,
   UNSCANNED_FROM_SERVER,
   type Id,
 } from './messages.js';
@@ -54,16 +57,6 @@ export interface WrapOptions {
   log: (line: string) => void;
   /** Resolves once this process is hardened: no client byte is read, no secret fetched before. */
   ready?: Promise<void>;
-}
-
-interface Req {
-  clientId: Id;
-  method: string;
-  /** The id the server has a tools/call under: its records name it (docs/MCP.md, "Audit"). */
-  callId?: string;
-  tool?: string;
-  argsHash?: string;
-  paged?: boolean;
 }
 
 const ASK_TIMEOUT_MS = 10_000;
@@ -225,6 +218,7 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       },
     });
 
+  let initialized = false;
   /** Any other request from the client: scanned, then forwarded under a new id. */
   const request = async (m: Json, id: Id, method: string) => {
     if (serverGone) return gone(id);
@@ -252,9 +246,10 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
         `keyward: the request could not be checked for secrets (${message(e)}): fail closed`,
       );
     }
-    // Unscanned, nothing is listed (nor paged through): answered here.
-    if (blind && method === 'tools/list')
-      return toClient({ jsonrpc: '2.0', id, result: { tools: [] } });
+    // Unscanned, some are answered here (each message that passes is bits the client chose).
+    const local = blind ? blindAnswer(method, id, initialized) : undefined;
+    if (local) return toClient(local);
+    if (method === 'initialize') initialized = true;
     const ourId = newId();
     const params = (blind ? bare(m, method) : m)['params'] as Json | undefined;
     pending.set(ourId, {
@@ -406,7 +401,9 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
       return toClient(s.out);
     }
     guard.leakAudit(method, s.found, 'deny', 'a server message held a released value; withheld');
-    o.log(`keyward mcp wrap: a ${method} from ${name} was withheld (it held a released value)`);
+    o.log(
+      `keyward mcp wrap: a ${methodLabel(method)} from ${name} was withheld (it held a released value)`,
+    );
     if (m['id'] !== undefined)
       toServer({
         jsonrpc: '2.0',

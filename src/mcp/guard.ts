@@ -10,6 +10,7 @@ import { secureRelease, secureTake, type SecureBuffer } from '../lib/secure.js';
 import { quote } from '../lib/text.js';
 import type { McpPolicy } from '../policy/index.js';
 import type { AgentLink } from './agent-link.js';
+import { methodLabel } from './messages.js';
 import { definitionHash, loadDefinitions, recordDefinitions, toolDefinition } from './pins.js';
 import { allowedByPolicy } from './tools.js';
 import type { Json } from './upstream.js';
@@ -211,7 +212,12 @@ export class Guard {
       target: this.name,
       decision,
       reason,
-      details: { server: this.name, method: what, secrets: found.join(','), event: 'leak' },
+      details: {
+        server: this.name,
+        method: methodLabel(what),
+        secrets: found.join(','),
+        event: 'leak',
+      },
     });
   }
 

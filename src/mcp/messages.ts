@@ -3,6 +3,7 @@
  * carry nothing a model wrote, how a client's line is read into one message (or refused), and
  * the serial queue each direction is handled in.
  */
+import { createHash } from 'node:crypto';
 import type { Json } from './upstream.js';
 
 export type Id = string | number;
@@ -11,6 +12,17 @@ export const ERR_REFUSED = -32001;
 export const ERR_SERVER_GONE = -32002;
 /** The JSON-RPC code the MCP spec gives a call to an unknown tool. */
 export const ERR_UNKNOWN_TOOL = -32602;
+
+/** A client's request the server has, by the id the gateway gave it. */
+export interface Req {
+  clientId: Id;
+  method: string;
+  /** The id the server has a tools/call under: its records name it (docs/MCP.md, "Audit"). */
+  callId?: string;
+  tool?: string;
+  argsHash?: string;
+  paged?: boolean;
+}
 
 /** What may pass while the agent can't scan (locked, or not running): nothing a model writes. */
 export const UNSCANNED_FROM_CLIENT = new Set([
@@ -22,15 +34,44 @@ export const UNSCANNED_FROM_CLIENT = new Set([
 ]);
 export const UNSCANNED_FROM_SERVER = new Set(['initialize', 'ping', 'tools/list']);
 
-/** The capabilities a client may declare that pass unscanned: flags only, no text of its own. */
-const CLIENT_CAPABILITIES = ['roots', 'sampling', 'elicitation'];
+/**
+ * The protocol versions of the MCP SDK keyward is built with, newest first (a test holds them to
+ * the SDK's): an initialize that passes unscanned may name only one of these.
+ */
+export const PROTOCOL_VERSIONS = [
+  '2025-11-25',
+  '2025-06-18',
+  '2025-03-26',
+  '2024-11-05',
+  '2024-10-07',
+];
+
+/**
+ * The capabilities a client may declare that pass unscanned, and their parts: flags only, no text
+ * of its own (`roots.listChanged` true; the others as empty objects).
+ */
+const CLIENT_CAPABILITIES: Record<string, string[]> = {
+  roots: ['listChanged'],
+  sampling: ['tools', 'context'],
+  elicitation: ['form', 'url'],
+};
+
+const flag = (v: unknown, part: string): Json | boolean | undefined =>
+  part === 'listChanged'
+    ? v === true
+      ? true
+      : undefined
+    : typeof v === 'object' && v
+      ? {}
+      : undefined;
 
 /**
  * A message of UNSCANNED_FROM_CLIENT as it may pass while the agent can't scan it: rebuilt with
  * nothing the client wrote but its method, its id and the flags the protocol needs (found in
  * review: a ping's params, a field beside them, an initialize's clientInfo carried a value to
  * the server after any process of the user locked the agent). An initialize keeps its protocol
- * version (a date) and capability flags; its clientInfo is the gateway's.
+ * version when it is one the MCP SDK knows (else the latest: a date of the client's choosing was
+ * 26 bits a message, found in review) and its capability flags; its clientInfo is the gateway's.
  */
 export function bare(m: Json, method: string): Json {
   const out: Json = { jsonrpc: '2.0', method };
@@ -42,17 +83,87 @@ export function bare(m: Json, method: string): Json {
   const version = params['protocolVersion'];
   const caps = (params['capabilities'] ?? {}) as Json;
   const flags: Json = {};
-  for (const c of CLIENT_CAPABILITIES)
-    if (typeof caps[c] === 'object' && caps[c] !== null)
-      flags[c] =
-        c === 'roots' && (caps[c] as Json)['listChanged'] === true ? { listChanged: true } : {};
+  for (const [c, parts] of Object.entries(CLIENT_CAPABILITIES)) {
+    const given = caps[c];
+    if (typeof given !== 'object' || given === null) continue;
+    const kept: Json = {};
+    for (const part of parts) {
+      const f = flag((given as Json)[part], part);
+      if (f !== undefined) kept[part] = f;
+    }
+    flags[c] = kept;
+  }
   out['params'] = {
     protocolVersion:
-      typeof version === 'string' && /^\d{4}-\d{2}-\d{2}$/.test(version) ? version : '2025-06-18',
+      typeof version === 'string' && PROTOCOL_VERSIONS.includes(version)
+        ? version
+        : PROTOCOL_VERSIONS[0],
     capabilities: flags,
     clientInfo: { name: 'keyward-mcp-gateway', version: '1' },
   };
   return out;
+}
+
+/**
+ * The gateway's own answer to a client request that passes unscanned, or undefined: nothing is
+ * listed (nor paged through) and a ping is answered here, and only a session's first initialize
+ * goes on (found in review: a protocol version an initialize spelled a value out, 26 bits each).
+ */
+export function blindAnswer(method: string, id: Id, initialized: boolean): Json | undefined {
+  if (method === 'tools/list') return { jsonrpc: '2.0', id, result: { tools: [] } };
+  if (method === 'ping') return { jsonrpc: '2.0', id, result: {} };
+  if (method === 'initialize' && initialized)
+    return {
+      jsonrpc: '2.0',
+      id,
+      error: {
+        code: ERR_REFUSED,
+        message: 'keyward: a second initialize while the agent is locked',
+      },
+    };
+  return undefined;
+}
+
+/** The methods of the MCP specification: a peer's method is named as it is only if it is one. */
+const KNOWN_METHODS = new Set([
+  'initialize',
+  'ping',
+  'tools/list',
+  'tools/call',
+  'resources/list',
+  'resources/read',
+  'resources/templates/list',
+  'resources/subscribe',
+  'resources/unsubscribe',
+  'prompts/list',
+  'prompts/get',
+  'completion/complete',
+  'logging/setLevel',
+  'sampling/createMessage',
+  'elicitation/create',
+  'roots/list',
+  'notifications/initialized',
+  'notifications/cancelled',
+  'notifications/progress',
+  'notifications/message',
+  'notifications/resources/updated',
+  'notifications/resources/list_changed',
+  'notifications/tools/list_changed',
+  'notifications/prompts/list_changed',
+  'notifications/roots/list_changed',
+  // The gateway's own word for a message with no method (an answer).
+  'answer',
+]);
+
+/**
+ * A peer's method as an audit body or a log line may name it: as it is when the specification
+ * has it, else by its SHA-256 (a method is the peer's own text, and may hold a value: found in
+ * review).
+ */
+export function methodLabel(method: string): string {
+  return KNOWN_METHODS.has(method)
+    ? method
+    : `sha256:${createHash('sha256').update(method).digest('hex')}`;
 }
 
 /** A line from the client, read: a request, a notification or an answer; or why it is refused. */
@@ -122,7 +233,8 @@ export function readServerMessage(m: Json): ServerMessage {
       return { kind: 'dropped', why: 'a message that is neither a request nor an answer' };
     if (id === null && method.startsWith('notifications/'))
       return { kind: 'request', m: only('jsonrpc', 'method', 'params') };
-    if (has('id') && !idOk) return { kind: 'dropped', why: `a ${method} with an invalid id` };
+    if (has('id') && !idOk)
+      return { kind: 'dropped', why: `a ${methodLabel(method)} with an invalid id` };
     return { kind: 'request', m: only('jsonrpc', 'id', 'method', 'params') };
   }
   if (!idOk) return { kind: 'dropped', why: 'an answer without a valid id' };

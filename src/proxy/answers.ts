@@ -126,6 +126,15 @@ export class AnswerFramer {
     return new Promise((resolve) => this.onSwitch.push(resolve));
   }
 
+  private done = false;
+  private readonly onDone: Array<() => void> = [];
+
+  /** Once the connection's final answer has ended by its framing (never, if it has none). */
+  finished(): Promise<void> {
+    if (this.done) return Promise.resolve();
+    return new Promise((resolve) => this.onDone.push(resolve));
+  }
+
   private decide(webSocket: boolean): void {
     if (this.switchedTo !== undefined) return;
     this.switchedTo = webSocket;
@@ -439,6 +448,10 @@ export class AnswerFramer {
   private end(at: number, interim = false): void {
     this.ended = this.total + at;
     if (interim) this.settled = this.ended;
+    else if (!this.done) {
+      this.done = true;
+      for (const f of this.onDone.splice(0)) f();
+    }
     this.state = interim ? 'status' : 'stream';
     this.headBytes = 0;
     this.status = 0;

@@ -447,12 +447,13 @@ export class ProxyServer {
       });
       // A host that answers a WebSocket upgrade without switching may keep the connection (the
       // request did not say close), and an answer's last bytes go only when it ends: nothing
-      // more goes to it, and it is told so.
+      // more goes to it, and once its answer has come whole it is told so. (Not sooner: a
+      // half-close cut the answer short, found in review, and not in the turn of its last read.)
       if (p.webSocket)
         void answers.switched().then((webSocket) => {
           if (webSocket) return;
           tunnel.over = true;
-          up.end();
+          void answers.finished().then(() => setImmediate(() => up.end()));
         });
     }
     return true;
