@@ -188,17 +188,20 @@ function pass(child: tls.TLSSocket, bytes: Buffer): boolean {
 
 /**
  * Passes a bound host's answers (up) to the child, watched: one that holds a value destroys both
- * connections and calls echoed. What was held back goes on when the next read comes; or, once
+ * connections and calls echoed. What was held back goes on when the next read comes; once
  * nothing more is there to read (the upstream is not paused and has nothing buffered: the next
- * turn of the event loop after its last read) or the connection ends: all of it if the answer's
- * framing ends exactly where the bytes do, else up to where an interim answer or a WebSocket frame
- * ended (answers.ts). Never sooner: a child that had a host echo a value straddling two TLS
+ * turn of the event loop after its last read), up to where an interim answer or a WebSocket frame
+ * ended (answers.ts); when the connection ends (or is reset), all of it if the answer's framing
+ * ends exactly where the bytes do. While content comes in pieces (chunks, frames), everything from
+ * where its last bytes began is held, the framing among them with it, up to MAX_HOLD (beyond it,
+ * cut, with overflowed). Never sooner: a child that had a host echo a value straddling two TLS
  * records, the second still on the network, got all but its last byte from a watch that let held
  * bytes go whenever the upstream was idle; one whose relay cut the connection after the first
  * record got them from a watch that let them go when it ended (a FIN with no TLS close_notify ends
  * a Node TLS socket as cleanly as one with it); and one whose host counted its Content-Length short
  * (characters for the UTF-8 bytes the child sent) got them at that length's end, the rest already
- * come (all found in review, 2026-12-07). A connection that ends with bytes held that its framing
+ * come, and from one that let them go at that end once the bytes ended exactly there (all found
+ * in review, 2026-12-07 and 08). A connection that ends with bytes held that its framing
  * doesn't account for (cut short, an answer with no length, more than its length) passes none of
  * what it holds and calls cut with their count, to end the child's connection with a reset (a
  * clean end would tell the child's client an answer with no length was whole). A child that

@@ -348,6 +348,7 @@ export class ProxyServer {
       try {
         events = framer.push(chunk);
       } catch (e) {
+        tunnel.over = true;
         up.destroy();
         answer(child, e instanceof FramingError ? e.status : 400, (e as Error).message);
         return;
