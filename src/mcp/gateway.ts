@@ -17,7 +17,7 @@
  * Every tools/call is audited (server, tool, decision, hash of the arguments). Without the
  * policy (agent locked or not running) it fails closed: no tool is listed or callable.
  */
-import { createHash, randomBytes } from 'node:crypto';
+import { randomBytes } from 'node:crypto';
 import type { AuditRecord } from '../audit/index.js';
 import { KeywardError } from '../errors.js';
 import { quote } from '../lib/text.js';
@@ -39,7 +39,7 @@ import {
   UNSCANNED_FROM_SERVER,
   type Id,
 } from './messages.js';
-import { definitionHash, toolDefinition } from './pins.js';
+import { definitionHash, sha256hex, toolDefinition } from './pins.js';
 import { checkServerUrl, httpUpstream, resolveHeaders, type HeaderTemplate } from './remote.js';
 import { allowedByPolicy, RateLimits } from './tools.js';
 import { stdioUpstream, type Json, type Upstream } from './upstream.js';
@@ -60,8 +60,6 @@ export interface WrapOptions {
 }
 
 const ASK_TIMEOUT_MS = 10_000;
-
-const sha256 = (s: string) => createHash('sha256').update(s).digest('hex');
 
 export async function wrapMcp(o: WrapOptions): Promise<number> {
   if (!o.command?.length && !o.url)
@@ -133,11 +131,11 @@ export async function wrapMcp(o: WrapOptions): Promise<number> {
     const id = m['id'] as Id;
     const params = (m['params'] ?? {}) as Json;
     const tool = String(params['name'] ?? '');
-    const argsHash = sha256(JSON.stringify(params['arguments'] ?? {}));
+    const argsHash = sha256hex(JSON.stringify(params['arguments'] ?? {}));
     // A name the server never listed is the client's own text, which may hold a value: the
     // record names it by its hash (found in review: a value as a tool's name went into a body).
     const listedName = guard.visible.has(tool) || guard.refused.has(tool);
-    const label = listedName ? tool : `sha256:${sha256(tool)}`;
+    const label = listedName ? tool : `sha256:${sha256hex(tool)}`;
     const refuse = (why: string, code = ERR_REFUSED, recorded = why) => {
       audit({
         target: name,

@@ -3,7 +3,7 @@
  * carry nothing a model wrote, how a client's line is read into one message (or refused), and
  * the serial queue each direction is handled in.
  */
-import { createHash } from 'node:crypto';
+import { sha256hex } from './pins.js';
 import type { Json } from './upstream.js';
 
 export type Id = string | number;
@@ -56,14 +56,11 @@ const CLIENT_CAPABILITIES: Record<string, string[]> = {
   elicitation: ['form', 'url'],
 };
 
-const flag = (v: unknown, part: string): Json | boolean | undefined =>
-  part === 'listChanged'
-    ? v === true
-      ? true
-      : undefined
-    : typeof v === 'object' && v
-      ? {}
-      : undefined;
+/** A capability's part as it passes: listChanged only when true, the others as empty objects. */
+function flag(v: unknown, part: string): Json | boolean | undefined {
+  if (part === 'listChanged') return v === true ? true : undefined;
+  return typeof v === 'object' && v !== null ? {} : undefined;
+}
 
 /**
  * A message of UNSCANNED_FROM_CLIENT as it may pass while the agent can't scan it: rebuilt with
@@ -161,9 +158,7 @@ const KNOWN_METHODS = new Set([
  * review).
  */
 export function methodLabel(method: string): string {
-  return KNOWN_METHODS.has(method)
-    ? method
-    : `sha256:${createHash('sha256').update(method).digest('hex')}`;
+  return KNOWN_METHODS.has(method) ? method : `sha256:${sha256hex(method)}`;
 }
 
 /** A line from the client, read: a request, a notification or an answer; or why it is refused. */

@@ -35,7 +35,8 @@ export class EchoWatch {
   private held = 0;
   /** How many bytes came in all. */
   private total = 0;
-  private readonly keep: number;
+  /** The longest form's length less one: a value may begin in that many last bytes. */
+  readonly keep: number;
   private closed = false;
   /** push found it would have to hold more than maxHold bytes, and ended the watch. */
   overflowed = false;
@@ -218,7 +219,7 @@ export function watchAnswers(
 ): AnswerFramer {
   const watch = new EchoWatch(forms);
   const content = new EchoWatch(forms);
-  const tail = new ContentTail(Math.max(0, ...forms.map((f) => f.length - 1)));
+  const tail = new ContentTail(watch.keep);
   const framer = new AnswerFramer();
   let flush: NodeJS.Immediate | undefined;
   const later = () => {
